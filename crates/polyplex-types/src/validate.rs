@@ -1,0 +1,661 @@
+//! Validation of OpenAI request bodies.
+//!
+//! The checks and their messages follow OpenAI's own (`Invalid type for
+//! 'temperature': expected a number, but got a string instead.`), and every
+//! error names the field in `param` (`messages[2].tool_call_id`). Fields
+//! polyplex does not know are left alone: they are the upstream's to judge.
+
+use crate::{GatewayError, JsonMap};
+use serde_json::Value;
+
+type R<T> = Result<T, GatewayError>;
+
+/// What the gateway needs to know about a validated chat request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatMeta {
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub n: u64,
+    /// `max_completion_tokens`, else `max_tokens`.
+    pub max_tokens: Option<u64>,
+    pub has_tools: bool,
+    pub has_images: bool,
+    pub json_schema: bool,
+    /// OpenRouter-style fallback list (`models: [...]`), consumed by the gateway.
+    pub fallback_models: Vec<String>,
+}
+
+/// What the gateway needs to know about a validated embeddings request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingsMeta {
+    pub model: String,
+    pub fallback_models: Vec<String>,
+}
+
+/// What the gateway needs to know about a validated legacy completions request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionsMeta {
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub fallback_models: Vec<String>,
+}
+
+/// Fields that steer polyplex itself and are never sent upstream.
+pub const GATEWAY_FIELDS: &[&str] = &["models", "provider"];
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a decimal",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn bad_type(param: &str, expected: &str, got: &Value) -> GatewayError {
+    GatewayError::invalid_param(
+        param,
+        format!(
+            "Invalid type for '{param}': expected {expected}, but got {} instead.",
+            type_name(got)
+        ),
+    )
+    .with_code("invalid_type")
+}
+
+fn missing(param: &str) -> GatewayError {
+    GatewayError::invalid_param(param, format!("Missing required parameter: '{param}'."))
+        .with_code("missing_required_parameter")
+}
+
+fn invalid(param: &str, why: impl AsRef<str>) -> GatewayError {
+    GatewayError::invalid_param(param, format!("Invalid '{param}': {}", why.as_ref()))
+}
+
+/// The field, treating JSON `null` as absent (OpenAI does the same).
+fn get<'a>(body: &'a JsonMap, key: &str) -> Option<&'a Value> {
+    body.get(key).filter(|v| !v.is_null())
+}
+
+fn number_in(body: &JsonMap, key: &str, min: f64, max: f64) -> R<Option<f64>> {
+    let Some(v) = get(body, key) else { return Ok(None) };
+    let x = v.as_f64().ok_or_else(|| bad_type(key, "a number", v))?;
+    if x < min {
+        return Err(invalid(key, format!("number below minimum value. Expected a value >= {min}, but got {x} instead.")));
+    }
+    if x > max {
+        return Err(invalid(key, format!("number above maximum value. Expected a value <= {max}, but got {x} instead.")));
+    }
+    Ok(Some(x))
+}
+
+fn integer_in(body: &JsonMap, key: &str, min: i64, max: i64) -> R<Option<i64>> {
+    let Some(v) = get(body, key) else { return Ok(None) };
+    let x = v
+        .as_i64()
+        .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64))
+        .ok_or_else(|| bad_type(key, "an integer", v))?;
+    if x < min {
+        return Err(invalid(key, format!("integer below minimum value. Expected a value >= {min}, but got {x} instead.")));
+    }
+    if x > max {
+        return Err(invalid(key, format!("integer above maximum value. Expected a value <= {max}, but got {x} instead.")));
+    }
+    Ok(Some(x))
+}
+
+fn boolean(body: &JsonMap, key: &str) -> R<Option<bool>> {
+    match get(body, key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(bad_type(key, "a boolean", v)),
+    }
+}
+
+fn string<'a>(body: &'a JsonMap, key: &str) -> R<Option<&'a str>> {
+    match get(body, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(bad_type(key, "a string", v)),
+    }
+}
+
+fn model(body: &JsonMap) -> R<String> {
+    match string(body, "model")? {
+        None => Err(missing("model")),
+        Some("") => Err(invalid("model", "empty string. Expected a model name such as `provider/model`.")),
+        Some(s) => Ok(s.to_string()),
+    }
+}
+
+/// `models: [...]` (OpenRouter's fallback list) and `provider: {...}`.
+fn routing_fields(body: &JsonMap) -> R<Vec<String>> {
+    let mut out = Vec::new();
+    if let Some(v) = get(body, "models") {
+        let arr = v.as_array().ok_or_else(|| bad_type("models", "an array of model names", v))?;
+        for (i, m) in arr.iter().enumerate() {
+            match m.as_str() {
+                Some(s) if !s.is_empty() => out.push(s.to_string()),
+                _ => return Err(bad_type(&format!("models[{i}]"), "a non-empty string", m)),
+            }
+        }
+    }
+    if let Some(v) = get(body, "provider") {
+        let o = v.as_object().ok_or_else(|| bad_type("provider", "an object", v))?;
+        for (k, v) in o {
+            let p = format!("provider.{k}");
+            match k.as_str() {
+                "order" | "only" | "ignore" => {
+                    let ok = v.as_array().is_some_and(|a| a.iter().all(Value::is_string));
+                    if !ok {
+                        return Err(bad_type(&p, "an array of provider names", v));
+                    }
+                }
+                "allow_fallbacks" | "require_parameters" => {
+                    if !v.is_boolean() {
+                        return Err(bad_type(&p, "a boolean", v));
+                    }
+                }
+                "sort" => {
+                    if !matches!(v.as_str(), Some("price" | "latency" | "throughput")) {
+                        return Err(invalid(&p, "expected one of 'price', 'latency', 'throughput'."));
+                    }
+                }
+                "max_price" => {
+                    if !v.is_object() {
+                        return Err(bad_type(&p, "an object", v));
+                    }
+                }
+                _ => {
+                    return Err(GatewayError::invalid_param(
+                        p.clone(),
+                        format!("Unrecognized routing option '{p}'. Supported: order, only, ignore, sort, allow_fallbacks, require_parameters, max_price."),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn stream_fields(body: &JsonMap) -> R<(bool, bool)> {
+    let stream = boolean(body, "stream")?.unwrap_or(false);
+    let mut include_usage = false;
+    if let Some(v) = get(body, "stream_options") {
+        let o = v.as_object().ok_or_else(|| bad_type("stream_options", "an object", v))?;
+        if !stream {
+            return Err(GatewayError::invalid_param(
+                "stream_options",
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            ));
+        }
+        include_usage = boolean(o, "include_usage")
+            .map_err(|_| bad_type("stream_options.include_usage", "a boolean", &o["include_usage"]))?
+            .unwrap_or(false);
+    }
+    Ok((stream, include_usage))
+}
+
+fn stop(body: &JsonMap) -> R<()> {
+    match get(body, "stop") {
+        None | Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(a)) => {
+            if a.len() > 4 {
+                return Err(invalid("stop", format!("array too long. Expected an array with maximum length 4, but got an array with length {} instead.", a.len())));
+            }
+            for (i, s) in a.iter().enumerate() {
+                if !s.is_string() {
+                    return Err(bad_type(&format!("stop[{i}]"), "a string", s));
+                }
+            }
+            Ok(())
+        }
+        Some(v) => Err(bad_type("stop", "a string or an array of strings", v)),
+    }
+}
+
+fn sampling(body: &JsonMap) -> R<()> {
+    number_in(body, "temperature", 0.0, 2.0)?;
+    number_in(body, "top_p", 0.0, 1.0)?;
+    number_in(body, "presence_penalty", -2.0, 2.0)?;
+    number_in(body, "frequency_penalty", -2.0, 2.0)?;
+    integer_in(body, "seed", i64::MIN, i64::MAX)?;
+    string(body, "user")?;
+    if let Some(v) = get(body, "logit_bias") {
+        let o = v.as_object().ok_or_else(|| bad_type("logit_bias", "an object", v))?;
+        for (k, b) in o {
+            if k.parse::<u64>().is_err() {
+                return Err(invalid("logit_bias", format!("keys must be token ids, but got '{k}'.")));
+            }
+            match b.as_f64() {
+                Some(x) if (-100.0..=100.0).contains(&x) => {}
+                _ => return Err(invalid(&format!("logit_bias.{k}"), "expected a number between -100 and 100.")),
+            }
+        }
+    }
+    stop(body)
+}
+
+const ROLES: &str = "'system', 'developer', 'user', 'assistant', 'tool' or 'function'";
+
+/// Content parts of a message: returns whether an image part is present.
+fn content_parts(p: &str, role: &str, parts: &[Value]) -> R<bool> {
+    let mut image = false;
+    for (j, part) in parts.iter().enumerate() {
+        let pp = format!("{p}[{j}]");
+        let o = part.as_object().ok_or_else(|| bad_type(&pp, "an object", part))?;
+        let ty = match o.get("type") {
+            Some(Value::String(t)) => t.as_str(),
+            Some(v) => return Err(bad_type(&format!("{pp}.type"), "a string", v)),
+            None => return Err(missing(&format!("{pp}.type"))),
+        };
+        match ty {
+            "text" => {
+                if !o.get("text").is_some_and(Value::is_string) {
+                    return Err(missing(&format!("{pp}.text")));
+                }
+            }
+            "refusal" if role == "assistant" => {}
+            "image_url" | "input_audio" | "file" if role == "user" => {
+                if ty == "image_url" {
+                    let url = o.get("image_url").and_then(|u| u.get("url")).and_then(Value::as_str);
+                    if url.is_none_or(str::is_empty) {
+                        return Err(missing(&format!("{pp}.image_url.url")));
+                    }
+                    image = true;
+                }
+            }
+            other => {
+                return Err(invalid(
+                    &format!("{pp}.type"),
+                    format!("'{other}' is not a valid content part type for a '{role}' message."),
+                ))
+            }
+        }
+    }
+    Ok(image)
+}
+
+fn messages(body: &JsonMap) -> R<bool> {
+    let v = get(body, "messages").ok_or_else(|| missing("messages"))?;
+    let arr = v.as_array().ok_or_else(|| bad_type("messages", "an array", v))?;
+    if arr.is_empty() {
+        return Err(invalid("messages", "empty array. Expected an array with minimum length 1, but got an empty array instead."));
+    }
+    let mut image = false;
+    for (i, m) in arr.iter().enumerate() {
+        let p = format!("messages[{i}]");
+        let o = m.as_object().ok_or_else(|| bad_type(&p, "an object", m))?;
+        let role = match o.get("role") {
+            Some(Value::String(r)) => r.as_str(),
+            Some(v) => return Err(bad_type(&format!("{p}.role"), "a string", v)),
+            None => return Err(missing(&format!("{p}.role"))),
+        };
+        if !matches!(role, "system" | "developer" | "user" | "assistant" | "tool" | "function") {
+            return Err(invalid(&format!("{p}.role"), format!("'{role}' is not one of {ROLES}.")));
+        }
+        let cp = format!("{p}.content");
+        let has_calls = o.get("tool_calls").is_some_and(|t| !t.is_null())
+            || o.get("function_call").is_some_and(|t| !t.is_null());
+        match o.get("content") {
+            None | Some(Value::Null) => {
+                if !(role == "assistant" && (has_calls || o.contains_key("refusal"))) {
+                    return Err(missing(&cp));
+                }
+            }
+            Some(Value::String(_)) => {}
+            Some(Value::Array(parts)) => image |= content_parts(&cp, role, parts)?,
+            Some(v) => return Err(bad_type(&cp, "a string or an array of content parts", v)),
+        }
+        if role == "tool" {
+            match o.get("tool_call_id") {
+                Some(Value::String(_)) => {}
+                Some(v) => return Err(bad_type(&format!("{p}.tool_call_id"), "a string", v)),
+                None => return Err(missing(&format!("{p}.tool_call_id"))),
+            }
+        }
+        if let Some(tc) = o.get("tool_calls").filter(|t| !t.is_null()) {
+            let tp = format!("{p}.tool_calls");
+            if role != "assistant" {
+                return Err(invalid(&tp, "only 'assistant' messages may carry tool_calls."));
+            }
+            let calls = tc.as_array().ok_or_else(|| bad_type(&tp, "an array", tc))?;
+            for (j, c) in calls.iter().enumerate() {
+                let cp = format!("{tp}[{j}]");
+                let f = c.get("function").ok_or_else(|| missing(&format!("{cp}.function")))?;
+                if !c.get("id").is_some_and(Value::is_string) {
+                    return Err(missing(&format!("{cp}.id")));
+                }
+                if !f.get("name").is_some_and(Value::is_string) {
+                    return Err(missing(&format!("{cp}.function.name")));
+                }
+                if !f.get("arguments").is_some_and(Value::is_string) {
+                    return Err(bad_type(&format!("{cp}.function.arguments"), "a JSON string", f.get("arguments").unwrap_or(&Value::Null)));
+                }
+            }
+        }
+    }
+    Ok(image)
+}
+
+fn valid_function_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// tools and tool_choice; returns the declared function names.
+fn tools(body: &JsonMap) -> R<Vec<String>> {
+    let mut names = Vec::new();
+    if let Some(v) = get(body, "tools") {
+        let arr = v.as_array().ok_or_else(|| bad_type("tools", "an array", v))?;
+        for (i, t) in arr.iter().enumerate() {
+            let p = format!("tools[{i}]");
+            let o = t.as_object().ok_or_else(|| bad_type(&p, "an object", t))?;
+            match o.get("type").and_then(Value::as_str) {
+                Some("function") => {}
+                Some(other) => return Err(invalid(&format!("{p}.type"), format!("'{other}' is not supported; expected 'function'."))),
+                None => return Err(missing(&format!("{p}.type"))),
+            }
+            let f = o.get("function").and_then(Value::as_object).ok_or_else(|| missing(&format!("{p}.function")))?;
+            let name = f.get("name").and_then(Value::as_str).ok_or_else(|| missing(&format!("{p}.function.name")))?;
+            if !valid_function_name(name) {
+                return Err(invalid(&format!("{p}.function.name"), format!("'{name}' does not match '^[a-zA-Z0-9_-]{{1,64}}$'.")));
+            }
+            if let Some(params) = f.get("parameters").filter(|x| !x.is_null()) {
+                if !params.is_object() {
+                    return Err(bad_type(&format!("{p}.function.parameters"), "a JSON Schema object", params));
+                }
+            }
+            names.push(name.to_string());
+        }
+    }
+    if let Some(tc) = get(body, "tool_choice") {
+        if names.is_empty() && get(body, "tools").is_none() {
+            return Err(GatewayError::invalid_param("tool_choice", "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified."));
+        }
+        match tc {
+            Value::String(s) if matches!(s.as_str(), "none" | "auto" | "required") => {}
+            Value::String(s) => return Err(invalid("tool_choice", format!("'{s}' is not one of 'none', 'auto', 'required' or a named function."))),
+            Value::Object(o) => {
+                let name = o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str);
+                match name {
+                    Some(n) if names.iter().any(|x| x == n) => {}
+                    Some(n) => return Err(invalid("tool_choice", format!("the function '{n}' is not among the declared tools."))),
+                    None => return Err(missing("tool_choice.function.name")),
+                }
+            }
+            v => return Err(bad_type("tool_choice", "a string or an object", v)),
+        }
+    }
+    boolean(body, "parallel_tool_calls")?;
+    Ok(names)
+}
+
+/// response_format; returns whether it asks for a json_schema.
+fn response_format(body: &JsonMap) -> R<bool> {
+    let Some(v) = get(body, "response_format") else { return Ok(false) };
+    let o = v.as_object().ok_or_else(|| bad_type("response_format", "an object", v))?;
+    match o.get("type").and_then(Value::as_str) {
+        Some("text" | "json_object") => Ok(false),
+        Some("json_schema") => {
+            let s = o.get("json_schema").and_then(Value::as_object).ok_or_else(|| missing("response_format.json_schema"))?;
+            if !s.get("name").is_some_and(Value::is_string) {
+                return Err(missing("response_format.json_schema.name"));
+            }
+            if let Some(schema) = s.get("schema") {
+                if !schema.is_object() {
+                    return Err(bad_type("response_format.json_schema.schema", "a JSON Schema object", schema));
+                }
+            }
+            Ok(true)
+        }
+        Some(other) => Err(invalid("response_format.type", format!("'{other}' is not one of 'text', 'json_object', 'json_schema'."))),
+        None => Err(missing("response_format.type")),
+    }
+}
+
+/// Validates a `POST /v1/chat/completions` body.
+pub fn chat(body: &JsonMap) -> R<ChatMeta> {
+    let model = model(body)?;
+    let fallback_models = routing_fields(body)?;
+    let has_images = messages(body)?;
+    let (stream, include_usage) = stream_fields(body)?;
+    sampling(body)?;
+    let n = integer_in(body, "n", 1, 128)?.unwrap_or(1) as u64;
+    let max_tokens = integer_in(body, "max_tokens", 1, i64::MAX)?;
+    let max_completion = integer_in(body, "max_completion_tokens", 1, i64::MAX)?;
+    let tool_names = tools(body)?;
+    let json_schema = response_format(body)?;
+    let logprobs = boolean(body, "logprobs")?.unwrap_or(false);
+    if let Some(k) = integer_in(body, "top_logprobs", 0, 20)? {
+        if k > 0 && !logprobs {
+            return Err(GatewayError::invalid_param("top_logprobs", "Invalid value for 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used."));
+        }
+    }
+    Ok(ChatMeta {
+        model,
+        stream,
+        include_usage,
+        n,
+        max_tokens: max_completion.or(max_tokens).map(|x| x as u64),
+        has_tools: !tool_names.is_empty(),
+        has_images,
+        json_schema,
+        fallback_models,
+    })
+}
+
+/// Validates a `POST /v1/embeddings` body.
+pub fn embeddings(body: &JsonMap) -> R<EmbeddingsMeta> {
+    let model = model(body)?;
+    let fallback_models = routing_fields(body)?;
+    let input = get(body, "input").ok_or_else(|| missing("input"))?;
+    match input {
+        Value::String(_) => {}
+        Value::Array(a) if a.is_empty() => {
+            return Err(invalid("input", "empty array. Expected an array with minimum length 1, but got an empty array instead."))
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                let ok = x.is_string() || x.is_u64() || x.as_array().is_some_and(|t| !t.is_empty() && t.iter().all(Value::is_u64));
+                if !ok {
+                    return Err(bad_type(&format!("input[{i}]"), "a string, a token id or an array of token ids", x));
+                }
+            }
+        }
+        v => return Err(bad_type("input", "a string or an array", v)),
+    }
+    match string(body, "encoding_format")? {
+        None | Some("float" | "base64") => {}
+        Some(f) => return Err(invalid("encoding_format", format!("'{f}' is not one of 'float', 'base64'."))),
+    }
+    integer_in(body, "dimensions", 1, 65536)?;
+    string(body, "user")?;
+    Ok(EmbeddingsMeta { model, fallback_models })
+}
+
+/// Validates a `POST /v1/completions` (legacy) body.
+pub fn completions(body: &JsonMap) -> R<CompletionsMeta> {
+    let model = model(body)?;
+    let fallback_models = routing_fields(body)?;
+    match get(body, "prompt") {
+        None => return Err(missing("prompt")),
+        Some(Value::String(_)) => {}
+        Some(Value::Array(a)) if !a.is_empty() => {}
+        Some(Value::Array(_)) => return Err(invalid("prompt", "empty array. Expected an array with minimum length 1.")),
+        Some(v) => return Err(bad_type("prompt", "a string or an array", v)),
+    }
+    let (stream, include_usage) = stream_fields(body)?;
+    sampling(body)?;
+    integer_in(body, "n", 1, 128)?;
+    integer_in(body, "best_of", 1, 20)?;
+    integer_in(body, "max_tokens", 0, i64::MAX)?;
+    integer_in(body, "logprobs", 0, 5)?;
+    boolean(body, "echo")?;
+    string(body, "suffix")?;
+    Ok(CompletionsMeta { model, stream, include_usage, fallback_models })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(v: Value) -> JsonMap {
+        v.as_object().unwrap().clone()
+    }
+
+    fn err(v: Value) -> GatewayError {
+        chat(&map(v)).unwrap_err()
+    }
+
+    fn ok_body() -> Value {
+        json!({"model": "demo/echo", "messages": [{"role": "user", "content": "hi"}]})
+    }
+
+    #[test]
+    fn minimal_request_is_valid() {
+        let m = chat(&map(ok_body())).unwrap();
+        assert_eq!(m.model, "demo/echo");
+        assert!(!m.stream);
+        assert_eq!(m.n, 1);
+    }
+
+    #[test]
+    fn full_request_is_valid() {
+        let m = chat(&map(json!({
+            "model": "openai/gpt-4o",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "developer", "content": [{"type": "text", "text": "really"}]},
+                {"role": "user", "content": [{"type": "text", "text": "what is this"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "42"}
+            ],
+            "temperature": 0.5, "top_p": 1, "n": 2, "stop": ["a", "b"], "max_tokens": 10,
+            "max_completion_tokens": 20, "stream": true, "stream_options": {"include_usage": true},
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+            "seed": 7, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "tool_choice": {"type": "function", "function": {"name": "f"}}, "parallel_tool_calls": false,
+            "logprobs": true, "top_logprobs": 2, "presence_penalty": 0.1, "frequency_penalty": -0.1,
+            "logit_bias": {"50256": -100}, "user": "u1", "some_future_param": {"x": 1},
+            "models": ["openai/gpt-4o-mini"]
+        })))
+        .unwrap();
+        assert!(m.stream && m.include_usage && m.has_tools && m.has_images && m.json_schema);
+        assert_eq!(m.n, 2);
+        assert_eq!(m.max_tokens, Some(20));
+        assert_eq!(m.fallback_models, vec!["openai/gpt-4o-mini"]);
+    }
+
+    #[test]
+    fn missing_and_empty_fields_are_named() {
+        let e = err(json!({"messages": [{"role": "user", "content": "x"}]}));
+        assert_eq!(e.param.as_deref(), Some("model"));
+        assert!(e.message.contains("Missing required parameter"));
+        let e = err(json!({"model": "m"}));
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        let e = err(json!({"model": "m", "messages": []}));
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        assert!(e.message.contains("empty array"));
+        let e = err(json!({"model": "", "messages": [{"role": "user", "content": "x"}]}));
+        assert_eq!(e.param.as_deref(), Some("model"));
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let mut b = ok_body();
+        b["temperature"] = json!("hot");
+        let e = err(b);
+        assert_eq!(e.param.as_deref(), Some("temperature"));
+        assert!(e.message.contains("expected a number, but got a string"), "{}", e.message);
+        let mut b = ok_body();
+        b["messages"][0]["content"] = json!(5);
+        assert_eq!(err(b).param.as_deref(), Some("messages[0].content"));
+        let mut b = ok_body();
+        b["messages"][0]["role"] = json!("robot");
+        assert_eq!(err(b).param.as_deref(), Some("messages[0].role"));
+        let mut b = ok_body();
+        b["stream"] = json!("yes");
+        assert_eq!(err(b).param.as_deref(), Some("stream"));
+        let mut b = ok_body();
+        b["n"] = json!(1.5);
+        assert_eq!(err(b).param.as_deref(), Some("n"));
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        for (k, v) in [("temperature", json!(2.5)), ("top_p", json!(-0.1)), ("n", json!(0)),
+            ("max_tokens", json!(0)), ("presence_penalty", json!(3)), ("top_logprobs", json!(21))] {
+            let mut b = ok_body();
+            b[k] = v;
+            assert_eq!(err(b).param.as_deref(), Some(k));
+        }
+        let mut b = ok_body();
+        b["stop"] = json!(["a", "b", "c", "d", "e"]);
+        assert_eq!(err(b).param.as_deref(), Some("stop"));
+    }
+
+    #[test]
+    fn tool_rules() {
+        let mut b = ok_body();
+        b["tool_choice"] = json!("auto");
+        assert_eq!(err(b).param.as_deref(), Some("tool_choice"));
+        let mut b = ok_body();
+        b["tools"] = json!([{"type": "function", "function": {"name": "has space"}}]);
+        assert_eq!(err(b).param.as_deref(), Some("tools[0].function.name"));
+        let mut b = ok_body();
+        b["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+        b["tool_choice"] = json!({"type": "function", "function": {"name": "g"}});
+        assert_eq!(err(b).param.as_deref(), Some("tool_choice"));
+        let mut b = ok_body();
+        b["messages"] = json!([{"role": "tool", "content": "x"}]);
+        assert_eq!(err(b).param.as_deref(), Some("messages[0].tool_call_id"));
+    }
+
+    #[test]
+    fn stream_options_need_stream() {
+        let mut b = ok_body();
+        b["stream_options"] = json!({"include_usage": true});
+        assert_eq!(err(b).param.as_deref(), Some("stream_options"));
+    }
+
+    #[test]
+    fn response_format_checked() {
+        let mut b = ok_body();
+        b["response_format"] = json!({"type": "yaml"});
+        assert_eq!(err(b).param.as_deref(), Some("response_format.type"));
+        let mut b = ok_body();
+        b["response_format"] = json!({"type": "json_schema"});
+        assert_eq!(err(b).param.as_deref(), Some("response_format.json_schema"));
+    }
+
+    #[test]
+    fn routing_options_checked() {
+        let mut b = ok_body();
+        b["provider"] = json!({"sort": "vibes"});
+        assert_eq!(err(b).param.as_deref(), Some("provider.sort"));
+        let mut b = ok_body();
+        b["models"] = json!("x");
+        assert_eq!(err(b).param.as_deref(), Some("models"));
+    }
+
+    #[test]
+    fn embeddings_and_completions() {
+        assert!(embeddings(&map(json!({"model": "m", "input": "x"}))).is_ok());
+        assert!(embeddings(&map(json!({"model": "m", "input": [[1, 2], [3]]}))).is_ok());
+        let e = embeddings(&map(json!({"model": "m"}))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input"));
+        let e = embeddings(&map(json!({"model": "m", "input": "x", "encoding_format": "hex"}))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("encoding_format"));
+        assert!(completions(&map(json!({"model": "m", "prompt": "x", "stream": true}))).unwrap().stream);
+        let e = completions(&map(json!({"model": "m", "prompt": 3}))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("prompt"));
+    }
+}
