@@ -1,1 +1,267 @@
-fn main() {}
+//! The `polyplex` command.
+
+use clap::{Parser, Subcommand};
+use polyplex::config::{self, Config, Inputs};
+use polyplex::mock::{self, MockOptions};
+use polyplex_catalog::Catalog;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "polyplex", version, about = "One OpenAI-compatible endpoint for every LLM provider")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Config file (default: ./polyplex.toml if present, else zero-config).
+        #[arg(long, env = "POLYPLEX_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on (default 127.0.0.1:8484).
+        #[arg(long, env = "POLYPLEX_LISTEN")]
+        listen: Option<String>,
+    },
+    /// Run the upstream simulator (a test double for OpenAI's protocol).
+    Mock {
+        #[arg(long, default_value = "127.0.0.1:8485")]
+        listen: SocketAddr,
+        /// Time to first byte of every reply, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Streaming pace in tokens per second (0: as fast as possible).
+        #[arg(long, default_value_t = 0.0)]
+        tokens_per_s: f64,
+    },
+    /// Show the catalog: models, providers, prices, context windows, capabilities.
+    Models {
+        /// Only this provider's models.
+        #[arg(long)]
+        provider: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the configuration and report which providers are reachable.
+    Check {
+        #[arg(long, env = "POLYPLEX_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn env_get(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+fn load(config: Option<&PathBuf>, listen: Option<String>) -> Result<Config, String> {
+    let inputs = Inputs { env: &env_get, listen_override: listen, catalog: Catalog::builtin() };
+    config::load(config.map(PathBuf::as_path), &inputs).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve { config, listen } => rt.block_on(serve(config, listen)),
+        Command::Mock { listen, latency_ms, tokens_per_s } => rt.block_on(run_mock(listen, MockOptions { latency_ms, tokens_per_s })),
+        Command::Models { provider, json } => models(provider.as_deref(), json),
+        Command::Check { config } => return rt.block_on(check(config)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<(), String> {
+    polyplex::telemetry::init_logging();
+    let cfg = load(config.as_ref(), listen)?;
+    tracing::info!(source = %cfg.source, "configuration loaded");
+    for n in &cfg.notes {
+        tracing::info!("{n}");
+    }
+    if cfg.master_key.is_none() {
+        tracing::warn!("no master key set: serving without authentication, on loopback only (set [auth] master_key or POLYPLEX_MASTER_KEY)");
+    }
+    let running = polyplex::start(&cfg).await?;
+    if cfg.demo {
+        tracing::info!(
+            "no provider configured: serving the built-in simulator as provider `demo` (model `demo/echo`). It is a test double that echoes your input, not a language model; set e.g. OPENAI_API_KEY or write a polyplex.toml for real providers"
+        );
+    }
+    for u in running.state.router.upstreams() {
+        tracing::info!(provider = %u.name, base_url = %u.base_url, protocol = u.protocol.name(), "provider enabled");
+    }
+    tracing::info!(addr = %running.addr, "polyplex listening; OpenAI-compatible API at http://{}/v1", running.addr);
+    let stop = running.shutdown_handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop.send(true);
+    });
+    let written = running.wait().await;
+    tracing::info!(usage_records = written, "stopped; every usage record written");
+    Ok(())
+}
+
+async fn run_mock(listen: SocketAddr, opts: MockOptions) -> Result<(), String> {
+    polyplex::telemetry::init_logging();
+    let (addr, _state) = mock::spawn(listen, opts).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(
+        "polyplex mock listening on http://{addr} (OpenAI protocol at /v1). This is a test double: replies are derived from the input, not from a model. latency_ms={} tokens_per_s={}",
+        opts.latency_ms,
+        opts.tokens_per_s
+    );
+    shutdown_signal().await;
+    Ok(())
+}
+
+fn fmt_price(p: Option<f64>) -> String {
+    p.map_or_else(|| "-".to_string(), |x| format!("{x}"))
+}
+
+fn models(provider: Option<&str>, json: bool) -> Result<(), String> {
+    let c = Catalog::builtin();
+    let providers: Vec<_> = match provider {
+        Some(p) => vec![c.provider(p).ok_or_else(|| format!("unknown provider `{p}`; `polyplex models` lists them all"))?],
+        None => c.providers.iter().collect(),
+    };
+    if json {
+        let out: Vec<serde_json::Value> = providers
+            .iter()
+            .flat_map(|p| {
+                p.models.iter().map(move |m| {
+                    serde_json::json!({"provider": p.id, "protocol": p.protocol, "base_url": p.base_url, "env": p.env,
+                        "model": m.id, "name": m.name, "context": m.context, "max_output": m.output, "capabilities": m.caps,
+                        "price_per_million": m.price.map(|x| serde_json::json!({"input": x.input, "output": x.output, "cache_read": x.cache_read, "cache_write": x.cache_write}))})
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    println!("{:<24} {:<48} {:>9} {:>8} {:>9} {:>9} {:>9}  capabilities", "PROVIDER", "MODEL", "CONTEXT", "OUTPUT", "IN $/M", "OUT $/M", "CACHED");
+    for p in &providers {
+        for m in &p.models {
+            let pr = m.price;
+            println!(
+                "{:<24} {:<48} {:>9} {:>8} {:>9} {:>9} {:>9}  {}",
+                p.id,
+                m.id,
+                m.context,
+                m.output,
+                fmt_price(pr.map(|x| x.input)),
+                fmt_price(pr.map(|x| x.output)),
+                fmt_price(pr.and_then(|x| x.cache_read)),
+                m.caps.join(",")
+            );
+        }
+    }
+    let n: usize = providers.iter().map(|p| p.models.len()).sum();
+    println!("\n{} providers, {n} models. {}", providers.len(), c.attribution);
+    if let Some(p) = provider.and_then(|p| c.provider(p)) {
+        println!("provider {}: protocol {}, base URL {}, key variable(s) {}", p.id, p.protocol, p.base_url.as_deref().unwrap_or("-"), p.env.join(", "));
+    }
+    Ok(())
+}
+
+async fn check(config: Option<PathBuf>) -> ExitCode {
+    let cfg = match load(config.as_ref(), None) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("invalid configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("configuration OK ({})", cfg.source);
+    println!("listen: {}  master key: {}", cfg.listen, if cfg.master_key.is_some() { "set" } else { "not set (loopback only)" });
+    if let Err(e) = polyplex::check_listen(&cfg) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    for n in &cfg.notes {
+        println!("note: {n}");
+    }
+    if cfg.demo {
+        println!("no provider configured: `serve` will run the built-in simulator as provider `demo`");
+        return ExitCode::SUCCESS;
+    }
+    let client = match polyplex::server::http_client(std::time::Duration::from_secs(5)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut unreachable = 0;
+    for p in &cfg.providers {
+        let up = match polyplex::upstream::Upstream::from_config(p) {
+            Ok(u) => u,
+            Err(e) => {
+                println!("{:<20} ERROR {e}", p.name);
+                unreachable += 1;
+                continue;
+            }
+        };
+        let mut req = client.get(polyplex_providers::join_url(&up.base_url, "models")).timeout(std::time::Duration::from_secs(8));
+        if let Some(k) = up.api_key() {
+            req = req.header(up.auth.header.clone(), format!("{}{k}", up.auth.prefix));
+        }
+        for (k, v) in &up.headers {
+            req = req.header(k.clone(), v.clone());
+        }
+        let verdict = match req.send().await {
+            Ok(r) if r.status().is_success() => "reachable".to_string(),
+            Ok(r) if r.status().as_u16() == 401 || r.status().as_u16() == 403 => {
+                unreachable += 1;
+                format!("reachable, but the key was rejected (HTTP {})", r.status().as_u16())
+            }
+            Ok(r) => format!("reachable (GET /models answered HTTP {})", r.status().as_u16()),
+            Err(e) => {
+                unreachable += 1;
+                format!("UNREACHABLE ({})", if e.is_timeout() { "timed out" } else if e.is_connect() { "connection failed" } else { "request failed" })
+            }
+        };
+        let models = p.models.as_ref().map_or_else(|| "catalog models".to_string(), |m| m.join(", "));
+        println!("{:<20} {:<8} {:<45} {verdict}; models: {models}", p.name, p.kind, p.base_url);
+    }
+    for r in &cfg.routes {
+        println!("route {:<14} {:?} -> {}", r.name, r.strategy, r.targets.iter().map(|(p, m)| format!("{p}/{m}")).collect::<Vec<_>>().join(", "));
+    }
+    if unreachable > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

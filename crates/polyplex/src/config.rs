@@ -1,0 +1,657 @@
+//! Configuration: `polyplex.toml`, or zero-config from the environment.
+//!
+//! Raw serde types (`Raw*`, `deny_unknown_fields`) are turned by [`load`] /
+//! [`from_toml`] into validated runtime types. `${VAR}` in string values is
+//! replaced from the environment; a missing variable is an error naming the
+//! field. Secrets are held as [`SecretString`] and never printed.
+
+use polyplex_catalog::{Catalog, Price, PROTOCOL_OPENAI};
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8484";
+pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
+pub const DEFAULT_TIMEOUT_MS: u64 = 600_000;
+pub const DEFAULT_MAX_RETRIES: u32 = 2;
+
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+// ---------------------------------------------------------------- raw file
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    #[serde(default)]
+    auth: RawAuth,
+    store: Option<RawUrl>,
+    redis: Option<RawUrl>,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    providers: Vec<RawProvider>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    master_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUrl {
+    url: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    max_body_bytes: Option<usize>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    input: f64,
+    output: f64,
+    cache_read: Option<f64>,
+    cache_write: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: String,
+    kind: Option<String>,
+    base_url: Option<String>,
+    api_key: Option<String>,
+    models: Option<Vec<String>>,
+    timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    first_byte_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_retries: Option<u32>,
+    weight: Option<u32>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    #[serde(default)]
+    prices: BTreeMap<String, RawPrice>,
+    #[serde(default)]
+    drop_params: bool,
+    /// Header that carries the key (default `Authorization`).
+    auth_header: Option<String>,
+    /// Written before the key in that header (default `Bearer ` for Authorization, else nothing).
+    auth_prefix: Option<String>,
+    /// Ask for usage on streams with `stream_options` (default true).
+    stream_usage: Option<bool>,
+    /// Catalog provider id for prices and model lists, when `name` is not one.
+    catalog: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: String,
+    targets: Vec<String>,
+    strategy: Option<String>,
+}
+
+// ---------------------------------------------------------------- runtime
+
+#[derive(Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub master_key: Option<SecretString>,
+    pub store_url: String,
+    pub redis_url: Option<String>,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub providers: Vec<ProviderConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// Serve the built-in simulator as provider `demo` (nothing else configured).
+    pub demo: bool,
+    /// Where the configuration came from, for logs.
+    pub source: String,
+    /// What zero-config found, for the startup log.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    /// The wire protocol.
+    pub kind: String,
+    pub base_url: String,
+    pub api_key: Option<SecretString>,
+    /// Explicit model list; `None` means the catalog's (and any name is passed through).
+    pub models: Option<Vec<String>>,
+    pub catalog_id: Option<String>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Option<Duration>,
+    pub idle_timeout: Duration,
+    pub max_retries: u32,
+    pub weight: u32,
+    pub headers: Vec<(String, String)>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub prices: BTreeMap<String, Price>,
+    pub drop_params: bool,
+    pub auth_header: String,
+    pub auth_prefix: String,
+    pub stream_usage: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Priority,
+    Cost,
+    Latency,
+    Throughput,
+    Weighted,
+    LeastBusy,
+}
+
+impl Strategy {
+    fn parse(s: &str) -> Option<Strategy> {
+        Some(match s {
+            "priority" => Strategy::Priority,
+            "cost" => Strategy::Cost,
+            "latency" => Strategy::Latency,
+            "throughput" => Strategy::Throughput,
+            "weighted" => Strategy::Weighted,
+            "least-busy" => Strategy::LeastBusy,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// `(provider, model)` pairs.
+    pub targets: Vec<(String, String)>,
+    pub strategy: Strategy,
+}
+
+/// Protocols the gateway can speak today. The others in the catalog are named
+/// in errors and logs so nobody wonders why a provider is missing.
+pub const SUPPORTED_KINDS: &[&str] = &[PROTOCOL_OPENAI];
+
+/// Aliases for self-hosted OpenAI-protocol servers: kind = "ollama" etc.
+fn kind_alias(kind: &str) -> Option<(&'static str, &'static str)> {
+    Some(match kind {
+        "ollama" => ("ollama", "http://127.0.0.1:11434/v1"),
+        "vllm" => ("vllm", "http://127.0.0.1:8000/v1"),
+        "llamacpp" | "llama.cpp" => ("llamacpp", "http://127.0.0.1:8080/v1"),
+        "lmstudio" => ("lmstudio", "http://127.0.0.1:1234/v1"),
+        _ => return None,
+    })
+}
+
+/// Replaces `${VAR}` from `env`. `field` names the setting in errors.
+pub fn interpolate(s: &str, field: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return err(format!("{field}: unterminated `${{` in value"));
+        };
+        let var = &after[..end];
+        if var.is_empty() || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return err(format!("{field}: `${{{var}}}` is not a valid environment variable name"));
+        }
+        match env(var) {
+            Some(v) => out.push_str(&v),
+            None => return err(format!("{field}: environment variable {var} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn parse_listen(s: &str, what: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| ConfigError(format!("{what}: `{s}` is not an address like 127.0.0.1:8484")))
+}
+
+fn valid_base_url(url: &str, field: &str) -> Result<(), ConfigError> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://")) && reqwest::Url::parse(url).is_ok();
+    if !ok {
+        return err(format!("{field}: `{url}` is not an http(s) URL"));
+    }
+    Ok(())
+}
+
+/// Everything [`load`] reads from outside the file.
+pub struct Inputs<'a> {
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    pub listen_override: Option<String>,
+    pub catalog: &'a Catalog,
+}
+
+/// Loads the configuration: `path` if given, else `./polyplex.toml` if present, else zero-config.
+pub fn load(path: Option<&Path>, inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
+    let path: Option<PathBuf> = match path {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(PathBuf::from("polyplex.toml")).filter(|p| p.exists()),
+    };
+    match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", p.display())))?;
+            let mut cfg = from_toml(&text, inputs).map_err(|e| ConfigError(format!("{}: {e}", p.display())))?;
+            cfg.source = p.display().to_string();
+            Ok(cfg)
+        }
+        None => zero_config(inputs),
+    }
+}
+
+/// Parses and validates a TOML configuration.
+pub fn from_toml(text: &str, inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
+    let env = inputs.env;
+    let listen_s = match &inputs.listen_override {
+        Some(l) => l.clone(),
+        None => raw.listen.as_deref().map(|l| interpolate(l, "listen", env)).transpose()?.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
+    };
+    let listen = parse_listen(&listen_s, "listen")?;
+    let master_key = raw
+        .auth
+        .master_key
+        .as_deref()
+        .map(|k| interpolate(k, "auth.master_key", env))
+        .transpose()?
+        .filter(|k| !k.is_empty());
+    if let Some(k) = &master_key {
+        if k.len() < 8 {
+            return err("auth.master_key: must be at least 8 characters");
+        }
+    }
+    let store_url = match &raw.store {
+        Some(s) => interpolate(&s.url, "store.url", env)?,
+        None => "sqlite://polyplex.db".to_string(),
+    };
+    if !(store_url.starts_with("sqlite:") || store_url.starts_with("postgres://") || store_url.starts_with("postgresql://")) {
+        return err(format!("store.url: `{store_url}` must start with sqlite: or postgres://"));
+    }
+    let redis_url = raw.redis.as_ref().map(|r| interpolate(&r.url, "redis.url", env)).transpose()?;
+    if let Some(r) = &redis_url {
+        if !(r.starts_with("redis://") || r.starts_with("rediss://")) {
+            return err(format!("redis.url: `{r}` must start with redis:// or rediss://"));
+        }
+    }
+
+    let mut providers: Vec<ProviderConfig> = Vec::new();
+    for (i, p) in raw.providers.into_iter().enumerate() {
+        let pc = provider(p, i, inputs)?;
+        if providers.iter().any(|q| q.name == pc.name) {
+            return err(format!("providers[{i}].name: `{}` is used twice; provider names must be unique", pc.name));
+        }
+        providers.push(pc);
+    }
+    let mut routes: Vec<RouteConfig> = Vec::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let route = route(r, i, &providers)?;
+        if routes.iter().any(|q| q.name == route.name) {
+            return err(format!("routes[{i}].name: `{}` is used twice", route.name));
+        }
+        routes.push(route);
+    }
+    let demo = providers.is_empty();
+    Ok(Config {
+        listen,
+        master_key: master_key.map(SecretString::from),
+        store_url,
+        redis_url,
+        max_body_bytes: raw.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
+        shutdown_grace: Duration::from_millis(raw.server.shutdown_grace_ms.unwrap_or(30_000)),
+        providers,
+        routes,
+        demo,
+        source: "inline".into(),
+        notes: Vec::new(),
+    })
+}
+
+fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderConfig, ConfigError> {
+    let env = inputs.env;
+    let at = |f: &str| format!("providers[{i}].{f}");
+    if p.name.is_empty() || p.name.contains('/') || p.name.chars().any(char::is_whitespace) {
+        return err(format!("{}: `{}` must be non-empty, without `/` or spaces", at("name"), p.name));
+    }
+    let catalog_id = p.catalog.clone().or_else(|| inputs.catalog.provider(&p.name).map(|c| c.id.clone()));
+    if let Some(c) = &p.catalog {
+        if inputs.catalog.provider(c).is_none() {
+            return err(format!("{}: `{c}` is not a provider in the catalog (see `polyplex models`)", at("catalog")));
+        }
+    }
+    let cat = catalog_id.as_deref().and_then(|c| inputs.catalog.provider(c));
+    let kind_in = p.kind.clone().or_else(|| cat.map(|c| c.protocol.clone()));
+    let Some(kind_in) = kind_in else {
+        return err(format!("{}: required for `{}`, which is not in the catalog (e.g. kind = \"openai\")", at("kind"), p.name));
+    };
+    let (kind, alias_url) = match kind_alias(&kind_in) {
+        Some((_, url)) => (PROTOCOL_OPENAI.to_string(), Some(url)),
+        None => (kind_in.clone(), None),
+    };
+    if !SUPPORTED_KINDS.contains(&kind.as_str()) {
+        let known = ["openai", "anthropic", "gemini", "bedrock", "azure", "cohere", "vertex", "ollama", "vllm", "llamacpp", "lmstudio"];
+        if known.contains(&kind.as_str()) {
+            return err(format!("{}: the `{kind}` protocol is not available in this build yet; supported: openai (and every OpenAI-compatible server)", at("kind")));
+        }
+        return err(format!("{}: unknown protocol `{kind}`; expected one of {}", at("kind"), known.join(", ")));
+    }
+    let base_url = match &p.base_url {
+        Some(u) => interpolate(u, &at("base_url"), env)?,
+        None => match alias_url.map(str::to_string).or_else(|| cat.and_then(|c| c.base_url.clone())) {
+            Some(u) => u,
+            None => return err(format!("{}: required for `{}` (no base URL in the catalog)", at("base_url"), p.name)),
+        },
+    };
+    valid_base_url(&base_url, &at("base_url"))?;
+    let api_key = p.api_key.as_deref().map(|k| interpolate(k, &at("api_key"), env)).transpose()?.filter(|k| !k.is_empty());
+    let mut headers = Vec::new();
+    for (k, v) in &p.headers {
+        let v = interpolate(v, &at(&format!("headers.{k}")), env)?;
+        if http::HeaderName::try_from(k.as_str()).is_err() || http::HeaderValue::try_from(v.as_str()).is_err() {
+            return err(format!("{}: not a valid HTTP header", at(&format!("headers.{k}"))));
+        }
+        headers.push((k.clone(), v));
+    }
+    let auth_header = p.auth_header.clone().unwrap_or_else(|| "authorization".to_string()).to_ascii_lowercase();
+    if http::HeaderName::try_from(auth_header.as_str()).is_err() {
+        return err(format!("{}: `{auth_header}` is not a valid header name", at("auth_header")));
+    }
+    let auth_prefix = p.auth_prefix.clone().unwrap_or_else(|| if auth_header == "authorization" { "Bearer ".into() } else { String::new() });
+    if let Some(models) = &p.models {
+        if models.iter().any(String::is_empty) {
+            return err(format!("{}: model names must be non-empty", at("models")));
+        }
+    }
+    let mut prices = BTreeMap::new();
+    for (m, rp) in p.prices {
+        if rp.input < 0.0 || rp.output < 0.0 {
+            return err(format!("{}: prices must not be negative", at(&format!("prices.{m}"))));
+        }
+        prices.insert(m, Price { input: rp.input, output: rp.output, cache_read: rp.cache_read, cache_write: rp.cache_write });
+    }
+    let ms = Duration::from_millis;
+    let timeout = ms(p.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
+    if timeout.is_zero() {
+        return err(format!("{}: must be greater than 0", at("timeout_ms")));
+    }
+    Ok(ProviderConfig {
+        name: p.name,
+        kind,
+        base_url,
+        api_key: api_key.map(SecretString::from),
+        models: p.models,
+        catalog_id,
+        timeout,
+        connect_timeout: ms(p.connect_timeout_ms.unwrap_or(10_000)),
+        first_byte_timeout: p.first_byte_timeout_ms.map(ms),
+        idle_timeout: ms(p.idle_timeout_ms.unwrap_or(120_000)),
+        max_retries: p.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+        weight: p.weight.unwrap_or(1),
+        headers,
+        rpm: p.rpm,
+        tpm: p.tpm,
+        prices,
+        drop_params: p.drop_params,
+        auth_header,
+        auth_prefix,
+        stream_usage: p.stream_usage.unwrap_or(true),
+    })
+}
+
+fn route(r: RawRoute, i: usize, providers: &[ProviderConfig]) -> Result<RouteConfig, ConfigError> {
+    let at = |f: &str| format!("routes[{i}].{f}");
+    if r.name.is_empty() {
+        return err(format!("{}: must not be empty", at("name")));
+    }
+    if providers.iter().any(|p| r.name.starts_with(&format!("{}/", p.name))) {
+        return err(format!("{}: `{}` would shadow a provider's models", at("name"), r.name));
+    }
+    if r.targets.is_empty() {
+        return err(format!("{}: a route needs at least one target", at("targets")));
+    }
+    let mut targets = Vec::new();
+    for (j, t) in r.targets.iter().enumerate() {
+        let Some((prov, model)) = t.split_once('/') else {
+            return err(format!("{}: `{t}` must be `provider/model`", at(&format!("targets[{j}]"))));
+        };
+        let Some(pc) = providers.iter().find(|p| p.name == prov) else {
+            return err(format!("{}: provider `{prov}` is not configured", at(&format!("targets[{j}]"))));
+        };
+        if let Some(list) = &pc.models {
+            if !list.iter().any(|m| m == model) {
+                return err(format!("{}: provider `{prov}` does not list model `{model}`", at(&format!("targets[{j}]"))));
+            }
+        }
+        targets.push((prov.to_string(), model.to_string()));
+    }
+    let strategy = match r.strategy.as_deref() {
+        None => Strategy::Priority,
+        Some(s) => Strategy::parse(s).ok_or_else(|| {
+            ConfigError(format!("{}: `{s}` is not one of priority, cost, latency, throughput, weighted, least-busy", at("strategy")))
+        })?,
+    };
+    Ok(RouteConfig { name: r.name, targets, strategy })
+}
+
+/// No file: enable every catalog provider whose key variable is set; with none,
+/// serve the built-in simulator as provider `demo`.
+pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
+    let env = inputs.env;
+    let listen_s = inputs.listen_override.clone().unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+    let listen = parse_listen(&listen_s, "listen")?;
+    let mut providers = Vec::new();
+    let mut notes = Vec::new();
+    for cp in &inputs.catalog.providers {
+        if cp.local {
+            continue;
+        }
+        let Some((var, key)) = cp.api_key_from_env(|v| env(v)) else { continue };
+        if !SUPPORTED_KINDS.contains(&cp.protocol.as_str()) {
+            notes.push(format!("{var} is set but provider `{}` speaks the `{}` protocol, which this build does not support yet: skipped", cp.id, cp.protocol));
+            continue;
+        }
+        let Some(base_url) = cp.base_url.clone() else { continue };
+        notes.push(format!("enabled provider `{}` ({var} is set): {} models from the catalog, {base_url}", cp.id, cp.models.len()));
+        providers.push(ProviderConfig {
+            name: cp.id.clone(),
+            kind: cp.protocol.clone(),
+            base_url,
+            api_key: Some(SecretString::from(key)),
+            models: None,
+            catalog_id: Some(cp.id.clone()),
+            timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            connect_timeout: Duration::from_secs(10),
+            first_byte_timeout: None,
+            idle_timeout: Duration::from_secs(120),
+            max_retries: DEFAULT_MAX_RETRIES,
+            weight: 1,
+            headers: Vec::new(),
+            rpm: None,
+            tpm: None,
+            prices: BTreeMap::new(),
+            drop_params: false,
+            auth_header: "authorization".into(),
+            auth_prefix: "Bearer ".into(),
+            stream_usage: true,
+        });
+    }
+    let master_key = env("POLYPLEX_MASTER_KEY").filter(|k| !k.is_empty()).map(SecretString::from);
+    let demo = providers.is_empty();
+    Ok(Config {
+        listen,
+        master_key,
+        store_url: "sqlite://polyplex.db".into(),
+        redis_url: None,
+        max_body_bytes: DEFAULT_MAX_BODY,
+        shutdown_grace: Duration::from_secs(30),
+        providers,
+        routes: Vec::new(),
+        demo,
+        source: "zero-config (no polyplex.toml)".into(),
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    fn parse(text: &str, pairs: &'static [(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let env = env_of(pairs);
+        from_toml(text, &Inputs { env: &env, listen_override: None, catalog: Catalog::builtin() })
+    }
+
+    #[test]
+    fn product_example_parses() {
+        let text = r#"
+listen = "127.0.0.1:9000"
+[auth]
+master_key = "${POLYPLEX_MASTER_KEY}"
+[store]
+url = "sqlite://polyplex.db"
+[redis]
+url = "redis://127.0.0.1:6379"
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+api_key = "${OPENAI_API_KEY}"
+models = ["gpt-4o", "gpt-4o-mini"]
+timeout_ms = 60000
+max_retries = 2
+[[providers]]
+name = "groq"
+api_key = "${GROQ_API_KEY}"
+[[routes]]
+name = "smart"
+targets = ["openai/gpt-4o", "groq/llama-3.3-70b-versatile"]
+strategy = "priority"
+"#;
+        let c = parse(text, &[("POLYPLEX_MASTER_KEY", "master-123456"), ("OPENAI_API_KEY", "sk-1"), ("GROQ_API_KEY", "gsk-2")]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.master_key.as_ref().unwrap().expose_secret(), "master-123456");
+        assert_eq!(c.providers.len(), 2);
+        assert_eq!(c.providers[0].timeout, Duration::from_secs(60));
+        // groq's kind and base URL come from the catalog.
+        assert_eq!(c.providers[1].kind, "openai");
+        assert_eq!(c.providers[1].base_url, "https://api.groq.com/openai/v1");
+        assert_eq!(c.routes[0].targets[1], ("groq".to_string(), "llama-3.3-70b-versatile".to_string()));
+        assert!(!c.demo);
+        // Secrets do not show in Debug output.
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("sk-1") && !dbg.contains("master-123456"), "{dbg}");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = parse("listen = \"127.0.0.1:1\"\n\n[[providers]]\nname = \"x\"\nkind = \"openai\"\nbase_url = \"http://h/v1\"\nmodles = [\"a\"]\n", &[]).unwrap_err();
+        assert!(e.0.contains("modles"), "{e}");
+        assert!(e.0.contains("line 7"), "{e}");
+        let e = parse("lisen = \"x\"\n", &[]).unwrap_err();
+        assert!(e.0.contains("lisen") && e.0.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn missing_env_var_names_field_and_variable() {
+        let e = parse("[[providers]]\nname = \"openai\"\napi_key = \"${NOPE_KEY}\"\n", &[]).unwrap_err();
+        assert!(e.0.contains("providers[0].api_key") && e.0.contains("NOPE_KEY"), "{e}");
+    }
+
+    #[test]
+    fn interpolation_rules() {
+        let env = env_of(&[("A", "1"), ("B", "two")]);
+        assert_eq!(interpolate("x${A}y${B}", "f", &env).unwrap(), "x1ytwo");
+        assert_eq!(interpolate("plain", "f", &env).unwrap(), "plain");
+        assert!(interpolate("${A", "f", &env).is_err());
+        assert!(interpolate("${}", "f", &env).is_err());
+    }
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("[[providers]]\nname = \"mine\"\n", "providers[0].kind"),
+            ("[[providers]]\nname = \"mine\"\nkind = \"openai\"\n", "providers[0].base_url"),
+            ("[[providers]]\nname = \"mine\"\nkind = \"openai\"\nbase_url = \"ftp://x\"\n", "providers[0].base_url"),
+            ("[[providers]]\nname = \"mine\"\nkind = \"martian\"\nbase_url = \"http://x\"\n", "providers[0].kind"),
+            ("[[providers]]\nname = \"openai\"\n[[providers]]\nname = \"openai\"\n", "used twice"),
+            ("[[providers]]\nname = \"openai\"\n[[routes]]\nname = \"r\"\ntargets = [\"nope/x\"]\n", "routes[0].targets[0]"),
+            ("[[providers]]\nname = \"openai\"\n[[routes]]\nname = \"r\"\ntargets = [\"openai/gpt-4o\"]\nstrategy = \"random\"\n", "routes[0].strategy"),
+            ("listen = \"nowhere\"\n", "listen"),
+            ("[store]\nurl = \"mysql://x\"\n", "store.url"),
+            ("[auth]\nmaster_key = \"short\"\n", "auth.master_key"),
+        ];
+        for (text, want) in cases {
+            let e = parse(text, &[]).unwrap_err();
+            assert!(e.0.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn self_hosted_aliases() {
+        let c = parse("[[providers]]\nname = \"local\"\nkind = \"ollama\"\n", &[]).unwrap();
+        assert_eq!(c.providers[0].kind, "openai");
+        assert_eq!(c.providers[0].base_url, "http://127.0.0.1:11434/v1");
+        assert!(c.providers[0].api_key.is_none());
+    }
+
+    #[test]
+    fn listen_override_wins() {
+        let env = env_of(&[]);
+        let c = from_toml("listen = \"127.0.0.1:1\"\n", &Inputs { env: &env, listen_override: Some("127.0.0.1:2".into()), catalog: Catalog::builtin() }).unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert!(c.demo);
+    }
+
+    #[test]
+    fn zero_config_enables_providers_with_keys() {
+        let env = env_of(&[("GROQ_API_KEY", "gsk"), ("ANTHROPIC_API_KEY", "sk-ant"), ("MISTRAL_API_KEY", "")]);
+        let c = zero_config(&Inputs { env: &env, listen_override: None, catalog: Catalog::builtin() }).unwrap();
+        let names: Vec<_> = c.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, vec!["groq"]);
+        assert!(!c.demo);
+        assert!(c.notes.iter().any(|n| n.contains("anthropic") && n.contains("skipped")));
+        let none = env_of(&[]);
+        let c = zero_config(&Inputs { env: &none, listen_override: None, catalog: Catalog::builtin() }).unwrap();
+        assert!(c.demo && c.providers.is_empty());
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+    }
+}

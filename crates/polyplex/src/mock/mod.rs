@@ -1,0 +1,487 @@
+//! `polyplex mock`: a local simulator of the upstream providers' wire
+//! protocols, for demos, tests and benchmarks without keys or network.
+//! It is a test double: its answers are derived from the request (see
+//! [`reply`]), not from a model.
+//!
+//! OpenAI protocol: `POST /v1/chat/completions` (streaming too),
+//! `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models`.
+//!
+//! Control (for tests):
+//! - `POST /__mock/faults` `{"fault": "500"|"503"|"429"|"timeout"|"disconnect"|"status",
+//!   "count": N, "status": 502, "retry_after": 1, "after_chunks": 2, "delay_ms": 5000,
+//!   "model": "only-this-model"}` — the next N matching requests fail that way;
+//! - `DELETE /__mock/faults`; `GET /__mock/stats`; `GET /__mock/requests` (the last
+//!   requests received, headers and body); `POST /__mock/reset`.
+
+pub mod reply;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use reply::Answer;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MockOptions {
+    /// Time to first byte, milliseconds.
+    pub latency_ms: u64,
+    /// Streaming pace; 0 means as fast as possible.
+    pub tokens_per_s: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Fault {
+    pub fault: String,
+    #[serde(default = "one")]
+    pub count: u64,
+    pub status: Option<u16>,
+    pub retry_after: Option<u64>,
+    pub after_chunks: Option<usize>,
+    pub delay_ms: Option<u64>,
+    pub model: Option<String>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub streams_started: AtomicU64,
+    pub streams_completed: AtomicU64,
+    pub streams_cancelled: AtomicU64,
+    pub faults_served: AtomicU64,
+}
+
+pub struct MockState {
+    pub opts: MockOptions,
+    faults: Mutex<Vec<Fault>>,
+    pub stats: Stats,
+    recent: Mutex<VecDeque<Value>>,
+    seq: AtomicU64,
+}
+
+const RECENT: usize = 64;
+
+impl MockState {
+    pub fn new(opts: MockOptions) -> Arc<Self> {
+        Arc::new(MockState { opts, faults: Mutex::new(Vec::new()), stats: Stats::default(), recent: Mutex::new(VecDeque::new()), seq: AtomicU64::new(0) })
+    }
+
+    /// Takes one use of the first fault that matches `model`.
+    fn take_fault(&self, model: &str) -> Option<Fault> {
+        let mut faults = self.faults.lock().ok()?;
+        let i = faults.iter().position(|f| f.count > 0 && f.model.as_deref().is_none_or(|m| m == model))?;
+        faults[i].count -= 1;
+        let f = faults[i].clone();
+        if faults[i].count == 0 {
+            faults.remove(i);
+        }
+        self.stats.faults_served.fetch_add(1, Ordering::Relaxed);
+        Some(f)
+    }
+
+    fn record(&self, path: &str, headers: &HeaderMap, body: &Value) {
+        let hs: Map<String, Value> = headers.iter().map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("")))).collect();
+        if let Ok(mut r) = self.recent.lock() {
+            if r.len() == RECENT {
+                r.pop_front();
+            }
+            r.push_back(json!({"path": path, "headers": hs, "body": body}));
+        }
+    }
+
+    fn next_id(&self, prefix: &str) -> String {
+        format!("{prefix}{:06}", self.seq.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+}
+
+pub fn router(state: Arc<MockState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/__mock/faults", post(add_fault).delete(clear_faults))
+        .route("/__mock/stats", get(stats))
+        .route("/__mock/requests", get(requests))
+        .route("/__mock/reset", post(reset))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "invalid_request_error", "unknown mock path", None) })
+        .with_state(state)
+}
+
+/// Binds and serves the mock in the background; returns its address.
+pub async fn spawn(addr: SocketAddr, opts: MockOptions) -> std::io::Result<(SocketAddr, Arc<MockState>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let state = MockState::new(opts);
+    let app = router(state.clone());
+    tokio::spawn(async move {
+        use axum::serve::ListenerExt;
+        let l = listener.tap_io(|t| {
+            let _ = t.set_nodelay(true);
+        });
+        if let Err(e) = axum::serve(l, app).await {
+            tracing::error!(error = %e, "mock server stopped");
+        }
+    });
+    Ok((local, state))
+}
+
+fn error(status: StatusCode, kind: &str, msg: &str, code: Option<&str>) -> Response {
+    (status, Json(json!({"error": {"message": msg, "type": kind, "param": null, "code": code}}))).into_response()
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+async fn add_fault(State(s): State<Arc<MockState>>, Json(f): Json<Fault>) -> Response {
+    let known = ["500", "502", "503", "529", "429", "400", "401", "timeout", "disconnect", "status", "garbage"];
+    if !known.contains(&f.fault.as_str()) {
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", &format!("unknown fault; expected one of {}", known.join(", ")), None);
+    }
+    if let Ok(mut faults) = s.faults.lock() {
+        faults.push(f);
+    }
+    Json(json!({"ok": true})).into_response()
+}
+
+async fn clear_faults(State(s): State<Arc<MockState>>) -> Json<Value> {
+    if let Ok(mut f) = s.faults.lock() {
+        f.clear();
+    }
+    Json(json!({"ok": true}))
+}
+
+async fn reset(State(s): State<Arc<MockState>>) -> Json<Value> {
+    if let Ok(mut f) = s.faults.lock() {
+        f.clear();
+    }
+    if let Ok(mut r) = s.recent.lock() {
+        r.clear();
+    }
+    for c in [&s.stats.requests, &s.stats.streams_started, &s.stats.streams_completed, &s.stats.streams_cancelled, &s.stats.faults_served] {
+        c.store(0, Ordering::Relaxed);
+    }
+    Json(json!({"ok": true}))
+}
+
+async fn stats(State(s): State<Arc<MockState>>) -> Json<Value> {
+    let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let st = &s.stats;
+    Json(json!({
+        "requests": l(&st.requests), "streams_started": l(&st.streams_started),
+        "streams_completed": l(&st.streams_completed), "streams_cancelled": l(&st.streams_cancelled),
+        "faults_served": l(&st.faults_served),
+        "pending_faults": s.faults.lock().map(|f| f.iter().map(|x| x.count).sum::<u64>()).unwrap_or(0),
+    }))
+}
+
+async fn requests(State(s): State<Arc<MockState>>) -> Json<Value> {
+    Json(Value::Array(s.recent.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()))
+}
+
+async fn models() -> Json<Value> {
+    let ids = ["echo", "gpt-4o", "gpt-4o-mini", "text-embedding-3-small"];
+    Json(json!({"object": "list", "data": ids.iter().map(|id| json!({"id": id, "object": "model", "created": 1700000000, "owned_by": "polyplex-mock"})).collect::<Vec<_>>()}))
+}
+
+/// Parses the body, records it, applies a pending fault. `Err` is the response to send instead.
+async fn admit(s: &MockState, path: &str, headers: &HeaderMap, body: &Bytes) -> Result<(Map<String, Value>, Option<Fault>), Response> {
+    s.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let map: Map<String, Value> = match serde_json::from_slice(body) {
+        Ok(m) => m,
+        Err(e) => return Err(error(StatusCode::BAD_REQUEST, "invalid_request_error", &format!("We could not parse the JSON body of your request: {e}"), None)),
+    };
+    s.record(path, headers, &Value::Object(map.clone()));
+    let model = map.get("model").and_then(Value::as_str).unwrap_or("");
+    let fault = s.take_fault(model);
+    if let Some(f) = &fault {
+        match f.fault.as_str() {
+            "429" => {
+                let mut r = error(StatusCode::TOO_MANY_REQUESTS, "requests", "Rate limit reached for requests (polyplex mock fault). Please try again in 1s.", Some("rate_limit_exceeded"));
+                if let Ok(v) = f.retry_after.unwrap_or(1).to_string().parse() {
+                    r.headers_mut().insert("retry-after", v);
+                }
+                return Err(r);
+            }
+            "timeout" => tokio::time::sleep(Duration::from_millis(f.delay_ms.unwrap_or(60_000))).await,
+            "disconnect" | "garbage" => {}
+            other => {
+                let code = match other {
+                    "status" => f.status.unwrap_or(500),
+                    n => n.parse().unwrap_or(500),
+                };
+                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let kind = if code < 500 { "invalid_request_error" } else { "server_error" };
+                return Err(error(status, kind, &format!("The mock upstream failed with HTTP {code} on purpose (fault injection)."), None));
+            }
+        }
+    }
+    if s.opts.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(s.opts.latency_ms)).await;
+    }
+    Ok((map, fault))
+}
+
+fn usage_json(prompt: u64, completion: u64) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}})
+}
+
+fn logprobs_json(pieces: &[String], top: u64) -> Value {
+    json!({"content": pieces.iter().map(|p| json!({"token": p, "logprob": -0.0001, "bytes": p.as_bytes(),
+        "top_logprobs": (0..top).map(|i| json!({"token": p, "logprob": -0.0001 - i as f64, "bytes": p.as_bytes()})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+        "refusal": null})
+}
+
+fn answer_tokens(a: &Answer) -> u64 {
+    match a {
+        Answer::Text { pieces, .. } => pieces.len() as u64,
+        Answer::ToolCall { name, arguments, .. } => 1 + (name.len() + arguments.len()).div_ceil(4) as u64,
+    }
+}
+
+/// Streams `events` (already-framed SSE) at the configured pace; `cut_after`
+/// drops the connection after that many events.
+fn sse_body(s: Arc<MockState>, events: Vec<Bytes>, cut_after: Option<usize>) -> Response {
+    struct Guard {
+        s: Arc<MockState>,
+        done: bool,
+    }
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let c = if self.done { &self.s.stats.streams_completed } else { &self.s.stats.streams_cancelled };
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    s.stats.streams_started.fetch_add(1, Ordering::Relaxed);
+    let gap = if s.opts.tokens_per_s > 0.0 { Some(Duration::from_secs_f64(1.0 / s.opts.tokens_per_s)) } else { None };
+    let total = events.len();
+    let guard = Guard { s, done: false };
+    let stream = futures::stream::unfold((events.into_iter().enumerate(), guard), move |(mut it, mut guard)| async move {
+        let (i, ev) = it.next()?;
+        if cut_after.is_some_and(|c| i >= c) {
+            // Abort mid-stream: the connection is dropped without a clean end.
+            return Some((Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock fault: disconnect")), (it, guard)));
+        }
+        if i > 0 {
+            if let Some(g) = gap {
+                tokio::time::sleep(g).await;
+            }
+        }
+        if i + 1 == total {
+            guard.done = true;
+        }
+        Some((Ok::<Bytes, std::io::Error>(ev), (it, guard)))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn frame(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+fn done_frame() -> Bytes {
+    Bytes::from_static(b"data: [DONE]\n\n")
+}
+
+/// A reply body cut off half way (the "garbage" fault): not valid JSON.
+fn garbage() -> Response {
+    (StatusCode::OK, [("content-type", "application/json")], "{\"id\": \"chatcmpl-broken\", \"choi").into_response()
+}
+
+async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (req, fault) = match admit(&s, "/v1/chat/completions", &headers, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let messages = req.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+    if messages.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "'messages' must be a non-empty array", None);
+    }
+    let model = req.get("model").and_then(Value::as_str).unwrap_or("echo").to_string();
+    let n = req.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 128);
+    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = req.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
+    let logprobs = req.get("logprobs").and_then(Value::as_bool).unwrap_or(false);
+    let top = req.get("top_logprobs").and_then(Value::as_u64).unwrap_or(0);
+    let answer = reply::chat_answer(&req);
+    let prompt = reply::prompt_tokens(messages);
+    let completion = answer_tokens(&answer) * n;
+    let id = s.next_id("chatcmpl-mock");
+    let created = now();
+    let fp = "fp_polyplex_mock";
+    let is_fault = |k: &str| fault.as_ref().is_some_and(|f| f.fault == k);
+
+    if !stream {
+        if is_fault("disconnect") {
+            return sse_body(s, vec![Bytes::from_static(b"{\"id\":")], Some(0));
+        }
+        if is_fault("garbage") {
+            return garbage();
+        }
+        let choices: Vec<Value> = (0..n)
+            .map(|i| {
+                let (message, finish, lp) = match &answer {
+                    Answer::Text { pieces, finish } => (
+                        json!({"role": "assistant", "content": pieces.concat(), "refusal": null, "annotations": []}),
+                        *finish,
+                        if logprobs { logprobs_json(pieces, top) } else { Value::Null },
+                    ),
+                    Answer::ToolCall { id, name, arguments } => (
+                        json!({"role": "assistant", "content": null, "refusal": null, "annotations": [],
+                            "tool_calls": [{"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}]}),
+                        "tool_calls",
+                        Value::Null,
+                    ),
+                };
+                json!({"index": i, "message": message, "logprobs": lp, "finish_reason": finish})
+            })
+            .collect();
+        let tps = s.opts.tokens_per_s;
+        if tps > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(completion as f64 / tps)).await;
+        }
+        return Json(json!({"id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": choices, "usage": usage_json(prompt, completion), "service_tier": "default", "system_fingerprint": fp}))
+        .into_response();
+    }
+
+    let chunk = |choices: Value, usage: Option<Value>| {
+        let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "service_tier": "default", "system_fingerprint": fp, "choices": choices});
+        if include_usage {
+            c["usage"] = usage.unwrap_or(Value::Null);
+        }
+        frame(&c)
+    };
+    let mut events = Vec::new();
+    for i in 0..n {
+        let first = match &answer {
+            Answer::Text { .. } => json!({"role": "assistant", "content": "", "refusal": null}),
+            Answer::ToolCall { id, name, .. } => json!({"role": "assistant", "content": null,
+                "tool_calls": [{"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+        };
+        events.push(chunk(json!([{"index": i, "delta": first, "logprobs": null, "finish_reason": null}]), None));
+    }
+    let finish = match &answer {
+        Answer::Text { pieces, finish } => {
+            for p in pieces {
+                for i in 0..n {
+                    let lp = if logprobs { logprobs_json(std::slice::from_ref(p), top) } else { Value::Null };
+                    events.push(chunk(json!([{"index": i, "delta": {"content": p}, "logprobs": lp, "finish_reason": null}]), None));
+                }
+            }
+            *finish
+        }
+        Answer::ToolCall { arguments, .. } => {
+            let chars: Vec<char> = arguments.chars().collect();
+            for frag in chars.chunks(8) {
+                let frag: String = frag.iter().collect();
+                for i in 0..n {
+                    events.push(chunk(json!([{"index": i, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": frag}}]}, "logprobs": null, "finish_reason": null}]), None));
+                }
+            }
+            "tool_calls"
+        }
+    };
+    for i in 0..n {
+        events.push(chunk(json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": finish}]), None));
+    }
+    if include_usage {
+        events.push(chunk(json!([]), Some(usage_json(prompt, completion))));
+    }
+    events.push(done_frame());
+    let cut = fault.as_ref().filter(|f| f.fault == "disconnect").map(|f| f.after_chunks.unwrap_or(2));
+    sse_body(s, events, cut)
+}
+
+async fn completions(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (req, fault) = match admit(&s, "/v1/completions", &headers, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let model = req.get("model").and_then(Value::as_str).unwrap_or("echo").to_string();
+    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = req.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
+    let (pieces, finish) = reply::completion_answer(&req);
+    let prompt = match req.get("prompt") {
+        Some(Value::String(p)) => reply::tokenize(p).len() as u64,
+        _ => 1,
+    };
+    let id = s.next_id("cmpl-mock");
+    let created = now();
+    if !stream {
+        if fault.is_some_and(|f| f.fault == "garbage") {
+            return garbage();
+        }
+        return Json(json!({"id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"text": pieces.concat(), "index": 0, "logprobs": null, "finish_reason": finish}],
+            "usage": usage_json(prompt, pieces.len() as u64), "system_fingerprint": "fp_polyplex_mock"}))
+        .into_response();
+    }
+    let mut events: Vec<Bytes> = pieces
+        .iter()
+        .map(|p| frame(&json!({"id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"text": p, "index": 0, "logprobs": null, "finish_reason": null}]})))
+        .collect();
+    events.push(frame(&json!({"id": id, "object": "text_completion", "created": created, "model": model,
+        "choices": [{"text": "", "index": 0, "logprobs": null, "finish_reason": finish}]})));
+    if include_usage {
+        events.push(frame(&json!({"id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [], "usage": usage_json(prompt, pieces.len() as u64)})));
+    }
+    events.push(done_frame());
+    let cut = fault.filter(|f| f.fault == "disconnect").map(|f| f.after_chunks.unwrap_or(2));
+    sse_body(s, events, cut)
+}
+
+async fn embeddings(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (req, _fault) = match admit(&s, "/v1/embeddings", &headers, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let model = req.get("model").and_then(Value::as_str).unwrap_or("text-embedding-3-small").to_string();
+    let dims = req.get("dimensions").and_then(Value::as_u64).unwrap_or(16).clamp(1, 4096) as usize;
+    let base64 = req.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let inputs: Vec<String> = match req.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect(),
+        _ => return error(StatusCode::BAD_REQUEST, "invalid_request_error", "'input' is required", None),
+    };
+    let mut tokens = 0u64;
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            tokens += reply::tokenize(text).len().max(1) as u64;
+            let v = reply::embedding(text, dims);
+            let emb = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": emb})
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})).into_response()
+}

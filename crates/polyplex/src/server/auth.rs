@@ -1,0 +1,60 @@
+//! Stage 2: who is calling. The master key today; gateway keys later.
+
+use super::App;
+use crate::server::respond::ApiError;
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use polyplex_types::GatewayError;
+use secrecy::ExposeSecret;
+use subtle::ConstantTimeEq;
+
+/// The key the client presented: `Authorization: Bearer K`, or `x-api-key` / `api-key`.
+pub fn presented_key(h: &HeaderMap) -> Option<&str> {
+    if let Some(v) = h.get("authorization").and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        let key = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v).trim();
+        return Some(key).filter(|k| !k.is_empty());
+    }
+    ["x-api-key", "api-key"].iter().find_map(|n| h.get(*n).and_then(|v| v.to_str().ok())).map(str::trim).filter(|k| !k.is_empty())
+}
+
+pub fn check(app: &App, headers: &HeaderMap) -> Result<(), GatewayError> {
+    let Some(master) = &app.master_key else { return Ok(()) };
+    let Some(key) = presented_key(headers) else {
+        return Err(GatewayError::unauthorized(
+            "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+        )
+        .with_code("missing_api_key"));
+    };
+    if bool::from(key.as_bytes().ct_eq(master.expose_secret().as_bytes())) {
+        Ok(())
+    } else {
+        Err(GatewayError::unauthorized("Incorrect API key provided. Check the key you passed as the Bearer token."))
+    }
+}
+
+pub async fn require(State(app): State<App>, req: Request, next: Next) -> Response {
+    match check(&app, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_from_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented_key(&h), None);
+        h.insert("x-api-key", "abc".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("abc"));
+        h.insert("authorization", "Bearer plx-123".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("plx-123"));
+        h.insert("authorization", "Bearer ".parse().unwrap());
+        assert_eq!(presented_key(&h), None);
+    }
+}

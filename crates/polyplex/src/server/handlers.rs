@@ -1,0 +1,273 @@
+//! Stages 3–9 for each endpoint.
+
+use super::respond::{finish_usage, json_response, sse_response, ApiError, Served, StreamContext};
+use super::{App, RequestId};
+use crate::executor::{attempt_loop, stream_once, unary_once};
+use crate::usage::UsageRecord;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use polyplex_providers::Endpoint;
+use polyplex_types::{validate, GatewayError, JsonMap, Usage};
+use serde_json::{json, Value};
+use std::time::{Instant, SystemTime};
+
+/// Stage 3: the body, within the size limit, as a JSON object.
+async fn read_json(app: &App, req: Request) -> Result<JsonMap, GatewayError> {
+    let limit = app.max_body;
+    if let Some(len) = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
+        if len > limit {
+            return Err(GatewayError::body_too_large(limit));
+        }
+    }
+    let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+        if is_length_limit(&e) {
+            GatewayError::body_too_large(limit)
+        } else {
+            GatewayError::invalid_request(format!("Could not read the request body: {e}"))
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(GatewayError::invalid_request("The request body is empty. The API expects a JSON object."));
+    }
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        GatewayError::invalid_request(format!(
+            "We could not parse the JSON body of your request ({e}). The API expects a JSON object; check that the body is valid JSON and sent with Content-Type: application/json."
+        ))
+    })?;
+    match v {
+        Value::Object(m) => Ok(m),
+        other => Err(GatewayError::invalid_request(format!("The request body must be a JSON object, but it is {}.", kind_of(&other)))),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Array(_) => "an array",
+        Value::String(_) => "a string",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "a boolean",
+        Value::Null => "null",
+        Value::Object(_) => "an object",
+    }
+}
+
+struct Parsed {
+    body: JsonMap,
+    model: String,
+    fallbacks: Vec<String>,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn validate(endpoint: Endpoint, body: JsonMap) -> Result<Parsed, GatewayError> {
+    let (model, fallbacks, stream, include_usage) = match endpoint {
+        Endpoint::Chat => {
+            let m = validate::chat(&body)?;
+            (m.model, m.fallback_models, m.stream, m.include_usage)
+        }
+        Endpoint::Completions => {
+            let m = validate::completions(&body)?;
+            (m.model, m.fallback_models, m.stream, m.include_usage)
+        }
+        Endpoint::Embeddings => {
+            let m = validate::embeddings(&body)?;
+            (m.model, m.fallback_models, false, false)
+        }
+    };
+    Ok(Parsed { body, model, fallbacks, stream, include_usage })
+}
+
+fn record_failure(app: &App, rid: &str, endpoint: Endpoint, model: &str, e: &GatewayError, started: Instant, served: &Served<'_>, stream: bool) {
+    app.recorder.record(UsageRecord {
+        request_id: rid.to_string(),
+        endpoint: endpoint.as_str(),
+        requested_model: model.to_string(),
+        provider: served.deployment.map(|d| d.upstream.name.clone()),
+        model: served.deployment.map(|d| d.model.clone()),
+        status: e.status.as_u16(),
+        usage: Usage::default(),
+        cost_usd: 0.0,
+        latency: started.elapsed(),
+        ttft: None,
+        attempts: served.attempts,
+        stream,
+        at: SystemTime::now(),
+    });
+}
+
+async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> Response {
+    let started = Instant::now();
+    let rid = rid.0.to_string();
+    let parsed = match read_json(&app, req).await.and_then(|b| validate(endpoint, b)) {
+        Ok(p) => p,
+        Err(e) => {
+            record_failure(&app, &rid, endpoint, "", &e, started, &Served { deployment: None, attempts: 0, failed_over: &[] }, false);
+            return ApiError(e).into_response();
+        }
+    };
+    let plan = match app.router.plan(&parsed.model, &parsed.fallbacks) {
+        Ok(p) => p,
+        Err(e) => {
+            record_failure(&app, &rid, endpoint, &parsed.model, &e, started, &Served { deployment: None, attempts: 0, failed_over: &[] }, parsed.stream);
+            return ApiError(e).into_response();
+        }
+    };
+    tracing::debug!(request_id = %rid, model = %parsed.model, plan = ?plan.iter().map(|d| d.label()).collect::<Vec<_>>(), "routing plan");
+    let body = &parsed.body;
+    let app_ref = &app;
+
+    if parsed.stream {
+        let outcome = attempt_loop(&plan, |d| async move { stream_once(app_ref, &d, endpoint, body).await }).await;
+        let served = Served { deployment: outcome.deployment.as_ref(), attempts: outcome.attempts, failed_over: &outcome.failed_over };
+        return match outcome.result {
+            Ok(open) => {
+                let mut resp_headers = Response::new(Body::empty());
+                served.apply(&mut resp_headers);
+                let Some(d) = outcome.deployment.clone() else {
+                    return ApiError(GatewayError::internal("stream without a deployment")).into_response();
+                };
+                let ctx = StreamContext {
+                    app: app.clone(),
+                    request_id: rid,
+                    endpoint,
+                    requested_model: parsed.model.clone(),
+                    include_usage: parsed.include_usage,
+                    started,
+                    attempts: outcome.attempts,
+                    request: parsed.body.clone(),
+                };
+                let mut resp = sse_response(ctx, open, d);
+                resp.headers_mut().extend(resp_headers.headers_mut().drain());
+                resp
+            }
+            Err(e) => {
+                record_failure(&app, &rid, endpoint, &parsed.model, &e, started, &served, true);
+                let mut resp = ApiError(e).into_response();
+                served.apply(&mut resp);
+                resp
+            }
+        };
+    }
+
+    let outcome = attempt_loop(&plan, |d| async move { unary_once(app_ref, &d, endpoint, body).await }).await;
+    let served = Served { deployment: outcome.deployment.as_ref(), attempts: outcome.attempts, failed_over: &outcome.failed_over };
+    match (outcome.result, outcome.deployment.as_ref()) {
+        (Ok((mut map, upstream_usage)), Some(d)) => {
+            let (usage, cost) = finish_usage(&app, d, endpoint, body, &mut map, upstream_usage);
+            let latency = started.elapsed();
+            app.recorder.record(UsageRecord {
+                request_id: rid,
+                endpoint: endpoint.as_str(),
+                requested_model: parsed.model.clone(),
+                provider: Some(d.upstream.name.clone()),
+                model: Some(d.model.clone()),
+                status: 200,
+                usage,
+                cost_usd: cost,
+                latency,
+                ttft: Some(latency),
+                attempts: outcome.attempts,
+                stream: false,
+                at: SystemTime::now(),
+            });
+            let mut resp = json_response(&map);
+            served.apply(&mut resp);
+            resp
+        }
+        (Ok(_), None) => ApiError(GatewayError::internal("response without a deployment")).into_response(),
+        (Err(e), _) => {
+            record_failure(&app, &rid, endpoint, &parsed.model, &e, started, &served, false);
+            let mut resp = ApiError(e).into_response();
+            served.apply(&mut resp);
+            resp
+        }
+    }
+}
+
+pub async fn chat_completions(State(app): State<App>, Extension(rid): Extension<RequestId>, req: Request) -> Response {
+    handle(app, rid, Endpoint::Chat, req).await
+}
+
+pub async fn completions(State(app): State<App>, Extension(rid): Extension<RequestId>, req: Request) -> Response {
+    handle(app, rid, Endpoint::Completions, req).await
+}
+
+pub async fn embeddings(State(app): State<App>, Extension(rid): Extension<RequestId>, req: Request) -> Response {
+    handle(app, rid, Endpoint::Embeddings, req).await
+}
+
+fn model_object(id: &str, owner: &str) -> Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": owner})
+}
+
+/// Every `provider/model` this gateway can serve, then the route names.
+fn all_models(app: &App) -> Vec<Value> {
+    let catalog = app.router.catalog();
+    let mut out = Vec::new();
+    for u in app.router.upstreams() {
+        for m in u.model_ids(catalog) {
+            out.push(model_object(&format!("{}/{m}", u.name), &u.name));
+        }
+    }
+    let mut routes: Vec<_> = app.router.routes().map(|r| r.name.clone()).collect();
+    routes.sort();
+    for r in routes {
+        out.push(model_object(&r, "polyplex"));
+    }
+    out
+}
+
+pub async fn list_models(State(app): State<App>) -> Response {
+    Json(json!({"object": "list", "data": all_models(&app)})).into_response()
+}
+
+pub async fn get_model(State(app): State<App>, Path(id): Path<String>) -> Response {
+    match app.router.resolve(&id) {
+        Ok(ds) => {
+            let owner = if app.router.routes().any(|r| r.name == id) { "polyplex".to_string() } else { ds.first().map(|d| d.upstream.name.clone()).unwrap_or_default() };
+            Json(model_object(&id, &owner)).into_response()
+        }
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
+pub async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+pub async fn readyz(State(app): State<App>) -> Response {
+    if app.ready.load(std::sync::atomic::Ordering::SeqCst) {
+        Json(json!({"status": "ready", "providers": app.router.upstreams().len()})).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "shutting down"}))).into_response()
+    }
+}
+
+pub async fn metrics(State(app): State<App>) -> Response {
+    match &app.metrics {
+        Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable").into_response(),
+    }
+}
+
+pub async fn not_found(method: Method, uri: Uri) -> Response {
+    ApiError(GatewayError::not_found(format!("Unknown request URL: {method} {}. Please check the URL for typos.", uri.path()))).into_response()
+}
+
+pub async fn method_not_allowed() -> Response {
+    ApiError(GatewayError::method_not_allowed()).into_response()
+}

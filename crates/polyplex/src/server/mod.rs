@@ -1,0 +1,138 @@
+//! The HTTP server.
+//!
+//! A request to `/v1/*` passes through these stages, in this order:
+//!
+//! 1. **request id** ([`request_id`]): takes the client's `x-request-id` if it is
+//!    sane, else makes one; every response carries it.
+//! 2. **auth** ([`auth::require`]): the master key as a Bearer token (or
+//!    `x-api-key`/`api-key`), compared in constant time. Without a master key
+//!    the gateway only listens on loopback and lets every caller in. Gateway
+//!    keys (`plx-...`), their model allow-lists and limits slot in here.
+//! 3. **body** ([`handlers`]): read up to `server.max_body_bytes` (413 past it),
+//!    parsed once into an insertion-ordered JSON map (400 naming the problem).
+//! 4. **validation** (`polyplex_types::validate`): OpenAI's rules, each error
+//!    naming the field.
+//! 5. **limits and budget admission**: (per-key limits land here.)
+//! 6. **routing** ([`crate::routing`]): the model name (plus any `models`
+//!    fallback list) becomes an ordered plan of deployments; 404 if none.
+//! 7. **attempts** ([`crate::executor`]): the adapter builds the upstream
+//!    request, the one pooled client sends it; retries and failover on
+//!    retryable errors; streams commit after their first chunk.
+//! 8. **response** ([`respond`]): OpenAI JSON with `usage.cost`, or SSE framed
+//!    exactly as OpenAI's, with `x-polyplex-provider/model/attempts` headers.
+//! 9. **usage** ([`crate::usage`]): one record per request to the background
+//!    writer, whatever the outcome, including streams the client abandoned.
+
+pub mod auth;
+pub mod handlers;
+pub mod respond;
+
+use crate::config::Config;
+use crate::routing::Router as ModelRouter;
+use crate::upstream::Upstream;
+use crate::usage::Recorder;
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use polyplex_catalog::Catalog;
+use secrecy::SecretString;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct AppState {
+    pub router: ModelRouter,
+    pub http: reqwest::Client,
+    pub master_key: Option<SecretString>,
+    pub max_body: usize,
+    pub recorder: Recorder,
+    pub metrics: Option<PrometheusHandle>,
+    pub ready: AtomicBool,
+}
+
+pub type App = Arc<AppState>;
+
+/// The request id of the current request (set by [`request_id`]).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub Arc<str>);
+
+/// The one pooled HTTP client every upstream request goes through.
+pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("polyplex/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// Builds the application state from a validated config. `demo_base_url` is the
+/// in-process simulator's URL when `cfg.demo` is set.
+pub fn state(cfg: &Config, demo_base_url: Option<String>, recorder: Recorder) -> Result<App, String> {
+    let mut providers = cfg.providers.clone();
+    if let Some(url) = demo_base_url {
+        providers.push(crate::demo_provider(url));
+    }
+    let upstreams = providers.iter().map(|p| Upstream::from_config(p).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
+    let connect = providers.iter().map(|p| p.connect_timeout).min().unwrap_or(Duration::from_secs(10));
+    Ok(Arc::new(AppState {
+        router: ModelRouter::new(upstreams, cfg.routes.clone(), Catalog::builtin()),
+        http: http_client(connect)?,
+        master_key: cfg.master_key.clone(),
+        max_body: cfg.max_body_bytes,
+        recorder,
+        metrics: crate::telemetry::metrics(),
+        ready: AtomicBool::new(true),
+    }))
+}
+
+/// The axum router with every stage in the order the module docs list.
+pub fn app(state: App) -> axum::Router {
+    let v1 = axum::Router::new()
+        .route("/chat/completions", post(handlers::chat_completions))
+        .route("/completions", post(handlers::completions))
+        .route("/embeddings", post(handlers::embeddings))
+        .route("/models", get(handlers::list_models))
+        .route("/models/{*id}", get(handlers::get_model))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require));
+    axum::Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(axum::middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+fn sane_id(v: &HeaderValue) -> Option<&str> {
+    let s = v.to_str().ok()?;
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))).then_some(s)
+}
+
+/// Stage 1: the request id, on the request's extensions and the response.
+pub async fn request_id(mut req: Request, next: Next) -> Response {
+    let id: Arc<str> = match req.headers().get("x-request-id").and_then(sane_id) {
+        Some(s) => Arc::from(s),
+        None => Arc::from(format!("req_{}", uuid::Uuid::new_v4().simple()).as_str()),
+    };
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+impl AppState {
+    pub fn set_not_ready(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+    }
+}

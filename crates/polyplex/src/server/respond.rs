@@ -1,0 +1,302 @@
+//! Stage 8: writing responses — OpenAI JSON, OpenAI SSE, OpenAI errors.
+
+use super::App;
+use crate::executor::OpenStream;
+use crate::routing::Deployment;
+use crate::tokens;
+use crate::usage::{cost, cost_json, UsageRecord};
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use polyplex_providers::{Endpoint, StreamItem};
+use polyplex_types::{GatewayError, JsonMap, Usage};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant, SystemTime};
+
+/// A gateway error as an HTTP response in OpenAI's shape.
+#[derive(Debug)]
+pub struct ApiError(pub GatewayError);
+
+impl From<GatewayError> for ApiError {
+    fn from(e: GatewayError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let mut resp = Response::new(Body::from(e.body()));
+        *resp.status_mut() = e.status;
+        let h = resp.headers_mut();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        if e.status == StatusCode::TOO_MANY_REQUESTS || e.status == StatusCode::SERVICE_UNAVAILABLE {
+            let secs = e.retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
+            h.insert("retry-after", HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+/// Who served a request: the `x-polyplex-*` headers.
+pub struct Served<'a> {
+    pub deployment: Option<&'a Deployment>,
+    pub attempts: u32,
+    pub failed_over: &'a [String],
+}
+
+impl Served<'_> {
+    pub fn apply(&self, resp: &mut Response) {
+        let h = resp.headers_mut();
+        if let Some(d) = self.deployment {
+            if let Ok(v) = HeaderValue::from_str(&d.upstream.name) {
+                h.insert("x-polyplex-provider", v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&d.model) {
+                h.insert("x-polyplex-model", v);
+            }
+        }
+        if self.attempts > 0 {
+            h.insert("x-polyplex-attempts", HeaderValue::from(self.attempts));
+        }
+        if !self.failed_over.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&self.failed_over.join(", ")) {
+                h.insert("x-polyplex-fallbacks", v);
+            }
+        }
+    }
+}
+
+/// Ensures `usage` is present (estimating it if the upstream sent none) and adds `usage.cost`.
+/// Returns the usage as recorded.
+pub fn finish_usage(app: &App, d: &Deployment, endpoint: Endpoint, request: &JsonMap, resp: &mut JsonMap, upstream: Option<Usage>) -> (Usage, f64) {
+    let usage = upstream.unwrap_or_else(|| {
+        let prompt = match endpoint {
+            Endpoint::Chat => tokens::chat_prompt(request),
+            Endpoint::Completions => tokens::input_tokens(request.get("prompt")),
+            Endpoint::Embeddings => tokens::input_tokens(request.get("input")),
+        };
+        let completion = if endpoint == Endpoint::Embeddings { 0 } else { tokens::response_completion(resp) };
+        Usage { prompt_tokens: prompt, completion_tokens: completion, estimated: true, ..Usage::default() }
+    });
+    let c = cost(app.router.catalog(), d, &usage);
+    if !resp.get("usage").is_some_and(Value::is_object) {
+        let u = if endpoint == Endpoint::Embeddings {
+            serde_json::json!({"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens})
+        } else {
+            usage.to_json()
+        };
+        resp.insert("usage".into(), u);
+    }
+    if let Some(Value::Object(u)) = resp.get_mut("usage") {
+        u.insert("cost".into(), cost_json(c));
+    }
+    (usage, c)
+}
+
+pub fn json_response(body: &JsonMap) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut r = Response::new(Body::from(bytes));
+            r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+            r
+        }
+        Err(e) => ApiError(GatewayError::internal(format!("could not encode the response: {e}"))).into_response(),
+    }
+}
+
+fn frame(json: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(json.len() + 8);
+    b.put_slice(b"data: ");
+    b.put_slice(json);
+    b.put_slice(b"\n\n");
+    b.freeze()
+}
+
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// What a stream needs to write its usage record.
+pub struct StreamContext {
+    pub app: App,
+    pub request_id: String,
+    pub endpoint: Endpoint,
+    pub requested_model: String,
+    pub include_usage: bool,
+    pub started: Instant,
+    pub attempts: u32,
+    pub request: JsonMap,
+}
+
+/// One client stream: upstream events in, OpenAI SSE frames out.
+struct Relay {
+    ctx: StreamContext,
+    open: OpenStream,
+    deployment: Deployment,
+    out: VecDeque<Bytes>,
+    finished: bool,
+    recorded: bool,
+    usage: Option<Usage>,
+    ttft: Duration,
+    events: Vec<polyplex_providers::sse::Event>,
+}
+
+impl Relay {
+    fn handle(&mut self, item: StreamItem) {
+        match item {
+            StreamItem::Chunk(b) => self.out.push_back(frame(&b)),
+            StreamItem::Usage(u, mut chunk) => {
+                self.usage = Some(u);
+                if self.ctx.include_usage {
+                    let c = cost(self.ctx.app.router.catalog(), &self.deployment, &u);
+                    if let Some(Value::Object(uj)) = chunk.get_mut("usage") {
+                        uj.insert("cost".into(), cost_json(c));
+                    }
+                    if let Ok(bytes) = serde_json::to_vec(&chunk) {
+                        self.out.push_back(frame(&bytes));
+                    }
+                }
+            }
+            StreamItem::Done => self.complete(),
+        }
+    }
+
+    /// The counted usage when the upstream reported none.
+    fn estimated_usage(&self) -> Usage {
+        let summary = self.open.decoder.summary();
+        let prompt = match self.ctx.endpoint {
+            Endpoint::Chat => tokens::chat_prompt(&self.ctx.request),
+            _ => tokens::input_tokens(self.ctx.request.get("prompt")),
+        };
+        Usage { prompt_tokens: prompt, completion_tokens: tokens::count(&summary.completion_text), estimated: true, ..Usage::default() }
+    }
+
+    fn complete(&mut self) {
+        if self.finished {
+            return;
+        }
+        if self.usage.is_none() {
+            let u = self.estimated_usage();
+            self.usage = Some(u);
+            if self.ctx.include_usage {
+                let s = self.open.decoder.summary();
+                let c = cost(self.ctx.app.router.catalog(), &self.deployment, &u);
+                let mut uj = u.to_json();
+                uj["cost"] = cost_json(c);
+                let object = if self.ctx.endpoint == Endpoint::Chat { "chat.completion.chunk" } else { "text_completion" };
+                let chunk = serde_json::json!({"id": s.id, "object": object, "created": s.created, "model": s.model.unwrap_or_else(|| self.deployment.model.clone()), "choices": [], "usage": uj});
+                self.out.push_back(frame(chunk.to_string().as_bytes()));
+            }
+        }
+        self.out.push_back(Bytes::from_static(DONE));
+        self.finished = true;
+        self.record(200);
+    }
+
+    /// Ends the stream with an explicit error event and no `[DONE]`.
+    fn fail(&mut self, e: GatewayError) {
+        tracing::warn!(request_id = %self.ctx.request_id, provider = %self.deployment.upstream.name, error = %e, "stream failed after the first byte");
+        let body = serde_json::json!({"error": e.object()});
+        self.out.push_back(frame(body.to_string().as_bytes()));
+        self.finished = true;
+        self.record(e.status.as_u16());
+    }
+
+    fn record(&mut self, status: u16) {
+        if self.recorded {
+            return;
+        }
+        self.recorded = true;
+        let usage = match self.usage {
+            Some(u) => u,
+            None => self.estimated_usage(),
+        };
+        let c = cost(self.ctx.app.router.catalog(), &self.deployment, &usage);
+        self.ctx.app.recorder.record(UsageRecord {
+            request_id: self.ctx.request_id.clone(),
+            endpoint: self.ctx.endpoint.as_str(),
+            requested_model: self.ctx.requested_model.clone(),
+            provider: Some(self.deployment.upstream.name.clone()),
+            model: Some(self.deployment.model.clone()),
+            status,
+            usage,
+            cost_usd: c,
+            latency: self.ctx.started.elapsed(),
+            ttft: Some(self.ttft),
+            attempts: self.ctx.attempts,
+            stream: true,
+            at: SystemTime::now(),
+        });
+    }
+
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(f) = self.out.pop_front() {
+                return Some(f);
+            }
+            if self.finished {
+                return None;
+            }
+            if !self.open.pending.is_empty() {
+                let items = std::mem::take(&mut self.open.pending);
+                for it in items {
+                    self.handle(it);
+                }
+                continue;
+            }
+            let idle = self.open.idle_timeout;
+            match tokio::time::timeout(idle, self.open.body.next()).await {
+                Err(_) => self.fail(GatewayError::upstream_timeout(&self.deployment.upstream.name, idle).with_code("upstream_stream_idle")),
+                Ok(Some(Ok(bytes))) => {
+                    self.open.parser.feed(&bytes, &mut self.events);
+                    let events = std::mem::take(&mut self.events);
+                    for ev in &events {
+                        if let Err(e) = self.open.decoder.on_event(ev, &mut self.open.pending) {
+                            self.fail(e);
+                            break;
+                        }
+                    }
+                    self.events = events;
+                    self.events.clear();
+                }
+                Ok(Some(Err(_))) => self.fail(GatewayError::upstream_unreachable(&self.deployment.upstream.name, "the connection broke during the stream")),
+                Ok(None) => match self.open.decoder.finish(&mut self.open.pending) {
+                    Ok(()) => {
+                        let items = std::mem::take(&mut self.open.pending);
+                        for it in items {
+                            self.handle(it);
+                        }
+                        self.complete();
+                    }
+                    Err(e) => self.fail(e),
+                },
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // The client went away mid-stream: dropping `open` closes the upstream
+        // connection; the record says 499 (client closed request).
+        if !self.recorded {
+            tracing::info!(request_id = %self.ctx.request_id, "client disconnected; upstream request cancelled");
+            self.record(499);
+        }
+    }
+}
+
+/// The SSE response for a stream whose first chunk has arrived.
+pub fn sse_response(ctx: StreamContext, open: OpenStream, deployment: Deployment) -> Response {
+    let ttft = open.first_byte_at.duration_since(ctx.started);
+    let relay = Relay { ctx, open, deployment, out: VecDeque::new(), finished: false, recorded: false, usage: None, ttft, events: Vec::new() };
+    let stream = futures::stream::unfold(relay, |mut r| async move { r.next_frame().await.map(|f| (Ok::<Bytes, std::convert::Infallible>(f), r)) });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}

@@ -1,0 +1,123 @@
+//! Token counts for when an upstream does not report usage, with tiktoken's
+//! o200k_base encoding (GPT-4o's). For other model families it is an
+//! estimate, and the usage record says so (`estimated`).
+
+use polyplex_types::JsonMap;
+use serde_json::Value;
+use std::sync::OnceLock;
+use tiktoken_rs::CoreBPE;
+
+fn bpe() -> Option<&'static CoreBPE> {
+    static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
+    BPE.get_or_init(|| tiktoken_rs::o200k_base().ok()).as_ref()
+}
+
+/// Loads the encoding (about 100 ms) so the first request does not pay for it.
+pub fn warm_up() {
+    let _ = bpe();
+}
+
+pub fn count(text: &str) -> u64 {
+    if text.is_empty() {
+        return 0;
+    }
+    match bpe() {
+        Some(b) => b.encode_ordinary(text).len() as u64,
+        None => text.len().div_ceil(4) as u64,
+    }
+}
+
+fn content_text(v: Option<&Value>, out: &mut String) {
+    match v {
+        Some(Value::String(s)) => out.push_str(s),
+        Some(Value::Array(parts)) => {
+            for p in parts {
+                if let Some(t) = p.get("text").and_then(Value::as_str) {
+                    out.push_str(t);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Prompt tokens of a chat request, by OpenAI's published formula: 3 per
+/// message plus its role and content, 3 to prime the reply; images count 85
+/// (the low-detail tile), tools by their JSON.
+pub fn chat_prompt(body: &JsonMap) -> u64 {
+    let mut n = 3;
+    let mut text = String::new();
+    for m in body.get("messages").and_then(Value::as_array).into_iter().flatten() {
+        n += 3;
+        text.clear();
+        if let Some(r) = m.get("role").and_then(Value::as_str) {
+            text.push_str(r);
+        }
+        content_text(m.get("content"), &mut text);
+        if let Some(calls) = m.get("tool_calls") {
+            text.push_str(&calls.to_string());
+        }
+        n += count(&text);
+        if let Some(parts) = m.get("content").and_then(Value::as_array) {
+            n += 85 * parts.iter().filter(|p| p.get("type").and_then(Value::as_str) == Some("image_url")).count() as u64;
+        }
+    }
+    if let Some(tools) = body.get("tools") {
+        n += count(&tools.to_string());
+    }
+    n
+}
+
+/// Prompt tokens of a legacy completions or embeddings request (`prompt` / `input`).
+pub fn input_tokens(v: Option<&Value>) -> u64 {
+    match v {
+        Some(Value::String(s)) => count(s),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| match x {
+                Value::String(s) => count(s),
+                Value::Array(t) => t.len() as u64,
+                _ => 1,
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// Completion tokens of a non-streamed response (choices' content and tool calls, or `text`).
+pub fn response_completion(resp: &JsonMap) -> u64 {
+    let mut text = String::new();
+    for c in resp.get("choices").and_then(Value::as_array).into_iter().flatten() {
+        if let Some(t) = c.get("text").and_then(Value::as_str) {
+            text.push_str(t);
+        }
+        if let Some(m) = c.get("message") {
+            content_text(m.get("content"), &mut text);
+            for tc in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(f) = tc.get("function") {
+                    text.push_str(f.get("name").and_then(Value::as_str).unwrap_or(""));
+                    text.push_str(f.get("arguments").and_then(Value::as_str).unwrap_or(""));
+                }
+            }
+        }
+    }
+    count(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn counts_with_o200k() {
+        assert_eq!(count(""), 0);
+        assert_eq!(count("hello world"), 2);
+        let body = json!({"messages": [{"role": "user", "content": "hello world"}]});
+        // 3 priming + 3 per message + "user" + "hello world"
+        assert_eq!(chat_prompt(body.as_object().unwrap()), 3 + 3 + count("userhello world"));
+        let resp = json!({"choices": [{"message": {"content": "hello world"}}]});
+        assert_eq!(response_completion(resp.as_object().unwrap()), 2);
+        assert_eq!(input_tokens(Some(&json!(["hello world", [1, 2, 3]]))), 5);
+    }
+}

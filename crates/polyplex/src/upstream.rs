@@ -1,0 +1,125 @@
+//! Configured providers at run time: protocol adapter, credentials, limits.
+
+use crate::config::ProviderConfig;
+use http::{HeaderName, HeaderValue};
+use polyplex_catalog::{Catalog, Price};
+use polyplex_providers::openai_compat::OpenAiCompat;
+use polyplex_providers::{AuthStyle, Protocol, Target};
+use secrecy::{ExposeSecret, SecretString};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Upstream {
+    pub name: String,
+    pub protocol: Arc<dyn Protocol>,
+    pub base_url: String,
+    api_key: Option<SecretString>,
+    pub auth: AuthStyle,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Explicit model list from the config, if any.
+    pub models: Option<Vec<String>>,
+    pub catalog_id: Option<String>,
+    pub timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_retries: u32,
+    pub weight: u32,
+    pub prices: BTreeMap<String, Price>,
+    pub stream_usage: bool,
+    pub drop_params: bool,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("name", &self.name).field("base_url", &self.base_url).finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    pub fn from_config(p: &ProviderConfig) -> Result<Upstream, String> {
+        let protocol: Arc<dyn Protocol> = match p.kind.as_str() {
+            "openai" => Arc::new(OpenAiCompat),
+            other => return Err(format!("provider `{}`: protocol `{other}` is not supported", p.name)),
+        };
+        let header = HeaderName::try_from(p.auth_header.as_str()).map_err(|_| format!("provider `{}`: bad auth_header", p.name))?;
+        let mut headers = Vec::new();
+        for (k, v) in &p.headers {
+            let k = HeaderName::try_from(k.as_str()).map_err(|_| format!("provider `{}`: bad header name {k}", p.name))?;
+            let mut v = HeaderValue::try_from(v.as_str()).map_err(|_| format!("provider `{}`: bad header value for {k}", p.name))?;
+            v.set_sensitive(true);
+            headers.push((k, v));
+        }
+        Ok(Upstream {
+            name: p.name.clone(),
+            protocol,
+            base_url: p.base_url.clone(),
+            api_key: p.api_key.clone(),
+            auth: AuthStyle { header, prefix: p.auth_prefix.clone() },
+            headers,
+            models: p.models.clone(),
+            catalog_id: p.catalog_id.clone(),
+            timeout: p.timeout,
+            first_byte_timeout: p.first_byte_timeout.unwrap_or(p.timeout),
+            idle_timeout: p.idle_timeout,
+            connect_timeout: p.connect_timeout,
+            max_retries: p.max_retries,
+            weight: p.weight,
+            prices: p.prices.clone(),
+            stream_usage: p.stream_usage,
+            drop_params: p.drop_params,
+        })
+    }
+
+    /// The provider key, for building requests and redacting error messages only.
+    pub fn api_key(&self) -> Option<&str> {
+        self.api_key.as_ref().map(|k| k.expose_secret())
+    }
+
+    pub fn target<'a>(&'a self, model: &'a str) -> Target<'a> {
+        Target {
+            provider: &self.name,
+            base_url: &self.base_url,
+            api_key: self.api_key(),
+            auth: &self.auth,
+            model,
+            extra_headers: &self.headers,
+            stream_usage: self.stream_usage,
+        }
+    }
+
+    /// True if a bare model name (no `provider/`) may be routed here.
+    pub fn lists(&self, catalog: &Catalog, model: &str) -> bool {
+        match &self.models {
+            Some(list) => list.iter().any(|m| m == model),
+            None => self.catalog_id.as_deref().is_some_and(|c| catalog.model(c, model).is_some()),
+        }
+    }
+
+    /// True if `provider/model` may be sent here: listed, or any name when no list is configured.
+    pub fn accepts(&self, model: &str) -> bool {
+        self.models.as_ref().is_none_or(|list| list.iter().any(|m| m == model))
+    }
+
+    /// The models this provider offers, for `/v1/models`.
+    pub fn model_ids(&self, catalog: &Catalog) -> Vec<String> {
+        match &self.models {
+            Some(list) => list.clone(),
+            None => self
+                .catalog_id
+                .as_deref()
+                .and_then(|c| catalog.provider(c))
+                .map(|p| p.models.iter().map(|m| m.id.clone()).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Price for `model` at a prompt size: config override, else catalog.
+    pub fn price(&self, catalog: &Catalog, model: &str, prompt_tokens: u64) -> Option<Price> {
+        if let Some(p) = self.prices.get(model) {
+            return Some(*p);
+        }
+        catalog.model(self.catalog_id.as_deref()?, model)?.price_for(prompt_tokens)
+    }
+}
