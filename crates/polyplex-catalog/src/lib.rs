@@ -76,7 +76,10 @@ pub struct Tier {
 
 impl From<(u64, Option<f64>, Option<f64>, Option<f64>, Option<f64>)> for Tier {
     fn from(t: (u64, Option<f64>, Option<f64>, Option<f64>, Option<f64>)) -> Self {
-        Tier { min_context: t.0, price: Price::from([t.1, t.2, t.3, t.4]) }
+        Tier {
+            min_context: t.0,
+            price: Price::from([t.1, t.2, t.3, t.4]),
+        }
     }
 }
 
@@ -108,8 +111,7 @@ impl Model {
         Some(
             self.tiers
                 .iter()
-                .filter(|t| prompt_tokens >= t.min_context)
-                .next_back()
+                .rfind(|t| prompt_tokens >= t.min_context)
                 .map_or(base, |t| t.price),
         )
     }
@@ -132,9 +134,19 @@ impl Catalog {
     /// Parses a catalog in the format `scripts/gen_catalog.py` writes.
     pub fn from_json(s: &str) -> Result<Catalog, serde_json::Error> {
         let mut c: Catalog = serde_json::from_str(s)?;
-        c.index = c.providers.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
+        c.index = c
+            .providers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id.clone(), i))
+            .collect();
         for p in &mut c.providers {
-            p.model_index = p.models.iter().enumerate().map(|(i, m)| (m.id.clone(), i)).collect();
+            p.model_index = p
+                .models
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.id.clone(), i))
+                .collect();
         }
         Ok(c)
     }
@@ -174,7 +186,10 @@ impl Provider {
     }
 
     /// The first of the provider's credential variables that is set and non-empty.
-    pub fn api_key_from_env(&self, get: impl Fn(&str) -> Option<String>) -> Option<(String, String)> {
+    pub fn api_key_from_env(
+        &self,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Option<(String, String)> {
         self.env
             .iter()
             .filter(|v| v.ends_with("_KEY") || v.ends_with("_TOKEN") || v.ends_with("APIKEY"))
@@ -202,14 +217,49 @@ mod tests {
     fn well_known_providers() {
         let c = Catalog::builtin();
         let cases = [
-            ("openai", "openai", "https://api.openai.com/v1", "OPENAI_API_KEY"),
-            ("groq", "openai", "https://api.groq.com/openai/v1", "GROQ_API_KEY"),
-            ("mistral", "openai", "https://api.mistral.ai/v1", "MISTRAL_API_KEY"),
-            ("togetherai", "openai", "https://api.together.xyz/v1", "TOGETHER_API_KEY"),
+            (
+                "openai",
+                "openai",
+                "https://api.openai.com/v1",
+                "OPENAI_API_KEY",
+            ),
+            (
+                "groq",
+                "openai",
+                "https://api.groq.com/openai/v1",
+                "GROQ_API_KEY",
+            ),
+            (
+                "mistral",
+                "openai",
+                "https://api.mistral.ai/v1",
+                "MISTRAL_API_KEY",
+            ),
+            (
+                "togetherai",
+                "openai",
+                "https://api.together.xyz/v1",
+                "TOGETHER_API_KEY",
+            ),
             ("xai", "openai", "https://api.x.ai/v1", "XAI_API_KEY"),
-            ("deepseek", "openai", "https://api.deepseek.com", "DEEPSEEK_API_KEY"),
-            ("anthropic", "anthropic", "https://api.anthropic.com", "ANTHROPIC_API_KEY"),
-            ("google", "gemini", "https://generativelanguage.googleapis.com", "GEMINI_API_KEY"),
+            (
+                "deepseek",
+                "openai",
+                "https://api.deepseek.com",
+                "DEEPSEEK_API_KEY",
+            ),
+            (
+                "anthropic",
+                "anthropic",
+                "https://api.anthropic.com",
+                "ANTHROPIC_API_KEY",
+            ),
+            (
+                "google",
+                "gemini",
+                "https://generativelanguage.googleapis.com",
+                "GEMINI_API_KEY",
+            ),
         ];
         for (id, proto, url, env) in cases {
             let p = c.provider(id).unwrap_or_else(|| panic!("{id} missing"));

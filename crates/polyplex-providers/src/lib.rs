@@ -44,7 +44,10 @@ pub struct AuthStyle {
 
 impl AuthStyle {
     pub fn bearer() -> Self {
-        AuthStyle { header: http::header::AUTHORIZATION, prefix: "Bearer ".into() }
+        AuthStyle {
+            header: http::header::AUTHORIZATION,
+            prefix: "Bearer ".into(),
+        }
     }
 }
 
@@ -97,7 +100,11 @@ pub struct StreamSummary {
 /// A stateful translator of one upstream stream.
 pub trait StreamDecoder: Send {
     /// Handles one SSE event; appends 0..n items to `out`.
-    fn on_event(&mut self, event: &sse::Event, out: &mut Vec<StreamItem>) -> Result<(), GatewayError>;
+    fn on_event(
+        &mut self,
+        event: &sse::Event,
+        out: &mut Vec<StreamItem>,
+    ) -> Result<(), GatewayError>;
     /// The upstream closed the stream. An error if it ended before saying it was done.
     fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), GatewayError>;
     /// Whether the upstream reported usage during the stream.
@@ -110,9 +117,20 @@ pub trait StreamDecoder: Send {
 pub trait Protocol: Send + Sync {
     fn name(&self) -> &'static str;
     /// Builds the upstream request for `body` (a validated OpenAI request).
-    fn build(&self, endpoint: Endpoint, body: &JsonMap, stream: bool, target: &Target<'_>) -> Result<UpstreamRequest, GatewayError>;
+    fn build(
+        &self,
+        endpoint: Endpoint,
+        body: &JsonMap,
+        stream: bool,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError>;
     /// Parses a 2xx reply into an OpenAI-shaped response and its usage.
-    fn parse(&self, endpoint: Endpoint, provider: &str, body: &[u8]) -> Result<(JsonMap, Option<Usage>), GatewayError>;
+    fn parse(
+        &self,
+        endpoint: Endpoint,
+        provider: &str,
+        body: &[u8],
+    ) -> Result<(JsonMap, Option<Usage>), GatewayError>;
     /// Maps an upstream error reply to a gateway error.
     fn error(&self, provider: &str, status: StatusCode, body: &[u8]) -> GatewayError;
     fn stream_decoder(&self, endpoint: Endpoint, provider: &str) -> Box<dyn StreamDecoder>;
@@ -131,7 +149,13 @@ pub fn join_url(base: &str, path: &str) -> String {
 mod tests {
     #[test]
     fn join_url_one_slash() {
-        assert_eq!(super::join_url("http://x/v1/", "/chat/completions"), "http://x/v1/chat/completions");
-        assert_eq!(super::join_url("http://x/v1", "chat/completions"), "http://x/v1/chat/completions");
+        assert_eq!(
+            super::join_url("http://x/v1/", "/chat/completions"),
+            "http://x/v1/chat/completions"
+        );
+        assert_eq!(
+            super::join_url("http://x/v1", "chat/completions"),
+            "http://x/v1/chat/completions"
+        );
     }
 }

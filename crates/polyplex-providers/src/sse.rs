@@ -34,7 +34,9 @@ impl Parser {
                 self.buf.advance(1);
             }
             self.after_cr = false;
-            let Some(end) = memchr::memchr2(b'\n', b'\r', &self.buf) else { break };
+            let Some(end) = memchr::memchr2(b'\n', b'\r', &self.buf) else {
+                break;
+            };
             let line = self.buf.split_to(end);
             let term = self.buf[0];
             self.buf.advance(1);
@@ -53,7 +55,10 @@ impl Parser {
     fn line(&mut self, line: &[u8], out: &mut Vec<Event>) {
         if line.is_empty() {
             if self.has_data {
-                out.push(Event { event: self.event.take(), data: std::mem::take(&mut self.data) });
+                out.push(Event {
+                    event: self.event.take(),
+                    data: std::mem::take(&mut self.data),
+                });
             }
             self.event = None;
             self.has_data = false;

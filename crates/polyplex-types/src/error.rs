@@ -67,7 +67,11 @@ impl GatewayError {
     pub fn invalid_param(param: impl Into<String>, message: impl Into<String>) -> Self {
         let param = param.into();
         Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
-            .with_code(if param.is_empty() { "invalid_request" } else { "invalid_value" })
+            .with_code(if param.is_empty() {
+                "invalid_request"
+            } else {
+                "invalid_value"
+            })
             .with_param(param)
     }
 
@@ -97,8 +101,7 @@ impl GatewayError {
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
-            .with_code("not_found")
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message).with_code("not_found")
     }
 
     pub fn body_too_large(limit: usize) -> Self {
@@ -215,7 +218,13 @@ impl GatewayError {
 
 impl fmt::Display for GatewayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.kind, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.kind,
+            self.message
+        )
     }
 }
 

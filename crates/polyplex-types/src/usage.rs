@@ -61,7 +61,15 @@ mod tests {
             "prompt_tokens_details": {"cached_tokens": 4},
             "completion_tokens_details": {"reasoning_tokens": 2}});
         let u = Usage::from_json(Some(&v)).unwrap();
-        assert_eq!((u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.reasoning_tokens), (10, 5, 4, 2));
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cached_tokens,
+                u.reasoning_tokens
+            ),
+            (10, 5, 4, 2)
+        );
         assert_eq!(u.total(), 15);
         assert!(Usage::from_json(Some(&Value::Null)).is_none());
         assert!(Usage::from_json(None).is_none());

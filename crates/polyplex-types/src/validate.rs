@@ -83,28 +83,48 @@ fn get<'a>(body: &'a JsonMap, key: &str) -> Option<&'a Value> {
 }
 
 fn number_in(body: &JsonMap, key: &str, min: f64, max: f64) -> R<Option<f64>> {
-    let Some(v) = get(body, key) else { return Ok(None) };
+    let Some(v) = get(body, key) else {
+        return Ok(None);
+    };
     let x = v.as_f64().ok_or_else(|| bad_type(key, "a number", v))?;
     if x < min {
-        return Err(invalid(key, format!("number below minimum value. Expected a value >= {min}, but got {x} instead.")));
+        return Err(invalid(
+            key,
+            format!("number below minimum value. Expected a value >= {min}, but got {x} instead."),
+        ));
     }
     if x > max {
-        return Err(invalid(key, format!("number above maximum value. Expected a value <= {max}, but got {x} instead.")));
+        return Err(invalid(
+            key,
+            format!("number above maximum value. Expected a value <= {max}, but got {x} instead."),
+        ));
     }
     Ok(Some(x))
 }
 
 fn integer_in(body: &JsonMap, key: &str, min: i64, max: i64) -> R<Option<i64>> {
-    let Some(v) = get(body, key) else { return Ok(None) };
+    let Some(v) = get(body, key) else {
+        return Ok(None);
+    };
     let x = v
         .as_i64()
-        .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64))
+        .or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        })
         .ok_or_else(|| bad_type(key, "an integer", v))?;
     if x < min {
-        return Err(invalid(key, format!("integer below minimum value. Expected a value >= {min}, but got {x} instead.")));
+        return Err(invalid(
+            key,
+            format!("integer below minimum value. Expected a value >= {min}, but got {x} instead."),
+        ));
     }
     if x > max {
-        return Err(invalid(key, format!("integer above maximum value. Expected a value <= {max}, but got {x} instead.")));
+        return Err(invalid(
+            key,
+            format!("integer above maximum value. Expected a value <= {max}, but got {x} instead."),
+        ));
     }
     Ok(Some(x))
 }
@@ -128,7 +148,10 @@ fn string<'a>(body: &'a JsonMap, key: &str) -> R<Option<&'a str>> {
 fn model(body: &JsonMap) -> R<String> {
     match string(body, "model")? {
         None => Err(missing("model")),
-        Some("") => Err(invalid("model", "empty string. Expected a model name such as `provider/model`.")),
+        Some("") => Err(invalid(
+            "model",
+            "empty string. Expected a model name such as `provider/model`.",
+        )),
         Some(s) => Ok(s.to_string()),
     }
 }
@@ -137,7 +160,9 @@ fn model(body: &JsonMap) -> R<String> {
 fn routing_fields(body: &JsonMap) -> R<Vec<String>> {
     let mut out = Vec::new();
     if let Some(v) = get(body, "models") {
-        let arr = v.as_array().ok_or_else(|| bad_type("models", "an array of model names", v))?;
+        let arr = v
+            .as_array()
+            .ok_or_else(|| bad_type("models", "an array of model names", v))?;
         for (i, m) in arr.iter().enumerate() {
             match m.as_str() {
                 Some(s) if !s.is_empty() => out.push(s.to_string()),
@@ -146,7 +171,9 @@ fn routing_fields(body: &JsonMap) -> R<Vec<String>> {
         }
     }
     if let Some(v) = get(body, "provider") {
-        let o = v.as_object().ok_or_else(|| bad_type("provider", "an object", v))?;
+        let o = v
+            .as_object()
+            .ok_or_else(|| bad_type("provider", "an object", v))?;
         for (k, v) in o {
             let p = format!("provider.{k}");
             match k.as_str() {
@@ -187,7 +214,9 @@ fn stream_fields(body: &JsonMap) -> R<(bool, bool)> {
     let stream = boolean(body, "stream")?.unwrap_or(false);
     let mut include_usage = false;
     if let Some(v) = get(body, "stream_options") {
-        let o = v.as_object().ok_or_else(|| bad_type("stream_options", "an object", v))?;
+        let o = v
+            .as_object()
+            .ok_or_else(|| bad_type("stream_options", "an object", v))?;
         if !stream {
             return Err(GatewayError::invalid_param(
                 "stream_options",
@@ -195,7 +224,13 @@ fn stream_fields(body: &JsonMap) -> R<(bool, bool)> {
             ));
         }
         include_usage = boolean(o, "include_usage")
-            .map_err(|_| bad_type("stream_options.include_usage", "a boolean", &o["include_usage"]))?
+            .map_err(|_| {
+                bad_type(
+                    "stream_options.include_usage",
+                    "a boolean",
+                    &o["include_usage"],
+                )
+            })?
             .unwrap_or(false);
     }
     Ok((stream, include_usage))
@@ -227,14 +262,24 @@ fn sampling(body: &JsonMap) -> R<()> {
     integer_in(body, "seed", i64::MIN, i64::MAX)?;
     string(body, "user")?;
     if let Some(v) = get(body, "logit_bias") {
-        let o = v.as_object().ok_or_else(|| bad_type("logit_bias", "an object", v))?;
+        let o = v
+            .as_object()
+            .ok_or_else(|| bad_type("logit_bias", "an object", v))?;
         for (k, b) in o {
             if k.parse::<u64>().is_err() {
-                return Err(invalid("logit_bias", format!("keys must be token ids, but got '{k}'.")));
+                return Err(invalid(
+                    "logit_bias",
+                    format!("keys must be token ids, but got '{k}'."),
+                ));
             }
             match b.as_f64() {
                 Some(x) if (-100.0..=100.0).contains(&x) => {}
-                _ => return Err(invalid(&format!("logit_bias.{k}"), "expected a number between -100 and 100.")),
+                _ => {
+                    return Err(invalid(
+                        &format!("logit_bias.{k}"),
+                        "expected a number between -100 and 100.",
+                    ))
+                }
             }
         }
     }
@@ -248,7 +293,9 @@ fn content_parts(p: &str, role: &str, parts: &[Value]) -> R<bool> {
     let mut image = false;
     for (j, part) in parts.iter().enumerate() {
         let pp = format!("{p}[{j}]");
-        let o = part.as_object().ok_or_else(|| bad_type(&pp, "an object", part))?;
+        let o = part
+            .as_object()
+            .ok_or_else(|| bad_type(&pp, "an object", part))?;
         let ty = match o.get("type") {
             Some(Value::String(t)) => t.as_str(),
             Some(v) => return Err(bad_type(&format!("{pp}.type"), "a string", v)),
@@ -263,7 +310,10 @@ fn content_parts(p: &str, role: &str, parts: &[Value]) -> R<bool> {
             "refusal" if role == "assistant" => {}
             "image_url" | "input_audio" | "file" if role == "user" => {
                 if ty == "image_url" {
-                    let url = o.get("image_url").and_then(|u| u.get("url")).and_then(Value::as_str);
+                    let url = o
+                        .get("image_url")
+                        .and_then(|u| u.get("url"))
+                        .and_then(Value::as_str);
                     if url.is_none_or(str::is_empty) {
                         return Err(missing(&format!("{pp}.image_url.url")));
                     }
@@ -283,9 +333,14 @@ fn content_parts(p: &str, role: &str, parts: &[Value]) -> R<bool> {
 
 fn messages(body: &JsonMap) -> R<bool> {
     let v = get(body, "messages").ok_or_else(|| missing("messages"))?;
-    let arr = v.as_array().ok_or_else(|| bad_type("messages", "an array", v))?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| bad_type("messages", "an array", v))?;
     if arr.is_empty() {
-        return Err(invalid("messages", "empty array. Expected an array with minimum length 1, but got an empty array instead."));
+        return Err(invalid(
+            "messages",
+            "empty array. Expected an array with minimum length 1, but got an empty array instead.",
+        ));
     }
     let mut image = false;
     for (i, m) in arr.iter().enumerate() {
@@ -296,8 +351,14 @@ fn messages(body: &JsonMap) -> R<bool> {
             Some(v) => return Err(bad_type(&format!("{p}.role"), "a string", v)),
             None => return Err(missing(&format!("{p}.role"))),
         };
-        if !matches!(role, "system" | "developer" | "user" | "assistant" | "tool" | "function") {
-            return Err(invalid(&format!("{p}.role"), format!("'{role}' is not one of {ROLES}.")));
+        if !matches!(
+            role,
+            "system" | "developer" | "user" | "assistant" | "tool" | "function"
+        ) {
+            return Err(invalid(
+                &format!("{p}.role"),
+                format!("'{role}' is not one of {ROLES}."),
+            ));
         }
         let cp = format!("{p}.content");
         let has_calls = o.get("tool_calls").is_some_and(|t| !t.is_null())
@@ -322,12 +383,17 @@ fn messages(body: &JsonMap) -> R<bool> {
         if let Some(tc) = o.get("tool_calls").filter(|t| !t.is_null()) {
             let tp = format!("{p}.tool_calls");
             if role != "assistant" {
-                return Err(invalid(&tp, "only 'assistant' messages may carry tool_calls."));
+                return Err(invalid(
+                    &tp,
+                    "only 'assistant' messages may carry tool_calls.",
+                ));
             }
             let calls = tc.as_array().ok_or_else(|| bad_type(&tp, "an array", tc))?;
             for (j, c) in calls.iter().enumerate() {
                 let cp = format!("{tp}[{j}]");
-                let f = c.get("function").ok_or_else(|| missing(&format!("{cp}.function")))?;
+                let f = c
+                    .get("function")
+                    .ok_or_else(|| missing(&format!("{cp}.function")))?;
                 if !c.get("id").is_some_and(Value::is_string) {
                     return Err(missing(&format!("{cp}.id")));
                 }
@@ -335,7 +401,11 @@ fn messages(body: &JsonMap) -> R<bool> {
                     return Err(missing(&format!("{cp}.function.name")));
                 }
                 if !f.get("arguments").is_some_and(Value::is_string) {
-                    return Err(bad_type(&format!("{cp}.function.arguments"), "a JSON string", f.get("arguments").unwrap_or(&Value::Null)));
+                    return Err(bad_type(
+                        &format!("{cp}.function.arguments"),
+                        "a JSON string",
+                        f.get("arguments").unwrap_or(&Value::Null),
+                    ));
                 }
             }
         }
@@ -344,30 +414,53 @@ fn messages(body: &JsonMap) -> R<bool> {
 }
 
 fn valid_function_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// tools and tool_choice; returns the declared function names.
 fn tools(body: &JsonMap) -> R<Vec<String>> {
     let mut names = Vec::new();
     if let Some(v) = get(body, "tools") {
-        let arr = v.as_array().ok_or_else(|| bad_type("tools", "an array", v))?;
+        let arr = v
+            .as_array()
+            .ok_or_else(|| bad_type("tools", "an array", v))?;
         for (i, t) in arr.iter().enumerate() {
             let p = format!("tools[{i}]");
             let o = t.as_object().ok_or_else(|| bad_type(&p, "an object", t))?;
             match o.get("type").and_then(Value::as_str) {
                 Some("function") => {}
-                Some(other) => return Err(invalid(&format!("{p}.type"), format!("'{other}' is not supported; expected 'function'."))),
+                Some(other) => {
+                    return Err(invalid(
+                        &format!("{p}.type"),
+                        format!("'{other}' is not supported; expected 'function'."),
+                    ))
+                }
                 None => return Err(missing(&format!("{p}.type"))),
             }
-            let f = o.get("function").and_then(Value::as_object).ok_or_else(|| missing(&format!("{p}.function")))?;
-            let name = f.get("name").and_then(Value::as_str).ok_or_else(|| missing(&format!("{p}.function.name")))?;
+            let f = o
+                .get("function")
+                .and_then(Value::as_object)
+                .ok_or_else(|| missing(&format!("{p}.function")))?;
+            let name = f
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| missing(&format!("{p}.function.name")))?;
             if !valid_function_name(name) {
-                return Err(invalid(&format!("{p}.function.name"), format!("'{name}' does not match '^[a-zA-Z0-9_-]{{1,64}}$'.")));
+                return Err(invalid(
+                    &format!("{p}.function.name"),
+                    format!("'{name}' does not match '^[a-zA-Z0-9_-]{{1,64}}$'."),
+                ));
             }
             if let Some(params) = f.get("parameters").filter(|x| !x.is_null()) {
                 if !params.is_object() {
-                    return Err(bad_type(&format!("{p}.function.parameters"), "a JSON Schema object", params));
+                    return Err(bad_type(
+                        &format!("{p}.function.parameters"),
+                        "a JSON Schema object",
+                        params,
+                    ));
                 }
             }
             names.push(name.to_string());
@@ -379,12 +472,25 @@ fn tools(body: &JsonMap) -> R<Vec<String>> {
         }
         match tc {
             Value::String(s) if matches!(s.as_str(), "none" | "auto" | "required") => {}
-            Value::String(s) => return Err(invalid("tool_choice", format!("'{s}' is not one of 'none', 'auto', 'required' or a named function."))),
+            Value::String(s) => {
+                return Err(invalid(
+                    "tool_choice",
+                    format!("'{s}' is not one of 'none', 'auto', 'required' or a named function."),
+                ))
+            }
             Value::Object(o) => {
-                let name = o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str);
+                let name = o
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .and_then(Value::as_str);
                 match name {
                     Some(n) if names.iter().any(|x| x == n) => {}
-                    Some(n) => return Err(invalid("tool_choice", format!("the function '{n}' is not among the declared tools."))),
+                    Some(n) => {
+                        return Err(invalid(
+                            "tool_choice",
+                            format!("the function '{n}' is not among the declared tools."),
+                        ))
+                    }
                     None => return Err(missing("tool_choice.function.name")),
                 }
             }
@@ -397,23 +503,37 @@ fn tools(body: &JsonMap) -> R<Vec<String>> {
 
 /// response_format; returns whether it asks for a json_schema.
 fn response_format(body: &JsonMap) -> R<bool> {
-    let Some(v) = get(body, "response_format") else { return Ok(false) };
-    let o = v.as_object().ok_or_else(|| bad_type("response_format", "an object", v))?;
+    let Some(v) = get(body, "response_format") else {
+        return Ok(false);
+    };
+    let o = v
+        .as_object()
+        .ok_or_else(|| bad_type("response_format", "an object", v))?;
     match o.get("type").and_then(Value::as_str) {
         Some("text" | "json_object") => Ok(false),
         Some("json_schema") => {
-            let s = o.get("json_schema").and_then(Value::as_object).ok_or_else(|| missing("response_format.json_schema"))?;
+            let s = o
+                .get("json_schema")
+                .and_then(Value::as_object)
+                .ok_or_else(|| missing("response_format.json_schema"))?;
             if !s.get("name").is_some_and(Value::is_string) {
                 return Err(missing("response_format.json_schema.name"));
             }
             if let Some(schema) = s.get("schema") {
                 if !schema.is_object() {
-                    return Err(bad_type("response_format.json_schema.schema", "a JSON Schema object", schema));
+                    return Err(bad_type(
+                        "response_format.json_schema.schema",
+                        "a JSON Schema object",
+                        schema,
+                    ));
                 }
             }
             Ok(true)
         }
-        Some(other) => Err(invalid("response_format.type", format!("'{other}' is not one of 'text', 'json_object', 'json_schema'."))),
+        Some(other) => Err(invalid(
+            "response_format.type",
+            format!("'{other}' is not one of 'text', 'json_object', 'json_schema'."),
+        )),
         None => Err(missing("response_format.type")),
     }
 }
@@ -456,14 +576,22 @@ pub fn embeddings(body: &JsonMap) -> R<EmbeddingsMeta> {
     let input = get(body, "input").ok_or_else(|| missing("input"))?;
     match input {
         Value::String(_) => {}
-        Value::Array(a) if a.is_empty() => {
-            return Err(invalid("input", "empty array. Expected an array with minimum length 1, but got an empty array instead."))
-        }
+        Value::Array(a) if a.is_empty() => return Err(invalid(
+            "input",
+            "empty array. Expected an array with minimum length 1, but got an empty array instead.",
+        )),
         Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
-                let ok = x.is_string() || x.is_u64() || x.as_array().is_some_and(|t| !t.is_empty() && t.iter().all(Value::is_u64));
+                let ok = x.is_string()
+                    || x.is_u64()
+                    || x.as_array()
+                        .is_some_and(|t| !t.is_empty() && t.iter().all(Value::is_u64));
                 if !ok {
-                    return Err(bad_type(&format!("input[{i}]"), "a string, a token id or an array of token ids", x));
+                    return Err(bad_type(
+                        &format!("input[{i}]"),
+                        "a string, a token id or an array of token ids",
+                        x,
+                    ));
                 }
             }
         }
@@ -471,11 +599,19 @@ pub fn embeddings(body: &JsonMap) -> R<EmbeddingsMeta> {
     }
     match string(body, "encoding_format")? {
         None | Some("float" | "base64") => {}
-        Some(f) => return Err(invalid("encoding_format", format!("'{f}' is not one of 'float', 'base64'."))),
+        Some(f) => {
+            return Err(invalid(
+                "encoding_format",
+                format!("'{f}' is not one of 'float', 'base64'."),
+            ))
+        }
     }
     integer_in(body, "dimensions", 1, 65536)?;
     string(body, "user")?;
-    Ok(EmbeddingsMeta { model, fallback_models })
+    Ok(EmbeddingsMeta {
+        model,
+        fallback_models,
+    })
 }
 
 /// Validates a `POST /v1/completions` (legacy) body.
@@ -486,7 +622,12 @@ pub fn completions(body: &JsonMap) -> R<CompletionsMeta> {
         None => return Err(missing("prompt")),
         Some(Value::String(_)) => {}
         Some(Value::Array(a)) if !a.is_empty() => {}
-        Some(Value::Array(_)) => return Err(invalid("prompt", "empty array. Expected an array with minimum length 1.")),
+        Some(Value::Array(_)) => {
+            return Err(invalid(
+                "prompt",
+                "empty array. Expected an array with minimum length 1.",
+            ))
+        }
         Some(v) => return Err(bad_type("prompt", "a string or an array", v)),
     }
     let (stream, include_usage) = stream_fields(body)?;
@@ -497,7 +638,12 @@ pub fn completions(body: &JsonMap) -> R<CompletionsMeta> {
     integer_in(body, "logprobs", 0, 5)?;
     boolean(body, "echo")?;
     string(body, "suffix")?;
-    Ok(CompletionsMeta { model, stream, include_usage, fallback_models })
+    Ok(CompletionsMeta {
+        model,
+        stream,
+        include_usage,
+        fallback_models,
+    })
 }
 
 #[cfg(test)]
@@ -574,7 +720,11 @@ mod tests {
         b["temperature"] = json!("hot");
         let e = err(b);
         assert_eq!(e.param.as_deref(), Some("temperature"));
-        assert!(e.message.contains("expected a number, but got a string"), "{}", e.message);
+        assert!(
+            e.message.contains("expected a number, but got a string"),
+            "{}",
+            e.message
+        );
         let mut b = ok_body();
         b["messages"][0]["content"] = json!(5);
         assert_eq!(err(b).param.as_deref(), Some("messages[0].content"));
@@ -591,8 +741,14 @@ mod tests {
 
     #[test]
     fn ranges_are_checked() {
-        for (k, v) in [("temperature", json!(2.5)), ("top_p", json!(-0.1)), ("n", json!(0)),
-            ("max_tokens", json!(0)), ("presence_penalty", json!(3)), ("top_logprobs", json!(21))] {
+        for (k, v) in [
+            ("temperature", json!(2.5)),
+            ("top_p", json!(-0.1)),
+            ("n", json!(0)),
+            ("max_tokens", json!(0)),
+            ("presence_penalty", json!(3)),
+            ("top_logprobs", json!(21)),
+        ] {
             let mut b = ok_body();
             b[k] = v;
             assert_eq!(err(b).param.as_deref(), Some(k));
@@ -652,9 +808,16 @@ mod tests {
         assert!(embeddings(&map(json!({"model": "m", "input": [[1, 2], [3]]}))).is_ok());
         let e = embeddings(&map(json!({"model": "m"}))).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("input"));
-        let e = embeddings(&map(json!({"model": "m", "input": "x", "encoding_format": "hex"}))).unwrap_err();
+        let e = embeddings(&map(
+            json!({"model": "m", "input": "x", "encoding_format": "hex"}),
+        ))
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("encoding_format"));
-        assert!(completions(&map(json!({"model": "m", "prompt": "x", "stream": true}))).unwrap().stream);
+        assert!(
+            completions(&map(json!({"model": "m", "prompt": "x", "stream": true})))
+                .unwrap()
+                .stream
+        );
         let e = completions(&map(json!({"model": "m", "prompt": 3}))).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("prompt"));
     }

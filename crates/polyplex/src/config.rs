@@ -214,7 +214,11 @@ fn kind_alias(kind: &str) -> Option<(&'static str, &'static str)> {
 }
 
 /// Replaces `${VAR}` from `env`. `field` names the setting in errors.
-pub fn interpolate(s: &str, field: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+pub fn interpolate(
+    s: &str,
+    field: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {
@@ -225,7 +229,9 @@ pub fn interpolate(s: &str, field: &str, env: &dyn Fn(&str) -> Option<String>) -
         };
         let var = &after[..end];
         if var.is_empty() || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return err(format!("{field}: `${{{var}}}` is not a valid environment variable name"));
+            return err(format!(
+                "{field}: `${{{var}}}` is not a valid environment variable name"
+            ));
         }
         match env(var) {
             Some(v) => out.push_str(&v),
@@ -238,11 +244,16 @@ pub fn interpolate(s: &str, field: &str, env: &dyn Fn(&str) -> Option<String>) -
 }
 
 fn parse_listen(s: &str, what: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse().map_err(|_| ConfigError(format!("{what}: `{s}` is not an address like 127.0.0.1:8484")))
+    s.parse().map_err(|_| {
+        ConfigError(format!(
+            "{what}: `{s}` is not an address like 127.0.0.1:8484"
+        ))
+    })
 }
 
 fn valid_base_url(url: &str, field: &str) -> Result<(), ConfigError> {
-    let ok = (url.starts_with("http://") || url.starts_with("https://")) && reqwest::Url::parse(url).is_ok();
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && reqwest::Url::parse(url).is_ok();
     if !ok {
         return err(format!("{field}: `{url}` is not an http(s) URL"));
     }
@@ -264,9 +275,11 @@ pub fn load(path: Option<&Path>, inputs: &Inputs<'_>) -> Result<Config, ConfigEr
     };
     match path {
         Some(p) => {
-            let text = std::fs::read_to_string(&p)
-                .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", p.display())))?;
-            let mut cfg = from_toml(&text, inputs).map_err(|e| ConfigError(format!("{}: {e}", p.display())))?;
+            let text = std::fs::read_to_string(&p).map_err(|e| {
+                ConfigError(format!("cannot read config file {}: {e}", p.display()))
+            })?;
+            let mut cfg = from_toml(&text, inputs)
+                .map_err(|e| ConfigError(format!("{}: {e}", p.display())))?;
             cfg.source = p.display().to_string();
             Ok(cfg)
         }
@@ -276,11 +289,17 @@ pub fn load(path: Option<&Path>, inputs: &Inputs<'_>) -> Result<Config, ConfigEr
 
 /// Parses and validates a TOML configuration.
 pub fn from_toml(text: &str, inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
+    let raw: RawConfig =
+        toml::from_str(text).map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
     let env = inputs.env;
     let listen_s = match &inputs.listen_override {
         Some(l) => l.clone(),
-        None => raw.listen.as_deref().map(|l| interpolate(l, "listen", env)).transpose()?.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
+        None => raw
+            .listen
+            .as_deref()
+            .map(|l| interpolate(l, "listen", env))
+            .transpose()?
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
     };
     let listen = parse_listen(&listen_s, "listen")?;
     let master_key = raw
@@ -299,13 +318,24 @@ pub fn from_toml(text: &str, inputs: &Inputs<'_>) -> Result<Config, ConfigError>
         Some(s) => interpolate(&s.url, "store.url", env)?,
         None => "sqlite://polyplex.db".to_string(),
     };
-    if !(store_url.starts_with("sqlite:") || store_url.starts_with("postgres://") || store_url.starts_with("postgresql://")) {
-        return err(format!("store.url: `{store_url}` must start with sqlite: or postgres://"));
+    if !(store_url.starts_with("sqlite:")
+        || store_url.starts_with("postgres://")
+        || store_url.starts_with("postgresql://"))
+    {
+        return err(format!(
+            "store.url: `{store_url}` must start with sqlite: or postgres://"
+        ));
     }
-    let redis_url = raw.redis.as_ref().map(|r| interpolate(&r.url, "redis.url", env)).transpose()?;
+    let redis_url = raw
+        .redis
+        .as_ref()
+        .map(|r| interpolate(&r.url, "redis.url", env))
+        .transpose()?;
     if let Some(r) = &redis_url {
         if !(r.starts_with("redis://") || r.starts_with("rediss://")) {
-            return err(format!("redis.url: `{r}` must start with redis:// or rediss://"));
+            return err(format!(
+                "redis.url: `{r}` must start with redis:// or rediss://"
+            ));
         }
     }
 
@@ -313,7 +343,10 @@ pub fn from_toml(text: &str, inputs: &Inputs<'_>) -> Result<Config, ConfigError>
     for (i, p) in raw.providers.into_iter().enumerate() {
         let pc = provider(p, i, inputs)?;
         if providers.iter().any(|q| q.name == pc.name) {
-            return err(format!("providers[{i}].name: `{}` is used twice; provider names must be unique", pc.name));
+            return err(format!(
+                "providers[{i}].name: `{}` is used twice; provider names must be unique",
+                pc.name
+            ));
         }
         providers.push(pc);
     }
@@ -345,52 +378,116 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
     let env = inputs.env;
     let at = |f: &str| format!("providers[{i}].{f}");
     if p.name.is_empty() || p.name.contains('/') || p.name.chars().any(char::is_whitespace) {
-        return err(format!("{}: `{}` must be non-empty, without `/` or spaces", at("name"), p.name));
+        return err(format!(
+            "{}: `{}` must be non-empty, without `/` or spaces",
+            at("name"),
+            p.name
+        ));
     }
-    let catalog_id = p.catalog.clone().or_else(|| inputs.catalog.provider(&p.name).map(|c| c.id.clone()));
+    let catalog_id = p
+        .catalog
+        .clone()
+        .or_else(|| inputs.catalog.provider(&p.name).map(|c| c.id.clone()));
     if let Some(c) = &p.catalog {
         if inputs.catalog.provider(c).is_none() {
-            return err(format!("{}: `{c}` is not a provider in the catalog (see `polyplex models`)", at("catalog")));
+            return err(format!(
+                "{}: `{c}` is not a provider in the catalog (see `polyplex models`)",
+                at("catalog")
+            ));
         }
     }
-    let cat = catalog_id.as_deref().and_then(|c| inputs.catalog.provider(c));
+    let cat = catalog_id
+        .as_deref()
+        .and_then(|c| inputs.catalog.provider(c));
     let kind_in = p.kind.clone().or_else(|| cat.map(|c| c.protocol.clone()));
     let Some(kind_in) = kind_in else {
-        return err(format!("{}: required for `{}`, which is not in the catalog (e.g. kind = \"openai\")", at("kind"), p.name));
+        return err(format!(
+            "{}: required for `{}`, which is not in the catalog (e.g. kind = \"openai\")",
+            at("kind"),
+            p.name
+        ));
     };
     let (kind, alias_url) = match kind_alias(&kind_in) {
         Some((_, url)) => (PROTOCOL_OPENAI.to_string(), Some(url)),
         None => (kind_in.clone(), None),
     };
     if !SUPPORTED_KINDS.contains(&kind.as_str()) {
-        let known = ["openai", "anthropic", "gemini", "bedrock", "azure", "cohere", "vertex", "ollama", "vllm", "llamacpp", "lmstudio"];
+        let known = [
+            "openai",
+            "anthropic",
+            "gemini",
+            "bedrock",
+            "azure",
+            "cohere",
+            "vertex",
+            "ollama",
+            "vllm",
+            "llamacpp",
+            "lmstudio",
+        ];
         if known.contains(&kind.as_str()) {
             return err(format!("{}: the `{kind}` protocol is not available in this build yet; supported: openai (and every OpenAI-compatible server)", at("kind")));
         }
-        return err(format!("{}: unknown protocol `{kind}`; expected one of {}", at("kind"), known.join(", ")));
+        return err(format!(
+            "{}: unknown protocol `{kind}`; expected one of {}",
+            at("kind"),
+            known.join(", ")
+        ));
     }
     let base_url = match &p.base_url {
         Some(u) => interpolate(u, &at("base_url"), env)?,
-        None => match alias_url.map(str::to_string).or_else(|| cat.and_then(|c| c.base_url.clone())) {
+        None => match alias_url
+            .map(str::to_string)
+            .or_else(|| cat.and_then(|c| c.base_url.clone()))
+        {
             Some(u) => u,
-            None => return err(format!("{}: required for `{}` (no base URL in the catalog)", at("base_url"), p.name)),
+            None => {
+                return err(format!(
+                    "{}: required for `{}` (no base URL in the catalog)",
+                    at("base_url"),
+                    p.name
+                ))
+            }
         },
     };
     valid_base_url(&base_url, &at("base_url"))?;
-    let api_key = p.api_key.as_deref().map(|k| interpolate(k, &at("api_key"), env)).transpose()?.filter(|k| !k.is_empty());
+    let api_key = p
+        .api_key
+        .as_deref()
+        .map(|k| interpolate(k, &at("api_key"), env))
+        .transpose()?
+        .filter(|k| !k.is_empty());
     let mut headers = Vec::new();
     for (k, v) in &p.headers {
         let v = interpolate(v, &at(&format!("headers.{k}")), env)?;
-        if http::HeaderName::try_from(k.as_str()).is_err() || http::HeaderValue::try_from(v.as_str()).is_err() {
-            return err(format!("{}: not a valid HTTP header", at(&format!("headers.{k}"))));
+        if http::HeaderName::try_from(k.as_str()).is_err()
+            || http::HeaderValue::try_from(v.as_str()).is_err()
+        {
+            return err(format!(
+                "{}: not a valid HTTP header",
+                at(&format!("headers.{k}"))
+            ));
         }
         headers.push((k.clone(), v));
     }
-    let auth_header = p.auth_header.clone().unwrap_or_else(|| "authorization".to_string()).to_ascii_lowercase();
+    let auth_header = p
+        .auth_header
+        .clone()
+        .unwrap_or_else(|| "authorization".to_string())
+        .to_ascii_lowercase();
     if http::HeaderName::try_from(auth_header.as_str()).is_err() {
-        return err(format!("{}: `{auth_header}` is not a valid header name", at("auth_header")));
+        return err(format!(
+            "{}: `{auth_header}` is not a valid header name",
+            at("auth_header")
+        ));
     }
-    let auth_prefix = p.auth_prefix.clone().unwrap_or_else(|| if auth_header == "authorization" { "Bearer ".into() } else { String::new() });
+    let auth_prefix = p.auth_prefix.clone().unwrap_or_else(|| {
+        if auth_header == "authorization" {
+            "Bearer ".into()
+        } else {
+            String::new()
+        }
+    });
     if let Some(models) = &p.models {
         if models.iter().any(String::is_empty) {
             return err(format!("{}: model names must be non-empty", at("models")));
@@ -399,9 +496,20 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
     let mut prices = BTreeMap::new();
     for (m, rp) in p.prices {
         if rp.input < 0.0 || rp.output < 0.0 {
-            return err(format!("{}: prices must not be negative", at(&format!("prices.{m}"))));
+            return err(format!(
+                "{}: prices must not be negative",
+                at(&format!("prices.{m}"))
+            ));
         }
-        prices.insert(m, Price { input: rp.input, output: rp.output, cache_read: rp.cache_read, cache_write: rp.cache_write });
+        prices.insert(
+            m,
+            Price {
+                input: rp.input,
+                output: rp.output,
+                cache_read: rp.cache_read,
+                cache_write: rp.cache_write,
+            },
+        );
     }
     let ms = Duration::from_millis;
     let timeout = ms(p.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
@@ -437,23 +545,42 @@ fn route(r: RawRoute, i: usize, providers: &[ProviderConfig]) -> Result<RouteCon
     if r.name.is_empty() {
         return err(format!("{}: must not be empty", at("name")));
     }
-    if providers.iter().any(|p| r.name.starts_with(&format!("{}/", p.name))) {
-        return err(format!("{}: `{}` would shadow a provider's models", at("name"), r.name));
+    if providers
+        .iter()
+        .any(|p| r.name.starts_with(&format!("{}/", p.name)))
+    {
+        return err(format!(
+            "{}: `{}` would shadow a provider's models",
+            at("name"),
+            r.name
+        ));
     }
     if r.targets.is_empty() {
-        return err(format!("{}: a route needs at least one target", at("targets")));
+        return err(format!(
+            "{}: a route needs at least one target",
+            at("targets")
+        ));
     }
     let mut targets = Vec::new();
     for (j, t) in r.targets.iter().enumerate() {
         let Some((prov, model)) = t.split_once('/') else {
-            return err(format!("{}: `{t}` must be `provider/model`", at(&format!("targets[{j}]"))));
+            return err(format!(
+                "{}: `{t}` must be `provider/model`",
+                at(&format!("targets[{j}]"))
+            ));
         };
         let Some(pc) = providers.iter().find(|p| p.name == prov) else {
-            return err(format!("{}: provider `{prov}` is not configured", at(&format!("targets[{j}]"))));
+            return err(format!(
+                "{}: provider `{prov}` is not configured",
+                at(&format!("targets[{j}]"))
+            ));
         };
         if let Some(list) = &pc.models {
             if !list.iter().any(|m| m == model) {
-                return err(format!("{}: provider `{prov}` does not list model `{model}`", at(&format!("targets[{j}]"))));
+                return err(format!(
+                    "{}: provider `{prov}` does not list model `{model}`",
+                    at(&format!("targets[{j}]"))
+                ));
             }
         }
         targets.push((prov.to_string(), model.to_string()));
@@ -461,17 +588,27 @@ fn route(r: RawRoute, i: usize, providers: &[ProviderConfig]) -> Result<RouteCon
     let strategy = match r.strategy.as_deref() {
         None => Strategy::Priority,
         Some(s) => Strategy::parse(s).ok_or_else(|| {
-            ConfigError(format!("{}: `{s}` is not one of priority, cost, latency, throughput, weighted, least-busy", at("strategy")))
+            ConfigError(format!(
+                "{}: `{s}` is not one of priority, cost, latency, throughput, weighted, least-busy",
+                at("strategy")
+            ))
         })?,
     };
-    Ok(RouteConfig { name: r.name, targets, strategy })
+    Ok(RouteConfig {
+        name: r.name,
+        targets,
+        strategy,
+    })
 }
 
 /// No file: enable every catalog provider whose key variable is set; with none,
 /// serve the built-in simulator as provider `demo`.
 pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
     let env = inputs.env;
-    let listen_s = inputs.listen_override.clone().unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+    let listen_s = inputs
+        .listen_override
+        .clone()
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
     let listen = parse_listen(&listen_s, "listen")?;
     let mut providers = Vec::new();
     let mut notes = Vec::new();
@@ -479,13 +616,21 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
         if cp.local {
             continue;
         }
-        let Some((var, key)) = cp.api_key_from_env(|v| env(v)) else { continue };
+        let Some((var, key)) = cp.api_key_from_env(|v| env(v)) else {
+            continue;
+        };
         if !SUPPORTED_KINDS.contains(&cp.protocol.as_str()) {
             notes.push(format!("{var} is set but provider `{}` speaks the `{}` protocol, which this build does not support yet: skipped", cp.id, cp.protocol));
             continue;
         }
-        let Some(base_url) = cp.base_url.clone() else { continue };
-        notes.push(format!("enabled provider `{}` ({var} is set): {} models from the catalog, {base_url}", cp.id, cp.models.len()));
+        let Some(base_url) = cp.base_url.clone() else {
+            continue;
+        };
+        notes.push(format!(
+            "enabled provider `{}` ({var} is set): {} models from the catalog, {base_url}",
+            cp.id,
+            cp.models.len()
+        ));
         providers.push(ProviderConfig {
             name: cp.id.clone(),
             kind: cp.protocol.clone(),
@@ -509,7 +654,9 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
             stream_usage: true,
         });
     }
-    let master_key = env("POLYPLEX_MASTER_KEY").filter(|k| !k.is_empty()).map(SecretString::from);
+    let master_key = env("POLYPLEX_MASTER_KEY")
+        .filter(|k| !k.is_empty())
+        .map(SecretString::from);
     let demo = providers.is_empty();
     Ok(Config {
         listen,
@@ -532,12 +679,27 @@ mod tests {
     use secrecy::ExposeSecret;
 
     fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
-    fn parse(text: &str, pairs: &'static [(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+    fn parse(
+        text: &str,
+        pairs: &'static [(&'static str, &'static str)],
+    ) -> Result<Config, ConfigError> {
         let env = env_of(pairs);
-        from_toml(text, &Inputs { env: &env, listen_override: None, catalog: Catalog::builtin() })
+        from_toml(
+            text,
+            &Inputs {
+                env: &env,
+                listen_override: None,
+                catalog: Catalog::builtin(),
+            },
+        )
     }
 
     #[test]
@@ -566,19 +728,36 @@ name = "smart"
 targets = ["openai/gpt-4o", "groq/llama-3.3-70b-versatile"]
 strategy = "priority"
 "#;
-        let c = parse(text, &[("POLYPLEX_MASTER_KEY", "master-123456"), ("OPENAI_API_KEY", "sk-1"), ("GROQ_API_KEY", "gsk-2")]).unwrap();
+        let c = parse(
+            text,
+            &[
+                ("POLYPLEX_MASTER_KEY", "master-123456"),
+                ("OPENAI_API_KEY", "sk-1"),
+                ("GROQ_API_KEY", "gsk-2"),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
-        assert_eq!(c.master_key.as_ref().unwrap().expose_secret(), "master-123456");
+        assert_eq!(
+            c.master_key.as_ref().unwrap().expose_secret(),
+            "master-123456"
+        );
         assert_eq!(c.providers.len(), 2);
         assert_eq!(c.providers[0].timeout, Duration::from_secs(60));
         // groq's kind and base URL come from the catalog.
         assert_eq!(c.providers[1].kind, "openai");
         assert_eq!(c.providers[1].base_url, "https://api.groq.com/openai/v1");
-        assert_eq!(c.routes[0].targets[1], ("groq".to_string(), "llama-3.3-70b-versatile".to_string()));
+        assert_eq!(
+            c.routes[0].targets[1],
+            ("groq".to_string(), "llama-3.3-70b-versatile".to_string())
+        );
         assert!(!c.demo);
         // Secrets do not show in Debug output.
         let dbg = format!("{c:?}");
-        assert!(!dbg.contains("sk-1") && !dbg.contains("master-123456"), "{dbg}");
+        assert!(
+            !dbg.contains("sk-1") && !dbg.contains("master-123456"),
+            "{dbg}"
+        );
     }
 
     #[test]
@@ -592,8 +771,15 @@ strategy = "priority"
 
     #[test]
     fn missing_env_var_names_field_and_variable() {
-        let e = parse("[[providers]]\nname = \"openai\"\napi_key = \"${NOPE_KEY}\"\n", &[]).unwrap_err();
-        assert!(e.0.contains("providers[0].api_key") && e.0.contains("NOPE_KEY"), "{e}");
+        let e = parse(
+            "[[providers]]\nname = \"openai\"\napi_key = \"${NOPE_KEY}\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.0.contains("providers[0].api_key") && e.0.contains("NOPE_KEY"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -636,21 +822,46 @@ strategy = "priority"
     #[test]
     fn listen_override_wins() {
         let env = env_of(&[]);
-        let c = from_toml("listen = \"127.0.0.1:1\"\n", &Inputs { env: &env, listen_override: Some("127.0.0.1:2".into()), catalog: Catalog::builtin() }).unwrap();
+        let c = from_toml(
+            "listen = \"127.0.0.1:1\"\n",
+            &Inputs {
+                env: &env,
+                listen_override: Some("127.0.0.1:2".into()),
+                catalog: Catalog::builtin(),
+            },
+        )
+        .unwrap();
         assert_eq!(c.listen.port(), 2);
         assert!(c.demo);
     }
 
     #[test]
     fn zero_config_enables_providers_with_keys() {
-        let env = env_of(&[("GROQ_API_KEY", "gsk"), ("ANTHROPIC_API_KEY", "sk-ant"), ("MISTRAL_API_KEY", "")]);
-        let c = zero_config(&Inputs { env: &env, listen_override: None, catalog: Catalog::builtin() }).unwrap();
+        let env = env_of(&[
+            ("GROQ_API_KEY", "gsk"),
+            ("ANTHROPIC_API_KEY", "sk-ant"),
+            ("MISTRAL_API_KEY", ""),
+        ]);
+        let c = zero_config(&Inputs {
+            env: &env,
+            listen_override: None,
+            catalog: Catalog::builtin(),
+        })
+        .unwrap();
         let names: Vec<_> = c.providers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, vec!["groq"]);
         assert!(!c.demo);
-        assert!(c.notes.iter().any(|n| n.contains("anthropic") && n.contains("skipped")));
+        assert!(c
+            .notes
+            .iter()
+            .any(|n| n.contains("anthropic") && n.contains("skipped")));
         let none = env_of(&[]);
-        let c = zero_config(&Inputs { env: &none, listen_override: None, catalog: Catalog::builtin() }).unwrap();
+        let c = zero_config(&Inputs {
+            env: &none,
+            listen_override: None,
+            catalog: Catalog::builtin(),
+        })
+        .unwrap();
         assert!(c.demo && c.providers.is_empty());
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
     }

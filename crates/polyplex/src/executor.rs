@@ -27,7 +27,8 @@ const BACKOFF_CAP: Duration = Duration::from_secs(4);
 
 /// How an attempt loop ended.
 pub struct Outcome<T> {
-    pub result: Result<T, GatewayError>,
+    /// The answer and the deployment that gave it.
+    pub result: Result<(T, Deployment), GatewayError>,
     /// The deployment that answered, or the last one tried.
     pub deployment: Option<Deployment>,
     pub attempts: u32,
@@ -37,7 +38,9 @@ pub struct Outcome<T> {
 
 /// Full-jitter exponential backoff: uniform in [0, min(cap, base·2^retry)].
 pub fn backoff(retry: u32, rng: &mut impl Rng) -> Duration {
-    let ceiling = BACKOFF_BASE.saturating_mul(1u32 << retry.min(16)).min(BACKOFF_CAP);
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << retry.min(16))
+        .min(BACKOFF_CAP);
     Duration::from_micros(rng.gen_range(0..=ceiling.as_micros() as u64))
 }
 
@@ -59,7 +62,14 @@ where
         loop {
             attempts += 1;
             match once(d.clone()).await {
-                Ok(v) => return Outcome { result: Ok(v), deployment: Some(d.clone()), attempts, failed_over },
+                Ok(v) => {
+                    return Outcome {
+                        result: Ok((v, d.clone())),
+                        deployment: Some(d.clone()),
+                        attempts,
+                        failed_over,
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(deployment = %d.label(), attempt = attempts, error = %e, "attempt failed");
                     let retryable = e.retryable;
@@ -69,7 +79,10 @@ where
                     if !retryable && !next {
                         break 'deployments;
                     }
-                    if retryable && retry < d.upstream.max_retries && wait.is_none_or(|w| w <= MAX_RETRY_AFTER) {
+                    if retryable
+                        && retry < d.upstream.max_retries
+                        && wait.is_none_or(|w| w <= MAX_RETRY_AFTER)
+                    {
                         let pause = wait.unwrap_or_else(|| backoff(retry, &mut rand::thread_rng()));
                         retry += 1;
                         tokio::time::sleep(pause).await;
@@ -83,12 +96,21 @@ where
     }
     let (err, dep) = match last {
         Some((e, d)) => (e, Some(d)),
-        None => (GatewayError::service_unavailable("No deployment is available for this model."), None),
+        None => (
+            GatewayError::service_unavailable("No deployment is available for this model."),
+            None,
+        ),
     };
-    if !failed_over.is_empty() && failed_over.last() == dep.as_ref().map(Deployment::label).as_ref() {
+    if !failed_over.is_empty() && failed_over.last() == dep.as_ref().map(Deployment::label).as_ref()
+    {
         failed_over.pop();
     }
-    Outcome { result: Err(err), deployment: dep, attempts, failed_over }
+    Outcome {
+        result: Err(err),
+        deployment: dep,
+        attempts,
+        failed_over,
+    }
 }
 
 fn retry_after(h: &http::HeaderMap) -> Option<Duration> {
@@ -101,7 +123,13 @@ fn retry_after(h: &http::HeaderMap) -> Option<Duration> {
 }
 
 fn retry_after_ms(h: &http::HeaderMap) -> Option<Duration> {
-    h.get("retry-after-ms")?.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_millis)
+    h.get("retry-after-ms")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_millis)
 }
 
 fn transport_error(d: &Deployment, e: &reqwest::Error, timeout: Duration) -> GatewayError {
@@ -109,7 +137,13 @@ fn transport_error(d: &Deployment, e: &reqwest::Error, timeout: Duration) -> Gat
         GatewayError::upstream_timeout(&d.upstream.name, timeout)
     } else {
         // reqwest's Display names the URL; the URL has no secret, but keep it short.
-        let detail = if e.is_connect() { "connection failed" } else if e.is_body() || e.is_decode() { "the connection broke while reading the reply" } else { "request failed" };
+        let detail = if e.is_connect() {
+            "connection failed"
+        } else if e.is_body() || e.is_decode() {
+            "the connection broke while reading the reply"
+        } else {
+            "request failed"
+        };
         GatewayError::upstream_unreachable(&d.upstream.name, detail)
     }
 }
@@ -130,21 +164,44 @@ fn redact(e: GatewayError, d: &Deployment) -> GatewayError {
     }
 }
 
-fn request(app: &AppState, d: &Deployment, endpoint: Endpoint, body: &JsonMap, stream: bool) -> Result<reqwest::RequestBuilder, GatewayError> {
-    let req = d.upstream.protocol.build(endpoint, body, stream, &d.upstream.target(&d.model))?;
+fn request(
+    app: &AppState,
+    d: &Deployment,
+    endpoint: Endpoint,
+    body: &JsonMap,
+    stream: bool,
+) -> Result<reqwest::RequestBuilder, GatewayError> {
+    let req = d
+        .upstream
+        .protocol
+        .build(endpoint, body, stream, &d.upstream.target(&d.model))?;
     Ok(app.http.post(req.url).headers(req.headers).body(req.body))
 }
 
 /// One non-streamed attempt: the parsed OpenAI-shaped response and its usage.
-pub async fn unary_once(app: &AppState, d: &Deployment, endpoint: Endpoint, body: &JsonMap) -> Result<(JsonMap, Option<Usage>), GatewayError> {
+pub async fn unary_once(
+    app: &AppState,
+    d: &Deployment,
+    endpoint: Endpoint,
+    body: &JsonMap,
+) -> Result<(JsonMap, Option<Usage>), GatewayError> {
     let timeout = d.upstream.timeout;
     let fut = async {
-        let resp = request(app, d, endpoint, body, false)?.send().await.map_err(|e| transport_error(d, &e, timeout))?;
+        let resp = request(app, d, endpoint, body, false)?
+            .send()
+            .await
+            .map_err(|e| transport_error(d, &e, timeout))?;
         if !resp.status().is_success() {
             return Err(upstream_error(d, resp).await);
         }
-        let bytes = resp.bytes().await.map_err(|e| transport_error(d, &e, timeout))?;
-        d.upstream.protocol.parse(endpoint, &d.upstream.name, &bytes).map_err(|e| redact(e, d))
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(d, &e, timeout))?;
+        d.upstream
+            .protocol
+            .parse(endpoint, &d.upstream.name, &bytes)
+            .map_err(|e| redact(e, d))
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
@@ -164,16 +221,27 @@ pub struct OpenStream {
 }
 
 /// One streamed attempt, up to and including the first chunk.
-pub async fn stream_once(app: &AppState, d: &Deployment, endpoint: Endpoint, body: &JsonMap) -> Result<OpenStream, GatewayError> {
+pub async fn stream_once(
+    app: &AppState,
+    d: &Deployment,
+    endpoint: Endpoint,
+    body: &JsonMap,
+) -> Result<OpenStream, GatewayError> {
     let limit = d.upstream.first_byte_timeout;
     let fut = async {
-        let resp = request(app, d, endpoint, body, true)?.send().await.map_err(|e| transport_error(d, &e, limit))?;
+        let resp = request(app, d, endpoint, body, true)?
+            .send()
+            .await
+            .map_err(|e| transport_error(d, &e, limit))?;
         if !resp.status().is_success() {
             return Err(upstream_error(d, resp).await);
         }
         let mut body = resp.bytes_stream().boxed();
         let mut parser = Parser::new();
-        let mut decoder = d.upstream.protocol.stream_decoder(endpoint, &d.upstream.name);
+        let mut decoder = d
+            .upstream
+            .protocol
+            .stream_decoder(endpoint, &d.upstream.name);
         let mut events: Vec<sse::Event> = Vec::new();
         let mut pending = Vec::new();
         loop {
@@ -181,16 +249,28 @@ pub async fn stream_once(app: &AppState, d: &Deployment, endpoint: Endpoint, bod
                 Some(Ok(bytes)) => {
                     parser.feed(&bytes, &mut events);
                     for ev in events.drain(..) {
-                        decoder.on_event(&ev, &mut pending).map_err(|e| redact(e, d))?;
+                        decoder
+                            .on_event(&ev, &mut pending)
+                            .map_err(|e| redact(e, d))?;
                     }
                     if !pending.is_empty() {
-                        return Ok(OpenStream { body, parser, decoder, pending, idle_timeout: d.upstream.idle_timeout, first_byte_at: Instant::now() });
+                        return Ok(OpenStream {
+                            body,
+                            parser,
+                            decoder,
+                            pending,
+                            idle_timeout: d.upstream.idle_timeout,
+                            first_byte_at: Instant::now(),
+                        });
                     }
                 }
                 Some(Err(e)) => return Err(transport_error(d, &e, limit)),
                 None => {
                     decoder.finish(&mut pending).map_err(|e| redact(e, d))?;
-                    return Err(GatewayError::upstream_bad_response(&d.upstream.name, "the stream ended before its first chunk"));
+                    return Err(GatewayError::upstream_bad_response(
+                        &d.upstream.name,
+                        "the stream ended before its first chunk",
+                    ));
                 }
             }
         }
@@ -209,7 +289,9 @@ mod tests {
     fn backoff_is_bounded_and_grows() {
         let mut rng = rand::thread_rng();
         for retry in 0..40 {
-            let ceiling = BACKOFF_BASE.saturating_mul(1u32 << retry.min(16)).min(BACKOFF_CAP);
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1u32 << retry.min(16))
+                .min(BACKOFF_CAP);
             for _ in 0..50 {
                 let b = backoff(retry, &mut rng);
                 assert!(b <= ceiling && b <= BACKOFF_CAP, "retry {retry}: {b:?}");

@@ -92,16 +92,21 @@ pub fn check_listen(cfg: &Config) -> Result<(), String> {
 pub async fn start(cfg: &Config) -> Result<Running, String> {
     check_listen(cfg)?;
     let demo_url = if cfg.demo {
-        let (addr, _) = mock::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), mock::MockOptions::default())
-            .await
-            .map_err(|e| format!("cannot start the built-in simulator: {e}"))?;
+        let (addr, _) = mock::spawn(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            mock::MockOptions::default(),
+        )
+        .await
+        .map_err(|e| format!("cannot start the built-in simulator: {e}"))?;
         Some(format!("http://{addr}/v1"))
     } else {
         None
     };
     let (recorder, writer) = usage::Recorder::start();
     let state = server::state(cfg, demo_url, recorder)?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let app = server::app(state.clone());
     let (tx, mut rx) = watch::channel(false);
@@ -125,5 +130,11 @@ pub async fn start(cfg: &Config) -> Result<Running, String> {
         }
     });
     tokio::task::spawn_blocking(tokens::warm_up);
-    Ok(Running { addr, state, shutdown: tx, task, writer })
+    Ok(Running {
+        addr,
+        state,
+        shutdown: tx,
+        task,
+        writer,
+    })
 }

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "polyplex", version, about = "One OpenAI-compatible endpoint for every LLM provider")]
+#[command(
+    name = "polyplex",
+    version,
+    about = "One OpenAI-compatible endpoint for every LLM provider"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,13 +62,20 @@ fn env_get(k: &str) -> Option<String> {
 }
 
 fn load(config: Option<&PathBuf>, listen: Option<String>) -> Result<Config, String> {
-    let inputs = Inputs { env: &env_get, listen_override: listen, catalog: Catalog::builtin() };
+    let inputs = Inputs {
+        env: &env_get,
+        listen_override: listen,
+        catalog: Catalog::builtin(),
+    };
     config::load(config.map(PathBuf::as_path), &inputs).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -73,7 +84,17 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve { config, listen } => rt.block_on(serve(config, listen)),
-        Command::Mock { listen, latency_ms, tokens_per_s } => rt.block_on(run_mock(listen, MockOptions { latency_ms, tokens_per_s })),
+        Command::Mock {
+            listen,
+            latency_ms,
+            tokens_per_s,
+        } => rt.block_on(run_mock(
+            listen,
+            MockOptions {
+                latency_ms,
+                tokens_per_s,
+            },
+        )),
         Command::Models { provider, json } => models(provider.as_deref(), json),
         Command::Check { config } => return rt.block_on(check(config)),
     };
@@ -131,13 +152,18 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<(), St
         let _ = stop.send(true);
     });
     let written = running.wait().await;
-    tracing::info!(usage_records = written, "stopped; every usage record written");
+    tracing::info!(
+        usage_records = written,
+        "stopped; every usage record written"
+    );
     Ok(())
 }
 
 async fn run_mock(listen: SocketAddr, opts: MockOptions) -> Result<(), String> {
     polyplex::telemetry::init_logging();
-    let (addr, _state) = mock::spawn(listen, opts).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let (addr, _state) = mock::spawn(listen, opts)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     tracing::info!(
         "polyplex mock listening on http://{addr} (OpenAI protocol at /v1). This is a test double: replies are derived from the input, not from a model. latency_ms={} tokens_per_s={}",
         opts.latency_ms,
@@ -154,7 +180,9 @@ fn fmt_price(p: Option<f64>) -> String {
 fn models(provider: Option<&str>, json: bool) -> Result<(), String> {
     let c = Catalog::builtin();
     let providers: Vec<_> = match provider {
-        Some(p) => vec![c.provider(p).ok_or_else(|| format!("unknown provider `{p}`; `polyplex models` lists them all"))?],
+        Some(p) => vec![c
+            .provider(p)
+            .ok_or_else(|| format!("unknown provider `{p}`; `polyplex models` lists them all"))?],
         None => c.providers.iter().collect(),
     };
     if json {
@@ -168,10 +196,16 @@ fn models(provider: Option<&str>, json: bool) -> Result<(), String> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+        );
         return Ok(());
     }
-    println!("{:<24} {:<48} {:>9} {:>8} {:>9} {:>9} {:>9}  capabilities", "PROVIDER", "MODEL", "CONTEXT", "OUTPUT", "IN $/M", "OUT $/M", "CACHED");
+    println!(
+        "{:<24} {:<48} {:>9} {:>8} {:>9} {:>9} {:>9}  capabilities",
+        "PROVIDER", "MODEL", "CONTEXT", "OUTPUT", "IN $/M", "OUT $/M", "CACHED"
+    );
     for p in &providers {
         for m in &p.models {
             let pr = m.price;
@@ -189,9 +223,19 @@ fn models(provider: Option<&str>, json: bool) -> Result<(), String> {
         }
     }
     let n: usize = providers.iter().map(|p| p.models.len()).sum();
-    println!("\n{} providers, {n} models. {}", providers.len(), c.attribution);
+    println!(
+        "\n{} providers, {n} models. {}",
+        providers.len(),
+        c.attribution
+    );
     if let Some(p) = provider.and_then(|p| c.provider(p)) {
-        println!("provider {}: protocol {}, base URL {}, key variable(s) {}", p.id, p.protocol, p.base_url.as_deref().unwrap_or("-"), p.env.join(", "));
+        println!(
+            "provider {}: protocol {}, base URL {}, key variable(s) {}",
+            p.id,
+            p.protocol,
+            p.base_url.as_deref().unwrap_or("-"),
+            p.env.join(", ")
+        );
     }
     Ok(())
 }
@@ -205,7 +249,15 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
         }
     };
     println!("configuration OK ({})", cfg.source);
-    println!("listen: {}  master key: {}", cfg.listen, if cfg.master_key.is_some() { "set" } else { "not set (loopback only)" });
+    println!(
+        "listen: {}  master key: {}",
+        cfg.listen,
+        if cfg.master_key.is_some() {
+            "set"
+        } else {
+            "not set (loopback only)"
+        }
+    );
     if let Err(e) = polyplex::check_listen(&cfg) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
@@ -214,7 +266,9 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
         println!("note: {n}");
     }
     if cfg.demo {
-        println!("no provider configured: `serve` will run the built-in simulator as provider `demo`");
+        println!(
+            "no provider configured: `serve` will run the built-in simulator as provider `demo`"
+        );
         return ExitCode::SUCCESS;
     }
     let client = match polyplex::server::http_client(std::time::Duration::from_secs(5)) {
@@ -234,7 +288,9 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
                 continue;
             }
         };
-        let mut req = client.get(polyplex_providers::join_url(&up.base_url, "models")).timeout(std::time::Duration::from_secs(8));
+        let mut req = client
+            .get(polyplex_providers::join_url(&up.base_url, "models"))
+            .timeout(std::time::Duration::from_secs(8));
         if let Some(k) = up.api_key() {
             req = req.header(up.auth.header.clone(), format!("{}{k}", up.auth.prefix));
         }
@@ -245,19 +301,49 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
             Ok(r) if r.status().is_success() => "reachable".to_string(),
             Ok(r) if r.status().as_u16() == 401 || r.status().as_u16() == 403 => {
                 unreachable += 1;
-                format!("reachable, but the key was rejected (HTTP {})", r.status().as_u16())
+                format!(
+                    "reachable, but the key was rejected (HTTP {})",
+                    r.status().as_u16()
+                )
             }
-            Ok(r) => format!("reachable (GET /models answered HTTP {})", r.status().as_u16()),
+            Ok(r) => format!(
+                "reachable (GET /models answered HTTP {})",
+                r.status().as_u16()
+            ),
             Err(e) => {
                 unreachable += 1;
-                format!("UNREACHABLE ({})", if e.is_timeout() { "timed out" } else if e.is_connect() { "connection failed" } else { "request failed" })
+                format!(
+                    "UNREACHABLE ({})",
+                    if e.is_timeout() {
+                        "timed out"
+                    } else if e.is_connect() {
+                        "connection failed"
+                    } else {
+                        "request failed"
+                    }
+                )
             }
         };
-        let models = p.models.as_ref().map_or_else(|| "catalog models".to_string(), |m| m.join(", "));
-        println!("{:<20} {:<8} {:<45} {verdict}; models: {models}", p.name, p.kind, p.base_url);
+        let models = p
+            .models
+            .as_ref()
+            .map_or_else(|| "catalog models".to_string(), |m| m.join(", "));
+        println!(
+            "{:<20} {:<8} {:<45} {verdict}; models: {models}",
+            p.name, p.kind, p.base_url
+        );
     }
     for r in &cfg.routes {
-        println!("route {:<14} {:?} -> {}", r.name, r.strategy, r.targets.iter().map(|(p, m)| format!("{p}/{m}")).collect::<Vec<_>>().join(", "));
+        println!(
+            "route {:<14} {:?} -> {}",
+            r.name,
+            r.strategy,
+            r.targets
+                .iter()
+                .map(|(p, m)| format!("{p}/{m}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     if unreachable > 0 {
         ExitCode::from(2)

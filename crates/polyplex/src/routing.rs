@@ -34,10 +34,23 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(upstreams: Vec<Arc<Upstream>>, routes: Vec<RouteConfig>, catalog: &'static Catalog) -> Router {
-        let by_name = upstreams.iter().enumerate().map(|(i, u)| (u.name.clone(), i)).collect();
+    pub fn new(
+        upstreams: Vec<Arc<Upstream>>,
+        routes: Vec<RouteConfig>,
+        catalog: &'static Catalog,
+    ) -> Router {
+        let by_name = upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name.clone(), i))
+            .collect();
         let routes = routes.into_iter().map(|r| (r.name.clone(), r)).collect();
-        Router { upstreams, by_name, routes, catalog }
+        Router {
+            upstreams,
+            by_name,
+            routes,
+            catalog,
+        }
     }
 
     pub fn upstreams(&self) -> &[Arc<Upstream>] {
@@ -66,7 +79,10 @@ impl Router {
                 if model.is_empty() || !u.accepts(model) {
                     return Err(GatewayError::model_not_found(name));
                 }
-                return Ok(vec![Deployment { upstream: u.clone(), model: model.to_string() }]);
+                return Ok(vec![Deployment {
+                    upstream: u.clone(),
+                    model: model.to_string(),
+                }]);
             }
         }
         // A bare name (which may itself contain `/`, e.g. `meta-llama/Llama-3.3-70B`).
@@ -74,7 +90,10 @@ impl Router {
             .upstreams
             .iter()
             .filter(|u| u.lists(self.catalog, name))
-            .map(|u| Deployment { upstream: u.clone(), model: name.to_string() })
+            .map(|u| Deployment {
+                upstream: u.clone(),
+                model: name.to_string(),
+            })
             .collect();
         if found.is_empty() {
             return Err(GatewayError::model_not_found(name));
@@ -87,9 +106,14 @@ impl Router {
     pub fn plan(&self, model: &str, fallbacks: &[String]) -> Result<Vec<Deployment>, GatewayError> {
         let mut plan = self.resolve(model)?;
         for (i, f) in fallbacks.iter().enumerate() {
-            let more = self.resolve(f).map_err(|e| e.with_param(format!("models[{i}]")))?;
+            let more = self
+                .resolve(f)
+                .map_err(|e| e.with_param(format!("models[{i}]")))?;
             for d in more {
-                if !plan.iter().any(|p| Arc::ptr_eq(&p.upstream, &d.upstream) && p.model == d.model) {
+                if !plan
+                    .iter()
+                    .any(|p| Arc::ptr_eq(&p.upstream, &d.upstream) && p.model == d.model)
+                {
                     plan.push(d);
                 }
             }
@@ -101,18 +125,29 @@ impl Router {
         let mut ds: Vec<Deployment> = route
             .targets
             .iter()
-            .filter_map(|(p, m)| self.upstream(p).map(|u| Deployment { upstream: u.clone(), model: m.clone() }))
+            .filter_map(|(p, m)| {
+                self.upstream(p).map(|u| Deployment {
+                    upstream: u.clone(),
+                    model: m.clone(),
+                })
+            })
             .collect();
         match route.strategy {
             Strategy::Cost => {
                 // Cheapest first by catalog price for a typical request (1k in, 1k out); unknown prices last.
-                let key = |d: &Deployment| d.upstream.price(self.catalog, &d.model, 1000).map(|p| p.cost(1000, 0, 1000)).unwrap_or(f64::INFINITY);
+                let key = |d: &Deployment| {
+                    d.upstream
+                        .price(self.catalog, &d.model, 1000)
+                        .map(|p| p.cost(1000, 0, 1000))
+                        .unwrap_or(f64::INFINITY)
+                };
                 ds.sort_by(|a, b| key(a).total_cmp(&key(b)));
             }
             Strategy::Weighted => weighted_order(&mut ds, &mut rand::thread_rng()),
             // Latency, throughput and least-busy need live statistics; until the
             // routing statistics land they keep the configured order.
-            Strategy::Priority | Strategy::Latency | Strategy::Throughput | Strategy::LeastBusy => {}
+            Strategy::Priority | Strategy::Latency | Strategy::Throughput | Strategy::LeastBusy => {
+            }
         }
         ds
     }
@@ -122,7 +157,10 @@ impl Router {
 fn weighted_order(ds: &mut Vec<Deployment>, rng: &mut impl Rng) {
     let mut rest = std::mem::take(ds);
     while !rest.is_empty() {
-        let total: u64 = rest.iter().map(|d| u64::from(d.upstream.weight.max(1))).sum();
+        let total: u64 = rest
+            .iter()
+            .map(|d| u64::from(d.upstream.weight.max(1)))
+            .sum();
         let mut pick = rng.gen_range(0..total);
         let mut idx = 0;
         for (i, d) in rest.iter().enumerate() {
@@ -144,8 +182,20 @@ mod tests {
 
     fn router(text: &str) -> Router {
         let env = |_: &str| Some("k".to_string());
-        let cfg = from_toml(text, &Inputs { env: &env, listen_override: None, catalog: Catalog::builtin() }).unwrap();
-        let ups = cfg.providers.iter().map(|p| Arc::new(Upstream::from_config(p).unwrap())).collect();
+        let cfg = from_toml(
+            text,
+            &Inputs {
+                env: &env,
+                listen_override: None,
+                catalog: Catalog::builtin(),
+            },
+        )
+        .unwrap();
+        let ups = cfg
+            .providers
+            .iter()
+            .map(|p| Arc::new(Upstream::from_config(p).unwrap()))
+            .collect();
         Router::new(ups, cfg.routes, Catalog::builtin())
     }
 
@@ -177,20 +227,38 @@ strategy = "cost"
     #[test]
     fn provider_prefixed_names() {
         let r = router(CFG);
-        assert_eq!(labels(&r.resolve("openai/gpt-4o").unwrap()), ["openai/gpt-4o"]);
+        assert_eq!(
+            labels(&r.resolve("openai/gpt-4o").unwrap()),
+            ["openai/gpt-4o"]
+        );
         // Providers without an explicit list pass any model through.
-        assert_eq!(labels(&r.resolve("openai/gpt-5-future").unwrap()), ["openai/gpt-5-future"]);
+        assert_eq!(
+            labels(&r.resolve("openai/gpt-5-future").unwrap()),
+            ["openai/gpt-5-future"]
+        );
         // An explicit list is enforced.
         assert_eq!(r.resolve("local/other").unwrap_err().status.as_u16(), 404);
         // Slashes in the model part are kept.
-        assert_eq!(labels(&r.resolve("groq/meta-llama/llama-4-scout-17b-16e-instruct").unwrap()), ["groq/meta-llama/llama-4-scout-17b-16e-instruct"]);
+        assert_eq!(
+            labels(
+                &r.resolve("groq/meta-llama/llama-4-scout-17b-16e-instruct")
+                    .unwrap()
+            ),
+            ["groq/meta-llama/llama-4-scout-17b-16e-instruct"]
+        );
     }
 
     #[test]
     fn bare_names_find_every_provider_in_order() {
         let r = router(CFG);
-        assert_eq!(labels(&r.resolve("gpt-4o").unwrap()), ["openai/gpt-4o", "local/gpt-4o"]);
-        assert_eq!(labels(&r.resolve("llama-3.3-70b-versatile").unwrap()), ["groq/llama-3.3-70b-versatile"]);
+        assert_eq!(
+            labels(&r.resolve("gpt-4o").unwrap()),
+            ["openai/gpt-4o", "local/gpt-4o"]
+        );
+        assert_eq!(
+            labels(&r.resolve("llama-3.3-70b-versatile").unwrap()),
+            ["groq/llama-3.3-70b-versatile"]
+        );
         let e = r.resolve("no-such-model").unwrap_err();
         assert_eq!(e.code.as_deref(), Some("model_not_found"));
     }
@@ -198,15 +266,26 @@ strategy = "cost"
     #[test]
     fn routes_and_strategies() {
         let r = router(CFG);
-        assert_eq!(labels(&r.resolve("smart").unwrap()), ["local/mine", "openai/gpt-4o"]);
-        assert_eq!(labels(&r.resolve("cheap").unwrap()), ["openai/gpt-4o-mini", "openai/gpt-4o"]);
+        assert_eq!(
+            labels(&r.resolve("smart").unwrap()),
+            ["local/mine", "openai/gpt-4o"]
+        );
+        assert_eq!(
+            labels(&r.resolve("cheap").unwrap()),
+            ["openai/gpt-4o-mini", "openai/gpt-4o"]
+        );
     }
 
     #[test]
     fn fallback_list_appends_without_repeats() {
         let r = router(CFG);
-        let plan = r.plan("local/mine", &["gpt-4o".into(), "openai/gpt-4o".into()]).unwrap();
-        assert_eq!(labels(&plan), ["local/mine", "openai/gpt-4o", "local/gpt-4o"]);
+        let plan = r
+            .plan("local/mine", &["gpt-4o".into(), "openai/gpt-4o".into()])
+            .unwrap();
+        assert_eq!(
+            labels(&plan),
+            ["local/mine", "openai/gpt-4o", "local/gpt-4o"]
+        );
         let e = r.plan("local/mine", &["nope".into()]).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("models[0]"));
     }

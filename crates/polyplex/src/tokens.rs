@@ -47,7 +47,12 @@ fn content_text(v: Option<&Value>, out: &mut String) {
 pub fn chat_prompt(body: &JsonMap) -> u64 {
     let mut n = 3;
     let mut text = String::new();
-    for m in body.get("messages").and_then(Value::as_array).into_iter().flatten() {
+    for m in body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         n += 3;
         text.clear();
         if let Some(r) = m.get("role").and_then(Value::as_str) {
@@ -59,7 +64,11 @@ pub fn chat_prompt(body: &JsonMap) -> u64 {
         }
         n += count(&text);
         if let Some(parts) = m.get("content").and_then(Value::as_array) {
-            n += 85 * parts.iter().filter(|p| p.get("type").and_then(Value::as_str) == Some("image_url")).count() as u64;
+            n += 85
+                * parts
+                    .iter()
+                    .filter(|p| p.get("type").and_then(Value::as_str) == Some("image_url"))
+                    .count() as u64;
         }
     }
     if let Some(tools) = body.get("tools") {
@@ -87,13 +96,23 @@ pub fn input_tokens(v: Option<&Value>) -> u64 {
 /// Completion tokens of a non-streamed response (choices' content and tool calls, or `text`).
 pub fn response_completion(resp: &JsonMap) -> u64 {
     let mut text = String::new();
-    for c in resp.get("choices").and_then(Value::as_array).into_iter().flatten() {
+    for c in resp
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(t) = c.get("text").and_then(Value::as_str) {
             text.push_str(t);
         }
         if let Some(m) = c.get("message") {
             content_text(m.get("content"), &mut text);
-            for tc in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            for tc in m
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(f) = tc.get("function") {
                     text.push_str(f.get("name").and_then(Value::as_str).unwrap_or(""));
                     text.push_str(f.get("arguments").and_then(Value::as_str).unwrap_or(""));
@@ -115,7 +134,10 @@ mod tests {
         assert_eq!(count("hello world"), 2);
         let body = json!({"messages": [{"role": "user", "content": "hello world"}]});
         // 3 priming + 3 per message + "user" + "hello world"
-        assert_eq!(chat_prompt(body.as_object().unwrap()), 3 + 3 + count("userhello world"));
+        assert_eq!(
+            chat_prompt(body.as_object().unwrap()),
+            3 + 3 + count("userhello world")
+        );
         let resp = json!({"choices": [{"message": {"content": "hello world"}}]});
         assert_eq!(response_completion(resp.as_object().unwrap()), 2);
         assert_eq!(input_tokens(Some(&json!(["hello world", [1, 2, 3]]))), 5);

@@ -33,7 +33,10 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("name", &self.name).field("base_url", &self.base_url).finish_non_exhaustive()
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -41,13 +44,21 @@ impl Upstream {
     pub fn from_config(p: &ProviderConfig) -> Result<Upstream, String> {
         let protocol: Arc<dyn Protocol> = match p.kind.as_str() {
             "openai" => Arc::new(OpenAiCompat),
-            other => return Err(format!("provider `{}`: protocol `{other}` is not supported", p.name)),
+            other => {
+                return Err(format!(
+                    "provider `{}`: protocol `{other}` is not supported",
+                    p.name
+                ))
+            }
         };
-        let header = HeaderName::try_from(p.auth_header.as_str()).map_err(|_| format!("provider `{}`: bad auth_header", p.name))?;
+        let header = HeaderName::try_from(p.auth_header.as_str())
+            .map_err(|_| format!("provider `{}`: bad auth_header", p.name))?;
         let mut headers = Vec::new();
         for (k, v) in &p.headers {
-            let k = HeaderName::try_from(k.as_str()).map_err(|_| format!("provider `{}`: bad header name {k}", p.name))?;
-            let mut v = HeaderValue::try_from(v.as_str()).map_err(|_| format!("provider `{}`: bad header value for {k}", p.name))?;
+            let k = HeaderName::try_from(k.as_str())
+                .map_err(|_| format!("provider `{}`: bad header name {k}", p.name))?;
+            let mut v = HeaderValue::try_from(v.as_str())
+                .map_err(|_| format!("provider `{}`: bad header value for {k}", p.name))?;
             v.set_sensitive(true);
             headers.push((k, v));
         }
@@ -56,7 +67,10 @@ impl Upstream {
             protocol,
             base_url: p.base_url.clone(),
             api_key: p.api_key.clone(),
-            auth: AuthStyle { header, prefix: p.auth_prefix.clone() },
+            auth: AuthStyle {
+                header,
+                prefix: p.auth_prefix.clone(),
+            },
             headers,
             models: p.models.clone(),
             catalog_id: p.catalog_id.clone(),
@@ -93,13 +107,18 @@ impl Upstream {
     pub fn lists(&self, catalog: &Catalog, model: &str) -> bool {
         match &self.models {
             Some(list) => list.iter().any(|m| m == model),
-            None => self.catalog_id.as_deref().is_some_and(|c| catalog.model(c, model).is_some()),
+            None => self
+                .catalog_id
+                .as_deref()
+                .is_some_and(|c| catalog.model(c, model).is_some()),
         }
     }
 
     /// True if `provider/model` may be sent here: listed, or any name when no list is configured.
     pub fn accepts(&self, model: &str) -> bool {
-        self.models.as_ref().is_none_or(|list| list.iter().any(|m| m == model))
+        self.models
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|m| m == model))
     }
 
     /// The models this provider offers, for `/v1/models`.
@@ -120,6 +139,8 @@ impl Upstream {
         if let Some(p) = self.prices.get(model) {
             return Some(*p);
         }
-        catalog.model(self.catalog_id.as_deref()?, model)?.price_for(prompt_tokens)
+        catalog
+            .model(self.catalog_id.as_deref()?, model)?
+            .price_for(prompt_tokens)
     }
 }

@@ -63,9 +63,11 @@ fn write(r: &UsageRecord) {
     metrics::counter!("polyplex_requests_total", "endpoint" => r.endpoint, "provider" => provider.clone(), "status" => status).increment(1);
     metrics::histogram!("polyplex_request_duration_seconds", "endpoint" => r.endpoint, "provider" => provider.clone()).record(r.latency.as_secs_f64());
     if let Some(t) = r.ttft {
-        metrics::histogram!("polyplex_time_to_first_token_seconds", "provider" => provider.clone()).record(t.as_secs_f64());
+        metrics::histogram!("polyplex_time_to_first_token_seconds", "provider" => provider.clone())
+            .record(t.as_secs_f64());
     }
-    metrics::counter!("polyplex_tokens_total", "provider" => provider.clone(), "kind" => "prompt").increment(r.usage.prompt_tokens);
+    metrics::counter!("polyplex_tokens_total", "provider" => provider.clone(), "kind" => "prompt")
+        .increment(r.usage.prompt_tokens);
     metrics::counter!("polyplex_tokens_total", "provider" => provider.clone(), "kind" => "completion").increment(r.usage.completion_tokens);
     metrics::gauge!("polyplex_cost_usd_total", "provider" => provider).increment(r.cost_usd);
     tracing::info!(
@@ -93,12 +95,19 @@ fn write(r: &UsageRecord) {
 pub fn cost(catalog: &Catalog, d: &Deployment, usage: &Usage) -> f64 {
     d.upstream
         .price(catalog, &d.model, usage.prompt_tokens)
-        .map(|p| p.cost(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens))
+        .map(|p| {
+            p.cost(
+                usage.prompt_tokens,
+                usage.cached_tokens,
+                usage.completion_tokens,
+            )
+        })
         .unwrap_or(0.0)
 }
 
 /// `usage.cost` as OpenRouter writes it: a JSON number, rounded to 1e-10 USD.
 pub fn cost_json(c: f64) -> serde_json::Value {
     let rounded = (c * 1e10).round() / 1e10;
-    serde_json::Number::from_f64(rounded).map_or(serde_json::Value::from(0), serde_json::Value::Number)
+    serde_json::Number::from_f64(rounded)
+        .map_or(serde_json::Value::from(0), serde_json::Value::Number)
 }

@@ -27,13 +27,25 @@ impl Protocol for OpenAiCompat {
         "openai"
     }
 
-    fn build(&self, endpoint: Endpoint, body: &JsonMap, stream: bool, target: &Target<'_>) -> Result<UpstreamRequest, GatewayError> {
+    fn build(
+        &self,
+        endpoint: Endpoint,
+        body: &JsonMap,
+        stream: bool,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
         request::build(endpoint, body, stream, target)
     }
 
-    fn parse(&self, endpoint: Endpoint, provider: &str, body: &[u8]) -> Result<(JsonMap, Option<Usage>), GatewayError> {
-        let map: JsonMap = serde_json::from_slice(body)
-            .map_err(|e| GatewayError::upstream_bad_response(provider, format_args!("not a JSON object ({e})")))?;
+    fn parse(
+        &self,
+        endpoint: Endpoint,
+        provider: &str,
+        body: &[u8],
+    ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
+        let map: JsonMap = serde_json::from_slice(body).map_err(|e| {
+            GatewayError::upstream_bad_response(provider, format_args!("not a JSON object ({e})"))
+        })?;
         if let Some(err) = map.get("error").filter(|e| !e.is_null()) {
             // Some compatible servers answer 200 with an error body.
             return Err(error_from_value(provider, StatusCode::BAD_GATEWAY, err));
@@ -43,7 +55,10 @@ impl Protocol for OpenAiCompat {
             _ => "choices",
         };
         if !map.get(expected).is_some_and(Value::is_array) {
-            return Err(GatewayError::upstream_bad_response(provider, format_args!("no `{expected}` array")));
+            return Err(GatewayError::upstream_bad_response(
+                provider,
+                format_args!("no `{expected}` array"),
+            ));
         }
         let usage = Usage::from_json(map.get("usage"));
         Ok((map, usage))
@@ -59,7 +74,10 @@ impl Protocol for OpenAiCompat {
                 let text = String::from_utf8_lossy(body);
                 let text = text.trim();
                 let msg = if text.is_empty() || text.len() > 500 || text.starts_with('<') {
-                    format!("Upstream provider `{provider}` answered HTTP {}", status.as_u16())
+                    format!(
+                        "Upstream provider `{provider}` answered HTTP {}",
+                        status.as_u16()
+                    )
                 } else {
                     text.to_string()
                 };
@@ -96,7 +114,12 @@ fn client_status(status: StatusCode) -> StatusCode {
     }
 }
 
-fn mapped(status: StatusCode, message: String, code: Option<String>, param: Option<String>) -> GatewayError {
+fn mapped(
+    status: StatusCode,
+    message: String,
+    code: Option<String>,
+    param: Option<String>,
+) -> GatewayError {
     let retryable = status.is_server_error()
         || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
@@ -123,7 +146,12 @@ fn error_from_value(provider: &str, status: StatusCode, err: &Value) -> GatewayE
         Value::String(s) => Some(s.clone()),
         _ => text(err.get("message")).or_else(|| text(err.get("detail"))),
     }
-    .unwrap_or_else(|| format!("Upstream provider `{provider}` answered HTTP {}", status.as_u16()));
+    .unwrap_or_else(|| {
+        format!(
+            "Upstream provider `{provider}` answered HTTP {}",
+            status.as_u16()
+        )
+    });
     let code = text(err.get("code"));
     let param = text(err.get("param"));
     let mut e = mapped(status, message, code, param);

@@ -53,32 +53,57 @@ impl Serialize for Outgoing<'_> {
     }
 }
 
-pub(crate) fn build(endpoint: Endpoint, body: &JsonMap, stream: bool, target: &Target<'_>) -> Result<UpstreamRequest, GatewayError> {
+pub(crate) fn build(
+    endpoint: Endpoint,
+    body: &JsonMap,
+    stream: bool,
+    target: &Target<'_>,
+) -> Result<UpstreamRequest, GatewayError> {
     let path = match endpoint {
         Endpoint::Chat => "chat/completions",
         Endpoint::Completions => "completions",
         Endpoint::Embeddings => "embeddings",
     };
     let want_usage = stream && target.stream_usage && endpoint != Endpoint::Embeddings;
-    let out = Outgoing { body, model: target.model, want_usage };
-    let bytes = serde_json::to_vec(&out).map_err(|e| GatewayError::internal(format!("could not encode the upstream request: {e}")))?;
+    let out = Outgoing {
+        body,
+        model: target.model,
+        want_usage,
+    };
+    let bytes = serde_json::to_vec(&out).map_err(|e| {
+        GatewayError::internal(format!("could not encode the upstream request: {e}"))
+    })?;
 
     let mut headers = HeaderMap::with_capacity(4 + target.extra_headers.len());
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(
         header::ACCEPT,
-        HeaderValue::from_static(if stream { "text/event-stream" } else { "application/json" }),
+        HeaderValue::from_static(if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        }),
     );
     if let Some(key) = target.api_key.filter(|k| !k.is_empty()) {
-        let mut v = HeaderValue::try_from(format!("{}{}", target.auth.prefix, key)).map_err(|_| {
-            GatewayError::internal(format!("the API key configured for provider `{}` is not a valid header value", target.provider))
-        })?;
+        let mut v =
+            HeaderValue::try_from(format!("{}{}", target.auth.prefix, key)).map_err(|_| {
+                GatewayError::internal(format!(
+                    "the API key configured for provider `{}` is not a valid header value",
+                    target.provider
+                ))
+            })?;
         v.set_sensitive(true);
         headers.insert(target.auth.header.clone(), v);
     }
     for (k, v) in target.extra_headers {
         headers.insert(k.clone(), v.clone());
     }
-    Ok(UpstreamRequest { url: join_url(target.base_url, path), headers, body: Bytes::from(bytes) })
+    Ok(UpstreamRequest {
+        url: join_url(target.base_url, path),
+        headers,
+        body: Bytes::from(bytes),
+    })
 }
-

@@ -25,7 +25,14 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(endpoint: Endpoint, provider: &str) -> Self {
-        Decoder { endpoint, provider: provider.to_string(), done: false, saw_usage: false, saw_finish: false, raw: Vec::new() }
+        Decoder {
+            endpoint,
+            provider: provider.to_string(),
+            done: false,
+            saw_usage: false,
+            saw_finish: false,
+            raw: Vec::new(),
+        }
     }
 }
 
@@ -54,8 +61,9 @@ fn has_finish(data: &[u8]) -> bool {
 }
 
 fn starts_with_error(data: &[u8]) -> bool {
-    after_key(data, b"\"error\"").is_some_and(|r| r.first() == Some(&b'{') || r.first() == Some(&b'"'))
-        && !memmem::find(data, b"\"choices\"").is_some()
+    after_key(data, b"\"error\"")
+        .is_some_and(|r| r.first() == Some(&b'{') || r.first() == Some(&b'"'))
+        && memmem::find(data, b"\"choices\"").is_none()
 }
 
 impl StreamDecoder for Decoder {
@@ -81,11 +89,18 @@ impl StreamDecoder for Decoder {
             self.saw_finish = true;
         }
         if has_usage(bytes) {
-            let chunk: JsonMap = serde_json::from_slice(bytes)
-                .map_err(|e| GatewayError::upstream_bad_response(&self.provider, format_args!("bad stream chunk ({e})")))?;
+            let chunk: JsonMap = serde_json::from_slice(bytes).map_err(|e| {
+                GatewayError::upstream_bad_response(
+                    &self.provider,
+                    format_args!("bad stream chunk ({e})"),
+                )
+            })?;
             if let Some(u) = Usage::from_json(chunk.get("usage")) {
                 self.saw_usage = true;
-                let has_choices = chunk.get("choices").and_then(Value::as_array).is_some_and(|c| !c.is_empty());
+                let has_choices = chunk
+                    .get("choices")
+                    .and_then(Value::as_array)
+                    .is_some_and(|c| !c.is_empty());
                 if has_choices {
                     // Usage riding on a content chunk (some compatible servers do this):
                     // forward the content, keep the usage for the end.
@@ -114,7 +129,10 @@ impl StreamDecoder for Decoder {
         if self.done || (self.saw_finish && self.endpoint != Endpoint::Embeddings) {
             return Ok(());
         }
-        Err(GatewayError::upstream_bad_response(&self.provider, "the stream ended before it was complete"))
+        Err(GatewayError::upstream_bad_response(
+            &self.provider,
+            "the stream ended before it was complete",
+        ))
     }
 
     fn saw_usage(&self) -> bool {
@@ -124,13 +142,20 @@ impl StreamDecoder for Decoder {
     fn summary(&self) -> StreamSummary {
         let mut s = StreamSummary::default();
         for line in self.raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(v) = serde_json::from_slice::<Value>(line) else { continue };
+            let Ok(v) = serde_json::from_slice::<Value>(line) else {
+                continue;
+            };
             if s.id.is_none() {
                 s.id = v.get("id").and_then(Value::as_str).map(str::to_string);
                 s.model = v.get("model").and_then(Value::as_str).map(str::to_string);
                 s.created = v.get("created").and_then(Value::as_u64);
             }
-            for c in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+            for c in v
+                .get("choices")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 // chat: delta.content / delta.tool_calls[].function.arguments; completions: text
                 if let Some(t) = c.get("text").and_then(Value::as_str) {
                     s.completion_text.push_str(t);
@@ -141,7 +166,12 @@ impl StreamDecoder for Decoder {
                         s.completion_text.push_str(t);
                     }
                 }
-                for tc in d.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                for tc in d
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     let f = tc.get("function");
                     for key in ["name", "arguments"] {
                         if let Some(t) = f.and_then(|f| f.get(key)).and_then(Value::as_str) {

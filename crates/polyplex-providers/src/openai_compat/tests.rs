@@ -28,7 +28,9 @@ fn body() -> JsonMap {
 #[test]
 fn request_keeps_every_parameter_and_replaces_model() {
     let auth = AuthStyle::bearer();
-    let req = OpenAiCompat.build(Endpoint::Chat, &body(), false, &target(&auth, &[])).unwrap();
+    let req = OpenAiCompat
+        .build(Endpoint::Chat, &body(), false, &target(&auth, &[]))
+        .unwrap();
     assert_eq!(req.url, "https://api.openai.com/v1/chat/completions");
     assert_eq!(req.headers["authorization"], "Bearer sk-test");
     assert!(req.headers["authorization"].is_sensitive());
@@ -50,13 +52,26 @@ fn streaming_request_asks_for_usage_and_keeps_other_options() {
     let auth = AuthStyle::bearer();
     let mut b = body();
     b.insert("stream".into(), true.into());
-    let req = OpenAiCompat.build(Endpoint::Chat, &b, true, &target(&auth, &[])).unwrap();
+    let req = OpenAiCompat
+        .build(Endpoint::Chat, &b, true, &target(&auth, &[]))
+        .unwrap();
     let sent: Value = serde_json::from_slice(&req.body).unwrap();
-    assert_eq!(sent["stream_options"], serde_json::json!({"include_usage": true}));
-    b.insert("stream_options".into(), serde_json::json!({"include_usage": false, "x": 1}));
-    let req = OpenAiCompat.build(Endpoint::Chat, &b, true, &target(&auth, &[])).unwrap();
+    assert_eq!(
+        sent["stream_options"],
+        serde_json::json!({"include_usage": true})
+    );
+    b.insert(
+        "stream_options".into(),
+        serde_json::json!({"include_usage": false, "x": 1}),
+    );
+    let req = OpenAiCompat
+        .build(Endpoint::Chat, &b, true, &target(&auth, &[]))
+        .unwrap();
     let sent: Value = serde_json::from_slice(&req.body).unwrap();
-    assert_eq!(sent["stream_options"], serde_json::json!({"x": 1, "include_usage": true}));
+    assert_eq!(
+        sent["stream_options"],
+        serde_json::json!({"x": 1, "include_usage": true})
+    );
     // A provider that rejects stream_options gets the body untouched.
     let mut t = target(&auth, &[]);
     t.stream_usage = false;
@@ -68,9 +83,17 @@ fn streaming_request_asks_for_usage_and_keeps_other_options() {
 
 #[test]
 fn auth_quirks_and_extra_headers() {
-    let auth = AuthStyle { header: HeaderName::from_static("api-key"), prefix: String::new() };
-    let extra = [(HeaderName::from_static("http-referer"), HeaderValue::from_static("https://example.com"))];
-    let req = OpenAiCompat.build(Endpoint::Embeddings, &body(), false, &target(&auth, &extra)).unwrap();
+    let auth = AuthStyle {
+        header: HeaderName::from_static("api-key"),
+        prefix: String::new(),
+    };
+    let extra = [(
+        HeaderName::from_static("http-referer"),
+        HeaderValue::from_static("https://example.com"),
+    )];
+    let req = OpenAiCompat
+        .build(Endpoint::Embeddings, &body(), false, &target(&auth, &extra))
+        .unwrap();
     assert_eq!(req.url, "https://api.openai.com/v1/embeddings");
     assert_eq!(req.headers["api-key"], "sk-test");
     assert!(req.headers.get("authorization").is_none());
@@ -79,49 +102,82 @@ fn auth_quirks_and_extra_headers() {
     let bearer = AuthStyle::bearer();
     let mut t = target(&bearer, &[]);
     t.api_key = None;
-    let req = OpenAiCompat.build(Endpoint::Completions, &body(), false, &t).unwrap();
+    let req = OpenAiCompat
+        .build(Endpoint::Completions, &body(), false, &t)
+        .unwrap();
     assert!(req.headers.get("authorization").is_none());
     assert!(req.url.ends_with("/v1/completions"));
 }
 
 #[test]
 fn response_parsed_with_usage() {
-    let (map, usage) = OpenAiCompat.parse(Endpoint::Chat, "openai", CHAT_RESPONSE.as_bytes()).unwrap();
+    let (map, usage) = OpenAiCompat
+        .parse(Endpoint::Chat, "openai", CHAT_RESPONSE.as_bytes())
+        .unwrap();
     assert_eq!(map["id"], "chatcmpl-123");
     let u = usage.unwrap();
     assert_eq!((u.prompt_tokens, u.completion_tokens), (9, 12));
-    let e = OpenAiCompat.parse(Endpoint::Chat, "openai", b"<html>").unwrap_err();
+    let e = OpenAiCompat
+        .parse(Endpoint::Chat, "openai", b"<html>")
+        .unwrap_err();
     assert_eq!(e.status, StatusCode::BAD_GATEWAY);
     assert!(e.retryable);
-    let e = OpenAiCompat.parse(Endpoint::Chat, "openai", br#"{"error":{"message":"boom"}}"#).unwrap_err();
+    let e = OpenAiCompat
+        .parse(Endpoint::Chat, "openai", br#"{"error":{"message":"boom"}}"#)
+        .unwrap_err();
     assert_eq!(e.message, "boom");
 }
 
 #[test]
 fn errors_keep_upstream_message_and_map_status() {
-    let e = OpenAiCompat.error("openai", StatusCode::UNAUTHORIZED, include_bytes!("fixtures/error_401.json"));
+    let e = OpenAiCompat.error(
+        "openai",
+        StatusCode::UNAUTHORIZED,
+        include_bytes!("fixtures/error_401.json"),
+    );
     assert_eq!(e.status, StatusCode::UNAUTHORIZED);
     assert_eq!(e.code.as_deref(), Some("invalid_api_key"));
     assert!(!e.retryable);
     let e = e.redact("sk-proj-SECRET123");
     assert!(!e.message.contains("SECRET123"));
 
-    let e = OpenAiCompat.error("openai", StatusCode::TOO_MANY_REQUESTS, include_bytes!("fixtures/error_429.json"));
+    let e = OpenAiCompat.error(
+        "openai",
+        StatusCode::TOO_MANY_REQUESTS,
+        include_bytes!("fixtures/error_429.json"),
+    );
     assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(e.kind, "rate_limit_error");
     assert!(e.retryable);
     assert!(e.message.starts_with("Rate limit reached"));
 
-    let e = OpenAiCompat.error("openai", StatusCode::BAD_REQUEST, include_bytes!("fixtures/error_400_param.json"));
-    assert_eq!((e.status, e.param.as_deref()), (StatusCode::BAD_REQUEST, Some("temperature")));
+    let e = OpenAiCompat.error(
+        "openai",
+        StatusCode::BAD_REQUEST,
+        include_bytes!("fixtures/error_400_param.json"),
+    );
+    assert_eq!(
+        (e.status, e.param.as_deref()),
+        (StatusCode::BAD_REQUEST, Some("temperature"))
+    );
 
-    let e = OpenAiCompat.error("vllm", StatusCode::UNPROCESSABLE_ENTITY, br#"{"object":"error","message":"bad","type":"BadRequestError","code":400}"#);
-    assert_eq!((e.status, e.message.as_str()), (StatusCode::BAD_REQUEST, "bad"));
+    let e = OpenAiCompat.error(
+        "vllm",
+        StatusCode::UNPROCESSABLE_ENTITY,
+        br#"{"object":"error","message":"bad","type":"BadRequestError","code":400}"#,
+    );
+    assert_eq!(
+        (e.status, e.message.as_str()),
+        (StatusCode::BAD_REQUEST, "bad")
+    );
     let e = OpenAiCompat.error("x", StatusCode::INTERNAL_SERVER_ERROR, b"<html>oops</html>");
     assert_eq!(e.status, StatusCode::BAD_GATEWAY);
     assert!(e.retryable);
     let e = OpenAiCompat.error("x", StatusCode::SERVICE_UNAVAILABLE, b"overloaded");
-    assert_eq!((e.status, e.message.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "overloaded"));
+    assert_eq!(
+        (e.status, e.message.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+    );
     let e = OpenAiCompat.error("x", StatusCode::GATEWAY_TIMEOUT, b"");
     assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT);
 }
@@ -150,8 +206,16 @@ fn stream_passes_chunks_through_and_extracts_usage() {
         end.unwrap();
         assert_eq!(out.len(), 6, "split {split}");
         // Content chunks are the upstream's bytes unchanged.
-        let first_line = CHAT_STREAM.lines().next().unwrap().strip_prefix("data: ").unwrap();
-        assert_eq!(out[0], StreamItem::Chunk(Bytes::copy_from_slice(first_line.as_bytes())));
+        let first_line = CHAT_STREAM
+            .lines()
+            .next()
+            .unwrap()
+            .strip_prefix("data: ")
+            .unwrap();
+        assert_eq!(
+            out[0],
+            StreamItem::Chunk(Bytes::copy_from_slice(first_line.as_bytes()))
+        );
         match &out[4] {
             StreamItem::Usage(u, chunk) => {
                 assert_eq!((u.prompt_tokens, u.completion_tokens), (9, 3));
@@ -169,17 +233,30 @@ fn stream_passes_chunks_through_and_extracts_usage() {
 fn stream_of_tool_call_fragments_summarized() {
     let (out, end, dec) = decode(CHAT_STREAM_TOOLS, 13);
     end.unwrap();
-    assert_eq!(out.iter().filter(|i| matches!(i, StreamItem::Chunk(_))).count(), 4);
+    assert_eq!(
+        out.iter()
+            .filter(|i| matches!(i, StreamItem::Chunk(_)))
+            .count(),
+        4
+    );
     assert!(!dec.saw_usage());
     let s = dec.summary();
     assert_eq!(s.id.as_deref(), Some("chatcmpl-9"));
     assert_eq!(s.model.as_deref(), Some("gpt-4o"));
-    assert_eq!(s.completion_text, "get_current_weather{\"location\": \"Paris\"}");
+    assert_eq!(
+        s.completion_text,
+        "get_current_weather{\"location\": \"Paris\"}"
+    );
 }
 
 #[test]
 fn truncated_stream_is_an_error() {
-    let cut: String = CHAT_STREAM.split("\n\n").take(2).collect::<Vec<_>>().join("\n\n") + "\n\n";
+    let cut: String = CHAT_STREAM
+        .split("\n\n")
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n\n")
+        + "\n\n";
     let (_, end, _) = decode(&cut, 4096);
     let e = end.unwrap_err();
     assert!(e.retryable);
@@ -200,5 +277,7 @@ fn usage_on_a_content_chunk_is_split_off() {
     let (out, end, _) = decode(s, 4096);
     end.unwrap();
     assert!(matches!(&out[0], StreamItem::Chunk(b) if !b.is_empty()));
-    assert!(matches!(&out[1], StreamItem::Usage(u, c) if u.total() == 4 && c["choices"].as_array().unwrap().is_empty()));
+    assert!(
+        matches!(&out[1], StreamItem::Usage(u, c) if u.total() == 4 && c["choices"].as_array().unwrap().is_empty())
+    );
 }

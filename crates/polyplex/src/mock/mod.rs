@@ -7,7 +7,7 @@
 //! `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models`.
 //!
 //! Control (for tests):
-//! - `POST /__mock/faults` `{"fault": "500"|"503"|"429"|"timeout"|"disconnect"|"status",
+//! - `POST /__mock/faults` `{"fault": "500"|"503"|"429"|"401"|"timeout"|"disconnect"|"garbage"|"no_usage"|"status",
 //!   "count": N, "status": 502, "retry_after": 1, "after_chunks": 2, "delay_ms": 5000,
 //!   "model": "only-this-model"}` — the next N matching requests fail that way;
 //! - `DELETE /__mock/faults`; `GET /__mock/stats`; `GET /__mock/requests` (the last
@@ -76,13 +76,21 @@ const RECENT: usize = 64;
 
 impl MockState {
     pub fn new(opts: MockOptions) -> Arc<Self> {
-        Arc::new(MockState { opts, faults: Mutex::new(Vec::new()), stats: Stats::default(), recent: Mutex::new(VecDeque::new()), seq: AtomicU64::new(0) })
+        Arc::new(MockState {
+            opts,
+            faults: Mutex::new(Vec::new()),
+            stats: Stats::default(),
+            recent: Mutex::new(VecDeque::new()),
+            seq: AtomicU64::new(0),
+        })
     }
 
     /// Takes one use of the first fault that matches `model`.
     fn take_fault(&self, model: &str) -> Option<Fault> {
         let mut faults = self.faults.lock().ok()?;
-        let i = faults.iter().position(|f| f.count > 0 && f.model.as_deref().is_none_or(|m| m == model))?;
+        let i = faults
+            .iter()
+            .position(|f| f.count > 0 && f.model.as_deref().is_none_or(|m| m == model))?;
         faults[i].count -= 1;
         let f = faults[i].clone();
         if faults[i].count == 0 {
@@ -93,7 +101,10 @@ impl MockState {
     }
 
     fn record(&self, path: &str, headers: &HeaderMap, body: &Value) {
-        let hs: Map<String, Value> = headers.iter().map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("")))).collect();
+        let hs: Map<String, Value> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+            .collect();
         if let Ok(mut r) = self.recent.lock() {
             if r.len() == RECENT {
                 r.pop_front();
@@ -103,7 +114,10 @@ impl MockState {
     }
 
     fn next_id(&self, prefix: &str) -> String {
-        format!("{prefix}{:06}", self.seq.fetch_add(1, Ordering::Relaxed) + 1)
+        format!(
+            "{prefix}{:06}",
+            self.seq.fetch_add(1, Ordering::Relaxed) + 1
+        )
     }
 }
 
@@ -117,12 +131,22 @@ pub fn router(state: Arc<MockState>) -> Router {
         .route("/__mock/stats", get(stats))
         .route("/__mock/requests", get(requests))
         .route("/__mock/reset", post(reset))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "invalid_request_error", "unknown mock path", None) })
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "unknown mock path",
+                None,
+            )
+        })
         .with_state(state)
 }
 
 /// Binds and serves the mock in the background; returns its address.
-pub async fn spawn(addr: SocketAddr, opts: MockOptions) -> std::io::Result<(SocketAddr, Arc<MockState>)> {
+pub async fn spawn(
+    addr: SocketAddr,
+    opts: MockOptions,
+) -> std::io::Result<(SocketAddr, Arc<MockState>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let state = MockState::new(opts);
@@ -140,17 +164,42 @@ pub async fn spawn(addr: SocketAddr, opts: MockOptions) -> std::io::Result<(Sock
 }
 
 fn error(status: StatusCode, kind: &str, msg: &str, code: Option<&str>) -> Response {
-    (status, Json(json!({"error": {"message": msg, "type": kind, "param": null, "code": code}}))).into_response()
+    (
+        status,
+        Json(json!({"error": {"message": msg, "type": kind, "param": null, "code": code}})),
+    )
+        .into_response()
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 async fn add_fault(State(s): State<Arc<MockState>>, Json(f): Json<Fault>) -> Response {
-    let known = ["500", "502", "503", "529", "429", "400", "401", "timeout", "disconnect", "status", "garbage"];
+    let known = [
+        "500",
+        "502",
+        "503",
+        "529",
+        "429",
+        "400",
+        "401",
+        "timeout",
+        "disconnect",
+        "status",
+        "garbage",
+        "no_usage",
+    ];
     if !known.contains(&f.fault.as_str()) {
-        return error(StatusCode::BAD_REQUEST, "invalid_request_error", &format!("unknown fault; expected one of {}", known.join(", ")), None);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            &format!("unknown fault; expected one of {}", known.join(", ")),
+            None,
+        );
     }
     if let Ok(mut faults) = s.faults.lock() {
         faults.push(f);
@@ -172,7 +221,13 @@ async fn reset(State(s): State<Arc<MockState>>) -> Json<Value> {
     if let Ok(mut r) = s.recent.lock() {
         r.clear();
     }
-    for c in [&s.stats.requests, &s.stats.streams_started, &s.stats.streams_completed, &s.stats.streams_cancelled, &s.stats.faults_served] {
+    for c in [
+        &s.stats.requests,
+        &s.stats.streams_started,
+        &s.stats.streams_completed,
+        &s.stats.streams_cancelled,
+        &s.stats.faults_served,
+    ] {
         c.store(0, Ordering::Relaxed);
     }
     Json(json!({"ok": true}))
@@ -190,20 +245,39 @@ async fn stats(State(s): State<Arc<MockState>>) -> Json<Value> {
 }
 
 async fn requests(State(s): State<Arc<MockState>>) -> Json<Value> {
-    Json(Value::Array(s.recent.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()))
+    Json(Value::Array(
+        s.recent
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default(),
+    ))
 }
 
 async fn models() -> Json<Value> {
     let ids = ["echo", "gpt-4o", "gpt-4o-mini", "text-embedding-3-small"];
-    Json(json!({"object": "list", "data": ids.iter().map(|id| json!({"id": id, "object": "model", "created": 1700000000, "owned_by": "polyplex-mock"})).collect::<Vec<_>>()}))
+    Json(
+        json!({"object": "list", "data": ids.iter().map(|id| json!({"id": id, "object": "model", "created": 1700000000, "owned_by": "polyplex-mock"})).collect::<Vec<_>>()}),
+    )
 }
 
 /// Parses the body, records it, applies a pending fault. `Err` is the response to send instead.
-async fn admit(s: &MockState, path: &str, headers: &HeaderMap, body: &Bytes) -> Result<(Map<String, Value>, Option<Fault>), Response> {
+async fn admit(
+    s: &MockState,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Map<String, Value>, Option<Fault>), Response> {
     s.stats.requests.fetch_add(1, Ordering::Relaxed);
     let map: Map<String, Value> = match serde_json::from_slice(body) {
         Ok(m) => m,
-        Err(e) => return Err(error(StatusCode::BAD_REQUEST, "invalid_request_error", &format!("We could not parse the JSON body of your request: {e}"), None)),
+        Err(e) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &format!("We could not parse the JSON body of your request: {e}"),
+                None,
+            ))
+        }
     };
     s.record(path, headers, &Value::Object(map.clone()));
     let model = map.get("model").and_then(Value::as_str).unwrap_or("");
@@ -217,16 +291,44 @@ async fn admit(s: &MockState, path: &str, headers: &HeaderMap, body: &Bytes) -> 
                 }
                 return Err(r);
             }
-            "timeout" => tokio::time::sleep(Duration::from_millis(f.delay_ms.unwrap_or(60_000))).await,
-            "disconnect" | "garbage" => {}
+            "timeout" => {
+                tokio::time::sleep(Duration::from_millis(f.delay_ms.unwrap_or(60_000))).await
+            }
+            "disconnect" | "garbage" | "no_usage" => {}
+            "401" => {
+                // Like real providers, echo the rejected key (the gateway must redact it).
+                let key = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .trim_start_matches("Bearer ");
+                return Err(error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_request_error",
+                    &format!("Incorrect API key provided: {key}."),
+                    Some("invalid_api_key"),
+                ));
+            }
             other => {
                 let code = match other {
                     "status" => f.status.unwrap_or(500),
                     n => n.parse().unwrap_or(500),
                 };
-                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                let kind = if code < 500 { "invalid_request_error" } else { "server_error" };
-                return Err(error(status, kind, &format!("The mock upstream failed with HTTP {code} on purpose (fault injection)."), None));
+                let status =
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let kind = if code < 500 {
+                    "invalid_request_error"
+                } else {
+                    "server_error"
+                };
+                return Err(error(
+                    status,
+                    kind,
+                    &format!(
+                        "The mock upstream failed with HTTP {code} on purpose (fault injection)."
+                    ),
+                    None,
+                ));
             }
         }
     }
@@ -251,7 +353,9 @@ fn logprobs_json(pieces: &[String], top: u64) -> Value {
 fn answer_tokens(a: &Answer) -> u64 {
     match a {
         Answer::Text { pieces, .. } => pieces.len() as u64,
-        Answer::ToolCall { name, arguments, .. } => 1 + (name.len() + arguments.len()).div_ceil(4) as u64,
+        Answer::ToolCall {
+            name, arguments, ..
+        } => 1 + (name.len() + arguments.len()).div_ceil(4) as u64,
     }
 }
 
@@ -264,30 +368,47 @@ fn sse_body(s: Arc<MockState>, events: Vec<Bytes>, cut_after: Option<usize>) -> 
     }
     impl Drop for Guard {
         fn drop(&mut self) {
-            let c = if self.done { &self.s.stats.streams_completed } else { &self.s.stats.streams_cancelled };
+            let c = if self.done {
+                &self.s.stats.streams_completed
+            } else {
+                &self.s.stats.streams_cancelled
+            };
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
     s.stats.streams_started.fetch_add(1, Ordering::Relaxed);
-    let gap = if s.opts.tokens_per_s > 0.0 { Some(Duration::from_secs_f64(1.0 / s.opts.tokens_per_s)) } else { None };
+    let gap = if s.opts.tokens_per_s > 0.0 {
+        Some(Duration::from_secs_f64(1.0 / s.opts.tokens_per_s))
+    } else {
+        None
+    };
     let total = events.len();
     let guard = Guard { s, done: false };
-    let stream = futures::stream::unfold((events.into_iter().enumerate(), guard), move |(mut it, mut guard)| async move {
-        let (i, ev) = it.next()?;
-        if cut_after.is_some_and(|c| i >= c) {
-            // Abort mid-stream: the connection is dropped without a clean end.
-            return Some((Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock fault: disconnect")), (it, guard)));
-        }
-        if i > 0 {
-            if let Some(g) = gap {
-                tokio::time::sleep(g).await;
+    let stream = futures::stream::unfold(
+        (events.into_iter().enumerate(), guard),
+        move |(mut it, mut guard)| async move {
+            let (i, ev) = it.next()?;
+            if cut_after.is_some_and(|c| i >= c) {
+                // Abort mid-stream: the connection is dropped without a clean end.
+                return Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "mock fault: disconnect",
+                    )),
+                    (it, guard),
+                ));
             }
-        }
-        if i + 1 == total {
-            guard.done = true;
-        }
-        Some((Ok::<Bytes, std::io::Error>(ev), (it, guard)))
-    });
+            if i > 0 {
+                if let Some(g) = gap {
+                    tokio::time::sleep(g).await;
+                }
+            }
+            if i + 1 == total {
+                guard.done = true;
+            }
+            Some((Ok::<Bytes, std::io::Error>(ev), (it, guard)))
+        },
+    );
     Response::builder()
         .header("content-type", "text/event-stream")
         .header("cache-control", "no-cache")
@@ -305,7 +426,12 @@ fn done_frame() -> Bytes {
 
 /// A reply body cut off half way (the "garbage" fault): not valid JSON.
 fn garbage() -> Response {
-    (StatusCode::OK, [("content-type", "application/json")], "{\"id\": \"chatcmpl-broken\", \"choi").into_response()
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        "{\"id\": \"chatcmpl-broken\", \"choi",
+    )
+        .into_response()
 }
 
 async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -313,15 +439,39 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
         Ok(x) => x,
         Err(r) => return r,
     };
-    let messages = req.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+    let messages = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     if messages.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "'messages' must be a non-empty array", None);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "'messages' must be a non-empty array",
+            None,
+        );
     }
-    let model = req.get("model").and_then(Value::as_str).unwrap_or("echo").to_string();
-    let n = req.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 128);
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("echo")
+        .to_string();
+    let n = req
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, 128);
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = req.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
-    let logprobs = req.get("logprobs").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = req
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let logprobs = req
+        .get("logprobs")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let top = req.get("top_logprobs").and_then(Value::as_u64).unwrap_or(0);
     let answer = reply::chat_answer(&req);
     let prompt = reply::prompt_tokens(messages);
@@ -360,9 +510,12 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
         if tps > 0.0 {
             tokio::time::sleep(Duration::from_secs_f64(completion as f64 / tps)).await;
         }
-        return Json(json!({"id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": choices, "usage": usage_json(prompt, completion), "service_tier": "default", "system_fingerprint": fp}))
-        .into_response();
+        let mut out = json!({"id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": choices, "usage": usage_json(prompt, completion), "service_tier": "default", "system_fingerprint": fp});
+        if is_fault("no_usage") {
+            out.as_object_mut().map(|o| o.remove("usage"));
+        }
+        return Json(out).into_response();
     }
 
     let chunk = |choices: Value, usage: Option<Value>| {
@@ -380,13 +533,20 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
             Answer::ToolCall { id, name, .. } => json!({"role": "assistant", "content": null,
                 "tool_calls": [{"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
         };
-        events.push(chunk(json!([{"index": i, "delta": first, "logprobs": null, "finish_reason": null}]), None));
+        events.push(chunk(
+            json!([{"index": i, "delta": first, "logprobs": null, "finish_reason": null}]),
+            None,
+        ));
     }
     let finish = match &answer {
         Answer::Text { pieces, finish } => {
             for p in pieces {
                 for i in 0..n {
-                    let lp = if logprobs { logprobs_json(std::slice::from_ref(p), top) } else { Value::Null };
+                    let lp = if logprobs {
+                        logprobs_json(std::slice::from_ref(p), top)
+                    } else {
+                        Value::Null
+                    };
                     events.push(chunk(json!([{"index": i, "delta": {"content": p}, "logprobs": lp, "finish_reason": null}]), None));
                 }
             }
@@ -404,13 +564,19 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
         }
     };
     for i in 0..n {
-        events.push(chunk(json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": finish}]), None));
+        events.push(chunk(
+            json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": finish}]),
+            None,
+        ));
     }
-    if include_usage {
+    if include_usage && !is_fault("no_usage") {
         events.push(chunk(json!([]), Some(usage_json(prompt, completion))));
     }
     events.push(done_frame());
-    let cut = fault.as_ref().filter(|f| f.fault == "disconnect").map(|f| f.after_chunks.unwrap_or(2));
+    let cut = fault
+        .as_ref()
+        .filter(|f| f.fault == "disconnect")
+        .map(|f| f.after_chunks.unwrap_or(2));
     sse_body(s, events, cut)
 }
 
@@ -419,9 +585,17 @@ async fn completions(State(s): State<Arc<MockState>>, headers: HeaderMap, body: 
         Ok(x) => x,
         Err(r) => return r,
     };
-    let model = req.get("model").and_then(Value::as_str).unwrap_or("echo").to_string();
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("echo")
+        .to_string();
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = req.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = req
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let (pieces, finish) = reply::completion_answer(&req);
     let prompt = match req.get("prompt") {
         Some(Value::String(p)) => reply::tokenize(p).len() as u64,
@@ -440,32 +614,64 @@ async fn completions(State(s): State<Arc<MockState>>, headers: HeaderMap, body: 
     }
     let mut events: Vec<Bytes> = pieces
         .iter()
-        .map(|p| frame(&json!({"id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"text": p, "index": 0, "logprobs": null, "finish_reason": null}]})))
+        .map(|p| {
+            frame(
+                &json!({"id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"text": p, "index": 0, "logprobs": null, "finish_reason": null}]}),
+            )
+        })
         .collect();
-    events.push(frame(&json!({"id": id, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"text": "", "index": 0, "logprobs": null, "finish_reason": finish}]})));
+    events.push(frame(
+        &json!({"id": id, "object": "text_completion", "created": created, "model": model,
+        "choices": [{"text": "", "index": 0, "logprobs": null, "finish_reason": finish}]}),
+    ));
     if include_usage {
-        events.push(frame(&json!({"id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [], "usage": usage_json(prompt, pieces.len() as u64)})));
+        events.push(frame(
+            &json!({"id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [], "usage": usage_json(prompt, pieces.len() as u64)}),
+        ));
     }
     events.push(done_frame());
-    let cut = fault.filter(|f| f.fault == "disconnect").map(|f| f.after_chunks.unwrap_or(2));
+    let cut = fault
+        .filter(|f| f.fault == "disconnect")
+        .map(|f| f.after_chunks.unwrap_or(2));
     sse_body(s, events, cut)
 }
 
 async fn embeddings(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (req, _fault) = match admit(&s, "/v1/embeddings", &headers, &body).await {
+    let (req, fault) = match admit(&s, "/v1/embeddings", &headers, &body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let model = req.get("model").and_then(Value::as_str).unwrap_or("text-embedding-3-small").to_string();
-    let dims = req.get("dimensions").and_then(Value::as_u64).unwrap_or(16).clamp(1, 4096) as usize;
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("text-embedding-3-small")
+        .to_string();
+    let dims = req
+        .get("dimensions")
+        .and_then(Value::as_u64)
+        .unwrap_or(16)
+        .clamp(1, 4096) as usize;
     let base64 = req.get("encoding_format").and_then(Value::as_str) == Some("base64");
     let inputs: Vec<String> = match req.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect(),
-        _ => return error(StatusCode::BAD_REQUEST, "invalid_request_error", "'input' is required", None),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| x.to_string())
+            })
+            .collect(),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "'input' is required",
+                None,
+            )
+        }
     };
     let mut tokens = 0u64;
     let data: Vec<Value> = inputs
@@ -483,5 +689,9 @@ async fn embeddings(State(s): State<Arc<MockState>>, headers: HeaderMap, body: B
             json!({"object": "embedding", "index": i, "embedding": emb})
         })
         .collect();
-    Json(json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})).into_response()
+    let mut out = json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}});
+    if fault.is_some_and(|f| f.fault == "no_usage") {
+        out.as_object_mut().map(|o| o.remove("usage"));
+    }
+    Json(out).into_response()
 }

@@ -6,8 +6,15 @@ use serde_json::{json, Map, Value};
 /// What the assistant "says" for one choice.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    Text { pieces: Vec<String>, finish: &'static str },
-    ToolCall { id: String, name: String, arguments: String },
+    Text {
+        pieces: Vec<String>,
+        finish: &'static str,
+    },
+    ToolCall {
+        id: String,
+        name: String,
+        arguments: String,
+    },
 }
 
 /// Text of a message's `content` (string, or the text parts of an array).
@@ -18,7 +25,12 @@ pub fn content_text(content: Option<&Value>) -> String {
             let mut out = Vec::new();
             for p in parts {
                 match p.get("type").and_then(Value::as_str) {
-                    Some("text") => out.push(p.get("text").and_then(Value::as_str).unwrap_or("").to_string()),
+                    Some("text") => out.push(
+                        p.get("text")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
+                    ),
                     Some("image_url") => out.push("[image]".to_string()),
                     Some(other) => out.push(format!("[{other}]")),
                     None => {}
@@ -80,7 +92,11 @@ fn salient(text: &str) -> String {
 
 /// A value that satisfies a (simple) JSON Schema, filled from `text`.
 pub fn sample(schema: &Value, key: &str, text: &str) -> Value {
-    if let Some(e) = schema.get("enum").and_then(Value::as_array).and_then(|e| e.first()) {
+    if let Some(e) = schema
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
         return e.clone();
     }
     if let Some(c) = schema.get("const") {
@@ -88,7 +104,11 @@ pub fn sample(schema: &Value, key: &str, text: &str) -> Value {
     }
     let ty = match schema.get("type") {
         Some(Value::String(t)) => t.as_str(),
-        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).find(|t| *t != "null").unwrap_or("string"),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("string"),
         _ if schema.get("properties").is_some() => "object",
         _ => "string",
     };
@@ -96,7 +116,11 @@ pub fn sample(schema: &Value, key: &str, text: &str) -> Value {
         "object" => {
             let mut o = Map::new();
             if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-                let required: Vec<&str> = schema.get("required").and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+                let required: Vec<&str> = schema
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .map(|r| r.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
                 for (k, s) in props {
                     if required.is_empty() || required.contains(&k.as_str()) {
                         o.insert(k.clone(), sample(s, k, text));
@@ -105,14 +129,21 @@ pub fn sample(schema: &Value, key: &str, text: &str) -> Value {
             }
             Value::Object(o)
         }
-        "array" => Value::Array(vec![sample(schema.get("items").unwrap_or(&Value::Null), key, text)]),
+        "array" => Value::Array(vec![sample(
+            schema.get("items").unwrap_or(&Value::Null),
+            key,
+            text,
+        )]),
         "integer" => json!(schema.get("minimum").and_then(Value::as_i64).unwrap_or(1)),
         "number" => json!(schema.get("minimum").and_then(Value::as_f64).unwrap_or(1.5)),
         "boolean" => json!(true),
         "null" => Value::Null,
         _ => {
             let k = key.to_ascii_lowercase();
-            if ["location", "city", "place", "country", "name"].iter().any(|w| k.contains(w)) {
+            if ["location", "city", "place", "country", "name"]
+                .iter()
+                .any(|w| k.contains(w))
+            {
                 json!(salient(text))
             } else {
                 json!(text.chars().take(80).collect::<String>())
@@ -137,7 +168,11 @@ fn apply_stop(text: &mut String, stop: Option<&Value>) -> bool {
         Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
         _ => vec![],
     };
-    let cut = stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s)).min();
+    let cut = stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s))
+        .min();
     match cut {
         Some(i) => {
             text.truncate(i);
@@ -149,37 +184,76 @@ fn apply_stop(text: &mut String, stop: Option<&Value>) -> bool {
 
 /// Decides the answer for a chat request.
 pub fn chat_answer(body: &Map<String, Value>) -> Answer {
-    let messages = body.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     let user = last_user_text(messages);
     let last = messages.last();
-    let last_role = last.and_then(|m| m.get("role")).and_then(Value::as_str).unwrap_or("");
+    let last_role = last
+        .and_then(|m| m.get("role"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
 
-    let tools = body.get("tools").and_then(Value::as_array).filter(|t| !t.is_empty());
+    let tools = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .filter(|t| !t.is_empty());
     let choice = body.get("tool_choice");
     let tool_choice_none = choice.and_then(Value::as_str) == Some("none");
     if let (Some(tools), false, false) = (tools, tool_choice_none, last_role == "tool") {
-        let named = choice.and_then(|c| c.get("function")).and_then(|f| f.get("name")).and_then(Value::as_str);
+        let named = choice
+            .and_then(|c| c.get("function"))
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str);
         let tool = named
-            .and_then(|n| tools.iter().find(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(n)))
+            .and_then(|n| {
+                tools
+                    .iter()
+                    .find(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(n))
+            })
             .unwrap_or(&tools[0]);
-        let name = tool.pointer("/function/name").and_then(Value::as_str).unwrap_or("tool").to_string();
-        let params = tool.pointer("/function/parameters").cloned().unwrap_or(json!({"type": "object"}));
+        let name = tool
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .unwrap_or("tool")
+            .to_string();
+        let params = tool
+            .pointer("/function/parameters")
+            .cloned()
+            .unwrap_or(json!({"type": "object"}));
         let args = sample(&params, "", &user);
         let arguments = serde_json::to_string(&args).unwrap_or_else(|_| "{}".into());
-        return Answer::ToolCall { id: stable_id("call_", &format!("{name}{arguments}{}", messages.len())), name, arguments };
+        return Answer::ToolCall {
+            id: stable_id("call_", &format!("{name}{arguments}{}", messages.len())),
+            name,
+            arguments,
+        };
     }
 
     let mut text = if last_role == "tool" {
-        format!("The tool returned: {}", content_text(last.and_then(|m| m.get("content"))))
+        format!(
+            "The tool returned: {}",
+            content_text(last.and_then(|m| m.get("content")))
+        )
     } else if user.is_empty() {
         "Hello from the polyplex mock.".to_string()
     } else {
         user.clone()
     };
-    match body.get("response_format").and_then(|r| r.get("type")).and_then(Value::as_str) {
+    match body
+        .get("response_format")
+        .and_then(|r| r.get("type"))
+        .and_then(Value::as_str)
+    {
         Some("json_object") => text = json!({"reply": text}).to_string(),
         Some("json_schema") => {
-            let schema = body.get("response_format").and_then(|r| r.pointer("/json_schema/schema")).cloned().unwrap_or(json!({"type": "object"}));
+            let schema = body
+                .get("response_format")
+                .and_then(|r| r.pointer("/json_schema/schema"))
+                .cloned()
+                .unwrap_or(json!({"type": "object"}));
             text = sample(&schema, "", &user).to_string();
         }
         _ => {}
@@ -208,7 +282,11 @@ pub fn completion_answer(body: &Map<String, Value>) -> (Vec<String>, &'static st
         Some(Value::Array(a)) => a.first().and_then(Value::as_str).unwrap_or("").to_string(),
         _ => String::new(),
     };
-    let mut text = if prompt.is_empty() { "Hello from the polyplex mock.".to_string() } else { prompt };
+    let mut text = if prompt.is_empty() {
+        "Hello from the polyplex mock.".to_string()
+    } else {
+        prompt
+    };
     apply_stop(&mut text, body.get("stop"));
     let mut pieces = tokenize(&text);
     if let Some(max) = body.get("max_tokens").and_then(Value::as_u64) {
@@ -231,7 +309,12 @@ pub fn embedding(input: &str, dims: usize) -> Vec<f32> {
             ((h % 20_000) as f32 / 10_000.0) - 1.0
         })
         .collect();
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
     v.iter_mut().for_each(|x| *x /= norm);
     v
 }
@@ -246,17 +329,41 @@ mod tests {
 
     #[test]
     fn echoes_the_last_user_message() {
-        let a = chat_answer(&body(json!({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "Say this is a test"}]})));
-        assert_eq!(a, Answer::Text { pieces: tokenize("Say this is a test"), finish: "stop" });
+        let a = chat_answer(&body(
+            json!({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "Say this is a test"}]}),
+        ));
+        assert_eq!(
+            a,
+            Answer::Text {
+                pieces: tokenize("Say this is a test"),
+                finish: "stop"
+            }
+        );
         assert_eq!(tokenize("Say this is").concat(), "Say this is");
     }
 
     #[test]
     fn max_tokens_and_stop() {
-        let a = chat_answer(&body(json!({"messages": [{"role": "user", "content": "one two three four"}], "max_tokens": 2})));
-        assert_eq!(a, Answer::Text { pieces: vec!["one".into(), " two".into()], finish: "length" });
-        let a = chat_answer(&body(json!({"messages": [{"role": "user", "content": "one two three four"}], "stop": ["three"]})));
-        assert_eq!(a, Answer::Text { pieces: vec!["one".into(), " two".into(), " ".into()], finish: "stop" });
+        let a = chat_answer(&body(
+            json!({"messages": [{"role": "user", "content": "one two three four"}], "max_tokens": 2}),
+        ));
+        assert_eq!(
+            a,
+            Answer::Text {
+                pieces: vec!["one".into(), " two".into()],
+                finish: "length"
+            }
+        );
+        let a = chat_answer(&body(
+            json!({"messages": [{"role": "user", "content": "one two three four"}], "stop": ["three"]}),
+        ));
+        assert_eq!(
+            a,
+            Answer::Text {
+                pieces: vec!["one".into(), " two".into(), " ".into()],
+                finish: "stop"
+            }
+        );
     }
 
     #[test]
@@ -268,7 +375,11 @@ mod tests {
                 "required": ["location", "unit"]}}}]
         })));
         match a {
-            Answer::ToolCall { name, arguments, id } => {
+            Answer::ToolCall {
+                name,
+                arguments,
+                id,
+            } => {
                 assert_eq!(name, "get_weather");
                 assert!(id.starts_with("call_"));
                 let v: Value = serde_json::from_str(&arguments).unwrap();
@@ -280,14 +391,25 @@ mod tests {
 
     #[test]
     fn json_modes_give_json() {
-        let a = chat_answer(&body(json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}})));
-        let Answer::Text { pieces, .. } = a else { panic!() };
+        let a = chat_answer(&body(
+            json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}),
+        ));
+        let Answer::Text { pieces, .. } = a else {
+            panic!()
+        };
         let v: Value = serde_json::from_str(&pieces.concat()).unwrap();
         assert_eq!(v["reply"], "hi");
-        let a = chat_answer(&body(json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema",
-            "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}}})));
-        let Answer::Text { pieces, .. } = a else { panic!() };
-        assert_eq!(serde_json::from_str::<Value>(&pieces.concat()).unwrap(), json!({"n": 1}));
+        let a = chat_answer(&body(
+            json!({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema",
+            "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}}}),
+        ));
+        let Answer::Text { pieces, .. } = a else {
+            panic!()
+        };
+        assert_eq!(
+            serde_json::from_str::<Value>(&pieces.concat()).unwrap(),
+            json!({"n": 1})
+        );
     }
 
     #[test]
@@ -296,7 +418,9 @@ mod tests {
             {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
             {"role": "tool", "tool_call_id": "c", "content": "22C"}],
             "tools": [{"type": "function", "function": {"name": "f"}}]})));
-        let Answer::Text { pieces, .. } = a else { panic!() };
+        let Answer::Text { pieces, .. } = a else {
+            panic!()
+        };
         assert_eq!(pieces.concat(), "The tool returned: 22C");
     }
 

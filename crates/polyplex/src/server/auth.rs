@@ -14,14 +14,24 @@ use subtle::ConstantTimeEq;
 pub fn presented_key(h: &HeaderMap) -> Option<&str> {
     if let Some(v) = h.get("authorization").and_then(|v| v.to_str().ok()) {
         let v = v.trim();
-        let key = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v).trim();
+        let key = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .unwrap_or(v)
+            .trim();
         return Some(key).filter(|k| !k.is_empty());
     }
-    ["x-api-key", "api-key"].iter().find_map(|n| h.get(*n).and_then(|v| v.to_str().ok())).map(str::trim).filter(|k| !k.is_empty())
+    ["x-api-key", "api-key"]
+        .iter()
+        .find_map(|n| h.get(*n).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
 }
 
 pub fn check(app: &App, headers: &HeaderMap) -> Result<(), GatewayError> {
-    let Some(master) = &app.master_key else { return Ok(()) };
+    let Some(master) = &app.master_key else {
+        return Ok(());
+    };
     let Some(key) = presented_key(headers) else {
         return Err(GatewayError::unauthorized(
             "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
@@ -31,7 +41,9 @@ pub fn check(app: &App, headers: &HeaderMap) -> Result<(), GatewayError> {
     if bool::from(key.as_bytes().ct_eq(master.expose_secret().as_bytes())) {
         Ok(())
     } else {
-        Err(GatewayError::unauthorized("Incorrect API key provided. Check the key you passed as the Bearer token."))
+        Err(GatewayError::unauthorized(
+            "Incorrect API key provided. Check the key you passed as the Bearer token.",
+        ))
     }
 }
 

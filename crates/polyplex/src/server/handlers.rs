@@ -4,7 +4,6 @@ use super::respond::{finish_usage, json_response, sse_response, ApiError, Served
 use super::{App, RequestId};
 use crate::executor::{attempt_loop, stream_once, unary_once};
 use crate::usage::UsageRecord;
-use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -17,20 +16,29 @@ use std::time::{Instant, SystemTime};
 /// Stage 3: the body, within the size limit, as a JSON object.
 async fn read_json(app: &App, req: Request) -> Result<JsonMap, GatewayError> {
     let limit = app.max_body;
-    if let Some(len) = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(len) = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         if len > limit {
             return Err(GatewayError::body_too_large(limit));
         }
     }
-    let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
-        if is_length_limit(&e) {
-            GatewayError::body_too_large(limit)
-        } else {
-            GatewayError::invalid_request(format!("Could not read the request body: {e}"))
-        }
-    })?;
+    let bytes = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|e| {
+            if is_length_limit(&e) {
+                GatewayError::body_too_large(limit)
+            } else {
+                GatewayError::invalid_request(format!("Could not read the request body: {e}"))
+            }
+        })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(GatewayError::invalid_request("The request body is empty. The API expects a JSON object."));
+        return Err(GatewayError::invalid_request(
+            "The request body is empty. The API expects a JSON object.",
+        ));
     }
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
         GatewayError::invalid_request(format!(
@@ -39,7 +47,10 @@ async fn read_json(app: &App, req: Request) -> Result<JsonMap, GatewayError> {
     })?;
     match v {
         Value::Object(m) => Ok(m),
-        other => Err(GatewayError::invalid_request(format!("The request body must be a JSON object, but it is {}.", kind_of(&other)))),
+        other => Err(GatewayError::invalid_request(format!(
+            "The request body must be a JSON object, but it is {}.",
+            kind_of(&other)
+        ))),
     }
 }
 
@@ -88,89 +99,125 @@ fn validate(endpoint: Endpoint, body: JsonMap) -> Result<Parsed, GatewayError> {
             (m.model, m.fallback_models, false, false)
         }
     };
-    Ok(Parsed { body, model, fallbacks, stream, include_usage })
+    Ok(Parsed {
+        body,
+        model,
+        fallbacks,
+        stream,
+        include_usage,
+    })
 }
 
-fn record_failure(app: &App, rid: &str, endpoint: Endpoint, model: &str, e: &GatewayError, started: Instant, served: &Served<'_>, stream: bool) {
-    app.recorder.record(UsageRecord {
-        request_id: rid.to_string(),
-        endpoint: endpoint.as_str(),
-        requested_model: model.to_string(),
-        provider: served.deployment.map(|d| d.upstream.name.clone()),
-        model: served.deployment.map(|d| d.model.clone()),
-        status: e.status.as_u16(),
-        usage: Usage::default(),
-        cost_usd: 0.0,
-        latency: started.elapsed(),
-        ttft: None,
-        attempts: served.attempts,
-        stream,
-        at: SystemTime::now(),
-    });
+/// One call in progress: what its usage record and error response need.
+struct Call {
+    app: App,
+    rid: String,
+    endpoint: Endpoint,
+    started: Instant,
+}
+
+impl Call {
+    /// Records the failure and answers it in OpenAI's error shape.
+    fn fail(&self, model: &str, stream: bool, e: GatewayError, served: &Served<'_>) -> Response {
+        self.app.recorder.record(UsageRecord {
+            request_id: self.rid.clone(),
+            endpoint: self.endpoint.as_str(),
+            requested_model: model.to_string(),
+            provider: served.deployment.map(|d| d.upstream.name.clone()),
+            model: served.deployment.map(|d| d.model.clone()),
+            status: e.status.as_u16(),
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            latency: self.started.elapsed(),
+            ttft: None,
+            attempts: served.attempts,
+            stream,
+            at: SystemTime::now(),
+        });
+        let mut resp = ApiError(e).into_response();
+        served.apply(&mut resp);
+        resp
+    }
 }
 
 async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> Response {
-    let started = Instant::now();
-    let rid = rid.0.to_string();
-    let parsed = match read_json(&app, req).await.and_then(|b| validate(endpoint, b)) {
+    let call = Call {
+        app,
+        rid: rid.0.to_string(),
+        endpoint,
+        started: Instant::now(),
+    };
+    let app = &call.app;
+    let no_one = Served {
+        deployment: None,
+        attempts: 0,
+        failed_over: &[],
+    };
+    let body = match read_json(app, req).await {
+        Ok(b) => b,
+        Err(e) => return call.fail("", false, e, &no_one),
+    };
+    let asked = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let parsed = match validate(endpoint, body) {
         Ok(p) => p,
-        Err(e) => {
-            record_failure(&app, &rid, endpoint, "", &e, started, &Served { deployment: None, attempts: 0, failed_over: &[] }, false);
-            return ApiError(e).into_response();
-        }
+        Err(e) => return call.fail(&asked, false, e, &no_one),
     };
     let plan = match app.router.plan(&parsed.model, &parsed.fallbacks) {
         Ok(p) => p,
-        Err(e) => {
-            record_failure(&app, &rid, endpoint, &parsed.model, &e, started, &Served { deployment: None, attempts: 0, failed_over: &[] }, parsed.stream);
-            return ApiError(e).into_response();
-        }
+        Err(e) => return call.fail(&parsed.model, parsed.stream, e, &no_one),
     };
-    tracing::debug!(request_id = %rid, model = %parsed.model, plan = ?plan.iter().map(|d| d.label()).collect::<Vec<_>>(), "routing plan");
+    tracing::debug!(request_id = %call.rid, model = %parsed.model, plan = ?plan.iter().map(|d| d.label()).collect::<Vec<_>>(), "routing plan");
     let body = &parsed.body;
-    let app_ref = &app;
 
     if parsed.stream {
-        let outcome = attempt_loop(&plan, |d| async move { stream_once(app_ref, &d, endpoint, body).await }).await;
-        let served = Served { deployment: outcome.deployment.as_ref(), attempts: outcome.attempts, failed_over: &outcome.failed_over };
+        let outcome = attempt_loop(&plan, |d| async move {
+            stream_once(app, &d, endpoint, body).await
+        })
+        .await;
+        let served = Served {
+            deployment: outcome.deployment.as_ref(),
+            attempts: outcome.attempts,
+            failed_over: &outcome.failed_over,
+        };
         return match outcome.result {
-            Ok(open) => {
-                let mut resp_headers = Response::new(Body::empty());
-                served.apply(&mut resp_headers);
-                let Some(d) = outcome.deployment.clone() else {
-                    return ApiError(GatewayError::internal("stream without a deployment")).into_response();
-                };
+            Ok((open, d)) => {
                 let ctx = StreamContext {
                     app: app.clone(),
-                    request_id: rid,
+                    request_id: call.rid.clone(),
                     endpoint,
                     requested_model: parsed.model.clone(),
                     include_usage: parsed.include_usage,
-                    started,
+                    started: call.started,
                     attempts: outcome.attempts,
                     request: parsed.body.clone(),
                 };
                 let mut resp = sse_response(ctx, open, d);
-                resp.headers_mut().extend(resp_headers.headers_mut().drain());
-                resp
-            }
-            Err(e) => {
-                record_failure(&app, &rid, endpoint, &parsed.model, &e, started, &served, true);
-                let mut resp = ApiError(e).into_response();
                 served.apply(&mut resp);
                 resp
             }
+            Err(e) => call.fail(&parsed.model, true, e, &served),
         };
     }
 
-    let outcome = attempt_loop(&plan, |d| async move { unary_once(app_ref, &d, endpoint, body).await }).await;
-    let served = Served { deployment: outcome.deployment.as_ref(), attempts: outcome.attempts, failed_over: &outcome.failed_over };
-    match (outcome.result, outcome.deployment.as_ref()) {
-        (Ok((mut map, upstream_usage)), Some(d)) => {
-            let (usage, cost) = finish_usage(&app, d, endpoint, body, &mut map, upstream_usage);
-            let latency = started.elapsed();
+    let outcome = attempt_loop(&plan, |d| async move {
+        unary_once(app, &d, endpoint, body).await
+    })
+    .await;
+    let served = Served {
+        deployment: outcome.deployment.as_ref(),
+        attempts: outcome.attempts,
+        failed_over: &outcome.failed_over,
+    };
+    match outcome.result {
+        Ok(((mut map, upstream_usage), d)) => {
+            let (usage, cost) = finish_usage(app, &d, endpoint, body, &mut map, upstream_usage);
+            let latency = call.started.elapsed();
             app.recorder.record(UsageRecord {
-                request_id: rid,
+                request_id: call.rid.clone(),
                 endpoint: endpoint.as_str(),
                 requested_model: parsed.model.clone(),
                 provider: Some(d.upstream.name.clone()),
@@ -188,25 +235,31 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
             served.apply(&mut resp);
             resp
         }
-        (Ok(_), None) => ApiError(GatewayError::internal("response without a deployment")).into_response(),
-        (Err(e), _) => {
-            record_failure(&app, &rid, endpoint, &parsed.model, &e, started, &served, false);
-            let mut resp = ApiError(e).into_response();
-            served.apply(&mut resp);
-            resp
-        }
+        Err(e) => call.fail(&parsed.model, false, e, &served),
     }
 }
 
-pub async fn chat_completions(State(app): State<App>, Extension(rid): Extension<RequestId>, req: Request) -> Response {
+pub async fn chat_completions(
+    State(app): State<App>,
+    Extension(rid): Extension<RequestId>,
+    req: Request,
+) -> Response {
     handle(app, rid, Endpoint::Chat, req).await
 }
 
-pub async fn completions(State(app): State<App>, Extension(rid): Extension<RequestId>, req: Request) -> Response {
+pub async fn completions(
+    State(app): State<App>,
+    Extension(rid): Extension<RequestId>,
+    req: Request,
+) -> Response {
     handle(app, rid, Endpoint::Completions, req).await
 }
 
-pub async fn embeddings(State(app): State<App>, Extension(rid): Extension<RequestId>, req: Request) -> Response {
+pub async fn embeddings(
+    State(app): State<App>,
+    Extension(rid): Extension<RequestId>,
+    req: Request,
+) -> Response {
     handle(app, rid, Endpoint::Embeddings, req).await
 }
 
@@ -238,7 +291,13 @@ pub async fn list_models(State(app): State<App>) -> Response {
 pub async fn get_model(State(app): State<App>, Path(id): Path<String>) -> Response {
     match app.router.resolve(&id) {
         Ok(ds) => {
-            let owner = if app.router.routes().any(|r| r.name == id) { "polyplex".to_string() } else { ds.first().map(|d| d.upstream.name.clone()).unwrap_or_default() };
+            let owner = if app.router.routes().any(|r| r.name == id) {
+                "polyplex".to_string()
+            } else {
+                ds.first()
+                    .map(|d| d.upstream.name.clone())
+                    .unwrap_or_default()
+            };
             Json(model_object(&id, &owner)).into_response()
         }
         Err(e) => ApiError(e).into_response(),
@@ -253,19 +312,31 @@ pub async fn readyz(State(app): State<App>) -> Response {
     if app.ready.load(std::sync::atomic::Ordering::SeqCst) {
         Json(json!({"status": "ready", "providers": app.router.upstreams().len()})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "shutting down"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting down"})),
+        )
+            .into_response()
     }
 }
 
 pub async fn metrics(State(app): State<App>) -> Response {
     match &app.metrics {
         Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable").into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable",
+        )
+            .into_response(),
     }
 }
 
 pub async fn not_found(method: Method, uri: Uri) -> Response {
-    ApiError(GatewayError::not_found(format!("Unknown request URL: {method} {}. Please check the URL for typos.", uri.path()))).into_response()
+    ApiError(GatewayError::not_found(format!(
+        "Unknown request URL: {method} {}. Please check the URL for typos.",
+        uri.path()
+    )))
+    .into_response()
 }
 
 pub async fn method_not_allowed() -> Response {

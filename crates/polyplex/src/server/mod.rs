@@ -74,13 +74,24 @@ pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, String>
 
 /// Builds the application state from a validated config. `demo_base_url` is the
 /// in-process simulator's URL when `cfg.demo` is set.
-pub fn state(cfg: &Config, demo_base_url: Option<String>, recorder: Recorder) -> Result<App, String> {
+pub fn state(
+    cfg: &Config,
+    demo_base_url: Option<String>,
+    recorder: Recorder,
+) -> Result<App, String> {
     let mut providers = cfg.providers.clone();
     if let Some(url) = demo_base_url {
         providers.push(crate::demo_provider(url));
     }
-    let upstreams = providers.iter().map(|p| Upstream::from_config(p).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
-    let connect = providers.iter().map(|p| p.connect_timeout).min().unwrap_or(Duration::from_secs(10));
+    let upstreams = providers
+        .iter()
+        .map(|p| Upstream::from_config(p).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let connect = providers
+        .iter()
+        .map(|p| p.connect_timeout)
+        .min()
+        .unwrap_or(Duration::from_secs(10));
     Ok(Arc::new(AppState {
         router: ModelRouter::new(upstreams, cfg.routes.clone(), Catalog::builtin()),
         http: http_client(connect)?,
@@ -100,7 +111,10 @@ pub fn app(state: App) -> axum::Router {
         .route("/embeddings", post(handlers::embeddings))
         .route("/models", get(handlers::list_models))
         .route("/models/{*id}", get(handlers::get_model))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require));
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ));
     axum::Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(handlers::healthz))
@@ -114,7 +128,11 @@ pub fn app(state: App) -> axum::Router {
 
 fn sane_id(v: &HeaderValue) -> Option<&str> {
     let s = v.to_str().ok()?;
-    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))).then_some(s)
+    (!s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+    .then_some(s)
 }
 
 /// Stage 1: the request id, on the request's extensions and the response.

@@ -17,6 +17,38 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
 
 /// A gateway error as an HTTP response in OpenAI's shape.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_framing() {
+        assert_eq!(&frame(b"{\"a\":1}")[..], b"data: {\"a\":1}\n\n");
+        assert_eq!(
+            &frame_without_null_usage(b"{\"a\":1,\"usage\":null}")[..],
+            b"data: {\"a\":1}\n\n"
+        );
+        assert_eq!(
+            &frame_without_null_usage(b"{\"usage\":null,\"a\":1}")[..],
+            b"data: {\"usage\":null,\"a\":1}\n\n"
+        );
+    }
+
+    #[test]
+    fn errors_carry_retry_after() {
+        let mut e = GatewayError::upstream(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "slow down",
+        );
+        e.retry_after = Some(Duration::from_millis(2500));
+        let r = ApiError(e).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()["retry-after"], "3");
+        assert_eq!(r.headers()["content-type"], "application/json");
+    }
+}
+
 #[derive(Debug)]
 pub struct ApiError(pub GatewayError);
 
@@ -33,8 +65,11 @@ impl IntoResponse for ApiError {
         *resp.status_mut() = e.status;
         let h = resp.headers_mut();
         h.insert("content-type", HeaderValue::from_static("application/json"));
-        if e.status == StatusCode::TOO_MANY_REQUESTS || e.status == StatusCode::SERVICE_UNAVAILABLE {
-            let secs = e.retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
+        if e.status == StatusCode::TOO_MANY_REQUESTS || e.status == StatusCode::SERVICE_UNAVAILABLE
+        {
+            let secs = e
+                .retry_after
+                .map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
             h.insert("retry-after", HeaderValue::from(secs));
         }
         resp
@@ -72,15 +107,31 @@ impl Served<'_> {
 
 /// Ensures `usage` is present (estimating it if the upstream sent none) and adds `usage.cost`.
 /// Returns the usage as recorded.
-pub fn finish_usage(app: &App, d: &Deployment, endpoint: Endpoint, request: &JsonMap, resp: &mut JsonMap, upstream: Option<Usage>) -> (Usage, f64) {
+pub fn finish_usage(
+    app: &App,
+    d: &Deployment,
+    endpoint: Endpoint,
+    request: &JsonMap,
+    resp: &mut JsonMap,
+    upstream: Option<Usage>,
+) -> (Usage, f64) {
     let usage = upstream.unwrap_or_else(|| {
         let prompt = match endpoint {
             Endpoint::Chat => tokens::chat_prompt(request),
             Endpoint::Completions => tokens::input_tokens(request.get("prompt")),
             Endpoint::Embeddings => tokens::input_tokens(request.get("input")),
         };
-        let completion = if endpoint == Endpoint::Embeddings { 0 } else { tokens::response_completion(resp) };
-        Usage { prompt_tokens: prompt, completion_tokens: completion, estimated: true, ..Usage::default() }
+        let completion = if endpoint == Endpoint::Embeddings {
+            0
+        } else {
+            tokens::response_completion(resp)
+        };
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            estimated: true,
+            ..Usage::default()
+        }
     });
     let c = cost(app.router.catalog(), d, &usage);
     if !resp.get("usage").is_some_and(Value::is_object) {
@@ -101,10 +152,14 @@ pub fn json_response(body: &JsonMap) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => {
             let mut r = Response::new(Body::from(bytes));
-            r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
             r
         }
-        Err(e) => ApiError(GatewayError::internal(format!("could not encode the response: {e}"))).into_response(),
+        Err(e) => ApiError(GatewayError::internal(format!(
+            "could not encode the response: {e}"
+        )))
+        .into_response(),
     }
 }
 
@@ -117,6 +172,23 @@ fn frame(json: &[u8]) -> Bytes {
 }
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// Polyplex asks upstreams for usage on every stream; when the client did not,
+/// the `"usage":null` that then rides on each chunk is taken out again (OpenAI
+/// leaves the key out). OpenAI writes it last, so a suffix check suffices.
+fn frame_without_null_usage(chunk: &[u8]) -> Bytes {
+    const TAIL: &[u8] = b",\"usage\":null}";
+    match chunk.strip_suffix(TAIL) {
+        Some(head) => {
+            let mut b = BytesMut::with_capacity(head.len() + 9);
+            b.put_slice(b"data: ");
+            b.put_slice(head);
+            b.put_slice(b"}\n\n");
+            b.freeze()
+        }
+        None => frame(chunk),
+    }
+}
 
 /// What a stream needs to write its usage record.
 pub struct StreamContext {
@@ -146,7 +218,14 @@ struct Relay {
 impl Relay {
     fn handle(&mut self, item: StreamItem) {
         match item {
-            StreamItem::Chunk(b) => self.out.push_back(frame(&b)),
+            StreamItem::Chunk(b) => {
+                let f = if self.ctx.include_usage {
+                    frame(&b)
+                } else {
+                    frame_without_null_usage(&b)
+                };
+                self.out.push_back(f);
+            }
             StreamItem::Usage(u, mut chunk) => {
                 self.usage = Some(u);
                 if self.ctx.include_usage {
@@ -170,7 +249,12 @@ impl Relay {
             Endpoint::Chat => tokens::chat_prompt(&self.ctx.request),
             _ => tokens::input_tokens(self.ctx.request.get("prompt")),
         };
-        Usage { prompt_tokens: prompt, completion_tokens: tokens::count(&summary.completion_text), estimated: true, ..Usage::default() }
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: tokens::count(&summary.completion_text),
+            estimated: true,
+            ..Usage::default()
+        }
     }
 
     fn complete(&mut self) {
@@ -185,7 +269,11 @@ impl Relay {
                 let c = cost(self.ctx.app.router.catalog(), &self.deployment, &u);
                 let mut uj = u.to_json();
                 uj["cost"] = cost_json(c);
-                let object = if self.ctx.endpoint == Endpoint::Chat { "chat.completion.chunk" } else { "text_completion" };
+                let object = if self.ctx.endpoint == Endpoint::Chat {
+                    "chat.completion.chunk"
+                } else {
+                    "text_completion"
+                };
                 let chunk = serde_json::json!({"id": s.id, "object": object, "created": s.created, "model": s.model.unwrap_or_else(|| self.deployment.model.clone()), "choices": [], "usage": uj});
                 self.out.push_back(frame(chunk.to_string().as_bytes()));
             }
@@ -248,7 +336,10 @@ impl Relay {
             }
             let idle = self.open.idle_timeout;
             match tokio::time::timeout(idle, self.open.body.next()).await {
-                Err(_) => self.fail(GatewayError::upstream_timeout(&self.deployment.upstream.name, idle).with_code("upstream_stream_idle")),
+                Err(_) => self.fail(
+                    GatewayError::upstream_timeout(&self.deployment.upstream.name, idle)
+                        .with_code("upstream_stream_idle"),
+                ),
                 Ok(Some(Ok(bytes))) => {
                     self.open.parser.feed(&bytes, &mut self.events);
                     let events = std::mem::take(&mut self.events);
@@ -261,7 +352,10 @@ impl Relay {
                     self.events = events;
                     self.events.clear();
                 }
-                Ok(Some(Err(_))) => self.fail(GatewayError::upstream_unreachable(&self.deployment.upstream.name, "the connection broke during the stream")),
+                Ok(Some(Err(_))) => self.fail(GatewayError::upstream_unreachable(
+                    &self.deployment.upstream.name,
+                    "the connection broke during the stream",
+                )),
                 Ok(None) => match self.open.decoder.finish(&mut self.open.pending) {
                     Ok(()) => {
                         let items = std::mem::take(&mut self.open.pending);
@@ -291,11 +385,28 @@ impl Drop for Relay {
 /// The SSE response for a stream whose first chunk has arrived.
 pub fn sse_response(ctx: StreamContext, open: OpenStream, deployment: Deployment) -> Response {
     let ttft = open.first_byte_at.duration_since(ctx.started);
-    let relay = Relay { ctx, open, deployment, out: VecDeque::new(), finished: false, recorded: false, usage: None, ttft, events: Vec::new() };
-    let stream = futures::stream::unfold(relay, |mut r| async move { r.next_frame().await.map(|f| (Ok::<Bytes, std::convert::Infallible>(f), r)) });
+    let relay = Relay {
+        ctx,
+        open,
+        deployment,
+        out: VecDeque::new(),
+        finished: false,
+        recorded: false,
+        usage: None,
+        ttft,
+        events: Vec::new(),
+    };
+    let stream = futures::stream::unfold(relay, |mut r| async move {
+        r.next_frame()
+            .await
+            .map(|f| (Ok::<Bytes, std::convert::Infallible>(f), r))
+    });
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
-    h.insert("content-type", HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
     h.insert("cache-control", HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
