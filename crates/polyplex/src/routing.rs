@@ -292,10 +292,23 @@ strategy = "cost"
 
     #[test]
     fn weighted_order_is_a_permutation_biased_by_weight() {
-        let r = router(CFG);
-        let mut rng = rand::rngs::mock::StepRng::new(0, 1);
-        let mut ds = r.resolve("gpt-4o").unwrap();
-        weighted_order(&mut ds, &mut rng);
-        assert_eq!(ds.len(), 2);
+        use rand::SeedableRng;
+        let r = router(
+            "[[providers]]\nname = \"a\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nmodels = [\"m\"]\nweight = 3\n\
+             [[providers]]\nname = \"b\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nmodels = [\"m\"]\nweight = 1\n",
+        );
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut a_first = 0;
+        for _ in 0..4000 {
+            let mut ds = r.resolve("m").unwrap();
+            weighted_order(&mut ds, &mut rng);
+            assert_eq!(ds.len(), 2);
+            assert_ne!(ds[0].upstream.name, ds[1].upstream.name);
+            if ds[0].upstream.name == "a" {
+                a_first += 1;
+            }
+        }
+        // Weight 3 against 1: first about 75% of the time.
+        assert!((2800..3200).contains(&a_first), "{a_first}");
     }
 }

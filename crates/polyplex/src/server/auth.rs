@@ -14,11 +14,11 @@ use subtle::ConstantTimeEq;
 pub fn presented_key(h: &HeaderMap) -> Option<&str> {
     if let Some(v) = h.get("authorization").and_then(|v| v.to_str().ok()) {
         let v = v.trim();
-        let key = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-            .unwrap_or(v)
-            .trim();
+        let key = match v.split_once(char::is_whitespace) {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            None if v.eq_ignore_ascii_case("bearer") => "",
+            _ => v,
+        };
         return Some(key).filter(|k| !k.is_empty());
     }
     ["x-api-key", "api-key"]
