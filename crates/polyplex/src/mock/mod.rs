@@ -390,6 +390,10 @@ fn sse_body(s: Arc<MockState>, events: Vec<Bytes>, cut_after: Option<usize>) -> 
             let (i, ev) = it.next()?;
             if cut_after.is_some_and(|c| i >= c) {
                 // Abort mid-stream: the connection is dropped without a clean end.
+                // A pause first, so the chunks before the cut reach the peer.
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 return Some((
                     Err(std::io::Error::new(
                         std::io::ErrorKind::ConnectionReset,

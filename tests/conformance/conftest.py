@@ -1,0 +1,116 @@
+"""Fixtures: a running `polyplex mock` and a `polyplex serve` configured against it.
+
+The binary is taken from $POLYPLEX_BIN, else target/debug/polyplex.
+"""
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = os.environ.get("POLYPLEX_BIN", str(ROOT / "target" / "debug" / "polyplex"))
+MASTER_KEY = "conformance-master-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+class Proc:
+    def __init__(self, args, cwd, env=None):
+        self.log = tempfile.NamedTemporaryFile(prefix="polyplex-", suffix=".log", delete=False)
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.p = subprocess.Popen(args, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+
+    def stop(self):
+        self.p.terminate()
+        try:
+            self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text()
+
+
+@pytest.fixture(scope="session")
+def mock():
+    port = free_port()
+    proc = Proc([BIN, "mock", "--listen", f"127.0.0.1:{port}"], cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/__mock/stats")
+    yield base
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(mock, tmp_path_factory):
+    d = tmp_path_factory.mktemp("gw")
+    port = free_port()
+    (d / "polyplex.toml").write_text(f"""
+listen = "127.0.0.1:{port}"
+[auth]
+master_key = "${{POLYPLEX_MASTER_KEY}}"
+[[providers]]
+name = "openai"
+base_url = "{mock}/v1"
+api_key = "${{MOCK_PROVIDER_KEY}}"
+models = ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"]
+max_retries = 1
+timeout_ms = 10000
+[[providers]]
+name = "slow"
+kind = "openai"
+base_url = "{mock}/v1"
+models = ["gpt-4o"]
+max_retries = 0
+timeout_ms = 1000
+""")
+    proc = Proc([BIN, "serve"], cwd=d, env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "sk-mock-provider"})
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/healthz")
+    yield base
+    proc.stop()
+    out = proc.output()
+    assert "sk-mock-provider" not in out, "the provider key appeared in the gateway's log"
+
+
+@pytest.fixture
+def client(gateway):
+    from openai import OpenAI
+
+    return OpenAI(base_url=gateway + "/v1", api_key=MASTER_KEY, max_retries=0)
+
+
+@pytest.fixture
+def fault(mock):
+    """Arms a fault on the mock upstream for its next request(s)."""
+
+    def arm(**spec):
+        req = urllib.request.Request(mock + "/__mock/faults", data=json.dumps(spec).encode(),
+                                     headers={"content-type": "application/json"}, method="POST")
+        urllib.request.urlopen(req, timeout=5).read()
+
+    yield arm
+    urllib.request.urlopen(urllib.request.Request(mock + "/__mock/faults", method="DELETE"), timeout=5).read()
