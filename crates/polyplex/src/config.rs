@@ -166,6 +166,34 @@ pub struct ProviderConfig {
     pub stream_usage: bool,
 }
 
+impl ProviderConfig {
+    /// An OpenAI-protocol provider with every optional setting at its default.
+    pub fn with_defaults(name: &str, base_url: String) -> ProviderConfig {
+        ProviderConfig {
+            name: name.to_string(),
+            kind: PROTOCOL_OPENAI.to_string(),
+            base_url,
+            api_key: None,
+            models: None,
+            catalog_id: None,
+            timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            connect_timeout: Duration::from_secs(10),
+            first_byte_timeout: None,
+            idle_timeout: Duration::from_secs(120),
+            max_retries: DEFAULT_MAX_RETRIES,
+            weight: 1,
+            headers: Vec::new(),
+            rpm: None,
+            tpm: None,
+            prices: BTreeMap::new(),
+            drop_params: false,
+            auth_header: "authorization".into(),
+            auth_prefix: "Bearer ".into(),
+            stream_usage: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
     Priority,
@@ -632,26 +660,10 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
             cp.models.len()
         ));
         providers.push(ProviderConfig {
-            name: cp.id.clone(),
             kind: cp.protocol.clone(),
-            base_url,
             api_key: Some(SecretString::from(key)),
-            models: None,
             catalog_id: Some(cp.id.clone()),
-            timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
-            connect_timeout: Duration::from_secs(10),
-            first_byte_timeout: None,
-            idle_timeout: Duration::from_secs(120),
-            max_retries: DEFAULT_MAX_RETRIES,
-            weight: 1,
-            headers: Vec::new(),
-            rpm: None,
-            tpm: None,
-            prices: BTreeMap::new(),
-            drop_params: false,
-            auth_header: "authorization".into(),
-            auth_prefix: "Bearer ".into(),
-            stream_usage: true,
+            ..ProviderConfig::with_defaults(&cp.id, base_url)
         });
     }
     let master_key = env("POLYPLEX_MASTER_KEY")

@@ -14,7 +14,6 @@ pub mod upstream;
 pub mod usage;
 
 use config::{Config, ProviderConfig};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -22,26 +21,12 @@ use tokio::sync::watch;
 /// The built-in simulator served as provider `demo` when nothing else is configured.
 pub fn demo_provider(base_url: String) -> ProviderConfig {
     ProviderConfig {
-        name: "demo".into(),
-        kind: "openai".into(),
-        base_url,
-        api_key: None,
         models: Some(vec!["echo".into()]),
-        catalog_id: None,
         timeout: Duration::from_secs(60),
         connect_timeout: Duration::from_secs(2),
-        first_byte_timeout: None,
         idle_timeout: Duration::from_secs(60),
         max_retries: 0,
-        weight: 1,
-        headers: Vec::new(),
-        rpm: None,
-        tpm: None,
-        prices: BTreeMap::new(),
-        drop_params: false,
-        auth_header: "authorization".into(),
-        auth_prefix: "Bearer ".into(),
-        stream_usage: true,
+        ..ProviderConfig::with_defaults("demo", base_url)
     }
 }
 

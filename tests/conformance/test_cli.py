@@ -1,0 +1,69 @@
+"""The `polyplex` commands other than serve: check and models."""
+import json
+import subprocess
+
+from conftest import BIN
+
+
+def run(*args, cwd=None, env=None):
+    import os
+
+    full = dict(os.environ)
+    full.update(env or {})
+    return subprocess.run([BIN, *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=60)
+
+
+def test_check_reports_reachable_and_unreachable_providers(mock, tmp_path):
+    cfg = tmp_path / "polyplex.toml"
+    cfg.write_text(f"""
+[[providers]]
+name = "up"
+kind = "openai"
+base_url = "{mock}/v1"
+api_key = "${{SOME_KEY}}"
+[[providers]]
+name = "down"
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+""")
+    r = run("check", "--config", str(cfg), env={"SOME_KEY": "sk-check-secret"})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "configuration OK" in r.stdout
+    up = next(line for line in r.stdout.splitlines() if line.startswith("up "))
+    down = next(line for line in r.stdout.splitlines() if line.startswith("down "))
+    assert "reachable" in up and "UNREACHABLE" not in up
+    assert "UNREACHABLE" in down
+    assert "sk-check-secret" not in r.stdout + r.stderr
+
+
+def test_check_rejects_unknown_key_with_its_line(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('listen = "127.0.0.1:8484"\n[[providers]]\nname = "openai"\nmodles = ["gpt-4o"]\n')
+    r = run("check", "--config", str(cfg))
+    assert r.returncode == 1
+    assert "modles" in r.stderr and "line 4" in r.stderr
+
+
+def test_check_names_missing_env_var(tmp_path):
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('[[providers]]\nname = "openai"\napi_key = "${DEFINITELY_UNSET_VAR}"\n')
+    r = run("check", "--config", str(cfg))
+    assert r.returncode == 1
+    assert "providers[0].api_key" in r.stderr and "DEFINITELY_UNSET_VAR" in r.stderr
+
+
+def test_models_lists_the_catalog_filtered_by_provider():
+    r = run("models", "--provider", "groq")
+    assert r.returncode == 0
+    assert "llama-3.3-70b-versatile" in r.stdout
+    assert "GROQ_API_KEY" in r.stdout and "https://api.groq.com/openai/v1" in r.stdout
+    assert "models.dev" in r.stdout
+    r = run("models", "--provider", "openai", "--json")
+    rows = json.loads(r.stdout)
+    gpt4o = next(m for m in rows if m["model"] == "gpt-4o")
+    assert gpt4o["price_per_million"] == {"input": 2.5, "output": 10.0, "cache_read": 1.25, "cache_write": None}
+    assert "tools" in gpt4o["capabilities"] and gpt4o["context"] == 128000
+    r = run("models")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) > 6000
+    r = run("models", "--provider", "nope")
+    assert r.returncode != 0 and "unknown provider" in r.stderr
