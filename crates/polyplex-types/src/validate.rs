@@ -24,6 +24,38 @@ pub struct ChatMeta {
     pub json_schema: bool,
     /// OpenRouter-style fallback list (`models: [...]`), consumed by the gateway.
     pub fallback_models: Vec<String>,
+    pub provider: ProviderPrefs,
+}
+
+/// OpenRouter's per-request `provider: {...}` options, consumed by the gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderPrefs {
+    /// Providers to try first, in this order.
+    pub order: Vec<String>,
+    /// Only these providers.
+    pub only: Option<Vec<String>>,
+    pub ignore: Vec<String>,
+    /// False: only the providers in `order` (or the first deployment) are tried.
+    pub allow_fallbacks: bool,
+    /// `price`, `latency` or `throughput`.
+    pub sort: Option<String>,
+    /// USD per million prompt / completion tokens.
+    pub max_prompt_price: Option<f64>,
+    pub max_completion_price: Option<f64>,
+}
+
+impl Default for ProviderPrefs {
+    fn default() -> Self {
+        ProviderPrefs {
+            order: Vec::new(),
+            only: None,
+            ignore: Vec::new(),
+            allow_fallbacks: true,
+            sort: None,
+            max_prompt_price: None,
+            max_completion_price: None,
+        }
+    }
 }
 
 /// What the gateway needs to know about a validated embeddings request.
@@ -31,6 +63,7 @@ pub struct ChatMeta {
 pub struct EmbeddingsMeta {
     pub model: String,
     pub fallback_models: Vec<String>,
+    pub provider: ProviderPrefs,
 }
 
 /// What the gateway needs to know about a validated legacy completions request.
@@ -40,6 +73,7 @@ pub struct CompletionsMeta {
     pub stream: bool,
     pub include_usage: bool,
     pub fallback_models: Vec<String>,
+    pub provider: ProviderPrefs,
 }
 
 /// Fields that steer polyplex itself and are never sent upstream.
@@ -157,8 +191,9 @@ fn model(body: &JsonMap) -> R<String> {
 }
 
 /// `models: [...]` (OpenRouter's fallback list) and `provider: {...}`.
-fn routing_fields(body: &JsonMap) -> R<Vec<String>> {
+fn routing_fields(body: &JsonMap) -> R<(Vec<String>, ProviderPrefs)> {
     let mut out = Vec::new();
+    let mut prefs = ProviderPrefs::default();
     if let Some(v) = get(body, "models") {
         let arr = v
             .as_array()
@@ -178,24 +213,38 @@ fn routing_fields(body: &JsonMap) -> R<Vec<String>> {
             let p = format!("provider.{k}");
             match k.as_str() {
                 "order" | "only" | "ignore" => {
-                    let ok = v.as_array().is_some_and(|a| a.iter().all(Value::is_string));
-                    if !ok {
+                    let names: Option<Vec<String>> = v.as_array().and_then(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect());
+                    let Some(names) = names else {
                         return Err(bad_type(&p, "an array of provider names", v));
+                    };
+                    match k.as_str() {
+                        "order" => prefs.order = names,
+                        "only" => prefs.only = Some(names),
+                        _ => prefs.ignore = names,
                     }
                 }
                 "allow_fallbacks" | "require_parameters" => {
-                    if !v.is_boolean() {
+                    let Some(b) = v.as_bool() else {
                         return Err(bad_type(&p, "a boolean", v));
+                    };
+                    if k == "allow_fallbacks" {
+                        prefs.allow_fallbacks = b;
                     }
                 }
-                "sort" => {
-                    if !matches!(v.as_str(), Some("price" | "latency" | "throughput")) {
-                        return Err(invalid(&p, "expected one of 'price', 'latency', 'throughput'."));
-                    }
-                }
+                "sort" => match v.as_str() {
+                    Some(x @ ("price" | "latency" | "throughput")) => prefs.sort = Some(x.to_string()),
+                    _ => return Err(invalid(&p, "expected one of 'price', 'latency', 'throughput'.")),
+                },
                 "max_price" => {
-                    if !v.is_object() {
-                        return Err(bad_type(&p, "an object", v));
+                    let o = v.as_object().ok_or_else(|| bad_type(&p, "an object", v))?;
+                    for (pk, pv) in o {
+                        let pp = format!("{p}.{pk}");
+                        let x = pv.as_f64().filter(|x| *x >= 0.0).ok_or_else(|| bad_type(&pp, "a non-negative number (USD per million tokens)", pv))?;
+                        match pk.as_str() {
+                            "prompt" => prefs.max_prompt_price = Some(x),
+                            "completion" => prefs.max_completion_price = Some(x),
+                            _ => return Err(invalid(&pp, "expected 'prompt' or 'completion'.")),
+                        }
                     }
                 }
                 _ => {
@@ -207,7 +256,7 @@ fn routing_fields(body: &JsonMap) -> R<Vec<String>> {
             }
         }
     }
-    Ok(out)
+    Ok((out, prefs))
 }
 
 fn stream_fields(body: &JsonMap) -> R<(bool, bool)> {
@@ -541,7 +590,7 @@ fn response_format(body: &JsonMap) -> R<bool> {
 /// Validates a `POST /v1/chat/completions` body.
 pub fn chat(body: &JsonMap) -> R<ChatMeta> {
     let model = model(body)?;
-    let fallback_models = routing_fields(body)?;
+    let (fallback_models, provider) = routing_fields(body)?;
     let has_images = messages(body)?;
     let (stream, include_usage) = stream_fields(body)?;
     sampling(body)?;
@@ -566,13 +615,14 @@ pub fn chat(body: &JsonMap) -> R<ChatMeta> {
         has_images,
         json_schema,
         fallback_models,
+        provider,
     })
 }
 
 /// Validates a `POST /v1/embeddings` body.
 pub fn embeddings(body: &JsonMap) -> R<EmbeddingsMeta> {
     let model = model(body)?;
-    let fallback_models = routing_fields(body)?;
+    let (fallback_models, provider) = routing_fields(body)?;
     let input = get(body, "input").ok_or_else(|| missing("input"))?;
     match input {
         Value::String(_) => {}
@@ -611,13 +661,14 @@ pub fn embeddings(body: &JsonMap) -> R<EmbeddingsMeta> {
     Ok(EmbeddingsMeta {
         model,
         fallback_models,
+        provider,
     })
 }
 
 /// Validates a `POST /v1/completions` (legacy) body.
 pub fn completions(body: &JsonMap) -> R<CompletionsMeta> {
     let model = model(body)?;
-    let fallback_models = routing_fields(body)?;
+    let (fallback_models, provider) = routing_fields(body)?;
     match get(body, "prompt") {
         None => return Err(missing("prompt")),
         Some(Value::String(_)) => {}
@@ -643,6 +694,7 @@ pub fn completions(body: &JsonMap) -> R<CompletionsMeta> {
         stream,
         include_usage,
         fallback_models,
+        provider,
     })
 }
 
@@ -800,6 +852,29 @@ mod tests {
         let mut b = ok_body();
         b["models"] = json!("x");
         assert_eq!(err(b).param.as_deref(), Some("models"));
+        let mut b = ok_body();
+        b["provider"] = json!({"max_price": {"prompt": -1}});
+        assert_eq!(err(b).param.as_deref(), Some("provider.max_price.prompt"));
+        let mut b = ok_body();
+        b["provider"] = json!({"order": ["a", "b"], "only": ["a"], "ignore": ["c"], "allow_fallbacks": false,
+            "sort": "price", "max_price": {"prompt": 1, "completion": 2.5}});
+        let p = chat(&map(b)).unwrap().provider;
+        assert_eq!(
+            p,
+            ProviderPrefs {
+                order: vec!["a".into(), "b".into()],
+                only: Some(vec!["a".into()]),
+                ignore: vec!["c".into()],
+                allow_fallbacks: false,
+                sort: Some("price".into()),
+                max_prompt_price: Some(1.0),
+                max_completion_price: Some(2.5)
+            }
+        );
+        assert_eq!(
+            chat(&map(ok_body())).unwrap().provider,
+            ProviderPrefs::default()
+        );
     }
 
     #[test]

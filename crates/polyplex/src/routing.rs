@@ -8,6 +8,7 @@
 use crate::config::{RouteConfig, Strategy};
 use crate::upstream::Upstream;
 use polyplex_catalog::Catalog;
+use polyplex_types::validate::ProviderPrefs;
 use polyplex_types::GatewayError;
 use rand::Rng;
 use std::collections::HashMap;
@@ -117,6 +118,65 @@ impl Router {
                     plan.push(d);
                 }
             }
+        }
+        Ok(plan)
+    }
+
+    /// Applies OpenRouter's `provider: {...}` options to a plan: `only` and
+    /// `ignore` filter, `max_price` drops deployments priced above it (unknown
+    /// prices stay), `sort: "price"` orders by catalog price, `order` puts the
+    /// named providers first, and `allow_fallbacks: false` keeps only those (or
+    /// only the first deployment when no order is given). `sort` by latency or
+    /// throughput keeps the plan's order until live routing statistics exist.
+    pub fn apply_prefs(
+        &self,
+        mut plan: Vec<Deployment>,
+        prefs: &ProviderPrefs,
+        model: &str,
+    ) -> Result<Vec<Deployment>, GatewayError> {
+        let name = |d: &Deployment| d.upstream.name.clone();
+        if let Some(only) = &prefs.only {
+            plan.retain(|d| only.contains(&name(d)));
+        }
+        plan.retain(|d| !prefs.ignore.contains(&name(d)));
+        if prefs.max_prompt_price.is_some() || prefs.max_completion_price.is_some() {
+            plan.retain(|d| match d.upstream.price(self.catalog, &d.model, 0) {
+                Some(p) => {
+                    prefs.max_prompt_price.is_none_or(|m| p.input <= m)
+                        && prefs.max_completion_price.is_none_or(|m| p.output <= m)
+                }
+                None => true,
+            });
+        }
+        if prefs.sort.as_deref() == Some("price") {
+            let key = |d: &Deployment| {
+                d.upstream
+                    .price(self.catalog, &d.model, 1000)
+                    .map(|p| p.cost(1000, 0, 1000))
+                    .unwrap_or(f64::INFINITY)
+            };
+            plan.sort_by(|a, b| key(a).total_cmp(&key(b)));
+        }
+        if !prefs.order.is_empty() {
+            let rank = |d: &Deployment| {
+                prefs
+                    .order
+                    .iter()
+                    .position(|p| *p == d.upstream.name)
+                    .unwrap_or(usize::MAX)
+            };
+            plan.sort_by_key(rank);
+            if !prefs.allow_fallbacks {
+                plan.retain(|d| rank(d) != usize::MAX);
+            }
+        } else if !prefs.allow_fallbacks {
+            plan.truncate(1);
+        }
+        if plan.is_empty() {
+            return Err(GatewayError::not_found(format!(
+                "No provider serving `{model}` satisfies the request's provider preferences."
+            ))
+            .with_param("provider"));
         }
         Ok(plan)
     }
@@ -288,6 +348,69 @@ strategy = "cost"
         );
         let e = r.plan("local/mine", &["nope".into()]).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("models[0]"));
+    }
+
+    #[test]
+    fn provider_preferences() {
+        let r = router(CFG);
+        let plan = || r.resolve("gpt-4o").unwrap();
+        let prefs = |f: &dyn Fn(&mut ProviderPrefs)| {
+            let mut p = ProviderPrefs::default();
+            f(&mut p);
+            p
+        };
+        let apply = |p: ProviderPrefs| r.apply_prefs(plan(), &p, "gpt-4o").map(|d| labels(&d));
+        assert_eq!(
+            apply(prefs(&|_| {})).unwrap(),
+            ["openai/gpt-4o", "local/gpt-4o"]
+        );
+        assert_eq!(
+            apply(prefs(&|p| p.order = vec!["local".into()])).unwrap(),
+            ["local/gpt-4o", "openai/gpt-4o"]
+        );
+        assert_eq!(
+            apply(prefs(&|p| {
+                p.order = vec!["local".into()];
+                p.allow_fallbacks = false;
+            }))
+            .unwrap(),
+            ["local/gpt-4o"]
+        );
+        assert_eq!(
+            apply(prefs(&|p| p.allow_fallbacks = false)).unwrap(),
+            ["openai/gpt-4o"]
+        );
+        assert_eq!(
+            apply(prefs(&|p| p.only = Some(vec!["local".into()]))).unwrap(),
+            ["local/gpt-4o"]
+        );
+        assert_eq!(
+            apply(prefs(&|p| p.ignore = vec!["openai".into()])).unwrap(),
+            ["local/gpt-4o"]
+        );
+        // gpt-4o is $2.50/M input at openai; `local` has no known price and stays.
+        assert_eq!(
+            apply(prefs(&|p| p.max_prompt_price = Some(1.0))).unwrap(),
+            ["local/gpt-4o"]
+        );
+        assert_eq!(
+            apply(prefs(&|p| p.max_prompt_price = Some(3.0))).unwrap(),
+            ["openai/gpt-4o", "local/gpt-4o"]
+        );
+        let e = apply(prefs(&|p| p.only = Some(vec!["nobody".into()]))).unwrap_err();
+        assert_eq!(
+            (e.status.as_u16(), e.param.as_deref()),
+            (404, Some("provider"))
+        );
+        let cheap = r
+            .apply_prefs(
+                r.plan("openai/gpt-4o", &["openai/gpt-4o-mini".into()])
+                    .unwrap(),
+                &prefs(&|p| p.sort = Some("price".into())),
+                "x",
+            )
+            .unwrap();
+        assert_eq!(labels(&cheap), ["openai/gpt-4o-mini", "openai/gpt-4o"]);
     }
 
     #[test]

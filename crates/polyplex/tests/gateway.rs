@@ -593,6 +593,25 @@ targets = ["openai/gpt-4o", "backup/gpt-4o"]
     let r = env.post("/v1/chat/completions", chat("gpt-4o", "x")).await;
     assert_eq!(r.headers()["x-polyplex-provider"], "backup");
 
+    // OpenRouter's per-request provider preferences steer the same plan.
+    let mut body = chat("gpt-4o", "x");
+    body["provider"] = json!({"order": ["backup", "openai"]});
+    let r = env.post("/v1/chat/completions", body.clone()).await;
+    assert_eq!((r.headers()["x-polyplex-provider"].to_str().unwrap(), r.headers()["x-polyplex-attempts"].to_str().unwrap()), ("backup", "1"));
+    body["provider"] = json!({"ignore": ["backup"]});
+    assert_eq!(env.post("/v1/chat/completions", body.clone()).await.headers()["x-polyplex-provider"], "openai");
+    body["provider"] = json!({"only": ["nobody"]});
+    let (s, e) = error_of(env.post("/v1/chat/completions", body.clone()).await).await;
+    assert_eq!((s, e["param"].as_str()), (404, Some("provider")));
+    // No fallbacks allowed: the first provider's failure is the answer.
+    env.fault(json!({"fault": "500", "count": 2})).await;
+    body["provider"] = json!({"allow_fallbacks": false});
+    let (s, _) = error_of(env.post("/v1/chat/completions", body).await).await;
+    assert_eq!(s, 502);
+    // The routing fields never reach the upstream.
+    let reqs = env.upstream_requests().await;
+    assert!(reqs.iter().all(|r| r["body"].get("provider").is_none()));
+
     // A stream fails over before its first byte, invisibly.
     env.fault(json!({"fault": "500", "count": 2})).await;
     let mut body = chat("smart", "streamed words");

@@ -9,6 +9,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use polyplex_providers::Endpoint;
+use polyplex_types::validate::ProviderPrefs;
 use polyplex_types::{validate, GatewayError, JsonMap, Usage};
 use serde_json::{json, Value};
 use std::time::{Instant, SystemTime};
@@ -80,29 +81,43 @@ struct Parsed {
     body: JsonMap,
     model: String,
     fallbacks: Vec<String>,
+    prefs: ProviderPrefs,
     stream: bool,
     include_usage: bool,
 }
 
 fn validate(endpoint: Endpoint, body: JsonMap) -> Result<Parsed, GatewayError> {
-    let (model, fallbacks, stream, include_usage) = match endpoint {
+    let (model, fallbacks, prefs, stream, include_usage) = match endpoint {
         Endpoint::Chat => {
             let m = validate::chat(&body)?;
-            (m.model, m.fallback_models, m.stream, m.include_usage)
+            (
+                m.model,
+                m.fallback_models,
+                m.provider,
+                m.stream,
+                m.include_usage,
+            )
         }
         Endpoint::Completions => {
             let m = validate::completions(&body)?;
-            (m.model, m.fallback_models, m.stream, m.include_usage)
+            (
+                m.model,
+                m.fallback_models,
+                m.provider,
+                m.stream,
+                m.include_usage,
+            )
         }
         Endpoint::Embeddings => {
             let m = validate::embeddings(&body)?;
-            (m.model, m.fallback_models, false, false)
+            (m.model, m.fallback_models, m.provider, false, false)
         }
     };
     Ok(Parsed {
         body,
         model,
         fallbacks,
+        prefs,
         stream,
         include_usage,
     })
@@ -166,7 +181,11 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
         Ok(p) => p,
         Err(e) => return call.fail(&asked, false, e, &no_one),
     };
-    let plan = match app.router.plan(&parsed.model, &parsed.fallbacks) {
+    let plan = match app
+        .router
+        .plan(&parsed.model, &parsed.fallbacks)
+        .and_then(|p| app.router.apply_prefs(p, &parsed.prefs, &parsed.model))
+    {
         Ok(p) => p,
         Err(e) => return call.fail(&parsed.model, parsed.stream, e, &no_one),
     };
