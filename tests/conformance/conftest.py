@@ -80,6 +80,11 @@ models = ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"]
 max_retries = 1
 timeout_ms = 10000
 [[providers]]
+name = "anthropic"
+base_url = "{mock}"
+api_key = "${{MOCK_PROVIDER_KEY}}"
+max_retries = 1
+[[providers]]
 name = "slow"
 kind = "openai"
 base_url = "{mock}/v1"

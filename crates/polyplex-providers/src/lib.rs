@@ -9,6 +9,7 @@
 //! One folder per protocol. The ~150 providers that speak OpenAI's protocol
 //! share [`openai_compat`] and differ only in data (base URL, auth header).
 
+pub mod anthropic;
 pub mod openai_compat;
 pub mod sse;
 
@@ -65,6 +66,11 @@ pub struct Target<'a> {
     /// Whether to ask for `stream_options.include_usage` upstream (some
     /// OpenAI-compatible servers reject it).
     pub stream_usage: bool,
+    /// `max_tokens` for protocols that require one when the client sent none
+    /// (the catalog's output limit for the model).
+    pub default_max_tokens: Option<u64>,
+    /// Drop parameters the protocol cannot honour instead of refusing them.
+    pub drop_params: bool,
 }
 
 /// An upstream HTTP request, ready to send.
@@ -73,6 +79,8 @@ pub struct UpstreamRequest {
     pub url: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Parameters left out because the protocol cannot honour them (only with `drop_params`).
+    pub dropped: Vec<String>,
 }
 
 /// One item a stream decoder produces.
@@ -124,16 +132,73 @@ pub trait Protocol: Send + Sync {
         stream: bool,
         target: &Target<'_>,
     ) -> Result<UpstreamRequest, GatewayError>;
-    /// Parses a 2xx reply into an OpenAI-shaped response and its usage.
+    /// Parses a 2xx reply to `request` into an OpenAI-shaped response and its usage.
     fn parse(
         &self,
         endpoint: Endpoint,
         provider: &str,
+        request: &JsonMap,
         body: &[u8],
     ) -> Result<(JsonMap, Option<Usage>), GatewayError>;
     /// Maps an upstream error reply to a gateway error.
     fn error(&self, provider: &str, status: StatusCode, body: &[u8]) -> GatewayError;
-    fn stream_decoder(&self, endpoint: Endpoint, provider: &str) -> Box<dyn StreamDecoder>;
+    fn stream_decoder(
+        &self,
+        endpoint: Endpoint,
+        provider: &str,
+        request: &JsonMap,
+    ) -> Box<dyn StreamDecoder>;
+}
+
+/// A parameter the protocol cannot honour: dropped (and named) under
+/// `drop_params`, else a 400 naming it.
+pub fn unsupported(
+    param: &str,
+    provider: &str,
+    target: &Target<'_>,
+    dropped: &mut Vec<String>,
+) -> Result<(), GatewayError> {
+    if target.drop_params {
+        dropped.push(param.to_string());
+        return Ok(());
+    }
+    Err(GatewayError::invalid_param(
+        param,
+        format!("The parameter '{param}' is not supported by provider `{}` ({provider} protocol). Remove it, or set drop_params to drop it.", target.provider),
+    )
+    .with_code("unsupported_parameter"))
+}
+
+/// Content type, accept, the credential in the provider's header, extra headers.
+pub fn headers(target: &Target<'_>, stream: bool) -> Result<HeaderMap, GatewayError> {
+    let mut headers = HeaderMap::with_capacity(4 + target.extra_headers.len());
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::ACCEPT,
+        HeaderValue::from_static(if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        }),
+    );
+    if let Some(key) = target.api_key.filter(|k| !k.is_empty()) {
+        let mut v =
+            HeaderValue::try_from(format!("{}{}", target.auth.prefix, key)).map_err(|_| {
+                GatewayError::internal(format!(
+                    "the API key configured for provider `{}` is not a valid header value",
+                    target.provider
+                ))
+            })?;
+        v.set_sensitive(true);
+        headers.insert(target.auth.header.clone(), v);
+    }
+    for (k, v) in target.extra_headers {
+        headers.insert(k.clone(), v.clone());
+    }
+    Ok(headers)
 }
 
 /// Joins a base URL and a path with exactly one slash.

@@ -77,7 +77,7 @@ pub struct CompletionsMeta {
 }
 
 /// Fields that steer polyplex itself and are never sent upstream.
-pub const GATEWAY_FIELDS: &[&str] = &["models", "provider"];
+pub const GATEWAY_FIELDS: &[&str] = &["models", "provider", "drop_params"];
 
 fn type_name(v: &Value) -> &'static str {
     match v {
@@ -192,6 +192,7 @@ fn model(body: &JsonMap) -> R<String> {
 
 /// `models: [...]` (OpenRouter's fallback list) and `provider: {...}`.
 fn routing_fields(body: &JsonMap) -> R<(Vec<String>, ProviderPrefs)> {
+    boolean(body, "drop_params")?;
     let mut out = Vec::new();
     let mut prefs = ProviderPrefs::default();
     if let Some(v) = get(body, "models") {

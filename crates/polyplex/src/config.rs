@@ -228,7 +228,7 @@ pub struct RouteConfig {
 
 /// Protocols the gateway can speak today. The others in the catalog are named
 /// in errors and logs so nobody wonders why a provider is missing.
-pub const SUPPORTED_KINDS: &[&str] = &[PROTOCOL_OPENAI];
+pub const SUPPORTED_KINDS: &[&str] = &[PROTOCOL_OPENAI, "anthropic"];
 
 /// Aliases for self-hosted OpenAI-protocol servers: kind = "ollama" etc.
 fn kind_alias(kind: &str) -> Option<(&'static str, &'static str)> {
@@ -239,6 +239,14 @@ fn kind_alias(kind: &str) -> Option<(&'static str, &'static str)> {
         "lmstudio" => ("lmstudio", "http://127.0.0.1:1234/v1"),
         _ => return None,
     })
+}
+
+/// The header a protocol carries its key in.
+fn default_auth_header(kind: &str) -> &'static str {
+    match kind {
+        "anthropic" => "x-api-key",
+        _ => "authorization",
+    }
 }
 
 /// Replaces `${VAR}` from `env`. `field` names the setting in errors.
@@ -501,7 +509,7 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
     let auth_header = p
         .auth_header
         .clone()
-        .unwrap_or_else(|| "authorization".to_string())
+        .unwrap_or_else(|| default_auth_header(&kind).to_string())
         .to_ascii_lowercase();
     if http::HeaderName::try_from(auth_header.as_str()).is_err() {
         return err(format!(
@@ -661,6 +669,12 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
         ));
         providers.push(ProviderConfig {
             kind: cp.protocol.clone(),
+            auth_header: default_auth_header(&cp.protocol).to_string(),
+            auth_prefix: if cp.protocol == PROTOCOL_OPENAI {
+                "Bearer ".into()
+            } else {
+                String::new()
+            },
             api_key: Some(SecretString::from(key)),
             catalog_id: Some(cp.id.clone()),
             ..ProviderConfig::with_defaults(&cp.id, base_url)
@@ -852,6 +866,7 @@ strategy = "priority"
         let env = env_of(&[
             ("GROQ_API_KEY", "gsk"),
             ("ANTHROPIC_API_KEY", "sk-ant"),
+            ("GEMINI_API_KEY", "g"),
             ("MISTRAL_API_KEY", ""),
         ]);
         let c = zero_config(&Inputs {
@@ -861,12 +876,27 @@ strategy = "priority"
         })
         .unwrap();
         let names: Vec<_> = c.providers.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, vec!["groq"]);
+        assert_eq!(names, vec!["anthropic", "groq"]);
         assert!(!c.demo);
+        // Each protocol's own auth header.
+        assert_eq!(
+            (
+                c.providers[0].auth_header.as_str(),
+                c.providers[0].auth_prefix.as_str()
+            ),
+            ("x-api-key", "")
+        );
+        assert_eq!(
+            (
+                c.providers[1].auth_header.as_str(),
+                c.providers[1].auth_prefix.as_str()
+            ),
+            ("authorization", "Bearer ")
+        );
         assert!(c
             .notes
             .iter()
-            .any(|n| n.contains("anthropic") && n.contains("skipped")));
+            .any(|n| n.contains("google") && n.contains("skipped")));
         let none = env_of(&[]);
         let c = zero_config(&Inputs {
             env: &none,

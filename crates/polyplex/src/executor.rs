@@ -170,24 +170,49 @@ fn request(
     endpoint: Endpoint,
     body: &JsonMap,
     stream: bool,
-) -> Result<reqwest::RequestBuilder, GatewayError> {
-    let req = d
-        .upstream
-        .protocol
-        .build(endpoint, body, stream, &d.upstream.target(&d.model))?;
-    Ok(app.http.post(req.url).headers(req.headers).body(req.body))
+) -> Result<(reqwest::RequestBuilder, Vec<String>), GatewayError> {
+    let drop = d.upstream.drop_params
+        || body
+            .get("drop_params")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+    let catalog = app.router.catalog();
+    let req = d.upstream.protocol.build(
+        endpoint,
+        body,
+        stream,
+        &d.upstream.target(catalog, &d.model, drop),
+    )?;
+    if !req.dropped.is_empty() {
+        tracing::debug!(deployment = %d.label(), dropped = ?req.dropped, "parameters dropped (drop_params)");
+    }
+    Ok((
+        app.http.post(req.url).headers(req.headers).body(req.body),
+        req.dropped,
+    ))
 }
 
-/// One non-streamed attempt: the parsed OpenAI-shaped response and its usage.
+/// A non-streamed answer.
+pub struct Unary {
+    /// The OpenAI-shaped response.
+    pub response: JsonMap,
+    /// Usage as the upstream reported it.
+    pub usage: Option<Usage>,
+    /// Parameters dropped under `drop_params`.
+    pub dropped: Vec<String>,
+}
+
+/// One non-streamed attempt.
 pub async fn unary_once(
     app: &AppState,
     d: &Deployment,
     endpoint: Endpoint,
     body: &JsonMap,
-) -> Result<(JsonMap, Option<Usage>), GatewayError> {
+) -> Result<Unary, GatewayError> {
     let timeout = d.upstream.timeout;
     let fut = async {
-        let resp = request(app, d, endpoint, body, false)?
+        let (req, dropped) = request(app, d, endpoint, body, false)?;
+        let resp = req
             .send()
             .await
             .map_err(|e| transport_error(d, &e, timeout))?;
@@ -198,10 +223,16 @@ pub async fn unary_once(
             .bytes()
             .await
             .map_err(|e| transport_error(d, &e, timeout))?;
-        d.upstream
+        let (response, usage) = d
+            .upstream
             .protocol
-            .parse(endpoint, &d.upstream.name, &bytes)
-            .map_err(|e| redact(e, d))
+            .parse(endpoint, &d.upstream.name, body, &bytes)
+            .map_err(|e| redact(e, d))?;
+        Ok(Unary {
+            response,
+            usage,
+            dropped,
+        })
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
@@ -218,6 +249,8 @@ pub struct OpenStream {
     pub pending: Vec<StreamItem>,
     pub idle_timeout: Duration,
     pub first_byte_at: Instant,
+    /// Parameters dropped under `drop_params`.
+    pub dropped: Vec<String>,
 }
 
 /// One streamed attempt, up to and including the first chunk.
@@ -229,23 +262,24 @@ pub async fn stream_once(
 ) -> Result<OpenStream, GatewayError> {
     let limit = d.upstream.first_byte_timeout;
     let fut = async {
-        let resp = request(app, d, endpoint, body, true)?
+        let (req, dropped) = request(app, d, endpoint, body, true)?;
+        let resp = req
             .send()
             .await
             .map_err(|e| transport_error(d, &e, limit))?;
         if !resp.status().is_success() {
             return Err(upstream_error(d, resp).await);
         }
-        let mut body = resp.bytes_stream().boxed();
+        let mut upstream = resp.bytes_stream().boxed();
         let mut parser = Parser::new();
         let mut decoder = d
             .upstream
             .protocol
-            .stream_decoder(endpoint, &d.upstream.name);
+            .stream_decoder(endpoint, &d.upstream.name, body);
         let mut events: Vec<sse::Event> = Vec::new();
         let mut pending = Vec::new();
         loop {
-            match body.next().await {
+            match upstream.next().await {
                 Some(Ok(bytes)) => {
                     parser.feed(&bytes, &mut events);
                     for ev in events.drain(..) {
@@ -255,12 +289,13 @@ pub async fn stream_once(
                     }
                     if !pending.is_empty() {
                         return Ok(OpenStream {
-                            body,
+                            body: upstream,
                             parser,
                             decoder,
                             pending,
                             idle_timeout: d.upstream.idle_timeout,
                             first_byte_at: Instant::now(),
+                            dropped,
                         });
                     }
                 }

@@ -3,6 +3,7 @@
 use crate::config::ProviderConfig;
 use http::{HeaderName, HeaderValue};
 use polyplex_catalog::{Catalog, Price};
+use polyplex_providers::anthropic::Anthropic;
 use polyplex_providers::openai_compat::OpenAiCompat;
 use polyplex_providers::{AuthStyle, Protocol, Target};
 use secrecy::{ExposeSecret, SecretString};
@@ -44,6 +45,7 @@ impl Upstream {
     pub fn from_config(p: &ProviderConfig) -> Result<Upstream, String> {
         let protocol: Arc<dyn Protocol> = match p.kind.as_str() {
             "openai" => Arc::new(OpenAiCompat),
+            "anthropic" => Arc::new(Anthropic),
             other => {
                 return Err(format!(
                     "provider `{}`: protocol `{other}` is not supported",
@@ -91,7 +93,12 @@ impl Upstream {
         self.api_key.as_ref().map(|k| k.expose_secret())
     }
 
-    pub fn target<'a>(&'a self, model: &'a str) -> Target<'a> {
+    pub fn target<'a>(
+        &'a self,
+        catalog: &Catalog,
+        model: &'a str,
+        drop_params: bool,
+    ) -> Target<'a> {
         Target {
             provider: &self.name,
             base_url: &self.base_url,
@@ -100,6 +107,13 @@ impl Upstream {
             model,
             extra_headers: &self.headers,
             stream_usage: self.stream_usage,
+            default_max_tokens: self
+                .catalog_id
+                .as_deref()
+                .and_then(|c| catalog.model(c, model))
+                .map(|m| m.output)
+                .filter(|n| *n > 0),
+            drop_params,
         }
     }
 

@@ -597,9 +597,20 @@ targets = ["openai/gpt-4o", "backup/gpt-4o"]
     let mut body = chat("gpt-4o", "x");
     body["provider"] = json!({"order": ["backup", "openai"]});
     let r = env.post("/v1/chat/completions", body.clone()).await;
-    assert_eq!((r.headers()["x-polyplex-provider"].to_str().unwrap(), r.headers()["x-polyplex-attempts"].to_str().unwrap()), ("backup", "1"));
+    assert_eq!(
+        (
+            r.headers()["x-polyplex-provider"].to_str().unwrap(),
+            r.headers()["x-polyplex-attempts"].to_str().unwrap()
+        ),
+        ("backup", "1")
+    );
     body["provider"] = json!({"ignore": ["backup"]});
-    assert_eq!(env.post("/v1/chat/completions", body.clone()).await.headers()["x-polyplex-provider"], "openai");
+    assert_eq!(
+        env.post("/v1/chat/completions", body.clone())
+            .await
+            .headers()["x-polyplex-provider"],
+        "openai"
+    );
     body["provider"] = json!({"only": ["nobody"]});
     let (s, e) = error_of(env.post("/v1/chat/completions", body.clone()).await).await;
     assert_eq!((s, e["param"].as_str()), (404, Some("provider")));

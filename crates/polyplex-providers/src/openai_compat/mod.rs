@@ -41,6 +41,7 @@ impl Protocol for OpenAiCompat {
         &self,
         endpoint: Endpoint,
         provider: &str,
+        _request: &JsonMap,
         body: &[u8],
     ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
         let map: JsonMap = serde_json::from_slice(body).map_err(|e| {
@@ -86,7 +87,12 @@ impl Protocol for OpenAiCompat {
         }
     }
 
-    fn stream_decoder(&self, endpoint: Endpoint, provider: &str) -> Box<dyn StreamDecoder> {
+    fn stream_decoder(
+        &self,
+        endpoint: Endpoint,
+        provider: &str,
+        _request: &JsonMap,
+    ) -> Box<dyn StreamDecoder> {
         Box::new(Decoder::new(endpoint, provider))
     }
 }

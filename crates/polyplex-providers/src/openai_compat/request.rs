@@ -3,7 +3,6 @@
 
 use crate::{join_url, Endpoint, Target, UpstreamRequest};
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue};
 use polyplex_types::validate::GATEWAY_FIELDS;
 use polyplex_types::{GatewayError, JsonMap};
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -74,36 +73,10 @@ pub(crate) fn build(
         GatewayError::internal(format!("could not encode the upstream request: {e}"))
     })?;
 
-    let mut headers = HeaderMap::with_capacity(4 + target.extra_headers.len());
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        header::ACCEPT,
-        HeaderValue::from_static(if stream {
-            "text/event-stream"
-        } else {
-            "application/json"
-        }),
-    );
-    if let Some(key) = target.api_key.filter(|k| !k.is_empty()) {
-        let mut v =
-            HeaderValue::try_from(format!("{}{}", target.auth.prefix, key)).map_err(|_| {
-                GatewayError::internal(format!(
-                    "the API key configured for provider `{}` is not a valid header value",
-                    target.provider
-                ))
-            })?;
-        v.set_sensitive(true);
-        headers.insert(target.auth.header.clone(), v);
-    }
-    for (k, v) in target.extra_headers {
-        headers.insert(k.clone(), v.clone());
-    }
     Ok(UpstreamRequest {
         url: join_url(target.base_url, path),
-        headers,
+        headers: crate::headers(target, stream)?,
         body: Bytes::from(bytes),
+        dropped: Vec::new(),
     })
 }

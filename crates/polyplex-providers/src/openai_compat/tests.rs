@@ -18,6 +18,8 @@ fn target<'a>(auth: &'a AuthStyle, headers: &'a [(HeaderName, HeaderValue)]) -> 
         model: "gpt-4o-2024-08-06",
         extra_headers: headers,
         stream_usage: true,
+        default_max_tokens: None,
+        drop_params: false,
     }
 }
 
@@ -112,18 +114,28 @@ fn auth_quirks_and_extra_headers() {
 #[test]
 fn response_parsed_with_usage() {
     let (map, usage) = OpenAiCompat
-        .parse(Endpoint::Chat, "openai", CHAT_RESPONSE.as_bytes())
+        .parse(
+            Endpoint::Chat,
+            "openai",
+            &JsonMap::new(),
+            CHAT_RESPONSE.as_bytes(),
+        )
         .unwrap();
     assert_eq!(map["id"], "chatcmpl-123");
     let u = usage.unwrap();
     assert_eq!((u.prompt_tokens, u.completion_tokens), (9, 12));
     let e = OpenAiCompat
-        .parse(Endpoint::Chat, "openai", b"<html>")
+        .parse(Endpoint::Chat, "openai", &JsonMap::new(), b"<html>")
         .unwrap_err();
     assert_eq!(e.status, StatusCode::BAD_GATEWAY);
     assert!(e.retryable);
     let e = OpenAiCompat
-        .parse(Endpoint::Chat, "openai", br#"{"error":{"message":"boom"}}"#)
+        .parse(
+            Endpoint::Chat,
+            "openai",
+            &JsonMap::new(),
+            br#"{"error":{"message":"boom"}}"#,
+        )
         .unwrap_err();
     assert_eq!(e.message, "boom");
 }

@@ -13,6 +13,7 @@
 //! - `DELETE /__mock/faults`; `GET /__mock/stats`; `GET /__mock/requests` (the last
 //!   requests received, headers and body); `POST /__mock/reset`.
 
+mod anthropic;
 pub mod reply;
 
 use axum::body::{Body, Bytes};
@@ -113,7 +114,7 @@ impl MockState {
         }
     }
 
-    fn next_id(&self, prefix: &str) -> String {
+    pub(crate) fn next_id(&self, prefix: &str) -> String {
         format!(
             "{prefix}{:06}",
             self.seq.fetch_add(1, Ordering::Relaxed) + 1
@@ -127,6 +128,7 @@ pub fn router(state: Arc<MockState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route("/v1/messages", post(anthropic::messages))
         .route("/__mock/faults", post(add_fault).delete(clear_faults))
         .route("/__mock/stats", get(stats))
         .route("/__mock/requests", get(requests))
@@ -171,7 +173,7 @@ fn error(status: StatusCode, kind: &str, msg: &str, code: Option<&str>) -> Respo
         .into_response()
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -260,18 +262,55 @@ async fn models() -> Json<Value> {
     )
 }
 
+/// Which protocol's error bodies to write.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Shape {
+    OpenAi,
+    Anthropic,
+}
+
+pub(crate) fn shaped_error(
+    shape: Shape,
+    status: StatusCode,
+    kind: &str,
+    msg: &str,
+    code: Option<&str>,
+) -> Response {
+    match shape {
+        Shape::OpenAi => error(status, kind, msg, code),
+        Shape::Anthropic => {
+            let atype = match status.as_u16() {
+                400 => "invalid_request_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                429 => "rate_limit_error",
+                529 => "overloaded_error",
+                _ => "api_error",
+            };
+            (
+                status,
+                Json(json!({"type": "error", "error": {"type": atype, "message": msg}})),
+            )
+                .into_response()
+        }
+    }
+}
+
 /// Parses the body, records it, applies a pending fault. `Err` is the response to send instead.
-async fn admit(
+pub(crate) async fn admit(
     s: &MockState,
     path: &str,
     headers: &HeaderMap,
     body: &Bytes,
+    shape: Shape,
 ) -> Result<(Map<String, Value>, Option<Fault>), Response> {
     s.stats.requests.fetch_add(1, Ordering::Relaxed);
     let map: Map<String, Value> = match serde_json::from_slice(body) {
         Ok(m) => m,
         Err(e) => {
-            return Err(error(
+            return Err(shaped_error(
+                shape,
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 &format!("We could not parse the JSON body of your request: {e}"),
@@ -285,7 +324,7 @@ async fn admit(
     if let Some(f) = &fault {
         match f.fault.as_str() {
             "429" => {
-                let mut r = error(StatusCode::TOO_MANY_REQUESTS, "requests", "Rate limit reached for requests (polyplex mock fault). Please try again in 1s.", Some("rate_limit_exceeded"));
+                let mut r = shaped_error(shape, StatusCode::TOO_MANY_REQUESTS, "requests", "Rate limit reached for requests (polyplex mock fault). Please try again in 1s.", Some("rate_limit_exceeded"));
                 if let Ok(v) = f.retry_after.unwrap_or(1).to_string().parse() {
                     r.headers_mut().insert("retry-after", v);
                 }
@@ -302,7 +341,8 @@ async fn admit(
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
                     .trim_start_matches("Bearer ");
-                return Err(error(
+                return Err(shaped_error(
+                    shape,
                     StatusCode::UNAUTHORIZED,
                     "invalid_request_error",
                     &format!("Incorrect API key provided: {key}."),
@@ -321,7 +361,8 @@ async fn admit(
                 } else {
                     "server_error"
                 };
-                return Err(error(
+                return Err(shaped_error(
+                    shape,
                     status,
                     kind,
                     &format!(
@@ -361,7 +402,11 @@ fn answer_tokens(a: &Answer) -> u64 {
 
 /// Streams `events` (already-framed SSE) at the configured pace; `cut_after`
 /// drops the connection after that many events.
-fn sse_body(s: Arc<MockState>, events: Vec<Bytes>, cut_after: Option<usize>) -> Response {
+pub(crate) fn sse_body(
+    s: Arc<MockState>,
+    events: Vec<Bytes>,
+    cut_after: Option<usize>,
+) -> Response {
     struct Guard {
         s: Arc<MockState>,
         done: bool,
@@ -420,16 +465,16 @@ fn sse_body(s: Arc<MockState>, events: Vec<Bytes>, cut_after: Option<usize>) -> 
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-fn frame(v: &Value) -> Bytes {
+pub(crate) fn frame(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
 
-fn done_frame() -> Bytes {
+pub(crate) fn done_frame() -> Bytes {
     Bytes::from_static(b"data: [DONE]\n\n")
 }
 
 /// A reply body cut off half way (the "garbage" fault): not valid JSON.
-fn garbage() -> Response {
+pub(crate) fn garbage() -> Response {
     (
         StatusCode::OK,
         [("content-type", "application/json")],
@@ -439,7 +484,8 @@ fn garbage() -> Response {
 }
 
 async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (req, fault) = match admit(&s, "/v1/chat/completions", &headers, &body).await {
+    let (req, fault) = match admit(&s, "/v1/chat/completions", &headers, &body, Shape::OpenAi).await
+    {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -585,7 +631,7 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
 }
 
 async fn completions(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (req, fault) = match admit(&s, "/v1/completions", &headers, &body).await {
+    let (req, fault) = match admit(&s, "/v1/completions", &headers, &body, Shape::OpenAi).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -643,7 +689,7 @@ async fn completions(State(s): State<Arc<MockState>>, headers: HeaderMap, body: 
 }
 
 async fn embeddings(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (req, fault) = match admit(&s, "/v1/embeddings", &headers, &body).await {
+    let (req, fault) = match admit(&s, "/v1/embeddings", &headers, &body, Shape::OpenAi).await {
         Ok(x) => x,
         Err(r) => return r,
     };

@@ -204,6 +204,7 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
         };
         return match outcome.result {
             Ok((open, d)) => {
+                let dropped = open.dropped.clone();
                 let ctx = StreamContext {
                     app: app.clone(),
                     request_id: call.rid.clone(),
@@ -216,6 +217,7 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
                 };
                 let mut resp = sse_response(ctx, open, d);
                 served.apply(&mut resp);
+                dropped_header(&mut resp, &dropped);
                 resp
             }
             Err(e) => call.fail(&parsed.model, true, e, &served),
@@ -232,7 +234,8 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
         failed_over: &outcome.failed_over,
     };
     match outcome.result {
-        Ok(((mut map, upstream_usage), d)) => {
+        Ok((unary, d)) => {
+            let (mut map, upstream_usage) = (unary.response, unary.usage);
             let (usage, cost) = finish_usage(app, &d, endpoint, body, &mut map, upstream_usage);
             let latency = call.started.elapsed();
             app.recorder.record(UsageRecord {
@@ -252,9 +255,19 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
             });
             let mut resp = json_response(&map);
             served.apply(&mut resp);
+            dropped_header(&mut resp, &unary.dropped);
             resp
         }
         Err(e) => call.fail(&parsed.model, false, e, &served),
+    }
+}
+
+/// `x-polyplex-dropped-params`: what `drop_params` left out, never silently.
+fn dropped_header(resp: &mut Response, dropped: &[String]) {
+    if let Ok(v) = axum::http::HeaderValue::from_str(&dropped.join(", ")) {
+        if !dropped.is_empty() {
+            resp.headers_mut().insert("x-polyplex-dropped-params", v);
+        }
     }
 }
 

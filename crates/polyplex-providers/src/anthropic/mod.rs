@@ -1,0 +1,169 @@
+//! Anthropic's Messages API (`POST {base}/v1/messages`, `x-api-key`,
+//! `anthropic-version`), translated both ways.
+//!
+//! - system and developer messages become `system`; tool results become
+//!   `tool_result` blocks in a user turn; consecutive same-role turns merge
+//!   (Anthropic requires alternation); image parts become `image` blocks;
+//! - `max_tokens` is required by Anthropic: the client's, else the catalog's
+//!   output limit for the model, else 4096;
+//! - `response_format` (json_object / json_schema) is served by a forced tool
+//!   whose input schema is the requested schema; its input comes back as the
+//!   message content, so the client sees plain JSON text;
+//! - parameters Anthropic has no equivalent for (`n` > 1, `seed`, penalties,
+//!   `logit_bias`, `logprobs`, unknown fields) are refused with a 400 naming
+//!   them, or dropped and named under `drop_params`.
+
+mod request;
+mod response;
+mod stream;
+#[cfg(test)]
+mod tests;
+
+pub use stream::Decoder;
+
+use crate::{Endpoint, Protocol, StreamDecoder, Target, UpstreamRequest};
+use http::StatusCode;
+use polyplex_types::{GatewayError, JsonMap, Usage};
+use serde_json::Value;
+
+/// The API version polyplex speaks.
+pub const VERSION: &str = "2023-06-01";
+/// The forced tool that carries `response_format` JSON.
+pub(crate) const JSON_TOOL: &str = "json_response";
+/// Anthropic requires `max_tokens`; used when neither client nor catalog gives one.
+pub const FALLBACK_MAX_TOKENS: u64 = 4096;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Anthropic;
+
+impl Protocol for Anthropic {
+    fn name(&self) -> &'static str {
+        "anthropic"
+    }
+
+    fn build(
+        &self,
+        endpoint: Endpoint,
+        body: &JsonMap,
+        stream: bool,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        match endpoint {
+            Endpoint::Chat => request::build(body, stream, target),
+            other => Err(GatewayError::invalid_request(format!(
+                "Provider `{}` (Anthropic protocol) does not offer the {} endpoint.",
+                target.provider,
+                other.as_str()
+            ))
+            .with_code("unsupported_endpoint")),
+        }
+    }
+
+    fn parse(
+        &self,
+        _endpoint: Endpoint,
+        provider: &str,
+        request: &JsonMap,
+        body: &[u8],
+    ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
+        response::parse(provider, body, request::json_mode(request))
+    }
+
+    fn error(&self, provider: &str, status: StatusCode, body: &[u8]) -> GatewayError {
+        let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let err = v.get("error").unwrap_or(&Value::Null);
+        let atype = err.get("type").and_then(Value::as_str).unwrap_or("");
+        let message = err
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                format!(
+                    "Upstream provider `{provider}` answered HTTP {}",
+                    status.as_u16()
+                )
+            });
+        error_for(status, atype, message)
+    }
+
+    fn stream_decoder(
+        &self,
+        _endpoint: Endpoint,
+        provider: &str,
+        request: &JsonMap,
+    ) -> Box<dyn StreamDecoder> {
+        Box::new(Decoder::new(provider, request::json_mode(request)))
+    }
+}
+
+/// Anthropic's error types to OpenAI's, keeping the message.
+pub(crate) fn error_for(status: StatusCode, atype: &str, message: String) -> GatewayError {
+    let (status, kind, code) = match (status.as_u16(), atype) {
+        (529, _) | (_, "overloaded_error") => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "overloaded",
+        ),
+        (429, _) | (_, "rate_limit_error") => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "rate_limit_exceeded",
+        ),
+        (401, _) | (_, "authentication_error") => (
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid_api_key",
+        ),
+        (403, _) | (_, "permission_error") => (
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "permission_denied",
+        ),
+        (404, _) | (_, "not_found_error") => (
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+        ),
+        (413, _) | (_, "request_too_large") => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+        ),
+        (504, _) | (_, "timeout_error") => {
+            (StatusCode::GATEWAY_TIMEOUT, "timeout", "upstream_timeout")
+        }
+        (s, _) if s >= 500 => (StatusCode::BAD_GATEWAY, "api_error", "upstream_error"),
+        (_, _) => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+        ),
+    };
+    let mut e = GatewayError::upstream(status, kind, message).with_code(code);
+    e.retryable = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+    e
+}
+
+/// Anthropic's `stop_reason` as OpenAI's `finish_reason`.
+pub(crate) fn finish_reason(stop: &str, json_mode: bool) -> &'static str {
+    match stop {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" if json_mode => "stop",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// Anthropic usage → OpenAI usage (prompt tokens include cache reads and writes).
+pub(crate) fn usage_from(u: &Value) -> Usage {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let cached = n("cache_read_input_tokens");
+    Usage {
+        prompt_tokens: n("input_tokens") + cached + n("cache_creation_input_tokens"),
+        completion_tokens: n("output_tokens"),
+        cached_tokens: cached,
+        reasoning_tokens: 0,
+        estimated: false,
+    }
+}

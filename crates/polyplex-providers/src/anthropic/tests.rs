@@ -1,0 +1,399 @@
+use super::*;
+use crate::sse::Parser;
+use crate::{AuthStyle, Protocol, StreamItem, Target};
+use http::HeaderName;
+use serde_json::json;
+
+fn auth() -> AuthStyle {
+    AuthStyle {
+        header: HeaderName::from_static("x-api-key"),
+        prefix: String::new(),
+    }
+}
+
+fn target(a: &AuthStyle) -> Target<'_> {
+    Target {
+        provider: "anthropic",
+        base_url: "https://api.anthropic.com",
+        api_key: Some("sk-ant-test"),
+        auth: a,
+        model: "claude-sonnet-4-5",
+        extra_headers: &[],
+        stream_usage: true,
+        default_max_tokens: Some(64000),
+        drop_params: false,
+    }
+}
+
+fn map(v: Value) -> JsonMap {
+    v.as_object().unwrap().clone()
+}
+
+fn build(v: Value) -> Result<(Value, crate::UpstreamRequest), GatewayError> {
+    let a = auth();
+    let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let req = Anthropic.build(Endpoint::Chat, &map(v), stream, &target(&a))?;
+    Ok((serde_json::from_slice(&req.body).unwrap(), req))
+}
+
+#[test]
+fn request_translation() {
+    let (sent, req) = build(json!({
+        "model": "anthropic/claude-sonnet-4-5",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "developer", "content": [{"type": "text", "text": "Use metric."}]},
+            {"role": "user", "content": [{"type": "text", "text": "What is in this image?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}]},
+            {"role": "assistant", "content": "Let me look it up.", "tool_calls": [
+                {"id": "toolu_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":\"cat\"}"}},
+                {"id": "toolu_2", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":\"dog\"}"}}]},
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "a cat"},
+            {"role": "tool", "tool_call_id": "toolu_2", "content": "no dog"},
+            {"role": "user", "content": "So?"}
+        ],
+        "temperature": 0.5, "top_p": 0.9, "stop": "END", "max_completion_tokens": 300, "user": "u-1",
+        "tools": [{"type": "function", "function": {"name": "lookup", "description": "Look up", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}],
+        "tool_choice": "required", "parallel_tool_calls": false, "models": ["x"], "provider": {"order": ["anthropic"]}
+    }))
+    .unwrap();
+    assert_eq!(req.url, "https://api.anthropic.com/v1/messages");
+    assert_eq!(req.headers["x-api-key"], "sk-ant-test");
+    assert_eq!(req.headers["anthropic-version"], VERSION);
+    assert!(req.headers.get("authorization").is_none());
+    assert_eq!(
+        sent,
+        json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 300,
+            "system": "You are terse.\n\nUse metric.",
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "What is in this image?"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                    {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "Let me look it up."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "cat"}},
+                    {"type": "tool_use", "id": "toolu_2", "name": "lookup", "input": {"q": "dog"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "a cat"},
+                    {"type": "tool_result", "tool_use_id": "toolu_2", "content": "no dog"},
+                    {"type": "text", "text": "So?"}]}
+            ],
+            "temperature": 0.5, "top_p": 0.9, "stop_sequences": ["END"], "metadata": {"user_id": "u-1"},
+            "tools": [{"name": "lookup", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}, "description": "Look up"}],
+            "tool_choice": {"type": "any", "disable_parallel_tool_use": true}
+        })
+    );
+}
+
+#[test]
+fn max_tokens_default_and_tool_choices() {
+    let (sent, _) = build(
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true}),
+    )
+    .unwrap();
+    assert_eq!(
+        (sent["max_tokens"].as_u64(), sent["stream"].as_bool()),
+        (Some(64000), Some(true))
+    );
+    let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+    for (choice, want) in [
+        (json!("auto"), json!({"type": "auto"})),
+        (json!("none"), json!({"type": "none"})),
+        (
+            json!({"type": "function", "function": {"name": "f"}}),
+            json!({"type": "tool", "name": "f"}),
+        ),
+    ] {
+        let (sent, _) = build(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": tools, "tool_choice": choice})).unwrap();
+        assert_eq!(sent["tool_choice"], want);
+        assert_eq!(
+            sent["tools"][0]["input_schema"],
+            json!({"type": "object", "properties": {}})
+        );
+    }
+}
+
+#[test]
+fn response_format_becomes_a_forced_tool() {
+    let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}});
+    let (sent, _) = build(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}})).unwrap();
+    assert_eq!(sent["tools"][0]["name"], JSON_TOOL);
+    assert_eq!(sent["tools"][0]["input_schema"], schema);
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "tool", "name": JSON_TOOL})
+    );
+    // The tool's input comes back as the message content.
+    let reply = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "stop_reason": "tool_use",
+        "content": [{"type": "tool_use", "id": "t", "name": JSON_TOOL, "input": {"n": 3}}], "usage": {"input_tokens": 5, "output_tokens": 2}});
+    let req =
+        map(json!({"model": "m", "messages": [], "response_format": {"type": "json_object"}}));
+    let (out, _) = Anthropic
+        .parse(
+            Endpoint::Chat,
+            "anthropic",
+            &req,
+            reply.to_string().as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(out["choices"][0]["message"]["content"], "{\"n\":3}");
+    assert_eq!(out["choices"][0]["finish_reason"], "stop");
+    assert!(out["choices"][0]["message"].get("tool_calls").is_none());
+}
+
+#[test]
+fn unsupported_parameters_are_refused_or_dropped_and_named() {
+    for (k, v) in [
+        ("seed", json!(1)),
+        ("n", json!(2)),
+        ("presence_penalty", json!(0.5)),
+        ("logit_bias", json!({"1": 1})),
+        ("logprobs", json!(true)),
+        ("some_new_param", json!(1)),
+        ("temperature", json!(1.5)),
+    ] {
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        body[k] = v.clone();
+        let e = build(body.clone()).unwrap_err();
+        assert_eq!(
+            (e.status.as_u16(), e.param.as_deref()),
+            (400, Some(k)),
+            "{k}"
+        );
+        let a = auth();
+        let mut t = target(&a);
+        t.drop_params = true;
+        let req = Anthropic
+            .build(Endpoint::Chat, &map(body), false, &t)
+            .unwrap();
+        assert_eq!(req.dropped, vec![k.to_string()]);
+        let sent: Value = serde_json::from_slice(&req.body).unwrap();
+        assert!(sent.get(k).is_none());
+    }
+    // n = 1 and null values are fine.
+    assert!(build(
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 1, "seed": null})
+    )
+    .is_ok());
+    let e = Anthropic
+        .build(
+            Endpoint::Embeddings,
+            &JsonMap::new(),
+            false,
+            &target(&auth()),
+        )
+        .unwrap_err();
+    assert_eq!(e.code.as_deref(), Some("unsupported_endpoint"));
+}
+
+#[test]
+fn responses_translate_with_usage() {
+    let req = JsonMap::new();
+    let (out, usage) = Anthropic
+        .parse(
+            Endpoint::Chat,
+            "anthropic",
+            &req,
+            include_bytes!("fixtures/message_response.json"),
+        )
+        .unwrap();
+    assert_eq!(out["id"], "msg_013Zva2CMHLNnXjNJJKqJ2EF");
+    assert_eq!(out["model"], "claude-sonnet-4-5-20250929");
+    assert_eq!(
+        out["choices"][0]["message"]["content"],
+        "Hi! My name is Claude."
+    );
+    assert_eq!(out["choices"][0]["finish_reason"], "stop");
+    let u = usage.unwrap();
+    assert_eq!(
+        (u.prompt_tokens, u.cached_tokens, u.completion_tokens),
+        (3095, 1000, 503)
+    );
+    assert_eq!(out["usage"]["prompt_tokens_details"]["cached_tokens"], 1000);
+
+    let (out, _) = Anthropic
+        .parse(
+            Endpoint::Chat,
+            "anthropic",
+            &req,
+            include_bytes!("fixtures/tool_use_response.json"),
+        )
+        .unwrap();
+    let m = &out["choices"][0]["message"];
+    assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(m["content"], "I'll check the weather.");
+    assert_eq!(m["tool_calls"][0]["id"], "toolu_01A09q90qw90lq917835lq9");
+    assert_eq!(m["tool_calls"][0]["function"]["name"], "get_weather");
+    let args: Value = serde_json::from_str(
+        m["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        args,
+        json!({"location": "San Francisco, CA", "unit": "celsius"})
+    );
+}
+
+#[test]
+fn errors_map_to_openai_statuses() {
+    let e = Anthropic.error(
+        "anthropic",
+        StatusCode::from_u16(529).unwrap(),
+        include_bytes!("fixtures/error_overloaded.json"),
+    );
+    assert_eq!(
+        (e.status.as_u16(), e.retryable, e.message.as_str()),
+        (503, true, "Overloaded")
+    );
+    let e = Anthropic.error(
+        "anthropic",
+        StatusCode::BAD_REQUEST,
+        include_bytes!("fixtures/error_invalid.json"),
+    );
+    assert_eq!((e.status.as_u16(), e.retryable), (400, false));
+    assert!(e.message.contains("roles must alternate"));
+    let e = Anthropic.error(
+        "anthropic",
+        StatusCode::TOO_MANY_REQUESTS,
+        br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}"#,
+    );
+    assert_eq!(
+        (e.status.as_u16(), e.kind, e.retryable),
+        (429, "rate_limit_error", true)
+    );
+    let e = Anthropic.error("anthropic", StatusCode::UNAUTHORIZED, br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#);
+    assert_eq!(e.status.as_u16(), 401);
+}
+
+fn decode(
+    transcript: &str,
+    json_mode: bool,
+    split: usize,
+) -> (Vec<Value>, Option<(Usage, JsonMap)>, Decoder) {
+    let mut p = Parser::new();
+    let mut events = Vec::new();
+    for piece in transcript.as_bytes().chunks(split) {
+        p.feed(piece, &mut events);
+    }
+    let mut d = Decoder::new("anthropic", json_mode);
+    let mut items = Vec::new();
+    for ev in &events {
+        d.on_event(ev, &mut items).unwrap();
+    }
+    d.finish(&mut items).unwrap();
+    assert_eq!(items.last(), Some(&StreamItem::Done));
+    let mut chunks = Vec::new();
+    let mut usage = None;
+    for it in items {
+        match it {
+            StreamItem::Chunk(b) => chunks.push(serde_json::from_slice(&b).unwrap()),
+            StreamItem::Usage(u, c) => usage = Some((u, c)),
+            StreamItem::Done => {}
+        }
+    }
+    (chunks, usage, d)
+}
+
+#[test]
+fn text_stream_becomes_openai_chunks() {
+    for split in [1, 9, 4096] {
+        let (chunks, usage, d) = decode(include_str!("fixtures/stream_text.txt"), false, split);
+        assert!(chunks
+            .iter()
+            .all(|c| c["id"] == "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY"
+                && c["model"] == "claude-sonnet-4-5-20250929"));
+        assert!(chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk"));
+        assert_eq!(
+            chunks[0]["choices"][0]["delta"],
+            json!({"role": "assistant", "content": ""})
+        );
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, "Hello!");
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "stop"
+        );
+        let (u, c) = usage.unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (25, 15));
+        assert_eq!(c["choices"], json!([]));
+        assert_eq!(c["id"], "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY");
+        assert_eq!(d.summary().completion_text, "Hello!");
+    }
+}
+
+#[test]
+fn tool_use_stream_gives_indexed_tool_call_deltas() {
+    let (chunks, usage, _) = decode(include_str!("fixtures/stream_tool_use.txt"), false, 17);
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
+        .collect();
+    assert_eq!(calls[0]["index"], 0);
+    assert_eq!(calls[0]["id"], "toolu_01T1x1fJ34qAmk2tNTrN7Up6");
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    assert!(calls[1..]
+        .iter()
+        .all(|c| c.get("id").is_none() && c["index"] == 0));
+    let args: String = calls
+        .iter()
+        .filter_map(|c| c["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&args).unwrap(),
+        json!({"location": "San Francisco, CA"})
+    );
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+    assert_eq!(usage.unwrap().0.completion_tokens, 89);
+}
+
+#[test]
+fn json_mode_stream_sends_the_tool_input_as_content() {
+    let t = include_str!("fixtures/stream_tool_use.txt").replace("get_weather", JSON_TOOL);
+    let (chunks, _, _) = decode(&t, true, 4096);
+    assert!(chunks
+        .iter()
+        .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(
+        text,
+        "Okay, let's check the weather.{\"location\": \"San Francisco, CA\"}"
+    );
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
+}
+
+#[test]
+fn truncated_stream_and_error_events_fail() {
+    let t = include_str!("fixtures/stream_text.txt");
+    let cut = &t[..t.find("event: message_delta").unwrap()];
+    let mut p = Parser::new();
+    let mut events = Vec::new();
+    p.feed(cut.as_bytes(), &mut events);
+    let mut d = Decoder::new("anthropic", false);
+    let mut items = Vec::new();
+    for ev in &events {
+        d.on_event(ev, &mut items).unwrap();
+    }
+    assert!(d.finish(&mut items).unwrap_err().retryable);
+    let mut events = Vec::new();
+    p.feed(b"event: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}\n\n", &mut events);
+    let e = d.on_event(&events[0], &mut items).unwrap_err();
+    assert_eq!((e.status.as_u16(), e.message.as_str()), (503, "Overloaded"));
+}

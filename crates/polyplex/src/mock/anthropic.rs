@@ -1,0 +1,235 @@
+//! The mock's Anthropic Messages API: `POST /v1/messages`, with the real
+//! API's `x-api-key` and `anthropic-version` headers required, its error
+//! shapes, and its event stream. Answers come from the same deterministic
+//! logic as the OpenAI protocol's ([`super::reply`]).
+
+use super::reply::{self, Answer};
+use super::{admit, garbage, now, shaped_error, sse_body, MockState, Shape};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+/// Anthropic content (string or blocks) as OpenAI content for the reply logic.
+fn as_openai_content(content: &Value) -> Value {
+    match content {
+        Value::Array(blocks) => Value::Array(
+            blocks
+                .iter()
+                .map(|b| match b.get("type").and_then(Value::as_str) {
+                    Some("text") => {
+                        json!({"type": "text", "text": b.get("text").cloned().unwrap_or(json!(""))})
+                    }
+                    Some("image") => json!({"type": "image_url", "image_url": {"url": "image"}}),
+                    Some(other) => json!({"type": other}),
+                    None => json!({}),
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The request in OpenAI's shape, so `reply::chat_answer` can decide.
+fn to_openai(req: &Map<String, Value>) -> Map<String, Value> {
+    let mut messages = Vec::new();
+    if let Some(sys) = req.get("system") {
+        messages.push(json!({"role": "system", "content": sys}));
+    }
+    for m in req
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+        let content = m.get("content").cloned().unwrap_or(Value::Null);
+        // A user turn that carries tool results is a tool message for the reply logic.
+        let results: Vec<&Value> = content
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+            .collect();
+        if role == "user" && !results.is_empty() {
+            for r in results {
+                let c = match r.get("content") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) => reply::content_text(Some(other)),
+                    None => String::new(),
+                };
+                messages.push(
+                    json!({"role": "tool", "tool_call_id": r.get("tool_use_id"), "content": c}),
+                );
+            }
+            continue;
+        }
+        messages.push(json!({"role": role, "content": as_openai_content(&content)}));
+    }
+    let mut out = Map::new();
+    out.insert("messages".into(), Value::Array(messages));
+    if let Some(tools) = req.get("tools").and_then(Value::as_array) {
+        let t: Vec<Value> = tools.iter().map(|t| json!({"type": "function", "function": {"name": t.get("name"), "parameters": t.get("input_schema")}})).collect();
+        out.insert("tools".into(), Value::Array(t));
+    }
+    match req
+        .get("tool_choice")
+        .and_then(|c| c.get("type"))
+        .and_then(Value::as_str)
+    {
+        Some("none") => {
+            out.insert("tool_choice".into(), json!("none"));
+        }
+        Some("tool") => {
+            out.insert(
+                "tool_choice".into(),
+                json!({"type": "function", "function": {"name": req["tool_choice"].get("name")}}),
+            );
+        }
+        _ => {}
+    }
+    if let Some(stop) = req.get("stop_sequences") {
+        out.insert("stop".into(), stop.clone());
+    }
+    if let Some(max) = req.get("max_tokens") {
+        out.insert("max_tokens".into(), max.clone());
+    }
+    out
+}
+
+fn stop_reason(a: &Answer) -> &'static str {
+    match a {
+        Answer::Text {
+            finish: "length", ..
+        } => "max_tokens",
+        Answer::Text { .. } => "end_turn",
+        Answer::ToolCall { .. } => "tool_use",
+    }
+}
+
+fn sse(event: &str, data: Value) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+pub(crate) async fn messages(
+    State(s): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let shape = Shape::Anthropic;
+    if headers.get("anthropic-version").is_none() {
+        return shaped_error(
+            shape,
+            StatusCode::BAD_REQUEST,
+            "",
+            "anthropic-version: header is required",
+            None,
+        );
+    }
+    if headers.get("x-api-key").is_none() {
+        return shaped_error(
+            shape,
+            StatusCode::UNAUTHORIZED,
+            "",
+            "x-api-key header is required",
+            None,
+        );
+    }
+    let (req, fault) = match admit(&s, "/v1/messages", &headers, &body, shape).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if req.get("max_tokens").and_then(Value::as_u64).is_none() {
+        return shaped_error(
+            shape,
+            StatusCode::BAD_REQUEST,
+            "",
+            "max_tokens: Field required",
+            None,
+        );
+    }
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("claude-mock")
+        .to_string();
+    let oa = to_openai(&req);
+    let answer = reply::chat_answer(&oa);
+    let input_tokens = reply::prompt_tokens(
+        oa.get("messages")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]),
+    );
+    let id = s.next_id("msg_mock");
+    let _ = now();
+    let is_fault = |k: &str| fault.as_ref().is_some_and(|f| f.fault == k);
+    let output_tokens = match &answer {
+        Answer::Text { pieces, .. } => pieces.len() as u64,
+        Answer::ToolCall { arguments, .. } => 1 + arguments.len().div_ceil(4) as u64,
+    };
+    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    if !stream {
+        if is_fault("garbage") {
+            return garbage();
+        }
+        let content = match &answer {
+            Answer::Text { pieces, .. } => json!([{"type": "text", "text": pieces.concat()}]),
+            Answer::ToolCall {
+                id,
+                name,
+                arguments,
+            } => {
+                json!([{"type": "tool_use", "id": id.replace("call_", "toolu_"), "name": name, "input": serde_json::from_str::<Value>(arguments).unwrap_or(json!({}))}])
+            }
+        };
+        let mut out = json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": content,
+            "stop_reason": stop_reason(&answer), "stop_sequence": null,
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}});
+        if is_fault("no_usage") {
+            out.as_object_mut().map(|o| o.remove("usage"));
+        }
+        return Json(out).into_response();
+    }
+    let mut events = vec![sse(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant",
+        "content": [], "model": model, "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
+    )];
+    match &answer {
+        Answer::Text { pieces, .. } => {
+            events.push(sse("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+            events.push(sse("ping", json!({"type": "ping"})));
+            for p in pieces {
+                events.push(sse("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}})));
+            }
+        }
+        Answer::ToolCall {
+            id: call,
+            name,
+            arguments,
+        } => {
+            events.push(sse("content_block_start", json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "tool_use", "id": call.replace("call_", "toolu_"), "name": name, "input": {}}})));
+            let chars: Vec<char> = arguments.chars().collect();
+            for frag in chars.chunks(8) {
+                let frag: String = frag.iter().collect();
+                events.push(sse("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": frag}})));
+            }
+        }
+    }
+    events.push(sse(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(sse("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop_reason(&answer), "stop_sequence": null}, "usage": {"output_tokens": output_tokens}})));
+    events.push(sse("message_stop", json!({"type": "message_stop"})));
+    let cut = fault
+        .as_ref()
+        .filter(|f| f.fault == "disconnect")
+        .map(|f| f.after_chunks.unwrap_or(2));
+    sse_body(s, events, cut)
+}

@@ -1,0 +1,379 @@
+//! One generic suite, run against every wire protocol through the running
+//! gateway and the mock: add a case once, every protocol is tested.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use polyplex::config::{from_toml, Inputs};
+use polyplex::mock::{self, MockOptions};
+use polyplex::Running;
+use polyplex_catalog::Catalog;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+
+/// (protocol, model as clients address it)
+const PROTOCOLS: &[(&str, &str)] = &[
+    ("openai", "openai/gpt-4o-mini"),
+    ("anthropic", "anthropic/claude-sonnet-4-5"),
+];
+
+struct Env {
+    mock: SocketAddr,
+    gw: Running,
+    client: reqwest::Client,
+}
+
+async fn setup() -> Env {
+    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+        .await
+        .unwrap();
+    let text = format!(
+        r#"
+listen = "127.0.0.1:0"
+[[providers]]
+name = "openai"
+base_url = "http://{mock}/v1"
+api_key = "sk-openai-test"
+max_retries = 0
+[[providers]]
+name = "anthropic"
+base_url = "http://{mock}"
+api_key = "sk-ant-test"
+max_retries = 0
+"#
+    );
+    let env = |_: &str| None;
+    let cfg = from_toml(
+        &text,
+        &Inputs {
+            env: &env,
+            listen_override: None,
+            catalog: Catalog::builtin(),
+        },
+    )
+    .unwrap();
+    let gw = polyplex::start(&cfg).await.unwrap();
+    Env {
+        mock,
+        gw,
+        client: reqwest::Client::new(),
+    }
+}
+
+impl Env {
+    async fn chat(&self, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+        let r = self
+            .client
+            .post(format!("http://{}/v1/chat/completions", self.gw.addr))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let (s, h) = (r.status().as_u16(), r.headers().clone());
+        (s, h, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn stream(&self, mut body: Value) -> Vec<Value> {
+        body["stream"] = json!(true);
+        let r = self
+            .client
+            .post(format!("http://{}/v1/chat/completions", self.gw.addr))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        let events: Vec<&str> = text
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .collect();
+        assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+        events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect()
+    }
+
+    async fn fault(&self, f: Value) {
+        self.client
+            .post(format!("http://{}/__mock/faults", self.mock))
+            .json(&f)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    async fn last_upstream(&self) -> Value {
+        let v: Vec<Value> = self
+            .client
+            .get(format!("http://{}/__mock/requests", self.mock))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v.last().cloned().unwrap()
+    }
+}
+
+fn user(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+fn weather_tools() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather for a place",
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}])
+}
+
+fn content(v: &Value) -> &str {
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+fn streamed_text(chunks: &[Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0)?.get("delta")?.get("content")?.as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn generic_suite_on_every_protocol() {
+    let env = setup().await;
+    for &(proto, model) in PROTOCOLS {
+        let ctx = |case: &str| format!("{proto}: {case}");
+
+        // plain chat, with headers and usage
+        let (s, h, v) = env.chat(user(model, "Hello there")).await;
+        assert_eq!(s, 200, "{}", ctx("plain"));
+        assert_eq!(h["x-polyplex-provider"], proto);
+        assert_eq!(v["object"], "chat.completion", "{}", ctx("plain"));
+        assert_eq!(content(&v), "Hello there", "{}", ctx("plain"));
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert!(
+            v["usage"]["prompt_tokens"].as_u64().unwrap() > 0
+                && v["usage"]["completion_tokens"] == 2,
+            "{}",
+            ctx("usage")
+        );
+        assert!(
+            v["usage"]["cost"].as_f64().unwrap() > 0.0,
+            "{}: {v}",
+            ctx("cost")
+        );
+        assert!(!v["id"].as_str().unwrap().is_empty());
+
+        // system prompt and multi-turn
+        let (s, _, v) = env.chat(json!({"model": model, "messages": [
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"}, {"role": "user", "content": "second question"}]})).await;
+        assert_eq!(
+            (s, content(&v)),
+            (200, "second question"),
+            "{}",
+            ctx("multi-turn")
+        );
+
+        // streaming text, real id and model on every chunk, usage only on request
+        let chunks = env.stream(user(model, "stream these words")).await;
+        assert_eq!(
+            streamed_text(&chunks),
+            "stream these words",
+            "{}",
+            ctx("stream")
+        );
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        let id = chunks[0]["id"].as_str().unwrap().to_string();
+        assert!(
+            !id.is_empty()
+                && chunks.iter().all(
+                    |c| c["id"] == id.as_str() && !c["model"].as_str().unwrap_or("").is_empty()
+                ),
+            "{}",
+            ctx("stream ids")
+        );
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c.get("usage").is_none_or(Value::is_null)),
+            "{}",
+            ctx("no usage unless asked")
+        );
+        let mut b = user(model, "count me");
+        b["stream_options"] = json!({"include_usage": true});
+        let chunks = env.stream(b).await;
+        let last = chunks.last().unwrap();
+        assert_eq!(
+            (
+                last["choices"].clone(),
+                last["usage"]["completion_tokens"].as_u64()
+            ),
+            (json!([]), Some(2)),
+            "{}",
+            ctx("stream usage")
+        );
+
+        // tool call with a stable id, then the tool result round trip
+        let mut b = user(model, "What is the weather in Paris?");
+        b["tools"] = weather_tools();
+        b["tool_choice"] = json!("required");
+        let (s, _, v) = env.chat(b.clone()).await;
+        assert_eq!(s, 200, "{}: {v}", ctx("tool call"));
+        assert_eq!(
+            v["choices"][0]["finish_reason"],
+            "tool_calls",
+            "{}",
+            ctx("tool call")
+        );
+        let call = v["choices"][0]["message"]["tool_calls"][0].clone();
+        assert_eq!(call["function"]["name"], "get_weather");
+        assert_eq!(
+            serde_json::from_str::<Value>(call["function"]["arguments"].as_str().unwrap()).unwrap(),
+            json!({"location": "Paris"})
+        );
+        let mut rt = b.clone();
+        rt["messages"]
+            .as_array_mut()
+            .unwrap()
+            .push(v["choices"][0]["message"].clone());
+        rt["messages"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"role": "tool", "tool_call_id": call["id"], "content": "18C and sunny"}));
+        rt["tool_choice"] = json!("auto");
+        let (s, _, v) = env.chat(rt).await;
+        assert_eq!(
+            (s, content(&v)),
+            (200, "The tool returned: 18C and sunny"),
+            "{}",
+            ctx("tool result")
+        );
+
+        // streamed tool call assembles into valid JSON
+        let chunks = env.stream(b).await;
+        let mut args = String::new();
+        for c in &chunks {
+            if let Some(tc) = c["choices"]
+                .get(0)
+                .and_then(|ch| ch["delta"]["tool_calls"].get(0))
+            {
+                assert_eq!(tc["index"], 0);
+                args.push_str(tc["function"]["arguments"].as_str().unwrap_or(""));
+            }
+        }
+        assert_eq!(
+            serde_json::from_str::<Value>(&args).unwrap(),
+            json!({"location": "Paris"}),
+            "{}",
+            ctx("streamed tool call")
+        );
+        assert_eq!(
+            chunks
+                .iter()
+                .filter_map(|c| c["choices"].get(0)?["finish_reason"].as_str())
+                .next_back(),
+            Some("tool_calls")
+        );
+
+        // JSON mode and json_schema
+        let mut b = user(model, "give me json");
+        b["response_format"] = json!({"type": "json_object"});
+        let (s, _, v) = env.chat(b).await;
+        assert!(
+            s == 200
+                && serde_json::from_str::<Value>(content(&v))
+                    .unwrap()
+                    .is_object(),
+            "{}: {v}",
+            ctx("json mode")
+        );
+        let mut b = user(model, "Alice is 30");
+        b["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}}});
+        let (_, _, v) = env.chat(b.clone()).await;
+        assert_eq!(
+            serde_json::from_str::<Value>(content(&v)).unwrap(),
+            json!({"age": 1}),
+            "{}",
+            ctx("json_schema")
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        let chunks = env.stream(b).await;
+        assert_eq!(
+            serde_json::from_str::<Value>(&streamed_text(&chunks)).unwrap(),
+            json!({"age": 1}),
+            "{}",
+            ctx("streamed json_schema")
+        );
+
+        // image input
+        let (s, _, v) = env.chat(json!({"model": model, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "describe"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]})).await;
+        assert_eq!(
+            (s, content(&v)),
+            (200, "describe [image]"),
+            "{}",
+            ctx("image")
+        );
+
+        // stop, and max_tokens → length
+        let mut b = user(model, "one two three four");
+        b["stop"] = json!(["three"]);
+        let (_, _, v) = env.chat(b).await;
+        assert_eq!(content(&v).trim(), "one two", "{}", ctx("stop"));
+        let mut b = user(model, "one two three four");
+        b["max_tokens"] = json!(2);
+        let (_, _, v) = env.chat(b).await;
+        assert_eq!(
+            (content(&v), v["choices"][0]["finish_reason"].as_str()),
+            ("one two", Some("length")),
+            "{}",
+            ctx("max_tokens")
+        );
+
+        // upstream errors mapped: rate limit → 429, server error → 502, overload → 503
+        for (fault, status) in [("429", 429), ("500", 502), ("529", 503)] {
+            env.fault(json!({"fault": fault, "retry_after": 0})).await;
+            let (s, _, v) = env.chat(user(model, "x")).await;
+            assert_eq!(s, status, "{}: {v}", ctx(&format!("fault {fault}")));
+            assert!(
+                v["error"]["message"].as_str().unwrap().contains("mock"),
+                "{}: {v}",
+                ctx("error message kept")
+            );
+        }
+    }
+    env.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn anthropic_wire_format_reaches_the_upstream() {
+    let env = setup().await;
+    let (s, _, _) = env.chat(json!({"model": "anthropic/claude-sonnet-4-5", "messages": [
+        {"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}], "temperature": 0.2})).await;
+    assert_eq!(s, 200);
+    let up = env.last_upstream().await;
+    assert_eq!(up["path"], "/v1/messages");
+    assert_eq!(up["headers"]["x-api-key"], "sk-ant-test");
+    assert_eq!(up["headers"]["anthropic-version"], "2023-06-01");
+    assert!(up["headers"].get("authorization").is_none());
+    assert_eq!(up["body"]["system"], "sys");
+    // max_tokens defaults to the catalog's output limit for the model.
+    let limit = Catalog::builtin()
+        .model("anthropic", "claude-sonnet-4-5")
+        .unwrap()
+        .output;
+    assert_eq!(up["body"]["max_tokens"].as_u64(), Some(limit));
+
+    // A parameter Anthropic cannot honour: 400 naming it, or dropped and named.
+    let mut b = user("anthropic/claude-sonnet-4-5", "hi");
+    b["seed"] = json!(7);
+    let (s, _, v) = env.chat(b.clone()).await;
+    assert_eq!((s, v["error"]["param"].as_str()), (400, Some("seed")));
+    b["drop_params"] = json!(true);
+    let (s, h, _) = env.chat(b).await;
+    assert_eq!(s, 200);
+    assert_eq!(h["x-polyplex-dropped-params"], "seed");
+    assert!(env.last_upstream().await["body"].get("seed").is_none());
+    env.gw.shutdown().await;
+}
