@@ -10,6 +10,7 @@
 //! share [`openai_compat`] and differ only in data (base URL, auth header).
 
 pub mod anthropic;
+pub mod azure;
 pub mod openai_compat;
 pub mod sse;
 
@@ -71,6 +72,8 @@ pub struct Target<'a> {
     pub default_max_tokens: Option<u64>,
     /// Drop parameters the protocol cannot honour instead of refusing them.
     pub drop_params: bool,
+    /// The API version for protocols that put one in the URL (Azure).
+    pub api_version: Option<&'a str>,
 }
 
 /// An upstream HTTP request, ready to send.

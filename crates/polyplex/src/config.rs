@@ -110,6 +110,8 @@ struct RawProvider {
     stream_usage: Option<bool>,
     /// Catalog provider id for prices and model lists, when `name` is not one.
     catalog: Option<String>,
+    /// API version for protocols that carry one in the URL (Azure).
+    api_version: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +166,7 @@ pub struct ProviderConfig {
     pub auth_header: String,
     pub auth_prefix: String,
     pub stream_usage: bool,
+    pub api_version: Option<String>,
 }
 
 impl ProviderConfig {
@@ -190,6 +193,7 @@ impl ProviderConfig {
             auth_header: "authorization".into(),
             auth_prefix: "Bearer ".into(),
             stream_usage: true,
+            api_version: None,
         }
     }
 }
@@ -228,7 +232,7 @@ pub struct RouteConfig {
 
 /// Protocols the gateway can speak today. The others in the catalog are named
 /// in errors and logs so nobody wonders why a provider is missing.
-pub const SUPPORTED_KINDS: &[&str] = &[PROTOCOL_OPENAI, "anthropic"];
+pub const SUPPORTED_KINDS: &[&str] = &[PROTOCOL_OPENAI, "anthropic", "azure"];
 
 /// Aliases for self-hosted OpenAI-protocol servers: kind = "ollama" etc.
 fn kind_alias(kind: &str) -> Option<(&'static str, &'static str)> {
@@ -245,6 +249,7 @@ fn kind_alias(kind: &str) -> Option<(&'static str, &'static str)> {
 fn default_auth_header(kind: &str) -> &'static str {
     match kind {
         "anthropic" => "x-api-key",
+        "azure" => "api-key",
         _ => "authorization",
     }
 }
@@ -573,6 +578,7 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
         auth_header,
         auth_prefix,
         stream_usage: p.stream_usage.unwrap_or(true),
+        api_version: p.api_version,
     })
 }
 
@@ -659,7 +665,18 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
             notes.push(format!("{var} is set but provider `{}` speaks the `{}` protocol, which this build does not support yet: skipped", cp.id, cp.protocol));
             continue;
         }
-        let Some(base_url) = cp.base_url.clone() else {
+        // Azure's URL is per resource: <resource>.openai.azure.com from the catalog's resource variable.
+        let resource_url = || {
+            let var = cp.env.iter().find(|v| v.ends_with("RESOURCE_NAME"))?;
+            env(var)
+                .filter(|r| !r.is_empty())
+                .map(|r| format!("https://{r}.openai.azure.com"))
+        };
+        let Some(base_url) = cp.base_url.clone().or_else(resource_url) else {
+            notes.push(format!(
+                "{var} is set but provider `{}` needs its base URL (or resource name) too: skipped",
+                cp.id
+            ));
             continue;
         };
         notes.push(format!(

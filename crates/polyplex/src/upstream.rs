@@ -4,6 +4,7 @@ use crate::config::ProviderConfig;
 use http::{HeaderName, HeaderValue};
 use polyplex_catalog::{Catalog, Price};
 use polyplex_providers::anthropic::Anthropic;
+use polyplex_providers::azure::Azure;
 use polyplex_providers::openai_compat::OpenAiCompat;
 use polyplex_providers::{AuthStyle, Protocol, Target};
 use secrecy::{ExposeSecret, SecretString};
@@ -30,6 +31,7 @@ pub struct Upstream {
     pub prices: BTreeMap<String, Price>,
     pub stream_usage: bool,
     pub drop_params: bool,
+    pub api_version: Option<String>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -46,6 +48,7 @@ impl Upstream {
         let protocol: Arc<dyn Protocol> = match p.kind.as_str() {
             "openai" => Arc::new(OpenAiCompat),
             "anthropic" => Arc::new(Anthropic),
+            "azure" => Arc::new(Azure),
             other => {
                 return Err(format!(
                     "provider `{}`: protocol `{other}` is not supported",
@@ -85,6 +88,7 @@ impl Upstream {
             prices: p.prices.clone(),
             stream_usage: p.stream_usage,
             drop_params: p.drop_params,
+            api_version: p.api_version.clone(),
         })
     }
 
@@ -114,6 +118,7 @@ impl Upstream {
                 .map(|m| m.output)
                 .filter(|n| *n > 0),
             drop_params,
+            api_version: self.api_version.as_deref(),
         }
     }
 

@@ -38,6 +38,12 @@ name = "anthropic"
 base_url = "http://{mock}"
 api_key = "sk-ant-test"
 max_retries = 0
+[[providers]]
+name = "azure"
+base_url = "http://{mock}"
+api_key = "azure-test-key"
+api_version = "2024-10-21"
+max_retries = 0
 "#
     );
     let env = |_: &str| None;
@@ -343,6 +349,31 @@ async fn generic_suite_on_every_protocol() {
             );
         }
     }
+    env.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn azure_wire_format_reaches_the_upstream() {
+    let env = setup().await;
+    let (s, h, v) = env.chat(user("azure/gpt-4o-mini", "hi")).await;
+    assert_eq!(
+        (s, h["x-polyplex-provider"].to_str().unwrap()),
+        (200, "azure")
+    );
+    // Priced from the catalog's azure entry for the model.
+    assert!(v["usage"]["cost"].as_f64().unwrap() > 0.0, "{v}");
+    let up = env.last_upstream().await;
+    assert_eq!(up["path"], "/v1/chat/completions");
+    assert_eq!(up["headers"]["api-key"], "azure-test-key");
+    assert!(up["headers"].get("authorization").is_none());
+    let r = env
+        .client
+        .post(format!("http://{}/v1/embeddings", env.gw.addr))
+        .json(&json!({"model": "azure/text-embedding-3-small", "input": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     env.gw.shutdown().await;
 }
 

@@ -22,6 +22,7 @@ fn target(a: &AuthStyle) -> Target<'_> {
         stream_usage: true,
         default_max_tokens: Some(64000),
         drop_params: false,
+        api_version: None,
     }
 }
 

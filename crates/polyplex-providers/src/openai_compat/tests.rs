@@ -20,6 +20,7 @@ fn target<'a>(auth: &'a AuthStyle, headers: &'a [(HeaderName, HeaderValue)]) -> 
         stream_usage: true,
         default_max_tokens: None,
         drop_params: false,
+        api_version: None,
     }
 }
 

@@ -17,7 +17,7 @@ mod anthropic;
 pub mod reply;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -129,6 +129,18 @@ pub fn router(state: Arc<MockState>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/v1/messages", post(anthropic::messages))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(azure_chat),
+        )
+        .route(
+            "/openai/deployments/{deployment}/completions",
+            post(azure_completions),
+        )
+        .route(
+            "/openai/deployments/{deployment}/embeddings",
+            post(azure_embeddings),
+        )
         .route("/__mock/faults", post(add_fault).delete(clear_faults))
         .route("/__mock/stats", get(stats))
         .route("/__mock/requests", get(requests))
@@ -744,4 +756,85 @@ async fn embeddings(State(s): State<Arc<MockState>>, headers: HeaderMap, body: B
         out.as_object_mut().map(|o| o.remove("usage"));
     }
     Json(out).into_response()
+}
+
+/// Azure OpenAI's checks (an `api-key` header, an `api-version` query), then the
+/// body with the deployment as its model.
+fn azure_admit(
+    deployment: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Bytes, Box<Response>> {
+    let azure_error = |status: StatusCode, msg: &str| {
+        (
+            status,
+            Json(json!({"error": {"code": status.as_u16().to_string(), "message": msg}})),
+        )
+            .into_response()
+    };
+    if headers.get("api-key").is_none() {
+        return Err(Box::new(azure_error(StatusCode::UNAUTHORIZED, "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.")));
+    }
+    if !query
+        .unwrap_or("")
+        .split('&')
+        .any(|kv| kv.starts_with("api-version=") && kv.len() > "api-version=".len())
+    {
+        return Err(Box::new(azure_error(
+            StatusCode::NOT_FOUND,
+            "Resource not found",
+        )));
+    }
+    let mut map: Map<String, Value> = serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            &format!("invalid JSON: {e}"),
+            None,
+        ))
+    })?;
+    map.insert("model".into(), json!(deployment));
+    serde_json::to_vec(&map)
+        .map(Bytes::from)
+        .map_err(|_| Box::new(StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+async fn azure_chat(
+    State(s): State<Arc<MockState>>,
+    Path(d): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match azure_admit(&d, q.as_deref(), &headers, &body) {
+        Ok(b) => chat(State(s), headers, b).await,
+        Err(r) => *r,
+    }
+}
+
+async fn azure_completions(
+    State(s): State<Arc<MockState>>,
+    Path(d): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match azure_admit(&d, q.as_deref(), &headers, &body) {
+        Ok(b) => completions(State(s), headers, b).await,
+        Err(r) => *r,
+    }
+}
+
+async fn azure_embeddings(
+    State(s): State<Arc<MockState>>,
+    Path(d): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match azure_admit(&d, q.as_deref(), &headers, &body) {
+        Ok(b) => embeddings(State(s), headers, b).await,
+        Err(r) => *r,
+    }
 }
