@@ -85,6 +85,11 @@ base_url = "{mock}"
 api_key = "${{MOCK_PROVIDER_KEY}}"
 max_retries = 1
 [[providers]]
+name = "google"
+base_url = "{mock}"
+api_key = "${{MOCK_PROVIDER_KEY}}"
+max_retries = 1
+[[providers]]
 name = "slow"
 kind = "openai"
 base_url = "{mock}/v1"

@@ -232,7 +232,7 @@ pub struct RouteConfig {
 
 /// Protocols the gateway can speak today. The others in the catalog are named
 /// in errors and logs so nobody wonders why a provider is missing.
-pub const SUPPORTED_KINDS: &[&str] = &[PROTOCOL_OPENAI, "anthropic", "azure"];
+pub const SUPPORTED_KINDS: &[&str] = &[PROTOCOL_OPENAI, "anthropic", "azure", "gemini"];
 
 /// Aliases for self-hosted OpenAI-protocol servers: kind = "ollama" etc.
 fn kind_alias(kind: &str) -> Option<(&'static str, &'static str)> {
@@ -250,6 +250,7 @@ fn default_auth_header(kind: &str) -> &'static str {
     match kind {
         "anthropic" => "x-api-key",
         "azure" => "api-key",
+        "gemini" => "x-goog-api-key",
         _ => "authorization",
     }
 }
@@ -883,7 +884,7 @@ strategy = "priority"
         let env = env_of(&[
             ("GROQ_API_KEY", "gsk"),
             ("ANTHROPIC_API_KEY", "sk-ant"),
-            ("GEMINI_API_KEY", "g"),
+            ("COHERE_API_KEY", "c"),
             ("MISTRAL_API_KEY", ""),
         ]);
         let c = zero_config(&Inputs {
@@ -913,7 +914,7 @@ strategy = "priority"
         assert!(c
             .notes
             .iter()
-            .any(|n| n.contains("google") && n.contains("skipped")));
+            .any(|n| n.contains("cohere") && n.contains("skipped")));
         let none = env_of(&[]);
         let c = zero_config(&Inputs {
             env: &none,

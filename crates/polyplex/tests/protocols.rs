@@ -44,6 +44,11 @@ base_url = "http://{mock}"
 api_key = "azure-test-key"
 api_version = "2024-10-21"
 max_retries = 0
+[[providers]]
+name = "google"
+base_url = "http://{mock}"
+api_key = "gemini-test-key"
+max_retries = 0
 "#
     );
     let env = |_: &str| None;
@@ -349,6 +354,40 @@ async fn generic_suite_on_every_protocol() {
             );
         }
     }
+    env.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn gemini_wire_format_reaches_the_upstream() {
+    let env = setup().await;
+    let mut b = user("google/gemini-2.5-flash", "hi");
+    b["n"] = json!(2);
+    b["seed"] = json!(3);
+    let (s, h, v) = env.chat(b).await;
+    assert_eq!(
+        (s, h["x-polyplex-provider"].to_str().unwrap()),
+        (200, "google")
+    );
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+    assert!(v["usage"]["cost"].as_f64().unwrap() > 0.0, "{v}");
+    let up = env.last_upstream().await;
+    assert_eq!(up["headers"]["x-goog-api-key"], "gemini-test-key");
+    assert_eq!(
+        up["body"]["generationConfig"],
+        json!({"seed": 3, "candidateCount": 2})
+    );
+    let r = env
+        .client
+        .post(format!("http://{}/v1/embeddings", env.gw.addr))
+        .json(&json!({"model": "google/gemini-embedding-001", "input": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        400,
+        "embeddings through Gemini are not offered yet, and say so"
+    );
     env.gw.shutdown().await;
 }
 

@@ -14,6 +14,7 @@
 //!   requests received, headers and body); `POST /__mock/reset`.
 
 mod anthropic;
+mod gemini;
 pub mod reply;
 
 use axum::body::{Body, Bytes};
@@ -129,6 +130,7 @@ pub fn router(state: Arc<MockState>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1beta/models/{*rest}", post(gemini::generate))
         .route(
             "/openai/deployments/{deployment}/chat/completions",
             post(azure_chat),
@@ -279,6 +281,7 @@ async fn models() -> Json<Value> {
 pub(crate) enum Shape {
     OpenAi,
     Anthropic,
+    Google,
 }
 
 pub(crate) fn shaped_error(
@@ -303,6 +306,24 @@ pub(crate) fn shaped_error(
             (
                 status,
                 Json(json!({"type": "error", "error": {"type": atype, "message": msg}})),
+            )
+                .into_response()
+        }
+        Shape::Google => {
+            let gstatus = match status.as_u16() {
+                400 => "INVALID_ARGUMENT",
+                401 => "UNAUTHENTICATED",
+                403 => "PERMISSION_DENIED",
+                404 => "NOT_FOUND",
+                429 => "RESOURCE_EXHAUSTED",
+                503 | 529 => "UNAVAILABLE",
+                _ => "INTERNAL",
+            };
+            (
+                status,
+                Json(
+                    json!({"error": {"code": status.as_u16(), "message": msg, "status": gstatus}}),
+                ),
             )
                 .into_response()
         }

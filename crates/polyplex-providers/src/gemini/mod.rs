@@ -1,0 +1,694 @@
+//! Google Gemini's `generateContent` / `streamGenerateContent?alt=sse`
+//! (`x-goog-api-key`), translated both ways.
+//!
+//! - system/developer messages → `systemInstruction`; `assistant` → role
+//!   `model`; tool calls → `functionCall` parts; tool results →
+//!   `functionResponse` parts (the function name is looked up from the
+//!   assistant turn that made the call);
+//! - sampling → `generationConfig` (`n` → `candidateCount`, `stop` →
+//!   `stopSequences`, `max_tokens` → `maxOutputTokens`, `seed`, penalties);
+//!   `response_format` → `responseMimeType` + `responseJsonSchema`;
+//! - Gemini gives function calls no ids: polyplex makes stable ones from the
+//!   response id, candidate and call index;
+//! - `logprobs`, `logit_bias`, `parallel_tool_calls: false` and unknown fields
+//!   are refused by name, or dropped with `drop_params`; `user`, which has no
+//!   effect on the answer, is always dropped and named.
+
+#[cfg(test)]
+mod tests;
+
+use crate::openai_compat::OpenAiCompat;
+use crate::sse::Event;
+use crate::{
+    join_url, unsupported, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target,
+    UpstreamRequest,
+};
+use bytes::Bytes;
+use http::StatusCode;
+use polyplex_types::validate::GATEWAY_FIELDS;
+use polyplex_types::{GatewayError, JsonMap, Usage};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gemini;
+
+const KNOWN: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "stream",
+    "stream_options",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "user",
+    "response_format",
+    "n",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "top_k",
+];
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+fn mime_from_url(url: &str) -> &'static str {
+    let u = url.to_ascii_lowercase();
+    if u.ends_with(".png") {
+        "image/png"
+    } else if u.ends_with(".gif") {
+        "image/gif"
+    } else if u.ends_with(".webp") {
+        "image/webp"
+    } else {
+        "image/jpeg"
+    }
+}
+
+fn parts(content: &Value, param: &str) -> Result<Vec<Value>, GatewayError> {
+    match content {
+        Value::String(s) if s.is_empty() => Ok(vec![]),
+        Value::String(s) => Ok(vec![json!({"text": s})]),
+        Value::Array(items) => {
+            let mut out = Vec::new();
+            for (j, p) in items.iter().enumerate() {
+                match p.get("type").and_then(Value::as_str) {
+                    Some("text") => out.push(json!({"text": p.get("text").and_then(Value::as_str).unwrap_or("")})),
+                    Some("image_url") => {
+                        let url = p.pointer("/image_url/url").and_then(Value::as_str).unwrap_or("");
+                        if let Some(rest) = url.strip_prefix("data:") {
+                            let (meta, data) = rest.split_once(',').unwrap_or(("", ""));
+                            let mime = meta.strip_suffix(";base64").ok_or_else(|| {
+                                GatewayError::invalid_param(format!("{param}[{j}].image_url.url"), "Only base64 data URLs are supported.")
+                            })?;
+                            out.push(json!({"inline_data": {"mime_type": mime, "data": data}}));
+                        } else {
+                            out.push(json!({"file_data": {"mime_type": mime_from_url(url), "file_uri": url}}));
+                        }
+                    }
+                    Some(other) => {
+                        return Err(GatewayError::invalid_param(format!("{param}[{j}].type"), format!("Content parts of type '{other}' are not supported by the Gemini protocol.")))
+                    }
+                    None => {}
+                }
+            }
+            Ok(out)
+        }
+        _ => Ok(vec![]),
+    }
+}
+
+fn push(contents: &mut Vec<Value>, role: &str, new: Vec<Value>) {
+    if new.is_empty() {
+        return;
+    }
+    if let Some(last) = contents.last_mut() {
+        if last["role"] == role {
+            if let Some(arr) = last["parts"].as_array_mut() {
+                arr.extend(new);
+                return;
+            }
+        }
+    }
+    contents.push(json!({"role": role, "parts": new}));
+}
+
+fn build_chat(
+    body: &JsonMap,
+    stream: bool,
+    target: &Target<'_>,
+) -> Result<UpstreamRequest, GatewayError> {
+    let mut dropped = Vec::new();
+    for k in body
+        .keys()
+        .filter(|k| !KNOWN.contains(&k.as_str()) && !GATEWAY_FIELDS.contains(&k.as_str()))
+    {
+        unsupported(k, "Gemini", target, &mut dropped)?;
+    }
+    let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
+    if present("logit_bias") {
+        unsupported("logit_bias", "Gemini", target, &mut dropped)?;
+    }
+    if body.get("logprobs").and_then(Value::as_bool) == Some(true) {
+        unsupported("logprobs", "Gemini", target, &mut dropped)?;
+    }
+    if body.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
+        unsupported("parallel_tool_calls", "Gemini", target, &mut dropped)?;
+    }
+    if present("user") {
+        dropped.push("user".into());
+    }
+
+    let mut system = Vec::new();
+    let mut contents: Vec<Value> = Vec::new();
+    let mut call_names: HashMap<String, String> = HashMap::new();
+    for (i, m) in body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let p = format!("messages[{i}].content");
+        let content = m.get("content").unwrap_or(&Value::Null);
+        match m.get("role").and_then(Value::as_str).unwrap_or("") {
+            "system" | "developer" => system.push(text_of(content)),
+            "user" => push(&mut contents, "user", parts(content, &p)?),
+            "assistant" => {
+                let mut ps = parts(content, &p)?;
+                for (j, tc) in m
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let name = tc
+                        .pointer("/function/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    let args = tc
+                        .pointer("/function/arguments")
+                        .and_then(Value::as_str)
+                        .unwrap_or("{}");
+                    let args: Value = if args.trim().is_empty() {
+                        json!({})
+                    } else {
+                        serde_json::from_str(args).map_err(|_| {
+                            GatewayError::invalid_param(
+                                format!("messages[{i}].tool_calls[{j}].function.arguments"),
+                                "Tool call arguments must be a JSON object.",
+                            )
+                        })?
+                    };
+                    if let Some(id) = tc.get("id").and_then(Value::as_str) {
+                        call_names.insert(id.to_string(), name.clone());
+                    }
+                    ps.push(json!({"functionCall": {"name": name, "args": args}}));
+                }
+                push(&mut contents, "model", ps);
+            }
+            "tool" | "function" => {
+                let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
+                let name = call_names
+                    .get(id)
+                    .cloned()
+                    .or_else(|| m.get("name").and_then(Value::as_str).map(str::to_string))
+                    .ok_or_else(|| {
+                        GatewayError::invalid_param(
+                            format!("messages[{i}].tool_call_id"),
+                            format!("No earlier assistant tool call has the id '{id}'."),
+                        )
+                    })?;
+                let text = text_of(content);
+                let response = match serde_json::from_str::<Value>(&text) {
+                    Ok(v @ Value::Object(_)) => v,
+                    _ => json!({"result": text}),
+                };
+                push(
+                    &mut contents,
+                    "user",
+                    vec![json!({"functionResponse": {"name": name, "response": response}})],
+                );
+            }
+            _ => {}
+        }
+    }
+
+    let mut out = Map::new();
+    out.insert("contents".into(), Value::Array(contents));
+    let system: Vec<String> = system.into_iter().filter(|s| !s.is_empty()).collect();
+    if !system.is_empty() {
+        out.insert(
+            "systemInstruction".into(),
+            json!({"parts": [{"text": system.join("\n\n")}]}),
+        );
+    }
+    let mut gc = Map::new();
+    let copy = |gc: &mut Map<String, Value>, from: &str, to: &str| {
+        if let Some(v) = body.get(from).filter(|v| !v.is_null()) {
+            gc.insert(to.into(), v.clone());
+        }
+    };
+    copy(&mut gc, "temperature", "temperature");
+    copy(&mut gc, "top_p", "topP");
+    copy(&mut gc, "top_k", "topK");
+    copy(&mut gc, "seed", "seed");
+    copy(&mut gc, "presence_penalty", "presencePenalty");
+    copy(&mut gc, "frequency_penalty", "frequencyPenalty");
+    copy(&mut gc, "n", "candidateCount");
+    if let Some(max) = body
+        .get("max_completion_tokens")
+        .or_else(|| body.get("max_tokens"))
+        .filter(|v| !v.is_null())
+    {
+        gc.insert("maxOutputTokens".into(), max.clone());
+    }
+    match body.get("stop") {
+        Some(Value::String(s)) => {
+            gc.insert("stopSequences".into(), json!([s]));
+        }
+        Some(Value::Array(a)) if !a.is_empty() => {
+            gc.insert("stopSequences".into(), Value::Array(a.clone()));
+        }
+        _ => {}
+    }
+    match body
+        .get("response_format")
+        .and_then(|r| r.get("type"))
+        .and_then(Value::as_str)
+    {
+        Some("json_object") => {
+            gc.insert("responseMimeType".into(), json!("application/json"));
+        }
+        Some("json_schema") => {
+            gc.insert("responseMimeType".into(), json!("application/json"));
+            if let Some(schema) = body
+                .get("response_format")
+                .and_then(|r| r.pointer("/json_schema/schema"))
+            {
+                gc.insert("responseJsonSchema".into(), schema.clone());
+            }
+        }
+        _ => {}
+    }
+    if !gc.is_empty() {
+        out.insert("generationConfig".into(), Value::Object(gc));
+    }
+    let decls: Vec<Value> = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let f = t.get("function").cloned().unwrap_or(Value::Null);
+            let mut d = json!({"name": f.get("name").cloned().unwrap_or(Value::Null)});
+            if let Some(desc) = f.get("description").filter(|x| !x.is_null()) {
+                d["description"] = desc.clone();
+            }
+            if let Some(p) = f.get("parameters").filter(|x| !x.is_null()) {
+                d["parametersJsonSchema"] = p.clone();
+            }
+            d
+        })
+        .collect();
+    if !decls.is_empty() {
+        out.insert("tools".into(), json!([{"functionDeclarations": decls}]));
+    }
+    if let Some(tc) = body.get("tool_choice").filter(|v| !v.is_null()) {
+        let cfg = match tc {
+            Value::String(s) if s == "none" => json!({"mode": "NONE"}),
+            Value::String(s) if s == "required" => json!({"mode": "ANY"}),
+            Value::Object(o) => {
+                json!({"mode": "ANY", "allowedFunctionNames": [o.get("function").and_then(|f| f.get("name")).cloned().unwrap_or(Value::Null)]})
+            }
+            _ => json!({"mode": "AUTO"}),
+        };
+        out.insert("toolConfig".into(), json!({"functionCallingConfig": cfg}));
+    }
+    let path = if stream {
+        format!(
+            "v1beta/models/{}:streamGenerateContent?alt=sse",
+            target.model
+        )
+    } else {
+        format!("v1beta/models/{}:generateContent", target.model)
+    };
+    let bytes = serde_json::to_vec(&out).map_err(|e| {
+        GatewayError::internal(format!("could not encode the upstream request: {e}"))
+    })?;
+    Ok(UpstreamRequest {
+        url: join_url(target.base_url, &path),
+        headers: crate::headers(target, stream)?,
+        body: Bytes::from(bytes),
+        dropped,
+    })
+}
+
+fn finish_reason(r: &str, has_calls: bool) -> &'static str {
+    match r {
+        "MAX_TOKENS" => "length",
+        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY" => {
+            "content_filter"
+        }
+        _ if has_calls => "tool_calls",
+        _ => "stop",
+    }
+}
+
+fn usage_from(u: &Value) -> Usage {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let thoughts = n("thoughtsTokenCount");
+    Usage {
+        prompt_tokens: n("promptTokenCount"),
+        completion_tokens: n("candidatesTokenCount") + thoughts,
+        cached_tokens: n("cachedContentTokenCount"),
+        reasoning_tokens: thoughts,
+        estimated: false,
+    }
+}
+
+fn call_id(response_id: &str, candidate: u64, index: usize, name: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in format!("{response_id}/{candidate}/{index}/{name}").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("call_{h:016x}")
+}
+
+/// Text and function calls of one candidate's parts. `next_call` numbers the calls.
+fn read_parts(
+    parts: &[Value],
+    response_id: &str,
+    candidate: u64,
+    next_call: &mut usize,
+) -> (String, Vec<Value>) {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for p in parts {
+        if p.get("thought").and_then(Value::as_bool) == Some(true) {
+            continue;
+        }
+        if let Some(t) = p.get("text").and_then(Value::as_str) {
+            text.push_str(t);
+        }
+        if let Some(fc) = p.get("functionCall") {
+            let name = fc.get("name").and_then(Value::as_str).unwrap_or("");
+            let id = fc
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| call_id(response_id, candidate, *next_call, name));
+            calls.push(json!({"index": *next_call, "id": id, "type": "function",
+                "function": {"name": name, "arguments": fc.get("args").cloned().unwrap_or(json!({})).to_string()}}));
+            *next_call += 1;
+        }
+    }
+    (text, calls)
+}
+
+fn response_id(v: &Value) -> String {
+    v.get("responseId")
+        .and_then(Value::as_str)
+        .map(|s| format!("chatcmpl-{s}"))
+        .unwrap_or_else(|| format!("chatcmpl-gemini-{}", now()))
+}
+
+fn parse_chat(provider: &str, body: &[u8]) -> Result<(JsonMap, Option<Usage>), GatewayError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        GatewayError::upstream_bad_response(provider, format_args!("not JSON ({e})"))
+    })?;
+    let candidates = v
+        .get("candidates")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            match v
+                .pointer("/promptFeedback/blockReason")
+                .and_then(Value::as_str)
+            {
+                Some(reason) => GatewayError::invalid_request(format!(
+                    "The prompt was blocked by the provider's safety filter ({reason})."
+                ))
+                .with_code("content_filter"),
+                None => GatewayError::upstream_bad_response(provider, "no `candidates` array"),
+            }
+        })?;
+    let id = response_id(&v);
+    let raw_id = v.get("responseId").and_then(Value::as_str).unwrap_or("");
+    let mut choices = Vec::new();
+    for (i, c) in candidates.iter().enumerate() {
+        let idx = c.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
+        let mut next = 0;
+        let parts = c
+            .pointer("/content/parts")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let (text, calls) = read_parts(parts, raw_id, idx, &mut next);
+        let calls: Vec<Value> = calls
+            .into_iter()
+            .map(|mut c| {
+                if let Some(o) = c.as_object_mut() {
+                    o.remove("index");
+                }
+                c
+            })
+            .collect();
+        let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }, "refusal": null});
+        let has_calls = !calls.is_empty();
+        if has_calls {
+            message["tool_calls"] = Value::Array(calls);
+        }
+        let fr = finish_reason(
+            c.get("finishReason")
+                .and_then(Value::as_str)
+                .unwrap_or("STOP"),
+            has_calls,
+        );
+        choices
+            .push(json!({"index": idx, "message": message, "logprobs": null, "finish_reason": fr}));
+    }
+    let usage = v.get("usageMetadata").map(usage_from);
+    let mut out = JsonMap::new();
+    out.insert("id".into(), json!(id));
+    out.insert("object".into(), json!("chat.completion"));
+    out.insert("created".into(), json!(now()));
+    out.insert(
+        "model".into(),
+        v.get("modelVersion").cloned().unwrap_or(Value::Null),
+    );
+    out.insert("choices".into(), Value::Array(choices));
+    if let Some(u) = usage {
+        out.insert("usage".into(), u.to_json());
+    }
+    Ok((out, usage))
+}
+
+impl Protocol for Gemini {
+    fn name(&self) -> &'static str {
+        "gemini"
+    }
+
+    fn build(
+        &self,
+        endpoint: Endpoint,
+        body: &JsonMap,
+        stream: bool,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        match endpoint {
+            Endpoint::Chat => build_chat(body, stream, target),
+            other => Err(GatewayError::invalid_request(format!("Provider `{}` (Gemini protocol) does not offer the {} endpoint through polyplex yet.", target.provider, other.as_str()))
+                .with_code("unsupported_endpoint")),
+        }
+    }
+
+    fn parse(
+        &self,
+        _endpoint: Endpoint,
+        provider: &str,
+        _request: &JsonMap,
+        body: &[u8],
+    ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
+        parse_chat(provider, body)
+    }
+
+    fn error(&self, provider: &str, status: StatusCode, body: &[u8]) -> GatewayError {
+        // Google's shape, {"error": {"code", "message", "status"}}, reads like OpenAI's.
+        let mut e = OpenAiCompat.error(provider, status, body);
+        if let Some(s) = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+            v.pointer("/error/status")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        }) {
+            e.code = Some(s.to_ascii_lowercase());
+        }
+        e
+    }
+
+    fn stream_decoder(
+        &self,
+        _endpoint: Endpoint,
+        provider: &str,
+        _request: &JsonMap,
+    ) -> Box<dyn StreamDecoder> {
+        Box::new(Decoder {
+            provider: provider.to_string(),
+            ..Decoder::default()
+        })
+    }
+}
+
+/// Gemini streams whole response objects; each becomes OpenAI chunks. Gemini
+/// sends no terminator, so the end is the upstream closing after a `finishReason`.
+#[derive(Default)]
+pub struct Decoder {
+    provider: String,
+    id: String,
+    raw_id: String,
+    model: String,
+    created: u64,
+    started: bool,
+    finished: bool,
+    calls: HashMap<u64, usize>,
+    usage: Option<Usage>,
+    text: String,
+}
+
+impl Decoder {
+    fn chunk(&self, index: u64, delta: Value, finish: Option<&str>) -> StreamItem {
+        let c = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        StreamItem::Chunk(Bytes::from(c.to_string()))
+    }
+}
+
+impl StreamDecoder for Decoder {
+    fn on_event(&mut self, event: &Event, out: &mut Vec<StreamItem>) -> Result<(), GatewayError> {
+        let v: Value = serde_json::from_str(&event.data).map_err(|_| {
+            GatewayError::upstream_bad_response(&self.provider, "stream event is not JSON")
+        })?;
+        if let Some(err) = v.get("error") {
+            let msg = err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("upstream stream error")
+                .to_string();
+            let code = err
+                .get("code")
+                .and_then(Value::as_u64)
+                .and_then(|c| StatusCode::from_u16(c as u16).ok())
+                .unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut e = OpenAiCompat.error(
+                &self.provider,
+                code,
+                json!({"error": {"message": msg}}).to_string().as_bytes(),
+            );
+            e.retryable = true;
+            return Err(e);
+        }
+        if !self.started {
+            self.started = true;
+            self.id = response_id(&v);
+            self.raw_id = v
+                .get("responseId")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            self.model = v
+                .get("modelVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            self.created = now();
+            let n = v
+                .get("candidates")
+                .and_then(Value::as_array)
+                .map_or(1, |c| c.len().max(1));
+            for i in 0..n as u64 {
+                out.push(self.chunk(i, json!({"role": "assistant", "content": ""}), None));
+            }
+        }
+        if let Some(u) = v.get("usageMetadata") {
+            self.usage = Some(usage_from(u));
+        }
+        for (i, c) in v
+            .get("candidates")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let idx = c.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
+            let parts = c
+                .pointer("/content/parts")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let next = self.calls.entry(idx).or_insert(0);
+            let (text, calls) = read_parts(parts, &self.raw_id, idx, next);
+            if !text.is_empty() {
+                self.text.push_str(&text);
+                out.push(self.chunk(idx, json!({"content": text}), None));
+            }
+            for call in &calls {
+                self.text.push_str(
+                    call.pointer("/function/arguments")
+                        .and_then(Value::as_str)
+                        .unwrap_or(""),
+                );
+            }
+            if !calls.is_empty() {
+                out.push(self.chunk(idx, json!({"tool_calls": calls}), None));
+            }
+            if let Some(fr) = c.get("finishReason").and_then(Value::as_str) {
+                self.finished = true;
+                let has_calls = self.calls.get(&idx).is_some_and(|n| *n > 0);
+                out.push(self.chunk(idx, json!({}), Some(finish_reason(fr, has_calls))));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), GatewayError> {
+        if !self.finished {
+            return Err(GatewayError::upstream_bad_response(
+                &self.provider,
+                "the stream ended before a finishReason",
+            ));
+        }
+        if let Some(u) = self.usage {
+            let mut c = JsonMap::new();
+            c.insert("id".into(), json!(self.id));
+            c.insert("object".into(), json!("chat.completion.chunk"));
+            c.insert("created".into(), json!(self.created));
+            c.insert("model".into(), json!(self.model));
+            c.insert("choices".into(), json!([]));
+            c.insert("usage".into(), u.to_json());
+            out.push(StreamItem::Usage(u, c));
+        }
+        out.push(StreamItem::Done);
+        Ok(())
+    }
+
+    fn saw_usage(&self) -> bool {
+        self.usage.is_some()
+    }
+
+    fn summary(&self) -> StreamSummary {
+        StreamSummary {
+            id: Some(self.id.clone()),
+            model: Some(self.model.clone()),
+            created: Some(self.created),
+            completion_text: self.text.clone(),
+        }
+    }
+}

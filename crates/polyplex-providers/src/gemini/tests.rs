@@ -1,0 +1,248 @@
+use super::*;
+use crate::sse::Parser;
+use crate::AuthStyle;
+use http::HeaderName;
+
+fn auth() -> AuthStyle {
+    AuthStyle {
+        header: HeaderName::from_static("x-goog-api-key"),
+        prefix: String::new(),
+    }
+}
+
+fn target(a: &AuthStyle) -> Target<'_> {
+    Target {
+        provider: "google",
+        base_url: "https://generativelanguage.googleapis.com",
+        api_key: Some("g-key"),
+        auth: a,
+        model: "gemini-2.5-flash",
+        extra_headers: &[],
+        stream_usage: true,
+        default_max_tokens: None,
+        drop_params: false,
+        api_version: None,
+    }
+}
+
+fn map(v: Value) -> JsonMap {
+    v.as_object().unwrap().clone()
+}
+
+#[test]
+fn request_translation() {
+    let a = auth();
+    let body = map(json!({
+        "model": "google/gemini-2.5-flash",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Weather?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": "{\"location\":\"Boston\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_9", "content": "{\"temp\": 22}"},
+            {"role": "tool", "tool_call_id": "call_9", "content": "sunny"}
+        ],
+        "temperature": 0.3, "top_p": 0.8, "n": 2, "seed": 5, "max_tokens": 100, "stop": "END", "presence_penalty": 0.1,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+        "tools": [{"type": "function", "function": {"name": "get_weather", "description": "d", "parameters": {"type": "object"}}}],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "user": "u1"
+    }));
+    let req = Gemini
+        .build(Endpoint::Chat, &body, false, &target(&a))
+        .unwrap();
+    assert_eq!(
+        req.url,
+        "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent"
+    );
+    assert_eq!(req.headers["x-goog-api-key"], "g-key");
+    assert_eq!(req.dropped, vec!["user"]);
+    let sent: Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(
+        sent,
+        json!({
+            "contents": [
+                {"role": "user", "parts": [{"text": "Weather?"}, {"inline_data": {"mime_type": "image/png", "data": "AAAA"}}]},
+                {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"location": "Boston"}}}]},
+                {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"temp": 22}}},
+                    {"functionResponse": {"name": "get_weather", "response": {"result": "sunny"}}}]}
+            ],
+            "systemInstruction": {"parts": [{"text": "Be brief."}]},
+            "generationConfig": {"temperature": 0.3, "topP": 0.8, "seed": 5, "presencePenalty": 0.1, "candidateCount": 2,
+                "maxOutputTokens": 100, "stopSequences": ["END"], "responseMimeType": "application/json", "responseJsonSchema": {"type": "object"}},
+            "tools": [{"functionDeclarations": [{"name": "get_weather", "description": "d", "parametersJsonSchema": {"type": "object"}}]}],
+            "toolConfig": {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}}
+        })
+    );
+    let req = Gemini
+        .build(Endpoint::Chat, &body, true, &target(&a))
+        .unwrap();
+    assert!(req.url.ends_with(":streamGenerateContent?alt=sse"));
+}
+
+#[test]
+fn unsupported_and_unknown_tool_ids() {
+    let a = auth();
+    for (k, v) in [
+        ("logit_bias", json!({"1": 1})),
+        ("logprobs", json!(true)),
+        ("parallel_tool_calls", json!(false)),
+        ("mystery", json!(1)),
+    ] {
+        let mut b = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        b[k] = v;
+        let e = Gemini
+            .build(Endpoint::Chat, &map(b), false, &target(&a))
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some(k));
+    }
+    let b = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "nope", "content": "x"}]});
+    let e = Gemini
+        .build(Endpoint::Chat, &map(b), false, &target(&a))
+        .unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("messages[1].tool_call_id"));
+}
+
+#[test]
+fn responses_translate() {
+    let (out, usage) = Gemini
+        .parse(
+            Endpoint::Chat,
+            "google",
+            &JsonMap::new(),
+            include_bytes!("fixtures/response_text.json"),
+        )
+        .unwrap();
+    assert_eq!(out["id"], "chatcmpl-mAitaLmkHPPlz7IPvtfUqQ4");
+    assert_eq!(out["model"], "gemini-2.5-flash");
+    assert_eq!(
+        out["choices"][0]["message"]["content"],
+        "AI learns patterns from data."
+    );
+    assert_eq!(out["choices"][0]["finish_reason"], "stop");
+    let u = usage.unwrap();
+    assert_eq!(
+        (
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.reasoning_tokens,
+            u.cached_tokens
+        ),
+        (8, 17, 10, 4)
+    );
+
+    let (out, _) = Gemini
+        .parse(
+            Endpoint::Chat,
+            "google",
+            &JsonMap::new(),
+            include_bytes!("fixtures/response_function_call.json"),
+        )
+        .unwrap();
+    let m = &out["choices"][0]["message"];
+    assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
+    assert!(m["content"].is_null());
+    assert!(m["tool_calls"][0]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with("call_"));
+    assert_eq!(
+        m["tool_calls"][0]["function"]["arguments"],
+        "{\"location\":\"Boston\"}"
+    );
+    // Ids are stable for the same response.
+    let (again, _) = Gemini
+        .parse(
+            Endpoint::Chat,
+            "google",
+            &JsonMap::new(),
+            include_bytes!("fixtures/response_function_call.json"),
+        )
+        .unwrap();
+    assert_eq!(
+        again["choices"][0]["message"]["tool_calls"][0]["id"],
+        m["tool_calls"][0]["id"]
+    );
+
+    let e = Gemini.error("google", StatusCode::TOO_MANY_REQUESTS, br#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}"#);
+    assert_eq!(
+        (e.status.as_u16(), e.retryable, e.code.as_deref()),
+        (429, true, Some("resource_exhausted"))
+    );
+    assert!(e.message.starts_with("Resource has been exhausted"));
+    let e = Gemini
+        .parse(
+            Endpoint::Chat,
+            "google",
+            &JsonMap::new(),
+            br#"{"promptFeedback":{"blockReason":"SAFETY"}}"#,
+        )
+        .unwrap_err();
+    assert_eq!(e.code.as_deref(), Some("content_filter"));
+}
+
+#[test]
+fn stream_translates_and_ends_on_close() {
+    for split in [1, 11, 4096] {
+        let mut p = Parser::new();
+        let mut events = Vec::new();
+        for piece in include_bytes!("fixtures/stream_text.txt").chunks(split) {
+            p.feed(piece, &mut events);
+        }
+        let mut d = Decoder {
+            provider: "google".into(),
+            ..Decoder::default()
+        };
+        let mut items = Vec::new();
+        for ev in &events {
+            d.on_event(ev, &mut items).unwrap();
+        }
+        d.finish(&mut items).unwrap();
+        assert_eq!(items.last(), Some(&StreamItem::Done));
+        let chunks: Vec<Value> = items
+            .iter()
+            .filter_map(|i| match i {
+                StreamItem::Chunk(b) => Some(serde_json::from_slice(b).unwrap()),
+                _ => None,
+            })
+            .collect();
+        assert!(chunks
+            .iter()
+            .all(|c| c["id"] == "chatcmpl-str-1" && c["model"] == "gemini-2.5-flash"));
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, "The quick fox.");
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "stop"
+        );
+        let usage = items.iter().find_map(|i| match i {
+            StreamItem::Usage(u, _) => Some(*u),
+            _ => None,
+        });
+        assert_eq!(
+            usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+            Some((9, 4))
+        );
+    }
+    // Closed before a finishReason: truncated.
+    let mut d = Decoder {
+        provider: "google".into(),
+        ..Decoder::default()
+    };
+    let mut p = Parser::new();
+    let mut events = Vec::new();
+    p.feed(
+        include_str!("fixtures/stream_text.txt")
+            .split("\n\n")
+            .next()
+            .unwrap()
+            .as_bytes(),
+        &mut events,
+    );
+    p.feed(b"\n\n", &mut events);
+    let mut items = Vec::new();
+    d.on_event(&events[0], &mut items).unwrap();
+    assert!(d.finish(&mut items).is_err());
+}

@@ -1,0 +1,231 @@
+//! The mock's Gemini API: `POST /v1beta/models/{model}:generateContent` and
+//! `:streamGenerateContent?alt=sse`, the key in `x-goog-api-key` (or `?key=`),
+//! Google's error shape, and whole-response stream events with no terminator.
+
+use super::reply::{self, Answer};
+use super::{admit, garbage, sse_body, MockState, Shape};
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+fn google_error(status: StatusCode, msg: &str, code: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": status.as_u16(), "message": msg, "status": code}})),
+    )
+        .into_response()
+}
+
+/// The request in OpenAI's shape for `reply::chat_answer`.
+fn to_openai(req: &Value) -> Map<String, Value> {
+    let mut messages = Vec::new();
+    if let Some(sys) = req.pointer("/systemInstruction/parts/0/text") {
+        messages.push(json!({"role": "system", "content": sys}));
+    }
+    for c in req
+        .get("contents")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let role = if c.get("role").and_then(Value::as_str) == Some("model") {
+            "assistant"
+        } else {
+            "user"
+        };
+        let mut parts = Vec::new();
+        for p in c
+            .get("parts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(t) = p.get("text") {
+                parts.push(json!({"type": "text", "text": t}));
+            } else if p.get("inline_data").is_some() || p.get("file_data").is_some() {
+                parts.push(json!({"type": "image_url", "image_url": {"url": "image"}}));
+            } else if let Some(fr) = p.get("functionResponse") {
+                let resp = fr.get("response").cloned().unwrap_or(Value::Null);
+                let text = resp
+                    .get("result")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| resp.to_string());
+                messages.push(json!({"role": "tool", "tool_call_id": "x", "content": text}));
+            }
+        }
+        if !parts.is_empty() {
+            messages.push(json!({"role": role, "content": parts}));
+        }
+    }
+    let mut out = Map::new();
+    out.insert("messages".into(), Value::Array(messages));
+    let decls: Vec<Value> = req
+        .pointer("/tools/0/functionDeclarations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|d| json!({"type": "function", "function": {"name": d.get("name"), "parameters": d.get("parametersJsonSchema").or_else(|| d.get("parameters"))}}))
+        .collect();
+    if !decls.is_empty() {
+        out.insert("tools".into(), Value::Array(decls));
+    }
+    match req
+        .pointer("/toolConfig/functionCallingConfig/mode")
+        .and_then(Value::as_str)
+    {
+        Some("NONE") => {
+            out.insert("tool_choice".into(), json!("none"));
+        }
+        Some("ANY") => {
+            if let Some(name) =
+                req.pointer("/toolConfig/functionCallingConfig/allowedFunctionNames/0")
+            {
+                out.insert(
+                    "tool_choice".into(),
+                    json!({"type": "function", "function": {"name": name}}),
+                );
+            }
+        }
+        _ => {}
+    }
+    let gc = req.get("generationConfig").cloned().unwrap_or(json!({}));
+    if let Some(stop) = gc.get("stopSequences") {
+        out.insert("stop".into(), stop.clone());
+    }
+    if let Some(max) = gc.get("maxOutputTokens") {
+        out.insert("max_tokens".into(), max.clone());
+    }
+    if gc.get("responseMimeType").and_then(Value::as_str) == Some("application/json") {
+        let rf = match gc
+            .get("responseJsonSchema")
+            .or_else(|| gc.get("responseSchema"))
+        {
+            Some(schema) => {
+                json!({"type": "json_schema", "json_schema": {"name": "r", "schema": schema}})
+            }
+            None => json!({"type": "json_object"}),
+        };
+        out.insert("response_format".into(), rf);
+    }
+    out
+}
+
+pub(crate) async fn generate(
+    State(s): State<Arc<MockState>>,
+    Path(rest): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some((model, method)) = rest.rsplit_once(':') else {
+        return google_error(StatusCode::NOT_FOUND, "Method not found.", "NOT_FOUND");
+    };
+    let stream = match method {
+        "generateContent" => false,
+        "streamGenerateContent" => true,
+        _ => return google_error(StatusCode::NOT_FOUND, "Method not found.", "NOT_FOUND"),
+    };
+    let query = q.unwrap_or_default();
+    if headers.get("x-goog-api-key").is_none() && !query.split('&').any(|kv| kv.starts_with("key="))
+    {
+        return google_error(StatusCode::FORBIDDEN, "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.", "PERMISSION_DENIED");
+    }
+    if stream && !query.split('&').any(|kv| kv == "alt=sse") {
+        return google_error(
+            StatusCode::BAD_REQUEST,
+            "The mock streams only with alt=sse.",
+            "INVALID_ARGUMENT",
+        );
+    }
+    let (req, fault) = match admit(&s, "/v1beta/models", &headers, &body, Shape::Google).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let req = Value::Object(req);
+    let oa = to_openai(&req);
+    let n = req
+        .pointer("/generationConfig/candidateCount")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let answer = reply::chat_answer(&oa);
+    let prompt = reply::prompt_tokens(
+        oa.get("messages")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]),
+    );
+    let completion = match &answer {
+        Answer::Text { pieces, .. } => pieces.len() as u64,
+        Answer::ToolCall { arguments, .. } => 1 + arguments.len().div_ceil(4) as u64,
+    } * n;
+    let usage = json!({"promptTokenCount": prompt, "candidatesTokenCount": completion, "totalTokenCount": prompt + completion});
+    let response_id = s.next_id("gem-mock");
+    let finish = match &answer {
+        Answer::Text {
+            finish: "length", ..
+        } => "MAX_TOKENS",
+        _ => "STOP",
+    };
+    if !stream {
+        if fault.as_ref().is_some_and(|f| f.fault == "garbage") {
+            return garbage();
+        }
+        let parts = match &answer {
+            Answer::Text { pieces, .. } => json!([{"text": pieces.concat()}]),
+            Answer::ToolCall {
+                name, arguments, ..
+            } => {
+                json!([{"functionCall": {"name": name, "args": serde_json::from_str::<Value>(arguments).unwrap_or(json!({}))}}])
+            }
+        };
+        let candidates: Vec<Value> = (0..n).map(|i| json!({"content": {"parts": parts, "role": "model"}, "finishReason": finish, "index": i})).collect();
+        let mut out = json!({"candidates": candidates, "usageMetadata": usage, "modelVersion": model, "responseId": response_id});
+        if fault.as_ref().is_some_and(|f| f.fault == "no_usage") {
+            out.as_object_mut().map(|o| o.remove("usageMetadata"));
+        }
+        return Json(out).into_response();
+    }
+    let event = |parts: Value, finish: Option<&str>, usage: &Value| {
+        let mut c = json!({"content": {"parts": parts, "role": "model"}, "index": 0});
+        if let Some(f) = finish {
+            c["finishReason"] = json!(f);
+        }
+        Bytes::from(format!(
+            "data: {}\n\n",
+            json!({"candidates": [c], "usageMetadata": usage, "modelVersion": model, "responseId": response_id})
+        ))
+    };
+    let partial = json!({"promptTokenCount": prompt, "totalTokenCount": prompt});
+    let mut events = Vec::new();
+    match &answer {
+        Answer::Text { pieces, .. } => {
+            for (i, p) in pieces.iter().enumerate() {
+                let last = i + 1 == pieces.len();
+                events.push(event(
+                    json!([{"text": p}]),
+                    last.then_some(finish),
+                    if last { &usage } else { &partial },
+                ));
+            }
+            if pieces.is_empty() {
+                events.push(event(json!([{"text": ""}]), Some(finish), &usage));
+            }
+        }
+        Answer::ToolCall {
+            name, arguments, ..
+        } => {
+            events.push(event(json!([{"functionCall": {"name": name, "args": serde_json::from_str::<Value>(arguments).unwrap_or(json!({}))}}]), Some("STOP"), &usage));
+        }
+    }
+    let cut = fault
+        .as_ref()
+        .filter(|f| f.fault == "disconnect")
+        .map(|f| f.after_chunks.unwrap_or(2));
+    sse_body(s, events, cut)
+}

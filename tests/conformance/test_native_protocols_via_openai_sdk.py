@@ -1,0 +1,114 @@
+"""The quick-start examples with the model pointed at an Anthropic and at a
+Gemini deployment: the official `openai` SDK, unchanged, talking to those
+protocols through polyplex (the mock speaks Anthropic's Messages API and
+Gemini's generateContent)."""
+import json
+
+import openai
+import pytest
+
+ANTHROPIC = "anthropic/claude-sonnet-4-5"
+GEMINI = "google/gemini-2.5-flash"
+
+
+@pytest.fixture(params=[ANTHROPIC, GEMINI])
+def model(request):
+    return request.param
+
+
+def test_first_call_and_usage(client, model):
+    r = client.chat.completions.create(model=model, messages=[
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Write a haiku about recursion."}])
+    assert r.choices[0].message.content == "Write a haiku about recursion."
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens > 0
+    assert r.usage.model_extra["cost"] > 0
+    assert r.id.startswith("msg_" if model == ANTHROPIC else "chatcmpl-")
+
+
+def test_multi_turn(client, model):
+    r = client.chat.completions.create(model=model, messages=[
+        {"role": "user", "content": "Who won in 2020?"},
+        {"role": "assistant", "content": "The Dodgers."},
+        {"role": "user", "content": "Where was it played?"}])
+    assert r.choices[0].message.content == "Where was it played?"
+
+
+def test_streaming(client, model):
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Say this is a test"}],
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Say this is a test"
+    assert chunks[-1].usage.completion_tokens == 5
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_json_mode(client, model):
+    r = client.chat.completions.create(model=model, response_format={"type": "json_object"},
+                                       messages=[{"role": "user", "content": "Who won the world series in 2020?"}])
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+
+
+def test_stop_and_max_tokens(client, model):
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "one two three four"}], stop=["three"])
+    assert "three" not in r.choices[0].message.content
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "one two three four"}], max_tokens=2)
+    assert r.choices[0].finish_reason == "length"
+
+
+def test_tools_round_trip(client, model):
+    tools = [{"type": "function", "function": {"name": "get_current_weather", "parameters": {
+        "type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}]
+    messages = [{"role": "user", "content": "What's the weather like in Boston today?"}]
+    r = client.chat.completions.create(model=model, messages=messages, tools=tools, tool_choice="auto")
+    call = r.choices[0].message.tool_calls[0]
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert json.loads(call.function.arguments) == {"location": "Boston"}
+    messages += [r.choices[0].message, {"role": "tool", "tool_call_id": call.id, "content": "22C"}]
+    r2 = client.chat.completions.create(model=model, messages=messages, tools=tools)
+    assert r2.choices[0].message.content == "The tool returned: 22C"
+
+
+def test_streamed_tool_call(client, model):
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    args = ""
+    for chunk in client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Look up Tokyo"}], tools=tools, stream=True):
+        for tc in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            args += tc.function.arguments or ""
+    assert json.loads(args) == {"city": "Tokyo"}
+
+
+def test_anthropic_refuses_seed_and_n_by_name_or_drops_them(client):
+    model = ANTHROPIC
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], seed=42)
+    assert e.value.param == "seed"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], n=2)
+    assert e.value.param == "n"
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": "hi"}], seed=42,
+                                                          extra_body={"drop_params": True})
+    assert raw.headers["x-polyplex-dropped-params"] == "seed"
+    assert raw.parse().choices[0].message.content == "hi"
+
+
+def test_errors(client, fault, model):
+    # Both providers have max_retries = 1: two faults exhaust them.
+    fault(fault="429", count=2, retry_after=0)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    fault(fault="529" if model == ANTHROPIC else "503", count=2)
+    with pytest.raises(openai.InternalServerError) as e:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 503
+    # A parameter the protocol cannot honour: Anthropic's temperature stops at 1; Gemini has no logit_bias.
+    bad = {"temperature": 1.5} if model == ANTHROPIC else {"logit_bias": {"50256": -100}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], **bad)
+    assert e.value.param == next(iter(bad))
+
+
+def test_gemini_honours_seed_and_n(client):
+    r = client.chat.completions.create(model=GEMINI, messages=[{"role": "user", "content": "Name a color"}], n=2, seed=42)
+    assert [c.index for c in r.choices] == [0, 1]
