@@ -14,6 +14,7 @@ pub mod azure;
 pub mod gemini;
 pub mod openai_compat;
 pub mod sse;
+mod translate;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};

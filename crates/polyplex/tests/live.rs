@@ -20,15 +20,28 @@ fn targets() -> Vec<(String, String)> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let mut out = Vec::new();
     if env("OPENAI_API_KEY").is_some() {
-        out.push(("[[providers]]\nname = \"openai\"\napi_key = \"${OPENAI_API_KEY}\"\n".to_string(), "openai/gpt-4o-mini".to_string()));
+        out.push((
+            "[[providers]]\nname = \"openai\"\napi_key = \"${OPENAI_API_KEY}\"\n".to_string(),
+            "openai/gpt-4o-mini".to_string(),
+        ));
     }
     if env("ANTHROPIC_API_KEY").is_some() {
-        out.push(("[[providers]]\nname = \"anthropic\"\napi_key = \"${ANTHROPIC_API_KEY}\"\n".to_string(), "anthropic/claude-haiku-4-5".to_string()));
+        out.push((
+            "[[providers]]\nname = \"anthropic\"\napi_key = \"${ANTHROPIC_API_KEY}\"\n".to_string(),
+            "anthropic/claude-haiku-4-5".to_string(),
+        ));
     }
     if env("GEMINI_API_KEY").is_some() {
-        out.push(("[[providers]]\nname = \"google\"\napi_key = \"${GEMINI_API_KEY}\"\n".to_string(), "google/gemini-2.5-flash".to_string()));
+        out.push((
+            "[[providers]]\nname = \"google\"\napi_key = \"${GEMINI_API_KEY}\"\n".to_string(),
+            "google/gemini-2.5-flash".to_string(),
+        ));
     }
-    if let (Some(_), Some(res), Some(dep)) = (env("AZURE_API_KEY"), env("AZURE_RESOURCE_NAME"), env("AZURE_DEPLOYMENT")) {
+    if let (Some(_), Some(res), Some(dep)) = (
+        env("AZURE_API_KEY"),
+        env("AZURE_RESOURCE_NAME"),
+        env("AZURE_DEPLOYMENT"),
+    ) {
         out.push((format!("[[providers]]\nname = \"azure\"\nbase_url = \"https://{res}.openai.azure.com\"\napi_key = \"${{AZURE_API_KEY}}\"\n"), format!("azure/{dep}")));
     }
     out
@@ -44,7 +57,15 @@ async fn live_generic_checks() {
     for (provider, model) in targets {
         let text = format!("listen = \"127.0.0.1:0\"\n{provider}");
         let env = |k: &str| std::env::var(k).ok();
-        let cfg = from_toml(&text, &Inputs { env: &env, listen_override: None, catalog: Catalog::builtin() }).unwrap();
+        let cfg = from_toml(
+            &text,
+            &Inputs {
+                env: &env,
+                listen_override: None,
+                catalog: Catalog::builtin(),
+            },
+        )
+        .unwrap();
         let gw = polyplex::start(&cfg).await.unwrap();
         let url = format!("http://{}/v1/chat/completions", gw.addr);
         let client = reqwest::Client::new();
@@ -53,8 +74,18 @@ async fn live_generic_checks() {
         // plain chat with usage and cost
         let v: Value = post(json!({"model": model, "messages": [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Capital of France?"}], "max_tokens": 20}))
             .await.unwrap().json().await.unwrap();
-        assert!(v["choices"][0]["message"]["content"].as_str().unwrap().to_lowercase().contains("paris"), "{model}: {v}");
-        assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0 && v["usage"]["cost"].is_number(), "{model}: {v}");
+        assert!(
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .contains("paris"),
+            "{model}: {v}"
+        );
+        assert!(
+            v["usage"]["prompt_tokens"].as_u64().unwrap() > 0 && v["usage"]["cost"].is_number(),
+            "{model}: {v}"
+        );
 
         // streaming text ends with [DONE] and carries usage when asked
         let text = post(json!({"model": model, "stream": true, "stream_options": {"include_usage": true}, "max_tokens": 30,
@@ -66,13 +97,22 @@ async fn live_generic_checks() {
         let v: Value = post(json!({"model": model, "max_tokens": 200, "messages": [{"role": "user", "content": "What's the weather in Paris?"}],
             "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}],
             "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})).await.unwrap().json().await.unwrap();
-        let args = v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap_or("{}");
-        assert!(serde_json::from_str::<Value>(args).unwrap()["location"].is_string(), "{model}: {v}");
+        let args = v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap_or("{}");
+        assert!(
+            serde_json::from_str::<Value>(args).unwrap()["location"].is_string(),
+            "{model}: {v}"
+        );
 
         // JSON mode returns JSON
         let v: Value = post(json!({"model": model, "max_tokens": 100, "response_format": {"type": "json_object"},
             "messages": [{"role": "user", "content": "Return a JSON object with key \"city\" set to Paris."}]})).await.unwrap().json().await.unwrap();
-        assert!(serde_json::from_str::<Value>(v["choices"][0]["message"]["content"].as_str().unwrap()).is_ok(), "{model}: {v}");
+        assert!(
+            serde_json::from_str::<Value>(v["choices"][0]["message"]["content"].as_str().unwrap())
+                .is_ok(),
+            "{model}: {v}"
+        );
 
         // an unknown model is the provider's 404, mapped
         let r = post(json!({"model": format!("{}/no-such-model-xyz", model.split('/').next().unwrap()), "messages": [{"role": "user", "content": "x"}], "max_tokens": 5})).await.unwrap();

@@ -50,12 +50,11 @@ impl Protocol for Anthropic {
     ) -> Result<UpstreamRequest, GatewayError> {
         match endpoint {
             Endpoint::Chat => request::build(body, stream, target),
-            other => Err(GatewayError::invalid_request(format!(
-                "Provider `{}` (Anthropic protocol) does not offer the {} endpoint.",
-                target.provider,
-                other.as_str()
-            ))
-            .with_code("unsupported_endpoint")),
+            other => Err(crate::translate::unsupported_endpoint(
+                target,
+                "Anthropic",
+                other,
+            )),
         }
     }
 

@@ -1,6 +1,7 @@
 //! OpenAI chat request → Anthropic Messages request.
 
 use super::{FALLBACK_MAX_TOKENS, JSON_TOOL, VERSION};
+use crate::translate::{data_url, push_turn, text_of};
 use crate::{join_url, unsupported, Target, UpstreamRequest};
 use bytes::Bytes;
 use http::HeaderValue;
@@ -37,33 +38,10 @@ const KNOWN: &[&str] = &[
     "top_k",
 ];
 
-fn text_of(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
-}
-
 /// An OpenAI `image_url` part as an Anthropic image source.
 fn image_block(url: &str, param: &str) -> Result<Value, GatewayError> {
-    if let Some(rest) = url.strip_prefix("data:") {
-        let (meta, data) = rest.split_once(',').ok_or_else(|| {
-            GatewayError::invalid_param(
-                param,
-                "Invalid data URL: expected data:<media type>;base64,<data>.",
-            )
-        })?;
-        let media = meta.strip_suffix(";base64").ok_or_else(|| {
-            GatewayError::invalid_param(
-                param,
-                "Invalid data URL: only base64 data URLs are supported.",
-            )
-        })?;
+    if let Some(parsed) = data_url(url, param) {
+        let (media, data) = parsed?;
         return Ok(
             json!({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}),
         );
@@ -97,22 +75,6 @@ fn content_blocks(content: &Value, param: &str) -> Result<Vec<Value>, GatewayErr
     }
 }
 
-/// Appends a turn, merging it into the previous one when the role repeats.
-fn push_turn(turns: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
-    }
-    if let Some(last) = turns.last_mut() {
-        if last["role"] == role {
-            if let Some(arr) = last["content"].as_array_mut() {
-                arr.extend(blocks);
-                return;
-            }
-        }
-    }
-    turns.push(json!({"role": role, "content": blocks}));
-}
-
 fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<String>), GatewayError> {
     let mut system = Vec::new();
     let mut turns: Vec<Value> = Vec::new();
@@ -126,7 +88,7 @@ fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<String>), GatewayError> {
         let content = m.get("content").unwrap_or(&Value::Null);
         match m.get("role").and_then(Value::as_str).unwrap_or("") {
             "system" | "developer" => system.push(text_of(content)),
-            "user" => push_turn(&mut turns, "user", content_blocks(content, &p)?),
+            "user" => push_turn(&mut turns, "user", "content", content_blocks(content, &p)?),
             "assistant" => {
                 let mut blocks = content_blocks(content, &p)?;
                 for (j, tc) in m
@@ -153,7 +115,7 @@ fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<String>), GatewayError> {
                     blocks.push(json!({"type": "tool_use", "id": tc.get("id").cloned().unwrap_or(Value::Null),
                         "name": tc.pointer("/function/name").cloned().unwrap_or(Value::Null), "input": input}));
                 }
-                push_turn(&mut turns, "assistant", blocks);
+                push_turn(&mut turns, "assistant", "content", blocks);
             }
             "tool" | "function" => {
                 let id = m
@@ -164,6 +126,7 @@ fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<String>), GatewayError> {
                 push_turn(
                     &mut turns,
                     "user",
+                    "content",
                     vec![
                         json!({"type": "tool_result", "tool_use_id": id, "content": text_of(content)}),
                     ],

@@ -10,7 +10,7 @@ use crate::sse::Event;
 use crate::{StreamDecoder, StreamItem, StreamSummary};
 use bytes::Bytes;
 use http::StatusCode;
-use polyplex_types::{GatewayError, JsonMap, Usage};
+use polyplex_types::{GatewayError, Usage};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -153,13 +153,8 @@ impl StreamDecoder for Decoder {
             }
             "message_stop" => {
                 self.done = true;
-                let mut c = JsonMap::new();
-                c.insert("id".into(), json!(self.id));
-                c.insert("object".into(), json!("chat.completion.chunk"));
-                c.insert("created".into(), json!(self.created));
-                c.insert("model".into(), json!(self.model));
-                c.insert("choices".into(), json!([]));
-                c.insert("usage".into(), self.usage.to_json());
+                let c =
+                    crate::translate::usage_chunk(&self.id, self.created, &self.model, &self.usage);
                 out.push(StreamItem::Usage(self.usage, c));
                 out.push(StreamItem::Done);
             }

@@ -19,6 +19,7 @@ mod tests;
 
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
+use crate::translate::{data_url, push_turn, text_of, unsupported_endpoint, usage_chunk};
 use crate::{
     join_url, unsupported, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target,
     UpstreamRequest,
@@ -66,18 +67,6 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn text_of(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
-}
-
 fn mime_from_url(url: &str) -> &'static str {
     let u = url.to_ascii_lowercase();
     if u.ends_with(".png") {
@@ -102,11 +91,8 @@ fn parts(content: &Value, param: &str) -> Result<Vec<Value>, GatewayError> {
                     Some("text") => out.push(json!({"text": p.get("text").and_then(Value::as_str).unwrap_or("")})),
                     Some("image_url") => {
                         let url = p.pointer("/image_url/url").and_then(Value::as_str).unwrap_or("");
-                        if let Some(rest) = url.strip_prefix("data:") {
-                            let (meta, data) = rest.split_once(',').unwrap_or(("", ""));
-                            let mime = meta.strip_suffix(";base64").ok_or_else(|| {
-                                GatewayError::invalid_param(format!("{param}[{j}].image_url.url"), "Only base64 data URLs are supported.")
-                            })?;
+                        if let Some(parsed) = data_url(url, &format!("{param}[{j}].image_url.url")) {
+                            let (mime, data) = parsed?;
                             out.push(json!({"inline_data": {"mime_type": mime, "data": data}}));
                         } else {
                             out.push(json!({"file_data": {"mime_type": mime_from_url(url), "file_uri": url}}));
@@ -122,21 +108,6 @@ fn parts(content: &Value, param: &str) -> Result<Vec<Value>, GatewayError> {
         }
         _ => Ok(vec![]),
     }
-}
-
-fn push(contents: &mut Vec<Value>, role: &str, new: Vec<Value>) {
-    if new.is_empty() {
-        return;
-    }
-    if let Some(last) = contents.last_mut() {
-        if last["role"] == role {
-            if let Some(arr) = last["parts"].as_array_mut() {
-                arr.extend(new);
-                return;
-            }
-        }
-    }
-    contents.push(json!({"role": role, "parts": new}));
 }
 
 fn build_chat(
@@ -179,7 +150,7 @@ fn build_chat(
         let content = m.get("content").unwrap_or(&Value::Null);
         match m.get("role").and_then(Value::as_str).unwrap_or("") {
             "system" | "developer" => system.push(text_of(content)),
-            "user" => push(&mut contents, "user", parts(content, &p)?),
+            "user" => push_turn(&mut contents, "user", "parts", parts(content, &p)?),
             "assistant" => {
                 let mut ps = parts(content, &p)?;
                 for (j, tc) in m
@@ -213,7 +184,7 @@ fn build_chat(
                     }
                     ps.push(json!({"functionCall": {"name": name, "args": args}}));
                 }
-                push(&mut contents, "model", ps);
+                push_turn(&mut contents, "model", "parts", ps);
             }
             "tool" | "function" => {
                 let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
@@ -232,9 +203,10 @@ fn build_chat(
                     Ok(v @ Value::Object(_)) => v,
                     _ => json!({"result": text}),
                 };
-                push(
+                push_turn(
                     &mut contents,
                     "user",
+                    "parts",
                     vec![json!({"functionResponse": {"name": name, "response": response}})],
                 );
             }
@@ -506,8 +478,7 @@ impl Protocol for Gemini {
     ) -> Result<UpstreamRequest, GatewayError> {
         match endpoint {
             Endpoint::Chat => build_chat(body, stream, target),
-            other => Err(GatewayError::invalid_request(format!("Provider `{}` (Gemini protocol) does not offer the {} endpoint through polyplex yet.", target.provider, other.as_str()))
-                .with_code("unsupported_endpoint")),
+            other => Err(unsupported_endpoint(target, "Gemini", other)),
         }
     }
 
@@ -666,14 +637,10 @@ impl StreamDecoder for Decoder {
             ));
         }
         if let Some(u) = self.usage {
-            let mut c = JsonMap::new();
-            c.insert("id".into(), json!(self.id));
-            c.insert("object".into(), json!("chat.completion.chunk"));
-            c.insert("created".into(), json!(self.created));
-            c.insert("model".into(), json!(self.model));
-            c.insert("choices".into(), json!([]));
-            c.insert("usage".into(), u.to_json());
-            out.push(StreamItem::Usage(u, c));
+            out.push(StreamItem::Usage(
+                u,
+                usage_chunk(&self.id, self.created, &self.model, &u),
+            ));
         }
         out.push(StreamItem::Done);
         Ok(())

@@ -1,0 +1,113 @@
+//! Helpers shared by the adapters that translate OpenAI's chat shape into a
+//! different wire format (Anthropic, Gemini, ...).
+
+use crate::{Endpoint, Target};
+use polyplex_types::{GatewayError, JsonMap, Usage};
+use serde_json::{json, Value};
+
+/// The text of an OpenAI message `content` (a string, or its text parts joined).
+pub(crate) fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// Appends a turn `{"role": role, key: items}`, merging it into the previous
+/// turn when the role repeats (both protocols require alternating roles).
+pub(crate) fn push_turn(turns: &mut Vec<Value>, role: &str, key: &str, items: Vec<Value>) {
+    if items.is_empty() {
+        return;
+    }
+    if let Some(last) = turns.last_mut() {
+        if last["role"] == role {
+            if let Some(arr) = last[key].as_array_mut() {
+                arr.extend(items);
+                return;
+            }
+        }
+    }
+    turns.push(json!({"role": role, key: items}));
+}
+
+/// `data:<media type>;base64,<data>` → (media type, data); `None` if `url` is not a data URL.
+pub(crate) fn data_url<'a>(
+    url: &'a str,
+    param: &str,
+) -> Option<Result<(&'a str, &'a str), GatewayError>> {
+    let rest = url.strip_prefix("data:")?;
+    let parsed = rest
+        .split_once(',')
+        .and_then(|(meta, data)| meta.strip_suffix(";base64").map(|m| (m, data)))
+        .ok_or_else(|| {
+            GatewayError::invalid_param(
+                param,
+                "Invalid data URL: expected data:<media type>;base64,<data>.",
+            )
+        });
+    Some(parsed)
+}
+
+/// The final OpenAI stream chunk that carries usage (`choices: []`).
+pub(crate) fn usage_chunk(id: &str, created: u64, model: &str, usage: &Usage) -> JsonMap {
+    let mut c = JsonMap::new();
+    c.insert("id".into(), json!(id));
+    c.insert("object".into(), json!("chat.completion.chunk"));
+    c.insert("created".into(), json!(created));
+    c.insert("model".into(), json!(model));
+    c.insert("choices".into(), json!([]));
+    c.insert("usage".into(), usage.to_json());
+    c
+}
+
+/// A 400 for an endpoint the protocol does not offer.
+pub(crate) fn unsupported_endpoint(
+    target: &Target<'_>,
+    protocol: &str,
+    endpoint: Endpoint,
+) -> GatewayError {
+    GatewayError::invalid_request(format!(
+        "Provider `{}` ({protocol} protocol) does not offer the {} endpoint through polyplex.",
+        target.provider,
+        endpoint.as_str()
+    ))
+    .with_code("unsupported_endpoint")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turns_merge_and_data_urls_split() {
+        let mut t = Vec::new();
+        push_turn(&mut t, "user", "parts", vec![json!({"text": "a"})]);
+        push_turn(&mut t, "user", "parts", vec![json!({"text": "b"})]);
+        push_turn(&mut t, "model", "parts", vec![]);
+        push_turn(&mut t, "model", "parts", vec![json!({"text": "c"})]);
+        assert_eq!(
+            t,
+            vec![
+                json!({"role": "user", "parts": [{"text": "a"}, {"text": "b"}]}),
+                json!({"role": "model", "parts": [{"text": "c"}]})
+            ]
+        );
+        assert_eq!(
+            data_url("data:image/png;base64,AAA", "p").unwrap().unwrap(),
+            ("image/png", "AAA")
+        );
+        assert!(data_url("data:image/png,AAA", "p").unwrap().is_err());
+        assert!(data_url("https://x/y.png", "p").is_none());
+        assert_eq!(
+            text_of(
+                &json!([{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}])
+            ),
+            "a\nb"
+        );
+    }
+}
