@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 const PROTOCOLS: &[(&str, &str)] = &[
     ("openai", "openai/gpt-4o-mini"),
     ("anthropic", "anthropic/claude-sonnet-4-5"),
+    ("azure", "azure/gpt-4o-mini"),
+    ("google", "google/gemini-2.5-flash"),
 ];
 
 struct Env {
@@ -445,5 +447,82 @@ async fn anthropic_wire_format_reaches_the_upstream() {
     assert_eq!(s, 200);
     assert_eq!(h["x-polyplex-dropped-params"], "seed");
     assert!(env.last_upstream().await["body"].get("seed").is_none());
+    // Streams name what was dropped too.
+    let mut b = user("anthropic/claude-sonnet-4-5", "hi");
+    b["seed"] = json!(7);
+    b["drop_params"] = json!(true);
+    b["stream"] = json!(true);
+    let r = env
+        .client
+        .post(format!("http://{}/v1/chat/completions", env.gw.addr))
+        .json(&b)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-polyplex-dropped-params"], "seed");
+    assert!(r.text().await.unwrap().ends_with("data: [DONE]\n\n"));
     env.gw.shutdown().await;
+}
+
+/// The rows of docs/providers.md that `generic_suite_on_every_protocol` exercises.
+const SUITE_ROWS: &[&str] = &[
+    "plain chat, system prompt, multi-turn",
+    "streaming text, real id and model on every chunk",
+    "usage incl. `cost`; final usage chunk only with `include_usage`",
+    "tool calls with stable ids; tool result round trip",
+    "streamed tool calls (index, id and name first, argument fragments after)",
+    "`response_format` json_object / json_schema",
+    "image input (URL and base64 data URL)",
+    "`stop`, `max_tokens` → `finish_reason: length`",
+    "upstream errors mapped (429 → 429, 5xx → 502, overloaded → 503)",
+];
+
+/// The docs' table column for each protocol of the suite.
+fn doc_column(proto: &str) -> &'static str {
+    match proto {
+        "openai" => "openai (and compatible)",
+        "anthropic" => "anthropic",
+        "azure" => "azure",
+        "google" => "gemini",
+        other => panic!("no docs column for {other}"),
+    }
+}
+
+#[test]
+fn providers_doc_table_matches_the_generic_suite() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/providers.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let rows: Vec<Vec<String>> = doc
+        .lines()
+        .skip_while(|l| !l.starts_with("| feature |"))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect();
+    let header = &rows[0];
+    for &(proto, _) in PROTOCOLS {
+        let col = header
+            .iter()
+            .position(|h| h == doc_column(proto))
+            .unwrap_or_else(|| panic!("docs/providers.md has no column for {proto}"));
+        for want in SUITE_ROWS {
+            let row = rows
+                .iter()
+                .find(|r| r[0] == *want)
+                .unwrap_or_else(|| panic!("docs/providers.md lacks the row `{want}`"));
+            assert!(row[col].starts_with('✓'), "docs/providers.md says `{}` for {proto} on `{want}`, but the generic suite passes it", row[col]);
+        }
+    }
+    // And every protocol column in the docs is one the suite runs.
+    for h in &header[1..] {
+        assert!(
+            PROTOCOLS.iter().any(|(p, _)| doc_column(p) == h),
+            "docs/providers.md documents `{h}`, which the generic suite does not run"
+        );
+    }
 }
