@@ -11,6 +11,7 @@
 
 pub mod anthropic;
 pub mod azure;
+pub mod cohere;
 pub mod gemini;
 pub mod openai_compat;
 pub mod sse;
@@ -151,6 +152,7 @@ pub trait Protocol: Send + Sync {
         &self,
         endpoint: Endpoint,
         provider: &str,
+        model: &str,
         request: &JsonMap,
     ) -> Box<dyn StreamDecoder>;
 }

@@ -232,7 +232,7 @@ pub struct RouteConfig {
 
 /// Protocols the gateway can speak today. The others in the catalog are named
 /// in errors and logs so nobody wonders why a provider is missing.
-pub const SUPPORTED_KINDS: &[&str] = &[PROTOCOL_OPENAI, "anthropic", "azure", "gemini"];
+pub const SUPPORTED_KINDS: &[&str] = &[PROTOCOL_OPENAI, "anthropic", "azure", "gemini", "cohere"];
 
 /// Aliases for self-hosted OpenAI-protocol servers: kind = "ollama" etc.
 fn kind_alias(kind: &str) -> Option<(&'static str, &'static str)> {
@@ -884,7 +884,7 @@ strategy = "priority"
         let env = env_of(&[
             ("GROQ_API_KEY", "gsk"),
             ("ANTHROPIC_API_KEY", "sk-ant"),
-            ("COHERE_API_KEY", "c"),
+            ("WATSONX_AI_APIKEY", "w"),
             ("MISTRAL_API_KEY", ""),
         ]);
         let c = zero_config(&Inputs {
@@ -914,7 +914,7 @@ strategy = "priority"
         assert!(c
             .notes
             .iter()
-            .any(|n| n.contains("cohere") && n.contains("skipped")));
+            .any(|n| n.contains("watsonx") && n.contains("skipped")));
         let none = env_of(&[]);
         let c = zero_config(&Inputs {
             env: &none,

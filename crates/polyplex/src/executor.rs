@@ -272,10 +272,10 @@ pub async fn stream_once(
         }
         let mut upstream = resp.bytes_stream().boxed();
         let mut parser = Parser::new();
-        let mut decoder = d
-            .upstream
-            .protocol
-            .stream_decoder(endpoint, &d.upstream.name, body);
+        let mut decoder =
+            d.upstream
+                .protocol
+                .stream_decoder(endpoint, &d.upstream.name, &d.model, body);
         let mut events: Vec<sse::Event> = Vec::new();
         let mut pending = Vec::new();
         loop {

@@ -5,6 +5,7 @@ use http::{HeaderName, HeaderValue};
 use polyplex_catalog::{Catalog, Price};
 use polyplex_providers::anthropic::Anthropic;
 use polyplex_providers::azure::Azure;
+use polyplex_providers::cohere::Cohere;
 use polyplex_providers::gemini::Gemini;
 use polyplex_providers::openai_compat::OpenAiCompat;
 use polyplex_providers::{AuthStyle, Protocol, Target};
@@ -50,6 +51,7 @@ impl Upstream {
             "openai" => Arc::new(OpenAiCompat),
             "anthropic" => Arc::new(Anthropic),
             "azure" => Arc::new(Azure),
+            "cohere" => Arc::new(Cohere),
             "gemini" => Arc::new(Gemini),
             other => {
                 return Err(format!(

@@ -3,7 +3,7 @@
 //! behind the `live` feature and never runs in CI:
 //!
 //! ```sh
-//! OPENAI_API_KEY=... ANTHROPIC_API_KEY=... GEMINI_API_KEY=... \
+//! OPENAI_API_KEY=... ANTHROPIC_API_KEY=... GEMINI_API_KEY=... COHERE_API_KEY=... \
 //!   cargo test -p polyplex --features live --test live -- --nocapture
 //! ```
 //!
@@ -35,6 +35,12 @@ fn targets() -> Vec<(String, String)> {
         out.push((
             "[[providers]]\nname = \"google\"\napi_key = \"${GEMINI_API_KEY}\"\n".to_string(),
             "google/gemini-2.5-flash".to_string(),
+        ));
+    }
+    if env("COHERE_API_KEY").is_some() {
+        out.push((
+            "[[providers]]\nname = \"cohere\"\napi_key = \"${COHERE_API_KEY}\"\n".to_string(),
+            "cohere/command-a-03-2025".to_string(),
         ));
     }
     if let (Some(_), Some(res), Some(dep)) = (

@@ -15,6 +15,7 @@ const PROTOCOLS: &[(&str, &str)] = &[
     ("anthropic", "anthropic/claude-sonnet-4-5"),
     ("azure", "azure/gpt-4o-mini"),
     ("google", "google/gemini-2.5-flash"),
+    ("cohere", "cohere/command-a-03-2025"),
 ];
 
 struct Env {
@@ -50,6 +51,11 @@ max_retries = 0
 name = "google"
 base_url = "http://{mock}"
 api_key = "gemini-test-key"
+max_retries = 0
+[[providers]]
+name = "cohere"
+base_url = "http://{mock}"
+api_key = "cohere-test-key"
 max_retries = 0
 "#
     );
@@ -394,6 +400,29 @@ async fn gemini_wire_format_reaches_the_upstream() {
 }
 
 #[tokio::test]
+async fn cohere_wire_format_reaches_the_upstream() {
+    let env = setup().await;
+    let (s, h, v) = env.chat(user("cohere/command-a-03-2025", "hi")).await;
+    assert_eq!(
+        (s, h["x-polyplex-provider"].to_str().unwrap()),
+        (200, "cohere")
+    );
+    // Cohere's reply names no model: the gateway fills in the one it called.
+    assert_eq!(v["model"], "command-a-03-2025");
+    // Billed units are what the catalog price applies to ($2.50 / $10 per million).
+    let u = &v["usage"];
+    let expect = (u["prompt_tokens"].as_f64().unwrap() * 2.5
+        + u["completion_tokens"].as_f64().unwrap() * 10.0)
+        / 1e6;
+    assert!((u["cost"].as_f64().unwrap() - expect).abs() < 1e-12, "{u}");
+    let up = env.last_upstream().await;
+    assert_eq!(up["path"], "/v2/chat");
+    assert_eq!(up["headers"]["authorization"], "Bearer cohere-test-key");
+    assert_eq!(up["body"]["model"], "command-a-03-2025");
+    env.gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn azure_wire_format_reaches_the_upstream() {
     let env = setup().await;
     let (s, h, v) = env.chat(user("azure/gpt-4o-mini", "hi")).await;
@@ -485,6 +514,7 @@ fn doc_column(proto: &str) -> &'static str {
         "anthropic" => "anthropic",
         "azure" => "azure",
         "google" => "gemini",
+        "cohere" => "cohere",
         other => panic!("no docs column for {other}"),
     }
 }

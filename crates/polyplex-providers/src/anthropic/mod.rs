@@ -89,6 +89,7 @@ impl Protocol for Anthropic {
         &self,
         _endpoint: Endpoint,
         provider: &str,
+        _model: &str,
         request: &JsonMap,
     ) -> Box<dyn StreamDecoder> {
         Box::new(Decoder::new(provider, request::json_mode(request)))

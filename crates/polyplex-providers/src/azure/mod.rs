@@ -78,9 +78,10 @@ impl Protocol for Azure {
         &self,
         endpoint: Endpoint,
         provider: &str,
+        model: &str,
         request: &JsonMap,
     ) -> Box<dyn StreamDecoder> {
-        OpenAiCompat.stream_decoder(endpoint, provider, request)
+        OpenAiCompat.stream_decoder(endpoint, provider, model, request)
     }
 }
 

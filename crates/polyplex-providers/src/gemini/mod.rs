@@ -509,6 +509,7 @@ impl Protocol for Gemini {
         &self,
         _endpoint: Endpoint,
         provider: &str,
+        _model: &str,
         _request: &JsonMap,
     ) -> Box<dyn StreamDecoder> {
         Box::new(Decoder {

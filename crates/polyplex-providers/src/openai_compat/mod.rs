@@ -91,6 +91,7 @@ impl Protocol for OpenAiCompat {
         &self,
         endpoint: Endpoint,
         provider: &str,
+        _model: &str,
         _request: &JsonMap,
     ) -> Box<dyn StreamDecoder> {
         Box::new(Decoder::new(endpoint, provider))

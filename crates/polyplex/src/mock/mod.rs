@@ -14,6 +14,7 @@
 //!   requests received, headers and body); `POST /__mock/reset`.
 
 mod anthropic;
+mod cohere;
 mod gemini;
 pub mod reply;
 
@@ -130,6 +131,7 @@ pub fn router(state: Arc<MockState>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v2/chat", post(cohere::chat))
         .route("/v1beta/models/{*rest}", post(gemini::generate))
         .route(
             "/openai/deployments/{deployment}/chat/completions",
@@ -282,6 +284,7 @@ pub(crate) enum Shape {
     OpenAi,
     Anthropic,
     Google,
+    Cohere,
 }
 
 pub(crate) fn shaped_error(
@@ -309,6 +312,7 @@ pub(crate) fn shaped_error(
             )
                 .into_response()
         }
+        Shape::Cohere => (status, Json(json!({"message": msg}))).into_response(),
         Shape::Google => {
             let gstatus = match status.as_u16() {
                 400 => "INVALID_ARGUMENT",

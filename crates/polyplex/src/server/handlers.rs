@@ -236,6 +236,10 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
     match outcome.result {
         Ok((unary, d)) => {
             let (mut map, upstream_usage) = (unary.response, unary.usage);
+            if map.get("model").is_none_or(serde_json::Value::is_null) {
+                // Some protocols (Cohere) do not name the model: it is the one asked for.
+                map.insert("model".into(), serde_json::Value::String(d.model.clone()));
+            }
             let (usage, cost) = finish_usage(app, &d, endpoint, body, &mut map, upstream_usage);
             let latency = call.started.elapsed();
             app.recorder.record(UsageRecord {

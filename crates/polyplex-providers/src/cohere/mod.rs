@@ -1,0 +1,482 @@
+//! Cohere's v2 Chat API (`POST {base}/v2/chat`, Bearer key), translated both ways.
+//!
+//! Cohere's messages and tools are close to OpenAI's: `developer` becomes
+//! `system`; `tool_choice` maps to `REQUIRED`/`NONE` (a named function is
+//! `REQUIRED` with only that tool offered); `top_p`/`top_k`/`stop` become
+//! `p`/`k`/`stop_sequences`; `response_format` json_schema becomes
+//! `{"type": "json_object", "json_schema": ...}`. Usage is what Cohere bills
+//! (`billed_units`), falling back to its token counts. `n` > 1, `logit_bias`,
+//! `logprobs` and `parallel_tool_calls: false` are refused by name or dropped
+//! with `drop_params`; `user` is always dropped and named.
+
+#[cfg(test)]
+mod tests;
+
+use crate::openai_compat::OpenAiCompat;
+use crate::sse::Event;
+use crate::translate::{unsupported_endpoint, usage_chunk};
+use crate::{
+    join_url, unsupported, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target,
+    UpstreamRequest,
+};
+use bytes::Bytes;
+use http::StatusCode;
+use polyplex_types::validate::GATEWAY_FIELDS;
+use polyplex_types::{GatewayError, JsonMap, Usage};
+use serde_json::{json, Map, Value};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Cohere;
+
+const KNOWN: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "stream",
+    "stream_options",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "user",
+    "response_format",
+    "n",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+];
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn message(m: &Value) -> Value {
+    let mut m = m.clone();
+    if m["role"] == "developer" {
+        m["role"] = json!("system");
+    }
+    if let Some(o) = m.as_object_mut() {
+        o.remove("name");
+        o.remove("refusal");
+    }
+    // Cohere wants an assistant's tool-call turn to have no null content.
+    if m["role"] == "assistant" && m.get("content").is_some_and(Value::is_null) {
+        if let Some(o) = m.as_object_mut() {
+            o.remove("content");
+        }
+    }
+    m
+}
+
+fn build_chat(
+    body: &JsonMap,
+    stream: bool,
+    target: &Target<'_>,
+) -> Result<UpstreamRequest, GatewayError> {
+    let mut dropped = Vec::new();
+    for k in body
+        .keys()
+        .filter(|k| !KNOWN.contains(&k.as_str()) && !GATEWAY_FIELDS.contains(&k.as_str()))
+    {
+        unsupported(k, "Cohere", target, &mut dropped)?;
+    }
+    let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
+    if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        unsupported("n", "Cohere", target, &mut dropped)?;
+    }
+    for k in ["logit_bias", "top_logprobs"] {
+        if present(k) {
+            unsupported(k, "Cohere", target, &mut dropped)?;
+        }
+    }
+    if body.get("logprobs").and_then(Value::as_bool) == Some(true) {
+        unsupported("logprobs", "Cohere", target, &mut dropped)?;
+    }
+    if body.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
+        unsupported("parallel_tool_calls", "Cohere", target, &mut dropped)?;
+    }
+    if present("user") {
+        dropped.push("user".into());
+    }
+
+    let mut out = Map::new();
+    out.insert("model".into(), json!(target.model));
+    let messages: Vec<Value> = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(message)
+        .collect();
+    out.insert("messages".into(), Value::Array(messages));
+    let mut tools: Vec<Value> = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    match body.get("tool_choice") {
+        Some(Value::String(s)) if s == "none" => {
+            out.insert("tool_choice".into(), json!("NONE"));
+        }
+        Some(Value::String(s)) if s == "required" => {
+            out.insert("tool_choice".into(), json!("REQUIRED"));
+        }
+        Some(Value::Object(o)) => {
+            let name = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            tools.retain(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name));
+            out.insert("tool_choice".into(), json!("REQUIRED"));
+        }
+        _ => {}
+    }
+    if !tools.is_empty() {
+        out.insert("tools".into(), Value::Array(tools));
+    }
+    for (from, to) in [
+        ("temperature", "temperature"),
+        ("top_p", "p"),
+        ("top_k", "k"),
+        ("seed", "seed"),
+        ("presence_penalty", "presence_penalty"),
+        ("frequency_penalty", "frequency_penalty"),
+    ] {
+        if let Some(v) = body.get(from).filter(|v| !v.is_null()) {
+            out.insert(to.into(), v.clone());
+        }
+    }
+    if let Some(max) = body
+        .get("max_completion_tokens")
+        .or_else(|| body.get("max_tokens"))
+        .filter(|v| !v.is_null())
+    {
+        out.insert("max_tokens".into(), max.clone());
+    }
+    match body.get("stop") {
+        Some(Value::String(s)) => {
+            out.insert("stop_sequences".into(), json!([s]));
+        }
+        Some(Value::Array(a)) if !a.is_empty() => {
+            out.insert("stop_sequences".into(), Value::Array(a.clone()));
+        }
+        _ => {}
+    }
+    match body
+        .get("response_format")
+        .and_then(|r| r.get("type"))
+        .and_then(Value::as_str)
+    {
+        Some("json_object") => {
+            out.insert("response_format".into(), json!({"type": "json_object"}));
+        }
+        Some("json_schema") => {
+            let schema = body
+                .get("response_format")
+                .and_then(|r| r.pointer("/json_schema/schema"))
+                .cloned()
+                .unwrap_or(json!({"type": "object"}));
+            out.insert(
+                "response_format".into(),
+                json!({"type": "json_object", "json_schema": schema}),
+            );
+        }
+        _ => {}
+    }
+    if stream {
+        out.insert("stream".into(), json!(true));
+    }
+    let bytes = serde_json::to_vec(&out).map_err(|e| {
+        GatewayError::internal(format!("could not encode the upstream request: {e}"))
+    })?;
+    Ok(UpstreamRequest {
+        url: join_url(target.base_url, "v2/chat"),
+        headers: crate::headers(target, stream)?,
+        body: Bytes::from(bytes),
+        dropped,
+    })
+}
+
+fn finish_reason(r: &str) -> &'static str {
+    match r {
+        "MAX_TOKENS" => "length",
+        "TOOL_CALL" => "tool_calls",
+        _ => "stop",
+    }
+}
+
+/// Cohere's usage: billed units when given (what the invoice says), else tokens.
+fn usage_from(u: &Value) -> Usage {
+    let billed = u
+        .get("billed_units")
+        .filter(|b| b.get("input_tokens").is_some());
+    let src = billed.or_else(|| u.get("tokens")).unwrap_or(&Value::Null);
+    let n = |k: &str| src.get(k).and_then(Value::as_f64).unwrap_or(0.0) as u64;
+    Usage {
+        prompt_tokens: n("input_tokens"),
+        completion_tokens: n("output_tokens"),
+        cached_tokens: u.get("cached_tokens").and_then(Value::as_u64).unwrap_or(0),
+        reasoning_tokens: 0,
+        estimated: false,
+    }
+}
+
+fn stream_failed(provider: &str, reason: &str) -> GatewayError {
+    let mut e = GatewayError::upstream(
+        StatusCode::BAD_GATEWAY,
+        "api_error",
+        format!("Upstream provider `{provider}` ended the generation with {reason}."),
+    );
+    e.retryable = true;
+    e
+}
+
+fn parse_chat(provider: &str, body: &[u8]) -> Result<(JsonMap, Option<Usage>), GatewayError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        GatewayError::upstream_bad_response(provider, format_args!("not JSON ({e})"))
+    })?;
+    let msg = v
+        .get("message")
+        .ok_or_else(|| GatewayError::upstream_bad_response(provider, "no `message`"))?;
+    let fr = v
+        .get("finish_reason")
+        .and_then(Value::as_str)
+        .unwrap_or("COMPLETE");
+    if matches!(fr, "ERROR" | "TIMEOUT") {
+        return Err(stream_failed(provider, fr));
+    }
+    let text: String = msg
+        .get("content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("text").and_then(Value::as_str))
+        .collect();
+    let calls = msg
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .filter(|c| !c.is_empty());
+    let mut message = json!({"role": "assistant", "content": if text.is_empty() && calls.is_some() { Value::Null } else { json!(text) }, "refusal": null});
+    if let Some(c) = calls {
+        message["tool_calls"] = Value::Array(c.clone());
+    }
+    let usage = v.get("usage").map(usage_from);
+    let mut out = JsonMap::new();
+    out.insert("id".into(), v.get("id").cloned().unwrap_or(json!("cohere")));
+    out.insert("object".into(), json!("chat.completion"));
+    out.insert("created".into(), json!(now()));
+    out.insert("model".into(), Value::Null);
+    out.insert("choices".into(), json!([{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason(fr)}]));
+    if let Some(u) = usage {
+        out.insert("usage".into(), u.to_json());
+    }
+    Ok((out, usage))
+}
+
+impl Protocol for Cohere {
+    fn name(&self) -> &'static str {
+        "cohere"
+    }
+
+    fn build(
+        &self,
+        endpoint: Endpoint,
+        body: &JsonMap,
+        stream: bool,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        match endpoint {
+            Endpoint::Chat => build_chat(body, stream, target),
+            other => Err(unsupported_endpoint(target, "Cohere", other)),
+        }
+    }
+
+    fn parse(
+        &self,
+        _endpoint: Endpoint,
+        provider: &str,
+        _request: &JsonMap,
+        body: &[u8],
+    ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
+        parse_chat(provider, body)
+    }
+
+    fn error(&self, provider: &str, status: StatusCode, body: &[u8]) -> GatewayError {
+        // Cohere answers {"message": "..."}, which the OpenAI reader understands.
+        OpenAiCompat.error(provider, status, body)
+    }
+
+    fn stream_decoder(
+        &self,
+        _endpoint: Endpoint,
+        provider: &str,
+        model: &str,
+        _request: &JsonMap,
+    ) -> Box<dyn StreamDecoder> {
+        Box::new(Decoder {
+            provider: provider.to_string(),
+            model: model.to_string(),
+            created: now(),
+            ..Decoder::default()
+        })
+    }
+}
+
+/// Cohere's named stream events → OpenAI chunks.
+#[derive(Default)]
+pub struct Decoder {
+    provider: String,
+    id: String,
+    model: String,
+    created: u64,
+    next_tool: usize,
+    /// Cohere's tool-call index → OpenAI's.
+    tools: Vec<(u64, usize)>,
+    usage: Option<Usage>,
+    done: bool,
+    text: String,
+}
+
+impl Decoder {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> StreamItem {
+        let c = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        StreamItem::Chunk(Bytes::from(c.to_string()))
+    }
+
+    fn tool_index(&self, cohere: u64) -> Option<usize> {
+        self.tools
+            .iter()
+            .find(|(c, _)| *c == cohere)
+            .map(|(_, o)| *o)
+    }
+}
+
+impl StreamDecoder for Decoder {
+    fn on_event(&mut self, event: &Event, out: &mut Vec<StreamItem>) -> Result<(), GatewayError> {
+        let v: Value = serde_json::from_str(&event.data).map_err(|_| {
+            GatewayError::upstream_bad_response(&self.provider, "stream event is not JSON")
+        })?;
+        let kind = v
+            .get("type")
+            .and_then(Value::as_str)
+            .or(event.event.as_deref())
+            .unwrap_or("");
+        let idx = v.get("index").and_then(Value::as_u64).unwrap_or(0);
+        match kind {
+            "message-start" => {
+                self.id = v
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                out.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
+            }
+            "content-delta" => {
+                let t = v
+                    .pointer("/delta/message/content/text")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                self.text.push_str(t);
+                out.push(self.chunk(json!({"content": t}), None));
+            }
+            "tool-call-start" => {
+                let tc = v
+                    .pointer("/delta/message/tool_calls")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let i = self.next_tool;
+                self.next_tool += 1;
+                self.tools.push((idx, i));
+                let name = tc
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let args = tc
+                    .pointer("/function/arguments")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                self.text.push_str(name);
+                self.text.push_str(args);
+                out.push(self.chunk(json!({"tool_calls": [{"index": i, "id": tc.get("id"), "type": "function", "function": {"name": name, "arguments": args}}]}), None));
+            }
+            "tool-call-delta" => {
+                let frag = v
+                    .pointer("/delta/message/tool_calls/function/arguments")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let i = self.tool_index(idx).ok_or_else(|| {
+                    GatewayError::upstream_bad_response(
+                        &self.provider,
+                        "tool-call-delta for an unknown call",
+                    )
+                })?;
+                self.text.push_str(frag);
+                out.push(self.chunk(
+                    json!({"tool_calls": [{"index": i, "function": {"arguments": frag}}]}),
+                    None,
+                ));
+            }
+            "message-end" => {
+                let fr = v
+                    .pointer("/delta/finish_reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("COMPLETE");
+                if matches!(fr, "ERROR" | "TIMEOUT") {
+                    return Err(stream_failed(&self.provider, fr));
+                }
+                if let Some(u) = v.pointer("/delta/usage") {
+                    self.usage = Some(usage_from(u));
+                }
+                out.push(self.chunk(json!({}), Some(finish_reason(fr))));
+                if let Some(u) = self.usage {
+                    out.push(StreamItem::Usage(
+                        u,
+                        usage_chunk(&self.id, self.created, &self.model, &u),
+                    ));
+                }
+                self.done = true;
+                out.push(StreamItem::Done);
+            }
+            // content-start/end, tool-plan-delta, tool-call-end, citations: nothing OpenAI's shape carries.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, _out: &mut Vec<StreamItem>) -> Result<(), GatewayError> {
+        if self.done {
+            Ok(())
+        } else {
+            Err(GatewayError::upstream_bad_response(
+                &self.provider,
+                "the stream ended before message-end",
+            ))
+        }
+    }
+
+    fn saw_usage(&self) -> bool {
+        self.usage.is_some()
+    }
+
+    fn summary(&self) -> StreamSummary {
+        StreamSummary {
+            id: Some(self.id.clone()),
+            model: Some(self.model.clone()),
+            created: Some(self.created),
+            completion_text: self.text.clone(),
+        }
+    }
+}

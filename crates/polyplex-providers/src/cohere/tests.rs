@@ -1,0 +1,202 @@
+use super::*;
+use crate::sse::Parser;
+use crate::AuthStyle;
+
+fn target(a: &AuthStyle) -> Target<'_> {
+    Target {
+        provider: "cohere",
+        base_url: "https://api.cohere.com",
+        api_key: Some("co-key"),
+        auth: a,
+        model: "command-a-03-2025",
+        extra_headers: &[],
+        stream_usage: true,
+        default_max_tokens: None,
+        drop_params: false,
+        api_version: None,
+    }
+}
+
+fn map(v: Value) -> JsonMap {
+    v.as_object().unwrap().clone()
+}
+
+#[test]
+fn request_translation() {
+    let a = AuthStyle::bearer();
+    let tools = json!([{"type": "function", "function": {"name": "a", "parameters": {"type": "object"}}},
+        {"type": "function", "function": {"name": "b", "parameters": {"type": "object"}}}]);
+    let body = map(json!({
+        "model": "cohere/command-a-03-2025",
+        "messages": [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "b", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "ok"}
+        ],
+        "tools": tools, "tool_choice": {"type": "function", "function": {"name": "b"}},
+        "temperature": 0.3, "top_p": 0.9, "stop": "END", "max_tokens": 50, "seed": 3,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}, "user": "u"
+    }));
+    let req = Cohere
+        .build(Endpoint::Chat, &body, true, &target(&a))
+        .unwrap();
+    assert_eq!(req.url, "https://api.cohere.com/v2/chat");
+    assert_eq!(req.headers["authorization"], "Bearer co-key");
+    assert_eq!(req.dropped, vec!["user"]);
+    let sent: Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(
+        sent,
+        json!({
+            "model": "command-a-03-2025",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "b", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "ok"}
+            ],
+            "tool_choice": "REQUIRED",
+            "tools": [{"type": "function", "function": {"name": "b", "parameters": {"type": "object"}}}],
+            "temperature": 0.3, "p": 0.9, "seed": 3, "max_tokens": 50, "stop_sequences": ["END"],
+            "response_format": {"type": "json_object", "json_schema": {"type": "object"}}, "stream": true
+        })
+    );
+    for (k, v) in [
+        ("n", json!(2)),
+        ("logit_bias", json!({"1": 1})),
+        ("logprobs", json!(true)),
+        ("parallel_tool_calls", json!(false)),
+        ("odd", json!(1)),
+    ] {
+        let mut b = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        b[k] = v;
+        assert_eq!(
+            Cohere
+                .build(Endpoint::Chat, &map(b), false, &target(&a))
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some(k)
+        );
+    }
+}
+
+#[test]
+fn responses_translate_with_billed_usage() {
+    let (out, usage) = Cohere
+        .parse(
+            Endpoint::Chat,
+            "cohere",
+            &JsonMap::new(),
+            include_bytes!("fixtures/response_text.json"),
+        )
+        .unwrap();
+    assert_eq!(
+        out["choices"][0]["message"]["content"],
+        "LLMs are models trained on text."
+    );
+    assert_eq!(out["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+        Some((17, 9))
+    );
+    let (out, _) = Cohere
+        .parse(
+            Endpoint::Chat,
+            "cohere",
+            &JsonMap::new(),
+            include_bytes!("fixtures/response_tool_call.json"),
+        )
+        .unwrap();
+    let m = &out["choices"][0]["message"];
+    assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
+    assert!(m["content"].is_null());
+    assert_eq!(m["tool_calls"][0]["id"], "get_weather_1byjy32y4hvq");
+    assert_eq!(
+        m["tool_calls"][0]["function"]["arguments"],
+        "{\"location\":\"Toronto\"}"
+    );
+    let e = Cohere
+        .parse(
+            Endpoint::Chat,
+            "cohere",
+            &JsonMap::new(),
+            br#"{"id":"x","finish_reason":"ERROR","message":{"role":"assistant"}}"#,
+        )
+        .unwrap_err();
+    assert!(e.retryable);
+    let e = Cohere.error(
+        "cohere",
+        StatusCode::TOO_MANY_REQUESTS,
+        br#"{"message":"You are using a Trial key, which is limited to 10 API calls / minute."}"#,
+    );
+    assert_eq!((e.status.as_u16(), e.retryable), (429, true));
+    assert!(e.message.starts_with("You are using a Trial key"));
+}
+
+fn decode(t: &str, split: usize) -> (Vec<Value>, Vec<StreamItem>) {
+    let mut p = Parser::new();
+    let mut events = Vec::new();
+    for piece in t.as_bytes().chunks(split) {
+        p.feed(piece, &mut events);
+    }
+    let mut d = Cohere.stream_decoder(
+        Endpoint::Chat,
+        "cohere",
+        "command-a-03-2025",
+        &JsonMap::new(),
+    );
+    let mut items = Vec::new();
+    for ev in &events {
+        d.on_event(ev, &mut items).unwrap();
+    }
+    d.finish(&mut items).unwrap();
+    let chunks = items
+        .iter()
+        .filter_map(|i| match i {
+            StreamItem::Chunk(b) => Some(serde_json::from_slice(b).unwrap()),
+            _ => None,
+        })
+        .collect();
+    (chunks, items)
+}
+
+#[test]
+fn streams_translate() {
+    for split in [1, 13, 4096] {
+        let (chunks, items) = decode(include_str!("fixtures/stream_text.txt"), split);
+        assert!(chunks
+            .iter()
+            .all(|c| c["id"] == "d8b0a5c5-6d2c-4d4f-8a57-8e0c7a1b2c3d"
+                && c["model"] == "command-a-03-2025"));
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, "Hello world");
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "stop"
+        );
+        assert!(matches!(&items[items.len() - 2], StreamItem::Usage(u, _) if u.prompt_tokens == 3));
+        assert_eq!(items.last(), Some(&StreamItem::Done));
+    }
+    let (chunks, _) = decode(include_str!("fixtures/stream_tool_call.txt"), 7);
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
+        .collect();
+    assert_eq!(calls[0]["id"], "get_weather_nsz5zm3w56q3");
+    let args: String = calls
+        .iter()
+        .filter_map(|c| c["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&args).unwrap(),
+        json!({"location": "Toronto"})
+    );
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+}
