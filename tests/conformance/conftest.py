@@ -90,6 +90,11 @@ base_url = "{mock}"
 api_key = "${{MOCK_PROVIDER_KEY}}"
 max_retries = 1
 [[providers]]
+name = "cohere"
+base_url = "{mock}"
+api_key = "${{MOCK_PROVIDER_KEY}}"
+max_retries = 1
+[[providers]]
 name = "slow"
 kind = "openai"
 base_url = "{mock}/v1"

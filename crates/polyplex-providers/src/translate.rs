@@ -111,3 +111,105 @@ mod tests {
         );
     }
 }
+
+/// The texts of an OpenAI embeddings request; token-id inputs are refused by name.
+pub(crate) fn embedding_texts(body: &JsonMap, protocol: &str) -> Result<Vec<String>, GatewayError> {
+    let refuse = |p: String| {
+        GatewayError::invalid_param(
+            p,
+            format!("The {protocol} protocol embeds text only; token-id inputs are not supported."),
+        )
+    };
+    match body.get("input") {
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| refuse(format!("input[{i}]")))
+            })
+            .collect(),
+        _ => Err(refuse("input".into())),
+    }
+}
+
+/// An OpenAI embeddings list from vectors, base64-encoded (little-endian f32,
+/// as OpenAI does) when the request asked for `encoding_format: "base64"`.
+pub(crate) fn embedding_list(
+    vectors: &[Vec<f64>],
+    model: &str,
+    request: &JsonMap,
+    usage: Option<&Usage>,
+) -> JsonMap {
+    use base64::Engine;
+    let b64 = request.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if b64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let mut out = JsonMap::new();
+    out.insert("object".into(), json!("list"));
+    out.insert("data".into(), Value::Array(data));
+    // An empty model means the reply named none: the gateway fills in the one it called.
+    out.insert(
+        "model".into(),
+        if model.is_empty() {
+            Value::Null
+        } else {
+            json!(model)
+        },
+    );
+    if let Some(u) = usage {
+        out.insert(
+            "usage".into(),
+            json!({"prompt_tokens": u.prompt_tokens, "total_tokens": u.prompt_tokens}),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod embedding_tests {
+    use super::*;
+    use base64::Engine;
+
+    #[test]
+    fn embedding_lists_and_inputs() {
+        let req: JsonMap =
+            serde_json::from_value(json!({"input": ["a", "b"], "encoding_format": "base64"}))
+                .unwrap();
+        assert_eq!(embedding_texts(&req, "X").unwrap(), vec!["a", "b"]);
+        let out = embedding_list(&[vec![0.5, -1.0]], "m", &req, None);
+        let b = base64::engine::general_purpose::STANDARD
+            .decode(out["data"][0]["embedding"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(b, [0.5f32.to_le_bytes(), (-1.0f32).to_le_bytes()].concat());
+        let req: JsonMap = serde_json::from_value(json!({"input": [[1, 2]]})).unwrap();
+        assert_eq!(
+            embedding_texts(&req, "X").unwrap_err().param.as_deref(),
+            Some("input[0]")
+        );
+        let out = embedding_list(
+            &[vec![0.25]],
+            "m",
+            &req,
+            Some(&Usage {
+                prompt_tokens: 3,
+                ..Usage::default()
+            }),
+        );
+        assert_eq!(out["data"][0]["embedding"], json!([0.25]));
+        assert_eq!(out["usage"], json!({"prompt_tokens": 3, "total_tokens": 3}));
+    }
+}

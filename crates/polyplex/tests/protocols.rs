@@ -384,18 +384,7 @@ async fn gemini_wire_format_reaches_the_upstream() {
         up["body"]["generationConfig"],
         json!({"seed": 3, "candidateCount": 2})
     );
-    let r = env
-        .client
-        .post(format!("http://{}/v1/embeddings", env.gw.addr))
-        .json(&json!({"model": "google/gemini-embedding-001", "input": "x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        400,
-        "embeddings through Gemini are not offered yet, and say so"
-    );
+    check_embeddings(&env, "google/gemini-embedding-001", "x-goog-api-key").await;
     env.gw.shutdown().await;
 }
 
@@ -419,7 +408,51 @@ async fn cohere_wire_format_reaches_the_upstream() {
     assert_eq!(up["path"], "/v2/chat");
     assert_eq!(up["headers"]["authorization"], "Bearer cohere-test-key");
     assert_eq!(up["body"]["model"], "command-a-03-2025");
+    check_embeddings(&env, "cohere/embed-v4.0", "authorization").await;
     env.gw.shutdown().await;
+}
+
+/// Embeddings through a translated protocol: floats, base64 (the SDK's default), dimensions, usage.
+async fn check_embeddings(env: &Env, model: &str, auth_header: &str) {
+    let url = format!("http://{}/v1/embeddings", env.gw.addr);
+    let v: Value = env
+        .client
+        .post(&url)
+        .json(&json!({"model": model, "input": ["alpha", "beta gamma"], "dimensions": 8}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["object"], "list", "{model}: {v}");
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    assert_eq!(v["data"][1]["index"], 1);
+    assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 8);
+    assert_eq!(v["model"], model.split_once('/').unwrap().1);
+    assert!(
+        v["usage"]["prompt_tokens"].as_u64().unwrap() > 0,
+        "{model}: {v}"
+    );
+    assert!(env.last_upstream().await["headers"]
+        .get(auth_header)
+        .is_some());
+    let v: Value = env.client.post(&url).json(&json!({"model": model, "input": "alpha", "encoding_format": "base64", "dimensions": 8})).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        v["data"][0]["embedding"].as_str().unwrap().len(),
+        44,
+        "8 f32 values, base64: {v}"
+    );
+    let r = env
+        .client
+        .post(&url)
+        .json(&json!({"model": model, "input": [[1, 2, 3]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "input[0]");
 }
 
 #[tokio::test]

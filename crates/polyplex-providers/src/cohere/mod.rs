@@ -14,7 +14,7 @@ mod tests;
 
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
-use crate::translate::{unsupported_endpoint, usage_chunk};
+use crate::translate::{embedding_list, embedding_texts, unsupported_endpoint, usage_chunk};
 use crate::{
     join_url, unsupported, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target,
     UpstreamRequest,
@@ -209,6 +209,64 @@ fn build_chat(
     })
 }
 
+/// `POST /v2/embed` with float embeddings of documents.
+fn build_embed(body: &JsonMap, target: &Target<'_>) -> Result<UpstreamRequest, GatewayError> {
+    let mut dropped = Vec::new();
+    for k in body.keys().filter(|k| {
+        !["model", "input", "encoding_format", "dimensions", "user"].contains(&k.as_str())
+            && !GATEWAY_FIELDS.contains(&k.as_str())
+    }) {
+        unsupported(k, "Cohere", target, &mut dropped)?;
+    }
+    if body.get("user").is_some_and(|u| !u.is_null()) {
+        dropped.push("user".into());
+    }
+    let mut out = json!({"model": target.model, "texts": embedding_texts(body, "Cohere")?, "input_type": "search_document", "embedding_types": ["float"]});
+    if let Some(d) = body.get("dimensions").filter(|d| !d.is_null()) {
+        out["output_dimension"] = d.clone();
+    }
+    let bytes = serde_json::to_vec(&out).map_err(|e| {
+        GatewayError::internal(format!("could not encode the upstream request: {e}"))
+    })?;
+    Ok(UpstreamRequest {
+        url: join_url(target.base_url, "v2/embed"),
+        headers: crate::headers(target, false)?,
+        body: Bytes::from(bytes),
+        dropped,
+    })
+}
+
+fn parse_embed(
+    provider: &str,
+    request: &JsonMap,
+    body: &[u8],
+) -> Result<(JsonMap, Option<Usage>), GatewayError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        GatewayError::upstream_bad_response(provider, format_args!("not JSON ({e})"))
+    })?;
+    let vectors: Vec<Vec<f64>> = v
+        .pointer("/embeddings/float")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            GatewayError::upstream_bad_response(provider, "no `embeddings.float` array")
+        })?
+        .iter()
+        .map(|e| {
+            e.as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    let usage = v
+        .pointer("/meta/billed_units/input_tokens")
+        .and_then(Value::as_f64)
+        .map(|n| Usage {
+            prompt_tokens: n as u64,
+            ..Usage::default()
+        });
+    Ok((embedding_list(&vectors, "", request, usage.as_ref()), usage))
+}
+
 fn finish_reason(r: &str) -> &'static str {
     match r {
         "MAX_TOKENS" => "length",
@@ -299,18 +357,22 @@ impl Protocol for Cohere {
     ) -> Result<UpstreamRequest, GatewayError> {
         match endpoint {
             Endpoint::Chat => build_chat(body, stream, target),
+            Endpoint::Embeddings => build_embed(body, target),
             other => Err(unsupported_endpoint(target, "Cohere", other)),
         }
     }
 
     fn parse(
         &self,
-        _endpoint: Endpoint,
+        endpoint: Endpoint,
         provider: &str,
-        _request: &JsonMap,
+        request: &JsonMap,
         body: &[u8],
     ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
-        parse_chat(provider, body)
+        match endpoint {
+            Endpoint::Embeddings => parse_embed(provider, request, body),
+            _ => parse_chat(provider, body),
+        }
     }
 
     fn error(&self, provider: &str, status: StatusCode, body: &[u8]) -> GatewayError {

@@ -19,7 +19,10 @@ mod tests;
 
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
-use crate::translate::{data_url, push_turn, text_of, unsupported_endpoint, usage_chunk};
+use crate::translate::{
+    data_url, embedding_list, embedding_texts, push_turn, text_of, unsupported_endpoint,
+    usage_chunk,
+};
 use crate::{
     join_url, unsupported, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target,
     UpstreamRequest,
@@ -324,6 +327,68 @@ fn build_chat(
     })
 }
 
+/// `batchEmbedContents`: one request per input text.
+fn build_embed(body: &JsonMap, target: &Target<'_>) -> Result<UpstreamRequest, GatewayError> {
+    let mut dropped = Vec::new();
+    for k in body.keys().filter(|k| {
+        !["model", "input", "encoding_format", "dimensions", "user"].contains(&k.as_str())
+            && !GATEWAY_FIELDS.contains(&k.as_str())
+    }) {
+        unsupported(k, "Gemini", target, &mut dropped)?;
+    }
+    if body.get("user").is_some_and(|u| !u.is_null()) {
+        dropped.push("user".into());
+    }
+    let model = format!("models/{}", target.model);
+    let dims = body.get("dimensions").filter(|d| !d.is_null());
+    let requests: Vec<Value> = embedding_texts(body, "Gemini")?
+        .into_iter()
+        .map(|t| {
+            let mut r = json!({"model": model, "content": {"parts": [{"text": t}]}});
+            if let Some(d) = dims {
+                r["outputDimensionality"] = d.clone();
+            }
+            r
+        })
+        .collect();
+    let bytes = serde_json::to_vec(&json!({"requests": requests})).map_err(|e| {
+        GatewayError::internal(format!("could not encode the upstream request: {e}"))
+    })?;
+    Ok(UpstreamRequest {
+        url: join_url(
+            target.base_url,
+            &format!("v1beta/models/{}:batchEmbedContents", target.model),
+        ),
+        headers: crate::headers(target, false)?,
+        body: Bytes::from(bytes),
+        dropped,
+    })
+}
+
+fn parse_embed(
+    provider: &str,
+    request: &JsonMap,
+    body: &[u8],
+) -> Result<(JsonMap, Option<Usage>), GatewayError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        GatewayError::upstream_bad_response(provider, format_args!("not JSON ({e})"))
+    })?;
+    let vectors: Vec<Vec<f64>> = v
+        .get("embeddings")
+        .and_then(Value::as_array)
+        .ok_or_else(|| GatewayError::upstream_bad_response(provider, "no `embeddings` array"))?
+        .iter()
+        .map(|e| {
+            e.get("values")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    // Gemini reports no usage for embeddings: the gateway counts it.
+    Ok((embedding_list(&vectors, "", request, None), None))
+}
+
 fn finish_reason(r: &str, has_calls: bool) -> &'static str {
     match r {
         "MAX_TOKENS" => "length",
@@ -478,18 +543,22 @@ impl Protocol for Gemini {
     ) -> Result<UpstreamRequest, GatewayError> {
         match endpoint {
             Endpoint::Chat => build_chat(body, stream, target),
+            Endpoint::Embeddings => build_embed(body, target),
             other => Err(unsupported_endpoint(target, "Gemini", other)),
         }
     }
 
     fn parse(
         &self,
-        _endpoint: Endpoint,
+        endpoint: Endpoint,
         provider: &str,
-        _request: &JsonMap,
+        request: &JsonMap,
         body: &[u8],
     ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
-        parse_chat(provider, body)
+        match endpoint {
+            Endpoint::Embeddings => parse_embed(provider, request, body),
+            _ => parse_chat(provider, body),
+        }
     }
 
     fn error(&self, provider: &str, status: StatusCode, body: &[u8]) -> GatewayError {

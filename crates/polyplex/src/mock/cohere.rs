@@ -148,3 +148,54 @@ pub(crate) async fn chat(
         .map(|f| f.after_chunks.unwrap_or(2));
     sse_body(s, events, cut)
 }
+
+/// `POST /v2/embed`: float embeddings and billed units.
+pub(crate) async fn embed(
+    State(s): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer "))
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"message": "no api key supplied"})),
+        )
+            .into_response();
+    }
+    let (req, _) = match admit(&s, "/v2/embed", &headers, &body, Shape::Cohere).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if req.get("input_type").is_none() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(
+                json!({"message": "invalid request: input_type is required for Embed v3+ models"}),
+            ),
+        )
+            .into_response();
+    }
+    let dims = req
+        .get("output_dimension")
+        .and_then(Value::as_u64)
+        .unwrap_or(16)
+        .clamp(1, 4096) as usize;
+    let texts: Vec<&str> = req
+        .get("texts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let tokens: usize = texts.iter().map(|t| reply::tokenize(t).len().max(1)).sum();
+    let vectors: Vec<Vec<f32>> = texts.iter().map(|t| reply::embedding(t, dims)).collect();
+    Json(
+        json!({"id": s.next_id("embed-mock-"), "embeddings": {"float": vectors}, "texts": texts,
+        "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": tokens}}}),
+    )
+    .into_response()
+}

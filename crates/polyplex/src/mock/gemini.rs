@@ -125,6 +125,9 @@ pub(crate) async fn generate(
     let Some((model, method)) = rest.rsplit_once(':') else {
         return google_error(StatusCode::NOT_FOUND, "Method not found.", "NOT_FOUND");
     };
+    if method == "batchEmbedContents" {
+        return embed(s, model, headers, body, q.as_deref()).await;
+    }
     let stream = match method {
         "generateContent" => false,
         "streamGenerateContent" => true,
@@ -228,4 +231,66 @@ pub(crate) async fn generate(
         .filter(|f| f.fault == "disconnect")
         .map(|f| f.after_chunks.unwrap_or(2));
     sse_body(s, events, cut)
+}
+
+/// `batchEmbedContents`: one vector per request, no usage (as Gemini does).
+async fn embed(
+    s: Arc<MockState>,
+    model: &str,
+    headers: HeaderMap,
+    body: Bytes,
+    query: Option<&str>,
+) -> Response {
+    if headers.get("x-goog-api-key").is_none()
+        && !query
+            .unwrap_or("")
+            .split('&')
+            .any(|kv| kv.starts_with("key="))
+    {
+        return google_error(
+            StatusCode::FORBIDDEN,
+            "Method doesn't allow unregistered callers.",
+            "PERMISSION_DENIED",
+        );
+    }
+    let (req, _) = match admit(
+        &s,
+        "/v1beta/models:batchEmbedContents",
+        &headers,
+        &body,
+        Shape::Google,
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let want = format!("models/{model}");
+    let mut embeddings = Vec::new();
+    for (i, r) in req
+        .get("requests")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if r.get("model").and_then(Value::as_str) != Some(want.as_str()) {
+            return google_error(
+                StatusCode::BAD_REQUEST,
+                &format!("requests[{i}].model must be {want}"),
+                "INVALID_ARGUMENT",
+            );
+        }
+        let text = r
+            .pointer("/content/parts/0/text")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let dims = r
+            .get("outputDimensionality")
+            .and_then(Value::as_u64)
+            .unwrap_or(16)
+            .clamp(1, 4096) as usize;
+        embeddings.push(json!({"values": reply::embedding(text, dims)}));
+    }
+    Json(json!({"embeddings": embeddings})).into_response()
 }

@@ -132,6 +132,7 @@ pub fn router(state: Arc<MockState>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v2/chat", post(cohere::chat))
+        .route("/v2/embed", post(cohere::embed))
         .route("/v1beta/models/{*rest}", post(gemini::generate))
         .route(
             "/openai/deployments/{deployment}/chat/completions",
