@@ -213,3 +213,72 @@ mod embedding_tests {
         assert_eq!(out["usage"], json!({"prompt_tokens": 3, "total_tokens": 3}));
     }
 }
+
+/// The OpenAI chat parameters a translating adapter handles itself (translated,
+/// or refused by name). Anything else in a body is unknown to the protocol.
+pub(crate) const CHAT_PARAMS: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "stream",
+    "stream_options",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "user",
+    "response_format",
+    "n",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+];
+
+/// The parameters of an embeddings request.
+pub(crate) const EMBEDDING_PARAMS: &[&str] =
+    &["model", "input", "encoding_format", "dimensions", "user"];
+
+/// Refuses (or, under `drop_params`, drops and names) every field outside `known`
+/// and the gateway's own; `user`, which never changes an answer, is dropped and
+/// named when the protocol has no place for it (`user_supported: false`).
+pub(crate) fn check_fields(
+    body: &JsonMap,
+    known: &[&str],
+    user_supported: bool,
+    protocol: &str,
+    target: &Target<'_>,
+    dropped: &mut Vec<String>,
+) -> Result<(), GatewayError> {
+    for k in body.keys() {
+        if !known.contains(&k.as_str())
+            && !polyplex_types::validate::GATEWAY_FIELDS.contains(&k.as_str())
+        {
+            crate::unsupported(k, protocol, target, dropped)?;
+        }
+    }
+    if !user_supported && body.get("user").is_some_and(|u| !u.is_null()) {
+        dropped.push("user".into());
+    }
+    Ok(())
+}
+
+/// One OpenAI stream chunk for choice `index`.
+pub(crate) fn chunk(
+    id: &str,
+    created: u64,
+    model: &str,
+    index: u64,
+    delta: Value,
+    finish: Option<&str>,
+) -> crate::StreamItem {
+    let c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+        "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+    crate::StreamItem::Chunk(bytes::Bytes::from(c.to_string()))
+}

@@ -1,42 +1,12 @@
 //! OpenAI chat request → Anthropic Messages request.
 
 use super::{FALLBACK_MAX_TOKENS, JSON_TOOL, VERSION};
-use crate::translate::{data_url, push_turn, text_of};
+use crate::translate::{check_fields, data_url, push_turn, text_of, CHAT_PARAMS};
 use crate::{join_url, unsupported, Target, UpstreamRequest};
 use bytes::Bytes;
 use http::HeaderValue;
-use polyplex_types::validate::GATEWAY_FIELDS;
 use polyplex_types::{GatewayError, JsonMap};
 use serde_json::{json, Map, Value};
-
-/// Fields translated here; anything else is unsupported for this protocol.
-const KNOWN: &[&str] = &[
-    "model",
-    "messages",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "stop",
-    "stream",
-    "stream_options",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "user",
-    "response_format",
-    "n",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
-    "metadata",
-    "store",
-    "service_tier",
-    "top_k",
-];
 
 /// An OpenAI `image_url` part as an Anthropic image source.
 fn image_block(url: &str, param: &str) -> Result<Value, GatewayError> {
@@ -159,12 +129,7 @@ pub(crate) fn build(
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
     let mut dropped = Vec::new();
-    for k in body
-        .keys()
-        .filter(|k| !KNOWN.contains(&k.as_str()) && !GATEWAY_FIELDS.contains(&k.as_str()))
-    {
-        unsupported(k, "Anthropic", target, &mut dropped)?;
-    }
+    check_fields(body, CHAT_PARAMS, true, "Anthropic", target, &mut dropped)?;
     let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
     if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         unsupported("n", "Anthropic", target, &mut dropped)?;

@@ -8,7 +8,6 @@
 use super::{finish_reason, usage_from, JSON_TOOL};
 use crate::sse::Event;
 use crate::{StreamDecoder, StreamItem, StreamSummary};
-use bytes::Bytes;
 use http::StatusCode;
 use polyplex_types::{GatewayError, Usage};
 use serde_json::{json, Value};
@@ -49,9 +48,7 @@ impl Decoder {
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>) -> StreamItem {
-        let c = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
-        StreamItem::Chunk(Bytes::from(c.to_string()))
+        crate::translate::chunk(&self.id, self.created, &self.model, 0, delta, finish)
     }
 
     fn bad(&self, what: &str) -> GatewayError {

@@ -153,6 +153,9 @@ fn unsupported_parameters_are_refused_or_dropped_and_named() {
         ("logit_bias", json!({"1": 1})),
         ("logprobs", json!(true)),
         ("some_new_param", json!(1)),
+        ("store", json!(false)),
+        ("metadata", json!({"a": "b"})),
+        ("service_tier", json!("auto")),
         ("temperature", json!(1.5)),
     ] {
         let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});

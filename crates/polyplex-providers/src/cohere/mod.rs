@@ -14,45 +14,22 @@ mod tests;
 
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
-use crate::translate::{embedding_list, embedding_texts, unsupported_endpoint, usage_chunk};
+use crate::translate::{
+    check_fields, chunk, embedding_list, embedding_texts, unsupported_endpoint, usage_chunk,
+    CHAT_PARAMS, EMBEDDING_PARAMS,
+};
 use crate::{
     join_url, unsupported, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target,
     UpstreamRequest,
 };
 use bytes::Bytes;
 use http::StatusCode;
-use polyplex_types::validate::GATEWAY_FIELDS;
 use polyplex_types::{GatewayError, JsonMap, Usage};
 use serde_json::{json, Map, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Cohere;
-
-const KNOWN: &[&str] = &[
-    "model",
-    "messages",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "stop",
-    "stream",
-    "stream_options",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "user",
-    "response_format",
-    "n",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
-];
 
 fn now() -> u64 {
     SystemTime::now()
@@ -85,12 +62,7 @@ fn build_chat(
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
     let mut dropped = Vec::new();
-    for k in body
-        .keys()
-        .filter(|k| !KNOWN.contains(&k.as_str()) && !GATEWAY_FIELDS.contains(&k.as_str()))
-    {
-        unsupported(k, "Cohere", target, &mut dropped)?;
-    }
+    check_fields(body, CHAT_PARAMS, false, "Cohere", target, &mut dropped)?;
     let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
     if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         unsupported("n", "Cohere", target, &mut dropped)?;
@@ -105,9 +77,6 @@ fn build_chat(
     }
     if body.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
         unsupported("parallel_tool_calls", "Cohere", target, &mut dropped)?;
-    }
-    if present("user") {
-        dropped.push("user".into());
     }
 
     let mut out = Map::new();
@@ -212,15 +181,14 @@ fn build_chat(
 /// `POST /v2/embed` with float embeddings of documents.
 fn build_embed(body: &JsonMap, target: &Target<'_>) -> Result<UpstreamRequest, GatewayError> {
     let mut dropped = Vec::new();
-    for k in body.keys().filter(|k| {
-        !["model", "input", "encoding_format", "dimensions", "user"].contains(&k.as_str())
-            && !GATEWAY_FIELDS.contains(&k.as_str())
-    }) {
-        unsupported(k, "Cohere", target, &mut dropped)?;
-    }
-    if body.get("user").is_some_and(|u| !u.is_null()) {
-        dropped.push("user".into());
-    }
+    check_fields(
+        body,
+        EMBEDDING_PARAMS,
+        false,
+        "Cohere",
+        target,
+        &mut dropped,
+    )?;
     let mut out = json!({"model": target.model, "texts": embedding_texts(body, "Cohere")?, "input_type": "search_document", "embedding_types": ["float"]});
     if let Some(d) = body.get("dimensions").filter(|d| !d.is_null()) {
         out["output_dimension"] = d.clone();
@@ -413,9 +381,7 @@ pub struct Decoder {
 
 impl Decoder {
     fn chunk(&self, delta: Value, finish: Option<&str>) -> StreamItem {
-        let c = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
-        StreamItem::Chunk(Bytes::from(c.to_string()))
+        chunk(&self.id, self.created, &self.model, 0, delta, finish)
     }
 
     fn tool_index(&self, cohere: u64) -> Option<usize> {

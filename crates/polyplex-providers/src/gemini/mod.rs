@@ -20,8 +20,8 @@ mod tests;
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
 use crate::translate::{
-    data_url, embedding_list, embedding_texts, push_turn, text_of, unsupported_endpoint,
-    usage_chunk,
+    check_fields, chunk, data_url, embedding_list, embedding_texts, push_turn, text_of,
+    unsupported_endpoint, usage_chunk, CHAT_PARAMS, EMBEDDING_PARAMS,
 };
 use crate::{
     join_url, unsupported, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target,
@@ -29,7 +29,6 @@ use crate::{
 };
 use bytes::Bytes;
 use http::StatusCode;
-use polyplex_types::validate::GATEWAY_FIELDS;
 use polyplex_types::{GatewayError, JsonMap, Usage};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -37,31 +36,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Gemini;
-
-const KNOWN: &[&str] = &[
-    "model",
-    "messages",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "stop",
-    "stream",
-    "stream_options",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "user",
-    "response_format",
-    "n",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
-    "top_k",
-];
 
 fn now() -> u64 {
     SystemTime::now()
@@ -119,12 +93,7 @@ fn build_chat(
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
     let mut dropped = Vec::new();
-    for k in body
-        .keys()
-        .filter(|k| !KNOWN.contains(&k.as_str()) && !GATEWAY_FIELDS.contains(&k.as_str()))
-    {
-        unsupported(k, "Gemini", target, &mut dropped)?;
-    }
+    check_fields(body, CHAT_PARAMS, false, "Gemini", target, &mut dropped)?;
     let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
     if present("logit_bias") {
         unsupported("logit_bias", "Gemini", target, &mut dropped)?;
@@ -134,9 +103,6 @@ fn build_chat(
     }
     if body.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
         unsupported("parallel_tool_calls", "Gemini", target, &mut dropped)?;
-    }
-    if present("user") {
-        dropped.push("user".into());
     }
 
     let mut system = Vec::new();
@@ -330,15 +296,14 @@ fn build_chat(
 /// `batchEmbedContents`: one request per input text.
 fn build_embed(body: &JsonMap, target: &Target<'_>) -> Result<UpstreamRequest, GatewayError> {
     let mut dropped = Vec::new();
-    for k in body.keys().filter(|k| {
-        !["model", "input", "encoding_format", "dimensions", "user"].contains(&k.as_str())
-            && !GATEWAY_FIELDS.contains(&k.as_str())
-    }) {
-        unsupported(k, "Gemini", target, &mut dropped)?;
-    }
-    if body.get("user").is_some_and(|u| !u.is_null()) {
-        dropped.push("user".into());
-    }
+    check_fields(
+        body,
+        EMBEDDING_PARAMS,
+        false,
+        "Gemini",
+        target,
+        &mut dropped,
+    )?;
     let model = format!("models/{}", target.model);
     let dims = body.get("dimensions").filter(|d| !d.is_null());
     let requests: Vec<Value> = embedding_texts(body, "Gemini")?
@@ -606,9 +571,7 @@ pub struct Decoder {
 
 impl Decoder {
     fn chunk(&self, index: u64, delta: Value, finish: Option<&str>) -> StreamItem {
-        let c = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}]});
-        StreamItem::Chunk(Bytes::from(c.to_string()))
+        chunk(&self.id, self.created, &self.model, index, delta, finish)
     }
 }
 
