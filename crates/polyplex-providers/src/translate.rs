@@ -282,3 +282,45 @@ pub(crate) fn chunk(
         "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}]});
     crate::StreamItem::Chunk(bytes::Bytes::from(c.to_string()))
 }
+
+/// Seconds since the epoch, for `created`.
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An OpenAI `chat.completion` object around translated choices.
+pub(crate) fn completion(
+    id: Value,
+    model: Value,
+    choices: Value,
+    usage: Option<&Usage>,
+) -> JsonMap {
+    let mut out = JsonMap::new();
+    out.insert("id".into(), id);
+    out.insert("object".into(), json!("chat.completion"));
+    out.insert("created".into(), json!(now()));
+    out.insert("model".into(), model);
+    out.insert("choices".into(), choices);
+    if let Some(u) = usage {
+        out.insert("usage".into(), u.to_json());
+    }
+    out
+}
+
+/// An assistant tool call's `function.arguments` as JSON (empty means `{}`);
+/// `param` names it when it is not JSON.
+pub(crate) fn tool_args(tc: &Value, param: String) -> Result<Value, GatewayError> {
+    let args = tc
+        .pointer("/function/arguments")
+        .and_then(Value::as_str)
+        .unwrap_or("{}");
+    if args.trim().is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_str(args).map_err(|_| {
+        GatewayError::invalid_param(param, "Tool call arguments must be a JSON object.")
+    })
+}

@@ -1,7 +1,7 @@
 //! OpenAI chat request → Anthropic Messages request.
 
 use super::{FALLBACK_MAX_TOKENS, JSON_TOOL, VERSION};
-use crate::translate::{check_fields, data_url, push_turn, text_of, CHAT_PARAMS};
+use crate::translate::{check_fields, data_url, push_turn, text_of, tool_args, CHAT_PARAMS};
 use crate::{join_url, unsupported, Target, UpstreamRequest};
 use bytes::Bytes;
 use http::HeaderValue;
@@ -68,20 +68,10 @@ fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<String>), GatewayError> {
                     .flatten()
                     .enumerate()
                 {
-                    let args = tc
-                        .pointer("/function/arguments")
-                        .and_then(Value::as_str)
-                        .unwrap_or("{}");
-                    let input: Value = if args.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(args).map_err(|_| {
-                            GatewayError::invalid_param(
-                                format!("messages[{i}].tool_calls[{j}].function.arguments"),
-                                "Tool call arguments must be a JSON object.",
-                            )
-                        })?
-                    };
+                    let input = tool_args(
+                        tc,
+                        format!("messages[{i}].tool_calls[{j}].function.arguments"),
+                    )?;
                     blocks.push(json!({"type": "tool_use", "id": tc.get("id").cloned().unwrap_or(Value::Null),
                         "name": tc.pointer("/function/name").cloned().unwrap_or(Value::Null), "input": input}));
                 }

@@ -1,16 +1,9 @@
 //! Anthropic message → OpenAI chat.completion.
 
 use super::{finish_reason, usage_from, JSON_TOOL};
+use crate::translate::completion;
 use polyplex_types::{GatewayError, JsonMap, Usage};
 use serde_json::{json, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 pub(crate) fn parse(
     provider: &str,
@@ -64,20 +57,11 @@ pub(crate) fn parse(
         message["tool_calls"] = Value::Array(tool_calls);
     }
     let usage = v.get("usage").map(usage_from);
-    let mut out = JsonMap::new();
-    out.insert(
-        "id".into(),
+    let out = completion(
         v.get("id").cloned().unwrap_or(json!("msg_unknown")),
-    );
-    out.insert("object".into(), json!("chat.completion"));
-    out.insert("created".into(), json!(now()));
-    out.insert(
-        "model".into(),
         v.get("model").cloned().unwrap_or(Value::Null),
+        json!([{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason(stop, json_mode)}]),
+        usage.as_ref(),
     );
-    out.insert("choices".into(), json!([{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason(stop, json_mode)}]));
-    if let Some(u) = usage {
-        out.insert("usage".into(), u.to_json());
-    }
     Ok((out, usage))
 }

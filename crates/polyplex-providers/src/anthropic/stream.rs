@@ -36,7 +36,7 @@ impl Decoder {
             json_mode,
             id: String::new(),
             model: String::new(),
-            created: super::response::now(),
+            created: crate::translate::now(),
             tools: HashMap::new(),
             next_tool: 0,
             usage: Usage::default(),

@@ -15,8 +15,8 @@ mod tests;
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
 use crate::translate::{
-    check_fields, chunk, embedding_list, embedding_texts, unsupported_endpoint, usage_chunk,
-    CHAT_PARAMS, EMBEDDING_PARAMS,
+    check_fields, chunk, completion, embedding_list, embedding_texts, now, unsupported_endpoint,
+    usage_chunk, CHAT_PARAMS, EMBEDDING_PARAMS,
 };
 use crate::{
     join_url, unsupported, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target,
@@ -26,17 +26,9 @@ use bytes::Bytes;
 use http::StatusCode;
 use polyplex_types::{GatewayError, JsonMap, Usage};
 use serde_json::{json, Map, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Cohere;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 fn message(m: &Value) -> Value {
     let mut m = m.clone();
@@ -299,15 +291,13 @@ fn parse_chat(provider: &str, body: &[u8]) -> Result<(JsonMap, Option<Usage>), G
         message["tool_calls"] = Value::Array(c.clone());
     }
     let usage = v.get("usage").map(usage_from);
-    let mut out = JsonMap::new();
-    out.insert("id".into(), v.get("id").cloned().unwrap_or(json!("cohere")));
-    out.insert("object".into(), json!("chat.completion"));
-    out.insert("created".into(), json!(now()));
-    out.insert("model".into(), Value::Null);
-    out.insert("choices".into(), json!([{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason(fr)}]));
-    if let Some(u) = usage {
-        out.insert("usage".into(), u.to_json());
-    }
+    // Cohere names no model; the gateway fills in the one it called.
+    let out = completion(
+        v.get("id").cloned().unwrap_or(json!("cohere")),
+        Value::Null,
+        json!([{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason(fr)}]),
+        usage.as_ref(),
+    );
     Ok((out, usage))
 }
 

@@ -20,8 +20,8 @@ mod tests;
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
 use crate::translate::{
-    check_fields, chunk, data_url, embedding_list, embedding_texts, push_turn, text_of,
-    unsupported_endpoint, usage_chunk, CHAT_PARAMS, EMBEDDING_PARAMS,
+    check_fields, chunk, completion, data_url, embedding_list, embedding_texts, now, push_turn,
+    text_of, tool_args, unsupported_endpoint, usage_chunk, CHAT_PARAMS, EMBEDDING_PARAMS,
 };
 use crate::{
     join_url, unsupported, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target,
@@ -32,17 +32,9 @@ use http::StatusCode;
 use polyplex_types::{GatewayError, JsonMap, Usage};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Gemini;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 fn mime_from_url(url: &str) -> &'static str {
     let u = url.to_ascii_lowercase();
@@ -134,20 +126,10 @@ fn build_chat(
                         .and_then(Value::as_str)
                         .unwrap_or("")
                         .to_string();
-                    let args = tc
-                        .pointer("/function/arguments")
-                        .and_then(Value::as_str)
-                        .unwrap_or("{}");
-                    let args: Value = if args.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(args).map_err(|_| {
-                            GatewayError::invalid_param(
-                                format!("messages[{i}].tool_calls[{j}].function.arguments"),
-                                "Tool call arguments must be a JSON object.",
-                            )
-                        })?
-                    };
+                    let args = tool_args(
+                        tc,
+                        format!("messages[{i}].tool_calls[{j}].function.arguments"),
+                    )?;
                     if let Some(id) = tc.get("id").and_then(Value::as_str) {
                         call_names.insert(id.to_string(), name.clone());
                     }
@@ -479,18 +461,12 @@ fn parse_chat(provider: &str, body: &[u8]) -> Result<(JsonMap, Option<Usage>), G
             .push(json!({"index": idx, "message": message, "logprobs": null, "finish_reason": fr}));
     }
     let usage = v.get("usageMetadata").map(usage_from);
-    let mut out = JsonMap::new();
-    out.insert("id".into(), json!(id));
-    out.insert("object".into(), json!("chat.completion"));
-    out.insert("created".into(), json!(now()));
-    out.insert(
-        "model".into(),
+    let out = completion(
+        json!(id),
         v.get("modelVersion").cloned().unwrap_or(Value::Null),
+        Value::Array(choices),
+        usage.as_ref(),
     );
-    out.insert("choices".into(), Value::Array(choices));
-    if let Some(u) = usage {
-        out.insert("usage".into(), u.to_json());
-    }
     Ok((out, usage))
 }
 

@@ -38,6 +38,21 @@ fn to_openai(req: &Map<String, Value>) -> Map<String, Value> {
     out
 }
 
+/// Cohere's answer to a request without a Bearer key.
+fn require_bearer(headers: &HeaderMap) -> Option<Response> {
+    let ok = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer "));
+    (!ok).then(|| {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"message": "no api key supplied"})),
+        )
+            .into_response()
+    })
+}
+
 fn sse(kind: &str, data: Value) -> Bytes {
     Bytes::from(format!("event: {kind}\ndata: {data}\n\n"))
 }
@@ -47,16 +62,8 @@ pub(crate) async fn chat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("Bearer "))
-    {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"message": "no api key supplied"})),
-        )
-            .into_response();
+    if let Some(denied) = require_bearer(&headers) {
+        return denied;
     }
     let (req, fault) = match admit(&s, "/v2/chat", &headers, &body, Shape::Cohere).await {
         Ok(x) => x,
@@ -155,16 +162,8 @@ pub(crate) async fn embed(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("Bearer "))
-    {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"message": "no api key supplied"})),
-        )
-            .into_response();
+    if let Some(denied) = require_bearer(&headers) {
+        return denied;
     }
     let (req, _) = match admit(&s, "/v2/embed", &headers, &body, Shape::Cohere).await {
         Ok(x) => x,

@@ -125,19 +125,19 @@ pub(crate) async fn generate(
     let Some((model, method)) = rest.rsplit_once(':') else {
         return google_error(StatusCode::NOT_FOUND, "Method not found.", "NOT_FOUND");
     };
+    let query = q.unwrap_or_default();
+    if headers.get("x-goog-api-key").is_none() && !query.split('&').any(|kv| kv.starts_with("key="))
+    {
+        return google_error(StatusCode::FORBIDDEN, "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.", "PERMISSION_DENIED");
+    }
     if method == "batchEmbedContents" {
-        return embed(s, model, headers, body, q.as_deref()).await;
+        return embed(s, model, headers, body).await;
     }
     let stream = match method {
         "generateContent" => false,
         "streamGenerateContent" => true,
         _ => return google_error(StatusCode::NOT_FOUND, "Method not found.", "NOT_FOUND"),
     };
-    let query = q.unwrap_or_default();
-    if headers.get("x-goog-api-key").is_none() && !query.split('&').any(|kv| kv.starts_with("key="))
-    {
-        return google_error(StatusCode::FORBIDDEN, "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.", "PERMISSION_DENIED");
-    }
     if stream && !query.split('&').any(|kv| kv == "alt=sse") {
         return google_error(
             StatusCode::BAD_REQUEST,
@@ -234,25 +234,7 @@ pub(crate) async fn generate(
 }
 
 /// `batchEmbedContents`: one vector per request, no usage (as Gemini does).
-async fn embed(
-    s: Arc<MockState>,
-    model: &str,
-    headers: HeaderMap,
-    body: Bytes,
-    query: Option<&str>,
-) -> Response {
-    if headers.get("x-goog-api-key").is_none()
-        && !query
-            .unwrap_or("")
-            .split('&')
-            .any(|kv| kv.starts_with("key="))
-    {
-        return google_error(
-            StatusCode::FORBIDDEN,
-            "Method doesn't allow unregistered callers.",
-            "PERMISSION_DENIED",
-        );
-    }
+async fn embed(s: Arc<MockState>, model: &str, headers: HeaderMap, body: Bytes) -> Response {
     let (req, _) = match admit(
         &s,
         "/v1beta/models:batchEmbedContents",
