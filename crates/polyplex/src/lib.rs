@@ -114,7 +114,6 @@ pub async fn start(cfg: &Config) -> Result<Running, String> {
             _ = grace_over => tracing::warn!("shutdown grace period over; closing the remaining connections"),
         }
     });
-    tokio::task::spawn_blocking(tokens::warm_up);
     Ok(Running {
         addr,
         state,

@@ -70,7 +70,43 @@ fn load(config: Option<&PathBuf>, listen: Option<String>) -> Result<Config, Stri
     config::load(config.map(PathBuf::as_path), &inputs).map_err(|e| e.to_string())
 }
 
+/// mimalloc's arenas are eligible for transparent huge pages, which count
+/// 2 MiB for every touched arena chunk in RSS (idle RSS 26 MiB instead of
+/// 14). A gateway's heap is small and short-lived, so polyplex turns THP off
+/// for itself. The flag only affects later page faults and the allocator has
+/// already faulted its first arena before `main`, so the process sets it and
+/// re-executes itself once (the flag survives `execve`; the pid stays).
+fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::prctl;
+        use std::os::unix::process::CommandExt;
+        if prctl::get_thp_disable().unwrap_or(true) || prctl::set_thp_disable(true).is_err() {
+            return;
+        }
+        if std::env::var_os("POLYPLEX_NO_REEXEC").is_some() {
+            return;
+        }
+        if let Ok(exe) = std::env::current_exe() {
+            let mut args = std::env::args_os();
+            let argv0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
+            // Only returns if the exec failed; then carry on as we are.
+            let _ = std::process::Command::new(&exe)
+                .arg0(argv0)
+                .args(args)
+                .env("POLYPLEX_NO_REEXEC", "1")
+                .exec();
+        }
+    }
+}
+
+/// mimalloc: fewer instructions per allocation than glibc's malloc on the
+/// hot path and no per-thread arena growth (see docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
+    no_transparent_huge_pages();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -7,6 +7,7 @@
 use crate::routing::Deployment;
 use polyplex_catalog::Catalog;
 use polyplex_types::Usage;
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
@@ -40,8 +41,9 @@ impl Recorder {
         let (tx, mut rx) = mpsc::unbounded_channel::<UsageRecord>();
         let task = tokio::spawn(async move {
             let mut written = 0u64;
+            let mut handles = HashMap::new();
             while let Some(r) = rx.recv().await {
-                write(&r);
+                write(&r, &mut handles);
                 written += 1;
             }
             written
@@ -52,24 +54,49 @@ impl Recorder {
     pub fn record(&self, r: UsageRecord) {
         if let Err(e) = self.tx.send(r) {
             // Only after the writer stopped (shutdown): write inline rather than lose it.
-            write(&e.0);
+            write(&e.0, &mut HashMap::new());
         }
     }
 }
 
-fn write(r: &UsageRecord) {
+/// The metric handles of one (endpoint, provider, status), registered once:
+/// looking a labelled metric up in the registry on every record costs more
+/// than the rest of the record.
+struct Handles {
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+    ttft: metrics::Histogram,
+    prompt: metrics::Counter,
+    completion: metrics::Counter,
+    cost: metrics::Gauge,
+}
+
+type HandleKey = (&'static str, Option<String>, u16);
+
+fn handles(r: &UsageRecord) -> Handles {
     let provider = r.provider.clone().unwrap_or_default();
     let status = r.status.to_string();
-    metrics::counter!("polyplex_requests_total", "endpoint" => r.endpoint, "provider" => provider.clone(), "status" => status).increment(1);
-    metrics::histogram!("polyplex_request_duration_seconds", "endpoint" => r.endpoint, "provider" => provider.clone()).record(r.latency.as_secs_f64());
-    if let Some(t) = r.ttft {
-        metrics::histogram!("polyplex_time_to_first_token_seconds", "provider" => provider.clone())
-            .record(t.as_secs_f64());
+    Handles {
+        requests: metrics::counter!("polyplex_requests_total", "endpoint" => r.endpoint, "provider" => provider.clone(), "status" => status),
+        duration: metrics::histogram!("polyplex_request_duration_seconds", "endpoint" => r.endpoint, "provider" => provider.clone()),
+        ttft: metrics::histogram!("polyplex_time_to_first_token_seconds", "provider" => provider.clone()),
+        prompt: metrics::counter!("polyplex_tokens_total", "provider" => provider.clone(), "kind" => "prompt"),
+        completion: metrics::counter!("polyplex_tokens_total", "provider" => provider.clone(), "kind" => "completion"),
+        cost: metrics::gauge!("polyplex_cost_usd_total", "provider" => provider),
     }
-    metrics::counter!("polyplex_tokens_total", "provider" => provider.clone(), "kind" => "prompt")
-        .increment(r.usage.prompt_tokens);
-    metrics::counter!("polyplex_tokens_total", "provider" => provider.clone(), "kind" => "completion").increment(r.usage.completion_tokens);
-    metrics::gauge!("polyplex_cost_usd_total", "provider" => provider).increment(r.cost_usd);
+}
+
+fn write(r: &UsageRecord, cache: &mut HashMap<HandleKey, Handles>) {
+    let key = (r.endpoint, r.provider.clone(), r.status);
+    let h = cache.entry(key).or_insert_with(|| handles(r));
+    h.requests.increment(1);
+    h.duration.record(r.latency.as_secs_f64());
+    if let Some(t) = r.ttft {
+        h.ttft.record(t.as_secs_f64());
+    }
+    h.prompt.increment(r.usage.prompt_tokens);
+    h.completion.increment(r.usage.completion_tokens);
+    h.cost.increment(r.cost_usd);
     tracing::info!(
         target: "polyplex::usage",
         request_id = %r.request_id,

@@ -46,6 +46,8 @@ use std::time::Duration;
 pub struct AppState {
     pub router: ModelRouter,
     pub http: reqwest::Client,
+    /// Upstream URLs, parsed once each.
+    pub urls: crate::executor::UrlCache,
     pub master_key: Option<SecretString>,
     pub max_body: usize,
     pub recorder: Recorder,
@@ -95,6 +97,7 @@ pub fn state(
     Ok(Arc::new(AppState {
         router: ModelRouter::new(upstreams, cfg.routes.clone(), Catalog::builtin()),
         http: http_client(connect)?,
+        urls: crate::executor::UrlCache::default(),
         master_key: cfg.master_key.clone(),
         max_body: cfg.max_body_bytes,
         recorder,
@@ -139,7 +142,15 @@ fn sane_id(v: &HeaderValue) -> Option<&str> {
 pub async fn request_id(mut req: Request, next: Next) -> Response {
     let id: Arc<str> = match req.headers().get("x-request-id").and_then(sane_id) {
         Some(s) => Arc::from(s),
-        None => Arc::from(format!("req_{}", uuid::Uuid::new_v4().simple()).as_str()),
+        None => Arc::from(
+            format!(
+                "req_{}",
+                uuid::Builder::from_random_bytes(rand::random())
+                    .into_uuid()
+                    .simple()
+            )
+            .as_str(),
+        ),
     };
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut resp = next.run(req).await;

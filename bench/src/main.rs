@@ -1,0 +1,407 @@
+//! polyplex-bench: polyplex side by side with a direct call, nginx, LiteLLM
+//! and Portkey against one fixed-latency upstream, in interleaved rounds.
+//! See bench/README.md and docs/performance.md.
+
+mod load;
+mod procstat;
+mod report;
+mod targets;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use rand::seq::SliceRandom;
+
+use crate::load::Endpoint;
+use crate::report::{Acc, Row};
+use crate::targets::Proc;
+
+#[derive(Parser)]
+#[command(
+    name = "polyplex-bench",
+    about = "Gateway overhead benchmark (loopback only, bounded in time)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The fixed-latency upstream mock (OpenAI and Anthropic shapes).
+    Upstream {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 0)]
+        delay_us: u64,
+        #[arg(long, default_value_t = 20)]
+        chunks: usize,
+        #[arg(long, default_value_t = 1000)]
+        interval_us: u64,
+    },
+    /// Start everything, measure, write bench/results/.
+    Run(RunArgs),
+    /// Drive load at one running target (for profiling): prints req/s and
+    /// latency percentiles.
+    Load {
+        /// host:port of the target.
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value = "gpt-4o-mini")]
+        model: String,
+        /// Bearer key sent to the target.
+        #[arg(long, default_value = targets::MASTER_KEY)]
+        key: String,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// The polyplex binary to measure.
+    #[arg(long, default_value = "target/release/polyplex")]
+    polyplex: PathBuf,
+    /// Where results.md, results.json and the logs go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// bench/ (for .venv and node/ installed by setup.sh).
+    #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
+    bench_dir: PathBuf,
+    /// Comma-separated: direct, nginx, polyplex, polyplex-anthropic, litellm, portkey.
+    #[arg(
+        long,
+        default_value = "direct,nginx,polyplex,polyplex-anthropic,litellm,portkey"
+    )]
+    targets: String,
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Sequential unary requests per target per round (concurrency 1).
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Length of each concurrency-64 and -256 phase per round.
+    #[arg(long, default_value_t = 2000)]
+    duration_ms: u64,
+    /// Sequential streams per target per round.
+    #[arg(long, default_value_t = 100)]
+    streams: usize,
+    /// Content chunks per stream and the upstream's gap between them.
+    #[arg(long, default_value_t = 20)]
+    chunks: usize,
+    #[arg(long, default_value_t = 1000)]
+    interval_us: u64,
+    /// Upstream delay before every answer.
+    #[arg(long, default_value_t = 0)]
+    delay_us: u64,
+    /// Concurrent streams in the final burst.
+    #[arg(long, default_value_t = 512)]
+    burst: usize,
+    /// A short run that only shows the harness works (CI).
+    #[arg(long)]
+    smoke: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Upstream {
+            listen,
+            delay_us,
+            chunks,
+            interval_us,
+        } => upstream::serve(
+            listen,
+            upstream::Shape {
+                delay_us,
+                chunks,
+                interval_us,
+            },
+        ),
+        Cmd::Load {
+            addr,
+            model,
+            key,
+            concurrency,
+            seconds,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let ep = targets::endpoint(
+                    addr.port(),
+                    "/v1/chat/completions",
+                    &model,
+                    vec![targets::bearer(&key)],
+                );
+                let l = load::closed_loop(&ep, concurrency, Duration::from_secs(seconds)).await;
+                println!(
+                    "{} ok, {} errors ({:?}), {:.0} req/s, p50 {} µs, p99 {} µs",
+                    l.ok,
+                    l.errors.count,
+                    l.errors.first,
+                    l.ok as f64 / l.elapsed.as_secs_f64(),
+                    l.hist.value_at_quantile(0.5) / 1000,
+                    l.hist.value_at_quantile(0.99) / 1000
+                );
+                Ok(())
+            })
+        }
+        Cmd::Run(mut args) => {
+            if args.smoke {
+                args.rounds = 1;
+                args.requests = args.requests.min(200);
+                args.duration_ms = args.duration_ms.min(300);
+                args.streams = args.streams.min(10);
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(run(args))
+        }
+    }
+}
+
+/// One target under measurement.
+struct Target {
+    name: String,
+    ep: Endpoint,
+    pid: u32,
+    row: Row,
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.out)?;
+    let logs = args.out.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let wanted: Vec<String> = args
+        .targets
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let ticks = procstat::clock_ticks();
+
+    // The upstream, pinned to the last core.
+    let up_port = targets::free_port()?;
+    let me = std::env::current_exe()?;
+    let pin = if cpus() > 1 { Some(cpus() - 1) } else { None };
+    let mut cmd = targets::pinned(pin, &me.to_string_lossy());
+    cmd.args([
+        "upstream",
+        "--listen",
+        &format!("127.0.0.1:{up_port}"),
+        "--delay-us",
+        &args.delay_us.to_string(),
+        "--chunks",
+        &args.chunks.to_string(),
+        "--interval-us",
+        &args.interval_us.to_string(),
+    ]);
+    let upstream_proc = Proc::spawn("upstream", &mut cmd, &logs)?;
+    let direct = targets::direct(up_port);
+    load::wait_ready(&direct, Duration::from_secs(10))
+        .await
+        .map_err(|e| anyhow::anyhow!("upstream: {e}\n{}", upstream_proc.log_tail()))?;
+
+    let mut procs: Vec<Proc> = Vec::new();
+    let mut list: Vec<Target> = Vec::new();
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    let mut polyplex_port: Option<u16> = None;
+
+    for name in &wanted {
+        let started: anyhow::Result<(Option<Proc>, Endpoint, Duration)> = match name.as_str() {
+            "direct" => Ok((None, direct.clone(), Duration::from_secs(5))),
+            "nginx" => targets::start_nginx(&logs, up_port)
+                .map(|(p, e)| (Some(p), e, Duration::from_secs(15))),
+            "polyplex" | "polyplex-anthropic" => {
+                let model = if name == "polyplex" {
+                    "gpt-4o-mini"
+                } else {
+                    "claude-sonnet-4-5"
+                };
+                match polyplex_port {
+                    Some(port) => Ok((
+                        None,
+                        targets::polyplex_endpoint(port, model),
+                        Duration::from_secs(15),
+                    )),
+                    None => {
+                        targets::start_polyplex(&args.polyplex, &logs, up_port).map(|(p, port)| {
+                            polyplex_port = Some(port);
+                            (
+                                Some(p),
+                                targets::polyplex_endpoint(port, model),
+                                Duration::from_secs(15),
+                            )
+                        })
+                    }
+                }
+            }
+            "litellm" => targets::start_litellm(&args.bench_dir, &logs, up_port)
+                .map(|(p, e)| (Some(p), e, Duration::from_secs(180))),
+            "portkey" => targets::start_portkey(&args.bench_dir, &logs, up_port)
+                .map(|(p, e)| (Some(p), e, Duration::from_secs(60))),
+            other => Err(anyhow::anyhow!("unknown target {other}")),
+        };
+        let (proc, ep, wait) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("skipping {name}: {e}");
+                skipped.push((name.clone(), e.to_string()));
+                continue;
+            }
+        };
+        let pid = match (&proc, name.as_str()) {
+            (Some(p), _) => p.pid(),
+            (None, "direct") => upstream_proc.pid(),
+            (None, _) => list
+                .iter()
+                .find(|t| t.name.starts_with("polyplex"))
+                .map(|t| t.pid)
+                .unwrap_or_default(),
+        };
+        eprintln!("waiting for {name} ...");
+        if let Err(e) = load::wait_ready(&ep, wait).await {
+            let tail = proc.as_ref().map(|p| p.log_tail()).unwrap_or_default();
+            eprintln!("skipping {name}: {e}\n{tail}");
+            skipped.push((name.clone(), e.to_string()));
+            continue;
+        }
+        if let Some(p) = proc {
+            procs.push(p);
+        }
+        list.push(Target {
+            name: name.clone(),
+            ep,
+            pid,
+            row: Row::new(name),
+        });
+    }
+    if !list.iter().any(|t| t.name == "direct") {
+        anyhow::bail!("the direct target is needed as the baseline");
+    }
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for t in &mut list {
+        t.row.rss_idle_kib = procstat::rss_kib(t.pid);
+    }
+
+    let mut order: Vec<usize> = (0..list.len()).collect();
+    for round in 0..args.rounds {
+        order.shuffle(&mut rand::thread_rng());
+        let names: Vec<&str> = order.iter().map(|i| list[*i].name.as_str()).collect();
+        eprintln!("round {}/{}: {}", round + 1, args.rounds, names.join(", "));
+        for &i in &order {
+            let t = &mut list[i];
+            let warm = if round == 0 { 50 } else { 10 };
+            let (h, e) = load::latency(&t.ep, warm, args.requests).await;
+            let _ = t.row.c1.add(&h);
+            t.row.errors.merge(&e);
+
+            let s = load::streams(&t.ep, if round == 0 { 5 } else { 1 }, args.streams).await;
+            let _ = t.row.ttft.add(&s.ttft);
+            let _ = t.row.gaps.add(&s.gaps);
+            t.row.errors.merge(&s.errors);
+
+            for (conc, acc) in [(64usize, 0usize), (256, 1)] {
+                let before = procstat::cpu_ticks(t.pid);
+                let (peak, l) = with_peak_rss(
+                    t.pid,
+                    load::closed_loop(&t.ep, conc, Duration::from_millis(args.duration_ms)),
+                )
+                .await;
+                let used = procstat::cpu_ticks(t.pid).saturating_sub(before);
+                let a: &mut Acc = if acc == 0 {
+                    &mut t.row.c64
+                } else {
+                    &mut t.row.c256
+                };
+                a.ok += l.ok;
+                a.secs += l.elapsed.as_secs_f64();
+                let _ = a.hist.add(&l.hist);
+                t.row.cpu_ticks += used;
+                t.row.cpu_requests += l.ok;
+                t.row.rss_peak_kib = t.row.rss_peak_kib.max(peak);
+                if conc == 256 {
+                    t.row.rss_peak_c256_kib = t.row.rss_peak_c256_kib.max(peak);
+                }
+                t.row.errors.merge(&l.errors);
+            }
+        }
+    }
+
+    for &i in &order {
+        let t = &mut list[i];
+        eprintln!("{}: {} concurrent streams", t.name, args.burst);
+        let (peak, e) = with_peak_rss(t.pid, load::stream_burst(&t.ep, args.burst)).await;
+        t.row.rss_peak_kib = t.row.rss_peak_kib.max(peak);
+        t.row.burst_errors = e;
+        t.row.burst = args.burst;
+    }
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for t in &mut list {
+        t.row.rss_after_kib = procstat::rss_kib(t.pid);
+    }
+
+    let rows: Vec<Row> = list.into_iter().map(|t| t.row).collect();
+    let meta = report::Meta {
+        rounds: args.rounds,
+        requests: args.requests,
+        duration_ms: args.duration_ms,
+        streams: args.streams,
+        chunks: args.chunks,
+        interval_us: args.interval_us,
+        delay_us: args.delay_us,
+        burst: args.burst,
+        ticks_per_sec: ticks,
+        smoke: args.smoke,
+        polyplex: args.polyplex.display().to_string(),
+    };
+    let md = report::markdown(&rows, &skipped, &meta);
+    std::fs::write(args.out.join("results.md"), &md)?;
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_vec_pretty(&report::json(&rows, &skipped, &meta))?,
+    )?;
+    println!("{md}");
+    drop(procs);
+    drop(upstream_proc);
+    Ok(())
+}
+
+/// Runs `fut` while sampling the process tree's RSS every 20 ms; returns
+/// the highest sample (KiB) with the future's output.
+async fn with_peak_rss<T>(pid: u32, fut: impl std::future::Future<Output = T>) -> (u64, T) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(procstat::rss_kib(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let out = fut.await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    (peak.load(Ordering::Relaxed), out)
+}

@@ -1,0 +1,382 @@
+//! Turning the histograms into the markdown table, the goal check and
+//! results.json (which bench/chart.py draws).
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use crate::load::{histogram, Errors};
+
+/// A closed-loop phase summed over rounds.
+pub struct Acc {
+    pub ok: u64,
+    pub secs: f64,
+    pub hist: Histogram<u64>,
+}
+
+impl Acc {
+    fn new() -> Self {
+        Self {
+            ok: 0,
+            secs: 0.0,
+            hist: histogram(),
+        }
+    }
+    fn rps(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.ok as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Everything measured of one target.
+pub struct Row {
+    pub name: String,
+    pub c1: Histogram<u64>,
+    pub c64: Acc,
+    pub c256: Acc,
+    pub ttft: Histogram<u64>,
+    pub gaps: Histogram<u64>,
+    pub cpu_ticks: u64,
+    pub cpu_requests: u64,
+    pub rss_idle_kib: u64,
+    pub rss_peak_c256_kib: u64,
+    pub rss_peak_kib: u64,
+    pub rss_after_kib: u64,
+    pub errors: Errors,
+    pub burst: usize,
+    pub burst_errors: Errors,
+}
+
+impl Row {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            c1: histogram(),
+            c64: Acc::new(),
+            c256: Acc::new(),
+            ttft: histogram(),
+            gaps: histogram(),
+            cpu_ticks: 0,
+            cpu_requests: 0,
+            rss_idle_kib: 0,
+            rss_peak_c256_kib: 0,
+            rss_peak_kib: 0,
+            rss_after_kib: 0,
+            errors: Errors::default(),
+            burst: 0,
+            burst_errors: Errors::default(),
+        }
+    }
+
+    fn cpu_us_per_req(&self, ticks_per_sec: u64) -> f64 {
+        if self.cpu_requests == 0 {
+            return 0.0;
+        }
+        self.cpu_ticks as f64 * 1e6 / ticks_per_sec as f64 / self.cpu_requests as f64
+    }
+}
+
+pub struct Meta {
+    pub rounds: usize,
+    pub requests: usize,
+    pub duration_ms: u64,
+    pub streams: usize,
+    pub chunks: usize,
+    pub interval_us: u64,
+    pub delay_us: u64,
+    pub burst: usize,
+    pub ticks_per_sec: u64,
+    pub smoke: bool,
+    pub polyplex: String,
+}
+
+fn us(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        return f64::NAN;
+    }
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The numbers of one row, with "added" taken against the direct row.
+struct Derived {
+    p50: f64,
+    p99: f64,
+    added_p50: f64,
+    added_p99: f64,
+    rps64: f64,
+    p99_64_ms: f64,
+    rps256: f64,
+    p99_256_ms: f64,
+    cpu_us: f64,
+    added_ttft_p50: f64,
+    added_ttft_p99: f64,
+    added_gap_p99: f64,
+}
+
+fn derive(r: &Row, base: &Row, tps: u64) -> Derived {
+    Derived {
+        p50: us(&r.c1, 0.5),
+        p99: us(&r.c1, 0.99),
+        added_p50: us(&r.c1, 0.5) - us(&base.c1, 0.5),
+        added_p99: us(&r.c1, 0.99) - us(&base.c1, 0.99),
+        rps64: r.c64.rps(),
+        p99_64_ms: us(&r.c64.hist, 0.99) / 1000.0,
+        rps256: r.c256.rps(),
+        p99_256_ms: us(&r.c256.hist, 0.99) / 1000.0,
+        cpu_us: r.cpu_us_per_req(tps),
+        added_ttft_p50: us(&r.ttft, 0.5) - us(&base.ttft, 0.5),
+        added_ttft_p99: us(&r.ttft, 0.99) - us(&base.ttft, 0.99),
+        added_gap_p99: us(&r.gaps, 0.99) - us(&base.gaps, 0.99),
+    }
+}
+
+fn f0(v: f64) -> String {
+    if v.is_nan() {
+        "—".into()
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn f1(v: f64) -> String {
+    if v.is_nan() {
+        "—".into()
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn f2(v: f64) -> String {
+    if v.is_nan() {
+        "—".into()
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// One goal from the issue: what, the limit, the measured value, met?
+struct Goal {
+    what: &'static str,
+    limit: String,
+    measured: String,
+    met: Option<bool>,
+}
+
+fn goals(rows: &[Row], base: &Row, tps: u64) -> Vec<Goal> {
+    let find = |n: &str| rows.iter().find(|r| r.name == n);
+    let d = |n: &str| find(n).map(|r| derive(r, base, tps));
+    let mut g = Vec::new();
+    let mut le = |what: &'static str, limit: f64, unit: &str, v: Option<f64>| {
+        g.push(Goal {
+            what,
+            limit: format!("≤ {limit} {unit}"),
+            measured: v
+                .map(|v| format!("{} {unit}", f1(v)))
+                .unwrap_or("not measured".into()),
+            met: v.map(|v| v <= limit),
+        })
+    };
+    let pt = d("polyplex");
+    let tr = d("polyplex-anthropic");
+    le(
+        "passthrough added p50, c=1",
+        50.0,
+        "µs",
+        pt.as_ref().map(|x| x.added_p50),
+    );
+    le(
+        "passthrough added p99, c=1",
+        150.0,
+        "µs",
+        pt.as_ref().map(|x| x.added_p99),
+    );
+    le(
+        "translated (Anthropic) added p50, c=1",
+        60.0,
+        "µs",
+        tr.as_ref().map(|x| x.added_p50),
+    );
+    le(
+        "idle RSS",
+        15.0,
+        "MiB",
+        find("polyplex").map(|r| mib(r.rss_idle_kib)),
+    );
+    le(
+        "peak RSS at c=256",
+        50.0,
+        "MiB",
+        find("polyplex").map(|r| mib(r.rss_peak_c256_kib)),
+    );
+    le(
+        "passthrough added TTFT p50",
+        100.0,
+        "µs",
+        pt.as_ref().map(|x| x.added_ttft_p50),
+    );
+    le(
+        "passthrough added inter-chunk gap p99",
+        10.0,
+        "µs",
+        pt.as_ref().map(|x| x.added_gap_p99),
+    );
+    le(
+        "translated added inter-chunk gap p99",
+        20.0,
+        "µs",
+        tr.as_ref().map(|x| x.added_gap_p99),
+    );
+    let ratio = match (pt.as_ref(), d("nginx")) {
+        (Some(p), Some(n)) if n.rps64 > 0.0 => Some(p.rps64 / n.rps64 * 100.0),
+        _ => None,
+    };
+    g.push(Goal {
+        what: "throughput at c=64 vs nginx",
+        limit: "≥ 60 %".into(),
+        measured: ratio
+            .map(|r| format!("{} %", f0(r)))
+            .unwrap_or("not measured (no nginx)".into()),
+        met: ratio.map(|r| r >= 60.0),
+    });
+    for n in ["polyplex", "polyplex-anthropic"] {
+        if let Some(r) = find(n) {
+            g.push(Goal {
+                what: if n == "polyplex" {
+                    "passthrough errors at concurrent streams"
+                } else {
+                    "translated errors at concurrent streams"
+                },
+                limit: "0".into(),
+                measured: format!("{} of {}", r.burst_errors.count, r.burst),
+                met: Some(r.burst_errors.count == 0 && r.burst >= 512),
+            });
+        }
+    }
+    g
+}
+
+pub fn markdown(rows: &[Row], skipped: &[(String, String)], m: &Meta) -> String {
+    let mut s = String::new();
+    let Some(base) = rows.iter().find(|r| r.name == "direct") else {
+        return "no direct baseline\n".into();
+    };
+    s.push_str(&format!(
+        "{}{} rounds (order shuffled each round); per round and target: {} sequential requests at c=1, {} streams of {} chunks {} µs apart, {} ms at c=64 and at c=256; then {} concurrent streams. Upstream delay {} µs. \"Added\" = target minus direct, in µs.\n\n",
+        if m.smoke { "**Smoke run — too short to mean anything.** " } else { "" },
+        m.rounds, m.requests, m.streams, m.chunks, m.interval_us, m.duration_ms, m.burst, m.delay_us
+    ));
+    s.push_str("| target | p50 / p99 c=1 (µs) | added p50 | added p99 | req/s c=64 | p99 c=64 (ms) | req/s c=256 | p99 c=256 (ms) | CPU µs/req | RSS idle / c=256 peak / peak / after (MiB) | added TTFT p50 / p99 | added gap p99 | errors | stream errors |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|\n");
+    for r in rows {
+        let d = derive(r, base, m.ticks_per_sec);
+        s.push_str(&format!(
+            "| {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} / {} | {} / {} | {} | {} | {} of {} |\n",
+            r.name,
+            f0(d.p50),
+            f0(d.p99),
+            f1(d.added_p50),
+            f1(d.added_p99),
+            f0(d.rps64),
+            f2(d.p99_64_ms),
+            f0(d.rps256),
+            f2(d.p99_256_ms),
+            f1(d.cpu_us),
+            f1(mib(r.rss_idle_kib)),
+            f1(mib(r.rss_peak_c256_kib)),
+            f1(mib(r.rss_peak_kib)),
+            f1(mib(r.rss_after_kib)),
+            f1(d.added_ttft_p50),
+            f1(d.added_ttft_p99),
+            f1(d.added_gap_p99),
+            r.errors.count,
+            r.burst_errors.count,
+            r.burst,
+        ));
+    }
+    s.push_str("\n`direct` is the upstream itself: its CPU and RSS columns are the mock's own.\n");
+    for (n, why) in skipped {
+        s.push_str(&format!("\n- `{n}` not measured: {why}"));
+    }
+    for r in rows {
+        if let Some(e) = r.errors.first.as_ref().or(r.burst_errors.first.as_ref()) {
+            s.push_str(&format!(
+                "\n- first error of `{}`: {}",
+                r.name,
+                e.replace('\n', " ")
+            ));
+        }
+    }
+    s.push_str("\n\n### polyplex against the goals\n\n| goal | limit | measured | met |\n|---|---|---|---|\n");
+    for g in goals(rows, base, m.ticks_per_sec) {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            g.what,
+            g.limit,
+            g.measured,
+            match g.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "—",
+            }
+        ));
+    }
+    s
+}
+
+fn num(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        Value::Null
+    }
+}
+
+pub fn json(rows: &[Row], skipped: &[(String, String)], m: &Meta) -> Value {
+    let base = rows.iter().find(|r| r.name == "direct");
+    let targets: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let d = base.map(|b| derive(r, b, m.ticks_per_sec));
+            json!({
+                "name": r.name,
+                "c1_p50_us": num(us(&r.c1, 0.5)),
+                "c1_p99_us": num(us(&r.c1, 0.99)),
+                "added_p50_us": d.as_ref().map(|d| num(d.added_p50)),
+                "added_p99_us": d.as_ref().map(|d| num(d.added_p99)),
+                "rps_c64": r.c64.rps(),
+                "p99_c64_ms": num(us(&r.c64.hist, 0.99) / 1000.0),
+                "rps_c256": r.c256.rps(),
+                "p99_c256_ms": num(us(&r.c256.hist, 0.99) / 1000.0),
+                "cpu_us_per_req": r.cpu_us_per_req(m.ticks_per_sec),
+                "rss_idle_mib": mib(r.rss_idle_kib),
+                "rss_peak_c256_mib": mib(r.rss_peak_c256_kib),
+                "rss_peak_mib": mib(r.rss_peak_kib),
+                "rss_after_mib": mib(r.rss_after_kib),
+                "ttft_p50_us": num(us(&r.ttft, 0.5)),
+                "ttft_p99_us": num(us(&r.ttft, 0.99)),
+                "gap_p99_us": num(us(&r.gaps, 0.99)),
+                "added_ttft_p50_us": d.as_ref().map(|d| num(d.added_ttft_p50)),
+                "added_ttft_p99_us": d.as_ref().map(|d| num(d.added_ttft_p99)),
+                "added_gap_p99_us": d.as_ref().map(|d| num(d.added_gap_p99)),
+                "errors": r.errors.count,
+                "burst": r.burst,
+                "burst_errors": r.burst_errors.count,
+            })
+        })
+        .collect();
+    json!({
+        "method": {
+            "rounds": m.rounds, "requests": m.requests, "duration_ms": m.duration_ms,
+            "streams": m.streams, "chunks": m.chunks, "interval_us": m.interval_us,
+            "delay_us": m.delay_us, "burst": m.burst, "smoke": m.smoke, "polyplex": m.polyplex,
+        },
+        "targets": targets,
+        "skipped": skipped.iter().map(|(n, w)| json!({"name": n, "why": w})).collect::<Vec<_>>(),
+    })
+}
