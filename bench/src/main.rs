@@ -187,7 +187,8 @@ fn cpus() -> usize {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)?;
-    let logs = args.out.join("logs");
+    // Absolute: nginx resolves its prefix and pid paths against its own cwd.
+    let logs = std::fs::canonicalize(&args.out)?.join("logs");
     std::fs::create_dir_all(&logs)?;
     let wanted: Vec<String> = args
         .targets

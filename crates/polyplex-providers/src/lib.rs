@@ -14,12 +14,14 @@ pub mod azure;
 pub mod cohere;
 pub mod gemini;
 pub mod openai_compat;
+pub mod reply;
 pub mod sse;
 mod translate;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use polyplex_types::{GatewayError, JsonMap, Usage};
+pub use reply::{RawReply, Reply};
 
 /// Which OpenAI endpoint a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +148,19 @@ pub trait Protocol: Send + Sync {
         request: &JsonMap,
         body: &[u8],
     ) -> Result<(JsonMap, Option<Usage>), GatewayError>;
+    /// [`Protocol::parse`] for the gateway's unary path: adapters whose
+    /// upstream already answers in OpenAI's shape keep the bytes
+    /// ([`Reply::Raw`]) instead of decoding and re-encoding them.
+    fn parse_reply(
+        &self,
+        endpoint: Endpoint,
+        provider: &str,
+        request: &JsonMap,
+        body: &[u8],
+    ) -> Result<(Reply, Option<Usage>), GatewayError> {
+        self.parse(endpoint, provider, request, body)
+            .map(|(m, u)| (Reply::Map(m), u))
+    }
     /// Maps an upstream error reply to a gateway error.
     fn error(&self, provider: &str, status: StatusCode, body: &[u8]) -> GatewayError;
     fn stream_decoder(

@@ -15,7 +15,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use http::StatusCode;
 use polyplex_providers::sse::{self, Parser};
-use polyplex_providers::{Endpoint, StreamDecoder, StreamItem};
+use polyplex_providers::{Endpoint, Reply, StreamDecoder, StreamItem};
 use polyplex_types::{ErrorSource, GatewayError, JsonMap, Usage};
 use rand::Rng;
 use std::time::{Duration, Instant};
@@ -222,7 +222,7 @@ fn request(
 /// A non-streamed answer.
 pub struct Unary {
     /// The OpenAI-shaped response.
-    pub response: JsonMap,
+    pub response: Reply,
     /// Usage as the upstream reported it.
     pub usage: Option<Usage>,
     /// Parameters dropped under `drop_params`.
@@ -253,7 +253,7 @@ pub async fn unary_once(
         let (response, usage) = d
             .upstream
             .protocol
-            .parse(endpoint, &d.upstream.name, body, &bytes)
+            .parse_reply(endpoint, &d.upstream.name, body, &bytes)
             .map_err(|e| redact(e, d))?;
         Ok(Unary {
             response,

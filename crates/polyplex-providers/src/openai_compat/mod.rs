@@ -14,7 +14,7 @@ mod tests;
 
 pub use stream::Decoder;
 
-use crate::{Endpoint, Protocol, StreamDecoder, Target, UpstreamRequest};
+use crate::{Endpoint, Protocol, RawReply, Reply, StreamDecoder, Target, UpstreamRequest};
 use http::StatusCode;
 use polyplex_types::{GatewayError, JsonMap, Usage};
 use serde_json::Value;
@@ -63,6 +63,37 @@ impl Protocol for OpenAiCompat {
         }
         let usage = Usage::from_json(map.get("usage"));
         Ok((map, usage))
+    }
+
+    fn parse_reply(
+        &self,
+        endpoint: Endpoint,
+        provider: &str,
+        _request: &JsonMap,
+        body: &[u8],
+    ) -> Result<(Reply, Option<Usage>), GatewayError> {
+        let raw = RawReply::parse(body).map_err(|e| {
+            GatewayError::upstream_bad_response(provider, format_args!("not a JSON object ({e})"))
+        })?;
+        if let Some(err) = raw.get("error").filter(|e| e.get() != "null") {
+            let err: Value = serde_json::from_str(err.get()).unwrap_or(Value::Null);
+            return Err(error_from_value(provider, StatusCode::BAD_GATEWAY, &err));
+        }
+        let expected = match endpoint {
+            Endpoint::Embeddings => "data",
+            _ => "choices",
+        };
+        if !raw.is_array(expected) {
+            return Err(GatewayError::upstream_bad_response(
+                provider,
+                format_args!("no `{expected}` array"),
+            ));
+        }
+        let usage = match raw.get("usage") {
+            Some(u) => Usage::from_json(serde_json::from_str::<Value>(u.get()).ok().as_ref()),
+            None => None,
+        };
+        Ok((Reply::Raw(raw), usage))
     }
 
     fn error(&self, provider: &str, status: StatusCode, body: &[u8]) -> GatewayError {

@@ -8,7 +8,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use polyplex_providers::Endpoint;
+use polyplex_providers::{Endpoint, Reply};
 use polyplex_types::validate::ProviderPrefs;
 use polyplex_types::{validate, GatewayError, JsonMap, Usage};
 use serde_json::{json, Value};
@@ -235,12 +235,14 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
     };
     match outcome.result {
         Ok((unary, d)) => {
-            let (mut map, upstream_usage) = (unary.response, unary.usage);
-            if map.get("model").is_none_or(serde_json::Value::is_null) {
+            let (mut reply, upstream_usage) = (unary.response, unary.usage);
+            if !reply.has_model() {
                 // Some protocols (Cohere) do not name the model: it is the one asked for.
+                let mut map = reply.into_map();
                 map.insert("model".into(), serde_json::Value::String(d.model.clone()));
+                reply = Reply::Map(map);
             }
-            let (usage, cost) = finish_usage(app, &d, endpoint, body, &mut map, upstream_usage);
+            let (reply, usage, cost) = finish_usage(app, &d, endpoint, body, reply, upstream_usage);
             let latency = call.started.elapsed();
             app.recorder.record(UsageRecord {
                 request_id: call.rid.clone(),
@@ -257,7 +259,7 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
                 stream: false,
                 at: SystemTime::now(),
             });
-            let mut resp = json_response(&map);
+            let mut resp = json_response(&reply);
             served.apply(&mut resp);
             dropped_header(&mut resp, &unary.dropped);
             resp

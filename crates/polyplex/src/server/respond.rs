@@ -10,7 +10,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
-use polyplex_providers::{Endpoint, StreamItem};
+use polyplex_providers::{Endpoint, Reply, StreamItem};
 use polyplex_types::{GatewayError, JsonMap, Usage};
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -106,8 +106,40 @@ impl Served<'_> {
 }
 
 /// Ensures `usage` is present (estimating it if the upstream sent none) and adds `usage.cost`.
-/// Returns the usage as recorded.
+/// Returns the answer with the usage as recorded. An upstream's own answer
+/// that reported usage keeps its bytes; only its `usage` member is rewritten.
 pub fn finish_usage(
+    app: &App,
+    d: &Deployment,
+    endpoint: Endpoint,
+    request: &JsonMap,
+    resp: Reply,
+    upstream: Option<Usage>,
+) -> (Reply, Usage, f64) {
+    match (resp, upstream) {
+        (Reply::Raw(mut raw), Some(usage)) => {
+            let c = cost(app.router.catalog(), d, &usage);
+            let mut u: JsonMap = raw
+                .get("usage")
+                .and_then(|v| serde_json::from_str(v.get()).ok())
+                .unwrap_or_default();
+            u.insert("cost".into(), cost_json(c));
+            if raw.set("usage", &Value::Object(u)).is_ok() {
+                return (Reply::Raw(raw), usage, c);
+            }
+            let mut map = raw.into_map();
+            let (usage, c) = usage_into_map(app, d, endpoint, request, &mut map, Some(usage));
+            (Reply::Map(map), usage, c)
+        }
+        (other, upstream) => {
+            let mut map = other.into_map();
+            let (usage, c) = usage_into_map(app, d, endpoint, request, &mut map, upstream);
+            (Reply::Map(map), usage, c)
+        }
+    }
+}
+
+fn usage_into_map(
     app: &App,
     d: &Deployment,
     endpoint: Endpoint,
@@ -148,8 +180,8 @@ pub fn finish_usage(
     (usage, c)
 }
 
-pub fn json_response(body: &JsonMap) -> Response {
-    match serde_json::to_vec(body) {
+pub fn json_response(body: &Reply) -> Response {
+    match body.to_vec() {
         Ok(bytes) => {
             let mut r = Response::new(Body::from(bytes));
             r.headers_mut()
