@@ -184,54 +184,60 @@ fn goals(rows: &[Row], base: &Row, tps: u64) -> Vec<Goal> {
     };
     let pt = d("polyplex");
     let tr = d("polyplex-anthropic");
-    le(
-        "passthrough added p50, c=1",
-        50.0,
-        "µs",
-        pt.as_ref().map(|x| x.added_p50),
-    );
-    le(
-        "passthrough added p99, c=1",
-        150.0,
-        "µs",
-        pt.as_ref().map(|x| x.added_p99),
-    );
-    le(
-        "translated (Anthropic) added p50, c=1",
-        60.0,
-        "µs",
-        tr.as_ref().map(|x| x.added_p50),
-    );
-    le(
-        "idle RSS",
-        15.0,
-        "MiB",
-        find("polyplex").map(|r| mib(r.rss_idle_kib)),
-    );
-    le(
-        "peak RSS at c=256",
-        50.0,
-        "MiB",
-        find("polyplex").map(|r| mib(r.rss_peak_c256_kib)),
-    );
-    le(
-        "passthrough added TTFT p50",
-        100.0,
-        "µs",
-        pt.as_ref().map(|x| x.added_ttft_p50),
-    );
-    le(
-        "passthrough added inter-chunk gap p99",
-        10.0,
-        "µs",
-        pt.as_ref().map(|x| x.added_gap_p99),
-    );
-    le(
-        "translated added inter-chunk gap p99",
-        20.0,
-        "µs",
-        tr.as_ref().map(|x| x.added_gap_p99),
-    );
+    let on = |x: Option<&Derived>, f: fn(&Derived) -> f64| x.map(f);
+    let limits: [(&'static str, f64, &str, Option<f64>); 8] = [
+        (
+            "passthrough added p50, c=1",
+            50.0,
+            "µs",
+            on(pt.as_ref(), |x| x.added_p50),
+        ),
+        (
+            "passthrough added p99, c=1",
+            150.0,
+            "µs",
+            on(pt.as_ref(), |x| x.added_p99),
+        ),
+        (
+            "translated (Anthropic) added p50, c=1",
+            60.0,
+            "µs",
+            on(tr.as_ref(), |x| x.added_p50),
+        ),
+        (
+            "idle RSS",
+            15.0,
+            "MiB",
+            find("polyplex").map(|r| mib(r.rss_idle_kib)),
+        ),
+        (
+            "peak RSS at c=256",
+            50.0,
+            "MiB",
+            find("polyplex").map(|r| mib(r.rss_peak_c256_kib)),
+        ),
+        (
+            "passthrough added TTFT p50",
+            100.0,
+            "µs",
+            on(pt.as_ref(), |x| x.added_ttft_p50),
+        ),
+        (
+            "passthrough added inter-chunk gap p99",
+            10.0,
+            "µs",
+            on(pt.as_ref(), |x| x.added_gap_p99),
+        ),
+        (
+            "translated added inter-chunk gap p99",
+            20.0,
+            "µs",
+            on(tr.as_ref(), |x| x.added_gap_p99),
+        ),
+    ];
+    for (what, limit, unit, v) in limits {
+        le(what, limit, unit, v);
+    }
     let ratio = match (pt.as_ref(), d("nginx")) {
         (Some(p), Some(n)) if n.rps64 > 0.0 => Some(p.rps64 / n.rps64 * 100.0),
         _ => None,
