@@ -185,6 +185,23 @@ impl Provider {
         self.model_index.get(id).map(|&i| &self.models[i])
     }
 
+    /// The provider's own model for a name a client sent: the exact id, else
+    /// the first priced model with the same [`canonical`] name (so
+    /// `llama-3.3-70b-versatile` at Groq answers for
+    /// `meta-llama/Llama-3.3-70B-Instruct-Turbo`).
+    pub fn equivalent(&self, name: &str) -> Option<&Model> {
+        if let Some(m) = self.model(name) {
+            return Some(m);
+        }
+        let want = canonical(name);
+        let mut same = self.models.iter().filter(|m| canonical(&m.id) == want);
+        let first = same.next()?;
+        if first.price.is_some() {
+            return Some(first);
+        }
+        same.find(|m| m.price.is_some()).or(Some(first))
+    }
+
     /// The first of the provider's credential variables that is set and non-empty.
     pub fn api_key_from_env(
         &self,
@@ -197,9 +214,119 @@ impl Provider {
     }
 }
 
+/// Words providers add to an open model's name that do not change the model.
+const DECORATIONS: &[&str] = &[
+    "instruct",
+    "turbo",
+    "versatile",
+    "fp8",
+    "fast",
+    "dynamic",
+    "maas",
+    "latest",
+];
+
+/// One name for one model across providers: the last path segment, lower
+/// case, without a Bedrock vendor prefix or `-v1:0` version, without a Vertex
+/// `@version`, without a leading `meta-`, and without serving decorations
+/// (`-instruct`, `-turbo`, `-versatile`, `-fp8`, ...). Dated snapshots keep
+/// their date: they are different models with different prices.
+pub fn canonical(id: &str) -> String {
+    let mut s = id.rsplit('/').next().unwrap_or(id).to_ascii_lowercase();
+    if let Some(at) = s.find('@') {
+        s.truncate(at);
+    }
+    if let Some(colon) = s.rfind(':') {
+        // Bedrock `...-v1:0`.
+        if s[..colon].rsplit('-').next().is_some_and(|v| {
+            v.len() > 1 && v.starts_with('v') && v[1..].bytes().all(|b| b.is_ascii_digit())
+        }) {
+            let dash = s[..colon].rfind('-').unwrap_or(colon);
+            s.truncate(dash);
+        }
+    }
+    // Bedrock `[region.]vendor.model`: keep what follows the last vendor dot
+    // that precedes the model name proper.
+    for vendor in [
+        "anthropic.",
+        "meta.",
+        "amazon.",
+        "mistral.",
+        "cohere.",
+        "deepseek.",
+        "ai21.",
+    ] {
+        if let Some(i) = s.find(vendor) {
+            s = s[i + vendor.len()..].to_string();
+            break;
+        }
+    }
+    if let Some(rest) = s.strip_prefix("meta-") {
+        s = rest.to_string();
+    }
+    loop {
+        let before = s.len();
+        for d in DECORATIONS {
+            if let Some(head) = s.strip_suffix(d).and_then(|h| h.strip_suffix('-')) {
+                s.truncate(head.len());
+            }
+        }
+        if s.len() == before {
+            return s;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_names_join_one_model_across_providers() {
+        for id in [
+            "llama-3.3-70b-versatile",
+            "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+            "meta-llama/Meta-Llama-3.3-70B-Instruct",
+            "@cf/meta/llama-3.3-70b-instruct-fp8-fast",
+            "meta/llama-3.3-70b-instruct-maas",
+            "us.meta.llama3-3-70b-instruct-v1:0",
+        ] {
+            let c = canonical(id);
+            assert!(c == "llama-3.3-70b" || c == "llama3-3-70b", "{id} -> {c}");
+        }
+        assert_eq!(
+            canonical("anthropic.claude-sonnet-4-5-20250929-v1:0"),
+            "claude-sonnet-4-5-20250929"
+        );
+        assert_eq!(canonical("claude-sonnet-4-5@20250929"), "claude-sonnet-4-5");
+        assert_eq!(canonical("deepseek-ai/DeepSeek-R1"), "deepseek-r1");
+        // Snapshots and sizes stay apart.
+        assert_ne!(canonical("gpt-4o-2024-05-13"), canonical("gpt-4o"));
+        assert_ne!(canonical("gpt-4o-mini"), canonical("gpt-4o"));
+        assert_eq!(canonical("llama3:8b"), "llama3:8b");
+    }
+
+    #[test]
+    fn equivalent_models_at_other_providers() {
+        let c = Catalog::builtin();
+        let want = "meta-llama/Llama-3.3-70B-Instruct-Turbo";
+        let at = |p: &str| {
+            c.provider(p)
+                .and_then(|p| p.equivalent(want))
+                .map(|m| m.id.clone())
+        };
+        assert_eq!(at("groq").as_deref(), Some("llama-3.3-70b-versatile"));
+        assert_eq!(at("togetherai").as_deref(), Some(want));
+        assert_eq!(at("deepinfra").as_deref(), Some(want));
+        assert_eq!(at("openai"), None);
+        // The exact id wins over a canonical match.
+        assert_eq!(
+            c.provider("anthropic")
+                .and_then(|p| p.equivalent("claude-sonnet-4-5"))
+                .map(|m| m.id.as_str()),
+            Some("claude-sonnet-4-5")
+        );
+    }
 
     #[test]
     fn builtin_catalog_is_complete() {

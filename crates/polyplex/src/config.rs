@@ -50,6 +50,20 @@ struct RawConfig {
     providers: Vec<RawProvider>,
     #[serde(default)]
     routes: Vec<RawRoute>,
+    #[serde(default)]
+    routing: RawRouting,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    strategy: Option<String>,
+    retry_budget_ratio: Option<f64>,
+    retry_budget_min_per_s: Option<f64>,
+    breaker_window_ms: Option<u64>,
+    breaker_min_requests: Option<u32>,
+    breaker_error_ratio: Option<f64>,
+    breaker_cooldown_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -120,6 +134,10 @@ struct RawRoute {
     name: String,
     targets: Vec<String>,
     strategy: Option<String>,
+    /// Hedge after this long without a first byte.
+    hedge_after_ms: Option<u64>,
+    /// `"p95"`: hedge after the first deployment's observed p95 TTFT.
+    hedge_after: Option<String>,
 }
 
 // ---------------------------------------------------------------- runtime
@@ -134,6 +152,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub providers: Vec<ProviderConfig>,
     pub routes: Vec<RouteConfig>,
+    pub routing: RoutingConfig,
     /// Serve the built-in simulator as provider `demo` (nothing else configured).
     pub demo: bool,
     /// Where the configuration came from, for logs.
@@ -228,6 +247,89 @@ pub struct RouteConfig {
     /// `(provider, model)` pairs.
     pub targets: Vec<(String, String)>,
     pub strategy: Strategy,
+    pub hedge: Option<Hedge>,
+}
+
+/// When a hedged route sends its second attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Hedge {
+    After(Duration),
+    /// The first deployment's observed p95 time to first token.
+    P95,
+}
+
+/// `[routing]`: how bare model names are ordered, the retry budget and the breaker.
+#[derive(Debug, Clone, Copy)]
+pub struct RoutingConfig {
+    /// For a bare model several providers serve.
+    pub strategy: Strategy,
+    pub retry_budget_ratio: f64,
+    pub retry_budget_min_per_s: f64,
+    pub health: crate::health::HealthConfig,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            strategy: Strategy::Priority,
+            retry_budget_ratio: 0.2,
+            retry_budget_min_per_s: 1.0,
+            health: crate::health::HealthConfig::default(),
+        }
+    }
+}
+
+fn routing(r: RawRouting) -> Result<RoutingConfig, ConfigError> {
+    let d = RoutingConfig::default();
+    let strategy = match r.strategy.as_deref() {
+        None => d.strategy,
+        Some(s) => Strategy::parse(s).ok_or_else(|| {
+            ConfigError(format!(
+                "routing.strategy: `{s}` is not one of priority, cost, latency, throughput, weighted, least-busy"
+            ))
+        })?,
+    };
+    let ratio = |v: Option<f64>, field: &str, default: f64| match v {
+        Some(x) if !(0.0..=1.0).contains(&x) => {
+            err(format!("routing.{field}: must be between 0 and 1"))
+        }
+        Some(x) => Ok(x),
+        None => Ok(default),
+    };
+    let min_per_s = r.retry_budget_min_per_s.unwrap_or(d.retry_budget_min_per_s);
+    if !(min_per_s >= 0.0 && min_per_s.is_finite()) {
+        return err("routing.retry_budget_min_per_s: must be a number >= 0");
+    }
+    let error_ratio = ratio(
+        r.breaker_error_ratio,
+        "breaker_error_ratio",
+        d.health.error_ratio,
+    )?;
+    if error_ratio == 0.0 {
+        return err("routing.breaker_error_ratio: must be above 0");
+    }
+    Ok(RoutingConfig {
+        strategy,
+        retry_budget_ratio: ratio(
+            r.retry_budget_ratio,
+            "retry_budget_ratio",
+            d.retry_budget_ratio,
+        )?,
+        retry_budget_min_per_s: min_per_s,
+        health: crate::health::HealthConfig {
+            window: r
+                .breaker_window_ms
+                .map_or(d.health.window, Duration::from_millis),
+            min_requests: r
+                .breaker_min_requests
+                .unwrap_or(d.health.min_requests)
+                .max(1),
+            error_ratio,
+            cooldown: r
+                .breaker_cooldown_ms
+                .map_or(d.health.cooldown, Duration::from_millis),
+        },
+    })
 }
 
 /// Protocols the gateway can speak today. The others in the catalog are named
@@ -401,6 +503,7 @@ pub fn from_toml(text: &str, inputs: &Inputs<'_>) -> Result<Config, ConfigError>
         routes.push(route);
     }
     let demo = providers.is_empty();
+    let routing = routing(raw.routing)?;
     Ok(Config {
         listen,
         master_key: master_key.map(SecretString::from),
@@ -410,6 +513,7 @@ pub fn from_toml(text: &str, inputs: &Inputs<'_>) -> Result<Config, ConfigError>
         shutdown_grace: Duration::from_millis(raw.server.shutdown_grace_ms.unwrap_or(30_000)),
         providers,
         routes,
+        routing,
         demo,
         source: "inline".into(),
         notes: Vec::new(),
@@ -637,10 +741,28 @@ fn route(r: RawRoute, i: usize, providers: &[ProviderConfig]) -> Result<RouteCon
             ))
         })?,
     };
+    let hedge = match (r.hedge_after_ms, r.hedge_after.as_deref()) {
+        (Some(_), Some(_)) => {
+            return err(format!(
+                "{}: set hedge_after_ms or hedge_after, not both",
+                at("hedge_after")
+            ))
+        }
+        (Some(ms), None) => Some(Hedge::After(Duration::from_millis(ms))),
+        (None, Some("p95")) => Some(Hedge::P95),
+        (None, Some(other)) => {
+            return err(format!(
+                "{}: `{other}` is not supported; use \"p95\" or hedge_after_ms",
+                at("hedge_after")
+            ))
+        }
+        (None, None) => None,
+    };
     Ok(RouteConfig {
         name: r.name,
         targets,
         strategy,
+        hedge,
     })
 }
 
@@ -711,6 +833,7 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
         shutdown_grace: Duration::from_secs(30),
         providers,
         routes: Vec::new(),
+        routing: RoutingConfig::default(),
         demo,
         source: "zero-config (no polyplex.toml)".into(),
         notes,

@@ -8,9 +8,12 @@
 //! Streams are committed only once their first chunk has arrived, so a
 //! failure before the first byte fails over invisibly.
 
-use crate::routing::Deployment;
+use crate::config::Hedge;
+use crate::health::{Admission, InFlight, RetryBudget};
+use crate::routing::{Deployment, Plan};
 use crate::server::AppState;
 use bytes::Bytes;
+use futures::future::Either;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use http::StatusCode;
@@ -29,11 +32,21 @@ const BACKOFF_CAP: Duration = Duration::from_secs(4);
 pub struct Outcome<T> {
     /// The answer and the deployment that gave it.
     pub result: Result<(T, Deployment), GatewayError>,
+    pub trace: Trace,
+}
+
+/// What the attempts were: the `x-polyplex-*` headers and the usage record.
+#[derive(Debug, Default)]
+pub struct Trace {
     /// The deployment that answered, or the last one tried.
     pub deployment: Option<Deployment>,
     pub attempts: u32,
     /// Deployments given up on before the one that answered.
     pub failed_over: Vec<String>,
+    /// Deployments skipped because their circuit was open.
+    pub skipped: Vec<String>,
+    /// True if a hedged second attempt was sent.
+    pub hedged: bool,
 }
 
 /// Full-jitter exponential backoff: uniform in [0, min(cap, base·2^retry)].
@@ -48,69 +61,337 @@ fn moves_on(e: &GatewayError) -> bool {
     e.source == ErrorSource::Upstream && matches!(e.status.as_u16(), 401 | 403 | 404)
 }
 
-/// Runs `once` over the plan with retries and failover.
-pub async fn attempt_loop<T, F, Fut>(plan: &[Deployment], mut once: F) -> Outcome<T>
-where
-    F: FnMut(Deployment) -> Fut,
-    Fut: std::future::Future<Output = Result<T, GatewayError>>,
-{
-    let mut attempts = 0;
-    let mut failed_over = Vec::new();
-    let mut last: Option<(GatewayError, Deployment)> = None;
-    'deployments: for d in plan {
-        let mut retry = 0;
-        loop {
-            attempts += 1;
-            match once(d.clone()).await {
-                Ok(v) => {
-                    return Outcome {
-                        result: Ok((v, d.clone())),
-                        deployment: Some(d.clone()),
-                        attempts,
-                        failed_over,
+/// True if an error says something about the deployment's health (and so
+/// counts toward its circuit breaker): never a client's own mistake.
+pub fn counts_against(e: &GatewayError) -> bool {
+    e.retryable || (e.source == ErrorSource::Upstream && e.status.is_server_error())
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Next {
+    Retry(Duration),
+    FailOver,
+    Stop,
+}
+
+/// The one place that decides between retrying, failing over and stopping:
+/// retryable errors retry (honouring `retry-after`, within the provider's
+/// `max_retries` and the retry budget), then fail over; an upstream's
+/// 401/403/404 fails over at once; anything else (a client's own 4xx) stops.
+pub fn judge(
+    e: &GatewayError,
+    max_retries: u32,
+    retry: u32,
+    budget: &RetryBudget,
+    now: Instant,
+    rng: &mut impl Rng,
+) -> Next {
+    if !e.retryable && !moves_on(e) {
+        return Next::Stop;
+    }
+    if e.retryable
+        && retry < max_retries
+        && e.retry_after.is_none_or(|w| w <= MAX_RETRY_AFTER)
+        && budget.try_spend(now)
+    {
+        return Next::Retry(e.retry_after.unwrap_or_else(|| backoff(retry, rng)));
+    }
+    Next::FailOver
+}
+
+enum Flow<T> {
+    Done(T),
+    Resume {
+        at: usize,
+        retry: u32,
+        pause: Option<Duration>,
+    },
+    Stop,
+}
+
+struct Attempts<'a> {
+    app: &'a AppState,
+    ds: &'a [Deployment],
+    /// Unary answers are complete at once; streams have only begun.
+    complete: bool,
+    attempts: u32,
+    failed_over: Vec<String>,
+    skipped: Vec<String>,
+    /// When the earliest skipped circuit lets a probe through.
+    reopens: Option<Instant>,
+    last: Option<(GatewayError, Deployment)>,
+    hedged: bool,
+}
+
+impl<'a> Attempts<'a> {
+    /// Asks the breaker; a deployment it refuses is noted as skipped.
+    fn admit(&mut self, at: usize) -> bool {
+        let d = &self.ds[at];
+        match d.stats.admit(&self.app.health, Instant::now()) {
+            Admission::Yes | Admission::Probe => true,
+            Admission::No(until) => {
+                tracing::debug!(deployment = %d.label(), "circuit open; skipped");
+                if !self.skipped.contains(&d.label()) {
+                    self.skipped.push(d.label());
+                }
+                self.reopens = Some(self.reopens.map_or(until, |r| r.min(until)));
+                false
+            }
+        }
+    }
+
+    /// The first deployment from `from` on that the breaker admits.
+    fn next_admitted(&mut self, from: usize) -> Option<usize> {
+        (from..self.ds.len()).find(|&i| self.admit(i))
+    }
+
+    /// Records an attempt's result in the deployment's statistics and decides what follows.
+    fn settle<T>(
+        &mut self,
+        at: usize,
+        retry: u32,
+        started: Instant,
+        r: Result<T, GatewayError>,
+    ) -> Flow<T> {
+        let d = &self.ds[at];
+        let now = Instant::now();
+        let cfg = &self.app.health;
+        match r {
+            Ok(v) => {
+                let took = now.saturating_duration_since(started);
+                d.stats
+                    .on_success(cfg, now, took, self.complete.then_some(took));
+                Flow::Done(v)
+            }
+            Err(e) => {
+                tracing::debug!(deployment = %d.label(), attempt = self.attempts, error = %e, "attempt failed");
+                if counts_against(&e) {
+                    d.stats.on_failure(cfg, now, &e.message);
+                }
+                if e.status == StatusCode::TOO_MANY_REQUESTS {
+                    if let Some(w) = e.retry_after {
+                        d.stats.block_until(now + w);
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(deployment = %d.label(), attempt = attempts, error = %e, "attempt failed");
-                    let retryable = e.retryable;
-                    let next = moves_on(&e);
-                    let wait = e.retry_after;
-                    last = Some((e, d.clone()));
-                    if !retryable && !next {
-                        break 'deployments;
+                let next = judge(
+                    &e,
+                    d.upstream.max_retries,
+                    retry,
+                    &self.app.retry_budget,
+                    now,
+                    &mut rand::thread_rng(),
+                );
+                self.last = Some((e, d.clone()));
+                match next {
+                    Next::Retry(p) => Flow::Resume {
+                        at,
+                        retry: retry + 1,
+                        pause: Some(p),
+                    },
+                    Next::FailOver => {
+                        self.failed_over.push(d.label());
+                        Flow::Resume {
+                            at: at + 1,
+                            retry: 0,
+                            pause: None,
+                        }
                     }
-                    if retryable
-                        && retry < d.upstream.max_retries
-                        && wait.is_none_or(|w| w <= MAX_RETRY_AFTER)
-                    {
-                        let pause = wait.unwrap_or_else(|| backoff(retry, &mut rand::thread_rng()));
-                        retry += 1;
-                        tokio::time::sleep(pause).await;
-                        continue;
-                    }
-                    failed_over.push(d.label());
-                    continue 'deployments;
+                    Next::Stop => Flow::Stop,
                 }
             }
         }
     }
-    let (err, dep) = match last {
-        Some((e, d)) => (e, Some(d)),
-        None => (
-            GatewayError::service_unavailable("No deployment is available for this model."),
-            None,
-        ),
+
+    fn done<T>(self, v: T, at: usize) -> Outcome<T> {
+        let d = self.ds[at].clone();
+        Outcome {
+            result: Ok((v, d.clone())),
+            trace: Trace {
+                deployment: Some(d),
+                attempts: self.attempts,
+                failed_over: self.failed_over,
+                skipped: self.skipped,
+                hedged: self.hedged,
+            },
+        }
+    }
+
+    fn failed<T>(mut self) -> Outcome<T> {
+        let (err, dep) = match self.last.take() {
+            Some((e, d)) => (e, Some(d)),
+            None => {
+                let mut e = GatewayError::service_unavailable(if self.skipped.is_empty() {
+                    "No deployment is available for this model.".to_string()
+                } else {
+                    format!(
+                        "Every deployment for this model is failing and was taken out of rotation (circuit open): {}.",
+                        self.skipped.join(", ")
+                    )
+                })
+                .with_code("circuit_open");
+                e.retry_after = self
+                    .reopens
+                    .map(|t| t.saturating_duration_since(Instant::now()));
+                (e, None)
+            }
+        };
+        if !self.failed_over.is_empty()
+            && self.failed_over.last() == dep.as_ref().map(Deployment::label).as_ref()
+        {
+            self.failed_over.pop();
+        }
+        Outcome {
+            result: Err(err),
+            trace: Trace {
+                deployment: dep,
+                attempts: self.attempts,
+                failed_over: self.failed_over,
+                skipped: self.skipped,
+                hedged: self.hedged,
+            },
+        }
+    }
+}
+
+/// How long a hedged plan waits for the first deployment's first byte.
+fn hedge_delay(plan: &Plan, first: &Deployment) -> Option<Duration> {
+    match plan.hedge? {
+        Hedge::After(d) => Some(d),
+        Hedge::P95 => first.stats.ttft_p95(),
+    }
+}
+
+/// Runs `once` over the plan: breaker admission, retries, failover, and
+/// (for hedged routes) a second attempt racing the first. `complete` says
+/// whether a successful attempt is the whole answer (unary) or its start.
+pub async fn attempt_loop<T, F, Fut>(
+    app: &AppState,
+    plan: &Plan,
+    complete: bool,
+    mut once: F,
+) -> Outcome<T>
+where
+    F: FnMut(Deployment, InFlight) -> Fut,
+    Fut: std::future::Future<Output = Result<T, GatewayError>>,
+{
+    app.retry_budget.on_request(Instant::now());
+    let mut st = Attempts {
+        app,
+        ds: &plan.deployments,
+        complete,
+        attempts: 0,
+        failed_over: Vec::new(),
+        skipped: Vec::new(),
+        reopens: None,
+        last: None,
+        hedged: false,
     };
-    if !failed_over.is_empty() && failed_over.last() == dep.as_ref().map(Deployment::label).as_ref()
-    {
-        failed_over.pop();
+    let (mut at, mut retry, mut pause) = (0, 0, None);
+
+    // A hedged start: the first admitted deployment, and after the delay a
+    // second one racing it; the first answer wins and the other is dropped
+    // (which cancels its upstream request).
+    if let Some(a) = st.next_admitted(0) {
+        if let Some(delay) = hedge_delay(plan, &st.ds[a]).filter(|_| a + 1 < st.ds.len()) {
+            let da = st.ds[a].clone();
+            st.attempts += 1;
+            let started_a = Instant::now();
+            let mut fa = Box::pin(once(da.clone(), da.stats.enter()));
+            let first = tokio::select! {
+                r = &mut fa => Some(r),
+                _ = tokio::time::sleep(delay) => None,
+            };
+            let flow = match first {
+                Some(r) => st.settle(a, 0, started_a, r),
+                None => {
+                    let b = st.next_admitted(a + 1);
+                    match b.filter(|_| app.retry_budget.try_spend(Instant::now())) {
+                        None => {
+                            let r = fa.await;
+                            st.settle(a, 0, started_a, r)
+                        }
+                        Some(b) => {
+                            let db = st.ds[b].clone();
+                            tracing::debug!(first = %da.label(), hedge = %db.label(), after = ?delay, "no first byte yet; hedging");
+                            st.attempts += 1;
+                            st.hedged = true;
+                            let started_b = Instant::now();
+                            let fb = Box::pin(once(db.clone(), db.stats.enter()));
+                            let (won, (lost_at, lost_started, lost)) =
+                                match futures::future::select(fa, fb).await {
+                                    Either::Left((ra, fb)) => {
+                                        ((a, started_a, ra), (b, started_b, Either::Right(fb)))
+                                    }
+                                    Either::Right((rb, fa)) => {
+                                        ((b, started_b, rb), (a, started_a, Either::Left(fa)))
+                                    }
+                                };
+                            match st.settle(won.0, 0, won.1, won.2) {
+                                Flow::Done(v) => return st.done(v, won.0),
+                                Flow::Stop => return st.failed(),
+                                Flow::Resume { .. } => {}
+                            }
+                            let r = match lost {
+                                Either::Left(f) | Either::Right(f) => f.await,
+                            };
+                            match st.settle(lost_at, 0, lost_started, r) {
+                                Flow::Done(v) => return st.done(v, lost_at),
+                                Flow::Stop => return st.failed(),
+                                Flow::Resume { .. } => {}
+                            }
+                            // Both failed: no retries on either; on with the rest.
+                            for i in [a, b] {
+                                let l = st.ds[i].label();
+                                if !st.failed_over.contains(&l) {
+                                    st.failed_over.push(l);
+                                }
+                            }
+                            Flow::Resume {
+                                at: b + 1,
+                                retry: 0,
+                                pause: None,
+                            }
+                        }
+                    }
+                }
+            };
+            match flow {
+                Flow::Done(v) => return st.done(v, a),
+                Flow::Stop => return st.failed(),
+                Flow::Resume {
+                    at: x,
+                    retry: r,
+                    pause: p,
+                } => (at, retry, pause) = (x, r, p),
+            }
+        }
     }
-    Outcome {
-        result: Err(err),
-        deployment: dep,
-        attempts,
-        failed_over,
+
+    while at < st.ds.len() {
+        if let Some(p) = pause.take() {
+            tokio::time::sleep(p).await;
+        }
+        if !st.admit(at) {
+            at += 1;
+            retry = 0;
+            continue;
+        }
+        let d = st.ds[at].clone();
+        st.attempts += 1;
+        let started = Instant::now();
+        let r = once(d.clone(), d.stats.enter()).await;
+        match st.settle(at, retry, started, r) {
+            Flow::Done(v) => return st.done(v, at),
+            Flow::Stop => break,
+            Flow::Resume {
+                at: x,
+                retry: r,
+                pause: p,
+            } => (at, retry, pause) = (x, r, p),
+        }
     }
+    st.failed()
 }
 
 fn retry_after(h: &http::HeaderMap) -> Option<Duration> {
@@ -233,6 +514,7 @@ pub struct Unary {
 pub async fn unary_once(
     app: &AppState,
     d: &Deployment,
+    _in_flight: InFlight,
     endpoint: Endpoint,
     body: &JsonMap,
 ) -> Result<Unary, GatewayError> {
@@ -243,6 +525,7 @@ pub async fn unary_once(
             .send()
             .await
             .map_err(|e| transport_error(d, &e, timeout))?;
+        d.stats.observe_limits(Instant::now(), resp.headers());
         if !resp.status().is_success() {
             return Err(upstream_error(d, resp).await);
         }
@@ -278,12 +561,15 @@ pub struct OpenStream {
     pub first_byte_at: Instant,
     /// Parameters dropped under `drop_params`.
     pub dropped: Vec<String>,
+    /// Counts the stream in its deployment's in-flight number until it ends.
+    pub in_flight: InFlight,
 }
 
 /// One streamed attempt, up to and including the first chunk.
 pub async fn stream_once(
     app: &AppState,
     d: &Deployment,
+    in_flight: InFlight,
     endpoint: Endpoint,
     body: &JsonMap,
 ) -> Result<OpenStream, GatewayError> {
@@ -294,6 +580,7 @@ pub async fn stream_once(
             .send()
             .await
             .map_err(|e| transport_error(d, &e, limit))?;
+        d.stats.observe_limits(Instant::now(), resp.headers());
         if !resp.status().is_success() {
             return Err(upstream_error(d, resp).await);
         }
@@ -323,6 +610,7 @@ pub async fn stream_once(
                             idle_timeout: d.upstream.idle_timeout,
                             first_byte_at: Instant::now(),
                             dropped,
+                            in_flight,
                         });
                     }
                 }

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod executor;
+pub mod health;
 pub mod mock;
 pub mod routing;
 pub mod server;

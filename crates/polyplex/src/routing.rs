@@ -1,30 +1,116 @@
 //! Model name → the ordered deployments that may serve it.
 //!
 //! Names a client may send: `provider/model` (exactly that provider), a bare
-//! `model` (every configured provider that lists it, in config order), a
-//! route name from `[[routes]]`, and OpenRouter's `models: [...]` fallback
-//! list appended after the primary name.
+//! `model` (every configured provider that serves it or an equivalent model,
+//! see [`polyplex_catalog::canonical`]), a route name from `[[routes]]`,
+//! `auto` (the cheapest deployment whose catalog capabilities fit the
+//! request), and any of these with `:floor` (cheapest first) or `:nitro`
+//! (fastest first). OpenRouter's `models: [...]` fallback list is appended
+//! after the primary name, and `provider: {...}` filters and reorders the
+//! whole plan. Deployments the upstream has said are out of requests or
+//! tokens (rate-limit headers, a 429's `retry-after`) move to the back;
+//! open circuits are skipped later, at attempt time.
 
-use crate::config::{RouteConfig, Strategy};
+use crate::config::{Hedge, RouteConfig, Strategy};
+use crate::health::DeploymentStats;
+use crate::tokens;
 use crate::upstream::Upstream;
-use polyplex_catalog::Catalog;
+use polyplex_catalog::{Catalog, Model};
+use polyplex_providers::Endpoint;
 use polyplex_types::validate::ProviderPrefs;
-use polyplex_types::GatewayError;
+use polyplex_types::{GatewayError, JsonMap};
 use rand::Rng;
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct Deployment {
     pub upstream: Arc<Upstream>,
     /// The model name the upstream knows.
     pub model: String,
+    pub stats: Arc<DeploymentStats>,
 }
 
 impl Deployment {
+    pub fn new(upstream: &Arc<Upstream>, model: &str) -> Deployment {
+        Deployment {
+            upstream: upstream.clone(),
+            stats: upstream.stats(model),
+            model: model.to_string(),
+        }
+    }
+
     pub fn label(&self) -> String {
         format!("{}/{}", self.upstream.name, self.model)
     }
+
+    fn same(&self, o: &Deployment) -> bool {
+        Arc::ptr_eq(&self.upstream, &o.upstream) && self.model == o.model
+    }
+}
+
+/// Output tokens assumed for pricing when a request sets no maximum.
+pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 1024;
+/// Most deployments `auto` tries.
+pub const AUTO_MAX_DEPLOYMENTS: usize = 8;
+
+/// What routing needs to know about one request. The prompt's token count
+/// (tiktoken) is computed only if a decision needs it, and then once.
+pub struct Facts<'a> {
+    pub body: &'a JsonMap,
+    pub endpoint: Endpoint,
+    pub stream: bool,
+    pub max_output: Option<u64>,
+    pub tools: bool,
+    pub images: bool,
+    pub json_schema: bool,
+    prompt: OnceCell<u64>,
+}
+
+impl<'a> Facts<'a> {
+    pub fn new(body: &'a JsonMap, endpoint: Endpoint, stream: bool) -> Facts<'a> {
+        Facts {
+            body,
+            endpoint,
+            stream,
+            max_output: None,
+            tools: false,
+            images: false,
+            json_schema: false,
+            prompt: OnceCell::new(),
+        }
+    }
+
+    pub fn prompt_tokens(&self) -> u64 {
+        *self.prompt.get_or_init(|| match self.endpoint {
+            Endpoint::Chat => tokens::chat_prompt(self.body),
+            Endpoint::Completions => tokens::input_tokens(self.body.get("prompt")),
+            Endpoint::Embeddings => tokens::input_tokens(self.body.get("input")),
+        })
+    }
+
+    fn output_estimate(&self) -> u64 {
+        match self.endpoint {
+            Endpoint::Embeddings => 0,
+            _ => self.max_output.unwrap_or(DEFAULT_OUTPUT_ESTIMATE),
+        }
+    }
+
+    /// Tokens the request may use at most: prompt plus its output cap.
+    fn total_tokens(&self) -> u64 {
+        self.prompt_tokens() + self.output_estimate()
+    }
+}
+
+/// The ordered deployments for one request, and whether to hedge.
+#[derive(Debug)]
+pub struct Plan {
+    pub deployments: Vec<Deployment>,
+    pub hedge: Option<Hedge>,
+    /// Deployments moved to the back because their rate limit is spent.
+    pub saturated: Vec<String>,
 }
 
 pub struct Router {
@@ -32,6 +118,33 @@ pub struct Router {
     by_name: HashMap<String, usize>,
     routes: HashMap<String, RouteConfig>,
     catalog: &'static Catalog,
+    /// For bare model names several providers serve.
+    default_strategy: Strategy,
+}
+
+/// Models `auto` never picks: not chat models.
+fn chat_model(m: &Model) -> bool {
+    const NOT_CHAT: &[&str] = &[
+        "embed",
+        "whisper",
+        "tts",
+        "transcribe",
+        "image",
+        "moderation",
+        "rerank",
+        "audio",
+        "realtime",
+        "search",
+        "dall-e",
+        "davinci",
+        "babbage",
+        "guard",
+    ];
+    let id = m.id.to_ascii_lowercase();
+    m.context > 0
+        && m.output > 0
+        && m.status.as_deref() != Some("deprecated")
+        && !NOT_CHAT.iter().any(|w| id.contains(w))
 }
 
 impl Router {
@@ -39,6 +152,7 @@ impl Router {
         upstreams: Vec<Arc<Upstream>>,
         routes: Vec<RouteConfig>,
         catalog: &'static Catalog,
+        default_strategy: Strategy,
     ) -> Router {
         let by_name = upstreams
             .iter()
@@ -51,6 +165,7 @@ impl Router {
             by_name,
             routes,
             catalog,
+            default_strategy,
         }
     }
 
@@ -70,75 +185,217 @@ impl Router {
         self.by_name.get(name).map(|&i| &self.upstreams[i])
     }
 
-    /// Deployments for one model name, in the order they should be tried.
-    pub fn resolve(&self, name: &str) -> Result<Vec<Deployment>, GatewayError> {
+    /// Deployments for one model name (without suffix), in configuration
+    /// order, and the strategy that orders them.
+    pub fn resolve(&self, name: &str) -> Result<(Vec<Deployment>, Strategy), GatewayError> {
         if let Some(route) = self.routes.get(name) {
-            return Ok(self.order_route(route));
+            let ds = route
+                .targets
+                .iter()
+                .filter_map(|(p, m)| self.upstream(p).map(|u| Deployment::new(u, m)))
+                .collect();
+            return Ok((ds, route.strategy));
         }
         if let Some((prov, model)) = name.split_once('/') {
             if let Some(u) = self.upstream(prov) {
                 if model.is_empty() || !u.accepts(model) {
                     return Err(GatewayError::model_not_found(name));
                 }
-                return Ok(vec![Deployment {
-                    upstream: u.clone(),
-                    model: model.to_string(),
-                }]);
+                return Ok((vec![Deployment::new(u, model)], Strategy::Priority));
             }
         }
         // A bare name (which may itself contain `/`, e.g. `meta-llama/Llama-3.3-70B`).
         let found: Vec<Deployment> = self
             .upstreams
             .iter()
-            .filter(|u| u.lists(self.catalog, name))
-            .map(|u| Deployment {
-                upstream: u.clone(),
-                model: name.to_string(),
-            })
+            .filter_map(|u| u.serves(self.catalog, name).map(|m| Deployment::new(u, &m)))
             .collect();
         if found.is_empty() {
             return Err(GatewayError::model_not_found(name));
         }
-        Ok(found)
+        Ok((found, self.default_strategy))
     }
 
-    /// The primary model's deployments followed by each fallback's, without repeats.
-    /// An unknown fallback is an error too: the client asked for it by name.
-    pub fn plan(&self, model: &str, fallbacks: &[String]) -> Result<Vec<Deployment>, GatewayError> {
-        let mut plan = self.resolve(model)?;
-        for (i, f) in fallbacks.iter().enumerate() {
-            let more = self
-                .resolve(f)
-                .map_err(|e| e.with_param(format!("models[{i}]")))?;
-            for d in more {
-                if !plan
-                    .iter()
-                    .any(|p| Arc::ptr_eq(&p.upstream, &d.upstream) && p.model == d.model)
-                {
-                    plan.push(d);
+    /// True if `name` (with any suffix) names something this gateway serves.
+    pub fn knows(&self, name: &str) -> bool {
+        let (base, _) = split_suffix(name);
+        (base == "auto" && !self.upstreams.is_empty()) || self.resolve(base).is_ok()
+    }
+
+    /// Every chat deployment with catalog capabilities that fit the request,
+    /// cheapest first.
+    fn auto(&self, facts: &Facts<'_>) -> Result<Vec<Deployment>, GatewayError> {
+        if facts.endpoint != Endpoint::Chat {
+            return Err(GatewayError::not_found(
+                "The model `auto` chooses among chat models only; name an embeddings or completions model.",
+            )
+            .with_param("model")
+            .with_code("model_not_found"));
+        }
+        let need = facts.prompt_tokens() + facts.max_output.unwrap_or(0);
+        let mut fit: Vec<(f64, usize, Deployment)> = Vec::new();
+        for (order, u) in self.upstreams.iter().enumerate() {
+            for id in u.model_ids(self.catalog) {
+                let Some(m) = u.catalog_model(self.catalog, &id) else {
+                    continue;
+                };
+                let fits = chat_model(m)
+                    && (!facts.tools || m.has("tools"))
+                    && (!facts.images || m.has("vision"))
+                    && (!facts.json_schema || m.has("json_schema"))
+                    && m.context >= need
+                    && facts.max_output.is_none_or(|n| n <= m.output);
+                if !fits {
+                    continue;
+                }
+                let d = Deployment::new(u, &id);
+                if let Some(c) = self.estimate(&d, facts) {
+                    fit.push((c, order, d));
                 }
             }
         }
-        Ok(plan)
+        if fit.is_empty() {
+            return Err(GatewayError::not_found(
+                "No configured model fits this request for `auto` (its tools, images, response_format and length, by the catalog's capabilities).",
+            )
+            .with_param("model")
+            .with_code("model_not_found"));
+        }
+        fit.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        Ok(fit
+            .into_iter()
+            .take(AUTO_MAX_DEPLOYMENTS)
+            .map(|(_, _, d)| d)
+            .collect())
     }
 
-    /// Applies OpenRouter's `provider: {...}` options to a plan: `only` and
-    /// `ignore` filter, `max_price` drops deployments priced above it (unknown
-    /// prices stay), `sort: "price"` orders by catalog price, `order` puts the
-    /// named providers first, and `allow_fallbacks: false` keeps only those (or
-    /// only the first deployment when no order is given). `sort` by latency or
-    /// throughput keeps the plan's order until live routing statistics exist.
+    /// Estimated USD cost of the request on a deployment, if its price is known.
+    pub fn estimate(&self, d: &Deployment, facts: &Facts<'_>) -> Option<f64> {
+        let prompt = facts.prompt_tokens();
+        d.upstream
+            .price(self.catalog, &d.model, prompt)
+            .map(|p| p.cost(prompt, 0, facts.output_estimate()))
+    }
+
+    /// Deployments of one name (suffix included), ordered.
+    fn ordered(
+        &self,
+        name: &str,
+        facts: &Facts<'_>,
+        rng: &mut impl Rng,
+    ) -> Result<(Vec<Deployment>, Option<Hedge>), GatewayError> {
+        let (base, suffix) = split_suffix(name);
+        let hedge = self.routes.get(base).and_then(|r| r.hedge);
+        let (mut ds, strategy) = if base == "auto" && !self.routes.contains_key("auto") {
+            (self.auto(facts)?, Strategy::Cost)
+        } else {
+            self.resolve(base)
+                .map_err(|_| GatewayError::model_not_found(name))?
+        };
+        let strategy = match suffix {
+            Some(Suffix::Floor) => Strategy::Cost,
+            Some(Suffix::Nitro) => Strategy::Throughput,
+            None => strategy,
+        };
+        self.order(&mut ds, strategy, facts, rng);
+        Ok((ds, hedge))
+    }
+
+    /// The whole plan: the primary name's deployments, each fallback's after
+    /// them (without repeats), the provider preferences, then rate-limit steering.
+    pub fn plan(
+        &self,
+        model: &str,
+        fallbacks: &[String],
+        prefs: &ProviderPrefs,
+        facts: &Facts<'_>,
+        rng: &mut impl Rng,
+    ) -> Result<Plan, GatewayError> {
+        let (mut ds, hedge) = self.ordered(model, facts, rng)?;
+        for (i, f) in fallbacks.iter().enumerate() {
+            let (more, _) = self
+                .ordered(f, facts, rng)
+                .map_err(|e| e.with_param(format!("models[{i}]")))?;
+            for d in more {
+                if !ds.iter().any(|p| p.same(&d)) {
+                    ds.push(d);
+                }
+            }
+        }
+        let ds = self.apply_prefs(ds, prefs, model, facts, rng)?;
+        let now = Instant::now();
+        let (mut ok, busy): (Vec<Deployment>, Vec<Deployment>) = ds
+            .into_iter()
+            .partition(|d| !d.stats.saturated(now, || facts.total_tokens()));
+        let saturated = busy.iter().map(Deployment::label).collect();
+        ok.extend(busy);
+        Ok(Plan {
+            deployments: ok,
+            hedge,
+            saturated,
+        })
+    }
+
+    /// Orders deployments by a strategy. Deployments without measurements
+    /// yet come first under latency and throughput, so that each gets measured.
+    pub fn order(
+        &self,
+        ds: &mut Vec<Deployment>,
+        strategy: Strategy,
+        facts: &Facts<'_>,
+        rng: &mut impl Rng,
+    ) {
+        if ds.len() < 2 {
+            return;
+        }
+        match strategy {
+            Strategy::Priority => {}
+            Strategy::Cost => {
+                let key = |d: &Deployment| self.estimate(d, facts).unwrap_or(f64::INFINITY);
+                sort_by_key_f64(ds, key);
+            }
+            Strategy::Latency => {
+                let key = |d: &Deployment| d.stats.latency_score(facts.stream).unwrap_or(0.0);
+                sort_by_key_f64(ds, key);
+                // Power of two choices: of two random deployments, the faster
+                // goes first; so the fastest does not take every request.
+                let i = rng.gen_range(0..ds.len());
+                let mut j = rng.gen_range(0..ds.len() - 1);
+                if j >= i {
+                    j += 1;
+                }
+                let first = i.min(j);
+                let chosen = ds.remove(first);
+                ds.insert(0, chosen);
+            }
+            Strategy::Throughput => {
+                let key = |d: &Deployment| -d.stats.tokens_per_s().unwrap_or(f64::INFINITY);
+                sort_by_key_f64(ds, key);
+            }
+            Strategy::LeastBusy => ds.sort_by_key(|d| d.stats.in_flight()),
+            Strategy::Weighted => weighted_order(ds, rng),
+        }
+    }
+
+    /// Applies OpenRouter's `provider: {...}` options: `only` and `ignore`
+    /// filter, `max_price` (USD per million tokens) drops deployments priced
+    /// above it (unknown prices stay), `sort` reorders by `price`, `latency`
+    /// or `throughput`, `order` puts the named providers first, and
+    /// `allow_fallbacks: false` keeps only those (or only the first
+    /// deployment when no order is given).
     pub fn apply_prefs(
         &self,
         mut plan: Vec<Deployment>,
         prefs: &ProviderPrefs,
         model: &str,
+        facts: &Facts<'_>,
+        rng: &mut impl Rng,
     ) -> Result<Vec<Deployment>, GatewayError> {
-        let name = |d: &Deployment| d.upstream.name.clone();
+        let named = |d: &Deployment, list: &[String]| list.iter().any(|n| *n == d.upstream.name);
         if let Some(only) = &prefs.only {
-            plan.retain(|d| only.contains(&name(d)));
+            plan.retain(|d| named(d, only));
         }
-        plan.retain(|d| !prefs.ignore.contains(&name(d)));
+        plan.retain(|d| !named(d, &prefs.ignore));
         if prefs.max_prompt_price.is_some() || prefs.max_completion_price.is_some() {
             plan.retain(|d| match d.upstream.price(self.catalog, &d.model, 0) {
                 Some(p) => {
@@ -148,14 +405,20 @@ impl Router {
                 None => true,
             });
         }
-        if prefs.sort.as_deref() == Some("price") {
-            let key = |d: &Deployment| {
-                d.upstream
-                    .price(self.catalog, &d.model, 1000)
-                    .map(|p| p.cost(1000, 0, 1000))
-                    .unwrap_or(f64::INFINITY)
-            };
-            plan.sort_by(|a, b| key(a).total_cmp(&key(b)));
+        let sort = match prefs.sort.as_deref() {
+            Some("price") => Some(Strategy::Cost),
+            Some("latency") => Some(Strategy::Latency),
+            Some("throughput") => Some(Strategy::Throughput),
+            _ => None,
+        };
+        if let Some(s) = sort {
+            if s == Strategy::Latency {
+                // An explicit sort is a sort: no random choice.
+                let key = |d: &Deployment| d.stats.latency_score(facts.stream).unwrap_or(0.0);
+                sort_by_key_f64(&mut plan, key);
+            } else {
+                self.order(&mut plan, s, facts, rng);
+            }
         }
         if !prefs.order.is_empty() {
             let rank = |d: &Deployment| {
@@ -180,36 +443,31 @@ impl Router {
         }
         Ok(plan)
     }
+}
 
-    fn order_route(&self, route: &RouteConfig) -> Vec<Deployment> {
-        let mut ds: Vec<Deployment> = route
-            .targets
-            .iter()
-            .filter_map(|(p, m)| {
-                self.upstream(p).map(|u| Deployment {
-                    upstream: u.clone(),
-                    model: m.clone(),
-                })
-            })
-            .collect();
-        match route.strategy {
-            Strategy::Cost => {
-                // Cheapest first by catalog price for a typical request (1k in, 1k out); unknown prices last.
-                let key = |d: &Deployment| {
-                    d.upstream
-                        .price(self.catalog, &d.model, 1000)
-                        .map(|p| p.cost(1000, 0, 1000))
-                        .unwrap_or(f64::INFINITY)
-                };
-                ds.sort_by(|a, b| key(a).total_cmp(&key(b)));
-            }
-            Strategy::Weighted => weighted_order(&mut ds, &mut rand::thread_rng()),
-            // Latency, throughput and least-busy need live statistics; until the
-            // routing statistics land they keep the configured order.
-            Strategy::Priority | Strategy::Latency | Strategy::Throughput | Strategy::LeastBusy => {
-            }
-        }
-        ds
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Suffix {
+    Floor,
+    Nitro,
+}
+
+fn split_suffix(name: &str) -> (&str, Option<Suffix>) {
+    if let Some(b) = name.strip_suffix(":floor") {
+        (b, Some(Suffix::Floor))
+    } else if let Some(b) = name.strip_suffix(":nitro") {
+        (b, Some(Suffix::Nitro))
+    } else {
+        (name, None)
+    }
+}
+
+/// A stable sort by a float key (ties keep the configured order).
+fn sort_by_key_f64(ds: &mut [Deployment], key: impl Fn(&Deployment) -> f64) {
+    let mut keyed: Vec<(f64, usize)> = ds.iter().enumerate().map(|(i, d)| (key(d), i)).collect();
+    keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let old: Vec<Deployment> = ds.to_vec();
+    for (slot, (_, i)) in ds.iter_mut().zip(keyed) {
+        *slot = old[i].clone();
     }
 }
 
@@ -239,6 +497,10 @@ fn weighted_order(ds: &mut Vec<Deployment>, rng: &mut impl Rng) {
 mod tests {
     use super::*;
     use crate::config::{from_toml, Inputs};
+    use crate::health::HealthConfig;
+    use rand::SeedableRng;
+    use serde_json::json;
+    use std::time::Duration;
 
     fn router(text: &str) -> Router {
         let env = |_: &str| Some("k".to_string());
@@ -256,7 +518,7 @@ mod tests {
             .iter()
             .map(|p| Arc::new(Upstream::from_config(p).unwrap()))
             .collect();
-        Router::new(ups, cfg.routes, Catalog::builtin())
+        Router::new(ups, cfg.routes, Catalog::builtin(), cfg.routing.strategy)
     }
 
     const CFG: &str = r#"
@@ -267,10 +529,14 @@ api_key = "${K}"
 name = "groq"
 api_key = "${K}"
 [[providers]]
+name = "togetherai"
+api_key = "${K}"
+[[providers]]
 name = "local"
 kind = "openai"
 base_url = "http://127.0.0.1:1/v1"
-models = ["gpt-4o", "mine"]
+models = ["gpt-4o", "mine", "a", "b", "c"]
+prices = { a = { input = 1.0, output = 10.0 }, b = { input = 5.0, output = 1.0 }, c = { input = 3.0, output = 3.0 } }
 [[routes]]
 name = "smart"
 targets = ["local/mine", "openai/gpt-4o"]
@@ -278,144 +544,506 @@ targets = ["local/mine", "openai/gpt-4o"]
 name = "cheap"
 targets = ["openai/gpt-4o", "openai/gpt-4o-mini"]
 strategy = "cost"
+[[routes]]
+name = "by-cost"
+targets = ["local/a", "local/b"]
+strategy = "cost"
+[[routes]]
+name = "fast"
+targets = ["local/a", "local/b", "local/c"]
+strategy = "latency"
+[[routes]]
+name = "speedy"
+targets = ["local/a", "local/b", "local/c"]
+strategy = "throughput"
+[[routes]]
+name = "idle"
+targets = ["local/a", "local/b", "local/c"]
+strategy = "least-busy"
+[[routes]]
+name = "hedged"
+targets = ["local/a", "local/b"]
+hedge_after_ms = 250
 "#;
 
     fn labels(ds: &[Deployment]) -> Vec<String> {
         ds.iter().map(Deployment::label).collect()
     }
 
+    fn chat(text: &str) -> JsonMap {
+        match json!({"model": "x", "messages": [{"role": "user", "content": text}]}) {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    fn plan_of(r: &Router, model: &str, body: &JsonMap, max_output: Option<u64>) -> Vec<String> {
+        let mut f = Facts::new(body, Endpoint::Chat, false);
+        f.max_output = max_output;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        labels(
+            &r.plan(model, &[], &ProviderPrefs::default(), &f, &mut rng)
+                .unwrap()
+                .deployments,
+        )
+    }
+
+    fn resolved(r: &Router, name: &str) -> Vec<String> {
+        labels(&r.resolve(name).unwrap().0)
+    }
+
     #[test]
     fn provider_prefixed_names() {
         let r = router(CFG);
-        assert_eq!(
-            labels(&r.resolve("openai/gpt-4o").unwrap()),
-            ["openai/gpt-4o"]
-        );
+        assert_eq!(resolved(&r, "openai/gpt-4o"), ["openai/gpt-4o"]);
         // Providers without an explicit list pass any model through.
-        assert_eq!(
-            labels(&r.resolve("openai/gpt-5-future").unwrap()),
-            ["openai/gpt-5-future"]
-        );
+        assert_eq!(resolved(&r, "openai/gpt-5-future"), ["openai/gpt-5-future"]);
         // An explicit list is enforced.
         assert_eq!(r.resolve("local/other").unwrap_err().status.as_u16(), 404);
         // Slashes in the model part are kept.
         assert_eq!(
-            labels(
-                &r.resolve("groq/meta-llama/llama-4-scout-17b-16e-instruct")
-                    .unwrap()
-            ),
+            resolved(&r, "groq/meta-llama/llama-4-scout-17b-16e-instruct"),
             ["groq/meta-llama/llama-4-scout-17b-16e-instruct"]
         );
     }
 
     #[test]
-    fn bare_names_find_every_provider_in_order() {
+    fn bare_names_find_every_provider_and_equivalent_models() {
         let r = router(CFG);
+        assert_eq!(resolved(&r, "gpt-4o"), ["openai/gpt-4o", "local/gpt-4o"]);
+        // The same open model under each provider's own id.
         assert_eq!(
-            labels(&r.resolve("gpt-4o").unwrap()),
-            ["openai/gpt-4o", "local/gpt-4o"]
+            resolved(&r, "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
+            [
+                "groq/llama-3.3-70b-versatile",
+                "togetherai/meta-llama/Llama-3.3-70B-Instruct-Turbo"
+            ]
         );
         assert_eq!(
-            labels(&r.resolve("llama-3.3-70b-versatile").unwrap()),
-            ["groq/llama-3.3-70b-versatile"]
+            resolved(&r, "llama-3.3-70b-versatile"),
+            [
+                "groq/llama-3.3-70b-versatile",
+                "togetherai/meta-llama/Llama-3.3-70B-Instruct-Turbo"
+            ]
         );
         let e = r.resolve("no-such-model").unwrap_err();
         assert_eq!(e.code.as_deref(), Some("model_not_found"));
+        // `:floor` puts the cheaper host first: Groq $0.59/$0.79 against Together $1.04/$1.04.
+        let body = chat("hi");
+        assert_eq!(
+            plan_of(&r, "llama-3.3-70b-versatile:floor", &body, None)[0],
+            "groq/llama-3.3-70b-versatile"
+        );
     }
 
     #[test]
-    fn routes_and_strategies() {
+    fn priority_and_cost_routes() {
         let r = router(CFG);
+        let body = chat("hello");
         assert_eq!(
-            labels(&r.resolve("smart").unwrap()),
+            plan_of(&r, "smart", &body, None),
             ["local/mine", "openai/gpt-4o"]
         );
         assert_eq!(
-            labels(&r.resolve("cheap").unwrap()),
+            plan_of(&r, "cheap", &body, None),
             ["openai/gpt-4o-mini", "openai/gpt-4o"]
         );
+        // Cost weighs the request: a short prompt with a long answer favours
+        // cheap output (b: $5/$1), a long prompt with a short answer cheap input (a: $1/$10).
+        assert_eq!(
+            plan_of(&r, "by-cost", &body, Some(4000)),
+            ["local/b", "local/a"]
+        );
+        let long = chat(&"lorem ipsum dolor sit amet ".repeat(400));
+        assert_eq!(
+            plan_of(&r, "by-cost", &long, Some(5)),
+            ["local/a", "local/b"]
+        );
+    }
+
+    fn stats(r: &Router, model: &str) -> Arc<DeploymentStats> {
+        r.upstream("local").unwrap().stats(model)
+    }
+
+    #[test]
+    fn latency_is_power_of_two_choices_over_the_averages() {
+        let r = router(CFG);
+        let cfg = HealthConfig::default();
+        let now = Instant::now();
+        for (m, ms) in [("a", 10), ("b", 50), ("c", 100)] {
+            let d = Duration::from_millis(ms);
+            stats(&r, m).on_success(&cfg, now, d, Some(d));
+        }
+        let body = chat("hi");
+        let f = Facts::new(&body, Endpoint::Chat, false);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+        let mut first = HashMap::new();
+        for _ in 0..3000 {
+            let p = r
+                .plan("fast", &[], &ProviderPrefs::default(), &f, &mut rng)
+                .unwrap();
+            *first.entry(p.deployments[0].model.clone()).or_insert(0) += 1;
+            // Whatever goes first, the rest follow fastest first.
+            let rest: Vec<_> = p.deployments[1..].iter().map(|d| d.model.clone()).collect();
+            let mut sorted = rest.clone();
+            sorted.sort();
+            assert_eq!(rest, sorted);
+        }
+        // Pairs {a,b} and {a,c} pick a, {b,c} picks b; c is never first.
+        let a = first.get("a").copied().unwrap_or(0);
+        let b = first.get("b").copied().unwrap_or(0);
+        assert_eq!(first.get("c"), None);
+        assert!((1850..2150).contains(&a), "{first:?}");
+        assert!((850..1150).contains(&b), "{first:?}");
+    }
+
+    #[test]
+    fn throughput_least_busy_and_nitro() {
+        let r = router(CFG);
+        let body = chat("hi");
+        stats(&r, "a").on_tokens(100, Duration::from_secs(1));
+        stats(&r, "b").on_tokens(400, Duration::from_secs(1));
+        // c is unmeasured: tried first so that it gets measured.
+        assert_eq!(
+            plan_of(&r, "speedy", &body, None),
+            ["local/c", "local/b", "local/a"]
+        );
+        stats(&r, "c").on_tokens(200, Duration::from_secs(1));
+        assert_eq!(
+            plan_of(&r, "speedy", &body, None),
+            ["local/b", "local/c", "local/a"]
+        );
+        // `:nitro` on a priority route sorts by throughput too.
+        assert_eq!(
+            plan_of(&r, "fast:nitro", &body, None),
+            ["local/b", "local/c", "local/a"]
+        );
+        let _a1 = stats(&r, "a").enter();
+        let _a2 = stats(&r, "a").enter();
+        let _c1 = stats(&r, "c").enter();
+        assert_eq!(
+            plan_of(&r, "idle", &body, None),
+            ["local/b", "local/c", "local/a"]
+        );
+    }
+
+    const AUTO: &str = r#"
+[[providers]]
+name = "openai"
+api_key = "${K}"
+models = ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "gpt-4.1-nano"]
+[[providers]]
+name = "anthropic"
+api_key = "${K}"
+models = ["claude-sonnet-4-5", "claude-haiku-4-5"]
+[[providers]]
+name = "groq"
+api_key = "${K}"
+models = ["llama-3.1-8b-instant", "whisper-large-v3"]
+"#;
+
+    fn body(v: serde_json::Value) -> JsonMap {
+        match v {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    fn auto_first(r: &Router, b: &JsonMap) -> Result<String, GatewayError> {
+        let m = polyplex_types::validate::chat(b).unwrap();
+        let mut f = Facts::new(b, Endpoint::Chat, false);
+        f.max_output = m.max_tokens;
+        (f.tools, f.images, f.json_schema) = (m.has_tools, m.has_images, m.json_schema);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        r.plan("auto", &[], &ProviderPrefs::default(), &f, &mut rng)
+            .map(|p| p.deployments[0].label())
+    }
+
+    #[test]
+    fn auto_is_the_cheapest_model_that_fits() {
+        let r = router(AUTO);
+        let text = json!([{"role": "user", "content": "hi"}]);
+        let image = json!([{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]);
+        let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+        let schema = json!({"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}});
+        // Plain text: Groq's Llama 3.1 8B ($0.05/$0.08); never the embedding
+        // model, the speech model or a deprecated one.
+        assert_eq!(
+            auto_first(&r, &body(json!({"model": "auto", "messages": text}))).unwrap(),
+            "groq/llama-3.1-8b-instant"
+        );
+        // Tools: Llama 3.1 8B has them.
+        assert_eq!(
+            auto_first(
+                &r,
+                &body(json!({"model": "auto", "messages": text, "tools": tool}))
+            )
+            .unwrap(),
+            "groq/llama-3.1-8b-instant"
+        );
+        // Images or a JSON schema: the cheapest with vision / structured outputs.
+        assert_eq!(
+            auto_first(&r, &body(json!({"model": "auto", "messages": image}))).unwrap(),
+            "openai/gpt-4o-mini"
+        );
+        assert_eq!(
+            auto_first(
+                &r,
+                &body(json!({"model": "auto", "messages": text, "response_format": schema}))
+            )
+            .unwrap(),
+            "openai/gpt-4o-mini"
+        );
+        // 20k output tokens: beyond gpt-4o-mini's 16k; Claude Haiku 4.5 takes 64k.
+        assert_eq!(
+            auto_first(
+                &r,
+                &body(json!({"model": "auto", "messages": image, "max_tokens": 20000}))
+            )
+            .unwrap(),
+            "anthropic/claude-haiku-4-5"
+        );
+        // Nothing has a 300k-token output.
+        let e = auto_first(
+            &r,
+            &body(json!({"model": "auto", "messages": text, "max_tokens": 300000})),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.status.as_u16(), e.param.as_deref()),
+            (404, Some("model"))
+        );
+        // The rest of the plan is the next cheapest, for failover.
+        let b = body(json!({"model": "auto", "messages": image}));
+        let mut f = Facts::new(&b, Endpoint::Chat, false);
+        f.images = true;
+        let plan = r
+            .plan(
+                "auto",
+                &[],
+                &ProviderPrefs::default(),
+                &f,
+                &mut rand::thread_rng(),
+            )
+            .unwrap();
+        assert_eq!(
+            labels(&plan.deployments),
+            [
+                "openai/gpt-4o-mini",
+                "anthropic/claude-haiku-4-5",
+                "openai/gpt-4o",
+                "anthropic/claude-sonnet-4-5"
+            ]
+        );
+        assert!(r.knows("auto") && r.knows("gpt-4o:floor") && !r.knows("nope:floor"));
     }
 
     #[test]
     fn fallback_list_appends_without_repeats() {
         let r = router(CFG);
+        let b = chat("x");
+        let f = Facts::new(&b, Endpoint::Chat, false);
+        let mut rng = rand::thread_rng();
         let plan = r
-            .plan("local/mine", &["gpt-4o".into(), "openai/gpt-4o".into()])
+            .plan(
+                "local/mine",
+                &["gpt-4o".into(), "openai/gpt-4o".into()],
+                &ProviderPrefs::default(),
+                &f,
+                &mut rng,
+            )
             .unwrap();
         assert_eq!(
-            labels(&plan),
+            labels(&plan.deployments),
             ["local/mine", "openai/gpt-4o", "local/gpt-4o"]
         );
-        let e = r.plan("local/mine", &["nope".into()]).unwrap_err();
+        let e = r
+            .plan(
+                "local/mine",
+                &["nope".into()],
+                &ProviderPrefs::default(),
+                &f,
+                &mut rng,
+            )
+            .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("models[0]"));
+        assert_eq!(
+            r.plan("hedged", &[], &ProviderPrefs::default(), &f, &mut rng)
+                .unwrap()
+                .hedge,
+            Some(Hedge::After(Duration::from_millis(250)))
+        );
     }
 
     #[test]
     fn provider_preferences() {
         let r = router(CFG);
-        let plan = || r.resolve("gpt-4o").unwrap();
+        let b = chat("x");
+        let f = Facts::new(&b, Endpoint::Chat, false);
+        let apply = |model: &str, fb: &[String], p: ProviderPrefs| {
+            r.plan(model, fb, &p, &f, &mut rand::thread_rng())
+                .map(|p| labels(&p.deployments))
+        };
         let prefs = |f: &dyn Fn(&mut ProviderPrefs)| {
             let mut p = ProviderPrefs::default();
             f(&mut p);
             p
         };
-        let apply = |p: ProviderPrefs| r.apply_prefs(plan(), &p, "gpt-4o").map(|d| labels(&d));
         assert_eq!(
-            apply(prefs(&|_| {})).unwrap(),
+            apply("gpt-4o", &[], prefs(&|_| {})).unwrap(),
             ["openai/gpt-4o", "local/gpt-4o"]
         );
         assert_eq!(
-            apply(prefs(&|p| p.order = vec!["local".into()])).unwrap(),
+            apply("gpt-4o", &[], prefs(&|p| p.order = vec!["local".into()])).unwrap(),
             ["local/gpt-4o", "openai/gpt-4o"]
         );
         assert_eq!(
-            apply(prefs(&|p| {
-                p.order = vec!["local".into()];
-                p.allow_fallbacks = false;
-            }))
+            apply(
+                "gpt-4o",
+                &[],
+                prefs(&|p| {
+                    p.order = vec!["local".into()];
+                    p.allow_fallbacks = false;
+                })
+            )
             .unwrap(),
             ["local/gpt-4o"]
         );
         assert_eq!(
-            apply(prefs(&|p| p.allow_fallbacks = false)).unwrap(),
+            apply("gpt-4o", &[], prefs(&|p| p.allow_fallbacks = false)).unwrap(),
             ["openai/gpt-4o"]
         );
         assert_eq!(
-            apply(prefs(&|p| p.only = Some(vec!["local".into()]))).unwrap(),
+            apply(
+                "gpt-4o",
+                &[],
+                prefs(&|p| p.only = Some(vec!["local".into()]))
+            )
+            .unwrap(),
             ["local/gpt-4o"]
         );
         assert_eq!(
-            apply(prefs(&|p| p.ignore = vec!["openai".into()])).unwrap(),
+            apply("gpt-4o", &[], prefs(&|p| p.ignore = vec!["openai".into()])).unwrap(),
             ["local/gpt-4o"]
         );
-        // gpt-4o is $2.50/M input at openai; `local` has no known price and stays.
+        // gpt-4o is $2.50/M input at openai; `local` has no known price for it and stays.
         assert_eq!(
-            apply(prefs(&|p| p.max_prompt_price = Some(1.0))).unwrap(),
+            apply("gpt-4o", &[], prefs(&|p| p.max_prompt_price = Some(1.0))).unwrap(),
             ["local/gpt-4o"]
         );
         assert_eq!(
-            apply(prefs(&|p| p.max_prompt_price = Some(3.0))).unwrap(),
+            apply("gpt-4o", &[], prefs(&|p| p.max_prompt_price = Some(3.0))).unwrap(),
             ["openai/gpt-4o", "local/gpt-4o"]
         );
-        let e = apply(prefs(&|p| p.only = Some(vec!["nobody".into()]))).unwrap_err();
+        let e = apply(
+            "gpt-4o",
+            &[],
+            prefs(&|p| p.only = Some(vec!["nobody".into()])),
+        )
+        .unwrap_err();
         assert_eq!(
             (e.status.as_u16(), e.param.as_deref()),
             (404, Some("provider"))
         );
-        let cheap = r
-            .apply_prefs(
-                r.plan("openai/gpt-4o", &["openai/gpt-4o-mini".into()])
-                    .unwrap(),
-                &prefs(&|p| p.sort = Some("price".into())),
-                "x",
+        assert_eq!(
+            apply(
+                "openai/gpt-4o",
+                &["openai/gpt-4o-mini".into()],
+                prefs(&|p| p.sort = Some("price".into()))
+            )
+            .unwrap(),
+            ["openai/gpt-4o-mini", "openai/gpt-4o"]
+        );
+        // sort by latency: measured averages, no random choice.
+        let cfg = HealthConfig::default();
+        let now = Instant::now();
+        stats(&r, "a").on_success(
+            &cfg,
+            now,
+            Duration::from_millis(90),
+            Some(Duration::from_millis(90)),
+        );
+        stats(&r, "b").on_success(
+            &cfg,
+            now,
+            Duration::from_millis(20),
+            Some(Duration::from_millis(20)),
+        );
+        stats(&r, "c").on_success(
+            &cfg,
+            now,
+            Duration::from_millis(40),
+            Some(Duration::from_millis(40)),
+        );
+        for _ in 0..20 {
+            assert_eq!(
+                apply("fast", &[], prefs(&|p| p.sort = Some("latency".into()))).unwrap(),
+                ["local/b", "local/c", "local/a"]
+            );
+        }
+    }
+
+    #[test]
+    fn spent_rate_limits_move_a_deployment_back() {
+        let r = router(CFG);
+        let b = chat("x");
+        let mut h = http::HeaderMap::new();
+        h.insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
+        h.insert("x-ratelimit-reset-requests", "30s".parse().unwrap());
+        r.upstream("local")
+            .unwrap()
+            .stats("mine")
+            .observe_limits(Instant::now(), &h);
+        let f = Facts::new(&b, Endpoint::Chat, false);
+        let plan = r
+            .plan(
+                "smart",
+                &[],
+                &ProviderPrefs::default(),
+                &f,
+                &mut rand::thread_rng(),
             )
             .unwrap();
-        assert_eq!(labels(&cheap), ["openai/gpt-4o-mini", "openai/gpt-4o"]);
+        assert_eq!(labels(&plan.deployments), ["openai/gpt-4o", "local/mine"]);
+        assert_eq!(plan.saturated, ["local/mine"]);
+        // Too few tokens left for this request counts too.
+        let mut h = http::HeaderMap::new();
+        h.insert("x-ratelimit-remaining-tokens", "100".parse().unwrap());
+        h.insert("x-ratelimit-reset-tokens", "30s".parse().unwrap());
+        r.upstream("openai")
+            .unwrap()
+            .stats("gpt-4o")
+            .observe_limits(Instant::now(), &h);
+        let mut f = Facts::new(&b, Endpoint::Chat, false);
+        f.max_output = Some(50);
+        let plan = r
+            .plan(
+                "gpt-4o",
+                &[],
+                &ProviderPrefs::default(),
+                &f,
+                &mut rand::thread_rng(),
+            )
+            .unwrap();
+        assert_eq!(labels(&plan.deployments), ["openai/gpt-4o", "local/gpt-4o"]);
+        f = Facts::new(&b, Endpoint::Chat, false);
+        f.max_output = Some(500);
+        let plan = r
+            .plan(
+                "gpt-4o",
+                &[],
+                &ProviderPrefs::default(),
+                &f,
+                &mut rand::thread_rng(),
+            )
+            .unwrap();
+        assert_eq!(labels(&plan.deployments), ["local/gpt-4o", "openai/gpt-4o"]);
     }
 
     #[test]
     fn weighted_order_is_a_permutation_biased_by_weight() {
-        use rand::SeedableRng;
         let r = router(
             "[[providers]]\nname = \"a\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nmodels = [\"m\"]\nweight = 3\n\
              [[providers]]\nname = \"b\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nmodels = [\"m\"]\nweight = 1\n",
@@ -423,7 +1051,7 @@ strategy = "cost"
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut a_first = 0;
         for _ in 0..4000 {
-            let mut ds = r.resolve("m").unwrap();
+            let mut ds = r.resolve("m").unwrap().0;
             weighted_order(&mut ds, &mut rng);
             assert_eq!(ds.len(), 2);
             assert_ne!(ds[0].upstream.name, ds[1].upstream.name);

@@ -1,8 +1,9 @@
 //! Configured providers at run time: protocol adapter, credentials, limits.
 
 use crate::config::ProviderConfig;
+use crate::health::DeploymentStats;
 use http::{HeaderName, HeaderValue};
-use polyplex_catalog::{Catalog, Price};
+use polyplex_catalog::{Catalog, Model, Price};
 use polyplex_providers::anthropic::Anthropic;
 use polyplex_providers::azure::Azure;
 use polyplex_providers::cohere::Cohere;
@@ -10,12 +11,14 @@ use polyplex_providers::gemini::Gemini;
 use polyplex_providers::openai_compat::OpenAiCompat;
 use polyplex_providers::{AuthStyle, Protocol, Target};
 use secrecy::{ExposeSecret, SecretString};
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub struct Upstream {
     pub name: String,
+    /// The wire protocol (`openai`, `anthropic`, ...).
+    pub kind: String,
     pub protocol: Arc<dyn Protocol>,
     pub base_url: String,
     api_key: Option<SecretString>,
@@ -34,7 +37,13 @@ pub struct Upstream {
     pub stream_usage: bool,
     pub drop_params: bool,
     pub api_version: Option<String>,
+    /// Live statistics per model served here (see [`crate::health`]).
+    stats: RwLock<HashMap<String, Arc<DeploymentStats>>>,
 }
+
+/// Most models one provider keeps statistics for; model names can come from
+/// clients, so the map is bounded (past it, statistics are not kept).
+const MAX_TRACKED_MODELS: usize = 1024;
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,6 +82,7 @@ impl Upstream {
         }
         Ok(Upstream {
             name: p.name.clone(),
+            kind: p.kind.clone(),
             protocol,
             base_url: p.base_url.clone(),
             api_key: p.api_key.clone(),
@@ -93,7 +103,37 @@ impl Upstream {
             stream_usage: p.stream_usage,
             drop_params: p.drop_params,
             api_version: p.api_version.clone(),
+            stats: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// The statistics of this provider serving `model`.
+    pub fn stats(&self, model: &str) -> Arc<DeploymentStats> {
+        if let Some(s) = self.stats.read().ok().and_then(|m| m.get(model).cloned()) {
+            return s;
+        }
+        let Ok(mut m) = self.stats.write() else {
+            return Arc::default();
+        };
+        if let Some(s) = m.get(model) {
+            return s.clone();
+        }
+        let s = Arc::new(DeploymentStats::default());
+        if m.len() < MAX_TRACKED_MODELS {
+            m.insert(model.to_string(), s.clone());
+        }
+        s
+    }
+
+    /// Every model with statistics, sorted by name.
+    pub fn tracked(&self) -> Vec<(String, Arc<DeploymentStats>)> {
+        let mut v: Vec<_> = self
+            .stats
+            .read()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// The provider key, for building requests and redacting error messages only.
@@ -126,15 +166,30 @@ impl Upstream {
         }
     }
 
-    /// True if a bare model name (no `provider/`) may be routed here.
-    pub fn lists(&self, catalog: &Catalog, model: &str) -> bool {
+    /// The model this provider would serve for a bare name (no `provider/`):
+    /// the name itself when listed, else an equivalent model under the
+    /// provider's own id (see [`polyplex_catalog::canonical`]).
+    pub fn serves(&self, catalog: &Catalog, name: &str) -> Option<String> {
         match &self.models {
-            Some(list) => list.iter().any(|m| m == model),
-            None => self
-                .catalog_id
-                .as_deref()
-                .is_some_and(|c| catalog.model(c, model).is_some()),
+            Some(list) => {
+                if list.iter().any(|m| m == name) {
+                    return Some(name.to_string());
+                }
+                let want = polyplex_catalog::canonical(name);
+                list.iter()
+                    .find(|m| polyplex_catalog::canonical(m) == want)
+                    .cloned()
+            }
+            None => catalog
+                .provider(self.catalog_id.as_deref()?)?
+                .equivalent(name)
+                .map(|m| m.id.clone()),
         }
+    }
+
+    /// The catalog's entry for a model served here, if the catalog knows it.
+    pub fn catalog_model<'c>(&self, catalog: &'c Catalog, model: &str) -> Option<&'c Model> {
+        catalog.model(self.catalog_id.as_deref()?, model)
     }
 
     /// True if `provider/model` may be sent here: listed, or any name when no list is configured.

@@ -573,6 +573,9 @@ max_retries = 0
 [[routes]]
 name = "smart"
 targets = ["openai/gpt-4o", "backup/gpt-4o"]
+[routing]
+# This test counts attempts; the breaker has tests of its own.
+breaker_min_requests = 1000
 "#;
     let env = setup_with(MockOptions::default(), extra).await;
     // openai has max_retries = 1: two 500s exhaust it, then backup answers.

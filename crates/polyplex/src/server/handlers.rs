@@ -3,6 +3,7 @@
 use super::respond::{finish_usage, json_response, sse_response, ApiError, Served, StreamContext};
 use super::{App, RequestId};
 use crate::executor::{attempt_loop, stream_once, unary_once};
+use crate::routing::Facts;
 use crate::usage::UsageRecord;
 use axum::extract::{Path, Request, State};
 use axum::http::{Method, StatusCode, Uri};
@@ -84,12 +85,19 @@ struct Parsed {
     prefs: ProviderPrefs,
     stream: bool,
     include_usage: bool,
+    /// What routing looks at: output cap, tools, images, json_schema.
+    max_output: Option<u64>,
+    needs: (bool, bool, bool),
 }
 
 fn validate(endpoint: Endpoint, body: JsonMap) -> Result<Parsed, GatewayError> {
+    let mut needs = (false, false, false);
+    let mut max_output = None;
     let (model, fallbacks, prefs, stream, include_usage) = match endpoint {
         Endpoint::Chat => {
             let m = validate::chat(&body)?;
+            needs = (m.has_tools, m.has_images, m.json_schema);
+            max_output = m.max_tokens;
             (
                 m.model,
                 m.fallback_models,
@@ -100,6 +108,7 @@ fn validate(endpoint: Endpoint, body: JsonMap) -> Result<Parsed, GatewayError> {
         }
         Endpoint::Completions => {
             let m = validate::completions(&body)?;
+            max_output = body.get("max_tokens").and_then(Value::as_u64);
             (
                 m.model,
                 m.fallback_models,
@@ -120,6 +129,8 @@ fn validate(endpoint: Endpoint, body: JsonMap) -> Result<Parsed, GatewayError> {
         prefs,
         stream,
         include_usage,
+        max_output,
+        needs,
     })
 }
 
@@ -133,13 +144,13 @@ struct Call {
 
 impl Call {
     /// Records the failure and answers it in OpenAI's error shape.
-    fn fail(&self, model: &str, stream: bool, e: GatewayError, served: &Served<'_>) -> Response {
+    fn fail(&self, model: &str, stream: bool, e: GatewayError, served: &Served) -> Response {
         self.app.recorder.record(UsageRecord {
             request_id: self.rid.clone(),
             endpoint: self.endpoint.as_str(),
             requested_model: model.to_string(),
-            provider: served.deployment.map(|d| d.upstream.name.clone()),
-            model: served.deployment.map(|d| d.model.clone()),
+            provider: served.deployment.as_ref().map(|d| d.upstream.name.clone()),
+            model: served.deployment.as_ref().map(|d| d.model.clone()),
             status: e.status.as_u16(),
             usage: Usage::default(),
             cost_usd: 0.0,
@@ -163,11 +174,7 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
         started: Instant::now(),
     };
     let app = &call.app;
-    let no_one = Served {
-        deployment: None,
-        attempts: 0,
-        failed_over: &[],
-    };
+    let no_one = Served::default();
     let body = match read_json(app, req).await {
         Ok(b) => b,
         Err(e) => return call.fail("", false, e, &no_one),
@@ -181,27 +188,37 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
         Ok(p) => p,
         Err(e) => return call.fail(&asked, false, e, &no_one),
     };
-    let plan = match app
-        .router
-        .plan(&parsed.model, &parsed.fallbacks)
-        .and_then(|p| app.router.apply_prefs(p, &parsed.prefs, &parsed.model))
-    {
+    let mut facts = Facts::new(&parsed.body, endpoint, parsed.stream);
+    facts.max_output = parsed.max_output;
+    (facts.tools, facts.images, facts.json_schema) = parsed.needs;
+    let plan = match app.router.plan(
+        &parsed.model,
+        &parsed.fallbacks,
+        &parsed.prefs,
+        &facts,
+        &mut rand::thread_rng(),
+    ) {
         Ok(p) => p,
         Err(e) => return call.fail(&parsed.model, parsed.stream, e, &no_one),
     };
-    tracing::debug!(request_id = %call.rid, model = %parsed.model, plan = ?plan.iter().map(|d| d.label()).collect::<Vec<_>>(), "routing plan");
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        tracing::debug!(
+            request_id = %call.rid,
+            model = %parsed.model,
+            plan = ?plan.deployments.iter().map(|d| d.label()).collect::<Vec<_>>(),
+            saturated = ?plan.saturated,
+            hedge = ?plan.hedge,
+            "routing decision"
+        );
+    }
     let body = &parsed.body;
 
     if parsed.stream {
-        let outcome = attempt_loop(&plan, |d| async move {
-            stream_once(app, &d, endpoint, body).await
+        let outcome = attempt_loop(app, &plan, false, |d, g| async move {
+            stream_once(app, &d, g, endpoint, body).await
         })
         .await;
-        let served = Served {
-            deployment: outcome.deployment.as_ref(),
-            attempts: outcome.attempts,
-            failed_over: &outcome.failed_over,
-        };
+        let served = outcome.trace;
         return match outcome.result {
             Ok((open, d)) => {
                 let dropped = open.dropped.clone();
@@ -212,7 +229,7 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
                     requested_model: parsed.model.clone(),
                     include_usage: parsed.include_usage,
                     started: call.started,
-                    attempts: outcome.attempts,
+                    attempts: served.attempts,
                     request: parsed.body.clone(),
                 };
                 let mut resp = sse_response(ctx, open, d);
@@ -224,15 +241,11 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
         };
     }
 
-    let outcome = attempt_loop(&plan, |d| async move {
-        unary_once(app, &d, endpoint, body).await
+    let outcome = attempt_loop(app, &plan, true, |d, g| async move {
+        unary_once(app, &d, g, endpoint, body).await
     })
     .await;
-    let served = Served {
-        deployment: outcome.deployment.as_ref(),
-        attempts: outcome.attempts,
-        failed_over: &outcome.failed_over,
-    };
+    let served = outcome.trace;
     match outcome.result {
         Ok((unary, d)) => {
             let (mut reply, upstream_usage) = (unary.response, unary.usage);
@@ -244,6 +257,7 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
             }
             let (reply, usage, cost) = finish_usage(app, &d, endpoint, body, reply, upstream_usage);
             let latency = call.started.elapsed();
+            d.stats.on_tokens(usage.completion_tokens, latency);
             app.recorder.record(UsageRecord {
                 request_id: call.rid.clone(),
                 endpoint: endpoint.as_str(),
@@ -255,7 +269,7 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
                 cost_usd: cost,
                 latency,
                 ttft: Some(latency),
-                attempts: outcome.attempts,
+                attempts: served.attempts,
                 stream: false,
                 at: SystemTime::now(),
             });
@@ -327,8 +341,11 @@ pub async fn list_models(State(app): State<App>) -> Response {
 }
 
 pub async fn get_model(State(app): State<App>, Path(id): Path<String>) -> Response {
+    if id == "auto" && app.router.knows("auto") && app.router.resolve("auto").is_err() {
+        return Json(model_object("auto", "polyplex")).into_response();
+    }
     match app.router.resolve(&id) {
-        Ok(ds) => {
+        Ok((ds, _)) => {
             let owner = if app.router.routes().any(|r| r.name == id) {
                 "polyplex".to_string()
             } else {
@@ -340,6 +357,73 @@ pub async fn get_model(State(app): State<App>, Path(id): Path<String>) -> Respon
         }
         Err(e) => ApiError(e).into_response(),
     }
+}
+
+/// `GET /admin/providers`: every configured provider and each deployment
+/// with statistics (latency averages, error rate, circuit, in-flight, rate limits).
+pub async fn admin_providers(State(app): State<App>) -> Response {
+    let now = Instant::now();
+    let catalog = app.router.catalog();
+    let providers: Vec<Value> = app
+        .router
+        .upstreams()
+        .iter()
+        .map(|u| {
+            let mut models = u.models.clone().unwrap_or_default();
+            for r in app.router.routes() {
+                for (p, m) in &r.targets {
+                    if *p == u.name && !models.contains(m) {
+                        models.push(m.clone());
+                    }
+                }
+            }
+            let mut tracked = u.tracked();
+            for m in models {
+                if !tracked.iter().any(|(t, _)| *t == m) {
+                    tracked.push((m.clone(), u.stats(&m)));
+                }
+            }
+            tracked.sort_by(|a, b| a.0.cmp(&b.0));
+            let deployments: Vec<Value> = tracked
+                .iter()
+                .map(|(m, s)| {
+                    let mut v = s.snapshot(&app.health, now);
+                    if let Value::Object(o) = &mut v {
+                        o.insert("deployment".into(), json!(format!("{}/{m}", u.name)));
+                        o.insert("model".into(), json!(m));
+                        let price = u.price(catalog, m, 0);
+                        o.insert(
+                            "price_per_million".into(),
+                            json!(price.map(|p| json!({"input": p.input, "output": p.output}))),
+                        );
+                    }
+                    v
+                })
+                .collect();
+            let healthy = deployments.iter().all(|d| d["healthy"] == json!(true));
+            json!({
+                "name": u.name,
+                "kind": u.kind,
+                "base_url": u.base_url,
+                "healthy": healthy,
+                "max_retries": u.max_retries,
+                "timeout_ms": u.timeout.as_millis() as u64,
+                "deployments": deployments,
+            })
+        })
+        .collect();
+    Json(json!({
+        "object": "list",
+        "data": providers,
+        "retry_budget": {"balance": (app.retry_budget.balance(now) * 100.0).round() / 100.0},
+        "breaker": {
+            "window_ms": app.health.window.as_millis() as u64,
+            "min_requests": app.health.min_requests,
+            "error_ratio": app.health.error_ratio,
+            "cooldown_ms": app.health.cooldown.as_millis() as u64,
+        },
+    }))
+    .into_response()
 }
 
 pub async fn healthz() -> Response {

@@ -14,10 +14,13 @@
 //!    naming the field.
 //! 5. **limits and budget admission**: (per-key limits land here.)
 //! 6. **routing** ([`crate::routing`]): the model name (plus any `models`
-//!    fallback list) becomes an ordered plan of deployments; 404 if none.
-//! 7. **attempts** ([`crate::executor`]): the adapter builds the upstream
-//!    request, the one pooled client sends it; retries and failover on
-//!    retryable errors; streams commit after their first chunk.
+//!    fallback list and `provider` preferences) becomes an ordered plan of
+//!    deployments by the route's strategy and live statistics
+//!    ([`crate::health`]); 404 if none.
+//! 7. **attempts** ([`crate::executor`]): breaker admission, then the adapter
+//!    builds the upstream request and the one pooled client sends it; retries
+//!    (within the retry budget) and failover on retryable errors; optional
+//!    hedging; streams commit after their first chunk.
 //! 8. **response** ([`respond`]): OpenAI JSON with `usage.cost`, or SSE framed
 //!    exactly as OpenAI's, with `x-polyplex-provider/model/attempts` headers.
 //! 9. **usage** ([`crate::usage`]): one record per request to the background
@@ -53,6 +56,10 @@ pub struct AppState {
     pub recorder: Recorder,
     pub metrics: Option<PrometheusHandle>,
     pub ready: AtomicBool,
+    /// Circuit breaker settings.
+    pub health: crate::health::HealthConfig,
+    /// Bounds retries and hedges to a fraction of requests.
+    pub retry_budget: crate::health::RetryBudget,
 }
 
 pub type App = Arc<AppState>;
@@ -95,7 +102,12 @@ pub fn state(
         .min()
         .unwrap_or(Duration::from_secs(10));
     Ok(Arc::new(AppState {
-        router: ModelRouter::new(upstreams, cfg.routes.clone(), Catalog::builtin()),
+        router: ModelRouter::new(
+            upstreams,
+            cfg.routes.clone(),
+            Catalog::builtin(),
+            cfg.routing.strategy,
+        ),
         http: http_client(connect)?,
         urls: crate::executor::UrlCache::default(),
         master_key: cfg.master_key.clone(),
@@ -103,6 +115,12 @@ pub fn state(
         recorder,
         metrics: crate::telemetry::metrics(),
         ready: AtomicBool::new(true),
+        health: cfg.routing.health,
+        retry_budget: crate::health::RetryBudget::new(
+            cfg.routing.retry_budget_ratio,
+            cfg.routing.retry_budget_min_per_s,
+            std::time::Instant::now(),
+        ),
     }))
 }
 
@@ -118,8 +136,15 @@ pub fn app(state: App) -> axum::Router {
             state.clone(),
             auth::require,
         ));
+    let admin = axum::Router::new()
+        .route("/providers", get(handlers::admin_providers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ));
     axum::Router::new()
         .nest("/v1", v1)
+        .nest("/admin", admin)
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))

@@ -1,7 +1,7 @@
 //! Stage 8: writing responses — OpenAI JSON, OpenAI SSE, OpenAI errors.
 
 use super::App;
-use crate::executor::OpenStream;
+use crate::executor::{OpenStream, Trace};
 use crate::routing::Deployment;
 use crate::tokens;
 use crate::usage::{cost, cost_json, UsageRecord};
@@ -77,16 +77,12 @@ impl IntoResponse for ApiError {
 }
 
 /// Who served a request: the `x-polyplex-*` headers.
-pub struct Served<'a> {
-    pub deployment: Option<&'a Deployment>,
-    pub attempts: u32,
-    pub failed_over: &'a [String],
-}
+pub type Served = Trace;
 
-impl Served<'_> {
+impl Served {
     pub fn apply(&self, resp: &mut Response) {
         let h = resp.headers_mut();
-        if let Some(d) = self.deployment {
+        if let Some(d) = &self.deployment {
             if let Ok(v) = HeaderValue::from_str(&d.upstream.name) {
                 h.insert("x-polyplex-provider", v);
             }
@@ -101,6 +97,14 @@ impl Served<'_> {
             if let Ok(v) = HeaderValue::from_str(&self.failed_over.join(", ")) {
                 h.insert("x-polyplex-fallbacks", v);
             }
+        }
+        if !self.skipped.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&self.skipped.join(", ")) {
+                h.insert("x-polyplex-skipped", v);
+            }
+        }
+        if self.hedged {
+            h.insert("x-polyplex-hedged", HeaderValue::from_static("true"));
         }
     }
 }
@@ -333,6 +337,18 @@ impl Relay {
             Some(u) => u,
             None => self.estimated_usage(),
         };
+        let now = Instant::now();
+        // A client that went away (499) says nothing about the upstream.
+        if status != 499 {
+            self.deployment.stats.on_stream_end(
+                &self.ctx.app.health,
+                now,
+                now.saturating_duration_since(self.ctx.started),
+                now.saturating_duration_since(self.open.first_byte_at),
+                usage.completion_tokens,
+                status == 200,
+            );
+        }
         let c = cost(self.ctx.app.router.catalog(), &self.deployment, &usage);
         self.ctx.app.recorder.record(UsageRecord {
             request_id: self.ctx.request_id.clone(),
