@@ -288,12 +288,18 @@ where
         hedged: false,
     };
     let (mut at, mut retry, mut pause) = (0, 0, None);
+    // A deployment the breaker already admitted (admission is asked once per
+    // attempt: a half-open circuit admits one probe).
+    let mut admitted = None;
 
     // A hedged start: the first admitted deployment, and after the delay a
     // second one racing it; the first answer wins and the other is dropped
     // (which cancels its upstream request).
-    if let Some(a) = st.next_admitted(0) {
+    if let Some(a) = plan.hedge.and_then(|_| st.next_admitted(0)) {
+        admitted = Some(a);
+        at = a;
         if let Some(delay) = hedge_delay(plan, &st.ds[a]).filter(|_| a + 1 < st.ds.len()) {
+            admitted = None;
             let da = st.ds[a].clone();
             st.attempts += 1;
             let started_a = Instant::now();
@@ -372,7 +378,7 @@ where
         if let Some(p) = pause.take() {
             tokio::time::sleep(p).await;
         }
-        if !st.admit(at) {
+        if admitted.take() != Some(at) && !st.admit(at) {
             at += 1;
             retry = 0;
             continue;
@@ -647,6 +653,82 @@ mod tests {
                 assert!(b <= ceiling && b <= BACKOFF_CAP, "retry {retry}: {b:?}");
             }
         }
+    }
+
+    fn upstream(status: u16, retryable: bool) -> GatewayError {
+        let mut e = GatewayError::upstream(
+            StatusCode::from_u16(status).unwrap(),
+            "server_error",
+            "boom",
+        );
+        e.retryable = retryable;
+        e
+    }
+
+    #[test]
+    fn judge_retries_fails_over_or_stops() {
+        let now = Instant::now();
+        let budget = RetryBudget::new(0.0, 0.0, now);
+        let mut rng = rand::thread_rng();
+        // Retryable, retries left, budget left: retry with backoff.
+        assert!(matches!(
+            judge(&upstream(503, true), 2, 0, &budget, now, &mut rng),
+            Next::Retry(d) if d <= BACKOFF_BASE
+        ));
+        // retry-after is honoured as the pause...
+        let mut e = upstream(429, true);
+        e.retry_after = Some(Duration::from_millis(1500));
+        assert_eq!(
+            judge(&e, 2, 0, &budget, now, &mut rng),
+            Next::Retry(Duration::from_millis(1500))
+        );
+        // ... unless it is longer than polyplex waits: fail over instead.
+        e.retry_after = Some(Duration::from_secs(60));
+        assert_eq!(judge(&e, 2, 0, &budget, now, &mut rng), Next::FailOver);
+        // Out of retries on this provider: fail over.
+        assert_eq!(
+            judge(&upstream(500, true), 2, 2, &budget, now, &mut rng),
+            Next::FailOver
+        );
+        // Wrong key or unknown model *there*: another provider may serve it.
+        for s in [401, 403, 404] {
+            assert_eq!(
+                judge(&upstream(s, false), 2, 0, &budget, now, &mut rng),
+                Next::FailOver
+            );
+        }
+        // A client's own 4xx is never retried nor failed over.
+        assert_eq!(
+            judge(
+                &GatewayError::invalid_request("bad"),
+                2,
+                0,
+                &budget,
+                now,
+                &mut rng
+            ),
+            Next::Stop
+        );
+        assert_eq!(
+            judge(&upstream(400, false), 2, 0, &budget, now, &mut rng),
+            Next::Stop
+        );
+        // An empty budget turns retries into failovers.
+        while budget.try_spend(now) {}
+        assert_eq!(
+            judge(&upstream(503, true), 2, 0, &budget, now, &mut rng),
+            Next::FailOver
+        );
+    }
+
+    #[test]
+    fn what_counts_against_a_deployment() {
+        assert!(counts_against(&upstream(500, true)));
+        assert!(counts_against(&upstream(502, false)));
+        assert!(counts_against(&upstream(429, true)));
+        assert!(!counts_against(&upstream(400, false)));
+        assert!(!counts_against(&upstream(401, false)));
+        assert!(!counts_against(&GatewayError::invalid_request("bad")));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models`.
 //!
 //! Control (for tests):
-//! - `POST /__mock/faults` `{"fault": "500"|"503"|"429"|"401"|"timeout"|"disconnect"|"garbage"|"no_usage"|"status",
+//! - `POST /__mock/faults` `{"fault": "500"|"503"|"429"|"401"|"timeout"|"disconnect"|"garbage"|"no_usage"|"ratelimit"|"status",
 //!   "count": N, "status": 502, "retry_after": 1, "after_chunks": 2, "delay_ms": 5000,
 //!   "model": "only-this-model"}` — the next N matching requests fail that way;
 //! - `DELETE /__mock/faults`; `GET /__mock/stats`; `GET /__mock/requests` (the last
@@ -211,6 +211,7 @@ async fn add_fault(State(s): State<Arc<MockState>>, Json(f): Json<Fault>) -> Res
         "status",
         "garbage",
         "no_usage",
+        "ratelimit",
     ];
     if !known.contains(&f.fault.as_str()) {
         return error(
@@ -371,7 +372,7 @@ pub(crate) async fn admit(
             "timeout" => {
                 tokio::time::sleep(Duration::from_millis(f.delay_ms.unwrap_or(60_000))).await
             }
-            "disconnect" | "garbage" | "no_usage" => {}
+            "disconnect" | "garbage" | "no_usage" | "ratelimit" => {}
             "401" => {
                 // Like real providers, echo the rejected key (the gateway must redact it).
                 let key = headers
@@ -603,7 +604,7 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
         if is_fault("no_usage") {
             out.as_object_mut().map(|o| o.remove("usage"));
         }
-        return Json(out).into_response();
+        return spent_limits(Json(out).into_response(), fault.as_ref());
     }
 
     let chunk = |choices: Value, usage: Option<Value>| {
@@ -665,7 +666,31 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
         .as_ref()
         .filter(|f| f.fault == "disconnect")
         .map(|f| f.after_chunks.unwrap_or(2));
-    sse_body(s, events, cut)
+    spent_limits(sse_body(s, events, cut), fault.as_ref())
+}
+
+/// The "ratelimit" fault: a normal answer whose `x-ratelimit-*` headers say
+/// no requests are left until `retry_after` seconds (default 30) from now,
+/// as OpenAI writes them.
+fn spent_limits(mut r: Response, fault: Option<&Fault>) -> Response {
+    let Some(f) = fault.filter(|f| f.fault == "ratelimit") else {
+        return r;
+    };
+    let reset = format!("{}s", f.retry_after.unwrap_or(30));
+    let h = r.headers_mut();
+    for (k, v) in [
+        ("x-ratelimit-limit-requests", "500".to_string()),
+        ("x-ratelimit-remaining-requests", "0".to_string()),
+        ("x-ratelimit-reset-requests", reset.clone()),
+        ("x-ratelimit-limit-tokens", "30000".to_string()),
+        ("x-ratelimit-remaining-tokens", "29000".to_string()),
+        ("x-ratelimit-reset-tokens", reset),
+    ] {
+        if let Ok(v) = v.parse() {
+            h.insert(k, v);
+        }
+    }
+    r
 }
 
 async fn completions(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
