@@ -118,24 +118,26 @@ struct Attempts<'a> {
     attempts: u32,
     failed_over: Vec<String>,
     skipped: Vec<String>,
-    /// When the earliest skipped circuit lets a probe through.
-    reopens: Option<Instant>,
     last: Option<(GatewayError, Deployment)>,
     hedged: bool,
+    /// Every circuit in the plan was open: try them anyway.
+    fail_open: bool,
 }
 
 impl<'a> Attempts<'a> {
     /// Asks the breaker; a deployment it refuses is noted as skipped.
     fn admit(&mut self, at: usize) -> bool {
+        if self.fail_open {
+            return true;
+        }
         let d = &self.ds[at];
         match d.stats.admit(&self.app.health, Instant::now()) {
             Admission::Yes | Admission::Probe => true,
-            Admission::No(until) => {
+            Admission::No(_) => {
                 tracing::debug!(deployment = %d.label(), "circuit open; skipped");
                 if !self.skipped.contains(&d.label()) {
                     self.skipped.push(d.label());
                 }
-                self.reopens = Some(self.reopens.map_or(until, |r| r.min(until)));
                 false
             }
         }
@@ -220,21 +222,10 @@ impl<'a> Attempts<'a> {
     fn failed<T>(mut self) -> Outcome<T> {
         let (err, dep) = match self.last.take() {
             Some((e, d)) => (e, Some(d)),
-            None => {
-                let mut e = GatewayError::service_unavailable(if self.skipped.is_empty() {
-                    "No deployment is available for this model.".to_string()
-                } else {
-                    format!(
-                        "Every deployment for this model is failing and was taken out of rotation (circuit open): {}.",
-                        self.skipped.join(", ")
-                    )
-                })
-                .with_code("circuit_open");
-                e.retry_after = self
-                    .reopens
-                    .map(|t| t.saturating_duration_since(Instant::now()));
-                (e, None)
-            }
+            None => (
+                GatewayError::service_unavailable("No deployment is available for this model."),
+                None,
+            ),
         };
         if !self.failed_over.is_empty()
             && self.failed_over.last() == dep.as_ref().map(Deployment::label).as_ref()
@@ -283,9 +274,9 @@ where
         attempts: 0,
         failed_over: Vec::new(),
         skipped: Vec::new(),
-        reopens: None,
         last: None,
         hedged: false,
+        fail_open: false,
     };
     let (mut at, mut retry, mut pause) = (0, 0, None);
     // A deployment the breaker already admitted (admission is asked once per
@@ -374,28 +365,39 @@ where
         }
     }
 
-    while at < st.ds.len() {
-        if let Some(p) = pause.take() {
-            tokio::time::sleep(p).await;
+    loop {
+        while at < st.ds.len() {
+            if let Some(p) = pause.take() {
+                tokio::time::sleep(p).await;
+            }
+            if admitted.take() != Some(at) && !st.admit(at) {
+                at += 1;
+                retry = 0;
+                continue;
+            }
+            let d = st.ds[at].clone();
+            st.attempts += 1;
+            let started = Instant::now();
+            let r = once(d.clone(), d.stats.enter()).await;
+            match st.settle(at, retry, started, r) {
+                Flow::Done(v) => return st.done(v, at),
+                Flow::Stop => break,
+                Flow::Resume {
+                    at: x,
+                    retry: r,
+                    pause: p,
+                } => (at, retry, pause) = (x, r, p),
+            }
         }
-        if admitted.take() != Some(at) && !st.admit(at) {
-            at += 1;
-            retry = 0;
-            continue;
+        // The breaker sheds load from a failing deployment while another can
+        // serve; it never turns a model into a hard outage. With every
+        // circuit of the plan open and nothing tried, try them anyway.
+        if st.attempts > 0 || st.skipped.is_empty() || st.fail_open {
+            break;
         }
-        let d = st.ds[at].clone();
-        st.attempts += 1;
-        let started = Instant::now();
-        let r = once(d.clone(), d.stats.enter()).await;
-        match st.settle(at, retry, started, r) {
-            Flow::Done(v) => return st.done(v, at),
-            Flow::Stop => break,
-            Flow::Resume {
-                at: x,
-                retry: r,
-                pause: p,
-            } => (at, retry, pause) = (x, r, p),
-        }
+        tracing::debug!(skipped = ?st.skipped, "every circuit open; trying anyway");
+        st.fail_open = true;
+        (at, retry, pause) = (0, 0, None);
     }
     st.failed()
 }
