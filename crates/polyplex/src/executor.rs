@@ -120,15 +120,17 @@ struct Attempts<'a> {
     skipped: Vec<String>,
     last: Option<(GatewayError, Deployment)>,
     hedged: bool,
-    /// Every circuit in the plan was open: try them anyway.
+    /// Nothing admitted has answered: try the skipped deployments anyway.
     fail_open: bool,
+    /// A client's own error ended the loop.
+    stopped: bool,
 }
 
 impl<'a> Attempts<'a> {
     /// Asks the breaker; a deployment it refuses is noted as skipped.
     fn admit(&mut self, at: usize) -> bool {
         if self.fail_open {
-            return true;
+            return self.skipped.contains(&self.ds[at].label());
         }
         let d = &self.ds[at];
         match d.stats.admit(&self.app.health, Instant::now()) {
@@ -277,6 +279,7 @@ where
         last: None,
         hedged: false,
         fail_open: false,
+        stopped: false,
     };
     let (mut at, mut retry, mut pause) = (0, 0, None);
     // A deployment the breaker already admitted (admission is asked once per
@@ -381,7 +384,10 @@ where
             let r = once(d.clone(), d.stats.enter()).await;
             match st.settle(at, retry, started, r) {
                 Flow::Done(v) => return st.done(v, at),
-                Flow::Stop => break,
+                Flow::Stop => {
+                    st.stopped = true;
+                    break;
+                }
                 Flow::Resume {
                     at: x,
                     retry: r,
@@ -390,12 +396,12 @@ where
             }
         }
         // The breaker sheds load from a failing deployment while another can
-        // serve; it never turns a model into a hard outage. With every
-        // circuit of the plan open and nothing tried, try them anyway.
-        if st.attempts > 0 || st.skipped.is_empty() || st.fail_open {
+        // serve; it never turns a model into a hard outage. When nothing it
+        // admitted answered, the deployments it skipped are tried after all.
+        if st.stopped || st.skipped.is_empty() || st.fail_open {
             break;
         }
-        tracing::debug!(skipped = ?st.skipped, "every circuit open; trying anyway");
+        tracing::debug!(skipped = ?st.skipped, "no admitted deployment answered; trying the open circuits");
         st.fail_open = true;
         (at, retry, pause) = (0, 0, None);
     }

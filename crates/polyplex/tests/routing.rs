@@ -445,6 +445,18 @@ async fn breaker_skips_a_failing_deployment_and_probes_it_back() {
         (200, "a", "a/m")
     );
     assert_eq!(env.served(0), before + 1);
+    // So is an open deployment when every admitted one has failed.
+    env.fault(1, json!({"fault": "500"})).await;
+    let a = env.call(chat("r")).await;
+    assert_eq!(
+        (
+            a.status,
+            a.h("x-polyplex-provider"),
+            a.h("x-polyplex-fallbacks")
+        ),
+        (200, "a", "b/m")
+    );
+    assert_eq!(env.served(0), before + 2);
     assert_eq!(env.deployment("a/m").await["circuit"], "open");
     // After the cooldown one probe goes through; it succeeds and closes the circuit.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -453,7 +465,7 @@ async fn breaker_skips_a_failing_deployment_and_probes_it_back() {
         (a.h("x-polyplex-provider"), a.h("x-polyplex-attempts")),
         ("a", "1")
     );
-    assert_eq!(env.served(0), before + 2);
+    assert_eq!(env.served(0), before + 3);
     let d = env.deployment("a/m").await;
     assert_eq!(
         (d["circuit"].as_str(), d["healthy"].as_bool()),

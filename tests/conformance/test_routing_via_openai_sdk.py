@@ -1,0 +1,70 @@
+"""Routing as a client drives it through the official `openai` SDK: OpenRouter's
+`models` and `provider` options in `extra_body`, `auto`, `:floor`, the
+`x-polyplex-*` headers, and `GET /admin/providers`."""
+import json
+import urllib.request
+
+import openai
+import pytest
+
+from conftest import MASTER_KEY
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+def create(client, **kw):
+    raw = client.chat.completions.with_raw_response.create(messages=HI, **kw)
+    return raw.headers, raw.parse()
+
+
+def test_provider_order_only_and_ignore_in_extra_body(client):
+    h, r = create(client, model="gpt-4o", extra_body={"provider": {"order": ["slow", "openai"]}})
+    assert (h["x-polyplex-provider"], h["x-polyplex-model"]) == ("slow", "gpt-4o")
+    assert r.choices[0].message.content == "hi"
+    h, _ = create(client, model="gpt-4o", extra_body={"provider": {"only": ["openai"]}})
+    assert h["x-polyplex-provider"] == "openai"
+    h, _ = create(client, model="gpt-4o", extra_body={"provider": {"ignore": ["openai"]}})
+    assert h["x-polyplex-provider"] == "slow"
+    with pytest.raises(openai.NotFoundError) as e:
+        create(client, model="gpt-4o", extra_body={"provider": {"only": ["nobody"]}})
+    assert e.value.body["param"] == "provider"
+
+
+def test_models_fallback_list_in_extra_body(client, fault):
+    fault(fault="500", count=2, model="gpt-4o")
+    h, r = create(client, model="openai/gpt-4o", extra_body={"models": ["openai/gpt-4o-mini"]})
+    assert (h["x-polyplex-model"], h["x-polyplex-attempts"]) == ("gpt-4o-mini", "3")
+    assert h["x-polyplex-fallbacks"] == "openai/gpt-4o"
+    assert r.model == "gpt-4o-mini"
+    with pytest.raises(openai.NotFoundError) as e:
+        create(client, model="openai/gpt-4o", extra_body={"models": ["no-such-model"]})
+    assert e.value.body["param"] == "models[0]"
+
+
+def test_floor_and_auto(client):
+    # Both `openai` and `slow` serve gpt-4o; only openai's price is known.
+    h, _ = create(client, model="gpt-4o:floor")
+    assert h["x-polyplex-provider"] == "openai"
+    h, r = create(client, model="auto")
+    assert h["x-polyplex-provider"] and h["x-polyplex-model"]
+    assert r.choices[0].message.content
+    assert r.usage.total_tokens > 0
+    assert client.models.retrieve("auto").id == "auto"
+    with pytest.raises(openai.NotFoundError):
+        create(client, model="auto", max_tokens=10_000_000)
+
+
+def test_admin_providers_lists_deployments(gateway, client):
+    create(client, model="openai/gpt-4o-mini")
+    req = urllib.request.Request(gateway + "/admin/providers", headers={"authorization": f"Bearer {MASTER_KEY}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        body = json.loads(r.read())
+    names = [p["name"] for p in body["data"]]
+    assert "openai" in names and "slow" in names
+    openai_p = next(p for p in body["data"] if p["name"] == "openai")
+    d = next(d for d in openai_p["deployments"] if d["model"] == "gpt-4o-mini")
+    assert d["requests"] >= 1 and d["circuit"] in ("closed", "open", "half_open")
+    assert "sk-mock-provider" not in json.dumps(body)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(gateway + "/admin/providers", timeout=5)
+    assert e.value.code == 401
