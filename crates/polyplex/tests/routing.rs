@@ -402,6 +402,36 @@ async fn strategies_suffixes_auto_and_request_options_choose_what_they_should() 
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    for (id, status) in [("m:floor", 200), ("smart:nitro", 200), ("nope:floor", 404)] {
+        let r = env
+            .client
+            .get(format!("http://{}/v1/models/{id}", env.gw.addr))
+            .bearer_auth(MASTER)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{id}");
+    }
+    let list: Value = env
+        .client
+        .get(format!("http://{}/v1/models", env.gw.addr))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["id"] == "auto"));
+    let admin = env.admin().await;
+    assert!(admin["data"][0]["base_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://127.0.0.1:"));
     env.gw.shutdown().await;
 }
 

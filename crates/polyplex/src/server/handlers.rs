@@ -329,6 +329,9 @@ fn all_models(app: &App) -> Vec<Value> {
         }
     }
     let mut routes: Vec<_> = app.router.routes().map(|r| r.name.clone()).collect();
+    if app.router.knows("auto") && !routes.iter().any(|r| r == "auto") {
+        routes.push("auto".into());
+    }
     routes.sort();
     for r in routes {
         out.push(model_object(&r, "polyplex"));
@@ -341,8 +344,9 @@ pub async fn list_models(State(app): State<App>) -> Response {
 }
 
 pub async fn get_model(State(app): State<App>, Path(id): Path<String>) -> Response {
-    if id == "auto" && app.router.knows("auto") && app.router.resolve("auto").is_err() {
-        return Json(model_object("auto", "polyplex")).into_response();
+    if app.router.resolve(&id).is_err() && app.router.knows(&id) {
+        // `auto`, or a name with `:floor` / `:nitro`.
+        return Json(model_object(&id, "polyplex")).into_response();
     }
     match app.router.resolve(&id) {
         Ok((ds, _)) => {
@@ -404,7 +408,7 @@ pub async fn admin_providers(State(app): State<App>) -> Response {
             json!({
                 "name": u.name,
                 "kind": u.kind,
-                "base_url": u.base_url,
+                "base_url": public_url(&u.base_url),
                 "healthy": healthy,
                 "max_retries": u.max_retries,
                 "timeout_ms": u.timeout.as_millis() as u64,
@@ -424,6 +428,20 @@ pub async fn admin_providers(State(app): State<App>) -> Response {
         },
     }))
     .into_response()
+}
+
+/// A base URL without credentials or query (which could carry a token).
+fn public_url(s: &str) -> String {
+    match reqwest::Url::parse(s) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => String::from("(unparseable)"),
+    }
 }
 
 pub async fn healthz() -> Response {
