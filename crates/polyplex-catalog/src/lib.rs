@@ -43,6 +43,10 @@ pub struct Provider {
     pub local: bool,
     #[serde(skip)]
     model_index: HashMap<String, usize>,
+    /// [`canonical`] name → the model [`Provider::equivalent`] answers with;
+    /// built on the first lookup that needs it, for that provider only.
+    #[serde(skip)]
+    canonical_index: OnceLock<HashMap<String, usize>>,
 }
 
 /// Per-million-token prices: input, output, cached input (read), cache write.
@@ -193,13 +197,18 @@ impl Provider {
         if let Some(m) = self.model(name) {
             return Some(m);
         }
-        let want = canonical(name);
-        let mut same = self.models.iter().filter(|m| canonical(&m.id) == want);
-        let first = same.next()?;
-        if first.price.is_some() {
-            return Some(first);
-        }
-        same.find(|m| m.price.is_some()).or(Some(first))
+        let index = self.canonical_index.get_or_init(|| {
+            let mut index: HashMap<String, usize> = HashMap::new();
+            for (i, m) in self.models.iter().enumerate() {
+                let slot = index.entry(canonical(&m.id)).or_insert(i);
+                // The first priced model wins over an unpriced one before it.
+                if self.models[*slot].price.is_none() && m.price.is_some() {
+                    *slot = i;
+                }
+            }
+            index
+        });
+        index.get(&canonical(name)).map(|&i| &self.models[i])
     }
 
     /// The first of the provider's credential variables that is set and non-empty.

@@ -351,10 +351,8 @@ impl DeploymentStats {
     /// `tokens` is asked for only when a token count is known to be short.
     pub fn saturated(&self, now: Instant, tokens: impl FnOnce() -> u64) -> bool {
         let g = self.lock();
-        let live = |l: &Option<Left>| l.filter(|l| l.until.is_none_or(|u| now < u));
-        g.blocked_until.is_some_and(|u| now < u)
-            || live(&g.requests_left).is_some_and(|l| l.remaining == 0)
-            || live(&g.tokens_left).is_some_and(|l| l.remaining < tokens().max(1))
+        g.out_of_requests(now)
+            || live(&g.tokens_left, now).is_some_and(|l| l.remaining < tokens().max(1))
     }
 
     /// Average TTFT (streams) or total latency (unary) in ms; `None` before any sample.
@@ -393,7 +391,7 @@ impl DeploymentStats {
         };
         let round = |v: Option<f64>| v.map(|x| (x * 100.0).round() / 100.0);
         let left = |l: &Option<Left>| {
-            l.filter(|l| l.until.is_none_or(|u| now < u)).map(|l| {
+            live(l, now).map(|l| {
                 json!({"remaining": l.remaining,
                        "resets_in_ms": l.until.map(|u| u.saturating_duration_since(now).as_millis() as u64)})
             })
@@ -402,11 +400,8 @@ impl DeploymentStats {
             Circuit::Open { until } if now >= until => "half_open",
             c => c.name(),
         };
-        let saturated = g.blocked_until.is_some_and(|u| now < u)
-            || left(&g.requests_left).is_some()
-                && g.requests_left.is_some_and(|l| l.remaining == 0);
         json!({
-            "healthy": circuit == "closed" && !saturated,
+            "healthy": circuit == "closed" && !g.out_of_requests(now),
             "circuit": circuit,
             "cooldown_remaining_ms": match g.circuit {
                 Circuit::Open { until } => until.saturating_duration_since(now).as_millis() as u64,
@@ -428,6 +423,19 @@ impl DeploymentStats {
             },
             "last_error": g.last_error,
         })
+    }
+}
+
+/// A rate-limit reading that has not reset yet.
+fn live(l: &Option<Left>, now: Instant) -> Option<Left> {
+    l.filter(|l| l.until.is_none_or(|u| now < u))
+}
+
+impl Inner {
+    /// Blocked by a 429's `retry-after`, or no requests left before the reset.
+    fn out_of_requests(&self, now: Instant) -> bool {
+        self.blocked_until.is_some_and(|u| now < u)
+            || live(&self.requests_left, now).is_some_and(|l| l.remaining == 0)
     }
 }
 

@@ -233,7 +233,7 @@ impl Router {
             .with_code("model_not_found"));
         }
         let need = facts.prompt_tokens() + facts.max_output.unwrap_or(0);
-        let mut fit: Vec<(f64, usize, Deployment)> = Vec::new();
+        let mut fit: Vec<(f64, usize, String)> = Vec::new();
         for (order, u) in self.upstreams.iter().enumerate() {
             for id in u.model_ids(self.catalog) {
                 let Some(m) = u.catalog_model(self.catalog, &id) else {
@@ -248,9 +248,8 @@ impl Router {
                 if !fits {
                     continue;
                 }
-                let d = Deployment::new(u, &id);
-                if let Some(c) = self.estimate(&d, facts) {
-                    fit.push((c, order, d));
+                if let Some(c) = self.estimate_on(u, &id, facts) {
+                    fit.push((c, order, id));
                 }
             }
         }
@@ -262,18 +261,22 @@ impl Router {
             .with_code("model_not_found"));
         }
         fit.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        // Statistics are attached (and kept) only for what the plan holds.
         Ok(fit
             .into_iter()
             .take(AUTO_MAX_DEPLOYMENTS)
-            .map(|(_, _, d)| d)
+            .map(|(_, order, id)| Deployment::new(&self.upstreams[order], &id))
             .collect())
     }
 
     /// Estimated USD cost of the request on a deployment, if its price is known.
     pub fn estimate(&self, d: &Deployment, facts: &Facts<'_>) -> Option<f64> {
+        self.estimate_on(&d.upstream, &d.model, facts)
+    }
+
+    fn estimate_on(&self, u: &Upstream, model: &str, facts: &Facts<'_>) -> Option<f64> {
         let prompt = facts.prompt_tokens();
-        d.upstream
-            .price(self.catalog, &d.model, prompt)
+        u.price(self.catalog, model, prompt)
             .map(|p| p.cost(prompt, 0, facts.output_estimate()))
     }
 
@@ -571,10 +574,7 @@ hedge_after_ms = 250
     }
 
     fn chat(text: &str) -> JsonMap {
-        match json!({"model": "x", "messages": [{"role": "user", "content": text}]}) {
-            serde_json::Value::Object(m) => m,
-            _ => unreachable!(),
-        }
+        body(json!({"model": "x", "messages": [{"role": "user", "content": text}]}))
     }
 
     fn plan_of(r: &Router, model: &str, body: &JsonMap, max_output: Option<u64>) -> Vec<String> {
