@@ -396,8 +396,8 @@ fn parse_listen(s: &str, what: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 fn valid_base_url(url: &str, field: &str) -> Result<(), ConfigError> {
-    let ok = (url.starts_with("http://") || url.starts_with("https://"))
-        && reqwest::Url::parse(url).is_ok();
+    let ok =
+        (url.starts_with("http://") || url.starts_with("https://")) && url::Url::parse(url).is_ok();
     if !ok {
         return err(format!("{field}: `{url}` is not an http(s) URL"));
     }

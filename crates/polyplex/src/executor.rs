@@ -8,6 +8,7 @@
 //! Streams are committed only once their first chunk has arrived, so a
 //! failure before the first byte fails over invisibly.
 
+use crate::client::{read_body, Failure};
 use crate::config::Hedge;
 use crate::health::{Admission, InFlight, RetryBudget};
 use crate::routing::{Deployment, Plan};
@@ -17,6 +18,8 @@ use futures::future::Either;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use http::StatusCode;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use polyplex_providers::sse::{self, Parser};
 use polyplex_providers::{Endpoint, Reply, StreamDecoder, StreamItem};
 use polyplex_types::{ErrorSource, GatewayError, JsonMap, Usage};
@@ -427,26 +430,14 @@ fn retry_after_ms(h: &http::HeaderMap) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-fn transport_error(d: &Deployment, e: &reqwest::Error, timeout: Duration) -> GatewayError {
-    if e.is_timeout() {
-        GatewayError::upstream_timeout(&d.upstream.name, timeout)
-    } else {
-        // reqwest's Display names the URL; the URL has no secret, but keep it short.
-        let detail = if e.is_connect() {
-            "connection failed"
-        } else if e.is_body() || e.is_decode() {
-            "the connection broke while reading the reply"
-        } else {
-            "request failed"
-        };
-        GatewayError::upstream_unreachable(&d.upstream.name, detail)
-    }
+fn transport_error(d: &Deployment, f: Failure) -> GatewayError {
+    GatewayError::upstream_unreachable(&d.upstream.name, f.detail())
 }
 
-async fn upstream_error(d: &Deployment, resp: reqwest::Response) -> GatewayError {
+async fn upstream_error(d: &Deployment, resp: http::Response<Incoming>) -> GatewayError {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let wait = retry_after_ms(resp.headers()).or_else(|| retry_after(resp.headers()));
-    let body = resp.bytes().await.unwrap_or_default();
+    let body = read_body(resp.into_body()).await.unwrap_or_default();
     let mut e = d.upstream.protocol.error(&d.upstream.name, status, &body);
     e.retry_after = wait;
     redact(e, d)
@@ -459,37 +450,15 @@ fn redact(e: GatewayError, d: &Deployment) -> GatewayError {
     }
 }
 
-/// Upstream URLs parsed once: `url` parsing (with IDNA host processing)
-/// was a tenth of polyplex's instructions per proxied request. Bounded, since
-/// a URL can hold a client-chosen model name (Gemini, Azure deployments).
-#[derive(Default)]
-pub struct UrlCache(std::sync::RwLock<std::collections::HashMap<String, reqwest::Url>>);
-
-impl UrlCache {
-    const MAX: usize = 4096;
-
-    pub fn get(&self, s: &str) -> Result<reqwest::Url, GatewayError> {
-        if let Some(u) = self.0.read().ok().and_then(|m| m.get(s).cloned()) {
-            return Ok(u);
-        }
-        let u = reqwest::Url::parse(s)
-            .map_err(|e| GatewayError::internal(format!("invalid upstream URL: {e}")))?;
-        if let Ok(mut m) = self.0.write() {
-            if m.len() < Self::MAX {
-                m.insert(s.to_string(), u.clone());
-            }
-        }
-        Ok(u)
-    }
-}
-
-fn request(
+/// Builds the upstream request for `d` and sends it: the answer's head, and
+/// the parameters dropped under `drop_params`.
+async fn send(
     app: &AppState,
     d: &Deployment,
     endpoint: Endpoint,
     body: &JsonMap,
     stream: bool,
-) -> Result<(reqwest::RequestBuilder, Vec<String>), GatewayError> {
+) -> Result<(http::Response<Incoming>, Vec<String>), GatewayError> {
     let drop = d.upstream.drop_params
         || body
             .get("drop_params")
@@ -505,13 +474,16 @@ fn request(
     if !req.dropped.is_empty() {
         tracing::debug!(deployment = %d.label(), dropped = ?req.dropped, "parameters dropped (drop_params)");
     }
-    Ok((
-        app.http
-            .post(app.urls.get(&req.url)?)
-            .headers(req.headers)
-            .body(req.body),
-        req.dropped,
-    ))
+    let uri = app
+        .urls
+        .get(&req.url)
+        .map_err(|_| GatewayError::internal("invalid upstream URL"))?;
+    let resp = app
+        .http
+        .send(http::Method::POST, uri, req.headers, req.body)
+        .await
+        .map_err(|f| transport_error(d, f))?;
+    Ok((resp, req.dropped))
 }
 
 /// A non-streamed answer.
@@ -534,19 +506,14 @@ pub async fn unary_once(
 ) -> Result<Unary, GatewayError> {
     let timeout = d.upstream.timeout;
     let fut = async {
-        let (req, dropped) = request(app, d, endpoint, body, false)?;
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| transport_error(d, &e, timeout))?;
+        let (resp, dropped) = send(app, d, endpoint, body, false).await?;
         d.stats.observe_limits(Instant::now(), resp.headers());
         if !resp.status().is_success() {
             return Err(upstream_error(d, resp).await);
         }
-        let bytes = resp
-            .bytes()
+        let bytes = read_body(resp.into_body())
             .await
-            .map_err(|e| transport_error(d, &e, timeout))?;
+            .map_err(|f| transport_error(d, f))?;
         let (response, usage) = d
             .upstream
             .protocol
@@ -566,7 +533,7 @@ pub async fn unary_once(
 
 /// An upstream stream whose first chunk has arrived.
 pub struct OpenStream {
-    pub body: BoxStream<'static, reqwest::Result<Bytes>>,
+    pub body: BoxStream<'static, Result<Bytes, hyper::Error>>,
     pub parser: Parser,
     pub decoder: Box<dyn StreamDecoder>,
     /// Items decoded so far (at least one chunk).
@@ -589,16 +556,12 @@ pub async fn stream_once(
 ) -> Result<OpenStream, GatewayError> {
     let limit = d.upstream.first_byte_timeout;
     let fut = async {
-        let (req, dropped) = request(app, d, endpoint, body, true)?;
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| transport_error(d, &e, limit))?;
+        let (resp, dropped) = send(app, d, endpoint, body, true).await?;
         d.stats.observe_limits(Instant::now(), resp.headers());
         if !resp.status().is_success() {
             return Err(upstream_error(d, resp).await);
         }
-        let mut upstream = resp.bytes_stream().boxed();
+        let mut upstream = resp.into_body().into_data_stream().boxed();
         let mut parser = Parser::new();
         let mut decoder =
             d.upstream
@@ -628,7 +591,7 @@ pub async fn stream_once(
                         });
                     }
                 }
-                Some(Err(e)) => return Err(transport_error(d, &e, limit)),
+                Some(Err(_)) => return Err(transport_error(d, Failure::Broken)),
                 None => {
                     decoder.finish(&mut pending).map_err(|e| redact(e, d))?;
                     return Err(GatewayError::upstream_bad_response(

@@ -97,13 +97,51 @@ struct Left {
     until: Option<Instant>,
 }
 
+/// The outcomes inside the breaker's window, with a running count of the
+/// failures among them (the check after every outcome is O(1)).
+#[derive(Debug, Default)]
+struct Outcomes {
+    list: VecDeque<(Instant, bool)>,
+    bad: usize,
+}
+
+impl Outcomes {
+    fn push(&mut self, now: Instant, ok: bool, window: Duration) {
+        if self.list.len() == MAX_OUTCOMES {
+            self.pop();
+        }
+        self.list.push_back((now, ok));
+        if !ok {
+            self.bad += 1;
+        }
+        while self
+            .list
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > window)
+        {
+            self.pop();
+        }
+    }
+
+    fn pop(&mut self) {
+        if let Some((_, false)) = self.list.pop_front() {
+            self.bad = self.bad.saturating_sub(1);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.list.clear();
+        self.bad = 0;
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     ttft_ms: Ewma,
     latency_ms: Ewma,
     tokens_per_s: Ewma,
     ttfts: VecDeque<f64>,
-    outcomes: VecDeque<(Instant, bool)>,
+    outcomes: Outcomes,
     circuit: Circuit,
     requests: u64,
     errors: u64,
@@ -130,7 +168,7 @@ impl Default for DeploymentStats {
                 latency_ms: Ewma::default(),
                 tokens_per_s: Ewma::default(),
                 ttfts: VecDeque::new(),
-                outcomes: VecDeque::new(),
+                outcomes: Outcomes::default(),
                 circuit: Circuit::Closed,
                 requests: 0,
                 errors: 0,
@@ -213,19 +251,8 @@ impl DeploymentStats {
             }
             Circuit::Open { .. } => {}
             Circuit::Closed => {
-                if g.outcomes.len() == MAX_OUTCOMES {
-                    g.outcomes.pop_front();
-                }
-                g.outcomes.push_back((now, ok));
-                while g
-                    .outcomes
-                    .front()
-                    .is_some_and(|(t, _)| now.saturating_duration_since(*t) > cfg.window)
-                {
-                    g.outcomes.pop_front();
-                }
-                let n = g.outcomes.len();
-                let bad = g.outcomes.iter().filter(|(_, ok)| !ok).count();
+                g.outcomes.push(now, ok, cfg.window);
+                let (n, bad) = (g.outcomes.list.len(), g.outcomes.bad);
                 if n >= cfg.min_requests as usize && bad as f64 >= cfg.error_ratio * n as f64 {
                     g.outcomes.clear();
                     g.circuit = Circuit::Open {
@@ -379,6 +406,7 @@ impl DeploymentStats {
         let g = self.lock();
         let in_window: Vec<bool> = g
             .outcomes
+            .list
             .iter()
             .filter(|(t, _)| now.saturating_duration_since(*t) <= cfg.window)
             .map(|(_, ok)| *ok)
@@ -579,6 +607,27 @@ mod tests {
             error_ratio: 0.5,
             cooldown: Duration::from_secs(5),
         }
+    }
+
+    #[test]
+    fn window_failure_count_matches_its_outcomes() {
+        let t0 = Instant::now();
+        let window = Duration::from_secs(10);
+        let mut w = Outcomes::default();
+        // Beyond the cap and across window expiries, with a mix of outcomes.
+        for i in 0..(MAX_OUTCOMES as u64 * 2 + 300) {
+            let now = t0 + Duration::from_millis(i * 7);
+            w.push(now, i % 3 != 0 && i % 7 != 0, window);
+            let recount = w.list.iter().filter(|(_, ok)| !ok).count();
+            assert_eq!(w.bad, recount, "after {i}");
+            assert!(w.list.len() <= MAX_OUTCOMES);
+            assert!(w
+                .list
+                .iter()
+                .all(|(t, _)| now.saturating_duration_since(*t) <= window));
+        }
+        w.clear();
+        assert_eq!((w.list.len(), w.bad), (0, 0));
     }
 
     #[test]

@@ -307,7 +307,7 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let client = match polyplex::server::http_client(std::time::Duration::from_secs(5)) {
+    let client = match polyplex::client::HttpClient::new(std::time::Duration::from_secs(5)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -324,16 +324,28 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
                 continue;
             }
         };
-        let mut req = client
-            .get(polyplex_providers::join_url(&up.base_url, "models"))
-            .timeout(std::time::Duration::from_secs(8));
+        let mut headers = http::HeaderMap::new();
         if let Some(k) = up.api_key() {
-            req = req.header(up.auth.header.clone(), format!("{}{k}", up.auth.prefix));
+            if let Ok(mut v) = http::HeaderValue::try_from(format!("{}{k}", up.auth.prefix)) {
+                v.set_sensitive(true);
+                headers.insert(up.auth.header.clone(), v);
+            }
         }
         for (k, v) in &up.headers {
-            req = req.header(k.clone(), v.clone());
+            headers.insert(k.clone(), v.clone());
         }
-        let verdict = match req.send().await {
+        let url = polyplex_providers::join_url(&up.base_url, "models");
+        let sent = async {
+            let uri = http::Uri::try_from(url.as_str())
+                .map_err(|_| polyplex::client::Failure::Request)?;
+            client
+                .send(http::Method::GET, uri, headers, bytes::Bytes::new())
+                .await
+        };
+        let verdict = match tokio::time::timeout(std::time::Duration::from_secs(8), sent)
+            .await
+            .unwrap_or(Err(polyplex::client::Failure::Timeout))
+        {
             Ok(r) if r.status().is_success() => "reachable".to_string(),
             Ok(r) if r.status().as_u16() == 401 || r.status().as_u16() == 403 => {
                 unreachable += 1;
@@ -346,18 +358,9 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
                 "reachable (GET /models answered HTTP {})",
                 r.status().as_u16()
             ),
-            Err(e) => {
+            Err(f) => {
                 unreachable += 1;
-                format!(
-                    "UNREACHABLE ({})",
-                    if e.is_timeout() {
-                        "timed out"
-                    } else if e.is_connect() {
-                        "connection failed"
-                    } else {
-                        "request failed"
-                    }
-                )
+                format!("UNREACHABLE ({})", f.detail())
             }
         };
         let models = p

@@ -205,10 +205,14 @@ impl Router {
             }
         }
         // A bare name (which may itself contain `/`, e.g. `meta-llama/Llama-3.3-70B`).
+        let canonical = std::cell::OnceCell::new();
         let found: Vec<Deployment> = self
             .upstreams
             .iter()
-            .filter_map(|u| u.serves(self.catalog, name).map(|m| Deployment::new(u, &m)))
+            .filter_map(|u| {
+                u.serves(self.catalog, name, &canonical)
+                    .map(|m| Deployment::new(u, &m))
+            })
             .collect();
         if found.is_empty() {
             return Err(GatewayError::model_not_found(name));

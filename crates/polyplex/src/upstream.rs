@@ -26,6 +26,8 @@ pub struct Upstream {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Explicit model list from the config, if any.
     pub models: Option<Vec<String>>,
+    /// `polyplex_catalog::canonical` of each of `models`, computed once.
+    canonical_models: Vec<String>,
     pub catalog_id: Option<String>,
     pub timeout: Duration,
     pub first_byte_timeout: Duration,
@@ -92,6 +94,12 @@ impl Upstream {
             },
             headers,
             models: p.models.clone(),
+            canonical_models: p
+                .models
+                .iter()
+                .flatten()
+                .map(|m| polyplex_catalog::canonical(m))
+                .collect(),
             catalog_id: p.catalog_id.clone(),
             timeout: p.timeout,
             first_byte_timeout: p.first_byte_timeout.unwrap_or(p.timeout),
@@ -169,16 +177,24 @@ impl Upstream {
     /// The model this provider would serve for a bare name (no `provider/`):
     /// the name itself when listed, else an equivalent model under the
     /// provider's own id (see [`polyplex_catalog::canonical`]).
-    pub fn serves(&self, catalog: &Catalog, name: &str) -> Option<String> {
+    /// `canonical` is `name`'s canonical form, computed on first need and
+    /// shared by every provider asked about the same name.
+    pub fn serves(
+        &self,
+        catalog: &Catalog,
+        name: &str,
+        canonical: &std::cell::OnceCell<String>,
+    ) -> Option<String> {
         match &self.models {
             Some(list) => {
                 if list.iter().any(|m| m == name) {
                     return Some(name.to_string());
                 }
-                let want = polyplex_catalog::canonical(name);
+                let want = canonical.get_or_init(|| polyplex_catalog::canonical(name));
                 list.iter()
-                    .find(|m| polyplex_catalog::canonical(m) == want)
-                    .cloned()
+                    .zip(&self.canonical_models)
+                    .find(|(_, c)| *c == want)
+                    .map(|(m, _)| m.clone())
             }
             None => catalog
                 .provider(self.catalog_id.as_deref()?)?

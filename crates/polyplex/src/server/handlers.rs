@@ -432,7 +432,7 @@ pub async fn admin_providers(State(app): State<App>) -> Response {
 
 /// A base URL without credentials or query (which could carry a token).
 fn public_url(s: &str) -> String {
-    match reqwest::Url::parse(s) {
+    match url::Url::parse(s) {
         Ok(mut u) => {
             let _ = u.set_username("");
             let _ = u.set_password(None);

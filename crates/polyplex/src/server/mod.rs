@@ -48,9 +48,9 @@ use std::time::Duration;
 
 pub struct AppState {
     pub router: ModelRouter,
-    pub http: reqwest::Client,
+    pub http: crate::client::HttpClient,
     /// Upstream URLs, parsed once each.
-    pub urls: crate::executor::UrlCache,
+    pub urls: crate::client::UriCache,
     pub master_key: Option<SecretString>,
     pub max_body: usize,
     pub recorder: Recorder,
@@ -67,19 +67,6 @@ pub type App = Arc<AppState>;
 /// The request id of the current request (set by [`request_id`]).
 #[derive(Clone, Debug)]
 pub struct RequestId(pub Arc<str>);
-
-/// The one pooled HTTP client every upstream request goes through.
-pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .connect_timeout(connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("polyplex/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
-}
 
 /// Builds the application state from a validated config. `demo_base_url` is the
 /// in-process simulator's URL when `cfg.demo` is set.
@@ -108,8 +95,8 @@ pub fn state(
             Catalog::builtin(),
             cfg.routing.strategy,
         ),
-        http: http_client(connect)?,
-        urls: crate::executor::UrlCache::default(),
+        http: crate::client::HttpClient::new(connect)?,
+        urls: crate::client::UriCache::default(),
         master_key: cfg.master_key.clone(),
         max_body: cfg.max_body_bytes,
         recorder,
