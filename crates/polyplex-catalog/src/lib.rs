@@ -256,19 +256,23 @@ pub fn canonical(id: &str) -> String {
     }
     // Bedrock `[region.]vendor.model`: keep what follows the last vendor dot
     // that precedes the model name proper.
-    for vendor in [
-        "anthropic.",
-        "meta.",
-        "amazon.",
-        "mistral.",
-        "cohere.",
-        "deepseek.",
-        "ai21.",
-    ] {
-        if let Some(i) = s.find(vendor) {
-            s = s[i + vendor.len()..].to_string();
-            break;
-        }
+    // (Found from the dots, not by searching for every vendor: this runs on
+    // the request path for names a provider does not list verbatim.)
+    const VENDORS: [&str; 7] = [
+        "anthropic",
+        "meta",
+        "amazon",
+        "mistral",
+        "cohere",
+        "deepseek",
+        "ai21",
+    ];
+    if let Some(dot) = s
+        .match_indices('.')
+        .map(|(i, _)| i)
+        .find(|&i| VENDORS.iter().any(|v| s[..i].ends_with(v)))
+    {
+        s.drain(..=dot);
     }
     if let Some(rest) = s.strip_prefix("meta-") {
         s = rest.to_string();

@@ -75,12 +75,16 @@ impl RawReply {
 
     /// Replaces (or appends) one member.
     pub fn set(&mut self, key: &str, value: &Value) -> Result<(), serde_json::Error> {
-        let raw = serde_json::value::to_raw_value(value)?;
+        self.set_raw(key, serde_json::value::to_raw_value(value)?);
+        Ok(())
+    }
+
+    /// Replaces (or appends) one member with JSON text already validated.
+    pub fn set_raw(&mut self, key: &str, raw: Box<RawValue>) {
         match self.members.iter_mut().find(|(k, _)| k == key) {
             Some((_, v)) => *v = raw,
             None => self.members.push((key.to_string(), raw)),
         }
-        Ok(())
     }
 
     pub fn into_map(self) -> JsonMap {

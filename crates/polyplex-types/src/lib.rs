@@ -16,3 +16,34 @@ pub use usage::Usage;
 
 /// A JSON object, insertion ordered.
 pub type JsonMap = serde_json::Map<String, serde_json::Value>;
+
+/// `map.get(key)`, by a linear scan when the object is small. A request or
+/// usage object has a handful of members and validation asks for dozens of
+/// names that are mostly absent: comparing a few short keys is several times
+/// cheaper than hashing each name with the map's SipHash.
+#[inline]
+pub fn lookup<'a>(map: &'a JsonMap, key: &str) -> Option<&'a serde_json::Value> {
+    if map.len() <= 16 {
+        map.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+    } else {
+        map.get(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_agrees_with_get_for_small_and_large_objects() {
+        for n in [0usize, 1, 5, 16, 17, 40] {
+            let map: JsonMap = (0..n)
+                .map(|i| (format!("k{i}"), serde_json::Value::from(i)))
+                .collect();
+            for i in 0..n + 3 {
+                let key = format!("k{i}");
+                assert_eq!(lookup(&map, &key), map.get(&key), "n={n} key={key}");
+            }
+        }
+    }
+}

@@ -23,9 +23,9 @@ impl Usage {
     /// Reads an OpenAI `usage` object; `None` if absent or not an object.
     pub fn from_json(v: Option<&Value>) -> Option<Usage> {
         let o = v?.as_object()?;
-        let n = |o: &JsonMap, k: &str| o.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let n = |o: &JsonMap, k: &str| crate::lookup(o, k).and_then(Value::as_u64).unwrap_or(0);
         let detail = |k: &str, f: &str| {
-            o.get(k)
+            crate::lookup(o, k)
                 .and_then(Value::as_object)
                 .map(|d| n(d, f))
                 .unwrap_or(0)

@@ -113,7 +113,7 @@ fn invalid(param: &str, why: impl AsRef<str>) -> GatewayError {
 
 /// The field, treating JSON `null` as absent (OpenAI does the same).
 fn get<'a>(body: &'a JsonMap, key: &str) -> Option<&'a Value> {
-    body.get(key).filter(|v| !v.is_null())
+    crate::lookup(body, key).filter(|v| !v.is_null())
 }
 
 fn number_in(body: &JsonMap, key: &str, min: f64, max: f64) -> R<Option<f64>> {
@@ -342,19 +342,19 @@ const ROLES: &str = "'system', 'developer', 'user', 'assistant', 'tool' or 'func
 fn content_parts(p: &str, role: &str, parts: &[Value]) -> R<bool> {
     let mut image = false;
     for (j, part) in parts.iter().enumerate() {
-        let pp = format!("{p}[{j}]");
+        let pp = || format!("{p}[{j}]");
         let o = part
             .as_object()
-            .ok_or_else(|| bad_type(&pp, "an object", part))?;
-        let ty = match o.get("type") {
+            .ok_or_else(|| bad_type(&pp(), "an object", part))?;
+        let ty = match crate::lookup(o, "type") {
             Some(Value::String(t)) => t.as_str(),
-            Some(v) => return Err(bad_type(&format!("{pp}.type"), "a string", v)),
-            None => return Err(missing(&format!("{pp}.type"))),
+            Some(v) => return Err(bad_type(&format!("{}.type", pp()), "a string", v)),
+            None => return Err(missing(&format!("{}.type", pp()))),
         };
         match ty {
             "text" => {
-                if !o.get("text").is_some_and(Value::is_string) {
-                    return Err(missing(&format!("{pp}.text")));
+                if !crate::lookup(o, "text").is_some_and(Value::is_string) {
+                    return Err(missing(&format!("{}.text", pp())));
                 }
             }
             "refusal" if role == "assistant" => {}
@@ -365,14 +365,14 @@ fn content_parts(p: &str, role: &str, parts: &[Value]) -> R<bool> {
                         .and_then(|u| u.get("url"))
                         .and_then(Value::as_str);
                     if url.is_none_or(str::is_empty) {
-                        return Err(missing(&format!("{pp}.image_url.url")));
+                        return Err(missing(&format!("{}.image_url.url", pp())));
                     }
                     image = true;
                 }
             }
             other => {
                 return Err(invalid(
-                    &format!("{pp}.type"),
+                    &format!("{}.type", pp()),
                     format!("'{other}' is not a valid content part type for a '{role}' message."),
                 ))
             }
@@ -394,44 +394,52 @@ fn messages(body: &JsonMap) -> R<bool> {
     }
     let mut image = false;
     for (i, m) in arr.iter().enumerate() {
-        let p = format!("messages[{i}]");
-        let o = m.as_object().ok_or_else(|| bad_type(&p, "an object", m))?;
-        let role = match o.get("role") {
+        let o = m
+            .as_object()
+            .ok_or_else(|| bad_type(&format!("messages[{i}]"), "an object", m))?;
+        let role = match crate::lookup(o, "role") {
             Some(Value::String(r)) => r.as_str(),
-            Some(v) => return Err(bad_type(&format!("{p}.role"), "a string", v)),
-            None => return Err(missing(&format!("{p}.role"))),
+            Some(v) => return Err(bad_type(&format!("messages[{i}].role"), "a string", v)),
+            None => return Err(missing(&format!("messages[{i}].role"))),
         };
         if !matches!(
             role,
             "system" | "developer" | "user" | "assistant" | "tool" | "function"
         ) {
             return Err(invalid(
-                &format!("{p}.role"),
+                &format!("messages[{i}].role"),
                 format!("'{role}' is not one of {ROLES}."),
             ));
         }
-        let cp = format!("{p}.content");
-        let has_calls = o.get("tool_calls").is_some_and(|t| !t.is_null())
-            || o.get("function_call").is_some_and(|t| !t.is_null());
-        match o.get("content") {
+        // Paths are formatted only for an error (this runs for every message).
+        let cp = || format!("messages[{i}].content");
+        let has_calls = crate::lookup(o, "tool_calls").is_some_and(|t| !t.is_null())
+            || crate::lookup(o, "function_call").is_some_and(|t| !t.is_null());
+        match crate::lookup(o, "content") {
             None | Some(Value::Null) => {
-                if !(role == "assistant" && (has_calls || o.contains_key("refusal"))) {
-                    return Err(missing(&cp));
+                if !(role == "assistant" && (has_calls || crate::lookup(o, "refusal").is_some())) {
+                    return Err(missing(&cp()));
                 }
             }
             Some(Value::String(_)) => {}
-            Some(Value::Array(parts)) => image |= content_parts(&cp, role, parts)?,
-            Some(v) => return Err(bad_type(&cp, "a string or an array of content parts", v)),
+            Some(Value::Array(parts)) => image |= content_parts(&cp(), role, parts)?,
+            Some(v) => return Err(bad_type(&cp(), "a string or an array of content parts", v)),
         }
         if role == "tool" {
-            match o.get("tool_call_id") {
+            match crate::lookup(o, "tool_call_id") {
                 Some(Value::String(_)) => {}
-                Some(v) => return Err(bad_type(&format!("{p}.tool_call_id"), "a string", v)),
-                None => return Err(missing(&format!("{p}.tool_call_id"))),
+                Some(v) => {
+                    return Err(bad_type(
+                        &format!("messages[{i}].tool_call_id"),
+                        "a string",
+                        v,
+                    ))
+                }
+                None => return Err(missing(&format!("messages[{i}].tool_call_id"))),
             }
         }
-        if let Some(tc) = o.get("tool_calls").filter(|t| !t.is_null()) {
-            let tp = format!("{p}.tool_calls");
+        if let Some(tc) = crate::lookup(o, "tool_calls").filter(|t| !t.is_null()) {
+            let tp = format!("messages[{i}].tool_calls");
             if role != "assistant" {
                 return Err(invalid(
                     &tp,
@@ -480,7 +488,7 @@ fn tools(body: &JsonMap) -> R<Vec<String>> {
         for (i, t) in arr.iter().enumerate() {
             let p = format!("tools[{i}]");
             let o = t.as_object().ok_or_else(|| bad_type(&p, "an object", t))?;
-            match o.get("type").and_then(Value::as_str) {
+            match crate::lookup(o, "type").and_then(Value::as_str) {
                 Some("function") => {}
                 Some(other) => {
                     return Err(invalid(
@@ -504,7 +512,7 @@ fn tools(body: &JsonMap) -> R<Vec<String>> {
                     format!("'{name}' does not match '^[a-zA-Z0-9_-]{{1,64}}$'."),
                 ));
             }
-            if let Some(params) = f.get("parameters").filter(|x| !x.is_null()) {
+            if let Some(params) = crate::lookup(f, "parameters").filter(|x| !x.is_null()) {
                 if !params.is_object() {
                     return Err(bad_type(
                         &format!("{p}.function.parameters"),
@@ -559,17 +567,17 @@ fn response_format(body: &JsonMap) -> R<bool> {
     let o = v
         .as_object()
         .ok_or_else(|| bad_type("response_format", "an object", v))?;
-    match o.get("type").and_then(Value::as_str) {
+    match crate::lookup(o, "type").and_then(Value::as_str) {
         Some("text" | "json_object") => Ok(false),
         Some("json_schema") => {
             let s = o
                 .get("json_schema")
                 .and_then(Value::as_object)
                 .ok_or_else(|| missing("response_format.json_schema"))?;
-            if !s.get("name").is_some_and(Value::is_string) {
+            if !crate::lookup(s, "name").is_some_and(Value::is_string) {
                 return Err(missing("response_format.json_schema.name"));
             }
-            if let Some(schema) = s.get("schema") {
+            if let Some(schema) = crate::lookup(s, "schema") {
                 if !schema.is_object() {
                     return Err(bad_type(
                         "response_format.json_schema.schema",

@@ -83,6 +83,7 @@ struct RawUrl {
 struct RawServer {
     max_body_bytes: Option<usize>,
     shutdown_grace_ms: Option<u64>,
+    threads: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +151,9 @@ pub struct Config {
     pub redis_url: Option<String>,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    /// Serving threads, each with its own listener and runtime (`None`: one
+    /// per CPU). See `crate::start_threads`.
+    pub threads: Option<usize>,
     pub providers: Vec<ProviderConfig>,
     pub routes: Vec<RouteConfig>,
     pub routing: RoutingConfig,
@@ -511,6 +515,11 @@ pub fn from_toml(text: &str, inputs: &Inputs<'_>) -> Result<Config, ConfigError>
         redis_url,
         max_body_bytes: raw.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
         shutdown_grace: Duration::from_millis(raw.server.shutdown_grace_ms.unwrap_or(30_000)),
+        threads: match raw.server.threads {
+            Some(0) => return err("server.threads: must be at least 1".to_string()),
+            Some(n) if n > 1024 => return err(format!("server.threads: {n} is more than 1024")),
+            t => t,
+        },
         providers,
         routes,
         routing,
@@ -831,6 +840,7 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
         redis_url: None,
         max_body_bytes: DEFAULT_MAX_BODY,
         shutdown_grace: Duration::from_secs(30),
+        threads: None,
         providers,
         routes: Vec::new(),
         routing: RoutingConfig::default(),

@@ -479,7 +479,7 @@ async fn send(
         .get(&req.url)
         .map_err(|_| GatewayError::internal("invalid upstream URL"))?;
     let resp = app
-        .http
+        .client()
         .send(http::Method::POST, uri, req.headers, req.body)
         .await
         .map_err(|f| transport_error(d, f))?;

@@ -75,8 +75,103 @@ pub fn check_listen(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts the gateway on `cfg.listen` (port 0 picks a free one).
+/// Starts the gateway on `cfg.listen` (port 0 picks a free one), serving on
+/// the caller's runtime (tests, embedding). `polyplex serve` uses
+/// [`start_threads`].
 pub async fn start(cfg: &Config) -> Result<Running, String> {
+    let (state, writer) = prepare(cfg, 1).await?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(serve_listener(
+        listener,
+        server::app(state.clone()),
+        rx,
+        cfg.shutdown_grace,
+    ));
+    Ok(Running {
+        addr,
+        state,
+        shutdown: tx,
+        task,
+        writer,
+    })
+}
+
+/// Starts the gateway on `threads` serving threads, each with its own
+/// single-threaded runtime, its own `SO_REUSEPORT` listener on `cfg.listen`
+/// (the kernel spreads connections over them) and its own upstream
+/// connection pool: a request is read, routed, proxied and answered on one
+/// thread, with no hand-off to another (see docs/performance.md). Routing
+/// statistics, limits and usage are shared by all of them; the usage writer
+/// runs on the caller's runtime. On systems without `SO_REUSEPORT`
+/// balancing, this is [`start`].
+pub async fn start_threads(cfg: &Config, threads: usize) -> Result<Running, String> {
+    if threads <= 1 || !cfg!(target_os = "linux") {
+        return start(cfg).await;
+    }
+    let (state, writer) = prepare(cfg, threads).await?;
+    let listeners = reuseport_listeners(cfg.listen, threads)
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let addr = listeners
+        .first()
+        .ok_or("no listener")?
+        .local_addr()
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = watch::channel(false);
+    let mut done = Vec::with_capacity(threads);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let app = server::app(state.clone());
+        let rx = rx.clone();
+        let grace = cfg.shutdown_grace;
+        let (finished, wait) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("polyplex-serve-{i}"))
+            .spawn(move || {
+                server::set_serving_thread(i);
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a serving thread's runtime");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => serve_listener(l, app, rx, grace).await,
+                        Err(e) => tracing::error!(error = %e, "cannot serve a listener"),
+                    }
+                });
+                let _ = finished.send(());
+            })
+            .map_err(|e| format!("cannot start a serving thread: {e}"))?;
+        done.push(wait);
+    }
+    let task = tokio::spawn(async move {
+        for d in done {
+            let _ = d.await;
+        }
+    });
+    Ok(Running {
+        addr,
+        state,
+        shutdown: tx,
+        task,
+        writer,
+    })
+}
+
+/// The state (with one upstream client per serving thread) and the usage
+/// writer, plus the simulator in demo mode.
+async fn prepare(
+    cfg: &Config,
+    threads: usize,
+) -> Result<(server::App, tokio::task::JoinHandle<u64>), String> {
     check_listen(cfg)?;
     let demo_url = if cfg.demo {
         let (addr, _) = mock::spawn(
@@ -90,37 +185,59 @@ pub async fn start(cfg: &Config) -> Result<Running, String> {
         None
     };
     let (recorder, writer) = usage::Recorder::start();
-    let state = server::state(cfg, demo_url, recorder)?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let app = server::app(state.clone());
-    let (tx, mut rx) = watch::channel(false);
-    let grace = cfg.shutdown_grace;
-    let task = tokio::spawn(async move {
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let mut rx2 = rx.clone();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = rx.wait_for(|v| *v).await;
-        });
-        let grace_over = async move {
-            let _ = rx2.wait_for(|v| *v).await;
-            tokio::time::sleep(grace).await;
-        };
-        tokio::select! {
-            r = server => if let Err(e) = r { tracing::error!(error = %e, "server error") },
-            _ = grace_over => tracing::warn!("shutdown grace period over; closing the remaining connections"),
-        }
+    let state = server::state(cfg, demo_url, recorder, threads)?;
+    Ok((state, writer))
+}
+
+/// `n` listeners on one address with `SO_REUSEPORT`. An explicit port is
+/// first bound once without it, so a port another process (or another
+/// polyplex) holds is refused instead of silently shared.
+fn reuseport_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let open = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        #[cfg(unix)]
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(4096)?;
+        Ok(s.into())
+    };
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
+    let first = open(addr)?;
+    let bound = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(open(bound)?);
+    }
+    Ok(all)
+}
+
+/// Serves one listener until shutdown is signalled, then lets in-flight
+/// requests finish for up to `grace`.
+async fn serve_listener(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut rx: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
     });
-    Ok(Running {
-        addr,
-        state,
-        shutdown: tx,
-        task,
-        writer,
-    })
+    let mut rx2 = rx.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = rx.wait_for(|v| *v).await;
+    });
+    let grace_over = async move {
+        let _ = rx2.wait_for(|v| *v).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = server => if let Err(e) = r { tracing::error!(error = %e, "server error") },
+        _ = grace_over => tracing::warn!("shutdown grace period over; closing the remaining connections"),
+    }
 }

@@ -108,10 +108,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     no_transparent_huge_pages();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if matches!(cli.command, Command::Serve { .. }) {
+        // `serve` answers requests on its own serving threads (see
+        // `polyplex::start_threads`); this runtime keeps the usage writer,
+        // signals and the demo simulator.
+        builder.worker_threads(1);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -171,7 +175,10 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<(), St
     if cfg.master_key.is_none() {
         tracing::warn!("no master key set: serving without authentication, on loopback only (set [auth] master_key or POLYPLEX_MASTER_KEY)");
     }
-    let running = polyplex::start(&cfg).await?;
+    let threads = cfg.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let running = polyplex::start_threads(&cfg, threads).await?;
     if cfg.demo {
         tracing::info!(
             "no provider configured: serving the built-in simulator as provider `demo` (model `demo/echo`). It is a test double that echoes your input, not a language model; set e.g. OPENAI_API_KEY or write a polyplex.toml for real providers"
@@ -180,7 +187,7 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<(), St
     for u in running.state.router.upstreams() {
         tracing::info!(provider = %u.name, base_url = %u.base_url, protocol = u.protocol.name(), "provider enabled");
     }
-    tracing::info!(addr = %running.addr, "polyplex listening; OpenAI-compatible API at http://{}/v1", running.addr);
+    tracing::info!(addr = %running.addr, threads, "polyplex listening; OpenAI-compatible API at http://{}/v1", running.addr);
     let stop = running.shutdown_handle();
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -1009,3 +1009,66 @@ async fn demo_mode_and_the_loopback_rule() {
     let e = polyplex::start(&cfg).await.err().unwrap();
     assert!(e.contains("without a master key"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_threads_share_one_gateway_and_flush_usage() {
+    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+        .await
+        .unwrap();
+    let env = |_: &str| None;
+    let inputs = Inputs {
+        env: &env,
+        listen_override: None,
+        catalog: Catalog::builtin(),
+    };
+    let cfg = from_toml(&base_config(mock, ""), &inputs).unwrap();
+    let gw = polyplex::start_threads(&cfg, 3).await.unwrap();
+    let url = format!("http://{}/v1/chat/completions", gw.addr);
+
+    // Many connections (a fresh client each), so the kernel spreads them
+    // over the serving threads; unary and streamed.
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+            let mut body = chat("gpt-4o-mini", &format!("hello {i}"));
+            if i % 4 == 0 {
+                body["stream"] = json!(true);
+            }
+            let r = client
+                .post(&url)
+                .bearer_auth(MASTER)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let text = r.text().await.unwrap();
+            if i % 4 == 0 {
+                assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+            } else {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["choices"][0]["message"]["content"], format!("hello {i}"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        gw.shutdown().await,
+        24,
+        "every request's usage record written"
+    );
+
+    // A port something else holds is refused, not silently shared.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = from_toml(&base_config(mock, ""), &inputs).unwrap();
+    cfg.listen = taken.local_addr().unwrap();
+    let err = polyplex::start_threads(&cfg, 2).await.err().unwrap();
+    assert!(err.contains("cannot listen"), "{err}");
+}

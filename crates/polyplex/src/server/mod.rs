@@ -48,7 +48,9 @@ use std::time::Duration;
 
 pub struct AppState {
     pub router: ModelRouter,
-    pub http: crate::client::HttpClient,
+    /// One upstream client (and connection pool) per serving thread, so a
+    /// request never hands its upstream I/O to another thread.
+    clients: Vec<crate::client::HttpClient>,
     /// Upstream URLs, parsed once each.
     pub urls: crate::client::UriCache,
     pub master_key: Option<SecretString>,
@@ -68,12 +70,24 @@ pub type App = Arc<AppState>;
 #[derive(Clone, Debug)]
 pub struct RequestId(pub Arc<str>);
 
-/// Builds the application state from a validated config. `demo_base_url` is the
-/// in-process simulator's URL when `cfg.demo` is set.
+thread_local! {
+    /// The serving thread this is (see [`crate::start_threads`]); 0 elsewhere.
+    static SERVING_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as serving thread `i`.
+pub fn set_serving_thread(i: usize) {
+    SERVING_THREAD.with(|t| t.set(i));
+}
+
+/// Builds the application state from a validated config, with one upstream
+/// client per serving thread. `demo_base_url` is the in-process simulator's
+/// URL when `cfg.demo` is set.
 pub fn state(
     cfg: &Config,
     demo_base_url: Option<String>,
     recorder: Recorder,
+    threads: usize,
 ) -> Result<App, String> {
     let mut providers = cfg.providers.clone();
     if let Some(url) = demo_base_url {
@@ -95,7 +109,9 @@ pub fn state(
             Catalog::builtin(),
             cfg.routing.strategy,
         ),
-        http: crate::client::HttpClient::new(connect)?,
+        clients: (0..threads.max(1))
+            .map(|_| crate::client::HttpClient::new(connect))
+            .collect::<Result<_, _>>()?,
         urls: crate::client::UriCache::default(),
         master_key: cfg.master_key.clone(),
         max_body: cfg.max_body_bytes,
@@ -173,6 +189,12 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
 }
 
 impl AppState {
+    /// The upstream client of the current serving thread.
+    pub fn client(&self) -> &crate::client::HttpClient {
+        let i = SERVING_THREAD.with(|t| t.get());
+        &self.clients[i % self.clients.len()]
+    }
+
     pub fn set_not_ready(&self) {
         self.ready.store(false, Ordering::SeqCst);
     }

@@ -16,7 +16,6 @@ use serde_json::Value;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
 
-/// A gateway error as an HTTP response in OpenAI's shape.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,8 +46,35 @@ mod tests {
         assert_eq!(r.headers()["retry-after"], "3");
         assert_eq!(r.headers()["content-type"], "application/json");
     }
+
+    #[test]
+    fn cost_is_spliced_into_the_upstream_usage() {
+        let raw = r#"{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5,"prompt_tokens_details":{"cached_tokens":0}}"#;
+        let u = usage_with_cost(raw, 0.5).unwrap();
+        let v: Value = serde_json::from_str(u.get()).unwrap();
+        let mut want: Value = serde_json::from_str(raw).unwrap();
+        want["cost"] = serde_json::json!(0.5);
+        assert_eq!(v, want);
+        assert!(u.get().ends_with(r#","cost":0.5}"#), "{}", u.get());
+        // Whitespace and the empty object.
+        let u = usage_with_cost(" { }\n", 0.0).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(u.get()).unwrap(),
+            serde_json::json!({"cost": 0.0})
+        );
+        let u = usage_with_cost("{\"a\":1 }  ", 1e-7).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(u.get()).unwrap()["cost"],
+            serde_json::json!(1e-7)
+        );
+        // Already has a cost, or is not an object: the caller decodes it.
+        assert!(usage_with_cost(r#"{"cost":1}"#, 0.5).is_none());
+        assert!(usage_with_cost("null", 0.5).is_none());
+        assert!(usage_with_cost("[1]", 0.5).is_none());
+    }
 }
 
+/// A gateway error as an HTTP response in OpenAI's shape.
 #[derive(Debug)]
 pub struct ApiError(pub GatewayError);
 
@@ -123,6 +149,10 @@ pub fn finish_usage(
     match (resp, upstream) {
         (Reply::Raw(mut raw), Some(usage)) => {
             let c = cost(app.router.catalog(), d, &usage);
+            if let Some(with_cost) = raw.get("usage").and_then(|u| usage_with_cost(u.get(), c)) {
+                raw.set_raw("usage", with_cost);
+                return (Reply::Raw(raw), usage, c);
+            }
             let mut u: JsonMap = raw
                 .get("usage")
                 .and_then(|v| serde_json::from_str(v.get()).ok())
@@ -141,6 +171,26 @@ pub fn finish_usage(
             (Reply::Map(map), usage, c)
         }
     }
+}
+
+/// The upstream's raw `usage` object with `"cost"` appended as its last
+/// member, spliced into the text rather than decoded and encoded again.
+/// `None` (the caller edits a decoded copy) when the object already has a
+/// `cost` member or is not an object.
+fn usage_with_cost(raw: &str, c: f64) -> Option<Box<serde_json::value::RawValue>> {
+    let body = raw.trim_end().strip_suffix('}')?;
+    if !raw.trim_start().starts_with('{')
+        || memchr::memmem::find(raw.as_bytes(), b"\"cost\"").is_some()
+    {
+        return None;
+    }
+    let empty = body.trim() == "{";
+    let text = format!(
+        "{body}{}\"cost\":{}}}",
+        if empty { "" } else { "," },
+        cost_json(c)
+    );
+    serde_json::value::RawValue::from_string(text).ok()
 }
 
 fn usage_into_map(
