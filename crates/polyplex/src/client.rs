@@ -55,8 +55,9 @@ pub struct HttpClient {
 
 impl HttpClient {
     /// TCP_NODELAY, `connect_timeout` per connection, idle connections kept
-    /// 90 s (up to 256 per host), HTTP/2 when the upstream offers it by ALPN.
-    pub fn new(connect_timeout: Duration) -> Result<HttpClient, String> {
+    /// 90 s (up to `max_idle_per_host` per host), HTTP/2 when the upstream
+    /// offers it by ALPN.
+    pub fn new(connect_timeout: Duration, max_idle_per_host: usize) -> Result<HttpClient, String> {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
@@ -79,7 +80,7 @@ impl HttpClient {
             .wrap_connector(http);
         let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(max_idle_per_host)
             .build(https);
         Ok(HttpClient {
             inner,
@@ -167,7 +168,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let client = HttpClient::new(Duration::from_secs(2)).unwrap();
+        let client = HttpClient::new(Duration::from_secs(2), 4).unwrap();
         let uri: Uri = format!("http://127.0.0.1:{port}/v1/models")
             .parse()
             .unwrap();

@@ -981,6 +981,8 @@ strategy = "priority"
             ("listen = \"nowhere\"\n", "listen"),
             ("[store]\nurl = \"mysql://x\"\n", "store.url"),
             ("[auth]\nmaster_key = \"short\"\n", "auth.master_key"),
+            ("[server]\nthreads = 0\n", "server.threads"),
+            ("[server]\nthreads = 5000\n", "server.threads"),
         ];
         for (text, want) in cases {
             let e = parse(text, &[]).unwrap_err();

@@ -314,7 +314,7 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let client = match polyplex::client::HttpClient::new(std::time::Duration::from_secs(5)) {
+    let client = match polyplex::client::HttpClient::new(std::time::Duration::from_secs(5), 1) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

@@ -11,7 +11,8 @@ use tiktoken_rs::CoreBPE;
 /// and most deployments never need it (upstreams report usage), so it is
 /// not loaded at startup. The one load runs through `block_in_place` on a
 /// multi-thread runtime, so the worker's other tasks move elsewhere
-/// meanwhile instead of stalling.
+/// meanwhile; on a serving thread's single-threaded runtime it runs inline,
+/// a one-time pause of that thread's connections.
 fn bpe() -> Option<&'static CoreBPE> {
     static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
     if let Some(b) = BPE.get() {

@@ -109,8 +109,10 @@ pub fn state(
             Catalog::builtin(),
             cfg.routing.strategy,
         ),
+        // Idle upstream connections kept: 256 per host in all, split over the
+        // serving threads' pools.
         clients: (0..threads.max(1))
-            .map(|_| crate::client::HttpClient::new(connect))
+            .map(|_| crate::client::HttpClient::new(connect, (256 / threads.max(1)).max(16)))
             .collect::<Result<_, _>>()?,
         urls: crate::client::UriCache::default(),
         master_key: cfg.master_key.clone(),
