@@ -5,9 +5,15 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use tracing_subscriber::EnvFilter;
 
+/// Whether logs are JSON lines (`POLYPLEX_LOG_FORMAT=json`), read once.
+pub fn json_logs() -> bool {
+    static JSON: OnceLock<bool> = OnceLock::new();
+    *JSON.get_or_init(|| std::env::var("POLYPLEX_LOG_FORMAT").is_ok_and(|v| v == "json"))
+}
+
 pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("POLYPLEX_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let json = json_logs();
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

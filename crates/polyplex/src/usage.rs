@@ -101,12 +101,6 @@ fn handles(r: &UsageRecord) -> Handles {
     }
 }
 
-/// Whether logs are JSON lines (`POLYPLEX_LOG_FORMAT=json`), read once.
-fn json_logs() -> bool {
-    static JSON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *JSON.get_or_init(|| std::env::var("POLYPLEX_LOG_FORMAT").is_ok_and(|v| v == "json"))
-}
-
 /// Records one usage record: metrics, and its log line (text logs: appended
 /// to `lines` for [`flush`]; JSON logs: a structured tracing event).
 fn write(r: &UsageRecord, cache: &mut HashMap<HandleKey, Handles>, lines: &mut String) {
@@ -123,7 +117,7 @@ fn write(r: &UsageRecord, cache: &mut HashMap<HandleKey, Handles>, lines: &mut S
     if !tracing::enabled!(target: "polyplex::usage", tracing::Level::INFO) {
         return;
     }
-    if !json_logs() {
+    if !crate::telemetry::json_logs() {
         text_line(r, std::time::SystemTime::now(), lines);
         return;
     }
