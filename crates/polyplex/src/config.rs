@@ -16,6 +16,11 @@ use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8484";
 pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
+/// `[server] busy_poll_us` unless set: long enough to catch an upstream's
+/// answer on loopback or in one data centre and a client's next request on a
+/// kept-alive connection (see docs/performance.md).
+pub const DEFAULT_BUSY_POLL_US: u64 = 200;
+const MAX_BUSY_POLL_US: u64 = 100_000;
 pub const DEFAULT_TIMEOUT_MS: u64 = 600_000;
 pub const DEFAULT_MAX_RETRIES: u32 = 2;
 
@@ -84,6 +89,7 @@ struct RawServer {
     max_body_bytes: Option<usize>,
     shutdown_grace_ms: Option<u64>,
     threads: Option<usize>,
+    busy_poll_us: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +160,9 @@ pub struct Config {
     /// Serving threads, each with its own listener and runtime (`None`: one
     /// per CPU). See `crate::start_threads`.
     pub threads: Option<usize>,
+    /// How long a serving thread keeps polling its sockets after a request
+    /// before it sleeps (zero: never). See `crate::server::busy`.
+    pub busy_poll: Duration,
     pub providers: Vec<ProviderConfig>,
     pub routes: Vec<RouteConfig>,
     pub routing: RoutingConfig,
@@ -520,6 +529,14 @@ pub fn from_toml(text: &str, inputs: &Inputs<'_>) -> Result<Config, ConfigError>
             Some(n) if n > 1024 => return err(format!("server.threads: {n} is more than 1024")),
             t => t,
         },
+        busy_poll: match raw.server.busy_poll_us {
+            Some(n) if n > MAX_BUSY_POLL_US => {
+                return err(format!(
+                    "server.busy_poll_us: {n} is more than {MAX_BUSY_POLL_US} (a serving thread would spin most of a second after every request)"
+                ))
+            }
+            n => Duration::from_micros(n.unwrap_or(DEFAULT_BUSY_POLL_US)),
+        },
         providers,
         routes,
         routing,
@@ -841,6 +858,7 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
         max_body_bytes: DEFAULT_MAX_BODY,
         shutdown_grace: Duration::from_secs(30),
         threads: None,
+        busy_poll: Duration::from_micros(DEFAULT_BUSY_POLL_US),
         providers,
         routes: Vec::new(),
         routing: RoutingConfig::default(),
@@ -983,6 +1001,8 @@ strategy = "priority"
             ("[auth]\nmaster_key = \"short\"\n", "auth.master_key"),
             ("[server]\nthreads = 0\n", "server.threads"),
             ("[server]\nthreads = 5000\n", "server.threads"),
+            ("[server]\nbusy_poll_us = 5000000\n", "server.busy_poll_us"),
+            ("[server]\nbusy_poll_us = -1\n", "busy_poll_us"),
         ];
         for (text, want) in cases {
             let e = parse(text, &[]).unwrap_err();

@@ -106,7 +106,8 @@ pub async fn start(cfg: &Config) -> Result<Running, String> {
 /// connection pool: a request is read, routed, proxied and answered on one
 /// thread, with no hand-off to another (see docs/performance.md). Routing
 /// statistics, limits and usage are shared by all of them; the usage writer
-/// runs on the caller's runtime. On systems without `SO_REUSEPORT`
+/// runs on the caller's runtime. Each thread busy-polls for
+/// `cfg.busy_poll` after a request ([`server::busy`]). On systems without `SO_REUSEPORT`
 /// balancing, this is [`start`].
 pub async fn start_threads(cfg: &Config, threads: usize) -> Result<Running, String> {
     if threads <= 1 || !cfg!(target_os = "linux") {
@@ -126,6 +127,7 @@ pub async fn start_threads(cfg: &Config, threads: usize) -> Result<Running, Stri
         let app = server::app(state.clone());
         let rx = rx.clone();
         let grace = cfg.shutdown_grace;
+        let busy_poll = cfg.busy_poll;
         let (finished, wait) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name(format!("polyplex-serve-{i}"))
@@ -142,9 +144,20 @@ pub async fn start_threads(cfg: &Config, threads: usize) -> Result<Running, Stri
                     }
                 };
                 rt.block_on(async move {
-                    match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => serve_listener(l, app, rx, grace).await,
-                        Err(e) => tracing::error!(error = %e, "cannot serve a listener"),
+                    let serve = async move {
+                        match tokio::net::TcpListener::from_std(listener) {
+                            Ok(l) => serve_listener(l, app, rx, grace).await,
+                            Err(e) => tracing::error!(error = %e, "cannot serve a listener"),
+                        }
+                    };
+                    if busy_poll.is_zero() {
+                        serve.await;
+                    } else {
+                        tokio::select! {
+                            biased;
+                            () = serve => {}
+                            () = server::busy::poller(busy_poll) => {}
+                        }
                     }
                 });
                 let _ = finished.send(());

@@ -27,6 +27,7 @@
 //!    writer, whatever the outcome, including streams the client abandoned.
 
 pub mod auth;
+pub mod busy;
 pub mod handlers;
 pub mod respond;
 
@@ -183,7 +184,9 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
         ),
     };
     req.extensions_mut().insert(RequestId(id.clone()));
+    busy::touch();
     let mut resp = next.run(req).await;
+    busy::touch();
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
