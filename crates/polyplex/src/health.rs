@@ -6,7 +6,7 @@
 //!
 //! Every method that depends on time takes `now`, so tests drive the clock.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -327,35 +327,8 @@ impl DeploymentStats {
     /// Reads the upstream's rate-limit headers (OpenAI's and Groq's
     /// `x-ratelimit-*`, Anthropic's `anthropic-ratelimit-*`).
     pub fn observe_limits(&self, now: Instant, h: &HeaderMap) {
-        let requests = read_left(
-            now,
-            h,
-            &[
-                (
-                    "x-ratelimit-remaining-requests",
-                    "x-ratelimit-reset-requests",
-                ),
-                (
-                    "anthropic-ratelimit-requests-remaining",
-                    "anthropic-ratelimit-requests-reset",
-                ),
-            ],
-        );
-        let tokens = read_left(
-            now,
-            h,
-            &[
-                ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
-                (
-                    "anthropic-ratelimit-tokens-remaining",
-                    "anthropic-ratelimit-tokens-reset",
-                ),
-                (
-                    "anthropic-ratelimit-input-tokens-remaining",
-                    "anthropic-ratelimit-input-tokens-reset",
-                ),
-            ],
-        );
+        let requests = read_left(now, h, &REQUEST_LIMITS);
+        let tokens = read_left(now, h, &TOKEN_LIMITS);
         if requests.is_none() && tokens.is_none() {
             return;
         }
@@ -477,11 +450,41 @@ fn p95(samples: &VecDeque<f64>) -> Option<f64> {
     v.get(rank.clamp(1, v.len()) - 1).copied()
 }
 
-fn read_left(now: Instant, h: &HeaderMap, names: &[(&str, &str)]) -> Option<Left> {
+/// (remaining, reset) header pairs for requests, in the order they are tried
+/// (OpenAI's and Groq's, then Anthropic's). Names are built once: looking a
+/// header up by `&str` re-parses the name on every call.
+static REQUEST_LIMITS: [(HeaderName, HeaderName); 2] = [
+    (
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
+    ),
+    (
+        HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
+        HeaderName::from_static("anthropic-ratelimit-requests-reset"),
+    ),
+];
+
+/// The same for tokens.
+static TOKEN_LIMITS: [(HeaderName, HeaderName); 3] = [
+    (
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
+    ),
+    (
+        HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
+        HeaderName::from_static("anthropic-ratelimit-tokens-reset"),
+    ),
+    (
+        HeaderName::from_static("anthropic-ratelimit-input-tokens-remaining"),
+        HeaderName::from_static("anthropic-ratelimit-input-tokens-reset"),
+    ),
+];
+
+fn read_left(now: Instant, h: &HeaderMap, names: &[(HeaderName, HeaderName)]) -> Option<Left> {
     names.iter().find_map(|(rem, reset)| {
-        let remaining = h.get(*rem)?.to_str().ok()?.trim().parse::<u64>().ok()?;
+        let remaining = h.get(rem)?.to_str().ok()?.trim().parse::<u64>().ok()?;
         let until = h
-            .get(*reset)
+            .get(reset)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| reset_in(v.trim()))
             .unwrap_or(DEFAULT_RESET);

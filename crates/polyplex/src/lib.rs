@@ -107,12 +107,13 @@ pub async fn start(cfg: &Config) -> Result<Running, String> {
 /// thread, with no hand-off to another (see docs/performance.md). Routing
 /// statistics, limits and usage are shared by all of them; the usage writer
 /// runs on the caller's runtime. Each thread busy-polls for
-/// `cfg.busy_poll` after a request ([`server::busy`]). On systems without `SO_REUSEPORT`
-/// balancing, this is [`start`].
+/// `cfg.busy_poll` after a request ([`server::busy`]). Elsewhere than on
+/// Linux this is [`start`].
 pub async fn start_threads(cfg: &Config, threads: usize) -> Result<Running, String> {
-    if threads <= 1 || !cfg!(target_os = "linux") {
+    if !cfg!(target_os = "linux") {
         return start(cfg).await;
     }
+    let threads = threads.max(1);
     let (state, writer) = prepare(cfg, threads).await?;
     let listeners = reuseport_listeners(cfg.listen, threads)
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
@@ -150,14 +151,17 @@ pub async fn start_threads(cfg: &Config, threads: usize) -> Result<Running, Stri
                             Err(e) => tracing::error!(error = %e, "cannot serve a listener"),
                         }
                     };
-                    if busy_poll.is_zero() {
-                        serve.await;
-                    } else {
-                        tokio::select! {
-                            biased;
-                            () = serve => {}
-                            () = server::busy::poller(busy_poll) => {}
+                    let poll = async move {
+                        if busy_poll.is_zero() {
+                            std::future::pending::<()>().await;
                         }
+                        server::busy::poller(busy_poll).await;
+                    };
+                    tokio::select! {
+                        biased;
+                        () = serve => {}
+                        () = poll => {}
+                        () = timer_floor() => {}
                     }
                 });
                 let _ = finished.send(());
@@ -177,6 +181,20 @@ pub async fn start_threads(cfg: &Config, threads: usize) -> Result<Running, Stri
         task,
         writer,
     })
+}
+
+/// How far ahead a serving thread always has a timer due.
+const TIMER_FLOOR: Duration = Duration::from_millis(250);
+
+/// Keeps a timer due within [`TIMER_FLOOR`] on the current runtime. Tokio's
+/// timer wakes its own driver (an eventfd write, then one more `epoll_wait`)
+/// whenever a timer is set earlier than every timer already set; with this
+/// one, a request's timeouts (seconds away) never are, which saves two system
+/// calls per request. Costs four wake-ups a second on an idle thread.
+async fn timer_floor() {
+    loop {
+        tokio::time::sleep(TIMER_FLOOR).await;
+    }
 }
 
 /// The state (with one upstream client per serving thread) and the usage

@@ -3,7 +3,8 @@
 use super::App;
 use crate::server::respond::ApiError;
 use axum::extract::{Request, State};
-use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, HeaderName};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use polyplex_types::GatewayError;
@@ -12,7 +13,11 @@ use subtle::ConstantTimeEq;
 
 /// The key the client presented: `Authorization: Bearer K`, or `x-api-key` / `api-key`.
 pub fn presented_key(h: &HeaderMap) -> Option<&str> {
-    if let Some(v) = h.get("authorization").and_then(|v| v.to_str().ok()) {
+    static KEY_HEADERS: [HeaderName; 2] = [
+        HeaderName::from_static("x-api-key"),
+        HeaderName::from_static("api-key"),
+    ];
+    if let Some(v) = h.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         let key = match v.split_once(char::is_whitespace) {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
@@ -21,9 +26,9 @@ pub fn presented_key(h: &HeaderMap) -> Option<&str> {
         };
         return Some(key).filter(|k| !k.is_empty());
     }
-    ["x-api-key", "api-key"]
+    KEY_HEADERS
         .iter()
-        .find_map(|n| h.get(*n).and_then(|v| v.to_str().ok()))
+        .find_map(|n| h.get(n).and_then(|v| v.to_str().ok()))
         .map(str::trim)
         .filter(|k| !k.is_empty())
 }

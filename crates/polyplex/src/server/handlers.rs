@@ -20,7 +20,7 @@ async fn read_json(app: &App, req: Request) -> Result<JsonMap, GatewayError> {
     let limit = app.max_body;
     if let Some(len) = req
         .headers()
-        .get("content-length")
+        .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
     {

@@ -36,7 +36,7 @@ use crate::routing::Router as ModelRouter;
 use crate::upstream::Upstream;
 use crate::usage::Recorder;
 use axum::extract::Request;
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -133,24 +133,24 @@ pub fn state(
 /// The axum router with every stage in the order the module docs list.
 pub fn app(state: App) -> axum::Router {
     let v1 = axum::Router::new()
-        .route("/chat/completions", post(handlers::chat_completions))
-        .route("/completions", post(handlers::completions))
-        .route("/embeddings", post(handlers::embeddings))
-        .route("/models", get(handlers::list_models))
-        .route("/models/{*id}", get(handlers::get_model))
+        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/completions", post(handlers::completions))
+        .route("/v1/embeddings", post(handlers::embeddings))
+        .route("/v1/models", get(handlers::list_models))
+        .route("/v1/models/{*id}", get(handlers::get_model))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require,
         ));
     let admin = axum::Router::new()
-        .route("/providers", get(handlers::admin_providers))
+        .route("/admin/providers", get(handlers::admin_providers))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require,
         ));
     axum::Router::new()
-        .nest("/v1", v1)
-        .nest("/admin", admin)
+        .merge(v1)
+        .merge(admin)
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
@@ -169,26 +169,30 @@ fn sane_id(v: &HeaderValue) -> Option<&str> {
     .then_some(s)
 }
 
+/// `req_` and a random UUID in 32 hex digits.
+fn new_request_id() -> Arc<str> {
+    let mut buf = [0u8; 4 + uuid::fmt::Simple::LENGTH];
+    buf[..4].copy_from_slice(b"req_");
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .simple()
+        .encode_lower(&mut buf[4..]);
+    Arc::from(std::str::from_utf8(&buf).unwrap_or("req_"))
+}
+
 /// Stage 1: the request id, on the request's extensions and the response.
 pub async fn request_id(mut req: Request, next: Next) -> Response {
-    let id: Arc<str> = match req.headers().get("x-request-id").and_then(sane_id) {
+    static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    let id: Arc<str> = match req.headers().get(&X_REQUEST_ID).and_then(sane_id) {
         Some(s) => Arc::from(s),
-        None => Arc::from(
-            format!(
-                "req_{}",
-                uuid::Builder::from_random_bytes(rand::random())
-                    .into_uuid()
-                    .simple()
-            )
-            .as_str(),
-        ),
+        None => new_request_id(),
     };
     req.extensions_mut().insert(RequestId(id.clone()));
     busy::touch();
     let mut resp = next.run(req).await;
     busy::touch();
     if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
     resp
 }
@@ -202,5 +206,22 @@ impl AppState {
 
     pub fn set_not_ready(&self) {
         self.ready.store(false, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_req_and_32_hex_digits_and_differ() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_eq!(a.len(), 36);
+        assert!(a.starts_with("req_"));
+        assert!(a[4..]
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert_ne!(a, b);
     }
 }
