@@ -140,6 +140,20 @@ pub trait Protocol: Send + Sync {
         stream: bool,
         target: &Target<'_>,
     ) -> Result<UpstreamRequest, GatewayError>;
+    /// [`Protocol::build`] given also the body's JSON text as the client
+    /// sent it: an adapter that would send the same JSON forwards those bytes
+    /// instead of encoding the tree again.
+    fn build_from(
+        &self,
+        endpoint: Endpoint,
+        body: &JsonMap,
+        text: &Bytes,
+        stream: bool,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        let _ = text;
+        self.build(endpoint, body, stream, target)
+    }
     /// Parses a 2xx reply to `request` into an OpenAI-shaped response and its usage.
     fn parse(
         &self,
@@ -156,7 +170,7 @@ pub trait Protocol: Send + Sync {
         endpoint: Endpoint,
         provider: &str,
         request: &JsonMap,
-        body: &[u8],
+        body: &Bytes,
     ) -> Result<(Reply, Option<Usage>), GatewayError> {
         self.parse(endpoint, provider, request, body)
             .map(|(m, u)| (Reply::Map(m), u))

@@ -4,15 +4,18 @@
 //! Parsing a whole completion into a `serde_json::Value` tree and encoding
 //! it again was a sixth of the gateway's instructions per passthrough
 //! request. The gateway only needs `usage` (to meter it and add
-//! `usage.cost`) and `model`, so [`RawReply`] keeps every top-level member
-//! as its raw JSON text, validated but not decoded, and re-emits them as
-//! they came with only `usage` rewritten.
+//! `usage.cost`) and `model`, so [`RawReply`] keeps the upstream's bytes and
+//! where each top-level member lies in them (validated, not decoded). An
+//! answer left as it came is sent as those same bytes; an edited one is
+//! rebuilt from the untouched members' text and the new ones.
 
+use bytes::Bytes;
 use polyplex_types::JsonMap;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::fmt;
+use std::ops::Range;
 
 /// An OpenAI-shaped non-streamed answer.
 #[derive(Debug)]
@@ -28,7 +31,7 @@ impl Reply {
     pub fn has_model(&self) -> bool {
         match self {
             Reply::Map(m) => m.get("model").is_some_and(|v| !v.is_null()),
-            Reply::Raw(r) => r.get("model").is_some_and(|v| v.get() != "null"),
+            Reply::Raw(r) => r.get("model").is_some_and(|v| v != "null"),
         }
     }
 
@@ -42,35 +45,107 @@ impl Reply {
     }
 
     /// The JSON body to send to the client.
-    pub fn to_vec(&self) -> Result<Vec<u8>, serde_json::Error> {
+    pub fn to_bytes(&self) -> Result<Bytes, serde_json::Error> {
         match self {
-            Reply::Map(m) => serde_json::to_vec(m),
-            Reply::Raw(r) => Ok(r.to_vec()),
+            Reply::Map(m) => serde_json::to_vec(m).map(Bytes::from),
+            Reply::Raw(r) => Ok(r.to_bytes()),
         }
     }
 }
 
-/// A JSON object's top-level members, each value kept as raw JSON text.
+/// A JSON object as the upstream sent it, with the place of each top-level
+/// member.
 #[derive(Debug, Default)]
 pub struct RawReply {
-    members: Vec<(String, Box<RawValue>)>,
+    body: Bytes,
+    members: Vec<Member>,
+    /// A member was replaced or added since parsing.
+    edited: bool,
+}
+
+#[derive(Debug)]
+struct Member {
+    key: Key,
+    value: Text,
+}
+
+#[derive(Debug)]
+enum Key {
+    /// The key's characters in `body` (it had no escapes).
+    At(Range<usize>),
+    /// The decoded key (it had escapes, or was set later).
+    Decoded(String),
+}
+
+#[derive(Debug)]
+enum Text {
+    /// Raw JSON text in `body`.
+    At(Range<usize>),
+    /// Raw JSON text set later.
+    New(Box<RawValue>),
 }
 
 impl RawReply {
-    pub fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+    pub fn parse(body: Bytes) -> Result<Self, serde_json::Error> {
+        let members = {
+            let text: &[u8] = &body;
+            let base = text.as_ptr() as usize;
+            let at = |s: &str| {
+                let from = s.as_ptr() as usize - base;
+                from..from + s.len()
+            };
+            let mut de = serde_json::Deserializer::from_slice(text);
+            let found = Members::deserialize(&mut de)?;
+            de.end()?;
+            found
+                .0
+                .into_iter()
+                .map(|(k, v)| Member {
+                    key: match k {
+                        KeyText::Borrowed(k) => Key::At(at(k)),
+                        KeyText::Owned(k) => Key::Decoded(k),
+                    },
+                    value: Text::At(at(v.get())),
+                })
+                .collect()
+        };
+        Ok(RawReply {
+            body,
+            members,
+            edited: false,
+        })
     }
 
-    pub fn get(&self, key: &str) -> Option<&RawValue> {
+    fn key<'a>(&'a self, k: &'a Key) -> &'a [u8] {
+        match k {
+            Key::At(r) => &self.body[r.clone()],
+            Key::Decoded(s) => s.as_bytes(),
+        }
+    }
+
+    fn text<'a>(&'a self, t: &'a Text) -> &'a [u8] {
+        match t {
+            Text::At(r) => &self.body[r.clone()],
+            Text::New(v) => v.get().as_bytes(),
+        }
+    }
+
+    fn find(&self, key: &str) -> Option<&Member> {
         self.members
             .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| &**v)
+            .find(|m| self.key(&m.key) == key.as_bytes())
+    }
+
+    /// A member's raw JSON text.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.find(key)
+            .and_then(|m| std::str::from_utf8(self.text(&m.value)).ok())
     }
 
     /// Whether `key` holds a JSON array.
     pub fn is_array(&self, key: &str) -> bool {
-        self.get(key).is_some_and(|v| v.get().starts_with('['))
+        self.find(key)
+            .is_some_and(|m| self.text(&m.value).first() == Some(&b'['))
     }
 
     /// Replaces (or appends) one member.
@@ -81,60 +156,113 @@ impl RawReply {
 
     /// Replaces (or appends) one member with JSON text already validated.
     pub fn set_raw(&mut self, key: &str, raw: Box<RawValue>) {
-        match self.members.iter_mut().find(|(k, _)| k == key) {
-            Some((_, v)) => *v = raw,
-            None => self.members.push((key.to_string(), raw)),
+        self.edited = true;
+        let at = self
+            .members
+            .iter()
+            .position(|m| self.key(&m.key) == key.as_bytes());
+        match at {
+            Some(i) => self.members[i].value = Text::New(raw),
+            None => self.members.push(Member {
+                key: Key::Decoded(key.to_string()),
+                value: Text::New(raw),
+            }),
         }
     }
 
     pub fn into_map(self) -> JsonMap {
         self.members
-            .into_iter()
-            .map(|(k, v)| {
-                let value = serde_json::from_str(v.get()).unwrap_or(Value::Null);
-                (k, value)
+            .iter()
+            .map(|m| {
+                let key = String::from_utf8_lossy(self.key(&m.key)).into_owned();
+                let value = serde_json::from_slice(self.text(&m.value)).unwrap_or(Value::Null);
+                (key, value)
             })
             .collect()
     }
 
-    pub fn to_vec(&self) -> Vec<u8> {
+    /// The JSON text: the upstream's own bytes when nothing was edited.
+    pub fn to_bytes(&self) -> Bytes {
+        if !self.edited {
+            return self.body.clone();
+        }
         let len: usize = self
             .members
             .iter()
-            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .map(|m| self.key(&m.key).len() + self.text(&m.value).len() + 4)
             .sum();
         let mut out = Vec::with_capacity(len + 2);
         out.push(b'{');
-        for (i, (k, v)) in self.members.iter().enumerate() {
+        for (i, m) in self.members.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            // A key re-encoded as a JSON string (escapes included).
-            if serde_json::to_writer(&mut out, k).is_err() {
-                out.extend_from_slice(b"\"\"");
+            match &m.key {
+                // Had no escapes: its characters go between quotes as they were.
+                Key::At(r) => {
+                    out.push(b'"');
+                    out.extend_from_slice(&self.body[r.clone()]);
+                    out.push(b'"');
+                }
+                Key::Decoded(k) => {
+                    if serde_json::to_writer(&mut out, k).is_err() {
+                        out.extend_from_slice(b"\"\"");
+                    }
+                }
             }
             out.push(b':');
-            out.extend_from_slice(v.get().as_bytes());
+            out.extend_from_slice(self.text(&m.value));
         }
         out.push(b'}');
-        out
+        Bytes::from(out)
     }
 }
 
-impl<'de> Deserialize<'de> for RawReply {
+/// An object key: borrowed from the input when it has no escapes.
+enum KeyText<'de> {
+    Borrowed(&'de str),
+    Owned(String),
+}
+
+impl<'de> Deserialize<'de> for KeyText<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = RawReply;
+            type Value = KeyText<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<KeyText<'de>, E> {
+                Ok(KeyText::Borrowed(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<KeyText<'de>, E> {
+                Ok(KeyText::Owned(v.to_string()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<KeyText<'de>, E> {
+                Ok(KeyText::Owned(v))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A JSON object's top-level members, borrowed from the input.
+struct Members<'de>(Vec<(KeyText<'de>, &'de RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawReply, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
                 let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
-                    members.push((k, v));
+                while let Some(k) = map.next_key::<KeyText<'de>>()? {
+                    members.push((k, map.next_value::<&'de RawValue>()?));
                 }
-                Ok(RawReply { members })
+                Ok(Members(members))
             }
         }
         d.deserialize_map(V)
@@ -150,8 +278,8 @@ mod tests {
 
     #[test]
     fn round_trips_byte_for_byte_when_untouched() {
-        let r = RawReply::parse(BODY.as_bytes()).unwrap();
-        assert_eq!(String::from_utf8(r.to_vec()).unwrap(), BODY);
+        let r = RawReply::parse(Bytes::from_static(BODY.as_bytes())).unwrap();
+        assert_eq!(r.to_bytes(), BODY.as_bytes());
         assert!(r.is_array("choices"));
         assert!(!r.is_array("usage"));
         assert!(Reply::Raw(r).has_model());
@@ -159,11 +287,11 @@ mod tests {
 
     #[test]
     fn rewrites_one_member_in_place_and_appends_new_ones() {
-        let mut r = RawReply::parse(BODY.as_bytes()).unwrap();
+        let mut r = RawReply::parse(Bytes::from_static(BODY.as_bytes())).unwrap();
         r.set("usage", &json!({"prompt_tokens": 3, "cost": 0.5}))
             .unwrap();
         r.set("extra", &json!(true)).unwrap();
-        let v: Value = serde_json::from_slice(&r.to_vec()).unwrap();
+        let v: Value = serde_json::from_slice(&r.to_bytes()).unwrap();
         let full: Value = serde_json::from_str(BODY).unwrap();
         assert_eq!(v["usage"], json!({"prompt_tokens": 3, "cost": 0.5}));
         assert_eq!(v["extra"], json!(true));
@@ -177,16 +305,43 @@ mod tests {
     }
 
     #[test]
+    fn keeps_the_upstreams_bytes_even_with_whitespace_until_edited() {
+        let body = "{ \"id\" : \"x\",\n  \"model\": null, \"usage\": {\"prompt_tokens\": 1} }";
+        let mut r = RawReply::parse(Bytes::from(body)).unwrap();
+        assert_eq!(r.to_bytes(), body.as_bytes());
+        assert_eq!(r.get("usage"), Some("{\"prompt_tokens\": 1}"));
+        assert_eq!(r.get("id"), Some("\"x\""));
+        assert!(!Reply::Raw(RawReply::parse(Bytes::from(body)).unwrap()).has_model());
+        r.set_raw(
+            "usage",
+            RawValue::from_string("{\"prompt_tokens\":1,\"cost\":0}".into()).unwrap(),
+        );
+        assert_eq!(
+            std::str::from_utf8(&r.to_bytes()).unwrap(),
+            r#"{"id":"x","model":null,"usage":{"prompt_tokens":1,"cost":0}}"#
+        );
+    }
+
+    #[test]
+    fn escaped_keys_are_found_by_their_decoded_text() {
+        let r = RawReply::parse(Bytes::from_static(BODY.as_bytes())).unwrap();
+        assert_eq!(r.get("x_\"odd"), Some("1"));
+        assert_eq!(r.get("x_\\\"odd"), None);
+    }
+
+    #[test]
     fn into_map_decodes_everything() {
-        let m = RawReply::parse(BODY.as_bytes()).unwrap().into_map();
+        let m = RawReply::parse(Bytes::from_static(BODY.as_bytes()))
+            .unwrap()
+            .into_map();
         let full: Value = serde_json::from_str(BODY).unwrap();
         assert_eq!(Value::Object(m), full);
     }
 
     #[test]
     fn refuses_what_is_not_an_object() {
-        assert!(RawReply::parse(b"[1,2]").is_err());
-        assert!(RawReply::parse(b"{\"a\":").is_err());
-        assert!(RawReply::parse(b"not json").is_err());
+        for bad in [&b"[1,2]"[..], b"{\"a\":", b"not json", b"{} trailing"] {
+            assert!(RawReply::parse(Bytes::copy_from_slice(bad)).is_err());
+        }
     }
 }

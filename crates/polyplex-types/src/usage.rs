@@ -1,6 +1,7 @@
 //! Token usage in OpenAI's shape, read from and written to JSON.
 
 use crate::JsonMap;
+use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -24,19 +25,34 @@ impl Usage {
     pub fn from_json(v: Option<&Value>) -> Option<Usage> {
         let o = v?.as_object()?;
         let n = |o: &JsonMap, k: &str| crate::lookup(o, k).and_then(Value::as_u64).unwrap_or(0);
-        let detail = |k: &str, f: &str| {
-            crate::lookup(o, k)
-                .and_then(Value::as_object)
-                .map(|d| n(d, f))
-                .unwrap_or(0)
-        };
         Some(Usage {
             prompt_tokens: n(o, "prompt_tokens"),
             completion_tokens: n(o, "completion_tokens"),
-            cached_tokens: detail("prompt_tokens_details", "cached_tokens"),
-            reasoning_tokens: detail("completion_tokens_details", "reasoning_tokens"),
+            cached_tokens: detail(crate::lookup(o, "prompt_tokens_details"), "cached_tokens"),
+            reasoning_tokens: detail(
+                crate::lookup(o, "completion_tokens_details"),
+                "reasoning_tokens",
+            ),
             estimated: false,
         })
+    }
+
+    /// [`Usage::from_json`] of JSON text, read without building a tree when
+    /// it has the usual shape (what an answer's `usage` member holds).
+    pub fn from_json_text(text: &str) -> Option<Usage> {
+        let object = text.trim_start().starts_with('{');
+        match serde_json::from_str::<Wire>(text).ok().filter(|_| object) {
+            Some(w) => Some(Usage {
+                prompt_tokens: w.prompt_tokens,
+                completion_tokens: w.completion_tokens,
+                cached_tokens: detail(w.prompt_tokens_details.as_ref(), "cached_tokens"),
+                reasoning_tokens: detail(w.completion_tokens_details.as_ref(), "reasoning_tokens"),
+                estimated: false,
+            }),
+            // Not an object, a detail that is not one, a member given twice:
+            // the tree decides, as it always did.
+            None => Usage::from_json(serde_json::from_str::<Value>(text).ok().as_ref()),
+        }
     }
 
     /// A fresh OpenAI `usage` object (used when the upstream sent none).
@@ -49,6 +65,31 @@ impl Usage {
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         })
     }
+}
+
+/// OpenAI's `usage` object; a count that is not a whole number reads as 0.
+#[derive(Deserialize)]
+struct Wire {
+    #[serde(default, deserialize_with = "count")]
+    prompt_tokens: u64,
+    #[serde(default, deserialize_with = "count")]
+    completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<Value>,
+    #[serde(default)]
+    completion_tokens_details: Option<Value>,
+}
+
+/// A count inside a `*_details` object (0 when it is not one).
+fn detail(d: Option<&Value>, key: &str) -> u64 {
+    d.and_then(Value::as_object)
+        .and_then(|o| crate::lookup(o, key))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(Value::deserialize(d)?.as_u64().unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -73,5 +114,26 @@ mod tests {
         assert_eq!(u.total(), 15);
         assert!(Usage::from_json(Some(&Value::Null)).is_none());
         assert!(Usage::from_json(None).is_none());
+    }
+
+    #[test]
+    fn from_text_reads_what_the_tree_reads() {
+        for text in [
+            r#"{"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "prompt_tokens_details": {"cached_tokens": 4, "audio_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 2}}"#,
+            r#"{"prompt_tokens": 10}"#,
+            r#"{"prompt_tokens": 1.5, "completion_tokens": -3, "x": [1, {"y": null}]}"#,
+            r#"{"prompt_tokens": "7", "completion_tokens": null}"#,
+            r#"{"prompt_tokens_details": null, "completion_tokens_details": 3}"#,
+            r#"{"prompt_tokens_details": [4], "completion_tokens_details": {"reasoning_tokens": [1]}}"#,
+            r#"[4, 5]"#,
+            r#"{"prompt_tokens": 1, "prompt_tokens": 2}"#,
+            r#"{}"#,
+            "[1]",
+            "null",
+            "not json",
+        ] {
+            let tree = Usage::from_json(serde_json::from_str::<Value>(text).ok().as_ref());
+            assert_eq!(Usage::from_json_text(text), tree, "{text}");
+        }
     }
 }

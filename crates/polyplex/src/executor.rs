@@ -457,6 +457,7 @@ async fn send(
     d: &Deployment,
     endpoint: Endpoint,
     body: &JsonMap,
+    text: &Bytes,
     stream: bool,
 ) -> Result<(http::Response<Incoming>, Vec<String>), GatewayError> {
     let drop = d.upstream.drop_params
@@ -465,9 +466,10 @@ async fn send(
             .and_then(serde_json::Value::as_bool)
             .unwrap_or(false);
     let catalog = app.router.catalog();
-    let req = d.upstream.protocol.build(
+    let req = d.upstream.protocol.build_from(
         endpoint,
         body,
+        text,
         stream,
         &d.upstream.target(catalog, &d.model, drop),
     )?;
@@ -503,10 +505,11 @@ pub async fn unary_once(
     _in_flight: InFlight,
     endpoint: Endpoint,
     body: &JsonMap,
+    text: &Bytes,
 ) -> Result<Unary, GatewayError> {
     let timeout = d.upstream.timeout;
     let fut = async {
-        let (resp, dropped) = send(app, d, endpoint, body, false).await?;
+        let (resp, dropped) = send(app, d, endpoint, body, text, false).await?;
         d.stats.observe_limits(Instant::now(), resp.headers());
         if !resp.status().is_success() {
             return Err(upstream_error(d, resp).await);
@@ -553,10 +556,11 @@ pub async fn stream_once(
     in_flight: InFlight,
     endpoint: Endpoint,
     body: &JsonMap,
+    text: &Bytes,
 ) -> Result<OpenStream, GatewayError> {
     let limit = d.upstream.first_byte_timeout;
     let fut = async {
-        let (resp, dropped) = send(app, d, endpoint, body, true).await?;
+        let (resp, dropped) = send(app, d, endpoint, body, text, true).await?;
         d.stats.observe_limits(Instant::now(), resp.headers());
         if !resp.status().is_success() {
             return Err(upstream_error(d, resp).await);

@@ -15,6 +15,7 @@ mod tests;
 pub use stream::Decoder;
 
 use crate::{Endpoint, Protocol, RawReply, Reply, StreamDecoder, Target, UpstreamRequest};
+use bytes::Bytes;
 use http::StatusCode;
 use polyplex_types::{GatewayError, JsonMap, Usage};
 use serde_json::Value;
@@ -35,6 +36,17 @@ impl Protocol for OpenAiCompat {
         target: &Target<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
         request::build(endpoint, body, stream, target)
+    }
+
+    fn build_from(
+        &self,
+        endpoint: Endpoint,
+        body: &JsonMap,
+        text: &Bytes,
+        stream: bool,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        request::build_from(endpoint, body, text, stream, target)
     }
 
     fn parse(
@@ -70,13 +82,13 @@ impl Protocol for OpenAiCompat {
         endpoint: Endpoint,
         provider: &str,
         _request: &JsonMap,
-        body: &[u8],
+        body: &Bytes,
     ) -> Result<(Reply, Option<Usage>), GatewayError> {
-        let raw = RawReply::parse(body).map_err(|e| {
+        let raw = RawReply::parse(body.clone()).map_err(|e| {
             GatewayError::upstream_bad_response(provider, format_args!("not a JSON object ({e})"))
         })?;
-        if let Some(err) = raw.get("error").filter(|e| e.get() != "null") {
-            let err: Value = serde_json::from_str(err.get()).unwrap_or(Value::Null);
+        if let Some(err) = raw.get("error").filter(|e| *e != "null") {
+            let err: Value = serde_json::from_str(err).unwrap_or(Value::Null);
             return Err(error_from_value(provider, StatusCode::BAD_GATEWAY, &err));
         }
         let expected = match endpoint {
@@ -90,7 +102,7 @@ impl Protocol for OpenAiCompat {
             ));
         }
         let usage = match raw.get("usage") {
-            Some(u) => Usage::from_json(serde_json::from_str::<Value>(u.get()).ok().as_ref()),
+            Some(u) => Usage::from_json_text(u),
             None => None,
         };
         Ok((Reply::Raw(raw), usage))

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use polyplex_types::validate::GATEWAY_FIELDS;
 use polyplex_types::{GatewayError, JsonMap};
 use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::Value;
 
 /// Serializes the body with the upstream's changes, without cloning it.
 struct Outgoing<'a> {
@@ -52,18 +53,82 @@ impl Serialize for Outgoing<'_> {
     }
 }
 
+fn path(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::Chat => "chat/completions",
+        Endpoint::Completions => "completions",
+        Endpoint::Embeddings => "embeddings",
+    }
+}
+
+fn wants_usage(endpoint: Endpoint, stream: bool, target: &Target<'_>) -> bool {
+    stream && target.stream_usage && endpoint != Endpoint::Embeddings
+}
+
+/// What `stream_options` [`as_sent`] puts first when usage must be asked for.
+const ASK_USAGE: &[u8] = br#""stream_options":{"include_usage":true},"#;
+
+/// The client's JSON text when it already says what [`build`] would send:
+/// the model as the upstream names it, no gateway-only member, and usage
+/// asked for on a stream (or `stream_options` absent, then put first).
+fn as_sent(
+    endpoint: Endpoint,
+    body: &JsonMap,
+    text: &Bytes,
+    stream: bool,
+    target: &Target<'_>,
+) -> Option<Bytes> {
+    if body.get("model").and_then(Value::as_str) != Some(target.model)
+        || GATEWAY_FIELDS.iter().any(|f| body.contains_key(*f))
+    {
+        return None;
+    }
+    if !wants_usage(endpoint, stream, target) {
+        return Some(text.clone());
+    }
+    match body.get("stream_options") {
+        None => {
+            let open = text.iter().position(|b| !b.is_ascii_whitespace())?;
+            if text[open] != b'{' {
+                return None;
+            }
+            let mut out = Vec::with_capacity(text.len() + ASK_USAGE.len());
+            out.extend_from_slice(&text[..=open]);
+            out.extend_from_slice(ASK_USAGE);
+            out.extend_from_slice(&text[open + 1..]);
+            Some(Bytes::from(out))
+        }
+        Some(o) if o.get("include_usage") == Some(&Value::Bool(true)) => Some(text.clone()),
+        Some(_) => None,
+    }
+}
+
+/// [`build`], forwarding the client's bytes when they need no change.
+pub(crate) fn build_from(
+    endpoint: Endpoint,
+    body: &JsonMap,
+    text: &Bytes,
+    stream: bool,
+    target: &Target<'_>,
+) -> Result<UpstreamRequest, GatewayError> {
+    match as_sent(endpoint, body, text, stream, target) {
+        Some(bytes) => Ok(UpstreamRequest {
+            url: join_url(target.base_url, path(endpoint)),
+            headers: crate::headers(target, stream)?,
+            body: bytes,
+            dropped: Vec::new(),
+        }),
+        None => build(endpoint, body, stream, target),
+    }
+}
+
 pub(crate) fn build(
     endpoint: Endpoint,
     body: &JsonMap,
     stream: bool,
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
-    let path = match endpoint {
-        Endpoint::Chat => "chat/completions",
-        Endpoint::Completions => "completions",
-        Endpoint::Embeddings => "embeddings",
-    };
-    let want_usage = stream && target.stream_usage && endpoint != Endpoint::Embeddings;
+    let want_usage = wants_usage(endpoint, stream, target);
     let out = Outgoing {
         body,
         model: target.model,
@@ -74,7 +139,7 @@ pub(crate) fn build(
     })?;
 
     Ok(UpstreamRequest {
-        url: join_url(target.base_url, path),
+        url: join_url(target.base_url, path(endpoint)),
         headers: crate::headers(target, stream)?,
         body: Bytes::from(bytes),
         dropped: Vec::new(),

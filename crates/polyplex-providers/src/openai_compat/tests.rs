@@ -294,3 +294,68 @@ fn usage_on_a_content_chunk_is_split_off() {
         matches!(&out[1], StreamItem::Usage(u, c) if u.total() == 4 && c["choices"].as_array().unwrap().is_empty())
     );
 }
+
+fn build_from(text: &str, stream: bool, stream_usage: bool) -> (Bytes, Bytes) {
+    let auth = AuthStyle::bearer();
+    let mut t = target(&auth, &[]);
+    t.stream_usage = stream_usage;
+    let map: JsonMap = serde_json::from_str(text).unwrap();
+    let raw = Bytes::copy_from_slice(text.as_bytes());
+    let from = OpenAiCompat
+        .build_from(Endpoint::Chat, &map, &raw, stream, &t)
+        .unwrap();
+    let built = OpenAiCompat
+        .build(Endpoint::Chat, &map, stream, &t)
+        .unwrap();
+    assert_eq!(from.url, built.url);
+    assert_eq!(from.headers, built.headers);
+    // Whatever the route, the upstream reads the same request.
+    let a: serde_json::Value = serde_json::from_slice(&from.body).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&built.body).unwrap();
+    assert_eq!(a, b, "{text}");
+    (from.body, raw)
+}
+
+#[test]
+fn a_body_that_needs_no_change_is_forwarded_as_the_client_sent_it() {
+    let text = "{\"model\": \"gpt-4o-2024-08-06\", \"messages\":[{\"role\":\"user\",\"content\":\"hi\"}], \"temperature\": 1e0}";
+    let (sent, raw) = build_from(text, false, true);
+    assert_eq!(sent, raw);
+    assert_eq!(sent.as_ptr(), raw.as_ptr(), "not even copied");
+}
+
+#[test]
+fn a_stream_without_stream_options_gets_them_put_first() {
+    let text = " {\"model\":\"gpt-4o-2024-08-06\",\"messages\":[],\"stream\":true}";
+    let (sent, _) = build_from(text, true, true);
+    assert_eq!(
+        std::str::from_utf8(&sent).unwrap(),
+        " {\"stream_options\":{\"include_usage\":true},\"model\":\"gpt-4o-2024-08-06\",\"messages\":[],\"stream\":true}"
+    );
+    // Already asked for: as sent. Upstream that refuses stream_options: as sent.
+    let asked = "{\"model\":\"gpt-4o-2024-08-06\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}";
+    assert_eq!(build_from(asked, true, true).0, asked.as_bytes());
+    assert_eq!(build_from(text, true, false).0, text.as_bytes());
+}
+
+#[test]
+fn a_body_that_needs_a_change_is_encoded_again() {
+    for text in [
+        // another model name upstream
+        "{\"model\":\"openai/gpt-4o\",\"messages\":[]}",
+        // gateway-only members
+        "{\"model\":\"gpt-4o-2024-08-06\",\"models\":[\"x\"],\"messages\":[]}",
+        "{\"model\":\"gpt-4o-2024-08-06\",\"provider\":{\"order\":[\"a\"]},\"messages\":[]}",
+    ] {
+        let (sent, raw) = build_from(text, false, true);
+        assert_ne!(sent, raw, "{text}");
+    }
+    // stream_options without include_usage: rewritten with it.
+    let text = "{\"model\":\"gpt-4o-2024-08-06\",\"stream\":true,\"stream_options\":{\"include_usage\":false,\"x\":1}}";
+    let (sent, _) = build_from(text, true, true);
+    let v: serde_json::Value = serde_json::from_slice(&sent).unwrap();
+    assert_eq!(
+        v["stream_options"],
+        serde_json::json!({"x": 1, "include_usage": true})
+    );
+}

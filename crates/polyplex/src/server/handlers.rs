@@ -9,6 +9,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use bytes::Bytes;
 use polyplex_providers::{Endpoint, Reply};
 use polyplex_types::validate::ProviderPrefs;
 use polyplex_types::{validate, GatewayError, JsonMap, Usage};
@@ -16,7 +17,8 @@ use serde_json::{json, Value};
 use std::time::{Instant, SystemTime};
 
 /// Stage 3: the body, within the size limit, as a JSON object.
-async fn read_json(app: &App, req: Request) -> Result<JsonMap, GatewayError> {
+/// Returns the object and its text as sent.
+async fn read_json(app: &App, req: Request) -> Result<(JsonMap, Bytes), GatewayError> {
     let limit = app.max_body;
     if let Some(len) = req
         .headers()
@@ -48,7 +50,7 @@ async fn read_json(app: &App, req: Request) -> Result<JsonMap, GatewayError> {
         ))
     })?;
     match v {
-        Value::Object(m) => Ok(m),
+        Value::Object(m) => Ok((m, bytes)),
         other => Err(GatewayError::invalid_request(format!(
             "The request body must be a JSON object, but it is {}.",
             kind_of(&other)
@@ -80,6 +82,8 @@ fn kind_of(v: &Value) -> &'static str {
 
 struct Parsed {
     body: JsonMap,
+    /// The body's JSON text as the client sent it.
+    text: Bytes,
     model: String,
     fallbacks: Vec<String>,
     prefs: ProviderPrefs,
@@ -90,7 +94,7 @@ struct Parsed {
     needs: (bool, bool, bool),
 }
 
-fn validate(endpoint: Endpoint, body: JsonMap) -> Result<Parsed, GatewayError> {
+fn validate(endpoint: Endpoint, body: JsonMap, text: Bytes) -> Result<Parsed, GatewayError> {
     let mut needs = (false, false, false);
     let mut max_output = None;
     let (model, fallbacks, prefs, stream, include_usage) = match endpoint {
@@ -124,6 +128,7 @@ fn validate(endpoint: Endpoint, body: JsonMap) -> Result<Parsed, GatewayError> {
     };
     Ok(Parsed {
         body,
+        text,
         model,
         fallbacks,
         prefs,
@@ -175,7 +180,7 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
     };
     let app = &call.app;
     let no_one = Served::default();
-    let body = match read_json(app, req).await {
+    let (body, text) = match read_json(app, req).await {
         Ok(b) => b,
         Err(e) => return call.fail("", false, e, &no_one),
     };
@@ -184,7 +189,7 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    let parsed = match validate(endpoint, body) {
+    let parsed = match validate(endpoint, body, text) {
         Ok(p) => p,
         Err(e) => return call.fail(&asked, false, e, &no_one),
     };
@@ -212,10 +217,11 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
         );
     }
     let body = &parsed.body;
+    let text = &parsed.text;
 
     if parsed.stream {
         let outcome = attempt_loop(app, &plan, false, |d, g| async move {
-            stream_once(app, &d, g, endpoint, body).await
+            stream_once(app, &d, g, endpoint, body, text).await
         })
         .await;
         let served = outcome.trace;
@@ -242,7 +248,7 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
     }
 
     let outcome = attempt_loop(app, &plan, true, |d, g| async move {
-        unary_once(app, &d, g, endpoint, body).await
+        unary_once(app, &d, g, endpoint, body, text).await
     })
     .await;
     let served = outcome.trace;

@@ -149,13 +149,13 @@ pub fn finish_usage(
     match (resp, upstream) {
         (Reply::Raw(mut raw), Some(usage)) => {
             let c = cost(app.router.catalog(), d, &usage);
-            if let Some(with_cost) = raw.get("usage").and_then(|u| usage_with_cost(u.get(), c)) {
+            if let Some(with_cost) = raw.get("usage").and_then(|u| usage_with_cost(u, c)) {
                 raw.set_raw("usage", with_cost);
                 return (Reply::Raw(raw), usage, c);
             }
             let mut u: JsonMap = raw
                 .get("usage")
-                .and_then(|v| serde_json::from_str(v.get()).ok())
+                .and_then(|v| serde_json::from_str(v).ok())
                 .unwrap_or_default();
             u.insert("cost".into(), cost_json(c));
             if raw.set("usage", &Value::Object(u)).is_ok() {
@@ -235,7 +235,7 @@ fn usage_into_map(
 }
 
 pub fn json_response(body: &Reply) -> Response {
-    match body.to_vec() {
+    match body.to_bytes() {
         Ok(bytes) => {
             let mut r = Response::new(Body::from(bytes));
             r.headers_mut()
