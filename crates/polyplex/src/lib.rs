@@ -217,6 +217,9 @@ async fn prepare(
     };
     let (recorder, writer) = usage::Recorder::start();
     let state = server::state(cfg, demo_url, recorder, threads)?;
+    if let Some(h) = &state.metrics {
+        telemetry::spawn_upkeep(h.clone());
+    }
     Ok((state, writer))
 }
 

@@ -27,6 +27,24 @@ pub fn init_logging() {
     };
 }
 
+/// How often histogram samples are folded into their summaries.
+const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds the samples histograms collected into their summaries, every
+/// [`UPKEEP`], for as long as the runtime runs. The recorder keeps each
+/// sample until then: without it, memory grows with every request between
+/// two scrapes of `/metrics` (16 bytes a request, unbounded without scrapes).
+pub fn spawn_upkeep(handle: PrometheusHandle) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    });
+}
+
 /// The process-wide Prometheus recorder (installed once).
 pub fn metrics() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
