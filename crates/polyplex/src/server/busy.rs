@@ -4,13 +4,15 @@
 //! the kernel putting its thread to sleep in `epoll_wait` and waking it
 //! again — twice per request (the client's request, the upstream's answer),
 //! and in a virtual machine each wake-up is an interrupt through the
-//! hypervisor. After every request a serving thread therefore keeps polling
+//! hypervisor. After a request begins and after it is answered (a stream:
+//! when it ends) a serving thread therefore keeps polling
 //! its sockets (`epoll_wait` with a zero timeout) for a short window instead
 //! of sleeping: the upstream's answer and the client's next request are
 //! picked up without a wake-up. Between polls it calls `sched_yield`, so any
-//! other runnable thread on the same CPU goes first and a busy machine loses
-//! nothing to the spinning; once the window passes with no request, the
-//! thread sleeps as usual. The cost is CPU while idle: at most one window per
+//! other runnable thread on the same CPU goes first; when one did (the
+//! yield took a while), the CPU is contended and the thread stops spinning
+//! and sleeps, so a busy machine loses nothing to it. Once the window passes
+//! with no request, the thread sleeps as usual. The cost is CPU while idle: at most one window per
 //! request.
 //!
 //! The poller is a task on the serving thread's own runtime: yielding to
@@ -21,6 +23,9 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+/// A `sched_yield` that took this long gave the CPU to another thread.
+const CONTENDED: Duration = Duration::from_micros(20);
+
 thread_local! {
     static ACTIVITY: Cell<Option<Rc<Activity>>> = const { Cell::new(None) };
 }
@@ -29,24 +34,48 @@ thread_local! {
 struct Activity {
     /// Requests begun or answered on this thread (wrapping).
     seq: Cell<u64>,
+    /// Requests being handled on this thread (until their handler returns).
+    in_flight: Cell<u32>,
     /// The poller is parked waiting for a request.
     parked: Cell<bool>,
     wake: tokio::sync::Notify,
 }
 
-/// Notes that the current thread began or answered a request. Outside a
-/// busy-polling serving thread this does nothing.
-pub fn touch() {
+/// Spinning pays at low concurrency, where a wake-up is most of a request's
+/// time; with more requests than this in flight on a thread it is not idle
+/// for long anyway, and spinning only takes CPU from the upstream and the
+/// client.
+const MAX_IN_FLIGHT: u32 = 4;
+
+/// Runs `f` on the current thread's activity, if it busy-polls.
+fn with_activity(f: impl FnOnce(&Activity)) {
     ACTIVITY.with(|a| {
         let cur = a.take();
         if let Some(act) = &cur {
             act.seq.set(act.seq.get().wrapping_add(1));
-            if act.parked.replace(false) {
+            f(act);
+            if act.in_flight.get() <= MAX_IN_FLIGHT && act.parked.replace(false) {
                 act.wake.notify_one();
             }
         }
         a.set(cur);
     });
+}
+
+/// A request's handler starts on the current thread. Outside a busy-polling
+/// serving thread this (and [`end`], [`touch`]) does nothing.
+pub fn begin() {
+    with_activity(|a| a.in_flight.set(a.in_flight.get().saturating_add(1)));
+}
+
+/// A request's handler returned its response.
+pub fn end() {
+    with_activity(|a| a.in_flight.set(a.in_flight.get().saturating_sub(1)));
+}
+
+/// Something else was answered (a stream ended).
+pub fn touch() {
+    with_activity(|_| {});
 }
 
 /// The poller of the current serving thread: runs until dropped. Must run on
@@ -55,6 +84,7 @@ pub fn touch() {
 pub async fn poller(window: Duration) {
     let act = Rc::new(Activity {
         seq: Cell::new(0),
+        in_flight: Cell::new(0),
         parked: Cell::new(true),
         wake: tokio::sync::Notify::new(),
     });
@@ -65,7 +95,14 @@ pub async fn poller(window: Duration) {
         let mut seen = act.seq.get();
         let mut since = Instant::now();
         loop {
+            let before = Instant::now();
             std::thread::yield_now();
+            if before.elapsed() >= CONTENDED {
+                // Another thread had this CPU meanwhile: the machine is busy,
+                // and spinning would only take time from whoever serves the
+                // next byte (the upstream, the client). Sleep as usual.
+                break;
+            }
             tokio::task::yield_now().await;
             let now = Instant::now();
             let s = act.seq.get();
@@ -75,14 +112,12 @@ pub async fn poller(window: Duration) {
             } else if now.duration_since(since) >= window {
                 break;
             }
+            if act.in_flight.get() > MAX_IN_FLIGHT {
+                break;
+            }
         }
+        // No await since the last look at `seq`: nothing was missed.
         act.parked.set(true);
-        // A request that began between the last check and now has already
-        // found `parked` false and not notified: look once more.
-        if act.seq.get() != seen {
-            act.parked.set(false);
-            act.wake.notify_one();
-        }
     }
 }
 
@@ -126,15 +161,30 @@ mod tests {
             });
             let act = act.expect("poller registered");
             assert!(act.parked.get(), "parked before any request");
-            touch();
+            begin();
             assert!(!act.parked.get(), "woken by a request");
+            end();
             // While it spins, timers and other tasks still run.
             let t0 = Instant::now();
             tokio::time::sleep(Duration::from_millis(5)).await;
             assert!(t0.elapsed() >= Duration::from_millis(5));
-            assert!(!act.parked.get(), "still spinning inside the window");
+            // (Whether it still spins here depends on whether another
+            // thread wanted this CPU meanwhile: not asserted.)
             tokio::time::sleep(window * 3).await;
             assert!(act.parked.get(), "parked once the window passed");
+            // Busy: more requests in flight than spinning pays for.
+            for _ in 0..=MAX_IN_FLIGHT {
+                begin();
+            }
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+            assert!(act.parked.get(), "no spinning with many requests in flight");
+            for _ in 0..=MAX_IN_FLIGHT {
+                end();
+            }
+            assert!(!act.parked.get(), "spins again when they are answered");
+            tokio::time::sleep(window * 3).await;
+            assert!(act.parked.get());
             poller.abort();
             let _ = poller.await;
             drop(act);

@@ -383,6 +383,8 @@ impl Relay {
             return;
         }
         self.recorded = true;
+        // The stream is answered: the client's next request may follow at once.
+        super::busy::touch();
         let usage = match self.usage {
             Some(u) => u,
             None => self.estimated_usage(),
