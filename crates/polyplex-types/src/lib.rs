@@ -12,7 +12,7 @@ pub mod usage;
 pub mod validate;
 
 pub use error::{ErrorSource, GatewayError};
-pub use usage::Usage;
+pub use usage::{Usage, UsageJson};
 
 /// A JSON object, insertion ordered.
 pub type JsonMap = serde_json::Map<String, serde_json::Value>;

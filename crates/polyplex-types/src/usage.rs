@@ -67,6 +67,38 @@ impl Usage {
     }
 }
 
+/// [`Usage::to_json`] written straight to a serializer, members in the same
+/// order.
+pub struct UsageJson<'a>(pub &'a Usage);
+
+impl serde::Serialize for UsageJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct One<'k>(&'k str, u64);
+        impl serde::Serialize for One<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry(self.0, &self.1)?;
+                m.end()
+            }
+        }
+        let u = self.0;
+        let mut m = s.serialize_map(Some(5))?;
+        m.serialize_entry("prompt_tokens", &u.prompt_tokens)?;
+        m.serialize_entry("completion_tokens", &u.completion_tokens)?;
+        m.serialize_entry("total_tokens", &u.total())?;
+        m.serialize_entry(
+            "prompt_tokens_details",
+            &One("cached_tokens", u.cached_tokens),
+        )?;
+        m.serialize_entry(
+            "completion_tokens_details",
+            &One("reasoning_tokens", u.reasoning_tokens),
+        )?;
+        m.end()
+    }
+}
+
 /// OpenAI's `usage` object; a count that is not a whole number reads as 0.
 #[derive(Deserialize)]
 struct Wire {
@@ -114,6 +146,19 @@ mod tests {
         assert_eq!(u.total(), 15);
         assert!(Usage::from_json(Some(&Value::Null)).is_none());
         assert!(Usage::from_json(None).is_none());
+    }
+
+    #[test]
+    fn usage_json_writes_what_to_json_builds() {
+        let u = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            cached_tokens: 4,
+            reasoning_tokens: 2,
+            estimated: false,
+        };
+        let text = serde_json::to_string(&UsageJson(&u)).unwrap();
+        assert_eq!(text, serde_json::to_string(&u.to_json()).unwrap());
     }
 
     #[test]

@@ -21,7 +21,8 @@ mod tests;
 
 pub use stream::Decoder;
 
-use crate::{Endpoint, Protocol, StreamDecoder, Target, UpstreamRequest};
+use crate::{Endpoint, Protocol, Reply, StreamDecoder, Target, UpstreamRequest};
+use bytes::Bytes;
 use http::StatusCode;
 use polyplex_types::{GatewayError, JsonMap, Usage};
 use serde_json::Value;
@@ -66,6 +67,21 @@ impl Protocol for Anthropic {
         body: &[u8],
     ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
         response::parse(provider, body, request::json_mode(request))
+    }
+
+    fn parse_reply(
+        &self,
+        endpoint: Endpoint,
+        provider: &str,
+        request: &JsonMap,
+        body: &Bytes,
+    ) -> Result<(Reply, Option<Usage>), GatewayError> {
+        match response::parse_fast(body, request::json_mode(request)) {
+            Some(r) => Ok(r),
+            None => self
+                .parse(endpoint, provider, request, body)
+                .map(|(m, u)| (Reply::Map(m), u)),
+        }
     }
 
     fn error(&self, provider: &str, status: StatusCode, body: &[u8]) -> GatewayError {

@@ -2,8 +2,13 @@
 
 use super::{finish_reason, usage_from, JSON_TOOL};
 use crate::translate::completion;
-use polyplex_types::{GatewayError, JsonMap, Usage};
+use crate::{RawReply, Reply};
+use bytes::Bytes;
+use polyplex_types::{GatewayError, JsonMap, Usage, UsageJson};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 
 pub(crate) fn parse(
     provider: &str,
@@ -64,4 +69,103 @@ pub(crate) fn parse(
         usage.as_ref(),
     );
     Ok((out, usage))
+}
+
+/// A message as Anthropic sends it, borrowed from the body. Only the common
+/// shape: anything else fails to deserialize and [`parse`] decides.
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    content: Vec<Block<'a>>,
+    #[serde(default, borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Block<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+/// The OpenAI completion [`parse`] builds, written without a tree.
+#[derive(Serialize)]
+struct Completion<'a> {
+    id: &'a RawValue,
+    object: &'static str,
+    created: u64,
+    model: &'a RawValue,
+    choices: [Choice<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<UsageJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    message: Assistant<'a>,
+    logprobs: (),
+    finish_reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct Assistant<'a> {
+    role: &'static str,
+    content: &'a str,
+    refusal: (),
+}
+
+/// [`parse`] for the gateway's unary path: the same answer, read into typed
+/// borrowed fields and written as bytes (kept as a [`RawReply`], so only
+/// `usage` is touched afterwards). `None` for what it does not cover —
+/// errors, tool calls, unusual shapes — which [`parse`] then handles.
+pub(crate) fn parse_fast(body: &[u8], json_mode: bool) -> Option<(Reply, Option<Usage>)> {
+    let m: Message<'_> = serde_json::from_slice(body).ok()?;
+    if m.kind.as_deref() == Some("error") {
+        return None;
+    }
+    let mut text = String::new();
+    for b in &m.content {
+        match b.kind.as_deref() {
+            Some("text") => text.push_str(b.text.as_deref().unwrap_or("")),
+            Some("tool_use") => return None,
+            _ => {}
+        }
+    }
+    let usage = match m.usage {
+        Some(u) => Some(usage_from(&serde_json::from_str::<Value>(u.get()).ok()?)),
+        None => None,
+    };
+    let unknown = RawValue::from_string("\"msg_unknown\"".into()).ok()?;
+    let null = RawValue::from_string("null".into()).ok()?;
+    let stop = m.stop_reason.as_deref().unwrap_or("end_turn");
+    let out = Completion {
+        id: m.id.unwrap_or(&unknown),
+        object: "chat.completion",
+        created: crate::translate::now(),
+        model: m.model.unwrap_or(&null),
+        choices: [Choice {
+            index: 0,
+            message: Assistant {
+                role: "assistant",
+                content: &text,
+                refusal: (),
+            },
+            logprobs: (),
+            finish_reason: finish_reason(stop, json_mode),
+        }],
+        usage: usage.as_ref().map(UsageJson),
+    };
+    let bytes = serde_json::to_vec(&out).ok()?;
+    let raw = RawReply::parse(Bytes::from(bytes)).ok()?;
+    Some((Reply::Raw(raw), usage))
 }

@@ -401,3 +401,56 @@ fn truncated_stream_and_error_events_fail() {
     let e = d.on_event(&events[0], &mut items).unwrap_err();
     assert_eq!((e.status.as_u16(), e.message.as_str()), (503, "Overloaded"));
 }
+
+/// `parse_reply` (typed, as bytes) and `parse` (tree) give the same answer,
+/// and what the typed path does not cover falls back to the tree.
+#[test]
+fn the_fast_reply_path_answers_what_the_tree_answers() {
+    let plain = map(json!({"model": "m", "messages": []}));
+    let json_mode =
+        map(json!({"model": "m", "messages": [], "response_format": {"type": "json_object"}}));
+    let bodies = [
+        include_str!("fixtures/message_response.json").to_string(),
+        include_str!("fixtures/tool_use_response.json").to_string(),
+        json!({"id": "msg_é\u{1}", "type": "message", "model": "claude", "content": [{"type": "text", "text": "a"}, {"type": "thinking", "thinking": "x"}, {"type": "text", "text": "b \"q\""}],
+            "stop_reason": "max_tokens", "usage": {"input_tokens": 5, "output_tokens": 2, "cache_read_input_tokens": 3, "cache_creation_input_tokens": 1}}).to_string(),
+        // No id, no model, no usage, null stop reason.
+        r#"{"type":"message","content":[],"stop_reason":null}"#.to_string(),
+        // Shapes the typed path leaves to the tree.
+        r#"{"type":"message","content":[{"type":"text","text":7}],"usage":{"input_tokens":1}}"#.to_string(),
+        r#"{"type":"message","content":[{"type":1}],"usage":[1]}"#.to_string(),
+        r#"{"type":"message","content":[],"usage":"none"}"#.to_string(),
+        r#"{"type":"message","id":"a","id":"b","content":[]}"#.to_string(),
+    ];
+    for body in &bodies {
+        for req in [&plain, &json_mode] {
+            let tree = Anthropic.parse(Endpoint::Chat, "anthropic", req, body.as_bytes());
+            let fast = Anthropic.parse_reply(
+                Endpoint::Chat,
+                "anthropic",
+                req,
+                &bytes::Bytes::copy_from_slice(body.as_bytes()),
+            );
+            match (tree, fast) {
+                (Ok((mut t, tu)), Ok((f, fu))) => {
+                    let mut f = f.into_map();
+                    assert!(t.remove("created").is_some() && f.remove("created").is_some());
+                    assert_eq!(Value::Object(f), Value::Object(t), "{body}");
+                    assert_eq!(fu, tu, "{body}");
+                }
+                (Err(t), Err(f)) => assert_eq!(f.to_string(), t.to_string(), "{body}"),
+                (t, f) => panic!("{body}: tree {t:?}, fast {f:?}"),
+            }
+        }
+    }
+    // The common answer takes the typed path (kept as bytes).
+    let (r, _) = Anthropic
+        .parse_reply(
+            Endpoint::Chat,
+            "anthropic",
+            &plain,
+            &bytes::Bytes::from_static(include_str!("fixtures/message_response.json").as_bytes()),
+        )
+        .unwrap();
+    assert!(matches!(r, Reply::Raw(_)));
+}
