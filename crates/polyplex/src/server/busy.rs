@@ -9,10 +9,10 @@
 //! its sockets (`epoll_wait` with a zero timeout) for a short window instead
 //! of sleeping: the upstream's answer and the client's next request are
 //! picked up without a wake-up. Between polls it calls `sched_yield`, so any
-//! other runnable thread on the same CPU goes first; when one did (the
-//! yield took a while), the CPU is contended and the thread stops spinning
-//! and sleeps, so a busy machine loses nothing to it. Once the window passes
-//! with no request, the thread sleeps as usual. The cost is CPU while idle: at most one window per
+//! other runnable thread on the same CPU goes first. It spins only while at
+//! most a few requests are in flight on the thread: busier, it is seldom idle
+//! anyway and spinning would only take CPU from the upstream and the client.
+//! Once the window passes with no request, the thread sleeps as usual. The cost is CPU while idle: at most one window per
 //! request.
 //!
 //! The poller is a task on the serving thread's own runtime: yielding to
@@ -22,9 +22,6 @@
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-
-/// A `sched_yield` that took this long gave the CPU to another thread.
-const CONTENDED: Duration = Duration::from_micros(20);
 
 thread_local! {
     static ACTIVITY: Cell<Option<Rc<Activity>>> = const { Cell::new(None) };
@@ -95,14 +92,7 @@ pub async fn poller(window: Duration) {
         let mut seen = act.seq.get();
         let mut since = Instant::now();
         loop {
-            let before = Instant::now();
             std::thread::yield_now();
-            if before.elapsed() >= CONTENDED {
-                // Another thread had this CPU meanwhile: the machine is busy,
-                // and spinning would only take time from whoever serves the
-                // next byte (the upstream, the client). Sleep as usual.
-                break;
-            }
             tokio::task::yield_now().await;
             let now = Instant::now();
             let s = act.seq.get();
