@@ -8,6 +8,12 @@
 //! has its own attempt loop and never follows an upstream's redirect), about
 //! a tenth of polyplex's instructions per proxied request. Upstream URIs are
 //! parsed once per distinct URL ([`UriCache`]).
+//!
+//! An outbound proxy is honoured as reqwest did: `HTTPS_PROXY`, `HTTP_PROXY`,
+//! `ALL_PROXY` and `NO_PROXY` (or their lower-case forms), credentials in the
+//! proxy URL sent as `Proxy-Authorization`. Every upstream connection through
+//! a proxy is a `CONNECT` tunnel (TLS to the upstream runs inside it), for
+//! plain-HTTP upstreams too.
 
 use bytes::Bytes;
 use http::header::{HeaderValue, USER_AGENT};
@@ -15,12 +21,52 @@ use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// TCP to the upstream, or a `CONNECT` tunnel to it through the proxy the
+/// environment names for it.
+#[derive(Clone)]
+struct Connector {
+    http: HttpConnector,
+    proxy: Option<Arc<Matcher>>,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let via = self.proxy.as_ref().and_then(|m| m.intercept(&dst));
+        let mut http = self.http.clone();
+        match via {
+            None => Box::pin(async move { http.call(dst).await.map_err(BoxError::from) }),
+            Some(p) => {
+                let mut tunnel = Tunnel::new(p.uri().clone(), http);
+                if let Some(auth) = p.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                Box::pin(async move { tunnel.call(dst).await.map_err(BoxError::from) })
+            }
+        }
+    }
+}
 
 /// Why an upstream call failed before a status line arrived, or while its body was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,15 +95,35 @@ impl Failure {
 
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    inner: Client<HttpsConnector<Connector>, Full<Bytes>>,
     user_agent: HeaderValue,
 }
 
 impl HttpClient {
     /// TCP_NODELAY, `connect_timeout` per connection, idle connections kept
     /// 90 s (up to `max_idle_per_host` per host), HTTP/2 when the upstream
-    /// offers it by ALPN.
+    /// offers it by ALPN, the environment's outbound proxy settings.
     pub fn new(connect_timeout: Duration, max_idle_per_host: usize) -> Result<HttpClient, String> {
+        let proxy = Matcher::from_env();
+        let any = [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ]
+        .iter()
+        .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
+        Self::with_proxy(connect_timeout, max_idle_per_host, any.then_some(proxy))
+    }
+
+    /// [`HttpClient::new`] with the outbound proxy given (`None`: none).
+    pub fn with_proxy(
+        connect_timeout: Duration,
+        max_idle_per_host: usize,
+        proxy: Option<Matcher>,
+    ) -> Result<HttpClient, String> {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
@@ -77,7 +143,10 @@ impl HttpClient {
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(http);
+            .wrap_connector(Connector {
+                http,
+                proxy: proxy.map(Arc::new),
+            });
         let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(max_idle_per_host)
@@ -176,5 +245,114 @@ mod tests {
             .send(Method::GET, uri, HeaderMap::new(), Bytes::new())
             .await;
         assert_eq!(r.err(), Some(Failure::Connect));
+    }
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// An upstream that answers every request on a connection with `ok`.
+    async fn upstream() -> std::net::SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// A CONNECT proxy that reports each tunnel's request head, then relays.
+    async fn proxy() -> (
+        std::net::SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if s.read_exact(&mut b).await.is_err() {
+                            return;
+                        }
+                        head.push(b[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let _ = tx.send(head);
+                    let Ok(mut up) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                        .await;
+                    let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    async fn get(client: &HttpClient, to: std::net::SocketAddr) -> u16 {
+        let uri: Uri = format!("http://{to}/v1/models").parse().unwrap();
+        client
+            .send(Method::GET, uri, HeaderMap::new(), Bytes::new())
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test]
+    async fn upstreams_are_reached_through_the_proxy_with_its_credentials() {
+        let to = upstream().await;
+        let (via, mut seen) = proxy().await;
+        let m = Matcher::builder()
+            .all(format!("http://user:s3cret@{via}"))
+            .build();
+        let client = HttpClient::with_proxy(Duration::from_secs(2), 4, Some(m)).unwrap();
+        assert_eq!(get(&client, to).await, 200);
+        let head = seen.try_recv().expect("the proxy saw the connection");
+        assert!(
+            head.starts_with(&format!("CONNECT {to} HTTP/1.1")),
+            "{head}"
+        );
+        // "user:s3cret" in base64.
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("proxy-authorization: basic dxnlcjpzm2nyzxq="),
+            "{head}"
+        );
+        // The tunnel is pooled like any connection.
+        assert_eq!(get(&client, to).await, 200);
+        assert!(seen.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn no_proxy_hosts_are_reached_directly() {
+        let to = upstream().await;
+        let (via, mut seen) = proxy().await;
+        let m = Matcher::builder()
+            .all(format!("http://{via}"))
+            .no("127.0.0.1")
+            .build();
+        let client = HttpClient::with_proxy(Duration::from_secs(2), 4, Some(m)).unwrap();
+        assert_eq!(get(&client, to).await, 200);
+        assert!(seen.try_recv().is_err(), "went through the proxy");
     }
 }
