@@ -218,6 +218,58 @@ impl RawReply {
     }
 }
 
+/// Writes a JSON object member by member and keeps where each one lies, so
+/// the result is a [`RawReply`] without parsing it again.
+pub struct RawWriter {
+    out: Vec<u8>,
+    members: Vec<Member>,
+}
+
+impl Default for RawWriter {
+    fn default() -> Self {
+        RawWriter {
+            out: Vec::with_capacity(512),
+            members: Vec::with_capacity(8),
+        }
+    }
+}
+
+impl RawWriter {
+    /// Appends `"key":value`. `key` must need no JSON escaping.
+    pub fn member<T: serde::Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), serde_json::Error> {
+        debug_assert!(!key.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20));
+        self.out
+            .push(if self.members.is_empty() { b'{' } else { b',' });
+        self.out.push(b'"');
+        let k = self.out.len()..self.out.len() + key.len();
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        let from = self.out.len();
+        serde_json::to_writer(&mut self.out, value)?;
+        self.members.push(Member {
+            key: Key::At(k),
+            value: Text::At(from..self.out.len()),
+        });
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> RawReply {
+        if self.members.is_empty() {
+            self.out.push(b'{');
+        }
+        self.out.push(b'}');
+        RawReply {
+            body: Bytes::from(self.out),
+            members: self.members,
+            edited: false,
+        }
+    }
+}
+
 /// An object key: borrowed from the input when it has no escapes.
 enum KeyText<'de> {
     Borrowed(&'de str),
@@ -320,6 +372,22 @@ mod tests {
             std::str::from_utf8(&r.to_bytes()).unwrap(),
             r#"{"id":"x","model":null,"usage":{"prompt_tokens":1,"cost":0}}"#
         );
+    }
+
+    #[test]
+    fn a_written_object_is_the_reply_parsing_it_would_give() {
+        let mut w = RawWriter::default();
+        w.member("id", "x\"y").unwrap();
+        w.member("n", &3).unwrap();
+        w.member("usage", &json!({"a": [1, 2]})).unwrap();
+        let written = w.finish();
+        let text = written.to_bytes();
+        assert_eq!(&text[..], br#"{"id":"x\"y","n":3,"usage":{"a":[1,2]}}"#);
+        let parsed = RawReply::parse(text.clone()).unwrap();
+        for k in ["id", "n", "usage", "none"] {
+            assert_eq!(written.get(k), parsed.get(k), "{k}");
+        }
+        assert_eq!(RawWriter::default().finish().to_bytes(), &b"{}"[..]);
     }
 
     #[test]

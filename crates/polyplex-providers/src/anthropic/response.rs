@@ -1,9 +1,9 @@
 //! Anthropic message → OpenAI chat.completion.
 
 use super::{finish_reason, usage_from, JSON_TOOL};
+use crate::reply::RawWriter;
 use crate::translate::completion;
-use crate::{RawReply, Reply};
-use bytes::Bytes;
+use crate::Reply;
 use polyplex_types::{GatewayError, JsonMap, Usage, UsageJson};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -97,18 +97,6 @@ struct Block<'a> {
     text: Option<Cow<'a, str>>,
 }
 
-/// The OpenAI completion [`parse`] builds, written without a tree.
-#[derive(Serialize)]
-struct Completion<'a> {
-    id: &'a RawValue,
-    object: &'static str,
-    created: u64,
-    model: &'a RawValue,
-    choices: [Choice<'a>; 1],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<UsageJson<'a>>,
-}
-
 #[derive(Serialize)]
 struct Choice<'a> {
     index: u32,
@@ -125,7 +113,7 @@ struct Assistant<'a> {
 }
 
 /// [`parse`] for the gateway's unary path: the same answer, read into typed
-/// borrowed fields and written as bytes (kept as a [`RawReply`], so only
+/// borrowed fields and written as bytes (kept as a `RawReply`, so only
 /// `usage` is touched afterwards). `None` for what it does not cover —
 /// errors, tool calls, unusual shapes — which [`parse`] then handles.
 pub(crate) fn parse_fast(body: &[u8], json_mode: bool) -> Option<(Reply, Option<Usage>)> {
@@ -145,27 +133,32 @@ pub(crate) fn parse_fast(body: &[u8], json_mode: bool) -> Option<(Reply, Option<
         Some(u) => Some(usage_from(&serde_json::from_str::<Value>(u.get()).ok()?)),
         None => None,
     };
-    let unknown = RawValue::from_string("\"msg_unknown\"".into()).ok()?;
-    let null = RawValue::from_string("null".into()).ok()?;
     let stop = m.stop_reason.as_deref().unwrap_or("end_turn");
-    let out = Completion {
-        id: m.id.unwrap_or(&unknown),
-        object: "chat.completion",
-        created: crate::translate::now(),
-        model: m.model.unwrap_or(&null),
-        choices: [Choice {
-            index: 0,
-            message: Assistant {
-                role: "assistant",
-                content: &text,
-                refusal: (),
-            },
-            logprobs: (),
-            finish_reason: finish_reason(stop, json_mode),
-        }],
-        usage: usage.as_ref().map(UsageJson),
-    };
-    let bytes = serde_json::to_vec(&out).ok()?;
-    let raw = RawReply::parse(Bytes::from(bytes)).ok()?;
-    Some((Reply::Raw(raw), usage))
+    let choices = [Choice {
+        index: 0,
+        message: Assistant {
+            role: "assistant",
+            content: &text,
+            refusal: (),
+        },
+        logprobs: (),
+        finish_reason: finish_reason(stop, json_mode),
+    }];
+    // The members and order `translate::completion` gives.
+    let mut w = RawWriter::default();
+    match m.id {
+        Some(id) => w.member("id", id).ok()?,
+        None => w.member("id", "msg_unknown").ok()?,
+    }
+    w.member("object", "chat.completion").ok()?;
+    w.member("created", &crate::translate::now()).ok()?;
+    match m.model {
+        Some(model) => w.member("model", model).ok()?,
+        None => w.member("model", &()).ok()?,
+    }
+    w.member("choices", &choices).ok()?;
+    if let Some(u) = &usage {
+        w.member("usage", &UsageJson(u)).ok()?;
+    }
+    Some((Reply::Raw(w.finish()), usage))
 }
