@@ -59,15 +59,23 @@ fn with_activity(f: impl FnOnce(&Activity)) {
     });
 }
 
-/// A request's handler starts on the current thread. Outside a busy-polling
-/// serving thread this (and [`end`], [`touch`]) does nothing.
-pub fn begin() {
+/// A request's handler starts on the current thread; it ends when the
+/// guard is dropped — when the handler returned its response, or when its
+/// future was dropped (the client went away), so the count never leaks.
+/// Outside a busy-polling serving thread this (and [`touch`]) does nothing.
+pub fn begin() -> InFlight {
     with_activity(|a| a.in_flight.set(a.in_flight.get().saturating_add(1)));
+    InFlight(())
 }
 
-/// A request's handler returned its response.
-pub fn end() {
-    with_activity(|a| a.in_flight.set(a.in_flight.get().saturating_sub(1)));
+/// One request being handled (see [`begin`]).
+#[must_use]
+pub struct InFlight(());
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        with_activity(|a| a.in_flight.set(a.in_flight.get().saturating_sub(1)));
+    }
 }
 
 /// Something else was answered (a stream ended).
@@ -151,9 +159,9 @@ mod tests {
             });
             let act = act.expect("poller registered");
             assert!(act.parked.get(), "parked before any request");
-            begin();
+            let r = begin();
             assert!(!act.parked.get(), "woken by a request");
-            end();
+            drop(r);
             // While it spins, timers and other tasks still run.
             let t0 = Instant::now();
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -163,16 +171,24 @@ mod tests {
             tokio::time::sleep(window * 3).await;
             assert!(act.parked.get(), "parked once the window passed");
             // Busy: more requests in flight than spinning pays for.
-            for _ in 0..=MAX_IN_FLIGHT {
-                begin();
-            }
+            let many: Vec<InFlight> = (0..=MAX_IN_FLIGHT).map(|_| begin()).collect();
             tokio::task::yield_now().await;
             tokio::task::yield_now().await;
             assert!(act.parked.get(), "no spinning with many requests in flight");
-            for _ in 0..=MAX_IN_FLIGHT {
-                end();
-            }
+            drop(many);
             assert!(!act.parked.get(), "spins again when they are answered");
+            assert_eq!(act.in_flight.get(), 0);
+            // A handler dropped before it answered (the client went away)
+            // does not leave its count behind.
+            let handler = async {
+                let _r = begin();
+                std::future::pending::<()>().await;
+            };
+            let mut handler = Box::pin(handler);
+            let _ = futures::poll!(handler.as_mut());
+            assert_eq!(act.in_flight.get(), 1);
+            drop(handler);
+            assert_eq!(act.in_flight.get(), 0);
             tokio::time::sleep(window * 3).await;
             assert!(act.parked.get());
             poller.abort();

@@ -188,9 +188,9 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
         None => new_request_id(),
     };
     req.extensions_mut().insert(RequestId(id.clone()));
-    busy::begin();
+    let in_flight = busy::begin();
     let mut resp = next.run(req).await;
-    busy::end();
+    drop(in_flight);
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
