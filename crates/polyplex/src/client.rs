@@ -40,7 +40,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone)]
 struct Connector {
     http: HttpConnector,
-    proxy: Option<Arc<Matcher>>,
+    proxy: Arc<Matcher>,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -53,7 +53,7 @@ impl tower_service::Service<Uri> for Connector {
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
-        let via = self.proxy.as_ref().and_then(|m| m.intercept(&dst));
+        let via = self.proxy.intercept(&dst);
         let mut http = self.http.clone();
         match via {
             None => Box::pin(async move { http.call(dst).await.map_err(BoxError::from) }),
@@ -104,25 +104,14 @@ impl HttpClient {
     /// 90 s (up to `max_idle_per_host` per host), HTTP/2 when the upstream
     /// offers it by ALPN, the environment's outbound proxy settings.
     pub fn new(connect_timeout: Duration, max_idle_per_host: usize) -> Result<HttpClient, String> {
-        let proxy = Matcher::from_env();
-        let any = [
-            "HTTPS_PROXY",
-            "https_proxy",
-            "HTTP_PROXY",
-            "http_proxy",
-            "ALL_PROXY",
-            "all_proxy",
-        ]
-        .iter()
-        .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
-        Self::with_proxy(connect_timeout, max_idle_per_host, any.then_some(proxy))
+        Self::with_proxy(connect_timeout, max_idle_per_host, Matcher::from_env())
     }
 
-    /// [`HttpClient::new`] with the outbound proxy given (`None`: none).
+    /// [`HttpClient::new`] with the outbound proxy settings given.
     pub fn with_proxy(
         connect_timeout: Duration,
         max_idle_per_host: usize,
-        proxy: Option<Matcher>,
+        proxy: Matcher,
     ) -> Result<HttpClient, String> {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
@@ -145,7 +134,7 @@ impl HttpClient {
             .enable_http2()
             .wrap_connector(Connector {
                 http,
-                proxy: proxy.map(Arc::new),
+                proxy: Arc::new(proxy),
             });
         let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
@@ -325,7 +314,7 @@ mod tests {
         let m = Matcher::builder()
             .all(format!("http://user:s3cret@{via}"))
             .build();
-        let client = HttpClient::with_proxy(Duration::from_secs(2), 4, Some(m)).unwrap();
+        let client = HttpClient::with_proxy(Duration::from_secs(2), 4, m).unwrap();
         assert_eq!(get(&client, to).await, 200);
         let head = seen.try_recv().expect("the proxy saw the connection");
         assert!(
@@ -351,7 +340,7 @@ mod tests {
             .all(format!("http://{via}"))
             .no("127.0.0.1")
             .build();
-        let client = HttpClient::with_proxy(Duration::from_secs(2), 4, Some(m)).unwrap();
+        let client = HttpClient::with_proxy(Duration::from_secs(2), 4, m).unwrap();
         assert_eq!(get(&client, to).await, 200);
         assert!(seen.try_recv().is_err(), "went through the proxy");
     }
