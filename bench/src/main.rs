@@ -61,6 +61,10 @@ enum Cmd {
         concurrency: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Instead of unary load: this many sequential streams, then their
+        /// time to first token and inter-chunk gap percentiles.
+        #[arg(long)]
+        streams: Option<usize>,
     },
 }
 
@@ -130,18 +134,29 @@ fn main() -> anyhow::Result<()> {
             key,
             concurrency,
             seconds,
+            streams,
         } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let ep = targets::endpoint(
-                    addr.port(),
-                    "/v1/chat/completions",
-                    &model,
-                    vec![targets::bearer(&key)],
-                );
+                let ep = targets::endpoint(addr.port(), "/v1/chat/completions", &model, vec![targets::bearer(&key)]);
+                if let Some(n) = streams {
+                    let s = load::streams(&ep, n.min(20), n).await;
+                    let q = |h: &hdrhistogram::Histogram<u64>, p: f64| h.value_at_quantile(p) / 1000;
+                    println!(
+                        "{} streams, {} errors ({:?}), TTFT p50 {} µs p99 {} µs, gap p50 {} µs p99 {} µs",
+                        s.ttft.len(),
+                        s.errors.count,
+                        s.errors.first,
+                        q(&s.ttft, 0.5),
+                        q(&s.ttft, 0.99),
+                        q(&s.gaps, 0.5),
+                        q(&s.gaps, 0.99)
+                    );
+                    return Ok(());
+                }
                 let l = load::closed_loop(&ep, concurrency, Duration::from_secs(seconds)).await;
                 println!(
                     "{} ok, {} errors ({:?}), {:.0} req/s, p50 {} µs, p99 {} µs",

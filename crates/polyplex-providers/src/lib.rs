@@ -96,9 +96,10 @@ pub struct UpstreamRequest {
 pub enum StreamItem {
     /// An OpenAI chunk, as JSON text, to be sent as one `data:` event.
     Chunk(Bytes),
-    /// The upstream's usage chunk, parsed, so the gateway can add the cost
-    /// (and drop it if the client did not ask for usage).
-    Usage(Usage, JsonMap),
+    /// The upstream's usage chunk, read, so the gateway can add the cost
+    /// (and drop it if the client did not ask for usage). An OpenAI-protocol
+    /// upstream's chunk stays raw text (only `usage` is edited).
+    Usage(Usage, Reply),
     /// The upstream signalled the end of the stream.
     Done,
 }

@@ -17,8 +17,8 @@ use serde_json::Value;
 use std::fmt;
 use std::ops::Range;
 
-/// An OpenAI-shaped non-streamed answer.
-#[derive(Debug)]
+/// An OpenAI-shaped answer (or stream chunk) as a JSON object.
+#[derive(Debug, Clone)]
 pub enum Reply {
     /// Built (translated) by the gateway.
     Map(JsonMap),
@@ -53,9 +53,22 @@ impl Reply {
     }
 }
 
+/// Equal when they encode the same JSON value (test assertions on stream
+/// items).
+impl PartialEq for Reply {
+    fn eq(&self, other: &Self) -> bool {
+        let value = |r: &Reply| {
+            r.to_bytes()
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        };
+        value(self) == value(other)
+    }
+}
+
 /// A JSON object as the upstream sent it, with the place of each top-level
 /// member.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RawReply {
     body: Bytes,
     members: Vec<Member>,
@@ -63,13 +76,13 @@ pub struct RawReply {
     edited: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Member {
     key: Key,
     value: Text,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Key {
     /// The key's characters in `body` (it had no escapes).
     At(Range<usize>),
@@ -77,7 +90,7 @@ enum Key {
     Decoded(String),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Text {
     /// Raw JSON text in `body`.
     At(Range<usize>),

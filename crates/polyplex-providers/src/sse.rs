@@ -74,7 +74,13 @@ impl Parser {
             }
             None => (line, &b""[..]),
         };
-        let value = String::from_utf8_lossy(value);
+        // A whole line: invalid only if the upstream sent invalid UTF-8.
+        // (`from_utf8` checks ASCII a word at a time; the lossy path does
+        // not.)
+        let value = match std::str::from_utf8(value) {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(value),
+        };
         match field {
             b"data" => {
                 if self.has_data {

@@ -1,8 +1,9 @@
 //! Helpers shared by the adapters that translate OpenAI's chat shape into a
 //! different wire format (Anthropic, Gemini, ...).
 
+use crate::reply::{RawWriter, Reply};
 use crate::{Endpoint, Target};
-use polyplex_types::{GatewayError, JsonMap, Usage};
+use polyplex_types::{GatewayError, JsonMap, Usage, UsageJson};
 use serde_json::{json, Value};
 
 /// The text of an OpenAI message `content` (a string, or its text parts joined).
@@ -54,15 +55,30 @@ pub(crate) fn data_url<'a>(
 }
 
 /// The final OpenAI stream chunk that carries usage (`choices: []`).
-pub(crate) fn usage_chunk(id: &str, created: u64, model: &str, usage: &Usage) -> JsonMap {
-    let mut c = JsonMap::new();
-    c.insert("id".into(), json!(id));
-    c.insert("object".into(), json!("chat.completion.chunk"));
-    c.insert("created".into(), json!(created));
-    c.insert("model".into(), json!(model));
-    c.insert("choices".into(), json!([]));
-    c.insert("usage".into(), usage.to_json());
-    c
+pub(crate) fn usage_chunk(id: &str, created: u64, model: &str, usage: &Usage) -> Reply {
+    let mut w = RawWriter::default();
+    let written = (|| {
+        w.member("id", id)?;
+        w.member("object", "chat.completion.chunk")?;
+        w.member("created", &created)?;
+        w.member("model", model)?;
+        w.member("choices", &[(); 0])?;
+        w.member("usage", &UsageJson(usage))
+    })();
+    match written {
+        Ok(()) => Reply::Raw(w.finish()),
+        // Writing into a Vec does not fail; kept total all the same.
+        Err(_) => {
+            let mut c = JsonMap::new();
+            c.insert("id".into(), json!(id));
+            c.insert("object".into(), json!("chat.completion.chunk"));
+            c.insert("created".into(), json!(created));
+            c.insert("model".into(), json!(model));
+            c.insert("choices".into(), json!([]));
+            c.insert("usage".into(), usage.to_json());
+            Reply::Map(c)
+        }
+    }
 }
 
 /// A 400 for an endpoint the protocol does not offer.

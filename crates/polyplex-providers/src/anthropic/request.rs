@@ -1,40 +1,148 @@
 //! OpenAI chat request → Anthropic Messages request.
 
 use super::{FALLBACK_MAX_TOKENS, JSON_TOOL, VERSION};
-use crate::translate::{check_fields, data_url, push_turn, text_of, tool_args, CHAT_PARAMS};
+use crate::translate::{check_fields, data_url, text_of, tool_args, CHAT_PARAMS};
 use crate::{join_url, unsupported, Target, UpstreamRequest};
 use bytes::Bytes;
 use http::HeaderValue;
 use polyplex_types::{GatewayError, JsonMap};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{json, Value};
 
-/// An OpenAI `image_url` part as an Anthropic image source.
-fn image_block(url: &str, param: &str) -> Result<Value, GatewayError> {
-    if let Some(parsed) = data_url(url, param) {
-        let (media, data) = parsed?;
-        return Ok(
-            json!({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}),
-        );
-    }
-    Ok(json!({"type": "image", "source": {"type": "url", "url": url}}))
+// The request is written through typed, borrowing structs rather than a
+// `json!` tree: no key is hashed into a map and no string copied before it
+// is encoded. Members appear in the order Anthropic documents them.
+
+#[derive(Serialize)]
+struct MessagesRequest<'a> {
+    model: &'a str,
+    max_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<String>,
+    messages: Vec<Turn<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequences: Option<Stop<'a>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Metadata<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
 }
 
-fn content_blocks(content: &Value, param: &str) -> Result<Vec<Value>, GatewayError> {
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Stop<'a> {
+    One([&'a str; 1]),
+    Many(&'a [Value]),
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    user_id: &'a str,
+}
+
+/// One message; consecutive ones of the same role are merged (Anthropic
+/// requires the roles to alternate).
+#[derive(Serialize)]
+struct Turn<'a> {
+    role: &'static str,
+    content: Vec<Block<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block<'a> {
+    Text {
+        text: &'a str,
+    },
+    Image {
+        source: Source<'a>,
+    },
+    ToolUse {
+        id: &'a Value,
+        name: &'a Value,
+        input: Value,
+    },
+    ToolResult {
+        tool_use_id: &'a Value,
+        content: String,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Source<'a> {
+    Base64 { media_type: &'a str, data: &'a str },
+    Url { url: &'a str },
+}
+
+static NULL: Value = Value::Null;
+
+fn push_turn<'a>(turns: &mut Vec<Turn<'a>>, role: &'static str, blocks: Vec<Block<'a>>) {
+    if blocks.is_empty() {
+        return;
+    }
+    match turns.last_mut() {
+        Some(last) if last.role == role => last.content.extend(blocks),
+        _ => turns.push(Turn {
+            role,
+            content: blocks,
+        }),
+    }
+}
+
+/// An OpenAI `image_url` part as an Anthropic image source.
+fn image_block<'a>(
+    url: &'a str,
+    param: impl FnOnce() -> String,
+) -> Result<Block<'a>, GatewayError> {
+    // (The parameter's name is formatted only for a data URL, which may be
+    // malformed.)
+    let parsed = if url.starts_with("data:") {
+        data_url(url, &param())
+    } else {
+        None
+    };
+    let source = match parsed {
+        Some(parsed) => {
+            let (media_type, data) = parsed?;
+            Source::Base64 { media_type, data }
+        }
+        None => Source::Url { url },
+    };
+    Ok(Block::Image { source })
+}
+
+fn str_of<'a>(part: &'a Value, key: &str) -> &'a str {
+    part.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The blocks of message `i`'s `content`.
+fn content_blocks(content: &Value, i: usize) -> Result<Vec<Block<'_>>, GatewayError> {
     match content {
         Value::String(s) if s.is_empty() => Ok(vec![]),
-        Value::String(s) => Ok(vec![json!({"type": "text", "text": s})]),
+        Value::String(s) => Ok(vec![Block::Text { text: s }]),
         Value::Array(parts) => {
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(parts.len());
             for (j, p) in parts.iter().enumerate() {
                 match p.get("type").and_then(Value::as_str) {
-                    Some("text") => out.push(json!({"type": "text", "text": p.get("text").and_then(Value::as_str).unwrap_or("")})),
+                    Some("text") => out.push(Block::Text { text: str_of(p, "text") }),
                     Some("image_url") => {
                         let url = p.pointer("/image_url/url").and_then(Value::as_str).unwrap_or("");
-                        out.push(image_block(url, &format!("{param}[{j}].image_url.url"))?);
+                        out.push(image_block(url, || format!("messages[{i}].content[{j}].image_url.url"))?);
                     }
-                    Some("refusal") => out.push(json!({"type": "text", "text": p.get("refusal").and_then(Value::as_str).unwrap_or("")})),
+                    Some("refusal") => out.push(Block::Text { text: str_of(p, "refusal") }),
                     Some(other) => {
-                        return Err(GatewayError::invalid_param(format!("{param}[{j}].type"), format!("Content parts of type '{other}' are not supported by the Anthropic protocol.")))
+                        return Err(GatewayError::invalid_param(format!("messages[{i}].content[{j}].type"), format!("Content parts of type '{other}' are not supported by the Anthropic protocol.")))
                     }
                     None => {}
                 }
@@ -45,22 +153,21 @@ fn content_blocks(content: &Value, param: &str) -> Result<Vec<Value>, GatewayErr
     }
 }
 
-fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<String>), GatewayError> {
+fn messages(body: &JsonMap) -> Result<(Vec<Turn<'_>>, Vec<String>), GatewayError> {
     let mut system = Vec::new();
-    let mut turns: Vec<Value> = Vec::new();
     let msgs = body
         .get("messages")
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or(&[]);
+    let mut turns: Vec<Turn<'_>> = Vec::with_capacity(msgs.len());
     for (i, m) in msgs.iter().enumerate() {
-        let p = format!("messages[{i}].content");
-        let content = m.get("content").unwrap_or(&Value::Null);
+        let content = m.get("content").unwrap_or(&NULL);
         match m.get("role").and_then(Value::as_str).unwrap_or("") {
             "system" | "developer" => system.push(text_of(content)),
-            "user" => push_turn(&mut turns, "user", "content", content_blocks(content, &p)?),
+            "user" => push_turn(&mut turns, "user", content_blocks(content, i)?),
             "assistant" => {
-                let mut blocks = content_blocks(content, &p)?;
+                let mut blocks = content_blocks(content, i)?;
                 for (j, tc) in m
                     .get("tool_calls")
                     .and_then(Value::as_array)
@@ -72,24 +179,26 @@ fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<String>), GatewayError> {
                         tc,
                         format!("messages[{i}].tool_calls[{j}].function.arguments"),
                     )?;
-                    blocks.push(json!({"type": "tool_use", "id": tc.get("id").cloned().unwrap_or(Value::Null),
-                        "name": tc.pointer("/function/name").cloned().unwrap_or(Value::Null), "input": input}));
+                    blocks.push(Block::ToolUse {
+                        id: tc.get("id").unwrap_or(&NULL),
+                        name: tc.pointer("/function/name").unwrap_or(&NULL),
+                        input,
+                    });
                 }
-                push_turn(&mut turns, "assistant", "content", blocks);
+                push_turn(&mut turns, "assistant", blocks);
             }
             "tool" | "function" => {
                 let id = m
                     .get("tool_call_id")
                     .or_else(|| m.get("name"))
-                    .cloned()
-                    .unwrap_or(Value::Null);
+                    .unwrap_or(&NULL);
                 push_turn(
                     &mut turns,
                     "user",
-                    "content",
-                    vec![
-                        json!({"type": "tool_result", "tool_use_id": id, "content": text_of(content)}),
-                    ],
+                    vec![Block::ToolResult {
+                        tool_use_id: id,
+                        content: text_of(content),
+                    }],
                 );
             }
             _ => {}
@@ -140,20 +249,14 @@ pub(crate) fn build(
     }
 
     let (turns, system) = messages(body)?;
-    let mut out = Map::new();
-    out.insert("model".into(), json!(target.model));
-    let max = body
+    let max_tokens = body
         .get("max_completion_tokens")
         .and_then(Value::as_u64)
         .or_else(|| body.get("max_tokens").and_then(Value::as_u64))
         .or(target.default_max_tokens)
         .unwrap_or(FALLBACK_MAX_TOKENS);
-    out.insert("max_tokens".into(), json!(max));
     let system: Vec<String> = system.into_iter().filter(|s| !s.is_empty()).collect();
-    if !system.is_empty() {
-        out.insert("system".into(), json!(system.join("\n\n")));
-    }
-    out.insert("messages".into(), Value::Array(turns));
+    let mut temperature = None;
     if let Some(t) = body.get("temperature").and_then(Value::as_f64) {
         if t > 1.0 {
             if target.drop_params {
@@ -162,29 +265,15 @@ pub(crate) fn build(
                 return Err(GatewayError::invalid_param("temperature", format!("Invalid 'temperature': provider `{}` (Anthropic protocol) accepts 0 to 1, but got {t}.", target.provider)));
             }
         } else {
-            out.insert("temperature".into(), json!(t));
+            temperature = Some(t);
         }
     }
-    for k in ["top_p", "top_k"] {
-        if let Some(v) = body.get(k).filter(|v| !v.is_null()) {
-            out.insert(k.into(), v.clone());
-        }
-    }
-    match body.get("stop") {
-        Some(Value::String(s)) => {
-            out.insert("stop_sequences".into(), json!([s]));
-        }
-        Some(Value::Array(a)) if !a.is_empty() => {
-            out.insert("stop_sequences".into(), Value::Array(a.clone()));
-        }
-        _ => {}
-    }
-    if stream {
-        out.insert("stream".into(), json!(true));
-    }
-    if let Some(u) = body.get("user").and_then(Value::as_str) {
-        out.insert("metadata".into(), json!({"user_id": u}));
-    }
+    let given = |k: &str| body.get(k).filter(|v| !v.is_null());
+    let stop_sequences = match body.get("stop") {
+        Some(Value::String(s)) => Some(Stop::One([s.as_str()])),
+        Some(Value::Array(a)) if !a.is_empty() => Some(Stop::Many(a)),
+        _ => None,
+    };
     let parallel = body.get("parallel_tool_calls").and_then(Value::as_bool);
     let mut tools: Vec<Value> = body
         .get("tools")
@@ -225,14 +314,24 @@ pub(crate) fn build(
         tools.push(json!({"name": JSON_TOOL, "description": "Respond with the requested JSON object.", "input_schema": schema}));
         choice = Some(json!({"type": "tool", "name": JSON_TOOL}));
     }
-    if !tools.is_empty() {
-        out.insert("tools".into(), Value::Array(tools));
-    }
-    if let Some(c) = choice {
-        out.insert("tool_choice".into(), c);
-    }
-
-    let body = serde_json::to_vec(&out).map_err(|e| {
+    let request = MessagesRequest {
+        model: target.model,
+        max_tokens,
+        system: (!system.is_empty()).then(|| system.join("\n\n")),
+        messages: turns,
+        temperature,
+        top_p: given("top_p"),
+        top_k: given("top_k"),
+        stop_sequences,
+        stream,
+        metadata: body
+            .get("user")
+            .and_then(Value::as_str)
+            .map(|user_id| Metadata { user_id }),
+        tools,
+        tool_choice: choice,
+    };
+    let body = serde_json::to_vec(&request).map_err(|e| {
         GatewayError::internal(format!("could not encode the upstream request: {e}"))
     })?;
     let mut headers = crate::headers(target, stream)?;

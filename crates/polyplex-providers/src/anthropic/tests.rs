@@ -295,7 +295,7 @@ fn decode(
     for it in items {
         match it {
             StreamItem::Chunk(b) => chunks.push(serde_json::from_slice(&b).unwrap()),
-            StreamItem::Usage(u, c) => usage = Some((u, c)),
+            StreamItem::Usage(u, c) => usage = Some((u, c.into_map())),
             StreamItem::Done => {}
         }
     }
@@ -453,4 +453,38 @@ fn the_fast_reply_path_answers_what_the_tree_answers() {
         )
         .unwrap();
     assert!(matches!(r, Reply::Raw(_)));
+}
+
+#[test]
+fn request_members_in_documented_order_and_part_errors_named() {
+    let (sent, req) = build(json!({"model": "m", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "refusal", "refusal": "no"}]},
+            {"role": "assistant", "content": ""},
+            {"role": "user", "content": "b"}],
+        "stop": ["X", "Y"], "top_k": 5, "temperature": 0.0, "stream": true}))
+    .unwrap();
+    assert_eq!(
+        sent,
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 64000, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "no"}, {"type": "text", "text": "b"}]}],
+            "temperature": 0.0, "top_k": 5, "stop_sequences": ["X", "Y"], "stream": true})
+    );
+    let text = std::str::from_utf8(&req.body).unwrap();
+    let at = |k: &str| text.find(&format!("\"{k}\":")).unwrap();
+    assert!(at("model") < at("max_tokens") && at("max_tokens") < at("messages"));
+    assert!(at("messages") < at("temperature") && at("stop_sequences") < at("stream"));
+    assert!(text.starts_with("{\"model\":"), "{text}");
+    assert!(!text.contains("\"system\"") && !text.contains("\"tools\""));
+
+    let bad_url = json!({"model": "m", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": [
+        {"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "data:image/png,xyz"}}]}]});
+    let e = build(bad_url).unwrap_err();
+    assert_eq!(
+        e.param.as_deref(),
+        Some("messages[1].content[1].image_url.url")
+    );
+    let bad_part =
+        json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]});
+    let e = build(bad_part).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("messages[0].content[0].type"));
 }

@@ -5,13 +5,15 @@
 //! kept (a copy, no parse) so that if the upstream never reports usage the
 //! gateway can count the generated text at the end.
 
+use crate::reply::{RawReply, Reply};
 use crate::sse::Event;
 use crate::{Endpoint, StreamDecoder, StreamItem, StreamSummary};
 use bytes::Bytes;
 use http::StatusCode;
-use memchr::memmem;
-use polyplex_types::{GatewayError, JsonMap, Usage};
+use memchr::memmem::Finder;
+use polyplex_types::{GatewayError, Usage};
 use serde_json::Value;
+use std::sync::LazyLock;
 
 pub struct Decoder {
     endpoint: Endpoint,
@@ -36,34 +38,50 @@ impl Decoder {
     }
 }
 
+// Searchers built once: `memmem::find` builds one per call, which cost
+// more than the search itself on every chunk.
+type Key = LazyLock<Finder<'static>>;
+static USAGE: Key = LazyLock::new(|| Finder::new(b"\"usage\""));
+static FINISH: Key = LazyLock::new(|| Finder::new(b"\"finish_reason\""));
+static ERROR: Key = LazyLock::new(|| Finder::new(b"\"error\""));
+static CHOICES: Key = LazyLock::new(|| Finder::new(b"\"choices\""));
+
 /// Finds `"key"` followed by `:` and optional whitespace; returns the rest.
-fn after_key<'a>(hay: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+fn after_key<'a>(hay: &'a [u8], key: &Key) -> Option<&'a [u8]> {
+    let len = key.needle().len();
     let mut from = 0;
-    while let Some(i) = memmem::find(&hay[from..], key) {
-        let rest = &hay[from + i + key.len()..];
+    while let Some(i) = key.find(&hay[from..]) {
+        let rest = &hay[from + i + len..];
         let rest = rest.trim_ascii_start();
         if let Some(r) = rest.strip_prefix(b":") {
             return Some(r.trim_ascii_start());
         }
-        from += i + key.len();
+        from += i + len;
     }
     None
 }
 
 /// True if the chunk carries a non-null `usage` object.
 fn has_usage(data: &[u8]) -> bool {
-    after_key(data, b"\"usage\"").is_some_and(|r| r.first() == Some(&b'{'))
+    after_key(data, &USAGE).is_some_and(|r| r.first() == Some(&b'{'))
 }
 
 /// True if the chunk carries a non-null `finish_reason`.
 fn has_finish(data: &[u8]) -> bool {
-    after_key(data, b"\"finish_reason\"").is_some_and(|r| r.first() == Some(&b'"'))
+    after_key(data, &FINISH).is_some_and(|r| r.first() == Some(&b'"'))
+}
+
+/// True if the chunk's `choices` is a non-empty array.
+pub(super) fn has_choices(chunk: &RawReply) -> bool {
+    chunk.get("choices").is_some_and(|t| {
+        t.strip_prefix('[')
+            .is_some_and(|rest| rest.trim_start() != "]")
+    })
 }
 
 fn starts_with_error(data: &[u8]) -> bool {
-    after_key(data, b"\"error\"")
-        .is_some_and(|r| r.first() == Some(&b'{') || r.first() == Some(&b'"'))
-        && memmem::find(data, b"\"choices\"").is_none()
+    after_key(data, &ERROR).is_some_and(|r| r.first() == Some(&b'{') || r.first() == Some(&b'"'))
+        && CHOICES.find(data).is_none()
 }
 
 impl StreamDecoder for Decoder {
@@ -89,33 +107,31 @@ impl StreamDecoder for Decoder {
             self.saw_finish = true;
         }
         if has_usage(bytes) {
-            let chunk: JsonMap = serde_json::from_slice(bytes).map_err(|e| {
+            // Read as raw members: only `usage` gets edited (the cost).
+            let chunk = RawReply::parse(Bytes::copy_from_slice(bytes)).map_err(|e| {
                 GatewayError::upstream_bad_response(
                     &self.provider,
                     format_args!("bad stream chunk ({e})"),
                 )
             })?;
-            if let Some(u) = Usage::from_json(chunk.get("usage")) {
+            if let Some(u) = chunk.get("usage").and_then(Usage::from_json_text) {
                 self.saw_usage = true;
-                let has_choices = chunk
-                    .get("choices")
-                    .and_then(Value::as_array)
-                    .is_some_and(|c| !c.is_empty());
-                if has_choices {
-                    // Usage riding on a content chunk (some compatible servers do this):
-                    // forward the content, keep the usage for the end.
-                    self.raw.extend_from_slice(bytes);
-                    self.raw.push(b'\n');
-                    let mut content = chunk.clone();
-                    content.insert("usage".into(), Value::Null);
-                    let text = serde_json::to_vec(&content).unwrap_or_default();
-                    out.push(StreamItem::Chunk(Bytes::from(text)));
-                    let mut usage_chunk = chunk;
-                    usage_chunk.insert("choices".into(), Value::Array(Vec::new()));
-                    out.push(StreamItem::Usage(u, usage_chunk));
-                } else {
-                    out.push(StreamItem::Usage(u, chunk));
+                if !has_choices(&chunk) {
+                    out.push(StreamItem::Usage(u, Reply::Raw(chunk)));
+                    return Ok(());
                 }
+                // Usage riding on a content chunk (some compatible servers do this):
+                // forward the content, keep the usage for the end.
+                let chunk = chunk.into_map();
+                self.raw.extend_from_slice(bytes);
+                self.raw.push(b'\n');
+                let mut content = chunk.clone();
+                content.insert("usage".into(), Value::Null);
+                let text = serde_json::to_vec(&content).unwrap_or_default();
+                out.push(StreamItem::Chunk(Bytes::from(text)));
+                let mut usage_chunk = chunk;
+                usage_chunk.insert("choices".into(), Value::Array(Vec::new()));
+                out.push(StreamItem::Usage(u, Reply::Map(usage_chunk)));
                 return Ok(());
             }
         }

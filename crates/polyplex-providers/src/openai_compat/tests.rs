@@ -1,6 +1,6 @@
 use super::*;
 use crate::sse::Parser;
-use crate::{AuthStyle, StreamItem};
+use crate::{AuthStyle, Reply, StreamItem};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
@@ -232,6 +232,8 @@ fn stream_passes_chunks_through_and_extracts_usage() {
         match &out[4] {
             StreamItem::Usage(u, chunk) => {
                 assert_eq!((u.prompt_tokens, u.completion_tokens), (9, 3));
+                assert!(matches!(chunk, Reply::Raw(_)), "kept raw: {chunk:?}");
+                let chunk = chunk.clone().into_map();
                 assert_eq!(chunk["id"], "chatcmpl-123");
             }
             other => panic!("expected usage, got {other:?}"),
@@ -291,7 +293,7 @@ fn usage_on_a_content_chunk_is_split_off() {
     end.unwrap();
     assert!(matches!(&out[0], StreamItem::Chunk(b) if !b.is_empty()));
     assert!(
-        matches!(&out[1], StreamItem::Usage(u, c) if u.total() == 4 && c["choices"].as_array().unwrap().is_empty())
+        matches!(&out[1], StreamItem::Usage(u, c) if u.total() == 4 && c.clone().into_map()["choices"].as_array().unwrap().is_empty())
     );
 }
 
@@ -358,4 +360,18 @@ fn a_body_that_needs_a_change_is_encoded_again() {
         v["stream_options"],
         serde_json::json!({"x": 1, "include_usage": true})
     );
+}
+
+#[test]
+fn choices_emptiness_is_read_from_the_raw_text() {
+    for (text, has) in [
+        (r#"{"choices":[]}"#, false),
+        (r#"{"choices":[ ]}"#, false),
+        (r#"{"choices": [ {"index":0} ]}"#, true),
+        (r#"{"choices":null}"#, false),
+        (r#"{"usage":{}}"#, false),
+    ] {
+        let raw = crate::RawReply::parse(Bytes::from(text)).unwrap();
+        assert_eq!(super::stream::has_choices(&raw), has, "{text}");
+    }
 }

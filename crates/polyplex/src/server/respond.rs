@@ -34,6 +34,41 @@ mod tests {
     }
 
     #[test]
+    fn usage_chunk_gets_the_cost_spliced_in() {
+        let text = r#"{"id":"c1","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}}"#;
+        let raw = polyplex_providers::RawReply::parse(Bytes::from(text)).unwrap();
+        let out = chunk_with_cost(Reply::Raw(raw), 0.25).unwrap();
+        // The upstream's own text, with `cost` appended to its usage.
+        let usage_at = text.find("\"usage\"").unwrap();
+        assert_eq!(&out[..usage_at], &text.as_bytes()[..usage_at]);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["usage"]["cost"], 0.25);
+        assert_eq!(v["usage"]["total_tokens"], 12);
+        assert_eq!(v["id"], "c1");
+
+        // A usage that already has a cost: replaced, through the tree.
+        let text = r#"{"id":"c2","choices":[],"usage":{"prompt_tokens":1,"cost":9}}"#;
+        let raw = polyplex_providers::RawReply::parse(Bytes::from(text)).unwrap();
+        let v: Value =
+            serde_json::from_slice(&chunk_with_cost(Reply::Raw(raw), 0.5).unwrap()).unwrap();
+        assert_eq!(
+            v["usage"],
+            serde_json::json!({"prompt_tokens": 1, "cost": 0.5})
+        );
+
+        // A chunk the gateway built (translated protocols).
+        let mut map = JsonMap::new();
+        map.insert("id".into(), "c3".into());
+        map.insert("usage".into(), serde_json::json!({"prompt_tokens": 2}));
+        let v: Value =
+            serde_json::from_slice(&chunk_with_cost(Reply::Map(map), 0.125).unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": "c3", "usage": {"prompt_tokens": 2, "cost": 0.125}})
+        );
+    }
+
+    #[test]
     fn errors_carry_retry_after() {
         let mut e = GatewayError::upstream(
             StatusCode::TOO_MANY_REQUESTS,
@@ -171,6 +206,29 @@ pub fn finish_usage(
             (Reply::Map(map), usage, c)
         }
     }
+}
+
+/// A usage chunk with `usage.cost` set: spliced into the raw `usage` text
+/// when it can be, else into the decoded chunk.
+fn chunk_with_cost(chunk: Reply, c: f64) -> Result<Bytes, serde_json::Error> {
+    let mut raw = match chunk {
+        Reply::Raw(raw) => raw,
+        Reply::Map(map) => return serde_json::to_vec(&map_with_cost(map, c)).map(Bytes::from),
+    };
+    match raw.get("usage").and_then(|u| usage_with_cost(u, c)) {
+        Some(usage) => {
+            raw.set_raw("usage", usage);
+            Ok(raw.to_bytes())
+        }
+        None => serde_json::to_vec(&map_with_cost(raw.into_map(), c)).map(Bytes::from),
+    }
+}
+
+fn map_with_cost(mut chunk: JsonMap, c: f64) -> JsonMap {
+    if let Some(Value::Object(u)) = chunk.get_mut("usage") {
+        u.insert("cost".into(), cost_json(c));
+    }
+    chunk
 }
 
 /// The upstream's raw `usage` object with `"cost"` appended as its last
@@ -312,14 +370,11 @@ impl Relay {
                 };
                 self.out.push_back(f);
             }
-            StreamItem::Usage(u, mut chunk) => {
+            StreamItem::Usage(u, chunk) => {
                 self.usage = Some(u);
                 if self.ctx.include_usage {
                     let c = cost(self.ctx.app.router.catalog(), &self.deployment, &u);
-                    if let Some(Value::Object(uj)) = chunk.get_mut("usage") {
-                        uj.insert("cost".into(), cost_json(c));
-                    }
-                    if let Ok(bytes) = serde_json::to_vec(&chunk) {
+                    if let Ok(bytes) = chunk_with_cost(chunk, c) {
                         self.out.push_back(frame(&bytes));
                     }
                 }
