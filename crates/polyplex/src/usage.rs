@@ -31,8 +31,27 @@ pub struct UsageRecord {
 }
 
 const BATCH: usize = 1024;
-/// Longest a record waits before it is written (when others came just before it).
+/// Longest a record waits before it is written (unless it is the first after
+/// an idle second).
 const PAUSE: Duration = Duration::from_millis(20);
+/// Empty looks (one per PAUSE) after which the writer waits for a record.
+const IDLE_POLLS: u32 = 50;
+
+/// Takes the records already sent, up to a batch, without waiting; true if
+/// every sender is gone.
+fn take_waiting(
+    rx: &mut mpsc::UnboundedReceiver<UsageRecord>,
+    batch: &mut Vec<UsageRecord>,
+) -> bool {
+    while batch.len() < BATCH {
+        match rx.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(mpsc::error::TryRecvError::Empty) => return false,
+            Err(mpsc::error::TryRecvError::Disconnected) => return true,
+        }
+    }
+    false
+}
 
 #[derive(Clone)]
 pub struct Recorder {
@@ -48,16 +67,34 @@ impl Recorder {
             let mut handles = HashMap::new();
             let mut lines = String::new();
             let mut batch = Vec::with_capacity(BATCH);
-            // Records are taken in batches with a pause between: while the
-            // writer sleeps, sending a record wakes no one, so a busy gateway
-            // pays one writer wake-up per pause instead of one per request.
-            while rx.recv_many(&mut batch, BATCH).await > 0 {
+            // While records keep coming the writer takes them every PAUSE,
+            // on its own timer: sending a record wakes no one, so a request
+            // never pays for (or races with) the writer waking up — not
+            // even one arriving every 40 ms, as streams end. After IDLE_POLLS
+            // empty looks it waits for the next record instead (an idle
+            // gateway does not wake 50 times a second).
+            let mut empty = 0u32;
+            loop {
+                if empty >= IDLE_POLLS {
+                    if rx.recv_many(&mut batch, BATCH).await == 0 {
+                        break;
+                    }
+                } else {
+                    tokio::time::sleep(PAUSE).await;
+                    if take_waiting(&mut rx, &mut batch) && batch.is_empty() {
+                        break;
+                    }
+                }
+                if batch.is_empty() {
+                    empty += 1;
+                    continue;
+                }
+                empty = 0;
                 for r in batch.drain(..) {
                     write(&r, &mut handles, &mut lines);
                     written += 1;
                 }
                 flush(&mut lines);
-                tokio::time::sleep(PAUSE).await;
             }
             written
         });
@@ -247,6 +284,25 @@ mod tests {
             stream: false,
             at: UNIX_EPOCH,
         }
+    }
+
+    #[tokio::test]
+    async fn writer_takes_every_record_and_drains_on_shutdown() {
+        let (rec, task) = Recorder::start();
+        for _ in 0..3 {
+            rec.record(record("m"));
+        }
+        tokio::time::sleep(PAUSE * 2).await;
+        rec.record(record("m"));
+        // Idle long enough that it waits for the next record instead of
+        // looking every PAUSE; that record wakes it.
+        tokio::time::sleep(PAUSE * (IDLE_POLLS + 5)).await;
+        rec.record(record("m"));
+        tokio::time::sleep(PAUSE / 2).await;
+        rec.record(record("m"));
+        drop(rec);
+        let written = tokio::time::timeout(PAUSE * 10, task).await;
+        assert_eq!(written.unwrap().unwrap(), 6);
     }
 
     #[test]
