@@ -65,6 +65,9 @@ pub struct Target<'a> {
     pub provider: &'a str,
     pub base_url: &'a str,
     pub api_key: Option<&'a str>,
+    /// `auth.prefix` + `api_key` as a header value, when the caller built it
+    /// once (else it is built per request).
+    pub credential: Option<&'a HeaderValue>,
     pub auth: &'a AuthStyle,
     /// The model name the upstream knows.
     pub model: &'a str,
@@ -221,7 +224,9 @@ pub fn headers(target: &Target<'_>, stream: bool) -> Result<HeaderMap, GatewayEr
             "application/json"
         }),
     );
-    if let Some(key) = target.api_key.filter(|k| !k.is_empty()) {
+    if let Some(v) = target.credential {
+        headers.insert(target.auth.header.clone(), v.clone());
+    } else if let Some(key) = target.api_key.filter(|k| !k.is_empty()) {
         let mut v =
             HeaderValue::try_from(format!("{}{}", target.auth.prefix, key)).map_err(|_| {
                 GatewayError::internal(format!(

@@ -96,6 +96,8 @@ enum Text {
     At(Range<usize>),
     /// Raw JSON text set later.
     New(Box<RawValue>),
+    /// JSON text spliced from valid parts (see [`RawReply::append_to_object`]).
+    Spliced(String),
 }
 
 impl RawReply {
@@ -140,6 +142,7 @@ impl RawReply {
         match t {
             Text::At(r) => &self.body[r.clone()],
             Text::New(v) => v.get().as_bytes(),
+            Text::Spliced(s) => s.as_bytes(),
         }
     }
 
@@ -181,6 +184,57 @@ impl RawReply {
                 value: Text::New(raw),
             }),
         }
+    }
+
+    /// Appends `"name":value` as the last member of the object held by
+    /// `key`, splicing text instead of decoding and encoding it. Returns
+    /// false, changing nothing, when `key` does not hold an object or its
+    /// text mentions `"name"` anywhere (the caller then edits a decoded
+    /// copy). `name` must need no JSON escaping.
+    pub fn append_to_object<T: serde::Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        name: &str,
+        value: &T,
+    ) -> bool {
+        let Some(at) = self
+            .members
+            .iter()
+            .position(|m| self.key(&m.key) == key.as_bytes())
+        else {
+            return false;
+        };
+        let text = self.text(&self.members[at].value).trim_ascii();
+        let Some(inner) = text.strip_prefix(b"{").and_then(|t| t.strip_suffix(b"}")) else {
+            return false;
+        };
+        let quoted = name.len() + 2;
+        let mentions = inner
+            .windows(quoted)
+            .any(|w| w[0] == b'"' && w[quoted - 1] == b'"' && &w[1..quoted - 1] == name.as_bytes());
+        if mentions {
+            return false;
+        }
+        let mut out = Vec::with_capacity(text.len() + name.len() + 24);
+        out.push(b'{');
+        out.extend_from_slice(inner);
+        if !inner.trim_ascii().is_empty() {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        if serde_json::to_writer(&mut out, value).is_err() {
+            return false;
+        }
+        out.push(b'}');
+        // Valid UTF-8: the object's text was, and serde_json writes UTF-8.
+        let Ok(spliced) = String::from_utf8(out) else {
+            return false;
+        };
+        self.members[at].value = Text::Spliced(spliced);
+        self.edited = true;
+        true
     }
 
     pub fn into_map(self) -> JsonMap {
@@ -424,5 +478,50 @@ mod tests {
         for bad in [&b"[1,2]"[..], b"{\"a\":", b"not json", b"{} trailing"] {
             assert!(RawReply::parse(Bytes::copy_from_slice(bad)).is_err());
         }
+    }
+}
+
+#[cfg(test)]
+mod splice_tests {
+    use super::*;
+
+    fn spliced(usage: &str, cost: f64) -> Option<Value> {
+        let body = format!("{{\"id\":\"x\",\"usage\":{usage}}}");
+        let mut raw = RawReply::parse(Bytes::from(body)).unwrap();
+        if !raw.append_to_object("usage", "cost", &cost) {
+            return None;
+        }
+        let text = raw.to_bytes();
+        let v: Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(v["id"], "x");
+        Some(v["usage"].clone())
+    }
+
+    #[test]
+    fn a_member_is_spliced_into_an_object() {
+        let usage = r#"{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5,"prompt_tokens_details":{"cached_tokens":0}}"#;
+        let mut want: Value = serde_json::from_str(usage).unwrap();
+        want["cost"] = serde_json::json!(0.5);
+        assert_eq!(spliced(usage, 0.5), Some(want));
+        // Whitespace inside, and the empty object.
+        assert_eq!(spliced("{ }", 0.0), Some(serde_json::json!({"cost": 0.0})));
+        assert_eq!(
+            spliced("{\"a\":1 }", 1e-7),
+            Some(serde_json::json!({"a": 1, "cost": 1e-7}))
+        );
+        // Already has the member (or mentions it), or not an object: untouched.
+        assert_eq!(spliced(r#"{"cost":1}"#, 0.5), None);
+        assert_eq!(spliced(r#"{"x":{"cost":1}}"#, 0.5), None);
+        assert_eq!(spliced("null", 0.5), None);
+        assert_eq!(spliced("[1]", 0.5), None);
+        // Space around the member's value.
+        let mut raw =
+            RawReply::parse(Bytes::from_static(b"{\"usage\" :  { \"a\":1 }\n }")).unwrap();
+        assert!(raw.append_to_object("usage", "cost", &2));
+        assert_eq!(&raw.to_bytes()[..], b"{\"usage\":{ \"a\":1 ,\"cost\":2}}");
+        // A member that is not there.
+        let mut raw = RawReply::parse(Bytes::from_static(b"{\"a\":{}}")).unwrap();
+        assert!(!raw.append_to_object("usage", "cost", &1));
+        assert_eq!(&raw.to_bytes()[..], b"{\"a\":{}}");
     }
 }

@@ -22,6 +22,8 @@ pub struct Upstream {
     pub protocol: Arc<dyn Protocol>,
     pub base_url: String,
     api_key: Option<SecretString>,
+    /// `auth.prefix` + the key, built once (marked sensitive: never logged).
+    credential: Option<HeaderValue>,
     pub auth: AuthStyle,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Explicit model list from the config, if any.
@@ -88,6 +90,16 @@ impl Upstream {
             protocol,
             base_url: p.base_url.clone(),
             api_key: p.api_key.clone(),
+            credential: p
+                .api_key
+                .as_ref()
+                .map(|k| k.expose_secret())
+                .filter(|k| !k.is_empty())
+                .and_then(|k| HeaderValue::try_from(format!("{}{k}", p.auth_prefix)).ok())
+                .map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                }),
             auth: AuthStyle {
                 header,
                 prefix: p.auth_prefix.clone(),
@@ -159,6 +171,7 @@ impl Upstream {
             provider: &self.name,
             base_url: &self.base_url,
             api_key: self.api_key(),
+            credential: self.credential.as_ref(),
             auth: &self.auth,
             model,
             extra_headers: &self.headers,

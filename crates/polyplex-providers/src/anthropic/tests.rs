@@ -16,6 +16,7 @@ fn target(a: &AuthStyle) -> Target<'_> {
         provider: "anthropic",
         base_url: "https://api.anthropic.com",
         api_key: Some("sk-ant-test"),
+        credential: None,
         auth: a,
         model: "claude-sonnet-4-5",
         extra_headers: &[],

@@ -102,6 +102,7 @@ mod tests {
             provider: "azure",
             base_url: "https://myres.openai.azure.com/",
             api_key: Some("azure-key"),
+            credential: None,
             auth: &auth,
             model: "gpt4o-prod",
             extra_headers: &[],

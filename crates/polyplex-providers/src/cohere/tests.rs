@@ -7,6 +7,7 @@ fn target(a: &AuthStyle) -> Target<'_> {
         provider: "cohere",
         base_url: "https://api.cohere.com",
         api_key: Some("co-key"),
+        credential: None,
         auth: a,
         model: "command-a-03-2025",
         extra_headers: &[],

@@ -15,6 +15,7 @@ fn target(a: &AuthStyle) -> Target<'_> {
         provider: "google",
         base_url: "https://generativelanguage.googleapis.com",
         api_key: Some("g-key"),
+        credential: None,
         auth: a,
         model: "gemini-2.5-flash",
         extra_headers: &[],

@@ -14,6 +14,7 @@ fn target<'a>(auth: &'a AuthStyle, headers: &'a [(HeaderName, HeaderValue)]) -> 
         provider: "openai",
         base_url: "https://api.openai.com/v1/",
         api_key: Some("sk-test"),
+        credential: None,
         auth,
         model: "gpt-4o-2024-08-06",
         extra_headers: headers,

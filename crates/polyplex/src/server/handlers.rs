@@ -292,7 +292,8 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
 fn dropped_header(resp: &mut Response, dropped: &[String]) {
     if let Ok(v) = axum::http::HeaderValue::from_str(&dropped.join(", ")) {
         if !dropped.is_empty() {
-            resp.headers_mut().insert("x-polyplex-dropped-params", v);
+            resp.headers_mut()
+                .insert(&super::respond::names::DROPPED_PARAMS, v);
         }
     }
 }

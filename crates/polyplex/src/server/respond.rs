@@ -81,32 +81,6 @@ mod tests {
         assert_eq!(r.headers()["retry-after"], "3");
         assert_eq!(r.headers()["content-type"], "application/json");
     }
-
-    #[test]
-    fn cost_is_spliced_into_the_upstream_usage() {
-        let raw = r#"{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5,"prompt_tokens_details":{"cached_tokens":0}}"#;
-        let u = usage_with_cost(raw, 0.5).unwrap();
-        let v: Value = serde_json::from_str(u.get()).unwrap();
-        let mut want: Value = serde_json::from_str(raw).unwrap();
-        want["cost"] = serde_json::json!(0.5);
-        assert_eq!(v, want);
-        assert!(u.get().ends_with(r#","cost":0.5}"#), "{}", u.get());
-        // Whitespace and the empty object.
-        let u = usage_with_cost(" { }\n", 0.0).unwrap();
-        assert_eq!(
-            serde_json::from_str::<Value>(u.get()).unwrap(),
-            serde_json::json!({"cost": 0.0})
-        );
-        let u = usage_with_cost("{\"a\":1 }  ", 1e-7).unwrap();
-        assert_eq!(
-            serde_json::from_str::<Value>(u.get()).unwrap()["cost"],
-            serde_json::json!(1e-7)
-        );
-        // Already has a cost, or is not an object: the caller decodes it.
-        assert!(usage_with_cost(r#"{"cost":1}"#, 0.5).is_none());
-        assert!(usage_with_cost("null", 0.5).is_none());
-        assert!(usage_with_cost("[1]", 0.5).is_none());
-    }
 }
 
 /// A gateway error as an HTTP response in OpenAI's shape.
@@ -125,19 +99,39 @@ impl IntoResponse for ApiError {
         let mut resp = Response::new(Body::from(e.body()));
         *resp.status_mut() = e.status;
         let h = resp.headers_mut();
-        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if e.status == StatusCode::TOO_MANY_REQUESTS || e.status == StatusCode::SERVICE_UNAVAILABLE
         {
             let secs = e
                 .retry_after
                 .map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
-            h.insert("retry-after", HeaderValue::from(secs));
+            h.insert(&names::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
 }
 
 /// Who served a request: the `x-polyplex-*` headers.
+/// Response header names, built once (`insert` with a `&str` name parses
+/// it on every call).
+pub(crate) mod names {
+    use axum::http::HeaderName;
+
+    pub static RETRY_AFTER: HeaderName = axum::http::header::RETRY_AFTER;
+    pub static PROVIDER: HeaderName = HeaderName::from_static("x-polyplex-provider");
+    pub static MODEL: HeaderName = HeaderName::from_static("x-polyplex-model");
+    pub static ATTEMPTS: HeaderName = HeaderName::from_static("x-polyplex-attempts");
+    pub static FALLBACKS: HeaderName = HeaderName::from_static("x-polyplex-fallbacks");
+    pub static SKIPPED: HeaderName = HeaderName::from_static("x-polyplex-skipped");
+    pub static HEDGED: HeaderName = HeaderName::from_static("x-polyplex-hedged");
+    pub static CACHE_CONTROL: HeaderName = axum::http::header::CACHE_CONTROL;
+    pub static ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+    pub static DROPPED_PARAMS: HeaderName = HeaderName::from_static("x-polyplex-dropped-params");
+}
+
 pub type Served = Trace;
 
 impl Served {
@@ -145,27 +139,27 @@ impl Served {
         let h = resp.headers_mut();
         if let Some(d) = &self.deployment {
             if let Ok(v) = HeaderValue::from_str(&d.upstream.name) {
-                h.insert("x-polyplex-provider", v);
+                h.insert(&names::PROVIDER, v);
             }
             if let Ok(v) = HeaderValue::from_str(&d.model) {
-                h.insert("x-polyplex-model", v);
+                h.insert(&names::MODEL, v);
             }
         }
         if self.attempts > 0 {
-            h.insert("x-polyplex-attempts", HeaderValue::from(self.attempts));
+            h.insert(&names::ATTEMPTS, HeaderValue::from(self.attempts));
         }
         if !self.failed_over.is_empty() {
             if let Ok(v) = HeaderValue::from_str(&self.failed_over.join(", ")) {
-                h.insert("x-polyplex-fallbacks", v);
+                h.insert(&names::FALLBACKS, v);
             }
         }
         if !self.skipped.is_empty() {
             if let Ok(v) = HeaderValue::from_str(&self.skipped.join(", ")) {
-                h.insert("x-polyplex-skipped", v);
+                h.insert(&names::SKIPPED, v);
             }
         }
         if self.hedged {
-            h.insert("x-polyplex-hedged", HeaderValue::from_static("true"));
+            h.insert(&names::HEDGED, HeaderValue::from_static("true"));
         }
     }
 }
@@ -184,8 +178,7 @@ pub fn finish_usage(
     match (resp, upstream) {
         (Reply::Raw(mut raw), Some(usage)) => {
             let c = cost(app.router.catalog(), d, &usage);
-            if let Some(with_cost) = raw.get("usage").and_then(|u| usage_with_cost(u, c)) {
-                raw.set_raw("usage", with_cost);
+            if raw.append_to_object("usage", "cost", &cost_json(c)) {
                 return (Reply::Raw(raw), usage, c);
             }
             let mut u: JsonMap = raw
@@ -215,13 +208,10 @@ fn chunk_with_cost(chunk: Reply, c: f64) -> Result<Bytes, serde_json::Error> {
         Reply::Raw(raw) => raw,
         Reply::Map(map) => return serde_json::to_vec(&map_with_cost(map, c)).map(Bytes::from),
     };
-    match raw.get("usage").and_then(|u| usage_with_cost(u, c)) {
-        Some(usage) => {
-            raw.set_raw("usage", usage);
-            Ok(raw.to_bytes())
-        }
-        None => serde_json::to_vec(&map_with_cost(raw.into_map(), c)).map(Bytes::from),
+    if raw.append_to_object("usage", "cost", &cost_json(c)) {
+        return Ok(raw.to_bytes());
     }
+    serde_json::to_vec(&map_with_cost(raw.into_map(), c)).map(Bytes::from)
 }
 
 fn map_with_cost(mut chunk: JsonMap, c: f64) -> JsonMap {
@@ -229,26 +219,6 @@ fn map_with_cost(mut chunk: JsonMap, c: f64) -> JsonMap {
         u.insert("cost".into(), cost_json(c));
     }
     chunk
-}
-
-/// The upstream's raw `usage` object with `"cost"` appended as its last
-/// member, spliced into the text rather than decoded and encoded again.
-/// `None` (the caller edits a decoded copy) when the object already has a
-/// `cost` member or is not an object.
-fn usage_with_cost(raw: &str, c: f64) -> Option<Box<serde_json::value::RawValue>> {
-    let body = raw.trim_end().strip_suffix('}')?;
-    if !raw.trim_start().starts_with('{')
-        || memchr::memmem::find(raw.as_bytes(), b"\"cost\"").is_some()
-    {
-        return None;
-    }
-    let empty = body.trim() == "{";
-    let text = format!(
-        "{body}{}\"cost\":{}}}",
-        if empty { "" } else { "," },
-        cost_json(c)
-    );
-    serde_json::value::RawValue::from_string(text).ok()
 }
 
 fn usage_into_map(
@@ -296,8 +266,10 @@ pub fn json_response(body: &Reply) -> Response {
     match body.to_bytes() {
         Ok(bytes) => {
             let mut r = Response::new(Body::from(bytes));
-            r.headers_mut()
-                .insert("content-type", HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             r
         }
         Err(e) => ApiError(GatewayError::internal(format!(
@@ -562,7 +534,7 @@ pub fn sse_response(ctx: StreamContext, open: OpenStream, deployment: Deployment
         "content-type",
         HeaderValue::from_static("text/event-stream; charset=utf-8"),
     );
-    h.insert("cache-control", HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    h.insert(&names::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(&names::ACCEL_BUFFERING, HeaderValue::from_static("no"));
     resp
 }
