@@ -123,6 +123,10 @@ async fn unary(conn: &mut Conn, ep: &Endpoint) -> anyhow::Result<()> {
 pub struct StreamTiming {
     pub ttft: Duration,
     pub gaps: Vec<Duration>,
+    /// Per stamped chunk after the first: how much longer it took to arrive
+    /// than the chunk before it (its delay minus the previous one's, 0 if
+    /// less) — the gap the path added beyond the upstream's own.
+    pub stretches: Vec<Duration>,
 }
 
 /// One streamed call: time to the first body bytes, the gaps between
@@ -137,6 +141,9 @@ async fn streamed(conn: &mut Conn, ep: &Endpoint) -> anyhow::Result<StreamTiming
     let mut ttft = None;
     let mut last = start;
     let mut gaps = Vec::with_capacity(32);
+    let mut stretches = Vec::with_capacity(32);
+    let mut stamps = Vec::with_capacity(4);
+    let mut last_delay: Option<u64> = None;
     let mut tail: Vec<u8> = Vec::new();
     let mut all_for_error: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -148,6 +155,16 @@ async fn streamed(conn: &mut Conn, ep: &Endpoint) -> anyhow::Result<StreamTiming
             continue;
         }
         let now = Instant::now();
+        let now_ns = crate::stamp::now_ns();
+        stamps.clear();
+        crate::stamp::read_all(data, &mut stamps);
+        for sent in &stamps {
+            let delay = now_ns.saturating_sub(*sent);
+            if let Some(prev) = last_delay {
+                stretches.push(Duration::from_nanos(delay.saturating_sub(prev)));
+            }
+            last_delay = Some(delay);
+        }
         match ttft {
             None => ttft = Some(now - start),
             Some(_) => gaps.push(now - last),
@@ -173,6 +190,7 @@ async fn streamed(conn: &mut Conn, ep: &Endpoint) -> anyhow::Result<StreamTiming
     Ok(StreamTiming {
         ttft: ttft.unwrap_or_default(),
         gaps,
+        stretches,
     })
 }
 
@@ -269,6 +287,7 @@ pub async fn closed_loop(ep: &Endpoint, conc: usize, dur: Duration) -> Load {
 pub struct Streams {
     pub ttft: Histogram<u64>,
     pub gaps: Histogram<u64>,
+    pub stretch: Histogram<u64>,
     pub errors: Errors,
 }
 
@@ -277,6 +296,7 @@ pub async fn streams(ep: &Endpoint, warmup: usize, n: usize) -> Streams {
     let mut out = Streams {
         ttft: histogram(),
         gaps: histogram(),
+        stretch: histogram(),
         errors: Errors::default(),
     };
     let mut c = Conn::new(ep.addr);
@@ -286,6 +306,9 @@ pub async fn streams(ep: &Endpoint, warmup: usize, n: usize) -> Streams {
                 record(&mut out.ttft, t.ttft);
                 for g in t.gaps {
                     record(&mut out.gaps, g);
+                }
+                for g in t.stretches {
+                    record(&mut out.stretch, g);
                 }
             }
             Ok(_) => {}

@@ -5,6 +5,7 @@
 mod load;
 mod procstat;
 mod report;
+mod stamp;
 mod targets;
 mod upstream;
 
@@ -146,14 +147,16 @@ fn main() -> anyhow::Result<()> {
                     let s = load::streams(&ep, n.min(20), n).await;
                     let q = |h: &hdrhistogram::Histogram<u64>, p: f64| h.value_at_quantile(p) / 1000;
                     println!(
-                        "{} streams, {} errors ({:?}), TTFT p50 {} µs p99 {} µs, gap p50 {} µs p99 {} µs",
+                        "{} streams, {} errors ({:?}), TTFT p50 {} µs p99 {} µs, gap p50 {} µs p99 {} µs, stretch p50 {} µs p99 {} µs",
                         s.ttft.len(),
                         s.errors.count,
                         s.errors.first,
                         q(&s.ttft, 0.5),
                         q(&s.ttft, 0.99),
                         q(&s.gaps, 0.5),
-                        q(&s.gaps, 0.99)
+                        q(&s.gaps, 0.99),
+                        q(&s.stretch, 0.5),
+                        q(&s.stretch, 0.99)
                     );
                     return Ok(());
                 }
@@ -333,6 +336,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             let s = load::streams(&t.ep, if round == 0 { 5 } else { 1 }, args.streams).await;
             let _ = t.row.ttft.add(&s.ttft);
             let _ = t.row.gaps.add(&s.gaps);
+            let _ = t.row.stretch.add(&s.stretch);
             t.row.errors.merge(&s.errors);
 
             for (conc, acc) in [(64usize, 0usize), (256, 1)] {

@@ -38,6 +38,8 @@ pub struct Row {
     pub c256: Acc,
     pub ttft: Histogram<u64>,
     pub gaps: Histogram<u64>,
+    /// See `load::StreamTiming::stretches`.
+    pub stretch: Histogram<u64>,
     pub cpu_ticks: u64,
     pub cpu_requests: u64,
     pub rss_idle_kib: u64,
@@ -58,6 +60,7 @@ impl Row {
             c256: Acc::new(),
             ttft: histogram(),
             gaps: histogram(),
+            stretch: histogram(),
             cpu_ticks: 0,
             cpu_requests: 0,
             rss_idle_kib: 0,
@@ -132,7 +135,7 @@ fn derive(r: &Row, base: &Row, tps: u64) -> Derived {
         cpu_us: r.cpu_us_per_req(tps),
         added_ttft_p50: us(&r.ttft, 0.5) - us(&base.ttft, 0.5),
         added_ttft_p99: us(&r.ttft, 0.99) - us(&base.ttft, 0.99),
-        added_gap_p99: us(&r.gaps, 0.99) - us(&base.gaps, 0.99),
+        added_gap_p99: us(&r.stretch, 0.99) - us(&base.stretch, 0.99),
     }
 }
 
@@ -367,6 +370,8 @@ pub fn json(rows: &[Row], skipped: &[(String, String)], m: &Meta) -> Value {
                 "ttft_p50_us": num(us(&r.ttft, 0.5)),
                 "ttft_p99_us": num(us(&r.ttft, 0.99)),
                 "gap_p99_us": num(us(&r.gaps, 0.99)),
+                "stretch_p50_us": num(us(&r.stretch, 0.5)),
+                "stretch_p99_us": num(us(&r.stretch, 0.99)),
                 "added_ttft_p50_us": d.as_ref().map(|d| num(d.added_ttft_p50)),
                 "added_ttft_p99_us": d.as_ref().map(|d| num(d.added_ttft_p99)),
                 "added_gap_p99_us": d.as_ref().map(|d| num(d.added_gap_p99)),

@@ -5,12 +5,18 @@
 //! messages shapes, unary and SSE, from bytes prepared once at start. It adds
 //! `delay_us` before answering and sends a stream's chunks `interval_us`
 //! apart, so the only variable in a run is the proxy in front of it.
+//!
+//! Every content chunk carries the wall-clock time it was sent (`@@` and 20
+//! digits of nanoseconds, in the token text, which every target relays):
+//! the client compares it with when the chunk arrived, so how much a proxy
+//! stretches the gap between two chunks is measured apart from the jitter
+//! of the upstream's own timer.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::stream;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -36,11 +42,22 @@ const OPENAI_UNARY: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion",
 
 const ANTHROPIC_UNARY: &str = r#"{"id":"msg_bench","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hello! This is the benchmark upstream answering with a short fixed reply."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":14,"output_tokens":15}}"#;
 
+/// The send-time field in every content chunk: [`crate::stamp::MARK`] and
+/// zeros, overwritten as the chunk goes out.
+fn token(i: usize) -> String {
+    format!(
+        "tok{i} {}{} ",
+        crate::stamp::MARK,
+        "0".repeat(crate::stamp::DIGITS)
+    )
+}
+
 fn openai_chunk(i: usize) -> Bytes {
+    let t = token(i);
     let delta = if i == 0 {
-        r#"{"role":"assistant","content":"tok0 "}"#.to_string()
+        format!(r#"{{"role":"assistant","content":"{t}"}}"#)
     } else {
-        format!(r#"{{"content":"tok{i} "}}"#)
+        format!(r#"{{"content":"{t}"}}"#)
     };
     Bytes::from(format!(
         "data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gpt-4o-mini\",\"system_fingerprint\":\"fp_bench\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
@@ -69,7 +86,8 @@ fn anthropic_head() -> Bytes {
 
 fn anthropic_chunk(i: usize) -> Bytes {
     Bytes::from(format!(
-        "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"tok{i} \"}}}}\n\n"
+        "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{}\"}}}}\n\n",
+        token(i)
     ))
 }
 
@@ -124,7 +142,8 @@ fn full(status: StatusCode, ctype: &'static str, body: Bytes) -> Response<Body> 
 }
 
 /// A stream whose first chunk goes out at once and each next one
-/// `interval` later; the tail follows the last chunk immediately.
+/// `interval` later, each stamped with the time it goes out; the tail
+/// follows the last chunk immediately.
 fn sse(chunks: Vec<Bytes>, tail: Bytes, interval: Duration) -> Response<Body> {
     let mut items = chunks;
     if let Some(last) = items.pop() {
@@ -139,7 +158,9 @@ fn sse(chunks: Vec<Bytes>, tail: Bytes, interval: Duration) -> Response<Body> {
             if !first && !interval.is_zero() {
                 tokio::time::sleep(interval).await;
             }
-            Some((Ok::<_, Infallible>(Frame::data(next)), (it, false)))
+            let mut b = BytesMut::from(&next[..]);
+            crate::stamp::write_now(&mut b);
+            Some((Ok::<_, Infallible>(Frame::data(b.freeze())), (it, false)))
         },
     );
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(s)));
