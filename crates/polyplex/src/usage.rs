@@ -170,7 +170,7 @@ fn write(r: &UsageRecord, cache: &mut HashMap<HandleKey, Handles>, lines: &mut S
         completion_tokens = r.usage.completion_tokens,
         cached_tokens = r.usage.cached_tokens,
         estimated = r.usage.estimated,
-        cost_usd = r.cost_usd,
+        cost_usd = rounded_cost(r.cost_usd),
         latency_ms = r.latency.as_millis() as u64,
         ttft_ms = r.ttft.map(|t| t.as_millis() as u64),
         attempts = r.attempts,
@@ -225,7 +225,7 @@ fn text_line(r: &UsageRecord, now: std::time::SystemTime, out: &mut String) {
         r.usage.completion_tokens,
         r.usage.cached_tokens,
         r.usage.estimated,
-        r.cost_usd,
+        rounded_cost(r.cost_usd),
         r.latency.as_millis(),
     );
     match r.ttft {
@@ -252,9 +252,14 @@ pub fn cost(catalog: &Catalog, d: &Deployment, usage: &Usage) -> f64 {
 }
 
 /// `usage.cost` as OpenRouter writes it: a JSON number, rounded to 1e-10 USD.
+/// A cost to 1e-10 USD: what is reported, without the float noise of the
+/// sum it came from (0.000014099999999999999 is 0.0000141).
+pub fn rounded_cost(c: f64) -> f64 {
+    (c * 1e10).round() / 1e10
+}
+
 pub fn cost_json(c: f64) -> serde_json::Value {
-    let rounded = (c * 1e10).round() / 1e10;
-    serde_json::Number::from_f64(rounded)
+    serde_json::Number::from_f64(rounded_cost(c))
         .map_or(serde_json::Value::from(0), serde_json::Value::Number)
 }
 
@@ -303,6 +308,19 @@ mod tests {
         drop(rec);
         let written = tokio::time::timeout(PAUSE * 10, task).await;
         assert_eq!(written.unwrap().unwrap(), 6);
+    }
+
+    #[test]
+    fn text_line_cost_has_no_float_noise() {
+        let mut r = record("m");
+        r.cost_usd = 14.0 * 0.15 / 1e6 + 20.0 * 0.6 / 1e6;
+        let mut out = String::new();
+        text_line(&r, UNIX_EPOCH, &mut out);
+        assert!(out.contains(" cost_usd=0.0000141 "), "{out}");
+        r.cost_usd = 0.1 + 0.2;
+        out.clear();
+        text_line(&r, UNIX_EPOCH, &mut out);
+        assert!(out.contains(" cost_usd=0.3 "), "{out}");
     }
 
     #[test]
