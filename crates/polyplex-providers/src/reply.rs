@@ -146,10 +146,15 @@ impl RawReply {
         }
     }
 
-    fn find(&self, key: &str) -> Option<&Member> {
+    /// Where the member `key` is.
+    fn position(&self, key: &str) -> Option<usize> {
         self.members
             .iter()
-            .find(|m| self.key(&m.key) == key.as_bytes())
+            .position(|m| self.key(&m.key) == key.as_bytes())
+    }
+
+    fn find(&self, key: &str) -> Option<&Member> {
+        self.position(key).map(|i| &self.members[i])
     }
 
     /// A member's raw JSON text.
@@ -173,11 +178,7 @@ impl RawReply {
     /// Replaces (or appends) one member with JSON text already validated.
     pub fn set_raw(&mut self, key: &str, raw: Box<RawValue>) {
         self.edited = true;
-        let at = self
-            .members
-            .iter()
-            .position(|m| self.key(&m.key) == key.as_bytes());
-        match at {
+        match self.position(key) {
             Some(i) => self.members[i].value = Text::New(raw),
             None => self.members.push(Member {
                 key: Key::Decoded(key.to_string()),
@@ -197,11 +198,7 @@ impl RawReply {
         name: &str,
         value: &T,
     ) -> bool {
-        let Some(at) = self
-            .members
-            .iter()
-            .position(|m| self.key(&m.key) == key.as_bytes())
-        else {
+        let Some(at) = self.position(key) else {
             return false;
         };
         let text = self.text(&self.members[at].value).trim_ascii();

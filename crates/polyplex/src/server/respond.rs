@@ -10,7 +10,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
-use polyplex_providers::{Endpoint, Reply, StreamItem};
+use polyplex_providers::{Endpoint, RawReply, Reply, StreamItem};
 use polyplex_types::{GatewayError, JsonMap, Usage};
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -178,15 +178,7 @@ pub fn finish_usage(
     match (resp, upstream) {
         (Reply::Raw(mut raw), Some(usage)) => {
             let c = cost(app.router.catalog(), d, &usage);
-            if raw.append_to_object("usage", "cost", &cost_json(c)) {
-                return (Reply::Raw(raw), usage, c);
-            }
-            let mut u: JsonMap = raw
-                .get("usage")
-                .and_then(|v| serde_json::from_str(v).ok())
-                .unwrap_or_default();
-            u.insert("cost".into(), cost_json(c));
-            if raw.set("usage", &Value::Object(u)).is_ok() {
+            if raw_usage_with_cost(&mut raw, c) {
                 return (Reply::Raw(raw), usage, c);
             }
             let mut map = raw.into_map();
@@ -201,24 +193,40 @@ pub fn finish_usage(
     }
 }
 
-/// A usage chunk with `usage.cost` set: spliced into the raw `usage` text
-/// when it can be, else into the decoded chunk.
-fn chunk_with_cost(chunk: Reply, c: f64) -> Result<Bytes, serde_json::Error> {
-    let mut raw = match chunk {
-        Reply::Raw(raw) => raw,
-        Reply::Map(map) => return serde_json::to_vec(&map_with_cost(map, c)).map(Bytes::from),
-    };
+/// Sets `usage.cost` on an upstream's own answer or chunk: spliced into the
+/// raw `usage` text when it can be, else into a decoded copy of `usage`.
+fn raw_usage_with_cost(raw: &mut RawReply, c: f64) -> bool {
     if raw.append_to_object("usage", "cost", &cost_json(c)) {
-        return Ok(raw.to_bytes());
+        return true;
     }
-    serde_json::to_vec(&map_with_cost(raw.into_map(), c)).map(Bytes::from)
+    let mut u: JsonMap = raw
+        .get("usage")
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default();
+    u.insert("cost".into(), cost_json(c));
+    raw.set("usage", &Value::Object(u)).is_ok()
 }
 
-fn map_with_cost(mut chunk: JsonMap, c: f64) -> JsonMap {
-    if let Some(Value::Object(u)) = chunk.get_mut("usage") {
+/// Sets `usage.cost` on a decoded answer or chunk whose `usage` is an object.
+fn map_usage_with_cost(map: &mut JsonMap, c: f64) {
+    if let Some(Value::Object(u)) = map.get_mut("usage") {
         u.insert("cost".into(), cost_json(c));
     }
-    chunk
+}
+
+/// A usage chunk's text with `usage.cost` set.
+fn chunk_with_cost(chunk: Reply, c: f64) -> Result<Bytes, serde_json::Error> {
+    let mut map = match chunk {
+        Reply::Raw(mut raw) => {
+            if raw_usage_with_cost(&mut raw, c) {
+                return Ok(raw.to_bytes());
+            }
+            raw.into_map()
+        }
+        Reply::Map(map) => map,
+    };
+    map_usage_with_cost(&mut map, c);
+    serde_json::to_vec(&map).map(Bytes::from)
 }
 
 fn usage_into_map(
@@ -256,9 +264,7 @@ fn usage_into_map(
         };
         resp.insert("usage".into(), u);
     }
-    if let Some(Value::Object(u)) = resp.get_mut("usage") {
-        u.insert("cost".into(), cost_json(c));
-    }
+    map_usage_with_cost(resp, c);
     (usage, c)
 }
 
