@@ -254,7 +254,7 @@ fn reuseport_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::n
 /// requests finish for up to `grace`.
 async fn serve_listener(
     listener: tokio::net::TcpListener,
-    app: axum::Router,
+    app: server::gate::Gate,
     mut rx: watch::Receiver<bool>,
     grace: Duration,
 ) {
@@ -263,6 +263,7 @@ async fn serve_listener(
         let _ = tcp.set_nodelay(true);
     });
     let mut rx2 = rx.clone();
+    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = rx.wait_for(|v| *v).await;
     });

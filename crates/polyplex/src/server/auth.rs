@@ -1,12 +1,8 @@
 //! Stage 2: who is calling. The master key today; gateway keys later.
 
 use super::App;
-use crate::server::respond::ApiError;
-use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderName};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use polyplex_types::GatewayError;
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
@@ -49,13 +45,6 @@ pub fn check(app: &App, headers: &HeaderMap) -> Result<(), GatewayError> {
         Err(GatewayError::unauthorized(
             "Incorrect API key provided. Check the key you passed as the Bearer token.",
         ))
-    }
-}
-
-pub async fn require(State(app): State<App>, req: Request, next: Next) -> Response {
-    match check(&app, req.headers()) {
-        Ok(()) => next.run(req).await,
-        Err(e) => ApiError(e).into_response(),
     }
 }
 

@@ -2,9 +2,9 @@
 //!
 //! A request to `/v1/*` passes through these stages, in this order:
 //!
-//! 1. **request id** ([`request_id`]): takes the client's `x-request-id` if it is
+//! 1. **request id** ([`gate`]): takes the client's `x-request-id` if it is
 //!    sane, else makes one; every response carries it.
-//! 2. **auth** ([`auth::require`]): the master key as a Bearer token (or
+//! 2. **auth** ([`gate`], [`auth::check`]): the master key as a Bearer token (or
 //!    `x-api-key`/`api-key`), compared in constant time. Without a master key
 //!    the gateway only listens on loopback and lets every caller in. Gateway
 //!    keys (`plx-...`), their model allow-lists and limits slot in here.
@@ -28,6 +28,7 @@
 
 pub mod auth;
 pub mod busy;
+pub mod gate;
 pub mod handlers;
 pub mod respond;
 
@@ -35,10 +36,6 @@ use crate::config::Config;
 use crate::routing::Router as ModelRouter;
 use crate::upstream::Upstream;
 use crate::usage::Recorder;
-use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
-use axum::response::Response;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use polyplex_catalog::Catalog;
@@ -67,7 +64,7 @@ pub struct AppState {
 
 pub type App = Arc<AppState>;
 
-/// The request id of the current request (set by [`request_id`]).
+/// The request id of the current request (set by [`gate`]).
 #[derive(Clone, Debug)]
 pub struct RequestId(pub Arc<str>);
 
@@ -130,71 +127,23 @@ pub fn state(
     }))
 }
 
-/// The axum router with every stage in the order the module docs list.
-pub fn app(state: App) -> axum::Router {
-    let v1 = axum::Router::new()
+/// The axum router behind the gate, with every stage in the order the
+/// module docs list.
+pub fn app(state: App) -> gate::Gate {
+    let router = axum::Router::new()
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{*id}", get(handlers::get_model))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require,
-        ));
-    let admin = axum::Router::new()
         .route("/admin/providers", get(handlers::admin_providers))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require,
-        ));
-    axum::Router::new()
-        .merge(v1)
-        .merge(admin)
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
-        .layer(axum::middleware::from_fn(request_id))
-        .with_state(state)
-}
-
-fn sane_id(v: &HeaderValue) -> Option<&str> {
-    let s = v.to_str().ok()?;
-    (!s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
-    .then_some(s)
-}
-
-/// `req_` and a random UUID in 32 hex digits.
-fn new_request_id() -> Arc<str> {
-    let mut buf = [0u8; 4 + uuid::fmt::Simple::LENGTH];
-    buf[..4].copy_from_slice(b"req_");
-    uuid::Builder::from_random_bytes(rand::random())
-        .into_uuid()
-        .simple()
-        .encode_lower(&mut buf[4..]);
-    Arc::from(std::str::from_utf8(&buf).unwrap_or("req_"))
-}
-
-/// Stage 1: the request id, on the request's extensions and the response.
-pub async fn request_id(mut req: Request, next: Next) -> Response {
-    static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-    let id: Arc<str> = match req.headers().get(&X_REQUEST_ID).and_then(sane_id) {
-        Some(s) => Arc::from(s),
-        None => new_request_id(),
-    };
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let in_flight = busy::begin();
-    let mut resp = next.run(req).await;
-    drop(in_flight);
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
-    }
-    resp
+        .with_state(state.clone());
+    gate::Gate::new(state, router)
 }
 
 impl AppState {
@@ -206,22 +155,5 @@ impl AppState {
 
     pub fn set_not_ready(&self) {
         self.ready.store(false, Ordering::SeqCst);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_req_and_32_hex_digits_and_differ() {
-        let a = new_request_id();
-        let b = new_request_id();
-        assert_eq!(a.len(), 36);
-        assert!(a.starts_with("req_"));
-        assert!(a[4..]
-            .bytes()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
-        assert_ne!(a, b);
     }
 }
