@@ -1,7 +1,7 @@
 //! Stages 1 and 2 in one service around the axum router: the request id and
 //! the key check. One plain `Service` instead of two `from_fn` layers: those
 //! clone the inner service and box a future each, per request, on every
-//! route (about a tenth of the gateway's own work on a small request).
+//! route (5 % of the instructions of a small proxied request).
 
 use super::{auth, busy, App, RequestId};
 use crate::server::respond::ApiError;
