@@ -251,13 +251,13 @@ pub fn cost(catalog: &Catalog, d: &Deployment, usage: &Usage) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// `usage.cost` as OpenRouter writes it: a JSON number, rounded to 1e-10 USD.
 /// A cost to 1e-10 USD: what is reported, without the float noise of the
 /// sum it came from (0.000014099999999999999 is 0.0000141).
 pub fn rounded_cost(c: f64) -> f64 {
     (c * 1e10).round() / 1e10
 }
 
+/// `usage.cost` as OpenRouter writes it: a JSON number, rounded to 1e-10 USD.
 pub fn cost_json(c: f64) -> serde_json::Value {
     serde_json::Number::from_f64(rounded_cost(c))
         .map_or(serde_json::Value::from(0), serde_json::Value::Number)

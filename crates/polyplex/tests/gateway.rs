@@ -438,6 +438,15 @@ async fn auth_and_unknown_paths() {
     assert!(!e["message"].as_str().unwrap().contains("wrong-key-123"));
     let r = env.client.get(env.url("/v1/models")).send().await.unwrap();
     assert_eq!(r.status(), 401);
+    // A refused request still carries its request id.
+    assert!(r.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("req_"));
+    for path in ["/v1/models/gpt-4o", "/admin/providers"] {
+        let r = env.client.get(env.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
     // x-api-key works as well as Bearer.
     let r = env
         .client

@@ -12,8 +12,8 @@
 //! other runnable thread on the same CPU goes first. It spins only while at
 //! most a few requests are in flight on the thread: busier, it is seldom idle
 //! anyway and spinning would only take CPU from the upstream and the client.
-//! Once the window passes with no request, the thread sleeps as usual. The cost is CPU while idle: at most one window per
-//! request.
+//! Once the window passes with no request, the thread sleeps as usual. The
+//! cost is CPU while idle: at most one window per request.
 //!
 //! The poller is a task on the serving thread's own runtime: yielding to
 //! tokio's current-thread scheduler makes it poll the I/O driver without

@@ -4,9 +4,10 @@
 //! route (5 % of the instructions of a small proxied request).
 
 use super::{auth, busy, App, RequestId};
+use crate::server::respond::names::REQUEST_ID;
 use crate::server::respond::ApiError;
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,8 +15,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower_service::Service;
-
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The router behind the gate (see the module docs).
 #[derive(Clone)]
@@ -74,7 +73,7 @@ impl Service<Request> for Gate {
     }
 
     fn call(&mut self, mut req: Request) -> Gated {
-        let id: Arc<str> = match req.headers().get(&X_REQUEST_ID).and_then(sane_id) {
+        let id: Arc<str> = match req.headers().get(&REQUEST_ID).and_then(sane_id) {
             Some(s) => Arc::from(s),
             None => new_request_id(),
         };
@@ -123,7 +122,7 @@ impl Future for Gated {
             Inner::Refused(r) => r.take().unwrap_or_default(),
         };
         if let Ok(v) = HeaderValue::from_str(&this.id) {
-            resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
+            resp.headers_mut().insert(&REQUEST_ID, v);
         }
         Poll::Ready(Ok(resp))
     }

@@ -108,30 +108,29 @@ impl IntoResponse for ApiError {
             let secs = e
                 .retry_after
                 .map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
-            h.insert(&names::RETRY_AFTER, HeaderValue::from(secs));
+            h.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
 }
 
-/// Who served a request: the `x-polyplex-*` headers.
 /// Response header names, built once (`insert` with a `&str` name parses
 /// it on every call).
 pub(crate) mod names {
     use axum::http::HeaderName;
 
-    pub static RETRY_AFTER: HeaderName = axum::http::header::RETRY_AFTER;
+    pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     pub static PROVIDER: HeaderName = HeaderName::from_static("x-polyplex-provider");
     pub static MODEL: HeaderName = HeaderName::from_static("x-polyplex-model");
     pub static ATTEMPTS: HeaderName = HeaderName::from_static("x-polyplex-attempts");
     pub static FALLBACKS: HeaderName = HeaderName::from_static("x-polyplex-fallbacks");
     pub static SKIPPED: HeaderName = HeaderName::from_static("x-polyplex-skipped");
     pub static HEDGED: HeaderName = HeaderName::from_static("x-polyplex-hedged");
-    pub static CACHE_CONTROL: HeaderName = axum::http::header::CACHE_CONTROL;
     pub static ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
     pub static DROPPED_PARAMS: HeaderName = HeaderName::from_static("x-polyplex-dropped-params");
 }
 
+/// Who served a request: the `x-polyplex-*` headers.
 pub type Served = Trace;
 
 impl Served {
@@ -537,10 +536,13 @@ pub fn sse_response(ctx: StreamContext, open: OpenStream, deployment: Deployment
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
     h.insert(
-        "content-type",
+        axum::http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream; charset=utf-8"),
     );
-    h.insert(&names::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        axum::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
     h.insert(&names::ACCEL_BUFFERING, HeaderValue::from_static("no"));
     resp
 }
