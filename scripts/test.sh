@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The Postgres store test runs when a server answers (CI starts one; see
+# .ci/run); set POLYPLEX_TEST_POSTGRES to point it elsewhere.
+if [ -z "${POLYPLEX_TEST_POSTGRES:-}" ] && command -v pg_isready >/dev/null \
+    && pg_isready -q -h 127.0.0.1 -p 5432; then
+  export POLYPLEX_TEST_POSTGRES="postgres://postgres@127.0.0.1:5432/test"
+fi
+
 cargo test --workspace
 cargo build --bin polyplex
 

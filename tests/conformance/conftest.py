@@ -65,8 +65,14 @@ def mock():
 
 
 @pytest.fixture(scope="session")
-def gateway(mock, tmp_path_factory):
-    d = tmp_path_factory.mktemp("gw")
+def gateway_dir(tmp_path_factory):
+    """The gateway's working directory: its polyplex.toml and polyplex.db."""
+    return tmp_path_factory.mktemp("gw")
+
+
+@pytest.fixture(scope="session")
+def gateway(mock, gateway_dir):
+    d = gateway_dir
     port = free_port()
     (d / "polyplex.toml").write_text(f"""
 listen = "127.0.0.1:{port}"

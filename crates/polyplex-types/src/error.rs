@@ -90,6 +90,25 @@ impl GatewayError {
             .with_code("model_not_allowed")
     }
 
+    /// 429 for a gateway key's own limit (`kind` is what ran out, as
+    /// OpenAI names it: `requests`, `tokens`), with when to try again.
+    pub fn rate_limited(
+        kind: &'static str,
+        message: impl Into<String>,
+        retry_after: Duration,
+    ) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, kind, message)
+            .with_code("rate_limit_exceeded");
+        e.retry_after = Some(retry_after);
+        e
+    }
+
+    /// 429 `insufficient_quota`: a gateway key's budget is spent.
+    pub fn quota_exceeded(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message)
+            .with_code("insufficient_quota")
+    }
+
     pub fn model_not_found(model: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

@@ -7,9 +7,11 @@ pub mod client;
 pub mod config;
 pub mod executor;
 pub mod health;
+pub mod keys;
 pub mod mock;
 pub mod routing;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod tokens;
 pub mod upstream;
@@ -39,6 +41,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     writer: tokio::task::JoinHandle<u64>,
+    reloader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -48,8 +51,16 @@ impl Running {
         self.state.set_not_ready();
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        if let Some(r) = &self.reloader {
+            r.abort();
+        }
+        let store = self.state.keys.store().cloned();
         drop(self.state);
-        self.writer.await.unwrap_or(0)
+        let written = self.writer.await.unwrap_or(0);
+        if let Some(s) = store {
+            s.close().await;
+        }
+        written
     }
 
     /// Resolves when a shutdown was requested and the server has stopped.
@@ -79,7 +90,7 @@ pub fn check_listen(cfg: &Config) -> Result<(), String> {
 /// the caller's runtime (tests, embedding). `polyplex serve` uses
 /// [`start_threads`].
 pub async fn start(cfg: &Config) -> Result<Running, String> {
-    let (state, writer) = prepare(cfg, 1).await?;
+    let (state, writer, reloader) = prepare(cfg, 1).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
@@ -97,6 +108,7 @@ pub async fn start(cfg: &Config) -> Result<Running, String> {
         shutdown: tx,
         task,
         writer,
+        reloader,
     })
 }
 
@@ -114,7 +126,7 @@ pub async fn start_threads(cfg: &Config, threads: usize) -> Result<Running, Stri
         return start(cfg).await;
     }
     let threads = threads.max(1);
-    let (state, writer) = prepare(cfg, threads).await?;
+    let (state, writer, reloader) = prepare(cfg, threads).await?;
     let listeners = reuseport_listeners(cfg.listen, threads)
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let addr = listeners
@@ -180,6 +192,7 @@ pub async fn start_threads(cfg: &Config, threads: usize) -> Result<Running, Stri
         shutdown: tx,
         task,
         writer,
+        reloader,
     })
 }
 
@@ -197,13 +210,22 @@ async fn timer_floor() {
     }
 }
 
-/// The state (with one upstream client per serving thread) and the usage
-/// writer, plus the simulator in demo mode.
-async fn prepare(
-    cfg: &Config,
-    threads: usize,
-) -> Result<(server::App, tokio::task::JoinHandle<u64>), String> {
+type Prepared = (
+    server::App,
+    tokio::task::JoinHandle<u64>,
+    Option<tokio::task::JoinHandle<()>>,
+);
+
+/// The state (with one upstream client per serving thread), the usage
+/// writer and the key reloader, plus the simulator in demo mode.
+async fn prepare(cfg: &Config, threads: usize) -> Result<Prepared, String> {
     check_listen(cfg)?;
+    let store = store::Store::connect(&cfg.store_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let keys = std::sync::Arc::new(keys::Keys::new(Some(store.clone())));
+    keys.reload().await.map_err(|e| e.to_string())?;
+    let reloader = keys.spawn_reloader();
     let demo_url = if cfg.demo {
         let (addr, _) = mock::spawn(
             SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -215,12 +237,12 @@ async fn prepare(
     } else {
         None
     };
-    let (recorder, writer) = usage::Recorder::start();
-    let state = server::state(cfg, demo_url, recorder, threads)?;
+    let (recorder, writer) = usage::Recorder::start(Some(store));
+    let state = server::state(cfg, demo_url, recorder, keys, threads)?;
     if let Some(h) = &state.metrics {
         telemetry::spawn_upkeep(h.clone());
     }
-    Ok((state, writer))
+    Ok((state, writer, reloader))
 }
 
 /// `n` listeners on one address with `SO_REUSEPORT`. An explicit port is

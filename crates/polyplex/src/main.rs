@@ -55,6 +55,65 @@ enum Command {
         #[arg(long, env = "POLYPLEX_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Manage gateway keys (in the store the server uses).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+        /// Config file naming the store (default: ./polyplex.toml if present, else ./polyplex.db).
+        #[arg(long, env = "POLYPLEX_CONFIG", global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Spend and token report from the store.
+    Usage {
+        /// Since when: a date (YYYY-MM-DD), an RFC 3339 time, Unix seconds or a duration back (`24h`, `7d`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Group by key, model, provider or day.
+        #[arg(long, default_value = "model")]
+        by: String,
+        /// JSON output (the admin API's shape).
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "POLYPLEX_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key; it is printed once and never again.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Models the key may use (comma-separated or repeated; `provider/*` allowed). Default: every model.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u64>,
+        /// Tokens per minute.
+        #[arg(long)]
+        tpm: Option<u64>,
+        /// Requests in progress at once.
+        #[arg(long)]
+        max_concurrent: Option<u64>,
+        /// Budget in USD.
+        #[arg(long)]
+        budget_usd: Option<f64>,
+        /// Expiry: a date, an RFC 3339 time, Unix seconds or a duration from now (`30d`).
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// JSON output (the admin API's shape, with the key).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the keys (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by id (a running gateway stops taking it within seconds).
+    Revoke { id: String },
 }
 
 fn env_get(k: &str) -> Option<String> {
@@ -141,6 +200,13 @@ fn main() -> ExitCode {
         )),
         Command::Models { provider, json } => models(provider.as_deref(), json),
         Command::Check { config } => return rt.block_on(check(config)),
+        Command::Keys { action, config } => rt.block_on(keys_cmd(config, action)),
+        Command::Usage {
+            since,
+            by,
+            json,
+            config,
+        } => rt.block_on(usage_cmd(config, since, by, json)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -203,6 +269,193 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<(), St
         usage_records = written,
         "stopped; every usage record written"
     );
+    Ok(())
+}
+
+async fn open_store(config: Option<&PathBuf>) -> Result<polyplex::store::Store, String> {
+    let cfg = load(config, None)?;
+    polyplex::store::Store::connect(&cfg.store_url)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn print_json(v: &serde_json::Value) -> Result<(), String> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+fn or_dash<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |x| x.to_string())
+}
+
+fn time_text(secs: Option<i64>) -> String {
+    secs.and_then(|s| u64::try_from(s).ok()).map_or_else(
+        || "-".to_string(),
+        |s| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),
+            )
+            .to_string()
+        },
+    )
+}
+
+async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), String> {
+    use polyplex::server::admin;
+    let store = open_store(config.as_ref()).await?;
+    match action {
+        KeysAction::Create {
+            name,
+            models,
+            rpm,
+            tpm,
+            max_concurrent,
+            budget_usd,
+            expires_at,
+            json,
+        } => {
+            if budget_usd.is_some_and(|b| !(b >= 0.0 && b.is_finite())) {
+                return Err("--budget-usd must be a number of at least 0".into());
+            }
+            let expires = match expires_at {
+                Some(t) => Some(admin::parse_time(&t, true).ok_or_else(|| {
+                    format!("--expires-at `{t}`: use a date, an RFC 3339 time, Unix seconds or a duration such as 30d")
+                })?),
+                None => None,
+            };
+            let changes = polyplex::store::KeyChanges {
+                name: Some(name),
+                models: Some((!models.is_empty()).then_some(models)),
+                rpm: Some(rpm),
+                tpm: Some(tpm),
+                max_concurrent: Some(max_concurrent),
+                budget_usd: Some(budget_usd),
+                expires_at: Some(expires),
+            };
+            let (row, token) = admin::create(&store, &changes)
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                let mut v = admin::key_json(&row);
+                v["key"] = serde_json::Value::String(token);
+                print_json(&v)?;
+            } else {
+                println!("created key {} ({})", row.id, row.name);
+                println!("{token}");
+                eprintln!("This is the only time the key is shown: store it now.");
+            }
+        }
+        KeysAction::List { json } => {
+            let rows = store.keys().await.map_err(|e| e.to_string())?;
+            if json {
+                let data: Vec<_> = rows.iter().map(admin::key_json).collect();
+                print_json(&serde_json::json!({"object": "list", "data": data}))?;
+            } else {
+                println!(
+                    "{:<22} {:<20} {:<14} {:>7} {:>9} {:>6} {:>12} {:>12}  {:<20}  status / models",
+                    "ID", "NAME", "KEY", "RPM", "TPM", "CONC", "BUDGET $", "SPENT $", "EXPIRES"
+                );
+                for k in &rows {
+                    let status = if k.revoked_at.is_some() {
+                        "revoked".to_string()
+                    } else if k
+                        .expires_at
+                        .is_some_and(|t| t <= polyplex::store::unix_now())
+                    {
+                        "expired".to_string()
+                    } else {
+                        "active".to_string()
+                    };
+                    println!(
+                        "{:<22} {:<20} {:<14} {:>7} {:>9} {:>6} {:>12} {:>12}  {:<20}  {status} {}",
+                        k.id,
+                        k.name,
+                        k.key_hint,
+                        or_dash(k.rpm),
+                        or_dash(k.tpm),
+                        or_dash(k.max_concurrent),
+                        or_dash(k.budget_usd),
+                        polyplex::usage::rounded_cost(k.spent_usd),
+                        time_text(k.expires_at),
+                        k.models
+                            .as_ref()
+                            .map_or_else(|| "all models".to_string(), |m| m.join(","))
+                    );
+                }
+                println!("{} key(s)", rows.len());
+            }
+        }
+        KeysAction::Revoke { id } => {
+            match store.revoke_key(&id).await.map_err(|e| e.to_string())? {
+                Some(_) => println!("revoked {id}"),
+                None => return Err(format!("no key with id `{id}`")),
+            }
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+async fn usage_cmd(
+    config: Option<PathBuf>,
+    since: Option<String>,
+    by: String,
+    json: bool,
+) -> Result<(), String> {
+    use polyplex::server::admin;
+    let (by, since) = admin::report_params(Some(&by), since.as_deref()).map_err(|e| e.message)?;
+    let store = open_store(config.as_ref()).await?;
+    let rows = store
+        .usage_report(by, since.map_or(0, |s| s.saturating_mul(1000)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let names = store
+        .keys()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|k| (k.id, k.name))
+        .collect();
+    store.close().await;
+    let report = admin::report_json(by, since, &rows, &names);
+    if json {
+        return print_json(&report);
+    }
+    println!(
+        "{:<40} {:>9} {:>7} {:>12} {:>12} {:>14}",
+        by.as_str().to_uppercase(),
+        "REQUESTS",
+        "ERRORS",
+        "PROMPT",
+        "COMPLETION",
+        "COST $"
+    );
+    let empty = Vec::new();
+    let line = |label: &str, r: &serde_json::Value| {
+        println!(
+            "{:<40} {:>9} {:>7} {:>12} {:>12} {:>14}",
+            label,
+            r["requests"].to_string(),
+            r["errors"].to_string(),
+            r["prompt_tokens"].to_string(),
+            r["completion_tokens"].to_string(),
+            r["cost_usd"].to_string()
+        );
+    };
+    for r in report["data"].as_array().unwrap_or(&empty) {
+        let mut label = r[by.as_str()].as_str().unwrap_or("-").to_string();
+        if let Some(n) = r.get("key_name").and_then(|n| n.as_str()) {
+            label = format!("{label} ({n})");
+        }
+        line(&label, r);
+    }
+    line("TOTAL", &report["total"]);
+    if let Some(s) = since {
+        println!("since {}", time_text(Some(s)));
+    }
     Ok(())
 }
 

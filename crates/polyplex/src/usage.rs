@@ -1,15 +1,20 @@
 //! Usage records: one per request, whatever its outcome, sent to a background
-//! writer so the request path never waits on it. Today the writer logs each
-//! record (target `polyplex::usage`) and updates the Prometheus counters; the
-//! key/usage store plugs in here. On shutdown the channel is drained before
-//! the process exits, so no record is lost.
+//! writer so the request path never waits on it. The writer logs each record
+//! (target `polyplex::usage`), updates the Prometheus counters and writes the
+//! records to the store in batches, one transaction each, adding their cost
+//! to their keys' spend. A key's tokens and cost count against its limits
+//! and budget when the record is made, before it is written. On shutdown the
+//! channel is drained before the process exits, so no record is lost.
 
+use crate::keys::KeyEntry;
 use crate::routing::Deployment;
+use crate::store::Store;
 use polyplex_catalog::Catalog;
 use polyplex_types::Usage;
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, Clone)]
 pub struct UsageRecord {
@@ -28,6 +33,11 @@ pub struct UsageRecord {
     pub attempts: u32,
     pub stream: bool,
     pub at: SystemTime,
+    /// The gateway key that made the request, if any.
+    pub key: Option<Arc<KeyEntry>>,
+    /// The spend this record added to its key, not yet in the store (set by
+    /// [`Recorder::record`]).
+    pub charged: u64,
 }
 
 const BATCH: usize = 1024;
@@ -37,12 +47,18 @@ const PAUSE: Duration = Duration::from_millis(20);
 /// Empty looks (one per PAUSE) after which the writer waits for a record.
 const IDLE_POLLS: u32 = 50;
 
-/// Takes the records already sent, up to a batch, without waiting; true if
+/// What the writer is sent: a record, or a request to write what it has now.
+/// Records go by value (the channel's slots are sized for them): boxing
+/// would cost an allocation on every request for the rare flush's sake.
+#[allow(clippy::large_enum_variant)]
+pub enum Msg {
+    Record(UsageRecord),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Takes the messages already sent, up to a batch, without waiting; true if
 /// every sender is gone.
-fn take_waiting(
-    rx: &mut mpsc::UnboundedReceiver<UsageRecord>,
-    batch: &mut Vec<UsageRecord>,
-) -> bool {
+fn take_waiting(rx: &mut mpsc::UnboundedReceiver<Msg>, batch: &mut Vec<Msg>) -> bool {
     while batch.len() < BATCH {
         match rx.try_recv() {
             Ok(r) => batch.push(r),
@@ -53,20 +69,53 @@ fn take_waiting(
     false
 }
 
+/// Attempts at writing one batch to the store before it is given up (with
+/// an error naming how many records were lost): about half a minute.
+const STORE_TRIES: u32 = 8;
+
+/// Writes a batch to the store, retrying while the store is unreachable,
+/// then tells each record's key what the store now says it spent.
+async fn store_batch(store: &Store, records: &[UsageRecord]) {
+    let mut wait = Duration::from_millis(100);
+    for attempt in 1..=STORE_TRIES {
+        match store.write_usage(records).await {
+            Ok(spent) => {
+                for r in records {
+                    if let Some(k) = &r.key {
+                        k.stored(r.charged, spent.get(&k.spec().id).copied());
+                    }
+                }
+                return;
+            }
+            Err(e) if attempt < STORE_TRIES => {
+                tracing::warn!(error = %e, attempt, records = records.len(), "cannot write usage records; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(8));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = records.len(), "usage records not stored: the store kept failing (they are in the log)");
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::UnboundedSender<UsageRecord>,
+    tx: mpsc::UnboundedSender<Msg>,
 }
 
 impl Recorder {
-    /// The recorder and the writer task; await the task after dropping every recorder.
-    pub fn start() -> (Recorder, tokio::task::JoinHandle<u64>) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<UsageRecord>();
+    /// The recorder and the writer task; await the task after dropping every
+    /// recorder. With a store, every record is also written there.
+    pub fn start(store: Option<Store>) -> (Recorder, tokio::task::JoinHandle<u64>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
         let task = tokio::spawn(async move {
             let mut written = 0u64;
             let mut handles = HashMap::new();
             let mut lines = String::new();
             let mut batch = Vec::with_capacity(BATCH);
+            let mut records = Vec::with_capacity(BATCH);
+            let mut flushes = Vec::new();
             // While records keep coming the writer takes them every PAUSE,
             // on its own timer: sending a record wakes no one, so a request
             // never pays for (or races with) the writer waking up — not
@@ -90,23 +139,55 @@ impl Recorder {
                     continue;
                 }
                 empty = 0;
-                for r in batch.drain(..) {
-                    write(&r, &mut handles, &mut lines);
+                for m in batch.drain(..) {
+                    match m {
+                        Msg::Record(r) => records.push(r),
+                        Msg::Flush(done) => flushes.push(done),
+                    }
+                }
+                for r in &records {
+                    write(r, &mut handles, &mut lines);
                     written += 1;
                 }
                 flush(&mut lines);
+                if let Some(store) = &store {
+                    if !records.is_empty() {
+                        store_batch(store, &records).await;
+                    }
+                }
+                records.clear();
+                for done in flushes.drain(..) {
+                    let _ = done.send(());
+                }
             }
             written
         });
         (Recorder { tx }, task)
     }
 
-    pub fn record(&self, r: UsageRecord) {
-        if let Err(e) = self.tx.send(r) {
+    /// Sends a record to the writer; a key's tokens and cost count against
+    /// its limits and budget from now on.
+    pub fn record(&self, mut r: UsageRecord) {
+        if let Some(k) = &r.key {
+            r.charged = k.charge(
+                r.usage.prompt_tokens + r.usage.completion_tokens,
+                r.cost_usd,
+                Instant::now(),
+            );
+        }
+        if let Err(mpsc::error::SendError(Msg::Record(r))) = self.tx.send(Msg::Record(r)) {
             // Only after the writer stopped (shutdown): write inline rather than lose it.
             let mut line = String::new();
-            write(&e.0, &mut HashMap::new(), &mut line);
+            write(&r, &mut HashMap::new(), &mut line);
             flush(&mut line);
+        }
+    }
+
+    /// Resolves once every record sent before it is written (to the store too).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.await;
         }
     }
 }
@@ -288,12 +369,14 @@ mod tests {
             attempts: 1,
             stream: false,
             at: UNIX_EPOCH,
+            key: None,
+            charged: 0,
         }
     }
 
     #[tokio::test]
     async fn writer_takes_every_record_and_drains_on_shutdown() {
-        let (rec, task) = Recorder::start();
+        let (rec, task) = Recorder::start(None);
         for _ in 0..3 {
             rec.record(record("m"));
         }

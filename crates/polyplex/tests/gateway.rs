@@ -25,6 +25,8 @@ fn base_config(mock: SocketAddr, extra: &str) -> String {
     format!(
         r#"
 listen = "127.0.0.1:0"
+[store]
+url = "sqlite::memory:"
 [auth]
 master_key = "{MASTER}"
 [server]

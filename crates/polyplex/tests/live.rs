@@ -61,7 +61,8 @@ async fn live_generic_checks() {
         return;
     }
     for (provider, model) in targets {
-        let text = format!("listen = \"127.0.0.1:0\"\n{provider}");
+        let text =
+            format!("listen = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite::memory:\"\n{provider}");
         let env = |k: &str| std::env::var(k).ok();
         let cfg = from_toml(
             &text,

@@ -31,6 +31,8 @@ async fn setup() -> Env {
     let text = format!(
         r#"
 listen = "127.0.0.1:0"
+[store]
+url = "sqlite::memory:"
 [[providers]]
 name = "openai"
 base_url = "http://{mock}/v1"

@@ -96,6 +96,8 @@ async fn replayed_workload_auto_and_floor_against_the_flagship() {
     let config = format!(
         r#"
 listen = "127.0.0.1:0"
+[store]
+url = "sqlite::memory:"
 [[providers]]
 name = "openai"
 base_url = "http://{addr}/v1"

@@ -30,7 +30,7 @@ struct Env {
 /// `MOCK0`, `MOCK1`, ... stand for the mocks' addresses.
 async fn start(opts: &[MockOptions], config: &str) -> Env {
     let mut mocks = Vec::new();
-    let mut text = format!("listen = \"127.0.0.1:0\"\n[auth]\nmaster_key = \"{MASTER}\"\n{config}");
+    let mut text = format!("listen = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite::memory:\"\n[auth]\nmaster_key = \"{MASTER}\"\n{config}");
     for (i, o) in opts.iter().enumerate() {
         let (addr, state) = mock::spawn("127.0.0.1:0".parse().unwrap(), *o)
             .await

@@ -1,11 +1,97 @@
-//! Stage 2: who is calling. The master key today; gateway keys later.
+//! Stage 2: who is calling: the master key, a gateway key (`plx-...`), or,
+//! without a master key (loopback only), anyone.
 
 use super::App;
+use crate::keys::{KeyEntry, Refusal};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderName};
 use polyplex_types::GatewayError;
 use secrecy::ExposeSecret;
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
+
+/// Who made a request (a request extension on every route that needs a key).
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// The master key: every model, the admin API, no limits.
+    Master,
+    /// No master key is set and no gateway key was presented.
+    Open,
+    Key(Arc<KeyEntry>),
+}
+
+impl Caller {
+    pub fn key(&self) -> Option<&Arc<KeyEntry>> {
+        match self {
+            Caller::Key(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// May this caller use the admin API?
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::Master | Caller::Open)
+    }
+}
+
+/// The outcome of the in-memory check: decided, or a gateway key to look up
+/// in the store (one made on another replica since the last reload).
+pub enum Checked {
+    Done(Result<Caller, GatewayError>),
+    Lookup(String),
+}
+
+fn missing_key() -> GatewayError {
+    GatewayError::unauthorized(
+        "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+    )
+    .with_code("missing_api_key")
+}
+
+fn wrong_key() -> GatewayError {
+    GatewayError::unauthorized(
+        "Incorrect API key provided. Check the key you passed as the Bearer token.",
+    )
+}
+
+/// A gateway key the store refused, as OpenAI would say it.
+pub fn refused(r: Refusal) -> GatewayError {
+    match r {
+        Refusal::Unknown => wrong_key(),
+        Refusal::Revoked => {
+            GatewayError::unauthorized("This API key has been revoked. Ask for a new one.")
+        }
+        Refusal::Expired => {
+            GatewayError::unauthorized("This API key has expired.").with_code("expired_api_key")
+        }
+    }
+}
+
+/// Stage 2 without waiting: the master key, a gateway key in memory, or a
+/// key to look up.
+pub fn check(app: &App, headers: &HeaderMap) -> Checked {
+    let key = presented_key(headers);
+    if let Some(k) = key.filter(|k| k.starts_with("plx-")) {
+        return match app.keys.cached(k) {
+            Some(r) => Checked::Done(r.map(Caller::Key).map_err(refused)),
+            None if app.keys.store().is_some() => Checked::Lookup(k.to_string()),
+            None => Checked::Done(Err(wrong_key())),
+        };
+    }
+    let Some(master) = &app.master_key else {
+        return Checked::Done(Ok(Caller::Open));
+    };
+    let Some(key) = key else {
+        return Checked::Done(Err(missing_key()));
+    };
+    Checked::Done(
+        if bool::from(key.as_bytes().ct_eq(master.expose_secret().as_bytes())) {
+            Ok(Caller::Master)
+        } else {
+            Err(wrong_key())
+        },
+    )
+}
 
 /// The key the client presented: `Authorization: Bearer K`, or `x-api-key` / `api-key`.
 pub fn presented_key(h: &HeaderMap) -> Option<&str> {
@@ -27,25 +113,6 @@ pub fn presented_key(h: &HeaderMap) -> Option<&str> {
         .find_map(|n| h.get(n).and_then(|v| v.to_str().ok()))
         .map(str::trim)
         .filter(|k| !k.is_empty())
-}
-
-pub fn check(app: &App, headers: &HeaderMap) -> Result<(), GatewayError> {
-    let Some(master) = &app.master_key else {
-        return Ok(());
-    };
-    let Some(key) = presented_key(headers) else {
-        return Err(GatewayError::unauthorized(
-            "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-        )
-        .with_code("missing_api_key"));
-    };
-    if bool::from(key.as_bytes().ct_eq(master.expose_secret().as_bytes())) {
-        Ok(())
-    } else {
-        Err(GatewayError::unauthorized(
-            "Incorrect API key provided. Check the key you passed as the Bearer token.",
-        ))
-    }
 }
 
 #[cfg(test)]

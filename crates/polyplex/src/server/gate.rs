@@ -3,12 +3,14 @@
 //! clone the inner service and box a future each, per request, on every
 //! route (5 % of the instructions of a small proxied request).
 
+use super::auth::{Caller, Checked};
 use super::{auth, busy, App, RequestId};
 use crate::server::respond::names::REQUEST_ID;
 use crate::server::respond::ApiError;
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
+use polyplex_types::GatewayError;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -36,10 +38,29 @@ fn needs_key(path: &str) -> bool {
     matches!(
         path,
         "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/models"
-    ) || path == "/admin/providers"
+    ) || path
+        .strip_prefix("/v1/models/")
+        .is_some_and(|id| !id.is_empty())
+        || is_admin(path)
+}
+
+/// The admin API: the master key only.
+fn is_admin(path: &str) -> bool {
+    matches!(path, "/admin/providers" | "/admin/usage" | "/admin/keys")
         || path
-            .strip_prefix("/v1/models/")
-            .is_some_and(|id| !id.is_empty())
+            .strip_prefix("/admin/keys/")
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+}
+
+/// The caller may use this path (gateway keys: not the admin API).
+fn permitted(admin: bool, caller: Caller) -> Result<Caller, GatewayError> {
+    if admin && !caller.is_admin() {
+        return Err(GatewayError::forbidden(
+            "The admin API needs the master key; a gateway key cannot use it.",
+        )
+        .with_code("insufficient_permissions"));
+    }
+    Ok(caller)
 }
 
 fn sane_id(v: &HeaderValue) -> Option<&str> {
@@ -78,12 +99,45 @@ impl Service<Request> for Gate {
             None => new_request_id(),
         };
         let in_flight = busy::begin();
-        let inner = match needs_key(req.uri().path()).then(|| auth::check(&self.app, req.headers()))
-        {
-            Some(Err(e)) => Inner::Refused(Some(ApiError(e).into_response())),
-            _ => {
-                req.extensions_mut().insert(RequestId(id.clone()));
-                Inner::Routed(self.router.call(req))
+        req.extensions_mut().insert(RequestId(id.clone()));
+        let path = req.uri().path();
+        let admin = is_admin(path);
+        let inner = if !needs_key(path) {
+            Inner::Routed(self.router.call(req))
+        } else {
+            match auth::check(&self.app, req.headers()) {
+                Checked::Done(caller) => match caller.and_then(|c| permitted(admin, c)) {
+                    Ok(c) => {
+                        req.extensions_mut().insert(c);
+                        Inner::Routed(self.router.call(req))
+                    }
+                    Err(e) => Inner::Refused(Some(ApiError(e).into_response())),
+                },
+                Checked::Lookup(token) => {
+                    // Rare (a key made on another replica a moment ago): the
+                    // store is asked, then the request is routed.
+                    let app = self.app.clone();
+                    let mut router = self.router.clone();
+                    Inner::Lookup(Box::pin(async move {
+                        let caller = app
+                            .keys
+                            .authenticate(&token)
+                            .await
+                            .map(Caller::Key)
+                            .map_err(auth::refused)
+                            .and_then(|c| permitted(admin, c));
+                        match caller {
+                            Ok(c) => {
+                                req.extensions_mut().insert(c);
+                                match router.call(req).await {
+                                    Ok(r) => r,
+                                    Err(never) => match never {},
+                                }
+                            }
+                            Err(e) => ApiError(e).into_response(),
+                        }
+                    }))
+                }
             }
         };
         Gated {
@@ -96,6 +150,7 @@ impl Service<Request> for Gate {
 
 enum Inner {
     Routed(axum::routing::future::RouteFuture<Infallible>),
+    Lookup(Pin<Box<dyn Future<Output = Response> + Send>>),
     Refused(Option<Response>),
 }
 
@@ -117,6 +172,10 @@ impl Future for Gated {
             Inner::Routed(f) => match Pin::new(f).poll(cx) {
                 Poll::Ready(Ok(r)) => r,
                 Poll::Ready(Err(never)) => match never {},
+                Poll::Pending => return Poll::Pending,
+            },
+            Inner::Lookup(f) => match f.as_mut().poll(cx) {
+                Poll::Ready(r) => r,
                 Poll::Pending => return Poll::Pending,
             },
             Inner::Refused(r) => r.take().unwrap_or_default(),
@@ -154,6 +213,9 @@ mod tests {
             "/v1/models/gpt-4o",
             "/v1/models/openai/gpt-4o",
             "/admin/providers",
+            "/admin/usage",
+            "/admin/keys",
+            "/admin/keys/key_1",
         ] {
             assert!(needs_key(p), "{p}");
         }

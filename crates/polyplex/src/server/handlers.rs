@@ -1,8 +1,10 @@
 //! Stages 3–9 for each endpoint.
 
+use super::auth::Caller;
 use super::respond::{finish_usage, json_response, sse_response, ApiError, Served, StreamContext};
 use super::{App, RequestId};
 use crate::executor::{attempt_loop, stream_once, unary_once};
+use crate::keys::{Admitted, Limits};
 use crate::routing::Facts;
 use crate::usage::UsageRecord;
 use axum::extract::{Path, Request, State};
@@ -145,6 +147,7 @@ struct Call {
     rid: String,
     endpoint: Endpoint,
     started: Instant,
+    caller: Caller,
 }
 
 impl Call {
@@ -164,19 +167,77 @@ impl Call {
             attempts: served.attempts,
             stream,
             at: SystemTime::now(),
+            key: self.caller.key().cloned(),
+            charged: 0,
         });
         let mut resp = ApiError(e).into_response();
         served.apply(&mut resp);
         resp
     }
+
+    /// Stage 5 for a gateway key: the model (and any fallbacks) allowed,
+    /// then budget and limits.
+    fn admit(&self, parsed: &Parsed) -> Result<Option<Admitted>, GatewayError> {
+        let Some(key) = self.caller.key() else {
+            return Ok(None);
+        };
+        for m in std::iter::once(&parsed.model).chain(&parsed.fallbacks) {
+            if !key.allows(m) {
+                return Err(GatewayError::forbidden(format!(
+                    "This API key is not allowed to use the model `{m}`."
+                ))
+                .with_param("model"));
+            }
+        }
+        key.admit(Instant::now()).map(Some)
+    }
 }
 
-async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> Response {
+/// OpenAI's `x-ratelimit-*` headers for a key's per-minute limits.
+fn ratelimit_headers(resp: &mut Response, limits: &Limits) {
+    use super::respond::names as n;
+    let h = resp.headers_mut();
+    for (l, [limit, remaining, reset]) in [
+        (
+            limits.rpm,
+            [
+                &n::RL_LIMIT_REQUESTS,
+                &n::RL_REMAINING_REQUESTS,
+                &n::RL_RESET_REQUESTS,
+            ],
+        ),
+        (
+            limits.tpm,
+            [
+                &n::RL_LIMIT_TOKENS,
+                &n::RL_REMAINING_TOKENS,
+                &n::RL_RESET_TOKENS,
+            ],
+        ),
+    ] {
+        if let Some(l) = l {
+            h.insert(limit, l.limit.into());
+            h.insert(remaining, l.remaining.into());
+            if let Ok(v) = crate::keys::reset_text(l.reset).parse() {
+                h.insert(reset, v);
+            }
+        }
+    }
+}
+
+async fn handle(
+    app: App,
+    rid: RequestId,
+    caller: Caller,
+    endpoint: Endpoint,
+    req: Request,
+) -> Response {
     let call = Call {
         app,
         rid: rid.0.to_string(),
         endpoint,
         started: Instant::now(),
+        caller,
     };
     let app = &call.app;
     let no_one = Served::default();
@@ -193,6 +254,21 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
         Ok(p) => p,
         Err(e) => return call.fail(&asked, false, e, &no_one),
     };
+    let admitted = match call.admit(&parsed) {
+        Ok(a) => a,
+        Err(e) => return call.fail(&parsed.model, parsed.stream, e, &no_one),
+    };
+    let limits = admitted.as_ref().map(|a| a.limits).unwrap_or_default();
+    let mut resp = serve(&call, &parsed, admitted).await;
+    ratelimit_headers(&mut resp, &limits);
+    resp
+}
+
+/// Stages 6–9 for an admitted request.
+async fn serve(call: &Call, parsed: &Parsed, admitted: Option<Admitted>) -> Response {
+    let app = &call.app;
+    let endpoint = call.endpoint;
+    let no_one = Served::default();
     let mut facts = Facts::new(&parsed.body, endpoint, parsed.stream);
     facts.max_output = parsed.max_output;
     (facts.tools, facts.images, facts.json_schema) = parsed.needs;
@@ -237,6 +313,7 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
                     started: call.started,
                     attempts: served.attempts,
                     request: parsed.body.clone(),
+                    admitted,
                 };
                 let mut resp = sse_response(ctx, open, d);
                 served.apply(&mut resp);
@@ -278,6 +355,8 @@ async fn handle(app: App, rid: RequestId, endpoint: Endpoint, req: Request) -> R
                 attempts: served.attempts,
                 stream: false,
                 at: SystemTime::now(),
+                key: admitted.as_ref().map(|a| a.key.clone()),
+                charged: 0,
             });
             let mut resp = json_response(&reply);
             served.apply(&mut resp);
@@ -301,25 +380,28 @@ fn dropped_header(resp: &mut Response, dropped: &[String]) {
 pub async fn chat_completions(
     State(app): State<App>,
     Extension(rid): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
     req: Request,
 ) -> Response {
-    handle(app, rid, Endpoint::Chat, req).await
+    handle(app, rid, caller, Endpoint::Chat, req).await
 }
 
 pub async fn completions(
     State(app): State<App>,
     Extension(rid): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
     req: Request,
 ) -> Response {
-    handle(app, rid, Endpoint::Completions, req).await
+    handle(app, rid, caller, Endpoint::Completions, req).await
 }
 
 pub async fn embeddings(
     State(app): State<App>,
     Extension(rid): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
     req: Request,
 ) -> Response {
-    handle(app, rid, Endpoint::Embeddings, req).await
+    handle(app, rid, caller, Endpoint::Embeddings, req).await
 }
 
 fn model_object(id: &str, owner: &str) -> Value {
@@ -346,11 +428,23 @@ fn all_models(app: &App) -> Vec<Value> {
     out
 }
 
-pub async fn list_models(State(app): State<App>) -> Response {
-    Json(json!({"object": "list", "data": all_models(&app)})).into_response()
+/// Every model this caller may use.
+pub async fn list_models(State(app): State<App>, Extension(caller): Extension<Caller>) -> Response {
+    let mut data = all_models(&app);
+    if let Some(k) = caller.key() {
+        data.retain(|m| m["id"].as_str().is_some_and(|id| k.allows(id)));
+    }
+    Json(json!({"object": "list", "data": data})).into_response()
 }
 
-pub async fn get_model(State(app): State<App>, Path(id): Path<String>) -> Response {
+pub async fn get_model(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    if caller.key().is_some_and(|k| !k.allows(&id)) {
+        return ApiError(GatewayError::model_not_found(&id)).into_response();
+    }
     if app.router.resolve(&id).is_err() && app.router.knows(&id) {
         // `auto`, or a name with `:floor` / `:nitro`.
         return Json(model_object(&id, "polyplex")).into_response();
@@ -455,13 +549,28 @@ pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
+/// Ready: not shutting down, and the store answers.
 pub async fn readyz(State(app): State<App>) -> Response {
-    if app.ready.load(std::sync::atomic::Ordering::SeqCst) {
-        Json(json!({"status": "ready", "providers": app.router.upstreams().len()})).into_response()
+    if !app.ready.load(std::sync::atomic::Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting down"})),
+        )
+            .into_response();
+    }
+    let store_ok = match app.keys.store() {
+        Some(s) => tokio::time::timeout(std::time::Duration::from_secs(2), s.ping())
+            .await
+            .unwrap_or(false),
+        None => true,
+    };
+    if store_ok {
+        Json(json!({"status": "ready", "providers": app.router.upstreams().len(), "store": "ok"}))
+            .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "shutting down"})),
+            Json(json!({"status": "store unreachable"})),
         )
             .into_response()
     }

@@ -5,14 +5,18 @@
 //! 1. **request id** ([`gate`]): takes the client's `x-request-id` if it is
 //!    sane, else makes one; every response carries it.
 //! 2. **auth** ([`gate`], [`auth::check`]): the master key as a Bearer token (or
-//!    `x-api-key`/`api-key`), compared in constant time. Without a master key
-//!    the gateway only listens on loopback and lets every caller in. Gateway
-//!    keys (`plx-...`), their model allow-lists and limits slot in here.
+//!    `x-api-key`/`api-key`), compared in constant time, or a gateway key
+//!    (`plx-...`, found by its SHA-256 in [`crate::keys`]). Without a master
+//!    key the gateway only listens on loopback and lets every caller in (a
+//!    presented gateway key still counts, and a revoked one is refused). The
+//!    admin API takes the master key only.
 //! 3. **body** ([`handlers`]): read up to `server.max_body_bytes` (413 past it),
 //!    parsed once into an insertion-ordered JSON map (400 naming the problem).
 //! 4. **validation** (`polyplex_types::validate`): OpenAI's rules, each error
 //!    naming the field.
-//! 5. **limits and budget admission**: (per-key limits land here.)
+//! 5. **key admission** ([`crate::keys`]): the key's model allow-list (403),
+//!    budget (429 `insufficient_quota`), requests and tokens per minute and
+//!    concurrent requests (429 with `retry-after`); `x-ratelimit-*` headers.
 //! 6. **routing** ([`crate::routing`]): the model name (plus any `models`
 //!    fallback list and `provider` preferences) becomes an ordered plan of
 //!    deployments by the route's strategy and live statistics
@@ -24,8 +28,10 @@
 //! 8. **response** ([`respond`]): OpenAI JSON with `usage.cost`, or SSE framed
 //!    exactly as OpenAI's, with `x-polyplex-provider/model/attempts` headers.
 //! 9. **usage** ([`crate::usage`]): one record per request to the background
-//!    writer, whatever the outcome, including streams the client abandoned.
+//!    writer, whatever the outcome, including streams the client abandoned;
+//!    the writer stores them ([`crate::store`]) in batches.
 
+pub mod admin;
 pub mod auth;
 pub mod busy;
 pub mod gate;
@@ -52,6 +58,8 @@ pub struct AppState {
     /// Upstream URLs, parsed once each.
     pub urls: crate::client::UriCache,
     pub master_key: Option<SecretString>,
+    /// Gateway keys (and through them, the store).
+    pub keys: Arc<crate::keys::Keys>,
     pub max_body: usize,
     pub recorder: Recorder,
     pub metrics: Option<PrometheusHandle>,
@@ -85,6 +93,7 @@ pub fn state(
     cfg: &Config,
     demo_base_url: Option<String>,
     recorder: Recorder,
+    keys: Arc<crate::keys::Keys>,
     threads: usize,
 ) -> Result<App, String> {
     let mut providers = cfg.providers.clone();
@@ -114,6 +123,7 @@ pub fn state(
             .collect::<Result<_, _>>()?,
         urls: crate::client::UriCache::default(),
         master_key: cfg.master_key.clone(),
+        keys,
         max_body: cfg.max_body_bytes,
         recorder,
         metrics: crate::telemetry::metrics(),
@@ -137,6 +147,14 @@ pub fn app(state: App) -> gate::Gate {
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{*id}", get(handlers::get_model))
         .route("/admin/providers", get(handlers::admin_providers))
+        .route("/admin/usage", get(admin::usage))
+        .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
+        .route(
+            "/admin/keys/{id}",
+            get(admin::get_key)
+                .patch(admin::update_key)
+                .delete(admin::revoke_key),
+        )
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))

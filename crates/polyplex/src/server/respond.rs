@@ -128,6 +128,16 @@ pub(crate) mod names {
     pub static HEDGED: HeaderName = HeaderName::from_static("x-polyplex-hedged");
     pub static ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
     pub static DROPPED_PARAMS: HeaderName = HeaderName::from_static("x-polyplex-dropped-params");
+    pub static RL_LIMIT_REQUESTS: HeaderName =
+        HeaderName::from_static("x-ratelimit-limit-requests");
+    pub static RL_REMAINING_REQUESTS: HeaderName =
+        HeaderName::from_static("x-ratelimit-remaining-requests");
+    pub static RL_RESET_REQUESTS: HeaderName =
+        HeaderName::from_static("x-ratelimit-reset-requests");
+    pub static RL_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+    pub static RL_REMAINING_TOKENS: HeaderName =
+        HeaderName::from_static("x-ratelimit-remaining-tokens");
+    pub static RL_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 }
 
 /// Who served a request: the `x-polyplex-*` headers.
@@ -321,6 +331,8 @@ pub struct StreamContext {
     pub started: Instant,
     pub attempts: u32,
     pub request: JsonMap,
+    /// The gateway key's admission: its concurrency slot lasts as long as the stream.
+    pub admitted: Option<crate::keys::Admitted>,
 }
 
 /// One client stream: upstream events in, OpenAI SSE frames out.
@@ -448,6 +460,8 @@ impl Relay {
             attempts: self.ctx.attempts,
             stream: true,
             at: SystemTime::now(),
+            key: self.ctx.admitted.as_ref().map(|a| a.key.clone()),
+            charged: 0,
         });
     }
 

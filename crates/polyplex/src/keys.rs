@@ -1,0 +1,643 @@
+//! Gateway keys on the request path: which key a bearer token is, whether it
+//! may use a model, and its limits (requests and tokens per minute,
+//! concurrent requests) and budget.
+//!
+//! Keys live in the [`crate::store`]; every node keeps them in memory (found
+//! by the SHA-256 of the token) and reloads them every
+//! [`RELOAD`], so a key created, changed or revoked on another replica
+//! takes effect here within that time, and at once on the node that was
+//! asked. A token not in memory is looked up in the store before it is
+//! refused (a key created a moment ago on another replica).
+//!
+//! Limits are exact on one node: the requests and tokens of the last 60
+//! seconds are kept per key (a sliding window). Spend is what the store says
+//! plus what this node served and has not yet written.
+
+use crate::store::{unix_now, KeyRow, Store, StoreError};
+use polyplex_types::GatewayError;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// How often every key is reloaded from the store.
+pub const RELOAD: Duration = Duration::from_secs(2);
+const WINDOW: Duration = Duration::from_secs(60);
+/// How long a token the store does not know is remembered as unknown.
+const MISS_TTL: Duration = Duration::from_secs(2);
+
+/// A new key: `plx-` and 40 random letters and digits (238 bits).
+pub fn generate() -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    format!(
+        "plx-{}",
+        Alphanumeric.sample_string(&mut rand::rngs::OsRng, 40)
+    )
+}
+
+/// The stored form of a key: its SHA-256 in hex.
+pub fn hash(key: &str) -> String {
+    let d = Sha256::digest(key.as_bytes());
+    let mut s = String::with_capacity(64);
+    for b in d {
+        use std::fmt::Write;
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// `plx-…` and the last four characters: enough to tell keys apart.
+pub fn hint(key: &str) -> String {
+    let tail: String = key
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("plx-...{tail}")
+}
+
+/// A new key id: `key_` and 16 hex digits.
+pub fn new_id() -> String {
+    format!("key_{:016x}", rand::random::<u64>())
+}
+
+/// The requests and tokens of one key in the last minute, and its requests
+/// in progress.
+#[derive(Default)]
+struct Window {
+    requests: VecDeque<Instant>,
+    tokens: VecDeque<(Instant, u64)>,
+    token_sum: u64,
+}
+
+impl Window {
+    fn trim(&mut self, now: Instant) {
+        while self
+            .requests
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= WINDOW)
+        {
+            self.requests.pop_front();
+        }
+        while let Some((t, n)) = self.tokens.front() {
+            if now.duration_since(*t) < WINDOW {
+                break;
+            }
+            self.token_sum -= n;
+            self.tokens.pop_front();
+        }
+    }
+}
+
+/// A gateway key in memory: its settings (replaced on reload) and its live
+/// counters (kept across reloads).
+pub struct KeyEntry {
+    spec: RwLock<Arc<KeyRow>>,
+    window: Mutex<Window>,
+    in_flight: AtomicU64,
+    /// Spend in micro-cents (1e-8 USD) served here and not yet in the store.
+    pending: AtomicU64,
+}
+
+const UNITS_PER_USD: f64 = 1e8;
+
+impl std::fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyEntry")
+            .field("id", &self.spec().id)
+            .finish()
+    }
+}
+
+impl KeyEntry {
+    fn new(row: KeyRow) -> Self {
+        KeyEntry {
+            spec: RwLock::new(Arc::new(row)),
+            window: Mutex::new(Window::default()),
+            in_flight: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+        }
+    }
+
+    pub fn spec(&self) -> Arc<KeyRow> {
+        match self.spec.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set_spec(&self, row: KeyRow) {
+        match self.spec.write() {
+            Ok(mut s) => *s = Arc::new(row),
+            Err(p) => *p.into_inner() = Arc::new(row),
+        }
+    }
+
+    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
+        match self.window.lock() {
+            Ok(w) => w,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    pub fn id(&self) -> String {
+        self.spec().id.clone()
+    }
+
+    /// Spend so far: the store's, plus what this node has not written yet.
+    pub fn spent(&self) -> f64 {
+        self.spec().spent_usd + self.pending.load(Ordering::Relaxed) as f64 / UNITS_PER_USD
+    }
+
+    fn add_pending(&self, usd: f64) -> u64 {
+        let units = (usd.max(0.0) * UNITS_PER_USD).round() as u64;
+        self.pending.fetch_add(units, Ordering::Relaxed);
+        units
+    }
+
+    /// May this key use model `name` (as the client wrote it)? A listed
+    /// `model` also allows `provider/model`; `provider/*` allows all of a
+    /// provider's; `*` all.
+    pub fn allows(&self, name: &str) -> bool {
+        allows(self.spec().models.as_deref(), name)
+    }
+
+    /// Admission: budget, requests per minute, tokens per minute and
+    /// concurrency, in that order. On success the request is counted and the
+    /// returned guard holds its concurrency slot.
+    pub fn admit(self: &Arc<Self>, now: Instant) -> Result<Admitted, GatewayError> {
+        let spec = self.spec();
+        if let Some(budget) = spec.budget_usd {
+            if self.spent() >= budget {
+                return Err(GatewayError::quota_exceeded(format!(
+                    "You exceeded your current quota: key {} has spent ${:.4} of its ${budget} budget.",
+                    spec.id,
+                    self.spent()
+                )));
+            }
+        }
+        if let Some(max) = spec.max_concurrent {
+            let now_in = self.in_flight.fetch_add(1, Ordering::AcqRel);
+            if now_in >= max {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return Err(GatewayError::rate_limited(
+                    "requests",
+                    format!(
+                        "Rate limit reached for key {} on concurrent requests: Limit {max}, in progress {now_in}. Please try again when one finishes.",
+                        spec.id
+                    ),
+                    Duration::from_secs(1),
+                ));
+            }
+        } else {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+        }
+        let mut guard = Admitted {
+            key: self.clone(),
+            limits: Limits::default(),
+        };
+        let mut w = self.window();
+        w.trim(now);
+        if let Some(rpm) = spec.rpm {
+            if w.requests.len() as u64 >= rpm {
+                let wait = w
+                    .requests
+                    .front()
+                    .map_or(WINDOW, |t| WINDOW.saturating_sub(now.duration_since(*t)));
+                return Err(GatewayError::rate_limited(
+                    "requests",
+                    format!(
+                        "Rate limit reached for key {} on requests per min (RPM): Limit {rpm}, Used {}, Requested 1. Please try again in {}.",
+                        spec.id,
+                        w.requests.len(),
+                        reset_text(wait)
+                    ),
+                    wait,
+                ));
+            }
+        }
+        if let Some(tpm) = spec.tpm {
+            if w.token_sum >= tpm {
+                let wait = next_token_release(&w, tpm, now);
+                return Err(GatewayError::rate_limited(
+                    "tokens",
+                    format!(
+                        "Rate limit reached for key {} on tokens per min (TPM): Limit {tpm}, Used {}. Please try again in {}.",
+                        spec.id,
+                        w.token_sum,
+                        reset_text(wait)
+                    ),
+                    wait,
+                ));
+            }
+        }
+        w.requests.push_back(now);
+        let limits = Limits {
+            rpm: spec.rpm.map(|rpm| LimitState {
+                limit: rpm,
+                remaining: rpm.saturating_sub(w.requests.len() as u64),
+                reset: w.requests.front().map_or(Duration::ZERO, |t| {
+                    WINDOW.saturating_sub(now.duration_since(*t))
+                }),
+            }),
+            tpm: spec.tpm.map(|tpm| LimitState {
+                limit: tpm,
+                remaining: tpm.saturating_sub(w.token_sum),
+                reset: if w.token_sum == 0 {
+                    Duration::ZERO
+                } else {
+                    next_token_release(&w, tpm, now)
+                },
+            }),
+        };
+        drop(w);
+        guard.limits = limits;
+        Ok(guard)
+    }
+
+    /// Counts a finished request's tokens and cost against the key.
+    pub fn charge(&self, tokens: u64, cost_usd: f64, now: Instant) -> u64 {
+        if tokens > 0 && self.spec().tpm.is_some() {
+            let mut w = self.window();
+            w.tokens.push_back((now, tokens));
+            w.token_sum += tokens;
+        }
+        self.add_pending(cost_usd)
+    }
+
+    /// The usage writer stored `units` of pending spend; the store's total
+    /// for the key is now `spent`.
+    pub fn stored(&self, units: u64, spent: Option<f64>) {
+        if let Some(s) = spent {
+            let mut row = (*self.spec()).clone();
+            row.spent_usd = s;
+            self.set_spec(row);
+        }
+        let _ = self
+            .pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                Some(p.saturating_sub(units))
+            });
+    }
+}
+
+/// How long until enough tokens leave the window to be under `tpm` again.
+fn next_token_release(w: &Window, tpm: u64, now: Instant) -> Duration {
+    let mut sum = w.token_sum;
+    for (t, n) in &w.tokens {
+        sum -= n;
+        if sum < tpm {
+            return WINDOW.saturating_sub(now.duration_since(*t));
+        }
+    }
+    Duration::ZERO
+}
+
+/// OpenAI's reset format: `1s`, `6m0s`, `120ms`.
+pub fn reset_text(d: Duration) -> String {
+    let ms = d.as_millis() as u64;
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs_f64();
+    if s < 60.0 {
+        return format!("{}s", trim_float(s));
+    }
+    let m = (s / 60.0).floor();
+    format!("{}m{}s", m as u64, trim_float(s - m * 60.0))
+}
+
+fn trim_float(s: f64) -> String {
+    let t = format!("{s:.3}");
+    t.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+pub fn allows(models: Option<&[String]>, name: &str) -> bool {
+    let Some(list) = models else {
+        return true;
+    };
+    let bare = name.split_once('/').map(|(_, m)| m);
+    let provider = name.split_once('/').map(|(p, _)| p);
+    list.iter().any(|m| {
+        m == "*"
+            || m == name
+            || Some(m.as_str()) == bare
+            || provider.is_some_and(|p| m.strip_suffix("/*") == Some(p))
+    })
+}
+
+/// One limit as the `x-ratelimit-*` headers tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitState {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub rpm: Option<LimitState>,
+    pub tpm: Option<LimitState>,
+}
+
+/// An admitted request of a key: holds its concurrency slot until dropped.
+pub struct Admitted {
+    pub key: Arc<KeyEntry>,
+    pub limits: Limits,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.key.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn usable(entry: Arc<KeyEntry>) -> Result<Arc<KeyEntry>, Refusal> {
+    let spec = entry.spec();
+    if spec.revoked_at.is_some() {
+        return Err(Refusal::Revoked);
+    }
+    if spec.expires_at.is_some_and(|t| t <= unix_now()) {
+        return Err(Refusal::Expired);
+    }
+    Ok(entry)
+}
+
+/// Every key, by the hash of its token.
+pub struct Keys {
+    store: Option<Store>,
+    by_hash: RwLock<HashMap<String, Arc<KeyEntry>>>,
+    by_id: RwLock<HashMap<String, Arc<KeyEntry>>>,
+    misses: Mutex<HashMap<String, Instant>>,
+}
+
+/// Why a token was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Unknown,
+    Revoked,
+    Expired,
+}
+
+impl Keys {
+    pub fn new(store: Option<Store>) -> Self {
+        Keys {
+            store,
+            by_hash: RwLock::new(HashMap::new()),
+            by_id: RwLock::new(HashMap::new()),
+            misses: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    fn read_hash(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<KeyEntry>>> {
+        match self.by_hash.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<Arc<KeyEntry>> {
+        match self.by_id.read() {
+            Ok(g) => g.get(id).cloned(),
+            Err(p) => p.into_inner().get(id).cloned(),
+        }
+    }
+
+    /// Puts `row` in memory (new or changed), keeping its live counters.
+    pub fn upsert(&self, row: KeyRow) {
+        let existing = self.by_id(&row.id);
+        let mut h = match self.by_hash.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let mut i = match self.by_id.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        match existing {
+            Some(e) => e.set_spec(row),
+            None => {
+                let e = Arc::new(KeyEntry::new(row.clone()));
+                h.insert(row.key_hash.clone(), e.clone());
+                i.insert(row.id, e);
+            }
+        }
+    }
+
+    /// Loads every key from the store: new and changed ones replace what
+    /// is in memory, deleted ones go.
+    pub async fn reload(&self) -> Result<usize, StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(0);
+        };
+        let rows = store.keys().await?;
+        let n = rows.len();
+        let ids: std::collections::HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();
+        for r in rows {
+            self.upsert(r);
+        }
+        let mut h = match self.by_hash.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        h.retain(|_, e| ids.contains(&e.spec().id));
+        match self.by_id.write() {
+            Ok(mut g) => g.retain(|id, _| ids.contains(id)),
+            Err(p) => p.into_inner().retain(|id, _| ids.contains(id)),
+        }
+        Ok(n)
+    }
+
+    /// The key whose token this is, if it is in memory (None: ask the store,
+    /// [`Keys::authenticate`]).
+    pub fn cached(&self, token: &str) -> Option<Result<Arc<KeyEntry>, Refusal>> {
+        let found = self.read_hash().get(&hash(token)).cloned()?;
+        Some(usable(found))
+    }
+
+    /// The key whose token this is, from memory or else the store, if it may
+    /// be used now.
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<KeyEntry>, Refusal> {
+        let h = hash(token);
+        let found = self.read_hash().get(&h).cloned();
+        let entry = match found {
+            Some(e) => e,
+            None => self.fetch(&h).await.ok_or(Refusal::Unknown)?,
+        };
+        usable(entry)
+    }
+
+    /// Looks a hash up in the store (a key made on another replica since
+    /// the last reload); unknown hashes are remembered for [`MISS_TTL`].
+    async fn fetch(&self, h: &str) -> Option<Arc<KeyEntry>> {
+        let store = self.store.as_ref()?;
+        {
+            let mut misses = match self.misses.lock() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
+            let now = Instant::now();
+            if misses.len() > 10_000 {
+                misses.retain(|_, t| now.duration_since(*t) < MISS_TTL);
+            }
+            if misses
+                .get(h)
+                .is_some_and(|t| now.duration_since(*t) < MISS_TTL)
+            {
+                return None;
+            }
+        }
+        match store.key_by_hash(h).await {
+            Ok(Some(row)) => {
+                self.upsert(row);
+                self.read_hash().get(h).cloned()
+            }
+            Ok(None) => {
+                if let Ok(mut m) = self.misses.lock() {
+                    m.insert(h.to_string(), Instant::now());
+                }
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look a key up in the store");
+                None
+            }
+        }
+    }
+
+    /// Reloads every [`RELOAD`] until the returned task is aborted.
+    pub fn spawn_reloader(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        self.store.as_ref()?;
+        let keys = self.clone();
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RELOAD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = keys.reload().await {
+                    tracing::warn!(error = %e, "cannot reload the gateway keys");
+                }
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(models: Option<Vec<&str>>) -> KeyRow {
+        KeyRow {
+            id: "key_1".into(),
+            name: "t".into(),
+            key_hash: hash("plx-a"),
+            key_hint: hint("plx-a"),
+            models: models.map(|m| m.into_iter().map(String::from).collect()),
+            rpm: None,
+            tpm: None,
+            max_concurrent: None,
+            budget_usd: None,
+            spent_usd: 0.0,
+            expires_at: None,
+            created_at: 0,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn keys_are_long_random_and_hashed() {
+        let k = generate();
+        assert!(k.starts_with("plx-") && k.len() == 44);
+        assert_ne!(k, generate());
+        assert_eq!(hash(&k).len(), 64);
+        assert_eq!(
+            hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(hint("plx-abcdefgh"), "plx-...efgh");
+    }
+
+    #[test]
+    fn model_lists() {
+        let list = vec!["gpt-4o".to_string(), "anthropic/*".to_string()];
+        assert!(allows(Some(&list), "gpt-4o"));
+        assert!(allows(Some(&list), "openai/gpt-4o"));
+        assert!(allows(Some(&list), "anthropic/claude-sonnet-4-5"));
+        assert!(!allows(Some(&list), "gpt-4o-mini"));
+        assert!(!allows(Some(&list), "openai/gpt-4o-mini"));
+        assert!(allows(None, "anything"));
+        assert!(allows(Some(&["*".to_string()]), "x"));
+    }
+
+    #[test]
+    fn requests_per_minute_slide() {
+        let mut r = row(None);
+        r.rpm = Some(2);
+        let e = Arc::new(KeyEntry::new(r));
+        let t0 = Instant::now();
+        let a = e.admit(t0).unwrap();
+        assert_eq!(a.limits.rpm.unwrap().remaining, 1);
+        let _b = e.admit(t0 + Duration::from_secs(10)).unwrap();
+        let err = e.admit(t0 + Duration::from_secs(20)).err().unwrap();
+        assert_eq!(err.status.as_u16(), 429);
+        assert_eq!(err.kind, "requests");
+        assert_eq!(err.retry_after, Some(Duration::from_secs(40)));
+        // The first leaves the window after 60 s.
+        assert!(e.admit(t0 + Duration::from_secs(61)).is_ok());
+    }
+
+    #[test]
+    fn concurrency_and_budget() {
+        let mut r = row(None);
+        r.max_concurrent = Some(1);
+        r.budget_usd = Some(0.01);
+        let e = Arc::new(KeyEntry::new(r));
+        let now = Instant::now();
+        let a = e.admit(now).unwrap();
+        assert_eq!(e.admit(now).err().unwrap().status.as_u16(), 429);
+        drop(a);
+        let a = e.admit(now).unwrap();
+        let units = e.charge(10, 0.006, now);
+        drop(a);
+        assert!(e.admit(now).is_ok());
+        e.charge(10, 0.006, now);
+        let err = e.admit(now).err().unwrap();
+        assert_eq!(err.kind, "insufficient_quota");
+        // Written to the store: the spend moves from pending to the row.
+        e.stored(units, Some(0.006));
+        assert!((e.spent() - 0.012).abs() < 1e-9);
+    }
+
+    #[test]
+    fn tokens_per_minute() {
+        let mut r = row(None);
+        r.tpm = Some(100);
+        let e = Arc::new(KeyEntry::new(r));
+        let t0 = Instant::now();
+        drop(e.admit(t0).unwrap());
+        e.charge(60, 0.0, t0);
+        let a = e.admit(t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(a.limits.tpm.unwrap().remaining, 40);
+        drop(a);
+        e.charge(50, 0.0, t0 + Duration::from_secs(5));
+        let err = e.admit(t0 + Duration::from_secs(6)).err().unwrap();
+        assert_eq!(err.kind, "tokens");
+        assert_eq!(err.retry_after, Some(Duration::from_secs(54)));
+    }
+
+    #[test]
+    fn reset_texts() {
+        assert_eq!(reset_text(Duration::from_millis(120)), "120ms");
+        assert_eq!(reset_text(Duration::from_secs(1)), "1s");
+        assert_eq!(reset_text(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(reset_text(Duration::from_secs(360)), "6m0s");
+    }
+}

@@ -1,0 +1,464 @@
+//! The admin API (master key only): gateway keys and usage reports. JSON in
+//! and out; a key's token appears in the answer that creates it and never
+//! again.
+
+use super::respond::ApiError;
+use super::App;
+use crate::keys;
+use crate::store::{self, GroupBy, KeyChanges, KeyRow};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use polyplex_types::GatewayError;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+
+/// A key as the admin API shows it: never the token, nor its hash.
+pub fn key_json(k: &KeyRow) -> Value {
+    json!({
+        "id": k.id,
+        "object": "gateway.key",
+        "name": k.name,
+        "key_hint": k.key_hint,
+        "models": k.models,
+        "rpm": k.rpm,
+        "tpm": k.tpm,
+        "max_concurrent": k.max_concurrent,
+        "budget_usd": k.budget_usd,
+        "spent_usd": crate::usage::rounded_cost(k.spent_usd),
+        "expires_at": k.expires_at,
+        "created_at": k.created_at,
+        "revoked": k.revoked_at.is_some(),
+        "revoked_at": k.revoked_at,
+    })
+}
+
+fn store_error(e: store::StoreError) -> Response {
+    tracing::error!(error = %e, "admin API: store error");
+    ApiError(GatewayError::service_unavailable(
+        "The key and usage store is unavailable; try again shortly.",
+    ))
+    .into_response()
+}
+
+fn no_store() -> Response {
+    ApiError(GatewayError::service_unavailable(
+        "No key and usage store is configured.",
+    ))
+    .into_response()
+}
+
+fn unknown_key(id: &str) -> Response {
+    ApiError(GatewayError::not_found(format!("No key with id `{id}`.")).with_param("id"))
+        .into_response()
+}
+
+fn bad(param: &str, why: impl std::fmt::Display) -> GatewayError {
+    GatewayError::invalid_param(param, format!("Invalid `{param}`: {why}."))
+}
+
+fn object(body: &Bytes) -> Result<Map<String, Value>, GatewayError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(GatewayError::invalid_request(
+            "The request body must be a JSON object.",
+        )),
+        Err(e) => Err(GatewayError::invalid_request(format!(
+            "We could not parse the JSON body of your request ({e})."
+        ))),
+    }
+}
+
+/// A whole number ≥ 0, or null (`Some(None)`).
+fn count(v: &Value, param: &str) -> Result<Option<u64>, GatewayError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| bad(param, "must be a whole number of at least 0")),
+        _ => Err(bad(param, "must be a whole number or null")),
+    }
+}
+
+/// A time as Unix seconds: a number, an RFC 3339 time, a date
+/// (`YYYY-MM-DD`, midnight UTC), or a duration from now (`30d`, `12h`).
+pub fn parse_time(s: &str, future: bool) -> Option<i64> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i64>() {
+        return Some(n);
+    }
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return store_secs(t);
+    }
+    if s.len() == 10 {
+        if let Ok(t) = humantime::parse_rfc3339_weak(&format!("{s} 00:00:00")) {
+            return store_secs(t);
+        }
+    }
+    let d = humantime::parse_duration(s).ok()?;
+    let now = std::time::SystemTime::now();
+    store_secs(if future {
+        now.checked_add(d)?
+    } else {
+        now.checked_sub(d)?
+    })
+}
+
+fn store_secs(t: std::time::SystemTime) -> Option<i64> {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs() as i64)
+}
+
+/// The settings in a create or update body; every field is checked and
+/// named when wrong, and unknown fields are refused.
+fn changes(m: &Map<String, Value>) -> Result<KeyChanges, GatewayError> {
+    let mut c = KeyChanges::default();
+    for (k, v) in m {
+        match k.as_str() {
+            "name" => match v {
+                Value::String(s) if !s.trim().is_empty() && s.len() <= 200 => {
+                    c.name = Some(s.trim().to_string());
+                }
+                _ => return Err(bad("name", "must be a non-empty string of at most 200 characters")),
+            },
+            "models" => match v {
+                Value::Null => c.models = Some(None),
+                Value::Array(a) => {
+                    let list = a
+                        .iter()
+                        .map(|x| x.as_str().filter(|s| !s.is_empty()).map(str::to_string))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| bad("models", "must be a list of model names"))?;
+                    c.models = Some(Some(list));
+                }
+                _ => return Err(bad("models", "must be a list of model names, or null for every model")),
+            },
+            "rpm" => c.rpm = Some(count(v, "rpm")?),
+            "tpm" => c.tpm = Some(count(v, "tpm")?),
+            "max_concurrent" => c.max_concurrent = Some(count(v, "max_concurrent")?),
+            "budget_usd" => {
+                c.budget_usd = Some(match v {
+                    Value::Null => None,
+                    Value::Number(n) => match n.as_f64() {
+                        Some(x) if x >= 0.0 && x.is_finite() => Some(x),
+                        _ => return Err(bad("budget_usd", "must be a number of at least 0")),
+                    },
+                    _ => return Err(bad("budget_usd", "must be a number of USD, or null")),
+                });
+            }
+            "expires_at" => {
+                c.expires_at = Some(match v {
+                    Value::Null => None,
+                    Value::Number(n) => Some(
+                        n.as_i64()
+                            .ok_or_else(|| bad("expires_at", "must be Unix seconds"))?,
+                    ),
+                    Value::String(s) => Some(parse_time(s, true).ok_or_else(|| {
+                        bad(
+                            "expires_at",
+                            "must be Unix seconds, an RFC 3339 time, a date or a duration such as `30d`",
+                        )
+                    })?),
+                    _ => return Err(bad("expires_at", "must be a time or null")),
+                });
+            }
+            other => {
+                return Err(GatewayError::invalid_param(
+                    other,
+                    format!("Unrecognized field `{other}`. Keys take: name, models, rpm, tpm, max_concurrent, budget_usd, expires_at."),
+                ))
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// Creates a key from its settings; returns the row and the token.
+pub async fn create(
+    store: &store::Store,
+    c: &KeyChanges,
+) -> Result<(KeyRow, String), store::StoreError> {
+    let token = keys::generate();
+    let id = keys::new_id();
+    let row = KeyRow {
+        name: c.name.clone().unwrap_or_else(|| id.clone()),
+        id,
+        key_hash: keys::hash(&token),
+        key_hint: keys::hint(&token),
+        models: c.models.clone().flatten(),
+        rpm: c.rpm.flatten(),
+        tpm: c.tpm.flatten(),
+        max_concurrent: c.max_concurrent.flatten(),
+        budget_usd: c.budget_usd.flatten(),
+        spent_usd: 0.0,
+        expires_at: c.expires_at.flatten(),
+        created_at: store::unix_now(),
+        revoked_at: None,
+    };
+    store.insert_key(&row).await?;
+    Ok((row, token))
+}
+
+/// `POST /admin/keys`.
+pub async fn create_key(State(app): State<App>, body: Bytes) -> Response {
+    let c = match object(&body).and_then(|m| changes(&m)) {
+        Ok(c) => c,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    let Some(store) = app.keys.store() else {
+        return no_store();
+    };
+    match create(store, &c).await {
+        Ok((row, token)) => {
+            app.keys.upsert(row.clone());
+            let mut v = key_json(&row);
+            v["key"] = Value::String(token);
+            Json(v).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+/// `GET /admin/keys`.
+pub async fn list_keys(State(app): State<App>) -> Response {
+    let Some(store) = app.keys.store() else {
+        return no_store();
+    };
+    match store.keys().await {
+        Ok(rows) => Json(json!({
+            "object": "list",
+            "data": rows.iter().map(|k| with_live_spend(&app, k)).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+/// A key with this node's spend not yet stored counted in.
+fn with_live_spend(app: &App, k: &KeyRow) -> Value {
+    let mut v = key_json(k);
+    if let Some(e) = app.keys.by_id(&k.id) {
+        v["spent_usd"] = crate::usage::cost_json(e.spent().max(k.spent_usd));
+    }
+    v
+}
+
+/// `GET /admin/keys/{id}`.
+pub async fn get_key(State(app): State<App>, Path(id): Path<String>) -> Response {
+    let Some(store) = app.keys.store() else {
+        return no_store();
+    };
+    match store.key(&id).await {
+        Ok(Some(k)) => Json(with_live_spend(&app, &k)).into_response(),
+        Ok(None) => unknown_key(&id),
+        Err(e) => store_error(e),
+    }
+}
+
+/// `PATCH /admin/keys/{id}`: changes the given settings (null clears one).
+pub async fn update_key(State(app): State<App>, Path(id): Path<String>, body: Bytes) -> Response {
+    let c = match object(&body).and_then(|m| changes(&m)) {
+        Ok(c) => c,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    let Some(store) = app.keys.store() else {
+        return no_store();
+    };
+    match store.update_key(&id, &c).await {
+        Ok(Some(k)) => {
+            app.keys.upsert(k.clone());
+            Json(with_live_spend(&app, &k)).into_response()
+        }
+        Ok(None) => unknown_key(&id),
+        Err(e) => store_error(e),
+    }
+}
+
+/// `DELETE /admin/keys/{id}`: revokes the key at once (its usage stays).
+pub async fn revoke_key(State(app): State<App>, Path(id): Path<String>) -> Response {
+    let Some(store) = app.keys.store() else {
+        return no_store();
+    };
+    match store.revoke_key(&id).await {
+        Ok(Some(k)) => {
+            app.keys.upsert(k.clone());
+            let mut v = key_json(&k);
+            v["deleted"] = Value::Bool(true);
+            Json(v).into_response()
+        }
+        Ok(None) => unknown_key(&id),
+        Err(e) => store_error(e),
+    }
+}
+
+/// A usage report as JSON rows named by their group; `names` maps key ids
+/// to key names (for `by=key`).
+pub fn report_json(
+    by: GroupBy,
+    since: Option<i64>,
+    rows: &[store::UsageRow],
+    names: &HashMap<String, String>,
+) -> Value {
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let mut o = Map::new();
+            o.insert(by.as_str().into(), json!(r.group));
+            if by == GroupBy::Key {
+                o.insert(
+                    "key_name".into(),
+                    json!(r.group.as_ref().and_then(|g| names.get(g))),
+                );
+            }
+            o.insert("requests".into(), json!(r.requests));
+            o.insert("errors".into(), json!(r.errors));
+            o.insert("prompt_tokens".into(), json!(r.prompt_tokens));
+            o.insert("completion_tokens".into(), json!(r.completion_tokens));
+            o.insert(
+                "total_tokens".into(),
+                json!(r.prompt_tokens + r.completion_tokens),
+            );
+            o.insert("cost_usd".into(), crate::usage::cost_json(r.cost_usd));
+            Value::Object(o)
+        })
+        .collect();
+    let sum = |f: fn(&store::UsageRow) -> u64| rows.iter().map(f).sum::<u64>();
+    let (p, c) = (sum(|r| r.prompt_tokens), sum(|r| r.completion_tokens));
+    json!({
+        "object": "list",
+        "by": by.as_str(),
+        "since": since,
+        "data": data,
+        "total": {
+            "requests": sum(|r| r.requests),
+            "errors": sum(|r| r.errors),
+            "prompt_tokens": p,
+            "completion_tokens": c,
+            "total_tokens": p + c,
+            "cost_usd": crate::usage::cost_json(rows.iter().map(|r| r.cost_usd).sum()),
+        },
+    })
+}
+
+/// Parses `by` and `since` as the admin API and the CLI take them.
+pub fn report_params(
+    by: Option<&str>,
+    since: Option<&str>,
+) -> Result<(GroupBy, Option<i64>), GatewayError> {
+    let by = match by {
+        None | Some("") => GroupBy::Model,
+        Some(b) => GroupBy::parse(b)
+            .ok_or_else(|| bad("by", "must be one of key, model, provider, day"))?,
+    };
+    let since = match since {
+        None | Some("") => None,
+        Some(s) => Some(parse_time(s, false).ok_or_else(|| {
+            bad(
+                "since",
+                "must be Unix seconds, an RFC 3339 time, a date (YYYY-MM-DD) or a duration such as `24h`",
+            )
+        })?),
+    };
+    Ok((by, since))
+}
+
+/// `GET /admin/usage?by=key|model|provider|day&since=...`: every record this
+/// node has taken is written first, so the report includes it.
+pub async fn usage(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let (by, since) = match report_params(
+        q.get("by").map(String::as_str),
+        q.get("since").map(String::as_str),
+    ) {
+        Ok(p) => p,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    let Some(store) = app.keys.store() else {
+        return no_store();
+    };
+    app.recorder.flush().await;
+    let rows = match store
+        .usage_report(by, since.map_or(0, |s| s.saturating_mul(1000)))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return store_error(e),
+    };
+    let names = if by == GroupBy::Key {
+        match store.keys().await {
+            Ok(ks) => ks.into_iter().map(|k| (k.id, k.name)).collect(),
+            Err(e) => return store_error(e),
+        }
+    } else {
+        HashMap::new()
+    };
+    Json(report_json(by, since, &rows, &names)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("1700000000", true), Some(1_700_000_000));
+        assert_eq!(
+            parse_time("2023-11-14T22:13:20Z", true),
+            Some(1_700_000_000)
+        );
+        assert_eq!(parse_time("1970-01-02", false), Some(86_400));
+        let now = store::unix_now();
+        let later = parse_time("1h", true).unwrap();
+        assert!((later - now - 3600).abs() <= 1);
+        let before = parse_time("1d", false).unwrap();
+        assert!((now - before - 86_400).abs() <= 1);
+        assert_eq!(parse_time("soon", true), None);
+    }
+
+    #[test]
+    fn settings_are_checked_by_name() {
+        let m = |v: Value| v.as_object().unwrap().clone();
+        let c = changes(&m(json!({"name": "ci", "models": ["gpt-4o"], "rpm": 10, "budget_usd": 1.5, "expires_at": null}))).unwrap();
+        assert_eq!(c.name.as_deref(), Some("ci"));
+        assert_eq!(c.rpm, Some(Some(10)));
+        assert_eq!(c.expires_at, Some(None));
+        for (body, param) in [
+            (json!({"rpm": -1}), "rpm"),
+            (json!({"rpm": "ten"}), "rpm"),
+            (json!({"models": "gpt-4o"}), "models"),
+            (json!({"budget_usd": -2}), "budget_usd"),
+            (json!({"name": ""}), "name"),
+            (json!({"expires_at": "whenever"}), "expires_at"),
+            (json!({"colour": "red"}), "colour"),
+        ] {
+            let e = changes(&m(body)).unwrap_err();
+            assert_eq!(e.status.as_u16(), 400);
+            assert_eq!(e.param.as_deref(), Some(param));
+        }
+    }
+
+    #[test]
+    fn report_params_default_and_refuse() {
+        assert_eq!(report_params(None, None).unwrap(), (GroupBy::Model, None));
+        assert_eq!(
+            report_params(Some("day"), Some("0")).unwrap(),
+            (GroupBy::Day, Some(0))
+        );
+        assert_eq!(
+            report_params(Some("week"), None)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("by")
+        );
+        assert_eq!(
+            report_params(None, Some("x")).unwrap_err().param.as_deref(),
+            Some("since")
+        );
+    }
+}

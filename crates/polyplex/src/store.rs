@@ -1,0 +1,542 @@
+//! The store: gateway keys and usage records, in SQLite (one binary, no other
+//! service) or Postgres (replicas share it). One schema, written in the SQL
+//! both accept, through sqlx's `Any` driver; the tables are created on first
+//! connect.
+//!
+//! Only a key's SHA-256 is stored. Money is `DOUBLE PRECISION` USD; times are
+//! Unix seconds (keys) and milliseconds (usage).
+
+use crate::usage::UsageRecord;
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS polyplex_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        key_hash TEXT NOT NULL UNIQUE,
+        key_hint TEXT NOT NULL,
+        models TEXT,
+        rpm BIGINT,
+        tpm BIGINT,
+        max_concurrent BIGINT,
+        budget_usd DOUBLE PRECISION,
+        spent_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+        expires_at BIGINT,
+        created_at BIGINT NOT NULL,
+        revoked_at BIGINT
+    )",
+    "CREATE TABLE IF NOT EXISTS polyplex_usage (
+        request_id TEXT NOT NULL,
+        key_id TEXT,
+        endpoint TEXT NOT NULL,
+        requested_model TEXT NOT NULL,
+        provider TEXT,
+        model TEXT,
+        status BIGINT NOT NULL,
+        prompt_tokens BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL,
+        cached_tokens BIGINT NOT NULL,
+        estimated BIGINT NOT NULL,
+        cost_usd DOUBLE PRECISION NOT NULL,
+        latency_ms BIGINT NOT NULL,
+        ttft_ms BIGINT,
+        attempts BIGINT NOT NULL,
+        stream BIGINT NOT NULL,
+        created_at BIGINT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS polyplex_usage_created ON polyplex_usage (created_at)",
+    "CREATE INDEX IF NOT EXISTS polyplex_usage_key ON polyplex_usage (key_id, created_at)",
+];
+
+/// The columns of `polyplex_keys` a [`KeyRow`] reads, in its order.
+const KEY_COLUMNS: &str = "id, name, key_hash, key_hint, models, rpm, tpm, max_concurrent, \
+     budget_usd, spent_usd, expires_at, created_at, revoked_at";
+
+#[derive(Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(String);
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+/// One gateway key as stored (never the key itself).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyRow {
+    pub id: String,
+    pub name: String,
+    #[serde(skip)]
+    pub key_hash: String,
+    /// `plx-` and the key's last four characters, to tell keys apart.
+    pub key_hint: String,
+    pub models: Option<Vec<String>>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_concurrent: Option<u64>,
+    pub budget_usd: Option<f64>,
+    pub spent_usd: f64,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// The settings of a key that `PATCH` may change; `Some(None)` clears one.
+#[derive(Debug, Default, Clone)]
+pub struct KeyChanges {
+    pub name: Option<String>,
+    pub models: Option<Option<Vec<String>>>,
+    pub rpm: Option<Option<u64>>,
+    pub tpm: Option<Option<u64>>,
+    pub max_concurrent: Option<Option<u64>>,
+    pub budget_usd: Option<Option<f64>>,
+    pub expires_at: Option<Option<i64>>,
+}
+
+/// How a usage report groups its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Key,
+    Model,
+    Provider,
+    Day,
+}
+
+impl GroupBy {
+    pub fn parse(s: &str) -> Option<GroupBy> {
+        match s {
+            "key" => Some(GroupBy::Key),
+            "model" => Some(GroupBy::Model),
+            "provider" => Some(GroupBy::Provider),
+            "day" => Some(GroupBy::Day),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupBy::Key => "key",
+            GroupBy::Model => "model",
+            GroupBy::Provider => "provider",
+            GroupBy::Day => "day",
+        }
+    }
+}
+
+/// One row of a usage report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageRow {
+    /// The key id, model, provider or day (`YYYY-MM-DD`, UTC) of the group.
+    pub group: Option<String>,
+    pub requests: u64,
+    pub errors: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    postgres: bool,
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A SQLite URL that creates its file when missing; `:memory:` databases get
+/// one connection (each connection would have a database of its own).
+fn sqlite_url(url: &str) -> (String, bool) {
+    let memory = url.contains(":memory:") || url.contains("mode=memory");
+    if memory || url.contains("mode=") {
+        return (url.to_string(), memory);
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    (format!("{url}{sep}mode=rwc"), false)
+}
+
+fn opt_u64(v: Option<i64>) -> Option<u64> {
+    v.map(|n| n.max(0) as u64)
+}
+
+fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
+    let models: Option<String> = r.try_get("models")?;
+    Ok(KeyRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        key_hash: r.try_get("key_hash")?,
+        key_hint: r.try_get("key_hint")?,
+        models: models.and_then(|m| serde_json::from_str(&m).ok()),
+        rpm: opt_u64(r.try_get("rpm")?),
+        tpm: opt_u64(r.try_get("tpm")?),
+        max_concurrent: opt_u64(r.try_get("max_concurrent")?),
+        budget_usd: r.try_get("budget_usd")?,
+        spent_usd: r.try_get("spent_usd")?,
+        expires_at: r.try_get("expires_at")?,
+        created_at: r.try_get("created_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
+
+fn models_json(m: &Option<Vec<String>>) -> Option<String> {
+    m.as_ref()
+        .map(|m| serde_json::Value::from(m.clone()).to_string())
+}
+
+fn as_i64(v: Option<u64>) -> Option<i64> {
+    v.map(|n| n.min(i64::MAX as u64) as i64)
+}
+
+impl Store {
+    /// Connects (creating a SQLite file if needed) and creates the tables.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        let (url, one) = if postgres {
+            (url.to_string(), false)
+        } else {
+            sqlite_url(url)
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if one { 1 } else { 8 })
+            .min_connections(if one { 1 } else { 0 })
+            .idle_timeout(if one {
+                None
+            } else {
+                Some(Duration::from_secs(300))
+            })
+            .max_lifetime(if one {
+                None
+            } else {
+                Some(Duration::from_secs(1800))
+            })
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&url)
+            .await
+            .map_err(|e| StoreError(format!("cannot open {}: {e}", redact_url(&url))))?;
+        let store = Store { pool, postgres };
+        if !postgres && !one {
+            // Readers do not wait for the usage writer.
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&store.pool)
+                .await?;
+        }
+        for stmt in SCHEMA {
+            sqlx::query(*stmt).execute(&store.pool).await?;
+        }
+        Ok(store)
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.postgres
+    }
+
+    /// Whether the store answers (readiness).
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub async fn insert_key(&self, k: &KeyRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO polyplex_keys (id, name, key_hash, key_hint, models, rpm, tpm, \
+             max_concurrent, budget_usd, spent_usd, expires_at, created_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&k.id)
+        .bind(&k.name)
+        .bind(&k.key_hash)
+        .bind(&k.key_hint)
+        .bind(models_json(&k.models))
+        .bind(as_i64(k.rpm))
+        .bind(as_i64(k.tpm))
+        .bind(as_i64(k.max_concurrent))
+        .bind(k.budget_usd)
+        .bind(k.spent_usd)
+        .bind(k.expires_at)
+        .bind(k.created_at)
+        .bind(k.revoked_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every key, revoked ones too, oldest first.
+    pub async fn keys(&self) -> Result<Vec<KeyRow>, StoreError> {
+        // Built from constants only.
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM polyplex_keys ORDER BY created_at, id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(key_row).collect::<Result<_, _>>()?)
+    }
+
+    pub async fn key(&self, id: &str) -> Result<Option<KeyRow>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM polyplex_keys WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(key_row).transpose()?)
+    }
+
+    pub async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRow>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM polyplex_keys WHERE key_hash = $1"
+        )))
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(key_row).transpose()?)
+    }
+
+    /// Applies `c` to key `id`; the key after it, or None if there is no such key.
+    pub async fn update_key(&self, id: &str, c: &KeyChanges) -> Result<Option<KeyRow>, StoreError> {
+        let Some(mut k) = self.key(id).await? else {
+            return Ok(None);
+        };
+        if let Some(n) = &c.name {
+            k.name = n.clone();
+        }
+        if let Some(m) = &c.models {
+            k.models = m.clone();
+        }
+        if let Some(v) = c.rpm {
+            k.rpm = v;
+        }
+        if let Some(v) = c.tpm {
+            k.tpm = v;
+        }
+        if let Some(v) = c.max_concurrent {
+            k.max_concurrent = v;
+        }
+        if let Some(v) = c.budget_usd {
+            k.budget_usd = v;
+        }
+        if let Some(v) = c.expires_at {
+            k.expires_at = v;
+        }
+        // Only the settings: spent_usd is the usage writer's, and a
+        // read-modify-write of it here would lose what it added meanwhile.
+        sqlx::query(
+            "UPDATE polyplex_keys SET name = $1, models = $2, rpm = $3, tpm = $4, \
+             max_concurrent = $5, budget_usd = $6, expires_at = $7 WHERE id = $8",
+        )
+        .bind(&k.name)
+        .bind(models_json(&k.models))
+        .bind(as_i64(k.rpm))
+        .bind(as_i64(k.tpm))
+        .bind(as_i64(k.max_concurrent))
+        .bind(k.budget_usd)
+        .bind(k.expires_at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        self.key(id).await
+    }
+
+    /// Revokes key `id` (kept, for its usage history); the key after it.
+    pub async fn revoke_key(&self, id: &str) -> Result<Option<KeyRow>, StoreError> {
+        sqlx::query(
+            "UPDATE polyplex_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+        )
+        .bind(unix_now())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        self.key(id).await
+    }
+
+    /// Writes a batch of usage records and adds their cost to their keys'
+    /// spend, in one transaction. Returns each key's spend after it.
+    pub async fn write_usage(
+        &self,
+        records: &[UsageRecord],
+    ) -> Result<HashMap<String, f64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<Option<String>> = records
+            .iter()
+            .map(|r| r.key.as_ref().map(|k| k.id()))
+            .collect();
+        let mut per_key: HashMap<&str, f64> = HashMap::new();
+        for (r, key_id) in records.iter().zip(&ids) {
+            sqlx::query(
+                "INSERT INTO polyplex_usage (request_id, key_id, endpoint, requested_model, \
+                 provider, model, status, prompt_tokens, completion_tokens, cached_tokens, \
+                 estimated, cost_usd, latency_ms, ttft_ms, attempts, stream, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            )
+            .bind(&r.request_id)
+            .bind(key_id.as_deref())
+            .bind(r.endpoint)
+            .bind(&r.requested_model)
+            .bind(r.provider.as_deref())
+            .bind(r.model.as_deref())
+            .bind(i64::from(r.status))
+            .bind(r.usage.prompt_tokens as i64)
+            .bind(r.usage.completion_tokens as i64)
+            .bind(r.usage.cached_tokens as i64)
+            .bind(i64::from(r.usage.estimated))
+            .bind(r.cost_usd)
+            .bind(r.latency.as_millis() as i64)
+            .bind(r.ttft.map(|t| t.as_millis() as i64))
+            .bind(i64::from(r.attempts))
+            .bind(i64::from(r.stream))
+            .bind(unix_ms(r.at))
+            .execute(&mut *tx)
+            .await?;
+            if let Some(k) = key_id.as_deref() {
+                *per_key.entry(k).or_default() += r.cost_usd;
+            }
+        }
+        let mut spent = HashMap::with_capacity(per_key.len());
+        for (k, add) in per_key {
+            let row = sqlx::query(
+                "UPDATE polyplex_keys SET spent_usd = spent_usd + $1 WHERE id = $2 RETURNING spent_usd",
+            )
+            .bind(add)
+            .bind(k)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = row {
+                spent.insert(k.to_string(), row.try_get::<f64, _>(0)?);
+            }
+        }
+        tx.commit().await?;
+        Ok(spent)
+    }
+
+    /// Requests, errors, tokens and cost since `since_ms`, grouped by `by`,
+    /// largest cost first (days: oldest first).
+    pub async fn usage_report(
+        &self,
+        by: GroupBy,
+        since_ms: i64,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let group = match by {
+            GroupBy::Key => "key_id".to_string(),
+            GroupBy::Model => "COALESCE(model, requested_model)".to_string(),
+            GroupBy::Provider => "provider".to_string(),
+            // Whole UTC days, counted from the epoch; named below.
+            GroupBy::Day => "CAST(created_at / 86400000 AS BIGINT)".to_string(),
+        };
+        let order = if by == GroupBy::Day {
+            "g ASC"
+        } else {
+            "cost DESC, requests DESC"
+        };
+        let sql = format!(
+            "SELECT {group} AS g, CAST(COUNT(*) AS BIGINT) AS requests, \
+             CAST(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS BIGINT) AS errors, \
+             CAST(SUM(prompt_tokens) AS BIGINT) AS prompt, \
+             CAST(SUM(completion_tokens) AS BIGINT) AS completion, \
+             CAST(SUM(cost_usd) AS DOUBLE PRECISION) AS cost \
+             FROM polyplex_usage WHERE created_at >= $1 GROUP BY {group} ORDER BY {order}"
+        );
+        // `group` and `order` are among the fixed texts above.
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(since_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let g = if by == GroupBy::Day {
+                    let day: i64 = r.try_get("g")?;
+                    Some(day_name(day))
+                } else {
+                    r.try_get::<Option<String>, _>("g")?
+                };
+                Ok(UsageRow {
+                    group: g,
+                    requests: r.try_get::<i64, _>("requests")?.max(0) as u64,
+                    errors: r.try_get::<i64, _>("errors")?.max(0) as u64,
+                    prompt_tokens: r.try_get::<i64, _>("prompt")?.max(0) as u64,
+                    completion_tokens: r.try_get::<i64, _>("completion")?.max(0) as u64,
+                    cost_usd: crate::usage::rounded_cost(r.try_get::<f64, _>("cost")?),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// The number of usage records (tests, shutdown checks).
+    pub async fn usage_count(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) FROM polyplex_usage")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>(0)?.max(0) as u64)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// `YYYY-MM-DD` of day `n` after 1970-01-01.
+fn day_name(n: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs((n.max(0) as u64) * 86_400);
+    humantime::format_rfc3339_seconds(t).to_string()[..10].to_string()
+}
+
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_create_their_file() {
+        assert_eq!(
+            sqlite_url("sqlite://polyplex.db").0,
+            "sqlite://polyplex.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url("sqlite://a.db?cache=shared").0,
+            "sqlite://a.db?cache=shared&mode=rwc"
+        );
+        assert!(sqlite_url("sqlite::memory:").1);
+        assert_eq!(
+            sqlite_url("sqlite://a.db?mode=ro").0,
+            "sqlite://a.db?mode=ro"
+        );
+    }
+
+    #[test]
+    fn days_are_named_in_utc() {
+        assert_eq!(day_name(0), "1970-01-01");
+        assert_eq!(day_name(19_700), "2023-12-09");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

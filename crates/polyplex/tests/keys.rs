@@ -1,0 +1,395 @@
+//! Gateway keys, limits, budgets and usage records, end to end: the admin
+//! API, the store (a SQLite file, shared by two gateways as replicas would
+//! share a database; Postgres when POLYPLEX_TEST_POSTGRES names one), and a
+//! restart.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use polyplex::config::{from_toml, Inputs};
+use polyplex::mock::{self, MockOptions};
+use polyplex::Running;
+use polyplex_catalog::Catalog;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const MASTER: &str = "test-master-key";
+
+fn temp_db() -> (PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("polyplex-keys-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("polyplex.db").display());
+    (dir, url)
+}
+
+async fn gateway(mock: SocketAddr, store: &str) -> Running {
+    let text = format!(
+        r#"
+listen = "127.0.0.1:0"
+[store]
+url = "{store}"
+[auth]
+master_key = "{MASTER}"
+[[providers]]
+name = "openai"
+base_url = "http://{mock}/v1"
+api_key = "sk-provider"
+models = ["gpt-4o", "gpt-4o-mini"]
+max_retries = 0
+"#
+    );
+    let env = |_: &str| None;
+    let cfg = from_toml(
+        &text,
+        &Inputs {
+            env: &env,
+            listen_override: None,
+            catalog: Catalog::builtin(),
+        },
+    )
+    .unwrap();
+    polyplex::start(&cfg).await.unwrap()
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    fn new(gw: &Running) -> Self {
+        Client {
+            http: reqwest::Client::new(),
+            base: format!("http://{}", gw.addr),
+        }
+    }
+
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(MASTER);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    async fn chat(&self, key: &str, model: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/chat/completions", self.base))
+            .bearer_auth(key)
+            .json(&json!({"model": model, "messages": [{"role": "user", "content": "count these words please"}]}))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+async fn error_of(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap();
+    (status, v["error"].clone())
+}
+
+#[tokio::test]
+async fn keys_limits_budgets_and_usage_survive_a_restart() {
+    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+        .await
+        .unwrap();
+    let (dir, url) = temp_db();
+    let gw = gateway(mock, &url).await;
+    let c = Client::new(&gw);
+
+    // Create: the key appears once; its settings are echoed.
+    let (s, k) = c
+        .admin(
+            reqwest::Method::POST,
+            "/admin/keys",
+            Some(json!({"name": "team-a", "models": ["gpt-4o-mini"], "rpm": 3})),
+        )
+        .await;
+    assert_eq!(s, 200, "{k}");
+    let token = k["key"].as_str().unwrap().to_string();
+    let id = k["id"].as_str().unwrap().to_string();
+    assert!(token.starts_with("plx-"));
+    assert_eq!(k["rpm"], 3);
+    assert_eq!(k["models"], json!(["gpt-4o-mini"]));
+
+    // Never again: not in the list, not by id.
+    let (_, list) = c.admin(reqwest::Method::GET, "/admin/keys", None).await;
+    assert!(!list.to_string().contains(&token));
+    assert_eq!(list["data"][0]["id"], json!(id));
+    let (s, one) = c
+        .admin(reqwest::Method::GET, &format!("/admin/keys/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
+    assert!(one.get("key").is_none() && !one.to_string().contains(&token));
+
+    // Bad settings are refused by name.
+    let (s, e) = c
+        .admin(
+            reqwest::Method::POST,
+            "/admin/keys",
+            Some(json!({"name": "x", "rpm": -3})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(e["error"]["param"], "rpm");
+
+    // The key works, for its model only, and not on the admin API.
+    let r = c.chat(&token, "gpt-4o-mini").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ratelimit-limit-requests"], "3");
+    assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "2");
+    let (s, e) = error_of(c.chat(&token, "gpt-4o").await).await;
+    assert_eq!((s, e["code"].as_str()), (403, Some("model_not_allowed")));
+    let r = c
+        .http
+        .get(format!("{}/admin/keys", c.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let models: Value = c
+        .http
+        .get(format!("{}/v1/models", c.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["openai/gpt-4o-mini"]);
+
+    // Requests per minute: the fourth in the minute is a 429 with retry-after.
+    assert_eq!(c.chat(&token, "gpt-4o-mini").await.status(), 200);
+    assert_eq!(c.chat(&token, "gpt-4o-mini").await.status(), 200);
+    let r = c.chat(&token, "gpt-4o-mini").await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let (_, e) = error_of(r).await;
+    assert_eq!(e["code"], "rate_limit_exceeded");
+
+    // PATCH lifts the limit at once and sets a budget a hair above what
+    // was spent: one more request, then the budget is gone.
+    let (_, now) = c
+        .admin(reqwest::Method::GET, &format!("/admin/keys/{id}"), None)
+        .await;
+    let spent = now["spent_usd"].as_f64().unwrap();
+    assert!(spent > 0.0, "{now}");
+    let (s, k2) = c
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/admin/keys/{id}"),
+            Some(json!({"rpm": null, "budget_usd": spent + 1e-9})),
+        )
+        .await;
+    assert_eq!(s, 200, "{k2}");
+    assert_eq!(k2["rpm"], Value::Null);
+    assert_eq!(c.chat(&token, "gpt-4o-mini").await.status(), 200);
+    let (s, e) = error_of(c.chat(&token, "gpt-4o-mini").await).await;
+    assert_eq!(
+        (s, e["type"].as_str()),
+        (429, Some("insufficient_quota")),
+        "{e}"
+    );
+    assert_eq!(e["code"], "insufficient_quota");
+
+    // Usage: every request above, attributed to the key, costs summed.
+    let (s, rep) = c
+        .admin(reqwest::Method::GET, "/admin/usage?by=key", None)
+        .await;
+    assert_eq!(s, 200, "{rep}");
+    let row = &rep["data"][0];
+    assert_eq!(row["key"], json!(id));
+    assert_eq!(row["key_name"], "team-a");
+    assert_eq!(row["requests"], 7, "{rep}");
+    assert_eq!(row["errors"], 3, "{rep}");
+    let cost = row["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0, "{rep}");
+    let (_, by_model) = c
+        .admin(reqwest::Method::GET, "/admin/usage?by=model&since=1h", None)
+        .await;
+    assert!(by_model["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["model"] == "gpt-4o-mini" && r["requests"].as_u64().unwrap() >= 4));
+    let (s, e) = c
+        .admin(reqwest::Method::GET, "/admin/usage?by=colour", None)
+        .await;
+    assert_eq!((s, e["error"]["param"].as_str()), (400, Some("by")));
+    let (_, k3) = c
+        .admin(reqwest::Method::GET, &format!("/admin/keys/{id}"), None)
+        .await;
+    assert!(
+        (k3["spent_usd"].as_f64().unwrap() - cost).abs() < 1e-9,
+        "{k3} {cost}"
+    );
+
+    // A restart on the same store: the key, its spend and the usage remain.
+    let written = gw.shutdown().await;
+    assert_eq!(written, 7);
+    let gw = gateway(mock, &url).await;
+    let c = Client::new(&gw);
+    let (s, e) = error_of(c.chat(&token, "gpt-4o-mini").await).await;
+    assert_eq!((s, e["code"].as_str()), (429, Some("insufficient_quota")));
+    let (_, rep) = c
+        .admin(reqwest::Method::GET, "/admin/usage?by=key", None)
+        .await;
+    assert_eq!(rep["data"][0]["requests"], 8);
+
+    // Revoked: refused at once, and shown as revoked.
+    let (s, d) = c
+        .admin(reqwest::Method::DELETE, &format!("/admin/keys/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(d["revoked"], true);
+    let (s, e) = error_of(c.chat(&token, "gpt-4o-mini").await).await;
+    assert_eq!((s, e["code"].as_str()), (401, Some("invalid_api_key")));
+    let (s, _) = c
+        .admin(reqwest::Method::DELETE, "/admin/keys/key_nothing", None)
+        .await;
+    assert_eq!(s, 404);
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn replicas_sharing_a_store_see_new_and_revoked_keys() {
+    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+        .await
+        .unwrap();
+    let (dir, url) = temp_db();
+    let a = gateway(mock, &url).await;
+    let b = gateway(mock, &url).await;
+    let (ca, cb) = (Client::new(&a), Client::new(&b));
+    let (_, k) = ca
+        .admin(
+            reqwest::Method::POST,
+            "/admin/keys",
+            Some(json!({"name": "shared", "max_concurrent": 4, "expires_at": "1d"})),
+        )
+        .await;
+    let token = k["key"].as_str().unwrap().to_string();
+    let id = k["id"].as_str().unwrap().to_string();
+    assert!(k["expires_at"].as_i64().unwrap() > polyplex::store::unix_now() + 86_000);
+    // Made on A a moment ago: B finds it in the store.
+    assert_eq!(cb.chat(&token, "gpt-4o").await.status(), 200);
+    // Revoked on A: B refuses it after its next reload.
+    ca.admin(reqwest::Method::DELETE, &format!("/admin/keys/{id}"), None)
+        .await;
+    assert_eq!(ca.chat(&token, "gpt-4o").await.status(), 401);
+    tokio::time::sleep(polyplex::keys::RELOAD + Duration::from_millis(700)).await;
+    assert_eq!(cb.chat(&token, "gpt-4o").await.status(), 401);
+    // An unknown plx- key is a 401 on both.
+    assert_eq!(cb.chat("plx-not-a-real-key", "gpt-4o").await.status(), 401);
+    a.shutdown().await;
+    b.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn an_expired_key_is_refused() {
+    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+        .await
+        .unwrap();
+    let gw = gateway(mock, "sqlite::memory:").await;
+    let c = Client::new(&gw);
+    let (_, k) = c
+        .admin(
+            reqwest::Method::POST,
+            "/admin/keys",
+            Some(json!({"name": "old", "expires_at": "2020-01-01T00:00:00Z"})),
+        )
+        .await;
+    let (s, e) = error_of(c.chat(k["key"].as_str().unwrap(), "gpt-4o").await).await;
+    assert_eq!((s, e["code"].as_str()), (401, Some("expired_api_key")));
+    gw.shutdown().await;
+}
+
+/// The same store operations on Postgres, in a database made for the test.
+#[tokio::test]
+async fn postgres_store() {
+    let Ok(base) = std::env::var("POLYPLEX_TEST_POSTGRES") else {
+        eprintln!("POLYPLEX_TEST_POSTGRES not set: Postgres store test skipped");
+        return;
+    };
+    use sqlx::Connection;
+    let name = format!("polyplex_test_{:08x}", rand::random::<u32>());
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = match base.rfind('/') {
+        Some(i) => format!("{}/{name}", &base[..i]),
+        None => panic!("POLYPLEX_TEST_POSTGRES must name a database: {base}"),
+    };
+    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+        .await
+        .unwrap();
+    let gw = gateway(mock, &url).await;
+    let c = Client::new(&gw);
+    let (_, k) = c
+        .admin(
+            reqwest::Method::POST,
+            "/admin/keys",
+            Some(json!({"name": "pg", "budget_usd": 5, "tpm": 100000})),
+        )
+        .await;
+    let token = k["key"].as_str().unwrap();
+    for _ in 0..3 {
+        let r = c.chat(token, "gpt-4o").await;
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().contains_key("x-ratelimit-remaining-tokens"));
+    }
+    for by in ["key", "model", "provider", "day"] {
+        let (s, rep) = c
+            .admin(reqwest::Method::GET, &format!("/admin/usage?by={by}"), None)
+            .await;
+        assert_eq!(s, 200, "{rep}");
+        assert_eq!(rep["total"]["requests"], 3, "{by}: {rep}");
+    }
+    let (_, rep) = c
+        .admin(reqwest::Method::GET, "/admin/usage?by=key", None)
+        .await;
+    let (_, k2) = c
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/keys/{}", k["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert!(
+        (k2["spent_usd"].as_f64().unwrap() - rep["data"][0]["cost_usd"].as_f64().unwrap()).abs()
+            < 1e-9
+    );
+    assert_eq!(gw.shutdown().await, 3);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}

@@ -1,0 +1,159 @@
+"""Gateway keys through the official `openai` SDK: a key made with the admin
+API (and one with the CLI) serves requests; each refusal raises the exception
+class OpenAI's own API would cause, with its code; usage is recorded per key.
+"""
+import json
+import subprocess
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+from openai import OpenAI
+
+from conftest import BIN, MASTER_KEY
+
+
+def admin(gateway, method, path, body=None, key=MASTER_KEY):
+    req = urllib.request.Request(
+        gateway + path,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+        method=method,
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def new_key(gateway, **settings):
+    status, k = admin(gateway, "POST", "/admin/keys", {"name": "conformance", **settings})
+    assert status == 200, k
+    assert k["key"].startswith("plx-")
+    return k
+
+
+def sdk(gateway, key):
+    return OpenAI(base_url=gateway + "/v1", api_key=key, max_retries=0)
+
+
+def hello(client, model="gpt-4o-mini", **kw):
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hello there"}], **kw
+    )
+
+
+def test_a_gateway_key_serves_and_is_limited_to_its_models(gateway):
+    k = new_key(gateway, models=["gpt-4o-mini"])
+    c = sdk(gateway, k["key"])
+    r = hello(c)
+    assert r.choices[0].message.content == "hello there"
+    assert r.usage.total_tokens > 0
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        hello(c, model="gpt-4o")
+    assert e.value.code == "model_not_allowed"
+    assert [m.id for m in c.models.list()] == ["openai/gpt-4o-mini"]
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("gpt-4o")
+    # Streams too.
+    chunks = list(hello(c, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].usage.total_tokens > 0
+
+
+def test_revoked_and_unknown_keys_raise_authentication_error(gateway):
+    k = new_key(gateway)
+    c = sdk(gateway, k["key"])
+    hello(c)
+    status, _ = admin(gateway, "DELETE", f"/admin/keys/{k['id']}")
+    assert status == 200
+    with pytest.raises(openai.AuthenticationError):
+        hello(c)
+    with pytest.raises(openai.AuthenticationError):
+        hello(sdk(gateway, "plx-made-up"))
+
+
+def test_requests_per_minute_raise_rate_limit_error_with_headers(gateway):
+    k = new_key(gateway, rpm=2)
+    c = sdk(gateway, k["key"])
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.headers["x-ratelimit-limit-requests"] == "2"
+    assert raw.headers["x-ratelimit-remaining-requests"] == "1"
+    assert raw.headers["x-ratelimit-reset-requests"]
+    hello(c)
+    with pytest.raises(openai.RateLimitError) as e:
+        hello(c)
+    assert e.value.code == "rate_limit_exceeded"
+    assert int(e.value.response.headers["retry-after"]) >= 1
+
+
+def test_a_spent_budget_raises_insufficient_quota(gateway):
+    k = new_key(gateway, budget_usd=0.0000001)
+    c = sdk(gateway, k["key"])
+    hello(c)  # admitted with nothing spent; its cost uses the budget up
+    with pytest.raises(openai.RateLimitError) as e:
+        hello(c)
+    assert e.value.code == "insufficient_quota"
+    assert e.value.type == "insufficient_quota"
+
+
+def test_admin_api_needs_the_master_key(gateway):
+    k = new_key(gateway)
+    status, body = admin(gateway, "GET", "/admin/keys", key=k["key"])
+    assert status == 403, body
+    status, body = admin(gateway, "GET", "/admin/keys", key="wrong")
+    assert status == 401, body
+    status, listed = admin(gateway, "GET", "/admin/keys")
+    assert status == 200
+    assert k["key"] not in json.dumps(listed)
+    status, err = admin(gateway, "POST", "/admin/keys", {"name": "x", "budget_usd": "lots"})
+    assert status == 400 and err["error"]["param"] == "budget_usd"
+
+
+def test_usage_is_recorded_per_key_and_reported(gateway):
+    k = new_key(gateway)
+    c = sdk(gateway, k["key"])
+    for _ in range(3):
+        hello(c)
+    status, rep = admin(gateway, "GET", "/admin/usage?by=key")
+    assert status == 200, rep
+    row = next(r for r in rep["data"] if r["key"] == k["id"])
+    assert row["requests"] == 3
+    assert row["prompt_tokens"] > 0 and row["cost_usd"] > 0
+    status, one = admin(gateway, "GET", f"/admin/keys/{k['id']}")
+    assert abs(one["spent_usd"] - row["cost_usd"]) < 1e-9
+
+
+def test_cli_keys_and_usage_share_the_servers_store(gateway, gateway_dir):
+    out = subprocess.run(
+        [BIN, "keys", "create", "--name", "from-cli", "--models", "gpt-4o", "--json"],
+        cwd=gateway_dir, capture_output=True, text=True, timeout=30,
+        env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 0, out.stderr
+    k = json.loads(out.stdout)
+    # Made by the CLI in the store: the running gateway takes it at once.
+    r = hello(sdk(gateway, k["key"]), model="gpt-4o")
+    assert r.choices[0].message.content
+    listed = subprocess.run(
+        [BIN, "keys", "list"], cwd=gateway_dir, capture_output=True, text=True, timeout=30,
+        env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x"},
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert k["id"] in listed.stdout and k["key"] not in listed.stdout
+    admin(gateway, "GET", "/admin/usage")  # writes what the gateway holds
+    usage = subprocess.run(
+        [BIN, "usage", "--by", "key", "--json"], cwd=gateway_dir, capture_output=True,
+        text=True, timeout=30, env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x"},
+    )
+    assert usage.returncode == 0, usage.stderr
+    rows = json.loads(usage.stdout)["data"]
+    assert any(r["key"] == k["id"] and r["requests"] == 1 for r in rows)
+    revoked = subprocess.run(
+        [BIN, "keys", "revoke", k["id"]], cwd=gateway_dir, capture_output=True, text=True,
+        timeout=30, env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x"},
+    )
+    assert revoked.returncode == 0, revoked.stderr
