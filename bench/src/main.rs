@@ -249,7 +249,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut procs: Vec<Proc> = Vec::new();
     let mut list: Vec<Target> = Vec::new();
     let mut skipped: Vec<(String, String)> = Vec::new();
-    let mut polyplex_port: Option<u16> = None;
+    let mut polyplex_port: Option<(u16, String)> = None;
 
     for name in &wanted {
         let started: anyhow::Result<(Option<Proc>, Endpoint, Duration)> = match name.as_str() {
@@ -262,22 +262,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 } else {
                     "claude-sonnet-4-5"
                 };
-                match polyplex_port {
-                    Some(port) => Ok((
+                match &polyplex_port {
+                    Some((port, key)) => Ok((
                         None,
-                        targets::polyplex_endpoint(port, model),
+                        targets::polyplex_endpoint(*port, key, model),
                         Duration::from_secs(15),
                     )),
-                    None => {
-                        targets::start_polyplex(&args.polyplex, &logs, up_port).map(|(p, port)| {
-                            polyplex_port = Some(port);
-                            (
-                                Some(p),
-                                targets::polyplex_endpoint(port, model),
-                                Duration::from_secs(15),
-                            )
-                        })
-                    }
+                    None => targets::start_polyplex(&args.polyplex, &logs, up_port).map(
+                        |(p, port, key)| {
+                            let ep = targets::polyplex_endpoint(port, &key, model);
+                            polyplex_port = Some((port, key));
+                            (Some(p), ep, Duration::from_secs(15))
+                        },
+                    ),
                 }
             }
             "litellm" => targets::start_litellm(&args.bench_dir, &logs, up_port)

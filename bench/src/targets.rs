@@ -172,17 +172,27 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// polyplex with its production shape: master-key auth, usage recording,
-/// routing, one OpenAI-protocol and one Anthropic-protocol provider.
-pub fn start_polyplex(bin: &Path, dir: &Path, upstream: u16) -> anyhow::Result<(Proc, u16)> {
+/// polyplex with its production shape: a gateway key (made with `polyplex
+/// keys create`, looked up, admitted and charged on every request), usage
+/// records written to the SQLite store, routing, one OpenAI-protocol and one
+/// Anthropic-protocol provider. Returns the process, its port and the key.
+pub fn start_polyplex(
+    bin: &Path,
+    dir: &Path,
+    upstream: u16,
+) -> anyhow::Result<(Proc, u16, String)> {
     let port = free_port()?;
     let conf = dir.join("polyplex.toml");
+    let db = dir.join("polyplex.db");
+    let _ = std::fs::remove_file(&db);
     std::fs::write(
         &conf,
         format!(
             r#"listen = "127.0.0.1:{port}"
 [auth]
 master_key = "${{BENCH_MASTER_KEY}}"
+[store]
+url = "sqlite://{}"
 
 [[providers]]
 name = "openai"
@@ -195,9 +205,26 @@ name = "anthropic"
 base_url = "http://127.0.0.1:{upstream}"
 api_key = "${{BENCH_PROVIDER_KEY}}"
 models = ["claude-sonnet-4-5"]
-"#
+"#,
+            db.display()
         ),
     )?;
+    let made = Command::new(bin)
+        .args(["keys", "create", "--name", "bench", "--json", "--config"])
+        .arg(&conf)
+        .env("BENCH_MASTER_KEY", MASTER_KEY)
+        .env("BENCH_PROVIDER_KEY", PROVIDER_KEY)
+        .output()?;
+    if !made.status.success() {
+        anyhow::bail!(
+            "polyplex keys create failed: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+    let key = serde_json::from_slice::<serde_json::Value>(&made.stdout)?["key"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("polyplex keys create printed no key"))?
+        .to_string();
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .arg("--config")
@@ -205,16 +232,11 @@ models = ["claude-sonnet-4-5"]
         .env("BENCH_MASTER_KEY", MASTER_KEY)
         .env("BENCH_PROVIDER_KEY", PROVIDER_KEY)
         .env("RUST_LOG", "info");
-    Ok((Proc::spawn("polyplex", &mut cmd, dir)?, port))
+    Ok((Proc::spawn("polyplex", &mut cmd, dir)?, port, key))
 }
 
-pub fn polyplex_endpoint(port: u16, model: &str) -> Endpoint {
-    endpoint(
-        port,
-        "/v1/chat/completions",
-        model,
-        vec![bearer(MASTER_KEY)],
-    )
+pub fn polyplex_endpoint(port: u16, key: &str, model: &str) -> Endpoint {
+    endpoint(port, "/v1/chat/completions", model, vec![bearer(key)])
 }
 
 /// LiteLLM's proxy from bench/.venv, one model pointing at the upstream.

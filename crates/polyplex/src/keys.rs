@@ -36,15 +36,35 @@ pub fn generate() -> String {
     )
 }
 
+/// A key's SHA-256, as the keys in memory are found.
+type Digest32 = [u8; 32];
+
+fn digest(key: &str) -> Digest32 {
+    Sha256::digest(key.as_bytes()).into()
+}
+
 /// The stored form of a key: its SHA-256 in hex.
 pub fn hash(key: &str) -> String {
-    let d = Sha256::digest(key.as_bytes());
     let mut s = String::with_capacity(64);
-    for b in d {
+    for b in digest(key) {
         use std::fmt::Write;
         let _ = write!(s, "{b:02x}");
     }
     s
+}
+
+/// The digest a stored hash stands for (None if it is not 64 hex digits).
+fn from_hex(h: &str) -> Option<Digest32> {
+    let b = h.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks_exact(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// `plx-…` and the last four characters: enough to tell keys apart.
@@ -200,6 +220,9 @@ impl KeyEntry {
             key: self.clone(),
             limits: Limits::default(),
         };
+        if spec.rpm.is_none() && spec.tpm.is_none() {
+            return Ok(guard);
+        }
         let mut w = self.window();
         w.trim(now);
         if let Some(rpm) = spec.rpm {
@@ -235,7 +258,9 @@ impl KeyEntry {
                 ));
             }
         }
-        w.requests.push_back(now);
+        if spec.rpm.is_some() {
+            w.requests.push_back(now);
+        }
         let limits = Limits {
             rpm: spec.rpm.map(|rpm| LimitState {
                 limit: rpm,
@@ -370,7 +395,7 @@ fn usable(entry: Arc<KeyEntry>) -> Result<Arc<KeyEntry>, Refusal> {
 /// Every key, by the hash of its token.
 pub struct Keys {
     store: Option<Store>,
-    by_hash: RwLock<HashMap<String, Arc<KeyEntry>>>,
+    by_hash: RwLock<HashMap<Digest32, Arc<KeyEntry>>>,
     by_id: RwLock<HashMap<String, Arc<KeyEntry>>>,
     misses: Mutex<HashMap<String, Instant>>,
 }
@@ -397,7 +422,7 @@ impl Keys {
         self.store.as_ref()
     }
 
-    fn read_hash(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<KeyEntry>>> {
+    fn read_hash(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Digest32, Arc<KeyEntry>>> {
         match self.by_hash.read() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -425,8 +450,12 @@ impl Keys {
         match existing {
             Some(e) => e.set_spec(row),
             None => {
+                let Some(d) = from_hex(&row.key_hash) else {
+                    tracing::warn!(key = %row.id, "a stored key's hash is malformed; the key is skipped");
+                    return;
+                };
                 let e = Arc::new(KeyEntry::new(row.clone()));
-                h.insert(row.key_hash.clone(), e.clone());
+                h.insert(d, e.clone());
                 i.insert(row.id, e);
             }
         }
@@ -459,18 +488,17 @@ impl Keys {
     /// The key whose token this is, if it is in memory (None: ask the store,
     /// [`Keys::authenticate`]).
     pub fn cached(&self, token: &str) -> Option<Result<Arc<KeyEntry>, Refusal>> {
-        let found = self.read_hash().get(&hash(token)).cloned()?;
+        let found = self.read_hash().get(&digest(token)).cloned()?;
         Some(usable(found))
     }
 
     /// The key whose token this is, from memory or else the store, if it may
     /// be used now.
     pub async fn authenticate(&self, token: &str) -> Result<Arc<KeyEntry>, Refusal> {
-        let h = hash(token);
-        let found = self.read_hash().get(&h).cloned();
+        let found = self.read_hash().get(&digest(token)).cloned();
         let entry = match found {
             Some(e) => e,
-            None => self.fetch(&h).await.ok_or(Refusal::Unknown)?,
+            None => self.fetch(&hash(token)).await.ok_or(Refusal::Unknown)?,
         };
         usable(entry)
     }
@@ -498,7 +526,7 @@ impl Keys {
         match store.key_by_hash(h).await {
             Ok(Some(row)) => {
                 self.upsert(row);
-                self.read_hash().get(h).cloned()
+                self.read_hash().get(&from_hex(h)?).cloned()
             }
             Ok(None) => {
                 if let Ok(mut m) = self.misses.lock() {
@@ -563,6 +591,8 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(hint("plx-abcdefgh"), "plx-...efgh");
+        assert_eq!(from_hex(&hash(&k)), Some(digest(&k)));
+        assert_eq!(from_hex("xyz"), None);
     }
 
     #[test]
