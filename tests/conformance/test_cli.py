@@ -29,6 +29,7 @@ base_url = "http://127.0.0.1:9/v1"
     r = run("check", "--config", str(cfg), env={"SOME_KEY": "sk-check-secret"})
     assert r.returncode == 2, r.stdout + r.stderr
     assert "configuration OK" in r.stdout
+    assert "store: sqlite://polyplex.db" in r.stdout
     up = next(line for line in r.stdout.splitlines() if line.startswith("up "))
     down = next(line for line in r.stdout.splitlines() if line.startswith("down "))
     assert "reachable" in up and "UNREACHABLE" not in up

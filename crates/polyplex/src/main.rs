@@ -565,6 +565,29 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
     for n in &cfg.notes {
         println!("note: {n}");
     }
+    let store_url = polyplex::store::redact_url(&cfg.store_url);
+    // A SQLite file that is not there yet is not made by a check.
+    let new_file = cfg
+        .store_url
+        .strip_prefix("sqlite://")
+        .or_else(|| cfg.store_url.strip_prefix("sqlite:"))
+        .map(|p| p.split('?').next().unwrap_or(p))
+        .filter(|p| !p.contains(":memory:") && !std::path::Path::new(p).exists());
+    if new_file.is_some() {
+        println!("store: {store_url} (created on first start)");
+    } else {
+        match polyplex::store::Store::connect(&cfg.store_url).await {
+            Ok(s) => {
+                let keys = s.keys().await.map(|k| k.len()).unwrap_or(0);
+                println!("store: {store_url} OK ({keys} gateway key(s))");
+                s.close().await;
+            }
+            Err(e) => {
+                eprintln!("store: {store_url} UNAVAILABLE: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if cfg.demo {
         println!(
             "no provider configured: `serve` will run the built-in simulator as provider `demo`"

@@ -52,6 +52,40 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS polyplex_usage_key ON polyplex_usage (key_id, created_at)",
 ];
 
+/// Usage rows per INSERT statement (17 parameters each; SQLite takes 32,766
+/// parameters a statement, Postgres 65,535).
+const ROWS_PER_INSERT: usize = 64;
+const USAGE_COLUMNS: usize = 17;
+
+/// `INSERT INTO polyplex_usage (...) VALUES ($1, ..., $17), ($18, ...), ...`
+/// for `rows` rows; SQLite gets plain `?`s, because it looks each `$N` name
+/// up among those before it (quadratic in a statement this size: the
+/// writer spent nine tenths of its time there).
+fn usage_insert_sql(rows: usize, numbered: bool) -> String {
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(260 + rows * USAGE_COLUMNS * 6);
+    sql.push_str(
+        "INSERT INTO polyplex_usage (request_id, key_id, endpoint, requested_model, \
+         provider, model, status, prompt_tokens, completion_tokens, cached_tokens, \
+         estimated, cost_usd, latency_ms, ttft_ms, attempts, stream, created_at) VALUES ",
+    );
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..USAGE_COLUMNS {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            if numbered {
+                let _ = write!(sql, "${}", r * USAGE_COLUMNS + c + 1);
+            } else {
+                sql.push('?');
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// The columns of `polyplex_keys` a [`KeyRow`] reads, in its order.
 const KEY_COLUMNS: &str = "id, name, key_hash, key_hint, models, rpm, tpm, max_concurrent, \
      budget_usd, spent_usd, expires_at, created_at, revoked_at";
@@ -211,8 +245,29 @@ impl Store {
         } else {
             sqlite_url(url)
         };
+        let sqlite = !postgres;
         let pool = AnyPoolOptions::new()
-            .max_connections(if one { 1 } else { 8 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL with NORMAL sync: a commit survives the process
+                        // dying (not the machine losing power) without an
+                        // fsync each; a 256 KiB page cache per connection (the usage
+                        // table is appended to, the keys table is small).
+                        sqlx::raw_sql("PRAGMA synchronous=NORMAL; PRAGMA cache_size=-256")
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .max_connections(if one {
+                1
+            } else if sqlite {
+                4
+            } else {
+                8
+            })
             .min_connections(if one { 1 } else { 0 })
             .idle_timeout(if one {
                 None
@@ -375,34 +430,37 @@ impl Store {
             .collect();
         let mut per_key: HashMap<&str, f64> = HashMap::new();
         for (r, key_id) in records.iter().zip(&ids) {
-            sqlx::query(
-                "INSERT INTO polyplex_usage (request_id, key_id, endpoint, requested_model, \
-                 provider, model, status, prompt_tokens, completion_tokens, cached_tokens, \
-                 estimated, cost_usd, latency_ms, ttft_ms, attempts, stream, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-            )
-            .bind(&r.request_id)
-            .bind(key_id.as_deref())
-            .bind(r.endpoint)
-            .bind(&r.requested_model)
-            .bind(r.provider.as_deref())
-            .bind(r.model.as_deref())
-            .bind(i64::from(r.status))
-            .bind(r.usage.prompt_tokens as i64)
-            .bind(r.usage.completion_tokens as i64)
-            .bind(r.usage.cached_tokens as i64)
-            .bind(i64::from(r.usage.estimated))
-            .bind(r.cost_usd)
-            .bind(r.latency.as_millis() as i64)
-            .bind(r.ttft.map(|t| t.as_millis() as i64))
-            .bind(i64::from(r.attempts))
-            .bind(i64::from(r.stream))
-            .bind(unix_ms(r.at))
-            .execute(&mut *tx)
-            .await?;
             if let Some(k) = key_id.as_deref() {
                 *per_key.entry(k).or_default() += r.cost_usd;
             }
+        }
+        // Many rows per INSERT: one statement per row cost the writer more
+        // than the gateway spent serving the request.
+        let rows: Vec<(&UsageRecord, &Option<String>)> = records.iter().zip(&ids).collect();
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let sql = usage_insert_sql(chunk.len(), self.postgres);
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+            for (r, key_id) in chunk {
+                q = q
+                    .bind(r.request_id.as_str())
+                    .bind(key_id.as_deref())
+                    .bind(r.endpoint)
+                    .bind(r.requested_model.as_str())
+                    .bind(r.provider.as_deref())
+                    .bind(r.model.as_deref())
+                    .bind(i64::from(r.status))
+                    .bind(r.usage.prompt_tokens as i64)
+                    .bind(r.usage.completion_tokens as i64)
+                    .bind(r.usage.cached_tokens as i64)
+                    .bind(i64::from(r.usage.estimated))
+                    .bind(r.cost_usd)
+                    .bind(r.latency.as_millis() as i64)
+                    .bind(r.ttft.map(|t| t.as_millis() as i64))
+                    .bind(i64::from(r.attempts))
+                    .bind(i64::from(r.stream))
+                    .bind(unix_ms(r.at));
+            }
+            q.execute(&mut *tx).await?;
         }
         let mut spent = HashMap::with_capacity(per_key.len());
         for (k, add) in per_key {
@@ -523,6 +581,16 @@ mod tests {
             sqlite_url("sqlite://a.db?mode=ro").0,
             "sqlite://a.db?mode=ro"
         );
+    }
+
+    #[test]
+    fn usage_inserts_number_every_row() {
+        let one = usage_insert_sql(1, true);
+        assert!(one.ends_with("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"), "{one}");
+        let two = usage_insert_sql(2, true);
+        assert!(two.ends_with("$17), ($18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34)"), "{two}");
+        assert!(usage_insert_sql(2, false)
+            .ends_with("?, ?), (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
     }
 
     #[test]

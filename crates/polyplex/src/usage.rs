@@ -122,18 +122,25 @@ impl Recorder {
             // even one arriving every 40 ms, as streams end. After IDLE_POLLS
             // empty looks it waits for the next record instead (an idle
             // gateway does not wake 50 times a second).
+            // A full batch means more are waiting: the next is taken at
+            // once, so a writer slower than the traffic (a store's round
+            // trip per batch) never falls behind for PAUSE at a time.
             let mut empty = 0u32;
+            let mut full = false;
             loop {
                 if empty >= IDLE_POLLS {
                     if rx.recv_many(&mut batch, BATCH).await == 0 {
                         break;
                     }
                 } else {
-                    tokio::time::sleep(PAUSE).await;
+                    if !full {
+                        tokio::time::sleep(PAUSE).await;
+                    }
                     if take_waiting(&mut rx, &mut batch) && batch.is_empty() {
                         break;
                     }
                 }
+                full = batch.len() >= BATCH;
                 if batch.is_empty() {
                     empty += 1;
                     continue;
