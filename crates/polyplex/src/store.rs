@@ -261,13 +261,9 @@ impl Store {
                     Ok(())
                 })
             })
-            .max_connections(if one {
-                1
-            } else if sqlite {
-                4
-            } else {
-                8
-            })
+            // SQLite takes one writer at a time anyway; one connection
+            // (and its thread and caches) is all a gateway needs of it.
+            .max_connections(if one || sqlite { 1 } else { 8 })
             .min_connections(if one { 1 } else { 0 })
             .idle_timeout(if one {
                 None
