@@ -1,6 +1,8 @@
 //! Integration tests: the gateway, in-process on loopback, against the mock upstream.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use polyplex::config::{from_toml, Inputs};
 use polyplex::mock::{self, MockOptions, MockState};
 use polyplex::Running;
@@ -49,17 +51,7 @@ async fn setup_with(opts: MockOptions, extra: &str) -> Env {
         .await
         .unwrap();
     let text = base_config(mock, &extra.replace("MOCK", &mock.to_string()));
-    let env = |_: &str| None;
-    let cfg = from_toml(
-        &text,
-        &Inputs {
-            env: &env,
-            listen_override: None,
-            catalog: Catalog::builtin(),
-        },
-    )
-    .unwrap();
-    let gw = polyplex::start(&cfg).await.unwrap();
+    let gw = common::start(&text).await;
     Env {
         mock,
         mock_state,

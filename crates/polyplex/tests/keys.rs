@@ -4,10 +4,10 @@
 //! restart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use polyplex::config::{from_toml, Inputs};
+mod common;
+
 use polyplex::mock::{self, MockOptions};
 use polyplex::Running;
-use polyplex_catalog::Catalog;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,17 +38,7 @@ models = ["gpt-4o", "gpt-4o-mini"]
 max_retries = 0
 "#
     );
-    let env = |_: &str| None;
-    let cfg = from_toml(
-        &text,
-        &Inputs {
-            env: &env,
-            listen_override: None,
-            catalog: Catalog::builtin(),
-        },
-    )
-    .unwrap();
-    polyplex::start(&cfg).await.unwrap()
+    common::start(&text).await
 }
 
 struct Client {

@@ -2,7 +2,8 @@
 //! gateway and the mock: add a case once, every protocol is tested.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use polyplex::config::{from_toml, Inputs};
+mod common;
+
 use polyplex::mock::{self, MockOptions};
 use polyplex::Running;
 use polyplex_catalog::Catalog;
@@ -61,17 +62,7 @@ api_key = "cohere-test-key"
 max_retries = 0
 "#
     );
-    let env = |_: &str| None;
-    let cfg = from_toml(
-        &text,
-        &Inputs {
-            env: &env,
-            listen_override: None,
-            catalog: Catalog::builtin(),
-        },
-    )
-    .unwrap();
-    let gw = polyplex::start(&cfg).await.unwrap();
+    let gw = common::start(&text).await;
     Env {
         mock,
         gw,

@@ -3,10 +3,10 @@
 //! breaker, rate-limit steering, hedging, and `GET /admin/providers`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use polyplex::config::{from_toml, Inputs};
+mod common;
+
 use polyplex::mock::{self, MockOptions, MockState};
 use polyplex::Running;
-use polyplex_catalog::Catalog;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -38,17 +38,7 @@ async fn start(opts: &[MockOptions], config: &str) -> Env {
         text = text.replace(&format!("MOCK{i}"), &addr.to_string());
         mocks.push(Mock { addr, state });
     }
-    let env = |_: &str| None;
-    let cfg = from_toml(
-        &text,
-        &Inputs {
-            env: &env,
-            listen_override: None,
-            catalog: Catalog::builtin(),
-        },
-    )
-    .unwrap();
-    let gw = polyplex::start(&cfg).await.unwrap();
+    let gw = common::start(&text).await;
     Env {
         mocks,
         gw,
