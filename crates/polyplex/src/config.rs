@@ -831,7 +831,7 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
         notes.push(format!(
             "enabled provider `{}` ({var} is set): {} models from the catalog, {base_url}",
             cp.id,
-            cp.models.len()
+            cp.models().len()
         ));
         providers.push(ProviderConfig {
             kind: cp.protocol.clone(),

@@ -489,7 +489,7 @@ fn models(provider: Option<&str>, json: bool) -> Result<(), String> {
         let out: Vec<serde_json::Value> = providers
             .iter()
             .flat_map(|p| {
-                p.models.iter().map(move |m| {
+                p.models().iter().map(move |m| {
                     serde_json::json!({"provider": p.id, "protocol": p.protocol, "base_url": p.base_url, "env": p.env,
                         "model": m.id, "name": m.name, "context": m.context, "max_output": m.output, "capabilities": m.caps,
                         "price_per_million": m.price.map(|x| serde_json::json!({"input": x.input, "output": x.output, "cache_read": x.cache_read, "cache_write": x.cache_write}))})
@@ -507,7 +507,7 @@ fn models(provider: Option<&str>, json: bool) -> Result<(), String> {
         "PROVIDER", "MODEL", "CONTEXT", "OUTPUT", "IN $/M", "OUT $/M", "CACHED"
     );
     for p in &providers {
-        for m in &p.models {
+        for m in p.models() {
             let pr = m.price;
             println!(
                 "{:<24} {:<48} {:>9} {:>8} {:>9} {:>9} {:>9}  {}",
@@ -522,7 +522,7 @@ fn models(provider: Option<&str>, json: bool) -> Result<(), String> {
             );
         }
     }
-    let n: usize = providers.iter().map(|p| p.models.len()).sum();
+    let n: usize = providers.iter().map(|p| p.models().len()).sum();
     println!(
         "\n{} providers, {n} models. {}",
         providers.len(),

@@ -56,6 +56,20 @@ const SCHEMA: &[&str] = &[
 /// parameters a statement, Postgres 65,535).
 const ROWS_PER_INSERT: usize = 64;
 const USAGE_COLUMNS: usize = 17;
+/// The statement sizes a batch is cut into: 64 rows while there are that
+/// many, then the powers of two of the rest (so 7 statements in all, each
+/// prepared once per connection and kept; preparing a 64-row statement
+/// again for every batch was most of the writer's work).
+const INSERT_SIZES: [usize; 7] = [ROWS_PER_INSERT, 32, 16, 8, 4, 2, 1];
+
+/// The next statement size for `left` rows still to write.
+fn insert_size(left: usize) -> usize {
+    INSERT_SIZES
+        .iter()
+        .copied()
+        .find(|&n| n <= left)
+        .unwrap_or(1)
+}
 
 /// `INSERT INTO polyplex_usage (...) VALUES ($1, ..., $17), ($18, ...), ...`
 /// for `rows` rows; SQLite gets plain `?`s, because it looks each `$N` name
@@ -179,6 +193,8 @@ pub struct UsageRow {
 pub struct Store {
     pool: AnyPool,
     postgres: bool,
+    /// The usage INSERT for each of [`INSERT_SIZES`], in that order.
+    inserts: std::sync::Arc<[String]>,
 }
 
 pub fn unix_now() -> i64 {
@@ -279,7 +295,15 @@ impl Store {
             .connect(&url)
             .await
             .map_err(|e| StoreError(format!("cannot open {}: {e}", redact_url(&url))))?;
-        let store = Store { pool, postgres };
+        let inserts = INSERT_SIZES
+            .iter()
+            .map(|&n| usage_insert_sql(n, postgres))
+            .collect();
+        let store = Store {
+            pool,
+            postgres,
+            inserts,
+        };
         if !postgres && !one {
             // Readers do not wait for the usage writer.
             sqlx::query("PRAGMA journal_mode=WAL")
@@ -433,9 +457,14 @@ impl Store {
         // Many rows per INSERT: one statement per row cost the writer more
         // than the gateway spent serving the request.
         let rows: Vec<(&UsageRecord, &Option<String>)> = records.iter().zip(&ids).collect();
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
-            let sql = usage_insert_sql(chunk.len(), self.postgres);
-            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+        let mut rest = &rows[..];
+        while !rest.is_empty() {
+            let n = insert_size(rest.len());
+            let (chunk, after) = rest.split_at(n);
+            rest = after;
+            let at = INSERT_SIZES.iter().position(|&s| s == n).unwrap_or(0);
+            // Built from constants only; prepared once and kept.
+            let mut q = sqlx::query(AssertSqlSafe(self.inserts[at].as_str()));
             for (r, key_id) in chunk {
                 q = q
                     .bind(r.request_id.as_str())
@@ -587,6 +616,62 @@ mod tests {
         assert!(two.ends_with("$17), ($18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34)"), "{two}");
         assert!(usage_insert_sql(2, false)
             .ends_with("?, ?), (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+    }
+
+    #[test]
+    fn batches_are_cut_into_the_prepared_sizes() {
+        let cut = |mut left: usize| {
+            let mut sizes = Vec::new();
+            while left > 0 {
+                let n = insert_size(left);
+                sizes.push(n);
+                left -= n;
+            }
+            sizes
+        };
+        assert_eq!(cut(203), [64, 64, 64, 8, 2, 1]);
+        assert_eq!(cut(63), [32, 16, 8, 4, 2, 1]);
+        assert_eq!(cut(1), [1]);
+        assert!(cut(0).is_empty());
+    }
+
+    #[tokio::test]
+    async fn every_record_of_a_batch_is_written() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let record = |i: usize| UsageRecord {
+            request_id: format!("req-{i}"),
+            endpoint: "chat",
+            requested_model: "m".into(),
+            provider: Some("p".into()),
+            model: Some("m".into()),
+            status: if i.is_multiple_of(10) { 502 } else { 200 },
+            usage: polyplex_types::Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2,
+                ..Default::default()
+            },
+            cost_usd: 0.5,
+            latency: Duration::from_millis(1),
+            ttft: None,
+            attempts: 1,
+            stream: false,
+            at: SystemTime::now(),
+            key: None,
+            charged: 0,
+        };
+        // Three full statements and the rest in smaller ones, then a batch
+        // of another size through the same prepared statements.
+        let first: Vec<UsageRecord> = (0..203).map(record).collect();
+        store.write_usage(&first).await.unwrap();
+        let second: Vec<UsageRecord> = (203..210).map(record).collect();
+        store.write_usage(&second).await.unwrap();
+        let rows = store.usage_report(GroupBy::Provider, 0).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].requests, 210);
+        assert_eq!(rows[0].errors, 21);
+        assert_eq!(rows[0].prompt_tokens, 630);
+        assert_eq!(rows[0].completion_tokens, 420);
+        assert!((rows[0].cost_usd - 105.0).abs() < 1e-9);
     }
 
     #[test]

@@ -236,7 +236,7 @@ impl Upstream {
                 .catalog_id
                 .as_deref()
                 .and_then(|c| catalog.provider(c))
-                .map(|p| p.models.iter().map(|m| m.id.clone()).collect())
+                .map(|p| p.models().iter().map(|m| m.id.clone()).collect())
                 .unwrap_or_default(),
         }
     }
