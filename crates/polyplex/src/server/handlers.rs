@@ -259,13 +259,15 @@ async fn handle(
         Err(e) => return call.fail(&parsed.model, parsed.stream, e, &no_one),
     };
     let limits = admitted.as_ref().map(|a| a.limits).unwrap_or_default();
-    let mut resp = serve(&call, &parsed, admitted).await;
+    let mut resp = serve(&call, parsed, admitted).await;
     ratelimit_headers(&mut resp, &limits);
     resp
 }
 
-/// Stages 6–9 for an admitted request.
-async fn serve(call: &Call, parsed: &Parsed, admitted: Option<Admitted>) -> Response {
+/// Stages 6–9 for an admitted request. Takes the request by value: a
+/// stream keeps its body (to count the prompt if the upstream never says)
+/// without a deep copy on the way to its first byte.
+async fn serve(call: &Call, parsed: Parsed, admitted: Option<Admitted>) -> Response {
     let app = &call.app;
     let endpoint = call.endpoint;
     let no_one = Served::default();
@@ -312,7 +314,7 @@ async fn serve(call: &Call, parsed: &Parsed, admitted: Option<Admitted>) -> Resp
                     include_usage: parsed.include_usage,
                     started: call.started,
                     attempts: served.attempts,
-                    request: parsed.body.clone(),
+                    request: parsed.body,
                     admitted,
                 };
                 let mut resp = sse_response(ctx, open, d);
