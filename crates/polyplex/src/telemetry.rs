@@ -27,10 +27,10 @@ pub fn init_logging() {
     };
 }
 
-/// How often histogram samples are folded into their summaries.
+/// How often histogram samples are folded into their buckets.
 const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Folds the samples histograms collected into their summaries, every
+/// Folds the samples histograms collected into their buckets, every
 /// [`UPKEEP`], for as long as the runtime runs. The recorder keeps each
 /// sample until then: without it, memory grows with every request between
 /// two scrapes of `/metrics` (16 bytes a request, unbounded without scrapes).
@@ -45,12 +45,27 @@ pub fn spawn_upkeep(handle: PrometheusHandle) {
     });
 }
 
-/// The process-wide Prometheus recorder (installed once).
+/// Bucket bounds, in seconds, of the duration histograms
+/// (`polyplex_request_duration_seconds`, `polyplex_time_to_first_token_seconds`):
+/// from a cached answer to a long generation.
+pub const SECONDS_BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// The process-wide Prometheus recorder (installed once). Durations are
+/// Prometheus histograms (`_bucket`, `_sum`, `_count`), not summaries:
+/// replicas' histograms add up in a query (`histogram_quantile` over a
+/// `sum by (le)`), where per-process quantiles cannot be combined, and a
+/// sample costs a bucket increment where a summary's sketch cost more.
 pub fn metrics() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Only fails on an empty list.
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&SECONDS_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok().map(|_| handle)
         })

@@ -934,6 +934,21 @@ async fn models_endpoints_and_metrics() {
             .await
             .unwrap();
         if m.contains("polyplex_requests_total") && m.contains("provider=\"openai\"") {
+            // Durations are histograms (they add up across replicas), with
+            // the documented bounds, and the other documented series are there.
+            for line in [
+                "# TYPE polyplex_request_duration_seconds histogram",
+                "# TYPE polyplex_time_to_first_token_seconds histogram",
+                "polyplex_request_duration_seconds_bucket{endpoint=\"chat.completions\",provider=\"openai\",le=\"0.005\"}",
+                "polyplex_request_duration_seconds_bucket{endpoint=\"chat.completions\",provider=\"openai\",le=\"300\"} 1",
+                "polyplex_request_duration_seconds_bucket{endpoint=\"chat.completions\",provider=\"openai\",le=\"+Inf\"} 1",
+                "polyplex_request_duration_seconds_count{endpoint=\"chat.completions\",provider=\"openai\"} 1",
+                "polyplex_tokens_total{provider=\"openai\",kind=\"prompt\"}",
+                "polyplex_cost_usd_total{provider=\"openai\"}",
+            ] {
+                assert!(m.contains(line), "no `{line}` in {m}");
+            }
+            assert!(!m.contains("quantile="), "{m}");
             break;
         }
         assert!(
