@@ -936,19 +936,30 @@ async fn models_endpoints_and_metrics() {
         if m.contains("polyplex_requests_total") && m.contains("provider=\"openai\"") {
             // Durations are histograms (they add up across replicas), with
             // the documented bounds, and the other documented series are there.
+            // (The recorder is the process's: other tests' requests count too.)
             for line in [
                 "# TYPE polyplex_request_duration_seconds histogram",
                 "# TYPE polyplex_time_to_first_token_seconds histogram",
                 "polyplex_request_duration_seconds_bucket{endpoint=\"chat.completions\",provider=\"openai\",le=\"0.005\"}",
-                "polyplex_request_duration_seconds_bucket{endpoint=\"chat.completions\",provider=\"openai\",le=\"300\"} 1",
-                "polyplex_request_duration_seconds_bucket{endpoint=\"chat.completions\",provider=\"openai\",le=\"+Inf\"} 1",
-                "polyplex_request_duration_seconds_count{endpoint=\"chat.completions\",provider=\"openai\"} 1",
+                "polyplex_request_duration_seconds_bucket{endpoint=\"chat.completions\",provider=\"openai\",le=\"300\"}",
+                "polyplex_request_duration_seconds_bucket{endpoint=\"chat.completions\",provider=\"openai\",le=\"+Inf\"}",
+                "polyplex_request_duration_seconds_count{endpoint=\"chat.completions\",provider=\"openai\"}",
                 "polyplex_tokens_total{provider=\"openai\",kind=\"prompt\"}",
                 "polyplex_cost_usd_total{provider=\"openai\"}",
             ] {
                 assert!(m.contains(line), "no `{line}` in {m}");
             }
             assert!(!m.contains("quantile="), "{m}");
+            // Every sample is in the +Inf bucket: it equals the count.
+            let value = |prefix: &str| -> u64 {
+                m.lines()
+                    .find_map(|l| l.strip_prefix(prefix))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("no `{prefix}` in {m}"))
+            };
+            let inf = value("polyplex_request_duration_seconds_bucket{endpoint=\"chat.completions\",provider=\"openai\",le=\"+Inf\"}");
+            let count = value("polyplex_request_duration_seconds_count{endpoint=\"chat.completions\",provider=\"openai\"}");
+            assert!(inf >= 1 && inf == count, "{inf} vs {count}");
             break;
         }
         assert!(
