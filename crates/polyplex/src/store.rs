@@ -62,13 +62,13 @@ const USAGE_COLUMNS: usize = 17;
 /// again for every batch was most of the writer's work).
 const INSERT_SIZES: [usize; 7] = [ROWS_PER_INSERT, 32, 16, 8, 4, 2, 1];
 
-/// The next statement size for `left` rows still to write.
-fn insert_size(left: usize) -> usize {
+/// Which of [`INSERT_SIZES`] writes the next rows, with `left` rows still
+/// to write (at least one).
+fn insert_slot(left: usize) -> usize {
     INSERT_SIZES
         .iter()
-        .copied()
-        .find(|&n| n <= left)
-        .unwrap_or(1)
+        .position(|&n| n <= left)
+        .unwrap_or(INSERT_SIZES.len() - 1)
 }
 
 /// `INSERT INTO polyplex_usage (...) VALUES ($1, ..., $17), ($18, ...), ...`
@@ -459,12 +459,11 @@ impl Store {
         let rows: Vec<(&UsageRecord, &Option<String>)> = records.iter().zip(&ids).collect();
         let mut rest = &rows[..];
         while !rest.is_empty() {
-            let n = insert_size(rest.len());
-            let (chunk, after) = rest.split_at(n);
+            let slot = insert_slot(rest.len());
+            let (chunk, after) = rest.split_at(INSERT_SIZES[slot]);
             rest = after;
-            let at = INSERT_SIZES.iter().position(|&s| s == n).unwrap_or(0);
             // Built from constants only; prepared once and kept.
-            let mut q = sqlx::query(AssertSqlSafe(self.inserts[at].as_str()));
+            let mut q = sqlx::query(AssertSqlSafe(self.inserts[slot].as_str()));
             for (r, key_id) in chunk {
                 q = q
                     .bind(r.request_id.as_str())
@@ -623,7 +622,7 @@ mod tests {
         let cut = |mut left: usize| {
             let mut sizes = Vec::new();
             while left > 0 {
-                let n = insert_size(left);
+                let n = INSERT_SIZES[insert_slot(left)];
                 sizes.push(n);
                 left -= n;
             }
