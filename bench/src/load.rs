@@ -122,6 +122,11 @@ async fn unary(conn: &mut Conn, ep: &Endpoint) -> anyhow::Result<()> {
 /// What one stream looked like from the client.
 pub struct StreamTiming {
     pub ttft: Duration,
+    /// Wall-clock stamps (see `stamp`): the request sent, its first body
+    /// bytes received, and the upstream's stamp in them (for `--trace`).
+    pub sent_ns: u64,
+    pub first_ns: u64,
+    pub first_stamp_ns: u64,
     pub gaps: Vec<Duration>,
     /// Per stamped chunk after the first: how much longer it took to arrive
     /// than the chunk before it (its delay minus the previous one's, 0 if
@@ -135,6 +140,8 @@ async fn streamed(conn: &mut Conn, ep: &Endpoint) -> anyhow::Result<StreamTiming
     let req = build(ep, true)?;
     let tx = conn.sender().await?;
     let start = Instant::now();
+    let sent_ns = crate::stamp::now_ns();
+    let (mut first_ns, mut first_stamp_ns) = (0, 0);
     let resp = tx.send_request(req).await?;
     let status = resp.status();
     let mut body = resp.into_body();
@@ -166,7 +173,11 @@ async fn streamed(conn: &mut Conn, ep: &Endpoint) -> anyhow::Result<StreamTiming
             last_delay = Some(delay);
         }
         match ttft {
-            None => ttft = Some(now - start),
+            None => {
+                ttft = Some(now - start);
+                first_ns = now_ns;
+                first_stamp_ns = stamps.first().copied().unwrap_or(0);
+            }
             Some(_) => gaps.push(now - last),
         }
         last = now;
@@ -189,6 +200,9 @@ async fn streamed(conn: &mut Conn, ep: &Endpoint) -> anyhow::Result<StreamTiming
     }
     Ok(StreamTiming {
         ttft: ttft.unwrap_or_default(),
+        sent_ns,
+        first_ns,
+        first_stamp_ns,
         gaps,
         stretches,
     })
@@ -291,8 +305,9 @@ pub struct Streams {
     pub errors: Errors,
 }
 
-/// Sequential streamed calls on one connection.
-pub async fn streams(ep: &Endpoint, warmup: usize, n: usize) -> Streams {
+/// Sequential streamed calls on one connection. With `trace`, each one's
+/// wall-clock stamps go to stderr as a `CLIENT` line (`bench/phases.py`).
+pub async fn streams(ep: &Endpoint, warmup: usize, n: usize, trace: bool) -> Streams {
     let mut out = Streams {
         ttft: histogram(),
         gaps: histogram(),
@@ -301,7 +316,14 @@ pub async fn streams(ep: &Endpoint, warmup: usize, n: usize) -> Streams {
     };
     let mut c = Conn::new(ep.addr);
     for i in 0..warmup + n {
-        match streamed(&mut c, ep).await {
+        let r = streamed(&mut c, ep).await;
+        if let (true, Ok(t)) = (trace, &r) {
+            eprintln!(
+                "CLIENT sent={} first={} stamp={}",
+                t.sent_ns, t.first_ns, t.first_stamp_ns
+            );
+        }
+        match r {
             Ok(t) if i >= warmup => {
                 record(&mut out.ttft, t.ttft);
                 for g in t.gaps {

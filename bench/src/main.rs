@@ -66,6 +66,10 @@ enum Cmd {
         /// time to first token and inter-chunk gap percentiles.
         #[arg(long)]
         streams: Option<usize>,
+        /// With --streams: print each stream's wall-clock stamps to stderr
+        /// (`CLIENT sent= first= stamp=`), for bench/phases.py.
+        #[arg(long)]
+        trace: bool,
     },
 }
 
@@ -136,6 +140,7 @@ fn main() -> anyhow::Result<()> {
             concurrency,
             seconds,
             streams,
+            trace,
         } => {
             // One thread for one connection: the request and its connection's
             // task wake each other without crossing threads.
@@ -152,7 +157,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async move {
                 let ep = targets::endpoint(addr.port(), "/v1/chat/completions", &model, vec![targets::bearer(&key)]);
                 if let Some(n) = streams {
-                    let s = load::streams(&ep, n.min(20), n).await;
+                    let s = load::streams(&ep, n.min(20), n, trace).await;
                     let q = |h: &hdrhistogram::Histogram<u64>, p: f64| h.value_at_quantile(p) / 1000;
                     println!(
                         "{} streams, {} errors ({:?}), TTFT p50 {} µs p99 {} µs, gap p50 {} µs p99 {} µs, stretch p50 {} µs p99 {} µs",
@@ -343,7 +348,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
             let ep = t.ep.clone();
             let s = on_one_thread(move || async move {
-                load::streams(&ep, if round == 0 { 5 } else { 1 }, args.streams).await
+                load::streams(&ep, if round == 0 { 5 } else { 1 }, args.streams, false).await
             })
             .await?;
             let _ = t.row.ttft.add(&s.ttft);

@@ -473,6 +473,7 @@ async fn send(
         stream,
         &d.upstream.target(catalog, &d.model, drop),
     )?;
+    crate::phase::mark("built");
     if !req.dropped.is_empty() {
         tracing::debug!(deployment = %d.label(), dropped = ?req.dropped, "parameters dropped (drop_params)");
     }
@@ -480,6 +481,7 @@ async fn send(
         .urls
         .get(&req.url)
         .map_err(|_| GatewayError::internal("invalid upstream URL"))?;
+    crate::phase::mark("send");
     let resp = app
         .client()
         .send(http::Method::POST, uri, req.headers, req.body)
@@ -561,6 +563,7 @@ pub async fn stream_once(
     let limit = d.upstream.first_byte_timeout;
     let fut = async {
         let (resp, dropped) = send(app, d, endpoint, body, text, true).await?;
+        crate::phase::mark("hdrs");
         d.stats.observe_limits(Instant::now(), resp.headers());
         if !resp.status().is_success() {
             return Err(upstream_error(d, resp).await);
@@ -576,6 +579,7 @@ pub async fn stream_once(
         loop {
             match upstream.next().await {
                 Some(Ok(bytes)) => {
+                    crate::phase::mark("chunk");
                     parser.feed(&bytes, &mut events);
                     for ev in events.drain(..) {
                         decoder

@@ -9,6 +9,7 @@ pub mod executor;
 pub mod health;
 pub mod keys;
 pub mod mock;
+pub mod phase;
 pub mod routing;
 pub mod server;
 pub mod store;

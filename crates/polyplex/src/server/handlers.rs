@@ -41,6 +41,7 @@ async fn read_json(app: &App, req: Request) -> Result<(JsonMap, Bytes), GatewayE
                 GatewayError::invalid_request(format!("Could not read the request body: {e}"))
             }
         })?;
+    crate::phase::mark("bytes");
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(GatewayError::invalid_request(
             "The request body is empty. The API expects a JSON object.",
@@ -51,6 +52,7 @@ async fn read_json(app: &App, req: Request) -> Result<(JsonMap, Bytes), GatewayE
             "We could not parse the JSON body of your request ({e}). The API expects a JSON object; check that the body is valid JSON and sent with Content-Type: application/json."
         ))
     })?;
+    crate::phase::mark("json");
     match v {
         Value::Object(m) => Ok((m, bytes)),
         other => Err(GatewayError::invalid_request(format!(
@@ -225,7 +227,9 @@ fn ratelimit_headers(resp: &mut Response, limits: &Limits) {
     }
 }
 
-async fn handle(
+/// One API call, from its body to its answer. The gate calls it directly
+/// for a POST to an API path whose key it could check at once.
+pub(super) async fn handle(
     app: App,
     rid: RequestId,
     caller: Caller,
@@ -254,6 +258,7 @@ async fn handle(
         Ok(p) => p,
         Err(e) => return call.fail(&asked, false, e, &no_one),
     };
+    crate::phase::mark("valid");
     let admitted = match call.admit(&parsed) {
         Ok(a) => a,
         Err(e) => return call.fail(&parsed.model, parsed.stream, e, &no_one),
@@ -284,6 +289,7 @@ async fn serve(call: &Call, parsed: Parsed, admitted: Option<Admitted>) -> Respo
         Ok(p) => p,
         Err(e) => return call.fail(&parsed.model, parsed.stream, e, &no_one),
     };
+    crate::phase::mark("plan");
     if tracing::enabled!(tracing::Level::DEBUG) {
         tracing::debug!(
             request_id = %call.rid,

@@ -468,9 +468,11 @@ impl Relay {
     async fn next_frame(&mut self) -> Option<Bytes> {
         loop {
             if let Some(f) = self.out.pop_front() {
+                crate::phase::mark("frame");
                 return Some(f);
             }
             if self.finished {
+                crate::phase::dump();
                 return None;
             }
             if !self.open.pending.is_empty() {
@@ -530,6 +532,7 @@ impl Drop for Relay {
 
 /// The SSE response for a stream whose first chunk has arrived.
 pub fn sse_response(ctx: StreamContext, open: OpenStream, deployment: Deployment) -> Response {
+    crate::phase::mark("ret");
     let ttft = open.first_byte_at.duration_since(ctx.started);
     let relay = Relay {
         ctx,
