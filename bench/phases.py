@@ -9,7 +9,7 @@ nanoseconds, which every process on the machine reads from the same clock.
 
     python3 bench/phases.py client.err polyplex.err
 
-See docs/performance.md, "Stages of a stream start".
+See docs/performance.md, "Seventh session: the stages of a stream start".
 """
 
 import sys

@@ -1,5 +1,6 @@
 //! Stage stamps on the request path, for finding where a stream's first
-//! byte spends its time (docs/performance.md, "Stages of a stream start").
+//! byte spends its time (docs/performance.md, "Seventh session: the stages
+//! of a stream start").
 //!
 //! Built only with the `phases` feature; without it every call here is an
 //! empty inline function. With it, each serving thread notes the wall-clock

@@ -377,11 +377,12 @@ async fn serve(call: &Call, parsed: Parsed, admitted: Option<Admitted>) -> Respo
 
 /// `x-polyplex-dropped-params`: what `drop_params` left out, never silently.
 fn dropped_header(resp: &mut Response, dropped: &[String]) {
+    if dropped.is_empty() {
+        return;
+    }
     if let Ok(v) = axum::http::HeaderValue::from_str(&dropped.join(", ")) {
-        if !dropped.is_empty() {
-            resp.headers_mut()
-                .insert(&super::respond::names::DROPPED_PARAMS, v);
-        }
+        resp.headers_mut()
+            .insert(&super::respond::names::DROPPED_PARAMS, v);
     }
 }
 
