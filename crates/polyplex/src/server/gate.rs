@@ -130,7 +130,7 @@ impl Service<Request> for Gate {
             crate::phase::mark("auth");
             match checked {
                 Checked::Done(caller) => match (caller.and_then(|c| permitted(admin, c)), api) {
-                    (Ok(c), Some(endpoint)) => Inner::Api(Box::pin(handlers::handle(
+                    (Ok(c), Some(endpoint)) => Inner::Boxed(Box::pin(handlers::handle(
                         self.app.clone(),
                         RequestId(id.clone()),
                         c,
@@ -150,7 +150,7 @@ impl Service<Request> for Gate {
                     // store is asked, then the request is routed.
                     let app = self.app.clone();
                     let mut router = self.router.clone();
-                    Inner::Lookup(Box::pin(async move {
+                    Inner::Boxed(Box::pin(async move {
                         let caller = app
                             .keys
                             .authenticate(&token)
@@ -181,10 +181,10 @@ impl Service<Request> for Gate {
 }
 
 enum Inner {
-    /// An API call, answered without the router (see [`api_endpoint`]).
-    Api(Pin<Box<dyn Future<Output = Response> + Send>>),
     Routed(axum::routing::future::RouteFuture<Infallible>),
-    Lookup(Pin<Box<dyn Future<Output = Response> + Send>>),
+    /// An API call answered without the router (see [`api_endpoint`]), or
+    /// a request whose key is first looked up in the store.
+    Boxed(Pin<Box<dyn Future<Output = Response> + Send>>),
     Refused(Option<Response>),
 }
 
@@ -208,7 +208,7 @@ impl Future for Gated {
                 Poll::Ready(Err(never)) => match never {},
                 Poll::Pending => return Poll::Pending,
             },
-            Inner::Api(f) | Inner::Lookup(f) => match f.as_mut().poll(cx) {
+            Inner::Boxed(f) => match f.as_mut().poll(cx) {
                 Poll::Ready(r) => r,
                 Poll::Pending => return Poll::Pending,
             },
