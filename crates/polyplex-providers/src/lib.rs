@@ -20,7 +20,7 @@ mod translate;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use polyplex_types::{GatewayError, JsonMap, Usage};
+use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
 pub use reply::{RawReply, Reply};
 
 /// Which OpenAI endpoint a request is for.
@@ -144,19 +144,17 @@ pub trait Protocol: Send + Sync {
         stream: bool,
         target: &Target<'_>,
     ) -> Result<UpstreamRequest, GatewayError>;
-    /// [`Protocol::build`] given also the body's JSON text as the client
-    /// sent it: an adapter that would send the same JSON forwards those bytes
-    /// instead of encoding the tree again.
+    /// [`Protocol::build`] for the client's body as it came: an adapter
+    /// that would send the same JSON forwards the client's bytes instead of
+    /// encoding the tree again (and may not need the tree at all).
     fn build_from(
         &self,
         endpoint: Endpoint,
-        body: &JsonMap,
-        text: &Bytes,
+        body: &RequestBody,
         stream: bool,
         target: &Target<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let _ = text;
-        self.build(endpoint, body, stream, target)
+        self.build(endpoint, body.map(), stream, target)
     }
     /// Parses a 2xx reply to `request` into an OpenAI-shaped response and its usage.
     fn parse(
@@ -173,10 +171,10 @@ pub trait Protocol: Send + Sync {
         &self,
         endpoint: Endpoint,
         provider: &str,
-        request: &JsonMap,
+        request: &RequestBody,
         body: &Bytes,
     ) -> Result<(Reply, Option<Usage>), GatewayError> {
-        self.parse(endpoint, provider, request, body)
+        self.parse(endpoint, provider, request.map(), body)
             .map(|(m, u)| (Reply::Map(m), u))
     }
     /// Maps an upstream error reply to a gateway error.
@@ -186,7 +184,7 @@ pub trait Protocol: Send + Sync {
         endpoint: Endpoint,
         provider: &str,
         model: &str,
-        request: &JsonMap,
+        request: &RequestBody,
     ) -> Box<dyn StreamDecoder>;
 }
 

@@ -7,10 +7,13 @@
 //! lost on the way to an OpenAI-protocol upstream. Validation reads the known
 //! fields and names the offending one in every error.
 
+pub mod body;
 pub mod error;
+mod quick;
 pub mod usage;
 pub mod validate;
 
+pub use body::{RequestBody, Shape};
 pub use error::{ErrorSource, GatewayError};
 pub use usage::{Usage, UsageJson};
 

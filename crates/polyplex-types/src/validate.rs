@@ -5,6 +5,7 @@
 //! error names the field in `param` (`messages[2].tool_call_id`). Fields
 //! polyplex does not know are left alone: they are the upstream's to judge.
 
+pub use crate::quick::chat_quick;
 use crate::{GatewayError, JsonMap};
 use serde_json::Value;
 
@@ -74,6 +75,43 @@ pub struct CompletionsMeta {
     pub include_usage: bool,
     pub fallback_models: Vec<String>,
     pub provider: ProviderPrefs,
+}
+
+/// What the gateway needs of a completions request, in the chat form (no
+/// tools, images or schema; its `max_tokens` is read by the caller).
+impl From<CompletionsMeta> for ChatMeta {
+    fn from(m: CompletionsMeta) -> ChatMeta {
+        ChatMeta {
+            model: m.model,
+            stream: m.stream,
+            include_usage: m.include_usage,
+            n: 1,
+            max_tokens: None,
+            has_tools: false,
+            has_images: false,
+            json_schema: false,
+            fallback_models: m.fallback_models,
+            provider: m.provider,
+        }
+    }
+}
+
+/// What the gateway needs of an embeddings request, in the chat form.
+impl From<EmbeddingsMeta> for ChatMeta {
+    fn from(m: EmbeddingsMeta) -> ChatMeta {
+        ChatMeta {
+            model: m.model,
+            stream: false,
+            include_usage: false,
+            n: 1,
+            max_tokens: None,
+            has_tools: false,
+            has_images: false,
+            json_schema: false,
+            fallback_models: m.fallback_models,
+            provider: m.provider,
+        }
+    }
 }
 
 /// Fields that steer polyplex itself and are never sent upstream.

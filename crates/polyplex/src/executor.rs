@@ -22,7 +22,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use polyplex_providers::sse::{self, Parser};
 use polyplex_providers::{Endpoint, Reply, StreamDecoder, StreamItem};
-use polyplex_types::{ErrorSource, GatewayError, JsonMap, Usage};
+use polyplex_types::{ErrorSource, GatewayError, RequestBody, Usage};
 use rand::Rng;
 use std::time::{Duration, Instant};
 
@@ -456,20 +456,14 @@ async fn send(
     app: &AppState,
     d: &Deployment,
     endpoint: Endpoint,
-    body: &JsonMap,
-    text: &Bytes,
+    body: &RequestBody,
     stream: bool,
 ) -> Result<(http::Response<Incoming>, Vec<String>), GatewayError> {
-    let drop = d.upstream.drop_params
-        || body
-            .get("drop_params")
-            .and_then(serde_json::Value::as_bool)
-            .unwrap_or(false);
+    let drop = d.upstream.drop_params || body.flag("drop_params");
     let catalog = app.router.catalog();
     let req = d.upstream.protocol.build_from(
         endpoint,
         body,
-        text,
         stream,
         &d.upstream.target(catalog, &d.model, drop),
     )?;
@@ -506,12 +500,11 @@ pub async fn unary_once(
     d: &Deployment,
     _in_flight: InFlight,
     endpoint: Endpoint,
-    body: &JsonMap,
-    text: &Bytes,
+    body: &RequestBody,
 ) -> Result<Unary, GatewayError> {
     let timeout = d.upstream.timeout;
     let fut = async {
-        let (resp, dropped) = send(app, d, endpoint, body, text, false).await?;
+        let (resp, dropped) = send(app, d, endpoint, body, false).await?;
         d.stats.observe_limits(Instant::now(), resp.headers());
         if !resp.status().is_success() {
             return Err(upstream_error(d, resp).await);
@@ -557,12 +550,11 @@ pub async fn stream_once(
     d: &Deployment,
     in_flight: InFlight,
     endpoint: Endpoint,
-    body: &JsonMap,
-    text: &Bytes,
+    body: &RequestBody,
 ) -> Result<OpenStream, GatewayError> {
     let limit = d.upstream.first_byte_timeout;
     let fut = async {
-        let (resp, dropped) = send(app, d, endpoint, body, text, true).await?;
+        let (resp, dropped) = send(app, d, endpoint, body, true).await?;
         crate::phase::mark("hdrs");
         d.stats.observe_limits(Instant::now(), resp.headers());
         if !resp.status().is_success() {

@@ -18,7 +18,7 @@ use crate::upstream::Upstream;
 use polyplex_catalog::{Catalog, Model};
 use polyplex_providers::Endpoint;
 use polyplex_types::validate::ProviderPrefs;
-use polyplex_types::{GatewayError, JsonMap};
+use polyplex_types::{GatewayError, RequestBody};
 use rand::Rng;
 use std::cell::OnceCell;
 use std::collections::HashMap;
@@ -59,7 +59,7 @@ pub const AUTO_MAX_DEPLOYMENTS: usize = 8;
 /// What routing needs to know about one request. The prompt's token count
 /// (tiktoken) is computed only if a decision needs it, and then once.
 pub struct Facts<'a> {
-    pub body: &'a JsonMap,
+    pub body: &'a RequestBody,
     pub endpoint: Endpoint,
     pub stream: bool,
     pub max_output: Option<u64>,
@@ -70,7 +70,7 @@ pub struct Facts<'a> {
 }
 
 impl<'a> Facts<'a> {
-    pub fn new(body: &'a JsonMap, endpoint: Endpoint, stream: bool) -> Facts<'a> {
+    pub fn new(body: &'a RequestBody, endpoint: Endpoint, stream: bool) -> Facts<'a> {
         Facts {
             body,
             endpoint,
@@ -84,11 +84,9 @@ impl<'a> Facts<'a> {
     }
 
     pub fn prompt_tokens(&self) -> u64 {
-        *self.prompt.get_or_init(|| match self.endpoint {
-            Endpoint::Chat => tokens::chat_prompt(self.body),
-            Endpoint::Completions => tokens::input_tokens(self.body.get("prompt")),
-            Endpoint::Embeddings => tokens::input_tokens(self.body.get("input")),
-        })
+        *self
+            .prompt
+            .get_or_init(|| tokens::prompt(self.endpoint, self.body.map()))
     }
 
     fn output_estimate(&self) -> u64 {
@@ -577,11 +575,16 @@ hedge_after_ms = 250
         ds.iter().map(Deployment::label).collect()
     }
 
-    fn chat(text: &str) -> JsonMap {
+    fn chat(text: &str) -> RequestBody {
         body(json!({"model": "x", "messages": [{"role": "user", "content": text}]}))
     }
 
-    fn plan_of(r: &Router, model: &str, body: &JsonMap, max_output: Option<u64>) -> Vec<String> {
+    fn plan_of(
+        r: &Router,
+        model: &str,
+        body: &RequestBody,
+        max_output: Option<u64>,
+    ) -> Vec<String> {
         let mut f = Facts::new(body, Endpoint::Chat, false);
         f.max_output = max_output;
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
@@ -746,15 +749,15 @@ api_key = "${K}"
 models = ["llama-3.1-8b-instant", "whisper-large-v3"]
 "#;
 
-    fn body(v: serde_json::Value) -> JsonMap {
+    fn body(v: serde_json::Value) -> RequestBody {
         match v {
-            serde_json::Value::Object(m) => m,
+            serde_json::Value::Object(m) => RequestBody::from_map(m),
             _ => unreachable!(),
         }
     }
 
-    fn auto_first(r: &Router, b: &JsonMap) -> Result<String, GatewayError> {
-        let m = polyplex_types::validate::chat(b).unwrap();
+    fn auto_first(r: &Router, b: &RequestBody) -> Result<String, GatewayError> {
+        let m = polyplex_types::validate::chat(b.map()).unwrap();
         let mut f = Facts::new(b, Endpoint::Chat, false);
         f.max_output = m.max_tokens;
         (f.tools, f.images, f.json_schema) = (m.has_tools, m.has_images, m.json_schema);

@@ -88,6 +88,17 @@ pub fn chat_prompt(body: &JsonMap) -> u64 {
 }
 
 /// Prompt tokens of a legacy completions or embeddings request (`prompt` / `input`).
+/// A request's prompt tokens: the chat messages, or the legacy `prompt`,
+/// or the embeddings `input`.
+pub fn prompt(endpoint: polyplex_providers::Endpoint, request: &JsonMap) -> u64 {
+    use polyplex_providers::Endpoint;
+    match endpoint {
+        Endpoint::Chat => chat_prompt(request),
+        Endpoint::Completions => input_tokens(request.get("prompt")),
+        Endpoint::Embeddings => input_tokens(request.get("input")),
+    }
+}
+
 pub fn input_tokens(v: Option<&Value>) -> u64 {
     match v {
         Some(Value::String(s)) => count(s),

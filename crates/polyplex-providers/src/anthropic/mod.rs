@@ -24,7 +24,7 @@ pub use stream::Decoder;
 use crate::{Endpoint, Protocol, Reply, StreamDecoder, Target, UpstreamRequest};
 use bytes::Bytes;
 use http::StatusCode;
-use polyplex_types::{GatewayError, JsonMap, Usage};
+use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
 use serde_json::Value;
 
 /// The API version polyplex speaks.
@@ -73,9 +73,10 @@ impl Protocol for Anthropic {
         &self,
         endpoint: Endpoint,
         provider: &str,
-        request: &JsonMap,
+        request: &RequestBody,
         body: &Bytes,
     ) -> Result<(Reply, Option<Usage>), GatewayError> {
+        let request = request.map();
         match response::parse_fast(body, request::json_mode(request)) {
             Some(r) => Ok(r),
             None => self
@@ -106,9 +107,9 @@ impl Protocol for Anthropic {
         _endpoint: Endpoint,
         provider: &str,
         _model: &str,
-        request: &JsonMap,
+        request: &RequestBody,
     ) -> Box<dyn StreamDecoder> {
-        Box::new(Decoder::new(provider, request::json_mode(request)))
+        Box::new(Decoder::new(provider, request::json_mode(request.map())))
     }
 }
 

@@ -429,7 +429,7 @@ fn the_fast_reply_path_answers_what_the_tree_answers() {
             let fast = Anthropic.parse_reply(
                 Endpoint::Chat,
                 "anthropic",
-                req,
+                &RequestBody::from_map(req.clone()),
                 &bytes::Bytes::copy_from_slice(body.as_bytes()),
             );
             match (tree, fast) {
@@ -449,7 +449,7 @@ fn the_fast_reply_path_answers_what_the_tree_answers() {
         .parse_reply(
             Endpoint::Chat,
             "anthropic",
-            &plain,
+            &RequestBody::from_map(plain.clone()),
             &bytes::Bytes::from_static(include_str!("fixtures/message_response.json").as_bytes()),
         )
         .unwrap();

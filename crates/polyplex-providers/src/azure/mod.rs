@@ -9,7 +9,7 @@
 use crate::openai_compat::OpenAiCompat;
 use crate::{join_url, Endpoint, Protocol, StreamDecoder, Target, UpstreamRequest};
 use http::StatusCode;
-use polyplex_types::{GatewayError, JsonMap, Usage};
+use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
 
 /// The GA data-plane API version used when the config names none.
 pub const DEFAULT_API_VERSION: &str = "2024-10-21";
@@ -79,7 +79,7 @@ impl Protocol for Azure {
         endpoint: Endpoint,
         provider: &str,
         model: &str,
-        request: &JsonMap,
+        request: &RequestBody,
     ) -> Box<dyn StreamDecoder> {
         OpenAiCompat.stream_decoder(endpoint, provider, model, request)
     }

@@ -24,7 +24,7 @@ use crate::{
 };
 use bytes::Bytes;
 use http::StatusCode;
-use polyplex_types::{GatewayError, JsonMap, Usage};
+use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
 use serde_json::{json, Map, Value};
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -343,7 +343,7 @@ impl Protocol for Cohere {
         _endpoint: Endpoint,
         provider: &str,
         model: &str,
-        _request: &JsonMap,
+        _request: &RequestBody,
     ) -> Box<dyn StreamDecoder> {
         Box::new(Decoder {
             provider: provider.to_string(),

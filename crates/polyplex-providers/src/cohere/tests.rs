@@ -145,7 +145,7 @@ fn decode(t: &str, split: usize) -> (Vec<Value>, Vec<StreamItem>) {
         Endpoint::Chat,
         "cohere",
         "command-a-03-2025",
-        &JsonMap::new(),
+        &RequestBody::from_map(JsonMap::new()),
     );
     let mut items = Vec::new();
     for ev in &events {

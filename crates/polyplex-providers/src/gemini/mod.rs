@@ -29,7 +29,7 @@ use crate::{
 };
 use bytes::Bytes;
 use http::StatusCode;
-use polyplex_types::{GatewayError, JsonMap, Usage};
+use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
@@ -520,7 +520,7 @@ impl Protocol for Gemini {
         _endpoint: Endpoint,
         provider: &str,
         _model: &str,
-        _request: &JsonMap,
+        _request: &RequestBody,
     ) -> Box<dyn StreamDecoder> {
         Box::new(Decoder {
             provider: provider.to_string(),

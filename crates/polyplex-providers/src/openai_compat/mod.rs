@@ -17,7 +17,7 @@ pub use stream::Decoder;
 use crate::{Endpoint, Protocol, RawReply, Reply, StreamDecoder, Target, UpstreamRequest};
 use bytes::Bytes;
 use http::StatusCode;
-use polyplex_types::{GatewayError, JsonMap, Usage};
+use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
 use serde_json::Value;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -41,12 +41,11 @@ impl Protocol for OpenAiCompat {
     fn build_from(
         &self,
         endpoint: Endpoint,
-        body: &JsonMap,
-        text: &Bytes,
+        body: &RequestBody,
         stream: bool,
         target: &Target<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
-        request::build_from(endpoint, body, text, stream, target)
+        request::build_from(endpoint, body, stream, target)
     }
 
     fn parse(
@@ -81,7 +80,7 @@ impl Protocol for OpenAiCompat {
         &self,
         endpoint: Endpoint,
         provider: &str,
-        _request: &JsonMap,
+        _request: &RequestBody,
         body: &Bytes,
     ) -> Result<(Reply, Option<Usage>), GatewayError> {
         let raw = RawReply::parse(body.clone()).map_err(|e| {
@@ -135,7 +134,7 @@ impl Protocol for OpenAiCompat {
         endpoint: Endpoint,
         provider: &str,
         _model: &str,
-        _request: &JsonMap,
+        _request: &RequestBody,
     ) -> Box<dyn StreamDecoder> {
         Box::new(Decoder::new(endpoint, provider))
     }

@@ -4,7 +4,7 @@
 use crate::{join_url, Endpoint, Target, UpstreamRequest};
 use bytes::Bytes;
 use polyplex_types::validate::GATEWAY_FIELDS;
-use polyplex_types::{GatewayError, JsonMap};
+use polyplex_types::{GatewayError, JsonMap, RequestBody};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
@@ -71,22 +71,36 @@ const ASK_USAGE: &[u8] = br#""stream_options":{"include_usage":true},"#;
 /// The client's JSON text when it already says what [`build`] would send:
 /// the model as the upstream names it, no gateway-only member, and usage
 /// asked for on a stream (or `stream_options` absent, then put first).
+/// A quick-validated body answers from its [`Shape`], without its tree.
 fn as_sent(
     endpoint: Endpoint,
-    body: &JsonMap,
-    text: &Bytes,
+    body: &RequestBody,
     stream: bool,
     target: &Target<'_>,
 ) -> Option<Bytes> {
-    if body.get("model").and_then(Value::as_str) != Some(target.model)
-        || GATEWAY_FIELDS.iter().any(|f| body.contains_key(*f))
-    {
-        return None;
-    }
+    let text = body.text();
+    let options = match body.shape() {
+        Some(shape) => {
+            if body.model() != Some(target.model) {
+                return None;
+            }
+            shape.stream_options
+        }
+        None => {
+            let map = body.map();
+            if map.get("model").and_then(Value::as_str) != Some(target.model)
+                || GATEWAY_FIELDS.iter().any(|f| map.contains_key(*f))
+            {
+                return None;
+            }
+            map.get("stream_options")
+                .map(|o| o.get("include_usage") == Some(&Value::Bool(true)))
+        }
+    };
     if !wants_usage(endpoint, stream, target) {
         return Some(text.clone());
     }
-    match body.get("stream_options") {
+    match options {
         None => {
             let open = text.iter().position(|b| !b.is_ascii_whitespace())?;
             if text[open] != b'{' {
@@ -98,27 +112,26 @@ fn as_sent(
             out.extend_from_slice(&text[open + 1..]);
             Some(Bytes::from(out))
         }
-        Some(o) if o.get("include_usage") == Some(&Value::Bool(true)) => Some(text.clone()),
-        Some(_) => None,
+        Some(true) => Some(text.clone()),
+        Some(false) => None,
     }
 }
 
 /// [`build`], forwarding the client's bytes when they need no change.
 pub(crate) fn build_from(
     endpoint: Endpoint,
-    body: &JsonMap,
-    text: &Bytes,
+    body: &RequestBody,
     stream: bool,
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
-    match as_sent(endpoint, body, text, stream, target) {
+    match as_sent(endpoint, body, stream, target) {
         Some(bytes) => Ok(UpstreamRequest {
             url: join_url(target.base_url, path(endpoint)),
             headers: crate::headers(target, stream)?,
             body: bytes,
             dropped: Vec::new(),
         }),
-        None => build(endpoint, body, stream, target),
+        None => build(endpoint, body.map(), stream, target),
     }
 }
 

@@ -305,8 +305,25 @@ fn build_from(text: &str, stream: bool, stream_usage: bool) -> (Bytes, Bytes) {
     let map: JsonMap = serde_json::from_str(text).unwrap();
     let raw = Bytes::copy_from_slice(text.as_bytes());
     let from = OpenAiCompat
-        .build_from(Endpoint::Chat, &map, &raw, stream, &t)
+        .build_from(
+            Endpoint::Chat,
+            &RequestBody::parsed(raw.clone(), map.clone()),
+            stream,
+            &t,
+        )
         .unwrap();
+    // A body validated from its text is sent the same, and without
+    // building its tree when the text can go as it is.
+    if let Some((_, shape)) = polyplex_types::validate::chat_quick(text.as_bytes()) {
+        let quick = RequestBody::quick(raw.clone(), shape);
+        let sent = OpenAiCompat
+            .build_from(Endpoint::Chat, &quick, stream, &t)
+            .unwrap();
+        assert_eq!(sent.body, from.body, "{text}");
+        if sent.body == raw {
+            assert!(!quick.has_tree(), "{text}");
+        }
+    }
     let built = OpenAiCompat
         .build(Endpoint::Chat, &map, stream, &t)
         .unwrap();

@@ -13,14 +13,14 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use polyplex_providers::{Endpoint, Reply};
+use polyplex_types::validate::ChatMeta;
 use polyplex_types::validate::ProviderPrefs;
-use polyplex_types::{validate, GatewayError, JsonMap, Usage};
+use polyplex_types::{validate, GatewayError, JsonMap, RequestBody, Usage};
 use serde_json::{json, Value};
 use std::time::{Instant, SystemTime};
 
-/// Stage 3: the body, within the size limit, as a JSON object.
-/// Returns the object and its text as sent.
-async fn read_json(app: &App, req: Request) -> Result<(JsonMap, Bytes), GatewayError> {
+/// Stage 3: the body's bytes, within the size limit.
+async fn read_body(app: &App, req: Request) -> Result<Bytes, GatewayError> {
     let limit = app.max_body;
     if let Some(len) = req
         .headers()
@@ -42,19 +42,23 @@ async fn read_json(app: &App, req: Request) -> Result<(JsonMap, Bytes), GatewayE
             }
         })?;
     crate::phase::mark("bytes");
+    Ok(bytes)
+}
+
+/// The body as a JSON object.
+fn parse_json(bytes: &[u8]) -> Result<JsonMap, GatewayError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(GatewayError::invalid_request(
             "The request body is empty. The API expects a JSON object.",
         ));
     }
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
         GatewayError::invalid_request(format!(
             "We could not parse the JSON body of your request ({e}). The API expects a JSON object; check that the body is valid JSON and sent with Content-Type: application/json."
         ))
     })?;
-    crate::phase::mark("json");
     match v {
-        Value::Object(m) => Ok((m, bytes)),
+        Value::Object(m) => Ok(m),
         other => Err(GatewayError::invalid_request(format!(
             "The request body must be a JSON object, but it is {}.",
             kind_of(&other)
@@ -85,9 +89,7 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 struct Parsed {
-    body: JsonMap,
-    /// The body's JSON text as the client sent it.
-    text: Bytes,
+    body: RequestBody,
     model: String,
     fallbacks: Vec<String>,
     prefs: ProviderPrefs,
@@ -98,49 +100,53 @@ struct Parsed {
     needs: (bool, bool, bool),
 }
 
-fn validate(endpoint: Endpoint, body: JsonMap, text: Bytes) -> Result<Parsed, GatewayError> {
-    let mut needs = (false, false, false);
-    let mut max_output = None;
-    let (model, fallbacks, prefs, stream, include_usage) = match endpoint {
-        Endpoint::Chat => {
-            let m = validate::chat(&body)?;
-            needs = (m.has_tools, m.has_images, m.json_schema);
-            max_output = m.max_tokens;
-            (
-                m.model,
-                m.fallback_models,
-                m.provider,
-                m.stream,
-                m.include_usage,
-            )
+/// Stage 4: the body validated. A common chat request is validated from its
+/// text (its JSON tree is built later only if something reads it); any other
+/// body is parsed into its tree and validated from that. On error, the
+/// model asked for, for the usage record.
+fn validate(endpoint: Endpoint, text: Bytes) -> Result<Parsed, Box<(String, GatewayError)>> {
+    if endpoint == Endpoint::Chat {
+        if let Some((m, shape)) = validate::chat_quick(&text) {
+            crate::phase::mark("json");
+            return Ok(Parsed::chat(RequestBody::quick(text, shape), m));
         }
-        Endpoint::Completions => {
-            let m = validate::completions(&body)?;
-            max_output = body.get("max_tokens").and_then(Value::as_u64);
-            (
-                m.model,
-                m.fallback_models,
-                m.provider,
-                m.stream,
-                m.include_usage,
-            )
-        }
-        Endpoint::Embeddings => {
-            let m = validate::embeddings(&body)?;
-            (m.model, m.fallback_models, m.provider, false, false)
-        }
+    }
+    let tree = parse_json(&text).map_err(|e| Box::new((String::new(), e)))?;
+    crate::phase::mark("json");
+    let checked = match endpoint {
+        Endpoint::Chat => validate::chat(&tree).map(|m| (m, None)),
+        Endpoint::Completions => validate::completions(&tree).map(|m| {
+            let max = tree.get("max_tokens").and_then(Value::as_u64);
+            (m.into(), max)
+        }),
+        Endpoint::Embeddings => validate::embeddings(&tree).map(|m| (m.into(), None)),
     };
-    Ok(Parsed {
-        body,
-        text,
-        model,
-        fallbacks,
-        prefs,
-        stream,
-        include_usage,
-        max_output,
-        needs,
-    })
+    match checked {
+        Ok((m, max_output)) => {
+            let mut p = Parsed::chat(RequestBody::parsed(text, tree), m);
+            p.max_output = p.max_output.or(max_output);
+            Ok(p)
+        }
+        Err(e) => {
+            let asked = tree.get("model").and_then(Value::as_str).unwrap_or("");
+            Err(Box::new((asked.to_string(), e)))
+        }
+    }
+}
+
+impl Parsed {
+    fn chat(body: RequestBody, m: ChatMeta) -> Parsed {
+        Parsed {
+            body,
+            model: m.model,
+            fallbacks: m.fallback_models,
+            prefs: m.provider,
+            stream: m.stream,
+            include_usage: m.include_usage,
+            max_output: m.max_tokens,
+            needs: (m.has_tools, m.has_images, m.json_schema),
+        }
+    }
 }
 
 /// One call in progress: what its usage record and error response need.
@@ -245,18 +251,16 @@ pub(super) async fn handle(
     };
     let app = &call.app;
     let no_one = Served::default();
-    let (body, text) = match read_json(app, req).await {
+    let text = match read_body(app, req).await {
         Ok(b) => b,
         Err(e) => return call.fail("", false, e, &no_one),
     };
-    let asked = body
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let parsed = match validate(endpoint, body, text) {
+    let parsed = match validate(endpoint, text) {
         Ok(p) => p,
-        Err(e) => return call.fail(&asked, false, e, &no_one),
+        Err(b) => {
+            let (asked, e) = *b;
+            return call.fail(&asked, false, e, &no_one);
+        }
     };
     crate::phase::mark("valid");
     let admitted = match call.admit(&parsed) {
@@ -301,11 +305,10 @@ async fn serve(call: &Call, parsed: Parsed, admitted: Option<Admitted>) -> Respo
         );
     }
     let body = &parsed.body;
-    let text = &parsed.text;
 
     if parsed.stream {
         let outcome = attempt_loop(app, &plan, false, |d, g| async move {
-            stream_once(app, &d, g, endpoint, body, text).await
+            stream_once(app, &d, g, endpoint, body).await
         })
         .await;
         let served = outcome.trace;
@@ -333,7 +336,7 @@ async fn serve(call: &Call, parsed: Parsed, admitted: Option<Admitted>) -> Respo
     }
 
     let outcome = attempt_loop(app, &plan, true, |d, g| async move {
-        unary_once(app, &d, g, endpoint, body, text).await
+        unary_once(app, &d, g, endpoint, body).await
     })
     .await;
     let served = outcome.trace;

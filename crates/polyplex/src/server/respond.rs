@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use polyplex_providers::{Endpoint, RawReply, Reply, StreamItem};
-use polyplex_types::{GatewayError, JsonMap, Usage};
+use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
@@ -180,7 +180,7 @@ pub fn finish_usage(
     app: &App,
     d: &Deployment,
     endpoint: Endpoint,
-    request: &JsonMap,
+    request: &RequestBody,
     resp: Reply,
     upstream: Option<Usage>,
 ) -> (Reply, Usage, f64) {
@@ -242,16 +242,12 @@ fn usage_into_map(
     app: &App,
     d: &Deployment,
     endpoint: Endpoint,
-    request: &JsonMap,
+    request: &RequestBody,
     resp: &mut JsonMap,
     upstream: Option<Usage>,
 ) -> (Usage, f64) {
     let usage = upstream.unwrap_or_else(|| {
-        let prompt = match endpoint {
-            Endpoint::Chat => tokens::chat_prompt(request),
-            Endpoint::Completions => tokens::input_tokens(request.get("prompt")),
-            Endpoint::Embeddings => tokens::input_tokens(request.get("input")),
-        };
+        let prompt = tokens::prompt(endpoint, request.map());
         let completion = if endpoint == Endpoint::Embeddings {
             0
         } else {
@@ -330,7 +326,7 @@ pub struct StreamContext {
     pub include_usage: bool,
     pub started: Instant,
     pub attempts: u32,
-    pub request: JsonMap,
+    pub request: RequestBody,
     /// The gateway key's admission: its concurrency slot lasts as long as the stream.
     pub admitted: Option<crate::keys::Admitted>,
 }
@@ -375,10 +371,7 @@ impl Relay {
     /// The counted usage when the upstream reported none.
     fn estimated_usage(&self) -> Usage {
         let summary = self.open.decoder.summary();
-        let prompt = match self.ctx.endpoint {
-            Endpoint::Chat => tokens::chat_prompt(&self.ctx.request),
-            _ => tokens::input_tokens(self.ctx.request.get("prompt")),
-        };
+        let prompt = tokens::prompt(self.ctx.endpoint, self.ctx.request.map());
         Usage {
             prompt_tokens: prompt,
             completion_tokens: tokens::count(&summary.completion_text),
