@@ -10,10 +10,13 @@
 //!    key the gateway only listens on loopback and lets every caller in (a
 //!    presented gateway key still counts, and a revoked one is refused). The
 //!    admin API takes the master key only.
-//! 3. **body** ([`handlers`]): read up to `server.max_body_bytes` (413 past it),
-//!    parsed once into an insertion-ordered JSON map (400 naming the problem).
+//! 3. **body** ([`handlers`]): read up to `server.max_body_bytes` (413 past it).
 //! 4. **validation** (`polyplex_types::validate`): OpenAI's rules, each error
-//!    naming the field.
+//!    naming the field. A chat request of the common shape is validated from
+//!    its text (`validate::chat_quick`) and its JSON tree built only if
+//!    something reads it; any other body is parsed once into an
+//!    insertion-ordered JSON map (400 naming the problem) and validated from
+//!    that (`polyplex_types::RequestBody` holds either).
 //! 5. **key admission** ([`crate::keys`]): the key's model allow-list (403),
 //!    budget (429 `insufficient_quota`), requests and tokens per minute and
 //!    concurrent requests (429 with `retry-after`); `x-ratelimit-*` headers.
