@@ -9,9 +9,9 @@
 //!
 //! Prices are USD per million tokens, as models.dev gives them.
 
+use foldhash::{HashMap, HashMapExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 const BUILTIN: &str = include_str!("../data/catalog.json");

@@ -327,6 +327,15 @@ impl DeploymentStats {
     /// Reads the upstream's rate-limit headers (OpenAI's and Groq's
     /// `x-ratelimit-*`, Anthropic's `anthropic-ratelimit-*`).
     pub fn observe_limits(&self, now: Instant, h: &HeaderMap) {
+        // Most self-hosted upstreams send none: one pass over the few
+        // names an answer has, instead of five hashed look-ups.
+        let any = h.keys().any(|k| {
+            let k = k.as_str();
+            k.starts_with("x-ratelimit-") || k.starts_with("anthropic-ratelimit-")
+        });
+        if !any {
+            return;
+        }
         let requests = read_left(now, h, &REQUEST_LIMITS);
         let tokens = read_left(now, h, &TOKEN_LIMITS);
         if requests.is_none() && tokens.is_none() {

@@ -15,13 +15,13 @@ use crate::config::{Hedge, RouteConfig, Strategy};
 use crate::health::DeploymentStats;
 use crate::tokens;
 use crate::upstream::Upstream;
+use foldhash::HashMap;
 use polyplex_catalog::{Catalog, Model};
 use polyplex_providers::Endpoint;
 use polyplex_types::validate::ProviderPrefs;
 use polyplex_types::{GatewayError, RequestBody};
 use rand::Rng;
 use std::cell::OnceCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -503,6 +503,7 @@ mod tests {
     use super::*;
     use crate::config::{from_toml, Inputs};
     use crate::health::HealthConfig;
+    use foldhash::HashMapExt;
     use rand::SeedableRng;
     use serde_json::json;
     use std::time::Duration;

@@ -2,6 +2,7 @@
 
 use crate::config::ProviderConfig;
 use crate::health::DeploymentStats;
+use foldhash::{HashMap, HashMapExt};
 use http::{HeaderName, HeaderValue};
 use polyplex_catalog::{Catalog, Model, Price};
 use polyplex_providers::anthropic::Anthropic;
@@ -11,7 +12,7 @@ use polyplex_providers::gemini::Gemini;
 use polyplex_providers::openai_compat::OpenAiCompat;
 use polyplex_providers::{AuthStyle, Protocol, Target};
 use secrecy::{ExposeSecret, SecretString};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
