@@ -26,6 +26,14 @@ pub struct Shape {
     pub stream_options: Option<bool>,
 }
 
+impl Shape {
+    /// Where `model`'s string (its characters, without the quotes) is in
+    /// the text.
+    pub fn model_range(&self) -> Range<usize> {
+        self.model.clone()
+    }
+}
+
 /// A request body: the text, and its JSON object on demand.
 #[derive(Debug)]
 pub struct RequestBody {

@@ -68,10 +68,18 @@ fn wants_usage(endpoint: Endpoint, stream: bool, target: &Target<'_>) -> bool {
 /// What `stream_options` [`as_sent`] puts first when usage must be asked for.
 const ASK_USAGE: &[u8] = br#""stream_options":{"include_usage":true},"#;
 
-/// The client's JSON text when it already says what [`build`] would send:
-/// the model as the upstream names it, no gateway-only member, and usage
-/// asked for on a stream (or `stream_options` absent, then put first).
-/// A quick-validated body answers from its [`Shape`], without its tree.
+/// True if `s` can be written inside a JSON string as it is.
+fn plain_json_string(s: &str) -> bool {
+    s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
+/// The client's JSON text, changed in place where it must be, when it
+/// already says what [`build`] would send but for these: usage asked for
+/// on a stream (`stream_options` put first when absent) and, for a
+/// quick-validated body (whose model's place in the text is known), the
+/// model as the upstream names it. `None` when the tree must be encoded
+/// instead: a gateway-only member, `stream_options` without
+/// `include_usage: true`, another model in a body validated from its tree.
 fn as_sent(
     endpoint: Endpoint,
     body: &RequestBody,
@@ -79,10 +87,14 @@ fn as_sent(
     target: &Target<'_>,
 ) -> Option<Bytes> {
     let text = body.text();
+    let mut model_at = None;
     let options = match body.shape() {
         Some(shape) => {
             if body.model() != Some(target.model) {
-                return None;
+                if !plain_json_string(target.model) {
+                    return None;
+                }
+                model_at = Some(shape.model_range());
             }
             shape.stream_options
         }
@@ -97,24 +109,33 @@ fn as_sent(
                 .map(|o| o.get("include_usage") == Some(&Value::Bool(true)))
         }
     };
-    if !wants_usage(endpoint, stream, target) {
+    let ask_usage = match options {
+        _ if !wants_usage(endpoint, stream, target) => false,
+        None => true,
+        Some(true) => false,
+        Some(false) => return None,
+    };
+    if !ask_usage && model_at.is_none() {
         return Some(text.clone());
     }
-    match options {
-        None => {
-            let open = text.iter().position(|b| !b.is_ascii_whitespace())?;
-            if text[open] != b'{' {
-                return None;
-            }
-            let mut out = Vec::with_capacity(text.len() + ASK_USAGE.len());
-            out.extend_from_slice(&text[..=open]);
-            out.extend_from_slice(ASK_USAGE);
-            out.extend_from_slice(&text[open + 1..]);
-            Some(Bytes::from(out))
+    let mut out = Vec::with_capacity(text.len() + ASK_USAGE.len() + target.model.len());
+    let mut from = 0;
+    if ask_usage {
+        let open = text.iter().position(|b| !b.is_ascii_whitespace())?;
+        if text[open] != b'{' {
+            return None;
         }
-        Some(true) => Some(text.clone()),
-        Some(false) => None,
+        out.extend_from_slice(&text[..=open]);
+        out.extend_from_slice(ASK_USAGE);
+        from = open + 1;
     }
+    if let Some(at) = model_at {
+        out.extend_from_slice(&text[from..at.start]);
+        out.extend_from_slice(target.model.as_bytes());
+        from = at.end;
+    }
+    out.extend_from_slice(&text[from..]);
+    Some(Bytes::from(out))
 }
 
 /// [`build`], forwarding the client's bytes when they need no change.
