@@ -13,7 +13,7 @@
 
 use crate::body::Shape;
 use crate::validate::{ChatMeta, ProviderPrefs};
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::fmt;
 
 /// Leaves the quick path (the message is never shown).
@@ -40,44 +40,33 @@ const MEMBERS: &[&str] = &[
     "parallel_tool_calls",
 ];
 
-/// A JSON string, read and not kept.
-struct AnyStr;
+/// A JSON string that passes a check, read and not kept (escaped strings
+/// included, without allocating).
+#[derive(Clone, Copy)]
+struct StrWhere(fn(&str) -> bool);
 
-impl<'de> Deserialize<'de> for AnyStr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = AnyStr;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<AnyStr, E> {
-                Ok(AnyStr)
-            }
-        }
-        d.deserialize_str(V)
+const ANY_STR: StrWhere = StrWhere(|_| true);
+const PLAIN_ROLE: StrWhere =
+    StrWhere(|s| matches!(s, "system" | "developer" | "user" | "assistant"));
+
+impl<'de> DeserializeSeed<'de> for StrWhere {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
     }
 }
 
-/// A message's role, if it is one the quick path takes.
-struct PlainRole;
-
-impl<'de> Deserialize<'de> for PlainRole {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = PlainRole;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a role")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<PlainRole, E> {
-                match s {
-                    "system" | "developer" | "user" | "assistant" => Ok(PlainRole),
-                    _ => Err(unusual()),
-                }
-            }
+impl Visitor<'_> for StrWhere {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
+        if (self.0)(s) {
+            Ok(())
+        } else {
+            Err(unusual())
         }
-        d.deserialize_str(V)
     }
 }
 
@@ -105,11 +94,7 @@ impl<'de> Deserialize<'de> for PlainMessage {
                         return Err(unusual());
                     }
                     *seen = true;
-                    if k == "role" {
-                        m.next_value::<PlainRole>()?;
-                    } else {
-                        m.next_value::<AnyStr>()?;
-                    }
+                    m.next_value_seed(if k == "role" { PLAIN_ROLE } else { ANY_STR })?;
                 }
                 if role && content {
                     Ok(PlainMessage)
@@ -283,9 +268,7 @@ impl<'de> Visitor<'de> for Top<'_> {
                 "seed" => {
                     m.next_value::<Int>()?;
                 }
-                "user" => {
-                    m.next_value::<AnyStr>()?;
-                }
+                "user" => m.next_value_seed(ANY_STR)?,
                 _ => {
                     // logprobs, parallel_tool_calls
                     m.next_value::<bool>()?;

@@ -99,18 +99,13 @@ impl From<CompletionsMeta> for ChatMeta {
 /// What the gateway needs of an embeddings request, in the chat form.
 impl From<EmbeddingsMeta> for ChatMeta {
     fn from(m: EmbeddingsMeta) -> ChatMeta {
-        ChatMeta {
+        ChatMeta::from(CompletionsMeta {
             model: m.model,
             stream: false,
             include_usage: false,
-            n: 1,
-            max_tokens: None,
-            has_tools: false,
-            has_images: false,
-            json_schema: false,
             fallback_models: m.fallback_models,
             provider: m.provider,
-        }
+        })
     }
 }
 
