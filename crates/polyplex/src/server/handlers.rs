@@ -108,7 +108,7 @@ fn validate(endpoint: Endpoint, text: Bytes) -> Result<Parsed, Box<(String, Gate
     if endpoint == Endpoint::Chat {
         if let Some((m, shape)) = validate::chat_quick(&text) {
             crate::phase::mark("json");
-            return Ok(Parsed::chat(RequestBody::quick(text, shape), m));
+            return Ok(Parsed::from_meta(RequestBody::quick(text, shape), m));
         }
     }
     let tree = parse_json(&text).map_err(|e| Box::new((String::new(), e)))?;
@@ -123,7 +123,7 @@ fn validate(endpoint: Endpoint, text: Bytes) -> Result<Parsed, Box<(String, Gate
     };
     match checked {
         Ok((m, max_output)) => {
-            let mut p = Parsed::chat(RequestBody::parsed(text, tree), m);
+            let mut p = Parsed::from_meta(RequestBody::parsed(text, tree), m);
             p.max_output = p.max_output.or(max_output);
             Ok(p)
         }
@@ -135,7 +135,9 @@ fn validate(endpoint: Endpoint, text: Bytes) -> Result<Parsed, Box<(String, Gate
 }
 
 impl Parsed {
-    fn chat(body: RequestBody, m: ChatMeta) -> Parsed {
+    /// A validated body and what validation learned of it (in the chat
+    /// form, whatever the endpoint).
+    fn from_meta(body: RequestBody, m: ChatMeta) -> Parsed {
         Parsed {
             body,
             model: m.model,
