@@ -73,12 +73,13 @@ pub struct CompletionsMeta {
     pub model: String,
     pub stream: bool,
     pub include_usage: bool,
+    pub max_tokens: Option<u64>,
     pub fallback_models: Vec<String>,
     pub provider: ProviderPrefs,
 }
 
 /// What the gateway needs of a completions request, in the chat form (no
-/// tools, images or schema; its `max_tokens` is read by the caller).
+/// tools, images or schema).
 impl From<CompletionsMeta> for ChatMeta {
     fn from(m: CompletionsMeta) -> ChatMeta {
         ChatMeta {
@@ -86,7 +87,7 @@ impl From<CompletionsMeta> for ChatMeta {
             stream: m.stream,
             include_usage: m.include_usage,
             n: 1,
-            max_tokens: None,
+            max_tokens: m.max_tokens,
             has_tools: false,
             has_images: false,
             json_schema: false,
@@ -103,6 +104,7 @@ impl From<EmbeddingsMeta> for ChatMeta {
             model: m.model,
             stream: false,
             include_usage: false,
+            max_tokens: None,
             fallback_models: m.fallback_models,
             provider: m.provider,
         })
@@ -727,7 +729,7 @@ pub fn completions(body: &JsonMap) -> R<CompletionsMeta> {
     sampling(body)?;
     integer_in(body, "n", 1, 128)?;
     integer_in(body, "best_of", 1, 20)?;
-    integer_in(body, "max_tokens", 0, i64::MAX)?;
+    let max_tokens = integer_in(body, "max_tokens", 0, i64::MAX)?.map(|x| x as u64);
     integer_in(body, "logprobs", 0, 5)?;
     boolean(body, "echo")?;
     string(body, "suffix")?;
@@ -735,6 +737,7 @@ pub fn completions(body: &JsonMap) -> R<CompletionsMeta> {
         model,
         stream,
         include_usage,
+        max_tokens,
         fallback_models,
         provider,
     })
@@ -937,5 +940,9 @@ mod tests {
         );
         let e = completions(&map(json!({"model": "m", "prompt": 3}))).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("prompt"));
+        // The output cap routing estimates with, in the chat form too.
+        let m = completions(&map(json!({"model": "m", "prompt": "x", "max_tokens": 7}))).unwrap();
+        assert_eq!(m.max_tokens, Some(7));
+        assert_eq!(ChatMeta::from(m).max_tokens, Some(7));
     }
 }

@@ -114,19 +114,12 @@ fn validate(endpoint: Endpoint, text: Bytes) -> Result<Parsed, Box<(String, Gate
     let tree = parse_json(&text).map_err(|e| Box::new((String::new(), e)))?;
     crate::phase::mark("json");
     let checked = match endpoint {
-        Endpoint::Chat => validate::chat(&tree).map(|m| (m, None)),
-        Endpoint::Completions => validate::completions(&tree).map(|m| {
-            let max = tree.get("max_tokens").and_then(Value::as_u64);
-            (m.into(), max)
-        }),
-        Endpoint::Embeddings => validate::embeddings(&tree).map(|m| (m.into(), None)),
+        Endpoint::Chat => validate::chat(&tree),
+        Endpoint::Completions => validate::completions(&tree).map(ChatMeta::from),
+        Endpoint::Embeddings => validate::embeddings(&tree).map(ChatMeta::from),
     };
     match checked {
-        Ok((m, max_output)) => {
-            let mut p = Parsed::from_meta(RequestBody::parsed(text, tree), m);
-            p.max_output = p.max_output.or(max_output);
-            Ok(p)
-        }
+        Ok(m) => Ok(Parsed::from_meta(RequestBody::parsed(text, tree), m)),
         Err(e) => {
             let asked = tree.get("model").and_then(Value::as_str).unwrap_or("");
             Err(Box::new((asked.to_string(), e)))
