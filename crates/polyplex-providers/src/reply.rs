@@ -109,11 +109,14 @@ impl RawReply {
                 let from = s.as_ptr() as usize - base;
                 from..from + s.len()
             };
-            let mut de = serde_json::Deserializer::from_slice(text);
-            let found = Members::deserialize(&mut de)?;
-            de.end()?;
+            // UTF-8 checked once for the whole text, not string by string
+            // (and again for each member's raw text) as a reader of bytes
+            // does; a text that is not UTF-8 gets the byte reader's error.
+            let found = match std::str::from_utf8(text) {
+                Ok(s) => members(&mut serde_json::Deserializer::from_str(s))?,
+                Err(_) => members(&mut serde_json::Deserializer::from_slice(text))?,
+            };
             found
-                .0
                 .into_iter()
                 .map(|(k, v)| Member {
                     key: match k {
@@ -362,6 +365,15 @@ impl<'de> Deserialize<'de> for KeyText<'de> {
     }
 }
 
+/// The whole text as one object's members (nothing after it but space).
+fn members<'de, R: serde_json::de::Read<'de>>(
+    de: &mut serde_json::Deserializer<R>,
+) -> Result<Vec<(KeyText<'de>, &'de RawValue)>, serde_json::Error> {
+    let found = Members::deserialize(&mut *de)?;
+    de.end()?;
+    Ok(found.0)
+}
+
 /// A JSON object's top-level members, borrowed from the input.
 struct Members<'de>(Vec<(KeyText<'de>, &'de RawValue)>);
 
@@ -472,7 +484,16 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_an_object() {
-        for bad in [&b"[1,2]"[..], b"{\"a\":", b"not json", b"{} trailing"] {
+        for bad in [
+            &b"[1,2]"[..],
+            b"{\"a\":",
+            b"not json",
+            b"{} trailing",
+            // Not UTF-8: in a string, in a key, and outside both.
+            b"{\"a\":\"\xff\"}",
+            b"{\"\xc3\":1}",
+            b"{\"a\":1}\xff",
+        ] {
             assert!(RawReply::parse(Bytes::copy_from_slice(bad)).is_err());
         }
     }

@@ -307,7 +307,9 @@ impl<'de> Visitor<'de> for Top<'_> {
 /// JSON tree; `None` when the body is not of the common shape (the full
 /// validation then decides; see the module's text).
 pub fn chat_quick(text: &[u8]) -> Option<(ChatMeta, Shape)> {
-    let mut de = serde_json::Deserializer::from_slice(text);
+    // UTF-8 checked once for the whole text (a word at a time for ASCII),
+    // not string by string as a reader of bytes does.
+    let mut de = serde_json::Deserializer::from_str(std::str::from_utf8(text).ok()?);
     let out = de.deserialize_map(Top { text }).ok()?;
     de.end().ok()?;
     Some(out)
@@ -387,6 +389,11 @@ mod tests {
         ] {
             assert!(!agrees(text), "quick: {text}");
         }
+        // Not UTF-8 (the full validation names the error).
+        assert!(chat_quick(
+            b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}"
+        )
+        .is_none());
     }
 
     /// Thousands of bodies built from valid and invalid pieces: whenever the
