@@ -1,13 +1,23 @@
-//! The one pooled HTTP client every upstream request goes through: hyper's
-//! connection-pooling client (`hyper_util::client::legacy`) over rustls, with
-//! nothing between the gateway and the connection.
+//! The one HTTP client every upstream request goes through.
 //!
-//! It replaced reqwest on the hot path: reqwest parsed each request's URL
-//! twice more (its own request and its redirect policy) and wrapped every
-//! call in redirect-following and retry layers the gateway does not use (it
-//! has its own attempt loop and never follows an upstream's redirect), about
-//! a tenth of polyplex's instructions per proxied request. Upstream URIs are
-//! parsed once per distinct URL ([`UriCache`]).
+//! Upstreams over TLS, over HTTP/2 or behind an outbound proxy go through
+//! hyper's connection-pooling client (`hyper_util::client::legacy`) over
+//! rustls. Plain-HTTP upstreams reached directly (a local vLLM, Ollama or
+//! a mock; the benchmark's upstream) go through [`Plain`]: HTTP/1.1
+//! connections made with hyper's own connection API and kept, idle, in a
+//! list per host. Each serving thread has its own client, so that list is
+//! only ever touched by one thread: taking a connection is a lock nobody
+//! else holds and a pop, where hyper-util's pool hashes its key with SipHash
+//! and spawns a task per request to put the connection back (about 8,000
+//! instructions per proxied request; docs/performance.md, "Ninth session").
+//!
+//! hyper-util replaced reqwest on the hot path: reqwest parsed each
+//! request's URL twice more (its own request and its redirect policy) and
+//! wrapped every call in redirect-following and retry layers the gateway
+//! does not use (it has its own attempt loop and never follows an
+//! upstream's redirect), about a tenth of polyplex's instructions per
+//! proxied request. Upstream URIs are parsed once per distinct URL
+//! ([`UriCache`]).
 //!
 //! An outbound proxy is honoured as reqwest did: `HTTPS_PROXY`, `HTTP_PROXY`,
 //! `ALL_PROXY` and `NO_PROXY` (or their lower-case forms), credentials in the
@@ -16,10 +26,12 @@
 //! plain-HTTP upstreams too.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, USER_AGENT};
+use http::header::{HeaderValue, HOST, USER_AGENT};
+use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -29,9 +41,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -96,8 +108,12 @@ impl Failure {
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Client<HttpsConnector<Connector>, Full<Bytes>>,
+    plain: Arc<Plain>,
     user_agent: HeaderValue,
 }
+
+/// How long an idle upstream connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 impl HttpClient {
     /// TCP_NODELAY, `connect_timeout` per connection, idle connections kept
@@ -127,21 +143,26 @@ impl HttpClient {
             webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
         ))
         .with_no_client_auth();
+        let proxy = Arc::new(proxy);
+        let plain = Arc::new(Plain {
+            http: http.clone(),
+            proxy: proxy.clone(),
+            max_idle: max_idle_per_host,
+            hosts: Mutex::new(Vec::new()),
+        });
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(Connector {
-                http,
-                proxy: Arc::new(proxy),
-            });
+            .wrap_connector(Connector { http, proxy });
         let inner = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_max_idle_per_host(max_idle_per_host)
             .build(https);
         Ok(HttpClient {
             inner,
+            plain,
             user_agent: HeaderValue::from_static(concat!("polyplex/", env!("CARGO_PKG_VERSION"))),
         })
     }
@@ -153,26 +174,307 @@ impl HttpClient {
         uri: Uri,
         headers: HeaderMap,
         body: Bytes,
-    ) -> Result<Response<Incoming>, Failure> {
+    ) -> Result<Response<UpstreamBody>, Failure> {
+        let plain = match uri.scheme() == Some(&Scheme::HTTP) {
+            true => self.plain.route(&uri),
+            false => None,
+        };
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = method;
-        *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         req.headers_mut()
             .entry(USER_AGENT)
             .or_insert_with(|| self.user_agent.clone());
-        self.inner.request(req).await.map_err(|e| {
-            if e.is_connect() {
-                Failure::Connect
-            } else {
-                Failure::Broken
+        if let Some((authority, host)) = plain {
+            req.headers_mut().entry(HOST).or_insert(host);
+            *req.uri_mut() = origin_form(&uri);
+            return self.plain.send(req, uri, authority).await;
+        }
+        *req.uri_mut() = uri;
+        match self.inner.request(req).await {
+            Ok(r) => Ok(r.map(UpstreamBody::pooled_elsewhere)),
+            Err(e) if e.is_connect() => Err(Failure::Connect),
+            Err(_) => Err(Failure::Broken),
+        }
+    }
+
+    /// Idle plain-HTTP connections kept now (tests).
+    #[cfg(test)]
+    fn idle_plain(&self) -> usize {
+        self.plain
+            .hosts
+            .lock()
+            .map(|h| h.iter().map(|h| h.idle.len()).sum())
+            .unwrap_or(0)
+    }
+}
+
+/// `/path?query` of a URI, as a request line to the origin server carries it.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    }
+}
+
+/// HTTP/1.1 connections to plain-HTTP upstreams reached without a proxy,
+/// made with hyper's connection API and kept idle per host (see the module
+/// docs). A connection goes back to its host's list when the answer's body
+/// has been read to its end; one whose answer was not read to the end (the
+/// client went away, a timeout) is closed, as hyper does with it.
+struct Plain {
+    http: HttpConnector,
+    proxy: Arc<Matcher>,
+    max_idle: usize,
+    /// Few hosts per gateway: a list searched in order beats hashing the key.
+    hosts: Mutex<Vec<Host>>,
+}
+
+struct Host {
+    authority: Authority,
+    /// Reached directly (no proxy applies to it).
+    direct: bool,
+    /// The `Host` header for it.
+    host: HeaderValue,
+    /// Most recently used last.
+    idle: Vec<Idle>,
+    /// An idle sweep is scheduled on this thread.
+    sweeping: bool,
+}
+
+struct Idle {
+    tx: http1::SendRequest<Full<Bytes>>,
+    since: Instant,
+}
+
+impl Idle {
+    fn usable(&self, now: Instant) -> bool {
+        !self.tx.is_closed() && now.duration_since(self.since) < IDLE_TIMEOUT
+    }
+}
+
+impl Plain {
+    /// The authority and `Host` header of a plain-HTTP URI reached directly,
+    /// or None when a proxy applies to it.
+    fn route(&self, uri: &Uri) -> Option<(Authority, HeaderValue)> {
+        let authority = uri.authority()?;
+        let mut hosts = self.hosts.lock().ok()?;
+        if let Some(h) = hosts.iter().find(|h| h.authority == *authority) {
+            return h.direct.then(|| (h.authority.clone(), h.host.clone()));
+        }
+        let host = match authority.port_u16() {
+            Some(80) => HeaderValue::from_str(authority.host()),
+            _ => HeaderValue::from_str(authority.as_str()),
+        }
+        .ok()?;
+        let direct = self.proxy.intercept(uri).is_none();
+        // Bounded: URLs come from the configuration (and Azure and Gemini
+        // deployments), but never let the list grow without end.
+        if hosts.len() < 256 {
+            hosts.push(Host {
+                authority: authority.clone(),
+                direct,
+                host: host.clone(),
+                idle: Vec::new(),
+                sweeping: false,
+            });
+        }
+        direct.then(|| (authority.clone(), host))
+    }
+
+    /// The most recently used idle connection to `authority` still open and
+    /// not expired; the others found on the way are closed.
+    fn checkout(&self, authority: &Authority) -> Option<http1::SendRequest<Full<Bytes>>> {
+        let mut hosts = self.hosts.lock().ok()?;
+        let host = hosts.iter_mut().find(|h| h.authority == *authority)?;
+        let now = Instant::now();
+        while let Some(idle) = host.idle.pop() {
+            if idle.usable(now) {
+                return Some(idle.tx);
             }
+        }
+        None
+    }
+
+    /// Puts a connection whose answer was read to its end back in its
+    /// host's list (closed instead when the list is full or it is closing).
+    /// Returns whether a sweep of the host's list must be scheduled.
+    fn checkin(&self, authority: &Authority, tx: http1::SendRequest<Full<Bytes>>) -> bool {
+        if tx.is_closed() {
+            return false;
+        }
+        let Ok(mut hosts) = self.hosts.lock() else {
+            return false;
+        };
+        let Some(host) = hosts.iter_mut().find(|h| h.authority == *authority) else {
+            return false;
+        };
+        if host.idle.len() >= self.max_idle {
+            return false;
+        }
+        host.idle.push(Idle {
+            tx,
+            since: Instant::now(),
+        });
+        !std::mem::replace(&mut host.sweeping, true)
+    }
+
+    /// Closes a host's idle connections that expired or that the upstream
+    /// closed; returns whether any are left (to sweep again later).
+    fn sweep(&self, authority: &Authority) -> bool {
+        let Ok(mut hosts) = self.hosts.lock() else {
+            return false;
+        };
+        let Some(host) = hosts.iter_mut().find(|h| h.authority == *authority) else {
+            return false;
+        };
+        let now = Instant::now();
+        host.idle.retain(|i| i.usable(now));
+        host.sweeping = !host.idle.is_empty();
+        host.sweeping
+    }
+
+    async fn send(
+        self: &Arc<Self>,
+        mut req: Request<Full<Bytes>>,
+        uri: Uri,
+        authority: Authority,
+    ) -> Result<Response<UpstreamBody>, Failure> {
+        while let Some(mut tx) = self.checkout(&authority) {
+            if !tx.is_ready() && tx.ready().await.is_err() {
+                continue;
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok(self.answer(resp, authority, tx)),
+                Err(mut e) => match e.take_message() {
+                    // Never written: the connection was closing (the
+                    // upstream's keep-alive ran out meanwhile). Next one.
+                    Some(r) => req = r,
+                    None => return Err(Failure::Broken),
+                },
+            }
+        }
+        let io = tower_service::Service::call(&mut self.http.clone(), uri)
+            .await
+            .map_err(|_| Failure::Connect)?;
+        let (mut tx, conn) = http1::handshake(io).await.map_err(|_| Failure::Connect)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        match tx.try_send_request(req).await {
+            Ok(resp) => Ok(self.answer(resp, authority, tx)),
+            Err(_) => Err(Failure::Broken),
+        }
+    }
+
+    fn answer(
+        self: &Arc<Self>,
+        resp: Response<Incoming>,
+        authority: Authority,
+        tx: http1::SendRequest<Full<Bytes>>,
+    ) -> Response<UpstreamBody> {
+        resp.map(|inner| UpstreamBody {
+            inner,
+            back: Some(Back {
+                pool: Arc::downgrade(self),
+                authority,
+                tx,
+            }),
         })
     }
 }
 
+/// Sweeps a host's idle connections every `IDLE_TIMEOUT / 3` while it has
+/// some, on the thread that keeps them; ends with the client.
+fn schedule_sweep(pool: Weak<Plain>, authority: Authority) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(IDLE_TIMEOUT / 3).await;
+            match pool.upgrade() {
+                Some(p) if p.sweep(&authority) => {}
+                _ => return,
+            }
+        }
+    });
+}
+
+/// Where a plain-HTTP connection goes back when its answer has been read.
+struct Back {
+    pool: Weak<Plain>,
+    authority: Authority,
+    tx: http1::SendRequest<Full<Bytes>>,
+}
+
+impl Back {
+    fn checkin(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            if pool.checkin(&self.authority, self.tx) {
+                schedule_sweep(self.pool, self.authority);
+            }
+        }
+    }
+}
+
+/// An upstream answer's body. A plain-HTTP connection goes back to its
+/// pool once the body has been read to its end.
+pub struct UpstreamBody {
+    inner: Incoming,
+    back: Option<Back>,
+}
+
+impl UpstreamBody {
+    /// A body whose connection hyper-util's pool looks after.
+    fn pooled_elsewhere(inner: Incoming) -> Self {
+        UpstreamBody { inner, back: None }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            if let Some(back) = self.back.take() {
+                back.checkin();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // An answer with no body, or read to its last byte but not past it:
+        // its connection is idle. Otherwise dropping `back` drops the
+        // sender, and hyper closes the connection (its answer is unread).
+        if let Some(back) = self.back.take() {
+            if self.inner.is_end_stream() {
+                back.checkin();
+            }
+        }
+    }
+}
+
 /// The whole body of an answer.
-pub async fn read_body(body: Incoming) -> Result<Bytes, Failure> {
+pub async fn read_body(body: UpstreamBody) -> Result<Bytes, Failure> {
     body.collect()
         .await
         .map(|c| c.to_bytes())
@@ -259,6 +561,170 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// An upstream answering every request with `answer`, closing each
+    /// connection after its first answer when `close` is set; counts the
+    /// connections it accepted.
+    async fn counting_upstream(
+        answer: &'static [u8],
+        close: bool,
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(answer).await.is_err() || close {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn get_body(client: &HttpClient, to: std::net::SocketAddr) -> (u16, Bytes) {
+        let uri: Uri = format!("http://{to}/v1/models").parse().unwrap();
+        let r = client
+            .send(Method::GET, uri, HeaderMap::new(), Bytes::new())
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, read_body(r.into_body()).await.unwrap())
+    }
+
+    fn accepted(n: &std::sync::atomic::AtomicUsize) -> usize {
+        n.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn plain_http_connections_are_kept_and_reused() {
+        const FIXED: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        const CHUNKED: &[u8] =
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n3\r\n!!!\r\n0\r\n\r\n";
+        for (answer, body) in [(FIXED, &b"ok"[..]), (CHUNKED, b"ok!!!")] {
+            let (to, n) = counting_upstream(answer, false).await;
+            let client =
+                HttpClient::with_proxy(Duration::from_secs(2), 4, Matcher::builder().build())
+                    .unwrap();
+            for _ in 0..5 {
+                assert_eq!(get_body(&client, to).await, (200, Bytes::from_static(body)));
+            }
+            assert_eq!(accepted(&n), 1, "one connection for five requests");
+            assert_eq!(client.idle_plain(), 1);
+            // Two at once need two connections; both are kept after.
+            let (a, b) = tokio::join!(get_body(&client, to), get_body(&client, to));
+            assert_eq!((a.0, b.0), (200, 200));
+            assert_eq!(accepted(&n), 2);
+            assert_eq!(client.idle_plain(), 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn plain_http_requests_carry_origin_form_and_host() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = l.local_addr().unwrap();
+        let (tx, mut heads) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap();
+            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).to_string());
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            // Kept open, as a keep-alive upstream does.
+            let _ = s.read(&mut buf).await;
+        });
+        let client =
+            HttpClient::with_proxy(Duration::from_secs(2), 4, Matcher::builder().build()).unwrap();
+        let uri: Uri = format!("http://{to}/v1/chat/completions?x=1")
+            .parse()
+            .unwrap();
+        let r = client
+            .send(
+                Method::POST,
+                uri,
+                HeaderMap::new(),
+                Bytes::from_static(b"{}"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        drop(r);
+        // An answer with no body leaves its connection idle at once.
+        assert_eq!(client.idle_plain(), 1);
+        let head = heads.recv().await.unwrap().to_ascii_lowercase();
+        assert!(
+            head.starts_with("post /v1/chat/completions?x=1 http/1.1\r\n"),
+            "{head}"
+        );
+        assert!(head.contains(&format!("\r\nhost: {to}\r\n")), "{head}");
+        assert!(head.contains("\r\nuser-agent: polyplex/"), "{head}");
+        assert!(head.ends_with("\r\n\r\n{}"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_not_read_to_its_end_closes_its_connection() {
+        const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let (to, n) = counting_upstream(ANSWER, false).await;
+        let client =
+            HttpClient::with_proxy(Duration::from_secs(2), 4, Matcher::builder().build()).unwrap();
+        let uri: Uri = format!("http://{to}/v1/models").parse().unwrap();
+        let r = client
+            .send(Method::GET, uri, HeaderMap::new(), Bytes::new())
+            .await
+            .unwrap();
+        drop(r);
+        assert_eq!(client.idle_plain(), 0);
+        assert_eq!(get_body(&client, to).await.0, 200);
+        assert_eq!(
+            accepted(&n),
+            2,
+            "the unread answer's connection was not reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_the_upstream_closed_are_not_reused() {
+        // Closed without saying so (a keep-alive timeout), and closed with
+        // `connection: close`.
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..],
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+        ] {
+            let (to, n) = counting_upstream(answer, true).await;
+            let client =
+                HttpClient::with_proxy(Duration::from_secs(2), 4, Matcher::builder().build())
+                    .unwrap();
+            for i in 1..=3 {
+                assert_eq!(get_body(&client, to).await.0, 200);
+                // The connection's end is seen before the next request.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert_eq!(accepted(&n), i);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn plain_http_through_a_proxy_uses_the_tunnel() {
+        const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let (to, n) = counting_upstream(ANSWER, false).await;
+        let (via, mut seen) = proxy().await;
+        let m = Matcher::builder().all(format!("http://{via}")).build();
+        let client = HttpClient::with_proxy(Duration::from_secs(2), 4, m).unwrap();
+        assert_eq!(get_body(&client, to).await.0, 200);
+        assert!(seen.try_recv().is_ok(), "not through the proxy");
+        assert_eq!(client.idle_plain(), 0);
+        assert_eq!(accepted(&n), 1);
     }
 
     /// A CONNECT proxy that reports each tunnel's request head, then relays.

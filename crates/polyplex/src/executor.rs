@@ -8,7 +8,7 @@
 //! Streams are committed only once their first chunk has arrived, so a
 //! failure before the first byte fails over invisibly.
 
-use crate::client::{read_body, Failure};
+use crate::client::{read_body, Failure, UpstreamBody};
 use crate::config::Hedge;
 use crate::health::{Admission, InFlight, RetryBudget};
 use crate::routing::{Deployment, Plan};
@@ -19,7 +19,6 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use http::StatusCode;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use polyplex_providers::sse::{self, Parser};
 use polyplex_providers::{Endpoint, Reply, StreamDecoder, StreamItem};
 use polyplex_types::{ErrorSource, GatewayError, RequestBody, Usage};
@@ -434,7 +433,7 @@ fn transport_error(d: &Deployment, f: Failure) -> GatewayError {
     GatewayError::upstream_unreachable(&d.upstream.name, f.detail())
 }
 
-async fn upstream_error(d: &Deployment, resp: http::Response<Incoming>) -> GatewayError {
+async fn upstream_error(d: &Deployment, resp: http::Response<UpstreamBody>) -> GatewayError {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let wait = retry_after_ms(resp.headers()).or_else(|| retry_after(resp.headers()));
     let body = read_body(resp.into_body()).await.unwrap_or_default();
@@ -458,7 +457,7 @@ async fn send(
     endpoint: Endpoint,
     body: &RequestBody,
     stream: bool,
-) -> Result<(http::Response<Incoming>, Vec<String>), GatewayError> {
+) -> Result<(http::Response<UpstreamBody>, Vec<String>), GatewayError> {
     let drop = d.upstream.drop_params || body.flag("drop_params");
     let catalog = app.router.catalog();
     let req = d.upstream.protocol.build_from(
