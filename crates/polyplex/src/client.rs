@@ -219,9 +219,12 @@ fn origin_form(uri: &Uri) -> Uri {
 
 /// HTTP/1.1 connections to plain-HTTP upstreams reached without a proxy,
 /// made with hyper's connection API and kept idle per host (see the module
-/// docs). A connection goes back to its host's list when the answer's body
-/// has been read to its end; one whose answer was not read to the end (the
-/// client went away, a timeout) is closed, as hyper does with it.
+/// docs). A connection goes back to its host's list when its answer's body
+/// has been read to its end or dropped, and is taken again only when hyper
+/// says it is ready for another request: the rest of a dropped answer that
+/// has already arrived (a stream's last chunk after `[DONE]`) is drained,
+/// and a connection whose answer is still coming (the client went away, a
+/// timeout) is closed by hyper and then dropped from the list.
 struct Plain {
     http: HttpConnector,
     proxy: Arc<Matcher>,
@@ -282,21 +285,28 @@ impl Plain {
         direct.then(|| (authority.clone(), host))
     }
 
-    /// The most recently used idle connection to `authority` still open and
-    /// not expired; the others found on the way are closed.
+    /// The most recently used idle connection to `authority` that is ready
+    /// for a request; closed and expired ones found on the way are dropped,
+    /// ones hyper has not finished with yet (the rest of a dropped answer
+    /// still being drained) are left in the list.
     fn checkout(&self, authority: &Authority) -> Option<http1::SendRequest<Full<Bytes>>> {
         let mut hosts = self.hosts.lock().ok()?;
         let host = hosts.iter_mut().find(|h| h.authority == *authority)?;
         let now = Instant::now();
-        while let Some(idle) = host.idle.pop() {
-            if idle.usable(now) {
-                return Some(idle.tx);
+        let mut busy = Vec::new();
+        let found = loop {
+            match host.idle.pop() {
+                None => break None,
+                Some(i) if !i.usable(now) => {}
+                Some(i) if i.tx.is_ready() => break Some(i.tx),
+                Some(i) => busy.push(i),
             }
-        }
-        None
+        };
+        host.idle.extend(busy.into_iter().rev());
+        found
     }
 
-    /// Puts a connection whose answer was read to its end back in its
+    /// Puts a connection whose answer was read or dropped back in its
     /// host's list (closed instead when the list is full or it is closing).
     /// Returns whether a sweep of the host's list must be scheduled.
     fn checkin(&self, authority: &Authority, tx: http1::SendRequest<Full<Bytes>>) -> bool {
@@ -341,9 +351,6 @@ impl Plain {
         authority: Authority,
     ) -> Result<Response<UpstreamBody>, Failure> {
         while let Some(mut tx) = self.checkout(&authority) {
-            if !tx.is_ready() && tx.ready().await.is_err() {
-                continue;
-            }
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(self.answer(resp, authority, tx)),
                 Err(mut e) => match e.take_message() {
@@ -421,7 +428,7 @@ impl Back {
 }
 
 /// An upstream answer's body. A plain-HTTP connection goes back to its
-/// pool once the body has been read to its end.
+/// pool once the body has been read to its end, or dropped.
 pub struct UpstreamBody {
     inner: Incoming,
     back: Option<Back>,
@@ -462,13 +469,11 @@ impl Body for UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        // An answer with no body, or read to its last byte but not past it:
-        // its connection is idle. Otherwise dropping `back` drops the
-        // sender, and hyper closes the connection (its answer is unread).
+        // Not read to its end (a stream stops reading at `[DONE]`): hyper
+        // drains what is left if it has arrived, and closes the connection
+        // if not; until then it is not ready, and not taken (`checkout`).
         if let Some(back) = self.back.take() {
-            if self.inner.is_end_stream() {
-                back.checkin();
-            }
+            back.checkin();
         }
     }
 }
@@ -673,24 +678,52 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_answer_not_read_to_its_end_closes_its_connection() {
-        const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-        let (to, n) = counting_upstream(ANSWER, false).await;
+    async fn an_answer_dropped_after_it_arrived_leaves_its_connection_usable() {
+        // A stream's relay stops reading at `[DONE]`; the rest of the
+        // answer is already there.
+        const CHUNKED: &[u8] =
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+        let (to, n) = counting_upstream(CHUNKED, false).await;
         let client =
             HttpClient::with_proxy(Duration::from_secs(2), 4, Matcher::builder().build()).unwrap();
         let uri: Uri = format!("http://{to}/v1/models").parse().unwrap();
-        let r = client
-            .send(Method::GET, uri, HeaderMap::new(), Bytes::new())
-            .await
-            .unwrap();
-        drop(r);
-        assert_eq!(client.idle_plain(), 0);
+        for _ in 0..3 {
+            let r = client
+                .send(Method::GET, uri.clone(), HeaderMap::new(), Bytes::new())
+                .await
+                .unwrap();
+            let mut body = r.into_body();
+            let first = body.frame().await.unwrap().unwrap();
+            assert_eq!(first.into_data().unwrap(), "ok");
+            drop(body);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(accepted(&n), 1, "one connection for three dropped answers");
         assert_eq!(get_body(&client, to).await.0, 200);
-        assert_eq!(
-            accepted(&n),
-            2,
-            "the unread answer's connection was not reused"
-        );
+        assert_eq!(accepted(&n), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_dropped_while_still_coming_closes_its_connection() {
+        // Ten bytes announced, two sent: the rest never comes.
+        const PARTIAL: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok";
+        let (to, n) = counting_upstream(PARTIAL, false).await;
+        let client =
+            HttpClient::with_proxy(Duration::from_secs(2), 4, Matcher::builder().build()).unwrap();
+        let uri: Uri = format!("http://{to}/v1/models").parse().unwrap();
+        for i in 1..=2 {
+            let r = client
+                .send(Method::GET, uri.clone(), HeaderMap::new(), Bytes::new())
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            drop(r);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(accepted(&n), i, "a half-read connection was reused");
+        }
+        // The last one is closed: never taken, dropped when found.
+        assert!(client.plain.checkout(uri.authority().unwrap()).is_none());
+        assert_eq!(client.idle_plain(), 0);
     }
 
     #[tokio::test]
