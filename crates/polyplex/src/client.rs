@@ -285,25 +285,33 @@ impl Plain {
         direct.then(|| (authority.clone(), host))
     }
 
+    /// Runs `f` on the entry of `authority` under the lock; None when it
+    /// has none (or the lock is poisoned).
+    fn with_host<R>(&self, authority: &Authority, f: impl FnOnce(&mut Host) -> R) -> Option<R> {
+        let mut hosts = self.hosts.lock().ok()?;
+        hosts.iter_mut().find(|h| h.authority == *authority).map(f)
+    }
+
     /// The most recently used idle connection to `authority` that is ready
     /// for a request; closed and expired ones found on the way are dropped,
     /// ones hyper has not finished with yet (the rest of a dropped answer
     /// still being drained) are left in the list.
     fn checkout(&self, authority: &Authority) -> Option<http1::SendRequest<Full<Bytes>>> {
-        let mut hosts = self.hosts.lock().ok()?;
-        let host = hosts.iter_mut().find(|h| h.authority == *authority)?;
-        let now = Instant::now();
-        let mut busy = Vec::new();
-        let found = loop {
-            match host.idle.pop() {
-                None => break None,
-                Some(i) if !i.usable(now) => {}
-                Some(i) if i.tx.is_ready() => break Some(i.tx),
-                Some(i) => busy.push(i),
-            }
-        };
-        host.idle.extend(busy.into_iter().rev());
-        found
+        self.with_host(authority, |host| {
+            let now = Instant::now();
+            let mut busy = Vec::new();
+            let found = loop {
+                match host.idle.pop() {
+                    None => break None,
+                    Some(i) if !i.usable(now) => {}
+                    Some(i) if i.tx.is_ready() => break Some(i.tx),
+                    Some(i) => busy.push(i),
+                }
+            };
+            host.idle.extend(busy.into_iter().rev());
+            found
+        })
+        .flatten()
     }
 
     /// Puts a connection whose answer was read or dropped back in its
@@ -313,35 +321,29 @@ impl Plain {
         if tx.is_closed() {
             return false;
         }
-        let Ok(mut hosts) = self.hosts.lock() else {
-            return false;
-        };
-        let Some(host) = hosts.iter_mut().find(|h| h.authority == *authority) else {
-            return false;
-        };
-        if host.idle.len() >= self.max_idle {
-            return false;
-        }
-        host.idle.push(Idle {
-            tx,
-            since: Instant::now(),
-        });
-        !std::mem::replace(&mut host.sweeping, true)
+        self.with_host(authority, |host| {
+            if host.idle.len() >= self.max_idle {
+                return false;
+            }
+            host.idle.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+            !std::mem::replace(&mut host.sweeping, true)
+        })
+        .unwrap_or(false)
     }
 
     /// Closes a host's idle connections that expired or that the upstream
     /// closed; returns whether any are left (to sweep again later).
     fn sweep(&self, authority: &Authority) -> bool {
-        let Ok(mut hosts) = self.hosts.lock() else {
-            return false;
-        };
-        let Some(host) = hosts.iter_mut().find(|h| h.authority == *authority) else {
-            return false;
-        };
-        let now = Instant::now();
-        host.idle.retain(|i| i.usable(now));
-        host.sweeping = !host.idle.is_empty();
-        host.sweeping
+        self.with_host(authority, |host| {
+            let now = Instant::now();
+            host.idle.retain(|i| i.usable(now));
+            host.sweeping = !host.idle.is_empty();
+            host.sweeping
+        })
+        .unwrap_or(false)
     }
 
     async fn send(
