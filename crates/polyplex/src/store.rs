@@ -195,6 +195,11 @@ pub struct Store {
     postgres: bool,
     /// The usage INSERT for each of [`INSERT_SIZES`], in that order.
     inserts: std::sync::Arc<[String]>,
+    /// The URL connected to (with `mode=rwc` for SQLite), for the usage
+    /// writer's own connection ([`Store::writer`]). Never logged.
+    url: std::sync::Arc<str>,
+    /// An in-memory SQLite database: one connection, which everyone shares.
+    one: bool,
 }
 
 pub fn unix_now() -> i64 {
@@ -251,6 +256,43 @@ fn as_i64(v: Option<u64>) -> Option<i64> {
     v.map(|n| n.min(i64::MAX as u64) as i64)
 }
 
+/// A pool of at most `max` connections; with `keep`, they are opened at
+/// once and never closed for being idle or old.
+async fn open_pool(url: &str, postgres: bool, max: u32, keep: bool) -> Result<AnyPool, StoreError> {
+    let sqlite = !postgres;
+    AnyPoolOptions::new()
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if sqlite {
+                    // WAL with NORMAL sync: a commit survives the process
+                    // dying (not the machine losing power) without an
+                    // fsync each; a 256 KiB page cache per connection (the usage
+                    // table is appended to, the keys table is small).
+                    sqlx::raw_sql("PRAGMA synchronous=NORMAL; PRAGMA cache_size=-256")
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .max_connections(max)
+        .min_connections(if keep { 1 } else { 0 })
+        .idle_timeout(if keep {
+            None
+        } else {
+            Some(Duration::from_secs(300))
+        })
+        .max_lifetime(if keep {
+            None
+        } else {
+            Some(Duration::from_secs(1800))
+        })
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| StoreError(format!("cannot open {}: {e}", redact_url(url))))
+}
+
 impl Store {
     /// Connects (creating a SQLite file if needed) and creates the tables.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
@@ -261,48 +303,18 @@ impl Store {
         } else {
             sqlite_url(url)
         };
-        let sqlite = !postgres;
-        let pool = AnyPoolOptions::new()
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        // WAL with NORMAL sync: a commit survives the process
-                        // dying (not the machine losing power) without an
-                        // fsync each; a 256 KiB page cache per connection (the usage
-                        // table is appended to, the keys table is small).
-                        sqlx::raw_sql("PRAGMA synchronous=NORMAL; PRAGMA cache_size=-256")
-                            .execute(conn)
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
-            // SQLite takes one writer at a time anyway; one connection
-            // (and its thread and caches) is all a gateway needs of it.
-            .max_connections(if one || sqlite { 1 } else { 8 })
-            .min_connections(if one { 1 } else { 0 })
-            .idle_timeout(if one {
-                None
-            } else {
-                Some(Duration::from_secs(300))
-            })
-            .max_lifetime(if one {
-                None
-            } else {
-                Some(Duration::from_secs(1800))
-            })
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(&url)
-            .await
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", redact_url(&url))))?;
-        let inserts = INSERT_SIZES
-            .iter()
-            .map(|&n| usage_insert_sql(n, postgres))
-            .collect();
+        // SQLite takes one writer at a time anyway; one connection (and
+        // its thread and caches) is all the gateway's reads need of it.
+        let pool = open_pool(&url, postgres, if postgres { 8 } else { 1 }, one).await?;
         let store = Store {
             pool,
             postgres,
-            inserts,
+            inserts: INSERT_SIZES
+                .iter()
+                .map(|&n| usage_insert_sql(n, postgres))
+                .collect(),
+            url: url.into(),
+            one,
         };
         if !postgres && !one {
             // Readers do not wait for the usage writer.
@@ -314,6 +326,37 @@ impl Store {
             sqlx::query(*stmt).execute(&store.pool).await?;
         }
         Ok(store)
+    }
+
+    /// The usage writer's own connection to the same database, made on the
+    /// calling thread (a SQLite connection's worker thread is started by,
+    /// and takes its scheduling policy from, the thread that opens it; see
+    /// `background.rs`). It is kept open for good, so it is never
+    /// reopened from another thread. An in-memory SQLite database has one
+    /// connection only: that one is shared.
+    pub async fn writer(&self) -> Result<Store, StoreError> {
+        if self.one {
+            return Ok(self.clone());
+        }
+        let pool = open_pool(
+            &self.url,
+            self.postgres,
+            if self.postgres { 2 } else { 1 },
+            true,
+        )
+        .await?;
+        Ok(Store {
+            pool,
+            ..self.clone()
+        })
+    }
+
+    /// Closes this store's connections, unless they are shared with
+    /// another `Store` ([`Store::writer`] of an in-memory database).
+    pub async fn close_writer(&self) {
+        if !self.one {
+            self.pool.close().await;
+        }
     }
 
     pub fn is_postgres(&self) -> bool {

@@ -6,13 +6,14 @@
 //! and budget when the record is made, before it is written. On shutdown the
 //! channel is drained before the process exits, so no record is lost.
 
+use crate::background::Background;
 use crate::keys::KeyEntry;
 use crate::routing::Deployment;
 use crate::store::Store;
 use polyplex_catalog::Catalog;
 use polyplex_types::Usage;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 
@@ -99,77 +100,186 @@ async fn store_batch(store: &Store, records: &[UsageRecord]) {
     }
 }
 
+/// The writer: takes the records as they come, logs them, counts them in
+/// the metrics and writes them to the store in batches, until every
+/// recorder is gone; returns how many it wrote. `own_thread`: it runs on a
+/// thread of its own, which may go to the background (`background.rs`).
+async fn write_all(
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    store: Option<Store>,
+    own_thread: bool,
+    shared: Arc<OnceLock<Background>>,
+) -> u64 {
+    let bg = if own_thread {
+        Background::enter().map(|b| shared.get_or_init(|| b))
+    } else {
+        None
+    };
+    // The writer's own store connection, opened from this thread so that
+    // a SQLite connection's worker thread shares its policy.
+    let (store, owned) = match store {
+        Some(main) => {
+            let before = Background::threads();
+            match main.writer().await {
+                Ok(w) => {
+                    if let Some(bg) = bg {
+                        bg.adopt_new(&before);
+                    }
+                    (Some(w), true)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "usage writer: no connection of its own; sharing the gateway's");
+                    (Some(main), false)
+                }
+            }
+        }
+        None => (None, false),
+    };
+    let mut written = 0u64;
+    let mut handles = HashMap::new();
+    let mut lines = String::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut records: Vec<UsageRecord> = Vec::with_capacity(BATCH);
+    let mut flushes = Vec::new();
+    // While records keep coming the writer takes them every PAUSE, on its
+    // own timer: sending a record wakes no one, so a request never pays
+    // for (or races with) the writer waking up — not even one arriving
+    // every 40 ms, as streams end. After IDLE_POLLS empty looks it waits
+    // for the next record instead (an idle gateway does not wake 50 times
+    // a second). A full batch means more are waiting: the next is taken at
+    // once, so a writer slower than the traffic (a store's round trip per
+    // batch) never falls behind for PAUSE at a time.
+    let mut empty = 0u32;
+    let mut full = false;
+    loop {
+        if empty >= IDLE_POLLS {
+            if rx.recv_many(&mut batch, BATCH).await == 0 {
+                break;
+            }
+        } else {
+            if !full {
+                tokio::time::sleep(PAUSE).await;
+            }
+            if take_waiting(&mut rx, &mut batch) && batch.is_empty() {
+                break;
+            }
+        }
+        full = batch.len() >= BATCH;
+        if batch.is_empty() {
+            empty += 1;
+            continue;
+        }
+        empty = 0;
+        for m in batch.drain(..) {
+            match m {
+                Msg::Record(r) => records.push(r),
+                Msg::Flush(done) => flushes.push(done),
+            }
+        }
+        // How long the oldest record has waited: a writer that falls
+        // behind leaves the background (before and after its store write,
+        // which its connection's thread may be slow to do).
+        let lag = |records: &[UsageRecord]| {
+            records
+                .first()
+                .and_then(|r| SystemTime::now().duration_since(r.at).ok())
+                .unwrap_or_default()
+        };
+        if let Some(bg) = bg {
+            bg.observe(lag(&records));
+        }
+        for r in &records {
+            write(r, &mut handles, &mut lines);
+            written += 1;
+        }
+        flush(&mut lines);
+        if let Some(store) = &store {
+            if !records.is_empty() {
+                store_batch(store, &records).await;
+                if let Some(bg) = bg {
+                    bg.observe(lag(&records));
+                }
+            }
+        }
+        records.clear();
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+    if let (Some(store), true) = (&store, owned) {
+        store.close_writer().await;
+    }
+    written
+}
+
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::UnboundedSender<Msg>,
+    /// The writer's threads' scheduling, once it has gone to the background.
+    background: Arc<OnceLock<Background>>,
 }
 
 impl Recorder {
-    /// The recorder and the writer task; await the task after dropping every
-    /// recorder. With a store, every record is also written there.
+    /// The recorder and the writer, which runs on a thread of its own
+    /// (`polyplex-usage`, in the background where the system allows it:
+    /// `background.rs`); the handle resolves to the number of records
+    /// written once every recorder is dropped and the writer has written
+    /// them all. With a store, every record is also written there, through
+    /// a connection of the writer's own.
     pub fn start(store: Option<Store>) -> (Recorder, tokio::task::JoinHandle<u64>) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
-        let task = tokio::spawn(async move {
-            let mut written = 0u64;
-            let mut handles = HashMap::new();
-            let mut lines = String::new();
-            let mut batch = Vec::with_capacity(BATCH);
-            let mut records = Vec::with_capacity(BATCH);
-            let mut flushes = Vec::new();
-            // While records keep coming the writer takes them every PAUSE,
-            // on its own timer: sending a record wakes no one, so a request
-            // never pays for (or races with) the writer waking up — not
-            // even one arriving every 40 ms, as streams end. After IDLE_POLLS
-            // empty looks it waits for the next record instead (an idle
-            // gateway does not wake 50 times a second).
-            // A full batch means more are waiting: the next is taken at
-            // once, so a writer slower than the traffic (a store's round
-            // trip per batch) never falls behind for PAUSE at a time.
-            let mut empty = 0u32;
-            let mut full = false;
-            loop {
-                if empty >= IDLE_POLLS {
-                    if rx.recv_many(&mut batch, BATCH).await == 0 {
-                        break;
+        let (tx, rx) = mpsc::unbounded_channel::<Msg>();
+        let (done_tx, done_rx) = oneshot::channel();
+        let background = Arc::new(OnceLock::new());
+        let bg = background.clone();
+        // Handed to the thread; taken back to run on the caller's runtime
+        // should the thread or its runtime not start.
+        let work = Arc::new(std::sync::Mutex::new(Some((rx, store))));
+        let theirs = work.clone();
+        let started = std::thread::Builder::new()
+            .name("polyplex-usage".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match rt {
+                    Ok(rt) => {
+                        let Some((rx, store)) = theirs.lock().ok().and_then(|mut w| w.take())
+                        else {
+                            return;
+                        };
+                        let _ = done_tx.send(rt.block_on(write_all(rx, store, true, bg)));
                     }
-                } else {
-                    if !full {
-                        tokio::time::sleep(PAUSE).await;
-                    }
-                    if take_waiting(&mut rx, &mut batch) && batch.is_empty() {
-                        break;
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start the usage writer's thread; it runs on the main runtime");
                     }
                 }
-                full = batch.len() >= BATCH;
-                if batch.is_empty() {
-                    empty += 1;
-                    continue;
-                }
-                empty = 0;
-                for m in batch.drain(..) {
-                    match m {
-                        Msg::Record(r) => records.push(r),
-                        Msg::Flush(done) => flushes.push(done),
+            });
+        let task = match started {
+            Ok(_) => tokio::spawn(async move {
+                match done_rx.await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        // The thread had no runtime (the work is still
+                        // here), or the writer panicked (it is not).
+                        match work.lock().ok().and_then(|mut w| w.take()) {
+                            Some((rx, store)) => write_all(rx, store, false, Arc::default()).await,
+                            None => 0,
+                        }
                     }
                 }
-                for r in &records {
-                    write(r, &mut handles, &mut lines);
-                    written += 1;
-                }
-                flush(&mut lines);
-                if let Some(store) = &store {
-                    if !records.is_empty() {
-                        store_batch(store, &records).await;
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the usage writer's thread; it runs on the main runtime");
+                let w = work.lock().ok().and_then(|mut w| w.take());
+                tokio::spawn(async move {
+                    match w {
+                        Some((rx, store)) => write_all(rx, store, false, Arc::default()).await,
+                        None => 0,
                     }
-                }
-                records.clear();
-                for done in flushes.drain(..) {
-                    let _ = done.send(());
-                }
+                })
             }
-            written
-        });
-        (Recorder { tx }, task)
+        };
+        (Recorder { tx, background }, task)
     }
 
     /// Sends a record to the writer; a key's tokens and cost count against
@@ -192,6 +302,9 @@ impl Recorder {
 
     /// Resolves once every record sent before it is written (to the store too).
     pub async fn flush(&self) {
+        if let Some(bg) = self.background.get() {
+            bg.hurry();
+        }
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Msg::Flush(tx)).is_ok() {
             let _ = rx.await;
@@ -398,6 +511,43 @@ mod tests {
         drop(rec);
         let written = tokio::time::timeout(PAUSE * 10, task).await;
         assert_eq!(written.unwrap().unwrap(), 6);
+    }
+
+    /// With a SQLite file, the writer writes through a connection of its
+    /// own (from its own thread); a flush waits until the records are in
+    /// the store, which the gateway's connection then reads; shutdown
+    /// writes the rest and closes the writer's connection.
+    #[tokio::test]
+    async fn writer_stores_through_its_own_connection() {
+        let dir = std::env::temp_dir().join(format!("polyplex-usage-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let db = dir.join("w.db");
+        let _ = std::fs::remove_file(&db);
+        let store = Store::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let (rec, task) = Recorder::start(Some(store.clone()));
+        for _ in 0..5 {
+            rec.record(record("m"));
+        }
+        rec.flush().await;
+        let rows = store
+            .usage_report(crate::store::GroupBy::Provider, 0)
+            .await
+            .unwrap();
+        assert_eq!(rows[0].requests, 5);
+        for _ in 0..3 {
+            rec.record(record("m"));
+        }
+        drop(rec);
+        assert_eq!(task.await.unwrap(), 8);
+        let rows = store
+            .usage_report(crate::store::GroupBy::Provider, 0)
+            .await
+            .unwrap();
+        assert_eq!(rows[0].requests, 8);
+        store.close_writer().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
