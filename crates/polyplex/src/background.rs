@@ -18,6 +18,7 @@
 //! checks first, on a throwaway thread, and the writer then keeps the normal
 //! policy, as on other systems.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,11 @@ const LAG_LOW: Duration = Duration::from_millis(60);
 /// The current thread and the threads it starts (they inherit its policy),
 /// under `SCHED_IDLE` while they keep up. Shared: someone waiting for the
 /// writer ([`Background::hurry`]) calls it out of the background at once.
-pub struct Background(Mutex<State>);
+pub struct Background {
+    state: Mutex<State>,
+    /// `state.idle`, readable without the lock (the recorders look).
+    idle: AtomicBool,
+}
 
 struct State {
     /// The writer's thread first, then its store connection's threads.
@@ -49,11 +54,14 @@ impl Background {
         }
         let me = sys::gettid();
         sys::set_idle(me, true).ok()?;
-        Some(Background(Mutex::new(State {
-            tids: vec![me],
-            idle: true,
-            changed: Instant::now(),
-        })))
+        Some(Background {
+            state: Mutex::new(State {
+                tids: vec![me],
+                idle: true,
+                changed: Instant::now(),
+            }),
+            idle: AtomicBool::new(true),
+        })
     }
 
     /// Threads of this process now, to tell later which are new
@@ -63,7 +71,7 @@ impl Background {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Takes on the threads started since `before` (by this thread, which
@@ -79,9 +87,9 @@ impl Background {
         }
     }
 
-    /// Whether the threads are under `SCHED_IDLE` now.
+    /// Whether the threads are under `SCHED_IDLE` now (without a lock).
     pub fn is_idle(&self) -> bool {
-        self.state().idle
+        self.idle.load(Ordering::Relaxed)
     }
 
     /// The writer wrote (or is about to write) records that waited up to
@@ -96,6 +104,7 @@ impl Background {
         };
         if want_idle != st.idle {
             st.switch(want_idle);
+            self.idle.store(want_idle, Ordering::Relaxed);
             if want_idle {
                 tracing::debug!("usage writer caught up; back to background priority");
             } else {
@@ -108,12 +117,14 @@ impl Background {
         }
     }
 
-    /// Someone waits for the writer (a usage report flushes it first): the
+    /// Someone waits for the writer (a usage report flushes it first), or
+    /// it has not taken records for a while (a recorder noticed): the
     /// normal policy at once, for at least the hold time.
     pub fn hurry(&self) {
         let mut st = self.state();
         if st.idle {
             st.switch(false);
+            self.idle.store(false, Ordering::Relaxed);
         } else {
             st.changed = Instant::now();
         }

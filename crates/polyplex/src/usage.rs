@@ -13,6 +13,7 @@ use crate::store::Store;
 use polyplex_catalog::Catalog;
 use polyplex_types::Usage;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
@@ -108,10 +109,10 @@ async fn write_all(
     mut rx: mpsc::UnboundedReceiver<Msg>,
     store: Option<Store>,
     own_thread: bool,
-    shared: Arc<OnceLock<Background>>,
+    shared: Arc<Shared>,
 ) -> u64 {
     let bg = if own_thread {
-        Background::enter().map(|b| shared.get_or_init(|| b))
+        Background::enter().map(|b| shared.background.get_or_init(|| b))
     } else {
         None
     };
@@ -164,6 +165,7 @@ async fn write_all(
                 break;
             }
         }
+        shared.took();
         full = batch.len() >= BATCH;
         if batch.is_empty() {
             empty += 1;
@@ -212,11 +214,65 @@ async fn write_all(
     written
 }
 
+/// What the writer and its recorders share.
+struct Shared {
+    /// The writer's threads' scheduling, once it has gone to the background.
+    background: OnceLock<Background>,
+    /// When the writer last took the records waiting, in ms since `base`.
+    taken_ms: AtomicU64,
+    base: Instant,
+}
+
+/// Records a serving thread sends between two looks at the writer.
+const LOOK_EVERY: u32 = 256;
+/// A writer in the background that has not taken records for this long
+/// (it takes them every [`PAUSE`]) is not getting a CPU: it is called out
+/// by the next recorder that looks, before its queue grows.
+const STALLED: Duration = Duration::from_millis(60);
+
+thread_local! {
+    /// Records sent from this thread, to look at the writer every
+    /// [`LOOK_EVERY`] without a shared counter.
+    static SENT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            background: OnceLock::new(),
+            taken_ms: AtomicU64::new(0),
+            base: Instant::now(),
+        }
+    }
+
+    fn since_base_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The writer has just taken the records waiting.
+    fn took(&self) {
+        self.taken_ms.store(self.since_base_ms(), Ordering::Relaxed);
+    }
+
+    /// A recorder's look: a writer in the background that has stalled is
+    /// called out. (A writer idle for want of records is woken by the next
+    /// one, and takes it at once.)
+    fn look(&self) {
+        if let Some(bg) = self.background.get() {
+            if bg.is_idle()
+                && self.since_base_ms()
+                    > self.taken_ms.load(Ordering::Relaxed) + STALLED.as_millis() as u64
+            {
+                bg.hurry();
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::UnboundedSender<Msg>,
-    /// The writer's threads' scheduling, once it has gone to the background.
-    background: Arc<OnceLock<Background>>,
+    shared: Arc<Shared>,
 }
 
 impl Recorder {
@@ -229,8 +285,8 @@ impl Recorder {
     pub fn start(store: Option<Store>) -> (Recorder, tokio::task::JoinHandle<u64>) {
         let (tx, rx) = mpsc::unbounded_channel::<Msg>();
         let (done_tx, done_rx) = oneshot::channel();
-        let background = Arc::new(OnceLock::new());
-        let bg = background.clone();
+        let shared = Arc::new(Shared::new());
+        let bg = shared.clone();
         // Handed to the thread; taken back to run on the caller's runtime
         // should the thread or its runtime not start.
         let work = Arc::new(std::sync::Mutex::new(Some((rx, store))));
@@ -262,7 +318,9 @@ impl Recorder {
                         // The thread had no runtime (the work is still
                         // here), or the writer panicked (it is not).
                         match work.lock().ok().and_then(|mut w| w.take()) {
-                            Some((rx, store)) => write_all(rx, store, false, Arc::default()).await,
+                            Some((rx, store)) => {
+                                write_all(rx, store, false, Arc::new(Shared::new())).await
+                            }
                             None => 0,
                         }
                     }
@@ -273,13 +331,15 @@ impl Recorder {
                 let w = work.lock().ok().and_then(|mut w| w.take());
                 tokio::spawn(async move {
                     match w {
-                        Some((rx, store)) => write_all(rx, store, false, Arc::default()).await,
+                        Some((rx, store)) => {
+                            write_all(rx, store, false, Arc::new(Shared::new())).await
+                        }
                         None => 0,
                     }
                 })
             }
         };
-        (Recorder { tx, background }, task)
+        (Recorder { tx, shared }, task)
     }
 
     /// Sends a record to the writer; a key's tokens and cost count against
@@ -292,6 +352,11 @@ impl Recorder {
                 Instant::now(),
             );
         }
+        let n = SENT.get().wrapping_add(1);
+        SENT.set(n);
+        if n.is_multiple_of(LOOK_EVERY) {
+            self.shared.look();
+        }
         if let Err(mpsc::error::SendError(Msg::Record(r))) = self.tx.send(Msg::Record(r)) {
             // Only after the writer stopped (shutdown): write inline rather than lose it.
             let mut line = String::new();
@@ -302,7 +367,7 @@ impl Recorder {
 
     /// Resolves once every record sent before it is written (to the store too).
     pub async fn flush(&self) {
-        if let Some(bg) = self.background.get() {
+        if let Some(bg) = self.shared.background.get() {
             bg.hurry();
         }
         let (tx, rx) = oneshot::channel();
@@ -548,6 +613,28 @@ mod tests {
         assert_eq!(rows[0].requests, 8);
         store.close_writer().await;
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A writer in the background that stops taking records (no CPU for
+    /// it) is called out of it by the next recorder's look.
+    #[test]
+    fn a_stalled_writer_is_called_out_by_a_recorder() {
+        std::thread::spawn(|| {
+            let shared = Shared::new();
+            // On a thread of its own: entering moves the calling thread.
+            let Some(bg) = Background::enter() else {
+                return; // may not leave SCHED_IDLE here: never entered
+            };
+            let bg = shared.background.get_or_init(|| bg);
+            shared.took();
+            shared.look();
+            assert!(bg.is_idle(), "it has just taken records");
+            std::thread::sleep(STALLED + Duration::from_millis(20));
+            shared.look();
+            assert!(!bg.is_idle(), "stalled: called out");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
