@@ -74,14 +74,18 @@ impl Background {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes on the threads started since `before` (by this thread, which
-    /// they took `SCHED_IDLE` from): a SQLite connection's worker. Threads
-    /// another thread started meanwhile (under the normal policy) are left
-    /// alone.
+    /// Takes on the SQLite connection workers (sqlx names them
+    /// `sqlx-sqlite-worker-N`) started since `before` by this thread, which
+    /// they took `SCHED_IDLE` from. Threads another thread started
+    /// meanwhile, under the normal policy, are left alone.
     pub fn adopt_new(&self, before: &[i32]) {
         let mut st = self.state();
         for t in sys::threads() {
-            if !before.contains(&t) && !st.tids.contains(&t) && sys::is_idle(t) {
+            if !before.contains(&t)
+                && !st.tids.contains(&t)
+                && sys::is_idle(t)
+                && sys::name(t).starts_with("sqlx-sqlite")
+            {
                 st.tids.push(t);
             }
         }
@@ -169,6 +173,11 @@ mod sys {
             .unwrap_or(false)
     }
 
+    /// Thread `tid`'s name (as the kernel keeps it: 15 bytes at most).
+    pub fn name(tid: i32) -> String {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap_or_default()
+    }
+
     /// Whether a thread of this process may leave `SCHED_IDLE` once in it:
     /// tried on a thread of its own, which ends right after.
     pub fn can_leave_idle() -> bool {
@@ -204,6 +213,9 @@ mod sys {
     pub fn is_idle(_tid: i32) -> bool {
         false
     }
+    pub fn name(_tid: i32) -> String {
+        String::new()
+    }
     pub fn can_leave_idle() -> bool {
         false
     }
@@ -232,10 +244,14 @@ mod tests {
             let before = Background::threads();
             let (tx, rx) = std::sync::mpsc::channel::<()>();
             let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-            let child = std::thread::spawn(move || {
-                tid_tx.send(sys::gettid()).unwrap();
-                let _ = rx.recv();
-            });
+            // Named as sqlx names a SQLite connection's worker.
+            let child = std::thread::Builder::new()
+                .name("sqlx-sqlite-test".into())
+                .spawn(move || {
+                    tid_tx.send(sys::gettid()).unwrap();
+                    let _ = rx.recv();
+                })
+                .unwrap();
             let child_tid = tid_rx.recv().unwrap();
             bg.adopt_new(&before);
             assert!(bg.state().tids.contains(&child_tid));
@@ -258,9 +274,19 @@ mod tests {
             assert!(sys::is_idle(child_tid));
             tx.send(()).unwrap();
             child.join().unwrap();
+            // Joined is not yet reaped: wait until the kernel has let it go.
+            for _ in 0..200 {
+                if !Background::threads().contains(&child_tid) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
             // The child is gone: leaving drops it and keeps the writer's own.
+            // (Tests running beside this one may have started SQLite workers
+            // of their own meanwhile: only these two are checked.)
             bg.observe(LAG_HIGH);
-            assert_eq!(bg.state().tids, vec![sys::gettid()]);
+            assert_eq!(bg.state().tids.first(), Some(&sys::gettid()));
+            assert!(!bg.state().tids.contains(&child_tid));
             assert!(!sys::is_idle(sys::gettid()));
             // Called out by someone waiting: normal at once, and held.
             bg.state().changed -= HOLD;

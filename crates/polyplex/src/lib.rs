@@ -57,6 +57,8 @@ impl Running {
             r.abort();
         }
         let store = self.state.keys.store().cloned();
+        // The writer drains what is left now, whatever else the host runs.
+        self.state.recorder.hurry();
         drop(self.state);
         let written = self.writer.await.unwrap_or(0);
         if let Some(s) = store {

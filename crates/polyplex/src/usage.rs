@@ -116,6 +116,7 @@ async fn write_all(
     } else {
         None
     };
+    shared.took();
     // The writer's own store connection, opened from this thread so that
     // a SQLite connection's worker thread shares its policy.
     let (store, owned) = match store {
@@ -365,11 +366,17 @@ impl Recorder {
         }
     }
 
-    /// Resolves once every record sent before it is written (to the store too).
-    pub async fn flush(&self) {
+    /// Someone is about to wait for the writer (a flush, a shutdown): out
+    /// of the background at once.
+    pub fn hurry(&self) {
         if let Some(bg) = self.shared.background.get() {
             bg.hurry();
         }
+    }
+
+    /// Resolves once every record sent before it is written (to the store too).
+    pub async fn flush(&self) {
+        self.hurry();
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Msg::Flush(tx)).is_ok() {
             let _ = rx.await;
