@@ -138,6 +138,7 @@ async fn write_all(
         None => (None, false),
     };
     let mut written = 0u64;
+    let mut gauges: Option<(metrics::Gauge, metrics::Gauge)> = None;
     let mut handles = HashMap::new();
     let mut lines = String::new();
     let mut batch = Vec::with_capacity(BATCH);
@@ -196,13 +197,30 @@ async fn write_all(
             written += 1;
         }
         flush(&mut lines);
+        let mut waited = lag(&records);
         if let Some(store) = &store {
             if !records.is_empty() {
                 store_batch(store, &records).await;
+                waited = lag(&records);
                 if let Some(bg) = bg {
-                    bg.observe(lag(&records));
+                    bg.observe(waited);
                 }
             }
+        }
+        if !records.is_empty() {
+            // Made at the first records, once the metrics recorder is in.
+            let (lag_gauge, bg_gauge) = gauges.get_or_insert_with(|| {
+                (
+                    metrics::gauge!("polyplex_usage_writer_lag_seconds"),
+                    metrics::gauge!("polyplex_usage_writer_background"),
+                )
+            });
+            lag_gauge.set(waited.as_secs_f64());
+            bg_gauge.set(if bg.is_some_and(Background::is_idle) {
+                1.0
+            } else {
+                0.0
+            });
         }
         records.clear();
         for done in flushes.drain(..) {

@@ -946,6 +946,8 @@ async fn models_endpoints_and_metrics() {
                 "polyplex_request_duration_seconds_count{endpoint=\"chat.completions\",provider=\"openai\"}",
                 "polyplex_tokens_total{provider=\"openai\",kind=\"prompt\"}",
                 "polyplex_cost_usd_total{provider=\"openai\"}",
+                "# TYPE polyplex_usage_writer_lag_seconds gauge",
+                "# TYPE polyplex_usage_writer_background gauge",
             ] {
                 assert!(m.contains(line), "no `{line}` in {m}");
             }
