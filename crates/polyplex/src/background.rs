@@ -34,14 +34,15 @@ const LAG_LOW: Duration = Duration::from_millis(60);
 /// writer ([`Background::hurry`]) calls it out of the background at once.
 pub struct Background {
     state: Mutex<State>,
-    /// `state.idle`, readable without the lock (the recorders look).
+    /// Under `SCHED_IDLE` now; changed only with `state` locked, read
+    /// without it (the recorders look).
     idle: AtomicBool,
 }
 
 struct State {
     /// The writer's thread first, then its store connection's threads.
     tids: Vec<i32>,
-    idle: bool,
+    /// When `idle` last changed (or a hurry renewed the hold).
     changed: Instant,
 }
 
@@ -57,7 +58,6 @@ impl Background {
         Some(Background {
             state: Mutex::new(State {
                 tids: vec![me],
-                idle: true,
                 changed: Instant::now(),
             }),
             idle: AtomicBool::new(true),
@@ -101,14 +101,14 @@ impl Background {
     /// `SCHED_IDLE` when it has caught up again.
     pub fn observe(&self, lag: Duration) {
         let mut st = self.state();
-        let want_idle = if st.idle {
+        let idle = self.is_idle();
+        let want_idle = if idle {
             lag < LAG_HIGH
         } else {
             lag < LAG_LOW && st.changed.elapsed() >= HOLD
         };
-        if want_idle != st.idle {
-            st.switch(want_idle);
-            self.idle.store(want_idle, Ordering::Relaxed);
+        if want_idle != idle {
+            self.switch(&mut st, want_idle);
             if want_idle {
                 tracing::debug!("usage writer caught up; back to background priority");
             } else {
@@ -126,24 +126,23 @@ impl Background {
     /// normal policy at once, for at least the hold time.
     pub fn hurry(&self) {
         let mut st = self.state();
-        if st.idle {
-            st.switch(false);
-            self.idle.store(false, Ordering::Relaxed);
+        if self.is_idle() {
+            self.switch(&mut st, false);
         } else {
             st.changed = Instant::now();
         }
     }
-}
 
-impl State {
-    fn switch(&mut self, idle: bool) {
+    /// Moves every thread to `SCHED_IDLE` (`idle`) or the normal policy;
+    /// `st` is this one's state, locked.
+    fn switch(&self, st: &mut State, idle: bool) {
         // A thread that has ended (a connection reopened) is dropped; the
         // writer's own (first) is kept whatever happens.
-        let writer = self.tids.first().copied();
-        self.tids
+        let writer = st.tids.first().copied();
+        st.tids
             .retain(|&t| sys::set_idle(t, idle).is_ok() || Some(t) == writer);
-        self.idle = idle;
-        self.changed = Instant::now();
+        self.idle.store(idle, Ordering::Relaxed);
+        st.changed = Instant::now();
     }
 }
 

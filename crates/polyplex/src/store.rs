@@ -332,11 +332,11 @@ impl Store {
     /// calling thread (a SQLite connection's worker thread is started by,
     /// and takes its scheduling policy from, the thread that opens it; see
     /// `background.rs`). It is kept open for good, so it is never
-    /// reopened from another thread. An in-memory SQLite database has one
-    /// connection only: that one is shared.
-    pub async fn writer(&self) -> Result<Store, StoreError> {
+    /// reopened from another thread. None for an in-memory SQLite
+    /// database, which has one connection only: the writer shares it.
+    pub async fn writer(&self) -> Result<Option<Store>, StoreError> {
         if self.one {
-            return Ok(self.clone());
+            return Ok(None);
         }
         let pool = open_pool(
             &self.url,
@@ -345,18 +345,10 @@ impl Store {
             true,
         )
         .await?;
-        Ok(Store {
+        Ok(Some(Store {
             pool,
             ..self.clone()
-        })
-    }
-
-    /// Closes this store's connections, unless they are shared with
-    /// another `Store` ([`Store::writer`] of an in-memory database).
-    pub async fn close_writer(&self) {
-        if !self.one {
-            self.pool.close().await;
-        }
+        }))
     }
 
     pub fn is_postgres(&self) -> bool {

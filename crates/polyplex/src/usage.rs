@@ -119,16 +119,18 @@ async fn write_all(
     shared.took();
     // The writer's own store connection, opened from this thread so that
     // a SQLite connection's worker thread shares its policy.
+    // (`owned`: a connection of its own, closed when the writer ends.)
     let (store, owned) = match store {
         Some(main) => {
             let before = Background::threads();
             match main.writer().await {
-                Ok(w) => {
+                Ok(Some(w)) => {
                     if let Some(bg) = bg {
                         bg.adopt_new(&before);
                     }
                     (Some(w), true)
                 }
+                Ok(None) => (Some(main), false),
                 Err(e) => {
                     tracing::warn!(error = %e, "usage writer: no connection of its own; sharing the gateway's");
                     (Some(main), false)
@@ -197,15 +199,12 @@ async fn write_all(
             written += 1;
         }
         flush(&mut lines);
-        let mut waited = lag(&records);
-        if let Some(store) = &store {
-            if !records.is_empty() {
-                store_batch(store, &records).await;
-                waited = lag(&records);
-                if let Some(bg) = bg {
-                    bg.observe(waited);
-                }
-            }
+        if let (Some(store), false) = (&store, records.is_empty()) {
+            store_batch(store, &records).await;
+        }
+        let waited = lag(&records);
+        if let Some(bg) = bg {
+            bg.observe(waited);
         }
         if !records.is_empty() {
             // Made at the first records, once the metrics recorder is in.
@@ -228,7 +227,7 @@ async fn write_all(
         }
     }
     if let (Some(store), true) = (&store, owned) {
-        store.close_writer().await;
+        store.close().await;
     }
     written
 }
@@ -329,33 +328,28 @@ impl Recorder {
                     }
                 }
             });
+        // On the caller's runtime, if the work is still here (the thread
+        // or its runtime did not start; not if the writer panicked).
+        let here = {
+            let shared = shared.clone();
+            async move {
+                let w = work.lock().ok().and_then(|mut w| w.take());
+                match w {
+                    Some((rx, store)) => write_all(rx, store, false, shared).await,
+                    None => 0,
+                }
+            }
+        };
         let task = match started {
             Ok(_) => tokio::spawn(async move {
                 match done_rx.await {
                     Ok(n) => n,
-                    Err(_) => {
-                        // The thread had no runtime (the work is still
-                        // here), or the writer panicked (it is not).
-                        match work.lock().ok().and_then(|mut w| w.take()) {
-                            Some((rx, store)) => {
-                                write_all(rx, store, false, Arc::new(Shared::new())).await
-                            }
-                            None => 0,
-                        }
-                    }
+                    Err(_) => here.await,
                 }
             }),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the usage writer's thread; it runs on the main runtime");
-                let w = work.lock().ok().and_then(|mut w| w.take());
-                tokio::spawn(async move {
-                    match w {
-                        Some((rx, store)) => {
-                            write_all(rx, store, false, Arc::new(Shared::new())).await
-                        }
-                        None => 0,
-                    }
-                })
+                tokio::spawn(here)
             }
         };
         (Recorder { tx, shared }, task)
@@ -621,6 +615,10 @@ mod tests {
             rec.record(record("m"));
         }
         rec.flush().await;
+        // Someone waited on it: out of the background (where it went in).
+        if let Some(bg) = rec.shared.background.get() {
+            assert!(!bg.is_idle(), "a flush calls the writer out");
+        }
         let rows = store
             .usage_report(crate::store::GroupBy::Provider, 0)
             .await
@@ -636,7 +634,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows[0].requests, 8);
-        store.close_writer().await;
+        // A file gets the writer a connection of its own; an in-memory
+        // database has one connection, which the writer shares.
+        assert!(store.writer().await.unwrap().is_some());
+        let memory = Store::connect("sqlite::memory:").await.unwrap();
+        assert!(memory.writer().await.unwrap().is_none());
+        store.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
 
