@@ -11,20 +11,36 @@ pub fn json_logs() -> bool {
     *JSON.get_or_init(|| std::env::var("POLYPLEX_LOG_FORMAT").is_ok_and(|v| v == "json"))
 }
 
+/// Logs at `info` and above, or as `RUST_LOG` says. The plain level filter
+/// when `RUST_LOG` is unset: an `EnvFilter` compiles its directive parser's
+/// regular expressions at start, which costs the idle process about 0.3 MiB
+/// of code and heap for nothing (docs/performance.md).
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = json_logs();
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let filter: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> =
+        match std::env::var("RUST_LOG") {
+            Ok(v) if !v.trim().is_empty() => {
+                Box::new(EnvFilter::try_new(&v).unwrap_or_else(|_| EnvFilter::new("info")))
+            }
+            _ => Box::new(LevelFilter::INFO),
+        };
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(true)
         .with_ansi(std::io::stderr().is_terminal());
-    let _ = if json {
-        builder.json().try_init()
+    let fmt = if json_logs() {
+        fmt.json().boxed()
     } else {
-        builder.try_init()
+        fmt.boxed()
     };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init();
 }
 
 /// How often histogram samples are folded into their buckets.
