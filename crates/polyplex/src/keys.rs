@@ -11,8 +11,11 @@
 //!
 //! Limits are exact on one node: the requests and tokens of the last 60
 //! seconds are kept per key (a sliding window). Spend is what the store says
-//! plus what this node served and has not yet written.
+//! plus what this node served and has not yet written. With Redis
+//! configured, the same limits and the budget are counted there for every
+//! replica ([`crate::shared`]) and this node's own count is the fallback.
 
+use crate::shared::Lease;
 use crate::store::{unix_now, KeyRow, Store, StoreError};
 use polyplex_types::GatewayError;
 use sha2::{Digest, Sha256};
@@ -123,7 +126,63 @@ pub struct KeyEntry {
     pending: AtomicU64,
 }
 
-const UNITS_PER_USD: f64 = 1e8;
+/// Spend is counted in units of 1e-8 USD (integers add up exactly).
+pub const UNITS_PER_USD: f64 = 1e8;
+
+/// `usd` in units of [`UNITS_PER_USD`] (negative counts as none).
+pub fn usd_units(usd: f64) -> u64 {
+    (usd.max(0.0) * UNITS_PER_USD).round() as u64
+}
+
+/// 429 `insufficient_quota`: the key spent its budget.
+pub fn over_budget(spec: &KeyRow, spent: f64) -> GatewayError {
+    GatewayError::quota_exceeded(format!(
+        "You exceeded your current quota: key {} has spent ${spent:.4} of its ${} budget.",
+        spec.id,
+        spec.budget_usd.unwrap_or(0.0)
+    ))
+}
+
+/// 429: as many requests of the key in progress as it may have.
+pub fn over_concurrency(spec: &KeyRow, in_progress: u64) -> GatewayError {
+    GatewayError::rate_limited(
+        "requests",
+        format!(
+            "Rate limit reached for key {} on concurrent requests: Limit {}, in progress {in_progress}. Please try again when one finishes.",
+            spec.id,
+            spec.max_concurrent.unwrap_or(0)
+        ),
+        Duration::from_secs(1),
+    )
+}
+
+/// 429: the key's requests per minute are used up for `wait`.
+pub fn over_rpm(spec: &KeyRow, used: u64, wait: Duration) -> GatewayError {
+    GatewayError::rate_limited(
+        "requests",
+        format!(
+            "Rate limit reached for key {} on requests per min (RPM): Limit {}, Used {used}, Requested 1. Please try again in {}.",
+            spec.id,
+            spec.rpm.unwrap_or(0),
+            reset_text(wait)
+        ),
+        wait,
+    )
+}
+
+/// 429: the key's tokens per minute are used up for `wait`.
+pub fn over_tpm(spec: &KeyRow, used: u64, wait: Duration) -> GatewayError {
+    GatewayError::rate_limited(
+        "tokens",
+        format!(
+            "Rate limit reached for key {} on tokens per min (TPM): Limit {}, Used {used}. Please try again in {}.",
+            spec.id,
+            spec.tpm.unwrap_or(0),
+            reset_text(wait)
+        ),
+        wait,
+    )
+}
 
 impl std::fmt::Debug for KeyEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -174,7 +233,7 @@ impl KeyEntry {
     }
 
     fn add_pending(&self, usd: f64) -> u64 {
-        let units = (usd.max(0.0) * UNITS_PER_USD).round() as u64;
+        let units = usd_units(usd);
         self.pending.fetch_add(units, Ordering::Relaxed);
         units
     }
@@ -192,26 +251,16 @@ impl KeyEntry {
     pub fn admit(self: &Arc<Self>, now: Instant) -> Result<Admitted, GatewayError> {
         let spec = self.spec();
         if let Some(budget) = spec.budget_usd {
-            if self.spent() >= budget {
-                return Err(GatewayError::quota_exceeded(format!(
-                    "You exceeded your current quota: key {} has spent ${:.4} of its ${budget} budget.",
-                    spec.id,
-                    self.spent()
-                )));
+            let spent = self.spent();
+            if spent >= budget {
+                return Err(over_budget(&spec, spent));
             }
         }
         if let Some(max) = spec.max_concurrent {
             let now_in = self.in_flight.fetch_add(1, Ordering::AcqRel);
             if now_in >= max {
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
-                return Err(GatewayError::rate_limited(
-                    "requests",
-                    format!(
-                        "Rate limit reached for key {} on concurrent requests: Limit {max}, in progress {now_in}. Please try again when one finishes.",
-                        spec.id
-                    ),
-                    Duration::from_secs(1),
-                ));
+                return Err(over_concurrency(&spec, now_in));
             }
         } else {
             self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -219,6 +268,7 @@ impl KeyEntry {
         let mut guard = Admitted {
             key: self.clone(),
             limits: Limits::default(),
+            _lease: None,
         };
         if spec.rpm.is_none() && spec.tpm.is_none() {
             return Ok(guard);
@@ -231,31 +281,13 @@ impl KeyEntry {
                     .requests
                     .front()
                     .map_or(WINDOW, |t| WINDOW.saturating_sub(now.duration_since(*t)));
-                return Err(GatewayError::rate_limited(
-                    "requests",
-                    format!(
-                        "Rate limit reached for key {} on requests per min (RPM): Limit {rpm}, Used {}, Requested 1. Please try again in {}.",
-                        spec.id,
-                        w.requests.len(),
-                        reset_text(wait)
-                    ),
-                    wait,
-                ));
+                return Err(over_rpm(&spec, w.requests.len() as u64, wait));
             }
         }
         if let Some(tpm) = spec.tpm {
             if w.token_sum >= tpm {
                 let wait = next_token_release(&w, tpm, now);
-                return Err(GatewayError::rate_limited(
-                    "tokens",
-                    format!(
-                        "Rate limit reached for key {} on tokens per min (TPM): Limit {tpm}, Used {}. Please try again in {}.",
-                        spec.id,
-                        w.token_sum,
-                        reset_text(wait)
-                    ),
-                    wait,
-                ));
+                return Err(over_tpm(&spec, w.token_sum, wait));
             }
         }
         if spec.rpm.is_some() {
@@ -282,6 +314,18 @@ impl KeyEntry {
         drop(w);
         guard.limits = limits;
         Ok(guard)
+    }
+
+    /// A request admitted by the limits all replicas share
+    /// ([`crate::shared`]): counted in progress here too, holding `lease`
+    /// (its slot in Redis) until the returned guard is dropped.
+    pub fn admitted(self: &Arc<Self>, limits: Limits, lease: Option<Lease>) -> Admitted {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Admitted {
+            key: self.clone(),
+            limits,
+            _lease: lease,
+        }
     }
 
     /// Counts a finished request's tokens and cost against the key.
@@ -369,10 +413,12 @@ pub struct Limits {
     pub tpm: Option<LimitState>,
 }
 
-/// An admitted request of a key: holds its concurrency slot until dropped.
+/// An admitted request of a key: holds its concurrency slot until dropped
+/// (and its slot in Redis, with shared limits).
 pub struct Admitted {
     pub key: Arc<KeyEntry>,
     pub limits: Limits,
+    _lease: Option<Lease>,
 }
 
 impl Drop for Admitted {

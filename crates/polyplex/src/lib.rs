@@ -13,6 +13,7 @@ pub mod mock;
 pub mod phase;
 pub mod routing;
 pub mod server;
+pub mod shared;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;
@@ -57,6 +58,9 @@ impl Running {
             r.abort();
         }
         let store = self.state.keys.store().cloned();
+        if let Some(shared) = &self.state.shared_limits {
+            shared.flush().await;
+        }
         // The writer drains what is left now, whatever else the host runs.
         self.state.recorder.hurry();
         drop(self.state);
@@ -242,11 +246,42 @@ async fn prepare(cfg: &Config, threads: usize) -> Result<Prepared, String> {
         None
     };
     let (recorder, writer) = usage::Recorder::start(Some(store));
-    let state = server::state(cfg, demo_url, recorder, keys, threads)?;
+    let shared = match &cfg.redis_url {
+        Some(url) => Some(share_limits(url, &recorder).await?),
+        None => None,
+    };
+    let state = server::state(cfg, demo_url, recorder, keys, shared, threads)?;
     if let Some(h) = &state.metrics {
         telemetry::spawn_upkeep(h.clone());
     }
     Ok((state, writer, reloader))
+}
+
+/// Limits and budgets shared through Redis at `url`: checked once now (a
+/// Redis that does not answer yet is not fatal: requests are admitted by
+/// this node's own limits until it does), then every key's charges go there
+/// too.
+async fn share_limits(
+    url: &str,
+    recorder: &usage::Recorder,
+) -> Result<std::sync::Arc<shared::SharedLimits>, String> {
+    let limits = shared::SharedLimits::new(url)?;
+    match tokio::time::timeout(Duration::from_secs(2), limits.ping()).await {
+        Ok(Ok(())) => {
+            tracing::info!(redis = %limits.addr(), "limits and budgets are shared through Redis")
+        }
+        Ok(Err(e)) => tracing::warn!(
+            redis = %limits.addr(),
+            error = %e,
+            "Redis does not answer: each node counts its own limits until it does"
+        ),
+        Err(_) => tracing::warn!(
+            redis = %limits.addr(),
+            "Redis did not answer within 2s: each node counts its own limits until it does"
+        ),
+    }
+    recorder.share_limits(limits.clone());
+    Ok(limits)
 }
 
 /// `n` listeners on one address with `SO_REUSEPORT`. An explicit port is

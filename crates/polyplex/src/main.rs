@@ -588,6 +588,35 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
             }
         }
     }
+    if let Some(url) = &cfg.redis_url {
+        let ok = match polyplex::shared::SharedLimits::new(url) {
+            Ok(r) => {
+                let answer =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), r.ping()).await;
+                match answer {
+                    Ok(Ok(())) => {
+                        println!("redis: {} OK (limits and budgets shared)", r.addr());
+                        true
+                    }
+                    Ok(Err(e)) => {
+                        eprintln!("redis: {} UNAVAILABLE: {e}", r.addr());
+                        false
+                    }
+                    Err(_) => {
+                        eprintln!("redis: {} UNAVAILABLE: no answer within 2s", r.addr());
+                        false
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                false
+            }
+        };
+        if !ok {
+            return ExitCode::FAILURE;
+        }
+    }
     if cfg.demo {
         println!(
             "no provider configured: `serve` will run the built-in simulator as provider `demo`"

@@ -9,6 +9,7 @@
 use crate::background::Background;
 use crate::keys::KeyEntry;
 use crate::routing::Deployment;
+use crate::shared::SharedLimits;
 use crate::store::Store;
 use polyplex_catalog::Catalog;
 use polyplex_types::Usage;
@@ -239,6 +240,8 @@ struct Shared {
     /// When the writer last took the records waiting, in ms since `base`.
     taken_ms: AtomicU64,
     base: Instant,
+    /// Where a key's charges also go when replicas share limits (Redis).
+    limits: OnceLock<Arc<SharedLimits>>,
 }
 
 /// Records a serving thread sends between two looks at the writer.
@@ -257,6 +260,7 @@ thread_local! {
 impl Shared {
     fn new() -> Shared {
         Shared {
+            limits: OnceLock::new(),
             background: OnceLock::new(),
             taken_ms: AtomicU64::new(0),
             base: Instant::now(),
@@ -359,11 +363,11 @@ impl Recorder {
     /// its limits and budget from now on.
     pub fn record(&self, mut r: UsageRecord) {
         if let Some(k) = &r.key {
-            r.charged = k.charge(
-                r.usage.prompt_tokens + r.usage.completion_tokens,
-                r.cost_usd,
-                Instant::now(),
-            );
+            let tokens = r.usage.prompt_tokens + r.usage.completion_tokens;
+            r.charged = k.charge(tokens, r.cost_usd, Instant::now());
+            if let Some(limits) = self.shared.limits.get() {
+                limits.charge(k, tokens, r.cost_usd);
+            }
         }
         let n = SENT.get().wrapping_add(1);
         SENT.set(n);
@@ -376,6 +380,12 @@ impl Recorder {
             write(&r, &mut HashMap::new(), &mut line);
             flush(&mut line);
         }
+    }
+
+    /// From now on every key's tokens and cost are counted in `limits` too
+    /// (for all replicas), as well as on this node.
+    pub fn share_limits(&self, limits: Arc<SharedLimits>) {
+        let _ = self.shared.limits.set(limits);
     }
 
     /// Someone is about to wait for the writer (a flush, a shutdown): out

@@ -179,8 +179,9 @@ impl Call {
     }
 
     /// Stage 5 for a gateway key: the model (and any fallbacks) allowed,
-    /// then budget and limits.
-    fn admit(&self, parsed: &Parsed) -> Result<Option<Admitted>, GatewayError> {
+    /// then budget and limits: those all replicas share through Redis when
+    /// it is configured and answers, else this node's own.
+    async fn admit(&self, parsed: &Parsed) -> Result<Option<Admitted>, GatewayError> {
         let Some(key) = self.caller.key() else {
             return Ok(None);
         };
@@ -190,6 +191,11 @@ impl Call {
                     "This API key is not allowed to use the model `{m}`."
                 ))
                 .with_param("model"));
+            }
+        }
+        if let Some(shared) = &self.app.shared_limits {
+            if let Some(admitted) = shared.admit(key).await {
+                return admitted.map(Some);
             }
         }
         key.admit(Instant::now()).map(Some)
@@ -258,7 +264,7 @@ pub(super) async fn handle(
         }
     };
     crate::phase::mark("valid");
-    let admitted = match call.admit(&parsed) {
+    let admitted = match call.admit(&parsed).await {
         Ok(a) => a,
         Err(e) => return call.fail(&parsed.model, parsed.stream, e, &no_one),
     };

@@ -20,6 +20,8 @@
 //! 5. **key admission** ([`crate::keys`]): the key's model allow-list (403),
 //!    budget (429 `insufficient_quota`), requests and tokens per minute and
 //!    concurrent requests (429 with `retry-after`); `x-ratelimit-*` headers.
+//!    Counted in Redis for all replicas when `[redis]` is set
+//!    ([`crate::shared`]), else on this node.
 //! 6. **routing** ([`crate::routing`]): the model name (plus any `models`
 //!    fallback list and `provider` preferences) becomes an ordered plan of
 //!    deployments by the route's strategy and live statistics
@@ -63,6 +65,8 @@ pub struct AppState {
     pub master_key: Option<SecretString>,
     /// Gateway keys (and through them, the store).
     pub keys: Arc<crate::keys::Keys>,
+    /// Limits and budgets shared with the other replicas (`[redis]`).
+    pub shared_limits: Option<Arc<crate::shared::SharedLimits>>,
     pub max_body: usize,
     pub recorder: Recorder,
     pub metrics: Option<PrometheusHandle>,
@@ -97,6 +101,7 @@ pub fn state(
     demo_base_url: Option<String>,
     recorder: Recorder,
     keys: Arc<crate::keys::Keys>,
+    shared_limits: Option<Arc<crate::shared::SharedLimits>>,
     threads: usize,
 ) -> Result<App, String> {
     let mut providers = cfg.providers.clone();
@@ -127,6 +132,7 @@ pub fn state(
         urls: crate::client::UriCache::default(),
         master_key: cfg.master_key.clone(),
         keys,
+        shared_limits,
         max_body: cfg.max_body_bytes,
         recorder,
         metrics: crate::telemetry::metrics(),

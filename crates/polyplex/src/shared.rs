@@ -1,0 +1,435 @@
+//! Limits and budgets shared by every replica through Redis (`[redis] url`).
+//!
+//! Without Redis a key's limits are exact on one node ([`crate::keys`]).
+//! With it, a key that has any limit or budget is admitted by one atomic
+//! Lua script per request, over one multiplexed connection per process:
+//!
+//! - **requests per minute**: a hash of one-second buckets of admitted
+//!   requests, summed over the last minute (a sliding window to the second,
+//!   never shorter than a minute: see [`ADMIT`]);
+//! - **tokens per minute**: the same, of finished requests' tokens;
+//! - **concurrent requests**: a sorted set of leases, each expiring
+//!   [`LEASE`] after its request started, so a replica that dies without
+//!   releasing its slots frees them by then;
+//! - **budget**: the key's spend, in 1e-8 USD, seeded from the store the
+//!   first time a replica needs it, then raised by every replica as it
+//!   charges a request; the store stays the record (`spent_usd`), Redis the
+//!   running total all replicas check against.
+//!
+//! Times are Redis's own (`TIME`), so replicas' clocks do not matter. A
+//! request's tokens, cost and concurrency slot are given back after it ends
+//! by a task on the runtime that made the connection, in pipelined batches,
+//! so no request waits for them. Keys are `polyplex:{<key id>}:<what>` (one hash slot per key).
+//!
+//! If Redis cannot be reached or answers late, the request is admitted by
+//! the node's own limits instead, Redis is left alone for [`QUIET`] and the
+//! log says so (once per quiet period); `polyplex_redis_errors_total`
+//! counts the failures.
+
+use crate::keys::{self, Admitted, KeyEntry, LimitState, Limits};
+use polyplex_types::GatewayError;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a failing Redis is left alone before it is asked again.
+pub const QUIET: Duration = Duration::from_secs(5);
+/// How long a concurrency slot is held at most if never given back.
+pub const LEASE: Duration = Duration::from_secs(900);
+/// How long Redis keeps a key's spend after its last change; then the next
+/// replica to need it seeds it from the store again.
+const SPEND_TTL: Duration = Duration::from_secs(86_400);
+/// An answer later than this counts as a failure (the request goes on
+/// under the node's own limits).
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(250);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// KEYS: requests, tokens, leases, spend. ARGV: rpm, tpm, max concurrent
+/// (0: none), budget in units (-1: none), the spend to seed with, lease id,
+/// lease ms, spend ttl ms. Answers `{0, requests used, requests reset ms,
+/// tokens used, tokens reset ms}` when admitted, else `{1, spent}`
+/// (budget), `{2, in progress}`, `{3, used, wait ms}` (rpm), `{4, used,
+/// wait ms}` (tpm).
+///
+/// A window is a hash of one-second buckets (second → count); a bucket
+/// counts until 61 seconds after its second began, so a request counts for
+/// at least 60 seconds and at most 61 (never less than a minute: the limit
+/// is never exceeded), and a key's window is at most 62 fields however busy
+/// it is.
+const ADMIT: &str = r"
+local t = redis.call('TIME')
+local sec = tonumber(t[1])
+local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function window(key)
+  local all = redis.call('HGETALL', key)
+  local total, buckets, stale = 0, {}, {}
+  for i = 1, #all, 2 do
+    local s = tonumber(all[i])
+    if s < sec - 60 then
+      stale[#stale + 1] = all[i]
+    else
+      local n = tonumber(all[i + 1])
+      total = total + n
+      buckets[#buckets + 1] = {s, n}
+    end
+  end
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  table.sort(buckets, function(a, b) return a[1] < b[1] end)
+  return total, buckets
+end
+local function release(buckets, total, limit)
+  for _, b in ipairs(buckets) do
+    total = total - b[2]
+    if total < limit then return (b[1] + 61) * 1000 - now end
+  end
+  return 0
+end
+local rpm, tpm, maxc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local budget = tonumber(ARGV[4])
+if budget >= 0 then
+  local spent = redis.call('GET', KEYS[4])
+  if not spent then
+    redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[8])
+    spent = ARGV[5]
+  end
+  if tonumber(spent) >= budget then return {1, tonumber(spent)} end
+end
+if maxc > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  local n = redis.call('ZCARD', KEYS[3])
+  if n >= maxc then return {2, n} end
+end
+local used_r, first_r = 0, sec
+if rpm > 0 then
+  local total, buckets = window(KEYS[1])
+  if total >= rpm then return {3, total, release(buckets, total, rpm)} end
+  used_r = total + 1
+  if buckets[1] then first_r = buckets[1][1] end
+end
+local used_t, reset_t = 0, 0
+if tpm > 0 then
+  local total, buckets = window(KEYS[2])
+  if total >= tpm then return {4, total, release(buckets, total, tpm)} end
+  used_t = total
+  if buckets[1] then reset_t = (buckets[1][1] + 61) * 1000 - now end
+end
+if maxc > 0 then
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[7]), ARGV[6])
+  redis.call('PEXPIRE', KEYS[3], ARGV[7])
+end
+local reset_r = 0
+if rpm > 0 then
+  redis.call('HINCRBY', KEYS[1], sec, 1)
+  redis.call('PEXPIRE', KEYS[1], 62000)
+  reset_r = (first_r + 61) * 1000 - now
+end
+return {0, used_r, reset_r, used_t, reset_t}
+";
+
+/// KEYS: tokens, spend. ARGV: tokens, units of spend, spend ttl ms. Counts
+/// a finished request's tokens (in this second's bucket) and cost (if the
+/// key's spend is in Redis: never a total that was not seeded).
+const CHARGE: &str = r"
+local sec = tonumber(redis.call('TIME')[1])
+if tonumber(ARGV[1]) > 0 then
+  redis.call('HINCRBY', KEYS[1], sec, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], 62000)
+end
+if tonumber(ARGV[2]) > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('INCRBY', KEYS[2], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+return 1
+";
+
+/// The Redis keys of one gateway key.
+struct Names {
+    requests: String,
+    tokens: String,
+    leases: String,
+    spend: String,
+}
+
+impl Names {
+    fn of(id: &str) -> Self {
+        let n = |what: &str| format!("polyplex:{{{id}}}:{what}");
+        Names {
+            requests: n("rpm"),
+            tokens: n("tpm"),
+            leases: n("leases"),
+            spend: n("spend"),
+        }
+    }
+}
+
+/// Work for Redis that no request waits on, sent in batches.
+enum Op {
+    /// A request ended: its concurrency slot is free.
+    Release { leases: String, id: String },
+    /// A request's tokens and cost.
+    Charge {
+        tokens_key: String,
+        spend_key: String,
+        tokens: u64,
+        units: u64,
+    },
+    /// Answer once everything sent before is done.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Most operations sent to Redis in one pipeline.
+const BATCH: usize = 256;
+
+/// The shared limits of this process: one connection (made lazily,
+/// re-made by the manager after a failure), the admission script and the
+/// queue of background work.
+pub struct SharedLimits {
+    conn: ConnectionManager,
+    admit: Script,
+    ops: tokio::sync::mpsc::UnboundedSender<Op>,
+    base: Instant,
+    /// Milliseconds since `base` before which Redis is not asked.
+    quiet_until: AtomicU64,
+    /// Where Redis is, for the log (never its password).
+    addr: String,
+}
+
+/// A concurrency slot held in Redis: given back when dropped.
+pub struct Lease {
+    shared: Arc<SharedLimits>,
+    leases: String,
+    id: String,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let leases = std::mem::take(&mut self.leases);
+        let id = std::mem::take(&mut self.id);
+        let _ = self.shared.ops.send(Op::Release { leases, id });
+    }
+}
+
+impl SharedLimits {
+    /// Prepares the connection to `url` and the task that sends the
+    /// background work, on the current runtime (which must outlive the
+    /// gateway's serving threads); connects on first use.
+    pub fn new(url: &str) -> Result<Arc<Self>, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("redis.url: {e}"))?;
+        let addr = client.get_connection_info().addr().to_string();
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(1);
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| "redis: no runtime to connect on".to_string())?;
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("redis: {e}"))?;
+        let (ops, rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Arc::new(SharedLimits {
+            conn,
+            admit: Script::new(ADMIT),
+            ops,
+            base: Instant::now(),
+            quiet_until: AtomicU64::new(0),
+            addr,
+        });
+        runtime.spawn(send_ops(Arc::downgrade(&shared), rx));
+        Ok(shared)
+    }
+
+    /// Where Redis is (host and port; for the log).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Asks Redis once (`PING`): for start-up and `polyplex check`.
+    pub async fn ping(&self) -> Result<(), String> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Resolves once the background work sent so far is in Redis (or
+    /// failed): before a graceful shutdown ends.
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.ops.send(Op::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    fn quiet(&self) -> bool {
+        self.now_ms() < self.quiet_until.load(Ordering::Relaxed)
+    }
+
+    /// Redis failed: leave it alone for [`QUIET`], saying so once.
+    fn failed(&self, e: &redis::RedisError) {
+        metrics::counter!("polyplex_redis_errors_total").increment(1);
+        let now = self.now_ms();
+        let until = now + QUIET.as_millis() as u64;
+        let before = self.quiet_until.swap(until, Ordering::Relaxed);
+        if before <= now {
+            tracing::warn!(
+                redis = %self.addr,
+                error = %e,
+                "Redis failed: limits and budgets are this node's own for the next {}s",
+                QUIET.as_secs()
+            );
+        }
+    }
+
+    /// Admits a request of `key` against the limits all replicas share.
+    /// None: the key has no limits, or Redis is out of reach — the caller
+    /// admits it on this node's own.
+    pub async fn admit(
+        self: &Arc<Self>,
+        key: &Arc<KeyEntry>,
+    ) -> Option<Result<Admitted, GatewayError>> {
+        let spec = key.spec();
+        let budget = spec.budget_usd.map(keys::usd_units);
+        let limited = spec.rpm.is_some() || spec.tpm.is_some() || spec.max_concurrent.is_some();
+        if !limited && budget.is_none() {
+            return None;
+        }
+        if self.quiet() {
+            return None;
+        }
+        let names = Names::of(&spec.id);
+        let lease = format!("{:016x}", rand::random::<u64>());
+        let mut call = self.admit.prepare_invoke();
+        call.key(&names.requests)
+            .key(&names.tokens)
+            .key(&names.leases)
+            .key(&names.spend)
+            .arg(spec.rpm.unwrap_or(0))
+            .arg(spec.tpm.unwrap_or(0))
+            .arg(spec.max_concurrent.unwrap_or(0))
+            .arg(budget.map_or(-1, |b| b as i64))
+            .arg(keys::usd_units(key.spent()))
+            .arg(&lease)
+            .arg(LEASE.as_millis() as u64)
+            .arg(SPEND_TTL.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let answer: Vec<i64> = match call.invoke_async(&mut conn).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.failed(&e);
+                return None;
+            }
+        };
+        let at = |i: usize| answer.get(i).copied().unwrap_or(0).max(0) as u64;
+        let ms = |i: usize| Duration::from_millis(at(i));
+        let refused = match answer.first().copied() {
+            Some(0) => None,
+            Some(1) => Some(keys::over_budget(&spec, at(1) as f64 / keys::UNITS_PER_USD)),
+            Some(2) => Some(keys::over_concurrency(&spec, at(1))),
+            Some(3) => Some(keys::over_rpm(&spec, at(1), ms(2))),
+            Some(4) => Some(keys::over_tpm(&spec, at(1), ms(2))),
+            _ => {
+                tracing::warn!(answer = ?answer, "unexpected answer from the shared limits script");
+                return None;
+            }
+        };
+        if let Some(e) = refused {
+            return Some(Err(e));
+        }
+        let limits = Limits {
+            rpm: spec.rpm.map(|limit| LimitState {
+                limit,
+                remaining: limit.saturating_sub(at(1)),
+                reset: ms(2),
+            }),
+            tpm: spec.tpm.map(|limit| LimitState {
+                limit,
+                remaining: limit.saturating_sub(at(3)),
+                reset: ms(4),
+            }),
+        };
+        let lease = spec.max_concurrent.map(|_| Lease {
+            shared: self.clone(),
+            leases: names.leases,
+            id: lease,
+        });
+        Some(Ok(key.admitted(limits, lease)))
+    }
+
+    /// Counts a finished request's tokens and cost for every replica (in
+    /// the background; a failure is logged and counted).
+    pub fn charge(&self, key: &KeyEntry, tokens: u64, cost_usd: f64) {
+        let spec = key.spec();
+        let tokens = if spec.tpm.is_some() { tokens } else { 0 };
+        let units = if spec.budget_usd.is_some() {
+            keys::usd_units(cost_usd)
+        } else {
+            0
+        };
+        if (tokens == 0 && units == 0) || self.quiet() {
+            return;
+        }
+        let names = Names::of(&spec.id);
+        let _ = self.ops.send(Op::Charge {
+            tokens_key: names.tokens,
+            spend_key: names.spend,
+            tokens,
+            units,
+        });
+    }
+}
+
+/// Sends the background work to Redis, up to [`BATCH`] operations a round
+/// trip, until the limits are dropped.
+async fn send_ops(
+    shared: std::sync::Weak<SharedLimits>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Op>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let Some(s) = shared.upgrade() else { return };
+        let mut pipe = redis::pipe();
+        let mut waiting = Vec::new();
+        for op in batch.drain(..) {
+            match op {
+                Op::Release { leases, id } => {
+                    pipe.cmd("ZREM").arg(leases).arg(id).ignore();
+                }
+                Op::Charge {
+                    tokens_key,
+                    spend_key,
+                    tokens,
+                    units,
+                } => {
+                    // EVAL, not EVALSHA: a Redis restarted since has no
+                    // script cache, and it caches the script on first use.
+                    pipe.cmd("EVAL")
+                        .arg(CHARGE)
+                        .arg(2)
+                        .arg(tokens_key)
+                        .arg(spend_key)
+                        .arg(tokens)
+                        .arg(units)
+                        .arg(SPEND_TTL.as_millis() as u64)
+                        .ignore();
+                }
+                Op::Flush(done) => waiting.push(done),
+            }
+        }
+        if !pipe.is_empty() {
+            let mut conn = s.conn.clone();
+            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+                s.failed(&e);
+            }
+        }
+        for w in waiting {
+            let _ = w.send(());
+        }
+    }
+}
