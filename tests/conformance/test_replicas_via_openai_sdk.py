@@ -1,0 +1,82 @@
+"""Two replicas behind one load balancer, as production runs them: one store
+(a SQLite file here; Postgres in production) and one Redis. A key's limits
+and budget hold across both, and the official `openai` SDK sees OpenAI's own
+exceptions whichever replica answers. Needs a Redis server: POLYPLEX_TEST_REDIS
+(scripts/test.sh sets it when one answers on 127.0.0.1:6379; CI starts one).
+"""
+import os
+
+import openai
+import pytest
+
+from conftest import BIN, MASTER_KEY, Proc, free_port, wait_http
+from test_keys_via_openai_sdk import admin, hello, new_key, sdk
+
+REDIS = os.environ.get("POLYPLEX_TEST_REDIS")
+pytestmark = pytest.mark.skipif(not REDIS, reason="POLYPLEX_TEST_REDIS not set")
+
+
+@pytest.fixture(scope="module")
+def replicas(mock, tmp_path_factory):
+    d = tmp_path_factory.mktemp("replicas")
+    procs, bases = [], []
+    for _ in range(2):
+        port = free_port()
+        cfg = d / f"replica-{port}.toml"
+        cfg.write_text(f"""
+listen = "127.0.0.1:{port}"
+[auth]
+master_key = "{MASTER_KEY}"
+[store]
+url = "sqlite://{d / 'shared.db'}"
+[redis]
+url = "{REDIS}"
+[[providers]]
+name = "openai"
+base_url = "{mock}/v1"
+api_key = "sk-mock-provider"
+models = ["gpt-4o-mini"]
+max_retries = 0
+""")
+        procs.append(Proc([BIN, "serve", "--config", str(cfg)], cwd=d))
+        bases.append(f"http://127.0.0.1:{port}")
+        wait_http(bases[-1] + "/healthz")
+    yield bases
+    for p in procs:
+        p.stop()
+    for p in procs:
+        assert "Redis failed" not in p.output(), p.output()
+
+
+def test_requests_per_minute_hold_across_replicas(replicas):
+    a, b = replicas
+    k = new_key(a, rpm=2)
+    raw = sdk(a, k["key"]).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.headers["x-ratelimit-remaining-requests"] == "1"
+    raw = sdk(b, k["key"]).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+    for base in (a, b):
+        with pytest.raises(openai.RateLimitError) as e:
+            hello(sdk(base, k["key"]))
+        assert e.value.code == "rate_limit_exceeded"
+        assert int(e.value.response.headers["retry-after"]) >= 1
+
+
+def test_a_budget_spent_on_one_replica_is_spent_on_the_other(replicas):
+    a, b = replicas
+    k = new_key(a, budget_usd=0.000001)
+    hello(sdk(a, k["key"]))
+    with pytest.raises(openai.RateLimitError) as e:
+        hello(sdk(b, k["key"]))
+    assert e.value.code == "insufficient_quota"
+    # Usage is in the one store, whichever replica is asked (a report first
+    # writes what its own replica holds: ask A, then B).
+    admin(a, "GET", "/admin/usage")
+    status, rep = admin(b, "GET", "/admin/usage?by=key")
+    assert status == 200
+    row = next(r for r in rep["data"] if r["key"] == k["id"])
+    assert row["requests"] == 2 and row["errors"] == 1
