@@ -68,3 +68,15 @@ def test_models_lists_the_catalog_filtered_by_provider():
     assert r.returncode == 0 and len(r.stdout.splitlines()) > 6000
     r = run("models", "--provider", "nope")
     assert r.returncode != 0 and "unknown provider" in r.stderr
+
+
+def test_check_fails_on_a_redis_that_does_not_answer(tmp_path):
+    cfg = tmp_path / "polyplex.toml"
+    cfg.write_text("""
+[redis]
+url = "redis://:secret-redis-pass@127.0.0.1:9"
+""")
+    r = run("check", "--config", str(cfg), cwd=tmp_path)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "redis: 127.0.0.1:9 UNAVAILABLE" in r.stderr
+    assert "secret-redis-pass" not in r.stdout + r.stderr
