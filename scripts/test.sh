@@ -11,7 +11,7 @@ if [ -z "${POLYPLEX_TEST_POSTGRES:-}" ] && command -v pg_isready >/dev/null \
   export POLYPLEX_TEST_POSTGRES="postgres://postgres@127.0.0.1:5432/test"
 fi
 
-# The shared-limits tests (crates/polyplex/tests/shared.rs) run when a Redis
+# The shared-limits tests (crates/polyplex/tests/keys.rs) run when a Redis
 # server answers (CI starts one); POLYPLEX_TEST_REDIS points them elsewhere.
 if [ -z "${POLYPLEX_TEST_REDIS:-}" ] && (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
   export POLYPLEX_TEST_REDIS="redis://127.0.0.1:6379"

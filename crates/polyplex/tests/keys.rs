@@ -1,7 +1,9 @@
 //! Gateway keys, limits, budgets and usage records, end to end: the admin
 //! API, the store (a SQLite file, shared by two gateways as replicas would
-//! share a database; Postgres when POLYPLEX_TEST_POSTGRES names one), and a
-//! restart.
+//! share a database; Postgres when POLYPLEX_TEST_POSTGRES names one), a
+//! restart, and limits and budgets shared by two replicas through Redis
+//! (when POLYPLEX_TEST_REDIS names a server: scripts/test.sh sets it when
+//! one answers on 127.0.0.1:6379; CI starts one).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -23,12 +25,20 @@ fn temp_db() -> (PathBuf, String) {
 }
 
 async fn gateway(mock: SocketAddr, store: &str) -> Running {
+    replica(mock, store, None).await
+}
+
+/// A gateway on `store`, sharing limits through Redis at `redis` if given.
+async fn replica(mock: SocketAddr, store: &str, redis: Option<&str>) -> Running {
+    let redis = redis
+        .map(|u| format!("[redis]\nurl = \"{u}\"\n"))
+        .unwrap_or_default();
     let text = format!(
         r#"
 listen = "127.0.0.1:0"
 [store]
 url = "{store}"
-[auth]
+{redis}[auth]
 master_key = "{MASTER}"
 [[providers]]
 name = "openai"
@@ -382,4 +392,170 @@ async fn postgres_store() {
     .execute(&mut admin)
     .await
     .unwrap();
+}
+
+fn test_redis() -> Option<String> {
+    let url = std::env::var("POLYPLEX_TEST_REDIS").ok();
+    if url.is_none() {
+        eprintln!("POLYPLEX_TEST_REDIS not set: shared limits test skipped");
+    }
+    url
+}
+
+/// Two replicas on one store and one Redis, and a key made on the first
+/// with `settings`: the replicas' clients and the key's token.
+struct Replicas {
+    a: Running,
+    b: Running,
+    ca: Client,
+    cb: Client,
+    key: String,
+    dir: PathBuf,
+}
+
+impl Replicas {
+    async fn start(mock: SocketAddr, redis: &str, settings: Value) -> Self {
+        let (dir, url) = temp_db();
+        let a = replica(mock, &url, Some(redis)).await;
+        let b = replica(mock, &url, Some(redis)).await;
+        let (ca, cb) = (Client::new(&a), Client::new(&b));
+        let (s, k) = ca
+            .admin(reqwest::Method::POST, "/admin/keys", Some(settings))
+            .await;
+        assert_eq!(s, 200, "{k}");
+        let key = k["key"].as_str().unwrap().to_string();
+        Replicas {
+            a,
+            b,
+            ca,
+            cb,
+            key,
+            dir,
+        }
+    }
+
+    async fn chat(&self, on_b: bool) -> reqwest::Response {
+        let c = if on_b { &self.cb } else { &self.ca };
+        c.chat(&self.key, "gpt-4o-mini").await
+    }
+
+    async fn stop(self) {
+        self.a.shutdown().await;
+        self.b.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn code_of(r: reqwest::Response) -> (u16, String) {
+    let (s, e) = error_of(r).await;
+    (s, e["code"].as_str().unwrap_or("").to_string())
+}
+
+#[tokio::test]
+async fn requests_per_minute_are_counted_across_replicas() {
+    let Some(redis) = test_redis() else { return };
+    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+        .await
+        .unwrap();
+    let r = Replicas::start(mock, &redis, json!({"name": "rpm", "rpm": 3})).await;
+    // Three in the minute, whichever replica serves them.
+    let first = r.chat(false).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-ratelimit-limit-requests"], "3");
+    assert_eq!(first.headers()["x-ratelimit-remaining-requests"], "2");
+    let second = r.chat(true).await;
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.headers()["x-ratelimit-remaining-requests"], "1");
+    assert_eq!(r.chat(false).await.status(), 200);
+    // The fourth is refused on either, each alone having seen fewer.
+    for on_b in [true, false] {
+        let resp = r.chat(on_b).await;
+        assert_eq!(resp.status(), 429);
+        let retry: u64 = resp.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // A request counts for 60 to 61 seconds (one-second buckets).
+        assert!((1..=61).contains(&retry), "{retry}");
+        assert_eq!(code_of(resp).await, (429, "rate_limit_exceeded".into()));
+    }
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_counted_across_replicas() {
+    let Some(redis) = test_redis() else { return };
+    let slow = MockOptions {
+        latency_ms: 600,
+        ..MockOptions::default()
+    };
+    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), slow)
+        .await
+        .unwrap();
+    let settings = json!({"name": "one-at-a-time", "max_concurrent": 1});
+    let r = Replicas::start(mock, &redis, settings).await;
+    let (held, refused) = tokio::join!(r.chat(false), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        r.chat(true).await
+    });
+    assert_eq!(held.status(), 200);
+    assert_eq!(code_of(refused).await, (429, "rate_limit_exceeded".into()));
+    // The slot is given back when the request ends (in the background).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(r.chat(true).await.status(), 200);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_per_minute_and_budget_hold_across_replicas() {
+    let Some(redis) = test_redis() else { return };
+    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+        .await
+        .unwrap();
+    // Tokens: one answer uses more than the limit; the next request is
+    // refused on the other replica, naming tokens.
+    let r = Replicas::start(mock, &redis, json!({"name": "tpm", "tpm": 10})).await;
+    let ok = r.chat(false).await;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.headers()["x-ratelimit-limit-tokens"], "10");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (s, e) = error_of(r.chat(true).await).await;
+    assert_eq!(s, 429);
+    assert!(e["message"].as_str().unwrap().contains("(TPM)"), "{e}");
+    r.stop().await;
+
+    // Budget: less than one request costs; spent on A, B refuses the next
+    // at once (long before its store reload would tell it).
+    let settings = json!({"name": "budget", "budget_usd": 1e-6});
+    let r = Replicas::start(mock, &redis, settings).await;
+    assert_eq!(r.chat(false).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        code_of(r.chat(true).await).await,
+        (429, "insufficient_quota".into())
+    );
+    r.stop().await;
+}
+
+/// Redis down: the gateways start, serve, and limit each key on their own.
+#[tokio::test]
+async fn without_redis_each_node_keeps_its_own_limits() {
+    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+        .await
+        .unwrap();
+    // A port nothing listens on.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("redis://{}", free.local_addr().unwrap());
+    drop(free);
+    let r = Replicas::start(mock, &dead, json!({"name": "local", "rpm": 2})).await;
+    assert_eq!(r.chat(false).await.status(), 200);
+    assert_eq!(r.chat(false).await.status(), 200);
+    assert_eq!(
+        code_of(r.chat(false).await).await,
+        (429, "rate_limit_exceeded".into())
+    );
+    // B counts its own.
+    assert_eq!(r.chat(true).await.status(), 200);
+    r.stop().await;
 }
