@@ -80,3 +80,36 @@ url = "redis://:secret-redis-pass@127.0.0.1:9"
     assert r.returncode != 0, r.stdout + r.stderr
     assert "redis: 127.0.0.1:9 UNAVAILABLE" in r.stderr
     assert "secret-redis-pass" not in r.stdout + r.stderr
+
+
+MODELS_DEV = {
+    "groq": {
+        "id": "groq", "name": "Groq", "npm": "@ai-sdk/groq", "env": ["GROQ_API_KEY"],
+        "models": {"llama-9": {"id": "llama-9", "name": "Llama 9", "tool_call": True,
+                               "cost": {"input": 0.05, "output": 0.08},
+                               "limit": {"context": 131072, "output": 8192}}},
+    },
+}
+
+
+def test_catalog_update_replaces_the_built_in_catalog(tmp_path):
+    src = tmp_path / "api.json"
+    src.write_text(json.dumps(MODELS_DEV))
+    r = run("catalog", "update", str(src), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "polyplex-catalog.json").exists()
+    m = run("models", "--provider", "groq", "--json", cwd=tmp_path)
+    assert m.returncode == 0, m.stderr
+    assert "llama-9" in m.stdout
+    assert "llama-9" not in run("models", "--provider", "groq", "--json").stdout  # elsewhere: built-in
+    c = run("check", cwd=tmp_path)
+    assert "catalog: ./polyplex-catalog.json" in c.stdout, c.stdout
+    # Not a catalog: refused, and the saved one stays.
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    r = run("catalog", "update", str(tmp_path / "bad.json"), cwd=tmp_path)
+    assert r.returncode != 0 and "bad.json" in r.stderr
+    assert "llama-9" in run("models", "--provider", "groq", "--json", cwd=tmp_path).stdout
+    # A saved file that is broken stops the commands that read it, saying which.
+    (tmp_path / "polyplex-catalog.json").write_text("garbage")
+    m = run("models", cwd=tmp_path)
+    assert m.returncode != 0 and "polyplex-catalog.json" in m.stderr

@@ -14,7 +14,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::sync::OnceLock;
 
+pub mod models_dev;
+
 const BUILTIN: &str = include_str!("../data/catalog.json");
+
+/// The process's catalog: one installed at start ([`Catalog::install`]),
+/// else the one compiled in.
+static CATALOG: OnceLock<Catalog> = OnceLock::new();
 
 /// The wire protocol a provider speaks.
 pub const PROTOCOL_OPENAI: &str = "openai";
@@ -227,9 +233,34 @@ impl Catalog {
         })
     }
 
-    /// The catalog compiled into the binary.
+    /// Parses a catalog file's text (the format above) and checks every
+    /// provider's models, keeping them as text to be parsed again on first
+    /// use (as the compiled-in one is): a bad file is refused here, and a
+    /// good one costs the heap no more than the compiled-in catalog. The
+    /// text is kept for the life of the process: load a catalog once.
+    pub fn load(text: String) -> Result<Catalog, String> {
+        let text: &'static str = Box::leak(text.into_boxed_str());
+        let c = Catalog::from_static(text).map_err(|e| e.to_string())?;
+        for p in &c.providers {
+            Models::parse(p.models_json).map_err(|e| format!("provider {}: {e}", p.id))?;
+        }
+        if c.providers.is_empty() {
+            return Err("no providers in it".into());
+        }
+        Ok(c)
+    }
+
+    /// Makes `c` the process's catalog in place of the compiled-in one;
+    /// only before anything read the catalog (false, and nothing changes,
+    /// after).
+    pub fn install(c: Catalog) -> bool {
+        CATALOG.set(c).is_ok()
+    }
+
+    /// The process's catalog: the one installed at start
+    /// ([`Catalog::install`], from `polyplex catalog update`), else the one
+    /// compiled into the binary.
     pub fn builtin() -> &'static Catalog {
-        static CATALOG: OnceLock<Catalog> = OnceLock::new();
         CATALOG.get_or_init(|| match Catalog::from_static(BUILTIN) {
             Ok(c) => c,
             // The file is generated and checked by this crate's tests; an empty

@@ -63,6 +63,12 @@ enum Command {
         #[arg(long, env = "POLYPLEX_CONFIG", global = true)]
         config: Option<PathBuf>,
     },
+    /// The catalog's source: `polyplex catalog update` replaces the one
+    /// compiled in with a newer one from models.dev, a URL or a file.
+    Catalog {
+        #[command(subcommand)]
+        action: CatalogAction,
+    },
     /// Spend and token report from the store.
     Usage {
         /// Since when: a date (YYYY-MM-DD), an RFC 3339 time, Unix seconds or a duration back (`24h`, `7d`).
@@ -74,6 +80,22 @@ enum Command {
         /// JSON output (the admin API's shape).
         #[arg(long)]
         json: bool,
+        #[arg(long, env = "POLYPLEX_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogAction {
+    /// Fetch a catalog and keep it beside the config (`polyplex-catalog.json`,
+    /// or the file `POLYPLEX_CATALOG` names), where `serve`, `models` and
+    /// `check` read it from then on instead of the compiled-in one.
+    Update {
+        /// A URL or file: models.dev's JSON (`https://models.dev/api.json`,
+        /// the default) or a catalog in polyplex's own format.
+        #[arg(default_value = polyplex::catalog::MODELS_DEV_URL)]
+        source: String,
+        /// The config file the catalog goes beside (default: ./polyplex.toml's directory, the working directory).
         #[arg(long, env = "POLYPLEX_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -185,8 +207,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A catalog fetched by `polyplex catalog update` replaces the compiled-in
+    // one for every command, before anything reads it.
+    let config = match &cli.command {
+        Command::Serve { config, .. }
+        | Command::Check { config }
+        | Command::Keys { config, .. }
+        | Command::Usage { config, .. } => config.clone(),
+        Command::Models { .. } | Command::Mock { .. } | Command::Catalog { .. } => None,
+    };
+    if !matches!(cli.command, Command::Mock { .. } | Command::Catalog { .. }) {
+        if let Err(e) = polyplex::catalog::install_saved(config.as_deref()) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.command {
         Command::Serve { config, listen } => rt.block_on(serve(config, listen)),
+        Command::Catalog {
+            action: CatalogAction::Update { source, config },
+        } => rt.block_on(polyplex::catalog::update(&source, config.as_deref())),
         Command::Mock {
             listen,
             latency_ms,
@@ -237,6 +277,9 @@ async fn shutdown_signal() {
 
 async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<(), String> {
     polyplex::telemetry::init_logging();
+    if let Some(note) = polyplex::catalog::note() {
+        tracing::info!("{note}");
+    }
     let cfg = load(config.as_ref(), listen)?;
     tracing::info!(source = %cfg.source, "configuration loaded");
     for n in &cfg.notes {
@@ -564,6 +607,10 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
     }
     for n in &cfg.notes {
         println!("note: {n}");
+    }
+    match polyplex::catalog::note() {
+        Some(note) => println!("{note}"),
+        None => println!("catalog: built-in"),
     }
     let store_url = polyplex::store::redact_url(&cfg.store_url);
     // A SQLite file that is not there yet is not made by a check.
