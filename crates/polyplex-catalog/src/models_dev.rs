@@ -125,7 +125,10 @@ fn model(id: &str, m: &Value) -> Value {
             .unwrap_or(0)
     };
     let mut out = Map::new();
-    out.insert("id".into(), json!(m.get("id").and_then(Value::as_str).unwrap_or(id)));
+    out.insert(
+        "id".into(),
+        json!(m.get("id").and_then(Value::as_str).unwrap_or(id)),
+    );
     out.insert(
         "name".into(),
         json!(m.get("name").and_then(Value::as_str).unwrap_or(id)),
@@ -153,8 +156,7 @@ fn model(id: &str, m: &Value) -> Value {
 /// text. Accepts the providers at the top level (as models.dev serves it)
 /// or under `providers`.
 pub fn convert(text: &str) -> Result<String, String> {
-    let root: Value =
-        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let root: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     let providers = match root.get("providers") {
         Some(Value::Object(p)) => p,
         _ => root
@@ -213,7 +215,7 @@ pub fn convert(text: &str) -> Result<String, String> {
     }
     let catalog = json!({
         "attribution": "Provider and model data from models.dev (https://models.dev), MIT License, \
-Copyright (c) models.dev contributors. Base URLs marked filled come from each provider's docs.",
+    Copyright (c) models.dev contributors. Base URLs marked filled come from each provider's docs.",
         "generated_at": Value::Null,
         "providers": out,
     });
@@ -248,7 +250,10 @@ mod tests {
         let c = Catalog::load(convert(SAMPLE).unwrap()).unwrap();
         let groq = c.provider("groq").unwrap();
         assert_eq!(groq.protocol, "openai");
-        assert_eq!(groq.base_url.as_deref(), Some("https://api.groq.com/openai/v1"));
+        assert_eq!(
+            groq.base_url.as_deref(),
+            Some("https://api.groq.com/openai/v1")
+        );
         assert_eq!(groq.env, ["GROQ_API_KEY"]);
         let m = c.model("groq", "llama-9").unwrap();
         assert!(m.has("tools") && m.has("vision") && !m.has("json_schema"));
