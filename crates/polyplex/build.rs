@@ -26,9 +26,15 @@ fn main() {
 }
 
 /// rustc links x86_64 Linux binaries with its own LLD since 1.90; the
-/// ordering option is LLD's (GNU ld would refuse it).
+/// ordering option is LLD's (GNU ld would refuse it), so a build that picks
+/// its own linker goes without.
 fn links_with_lld() -> bool {
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
     let target = std::env::var("TARGET").unwrap_or_default();
     let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    target == "x86_64-unknown-linux-gnu" && !flags.contains("linker")
+    let own_linker = ["linker", "fuse-ld", "link-self-contained"]
+        .iter()
+        .any(|f| flags.contains(f))
+        || std::env::var_os("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_some();
+    target == "x86_64-unknown-linux-gnu" && !own_linker
 }
