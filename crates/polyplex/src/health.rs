@@ -233,7 +233,8 @@ impl DeploymentStats {
         self.lock().circuit
     }
 
-    fn outcome(g: &mut Inner, cfg: &HealthConfig, now: Instant, ok: bool) {
+    /// Counts one outcome; true when it opened a closed circuit.
+    fn outcome(g: &mut Inner, cfg: &HealthConfig, now: Instant, ok: bool) -> bool {
         g.requests += 1;
         if !ok {
             g.errors += 1;
@@ -258,9 +259,26 @@ impl DeploymentStats {
                     g.circuit = Circuit::Open {
                         until: now + cfg.cooldown,
                     };
+                    return true;
                 }
             }
         }
+        false
+    }
+
+    /// Another replica opened this deployment's circuit for `cooldown`
+    /// (shared through Redis): a closed circuit here opens until then (one
+    /// probe after it, as for its own). True if it did.
+    pub fn open_elsewhere(&self, now: Instant, cooldown: Duration) -> bool {
+        let mut g = self.lock();
+        if g.circuit != Circuit::Closed {
+            return false;
+        }
+        g.outcomes.clear();
+        g.circuit = Circuit::Open {
+            until: now + cooldown,
+        };
+        true
     }
 
     /// A first byte (a stream's first chunk, or a whole unary answer) after `ttft`.
@@ -287,10 +305,11 @@ impl DeploymentStats {
 
     /// A failure that says something about the deployment's health (5xx,
     /// 429, timeout, broken connection), never a client's own mistake.
-    pub fn on_failure(&self, cfg: &HealthConfig, now: Instant, what: &str) {
+    /// True when it opened the circuit.
+    pub fn on_failure(&self, cfg: &HealthConfig, now: Instant, what: &str) -> bool {
         let mut g = self.lock();
         g.last_error = Some(what.chars().take(200).collect());
-        Self::outcome(&mut g, cfg, now, false);
+        Self::outcome(&mut g, cfg, now, false)
     }
 
     /// A stream that ended (well or not) after its first byte.

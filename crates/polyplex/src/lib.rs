@@ -251,7 +251,22 @@ async fn prepare(cfg: &Config, threads: usize) -> Result<Prepared, String> {
         Some(url) => Some(share_limits(url, &recorder).await?),
         None => None,
     };
-    let state = server::state(cfg, demo_url, recorder, keys, shared, threads)?;
+    let state = server::state(cfg, demo_url, recorder, keys, shared.clone(), threads)?;
+    if let Some(shared) = shared {
+        // Circuits the other replicas open, opened here too (a weak
+        // reference: the state owns the limits).
+        let app = std::sync::Arc::downgrade(&state);
+        shared.listen_health(move |provider, model, cooldown| {
+            let Some(app) = app.upgrade() else { return };
+            if let Some(u) = app.router.upstreams().iter().find(|u| u.name == provider) {
+                if u.stats(model)
+                    .open_elsewhere(std::time::Instant::now(), cooldown)
+                {
+                    tracing::warn!(provider, model, "circuit opened by another replica");
+                }
+            }
+        });
+    }
     if let Some(h) = &state.metrics {
         telemetry::spawn_upkeep(h.clone());
     }

@@ -21,6 +21,11 @@
 //! by a task on the runtime that made the connection, in pipelined batches,
 //! so no request waits for them. Keys are `polyplex:{<key id>}:<what>` (one hash slot per key).
 //!
+//! Replicas also tell each other, on a Redis channel, of every circuit
+//! they open ([`crate::health`]): the others open theirs for the same
+//! cooldown, so a failing deployment is skipped everywhere after the first
+//! replica has seen it fail.
+//!
 //! If Redis cannot be reached or answers late, the request is admitted by
 //! the node's own limits instead, Redis is left alone for [`QUIET`] and the
 //! log says so (once per quiet period); `polyplex_redis_errors_total`
@@ -175,9 +180,15 @@ enum Op {
         tokens: u64,
         units: u64,
     },
+    /// A deployment's circuit opened here: tell the other replicas.
+    Publish(String),
     /// Answer once everything sent before is done.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
+
+/// The channel on which replicas tell each other of circuits they opened:
+/// `<node> <cooldown ms> <provider>/<model>`.
+const HEALTH_CHANNEL: &str = "polyplex:health";
 
 /// Most operations sent to Redis in one pipeline.
 const BATCH: usize = 256;
@@ -186,6 +197,11 @@ const BATCH: usize = 256;
 /// re-made by the manager after a failure), the admission script and the
 /// queue of background work.
 pub struct SharedLimits {
+    client: redis::Client,
+    /// This process, in the health messages (its own are ignored).
+    node: u64,
+    /// The task that applies the other replicas' health messages.
+    listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     conn: ConnectionManager,
     admit: Script,
     ops: tokio::sync::mpsc::UnboundedSender<Op>,
@@ -224,10 +240,13 @@ impl SharedLimits {
             .set_number_of_retries(1);
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "redis: no runtime to connect on".to_string())?;
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| format!("redis: {e}"))?;
         let (ops, rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(SharedLimits {
+            client,
+            node: rand::random(),
+            listener: std::sync::Mutex::new(None),
             conn,
             admit: Script::new(ADMIT),
             ops,
@@ -237,6 +256,62 @@ impl SharedLimits {
         });
         runtime.spawn(send_ops(Arc::downgrade(&shared), rx));
         Ok(shared)
+    }
+
+    /// A deployment's circuit opened on this replica for `cooldown`: the
+    /// others open theirs too (in the background).
+    pub fn circuit_opened(&self, provider: &str, model: &str, cooldown: Duration) {
+        let msg = format!(
+            "{:016x} {} {provider}/{model}",
+            self.node,
+            cooldown.as_millis()
+        );
+        let _ = self.ops.send(Op::Publish(msg));
+    }
+
+    /// Applies the circuits other replicas open: `apply(provider, model,
+    /// cooldown)` for each, until these limits are dropped. Reconnects
+    /// after a failure (every 2 s).
+    pub fn listen_health<F>(self: &Arc<Self>, apply: F)
+    where
+        F: Fn(&str, &str, Duration) + Send + Sync + 'static,
+    {
+        let client = self.client.clone();
+        let node = format!("{:016x}", self.node);
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok(mut ps) = client.get_async_pubsub().await {
+                    if ps.subscribe(HEALTH_CHANNEL).await.is_ok() {
+                        let mut messages = ps.on_message();
+                        while let Some(m) = futures::StreamExt::next(&mut messages).await {
+                            let Ok(text) = m.get_payload::<String>() else {
+                                continue;
+                            };
+                            let mut parts = text.splitn(3, ' ');
+                            let (Some(from), Some(ms), Some(deployment)) =
+                                (parts.next(), parts.next(), parts.next())
+                            else {
+                                continue;
+                            };
+                            let (Ok(ms), Some((provider, model))) =
+                                (ms.parse::<u64>(), deployment.split_once('/'))
+                            else {
+                                continue;
+                            };
+                            if from != node {
+                                apply(provider, model, Duration::from_millis(ms));
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+        if let Ok(mut l) = self.listener.lock() {
+            if let Some(old) = l.replace(task) {
+                old.abort();
+            }
+        }
     }
 
     /// Where Redis is (host and port; for the log).
@@ -385,6 +460,16 @@ impl SharedLimits {
     }
 }
 
+impl Drop for SharedLimits {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.listener.lock() {
+            if let Some(task) = l.take() {
+                task.abort();
+            }
+        }
+    }
+}
+
 /// Sends the background work to Redis, up to [`BATCH`] operations a round
 /// trip, until the limits are dropped.
 async fn send_ops(
@@ -418,6 +503,9 @@ async fn send_ops(
                         .arg(units)
                         .arg(SPEND_TTL.as_millis() as u64)
                         .ignore();
+                }
+                Op::Publish(msg) => {
+                    pipe.cmd("PUBLISH").arg(HEALTH_CHANNEL).arg(msg).ignore();
                 }
                 Op::Flush(done) => waiting.push(done),
             }

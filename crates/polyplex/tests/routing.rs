@@ -24,6 +24,8 @@ struct Env {
     mocks: Vec<Mock>,
     gw: Running,
     client: reqwest::Client,
+    /// The gateway's config, the mocks' addresses in it.
+    text: String,
 }
 
 /// Starts one mock per option set, then the gateway with `config`, where
@@ -43,6 +45,7 @@ async fn start(opts: &[MockOptions], config: &str) -> Env {
         mocks,
         gw,
         client: reqwest::Client::new(),
+        text,
     }
 }
 
@@ -82,10 +85,15 @@ impl Answer {
 
 impl Env {
     async fn call(&self, body: Value) -> Answer {
+        self.call_at(self.gw.addr, body).await
+    }
+
+    /// A call to the gateway at `addr` (another replica).
+    async fn call_at(&self, addr: std::net::SocketAddr, body: Value) -> Answer {
         let t = Instant::now();
         let r = self
             .client
-            .post(format!("http://{}/v1/chat/completions", self.gw.addr))
+            .post(format!("http://{addr}/v1/chat/completions"))
             .bearer_auth(MASTER)
             .json(&body)
             .send()
@@ -503,6 +511,74 @@ async fn breaker_skips_a_failing_deployment_and_probes_it_back() {
         ("b", "a/m")
     );
     assert_eq!(env.deployment("a/m").await["circuit"], "open");
+    env.gw.shutdown().await;
+}
+
+/// With Redis, a circuit one replica opens is open on the others at once:
+/// they skip the failing deployment without failing on it first.
+#[tokio::test]
+async fn a_circuit_opened_on_one_replica_is_open_on_the_others() {
+    let Ok(redis) = std::env::var("POLYPLEX_TEST_REDIS") else {
+        eprintln!("POLYPLEX_TEST_REDIS not set: shared circuit test skipped");
+        return;
+    };
+    let config = format!(
+        "{}{}[[routes]]\nname = \"r\"\ntargets = [\"a/m\", \"b/m\"]\n[routing]\nbreaker_min_requests = 3\nbreaker_error_ratio = 0.5\nbreaker_cooldown_ms = 30000\n[redis]\nurl = \"{redis}\"\n",
+        provider("a", 0, ""),
+        provider("b", 1, ""),
+    );
+    let mut conn = redis::Client::open(redis.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let subscribers = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            let v: (String, u64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("polyplex:health")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            v.1
+        }
+    };
+    let others = subscribers(&mut conn).await;
+    let env = start(&[MockOptions::default(), MockOptions::default()], &config).await;
+    let replica = common::start(&env.text).await;
+    // Both listening before the first failure.
+    for _ in 0..100 {
+        if subscribers(&mut conn).await >= others + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.fault(0, json!({"fault": "500", "count": 3})).await;
+    for _ in 0..3 {
+        let a = env.call(chat("r")).await;
+        assert_eq!(a.h("x-polyplex-attempts"), "2");
+    }
+    assert_eq!(env.deployment("a/m").await["circuit"], "open");
+    let before = env.served(0);
+    let mut skipped = false;
+    for _ in 0..100 {
+        let a = env.call_at(replica.addr, chat("r")).await;
+        assert_eq!(a.status, 200);
+        if a.h("x-polyplex-skipped") == "a/m" {
+            assert_eq!(
+                (a.h("x-polyplex-provider"), a.h("x-polyplex-attempts")),
+                ("b", "1")
+            );
+            skipped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(skipped, "the other replica never skipped a/m");
+    // At most the requests sent before the message arrived reached `a`.
+    assert!(env.served(0) <= before + 2, "{} {before}", env.served(0));
+    replica.shutdown().await;
     env.gw.shutdown().await;
 }
 
