@@ -182,6 +182,7 @@ enum Op {
     },
     /// A deployment's circuit opened here: tell the other replicas.
     Publish(String),
+
     /// Answer once everything sent before is done.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -256,6 +257,23 @@ impl SharedLimits {
         });
         runtime.spawn(send_ops(Arc::downgrade(&shared), rx));
         Ok(shared)
+    }
+
+    /// `key`'s budget was changed (admin API): its running spend in Redis
+    /// restarts from what the store and this node know, so a budget removed
+    /// and set again does not miss the spend made without one meanwhile.
+    pub async fn reseed_spend(&self, key: &KeyEntry) {
+        let mut conn = self.conn.clone();
+        let r: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(Names::of(&key.id()).spend)
+            .arg(keys::usd_units(key.spent()))
+            .arg("PX")
+            .arg(SPEND_TTL.as_millis() as u64)
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = r {
+            self.failed(&e);
+        }
     }
 
     /// A deployment's circuit opened on this replica for `cooldown`: the

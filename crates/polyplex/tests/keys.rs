@@ -434,6 +434,15 @@ impl Replicas {
         }
     }
 
+    /// The key's id (its token is `key`).
+    async fn ca_key_id(&self) -> String {
+        let (_, list) = self
+            .ca
+            .admin(reqwest::Method::GET, "/admin/keys", None)
+            .await;
+        list["data"][0]["id"].as_str().unwrap().to_string()
+    }
+
     async fn chat(&self, on_b: bool) -> reqwest::Response {
         let c = if on_b { &self.cb } else { &self.ca };
         c.chat(&self.key, "gpt-4o-mini").await
@@ -533,6 +542,19 @@ async fn tokens_per_minute_and_budget_hold_across_replicas() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         code_of(r.chat(true).await).await,
+        (429, "insufficient_quota".into())
+    );
+    // The budget lifted, a request spends without one, and a budget a hair
+    // above the whole spend is set: the spend made without a budget counts.
+    let path = format!("/admin/keys/{}", r.ca_key_id().await);
+    let patch = |v: Value| r.ca.admin(reqwest::Method::PATCH, &path, Some(v));
+    assert_eq!(patch(json!({"budget_usd": null})).await.0, 200);
+    assert_eq!(r.chat(false).await.status(), 200);
+    let (_, now) = r.ca.admin(reqwest::Method::GET, &path, None).await;
+    let spent = now["spent_usd"].as_f64().unwrap();
+    assert_eq!(patch(json!({"budget_usd": spent + 1e-9})).await.0, 200);
+    assert_eq!(
+        code_of(r.chat(false).await).await,
         (429, "insufficient_quota".into())
     );
     r.stop().await;

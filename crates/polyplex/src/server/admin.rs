@@ -273,6 +273,11 @@ pub async fn update_key(State(app): State<App>, Path(id): Path<String>, body: By
     match store.update_key(&id, &c).await {
         Ok(Some(k)) => {
             app.keys.upsert(k.clone());
+            if let (Some(shared), Some(_)) = (&app.shared_limits, c.budget_usd) {
+                if let Some(entry) = app.keys.by_id(&id) {
+                    shared.reseed_spend(&entry).await;
+                }
+            }
             Json(with_live_spend(&app, &k)).into_response()
         }
         Ok(None) => unknown_key(&id),
