@@ -491,7 +491,8 @@ pub fn from_toml(text: &str, inputs: &Inputs<'_>) -> Result<Config, ConfigError>
     if let Some(r) = &redis_url {
         if !(r.starts_with("redis://") || r.starts_with("rediss://")) {
             return err(format!(
-                "redis.url: `{r}` must start with redis:// or rediss://"
+                "redis.url: `{}` must start with redis:// or rediss://",
+                crate::store::redact_url(r)
             ));
         }
     }
@@ -962,6 +963,17 @@ strategy = "priority"
         assert!(e.0.contains("line 7"), "{e}");
         let e = parse("lisen = \"x\"\n", &[]).unwrap_err();
         assert!(e.0.contains("lisen") && e.0.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_redis_url_is_named_without_its_password() {
+        let e = parse(
+            "[redis]\nurl = \"http://user:${REDIS_PASS}@127.0.0.1:6379\"\n",
+            &[("REDIS_PASS", "hunter2-secret")],
+        )
+        .unwrap_err();
+        assert!(e.0.contains("redis.url") && e.0.contains("redis://"), "{e}");
+        assert!(!e.0.contains("hunter2-secret"), "{e}");
     }
 
     #[test]
