@@ -282,18 +282,14 @@ async fn share_limits(
     recorder: &usage::Recorder,
 ) -> Result<std::sync::Arc<shared::SharedLimits>, String> {
     let limits = shared::SharedLimits::new(url)?;
-    match tokio::time::timeout(Duration::from_secs(2), limits.ping()).await {
-        Ok(Ok(())) => {
+    match limits.ping().await {
+        Ok(()) => {
             tracing::info!(redis = %limits.addr(), "limits and budgets are shared through Redis")
         }
-        Ok(Err(e)) => tracing::warn!(
+        Err(e) => tracing::warn!(
             redis = %limits.addr(),
             error = %e,
             "Redis does not answer: each node counts its own limits until it does"
-        ),
-        Err(_) => tracing::warn!(
-            redis = %limits.addr(),
-            "Redis did not answer within 2s: each node counts its own limits until it does"
         ),
     }
     recorder.share_limits(limits.clone());

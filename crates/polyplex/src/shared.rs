@@ -182,7 +182,6 @@ enum Op {
     },
     /// A deployment's circuit opened here: tell the other replicas.
     Publish(String),
-
     /// Answer once everything sent before is done.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -200,7 +199,7 @@ const BATCH: usize = 256;
 pub struct SharedLimits {
     client: redis::Client,
     /// This process, in the health messages (its own are ignored).
-    node: u64,
+    node: String,
     /// The task that applies the other replicas' health messages.
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     conn: ConnectionManager,
@@ -246,7 +245,7 @@ impl SharedLimits {
         let (ops, rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(SharedLimits {
             client,
-            node: rand::random(),
+            node: format!("{:016x}", rand::random::<u64>()),
             listener: std::sync::Mutex::new(None),
             conn,
             admit: Script::new(ADMIT),
@@ -279,11 +278,7 @@ impl SharedLimits {
     /// A deployment's circuit opened on this replica for `cooldown`: the
     /// others open theirs too (in the background).
     pub fn circuit_opened(&self, provider: &str, model: &str, cooldown: Duration) {
-        let msg = format!(
-            "{:016x} {} {provider}/{model}",
-            self.node,
-            cooldown.as_millis()
-        );
+        let msg = format!("{} {} {provider}/{model}", self.node, cooldown.as_millis());
         let _ = self.ops.send(Op::Publish(msg));
     }
 
@@ -295,7 +290,7 @@ impl SharedLimits {
         F: Fn(&str, &str, Duration) + Send + Sync + 'static,
     {
         let client = self.client.clone();
-        let node = format!("{:016x}", self.node);
+        let node = self.node.clone();
         let task = tokio::spawn(async move {
             loop {
                 if let Ok(mut ps) = client.get_async_pubsub().await {
@@ -305,19 +300,11 @@ impl SharedLimits {
                             let Ok(text) = m.get_payload::<String>() else {
                                 continue;
                             };
-                            let mut parts = text.splitn(3, ' ');
-                            let (Some(from), Some(ms), Some(deployment)) =
-                                (parts.next(), parts.next(), parts.next())
-                            else {
-                                continue;
-                            };
-                            let (Ok(ms), Some((provider, model))) =
-                                (ms.parse::<u64>(), deployment.split_once('/'))
-                            else {
-                                continue;
-                            };
-                            if from != node {
-                                apply(provider, model, Duration::from_millis(ms));
+                            match health_message(&text) {
+                                Some((from, provider, model, cooldown)) if from != node => {
+                                    apply(provider, model, cooldown)
+                                }
+                                _ => {}
                             }
                         }
                     }
@@ -337,14 +324,16 @@ impl SharedLimits {
         &self.addr
     }
 
-    /// Asks Redis once (`PING`): for start-up and `polyplex check`.
+    /// Asks Redis once (`PING`), waiting at most 2 s: for start-up and
+    /// `polyplex check`.
     pub async fn ping(&self) -> Result<(), String> {
         let mut conn = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(Duration::from_secs(2), ping).await {
+            Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+            Err(_) => Err("no answer within 2s".into()),
+        }
     }
 
     /// Resolves once the background work sent so far is in Redis (or
@@ -488,6 +477,20 @@ impl Drop for SharedLimits {
     }
 }
 
+/// A health message's parts: the node that sent it, the deployment's
+/// provider and model, and the cooldown (`<node> <ms> <provider>/<model>`).
+fn health_message(text: &str) -> Option<(&str, &str, &str, Duration)> {
+    let mut parts = text.splitn(3, ' ');
+    let (from, ms, deployment) = (parts.next()?, parts.next()?, parts.next()?);
+    let (provider, model) = deployment.split_once('/')?;
+    Some((
+        from,
+        provider,
+        model,
+        Duration::from_millis(ms.parse().ok()?),
+    ))
+}
+
 /// Sends the background work to Redis, up to [`BATCH`] operations a round
 /// trip, until the limits are dropped.
 async fn send_ops(
@@ -537,5 +540,31 @@ async fn send_ops(
         for w in waiting {
             let _ = w.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_messages_name_node_deployment_and_cooldown() {
+        assert_eq!(
+            health_message("00ab 30000 openai/gpt-4o"),
+            Some(("00ab", "openai", "gpt-4o", Duration::from_secs(30)))
+        );
+        // A model name may hold a slash or a space; the provider never does.
+        assert_eq!(
+            health_message("n 5 together/meta-llama/Llama 3"),
+            Some((
+                "n",
+                "together",
+                "meta-llama/Llama 3",
+                Duration::from_millis(5)
+            ))
+        );
+        assert_eq!(health_message("n 5 no-slash"), None);
+        assert_eq!(health_message("n soon a/b"), None);
+        assert_eq!(health_message("n"), None);
     }
 }
