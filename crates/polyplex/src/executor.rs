@@ -173,10 +173,7 @@ impl<'a> Attempts<'a> {
             Err(e) => {
                 tracing::debug!(deployment = %d.label(), attempt = self.attempts, error = %e, "attempt failed");
                 if counts_against(&e) && d.stats.on_failure(cfg, now, &e.message) {
-                    // The other replicas skip it too (Redis configured).
-                    if let Some(shared) = &self.app.shared_limits {
-                        shared.circuit_opened(&d.upstream.name, &d.model, cfg.cooldown);
-                    }
+                    self.app.circuit_opened(d);
                 }
                 if e.status == StatusCode::TOO_MANY_REQUESTS {
                     if let Some(w) = e.retry_after {

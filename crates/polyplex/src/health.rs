@@ -321,7 +321,7 @@ impl DeploymentStats {
         after_first: Duration,
         completion_tokens: u64,
         ok: bool,
-    ) {
+    ) -> bool {
         let mut g = self.lock();
         g.latency_ms.add(ms(latency));
         if completion_tokens > 1 && after_first > Duration::from_millis(1) {
@@ -330,8 +330,9 @@ impl DeploymentStats {
         }
         if !ok {
             g.last_error = Some("the stream broke after its first byte".into());
-            Self::outcome(&mut g, cfg, now, false);
+            return Self::outcome(&mut g, cfg, now, false);
         }
+        false
     }
 
     /// Output speed of a whole unary answer.

@@ -515,9 +515,15 @@ async fn breaker_skips_a_failing_deployment_and_probes_it_back() {
 }
 
 /// With Redis, a circuit one replica opens is open on the others at once:
-/// they skip the failing deployment without failing on it first.
+/// they skip the failing deployment without failing on it first — opened
+/// by failed attempts, or by streams that broke after their first byte.
 #[tokio::test]
 async fn a_circuit_opened_on_one_replica_is_open_on_the_others() {
+    shared_circuit(false).await;
+    shared_circuit(true).await;
+}
+
+async fn shared_circuit(broken_streams: bool) {
     let Ok(redis) = std::env::var("POLYPLEX_TEST_REDIS") else {
         eprintln!("POLYPLEX_TEST_REDIS not set: shared circuit test skipped");
         return;
@@ -554,10 +560,22 @@ async fn a_circuit_opened_on_one_replica_is_open_on_the_others() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    env.fault(0, json!({"fault": "500", "count": 3})).await;
-    for _ in 0..3 {
-        let a = env.call(chat("r")).await;
-        assert_eq!(a.h("x-polyplex-attempts"), "2");
+    if broken_streams {
+        // Each broken stream counts a success (its first byte) and a
+        // failure: the circuit opens on the second.
+        let fault = json!({"fault": "disconnect", "after_chunks": 2, "count": 2});
+        env.fault(0, fault).await;
+        for _ in 0..2 {
+            let a = env.call(stream("r")).await;
+            assert_eq!((a.status, a.h("x-polyplex-provider")), (200, "a"));
+            assert!(!a.body.contains("[DONE]"), "{}", a.body);
+        }
+    } else {
+        env.fault(0, json!({"fault": "500", "count": 3})).await;
+        for _ in 0..3 {
+            let a = env.call(chat("r")).await;
+            assert_eq!(a.h("x-polyplex-attempts"), "2");
+        }
     }
     assert_eq!(env.deployment("a/m").await["circuit"], "open");
     let before = env.served(0);

@@ -180,6 +180,14 @@ impl AppState {
         &self.clients[i % self.clients.len()]
     }
 
+    /// `d`'s circuit just opened on this replica (a failed attempt, or a
+    /// stream that broke): with Redis, the other replicas open theirs too.
+    pub fn circuit_opened(&self, d: &crate::routing::Deployment) {
+        if let Some(shared) = &self.shared_limits {
+            shared.circuit_opened(&d.upstream.name, &d.model, self.health.cooldown);
+        }
+    }
+
     pub fn set_not_ready(&self) {
         self.ready.store(false, Ordering::SeqCst);
     }

@@ -428,15 +428,17 @@ impl Relay {
         };
         let now = Instant::now();
         // A client that went away (499) says nothing about the upstream.
-        if status != 499 {
-            self.deployment.stats.on_stream_end(
+        if status != 499
+            && self.deployment.stats.on_stream_end(
                 &self.ctx.app.health,
                 now,
                 now.saturating_duration_since(self.ctx.started),
                 now.saturating_duration_since(self.open.first_byte_at),
                 usage.completion_tokens,
                 status == 200,
-            );
+            )
+        {
+            self.ctx.app.circuit_opened(&self.deployment);
         }
         let c = cost(self.ctx.app.router.catalog(), &self.deployment, &usage);
         self.ctx.app.recorder.record(UsageRecord {
