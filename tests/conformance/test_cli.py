@@ -109,6 +109,10 @@ def test_catalog_update_replaces_the_built_in_catalog(tmp_path):
     r = run("catalog", "update", str(tmp_path / "bad.json"), cwd=tmp_path)
     assert r.returncode != 0 and "bad.json" in r.stderr
     assert "llama-9" in run("models", "--provider", "groq", "--json", cwd=tmp_path).stdout
+    # A URL that does not answer: refused, and the saved one stays.
+    r = run("catalog", "update", "http://127.0.0.1:9/api.json", cwd=tmp_path)
+    assert r.returncode != 0 and "cannot fetch http://127.0.0.1:9/api.json" in r.stderr
+    assert "llama-9" in run("models", "--provider", "groq", "--json", cwd=tmp_path).stdout
     # A saved file that is broken stops the commands that read it, saying which.
     (tmp_path / "polyplex-catalog.json").write_text("garbage")
     m = run("models", cwd=tmp_path)
