@@ -11,6 +11,7 @@
 
 pub mod anthropic;
 pub mod azure;
+pub mod bedrock;
 pub mod cohere;
 pub mod gemini;
 pub mod openai_compat;
@@ -82,6 +83,8 @@ pub struct Target<'a> {
     pub drop_params: bool,
     /// The API version for protocols that put one in the URL (Azure).
     pub api_version: Option<&'a str>,
+    /// AWS SigV4 credentials and region, for Bedrock without an API key.
+    pub sigv4: Option<&'a bedrock::SigV4>,
 }
 
 /// An upstream HTTP request, ready to send.
@@ -179,6 +182,21 @@ pub trait Protocol: Send + Sync {
     }
     /// Maps an upstream error reply to a gateway error.
     fn error(&self, provider: &str, status: StatusCode, body: &[u8]) -> GatewayError;
+    /// [`Protocol::error`] for protocols that name the error in a header
+    /// (Bedrock's `x-amzn-ErrorType`).
+    fn error_with_headers(
+        &self,
+        provider: &str,
+        status: StatusCode,
+        _headers: &HeaderMap,
+        body: &[u8],
+    ) -> GatewayError {
+        self.error(provider, status, body)
+    }
+    /// The parser of this protocol's stream framing (SSE unless overridden).
+    fn stream_parser(&self) -> sse::Parser {
+        sse::Parser::new()
+    }
     fn stream_decoder(
         &self,
         endpoint: Endpoint,

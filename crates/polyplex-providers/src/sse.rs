@@ -1,7 +1,19 @@
-//! An incremental Server-Sent Events parser (WHATWG rules: `\n`, `\r\n` or
-//! `\r` line ends, multi-line `data`, comments, a blank line dispatches).
-//! Bytes may arrive split anywhere, even inside a UTF-8 sequence.
+//! Incremental parsers of upstream streams into [`Event`]s.
+//!
+//! - Server-Sent Events (WHATWG rules: `\n`, `\r\n` or `\r` line ends,
+//!   multi-line `data`, comments, a blank line dispatches), what every
+//!   protocol but Bedrock streams;
+//! - AWS event streams (`application/vnd.amazon.eventstream`, Bedrock's
+//!   `converse-stream`): binary frames with headers and a CRC-checked
+//!   payload, decoded by `aws-smithy-eventstream`. An `event` message becomes
+//!   an [`Event`] named by its `:event-type`; an `exception` message one named
+//!   `exception:<:exception-type>`; an `error` message or a frame that does not
+//!   decode one named `error:<code>`, its data the message.
+//!
+//! Bytes may arrive split anywhere, even inside a UTF-8 sequence or a frame.
 
+use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
+use aws_smithy_types::event_stream::{HeaderValue, Message};
 use bytes::{Buf, BytesMut};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -11,8 +23,113 @@ pub struct Event {
     pub data: String,
 }
 
+/// A stream parser: SSE unless made with [`Parser::event_stream`].
 #[derive(Debug, Default)]
 pub struct Parser {
+    sse: SseParser,
+    /// `Some` for an AWS event stream.
+    frames: Option<Box<Frames>>,
+}
+
+#[derive(Debug, Default)]
+struct Frames {
+    buf: BytesMut,
+    decoder: MessageFrameDecoder,
+    /// A frame failed to decode: the stream cannot be resynchronised.
+    broken: bool,
+}
+
+impl Parser {
+    /// A Server-Sent Events parser.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An AWS event-stream parser.
+    pub fn event_stream() -> Self {
+        Parser {
+            sse: SseParser::default(),
+            frames: Some(Box::default()),
+        }
+    }
+
+    /// Feeds bytes; appends every completed event to `out`.
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
+        match &mut self.frames {
+            None => self.sse.feed(bytes, out),
+            Some(f) => f.feed(bytes, out),
+        }
+    }
+
+    /// True if bytes of an unfinished event are buffered.
+    pub fn has_partial(&self) -> bool {
+        match &self.frames {
+            None => self.sse.has_partial(),
+            Some(f) => !f.buf.is_empty() && !f.broken,
+        }
+    }
+}
+
+fn header<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
+    m.headers()
+        .iter()
+        .find(|h| h.name().as_str() == name)
+        .and_then(|h| match h.value() {
+            HeaderValue::String(s) => Some(s.as_str()),
+            _ => None,
+        })
+}
+
+impl Frames {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
+        if self.broken {
+            return;
+        }
+        self.buf.extend_from_slice(bytes);
+        loop {
+            match self.decoder.decode_frame(&mut self.buf) {
+                Ok(DecodedFrame::Complete(m)) => out.push(Self::event(&m)),
+                Ok(DecodedFrame::Incomplete) => break,
+                Err(e) => {
+                    self.broken = true;
+                    self.buf.clear();
+                    out.push(Event {
+                        event: Some("error:InvalidFrame".into()),
+                        data: format!("the event stream has a frame that does not decode ({e})"),
+                    });
+                    break;
+                }
+            }
+        }
+    }
+
+    fn event(m: &Message) -> Event {
+        let payload = String::from_utf8_lossy(m.payload()).into_owned();
+        match header(m, ":message-type").unwrap_or("event") {
+            "exception" => Event {
+                event: Some(format!(
+                    "exception:{}",
+                    header(m, ":exception-type").unwrap_or("unknown")
+                )),
+                data: payload,
+            },
+            "error" => Event {
+                event: Some(format!(
+                    "error:{}",
+                    header(m, ":error-code").unwrap_or("unknown")
+                )),
+                data: header(m, ":error-message").unwrap_or("").to_string(),
+            },
+            _ => Event {
+                event: header(m, ":event-type").map(str::to_string),
+                data: payload,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct SseParser {
     buf: BytesMut,
     event: Option<String>,
     data: String,
@@ -21,13 +138,8 @@ pub struct Parser {
     after_cr: bool,
 }
 
-impl Parser {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Feeds bytes; appends every completed event to `out`.
-    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
+impl SseParser {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
         self.buf.extend_from_slice(bytes);
         loop {
             if self.after_cr && self.buf.first() == Some(&b'\n') {
@@ -47,8 +159,7 @@ impl Parser {
         }
     }
 
-    /// True if bytes of an unfinished event are buffered.
-    pub fn has_partial(&self) -> bool {
+    fn has_partial(&self) -> bool {
         !self.buf.is_empty() || self.has_data
     }
 

@@ -6,6 +6,7 @@
 //! field. Secrets are held as [`SecretString`] and never printed.
 
 use polyplex_catalog::{Catalog, Price, PROTOCOL_OPENAI};
+use polyplex_providers::bedrock::SigV4;
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -101,7 +102,7 @@ struct RawPrice {
     cache_write: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
     name: String,
@@ -133,6 +134,14 @@ struct RawProvider {
     catalog: Option<String>,
     /// API version for protocols that carry one in the URL (Azure).
     api_version: Option<String>,
+    /// Bedrock: the AWS region (default: from `base_url`, `AWS_REGION`,
+    /// `AWS_DEFAULT_REGION`, else us-east-1).
+    region: Option<String>,
+    /// Bedrock: AWS access keys for SigV4 (default: `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), used when there is no `api_key`.
+    aws_access_key_id: Option<String>,
+    aws_secret_access_key: Option<String>,
+    aws_session_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -199,6 +208,8 @@ pub struct ProviderConfig {
     pub auth_prefix: String,
     pub stream_usage: bool,
     pub api_version: Option<String>,
+    /// Bedrock without an API key: AWS SigV4 credentials and region.
+    pub sigv4: Option<SigV4>,
 }
 
 impl ProviderConfig {
@@ -226,6 +237,7 @@ impl ProviderConfig {
             auth_prefix: "Bearer ".into(),
             stream_usage: true,
             api_version: None,
+            sigv4: None,
         }
     }
 }
@@ -347,7 +359,119 @@ fn routing(r: RawRouting) -> Result<RoutingConfig, ConfigError> {
 
 /// Protocols the gateway can speak today. The others in the catalog are named
 /// in errors and logs so nobody wonders why a provider is missing.
-pub const SUPPORTED_KINDS: &[&str] = &[PROTOCOL_OPENAI, "anthropic", "azure", "gemini", "cohere"];
+pub const SUPPORTED_KINDS: &[&str] = &[
+    PROTOCOL_OPENAI,
+    "anthropic",
+    "azure",
+    "bedrock",
+    "gemini",
+    "cohere",
+];
+
+/// The catalog provider whose models and prices a provider of `kind` gets
+/// when its name is not a catalog id (`name = "bedrock"`).
+fn catalog_for_kind(kind: &str) -> Option<&'static str> {
+    match kind {
+        "bedrock" => Some("amazon-bedrock"),
+        _ => None,
+    }
+}
+
+/// How a Bedrock provider authenticates, from its settings or else the
+/// environment as the AWS SDKs read it: an API key (bearer), or access keys
+/// (SigV4). Errors name the setting.
+struct BedrockAuth {
+    region: String,
+    api_key: Option<String>,
+    sigv4: Option<SigV4>,
+}
+
+fn bedrock_auth(
+    p: &RawProvider,
+    base_url: Option<&str>,
+    api_key: Option<String>,
+    at: &dyn Fn(&str) -> String,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<BedrockAuth, ConfigError> {
+    let setting = |v: &Option<String>, field: &str| -> Result<Option<String>, ConfigError> {
+        Ok(v.as_deref()
+            .map(|s| interpolate(s, &at(field), env))
+            .transpose()?
+            .filter(|s| !s.is_empty()))
+    };
+    let from_env = |k: &str| env(k).filter(|s| !s.is_empty());
+    let region = match setting(&p.region, "region")? {
+        Some(r) => r,
+        None => base_url
+            .and_then(polyplex_providers::bedrock::region_of)
+            .or_else(|| from_env("AWS_REGION"))
+            .or_else(|| from_env("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| "us-east-1".into()),
+    };
+    if region.is_empty()
+        || !region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return err(format!(
+            "{}: `{region}` is not an AWS region (e.g. us-east-1)",
+            at("region")
+        ));
+    }
+    let id = setting(&p.aws_access_key_id, "aws_access_key_id")?;
+    let secret = setting(&p.aws_secret_access_key, "aws_secret_access_key")?;
+    let token = setting(&p.aws_session_token, "aws_session_token")?;
+    if id.is_some() != secret.is_some() {
+        let missing = if id.is_none() {
+            "aws_access_key_id"
+        } else {
+            "aws_secret_access_key"
+        };
+        return err(format!(
+            "{}: required with {}",
+            at(missing),
+            if id.is_none() {
+                "aws_secret_access_key"
+            } else {
+                "aws_access_key_id"
+            }
+        ));
+    }
+    let sigv4 =
+        |id: &str, secret: &str, token: Option<&str>| Some(SigV4::new(&region, id, secret, token));
+    let (api_key, signer) = match (api_key, id, secret) {
+        (Some(k), None, None) => (Some(k), None),
+        (Some(_), Some(_), _) => {
+            return err(format!(
+                "{}: give either api_key (a Bedrock API key) or AWS access keys, not both",
+                at("api_key")
+            ))
+        }
+        (None, Some(id), Some(secret)) => (None, sigv4(&id, &secret, token.as_deref())),
+        _ => match (
+            from_env("AWS_BEARER_TOKEN_BEDROCK"),
+            from_env("AWS_ACCESS_KEY_ID"),
+            from_env("AWS_SECRET_ACCESS_KEY"),
+        ) {
+            (Some(k), _, _) => (Some(k), None),
+            (None, Some(id), Some(secret)) => (
+                None,
+                sigv4(&id, &secret, from_env("AWS_SESSION_TOKEN").as_deref()),
+            ),
+            _ => {
+                return err(format!(
+                    "{}: Bedrock needs credentials: api_key (a Bedrock API key, e.g. \"${{AWS_BEARER_TOKEN_BEDROCK}}\") or aws_access_key_id and aws_secret_access_key (or AWS_BEARER_TOKEN_BEDROCK, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, in the environment)",
+                    at("api_key")
+                ))
+            }
+        },
+    };
+    Ok(BedrockAuth {
+        region,
+        api_key,
+        sigv4: signer,
+    })
+}
 
 /// Aliases for self-hosted OpenAI-protocol servers: kind = "ollama" etc.
 fn kind_alias(kind: &str) -> Option<(&'static str, &'static str)> {
@@ -584,6 +708,14 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
         Some((_, url)) => (PROTOCOL_OPENAI.to_string(), Some(url)),
         None => (kind_in.clone(), None),
     };
+    let catalog_id = catalog_id.or_else(|| {
+        catalog_for_kind(&kind)
+            .filter(|c| inputs.catalog.provider(c).is_some())
+            .map(str::to_string)
+    });
+    let cat = catalog_id
+        .as_deref()
+        .and_then(|c| inputs.catalog.provider(c));
     if !SUPPORTED_KINDS.contains(&kind.as_str()) {
         let known = [
             "openai",
@@ -599,7 +731,7 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
             "lmstudio",
         ];
         if known.contains(&kind.as_str()) {
-            return err(format!("{}: the `{kind}` protocol is not available in this build yet; supported: openai (and every OpenAI-compatible server)", at("kind")));
+            return err(format!("{}: the `{kind}` protocol is not available in this build yet; supported: {} (and every OpenAI-compatible server)", at("kind"), SUPPORTED_KINDS.join(", ")));
         }
         return err(format!(
             "{}: unknown protocol `{kind}`; expected one of {}",
@@ -607,11 +739,42 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
             known.join(", ")
         ));
     }
-    let base_url = match &p.base_url {
-        Some(u) => interpolate(u, &at("base_url"), env)?,
+    let given_url = p
+        .base_url
+        .as_deref()
+        .map(|u| interpolate(u, &at("base_url"), env))
+        .transpose()?;
+    let api_key = p
+        .api_key
+        .as_deref()
+        .map(|k| interpolate(k, &at("api_key"), env))
+        .transpose()?
+        .filter(|k| !k.is_empty());
+    let aws_fields = [
+        ("region", p.region.is_some()),
+        ("aws_access_key_id", p.aws_access_key_id.is_some()),
+        ("aws_secret_access_key", p.aws_secret_access_key.is_some()),
+        ("aws_session_token", p.aws_session_token.is_some()),
+    ];
+    let (api_key, sigv4, region_url) = if kind == "bedrock" {
+        let auth = bedrock_auth(&p, given_url.as_deref(), api_key, &at, env)?;
+        let url = polyplex_providers::bedrock::endpoint_for(&auth.region);
+        (auth.api_key, auth.sigv4, Some(url))
+    } else {
+        if let Some((field, _)) = aws_fields.iter().find(|(_, set)| *set) {
+            return err(format!(
+                "{}: only for kind = \"bedrock\" (this provider speaks `{kind}`)",
+                at(field)
+            ));
+        }
+        (api_key, None, None)
+    };
+    let base_url = match given_url {
+        Some(u) => u,
         None => match alias_url
             .map(str::to_string)
             .or_else(|| cat.and_then(|c| c.base_url.clone()))
+            .or(region_url)
         {
             Some(u) => u,
             None => {
@@ -624,12 +787,6 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
         },
     };
     valid_base_url(&base_url, &at("base_url"))?;
-    let api_key = p
-        .api_key
-        .as_deref()
-        .map(|k| interpolate(k, &at("api_key"), env))
-        .transpose()?
-        .filter(|k| !k.is_empty());
     let mut headers = Vec::new();
     for (k, v) in &p.headers {
         let v = interpolate(v, &at(&format!("headers.{k}")), env)?;
@@ -711,6 +868,7 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
         auth_prefix,
         stream_usage: p.stream_usage.unwrap_or(true),
         api_version: p.api_version,
+        sigv4,
     })
 }
 
@@ -806,6 +964,32 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
     let mut notes = Vec::new();
     for cp in &inputs.catalog.providers {
         if cp.local {
+            continue;
+        }
+        if cp.protocol == "bedrock" {
+            // AWS credentials as the AWS SDKs read them from the environment.
+            let at = |f: &str| format!("{}.{f}", cp.id);
+            let Ok(auth) = bedrock_auth(&RawProvider::default(), None, None, &at, env) else {
+                continue;
+            };
+            let url = polyplex_providers::bedrock::endpoint_for(&auth.region);
+            notes.push(format!(
+                "enabled provider `{}` ({} is set): {} models from the catalog, {url}",
+                cp.id,
+                if auth.sigv4.is_some() {
+                    "AWS_ACCESS_KEY_ID"
+                } else {
+                    "AWS_BEARER_TOKEN_BEDROCK"
+                },
+                cp.models().len()
+            ));
+            providers.push(ProviderConfig {
+                kind: cp.protocol.clone(),
+                api_key: auth.api_key.map(SecretString::from),
+                sigv4: auth.sigv4,
+                catalog_id: Some(cp.id.clone()),
+                ..ProviderConfig::with_defaults(&cp.id, url)
+            });
             continue;
         }
         let Some((var, key)) = cp.api_key_from_env(|v| env(v)) else {
@@ -1043,6 +1227,135 @@ strategy = "priority"
         )
         .unwrap();
         assert_eq!(c.listen.port(), 2);
+        assert!(c.demo);
+    }
+
+    #[test]
+    fn bedrock_credentials_region_and_url() {
+        // An API key: bearer; the region from the environment makes the URL.
+        let c = parse(
+            "[[providers]]\nname = \"bedrock\"\nkind = \"bedrock\"\napi_key = \"${AWS_BEARER_TOKEN_BEDROCK}\"\n",
+            &[("AWS_BEARER_TOKEN_BEDROCK", "bedrock-key"), ("AWS_REGION", "eu-west-3")],
+        )
+        .unwrap();
+        let p = &c.providers[0];
+        assert_eq!(
+            p.base_url,
+            "https://bedrock-runtime.eu-west-3.amazonaws.com"
+        );
+        assert_eq!(p.api_key.as_ref().unwrap().expose_secret(), "bedrock-key");
+        assert!(p.sigv4.is_none());
+        assert_eq!(
+            (p.auth_header.as_str(), p.auth_prefix.as_str()),
+            ("authorization", "Bearer ")
+        );
+        // Named `bedrock`, it still gets the catalog's models and prices.
+        assert_eq!(p.catalog_id.as_deref(), Some("amazon-bedrock"));
+        // Access keys: SigV4, region from the setting; no API key is sent.
+        let c = parse(
+            "[[providers]]\nname = \"aws\"\nkind = \"bedrock\"\nregion = \"us-west-2\"\naws_access_key_id = \"${ID}\"\naws_secret_access_key = \"${SECRET}\"\n",
+            &[("ID", "AKID"), ("SECRET", "s3cret"), ("AWS_REGION", "eu-west-3")],
+        )
+        .unwrap();
+        let p = &c.providers[0];
+        assert_eq!(
+            p.base_url,
+            "https://bedrock-runtime.us-west-2.amazonaws.com"
+        );
+        assert!(p.api_key.is_none());
+        assert_eq!(p.sigv4.as_ref().unwrap().region, "us-west-2");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        // A given base_url names the region; the environment's keys sign.
+        let c = parse(
+            "[[providers]]\nname = \"aws\"\nkind = \"bedrock\"\nbase_url = \"https://bedrock-runtime.ap-south-1.amazonaws.com\"\n",
+            &[("AWS_ACCESS_KEY_ID", "AKID"), ("AWS_SECRET_ACCESS_KEY", "s"), ("AWS_REGION", "eu-west-3")],
+        )
+        .unwrap();
+        assert_eq!(c.providers[0].sigv4.as_ref().unwrap().region, "ap-south-1");
+        // A mock or proxy URL: the region from the environment, else us-east-1.
+        let c = parse(
+            "[[providers]]\nname = \"aws\"\nkind = \"bedrock\"\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"k\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.providers[0].base_url, "http://127.0.0.1:9");
+        // Errors name the setting.
+        let e = parse("[[providers]]\nname = \"aws\"\nkind = \"bedrock\"\n", &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("providers[0].api_key: Bedrock needs credentials"),
+            "{e}"
+        );
+        let e = parse(
+            "[[providers]]\nname = \"aws\"\nkind = \"bedrock\"\naws_access_key_id = \"A\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("providers[0].aws_secret_access_key: required"),
+            "{e}"
+        );
+        let e = parse("[[providers]]\nname = \"aws\"\nkind = \"bedrock\"\napi_key = \"k\"\nregion = \"US East\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("providers[0].region"), "{e}");
+        let e = parse("[[providers]]\nname = \"x\"\nkind = \"openai\"\nbase_url = \"http://h/v1\"\nregion = \"us-east-1\"\n", &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("providers[0].region: only for kind = \"bedrock\""),
+            "{e}"
+        );
+        let e = parse("[[providers]]\nname = \"x\"\nkind = \"bedrock\"\napi_key = \"k\"\naws_access_key_id = \"A\"\naws_secret_access_key = \"B\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn zero_config_enables_bedrock_from_aws_variables() {
+        let env = env_of(&[
+            ("AWS_BEARER_TOKEN_BEDROCK", "bk"),
+            ("AWS_REGION", "us-west-2"),
+        ]);
+        let c = zero_config(&Inputs {
+            env: &env,
+            listen_override: None,
+            catalog: Catalog::builtin(),
+        })
+        .unwrap();
+        let p = c
+            .providers
+            .iter()
+            .find(|p| p.name == "amazon-bedrock")
+            .unwrap();
+        assert_eq!(p.kind, "bedrock");
+        assert_eq!(
+            p.base_url,
+            "https://bedrock-runtime.us-west-2.amazonaws.com"
+        );
+        assert_eq!(p.api_key.as_ref().unwrap().expose_secret(), "bk");
+        let env = env_of(&[("AWS_ACCESS_KEY_ID", "A"), ("AWS_SECRET_ACCESS_KEY", "B")]);
+        let c = zero_config(&Inputs {
+            env: &env,
+            listen_override: None,
+            catalog: Catalog::builtin(),
+        })
+        .unwrap();
+        let p = c
+            .providers
+            .iter()
+            .find(|p| p.name == "amazon-bedrock")
+            .unwrap();
+        assert!(p.api_key.is_none() && p.sigv4.is_some());
+        assert_eq!(
+            p.base_url,
+            "https://bedrock-runtime.us-east-1.amazonaws.com"
+        );
+        // An access key id alone enables nothing.
+        let env = env_of(&[("AWS_ACCESS_KEY_ID", "A")]);
+        let c = zero_config(&Inputs {
+            env: &env,
+            listen_override: None,
+            catalog: Catalog::builtin(),
+        })
+        .unwrap();
         assert!(c.demo);
     }
 

@@ -436,8 +436,12 @@ fn transport_error(d: &Deployment, f: Failure) -> GatewayError {
 async fn upstream_error(d: &Deployment, resp: http::Response<UpstreamBody>) -> GatewayError {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let wait = retry_after_ms(resp.headers()).or_else(|| retry_after(resp.headers()));
-    let body = read_body(resp.into_body()).await.unwrap_or_default();
-    let mut e = d.upstream.protocol.error(&d.upstream.name, status, &body);
+    let (parts, body) = resp.into_parts();
+    let body = read_body(body).await.unwrap_or_default();
+    let mut e =
+        d.upstream
+            .protocol
+            .error_with_headers(&d.upstream.name, status, &parts.headers, &body);
     e.retry_after = wait;
     redact(e, d)
 }
@@ -560,7 +564,7 @@ pub async fn stream_once(
             return Err(upstream_error(d, resp).await);
         }
         let mut upstream = resp.into_body().into_data_stream().boxed();
-        let mut parser = Parser::new();
+        let mut parser = d.upstream.protocol.stream_parser();
         let mut decoder =
             d.upstream
                 .protocol

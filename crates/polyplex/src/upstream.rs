@@ -7,6 +7,7 @@ use http::{HeaderName, HeaderValue};
 use polyplex_catalog::{Catalog, Model, Price};
 use polyplex_providers::anthropic::Anthropic;
 use polyplex_providers::azure::Azure;
+use polyplex_providers::bedrock::{Bedrock, SigV4};
 use polyplex_providers::cohere::Cohere;
 use polyplex_providers::gemini::Gemini;
 use polyplex_providers::openai_compat::OpenAiCompat;
@@ -42,6 +43,8 @@ pub struct Upstream {
     pub stream_usage: bool,
     pub drop_params: bool,
     pub api_version: Option<String>,
+    /// AWS SigV4 signing (Bedrock with access keys).
+    sigv4: Option<SigV4>,
     /// Live statistics per model served here (see [`crate::health`]).
     stats: RwLock<HashMap<String, Arc<DeploymentStats>>>,
 }
@@ -65,6 +68,7 @@ impl Upstream {
             "openai" => Arc::new(OpenAiCompat),
             "anthropic" => Arc::new(Anthropic),
             "azure" => Arc::new(Azure),
+            "bedrock" => Arc::new(Bedrock),
             "cohere" => Arc::new(Cohere),
             "gemini" => Arc::new(Gemini),
             other => {
@@ -124,6 +128,7 @@ impl Upstream {
             stream_usage: p.stream_usage,
             drop_params: p.drop_params,
             api_version: p.api_version.clone(),
+            sigv4: p.sigv4.clone(),
             stats: RwLock::new(HashMap::new()),
         })
     }
@@ -185,6 +190,7 @@ impl Upstream {
                 .filter(|n| *n > 0),
             drop_params,
             api_version: self.api_version.as_deref(),
+            sigv4: self.sigv4.as_ref(),
         }
     }
 

@@ -17,6 +17,10 @@ const PROTOCOLS: &[(&str, &str)] = &[
     ("azure", "azure/gpt-4o-mini"),
     ("google", "google/gemini-2.5-flash"),
     ("cohere", "cohere/command-a-03-2025"),
+    (
+        "bedrock",
+        "bedrock/us.anthropic.claude-haiku-4-5-20251001-v1:0",
+    ),
 ];
 
 struct Env {
@@ -60,7 +64,32 @@ name = "cohere"
 base_url = "http://{mock}"
 api_key = "cohere-test-key"
 max_retries = 0
-"#
+[[providers]]
+name = "bedrock"
+kind = "bedrock"
+base_url = "http://{mock}"
+region = "us-west-2"
+aws_access_key_id = "{key_id}"
+aws_secret_access_key = "{secret}"
+max_retries = 0
+[[providers]]
+name = "bedrock-key"
+kind = "bedrock"
+base_url = "http://{mock}"
+api_key = "bedrock-api-key-test"
+models = ["amazon.nova-pro-v1:0"]
+max_retries = 0
+[[providers]]
+name = "bedrock-forged"
+kind = "bedrock"
+base_url = "http://{mock}"
+aws_access_key_id = "{key_id}"
+aws_secret_access_key = "not-the-secret"
+models = ["amazon.nova-pro-v1:0"]
+max_retries = 0
+"#,
+        key_id = mock::bedrock::MOCK_ACCESS_KEY_ID,
+        secret = mock::bedrock::MOCK_SECRET_ACCESS_KEY,
     );
     let gw = common::start(&text).await;
     Env {
@@ -520,6 +549,112 @@ async fn anthropic_wire_format_reaches_the_upstream() {
     env.gw.shutdown().await;
 }
 
+#[tokio::test]
+async fn bedrock_wire_format_and_signatures_reach_the_upstream() {
+    let env = setup().await;
+    // SigV4 with the mock's access key: the mock checked the signature.
+    let model = "bedrock/us.anthropic.claude-haiku-4-5-20251001-v1:0";
+    let (s, h, v) = env.chat(json!({"model": model, "messages": [
+        {"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}], "temperature": 0.2, "max_tokens": 50})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        h["x-polyplex-model"],
+        "us.anthropic.claude-haiku-4-5-20251001-v1:0"
+    );
+    assert_eq!(v["model"], "us.anthropic.claude-haiku-4-5-20251001-v1:0");
+    let up = env.last_upstream().await;
+    assert_eq!(
+        up["path"],
+        "/model/us.anthropic.claude-haiku-4-5-20251001-v1%3A0/converse"
+    );
+    let auth = up["headers"]["authorization"].as_str().unwrap();
+    assert!(
+        auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIAPOLYPLEXMOCK/")
+            && auth.contains("/us-west-2/bedrock/aws4_request"),
+        "{auth}"
+    );
+    assert_eq!(up["body"]["system"], json!([{"text": "sys"}]));
+    assert_eq!(
+        up["body"]["inferenceConfig"],
+        json!({"maxTokens": 50, "temperature": 0.2})
+    );
+    assert!(up["body"].get("model").is_none());
+    // Streams are signed too (another path, another body).
+    let chunks = env.stream(user(model, "signed stream")).await;
+    assert_eq!(streamed_text(&chunks), "signed stream");
+    assert!(env.last_upstream().await["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("/converse-stream"));
+    // A Bedrock API key goes as a bearer token.
+    let (s, _, v) = env
+        .chat(user("bedrock-key/amazon.nova-pro-v1:0", "hi"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let up = env.last_upstream().await;
+    assert_eq!(
+        up["headers"]["authorization"],
+        "Bearer bedrock-api-key-test"
+    );
+    assert_eq!(up["path"], "/model/amazon.nova-pro-v1%3A0/converse");
+    // A wrong secret: AWS's refusal, passed on (403), no secret in it.
+    let (s, _, v) = env
+        .chat(user("bedrock-forged/amazon.nova-pro-v1:0", "hi"))
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("signature we calculated does not match"),
+        "{msg}"
+    );
+    assert!(!v.to_string().contains("not-the-secret"));
+    // What Converse cannot do: named.
+    let mut b = user(model, "hi");
+    b["seed"] = json!(7);
+    let (s, _, v) = env.chat(b).await;
+    assert_eq!((s, v["error"]["param"].as_str()), (400, Some("seed")));
+    let (s, _, v) = env
+        .chat(
+            json!({"model": model, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (400, Some("messages[0].content[0].image_url.url"))
+    );
+    // A stream cut after its first chunk ends with an error event, not silence.
+    env.fault(json!({"fault": "disconnect", "after_chunks": 2}))
+        .await;
+    let mut b = user(model, "one two three four five");
+    b["stream"] = json!(true);
+    let text = env
+        .client
+        .post(format!("http://{}/v1/chat/completions", env.gw.addr))
+        .json(&b)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("\"error\""), "{text}");
+    // A frame that does not decode: the same.
+    env.fault(json!({"fault": "garbage"})).await;
+    let text = env
+        .client
+        .post(format!("http://{}/v1/chat/completions", env.gw.addr))
+        .json(&b)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("does not decode"), "{text}");
+    env.gw.shutdown().await;
+}
+
 /// The rows of docs/providers.md that `generic_suite_on_every_protocol` exercises.
 const SUITE_ROWS: &[&str] = &[
     "plain chat, system prompt, multi-turn",
@@ -541,6 +676,7 @@ fn doc_column(proto: &str) -> &'static str {
         "azure" => "azure",
         "google" => "gemini",
         "cohere" => "cohere",
+        "bedrock" => "bedrock",
         other => panic!("no docs column for {other}"),
     }
 }

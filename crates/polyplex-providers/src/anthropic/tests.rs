@@ -24,6 +24,7 @@ fn target(a: &AuthStyle) -> Target<'_> {
         default_max_tokens: Some(64000),
         drop_params: false,
         api_version: None,
+        sigv4: None,
     }
 }
 

@@ -110,6 +110,7 @@ mod tests {
             default_max_tokens: None,
             drop_params: false,
             api_version: None,
+            sigv4: None,
         };
         let body = json!({"model": "azure/gpt4o-prod", "messages": [{"role": "user", "content": "hi"}], "seed": 1});
         let body = body.as_object().unwrap();

@@ -15,6 +15,7 @@ fn target(a: &AuthStyle) -> Target<'_> {
         default_max_tokens: None,
         drop_params: false,
         api_version: None,
+        sigv4: None,
     }
 }
 

@@ -22,6 +22,7 @@ fn target<'a>(auth: &'a AuthStyle, headers: &'a [(HeaderName, HeaderValue)]) -> 
         default_max_tokens: None,
         drop_params: false,
         api_version: None,
+        sigv4: None,
     }
 }
 

@@ -4,7 +4,10 @@
 //! [`reply`]), not from a model.
 //!
 //! OpenAI protocol: `POST /v1/chat/completions` (streaming too),
-//! `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models`.
+//! `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models`;
+//! Anthropic (`/v1/messages`), Gemini (`/v1beta/models/...`), Cohere
+//! (`/v2/chat`, `/v2/embed`), Azure (`/openai/deployments/...`) and Bedrock
+//! (`/model/{id}/converse`, `/converse-stream`), each in its own module.
 //!
 //! Control (for tests):
 //! - `POST /__mock/faults` `{"fault": "500"|"503"|"429"|"401"|"timeout"|"disconnect"|"garbage"|"no_usage"|"ratelimit"|"status",
@@ -14,6 +17,7 @@
 //!   requests received, headers and body); `POST /__mock/reset`.
 
 mod anthropic;
+pub mod bedrock;
 mod cohere;
 mod gemini;
 pub mod reply;
@@ -134,6 +138,11 @@ pub fn router(state: Arc<MockState>) -> Router {
         .route("/v2/chat", post(cohere::chat))
         .route("/v2/embed", post(cohere::embed))
         .route("/v1beta/models/{*rest}", post(gemini::generate))
+        .route("/model/{model}/converse", post(bedrock::converse_unary))
+        .route(
+            "/model/{model}/converse-stream",
+            post(bedrock::converse_stream),
+        )
         .route(
             "/openai/deployments/{deployment}/chat/completions",
             post(azure_chat),
@@ -287,6 +296,7 @@ pub(crate) enum Shape {
     Anthropic,
     Google,
     Cohere,
+    Bedrock,
 }
 
 pub(crate) fn shaped_error(
@@ -315,6 +325,7 @@ pub(crate) fn shaped_error(
                 .into_response()
         }
         Shape::Cohere => (status, Json(json!({"message": msg}))).into_response(),
+        Shape::Bedrock => bedrock::error(status, msg),
         Shape::Google => {
             let gstatus = match status.as_u16() {
                 400 => "INVALID_ARGUMENT",
@@ -344,6 +355,18 @@ pub(crate) async fn admit(
     body: &Bytes,
     shape: Shape,
 ) -> Result<(Map<String, Value>, Option<Fault>), Response> {
+    admit_model(s, path, headers, body, shape, None).await
+}
+
+/// [`admit`] for protocols that name the model in the path, not the body.
+pub(crate) async fn admit_model(
+    s: &MockState,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    shape: Shape,
+    model: Option<&str>,
+) -> Result<(Map<String, Value>, Option<Fault>), Response> {
     s.stats.requests.fetch_add(1, Ordering::Relaxed);
     let map: Map<String, Value> = match serde_json::from_slice(body) {
         Ok(m) => m,
@@ -358,7 +381,9 @@ pub(crate) async fn admit(
         }
     };
     s.record(path, headers, &Value::Object(map.clone()));
-    let model = map.get("model").and_then(Value::as_str).unwrap_or("");
+    let model = model
+        .or_else(|| map.get("model").and_then(Value::as_str))
+        .unwrap_or("");
     let fault = s.take_fault(model);
     if let Some(f) = &fault {
         match f.fault.as_str() {

@@ -1,0 +1,608 @@
+//! Amazon Bedrock's Converse API (`POST {base}/model/{modelId}/converse`
+//! and `/converse-stream`), translated both ways.
+//!
+//! - Authentication: a Bedrock API key as a bearer token, or AWS SigV4 with
+//!   access keys (see [`sigv4`]); the target's [`Target::sigv4`] decides;
+//! - system and developer messages → `system`; content parts → `text` and
+//!   `image` blocks (images as base64 data URLs: Bedrock cannot fetch URLs);
+//!   tool calls → `toolUse` blocks, tool results → `toolResult` blocks in a
+//!   user turn; consecutive same-role turns merge (Converse requires
+//!   alternation);
+//! - sampling → `inferenceConfig` (`maxTokens`, `temperature`, `topP`,
+//!   `stopSequences`); tools → `toolConfig` (`auto`, `any`, `tool`);
+//!   `response_format` → a forced tool whose input is the JSON asked for,
+//!   given back as the message content, as for Anthropic;
+//! - `n` > 1, `seed`, penalties, `logit_bias`, `logprobs` and unknown fields
+//!   are refused by name, or dropped with `drop_params`; `user` is dropped
+//!   and named (Converse has no place for it);
+//! - the stream is an AWS event stream (binary frames), read by
+//!   [`crate::sse::Parser::event_stream`]; usage arrives in its `metadata`
+//!   event, after `messageStop`.
+
+pub mod sigv4;
+mod stream;
+#[cfg(test)]
+mod tests;
+
+pub use sigv4::SigV4;
+pub use stream::Decoder;
+
+use crate::translate::{
+    check_fields, completion, data_url, now, push_turn, text_of, tool_args, unsupported_endpoint,
+    CHAT_PARAMS,
+};
+use crate::{join_url, unsupported, Endpoint, Protocol, StreamDecoder, Target, UpstreamRequest};
+use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+use bytes::Bytes;
+use http::StatusCode;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
+use serde_json::{json, Map, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The forced tool that carries `response_format` JSON.
+pub(crate) const JSON_TOOL: &str = "json_response";
+
+/// A model id as one path segment: everything but unreserved characters
+/// escaped (`:` of `-v1:0`, `/` of an ARN).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Bedrock;
+
+/// The Bedrock runtime endpoint of a region.
+pub fn endpoint_for(region: &str) -> String {
+    format!("https://bedrock-runtime.{region}.amazonaws.com")
+}
+
+/// The region named by a Bedrock runtime URL (`bedrock-runtime[-fips].<region>.amazonaws.com`).
+pub fn region_of(base_url: &str) -> Option<String> {
+    let host = base_url.split("://").nth(1)?.split(['/', ':']).next()?;
+    let mut labels = host.split('.');
+    let first = labels.next()?;
+    if !first.starts_with("bedrock-runtime") {
+        return None;
+    }
+    let region = labels.next()?;
+    (!region.is_empty() && host.ends_with(".amazonaws.com")).then(|| region.to_string())
+}
+
+/// One encoded event-stream message: an `event` named `event_type`, or with
+/// `exception` set, an `exception` of that type. For the mock and tests.
+pub fn frame(event_type: &str, payload: &Value, exception: bool) -> Bytes {
+    let s = |v: &str| HeaderValue::String(v.to_string().into());
+    let headers = if exception {
+        vec![
+            Header::new(":message-type", s("exception")),
+            Header::new(":exception-type", s(event_type)),
+            Header::new(":content-type", s("application/json")),
+        ]
+    } else {
+        vec![
+            Header::new(":message-type", s("event")),
+            Header::new(":event-type", s(event_type)),
+            Header::new(":content-type", s("application/json")),
+        ]
+    };
+    let m = Message::new_from_parts(headers, payload.to_string().into_bytes());
+    let mut out = Vec::new();
+    match aws_smithy_eventstream::frame::write_message_to(&m, &mut out) {
+        Ok(()) => Bytes::from(out),
+        Err(_) => Bytes::new(),
+    }
+}
+
+/// A response id: Converse answers carry none in the body.
+pub(crate) fn new_id() -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!(
+        "chatcmpl-bedrock-{nanos:x}{:04x}",
+        SEQ.fetch_add(1, Ordering::Relaxed) & 0xffff
+    )
+}
+
+/// True if the request asked for JSON through `response_format`.
+pub(crate) fn json_mode(body: &JsonMap) -> bool {
+    matches!(
+        body.get("response_format")
+            .and_then(|r| r.get("type"))
+            .and_then(Value::as_str),
+        Some("json_object" | "json_schema")
+    )
+}
+
+fn image_format(media_type: &str) -> Option<&'static str> {
+    match media_type.to_ascii_lowercase().as_str() {
+        "image/png" => Some("png"),
+        "image/jpeg" | "image/jpg" => Some("jpeg"),
+        "image/gif" => Some("gif"),
+        "image/webp" => Some("webp"),
+        _ => None,
+    }
+}
+
+/// The blocks of message `i`'s `content`.
+fn blocks(content: &Value, i: usize) -> Result<Vec<Value>, GatewayError> {
+    match content {
+        Value::String(s) if s.is_empty() => Ok(vec![]),
+        Value::String(s) => Ok(vec![json!({"text": s})]),
+        Value::Array(parts) => {
+            let mut out = Vec::with_capacity(parts.len());
+            for (j, p) in parts.iter().enumerate() {
+                let text = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("");
+                match p.get("type").and_then(Value::as_str) {
+                    Some("text") if text("text").is_empty() => {}
+                    Some("text") => out.push(json!({"text": text("text")})),
+                    Some("refusal") => out.push(json!({"text": text("refusal")})),
+                    Some("image_url") => {
+                        let param = format!("messages[{i}].content[{j}].image_url.url");
+                        let url = p
+                            .pointer("/image_url/url")
+                            .and_then(Value::as_str)
+                            .unwrap_or("");
+                        let Some(parsed) = data_url(url, &param) else {
+                            return Err(GatewayError::invalid_param(param, "The Bedrock protocol takes images as base64 data URLs (data:image/png;base64,...); it cannot fetch image URLs."));
+                        };
+                        let (media_type, data) = parsed?;
+                        let format = image_format(media_type).ok_or_else(|| {
+                            GatewayError::invalid_param(&param, format!("Image type '{media_type}' is not supported by the Bedrock protocol (png, jpeg, gif, webp)."))
+                        })?;
+                        out.push(json!({"image": {"format": format, "source": {"bytes": data}}}));
+                    }
+                    Some(other) => {
+                        return Err(GatewayError::invalid_param(
+                            format!("messages[{i}].content[{j}].type"),
+                            format!("Content parts of type '{other}' are not supported by the Bedrock protocol."),
+                        ))
+                    }
+                    None => {}
+                }
+            }
+            Ok(out)
+        }
+        _ => Ok(vec![]),
+    }
+}
+
+/// Converse turns and system texts of the request's messages; whether any
+/// turn carries tool use (then `toolConfig` must be sent).
+fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<String>, bool), GatewayError> {
+    let mut system = Vec::new();
+    let mut turns: Vec<Value> = Vec::new();
+    let mut tool_use = false;
+    for (i, m) in body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let content = m.get("content").unwrap_or(&Value::Null);
+        match m.get("role").and_then(Value::as_str).unwrap_or("") {
+            "system" | "developer" => system.push(text_of(content)),
+            "user" => push_turn(&mut turns, "user", "content", blocks(content, i)?),
+            "assistant" => {
+                let mut bs = blocks(content, i)?;
+                for (j, tc) in m
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let input = tool_args(
+                        tc,
+                        format!("messages[{i}].tool_calls[{j}].function.arguments"),
+                    )?;
+                    tool_use = true;
+                    bs.push(json!({"toolUse": {"toolUseId": tc.get("id"), "name": tc.pointer("/function/name"), "input": input}}));
+                }
+                push_turn(&mut turns, "assistant", "content", bs);
+            }
+            "tool" | "function" => {
+                let id = m
+                    .get("tool_call_id")
+                    .or_else(|| m.get("name"))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let text = text_of(content);
+                // Bedrock refuses blank text blocks: an empty result is an empty object.
+                let result = if text.is_empty() {
+                    json!([{"json": {}}])
+                } else {
+                    json!([{"text": text}])
+                };
+                tool_use = true;
+                push_turn(
+                    &mut turns,
+                    "user",
+                    "content",
+                    vec![json!({"toolResult": {"toolUseId": id, "content": result}})],
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok((turns, system, tool_use))
+}
+
+fn tool_choice(v: &Value) -> Option<Value> {
+    match v {
+        Value::String(s) if s == "required" => Some(json!({"any": {}})),
+        Value::Object(o) => Some(
+            json!({"tool": {"name": o.get("function").and_then(|f| f.get("name")).cloned().unwrap_or(Value::Null)}}),
+        ),
+        _ => Some(json!({"auto": {}})),
+    }
+}
+
+fn build_chat(
+    body: &JsonMap,
+    stream: bool,
+    target: &Target<'_>,
+) -> Result<UpstreamRequest, GatewayError> {
+    const P: &str = "Bedrock";
+    let mut dropped = Vec::new();
+    check_fields(body, CHAT_PARAMS, false, P, target, &mut dropped)?;
+    let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
+    if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        unsupported("n", P, target, &mut dropped)?;
+    }
+    for k in [
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "top_logprobs",
+    ] {
+        if present(k) {
+            unsupported(k, P, target, &mut dropped)?;
+        }
+    }
+    if body.get("logprobs").and_then(Value::as_bool) == Some(true) {
+        unsupported("logprobs", P, target, &mut dropped)?;
+    }
+    if body.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
+        unsupported("parallel_tool_calls", P, target, &mut dropped)?;
+    }
+
+    let (turns, system, history_uses_tools) = messages(body)?;
+    let mut out = Map::new();
+    out.insert("messages".into(), Value::Array(turns));
+    let system: Vec<Value> = system
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| json!({"text": s}))
+        .collect();
+    if !system.is_empty() {
+        out.insert("system".into(), Value::Array(system));
+    }
+    let mut ic = Map::new();
+    if let Some(max) = body
+        .get("max_completion_tokens")
+        .filter(|v| !v.is_null())
+        .or_else(|| body.get("max_tokens").filter(|v| !v.is_null()))
+    {
+        ic.insert("maxTokens".into(), max.clone());
+    }
+    for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
+        if let Some(v) = body.get(from).filter(|v| !v.is_null()) {
+            ic.insert(to.into(), v.clone());
+        }
+    }
+    match body.get("stop") {
+        Some(Value::String(s)) => {
+            ic.insert("stopSequences".into(), json!([s]));
+        }
+        Some(Value::Array(a)) if !a.is_empty() => {
+            ic.insert("stopSequences".into(), Value::Array(a.clone()));
+        }
+        _ => {}
+    }
+    if !ic.is_empty() {
+        out.insert("inferenceConfig".into(), Value::Object(ic));
+    }
+    if let Some(k) = body.get("top_k").filter(|v| !v.is_null()) {
+        // Not part of Converse: passed in the model's own fields, where
+        // Anthropic's models read it as `top_k`.
+        if target.model.contains("anthropic.") {
+            out.insert("additionalModelRequestFields".into(), json!({"top_k": k}));
+        } else {
+            unsupported("top_k", P, target, &mut dropped)?;
+        }
+    }
+
+    let mut tools: Vec<Value> = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let f = t.get("function").cloned().unwrap_or(Value::Null);
+            let schema = f
+                .get("parameters")
+                .filter(|p| !p.is_null())
+                .cloned()
+                .unwrap_or(json!({"type": "object", "properties": {}}));
+            let mut spec = json!({"name": f.get("name").cloned().unwrap_or(Value::Null), "inputSchema": {"json": schema}});
+            if let Some(d) = f.get("description").filter(|d| !d.is_null()) {
+                spec["description"] = d.clone();
+            }
+            json!({"toolSpec": spec})
+        })
+        .collect();
+    let mut choice = None;
+    match body.get("tool_choice").filter(|c| !c.is_null()) {
+        Some(Value::String(s)) if s == "none" => {
+            // Converse has no "none": the tools are left out, which only
+            // works while no turn carries tool use.
+            if history_uses_tools {
+                unsupported("tool_choice", P, target, &mut dropped)?;
+            } else {
+                tools.clear();
+            }
+        }
+        Some(c) => choice = tool_choice(c),
+        None => {}
+    }
+    if json_mode(body) {
+        if !tools.is_empty() {
+            return Err(GatewayError::invalid_param(
+                "response_format",
+                "With the Bedrock protocol, response_format cannot be combined with tools.",
+            ));
+        }
+        let schema = body
+            .get("response_format")
+            .and_then(|r| r.pointer("/json_schema/schema"))
+            .cloned()
+            .unwrap_or(json!({"type": "object"}));
+        tools.push(json!({"toolSpec": {"name": JSON_TOOL, "description": "Respond with the requested JSON object.", "inputSchema": {"json": schema}}}));
+        choice = Some(json!({"tool": {"name": JSON_TOOL}}));
+    }
+    if !tools.is_empty() {
+        let mut tc = json!({"tools": tools});
+        if let Some(c) = choice {
+            tc["toolChoice"] = c;
+        }
+        out.insert("toolConfig".into(), tc);
+    }
+
+    let bytes = serde_json::to_vec(&out).map_err(|e| {
+        GatewayError::internal(format!("could not encode the upstream request: {e}"))
+    })?;
+    let model: String = utf8_percent_encode(target.model, SEGMENT).collect();
+    let path = if stream {
+        format!("model/{model}/converse-stream")
+    } else {
+        format!("model/{model}/converse")
+    };
+    let url = join_url(target.base_url, &path);
+    let mut headers = crate::headers(target, false)?;
+    if stream {
+        headers.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/vnd.amazon.eventstream"),
+        );
+    }
+    if let Some(signer) = target.sigv4 {
+        headers.remove(http::header::AUTHORIZATION);
+        signer.sign(&url, &mut headers, &bytes, std::time::SystemTime::now())?;
+    }
+    Ok(UpstreamRequest {
+        url,
+        headers,
+        body: Bytes::from(bytes),
+        dropped,
+    })
+}
+
+pub(crate) fn finish_reason(stop: &str, json_mode: bool) -> &'static str {
+    match stop {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" if json_mode => "stop",
+        "tool_use" => "tool_calls",
+        "guardrail_intervened" | "content_filtered" => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// Converse usage → OpenAI usage (prompt tokens include cache reads and writes).
+pub(crate) fn usage_from(u: &Value) -> Usage {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let cached = n("cacheReadInputTokens");
+    Usage {
+        prompt_tokens: n("inputTokens") + cached + n("cacheWriteInputTokens"),
+        completion_tokens: n("outputTokens"),
+        cached_tokens: cached,
+        reasoning_tokens: 0,
+        estimated: false,
+    }
+}
+
+fn parse_chat(
+    provider: &str,
+    body: &[u8],
+    json_mode: bool,
+) -> Result<(JsonMap, Option<Usage>), GatewayError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        GatewayError::upstream_bad_response(provider, format_args!("not JSON ({e})"))
+    })?;
+    let content = v
+        .pointer("/output/message/content")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            GatewayError::upstream_bad_response(provider, "no `output.message.content` array")
+        })?;
+    let mut text = String::new();
+    let mut tool_calls = Vec::new();
+    for b in content {
+        if let Some(t) = b.get("text").and_then(Value::as_str) {
+            text.push_str(t);
+        } else if let Some(tu) = b.get("toolUse") {
+            let name = tu.get("name").and_then(Value::as_str).unwrap_or("");
+            let input = tu.get("input").cloned().unwrap_or(json!({}));
+            if json_mode && name == JSON_TOOL {
+                text.push_str(&input.to_string());
+            } else {
+                tool_calls.push(json!({"id": tu.get("toolUseId").cloned().unwrap_or(Value::Null), "type": "function",
+                    "function": {"name": name, "arguments": input.to_string()}}));
+            }
+        }
+        // reasoningContent, citations, guard content: not in OpenAI's chat shape.
+    }
+    let stop = v
+        .get("stopReason")
+        .and_then(Value::as_str)
+        .unwrap_or("end_turn");
+    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) }, "refusal": null});
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    let usage = v.get("usage").map(usage_from);
+    // No model in the answer: the gateway names the one it called.
+    let mut out = completion(
+        json!(new_id()),
+        Value::Null,
+        json!([{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason(stop, json_mode)}]),
+        usage.as_ref(),
+    );
+    out.remove("model");
+    Ok((out, usage))
+}
+
+/// A Bedrock error (`{"message": ...}`, its type in `x-amzn-ErrorType` or
+/// the stream's `:exception-type`) in OpenAI's terms.
+pub(crate) fn error_for(
+    provider: &str,
+    status: StatusCode,
+    kind: &str,
+    body: &[u8],
+) -> GatewayError {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let message = v
+        .get("message")
+        .or_else(|| v.get("Message"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            format!(
+                "Upstream provider `{provider}` answered HTTP {}",
+                status.as_u16()
+            )
+        });
+    let kind = kind.split(':').next().unwrap_or("");
+    let status = match kind.to_ascii_lowercase().as_str() {
+        "throttlingexception" => StatusCode::TOO_MANY_REQUESTS,
+        "validationexception" => StatusCode::BAD_REQUEST,
+        "accessdeniedexception" => StatusCode::FORBIDDEN,
+        "resourcenotfoundexception" => StatusCode::NOT_FOUND,
+        "serviceunavailableexception" => StatusCode::SERVICE_UNAVAILABLE,
+        "modeltimeoutexception" => StatusCode::REQUEST_TIMEOUT,
+        "modelstreamerrorexception" | "modelerrorexception" | "internalserverexception" => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        _ if status == StatusCode::FAILED_DEPENDENCY => StatusCode::BAD_GATEWAY,
+        _ if status.is_success() => StatusCode::BAD_GATEWAY,
+        _ => status,
+    };
+    let mut e = crate::openai_compat::OpenAiCompat.error(
+        provider,
+        status,
+        json!({"message": message}).to_string().as_bytes(),
+    );
+    if !kind.is_empty() {
+        let mut code = String::with_capacity(kind.len() + 4);
+        for (i, c) in kind.trim_end_matches("Exception").chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                code.push('_');
+            }
+            code.push(c.to_ascii_lowercase());
+        }
+        e.code = Some(code);
+    }
+    e
+}
+
+impl Protocol for Bedrock {
+    fn name(&self) -> &'static str {
+        "bedrock"
+    }
+
+    fn stream_parser(&self) -> crate::sse::Parser {
+        crate::sse::Parser::event_stream()
+    }
+
+    fn build(
+        &self,
+        endpoint: Endpoint,
+        body: &JsonMap,
+        stream: bool,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        match endpoint {
+            Endpoint::Chat => build_chat(body, stream, target),
+            other => Err(unsupported_endpoint(target, "Bedrock", other)),
+        }
+    }
+
+    fn parse(
+        &self,
+        _endpoint: Endpoint,
+        provider: &str,
+        request: &JsonMap,
+        body: &[u8],
+    ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
+        parse_chat(provider, body, json_mode(request))
+    }
+
+    fn error(&self, provider: &str, status: StatusCode, body: &[u8]) -> GatewayError {
+        // The type is also in the body's `__type` on some paths.
+        let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let kind = v
+            .get("__type")
+            .and_then(Value::as_str)
+            .map(|t| t.rsplit('#').next().unwrap_or(t).to_string())
+            .unwrap_or_default();
+        error_for(provider, status, &kind, body)
+    }
+
+    fn error_with_headers(
+        &self,
+        provider: &str,
+        status: StatusCode,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> GatewayError {
+        match headers
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(kind) => error_for(provider, status, kind, body),
+            None => self.error(provider, status, body),
+        }
+    }
+
+    fn stream_decoder(
+        &self,
+        _endpoint: Endpoint,
+        provider: &str,
+        model: &str,
+        request: &RequestBody,
+    ) -> Box<dyn StreamDecoder> {
+        Box::new(Decoder::new(provider, model, json_mode(request.map())))
+    }
+}
+
+/// Seconds since the epoch (re-exported for the decoder).
+pub(crate) fn created() -> u64 {
+    now()
+}

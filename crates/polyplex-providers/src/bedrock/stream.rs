@@ -1,0 +1,183 @@
+//! ConverseStream events → OpenAI chat.completion.chunk objects.
+//!
+//! The events (`messageStart`, `contentBlockStart`, `contentBlockDelta`,
+//! `contentBlockStop`, `messageStop`, `metadata`) come as event-stream
+//! messages whose payload is the event's JSON. A `toolUse` block gets the
+//! next OpenAI tool-call index (id and name in its first delta, argument
+//! fragments after). `messageStop` carries the finish reason, `metadata`
+//! (last) the usage; an `exception` message ends the stream with the
+//! error it names.
+
+use super::{created, error_for, finish_reason, new_id, usage_from, JSON_TOOL};
+use crate::sse::Event;
+use crate::{StreamDecoder, StreamItem, StreamSummary};
+use http::StatusCode;
+use polyplex_types::{GatewayError, Usage};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+pub struct Decoder {
+    provider: String,
+    json_mode: bool,
+    id: String,
+    model: String,
+    created: u64,
+    /// Block index → OpenAI tool-call index (`None`: the JSON tool, sent as content).
+    tools: HashMap<u64, Option<usize>>,
+    next_tool: usize,
+    usage: Option<Usage>,
+    started: bool,
+    stopped: bool,
+    text: String,
+}
+
+impl Decoder {
+    pub fn new(provider: &str, model: &str, json_mode: bool) -> Self {
+        Decoder {
+            provider: provider.to_string(),
+            json_mode,
+            id: new_id(),
+            model: model.to_string(),
+            created: created(),
+            tools: HashMap::new(),
+            next_tool: 0,
+            usage: None,
+            started: false,
+            stopped: false,
+            text: String::new(),
+        }
+    }
+
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> StreamItem {
+        crate::translate::chunk(&self.id, self.created, &self.model, 0, delta, finish)
+    }
+
+    fn bad(&self, what: &str) -> GatewayError {
+        GatewayError::upstream_bad_response(
+            &self.provider,
+            format_args!("unexpected stream event: {what}"),
+        )
+    }
+
+    /// The opening chunk, once, before the first content.
+    fn start(&mut self, out: &mut Vec<StreamItem>) {
+        if !self.started {
+            self.started = true;
+            out.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
+        }
+    }
+}
+
+impl StreamDecoder for Decoder {
+    fn on_event(&mut self, event: &Event, out: &mut Vec<StreamItem>) -> Result<(), GatewayError> {
+        let kind = event.event.as_deref().unwrap_or("");
+        if let Some(exception) = kind.strip_prefix("exception:") {
+            let mut e = error_for(
+                &self.provider,
+                StatusCode::BAD_GATEWAY,
+                exception,
+                event.data.as_bytes(),
+            );
+            // Raised mid-stream: another attempt may well succeed.
+            e.retryable = e.status.is_server_error() || e.status == StatusCode::TOO_MANY_REQUESTS;
+            return Err(e);
+        }
+        if let Some(code) = kind.strip_prefix("error:") {
+            return Err(GatewayError::upstream_bad_response(
+                &self.provider,
+                format_args!("stream error {code}: {}", event.data),
+            ));
+        }
+        let v: Value = serde_json::from_str(&event.data).map_err(|_| self.bad("not JSON"))?;
+        match kind {
+            "messageStart" => self.start(out),
+            "contentBlockStart" => {
+                self.start(out);
+                let idx = v
+                    .get("contentBlockIndex")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                if let Some(tu) = v.pointer("/start/toolUse") {
+                    let name = tu.get("name").and_then(Value::as_str).unwrap_or("");
+                    if self.json_mode && name == JSON_TOOL {
+                        self.tools.insert(idx, None);
+                    } else {
+                        let i = self.next_tool;
+                        self.next_tool += 1;
+                        self.tools.insert(idx, Some(i));
+                        self.text.push_str(name);
+                        out.push(self.chunk(json!({"tool_calls": [{"index": i, "id": tu.get("toolUseId"), "type": "function",
+                            "function": {"name": name, "arguments": ""}}]}), None));
+                    }
+                }
+            }
+            "contentBlockDelta" => {
+                self.start(out);
+                let idx = v
+                    .get("contentBlockIndex")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                let d = v.get("delta").unwrap_or(&Value::Null);
+                if let Some(t) = d.get("text").and_then(Value::as_str) {
+                    self.text.push_str(t);
+                    out.push(self.chunk(json!({"content": t}), None));
+                } else if let Some(frag) = d.pointer("/toolUse/input").and_then(Value::as_str) {
+                    self.text.push_str(frag);
+                    match self.tools.get(&idx) {
+                        Some(Some(i)) => out.push(self.chunk(
+                            json!({"tool_calls": [{"index": i, "function": {"arguments": frag}}]}),
+                            None,
+                        )),
+                        Some(None) => out.push(self.chunk(json!({"content": frag}), None)),
+                        None => return Err(self.bad("toolUse delta for a block never started")),
+                    }
+                }
+                // reasoningContent, citations: not part of OpenAI's chat shape.
+            }
+            "messageStop" => {
+                self.start(out);
+                let stop = v
+                    .get("stopReason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("end_turn");
+                self.stopped = true;
+                out.push(self.chunk(json!({}), Some(finish_reason(stop, self.json_mode))));
+            }
+            "metadata" => {
+                if let Some(u) = v.get("usage") {
+                    let u = usage_from(u);
+                    self.usage = Some(u);
+                    let c = crate::translate::usage_chunk(&self.id, self.created, &self.model, &u);
+                    out.push(StreamItem::Usage(u, c));
+                }
+            }
+            // contentBlockStop and future events carry nothing to forward.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), GatewayError> {
+        if !self.stopped {
+            return Err(GatewayError::upstream_bad_response(
+                &self.provider,
+                "the stream ended before messageStop",
+            ));
+        }
+        out.push(StreamItem::Done);
+        Ok(())
+    }
+
+    fn saw_usage(&self) -> bool {
+        self.usage.is_some()
+    }
+
+    fn summary(&self) -> StreamSummary {
+        StreamSummary {
+            id: Some(self.id.clone()),
+            model: Some(self.model.clone()),
+            created: Some(self.created),
+            completion_text: self.text.clone(),
+        }
+    }
+}

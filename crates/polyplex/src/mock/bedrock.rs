@@ -1,0 +1,336 @@
+//! The mock's Amazon Bedrock Converse API: `POST /model/{modelId}/converse`
+//! and `/converse-stream` (an AWS event stream), Bedrock's error shape
+//! (`x-amzn-ErrorType` and `{"message"}`), and its authentication: a Bedrock
+//! API key as a bearer token, or SigV4. A request signed with the mock's own
+//! access key ([`MOCK_ACCESS_KEY_ID`], secret [`MOCK_SECRET_ACCESS_KEY`]) has
+//! its signature checked as AWS checks it; other access keys are accepted on
+//! the signature's form alone (the mock cannot know their secrets).
+
+use super::reply::{self, Answer};
+use super::{admit_model, garbage, sse_body, MockState, Shape};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use polyplex_providers::bedrock::{frame, sigv4};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+/// The access key whose signatures the mock verifies.
+pub const MOCK_ACCESS_KEY_ID: &str = "AKIAPOLYPLEXMOCK";
+/// Its secret (a test double's: not a secret).
+pub const MOCK_SECRET_ACCESS_KEY: &str = "polyplex-mock-secret-access-key";
+
+/// Bedrock's error: the type in `x-amzn-ErrorType`, the message in the body.
+pub(crate) fn error(status: StatusCode, msg: &str) -> Response {
+    let kind = match status.as_u16() {
+        400 => "ValidationException",
+        401 | 403 => "UnrecognizedClientException",
+        404 => "ResourceNotFoundException",
+        408 => "ModelTimeoutException",
+        424 => "ModelErrorException",
+        429 => "ThrottlingException",
+        503 | 529 => "ServiceUnavailableException",
+        _ => "InternalServerException",
+    };
+    let status = if status.as_u16() == 401 {
+        StatusCode::FORBIDDEN
+    } else {
+        status
+    };
+    let mut r = (status, Json(json!({"message": msg}))).into_response();
+    r.headers_mut().insert(
+        "x-amzn-errortype",
+        HeaderValue::from_str(&format!(
+            "{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"
+        ))
+        .unwrap_or(HeaderValue::from_static("InternalServerException")),
+    );
+    r
+}
+
+fn check_auth(headers: &HeaderMap, uri: &Uri, body: &[u8]) -> Option<Response> {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if let Some(key) = auth.strip_prefix("Bearer ") {
+        if key.trim().is_empty() {
+            return Some(error(
+                StatusCode::FORBIDDEN,
+                "Invalid API Key format: Must start with pre-defined prefix",
+            ));
+        }
+        return None;
+    }
+    if !auth.starts_with("AWS4-HMAC-SHA256 ") {
+        return Some(error(StatusCode::FORBIDDEN, "Missing Authentication Token"));
+    }
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let url = format!("http://{host}{path}");
+    let secret = |id: &str| -> Option<String> {
+        Some(if id == MOCK_ACCESS_KEY_ID {
+            MOCK_SECRET_ACCESS_KEY.to_string()
+        } else {
+            String::new()
+        })
+    };
+    match sigv4::verify(&url, headers, body, secret, std::time::SystemTime::now()) {
+        Ok(_) => None,
+        // Another access key: the form and the time were checked; the
+        // signature cannot be.
+        Err(e)
+            if e.contains("does not match")
+                && !auth.contains(&format!("Credential={MOCK_ACCESS_KEY_ID}/")) =>
+        {
+            None
+        }
+        Err(e) => Some(error(StatusCode::FORBIDDEN, &e)),
+    }
+}
+
+/// The request in OpenAI's shape, so `reply::chat_answer` can decide.
+fn to_openai(req: &Map<String, Value>) -> Map<String, Value> {
+    let mut messages = Vec::new();
+    let system: Vec<&str> = req
+        .get("system")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .collect();
+    if !system.is_empty() {
+        messages.push(json!({"role": "system", "content": system.join("\n\n")}));
+    }
+    for m in req
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+        let mut parts = Vec::new();
+        let mut calls = Vec::new();
+        for b in m
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(t) = b.get("text") {
+                parts.push(json!({"type": "text", "text": t}));
+            } else if b.get("image").is_some() {
+                parts.push(json!({"type": "image_url", "image_url": {"url": "image"}}));
+            } else if let Some(tu) = b.get("toolUse") {
+                calls.push(json!({"id": tu.get("toolUseId"), "type": "function",
+                    "function": {"name": tu.get("name"), "arguments": tu.get("input").map(Value::to_string).unwrap_or_default()}}));
+            } else if let Some(tr) = b.get("toolResult") {
+                let text: Vec<String> = tr
+                    .get("content")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|c| match c.get("text") {
+                        Some(Value::String(s)) => s.clone(),
+                        _ => c.get("json").map(Value::to_string).unwrap_or_default(),
+                    })
+                    .collect();
+                messages.push(json!({"role": "tool", "tool_call_id": tr.get("toolUseId"), "content": text.join("\n")}));
+            }
+        }
+        if !parts.is_empty() || !calls.is_empty() {
+            let mut msg = json!({"role": role, "content": parts});
+            if !calls.is_empty() {
+                msg["tool_calls"] = Value::Array(calls);
+            }
+            messages.push(msg);
+        }
+    }
+    let mut out = Map::new();
+    out.insert("messages".into(), Value::Array(messages));
+    let tc = req.get("toolConfig").unwrap_or(&Value::Null);
+    let ic = req.get("inferenceConfig").unwrap_or(&Value::Null);
+    let tools: Vec<Value> = tc
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.get("toolSpec"))
+        .map(|s| json!({"type": "function", "function": {"name": s.get("name"), "parameters": s.pointer("/inputSchema/json")}}))
+        .collect();
+    if !tools.is_empty() {
+        out.insert("tools".into(), Value::Array(tools));
+    }
+    if let Some(name) = tc.pointer("/toolChoice/tool/name") {
+        out.insert(
+            "tool_choice".into(),
+            json!({"type": "function", "function": {"name": name}}),
+        );
+    }
+    if let Some(stop) = ic.get("stopSequences") {
+        out.insert("stop".into(), stop.clone());
+    }
+    if let Some(max) = ic.get("maxTokens") {
+        out.insert("max_tokens".into(), max.clone());
+    }
+    out
+}
+
+fn stop_reason(a: &Answer) -> &'static str {
+    match a {
+        Answer::Text {
+            finish: "length", ..
+        } => "max_tokens",
+        Answer::Text { .. } => "end_turn",
+        Answer::ToolCall { .. } => "tool_use",
+    }
+}
+
+pub(crate) async fn converse_unary(
+    s: State<Arc<MockState>>,
+    model: Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    converse(s, model, uri, headers, body, false).await
+}
+
+pub(crate) async fn converse_stream(
+    s: State<Arc<MockState>>,
+    model: Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    converse(s, model, uri, headers, body, true).await
+}
+
+async fn converse(
+    State(s): State<Arc<MockState>>,
+    Path(model): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    stream: bool,
+) -> Response {
+    if let Some(r) = check_auth(&headers, &uri, &body) {
+        return r;
+    }
+    let (req, fault) = match admit_model(
+        &s,
+        uri.path(),
+        &headers,
+        &body,
+        Shape::Bedrock,
+        Some(&model),
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if req
+        .get("messages")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "1 validation error detected: Value null at 'messages' failed to satisfy constraint: Member must not be null",
+        );
+    }
+    let oa = to_openai(&req);
+    let answer = reply::chat_answer(&oa);
+    let input_tokens = reply::prompt_tokens(
+        oa.get("messages")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]),
+    );
+    let output_tokens = match &answer {
+        Answer::Text { pieces, .. } => pieces.len() as u64,
+        Answer::ToolCall { arguments, .. } => 1 + arguments.len().div_ceil(4) as u64,
+    };
+    let usage = json!({"inputTokens": input_tokens, "outputTokens": output_tokens, "totalTokens": input_tokens + output_tokens});
+    let is_fault = |k: &str| fault.as_ref().is_some_and(|f| f.fault == k);
+    let tool_id = |id: &str| id.replace("call_", "tooluse_");
+    if !stream {
+        if is_fault("garbage") {
+            return garbage();
+        }
+        let content = match &answer {
+            Answer::Text { pieces, .. } => json!([{"text": pieces.concat()}]),
+            Answer::ToolCall {
+                id,
+                name,
+                arguments,
+            } => {
+                json!([{"toolUse": {"toolUseId": tool_id(id), "name": name, "input": serde_json::from_str::<Value>(arguments).unwrap_or(json!({}))}}])
+            }
+        };
+        let mut out = json!({"output": {"message": {"role": "assistant", "content": content}},
+            "stopReason": stop_reason(&answer), "usage": usage, "metrics": {"latencyMs": s.opts.latency_ms}});
+        if is_fault("no_usage") {
+            out.as_object_mut().map(|o| o.remove("usage"));
+        }
+        return Json(out).into_response();
+    }
+    let ev = |kind: &str, v: Value| frame(kind, &v, false);
+    let mut events = vec![ev("messageStart", json!({"role": "assistant"}))];
+    match &answer {
+        Answer::Text { pieces, .. } => {
+            for p in pieces {
+                events.push(ev(
+                    "contentBlockDelta",
+                    json!({"contentBlockIndex": 0, "delta": {"text": p}}),
+                ));
+            }
+        }
+        Answer::ToolCall {
+            id,
+            name,
+            arguments,
+        } => {
+            events.push(ev("contentBlockStart", json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": tool_id(id), "name": name}}})));
+            let chars: Vec<char> = arguments.chars().collect();
+            for frag in chars.chunks(8) {
+                let frag: String = frag.iter().collect();
+                events.push(ev(
+                    "contentBlockDelta",
+                    json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": frag}}}),
+                ));
+            }
+        }
+    }
+    events.push(ev("contentBlockStop", json!({"contentBlockIndex": 0})));
+    events.push(ev(
+        "messageStop",
+        json!({"stopReason": stop_reason(&answer)}),
+    ));
+    if !is_fault("no_usage") {
+        events.push(ev(
+            "metadata",
+            json!({"usage": usage, "metrics": {"latencyMs": s.opts.latency_ms}}),
+        ));
+    }
+    if is_fault("garbage") && events.len() > 2 {
+        events[2] =
+            Bytes::from_static(b"\x00\x00\x00\x20\x00\x00\x00\x00not an event-stream frame");
+    }
+    let cut = fault
+        .as_ref()
+        .filter(|f| f.fault == "disconnect")
+        .map(|f| f.after_chunks.unwrap_or(2));
+    let mut r = sse_body(s, events, cut);
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/vnd.amazon.eventstream"),
+    );
+    r
+}
