@@ -16,6 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BIN = os.environ.get("POLYPLEX_BIN", str(ROOT / "target" / "debug" / "polyplex"))
 MASTER_KEY = "conformance-master-key"
+# The mock verifies SigV4 signatures made with its own test key and this secret.
+MOCK_AWS_SECRET = "polyplex-mock-secret-access-key"
 
 
 def free_port() -> int:
@@ -101,6 +103,13 @@ base_url = "{mock}"
 api_key = "${{MOCK_PROVIDER_KEY}}"
 max_retries = 1
 [[providers]]
+name = "bedrock"
+kind = "bedrock"
+base_url = "{mock}"
+aws_access_key_id = "AKIAPOLYPLEXMOCK"
+aws_secret_access_key = "${{MOCK_AWS_SECRET}}"
+max_retries = 1
+[[providers]]
 name = "slow"
 kind = "openai"
 base_url = "{mock}/v1"
@@ -108,13 +117,15 @@ models = ["gpt-4o"]
 max_retries = 0
 timeout_ms = 1000
 """)
-    proc = Proc([BIN, "serve"], cwd=d, env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "sk-mock-provider"})
+    proc = Proc([BIN, "serve"], cwd=d, env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "sk-mock-provider",
+                                          "MOCK_AWS_SECRET": MOCK_AWS_SECRET})
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/healthz")
     yield base
     proc.stop()
     out = proc.output()
     assert "sk-mock-provider" not in out, "the provider key appeared in the gateway's log"
+    assert MOCK_AWS_SECRET not in out, "the AWS secret appeared in the gateway's log"
 
 
 @pytest.fixture

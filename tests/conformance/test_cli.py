@@ -37,6 +37,36 @@ base_url = "http://127.0.0.1:9/v1"
     assert "sk-check-secret" not in r.stdout + r.stderr
 
 
+def test_check_probes_bedrock_with_a_signed_call(mock, tmp_path):
+    cfg = tmp_path / "polyplex.toml"
+    cfg.write_text(f"""
+[[providers]]
+name = "aws"
+kind = "bedrock"
+base_url = "{mock}"
+aws_access_key_id = "AKIAPOLYPLEXMOCK"
+aws_secret_access_key = "${{AWS_SECRET}}"
+[[providers]]
+name = "aws-wrong"
+kind = "bedrock"
+base_url = "{mock}"
+aws_access_key_id = "AKIAPOLYPLEXMOCK"
+aws_secret_access_key = "wrong-secret-value"
+""")
+    r = run("check", "--config", str(cfg), env={"AWS_SECRET": "polyplex-mock-secret-access-key"})
+    assert r.returncode == 2, r.stdout + r.stderr
+    good = next(line for line in r.stdout.splitlines() if line.startswith("aws "))
+    bad = next(line for line in r.stdout.splitlines() if line.startswith("aws-wrong "))
+    assert "reachable, credentials accepted" in good, good
+    assert "key was rejected (HTTP 403)" in bad, bad
+    out = r.stdout + r.stderr
+    assert "polyplex-mock-secret-access-key" not in out and "wrong-secret-value" not in out
+    # Without credentials anywhere: refused at load, naming the setting.
+    cfg.write_text('[[providers]]\nname = "aws"\nkind = "bedrock"\n')
+    r = run("check", "--config", str(cfg), env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_BEARER_TOKEN_BEDROCK": ""})
+    assert r.returncode == 1 and "providers[0].api_key: Bedrock needs credentials" in r.stderr, r.stderr
+
+
 def test_check_rejects_unknown_key_with_its_line(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text('listen = "127.0.0.1:8484"\n[[providers]]\nname = "openai"\nmodles = ["gpt-4o"]\n')

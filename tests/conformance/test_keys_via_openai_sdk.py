@@ -131,7 +131,7 @@ def test_cli_keys_and_usage_share_the_servers_store(gateway, gateway_dir):
     out = subprocess.run(
         [BIN, "keys", "create", "--name", "from-cli", "--models", "gpt-4o", "--json"],
         cwd=gateway_dir, capture_output=True, text=True, timeout=30,
-        env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "PATH": "/usr/bin:/bin"},
+        env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x", "PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 0, out.stderr
     k = json.loads(out.stdout)
@@ -140,20 +140,20 @@ def test_cli_keys_and_usage_share_the_servers_store(gateway, gateway_dir):
     assert r.choices[0].message.content
     listed = subprocess.run(
         [BIN, "keys", "list"], cwd=gateway_dir, capture_output=True, text=True, timeout=30,
-        env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x"},
+        env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"},
     )
     assert listed.returncode == 0, listed.stderr
     assert k["id"] in listed.stdout and k["key"] not in listed.stdout
     admin(gateway, "GET", "/admin/usage")  # writes what the gateway holds
     usage = subprocess.run(
         [BIN, "usage", "--by", "key", "--json"], cwd=gateway_dir, capture_output=True,
-        text=True, timeout=30, env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x"},
+        text=True, timeout=30, env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"},
     )
     assert usage.returncode == 0, usage.stderr
     rows = json.loads(usage.stdout)["data"]
     assert any(r["key"] == k["id"] and r["requests"] == 1 for r in rows)
     revoked = subprocess.run(
         [BIN, "keys", "revoke", k["id"]], cwd=gateway_dir, capture_output=True, text=True,
-        timeout=30, env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x"},
+        timeout=30, env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"},
     )
     assert revoked.returncode == 0, revoked.stderr

@@ -1,7 +1,7 @@
-"""The quick-start examples with the model pointed at an Anthropic and at a
-Gemini deployment: the official `openai` SDK, unchanged, talking to those
-protocols through polyplex (the mock speaks Anthropic's Messages API and
-Gemini's generateContent)."""
+"""The quick-start examples with the model pointed at an Anthropic, a Gemini
+and a Bedrock deployment: the official `openai` SDK, unchanged, talking to
+those protocols through polyplex (the mock speaks Anthropic's Messages API,
+Gemini's generateContent and Bedrock's Converse, checking SigV4 signatures)."""
 import json
 
 import openai
@@ -9,9 +9,10 @@ import pytest
 
 ANTHROPIC = "anthropic/claude-sonnet-4-5"
 GEMINI = "google/gemini-2.5-flash"
+BEDROCK = "bedrock/us.anthropic.claude-haiku-4-5-20251001-v1:0"
 
 
-@pytest.fixture(params=[ANTHROPIC, GEMINI])
+@pytest.fixture(params=[ANTHROPIC, GEMINI, BEDROCK])
 def model(request):
     return request.param
 
@@ -107,6 +108,21 @@ def test_errors(client, fault, model):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], **bad)
     assert e.value.param == next(iter(bad))
+
+
+def test_bedrock_refuses_what_converse_cannot_do(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=BEDROCK, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])
+    assert e.value.param == "messages[0].content[0].image_url.url"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=BEDROCK, messages=[{"role": "user", "content": "hi"}], seed=42)
+    assert e.value.param == "seed"
+    # A base64 image is sent as an image block.
+    r = client.chat.completions.create(model=BEDROCK, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "describe"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}])
+    assert r.choices[0].message.content == "describe [image]"
 
 
 def test_gemini_honours_seed_and_n(client):

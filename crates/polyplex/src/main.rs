@@ -585,6 +585,33 @@ fn models(provider: Option<&str>, json: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// A signed Converse request with no messages, for `check` (Bedrock).
+fn bedrock_probe(
+    up: &polyplex::upstream::Upstream,
+    p: &polyplex::config::ProviderConfig,
+) -> Option<polyplex_providers::UpstreamRequest> {
+    let catalog = polyplex_catalog::Catalog::builtin();
+    let model = p
+        .models
+        .as_ref()
+        .and_then(|m| m.first().cloned())
+        .or_else(|| {
+            let c = catalog.provider(p.catalog_id.as_deref()?)?;
+            c.models().first().map(|m| m.id.clone())
+        })
+        .unwrap_or_else(|| "amazon.nova-micro-v1:0".into());
+    let mut body = serde_json::Map::new();
+    body.insert("messages".into(), serde_json::Value::Array(Vec::new()));
+    up.protocol
+        .build(
+            polyplex_providers::Endpoint::Chat,
+            &body,
+            false,
+            &up.target(catalog, &model, false),
+        )
+        .ok()
+}
+
 async fn check(config: Option<PathBuf>) -> ExitCode {
     let cfg = match load(config.as_ref(), None) {
         Ok(c) => c,
@@ -691,19 +718,34 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
         for (k, v) in &up.headers {
             headers.insert(k.clone(), v.clone());
         }
-        let url = polyplex_providers::join_url(&up.base_url, "models");
+        // Bedrock's runtime lists nothing: a signed Converse call with no
+        // messages is refused (400) only once the credentials are accepted,
+        // and costs nothing.
+        let probe = (p.kind == "bedrock")
+            .then(|| bedrock_probe(&up, p))
+            .flatten();
+        let (method, url, headers, body) = match probe {
+            Some(r) => (http::Method::POST, r.url, r.headers, r.body),
+            None => (
+                http::Method::GET,
+                polyplex_providers::join_url(&up.base_url, "models"),
+                headers,
+                bytes::Bytes::new(),
+            ),
+        };
         let sent = async {
             let uri = http::Uri::try_from(url.as_str())
                 .map_err(|_| polyplex::client::Failure::Request)?;
-            client
-                .send(http::Method::GET, uri, headers, bytes::Bytes::new())
-                .await
+            client.send(method, uri, headers, body).await
         };
         let verdict = match tokio::time::timeout(std::time::Duration::from_secs(8), sent)
             .await
             .unwrap_or(Err(polyplex::client::Failure::Timeout))
         {
             Ok(r) if r.status().is_success() => "reachable".to_string(),
+            Ok(r) if p.kind == "bedrock" && r.status().as_u16() == 400 => {
+                "reachable, credentials accepted".to_string()
+            }
             Ok(r) if r.status().as_u16() == 401 || r.status().as_u16() == 403 => {
                 unreachable += 1;
                 format!(

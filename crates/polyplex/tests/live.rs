@@ -7,7 +7,11 @@
 //!   cargo test -p polyplex --features live --test live -- --nocapture
 //! ```
 //!
-//! Azure needs `AZURE_API_KEY`, `AZURE_RESOURCE_NAME` and `AZURE_DEPLOYMENT`.
+//! Azure needs `AZURE_API_KEY`, `AZURE_RESOURCE_NAME` and `AZURE_DEPLOYMENT`;
+//! Bedrock `AWS_BEARER_TOKEN_BEDROCK` or `AWS_ACCESS_KEY_ID` and
+//! `AWS_SECRET_ACCESS_KEY` (SigV4), with `AWS_REGION` and `BEDROCK_MODEL` (a
+//! model or inference profile the account may call, e.g.
+//! `us.anthropic.claude-haiku-4-5-20251001-v1:0`).
 #![cfg(feature = "live")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -49,6 +53,15 @@ fn targets() -> Vec<(String, String)> {
         env("AZURE_DEPLOYMENT"),
     ) {
         out.push((format!("[[providers]]\nname = \"azure\"\nbase_url = \"https://{res}.openai.azure.com\"\napi_key = \"${{AZURE_API_KEY}}\"\n"), format!("azure/{dep}")));
+    }
+    let aws = env("AWS_BEARER_TOKEN_BEDROCK").is_some()
+        || (env("AWS_ACCESS_KEY_ID").is_some() && env("AWS_SECRET_ACCESS_KEY").is_some());
+    if let (true, Some(model)) = (aws, env("BEDROCK_MODEL")) {
+        // Credentials and region come from the environment, as the AWS SDKs read them.
+        out.push((
+            "[[providers]]\nname = \"bedrock\"\nkind = \"bedrock\"\n".to_string(),
+            format!("bedrock/{model}"),
+        ));
     }
     out
 }
