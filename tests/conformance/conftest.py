@@ -76,6 +76,13 @@ def gateway_dir(tmp_path_factory):
 def gateway(mock, gateway_dir):
     d = gateway_dir
     port = free_port()
+    # A service-account key file whose token endpoint is the mock's (the key is a test-only one).
+    sa = d / "vertex-service-account.json"
+    sa.write_text(json.dumps({
+        "type": "service_account", "project_id": "polyplex-conformance", "private_key_id": "test",
+        "private_key": (ROOT / "tests" / "fixtures" / "test-only-rsa-key.pem").read_text(),
+        "client_email": "gateway@polyplex-conformance.iam.gserviceaccount.com", "client_id": "1",
+        "token_uri": f"{mock}/token"}))
     (d / "polyplex.toml").write_text(f"""
 listen = "127.0.0.1:{port}"
 [auth]
@@ -108,6 +115,12 @@ kind = "bedrock"
 base_url = "{mock}"
 aws_access_key_id = "AKIAPOLYPLEXMOCK"
 aws_secret_access_key = "${{MOCK_AWS_SECRET}}"
+max_retries = 1
+[[providers]]
+name = "vertex"
+kind = "vertex"
+base_url = "{mock}/v1/projects/polyplex-conformance/locations/us-east5"
+credentials_file = "{sa}"
 max_retries = 1
 [[providers]]
 name = "slow"

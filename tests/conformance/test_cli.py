@@ -1,5 +1,6 @@
 """The `polyplex` commands other than serve: check and models."""
 import json
+from pathlib import Path
 import subprocess
 
 from conftest import BIN
@@ -65,6 +66,34 @@ aws_secret_access_key = "wrong-secret-value"
     cfg.write_text('[[providers]]\nname = "aws"\nkind = "bedrock"\n')
     r = run("check", "--config", str(cfg), env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_BEARER_TOKEN_BEDROCK": ""})
     assert r.returncode == 1 and "providers[0].api_key: Bedrock needs credentials" in r.stderr, r.stderr
+
+
+def test_check_gets_a_vertex_token_and_probes(mock, tmp_path):
+    pem = (Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "test-only-rsa-key.pem").read_text()
+    for name, token_uri in [("good", f"{mock}/token"), ("bad", "http://127.0.0.1:9/token")]:
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "type": "service_account", "project_id": "p1", "private_key": pem,
+            "client_email": "x@p1.iam.gserviceaccount.com", "token_uri": token_uri}))
+    cfg = tmp_path / "polyplex.toml"
+    cfg.write_text(f"""
+[[providers]]
+name = "vx"
+kind = "vertex"
+base_url = "{mock}/v1/projects/p1/locations/global"
+credentials_file = "{tmp_path / 'good.json'}"
+[[providers]]
+name = "vx-broken"
+kind = "vertex"
+base_url = "{mock}/v1/projects/p1/locations/global"
+credentials_file = "{tmp_path / 'bad.json'}"
+""")
+    r = run("check", "--config", str(cfg))
+    assert r.returncode == 2, r.stdout + r.stderr
+    good = next(line for line in r.stdout.splitlines() if line.startswith("vx "))
+    bad = next(line for line in r.stdout.splitlines() if line.startswith("vx-broken "))
+    assert "reachable" in good and "UNREACHABLE" not in good, good
+    assert "no Google access token" in bad, bad
+    assert "PRIVATE KEY" not in r.stdout + r.stderr
 
 
 def test_check_rejects_unknown_key_with_its_line(tmp_path):

@@ -1,7 +1,9 @@
-"""The quick-start examples with the model pointed at an Anthropic, a Gemini
-and a Bedrock deployment: the official `openai` SDK, unchanged, talking to
-those protocols through polyplex (the mock speaks Anthropic's Messages API,
-Gemini's generateContent and Bedrock's Converse, checking SigV4 signatures)."""
+"""The quick-start examples with the model pointed at an Anthropic, a Gemini,
+a Bedrock and two Vertex AI deployments: the official `openai` SDK,
+unchanged, talking to those protocols through polyplex (the mock speaks
+Anthropic's Messages API, Gemini's generateContent, Bedrock's Converse,
+checking SigV4 signatures, and Vertex AI, issuing OAuth tokens for a
+service-account key)."""
 import json
 
 import openai
@@ -10,9 +12,12 @@ import pytest
 ANTHROPIC = "anthropic/claude-sonnet-4-5"
 GEMINI = "google/gemini-2.5-flash"
 BEDROCK = "bedrock/us.anthropic.claude-haiku-4-5-20251001-v1:0"
+VERTEX_GEMINI = "vertex/gemini-2.5-flash"
+VERTEX_CLAUDE = "vertex/claude-haiku-4-5@20251001"
+CLAUDES = (ANTHROPIC, VERTEX_CLAUDE)
 
 
-@pytest.fixture(params=[ANTHROPIC, GEMINI, BEDROCK])
+@pytest.fixture(params=[ANTHROPIC, GEMINI, BEDROCK, VERTEX_GEMINI, VERTEX_CLAUDE])
 def model(request):
     return request.param
 
@@ -25,7 +30,7 @@ def test_first_call_and_usage(client, model):
     assert r.choices[0].finish_reason == "stop"
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens > 0
     assert r.usage.model_extra["cost"] > 0
-    assert r.id.startswith("msg_" if model == ANTHROPIC else "chatcmpl-")
+    assert r.id.startswith("msg_" if model in CLAUDES else "chatcmpl-")
 
 
 def test_multi_turn(client, model):
@@ -99,12 +104,12 @@ def test_errors(client, fault, model):
     fault(fault="429", count=2, retry_after=0)
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
-    fault(fault="529" if model == ANTHROPIC else "503", count=2)
+    fault(fault="529" if model in CLAUDES else "503", count=2)
     with pytest.raises(openai.InternalServerError) as e:
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
     assert e.value.status_code == 503
     # A parameter the protocol cannot honour: Anthropic's temperature stops at 1; Gemini has no logit_bias.
-    bad = {"temperature": 1.5} if model == ANTHROPIC else {"logit_bias": {"50256": -100}}
+    bad = {"temperature": 1.5} if model in CLAUDES else {"logit_bias": {"50256": -100}}
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], **bad)
     assert e.value.param == next(iter(bad))

@@ -18,6 +18,7 @@ pub mod openai_compat;
 pub mod reply;
 pub mod sse;
 mod translate;
+pub mod vertex;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};

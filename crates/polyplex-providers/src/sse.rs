@@ -37,6 +37,8 @@ struct Frames {
     decoder: MessageFrameDecoder,
     /// A frame failed to decode: the stream cannot be resynchronised.
     broken: bool,
+    /// The decoder holds the prelude of a frame whose rest has not come.
+    mid_frame: bool,
 }
 
 impl Parser {
@@ -65,7 +67,7 @@ impl Parser {
     pub fn has_partial(&self) -> bool {
         match &self.frames {
             None => self.sse.has_partial(),
-            Some(f) => !f.buf.is_empty() && !f.broken,
+            Some(f) => !f.broken && (f.mid_frame || !f.buf.is_empty()),
         }
     }
 }
@@ -87,9 +89,18 @@ impl Frames {
         }
         self.buf.extend_from_slice(bytes);
         loop {
+            // The decoder takes a frame's 12-byte prelude out of the buffer
+            // as soon as it has it, and keeps it until the rest comes.
+            let had_prelude = self.buf.len() >= 12;
             match self.decoder.decode_frame(&mut self.buf) {
-                Ok(DecodedFrame::Complete(m)) => out.push(Self::event(&m)),
-                Ok(DecodedFrame::Incomplete) => break,
+                Ok(DecodedFrame::Complete(m)) => {
+                    self.mid_frame = false;
+                    out.push(Self::event(&m));
+                }
+                Ok(DecodedFrame::Incomplete) => {
+                    self.mid_frame |= had_prelude;
+                    break;
+                }
                 Err(e) => {
                     self.broken = true;
                     self.buf.clear();

@@ -142,6 +142,16 @@ struct RawProvider {
     aws_access_key_id: Option<String>,
     aws_secret_access_key: Option<String>,
     aws_session_token: Option<String>,
+    /// Vertex AI: the Google Cloud project (default: `GOOGLE_VERTEX_PROJECT`,
+    /// `GOOGLE_CLOUD_PROJECT`, else the credentials file's).
+    project: Option<String>,
+    /// Vertex AI: the location (default: `GOOGLE_VERTEX_LOCATION`,
+    /// `GOOGLE_CLOUD_LOCATION`, else `global`).
+    location: Option<String>,
+    /// Vertex AI: a service-account key file (default:
+    /// `GOOGLE_APPLICATION_CREDENTIALS`, else the rest of Google's
+    /// application-default credentials), used when there is no `api_key`.
+    credentials_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,6 +220,9 @@ pub struct ProviderConfig {
     pub api_version: Option<String>,
     /// Bedrock without an API key: AWS SigV4 credentials and region.
     pub sigv4: Option<SigV4>,
+    /// Vertex AI without an API key: the service-account key file, if one
+    /// is named (else Google's application-default chain).
+    pub google_credentials: Option<PathBuf>,
 }
 
 impl ProviderConfig {
@@ -238,6 +251,7 @@ impl ProviderConfig {
             stream_usage: true,
             api_version: None,
             sigv4: None,
+            google_credentials: None,
         }
     }
 }
@@ -366,6 +380,7 @@ pub const SUPPORTED_KINDS: &[&str] = &[
     "bedrock",
     "gemini",
     "cohere",
+    "vertex",
 ];
 
 /// The catalog provider whose models and prices a provider of `kind` gets
@@ -373,6 +388,7 @@ pub const SUPPORTED_KINDS: &[&str] = &[
 fn catalog_for_kind(kind: &str) -> Option<&'static str> {
     match kind {
         "bedrock" => Some("amazon-bedrock"),
+        "vertex" => Some("google-vertex"),
         _ => None,
     }
 }
@@ -470,6 +486,100 @@ fn bedrock_auth(
         region,
         api_key,
         sigv4: signer,
+    })
+}
+
+/// Where a Vertex AI provider sends requests and how it authenticates.
+struct VertexSetup {
+    base_url: String,
+    credentials_file: Option<PathBuf>,
+    /// An express-mode API key goes in `x-goog-api-key`; else a bearer token.
+    api_key_header: bool,
+}
+
+fn vertex_setup(
+    p: &RawProvider,
+    given_url: Option<&str>,
+    has_api_key: bool,
+    at: &dyn Fn(&str) -> String,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<VertexSetup, ConfigError> {
+    let setting = |v: &Option<String>, field: &str| -> Result<Option<String>, ConfigError> {
+        Ok(v.as_deref()
+            .map(|s| interpolate(s, &at(field), env))
+            .transpose()?
+            .filter(|s| !s.is_empty()))
+    };
+    let from_env = |k: &str| env(k).filter(|s| !s.is_empty());
+    let location = setting(&p.location, "location")?
+        .or_else(|| from_env("GOOGLE_VERTEX_LOCATION"))
+        .or_else(|| from_env("GOOGLE_CLOUD_LOCATION"))
+        .unwrap_or_else(|| "global".into());
+    let segment = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if !segment(&location) {
+        return err(format!(
+            "{}: `{location}` is not a Vertex AI location (e.g. us-central1, global)",
+            at("location")
+        ));
+    }
+    let (credentials_file, file_field) = match setting(&p.credentials_file, "credentials_file")? {
+        Some(f) => (Some(PathBuf::from(f)), at("credentials_file")),
+        None if has_api_key => (None, String::new()),
+        None => (
+            from_env("GOOGLE_APPLICATION_CREDENTIALS").map(PathBuf::from),
+            "GOOGLE_APPLICATION_CREDENTIALS".to_string(),
+        ),
+    };
+    // The key file is read now, so a wrong path or a broken file is named at
+    // start, and its project is the default one.
+    let file_project = match &credentials_file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                ConfigError(format!("{file_field}: cannot read {}: {e}", f.display()))
+            })?;
+            if let Err(e) = gcp_auth::CustomServiceAccount::from_json(&text) {
+                return err(format!(
+                    "{file_field}: {} is not a Google service-account key file ({e})",
+                    f.display()
+                ));
+            }
+            serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("project_id")?.as_str().map(str::to_string))
+        }
+        None => None,
+    };
+    let project = setting(&p.project, "project")?
+        .or_else(|| from_env("GOOGLE_VERTEX_PROJECT"))
+        .or_else(|| from_env("GOOGLE_CLOUD_PROJECT"))
+        .or(file_project);
+    if let Some(pr) = &project {
+        if !segment(pr) {
+            return err(format!(
+                "{}: `{pr}` is not a Google Cloud project id",
+                at("project")
+            ));
+        }
+    }
+    let base_url = match (given_url, &project) {
+        (Some(u), _) => u.to_string(),
+        (None, Some(pr)) => polyplex_providers::vertex::base_url_for(pr, &location),
+        (None, None) if has_api_key => polyplex_providers::vertex::EXPRESS_BASE_URL.to_string(),
+        (None, None) => {
+            return err(format!(
+                "{}: required for Vertex AI (or GOOGLE_VERTEX_PROJECT / GOOGLE_CLOUD_PROJECT, or a service-account credentials_file naming one)",
+                at("project")
+            ))
+        }
+    };
+    Ok(VertexSetup {
+        base_url,
+        credentials_file,
+        api_key_header: has_api_key,
     })
 }
 
@@ -706,6 +816,8 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
     };
     let (kind, alias_url) = match kind_alias(&kind_in) {
         Some((_, url)) => (PROTOCOL_OPENAI.to_string(), Some(url)),
+        // Claude on Vertex AI is the Vertex protocol (by the model's name).
+        None if kind_in == "vertex-anthropic" => ("vertex".to_string(), None),
         None => (kind_in.clone(), None),
     };
     let catalog_id = catalog_id.or_else(|| {
@@ -756,18 +868,45 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
         ("aws_secret_access_key", p.aws_secret_access_key.is_some()),
         ("aws_session_token", p.aws_session_token.is_some()),
     ];
-    let (api_key, sigv4, region_url) = if kind == "bedrock" {
-        let auth = bedrock_auth(&p, given_url.as_deref(), api_key, &at, env)?;
-        let url = polyplex_providers::bedrock::endpoint_for(&auth.region);
-        (auth.api_key, auth.sigv4, Some(url))
-    } else {
-        if let Some((field, _)) = aws_fields.iter().find(|(_, set)| *set) {
-            return err(format!(
-                "{}: only for kind = \"bedrock\" (this provider speaks `{kind}`)",
-                at(field)
-            ));
+    let google_fields = [
+        ("project", p.project.is_some()),
+        ("location", p.location.is_some()),
+        ("credentials_file", p.credentials_file.is_some()),
+    ];
+    let only_for = |fields: &[(&str, bool)], owner: &str| match fields.iter().find(|(_, set)| *set)
+    {
+        Some((field, _)) => err(format!(
+            "{}: only for kind = \"{owner}\" (this provider speaks `{kind}`)",
+            at(field)
+        )),
+        None => Ok(()),
+    };
+    if kind != "bedrock" {
+        only_for(&aws_fields, "bedrock")?;
+    }
+    if kind != "vertex" {
+        only_for(&google_fields, "vertex")?;
+    }
+    let mut google_credentials = None;
+    let mut vertex_key_header = None;
+    let (api_key, sigv4, region_url) = match kind.as_str() {
+        "bedrock" => {
+            let auth = bedrock_auth(&p, given_url.as_deref(), api_key, &at, env)?;
+            let url = polyplex_providers::bedrock::endpoint_for(&auth.region);
+            (auth.api_key, auth.sigv4, Some(url))
         }
-        (api_key, None, None)
+        "vertex" => {
+            let v = vertex_setup(&p, given_url.as_deref(), api_key.is_some(), &at, env)?;
+            google_credentials = v.credentials_file;
+            vertex_key_header = Some(v.api_key_header);
+            (api_key, None, Some(v.base_url))
+        }
+        _ => (api_key, None, None),
+    };
+    let given_url = if kind == "vertex" {
+        region_url.clone()
+    } else {
+        given_url
     };
     let base_url = match given_url {
         Some(u) => u,
@@ -803,7 +942,10 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
     let auth_header = p
         .auth_header
         .clone()
-        .unwrap_or_else(|| default_auth_header(&kind).to_string())
+        .unwrap_or_else(|| match vertex_key_header {
+            Some(true) => "x-goog-api-key".to_string(),
+            _ => default_auth_header(&kind).to_string(),
+        })
         .to_ascii_lowercase();
     if http::HeaderName::try_from(auth_header.as_str()).is_err() {
         return err(format!(
@@ -869,6 +1011,7 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
         stream_usage: p.stream_usage.unwrap_or(true),
         api_version: p.api_version,
         sigv4,
+        google_credentials,
     })
 }
 
@@ -989,6 +1132,36 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
                 sigv4: auth.sigv4,
                 catalog_id: Some(cp.id.clone()),
                 ..ProviderConfig::with_defaults(&cp.id, url)
+            });
+            continue;
+        }
+        if cp.protocol == "vertex" {
+            // Google's application default credentials with a project.
+            if cp.id != "google-vertex"
+                || env("GOOGLE_VERTEX_PROJECT").is_none_or(|p| p.is_empty())
+                || env("GOOGLE_APPLICATION_CREDENTIALS").is_none_or(|p| p.is_empty())
+            {
+                continue;
+            }
+            let at = |f: &str| format!("{}.{f}", cp.id);
+            let v = match vertex_setup(&RawProvider::default(), None, false, &at, env) {
+                Ok(v) => v,
+                Err(e) => {
+                    notes.push(format!("GOOGLE_VERTEX_PROJECT is set but {e}: skipped"));
+                    continue;
+                }
+            };
+            notes.push(format!(
+                "enabled provider `{}` (GOOGLE_VERTEX_PROJECT and GOOGLE_APPLICATION_CREDENTIALS are set): {} models from the catalog, {}",
+                cp.id,
+                cp.models().len(),
+                v.base_url
+            ));
+            providers.push(ProviderConfig {
+                kind: cp.protocol.clone(),
+                google_credentials: v.credentials_file,
+                catalog_id: Some(cp.id.clone()),
+                ..ProviderConfig::with_defaults(&cp.id, v.base_url)
             });
             continue;
         }
@@ -1306,6 +1479,155 @@ strategy = "priority"
         );
         let e = parse("[[providers]]\nname = \"x\"\nkind = \"bedrock\"\napi_key = \"k\"\naws_access_key_id = \"A\"\naws_secret_access_key = \"B\"\n", &[]).unwrap_err();
         assert!(e.to_string().contains("not both"), "{e}");
+    }
+
+    fn service_account(project: &str) -> (tempdir::Dir, String) {
+        let dir = tempdir::Dir::new();
+        let pem = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/fixtures/test-only-rsa-key.pem"),
+        )
+        .unwrap();
+        let key = serde_json::json!({"type": "service_account", "project_id": project, "private_key": pem,
+            "client_email": "x@p.iam.gserviceaccount.com", "token_uri": "https://oauth2.googleapis.com/token"});
+        let path = dir.0.join("sa.json");
+        std::fs::write(&path, key.to_string()).unwrap();
+        let p = path.display().to_string();
+        (dir, p)
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                use std::sync::atomic::{AtomicU32, Ordering};
+                static N: AtomicU32 = AtomicU32::new(0);
+                let d = std::env::temp_dir().join(format!(
+                    "polyplex-config-test-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::create_dir_all(&d).unwrap();
+                Dir(d)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn leak(s: String) -> &'static str {
+        Box::leak(s.into_boxed_str())
+    }
+
+    #[test]
+    fn vertex_project_location_and_credentials() {
+        let (_dir, sa) = service_account("proj-from-file");
+        let sa = leak(sa);
+        // The key file names the project; the location defaults to global.
+        let text =
+            "[[providers]]\nname = \"vertex\"\nkind = \"vertex\"\ncredentials_file = \"${SA}\"\n";
+        let c = parse(text, leak_pairs(vec![("SA", sa)])).unwrap();
+        let p = &c.providers[0];
+        assert_eq!(
+            p.base_url,
+            "https://aiplatform.googleapis.com/v1/projects/proj-from-file/locations/global"
+        );
+        assert_eq!(p.google_credentials.as_deref(), Some(Path::new(sa)));
+        assert_eq!(
+            (p.auth_header.as_str(), p.auth_prefix.as_str()),
+            ("authorization", "Bearer ")
+        );
+        assert_eq!(p.catalog_id.as_deref(), Some("google-vertex"));
+        // Settings and variables win over the file; a regional host.
+        let text = "[[providers]]\nname = \"v\"\nkind = \"vertex-anthropic\"\nproject = \"p2\"\n";
+        let c = parse(
+            text,
+            leak_pairs(vec![
+                ("GOOGLE_APPLICATION_CREDENTIALS", sa),
+                ("GOOGLE_CLOUD_LOCATION", "us-east5"),
+            ]),
+        )
+        .unwrap();
+        let p = &c.providers[0];
+        assert_eq!(p.kind, "vertex");
+        assert_eq!(
+            p.base_url,
+            "https://us-east5-aiplatform.googleapis.com/v1/projects/p2/locations/us-east5"
+        );
+        // Express mode: an API key, no project.
+        let c = parse(
+            "[[providers]]\nname = \"v\"\nkind = \"vertex\"\napi_key = \"k\"\n",
+            &[],
+        )
+        .unwrap();
+        let p = &c.providers[0];
+        assert_eq!(p.base_url, "https://aiplatform.googleapis.com/v1");
+        assert_eq!(
+            (p.auth_header.as_str(), p.auth_prefix.as_str()),
+            ("x-goog-api-key", "")
+        );
+        assert!(p.google_credentials.is_none());
+        // Errors name the setting.
+        let e = parse("[[providers]]\nname = \"v\"\nkind = \"vertex\"\n", &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("providers[0].project: required"),
+            "{e}"
+        );
+        let e = parse("[[providers]]\nname = \"v\"\nkind = \"vertex\"\nproject = \"p\"\ncredentials_file = \"/nonexistent/sa.json\"\n", &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("providers[0].credentials_file: cannot read /nonexistent/sa.json"),
+            "{e}"
+        );
+        let e = parse(
+            "[[providers]]\nname = \"v\"\nkind = \"vertex\"\nproject = \"p\"\n",
+            &[("GOOGLE_APPLICATION_CREDENTIALS", "/etc/hostname")],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("GOOGLE_APPLICATION_CREDENTIALS: /etc/hostname is not a Google service-account key file"), "{e}");
+        let e = parse(
+            "[[providers]]\nname = \"v\"\nkind = \"vertex\"\nproject = \"a/b\"\napi_key = \"k\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("providers[0].project"), "{e}");
+        let e = parse("[[providers]]\nname = \"x\"\nkind = \"openai\"\nbase_url = \"http://h/v1\"\nproject = \"p\"\n", &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("providers[0].project: only for kind = \"vertex\""),
+            "{e}"
+        );
+        // Zero-config: a project and a key file enable google-vertex.
+        let env = env_of(leak_pairs(vec![
+            ("GOOGLE_VERTEX_PROJECT", "zp"),
+            ("GOOGLE_APPLICATION_CREDENTIALS", sa),
+        ]));
+        let c = zero_config(&Inputs {
+            env: &env,
+            listen_override: None,
+            catalog: Catalog::builtin(),
+        })
+        .unwrap();
+        let p = c
+            .providers
+            .iter()
+            .find(|p| p.name == "google-vertex")
+            .unwrap();
+        assert_eq!(
+            p.base_url,
+            "https://aiplatform.googleapis.com/v1/projects/zp/locations/global"
+        );
+        assert!(!c
+            .providers
+            .iter()
+            .any(|p| p.name == "google-vertex-anthropic"));
+    }
+
+    fn leak_pairs(v: Vec<(&'static str, &'static str)>) -> &'static [(&'static str, &'static str)] {
+        Box::leak(v.into_boxed_slice())
     }
 
     #[test]

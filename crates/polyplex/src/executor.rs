@@ -447,10 +447,7 @@ async fn upstream_error(d: &Deployment, resp: http::Response<UpstreamBody>) -> G
 }
 
 fn redact(e: GatewayError, d: &Deployment) -> GatewayError {
-    match d.upstream.api_key() {
-        Some(k) => e.redact(k),
-        None => e,
-    }
+    d.upstream.secrets().fold(e, GatewayError::redact)
 }
 
 /// Builds the upstream request for `d` and sends it: the answer's head, and
@@ -464,12 +461,15 @@ async fn send(
 ) -> Result<(http::Response<UpstreamBody>, Vec<String>), GatewayError> {
     let drop = d.upstream.drop_params || body.flag("drop_params");
     let catalog = app.router.catalog();
-    let req = d.upstream.protocol.build_from(
-        endpoint,
-        body,
-        stream,
-        &d.upstream.target(catalog, &d.model, drop),
-    )?;
+    let bearer = d.upstream.bearer().await?;
+    let mut target = d.upstream.target(catalog, &d.model, drop);
+    if bearer.is_some() {
+        target.credential = bearer.as_ref();
+    }
+    let req = d
+        .upstream
+        .protocol
+        .build_from(endpoint, body, stream, &target)?;
     crate::phase::mark("built");
     if !req.dropped.is_empty() {
         tracing::debug!(deployment = %d.label(), dropped = ?req.dropped, "parameters dropped (drop_params)");

@@ -585,10 +585,12 @@ fn models(provider: Option<&str>, json: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// A signed Converse request with no messages, for `check` (Bedrock).
-fn bedrock_probe(
+/// A chat request with no messages, for `check` (Bedrock: signed; Vertex
+/// AI: with `bearer`): refused as invalid (400) once the credentials pass.
+fn empty_chat(
     up: &polyplex::upstream::Upstream,
     p: &polyplex::config::ProviderConfig,
+    bearer: Option<&http::HeaderValue>,
 ) -> Option<polyplex_providers::UpstreamRequest> {
     let catalog = polyplex_catalog::Catalog::builtin();
     let model = p
@@ -599,16 +601,21 @@ fn bedrock_probe(
             let c = catalog.provider(p.catalog_id.as_deref()?)?;
             c.models().first().map(|m| m.id.clone())
         })
-        .unwrap_or_else(|| "amazon.nova-micro-v1:0".into());
+        .unwrap_or_else(|| {
+            if p.kind == "vertex" {
+                "gemini-2.5-flash".into()
+            } else {
+                "amazon.nova-micro-v1:0".into()
+            }
+        });
     let mut body = serde_json::Map::new();
     body.insert("messages".into(), serde_json::Value::Array(Vec::new()));
+    let mut target = up.target(catalog, &model, false);
+    if bearer.is_some() {
+        target.credential = bearer;
+    }
     up.protocol
-        .build(
-            polyplex_providers::Endpoint::Chat,
-            &body,
-            false,
-            &up.target(catalog, &model, false),
-        )
+        .build(polyplex_providers::Endpoint::Chat, &body, false, &target)
         .ok()
 }
 
@@ -721,9 +728,23 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
         // Bedrock's runtime lists nothing: a signed Converse call with no
         // messages is refused (400) only once the credentials are accepted,
         // and costs nothing.
-        let probe = (p.kind == "bedrock")
-            .then(|| bedrock_probe(&up, p))
-            .flatten();
+        // Vertex AI's neither: the same, with an access token got first.
+        let probe = match p.kind.as_str() {
+            "bedrock" => empty_chat(&up, p, None),
+            "vertex" => match up.bearer().await {
+                Ok(bearer) => empty_chat(&up, p, bearer.as_ref()),
+                Err(e) => {
+                    println!(
+                        "{:<20} {:<8} {:<45} {}",
+                        p.name, p.kind, p.base_url, e.message
+                    );
+                    unreachable += 1;
+                    continue;
+                }
+            },
+            _ => None,
+        };
+        let probe_kind = probe.is_some();
         let (method, url, headers, body) = match probe {
             Some(r) => (http::Method::POST, r.url, r.headers, r.body),
             None => (
@@ -743,7 +764,7 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
             .unwrap_or(Err(polyplex::client::Failure::Timeout))
         {
             Ok(r) if r.status().is_success() => "reachable".to_string(),
-            Ok(r) if p.kind == "bedrock" && r.status().as_u16() == 400 => {
+            Ok(r) if probe_kind && r.status().as_u16() == 400 => {
                 "reachable, credentials accepted".to_string()
             }
             Ok(r) if r.status().as_u16() == 401 || r.status().as_u16() == 403 => {

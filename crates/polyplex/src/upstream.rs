@@ -11,6 +11,7 @@ use polyplex_providers::bedrock::{Bedrock, SigV4};
 use polyplex_providers::cohere::Cohere;
 use polyplex_providers::gemini::Gemini;
 use polyplex_providers::openai_compat::OpenAiCompat;
+use polyplex_providers::vertex::Vertex;
 use polyplex_providers::{AuthStyle, Protocol, Target};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
@@ -45,6 +46,8 @@ pub struct Upstream {
     pub api_version: Option<String>,
     /// AWS SigV4 signing (Bedrock with access keys).
     sigv4: Option<SigV4>,
+    /// Google OAuth access tokens (Vertex AI without an API key).
+    google: Option<GoogleAuth>,
     /// Live statistics per model served here (see [`crate::health`]).
     stats: RwLock<HashMap<String, Arc<DeploymentStats>>>,
 }
@@ -71,6 +74,7 @@ impl Upstream {
             "bedrock" => Arc::new(Bedrock),
             "cohere" => Arc::new(Cohere),
             "gemini" => Arc::new(Gemini),
+            "vertex" => Arc::new(Vertex),
             other => {
                 return Err(format!(
                     "provider `{}`: protocol `{other}` is not supported",
@@ -129,6 +133,8 @@ impl Upstream {
             drop_params: p.drop_params,
             api_version: p.api_version.clone(),
             sigv4: p.sigv4.clone(),
+            google: (p.kind == "vertex" && p.api_key.is_none())
+                .then(|| GoogleAuth::new(p.google_credentials.clone())),
             stats: RwLock::new(HashMap::new()),
         })
     }
@@ -165,6 +171,25 @@ impl Upstream {
     /// The provider key, for building requests and redacting error messages only.
     pub fn api_key(&self) -> Option<&str> {
         self.api_key.as_ref().map(|k| k.expose_secret())
+    }
+
+    /// Every secret this provider holds (its key; AWS secret and session
+    /// token), for redacting what an upstream echoes.
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        self.api_key()
+            .into_iter()
+            .chain(self.sigv4.iter().flat_map(SigV4::secrets))
+    }
+
+    /// An `Authorization: Bearer` value for this request, for providers
+    /// whose credential is a short-lived token (Vertex AI: an access token
+    /// from Google's application default credentials, cached and renewed
+    /// before it expires). `None` for the rest.
+    pub async fn bearer(&self) -> Result<Option<HeaderValue>, polyplex_types::GatewayError> {
+        match &self.google {
+            Some(g) => g.bearer(&self.name).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     pub fn target<'a>(
@@ -256,5 +281,79 @@ impl Upstream {
         catalog
             .model(self.catalog_id.as_deref()?, model)?
             .price_for(prompt_tokens)
+    }
+}
+
+/// Google access tokens for Vertex AI: from a service-account key file
+/// (`credentials_file`, or `GOOGLE_APPLICATION_CREDENTIALS`), else the rest of
+/// Google's application-default chain (gcloud's user credentials, the
+/// metadata server, the gcloud CLI), through `gcp_auth`, which caches each
+/// token and renews it before it expires. The source is found on first use.
+pub struct GoogleAuth {
+    file: Option<std::path::PathBuf>,
+    source: tokio::sync::OnceCell<Arc<dyn gcp_auth::TokenProvider>>,
+}
+
+impl GoogleAuth {
+    pub fn new(file: Option<std::path::PathBuf>) -> GoogleAuth {
+        GoogleAuth {
+            file,
+            source: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn bearer(&self, provider: &str) -> Result<HeaderValue, polyplex_types::GatewayError> {
+        let failed = |e: &dyn std::fmt::Display| {
+            polyplex_types::GatewayError::upstream_unreachable(
+                provider,
+                format_args!("no Google access token ({e})"),
+            )
+        };
+        let source = self
+            .source
+            .get_or_try_init(|| async {
+                match &self.file {
+                    Some(f) => gcp_auth::CustomServiceAccount::from_file(f)
+                        .map(|c| Arc::new(c) as Arc<dyn gcp_auth::TokenProvider>),
+                    None => gcp_auth::provider().await,
+                }
+            })
+            .await
+            .map_err(|e| failed(&e))?;
+        let token = source
+            .token(&[polyplex_providers::vertex::SCOPE])
+            .await
+            .map_err(|e| failed(&e))?;
+        let mut v =
+            HeaderValue::try_from(format!("Bearer {}", token.as_str())).map_err(|e| failed(&e))?;
+        v.set_sensitive(true);
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_secret_is_known_for_redaction() {
+        let mut p = ProviderConfig::with_defaults("aws", "http://127.0.0.1:9".into());
+        p.kind = "bedrock".into();
+        p.sigv4 = Some(SigV4::new(
+            "us-east-1",
+            "AKID",
+            "the-secret",
+            Some("the-token"),
+        ));
+        let up = Upstream::from_config(&p).unwrap();
+        let secrets: Vec<&str> = up.secrets().collect();
+        assert_eq!(secrets, vec!["the-secret", "the-token"]);
+        let e = polyplex_types::GatewayError::invalid_request("echo: the-secret / the-token");
+        let e = up.secrets().fold(e, polyplex_types::GatewayError::redact);
+        assert_eq!(e.message, "echo: [redacted] / [redacted]");
+        p.sigv4 = None;
+        p.api_key = Some(SecretString::from("bedrock-key".to_string()));
+        let up = Upstream::from_config(&p).unwrap();
+        assert_eq!(up.secrets().collect::<Vec<_>>(), vec!["bedrock-key"]);
     }
 }

@@ -11,7 +11,10 @@
 //! Bedrock `AWS_BEARER_TOKEN_BEDROCK` or `AWS_ACCESS_KEY_ID` and
 //! `AWS_SECRET_ACCESS_KEY` (SigV4), with `AWS_REGION` and `BEDROCK_MODEL` (a
 //! model or inference profile the account may call, e.g.
-//! `us.anthropic.claude-haiku-4-5-20251001-v1:0`).
+//! `us.anthropic.claude-haiku-4-5-20251001-v1:0`); Vertex AI
+//! `GOOGLE_VERTEX_PROJECT` and `GOOGLE_APPLICATION_CREDENTIALS` (a
+//! service-account key file), with `VERTEX_MODEL` (default
+//! `gemini-2.5-flash`; a `claude-*` model tests Claude on Vertex).
 #![cfg(feature = "live")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -61,6 +64,13 @@ fn targets() -> Vec<(String, String)> {
         out.push((
             "[[providers]]\nname = \"bedrock\"\nkind = \"bedrock\"\n".to_string(),
             format!("bedrock/{model}"),
+        ));
+    }
+    if env("GOOGLE_VERTEX_PROJECT").is_some() && env("GOOGLE_APPLICATION_CREDENTIALS").is_some() {
+        let model = env("VERTEX_MODEL").unwrap_or_else(|| "gemini-2.5-flash".into());
+        out.push((
+            "[[providers]]\nname = \"vertex\"\nkind = \"vertex\"\n".to_string(),
+            format!("vertex/{model}"),
         ));
     }
     out

@@ -21,7 +21,32 @@ const PROTOCOLS: &[(&str, &str)] = &[
         "bedrock",
         "bedrock/us.anthropic.claude-haiku-4-5-20251001-v1:0",
     ),
+    ("vertex", "vertex/gemini-2.5-flash"),
+    (
+        "vertex-anthropic",
+        "vertex-anthropic/claude-haiku-4-5@20251001",
+    ),
 ];
+
+/// A service-account key file whose token endpoint is the mock's (the key
+/// is a test-only one, `tests/fixtures/test-only-rsa-key.pem`).
+fn service_account_file(mock: SocketAddr) -> std::path::PathBuf {
+    let pem = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/test-only-rsa-key.pem"),
+    )
+    .unwrap();
+    let key = json!({"type": "service_account", "project_id": "polyplex-test", "private_key_id": "test",
+        "private_key": pem, "client_email": "gateway@polyplex-test.iam.gserviceaccount.com",
+        "client_id": "1", "token_uri": format!("http://{mock}/token")});
+    let path = std::env::temp_dir().join(format!(
+        "polyplex-sa-{}-{}.json",
+        std::process::id(),
+        mock.port()
+    ));
+    std::fs::write(&path, key.to_string()).unwrap();
+    path
+}
 
 struct Env {
     mock: SocketAddr,
@@ -87,7 +112,27 @@ aws_access_key_id = "{key_id}"
 aws_secret_access_key = "not-the-secret"
 models = ["amazon.nova-pro-v1:0"]
 max_retries = 0
+[[providers]]
+name = "vertex"
+kind = "vertex"
+base_url = "http://{mock}/v1/projects/polyplex-test/locations/us-east5"
+credentials_file = "{sa}"
+max_retries = 0
+[[providers]]
+name = "vertex-anthropic"
+kind = "vertex-anthropic"
+base_url = "http://{mock}/v1/projects/polyplex-test/locations/us-east5"
+credentials_file = "{sa}"
+max_retries = 0
+[[providers]]
+name = "vertex-express"
+kind = "vertex"
+base_url = "http://{mock}/v1"
+api_key = "vertex-express-key"
+models = ["gemini-2.5-flash"]
+max_retries = 0
 "#,
+        sa = service_account_file(mock).display(),
         key_id = mock::bedrock::MOCK_ACCESS_KEY_ID,
         secret = mock::bedrock::MOCK_SECRET_ACCESS_KEY,
     );
@@ -655,6 +700,58 @@ async fn bedrock_wire_format_and_signatures_reach_the_upstream() {
     env.gw.shutdown().await;
 }
 
+#[tokio::test]
+async fn vertex_wire_format_and_tokens_reach_the_upstream() {
+    let env = setup().await;
+    let stats = || async {
+        env.client
+            .get(format!("http://{}/__mock/stats", env.mock))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let before = stats().await["tokens_issued"].as_u64().unwrap();
+    for _ in 0..3 {
+        let (s, _, v) = env.chat(user("vertex/gemini-2.5-flash", "hi")).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let up = env.last_upstream().await;
+    assert_eq!(
+        up["path"],
+        "/v1/projects/polyplex-test/locations/us-east5/publishers/google/models/gemini-2.5-flash:generateContent"
+    );
+    let auth = up["headers"]["authorization"].as_str().unwrap();
+    assert!(auth.starts_with("Bearer ya29.polyplex-mock-"), "{auth}");
+    assert!(up["headers"].get("x-goog-api-key").is_none());
+    // Claude: rawPredict with Vertex's version, the model only in the URL.
+    let (s, _, v) = env
+        .chat(
+            json!({"model": "vertex-anthropic/claude-haiku-4-5@20251001",
+        "messages": [{"role": "user", "content": "hello"}]}),
+        )
+        .await;
+    assert_eq!((s, content(&v)), (200, "hello"), "{v}");
+    let up = env.last_upstream().await;
+    assert_eq!(up["path"], "/v1/projects/polyplex-test/locations/us-east5/publishers/anthropic/models/claude-haiku-4-5@20251001:rawPredict");
+    assert_eq!(up["body"]["anthropic_version"], "vertex-2023-10-16");
+    // One token served every request (and both providers share none: each
+    // holds its own source, so at most two).
+    let issued = stats().await["tokens_issued"].as_u64().unwrap() - before;
+    assert!((1..=2).contains(&issued), "{issued} tokens for 4 requests");
+    // Express mode: the API key in x-goog-api-key, no project in the path.
+    let (s, _, v) = env
+        .chat(user("vertex-express/gemini-2.5-flash", "hi"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let up = env.last_upstream().await;
+    assert_eq!(up["headers"]["x-goog-api-key"], "vertex-express-key");
+    assert!(up["headers"].get("authorization").is_none());
+    env.gw.shutdown().await;
+}
+
 /// The rows of docs/providers.md that `generic_suite_on_every_protocol` exercises.
 const SUITE_ROWS: &[&str] = &[
     "plain chat, system prompt, multi-turn",
@@ -677,6 +774,8 @@ fn doc_column(proto: &str) -> &'static str {
         "google" => "gemini",
         "cohere" => "cohere",
         "bedrock" => "bedrock",
+        "vertex" => "vertex (Gemini)",
+        "vertex-anthropic" => "vertex (Claude)",
         other => panic!("no docs column for {other}"),
     }
 }

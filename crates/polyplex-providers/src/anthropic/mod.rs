@@ -13,7 +13,7 @@
 //!   `logit_bias`, `logprobs`, unknown fields) are refused with a 400 naming
 //!   them, or dropped and named under `drop_params`.
 
-mod request;
+pub(crate) mod request;
 mod response;
 mod stream;
 #[cfg(test)]

@@ -15,6 +15,10 @@ use serde_json::{json, Value};
 
 #[derive(Serialize)]
 struct MessagesRequest<'a> {
+    /// Vertex AI names the model in the URL and the API version here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anthropic_version: Option<&'static str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
     model: &'a str,
     max_tokens: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -227,6 +231,28 @@ pub(crate) fn build(
     stream: bool,
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
+    let (body, dropped) = messages_body(body, stream, target, None)?;
+    let mut headers = crate::headers(target, stream)?;
+    headers
+        .entry("anthropic-version")
+        .or_insert(HeaderValue::from_static(VERSION));
+    Ok(UpstreamRequest {
+        url: join_url(target.base_url, "v1/messages"),
+        headers,
+        body: Bytes::from(body),
+        dropped,
+    })
+}
+
+/// The Messages body for an OpenAI chat request, and the parameters dropped.
+/// With `vertex_version` (Vertex AI), the model is left out (it is in the
+/// URL) and `anthropic_version` carries that version.
+pub(crate) fn messages_body(
+    body: &JsonMap,
+    stream: bool,
+    target: &Target<'_>,
+    vertex_version: Option<&'static str>,
+) -> Result<(Vec<u8>, Vec<String>), GatewayError> {
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, true, "Anthropic", target, &mut dropped)?;
     let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
@@ -315,7 +341,12 @@ pub(crate) fn build(
         choice = Some(json!({"type": "tool", "name": JSON_TOOL}));
     }
     let request = MessagesRequest {
-        model: target.model,
+        anthropic_version: vertex_version,
+        model: if vertex_version.is_some() {
+            ""
+        } else {
+            target.model
+        },
         max_tokens,
         system: (!system.is_empty()).then(|| system.join("\n\n")),
         messages: turns,
@@ -334,16 +365,7 @@ pub(crate) fn build(
     let body = serde_json::to_vec(&request).map_err(|e| {
         GatewayError::internal(format!("could not encode the upstream request: {e}"))
     })?;
-    let mut headers = crate::headers(target, stream)?;
-    headers
-        .entry("anthropic-version")
-        .or_insert(HeaderValue::from_static(VERSION));
-    Ok(UpstreamRequest {
-        url: join_url(target.base_url, "v1/messages"),
-        headers,
-        body: Bytes::from(body),
-        dropped,
-    })
+    Ok((body, dropped))
 }
 
 /// True if the request asked for JSON through `response_format` (served by the forced tool).

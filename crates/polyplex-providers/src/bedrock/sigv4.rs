@@ -48,6 +48,12 @@ impl SigV4 {
         }
     }
 
+    /// The secret parts (secret access key, session token), for redaction only.
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.credentials.secret_access_key())
+            .chain(self.credentials.session_token())
+    }
+
     /// Signs a POST of `body` to `url`: adds `x-amz-date`, the session token
     /// if any, and `authorization`. `content-type` and `host` are signed;
     /// headers added after this call are sent unsigned.

@@ -573,6 +573,22 @@ fn stream_failures_say_why() {
     let e = decode_all(&frames, 4, false).unwrap_err();
     assert_eq!(e.status.as_u16(), 502);
     assert_eq!(e.code.as_deref(), Some("model_stream_error"));
+    // A frame cut anywhere is known to be unfinished (even with only its
+    // prelude taken by the decoder).
+    let all: Vec<u8> = text_stream().concat();
+    for cut in 1..all.len() {
+        let mut p = Parser::event_stream();
+        let mut events = Vec::new();
+        p.feed(&all[..cut], &mut events);
+        let at_boundary = text_stream()
+            .iter()
+            .scan(0, |n, f| {
+                *n += f.len();
+                Some(*n)
+            })
+            .any(|n| n == cut);
+        assert_eq!(p.has_partial(), !at_boundary, "cut at {cut}");
+    }
     // Ended before messageStop.
     let mut frames = text_stream();
     frames.truncate(3);

@@ -84,6 +84,29 @@ fn build_chat(
     stream: bool,
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
+    let (bytes, dropped) = chat_body(body, target)?;
+    let path = if stream {
+        format!(
+            "v1beta/models/{}:streamGenerateContent?alt=sse",
+            target.model
+        )
+    } else {
+        format!("v1beta/models/{}:generateContent", target.model)
+    };
+    Ok(UpstreamRequest {
+        url: join_url(target.base_url, &path),
+        headers: crate::headers(target, stream)?,
+        body: Bytes::from(bytes),
+        dropped,
+    })
+}
+
+/// The `generateContent` body for an OpenAI chat request (Gemini's API and
+/// Vertex AI's take the same), and the parameters dropped.
+pub(crate) fn chat_body(
+    body: &JsonMap,
+    target: &Target<'_>,
+) -> Result<(Vec<u8>, Vec<String>), GatewayError> {
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, false, "Gemini", target, &mut dropped)?;
     let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
@@ -256,23 +279,10 @@ fn build_chat(
         };
         out.insert("toolConfig".into(), json!({"functionCallingConfig": cfg}));
     }
-    let path = if stream {
-        format!(
-            "v1beta/models/{}:streamGenerateContent?alt=sse",
-            target.model
-        )
-    } else {
-        format!("v1beta/models/{}:generateContent", target.model)
-    };
     let bytes = serde_json::to_vec(&out).map_err(|e| {
         GatewayError::internal(format!("could not encode the upstream request: {e}"))
     })?;
-    Ok(UpstreamRequest {
-        url: join_url(target.base_url, &path),
-        headers: crate::headers(target, stream)?,
-        body: Bytes::from(bytes),
-        dropped,
-    })
+    Ok((bytes, dropped))
 }
 
 /// `batchEmbedContents`: one request per input text.
@@ -406,7 +416,10 @@ fn response_id(v: &Value) -> String {
         .unwrap_or_else(|| format!("chatcmpl-gemini-{}", now()))
 }
 
-fn parse_chat(provider: &str, body: &[u8]) -> Result<(JsonMap, Option<Usage>), GatewayError> {
+pub(crate) fn parse_chat(
+    provider: &str,
+    body: &[u8],
+) -> Result<(JsonMap, Option<Usage>), GatewayError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         GatewayError::upstream_bad_response(provider, format_args!("not JSON ({e})"))
     })?;

@@ -138,7 +138,19 @@ pub(crate) async fn messages(
             None,
         );
     }
-    let (req, fault) = match admit(&s, "/v1/messages", &headers, &body, shape).await {
+    serve(s, "/v1/messages", &headers, &body).await
+}
+
+/// The Messages API once the caller's credentials passed (Anthropic's own
+/// headers, or Vertex AI's token): answers `body`, recorded under `path`.
+pub(crate) async fn serve(
+    s: Arc<MockState>,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let shape = Shape::Anthropic;
+    let (req, fault) = match admit(&s, path, headers, body, shape).await {
         Ok(x) => x,
         Err(r) => return r,
     };

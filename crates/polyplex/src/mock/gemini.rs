@@ -130,6 +130,20 @@ pub(crate) async fn generate(
     {
         return google_error(StatusCode::FORBIDDEN, "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.", "PERMISSION_DENIED");
     }
+    serve(s, "/v1beta/models", model, method, &query, headers, body).await
+}
+
+/// `generateContent` and its kin once the caller's credentials passed (an
+/// API key, or Vertex AI's token).
+pub(crate) async fn serve(
+    s: Arc<MockState>,
+    path: &str,
+    model: &str,
+    method: &str,
+    query: &str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if method == "batchEmbedContents" {
         return embed(s, model, headers, body).await;
     }
@@ -145,7 +159,7 @@ pub(crate) async fn generate(
             "INVALID_ARGUMENT",
         );
     }
-    let (req, fault) = match admit(&s, "/v1beta/models", &headers, &body, Shape::Google).await {
+    let (req, fault) = match admit(&s, path, &headers, &body, Shape::Google).await {
         Ok(x) => x,
         Err(r) => return r,
     };

@@ -7,7 +7,8 @@
 //! `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models`;
 //! Anthropic (`/v1/messages`), Gemini (`/v1beta/models/...`), Cohere
 //! (`/v2/chat`, `/v2/embed`), Azure (`/openai/deployments/...`) and Bedrock
-//! (`/model/{id}/converse`, `/converse-stream`), each in its own module.
+//! (`/model/{id}/converse`, `/converse-stream`), Vertex AI (`/v1/projects/...`,
+//! with its OAuth token endpoint `/token`), each in its own module.
 //!
 //! Control (for tests):
 //! - `POST /__mock/faults` `{"fault": "500"|"503"|"429"|"401"|"timeout"|"disconnect"|"garbage"|"no_usage"|"ratelimit"|"status",
@@ -21,6 +22,7 @@ pub mod bedrock;
 mod cohere;
 mod gemini;
 pub mod reply;
+mod vertex;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
@@ -69,6 +71,8 @@ pub struct Stats {
     pub streams_completed: AtomicU64,
     pub streams_cancelled: AtomicU64,
     pub faults_served: AtomicU64,
+    /// Access tokens issued by the mock's OAuth endpoint (Vertex AI).
+    pub tokens_issued: AtomicU64,
 }
 
 pub struct MockState {
@@ -138,6 +142,15 @@ pub fn router(state: Arc<MockState>) -> Router {
         .route("/v2/chat", post(cohere::chat))
         .route("/v2/embed", post(cohere::embed))
         .route("/v1beta/models/{*rest}", post(gemini::generate))
+        .route(
+            "/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/{*rest}",
+            post(vertex::project),
+        )
+        .route(
+            "/v1/publishers/{publisher}/models/{*rest}",
+            post(vertex::express),
+        )
+        .route("/token", post(vertex::token))
         .route("/model/{model}/converse", post(bedrock::converse_unary))
         .route(
             "/model/{model}/converse-stream",
@@ -256,6 +269,7 @@ async fn reset(State(s): State<Arc<MockState>>) -> Json<Value> {
         &s.stats.streams_completed,
         &s.stats.streams_cancelled,
         &s.stats.faults_served,
+        &s.stats.tokens_issued,
     ] {
         c.store(0, Ordering::Relaxed);
     }
@@ -268,7 +282,7 @@ async fn stats(State(s): State<Arc<MockState>>) -> Json<Value> {
     Json(json!({
         "requests": l(&st.requests), "streams_started": l(&st.streams_started),
         "streams_completed": l(&st.streams_completed), "streams_cancelled": l(&st.streams_cancelled),
-        "faults_served": l(&st.faults_served),
+        "faults_served": l(&st.faults_served), "tokens_issued": l(&st.tokens_issued),
         "pending_faults": s.faults.lock().map(|f| f.iter().map(|x| x.count).sum::<u64>()).unwrap_or(0),
     }))
 }

@@ -1,0 +1,192 @@
+//! Google Vertex AI: Gemini models (`publishers/google`, the
+//! `generateContent` API) and Anthropic's Claude models
+//! (`publishers/anthropic`, the Messages API through `rawPredict`), chosen
+//! by the model's name (`claude-*` is Anthropic's).
+//!
+//! The base URL is the project and location prefix,
+//! `https://{location}-aiplatform.googleapis.com/v1/projects/{project}/locations/{location}`
+//! (`https://aiplatform.googleapis.com/...` for the `global` location), or
+//! `https://aiplatform.googleapis.com/v1` for express mode with an API key;
+//! the adapter appends `publishers/{publisher}/models/{model}:{method}`.
+//! Credentials are an OAuth access token (`Authorization: Bearer`), which
+//! the gateway gets from Google's application default credentials, or an
+//! express-mode API key (`x-goog-api-key`).
+//!
+//! Bodies, answers, streams and errors are those of the Gemini and
+//! Anthropic adapters: a Claude body leaves `model` out and carries
+//! `anthropic_version: "vertex-2023-10-16"`.
+
+#[cfg(test)]
+mod tests;
+
+use crate::anthropic::{self, Anthropic};
+use crate::gemini::{self, Gemini};
+use crate::translate::unsupported_endpoint;
+use crate::{join_url, Endpoint, Protocol, Reply, StreamDecoder, Target, UpstreamRequest};
+use bytes::Bytes;
+use http::StatusCode;
+use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
+use serde_json::Value;
+
+/// The Messages API version Vertex AI takes in the body.
+pub const ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
+
+/// The OAuth scope Vertex AI's access tokens need.
+pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Vertex;
+
+/// True for the models Vertex AI serves through Anthropic's API.
+pub fn is_claude(model: &str) -> bool {
+    model.starts_with("claude")
+}
+
+/// The base URL for a project and location (`global`: no regional host).
+pub fn base_url_for(project: &str, location: &str) -> String {
+    let host = if location == "global" {
+        "aiplatform.googleapis.com".to_string()
+    } else {
+        format!("{location}-aiplatform.googleapis.com")
+    };
+    format!("https://{host}/v1/projects/{project}/locations/{location}")
+}
+
+/// The base URL of express mode (an API key, no project).
+pub const EXPRESS_BASE_URL: &str = "https://aiplatform.googleapis.com/v1";
+
+fn model_path(target: &Target<'_>, publisher: &str, method: &str) -> Result<String, GatewayError> {
+    // The model is a path segment: names come from clients through `vertex/<model>`.
+    if target.model.is_empty()
+        || !target
+            .model
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '@'))
+    {
+        return Err(GatewayError::invalid_param(
+            "model",
+            format!("'{}' is not a Vertex AI model name.", target.model),
+        ));
+    }
+    Ok(join_url(
+        target.base_url,
+        &format!("publishers/{publisher}/models/{}:{method}", target.model),
+    ))
+}
+
+fn build_chat(
+    body: &JsonMap,
+    stream: bool,
+    target: &Target<'_>,
+) -> Result<UpstreamRequest, GatewayError> {
+    let (bytes, dropped, url) = if is_claude(target.model) {
+        let (bytes, dropped) =
+            anthropic::request::messages_body(body, stream, target, Some(ANTHROPIC_VERSION))?;
+        let method = if stream {
+            "streamRawPredict"
+        } else {
+            "rawPredict"
+        };
+        (bytes, dropped, model_path(target, "anthropic", method)?)
+    } else {
+        let (bytes, dropped) = gemini::chat_body(body, target)?;
+        let method = if stream {
+            "streamGenerateContent?alt=sse"
+        } else {
+            "generateContent"
+        };
+        (bytes, dropped, model_path(target, "google", method)?)
+    };
+    Ok(UpstreamRequest {
+        url,
+        headers: crate::headers(target, stream)?,
+        body: Bytes::from(bytes),
+        dropped,
+    })
+}
+
+/// Whether an answer is Anthropic's (a `message`) rather than Gemini's.
+fn is_message(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", default, borrow)]
+        kind: Option<&'a str>,
+    }
+    serde_json::from_slice::<Kind<'_>>(body)
+        .ok()
+        .and_then(|k| k.kind)
+        .is_some_and(|k| k == "message" || k == "error")
+}
+
+impl Protocol for Vertex {
+    fn name(&self) -> &'static str {
+        "vertex"
+    }
+
+    fn build(
+        &self,
+        endpoint: Endpoint,
+        body: &JsonMap,
+        stream: bool,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        match endpoint {
+            Endpoint::Chat => build_chat(body, stream, target),
+            other => Err(unsupported_endpoint(target, "Vertex AI", other)),
+        }
+    }
+
+    fn parse(
+        &self,
+        endpoint: Endpoint,
+        provider: &str,
+        request: &JsonMap,
+        body: &[u8],
+    ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
+        if is_message(body) {
+            Anthropic.parse(endpoint, provider, request, body)
+        } else {
+            Gemini.parse(endpoint, provider, request, body)
+        }
+    }
+
+    fn parse_reply(
+        &self,
+        endpoint: Endpoint,
+        provider: &str,
+        request: &RequestBody,
+        body: &Bytes,
+    ) -> Result<(Reply, Option<Usage>), GatewayError> {
+        if is_message(body) {
+            Anthropic.parse_reply(endpoint, provider, request, body)
+        } else {
+            Gemini.parse_reply(endpoint, provider, request, body)
+        }
+    }
+
+    fn error(&self, provider: &str, status: StatusCode, body: &[u8]) -> GatewayError {
+        // Anthropic's own error shape from rawPredict, else Google's.
+        let anthropic_shape = serde_json::from_slice::<Value>(body)
+            .ok()
+            .is_some_and(|v| v.get("type").and_then(Value::as_str) == Some("error"));
+        if anthropic_shape {
+            Anthropic.error(provider, status, body)
+        } else {
+            Gemini.error(provider, status, body)
+        }
+    }
+
+    fn stream_decoder(
+        &self,
+        endpoint: Endpoint,
+        provider: &str,
+        model: &str,
+        request: &RequestBody,
+    ) -> Box<dyn StreamDecoder> {
+        if is_claude(model) {
+            Anthropic.stream_decoder(endpoint, provider, model, request)
+        } else {
+            Gemini.stream_decoder(endpoint, provider, model, request)
+        }
+    }
+}
