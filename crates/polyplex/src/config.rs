@@ -565,8 +565,29 @@ fn vertex_setup(
             ));
         }
     }
+    // A given URL that already names the API version (and the project) is
+    // used as it is; a bare host (what Google's SDKs call the base URL) gets
+    // the project and location path.
+    let path_for = |pr: Option<&String>| match pr {
+        Some(pr) => Some(format!("v1/projects/{pr}/locations/{location}")),
+        None if has_api_key => Some("v1".to_string()),
+        None => None,
+    };
     let base_url = match (given_url, &project) {
-        (Some(u), _) => u.to_string(),
+        (Some(u), _)
+            if u.trim_end_matches('/').ends_with("/v1") || u.contains("/projects/") =>
+        {
+            u.to_string()
+        }
+        (Some(u), pr) => match path_for(pr.as_ref()) {
+            Some(path) => polyplex_providers::join_url(u, &path),
+            None => {
+                return err(format!(
+                    "{}: required for Vertex AI (or GOOGLE_VERTEX_PROJECT / GOOGLE_CLOUD_PROJECT, or a service-account credentials_file naming one)",
+                    at("project")
+                ))
+            }
+        },
         (None, Some(pr)) => polyplex_providers::vertex::base_url_for(pr, &location),
         (None, None) if has_api_key => polyplex_providers::vertex::EXPRESS_BASE_URL.to_string(),
         (None, None) => {
@@ -1557,6 +1578,11 @@ strategy = "priority"
             p.base_url,
             "https://us-east5-aiplatform.googleapis.com/v1/projects/p2/locations/us-east5"
         );
+        // A bare host gets the project's path (or express mode's).
+        let c = parse("[[providers]]\nname = \"v\"\nkind = \"vertex\"\nbase_url = \"http://127.0.0.1:9/\"\nproject = \"p3\"\nlocation = \"europe-west4\"\n", leak_pairs(vec![("GOOGLE_APPLICATION_CREDENTIALS", sa)])).unwrap();
+        assert_eq!(c.providers[0].base_url, "http://127.0.0.1:9/v1/projects/p3/locations/europe-west4");
+        let c = parse("[[providers]]\nname = \"v\"\nkind = \"vertex\"\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"k\"\n", &[]).unwrap();
+        assert_eq!(c.providers[0].base_url, "http://127.0.0.1:9/v1");
         // Express mode: an API key, no project.
         let c = parse(
             "[[providers]]\nname = \"v\"\nkind = \"vertex\"\napi_key = \"k\"\n",
