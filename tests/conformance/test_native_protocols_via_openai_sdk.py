@@ -135,7 +135,7 @@ def test_gemini_honours_seed_and_n(client):
     assert [c.index for c in r.choices] == [0, 1]
 
 
-@pytest.mark.parametrize("model", ["google/gemini-embedding-001", "cohere/embed-v4.0"])
+@pytest.mark.parametrize("model", ["google/gemini-embedding-001", "cohere/embed-v4.0", "vertex/gemini-embedding-001"])
 def test_embeddings_through_native_protocols(client, model):
     # The SDK asks for base64 and decodes it: the gateway encodes the provider's floats.
     r = client.embeddings.create(model=model, input=["The food was delicious", "and the waiter"], dimensions=8)

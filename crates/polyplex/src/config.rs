@@ -1580,7 +1580,10 @@ strategy = "priority"
         );
         // A bare host gets the project's path (or express mode's).
         let c = parse("[[providers]]\nname = \"v\"\nkind = \"vertex\"\nbase_url = \"http://127.0.0.1:9/\"\nproject = \"p3\"\nlocation = \"europe-west4\"\n", leak_pairs(vec![("GOOGLE_APPLICATION_CREDENTIALS", sa)])).unwrap();
-        assert_eq!(c.providers[0].base_url, "http://127.0.0.1:9/v1/projects/p3/locations/europe-west4");
+        assert_eq!(
+            c.providers[0].base_url,
+            "http://127.0.0.1:9/v1/projects/p3/locations/europe-west4"
+        );
         let c = parse("[[providers]]\nname = \"v\"\nkind = \"vertex\"\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"k\"\n", &[]).unwrap();
         assert_eq!(c.providers[0].base_url, "http://127.0.0.1:9/v1");
         // Express mode: an API key, no project.

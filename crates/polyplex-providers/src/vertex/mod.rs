@@ -14,14 +14,17 @@
 //!
 //! Bodies, answers, streams and errors are those of the Gemini and
 //! Anthropic adapters: a Claude body leaves `model` out and carries
-//! `anthropic_version: "vertex-2023-10-16"`.
+//! `anthropic_version: "vertex-2023-10-16"`. Embeddings go through the
+//! model's `predict` method (`instances` of `content`, `outputDimensionality`).
 
 #[cfg(test)]
 mod tests;
 
 use crate::anthropic::{self, Anthropic};
 use crate::gemini::{self, Gemini};
-use crate::translate::unsupported_endpoint;
+use crate::translate::{
+    check_fields, embedding_list, embedding_texts, unsupported_endpoint, EMBEDDING_PARAMS,
+};
 use crate::{join_url, Endpoint, Protocol, Reply, StreamDecoder, Target, UpstreamRequest};
 use bytes::Bytes;
 use http::StatusCode;
@@ -105,6 +108,66 @@ fn build_chat(
     })
 }
 
+/// `predict` for text embeddings: one instance per input text.
+fn build_embed(body: &JsonMap, target: &Target<'_>) -> Result<UpstreamRequest, GatewayError> {
+    let mut dropped = Vec::new();
+    check_fields(
+        body,
+        EMBEDDING_PARAMS,
+        false,
+        "Vertex AI",
+        target,
+        &mut dropped,
+    )?;
+    let instances: Vec<Value> = embedding_texts(body, "Vertex AI")?
+        .into_iter()
+        .map(|t| serde_json::json!({"content": t}))
+        .collect();
+    let mut out = serde_json::json!({"instances": instances});
+    if let Some(d) = body.get("dimensions").filter(|d| !d.is_null()) {
+        out["parameters"] = serde_json::json!({"outputDimensionality": d});
+    }
+    Ok(UpstreamRequest {
+        url: model_path(target, "google", "predict")?,
+        headers: crate::headers(target, false)?,
+        body: Bytes::from(out.to_string()),
+        dropped,
+    })
+}
+
+fn parse_embed(
+    provider: &str,
+    request: &JsonMap,
+    body: &[u8],
+) -> Result<(JsonMap, Option<Usage>), GatewayError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        GatewayError::upstream_bad_response(provider, format_args!("not JSON ({e})"))
+    })?;
+    let predictions = v
+        .get("predictions")
+        .and_then(Value::as_array)
+        .ok_or_else(|| GatewayError::upstream_bad_response(provider, "no `predictions` array"))?;
+    let mut tokens = 0;
+    let vectors: Vec<Vec<f64>> = predictions
+        .iter()
+        .map(|p| {
+            tokens += p
+                .pointer("/embeddings/statistics/token_count")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0) as u64;
+            p.pointer("/embeddings/values")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    let usage = (tokens > 0).then(|| Usage {
+        prompt_tokens: tokens,
+        ..Usage::default()
+    });
+    Ok((embedding_list(&vectors, "", request, usage.as_ref()), usage))
+}
+
 /// Whether an answer is Anthropic's (a `message`) rather than Gemini's.
 fn is_message(body: &[u8]) -> bool {
     #[derive(serde::Deserialize)]
@@ -132,6 +195,7 @@ impl Protocol for Vertex {
     ) -> Result<UpstreamRequest, GatewayError> {
         match endpoint {
             Endpoint::Chat => build_chat(body, stream, target),
+            Endpoint::Embeddings if !is_claude(target.model) => build_embed(body, target),
             other => Err(unsupported_endpoint(target, "Vertex AI", other)),
         }
     }
@@ -143,7 +207,9 @@ impl Protocol for Vertex {
         request: &JsonMap,
         body: &[u8],
     ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
-        if is_message(body) {
+        if endpoint == Endpoint::Embeddings {
+            parse_embed(provider, request, body)
+        } else if is_message(body) {
             Anthropic.parse(endpoint, provider, request, body)
         } else {
             Gemini.parse(endpoint, provider, request, body)
@@ -157,7 +223,9 @@ impl Protocol for Vertex {
         request: &RequestBody,
         body: &Bytes,
     ) -> Result<(Reply, Option<Usage>), GatewayError> {
-        if is_message(body) {
+        if endpoint == Endpoint::Embeddings {
+            parse_embed(provider, request.map(), body).map(|(m, u)| (Reply::Map(m), u))
+        } else if is_message(body) {
             Anthropic.parse_reply(endpoint, provider, request, body)
         } else {
             Gemini.parse_reply(endpoint, provider, request, body)

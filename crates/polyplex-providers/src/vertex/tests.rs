@@ -79,12 +79,35 @@ fn urls_and_bodies_by_publisher() {
         .build(Endpoint::Chat, &body, false, &target(&a, "../x"))
         .unwrap_err();
     assert_eq!(e.param.as_deref(), Some("model"));
+    // Embeddings: predict, one instance per text.
+    let req = Vertex
+        .build(
+            Endpoint::Embeddings,
+            &map(json!({"model": "m", "input": ["a", "b"], "dimensions": 8})),
+            false,
+            &target(&a, "gemini-embedding-001"),
+        )
+        .unwrap();
+    assert!(req
+        .url
+        .ends_with("/publishers/google/models/gemini-embedding-001:predict"));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&req.body).unwrap(),
+        json!({"instances": [{"content": "a"}, {"content": "b"}], "parameters": {"outputDimensionality": 8}})
+    );
+    let reply = br#"{"predictions":[{"embeddings":{"statistics":{"truncated":false,"token_count":2},"values":[0.5,-0.25]}},{"embeddings":{"statistics":{"truncated":false,"token_count":3},"values":[1.0,0.0]}}]}"#;
+    let (out, usage) = Vertex
+        .parse(Endpoint::Embeddings, "vertex", &JsonMap::new(), reply)
+        .unwrap();
+    assert_eq!(out["data"][1]["embedding"], json!([1.0, 0.0]));
+    assert_eq!(usage.unwrap().prompt_tokens, 5);
+    // Claude models embed nothing.
     assert!(Vertex
         .build(
             Endpoint::Embeddings,
             &map(json!({"input": "x"})),
             false,
-            &target(&a, "gemini-2.5-flash")
+            &target(&a, "claude-haiku-4-5@20251001")
         )
         .is_err());
 }

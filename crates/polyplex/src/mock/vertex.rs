@@ -122,6 +122,7 @@ async fn serve(
         return google_error(StatusCode::NOT_FOUND, "Method not found.", "NOT_FOUND");
     };
     match (publisher, method) {
+        ("google", "predict") => predict(s, uri.path(), model, &headers, &body).await,
         ("google", _) => {
             gemini::serve(
                 s,
@@ -196,4 +197,55 @@ pub(crate) async fn express(
         );
     }
     serve(s, &uri, &publisher, &rest, q, headers, body).await
+}
+
+/// `predict` for text embeddings: `instances` of `content`.
+async fn predict(
+    s: Arc<MockState>,
+    path: &str,
+    model: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let (req, _) = match super::admit_model(
+        &s,
+        path,
+        headers,
+        body,
+        super::Shape::Google,
+        Some(model),
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let dims = req
+        .get("parameters")
+        .and_then(|p| p.get("outputDimensionality"))
+        .and_then(Value::as_u64)
+        .unwrap_or(16)
+        .clamp(1, 4096) as usize;
+    let mut predictions = Vec::new();
+    for (i, inst) in req
+        .get("instances")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let Some(text) = inst.get("content").and_then(Value::as_str) else {
+            return google_error(
+                StatusCode::BAD_REQUEST,
+                &format!("instances[{i}].content is required"),
+                "INVALID_ARGUMENT",
+            );
+        };
+        let tokens = super::reply::tokenize(text).len();
+        predictions.push(
+            json!({"embeddings": {"statistics": {"truncated": false, "token_count": tokens},
+            "values": super::reply::embedding(text, dims)}}),
+        );
+    }
+    Json(json!({"predictions": predictions})).into_response()
 }
