@@ -6,6 +6,12 @@ use crate::{Endpoint, Target};
 use polyplex_types::{GatewayError, JsonMap, Usage, UsageJson};
 use serde_json::{json, Value};
 
+/// An upstream's reply body as JSON; a 502 naming the provider if it is not.
+pub(crate) fn reply_json(provider: &str, body: &[u8]) -> Result<Value, GatewayError> {
+    serde_json::from_slice(body)
+        .map_err(|e| GatewayError::upstream_bad_response(provider, format_args!("not JSON ({e})")))
+}
+
 /// The text of an OpenAI message `content` (a string, or its text parts joined).
 pub(crate) fn text_of(content: &Value) -> String {
     match content {
@@ -324,6 +330,54 @@ pub(crate) fn completion(
         out.insert("usage".into(), u.to_json());
     }
     out
+}
+
+/// One tool call of an assistant message: its id, its function's name and
+/// its arguments as JSON.
+pub(crate) struct AssistantCall<'a> {
+    pub id: &'a Value,
+    pub name: &'a Value,
+    pub input: Value,
+}
+
+/// The tool calls of assistant message `i`, arguments parsed (a call whose
+/// arguments are not JSON is a 400 naming them).
+pub(crate) fn assistant_calls(m: &Value, i: usize) -> Result<Vec<AssistantCall<'_>>, GatewayError> {
+    static NULL: Value = Value::Null;
+    m.get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(j, tc)| {
+            Ok(AssistantCall {
+                id: tc.get("id").unwrap_or(&NULL),
+                name: tc.pointer("/function/name").unwrap_or(&NULL),
+                input: tool_args(
+                    tc,
+                    format!("messages[{i}].tool_calls[{j}].function.arguments"),
+                )?,
+            })
+        })
+        .collect()
+}
+
+/// Usage of the protocols that count cache reads and writes apart from the
+/// input (Anthropic, Bedrock): OpenAI's prompt tokens include both; reads
+/// are `cached_tokens`. The member names are the protocol's.
+pub(crate) fn usage_with_cache(
+    u: &Value,
+    [input, output, read, write]: [&str; 4],
+) -> polyplex_types::Usage {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let cached = n(read);
+    polyplex_types::Usage {
+        prompt_tokens: n(input) + cached + n(write),
+        completion_tokens: n(output),
+        cached_tokens: cached,
+        reasoning_tokens: 0,
+        estimated: false,
+    }
 }
 
 /// An assistant tool call's `function.arguments` as JSON (empty means `{}`);

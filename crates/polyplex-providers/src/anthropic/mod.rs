@@ -174,13 +174,13 @@ pub(crate) fn finish_reason(stop: &str, json_mode: bool) -> &'static str {
 
 /// Anthropic usage → OpenAI usage (prompt tokens include cache reads and writes).
 pub(crate) fn usage_from(u: &Value) -> Usage {
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let cached = n("cache_read_input_tokens");
-    Usage {
-        prompt_tokens: n("input_tokens") + cached + n("cache_creation_input_tokens"),
-        completion_tokens: n("output_tokens"),
-        cached_tokens: cached,
-        reasoning_tokens: 0,
-        estimated: false,
-    }
+    crate::translate::usage_with_cache(
+        u,
+        [
+            "input_tokens",
+            "output_tokens",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+        ],
+    )
 }

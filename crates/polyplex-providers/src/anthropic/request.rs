@@ -1,7 +1,7 @@
 //! OpenAI chat request → Anthropic Messages request.
 
 use super::{FALLBACK_MAX_TOKENS, JSON_TOOL, VERSION};
-use crate::translate::{check_fields, data_url, text_of, tool_args, CHAT_PARAMS};
+use crate::translate::{assistant_calls, check_fields, data_url, text_of, CHAT_PARAMS};
 use crate::{join_url, unsupported, Target, UpstreamRequest};
 use bytes::Bytes;
 use http::HeaderValue;
@@ -172,21 +172,11 @@ fn messages(body: &JsonMap) -> Result<(Vec<Turn<'_>>, Vec<String>), GatewayError
             "user" => push_turn(&mut turns, "user", content_blocks(content, i)?),
             "assistant" => {
                 let mut blocks = content_blocks(content, i)?;
-                for (j, tc) in m
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .enumerate()
-                {
-                    let input = tool_args(
-                        tc,
-                        format!("messages[{i}].tool_calls[{j}].function.arguments"),
-                    )?;
+                for c in assistant_calls(m, i)? {
                     blocks.push(Block::ToolUse {
-                        id: tc.get("id").unwrap_or(&NULL),
-                        name: tc.pointer("/function/name").unwrap_or(&NULL),
-                        input,
+                        id: c.id,
+                        name: c.name,
+                        input: c.input,
                     });
                 }
                 push_turn(&mut turns, "assistant", blocks);

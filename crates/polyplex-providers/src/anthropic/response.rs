@@ -15,9 +15,7 @@ pub(crate) fn parse(
     body: &[u8],
     json_mode: bool,
 ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        GatewayError::upstream_bad_response(provider, format_args!("not JSON ({e})"))
-    })?;
+    let v = crate::translate::reply_json(provider, body)?;
     if v.get("type").and_then(Value::as_str) == Some("error") {
         let err = v.get("error").unwrap_or(&Value::Null);
         let msg = err

@@ -28,8 +28,8 @@ pub use sigv4::SigV4;
 pub use stream::Decoder;
 
 use crate::translate::{
-    check_fields, completion, data_url, now, push_turn, text_of, tool_args, unsupported_endpoint,
-    CHAT_PARAMS,
+    assistant_calls, check_fields, completion, data_url, now, push_turn, text_of,
+    unsupported_endpoint, CHAT_PARAMS,
 };
 use crate::{join_url, unsupported, Endpoint, Protocol, StreamDecoder, Target, UpstreamRequest};
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
@@ -191,19 +191,11 @@ fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<String>, bool), GatewayEr
             "user" => push_turn(&mut turns, "user", "content", blocks(content, i)?),
             "assistant" => {
                 let mut bs = blocks(content, i)?;
-                for (j, tc) in m
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .enumerate()
-                {
-                    let input = tool_args(
-                        tc,
-                        format!("messages[{i}].tool_calls[{j}].function.arguments"),
-                    )?;
+                for c in assistant_calls(m, i)? {
                     tool_use = true;
-                    bs.push(json!({"toolUse": {"toolUseId": tc.get("id"), "name": tc.pointer("/function/name"), "input": input}}));
+                    bs.push(
+                        json!({"toolUse": {"toolUseId": c.id, "name": c.name, "input": c.input}}),
+                    );
                 }
                 push_turn(&mut turns, "assistant", "content", bs);
             }
@@ -407,25 +399,23 @@ fn build_chat(
 
 pub(crate) fn finish_reason(stop: &str, json_mode: bool) -> &'static str {
     match stop {
-        "max_tokens" | "model_context_window_exceeded" => "length",
-        "tool_use" if json_mode => "stop",
-        "tool_use" => "tool_calls",
         "guardrail_intervened" | "content_filtered" => "content_filter",
-        _ => "stop",
+        // The rest are Anthropic's stop reasons, which Converse took over.
+        other => crate::anthropic::finish_reason(other, json_mode),
     }
 }
 
 /// Converse usage → OpenAI usage (prompt tokens include cache reads and writes).
 pub(crate) fn usage_from(u: &Value) -> Usage {
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let cached = n("cacheReadInputTokens");
-    Usage {
-        prompt_tokens: n("inputTokens") + cached + n("cacheWriteInputTokens"),
-        completion_tokens: n("outputTokens"),
-        cached_tokens: cached,
-        reasoning_tokens: 0,
-        estimated: false,
-    }
+    crate::translate::usage_with_cache(
+        u,
+        [
+            "inputTokens",
+            "outputTokens",
+            "cacheReadInputTokens",
+            "cacheWriteInputTokens",
+        ],
+    )
 }
 
 fn parse_chat(
@@ -433,9 +423,7 @@ fn parse_chat(
     body: &[u8],
     json_mode: bool,
 ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        GatewayError::upstream_bad_response(provider, format_args!("not JSON ({e})"))
-    })?;
+    let v = crate::translate::reply_json(provider, body)?;
     let content = v
         .pointer("/output/message/content")
         .and_then(Value::as_array)

@@ -201,9 +201,7 @@ fn parse_embed(
     request: &JsonMap,
     body: &[u8],
 ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        GatewayError::upstream_bad_response(provider, format_args!("not JSON ({e})"))
-    })?;
+    let v = crate::translate::reply_json(provider, body)?;
     let vectors: Vec<Vec<f64>> = v
         .pointer("/embeddings/float")
         .and_then(Value::as_array)
@@ -262,9 +260,7 @@ fn stream_failed(provider: &str, reason: &str) -> GatewayError {
 }
 
 fn parse_chat(provider: &str, body: &[u8]) -> Result<(JsonMap, Option<Usage>), GatewayError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        GatewayError::upstream_bad_response(provider, format_args!("not JSON ({e})"))
-    })?;
+    let v = crate::translate::reply_json(provider, body)?;
     let msg = v
         .get("message")
         .ok_or_else(|| GatewayError::upstream_bad_response(provider, "no `message`"))?;

@@ -327,9 +327,7 @@ fn parse_embed(
     request: &JsonMap,
     body: &[u8],
 ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        GatewayError::upstream_bad_response(provider, format_args!("not JSON ({e})"))
-    })?;
+    let v = crate::translate::reply_json(provider, body)?;
     let vectors: Vec<Vec<f64>> = v
         .get("embeddings")
         .and_then(Value::as_array)
@@ -420,9 +418,7 @@ pub(crate) fn parse_chat(
     provider: &str,
     body: &[u8],
 ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        GatewayError::upstream_bad_response(provider, format_args!("not JSON ({e})"))
-    })?;
+    let v = crate::translate::reply_json(provider, body)?;
     let candidates = v
         .get("candidates")
         .and_then(Value::as_array)

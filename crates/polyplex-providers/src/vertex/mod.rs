@@ -140,9 +140,7 @@ fn parse_embed(
     request: &JsonMap,
     body: &[u8],
 ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        GatewayError::upstream_bad_response(provider, format_args!("not JSON ({e})"))
-    })?;
+    let v = crate::translate::reply_json(provider, body)?;
     let predictions = v
         .get("predictions")
         .and_then(Value::as_array)

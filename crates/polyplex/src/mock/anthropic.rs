@@ -100,7 +100,8 @@ fn to_openai(req: &Map<String, Value>) -> Map<String, Value> {
     out
 }
 
-fn stop_reason(a: &Answer) -> &'static str {
+/// Anthropic's stop reason for an answer (Bedrock's Converse uses the same).
+pub(crate) fn stop_reason(a: &Answer) -> &'static str {
     match a {
         Answer::Text {
             finish: "length", ..

@@ -6,6 +6,7 @@
 //! its signature checked as AWS checks it; other access keys are accepted on
 //! the signature's form alone (the mock cannot know their secrets).
 
+use super::anthropic::stop_reason;
 use super::reply::{self, Answer};
 use super::{admit_model, garbage, sse_body, MockState, Shape};
 use axum::body::Bytes;
@@ -179,16 +180,6 @@ fn to_openai(req: &Map<String, Value>) -> Map<String, Value> {
         out.insert("max_tokens".into(), max.clone());
     }
     out
-}
-
-fn stop_reason(a: &Answer) -> &'static str {
-    match a {
-        Answer::Text {
-            finish: "length", ..
-        } => "max_tokens",
-        Answer::Text { .. } => "end_turn",
-        Answer::ToolCall { .. } => "tool_use",
-    }
 }
 
 pub(crate) async fn converse_unary(

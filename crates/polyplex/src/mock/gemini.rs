@@ -12,7 +12,8 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
-fn google_error(status: StatusCode, msg: &str, code: &str) -> Response {
+/// Google's error shape (Gemini and Vertex AI).
+pub(crate) fn google_error(status: StatusCode, msg: &str, code: &str) -> Response {
     (
         status,
         Json(json!({"error": {"code": status.as_u16(), "message": msg, "status": code}})),

@@ -5,6 +5,7 @@
 //! token the mock's own OAuth endpoint issued (`POST /token`, the
 //! service-account JWT grant, as `oauth2.googleapis.com/token`), or an API key.
 
+use super::gemini::google_error;
 use super::{anthropic, gemini, MockState};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -18,14 +19,6 @@ use std::sync::Arc;
 
 /// Access tokens the mock issues start with this.
 const TOKEN_PREFIX: &str = "ya29.polyplex-mock-";
-
-fn google_error(status: StatusCode, msg: &str, code: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": status.as_u16(), "message": msg, "status": code}})),
-    )
-        .into_response()
-}
 
 /// `POST /token`: the JWT-bearer grant. The assertion must be a JWT whose
 /// claims name an issuer, this endpoint as audience, the cloud-platform scope
