@@ -187,7 +187,9 @@ impl Upstream {
     /// before it expires). `None` for the rest.
     pub async fn bearer(&self) -> Result<Option<HeaderValue>, polyplex_types::GatewayError> {
         match &self.google {
-            Some(g) => g.bearer(&self.name).await.map(Some),
+            // Boxed: the token source's future is large, and every request's
+            // future would otherwise carry its size.
+            Some(g) => Box::pin(g.bearer(&self.name)).await.map(Some),
             None => Ok(None),
         }
     }
