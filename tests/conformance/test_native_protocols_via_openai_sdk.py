@@ -130,12 +130,22 @@ def test_bedrock_refuses_what_converse_cannot_do(client):
     assert r.choices[0].message.content == "describe [image]"
 
 
+def test_bedrock_titan_embeds_one_text_per_request(client):
+    r = client.embeddings.create(model="bedrock/amazon.titan-embed-text-v2:0", input="The food was delicious", dimensions=8)
+    assert len(r.data) == 1 and len(r.data[0].embedding) == 8
+    assert r.usage.prompt_tokens == 4
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="bedrock/amazon.titan-embed-text-v2:0", input=["a", "b"])
+    assert e.value.param == "input"
+
+
 def test_gemini_honours_seed_and_n(client):
     r = client.chat.completions.create(model=GEMINI, messages=[{"role": "user", "content": "Name a color"}], n=2, seed=42)
     assert [c.index for c in r.choices] == [0, 1]
 
 
-@pytest.mark.parametrize("model", ["google/gemini-embedding-001", "cohere/embed-v4.0", "vertex/gemini-embedding-001"])
+@pytest.mark.parametrize("model", ["google/gemini-embedding-001", "cohere/embed-v4.0", "vertex/gemini-embedding-001",
+                                   "bedrock/cohere.embed-v4:0"])
 def test_embeddings_through_native_protocols(client, model):
     # The SDK asks for base64 and decodes it: the gateway encodes the provider's floats.
     r = client.embeddings.create(model=model, input=["The food was delicious", "and the waiter"], dimensions=8)

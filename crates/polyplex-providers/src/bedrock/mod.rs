@@ -28,8 +28,8 @@ pub use sigv4::SigV4;
 pub use stream::Decoder;
 
 use crate::translate::{
-    assistant_calls, check_fields, completion, data_url, now, push_turn, text_of,
-    unsupported_endpoint, CHAT_PARAMS,
+    assistant_calls, check_fields, completion, data_url, embedding_list, embedding_texts, now,
+    push_turn, text_of, unsupported_endpoint, CHAT_PARAMS, EMBEDDING_PARAMS,
 };
 use crate::{join_url, unsupported, Endpoint, Protocol, StreamDecoder, Target, UpstreamRequest};
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
@@ -371,15 +371,27 @@ fn build_chat(
     let bytes = serde_json::to_vec(&out).map_err(|e| {
         GatewayError::internal(format!("could not encode the upstream request: {e}"))
     })?;
-    let model: String = utf8_percent_encode(target.model, SEGMENT).collect();
-    let path = if stream {
-        format!("model/{model}/converse-stream")
+    let method = if stream {
+        "converse-stream"
     } else {
-        format!("model/{model}/converse")
+        "converse"
     };
-    let url = join_url(target.base_url, &path);
+    request(target, method, bytes, dropped, stream)
+}
+
+/// The request to `model/{id}/{method}`: the credential (bearer) or the
+/// SigV4 signature over the final URL and body.
+fn request(
+    target: &Target<'_>,
+    method: &str,
+    bytes: Vec<u8>,
+    dropped: Vec<String>,
+    event_stream: bool,
+) -> Result<UpstreamRequest, GatewayError> {
+    let model: String = utf8_percent_encode(target.model, SEGMENT).collect();
+    let url = join_url(target.base_url, &format!("model/{model}/{method}"));
     let mut headers = crate::headers(target, false)?;
-    if stream {
+    if event_stream {
         headers.insert(
             http::header::ACCEPT,
             http::HeaderValue::from_static("application/vnd.amazon.eventstream"),
@@ -395,6 +407,107 @@ fn build_chat(
         body: Bytes::from(bytes),
         dropped,
     })
+}
+
+/// Which embedding model family an id names (Bedrock's `invoke` bodies
+/// are the model's own): Cohere's take a batch, Titan's one text.
+fn embed_family(model: &str) -> Option<&'static str> {
+    if model.contains("cohere.embed") {
+        Some("cohere")
+    } else if model.contains("amazon.titan-embed") {
+        Some("titan")
+    } else {
+        None
+    }
+}
+
+/// `invoke` for embeddings, in the model family's own body.
+fn build_embed(body: &JsonMap, target: &Target<'_>) -> Result<UpstreamRequest, GatewayError> {
+    let mut dropped = Vec::new();
+    check_fields(
+        body,
+        EMBEDDING_PARAMS,
+        false,
+        "Bedrock",
+        target,
+        &mut dropped,
+    )?;
+    let texts = embedding_texts(body, "Bedrock")?;
+    let dims = body.get("dimensions").filter(|d| !d.is_null());
+    let payload = match embed_family(target.model) {
+        Some("cohere") => {
+            let mut p = json!({"texts": texts, "input_type": "search_document", "embedding_types": ["float"]});
+            if let Some(d) = dims {
+                p["output_dimension"] = d.clone();
+            }
+            p
+        }
+        Some(_) => {
+            let [text] = <[String; 1]>::try_from(texts).map_err(|_| {
+                GatewayError::invalid_param(
+                    "input",
+                    "Titan embedding models on Bedrock embed one text per request: send one input (or use a cohere.embed-* model for batches).",
+                )
+            })?;
+            let mut p = json!({"inputText": text});
+            if let Some(d) = dims {
+                p["dimensions"] = d.clone();
+            }
+            p
+        }
+        None => {
+            return Err(GatewayError::invalid_param(
+                "model",
+                format!("'{}' is not an embedding model polyplex can call on Bedrock (amazon.titan-embed-* or cohere.embed-*).", target.model),
+            ))
+        }
+    };
+    request(
+        target,
+        "invoke",
+        payload.to_string().into_bytes(),
+        dropped,
+        false,
+    )
+}
+
+fn parse_embed(
+    provider: &str,
+    request: &JsonMap,
+    body: &[u8],
+) -> Result<(JsonMap, Option<Usage>), GatewayError> {
+    let v = crate::translate::reply_json(provider, body)?;
+    let floats = |a: &Value| -> Vec<f64> {
+        a.as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    // Titan: one `embedding` and its token count.
+    if let Some(e) = v.get("embedding") {
+        let usage = v
+            .get("inputTextTokenCount")
+            .and_then(Value::as_u64)
+            .map(|n| Usage {
+                prompt_tokens: n,
+                ..Usage::default()
+            });
+        return Ok((
+            embedding_list(&[floats(e)], "", request, usage.as_ref()),
+            usage,
+        ));
+    }
+    // Cohere: `embeddings` by type (`float`), or a bare list; no token count
+    // in the body (the gateway counts).
+    let list = match v.get("embeddings") {
+        Some(Value::Object(by_type)) => by_type.get("float"),
+        other => other,
+    }
+    .and_then(Value::as_array)
+    .ok_or_else(|| {
+        GatewayError::upstream_bad_response(provider, "no `embedding` or `embeddings`")
+    })?;
+    let vectors: Vec<Vec<f64>> = list.iter().map(floats).collect();
+    Ok((embedding_list(&vectors, "", request, None), None))
 }
 
 pub(crate) fn finish_reason(stop: &str, json_mode: bool) -> &'static str {
@@ -538,18 +651,22 @@ impl Protocol for Bedrock {
     ) -> Result<UpstreamRequest, GatewayError> {
         match endpoint {
             Endpoint::Chat => build_chat(body, stream, target),
+            Endpoint::Embeddings => build_embed(body, target),
             other => Err(unsupported_endpoint(target, "Bedrock", other)),
         }
     }
 
     fn parse(
         &self,
-        _endpoint: Endpoint,
+        endpoint: Endpoint,
         provider: &str,
         request: &JsonMap,
         body: &[u8],
     ) -> Result<(JsonMap, Option<Usage>), GatewayError> {
-        parse_chat(provider, body, json_mode(request))
+        match endpoint {
+            Endpoint::Embeddings => parse_embed(provider, request, body),
+            _ => parse_chat(provider, body, json_mode(request)),
+        }
     }
 
     fn error(&self, provider: &str, status: StatusCode, body: &[u8]) -> GatewayError {

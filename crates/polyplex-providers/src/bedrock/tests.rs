@@ -178,10 +178,24 @@ fn refusals_name_the_parameter() {
     b.insert("presence_penalty".into(), json!(0.1));
     let req = Bedrock.build(Endpoint::Chat, &b, false, &t3).unwrap();
     assert_eq!(req.dropped, vec!["seed", "presence_penalty"]);
-    // Embeddings are not offered.
+    // Embeddings: only the model families Bedrock's invoke bodies are known for.
     assert_eq!(
         Bedrock
             .build(Endpoint::Embeddings, &map(json!({"input": "x"})), false, &t)
+            .unwrap_err()
+            .param
+            .as_deref(),
+        Some("model")
+    );
+    // Completions are not offered.
+    assert_eq!(
+        Bedrock
+            .build(
+                Endpoint::Completions,
+                &map(json!({"prompt": "x"})),
+                false,
+                &t
+            )
             .unwrap_err()
             .code
             .as_deref(),
@@ -604,4 +618,76 @@ fn stream_failures_say_why() {
     frames[1] = Bytes::from(bad);
     let e = decode_all(&frames, 100, false).unwrap_err();
     assert!(e.message.contains("does not decode"), "{}", e.message);
+}
+
+#[test]
+fn embeddings_by_model_family() {
+    let a = AuthStyle::bearer();
+    let mut t = target(&a, None);
+    // Cohere: a batch, float embeddings, the dimension if asked.
+    t.model = "cohere.embed-v4:0";
+    let req = Bedrock
+        .build(
+            Endpoint::Embeddings,
+            &map(json!({"model": "m", "input": ["a", "b"], "dimensions": 256})),
+            false,
+            &t,
+        )
+        .unwrap();
+    assert_eq!(
+        req.url,
+        "https://bedrock-runtime.us-east-1.amazonaws.com/model/cohere.embed-v4%3A0/invoke"
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&req.body).unwrap(),
+        json!({"texts": ["a", "b"], "input_type": "search_document", "embedding_types": ["float"], "output_dimension": 256})
+    );
+    let reply = br#"{"id":"e1","texts":["a","b"],"embeddings":{"float":[[0.5,0.25],[1.0,-1.0]]},"response_type":"embeddings_by_type"}"#;
+    let (out, usage) = Bedrock
+        .parse(Endpoint::Embeddings, "bedrock", &JsonMap::new(), reply)
+        .unwrap();
+    assert_eq!(out["data"][1]["embedding"], json!([1.0, -1.0]));
+    assert!(usage.is_none(), "the gateway counts Cohere's tokens");
+    let (out, _) = Bedrock
+        .parse(
+            Endpoint::Embeddings,
+            "bedrock",
+            &JsonMap::new(),
+            br#"{"embeddings":[[0.5]],"response_type":"embeddings_floats"}"#,
+        )
+        .unwrap();
+    assert_eq!(out["data"][0]["embedding"], json!([0.5]));
+    // Titan: one text, its token count.
+    t.model = "amazon.titan-embed-text-v2:0";
+    let req = Bedrock
+        .build(
+            Endpoint::Embeddings,
+            &map(json!({"model": "m", "input": "hello", "dimensions": 512})),
+            false,
+            &t,
+        )
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&req.body).unwrap(),
+        json!({"inputText": "hello", "dimensions": 512})
+    );
+    let (out, usage) = Bedrock
+        .parse(
+            Endpoint::Embeddings,
+            "bedrock",
+            &JsonMap::new(),
+            br#"{"embedding":[0.1,0.2],"inputTextTokenCount":3}"#,
+        )
+        .unwrap();
+    assert_eq!(out["data"][0]["embedding"], json!([0.1, 0.2]));
+    assert_eq!(usage.unwrap().prompt_tokens, 3);
+    let e = Bedrock
+        .build(
+            Endpoint::Embeddings,
+            &map(json!({"model": "m", "input": ["a", "b"]})),
+            false,
+            &t,
+        )
+        .unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("input"));
 }

@@ -325,3 +325,66 @@ async fn converse(
     );
     r
 }
+
+/// `POST /model/{modelId}/invoke` for the embedding models polyplex calls:
+/// Cohere's (`texts`, floats by type) and Titan's (`inputText`, one vector
+/// and its token count).
+pub(crate) async fn invoke(
+    State(s): State<Arc<MockState>>,
+    Path(model): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = check_auth(&headers, &uri, &body) {
+        return r;
+    }
+    let (req, _) = match admit_model(
+        &s,
+        uri.path(),
+        &headers,
+        &body,
+        Shape::Bedrock,
+        Some(&model),
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let dims = |k: &str| {
+        req.get(k)
+            .and_then(Value::as_u64)
+            .unwrap_or(16)
+            .clamp(1, 4096) as usize
+    };
+    if model.contains("cohere.embed") {
+        let Some(texts) = req.get("texts").and_then(Value::as_array) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Malformed input request: required key [texts] not found",
+            );
+        };
+        let d = dims("output_dimension");
+        let vectors: Vec<Vec<f32>> = texts
+            .iter()
+            .map(|t| reply::embedding(t.as_str().unwrap_or(""), d))
+            .collect();
+        return Json(json!({"id": s.next_id("emb-mock"), "texts": texts, "embeddings": {"float": vectors}, "response_type": "embeddings_by_type"}))
+            .into_response();
+    }
+    if model.contains("amazon.titan-embed") {
+        let Some(text) = req.get("inputText").and_then(Value::as_str) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Malformed input request: required key [inputText] not found",
+            );
+        };
+        return Json(json!({"embedding": reply::embedding(text, dims("dimensions")), "inputTextTokenCount": reply::tokenize(text).len()}))
+            .into_response();
+    }
+    error(
+        StatusCode::BAD_REQUEST,
+        "The mock invokes only embedding models (cohere.embed-*, amazon.titan-embed-*).",
+    )
+}

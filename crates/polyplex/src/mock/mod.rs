@@ -152,6 +152,7 @@ pub fn router(state: Arc<MockState>) -> Router {
         )
         .route("/token", post(vertex::token))
         .route("/model/{model}/converse", post(bedrock::converse_unary))
+        .route("/model/{model}/invoke", post(bedrock::invoke))
         .route(
             "/model/{model}/converse-stream",
             post(bedrock::converse_stream),
