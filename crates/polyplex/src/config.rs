@@ -58,6 +58,15 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     routing: RawRouting,
+    cache: Option<RawCache>,
+}
+
+/// `[cache]`: present means on.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    ttl_s: Option<u64>,
+    max_entries: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +183,8 @@ pub struct Config {
     pub master_key: Option<SecretString>,
     pub store_url: String,
     pub redis_url: Option<String>,
+    /// The response cache (`[cache]`; off without it).
+    pub cache: Option<crate::cache::CacheConfig>,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     /// Serving threads, each with its own listener and runtime (`None`: one
@@ -773,11 +784,25 @@ pub fn from_toml(text: &str, inputs: &Inputs<'_>) -> Result<Config, ConfigError>
     }
     let demo = providers.is_empty();
     let routing = routing(raw.routing)?;
+    let cache = match raw.cache {
+        None => None,
+        Some(c) => Some(crate::cache::CacheConfig {
+            ttl: match c.ttl_s {
+                Some(0) => return err("cache.ttl_s: must be at least 1".to_string()),
+                t => Duration::from_secs(t.unwrap_or(3600)),
+            },
+            max_entries: match c.max_entries {
+                Some(0) => return err("cache.max_entries: must be at least 1".to_string()),
+                n => n.unwrap_or(10_000),
+            },
+        }),
+    };
     Ok(Config {
         listen,
         master_key: master_key.map(SecretString::from),
         store_url,
         redis_url,
+        cache,
         max_body_bytes: raw.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
         shutdown_grace: Duration::from_millis(raw.server.shutdown_grace_ms.unwrap_or(30_000)),
         threads: match raw.server.threads {
@@ -1234,6 +1259,7 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
         master_key,
         store_url: "sqlite://polyplex.db".into(),
         redis_url: None,
+        cache: None,
         max_body_bytes: DEFAULT_MAX_BODY,
         shutdown_grace: Duration::from_secs(30),
         threads: None,

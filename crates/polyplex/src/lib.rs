@@ -4,6 +4,7 @@
 //! that tests can run it in-process. Start with [`server`] for the request path.
 
 pub mod background;
+pub mod cache;
 pub mod catalog;
 pub mod client;
 pub mod config;

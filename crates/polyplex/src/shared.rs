@@ -228,6 +228,12 @@ impl Drop for Lease {
 }
 
 impl SharedLimits {
+    /// The multiplexed connection, for other users of the same Redis (the
+    /// response cache).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     /// Prepares the connection to `url` and the task that sends the
     /// background work, on the current runtime (which must outlive the
     /// gateway's serving threads); connects on first use.

@@ -178,6 +178,47 @@ impl Call {
         resp
     }
 
+    /// Answers from the response cache: the stored answer at no cost,
+    /// recorded with provider `cache` (its tokens kept, nothing charged).
+    fn cached(
+        &self,
+        parsed: &Parsed,
+        admitted: Option<&Admitted>,
+        hit: &crate::cache::Entry,
+    ) -> Response {
+        let latency = self.started.elapsed();
+        self.app.recorder.record(UsageRecord {
+            request_id: self.rid.clone(),
+            endpoint: self.endpoint.as_str(),
+            requested_model: parsed.model.clone(),
+            provider: Some("cache".into()),
+            model: Some(hit.model.clone()),
+            status: 200,
+            usage: hit.usage,
+            cost_usd: 0.0,
+            latency,
+            ttft: Some(latency),
+            attempts: 0,
+            stream: false,
+            at: SystemTime::now(),
+            key: admitted.map(|a| a.key.clone()),
+            charged: 0,
+        });
+        let mut resp = super::respond::json_bytes(crate::cache::hit_body(&hit.body));
+        let h = resp.headers_mut();
+        use super::respond::names;
+        use axum::http::HeaderValue;
+        h.insert(&names::CACHE, HeaderValue::from_static("hit"));
+        h.insert(&names::ATTEMPTS, HeaderValue::from(0));
+        if let Ok(v) = HeaderValue::from_str(&hit.provider) {
+            h.insert(&names::PROVIDER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&hit.model) {
+            h.insert(&names::MODEL, v);
+        }
+        resp
+    }
+
     /// Stage 5 for a gateway key: the model (and any fallbacks) allowed,
     /// then budget and limits: those all replicas share through Redis when
     /// it is configured and answers, else this node's own.
@@ -252,6 +293,13 @@ pub(super) async fn handle(
     };
     let app = &call.app;
     let no_one = Served::default();
+    let cache_mode = app.cache.as_ref().map(|_| {
+        crate::cache::Mode::from_header(
+            req.headers()
+                .get(axum::http::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok()),
+        )
+    });
     let text = match read_body(app, req).await {
         Ok(b) => b,
         Err(e) => return call.fail("", false, e, &no_one),
@@ -269,7 +317,7 @@ pub(super) async fn handle(
         Err(e) => return call.fail(&parsed.model, parsed.stream, e, &no_one),
     };
     let limits = admitted.as_ref().map(|a| a.limits).unwrap_or_default();
-    let mut resp = serve(&call, parsed, admitted).await;
+    let mut resp = serve(&call, parsed, admitted, cache_mode).await;
     ratelimit_headers(&mut resp, &limits);
     resp
 }
@@ -277,10 +325,40 @@ pub(super) async fn handle(
 /// Stages 6–9 for an admitted request. Takes the request by value: a
 /// stream keeps its body (to count the prompt if the upstream never says)
 /// without a deep copy on the way to its first byte.
-async fn serve(call: &Call, parsed: Parsed, admitted: Option<Admitted>) -> Response {
+async fn serve(
+    call: &Call,
+    parsed: Parsed,
+    admitted: Option<Admitted>,
+    cache_mode: Option<crate::cache::Mode>,
+) -> Response {
     let app = &call.app;
     let endpoint = call.endpoint;
     let no_one = Served::default();
+    // The response cache, for answers that are not streamed.
+    let cache_key = match (&app.cache, cache_mode) {
+        (Some(_), Some(mode)) if !parsed.stream && mode != crate::cache::Mode::Skip => {
+            let caller = match &call.caller {
+                Caller::Key(k) => format!("key:{}", k.id()),
+                Caller::Master => "master".to_string(),
+                Caller::Open => "open".to_string(),
+            };
+            Some(crate::cache::ResponseCache::key(
+                endpoint.as_str(),
+                &caller,
+                parsed.body.text(),
+            ))
+        }
+        _ => None,
+    };
+    if let (Some(cache), Some(key), Some(crate::cache::Mode::Use)) =
+        (&app.cache, &cache_key, cache_mode)
+    {
+        if let Some(hit) = cache.get(key).await {
+            metrics::counter!("polyplex_cache_total", "result" => "hit").increment(1);
+            return call.cached(&parsed, admitted.as_ref(), &hit);
+        }
+        metrics::counter!("polyplex_cache_total", "result" => "miss").increment(1);
+    }
     let mut facts = Facts::new(&parsed.body, endpoint, parsed.stream);
     facts.max_output = parsed.max_output;
     (facts.tools, facts.images, facts.json_schema) = parsed.needs;
@@ -370,7 +448,29 @@ async fn serve(call: &Call, parsed: Parsed, admitted: Option<Admitted>) -> Respo
                 key: admitted.as_ref().map(|a| a.key.clone()),
                 charged: 0,
             });
-            let mut resp = json_response(&reply);
+            let mut resp = match (&app.cache, cache_key) {
+                (Some(cache), Some(key)) => match reply.to_bytes() {
+                    Ok(bytes) => {
+                        cache.put(
+                            key,
+                            crate::cache::Entry {
+                                body: bytes.clone(),
+                                provider: d.upstream.name.clone(),
+                                model: d.model.clone(),
+                                usage,
+                            },
+                        );
+                        let mut r = super::respond::json_bytes(bytes);
+                        r.headers_mut().insert(
+                            &super::respond::names::CACHE,
+                            axum::http::HeaderValue::from_static("miss"),
+                        );
+                        r
+                    }
+                    Err(_) => json_response(&reply),
+                },
+                _ => json_response(&reply),
+            };
             served.apply(&mut resp);
             dropped_header(&mut resp, &unary.dropped);
             resp

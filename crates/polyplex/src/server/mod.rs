@@ -75,6 +75,8 @@ pub struct AppState {
     pub health: crate::health::HealthConfig,
     /// Bounds retries and hedges to a fraction of requests.
     pub retry_budget: crate::health::RetryBudget,
+    /// The response cache (`[cache]`).
+    pub cache: Option<crate::cache::ResponseCache>,
 }
 
 pub type App = Arc<AppState>;
@@ -132,6 +134,9 @@ pub fn state(
         urls: crate::client::UriCache::default(),
         master_key: cfg.master_key.clone(),
         keys,
+        cache: cfg.cache.map(|c| {
+            crate::cache::ResponseCache::new(c, shared_limits.as_ref().map(|s| s.connection()))
+        }),
         shared_limits,
         max_body: cfg.max_body_bytes,
         recorder,

@@ -128,6 +128,7 @@ pub(crate) mod names {
     pub static HEDGED: HeaderName = HeaderName::from_static("x-polyplex-hedged");
     pub static ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
     pub static DROPPED_PARAMS: HeaderName = HeaderName::from_static("x-polyplex-dropped-params");
+    pub static CACHE: HeaderName = HeaderName::from_static("x-polyplex-cache");
     pub static RL_LIMIT_REQUESTS: HeaderName =
         HeaderName::from_static("x-ratelimit-limit-requests");
     pub static RL_REMAINING_REQUESTS: HeaderName =
@@ -275,19 +276,22 @@ fn usage_into_map(
 
 pub fn json_response(body: &Reply) -> Response {
     match body.to_bytes() {
-        Ok(bytes) => {
-            let mut r = Response::new(Body::from(bytes));
-            r.headers_mut().insert(
-                axum::http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            r
-        }
+        Ok(bytes) => json_bytes(bytes),
         Err(e) => ApiError(GatewayError::internal(format!(
             "could not encode the response: {e}"
         )))
         .into_response(),
     }
+}
+
+/// A 200 answer of JSON text.
+pub fn json_bytes(bytes: Bytes) -> Response {
+    let mut r = Response::new(Body::from(bytes));
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn frame(json: &[u8]) -> Bytes {

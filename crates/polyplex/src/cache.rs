@@ -1,0 +1,279 @@
+//! The response cache (`[cache]` in the configuration): exact-match answers
+//! to non-streamed requests (chat, completions, embeddings), so a repeated
+//! call costs nothing upstream.
+//!
+//! - The key is a SHA-256 of the endpoint, the caller (a gateway key's id,
+//!   or the master key / an open gateway) and the request body as sent: one
+//!   key's answers are never served to another.
+//! - Node-local (an LRU of `max_entries`), or with `[redis]` shared by every
+//!   replica (`polyplex:cache:<hex>` with the TTL as its expiry). Redis that
+//!   fails or is slow (100 ms) is a miss, never an error.
+//! - A request may say `Cache-Control: no-cache` (ask upstream, store the
+//!   answer) or `no-store` (neither read nor write).
+//! - A hit answers with `x-polyplex-cache: hit`, the original provider and
+//!   model headers, `usage.cost` 0, and is recorded with provider `cache`
+//!   and no cost (budgets are not charged).
+
+use bytes::Bytes;
+use polyplex_types::Usage;
+use redis::aio::ConnectionManager;
+use sha2::{Digest, Sha256};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long Redis may take to answer a lookup before it counts as a miss.
+const REDIS_WAIT: Duration = Duration::from_millis(100);
+
+/// The settings of `[cache]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub ttl: Duration,
+    pub max_entries: usize,
+}
+
+/// What a request's `Cache-Control` allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Read and write.
+    Use,
+    /// Ask upstream, then store (`no-cache`).
+    Refresh,
+    /// Neither (`no-store`).
+    Skip,
+}
+
+impl Mode {
+    pub fn from_header(v: Option<&str>) -> Mode {
+        let Some(v) = v else { return Mode::Use };
+        let has = |d: &str| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(d));
+        if has("no-store") {
+            Mode::Skip
+        } else if has("no-cache") {
+            Mode::Refresh
+        } else {
+            Mode::Use
+        }
+    }
+}
+
+/// One stored answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The response body as it was sent.
+    pub body: Bytes,
+    pub provider: String,
+    pub model: String,
+    pub usage: Usage,
+}
+
+impl Entry {
+    fn encode(&self) -> Vec<u8> {
+        let head = serde_json::json!({
+            "provider": self.provider, "model": self.model,
+            "prompt": self.usage.prompt_tokens, "completion": self.usage.completion_tokens,
+            "cached": self.usage.cached_tokens, "reasoning": self.usage.reasoning_tokens,
+            "estimated": self.usage.estimated,
+        })
+        .to_string();
+        let mut out = Vec::with_capacity(head.len() + 1 + self.body.len());
+        out.extend_from_slice(head.as_bytes());
+        out.push(b'\n');
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Entry> {
+        let nl = memchr::memchr(b'\n', b)?;
+        let head: serde_json::Value = serde_json::from_slice(&b[..nl]).ok()?;
+        let n = |k: &str| head.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        Some(Entry {
+            body: Bytes::copy_from_slice(&b[nl + 1..]),
+            provider: head.get("provider")?.as_str()?.to_string(),
+            model: head.get("model")?.as_str()?.to_string(),
+            usage: Usage {
+                prompt_tokens: n("prompt"),
+                completion_tokens: n("completion"),
+                cached_tokens: n("cached"),
+                reasoning_tokens: n("reasoning"),
+                estimated: head.get("estimated").and_then(serde_json::Value::as_bool) == Some(true),
+            },
+        })
+    }
+}
+
+pub type Key = [u8; 32];
+
+pub struct ResponseCache {
+    ttl: Duration,
+    local: Mutex<lru::LruCache<Key, (Instant, Arc<Entry>)>>,
+    redis: Option<ConnectionManager>,
+}
+
+impl ResponseCache {
+    pub fn new(cfg: CacheConfig, redis: Option<ConnectionManager>) -> ResponseCache {
+        let cap = NonZeroUsize::new(cfg.max_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
+        ResponseCache {
+            ttl: cfg.ttl,
+            local: Mutex::new(lru::LruCache::new(cap)),
+            redis,
+        }
+    }
+
+    /// Whether answers are shared through Redis.
+    pub fn shared(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    pub fn key(endpoint: &str, caller: &str, body: &[u8]) -> Key {
+        let mut h = Sha256::new();
+        h.update(endpoint.as_bytes());
+        h.update([0]);
+        h.update(caller.as_bytes());
+        h.update([0]);
+        h.update(body);
+        h.finalize().into()
+    }
+
+    fn redis_key(key: &Key) -> String {
+        let mut s = String::with_capacity(14 + 64);
+        s.push_str("polyplex:cache:");
+        for b in key {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+
+    pub async fn get(&self, key: &Key) -> Option<Arc<Entry>> {
+        if let Some(conn) = &self.redis {
+            let mut conn = conn.clone();
+            let got = tokio::time::timeout(
+                REDIS_WAIT,
+                redis::cmd("GET")
+                    .arg(Self::redis_key(key))
+                    .query_async::<Option<Vec<u8>>>(&mut conn),
+            )
+            .await;
+            return match got {
+                Ok(Ok(Some(b))) => Entry::decode(&b).map(Arc::new),
+                Ok(Ok(None)) => None,
+                _ => {
+                    metrics::counter!("polyplex_redis_errors_total").increment(1);
+                    None
+                }
+            };
+        }
+        let mut local = self.local.lock().ok()?;
+        match local.get(key) {
+            Some((at, e)) if at.elapsed() < self.ttl => Some(e.clone()),
+            Some(_) => {
+                local.pop(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Stores an answer (in the background when it goes to Redis).
+    pub fn put(&self, key: Key, entry: Entry) {
+        if let Some(conn) = &self.redis {
+            let mut conn = conn.clone();
+            let value = entry.encode();
+            let ttl = self.ttl.as_secs().max(1);
+            tokio::spawn(async move {
+                let mut set = redis::cmd("SET");
+                set.arg(Self::redis_key(&key)).arg(value).arg("EX").arg(ttl);
+                let done =
+                    tokio::time::timeout(Duration::from_secs(2), set.query_async::<()>(&mut conn))
+                        .await;
+                if !matches!(done, Ok(Ok(()))) {
+                    metrics::counter!("polyplex_redis_errors_total").increment(1);
+                }
+            });
+            return;
+        }
+        if let Ok(mut local) = self.local.lock() {
+            local.put(key, (Instant::now(), Arc::new(entry)));
+        }
+    }
+}
+
+/// The answer of a hit: the stored body with `usage.cost` set to 0 (the
+/// client was not charged for it).
+pub fn hit_body(stored: &Bytes) -> Bytes {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(stored) else {
+        return stored.clone();
+    };
+    if let Some(u) = v
+        .get_mut("usage")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        u.insert("cost".into(), serde_json::json!(0.0));
+    }
+    serde_json::to_vec(&v)
+        .map(Bytes::from)
+        .unwrap_or_else(|_| stored.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            body: Bytes::from_static(br#"{"id":"x","usage":{"prompt_tokens":3,"cost":0.5}}"#),
+            provider: "openai".into(),
+            model: "gpt-4o".into(),
+            usage: Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2,
+                cached_tokens: 1,
+                reasoning_tokens: 0,
+                estimated: true,
+            },
+        }
+    }
+
+    #[test]
+    fn modes_from_cache_control() {
+        assert_eq!(Mode::from_header(None), Mode::Use);
+        assert_eq!(
+            Mode::from_header(Some("max-age=0, No-Cache")),
+            Mode::Refresh
+        );
+        assert_eq!(Mode::from_header(Some("no-cache, no-store")), Mode::Skip);
+        assert_eq!(Mode::from_header(Some("private")), Mode::Use);
+    }
+
+    #[test]
+    fn keys_entries_and_hits() {
+        let a = ResponseCache::key("chat.completions", "key-1", b"{}");
+        assert_ne!(a, ResponseCache::key("chat.completions", "key-2", b"{}"));
+        assert_ne!(a, ResponseCache::key("embeddings", "key-1", b"{}"));
+        assert_ne!(a, ResponseCache::key("chat.completions", "key-1", b"{ }"));
+        assert_eq!(Entry::decode(&entry().encode()), Some(entry()));
+        assert!(ResponseCache::redis_key(&a).starts_with("polyplex:cache:"));
+        let hit: serde_json::Value = serde_json::from_slice(&hit_body(&entry().body)).unwrap();
+        assert_eq!(hit["usage"]["cost"], 0.0);
+        assert_eq!(hit["usage"]["prompt_tokens"], 3);
+    }
+
+    #[tokio::test]
+    async fn local_entries_expire_and_are_bounded() {
+        let c = ResponseCache::new(
+            CacheConfig {
+                ttl: Duration::from_millis(50),
+                max_entries: 2,
+            },
+            None,
+        );
+        let k = |n: u8| [n; 32];
+        c.put(k(1), entry());
+        assert_eq!(c.get(&k(1)).await.as_deref(), Some(&entry()));
+        c.put(k(2), entry());
+        c.put(k(3), entry());
+        assert!(c.get(&k(1)).await.is_none(), "the least recently used left");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(c.get(&k(3)).await.is_none(), "expired");
+    }
+}
