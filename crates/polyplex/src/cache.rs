@@ -65,6 +65,8 @@ pub struct Entry {
     pub provider: String,
     pub model: String,
     pub usage: Usage,
+    /// Parameters left out under `drop_params` (named again on a hit).
+    pub dropped: Vec<String>,
 }
 
 impl Entry {
@@ -73,7 +75,7 @@ impl Entry {
             "provider": self.provider, "model": self.model,
             "prompt": self.usage.prompt_tokens, "completion": self.usage.completion_tokens,
             "cached": self.usage.cached_tokens, "reasoning": self.usage.reasoning_tokens,
-            "estimated": self.usage.estimated,
+            "estimated": self.usage.estimated, "dropped": self.dropped,
         })
         .to_string();
         let mut out = Vec::with_capacity(head.len() + 1 + self.body.len());
@@ -98,6 +100,15 @@ impl Entry {
                 reasoning_tokens: n("reasoning"),
                 estimated: head.get("estimated").and_then(serde_json::Value::as_bool) == Some(true),
             },
+            dropped: head
+                .get("dropped")
+                .and_then(serde_json::Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|d| d.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 }
@@ -231,6 +242,7 @@ mod tests {
                 reasoning_tokens: 0,
                 estimated: true,
             },
+            dropped: vec!["seed".into()],
         }
     }
 

@@ -31,6 +31,12 @@ base_url = "http://{mock}/v1"
 api_key = "sk-provider"
 models = ["gpt-4o-mini", "text-embedding-3-small"]
 max_retries = 0
+[[providers]]
+name = "anthropic"
+base_url = "http://{mock}"
+api_key = "sk-ant"
+models = ["claude-sonnet-4-5"]
+max_retries = 0
 "#
     ))
     .await
@@ -183,6 +189,15 @@ async fn repeated_requests_are_answered_from_the_cache() {
     assert_eq!(a["data"], b["data"]);
     assert_eq!(t.upstream_requests().await, n0 + 7);
 
+    // What drop_params left out is named on a hit too.
+    let d = json!({"model": "anthropic/claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}],
+        "seed": 7, "drop_params": true});
+    let (h, _) = t.call(&gw, &k1, path, d.clone(), None).await;
+    assert_eq!(h["x-polyplex-dropped-params"], "seed");
+    let (h, _) = t.call(&gw, &k1, path, d, None).await;
+    assert_eq!(cache_header(&h), Some("hit"));
+    assert_eq!(h["x-polyplex-dropped-params"], "seed");
+
     // After the TTL: a miss again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (h, _) = t.call(&gw, &k1, path, chat("cache me"), None).await;
@@ -205,7 +220,7 @@ async fn repeated_requests_are_answered_from_the_cache() {
         .iter()
         .find(|r| r["provider"] == "cache")
         .unwrap_or_else(|| panic!("no cache row in {usage}"));
-    assert_eq!(row["requests"], 2);
+    assert_eq!(row["requests"], 3);
     assert_eq!(row["cost_usd"].as_f64(), Some(0.0), "{row}");
     gw.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);

@@ -216,6 +216,7 @@ impl Call {
         if let Ok(v) = HeaderValue::from_str(&hit.model) {
             h.insert(&names::MODEL, v);
         }
+        dropped_header(&mut resp, &hit.dropped);
         resp
     }
 
@@ -458,6 +459,7 @@ async fn serve(
                                 provider: d.upstream.name.clone(),
                                 model: d.model.clone(),
                                 usage,
+                                dropped: unary.dropped.clone(),
                             },
                         );
                         let mut r = super::respond::json_bytes(bytes);
