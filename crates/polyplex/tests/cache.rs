@@ -120,7 +120,7 @@ async fn repeated_requests_are_answered_from_the_cache() {
         .await
         .unwrap();
     let (dir, store) = temp_store();
-    let gw = gateway(mock, &store, None, 1).await;
+    let gw = gateway(mock, &store, None, 2).await;
     let t = T {
         http: reqwest::Client::new(),
         mock,
@@ -199,7 +199,7 @@ async fn repeated_requests_are_answered_from_the_cache() {
     assert_eq!(h["x-polyplex-dropped-params"], "seed");
 
     // After the TTL: a miss again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let (h, _) = t.call(&gw, &k1, path, chat("cache me"), None).await;
     assert_eq!(cache_header(&h), Some("miss"));
 
