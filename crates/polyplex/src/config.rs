@@ -1660,12 +1660,7 @@ strategy = "priority"
             ("GOOGLE_VERTEX_PROJECT", "zp"),
             ("GOOGLE_APPLICATION_CREDENTIALS", sa),
         ]));
-        let c = zero_config(&Inputs {
-            env: &env,
-            listen_override: None,
-            catalog: Catalog::builtin(),
-        })
-        .unwrap();
+        let c = zero(&env);
         let p = c
             .providers
             .iter()
@@ -1681,6 +1676,15 @@ strategy = "priority"
             .any(|p| p.name == "google-vertex-anthropic"));
     }
 
+    fn zero(env: &dyn Fn(&str) -> Option<String>) -> Config {
+        zero_config(&Inputs {
+            env,
+            listen_override: None,
+            catalog: Catalog::builtin(),
+        })
+        .unwrap()
+    }
+
     fn leak_pairs(v: Vec<(&'static str, &'static str)>) -> &'static [(&'static str, &'static str)] {
         Box::leak(v.into_boxed_slice())
     }
@@ -1691,12 +1695,7 @@ strategy = "priority"
             ("AWS_BEARER_TOKEN_BEDROCK", "bk"),
             ("AWS_REGION", "us-west-2"),
         ]);
-        let c = zero_config(&Inputs {
-            env: &env,
-            listen_override: None,
-            catalog: Catalog::builtin(),
-        })
-        .unwrap();
+        let c = zero(&env);
         let p = c
             .providers
             .iter()
@@ -1709,12 +1708,7 @@ strategy = "priority"
         );
         assert_eq!(p.api_key.as_ref().unwrap().expose_secret(), "bk");
         let env = env_of(&[("AWS_ACCESS_KEY_ID", "A"), ("AWS_SECRET_ACCESS_KEY", "B")]);
-        let c = zero_config(&Inputs {
-            env: &env,
-            listen_override: None,
-            catalog: Catalog::builtin(),
-        })
-        .unwrap();
+        let c = zero(&env);
         let p = c
             .providers
             .iter()
@@ -1727,12 +1721,7 @@ strategy = "priority"
         );
         // An access key id alone enables nothing.
         let env = env_of(&[("AWS_ACCESS_KEY_ID", "A")]);
-        let c = zero_config(&Inputs {
-            env: &env,
-            listen_override: None,
-            catalog: Catalog::builtin(),
-        })
-        .unwrap();
+        let c = zero(&env);
         assert!(c.demo);
     }
 
@@ -1744,12 +1733,7 @@ strategy = "priority"
             ("WATSONX_AI_APIKEY", "w"),
             ("MISTRAL_API_KEY", ""),
         ]);
-        let c = zero_config(&Inputs {
-            env: &env,
-            listen_override: None,
-            catalog: Catalog::builtin(),
-        })
-        .unwrap();
+        let c = zero(&env);
         let names: Vec<_> = c.providers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, vec!["anthropic", "groq"]);
         assert!(!c.demo);

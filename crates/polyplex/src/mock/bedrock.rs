@@ -95,6 +95,21 @@ fn check_auth(headers: &HeaderMap, uri: &Uri, body: &[u8]) -> Option<Response> {
     }
 }
 
+/// The caller's credentials checked, then the body parsed, recorded and any
+/// pending fault applied; `Err` is the answer to send instead.
+async fn admitted(
+    s: &MockState,
+    model: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Map<String, Value>, Option<super::Fault>), Response> {
+    if let Some(r) = check_auth(headers, uri, body) {
+        return Err(r);
+    }
+    admit_model(s, uri.path(), headers, body, Shape::Bedrock, Some(model)).await
+}
+
 /// The request in OpenAI's shape, so `reply::chat_answer` can decide.
 fn to_openai(req: &Map<String, Value>) -> Map<String, Value> {
     let mut messages = Vec::new();
@@ -210,19 +225,7 @@ async fn converse(
     body: Bytes,
     stream: bool,
 ) -> Response {
-    if let Some(r) = check_auth(&headers, &uri, &body) {
-        return r;
-    }
-    let (req, fault) = match admit_model(
-        &s,
-        uri.path(),
-        &headers,
-        &body,
-        Shape::Bedrock,
-        Some(&model),
-    )
-    .await
-    {
+    let (req, fault) = match admitted(&s, &model, &uri, &headers, &body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -336,19 +339,7 @@ pub(crate) async fn invoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = check_auth(&headers, &uri, &body) {
-        return r;
-    }
-    let (req, _) = match admit_model(
-        &s,
-        uri.path(),
-        &headers,
-        &body,
-        Shape::Bedrock,
-        Some(&model),
-    )
-    .await
-    {
+    let (req, _) = match admitted(&s, &model, &uri, &headers, &body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
