@@ -407,6 +407,18 @@ fn catalog_for_kind(kind: &str) -> Option<&'static str> {
 /// How a Bedrock provider authenticates, from its settings or else the
 /// environment as the AWS SDKs read it: an API key (bearer), or access keys
 /// (SigV4). Errors name the setting.
+/// An optional string setting, `${VAR}`s replaced (`field` names it in
+/// errors); an empty one is unset.
+fn optional_setting(
+    v: Option<&str>,
+    field: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    Ok(v.map(|s| interpolate(s, field, env))
+        .transpose()?
+        .filter(|s| !s.is_empty()))
+}
+
 struct BedrockAuth {
     region: String,
     api_key: Option<String>,
@@ -420,12 +432,7 @@ fn bedrock_auth(
     at: &dyn Fn(&str) -> String,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<BedrockAuth, ConfigError> {
-    let setting = |v: &Option<String>, field: &str| -> Result<Option<String>, ConfigError> {
-        Ok(v.as_deref()
-            .map(|s| interpolate(s, &at(field), env))
-            .transpose()?
-            .filter(|s| !s.is_empty()))
-    };
+    let setting = |v: &Option<String>, field: &str| optional_setting(v.as_deref(), &at(field), env);
     let from_env = |k: &str| env(k).filter(|s| !s.is_empty());
     let region = match setting(&p.region, "region")? {
         Some(r) => r,
@@ -515,12 +522,7 @@ fn vertex_setup(
     at: &dyn Fn(&str) -> String,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<VertexSetup, ConfigError> {
-    let setting = |v: &Option<String>, field: &str| -> Result<Option<String>, ConfigError> {
-        Ok(v.as_deref()
-            .map(|s| interpolate(s, &at(field), env))
-            .transpose()?
-            .filter(|s| !s.is_empty()))
-    };
+    let setting = |v: &Option<String>, field: &str| optional_setting(v.as_deref(), &at(field), env);
     let from_env = |k: &str| env(k).filter(|s| !s.is_empty());
     let location = setting(&p.location, "location")?
         .or_else(|| from_env("GOOGLE_VERTEX_LOCATION"))
@@ -725,13 +727,7 @@ pub fn from_toml(text: &str, inputs: &Inputs<'_>) -> Result<Config, ConfigError>
             .unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
     };
     let listen = parse_listen(&listen_s, "listen")?;
-    let master_key = raw
-        .auth
-        .master_key
-        .as_deref()
-        .map(|k| interpolate(k, "auth.master_key", env))
-        .transpose()?
-        .filter(|k| !k.is_empty());
+    let master_key = optional_setting(raw.auth.master_key.as_deref(), "auth.master_key", env)?;
     if let Some(k) = &master_key {
         if k.len() < 8 {
             return err("auth.master_key: must be at least 8 characters");
@@ -902,12 +898,7 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
         .as_deref()
         .map(|u| interpolate(u, &at("base_url"), env))
         .transpose()?;
-    let api_key = p
-        .api_key
-        .as_deref()
-        .map(|k| interpolate(k, &at("api_key"), env))
-        .transpose()?
-        .filter(|k| !k.is_empty());
+    let api_key = optional_setting(p.api_key.as_deref(), &at("api_key"), env)?;
     let aws_fields = [
         ("region", p.region.is_some()),
         ("aws_access_key_id", p.aws_access_key_id.is_some()),
@@ -935,10 +926,14 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
     }
     let mut google_credentials = None;
     let mut vertex_key_header = None;
-    let (api_key, sigv4, region_url) = match kind.as_str() {
+    // The URL when the protocol's own settings decide it (Bedrock's region,
+    // Vertex AI's project and location), else the given one or a default.
+    let (api_key, sigv4, protocol_url) = match kind.as_str() {
         "bedrock" => {
             let auth = bedrock_auth(&p, given_url.as_deref(), api_key, &at, env)?;
-            let url = polyplex_providers::bedrock::endpoint_for(&auth.region);
+            let url = given_url
+                .clone()
+                .unwrap_or_else(|| polyplex_providers::bedrock::endpoint_for(&auth.region));
             (auth.api_key, auth.sigv4, Some(url))
         }
         "vertex" => {
@@ -949,17 +944,11 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
         }
         _ => (api_key, None, None),
     };
-    let given_url = if kind == "vertex" {
-        region_url.clone()
-    } else {
-        given_url
-    };
-    let base_url = match given_url {
+    let base_url = match protocol_url.or(given_url) {
         Some(u) => u,
         None => match alias_url
             .map(str::to_string)
             .or_else(|| cat.and_then(|c| c.base_url.clone()))
-            .or(region_url)
         {
             Some(u) => u,
             None => {

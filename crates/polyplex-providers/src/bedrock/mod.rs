@@ -28,7 +28,7 @@ pub use sigv4::SigV4;
 pub use stream::Decoder;
 
 use crate::translate::{
-    assistant_calls, check_fields, completion, data_url, embedding_list, embedding_texts, now,
+    assistant_calls, check_fields, completion, data_url, embedding_list, embedding_texts,
     push_turn, text_of, unsupported_endpoint, CHAT_PARAMS, EMBEDDING_PARAMS,
 };
 use crate::{join_url, unsupported, Endpoint, Protocol, StreamDecoder, Target, UpstreamRequest};
@@ -705,9 +705,4 @@ impl Protocol for Bedrock {
     ) -> Box<dyn StreamDecoder> {
         Box::new(Decoder::new(provider, model, json_mode(request.map())))
     }
-}
-
-/// Seconds since the epoch (re-exported for the decoder).
-pub(crate) fn created() -> u64 {
-    now()
 }

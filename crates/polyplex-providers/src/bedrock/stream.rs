@@ -8,7 +8,7 @@
 //! (last) the usage; an `exception` message ends the stream with the
 //! error it names.
 
-use super::{created, error_for, finish_reason, new_id, usage_from, JSON_TOOL};
+use super::{error_for, finish_reason, new_id, usage_from, JSON_TOOL};
 use crate::sse::Event;
 use crate::{StreamDecoder, StreamItem, StreamSummary};
 use http::StatusCode;
@@ -38,7 +38,7 @@ impl Decoder {
             json_mode,
             id: new_id(),
             model: model.to_string(),
-            created: created(),
+            created: crate::translate::now(),
             tools: HashMap::new(),
             next_tool: 0,
             usage: None,
