@@ -269,3 +269,31 @@ async fn replicas_share_the_cache_through_redis() {
     b.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_redis_that_does_not_answer_is_a_miss_not_an_error() {
+    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+        .await
+        .unwrap();
+    // A port nothing listens on.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("redis://{}", free.local_addr().unwrap());
+    drop(free);
+    let (dir, store) = temp_store();
+    let gw = gateway(mock, &store, Some(&dead), 30).await;
+    let t = T {
+        http: reqwest::Client::new(),
+        mock,
+    };
+    let n0 = t.upstream_requests().await;
+    for _ in 0..2 {
+        let (h, v) = t
+            .call(&gw, MASTER, "/v1/chat/completions", chat("no redis"), None)
+            .await;
+        assert_eq!(cache_header(&h), Some("miss"));
+        assert_eq!(v["choices"][0]["message"]["content"], "no redis");
+    }
+    assert_eq!(t.upstream_requests().await, n0 + 2);
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -28,6 +28,12 @@ const PROTOCOLS: &[(&str, &str)] = &[
     ),
 ];
 
+/// An address nothing listens on.
+fn dead_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
 /// A service-account key file whose token endpoint is the mock's (the key
 /// is a test-only one, `tests/fixtures/test-only-rsa-key.pem`).
 fn service_account_file(mock: SocketAddr) -> std::path::PathBuf {
@@ -125,6 +131,13 @@ base_url = "http://{mock}/v1/projects/polyplex-test/locations/us-east5"
 credentials_file = "{sa}"
 max_retries = 0
 [[providers]]
+name = "vertex-no-token"
+kind = "vertex"
+base_url = "http://{mock}/v1/projects/polyplex-test/locations/us-east5"
+credentials_file = "{sa_dead}"
+models = ["gemini-2.5-flash"]
+max_retries = 0
+[[providers]]
 name = "vertex-express"
 kind = "vertex"
 base_url = "http://{mock}/v1"
@@ -133,6 +146,7 @@ models = ["gemini-2.5-flash"]
 max_retries = 0
 "#,
         sa = service_account_file(mock).display(),
+        sa_dead = service_account_file(dead_port()).display(),
         key_id = mock::bedrock::MOCK_ACCESS_KEY_ID,
         secret = mock::bedrock::MOCK_SECRET_ACCESS_KEY,
     );
@@ -741,6 +755,17 @@ async fn vertex_wire_format_and_tokens_reach_the_upstream() {
     // holds its own source, so at most two).
     let issued = stats().await["tokens_issued"].as_u64().unwrap() - before;
     assert!((1..=2).contains(&issued), "{issued} tokens for 4 requests");
+    // No token to be had: a 502 naming the provider, nothing sent upstream.
+    let (s, _, v) = env
+        .chat(user("vertex-no-token/gemini-2.5-flash", "hi"))
+        .await;
+    assert_eq!(s, 502, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("vertex-no-token") && msg.contains("no Google access token"),
+        "{msg}"
+    );
+    assert!(!msg.contains("PRIVATE KEY"));
     // Express mode: the API key in x-goog-api-key, no project in the path.
     let (s, _, v) = env
         .chat(user("vertex-express/gemini-2.5-flash", "hi"))
