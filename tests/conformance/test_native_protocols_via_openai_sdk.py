@@ -5,6 +5,7 @@ Anthropic's Messages API, Gemini's generateContent, Bedrock's Converse,
 checking SigV4 signatures, and Vertex AI, issuing OAuth tokens for a
 service-account key)."""
 import json
+import urllib.request
 
 import openai
 import pytest
@@ -130,13 +131,47 @@ def test_bedrock_refuses_what_converse_cannot_do(client):
     assert r.choices[0].message.content == "describe [image]"
 
 
-def test_bedrock_titan_embeds_one_text_per_request(client):
-    r = client.embeddings.create(model="bedrock/amazon.titan-embed-text-v2:0", input="The food was delicious", dimensions=8)
+def test_bedrock_titan_embeds_a_list_one_text_per_request(client, mock):
+    titan = "bedrock/amazon.titan-embed-text-v2:0"
+    r = client.embeddings.create(model=titan, input="The food was delicious", dimensions=8)
     assert len(r.data) == 1 and len(r.data[0].embedding) == 8
     assert r.usage.prompt_tokens == 4
+    # Titan takes one text per request: a list goes as one request each, and
+    # comes back as one answer in input order, token counts added up.
+    texts = [f"text number {i} of twelve" for i in range(12)]
+    singles = [client.embeddings.create(model=titan, input=t, dimensions=8) for t in texts]
+    before = json.loads(urllib.request.urlopen(mock + "/__mock/stats").read())
+    batch = client.embeddings.create(model=titan, input=texts, dimensions=8)
+    after = json.loads(urllib.request.urlopen(mock + "/__mock/stats").read())
+    assert after["requests"] - before["requests"] == len(texts)
+    assert [d.index for d in batch.data] == list(range(len(texts)))
+    assert [d.embedding for d in batch.data] == [s.data[0].embedding for s in singles]
+    assert batch.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles)
+    assert batch.usage.total_tokens == batch.usage.prompt_tokens
+    # Token ids are refused by name, as before.
     with pytest.raises(openai.BadRequestError) as e:
-        client.embeddings.create(model="bedrock/amazon.titan-embed-text-v2:0", input=["a", "b"])
-    assert e.value.param == "input"
+        client.embeddings.create(model=titan, input=[[1, 2], [3]])
+    assert e.value.param == "input[0]"
+
+
+def test_bedrock_titan_list_fails_or_succeeds_whole(client, fault, mock):
+    titan = "bedrock/amazon.titan-embed-text-v2:0"
+    texts = [f"part {i}" for i in range(10)]
+    # One part failing fails the attempt; the retry (max_retries = 1) sends
+    # every part again and the answer is whole.
+    fault(fault="503", count=1)
+    r = client.embeddings.create(model=titan, input=texts)
+    assert [d.index for d in r.data] == list(range(len(texts)))
+    assert r.usage.prompt_tokens == 2 * len(texts)
+    # Failing on both attempts (parts go 8 at a time, so enough faults for
+    # every part in flight): an error, never a partial list.
+    fault(fault="503", count=2 * len(texts), model="amazon.titan-embed-text-v2:0")
+    try:
+        with pytest.raises(openai.InternalServerError) as e:
+            client.embeddings.create(model=titan, input=texts)
+        assert e.value.status_code == 503
+    finally:
+        urllib.request.urlopen(urllib.request.Request(mock + "/__mock/faults", method="DELETE"), timeout=5).read()
 
 
 def test_gemini_honours_seed_and_n(client):

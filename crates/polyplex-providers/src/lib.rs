@@ -24,6 +24,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
 pub use reply::{RawReply, Reply};
+pub use translate::{join_embeddings, split_embedding_inputs};
 
 /// Which OpenAI endpoint a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +194,13 @@ pub trait Protocol: Send + Sync {
         body: &[u8],
     ) -> GatewayError {
         self.error(provider, status, body)
+    }
+    /// The most inputs one embeddings request to `model` may carry, where
+    /// the upstream takes fewer than OpenAI's clients may send (Bedrock's
+    /// Titan models: one). The gateway then sends the inputs in parts and
+    /// joins the answers ([`split_embedding_inputs`], [`join_embeddings`]).
+    fn embedding_inputs_per_request(&self, _model: &str) -> Option<usize> {
+        None
     }
     /// The parser of this protocol's stream framing (SSE unless overridden).
     fn stream_parser(&self) -> sse::Parser {

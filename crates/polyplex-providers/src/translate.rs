@@ -201,6 +201,78 @@ pub(crate) fn embedding_list(
     out
 }
 
+/// An embeddings body cut into parts of at most `per` inputs each, for an
+/// upstream that takes fewer inputs per request than the client sent;
+/// `None` when it needs no cutting (one text, or no more than `per`).
+/// Every other member is kept in every part.
+pub fn split_embedding_inputs(body: &JsonMap, per: usize) -> Option<Vec<JsonMap>> {
+    let Some(Value::Array(items)) = body.get("input") else {
+        return None;
+    };
+    if per == 0 || items.len() <= per {
+        return None;
+    }
+    let rest: JsonMap = body
+        .iter()
+        .filter(|(k, _)| k.as_str() != "input")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Some(
+        items
+            .chunks(per)
+            .map(|chunk| {
+                let mut part = rest.clone();
+                part.insert("input".into(), Value::Array(chunk.to_vec()));
+                part
+            })
+            .collect(),
+    )
+}
+
+/// The answers to [`split_embedding_inputs`]'s parts, in the parts' order,
+/// as one answer: the vectors in input order, indexed from 0, and the
+/// parts' token counts added up (none when a part had none: the gateway
+/// counts then).
+pub fn join_embeddings(parts: Vec<(Reply, Option<Usage>)>) -> (Reply, Option<Usage>) {
+    let mut data = Vec::new();
+    let mut usage = Some(Usage::default());
+    let mut head: Option<JsonMap> = None;
+    for (reply, part_usage) in parts {
+        let mut m = reply.into_map();
+        if let Some(Value::Array(mut items)) = m.remove("data") {
+            items.sort_by_key(|item| item.get("index").and_then(Value::as_u64));
+            for mut item in items {
+                if let Some(o) = item.as_object_mut() {
+                    o.insert("index".into(), json!(data.len()));
+                }
+                data.push(item);
+            }
+        }
+        usage = match (usage, part_usage) {
+            (Some(mut sum), Some(u)) => {
+                sum.prompt_tokens += u.prompt_tokens;
+                Some(sum)
+            }
+            _ => None,
+        };
+        head.get_or_insert(m);
+    }
+    let mut out = head.unwrap_or_default();
+    out.insert("data".into(), Value::Array(data));
+    match &usage {
+        Some(u) => {
+            out.insert(
+                "usage".into(),
+                json!({"prompt_tokens": u.prompt_tokens, "total_tokens": u.prompt_tokens}),
+            );
+        }
+        None => {
+            out.remove("usage");
+        }
+    }
+    (Reply::Map(out), usage)
+}
+
 #[cfg(test)]
 mod embedding_tests {
     use super::*;
@@ -233,6 +305,55 @@ mod embedding_tests {
         );
         assert_eq!(out["data"][0]["embedding"], json!([0.25]));
         assert_eq!(out["usage"], json!({"prompt_tokens": 3, "total_tokens": 3}));
+    }
+
+    #[test]
+    fn embedding_inputs_split_and_join_in_order() {
+        let body: JsonMap = serde_json::from_value(
+            json!({"model": "m", "input": ["a", "b", "c"], "dimensions": 4}),
+        )
+        .unwrap();
+        assert!(split_embedding_inputs(&body, 3).is_none());
+        let one: JsonMap = serde_json::from_value(json!({"input": "a"})).unwrap();
+        assert!(split_embedding_inputs(&one, 1).is_none());
+        let parts = split_embedding_inputs(&body, 2).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0]["input"], json!(["a", "b"]));
+        assert_eq!(parts[1]["input"], json!(["c"]));
+        assert!(parts
+            .iter()
+            .all(|p| p["dimensions"] == 4 && p["model"] == "m"));
+
+        let answer = |vectors: &[Vec<f64>], tokens: Option<u64>| {
+            let usage = tokens.map(|n| Usage {
+                prompt_tokens: n,
+                ..Usage::default()
+            });
+            (
+                Reply::Map(embedding_list(vectors, "", &body, usage.as_ref())),
+                usage,
+            )
+        };
+        let (joined, usage) = join_embeddings(vec![
+            answer(&[vec![1.0], vec![2.0]], Some(3)),
+            answer(&[vec![3.0]], Some(4)),
+        ]);
+        let m = joined.into_map();
+        let data = m["data"].as_array().unwrap();
+        assert_eq!(data.len(), 3);
+        for (i, d) in data.iter().enumerate() {
+            assert_eq!(d["index"], i);
+            assert_eq!(d["embedding"], json!([i as f64 + 1.0]));
+        }
+        assert_eq!(usage.unwrap().prompt_tokens, 7);
+        assert_eq!(m["usage"]["total_tokens"], 7);
+        // A part without a count: the whole answer has none (the gateway counts).
+        let (joined, usage) = join_embeddings(vec![
+            answer(&[vec![1.0]], Some(3)),
+            answer(&[vec![2.0]], None),
+        ]);
+        assert!(usage.is_none());
+        assert!(joined.into_map().get("usage").is_none());
     }
 }
 

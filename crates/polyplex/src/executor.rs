@@ -507,19 +507,15 @@ pub async fn unary_once(
 ) -> Result<Unary, GatewayError> {
     let timeout = d.upstream.timeout;
     let fut = async {
-        let (resp, dropped) = send(app, d, endpoint, body, false).await?;
-        d.stats.observe_limits(Instant::now(), resp.headers());
-        if !resp.status().is_success() {
-            return Err(upstream_error(d, resp).await);
+        let protocol = &d.upstream.protocol;
+        if let Some(parts) = (endpoint == Endpoint::Embeddings)
+            .then(|| protocol.embedding_inputs_per_request(&d.model))
+            .flatten()
+            .and_then(|per| polyplex_providers::split_embedding_inputs(body.map(), per))
+        {
+            return embeddings_in_parts(app, d, parts).await;
         }
-        let bytes = read_body(resp.into_body())
-            .await
-            .map_err(|f| transport_error(d, f))?;
-        let (response, usage) = d
-            .upstream
-            .protocol
-            .parse_reply(endpoint, &d.upstream.name, body, &bytes)
-            .map_err(|e| redact(e, d))?;
+        let (response, usage, dropped) = call(app, d, endpoint, body).await?;
         Ok(Unary {
             response,
             usage,
@@ -530,6 +526,65 @@ pub async fn unary_once(
         Ok(r) => r,
         Err(_) => Err(GatewayError::upstream_timeout(&d.upstream.name, timeout)),
     }
+}
+
+/// One upstream request and its parsed answer.
+async fn call(
+    app: &AppState,
+    d: &Deployment,
+    endpoint: Endpoint,
+    body: &RequestBody,
+) -> Result<(Reply, Option<Usage>, Vec<String>), GatewayError> {
+    let (resp, dropped) = send(app, d, endpoint, body, false).await?;
+    d.stats.observe_limits(Instant::now(), resp.headers());
+    if !resp.status().is_success() {
+        return Err(upstream_error(d, resp).await);
+    }
+    let bytes = read_body(resp.into_body())
+        .await
+        .map_err(|f| transport_error(d, f))?;
+    let (response, usage) = d
+        .upstream
+        .protocol
+        .parse_reply(endpoint, &d.upstream.name, body, &bytes)
+        .map_err(|e| redact(e, d))?;
+    Ok((response, usage, dropped))
+}
+
+/// How many parts of one embeddings request are in flight at once.
+const PARTS_AT_ONCE: usize = 8;
+
+/// An embeddings request whose upstream takes fewer inputs per request
+/// than the client sent (Bedrock's Titan models: one): the parts go a few
+/// at a time, and their answers are joined in input order. A part that
+/// fails fails the attempt (which may then retry or fail over as a whole).
+async fn embeddings_in_parts(
+    app: &AppState,
+    d: &Deployment,
+    parts: Vec<polyplex_types::JsonMap>,
+) -> Result<Unary, GatewayError> {
+    use futures::TryStreamExt;
+    let answers: Vec<_> = futures::stream::iter(parts)
+        .map(|part| async move {
+            call(app, d, Endpoint::Embeddings, &RequestBody::from_map(part)).await
+        })
+        .buffered(PARTS_AT_ONCE)
+        .try_collect()
+        .await?;
+    let mut dropped = Vec::new();
+    let mut joined = Vec::with_capacity(answers.len());
+    for (reply, usage, part_dropped) in answers {
+        if dropped.is_empty() {
+            dropped = part_dropped;
+        }
+        joined.push((reply, usage));
+    }
+    let (response, usage) = polyplex_providers::join_embeddings(joined);
+    Ok(Unary {
+        response,
+        usage,
+        dropped,
+    })
 }
 
 /// An upstream stream whose first chunk has arrived.

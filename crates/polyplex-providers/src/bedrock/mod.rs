@@ -446,7 +446,7 @@ fn build_embed(body: &JsonMap, target: &Target<'_>) -> Result<UpstreamRequest, G
             let [text] = <[String; 1]>::try_from(texts).map_err(|_| {
                 GatewayError::invalid_param(
                     "input",
-                    "Titan embedding models on Bedrock embed one text per request: send one input (or use a cohere.embed-* model for batches).",
+                    "Titan embedding models on Bedrock embed one text per request (the gateway sends a list as one request per text).",
                 )
             })?;
             let mut p = json!({"inputText": text});
@@ -640,6 +640,10 @@ impl Protocol for Bedrock {
 
     fn stream_parser(&self) -> crate::sse::Parser {
         crate::sse::Parser::event_stream()
+    }
+
+    fn embedding_inputs_per_request(&self, model: &str) -> Option<usize> {
+        (embed_family(model) == Some("titan")).then_some(1)
     }
 
     fn build(
