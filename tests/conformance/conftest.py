@@ -20,6 +20,17 @@ MASTER_KEY = "conformance-master-key"
 MOCK_AWS_SECRET = "polyplex-mock-secret-access-key"
 
 
+def mock_openai_provider(mock: str) -> str:
+    """A `[[providers]]` entry for the mock's OpenAI protocol, no retries."""
+    return f"""[[providers]]
+name = "openai"
+base_url = "{mock}/v1"
+api_key = "sk-mock-provider"
+models = ["gpt-4o-mini"]
+max_retries = 0
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

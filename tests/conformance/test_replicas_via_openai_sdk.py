@@ -9,7 +9,7 @@ import os
 import openai
 import pytest
 
-from conftest import BIN, MASTER_KEY, Proc, free_port, wait_http
+from conftest import BIN, MASTER_KEY, Proc, free_port, mock_openai_provider, wait_http
 from test_keys_via_openai_sdk import admin, hello, new_key, sdk
 
 REDIS = os.environ.get("POLYPLEX_TEST_REDIS")
@@ -31,13 +31,7 @@ master_key = "{MASTER_KEY}"
 url = "sqlite://{d / 'shared.db'}"
 [redis]
 url = "{REDIS}"
-[[providers]]
-name = "openai"
-base_url = "{mock}/v1"
-api_key = "sk-mock-provider"
-models = ["gpt-4o-mini"]
-max_retries = 0
-""")
+{mock_openai_provider(mock)}""")
         procs.append(Proc([BIN, "serve", "--config", str(cfg)], cwd=d))
         bases.append(f"http://127.0.0.1:{port}")
         wait_http(bases[-1] + "/healthz")

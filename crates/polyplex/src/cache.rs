@@ -1,6 +1,6 @@
 //! The response cache (`[cache]` in the configuration): exact-match answers
-//! to non-streamed requests (chat, completions, embeddings), so a repeated
-//! call costs nothing upstream.
+//! to chat, completions and embeddings requests, streamed or not, so a
+//! repeated call costs nothing upstream.
 //!
 //! - The key is a SHA-256 of the endpoint, the caller (a gateway key's id,
 //!   or the master key / an open gateway) and the request body as sent: one
@@ -13,6 +13,11 @@
 //! - A hit answers with `x-polyplex-cache: hit`, the original provider and
 //!   model headers, `usage.cost` 0, and is recorded with provider `cache`
 //!   and no cost (budgets are not charged).
+//! - A stream is stored as the Server-Sent Events it sent, once it ended
+//!   with `[DONE]` (never one that failed, was cut off or grew past
+//!   [`MAX_STREAM_BYTES`]), and a hit replays them at once. Its key is the
+//!   body's, which says `"stream": true`: streamed and unary answers are
+//!   never served for each other.
 
 use bytes::Bytes;
 use polyplex_types::Usage;
@@ -21,6 +26,9 @@ use sha2::{Digest, Sha256};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The longest stream stored (its SSE bytes); a longer one is not cached.
+pub const MAX_STREAM_BYTES: usize = 4 << 20;
 
 /// How long Redis may take to answer a lookup before it counts as a miss.
 const REDIS_WAIT: Duration = Duration::from_millis(100);
@@ -211,9 +219,9 @@ impl ResponseCache {
 
 /// The answer of a hit: the stored body with `usage.cost` set to 0 (the
 /// client was not charged for it).
-pub fn hit_body(stored: &Bytes) -> Bytes {
+pub fn hit_body(stored: &[u8]) -> Bytes {
     let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(stored) else {
-        return stored.clone();
+        return Bytes::copy_from_slice(stored);
     };
     if let Some(u) = v
         .get_mut("usage")
@@ -223,7 +231,34 @@ pub fn hit_body(stored: &Bytes) -> Bytes {
     }
     serde_json::to_vec(&v)
         .map(Bytes::from)
-        .unwrap_or_else(|_| stored.clone())
+        .unwrap_or_else(|_| Bytes::copy_from_slice(stored))
+}
+
+/// A stored stream as a hit sends it: every event as it was, but the usage
+/// chunk's `cost` 0 (see [`hit_body`]).
+pub fn hit_stream_body(stored: &Bytes) -> Bytes {
+    if memchr::memmem::find(stored, b"\"cost\"").is_none() {
+        return stored.clone();
+    }
+    let mut out = Vec::with_capacity(stored.len());
+    let mut rest: &[u8] = stored;
+    while !rest.is_empty() {
+        let end = memchr::memmem::find(rest, b"\n\n").map_or(rest.len(), |i| i + 2);
+        let (event, after) = rest.split_at(end);
+        rest = after;
+        match event
+            .strip_prefix(b"data: ")
+            .map(|d| d.strip_suffix(b"\n\n").unwrap_or(d))
+        {
+            Some(json) if memchr::memmem::find(json, b"\"cost\"").is_some() => {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&hit_body(json));
+                out.extend_from_slice(b"\n\n");
+            }
+            _ => out.extend_from_slice(event),
+        }
+    }
+    Bytes::from(out)
 }
 
 #[cfg(test)]
@@ -268,6 +303,33 @@ mod tests {
         let hit: serde_json::Value = serde_json::from_slice(&hit_body(&entry().body)).unwrap();
         assert_eq!(hit["usage"]["cost"], 0.0);
         assert_eq!(hit["usage"]["prompt_tokens"], 3);
+    }
+
+    #[test]
+    fn stream_hits_zero_only_the_usage_chunks_cost() {
+        let stored = Bytes::from_static(
+            b"data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"the \\\"cost\\\" of it\"}}]}\n\n\
+              data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"cost\":0.25}}\n\n\
+              data: [DONE]\n\n",
+        );
+        let hit = hit_stream_body(&stored);
+        let text = std::str::from_utf8(&hit).unwrap();
+        let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(events.len(), 3, "{text}");
+        let first: serde_json::Value =
+            serde_json::from_str(events[0].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(
+            first["choices"][0]["delta"]["content"],
+            "the \"cost\" of it"
+        );
+        let usage: serde_json::Value =
+            serde_json::from_str(events[1].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(usage["usage"]["cost"], 0.0);
+        assert_eq!(usage["usage"]["prompt_tokens"], 3);
+        assert_eq!(events[2], "data: [DONE]");
+        // Without a cost anywhere: the stored bytes as they are.
+        let plain = Bytes::from_static(b"data: {\"id\":\"c\"}\n\ndata: [DONE]\n\n");
+        assert_eq!(hit_stream_body(&plain), plain);
     }
 
     #[tokio::test]

@@ -90,6 +90,25 @@ impl T {
         (h, r.json().await.unwrap_or(Value::Null))
     }
 
+    async fn stream(
+        &self,
+        gw: &Running,
+        key: &str,
+        body: &Value,
+    ) -> (reqwest::header::HeaderMap, String) {
+        let r = self
+            .http
+            .post(format!("http://{}/v1/chat/completions", gw.addr))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let h = r.headers().clone();
+        (h, r.text().await.unwrap())
+    }
+
     async fn key(&self, gw: &Running, name: &str) -> String {
         let v: Value = self
             .http
@@ -108,6 +127,15 @@ impl T {
 
 fn chat(text: &str) -> Value {
     json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]})
+}
+
+/// The chunk of a stream that carries `usage`.
+fn usage_chunk(text: &str) -> Value {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .unwrap_or_else(|| panic!("no usage chunk in {text}"))
 }
 
 fn cache_header(h: &reqwest::header::HeaderMap) -> Option<&str> {
@@ -163,22 +191,51 @@ async fn repeated_requests_are_answered_from_the_cache() {
     assert_eq!(cache_header(&h), None);
     assert_eq!(t.upstream_requests().await, n0 + 4);
 
-    // Streams are not cached.
+    // Streams are cached too: stored once they end with [DONE], replayed
+    // with the usage chunk's cost 0.
     let mut s = chat("cache me");
     s["stream"] = json!(true);
-    for _ in 0..2 {
-        let r = t
-            .http
-            .post(format!("http://{}{path}", gw.addr))
-            .bearer_auth(&k1)
-            .json(&s)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.headers().get("x-polyplex-cache").is_none());
-        assert!(r.text().await.unwrap().ends_with("data: [DONE]\n\n"));
-    }
-    assert_eq!(t.upstream_requests().await, n0 + 6);
+    s["stream_options"] = json!({"include_usage": true});
+    let (h, first) = t.stream(&gw, &k1, &s).await;
+    assert_eq!(cache_header(&h), Some("miss"));
+    assert!(first.ends_with("data: [DONE]\n\n"));
+    assert!(usage_chunk(&first)["usage"]["cost"].as_f64().unwrap() > 0.0);
+    let (h, second) = t.stream(&gw, &k1, &s).await;
+    assert_eq!(cache_header(&h), Some("hit"));
+    assert_eq!(h["content-type"], "text/event-stream; charset=utf-8");
+    assert_eq!(h["x-polyplex-provider"], "openai");
+    assert_eq!(usage_chunk(&second)["usage"]["cost"], 0.0);
+    assert_eq!(
+        usage_chunk(&second)["usage"]["total_tokens"],
+        usage_chunk(&first)["usage"]["total_tokens"]
+    );
+    let content = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("data: {") && !l.contains("\"usage\":{"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(content(&first), content(&second));
+    assert_eq!(t.upstream_requests().await, n0 + 5);
+    // A stream that breaks off is never stored: the same request asks
+    // upstream again.
+    let mut broken = chat("break me off");
+    broken["stream"] = json!(true);
+    t.http
+        .post(format!("http://{}/__mock/faults", t.mock))
+        .json(&json!({"fault": "disconnect", "after_chunks": 1, "count": 1}))
+        .send()
+        .await
+        .unwrap();
+    let (h, cut) = t.stream(&gw, &k1, &broken).await;
+    assert_eq!(cache_header(&h), Some("miss"));
+    assert!(!cut.contains("[DONE]"), "{cut}");
+    let (h, whole) = t.stream(&gw, &k1, &broken).await;
+    assert_eq!(cache_header(&h), Some("miss"));
+    assert!(whole.ends_with("data: [DONE]\n\n"));
+    let (h, _) = t.stream(&gw, &k1, &broken).await;
+    assert_eq!(cache_header(&h), Some("hit"));
+    assert_eq!(t.upstream_requests().await, n0 + 7);
 
     // Embeddings are.
     let e = json!({"model": "text-embedding-3-small", "input": ["a", "b"]});
@@ -187,7 +244,7 @@ async fn repeated_requests_are_answered_from_the_cache() {
     let (h, b) = t.call(&gw, &k1, "/v1/embeddings", e, None).await;
     assert_eq!(cache_header(&h), Some("hit"));
     assert_eq!(a["data"], b["data"]);
-    assert_eq!(t.upstream_requests().await, n0 + 7);
+    assert_eq!(t.upstream_requests().await, n0 + 8);
 
     // What drop_params left out is named on a hit too.
     let d = json!({"model": "anthropic/claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}],
@@ -220,7 +277,7 @@ async fn repeated_requests_are_answered_from_the_cache() {
         .iter()
         .find(|r| r["provider"] == "cache")
         .unwrap_or_else(|| panic!("no cache row in {usage}"));
-    assert_eq!(row["requests"], 3);
+    assert_eq!(row["requests"], 5);
     assert_eq!(row["cost_usd"].as_f64(), Some(0.0), "{row}");
     gw.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);

@@ -199,12 +199,20 @@ impl Call {
             latency,
             ttft: Some(latency),
             attempts: 0,
-            stream: false,
+            stream: parsed.stream,
             at: SystemTime::now(),
             key: admitted.map(|a| a.key.clone()),
             charged: 0,
         });
-        let mut resp = super::respond::json_bytes(crate::cache::hit_body(&hit.body));
+        let mut resp = if parsed.stream {
+            let mut r = Response::new(axum::body::Body::from(crate::cache::hit_stream_body(
+                &hit.body,
+            )));
+            super::respond::sse_headers(&mut r);
+            r
+        } else {
+            super::respond::json_bytes(crate::cache::hit_body(&hit.body))
+        };
         let h = resp.headers_mut();
         use super::respond::names;
         use axum::http::HeaderValue;
@@ -335,9 +343,9 @@ async fn serve(
     let app = &call.app;
     let endpoint = call.endpoint;
     let no_one = Served::default();
-    // The response cache, for answers that are not streamed.
+    // The response cache.
     let cache_key = match (&app.cache, cache_mode) {
-        (Some(_), Some(mode)) if !parsed.stream && mode != crate::cache::Mode::Skip => {
+        (Some(_), Some(mode)) if mode != crate::cache::Mode::Skip => {
             let caller = match &call.caller {
                 Caller::Key(k) => format!("key:{}", k.id()),
                 Caller::Master => "master".to_string(),
@@ -405,10 +413,17 @@ async fn serve(
                     attempts: served.attempts,
                     request: parsed.body,
                     admitted,
+                    cache_as: cache_key,
                 };
                 let mut resp = sse_response(ctx, open, d);
                 served.apply(&mut resp);
                 dropped_header(&mut resp, &dropped);
+                if cache_key.is_some() {
+                    resp.headers_mut().insert(
+                        &super::respond::names::CACHE,
+                        axum::http::HeaderValue::from_static("miss"),
+                    );
+                }
                 resp
             }
             Err(e) => call.fail(&parsed.model, true, e, &served),

@@ -333,6 +333,8 @@ pub struct StreamContext {
     pub request: RequestBody,
     /// The gateway key's admission: its concurrency slot lasts as long as the stream.
     pub admitted: Option<crate::keys::Admitted>,
+    /// Where the response cache keeps this stream once it has ended well.
+    pub cache_as: Option<crate::cache::Key>,
 }
 
 /// One client stream: upstream events in, OpenAI SSE frames out.
@@ -346,9 +348,22 @@ struct Relay {
     usage: Option<Usage>,
     ttft: Duration,
     events: Vec<polyplex_providers::sse::Event>,
+    /// The frames sent so far, for the response cache (`cache_as`).
+    captured: Option<Vec<u8>>,
 }
 
 impl Relay {
+    fn push(&mut self, frame: Bytes) {
+        if let Some(c) = &mut self.captured {
+            if c.len() + frame.len() > crate::cache::MAX_STREAM_BYTES {
+                self.captured = None;
+            } else {
+                c.extend_from_slice(&frame);
+            }
+        }
+        self.out.push_back(frame);
+    }
+
     fn handle(&mut self, item: StreamItem) {
         match item {
             StreamItem::Chunk(b) => {
@@ -357,14 +372,14 @@ impl Relay {
                 } else {
                     frame_without_null_usage(&b)
                 };
-                self.out.push_back(f);
+                self.push(f);
             }
             StreamItem::Usage(u, chunk) => {
                 self.usage = Some(u);
                 if self.ctx.include_usage {
                     let c = cost(self.ctx.app.router.catalog(), &self.deployment, &u);
                     if let Ok(bytes) = chunk_with_cost(chunk, c) {
-                        self.out.push_back(frame(&bytes));
+                        self.push(frame(&bytes));
                     }
                 }
             }
@@ -402,19 +417,41 @@ impl Relay {
                     "text_completion"
                 };
                 let chunk = serde_json::json!({"id": s.id, "object": object, "created": s.created, "model": s.model.unwrap_or_else(|| self.deployment.model.clone()), "choices": [], "usage": uj});
-                self.out.push_back(frame(chunk.to_string().as_bytes()));
+                self.push(frame(chunk.to_string().as_bytes()));
             }
         }
-        self.out.push_back(Bytes::from_static(DONE));
+        self.push(Bytes::from_static(DONE));
         self.finished = true;
         self.record(200);
+        self.store();
+    }
+
+    /// A stream that ended well, into the response cache.
+    fn store(&mut self) {
+        let (Some(cache), Some(key), Some(body)) = (
+            &self.ctx.app.cache,
+            self.ctx.cache_as.take(),
+            self.captured.take(),
+        ) else {
+            return;
+        };
+        cache.put(
+            key,
+            crate::cache::Entry {
+                body: Bytes::from(body),
+                provider: self.deployment.upstream.name.clone(),
+                model: self.deployment.model.clone(),
+                usage: self.usage.unwrap_or_default(),
+                dropped: self.open.dropped.clone(),
+            },
+        );
     }
 
     /// Ends the stream with an explicit error event and no `[DONE]`.
     fn fail(&mut self, e: GatewayError) {
         tracing::warn!(request_id = %self.ctx.request_id, provider = %self.deployment.upstream.name, error = %e, "stream failed after the first byte");
         let body = serde_json::json!({"error": e.object()});
-        self.out.push_back(frame(body.to_string().as_bytes()));
+        self.push(frame(body.to_string().as_bytes()));
         self.finished = true;
         self.record(e.status.as_u16());
     }
@@ -533,7 +570,9 @@ impl Drop for Relay {
 pub fn sse_response(ctx: StreamContext, open: OpenStream, deployment: Deployment) -> Response {
     crate::phase::mark("ret");
     let ttft = open.first_byte_at.duration_since(ctx.started);
+    let captured = ctx.cache_as.map(|_| Vec::new());
     let relay = Relay {
+        captured,
         ctx,
         open,
         deployment,
@@ -550,6 +589,12 @@ pub fn sse_response(ctx: StreamContext, open: OpenStream, deployment: Deployment
             .map(|f| (Ok::<Bytes, std::convert::Infallible>(f), r))
     });
     let mut resp = Response::new(Body::from_stream(stream));
+    sse_headers(&mut resp);
+    resp
+}
+
+/// An SSE response's own headers.
+pub fn sse_headers(resp: &mut Response) {
     let h = resp.headers_mut();
     h.insert(
         axum::http::header::CONTENT_TYPE,
@@ -560,5 +605,4 @@ pub fn sse_response(ctx: StreamContext, open: OpenStream, deployment: Deployment
         HeaderValue::from_static("no-cache"),
     );
     h.insert(&names::ACCEL_BUFFERING, HeaderValue::from_static("no"));
-    resp
 }

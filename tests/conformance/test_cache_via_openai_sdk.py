@@ -1,0 +1,62 @@
+"""The response cache (`[cache]`) through the official SDK: a repeated call,
+streamed or not, is answered from the cache — the same content, parsed by the
+SDK as any answer, at no cost and without an upstream call."""
+import json
+import urllib.request
+
+import pytest
+from openai import OpenAI
+
+from conftest import BIN, MASTER_KEY, Proc, free_port, mock_openai_provider, wait_http
+
+
+@pytest.fixture(scope="module")
+def cached_gateway(mock, tmp_path_factory):
+    d = tmp_path_factory.mktemp("cache-gw")
+    port = free_port()
+    (d / "polyplex.toml").write_text(f"""
+listen = "127.0.0.1:{port}"
+[auth]
+master_key = "{MASTER_KEY}"
+[cache]
+ttl_s = 60
+{mock_openai_provider(mock)}""")
+    proc = Proc([BIN, "serve"], cwd=d)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/healthz")
+    yield base
+    proc.stop()
+
+
+def upstream_requests(mock):
+    return json.loads(urllib.request.urlopen(mock + "/__mock/stats").read())["requests"]
+
+
+def test_unary_and_streamed_answers_come_from_the_cache(cached_gateway, mock):
+    client = OpenAI(base_url=cached_gateway + "/v1", api_key=MASTER_KEY, max_retries=0)
+    messages = [{"role": "user", "content": "Say it twice, from the cache"}]
+
+    first = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
+    n = upstream_requests(mock)
+    again = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
+    assert first.headers["x-polyplex-cache"] == "miss" and again.headers["x-polyplex-cache"] == "hit"
+    a, b = first.parse(), again.parse()
+    assert b.choices[0].message.content == a.choices[0].message.content
+    assert a.usage.model_extra["cost"] > 0 and b.usage.model_extra["cost"] == 0
+    assert upstream_requests(mock) == n
+
+    def stream():
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=messages, stream=True, stream_options={"include_usage": True})
+        chunks = list(raw.parse())
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        usage = next(c.usage for c in chunks if c.usage)
+        return raw.headers["x-polyplex-cache"], text, usage
+
+    state, text, usage = stream()
+    assert state == "miss" and text == a.choices[0].message.content and usage.model_extra["cost"] > 0
+    n = upstream_requests(mock)
+    state, replay, usage_again = stream()
+    assert state == "hit" and replay == text
+    assert usage_again.total_tokens == usage.total_tokens and usage_again.model_extra["cost"] == 0
+    assert upstream_requests(mock) == n
