@@ -36,10 +36,18 @@ else
   cargo build -q --release -p polyplex-bench
   # How much of the list of hot functions this build could lay out together
   # (crates/polyplex/build.rs; rerun scripts/symbol-order.sh when it drops).
-  listed=$(sort -u crates/polyplex/symbol-order.txt | wc -l)
-  found=$(nm --defined-only target/release/polyplex 2>/dev/null | awk '{print $3}' | sort -u \
-    | comm -12 - <(sort -u crates/polyplex/symbol-order.txt) | wc -l)
-  echo "symbol order: $found of $listed listed functions are in the binary (the rest are libc's)"
+  list=crates/polyplex/symbol-order.txt
+  defined=$(nm --defined-only target/release/polyplex 2>/dev/null | awk '{print $3}' | sort -u)
+  listed=$(sort -u "$list" | wc -l)
+  found=$(comm -12 <(echo "$defined") <(sort -u "$list") | wc -l)
+  # Rust's own (mangled) names: a dependency update or a toolchain change
+  # renames them, and then the list no longer finds them.
+  rust_listed=$(grep -E '^(_R|_ZN)' "$list" | sort -u | wc -l)
+  rust_found=$(comm -12 <(echo "$defined") <(grep -E '^(_R|_ZN)' "$list" | sort -u) | wc -l)
+  echo "symbol order: $found of $listed listed functions are in the binary (the rest are libc's); Rust's: $rust_found of $rust_listed"
+  if [ $((rust_found * 10)) -lt $((rust_listed * 9)) ]; then
+    echo "WARNING: the symbol order is stale (fewer than 90 % of its Rust functions are in the binary): run bash scripts/symbol-order.sh, then rebuild" >&2
+  fi
   extra=()
 fi
 
