@@ -187,3 +187,35 @@ def test_embeddings_through_native_protocols(client, model):
     assert [d.index for d in r.data] == [0, 1]
     assert all(len(d.embedding) == 8 for d in r.data)
     assert r.usage.prompt_tokens > 0
+
+
+def last_upstream_body(mock):
+    recent = json.loads(urllib.request.urlopen(mock + "/__mock/requests").read())
+    return recent[-1]["body"]
+
+
+@pytest.mark.parametrize("model,expect", [
+    (ANTHROPIC, lambda b: b["thinking"] == {"type": "enabled", "budget_tokens": 1024} and b["max_tokens"] == 2000),
+    (VERTEX_CLAUDE, lambda b: b["thinking"] == {"type": "enabled", "budget_tokens": 1024}),
+    (GEMINI, lambda b: b["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 1024}),
+    (VERTEX_GEMINI, lambda b: b["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 1024}),
+])
+def test_reasoning_effort_is_translated(client, mock, model, expect):
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Think it over"}],
+                                       reasoning_effort="low", max_completion_tokens=2000)
+    assert r.choices[0].message.content
+    body = last_upstream_body(mock)
+    body = json.loads(body) if isinstance(body, str) else body
+    assert expect(body), body
+
+
+def test_reasoning_effort_refused_where_it_cannot_be_honoured(client):
+    # Converse has no portable thinking switch: refused by name, never dropped.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=BEDROCK, messages=[{"role": "user", "content": "hi"}], reasoning_effort="high")
+    assert e.value.param == "reasoning_effort"
+    # Extended thinking needs more than 1024 tokens of the limit.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=ANTHROPIC, messages=[{"role": "user", "content": "hi"}],
+                                       reasoning_effort="high", max_completion_tokens=500)
+    assert e.value.param == "reasoning_effort"

@@ -382,7 +382,29 @@ pub(crate) const CHAT_PARAMS: &[&str] = &[
     "logit_bias",
     "logprobs",
     "top_logprobs",
+    // Translated where the protocol can think (Anthropic, Gemini); each
+    // other adapter refuses it itself (`reasoning_effort`).
+    "reasoning_effort",
 ];
+
+/// OpenAI's `reasoning_effort`, checked: `None` when absent or null.
+pub(crate) fn reasoning_effort(body: &JsonMap) -> Result<Option<&str>, GatewayError> {
+    match body.get("reasoning_effort") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s))
+            if matches!(
+                s.as_str(),
+                "none" | "minimal" | "low" | "medium" | "high" | "xhigh"
+            ) =>
+        {
+            Ok(Some(s))
+        }
+        Some(other) => Err(GatewayError::invalid_param(
+            "reasoning_effort",
+            format!("Invalid value for 'reasoning_effort': expected one of 'none', 'minimal', 'low', 'medium', 'high' or 'xhigh', but got {other}."),
+        )),
+    }
+}
 
 /// The parameters of an embeddings request.
 pub(crate) const EMBEDDING_PARAMS: &[&str] =

@@ -1,7 +1,9 @@
 //! OpenAI chat request → Anthropic Messages request.
 
 use super::{FALLBACK_MAX_TOKENS, JSON_TOOL, VERSION};
-use crate::translate::{assistant_calls, check_fields, data_url, text_of, CHAT_PARAMS};
+use crate::translate::{
+    assistant_calls, check_fields, data_url, reasoning_effort, text_of, CHAT_PARAMS,
+};
 use crate::{join_url, unsupported, Target, UpstreamRequest};
 use bytes::Bytes;
 use http::HeaderValue;
@@ -40,7 +42,23 @@ struct MessagesRequest<'a> {
     tools: Vec<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<Value>,
 }
+
+/// Extended thinking's token budget for OpenAI's `reasoning_effort` (none
+/// and minimal: no extended thinking, Anthropic's default).
+fn thinking_budget(effort: &str) -> Option<u64> {
+    match effort {
+        "low" => Some(MIN_THINKING),
+        "medium" => Some(2048),
+        "high" | "xhigh" => Some(4096),
+        _ => None,
+    }
+}
+
+/// The least budget Anthropic accepts for extended thinking.
+const MIN_THINKING: u64 = 1024;
 
 #[derive(Serialize)]
 #[serde(untagged)]
@@ -265,12 +283,41 @@ pub(crate) fn messages_body(
     }
 
     let (turns, system) = messages(body)?;
-    let max_tokens = body
+    let limit = body
         .get("max_completion_tokens")
         .and_then(Value::as_u64)
-        .or_else(|| body.get("max_tokens").and_then(Value::as_u64))
+        .or_else(|| body.get("max_tokens").and_then(Value::as_u64));
+    let mut max_tokens = limit
         .or(target.default_max_tokens)
         .unwrap_or(FALLBACK_MAX_TOKENS);
+    // reasoning_effort → extended thinking. OpenAI's token limit counts the
+    // reasoning too, as Anthropic's max_tokens counts the thinking: a limit
+    // the client set stays the limit, and the budget fits under it.
+    let mut thinking = None;
+    if let Some(budget) = reasoning_effort(body)?.and_then(thinking_budget) {
+        if json_mode(body) {
+            return Err(GatewayError::invalid_param(
+                "reasoning_effort",
+                "With the Anthropic protocol, reasoning_effort cannot be combined with response_format (JSON is produced through a forced tool call, which extended thinking does not allow).",
+            ));
+        }
+        let budget = match limit {
+            Some(l) if l <= MIN_THINKING => {
+                return Err(GatewayError::invalid_param(
+                    "reasoning_effort",
+                    format!("With the Anthropic protocol, reasoning_effort needs a token limit above {MIN_THINKING} (extended thinking takes at least {MIN_THINKING} tokens of it), but max_completion_tokens is {l}."),
+                ))
+            }
+            Some(l) => budget.min(l - 1),
+            None => {
+                if max_tokens <= budget {
+                    max_tokens = budget + FALLBACK_MAX_TOKENS;
+                }
+                budget
+            }
+        };
+        thinking = Some(json!({"type": "enabled", "budget_tokens": budget}));
+    }
     let system: Vec<String> = system.into_iter().filter(|s| !s.is_empty()).collect();
     let mut temperature = None;
     if let Some(t) = body.get("temperature").and_then(Value::as_f64) {
@@ -351,6 +398,7 @@ pub(crate) fn messages_body(
             .map(|user_id| Metadata { user_id }),
         tools,
         tool_choice: choice,
+        thinking,
     };
     let body = serde_json::to_vec(&request).map_err(|e| {
         GatewayError::internal(format!("could not encode the upstream request: {e}"))

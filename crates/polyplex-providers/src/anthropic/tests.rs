@@ -490,3 +490,47 @@ fn request_members_in_documented_order_and_part_errors_named() {
     let e = build(bad_part).unwrap_err();
     assert_eq!(e.param.as_deref(), Some("messages[0].content[0].type"));
 }
+
+#[test]
+fn reasoning_effort_becomes_extended_thinking() {
+    let ask = |extra: Value| {
+        let mut v = json!({"model": "m", "messages": [{"role": "user", "content": "think"}]});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        build(v)
+    };
+    // Under the client's limit, which stays the limit.
+    let (sent, _) =
+        ask(json!({"reasoning_effort": "high", "max_completion_tokens": 3000})).unwrap();
+    assert_eq!(
+        sent["thinking"],
+        json!({"type": "enabled", "budget_tokens": 2999})
+    );
+    assert_eq!(sent["max_tokens"], 3000);
+    let (sent, _) = ask(json!({"reasoning_effort": "low", "max_tokens": 5000})).unwrap();
+    assert_eq!(sent["thinking"]["budget_tokens"], 1024);
+    assert_eq!(sent["max_tokens"], 5000);
+    // Without a limit: the model's own, above the budget.
+    let (sent, _) = ask(json!({"reasoning_effort": "medium"})).unwrap();
+    assert_eq!(sent["thinking"]["budget_tokens"], 2048);
+    assert_eq!(sent["max_tokens"], 64000);
+    // none and minimal: no extended thinking.
+    for effort in ["none", "minimal"] {
+        let (sent, _) = ask(json!({"reasoning_effort": effort})).unwrap();
+        assert!(sent.get("thinking").is_none(), "{effort}");
+    }
+    let (sent, _) = ask(json!({})).unwrap();
+    assert!(sent.get("thinking").is_none());
+    // What cannot be honoured is refused, naming the field.
+    for bad in [
+        json!({"reasoning_effort": "high", "max_completion_tokens": 1000}),
+        json!({"reasoning_effort": "low", "response_format": {"type": "json_object"}}),
+        json!({"reasoning_effort": "extreme"}),
+        json!({"reasoning_effort": 3}),
+    ] {
+        let e = ask(bad.clone()).unwrap_err();
+        assert_eq!(e.status.as_u16(), 400, "{bad}");
+        assert_eq!(e.param.as_deref(), Some("reasoning_effort"), "{bad}");
+    }
+}

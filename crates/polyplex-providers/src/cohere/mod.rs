@@ -55,6 +55,9 @@ fn build_chat(
 ) -> Result<UpstreamRequest, GatewayError> {
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, false, "Cohere", target, &mut dropped)?;
+    if body.get("reasoning_effort").is_some_and(|v| !v.is_null()) {
+        crate::unsupported("reasoning_effort", "Cohere", target, &mut dropped)?;
+    }
     let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
     if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         unsupported("n", "Cohere", target, &mut dropped)?;

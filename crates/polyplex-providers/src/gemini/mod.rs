@@ -245,6 +245,17 @@ pub(crate) fn chat_body(
         }
         _ => {}
     }
+    // reasoning_effort → a thinking budget (none and minimal: no thinking,
+    // which models that must think refuse upstream).
+    if let Some(effort) = crate::translate::reasoning_effort(body)? {
+        let budget = match effort {
+            "none" | "minimal" => 0,
+            "low" => 1024,
+            "medium" => 8192,
+            _ => 24576,
+        };
+        gc.insert("thinkingConfig".into(), json!({"thinkingBudget": budget}));
+    }
     if !gc.is_empty() {
         out.insert("generationConfig".into(), Value::Object(gc));
     }

@@ -248,3 +248,31 @@ fn stream_translates_and_ends_on_close() {
     d.on_event(&events[0], &mut items).unwrap();
     assert!(d.finish(&mut items).is_err());
 }
+
+#[test]
+fn reasoning_effort_becomes_a_thinking_budget() {
+    let a = auth();
+    let sent = |effort: Value| -> Result<Value, GatewayError> {
+        let body = map(
+            json!({"model": "m", "messages": [{"role": "user", "content": "think"}], "reasoning_effort": effort}),
+        );
+        let req = Gemini.build(Endpoint::Chat, &body, false, &target(&a))?;
+        Ok(serde_json::from_slice(&req.body).unwrap())
+    };
+    for (effort, budget) in [
+        ("none", 0),
+        ("minimal", 0),
+        ("low", 1024),
+        ("medium", 8192),
+        ("high", 24576),
+    ] {
+        assert_eq!(
+            sent(json!(effort)).unwrap()["generationConfig"]["thinkingConfig"],
+            json!({"thinkingBudget": budget}),
+            "{effort}"
+        );
+    }
+    assert!(sent(Value::Null).unwrap().get("generationConfig").is_none());
+    let e = sent(json!("max")).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("reasoning_effort"));
+}
