@@ -331,6 +331,18 @@ pub(crate) fn messages_body(
             temperature = Some(t);
         }
     }
+    // Extended thinking takes no other temperature than 1.
+    if thinking.is_some() && temperature.is_some_and(|t| t != 1.0) {
+        if target.drop_params {
+            dropped.push("temperature".into());
+            temperature = None;
+        } else {
+            return Err(GatewayError::invalid_param(
+                "temperature",
+                "With reasoning_effort (extended thinking), the Anthropic protocol accepts only temperature 1.",
+            ));
+        }
+    }
     let given = |k: &str| body.get(k).filter(|v| !v.is_null());
     let stop_sequences = match body.get("stop") {
         Some(Value::String(s)) => Some(Stop::One([s.as_str()])),

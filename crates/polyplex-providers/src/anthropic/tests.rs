@@ -522,6 +522,11 @@ fn reasoning_effort_becomes_extended_thinking() {
     }
     let (sent, _) = ask(json!({})).unwrap();
     assert!(sent.get("thinking").is_none());
+    // Thinking takes temperature 1 only.
+    let e = ask(json!({"reasoning_effort": "low", "temperature": 0.2})).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("temperature"));
+    assert!(ask(json!({"reasoning_effort": "low", "temperature": 1})).is_ok());
+    assert!(ask(json!({"reasoning_effort": "none", "temperature": 0.2})).is_ok());
     // What cannot be honoured is refused, naming the field.
     for bad in [
         json!({"reasoning_effort": "high", "max_completion_tokens": 1000}),
