@@ -134,6 +134,37 @@ mod tests {
     }
 }
 
+/// A translated embeddings request's input, its parameters checked: the
+/// texts, the requested `dimensions` and what was dropped.
+pub(crate) struct EmbeddingInput<'a> {
+    pub texts: Vec<String>,
+    pub dimensions: Option<&'a Value>,
+    pub dropped: Vec<String>,
+}
+
+/// What every translating adapter's embeddings request starts from (see
+/// [`EmbeddingInput`]); `protocol` names it in errors.
+pub(crate) fn embedding_input<'a>(
+    body: &'a JsonMap,
+    protocol: &str,
+    target: &Target<'_>,
+) -> Result<EmbeddingInput<'a>, GatewayError> {
+    let mut dropped = Vec::new();
+    check_fields(
+        body,
+        EMBEDDING_PARAMS,
+        false,
+        protocol,
+        target,
+        &mut dropped,
+    )?;
+    Ok(EmbeddingInput {
+        texts: embedding_texts(body, protocol)?,
+        dimensions: body.get("dimensions").filter(|d| !d.is_null()),
+        dropped,
+    })
+}
+
 /// The texts of an OpenAI embeddings request; token-id inputs are refused by name.
 pub(crate) fn embedding_texts(body: &JsonMap, protocol: &str) -> Result<Vec<String>, GatewayError> {
     let refuse = |p: String| {

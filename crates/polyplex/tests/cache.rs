@@ -4,7 +4,6 @@
 
 mod common;
 
-use polyplex::mock::{self, MockOptions};
 use polyplex::Running;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -42,13 +41,6 @@ max_retries = 0
     .await
 }
 
-fn temp_store() -> (std::path::PathBuf, String) {
-    let dir = std::env::temp_dir().join(format!("polyplex-cache-{:016x}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite://{}", dir.join("polyplex.db").display());
-    (dir, url)
-}
-
 struct T {
     http: reqwest::Client,
     mock: SocketAddr,
@@ -56,15 +48,7 @@ struct T {
 
 impl T {
     async fn upstream_requests(&self) -> u64 {
-        let v: Value = self
-            .http
-            .get(format!("http://{}/__mock/stats", self.mock))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = common::json(self.http.get(format!("http://{}/__mock/stats", self.mock))).await;
         v["requests"].as_u64().unwrap()
     }
 
@@ -110,17 +94,13 @@ impl T {
     }
 
     async fn key(&self, gw: &Running, name: &str) -> String {
-        let v: Value = self
-            .http
-            .post(format!("http://{}/admin/keys", gw.addr))
-            .bearer_auth(MASTER)
-            .json(&json!({"name": name}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = common::json(
+            self.http
+                .post(format!("http://{}/admin/keys", gw.addr))
+                .bearer_auth(MASTER)
+                .json(&json!({"name": name})),
+        )
+        .await;
         v["key"].as_str().unwrap().to_string()
     }
 }
@@ -144,10 +124,8 @@ fn cache_header(h: &reqwest::header::HeaderMap) -> Option<&str> {
 
 #[tokio::test]
 async fn repeated_requests_are_answered_from_the_cache() {
-    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
-        .await
-        .unwrap();
-    let (dir, store) = temp_store();
+    let mock = common::mock().await;
+    let (dir, store) = common::temp_store("cache");
     let gw = gateway(mock, &store, None, 2).await;
     let t = T {
         http: reqwest::Client::new(),
@@ -261,16 +239,12 @@ async fn repeated_requests_are_answered_from_the_cache() {
     assert_eq!(cache_header(&h), Some("miss"));
 
     // Hits are recorded, at no cost, under provider `cache`.
-    let usage: Value = t
-        .http
-        .get(format!("http://{}/admin/usage?by=provider", gw.addr))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = common::json(
+        t.http
+            .get(format!("http://{}/admin/usage?by=provider", gw.addr))
+            .bearer_auth(MASTER),
+    )
+    .await;
     let row = usage["data"]
         .as_array()
         .unwrap()
@@ -289,10 +263,8 @@ async fn replicas_share_the_cache_through_redis() {
         eprintln!("POLYPLEX_TEST_REDIS not set: shared cache test skipped");
         return;
     };
-    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
-        .await
-        .unwrap();
-    let (dir, store) = temp_store();
+    let mock = common::mock().await;
+    let (dir, store) = common::temp_store("cache");
     let a = gateway(mock, &store, Some(&redis), 30).await;
     let b = gateway(mock, &store, Some(&redis), 30).await;
     let t = T {
@@ -329,14 +301,12 @@ async fn replicas_share_the_cache_through_redis() {
 
 #[tokio::test]
 async fn a_redis_that_does_not_answer_is_a_miss_not_an_error() {
-    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
-        .await
-        .unwrap();
+    let mock = common::mock().await;
     // A port nothing listens on.
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("redis://{}", free.local_addr().unwrap());
     drop(free);
-    let (dir, store) = temp_store();
+    let (dir, store) = common::temp_store("cache");
     let gw = gateway(mock, &store, Some(&dead), 30).await;
     let t = T {
         http: reqwest::Client::new(),

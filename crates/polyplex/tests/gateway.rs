@@ -1043,9 +1043,7 @@ async fn demo_mode_and_the_loopback_rule() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serving_threads_share_one_gateway_and_flush_usage() {
-    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
-        .await
-        .unwrap();
+    let mock = common::mock().await;
     let env = |_: &str| None;
     let inputs = Inputs {
         env: &env,

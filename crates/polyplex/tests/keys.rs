@@ -17,13 +17,6 @@ use std::time::Duration;
 
 const MASTER: &str = "test-master-key";
 
-fn temp_db() -> (PathBuf, String) {
-    let dir = std::env::temp_dir().join(format!("polyplex-keys-{:016x}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite://{}", dir.join("polyplex.db").display());
-    (dir, url)
-}
-
 async fn gateway(mock: SocketAddr, store: &str) -> Running {
     replica(mock, store, None).await
 }
@@ -100,10 +93,8 @@ async fn error_of(r: reqwest::Response) -> (u16, Value) {
 
 #[tokio::test]
 async fn keys_limits_budgets_and_usage_survive_a_restart() {
-    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
-        .await
-        .unwrap();
-    let (dir, url) = temp_db();
+    let mock = common::mock().await;
+    let (dir, url) = common::temp_store("keys");
     let gw = gateway(mock, &url).await;
     let c = Client::new(&gw);
 
@@ -277,10 +268,8 @@ async fn keys_limits_budgets_and_usage_survive_a_restart() {
 
 #[tokio::test]
 async fn replicas_sharing_a_store_see_new_and_revoked_keys() {
-    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
-        .await
-        .unwrap();
-    let (dir, url) = temp_db();
+    let mock = common::mock().await;
+    let (dir, url) = common::temp_store("keys");
     let a = gateway(mock, &url).await;
     let b = gateway(mock, &url).await;
     let (ca, cb) = (Client::new(&a), Client::new(&b));
@@ -311,9 +300,7 @@ async fn replicas_sharing_a_store_see_new_and_revoked_keys() {
 
 #[tokio::test]
 async fn an_expired_key_is_refused() {
-    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
-        .await
-        .unwrap();
+    let mock = common::mock().await;
     let gw = gateway(mock, "sqlite::memory:").await;
     let c = Client::new(&gw);
     let (_, k) = c
@@ -346,9 +333,7 @@ async fn postgres_store() {
         Some(i) => format!("{}/{name}", &base[..i]),
         None => panic!("POLYPLEX_TEST_POSTGRES must name a database: {base}"),
     };
-    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
-        .await
-        .unwrap();
+    let mock = common::mock().await;
     let gw = gateway(mock, &url).await;
     let c = Client::new(&gw);
     let (_, k) = c
@@ -415,7 +400,7 @@ struct Replicas {
 
 impl Replicas {
     async fn start(mock: SocketAddr, redis: &str, settings: Value) -> Self {
-        let (dir, url) = temp_db();
+        let (dir, url) = common::temp_store("keys");
         let a = replica(mock, &url, Some(redis)).await;
         let b = replica(mock, &url, Some(redis)).await;
         let (ca, cb) = (Client::new(&a), Client::new(&b));
@@ -463,9 +448,7 @@ async fn code_of(r: reqwest::Response) -> (u16, String) {
 #[tokio::test]
 async fn requests_per_minute_are_counted_across_replicas() {
     let Some(redis) = test_redis() else { return };
-    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
-        .await
-        .unwrap();
+    let mock = common::mock().await;
     let r = Replicas::start(mock, &redis, json!({"name": "rpm", "rpm": 3})).await;
     // Three in the minute, whichever replica serves them.
     let first = r.chat(false).await;
@@ -519,9 +502,7 @@ async fn concurrent_requests_are_counted_across_replicas() {
 #[tokio::test]
 async fn tokens_per_minute_and_budget_hold_across_replicas() {
     let Some(redis) = test_redis() else { return };
-    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
-        .await
-        .unwrap();
+    let mock = common::mock().await;
     // Tokens: one answer uses more than the limit; the next request is
     // refused on the other replica, naming tokens.
     let r = Replicas::start(mock, &redis, json!({"name": "tpm", "tpm": 10})).await;
@@ -563,9 +544,7 @@ async fn tokens_per_minute_and_budget_hold_across_replicas() {
 /// Redis down: the gateways start, serve, and limit each key on their own.
 #[tokio::test]
 async fn without_redis_each_node_keeps_its_own_limits() {
-    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
-        .await
-        .unwrap();
+    let mock = common::mock().await;
     // A port nothing listens on.
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("redis://{}", free.local_addr().unwrap());

@@ -4,7 +4,7 @@
 
 mod common;
 
-use polyplex::mock::{self, MockOptions};
+use polyplex::mock;
 use polyplex::Running;
 use polyplex_catalog::Catalog;
 use serde_json::{json, Value};
@@ -61,9 +61,7 @@ struct Env {
 }
 
 async fn setup() -> Env {
-    let (mock, _) = mock::spawn("127.0.0.1:0".parse().unwrap(), MockOptions::default())
-        .await
-        .unwrap();
+    let mock = common::mock().await;
     let text = format!(
         r#"
 listen = "127.0.0.1:0"

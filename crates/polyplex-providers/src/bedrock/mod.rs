@@ -28,8 +28,8 @@ pub use sigv4::SigV4;
 pub use stream::Decoder;
 
 use crate::translate::{
-    assistant_calls, check_fields, completion, data_url, embedding_list, embedding_texts,
-    push_turn, text_of, unsupported_endpoint, CHAT_PARAMS, EMBEDDING_PARAMS,
+    assistant_calls, check_fields, completion, data_url, embedding_input, embedding_list,
+    push_turn, text_of, unsupported_endpoint, EmbeddingInput, CHAT_PARAMS,
 };
 use crate::{join_url, unsupported, Endpoint, Protocol, StreamDecoder, Target, UpstreamRequest};
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
@@ -426,17 +426,11 @@ fn embed_family(model: &str) -> Option<&'static str> {
 
 /// `invoke` for embeddings, in the model family's own body.
 fn build_embed(body: &JsonMap, target: &Target<'_>) -> Result<UpstreamRequest, GatewayError> {
-    let mut dropped = Vec::new();
-    check_fields(
-        body,
-        EMBEDDING_PARAMS,
-        false,
-        "Bedrock",
-        target,
-        &mut dropped,
-    )?;
-    let texts = embedding_texts(body, "Bedrock")?;
-    let dims = body.get("dimensions").filter(|d| !d.is_null());
+    let EmbeddingInput {
+        texts,
+        dimensions: dims,
+        dropped,
+    } = embedding_input(body, "Bedrock", target)?;
     let payload = match embed_family(target.model) {
         Some("cohere") => {
             let mut p = json!({"texts": texts, "input_type": "search_document", "embedding_types": ["float"]});

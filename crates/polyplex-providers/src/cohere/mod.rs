@@ -15,8 +15,8 @@ mod tests;
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
 use crate::translate::{
-    check_fields, chunk, completion, embedding_list, embedding_texts, now, unsupported_endpoint,
-    usage_chunk, CHAT_PARAMS, EMBEDDING_PARAMS,
+    check_fields, chunk, completion, embedding_input, embedding_list, now, unsupported_endpoint,
+    usage_chunk, CHAT_PARAMS,
 };
 use crate::{
     join_url, unsupported, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target,
@@ -175,17 +175,10 @@ fn build_chat(
 
 /// `POST /v2/embed` with float embeddings of documents.
 fn build_embed(body: &JsonMap, target: &Target<'_>) -> Result<UpstreamRequest, GatewayError> {
-    let mut dropped = Vec::new();
-    check_fields(
-        body,
-        EMBEDDING_PARAMS,
-        false,
-        "Cohere",
-        target,
-        &mut dropped,
-    )?;
-    let mut out = json!({"model": target.model, "texts": embedding_texts(body, "Cohere")?, "input_type": "search_document", "embedding_types": ["float"]});
-    if let Some(d) = body.get("dimensions").filter(|d| !d.is_null()) {
+    let input = embedding_input(body, "Cohere", target)?;
+    let dropped = input.dropped;
+    let mut out = json!({"model": target.model, "texts": input.texts, "input_type": "search_document", "embedding_types": ["float"]});
+    if let Some(d) = input.dimensions {
         out["output_dimension"] = d.clone();
     }
     let bytes = serde_json::to_vec(&out).map_err(|e| {

@@ -20,8 +20,8 @@ mod tests;
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
 use crate::translate::{
-    check_fields, chunk, completion, data_url, embedding_list, embedding_texts, now, push_turn,
-    text_of, tool_args, unsupported_endpoint, usage_chunk, CHAT_PARAMS, EMBEDDING_PARAMS,
+    check_fields, chunk, completion, data_url, embedding_input, embedding_list, now, push_turn,
+    text_of, tool_args, unsupported_endpoint, usage_chunk, EmbeddingInput, CHAT_PARAMS,
 };
 use crate::{
     join_url, unsupported, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target,
@@ -298,18 +298,13 @@ pub(crate) fn chat_body(
 
 /// `batchEmbedContents`: one request per input text.
 fn build_embed(body: &JsonMap, target: &Target<'_>) -> Result<UpstreamRequest, GatewayError> {
-    let mut dropped = Vec::new();
-    check_fields(
-        body,
-        EMBEDDING_PARAMS,
-        false,
-        "Gemini",
-        target,
-        &mut dropped,
-    )?;
+    let EmbeddingInput {
+        texts,
+        dimensions: dims,
+        dropped,
+    } = embedding_input(body, "Gemini", target)?;
     let model = format!("models/{}", target.model);
-    let dims = body.get("dimensions").filter(|d| !d.is_null());
-    let requests: Vec<Value> = embedding_texts(body, "Gemini")?
+    let requests: Vec<Value> = texts
         .into_iter()
         .map(|t| {
             let mut r = json!({"model": model, "content": {"parts": [{"text": t}]}});

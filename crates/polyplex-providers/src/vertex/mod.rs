@@ -22,9 +22,7 @@ mod tests;
 
 use crate::anthropic::{self, Anthropic};
 use crate::gemini::{self, Gemini};
-use crate::translate::{
-    check_fields, embedding_list, embedding_texts, unsupported_endpoint, EMBEDDING_PARAMS,
-};
+use crate::translate::{embedding_input, embedding_list, unsupported_endpoint};
 use crate::{join_url, Endpoint, Protocol, Reply, StreamDecoder, Target, UpstreamRequest};
 use bytes::Bytes;
 use http::StatusCode;
@@ -110,21 +108,15 @@ fn build_chat(
 
 /// `predict` for text embeddings: one instance per input text.
 fn build_embed(body: &JsonMap, target: &Target<'_>) -> Result<UpstreamRequest, GatewayError> {
-    let mut dropped = Vec::new();
-    check_fields(
-        body,
-        EMBEDDING_PARAMS,
-        false,
-        "Vertex AI",
-        target,
-        &mut dropped,
-    )?;
-    let instances: Vec<Value> = embedding_texts(body, "Vertex AI")?
+    let input = embedding_input(body, "Vertex AI", target)?;
+    let dropped = input.dropped;
+    let instances: Vec<Value> = input
+        .texts
         .into_iter()
         .map(|t| serde_json::json!({"content": t}))
         .collect();
     let mut out = serde_json::json!({"instances": instances});
-    if let Some(d) = body.get("dimensions").filter(|d| !d.is_null()) {
+    if let Some(d) = input.dimensions {
         out["parameters"] = serde_json::json!({"outputDimensionality": d});
     }
     Ok(UpstreamRequest {
