@@ -115,6 +115,11 @@ struct RunArgs {
     /// A short run that only shows the harness works (CI).
     #[arg(long)]
     smoke: bool,
+    /// TOML appended to polyplex's configuration, for experiments with its
+    /// settings (e.g. `--polyplex-config $'[server]\nbusy_poll_us = 0'`);
+    /// the report says so. Default: none, polyplex as it ships.
+    #[arg(long, default_value = "")]
+    polyplex_config: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -273,13 +278,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         targets::polyplex_endpoint(*port, key, model),
                         Duration::from_secs(15),
                     )),
-                    None => targets::start_polyplex(&args.polyplex, &logs, up_port).map(
-                        |(p, port, key)| {
-                            let ep = targets::polyplex_endpoint(port, &key, model);
-                            polyplex_port = Some((port, key));
-                            (Some(p), ep, Duration::from_secs(15))
-                        },
-                    ),
+                    None => targets::start_polyplex(
+                        &args.polyplex,
+                        &logs,
+                        up_port,
+                        &args.polyplex_config,
+                    )
+                    .map(|(p, port, key)| {
+                        let ep = targets::polyplex_endpoint(port, &key, model);
+                        polyplex_port = Some((port, key));
+                        (Some(p), ep, Duration::from_secs(15))
+                    }),
                 }
             }
             "litellm" => targets::start_litellm(&args.bench_dir, &logs, up_port)
@@ -410,6 +419,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ticks_per_sec: ticks,
         smoke: args.smoke,
         polyplex: args.polyplex.display().to_string(),
+        polyplex_config: args.polyplex_config.clone(),
     };
     let md = report::markdown(&rows, &skipped, &meta);
     std::fs::write(args.out.join("results.md"), &md)?;

@@ -93,6 +93,8 @@ pub struct Meta {
     pub ticks_per_sec: u64,
     pub smoke: bool,
     pub polyplex: String,
+    /// TOML appended to polyplex's configuration (`--polyplex-config`).
+    pub polyplex_config: String,
 }
 
 fn us(h: &Histogram<u64>, q: f64) -> f64 {
@@ -280,6 +282,12 @@ pub fn markdown(rows: &[Row], skipped: &[(String, String)], m: &Meta) -> String 
         if m.smoke { "**Smoke run — too short to mean anything.** " } else { "" },
         m.rounds, m.requests, m.streams, m.chunks, m.interval_us, m.duration_ms, m.burst, m.delay_us
     ));
+    if !m.polyplex_config.trim().is_empty() {
+        s.push_str(&format!(
+            "**Not polyplex as it ships:** its configuration had this appended: `{}`.\n\n",
+            m.polyplex_config.trim().replace('\n', " ")
+        ));
+    }
     s.push_str("| target | p50 / p99 c=1 (µs) | added p50 | added p99 | req/s c=64 | p99 c=64 (ms) | req/s c=256 | p99 c=256 (ms) | CPU µs/req | RSS idle / c=256 peak / peak / after (MiB) | added TTFT p50 / p99 | added gap p99 | errors | stream errors |\n");
     s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|\n");
     for r in rows {
@@ -386,6 +394,7 @@ pub fn json(rows: &[Row], skipped: &[(String, String)], m: &Meta) -> Value {
             "rounds": m.rounds, "requests": m.requests, "duration_ms": m.duration_ms,
             "streams": m.streams, "chunks": m.chunks, "interval_us": m.interval_us,
             "delay_us": m.delay_us, "burst": m.burst, "smoke": m.smoke, "polyplex": m.polyplex,
+            "polyplex_config": m.polyplex_config,
         },
         "targets": targets,
         "skipped": skipped.iter().map(|(n, w)| json!({"name": n, "why": w})).collect::<Vec<_>>(),

@@ -175,11 +175,13 @@ fn is_root() -> bool {
 /// polyplex with its production shape: a gateway key (made with `polyplex
 /// keys create`, looked up, admitted and charged on every request), usage
 /// records written to the SQLite store, routing, one OpenAI-protocol and one
-/// Anthropic-protocol provider. Returns the process, its port and the key.
+/// Anthropic-protocol provider; `extra` (TOML, normally empty) is appended.
+/// Returns the process, its port and the key.
 pub fn start_polyplex(
     bin: &Path,
     dir: &Path,
     upstream: u16,
+    extra: &str,
 ) -> anyhow::Result<(Proc, u16, String)> {
     let port = free_port()?;
     let conf = dir.join("polyplex.toml");
@@ -205,6 +207,7 @@ name = "anthropic"
 base_url = "http://127.0.0.1:{upstream}"
 api_key = "${{BENCH_PROVIDER_KEY}}"
 models = ["claude-sonnet-4-5"]
+{extra}
 "#,
             db.display()
         ),
