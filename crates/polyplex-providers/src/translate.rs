@@ -4,6 +4,7 @@
 use crate::reply::{RawWriter, Reply};
 use crate::{Endpoint, Target};
 use polyplex_types::{GatewayError, JsonMap, Usage, UsageJson};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 /// An upstream's reply body as JSON; a 502 naming the provider if it is not.
@@ -104,6 +105,34 @@ pub(crate) fn unsupported_endpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The chunk writer gives the bytes the `json!` tree it replaced gave:
+    /// OpenAI's members in OpenAI's order, escapes included.
+    #[test]
+    fn chunks_are_written_as_the_tree_wrote_them() {
+        fn tree(delta: Value, finish: Option<&str>) -> Vec<u8> {
+            json!({"id": "msg_1", "object": "chat.completion.chunk", "created": 1700000000u64, "model": "m\"x",
+                "choices": [{"index": 2, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+            .to_string()
+            .into_bytes()
+        }
+        fn written<D: Serialize + ?Sized>(delta: &D, finish: Option<&str>) -> Vec<u8> {
+            match chunk("msg_1", 1700000000, "m\"x", 2, delta, finish) {
+                crate::StreamItem::Chunk(b) => b.to_vec(),
+                other => panic!("not a chunk: {other:?}"),
+            }
+        }
+        let text = "a \"quote\", a\nnewline, \u{1} and é";
+        assert_eq!(written(&ROLE, None), tree(json!({"role": "assistant", "content": ""}), None));
+        assert_eq!(written(&Content { content: text }, None), tree(json!({"content": text}), None));
+        assert_eq!(written(&NoDelta {}, Some("stop")), tree(json!({}), Some("stop")));
+        assert_eq!(
+            written(&tool_arguments(3, text), None),
+            tree(json!({"tool_calls": [{"index": 3, "function": {"arguments": text}}]}), None)
+        );
+        let any = json!({"tool_calls": [{"index": 0, "id": "t", "type": "function", "function": {"name": "f", "arguments": ""}}]});
+        assert_eq!(written(&any, Some("tool_calls")), tree(any.clone(), Some("tool_calls")));
+    }
 
     #[test]
     fn turns_merge_and_data_urls_split() {
@@ -465,19 +494,98 @@ pub(crate) fn check_fields(
     Ok(())
 }
 
-/// One OpenAI stream chunk for choice `index`.
-pub(crate) fn chunk(
+/// One OpenAI stream chunk for choice `index`, written straight from its
+/// parts: no tree is built and no key hashed (a translated stream writes one
+/// per upstream event). The members and order are OpenAI's.
+pub(crate) fn chunk<D: Serialize + ?Sized>(
     id: &str,
     created: u64,
     model: &str,
     index: u64,
-    delta: Value,
+    delta: &D,
     finish: Option<&str>,
 ) -> crate::StreamItem {
-    let c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-        "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}]});
-    crate::StreamItem::Chunk(bytes::Bytes::from(c.to_string()))
+    #[derive(Serialize)]
+    struct Chunk<'a, D: ?Sized> {
+        id: &'a str,
+        object: &'static str,
+        created: u64,
+        model: &'a str,
+        choices: [Choice<'a, D>; 1],
+    }
+    #[derive(Serialize)]
+    struct Choice<'a, D: ?Sized> {
+        index: u64,
+        delta: &'a D,
+        logprobs: (),
+        finish_reason: Option<&'a str>,
+    }
+    let c = Chunk {
+        id,
+        object: "chat.completion.chunk",
+        created,
+        model,
+        choices: [Choice {
+            index,
+            delta,
+            logprobs: (),
+            finish_reason: finish,
+        }],
+    };
+    let mut buf = Vec::with_capacity(128 + id.len() + model.len());
+    // Strings, numbers and JSON values: writing them into a Vec does not
+    // fail. Were it to, the chunk says so rather than going out cut short.
+    if serde_json::to_writer(&mut buf, &c).is_err() {
+        buf = br#"{"error":{"message":"polyplex could not encode a stream chunk","type":"server_error"}}"#.to_vec();
+    }
+    crate::StreamItem::Chunk(bytes::Bytes::from(buf))
 }
+
+/// A chunk's delta that carries text: `{"content": ...}`.
+#[derive(Serialize)]
+pub(crate) struct Content<'a> {
+    pub content: &'a str,
+}
+
+/// The first chunk's delta: `{"role": "assistant", "content": ""}`.
+pub(crate) const ROLE: Role = Role {
+    role: "assistant",
+    content: "",
+};
+
+#[derive(Serialize)]
+pub(crate) struct Role {
+    role: &'static str,
+    content: &'static str,
+}
+
+/// A delta carrying a fragment of tool call `index`'s arguments:
+/// `{"tool_calls": [{"index": ..., "function": {"arguments": ...}}]}`.
+pub(crate) fn tool_arguments(index: usize, arguments: &str) -> impl Serialize + '_ {
+    #[derive(Serialize)]
+    struct Delta<'a> {
+        tool_calls: [Call<'a>; 1],
+    }
+    #[derive(Serialize)]
+    struct Call<'a> {
+        index: usize,
+        function: Function<'a>,
+    }
+    #[derive(Serialize)]
+    struct Function<'a> {
+        arguments: &'a str,
+    }
+    Delta {
+        tool_calls: [Call {
+            index,
+            function: Function { arguments },
+        }],
+    }
+}
+
+/// The last chunk's delta, next to its `finish_reason`: `{}`.
+#[derive(Serialize)]
+pub(crate) struct NoDelta {}
 
 /// Seconds since the epoch, for `created`.
 pub(crate) fn now() -> u64 {

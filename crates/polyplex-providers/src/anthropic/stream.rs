@@ -7,11 +7,34 @@
 
 use super::{finish_reason, usage_from, JSON_TOOL};
 use crate::sse::Event;
+use crate::translate::{Content, NoDelta, ROLE};
 use crate::{StreamDecoder, StreamItem, StreamSummary};
 use http::StatusCode;
 use polyplex_types::{GatewayError, Usage};
+use serde::Deserialize;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::collections::HashMap;
+
+/// A `content_block_delta` event, borrowed from its text.
+#[derive(Deserialize)]
+struct BlockDelta<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    index: u64,
+    #[serde(borrow)]
+    delta: DeltaIn<'a>,
+}
+
+#[derive(Deserialize)]
+struct DeltaIn<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    partial_json: Option<Cow<'a, str>>,
+}
 
 pub struct Decoder {
     provider: String,
@@ -47,8 +70,40 @@ impl Decoder {
         }
     }
 
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> StreamItem {
+    fn chunk<D: serde::Serialize + ?Sized>(&self, delta: &D, finish: Option<&str>) -> StreamItem {
         crate::translate::chunk(&self.id, self.created, &self.model, 0, delta, finish)
+    }
+
+    /// A `content_block_delta`: text, or a tool call's argument fragment.
+    pub(super) fn on_delta(
+        &mut self,
+        idx: u64,
+        kind: Option<&str>,
+        text: Option<&str>,
+        partial_json: Option<&str>,
+        out: &mut Vec<StreamItem>,
+    ) -> Result<(), GatewayError> {
+        match kind {
+            Some("text_delta") => {
+                let t = text.unwrap_or("");
+                self.text.push_str(t);
+                out.push(self.chunk(&Content { content: t }, None));
+            }
+            Some("input_json_delta") => {
+                let frag = partial_json.unwrap_or("");
+                self.text.push_str(frag);
+                match self.tools.get(&idx) {
+                    Some(Some(i)) => {
+                        out.push(self.chunk(&crate::translate::tool_arguments(*i, frag), None))
+                    }
+                    Some(None) => out.push(self.chunk(&Content { content: frag }, None)),
+                    None => return Err(self.bad("input_json_delta for an unknown block")),
+                }
+            }
+            // thinking, signatures, citations: not part of OpenAI's chat shape.
+            _ => {}
+        }
+        Ok(())
     }
 
     fn bad(&self, what: &str) -> GatewayError {
@@ -61,6 +116,26 @@ impl Decoder {
 
 impl StreamDecoder for Decoder {
     fn on_event(&mut self, event: &Event, out: &mut Vec<StreamItem>) -> Result<(), GatewayError> {
+        // Most of a stream is `content_block_delta` events: read them into
+        // borrowed fields, without a tree. Any other shape (a missing index,
+        // a field of an unexpected type) takes the general path below.
+        let named = event.event.as_deref();
+        if named == Some("content_block_delta")
+            || (named.is_none() && event.data.contains("\"content_block_delta\""))
+        {
+            if let Ok(d) = serde_json::from_str::<BlockDelta<'_>>(&event.data) {
+                if named.is_some() || d.kind.as_deref() == Some("content_block_delta") {
+                    let (idx, d) = (d.index, d.delta);
+                    return self.on_delta(
+                        idx,
+                        d.kind.as_deref(),
+                        d.text.as_deref(),
+                        d.partial_json.as_deref(),
+                        out,
+                    );
+                }
+            }
+        }
         let v: Value = serde_json::from_str(&event.data).map_err(|_| self.bad("not JSON"))?;
         let kind = event
             .event
@@ -86,7 +161,7 @@ impl StreamDecoder for Decoder {
                     self.usage = usage_from(u);
                 }
                 self.started = true;
-                out.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
+                out.push(self.chunk(&ROLE, None));
             }
             "content_block_start" => {
                 let idx = v.get("index").and_then(Value::as_u64).unwrap_or(0);
@@ -100,7 +175,7 @@ impl StreamDecoder for Decoder {
                         self.next_tool += 1;
                         self.tools.insert(idx, Some(i));
                         self.text.push_str(name);
-                        out.push(self.chunk(json!({"tool_calls": [{"index": i, "id": block.get("id"), "type": "function",
+                        out.push(self.chunk(&json!({"tool_calls": [{"index": i, "id": block.get("id"), "type": "function",
                             "function": {"name": name, "arguments": ""}}]}), None));
                     }
                 } else if let Some(t) = block
@@ -109,30 +184,19 @@ impl StreamDecoder for Decoder {
                     .filter(|t| !t.is_empty())
                 {
                     self.text.push_str(t);
-                    out.push(self.chunk(json!({"content": t}), None));
+                    out.push(self.chunk(&Content { content: t }, None));
                 }
             }
             "content_block_delta" => {
-                let idx = v.get("index").and_then(Value::as_u64).unwrap_or(0);
                 let d = v.get("delta").unwrap_or(&Value::Null);
-                match d.get("type").and_then(Value::as_str) {
-                    Some("text_delta") => {
-                        let t = d.get("text").and_then(Value::as_str).unwrap_or("");
-                        self.text.push_str(t);
-                        out.push(self.chunk(json!({"content": t}), None));
-                    }
-                    Some("input_json_delta") => {
-                        let frag = d.get("partial_json").and_then(Value::as_str).unwrap_or("");
-                        self.text.push_str(frag);
-                        match self.tools.get(&idx) {
-                            Some(Some(i)) => out.push(self.chunk(json!({"tool_calls": [{"index": i, "function": {"arguments": frag}}]}), None)),
-                            Some(None) => out.push(self.chunk(json!({"content": frag}), None)),
-                            None => return Err(self.bad("input_json_delta for an unknown block")),
-                        }
-                    }
-                    // thinking, signatures, citations: not part of OpenAI's chat shape.
-                    _ => {}
-                }
+                let text = |k: &str| d.get(k).and_then(Value::as_str);
+                self.on_delta(
+                    v.get("index").and_then(Value::as_u64).unwrap_or(0),
+                    d.get("type").and_then(Value::as_str),
+                    text("text"),
+                    text("partial_json"),
+                    out,
+                )?;
             }
             "message_delta" => {
                 if let Some(stop) = v.pointer("/delta/stop_reason").and_then(Value::as_str) {
@@ -146,7 +210,7 @@ impl StreamDecoder for Decoder {
                     self.usage = usage_from(u);
                     self.usage.completion_tokens = out_tokens;
                 }
-                out.push(self.chunk(json!({}), Some(self.finish.unwrap_or("stop"))));
+                out.push(self.chunk(&NoDelta {}, Some(self.finish.unwrap_or("stop"))));
             }
             "message_stop" => {
                 self.done = true;

@@ -404,6 +404,74 @@ fn truncated_stream_and_error_events_fail() {
     assert_eq!((e.status.as_u16(), e.message.as_str()), (503, "Overloaded"));
 }
 
+/// `content_block_delta` events are read into borrowed fields; every shape
+/// gives what the general (tree) path gives: named by `event:` or only by
+/// `type`, escaped text, and shapes the typed read refuses (no index, a
+/// text that is not a string), which fall back to the tree.
+#[test]
+fn delta_events_read_without_a_tree_answer_as_the_tree() {
+    let start = r#"{"type":"message_start","message":{"id":"msg_1","model":"claude","usage":{"input_tokens":3,"output_tokens":1}}}"#;
+    let tool = r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"f","input":{}}}"#;
+    let deltas = [
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi \"there\"\n\u00e9"}}"#,
+        r#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"no index"}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":null}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":7}}"#,
+        r#"{"index":0,"type":"content_block_delta","delta":{"text":"x","type":"text_delta","extra":[1,{"a":2}]}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#,
+        r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\": 1"}}"#,
+        r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"}"},"more":null}"#,
+    ];
+    let run = |named: bool, via_tree: bool| {
+        let mut d = Decoder::new("anthropic", false);
+        let mut out = Vec::new();
+        let ev = |name: &str, data: &str| crate::sse::Event {
+            event: named.then(|| name.to_string()),
+            data: data.to_string(),
+        };
+        d.on_event(&ev("message_start", start), &mut out).unwrap();
+        d.on_event(&ev("content_block_start", tool), &mut out).unwrap();
+        for data in deltas {
+            if via_tree {
+                // The general path, as the decoder takes it for shapes the
+                // typed read refuses.
+                let v: Value = serde_json::from_str(data).unwrap();
+                let delta = &v["delta"];
+                d.on_delta(
+                    v["index"].as_u64().unwrap_or(0),
+                    delta["type"].as_str(),
+                    delta["text"].as_str(),
+                    delta["partial_json"].as_str(),
+                    &mut out,
+                )
+                .unwrap();
+            } else {
+                d.on_event(&ev("content_block_delta", data), &mut out).unwrap();
+            }
+        }
+        (out, d.summary().completion_text)
+    };
+    let (tree, tree_text) = run(true, true);
+    assert_eq!(tree_text, "fHi \"there\"\n\u{e9}no indexx{\"a\": 1}");
+    for named in [true, false] {
+        let (typed, text) = run(named, false);
+        assert_eq!(typed, tree, "named by event: {named}");
+        assert_eq!(text, tree_text);
+    }
+    let Some(StreamItem::Chunk(b)) = tree.get(2) else {
+        panic!("no text chunk: {tree:?}")
+    };
+    // A block index that is not a number names no block, on either path.
+    let mut d = Decoder::new("anthropic", false);
+    let bad = crate::sse::Event {
+        event: Some("content_block_delta".into()),
+        data: r#"{"type":"content_block_delta","index":"1","delta":{"type":"input_json_delta","partial_json":"}"}}"#.into(),
+    };
+    assert!(d.on_event(&bad, &mut Vec::new()).is_err());
+    let c: Value = serde_json::from_slice(b).unwrap();
+    assert_eq!(c["choices"][0]["delta"], json!({"content": "Hi \"there\"\n\u{e9}"}));
+}
+
 /// `parse_reply` (typed, as bytes) and `parse` (tree) give the same answer,
 /// and what the typed path does not cover falls back to the tree.
 #[test]

@@ -48,7 +48,7 @@ impl Decoder {
         }
     }
 
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> StreamItem {
+    fn chunk<D: serde::Serialize + ?Sized>(&self, delta: &D, finish: Option<&str>) -> StreamItem {
         crate::translate::chunk(&self.id, self.created, &self.model, 0, delta, finish)
     }
 
@@ -63,7 +63,7 @@ impl Decoder {
     fn start(&mut self, out: &mut Vec<StreamItem>) {
         if !self.started {
             self.started = true;
-            out.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
+            out.push(self.chunk(&crate::translate::ROLE, None));
         }
     }
 }
@@ -106,7 +106,7 @@ impl StreamDecoder for Decoder {
                         self.next_tool += 1;
                         self.tools.insert(idx, Some(i));
                         self.text.push_str(name);
-                        out.push(self.chunk(json!({"tool_calls": [{"index": i, "id": tu.get("toolUseId"), "type": "function",
+                        out.push(self.chunk(&json!({"tool_calls": [{"index": i, "id": tu.get("toolUseId"), "type": "function",
                             "function": {"name": name, "arguments": ""}}]}), None));
                     }
                 }
@@ -120,15 +120,16 @@ impl StreamDecoder for Decoder {
                 let d = v.get("delta").unwrap_or(&Value::Null);
                 if let Some(t) = d.get("text").and_then(Value::as_str) {
                     self.text.push_str(t);
-                    out.push(self.chunk(json!({"content": t}), None));
+                    out.push(self.chunk(&crate::translate::Content { content: t }, None));
                 } else if let Some(frag) = d.pointer("/toolUse/input").and_then(Value::as_str) {
                     self.text.push_str(frag);
                     match self.tools.get(&idx) {
-                        Some(Some(i)) => out.push(self.chunk(
-                            json!({"tool_calls": [{"index": i, "function": {"arguments": frag}}]}),
-                            None,
-                        )),
-                        Some(None) => out.push(self.chunk(json!({"content": frag}), None)),
+                        Some(Some(i)) => {
+                            out.push(self.chunk(&crate::translate::tool_arguments(*i, frag), None))
+                        }
+                        Some(None) => {
+                            out.push(self.chunk(&crate::translate::Content { content: frag }, None))
+                        }
                         None => return Err(self.bad("toolUse delta for a block never started")),
                     }
                 }
@@ -141,7 +142,10 @@ impl StreamDecoder for Decoder {
                     .and_then(Value::as_str)
                     .unwrap_or("end_turn");
                 self.stopped = true;
-                out.push(self.chunk(json!({}), Some(finish_reason(stop, self.json_mode))));
+                out.push(self.chunk(
+                    &crate::translate::NoDelta {},
+                    Some(finish_reason(stop, self.json_mode)),
+                ));
             }
             "metadata" => {
                 if let Some(u) = v.get("usage") {

@@ -362,7 +362,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> StreamItem {
+    fn chunk<D: serde::Serialize + ?Sized>(&self, delta: &D, finish: Option<&str>) -> StreamItem {
         chunk(&self.id, self.created, &self.model, 0, delta, finish)
     }
 
@@ -392,7 +392,7 @@ impl StreamDecoder for Decoder {
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_string();
-                out.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
+                out.push(self.chunk(&crate::translate::ROLE, None));
             }
             "content-delta" => {
                 let t = v
@@ -400,7 +400,7 @@ impl StreamDecoder for Decoder {
                     .and_then(Value::as_str)
                     .unwrap_or("");
                 self.text.push_str(t);
-                out.push(self.chunk(json!({"content": t}), None));
+                out.push(self.chunk(&crate::translate::Content { content: t }, None));
             }
             "tool-call-start" => {
                 let tc = v
@@ -420,7 +420,7 @@ impl StreamDecoder for Decoder {
                     .unwrap_or("");
                 self.text.push_str(name);
                 self.text.push_str(args);
-                out.push(self.chunk(json!({"tool_calls": [{"index": i, "id": tc.get("id"), "type": "function", "function": {"name": name, "arguments": args}}]}), None));
+                out.push(self.chunk(&json!({"tool_calls": [{"index": i, "id": tc.get("id"), "type": "function", "function": {"name": name, "arguments": args}}]}), None));
             }
             "tool-call-delta" => {
                 let frag = v
@@ -434,10 +434,7 @@ impl StreamDecoder for Decoder {
                     )
                 })?;
                 self.text.push_str(frag);
-                out.push(self.chunk(
-                    json!({"tool_calls": [{"index": i, "function": {"arguments": frag}}]}),
-                    None,
-                ));
+                out.push(self.chunk(&crate::translate::tool_arguments(i, frag), None));
             }
             "message-end" => {
                 let fr = v
@@ -450,7 +447,7 @@ impl StreamDecoder for Decoder {
                 if let Some(u) = v.pointer("/delta/usage") {
                     self.usage = Some(usage_from(u));
                 }
-                out.push(self.chunk(json!({}), Some(finish_reason(fr))));
+                out.push(self.chunk(&crate::translate::NoDelta {}, Some(finish_reason(fr))));
                 if let Some(u) = self.usage {
                     out.push(StreamItem::Usage(
                         u,

@@ -561,7 +561,12 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    fn chunk(&self, index: u64, delta: Value, finish: Option<&str>) -> StreamItem {
+    fn chunk<D: serde::Serialize + ?Sized>(
+        &self,
+        index: u64,
+        delta: &D,
+        finish: Option<&str>,
+    ) -> StreamItem {
         chunk(&self.id, self.created, &self.model, index, delta, finish)
     }
 }
@@ -609,7 +614,7 @@ impl StreamDecoder for Decoder {
                 .and_then(Value::as_array)
                 .map_or(1, |c| c.len().max(1));
             for i in 0..n as u64 {
-                out.push(self.chunk(i, json!({"role": "assistant", "content": ""}), None));
+                out.push(self.chunk(i, &crate::translate::ROLE, None));
             }
         }
         if let Some(u) = v.get("usageMetadata") {
@@ -632,7 +637,7 @@ impl StreamDecoder for Decoder {
             let (text, calls) = read_parts(parts, &self.raw_id, idx, next);
             if !text.is_empty() {
                 self.text.push_str(&text);
-                out.push(self.chunk(idx, json!({"content": text}), None));
+                out.push(self.chunk(idx, &crate::translate::Content { content: &text }, None));
             }
             for call in &calls {
                 self.text.push_str(
@@ -642,12 +647,16 @@ impl StreamDecoder for Decoder {
                 );
             }
             if !calls.is_empty() {
-                out.push(self.chunk(idx, json!({"tool_calls": calls}), None));
+                out.push(self.chunk(idx, &json!({"tool_calls": calls}), None));
             }
             if let Some(fr) = c.get("finishReason").and_then(Value::as_str) {
                 self.finished = true;
                 let has_calls = self.calls.get(&idx).is_some_and(|n| *n > 0);
-                out.push(self.chunk(idx, json!({}), Some(finish_reason(fr, has_calls))));
+                out.push(self.chunk(
+                    idx,
+                    &crate::translate::NoDelta {},
+                    Some(finish_reason(fr, has_calls)),
+                ));
             }
         }
         Ok(())
