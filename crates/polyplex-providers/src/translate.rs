@@ -123,15 +123,30 @@ mod tests {
             }
         }
         let text = "a \"quote\", a\nnewline, \u{1} and é";
-        assert_eq!(written(&ROLE, None), tree(json!({"role": "assistant", "content": ""}), None));
-        assert_eq!(written(&Content { content: text }, None), tree(json!({"content": text}), None));
-        assert_eq!(written(&NoDelta {}, Some("stop")), tree(json!({}), Some("stop")));
+        assert_eq!(
+            written(&ROLE, None),
+            tree(json!({"role": "assistant", "content": ""}), None)
+        );
+        assert_eq!(
+            written(&Content { content: text }, None),
+            tree(json!({"content": text}), None)
+        );
+        assert_eq!(
+            written(&NoDelta {}, Some("stop")),
+            tree(json!({}), Some("stop"))
+        );
         assert_eq!(
             written(&tool_arguments(3, text), None),
-            tree(json!({"tool_calls": [{"index": 3, "function": {"arguments": text}}]}), None)
+            tree(
+                json!({"tool_calls": [{"index": 3, "function": {"arguments": text}}]}),
+                None
+            )
         );
         let any = json!({"tool_calls": [{"index": 0, "id": "t", "type": "function", "function": {"name": "f", "arguments": ""}}]});
-        assert_eq!(written(&any, Some("tool_calls")), tree(any.clone(), Some("tool_calls")));
+        assert_eq!(
+            written(&any, Some("tool_calls")),
+            tree(any.clone(), Some("tool_calls"))
+        );
     }
 
     #[test]

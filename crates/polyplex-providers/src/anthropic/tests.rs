@@ -430,7 +430,8 @@ fn delta_events_read_without_a_tree_answer_as_the_tree() {
             data: data.to_string(),
         };
         d.on_event(&ev("message_start", start), &mut out).unwrap();
-        d.on_event(&ev("content_block_start", tool), &mut out).unwrap();
+        d.on_event(&ev("content_block_start", tool), &mut out)
+            .unwrap();
         for data in deltas {
             if via_tree {
                 // The general path, as the decoder takes it for shapes the
@@ -446,7 +447,8 @@ fn delta_events_read_without_a_tree_answer_as_the_tree() {
                 )
                 .unwrap();
             } else {
-                d.on_event(&ev("content_block_delta", data), &mut out).unwrap();
+                d.on_event(&ev("content_block_delta", data), &mut out)
+                    .unwrap();
             }
         }
         (out, d.summary().completion_text)
@@ -469,7 +471,10 @@ fn delta_events_read_without_a_tree_answer_as_the_tree() {
     };
     assert!(d.on_event(&bad, &mut Vec::new()).is_err());
     let c: Value = serde_json::from_slice(b).unwrap();
-    assert_eq!(c["choices"][0]["delta"], json!({"content": "Hi \"there\"\n\u{e9}"}));
+    assert_eq!(
+        c["choices"][0]["delta"],
+        json!({"content": "Hi \"there\"\n\u{e9}"})
+    );
 }
 
 /// `parse_reply` (typed, as bytes) and `parse` (tree) give the same answer,
