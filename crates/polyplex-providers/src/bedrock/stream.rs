@@ -10,11 +10,37 @@
 
 use super::{error_for, finish_reason, new_id, usage_from, JSON_TOOL};
 use crate::sse::Event;
+use crate::translate::{tool_arguments, Content};
 use crate::{StreamDecoder, StreamItem, StreamSummary};
 use http::StatusCode;
 use polyplex_types::{GatewayError, Usage};
+use serde::Deserialize;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::collections::HashMap;
+
+/// A `contentBlockDelta` event, borrowed from its text.
+#[derive(Deserialize)]
+struct BlockDelta<'a> {
+    #[serde(rename = "contentBlockIndex", default)]
+    index: u64,
+    #[serde(borrow)]
+    delta: DeltaIn<'a>,
+}
+
+#[derive(Deserialize)]
+struct DeltaIn<'a> {
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(rename = "toolUse", default, borrow)]
+    tool_use: Option<ToolUseIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ToolUseIn<'a> {
+    #[serde(default, borrow)]
+    input: Option<Cow<'a, str>>,
+}
 
 pub struct Decoder {
     provider: String,
@@ -50,6 +76,30 @@ impl Decoder {
 
     fn chunk<D: serde::Serialize + ?Sized>(&self, delta: &D, finish: Option<&str>) -> StreamItem {
         crate::translate::chunk(&self.id, self.created, &self.model, 0, delta, finish)
+    }
+
+    /// A `contentBlockDelta`: text, or a tool call's input fragment.
+    pub(super) fn on_delta(
+        &mut self,
+        idx: u64,
+        text: Option<&str>,
+        frag: Option<&str>,
+        out: &mut Vec<StreamItem>,
+    ) -> Result<(), GatewayError> {
+        self.start(out);
+        if let Some(t) = text {
+            self.text.push_str(t);
+            out.push(self.chunk(&Content { content: t }, None));
+        } else if let Some(frag) = frag {
+            self.text.push_str(frag);
+            match self.tools.get(&idx) {
+                Some(Some(i)) => out.push(self.chunk(&tool_arguments(*i, frag), None)),
+                Some(None) => out.push(self.chunk(&Content { content: frag }, None)),
+                None => return Err(self.bad("toolUse delta for a block never started")),
+            }
+        }
+        // reasoningContent, citations: not part of OpenAI's chat shape.
+        Ok(())
     }
 
     fn bad(&self, what: &str) -> GatewayError {
@@ -88,6 +138,15 @@ impl StreamDecoder for Decoder {
                 format_args!("stream error {code}: {}", event.data),
             ));
         }
+        // Most of a stream is `contentBlockDelta` events: read them into
+        // borrowed fields, without a tree; an unexpected shape takes the
+        // general path below.
+        if kind == "contentBlockDelta" {
+            if let Ok(d) = serde_json::from_str::<BlockDelta<'_>>(&event.data) {
+                let frag = d.delta.tool_use.as_ref().and_then(|t| t.input.as_deref());
+                return self.on_delta(d.index, d.delta.text.as_deref(), frag, out);
+            }
+        }
         let v: Value = serde_json::from_str(&event.data).map_err(|_| self.bad("not JSON"))?;
         match kind {
             "messageStart" => self.start(out),
@@ -112,28 +171,15 @@ impl StreamDecoder for Decoder {
                 }
             }
             "contentBlockDelta" => {
-                self.start(out);
-                let idx = v
-                    .get("contentBlockIndex")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
                 let d = v.get("delta").unwrap_or(&Value::Null);
-                if let Some(t) = d.get("text").and_then(Value::as_str) {
-                    self.text.push_str(t);
-                    out.push(self.chunk(&crate::translate::Content { content: t }, None));
-                } else if let Some(frag) = d.pointer("/toolUse/input").and_then(Value::as_str) {
-                    self.text.push_str(frag);
-                    match self.tools.get(&idx) {
-                        Some(Some(i)) => {
-                            out.push(self.chunk(&crate::translate::tool_arguments(*i, frag), None))
-                        }
-                        Some(None) => {
-                            out.push(self.chunk(&crate::translate::Content { content: frag }, None))
-                        }
-                        None => return Err(self.bad("toolUse delta for a block never started")),
-                    }
-                }
-                // reasoningContent, citations: not part of OpenAI's chat shape.
+                self.on_delta(
+                    v.get("contentBlockIndex")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0),
+                    d.get("text").and_then(Value::as_str),
+                    d.pointer("/toolUse/input").and_then(Value::as_str),
+                    out,
+                )?;
             }
             "messageStop" => {
                 self.start(out);

@@ -691,3 +691,71 @@ fn embeddings_by_model_family() {
         .unwrap_err();
     assert_eq!(e.param.as_deref(), Some("input"));
 }
+
+/// `contentBlockDelta` events are read into borrowed fields; every shape
+/// gives what the general (tree) path gives, including shapes the typed
+/// read refuses (an index or a text of the wrong type), which fall back.
+#[test]
+fn delta_events_read_without_a_tree_answer_as_the_tree() {
+    let tool = r#"{"contentBlockIndex":1,"start":{"toolUse":{"toolUseId":"t1","name":"f"}}}"#;
+    let deltas = [
+        r#"{"contentBlockIndex":0,"delta":{"text":"Hi \"there\"\n\u00e9"}}"#,
+        r#"{"delta":{"text":"no index"}}"#,
+        r#"{"contentBlockIndex":0,"delta":{"text":null}}"#,
+        r#"{"contentBlockIndex":0,"delta":{"text":7}}"#,
+        r#"{"contentBlockIndex":"0","delta":{"text":"odd index"}}"#,
+        r#"{"contentBlockIndex":0,"delta":{"reasoningContent":{"text":"hmm"}}}"#,
+        r#"{"contentBlockIndex":1,"delta":{"toolUse":{"input":"{\"a\": 1"}},"p":"x"}"#,
+        r#"{"contentBlockIndex":1,"delta":{"toolUse":{"input":"}"}}}"#,
+    ];
+    let run = |via_tree: bool| {
+        let mut d = Decoder::new("bedrock", "anthropic.claude", false);
+        let mut out = Vec::new();
+        let ev = |name: &str, data: &str| crate::sse::Event {
+            event: Some(name.to_string()),
+            data: data.to_string(),
+        };
+        d.on_event(&ev("messageStart", r#"{"role":"assistant"}"#), &mut out)
+            .unwrap();
+        d.on_event(&ev("contentBlockStart", tool), &mut out)
+            .unwrap();
+        for data in deltas {
+            if via_tree {
+                let v: Value = serde_json::from_str(data).unwrap();
+                d.on_delta(
+                    v["contentBlockIndex"].as_u64().unwrap_or(0),
+                    v["delta"]["text"].as_str(),
+                    v.pointer("/delta/toolUse/input").and_then(Value::as_str),
+                    &mut out,
+                )
+                .unwrap();
+            } else {
+                d.on_event(&ev("contentBlockDelta", data), &mut out)
+                    .unwrap();
+            }
+        }
+        (out, d.summary().completion_text)
+    };
+    // Each decoder makes its own chunk id: compared without it.
+    let without_id = |items: Vec<StreamItem>| -> Vec<Value> {
+        items
+            .into_iter()
+            .map(|i| match i {
+                StreamItem::Chunk(b) => {
+                    let mut c: Value = serde_json::from_slice(&b).unwrap();
+                    c["id"] = Value::Null;
+                    c
+                }
+                other => panic!("not a chunk: {other:?}"),
+            })
+            .collect()
+    };
+    let (tree, tree_text) = run(true);
+    assert_eq!(
+        tree_text,
+        "fHi \"there\"\n\u{e9}no indexodd index{\"a\": 1}"
+    );
+    let (typed, text) = run(false);
+    assert_eq!(without_id(typed), without_id(tree));
+    assert_eq!(text, tree_text);
+}

@@ -25,7 +25,9 @@ use crate::{
 use bytes::Bytes;
 use http::StatusCode;
 use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Cohere;
@@ -374,8 +376,52 @@ impl Decoder {
     }
 }
 
+/// A `content-delta` event (`delta.message.content.text`), borrowed from
+/// its text: most of a stream.
+#[derive(Deserialize)]
+struct ContentDelta<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    delta: Option<DeltaIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaIn<'a> {
+    #[serde(default, borrow)]
+    message: Option<MessageIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct MessageIn<'a> {
+    #[serde(default, borrow)]
+    content: Option<TextIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct TextIn<'a> {
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
 impl StreamDecoder for Decoder {
     fn on_event(&mut self, event: &Event, out: &mut Vec<StreamItem>) -> Result<(), GatewayError> {
+        let named = event.event.as_deref();
+        if named == Some("content-delta") || event.data.contains("\"content-delta\"") {
+            if let Ok(d) = serde_json::from_str::<ContentDelta<'_>>(&event.data) {
+                if d.kind.as_deref().or(named) == Some("content-delta") {
+                    let t = d
+                        .delta
+                        .and_then(|d| d.message)
+                        .and_then(|m| m.content)
+                        .and_then(|c| c.text);
+                    let t = t.as_deref().unwrap_or("");
+                    self.text.push_str(t);
+                    out.push(self.chunk(&crate::translate::Content { content: t }, None));
+                    return Ok(());
+                }
+            }
+        }
         let v: Value = serde_json::from_str(&event.data).map_err(|_| {
             GatewayError::upstream_bad_response(&self.provider, "stream event is not JSON")
         })?;

@@ -202,3 +202,70 @@ fn streams_translate() {
         "tool_calls"
     );
 }
+
+/// `content-delta` events are read into borrowed fields; every shape gives
+/// the chunk the general (tree) path gives — named by `event:` or only by
+/// `type`, escaped text, missing levels, and shapes the typed read refuses
+/// (a text or a type that is not a string), which fall back.
+#[test]
+fn content_deltas_read_without_a_tree_answer_as_the_tree() {
+    let deltas = [
+        r#"{"type":"content-delta","index":0,"delta":{"message":{"content":{"text":"Hi \"there\"\n\u00e9"}}}}"#,
+        r#"{"type":"content-delta","index":0,"delta":{"message":{}}}"#,
+        r#"{"type":"content-delta","index":0}"#,
+        r#"{"type":"content-delta","delta":{"message":{"content":{"text":7}}}}"#,
+        r#"{"type":"content-delta","delta":{"message":{"content":[{"text":"array"}]}}}"#,
+        r#"{"type":1,"delta":{"message":{"content":{"text":"typed by event"}}}}"#,
+        r#"{"delta":{"message":{"content":{"text":"x"}}},"type":"content-delta","more":[1]}"#,
+    ];
+    let start = r#"{"type":"message-start","id":"m1","delta":{"message":{"role":"assistant"}}}"#;
+    let run = |named: bool| {
+        let mut d = Cohere.stream_decoder(
+            Endpoint::Chat,
+            "cohere",
+            "command-a-03-2025",
+            &RequestBody::from_map(JsonMap::new()),
+        );
+        let mut out = Vec::new();
+        let ev = |name: &str, data: &str| crate::sse::Event {
+            event: named.then(|| name.to_string()),
+            data: data.to_string(),
+        };
+        d.on_event(&ev("message-start", start), &mut out).unwrap();
+        for data in deltas {
+            d.on_event(&ev("content-delta", data), &mut out).unwrap();
+        }
+        (out, d.summary().completion_text)
+    };
+    // What the tree path gives, written out.
+    let texts = [
+        "Hi \"there\"\n\u{e9}",
+        "",
+        "",
+        "",
+        "",
+        "typed by event",
+        "x",
+    ];
+    let (named, named_text) = run(true);
+    assert_eq!(named_text, texts.concat());
+    let contents: Vec<String> = named[1..]
+        .iter()
+        .map(|i| match i {
+            StreamItem::Chunk(b) => {
+                let c: Value = serde_json::from_slice(b).unwrap();
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            }
+            other => panic!("not a chunk: {other:?}"),
+        })
+        .collect();
+    assert_eq!(contents, texts);
+    // Without `event:` lines the one typed only by the event name is not a
+    // delta (its `type` is not a string, and no event name says so).
+    let (unnamed, unnamed_text) = run(false);
+    assert_eq!(unnamed.len(), named.len() - 1);
+    assert_eq!(unnamed_text, texts.concat().replace("typed by event", ""));
+}
