@@ -30,7 +30,10 @@ use crate::{
 use bytes::Bytes;
 use http::StatusCode;
 use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -571,8 +574,103 @@ impl Decoder {
     }
 }
 
-impl StreamDecoder for Decoder {
-    fn on_event(&mut self, event: &Event, out: &mut Vec<StreamItem>) -> Result<(), GatewayError> {
+/// A stream event after the first, when every part is text, borrowed from
+/// its text: what nearly all of a stream is. Anything else — an error, a
+/// function call, a field of an unexpected type — is read as a tree.
+#[derive(Deserialize)]
+struct TextEvent<'a> {
+    #[serde(default, borrow)]
+    candidates: Option<Vec<TextCandidate<'a>>>,
+    /// Present even when `null` (the tree reads a `null` as zero usage).
+    #[serde(
+        rename = "usageMetadata",
+        default,
+        borrow,
+        deserialize_with = "present"
+    )]
+    usage: Option<&'a RawValue>,
+}
+
+fn present<'a, D: serde::Deserializer<'a>>(d: D) -> Result<Option<&'a RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct TextCandidate<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    content: Option<TextContent<'a>>,
+    #[serde(rename = "finishReason", default, borrow)]
+    finish: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct TextContent<'a> {
+    #[serde(default, borrow)]
+    parts: Option<Vec<TextPart<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct TextPart<'a> {
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default)]
+    thought: Option<bool>,
+}
+
+impl Decoder {
+    /// [`StreamDecoder::on_event`] for a [`TextEvent`]; `None` when the
+    /// event is not one (then the tree reads it).
+    fn on_text_event(&mut self, data: &str, out: &mut Vec<StreamItem>) -> Option<()> {
+        if !self.started {
+            return None;
+        }
+        // Keys, not text: inside a string their quotes would be escaped.
+        if data.contains("\"error\"") || data.contains("\"functionCall\"") {
+            return None;
+        }
+        let ev: TextEvent<'_> = serde_json::from_str(data).ok()?;
+        let candidates = ev.candidates.unwrap_or_default();
+        let usage = match ev.usage {
+            Some(u) => Some(usage_from(&serde_json::from_str(u.get()).ok()?)),
+            None => None,
+        };
+        if usage.is_some() {
+            self.usage = usage;
+        }
+        for (i, c) in candidates.iter().enumerate() {
+            let idx = c.index.unwrap_or(i as u64);
+            self.calls.entry(idx).or_insert(0);
+            let mut text = String::new();
+            for p in c.content.iter().flat_map(|c| c.parts.iter().flatten()) {
+                if p.thought != Some(true) {
+                    text.push_str(p.text.as_deref().unwrap_or(""));
+                }
+            }
+            if !text.is_empty() {
+                self.text.push_str(&text);
+                out.push(self.chunk(idx, &crate::translate::Content { content: &text }, None));
+            }
+            if let Some(fr) = c.finish.as_deref() {
+                self.finished = true;
+                let has_calls = self.calls.get(&idx).is_some_and(|n| *n > 0);
+                out.push(self.chunk(
+                    idx,
+                    &crate::translate::NoDelta {},
+                    Some(finish_reason(fr, has_calls)),
+                ));
+            }
+        }
+        Some(())
+    }
+
+    /// [`StreamDecoder::on_event`] through a tree: any event.
+    pub(super) fn on_tree(
+        &mut self,
+        event: &Event,
+        out: &mut Vec<StreamItem>,
+    ) -> Result<(), GatewayError> {
         let v: Value = serde_json::from_str(&event.data).map_err(|_| {
             GatewayError::upstream_bad_response(&self.provider, "stream event is not JSON")
         })?;
@@ -660,6 +758,15 @@ impl StreamDecoder for Decoder {
             }
         }
         Ok(())
+    }
+}
+
+impl StreamDecoder for Decoder {
+    fn on_event(&mut self, event: &Event, out: &mut Vec<StreamItem>) -> Result<(), GatewayError> {
+        match self.on_text_event(&event.data, out) {
+            Some(()) => Ok(()),
+            None => self.on_tree(event, out),
+        }
     }
 
     fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), GatewayError> {

@@ -276,3 +276,84 @@ fn reasoning_effort_becomes_a_thinking_budget() {
     let e = sent(json!("max")).unwrap_err();
     assert_eq!(e.param.as_deref(), Some("reasoning_effort"));
 }
+
+/// Text-only stream events are read into borrowed fields; every one gives
+/// what the tree gives: text split over parts, thoughts left out, several
+/// candidates, `usageMetadata` (even `null`), a finish, and events the typed
+/// read leaves to the tree (a function call, an error, odd types).
+#[test]
+fn text_events_read_without_a_tree_answer_as_the_tree() {
+    let events = [
+        r#"{"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"},"index":0}],"responseId":"r1","modelVersion":"gemini-2.5-flash"}"#,
+        r#"{"candidates":[{"content":{"parts":[{"text":" \"there\"\n"},{"text":"\u00e9"}],"role":"model"},"index":0}]}"#,
+        r#"{"candidates":[{"content":{"parts":[{"text":"hmm","thought":true},{"text":"!"}]}}],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":2}}"#,
+        r#"{"candidates":[{"content":{"parts":[{"text":"a"}]},"index":0},{"content":{"parts":[{"text":"b"}]},"index":1}]}"#,
+        r#"{"candidates":[{"content":{"parts":[{"text":7}]}}]}"#,
+        r#"{"candidates":[{"index":"0","content":{"parts":[{"text":"odd index"}]}}]}"#,
+        r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{"x":1}}}]},"index":0}]}"#,
+        r#"{"candidates":[{"content":{"parts":[{"text":"say \"error\""}]}}],"usageMetadata":null}"#,
+        r#"{"candidates":[{"content":{"parts":[]},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":5,"thoughtsTokenCount":1}}"#,
+    ];
+    let run = |via_tree: bool| {
+        let mut d = Decoder {
+            provider: "gemini".into(),
+            ..Decoder::default()
+        };
+        let mut out = Vec::new();
+        for data in events {
+            let ev = crate::sse::Event {
+                event: None,
+                data: data.to_string(),
+            };
+            if via_tree {
+                d.on_tree(&ev, &mut out).unwrap();
+            } else {
+                d.on_event(&ev, &mut out).unwrap();
+            }
+            // Each step's usage as the decoder holds it.
+            out.push(StreamItem::Usage(
+                d.usage.unwrap_or_default(),
+                crate::Reply::Map(JsonMap::new()),
+            ));
+        }
+        d.finish(&mut out).unwrap();
+        let text = d.summary().completion_text;
+        // `created` is the decoder's clock: compared without it.
+        let items: Vec<Value> = out
+            .into_iter()
+            .map(|i| match i {
+                StreamItem::Chunk(b) => {
+                    let mut c: Value = serde_json::from_slice(&b).unwrap();
+                    c["created"] = Value::Null;
+                    c
+                }
+                StreamItem::Usage(u, _) => {
+                    json!([u.prompt_tokens, u.completion_tokens, u.reasoning_tokens])
+                }
+                StreamItem::Done => json!("done"),
+            })
+            .collect();
+        (items, text)
+    };
+    let (tree, tree_text) = run(true);
+    assert_eq!(
+        tree_text,
+        "Hi \"there\"\n\u{e9}!abodd index{\"x\":1}say \"error\""
+    );
+    let (typed, text) = run(false);
+    assert_eq!(typed, tree);
+    assert_eq!(text, tree_text);
+    // Which events the typed read took (the first always goes to the tree).
+    let mut d = Decoder {
+        started: true,
+        ..Decoder::default()
+    };
+    let took: Vec<bool> = events
+        .iter()
+        .map(|e| d.on_text_event(e, &mut Vec::new()).is_some())
+        .collect();
+    assert_eq!(
+        took,
+        [true, true, true, true, false, false, false, true, true]
+    );
+}
