@@ -620,6 +620,17 @@ struct TextPart<'a> {
 }
 
 impl Decoder {
+    /// Candidate `idx` finished: its last chunk, with the finish reason.
+    fn finish_candidate(&mut self, idx: u64, reason: &str, out: &mut Vec<StreamItem>) {
+        self.finished = true;
+        let has_calls = self.calls.get(&idx).is_some_and(|n| *n > 0);
+        out.push(self.chunk(
+            idx,
+            &crate::translate::NoDelta {},
+            Some(finish_reason(reason, has_calls)),
+        ));
+    }
+
     /// [`StreamDecoder::on_event`] for a [`TextEvent`]; `None` when the
     /// event is not one (then the tree reads it).
     fn on_text_event(&mut self, data: &str, out: &mut Vec<StreamItem>) -> Option<()> {
@@ -653,13 +664,7 @@ impl Decoder {
                 out.push(self.chunk(idx, &crate::translate::Content { content: &text }, None));
             }
             if let Some(fr) = c.finish.as_deref() {
-                self.finished = true;
-                let has_calls = self.calls.get(&idx).is_some_and(|n| *n > 0);
-                out.push(self.chunk(
-                    idx,
-                    &crate::translate::NoDelta {},
-                    Some(finish_reason(fr, has_calls)),
-                ));
+                self.finish_candidate(idx, fr, out);
             }
         }
         Some(())
@@ -748,13 +753,7 @@ impl Decoder {
                 out.push(self.chunk(idx, &json!({"tool_calls": calls}), None));
             }
             if let Some(fr) = c.get("finishReason").and_then(Value::as_str) {
-                self.finished = true;
-                let has_calls = self.calls.get(&idx).is_some_and(|n| *n > 0);
-                out.push(self.chunk(
-                    idx,
-                    &crate::translate::NoDelta {},
-                    Some(finish_reason(fr, has_calls)),
-                ));
+                self.finish_candidate(idx, fr, out);
             }
         }
         Ok(())
