@@ -463,6 +463,11 @@ fn delta_events_read_without_a_tree_answer_as_the_tree() {
     let Some(StreamItem::Chunk(b)) = tree.get(2) else {
         panic!("no text chunk: {tree:?}")
     };
+    let c: Value = serde_json::from_slice(b).unwrap();
+    assert_eq!(
+        c["choices"][0]["delta"],
+        json!({"content": "Hi \"there\"\n\u{e9}"})
+    );
     // A block index that is not a number names no block, on either path.
     let mut d = Decoder::new("anthropic", false);
     let bad = crate::sse::Event {
@@ -470,11 +475,6 @@ fn delta_events_read_without_a_tree_answer_as_the_tree() {
         data: r#"{"type":"content_block_delta","index":"1","delta":{"type":"input_json_delta","partial_json":"}"}}"#.into(),
     };
     assert!(d.on_event(&bad, &mut Vec::new()).is_err());
-    let c: Value = serde_json::from_slice(b).unwrap();
-    assert_eq!(
-        c["choices"][0]["delta"],
-        json!({"content": "Hi \"there\"\n\u{e9}"})
-    );
 }
 
 /// `parse_reply` (typed, as bytes) and `parse` (tree) give the same answer,

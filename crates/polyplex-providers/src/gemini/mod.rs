@@ -643,16 +643,11 @@ impl Decoder {
         }
         let ev: TextEvent<'_> = serde_json::from_str(data).ok()?;
         let candidates = ev.candidates.unwrap_or_default();
-        let usage = match ev.usage {
-            Some(u) => Some(usage_from(&serde_json::from_str(u.get()).ok()?)),
-            None => None,
-        };
-        if usage.is_some() {
-            self.usage = usage;
+        if let Some(u) = ev.usage {
+            self.usage = Some(usage_from(&serde_json::from_str(u.get()).ok()?));
         }
         for (i, c) in candidates.iter().enumerate() {
             let idx = c.index.unwrap_or(i as u64);
-            self.calls.entry(idx).or_insert(0);
             let mut text = String::new();
             for p in c.content.iter().flat_map(|c| c.parts.iter().flatten()) {
                 if p.thought != Some(true) {
