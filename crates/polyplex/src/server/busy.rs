@@ -12,6 +12,11 @@
 //! other runnable thread on the same CPU goes first. It spins only while at
 //! most a few requests are in flight on the thread: busier, it is seldom idle
 //! anyway and spinning would only take CPU from the upstream and the client.
+//! A thread that was that busy lately ([`CROWD_HOLD`]) does not spin either:
+//! under steady load the count of requests in flight dips below the limit
+//! now and then, and each dip spent spinning cost the box about 5 % of its
+//! throughput at 64 concurrent requests (docs/performance.md, "Fifteenth
+//! session").
 //! Once the window passes with no request, the thread sleeps as usual. The
 //! cost is CPU while idle: at most one window per request.
 //!
@@ -35,7 +40,25 @@ struct Activity {
     in_flight: Cell<u32>,
     /// The poller is parked waiting for a request.
     parked: Cell<bool>,
+    /// When more than [`MAX_IN_FLIGHT`] requests were last in flight here
+    /// (cleared once [`CROWD_HOLD`] has passed).
+    crowded_at: Cell<Option<Instant>>,
     wake: tokio::sync::Notify,
+}
+
+impl Activity {
+    /// Whether the thread had more than [`MAX_IN_FLIGHT`] requests in
+    /// flight within the last [`CROWD_HOLD`].
+    fn crowded(&self) -> bool {
+        match self.crowded_at.get() {
+            Some(t) if t.elapsed() < CROWD_HOLD => true,
+            Some(_) => {
+                self.crowded_at.set(None);
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 /// Spinning pays at low concurrency, where a wake-up is most of a request's
@@ -44,6 +67,11 @@ struct Activity {
 /// client.
 const MAX_IN_FLIGHT: u32 = 4;
 
+/// How long after it last had more than [`MAX_IN_FLIGHT`] requests in
+/// flight a thread does not spin: long enough to span the dips of steady
+/// load, short against the quiet that follows a burst.
+const CROWD_HOLD: Duration = Duration::from_millis(20);
+
 /// Runs `f` on the current thread's activity, if it busy-polls.
 fn with_activity(f: impl FnOnce(&Activity)) {
     ACTIVITY.with(|a| {
@@ -51,7 +79,8 @@ fn with_activity(f: impl FnOnce(&Activity)) {
         if let Some(act) = &cur {
             act.seq.set(act.seq.get().wrapping_add(1));
             f(act);
-            if act.in_flight.get() <= MAX_IN_FLIGHT && act.parked.replace(false) {
+            if act.parked.get() && act.in_flight.get() <= MAX_IN_FLIGHT && !act.crowded() {
+                act.parked.set(false);
                 act.wake.notify_one();
             }
         }
@@ -64,7 +93,13 @@ fn with_activity(f: impl FnOnce(&Activity)) {
 /// future was dropped (the client went away), so the count never leaks.
 /// Outside a busy-polling serving thread this (and [`touch`]) does nothing.
 pub fn begin() -> InFlight {
-    with_activity(|a| a.in_flight.set(a.in_flight.get().saturating_add(1)));
+    with_activity(|a| {
+        let n = a.in_flight.get().saturating_add(1);
+        a.in_flight.set(n);
+        if n > MAX_IN_FLIGHT {
+            a.crowded_at.set(Some(Instant::now()));
+        }
+    });
     InFlight(())
 }
 
@@ -91,6 +126,7 @@ pub async fn poller(window: Duration) {
         seq: Cell::new(0),
         in_flight: Cell::new(0),
         parked: Cell::new(true),
+        crowded_at: Cell::new(None),
         wake: tokio::sync::Notify::new(),
     });
     ACTIVITY.with(|a| a.set(Some(act.clone())));
@@ -176,8 +212,15 @@ mod tests {
             tokio::task::yield_now().await;
             assert!(act.parked.get(), "no spinning with many requests in flight");
             drop(many);
-            assert!(!act.parked.get(), "spins again when they are answered");
             assert_eq!(act.in_flight.get(), 0);
+            // Lately crowded: a request does not start it again (steady
+            // load dips below the limit now and then) ...
+            drop(begin());
+            assert!(act.parked.get(), "no spinning right after a crowd");
+            // ... until the crowd is CROWD_HOLD in the past.
+            tokio::time::sleep(CROWD_HOLD + Duration::from_millis(5)).await;
+            drop(begin());
+            assert!(!act.parked.get(), "spins again once the crowd is past");
             // A handler dropped before it answered (the client went away)
             // does not leave its count behind.
             let handler = async {
