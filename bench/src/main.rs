@@ -84,7 +84,9 @@ struct RunArgs {
     /// bench/ (for .venv and node/ installed by setup.sh).
     #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
     bench_dir: PathBuf,
-    /// Comma-separated: direct, nginx, polyplex, polyplex-anthropic, litellm, portkey.
+    /// Comma-separated: direct, nginx, polyplex, polyplex-anthropic, litellm,
+    /// portkey; also polyplex-b (a second polyplex, passthrough, for A/B
+    /// comparisons in one run: `--polyplex-b`, `--polyplex-b-config`).
     #[arg(
         long,
         default_value = "direct,nginx,polyplex,polyplex-anthropic,litellm,portkey"
@@ -120,6 +122,14 @@ struct RunArgs {
     /// the report says so. Default: none, polyplex as it ships.
     #[arg(long, default_value = "")]
     polyplex_config: String,
+    /// The binary of the `polyplex-b` target (default: `--polyplex`).
+    /// Measured in the same rounds as `polyplex`, in shuffled order, so two
+    /// builds (or two settings) meet the same machine state.
+    #[arg(long)]
+    polyplex_b: Option<PathBuf>,
+    /// TOML appended to the `polyplex-b` target's configuration.
+    #[arg(long, default_value = "")]
+    polyplex_b_config: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -279,6 +289,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         Duration::from_secs(15),
                     )),
                     None => targets::start_polyplex(
+                        "polyplex",
                         &args.polyplex,
                         &logs,
                         up_port,
@@ -291,6 +302,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     }),
                 }
             }
+            "polyplex-b" => targets::start_polyplex(
+                "polyplex-b",
+                args.polyplex_b.as_ref().unwrap_or(&args.polyplex),
+                &logs,
+                up_port,
+                &args.polyplex_b_config,
+            )
+            .map(|(p, port, key)| {
+                let ep = targets::polyplex_endpoint(port, &key, "gpt-4o-mini");
+                (Some(p), ep, Duration::from_secs(15))
+            }),
             "litellm" => targets::start_litellm(&args.bench_dir, &logs, up_port)
                 .map(|(p, e)| (Some(p), e, Duration::from_secs(180))),
             "portkey" => targets::start_portkey(&args.bench_dir, &logs, up_port)
@@ -310,7 +332,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             (None, "direct") => upstream_proc.pid(),
             (None, _) => list
                 .iter()
-                .find(|t| t.name.starts_with("polyplex"))
+                .find(|t| t.name == "polyplex" || t.name == "polyplex-anthropic")
                 .map(|t| t.pid)
                 .unwrap_or_default(),
         };
@@ -420,6 +442,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         smoke: args.smoke,
         polyplex: args.polyplex.display().to_string(),
         polyplex_config: args.polyplex_config.clone(),
+        polyplex_b: wanted.iter().any(|n| n == "polyplex-b").then(|| {
+            (
+                args.polyplex_b
+                    .as_ref()
+                    .unwrap_or(&args.polyplex)
+                    .display()
+                    .to_string(),
+                args.polyplex_b_config.clone(),
+            )
+        }),
     };
     let md = report::markdown(&rows, &skipped, &meta);
     std::fs::write(args.out.join("results.md"), &md)?;

@@ -95,6 +95,8 @@ pub struct Meta {
     pub polyplex: String,
     /// TOML appended to polyplex's configuration (`--polyplex-config`).
     pub polyplex_config: String,
+    /// The `polyplex-b` target's binary and appended TOML, when measured.
+    pub polyplex_b: Option<(String, String)>,
 }
 
 fn us(h: &Histogram<u64>, q: f64) -> f64 {
@@ -288,6 +290,17 @@ pub fn markdown(rows: &[Row], skipped: &[(String, String)], m: &Meta) -> String 
             m.polyplex_config.trim().replace('\n', " ")
         ));
     }
+    if let Some((bin, conf)) = &m.polyplex_b {
+        s.push_str(&format!(
+            "`polyplex-b` is a second polyplex (passthrough) for comparison: `{bin}`{}; `polyplex` is `{}`.\n\n",
+            if conf.trim().is_empty() {
+                String::new()
+            } else {
+                format!(", its configuration with `{}` appended", conf.trim().replace('\n', " "))
+            },
+            m.polyplex
+        ));
+    }
     s.push_str("| target | p50 / p99 c=1 (µs) | added p50 | added p99 | req/s c=64 | p99 c=64 (ms) | req/s c=256 | p99 c=256 (ms) | CPU µs/req | RSS idle / c=256 peak / peak / after (MiB) | added TTFT p50 / p99 | added gap p99 | errors | stream errors |\n");
     s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|\n");
     for r in rows {
@@ -395,8 +408,52 @@ pub fn json(rows: &[Row], skipped: &[(String, String)], m: &Meta) -> Value {
             "streams": m.streams, "chunks": m.chunks, "interval_us": m.interval_us,
             "delay_us": m.delay_us, "burst": m.burst, "smoke": m.smoke, "polyplex": m.polyplex,
             "polyplex_config": m.polyplex_config,
+            "polyplex_b": m.polyplex_b.as_ref().map(|(bin, conf)| serde_json::json!({"binary": bin, "config": conf})),
         },
         "targets": targets,
         "skipped": skipped.iter().map(|(n, w)| json!({"name": n, "why": w})).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(b: Option<(String, String)>) -> Meta {
+        Meta {
+            rounds: 1,
+            requests: 1,
+            duration_ms: 1,
+            streams: 1,
+            chunks: 1,
+            interval_us: 1,
+            delay_us: 0,
+            burst: 1,
+            ticks_per_sec: 100,
+            smoke: false,
+            polyplex: "target/release/polyplex".into(),
+            polyplex_config: String::new(),
+            polyplex_b: b,
+        }
+    }
+
+    #[test]
+    fn the_second_polyplex_is_named_with_its_binary_and_settings() {
+        let rows = vec![
+            Row::new("direct"),
+            Row::new("polyplex"),
+            Row::new("polyplex-b"),
+        ];
+        let md = markdown(&rows, &[], &meta(None));
+        assert!(!md.contains("`polyplex-b` is"), "{md}");
+        let b = Some((
+            "/tmp/old".to_string(),
+            "[server]\nbusy_poll_us = 0\n".to_string(),
+        ));
+        let md = markdown(&rows, &[], &meta(b.clone()));
+        assert!(md.contains("`polyplex-b` is a second polyplex (passthrough) for comparison: `/tmp/old`, its configuration with `[server] busy_poll_us = 0` appended; `polyplex` is `target/release/polyplex`."), "{md}");
+        assert!(md.contains("| polyplex-b |"), "{md}");
+        let j = json(&rows, &[], &meta(b));
+        assert_eq!(j["method"]["polyplex_b"]["binary"], "/tmp/old", "{j}");
+    }
 }

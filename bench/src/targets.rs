@@ -178,14 +178,15 @@ fn is_root() -> bool {
 /// Anthropic-protocol provider; `extra` (TOML, normally empty) is appended.
 /// Returns the process, its port and the key.
 pub fn start_polyplex(
+    name: &str,
     bin: &Path,
     dir: &Path,
     upstream: u16,
     extra: &str,
 ) -> anyhow::Result<(Proc, u16, String)> {
     let port = free_port()?;
-    let conf = dir.join("polyplex.toml");
-    let db = dir.join("polyplex.db");
+    let conf = dir.join(format!("{name}.toml"));
+    let db = dir.join(format!("{name}.db"));
     let _ = std::fs::remove_file(&db);
     std::fs::write(
         &conf,
@@ -235,7 +236,7 @@ models = ["claude-sonnet-4-5"]
         .env("BENCH_MASTER_KEY", MASTER_KEY)
         .env("BENCH_PROVIDER_KEY", PROVIDER_KEY)
         .env("RUST_LOG", "info");
-    Ok((Proc::spawn("polyplex", &mut cmd, dir)?, port, key))
+    Ok((Proc::spawn(name, &mut cmd, dir)?, port, key))
 }
 
 pub fn polyplex_endpoint(port: u16, key: &str, model: &str) -> Endpoint {
