@@ -142,7 +142,7 @@ async fn write_all(
     };
     let mut written = 0u64;
     let mut gauges: Option<(metrics::Gauge, metrics::Gauge)> = None;
-    let mut handles = HashMap::new();
+    let mut meters = Meters::default();
     let mut lines = String::new();
     let mut batch = Vec::with_capacity(BATCH);
     let mut records: Vec<UsageRecord> = Vec::with_capacity(BATCH);
@@ -196,7 +196,7 @@ async fn write_all(
             bg.observe(lag(&records));
         }
         for r in &records {
-            write(r, &mut handles, &mut lines);
+            write(r, &mut meters, &mut lines);
             written += 1;
         }
         flush(&mut lines);
@@ -377,7 +377,7 @@ impl Recorder {
         if let Err(mpsc::error::SendError(Msg::Record(r))) = self.tx.send(Msg::Record(r)) {
             // Only after the writer stopped (shutdown): write inline rather than lose it.
             let mut line = String::new();
-            write(&r, &mut HashMap::new(), &mut line);
+            write(&r, &mut Meters::default(), &mut line);
             flush(&mut line);
         }
     }
@@ -420,6 +420,42 @@ struct Handles {
 
 type HandleKey = (&'static str, Option<String>, u16);
 
+/// The metric handles registered so far. The last one used is tried first:
+/// the records of a batch mostly share theirs, and then a record neither
+/// hashes its key nor copies its provider's name to find them.
+#[derive(Default)]
+struct Meters {
+    all: Vec<(HandleKey, Handles)>,
+    by_key: HashMap<HandleKey, usize>,
+    last: usize,
+}
+
+impl Meters {
+    fn of(&mut self, r: &UsageRecord) -> &Handles {
+        let hit = self
+            .all
+            .get(self.last)
+            .is_some_and(|((endpoint, provider, status), _)| {
+                *endpoint == r.endpoint
+                    && *status == r.status
+                    && provider.as_deref() == r.provider.as_deref()
+            });
+        if !hit {
+            let key = (r.endpoint, r.provider.clone(), r.status);
+            self.last = match self.by_key.get(&key) {
+                Some(&i) => i,
+                None => {
+                    let i = self.all.len();
+                    self.all.push((key.clone(), handles(r)));
+                    self.by_key.insert(key, i);
+                    i
+                }
+            };
+        }
+        &self.all[self.last].1
+    }
+}
+
 fn handles(r: &UsageRecord) -> Handles {
     let provider = r.provider.clone().unwrap_or_default();
     let status = r.status.to_string();
@@ -435,9 +471,8 @@ fn handles(r: &UsageRecord) -> Handles {
 
 /// Records one usage record: metrics, and its log line (text logs: appended
 /// to `lines` for [`flush`]; JSON logs: a structured tracing event).
-fn write(r: &UsageRecord, cache: &mut HashMap<HandleKey, Handles>, lines: &mut String) {
-    let key = (r.endpoint, r.provider.clone(), r.status);
-    let h = cache.entry(key).or_insert_with(|| handles(r));
+fn write(r: &UsageRecord, meters: &mut Meters, lines: &mut String) {
+    let h = meters.of(r);
     h.requests.increment(1);
     h.duration.record(r.latency.as_secs_f64());
     if let Some(t) = r.ttft {
@@ -484,17 +519,13 @@ fn flush(lines: &mut String) {
     lines.clear();
 }
 
-/// A value a client may have chosen, safe for a log line: control
+/// Appends a value a client may have chosen, safe for a log line: control
 /// characters (terminal escapes, newlines that would forge a line) escaped.
-struct Clean<'a>(&'a str);
-
-impl std::fmt::Display for Clean<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0.chars().any(char::is_control) {
-            write!(f, "{}", self.0.escape_debug())
-        } else {
-            f.write_str(self.0)
-        }
+fn push_clean(out: &mut String, v: &str) {
+    if v.chars().any(char::is_control) {
+        out.extend(v.escape_debug());
+    } else {
+        out.push_str(v);
     }
 }
 
@@ -504,32 +535,45 @@ impl std::fmt::Display for Clean<'_> {
 /// instructions per request.
 fn text_line(r: &UsageRecord, now: std::time::SystemTime, out: &mut String) {
     use std::fmt::Write;
-    let _ = write!(
-        out,
-        "{}  INFO polyplex::usage: usage request_id={} endpoint={} requested_model={} provider={} \
-         model={} status={} prompt_tokens={} completion_tokens={} cached_tokens={} estimated={} \
-         cost_usd={} latency_ms={} ttft_ms=",
-        humantime::format_rfc3339_micros(now),
-        Clean(&r.request_id),
-        r.endpoint,
-        Clean(&r.requested_model),
-        Clean(r.provider.as_deref().unwrap_or("-")),
-        Clean(r.model.as_deref().unwrap_or("-")),
-        r.status,
-        r.usage.prompt_tokens,
-        r.usage.completion_tokens,
-        r.usage.cached_tokens,
-        r.usage.estimated,
-        rounded_cost(r.cost_usd),
-        r.latency.as_millis(),
-    );
+    // Pieces pushed one by one rather than through one `write!`: the
+    // formatting machinery (an argument table walked, every piece padded)
+    // was most of the writer's own work per record.
+    let mut n = itoa::Buffer::new();
+    let _ = write!(out, "{}", humantime::format_rfc3339_micros(now));
+    out.push_str("  INFO polyplex::usage: usage request_id=");
+    push_clean(out, &r.request_id);
+    out.push_str(" endpoint=");
+    out.push_str(r.endpoint);
+    out.push_str(" requested_model=");
+    push_clean(out, &r.requested_model);
+    out.push_str(" provider=");
+    push_clean(out, r.provider.as_deref().unwrap_or("-"));
+    out.push_str(" model=");
+    push_clean(out, r.model.as_deref().unwrap_or("-"));
+    out.push_str(" status=");
+    out.push_str(n.format(r.status));
+    out.push_str(" prompt_tokens=");
+    out.push_str(n.format(r.usage.prompt_tokens));
+    out.push_str(" completion_tokens=");
+    out.push_str(n.format(r.usage.completion_tokens));
+    out.push_str(" cached_tokens=");
+    out.push_str(n.format(r.usage.cached_tokens));
+    out.push_str(" estimated=");
+    out.push_str(if r.usage.estimated { "true" } else { "false" });
+    out.push_str(" cost_usd=");
+    let _ = write!(out, "{}", rounded_cost(r.cost_usd));
+    out.push_str(" latency_ms=");
+    out.push_str(n.format(r.latency.as_millis()));
+    out.push_str(" ttft_ms=");
     match r.ttft {
-        Some(t) => {
-            let _ = write!(out, "{}", t.as_millis());
-        }
+        Some(t) => out.push_str(n.format(t.as_millis())),
         None => out.push('-'),
     }
-    let _ = writeln!(out, " attempts={} stream={}", r.attempts, r.stream);
+    out.push_str(" attempts=");
+    out.push_str(n.format(r.attempts));
+    out.push_str(" stream=");
+    out.push_str(if r.stream { "true" } else { "false" });
+    out.push('\n');
 }
 
 /// The cost in USD of `usage` on deployment `d` (0 when no price is known).
@@ -702,6 +746,43 @@ mod tests {
              requested_model=gpt-4o provider=openai model=- status=200 prompt_tokens=12 \
              completion_tokens=5 cached_tokens=2 estimated=false cost_usd=0.25 latency_ms=42 \
              ttft_ms=- attempts=1 stream=false\n"
+        );
+    }
+
+    #[test]
+    fn meters_are_one_per_endpoint_provider_and_status() {
+        let mut m = Meters::default();
+        let a = record("m");
+        let mut b = record("m");
+        b.status = 429;
+        let mut c = record("m");
+        c.provider = None;
+        let mut d = record("m");
+        d.endpoint = "embeddings";
+        for r in [&a, &a, &b, &a, &c, &d, &c, &b] {
+            let _ = m.of(r);
+            let (key, _) = &m.all[m.last];
+            assert_eq!(key, &(r.endpoint, r.provider.clone(), r.status));
+        }
+        assert_eq!(m.all.len(), 4);
+        assert_eq!(m.by_key.len(), 4);
+    }
+
+    #[test]
+    fn text_line_writes_a_stream_with_its_first_token_time() {
+        let mut r = record("gpt-4o");
+        r.ttft = Some(Duration::from_millis(7));
+        r.stream = true;
+        r.usage.estimated = true;
+        r.attempts = 12;
+        r.latency = Duration::from_secs(90);
+        let mut out = String::new();
+        text_line(&r, UNIX_EPOCH, &mut out);
+        assert!(
+            out.ends_with(
+                " estimated=true cost_usd=0.25 latency_ms=90000 ttft_ms=7 attempts=12 stream=true\n"
+            ),
+            "{out}"
         );
     }
 
