@@ -3,7 +3,7 @@
 
 use crate::reply::{RawWriter, Reply};
 use crate::{Endpoint, Target};
-use polyplex_types::{GatewayError, JsonMap, Usage, UsageJson};
+use polyplex_types::{lookup, member, GatewayError, JsonMap, Usage, UsageJson};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -19,7 +19,7 @@ pub(crate) fn text_of(content: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Array(parts) => parts
             .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .filter_map(|p| member(p, "text").and_then(Value::as_str))
             .collect::<Vec<_>>()
             .join("\n"),
         _ => String::new(),
@@ -204,7 +204,7 @@ pub(crate) fn embedding_input<'a>(
     )?;
     Ok(EmbeddingInput {
         texts: embedding_texts(body, protocol)?,
-        dimensions: body.get("dimensions").filter(|d| !d.is_null()),
+        dimensions: lookup(body, "dimensions").filter(|d| !d.is_null()),
         dropped,
     })
 }
@@ -217,7 +217,7 @@ pub(crate) fn embedding_texts(body: &JsonMap, protocol: &str) -> Result<Vec<Stri
             format!("The {protocol} protocol embeds text only; token-id inputs are not supported."),
         )
     };
-    match body.get("input") {
+    match lookup(body, "input") {
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(items)) => items
             .iter()
@@ -281,7 +281,7 @@ pub(crate) fn embedding_list(
 /// `None` when it needs no cutting (one text, or no more than `per`).
 /// Every other member is kept in every part.
 pub fn split_embedding_inputs(body: &JsonMap, per: usize) -> Option<Vec<JsonMap>> {
-    let Some(Value::Array(items)) = body.get("input") else {
+    let Some(Value::Array(items)) = lookup(body, "input") else {
         return None;
     };
     if per == 0 || items.len() <= per {
@@ -464,7 +464,7 @@ pub(crate) const CHAT_PARAMS: &[&str] = &[
 
 /// OpenAI's `reasoning_effort`, checked: `None` when absent or null.
 pub(crate) fn reasoning_effort(body: &JsonMap) -> Result<Option<&str>, GatewayError> {
-    match body.get("reasoning_effort") {
+    match lookup(body, "reasoning_effort") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s))
             if matches!(
@@ -503,7 +503,7 @@ pub(crate) fn check_fields(
             crate::unsupported(k, protocol, target, dropped)?;
         }
     }
-    if !user_supported && body.get("user").is_some_and(|u| !u.is_null()) {
+    if !user_supported && lookup(body, "user").is_some_and(|u| !u.is_null()) {
         dropped.push("user".into());
     }
     Ok(())
@@ -641,7 +641,7 @@ pub(crate) struct AssistantCall<'a> {
 /// arguments are not JSON is a 400 naming them).
 pub(crate) fn assistant_calls(m: &Value, i: usize) -> Result<Vec<AssistantCall<'_>>, GatewayError> {
     static NULL: Value = Value::Null;
-    m.get("tool_calls")
+    member(m, "tool_calls")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()

@@ -33,6 +33,13 @@ pub fn lookup<'a>(map: &'a JsonMap, key: &str) -> Option<&'a serde_json::Value> 
     }
 }
 
+/// `value.get(key)` (None unless `value` is an object), by [`lookup`]: for
+/// the members of a message or a content part, which have two or three.
+#[inline]
+pub fn member<'a>(value: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    value.as_object().and_then(|m| lookup(m, key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,6 +53,21 @@ mod tests {
             for i in 0..n + 3 {
                 let key = format!("k{i}");
                 assert_eq!(lookup(&map, &key), map.get(&key), "n={n} key={key}");
+            }
+        }
+    }
+
+    #[test]
+    fn member_agrees_with_get_on_any_value() {
+        let values = [
+            serde_json::json!({"role": "user", "content": "hi"}),
+            serde_json::json!(["role"]),
+            serde_json::json!("role"),
+            serde_json::Value::Null,
+        ];
+        for v in &values {
+            for key in ["role", "content", "name"] {
+                assert_eq!(member(v, key), v.get(key), "{v} {key}");
             }
         }
     }

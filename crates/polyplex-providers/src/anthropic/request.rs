@@ -7,7 +7,7 @@ use crate::translate::{
 use crate::{join_url, unsupported, Target, UpstreamRequest};
 use bytes::Bytes;
 use http::HeaderValue;
-use polyplex_types::{GatewayError, JsonMap};
+use polyplex_types::{lookup, member, GatewayError, JsonMap};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -156,7 +156,7 @@ fn content_blocks(content: &Value, i: usize) -> Result<Vec<Block<'_>>, GatewayEr
         Value::Array(parts) => {
             let mut out = Vec::with_capacity(parts.len());
             for (j, p) in parts.iter().enumerate() {
-                match p.get("type").and_then(Value::as_str) {
+                match member(p, "type").and_then(Value::as_str) {
                     Some("text") => out.push(Block::Text { text: str_of(p, "text") }),
                     Some("image_url") => {
                         let url = p.pointer("/image_url/url").and_then(Value::as_str).unwrap_or("");
@@ -177,15 +177,14 @@ fn content_blocks(content: &Value, i: usize) -> Result<Vec<Block<'_>>, GatewayEr
 
 fn messages(body: &JsonMap) -> Result<(Vec<Turn<'_>>, Vec<String>), GatewayError> {
     let mut system = Vec::new();
-    let msgs = body
-        .get("messages")
+    let msgs = lookup(body, "messages")
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or(&[]);
     let mut turns: Vec<Turn<'_>> = Vec::with_capacity(msgs.len());
     for (i, m) in msgs.iter().enumerate() {
-        let content = m.get("content").unwrap_or(&NULL);
-        match m.get("role").and_then(Value::as_str).unwrap_or("") {
+        let content = member(m, "content").unwrap_or(&NULL);
+        match member(m, "role").and_then(Value::as_str).unwrap_or("") {
             "system" | "developer" => system.push(text_of(content)),
             "user" => push_turn(&mut turns, "user", content_blocks(content, i)?),
             "assistant" => {
@@ -200,9 +199,8 @@ fn messages(body: &JsonMap) -> Result<(Vec<Turn<'_>>, Vec<String>), GatewayError
                 push_turn(&mut turns, "assistant", blocks);
             }
             "tool" | "function" => {
-                let id = m
-                    .get("tool_call_id")
-                    .or_else(|| m.get("name"))
+                let id = member(m, "tool_call_id")
+                    .or_else(|| member(m, "name"))
                     .unwrap_or(&NULL);
                 push_turn(
                     &mut turns,
@@ -264,7 +262,10 @@ pub(crate) fn messages_body(
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, true, "Anthropic", target, &mut dropped)?;
     let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
-    if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+    if lookup(body, "n")
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > 1)
+    {
         unsupported("n", "Anthropic", target, &mut dropped)?;
     }
     for k in [
@@ -278,15 +279,14 @@ pub(crate) fn messages_body(
             unsupported(k, "Anthropic", target, &mut dropped)?;
         }
     }
-    if body.get("logprobs").and_then(Value::as_bool) == Some(true) {
+    if lookup(body, "logprobs").and_then(Value::as_bool) == Some(true) {
         unsupported("logprobs", "Anthropic", target, &mut dropped)?;
     }
 
     let (turns, system) = messages(body)?;
-    let limit = body
-        .get("max_completion_tokens")
+    let limit = lookup(body, "max_completion_tokens")
         .and_then(Value::as_u64)
-        .or_else(|| body.get("max_tokens").and_then(Value::as_u64));
+        .or_else(|| lookup(body, "max_tokens").and_then(Value::as_u64));
     let mut max_tokens = limit
         .or(target.default_max_tokens)
         .unwrap_or(FALLBACK_MAX_TOKENS);
@@ -320,7 +320,7 @@ pub(crate) fn messages_body(
     }
     let system: Vec<String> = system.into_iter().filter(|s| !s.is_empty()).collect();
     let mut temperature = None;
-    if let Some(t) = body.get("temperature").and_then(Value::as_f64) {
+    if let Some(t) = lookup(body, "temperature").and_then(Value::as_f64) {
         if t > 1.0 {
             if target.drop_params {
                 dropped.push("temperature".into());
@@ -344,14 +344,13 @@ pub(crate) fn messages_body(
         }
     }
     let given = |k: &str| body.get(k).filter(|v| !v.is_null());
-    let stop_sequences = match body.get("stop") {
+    let stop_sequences = match lookup(body, "stop") {
         Some(Value::String(s)) => Some(Stop::One([s.as_str()])),
         Some(Value::Array(a)) if !a.is_empty() => Some(Stop::Many(a)),
         _ => None,
     };
-    let parallel = body.get("parallel_tool_calls").and_then(Value::as_bool);
-    let mut tools: Vec<Value> = body
-        .get("tools")
+    let parallel = lookup(body, "parallel_tool_calls").and_then(Value::as_bool);
+    let mut tools: Vec<Value> = lookup(body, "tools")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -365,8 +364,7 @@ pub(crate) fn messages_body(
             tool
         })
         .collect();
-    let mut choice = body
-        .get("tool_choice")
+    let mut choice = lookup(body, "tool_choice")
         .filter(|c| !c.is_null())
         .map(|c| tool_choice(c, parallel));
     if choice.is_none() && parallel == Some(false) && !tools.is_empty() {
@@ -375,8 +373,7 @@ pub(crate) fn messages_body(
     // response_format: a forced tool whose input is the JSON the client wants.
     if json_mode(body) {
         // json_schema's schema, or any object for json_object.
-        let schema = body
-            .get("response_format")
+        let schema = lookup(body, "response_format")
             .and_then(|r| r.pointer("/json_schema/schema"))
             .cloned()
             .unwrap_or(json!({"type": "object"}));
@@ -404,8 +401,7 @@ pub(crate) fn messages_body(
         top_k: given("top_k"),
         stop_sequences,
         stream,
-        metadata: body
-            .get("user")
+        metadata: lookup(body, "user")
             .and_then(Value::as_str)
             .map(|user_id| Metadata { user_id }),
         tools,
@@ -421,7 +417,7 @@ pub(crate) fn messages_body(
 /// True if the request asked for JSON through `response_format` (served by the forced tool).
 pub fn json_mode(body: &JsonMap) -> bool {
     matches!(
-        body.get("response_format")
+        lookup(body, "response_format")
             .and_then(|r| r.get("type"))
             .and_then(Value::as_str),
         Some("json_object" | "json_schema")

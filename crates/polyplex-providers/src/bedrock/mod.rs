@@ -36,7 +36,7 @@ use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 use bytes::Bytes;
 use http::StatusCode;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
+use polyplex_types::{lookup, GatewayError, JsonMap, RequestBody, Usage};
 use serde_json::{json, Map, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -112,7 +112,7 @@ pub(crate) fn new_id() -> String {
 /// True if the request asked for JSON through `response_format`.
 pub(crate) fn json_mode(body: &JsonMap) -> bool {
     matches!(
-        body.get("response_format")
+        lookup(body, "response_format")
             .and_then(|r| r.get("type"))
             .and_then(Value::as_str),
         Some("json_object" | "json_schema")
@@ -178,8 +178,7 @@ fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<String>, bool), GatewayEr
     let mut system = Vec::new();
     let mut turns: Vec<Value> = Vec::new();
     let mut tool_use = false;
-    for (i, m) in body
-        .get("messages")
+    for (i, m) in lookup(body, "messages")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -244,11 +243,14 @@ fn build_chat(
     const P: &str = "Bedrock";
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, false, P, target, &mut dropped)?;
-    if body.get("reasoning_effort").is_some_and(|v| !v.is_null()) {
+    if lookup(body, "reasoning_effort").is_some_and(|v| !v.is_null()) {
         crate::unsupported("reasoning_effort", P, target, &mut dropped)?;
     }
     let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
-    if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+    if lookup(body, "n")
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > 1)
+    {
         unsupported("n", P, target, &mut dropped)?;
     }
     for k in [
@@ -262,10 +264,10 @@ fn build_chat(
             unsupported(k, P, target, &mut dropped)?;
         }
     }
-    if body.get("logprobs").and_then(Value::as_bool) == Some(true) {
+    if lookup(body, "logprobs").and_then(Value::as_bool) == Some(true) {
         unsupported("logprobs", P, target, &mut dropped)?;
     }
-    if body.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
+    if lookup(body, "parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
         unsupported("parallel_tool_calls", P, target, &mut dropped)?;
     }
 
@@ -281,10 +283,9 @@ fn build_chat(
         out.insert("system".into(), Value::Array(system));
     }
     let mut ic = Map::new();
-    if let Some(max) = body
-        .get("max_completion_tokens")
+    if let Some(max) = lookup(body, "max_completion_tokens")
         .filter(|v| !v.is_null())
-        .or_else(|| body.get("max_tokens").filter(|v| !v.is_null()))
+        .or_else(|| lookup(body, "max_tokens").filter(|v| !v.is_null()))
     {
         ic.insert("maxTokens".into(), max.clone());
     }
@@ -293,7 +294,7 @@ fn build_chat(
             ic.insert(to.into(), v.clone());
         }
     }
-    match body.get("stop") {
+    match lookup(body, "stop") {
         Some(Value::String(s)) => {
             ic.insert("stopSequences".into(), json!([s]));
         }
@@ -305,7 +306,7 @@ fn build_chat(
     if !ic.is_empty() {
         out.insert("inferenceConfig".into(), Value::Object(ic));
     }
-    if let Some(k) = body.get("top_k").filter(|v| !v.is_null()) {
+    if let Some(k) = lookup(body, "top_k").filter(|v| !v.is_null()) {
         // Not part of Converse: passed in the model's own fields, where
         // Anthropic's models read it as `top_k`.
         if target.model.contains("anthropic.") {
@@ -315,8 +316,7 @@ fn build_chat(
         }
     }
 
-    let mut tools: Vec<Value> = body
-        .get("tools")
+    let mut tools: Vec<Value> = lookup(body, "tools")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -335,7 +335,7 @@ fn build_chat(
         })
         .collect();
     let mut choice = None;
-    match body.get("tool_choice").filter(|c| !c.is_null()) {
+    match lookup(body, "tool_choice").filter(|c| !c.is_null()) {
         Some(Value::String(s)) if s == "none" => {
             // Converse has no "none": the tools are left out, which only
             // works while no turn carries tool use.
@@ -355,8 +355,7 @@ fn build_chat(
                 "With the Bedrock protocol, response_format cannot be combined with tools.",
             ));
         }
-        let schema = body
-            .get("response_format")
+        let schema = lookup(body, "response_format")
             .and_then(|r| r.pointer("/json_schema/schema"))
             .cloned()
             .unwrap_or(json!({"type": "object"}));

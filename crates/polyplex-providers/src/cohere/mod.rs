@@ -24,7 +24,7 @@ use crate::{
 };
 use bytes::Bytes;
 use http::StatusCode;
-use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
+use polyplex_types::{lookup, GatewayError, JsonMap, RequestBody, Usage};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
@@ -57,11 +57,14 @@ fn build_chat(
 ) -> Result<UpstreamRequest, GatewayError> {
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, false, "Cohere", target, &mut dropped)?;
-    if body.get("reasoning_effort").is_some_and(|v| !v.is_null()) {
+    if lookup(body, "reasoning_effort").is_some_and(|v| !v.is_null()) {
         crate::unsupported("reasoning_effort", "Cohere", target, &mut dropped)?;
     }
     let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
-    if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+    if lookup(body, "n")
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > 1)
+    {
         unsupported("n", "Cohere", target, &mut dropped)?;
     }
     for k in ["logit_bias", "top_logprobs"] {
@@ -69,29 +72,27 @@ fn build_chat(
             unsupported(k, "Cohere", target, &mut dropped)?;
         }
     }
-    if body.get("logprobs").and_then(Value::as_bool) == Some(true) {
+    if lookup(body, "logprobs").and_then(Value::as_bool) == Some(true) {
         unsupported("logprobs", "Cohere", target, &mut dropped)?;
     }
-    if body.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
+    if lookup(body, "parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
         unsupported("parallel_tool_calls", "Cohere", target, &mut dropped)?;
     }
 
     let mut out = Map::new();
     out.insert("model".into(), json!(target.model));
-    let messages: Vec<Value> = body
-        .get("messages")
+    let messages: Vec<Value> = lookup(body, "messages")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .map(message)
         .collect();
     out.insert("messages".into(), Value::Array(messages));
-    let mut tools: Vec<Value> = body
-        .get("tools")
+    let mut tools: Vec<Value> = lookup(body, "tools")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    match body.get("tool_choice") {
+    match lookup(body, "tool_choice") {
         Some(Value::String(s)) if s == "none" => {
             out.insert("tool_choice".into(), json!("NONE"));
         }
@@ -124,14 +125,13 @@ fn build_chat(
             out.insert(to.into(), v.clone());
         }
     }
-    if let Some(max) = body
-        .get("max_completion_tokens")
-        .or_else(|| body.get("max_tokens"))
+    if let Some(max) = lookup(body, "max_completion_tokens")
+        .or_else(|| lookup(body, "max_tokens"))
         .filter(|v| !v.is_null())
     {
         out.insert("max_tokens".into(), max.clone());
     }
-    match body.get("stop") {
+    match lookup(body, "stop") {
         Some(Value::String(s)) => {
             out.insert("stop_sequences".into(), json!([s]));
         }
@@ -140,8 +140,7 @@ fn build_chat(
         }
         _ => {}
     }
-    match body
-        .get("response_format")
+    match lookup(body, "response_format")
         .and_then(|r| r.get("type"))
         .and_then(Value::as_str)
     {
@@ -149,8 +148,7 @@ fn build_chat(
             out.insert("response_format".into(), json!({"type": "json_object"}));
         }
         Some("json_schema") => {
-            let schema = body
-                .get("response_format")
+            let schema = lookup(body, "response_format")
                 .and_then(|r| r.pointer("/json_schema/schema"))
                 .cloned()
                 .unwrap_or(json!({"type": "object"}));

@@ -29,7 +29,7 @@ use crate::{
 };
 use bytes::Bytes;
 use http::StatusCode;
-use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
+use polyplex_types::{lookup, GatewayError, JsonMap, RequestBody, Usage};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -116,18 +116,17 @@ pub(crate) fn chat_body(
     if present("logit_bias") {
         unsupported("logit_bias", "Gemini", target, &mut dropped)?;
     }
-    if body.get("logprobs").and_then(Value::as_bool) == Some(true) {
+    if lookup(body, "logprobs").and_then(Value::as_bool) == Some(true) {
         unsupported("logprobs", "Gemini", target, &mut dropped)?;
     }
-    if body.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
+    if lookup(body, "parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
         unsupported("parallel_tool_calls", "Gemini", target, &mut dropped)?;
     }
 
     let mut system = Vec::new();
     let mut contents: Vec<Value> = Vec::new();
     let mut call_names: HashMap<String, String> = HashMap::new();
-    for (i, m) in body
-        .get("messages")
+    for (i, m) in lookup(body, "messages")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -213,14 +212,13 @@ pub(crate) fn chat_body(
     copy(&mut gc, "presence_penalty", "presencePenalty");
     copy(&mut gc, "frequency_penalty", "frequencyPenalty");
     copy(&mut gc, "n", "candidateCount");
-    if let Some(max) = body
-        .get("max_completion_tokens")
-        .or_else(|| body.get("max_tokens"))
+    if let Some(max) = lookup(body, "max_completion_tokens")
+        .or_else(|| lookup(body, "max_tokens"))
         .filter(|v| !v.is_null())
     {
         gc.insert("maxOutputTokens".into(), max.clone());
     }
-    match body.get("stop") {
+    match lookup(body, "stop") {
         Some(Value::String(s)) => {
             gc.insert("stopSequences".into(), json!([s]));
         }
@@ -229,8 +227,7 @@ pub(crate) fn chat_body(
         }
         _ => {}
     }
-    match body
-        .get("response_format")
+    match lookup(body, "response_format")
         .and_then(|r| r.get("type"))
         .and_then(Value::as_str)
     {
@@ -239,9 +236,8 @@ pub(crate) fn chat_body(
         }
         Some("json_schema") => {
             gc.insert("responseMimeType".into(), json!("application/json"));
-            if let Some(schema) = body
-                .get("response_format")
-                .and_then(|r| r.pointer("/json_schema/schema"))
+            if let Some(schema) =
+                lookup(body, "response_format").and_then(|r| r.pointer("/json_schema/schema"))
             {
                 gc.insert("responseJsonSchema".into(), schema.clone());
             }
@@ -262,8 +258,7 @@ pub(crate) fn chat_body(
     if !gc.is_empty() {
         out.insert("generationConfig".into(), Value::Object(gc));
     }
-    let decls: Vec<Value> = body
-        .get("tools")
+    let decls: Vec<Value> = lookup(body, "tools")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -282,7 +277,7 @@ pub(crate) fn chat_body(
     if !decls.is_empty() {
         out.insert("tools".into(), json!([{"functionDeclarations": decls}]));
     }
-    if let Some(tc) = body.get("tool_choice").filter(|v| !v.is_null()) {
+    if let Some(tc) = lookup(body, "tool_choice").filter(|v| !v.is_null()) {
         let cfg = match tc {
             Value::String(s) if s == "none" => json!({"mode": "NONE"}),
             Value::String(s) if s == "required" => json!({"mode": "ANY"}),
