@@ -530,7 +530,7 @@ fn push_clean(out: &mut String, v: &str) {
 }
 
 /// One usage record as the line tracing's text format writes for an event
-/// with these fields, formatted here in one pass: tracing-subscriber's
+/// with these fields, written here piece by piece: tracing-subscriber's
 /// per-character escaping made its version a tenth of the gateway's
 /// instructions per request.
 fn text_line(r: &UsageRecord, now: std::time::SystemTime, out: &mut String) {

@@ -14,9 +14,8 @@
 //! anyway and spinning would only take CPU from the upstream and the client.
 //! A thread that was that busy lately ([`CROWD_HOLD`]) does not spin either:
 //! under steady load the count of requests in flight dips below the limit
-//! now and then, and each dip spent spinning cost the box about 5 % of its
-//! throughput at 64 concurrent requests (docs/performance.md, "Fifteenth
-//! session").
+//! now and then, and at 64 concurrent requests those dips spent 0.8 system
+//! calls per request spinning (docs/performance.md, "Fifteenth session").
 //! Once the window passes with no request, the thread sleeps as usual. The
 //! cost is CPU while idle: at most one window per request.
 //!
