@@ -83,6 +83,16 @@ fn request_translation() {
     }
 }
 
+/// A chat stream decoder for the Cohere model the stream tests use.
+fn chat_decoder() -> Box<dyn StreamDecoder> {
+    Cohere.stream_decoder(
+        Endpoint::Chat,
+        "cohere",
+        "command-a-03-2025",
+        &RequestBody::from_map(JsonMap::new()),
+    )
+}
+
 #[test]
 fn responses_translate_with_billed_usage() {
     let (out, usage) = Cohere
@@ -142,12 +152,7 @@ fn decode(t: &str, split: usize) -> (Vec<Value>, Vec<StreamItem>) {
     for piece in t.as_bytes().chunks(split) {
         p.feed(piece, &mut events);
     }
-    let mut d = Cohere.stream_decoder(
-        Endpoint::Chat,
-        "cohere",
-        "command-a-03-2025",
-        &RequestBody::from_map(JsonMap::new()),
-    );
+    let mut d = chat_decoder();
     let mut items = Vec::new();
     for ev in &events {
         d.on_event(ev, &mut items).unwrap();
@@ -220,12 +225,7 @@ fn content_deltas_read_without_a_tree_answer_as_the_tree() {
     ];
     let start = r#"{"type":"message-start","id":"m1","delta":{"message":{"role":"assistant"}}}"#;
     let run = |named: bool| {
-        let mut d = Cohere.stream_decoder(
-            Endpoint::Chat,
-            "cohere",
-            "command-a-03-2025",
-            &RequestBody::from_map(JsonMap::new()),
-        );
+        let mut d = chat_decoder();
         let mut out = Vec::new();
         let ev = |name: &str, data: &str| crate::sse::Event {
             event: named.then(|| name.to_string()),
