@@ -266,6 +266,40 @@ async fn keys_limits_budgets_and_usage_survive_a_restart() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Revoking answers with the key as `GET` shows it: its spend counts the
+/// requests whose records the writer has not stored yet.
+#[tokio::test]
+async fn a_revoked_key_shows_all_it_spent() {
+    let mock = common::mock().await;
+    let (dir, url) = common::temp_store("revoke-spend");
+    let gw = gateway(mock, &url).await;
+    let c = Client::new(&gw);
+    let (_, k) = c
+        .admin(
+            reqwest::Method::POST,
+            "/admin/keys",
+            Some(json!({"name": "spender"})),
+        )
+        .await;
+    let token = k["key"].as_str().unwrap().to_string();
+    let id = k["id"].as_str().unwrap().to_string();
+    let mut cost = 0.0;
+    for _ in 0..3 {
+        let r: Value = c.chat(&token, "gpt-4o").await.json().await.unwrap();
+        cost += r["usage"]["cost"].as_f64().unwrap();
+    }
+    assert!(cost > 0.0);
+    let (s, d) = c
+        .admin(reqwest::Method::DELETE, &format!("/admin/keys/{id}"), None)
+        .await;
+    assert_eq!(s, 200, "{d}");
+    assert_eq!(d["revoked"], true);
+    let spent = d["spent_usd"].as_f64().unwrap();
+    assert!((spent - cost).abs() < 1e-9, "{d} {cost}");
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn replicas_sharing_a_store_see_new_and_revoked_keys() {
     let mock = common::mock().await;

@@ -293,7 +293,7 @@ pub async fn revoke_key(State(app): State<App>, Path(id): Path<String>) -> Respo
     match store.revoke_key(&id).await {
         Ok(Some(k)) => {
             app.keys.upsert(k.clone());
-            let mut v = key_json(&k);
+            let mut v = with_live_spend(&app, &k);
             v["deleted"] = Value::Bool(true);
             Json(v).into_response()
         }
