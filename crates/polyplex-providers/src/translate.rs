@@ -667,11 +667,16 @@ pub(crate) fn usage_with_cache(
     [input, output, read, write]: [&str; 4],
 ) -> polyplex_types::Usage {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let cached = n(read);
+    cache_usage(n(input), n(output), n(read), n(write))
+}
+
+/// Usage from counts kept apart as Anthropic and Bedrock keep them: the
+/// prompt tokens are the uncached input plus cache reads and writes.
+pub(crate) fn cache_usage(input: u64, output: u64, read: u64, write: u64) -> polyplex_types::Usage {
     polyplex_types::Usage {
-        prompt_tokens: n(input) + cached + n(write),
-        completion_tokens: n(output),
-        cached_tokens: cached,
+        prompt_tokens: input + read + write,
+        completion_tokens: output,
+        cached_tokens: read,
         reasoning_tokens: 0,
         estimated: false,
     }

@@ -172,6 +172,34 @@ pub(crate) fn finish_reason(stop: &str, json_mode: bool) -> &'static str {
     }
 }
 
+/// Anthropic's `usage` counts read straight from the text, without a tree
+/// (the unary answer's fast path). A count that is not a whole number fails
+/// the read, and the caller falls back to the tree, which reads it as 0.
+#[derive(serde::Deserialize)]
+pub(crate) struct Counts {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+impl Counts {
+    /// As [`usage_from`] reads the same member.
+    pub(crate) fn usage(&self) -> Usage {
+        let n = |c: Option<u64>| c.unwrap_or(0);
+        crate::translate::cache_usage(
+            n(self.input_tokens),
+            n(self.output_tokens),
+            n(self.cache_read_input_tokens),
+            n(self.cache_creation_input_tokens),
+        )
+    }
+}
+
 /// Anthropic usage → OpenAI usage (prompt tokens include cache reads and writes).
 pub(crate) fn usage_from(u: &Value) -> Usage {
     crate::translate::usage_with_cache(

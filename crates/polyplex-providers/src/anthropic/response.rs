@@ -1,6 +1,6 @@
 //! Anthropic message → OpenAI chat.completion.
 
-use super::{finish_reason, usage_from, JSON_TOOL};
+use super::{finish_reason, usage_from, Counts, JSON_TOOL};
 use crate::reply::RawWriter;
 use crate::translate::completion;
 use crate::Reply;
@@ -59,7 +59,8 @@ pub(crate) fn parse(
     if !tool_calls.is_empty() {
         message["tool_calls"] = Value::Array(tool_calls);
     }
-    let usage = v.get("usage").map(usage_from);
+    // (`null` is no usage: the gateway counts it, as on the fast path.)
+    let usage = v.get("usage").filter(|u| !u.is_null()).map(usage_from);
     let out = completion(
         v.get("id").cloned().unwrap_or(json!("msg_unknown")),
         v.get("model").cloned().unwrap_or(Value::Null),
@@ -83,8 +84,8 @@ struct Message<'a> {
     content: Vec<Block<'a>>,
     #[serde(default, borrow)]
     stop_reason: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    usage: Option<&'a RawValue>,
+    #[serde(default)]
+    usage: Option<Counts>,
 }
 
 #[derive(Deserialize)]
@@ -127,10 +128,7 @@ pub(crate) fn parse_fast(body: &[u8], json_mode: bool) -> Option<(Reply, Option<
             _ => {}
         }
     }
-    let usage = match m.usage {
-        Some(u) => Some(usage_from(&serde_json::from_str::<Value>(u.get()).ok()?)),
-        None => None,
-    };
+    let usage = m.usage.as_ref().map(Counts::usage);
     let stop = m.stop_reason.as_deref().unwrap_or("end_turn");
     let choices = [Choice {
         index: 0,

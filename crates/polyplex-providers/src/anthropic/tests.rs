@@ -491,6 +491,11 @@ fn the_fast_reply_path_answers_what_the_tree_answers() {
             "stop_reason": "max_tokens", "usage": {"input_tokens": 5, "output_tokens": 2, "cache_read_input_tokens": 3, "cache_creation_input_tokens": 1}}).to_string(),
         // No id, no model, no usage, null stop reason.
         r#"{"type":"message","content":[],"stop_reason":null}"#.to_string(),
+        // Usage as the API sends it now (nested members), null, or with
+        // counts that are not whole numbers (the tree reads them as 0).
+        r#"{"type":"message","content":[],"usage":{"input_tokens":4,"cache_creation":{"ephemeral_5m_input_tokens":2},"cache_creation_input_tokens":2,"server_tool_use":{"web_search_requests":0},"service_tier":"standard","output_tokens":9}}"#.to_string(),
+        r#"{"type":"message","content":[],"usage":null}"#.to_string(),
+        r#"{"type":"message","content":[],"usage":{"input_tokens":1.5,"output_tokens":-2,"cache_read_input_tokens":null}}"#.to_string(),
         // Shapes the typed path leaves to the tree.
         r#"{"type":"message","content":[{"type":"text","text":7}],"usage":{"input_tokens":1}}"#.to_string(),
         r#"{"type":"message","content":[{"type":1}],"usage":[1]}"#.to_string(),

@@ -31,7 +31,6 @@ use bytes::Bytes;
 use http::StatusCode;
 use polyplex_types::{lookup, GatewayError, JsonMap, RequestBody, Usage};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -360,14 +359,41 @@ fn finish_reason(r: &str, has_calls: bool) -> &'static str {
 }
 
 fn usage_from(u: &Value) -> Usage {
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let thoughts = n("thoughtsTokenCount");
-    Usage {
-        prompt_tokens: n("promptTokenCount"),
-        completion_tokens: n("candidatesTokenCount") + thoughts,
-        cached_tokens: n("cachedContentTokenCount"),
-        reasoning_tokens: thoughts,
-        estimated: false,
+    let n = |k: &str| u.get(k).and_then(Value::as_u64);
+    Counts {
+        prompt: n("promptTokenCount"),
+        candidates: n("candidatesTokenCount"),
+        cached: n("cachedContentTokenCount"),
+        thoughts: n("thoughtsTokenCount"),
+    }
+    .usage()
+}
+
+/// `usageMetadata`'s counts read straight from the text (every stream event
+/// carries them). A count that is not a whole number fails the read, and
+/// the event is read as a tree, where it counts 0.
+#[derive(Deserialize, Default)]
+struct Counts {
+    #[serde(rename = "promptTokenCount", default)]
+    prompt: Option<u64>,
+    #[serde(rename = "candidatesTokenCount", default)]
+    candidates: Option<u64>,
+    #[serde(rename = "cachedContentTokenCount", default)]
+    cached: Option<u64>,
+    #[serde(rename = "thoughtsTokenCount", default)]
+    thoughts: Option<u64>,
+}
+
+impl Counts {
+    fn usage(&self) -> Usage {
+        let thoughts = self.thoughts.unwrap_or(0);
+        Usage {
+            prompt_tokens: self.prompt.unwrap_or(0),
+            completion_tokens: self.candidates.unwrap_or(0) + thoughts,
+            cached_tokens: self.cached.unwrap_or(0),
+            reasoning_tokens: thoughts,
+            estimated: false,
+        }
     }
 }
 
@@ -577,17 +603,12 @@ struct TextEvent<'a> {
     #[serde(default, borrow)]
     candidates: Option<Vec<TextCandidate<'a>>>,
     /// Present even when `null` (the tree reads a `null` as zero usage).
-    #[serde(
-        rename = "usageMetadata",
-        default,
-        borrow,
-        deserialize_with = "present"
-    )]
-    usage: Option<&'a RawValue>,
+    #[serde(rename = "usageMetadata", default, deserialize_with = "present")]
+    usage: Option<Option<Counts>>,
 }
 
-fn present<'a, D: serde::Deserializer<'a>>(d: D) -> Result<Option<&'a RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
+fn present<'a, D: serde::Deserializer<'a>>(d: D) -> Result<Option<Option<Counts>>, D::Error> {
+    Option::<Counts>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -639,7 +660,7 @@ impl Decoder {
         let ev: TextEvent<'_> = serde_json::from_str(data).ok()?;
         let candidates = ev.candidates.unwrap_or_default();
         if let Some(u) = ev.usage {
-            self.usage = Some(usage_from(&serde_json::from_str(u.get()).ok()?));
+            self.usage = Some(u.unwrap_or_default().usage());
         }
         for (i, c) in candidates.iter().enumerate() {
             let idx = c.index.unwrap_or(i as u64);

@@ -292,6 +292,8 @@ fn text_events_read_without_a_tree_answer_as_the_tree() {
         r#"{"candidates":[{"index":"0","content":{"parts":[{"text":"odd index"}]}}]}"#,
         r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{"x":1}}}]},"index":0}]}"#,
         r#"{"candidates":[{"content":{"parts":[{"text":"say \"error\""}]}}],"usageMetadata":null}"#,
+        r#"{"candidates":[{"content":{"parts":[{"text":"c"}]},"index":0}],"usageMetadata":{"promptTokenCount":4,"cachedContentTokenCount":2,"candidatesTokenCount":1,"promptTokensDetails":[{"modality":"TEXT","tokenCount":4}]}}"#,
+        r#"{"candidates":[{"content":{"parts":[{"text":"d"}]},"index":0}],"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":1.5}}"#,
         r#"{"candidates":[{"content":{"parts":[]},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":5,"thoughtsTokenCount":1}}"#,
     ];
     let run = |via_tree: bool| {
@@ -338,7 +340,7 @@ fn text_events_read_without_a_tree_answer_as_the_tree() {
     let (tree, tree_text) = run(true);
     assert_eq!(
         tree_text,
-        "Hi \"there\"\n\u{e9}!abodd index{\"x\":1}say \"error\""
+        "Hi \"there\"\n\u{e9}!abodd index{\"x\":1}say \"error\"cd"
     );
     let (typed, text) = run(false);
     assert_eq!(typed, tree);
@@ -354,6 +356,6 @@ fn text_events_read_without_a_tree_answer_as_the_tree() {
         .collect();
     assert_eq!(
         took,
-        [true, true, true, true, false, false, false, true, true]
+        [true, true, true, true, false, false, false, true, true, false, true]
     );
 }
