@@ -134,6 +134,12 @@ def main() -> None:
                 m["price"] = [price(base_tier[1]), price(base_tier[2]), price(base_tier[3]), price(base_tier[4])]
                 if len(tiers) > 1:
                     m["tiers"] = [[t[0], price(t[1]), price(t[2]), price(t[3]), price(t[4])] for t in tiers[1:]]
+            # What the model answers in, when it is not just text (music,
+            # video or image models price per clip or image and are no chat
+            # model for `auto`).
+            out_modal = sorted(modal.get((full_id, "output"), []))
+            if out_modal and out_modal != ["text"]:
+                m["out"] = out_modal
             if status:
                 m["status"] = status
             if shape and shape != "completions":

@@ -153,11 +153,21 @@ pub struct Model {
     #[serde(default)]
     pub tiers: Vec<Tier>,
     pub status: Option<String>,
+    /// What the model answers in (`image`, `audio`, `video`, `text` ...),
+    /// when it is not just text; empty for a text model.
+    #[serde(default)]
+    pub out: Vec<String>,
 }
 
 impl Model {
     pub fn has(&self, cap: &str) -> bool {
         self.caps.iter().any(|c| c == cap)
+    }
+
+    /// Whether it answers in text (a chat or completion model can); not
+    /// an image, music, speech or video generator.
+    pub fn answers_text(&self) -> bool {
+        self.out.is_empty() || self.out.iter().any(|m| m == "text")
     }
 
     /// The price that applies to a prompt of `prompt_tokens`.

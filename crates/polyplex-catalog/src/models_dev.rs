@@ -146,6 +146,16 @@ fn model(id: &str, m: &Value) -> Value {
             out.insert("tiers".into(), json!([tier]));
         }
     }
+    // Output modalities, when not just text (as scripts/gen_catalog.py).
+    let mut answers: Vec<&str> = m
+        .pointer("/modalities/output")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    answers.sort_unstable();
+    if !answers.is_empty() && answers != ["text"] {
+        out.insert("out".into(), json!(answers));
+    }
     if let Some(s) = m.get("status").and_then(Value::as_str) {
         out.insert("status".into(), json!(s));
     }
@@ -240,7 +250,13 @@ mod tests {
                     "structured_output": true, "reasoning": true,
                     "cost": {"input": 1.25, "output": 10, "cache_read": 0.31,
                              "context_over_200k": {"input": 2.5, "output": 15}},
-                    "limit": {"context": 1048576, "output": 65536}, "status": "beta"}}},
+                    "limit": {"context": 1048576, "output": 65536}, "status": "beta"},
+                    "lyria-9": {"id": "lyria-9", "name": "Lyria 9",
+                    "modalities": {"input": ["text", "image"], "output": ["audio"]},
+                    "cost": {"input": 0, "output": 0}, "limit": {"context": 1048576, "output": 65536}},
+                    "gemini-9-image": {"id": "gemini-9-image", "name": "Gemini 9 Image",
+                    "modalities": {"input": ["text"], "output": ["text", "image"]},
+                    "cost": {"input": 0.3, "output": 30}, "limit": {"context": 32768, "output": 8192}}}},
       "somebody": {"id": "somebody", "name": "Somebody", "npm": "some-other-sdk", "api": "https://x.example/v1",
                    "env": [], "models": {}}
     }"#;
@@ -265,6 +281,14 @@ mod tests {
         assert_eq!(g.price_for(300_000).unwrap().input, 2.5);
         assert_eq!(g.price_for(1000).unwrap().cache_read, Some(0.31));
         assert_eq!(g.status.as_deref(), Some("beta"));
+        // Output modalities: kept when not just text.
+        assert!(g.out.is_empty() && g.answers_text() && m.answers_text());
+        let music = c.model("google", "lyria-9").unwrap();
+        assert_eq!(music.out, ["audio"]);
+        assert!(!music.answers_text());
+        let image = c.model("google", "gemini-9-image").unwrap();
+        assert_eq!(image.out, ["image", "text"]);
+        assert!(image.answers_text());
         assert_eq!(c.provider("somebody").unwrap().protocol, "unsupported");
         assert!(c.provider("ollama").unwrap().local);
     }

@@ -518,6 +518,20 @@ async fn run_mock(listen: SocketAddr, opts: MockOptions) -> Result<(), String> {
     Ok(())
 }
 
+/// The `capabilities` column: the catalog's capabilities, and what the
+/// model answers in when that is not just text (`out:image`).
+fn caps_column(m: &polyplex_catalog::Model) -> String {
+    let mut col = m.caps.join(",");
+    if !m.out.is_empty() {
+        if !col.is_empty() {
+            col.push(',');
+        }
+        col.push_str("out:");
+        col.push_str(&m.out.join("+"));
+    }
+    col
+}
+
 fn fmt_price(p: Option<f64>) -> String {
     p.map_or_else(|| "-".to_string(), |x| format!("{x}"))
 }
@@ -537,6 +551,7 @@ fn models(provider: Option<&str>, json: bool) -> Result<(), String> {
                 p.models().iter().map(move |m| {
                     serde_json::json!({"provider": p.id, "protocol": p.protocol, "base_url": p.base_url, "env": p.env,
                         "model": m.id, "name": m.name, "context": m.context, "max_output": m.output, "capabilities": m.caps,
+                        "output_modalities": if m.out.is_empty() { vec!["text".to_string()] } else { m.out.clone() },
                         "price_per_million": m.price.map(|x| serde_json::json!({"input": x.input, "output": x.output, "cache_read": x.cache_read, "cache_write": x.cache_write}))})
                 })
             })
@@ -563,7 +578,7 @@ fn models(provider: Option<&str>, json: bool) -> Result<(), String> {
                 fmt_price(pr.map(|x| x.input)),
                 fmt_price(pr.map(|x| x.output)),
                 fmt_price(pr.and_then(|x| x.cache_read)),
-                m.caps.join(",")
+                caps_column(m)
             );
         }
     }

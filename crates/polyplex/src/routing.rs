@@ -120,7 +120,8 @@ pub struct Router {
     default_strategy: Strategy,
 }
 
-/// Models `auto` never picks: not chat models.
+/// Models `auto` never picks: not chat models (by the catalog's output
+/// modalities, and by name where it has none: embeddings, speech ...).
 fn chat_model(m: &Model) -> bool {
     const NOT_CHAT: &[&str] = &[
         "embed",
@@ -137,10 +138,13 @@ fn chat_model(m: &Model) -> bool {
         "davinci",
         "babbage",
         "guard",
+        // Google's music models answer in audio (and text about it).
+        "lyria",
     ];
     let id = m.id.to_ascii_lowercase();
     m.context > 0
         && m.output > 0
+        && m.answers_text()
         && m.status.as_deref() != Some("deprecated")
         && !NOT_CHAT.iter().any(|w| id.contains(w))
 }
@@ -748,6 +752,14 @@ models = ["claude-sonnet-4-5", "claude-haiku-4-5"]
 name = "groq"
 api_key = "${K}"
 models = ["llama-3.1-8b-instant", "whisper-large-v3"]
+[[providers]]
+name = "google"
+api_key = "${K}"
+models = ["lyria-3-clip-preview"]
+[[providers]]
+name = "nvidia"
+api_key = "${K}"
+models = ["black-forest-labs/flux_2-klein-4b"]
 "#;
 
     fn body(v: serde_json::Value) -> RequestBody {
@@ -777,7 +789,9 @@ models = ["llama-3.1-8b-instant", "whisper-large-v3"]
         let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
         let schema = json!({"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}});
         // Plain text: Groq's Llama 3.1 8B ($0.05/$0.08); never the embedding
-        // model, the speech model or a deprecated one.
+        // model, the speech model, a deprecated one, Google's Lyria (it
+        // answers in music, priced at 0 per token) or FLUX on NVIDIA (the
+        // catalog says it answers in images; also at 0).
         assert_eq!(
             auto_first(&r, &body(json!({"model": "auto", "messages": text}))).unwrap(),
             "groq/llama-3.1-8b-instant"
