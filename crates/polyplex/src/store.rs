@@ -1,7 +1,10 @@
 //! The store: gateway keys and usage records, in SQLite (one binary, no other
 //! service) or Postgres (replicas share it). One schema, written in the SQL
 //! both accept, through sqlx's `Any` driver; the tables are created on first
-//! connect.
+//! connect. The usage writer's own connection ([`Store::writer`]) uses the
+//! database's own driver instead: the `Any` driver copies every value it
+//! binds once more, through `Display` (fifteenth and sixteenth sessions,
+//! docs/performance.md), and the writer binds 17 per record.
 //!
 //! Only a key's SHA-256 is stored. Money is `DOUBLE PRECISION` USD; times are
 //! Unix seconds (keys) and milliseconds (usage).
@@ -189,9 +192,20 @@ pub struct UsageRow {
     pub cost_usd: f64,
 }
 
+/// The usage writer's connection through the database's own driver.
+#[derive(Clone)]
+enum Native {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// The usage writer's own connection ([`Store::writer`]): usage is
+    /// written through it, and `pool` is the gateway's, not closed by
+    /// [`Store::close`].
+    native: Option<Native>,
     postgres: bool,
     /// The usage INSERT for each of [`INSERT_SIZES`], in that order.
     inserts: std::sync::Arc<[String]>,
@@ -264,13 +278,7 @@ async fn open_pool(url: &str, postgres: bool, max: u32, keep: bool) -> Result<An
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if sqlite {
-                    // WAL with NORMAL sync: a commit survives the process
-                    // dying (not the machine losing power) without an
-                    // fsync each; a 256 KiB page cache per connection (the usage
-                    // table is appended to, the keys table is small).
-                    sqlx::raw_sql("PRAGMA synchronous=NORMAL; PRAGMA cache_size=-256")
-                        .execute(conn)
-                        .await?;
+                    sqlx::raw_sql(SQLITE_PRAGMAS).execute(conn).await?;
                 }
                 Ok(())
             })
@@ -290,7 +298,17 @@ async fn open_pool(url: &str, postgres: bool, max: u32, keep: bool) -> Result<An
         .acquire_timeout(Duration::from_secs(5))
         .connect(url)
         .await
-        .map_err(|e| StoreError(format!("cannot open {}: {e}", redact_url(url))))
+        .map_err(|e| cannot_open(url, e))
+}
+
+/// Every SQLite connection's settings. WAL with NORMAL sync: a commit
+/// survives the process dying (not the machine losing power) without an
+/// fsync each; a 256 KiB page cache per connection (the usage table is
+/// appended to, the keys table is small).
+const SQLITE_PRAGMAS: &str = "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-256";
+
+fn cannot_open(url: &str, e: sqlx::Error) -> StoreError {
+    StoreError(format!("cannot open {}: {e}", redact_url(url)))
 }
 
 impl Store {
@@ -308,6 +326,7 @@ impl Store {
         let pool = open_pool(&url, postgres, if postgres { 8 } else { 1 }, one).await?;
         let store = Store {
             pool,
+            native: None,
             postgres,
             inserts: INSERT_SIZES
                 .iter()
@@ -338,15 +357,39 @@ impl Store {
         if self.one {
             return Ok(None);
         }
-        let pool = open_pool(
-            &self.url,
-            self.postgres,
-            if self.postgres { 2 } else { 1 },
-            true,
-        )
-        .await?;
+        let native = if self.postgres {
+            Native::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect(&self.url)
+                    .await
+                    .map_err(|e| cannot_open(&self.url, e))?,
+            )
+        } else {
+            Native::Sqlite(
+                sqlx::sqlite::SqlitePoolOptions::new()
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::raw_sql(SQLITE_PRAGMAS).execute(conn).await?;
+                            Ok(())
+                        })
+                    })
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect(&self.url)
+                    .await
+                    .map_err(|e| cannot_open(&self.url, e))?,
+            )
+        };
         Ok(Some(Store {
-            pool,
+            native: Some(native),
             ..self.clone()
         }))
     }
@@ -478,64 +521,11 @@ impl Store {
         &self,
         records: &[UsageRecord],
     ) -> Result<HashMap<String, f64>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let ids: Vec<Option<String>> = records
-            .iter()
-            .map(|r| r.key.as_ref().map(|k| k.id()))
-            .collect();
-        let mut per_key: HashMap<&str, f64> = HashMap::new();
-        for (r, key_id) in records.iter().zip(&ids) {
-            if let Some(k) = key_id.as_deref() {
-                *per_key.entry(k).or_default() += r.cost_usd;
-            }
-        }
-        // Many rows per INSERT: one statement per row cost the writer more
-        // than the gateway spent serving the request.
-        let rows: Vec<(&UsageRecord, &Option<String>)> = records.iter().zip(&ids).collect();
-        let mut rest = &rows[..];
-        while !rest.is_empty() {
-            let slot = insert_slot(rest.len());
-            let (chunk, after) = rest.split_at(INSERT_SIZES[slot]);
-            rest = after;
-            // Built from constants only; prepared once and kept.
-            let mut q = sqlx::query(AssertSqlSafe(self.inserts[slot].as_str()));
-            for (r, key_id) in chunk {
-                q = q
-                    .bind(r.request_id.as_str())
-                    .bind(key_id.as_deref())
-                    .bind(r.endpoint)
-                    .bind(r.requested_model.as_str())
-                    .bind(r.provider.as_deref())
-                    .bind(r.model.as_deref())
-                    .bind(i64::from(r.status))
-                    .bind(r.usage.prompt_tokens as i64)
-                    .bind(r.usage.completion_tokens as i64)
-                    .bind(r.usage.cached_tokens as i64)
-                    .bind(i64::from(r.usage.estimated))
-                    .bind(r.cost_usd)
-                    .bind(r.latency.as_millis() as i64)
-                    .bind(r.ttft.map(|t| t.as_millis() as i64))
-                    .bind(i64::from(r.attempts))
-                    .bind(i64::from(r.stream))
-                    .bind(unix_ms(r.at));
-            }
-            q.execute(&mut *tx).await?;
-        }
-        let mut spent = HashMap::with_capacity(per_key.len());
-        for (k, add) in per_key {
-            let row = sqlx::query(
-                "UPDATE polyplex_keys SET spent_usd = spent_usd + $1 WHERE id = $2 RETURNING spent_usd",
-            )
-            .bind(add)
-            .bind(k)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = row {
-                spent.insert(k.to_string(), row.try_get::<f64, _>(0)?);
-            }
-        }
-        tx.commit().await?;
-        Ok(spent)
+        Ok(match &self.native {
+            Some(Native::Sqlite(p)) => write_usage_to(p, &self.inserts, records).await?,
+            Some(Native::Postgres(p)) => write_usage_to(p, &self.inserts, records).await?,
+            None => write_usage_to(&self.pool, &self.inserts, records).await?,
+        })
     }
 
     /// Requests, errors, tokens and cost since `since_ms`, grouped by `by`,
@@ -599,9 +589,94 @@ impl Store {
         Ok(row.try_get::<i64, _>(0)?.max(0) as u64)
     }
 
+    /// Closes the connections: the writer's own, or (any other store) the
+    /// pool.
     pub async fn close(&self) {
-        self.pool.close().await;
+        match &self.native {
+            Some(Native::Sqlite(p)) => p.close().await,
+            Some(Native::Postgres(p)) => p.close().await,
+            None => self.pool.close().await,
+        }
     }
+}
+
+/// [`Store::write_usage`] through any of sqlx's drivers: the records in
+/// one transaction, many rows per INSERT, and each key's spend added up;
+/// returns what the store then says each key spent.
+async fn write_usage_to<DB>(
+    pool: &sqlx::Pool<DB>,
+    inserts: &[String],
+    records: &[UsageRecord],
+) -> Result<HashMap<String, f64>, sqlx::Error>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'t> &'t str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> Option<&'t str>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> Option<i64>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> f64: sqlx::Encode<'t, DB> + sqlx::Decode<'t, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let mut tx = pool.begin().await?;
+    let ids: Vec<Option<String>> = records
+        .iter()
+        .map(|r| r.key.as_ref().map(|k| k.id()))
+        .collect();
+    let mut per_key: HashMap<&str, f64> = HashMap::new();
+    for (r, key_id) in records.iter().zip(&ids) {
+        if let Some(k) = key_id.as_deref() {
+            *per_key.entry(k).or_default() += r.cost_usd;
+        }
+    }
+    // Many rows per INSERT: one statement per row cost the writer more
+    // than the gateway spent serving the request.
+    let rows: Vec<(&UsageRecord, &Option<String>)> = records.iter().zip(&ids).collect();
+    let mut rest = &rows[..];
+    while !rest.is_empty() {
+        let slot = insert_slot(rest.len());
+        let (chunk, after) = rest.split_at(INSERT_SIZES[slot]);
+        rest = after;
+        // Built from constants only; prepared once and kept.
+        let mut q = sqlx::query::<DB>(AssertSqlSafe(inserts[slot].as_str()));
+        for (r, key_id) in chunk {
+            q = q
+                .bind(r.request_id.as_str())
+                .bind(key_id.as_deref())
+                .bind(r.endpoint)
+                .bind(r.requested_model.as_str())
+                .bind(r.provider.as_deref())
+                .bind(r.model.as_deref())
+                .bind(i64::from(r.status))
+                .bind(r.usage.prompt_tokens as i64)
+                .bind(r.usage.completion_tokens as i64)
+                .bind(r.usage.cached_tokens as i64)
+                .bind(i64::from(r.usage.estimated))
+                .bind(r.cost_usd)
+                .bind(r.latency.as_millis() as i64)
+                .bind(r.ttft.map(|t| t.as_millis() as i64))
+                .bind(i64::from(r.attempts))
+                .bind(i64::from(r.stream))
+                .bind(unix_ms(r.at));
+        }
+        q.execute(&mut *tx).await?;
+    }
+    let mut spent = HashMap::with_capacity(per_key.len());
+    for (k, add) in per_key {
+        let row = sqlx::query::<DB>(
+            "UPDATE polyplex_keys SET spent_usd = spent_usd + $1 WHERE id = $2 RETURNING spent_usd",
+        )
+        .bind(add)
+        .bind(k)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = row {
+            spent.insert(k.to_string(), row.try_get::<f64, _>(0)?);
+        }
+    }
+    tx.commit().await?;
+    Ok(spent)
 }
 
 /// `YYYY-MM-DD` of day `n` after 1970-01-01.
@@ -671,7 +746,28 @@ mod tests {
 
     #[tokio::test]
     async fn every_record_of_a_batch_is_written() {
-        let store = Store::connect("sqlite::memory:").await.unwrap();
+        // Through the `Any` driver (an in-memory database: the writer
+        // shares its one connection) and through the usage writer's own
+        // connection to a file, by SQLite's own driver.
+        let memory = Store::connect("sqlite::memory:").await.unwrap();
+        assert!(memory.writer().await.unwrap().is_none());
+        check_batches(&memory, &memory).await;
+        let dir = std::env::temp_dir().join(format!("polyplex-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("usage.db").display());
+        let file = Store::connect(&url).await.unwrap();
+        let writer = file.writer().await.unwrap().unwrap();
+        assert!(matches!(writer.native, Some(Native::Sqlite(_))));
+        check_batches(&writer, &file).await;
+        writer.close().await;
+        // Closing the writer's connection leaves the gateway's open.
+        assert!(file.ping().await);
+        file.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Writes 210 records through `writer` in two batches; `reader` sees them all.
+    async fn check_batches(writer: &Store, reader: &Store) {
         let record = |i: usize| UsageRecord {
             request_id: format!("req-{i}"),
             endpoint: "chat",
@@ -696,10 +792,10 @@ mod tests {
         // Three full statements and the rest in smaller ones, then a batch
         // of another size through the same prepared statements.
         let first: Vec<UsageRecord> = (0..203).map(record).collect();
-        store.write_usage(&first).await.unwrap();
+        writer.write_usage(&first).await.unwrap();
         let second: Vec<UsageRecord> = (203..210).map(record).collect();
-        store.write_usage(&second).await.unwrap();
-        let rows = store.usage_report(GroupBy::Provider, 0).await.unwrap();
+        writer.write_usage(&second).await.unwrap();
+        let rows = reader.usage_report(GroupBy::Provider, 0).await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].requests, 210);
         assert_eq!(rows[0].errors, 21);
