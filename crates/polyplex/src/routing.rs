@@ -118,6 +118,23 @@ pub struct Router {
     catalog: &'static Catalog,
     /// For bare model names several providers serve.
     default_strategy: Strategy,
+    /// Every name a provider lists, resolved as a bare name once, at start:
+    /// which upstreams serve it and under which of their names. Only when
+    /// every provider lists its models (a provider on the catalog's list
+    /// would need its catalog models read at start); other names are
+    /// resolved per request.
+    listed: HashMap<String, Vec<(usize, String)>>,
+}
+
+/// The upstreams that serve the bare model name `name`, in configuration
+/// order, each with its own name for it.
+fn serving(upstreams: &[Arc<Upstream>], catalog: &Catalog, name: &str) -> Vec<(usize, String)> {
+    let canonical = OnceCell::new();
+    upstreams
+        .iter()
+        .enumerate()
+        .filter_map(|(i, u)| u.serves(catalog, name, &canonical).map(|m| (i, m)))
+        .collect()
 }
 
 /// Models `auto` never picks: not chat models (by the catalog's output
@@ -162,12 +179,22 @@ impl Router {
             .map(|(i, u)| (u.name.clone(), i))
             .collect();
         let routes = routes.into_iter().map(|r| (r.name.clone(), r)).collect();
+        let mut listed = HashMap::default();
+        if upstreams.iter().all(|u| u.models.is_some()) {
+            for name in upstreams.iter().flat_map(|u| u.models.iter().flatten()) {
+                if !listed.contains_key(name) {
+                    let found = serving(&upstreams, catalog, name);
+                    listed.insert(name.clone(), found);
+                }
+            }
+        }
         Router {
             upstreams,
             by_name,
             routes,
             catalog,
             default_strategy,
+            listed,
         }
     }
 
@@ -207,15 +234,16 @@ impl Router {
             }
         }
         // A bare name (which may itself contain `/`, e.g. `meta-llama/Llama-3.3-70B`).
-        let canonical = std::cell::OnceCell::new();
-        let found: Vec<Deployment> = self
-            .upstreams
-            .iter()
-            .filter_map(|u| {
-                u.serves(self.catalog, name, &canonical)
-                    .map(|m| Deployment::new(u, &m))
-            })
-            .collect();
+        let deployments = |found: &[(usize, String)]| -> Vec<Deployment> {
+            found
+                .iter()
+                .map(|(i, m)| Deployment::new(&self.upstreams[*i], m))
+                .collect()
+        };
+        let found = match self.listed.get(name) {
+            Some(found) => deployments(found),
+            None => deployments(&serving(&self.upstreams, self.catalog, name)),
+        };
         if found.is_empty() {
             return Err(GatewayError::model_not_found(name));
         }
@@ -646,6 +674,54 @@ hedge_after_ms = 250
             plan_of(&r, "llama-3.3-70b-versatile:floor", &body, None)[0],
             "groq/llama-3.3-70b-versatile"
         );
+    }
+
+    /// With every provider's models listed, bare names are resolved once at
+    /// start, to what resolving them per request gives; names not listed
+    /// (an equivalent of a listed one, an unknown one) still resolve per
+    /// request. A provider on the catalog's list leaves the table empty.
+    #[test]
+    fn listed_names_are_resolved_at_start_as_per_request() {
+        let r = router(
+            r#"
+[[providers]]
+name = "groq"
+api_key = "${K}"
+models = ["llama-3.3-70b-versatile", "gpt-oss"]
+[[providers]]
+name = "togetherai"
+api_key = "${K}"
+models = ["meta-llama/Llama-3.3-70B-Instruct-Turbo", "gpt-oss"]
+[[providers]]
+name = "local"
+kind = "openai"
+base_url = "http://127.0.0.1:1/v1"
+models = ["gpt-oss", "mine"]
+"#,
+        );
+        assert_eq!(r.listed.len(), 4);
+        for (name, found) in &r.listed {
+            assert_eq!(found, &serving(&r.upstreams, r.catalog, name), "{name}");
+        }
+        assert_eq!(
+            resolved(&r, "llama-3.3-70b-versatile"),
+            [
+                "groq/llama-3.3-70b-versatile",
+                "togetherai/meta-llama/Llama-3.3-70B-Instruct-Turbo"
+            ]
+        );
+        assert_eq!(
+            resolved(&r, "gpt-oss"),
+            ["groq/gpt-oss", "togetherai/gpt-oss", "local/gpt-oss"]
+        );
+        // Not listed anywhere: an equivalent name, resolved per request.
+        assert_eq!(
+            resolved(&r, "Llama-3.3-70B-Versatile"),
+            resolved(&r, "llama-3.3-70b-versatile")
+        );
+        assert_eq!(r.resolve("no-such-model").unwrap_err().status.as_u16(), 404);
+        // A provider without a list: nothing resolved ahead.
+        assert!(router(CFG).listed.is_empty());
     }
 
     #[test]
