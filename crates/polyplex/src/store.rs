@@ -11,7 +11,7 @@
 
 use crate::usage::UsageRecord;
 use serde::Serialize;
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -274,7 +274,7 @@ fn as_i64(v: Option<u64>) -> Option<i64> {
 /// once and never closed for being idle or old.
 async fn open_pool(url: &str, postgres: bool, max: u32, keep: bool) -> Result<AnyPool, StoreError> {
     let sqlite = !postgres;
-    AnyPoolOptions::new()
+    pool_options::<sqlx::Any>(max, keep)
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if sqlite {
@@ -283,6 +283,15 @@ async fn open_pool(url: &str, postgres: bool, max: u32, keep: bool) -> Result<An
                 Ok(())
             })
         })
+        .connect(url)
+        .await
+        .map_err(|e| cannot_open(url, e))
+}
+
+/// At most `max` connections; with `keep`, opened at once and never closed
+/// for being idle or old.
+fn pool_options<DB: sqlx::Database>(max: u32, keep: bool) -> sqlx::pool::PoolOptions<DB> {
+    sqlx::pool::PoolOptions::new()
         .max_connections(max)
         .min_connections(if keep { 1 } else { 0 })
         .idle_timeout(if keep {
@@ -296,9 +305,6 @@ async fn open_pool(url: &str, postgres: bool, max: u32, keep: bool) -> Result<An
             Some(Duration::from_secs(1800))
         })
         .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .map_err(|e| cannot_open(url, e))
 }
 
 /// Every SQLite connection's settings. WAL with NORMAL sync: a commit
@@ -359,30 +365,20 @@ impl Store {
         }
         let native = if self.postgres {
             Native::Postgres(
-                sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(2)
-                    .min_connections(1)
-                    .idle_timeout(None)
-                    .max_lifetime(None)
-                    .acquire_timeout(Duration::from_secs(5))
+                pool_options(2, true)
                     .connect(&self.url)
                     .await
                     .map_err(|e| cannot_open(&self.url, e))?,
             )
         } else {
             Native::Sqlite(
-                sqlx::sqlite::SqlitePoolOptions::new()
+                pool_options(1, true)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             sqlx::raw_sql(SQLITE_PRAGMAS).execute(conn).await?;
                             Ok(())
                         })
                     })
-                    .max_connections(1)
-                    .min_connections(1)
-                    .idle_timeout(None)
-                    .max_lifetime(None)
-                    .acquire_timeout(Duration::from_secs(5))
                     .connect(&self.url)
                     .await
                     .map_err(|e| cannot_open(&self.url, e))?,

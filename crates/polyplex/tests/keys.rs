@@ -74,6 +74,16 @@ impl Client {
         (r.status().as_u16(), r.json().await.unwrap())
     }
 
+    /// Creates a key; its token and id.
+    async fn new_key(&self, spec: Value) -> (String, String) {
+        let (s, k) = self
+            .admin(reqwest::Method::POST, "/admin/keys", Some(spec))
+            .await;
+        assert_eq!(s, 200, "{k}");
+        let field = |f: &str| k[f].as_str().unwrap().to_string();
+        (field("key"), field("id"))
+    }
+
     async fn chat(&self, key: &str, model: &str) -> reqwest::Response {
         self.http
             .post(format!("{}/v1/chat/completions", self.base))
@@ -274,15 +284,7 @@ async fn a_revoked_key_shows_all_it_spent() {
     let (dir, url) = common::temp_store("revoke-spend");
     let gw = gateway(mock, &url).await;
     let c = Client::new(&gw);
-    let (_, k) = c
-        .admin(
-            reqwest::Method::POST,
-            "/admin/keys",
-            Some(json!({"name": "spender"})),
-        )
-        .await;
-    let token = k["key"].as_str().unwrap().to_string();
-    let id = k["id"].as_str().unwrap().to_string();
+    let (token, id) = c.new_key(json!({"name": "spender"})).await;
     let mut cost = 0.0;
     for _ in 0..3 {
         let r: Value = c.chat(&token, "gpt-4o").await.json().await.unwrap();
