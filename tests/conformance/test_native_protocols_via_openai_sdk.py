@@ -177,6 +177,16 @@ def test_bedrock_titan_list_fails_or_succeeds_whole(client, fault, mock):
 def test_gemini_honours_seed_and_n(client):
     r = client.chat.completions.create(model=GEMINI, messages=[{"role": "user", "content": "Name a color"}], n=2, seed=42)
     assert [c.index for c in r.choices] == [0, 1]
+    # Streamed: each candidate's text under its own index, each finished.
+    text, finish = {}, {}
+    for chunk in client.chat.completions.create(model=GEMINI, messages=[{"role": "user", "content": "Name a color"}],
+                                                n=2, stream=True):
+        for c in chunk.choices:
+            text[c.index] = text.get(c.index, "") + (c.delta.content or "")
+            if c.finish_reason:
+                finish[c.index] = c.finish_reason
+    assert sorted(text) == [0, 1] and text[0] == text[1] != ""
+    assert finish == {0: "stop", 1: "stop"}
 
 
 @pytest.mark.parametrize("model", ["google/gemini-embedding-001", "cohere/embed-v4.0", "vertex/gemini-embedding-001",

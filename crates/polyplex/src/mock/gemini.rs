@@ -209,14 +209,21 @@ pub(crate) async fn serve(
         }
         return Json(out).into_response();
     }
+    // Each event carries every candidate (`candidateCount`), as Gemini
+    // streams several.
     let event = |parts: Value, finish: Option<&str>, usage: &Value| {
-        let mut c = json!({"content": {"parts": parts, "role": "model"}, "index": 0});
-        if let Some(f) = finish {
-            c["finishReason"] = json!(f);
-        }
+        let candidates: Vec<Value> = (0..n)
+            .map(|i| {
+                let mut c = json!({"content": {"parts": parts, "role": "model"}, "index": i});
+                if let Some(f) = finish {
+                    c["finishReason"] = json!(f);
+                }
+                c
+            })
+            .collect();
         Bytes::from(format!(
             "data: {}\n\n",
-            json!({"candidates": [c], "usageMetadata": usage, "modelVersion": model, "responseId": response_id})
+            json!({"candidates": candidates, "usageMetadata": usage, "modelVersion": model, "responseId": response_id})
         ))
     };
     let partial = json!({"promptTokenCount": prompt, "totalTokenCount": prompt});
