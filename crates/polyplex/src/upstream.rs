@@ -20,6 +20,9 @@ use std::time::Duration;
 
 pub struct Upstream {
     pub name: String,
+    /// `name` as the `x-polyplex-provider` header value, made once (None if
+    /// the name cannot be one).
+    pub name_header: Option<HeaderValue>,
     /// The wire protocol (`openai`, `anthropic`, ...).
     pub kind: String,
     pub protocol: Arc<dyn Protocol>,
@@ -95,6 +98,7 @@ impl Upstream {
         }
         Ok(Upstream {
             name: p.name.clone(),
+            name_header: HeaderValue::try_from(p.name.as_str()).ok(),
             kind: p.kind.clone(),
             protocol,
             base_url: p.base_url.clone(),

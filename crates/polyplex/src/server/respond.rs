@@ -21,6 +21,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn attempts_are_written_in_decimal() {
+        for n in [1, 2, 3, 4, 10, 123] {
+            assert_eq!(attempts_value(n).to_str().unwrap(), n.to_string());
+        }
+    }
+
+    #[test]
     fn sse_framing() {
         assert_eq!(&frame(b"{\"a\":1}")[..], b"data: {\"a\":1}\n\n");
         assert_eq!(
@@ -144,19 +151,30 @@ pub(crate) mod names {
 /// Who served a request: the `x-polyplex-*` headers.
 pub type Served = Trace;
 
+/// The `x-polyplex-attempts` value; the common counts without formatting
+/// or allocating.
+fn attempts_value(n: u32) -> HeaderValue {
+    match n {
+        1 => HeaderValue::from_static("1"),
+        2 => HeaderValue::from_static("2"),
+        3 => HeaderValue::from_static("3"),
+        _ => HeaderValue::from(n),
+    }
+}
+
 impl Served {
     pub fn apply(&self, resp: &mut Response) {
         let h = resp.headers_mut();
         if let Some(d) = &self.deployment {
-            if let Ok(v) = HeaderValue::from_str(&d.upstream.name) {
-                h.insert(&names::PROVIDER, v);
+            if let Some(v) = &d.upstream.name_header {
+                h.insert(&names::PROVIDER, v.clone());
             }
             if let Ok(v) = HeaderValue::from_str(&d.model) {
                 h.insert(&names::MODEL, v);
             }
         }
         if self.attempts > 0 {
-            h.insert(&names::ATTEMPTS, HeaderValue::from(self.attempts));
+            h.insert(&names::ATTEMPTS, attempts_value(self.attempts));
         }
         if !self.failed_over.is_empty() {
             if let Ok(v) = HeaderValue::from_str(&self.failed_over.join(", ")) {
