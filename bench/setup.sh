@@ -22,9 +22,22 @@ if [ ! -x .venv/bin/litellm ] || [ ! -x .venv/bin/python ] || ! .venv/bin/python
   .venv/bin/pip install -q 'litellm[proxy]' matplotlib
 fi
 
-if [ ! -f node/node_modules/@portkey-ai/gateway/package.json ]; then
+# Portkey's Node server runs on @hono/node-server, whose 1.14+ "lightweight"
+# Response keeps the upstream fetch response's immutable Headers when Portkey
+# wraps a stream in `new Response(body, upstreamResponse)`; Portkey then
+# appends its x-portkey-* headers and answers every stream with HTTP 500
+# ("TypeError: immutable"). 1.13.8 (within Portkey's ^1.3.3) copies them.
+HONO_NODE_SERVER=1.13.8
+if [ ! -f node/node_modules/@portkey-ai/gateway/package.json ] \
+  || ! grep -q "\"version\": \"$HONO_NODE_SERVER\"" node/node_modules/@hono/node-server/package.json 2>/dev/null; then
   mkdir -p node
-  (cd node && [ -f package.json ] || echo '{"private":true}' > package.json)
-  (cd node && npm install --silent --no-audit --no-fund @portkey-ai/gateway)
+  cat > node/package.json <<JSON
+{
+  "private": true,
+  "dependencies": { "@portkey-ai/gateway": "^1.15.2" },
+  "overrides": { "@hono/node-server": "$HONO_NODE_SERVER" }
+}
+JSON
+  (cd node && npm install --silent --no-audit --no-fund)
 fi
 echo "bench setup: nginx, litellm, portkey ready"
