@@ -268,9 +268,6 @@ async fn prepare(cfg: &Config, threads: usize) -> Result<Prepared, String> {
             }
         });
     }
-    if let Some(h) = &state.metrics {
-        telemetry::spawn_upkeep(h.clone());
-    }
     Ok((state, writer, reloader))
 }
 

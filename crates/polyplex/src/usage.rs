@@ -143,6 +143,7 @@ async fn write_all(
     let mut written = 0u64;
     let mut gauges: Option<(metrics::Gauge, metrics::Gauge)> = None;
     let mut meters = Meters::default();
+    let mut folder = crate::telemetry::Folder::default();
     let mut lines = String::new();
     let mut batch = Vec::with_capacity(BATCH);
     let mut records: Vec<UsageRecord> = Vec::with_capacity(BATCH);
@@ -195,10 +196,12 @@ async fn write_all(
         if let Some(bg) = bg {
             bg.observe(lag(&records));
         }
+        let mut samples = 0;
         for r in &records {
-            write(r, &mut meters, &mut lines);
+            samples += write(r, &mut meters, &mut lines);
             written += 1;
         }
+        folder.recorded(samples);
         flush(&mut lines);
         if let (Some(store), false) = (&store, records.is_empty()) {
             store_batch(store, &records).await;
@@ -470,23 +473,27 @@ fn handles(r: &UsageRecord) -> Handles {
 }
 
 /// Records one usage record: metrics, and its log line (text logs: appended
-/// to `lines` for [`flush`]; JSON logs: a structured tracing event).
-fn write(r: &UsageRecord, meters: &mut Meters, lines: &mut String) {
+/// to `lines` for [`flush`]; JSON logs: a structured tracing event). The
+/// number of histogram samples it recorded (for the writer's
+/// [`crate::telemetry::Folder`]).
+fn write(r: &UsageRecord, meters: &mut Meters, lines: &mut String) -> u64 {
     let h = meters.of(r);
     h.requests.increment(1);
     h.duration.record(r.latency.as_secs_f64());
+    let mut samples = 1;
     if let Some(t) = r.ttft {
         h.ttft.record(t.as_secs_f64());
+        samples += 1;
     }
     h.prompt.increment(r.usage.prompt_tokens);
     h.completion.increment(r.usage.completion_tokens);
     h.cost.increment(r.cost_usd);
     if !tracing::enabled!(target: "polyplex::usage", tracing::Level::INFO) {
-        return;
+        return samples;
     }
     if !crate::telemetry::json_logs() {
         text_line(r, std::time::SystemTime::now(), lines);
-        return;
+        return samples;
     }
     tracing::info!(
         target: "polyplex::usage",
@@ -507,6 +514,7 @@ fn write(r: &UsageRecord, meters: &mut Meters, lines: &mut String) {
         stream = r.stream,
         "usage"
     );
+    samples
 }
 
 /// Writes a batch's text lines to stderr in one write.
