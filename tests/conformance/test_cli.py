@@ -1,4 +1,4 @@
-"""The `polyplex` commands other than serve: check and models."""
+"""The `polyplex` commands other than serve: check, models, catalog and mock."""
 import json
 from pathlib import Path
 import subprocess
@@ -176,3 +176,21 @@ def test_catalog_update_replaces_the_built_in_catalog(tmp_path):
     (tmp_path / "polyplex-catalog.json").write_text("garbage")
     m = run("models", cwd=tmp_path)
     assert m.returncode != 0 and "polyplex-catalog.json" in m.stderr
+
+
+def test_mock_says_it_is_a_test_double_and_names_its_protocols(tmp_path):
+    from conftest import Proc, free_port, wait_http
+
+    help_text = run("mock", "--help").stdout
+    for name in ["OpenAI", "Anthropic", "Gemini", "Bedrock", "test double"]:
+        assert name in help_text, help_text
+    port = free_port()
+    proc = Proc([BIN, "mock", "--listen", f"127.0.0.1:{port}"], cwd=tmp_path)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/__mock/stats")
+        log = proc.output()
+    finally:
+        proc.stop()
+    assert "test double" in log, log
+    for name in ["OpenAI", "Anthropic", "Gemini", "Vertex AI", "Bedrock", "Azure", "Cohere"]:
+        assert name in log, log

@@ -30,7 +30,9 @@ enum Command {
         #[arg(long, env = "POLYPLEX_LISTEN")]
         listen: Option<String>,
     },
-    /// Run the upstream simulator (a test double for OpenAI's protocol).
+    /// Run the upstream simulator: a test double that speaks the providers'
+    /// wire protocols (OpenAI, Anthropic, Gemini, Vertex AI, Bedrock, Azure,
+    /// Cohere), streaming, tool calls, usage and faults on demand.
     Mock {
         #[arg(long, default_value = "127.0.0.1:8485")]
         listen: SocketAddr,
@@ -510,7 +512,7 @@ async fn run_mock(listen: SocketAddr, opts: MockOptions) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     tracing::info!(
-        "polyplex mock listening on http://{addr} (OpenAI protocol at /v1). This is a test double: replies are derived from the input, not from a model. latency_ms={} tokens_per_s={}",
+        "polyplex mock listening on http://{addr}: OpenAI's protocol at /v1; Anthropic's, Gemini's, Vertex AI's, Bedrock's, Azure's and Cohere's at their providers' own paths (docs/testing.md); faults on demand at /__mock/faults. This is a test double: replies are derived from the input, not from a model. latency_ms={} tokens_per_s={}",
         opts.latency_ms,
         opts.tokens_per_s
     );
