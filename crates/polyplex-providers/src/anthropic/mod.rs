@@ -49,14 +49,27 @@ impl Protocol for Anthropic {
         stream: bool,
         target: &Target<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
-        match endpoint {
-            Endpoint::Chat => request::build(body, stream, target),
-            other => Err(crate::translate::unsupported_endpoint(
-                target,
-                "Anthropic",
-                other,
-            )),
-        }
+        chat_only(endpoint, target)?;
+        request::upstream(
+            request::messages_body(body, stream, target, None)?,
+            stream,
+            target,
+        )
+    }
+
+    fn build_from(
+        &self,
+        endpoint: Endpoint,
+        body: &RequestBody,
+        stream: bool,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        chat_only(endpoint, target)?;
+        request::upstream(
+            request::messages_body_of(body, stream, target, None)?,
+            stream,
+            target,
+        )
     }
 
     fn parse(
@@ -76,11 +89,10 @@ impl Protocol for Anthropic {
         request: &RequestBody,
         body: &Bytes,
     ) -> Result<(Reply, Option<Usage>), GatewayError> {
-        let request = request.map();
-        match response::parse_fast(body, request::json_mode(request)) {
+        match response::parse_fast(body, request::json_mode_of(request)) {
             Some(r) => Ok(r),
             None => self
-                .parse(endpoint, provider, request, body)
+                .parse(endpoint, provider, request.map(), body)
                 .map(|(m, u)| (Reply::Map(m), u)),
         }
     }
@@ -109,7 +121,19 @@ impl Protocol for Anthropic {
         _model: &str,
         request: &RequestBody,
     ) -> Box<dyn StreamDecoder> {
-        Box::new(Decoder::new(provider, request::json_mode(request.map())))
+        Box::new(Decoder::new(provider, request::json_mode_of(request)))
+    }
+}
+
+/// Anthropic's API serves chat only.
+fn chat_only(endpoint: Endpoint, target: &Target<'_>) -> Result<(), GatewayError> {
+    match endpoint {
+        Endpoint::Chat => Ok(()),
+        other => Err(crate::translate::unsupported_endpoint(
+            target,
+            "Anthropic",
+            other,
+        )),
     }
 }
 

@@ -7,9 +7,11 @@ use crate::translate::{
 use crate::{join_url, unsupported, Target, UpstreamRequest};
 use bytes::Bytes;
 use http::HeaderValue;
-use polyplex_types::{lookup, member, GatewayError, JsonMap};
-use serde::Serialize;
-use serde_json::{json, Value};
+use polyplex_types::{lookup, member, GatewayError, JsonMap, RequestBody};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Number, Value};
+use std::borrow::Cow;
 
 // The request is written through typed, borrowing structs rather than a
 // `json!` tree: no key is hashed into a map and no string copied before it
@@ -29,7 +31,7 @@ struct MessagesRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    top_p: Option<&'a Value>,
+    top_p: Option<&'a Number>,
     #[serde(skip_serializing_if = "Option::is_none")]
     top_k: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -232,12 +234,13 @@ fn tool_choice(v: &Value, parallel: Option<bool>) -> Value {
     c
 }
 
-pub(crate) fn build(
-    body: &JsonMap,
+/// The upstream request for a Messages body (and the parameters dropped
+/// from it).
+pub(crate) fn upstream(
+    (body, dropped): (Vec<u8>, Vec<String>),
     stream: bool,
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
-    let (body, dropped) = messages_body(body, stream, target, None)?;
     let mut headers = crate::headers(target, stream)?;
     headers
         .entry("anthropic-version")
@@ -248,6 +251,244 @@ pub(crate) fn build(
         body: Bytes::from(body),
         dropped,
     })
+}
+
+/// [`messages_body`] for a client's body: read straight from its text
+/// when it took the quick validation (text messages, scalar parameters),
+/// else from its tree.
+pub(crate) fn messages_body_of(
+    body: &RequestBody,
+    stream: bool,
+    target: &Target<'_>,
+    vertex_version: Option<&'static str>,
+) -> Result<(Vec<u8>, Vec<String>), GatewayError> {
+    if body.shape().is_some() {
+        if let Ok(quick) = serde_json::from_slice::<QuickChat<'_>>(body.text()) {
+            return quick.messages_body(stream, target, vertex_version);
+        }
+    }
+    messages_body(body.map(), stream, target, vertex_version)
+}
+
+/// [`json_mode`] for a client's body; a quick-validated body has no
+/// `response_format`, so its tree is not built to ask.
+pub fn json_mode_of(body: &RequestBody) -> bool {
+    body.shape().is_none() && json_mode(body.map())
+}
+
+/// A body of the quick validation's shape ([`polyplex_types::validate::chat_quick`]),
+/// read in one pass into fields that borrow its text. Any other member or
+/// shape fails the read, and the tree is read instead.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuickChat<'a> {
+    #[serde(borrow)]
+    messages: Vec<QuickMessage<'a>>,
+    n: Option<u64>,
+    seed: Option<IgnoredAny>,
+    presence_penalty: Option<IgnoredAny>,
+    frequency_penalty: Option<IgnoredAny>,
+    logprobs: Option<bool>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    temperature: Option<f64>,
+    top_p: Option<Number>,
+    #[serde(borrow)]
+    user: Option<Cow<'a, str>>,
+    // Read elsewhere (the model is the target's, `stream` the caller's) or
+    // without an Anthropic equivalent that needs refusing.
+    #[serde(rename = "model")]
+    _model: IgnoredAny,
+    #[serde(rename = "stream")]
+    _stream: Option<IgnoredAny>,
+    #[serde(rename = "stream_options")]
+    _stream_options: Option<IgnoredAny>,
+    #[serde(rename = "parallel_tool_calls")]
+    _parallel_tool_calls: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuickMessage<'a> {
+    #[serde(borrow)]
+    role: Cow<'a, str>,
+    #[serde(borrow)]
+    content: Cow<'a, str>,
+    #[serde(rename = "name")]
+    _name: Option<IgnoredAny>,
+}
+
+impl QuickChat<'_> {
+    /// What [`messages_body`] writes for the same body.
+    fn messages_body(
+        &self,
+        stream: bool,
+        target: &Target<'_>,
+        vertex_version: Option<&'static str>,
+    ) -> Result<(Vec<u8>, Vec<String>), GatewayError> {
+        let mut dropped = Vec::new();
+        refuse_unanswerable(
+            Unanswerable {
+                n: self.n,
+                given: [
+                    self.seed.is_some(),
+                    self.presence_penalty.is_some(),
+                    self.frequency_penalty.is_some(),
+                    false,
+                    false,
+                ],
+                logprobs: self.logprobs == Some(true),
+            },
+            target,
+            &mut dropped,
+        )?;
+        let mut system: Vec<&str> = Vec::new();
+        let mut turns: Vec<Turn<'_>> = Vec::with_capacity(self.messages.len());
+        for m in &self.messages {
+            let text = m.content.as_ref();
+            match m.role.as_ref() {
+                "system" | "developer" => system.push(text),
+                "user" if !text.is_empty() => {
+                    push_turn(&mut turns, "user", vec![Block::Text { text }])
+                }
+                "assistant" if !text.is_empty() => {
+                    push_turn(&mut turns, "assistant", vec![Block::Text { text }])
+                }
+                _ => {}
+            }
+        }
+        system.retain(|s| !s.is_empty());
+        let limit = self.max_completion_tokens.or(self.max_tokens);
+        let mut request = MessagesRequest::new(
+            vertex_version,
+            target,
+            max_tokens_for(limit, target),
+            (!system.is_empty()).then(|| system.join("\n\n")),
+            turns,
+            stream,
+        );
+        request.temperature = temperature_for(self.temperature, false, target, &mut dropped)?;
+        request.top_p = self.top_p.as_ref();
+        request.metadata = self.user.as_deref().map(|user_id| Metadata { user_id });
+        request.encode(dropped)
+    }
+}
+
+/// The OpenAI parameters Anthropic has no equivalent for, as a body gives
+/// them: `n`, then whether `seed`, `presence_penalty`, `frequency_penalty`,
+/// `logit_bias` and `top_logprobs` are given, then `logprobs: true`.
+struct Unanswerable {
+    n: Option<u64>,
+    given: [bool; 5],
+    logprobs: bool,
+}
+
+/// Refuses (or drops, under `drop_params`) each of `u`, in that order.
+fn refuse_unanswerable(
+    u: Unanswerable,
+    target: &Target<'_>,
+    dropped: &mut Vec<String>,
+) -> Result<(), GatewayError> {
+    if u.n.is_some_and(|n| n > 1) {
+        unsupported("n", "Anthropic", target, dropped)?;
+    }
+    let names = [
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "top_logprobs",
+    ];
+    for (k, given) in names.into_iter().zip(u.given) {
+        if given {
+            unsupported(k, "Anthropic", target, dropped)?;
+        }
+    }
+    if u.logprobs {
+        unsupported("logprobs", "Anthropic", target, dropped)?;
+    }
+    Ok(())
+}
+
+/// Anthropic's required `max_tokens`: the client's limit, else the
+/// catalog's output limit, else [`FALLBACK_MAX_TOKENS`].
+fn max_tokens_for(limit: Option<u64>, target: &Target<'_>) -> u64 {
+    limit
+        .or(target.default_max_tokens)
+        .unwrap_or(FALLBACK_MAX_TOKENS)
+}
+
+/// The temperature to send: Anthropic accepts 0 to 1, and only 1 with
+/// extended thinking; another is refused (or dropped under `drop_params`).
+fn temperature_for(
+    t: Option<f64>,
+    thinking: bool,
+    target: &Target<'_>,
+    dropped: &mut Vec<String>,
+) -> Result<Option<f64>, GatewayError> {
+    let Some(t) = t else {
+        return Ok(None);
+    };
+    if t > 1.0 {
+        if target.drop_params {
+            dropped.push("temperature".into());
+            return Ok(None);
+        }
+        return Err(GatewayError::invalid_param("temperature", format!("Invalid 'temperature': provider `{}` (Anthropic protocol) accepts 0 to 1, but got {t}.", target.provider)));
+    }
+    if thinking && t != 1.0 {
+        if target.drop_params {
+            dropped.push("temperature".into());
+            return Ok(None);
+        }
+        return Err(GatewayError::invalid_param(
+            "temperature",
+            "With reasoning_effort (extended thinking), the Anthropic protocol accepts only temperature 1.",
+        ));
+    }
+    Ok(Some(t))
+}
+
+impl<'a> MessagesRequest<'a> {
+    /// A request with the members every request has; the optional ones unset.
+    fn new(
+        vertex_version: Option<&'static str>,
+        target: &Target<'a>,
+        max_tokens: u64,
+        system: Option<String>,
+        messages: Vec<Turn<'a>>,
+        stream: bool,
+    ) -> Self {
+        MessagesRequest {
+            anthropic_version: vertex_version,
+            // Vertex AI names the model in the URL.
+            model: if vertex_version.is_some() {
+                ""
+            } else {
+                target.model
+            },
+            max_tokens,
+            system,
+            messages,
+            temperature: None,
+            top_p: None,
+            top_k: None,
+            stop_sequences: None,
+            stream,
+            metadata: None,
+            tools: Vec::new(),
+            tool_choice: None,
+            thinking: None,
+        }
+    }
+
+    /// The JSON body, with the parameters dropped on the way.
+    fn encode(&self, dropped: Vec<String>) -> Result<(Vec<u8>, Vec<String>), GatewayError> {
+        let body = serde_json::to_vec(self).map_err(|e| {
+            GatewayError::internal(format!("could not encode the upstream request: {e}"))
+        })?;
+        Ok((body, dropped))
+    }
 }
 
 /// The Messages body for an OpenAI chat request, and the parameters dropped.
@@ -262,34 +503,27 @@ pub(crate) fn messages_body(
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, true, "Anthropic", target, &mut dropped)?;
     let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
-    if lookup(body, "n")
-        .and_then(Value::as_u64)
-        .is_some_and(|n| n > 1)
-    {
-        unsupported("n", "Anthropic", target, &mut dropped)?;
-    }
-    for k in [
-        "seed",
-        "presence_penalty",
-        "frequency_penalty",
-        "logit_bias",
-        "top_logprobs",
-    ] {
-        if present(k) {
-            unsupported(k, "Anthropic", target, &mut dropped)?;
-        }
-    }
-    if lookup(body, "logprobs").and_then(Value::as_bool) == Some(true) {
-        unsupported("logprobs", "Anthropic", target, &mut dropped)?;
-    }
+    refuse_unanswerable(
+        Unanswerable {
+            n: lookup(body, "n").and_then(Value::as_u64),
+            given: [
+                present("seed"),
+                present("presence_penalty"),
+                present("frequency_penalty"),
+                present("logit_bias"),
+                present("top_logprobs"),
+            ],
+            logprobs: lookup(body, "logprobs").and_then(Value::as_bool) == Some(true),
+        },
+        target,
+        &mut dropped,
+    )?;
 
     let (turns, system) = messages(body)?;
     let limit = lookup(body, "max_completion_tokens")
         .and_then(Value::as_u64)
         .or_else(|| lookup(body, "max_tokens").and_then(Value::as_u64));
-    let mut max_tokens = limit
-        .or(target.default_max_tokens)
-        .unwrap_or(FALLBACK_MAX_TOKENS);
+    let mut max_tokens = max_tokens_for(limit, target);
     // reasoning_effort → extended thinking. OpenAI's token limit counts the
     // reasoning too, as Anthropic's max_tokens counts the thinking: a limit
     // the client set stays the limit, and the budget fits under it.
@@ -319,30 +553,12 @@ pub(crate) fn messages_body(
         thinking = Some(json!({"type": "enabled", "budget_tokens": budget}));
     }
     let system: Vec<String> = system.into_iter().filter(|s| !s.is_empty()).collect();
-    let mut temperature = None;
-    if let Some(t) = lookup(body, "temperature").and_then(Value::as_f64) {
-        if t > 1.0 {
-            if target.drop_params {
-                dropped.push("temperature".into());
-            } else {
-                return Err(GatewayError::invalid_param("temperature", format!("Invalid 'temperature': provider `{}` (Anthropic protocol) accepts 0 to 1, but got {t}.", target.provider)));
-            }
-        } else {
-            temperature = Some(t);
-        }
-    }
-    // Extended thinking takes no other temperature than 1.
-    if thinking.is_some() && temperature.is_some_and(|t| t != 1.0) {
-        if target.drop_params {
-            dropped.push("temperature".into());
-            temperature = None;
-        } else {
-            return Err(GatewayError::invalid_param(
-                "temperature",
-                "With reasoning_effort (extended thinking), the Anthropic protocol accepts only temperature 1.",
-            ));
-        }
-    }
+    let temperature = temperature_for(
+        lookup(body, "temperature").and_then(Value::as_f64),
+        thinking.is_some(),
+        target,
+        &mut dropped,
+    )?;
     let given = |k: &str| body.get(k).filter(|v| !v.is_null());
     let stop_sequences = match lookup(body, "stop") {
         Some(Value::String(s)) => Some(Stop::One([s.as_str()])),
@@ -386,32 +602,25 @@ pub(crate) fn messages_body(
         tools.push(json!({"name": JSON_TOOL, "description": "Respond with the requested JSON object.", "input_schema": schema}));
         choice = Some(json!({"type": "tool", "name": JSON_TOOL}));
     }
-    let request = MessagesRequest {
-        anthropic_version: vertex_version,
-        model: if vertex_version.is_some() {
-            ""
-        } else {
-            target.model
-        },
+    let mut request = MessagesRequest::new(
+        vertex_version,
+        target,
         max_tokens,
-        system: (!system.is_empty()).then(|| system.join("\n\n")),
-        messages: turns,
-        temperature,
-        top_p: given("top_p"),
-        top_k: given("top_k"),
-        stop_sequences,
+        (!system.is_empty()).then(|| system.join("\n\n")),
+        turns,
         stream,
-        metadata: lookup(body, "user")
-            .and_then(Value::as_str)
-            .map(|user_id| Metadata { user_id }),
-        tools,
-        tool_choice: choice,
-        thinking,
-    };
-    let body = serde_json::to_vec(&request).map_err(|e| {
-        GatewayError::internal(format!("could not encode the upstream request: {e}"))
-    })?;
-    Ok((body, dropped))
+    );
+    request.temperature = temperature;
+    request.top_p = given("top_p").and_then(Value::as_number);
+    request.top_k = given("top_k");
+    request.stop_sequences = stop_sequences;
+    request.metadata = lookup(body, "user")
+        .and_then(Value::as_str)
+        .map(|user_id| Metadata { user_id });
+    request.tools = tools;
+    request.tool_choice = choice;
+    request.thinking = thinking;
+    request.encode(dropped)
 }
 
 /// True if the request asked for JSON through `response_format` (served by the forced tool).

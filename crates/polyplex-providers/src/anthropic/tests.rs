@@ -617,3 +617,128 @@ fn reasoning_effort_becomes_extended_thinking() {
         assert_eq!(e.param.as_deref(), Some("reasoning_effort"), "{bad}");
     }
 }
+
+/// A generated body of the quick validation's shape: messages of the four
+/// plain roles (empty, escaped and non-ASCII text among them) and a draw of
+/// the scalar parameters, each given or not by the bits of `seed`.
+fn quick_shaped(seed: u64) -> String {
+    let mut bits = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed;
+    let mut draw = |n: u64| {
+        bits = bits
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (bits >> 33) % n
+    };
+    let roles = ["system", "developer", "user", "assistant"];
+    let texts = [
+        "",
+        "Hello",
+        "say \"hi\"\nthen stop",
+        "caf\u{e9} \u{1F600}",
+        "tab\there \\ slash",
+    ];
+    let messages: Vec<Value> = (0..1 + draw(5))
+        .map(|_| {
+            let mut m =
+                json!({"role": roles[draw(4) as usize], "content": texts[draw(5) as usize]});
+            if draw(4) == 0 {
+                m["name"] = json!("ann");
+            }
+            m
+        })
+        .collect();
+    let mut body = json!({"model": "claude-sonnet-4-5", "messages": messages});
+    let params: [(&str, &[Value]); 12] = [
+        ("temperature", &[json!(0.3), json!(1), json!(1.5), json!(0)]),
+        ("top_p", &[json!(1), json!(0.5), json!(1e-1)]),
+        ("max_tokens", &[json!(5), json!(300)]),
+        ("max_completion_tokens", &[json!(7)]),
+        ("n", &[json!(1), json!(2)]),
+        ("seed", &[json!(3)]),
+        ("presence_penalty", &[json!(0.5)]),
+        ("frequency_penalty", &[json!(-0.5)]),
+        ("logprobs", &[json!(true), json!(false)]),
+        ("user", &[json!("u-\"1\""), json!("user-2")]),
+        ("stream", &[json!(true), json!(false)]),
+        ("parallel_tool_calls", &[json!(false)]),
+    ];
+    for (k, values) in params {
+        if draw(3) == 0 {
+            body[k] = values[draw(values.len() as u64) as usize].clone();
+        }
+    }
+    if body["stream"] == json!(true) && draw(2) == 0 {
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    // Escapes written as \u sequences (serde_json writes them plainly).
+    serde_json::to_string(&body)
+        .unwrap()
+        .replace("Hello", "H\\u0065llo")
+}
+
+/// The body read from its text (quick-validated bodies) writes exactly what
+/// the tree writes, errors included, for every target setting.
+#[test]
+fn quick_bodies_translate_as_their_trees_do() {
+    let a = auth();
+    let mut quick = 0;
+    for seed in 0..3000u64 {
+        let text = quick_shaped(seed);
+        let Some((_, shape)) = polyplex_types::validate::chat_quick(text.as_bytes()) else {
+            continue;
+        };
+        quick += 1;
+        let tree: JsonMap = serde_json::from_str(&text).unwrap();
+        for (drop_params, default_max_tokens, vertex) in [
+            (false, Some(64000), None),
+            (true, None, None),
+            (false, None, Some("vertex-2023-10-16")),
+        ] {
+            let t = Target {
+                drop_params,
+                default_max_tokens,
+                ..target(&a)
+            };
+            let body = RequestBody::quick(bytes::Bytes::from(text.clone()), shape.clone());
+            for stream in [false, true] {
+                let fast = request::messages_body_of(&body, stream, &t, vertex);
+                let slow = request::messages_body(&tree, stream, &t, vertex);
+                match (fast, slow) {
+                    (Ok(f), Ok(s)) => {
+                        assert_eq!(
+                            String::from_utf8(f.0).unwrap(),
+                            String::from_utf8(s.0).unwrap(),
+                            "{text}"
+                        );
+                        assert_eq!(f.1, s.1, "dropped, {text}");
+                    }
+                    (Err(f), Err(s)) => assert_eq!(format!("{f:?}"), format!("{s:?}"), "{text}"),
+                    (f, s) => panic!(
+                        "{text}: quick {:?}, tree {:?}",
+                        f.map(|_| ()),
+                        s.map(|_| ())
+                    ),
+                }
+            }
+            assert!(!body.has_tree(), "the tree was built for {text}");
+            assert!(!request::json_mode_of(&body));
+        }
+    }
+    assert!(quick > 1000, "only {quick} generated bodies were quick");
+}
+
+/// Bodies the quick validation does not take are read from their tree.
+#[test]
+fn other_bodies_are_read_from_the_tree() {
+    let a = auth();
+    let text = r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"response_format":{"type":"json_object"}}"#;
+    let body = RequestBody::parsed(
+        bytes::Bytes::from_static(text.as_bytes()),
+        serde_json::from_str(text).unwrap(),
+    );
+    let (sent, _) = request::messages_body_of(&body, false, &target(&a), None).unwrap();
+    let sent: Value = serde_json::from_slice(&sent).unwrap();
+    assert_eq!(sent["messages"][0]["content"][0]["text"], "hi");
+    assert_eq!(sent["tool_choice"]["name"], JSON_TOOL);
+    assert!(request::json_mode_of(&body));
+}
