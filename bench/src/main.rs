@@ -85,8 +85,9 @@ struct RunArgs {
     #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
     bench_dir: PathBuf,
     /// Comma-separated: direct, nginx, polyplex, polyplex-anthropic, litellm,
-    /// portkey; also polyplex-b (a second polyplex, passthrough, for A/B
-    /// comparisons in one run: `--polyplex-b`, `--polyplex-b-config`).
+    /// portkey; also polyplex-b and polyplex-b-anthropic (a second polyplex,
+    /// passthrough and translated, for A/B comparisons in one run:
+    /// `--polyplex-b`, `--polyplex-b-config`).
     #[arg(
         long,
         default_value = "direct,nginx,polyplex,polyplex-anthropic,litellm,portkey"
@@ -269,50 +270,46 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut procs: Vec<Proc> = Vec::new();
     let mut list: Vec<Target> = Vec::new();
     let mut skipped: Vec<(String, String)> = Vec::new();
-    let mut polyplex_port: Option<(u16, String)> = None;
+    // The polyplex processes started: port, key and pid by instance name.
+    let mut instances: std::collections::HashMap<&str, (u16, String, u32)> =
+        std::collections::HashMap::new();
 
     for name in &wanted {
         let started: anyhow::Result<(Option<Proc>, Endpoint, Duration)> = match name.as_str() {
             "direct" => Ok((None, direct.clone(), Duration::from_secs(5))),
             "nginx" => targets::start_nginx(&logs, up_port)
                 .map(|(p, e)| (Some(p), e, Duration::from_secs(15))),
-            "polyplex" | "polyplex-anthropic" => {
-                let model = if name == "polyplex" {
-                    "gpt-4o-mini"
+            "polyplex" | "polyplex-anthropic" | "polyplex-b" | "polyplex-b-anthropic" => {
+                // Two targets share each process: passthrough and translated.
+                let (instance, bin, extra) = if name.starts_with("polyplex-b") {
+                    (
+                        "polyplex-b",
+                        args.polyplex_b.as_ref().unwrap_or(&args.polyplex),
+                        &args.polyplex_b_config,
+                    )
                 } else {
-                    "claude-sonnet-4-5"
+                    ("polyplex", &args.polyplex, &args.polyplex_config)
                 };
-                match &polyplex_port {
-                    Some((port, key)) => Ok((
+                let model = if name.ends_with("-anthropic") {
+                    "claude-sonnet-4-5"
+                } else {
+                    "gpt-4o-mini"
+                };
+                match instances.get(instance) {
+                    Some((port, key, _)) => Ok((
                         None,
                         targets::polyplex_endpoint(*port, key, model),
                         Duration::from_secs(15),
                     )),
-                    None => targets::start_polyplex(
-                        "polyplex",
-                        &args.polyplex,
-                        &logs,
-                        up_port,
-                        &args.polyplex_config,
-                    )
-                    .map(|(p, port, key)| {
-                        let ep = targets::polyplex_endpoint(port, &key, model);
-                        polyplex_port = Some((port, key));
-                        (Some(p), ep, Duration::from_secs(15))
-                    }),
+                    None => targets::start_polyplex(instance, bin, &logs, up_port, extra).map(
+                        |(p, port, key)| {
+                            let ep = targets::polyplex_endpoint(port, &key, model);
+                            instances.insert(instance, (port, key, p.pid()));
+                            (Some(p), ep, Duration::from_secs(15))
+                        },
+                    ),
                 }
             }
-            "polyplex-b" => targets::start_polyplex(
-                "polyplex-b",
-                args.polyplex_b.as_ref().unwrap_or(&args.polyplex),
-                &logs,
-                up_port,
-                &args.polyplex_b_config,
-            )
-            .map(|(p, port, key)| {
-                let ep = targets::polyplex_endpoint(port, &key, "gpt-4o-mini");
-                (Some(p), ep, Duration::from_secs(15))
-            }),
             "litellm" => targets::start_litellm(&args.bench_dir, &logs, up_port)
                 .map(|(p, e)| (Some(p), e, Duration::from_secs(180))),
             "portkey" => targets::start_portkey(&args.bench_dir, &logs, up_port)
@@ -330,11 +327,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let pid = match (&proc, name.as_str()) {
             (Some(p), _) => p.pid(),
             (None, "direct") => upstream_proc.pid(),
-            (None, _) => list
-                .iter()
-                .find(|t| t.name == "polyplex" || t.name == "polyplex-anthropic")
-                .map(|t| t.pid)
-                .unwrap_or_default(),
+            (None, n) => {
+                let instance = if n.starts_with("polyplex-b") {
+                    "polyplex-b"
+                } else {
+                    "polyplex"
+                };
+                instances.get(instance).map(|i| i.2).unwrap_or_default()
+            }
         };
         eprintln!("waiting for {name} ...");
         if let Err(e) = load::wait_ready(&ep, wait).await {
@@ -442,7 +442,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         smoke: args.smoke,
         polyplex: args.polyplex.display().to_string(),
         polyplex_config: args.polyplex_config.clone(),
-        polyplex_b: wanted.iter().any(|n| n == "polyplex-b").then(|| {
+        polyplex_b: wanted.iter().any(|n| n.starts_with("polyplex-b")).then(|| {
             (
                 args.polyplex_b
                     .as_ref()

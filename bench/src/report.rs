@@ -292,7 +292,7 @@ pub fn markdown(rows: &[Row], skipped: &[(String, String)], m: &Meta) -> String 
     }
     if let Some((bin, conf)) = &m.polyplex_b {
         s.push_str(&format!(
-            "`polyplex-b` is a second polyplex (passthrough) for comparison: `{bin}`{}; `polyplex` is `{}`.\n\n",
+            "`polyplex-b` is a second polyplex (passthrough; `polyplex-b-anthropic` is the same process translating) for comparison: `{bin}`{}; `polyplex` is `{}`.\n\n",
             if conf.trim().is_empty() {
                 String::new()
             } else {
@@ -451,7 +451,7 @@ mod tests {
             "[server]\nbusy_poll_us = 0\n".to_string(),
         ));
         let md = markdown(&rows, &[], &meta(b.clone()));
-        assert!(md.contains("`polyplex-b` is a second polyplex (passthrough) for comparison: `/tmp/old`, its configuration with `[server] busy_poll_us = 0` appended; `polyplex` is `target/release/polyplex`."), "{md}");
+        assert!(md.contains("`polyplex-b` is a second polyplex (passthrough; `polyplex-b-anthropic` is the same process translating) for comparison: `/tmp/old`, its configuration with `[server] busy_poll_us = 0` appended; `polyplex` is `target/release/polyplex`."), "{md}");
         assert!(md.contains("| polyplex-b |"), "{md}");
         let j = json(&rows, &[], &meta(b));
         assert_eq!(j["method"]["polyplex_b"]["binary"], "/tmp/old", "{j}");
