@@ -263,7 +263,11 @@ pub(crate) fn messages_body_of(
     vertex_version: Option<&'static str>,
 ) -> Result<(Vec<u8>, Vec<String>), GatewayError> {
     if body.shape().is_some() {
-        if let Ok(quick) = serde_json::from_slice::<QuickChat<'_>>(body.text()) {
+        // (UTF-8 checked once for the whole text, not string by string.)
+        let quick = std::str::from_utf8(body.text())
+            .ok()
+            .and_then(|text| serde_json::from_str::<QuickChat<'_>>(text).ok());
+        if let Some(quick) = quick {
             return quick.messages_body(stream, target, vertex_version);
         }
     }

@@ -116,7 +116,9 @@ struct Assistant<'a> {
 /// `usage` is touched afterwards). `None` for what it does not cover —
 /// errors, tool calls, unusual shapes — which [`parse`] then handles.
 pub(crate) fn parse_fast(body: &[u8], json_mode: bool) -> Option<(Reply, Option<Usage>)> {
-    let m: Message<'_> = serde_json::from_slice(body).ok()?;
+    // UTF-8 checked once for the whole text, not string by string as a
+    // reader of bytes does (a text that is not UTF-8 goes to `parse`).
+    let m: Message<'_> = serde_json::from_str(std::str::from_utf8(body).ok()?).ok()?;
     if m.kind.as_deref() == Some("error") {
         return None;
     }
