@@ -5,7 +5,7 @@
 //! (id and name in its first delta, argument fragments after); input tokens
 //! from `message_start` and output tokens from `message_delta` make the usage.
 
-use super::{finish_reason, usage_from, JSON_TOOL};
+use super::{finish_reason, usage_from, Counts, JSON_TOOL};
 use crate::sse::Event;
 use crate::translate::{Content, NoDelta, ROLE};
 use crate::{StreamDecoder, StreamItem, StreamSummary};
@@ -34,6 +34,71 @@ struct DeltaIn<'a> {
     text: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     partial_json: Option<Cow<'a, str>>,
+}
+
+/// A `message_start` event, borrowed from its text.
+#[derive(Deserialize)]
+struct Start<'a> {
+    #[serde(borrow)]
+    message: StartMessage<'a>,
+}
+
+#[derive(Deserialize)]
+struct StartMessage<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    usage: Option<Counts>,
+}
+
+/// A `content_block_start` event that opens a block other than a tool call.
+#[derive(Deserialize)]
+struct BlockStart<'a> {
+    #[serde(borrow)]
+    content_block: StartBlock<'a>,
+}
+
+#[derive(Deserialize)]
+struct StartBlock<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+/// A `message_delta` event: the stop reason and the counts so far.
+#[derive(Deserialize)]
+struct MessageDelta<'a> {
+    #[serde(default, borrow)]
+    delta: Option<StopDelta<'a>>,
+    #[serde(default)]
+    usage: Option<DeltaUsage>,
+}
+
+#[derive(Deserialize)]
+struct StopDelta<'a> {
+    #[serde(default, borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaUsage {
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    /// Present (even as `null`) when the event restates every count.
+    #[serde(default, deserialize_with = "present")]
+    input_tokens: Option<Option<u64>>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+/// A member that may be `null`: `Some(None)` then, `None` when absent.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
 }
 
 pub struct Decoder {
@@ -106,6 +171,114 @@ impl Decoder {
         Ok(())
     }
 
+    /// `message_start`: the id and model every chunk carries, the input
+    /// counts, and the first chunk (the assistant's role).
+    fn start(&mut self, id: &str, model: &str, usage: Option<Usage>, out: &mut Vec<StreamItem>) {
+        self.id = id.to_string();
+        self.model = model.to_string();
+        if let Some(u) = usage {
+            self.usage = u;
+        }
+        self.started = true;
+        out.push(self.chunk(&ROLE, None));
+    }
+
+    /// A block that opens with text (not a tool call).
+    fn block_text(&mut self, text: &str, out: &mut Vec<StreamItem>) {
+        if !text.is_empty() {
+            self.text.push_str(text);
+            out.push(self.chunk(&Content { content: text }, None));
+        }
+    }
+
+    /// `message_delta`: the stop reason, the output count, and every count
+    /// when the event restates them (`all`, whose output count is replaced).
+    fn message_delta(
+        &mut self,
+        stop: Option<&str>,
+        output: Option<u64>,
+        all: Option<Usage>,
+        out: &mut Vec<StreamItem>,
+    ) {
+        if let Some(stop) = stop {
+            self.finish = Some(finish_reason(stop, self.json_mode));
+        }
+        if let Some(n) = output {
+            self.usage.completion_tokens = n;
+        }
+        if let Some(u) = all {
+            let out_tokens = self.usage.completion_tokens;
+            self.usage = u;
+            self.usage.completion_tokens = out_tokens;
+        }
+        out.push(self.chunk(&NoDelta {}, Some(self.finish.unwrap_or("stop"))));
+    }
+
+    /// `message_stop`: the usage chunk and the end.
+    fn stop(&mut self, out: &mut Vec<StreamItem>) {
+        self.done = true;
+        let c = crate::translate::usage_chunk(&self.id, self.created, &self.model, &self.usage);
+        out.push(StreamItem::Usage(self.usage, c));
+        out.push(StreamItem::Done);
+    }
+
+    /// The events other than deltas that a stream always has, read into
+    /// borrowed fields when the upstream names them; `false` when the event
+    /// is not one of them or not of the usual shape (the tree decides).
+    fn on_common(&mut self, name: Option<&str>, data: &str, out: &mut Vec<StreamItem>) -> bool {
+        match name {
+            Some("message_start") => match serde_json::from_str::<Start<'_>>(data) {
+                Ok(Start { message: m }) => {
+                    let usage = m.usage.as_ref().map(Counts::usage);
+                    self.start(
+                        m.id.as_deref().unwrap_or(""),
+                        m.model.as_deref().unwrap_or(""),
+                        usage,
+                        out,
+                    );
+                    true
+                }
+                Err(_) => false,
+            },
+            Some("content_block_start") => match serde_json::from_str::<BlockStart<'_>>(data) {
+                Ok(b) if b.content_block.kind.as_deref() != Some("tool_use") => {
+                    self.block_text(b.content_block.text.as_deref().unwrap_or(""), out);
+                    true
+                }
+                _ => false,
+            },
+            Some("message_delta") => match serde_json::from_str::<MessageDelta<'_>>(data) {
+                Ok(d) => {
+                    let stop = d.delta.as_ref().and_then(|d| d.stop_reason.as_deref());
+                    let u = d.usage.as_ref();
+                    let all = u.filter(|u| u.input_tokens.is_some()).map(|u| {
+                        Counts {
+                            input_tokens: u.input_tokens.flatten(),
+                            output_tokens: u.output_tokens,
+                            cache_read_input_tokens: u.cache_read_input_tokens,
+                            cache_creation_input_tokens: u.cache_creation_input_tokens,
+                        }
+                        .usage()
+                    });
+                    self.message_delta(stop, u.and_then(|u| u.output_tokens), all, out);
+                    true
+                }
+                Err(_) => false,
+            },
+            // Nothing to read in these; the text is checked to be JSON.
+            Some(n @ ("content_block_stop" | "ping" | "message_stop")) => {
+                if serde_json::from_str::<serde::de::IgnoredAny>(data).is_err() {
+                    return false;
+                }
+                if n == "message_stop" {
+                    self.stop(out);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn bad(&self, what: &str) -> GatewayError {
         GatewayError::upstream_bad_response(
             &self.provider,
@@ -136,6 +309,9 @@ impl StreamDecoder for Decoder {
                 }
             }
         }
+        if self.on_common(named, &event.data, out) {
+            return Ok(());
+        }
         let v: Value = serde_json::from_str(&event.data).map_err(|_| self.bad("not JSON"))?;
         let kind = event
             .event
@@ -147,21 +323,9 @@ impl StreamDecoder for Decoder {
                 let m = v
                     .get("message")
                     .ok_or_else(|| self.bad("message_start without message"))?;
-                self.id = m
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                self.model = m
-                    .get("model")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                if let Some(u) = m.get("usage") {
-                    self.usage = usage_from(u);
-                }
-                self.started = true;
-                out.push(self.chunk(&ROLE, None));
+                let str_of = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("");
+                let (id, model) = (str_of("id").to_string(), str_of("model").to_string());
+                self.start(&id, &model, m.get("usage").map(usage_from), out);
             }
             "content_block_start" => {
                 let idx = v.get("index").and_then(Value::as_u64).unwrap_or(0);
@@ -178,13 +342,8 @@ impl StreamDecoder for Decoder {
                         out.push(self.chunk(&json!({"tool_calls": [{"index": i, "id": block.get("id"), "type": "function",
                             "function": {"name": name, "arguments": ""}}]}), None));
                     }
-                } else if let Some(t) = block
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .filter(|t| !t.is_empty())
-                {
-                    self.text.push_str(t);
-                    out.push(self.chunk(&Content { content: t }, None));
+                } else {
+                    self.block_text(block.get("text").and_then(Value::as_str).unwrap_or(""), out);
                 }
             }
             "content_block_delta" => {
@@ -199,26 +358,16 @@ impl StreamDecoder for Decoder {
                 )?;
             }
             "message_delta" => {
-                if let Some(stop) = v.pointer("/delta/stop_reason").and_then(Value::as_str) {
-                    self.finish = Some(finish_reason(stop, self.json_mode));
-                }
-                if let Some(n) = v.pointer("/usage/output_tokens").and_then(Value::as_u64) {
-                    self.usage.completion_tokens = n;
-                }
-                if let Some(u) = v.get("usage").filter(|u| u.get("input_tokens").is_some()) {
-                    let out_tokens = self.usage.completion_tokens;
-                    self.usage = usage_from(u);
-                    self.usage.completion_tokens = out_tokens;
-                }
-                out.push(self.chunk(&NoDelta {}, Some(self.finish.unwrap_or("stop"))));
+                self.message_delta(
+                    v.pointer("/delta/stop_reason").and_then(Value::as_str),
+                    v.pointer("/usage/output_tokens").and_then(Value::as_u64),
+                    v.get("usage")
+                        .filter(|u| u.get("input_tokens").is_some())
+                        .map(usage_from),
+                    out,
+                );
             }
-            "message_stop" => {
-                self.done = true;
-                let c =
-                    crate::translate::usage_chunk(&self.id, self.created, &self.model, &self.usage);
-                out.push(StreamItem::Usage(self.usage, c));
-                out.push(StreamItem::Done);
-            }
+            "message_stop" => self.stop(out),
             "error" => {
                 let err = v.get("error").unwrap_or(&Value::Null);
                 let msg = err

@@ -742,3 +742,133 @@ fn other_bodies_are_read_from_the_tree() {
     assert_eq!(sent["tool_choice"]["name"], JSON_TOOL);
     assert!(request::json_mode_of(&body));
 }
+
+/// The events read into typed fields when the upstream names them
+/// (`message_start`, text `content_block_start`, `message_delta`, `ping`,
+/// `content_block_stop`, `message_stop`) answer as the tree answers them
+/// (unnamed events always take the tree), the unusual shapes included.
+#[test]
+fn named_events_read_without_a_tree_answer_as_the_tree() {
+    let starts = [
+        r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"usage":{"input_tokens":14,"output_tokens":1,"cache_read_input_tokens":5,"cache_creation_input_tokens":2}}}"#,
+        r#"{"type":"message_start","message":{"id":"msg_\u0032","model":"m","usage":null}}"#,
+        r#"{"type":"message_start","message":{"model":"m"}}"#,
+        r#"{"type":"message_start","message":{"id":"msg_3","model":"m","usage":{"input_tokens":1.5}}}"#,
+        r#"{"type":"message_start","message":{"id":7,"model":"m","usage":{"input_tokens":3}}}"#,
+    ];
+    let middles: [&[(&str, &str)]; 3] = [
+        &[
+            ("ping", r#"{"type": "ping"}"#),
+            (
+                "content_block_start",
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+            ),
+            (
+                "content_block_stop",
+                r#"{"type":"content_block_stop","index":0}"#,
+            ),
+            (
+                "content_block_start",
+                r#"{"type":"content_block_start","index":1,"content_block":{"type":"text","text":"pre \"filled\""}}"#,
+            ),
+            (
+                "content_block_start",
+                r#"{"type":"content_block_start","index":2,"content_block":{"type":"thinking","thinking":""}}"#,
+            ),
+            (
+                "content_block_start",
+                r#"{"type":"content_block_start","index":3,"content_block":{"type":"tool_use","id":"toolu_1","name":"f","input":{}}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":3,"delta":{"type":"input_json_delta","partial_json":"{}"}}"#,
+            ),
+        ],
+        &[
+            (
+                "content_block_start",
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":7}}"#,
+            ),
+            (
+                "content_block_start",
+                r#"{"type":"content_block_start","index":1}"#,
+            ),
+            (
+                "content_block_stop",
+                r#"{"type":"content_block_stop","index":0}"#,
+            ),
+        ],
+        &[],
+    ];
+    let deltas = [
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"input_tokens":20,"cache_read_input_tokens":4,"output_tokens":9}}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"input_tokens":null,"output_tokens":3}}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":null},"usage":null}"#,
+        r#"{"type":"message_delta","delta":null,"usage":{"output_tokens":2.5}}"#,
+        r#"{"type":"message_delta","delta":"odd"}"#,
+    ];
+    let strip_created = |items: Vec<StreamItem>| -> Vec<Value> {
+        items
+            .into_iter()
+            .map(|it| match it {
+                StreamItem::Chunk(b) => {
+                    let mut v: Value = serde_json::from_slice(&b).unwrap();
+                    v["created"] = json!(0);
+                    v
+                }
+                StreamItem::Usage(u, c) => {
+                    let mut v = Value::Object(c.into_map());
+                    v["created"] = json!(0);
+                    json!({"usage": format!("{u:?}"), "chunk": v})
+                }
+                StreamItem::Done => json!("done"),
+            })
+            .collect()
+    };
+    let mut cases = 0;
+    for start in starts {
+        for middle in middles {
+            for delta in deltas {
+                let run = |named: bool| {
+                    let mut d = Decoder::new("anthropic", false);
+                    let mut out = Vec::new();
+                    let mut events = vec![("message_start", start)];
+                    events.extend_from_slice(middle);
+                    events.push(("message_delta", delta));
+                    events.push(("message_stop", r#"{"type":"message_stop"}"#));
+                    for (name, data) in events {
+                        let ev = crate::sse::Event {
+                            event: named.then(|| name.to_string()),
+                            data: data.to_string(),
+                        };
+                        d.on_event(&ev, &mut out).unwrap();
+                    }
+                    d.finish(&mut out).unwrap();
+                    (
+                        strip_created(out),
+                        d.summary().completion_text,
+                        d.saw_usage(),
+                    )
+                };
+                assert_eq!(run(true), run(false), "{start} {middle:?} {delta}");
+                cases += 1;
+            }
+        }
+    }
+    assert_eq!(cases, 90);
+    // Not JSON is an error on either path.
+    for named in [Some("message_stop".to_string()), None] {
+        let ev = crate::sse::Event {
+            event: named,
+            data: "{not json".into(),
+        };
+        assert!(Decoder::new("anthropic", false)
+            .on_event(&ev, &mut Vec::new())
+            .is_err());
+    }
+}
