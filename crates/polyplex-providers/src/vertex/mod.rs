@@ -75,14 +75,20 @@ fn model_path(target: &Target<'_>, publisher: &str, method: &str) -> Result<Stri
     ))
 }
 
+/// A chat body as written for one publisher: its bytes and the parameters
+/// dropped on the way.
+type Written = Result<(Vec<u8>, Vec<String>), GatewayError>;
+
+/// The chat request: Claude's Messages body (`claude`) to Anthropic's
+/// publisher path, else Gemini's (`gemini`) to Google's.
 fn build_chat(
-    body: &JsonMap,
+    claude: impl FnOnce() -> Written,
+    gemini: impl FnOnce() -> Written,
     stream: bool,
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
     let (bytes, dropped, url) = if is_claude(target.model) {
-        let (bytes, dropped) =
-            anthropic::request::messages_body(body, stream, target, Some(ANTHROPIC_VERSION))?;
+        let (bytes, dropped) = claude()?;
         let method = if stream {
             "streamRawPredict"
         } else {
@@ -90,7 +96,7 @@ fn build_chat(
         };
         (bytes, dropped, model_path(target, "anthropic", method)?)
     } else {
-        let (bytes, dropped) = gemini::chat_body(body, target)?;
+        let (bytes, dropped) = gemini()?;
         let method = if stream {
             "streamGenerateContent?alt=sse"
         } else {
@@ -184,9 +190,42 @@ impl Protocol for Vertex {
         target: &Target<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
         match endpoint {
-            Endpoint::Chat => build_chat(body, stream, target),
+            Endpoint::Chat => build_chat(
+                || anthropic::request::messages_body(body, stream, target, Some(ANTHROPIC_VERSION)),
+                || gemini::chat_body(body, target),
+                stream,
+                target,
+            ),
             Endpoint::Embeddings if !is_claude(target.model) => build_embed(body, target),
             other => Err(unsupported_endpoint(target, "Vertex AI", other)),
+        }
+    }
+
+    /// Claude's request written from a quick-validated body's text, as the
+    /// Anthropic adapter writes it (no tree); Gemini's and embeddings from
+    /// the tree.
+    fn build_from(
+        &self,
+        endpoint: Endpoint,
+        body: &RequestBody,
+        stream: bool,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        match endpoint {
+            Endpoint::Chat => build_chat(
+                || {
+                    anthropic::request::messages_body_of(
+                        body,
+                        stream,
+                        target,
+                        Some(ANTHROPIC_VERSION),
+                    )
+                },
+                || gemini::chat_body(body.map(), target),
+                stream,
+                target,
+            ),
+            _ => self.build(endpoint, body.map(), stream, target),
         }
     }
 

@@ -168,3 +168,38 @@ fn answers_errors_and_streams_by_shape() {
     .unwrap();
     assert_eq!(out.len(), 2);
 }
+
+/// A quick-validated body reaches Claude on Vertex without its tree, as the
+/// same bytes the tree would give; Gemini's request still reads the tree.
+#[test]
+fn quick_bodies_reach_claude_without_a_tree() {
+    let a = AuthStyle::bearer();
+    let text = r#"{"model":"vertex/claude-sonnet-4-5@20250929","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}],"max_tokens":50,"temperature":0.5}"#;
+    let quick = || {
+        let (_, shape) = polyplex_types::validate::chat_quick(text.as_bytes()).unwrap();
+        RequestBody::quick(Bytes::from_static(text.as_bytes()), shape)
+    };
+    let tree: JsonMap = serde_json::from_str(text).unwrap();
+    for stream in [false, true] {
+        let t = target(&a, "claude-sonnet-4-5@20250929");
+        let body = quick();
+        let fast = Vertex
+            .build_from(Endpoint::Chat, &body, stream, &t)
+            .unwrap();
+        assert!(!body.has_tree());
+        let slow = Vertex.build(Endpoint::Chat, &tree, stream, &t).unwrap();
+        assert_eq!(fast.url, slow.url);
+        assert_eq!(fast.body, slow.body);
+        let sent: Value = serde_json::from_slice(&fast.body).unwrap();
+        assert_eq!(sent["anthropic_version"], ANTHROPIC_VERSION);
+        assert_eq!(sent["system"], "Be brief.");
+        assert!(sent.get("model").is_none());
+
+        let t = target(&a, "gemini-2.5-flash");
+        let fast = Vertex
+            .build_from(Endpoint::Chat, &quick(), stream, &t)
+            .unwrap();
+        let slow = Vertex.build(Endpoint::Chat, &tree, stream, &t).unwrap();
+        assert_eq!((fast.url, fast.body), (slow.url, slow.body));
+    }
+}
