@@ -376,6 +376,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     .await?;
             let _ = t.row.c1.add(&h);
             t.row.errors.merge(&e);
+            let mut this_round = report::Round {
+                c1_p50_us: report::us(&h, 0.5),
+                ..report::Round::default()
+            };
 
             let ep = t.ep.clone();
             let s = on_one_thread(move || async move {
@@ -383,6 +387,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             })
             .await?;
             let _ = t.row.ttft.add(&s.ttft);
+            this_round.ttft_p50_us = report::us(&s.ttft, 0.5);
             let _ = t.row.gaps.add(&s.gaps);
             let _ = t.row.stretch.add(&s.stretch);
             t.row.errors.merge(&s.errors);
@@ -402,6 +407,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 };
                 a.ok += l.ok;
                 a.secs += l.elapsed.as_secs_f64();
+                if conc == 64 && !l.elapsed.is_zero() {
+                    this_round.rps64 = l.ok as f64 / l.elapsed.as_secs_f64();
+                }
                 let _ = a.hist.add(&l.hist);
                 t.row.cpu_ticks += used;
                 t.row.cpu_requests += l.ok;
@@ -411,6 +419,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 t.row.errors.merge(&l.errors);
             }
+            t.row.rounds.push(this_round);
         }
     }
 

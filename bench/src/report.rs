@@ -30,6 +30,17 @@ impl Acc {
     }
 }
 
+/// One round's medians of a target: how far rounds differ within a run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Round {
+    /// c=1 p50, µs.
+    pub c1_p50_us: f64,
+    /// Time to first token p50, µs.
+    pub ttft_p50_us: f64,
+    /// Requests per second at c=64.
+    pub rps64: f64,
+}
+
 /// Everything measured of one target.
 pub struct Row {
     pub name: String,
@@ -49,6 +60,8 @@ pub struct Row {
     pub errors: Errors,
     pub burst: usize,
     pub burst_errors: Errors,
+    /// Per round, in the order run.
+    pub rounds: Vec<Round>,
 }
 
 impl Row {
@@ -70,6 +83,7 @@ impl Row {
             errors: Errors::default(),
             burst: 0,
             burst_errors: Errors::default(),
+            rounds: Vec::new(),
         }
     }
 
@@ -99,7 +113,8 @@ pub struct Meta {
     pub polyplex_b: Option<(String, String)>,
 }
 
-fn us(h: &Histogram<u64>, q: f64) -> f64 {
+/// A quantile in µs (NaN when empty).
+pub fn us(h: &Histogram<u64>, q: f64) -> f64 {
     if h.is_empty() {
         return f64::NAN;
     }
@@ -173,6 +188,8 @@ struct Goal {
     limit: String,
     measured: String,
     met: Option<bool>,
+    /// For the per-round rows: in how many rounds the value was within the limit.
+    rounds: Option<String>,
 }
 
 fn goals(rows: &[Row], base: &Row, tps: u64) -> Vec<Goal> {
@@ -187,6 +204,7 @@ fn goals(rows: &[Row], base: &Row, tps: u64) -> Vec<Goal> {
                 .map(|v| format!("{} {unit}", f1(v)))
                 .unwrap_or("not measured".into()),
             met: v.map(|v| v <= limit),
+            rounds: None,
         })
     };
     let pt = d("polyplex");
@@ -245,6 +263,16 @@ fn goals(rows: &[Row], base: &Row, tps: u64) -> Vec<Goal> {
     for (what, limit, unit, v) in limits {
         le(what, limit, unit, v);
     }
+    for goal in &mut g {
+        goal.rounds = match goal.what {
+            "passthrough added p50, c=1" => rounds_within(rows, base, "polyplex", 50.0, false),
+            "translated (Anthropic) added p50, c=1" => {
+                rounds_within(rows, base, "polyplex-anthropic", 60.0, false)
+            }
+            "passthrough added TTFT p50" => rounds_within(rows, base, "polyplex", 100.0, true),
+            _ => None,
+        };
+    }
     let ratio = match (pt.as_ref(), d("nginx")) {
         (Some(p), Some(n)) if n.rps64 > 0.0 => Some(p.rps64 / n.rps64 * 100.0),
         _ => None,
@@ -256,6 +284,7 @@ fn goals(rows: &[Row], base: &Row, tps: u64) -> Vec<Goal> {
             .map(|r| format!("{} %", f0(r)))
             .unwrap_or("not measured (no nginx)".into()),
         met: ratio.map(|r| r >= 60.0),
+        rounds: None,
     });
     for n in ["polyplex", "polyplex-anthropic"] {
         if let Some(r) = find(n) {
@@ -268,10 +297,61 @@ fn goals(rows: &[Row], base: &Row, tps: u64) -> Vec<Goal> {
                 limit: "0".into(),
                 measured: format!("{} of {}", r.burst_errors.count, r.burst),
                 met: Some(r.burst_errors.count == 0 && r.burst >= 512),
+                rounds: None,
             });
         }
     }
     g
+}
+
+/// A target's added c=1 p50 and added TTFT p50 in each round, against
+/// `direct`'s in the same round (NaN where either is missing).
+fn added_by_round(r: &Row, base: &Row) -> Vec<(f64, f64)> {
+    r.rounds
+        .iter()
+        .enumerate()
+        .map(|(i, x)| match base.rounds.get(i) {
+            Some(b) => (x.c1_p50_us - b.c1_p50_us, x.ttft_p50_us - b.ttft_p50_us),
+            None => (f64::NAN, f64::NAN),
+        })
+        .collect()
+}
+
+/// The round-by-round table: how much of a difference between two targets
+/// holds in every round and how much is one round's host state.
+fn rounds_table(rows: &[Row], base: &Row) -> String {
+    if base.rounds.len() < 2 {
+        return String::new();
+    }
+    let list = |v: Vec<String>| v.join(", ");
+    let mut s = String::from(
+        "\n\n### Round by round\n\nEach round's added c=1 p50 and added TTFT p50 (µs, against `direct` in the same round) and req/s at c=64, in the order the rounds ran. A difference between two targets that holds in every round is the targets'; one that flips is the host's.\n\n| target | added c=1 p50 | added TTFT p50 | req/s c=64 |\n|---|---|---|---|\n",
+    );
+    for r in rows.iter().filter(|r| r.name != "direct") {
+        let added = added_by_round(r, base);
+        s.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            r.name,
+            list(added.iter().map(|a| f1(a.0)).collect()),
+            list(added.iter().map(|a| f1(a.1)).collect()),
+            list(r.rounds.iter().map(|x| f0(x.rps64)).collect()),
+        ));
+    }
+    s
+}
+
+/// In how many rounds a polyplex row's added value was within a goal's limit.
+fn rounds_within(rows: &[Row], base: &Row, name: &str, limit: f64, ttft: bool) -> Option<String> {
+    let r = rows.iter().find(|r| r.name == name)?;
+    let added = added_by_round(r, base);
+    if added.len() < 2 {
+        return None;
+    }
+    let met = added
+        .iter()
+        .filter(|a| if ttft { a.1 } else { a.0 } <= limit)
+        .count();
+    Some(format!("{met} of {}", added.len()))
 }
 
 pub fn markdown(rows: &[Row], skipped: &[(String, String)], m: &Meta) -> String {
@@ -342,10 +422,12 @@ pub fn markdown(rows: &[Row], skipped: &[(String, String)], m: &Meta) -> String 
             ));
         }
     }
-    s.push_str("\n\n### polyplex against the goals\n\n| goal | limit | measured | met |\n|---|---|---|---|\n");
+    s.truncate(s.trim_end().len());
+    s.push_str(rounds_table(rows, base).trim_end());
+    s.push_str("\n\n### polyplex against the goals\n\n| goal | limit | measured | met | rounds within |\n|---|---|---|---|---|\n");
     for g in goals(rows, base, m.ticks_per_sec) {
         s.push_str(&format!(
-            "| {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} |\n",
             g.what,
             g.limit,
             g.measured,
@@ -353,7 +435,8 @@ pub fn markdown(rows: &[Row], skipped: &[(String, String)], m: &Meta) -> String 
                 Some(true) => "yes",
                 Some(false) => "**no**",
                 None => "—",
-            }
+            },
+            g.rounds.as_deref().unwrap_or("—"),
         ));
     }
     s
@@ -399,6 +482,11 @@ pub fn json(rows: &[Row], skipped: &[(String, String)], m: &Meta) -> Value {
                 "errors": r.errors.count,
                 "burst": r.burst,
                 "burst_errors": r.burst_errors.count,
+                "rounds": r.rounds.iter().map(|x| json!({
+                    "c1_p50_us": num(x.c1_p50_us),
+                    "ttft_p50_us": num(x.ttft_p50_us),
+                    "rps_c64": num(x.rps64),
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -455,5 +543,57 @@ mod tests {
         assert!(md.contains("| polyplex-b |"), "{md}");
         let j = json(&rows, &[], &meta(b));
         assert_eq!(j["method"]["polyplex_b"]["binary"], "/tmp/old", "{j}");
+    }
+
+    #[test]
+    fn rounds_are_reported_against_direct_in_the_same_round() {
+        let round = |c1, ttft, rps| Round {
+            c1_p50_us: c1,
+            ttft_p50_us: ttft,
+            rps64: rps,
+        };
+        let mut direct = Row::new("direct");
+        direct.rounds = vec![round(20.0, 70.0, 80000.0), round(90.0, 150.0, 60000.0)];
+        let mut p = Row::new("polyplex");
+        p.rounds = vec![round(60.0, 150.0, 30000.0), round(150.0, 260.0, 25000.0)];
+        let mut t = Row::new("polyplex-anthropic");
+        t.rounds = vec![round(70.0, 160.0, 28000.0), round(140.0, 280.0, 24000.0)];
+        let rows = vec![direct, p, t];
+        let md = markdown(&rows, &[], &meta(None));
+        assert!(
+            md.contains("| polyplex | 40.0, 60.0 | 80.0, 110.0 | 30000, 25000 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| passthrough added p50, c=1 | ≤ 50 µs | — µs | **no** | 1 of 2 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| translated (Anthropic) added p50, c=1 | ≤ 60 µs | — µs | **no** | 2 of 2 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| passthrough added TTFT p50 | ≤ 100 µs | — µs | **no** | 1 of 2 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| idle RSS | ≤ 15 MiB | 0.0 MiB | yes | — |"),
+            "{md}"
+        );
+        assert!(!md.contains("\n\n\n"), "{md}");
+        let j = json(&rows, &[], &meta(None));
+        assert_eq!(j["targets"][1]["rounds"][1]["c1_p50_us"], 150.0, "{j}");
+        // One round: no table (the main one says it all).
+        let one: Vec<Row> = ["direct", "polyplex"]
+            .iter()
+            .map(|n| {
+                let mut r = Row::new(n);
+                r.rounds = vec![round(1.0, 1.0, 1.0)];
+                r
+            })
+            .collect();
+        assert!(!markdown(&one, &[], &meta(None)).contains("Round by round"));
     }
 }
