@@ -2,7 +2,7 @@
 # The benchmark in one command (loopback only, bounded in time):
 #
 #   bash bench/run.sh            # full run: installs nginx, LiteLLM and Portkey
-#                                # (bench/setup.sh), builds release, ~10 min
+#                                # (bench/setup.sh), builds release, ~15 min
 #   bash bench/run.sh --smoke    # CI: debug build, polyplex targets only, ~1 min
 #
 # Extra arguments go to `polyplex-bench run` (e.g. --rounds 3 --targets
