@@ -12,10 +12,13 @@
 //! other runnable thread on the same CPU goes first. It spins only while at
 //! most a few requests are in flight on the thread: busier, it is seldom idle
 //! anyway and spinning would only take CPU from the upstream and the client.
-//! A thread that was that busy lately ([`CROWD_HOLD`]) does not spin either:
-//! under steady load the count of requests in flight dips below the limit
-//! now and then, and at 64 concurrent requests those dips spent 0.8 system
-//! calls per request spinning (docs/performance.md, "Fifteenth session").
+//! A thread that was that busy lately ([`CROWD_HOLD`]) does not spin either,
+//! and a spinning thread stops as soon as it has been that busy, even if
+//! the count is back under the limit when it looks: under steady load the
+//! count of requests in flight dips below the limit now and then, and at 64
+//! concurrent requests those dips spent 0.8 system calls per request
+//! spinning (docs/performance.md, "Fifteenth session"; the second half
+//! since the nineteenth).
 //! Once the window passes with no request, the thread sleeps as usual. The
 //! cost is CPU while idle: at most one window per request.
 //!
@@ -145,7 +148,9 @@ pub async fn poller(window: Duration) {
             } else if now.duration_since(since) >= window {
                 break;
             }
-            if act.in_flight.get() > MAX_IN_FLIGHT {
+            // Busy now, or between two looks (a burst that came and went
+            // while the tasks ran): steady load, not a quiet thread.
+            if act.in_flight.get() > MAX_IN_FLIGHT || act.crowded() {
                 break;
             }
         }
@@ -220,6 +225,16 @@ mod tests {
             tokio::time::sleep(CROWD_HOLD + Duration::from_millis(5)).await;
             drop(begin());
             assert!(!act.parked.get(), "spins again once the crowd is past");
+            // A crowd that comes and goes between two of the spinning
+            // poller's looks stops it too.
+            drop((0..=MAX_IN_FLIGHT).map(|_| begin()).collect::<Vec<_>>());
+            assert_eq!(act.in_flight.get(), 0);
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+            assert!(act.parked.get(), "no spinning after a burst between looks");
+            tokio::time::sleep(CROWD_HOLD + Duration::from_millis(5)).await;
+            drop(begin());
+            assert!(!act.parked.get(), "spins again once that burst is past");
             // A handler dropped before it answered (the client went away)
             // does not leave its count behind.
             let handler = async {
