@@ -18,16 +18,9 @@ def main(src: str, dst: str) -> None:
     colors = ["#d62728" if n.startswith("polyplex") else "#7f7f7f" for n in names]
     fig, ax = plt.subplots(2, 2, figsize=(13, 8))
 
-    direct = next((t for t in data["targets"] if t["name"] == "direct"), None)
-    base_rounds = (direct or {}).get("rounds") or []
-
-    def added_by_round(t):
-        """Each round's added c=1 p50 (against direct in that round)."""
-        out = []
-        for r, b in zip(t.get("rounds") or [], base_rounds):
-            if r.get("c1_p50_us") is not None and b.get("c1_p50_us") is not None:
-                out.append(r["c1_p50_us"] - b["c1_p50_us"])
-        return out
+    def by_round(key):
+        """Each round's value of `key` (results.json gives them per target)."""
+        return lambda t: [r[key] for r in t.get("rounds") or [] if r.get(key) is not None]
 
     def bars(a, key, title, log=False, fmt="{:.0f}", rounds=None):
         vals = [max(t.get(key) or 0, 0.01 if log else 0) for t in rows]
@@ -48,9 +41,9 @@ def main(src: str, dst: str) -> None:
         a.tick_params(axis="x", labelrotation=20, labelsize=8)
 
     bars(ax[0][0], "added_p50_us", "added latency p50, c=1 (µs, log; lower is better; dots: rounds)",
-         log=True, rounds=added_by_round)
+         log=True, rounds=by_round("added_c1_p50_us"))
     bars(ax[0][1], "rps_c64", "requests/s at c=64 (higher is better; dots: rounds)",
-         rounds=lambda t: [r["rps_c64"] for r in t.get("rounds") or [] if r.get("rps_c64") is not None])
+         rounds=by_round("rps_c64"))
     bars(ax[1][0], "cpu_us_per_req", "CPU µs per request (lower is better)", log=True)
     bars(ax[1][1], "rss_peak_c256_mib", "peak RSS at c=256, MiB (lower is better)", fmt="{:.1f}")
     m = data["method"]

@@ -467,6 +467,7 @@ pub fn json(rows: &[Row], skipped: &[(String, String)], m: &Meta) -> Value {
         .iter()
         .map(|r| {
             let d = base.map(|b| derive(r, b, m.ticks_per_sec));
+            let added = base.map(|b| added_by_round(r, b));
             json!({
                 "name": r.name,
                 "c1_p50_us": num(us(&r.c1, 0.5)),
@@ -493,11 +494,16 @@ pub fn json(rows: &[Row], skipped: &[(String, String)], m: &Meta) -> Value {
                 "errors": r.errors.count,
                 "burst": r.burst,
                 "burst_errors": r.burst_errors.count,
-                "rounds": r.rounds.iter().map(|x| json!({
-                    "c1_p50_us": num(x.c1_p50_us),
-                    "ttft_p50_us": num(x.ttft_p50_us),
-                    "rps_c64": num(x.rps64),
-                })).collect::<Vec<_>>(),
+                "rounds": r.rounds.iter().enumerate().map(|(i, x)| {
+                    let added = added.as_ref().map(|a| a[i]);
+                    json!({
+                        "c1_p50_us": num(x.c1_p50_us),
+                        "ttft_p50_us": num(x.ttft_p50_us),
+                        "rps_c64": num(x.rps64),
+                        "added_c1_p50_us": added.map(|a| num(a.0)),
+                        "added_ttft_p50_us": added.map(|a| num(a.1)),
+                    })
+                }).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -596,6 +602,11 @@ mod tests {
         assert!(!md.contains("\n\n\n"), "{md}");
         let j = json(&rows, &[], &meta(None));
         assert_eq!(j["targets"][1]["rounds"][1]["c1_p50_us"], 150.0, "{j}");
+        assert_eq!(j["targets"][1]["rounds"][1]["added_c1_p50_us"], 60.0, "{j}");
+        assert_eq!(
+            j["targets"][1]["rounds"][0]["added_ttft_p50_us"], 80.0,
+            "{j}"
+        );
         // One round: no table (the main one says it all).
         let one: Vec<Row> = ["direct", "polyplex"]
             .iter()
