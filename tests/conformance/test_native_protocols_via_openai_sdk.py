@@ -100,6 +100,22 @@ def test_anthropic_refuses_seed_and_n_by_name_or_drops_them(client):
     assert raw.parse().choices[0].message.content == "hi"
 
 
+def test_parameters_sent_at_their_defaults_are_honoured(client, model):
+    # What frameworks send explicitly (LangChain's older clients: penalties at
+    # 0, an empty logit_bias) asks for nothing a provider does not do: served,
+    # nothing named as dropped. The same parameters asking for more are refused.
+    defaults = {"n": 1, "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "logprobs": False,
+                "top_logprobs": 0, "store": False, "metadata": {}, "modalities": ["text"], "service_tier": "auto"}
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], **defaults)
+    assert "x-polyplex-dropped-params" not in raw.headers
+    assert raw.parse().choices[0].message.content == "hi"
+    for k, v in {"store": True, "metadata": {"team": "a"}, "service_tier": "flex", "modalities": ["text", "audio"]}.items():
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], **{k: v})
+        assert e.value.param == k and e.value.code == "unsupported_parameter"
+
+
 def test_errors(client, fault, model):
     # Both providers have max_retries = 1: two faults exhaust them.
     fault(fault="429", count=2, retry_after=0)

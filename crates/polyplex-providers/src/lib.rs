@@ -279,6 +279,189 @@ pub fn join_url(base: &str, path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// Every translating protocol, with a model of its own, as
+    /// `(name, protocol, base URL, model)`.
+    fn translating() -> Vec<(&'static str, Box<dyn Protocol>, &'static str, &'static str)> {
+        const VERTEX: &str =
+            "https://us-east5-aiplatform.googleapis.com/v1/projects/p/locations/us-east5";
+        vec![
+            (
+                "anthropic",
+                Box::new(anthropic::Anthropic),
+                "https://api.anthropic.com",
+                "claude-sonnet-4-5",
+            ),
+            (
+                "gemini",
+                Box::new(gemini::Gemini),
+                "https://generativelanguage.googleapis.com",
+                "gemini-2.5-flash",
+            ),
+            (
+                "cohere",
+                Box::new(cohere::Cohere),
+                "https://api.cohere.com",
+                "command-a-03-2025",
+            ),
+            (
+                "bedrock",
+                Box::new(bedrock::Bedrock),
+                "https://bedrock-runtime.us-east-1.amazonaws.com",
+                "anthropic.claude-3-5-haiku-20241022-v1:0",
+            ),
+            (
+                "vertex gemini",
+                Box::new(vertex::Vertex),
+                VERTEX,
+                "gemini-2.5-flash",
+            ),
+            (
+                "vertex claude",
+                Box::new(vertex::Vertex),
+                VERTEX,
+                "claude-sonnet-4-5@20250929",
+            ),
+        ]
+    }
+
+    fn build(
+        p: &dyn Protocol,
+        base_url: &str,
+        model: &str,
+        body: Value,
+        drop_params: bool,
+    ) -> Result<(Value, Vec<String>), GatewayError> {
+        let auth = AuthStyle::bearer();
+        let credential = HeaderValue::from_static("Bearer t");
+        let target = Target {
+            provider: "p",
+            base_url,
+            api_key: Some("k"),
+            credential: Some(&credential),
+            auth: &auth,
+            model,
+            extra_headers: &[],
+            stream_usage: true,
+            default_max_tokens: Some(1000),
+            drop_params,
+            api_version: None,
+            sigv4: None,
+        };
+        let body = RequestBody::from_map(body.as_object().cloned().unwrap_or_default());
+        let req = p.build_from(Endpoint::Chat, &body, false, &target)?;
+        let sent = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+        Ok((sent, req.dropped))
+    }
+
+    /// A parameter at the value that asks for nothing beyond OpenAI's
+    /// default is honoured by every protocol, with or without an equivalent
+    /// of its own: neither refused nor named as dropped. The same parameter
+    /// asking for something a protocol cannot do is refused by name.
+    #[test]
+    fn parameters_that_ask_nothing_are_honoured_everywhere() {
+        let honoured = [
+            ("n", json!(1)),
+            ("presence_penalty", json!(0)),
+            ("frequency_penalty", json!(0.0)),
+            ("logit_bias", json!({})),
+            ("top_logprobs", json!(0)),
+            ("logprobs", json!(false)),
+            ("parallel_tool_calls", json!(true)),
+            ("store", json!(false)),
+            ("metadata", json!({})),
+            ("modalities", json!(["text"])),
+            ("service_tier", json!("auto")),
+            ("service_tier", json!("default")),
+            ("seed", Value::Null),
+        ];
+        let refused = [
+            ("logit_bias", json!({"50256": -100})),
+            ("store", json!(true)),
+            ("metadata", json!({"team": "a"})),
+            ("modalities", json!(["text", "audio"])),
+            ("service_tier", json!("flex")),
+            ("logprobs", json!(true)),
+            ("n", json!(2)),
+        ];
+        for (name, p, base, model) in translating() {
+            let plain = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+            for (k, v) in &honoured {
+                let mut body = plain.clone();
+                body[k] = v.clone();
+                let (sent, dropped) = build(p.as_ref(), base, model, body, false)
+                    .unwrap_or_else(|e| panic!("{name}: {k} = {v}: {}", e.message));
+                assert!(dropped.is_empty(), "{name}: {k} = {v}: dropped {dropped:?}");
+                let (plain_sent, _) = build(p.as_ref(), base, model, plain.clone(), false).unwrap();
+                // Where the protocol has the parameter, it may pass the
+                // value on (Gemini's `candidateCount`, Cohere's penalties);
+                // where it has none, the body is the one without it.
+                let translated = ["n", "presence_penalty", "frequency_penalty"].contains(k)
+                    || (*k == "service_tier" && name == "anthropic");
+                if !translated {
+                    assert_eq!(
+                        sent, plain_sent,
+                        "{name}: {k} = {v} changed the upstream body"
+                    );
+                }
+            }
+            for (k, v) in &refused {
+                if *k == "n" && name.contains("gemini") {
+                    continue; // candidateCount
+                }
+                let mut body = plain.clone();
+                body[k] = v.clone();
+                let e = build(p.as_ref(), base, model, body.clone(), false)
+                    .err()
+                    .unwrap_or_else(|| panic!("{name}: {k} = {v} was not refused"));
+                assert_eq!(
+                    (e.status.as_u16(), e.param.as_deref(), e.code.as_deref()),
+                    (400, Some(*k), Some("unsupported_parameter")),
+                    "{name}: {k} = {v}"
+                );
+                let (_, dropped) = build(p.as_ref(), base, model, body, true).unwrap();
+                assert_eq!(
+                    dropped,
+                    vec![k.to_string()],
+                    "{name}: {k} = {v} under drop_params"
+                );
+            }
+        }
+    }
+
+    /// OpenAI's `service_tier` on Anthropic's API: "default" (the standard
+    /// tier only) is Anthropic's "standard_only"; "auto" is Anthropic's
+    /// default and is left out; Vertex AI's Claude has no tiers.
+    #[test]
+    fn service_tier_reaches_anthropic_as_its_own() {
+        let body = |tier: &str| json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "service_tier": tier});
+        let anthropic = anthropic::Anthropic;
+        let (sent, _) = build(
+            &anthropic,
+            "https://api.anthropic.com",
+            "claude-sonnet-4-5",
+            body("default"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(sent["service_tier"], "standard_only");
+        let (sent, _) = build(
+            &anthropic,
+            "https://api.anthropic.com",
+            "claude-sonnet-4-5",
+            body("auto"),
+            false,
+        )
+        .unwrap();
+        assert!(sent.get("service_tier").is_none());
+        let (name, vertex, base, model) = translating().pop().unwrap();
+        assert_eq!(name, "vertex claude");
+        let (sent, _) = build(vertex.as_ref(), base, model, body("default"), false).unwrap();
+        assert!(sent.get("service_tier").is_none());
+    }
+
     #[test]
     fn join_url_one_slash() {
         assert_eq!(

@@ -481,12 +481,44 @@ pub(crate) fn reasoning_effort(body: &JsonMap) -> Result<Option<&str>, GatewayEr
     }
 }
 
+/// Whether `body` asks for `key` in a way that changes the answer: given,
+/// not null, and not a value that asks for nothing beyond what a provider
+/// without the parameter does anyway ([`asks_nothing`]).
+pub(crate) fn asks(body: &JsonMap, key: &str) -> bool {
+    lookup(body, key).is_some_and(|v| !asks_nothing(key, v))
+}
+
+/// True for a parameter's value that asks for nothing beyond OpenAI's own
+/// default, so a provider without the parameter honours it by leaving it
+/// out: `null`, `n: 1`, `presence_penalty`/`frequency_penalty: 0`, an empty
+/// `logit_bias` or `metadata`, `top_logprobs: 0`, `logprobs: false`,
+/// `parallel_tool_calls: true`, `store: false`, `modalities: ["text"]` and
+/// `service_tier: "auto"` or `"default"` (a provider without tiers serves
+/// every request at its one tier). Clients and frameworks send these
+/// explicitly; such a value is neither refused nor named as dropped.
+pub(crate) fn asks_nothing(key: &str, v: &Value) -> bool {
+    match (key, v) {
+        (_, Value::Null) => true,
+        ("n", Value::Number(n)) => n.as_u64() == Some(1),
+        ("presence_penalty" | "frequency_penalty", Value::Number(n)) => n.as_f64() == Some(0.0),
+        ("logit_bias" | "metadata", Value::Object(m)) => m.is_empty(),
+        ("top_logprobs", Value::Number(n)) => n.as_u64() == Some(0),
+        ("logprobs" | "store", Value::Bool(b)) => !b,
+        ("parallel_tool_calls", Value::Bool(b)) => *b,
+        ("modalities", Value::Array(a)) => {
+            matches!(a.as_slice(), [Value::String(s)] if s == "text")
+        }
+        ("service_tier", Value::String(s)) => s == "auto" || s == "default",
+        _ => false,
+    }
+}
+
 /// The parameters of an embeddings request.
 pub(crate) const EMBEDDING_PARAMS: &[&str] =
     &["model", "input", "encoding_format", "dimensions", "user"];
 
 /// Refuses (or, under `drop_params`, drops and names) every field outside `known`
-/// and the gateway's own; `user`, which never changes an answer, is dropped and
+/// and the gateway's own that asks for something ([`asks_nothing`]); `user`, which never changes an answer, is dropped and
 /// named when the protocol has no place for it (`user_supported: false`).
 pub(crate) fn check_fields(
     body: &JsonMap,
@@ -496,9 +528,10 @@ pub(crate) fn check_fields(
     target: &Target<'_>,
     dropped: &mut Vec<String>,
 ) -> Result<(), GatewayError> {
-    for k in body.keys() {
+    for (k, v) in body {
         if !known.contains(&k.as_str())
             && !polyplex_types::validate::GATEWAY_FIELDS.contains(&k.as_str())
+            && !asks_nothing(k, v)
         {
             crate::unsupported(k, protocol, target, dropped)?;
         }

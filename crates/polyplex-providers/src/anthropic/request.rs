@@ -2,7 +2,7 @@
 
 use super::{FALLBACK_MAX_TOKENS, JSON_TOOL, VERSION};
 use crate::translate::{
-    assistant_calls, check_fields, data_url, reasoning_effort, text_of, CHAT_PARAMS,
+    asks, assistant_calls, check_fields, data_url, reasoning_effort, text_of, CHAT_PARAMS,
 };
 use crate::{join_url, unsupported, Target, UpstreamRequest};
 use bytes::Bytes;
@@ -46,6 +46,8 @@ struct MessagesRequest<'a> {
     tool_choice: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     thinking: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_tier: Option<&'static str>,
 }
 
 /// Extended thinking's token budget for OpenAI's `reasoning_effort` (none
@@ -290,8 +292,8 @@ struct QuickChat<'a> {
     messages: Vec<QuickMessage<'a>>,
     n: Option<u64>,
     seed: Option<IgnoredAny>,
-    presence_penalty: Option<IgnoredAny>,
-    frequency_penalty: Option<IgnoredAny>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
     logprobs: Option<bool>,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
@@ -336,8 +338,8 @@ impl QuickChat<'_> {
                 n: self.n,
                 given: [
                     self.seed.is_some(),
-                    self.presence_penalty.is_some(),
-                    self.frequency_penalty.is_some(),
+                    self.presence_penalty.is_some_and(|p| p != 0.0),
+                    self.frequency_penalty.is_some_and(|p| p != 0.0),
                     false,
                     false,
                 ],
@@ -483,6 +485,7 @@ impl<'a> MessagesRequest<'a> {
             tools: Vec::new(),
             tool_choice: None,
             thinking: None,
+            service_tier: None,
         }
     }
 
@@ -506,16 +509,15 @@ pub(crate) fn messages_body(
 ) -> Result<(Vec<u8>, Vec<String>), GatewayError> {
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, true, "Anthropic", target, &mut dropped)?;
-    let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
     refuse_unanswerable(
         Unanswerable {
             n: lookup(body, "n").and_then(Value::as_u64),
             given: [
-                present("seed"),
-                present("presence_penalty"),
-                present("frequency_penalty"),
-                present("logit_bias"),
-                present("top_logprobs"),
+                asks(body, "seed"),
+                asks(body, "presence_penalty"),
+                asks(body, "frequency_penalty"),
+                asks(body, "logit_bias"),
+                asks(body, "top_logprobs"),
             ],
             logprobs: lookup(body, "logprobs").and_then(Value::as_bool) == Some(true),
         },
@@ -624,6 +626,15 @@ pub(crate) fn messages_body(
     request.tools = tools;
     request.tool_choice = choice;
     request.thinking = thinking;
+    // OpenAI's `service_tier`: "auto" is Anthropic's own default (priority
+    // capacity where the organisation has it), "default" (the standard tier
+    // only) is Anthropic's "standard_only"; any other tier was refused by
+    // `check_fields`. Vertex AI's Claude has no tiers.
+    if vertex_version.is_none()
+        && lookup(body, "service_tier").and_then(Value::as_str) == Some("default")
+    {
+        request.service_tier = Some("standard_only");
+    }
     request.encode(dropped)
 }
 

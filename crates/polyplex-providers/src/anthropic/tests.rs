@@ -155,9 +155,9 @@ fn unsupported_parameters_are_refused_or_dropped_and_named() {
         ("logit_bias", json!({"1": 1})),
         ("logprobs", json!(true)),
         ("some_new_param", json!(1)),
-        ("store", json!(false)),
+        ("store", json!(true)),
         ("metadata", json!({"a": "b"})),
-        ("service_tier", json!("auto")),
+        ("service_tier", json!("priority")),
         ("temperature", json!(1.5)),
     ] {
         let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
@@ -178,9 +178,11 @@ fn unsupported_parameters_are_refused_or_dropped_and_named() {
         let sent: Value = serde_json::from_slice(&req.body).unwrap();
         assert!(sent.get(k).is_none());
     }
-    // n = 1 and null values are fine.
+    // n = 1, null values and the other values that ask for nothing are
+    // fine (all of them: `tests::parameters_that_ask_nothing_are_honoured_everywhere`).
     assert!(build(
-        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 1, "seed": null})
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 1, "seed": null,
+            "presence_penalty": 0, "store": false, "service_tier": "auto"})
     )
     .is_ok());
     let e = Anthropic

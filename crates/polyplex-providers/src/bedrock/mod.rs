@@ -28,7 +28,7 @@ pub use sigv4::SigV4;
 pub use stream::Decoder;
 
 use crate::translate::{
-    assistant_calls, check_fields, completion, data_url, embedding_input, embedding_list,
+    asks, assistant_calls, check_fields, completion, data_url, embedding_input, embedding_list,
     push_turn, text_of, unsupported_endpoint, EmbeddingInput, CHAT_PARAMS,
 };
 use crate::{join_url, unsupported, Endpoint, Protocol, StreamDecoder, Target, UpstreamRequest};
@@ -246,7 +246,6 @@ fn build_chat(
     if lookup(body, "reasoning_effort").is_some_and(|v| !v.is_null()) {
         crate::unsupported("reasoning_effort", P, target, &mut dropped)?;
     }
-    let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
     if lookup(body, "n")
         .and_then(Value::as_u64)
         .is_some_and(|n| n > 1)
@@ -260,7 +259,7 @@ fn build_chat(
         "logit_bias",
         "top_logprobs",
     ] {
-        if present(k) {
+        if asks(body, k) {
             unsupported(k, P, target, &mut dropped)?;
         }
     }

@@ -15,8 +15,8 @@ mod tests;
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
 use crate::translate::{
-    check_fields, chunk, completion, embedding_input, embedding_list, now, unsupported_endpoint,
-    usage_chunk, CHAT_PARAMS,
+    asks, check_fields, chunk, completion, embedding_input, embedding_list, now,
+    unsupported_endpoint, usage_chunk, CHAT_PARAMS,
 };
 use crate::{
     join_url, unsupported, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target,
@@ -60,7 +60,6 @@ fn build_chat(
     if lookup(body, "reasoning_effort").is_some_and(|v| !v.is_null()) {
         crate::unsupported("reasoning_effort", "Cohere", target, &mut dropped)?;
     }
-    let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
     if lookup(body, "n")
         .and_then(Value::as_u64)
         .is_some_and(|n| n > 1)
@@ -68,7 +67,7 @@ fn build_chat(
         unsupported("n", "Cohere", target, &mut dropped)?;
     }
     for k in ["logit_bias", "top_logprobs"] {
-        if present(k) {
+        if asks(body, k) {
             unsupported(k, "Cohere", target, &mut dropped)?;
         }
     }

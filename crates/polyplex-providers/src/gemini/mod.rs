@@ -20,8 +20,8 @@ mod tests;
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
 use crate::translate::{
-    check_fields, chunk, completion, data_url, embedding_input, embedding_list, now, push_turn,
-    text_of, tool_args, unsupported_endpoint, usage_chunk, EmbeddingInput, CHAT_PARAMS,
+    asks, check_fields, chunk, completion, data_url, embedding_input, embedding_list, now,
+    push_turn, text_of, tool_args, unsupported_endpoint, usage_chunk, EmbeddingInput, CHAT_PARAMS,
 };
 use crate::{
     join_url, unsupported, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target,
@@ -111,8 +111,7 @@ pub(crate) fn chat_body(
 ) -> Result<(Vec<u8>, Vec<String>), GatewayError> {
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, false, "Gemini", target, &mut dropped)?;
-    let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
-    if present("logit_bias") {
+    if asks(body, "logit_bias") {
         unsupported("logit_bias", "Gemini", target, &mut dropped)?;
     }
     if lookup(body, "logprobs").and_then(Value::as_bool) == Some(true) {
