@@ -697,7 +697,13 @@ async fn admin_providers_shows_each_deployment_to_the_master_key_only() {
         provider("a", 0, ""),
         provider("b", 1, ""),
     );
-    let env = start(&[MockOptions::default(), MockOptions::default()], &config).await;
+    // Paced, so that the stream lasts long enough (over 1 ms after its
+    // first token) for its output speed to be measured.
+    let paced = MockOptions {
+        tokens_per_s: 1000.0,
+        ..MockOptions::default()
+    };
+    let env = start(&[paced, MockOptions::default()], &config).await;
     for _ in 0..3 {
         env.call(chat("r")).await;
     }
