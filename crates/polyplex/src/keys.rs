@@ -98,6 +98,19 @@ struct Window {
 }
 
 impl Window {
+    /// The tokens-per-minute header state (after [`Window::trim`]).
+    fn tokens_state(&self, tpm: u64, now: Instant) -> LimitState {
+        LimitState {
+            limit: tpm,
+            remaining: tpm.saturating_sub(self.token_sum),
+            reset: if self.token_sum == 0 {
+                Duration::ZERO
+            } else {
+                next_token_release(self, tpm, now)
+            },
+        }
+    }
+
     fn trim(&mut self, now: Instant) {
         while self
             .requests
@@ -301,15 +314,7 @@ impl KeyEntry {
                     WINDOW.saturating_sub(now.duration_since(*t))
                 }),
             }),
-            tpm: spec.tpm.map(|tpm| LimitState {
-                limit: tpm,
-                remaining: tpm.saturating_sub(w.token_sum),
-                reset: if w.token_sum == 0 {
-                    Duration::ZERO
-                } else {
-                    next_token_release(&w, tpm, now)
-                },
-            }),
+            tpm: spec.tpm.map(|tpm| w.tokens_state(tpm, now)),
         };
         drop(w);
         guard.limits = limits;
@@ -326,6 +331,16 @@ impl KeyEntry {
             limits,
             _lease: lease,
         }
+    }
+
+    /// The key's tokens-per-minute state now: what the requests answered
+    /// since an admission used counts (a unary request's own among them,
+    /// once it is answered). `None` without a tokens-per-minute limit.
+    pub fn tokens_now(&self, now: Instant) -> Option<LimitState> {
+        let tpm = self.spec().tpm?;
+        let mut w = self.window();
+        w.trim(now);
+        Some(w.tokens_state(tpm, now))
     }
 
     /// Counts a finished request's tokens and cost against the key.

@@ -351,6 +351,37 @@ async fn an_expired_key_is_refused() {
     gw.shutdown().await;
 }
 
+/// `x-ratelimit-remaining-tokens` on a unary answer counts that answer's
+/// own tokens, as OpenAI's does; the requests header counts the request.
+#[tokio::test]
+async fn ratelimit_headers_count_the_answered_request() {
+    let mock = common::mock().await;
+    let gw = gateway(mock, "sqlite::memory:").await;
+    let c = Client::new(&gw);
+    let (_, k) = c
+        .admin(
+            reqwest::Method::POST,
+            "/admin/keys",
+            Some(json!({"name": "t", "rpm": 10, "tpm": 100000})),
+        )
+        .await;
+    let token = k["key"].as_str().unwrap();
+    let mut used = 0;
+    for i in 1..=2u64 {
+        let r = c.chat(token, "gpt-4o").await;
+        assert_eq!(r.status(), 200);
+        let h = |n: &str| r.headers()[n].to_str().unwrap().to_string();
+        assert_eq!(h("x-ratelimit-limit-tokens"), "100000");
+        assert_eq!(h("x-ratelimit-remaining-requests"), (10 - i).to_string());
+        let remaining: u64 = h("x-ratelimit-remaining-tokens").parse().unwrap();
+        let body: Value = r.json().await.unwrap();
+        used += body["usage"]["total_tokens"].as_u64().unwrap();
+        assert!(used > 0);
+        assert_eq!(remaining, 100000 - used, "request {i}");
+    }
+    gw.shutdown().await;
+}
+
 /// The same store operations on Postgres, in a database made for the test.
 #[tokio::test]
 async fn postgres_store() {

@@ -325,8 +325,18 @@ pub(super) async fn handle(
         Ok(a) => a,
         Err(e) => return call.fail(&parsed.model, parsed.stream, e, &no_one),
     };
-    let limits = admitted.as_ref().map(|a| a.limits).unwrap_or_default();
+    let mut limits = admitted.as_ref().map(|a| a.limits).unwrap_or_default();
+    let stream = parsed.stream;
     let mut resp = serve(&call, parsed, admitted, cache_mode).await;
+    // A unary answer's tokens are counted against the key by now: the
+    // tokens header says what is left after it, as OpenAI's does. (A
+    // stream's are counted when it ends, after its headers; limits shared
+    // through Redis keep the count Redis gave at admission.)
+    if !stream && limits.tpm.is_some() && call.app.shared_limits.is_none() {
+        if let Some(key) = call.caller.key() {
+            limits.tpm = key.tokens_now(Instant::now());
+        }
+    }
     ratelimit_headers(&mut resp, &limits);
     resp
 }
