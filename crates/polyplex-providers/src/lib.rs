@@ -431,6 +431,40 @@ mod tests {
         }
     }
 
+    /// A conversation with nothing to answer (only system messages, or
+    /// empty ones) is refused naming `messages` by the protocols that need a
+    /// user or assistant turn, before any upstream call; Cohere takes it.
+    #[test]
+    fn a_conversation_without_turns_is_refused_naming_messages() {
+        for messages in [
+            json!([{"role": "system", "content": "Be brief."}]),
+            json!([{"role": "developer", "content": "Be brief."}, {"role": "user", "content": ""}]),
+            json!([{"role": "user", "content": []}]),
+        ] {
+            for (name, p, base, model) in translating() {
+                let body = json!({"model": "m", "messages": messages});
+                let r = build(p.as_ref(), base, model, body, false);
+                if name == "cohere" {
+                    assert!(r.is_ok(), "{name}: {messages}");
+                    continue;
+                }
+                let e = r
+                    .err()
+                    .unwrap_or_else(|| panic!("{name}: {messages} was sent"));
+                assert_eq!(
+                    (e.status.as_u16(), e.param.as_deref()),
+                    (400, Some("messages")),
+                    "{name}: {messages}"
+                );
+                assert!(
+                    e.message.contains("at least one user or assistant message"),
+                    "{}",
+                    e.message
+                );
+            }
+        }
+    }
+
     /// OpenAI's `service_tier` on Anthropic's API: "default" (the standard
     /// tier only) is Anthropic's "standard_only"; "auto" is Anthropic's
     /// default and is left out; Vertex AI's Claude has no tiers.

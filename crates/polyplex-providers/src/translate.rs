@@ -481,6 +481,17 @@ pub(crate) fn reasoning_effort(body: &JsonMap) -> Result<Option<&str>, GatewayEr
     }
 }
 
+/// The refusal of a chat request that leaves `protocol` nothing to answer:
+/// only system or developer messages, or messages without content. OpenAI
+/// answers such a request; Anthropic's, Gemini's and Bedrock's APIs need at
+/// least one user or assistant turn, and polyplex does not make one up.
+pub(crate) fn no_turns(protocol: &str) -> GatewayError {
+    GatewayError::invalid_param(
+        "messages",
+        format!("The {protocol} protocol needs at least one user or assistant message with content; this request has none (only system or developer messages, or empty ones)."),
+    )
+}
+
 /// Whether `body` asks for `key` in a way that changes the answer: given,
 /// not null, and not a value that asks for nothing beyond what a provider
 /// without the parameter does anyway ([`asks_nothing`]).

@@ -626,14 +626,39 @@ fn empty_chat(
             }
         });
     let mut body = serde_json::Map::new();
-    body.insert("messages".into(), serde_json::Value::Array(Vec::new()));
+    body.insert(
+        "messages".into(),
+        serde_json::json!([{"role": "user", "content": "ping"}]),
+    );
     let mut target = up.target(catalog, &model, false);
     if bearer.is_some() {
         target.credential = bearer;
     }
-    up.protocol
+    // Built with a message (the adapters refuse a conversation without
+    // one), then sent without it: the upstream's 400 costs nothing.
+    let mut req = up
+        .protocol
         .build(polyplex_providers::Endpoint::Chat, &body, false, &target)
-        .ok()
+        .ok()?;
+    let mut sent: serde_json::Value = serde_json::from_slice(&req.body).ok()?;
+    let turns = if sent.get("contents").is_some() {
+        "contents"
+    } else {
+        "messages"
+    };
+    sent[turns] = serde_json::Value::Array(Vec::new());
+    req.body = serde_json::to_vec(&sent).ok()?.into();
+    if let Some(signer) = target.sigv4 {
+        signer
+            .sign(
+                &req.url,
+                &mut req.headers,
+                &req.body,
+                std::time::SystemTime::now(),
+            )
+            .ok()?;
+    }
+    Some(req)
 }
 
 async fn check(config: Option<PathBuf>) -> ExitCode {
@@ -744,7 +769,7 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
         }
         // Bedrock's runtime lists nothing: a signed Converse call with no
         // messages is refused (400) only once the credentials are accepted,
-        // and costs nothing.
+        // and costs nothing (`empty_chat`).
         // Vertex AI's neither: the same, with an access token got first.
         let probe = match p.kind.as_str() {
             "bedrock" => empty_chat(&up, p, None),

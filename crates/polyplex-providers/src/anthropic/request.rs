@@ -2,7 +2,7 @@
 
 use super::{FALLBACK_MAX_TOKENS, JSON_TOOL, VERSION};
 use crate::translate::{
-    asks, assistant_calls, check_fields, data_url, reasoning_effort, text_of, CHAT_PARAMS,
+    asks, assistant_calls, check_fields, data_url, no_turns, reasoning_effort, text_of, CHAT_PARAMS,
 };
 use crate::{join_url, unsupported, Target, UpstreamRequest};
 use bytes::Bytes;
@@ -491,6 +491,9 @@ impl<'a> MessagesRequest<'a> {
 
     /// The JSON body, with the parameters dropped on the way.
     fn encode(&self, dropped: Vec<String>) -> Result<(Vec<u8>, Vec<String>), GatewayError> {
+        if self.messages.is_empty() {
+            return Err(no_turns("Anthropic"));
+        }
         let body = serde_json::to_vec(self).map_err(|e| {
             GatewayError::internal(format!("could not encode the upstream request: {e}"))
         })?;

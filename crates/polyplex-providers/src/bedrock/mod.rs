@@ -29,7 +29,7 @@ pub use stream::Decoder;
 
 use crate::translate::{
     asks, assistant_calls, check_fields, completion, data_url, embedding_input, embedding_list,
-    push_turn, text_of, unsupported_endpoint, EmbeddingInput, CHAT_PARAMS,
+    no_turns, push_turn, text_of, unsupported_endpoint, EmbeddingInput, CHAT_PARAMS,
 };
 use crate::{join_url, unsupported, Endpoint, Protocol, StreamDecoder, Target, UpstreamRequest};
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
@@ -272,6 +272,9 @@ fn build_chat(
 
     let (turns, system, history_uses_tools) = messages(body)?;
     let mut out = Map::new();
+    if turns.is_empty() {
+        return Err(no_turns(P));
+    }
     out.insert("messages".into(), Value::Array(turns));
     let system: Vec<Value> = system
         .into_iter()

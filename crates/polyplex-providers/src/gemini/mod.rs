@@ -20,8 +20,9 @@ mod tests;
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
 use crate::translate::{
-    asks, check_fields, chunk, completion, data_url, embedding_input, embedding_list, now,
-    push_turn, text_of, tool_args, unsupported_endpoint, usage_chunk, EmbeddingInput, CHAT_PARAMS,
+    asks, check_fields, chunk, completion, data_url, embedding_input, embedding_list, no_turns,
+    now, push_turn, text_of, tool_args, unsupported_endpoint, usage_chunk, EmbeddingInput,
+    CHAT_PARAMS,
 };
 use crate::{
     join_url, unsupported, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target,
@@ -188,6 +189,9 @@ pub(crate) fn chat_body(
         }
     }
 
+    if contents.is_empty() {
+        return Err(no_turns("Gemini"));
+    }
     let mut out = Map::new();
     out.insert("contents".into(), Value::Array(contents));
     let system: Vec<String> = system.into_iter().filter(|s| !s.is_empty()).collect();
