@@ -4,6 +4,7 @@ class OpenAI's own API would cause, with its code; usage is recorded per key.
 """
 import json
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -157,3 +158,28 @@ def test_cli_keys_and_usage_share_the_servers_store(gateway, gateway_dir):
         timeout=30, env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"},
     )
     assert revoked.returncode == 0, revoked.stderr
+
+
+def test_cli_takes_the_name_as_an_argument_and_revokes_by_the_key_itself(gateway, gateway_dir):
+    env = {"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"}
+    run = lambda *args: subprocess.run([BIN, *args], cwd=gateway_dir, capture_output=True, text=True,
+                                       timeout=30, env=env)
+    out = run("keys", "create", "ci-bot", "--json")
+    assert out.returncode == 0, out.stderr
+    k = json.loads(out.stdout)
+    assert k["name"] == "ci-bot"
+    assert hello(sdk(gateway, k["key"]), model="gpt-4o").choices[0].message.content
+    assert run("keys", "create").returncode != 0  # a name is required
+    revoked = run("keys", "revoke", k["key"])
+    assert revoked.returncode == 0, revoked.stderr
+    assert k["id"] in revoked.stdout and k["key"] not in revoked.stdout
+    # The running gateway stops taking it within seconds (it rereads the store).
+    deadline = time.time() + 15
+    while True:
+        try:
+            hello(sdk(gateway, k["key"]), model="gpt-4o")
+        except openai.AuthenticationError:
+            break
+        assert time.time() < deadline, "the revoked key was still served"
+        time.sleep(0.2)
+    assert run("keys", "revoke", "plx-not-a-key").returncode != 0

@@ -107,8 +107,11 @@ enum CatalogAction {
 enum KeysAction {
     /// Create a key; it is printed once and never again.
     Create {
-        #[arg(long)]
-        name: String,
+        /// The key's name (or `--name`).
+        #[arg(value_name = "NAME", conflicts_with = "name")]
+        name_arg: Option<String>,
+        #[arg(long, required_unless_present = "name_arg")]
+        name: Option<String>,
         /// Models the key may use (comma-separated or repeated; `provider/*` allowed). Default: every model.
         #[arg(long, value_delimiter = ',')]
         models: Vec<String>,
@@ -137,7 +140,10 @@ enum KeysAction {
         json: bool,
     },
     /// Revoke a key by id (a running gateway stops taking it within seconds).
-    Revoke { id: String },
+    Revoke {
+        /// The key's id (`key_...`), or the key itself (`plx-...`).
+        id: String,
+    },
 }
 
 fn env_get(k: &str) -> Option<String> {
@@ -355,6 +361,7 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
     let store = open_store(config.as_ref()).await?;
     match action {
         KeysAction::Create {
+            name_arg,
             name,
             models,
             rpm,
@@ -364,6 +371,9 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
             expires_at,
             json,
         } => {
+            let name = name
+                .or(name_arg)
+                .ok_or("a key needs a name: polyplex keys create NAME (or --name NAME)")?;
             if budget_usd.is_some_and(|b| !(b >= 0.0 && b.is_finite())) {
                 return Err("--budget-usd must be a number of at least 0".into());
             }
@@ -436,6 +446,19 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
             }
         }
         KeysAction::Revoke { id } => {
+            // The key itself names its row by its hash; it is never printed.
+            let id = if id.starts_with("plx-") {
+                match store
+                    .key_by_hash(&polyplex::keys::hash(&id))
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    Some(row) => row.id,
+                    None => return Err("no key matches the `plx-` key given".into()),
+                }
+            } else {
+                id
+            };
             match store.revoke_key(&id).await.map_err(|e| e.to_string())? {
                 Some(_) => println!("revoked {id}"),
                 None => return Err(format!("no key with id `{id}`")),
