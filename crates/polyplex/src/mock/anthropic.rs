@@ -164,6 +164,20 @@ pub(crate) async fn serve(
             None,
         );
     }
+    // As Anthropic's API: a request needs a turn to answer.
+    if req
+        .get("messages")
+        .and_then(Value::as_array)
+        .is_none_or(|m| m.is_empty())
+    {
+        return shaped_error(
+            shape,
+            StatusCode::BAD_REQUEST,
+            "",
+            "messages: at least one message is required",
+            None,
+        );
+    }
     let model = req
         .get("model")
         .and_then(Value::as_str)

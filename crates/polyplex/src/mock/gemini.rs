@@ -164,6 +164,18 @@ pub(crate) async fn serve(
         Ok(x) => x,
         Err(r) => return r,
     };
+    // As Google's API: a request needs a turn to answer.
+    if req
+        .get("contents")
+        .and_then(Value::as_array)
+        .is_none_or(|c| c.is_empty())
+    {
+        return google_error(
+            StatusCode::BAD_REQUEST,
+            "* GenerateContentRequest.contents: contents is not specified\n",
+            "INVALID_ARGUMENT",
+        );
+    }
     let req = Value::Object(req);
     let oa = to_openai(&req);
     let n = req
