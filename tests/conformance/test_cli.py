@@ -2,8 +2,9 @@
 import json
 from pathlib import Path
 import subprocess
+import time
 
-from conftest import BIN
+from conftest import BIN, Proc, free_port
 
 
 def run(*args, cwd=None, env=None):
@@ -36,6 +37,32 @@ base_url = "http://127.0.0.1:9/v1"
     assert "reachable" in up and "UNREACHABLE" not in up
     assert "UNREACHABLE" in down
     assert "sk-check-secret" not in r.stdout + r.stderr
+
+
+def test_check_and_serve_name_models_without_a_price(mock, tmp_path):
+    # A model with no catalog price costs 0 and escapes key budgets: said, with the fix.
+    cfg = tmp_path / "polyplex.toml"
+    cfg.write_text(f"""
+listen = "127.0.0.1:{free_port()}"
+[[providers]]
+name = "local"
+kind = "openai"
+base_url = "{mock}/v1"
+models = ["my-finetune", "priced"]
+prices."priced" = {{ input = 1.0, output = 2.0 }}
+""")
+    r = run("check", "--config", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    note = next(line for line in r.stdout.splitlines() if "no price known for" in line)
+    assert "my-finetune" in note and "priced" not in note.replace("prices", "") and "`prices`" in note
+    p = Proc([BIN, "serve", "--config", str(cfg)], cwd=tmp_path)
+    try:
+        deadline = time.time() + 20
+        while "no price known for: my-finetune" not in p.output():
+            assert time.time() < deadline, p.output()
+            time.sleep(0.1)
+    finally:
+        p.stop()
 
 
 def test_check_probes_bedrock_with_a_signed_call(mock, tmp_path):

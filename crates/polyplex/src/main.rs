@@ -309,6 +309,9 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<(), St
     }
     for u in running.state.router.upstreams() {
         tracing::info!(provider = %u.name, base_url = %u.base_url, protocol = u.protocol.name(), "provider enabled");
+        if let Some(note) = u.unpriced_note(running.state.router.catalog()) {
+            tracing::warn!(provider = %u.name, "{note}");
+        }
     }
     tracing::info!(addr = %running.addr, threads, "polyplex listening; OpenAI-compatible API at http://{}/v1", running.addr);
     let stop = running.shutdown_handle();
@@ -856,6 +859,9 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
             "{:<20} {:<8} {:<45} {verdict}; models: {models}",
             p.name, p.kind, p.base_url
         );
+        if let Some(note) = up.unpriced_note(polyplex_catalog::Catalog::builtin()) {
+            println!("{:<20} note: {note}", "");
+        }
     }
     for r in &cfg.routes {
         println!(

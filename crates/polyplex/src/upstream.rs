@@ -279,6 +279,38 @@ impl Upstream {
         }
     }
 
+    /// The models this provider offers that have no price (neither in the
+    /// catalog nor in `prices`): their `usage.cost` is 0, so a key's budget
+    /// does not count them. Said at start and by `polyplex check`.
+    pub fn unpriced(&self, catalog: &Catalog) -> Vec<String> {
+        self.model_ids(catalog)
+            .into_iter()
+            .filter(|m| self.price(catalog, m, 0).is_none())
+            .collect()
+    }
+
+    /// How [`Upstream::unpriced`] is said: the first few names and a count.
+    pub fn unpriced_note(&self, catalog: &Catalog) -> Option<String> {
+        let models = self.unpriced(catalog);
+        if models.is_empty() {
+            return None;
+        }
+        const SHOWN: usize = 5;
+        let mut names = models
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if models.len() > SHOWN {
+            names.push_str(&format!(" and {} more", models.len() - SHOWN));
+        }
+        Some(format!(
+            "no price known for: {names}. Their usage.cost is 0 and key budgets do not count them; set `prices` on provider `{}` to charge them.",
+            self.name
+        ))
+    }
+
     /// Price for `model` at a prompt size: config override, else catalog.
     pub fn price(&self, catalog: &Catalog, model: &str, prompt_tokens: u64) -> Option<Price> {
         if let Some(p) = self.prices.get(model) {

@@ -749,39 +749,65 @@ async fn completions(State(s): State<Arc<MockState>>, headers: HeaderMap, body: 
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let (pieces, finish) = reply::completion_answer(&req);
-    let prompt = match req.get("prompt") {
-        Some(Value::String(p)) => reply::tokenize(p).len() as u64,
-        _ => 1,
+    // As OpenAI's: one choice per prompt (a list of prompts) and per `n`,
+    // choice `i * n + j` for prompt `i`.
+    let prompts: Vec<&str> = match req.get("prompt") {
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) && !a.is_empty() => {
+            a.iter().filter_map(Value::as_str).collect()
+        }
+        Some(Value::String(p)) => vec![p.as_str()],
+        _ => vec![""],
     };
+    let n = req
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let mut prompt_tokens = 0;
+    let mut completion_tokens = 0;
+    let mut answers = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        prompt_tokens += reply::tokenize(p).len().max(1) as u64;
+        let (pieces, finish) = reply::completion_answer(p, &req);
+        for j in 0..n {
+            completion_tokens += pieces.len() as u64;
+            answers.push((i as u64 * n + j, pieces.clone(), finish));
+        }
+    }
+    let usage = usage_json(prompt_tokens, completion_tokens);
     let id = s.next_id("cmpl-mock");
     let created = now();
     if !stream {
         if fault.is_some_and(|f| f.fault == "garbage") {
             return garbage();
         }
-        return Json(json!({"id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"text": pieces.concat(), "index": 0, "logprobs": null, "finish_reason": finish}],
-            "usage": usage_json(prompt, pieces.len() as u64), "system_fingerprint": "fp_polyplex_mock"}))
+        let choices: Vec<Value> = answers
+            .iter()
+            .map(|(index, pieces, finish)| {
+                json!({"text": pieces.concat(), "index": index, "logprobs": null, "finish_reason": finish})
+            })
+            .collect();
+        return Json(
+            json!({"id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": choices, "usage": usage, "system_fingerprint": "fp_polyplex_mock"}),
+        )
         .into_response();
     }
-    let mut events: Vec<Bytes> = pieces
-        .iter()
-        .map(|p| {
-            frame(
-                &json!({"id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"text": p, "index": 0, "logprobs": null, "finish_reason": null}]}),
-            )
-        })
-        .collect();
-    events.push(frame(
-        &json!({"id": id, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"text": "", "index": 0, "logprobs": null, "finish_reason": finish}]}),
-    ));
+    let chunk = |index: u64, text: &str, finish: Option<&str>| {
+        frame(
+            &json!({"id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"text": text, "index": index, "logprobs": null, "finish_reason": finish}]}),
+        )
+    };
+    let mut events: Vec<Bytes> = Vec::new();
+    for (index, pieces, finish) in &answers {
+        events.extend(pieces.iter().map(|p| chunk(*index, p, None)));
+        events.push(chunk(*index, "", Some(finish)));
+    }
     if include_usage {
         events.push(frame(
             &json!({"id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [], "usage": usage_json(prompt, pieces.len() as u64)}),
+            "choices": [], "usage": usage}),
         ));
     }
     events.push(done_frame());

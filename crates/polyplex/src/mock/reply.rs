@@ -276,16 +276,11 @@ pub fn chat_answer(body: &Map<String, Value>) -> Answer {
 }
 
 /// Legacy completions: echo the prompt.
-pub fn completion_answer(body: &Map<String, Value>) -> (Vec<String>, &'static str) {
-    let prompt = match body.get("prompt") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(a)) => a.first().and_then(Value::as_str).unwrap_or("").to_string(),
-        _ => String::new(),
-    };
+pub fn completion_answer(prompt: &str, body: &Map<String, Value>) -> (Vec<String>, &'static str) {
     let mut text = if prompt.is_empty() {
         "Hello from the polyplex mock.".to_string()
     } else {
-        prompt
+        prompt.to_string()
     };
     apply_stop(&mut text, body.get("stop"));
     let mut pieces = tokenize(&text);
