@@ -89,6 +89,10 @@ def test_requests_per_minute_raise_rate_limit_error_with_headers(gateway):
         hello(c)
     assert e.value.code == "rate_limit_exceeded"
     assert int(e.value.response.headers["retry-after"]) >= 1
+    # The 429 says where the limits stand, as OpenAI's does.
+    assert e.value.response.headers["x-ratelimit-limit-requests"] == "2"
+    assert e.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert e.value.response.headers["x-ratelimit-reset-requests"]
 
 
 def test_a_spent_budget_raises_insufficient_quota(gateway):

@@ -98,6 +98,20 @@ struct Window {
 }
 
 impl Window {
+    /// The header state of a key's per-minute limits (after [`Window::trim`]).
+    fn limits(&self, spec: &KeyRow, now: Instant) -> Limits {
+        Limits {
+            rpm: spec.rpm.map(|rpm| LimitState {
+                limit: rpm,
+                remaining: rpm.saturating_sub(self.requests.len() as u64),
+                reset: self.requests.front().map_or(Duration::ZERO, |t| {
+                    WINDOW.saturating_sub(now.duration_since(*t))
+                }),
+            }),
+            tpm: spec.tpm.map(|tpm| self.tokens_state(tpm, now)),
+        }
+    }
+
     /// The tokens-per-minute header state (after [`Window::trim`]).
     fn tokens_state(&self, tpm: u64, now: Instant) -> LimitState {
         LimitState {
@@ -306,16 +320,7 @@ impl KeyEntry {
         if spec.rpm.is_some() {
             w.requests.push_back(now);
         }
-        let limits = Limits {
-            rpm: spec.rpm.map(|rpm| LimitState {
-                limit: rpm,
-                remaining: rpm.saturating_sub(w.requests.len() as u64),
-                reset: w.requests.front().map_or(Duration::ZERO, |t| {
-                    WINDOW.saturating_sub(now.duration_since(*t))
-                }),
-            }),
-            tpm: spec.tpm.map(|tpm| w.tokens_state(tpm, now)),
-        };
+        let limits = w.limits(&spec, now);
         drop(w);
         guard.limits = limits;
         Ok(guard)
@@ -341,6 +346,15 @@ impl KeyEntry {
         let mut w = self.window();
         w.trim(now);
         Some(w.tokens_state(tpm, now))
+    }
+
+    /// The key's per-minute limits as they stand now, for the headers of an
+    /// answer given without admission (a 429).
+    pub fn limits_now(&self, now: Instant) -> Limits {
+        let spec = self.spec();
+        let mut w = self.window();
+        w.trim(now);
+        w.limits(&spec, now)
     }
 
     /// Counts a finished request's tokens and cost against the key.

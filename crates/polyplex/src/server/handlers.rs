@@ -323,7 +323,19 @@ pub(super) async fn handle(
     crate::phase::mark("valid");
     let admitted = match call.admit(&parsed).await {
         Ok(a) => a,
-        Err(e) => return call.fail(&parsed.model, parsed.stream, e, &no_one),
+        Err(e) => {
+            // A 429 of this node's per-minute limits carries OpenAI's
+            // headers too (shared limits: Redis's count is not at hand).
+            let limited = e.status == StatusCode::TOO_MANY_REQUESTS
+                && e.code.as_deref() == Some("rate_limit_exceeded");
+            let mut resp = call.fail(&parsed.model, parsed.stream, e, &no_one);
+            if limited && call.app.shared_limits.is_none() {
+                if let Some(key) = call.caller.key() {
+                    ratelimit_headers(&mut resp, &key.limits_now(Instant::now()));
+                }
+            }
+            return resp;
+        }
     };
     let mut limits = admitted.as_ref().map(|a| a.limits).unwrap_or_default();
     let stream = parsed.stream;
