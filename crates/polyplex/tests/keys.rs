@@ -358,17 +358,12 @@ async fn ratelimit_headers_count_the_answered_request() {
     let mock = common::mock().await;
     let gw = gateway(mock, "sqlite::memory:").await;
     let c = Client::new(&gw);
-    let (_, k) = c
-        .admin(
-            reqwest::Method::POST,
-            "/admin/keys",
-            Some(json!({"name": "t", "rpm": 10, "tpm": 100000})),
-        )
+    let (token, _) = c
+        .new_key(json!({"name": "t", "rpm": 10, "tpm": 100000}))
         .await;
-    let token = k["key"].as_str().unwrap();
     let mut used = 0;
     for i in 1..=2u64 {
-        let r = c.chat(token, "gpt-4o").await;
+        let r = c.chat(&token, "gpt-4o").await;
         assert_eq!(r.status(), 200);
         let h = |n: &str| r.headers()[n].to_str().unwrap().to_string();
         assert_eq!(h("x-ratelimit-limit-tokens"), "100000");
