@@ -364,6 +364,7 @@ mod tests {
     fn parameters_that_ask_nothing_are_honoured_everywhere() {
         let honoured = [
             ("n", json!(1)),
+            ("n", json!(1.0)),
             ("presence_penalty", json!(0)),
             ("frequency_penalty", json!(0.0)),
             ("logit_bias", json!({})),
@@ -385,6 +386,9 @@ mod tests {
             ("service_tier", json!("flex")),
             ("logprobs", json!(true)),
             ("n", json!(2)),
+            // As a float too (OpenAI's integer fields take `2.0`): once
+            // let through as if absent, a choice silently lost.
+            ("n", json!(2.0)),
         ];
         for (name, p, base, model) in translating() {
             let plain = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});

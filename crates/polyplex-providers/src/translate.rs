@@ -510,10 +510,11 @@ pub(crate) fn asks(body: &JsonMap, key: &str) -> bool {
 pub(crate) fn asks_nothing(key: &str, v: &Value) -> bool {
     match (key, v) {
         (_, Value::Null) => true,
-        ("n", Value::Number(n)) => n.as_u64() == Some(1),
+        // Numbers by value: `1.0` is OpenAI's `1` (an integer field takes it).
+        ("n", Value::Number(n)) => n.as_f64() == Some(1.0),
         ("presence_penalty" | "frequency_penalty", Value::Number(n)) => n.as_f64() == Some(0.0),
         ("logit_bias" | "metadata", Value::Object(m)) => m.is_empty(),
-        ("top_logprobs", Value::Number(n)) => n.as_u64() == Some(0),
+        ("top_logprobs", Value::Number(n)) => n.as_f64() == Some(0.0),
         ("logprobs" | "store", Value::Bool(b)) => !b,
         ("parallel_tool_calls", Value::Bool(b)) => *b,
         ("modalities", Value::Array(a)) => {
@@ -522,6 +523,24 @@ pub(crate) fn asks_nothing(key: &str, v: &Value) -> bool {
         ("service_tier", Value::String(s)) => s == "auto" || s == "default",
         _ => false,
     }
+}
+
+/// Refuses (or, under `drop_params`, drops and names) each of `keys`, in
+/// that order, that the body [`asks`] for: the parameters `protocol` has no
+/// equivalent of.
+pub(crate) fn refuse_asked(
+    body: &JsonMap,
+    keys: &[&str],
+    protocol: &str,
+    target: &Target<'_>,
+    dropped: &mut Vec<String>,
+) -> Result<(), GatewayError> {
+    for k in keys {
+        if asks(body, k) {
+            crate::unsupported(k, protocol, target, dropped)?;
+        }
+    }
+    Ok(())
 }
 
 /// The parameters of an embeddings request.

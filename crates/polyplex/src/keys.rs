@@ -338,18 +338,9 @@ impl KeyEntry {
         }
     }
 
-    /// The key's tokens-per-minute state now: what the requests answered
-    /// since an admission used counts (a unary request's own among them,
-    /// once it is answered). `None` without a tokens-per-minute limit.
-    pub fn tokens_now(&self, now: Instant) -> Option<LimitState> {
-        let tpm = self.spec().tpm?;
-        let mut w = self.window();
-        w.trim(now);
-        Some(w.tokens_state(tpm, now))
-    }
-
-    /// The key's per-minute limits as they stand now, for the headers of an
-    /// answer given without admission (a 429).
+    /// The key's per-minute limits as they stand now: for the headers of an
+    /// answer given without admission (a 429), and of a unary answer, whose
+    /// tokens count once it is answered.
     pub fn limits_now(&self, now: Instant) -> Limits {
         let spec = self.spec();
         let mut w = self.window();

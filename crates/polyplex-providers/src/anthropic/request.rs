@@ -333,18 +333,17 @@ impl QuickChat<'_> {
         vertex_version: Option<&'static str>,
     ) -> Result<(Vec<u8>, Vec<String>), GatewayError> {
         let mut dropped = Vec::new();
+        // UNANSWERABLE's order; this shape has no logit_bias nor top_logprobs.
         refuse_unanswerable(
-            Unanswerable {
-                n: self.n,
-                given: [
-                    self.seed.is_some(),
-                    self.presence_penalty.is_some_and(|p| p != 0.0),
-                    self.frequency_penalty.is_some_and(|p| p != 0.0),
-                    false,
-                    false,
-                ],
-                logprobs: self.logprobs == Some(true),
-            },
+            [
+                self.n.is_some_and(|n| n != 1),
+                self.seed.is_some(),
+                self.presence_penalty.is_some_and(|p| p != 0.0),
+                self.frequency_penalty.is_some_and(|p| p != 0.0),
+                false,
+                false,
+                self.logprobs == Some(true),
+            ],
             target,
             &mut dropped,
         )?;
@@ -380,38 +379,29 @@ impl QuickChat<'_> {
     }
 }
 
-/// The OpenAI parameters Anthropic has no equivalent for, as a body gives
-/// them: `n`, then whether `seed`, `presence_penalty`, `frequency_penalty`,
-/// `logit_bias` and `top_logprobs` are given, then `logprobs: true`.
-struct Unanswerable {
-    n: Option<u64>,
-    given: [bool; 5],
-    logprobs: bool,
-}
+/// The OpenAI parameters Anthropic has no equivalent for, in the order
+/// they are refused.
+const UNANSWERABLE: [&str; 7] = [
+    "n",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "top_logprobs",
+    "logprobs",
+];
 
-/// Refuses (or drops, under `drop_params`) each of `u`, in that order.
+/// Refuses (or drops, under `drop_params`) each of [`UNANSWERABLE`] that
+/// `asked` marks (what [`asks`] says of the body).
 fn refuse_unanswerable(
-    u: Unanswerable,
+    asked: [bool; 7],
     target: &Target<'_>,
     dropped: &mut Vec<String>,
 ) -> Result<(), GatewayError> {
-    if u.n.is_some_and(|n| n > 1) {
-        unsupported("n", "Anthropic", target, dropped)?;
-    }
-    let names = [
-        "seed",
-        "presence_penalty",
-        "frequency_penalty",
-        "logit_bias",
-        "top_logprobs",
-    ];
-    for (k, given) in names.into_iter().zip(u.given) {
-        if given {
+    for (k, asked) in UNANSWERABLE.into_iter().zip(asked) {
+        if asked {
             unsupported(k, "Anthropic", target, dropped)?;
         }
-    }
-    if u.logprobs {
-        unsupported("logprobs", "Anthropic", target, dropped)?;
     }
     Ok(())
 }
@@ -512,21 +502,7 @@ pub(crate) fn messages_body(
 ) -> Result<(Vec<u8>, Vec<String>), GatewayError> {
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, true, "Anthropic", target, &mut dropped)?;
-    refuse_unanswerable(
-        Unanswerable {
-            n: lookup(body, "n").and_then(Value::as_u64),
-            given: [
-                asks(body, "seed"),
-                asks(body, "presence_penalty"),
-                asks(body, "frequency_penalty"),
-                asks(body, "logit_bias"),
-                asks(body, "top_logprobs"),
-            ],
-            logprobs: lookup(body, "logprobs").and_then(Value::as_bool) == Some(true),
-        },
-        target,
-        &mut dropped,
-    )?;
+    refuse_unanswerable(UNANSWERABLE.map(|k| asks(body, k)), target, &mut dropped)?;
 
     let (turns, system) = messages(body)?;
     let limit = lookup(body, "max_completion_tokens")

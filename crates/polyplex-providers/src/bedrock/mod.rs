@@ -28,8 +28,8 @@ pub use sigv4::SigV4;
 pub use stream::Decoder;
 
 use crate::translate::{
-    asks, assistant_calls, check_fields, completion, data_url, embedding_input, embedding_list,
-    no_turns, push_turn, text_of, unsupported_endpoint, EmbeddingInput, CHAT_PARAMS,
+    assistant_calls, check_fields, completion, data_url, embedding_input, embedding_list, no_turns,
+    push_turn, refuse_asked, text_of, unsupported_endpoint, EmbeddingInput, CHAT_PARAMS,
 };
 use crate::{join_url, unsupported, Endpoint, Protocol, StreamDecoder, Target, UpstreamRequest};
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
@@ -246,29 +246,22 @@ fn build_chat(
     if lookup(body, "reasoning_effort").is_some_and(|v| !v.is_null()) {
         crate::unsupported("reasoning_effort", P, target, &mut dropped)?;
     }
-    if lookup(body, "n")
-        .and_then(Value::as_u64)
-        .is_some_and(|n| n > 1)
-    {
-        unsupported("n", P, target, &mut dropped)?;
-    }
-    for k in [
-        "seed",
-        "presence_penalty",
-        "frequency_penalty",
-        "logit_bias",
-        "top_logprobs",
-    ] {
-        if asks(body, k) {
-            unsupported(k, P, target, &mut dropped)?;
-        }
-    }
-    if lookup(body, "logprobs").and_then(Value::as_bool) == Some(true) {
-        unsupported("logprobs", P, target, &mut dropped)?;
-    }
-    if lookup(body, "parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
-        unsupported("parallel_tool_calls", P, target, &mut dropped)?;
-    }
+    refuse_asked(
+        body,
+        &[
+            "n",
+            "seed",
+            "presence_penalty",
+            "frequency_penalty",
+            "logit_bias",
+            "top_logprobs",
+            "logprobs",
+            "parallel_tool_calls",
+        ],
+        P,
+        target,
+        &mut dropped,
+    )?;
 
     let (turns, system, history_uses_tools) = messages(body)?;
     let mut out = Map::new();

@@ -15,12 +15,11 @@ mod tests;
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
 use crate::translate::{
-    asks, check_fields, chunk, completion, embedding_input, embedding_list, now,
+    check_fields, chunk, completion, embedding_input, embedding_list, now, refuse_asked,
     unsupported_endpoint, usage_chunk, CHAT_PARAMS,
 };
 use crate::{
-    join_url, unsupported, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target,
-    UpstreamRequest,
+    join_url, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target, UpstreamRequest,
 };
 use bytes::Bytes;
 use http::StatusCode;
@@ -60,23 +59,19 @@ fn build_chat(
     if lookup(body, "reasoning_effort").is_some_and(|v| !v.is_null()) {
         crate::unsupported("reasoning_effort", "Cohere", target, &mut dropped)?;
     }
-    if lookup(body, "n")
-        .and_then(Value::as_u64)
-        .is_some_and(|n| n > 1)
-    {
-        unsupported("n", "Cohere", target, &mut dropped)?;
-    }
-    for k in ["logit_bias", "top_logprobs"] {
-        if asks(body, k) {
-            unsupported(k, "Cohere", target, &mut dropped)?;
-        }
-    }
-    if lookup(body, "logprobs").and_then(Value::as_bool) == Some(true) {
-        unsupported("logprobs", "Cohere", target, &mut dropped)?;
-    }
-    if lookup(body, "parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
-        unsupported("parallel_tool_calls", "Cohere", target, &mut dropped)?;
-    }
+    refuse_asked(
+        body,
+        &[
+            "n",
+            "logit_bias",
+            "top_logprobs",
+            "logprobs",
+            "parallel_tool_calls",
+        ],
+        "Cohere",
+        target,
+        &mut dropped,
+    )?;
 
     let mut out = Map::new();
     out.insert("model".into(), json!(target.model));

@@ -20,13 +20,12 @@ mod tests;
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
 use crate::translate::{
-    asks, check_fields, chunk, completion, data_url, embedding_input, embedding_list, no_turns,
-    now, push_turn, text_of, tool_args, unsupported_endpoint, usage_chunk, EmbeddingInput,
+    check_fields, chunk, completion, data_url, embedding_input, embedding_list, no_turns, now,
+    push_turn, refuse_asked, text_of, tool_args, unsupported_endpoint, usage_chunk, EmbeddingInput,
     CHAT_PARAMS,
 };
 use crate::{
-    join_url, unsupported, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target,
-    UpstreamRequest,
+    join_url, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target, UpstreamRequest,
 };
 use bytes::Bytes;
 use http::StatusCode;
@@ -112,15 +111,13 @@ pub(crate) fn chat_body(
 ) -> Result<(Vec<u8>, Vec<String>), GatewayError> {
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, false, "Gemini", target, &mut dropped)?;
-    if asks(body, "logit_bias") {
-        unsupported("logit_bias", "Gemini", target, &mut dropped)?;
-    }
-    if lookup(body, "logprobs").and_then(Value::as_bool) == Some(true) {
-        unsupported("logprobs", "Gemini", target, &mut dropped)?;
-    }
-    if lookup(body, "parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
-        unsupported("parallel_tool_calls", "Gemini", target, &mut dropped)?;
-    }
+    refuse_asked(
+        body,
+        &["logit_bias", "logprobs", "parallel_tool_calls"],
+        "Gemini",
+        target,
+        &mut dropped,
+    )?;
 
     let mut system = Vec::new();
     let mut contents: Vec<Value> = Vec::new();

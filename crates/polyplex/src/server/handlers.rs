@@ -346,7 +346,7 @@ pub(super) async fn handle(
     // through Redis keep the count Redis gave at admission.)
     if !stream && limits.tpm.is_some() && call.app.shared_limits.is_none() {
         if let Some(key) = call.caller.key() {
-            limits.tpm = key.tokens_now(Instant::now());
+            limits.tpm = key.limits_now(Instant::now()).tpm;
         }
     }
     ratelimit_headers(&mut resp, &limits);
