@@ -4,6 +4,7 @@ unchanged, talking to those protocols through polyplex (the mock speaks
 Anthropic's Messages API, Gemini's generateContent, Bedrock's Converse,
 checking SigV4 signatures, and Vertex AI, issuing OAuth tokens for a
 service-account key)."""
+import base64
 import json
 import urllib.request
 
@@ -145,6 +146,30 @@ def test_bedrock_refuses_what_converse_cannot_do(client):
         {"type": "text", "text": "describe"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}])
     assert r.choices[0].message.content == "describe [image]"
+
+
+def test_a_pdf_reaches_each_protocol_as_its_own_document(client, model):
+    """The SDK's documented PDF input (a `file` part with base64 file_data)
+    reaches Claude as a document block, Gemini as inline data and Bedrock
+    as a named document; an OpenAI file id cannot leave OpenAI and is
+    refused naming it."""
+    pdf = base64.b64encode(b"%PDF-1.4\n%polyplex\n").decode()
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "Summarise"},
+        {"type": "file", "file": {"filename": "q3 report.pdf", "file_data": f"data:application/pdf;base64,{pdf}"}}]}])
+    kind = "[file]" if model in (GEMINI, VERTEX_GEMINI) else "[document]"
+    assert r.choices[0].message.content == f"Summarise {kind}"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": [
+            {"type": "text", "text": "Summarise"}, {"type": "file", "file": {"file_id": "file-abc123"}}]}])
+    assert e.value.param == "messages[0].content[1].file.file_id"
+
+
+def test_a_participant_name_is_dropped_and_named(client, model):
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=[
+        {"role": "user", "name": "ann", "content": "Hello"}])
+    assert raw.headers["x-polyplex-dropped-params"] == "messages[].name"
+    assert raw.parse().choices[0].message.content == "Hello"
 
 
 def test_bedrock_titan_embeds_a_list_one_text_per_request(client, mock):

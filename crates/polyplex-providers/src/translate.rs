@@ -61,6 +61,161 @@ pub(crate) fn data_url<'a>(
     Some(parsed)
 }
 
+/// The inline content of an OpenAI `file` content part: its media type,
+/// base64 data and file name.
+pub(crate) struct FileData<'a> {
+    pub media_type: &'a str,
+    pub data: &'a str,
+    pub filename: Option<&'a str>,
+}
+
+/// The media type a file name's extension stands for, for a `file_data`
+/// sent as bare base64 (OpenAI takes that with a `filename`).
+fn media_type_of(filename: &str) -> Option<&'static str> {
+    let ext = filename.rsplit_once('.')?.1.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "pdf" => "application/pdf",
+        "txt" => "text/plain",
+        "md" => "text/markdown",
+        "csv" => "text/csv",
+        "html" | "htm" => "text/html",
+        "doc" => "application/msword",
+        "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "xls" => "application/vnd.ms-excel",
+        "xlsx" => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        _ => return None,
+    })
+}
+
+/// An OpenAI `file` content part (`param` is its path, e.g.
+/// `messages[0].content[1]`) as inline data for `protocol`: `file_data`
+/// as a base64 data URL, or bare base64 with a `filename` that names its
+/// type. A `file_id` names a file in OpenAI's own store, which no other
+/// provider can read: refused by name.
+pub(crate) fn file_data<'a>(
+    part: &'a Value,
+    param: &str,
+    protocol: &str,
+) -> Result<FileData<'a>, GatewayError> {
+    let file = member(part, "file");
+    let filename = file
+        .and_then(|f| member(f, "filename"))
+        .and_then(Value::as_str);
+    let Some(data) = file
+        .and_then(|f| member(f, "file_data"))
+        .and_then(Value::as_str)
+    else {
+        if file.and_then(|f| member(f, "file_id")).is_some() {
+            return Err(GatewayError::invalid_param(
+                format!("{param}.file.file_id"),
+                format!("A file id names a file in OpenAI's own store; the {protocol} protocol cannot read it. Send the file's content as file_data (data:application/pdf;base64,...)."),
+            ));
+        }
+        return Err(GatewayError::invalid_param(
+            format!("{param}.file.file_data"),
+            "Missing required parameter: a file part needs file_data (data:application/pdf;base64,...).",
+        ));
+    };
+    if let Some(parsed) = data_url(data, &format!("{param}.file.file_data")) {
+        let (media_type, data) = parsed?;
+        return Ok(FileData {
+            media_type,
+            data,
+            filename,
+        });
+    }
+    match filename.and_then(media_type_of) {
+        Some(media_type) => Ok(FileData {
+            media_type,
+            data,
+            filename,
+        }),
+        None => Err(GatewayError::invalid_param(
+            format!("{param}.file.file_data"),
+            "Invalid file_data: expected a base64 data URL (data:application/pdf;base64,...), or base64 with a filename whose extension names the type.",
+        )),
+    }
+}
+
+/// An OpenAI `input_audio` content part as (media type, base64 data).
+pub(crate) fn audio_data<'a>(
+    part: &'a Value,
+    param: &str,
+) -> Result<(&'static str, &'a str), GatewayError> {
+    let audio = member(part, "input_audio");
+    let data = audio
+        .and_then(|a| member(a, "data"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            GatewayError::invalid_param(
+                format!("{param}.input_audio.data"),
+                "Missing required parameter: an input_audio part needs data (base64).",
+            )
+        })?;
+    let media_type = match audio
+        .and_then(|a| member(a, "format"))
+        .and_then(Value::as_str)
+    {
+        Some("wav") => "audio/wav",
+        Some("mp3") => "audio/mp3",
+        other => {
+            return Err(GatewayError::invalid_param(
+                format!("{param}.input_audio.format"),
+                format!(
+                    "Invalid value: expected 'wav' or 'mp3', but got {}.",
+                    other.map_or("nothing".to_string(), |f| format!("'{f}'"))
+                ),
+            ))
+        }
+    };
+    Ok((media_type, data))
+}
+
+/// Names in `dropped` what a protocol without the members has no place for
+/// in the messages: a participant's `name` on a system, developer, user or
+/// assistant message (`messages[].name`) and an image's `detail` other than
+/// `auto` (`messages[].content[].image_url.detail`; with
+/// `keeps_detail` the protocol takes it). Neither is refused: a client
+/// that sends them gets the same answer without them, minus a hint.
+pub(crate) fn name_dropped_message_fields(
+    body: &JsonMap,
+    keeps_detail: bool,
+    dropped: &mut Vec<String>,
+) {
+    let msgs = lookup(body, "messages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let (mut name, mut detail) = (false, keeps_detail);
+    for m in msgs {
+        let role = member(m, "role").and_then(Value::as_str);
+        if !name
+            && !matches!(role, Some("tool" | "function"))
+            && member(m, "name").is_some_and(|n| !n.is_null() && n != "")
+        {
+            name = true;
+            dropped.push("messages[].name".into());
+        }
+        if !detail {
+            let parts = member(m, "content").and_then(Value::as_array);
+            if parts.into_iter().flatten().any(|p| {
+                p.pointer("/image_url/detail")
+                    .is_some_and(|d| !d.is_null() && d != "auto")
+            }) {
+                detail = true;
+                dropped.push("messages[].content[].image_url.detail".into());
+            }
+        }
+        if name && detail {
+            break;
+        }
+    }
+}
+
 /// The final OpenAI stream chunk that carries usage (`choices: []`).
 pub(crate) fn usage_chunk(id: &str, created: u64, model: &str, usage: &Usage) -> Reply {
     let mut w = RawWriter::default();

@@ -403,6 +403,30 @@ fn content_parts(p: &str, role: &str, parts: &[Value]) -> R<bool> {
                         return Err(missing(&format!("{}.image_url.url", pp())));
                     }
                     image = true;
+                } else if ty == "file" {
+                    let file = o.get("file");
+                    let given = |k: &str| file.and_then(|f| f.get(k)).is_some_and(Value::is_string);
+                    if !given("file_data") && !given("file_id") {
+                        return Err(missing(&format!("{}.file.file_data", pp())));
+                    }
+                } else {
+                    let audio = o.get("input_audio");
+                    if !audio
+                        .and_then(|a| a.get("data"))
+                        .is_some_and(Value::is_string)
+                    {
+                        return Err(missing(&format!("{}.input_audio.data", pp())));
+                    }
+                    match audio.and_then(|a| a.get("format")) {
+                        Some(Value::String(f)) if f == "wav" || f == "mp3" => {}
+                        Some(v) => {
+                            return Err(invalid(
+                                &format!("{}.input_audio.format", pp()),
+                                format!("{v} is not one of 'wav' and 'mp3'."),
+                            ))
+                        }
+                        None => return Err(missing(&format!("{}.input_audio.format", pp()))),
+                    }
                 }
             }
             other => {
@@ -834,6 +858,52 @@ mod tests {
         let mut b = ok_body();
         b["n"] = json!(1.5);
         assert_eq!(err(b).param.as_deref(), Some("n"));
+    }
+
+    /// A file part needs its data or an id, an audio part its data and a
+    /// format OpenAI takes; each error names the member.
+    #[test]
+    fn file_and_audio_parts_are_checked() {
+        let with_part = |part: Value| {
+            let mut b = ok_body();
+            b["messages"][0]["content"] = json!([{"type": "text", "text": "a"}, part]);
+            b
+        };
+        for ok in [
+            json!({"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBE", "filename": "a.pdf"}}),
+            json!({"type": "file", "file": {"file_id": "file-1"}}),
+            json!({"type": "input_audio", "input_audio": {"data": "UklG", "format": "mp3"}}),
+        ] {
+            chat(&map(with_part(ok.clone()))).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+        }
+        for (bad, param) in [
+            (
+                json!({"type": "file", "file": {"filename": "a.pdf"}}),
+                "messages[0].content[1].file.file_data",
+            ),
+            (
+                json!({"type": "file"}),
+                "messages[0].content[1].file.file_data",
+            ),
+            (
+                json!({"type": "input_audio", "input_audio": {"format": "wav"}}),
+                "messages[0].content[1].input_audio.data",
+            ),
+            (
+                json!({"type": "input_audio", "input_audio": {"data": "UklG", "format": "ogg"}}),
+                "messages[0].content[1].input_audio.format",
+            ),
+            (
+                json!({"type": "input_audio", "input_audio": {"data": "UklG"}}),
+                "messages[0].content[1].input_audio.format",
+            ),
+        ] {
+            assert_eq!(
+                err(with_part(bad.clone())).param.as_deref(),
+                Some(param),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

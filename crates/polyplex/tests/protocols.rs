@@ -444,6 +444,48 @@ async fn generic_suite_on_every_protocol() {
     env.gw.shutdown().await;
 }
 
+/// A PDF sent as OpenAI's `file` part reaches every protocol that reads
+/// files as its own kind of part (what the mock saw comes back in the
+/// answer), streamed too; Cohere refuses it by name. A participant's
+/// `name` reaches OpenAI's protocols and is dropped and named by the rest.
+#[tokio::test]
+async fn files_and_names_on_every_protocol() {
+    let env = setup().await;
+    for &(proto, model) in PROTOCOLS {
+        let mut b = json!({"model": model, "messages": [{"role": "user", "name": "ann", "content": [
+            {"type": "text", "text": "Summarise"},
+            {"type": "file", "file": {"filename": "q3.pdf", "file_data": "data:application/pdf;base64,JVBERi0xLjQK"}}]}]});
+        let seen = match proto {
+            "openai" | "azure" | "google" | "vertex" => "Summarise [file]",
+            "anthropic" | "vertex-anthropic" | "bedrock" => "Summarise [document]",
+            "cohere" => {
+                let (s, _, v) = env.chat(b).await;
+                assert_eq!(
+                    (s, v["error"]["param"].as_str()),
+                    (400, Some("messages[0].content[1].type")),
+                    "{proto}: {v}"
+                );
+                continue;
+            }
+            other => panic!("no expectation for {other}"),
+        };
+        let (s, h, v) = env.chat(b.clone()).await;
+        assert_eq!((s, content(&v)), (200, seen), "{proto}: {v}");
+        let dropped = h
+            .get("x-polyplex-dropped-params")
+            .map(|d| d.to_str().unwrap().to_string());
+        if matches!(proto, "openai" | "azure") {
+            assert_eq!(dropped, None, "{proto}");
+        } else {
+            assert_eq!(dropped.as_deref(), Some("messages[].name"), "{proto}");
+        }
+        b["stream"] = json!(true);
+        let chunks = env.stream(b).await;
+        assert_eq!(streamed_text(&chunks), seen, "{proto}: streamed");
+    }
+    env.gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn gemini_wire_format_reaches_the_upstream() {
     let env = setup().await;

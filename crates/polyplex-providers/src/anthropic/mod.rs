@@ -3,7 +3,9 @@
 //!
 //! - system and developer messages become `system`; tool results become
 //!   `tool_result` blocks in a user turn; consecutive same-role turns merge
-//!   (Anthropic requires alternation); image parts become `image` blocks;
+//!   (Anthropic requires alternation); image parts become `image` blocks,
+//!   PDF and plain-text `file` parts `document` blocks; a message's `name`
+//!   and an image's `detail` are dropped and named;
 //! - `max_tokens` is required by Anthropic: the client's, else the catalog's
 //!   output limit for the model, else 4096;
 //! - `response_format` (json_object / json_schema) is served by a forced tool

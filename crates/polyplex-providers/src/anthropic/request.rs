@@ -2,9 +2,11 @@
 
 use super::{FALLBACK_MAX_TOKENS, JSON_TOOL, VERSION};
 use crate::translate::{
-    asks, assistant_calls, check_fields, data_url, no_turns, reasoning_effort, text_of, CHAT_PARAMS,
+    asks, assistant_calls, check_fields, data_url, file_data, name_dropped_message_fields,
+    no_turns, reasoning_effort, text_of, CHAT_PARAMS,
 };
 use crate::{join_url, unsupported, Target, UpstreamRequest};
+use base64::Engine as _;
 use bytes::Bytes;
 use http::HeaderValue;
 use polyplex_types::{lookup, member, GatewayError, JsonMap, RequestBody};
@@ -93,6 +95,11 @@ enum Block<'a> {
     Image {
         source: Source<'a>,
     },
+    Document {
+        source: Source<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        title: Option<&'a str>,
+    },
     ToolUse {
         id: &'a Value,
         name: &'a Value,
@@ -107,8 +114,18 @@ enum Block<'a> {
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Source<'a> {
-    Base64 { media_type: &'a str, data: &'a str },
-    Url { url: &'a str },
+    Base64 {
+        media_type: &'a str,
+        data: &'a str,
+    },
+    Url {
+        url: &'a str,
+    },
+    /// A plain-text document, decoded from the client's base64.
+    Text {
+        media_type: &'static str,
+        data: String,
+    },
 }
 
 static NULL: Value = Value::Null;
@@ -148,6 +165,50 @@ fn image_block<'a>(
     Ok(Block::Image { source })
 }
 
+/// An OpenAI `file` part (`param` its path) as an Anthropic block: a PDF
+/// or plain-text document (its file name as the title), or an image.
+fn file_block<'a>(part: &'a Value, param: &str) -> Result<Block<'a>, GatewayError> {
+    let file = file_data(part, param, "Anthropic")?;
+    let title = file.filename;
+    let source = match file.media_type {
+        "application/pdf" => Source::Base64 {
+            media_type: file.media_type,
+            data: file.data,
+        },
+        "text/plain" => {
+            let text = base64::engine::general_purpose::STANDARD
+                .decode(file.data)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    GatewayError::invalid_param(
+                        format!("{param}.file.file_data"),
+                        "Invalid file_data: a text/plain file must be base64 of UTF-8 text.",
+                    )
+                })?;
+            Source::Text {
+                media_type: "text/plain",
+                data: text,
+            }
+        }
+        m if m.starts_with("image/") => {
+            return Ok(Block::Image {
+                source: Source::Base64 {
+                    media_type: m,
+                    data: file.data,
+                },
+            })
+        }
+        other => {
+            return Err(GatewayError::invalid_param(
+                format!("{param}.file.file_data"),
+                format!("Files of type '{other}' are not supported by the Anthropic protocol (PDF, plain text and images are)."),
+            ))
+        }
+    };
+    Ok(Block::Document { source, title })
+}
+
 fn str_of<'a>(part: &'a Value, key: &str) -> &'a str {
     part.get(key).and_then(Value::as_str).unwrap_or("")
 }
@@ -166,6 +227,7 @@ fn content_blocks(content: &Value, i: usize) -> Result<Vec<Block<'_>>, GatewayEr
                         let url = p.pointer("/image_url/url").and_then(Value::as_str).unwrap_or("");
                         out.push(image_block(url, || format!("messages[{i}].content[{j}].image_url.url"))?);
                     }
+                    Some("file") => out.push(file_block(p, &format!("messages[{i}].content[{j}]"))?),
                     Some("refusal") => out.push(Block::Text { text: str_of(p, "refusal") }),
                     Some(other) => {
                         return Err(GatewayError::invalid_param(format!("messages[{i}].content[{j}].type"), format!("Content parts of type '{other}' are not supported by the Anthropic protocol.")))
@@ -320,8 +382,8 @@ struct QuickMessage<'a> {
     role: Cow<'a, str>,
     #[serde(borrow)]
     content: Cow<'a, str>,
-    #[serde(rename = "name")]
-    _name: Option<IgnoredAny>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
 }
 
 impl QuickChat<'_> {
@@ -347,6 +409,14 @@ impl QuickChat<'_> {
             target,
             &mut dropped,
         )?;
+        // As `name_dropped_message_fields` names it for a tree.
+        if self
+            .messages
+            .iter()
+            .any(|m| m.name.as_deref().is_some_and(|n| !n.is_empty()))
+        {
+            dropped.push("messages[].name".into());
+        }
         let mut system: Vec<&str> = Vec::new();
         let mut turns: Vec<Turn<'_>> = Vec::with_capacity(self.messages.len());
         for m in &self.messages {
@@ -503,6 +573,7 @@ pub(crate) fn messages_body(
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, true, "Anthropic", target, &mut dropped)?;
     refuse_unanswerable(UNANSWERABLE.map(|k| asks(body, k)), target, &mut dropped)?;
+    name_dropped_message_fields(body, false, &mut dropped);
 
     let (turns, system) = messages(body)?;
     let limit = lookup(body, "max_completion_tokens")

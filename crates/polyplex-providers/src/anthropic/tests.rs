@@ -571,6 +571,93 @@ fn request_members_in_documented_order_and_part_errors_named() {
     assert_eq!(e.param.as_deref(), Some("messages[0].content[0].type"));
 }
 
+/// OpenAI's `file` parts become Anthropic's blocks: a PDF a base64
+/// document titled with its file name (from a data URL, or bare base64
+/// typed by the file name), plain text a text document, an image an image;
+/// what Anthropic cannot read, and OpenAI file ids, are refused by name.
+#[test]
+fn files_become_documents_and_the_rest_is_refused_by_name() {
+    let file = |f: Value| {
+        json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Summarise"}, {"type": "file", "file": f}]}]})
+    };
+    let (sent, _) = build(file(
+        json!({"filename": "q3.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}),
+    ))
+    .unwrap();
+    assert_eq!(
+        sent["messages"][0]["content"][1],
+        json!({"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}, "title": "q3.pdf"})
+    );
+    let (sent, _) = build(file(json!({"filename": "q3.PDF", "file_data": "JVBERi0x"}))).unwrap();
+    assert_eq!(
+        sent["messages"][0]["content"][1]["source"]["media_type"],
+        "application/pdf"
+    );
+    // "hello, notes" in base64; no file name: no title.
+    let (sent, _) = build(file(
+        json!({"file_data": "data:text/plain;base64,aGVsbG8sIG5vdGVz"}),
+    ))
+    .unwrap();
+    assert_eq!(
+        sent["messages"][0]["content"][1],
+        json!({"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "hello, notes"}})
+    );
+    let (sent, _) = build(file(
+        json!({"file_data": "data:image/png;base64,iVBORw0KGgo="}),
+    ))
+    .unwrap();
+    assert_eq!(
+        sent["messages"][0]["content"][1],
+        json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}})
+    );
+    for (f, param) in [
+        (
+            json!({"file_id": "file-abc123"}),
+            "messages[0].content[1].file.file_id",
+        ),
+        (
+            json!({"filename": "a.docx", "file_data": "UEsDBA=="}),
+            "messages[0].content[1].file.file_data",
+        ),
+        (
+            json!({"file_data": "JVBERi0x"}),
+            "messages[0].content[1].file.file_data",
+        ),
+        (
+            json!({"file_data": "data:text/plain;base64,//8="}),
+            "messages[0].content[1].file.file_data",
+        ),
+    ] {
+        let e = build(file(f.clone())).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some(param), "{f}");
+        assert_eq!(e.status.as_u16(), 400);
+    }
+}
+
+/// A participant's `name` and an image's `detail` have no place in
+/// Anthropic's request: the answer comes without them, and the header says so.
+#[test]
+fn message_names_and_image_detail_are_dropped_and_named() {
+    let (sent, req) = build(json!({"model": "m", "messages": [
+        {"role": "system", "content": "s", "name": "policy"},
+        {"role": "user", "content": [{"type": "text", "text": "a"},
+            {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "high"}}], "name": "ann"}]}))
+    .unwrap();
+    assert_eq!(
+        req.dropped,
+        ["messages[].name", "messages[].content[].image_url.detail"]
+    );
+    assert!(!sent.to_string().contains("ann") && !sent.to_string().contains("high"));
+    // `detail: auto` asks for nothing, an empty name names no one.
+    let (_, req) = build(
+        json!({"model": "m", "messages": [{"role": "user", "name": "", "content": [
+        {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "auto"}}]}]}),
+    )
+    .unwrap();
+    assert!(req.dropped.is_empty(), "{:?}", req.dropped);
+}
+
 #[test]
 fn reasoning_effort_becomes_extended_thinking() {
     let ask = |extra: Value| {

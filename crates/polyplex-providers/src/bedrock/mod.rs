@@ -4,7 +4,9 @@
 //! - Authentication: a Bedrock API key as a bearer token, or AWS SigV4 with
 //!   access keys (see [`sigv4`]); the target's [`Target::sigv4`] decides;
 //! - system and developer messages → `system`; content parts → `text` and
-//!   `image` blocks (images as base64 data URLs: Bedrock cannot fetch URLs);
+//!   `image` blocks (images as base64 data URLs: Bedrock cannot fetch URLs),
+//!   `file` parts → `document` blocks (pdf, csv, doc(x), xls(x), html, txt,
+//!   md; named as Converse allows, unique in the request);
 //!   tool calls → `toolUse` blocks, tool results → `toolResult` blocks in a
 //!   user turn; consecutive same-role turns merge (Converse requires
 //!   alternation);
@@ -13,8 +15,9 @@
 //!   `response_format` → a forced tool whose input is the JSON asked for,
 //!   given back as the message content, as for Anthropic;
 //! - `n` > 1, `seed`, penalties, `logit_bias`, `logprobs` and unknown fields
-//!   are refused by name, or dropped with `drop_params`; `user` is dropped
-//!   and named (Converse has no place for it);
+//!   are refused by name, or dropped with `drop_params`; `user`, a message's
+//!   `name` and an image's `detail` are dropped and named (Converse has no
+//!   place for them);
 //! - the stream is an AWS event stream (binary frames), read by
 //!   [`crate::sse::Parser::event_stream`]; usage arrives in its `metadata`
 //!   event, after `messageStop`.
@@ -28,8 +31,9 @@ pub use sigv4::SigV4;
 pub use stream::Decoder;
 
 use crate::translate::{
-    assistant_calls, check_fields, completion, data_url, embedding_input, embedding_list, no_turns,
-    push_turn, refuse_asked, text_of, unsupported_endpoint, EmbeddingInput, CHAT_PARAMS,
+    assistant_calls, check_fields, completion, data_url, embedding_input, embedding_list,
+    file_data, name_dropped_message_fields, no_turns, push_turn, refuse_asked, text_of,
+    unsupported_endpoint, EmbeddingInput, CHAT_PARAMS,
 };
 use crate::{join_url, unsupported, Endpoint, Protocol, StreamDecoder, Target, UpstreamRequest};
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
@@ -129,8 +133,62 @@ fn image_format(media_type: &str) -> Option<&'static str> {
     }
 }
 
-/// The blocks of message `i`'s `content`.
-fn blocks(content: &Value, i: usize) -> Result<Vec<Value>, GatewayError> {
+/// Converse's document format for a file's media type.
+fn document_format(media_type: &str) -> Option<&'static str> {
+    Some(match media_type.to_ascii_lowercase().as_str() {
+        "application/pdf" => "pdf",
+        "text/plain" => "txt",
+        "text/markdown" => "md",
+        "text/csv" => "csv",
+        "text/html" => "html",
+        "application/msword" => "doc",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document" => "docx",
+        "application/vnd.ms-excel" => "xls",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet" => "xlsx",
+        _ => return None,
+    })
+}
+
+/// A document's name as Converse takes it — letters, digits, single
+/// spaces, hyphens, parentheses and square brackets — from the client's
+/// file name without its extension (`document` without one), made unique
+/// within the request (Converse refuses two documents of one name).
+fn document_name(filename: Option<&str>, taken: &mut Vec<String>) -> String {
+    let stem = filename.map_or("", |f| f.rsplit_once('.').map_or(f, |(s, _)| s));
+    let mut name = String::with_capacity(stem.len());
+    for c in stem.chars() {
+        let c = if c.is_alphanumeric() || matches!(c, '-' | '(' | ')' | '[' | ']') {
+            c
+        } else if c.is_whitespace() {
+            ' '
+        } else {
+            '-'
+        };
+        if !(c == ' ' && (name.is_empty() || name.ends_with(' '))) {
+            name.push(c);
+        }
+    }
+    let mut name = name.trim_end().to_string();
+    if name.is_empty() {
+        name.push_str("document");
+    }
+    let base = name.clone();
+    let mut n = 1;
+    while taken.contains(&name) {
+        n += 1;
+        name = format!("{base} ({n})");
+    }
+    taken.push(name.clone());
+    name
+}
+
+/// The blocks of message `i`'s `content`; `documents` holds the names of
+/// the request's documents so far.
+fn blocks(
+    content: &Value,
+    i: usize,
+    documents: &mut Vec<String>,
+) -> Result<Vec<Value>, GatewayError> {
     match content {
         Value::String(s) if s.is_empty() => Ok(vec![]),
         Value::String(s) => Ok(vec![json!({"text": s})]),
@@ -157,6 +215,19 @@ fn blocks(content: &Value, i: usize) -> Result<Vec<Value>, GatewayError> {
                         })?;
                         out.push(json!({"image": {"format": format, "source": {"bytes": data}}}));
                     }
+                    Some("file") => {
+                        let param = format!("messages[{i}].content[{j}]");
+                        let f = file_data(p, &param, "Bedrock")?;
+                        if let Some(format) = image_format(f.media_type) {
+                            out.push(json!({"image": {"format": format, "source": {"bytes": f.data}}}));
+                        } else {
+                            let format = document_format(f.media_type).ok_or_else(|| {
+                                GatewayError::invalid_param(format!("{param}.file.file_data"), format!("Files of type '{}' are not supported by the Bedrock protocol (pdf, csv, doc, docx, xls, xlsx, html, txt, md and images are).", f.media_type))
+                            })?;
+                            let name = document_name(f.filename, documents);
+                            out.push(json!({"document": {"format": format, "name": name, "source": {"bytes": f.data}}}));
+                        }
+                    }
                     Some(other) => {
                         return Err(GatewayError::invalid_param(
                             format!("messages[{i}].content[{j}].type"),
@@ -175,6 +246,7 @@ fn blocks(content: &Value, i: usize) -> Result<Vec<Value>, GatewayError> {
 /// Converse turns and system texts of the request's messages; whether any
 /// turn carries tool use (then `toolConfig` must be sent).
 fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<String>, bool), GatewayError> {
+    let mut documents = Vec::new();
     let mut system = Vec::new();
     let mut turns: Vec<Value> = Vec::new();
     let mut tool_use = false;
@@ -187,9 +259,14 @@ fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<String>, bool), GatewayEr
         let content = m.get("content").unwrap_or(&Value::Null);
         match m.get("role").and_then(Value::as_str).unwrap_or("") {
             "system" | "developer" => system.push(text_of(content)),
-            "user" => push_turn(&mut turns, "user", "content", blocks(content, i)?),
+            "user" => push_turn(
+                &mut turns,
+                "user",
+                "content",
+                blocks(content, i, &mut documents)?,
+            ),
             "assistant" => {
-                let mut bs = blocks(content, i)?;
+                let mut bs = blocks(content, i, &mut documents)?;
                 for c in assistant_calls(m, i)? {
                     tool_use = true;
                     bs.push(
@@ -262,6 +339,7 @@ fn build_chat(
         target,
         &mut dropped,
     )?;
+    name_dropped_message_fields(body, false, &mut dropped);
 
     let (turns, system, history_uses_tools) = messages(body)?;
     let mut out = Map::new();

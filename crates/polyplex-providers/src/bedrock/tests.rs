@@ -759,3 +759,59 @@ fn delta_events_read_without_a_tree_answer_as_the_tree() {
     assert_eq!(without_id(typed), without_id(tree));
     assert_eq!(text, tree_text);
 }
+
+/// OpenAI's `file` parts become Converse `document` blocks of the format
+/// their media type names (images: `image` blocks), each named as Converse
+/// allows — from the file name, in its characters, unique in the request;
+/// what Converse cannot read (audio, other types, OpenAI file ids) is
+/// refused by name.
+#[test]
+fn files_become_named_documents() {
+    let a = AuthStyle::bearer();
+    let pdf = json!({"type": "file", "file": {"filename": "Q3 report: final.v2.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}});
+    let body = map(json!({"model": "m", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Compare"}, pdf, pdf,
+            {"type": "file", "file": {"file_data": "data:text/csv;base64,YSxi"}},
+            {"type": "file", "file": {"filename": "t.xlsx", "file_data": "UEsDBA=="}},
+            {"type": "file", "file": {"filename": "p.png", "file_data": "iVBORw0KGgo="}}]},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": [{"type": "file", "file": {"filename": "  ", "file_data": "data:text/plain;base64,aGk="}}]}]}));
+    let req = Bedrock
+        .build(Endpoint::Chat, &body, false, &target(&a, None))
+        .unwrap();
+    let sent: Value = serde_json::from_slice(&req.body).unwrap();
+    let doc = |format: &str, name: &str, bytes: &str| json!({"document": {"format": format, "name": name, "source": {"bytes": bytes}}});
+    assert_eq!(
+        sent["messages"][0]["content"],
+        json!([{"text": "Compare"},
+            doc("pdf", "Q3 report- final-v2", "JVBERi0x"),
+            doc("pdf", "Q3 report- final-v2 (2)", "JVBERi0x"),
+            doc("csv", "document", "YSxi"),
+            doc("xlsx", "t", "UEsDBA=="),
+            {"image": {"format": "png", "source": {"bytes": "iVBORw0KGgo="}}}])
+    );
+    assert_eq!(
+        sent["messages"][2]["content"],
+        json!([doc("txt", "document (2)", "aGk=")])
+    );
+    for (part, param) in [
+        (
+            json!({"type": "file", "file": {"file_id": "file-1"}}),
+            "messages[0].content[0].file.file_id",
+        ),
+        (
+            json!({"type": "file", "file": {"file_data": "data:application/zip;base64,UEs="}}),
+            "messages[0].content[0].file.file_data",
+        ),
+        (
+            json!({"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}),
+            "messages[0].content[0].type",
+        ),
+    ] {
+        let body = map(json!({"model": "m", "messages": [{"role": "user", "content": [part]}]}));
+        let e = Bedrock
+            .build(Endpoint::Chat, &body, false, &target(&a, None))
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some(param), "{part}");
+    }
+}

@@ -7,7 +7,8 @@
 //! `{"type": "json_object", "json_schema": ...}`. Usage is what Cohere bills
 //! (`billed_units`), falling back to its token counts. `n` > 1, `logit_bias`,
 //! `logprobs` and `parallel_tool_calls: false` are refused by name or dropped
-//! with `drop_params`; `user` is always dropped and named.
+//! with `drop_params`; `user` and a message's `name` are always dropped and
+//! named; audio and file parts are refused by name.
 
 #[cfg(test)]
 mod tests;
@@ -15,8 +16,8 @@ mod tests;
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
 use crate::translate::{
-    check_fields, chunk, completion, embedding_input, embedding_list, now, refuse_asked,
-    unsupported_endpoint, usage_chunk, CHAT_PARAMS,
+    check_fields, chunk, completion, embedding_input, embedding_list, name_dropped_message_fields,
+    now, refuse_asked, unsupported_endpoint, usage_chunk, CHAT_PARAMS,
 };
 use crate::{
     join_url, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target, UpstreamRequest,
@@ -31,7 +32,10 @@ use std::borrow::Cow;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Cohere;
 
-fn message(m: &Value) -> Value {
+/// Message `i` in Cohere's shape. Its content parts are Cohere's too
+/// (text, and images with `detail`) but for a refusal, sent as text; audio
+/// and files are refused by name (Cohere's chat takes neither).
+fn message(i: usize, m: &Value) -> Result<Value, GatewayError> {
     let mut m = m.clone();
     if m["role"] == "developer" {
         m["role"] = json!("system");
@@ -40,13 +44,32 @@ fn message(m: &Value) -> Value {
         o.remove("name");
         o.remove("refusal");
     }
+    if let Some(parts) = m.get_mut("content").and_then(Value::as_array_mut) {
+        for (j, p) in parts.iter_mut().enumerate() {
+            match p.get("type").and_then(Value::as_str) {
+                Some("refusal") => {
+                    let text = p.get("refusal").cloned().unwrap_or(json!(""));
+                    *p = json!({"type": "text", "text": text});
+                }
+                Some(other @ ("input_audio" | "file")) => {
+                    return Err(GatewayError::invalid_param(
+                        format!("messages[{i}].content[{j}].type"),
+                        format!(
+                        "Content parts of type '{other}' are not supported by the Cohere protocol."
+                    ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
     // Cohere wants an assistant's tool-call turn to have no null content.
     if m["role"] == "assistant" && m.get("content").is_some_and(Value::is_null) {
         if let Some(o) = m.as_object_mut() {
             o.remove("content");
         }
     }
-    m
+    Ok(m)
 }
 
 fn build_chat(
@@ -72,15 +95,17 @@ fn build_chat(
         target,
         &mut dropped,
     )?;
+    name_dropped_message_fields(body, true, &mut dropped);
 
     let mut out = Map::new();
     out.insert("model".into(), json!(target.model));
-    let messages: Vec<Value> = lookup(body, "messages")
+    let messages = lookup(body, "messages")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .map(message)
-        .collect();
+        .enumerate()
+        .map(|(i, m)| message(i, m))
+        .collect::<Result<Vec<Value>, GatewayError>>()?;
     out.insert("messages".into(), Value::Array(messages));
     let mut tools: Vec<Value> = lookup(body, "tools")
         .and_then(Value::as_array)

@@ -269,3 +269,40 @@ fn content_deltas_read_without_a_tree_answer_as_the_tree() {
     assert_eq!(unnamed.len(), named.len() - 1);
     assert_eq!(unnamed_text, texts.concat().replace("typed by event", ""));
 }
+
+/// Cohere takes text and images (with `detail`) as OpenAI sends them, a
+/// refusal part as text; audio and files are refused by name, and a
+/// participant's `name` is dropped and named.
+#[test]
+fn content_parts_cohere_takes_and_refuses() {
+    let a = AuthStyle::bearer();
+    let body = map(json!({"model": "m", "messages": [
+        {"role": "user", "name": "ann", "content": [{"type": "text", "text": "Look"},
+            {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "high"}}]},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
+        {"role": "user", "content": "please"}]}));
+    let req = Cohere
+        .build(Endpoint::Chat, &body, false, &target(&a))
+        .unwrap();
+    assert_eq!(req.dropped, ["messages[].name"]);
+    let sent: Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "Look"},
+                {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "high"}}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "no"}]},
+            {"role": "user", "content": "please"}])
+    );
+    for part in [
+        json!({"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}),
+        json!({"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0x"}}),
+    ] {
+        let body = map(
+            json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, part]}]}),
+        );
+        let e = Cohere
+            .build(Endpoint::Chat, &body, false, &target(&a))
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].content[1].type"));
+    }
+}

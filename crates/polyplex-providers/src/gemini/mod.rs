@@ -12,7 +12,10 @@
 //!   response id, candidate and call index;
 //! - `logprobs`, `logit_bias`, `parallel_tool_calls: false` and unknown fields
 //!   are refused by name, or dropped with `drop_params`; `user`, which has no
-//!   effect on the answer, is always dropped and named.
+//!   effect on the answer, is always dropped and named, as are a message's
+//!   `name` and an image's `detail`;
+//! - `file` parts (base64) and `input_audio` parts → `inline_data` of their
+//!   media type; an OpenAI `file_id` is refused by name.
 
 #[cfg(test)]
 mod tests;
@@ -20,9 +23,9 @@ mod tests;
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
 use crate::translate::{
-    check_fields, chunk, completion, data_url, embedding_input, embedding_list, no_turns, now,
-    push_turn, refuse_asked, text_of, tool_args, unsupported_endpoint, usage_chunk, EmbeddingInput,
-    CHAT_PARAMS,
+    audio_data, check_fields, chunk, completion, data_url, embedding_input, embedding_list,
+    file_data, name_dropped_message_fields, no_turns, now, push_turn, refuse_asked, text_of,
+    tool_args, unsupported_endpoint, usage_chunk, EmbeddingInput, CHAT_PARAMS,
 };
 use crate::{
     join_url, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target, UpstreamRequest,
@@ -68,6 +71,14 @@ fn parts(content: &Value, param: &str) -> Result<Vec<Value>, GatewayError> {
                         } else {
                             out.push(json!({"file_data": {"mime_type": mime_from_url(url), "file_uri": url}}));
                         }
+                    }
+                    Some("file") => {
+                        let f = file_data(p, &format!("{param}[{j}]"), "Gemini")?;
+                        out.push(json!({"inline_data": {"mime_type": f.media_type, "data": f.data}}));
+                    }
+                    Some("input_audio") => {
+                        let (mime, data) = audio_data(p, &format!("{param}[{j}]"))?;
+                        out.push(json!({"inline_data": {"mime_type": mime, "data": data}}));
                     }
                     Some(other) => {
                         return Err(GatewayError::invalid_param(format!("{param}[{j}].type"), format!("Content parts of type '{other}' are not supported by the Gemini protocol.")))
@@ -118,6 +129,7 @@ pub(crate) fn chat_body(
         target,
         &mut dropped,
     )?;
+    name_dropped_message_fields(body, false, &mut dropped);
 
     let mut system = Vec::new();
     let mut contents: Vec<Value> = Vec::new();

@@ -359,3 +359,48 @@ fn text_events_read_without_a_tree_answer_as_the_tree() {
         [true, true, true, true, false, false, false, true, true, false, true]
     );
 }
+
+/// OpenAI's `file` and `input_audio` parts reach Gemini as `inline_data`
+/// of their media type; a participant's `name` and an image's `detail`
+/// are dropped and named; an OpenAI file id is refused by name.
+#[test]
+fn files_and_audio_become_inline_data() {
+    let a = auth();
+    let body = map(
+        json!({"model": "m", "messages": [{"role": "user", "name": "ann", "content": [
+        {"type": "text", "text": "Compare"},
+        {"type": "file", "file": {"filename": "q3.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}},
+        {"type": "file", "file": {"filename": "notes.md", "file_data": "IyBoaQ=="}},
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+        {"type": "input_audio", "input_audio": {"data": "SUQz", "format": "mp3"}},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}}]}]}),
+    );
+    let req = Gemini
+        .build(Endpoint::Chat, &body, false, &target(&a))
+        .unwrap();
+    assert_eq!(
+        req.dropped,
+        ["messages[].name", "messages[].content[].image_url.detail"]
+    );
+    let sent: Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(
+        sent["contents"],
+        json!([{"role": "user", "parts": [{"text": "Compare"},
+            {"inline_data": {"mime_type": "application/pdf", "data": "JVBERi0x"}},
+            {"inline_data": {"mime_type": "text/markdown", "data": "IyBoaQ=="}},
+            {"inline_data": {"mime_type": "audio/wav", "data": "UklGRg=="}},
+            {"inline_data": {"mime_type": "audio/mp3", "data": "SUQz"}},
+            {"inline_data": {"mime_type": "image/png", "data": "AAAA"}}]}])
+    );
+    let by_id = map(
+        json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "file", "file": {"file_id": "file-abc"}}]}]}),
+    );
+    let e = Gemini
+        .build(Endpoint::Chat, &by_id, false, &target(&a))
+        .unwrap_err();
+    assert_eq!(
+        e.param.as_deref(),
+        Some("messages[0].content[0].file.file_id")
+    );
+}

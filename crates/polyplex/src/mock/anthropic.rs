@@ -4,7 +4,7 @@
 //! logic as the OpenAI protocol's ([`super::reply`]).
 
 use super::reply::{self, Answer};
-use super::{admit, garbage, now, shaped_error, sse_body, MockState, Shape};
+use super::{admit, garbage, message_blocks, now, shaped_error, sse_body, MockState, Shape};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -31,6 +31,27 @@ fn as_openai_content(content: &Value) -> Value {
         ),
         other => other.clone(),
     }
+}
+
+/// What the Messages API refuses in a document block: a source other than
+/// a base64 PDF or a plain-text one.
+fn bad_document(req: &Map<String, Value>) -> Option<String> {
+    for b in
+        message_blocks(req).filter(|b| b.get("type").and_then(Value::as_str) == Some("document"))
+    {
+        let source = b.get("source");
+        let field = |k: &str| source.and_then(|s| s.get(k)).and_then(Value::as_str);
+        match (field("type"), field("media_type"), field("data")) {
+            (Some("base64"), Some("application/pdf"), Some(_))
+            | (Some("text"), Some("text/plain"), Some(_)) => {}
+            _ => {
+                return Some(
+                    "messages: a document's source must be a base64 PDF or plain text".into(),
+                )
+            }
+        }
+    }
+    None
 }
 
 /// The request in OpenAI's shape, so `reply::chat_answer` can decide.
@@ -177,6 +198,9 @@ pub(crate) async fn serve(
             "messages: at least one message is required",
             None,
         );
+    }
+    if let Some(msg) = bad_document(&req) {
+        return shaped_error(shape, StatusCode::BAD_REQUEST, "", &msg, None);
     }
     let model = req
         .get("model")

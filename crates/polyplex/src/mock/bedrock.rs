@@ -110,6 +110,37 @@ async fn admitted(
     admit_model(s, uri.path(), headers, body, Shape::Bedrock, Some(model)).await
 }
 
+/// What Converse refuses in a request's document blocks: a format it does
+/// not read, a name outside its characters (letters, digits, single
+/// spaces, hyphens, parentheses, square brackets), or two of one name.
+fn bad_document(req: &Map<String, Value>) -> Option<String> {
+    const FORMATS: [&str; 9] = [
+        "pdf", "csv", "doc", "docx", "xls", "xlsx", "html", "txt", "md",
+    ];
+    let mut names: Vec<&str> = Vec::new();
+    for d in super::message_blocks(req).filter_map(|b| b.get("document")) {
+        let format = d.get("format").and_then(Value::as_str).unwrap_or("");
+        if !FORMATS.contains(&format) {
+            return Some(format!("The document format '{format}' is not supported."));
+        }
+        let name = d.get("name").and_then(Value::as_str).unwrap_or("");
+        let allowed = |c: char| c.is_alphanumeric() || " -()[]".contains(c);
+        if name.is_empty() || !name.chars().all(allowed) || name.contains("  ") {
+            return Some(format!(
+                "The document name '{name}' contains characters that are not allowed."
+            ));
+        }
+        if names.contains(&name) {
+            return Some("A conversation must not have two documents of the same name.".into());
+        }
+        names.push(name);
+        if d.pointer("/source/bytes").and_then(Value::as_str).is_none() {
+            return Some("A document needs source.bytes.".into());
+        }
+    }
+    None
+}
+
 /// The request in OpenAI's shape, so `reply::chat_answer` can decide.
 fn to_openai(req: &Map<String, Value>) -> Map<String, Value> {
     let mut messages = Vec::new();
@@ -142,6 +173,8 @@ fn to_openai(req: &Map<String, Value>) -> Map<String, Value> {
                 parts.push(json!({"type": "text", "text": t}));
             } else if b.get("image").is_some() {
                 parts.push(json!({"type": "image_url", "image_url": {"url": "image"}}));
+            } else if b.get("document").is_some() {
+                parts.push(json!({"type": "document"}));
             } else if let Some(tu) = b.get("toolUse") {
                 calls.push(json!({"id": tu.get("toolUseId"), "type": "function",
                     "function": {"name": tu.get("name"), "arguments": tu.get("input").map(Value::to_string).unwrap_or_default()}}));
@@ -238,6 +271,9 @@ async fn converse(
             StatusCode::BAD_REQUEST,
             "1 validation error detected: Value null at 'messages' failed to satisfy constraint: Member must not be null",
         );
+    }
+    if let Some(msg) = bad_document(&req) {
+        return error(StatusCode::BAD_REQUEST, &msg);
     }
     let oa = to_openai(&req);
     let answer = reply::chat_answer(&oa);

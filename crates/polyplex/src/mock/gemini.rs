@@ -47,8 +47,16 @@ fn to_openai(req: &Value) -> Map<String, Value> {
         {
             if let Some(t) = p.get("text") {
                 parts.push(json!({"type": "text", "text": t}));
-            } else if p.get("inline_data").is_some() || p.get("file_data").is_some() {
-                parts.push(json!({"type": "image_url", "image_url": {"url": "image"}}));
+            } else if let Some(d) = p.get("inline_data").or_else(|| p.get("file_data")) {
+                // Images as OpenAI's image parts; audio and other files by kind.
+                let mime = d.get("mime_type").and_then(Value::as_str).unwrap_or("");
+                parts.push(if mime.starts_with("image/") {
+                    json!({"type": "image_url", "image_url": {"url": "image"}})
+                } else if mime.starts_with("audio/") {
+                    json!({"type": "input_audio"})
+                } else {
+                    json!({"type": "file"})
+                });
             } else if let Some(fr) = p.get("functionResponse") {
                 let resp = fr.get("response").cloned().unwrap_or(Value::Null);
                 let text = resp

@@ -213,6 +213,17 @@ fn error(status: StatusCode, kind: &str, msg: &str, code: Option<&str>) -> Respo
         .into_response()
 }
 
+/// Every content block of a request's `messages` whose content is a list
+/// (Anthropic's and Bedrock's shapes).
+pub(crate) fn message_blocks(req: &Map<String, Value>) -> impl Iterator<Item = &Value> {
+    req.get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("content").and_then(Value::as_array))
+        .flatten()
+}
+
 pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
