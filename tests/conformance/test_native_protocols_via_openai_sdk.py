@@ -172,6 +172,25 @@ def test_a_participant_name_is_dropped_and_named(client, model):
     assert raw.parse().choices[0].message.content == "Hello"
 
 
+@pytest.mark.parametrize("claude", [ANTHROPIC, BEDROCK, VERTEX_CLAUDE])
+def test_prompt_cache_breakpoints_reach_claude_and_price_the_reads(client, claude):
+    """`cache_control` on a system part, as LiteLLM and OpenRouter take it:
+    the first call writes the prefix to the (mock) provider's cache, the
+    next reads it; the SDK's `prompt_tokens_details` carries both counts
+    and `usage.cost` prices them at the catalog's cache prices."""
+    system = {"role": "system", "content": [{"type": "text", "text": f"{claude} " + "policy text " * 60,
+                                             "cache_control": {"type": "ephemeral"}}]}
+    first = client.chat.completions.create(model=claude, messages=[system, {"role": "user", "content": "one"}])
+    second = client.chat.completions.create(model=claude, messages=[system, {"role": "user", "content": "two"}])
+    written = first.usage.prompt_tokens_details.cache_write_tokens
+    assert written and written > 60
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert second.usage.prompt_tokens_details.cached_tokens == written
+    assert second.usage.prompt_tokens == first.usage.prompt_tokens
+    if claude == ANTHROPIC:
+        assert 0 < second.usage.model_extra["cost"] < first.usage.model_extra["cost"] / 3
+
+
 def test_bedrock_titan_embeds_a_list_one_text_per_request(client, mock):
     titan = "bedrock/amazon.titan-embed-text-v2:0"
     r = client.embeddings.create(model=titan, input="The food was delicious", dimensions=8)

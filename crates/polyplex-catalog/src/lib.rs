@@ -183,13 +183,18 @@ impl Model {
 }
 
 impl Price {
-    /// Cost in USD. `cached` is the part of `prompt` read from the cache, billed
-    /// at the cache-read price when there is one.
-    pub fn cost(&self, prompt: u64, cached: u64, completion: u64) -> f64 {
+    /// Cost in USD. `cached` is the part of `prompt` read from the cache,
+    /// billed at the cache-read price, and `written` the part written to it,
+    /// billed at the cache-write price, where the catalog has them (else at
+    /// the input price).
+    pub fn cost(&self, prompt: u64, cached: u64, written: u64, completion: u64) -> f64 {
         let cached = cached.min(prompt);
-        let cache_price = self.cache_read.unwrap_or(self.input);
-        ((prompt - cached) as f64 * self.input
-            + cached as f64 * cache_price
+        let written = written.min(prompt - cached);
+        let read_price = self.cache_read.unwrap_or(self.input);
+        let write_price = self.cache_write.unwrap_or(self.input);
+        ((prompt - cached - written) as f64 * self.input
+            + cached as f64 * read_price
+            + written as f64 * write_price
             + completion as f64 * self.output)
             / 1_000_000.0
     }
@@ -576,9 +581,23 @@ mod tests {
         let p = m.price.unwrap();
         assert_eq!((p.input, p.output, p.cache_read), (2.5, 10.0, Some(1.25)));
         // 1000 prompt tokens (200 cached) and 500 completion tokens.
-        let cost = p.cost(1000, 200, 500);
+        let cost = p.cost(1000, 200, 0, 500);
         let expect = (800.0 * 2.5 + 200.0 * 1.25 + 500.0 * 10.0) / 1e6;
         assert!((cost - expect).abs() < 1e-12);
+        // Claude's cache writes cost more than its input, reads less: 1000
+        // prompt tokens, 300 read from the cache and 600 written to it.
+        let p = c
+            .model("anthropic", "claude-sonnet-4-5")
+            .unwrap()
+            .price
+            .unwrap();
+        let (read, write) = (p.cache_read.unwrap(), p.cache_write.unwrap());
+        assert!(read < p.input && write > p.input, "{p:?}");
+        let cost = p.cost(1000, 300, 600, 100);
+        let expect = (100.0 * p.input + 300.0 * read + 600.0 * write + 100.0 * p.output) / 1e6;
+        assert!((cost - expect).abs() < 1e-12);
+        // Counts past the prompt are held to it.
+        assert_eq!(p.cost(10, 8, 8, 0), p.cost(10, 8, 2, 0));
     }
 
     #[test]

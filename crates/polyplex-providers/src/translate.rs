@@ -175,22 +175,92 @@ pub(crate) fn audio_data<'a>(
     Ok((media_type, data))
 }
 
-/// Names in `dropped` what a protocol without the members has no place for
-/// in the messages: a participant's `name` on a system, developer, user or
-/// assistant message (`messages[].name`) and an image's `detail` other than
-/// `auto` (`messages[].content[].image_url.detail`; with
-/// `keeps_detail` the protocol takes it). Neither is refused: a client
-/// that sends them gets the same answer without them, minus a hint.
-pub(crate) fn name_dropped_message_fields(
-    body: &JsonMap,
-    keeps_detail: bool,
-    dropped: &mut Vec<String>,
-) {
+/// A message's, content part's or tool's `cache_control` — the end of a
+/// prefix the client asks a provider to cache (Anthropic's breakpoint, as
+/// LiteLLM and OpenRouter take it in OpenAI's shape) — when given.
+pub(crate) fn cache_control(v: &Value) -> Option<&Value> {
+    member(v, "cache_control").filter(|c| !c.is_null())
+}
+
+/// Whether a request marks a prompt-cache breakpoint anywhere: on a
+/// message, a content part or a tool.
+pub(crate) fn marks_cache(body: &JsonMap) -> bool {
+    let marked = |v: &Value| cache_control(v).is_some();
+    let list = |k: &str| {
+        lookup(body, k)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    };
+    list("messages").any(|m| {
+        marked(m)
+            || member(m, "content")
+                .and_then(Value::as_array)
+                .is_some_and(|ps| ps.iter().any(marked))
+    }) || list("tools").any(marked)
+}
+
+/// Takes every `cache_control` out of a request's messages, their content
+/// parts and its tools.
+pub(crate) fn strip_cache_control(body: &mut JsonMap) {
+    let strip = |v: &mut Value| {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("cache_control");
+        }
+    };
+    if let Some(msgs) = body.get_mut("messages").and_then(Value::as_array_mut) {
+        for m in msgs {
+            strip(m);
+            if let Some(parts) = m.get_mut("content").and_then(Value::as_array_mut) {
+                parts.iter_mut().for_each(strip);
+            }
+        }
+    }
+    if let Some(tools) = body.get_mut("tools").and_then(Value::as_array_mut) {
+        tools.iter_mut().for_each(strip);
+    }
+}
+
+/// The hints in a request's messages and tools that a protocol takes.
+#[derive(Clone, Copy)]
+pub(crate) struct Hints {
+    /// An image's `detail`.
+    pub detail: bool,
+    /// Prompt-cache breakpoints (`cache_control`).
+    pub cache_control: bool,
+}
+
+impl Hints {
+    /// Takes none of them (Gemini).
+    pub const NONE: Hints = Hints {
+        detail: false,
+        cache_control: false,
+    };
+    /// Takes prompt-cache breakpoints (Anthropic, Bedrock).
+    pub const CACHE_CONTROL: Hints = Hints {
+        detail: false,
+        cache_control: true,
+    };
+    /// Takes an image's `detail` (Cohere).
+    pub const DETAIL: Hints = Hints {
+        detail: true,
+        cache_control: false,
+    };
+}
+
+/// Names in `dropped` the hints a protocol has no place for: a participant's
+/// `name` on a system, developer, user or assistant message
+/// (`messages[].name`; no translating protocol takes it), an image's
+/// `detail` other than `auto` (`messages[].content[].image_url.detail`) and
+/// prompt-cache breakpoints (`cache_control`) unless `keeps` says the
+/// protocol takes them. None is refused: a request gets the same answer
+/// without them (caching changes only the price).
+pub(crate) fn name_dropped_hints(body: &JsonMap, keeps: Hints, dropped: &mut Vec<String>) {
     let msgs = lookup(body, "messages")
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or(&[]);
-    let (mut name, mut detail) = (false, keeps_detail);
+    let (mut name, mut detail) = (false, keeps.detail);
     for m in msgs {
         let role = member(m, "role").and_then(Value::as_str);
         if !name
@@ -200,19 +270,22 @@ pub(crate) fn name_dropped_message_fields(
             name = true;
             dropped.push("messages[].name".into());
         }
-        if !detail {
-            let parts = member(m, "content").and_then(Value::as_array);
-            if parts.into_iter().flatten().any(|p| {
+        let parts = member(m, "content").and_then(Value::as_array);
+        if !detail
+            && parts.into_iter().flatten().any(|p| {
                 p.pointer("/image_url/detail")
                     .is_some_and(|d| !d.is_null() && d != "auto")
-            }) {
-                detail = true;
-                dropped.push("messages[].content[].image_url.detail".into());
-            }
+            })
+        {
+            detail = true;
+            dropped.push("messages[].content[].image_url.detail".into());
         }
         if name && detail {
             break;
         }
+    }
+    if !keeps.cache_control && marks_cache(body) {
+        dropped.push("cache_control".into());
     }
 }
 
@@ -895,6 +968,7 @@ pub(crate) fn cache_usage(input: u64, output: u64, read: u64, write: u64) -> pol
         prompt_tokens: input + read + write,
         completion_tokens: output,
         cached_tokens: read,
+        cache_write_tokens: write,
         reasoning_tokens: 0,
         estimated: false,
     }

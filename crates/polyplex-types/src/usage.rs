@@ -10,6 +10,11 @@ pub struct Usage {
     pub completion_tokens: u64,
     /// Part of `prompt_tokens` served from the provider's prompt cache.
     pub cached_tokens: u64,
+    /// Part of `prompt_tokens` written to the provider's prompt cache
+    /// (Anthropic and Bedrock bill it above the input price); in OpenAI's
+    /// shape as `prompt_tokens_details.cache_write_tokens` (OpenRouter's
+    /// name), written only when not 0.
+    pub cache_write_tokens: u64,
     /// Part of `completion_tokens` spent on reasoning.
     pub reasoning_tokens: u64,
     /// True when polyplex counted the tokens because the upstream did not say.
@@ -29,6 +34,10 @@ impl Usage {
             prompt_tokens: n(o, "prompt_tokens"),
             completion_tokens: n(o, "completion_tokens"),
             cached_tokens: detail(crate::lookup(o, "prompt_tokens_details"), "cached_tokens"),
+            cache_write_tokens: detail(
+                crate::lookup(o, "prompt_tokens_details"),
+                "cache_write_tokens",
+            ),
             reasoning_tokens: detail(
                 crate::lookup(o, "completion_tokens_details"),
                 "reasoning_tokens",
@@ -46,6 +55,7 @@ impl Usage {
                 prompt_tokens: w.prompt_tokens,
                 completion_tokens: w.completion_tokens,
                 cached_tokens: detail(w.prompt_tokens_details.as_ref(), "cached_tokens"),
+                cache_write_tokens: detail(w.prompt_tokens_details.as_ref(), "cache_write_tokens"),
                 reasoning_tokens: detail(w.completion_tokens_details.as_ref(), "reasoning_tokens"),
                 estimated: false,
             }),
@@ -57,11 +67,15 @@ impl Usage {
 
     /// A fresh OpenAI `usage` object (used when the upstream sent none).
     pub fn to_json(&self) -> Value {
+        let mut prompt = json!({"cached_tokens": self.cached_tokens});
+        if self.cache_write_tokens > 0 {
+            prompt["cache_write_tokens"] = json!(self.cache_write_tokens);
+        }
         json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total(),
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "prompt_tokens_details": prompt,
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         })
     }
@@ -74,11 +88,16 @@ pub struct UsageJson<'a>(pub &'a Usage);
 impl serde::Serialize for UsageJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        struct One<'k>(&'k str, u64);
+        /// A `*_details` object: its count, and a second one when not 0.
+        struct One<'k>(&'k str, u64, Option<(&'k str, u64)>);
         impl serde::Serialize for One<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut m = s.serialize_map(Some(1))?;
+                let second = self.2.filter(|(_, n)| *n > 0);
+                let mut m = s.serialize_map(Some(1 + usize::from(second.is_some())))?;
                 m.serialize_entry(self.0, &self.1)?;
+                if let Some((k, n)) = second {
+                    m.serialize_entry(k, &n)?;
+                }
                 m.end()
             }
         }
@@ -89,11 +108,15 @@ impl serde::Serialize for UsageJson<'_> {
         m.serialize_entry("total_tokens", &u.total())?;
         m.serialize_entry(
             "prompt_tokens_details",
-            &One("cached_tokens", u.cached_tokens),
+            &One(
+                "cached_tokens",
+                u.cached_tokens,
+                Some(("cache_write_tokens", u.cache_write_tokens)),
+            ),
         )?;
         m.serialize_entry(
             "completion_tokens_details",
-            &One("reasoning_tokens", u.reasoning_tokens),
+            &One("reasoning_tokens", u.reasoning_tokens, None),
         )?;
         m.end()
     }
@@ -150,15 +173,26 @@ mod tests {
 
     #[test]
     fn usage_json_writes_what_to_json_builds() {
-        let u = Usage {
+        let mut u = Usage {
             prompt_tokens: 10,
             completion_tokens: 5,
             cached_tokens: 4,
+            cache_write_tokens: 0,
             reasoning_tokens: 2,
             estimated: false,
         };
         let text = serde_json::to_string(&UsageJson(&u)).unwrap();
         assert_eq!(text, serde_json::to_string(&u.to_json()).unwrap());
+        assert!(!text.contains("cache_write_tokens"), "{text}");
+        // Cache writes are named only when there are some, and read back.
+        u.cache_write_tokens = 3;
+        let text = serde_json::to_string(&UsageJson(&u)).unwrap();
+        assert_eq!(text, serde_json::to_string(&u.to_json()).unwrap());
+        assert!(
+            text.contains(r#""prompt_tokens_details":{"cached_tokens":4,"cache_write_tokens":3}"#),
+            "{text}"
+        );
+        assert_eq!(Usage::from_json_text(&text), Some(u));
     }
 
     #[test]
@@ -166,6 +200,7 @@ mod tests {
         for text in [
             r#"{"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "prompt_tokens_details": {"cached_tokens": 4, "audio_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 2}}"#,
             r#"{"prompt_tokens": 10}"#,
+            r#"{"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 2, "cache_write_tokens": 5}}"#,
             r#"{"prompt_tokens": 1.5, "completion_tokens": -3, "x": [1, {"y": null}]}"#,
             r#"{"prompt_tokens": "7", "completion_tokens": null}"#,
             r#"{"prompt_tokens_details": null, "completion_tokens_details": 3}"#,

@@ -82,7 +82,8 @@ impl Entry {
         let head = serde_json::json!({
             "provider": self.provider, "model": self.model,
             "prompt": self.usage.prompt_tokens, "completion": self.usage.completion_tokens,
-            "cached": self.usage.cached_tokens, "reasoning": self.usage.reasoning_tokens,
+            "cached": self.usage.cached_tokens, "cache_write": self.usage.cache_write_tokens,
+            "reasoning": self.usage.reasoning_tokens,
             "estimated": self.usage.estimated, "dropped": self.dropped,
         })
         .to_string();
@@ -105,6 +106,7 @@ impl Entry {
                 prompt_tokens: n("prompt"),
                 completion_tokens: n("completion"),
                 cached_tokens: n("cached"),
+                cache_write_tokens: n("cache_write"),
                 reasoning_tokens: n("reasoning"),
                 estimated: head.get("estimated").and_then(serde_json::Value::as_bool) == Some(true),
             },
@@ -274,6 +276,7 @@ mod tests {
                 prompt_tokens: 3,
                 completion_tokens: 2,
                 cached_tokens: 1,
+                cache_write_tokens: 1,
                 reasoning_tokens: 0,
                 estimated: true,
             },

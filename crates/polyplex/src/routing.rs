@@ -311,7 +311,7 @@ impl Router {
     fn estimate_on(&self, u: &Upstream, model: &str, facts: &Facts<'_>) -> Option<f64> {
         let prompt = facts.prompt_tokens();
         u.price(self.catalog, model, prompt)
-            .map(|p| p.cost(prompt, 0, facts.output_estimate()))
+            .map(|p| p.cost(prompt, 0, 0, facts.output_estimate()))
     }
 
     /// Deployments of one name (suffix included), ordered.

@@ -592,6 +592,7 @@ pub fn cost(catalog: &Catalog, d: &Deployment, usage: &Usage) -> f64 {
             p.cost(
                 usage.prompt_tokens,
                 usage.cached_tokens,
+                usage.cache_write_tokens,
                 usage.completion_tokens,
             )
         })

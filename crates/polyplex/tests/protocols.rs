@@ -486,6 +486,64 @@ async fn files_and_names_on_every_protocol() {
     env.gw.shutdown().await;
 }
 
+/// A prompt-cache breakpoint (`cache_control`) reaches the protocols that
+/// take one: the second request with the same prefix reads it from the
+/// (mock) provider's cache, the first wrote it, and `usage` says so in
+/// OpenAI's `prompt_tokens_details` (`cached_tokens`, `cache_write_tokens`)
+/// with the cost at the catalog's cache prices. The others answer without
+/// it and name it dropped.
+#[tokio::test]
+async fn prompt_cache_breakpoints_on_every_protocol() {
+    let env = setup().await;
+    for &(proto, model) in PROTOCOLS {
+        let body = |q: &str| {
+            json!({"model": model, "messages": [
+                {"role": "system", "content": [{"type": "text", "text": format!("{proto} {}", "context words ".repeat(40)),
+                    "cache_control": {"type": "ephemeral"}}]},
+                {"role": "user", "content": q}]})
+        };
+        let (s1, h1, first) = env.chat(body("first question")).await;
+        let (s2, _, second) = env.chat(body("second question")).await;
+        assert_eq!((s1, s2), (200, 200), "{proto}: {first} {second}");
+        let details = |v: &Value, k: &str| v["usage"]["prompt_tokens_details"][k].as_u64();
+        let dropped = h1
+            .get("x-polyplex-dropped-params")
+            .map(|d| d.to_str().unwrap().to_string());
+        match proto {
+            "anthropic" | "bedrock" | "vertex-anthropic" => {
+                assert_eq!(dropped, None, "{proto}");
+                let written = details(&first, "cache_write_tokens").unwrap_or(0);
+                assert!(written > 40, "{proto}: {first}");
+                assert_eq!(details(&first, "cached_tokens"), Some(0), "{proto}");
+                assert_eq!(
+                    details(&second, "cached_tokens"),
+                    Some(written),
+                    "{proto}: {second}"
+                );
+                assert_eq!(details(&second, "cache_write_tokens"), None, "{proto}");
+                assert_eq!(
+                    first["usage"]["prompt_tokens"],
+                    second["usage"]["prompt_tokens"]
+                );
+                let cost = |v: &Value| v["usage"]["cost"].as_f64().unwrap();
+                assert!(proto != "anthropic" || cost(&first) > 0.0, "{first}");
+                if cost(&first) > 0.0 {
+                    assert!(
+                        cost(&second) < cost(&first) / 3.0,
+                        "{proto}: {first} {second}"
+                    );
+                }
+            }
+            "openai" | "azure" => assert_eq!(dropped, None, "{proto}"),
+            _ => {
+                assert_eq!(dropped.as_deref(), Some("cache_control"), "{proto}");
+                assert_eq!(details(&second, "cached_tokens"), Some(0), "{proto}");
+            }
+        }
+    }
+    env.gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn gemini_wire_format_reaches_the_upstream() {
     let env = setup().await;

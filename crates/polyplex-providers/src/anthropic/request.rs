@@ -2,8 +2,8 @@
 
 use super::{FALLBACK_MAX_TOKENS, JSON_TOOL, VERSION};
 use crate::translate::{
-    asks, assistant_calls, check_fields, data_url, file_data, name_dropped_message_fields,
-    no_turns, reasoning_effort, text_of, CHAT_PARAMS,
+    asks, assistant_calls, cache_control, check_fields, data_url, file_data, name_dropped_hints,
+    no_turns, reasoning_effort, text_of, Hints, CHAT_PARAMS,
 };
 use crate::{join_url, unsupported, Target, UpstreamRequest};
 use base64::Engine as _;
@@ -28,7 +28,7 @@ struct MessagesRequest<'a> {
     model: &'a str,
     max_tokens: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<String>,
+    system: Option<System<'a>>,
     messages: Vec<Turn<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
@@ -91,24 +91,66 @@ struct Turn<'a> {
 enum Block<'a> {
     Text {
         text: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<&'a Value>,
     },
     Image {
         source: Source<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<&'a Value>,
     },
     Document {
         source: Source<'a>,
         #[serde(skip_serializing_if = "Option::is_none")]
         title: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<&'a Value>,
     },
     ToolUse {
         id: &'a Value,
         name: &'a Value,
         input: Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<&'a Value>,
     },
     ToolResult {
         tool_use_id: &'a Value,
         content: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<&'a Value>,
     },
+}
+
+impl<'a> Block<'a> {
+    fn text(text: &'a str) -> Self {
+        Block::Text {
+            text,
+            cache_control: None,
+        }
+    }
+
+    /// Marks the end of a cached prefix here (the client's `cache_control`).
+    fn cache(&mut self, cc: Option<&'a Value>) {
+        if cc.is_none() {
+            return;
+        }
+        match self {
+            Block::Text { cache_control, .. }
+            | Block::Image { cache_control, .. }
+            | Block::Document { cache_control, .. }
+            | Block::ToolUse { cache_control, .. }
+            | Block::ToolResult { cache_control, .. } => *cache_control = cc,
+        }
+    }
+}
+
+/// The system prompt: one text, or text blocks when a client marked a
+/// cache breakpoint in it.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum System<'a> {
+    Text(String),
+    Blocks(Vec<Block<'a>>),
 }
 
 #[derive(Serialize)]
@@ -162,7 +204,10 @@ fn image_block<'a>(
         }
         None => Source::Url { url },
     };
-    Ok(Block::Image { source })
+    Ok(Block::Image {
+        source,
+        cache_control: None,
+    })
 }
 
 /// An OpenAI `file` part (`param` its path) as an Anthropic block: a PDF
@@ -197,6 +242,7 @@ fn file_block<'a>(part: &'a Value, param: &str) -> Result<Block<'a>, GatewayErro
                     media_type: m,
                     data: file.data,
                 },
+                cache_control: None,
             })
         }
         other => {
@@ -206,33 +252,41 @@ fn file_block<'a>(part: &'a Value, param: &str) -> Result<Block<'a>, GatewayErro
             ))
         }
     };
-    Ok(Block::Document { source, title })
+    Ok(Block::Document {
+        source,
+        title,
+        cache_control: None,
+    })
 }
 
 fn str_of<'a>(part: &'a Value, key: &str) -> &'a str {
     part.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
-/// The blocks of message `i`'s `content`.
+/// The blocks of message `i`'s `content`, each part's `cache_control` kept.
 fn content_blocks(content: &Value, i: usize) -> Result<Vec<Block<'_>>, GatewayError> {
     match content {
         Value::String(s) if s.is_empty() => Ok(vec![]),
-        Value::String(s) => Ok(vec![Block::Text { text: s }]),
+        Value::String(s) => Ok(vec![Block::text(s)]),
         Value::Array(parts) => {
             let mut out = Vec::with_capacity(parts.len());
             for (j, p) in parts.iter().enumerate() {
+                let at = out.len();
                 match member(p, "type").and_then(Value::as_str) {
-                    Some("text") => out.push(Block::Text { text: str_of(p, "text") }),
+                    Some("text") => out.push(Block::text(str_of(p, "text"))),
                     Some("image_url") => {
                         let url = p.pointer("/image_url/url").and_then(Value::as_str).unwrap_or("");
                         out.push(image_block(url, || format!("messages[{i}].content[{j}].image_url.url"))?);
                     }
                     Some("file") => out.push(file_block(p, &format!("messages[{i}].content[{j}]"))?),
-                    Some("refusal") => out.push(Block::Text { text: str_of(p, "refusal") }),
+                    Some("refusal") => out.push(Block::text(str_of(p, "refusal"))),
                     Some(other) => {
                         return Err(GatewayError::invalid_param(format!("messages[{i}].content[{j}].type"), format!("Content parts of type '{other}' are not supported by the Anthropic protocol.")))
                     }
                     None => {}
+                }
+                if let Some(b) = out.get_mut(at) {
+                    b.cache(cache_control(p));
                 }
             }
             Ok(out)
@@ -241,7 +295,49 @@ fn content_blocks(content: &Value, i: usize) -> Result<Vec<Block<'_>>, GatewayEr
     }
 }
 
-fn messages(body: &JsonMap) -> Result<(Vec<Turn<'_>>, Vec<String>), GatewayError> {
+/// The system prompt of the request's system and developer messages: their
+/// texts joined, or — when any of them marks a cache breakpoint — one text
+/// block per message (per text part where a part marks one), each marked
+/// as the client marked it. `None` when there is no text.
+fn system_prompt<'a>(msgs: &[&'a Value]) -> Option<System<'a>> {
+    let cached = msgs.iter().any(|m| {
+        cache_control(m).is_some()
+            || member(m, "content")
+                .and_then(Value::as_array)
+                .is_some_and(|ps| ps.iter().any(|p| cache_control(p).is_some()))
+    });
+    if !cached {
+        let texts: Vec<String> = msgs
+            .iter()
+            .map(|m| text_of(member(m, "content").unwrap_or(&NULL)))
+            .filter(|t| !t.is_empty())
+            .collect();
+        return (!texts.is_empty()).then(|| System::Text(texts.join("\n\n")));
+    }
+    let mut blocks = Vec::new();
+    for m in msgs {
+        match member(m, "content") {
+            Some(Value::String(s)) if !s.is_empty() => blocks.push(Block::text(s)),
+            Some(Value::Array(parts)) => {
+                for p in parts {
+                    let text = str_of(p, "text");
+                    if !text.is_empty() {
+                        let mut b = Block::text(text);
+                        b.cache(cache_control(p));
+                        blocks.push(b);
+                    }
+                }
+            }
+            _ => continue,
+        }
+        if let Some(last) = blocks.last_mut() {
+            last.cache(cache_control(m));
+        }
+    }
+    (!blocks.is_empty()).then_some(System::Blocks(blocks))
+}
+
+fn messages(body: &JsonMap) -> Result<(Vec<Turn<'_>>, Vec<&Value>), GatewayError> {
     let mut system = Vec::new();
     let msgs = lookup(body, "messages")
         .and_then(Value::as_array)
@@ -251,8 +347,14 @@ fn messages(body: &JsonMap) -> Result<(Vec<Turn<'_>>, Vec<String>), GatewayError
     for (i, m) in msgs.iter().enumerate() {
         let content = member(m, "content").unwrap_or(&NULL);
         match member(m, "role").and_then(Value::as_str).unwrap_or("") {
-            "system" | "developer" => system.push(text_of(content)),
-            "user" => push_turn(&mut turns, "user", content_blocks(content, i)?),
+            "system" | "developer" => system.push(m),
+            "user" => {
+                let mut blocks = content_blocks(content, i)?;
+                if let Some(last) = blocks.last_mut() {
+                    last.cache(cache_control(m));
+                }
+                push_turn(&mut turns, "user", blocks);
+            }
             "assistant" => {
                 let mut blocks = content_blocks(content, i)?;
                 for c in assistant_calls(m, i)? {
@@ -260,7 +362,11 @@ fn messages(body: &JsonMap) -> Result<(Vec<Turn<'_>>, Vec<String>), GatewayError
                         id: c.id,
                         name: c.name,
                         input: c.input,
+                        cache_control: None,
                     });
+                }
+                if let Some(last) = blocks.last_mut() {
+                    last.cache(cache_control(m));
                 }
                 push_turn(&mut turns, "assistant", blocks);
             }
@@ -274,6 +380,7 @@ fn messages(body: &JsonMap) -> Result<(Vec<Turn<'_>>, Vec<String>), GatewayError
                     vec![Block::ToolResult {
                         tool_use_id: id,
                         content: text_of(content),
+                        cache_control: cache_control(m),
                     }],
                 );
             }
@@ -409,7 +516,7 @@ impl QuickChat<'_> {
             target,
             &mut dropped,
         )?;
-        // As `name_dropped_message_fields` names it for a tree.
+        // As `name_dropped_hints` names it for a tree.
         if self
             .messages
             .iter()
@@ -424,10 +531,10 @@ impl QuickChat<'_> {
             match m.role.as_ref() {
                 "system" | "developer" => system.push(text),
                 "user" if !text.is_empty() => {
-                    push_turn(&mut turns, "user", vec![Block::Text { text }])
+                    push_turn(&mut turns, "user", vec![Block::text(text)])
                 }
                 "assistant" if !text.is_empty() => {
-                    push_turn(&mut turns, "assistant", vec![Block::Text { text }])
+                    push_turn(&mut turns, "assistant", vec![Block::text(text)])
                 }
                 _ => {}
             }
@@ -438,7 +545,7 @@ impl QuickChat<'_> {
             vertex_version,
             target,
             max_tokens_for(limit, target),
-            (!system.is_empty()).then(|| system.join("\n\n")),
+            (!system.is_empty()).then(|| System::Text(system.join("\n\n"))),
             turns,
             stream,
         );
@@ -521,7 +628,7 @@ impl<'a> MessagesRequest<'a> {
         vertex_version: Option<&'static str>,
         target: &Target<'a>,
         max_tokens: u64,
-        system: Option<String>,
+        system: Option<System<'a>>,
         messages: Vec<Turn<'a>>,
         stream: bool,
     ) -> Self {
@@ -573,7 +680,7 @@ pub(crate) fn messages_body(
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, true, "Anthropic", target, &mut dropped)?;
     refuse_unanswerable(UNANSWERABLE.map(|k| asks(body, k)), target, &mut dropped)?;
-    name_dropped_message_fields(body, false, &mut dropped);
+    name_dropped_hints(body, Hints::CACHE_CONTROL, &mut dropped);
 
     let (turns, system) = messages(body)?;
     let limit = lookup(body, "max_completion_tokens")
@@ -608,7 +715,6 @@ pub(crate) fn messages_body(
         };
         thinking = Some(json!({"type": "enabled", "budget_tokens": budget}));
     }
-    let system: Vec<String> = system.into_iter().filter(|s| !s.is_empty()).collect();
     let temperature = temperature_for(
         lookup(body, "temperature").and_then(Value::as_f64),
         thinking.is_some(),
@@ -632,6 +738,9 @@ pub(crate) fn messages_body(
                 "input_schema": f.get("parameters").filter(|p| !p.is_null()).cloned().unwrap_or(json!({"type": "object", "properties": {}}))});
             if let Some(d) = f.get("description").filter(|d| !d.is_null()) {
                 tool["description"] = d.clone();
+            }
+            if let Some(cc) = cache_control(t) {
+                tool["cache_control"] = cc.clone();
             }
             tool
         })
@@ -662,7 +771,7 @@ pub(crate) fn messages_body(
         vertex_version,
         target,
         max_tokens,
-        (!system.is_empty()).then(|| system.join("\n\n")),
+        system_prompt(&system),
         turns,
         stream,
     );

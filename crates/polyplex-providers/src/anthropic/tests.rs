@@ -961,3 +961,52 @@ fn named_events_read_without_a_tree_answer_as_the_tree() {
             .is_err());
     }
 }
+
+/// `cache_control` (a prompt-cache breakpoint, in OpenAI's shape as LiteLLM
+/// and OpenRouter take it) reaches Anthropic where the client put it: on a
+/// content part, on a whole message (its last block), on a tool; a system
+/// prompt with one is sent as text blocks. Without one, the system prompt
+/// stays one text.
+#[test]
+fn cache_breakpoints_reach_anthropic_where_the_client_put_them() {
+    let eph = json!({"type": "ephemeral"});
+    let hour = json!({"type": "ephemeral", "ttl": "1h"});
+    let (sent, req) = build(json!({"model": "m",
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}, "cache_control": hour}],
+        "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "rules"}, {"type": "text", "text": "long context", "cache_control": eph}]},
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "https://x/y.png"}, "cache_control": eph}]},
+            {"role": "assistant", "content": "ok", "cache_control": eph},
+            {"role": "user", "content": "b"}]}))
+    .unwrap();
+    assert!(req.dropped.is_empty(), "{:?}", req.dropped);
+    assert_eq!(
+        sent["system"],
+        json!([{"type": "text", "text": "rules"}, {"type": "text", "text": "long context", "cache_control": eph},
+            {"type": "text", "text": "be brief"}])
+    );
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "user", "content": [{"type": "text", "text": "a"},
+                {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}, "cache_control": eph}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "ok", "cache_control": eph}]},
+            {"role": "user", "content": [{"type": "text", "text": "b"}]}])
+    );
+    assert_eq!(sent["tools"][0]["cache_control"], hour);
+    // A whole system message marked: its one block carries the mark.
+    let (sent, _) = build(json!({"model": "m", "messages": [
+        {"role": "system", "content": "s", "cache_control": eph}, {"role": "user", "content": "q"}]}))
+    .unwrap();
+    assert_eq!(
+        sent["system"],
+        json!([{"type": "text", "text": "s", "cache_control": eph}])
+    );
+    // Unmarked: one text, as before.
+    let (sent, _) = build(json!({"model": "m", "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "s1"}, {"type": "text", "text": "s2"}]},
+        {"role": "developer", "content": "d"}, {"role": "user", "content": "q"}]}))
+    .unwrap();
+    assert_eq!(sent["system"], json!("s1\ns2\n\nd"));
+}

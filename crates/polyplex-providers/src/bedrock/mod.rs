@@ -31,9 +31,9 @@ pub use sigv4::SigV4;
 pub use stream::Decoder;
 
 use crate::translate::{
-    assistant_calls, check_fields, completion, data_url, embedding_input, embedding_list,
-    file_data, name_dropped_message_fields, no_turns, push_turn, refuse_asked, text_of,
-    unsupported_endpoint, EmbeddingInput, CHAT_PARAMS,
+    assistant_calls, cache_control, check_fields, completion, data_url, embedding_input,
+    embedding_list, file_data, name_dropped_hints, no_turns, push_turn, refuse_asked, text_of,
+    unsupported_endpoint, EmbeddingInput, Hints, CHAT_PARAMS,
 };
 use crate::{join_url, unsupported, Endpoint, Protocol, StreamDecoder, Target, UpstreamRequest};
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
@@ -182,8 +182,22 @@ fn document_name(filename: Option<&str>, taken: &mut Vec<String>) -> String {
     name
 }
 
-/// The blocks of message `i`'s `content`; `documents` holds the names of
-/// the request's documents so far.
+/// Converse's prompt-cache breakpoint: the blocks before it are cached.
+fn cache_point() -> Value {
+    json!({"cachePoint": {"type": "default"}})
+}
+
+/// Ends `blocks` with a cache point when `v` (a message, part or tool) has
+/// a `cache_control` and there is a block for the point to follow.
+fn mark_cache(blocks: &mut Vec<Value>, v: &Value) {
+    if cache_control(v).is_some() && blocks.last().is_some_and(|b| b.get("cachePoint").is_none()) {
+        blocks.push(cache_point());
+    }
+}
+
+/// The blocks of message `i`'s `content` (a part's `cache_control` as a
+/// cache point after its block); `documents` holds the names of the
+/// request's documents so far.
 fn blocks(
     content: &Value,
     i: usize,
@@ -196,6 +210,7 @@ fn blocks(
             let mut out = Vec::with_capacity(parts.len());
             for (j, p) in parts.iter().enumerate() {
                 let text = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("");
+                let before = out.len();
                 match p.get("type").and_then(Value::as_str) {
                     Some("text") if text("text").is_empty() => {}
                     Some("text") => out.push(json!({"text": text("text")})),
@@ -236,6 +251,9 @@ fn blocks(
                     }
                     None => {}
                 }
+                if out.len() > before {
+                    mark_cache(&mut out, p);
+                }
             }
             Ok(out)
         }
@@ -243,9 +261,35 @@ fn blocks(
     }
 }
 
-/// Converse turns and system texts of the request's messages; whether any
-/// turn carries tool use (then `toolConfig` must be sent).
-fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<String>, bool), GatewayError> {
+/// The system blocks of a system or developer message: its text, or — when
+/// a part marks a cache breakpoint — one block per text part, each marked
+/// as the client marked it.
+fn system_blocks(m: &Value, out: &mut Vec<Value>) {
+    let content = m.get("content").unwrap_or(&Value::Null);
+    match content.as_array() {
+        Some(parts) if parts.iter().any(|p| cache_control(p).is_some()) => {
+            for p in parts {
+                let text = p.get("text").and_then(Value::as_str).unwrap_or("");
+                if !text.is_empty() {
+                    out.push(json!({"text": text}));
+                    mark_cache(out, p);
+                }
+            }
+        }
+        _ => {
+            let text = text_of(content);
+            if !text.is_empty() {
+                out.push(json!({"text": text}));
+            }
+        }
+    }
+    mark_cache(out, m);
+}
+
+/// Converse turns and system blocks of the request's messages; whether any
+/// turn carries tool use (then `toolConfig` must be sent). A message's
+/// `cache_control` is a cache point after its last block.
+fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<Value>, bool), GatewayError> {
     let mut documents = Vec::new();
     let mut system = Vec::new();
     let mut turns: Vec<Value> = Vec::new();
@@ -258,13 +302,12 @@ fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<String>, bool), GatewayEr
     {
         let content = m.get("content").unwrap_or(&Value::Null);
         match m.get("role").and_then(Value::as_str).unwrap_or("") {
-            "system" | "developer" => system.push(text_of(content)),
-            "user" => push_turn(
-                &mut turns,
-                "user",
-                "content",
-                blocks(content, i, &mut documents)?,
-            ),
+            "system" | "developer" => system_blocks(m, &mut system),
+            "user" => {
+                let mut bs = blocks(content, i, &mut documents)?;
+                mark_cache(&mut bs, m);
+                push_turn(&mut turns, "user", "content", bs);
+            }
             "assistant" => {
                 let mut bs = blocks(content, i, &mut documents)?;
                 for c in assistant_calls(m, i)? {
@@ -273,6 +316,7 @@ fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<String>, bool), GatewayEr
                         json!({"toolUse": {"toolUseId": c.id, "name": c.name, "input": c.input}}),
                     );
                 }
+                mark_cache(&mut bs, m);
                 push_turn(&mut turns, "assistant", "content", bs);
             }
             "tool" | "function" => {
@@ -289,12 +333,9 @@ fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<String>, bool), GatewayEr
                     json!([{"text": text}])
                 };
                 tool_use = true;
-                push_turn(
-                    &mut turns,
-                    "user",
-                    "content",
-                    vec![json!({"toolResult": {"toolUseId": id, "content": result}})],
-                );
+                let mut bs = vec![json!({"toolResult": {"toolUseId": id, "content": result}})];
+                mark_cache(&mut bs, m);
+                push_turn(&mut turns, "user", "content", bs);
             }
             _ => {}
         }
@@ -339,7 +380,7 @@ fn build_chat(
         target,
         &mut dropped,
     )?;
-    name_dropped_message_fields(body, false, &mut dropped);
+    name_dropped_hints(body, Hints::CACHE_CONTROL, &mut dropped);
 
     let (turns, system, history_uses_tools) = messages(body)?;
     let mut out = Map::new();
@@ -347,11 +388,6 @@ fn build_chat(
         return Err(no_turns(P));
     }
     out.insert("messages".into(), Value::Array(turns));
-    let system: Vec<Value> = system
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .map(|s| json!({"text": s}))
-        .collect();
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
     }
@@ -389,24 +425,25 @@ fn build_chat(
         }
     }
 
-    let mut tools: Vec<Value> = lookup(body, "tools")
+    let mut tools: Vec<Value> = Vec::new();
+    for t in lookup(body, "tools")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .map(|t| {
-            let f = t.get("function").cloned().unwrap_or(Value::Null);
-            let schema = f
-                .get("parameters")
-                .filter(|p| !p.is_null())
-                .cloned()
-                .unwrap_or(json!({"type": "object", "properties": {}}));
-            let mut spec = json!({"name": f.get("name").cloned().unwrap_or(Value::Null), "inputSchema": {"json": schema}});
-            if let Some(d) = f.get("description").filter(|d| !d.is_null()) {
-                spec["description"] = d.clone();
-            }
-            json!({"toolSpec": spec})
-        })
-        .collect();
+    {
+        let f = t.get("function").cloned().unwrap_or(Value::Null);
+        let schema = f
+            .get("parameters")
+            .filter(|p| !p.is_null())
+            .cloned()
+            .unwrap_or(json!({"type": "object", "properties": {}}));
+        let mut spec = json!({"name": f.get("name").cloned().unwrap_or(Value::Null), "inputSchema": {"json": schema}});
+        if let Some(d) = f.get("description").filter(|d| !d.is_null()) {
+            spec["description"] = d.clone();
+        }
+        tools.push(json!({"toolSpec": spec}));
+        mark_cache(&mut tools, t);
+    }
     let mut choice = None;
     match lookup(body, "tool_choice").filter(|c| !c.is_null()) {
         Some(Value::String(s)) if s == "none" => {

@@ -815,3 +815,41 @@ fn files_become_named_documents() {
         assert_eq!(e.param.as_deref(), Some(param), "{part}");
     }
 }
+
+/// `cache_control` becomes Converse's `cachePoint` after the marked block:
+/// in the system blocks, the messages (a part, or a whole message's last
+/// block) and the tools.
+#[test]
+fn cache_breakpoints_become_cache_points() {
+    let a = AuthStyle::bearer();
+    let eph = json!({"type": "ephemeral"});
+    let point = json!({"cachePoint": {"type": "default"}});
+    let body = map(json!({"model": "m",
+        "tools": [{"type": "function", "function": {"name": "f"}, "cache_control": eph}, {"type": "function", "function": {"name": "g"}}],
+        "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "rules", "cache_control": eph}, {"type": "text", "text": "more"}]},
+            {"role": "system", "content": "tail", "cache_control": eph},
+            {"role": "user", "content": [{"type": "text", "text": "a", "cache_control": eph}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": "ok", "cache_control": eph},
+            {"role": "user", "content": "c"}]}));
+    let req = Bedrock
+        .build(Endpoint::Chat, &body, false, &target(&a, None))
+        .unwrap();
+    assert!(req.dropped.is_empty(), "{:?}", req.dropped);
+    let sent: Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(
+        sent["system"],
+        json!([{"text": "rules"}, point, {"text": "more"}, {"text": "tail"}, point])
+    );
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "user", "content": [{"text": "a"}, point, {"text": "b"}]},
+            {"role": "assistant", "content": [{"text": "ok"}, point]},
+            {"role": "user", "content": [{"text": "c"}]}])
+    );
+    let tools = &sent["toolConfig"]["tools"];
+    assert_eq!(tools[0]["toolSpec"]["name"], "f");
+    assert_eq!(tools[1], point);
+    assert_eq!(tools[2]["toolSpec"]["name"], "g");
+}

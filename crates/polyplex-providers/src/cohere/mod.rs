@@ -16,8 +16,8 @@ mod tests;
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
 use crate::translate::{
-    check_fields, chunk, completion, embedding_input, embedding_list, name_dropped_message_fields,
-    now, refuse_asked, unsupported_endpoint, usage_chunk, CHAT_PARAMS,
+    check_fields, chunk, completion, embedding_input, embedding_list, name_dropped_hints, now,
+    refuse_asked, unsupported_endpoint, usage_chunk, Hints, CHAT_PARAMS,
 };
 use crate::{
     join_url, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target, UpstreamRequest,
@@ -40,12 +40,17 @@ fn message(i: usize, m: &Value) -> Result<Value, GatewayError> {
     if m["role"] == "developer" {
         m["role"] = json!("system");
     }
+    // (`name` and `cache_control` named as dropped by `name_dropped_hints`.)
     if let Some(o) = m.as_object_mut() {
         o.remove("name");
         o.remove("refusal");
+        o.remove("cache_control");
     }
     if let Some(parts) = m.get_mut("content").and_then(Value::as_array_mut) {
         for (j, p) in parts.iter_mut().enumerate() {
+            if let Some(o) = p.as_object_mut() {
+                o.remove("cache_control");
+            }
             match p.get("type").and_then(Value::as_str) {
                 Some("refusal") => {
                     let text = p.get("refusal").cloned().unwrap_or(json!(""));
@@ -95,7 +100,7 @@ fn build_chat(
         target,
         &mut dropped,
     )?;
-    name_dropped_message_fields(body, true, &mut dropped);
+    name_dropped_hints(body, Hints::DETAIL, &mut dropped);
 
     let mut out = Map::new();
     out.insert("model".into(), json!(target.model));
@@ -111,6 +116,11 @@ fn build_chat(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
+    for t in &mut tools {
+        if let Some(o) = t.as_object_mut() {
+            o.remove("cache_control");
+        }
+    }
     match lookup(body, "tool_choice") {
         Some(Value::String(s)) if s == "none" => {
             out.insert("tool_choice".into(), json!("NONE"));
@@ -260,7 +270,7 @@ fn usage_from(u: &Value) -> Usage {
         completion_tokens: n("output_tokens"),
         cached_tokens: u.get("cached_tokens").and_then(Value::as_u64).unwrap_or(0),
         reasoning_tokens: 0,
-        estimated: false,
+        ..Usage::default()
     }
 }
 

@@ -306,3 +306,21 @@ fn content_parts_cohere_takes_and_refuses() {
         assert_eq!(e.param.as_deref(), Some("messages[0].content[1].type"));
     }
 }
+
+/// Cohere has no breakpoints: `cache_control` on a message, a part or a
+/// tool is taken out of what is sent, and named.
+#[test]
+fn cache_breakpoints_are_taken_out_and_named() {
+    let a = AuthStyle::bearer();
+    let eph = json!({"type": "ephemeral"});
+    let body = map(json!({"model": "m",
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}, "cache_control": eph}],
+        "messages": [
+            {"role": "system", "content": "rules", "cache_control": eph},
+            {"role": "user", "content": [{"type": "text", "text": "q", "cache_control": eph}]}]}));
+    let req = Cohere
+        .build(Endpoint::Chat, &body, false, &target(&a))
+        .unwrap();
+    assert_eq!(req.dropped, ["cache_control"]);
+    assert!(!String::from_utf8_lossy(&req.body).contains("cache_control"));
+}

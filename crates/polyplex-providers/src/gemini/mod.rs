@@ -24,8 +24,8 @@ use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
 use crate::translate::{
     audio_data, check_fields, chunk, completion, data_url, embedding_input, embedding_list,
-    file_data, name_dropped_message_fields, no_turns, now, push_turn, refuse_asked, text_of,
-    tool_args, unsupported_endpoint, usage_chunk, EmbeddingInput, CHAT_PARAMS,
+    file_data, name_dropped_hints, no_turns, now, push_turn, refuse_asked, text_of, tool_args,
+    unsupported_endpoint, usage_chunk, EmbeddingInput, Hints, CHAT_PARAMS,
 };
 use crate::{
     join_url, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target, UpstreamRequest,
@@ -129,7 +129,7 @@ pub(crate) fn chat_body(
         target,
         &mut dropped,
     )?;
-    name_dropped_message_fields(body, false, &mut dropped);
+    name_dropped_hints(body, Hints::NONE, &mut dropped);
 
     let mut system = Vec::new();
     let mut contents: Vec<Value> = Vec::new();
@@ -404,7 +404,7 @@ impl Counts {
             completion_tokens: self.candidates.unwrap_or(0) + thoughts,
             cached_tokens: self.cached.unwrap_or(0),
             reasoning_tokens: thoughts,
-            estimated: false,
+            ..Usage::default()
         }
     }
 }

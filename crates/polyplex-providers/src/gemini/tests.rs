@@ -404,3 +404,18 @@ fn files_and_audio_become_inline_data() {
         Some("messages[0].content[0].file.file_id")
     );
 }
+
+/// Gemini has no breakpoints to set (it caches on its own): `cache_control`
+/// is left out and named, never refused.
+#[test]
+fn cache_breakpoints_are_dropped_and_named() {
+    let a = auth();
+    let body = map(json!({"model": "m", "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "rules", "cache_control": {"type": "ephemeral"}}]},
+        {"role": "user", "content": "q"}]}));
+    let req = Gemini
+        .build(Endpoint::Chat, &body, false, &target(&a))
+        .unwrap();
+    assert_eq!(req.dropped, ["cache_control"]);
+    assert!(!String::from_utf8_lossy(&req.body).contains("cache_control"));
+}

@@ -1,6 +1,7 @@
 //! The upstream request: the client's body, serialized once with the model
 //! replaced, routing fields left out and usage asked for on streams.
 
+use crate::translate::{marks_cache, strip_cache_control};
 use crate::{join_url, Endpoint, Target, UpstreamRequest};
 use bytes::Bytes;
 use polyplex_types::validate::GATEWAY_FIELDS;
@@ -138,6 +139,23 @@ fn as_sent(
     Some(Bytes::from(out))
 }
 
+/// True for OpenAI's own API and Azure OpenAI, which refuse members they
+/// do not know (`Unrecognized request argument supplied: cache_control`)
+/// and cache prompts on their own. Other OpenAI-protocol providers get the
+/// body as sent: some take `cache_control` (OpenRouter, for Claude).
+fn refuses_cache_control(target: &Target<'_>) -> bool {
+    let host = target
+        .base_url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_ascii_lowercase));
+    host.is_some_and(|h| {
+        h == "api.openai.com"
+            || h.ends_with(".openai.azure.com")
+            || h.ends_with(".cognitiveservices.azure.com")
+    })
+}
+
 /// [`build`], forwarding the client's bytes when they need no change.
 pub(crate) fn build_from(
     endpoint: Endpoint,
@@ -145,6 +163,10 @@ pub(crate) fn build_from(
     stream: bool,
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
+    // (A quick-validated body has no content parts nor tools to mark.)
+    if body.shape().is_none() && refuses_cache_control(target) && marks_cache(body.map()) {
+        return build(endpoint, body.map(), stream, target);
+    }
     match as_sent(endpoint, body, stream, target) {
         Some(bytes) => Ok(UpstreamRequest {
             url: join_url(target.base_url, path(endpoint)),
@@ -163,6 +185,17 @@ pub(crate) fn build(
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
     let want_usage = wants_usage(endpoint, stream, target);
+    let mut dropped = Vec::new();
+    let stripped;
+    let body = if refuses_cache_control(target) && marks_cache(body) {
+        let mut b = body.clone();
+        strip_cache_control(&mut b);
+        dropped.push("cache_control".to_string());
+        stripped = b;
+        &stripped
+    } else {
+        body
+    };
     let out = Outgoing {
         body,
         model: target.model,
@@ -176,6 +209,6 @@ pub(crate) fn build(
         url: join_url(target.base_url, path(endpoint)),
         headers: crate::headers(target, stream)?,
         body: Bytes::from(bytes),
-        dropped: Vec::new(),
+        dropped,
     })
 }

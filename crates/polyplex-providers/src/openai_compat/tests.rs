@@ -3,6 +3,7 @@ use crate::sse::Parser;
 use crate::{AuthStyle, Reply, StreamItem};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
+use serde_json::json;
 
 const CHAT_REQUEST: &str = include_str!("fixtures/chat_request.json");
 const CHAT_RESPONSE: &str = include_str!("fixtures/chat_response.json");
@@ -436,4 +437,51 @@ fn choices_emptiness_is_read_from_the_raw_text() {
         let raw = crate::RawReply::parse(Bytes::from(text)).unwrap();
         assert_eq!(super::stream::has_choices(&raw), has, "{text}");
     }
+}
+
+/// OpenAI's own API and Azure's refuse `cache_control` (they cache on
+/// their own): it is taken out of the messages, parts and tools, and named;
+/// every other OpenAI-protocol provider gets the body as sent (OpenRouter
+/// takes it for Claude).
+#[test]
+fn cache_breakpoints_reach_only_providers_that_take_them() {
+    let auth = AuthStyle::bearer();
+    let eph = json!({"type": "ephemeral"});
+    let marked: JsonMap = serde_json::from_value(json!({"model": "gpt-4o", "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "rules", "cache_control": eph}]},
+        {"role": "user", "content": "q", "cache_control": eph}],
+        "tools": [{"type": "function", "function": {"name": "f"}, "cache_control": eph}]}))
+    .unwrap();
+    for base_url in [
+        "https://api.openai.com/v1",
+        "https://my-resource.openai.azure.com/openai",
+    ] {
+        let t = Target {
+            base_url,
+            ..target(&auth, &[])
+        };
+        let body = RequestBody::from_map(marked.clone());
+        let req = OpenAiCompat
+            .build_from(Endpoint::Chat, &body, false, &t)
+            .unwrap();
+        assert_eq!(req.dropped, ["cache_control"], "{base_url}");
+        let sent: Value = serde_json::from_slice(&req.body).unwrap();
+        assert!(
+            !sent.to_string().contains("cache_control"),
+            "{base_url}: {sent}"
+        );
+        assert_eq!(sent["messages"][0]["content"][0]["text"], "rules");
+        assert_eq!(sent["tools"][0]["function"]["name"], "f");
+    }
+    let t = Target {
+        base_url: "https://openrouter.ai/api/v1",
+        ..target(&auth, &[])
+    };
+    let req = OpenAiCompat
+        .build(Endpoint::Chat, &marked, false, &t)
+        .unwrap();
+    assert!(req.dropped.is_empty());
+    let sent: Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(sent["messages"][1]["cache_control"], eph);
+    assert_eq!(sent["tools"][0]["cache_control"], eph);
 }

@@ -209,12 +209,28 @@ pub(crate) async fn serve(
         .to_string();
     let oa = to_openai(&req);
     let answer = reply::chat_answer(&oa);
-    let input_tokens = reply::prompt_tokens(
+    let prompt = reply::prompt_tokens(
         oa.get("messages")
             .and_then(Value::as_array)
             .map(Vec::as_slice)
             .unwrap_or(&[]),
     );
+    // Tools, then the system blocks, then the messages' blocks: the order
+    // Anthropic caches a prompt's prefix in.
+    let items: Vec<&Value> = ["tools", "system"]
+        .iter()
+        .filter_map(|k| req.get(*k).and_then(Value::as_array))
+        .flatten()
+        .chain(message_blocks(&req))
+        .collect();
+    let cache = s.cached_prefix(
+        &model,
+        &items,
+        |i| i.get("cache_control").is_some_and(|c| !c.is_null()),
+        prompt,
+    );
+    let input_tokens = prompt - cache.read - cache.written;
+    let usage_in = json!({"input_tokens": input_tokens, "cache_creation_input_tokens": cache.written, "cache_read_input_tokens": cache.read});
     let id = s.next_id("msg_mock");
     let _ = now();
     let is_fault = |k: &str| fault.as_ref().is_some_and(|f| f.fault == k);
@@ -239,16 +255,18 @@ pub(crate) async fn serve(
         };
         let mut out = json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": content,
             "stop_reason": stop_reason(&answer), "stop_sequence": null,
-            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}});
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens, "cache_creation_input_tokens": cache.written, "cache_read_input_tokens": cache.read}});
         if is_fault("no_usage") {
             out.as_object_mut().map(|o| o.remove("usage"));
         }
         return Json(out).into_response();
     }
+    let mut usage_start = usage_in;
+    usage_start["output_tokens"] = json!(1);
     let mut events = vec![sse(
         "message_start",
         json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant",
-        "content": [], "model": model, "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
+        "content": [], "model": model, "stop_reason": null, "stop_sequence": null, "usage": usage_start}}),
     )];
     match &answer {
         Answer::Text { pieces, .. } => {

@@ -277,7 +277,7 @@ async fn converse(
     }
     let oa = to_openai(&req);
     let answer = reply::chat_answer(&oa);
-    let input_tokens = reply::prompt_tokens(
+    let prompt = reply::prompt_tokens(
         oa.get("messages")
             .and_then(Value::as_array)
             .map(Vec::as_slice)
@@ -287,7 +287,28 @@ async fn converse(
         Answer::Text { pieces, .. } => pieces.len() as u64,
         Answer::ToolCall { arguments, .. } => 1 + arguments.len().div_ceil(4) as u64,
     };
-    let usage = json!({"inputTokens": input_tokens, "outputTokens": output_tokens, "totalTokens": input_tokens + output_tokens});
+    // Tools, system blocks, message blocks: a `cachePoint` ends a prefix.
+    let items: Vec<&Value> = req
+        .get("toolConfig")
+        .and_then(|t| t.get("tools"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .chain(
+            req.get("system")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten(),
+        )
+        .chain(super::message_blocks(&req))
+        .collect();
+    let cache = s.cached_prefix(&model, &items, |i| i.get("cachePoint").is_some(), prompt);
+    let input_tokens = prompt - cache.read - cache.written;
+    let mut usage = json!({"inputTokens": input_tokens, "outputTokens": output_tokens, "totalTokens": prompt + output_tokens});
+    if cache.read + cache.written > 0 {
+        usage["cacheReadInputTokens"] = json!(cache.read);
+        usage["cacheWriteInputTokens"] = json!(cache.written);
+    }
     let is_fault = |k: &str| fault.as_ref().is_some_and(|f| f.fault == k);
     let tool_id = |id: &str| id.replace("call_", "tooluse_");
     if !stream {

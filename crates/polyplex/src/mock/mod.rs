@@ -81,6 +81,16 @@ pub struct MockState {
     pub stats: Stats,
     recent: Mutex<VecDeque<Value>>,
     seq: AtomicU64,
+    /// Prefixes marked for prompt caching, by hash ([`MockState::cached_prefix`]).
+    prompt_cache: Mutex<std::collections::HashSet<u64>>,
+}
+
+/// What the mock's prompt cache did for a request: tokens of the prompt
+/// read from it and written to it (Anthropic's and Bedrock's counts).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct CacheUse {
+    pub read: u64,
+    pub written: u64,
 }
 
 const RECENT: usize = 64;
@@ -93,6 +103,7 @@ impl MockState {
             stats: Stats::default(),
             recent: Mutex::new(VecDeque::new()),
             seq: AtomicU64::new(0),
+            prompt_cache: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -121,6 +132,54 @@ impl MockState {
                 r.pop_front();
             }
             r.push_back(json!({"path": path, "headers": hs, "body": body}));
+        }
+    }
+
+    /// Prompt caching as Anthropic and Bedrock do it, simplified: `items`
+    /// are a request's tools, system blocks and message blocks in order,
+    /// and the last one `marks` says ends a prefix to cache. A prefix seen
+    /// before (same model, same items) is read from the cache, a new one
+    /// written to it; its tokens are its texts' words and one per other
+    /// item, at most `prompt` (the request's whole prompt). The real APIs
+    /// cache only prefixes of 1,024 tokens or more; the mock caches any.
+    pub(crate) fn cached_prefix(
+        &self,
+        model: &str,
+        items: &[&Value],
+        marks: impl Fn(&Value) -> bool,
+        prompt: u64,
+    ) -> CacheUse {
+        let Some(end) = items.iter().rposition(|i| marks(i)) else {
+            return CacheUse::default();
+        };
+        let mut h: u64 = 0xcbf29ce484222325;
+        let mut tokens = 0u64;
+        for item in std::iter::once(&&json!(model)).chain(&items[..=end]) {
+            for b in item.to_string().bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x100000001b3);
+            }
+            tokens += match item.get("text").and_then(Value::as_str) {
+                Some(t) => reply::tokenize(t).len() as u64,
+                None => u64::from(item.get("cachePoint").is_none()),
+            };
+        }
+        let tokens = tokens.min(prompt);
+        let seen = self
+            .prompt_cache
+            .lock()
+            .map(|mut c| !c.insert(h))
+            .unwrap_or(false);
+        if seen {
+            CacheUse {
+                read: tokens,
+                written: 0,
+            }
+        } else {
+            CacheUse {
+                read: 0,
+                written: tokens,
+            }
         }
     }
 
