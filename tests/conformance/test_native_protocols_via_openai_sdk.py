@@ -289,3 +289,42 @@ def test_reasoning_effort_refused_where_it_cannot_be_honoured(client):
         client.chat.completions.create(model=ANTHROPIC, messages=[{"role": "user", "content": "hi"}],
                                        reasoning_effort="high", max_completion_tokens=500)
     assert e.value.param == "reasoning_effort"
+
+
+@pytest.mark.parametrize("claude", CLAUDES)
+def test_extended_thinking_survives_a_tool_loop(client, claude):
+    """With reasoning_effort, Claude thinks before it calls a tool, and
+    Anthropic refuses the next turn unless that thinking (signed) comes back
+    with it. The answer carries it (`reasoning_content`, `thinking_blocks`),
+    and appending the SDK's own message object sends it back: the loop the
+    OpenAI docs show works unchanged. A client that keeps only the tool
+    calls gets its answer without thinking, and the header says so."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}]
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    first = client.chat.completions.create(model=claude, messages=messages, tools=tools,
+                                           reasoning_effort="low", max_completion_tokens=4000)
+    msg = first.choices[0].message
+    assert first.choices[0].finish_reason == "tool_calls"
+    assert msg.model_extra["reasoning_content"].startswith("Thinking about")
+    assert msg.model_extra["thinking_blocks"][0]["signature"]
+    messages += [msg, {"role": "tool", "tool_call_id": msg.tool_calls[0].id, "content": "22 C and sunny"}]
+    raw = client.chat.completions.with_raw_response.create(model=claude, messages=messages, tools=tools,
+                                                          reasoning_effort="low", max_completion_tokens=4000)
+    assert "x-polyplex-dropped-params" not in raw.headers
+    assert raw.parse().choices[0].message.content == "The tool returned: 22 C and sunny"
+    bare = [messages[0], {"role": "assistant", "content": None,
+                          "tool_calls": [tc.model_dump() for tc in msg.tool_calls]}, messages[2]]
+    raw = client.chat.completions.with_raw_response.create(model=claude, messages=bare, tools=tools,
+                                                          reasoning_effort="low", max_completion_tokens=4000)
+    assert raw.headers["x-polyplex-dropped-params"] == "reasoning_effort"
+    assert raw.parse().choices[0].message.content == "The tool returned: 22 C and sunny"
+    # Streamed: the thinking as reasoning_content deltas, then its block.
+    reasoning, blocks = "", []
+    for chunk in client.chat.completions.create(model=claude, messages=[{"role": "user", "content": "Say hi"}],
+                                                reasoning_effort="low", max_completion_tokens=4000, stream=True):
+        extra = chunk.choices[0].delta.model_extra or {} if chunk.choices else {}
+        reasoning += extra.get("reasoning_content") or ""
+        blocks += extra.get("thinking_blocks") or []
+    assert reasoning == "Thinking about: Say hi"
+    assert [b["thinking"] for b in blocks] == [reasoning]

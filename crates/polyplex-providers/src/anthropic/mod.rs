@@ -11,6 +11,9 @@
 //! - `response_format` (json_object / json_schema) is served by a forced tool
 //!   whose input schema is the requested schema; its input comes back as the
 //!   message content, so the client sees plain JSON text;
+//! - `reasoning_effort` → extended thinking, whose blocks come back as
+//!   `reasoning_content` and `thinking_blocks` and, sent back on an
+//!   assistant turn, go out verbatim (a tool loop needs them);
 //! - parameters Anthropic has no equivalent for (`n` > 1, `seed`, penalties,
 //!   `logit_bias`, `logprobs`, unknown fields) are refused with a 400 naming
 //!   them, or dropped and named under `drop_params`.

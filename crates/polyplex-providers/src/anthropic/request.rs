@@ -119,6 +119,14 @@ enum Block<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         cache_control: Option<&'a Value>,
     },
+    /// Extended thinking sent back as the answer gave it (`thinking_blocks`).
+    Thinking {
+        thinking: &'a str,
+        signature: &'a str,
+    },
+    RedactedThinking {
+        data: &'a str,
+    },
 }
 
 impl<'a> Block<'a> {
@@ -140,6 +148,8 @@ impl<'a> Block<'a> {
             | Block::Document { cache_control, .. }
             | Block::ToolUse { cache_control, .. }
             | Block::ToolResult { cache_control, .. } => *cache_control = cc,
+            // (Anthropic takes no breakpoint on thinking.)
+            Block::Thinking { .. } | Block::RedactedThinking { .. } => {}
         }
     }
 }
@@ -337,6 +347,46 @@ fn system_prompt<'a>(msgs: &[&'a Value]) -> Option<System<'a>> {
     (!blocks.is_empty()).then_some(System::Blocks(blocks))
 }
 
+/// An assistant message's `thinking_blocks` (what polyplex's answers carry
+/// from Anthropic's extended thinking) as Anthropic's blocks, verbatim:
+/// their signatures must come back untouched.
+fn thinking_blocks(m: &Value) -> Vec<Block<'_>> {
+    member(m, "thinking_blocks")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|b| match member(b, "type").and_then(Value::as_str) {
+            Some("thinking") => Some(Block::Thinking {
+                thinking: str_of(b, "thinking"),
+                signature: str_of(b, "signature"),
+            }),
+            Some("redacted_thinking") => Some(Block::RedactedThinking {
+                data: str_of(b, "data"),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// True when the conversation's last assistant turn called tools without
+/// sending back its thinking: Anthropic then refuses extended thinking for
+/// the request (the turn must start with its thinking block), so polyplex
+/// asks without it.
+fn tool_turn_without_thinking(body: &JsonMap) -> bool {
+    let last = lookup(body, "messages")
+        .and_then(Value::as_array)
+        .and_then(|ms| {
+            ms.iter()
+                .rfind(|m| member(m, "role").and_then(Value::as_str) == Some("assistant"))
+        });
+    last.is_some_and(|m| {
+        member(m, "tool_calls")
+            .and_then(Value::as_array)
+            .is_some_and(|c| !c.is_empty())
+            && thinking_blocks(m).is_empty()
+    })
+}
+
 fn messages(body: &JsonMap) -> Result<(Vec<Turn<'_>>, Vec<&Value>), GatewayError> {
     let mut system = Vec::new();
     let msgs = lookup(body, "messages")
@@ -356,7 +406,9 @@ fn messages(body: &JsonMap) -> Result<(Vec<Turn<'_>>, Vec<&Value>), GatewayError
                 push_turn(&mut turns, "user", blocks);
             }
             "assistant" => {
-                let mut blocks = content_blocks(content, i)?;
+                // The turn's thinking first, as Anthropic requires.
+                let mut blocks = thinking_blocks(m);
+                blocks.extend(content_blocks(content, i)?);
                 for c in assistant_calls(m, i)? {
                     blocks.push(Block::ToolUse {
                         id: c.id,
@@ -691,7 +743,12 @@ pub(crate) fn messages_body(
     // reasoning too, as Anthropic's max_tokens counts the thinking: a limit
     // the client set stays the limit, and the budget fits under it.
     let mut thinking = None;
-    if let Some(budget) = reasoning_effort(body)?.and_then(thinking_budget) {
+    let mut effort = reasoning_effort(body)?;
+    if effort.and_then(thinking_budget).is_some() && tool_turn_without_thinking(body) {
+        dropped.push("reasoning_effort".into());
+        effort = None;
+    }
+    if let Some(budget) = effort.and_then(thinking_budget) {
         if json_mode(body) {
             return Err(GatewayError::invalid_param(
                 "reasoning_effort",

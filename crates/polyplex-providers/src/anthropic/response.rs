@@ -35,9 +35,19 @@ pub(crate) fn parse(
         .ok_or_else(|| GatewayError::upstream_bad_response(provider, "no `content` array"))?;
     let mut text = String::new();
     let mut tool_calls = Vec::new();
+    let mut reasoning = String::new();
+    let mut thinking_blocks = Vec::new();
     for b in blocks {
         match b.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
+            // Extended thinking: its text as `reasoning_content`, the blocks
+            // themselves (signatures, redacted data) as `thinking_blocks`,
+            // which a client sends back on its assistant turn.
+            Some("thinking") => {
+                reasoning.push_str(b.get("thinking").and_then(Value::as_str).unwrap_or(""));
+                thinking_blocks.push(b.clone());
+            }
+            Some("redacted_thinking") => thinking_blocks.push(b.clone()),
             Some("tool_use") => {
                 let input = b.get("input").cloned().unwrap_or(json!({}));
                 let name = b.get("name").and_then(Value::as_str).unwrap_or("");
@@ -58,6 +68,10 @@ pub(crate) fn parse(
     let mut message = json!({"role": "assistant", "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) }, "refusal": null});
     if !tool_calls.is_empty() {
         message["tool_calls"] = Value::Array(tool_calls);
+    }
+    if !thinking_blocks.is_empty() {
+        message["reasoning_content"] = json!(reasoning);
+        message["thinking_blocks"] = Value::Array(thinking_blocks);
     }
     // (`null` is no usage: the gateway counts it, as on the fast path.)
     let usage = v.get("usage").filter(|u| !u.is_null()).map(usage_from);
@@ -126,7 +140,7 @@ pub(crate) fn parse_fast(body: &[u8], json_mode: bool) -> Option<(Reply, Option<
     for b in &m.content {
         match b.kind.as_deref() {
             Some("text") => text.push_str(b.text.as_deref().unwrap_or("")),
-            Some("tool_use") => return None,
+            Some("tool_use" | "thinking" | "redacted_thinking") => return None,
             _ => {}
         }
     }

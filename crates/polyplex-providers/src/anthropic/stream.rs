@@ -34,6 +34,44 @@ struct DeltaIn<'a> {
     text: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     partial_json: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    signature: Option<Cow<'a, str>>,
+}
+
+/// The member that holds a delta's text, by the delta's kind: a thinking or
+/// signature delta's own, else `text`.
+pub(super) fn text_member(kind: Option<&str>) -> &'static str {
+    match kind {
+        Some("thinking_delta") => "thinking",
+        Some("signature_delta") => "signature",
+        _ => "text",
+    }
+}
+
+impl DeltaIn<'_> {
+    /// The delta's text ([`text_member`]).
+    fn text_for_kind(&self) -> Option<&str> {
+        match text_member(self.kind.as_deref()) {
+            "thinking" => self.thinking.as_deref(),
+            "signature" => self.signature.as_deref(),
+            _ => self.text.as_deref(),
+        }
+    }
+}
+
+/// A thinking block being streamed: its index, text and signature so far.
+struct Thinking {
+    index: u64,
+    text: String,
+    signature: String,
+}
+
+/// A chunk's delta of extended thinking's text.
+#[derive(serde::Serialize)]
+struct Reasoning<'a> {
+    reasoning_content: &'a str,
 }
 
 /// A `message_start` event, borrowed from its text.
@@ -115,6 +153,8 @@ pub struct Decoder {
     started: bool,
     done: bool,
     text: String,
+    /// The thinking block open now, if any.
+    thinking: Option<Thinking>,
 }
 
 impl Decoder {
@@ -132,6 +172,7 @@ impl Decoder {
             started: false,
             done: false,
             text: String::new(),
+            thinking: None,
         }
     }
 
@@ -139,7 +180,9 @@ impl Decoder {
         crate::translate::chunk(&self.id, self.created, &self.model, 0, delta, finish)
     }
 
-    /// A `content_block_delta`: text, or a tool call's argument fragment.
+    /// A `content_block_delta`: text, a tool call's argument fragment, or
+    /// extended thinking (its text as `reasoning_content`; its signature
+    /// kept for the block's end, [`Decoder::close_thinking`]).
     pub(super) fn on_delta(
         &mut self,
         idx: u64,
@@ -165,7 +208,24 @@ impl Decoder {
                     None => return Err(self.bad("input_json_delta for an unknown block")),
                 }
             }
-            // thinking, signatures, citations: not part of OpenAI's chat shape.
+            Some("thinking_delta") => {
+                let t = text.unwrap_or("");
+                if let Some(th) = self.thinking.as_mut().filter(|th| th.index == idx) {
+                    th.text.push_str(t);
+                }
+                out.push(self.chunk(
+                    &Reasoning {
+                        reasoning_content: t,
+                    },
+                    None,
+                ));
+            }
+            Some("signature_delta") => {
+                if let Some(th) = self.thinking.as_mut().filter(|th| th.index == idx) {
+                    th.signature.push_str(text.unwrap_or(""));
+                }
+            }
+            // citations: not part of OpenAI's chat shape.
             _ => {}
         }
         Ok(())
@@ -181,6 +241,15 @@ impl Decoder {
         }
         self.started = true;
         out.push(self.chunk(&ROLE, None));
+    }
+
+    /// The end of block `index`: a thinking block's whole text and
+    /// signature go out as `thinking_blocks`, as the unary answer gives
+    /// them, for the client to send back on its assistant turn.
+    fn close_thinking(&mut self, index: u64, out: &mut Vec<StreamItem>) {
+        if let Some(th) = self.thinking.take_if(|th| th.index == index) {
+            out.push(self.chunk(&json!({"thinking_blocks": [{"type": "thinking", "thinking": th.text, "signature": th.signature}]}), None));
+        }
     }
 
     /// A block that opens with text (not a tool call).
@@ -241,7 +310,12 @@ impl Decoder {
                 Err(_) => false,
             },
             Some("content_block_start") => match serde_json::from_str::<BlockStart<'_>>(data) {
-                Ok(b) if b.content_block.kind.as_deref() != Some("tool_use") => {
+                Ok(b)
+                    if !matches!(
+                        b.content_block.kind.as_deref(),
+                        Some("tool_use" | "thinking" | "redacted_thinking")
+                    ) =>
+                {
                     self.block_text(b.content_block.text.as_deref().unwrap_or(""), out);
                     true
                 }
@@ -265,6 +339,8 @@ impl Decoder {
                 }
                 Err(_) => false,
             },
+            // A thinking block's end: the tree reads its index.
+            Some("content_block_stop") if self.thinking.is_some() => false,
             // Nothing to read in these; the text is checked to be JSON.
             Some(n @ ("content_block_stop" | "ping" | "message_stop")) => {
                 if serde_json::from_str::<serde::de::IgnoredAny>(data).is_err() {
@@ -302,7 +378,7 @@ impl StreamDecoder for Decoder {
                     return self.on_delta(
                         idx,
                         d.kind.as_deref(),
-                        d.text.as_deref(),
+                        d.text_for_kind(),
                         d.partial_json.as_deref(),
                         out,
                     );
@@ -342,17 +418,33 @@ impl StreamDecoder for Decoder {
                         out.push(self.chunk(&json!({"tool_calls": [{"index": i, "id": block.get("id"), "type": "function",
                             "function": {"name": name, "arguments": ""}}]}), None));
                     }
+                } else if block.get("type").and_then(Value::as_str) == Some("thinking") {
+                    self.thinking = Some(Thinking {
+                        index: idx,
+                        text: String::new(),
+                        signature: String::new(),
+                    });
+                    let opening = block.get("thinking").and_then(Value::as_str).unwrap_or("");
+                    if !opening.is_empty() {
+                        self.on_delta(idx, Some("thinking_delta"), Some(opening), None, out)?;
+                    }
+                } else if block.get("type").and_then(Value::as_str) == Some("redacted_thinking") {
+                    out.push(self.chunk(&json!({"thinking_blocks": [block]}), None));
                 } else {
                     self.block_text(block.get("text").and_then(Value::as_str).unwrap_or(""), out);
                 }
             }
+            "content_block_stop" => {
+                self.close_thinking(v.get("index").and_then(Value::as_u64).unwrap_or(0), out);
+            }
             "content_block_delta" => {
                 let d = v.get("delta").unwrap_or(&Value::Null);
                 let text = |k: &str| d.get(k).and_then(Value::as_str);
+                let kind = d.get("type").and_then(Value::as_str);
                 self.on_delta(
                     v.get("index").and_then(Value::as_u64).unwrap_or(0),
-                    d.get("type").and_then(Value::as_str),
-                    text("text"),
+                    kind,
+                    text(text_member(kind)),
                     text("partial_json"),
                     out,
                 )?;
@@ -383,7 +475,7 @@ impl StreamDecoder for Decoder {
                     msg,
                 ));
             }
-            // ping, content_block_stop and future events carry nothing to forward.
+            // ping and future events carry nothing to forward.
             _ => {}
         }
         Ok(())

@@ -443,7 +443,7 @@ fn delta_events_read_without_a_tree_answer_as_the_tree() {
                 d.on_delta(
                     v["index"].as_u64().unwrap_or(0),
                     delta["type"].as_str(),
-                    delta["text"].as_str(),
+                    delta[stream::text_member(delta["type"].as_str())].as_str(),
                     delta["partial_json"].as_str(),
                     &mut out,
                 )
@@ -1009,4 +1009,88 @@ fn cache_breakpoints_reach_anthropic_where_the_client_put_them() {
         {"role": "developer", "content": "d"}, {"role": "user", "content": "q"}]}))
     .unwrap();
     assert_eq!(sent["system"], json!("s1\ns2\n\nd"));
+}
+
+/// Extended thinking in a stream: its text as `reasoning_content` deltas,
+/// each block whole (signature, or redacted data) as `thinking_blocks` once
+/// it ends, wherever the bytes split; the answer's text as usual.
+#[test]
+fn thinking_streams_as_reasoning_and_blocks() {
+    for split in [1, 7, 4096] {
+        let (chunks, usage, _) = decode(include_str!("fixtures/stream_thinking.txt"), false, split);
+        let delta = |k: &str| -> Vec<Value> {
+            chunks
+                .iter()
+                .filter_map(|c| c["choices"][0]["delta"].get(k).cloned())
+                .collect()
+        };
+        let reasoning: String = delta("reasoning_content")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            reasoning,
+            "Let me solve this step by step:\n\n1. First break down 27 * 453\n2. 453 = 400 + 50 + 3"
+        );
+        let blocks: Vec<Value> = delta("thinking_blocks")
+            .into_iter()
+            .flat_map(|b| b.as_array().unwrap().clone())
+            .collect();
+        assert_eq!(
+            blocks,
+            [
+                json!({"type": "thinking", "thinking": reasoning, "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"}),
+                json!({"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP"}),
+            ],
+            "split {split}"
+        );
+        let text: String = delta("content").iter().filter_map(Value::as_str).collect();
+        assert_eq!(text, "27 * 453 = 12,231");
+        assert_eq!(usage.unwrap().0.completion_tokens, 210);
+    }
+}
+
+/// A unary answer's thinking: `reasoning_content` and `thinking_blocks` on
+/// the message; sent back on the assistant turn, the blocks lead it
+/// verbatim. A tool turn sent back without them cannot have thinking on
+/// (Anthropic refuses it): `reasoning_effort` is dropped and named.
+#[test]
+fn thinking_comes_back_and_goes_out_verbatim() {
+    let body = br#"{"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [
+        {"type": "thinking", "thinking": "Paris, so call the tool.", "signature": "sig-1"},
+        {"type": "redacted_thinking", "data": "enc-2"},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"location": "Paris"}}],
+        "stop_reason": "tool_use", "usage": {"input_tokens": 10, "output_tokens": 20}}"#;
+    assert!(response::parse_fast(body, false).is_none());
+    let (m, _) = response::parse("anthropic", body, false).unwrap();
+    let msg = &m["choices"][0]["message"];
+    assert_eq!(msg["reasoning_content"], "Paris, so call the tool.");
+    let blocks = msg["thinking_blocks"].clone();
+    assert_eq!(
+        blocks,
+        json!([{"type": "thinking", "thinking": "Paris, so call the tool.", "signature": "sig-1"},
+            {"type": "redacted_thinking", "data": "enc-2"}])
+    );
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    let turn = |with_blocks: bool| {
+        let mut assistant = json!({"role": "assistant", "content": null, "reasoning_content": "Paris, so call the tool.",
+            "tool_calls": [{"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"location\":\"Paris\"}"}}]});
+        if with_blocks {
+            assistant["thinking_blocks"] = blocks.clone();
+        }
+        json!({"model": "m", "tools": tools, "reasoning_effort": "low", "max_completion_tokens": 4000, "messages": [
+            {"role": "user", "content": "Weather in Paris?"}, assistant,
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "22 C"}]})
+    };
+    let (sent, req) = build(turn(true)).unwrap();
+    assert!(req.dropped.is_empty(), "{:?}", req.dropped);
+    assert_eq!(sent["thinking"]["type"], "enabled");
+    let content = &sent["messages"][1]["content"];
+    assert_eq!(content[0], blocks[0]);
+    assert_eq!(content[1], blocks[1]);
+    assert_eq!(content[2]["type"], "tool_use");
+    let (sent, req) = build(turn(false)).unwrap();
+    assert_eq!(req.dropped, ["reasoning_effort"]);
+    assert!(sent.get("thinking").is_none());
+    assert_eq!(sent["messages"][1]["content"][0]["type"], "tool_use");
 }

@@ -33,6 +33,62 @@ fn as_openai_content(content: &Value) -> Value {
     }
 }
 
+/// Whether a request turns extended thinking on.
+fn thinking_enabled(req: &Map<String, Value>) -> bool {
+    req.get("thinking")
+        .and_then(|t| t.get("type"))
+        .and_then(Value::as_str)
+        == Some("enabled")
+}
+
+/// The mock's signature of a thinking block's text (Anthropic's is a
+/// cryptographic one the client must send back untouched; so is this).
+pub(crate) fn thinking_signature(thinking: &str) -> String {
+    reply::stable_id("mock-sig-", thinking)
+}
+
+/// What the Messages API refuses with extended thinking on: a thinking
+/// block sent back changed (its signature no longer matches), and a final
+/// assistant turn that uses tools without starting with its thinking.
+fn bad_thinking(req: &Map<String, Value>) -> Option<String> {
+    let msgs = req.get("messages").and_then(Value::as_array)?;
+    for (i, m) in msgs.iter().enumerate() {
+        for b in m
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if b.get("type").and_then(Value::as_str) == Some("thinking") {
+                let text = b.get("thinking").and_then(Value::as_str).unwrap_or("");
+                if b.get("signature").and_then(Value::as_str) != Some(&thinking_signature(text)) {
+                    return Some(format!(
+                        "messages.{i}.content: Invalid `signature` in `thinking` block"
+                    ));
+                }
+            }
+        }
+    }
+    let thinking_on = thinking_enabled(req);
+    let (i, last) = msgs
+        .iter()
+        .enumerate()
+        .rfind(|(_, m)| m.get("role").and_then(Value::as_str) == Some("assistant"))?;
+    let blocks = last.get("content").and_then(Value::as_array)?;
+    let kind = |b: &Value| {
+        b.get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let uses_tools = blocks.iter().any(|b| kind(b) == "tool_use");
+    let first = blocks.first().map(kind).unwrap_or_default();
+    if thinking_on && uses_tools && first != "thinking" && first != "redacted_thinking" {
+        return Some(format!("messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{first}`. When `thinking` is enabled, a final `assistant` message must start with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). We recommend you include thinking blocks from previous turns."));
+    }
+    None
+}
+
 /// What the Messages API refuses in a document block: a source other than
 /// a base64 PDF or a plain-text one.
 fn bad_document(req: &Map<String, Value>) -> Option<String> {
@@ -199,7 +255,7 @@ pub(crate) async fn serve(
             None,
         );
     }
-    if let Some(msg) = bad_document(&req) {
+    if let Some(msg) = bad_document(&req).or_else(|| bad_thinking(&req)) {
         return shaped_error(shape, StatusCode::BAD_REQUEST, "", &msg, None);
     }
     let model = req
@@ -234,16 +290,32 @@ pub(crate) async fn serve(
     let id = s.next_id("msg_mock");
     let _ = now();
     let is_fault = |k: &str| fault.as_ref().is_some_and(|f| f.fault == k);
-    let output_tokens = match &answer {
-        Answer::Text { pieces, .. } => pieces.len() as u64,
-        Answer::ToolCall { arguments, .. } => 1 + arguments.len().div_ceil(4) as u64,
-    };
+    // Extended thinking: a thinking block first, about the last user turn.
+    let thinking = (thinking_enabled(&req)).then(|| {
+        let asked = oa
+            .get("messages")
+            .and_then(Value::as_array)
+            .and_then(|ms| ms.iter().rfind(|m| m["role"] == "user"))
+            .map(|m| reply::content_text(m.get("content")))
+            .unwrap_or_default();
+        let text = format!("Thinking about: {asked}");
+        let signature = thinking_signature(&text);
+        (text, signature)
+    });
+    let thought_tokens = thinking
+        .as_ref()
+        .map_or(0, |(t, _)| reply::tokenize(t).len() as u64);
+    let output_tokens = thought_tokens
+        + match &answer {
+            Answer::Text { pieces, .. } => pieces.len() as u64,
+            Answer::ToolCall { arguments, .. } => 1 + arguments.len().div_ceil(4) as u64,
+        };
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     if !stream {
         if is_fault("garbage") {
             return garbage();
         }
-        let content = match &answer {
+        let mut content = match &answer {
             Answer::Text { pieces, .. } => json!([{"type": "text", "text": pieces.concat()}]),
             Answer::ToolCall {
                 id,
@@ -253,6 +325,12 @@ pub(crate) async fn serve(
                 json!([{"type": "tool_use", "id": id.replace("call_", "toolu_"), "name": name, "input": serde_json::from_str::<Value>(arguments).unwrap_or(json!({}))}])
             }
         };
+        if let (Some((text, signature)), Some(blocks)) = (&thinking, content.as_array_mut()) {
+            blocks.insert(
+                0,
+                json!({"type": "thinking", "thinking": text, "signature": signature}),
+            );
+        }
         let mut out = json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": content,
             "stop_reason": stop_reason(&answer), "stop_sequence": null,
             "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens, "cache_creation_input_tokens": cache.written, "cache_read_input_tokens": cache.read}});
@@ -268,12 +346,25 @@ pub(crate) async fn serve(
         json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant",
         "content": [], "model": model, "stop_reason": null, "stop_sequence": null, "usage": usage_start}}),
     )];
+    // The answer's block comes after the thinking block, when there is one.
+    let at = u64::from(thinking.is_some());
+    if let Some((text, signature)) = &thinking {
+        events.push(sse("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}})));
+        for piece in reply::tokenize(text) {
+            events.push(sse("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": piece}})));
+        }
+        events.push(sse("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": signature}})));
+        events.push(sse(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+    }
     match &answer {
         Answer::Text { pieces, .. } => {
-            events.push(sse("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+            events.push(sse("content_block_start", json!({"type": "content_block_start", "index": at, "content_block": {"type": "text", "text": ""}})));
             events.push(sse("ping", json!({"type": "ping"})));
             for p in pieces {
-                events.push(sse("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}})));
+                events.push(sse("content_block_delta", json!({"type": "content_block_delta", "index": at, "delta": {"type": "text_delta", "text": p}})));
             }
         }
         Answer::ToolCall {
@@ -281,18 +372,18 @@ pub(crate) async fn serve(
             name,
             arguments,
         } => {
-            events.push(sse("content_block_start", json!({"type": "content_block_start", "index": 0,
+            events.push(sse("content_block_start", json!({"type": "content_block_start", "index": at,
                 "content_block": {"type": "tool_use", "id": call.replace("call_", "toolu_"), "name": name, "input": {}}})));
             let chars: Vec<char> = arguments.chars().collect();
             for frag in chars.chunks(8) {
                 let frag: String = frag.iter().collect();
-                events.push(sse("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": frag}})));
+                events.push(sse("content_block_delta", json!({"type": "content_block_delta", "index": at, "delta": {"type": "input_json_delta", "partial_json": frag}})));
             }
         }
     }
     events.push(sse(
         "content_block_stop",
-        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_stop", "index": at}),
     ));
     events.push(sse("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop_reason(&answer), "stop_sequence": null}, "usage": {"output_tokens": output_tokens}})));
     events.push(sse("message_stop", json!({"type": "message_stop"})));
