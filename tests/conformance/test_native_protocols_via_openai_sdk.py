@@ -328,3 +328,28 @@ def test_extended_thinking_survives_a_tool_loop(client, claude):
         blocks += extra.get("thinking_blocks") or []
     assert reasoning == "Thinking about: Say hi"
     assert [b["thinking"] for b in blocks] == [reasoning]
+
+
+@pytest.mark.parametrize("gemini3", ["google/gemini-3-flash-preview", "vertex/gemini-3-flash-preview"])
+def test_gemini_3_tool_loop_keeps_its_thought_signatures(client, gemini3):
+    """Gemini 3 refuses a replayed function call without the thought
+    signature it gave. The tool call carries it (as Google's own
+    OpenAI-compatible API does), the SDK's message object sends it back,
+    and a client that rebuilds the call from id, name and arguments still
+    gets its answer; a changed signature is Gemini's own 400."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}]
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    msg = client.chat.completions.create(model=gemini3, messages=messages, tools=tools).choices[0].message
+    call = msg.tool_calls[0]
+    assert call.model_extra["extra_content"]["google"]["thought_signature"]
+    result = {"role": "tool", "tool_call_id": call.id, "content": "22 C"}
+    r = client.chat.completions.create(model=gemini3, messages=[*messages, msg, result], tools=tools)
+    assert r.choices[0].message.content == "The tool returned: 22 C"
+    rebuilt = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": call.function.arguments}}]}
+    r = client.chat.completions.create(model=gemini3, messages=[*messages, rebuilt, result], tools=tools)
+    assert r.choices[0].message.content == "The tool returned: 22 C"
+    forged = dict(rebuilt, tool_calls=[dict(rebuilt["tool_calls"][0], extra_content={"google": {"thought_signature": "forged"}})])
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=gemini3, messages=[*messages, forged, result], tools=tools)

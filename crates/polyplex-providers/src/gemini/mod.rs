@@ -9,7 +9,9 @@
 //!   `stopSequences`, `max_tokens` → `maxOutputTokens`, `seed`, penalties);
 //!   `response_format` → `responseMimeType` + `responseJsonSchema`;
 //! - Gemini gives function calls no ids: polyplex makes stable ones from the
-//!   response id, candidate and call index;
+//!   response id, candidate and call index; Gemini 3's thought signature on
+//!   a call goes out on the tool call (`extra_content.google`) and back on
+//!   the call's part (Google's stand-in when a client did not keep it);
 //! - `logprobs`, `logit_bias`, `parallel_tool_calls: false` and unknown fields
 //!   are refused by name, or dropped with `drop_params`; `user`, which has no
 //!   effect on the answer, is always dropped and named, as are a message's
@@ -53,6 +55,25 @@ fn mime_from_url(url: &str) -> &'static str {
         "image/jpeg"
     }
 }
+
+/// Whether `model` signs its function calls and refuses one replayed without
+/// its signature (Gemini 3 and later; 2.x and 1.x take calls unsigned).
+pub fn signs_calls(model: &str) -> bool {
+    let m = model.rsplit('/').next().unwrap_or(model);
+    m.starts_with("gemini-") && !m.starts_with("gemini-1") && !m.starts_with("gemini-2")
+}
+
+/// The thought signature Gemini gave a function call, as the answer carried
+/// it on the tool call (`extra_content.google.thought_signature`, the shape
+/// of Google's own OpenAI-compatible API).
+fn call_signature(tc: &Value) -> Option<&str> {
+    tc.pointer("/extra_content/google/thought_signature")
+        .and_then(Value::as_str)
+}
+
+/// Google's documented stand-in for a replayed call whose signature was
+/// not kept (a client that sends back only ids, names and arguments).
+pub const SKIP_SIGNATURE: &str = "skip_thought_signature_validator";
 
 fn parts(content: &Value, param: &str) -> Result<Vec<Value>, GatewayError> {
     match content {
@@ -147,6 +168,14 @@ pub(crate) fn chat_body(
             "user" => push_turn(&mut contents, "user", "parts", parts(content, &p)?),
             "assistant" => {
                 let mut ps = parts(content, &p)?;
+                let calls = m.get("tool_calls").and_then(Value::as_array);
+                // A model that signs its calls wants the first call of a
+                // turn signed: the signature it gave, else the stand-in.
+                let unsigned = signs_calls(target.model)
+                    && !calls
+                        .into_iter()
+                        .flatten()
+                        .any(|tc| call_signature(tc).is_some());
                 for (j, tc) in m
                     .get("tool_calls")
                     .and_then(Value::as_array)
@@ -166,7 +195,15 @@ pub(crate) fn chat_body(
                     if let Some(id) = tc.get("id").and_then(Value::as_str) {
                         call_names.insert(id.to_string(), name.clone());
                     }
-                    ps.push(json!({"functionCall": {"name": name, "args": args}}));
+                    let mut part = json!({"functionCall": {"name": name, "args": args}});
+                    match call_signature(tc) {
+                        Some(sig) => part["thoughtSignature"] = json!(sig),
+                        None if unsigned && j == 0 => {
+                            part["thoughtSignature"] = json!(SKIP_SIGNATURE)
+                        }
+                        None => {}
+                    }
+                    ps.push(part);
                 }
                 push_turn(&mut contents, "model", "parts", ps);
             }
@@ -441,8 +478,14 @@ fn read_parts(
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .unwrap_or_else(|| call_id(response_id, candidate, *next_call, name));
-            calls.push(json!({"index": *next_call, "id": id, "type": "function",
-                "function": {"name": name, "arguments": fc.get("args").cloned().unwrap_or(json!({})).to_string()}}));
+            let mut call = json!({"index": *next_call, "id": id, "type": "function",
+                "function": {"name": name, "arguments": fc.get("args").cloned().unwrap_or(json!({})).to_string()}});
+            // Gemini 3's signature, for the client to send back with the
+            // call (Google's OpenAI-compatible API puts it there too).
+            if let Some(sig) = p.get("thoughtSignature").filter(|s| s.is_string()) {
+                call["extra_content"] = json!({"google": {"thought_signature": sig}});
+            }
+            calls.push(call);
             *next_call += 1;
         }
     }

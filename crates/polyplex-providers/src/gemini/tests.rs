@@ -419,3 +419,59 @@ fn cache_breakpoints_are_dropped_and_named() {
     assert_eq!(req.dropped, ["cache_control"]);
     assert!(!String::from_utf8_lossy(&req.body).contains("cache_control"));
 }
+
+/// Gemini 3 signs its function calls and refuses a replayed call without
+/// its signature. The answer carries it on the tool call
+/// (`extra_content.google.thought_signature`, as Google's own
+/// OpenAI-compatible API does); sent back there, it goes out on the call's
+/// part; a turn sent back without one gets Google's documented stand-in on
+/// its first call. Gemini 2.x calls go out unsigned as before.
+#[test]
+fn gemini_3_thought_signatures_go_out_and_come_back() {
+    let a = auth();
+    let answer = br#"{"candidates": [{"content": {"role": "model", "parts": [
+        {"functionCall": {"name": "get_weather", "args": {"location": "Paris"}}, "thoughtSignature": "c2lnLTE="},
+        {"functionCall": {"name": "get_time", "args": {}}}]}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3, "totalTokenCount": 8}, "responseId": "r1"}"#;
+    let (m, _) = parse_chat("google", answer).unwrap();
+    let calls = m["choices"][0]["message"]["tool_calls"].clone();
+    assert_eq!(
+        calls[0]["extra_content"],
+        json!({"google": {"thought_signature": "c2lnLTE="}})
+    );
+    assert!(calls[1].get("extra_content").is_none());
+    let replay = |calls: Value, model: &'static str| {
+        let body = map(json!({"model": "m", "messages": [
+            {"role": "user", "content": "Weather and time in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": "c1", "content": "22 C"}]}));
+        let t = Target {
+            model,
+            ..target(&a)
+        };
+        let req = Gemini.build(Endpoint::Chat, &body, false, &t).unwrap();
+        let sent: Value = serde_json::from_slice(&req.body).unwrap();
+        sent["contents"][1]["parts"].clone()
+    };
+    let with_ids = json!([
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"location\":\"Paris\"}"},
+            "extra_content": {"google": {"thought_signature": "c2lnLTE="}}},
+        {"id": "c2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]);
+    let parts = replay(with_ids.clone(), "gemini-3-pro-preview");
+    assert_eq!(parts[0]["thoughtSignature"], "c2lnLTE=");
+    assert!(parts[1].get("thoughtSignature").is_none());
+    let mut bare = with_ids.clone();
+    bare[0].as_object_mut().unwrap().remove("extra_content");
+    let parts = replay(bare.clone(), "gemini-3-flash-preview");
+    assert_eq!(
+        parts[0]["thoughtSignature"],
+        "skip_thought_signature_validator"
+    );
+    assert!(parts[1].get("thoughtSignature").is_none());
+    let parts = replay(bare, "gemini-2.5-flash");
+    assert!(parts
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p.get("thoughtSignature").is_none()));
+}

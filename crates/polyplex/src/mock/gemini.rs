@@ -9,6 +9,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use polyplex_providers::gemini::{signs_calls, SKIP_SIGNATURE};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
@@ -142,6 +143,39 @@ pub(crate) async fn generate(
     serve(s, "/v1beta/models", model, method, &query, headers, body).await
 }
 
+/// The mock's thought signature for a function call (Gemini's is opaque and
+/// must come back untouched; so must this).
+fn call_signature(name: &str, args: &str) -> String {
+    reply::stable_id("mock-thought-", &format!("{name}{args}"))
+}
+
+/// What a Gemini 3 model refuses in the replayed history: a model turn
+/// whose function calls come without a thought signature on the first,
+/// or with one that is not the one it gave.
+fn bad_signature(req: &Value) -> Option<String> {
+    for (i, c) in req.get("contents")?.as_array()?.iter().enumerate() {
+        let calls: Vec<&Value> = c
+            .get("parts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|p| p.get("functionCall").is_some())
+            .collect();
+        let Some(first) = calls.first() else { continue };
+        let fc = &first["functionCall"];
+        let name = fc.get("name").and_then(Value::as_str).unwrap_or("");
+        let args = fc.get("args").cloned().unwrap_or(json!({})).to_string();
+        match first.get("thoughtSignature").and_then(Value::as_str) {
+            None => return Some(format!("Function call is missing a thought_signature in functionCall parts. This is required for tools to work correctly, and missing thought_signature may lead to degraded model performance. Additional data, function call `{name}` , position {i}.")),
+            Some(sig) if sig != SKIP_SIGNATURE && sig != call_signature(name, &args) => {
+                return Some("Corrupted thought signature.".into())
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
 /// `generateContent` and its kin once the caller's credentials passed (an
 /// API key, or Vertex AI's token).
 pub(crate) async fn serve(
@@ -185,6 +219,11 @@ pub(crate) async fn serve(
         );
     }
     let req = Value::Object(req);
+    if signs_calls(model) {
+        if let Some(msg) = bad_signature(&req) {
+            return google_error(StatusCode::BAD_REQUEST, &msg, "INVALID_ARGUMENT");
+        }
+    }
     let oa = to_openai(&req);
     let n = req
         .pointer("/generationConfig/candidateCount")
@@ -210,6 +249,15 @@ pub(crate) async fn serve(
         } => "MAX_TOKENS",
         _ => "STOP",
     };
+    // A function call's part, signed where the model signs its calls.
+    let call_part = |name: &str, arguments: &str| {
+        let args = serde_json::from_str::<Value>(arguments).unwrap_or(json!({}));
+        let mut part = json!({"functionCall": {"name": name, "args": args}});
+        if signs_calls(model) {
+            part["thoughtSignature"] = json!(call_signature(name, &args.to_string()));
+        }
+        part
+    };
     if !stream {
         if fault.as_ref().is_some_and(|f| f.fault == "garbage") {
             return garbage();
@@ -218,9 +266,7 @@ pub(crate) async fn serve(
             Answer::Text { pieces, .. } => json!([{"text": pieces.concat()}]),
             Answer::ToolCall {
                 name, arguments, ..
-            } => {
-                json!([{"functionCall": {"name": name, "args": serde_json::from_str::<Value>(arguments).unwrap_or(json!({}))}}])
-            }
+            } => json!([call_part(name, arguments)]),
         };
         let candidates: Vec<Value> = (0..n).map(|i| json!({"content": {"parts": parts, "role": "model"}, "finishReason": finish, "index": i})).collect();
         let mut out = json!({"candidates": candidates, "usageMetadata": usage, "modelVersion": model, "responseId": response_id});
@@ -265,7 +311,11 @@ pub(crate) async fn serve(
         Answer::ToolCall {
             name, arguments, ..
         } => {
-            events.push(event(json!([{"functionCall": {"name": name, "args": serde_json::from_str::<Value>(arguments).unwrap_or(json!({}))}}]), Some("STOP"), &usage));
+            events.push(event(
+                json!([call_part(name, arguments)]),
+                Some("STOP"),
+                &usage,
+            ));
         }
     }
     let cut = fault
