@@ -221,6 +221,59 @@ pub(crate) fn strip_cache_control(body: &mut JsonMap) {
     }
 }
 
+/// The members a request may carry from another provider's answer or for
+/// another provider's features, which OpenAI's own API refuses as unknown:
+/// prompt-cache breakpoints (`cache_control`) and, on assistant messages
+/// sent back, what polyplex's translated answers add — Claude's
+/// `reasoning_content` and `thinking_blocks`, Gemini 3's
+/// `tool_calls[].extra_content`. Named as `x-polyplex-dropped-params`
+/// names them.
+pub(crate) fn foreign_members(body: &JsonMap) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    if marks_cache(body) {
+        out.push("cache_control".into());
+    }
+    let msgs = lookup(body, "messages").and_then(Value::as_array);
+    for m in msgs.into_iter().flatten() {
+        let mut found = |name: &str| {
+            if !out.iter().any(|o| o == name) {
+                out.push(name.into());
+            }
+        };
+        for k in ["reasoning_content", "thinking_blocks"] {
+            if member(m, k).is_some_and(|v| !v.is_null()) {
+                found(&format!("messages[].{k}"));
+            }
+        }
+        let calls = member(m, "tool_calls").and_then(Value::as_array);
+        if calls
+            .into_iter()
+            .flatten()
+            .any(|tc| member(tc, "extra_content").is_some())
+        {
+            found("messages[].tool_calls[].extra_content");
+        }
+    }
+    out
+}
+
+/// Takes out of a request what [`foreign_members`] names.
+pub(crate) fn strip_foreign(body: &mut JsonMap) {
+    strip_cache_control(body);
+    let msgs = body.get_mut("messages").and_then(Value::as_array_mut);
+    for m in msgs.into_iter().flatten() {
+        let Some(o) = m.as_object_mut() else { continue };
+        o.remove("reasoning_content");
+        o.remove("thinking_blocks");
+        let calls = o.get_mut("tool_calls").and_then(Value::as_array_mut);
+        for tc in calls.into_iter().flatten() {
+            if let Some(t) = tc.as_object_mut() {
+                t.remove("extra_content");
+            }
+        }
+    }
+}
+
 /// The hints in a request's messages and tools that a protocol takes.
 #[derive(Clone, Copy)]
 pub(crate) struct Hints {

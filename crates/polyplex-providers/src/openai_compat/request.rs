@@ -1,7 +1,7 @@
 //! The upstream request: the client's body, serialized once with the model
 //! replaced, routing fields left out and usage asked for on streams.
 
-use crate::translate::{marks_cache, strip_cache_control};
+use crate::translate::{foreign_members, strip_foreign};
 use crate::{join_url, Endpoint, Target, UpstreamRequest};
 use bytes::Bytes;
 use polyplex_types::validate::GATEWAY_FIELDS;
@@ -141,9 +141,11 @@ fn as_sent(
 
 /// True for OpenAI's own API and Azure OpenAI, which refuse members they
 /// do not know (`Unrecognized request argument supplied: cache_control`)
-/// and cache prompts on their own. Other OpenAI-protocol providers get the
-/// body as sent: some take `cache_control` (OpenRouter, for Claude).
-fn refuses_cache_control(target: &Target<'_>) -> bool {
+/// and cache prompts on their own: what [`foreign_members`] names is taken
+/// out for them. Other OpenAI-protocol providers get the body as sent:
+/// some take `cache_control` (OpenRouter, for Claude), some want
+/// `reasoning_content` back (Kimi), Google's takes `extra_content`.
+fn refuses_foreign_members(target: &Target<'_>) -> bool {
     let host = target
         .base_url
         .parse::<http::Uri>()
@@ -163,8 +165,11 @@ pub(crate) fn build_from(
     stream: bool,
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
-    // (A quick-validated body has no content parts nor tools to mark.)
-    if body.shape().is_none() && refuses_cache_control(target) && marks_cache(body.map()) {
+    // (A quick-validated body has no such members.)
+    if body.shape().is_none()
+        && refuses_foreign_members(target)
+        && !foreign_members(body.map()).is_empty()
+    {
         return build(endpoint, body.map(), stream, target);
     }
     match as_sent(endpoint, body, stream, target) {
@@ -185,16 +190,19 @@ pub(crate) fn build(
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
     let want_usage = wants_usage(endpoint, stream, target);
-    let mut dropped = Vec::new();
+    let dropped = if refuses_foreign_members(target) {
+        foreign_members(body)
+    } else {
+        Vec::new()
+    };
     let stripped;
-    let body = if refuses_cache_control(target) && marks_cache(body) {
+    let body = if dropped.is_empty() {
+        body
+    } else {
         let mut b = body.clone();
-        strip_cache_control(&mut b);
-        dropped.push("cache_control".to_string());
+        strip_foreign(&mut b);
         stripped = b;
         &stripped
-    } else {
-        body
     };
     let out = Outgoing {
         body,

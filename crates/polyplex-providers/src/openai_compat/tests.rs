@@ -439,17 +439,25 @@ fn choices_emptiness_is_read_from_the_raw_text() {
     }
 }
 
-/// OpenAI's own API and Azure's refuse `cache_control` (they cache on
-/// their own): it is taken out of the messages, parts and tools, and named;
-/// every other OpenAI-protocol provider gets the body as sent (OpenRouter
-/// takes it for Claude).
+/// OpenAI's own API and Azure's refuse members they do not know:
+/// `cache_control` (they cache on their own) and what an assistant turn
+/// carries back from Claude's or Gemini 3's answers are taken out, and
+/// named; every other OpenAI-protocol provider gets the body as sent
+/// (OpenRouter takes breakpoints for Claude, Kimi wants its reasoning back).
 #[test]
-fn cache_breakpoints_reach_only_providers_that_take_them() {
+fn foreign_members_reach_only_providers_that_take_them() {
     let auth = AuthStyle::bearer();
     let eph = json!({"type": "ephemeral"});
+    // Breakpoints, and an assistant turn sent back as Claude's and Gemini
+    // 3's answers through polyplex give it.
     let marked: JsonMap = serde_json::from_value(json!({"model": "gpt-4o", "messages": [
         {"role": "system", "content": [{"type": "text", "text": "rules", "cache_control": eph}]},
-        {"role": "user", "content": "q", "cache_control": eph}],
+        {"role": "user", "content": "q", "cache_control": eph},
+        {"role": "assistant", "content": null, "reasoning_content": "hmm",
+            "thinking_blocks": [{"type": "thinking", "thinking": "hmm", "signature": "s"}],
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"},
+                "extra_content": {"google": {"thought_signature": "t"}}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"}],
         "tools": [{"type": "function", "function": {"name": "f"}, "cache_control": eph}]}))
     .unwrap();
     for base_url in [
@@ -464,13 +472,28 @@ fn cache_breakpoints_reach_only_providers_that_take_them() {
         let req = OpenAiCompat
             .build_from(Endpoint::Chat, &body, false, &t)
             .unwrap();
-        assert_eq!(req.dropped, ["cache_control"], "{base_url}");
-        let sent: Value = serde_json::from_slice(&req.body).unwrap();
-        assert!(
-            !sent.to_string().contains("cache_control"),
-            "{base_url}: {sent}"
+        assert_eq!(
+            req.dropped,
+            [
+                "cache_control",
+                "messages[].reasoning_content",
+                "messages[].thinking_blocks",
+                "messages[].tool_calls[].extra_content"
+            ],
+            "{base_url}"
         );
+        let sent: Value = serde_json::from_slice(&req.body).unwrap();
+        let text = sent.to_string();
+        for gone in [
+            "cache_control",
+            "reasoning_content",
+            "thinking_blocks",
+            "extra_content",
+        ] {
+            assert!(!text.contains(gone), "{base_url}: {gone} in {sent}");
+        }
         assert_eq!(sent["messages"][0]["content"][0]["text"], "rules");
+        assert_eq!(sent["messages"][2]["tool_calls"][0]["id"], "c1");
         assert_eq!(sent["tools"][0]["function"]["name"], "f");
     }
     let t = Target {
@@ -484,4 +507,5 @@ fn cache_breakpoints_reach_only_providers_that_take_them() {
     let sent: Value = serde_json::from_slice(&req.body).unwrap();
     assert_eq!(sent["messages"][1]["cache_control"], eph);
     assert_eq!(sent["tools"][0]["cache_control"], eph);
+    assert_eq!(sent["messages"][2]["reasoning_content"], "hmm");
 }
