@@ -267,8 +267,8 @@ def last_upstream_body(mock):
 @pytest.mark.parametrize("model,expect", [
     (ANTHROPIC, lambda b: b["thinking"] == {"type": "enabled", "budget_tokens": 1024} and b["max_tokens"] == 2000),
     (VERTEX_CLAUDE, lambda b: b["thinking"] == {"type": "enabled", "budget_tokens": 1024}),
-    (GEMINI, lambda b: b["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 1024}),
-    (VERTEX_GEMINI, lambda b: b["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 1024}),
+    (GEMINI, lambda b: b["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 1024, "includeThoughts": True}),
+    (VERTEX_GEMINI, lambda b: b["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 1024, "includeThoughts": True}),
 ])
 def test_reasoning_effort_is_translated(client, mock, model, expect):
     r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Think it over"}],
@@ -277,6 +277,26 @@ def test_reasoning_effort_is_translated(client, mock, model, expect):
     body = last_upstream_body(mock)
     body = json.loads(body) if isinstance(body, str) else body
     assert expect(body), body
+
+
+@pytest.mark.parametrize("gemini", [GEMINI, VERTEX_GEMINI])
+def test_gemini_thought_summary_comes_back_as_reasoning(client, gemini):
+    r = client.chat.completions.create(model=gemini, messages=[{"role": "user", "content": "Plan a trip"}],
+                                       reasoning_effort="medium")
+    msg = r.choices[0].message
+    assert msg.content == "Plan a trip"
+    assert msg.model_extra["reasoning_content"] == "Thinking about: Plan a trip"
+    assert r.usage.completion_tokens_details.reasoning_tokens > 0
+    reasoning, content = "", ""
+    for chunk in client.chat.completions.create(model=gemini, messages=[{"role": "user", "content": "Plan a trip"}],
+                                                reasoning_effort="medium", stream=True):
+        if chunk.choices:
+            reasoning += (chunk.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+            content += chunk.choices[0].delta.content or ""
+    assert (reasoning, content) == ("Thinking about: Plan a trip", "Plan a trip")
+    # Without reasoning_effort nothing changes.
+    plain = client.chat.completions.create(model=gemini, messages=[{"role": "user", "content": "Plan a trip"}])
+    assert "reasoning_content" not in (plain.choices[0].message.model_extra or {})
 
 
 def test_reasoning_effort_refused_where_it_cannot_be_honoured(client):

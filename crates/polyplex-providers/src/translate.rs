@@ -906,6 +906,13 @@ pub(crate) struct Content<'a> {
     pub content: &'a str,
 }
 
+/// A chunk's delta of a model's reasoning (Claude's thinking, Gemini's
+/// thought summary), in the member DeepSeek, vLLM and LiteLLM use.
+#[derive(Serialize)]
+pub(crate) struct Reasoning<'a> {
+    pub reasoning_content: &'a str,
+}
+
 /// The first chunk's delta: `{"role": "assistant", "content": ""}`.
 pub(crate) const ROLE: Role = Role {
     role: "assistant",

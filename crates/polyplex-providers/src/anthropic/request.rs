@@ -283,6 +283,8 @@ fn content_blocks(content: &Value, i: usize) -> Result<Vec<Block<'_>>, GatewayEr
             for (j, p) in parts.iter().enumerate() {
                 let at = out.len();
                 match member(p, "type").and_then(Value::as_str) {
+                    // (Anthropic refuses an empty text block; OpenAI takes it.)
+                    Some("text") if str_of(p, "text").is_empty() => {}
                     Some("text") => out.push(Block::text(str_of(p, "text"))),
                     Some("image_url") => {
                         let url = p.pointer("/image_url/url").and_then(Value::as_str).unwrap_or("");

@@ -7,7 +7,7 @@
 
 use super::{finish_reason, usage_from, Counts, JSON_TOOL};
 use crate::sse::Event;
-use crate::translate::{Content, NoDelta, ROLE};
+use crate::translate::{Content, NoDelta, Reasoning, ROLE};
 use crate::{StreamDecoder, StreamItem, StreamSummary};
 use http::StatusCode;
 use polyplex_types::{GatewayError, Usage};
@@ -66,12 +66,6 @@ struct Thinking {
     index: u64,
     text: String,
     signature: String,
-}
-
-/// A chunk's delta of extended thinking's text.
-#[derive(serde::Serialize)]
-struct Reasoning<'a> {
-    reasoning_content: &'a str,
 }
 
 /// A `message_start` event, borrowed from its text.

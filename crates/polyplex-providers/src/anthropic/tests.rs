@@ -540,7 +540,7 @@ fn the_fast_reply_path_answers_what_the_tree_answers() {
 #[test]
 fn request_members_in_documented_order_and_part_errors_named() {
     let (sent, req) = build(json!({"model": "m", "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "refusal", "refusal": "no"}]},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": ""}, {"type": "refusal", "refusal": "no"}]},
             {"role": "assistant", "content": ""},
             {"role": "user", "content": "b"}],
         "stop": ["X", "Y"], "top_k": 5, "temperature": 0.0, "stream": true}))

@@ -27,7 +27,7 @@ use crate::sse::Event;
 use crate::translate::{
     audio_data, check_fields, chunk, completion, data_url, embedding_input, embedding_list,
     file_data, name_dropped_hints, no_turns, now, push_turn, refuse_asked, text_of, tool_args,
-    unsupported_endpoint, usage_chunk, EmbeddingInput, Hints, CHAT_PARAMS,
+    unsupported_endpoint, usage_chunk, EmbeddingInput, Hints, Reasoning, CHAT_PARAMS,
 };
 use crate::{
     join_url, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target, UpstreamRequest,
@@ -301,7 +301,13 @@ pub(crate) fn chat_body(
             "medium" => 8192,
             _ => 24576,
         };
-        gc.insert("thinkingConfig".into(), json!({"thinkingBudget": budget}));
+        // With thinking on, its summary comes back as `reasoning_content`.
+        let config = if budget > 0 {
+            json!({"thinkingBudget": budget, "includeThoughts": true})
+        } else {
+            json!({"thinkingBudget": budget})
+        };
+        gc.insert("thinkingConfig".into(), config);
     }
     if !gc.is_empty() {
         out.insert("generationConfig".into(), Value::Object(gc));
@@ -455,17 +461,23 @@ fn call_id(response_id: &str, candidate: u64, index: usize, name: &str) -> Strin
     format!("call_{h:016x}")
 }
 
-/// Text and function calls of one candidate's parts. `next_call` numbers the calls.
-fn read_parts(
-    parts: &[Value],
-    response_id: &str,
-    candidate: u64,
-    next_call: &mut usize,
-) -> (String, Vec<Value>) {
-    let mut text = String::new();
-    let mut calls = Vec::new();
+/// What one candidate's parts say: its text, its thought summary (the
+/// parts marked `thought`, as `reasoning_content`) and its function calls.
+#[derive(Default)]
+struct Read {
+    text: String,
+    reasoning: String,
+    calls: Vec<Value>,
+}
+
+/// [`Read`] of one candidate's parts. `next_call` numbers the calls.
+fn read_parts(parts: &[Value], response_id: &str, candidate: u64, next_call: &mut usize) -> Read {
+    let mut read = Read::default();
+    let (text, calls) = (&mut read.text, &mut read.calls);
     for p in parts {
         if p.get("thought").and_then(Value::as_bool) == Some(true) {
+            let t = p.get("text").and_then(Value::as_str).unwrap_or("");
+            read.reasoning.push_str(t);
             continue;
         }
         if let Some(t) = p.get("text").and_then(Value::as_str) {
@@ -489,7 +501,7 @@ fn read_parts(
             *next_call += 1;
         }
     }
-    (text, calls)
+    read
 }
 
 fn response_id(v: &Value) -> String {
@@ -530,7 +542,11 @@ pub(crate) fn parse_chat(
             .and_then(Value::as_array)
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        let (text, calls) = read_parts(parts, raw_id, idx, &mut next);
+        let Read {
+            text,
+            reasoning,
+            calls,
+        } = read_parts(parts, raw_id, idx, &mut next);
         let calls: Vec<Value> = calls
             .into_iter()
             .map(|mut c| {
@@ -544,6 +560,9 @@ pub(crate) fn parse_chat(
         let has_calls = !calls.is_empty();
         if has_calls {
             message["tool_calls"] = Value::Array(calls);
+        }
+        if !reasoning.is_empty() {
+            message["reasoning_content"] = json!(reasoning);
         }
         let fr = finish_reason(
             c.get("finishReason")
@@ -702,6 +721,20 @@ impl Decoder {
         ));
     }
 
+    /// Candidate `idx`'s thought summary and text of one event, as chunks.
+    fn say(&mut self, idx: u64, reasoning: &str, text: &str, out: &mut Vec<StreamItem>) {
+        if !reasoning.is_empty() {
+            let delta = Reasoning {
+                reasoning_content: reasoning,
+            };
+            out.push(self.chunk(idx, &delta, None));
+        }
+        if !text.is_empty() {
+            self.text.push_str(text);
+            out.push(self.chunk(idx, &crate::translate::Content { content: text }, None));
+        }
+    }
+
     /// [`StreamDecoder::on_event`] for a [`TextEvent`]; `None` when the
     /// event is not one (then the tree reads it).
     fn on_text_event(&mut self, data: &str, out: &mut Vec<StreamItem>) -> Option<()> {
@@ -719,16 +752,16 @@ impl Decoder {
         }
         for (i, c) in candidates.iter().enumerate() {
             let idx = c.index.unwrap_or(i as u64);
-            let mut text = String::new();
+            let (mut text, mut reasoning) = (String::new(), String::new());
             for p in c.content.iter().flat_map(|c| c.parts.iter().flatten()) {
-                if p.thought != Some(true) {
-                    text.push_str(p.text.as_deref().unwrap_or(""));
-                }
+                let into = if p.thought == Some(true) {
+                    &mut reasoning
+                } else {
+                    &mut text
+                };
+                into.push_str(p.text.as_deref().unwrap_or(""));
             }
-            if !text.is_empty() {
-                self.text.push_str(&text);
-                out.push(self.chunk(idx, &crate::translate::Content { content: &text }, None));
-            }
+            self.say(idx, &reasoning, &text, out);
             if let Some(fr) = c.finish.as_deref() {
                 self.finish_candidate(idx, fr, out);
             }
@@ -803,11 +836,12 @@ impl Decoder {
                 .map(Vec::as_slice)
                 .unwrap_or(&[]);
             let next = self.calls.entry(idx).or_insert(0);
-            let (text, calls) = read_parts(parts, &self.raw_id, idx, next);
-            if !text.is_empty() {
-                self.text.push_str(&text);
-                out.push(self.chunk(idx, &crate::translate::Content { content: &text }, None));
-            }
+            let Read {
+                text,
+                reasoning,
+                calls,
+            } = read_parts(parts, &self.raw_id, idx, next);
+            self.say(idx, &reasoning, &text, out);
             for call in &calls {
                 self.text.push_str(
                     call.pointer("/function/arguments")

@@ -266,9 +266,15 @@ fn reasoning_effort_becomes_a_thinking_budget() {
         ("medium", 8192),
         ("high", 24576),
     ] {
+        // Thinking's summary is asked for whenever there is thinking.
+        let config = if budget > 0 {
+            json!({"thinkingBudget": budget, "includeThoughts": true})
+        } else {
+            json!({"thinkingBudget": budget})
+        };
         assert_eq!(
             sent(json!(effort)).unwrap()["generationConfig"]["thinkingConfig"],
-            json!({"thinkingBudget": budget}),
+            config,
             "{effort}"
         );
     }
@@ -278,7 +284,7 @@ fn reasoning_effort_becomes_a_thinking_budget() {
 }
 
 /// Text-only stream events are read into borrowed fields; every one gives
-/// what the tree gives: text split over parts, thoughts left out, several
+/// what the tree gives: text split over parts, thoughts as reasoning, several
 /// candidates, `usageMetadata` (even `null`), a finish, and events the typed
 /// read leaves to the tree (a function call, an error, odd types).
 #[test]
@@ -474,4 +480,24 @@ fn gemini_3_thought_signatures_go_out_and_come_back() {
         .unwrap()
         .iter()
         .all(|p| p.get("thoughtSignature").is_none()));
+}
+
+/// A thought summary (`thought: true` parts, which `includeThoughts` asks
+/// for) comes back as `reasoning_content`, apart from the answer's text.
+#[test]
+fn thought_summaries_come_back_as_reasoning() {
+    let answer = br#"{"candidates": [{"content": {"role": "model", "parts": [
+        {"text": "Weighing the options.", "thought": true}, {"text": "Take the train."}]},
+        "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3, "thoughtsTokenCount": 7, "totalTokenCount": 15}}"#;
+    let (m, u) = parse_chat("google", answer).unwrap();
+    let msg = &m["choices"][0]["message"];
+    assert_eq!(msg["content"], "Take the train.");
+    assert_eq!(msg["reasoning_content"], "Weighing the options.");
+    assert_eq!(u.unwrap().reasoning_tokens, 7);
+    let plain = br#"{"candidates": [{"content": {"role": "model", "parts": [{"text": "Hi"}]}, "finishReason": "STOP"}]}"#;
+    let (m, _) = parse_chat("google", plain).unwrap();
+    assert!(m["choices"][0]["message"]
+        .get("reasoning_content")
+        .is_none());
 }

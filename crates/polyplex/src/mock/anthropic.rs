@@ -89,6 +89,16 @@ fn bad_thinking(req: &Map<String, Value>) -> Option<String> {
     None
 }
 
+/// The Messages API refuses an empty text block.
+fn empty_text(req: &Map<String, Value>) -> Option<String> {
+    message_blocks(req)
+        .any(|b| {
+            b.get("type").and_then(Value::as_str) == Some("text")
+                && b.get("text").and_then(Value::as_str) == Some("")
+        })
+        .then(|| "messages: text content blocks must be non-empty".to_string())
+}
+
 /// What the Messages API refuses in a document block: a source other than
 /// a base64 PDF or a plain-text one.
 fn bad_document(req: &Map<String, Value>) -> Option<String> {
@@ -255,7 +265,10 @@ pub(crate) async fn serve(
             None,
         );
     }
-    if let Some(msg) = bad_document(&req).or_else(|| bad_thinking(&req)) {
+    if let Some(msg) = bad_document(&req)
+        .or_else(|| bad_thinking(&req))
+        .or_else(|| empty_text(&req))
+    {
         return shaped_error(shape, StatusCode::BAD_REQUEST, "", &msg, None);
     }
     let model = req
@@ -292,13 +305,7 @@ pub(crate) async fn serve(
     let is_fault = |k: &str| fault.as_ref().is_some_and(|f| f.fault == k);
     // Extended thinking: a thinking block first, about the last user turn.
     let thinking = (thinking_enabled(&req)).then(|| {
-        let asked = oa
-            .get("messages")
-            .and_then(Value::as_array)
-            .and_then(|ms| ms.iter().rfind(|m| m["role"] == "user"))
-            .map(|m| reply::content_text(m.get("content")))
-            .unwrap_or_default();
-        let text = format!("Thinking about: {asked}");
+        let text = reply::thought_about(&oa);
         let signature = thinking_signature(&text);
         (text, signature)
     });

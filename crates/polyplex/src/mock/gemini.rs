@@ -241,7 +241,17 @@ pub(crate) async fn serve(
         Answer::Text { pieces, .. } => pieces.len() as u64,
         Answer::ToolCall { arguments, .. } => 1 + arguments.len().div_ceil(4) as u64,
     } * n;
-    let usage = json!({"promptTokenCount": prompt, "candidatesTokenCount": completion, "totalTokenCount": prompt + completion});
+    // A thought summary first when one is asked for (`includeThoughts`).
+    let thought = (req.pointer("/generationConfig/thinkingConfig/includeThoughts")
+        == Some(&json!(true)))
+    .then(|| reply::thought_about(&oa));
+    let thoughts = thought
+        .as_ref()
+        .map_or(0, |t| reply::tokenize(t).len() as u64);
+    let mut usage = json!({"promptTokenCount": prompt, "candidatesTokenCount": completion, "totalTokenCount": prompt + completion + thoughts});
+    if thoughts > 0 {
+        usage["thoughtsTokenCount"] = json!(thoughts);
+    }
     let response_id = s.next_id("gem-mock");
     let finish = match &answer {
         Answer::Text {
@@ -262,12 +272,15 @@ pub(crate) async fn serve(
         if fault.as_ref().is_some_and(|f| f.fault == "garbage") {
             return garbage();
         }
-        let parts = match &answer {
+        let mut parts = match &answer {
             Answer::Text { pieces, .. } => json!([{"text": pieces.concat()}]),
             Answer::ToolCall {
                 name, arguments, ..
             } => json!([call_part(name, arguments)]),
         };
+        if let (Some(t), Some(ps)) = (&thought, parts.as_array_mut()) {
+            ps.insert(0, json!({"text": t, "thought": true}));
+        }
         let candidates: Vec<Value> = (0..n).map(|i| json!({"content": {"parts": parts, "role": "model"}, "finishReason": finish, "index": i})).collect();
         let mut out = json!({"candidates": candidates, "usageMetadata": usage, "modelVersion": model, "responseId": response_id});
         if fault.as_ref().is_some_and(|f| f.fault == "no_usage") {
@@ -294,6 +307,9 @@ pub(crate) async fn serve(
     };
     let partial = json!({"promptTokenCount": prompt, "totalTokenCount": prompt});
     let mut events = Vec::new();
+    if let Some(t) = &thought {
+        events.push(event(json!([{"text": t, "thought": true}]), None, &partial));
+    }
     match &answer {
         Answer::Text { pieces, .. } => {
             for (i, p) in pieces.iter().enumerate() {

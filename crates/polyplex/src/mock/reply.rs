@@ -42,6 +42,19 @@ pub fn content_text(content: Option<&Value>) -> String {
     }
 }
 
+/// What the mock "thinks" before it answers (Claude's extended thinking,
+/// Gemini's thought summary): about the last user turn of `oa`, a request
+/// in OpenAI's shape.
+pub fn thought_about(oa: &Map<String, Value>) -> String {
+    let asked = oa
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|ms| ms.iter().rfind(|m| m["role"] == "user"))
+        .map(|m| content_text(m.get("content")))
+        .unwrap_or_default();
+    format!("Thinking about: {asked}")
+}
+
 /// Mock tokens: words, each carrying its leading space (as BPE tokens do).
 pub fn tokenize(text: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
