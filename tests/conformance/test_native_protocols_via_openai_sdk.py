@@ -106,15 +106,38 @@ def test_parameters_sent_at_their_defaults_are_honoured(client, model):
     # 0, an empty logit_bias) asks for nothing a provider does not do: served,
     # nothing named as dropped. The same parameters asking for more are refused.
     defaults = {"n": 1, "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}, "logprobs": False,
-                "top_logprobs": 0, "store": False, "metadata": {}, "modalities": ["text"], "service_tier": "auto"}
+                "top_logprobs": 0, "store": False, "metadata": {}, "modalities": ["text"], "service_tier": "auto",
+                "verbosity": "medium"}
     raw = client.chat.completions.with_raw_response.create(
         model=model, messages=[{"role": "user", "content": "hi"}], **defaults)
     assert "x-polyplex-dropped-params" not in raw.headers
     assert raw.parse().choices[0].message.content == "hi"
-    for k, v in {"store": True, "metadata": {"team": "a"}, "service_tier": "flex", "modalities": ["text", "audio"]}.items():
+    for k, v in {"store": True, "metadata": {"team": "a"}, "service_tier": "flex", "modalities": ["text", "audio"],
+                 "verbosity": "low"}.items():
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], **{k: v})
         assert e.value.param == k and e.value.code == "unsupported_parameter"
+
+
+def test_who_the_user_is_and_the_cache_key_never_fail_a_request(client, mock, model):
+    # OpenAI's newer `safety_identifier` (what `user` was) and
+    # `prompt_cache_key` change no answer: Claude takes the identifier as
+    # metadata.user_id; what a protocol has no place for is named dropped.
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "hi"}],
+        safety_identifier="hash-of-user-42", prompt_cache_key="conversation-7")
+    assert raw.parse().choices[0].message.content == "hi"
+    dropped = raw.headers["x-polyplex-dropped-params"].split(", ")
+    if model in CLAUDES:
+        assert dropped == ["prompt_cache_key"]
+        body = last_upstream_body(mock)
+        body = json.loads(body) if isinstance(body, str) else body
+        assert body["metadata"] == {"user_id": "hash-of-user-42"}
+    else:
+        assert dropped == ["safety_identifier", "prompt_cache_key"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], safety_identifier=42)
+    assert e.value.param == "safety_identifier"
 
 
 def test_errors(client, fault, model):

@@ -730,6 +730,8 @@ pub(crate) const CHAT_PARAMS: &[&str] = &[
     "tool_choice",
     "parallel_tool_calls",
     "user",
+    "safety_identifier",
+    "prompt_cache_key",
     "response_format",
     "n",
     "seed",
@@ -784,9 +786,9 @@ pub(crate) fn asks(body: &JsonMap, key: &str) -> bool {
 /// default, so a provider without the parameter honours it by leaving it
 /// out: `null`, `n: 1`, `presence_penalty`/`frequency_penalty: 0`, an empty
 /// `logit_bias` or `metadata`, `top_logprobs: 0`, `logprobs: false`,
-/// `parallel_tool_calls: true`, `store: false`, `modalities: ["text"]` and
+/// `parallel_tool_calls: true`, `store: false`, `modalities: ["text"]`,
 /// `service_tier: "auto"` or `"default"` (a provider without tiers serves
-/// every request at its one tier). Clients and frameworks send these
+/// every request at its one tier) and `verbosity: "medium"`. Clients and frameworks send these
 /// explicitly; such a value is neither refused nor named as dropped.
 pub(crate) fn asks_nothing(key: &str, v: &Value) -> bool {
     match (key, v) {
@@ -802,6 +804,8 @@ pub(crate) fn asks_nothing(key: &str, v: &Value) -> bool {
             matches!(a.as_slice(), [Value::String(s)] if s == "text")
         }
         ("service_tier", Value::String(s)) => s == "auto" || s == "default",
+        // GPT-5's default verbosity.
+        ("verbosity", Value::String(s)) => s == "medium",
         _ => false,
     }
 }
@@ -829,8 +833,11 @@ pub(crate) const EMBEDDING_PARAMS: &[&str] =
     &["model", "input", "encoding_format", "dimensions", "user"];
 
 /// Refuses (or, under `drop_params`, drops and names) every field outside `known`
-/// and the gateway's own that asks for something ([`asks_nothing`]); `user`, which never changes an answer, is dropped and
-/// named when the protocol has no place for it (`user_supported: false`).
+/// and the gateway's own that asks for something ([`asks_nothing`]). What
+/// never changes an answer is dropped and named instead: who the end user
+/// is (`user`, `safety_identifier`) when the protocol has no place for it
+/// (`user_supported: false`), and OpenAI's `prompt_cache_key` (a routing
+/// hint for OpenAI's own cache; no translating protocol has one).
 pub(crate) fn check_fields(
     body: &JsonMap,
     known: &[&str],
@@ -847,8 +854,14 @@ pub(crate) fn check_fields(
             crate::unsupported(k, protocol, target, dropped)?;
         }
     }
-    if !user_supported && lookup(body, "user").is_some_and(|u| !u.is_null()) {
-        dropped.push("user".into());
+    let given = |k: &str| lookup(body, k).is_some_and(|v| !v.is_null());
+    for k in ["user", "safety_identifier"] {
+        if !user_supported && given(k) {
+            dropped.push(k.into());
+        }
+    }
+    if given("prompt_cache_key") {
+        dropped.push("prompt_cache_key".into());
     }
     Ok(())
 }

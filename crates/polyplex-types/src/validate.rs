@@ -346,6 +346,10 @@ fn sampling(body: &JsonMap) -> R<()> {
     number_in(body, "frequency_penalty", -2.0, 2.0)?;
     integer_in(body, "seed", i64::MIN, i64::MAX)?;
     string(body, "user")?;
+    // OpenAI's successors of `user`: who the end user is, and a key for
+    // its prompt cache.
+    string(body, "safety_identifier")?;
+    string(body, "prompt_cache_key")?;
     if let Some(v) = get(body, "logit_bias") {
         let o = v
             .as_object()

@@ -838,7 +838,9 @@ pub(crate) fn messages_body(
     request.top_p = given("top_p").and_then(Value::as_number);
     request.top_k = given("top_k");
     request.stop_sequences = stop_sequences;
-    request.metadata = lookup(body, "user")
+    // Who the end user is: OpenAI's `safety_identifier`, or the older `user`.
+    request.metadata = lookup(body, "safety_identifier")
+        .or_else(|| lookup(body, "user"))
         .and_then(Value::as_str)
         .map(|user_id| Metadata { user_id });
     request.tools = tools;
