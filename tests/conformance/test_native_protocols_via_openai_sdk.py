@@ -396,3 +396,31 @@ def test_gemini_3_tool_loop_keeps_its_thought_signatures(client, gemini3):
     forged = dict(rebuilt, tool_calls=[dict(rebuilt["tool_calls"][0], extra_content={"google": {"thought_signature": "forged"}})])
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=gemini3, messages=[*messages, forged, result], tools=tools)
+
+
+WEATHER_AND_TIME = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"location": {"type": "string"}}}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}]
+
+
+def test_allowed_tools_choose_among_the_declared(client, model):
+    # GPT-5's `allowed_tools`: every protocol gets the tools cut to the
+    # allowed ones, and the mode as its own tool choice.
+    r = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=WEATHER_AND_TIME,
+        tool_choice={"type": "allowed_tools", "allowed_tools": {
+            "mode": "required", "tools": [{"type": "function", "function": {"name": "get_time"}}]}})
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert [c.function.name for c in r.choices[0].message.tool_calls] == ["get_time"]
+
+
+def test_custom_tools_reach_openai_and_are_refused_elsewhere(client, model):
+    custom = [{"type": "custom", "custom": {"name": "run_python", "description": "Runs Python code."}}]
+    messages = [{"role": "user", "content": "Compute 2**10"}]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model, messages=messages, tools=custom)
+    assert e.value.param == "tools[0].type"
+    # OpenAI's own protocol takes them as they are.
+    client.chat.completions.create(model="openai/gpt-4o", messages=messages, tools=custom)

@@ -634,6 +634,41 @@ mod embedding_tests {
     use super::*;
     use base64::Engine;
 
+    /// `allowed_tools` becomes the tools cut to the allowed ones and the
+    /// mode as the choice; a custom tool is refused naming it; anything
+    /// else is the body itself.
+    #[test]
+    fn tools_as_every_protocol_has_them() {
+        let map = |v: Value| v.as_object().unwrap().clone();
+        let tools = json!([{"type": "function", "function": {"name": "a"}},
+            {"type": "function", "function": {"name": "b"}}, {"type": "function", "function": {"name": "c"}}]);
+        let body = map(
+            json!({"tools": tools, "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "required",
+            "tools": [{"type": "function", "function": {"name": "c"}}, {"type": "function", "function": {"name": "a"}}]}}}),
+        );
+        let out = tools_as_chosen(&body, "P").unwrap();
+        let names: Vec<&str> = out["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["function"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            (names, &out["tool_choice"]),
+            (vec!["a", "c"], &json!("required"))
+        );
+        let plain = map(json!({"tools": tools, "tool_choice": "auto"}));
+        assert!(matches!(
+            tools_as_chosen(&plain, "P").unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let custom = map(
+            json!({"tools": [{"type": "function", "function": {"name": "a"}}, {"type": "custom", "custom": {"name": "x"}}]}),
+        );
+        let e = tools_as_chosen(&custom, "P").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tools[1].type"));
+    }
+
     #[test]
     fn embedding_lists_and_inputs() {
         let req: JsonMap =
@@ -826,6 +861,51 @@ pub(crate) fn refuse_asked(
         }
     }
     Ok(())
+}
+
+/// The request a translating protocol reads, as far as tools go: GPT-5's
+/// free-form `custom` tools, which no other protocol has, are refused by
+/// name; `tool_choice: {"type": "allowed_tools", ...}` becomes what every
+/// protocol has — the tools cut to the allowed ones, and the choice its
+/// mode (`auto` or `required`). Borrowed when there is nothing to change.
+pub(crate) fn tools_as_chosen<'a>(
+    body: &'a JsonMap,
+    protocol: &str,
+) -> Result<std::borrow::Cow<'a, JsonMap>, GatewayError> {
+    let tools = lookup(body, "tools").and_then(Value::as_array);
+    for (i, t) in tools.into_iter().flatten().enumerate() {
+        if member(t, "type").and_then(Value::as_str) == Some("custom") {
+            return Err(GatewayError::invalid_param(
+                format!("tools[{i}].type"),
+                format!("Custom (free-form) tools are not supported by the {protocol} protocol; declare a function with a JSON schema instead."),
+            ));
+        }
+    }
+    let allowed = lookup(body, "tool_choice")
+        .filter(|c| member(c, "type").and_then(Value::as_str) == Some("allowed_tools"))
+        .and_then(|c| member(c, "allowed_tools"));
+    let Some(allowed) = allowed else {
+        return Ok(std::borrow::Cow::Borrowed(body));
+    };
+    let names: Vec<&str> = member(allowed, "tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
+        .collect();
+    let mode = member(allowed, "mode")
+        .and_then(Value::as_str)
+        .unwrap_or("auto");
+    let mut out = body.clone();
+    if let Some(Value::Array(tools)) = out.get_mut("tools") {
+        tools.retain(|t| {
+            t.pointer("/function/name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| names.contains(&n))
+        });
+    }
+    out.insert("tool_choice".into(), json!(mode));
+    Ok(std::borrow::Cow::Owned(out))
 }
 
 /// The parameters of an embeddings request.

@@ -541,6 +541,56 @@ fn valid_function_name(n: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// A named tool of `kind` (`function` or `custom`) in `o`, at `p`: declared.
+fn chosen_tool(p: &str, o: &JsonMap, kind: &str, names: &[String]) -> R<()> {
+    match o
+        .get(kind)
+        .and_then(|f| f.get("name"))
+        .and_then(Value::as_str)
+    {
+        Some(n) if names.iter().any(|x| x == n) => Ok(()),
+        Some(n) => Err(invalid(
+            p,
+            format!("the {kind} tool '{n}' is not among the declared tools."),
+        )),
+        None => Err(missing(&format!("{p}.{kind}.name"))),
+    }
+}
+
+/// `tool_choice: {"type": "allowed_tools", "allowed_tools": {"mode", "tools"}}`:
+/// a mode of `auto` or `required`, and tools that were declared.
+fn allowed_tools(o: &JsonMap, names: &[String]) -> R<()> {
+    let a = o
+        .get("allowed_tools")
+        .and_then(Value::as_object)
+        .ok_or_else(|| missing("tool_choice.allowed_tools"))?;
+    match a.get("mode") {
+        Some(Value::String(m)) if m == "auto" || m == "required" => {}
+        Some(v) => {
+            return Err(invalid(
+                "tool_choice.allowed_tools.mode",
+                format!("{v} is not one of 'auto' and 'required'."),
+            ))
+        }
+        None => return Err(missing("tool_choice.allowed_tools.mode")),
+    }
+    let tools = a
+        .get("tools")
+        .and_then(Value::as_array)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| missing("tool_choice.allowed_tools.tools"))?;
+    for (i, t) in tools.iter().enumerate() {
+        let p = format!("tool_choice.allowed_tools.tools[{i}]");
+        let t = t.as_object().ok_or_else(|| bad_type(&p, "an object", t))?;
+        let kind = match t.get("type").and_then(Value::as_str) {
+            Some("custom") => "custom",
+            _ => "function",
+        };
+        chosen_tool(&p, t, kind, names)?;
+    }
+    Ok(())
+}
+
 /// tools and tool_choice; returns the declared function names.
 fn tools(body: &JsonMap) -> R<Vec<String>> {
     let mut names = Vec::new();
@@ -553,10 +603,26 @@ fn tools(body: &JsonMap) -> R<Vec<String>> {
             let o = t.as_object().ok_or_else(|| bad_type(&p, "an object", t))?;
             match crate::lookup(o, "type").and_then(Value::as_str) {
                 Some("function") => {}
+                // GPT-5's free-form tools: a name, and input that is text.
+                Some("custom") => {
+                    let name = o
+                        .get("custom")
+                        .and_then(|c| c.get("name"))
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| missing(&format!("{p}.custom.name")))?;
+                    if !valid_function_name(name) {
+                        return Err(invalid(
+                            &format!("{p}.custom.name"),
+                            format!("'{name}' does not match '^[a-zA-Z0-9_-]{{1,64}}$'."),
+                        ));
+                    }
+                    names.push(name.to_string());
+                    continue;
+                }
                 Some(other) => {
                     return Err(invalid(
                         &format!("{p}.type"),
-                        format!("'{other}' is not supported; expected 'function'."),
+                        format!("'{other}' is not supported; expected 'function' or 'custom'."),
                     ))
                 }
                 None => return Err(missing(&format!("{p}.type"))),
@@ -599,21 +665,15 @@ fn tools(body: &JsonMap) -> R<Vec<String>> {
                     format!("'{s}' is not one of 'none', 'auto', 'required' or a named function."),
                 ))
             }
+            Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("allowed_tools") => {
+                allowed_tools(o, &names)?
+            }
             Value::Object(o) => {
-                let name = o
-                    .get("function")
-                    .and_then(|f| f.get("name"))
-                    .and_then(Value::as_str);
-                match name {
-                    Some(n) if names.iter().any(|x| x == n) => {}
-                    Some(n) => {
-                        return Err(invalid(
-                            "tool_choice",
-                            format!("the function '{n}' is not among the declared tools."),
-                        ))
-                    }
-                    None => return Err(missing("tool_choice.function.name")),
-                }
+                let kind = match o.get("type").and_then(Value::as_str) {
+                    Some("custom") => "custom",
+                    _ => "function",
+                };
+                chosen_tool("tool_choice", o, kind, &names)?;
             }
             v => return Err(bad_type("tool_choice", "a string or an object", v)),
         }
@@ -944,6 +1004,58 @@ mod tests {
         let mut b = ok_body();
         b["messages"] = json!([{"role": "tool", "content": "x"}]);
         assert_eq!(err(b).param.as_deref(), Some("messages[0].tool_call_id"));
+    }
+
+    /// GPT-5's tool shapes: free-form `custom` tools, a custom tool chosen by
+    /// name, and `allowed_tools` (a mode and declared tools).
+    #[test]
+    fn custom_tools_and_allowed_tools() {
+        let with = |tool_choice: Value| {
+            let mut b = ok_body();
+            b["tools"] = json!([{"type": "function", "function": {"name": "f"}},
+                {"type": "custom", "custom": {"name": "code", "description": "runs code"}}]);
+            b["tool_choice"] = tool_choice;
+            b
+        };
+        for ok in [
+            json!("auto"),
+            json!({"type": "custom", "custom": {"name": "code"}}),
+            json!({"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
+                {"type": "function", "function": {"name": "f"}}, {"type": "custom", "custom": {"name": "code"}}]}}),
+        ] {
+            chat(&map(with(ok.clone()))).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+        }
+        for (bad, param) in [
+            (
+                json!({"type": "custom", "custom": {"name": "nope"}}),
+                "tool_choice",
+            ),
+            (
+                json!({"type": "allowed_tools", "allowed_tools": {"mode": "sometimes", "tools": [{"type": "function", "function": {"name": "f"}}]}}),
+                "tool_choice.allowed_tools.mode",
+            ),
+            (
+                json!({"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}),
+                "tool_choice.allowed_tools.tools",
+            ),
+            (
+                json!({"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [{"type": "function", "function": {"name": "g"}}]}}),
+                "tool_choice.allowed_tools.tools[0]",
+            ),
+            (
+                json!({"type": "allowed_tools"}),
+                "tool_choice.allowed_tools",
+            ),
+        ] {
+            assert_eq!(
+                err(with(bad.clone())).param.as_deref(),
+                Some(param),
+                "{bad}"
+            );
+        }
+        let mut b = ok_body();
+        b["tools"] = json!([{"type": "custom", "custom": {}}]);
+        assert_eq!(err(b).param.as_deref(), Some("tools[0].custom.name"));
     }
 
     #[test]

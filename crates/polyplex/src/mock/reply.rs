@@ -216,8 +216,10 @@ pub fn chat_answer(body: &Map<String, Value>) -> Answer {
     let choice = body.get("tool_choice");
     let tool_choice_none = choice.and_then(Value::as_str) == Some("none");
     if let (Some(tools), false, false) = (tools, tool_choice_none, last_role == "tool") {
+        // A named function, or the first of `allowed_tools`.
         let named = choice
             .and_then(|c| c.get("function"))
+            .or_else(|| choice.and_then(|c| c.pointer("/allowed_tools/tools/0/function")))
             .and_then(|f| f.get("name"))
             .and_then(Value::as_str);
         let tool = named
