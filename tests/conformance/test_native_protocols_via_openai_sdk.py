@@ -424,3 +424,12 @@ def test_custom_tools_reach_openai_and_are_refused_elsewhere(client, model):
     assert e.value.param == "tools[0].type"
     # OpenAI's own protocol takes them as they are.
     client.chat.completions.create(model="openai/gpt-4o", messages=messages, tools=custom)
+
+
+def test_an_earlier_audio_answer_is_openais_own(client, model):
+    messages = [{"role": "user", "content": "Say hi out loud"}, {"role": "assistant", "audio": {"id": "audio_abc123"}},
+                {"role": "user", "content": "Again, in text"}]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model, messages=messages)
+    assert e.value.param == "messages[1].audio"
+    assert client.chat.completions.create(model="openai/gpt-4o", messages=messages).choices[0].message.content

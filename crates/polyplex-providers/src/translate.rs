@@ -646,7 +646,7 @@ mod embedding_tests {
             json!({"tools": tools, "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "required",
             "tools": [{"type": "function", "function": {"name": "c"}}, {"type": "function", "function": {"name": "a"}}]}}}),
         );
-        let out = tools_as_chosen(&body, "P").unwrap();
+        let out = for_translation(&body, "P").unwrap();
         let names: Vec<&str> = out["tools"]
             .as_array()
             .unwrap()
@@ -659,14 +659,18 @@ mod embedding_tests {
         );
         let plain = map(json!({"tools": tools, "tool_choice": "auto"}));
         assert!(matches!(
-            tools_as_chosen(&plain, "P").unwrap(),
+            for_translation(&plain, "P").unwrap(),
             std::borrow::Cow::Borrowed(_)
         ));
         let custom = map(
             json!({"tools": [{"type": "function", "function": {"name": "a"}}, {"type": "custom", "custom": {"name": "x"}}]}),
         );
-        let e = tools_as_chosen(&custom, "P").unwrap_err();
+        let e = for_translation(&custom, "P").unwrap_err();
         assert_eq!(e.param.as_deref(), Some("tools[1].type"));
+        let audio = map(json!({"messages": [{"role": "user", "content": "hi"},
+            {"role": "assistant", "audio": {"id": "audio_1"}}]}));
+        let e = for_translation(&audio, "P").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[1].audio"));
     }
 
     #[test]
@@ -863,15 +867,25 @@ pub(crate) fn refuse_asked(
     Ok(())
 }
 
-/// The request a translating protocol reads, as far as tools go: GPT-5's
-/// free-form `custom` tools, which no other protocol has, are refused by
-/// name; `tool_choice: {"type": "allowed_tools", ...}` becomes what every
+/// The request a translating protocol reads. What only OpenAI has is
+/// refused by name: GPT-5's free-form `custom` tools, and an assistant turn
+/// that is an earlier audio answer (`audio: {"id"}`, kept in OpenAI's
+/// store). `tool_choice: {"type": "allowed_tools", ...}` becomes what every
 /// protocol has — the tools cut to the allowed ones, and the choice its
 /// mode (`auto` or `required`). Borrowed when there is nothing to change.
-pub(crate) fn tools_as_chosen<'a>(
+pub(crate) fn for_translation<'a>(
     body: &'a JsonMap,
     protocol: &str,
 ) -> Result<std::borrow::Cow<'a, JsonMap>, GatewayError> {
+    let msgs = lookup(body, "messages").and_then(Value::as_array);
+    for (i, m) in msgs.into_iter().flatten().enumerate() {
+        if member(m, "audio").is_some_and(|a| !a.is_null()) {
+            return Err(GatewayError::invalid_param(
+                format!("messages[{i}].audio"),
+                format!("An earlier audio answer lives in OpenAI's store; the {protocol} protocol cannot read it. Send its transcript as the message's content instead."),
+            ));
+        }
+    }
     let tools = lookup(body, "tools").and_then(Value::as_array);
     for (i, t) in tools.into_iter().flatten().enumerate() {
         if member(t, "type").and_then(Value::as_str) == Some("custom") {

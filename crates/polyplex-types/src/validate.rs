@@ -480,7 +480,12 @@ fn messages(body: &JsonMap) -> R<bool> {
             || crate::lookup(o, "function_call").is_some_and(|t| !t.is_null());
         match crate::lookup(o, "content") {
             None | Some(Value::Null) => {
-                if !(role == "assistant" && (has_calls || crate::lookup(o, "refusal").is_some())) {
+                // An assistant turn may be only its tool calls, a refusal,
+                // or an earlier audio answer (`audio: {"id": ...}`).
+                let stands_alone = has_calls
+                    || crate::lookup(o, "refusal").is_some()
+                    || crate::lookup(o, "audio").is_some_and(|a| !a.is_null());
+                if !(role == "assistant" && stands_alone) {
                     return Err(missing(&cp()));
                 }
             }
@@ -1004,6 +1009,11 @@ mod tests {
         let mut b = ok_body();
         b["messages"] = json!([{"role": "tool", "content": "x"}]);
         assert_eq!(err(b).param.as_deref(), Some("messages[0].tool_call_id"));
+        // An assistant turn that was an audio answer needs no content.
+        let mut b = ok_body();
+        b["messages"] = json!([{"role": "user", "content": "hi"},
+            {"role": "assistant", "audio": {"id": "audio_1"}}, {"role": "user", "content": "again"}]);
+        chat(&map(b)).unwrap();
     }
 
     /// GPT-5's tool shapes: free-form `custom` tools, a custom tool chosen by

@@ -2,8 +2,8 @@
 
 use super::{FALLBACK_MAX_TOKENS, JSON_TOOL, VERSION};
 use crate::translate::{
-    asks, assistant_calls, cache_control, check_fields, data_url, file_data, name_dropped_hints,
-    no_turns, reasoning_effort, text_of, tools_as_chosen, Hints, CHAT_PARAMS,
+    asks, assistant_calls, cache_control, check_fields, data_url, file_data, for_translation,
+    name_dropped_hints, no_turns, reasoning_effort, text_of, Hints, CHAT_PARAMS,
 };
 use crate::{join_url, unsupported, Target, UpstreamRequest};
 use base64::Engine as _;
@@ -731,7 +731,7 @@ pub(crate) fn messages_body(
     target: &Target<'_>,
     vertex_version: Option<&'static str>,
 ) -> Result<(Vec<u8>, Vec<String>), GatewayError> {
-    let body = &*tools_as_chosen(body, "Anthropic")?;
+    let body = &*for_translation(body, "Anthropic")?;
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, true, "Anthropic", target, &mut dropped)?;
     refuse_unanswerable(UNANSWERABLE.map(|k| asks(body, k)), target, &mut dropped)?;

@@ -359,7 +359,7 @@ fn build_chat(
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
     const P: &str = "Bedrock";
-    let body = &*crate::translate::tools_as_chosen(body, P)?;
+    let body = &*crate::translate::for_translation(body, P)?;
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, false, P, target, &mut dropped)?;
     if lookup(body, "reasoning_effort").is_some_and(|v| !v.is_null()) {

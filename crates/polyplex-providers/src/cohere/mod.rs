@@ -82,7 +82,7 @@ fn build_chat(
     stream: bool,
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
-    let body = &*crate::translate::tools_as_chosen(body, "Cohere")?;
+    let body = &*crate::translate::for_translation(body, "Cohere")?;
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, false, "Cohere", target, &mut dropped)?;
     if lookup(body, "reasoning_effort").is_some_and(|v| !v.is_null()) {

@@ -141,7 +141,7 @@ pub(crate) fn chat_body(
     body: &JsonMap,
     target: &Target<'_>,
 ) -> Result<(Vec<u8>, Vec<String>), GatewayError> {
-    let body = &*crate::translate::tools_as_chosen(body, "Gemini")?;
+    let body = &*crate::translate::for_translation(body, "Gemini")?;
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, false, "Gemini", target, &mut dropped)?;
     refuse_asked(
