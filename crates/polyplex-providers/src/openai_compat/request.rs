@@ -141,7 +141,9 @@ fn as_sent(
 
 /// True for OpenAI's own API and Azure OpenAI, which refuse members they
 /// do not know (`Unrecognized request argument supplied: cache_control`)
-/// and cache prompts on their own: what [`foreign_members`] names is taken
+/// and cache prompts on their own, and for Mistral's and Groq's APIs, whose
+/// schemas forbid extra members too (`extra_forbidden` for a
+/// `reasoning_content` sent back): what [`foreign_members`] names is taken
 /// out for them. Other OpenAI-protocol providers get the body as sent:
 /// some take `cache_control` (OpenRouter, for Claude), some want
 /// `reasoning_content` back (Kimi), Google's takes `extra_content`.
@@ -152,8 +154,10 @@ fn refuses_foreign_members(target: &Target<'_>) -> bool {
         .ok()
         .and_then(|u| u.host().map(str::to_ascii_lowercase));
     host.is_some_and(|h| {
-        h == "api.openai.com"
-            || h.ends_with(".openai.azure.com")
+        matches!(
+            h.as_str(),
+            "api.openai.com" | "api.mistral.ai" | "api.groq.com"
+        ) || h.ends_with(".openai.azure.com")
             || h.ends_with(".cognitiveservices.azure.com")
     })
 }

@@ -463,6 +463,8 @@ fn foreign_members_reach_only_providers_that_take_them() {
     for base_url in [
         "https://api.openai.com/v1",
         "https://my-resource.openai.azure.com/openai",
+        "https://api.mistral.ai/v1",
+        "https://api.groq.com/openai/v1",
     ] {
         let t = Target {
             base_url,
