@@ -387,6 +387,45 @@ pub(crate) fn unsupported_endpoint(
 mod tests {
     use super::*;
 
+    /// `allowed_tools` becomes the tools cut to the allowed ones and the
+    /// mode as the choice; a custom tool is refused naming it; anything
+    /// else is the body itself.
+    #[test]
+    fn tools_as_every_protocol_has_them() {
+        let map = |v: Value| v.as_object().unwrap().clone();
+        let tools = json!([{"type": "function", "function": {"name": "a"}},
+            {"type": "function", "function": {"name": "b"}}, {"type": "function", "function": {"name": "c"}}]);
+        let body = map(
+            json!({"tools": tools, "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "required",
+            "tools": [{"type": "function", "function": {"name": "c"}}, {"type": "function", "function": {"name": "a"}}]}}}),
+        );
+        let out = for_translation(&body, "P").unwrap();
+        let names: Vec<&str> = out["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["function"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            (names, &out["tool_choice"]),
+            (vec!["a", "c"], &json!("required"))
+        );
+        let plain = map(json!({"tools": tools, "tool_choice": "auto"}));
+        assert!(matches!(
+            for_translation(&plain, "P").unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let custom = map(
+            json!({"tools": [{"type": "function", "function": {"name": "a"}}, {"type": "custom", "custom": {"name": "x"}}]}),
+        );
+        let e = for_translation(&custom, "P").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tools[1].type"));
+        let audio = map(json!({"messages": [{"role": "user", "content": "hi"},
+            {"role": "assistant", "audio": {"id": "audio_1"}}]}));
+        let e = for_translation(&audio, "P").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[1].audio"));
+    }
+
     /// The chunk writer gives the bytes the `json!` tree it replaced gave:
     /// OpenAI's members in OpenAI's order, escapes included.
     #[test]
@@ -633,45 +672,6 @@ pub fn join_embeddings(parts: Vec<(Reply, Option<Usage>)>) -> (Reply, Option<Usa
 mod embedding_tests {
     use super::*;
     use base64::Engine;
-
-    /// `allowed_tools` becomes the tools cut to the allowed ones and the
-    /// mode as the choice; a custom tool is refused naming it; anything
-    /// else is the body itself.
-    #[test]
-    fn tools_as_every_protocol_has_them() {
-        let map = |v: Value| v.as_object().unwrap().clone();
-        let tools = json!([{"type": "function", "function": {"name": "a"}},
-            {"type": "function", "function": {"name": "b"}}, {"type": "function", "function": {"name": "c"}}]);
-        let body = map(
-            json!({"tools": tools, "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "required",
-            "tools": [{"type": "function", "function": {"name": "c"}}, {"type": "function", "function": {"name": "a"}}]}}}),
-        );
-        let out = for_translation(&body, "P").unwrap();
-        let names: Vec<&str> = out["tools"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["function"]["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            (names, &out["tool_choice"]),
-            (vec!["a", "c"], &json!("required"))
-        );
-        let plain = map(json!({"tools": tools, "tool_choice": "auto"}));
-        assert!(matches!(
-            for_translation(&plain, "P").unwrap(),
-            std::borrow::Cow::Borrowed(_)
-        ));
-        let custom = map(
-            json!({"tools": [{"type": "function", "function": {"name": "a"}}, {"type": "custom", "custom": {"name": "x"}}]}),
-        );
-        let e = for_translation(&custom, "P").unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("tools[1].type"));
-        let audio = map(json!({"messages": [{"role": "user", "content": "hi"},
-            {"role": "assistant", "audio": {"id": "audio_1"}}]}));
-        let e = for_translation(&audio, "P").unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("messages[1].audio"));
-    }
 
     #[test]
     fn embedding_lists_and_inputs() {
