@@ -155,6 +155,11 @@ def test_embeddings_default_base64_decoding(client):
     r = client.embeddings.create(model="openai/text-embedding-3-small", input="The food was delicious")
     assert len(r.data[0].embedding) == 16
     assert r.usage.prompt_tokens > 0
+    # Nothing to embed is OpenAI's 400, naming where.
+    for empty, param in [("", "input"), (["fine", ""], "input[1]")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.embeddings.create(model="openai/text-embedding-3-small", input=empty)
+        assert e.value.param == param
 
 
 def test_headers_name_provider_model_attempts(client):

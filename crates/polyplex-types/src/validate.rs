@@ -761,7 +761,10 @@ pub fn embeddings(body: &JsonMap) -> R<EmbeddingsMeta> {
     let model = model(body)?;
     let (fallback_models, provider) = routing_fields(body)?;
     let input = get(body, "input").ok_or_else(|| missing("input"))?;
+    // OpenAI refuses an empty text: it has nothing to embed.
+    let empty = |p: &str| invalid(p, "empty string. Expected a string with minimum length 1.");
     match input {
+        Value::String(s) if s.is_empty() => return Err(empty("input")),
         Value::String(_) => {}
         Value::Array(a) if a.is_empty() => return Err(invalid(
             "input",
@@ -769,6 +772,9 @@ pub fn embeddings(body: &JsonMap) -> R<EmbeddingsMeta> {
         )),
         Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
+                if x.as_str() == Some("") {
+                    return Err(empty(&format!("input[{i}]")));
+                }
                 let ok = x.is_string()
                     || x.is_u64()
                     || x.as_array()
@@ -1124,6 +1130,11 @@ mod tests {
         assert!(embeddings(&map(json!({"model": "m", "input": [[1, 2], [3]]}))).is_ok());
         let e = embeddings(&map(json!({"model": "m"}))).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("input"));
+        // Nothing to embed: refused as OpenAI refuses it.
+        let e = embeddings(&map(json!({"model": "m", "input": ""}))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input"));
+        let e = embeddings(&map(json!({"model": "m", "input": ["a", ""]}))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input[1]"));
         let e = embeddings(&map(
             json!({"model": "m", "input": "x", "encoding_format": "hex"}),
         ))
