@@ -149,7 +149,7 @@ fn document_format(media_type: &str) -> Option<&'static str> {
     })
 }
 
-/// A document's name as Converse takes it — letters, digits, single
+/// A document's name as Converse takes it — ASCII letters and digits, single
 /// spaces, hyphens, parentheses and square brackets — from the client's
 /// file name without its extension (`document` without one), made unique
 /// within the request (Converse refuses two documents of one name).
@@ -157,7 +157,7 @@ fn document_name(filename: Option<&str>, taken: &mut Vec<String>) -> String {
     let stem = filename.map_or("", |f| f.rsplit_once('.').map_or(f, |(s, _)| s));
     let mut name = String::with_capacity(stem.len());
     for c in stem.chars() {
-        let c = if c.is_alphanumeric() || matches!(c, '-' | '(' | ')' | '[' | ']') {
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '-' | '(' | ')' | '[' | ']') {
             c
         } else if c.is_whitespace() {
             ' '

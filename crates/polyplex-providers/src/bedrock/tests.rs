@@ -769,13 +769,14 @@ fn delta_events_read_without_a_tree_answer_as_the_tree() {
 fn files_become_named_documents() {
     let a = AuthStyle::bearer();
     let pdf = json!({"type": "file", "file": {"filename": "Q3 report: final.v2.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}});
+    let accented = json!({"type": "file", "file": {"filename": "résumé.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}});
     let body = map(json!({"model": "m", "messages": [
         {"role": "user", "content": [{"type": "text", "text": "Compare"}, pdf, pdf,
             {"type": "file", "file": {"file_data": "data:text/csv;base64,YSxi"}},
             {"type": "file", "file": {"filename": "t.xlsx", "file_data": "UEsDBA=="}},
             {"type": "file", "file": {"filename": "p.png", "file_data": "iVBORw0KGgo="}}]},
         {"role": "assistant", "content": "ok"},
-        {"role": "user", "content": [{"type": "file", "file": {"filename": "  ", "file_data": "data:text/plain;base64,aGk="}}]}]}));
+        {"role": "user", "content": [{"type": "file", "file": {"filename": "  ", "file_data": "data:text/plain;base64,aGk="}}, accented]}]}));
     let req = Bedrock
         .build(Endpoint::Chat, &body, false, &target(&a, None))
         .unwrap();
@@ -792,7 +793,10 @@ fn files_become_named_documents() {
     );
     assert_eq!(
         sent["messages"][2]["content"],
-        json!([doc("txt", "document (2)", "aGk=")])
+        json!([
+            doc("txt", "document (2)", "aGk="),
+            doc("pdf", "r-sum-", "JVBERi0x")
+        ])
     );
     for (part, param) in [
         (

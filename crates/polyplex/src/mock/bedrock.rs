@@ -124,7 +124,7 @@ fn bad_document(req: &Map<String, Value>) -> Option<String> {
             return Some(format!("The document format '{format}' is not supported."));
         }
         let name = d.get("name").and_then(Value::as_str).unwrap_or("");
-        let allowed = |c: char| c.is_alphanumeric() || " -()[]".contains(c);
+        let allowed = |c: char| c.is_ascii_alphanumeric() || " -()[]".contains(c);
         if name.is_empty() || !name.chars().all(allowed) || name.contains("  ") {
             return Some(format!(
                 "The document name '{name}' contains characters that are not allowed."
