@@ -362,6 +362,9 @@ def test_extended_thinking_survives_a_tool_loop(client, claude):
                                                           reasoning_effort="low", max_completion_tokens=4000)
     assert raw.headers["x-polyplex-dropped-params"] == "reasoning_effort"
     assert raw.parse().choices[0].message.content == "The tool returned: 22 C and sunny"
+    # The thinking sent back to a request that does not think: left out.
+    r = client.chat.completions.create(model=claude, messages=messages, tools=tools)
+    assert r.choices[0].message.content == "The tool returned: 22 C and sunny"
     # Streamed: the thinking as reasoning_content deltas, then its block.
     reasoning, blocks = "", []
     for chunk in client.chat.completions.create(model=claude, messages=[{"role": "user", "content": "Say hi"}],

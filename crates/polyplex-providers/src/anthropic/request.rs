@@ -389,7 +389,11 @@ fn tool_turn_without_thinking(body: &JsonMap) -> bool {
     })
 }
 
-fn messages(body: &JsonMap) -> Result<(Vec<Turn<'_>>, Vec<&Value>), GatewayError> {
+/// The conversation's turns and its system and developer messages. An
+/// assistant turn's `thinking_blocks` go out only with `thinking` on:
+/// Anthropic refuses thinking in the final assistant turn of a request
+/// without it.
+fn messages(body: &JsonMap, thinking: bool) -> Result<(Vec<Turn<'_>>, Vec<&Value>), GatewayError> {
     let mut system = Vec::new();
     let msgs = lookup(body, "messages")
         .and_then(Value::as_array)
@@ -409,7 +413,11 @@ fn messages(body: &JsonMap) -> Result<(Vec<Turn<'_>>, Vec<&Value>), GatewayError
             }
             "assistant" => {
                 // The turn's thinking first, as Anthropic requires.
-                let mut blocks = thinking_blocks(m);
+                let mut blocks = if thinking {
+                    thinking_blocks(m)
+                } else {
+                    Vec::new()
+                };
                 blocks.extend(content_blocks(content, i)?);
                 for c in assistant_calls(m, i)? {
                     blocks.push(Block::ToolUse {
@@ -737,7 +745,12 @@ pub(crate) fn messages_body(
     refuse_unanswerable(UNANSWERABLE.map(|k| asks(body, k)), target, &mut dropped)?;
     name_dropped_hints(body, Hints::CACHE_CONTROL, &mut dropped);
 
-    let (turns, system) = messages(body)?;
+    let mut effort = reasoning_effort(body)?;
+    if effort.and_then(thinking_budget).is_some() && tool_turn_without_thinking(body) {
+        dropped.push("reasoning_effort".into());
+        effort = None;
+    }
+    let (turns, system) = messages(body, effort.and_then(thinking_budget).is_some())?;
     let limit = lookup(body, "max_completion_tokens")
         .and_then(Value::as_u64)
         .or_else(|| lookup(body, "max_tokens").and_then(Value::as_u64));
@@ -746,11 +759,6 @@ pub(crate) fn messages_body(
     // reasoning too, as Anthropic's max_tokens counts the thinking: a limit
     // the client set stays the limit, and the budget fits under it.
     let mut thinking = None;
-    let mut effort = reasoning_effort(body)?;
-    if effort.and_then(thinking_budget).is_some() && tool_turn_without_thinking(body) {
-        dropped.push("reasoning_effort".into());
-        effort = None;
-    }
     if let Some(budget) = effort.and_then(thinking_budget) {
         if json_mode(body) {
             return Err(GatewayError::invalid_param(

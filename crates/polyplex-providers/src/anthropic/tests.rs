@@ -1093,4 +1093,12 @@ fn thinking_comes_back_and_goes_out_verbatim() {
     assert_eq!(req.dropped, ["reasoning_effort"]);
     assert!(sent.get("thinking").is_none());
     assert_eq!(sent["messages"][1]["content"][0]["type"], "tool_use");
+    // Thinking off for this request: the blocks stay out (Anthropic refuses
+    // thinking in the final assistant turn without it).
+    let mut off = turn(true);
+    off.as_object_mut().unwrap().remove("reasoning_effort");
+    let (sent, req) = build(off).unwrap();
+    assert!(req.dropped.is_empty());
+    assert!(sent.get("thinking").is_none());
+    assert_eq!(sent["messages"][1]["content"][0]["type"], "tool_use");
 }

@@ -47,9 +47,10 @@ pub(crate) fn thinking_signature(thinking: &str) -> String {
     reply::stable_id("mock-sig-", thinking)
 }
 
-/// What the Messages API refuses with extended thinking on: a thinking
-/// block sent back changed (its signature no longer matches), and a final
-/// assistant turn that uses tools without starting with its thinking.
+/// What the Messages API refuses of extended thinking: a thinking block
+/// sent back changed (its signature no longer matches), a final assistant
+/// turn that uses tools without starting with its thinking (thinking on),
+/// and thinking in the final assistant turn (thinking off).
 fn bad_thinking(req: &Map<String, Value>) -> Option<String> {
     let msgs = req.get("messages").and_then(Value::as_array)?;
     for (i, m) in msgs.iter().enumerate() {
@@ -83,6 +84,12 @@ fn bad_thinking(req: &Map<String, Value>) -> Option<String> {
     };
     let uses_tools = blocks.iter().any(|b| kind(b) == "tool_use");
     let first = blocks.first().map(kind).unwrap_or_default();
+    let thinks = blocks
+        .iter()
+        .any(|b| kind(b) == "thinking" || kind(b) == "redacted_thinking");
+    if !thinking_on && thinks {
+        return Some(format!("messages.{i}.content.0.type: When thinking is disabled, an `assistant` message in the final position cannot contain `thinking`. To use thinking blocks, enable `thinking` in your request."));
+    }
     if thinking_on && uses_tools && first != "thinking" && first != "redacted_thinking" {
         return Some(format!("messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{first}`. When `thinking` is enabled, a final `assistant` message must start with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). We recommend you include thinking blocks from previous turns."));
     }
