@@ -290,6 +290,8 @@ def last_upstream_body(mock):
 @pytest.mark.parametrize("model,expect", [
     (ANTHROPIC, lambda b: b["thinking"] == {"type": "enabled", "budget_tokens": 1024} and b["max_tokens"] == 2000),
     (VERTEX_CLAUDE, lambda b: b["thinking"] == {"type": "enabled", "budget_tokens": 1024}),
+    (BEDROCK, lambda b: b["additionalModelRequestFields"]["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+        and b["inferenceConfig"]["maxTokens"] == 2000),
     (GEMINI, lambda b: b["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 1024, "includeThoughts": True}),
     (VERTEX_GEMINI, lambda b: b["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 1024, "includeThoughts": True}),
 ])
@@ -323,9 +325,11 @@ def test_gemini_thought_summary_comes_back_as_reasoning(client, gemini):
 
 
 def test_reasoning_effort_refused_where_it_cannot_be_honoured(client):
-    # Converse has no portable thinking switch: refused by name, never dropped.
+    # Converse has no portable thinking switch (Claude's is its own, below):
+    # refused by name for other Bedrock models, never dropped.
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=BEDROCK, messages=[{"role": "user", "content": "hi"}], reasoning_effort="high")
+        client.chat.completions.create(model="bedrock/amazon.nova-pro-v1:0",
+                                       messages=[{"role": "user", "content": "hi"}], reasoning_effort="high")
     assert e.value.param == "reasoning_effort"
     # Extended thinking needs more than 1024 tokens of the limit.
     with pytest.raises(openai.BadRequestError) as e:
@@ -334,7 +338,7 @@ def test_reasoning_effort_refused_where_it_cannot_be_honoured(client):
     assert e.value.param == "reasoning_effort"
 
 
-@pytest.mark.parametrize("claude", CLAUDES)
+@pytest.mark.parametrize("claude", [*CLAUDES, BEDROCK])
 def test_extended_thinking_survives_a_tool_loop(client, claude):
     """With reasoning_effort, Claude thinks before it calls a tool, and
     Anthropic refuses the next turn unless that thinking (signed) comes back

@@ -803,6 +803,55 @@ pub(crate) fn reasoning_effort(body: &JsonMap) -> Result<Option<&str>, GatewayEr
     }
 }
 
+/// Claude's extended-thinking budget for OpenAI's `reasoning_effort` (none
+/// and minimal: no extended thinking, Anthropic's default); Anthropic's API
+/// and Bedrock's Claude take the same.
+pub(crate) fn thinking_budget(effort: &str) -> Option<u64> {
+    match effort {
+        "low" => Some(MIN_THINKING),
+        "medium" => Some(2048),
+        "high" | "xhigh" => Some(4096),
+        _ => None,
+    }
+}
+
+/// The least budget Claude accepts for extended thinking.
+pub(crate) const MIN_THINKING: u64 = 1024;
+
+/// An assistant message's `thinking_blocks` sent back — Claude's thinking
+/// and redacted thinking, as polyplex's answers give them.
+pub(crate) fn sent_thinking(m: &Value) -> impl Iterator<Item = &Value> {
+    member(m, "thinking_blocks")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|b| {
+            matches!(
+                member(b, "type").and_then(Value::as_str),
+                Some("thinking" | "redacted_thinking")
+            )
+        })
+}
+
+/// True when the conversation's last assistant turn called tools without
+/// sending back its thinking: Claude then refuses extended thinking for the
+/// request (the turn must start with its thinking), so polyplex asks
+/// without it.
+pub(crate) fn tool_turn_without_thinking(body: &JsonMap) -> bool {
+    let last = lookup(body, "messages")
+        .and_then(Value::as_array)
+        .and_then(|ms| {
+            ms.iter()
+                .rfind(|m| member(m, "role").and_then(Value::as_str) == Some("assistant"))
+        });
+    last.is_some_and(|m| {
+        member(m, "tool_calls")
+            .and_then(Value::as_array)
+            .is_some_and(|c| !c.is_empty())
+            && sent_thinking(m).next().is_none()
+    })
+}
+
 /// The refusal of a chat request that leaves `protocol` nothing to answer:
 /// only system or developer messages, or messages without content. OpenAI
 /// answers such a request; Anthropic's, Gemini's and Bedrock's APIs need at

@@ -3,7 +3,8 @@
 use super::{FALLBACK_MAX_TOKENS, JSON_TOOL, VERSION};
 use crate::translate::{
     asks, assistant_calls, cache_control, check_fields, data_url, file_data, for_translation,
-    name_dropped_hints, no_turns, reasoning_effort, text_of, Hints, CHAT_PARAMS,
+    name_dropped_hints, no_turns, reasoning_effort, sent_thinking, text_of, thinking_budget,
+    tool_turn_without_thinking, Hints, CHAT_PARAMS, MIN_THINKING,
 };
 use crate::{join_url, unsupported, Target, UpstreamRequest};
 use base64::Engine as _;
@@ -51,20 +52,6 @@ struct MessagesRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     service_tier: Option<&'static str>,
 }
-
-/// Extended thinking's token budget for OpenAI's `reasoning_effort` (none
-/// and minimal: no extended thinking, Anthropic's default).
-fn thinking_budget(effort: &str) -> Option<u64> {
-    match effort {
-        "low" => Some(MIN_THINKING),
-        "medium" => Some(2048),
-        "high" | "xhigh" => Some(4096),
-        _ => None,
-    }
-}
-
-/// The least budget Anthropic accepts for extended thinking.
-const MIN_THINKING: u64 = 1024;
 
 #[derive(Serialize)]
 #[serde(untagged)]
@@ -353,40 +340,17 @@ fn system_prompt<'a>(msgs: &[&'a Value]) -> Option<System<'a>> {
 /// from Anthropic's extended thinking) as Anthropic's blocks, verbatim:
 /// their signatures must come back untouched.
 fn thinking_blocks(m: &Value) -> Vec<Block<'_>> {
-    member(m, "thinking_blocks")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|b| match member(b, "type").and_then(Value::as_str) {
-            Some("thinking") => Some(Block::Thinking {
+    sent_thinking(m)
+        .map(|b| match member(b, "type").and_then(Value::as_str) {
+            Some("thinking") => Block::Thinking {
                 thinking: str_of(b, "thinking"),
                 signature: str_of(b, "signature"),
-            }),
-            Some("redacted_thinking") => Some(Block::RedactedThinking {
+            },
+            _ => Block::RedactedThinking {
                 data: str_of(b, "data"),
-            }),
-            _ => None,
+            },
         })
         .collect()
-}
-
-/// True when the conversation's last assistant turn called tools without
-/// sending back its thinking: Anthropic then refuses extended thinking for
-/// the request (the turn must start with its thinking block), so polyplex
-/// asks without it.
-fn tool_turn_without_thinking(body: &JsonMap) -> bool {
-    let last = lookup(body, "messages")
-        .and_then(Value::as_array)
-        .and_then(|ms| {
-            ms.iter()
-                .rfind(|m| member(m, "role").and_then(Value::as_str) == Some("assistant"))
-        });
-    last.is_some_and(|m| {
-        member(m, "tool_calls")
-            .and_then(Value::as_array)
-            .is_some_and(|c| !c.is_empty())
-            && thinking_blocks(m).is_empty()
-    })
 }
 
 /// The conversation's turns and its system and developer messages. An

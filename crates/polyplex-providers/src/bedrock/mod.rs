@@ -14,6 +14,9 @@
 //!   `stopSequences`); tools → `toolConfig` (`auto`, `any`, `tool`);
 //!   `response_format` → a forced tool whose input is the JSON asked for,
 //!   given back as the message content, as for Anthropic;
+//! - `reasoning_effort` on Claude models: extended thinking in the model's
+//!   own fields, its `reasoningContent` out and back as Anthropic's adapter
+//!   does (`reasoning_content`, `thinking_blocks`); other models refuse it;
 //! - `n` > 1, `seed`, penalties, `logit_bias`, `logprobs` and unknown fields
 //!   are refused by name, or dropped with `drop_params`; `user`, a message's
 //!   `name` and an image's `detail` are dropped and named (Converse has no
@@ -35,6 +38,7 @@ use crate::translate::{
     embedding_list, file_data, name_dropped_hints, no_turns, push_turn, refuse_asked, text_of,
     unsupported_endpoint, EmbeddingInput, Hints, CHAT_PARAMS,
 };
+use crate::translate::{sent_thinking, thinking_budget, tool_turn_without_thinking, MIN_THINKING};
 use crate::{join_url, unsupported, Endpoint, Protocol, StreamDecoder, Target, UpstreamRequest};
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 use bytes::Bytes;
@@ -286,10 +290,28 @@ fn system_blocks(m: &Value, out: &mut Vec<Value>) {
     mark_cache(out, m);
 }
 
+/// Claude's thinking sent back on an assistant turn (`thinking_blocks`) as
+/// Converse's `reasoningContent` blocks, verbatim.
+fn reasoning_blocks(m: &Value) -> Vec<Value> {
+    sent_thinking(m)
+        .map(|b| match b.get("type").and_then(Value::as_str) {
+            Some("thinking") => json!({"reasoningContent": {"reasoningText": {
+                "text": b.get("thinking").cloned().unwrap_or(json!("")),
+                "signature": b.get("signature").cloned().unwrap_or(json!(""))}}}),
+            _ => json!({"reasoningContent": {"redactedContent": b.get("data").cloned().unwrap_or(json!(""))}}),
+        })
+        .collect()
+}
+
 /// Converse turns and system blocks of the request's messages; whether any
 /// turn carries tool use (then `toolConfig` must be sent). A message's
-/// `cache_control` is a cache point after its last block.
-fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<Value>, bool), GatewayError> {
+/// `cache_control` is a cache point after its last block. With `thinking`
+/// (Claude's extended thinking on), an assistant turn's thinking sent back
+/// leads it.
+fn messages(
+    body: &JsonMap,
+    thinking: bool,
+) -> Result<(Vec<Value>, Vec<Value>, bool), GatewayError> {
     let mut documents = Vec::new();
     let mut system = Vec::new();
     let mut turns: Vec<Value> = Vec::new();
@@ -309,7 +331,12 @@ fn messages(body: &JsonMap) -> Result<(Vec<Value>, Vec<Value>, bool), GatewayErr
                 push_turn(&mut turns, "user", "content", bs);
             }
             "assistant" => {
-                let mut bs = blocks(content, i, &mut documents)?;
+                let mut bs = if thinking {
+                    reasoning_blocks(m)
+                } else {
+                    Vec::new()
+                };
+                bs.extend(blocks(content, i, &mut documents)?);
                 for c in assistant_calls(m, i)? {
                     tool_use = true;
                     bs.push(
@@ -362,8 +389,18 @@ fn build_chat(
     let body = &*crate::translate::for_translation(body, P)?;
     let mut dropped = Vec::new();
     check_fields(body, CHAT_PARAMS, false, P, target, &mut dropped)?;
-    if lookup(body, "reasoning_effort").is_some_and(|v| !v.is_null()) {
-        crate::unsupported("reasoning_effort", P, target, &mut dropped)?;
+    // reasoning_effort: Claude's extended thinking, in the model's own
+    // fields; Converse has no switch for the other models' reasoning.
+    let claude = target.model.contains("anthropic.");
+    let mut budget = None;
+    if let Some(effort) = crate::translate::reasoning_effort(body)? {
+        if !claude {
+            crate::unsupported("reasoning_effort", P, target, &mut dropped)?;
+        } else if thinking_budget(effort).is_some() && tool_turn_without_thinking(body) {
+            dropped.push("reasoning_effort".into());
+        } else {
+            budget = thinking_budget(effort);
+        }
     }
     refuse_asked(
         body,
@@ -383,7 +420,7 @@ fn build_chat(
     )?;
     name_dropped_hints(body, Hints::CACHE_CONTROL, &mut dropped);
 
-    let (turns, system, history_uses_tools) = messages(body)?;
+    let (turns, system, history_uses_tools) = messages(body, budget.is_some())?;
     let mut out = Map::new();
     if turns.is_empty() {
         return Err(no_turns(P));
@@ -393,16 +430,47 @@ fn build_chat(
         out.insert("system".into(), Value::Array(system));
     }
     let mut ic = Map::new();
-    if let Some(max) = lookup(body, "max_completion_tokens")
+    let limit = lookup(body, "max_completion_tokens")
         .filter(|v| !v.is_null())
-        .or_else(|| lookup(body, "max_tokens").filter(|v| !v.is_null()))
-    {
+        .or_else(|| lookup(body, "max_tokens").filter(|v| !v.is_null()));
+    if let Some(max) = limit {
         ic.insert("maxTokens".into(), max.clone());
     }
     for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
         if let Some(v) = body.get(from).filter(|v| !v.is_null()) {
             ic.insert(to.into(), v.clone());
         }
+    }
+    let mut model_fields = Map::new();
+    if let Some(budget) = budget {
+        // As on Anthropic's API: the thinking fits under the client's limit
+        // (which counts it), and takes no JSON mode nor a temperature but 1.
+        if json_mode(body) {
+            return Err(GatewayError::invalid_param("reasoning_effort", "With the Bedrock protocol, reasoning_effort cannot be combined with response_format (JSON is produced through a forced tool call, which extended thinking does not allow)."));
+        }
+        if ic
+            .get("temperature")
+            .and_then(Value::as_f64)
+            .is_some_and(|t| t != 1.0)
+        {
+            unsupported("temperature", P, target, &mut dropped)?;
+            ic.remove("temperature");
+        }
+        let budget = match limit.and_then(Value::as_u64) {
+            Some(l) if l <= MIN_THINKING => {
+                return Err(GatewayError::invalid_param("reasoning_effort", format!("With the Bedrock protocol, reasoning_effort needs a token limit above {MIN_THINKING} (extended thinking takes at least {MIN_THINKING} tokens of it), but max_completion_tokens is {l}.")))
+            }
+            Some(l) => budget.min(l - 1),
+            None => {
+                let room = target.default_max_tokens.unwrap_or(0).max(budget + crate::anthropic::FALLBACK_MAX_TOKENS);
+                ic.insert("maxTokens".into(), json!(room));
+                budget
+            }
+        };
+        model_fields.insert(
+            "thinking".into(),
+            json!({"type": "enabled", "budget_tokens": budget}),
+        );
     }
     match lookup(body, "stop") {
         Some(Value::String(s)) => {
@@ -419,11 +487,17 @@ fn build_chat(
     if let Some(k) = lookup(body, "top_k").filter(|v| !v.is_null()) {
         // Not part of Converse: passed in the model's own fields, where
         // Anthropic's models read it as `top_k`.
-        if target.model.contains("anthropic.") {
-            out.insert("additionalModelRequestFields".into(), json!({"top_k": k}));
+        if claude {
+            model_fields.insert("top_k".into(), k.clone());
         } else {
             unsupported("top_k", P, target, &mut dropped)?;
         }
+    }
+    if !model_fields.is_empty() {
+        out.insert(
+            "additionalModelRequestFields".into(),
+            Value::Object(model_fields),
+        );
     }
 
     let mut tools: Vec<Value> = Vec::new();
@@ -652,8 +726,19 @@ fn parse_chat(
         })?;
     let mut text = String::new();
     let mut tool_calls = Vec::new();
+    let (mut reasoning, mut thinking_blocks) = (String::new(), Vec::new());
     for b in content {
-        if let Some(t) = b.get("text").and_then(Value::as_str) {
+        // Claude's extended thinking: as Anthropic's answers give it.
+        if let Some(rc) = b.get("reasoningContent") {
+            if let Some(rt) = rc.get("reasoningText") {
+                let t = rt.get("text").and_then(Value::as_str).unwrap_or("");
+                reasoning.push_str(t);
+                thinking_blocks.push(json!({"type": "thinking", "thinking": t,
+                    "signature": rt.get("signature").cloned().unwrap_or(json!(""))}));
+            } else if let Some(data) = rc.get("redactedContent") {
+                thinking_blocks.push(json!({"type": "redacted_thinking", "data": data}));
+            }
+        } else if let Some(t) = b.get("text").and_then(Value::as_str) {
             text.push_str(t);
         } else if let Some(tu) = b.get("toolUse") {
             let name = tu.get("name").and_then(Value::as_str).unwrap_or("");
@@ -665,7 +750,7 @@ fn parse_chat(
                     "function": {"name": name, "arguments": input.to_string()}}));
             }
         }
-        // reasoningContent, citations, guard content: not in OpenAI's chat shape.
+        // citations, guard content: not in OpenAI's chat shape.
     }
     let stop = v
         .get("stopReason")
@@ -674,6 +759,10 @@ fn parse_chat(
     let mut message = json!({"role": "assistant", "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) }, "refusal": null});
     if !tool_calls.is_empty() {
         message["tool_calls"] = Value::Array(tool_calls);
+    }
+    if !thinking_blocks.is_empty() {
+        message["reasoning_content"] = json!(reasoning);
+        message["thinking_blocks"] = Value::Array(thinking_blocks);
     }
     let usage = v.get("usage").map(usage_from);
     // No model in the answer: the gateway names the one it called.

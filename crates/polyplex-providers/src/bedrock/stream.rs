@@ -10,7 +10,7 @@
 
 use super::{error_for, finish_reason, new_id, usage_from, JSON_TOOL};
 use crate::sse::Event;
-use crate::translate::{tool_arguments, Content};
+use crate::translate::{tool_arguments, Content, Reasoning};
 use crate::{StreamDecoder, StreamItem, StreamSummary};
 use http::StatusCode;
 use polyplex_types::{GatewayError, Usage};
@@ -34,6 +34,9 @@ struct DeltaIn<'a> {
     text: Option<Cow<'a, str>>,
     #[serde(rename = "toolUse", default, borrow)]
     tool_use: Option<ToolUseIn<'a>>,
+    /// Claude's thinking: read through the tree ([`Decoder::on_reasoning`]).
+    #[serde(rename = "reasoningContent", default)]
+    reasoning: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -55,6 +58,8 @@ pub struct Decoder {
     started: bool,
     stopped: bool,
     text: String,
+    /// The thinking block open now: its index, text and signature so far.
+    thinking: Option<(u64, String, String)>,
 }
 
 impl Decoder {
@@ -71,6 +76,7 @@ impl Decoder {
             started: false,
             stopped: false,
             text: String::new(),
+            thinking: None,
         }
     }
 
@@ -98,8 +104,43 @@ impl Decoder {
                 None => return Err(self.bad("toolUse delta for a block never started")),
             }
         }
-        // reasoningContent, citations: not part of OpenAI's chat shape.
+        // citations: not part of OpenAI's chat shape.
         Ok(())
+    }
+
+    /// A `reasoningContent` delta of block `idx` (Claude's extended
+    /// thinking): its text as `reasoning_content`, its signature kept for
+    /// the block's end, redacted thinking as a `thinking_blocks` entry.
+    pub(super) fn on_reasoning(&mut self, idx: u64, rc: &Value, out: &mut Vec<StreamItem>) {
+        self.start(out);
+        let th = self
+            .thinking
+            .get_or_insert_with(|| (idx, String::new(), String::new()));
+        if let Some(t) = rc.get("text").and_then(Value::as_str) {
+            th.1.push_str(t);
+            out.push(self.chunk(
+                &Reasoning {
+                    reasoning_content: t,
+                },
+                None,
+            ));
+        } else if let Some(s) = rc.get("signature").and_then(Value::as_str) {
+            th.2.push_str(s);
+        } else if let Some(data) = rc.get("redactedContent") {
+            self.thinking = None;
+            out.push(self.chunk(
+                &json!({"thinking_blocks": [{"type": "redacted_thinking", "data": data}]}),
+                None,
+            ));
+        }
+    }
+
+    /// The end of block `idx`: a thinking block goes out whole, as the
+    /// unary answer gives it, for the client to send back.
+    fn close_thinking(&mut self, idx: u64, out: &mut Vec<StreamItem>) {
+        if let Some((_, text, signature)) = self.thinking.take_if(|t| t.0 == idx) {
+            out.push(self.chunk(&json!({"thinking_blocks": [{"type": "thinking", "thinking": text, "signature": signature}]}), None));
+        }
     }
 
     fn bad(&self, what: &str) -> GatewayError {
@@ -142,9 +183,12 @@ impl StreamDecoder for Decoder {
         // borrowed fields, without a tree; an unexpected shape takes the
         // general path below.
         if kind == "contentBlockDelta" {
-            if let Ok(d) = serde_json::from_str::<BlockDelta<'_>>(&event.data) {
-                let frag = d.delta.tool_use.as_ref().and_then(|t| t.input.as_deref());
-                return self.on_delta(d.index, d.delta.text.as_deref(), frag, out);
+            match serde_json::from_str::<BlockDelta<'_>>(&event.data) {
+                Ok(d) if d.delta.reasoning.is_none() => {
+                    let frag = d.delta.tool_use.as_ref().and_then(|t| t.input.as_deref());
+                    return self.on_delta(d.index, d.delta.text.as_deref(), frag, out);
+                }
+                _ => {}
             }
         }
         let v: Value = serde_json::from_str(&event.data).map_err(|_| self.bad("not JSON"))?;
@@ -172,14 +216,23 @@ impl StreamDecoder for Decoder {
             }
             "contentBlockDelta" => {
                 let d = v.get("delta").unwrap_or(&Value::Null);
-                self.on_delta(
-                    v.get("contentBlockIndex")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0),
-                    d.get("text").and_then(Value::as_str),
-                    d.pointer("/toolUse/input").and_then(Value::as_str),
-                    out,
-                )?;
+                let idx = v
+                    .get("contentBlockIndex")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                match d.get("reasoningContent") {
+                    Some(rc) => self.on_reasoning(idx, rc, out),
+                    None => self.on_delta(
+                        idx,
+                        d.get("text").and_then(Value::as_str),
+                        d.pointer("/toolUse/input").and_then(Value::as_str),
+                        out,
+                    )?,
+                }
+            }
+            "contentBlockStop" => {
+                let idx = v.get("contentBlockIndex").and_then(Value::as_u64);
+                self.close_thinking(idx.unwrap_or(0), out);
             }
             "messageStop" => {
                 self.start(out);
@@ -201,7 +254,7 @@ impl StreamDecoder for Decoder {
                     out.push(StreamItem::Usage(u, c));
                 }
             }
-            // contentBlockStop and future events carry nothing to forward.
+            // Future events carry nothing to forward.
             _ => {}
         }
         Ok(())

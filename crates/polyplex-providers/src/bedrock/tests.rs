@@ -722,6 +722,11 @@ fn delta_events_read_without_a_tree_answer_as_the_tree() {
         for data in deltas {
             if via_tree {
                 let v: Value = serde_json::from_str(data).unwrap();
+                let idx = v["contentBlockIndex"].as_u64().unwrap_or(0);
+                if let Some(rc) = v["delta"].get("reasoningContent") {
+                    d.on_reasoning(idx, rc, &mut out);
+                    continue;
+                }
                 d.on_delta(
                     v["contentBlockIndex"].as_u64().unwrap_or(0),
                     v["delta"]["text"].as_str(),
@@ -856,4 +861,82 @@ fn cache_breakpoints_become_cache_points() {
     assert_eq!(tools[0]["toolSpec"]["name"], "f");
     assert_eq!(tools[1], point);
     assert_eq!(tools[2]["toolSpec"]["name"], "g");
+}
+
+/// `reasoning_effort` on Bedrock's Claude: extended thinking in the model's
+/// own fields, under the client's limit; the answer's reasoning as
+/// `reasoning_content` and `thinking_blocks` (as Anthropic's), sent back
+/// as `reasoningContent` blocks leading the assistant turn; a tool turn
+/// sent back without them gets no thinking, named. Other models: refused.
+#[test]
+fn claude_thinking_on_bedrock() {
+    let a = AuthStyle::bearer();
+    let t = target(&a, None);
+    let build = |v: Value| {
+        let req = Bedrock.build(Endpoint::Chat, &map(v), false, &t).unwrap();
+        (
+            serde_json::from_slice::<Value>(&req.body).unwrap(),
+            req.dropped,
+        )
+    };
+    let (sent, _) = build(
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+        "reasoning_effort": "medium", "max_completion_tokens": 3000, "top_k": 5}),
+    );
+    assert_eq!(
+        sent["additionalModelRequestFields"],
+        json!({"thinking": {"type": "enabled", "budget_tokens": 2048}, "top_k": 5})
+    );
+    let (sent, _) = build(
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "high"}),
+    );
+    assert!(sent["inferenceConfig"]["maxTokens"].as_u64().unwrap() > 4096);
+    let answer = br#"{"output": {"message": {"role": "assistant", "content": [
+        {"reasoningContent": {"reasoningText": {"text": "Call the tool.", "signature": "sig-1"}}},
+        {"reasoningContent": {"redactedContent": "ZW5j"}},
+        {"toolUse": {"toolUseId": "tooluse_1", "name": "f", "input": {}}}]}},
+        "stopReason": "tool_use", "usage": {"inputTokens": 5, "outputTokens": 9, "totalTokens": 14}}"#;
+    let (m, _) = Bedrock
+        .parse(Endpoint::Chat, "bedrock", &JsonMap::new(), answer)
+        .unwrap();
+    let msg = &m["choices"][0]["message"];
+    assert_eq!(msg["reasoning_content"], "Call the tool.");
+    let blocks = msg["thinking_blocks"].clone();
+    assert_eq!(
+        blocks,
+        json!([{"type": "thinking", "thinking": "Call the tool.", "signature": "sig-1"},
+            {"type": "redacted_thinking", "data": "ZW5j"}])
+    );
+    let turn = |with: bool| {
+        let mut assistant = json!({"role": "assistant", "content": null,
+            "tool_calls": [{"id": "tooluse_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]});
+        if with {
+            assistant["thinking_blocks"] = blocks.clone();
+        }
+        json!({"model": "m", "reasoning_effort": "low", "max_completion_tokens": 2000,
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "messages": [{"role": "user", "content": "go"}, assistant, {"role": "tool", "tool_call_id": "tooluse_1", "content": "ok"}]})
+    };
+    let (sent, dropped) = build(turn(true));
+    assert!(dropped.is_empty(), "{dropped:?}");
+    assert_eq!(
+        sent["messages"][1]["content"],
+        json!([{"reasoningContent": {"reasoningText": {"text": "Call the tool.", "signature": "sig-1"}}},
+            {"reasoningContent": {"redactedContent": "ZW5j"}},
+            {"toolUse": {"toolUseId": "tooluse_1", "name": "f", "input": {}}}])
+    );
+    let (sent, dropped) = build(turn(false));
+    assert_eq!(dropped, ["reasoning_effort"]);
+    assert!(sent.get("additionalModelRequestFields").is_none());
+    let nova = Target {
+        model: "amazon.nova-pro-v1:0",
+        ..target(&a, None)
+    };
+    let body = map(
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "low"}),
+    );
+    let e = Bedrock
+        .build(Endpoint::Chat, &body, false, &nova)
+        .unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("reasoning_effort"));
 }

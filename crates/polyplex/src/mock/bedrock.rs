@@ -6,7 +6,7 @@
 //! its signature checked as AWS checks it; other access keys are accepted on
 //! the signature's form alone (the mock cannot know their secrets).
 
-use super::anthropic::stop_reason;
+use super::anthropic::{stop_reason, thinking_signature};
 use super::reply::{self, Answer};
 use super::{admit_model, garbage, sse_body, MockState, Shape};
 use axum::body::Bytes;
@@ -108,6 +108,46 @@ async fn admitted(
         return Err(r);
     }
     admit_model(s, uri.path(), headers, body, Shape::Bedrock, Some(model)).await
+}
+
+/// Whether a request turns Claude's extended thinking on.
+fn thinking_enabled(req: &Map<String, Value>) -> bool {
+    req.get("additionalModelRequestFields")
+        .and_then(|f| f.pointer("/thinking/type"))
+        .and_then(Value::as_str)
+        == Some("enabled")
+}
+
+/// What Converse refuses of Claude's extended thinking, as Anthropic's API
+/// does: reasoning sent back changed (its signature no longer matches), a
+/// final tool-using assistant turn that does not start with its reasoning
+/// (thinking on), and reasoning in the final assistant turn (thinking off).
+fn bad_reasoning(req: &Map<String, Value>) -> Option<String> {
+    let msgs = req.get("messages").and_then(Value::as_array)?;
+    for b in super::message_blocks(req) {
+        if let Some(rt) = b.pointer("/reasoningContent/reasoningText") {
+            let text = rt.get("text").and_then(Value::as_str).unwrap_or("");
+            if rt.get("signature").and_then(Value::as_str) != Some(&thinking_signature(text)) {
+                return Some("The reasoning signature in the conversation is invalid.".into());
+            }
+        }
+    }
+    let last = msgs
+        .iter()
+        .rfind(|m| m.get("role").and_then(Value::as_str) == Some("assistant"))?;
+    let blocks = last.get("content").and_then(Value::as_array)?;
+    let reasons = |b: &Value| b.get("reasoningContent").is_some();
+    let on = thinking_enabled(req);
+    if !on && blocks.iter().any(reasons) {
+        return Some("The model returned the following errors: messages: When thinking is disabled, an `assistant` message in the final position cannot contain `thinking`.".into());
+    }
+    if on
+        && blocks.iter().any(|b| b.get("toolUse").is_some())
+        && !blocks.first().is_some_and(reasons)
+    {
+        return Some("The model returned the following errors: messages: Expected `thinking` or `redacted_thinking`, but found `tool_use`. When `thinking` is enabled, a final `assistant` message must start with a thinking block.".into());
+    }
+    None
 }
 
 /// What Converse refuses in a request's document blocks: a format it does
@@ -272,11 +312,17 @@ async fn converse(
             "1 validation error detected: Value null at 'messages' failed to satisfy constraint: Member must not be null",
         );
     }
-    if let Some(msg) = bad_document(&req) {
+    if let Some(msg) = bad_document(&req).or_else(|| bad_reasoning(&req)) {
         return error(StatusCode::BAD_REQUEST, &msg);
     }
     let oa = to_openai(&req);
     let answer = reply::chat_answer(&oa);
+    // Claude's extended thinking: a reasoning block first.
+    let thinking = thinking_enabled(&req).then(|| {
+        let text = reply::thought_about(&oa);
+        let signature = thinking_signature(&text);
+        (text, signature)
+    });
     let prompt = reply::prompt_tokens(
         oa.get("messages")
             .and_then(Value::as_array)
@@ -315,7 +361,7 @@ async fn converse(
         if is_fault("garbage") {
             return garbage();
         }
-        let content = match &answer {
+        let mut content = match &answer {
             Answer::Text { pieces, .. } => json!([{"text": pieces.concat()}]),
             Answer::ToolCall {
                 id,
@@ -325,6 +371,9 @@ async fn converse(
                 json!([{"toolUse": {"toolUseId": tool_id(id), "name": name, "input": serde_json::from_str::<Value>(arguments).unwrap_or(json!({}))}}])
             }
         };
+        if let (Some((text, signature)), Some(blocks)) = (&thinking, content.as_array_mut()) {
+            blocks.insert(0, json!({"reasoningContent": {"reasoningText": {"text": text, "signature": signature}}}));
+        }
         let mut out = json!({"output": {"message": {"role": "assistant", "content": content}},
             "stopReason": stop_reason(&answer), "usage": usage, "metrics": {"latencyMs": s.opts.latency_ms}});
         if is_fault("no_usage") {
@@ -334,12 +383,24 @@ async fn converse(
     }
     let ev = |kind: &str, v: Value| frame(kind, &v, false);
     let mut events = vec![ev("messageStart", json!({"role": "assistant"}))];
+    // The answer's block comes after the reasoning block, when there is one.
+    let at = u64::from(thinking.is_some());
+    if let Some((text, signature)) = &thinking {
+        for piece in reply::tokenize(text) {
+            events.push(ev(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": piece}}}),
+            ));
+        }
+        events.push(ev("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"signature": signature}}})));
+        events.push(ev("contentBlockStop", json!({"contentBlockIndex": 0})));
+    }
     match &answer {
         Answer::Text { pieces, .. } => {
             for p in pieces {
                 events.push(ev(
                     "contentBlockDelta",
-                    json!({"contentBlockIndex": 0, "delta": {"text": p}}),
+                    json!({"contentBlockIndex": at, "delta": {"text": p}}),
                 ));
             }
         }
@@ -348,18 +409,18 @@ async fn converse(
             name,
             arguments,
         } => {
-            events.push(ev("contentBlockStart", json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": tool_id(id), "name": name}}})));
+            events.push(ev("contentBlockStart", json!({"contentBlockIndex": at, "start": {"toolUse": {"toolUseId": tool_id(id), "name": name}}})));
             let chars: Vec<char> = arguments.chars().collect();
             for frag in chars.chunks(8) {
                 let frag: String = frag.iter().collect();
                 events.push(ev(
                     "contentBlockDelta",
-                    json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": frag}}}),
+                    json!({"contentBlockIndex": at, "delta": {"toolUse": {"input": frag}}}),
                 ));
             }
         }
     }
-    events.push(ev("contentBlockStop", json!({"contentBlockIndex": 0})));
+    events.push(ev("contentBlockStop", json!({"contentBlockIndex": at})));
     events.push(ev(
         "messageStop",
         json!({"stopReason": stop_reason(&answer)}),
