@@ -200,24 +200,25 @@ pub(crate) fn marks_cache(body: &JsonMap) -> bool {
     }) || list("tools").any(marked)
 }
 
+/// Takes `cache_control` out of a message or a tool, and out of a
+/// message's content parts.
+pub(crate) fn unmark_cache(v: &mut Value) {
+    let Some(o) = v.as_object_mut() else { return };
+    o.remove("cache_control");
+    if let Some(parts) = o.get_mut("content").and_then(Value::as_array_mut) {
+        for p in parts.iter_mut().filter_map(Value::as_object_mut) {
+            p.remove("cache_control");
+        }
+    }
+}
+
 /// Takes every `cache_control` out of a request's messages, their content
 /// parts and its tools.
 pub(crate) fn strip_cache_control(body: &mut JsonMap) {
-    let strip = |v: &mut Value| {
-        if let Some(o) = v.as_object_mut() {
-            o.remove("cache_control");
+    for k in ["messages", "tools"] {
+        if let Some(list) = body.get_mut(k).and_then(Value::as_array_mut) {
+            list.iter_mut().for_each(unmark_cache);
         }
-    };
-    if let Some(msgs) = body.get_mut("messages").and_then(Value::as_array_mut) {
-        for m in msgs {
-            strip(m);
-            if let Some(parts) = m.get_mut("content").and_then(Value::as_array_mut) {
-                parts.iter_mut().for_each(strip);
-            }
-        }
-    }
-    if let Some(tools) = body.get_mut("tools").and_then(Value::as_array_mut) {
-        tools.iter_mut().for_each(strip);
     }
 }
 
@@ -817,6 +818,39 @@ pub(crate) fn thinking_budget(effort: &str) -> Option<u64> {
 
 /// The least budget Claude accepts for extended thinking.
 pub(crate) const MIN_THINKING: u64 = 1024;
+
+/// Claude's extended thinking fitted to a request, for `protocol`: the
+/// budget and the output limit to send. The client's token limit counts
+/// the thinking (as Claude's `max_tokens` does), so a limit it set stays
+/// the limit and the budget fits under it; with none, `max_tokens` (the
+/// protocol's default) is raised when it leaves the budget no room. JSON
+/// mode (a forced tool call) cannot think, and a limit of [`MIN_THINKING`]
+/// or less leaves thinking no room: both refused naming `reasoning_effort`.
+pub(crate) fn fit_thinking(
+    budget: u64,
+    limit: Option<u64>,
+    max_tokens: u64,
+    json_mode: bool,
+    protocol: &str,
+) -> Result<(u64, u64), GatewayError> {
+    if json_mode {
+        return Err(GatewayError::invalid_param(
+            "reasoning_effort",
+            format!("With the {protocol} protocol, reasoning_effort cannot be combined with response_format (JSON is produced through a forced tool call, which extended thinking does not allow)."),
+        ));
+    }
+    match limit {
+        Some(l) if l <= MIN_THINKING => Err(GatewayError::invalid_param(
+            "reasoning_effort",
+            format!("With the {protocol} protocol, reasoning_effort needs a token limit above {MIN_THINKING} (extended thinking takes at least {MIN_THINKING} tokens of it), but max_completion_tokens is {l}."),
+        )),
+        Some(l) => Ok((budget.min(l - 1), l)),
+        None if max_tokens <= budget => {
+            Ok((budget, budget + crate::anthropic::FALLBACK_MAX_TOKENS))
+        }
+        None => Ok((budget, max_tokens)),
+    }
+}
 
 /// An assistant message's `thinking_blocks` sent back — Claude's thinking
 /// and redacted thinking, as polyplex's answers give them.

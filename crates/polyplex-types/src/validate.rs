@@ -546,8 +546,26 @@ fn valid_function_name(n: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// A named tool of `kind` (`function` or `custom`) in `o`, at `p`: declared.
-fn chosen_tool(p: &str, o: &JsonMap, kind: &str, names: &[String]) -> R<()> {
+/// A tool's name at `p` (`...function.name`, `...custom.name`) in the form
+/// OpenAI takes.
+fn tool_name<'a>(p: &str, name: Option<&'a str>) -> R<&'a str> {
+    let name = name.ok_or_else(|| missing(p))?;
+    if !valid_function_name(name) {
+        return Err(invalid(
+            p,
+            format!("'{name}' does not match '^[a-zA-Z0-9_-]{{1,64}}$'."),
+        ));
+    }
+    Ok(name)
+}
+
+/// A tool chosen by name in `o` (a `function`, or by its `type` a `custom`
+/// one), at `p`: declared.
+fn chosen_tool(p: &str, o: &JsonMap, names: &[String]) -> R<()> {
+    let kind = match o.get("type").and_then(Value::as_str) {
+        Some("custom") => "custom",
+        _ => "function",
+    };
     match o
         .get(kind)
         .and_then(|f| f.get("name"))
@@ -587,11 +605,7 @@ fn allowed_tools(o: &JsonMap, names: &[String]) -> R<()> {
     for (i, t) in tools.iter().enumerate() {
         let p = format!("tool_choice.allowed_tools.tools[{i}]");
         let t = t.as_object().ok_or_else(|| bad_type(&p, "an object", t))?;
-        let kind = match t.get("type").and_then(Value::as_str) {
-            Some("custom") => "custom",
-            _ => "function",
-        };
-        chosen_tool(&p, t, kind, names)?;
+        chosen_tool(&p, t, names)?;
     }
     Ok(())
 }
@@ -613,15 +627,8 @@ fn tools(body: &JsonMap) -> R<Vec<String>> {
                     let name = o
                         .get("custom")
                         .and_then(|c| c.get("name"))
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| missing(&format!("{p}.custom.name")))?;
-                    if !valid_function_name(name) {
-                        return Err(invalid(
-                            &format!("{p}.custom.name"),
-                            format!("'{name}' does not match '^[a-zA-Z0-9_-]{{1,64}}$'."),
-                        ));
-                    }
-                    names.push(name.to_string());
+                        .and_then(Value::as_str);
+                    names.push(tool_name(&format!("{p}.custom.name"), name)?.to_string());
                     continue;
                 }
                 Some(other) => {
@@ -636,16 +643,10 @@ fn tools(body: &JsonMap) -> R<Vec<String>> {
                 .get("function")
                 .and_then(Value::as_object)
                 .ok_or_else(|| missing(&format!("{p}.function")))?;
-            let name = f
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| missing(&format!("{p}.function.name")))?;
-            if !valid_function_name(name) {
-                return Err(invalid(
-                    &format!("{p}.function.name"),
-                    format!("'{name}' does not match '^[a-zA-Z0-9_-]{{1,64}}$'."),
-                ));
-            }
+            let name = tool_name(
+                &format!("{p}.function.name"),
+                f.get("name").and_then(Value::as_str),
+            )?;
             if let Some(params) = crate::lookup(f, "parameters").filter(|x| !x.is_null()) {
                 if !params.is_object() {
                     return Err(bad_type(
@@ -674,11 +675,7 @@ fn tools(body: &JsonMap) -> R<Vec<String>> {
                 allowed_tools(o, &names)?
             }
             Value::Object(o) => {
-                let kind = match o.get("type").and_then(Value::as_str) {
-                    Some("custom") => "custom",
-                    _ => "function",
-                };
-                chosen_tool("tool_choice", o, kind, &names)?;
+                chosen_tool("tool_choice", o, &names)?;
             }
             v => return Err(bad_type("tool_choice", "a string or an object", v)),
         }

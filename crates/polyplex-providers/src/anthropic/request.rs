@@ -2,9 +2,9 @@
 
 use super::{FALLBACK_MAX_TOKENS, JSON_TOOL, VERSION};
 use crate::translate::{
-    asks, assistant_calls, cache_control, check_fields, data_url, file_data, for_translation,
-    name_dropped_hints, no_turns, reasoning_effort, sent_thinking, text_of, thinking_budget,
-    tool_turn_without_thinking, Hints, CHAT_PARAMS, MIN_THINKING,
+    asks, assistant_calls, cache_control, check_fields, data_url, file_data, fit_thinking,
+    for_translation, name_dropped_hints, no_turns, reasoning_effort, sent_thinking, text_of,
+    thinking_budget, tool_turn_without_thinking, Hints, CHAT_PARAMS,
 };
 use crate::{join_url, unsupported, Target, UpstreamRequest};
 use base64::Engine as _;
@@ -724,27 +724,8 @@ pub(crate) fn messages_body(
     // the client set stays the limit, and the budget fits under it.
     let mut thinking = None;
     if let Some(budget) = effort.and_then(thinking_budget) {
-        if json_mode(body) {
-            return Err(GatewayError::invalid_param(
-                "reasoning_effort",
-                "With the Anthropic protocol, reasoning_effort cannot be combined with response_format (JSON is produced through a forced tool call, which extended thinking does not allow).",
-            ));
-        }
-        let budget = match limit {
-            Some(l) if l <= MIN_THINKING => {
-                return Err(GatewayError::invalid_param(
-                    "reasoning_effort",
-                    format!("With the Anthropic protocol, reasoning_effort needs a token limit above {MIN_THINKING} (extended thinking takes at least {MIN_THINKING} tokens of it), but max_completion_tokens is {l}."),
-                ))
-            }
-            Some(l) => budget.min(l - 1),
-            None => {
-                if max_tokens <= budget {
-                    max_tokens = budget + FALLBACK_MAX_TOKENS;
-                }
-                budget
-            }
-        };
+        let (budget, room) = fit_thinking(budget, limit, max_tokens, json_mode(body), "Anthropic")?;
+        max_tokens = room;
         thinking = Some(json!({"type": "enabled", "budget_tokens": budget}));
     }
     let temperature = temperature_for(

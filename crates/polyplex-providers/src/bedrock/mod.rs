@@ -38,7 +38,7 @@ use crate::translate::{
     embedding_list, file_data, name_dropped_hints, no_turns, push_turn, refuse_asked, text_of,
     unsupported_endpoint, EmbeddingInput, Hints, CHAT_PARAMS,
 };
-use crate::translate::{sent_thinking, thinking_budget, tool_turn_without_thinking, MIN_THINKING};
+use crate::translate::{fit_thinking, sent_thinking, thinking_budget, tool_turn_without_thinking};
 use crate::{join_url, unsupported, Endpoint, Protocol, StreamDecoder, Target, UpstreamRequest};
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 use bytes::Bytes;
@@ -443,10 +443,15 @@ fn build_chat(
     }
     let mut model_fields = Map::new();
     if let Some(budget) = budget {
-        // As on Anthropic's API: the thinking fits under the client's limit
-        // (which counts it), and takes no JSON mode nor a temperature but 1.
-        if json_mode(body) {
-            return Err(GatewayError::invalid_param("reasoning_effort", "With the Bedrock protocol, reasoning_effort cannot be combined with response_format (JSON is produced through a forced tool call, which extended thinking does not allow)."));
+        // As on Anthropic's API (`fit_thinking`), and no temperature but 1;
+        // without the client's limit, one the budget fits under is sent.
+        let max_tokens = target
+            .default_max_tokens
+            .unwrap_or(crate::anthropic::FALLBACK_MAX_TOKENS);
+        let given = limit.and_then(Value::as_u64);
+        let (budget, room) = fit_thinking(budget, given, max_tokens, json_mode(body), P)?;
+        if limit.is_none() {
+            ic.insert("maxTokens".into(), json!(room));
         }
         if ic
             .get("temperature")
@@ -456,17 +461,6 @@ fn build_chat(
             unsupported("temperature", P, target, &mut dropped)?;
             ic.remove("temperature");
         }
-        let budget = match limit.and_then(Value::as_u64) {
-            Some(l) if l <= MIN_THINKING => {
-                return Err(GatewayError::invalid_param("reasoning_effort", format!("With the Bedrock protocol, reasoning_effort needs a token limit above {MIN_THINKING} (extended thinking takes at least {MIN_THINKING} tokens of it), but max_completion_tokens is {l}.")))
-            }
-            Some(l) => budget.min(l - 1),
-            None => {
-                let room = target.default_max_tokens.unwrap_or(0).max(budget + crate::anthropic::FALLBACK_MAX_TOKENS);
-                ic.insert("maxTokens".into(), json!(room));
-                budget
-            }
-        };
         model_fields.insert(
             "thinking".into(),
             json!({"type": "enabled", "budget_tokens": budget}),

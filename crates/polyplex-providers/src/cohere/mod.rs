@@ -17,7 +17,7 @@ use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
 use crate::translate::{
     check_fields, chunk, completion, embedding_input, embedding_list, name_dropped_hints, now,
-    refuse_asked, unsupported_endpoint, usage_chunk, Hints, CHAT_PARAMS,
+    refuse_asked, unmark_cache, unsupported_endpoint, usage_chunk, Hints, CHAT_PARAMS,
 };
 use crate::{
     join_url, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target, UpstreamRequest,
@@ -41,16 +41,13 @@ fn message(i: usize, m: &Value) -> Result<Value, GatewayError> {
         m["role"] = json!("system");
     }
     // (`name` and `cache_control` named as dropped by `name_dropped_hints`.)
+    unmark_cache(&mut m);
     if let Some(o) = m.as_object_mut() {
         o.remove("name");
         o.remove("refusal");
-        o.remove("cache_control");
     }
     if let Some(parts) = m.get_mut("content").and_then(Value::as_array_mut) {
         for (j, p) in parts.iter_mut().enumerate() {
-            if let Some(o) = p.as_object_mut() {
-                o.remove("cache_control");
-            }
             match p.get("type").and_then(Value::as_str) {
                 Some("refusal") => {
                     let text = p.get("refusal").cloned().unwrap_or(json!(""));
@@ -117,11 +114,7 @@ fn build_chat(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    for t in &mut tools {
-        if let Some(o) = t.as_object_mut() {
-            o.remove("cache_control");
-        }
-    }
+    tools.iter_mut().for_each(unmark_cache);
     match lookup(body, "tool_choice") {
         Some(Value::String(s)) if s == "none" => {
             out.insert("tool_choice".into(), json!("NONE"));

@@ -162,6 +162,16 @@ fn refuses_foreign_members(target: &Target<'_>) -> bool {
     })
 }
 
+/// What `target` refuses of `body` as unknown ([`foreign_members`]):
+/// nothing unless it is one of [`refuses_foreign_members`]'.
+fn foreign_for(target: &Target<'_>, body: &JsonMap) -> Vec<String> {
+    if refuses_foreign_members(target) {
+        foreign_members(body)
+    } else {
+        Vec::new()
+    }
+}
+
 /// [`build`], forwarding the client's bytes when they need no change.
 pub(crate) fn build_from(
     endpoint: Endpoint,
@@ -170,11 +180,12 @@ pub(crate) fn build_from(
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
     // (A quick-validated body has no such members.)
-    if body.shape().is_none()
-        && refuses_foreign_members(target)
-        && !foreign_members(body.map()).is_empty()
-    {
-        return build(endpoint, body.map(), stream, target);
+    let foreign = match body.shape() {
+        None => foreign_for(target, body.map()),
+        Some(_) => Vec::new(),
+    };
+    if !foreign.is_empty() {
+        return encode(endpoint, body.map(), stream, target, foreign);
     }
     match as_sent(endpoint, body, stream, target) {
         Some(bytes) => Ok(UpstreamRequest {
@@ -183,7 +194,7 @@ pub(crate) fn build_from(
             body: bytes,
             dropped: Vec::new(),
         }),
-        None => build(endpoint, body.map(), stream, target),
+        None => encode(endpoint, body.map(), stream, target, foreign),
     }
 }
 
@@ -193,12 +204,19 @@ pub(crate) fn build(
     stream: bool,
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
+    encode(endpoint, body, stream, target, foreign_for(target, body))
+}
+
+/// The body encoded for the upstream, without what `dropped` names
+/// (the [`foreign_for`] of it, already found).
+fn encode(
+    endpoint: Endpoint,
+    body: &JsonMap,
+    stream: bool,
+    target: &Target<'_>,
+    dropped: Vec<String>,
+) -> Result<UpstreamRequest, GatewayError> {
     let want_usage = wants_usage(endpoint, stream, target);
-    let dropped = if refuses_foreign_members(target) {
-        foreign_members(body)
-    } else {
-        Vec::new()
-    };
     let stripped;
     let body = if dropped.is_empty() {
         body
