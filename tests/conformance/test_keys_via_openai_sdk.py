@@ -132,6 +132,26 @@ def test_usage_is_recorded_per_key_and_reported(gateway):
     assert abs(one["spent_usd"] - row["cost_usd"]) < 1e-9
 
 
+def test_usage_report_counts_prompt_cache_reads_and_writes(gateway):
+    """A key's prompt-cache writes and reads (Claude, through `cache_control`)
+    are in its usage rows and the report's total, beside the prompt tokens
+    they are part of."""
+    k = new_key(gateway)
+    c = sdk(gateway, k["key"])
+    system = {"role": "system", "content": [{"type": "text", "text": "usage report " + "house rules " * 60,
+                                             "cache_control": {"type": "ephemeral"}}]}
+    answers = [c.chat.completions.create(model="anthropic/claude-sonnet-4-5",
+                                         messages=[system, {"role": "user", "content": q}]) for q in ("a", "b")]
+    written = answers[0].usage.prompt_tokens_details.cache_write_tokens
+    assert written > 60 and answers[1].usage.prompt_tokens_details.cached_tokens == written
+    status, rep = admin(gateway, "GET", "/admin/usage?by=key")
+    assert status == 200, rep
+    row = next(r for r in rep["data"] if r["key"] == k["id"])
+    assert (row["requests"], row["cache_write_tokens"], row["cached_tokens"]) == (2, written, written)
+    assert row["prompt_tokens"] == sum(a.usage.prompt_tokens for a in answers)
+    assert rep["total"]["cache_write_tokens"] >= written
+
+
 def test_cli_keys_and_usage_share_the_servers_store(gateway, gateway_dir):
     out = subprocess.run(
         [BIN, "keys", "create", "--name", "from-cli", "--models", "gpt-4o", "--json"],

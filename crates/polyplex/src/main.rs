@@ -498,22 +498,26 @@ async fn usage_cmd(
         return print_json(&report);
     }
     println!(
-        "{:<40} {:>9} {:>7} {:>12} {:>12} {:>14}",
+        "{:<40} {:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>14}",
         by.as_str().to_uppercase(),
         "REQUESTS",
         "ERRORS",
         "PROMPT",
+        "CACHE READ",
+        "CACHE WRITE",
         "COMPLETION",
         "COST $"
     );
     let empty = Vec::new();
     let line = |label: &str, r: &serde_json::Value| {
         println!(
-            "{:<40} {:>9} {:>7} {:>12} {:>12} {:>14}",
+            "{:<40} {:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>14}",
             label,
             r["requests"].to_string(),
             r["errors"].to_string(),
             r["prompt_tokens"].to_string(),
+            r["cached_tokens"].to_string(),
+            r["cache_write_tokens"].to_string(),
             r["completion_tokens"].to_string(),
             r["cost_usd"].to_string()
         );

@@ -4,7 +4,7 @@
 //! connect. The usage writer's own connection ([`Store::writer`]) uses the
 //! database's own driver instead: the `Any` driver copies every value it
 //! binds once more, through `Display` (fifteenth and sixteenth sessions,
-//! docs/performance.md), and the writer binds 17 per record.
+//! docs/performance.md), and the writer binds 18 per record.
 //!
 //! Only a key's SHA-256 is stored. Money is `DOUBLE PRECISION` USD; times are
 //! Unix seconds (keys) and milliseconds (usage).
@@ -43,6 +43,7 @@ const SCHEMA: &[&str] = &[
         prompt_tokens BIGINT NOT NULL,
         completion_tokens BIGINT NOT NULL,
         cached_tokens BIGINT NOT NULL,
+        cache_write_tokens BIGINT NOT NULL DEFAULT 0,
         estimated BIGINT NOT NULL,
         cost_usd DOUBLE PRECISION NOT NULL,
         latency_ms BIGINT NOT NULL,
@@ -55,10 +56,19 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS polyplex_usage_key ON polyplex_usage (key_id, created_at)",
 ];
 
-/// Usage rows per INSERT statement (17 parameters each; SQLite takes 32,766
+/// Columns added to a table after its first release: a store made by an
+/// older polyplex gets them (with their default) when it is next opened.
+/// Each is `(table, column, definition)`.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[(
+    "polyplex_usage",
+    "cache_write_tokens",
+    "BIGINT NOT NULL DEFAULT 0",
+)];
+
+/// Usage rows per INSERT statement (18 parameters each; SQLite takes 32,766
 /// parameters a statement, Postgres 65,535).
 const ROWS_PER_INSERT: usize = 64;
-const USAGE_COLUMNS: usize = 17;
+const USAGE_COLUMNS: usize = 18;
 /// The statement sizes a batch is cut into: 64 rows while there are that
 /// many, then the powers of two of the rest (so 7 statements in all, each
 /// prepared once per connection and kept; preparing a 64-row statement
@@ -74,7 +84,7 @@ fn insert_slot(left: usize) -> usize {
         .unwrap_or(INSERT_SIZES.len() - 1)
 }
 
-/// `INSERT INTO polyplex_usage (...) VALUES ($1, ..., $17), ($18, ...), ...`
+/// `INSERT INTO polyplex_usage (...) VALUES ($1, ..., $18), ($19, ...), ...`
 /// for `rows` rows; SQLite gets plain `?`s, because it looks each `$N` name
 /// up among those before it (quadratic in a statement this size: the
 /// writer spent nine tenths of its time there).
@@ -84,7 +94,7 @@ fn usage_insert_sql(rows: usize, numbered: bool) -> String {
     sql.push_str(
         "INSERT INTO polyplex_usage (request_id, key_id, endpoint, requested_model, \
          provider, model, status, prompt_tokens, completion_tokens, cached_tokens, \
-         estimated, cost_usd, latency_ms, ttft_ms, attempts, stream, created_at) VALUES ",
+         cache_write_tokens, estimated, cost_usd, latency_ms, ttft_ms, attempts, stream, created_at) VALUES ",
     );
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });
@@ -189,6 +199,10 @@ pub struct UsageRow {
     pub errors: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Of `prompt_tokens`, those read from the provider's prompt cache...
+    pub cached_tokens: u64,
+    /// ...and those written to it.
+    pub cache_write_tokens: u64,
     pub cost_usd: f64,
 }
 
@@ -350,7 +364,40 @@ impl Store {
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&store.pool).await?;
         }
+        store.add_columns().await?;
         Ok(store)
+    }
+
+    /// Adds the [`ADDED_COLUMNS`] a store made by an older polyplex lacks.
+    /// Replicas opening the same Postgres database at once are fine: there
+    /// `ADD COLUMN IF NOT EXISTS`; SQLite has no such clause, so a column
+    /// another process added in between is taken as added.
+    async fn add_columns(&self) -> Result<(), StoreError> {
+        for (table, column, definition) in ADDED_COLUMNS {
+            let probe = format!("SELECT {column} FROM {table} WHERE 1 = 0");
+            // Built from the constants above only.
+            if sqlx::query(AssertSqlSafe(probe.clone()))
+                .fetch_optional(&self.pool)
+                .await
+                .is_ok()
+            {
+                continue;
+            }
+            let guard = if self.postgres { "IF NOT EXISTS " } else { "" };
+            let alter = format!("ALTER TABLE {table} ADD COLUMN {guard}{column} {definition}");
+            if let Err(e) = sqlx::query(AssertSqlSafe(alter)).execute(&self.pool).await {
+                sqlx::query(AssertSqlSafe(probe))
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|_| StoreError::from(e))?;
+            }
+            tracing::info!(
+                table,
+                column,
+                "store: column added to a table made by an older polyplex"
+            );
+        }
+        Ok(())
     }
 
     /// The usage writer's own connection to the same database, made on the
@@ -548,6 +595,8 @@ impl Store {
              CAST(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS BIGINT) AS errors, \
              CAST(SUM(prompt_tokens) AS BIGINT) AS prompt, \
              CAST(SUM(completion_tokens) AS BIGINT) AS completion, \
+             CAST(SUM(cached_tokens) AS BIGINT) AS cached, \
+             CAST(SUM(cache_write_tokens) AS BIGINT) AS written, \
              CAST(SUM(cost_usd) AS DOUBLE PRECISION) AS cost \
              FROM polyplex_usage WHERE created_at >= $1 GROUP BY {group} ORDER BY {order}"
         );
@@ -570,6 +619,8 @@ impl Store {
                     errors: r.try_get::<i64, _>("errors")?.max(0) as u64,
                     prompt_tokens: r.try_get::<i64, _>("prompt")?.max(0) as u64,
                     completion_tokens: r.try_get::<i64, _>("completion")?.max(0) as u64,
+                    cached_tokens: r.try_get::<i64, _>("cached")?.max(0) as u64,
+                    cache_write_tokens: r.try_get::<i64, _>("written")?.max(0) as u64,
                     cost_usd: crate::usage::rounded_cost(r.try_get::<f64, _>("cost")?),
                 })
             })
@@ -648,6 +699,7 @@ where
                 .bind(r.usage.prompt_tokens as i64)
                 .bind(r.usage.completion_tokens as i64)
                 .bind(r.usage.cached_tokens as i64)
+                .bind(r.usage.cache_write_tokens as i64)
                 .bind(i64::from(r.usage.estimated))
                 .bind(r.cost_usd)
                 .bind(r.latency.as_millis() as i64)
@@ -716,11 +768,11 @@ mod tests {
     #[test]
     fn usage_inserts_number_every_row() {
         let one = usage_insert_sql(1, true);
-        assert!(one.ends_with("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"), "{one}");
+        assert!(one.ends_with("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"), "{one}");
         let two = usage_insert_sql(2, true);
-        assert!(two.ends_with("$17), ($18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34)"), "{two}");
+        assert!(two.ends_with("$18), ($19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36)"), "{two}");
         assert!(usage_insert_sql(2, false)
-            .ends_with("?, ?), (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+            .ends_with("?, ?), (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
     }
 
     #[test]
@@ -762,9 +814,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// Writes 210 records through `writer` in two batches; `reader` sees them all.
-    async fn check_batches(writer: &Store, reader: &Store) {
-        let record = |i: usize| UsageRecord {
+    /// Usage record `i` of a test batch: one in ten failed.
+    fn usage_record(i: usize) -> UsageRecord {
+        UsageRecord {
             request_id: format!("req-{i}"),
             endpoint: "chat",
             requested_model: "m".into(),
@@ -774,6 +826,8 @@ mod tests {
             usage: polyplex_types::Usage {
                 prompt_tokens: 3,
                 completion_tokens: 2,
+                cached_tokens: 2,
+                cache_write_tokens: 1,
                 ..Default::default()
             },
             cost_usd: 0.5,
@@ -784,7 +838,12 @@ mod tests {
             at: SystemTime::now(),
             key: None,
             charged: 0,
-        };
+        }
+    }
+
+    /// Writes 210 records through `writer` in two batches; `reader` sees them all.
+    async fn check_batches(writer: &Store, reader: &Store) {
+        let record = usage_record;
         // Three full statements and the rest in smaller ones, then a batch
         // of another size through the same prepared statements.
         let first: Vec<UsageRecord> = (0..203).map(record).collect();
@@ -797,7 +856,80 @@ mod tests {
         assert_eq!(rows[0].errors, 21);
         assert_eq!(rows[0].prompt_tokens, 630);
         assert_eq!(rows[0].completion_tokens, 420);
+        assert_eq!(rows[0].cached_tokens, 420);
+        assert_eq!(rows[0].cache_write_tokens, 210);
         assert!((rows[0].cost_usd - 105.0).abs() < 1e-9);
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_store_made_by_an_older_polyplex_gains_the_new_columns() {
+        let dir = std::env::temp_dir().join(format!("polyplex-old-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("old.db").display());
+        old_store_gains_columns(&url, &sqlite_url(&url).0, false).await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The same on Postgres, in a database made for the test.
+    #[tokio::test]
+    async fn a_postgres_store_made_by_an_older_polyplex_gains_the_new_columns() {
+        use sqlx::Connection;
+        let Ok(base) = std::env::var("POLYPLEX_TEST_POSTGRES") else {
+            eprintln!("POLYPLEX_TEST_POSTGRES not set: Postgres migration test skipped");
+            return;
+        };
+        let name = format!("polyplex_old_{:08x}", rand::random::<u32>());
+        let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
+        old_store_gains_columns(&url, &url, true).await;
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+
+    /// Makes the usage table at `url` as the twenty-first session's
+    /// polyplex did (no cache_write_tokens), with one record in it; the
+    /// store opened there (twice) reads and writes the new column.
+    async fn old_store_gains_columns(url: &str, pool_url: &str, postgres: bool) {
+        sqlx::any::install_default_drivers();
+        let old = open_pool(pool_url, postgres, 1, false).await.unwrap();
+        let table = SCHEMA[1].replace("cache_write_tokens BIGINT NOT NULL DEFAULT 0,", "");
+        assert!(!table.contains("cache_write"));
+        sqlx::query(AssertSqlSafe(table))
+            .execute(&old)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO polyplex_usage VALUES ('old-1', NULL, 'chat', 'm', 'p', 'm', 200, \
+             10, 5, 4, 0, 0.25, 3, NULL, 1, 0, 1)",
+        )
+        .execute(&old)
+        .await
+        .unwrap();
+        old.close().await;
+        // Opened twice: the second finds the column there.
+        for _ in 0..2 {
+            let store = Store::connect(url).await.unwrap();
+            let rows = store.usage_report(GroupBy::Provider, 0).await.unwrap();
+            assert_eq!(rows[0].requests, 1);
+            assert_eq!((rows[0].cached_tokens, rows[0].cache_write_tokens), (4, 0));
+            store.close().await;
+        }
+        let store = Store::connect(url).await.unwrap();
+        let writer = store.writer().await.unwrap().unwrap();
+        let mut r = usage_record(1);
+        r.usage.cache_write_tokens = 6;
+        writer.write_usage(&[r]).await.unwrap();
+        let rows = store.usage_report(GroupBy::Provider, 0).await.unwrap();
+        assert_eq!((rows[0].requests, rows[0].prompt_tokens), (2, 13));
+        assert_eq!((rows[0].cached_tokens, rows[0].cache_write_tokens), (6, 6));
+        writer.close().await;
+        store.close().await;
     }
 
     #[test]

@@ -329,6 +329,8 @@ pub fn report_json(
                 "total_tokens".into(),
                 json!(r.prompt_tokens + r.completion_tokens),
             );
+            o.insert("cached_tokens".into(), json!(r.cached_tokens));
+            o.insert("cache_write_tokens".into(), json!(r.cache_write_tokens));
             o.insert("cost_usd".into(), crate::usage::cost_json(r.cost_usd));
             Value::Object(o)
         })
@@ -346,6 +348,8 @@ pub fn report_json(
             "prompt_tokens": p,
             "completion_tokens": c,
             "total_tokens": p + c,
+            "cached_tokens": sum(|r| r.cached_tokens),
+            "cache_write_tokens": sum(|r| r.cache_write_tokens),
             "cost_usd": crate::usage::cost_json(rows.iter().map(|r| r.cost_usd).sum()),
         },
     })
