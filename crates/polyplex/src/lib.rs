@@ -13,6 +13,7 @@ pub mod health;
 pub mod keys;
 pub mod mock;
 pub mod phase;
+pub mod responses;
 pub mod routing;
 pub mod server;
 pub mod shared;

@@ -38,7 +38,11 @@ impl Gate {
 fn needs_key(path: &str) -> bool {
     matches!(
         path,
-        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/models"
+        "/v1/chat/completions"
+            | "/v1/completions"
+            | "/v1/embeddings"
+            | "/v1/responses"
+            | "/v1/models"
     ) || path
         .strip_prefix("/v1/models/")
         .is_some_and(|id| !id.is_empty())

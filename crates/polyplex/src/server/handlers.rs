@@ -556,6 +556,59 @@ pub async fn embeddings(
     handle(app, rid, caller, Endpoint::Embeddings, req).await
 }
 
+/// `POST /v1/responses`: OpenAI's Responses API, served as the chat
+/// request that asks the same (`crate::responses`); the chat answer (or
+/// stream, or error) is then rewritten in the Responses shape.
+pub async fn responses(
+    State(app): State<App>,
+    Extension(rid): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+) -> Response {
+    let call = Call {
+        app: app.clone(),
+        rid: rid.0.to_string(),
+        endpoint: Endpoint::Chat,
+        started: Instant::now(),
+        caller: caller.clone(),
+    };
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers.clone();
+    let no_one = Served::default();
+    let text = match read_body(&app, Request::from_parts(parts, body)).await {
+        Ok(b) => b,
+        Err(e) => return call.fail("", false, e, &no_one),
+    };
+    let tree = match parse_json(&text) {
+        Ok(t) => t,
+        Err(e) => return call.fail("", false, e, &no_one),
+    };
+    let converted = match crate::responses::to_chat(tree, &rid.0) {
+        Ok(c) => c,
+        Err(b) => {
+            let (model, e) = *b;
+            return call.fail(&model, false, e, &no_one);
+        }
+    };
+    let chat = match serde_json::to_vec(&converted.chat) {
+        Ok(v) => v,
+        Err(e) => {
+            return call.fail(
+                "",
+                false,
+                GatewayError::internal(format!("responses: {e}")),
+                &no_one,
+            )
+        }
+    };
+    headers.remove(axum::http::header::CONTENT_LENGTH);
+    let mut inner = Request::new(axum::body::Body::from(chat));
+    *inner.method_mut() = Method::POST;
+    *inner.headers_mut() = headers;
+    let resp = handle(app, rid, caller, Endpoint::Chat, inner).await;
+    super::respond::responses_answer(resp, converted.echo, converted.dropped).await
+}
+
 fn model_object(id: &str, owner: &str) -> Value {
     json!({"id": id, "object": "model", "created": 0, "owned_by": owner})
 }
@@ -744,6 +797,19 @@ pub async fn not_found(method: Method, uri: Uri) -> Response {
         "Unknown request URL: {method} {}. Please check the URL for typos.",
         uri.path()
     )))
+    .into_response()
+}
+
+/// `/v1/responses/{id}` and below (retrieve, delete, cancel, input items):
+/// polyplex keeps no responses, and says so.
+pub async fn stored_response(method: Method, uri: Uri) -> Response {
+    ApiError(
+        GatewayError::not_found(format!(
+            "{method} {}: polyplex keeps no responses (it answers `POST /v1/responses` and forgets); send a conversation whole in `input`.",
+            uri.path()
+        ))
+        .with_code("response_not_stored"),
+    )
     .into_response()
 }
 

@@ -47,7 +47,7 @@ use crate::config::Config;
 use crate::routing::Router as ModelRouter;
 use crate::upstream::Upstream;
 use crate::usage::Recorder;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use polyplex_catalog::Catalog;
 use secrecy::SecretString;
@@ -158,6 +158,8 @@ pub fn app(state: App) -> gate::Gate {
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))
+        .route("/v1/responses", post(handlers::responses))
+        .route("/v1/responses/{*rest}", any(handlers::stored_response))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{*id}", get(handlers::get_model))
         .route("/admin/providers", get(handlers::admin_providers))

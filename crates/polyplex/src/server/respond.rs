@@ -624,3 +624,108 @@ pub fn sse_headers(resp: &mut Response) {
     );
     h.insert(&names::ACCEL_BUFFERING, HeaderValue::from_static("no"));
 }
+
+/// A chat answer rewritten for the Responses API (`POST /v1/responses`,
+/// `crate::responses`): an error keeps its status and body, its `param`
+/// named as the Responses request calls it; a completion becomes a Response
+/// object; a stream becomes the Responses stream's events. The headers
+/// (`x-request-id`, `x-polyplex-*`, `x-ratelimit-*`) stay; the dropped
+/// parameters are named as the Responses request calls them.
+pub async fn responses_answer(
+    resp: Response,
+    echo: crate::responses::Echo,
+    mut dropped: Vec<String>,
+) -> Response {
+    use crate::responses::{response_object, Streamer};
+    let (mut parts, body) = resp.into_parts();
+    if let Some(v) = parts.headers.get(&names::DROPPED_PARAMS) {
+        let named = v.to_str().unwrap_or_default().split(", ");
+        let mut all: Vec<String> = named.map(|n| echo.param(n)).collect();
+        all.append(&mut dropped);
+        dropped = all;
+    }
+    if let Ok(v) = HeaderValue::from_str(&dropped.join(", ")) {
+        if !dropped.is_empty() {
+            parts.headers.insert(&names::DROPPED_PARAMS, v);
+        }
+    }
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let sse = parts
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if parts.status == StatusCode::OK && sse {
+        let state = (
+            body.into_data_stream(),
+            polyplex_providers::sse::Parser::new(),
+            Streamer::new(echo),
+        );
+        let events = futures::stream::unfold(state, |(mut body, mut parser, mut s)| async move {
+            if s.ended() {
+                return None;
+            }
+            let mut out = Vec::new();
+            while out.is_empty() && !s.ended() {
+                let mut got = Vec::new();
+                match body.next().await {
+                    Some(Ok(bytes)) => parser.feed(&bytes, &mut got),
+                    // The chat stream ended (or broke) without saying how.
+                    Some(Err(_)) | None => {
+                        let e = GatewayError::upstream(
+                            StatusCode::BAD_GATEWAY,
+                            "server_error",
+                            "The stream ended before the response was complete.",
+                        )
+                        .with_code("stream_ended");
+                        s.on_error(&e.object(), &mut out);
+                    }
+                }
+                for ev in got {
+                    if ev.data == "[DONE]" {
+                        s.on_done(&mut out);
+                    } else if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
+                        match v.get("error") {
+                            Some(err) => s.on_error(err, &mut out),
+                            None => s.on_chunk(&v, &mut out),
+                        }
+                    }
+                }
+            }
+            Some((
+                Ok::<Bytes, std::convert::Infallible>(Bytes::from(out)),
+                (body, parser, s),
+            ))
+        });
+        return Response::from_parts(parts, Body::from_stream(events));
+    }
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError(GatewayError::internal(format!("responses: {e}"))).into_response()
+        }
+    };
+    let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let out = if parts.status == StatusCode::OK {
+        response_object(&v, &echo)
+    } else {
+        let chat = v
+            .pointer("/error/param")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if let (Some(chat), Some(e)) = (chat, v.get_mut("error")) {
+            if let Some(m) = e.get("message").and_then(Value::as_str) {
+                e["message"] = Value::String(echo.message(m, &chat));
+            }
+            e["param"] = Value::String(echo.param(&chat));
+        }
+        v
+    };
+    let bytes = serde_json::to_vec(&out).unwrap_or_default();
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(bytes))
+}

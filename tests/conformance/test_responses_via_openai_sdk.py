@@ -1,0 +1,185 @@
+"""OpenAI's Responses API (`client.responses`) through polyplex, on every
+protocol: the official SDK's own helpers (`output_text`, `responses.stream`
+and its final response, `responses.parse`) check the shapes and the order of
+the stream's events; a tool loop and Claude's reasoning go round trip with
+the output items sent back as input; what needs OpenAI's stored state or its
+built-in tools is refused by name."""
+import json
+import urllib.request
+
+import openai
+import pytest
+from pydantic import BaseModel
+
+OPENAI = "openai/gpt-4o"
+ANTHROPIC = "anthropic/claude-sonnet-4-5"
+GEMINI = "google/gemini-2.5-flash"
+BEDROCK = "bedrock/us.anthropic.claude-haiku-4-5-20251001-v1:0"
+COHERE = "cohere/command-r-plus"
+VERTEX_CLAUDE = "vertex/claude-haiku-4-5@20251001"
+GEMINI3 = "google/gemini-3-flash-preview"
+EVERY = [OPENAI, ANTHROPIC, GEMINI, BEDROCK, COHERE, VERTEX_CLAUDE]
+
+WEATHER = [{"type": "function", "name": "get_weather", "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+
+
+@pytest.mark.parametrize("model", EVERY)
+def test_a_response_with_instructions_and_usage(client, model):
+    raw = client.responses.with_raw_response.create(model=model, instructions="Answer briefly.",
+                                                    input="Write a haiku about recursion.")
+    r = raw.parse()
+    assert r.object == "response" and r.status == "completed"
+    assert r.output_text == "Write a haiku about recursion."
+    assert r.id.startswith("resp_") and r.id[5:] == raw.headers["x-request-id"][4:]
+    assert r.instructions == "Answer briefly."
+    [msg] = r.output
+    assert msg.type == "message" and msg.role == "assistant" and msg.id.startswith("msg_")
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens > 0
+    assert r.usage.model_extra["cost"] > 0 or model == COHERE  # the catalog has no price for it
+    assert raw.headers["x-polyplex-provider"] == model.split("/")[0]
+
+
+@pytest.mark.parametrize("model", [OPENAI, ANTHROPIC, GEMINI, BEDROCK, GEMINI3])
+def test_a_tool_loop_sends_the_output_items_back(client, model):
+    convo = [{"role": "user", "content": "What is the weather in Oslo?"}]
+    r = client.responses.create(model=model, input=convo, tools=WEATHER)
+    [call] = [o for o in r.output if o.type == "function_call"]
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Oslo"}
+    assert call.id.startswith("fc_") and call.call_id
+    convo += r.output  # as OpenAI's docs do: the SDK's own objects
+    convo.append({"type": "function_call_output", "call_id": call.call_id, "output": "rain, 12C"})
+    raw = client.responses.with_raw_response.create(model=model, input=convo, tools=WEATHER)
+    # Gemini 3 wants its signature back on the call: it travels on the item.
+    assert "x-polyplex-dropped-params" not in raw.headers
+    assert raw.parse().output_text == "The tool returned: rain, 12C"
+
+
+@pytest.mark.parametrize("model", [OPENAI, ANTHROPIC, GEMINI, COHERE])
+def test_the_stream_helper_builds_the_final_response(client, model):
+    with client.responses.stream(model=model, input="Count one two three") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == "Count one two three" and len(deltas) == 4
+    assert final.output_text == "Count one two three" and final.status == "completed"
+    assert final.usage.output_tokens == 4
+
+
+def test_raw_stream_events_in_openai_order(client):
+    events = list(client.responses.create(model=OPENAI, input="Weather?", tools=WEATHER, stream=True))
+    assert [e.type for e in events] == [
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.function_call_arguments.delta", "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta", "response.function_call_arguments.done",
+        "response.output_item.done", "response.completed"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    done = events[-1].response
+    assert done.output[0].arguments == events[6].arguments == '{"city":"Weather?"}'
+    assert done.usage.input_tokens > 0
+
+
+@pytest.mark.parametrize("claude", [ANTHROPIC, BEDROCK])
+def test_claude_reasons_and_gets_its_thinking_back_in_a_tool_loop(client, claude):
+    convo = [{"role": "user", "content": "Weather in Oslo?"}]
+    r = client.responses.create(model=claude, input=convo, tools=WEATHER, reasoning={"effort": "low"},
+                                max_output_tokens=4000)
+    reasoning, call = r.output
+    assert reasoning.type == "reasoning" and reasoning.summary[0].text == "Thinking about: Weather in Oslo?"
+    assert reasoning.encrypted_content  # the signed thinking, for the next turn
+    convo += r.output
+    convo.append({"type": "function_call_output", "call_id": call.call_id, "output": "rain"})
+    raw = client.responses.with_raw_response.create(model=claude, input=convo, tools=WEATHER,
+                                                    reasoning={"effort": "low"}, max_output_tokens=4000)
+    # Without the thinking sent back, Claude would answer without thinking and say so.
+    assert "x-polyplex-dropped-params" not in raw.headers
+    assert raw.parse().output_text == "The tool returned: rain"
+
+
+def test_claude_reasoning_streams_as_summary_deltas(client):
+    with client.responses.stream(model=ANTHROPIC, input="Why?", reasoning={"effort": "low"},
+                                 max_output_tokens=3000) as stream:
+        summary = "".join(e.delta for e in stream if e.type == "response.reasoning_summary_text.delta")
+        final = stream.get_final_response()
+    assert summary == "Thinking about: Why?"
+    assert [o.type for o in final.output] == ["reasoning", "message"]
+    assert final.output[0].summary[0].text == summary and final.output[0].encrypted_content
+
+
+class Weather(BaseModel):
+    city: str
+    temperature: int
+
+
+@pytest.mark.parametrize("model", [OPENAI, ANTHROPIC, GEMINI])
+def test_structured_output_parses(client, model):
+    r = client.responses.parse(model=model, input="Oslo", text_format=Weather)
+    assert isinstance(r.output_parsed, Weather)
+
+
+def test_a_cut_answer_is_incomplete(client):
+    r = client.responses.create(model=ANTHROPIC, input="one two three four five", max_output_tokens=2)
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert r.output_text == "one two"
+
+
+def test_logprobs_come_on_the_text(client):
+    r = client.responses.create(model=OPENAI, input="hi there", top_logprobs=2,
+                                include=["message.output_text.logprobs"])
+    lp = r.output[0].content[0].logprobs
+    assert lp[0].token == "hi" and len(lp[0].top_logprobs) == 2
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    (dict(previous_response_id="resp_123"), "previous_response_id"),
+    (dict(background=True), "background"),
+    (dict(tools=[{"type": "web_search"}]), "tools[0].type"),
+    (dict(max_output_tokens=0), "max_output_tokens"),
+    (dict(temperature=3), "temperature"),
+    (dict(input=[{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]),
+     "input[0].content[0].file_id"),
+    (dict(input=[{"type": "item_reference", "id": "msg_1"}]), "input[0].type"),
+    (dict(extra_body={"frequency": 1}), "frequency"),
+])
+def test_what_polyplex_cannot_do_is_refused_by_name(client, kwargs, param):
+    args = {"model": OPENAI, "input": "hi", **kwargs}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(**args)
+    assert e.value.param == param
+    assert "max_completion_tokens" not in e.value.message
+
+
+def test_claude_thinking_limits_are_named_as_the_responses_api_names_them(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=ANTHROPIC, input="hi", reasoning={"effort": "high"}, max_output_tokens=100)
+    assert e.value.param == "reasoning.effort"
+    assert "max_output_tokens" in e.value.message and "max_completion_tokens" not in e.value.message
+
+
+def test_keys_and_models_answer_as_on_chat(client, gateway):
+    bad = openai.OpenAI(base_url=gateway + "/v1", api_key="plx-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.responses.create(model=OPENAI, input="hi")
+    with pytest.raises(openai.NotFoundError) as e:
+        client.responses.create(model="nobody/nothing", input="hi")
+    assert e.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.responses.retrieve("resp_123")
+    assert "keeps no responses" in e.value.message
+
+
+def test_a_stream_that_breaks_ends_with_response_failed(client, fault):
+    fault(fault="disconnect", count=1, after_chunks=2)
+    events = list(client.responses.create(model=OPENAI, input="one two three four five", stream=True))
+    assert events[-2].type == "error"
+    failed = events[-1]
+    assert failed.type == "response.failed" and failed.response.status == "failed"
+    assert failed.response.error.code == "upstream_unreachable"
+    assert failed.response.output[0].content[0].text.startswith("one")
+
+
+def test_routing_options_and_failover_work_as_on_chat(client, fault):
+    fault(fault="503", count=2, model="gpt-4o")
+    raw = client.responses.with_raw_response.create(
+        model=OPENAI, input="hello", extra_body={"models": [ANTHROPIC]})
+    assert raw.headers["x-polyplex-provider"] == "anthropic"
+    assert raw.parse().output_text == "hello"
