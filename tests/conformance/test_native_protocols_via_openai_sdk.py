@@ -440,3 +440,37 @@ def test_an_earlier_audio_answer_is_openais_own(client, model):
         client.chat.completions.create(model=model, messages=messages)
     assert e.value.param == "messages[1].audio"
     assert client.chat.completions.create(model="openai/gpt-4o", messages=messages).choices[0].message.content
+
+
+@pytest.mark.parametrize("m", ["openai/gpt-4o", ANTHROPIC, GEMINI, BEDROCK, VERTEX_GEMINI, VERTEX_CLAUDE, "cohere/command-r-plus"])
+def test_deprecated_function_calling_works_on_every_protocol(client, m):
+    """`functions` / `function_call`, which the SDK still takes: a translating
+    protocol gets them as tools, and the answer comes back as OpenAI gives it
+    — `message.function_call`, finish reason `function_call`, streamed as
+    `function_call` deltas — and the `function` message goes back as the
+    call's result."""
+    functions = [{"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    messages = [{"role": "user", "content": "Weather in Oslo?"}]
+    r = client.chat.completions.create(model=m, messages=messages, functions=functions)
+    choice = r.choices[0]
+    assert choice.finish_reason == "function_call" and choice.message.tool_calls is None
+    call = choice.message.function_call
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Oslo"}
+    messages += [{"role": "assistant", "content": None, "function_call": {"name": call.name, "arguments": call.arguments}},
+                 {"role": "function", "name": "get_weather", "content": "rain"}]
+    assert client.chat.completions.create(model=m, messages=messages, functions=functions) \
+        .choices[0].message.content == "The tool returned: rain"
+    name, arguments, finish = None, "", None
+    for chunk in client.chat.completions.create(model=m, messages=messages[:1], functions=functions,
+                                                function_call={"name": "get_weather"}, stream=True):
+        for c in chunk.choices:
+            assert not c.delta.tool_calls
+            if c.delta.function_call:
+                name = name or c.delta.function_call.name
+                arguments += c.delta.function_call.arguments or ""
+            finish = c.finish_reason or finish
+    assert (name, json.loads(arguments), finish) == ("get_weather", {"city": "Oslo"}, "function_call")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=m, messages=messages[:1], functions=functions,
+                                       function_call={"name": "get_time"})
+    assert e.value.param == "function_call.name"

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
 pub use reply::{RawReply, Reply};
-pub use translate::{join_embeddings, split_embedding_inputs};
+pub use translate::{join_embeddings, split_embedding_inputs, tools_to_function_call};
 
 /// Which OpenAI endpoint a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -427,6 +427,79 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("messages[1].audio"));
     }
 
+    /// Deprecated function calling reaches a translating protocol as tools,
+    /// and its answer goes back as `function_call`.
+    #[test]
+    fn functions_become_tools_and_come_back_as_a_function_call() {
+        let map = |v: Value| v.as_object().unwrap().clone();
+        let body = map(
+            json!({"model": "m", "functions": [{"name": "weather", "parameters": {"type": "object"}}],
+            "function_call": {"name": "weather"}, "messages": [
+                {"role": "user", "content": "Oslo?"},
+                {"role": "assistant", "content": null, "function_call": {"name": "weather", "arguments": "{}"}},
+                {"role": "function", "name": "weather", "content": "rain"},
+                {"role": "assistant", "content": null, "function_call": {"name": "clock", "arguments": "{}"}},
+                {"role": "function", "name": "clock", "content": "noon"}]}),
+        );
+        assert!(uses_functions(&body));
+        let out = for_translation(&body, "P").unwrap();
+        assert_eq!(
+            Value::Object(out.into_owned()),
+            json!({"model": "m", "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
+                "tool_choice": {"type": "function", "function": {"name": "weather"}}, "messages": [
+                {"role": "user", "content": "Oslo?"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "call_fn_0", "type": "function",
+                    "function": {"name": "weather", "arguments": "{}"}}]},
+                {"role": "tool", "content": "rain", "tool_call_id": "call_fn_0"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "call_fn_1", "type": "function",
+                    "function": {"name": "clock", "arguments": "{}"}}]},
+                {"role": "tool", "content": "noon", "tool_call_id": "call_fn_1"}]})
+        );
+        let auto = map(json!({"functions": [{"name": "f"}], "function_call": "auto"}));
+        assert_eq!(for_translation(&auto, "P").unwrap()["tool_choice"], "auto");
+        assert!(!uses_functions(&map(
+            json!({"tools": [], "messages": [{"role": "tool", "content": "x"}]})
+        )));
+
+        let mut answer = map(
+            json!({"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": null, "tool_calls": [
+                {"id": "t1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}},
+                {"id": "t2", "type": "function", "function": {"name": "clock", "arguments": "{}"}}]}}]}),
+        );
+        tools_to_function_call(&mut answer);
+        let m = &answer["choices"][0]["message"];
+        assert_eq!(
+            m["function_call"],
+            json!({"name": "weather", "arguments": "{\"city\":\"Oslo\"}"})
+        );
+        // A second call is not lost.
+        assert_eq!(m["tool_calls"][0]["id"], "t2");
+        assert_eq!(answer["choices"][0]["finish_reason"], "function_call");
+        // Stream chunks: the first call's deltas, and a finish of their own.
+        let mut first = map(
+            json!({"choices": [{"index": 0, "delta": {"role": "assistant",
+            "tool_calls": [{"index": 0, "id": "t1", "type": "function", "function": {"name": "weather", "arguments": ""}}]}}]}),
+        );
+        tools_to_function_call(&mut first);
+        assert_eq!(
+            first["choices"][0]["delta"],
+            json!({"role": "assistant", "function_call": {"name": "weather", "arguments": ""}})
+        );
+        let mut more = map(
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}}]}),
+        );
+        tools_to_function_call(&mut more);
+        assert_eq!(
+            more["choices"][0]["delta"],
+            json!({"function_call": {"arguments": "{}"}})
+        );
+        let mut end =
+            map(json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}));
+        tools_to_function_call(&mut end);
+        assert_eq!(end["choices"][0]["finish_reason"], "function_call");
+    }
+
     /// The chunk writer gives the bytes the `json!` tree it replaced gave:
     /// OpenAI's members in OpenAI's order, escapes included.
     #[test]
@@ -960,6 +1033,12 @@ pub(crate) fn for_translation<'a>(
     body: &'a JsonMap,
     protocol: &str,
 ) -> Result<std::borrow::Cow<'a, JsonMap>, GatewayError> {
+    if uses_functions(body) {
+        let modern = with_tools(body);
+        return Ok(std::borrow::Cow::Owned(
+            for_translation(&modern, protocol)?.into_owned(),
+        ));
+    }
     let msgs = lookup(body, "messages").and_then(Value::as_array);
     for (i, m) in msgs.into_iter().flatten().enumerate() {
         if member(m, "audio").is_some_and(|a| !a.is_null()) {
@@ -1003,6 +1082,144 @@ pub(crate) fn for_translation<'a>(
     }
     out.insert("tool_choice".into(), json!(mode));
     Ok(std::borrow::Cow::Owned(out))
+}
+
+/// Whether a chat request uses OpenAI's deprecated function calling
+/// (`functions`, `function_call`, an assistant turn's `function_call`, a
+/// `function` message) instead of tools.
+pub fn uses_functions(body: &JsonMap) -> bool {
+    let given = |v: Option<&Value>| v.is_some_and(|v| !v.is_null());
+    given(lookup(body, "functions"))
+        || given(lookup(body, "function_call"))
+        || lookup(body, "messages")
+            .and_then(Value::as_array)
+            .is_some_and(|ms| {
+                ms.iter().any(|m| {
+                    given(member(m, "function_call"))
+                        || member(m, "role").and_then(Value::as_str) == Some("function")
+                })
+            })
+}
+
+/// A request with deprecated function calling as the same request with
+/// tools, which every protocol takes: `functions` become function tools,
+/// `function_call` the tool choice, an assistant turn's `function_call` its
+/// one tool call (with an id made up, `call_fn_<n>`), and a `function`
+/// message the tool message answering the latest call of that name.
+fn with_tools(body: &JsonMap) -> JsonMap {
+    let mut out = JsonMap::with_capacity(body.len());
+    let mut calls: Vec<(String, String)> = Vec::new();
+    for (k, v) in body {
+        match k.as_str() {
+            "functions" => {
+                let tools: Vec<Value> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|f| json!({"type": "function", "function": f}))
+                    .collect();
+                out.insert("tools".into(), Value::Array(tools));
+            }
+            "function_call" => {
+                let choice = match member(v, "name") {
+                    Some(name) => json!({"type": "function", "function": {"name": name}}),
+                    None => v.clone(),
+                };
+                out.insert("tool_choice".into(), choice);
+            }
+            "messages" => {
+                let msgs: Vec<Value> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| legacy_message(m, &mut calls))
+                    .collect();
+                out.insert("messages".into(), Value::Array(msgs));
+            }
+            _ => {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out
+}
+
+/// One message of a request with deprecated function calling, with tools;
+/// `calls` holds the `(name, id)` of the calls so far.
+fn legacy_message(m: &Value, calls: &mut Vec<(String, String)>) -> Value {
+    let Some(o) = m.as_object() else {
+        return m.clone();
+    };
+    let mut out = o.clone();
+    if let Some(call) = out.remove("function_call").filter(|c| !c.is_null()) {
+        let name = member(&call, "name").and_then(Value::as_str).unwrap_or("");
+        let id = format!("call_fn_{}", calls.len());
+        calls.push((name.to_string(), id.clone()));
+        let arguments = member(&call, "arguments").cloned().unwrap_or(json!("{}"));
+        let tool_call = json!({"id": id, "type": "function",
+            "function": {"name": name, "arguments": arguments}});
+        match out.get_mut("tool_calls").and_then(Value::as_array_mut) {
+            Some(list) => list.push(tool_call),
+            None => {
+                out.insert("tool_calls".into(), json!([tool_call]));
+            }
+        }
+    }
+    if out.get("role").and_then(Value::as_str) == Some("function") {
+        let name = out.remove("name");
+        let name = name.as_ref().and_then(Value::as_str).unwrap_or("");
+        let id = calls
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .or(calls.last())
+            .map(|(_, id)| id.clone())
+            .unwrap_or_else(|| format!("call_fn_{name}"));
+        out.insert("role".into(), json!("tool"));
+        out.insert("tool_call_id".into(), Value::String(id));
+    }
+    Value::Object(out)
+}
+
+/// Answers a request with deprecated function calling as OpenAI does: each
+/// choice's first tool call becomes the message's `function_call` (the
+/// rest, if a provider made several, stay in `tool_calls`, never lost), and
+/// finish reason `tool_calls` becomes `function_call`. Works on a
+/// completion and on a stream chunk (`delta` instead of `message`).
+pub fn tools_to_function_call(answer: &mut JsonMap) {
+    let Some(Value::Array(choices)) = answer.get_mut("choices") else {
+        return;
+    };
+    for c in choices {
+        let Some(c) = c.as_object_mut() else { continue };
+        if c.get("finish_reason").and_then(Value::as_str) == Some("tool_calls") {
+            c.insert("finish_reason".into(), json!("function_call"));
+        }
+        for key in ["message", "delta"] {
+            let Some(Value::Object(m)) = c.get_mut(key) else {
+                continue;
+            };
+            let Some(Value::Array(list)) = m.get_mut("tool_calls") else {
+                continue;
+            };
+            // The first call: index 0 in a stream, the first in a message.
+            let first = list
+                .iter()
+                .position(|t| member(t, "index").and_then(Value::as_u64).unwrap_or(0) == 0);
+            let Some(first) = first else { continue };
+            let call = list.remove(first);
+            if list.is_empty() {
+                m.remove("tool_calls");
+            }
+            let mut f = JsonMap::new();
+            if let Some(name) = call.pointer("/function/name") {
+                f.insert("name".into(), name.clone());
+            }
+            let arguments = call.pointer("/function/arguments").cloned();
+            f.insert("arguments".into(), arguments.unwrap_or(json!("")));
+            m.insert("function_call".into(), Value::Object(f));
+        }
+    }
 }
 
 /// The parameters of an embeddings request.

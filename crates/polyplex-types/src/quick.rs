@@ -290,6 +290,7 @@ impl<'de> Visitor<'de> for Top<'_> {
             n: n.unwrap_or(1) as u64,
             max_tokens: max_completion.or(max_tokens).map(|x| x as u64),
             has_tools: false,
+            functions: false,
             has_images: false,
             json_schema: false,
             fallback_models: Vec::new(),

@@ -21,6 +21,10 @@ pub struct ChatMeta {
     /// `max_completion_tokens`, else `max_tokens`.
     pub max_tokens: Option<u64>,
     pub has_tools: bool,
+    /// The request uses deprecated function calling (`functions`,
+    /// `function_call`, `function` messages): a translated answer's tool
+    /// call then goes back as `function_call`.
+    pub functions: bool,
     pub has_images: bool,
     pub json_schema: bool,
     /// OpenRouter-style fallback list (`models: [...]`), consumed by the gateway.
@@ -89,6 +93,7 @@ impl From<CompletionsMeta> for ChatMeta {
             n: 1,
             max_tokens: m.max_tokens,
             has_tools: false,
+            functions: false,
             has_images: false,
             json_schema: false,
             fallback_models: m.fallback_models,
@@ -506,6 +511,28 @@ fn messages(body: &JsonMap) -> R<bool> {
                 None => return Err(missing(&format!("messages[{i}].tool_call_id"))),
             }
         }
+        if role == "function" && !crate::lookup(o, "name").is_some_and(Value::is_string) {
+            return Err(missing(&format!("messages[{i}].name")));
+        }
+        if let Some(fc) = crate::lookup(o, "function_call").filter(|t| !t.is_null()) {
+            let fp = format!("messages[{i}].function_call");
+            if role != "assistant" {
+                return Err(invalid(
+                    &fp,
+                    "only 'assistant' messages may carry a function_call.",
+                ));
+            }
+            if !fc.get("name").is_some_and(Value::is_string) {
+                return Err(missing(&format!("{fp}.name")));
+            }
+            if !fc.get("arguments").is_some_and(Value::is_string) {
+                return Err(bad_type(
+                    &format!("{fp}.arguments"),
+                    "a JSON string",
+                    fc.get("arguments").unwrap_or(&Value::Null),
+                ));
+            }
+        }
         if let Some(tc) = crate::lookup(o, "tool_calls").filter(|t| !t.is_null()) {
             let tp = format!("messages[{i}].tool_calls");
             if role != "assistant" {
@@ -684,6 +711,79 @@ fn tools(body: &JsonMap) -> R<Vec<String>> {
     Ok(names)
 }
 
+/// `functions` and `function_call`, OpenAI's deprecated function calling;
+/// returns the declared names (None without `functions`).
+fn functions(body: &JsonMap) -> R<Option<Vec<String>>> {
+    let mut names = None;
+    if let Some(v) = get(body, "functions") {
+        if get(body, "tools").is_some() {
+            return Err(invalid(
+                "functions",
+                "use either 'tools' or the deprecated 'functions', not both.",
+            ));
+        }
+        let arr = v
+            .as_array()
+            .ok_or_else(|| bad_type("functions", "an array", v))?;
+        let mut declared = Vec::with_capacity(arr.len());
+        for (i, f) in arr.iter().enumerate() {
+            let p = format!("functions[{i}]");
+            let o = f.as_object().ok_or_else(|| bad_type(&p, "an object", f))?;
+            let name = tool_name(&format!("{p}.name"), o.get("name").and_then(Value::as_str))?;
+            if let Some(params) = crate::lookup(o, "parameters").filter(|x| !x.is_null()) {
+                if !params.is_object() {
+                    return Err(bad_type(
+                        &format!("{p}.parameters"),
+                        "a JSON Schema object",
+                        params,
+                    ));
+                }
+            }
+            declared.push(name.to_string());
+        }
+        names = Some(declared);
+    }
+    if let Some(fc) = get(body, "function_call") {
+        let Some(declared) = &names else {
+            return Err(GatewayError::invalid_param("function_call", "Invalid value for 'function_call': 'function_call' is only allowed when 'functions' are specified."));
+        };
+        match fc {
+            Value::String(s) if matches!(s.as_str(), "none" | "auto") => {}
+            Value::Object(o) => {
+                let name = o.get("name").and_then(Value::as_str);
+                let name = name.ok_or_else(|| missing("function_call.name"))?;
+                if !declared.iter().any(|d| d == name) {
+                    return Err(invalid(
+                        "function_call.name",
+                        format!("the function '{name}' is not among 'functions'."),
+                    ));
+                }
+            }
+            v => {
+                return Err(bad_type(
+                    "function_call",
+                    "'none', 'auto' or {\"name\": ...}",
+                    v,
+                ))
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Whether a message is a deprecated `function` message or an assistant
+/// turn with a `function_call` (checked in [`messages`]).
+fn legacy_turns(body: &JsonMap) -> bool {
+    get(body, "messages")
+        .and_then(Value::as_array)
+        .is_some_and(|ms| {
+            ms.iter().any(|m| {
+                m.get("function_call").is_some_and(|f| !f.is_null())
+                    || m.get("role").and_then(Value::as_str) == Some("function")
+            })
+        })
+}
+
 /// response_format; returns whether it asks for a json_schema.
 fn response_format(body: &JsonMap) -> R<bool> {
     let Some(v) = get(body, "response_format") else {
@@ -732,6 +832,7 @@ pub fn chat(body: &JsonMap) -> R<ChatMeta> {
     let max_tokens = integer_in(body, "max_tokens", 1, i64::MAX)?;
     let max_completion = integer_in(body, "max_completion_tokens", 1, i64::MAX)?;
     let tool_names = tools(body)?;
+    let function_names = functions(body)?;
     let json_schema = response_format(body)?;
     let logprobs = boolean(body, "logprobs")?.unwrap_or(false);
     if let Some(k) = integer_in(body, "top_logprobs", 0, 20)? {
@@ -745,7 +846,8 @@ pub fn chat(body: &JsonMap) -> R<ChatMeta> {
         include_usage,
         n,
         max_tokens: max_completion.or(max_tokens).map(|x| x as u64),
-        has_tools: !tool_names.is_empty(),
+        has_tools: !tool_names.is_empty() || function_names.as_ref().is_some_and(|f| !f.is_empty()),
+        functions: function_names.is_some() || legacy_turns(body),
         has_images,
         json_schema,
         fallback_models,
@@ -995,6 +1097,67 @@ mod tests {
         let mut b = ok_body();
         b["stop"] = json!(["a", "b", "c", "d", "e"]);
         assert_eq!(err(b).param.as_deref(), Some("stop"));
+    }
+
+    #[test]
+    fn deprecated_function_calling_rules() {
+        let with = |k: &str, v: Value| {
+            let mut b = ok_body();
+            b[k] = v;
+            b
+        };
+        let fns = json!([{"name": "weather", "parameters": {"type": "object"}}]);
+        let mut b = with("functions", fns.clone());
+        b["function_call"] = json!({"name": "weather"});
+        let m = chat(&map(b)).unwrap();
+        assert!(m.functions && m.has_tools);
+        for (b, param) in [
+            (with("function_call", json!("auto")), "function_call"),
+            (
+                with("functions", json!([{"name": "has space"}])),
+                "functions[0].name",
+            ),
+            (
+                with("functions", json!([{"name": "f", "parameters": []}])),
+                "functions[0].parameters",
+            ),
+            (with("functions", json!({"name": "f"})), "functions"),
+            (
+                with("messages", json!([{"role": "function", "content": "x"}])),
+                "messages[0].name",
+            ),
+            (
+                with(
+                    "messages",
+                    json!([{"role": "user", "content": "x", "function_call": {"name": "f", "arguments": "{}"}}]),
+                ),
+                "messages[0].function_call",
+            ),
+            (
+                with(
+                    "messages",
+                    json!([{"role": "assistant", "content": null, "function_call": {"name": "f", "arguments": {}}}]),
+                ),
+                "messages[0].function_call.arguments",
+            ),
+        ] {
+            assert_eq!(err(b.clone()).param.as_deref(), Some(param), "{b}");
+        }
+        let mut b = with("functions", fns.clone());
+        b["function_call"] = json!({"name": "clock"});
+        assert_eq!(err(b).param.as_deref(), Some("function_call.name"));
+        let mut b = with("functions", fns);
+        b["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+        assert_eq!(err(b).param.as_deref(), Some("functions"));
+        // A conversation that used them once still goes back as one.
+        let b = with(
+            "messages",
+            json!([{"role": "user", "content": "x"},
+            {"role": "assistant", "content": null, "function_call": {"name": "f", "arguments": "{}"}},
+            {"role": "function", "name": "f", "content": "1"}]),
+        );
+        assert!(chat(&map(b)).unwrap().functions);
+        assert!(!chat(&map(ok_body())).unwrap().functions);
     }
 
     #[test]

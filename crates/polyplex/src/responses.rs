@@ -587,12 +587,14 @@ fn content_part(p: &Value, path: &str) -> Result<Value, GatewayError> {
                 .ok_or_else(|| missing(&format!("{path}.input_audio")))?;
             json!({"type": "input_audio", "input_audio": audio})
         }
-        other => return Err(bad(
-            format!("{path}.type"),
-            format!(
+        other => {
+            return Err(bad(
+                format!("{path}.type"),
+                format!(
                 "'{other}' is not one of 'input_text', 'input_image', 'input_file', 'input_audio'."
             ),
-        )),
+            ))
+        }
     })
 }
 

@@ -673,6 +673,8 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
         .unwrap_or(false);
     let top = req.get("top_logprobs").and_then(Value::as_u64).unwrap_or(0);
     let answer = reply::chat_answer(&req);
+    // Deprecated function calling: the call comes back as `function_call`.
+    let legacy = req.get("functions").is_some_and(|f| !f.is_null());
     let prompt = reply::prompt_tokens(messages);
     let completion = answer_tokens(&answer) * n;
     let id = s.next_id("chatcmpl-mock");
@@ -694,6 +696,12 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
                         json!({"role": "assistant", "content": pieces.concat(), "refusal": null, "annotations": []}),
                         *finish,
                         if logprobs { logprobs_json(pieces, top) } else { Value::Null },
+                    ),
+                    Answer::ToolCall { name, arguments, .. } if legacy => (
+                        json!({"role": "assistant", "content": null, "refusal": null, "annotations": [],
+                            "function_call": {"name": name, "arguments": arguments}}),
+                        "function_call",
+                        Value::Null,
                     ),
                     Answer::ToolCall { id, name, arguments } => (
                         json!({"role": "assistant", "content": null, "refusal": null, "annotations": [],
@@ -729,6 +737,8 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
     for i in 0..n {
         let first = match &answer {
             Answer::Text { .. } => json!({"role": "assistant", "content": "", "refusal": null}),
+            Answer::ToolCall { name, .. } if legacy => json!({"role": "assistant", "content": null,
+                "function_call": {"name": name, "arguments": ""}}),
             Answer::ToolCall { id, name, .. } => json!({"role": "assistant", "content": null,
                 "tool_calls": [{"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
         };
@@ -755,11 +765,20 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
             let chars: Vec<char> = arguments.chars().collect();
             for frag in chars.chunks(8) {
                 let frag: String = frag.iter().collect();
+                let delta = if legacy {
+                    json!({"function_call": {"arguments": frag}})
+                } else {
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": frag}}]})
+                };
                 for i in 0..n {
-                    events.push(chunk(json!([{"index": i, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": frag}}]}, "logprobs": null, "finish_reason": null}]), None));
+                    events.push(chunk(json!([{"index": i, "delta": delta, "logprobs": null, "finish_reason": null}]), None));
                 }
             }
-            "tool_calls"
+            if legacy {
+                "function_call"
+            } else {
+                "tool_calls"
+            }
         }
     };
     for i in 0..n {

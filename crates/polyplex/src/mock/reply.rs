@@ -209,13 +209,26 @@ pub fn chat_answer(body: &Map<String, Value>) -> Answer {
         .and_then(Value::as_str)
         .unwrap_or("");
 
+    // Deprecated function calling, as OpenAI still takes it: `functions`
+    // are tools, `function_call` the choice, a `function` message a result.
+    let legacy: Option<Vec<Value>> = body.get("functions").and_then(Value::as_array).map(|fs| {
+        fs.iter()
+            .map(|f| json!({"type": "function", "function": f}))
+            .collect()
+    });
+    let legacy_choice = body.get("function_call").map(|c| match c.get("name") {
+        Some(name) => json!({"type": "function", "function": {"name": name}}),
+        None => c.clone(),
+    });
     let tools = body
         .get("tools")
         .and_then(Value::as_array)
+        .or(legacy.as_ref())
         .filter(|t| !t.is_empty());
-    let choice = body.get("tool_choice");
+    let choice = body.get("tool_choice").or(legacy_choice.as_ref());
     let tool_choice_none = choice.and_then(Value::as_str) == Some("none");
-    if let (Some(tools), false, false) = (tools, tool_choice_none, last_role == "tool") {
+    let answered = matches!(last_role, "tool" | "function");
+    if let (Some(tools), false, false) = (tools, tool_choice_none, answered) {
         // A named function, or the first of `allowed_tools`.
         let named = choice
             .and_then(|c| c.get("function"))
@@ -247,7 +260,7 @@ pub fn chat_answer(body: &Map<String, Value>) -> Answer {
         };
     }
 
-    let mut text = if last_role == "tool" {
+    let mut text = if answered {
         format!(
             "The tool returned: {}",
             content_text(last.and_then(|m| m.get("content")))

@@ -95,6 +95,8 @@ struct Parsed {
     prefs: ProviderPrefs,
     stream: bool,
     include_usage: bool,
+    /// Deprecated function calling ([`ChatMeta::functions`]).
+    functions: bool,
     /// What routing looks at: output cap, tools, images, json_schema.
     max_output: Option<u64>,
     needs: (bool, bool, bool),
@@ -138,6 +140,7 @@ impl Parsed {
             prefs: m.provider,
             stream: m.stream,
             include_usage: m.include_usage,
+            functions: m.functions,
             max_output: m.max_tokens,
             needs: (m.has_tools, m.has_images, m.json_schema),
         }
@@ -431,6 +434,7 @@ async fn serve(
                     endpoint,
                     requested_model: parsed.model.clone(),
                     include_usage: parsed.include_usage,
+                    functions: parsed.functions,
                     started: call.started,
                     attempts: served.attempts,
                     request: parsed.body,
@@ -460,6 +464,13 @@ async fn serve(
     match outcome.result {
         Ok((unary, d)) => {
             let (mut reply, upstream_usage) = (unary.response, unary.usage);
+            // A translated answer's tool calls; an OpenAI-protocol
+            // upstream answers `functions` itself, byte for byte.
+            if parsed.functions && matches!(reply, Reply::Map(_)) {
+                let mut map = reply.into_map();
+                polyplex_providers::tools_to_function_call(&mut map);
+                reply = Reply::Map(map);
+            }
             if !reply.has_model() {
                 // Some protocols (Cohere) do not name the model: it is the one asked for.
                 let mut map = reply.into_map();

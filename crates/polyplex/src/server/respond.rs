@@ -346,6 +346,9 @@ pub struct StreamContext {
     pub endpoint: Endpoint,
     pub requested_model: String,
     pub include_usage: bool,
+    /// The request uses deprecated function calling: tool-call deltas go
+    /// out as `function_call` deltas.
+    pub functions: bool,
     pub started: Instant,
     pub attempts: u32,
     pub request: RequestBody,
@@ -384,7 +387,10 @@ impl Relay {
 
     fn handle(&mut self, item: StreamItem) {
         match item {
-            StreamItem::Chunk(b) => {
+            StreamItem::Chunk(mut b) => {
+                if self.ctx.functions && memchr::memmem::find(&b, b"tool_calls").is_some() {
+                    b = as_function_call(b);
+                }
                 let f = if self.ctx.include_usage {
                     frame(&b)
                 } else {
@@ -609,6 +615,15 @@ pub fn sse_response(ctx: StreamContext, open: OpenStream, deployment: Deployment
     let mut resp = Response::new(Body::from_stream(stream));
     sse_headers(&mut resp);
     resp
+}
+
+/// A chunk's tool-call delta as a deprecated `function_call` delta.
+fn as_function_call(chunk: Bytes) -> Bytes {
+    let Ok(mut map) = serde_json::from_slice::<JsonMap>(&chunk) else {
+        return chunk;
+    };
+    polyplex_providers::tools_to_function_call(&mut map);
+    serde_json::to_vec(&map).map(Bytes::from).unwrap_or(chunk)
 }
 
 /// An SSE response's own headers.
