@@ -110,6 +110,29 @@ await check('structured output (json_schema)', async () => {
   expect(typeof JSON.parse(r.choices[0].message.content) === 'object', 'JSON content');
 });
 
+for (const model of [MODEL, 'anthropic/claude-sonnet-4-5']) {
+  await check(`Responses API: create, output_text, a tool loop, a stream (${model})`, async () => {
+    const r = await client.responses.create({ model, instructions: 'Be brief.', input: 'Hello from JavaScript' });
+    expect(r.object === 'response' && r.status === 'completed', `status ${r.status}`);
+    expect(r.output_text === 'Hello from JavaScript', `output_text ${r.output_text}`);
+    expect(r.usage.total_tokens === r.usage.input_tokens + r.usage.output_tokens, 'usage adds up');
+    const tools = [{ type: 'function', name: 'get_weather',
+      parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } }];
+    const input = [{ role: 'user', content: 'Weather in Oslo?' }];
+    const first = await client.responses.create({ model, input, tools });
+    const call = first.output.find((o) => o.type === 'function_call');
+    expect(call && JSON.parse(call.arguments).city === 'Oslo', `call ${JSON.stringify(first.output)}`);
+    input.push(...first.output, { type: 'function_call_output', call_id: call.call_id, output: 'rain' });
+    const second = await client.responses.create({ model, input, tools });
+    expect(second.output_text === 'The tool returned: rain', `answer ${second.output_text}`);
+    const stream = client.responses.stream({ model, input: 'one two three' });
+    let text = '';
+    stream.on('response.output_text.delta', (e) => { text += e.delta; });
+    const final = await stream.finalResponse();
+    expect(text === 'one two three' && final.output_text === text, `streamed ${text} / ${final.output_text}`);
+  });
+}
+
 await check('embeddings (the SDK asks for base64 and decodes it)', async () => {
   const r = await client.embeddings.create({ model: 'openai/text-embedding-3-small', input: ['a', 'b'] });
   expect(r.data.length === 2 && r.data[1].index === 1, 'two vectors in order');
