@@ -165,6 +165,9 @@ def test_keys_and_models_answer_as_on_chat(client, gateway):
     with pytest.raises(openai.NotFoundError) as e:
         client.responses.retrieve("resp_123")
     assert "keeps no responses" in e.value.message
+    # Recorded and counted as what they are.
+    metrics = urllib.request.urlopen(gateway + "/metrics").read().decode()
+    assert 'endpoint="responses"' in metrics
 
 
 def test_a_stream_that_breaks_ends_with_response_failed(client, fault):

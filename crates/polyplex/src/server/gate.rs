@@ -139,6 +139,7 @@ impl Service<Request> for Gate {
                         RequestId(id.clone()),
                         c,
                         endpoint,
+                        endpoint.as_str(),
                         req,
                     ))),
                     (Ok(c), None) => {

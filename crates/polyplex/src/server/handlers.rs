@@ -152,6 +152,9 @@ struct Call {
     app: App,
     rid: String,
     endpoint: Endpoint,
+    /// The endpoint as usage records and metrics name it (`responses` for
+    /// a Responses request served as chat).
+    label: &'static str,
     started: Instant,
     caller: Caller,
 }
@@ -161,7 +164,7 @@ impl Call {
     fn fail(&self, model: &str, stream: bool, e: GatewayError, served: &Served) -> Response {
         self.app.recorder.record(UsageRecord {
             request_id: self.rid.clone(),
-            endpoint: self.endpoint.as_str(),
+            endpoint: self.label,
             requested_model: model.to_string(),
             provider: served.deployment.as_ref().map(|d| d.upstream.name.clone()),
             model: served.deployment.as_ref().map(|d| d.model.clone()),
@@ -192,7 +195,7 @@ impl Call {
         let latency = self.started.elapsed();
         self.app.recorder.record(UsageRecord {
             request_id: self.rid.clone(),
-            endpoint: self.endpoint.as_str(),
+            endpoint: self.label,
             requested_model: parsed.model.clone(),
             provider: Some("cache".into()),
             model: Some(hit.model.clone()),
@@ -287,19 +290,22 @@ fn ratelimit_headers(resp: &mut Response, limits: &Limits) {
     }
 }
 
-/// One API call, from its body to its answer. The gate calls it directly
-/// for a POST to an API path whose key it could check at once.
+/// One API call, from its body to its answer, recorded as `label`. The
+/// gate calls it directly for a POST to an API path whose key it could
+/// check at once.
 pub(super) async fn handle(
     app: App,
     rid: RequestId,
     caller: Caller,
     endpoint: Endpoint,
+    label: &'static str,
     req: Request,
 ) -> Response {
     let call = Call {
         app,
         rid: rid.0.to_string(),
         endpoint,
+        label,
         started: Instant::now(),
         caller,
     };
@@ -432,6 +438,7 @@ async fn serve(
                     app: app.clone(),
                     request_id: call.rid.clone(),
                     endpoint,
+                    label: call.label,
                     requested_model: parsed.model.clone(),
                     include_usage: parsed.include_usage,
                     functions: parsed.functions,
@@ -482,7 +489,7 @@ async fn serve(
             d.stats.on_tokens(usage.completion_tokens, latency);
             app.recorder.record(UsageRecord {
                 request_id: call.rid.clone(),
-                endpoint: endpoint.as_str(),
+                endpoint: call.label,
                 requested_model: parsed.model.clone(),
                 provider: Some(d.upstream.name.clone()),
                 model: Some(d.model.clone()),
@@ -546,7 +553,15 @@ pub async fn chat_completions(
     Extension(caller): Extension<Caller>,
     req: Request,
 ) -> Response {
-    handle(app, rid, caller, Endpoint::Chat, req).await
+    handle(
+        app,
+        rid,
+        caller,
+        Endpoint::Chat,
+        Endpoint::Chat.as_str(),
+        req,
+    )
+    .await
 }
 
 pub async fn completions(
@@ -555,7 +570,15 @@ pub async fn completions(
     Extension(caller): Extension<Caller>,
     req: Request,
 ) -> Response {
-    handle(app, rid, caller, Endpoint::Completions, req).await
+    handle(
+        app,
+        rid,
+        caller,
+        Endpoint::Completions,
+        Endpoint::Completions.as_str(),
+        req,
+    )
+    .await
 }
 
 pub async fn embeddings(
@@ -564,7 +587,15 @@ pub async fn embeddings(
     Extension(caller): Extension<Caller>,
     req: Request,
 ) -> Response {
-    handle(app, rid, caller, Endpoint::Embeddings, req).await
+    handle(
+        app,
+        rid,
+        caller,
+        Endpoint::Embeddings,
+        Endpoint::Embeddings.as_str(),
+        req,
+    )
+    .await
 }
 
 /// `POST /v1/responses`: OpenAI's Responses API, served as the chat
@@ -580,6 +611,7 @@ pub async fn responses(
         app: app.clone(),
         rid: rid.0.to_string(),
         endpoint: Endpoint::Chat,
+        label: "responses",
         started: Instant::now(),
         caller: caller.clone(),
     };
@@ -616,7 +648,7 @@ pub async fn responses(
     let mut inner = Request::new(axum::body::Body::from(chat));
     *inner.method_mut() = Method::POST;
     *inner.headers_mut() = headers;
-    let resp = handle(app, rid, caller, Endpoint::Chat, inner).await;
+    let resp = handle(app, rid, caller, Endpoint::Chat, "responses", inner).await;
     super::respond::responses_answer(resp, converted.echo, converted.dropped).await
 }
 

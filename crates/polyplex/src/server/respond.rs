@@ -344,6 +344,8 @@ pub struct StreamContext {
     pub app: App,
     pub request_id: String,
     pub endpoint: Endpoint,
+    /// The endpoint as the usage record names it.
+    pub label: &'static str,
     pub requested_model: String,
     pub include_usage: bool,
     /// The request uses deprecated function calling: tool-call deltas go
@@ -508,7 +510,7 @@ impl Relay {
         let c = cost(self.ctx.app.router.catalog(), &self.deployment, &usage);
         self.ctx.app.recorder.record(UsageRecord {
             request_id: self.ctx.request_id.clone(),
-            endpoint: self.ctx.endpoint.as_str(),
+            endpoint: self.ctx.label,
             requested_model: self.ctx.requested_model.clone(),
             provider: Some(self.deployment.upstream.name.clone()),
             model: Some(self.deployment.model.clone()),
