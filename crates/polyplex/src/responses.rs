@@ -364,6 +364,10 @@ fn input_items(
                 let mut m = message(o, &path)?;
                 if m["role"] == "assistant" {
                     take_thinking(&mut m, &mut thinking);
+                } else {
+                    // Thinking with no assistant turn after it belongs to
+                    // no turn (Claude keeps only the last turn's anyway).
+                    thinking.clear();
                 }
                 messages.push(m);
                 sources.push(path);
@@ -416,6 +420,7 @@ fn input_items(
                         ))
                     }
                 };
+                thinking.clear();
                 messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
                 sources.push(path);
             }
@@ -1583,6 +1588,20 @@ mod tests {
         convert_ok(with("background", json!(false)));
         convert_ok(with("truncation", json!("disabled")));
         convert_ok(with("previous_response_id", Value::Null));
+    }
+
+    #[test]
+    fn thinking_goes_only_to_the_assistant_turn_right_after_it() {
+        let blob =
+            encode_thinking(&[json!({"type": "thinking", "thinking": "t", "signature": "s"})]);
+        let c = convert_ok(json!({"model": "m", "input": [
+            {"type": "reasoning", "summary": [], "encrypted_content": blob},
+            {"role": "user", "content": "never mind"},
+            {"role": "assistant", "content": "ok"}]}));
+        assert!(c.chat["messages"][1].get("thinking_blocks").is_none());
+        let e = refused(json!({"model": "m", "input": [
+            {"type": "reasoning", "summary": [], "encrypted_content": "plx-thinking:%%%"}]}));
+        assert_eq!(e.param.as_deref(), Some("input[0].encrypted_content"));
     }
 
     #[test]
