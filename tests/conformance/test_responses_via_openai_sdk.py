@@ -2,10 +2,13 @@
 protocol: the official SDK's own helpers (`output_text`, `responses.stream`
 and its final response, `responses.parse`) check the shapes and the order of
 the stream's events; a tool loop and Claude's reasoning go round trip with
-the output items sent back as input; what needs OpenAI's stored state or its
-built-in tools is refused by name."""
+the output items sent back as input, or kept and continued with
+`previous_response_id`; what needs OpenAI's own service (built-in tools,
+background mode, stored prompts) is refused by name."""
 import json
 import urllib.request
+
+from test_keys_via_openai_sdk import admin
 
 import openai
 import pytest
@@ -31,7 +34,7 @@ def test_a_response_with_instructions_and_usage(client, model):
     r = raw.parse()
     assert r.object == "response" and r.status == "completed"
     assert r.output_text == "Write a haiku about recursion."
-    assert r.id.startswith("resp_") and r.id[5:] == raw.headers["x-request-id"][4:]
+    assert r.id.startswith("resp_") and len(r.id) == 37
     assert r.instructions == "Answer briefly."
     [msg] = r.output
     assert msg.type == "message" and msg.role == "assistant" and msg.id.startswith("msg_")
@@ -130,7 +133,7 @@ def test_logprobs_come_on_the_text(client):
 
 
 @pytest.mark.parametrize("kwargs, param", [
-    (dict(previous_response_id="resp_123"), "previous_response_id"),
+    (dict(previous_response_id=7), "previous_response_id"),
     (dict(background=True), "background"),
     (dict(tools=[{"type": "web_search"}]), "tools[0].type"),
     (dict(max_output_tokens=0), "max_output_tokens"),
@@ -164,7 +167,7 @@ def test_keys_and_models_answer_as_on_chat(client, gateway):
     assert e.value.code == "model_not_found"
     with pytest.raises(openai.NotFoundError) as e:
         client.responses.retrieve("resp_123")
-    assert "keeps no responses" in e.value.message
+    assert e.value.code == "response_not_found"
     # Recorded and counted as what they are.
     metrics = urllib.request.urlopen(gateway + "/metrics").read().decode()
     assert 'endpoint="responses"' in metrics
@@ -186,3 +189,67 @@ def test_routing_options_and_failover_work_as_on_chat(client, fault):
         model=OPENAI, input="hello", extra_body={"models": [ANTHROPIC]})
     assert raw.headers["x-polyplex-provider"] == "anthropic"
     assert raw.parse().output_text == "hello"
+
+
+def upstream_messages(mock):
+    recent = json.loads(urllib.request.urlopen(mock + "/__mock/requests").read())
+    return recent[-1]["body"]["messages"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_kept_response_is_continued_retrieved_listed_and_deleted(client, mock, stream):
+    """`store` is OpenAI's default: the response is kept, and the next turn
+    names it instead of sending the conversation again; the earlier
+    instructions are not carried over, as on OpenAI."""
+    def ask(**kw):
+        if not stream:
+            return client.responses.create(model=OPENAI, **kw)
+        with client.responses.stream(model=OPENAI, **kw) as s:
+            for _ in s:
+                pass
+            return s.get_final_response()
+
+    first = ask(instructions="Talk like a pirate.", input="My name is Ann.")
+    assert first.store is True
+    second = ask(input="What is my name?", previous_response_id=first.id)
+    assert second.previous_response_id == first.id
+    assert [(m["role"], m["content"]) for m in upstream_messages(mock)] == [
+        ("user", "My name is Ann."), ("assistant", "My name is Ann."), ("user", "What is my name?")]
+    third = ask(input="Thanks.", previous_response_id=second.id, instructions="Be brief.")
+    assert len(upstream_messages(mock)) == 6 and upstream_messages(mock)[0]["role"] == "system"
+    got = client.responses.retrieve(third.id)
+    assert got.id == third.id and got.output_text == "Thanks." and got.usage.total_tokens > 0
+    items = client.responses.input_items.list(second.id, order="asc")
+    assert [i.role for i in items.data] == ["user", "assistant", "user"]
+    client.responses.delete(third.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(third.id)
+    with pytest.raises(openai.NotFoundError) as e:
+        ask(input="again", previous_response_id=third.id)
+    assert e.value.param == "previous_response_id" and e.value.code == "previous_response_not_found"
+
+
+def test_a_tool_loop_continues_from_the_kept_response_with_claudes_thinking(client):
+    r = client.responses.create(model=ANTHROPIC, input="Weather in Oslo?", tools=WEATHER,
+                                reasoning={"effort": "low"}, max_output_tokens=4000)
+    call = next(o for o in r.output if o.type == "function_call")
+    raw = client.responses.with_raw_response.create(
+        model=ANTHROPIC, previous_response_id=r.id, tools=WEATHER, reasoning={"effort": "low"}, max_output_tokens=4000,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "rain"}])
+    # The kept thinking went back with the call: Claude thought again.
+    assert "x-polyplex-dropped-params" not in raw.headers
+    assert raw.parse().output_text == "The tool returned: rain"
+
+
+def test_responses_are_kept_per_caller_and_not_when_store_is_false(client, gateway):
+    r = client.responses.create(model=OPENAI, input="secret plans")
+    status, k = admin(gateway, "POST", "/admin/keys", {"name": "other"})
+    other = openai.OpenAI(base_url=gateway + "/v1", api_key=k["key"], max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.retrieve(r.id)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.create(model=OPENAI, input="go on", previous_response_id=r.id)
+    unkept = client.responses.create(model=OPENAI, input="forget me", store=False)
+    assert unkept.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unkept.id)

@@ -8,20 +8,23 @@
 //! nested shape, `text.format` becomes `response_format`, `reasoning.effort`
 //! `reasoning_effort`, `max_output_tokens` `max_completion_tokens`. That
 //! request then goes through everything a chat request does — keys, limits,
-//! budget, routing, failover, usage records (as `chat.completions`),
+//! budget, routing, failover, usage records (as `responses`),
 //! translation to the provider's protocol — and its answer is rewritten as a
 //! Response object ([`response_object`]), or its stream as the Responses
 //! stream's typed events ([`Streamer`]).
 //!
-//! polyplex keeps no responses: `previous_response_id`, `conversation`,
-//! stored prompts and background mode are refused by name, `store` is
-//! answered `false`, and a conversation goes back whole in `input` — the
-//! model's reasoning too: a reasoning item's `encrypted_content` carries
+//! A response is kept (`store`, OpenAI's default) in the gateway's store
+//! with the conversation it answered, as items; `previous_response_id`
+//! continues from it (its items go first, the new instructions only
+//! apply), for the caller that kept it. Without it a conversation goes
+//! back whole in `input` — the model's reasoning too: a reasoning item's
+//! `encrypted_content` carries
 //! Claude's signed thinking blocks (which Anthropic wants back in a tool
 //! loop), and a function call Gemini signed carries its signature in
-//! `extra_content`, as chat's tool calls do. Built-in tools (web search,
-//! file search, computer use, ...) run inside OpenAI's service and are
-//! refused by name; function tools work on every provider.
+//! `extra_content`, as chat's tool calls do. `conversation` objects, stored
+//! prompts, background mode and built-in tools (web search, file search,
+//! computer use, ...) live inside OpenAI's service and are refused by
+//! name; function tools work on every provider.
 
 use base64::Engine;
 use polyplex_types::{lookup, GatewayError, JsonMap};
@@ -78,6 +81,7 @@ const SAME_NAME: &[&str] = &[
 
 /// The request's members a Response object repeats.
 const ECHOED: &[&str] = &[
+    "previous_response_id",
     "instructions",
     "max_output_tokens",
     "temperature",
@@ -112,6 +116,11 @@ pub struct Echo {
     /// Where each chat message came from: `instructions`, `input` or
     /// `input[i]` (for errors chat's validation finds).
     sources: Vec<String>,
+    /// Whether the response is to be kept (`store`, true unless false).
+    pub store: bool,
+    /// The conversation so far: the earlier response's items and this
+    /// request's input; the response's output joins them when it is kept.
+    pub items: Vec<Value>,
 }
 
 /// A Responses request as the chat request that asks the same.
@@ -154,24 +163,40 @@ fn given<'a>(o: &'a JsonMap, key: &str) -> Option<&'a Value> {
     lookup(o, key).filter(|v| !v.is_null())
 }
 
-/// The response id for request `request_id`: `resp_` and its random part.
-pub fn response_id(request_id: &str) -> String {
-    format!(
-        "resp_{}",
-        request_id.strip_prefix("req_").unwrap_or(request_id)
-    )
+/// A new response id: `resp_` and 32 random hex digits (never the
+/// request id a client may choose: a kept response's id is its key).
+pub fn new_response_id() -> String {
+    format!("resp_{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Rewrites a Responses request as a chat request ([module docs](self)).
-pub fn to_chat(body: JsonMap, request_id: &str) -> Result<Converted, Refused> {
-    let model = match lookup(&body, "model") {
+/// The model a Responses body asks for ("" when it names none).
+pub fn model_of(body: &JsonMap) -> String {
+    match lookup(body, "model") {
         Some(Value::String(m)) => m.clone(),
         _ => String::new(),
-    };
-    convert(&body, request_id).map_err(|e| Box::new((model, e)))
+    }
 }
 
-fn convert(body: &JsonMap, request_id: &str) -> Result<Converted, GatewayError> {
+/// The `previous_response_id` a body continues from, checked.
+pub fn previous_of(body: &JsonMap) -> Result<Option<String>, Refused> {
+    match given(body, "previous_response_id") {
+        None => Ok(None),
+        Some(Value::String(id)) => Ok(Some(id.clone())),
+        Some(_) => Err(Box::new((
+            model_of(body),
+            bad_type("previous_response_id", "a string"),
+        ))),
+    }
+}
+
+/// Rewrites a Responses request as a chat request ([module docs](self));
+/// `earlier` are the stored items of the response it continues from
+/// (`previous_response_id`: its input and output, in order).
+pub fn to_chat(body: JsonMap, id: &str, earlier: &[Value]) -> Result<Converted, Refused> {
+    convert(&body, id, earlier).map_err(|e| Box::new((model_of(&body), e)))
+}
+
+fn convert(body: &JsonMap, id: &str, earlier: &[Value]) -> Result<Converted, GatewayError> {
     for k in body.keys() {
         if !PARAMS.contains(&k.as_str()) {
             return Err(bad(k.as_str(), format!("Unknown parameter: '{k}'."))
@@ -184,16 +209,18 @@ fn convert(body: &JsonMap, request_id: &str) -> Result<Converted, GatewayError> 
         }
         Ok(())
     };
-    stateful("previous_response_id", "polyplex keeps no responses: send the conversation so far (earlier input and each response's output items) in `input` instead.")?;
+    if given(body, "previous_response_id").is_some_and(|v| !v.is_string()) {
+        return Err(bad_type("previous_response_id", "a string"));
+    }
     stateful(
         "conversation",
-        "polyplex keeps no conversations: send the conversation so far in `input` instead.",
+        "polyplex keeps no conversation objects: continue from a response with `previous_response_id`, or send the conversation so far in `input`.",
     )?;
     stateful(
         "prompt",
         "Stored prompts live in OpenAI's dashboard; send `instructions` and `input` instead.",
     )?;
-    stateful("background", "Background responses need a stored response to poll; polyplex keeps none. Stream the response instead.")?;
+    stateful("background", "Background responses are not supported: polyplex answers while the request is open. Stream the response instead.")?;
     if let Some(t) = given(body, "truncation") {
         match t.as_str() {
             Some("disabled") => {}
@@ -222,11 +249,11 @@ fn convert(body: &JsonMap, request_id: &str) -> Result<Converted, GatewayError> 
             ));
         }
     }
-    for k in ["store"] {
-        if given(body, k).is_some_and(|v| !v.is_boolean()) {
-            return Err(bad_type(k, "a boolean"));
-        }
-    }
+    let store = match given(body, "store") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad_type("store", "a boolean")),
+    };
     if let Some(m) = given(body, "metadata") {
         let ok = m
             .as_object()
@@ -261,15 +288,33 @@ fn convert(body: &JsonMap, request_id: &str) -> Result<Converted, GatewayError> 
         }
         Some(_) => return Err(bad_type("instructions", "a string")),
     }
+    // The items this response will be stored with: the earlier ones, then
+    // this request's input (a string as the user message it stands for).
+    let mut items: Vec<Value> = earlier.to_vec();
+    let input: Vec<(String, &Value)>;
+    let as_message;
     match lookup(body, "input") {
         None | Some(Value::Null) => return Err(missing("input")),
         Some(Value::String(s)) => {
-            messages.push(json!({"role": "user", "content": s}));
-            sources.push("input".to_string());
+            as_message = json!({"type": "message", "role": "user", "content": s});
+            input = vec![("input".to_string(), &as_message)];
         }
-        Some(Value::Array(items)) => input_items(items, &mut messages, &mut sources, &mut dropped)?,
+        Some(Value::Array(list)) => {
+            input = list
+                .iter()
+                .enumerate()
+                .map(|(i, item)| (format!("input[{i}]"), item))
+                .collect();
+        }
         Some(_) => return Err(bad_type("input", "a string or an array of input items")),
     }
+    items.extend(input.iter().map(|(_, v)| (*v).clone()));
+    // An earlier item at fault was stored so: the id it came by is named.
+    let all = earlier
+        .iter()
+        .map(|item| ("previous_response_id".to_string(), item))
+        .chain(input.iter().map(|(p, v)| (p.clone(), *v)));
+    input_items(all, &mut messages, &mut sources, &mut dropped)?;
     chat.insert("messages".into(), Value::Array(messages));
     if let Some(v) = given(body, "max_output_tokens") {
         chat.insert("max_completion_tokens".into(), v.clone());
@@ -329,18 +374,20 @@ fn convert(body: &JsonMap, request_id: &str) -> Result<Converted, GatewayError> 
     Ok(Converted {
         chat,
         echo: Echo {
-            id: response_id(request_id),
+            id: id.to_string(),
             request,
             stream,
             sources,
+            store,
+            items,
         },
         dropped,
     })
 }
 
-/// The `input` items as chat messages.
-fn input_items(
-    items: &[Value],
+/// The input items, each with the path errors name it by, as chat messages.
+fn input_items<'a>(
+    items: impl Iterator<Item = (String, &'a Value)>,
     messages: &mut Vec<Value>,
     sources: &mut Vec<String>,
     dropped: &mut Vec<String>,
@@ -348,8 +395,7 @@ fn input_items(
     // Claude's thinking blocks from a reasoning item, for the assistant
     // turn that follows it.
     let mut thinking: Vec<Value> = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let path = format!("input[{i}]");
+    for (path, item) in items {
         let o = item
             .as_object()
             .ok_or_else(|| bad_type(&path, "an object"))?;
@@ -767,6 +813,16 @@ impl Echo {
     }
 }
 
+/// The items a kept response is stored with: the conversation it
+/// answered (`echo.items`), then its output.
+pub fn stored_items(echo: &Echo, response: &Value) -> Vec<Value> {
+    let mut items = echo.items.clone();
+    if let Some(out) = response.get("output").and_then(Value::as_array) {
+        items.extend(out.iter().cloned());
+    }
+    items
+}
+
 // ---- answers ----
 
 fn item_id(echo: &Echo, prefix: &str, index: usize) -> String {
@@ -800,10 +856,10 @@ fn response(
         "model": model,
         "output": output,
         "parallel_tool_calls": or("parallel_tool_calls", json!(true)),
-        "previous_response_id": null,
+        "previous_response_id": or("previous_response_id", Value::Null),
         "reasoning": or("reasoning", json!({"effort": null, "summary": null})),
         "service_tier": or("service_tier", json!("default")),
-        "store": false,
+        "store": echo.store,
         "temperature": or("temperature", json!(1.0)),
         "text": or("text", json!({"format": {"type": "text"}})),
         "tool_choice": or("tool_choice", json!("auto")),
@@ -999,6 +1055,8 @@ pub struct Streamer {
     items: Vec<(String, Item, bool)>,
     finish: Option<String>,
     usage: Option<Value>,
+    /// The Response the stream ended with (completed, incomplete or failed).
+    last: Option<Value>,
 }
 
 impl Streamer {
@@ -1013,7 +1071,18 @@ impl Streamer {
             items: Vec::new(),
             finish: None,
             usage: None,
+            last: None,
         }
+    }
+
+    /// The Response the stream ended with, once it has.
+    pub fn final_response(&self) -> Option<&Value> {
+        self.last.as_ref()
+    }
+
+    /// The request's echo.
+    pub fn echo(&self) -> &Echo {
+        &self.echo
     }
 
     /// Whether the stream has said how it ended.
@@ -1384,6 +1453,7 @@ impl Streamer {
             "response.incomplete"
         };
         self.emit(out, kind, json!({"response": r}));
+        self.last = Some(r);
         self.ended = true;
     }
 
@@ -1407,6 +1477,7 @@ impl Streamer {
         let mut r = self.snapshot("failed", self.output(), usage(self.usage.as_ref()));
         r["error"] = json!({"code": code, "message": s("message")});
         self.emit(out, "response.failed", json!({"response": r}));
+        self.last = Some(r);
         self.ended = true;
     }
 }
@@ -1454,12 +1525,12 @@ mod tests {
 
     fn convert_ok(body: Value) -> Converted {
         let Value::Object(m) = body else { panic!() };
-        to_chat(m, "req_abc").unwrap()
+        to_chat(m, "resp_abc", &[]).unwrap()
     }
 
     fn refused(body: Value) -> GatewayError {
         let Value::Object(m) = body else { panic!() };
-        to_chat(m, "req_abc").unwrap_err().1
+        to_chat(m, "resp_abc", &[]).unwrap_err().1
     }
 
     #[test]
@@ -1529,7 +1600,7 @@ mod tests {
         };
         for (body, param) in [
             (
-                with("previous_response_id", json!("resp_1")),
+                with("previous_response_id", json!(7)),
                 "previous_response_id",
             ),
             (with("conversation", json!("conv_1")), "conversation"),
@@ -1588,6 +1659,7 @@ mod tests {
         convert_ok(with("background", json!(false)));
         convert_ok(with("truncation", json!("disabled")));
         convert_ok(with("previous_response_id", Value::Null));
+        convert_ok(with("previous_response_id", json!("resp_1")));
     }
 
     #[test]
@@ -1665,7 +1737,7 @@ mod tests {
         else {
             panic!()
         };
-        to_chat(m, "req_1f").unwrap().echo
+        to_chat(m, "resp_1f", &[]).unwrap().echo
     }
 
     #[test]
@@ -1707,7 +1779,7 @@ mod tests {
         let Value::Object(m) = json!({"model": "m", "input": out}) else {
             panic!()
         };
-        let c = to_chat(m, "req_2").unwrap();
+        let c = to_chat(m, "resp_2", &[]).unwrap();
         assert_eq!(
             c.chat["messages"][0]["thinking_blocks"],
             chat["choices"][0]["message"]["thinking_blocks"]

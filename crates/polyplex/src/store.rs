@@ -52,6 +52,16 @@ const SCHEMA: &[&str] = &[
         stream BIGINT NOT NULL,
         created_at BIGINT NOT NULL
     )",
+    // Responses kept for `previous_response_id` and retrieval (OpenAI's
+    // Responses API, `store`): the conversation as items, and the answer.
+    "CREATE TABLE IF NOT EXISTS polyplex_responses (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        items TEXT NOT NULL,
+        response TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS polyplex_responses_created ON polyplex_responses (created_at)",
     "CREATE INDEX IF NOT EXISTS polyplex_usage_created ON polyplex_usage (created_at)",
     "CREATE INDEX IF NOT EXISTS polyplex_usage_key ON polyplex_usage (key_id, created_at)",
 ];
@@ -64,6 +74,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[(
     "cache_write_tokens",
     "BIGINT NOT NULL DEFAULT 0",
 )];
+
+/// How long a kept response (Responses API) is kept: OpenAI's 30 days.
+pub const RESPONSE_DAYS: i64 = 30;
 
 /// Usage rows per INSERT statement (18 parameters each; SQLite takes 32,766
 /// parameters a statement, Postgres 65,535).
@@ -628,6 +641,68 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// Keeps a response (OpenAI's Responses API) for `owner`: its items
+    /// (the conversation, its output last) and the Response object, both
+    /// JSON. Now and then, responses older than [`RESPONSE_DAYS`] go.
+    pub async fn save_response(
+        &self,
+        id: &str,
+        owner: &str,
+        items: &str,
+        response: &str,
+    ) -> Result<(), StoreError> {
+        let now = unix_ms(SystemTime::now());
+        sqlx::query(
+            "INSERT INTO polyplex_responses (id, owner, created_at, items, response) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(now)
+        .bind(items)
+        .bind(response)
+        .execute(&self.pool)
+        .await?;
+        if rand::random::<u8>() == 0 {
+            let before = now - RESPONSE_DAYS * 86_400_000;
+            sqlx::query("DELETE FROM polyplex_responses WHERE created_at < $1")
+                .bind(before)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A kept response's items and Response object, if `owner` kept it
+    /// (another caller's is not found).
+    pub async fn load_response(
+        &self,
+        id: &str,
+        owner: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT items, response FROM polyplex_responses WHERE id = $1 AND owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get("items")?, r.try_get("response")?)),
+            None => None,
+        })
+    }
+
+    /// Deletes a kept response of `owner`'s; whether there was one.
+    pub async fn delete_response(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM polyplex_responses WHERE id = $1 AND owner = $2")
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// The number of usage records (tests, shutdown checks).
     pub async fn usage_count(&self) -> Result<u64, StoreError> {
         let row = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) FROM polyplex_usage")
@@ -930,6 +1005,25 @@ mod tests {
         assert_eq!((rows[0].cached_tokens, rows[0].cache_write_tokens), (6, 6));
         writer.close().await;
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_kept_response_is_its_owners_only() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        store
+            .save_response("resp_1", "key:a", "[1]", "{\"id\":\"resp_1\"}")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.load_response("resp_1", "key:a").await.unwrap(),
+            Some(("[1]".to_string(), "{\"id\":\"resp_1\"}".to_string()))
+        );
+        assert_eq!(store.load_response("resp_1", "key:b").await.unwrap(), None);
+        assert!(!store.delete_response("resp_1", "key:b").await.unwrap());
+        // An id is kept once: a second save of it fails, never overwrites.
+        assert!(store.save_response("resp_1", "key:b", "[]", "{}").await.is_err());
+        assert!(store.delete_response("resp_1", "key:a").await.unwrap());
+        assert_eq!(store.load_response("resp_1", "key:a").await.unwrap(), None);
     }
 
     #[test]

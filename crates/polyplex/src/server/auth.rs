@@ -28,6 +28,16 @@ impl Caller {
         }
     }
 
+    /// Who owns what this caller keeps (cached answers, stored responses):
+    /// `key:<id>`, `master` or `open`.
+    pub fn owner(&self) -> String {
+        match self {
+            Caller::Key(k) => format!("key:{}", k.id()),
+            Caller::Master => "master".to_string(),
+            Caller::Open => "open".to_string(),
+        }
+    }
+
     /// May this caller use the admin API?
     pub fn is_admin(&self) -> bool {
         matches!(self, Caller::Master | Caller::Open)

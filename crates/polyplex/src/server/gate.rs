@@ -46,6 +46,9 @@ fn needs_key(path: &str) -> bool {
     ) || path
         .strip_prefix("/v1/models/")
         .is_some_and(|id| !id.is_empty())
+        || path
+            .strip_prefix("/v1/responses/")
+            .is_some_and(|id| !id.is_empty())
         || is_admin(path)
 }
 

@@ -377,14 +377,9 @@ async fn serve(
     // The response cache.
     let cache_key = match (&app.cache, cache_mode) {
         (Some(_), Some(mode)) if mode != crate::cache::Mode::Skip => {
-            let caller = match &call.caller {
-                Caller::Key(k) => format!("key:{}", k.id()),
-                Caller::Master => "master".to_string(),
-                Caller::Open => "open".to_string(),
-            };
             Some(crate::cache::ResponseCache::key(
                 endpoint.as_str(),
-                &caller,
+                &call.caller.owner(),
                 parsed.body.text(),
             ))
         }
@@ -626,11 +621,51 @@ pub async fn responses(
         Ok(t) => t,
         Err(e) => return call.fail("", false, e, &no_one),
     };
-    let converted = match crate::responses::to_chat(tree, &rid.0) {
-        Ok(c) => c,
-        Err(b) => {
-            let (model, e) = *b;
+    let model = crate::responses::model_of(&tree);
+    let previous = match crate::responses::previous_of(&tree) {
+        Ok(p) => p,
+        Err(b) => return call.fail(&model, false, b.1, &no_one),
+    };
+    let owner = caller.owner();
+    let store = app.keys.store().cloned();
+    // The conversation a `previous_response_id` continues.
+    let earlier: Vec<Value> = match (&previous, &store) {
+        (None, _) => Vec::new(),
+        (Some(_), None) => {
+            let e = GatewayError::invalid_param("previous_response_id", "This gateway has no store to keep responses in; send the conversation so far in `input`.");
             return call.fail(&model, false, e, &no_one);
+        }
+        (Some(id), Some(st)) => match st.load_response(id, &owner).await {
+            Ok(Some((items, _))) => serde_json::from_str(&items).unwrap_or_default(),
+            Ok(None) => {
+                let e =
+                    GatewayError::not_found(format!("Previous response with id '{id}' not found."))
+                        .with_param("previous_response_id")
+                        .with_code("previous_response_not_found");
+                return call.fail(&model, false, e, &no_one);
+            }
+            Err(e) => {
+                tracing::error!(request_id = %rid.0, error = %e, "could not read a stored response");
+                let e = GatewayError::service_unavailable("The store did not answer; try again.");
+                return call.fail(&model, false, e, &no_one);
+            }
+        },
+    };
+    let mut converted =
+        match crate::responses::to_chat(tree, &crate::responses::new_response_id(), &earlier) {
+            Ok(c) => c,
+            Err(b) => {
+                let (model, e) = *b;
+                return call.fail(&model, false, e, &no_one);
+            }
+        };
+    // Kept unless the request says `store: false` (OpenAI's default), and
+    // only where there is a store.
+    let keep = match store {
+        Some(store) if converted.echo.store => Some(super::respond::Keep { store, owner }),
+        _ => {
+            converted.echo.store = false;
+            None
         }
     };
     let chat = match serde_json::to_vec(&converted.chat) {
@@ -649,7 +684,7 @@ pub async fn responses(
     *inner.method_mut() = Method::POST;
     *inner.headers_mut() = headers;
     let resp = handle(app, rid, caller, Endpoint::Chat, "responses", inner).await;
-    super::respond::responses_answer(resp, converted.echo, converted.dropped).await
+    super::respond::responses_answer(resp, converted.echo, converted.dropped, keep).await
 }
 
 fn model_object(id: &str, owner: &str) -> Value {
@@ -843,17 +878,72 @@ pub async fn not_found(method: Method, uri: Uri) -> Response {
     .into_response()
 }
 
-/// `/v1/responses/{id}` and below (retrieve, delete, cancel, input items):
-/// polyplex keeps no responses, and says so.
-pub async fn stored_response(method: Method, uri: Uri) -> Response {
-    ApiError(
-        GatewayError::not_found(format!(
-            "{method} {}: polyplex keeps no responses (it answers `POST /v1/responses` and forgets); send a conversation whole in `input`.",
-            uri.path()
+/// `/v1/responses/{id}` and below: a kept response retrieved
+/// (`GET`), deleted (`DELETE`), or its input items listed (`GET
+/// .../input_items`), for the caller that kept it.
+pub async fn stored_response(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    method: Method,
+    uri: Uri,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let rest = uri.path().strip_prefix("/v1/responses/").unwrap_or("");
+    let (id, what) = rest.split_once('/').unwrap_or((rest, ""));
+    let not_found = || {
+        ApiError(
+            GatewayError::not_found(format!("Response with id '{id}' not found."))
+                .with_code("response_not_found"),
+        )
+        .into_response()
+    };
+    let Some(store) = app.keys.store() else {
+        return not_found();
+    };
+    let owner = caller.owner();
+    let failed = |e: crate::store::StoreError| {
+        tracing::error!(error = %e, "stored responses: the store failed");
+        ApiError(GatewayError::service_unavailable(
+            "The store did not answer; try again.",
         ))
-        .with_code("response_not_stored"),
-    )
-    .into_response()
+        .into_response()
+    };
+    match (&method, what) {
+        (&Method::DELETE, "") => match store.delete_response(id, &owner).await {
+            Ok(true) => Json(json!({"id": id, "object": "response", "deleted": true})).into_response(),
+            Ok(false) => not_found(),
+            Err(e) => failed(e),
+        },
+        (&Method::GET, "" | "input_items") => {
+            let (items, response) = match store.load_response(id, &owner).await {
+                Ok(Some(found)) => found,
+                Ok(None) => return not_found(),
+                Err(e) => return failed(e),
+            };
+            if what.is_empty() {
+                return super::respond::json_bytes(Bytes::from(response));
+            }
+            let items: Vec<Value> = serde_json::from_str(&items).unwrap_or_default();
+            let response: Value = serde_json::from_str(&response).unwrap_or_default();
+            let outputs = response["output"].as_array().map_or(0, Vec::len);
+            let mut input: Vec<Value> = items[..items.len().saturating_sub(outputs)].to_vec();
+            // OpenAI lists them newest first unless asked `order=asc`.
+            let ascending = query.as_deref().is_some_and(|q| q.split('&').any(|kv| kv == "order=asc"));
+            if !ascending {
+                input.reverse();
+            }
+            let id_of = |v: Option<&Value>| v.and_then(|v| v.get("id")).cloned().unwrap_or(Value::Null);
+            Json(json!({"object": "list", "first_id": id_of(input.first()),
+                "last_id": id_of(input.last()), "has_more": false, "data": input}))
+            .into_response()
+        }
+        (&Method::POST, "cancel") => ApiError(GatewayError::invalid_param(
+            "",
+            "Only background responses can be cancelled; polyplex answers every response while its request is open.",
+        ))
+        .into_response(),
+        _ => not_found(),
+    }
 }
 
 pub async fn method_not_allowed() -> Response {

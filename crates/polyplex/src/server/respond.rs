@@ -642,6 +642,37 @@ pub fn sse_headers(resp: &mut Response) {
     h.insert(&names::ACCEL_BUFFERING, HeaderValue::from_static("no"));
 }
 
+/// Where a Responses answer is kept (`store`), and for whom.
+pub struct Keep {
+    pub store: crate::store::Store,
+    pub owner: String,
+}
+
+impl Keep {
+    /// Keeps a completed (or incomplete) response with its conversation; a
+    /// failed one is not kept. A store that fails is logged: the answer
+    /// still goes out, and continuing from it will say it is not found.
+    async fn save(self, echo: &crate::responses::Echo, response: &Value) {
+        if response["status"] == "failed" {
+            return;
+        }
+        let items = crate::responses::stored_items(echo, response);
+        let (Ok(items), Ok(body)) = (
+            serde_json::to_string(&items),
+            serde_json::to_string(response),
+        ) else {
+            return;
+        };
+        if let Err(e) = self
+            .store
+            .save_response(&echo.id, &self.owner, &items, &body)
+            .await
+        {
+            tracing::error!(response_id = %echo.id, error = %e, "could not keep a response");
+        }
+    }
+}
+
 /// A chat answer rewritten for the Responses API (`POST /v1/responses`,
 /// `crate::responses`): an error keeps its status and body, its `param`
 /// named as the Responses request calls it; a completion becomes a Response
@@ -652,6 +683,7 @@ pub async fn responses_answer(
     resp: Response,
     echo: crate::responses::Echo,
     mut dropped: Vec<String>,
+    keep: Option<Keep>,
 ) -> Response {
     use crate::responses::{response_object, Streamer};
     let (mut parts, body) = resp.into_parts();
@@ -676,43 +708,54 @@ pub async fn responses_answer(
             body.into_data_stream(),
             polyplex_providers::sse::Parser::new(),
             Streamer::new(echo),
+            keep,
         );
-        let events = futures::stream::unfold(state, |(mut body, mut parser, mut s)| async move {
-            if s.ended() {
-                return None;
-            }
-            let mut out = Vec::new();
-            while out.is_empty() && !s.ended() {
-                let mut got = Vec::new();
-                match body.next().await {
-                    Some(Ok(bytes)) => parser.feed(&bytes, &mut got),
-                    // The chat stream ended (or broke) without saying how.
-                    Some(Err(_)) | None => {
-                        let e = GatewayError::upstream(
-                            StatusCode::BAD_GATEWAY,
-                            "server_error",
-                            "The stream ended before the response was complete.",
-                        )
-                        .with_code("stream_ended");
-                        s.on_error(&e.object(), &mut out);
-                    }
+        let events = futures::stream::unfold(
+            state,
+            |(mut body, mut parser, mut s, mut keep)| async move {
+                if s.ended() {
+                    return None;
                 }
-                for ev in got {
-                    if ev.data == "[DONE]" {
-                        s.on_done(&mut out);
-                    } else if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
-                        match v.get("error") {
-                            Some(err) => s.on_error(err, &mut out),
-                            None => s.on_chunk(&v, &mut out),
+                let mut out = Vec::new();
+                while out.is_empty() && !s.ended() {
+                    let mut got = Vec::new();
+                    match body.next().await {
+                        Some(Ok(bytes)) => parser.feed(&bytes, &mut got),
+                        // The chat stream ended (or broke) without saying how.
+                        Some(Err(_)) | None => {
+                            let e = GatewayError::upstream(
+                                StatusCode::BAD_GATEWAY,
+                                "server_error",
+                                "The stream ended before the response was complete.",
+                            )
+                            .with_code("stream_ended");
+                            s.on_error(&e.object(), &mut out);
+                        }
+                    }
+                    for ev in got {
+                        if ev.data == "[DONE]" {
+                            s.on_done(&mut out);
+                        } else if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
+                            match v.get("error") {
+                                Some(err) => s.on_error(err, &mut out),
+                                None => s.on_chunk(&v, &mut out),
+                            }
                         }
                     }
                 }
-            }
-            Some((
-                Ok::<Bytes, std::convert::Infallible>(Bytes::from(out)),
-                (body, parser, s),
-            ))
-        });
+                // Kept before its last event goes out, so a request that
+                // continues from it right away finds it.
+                if let Some(r) = s.final_response() {
+                    if let Some(k) = keep.take() {
+                        k.save(s.echo(), r).await;
+                    }
+                }
+                Some((
+                    Ok::<Bytes, std::convert::Infallible>(Bytes::from(out)),
+                    (body, parser, s, keep),
+                ))
+            },
+        );
         return Response::from_parts(parts, Body::from_stream(events));
     }
     let bytes = match axum::body::to_bytes(body, usize::MAX).await {
@@ -725,7 +768,11 @@ pub async fn responses_answer(
         return Response::from_parts(parts, Body::from(bytes));
     };
     let out = if parts.status == StatusCode::OK {
-        response_object(&v, &echo)
+        let r = response_object(&v, &echo);
+        if let Some(k) = keep {
+            k.save(&echo, &r).await;
+        }
+        r
     } else {
         let chat = v
             .pointer("/error/param")
