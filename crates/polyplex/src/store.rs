@@ -1004,12 +1004,20 @@ mod tests {
         assert_eq!((rows[0].requests, rows[0].prompt_tokens), (2, 13));
         assert_eq!((rows[0].cached_tokens, rows[0].cache_write_tokens), (6, 6));
         writer.close().await;
+        // The table for kept responses came with the upgrade too.
+        kept_responses_are_their_owners_only(&store).await;
         store.close().await;
     }
 
     #[tokio::test]
     async fn a_kept_response_is_its_owners_only() {
         let store = Store::connect("sqlite::memory:").await.unwrap();
+        kept_responses_are_their_owners_only(&store).await;
+    }
+
+    /// Saves, reads and deletes a kept response in `store`, by its owner
+    /// and by another caller.
+    async fn kept_responses_are_their_owners_only(store: &Store) {
         store
             .save_response("resp_1", "key:a", "[1]", "{\"id\":\"resp_1\"}")
             .await
@@ -1021,7 +1029,10 @@ mod tests {
         assert_eq!(store.load_response("resp_1", "key:b").await.unwrap(), None);
         assert!(!store.delete_response("resp_1", "key:b").await.unwrap());
         // An id is kept once: a second save of it fails, never overwrites.
-        assert!(store.save_response("resp_1", "key:b", "[]", "{}").await.is_err());
+        assert!(store
+            .save_response("resp_1", "key:b", "[]", "{}")
+            .await
+            .is_err());
         assert!(store.delete_response("resp_1", "key:a").await.unwrap());
         assert_eq!(store.load_response("resp_1", "key:a").await.unwrap(), None);
     }
