@@ -586,6 +586,23 @@ fn tool_name<'a>(p: &str, name: Option<&'a str>) -> R<&'a str> {
     Ok(name)
 }
 
+/// A function declared at `p` (a tool's `function`, or one of the
+/// deprecated `functions`): its name, checked, and its `parameters` a JSON
+/// Schema object if given.
+fn function_decl<'a>(p: &str, f: &'a JsonMap) -> R<&'a str> {
+    let name = tool_name(&format!("{p}.name"), f.get("name").and_then(Value::as_str))?;
+    if let Some(params) = crate::lookup(f, "parameters").filter(|x| !x.is_null()) {
+        if !params.is_object() {
+            return Err(bad_type(
+                &format!("{p}.parameters"),
+                "a JSON Schema object",
+                params,
+            ));
+        }
+    }
+    Ok(name)
+}
+
 /// A tool chosen by name in `o` (a `function`, or by its `type` a `custom`
 /// one), at `p`: declared.
 fn chosen_tool(p: &str, o: &JsonMap, names: &[String]) -> R<()> {
@@ -670,20 +687,7 @@ fn tools(body: &JsonMap) -> R<Vec<String>> {
                 .get("function")
                 .and_then(Value::as_object)
                 .ok_or_else(|| missing(&format!("{p}.function")))?;
-            let name = tool_name(
-                &format!("{p}.function.name"),
-                f.get("name").and_then(Value::as_str),
-            )?;
-            if let Some(params) = crate::lookup(f, "parameters").filter(|x| !x.is_null()) {
-                if !params.is_object() {
-                    return Err(bad_type(
-                        &format!("{p}.function.parameters"),
-                        "a JSON Schema object",
-                        params,
-                    ));
-                }
-            }
-            names.push(name.to_string());
+            names.push(function_decl(&format!("{p}.function"), f)?.to_string());
         }
     }
     if let Some(tc) = get(body, "tool_choice") {
@@ -729,17 +733,7 @@ fn functions(body: &JsonMap) -> R<Option<Vec<String>>> {
         for (i, f) in arr.iter().enumerate() {
             let p = format!("functions[{i}]");
             let o = f.as_object().ok_or_else(|| bad_type(&p, "an object", f))?;
-            let name = tool_name(&format!("{p}.name"), o.get("name").and_then(Value::as_str))?;
-            if let Some(params) = crate::lookup(o, "parameters").filter(|x| !x.is_null()) {
-                if !params.is_object() {
-                    return Err(bad_type(
-                        &format!("{p}.parameters"),
-                        "a JSON Schema object",
-                        params,
-                    ));
-                }
-            }
-            declared.push(name.to_string());
+            declared.push(function_decl(&p, o)?.to_string());
         }
         names = Some(declared);
     }
