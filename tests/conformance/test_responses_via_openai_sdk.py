@@ -221,6 +221,10 @@ def test_a_kept_response_is_continued_retrieved_listed_and_deleted(client, mock,
     assert got.id == third.id and got.output_text == "Thanks." and got.usage.total_tokens > 0
     items = client.responses.input_items.list(second.id, order="asc")
     assert [i.role for i in items.data] == ["user", "assistant", "user"]
+    newest_first = client.responses.input_items.list(second.id)
+    assert [i.content for i in newest_first.data] == [i.content for i in reversed(items.data)]
+    with pytest.raises(openai.BadRequestError):
+        client.responses.cancel(second.id)  # only background responses can be
     client.responses.delete(third.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(third.id)

@@ -3,6 +3,7 @@
 
 use crate::reply::{RawWriter, Reply};
 use crate::{Endpoint, Target};
+use polyplex_types::validate::uses_functions;
 use polyplex_types::{lookup, member, GatewayError, JsonMap, Usage, UsageJson};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -1082,23 +1083,6 @@ pub(crate) fn for_translation<'a>(
     }
     out.insert("tool_choice".into(), json!(mode));
     Ok(std::borrow::Cow::Owned(out))
-}
-
-/// Whether a chat request uses OpenAI's deprecated function calling
-/// (`functions`, `function_call`, an assistant turn's `function_call`, a
-/// `function` message) instead of tools.
-pub fn uses_functions(body: &JsonMap) -> bool {
-    let given = |v: Option<&Value>| v.is_some_and(|v| !v.is_null());
-    given(lookup(body, "functions"))
-        || given(lookup(body, "function_call"))
-        || lookup(body, "messages")
-            .and_then(Value::as_array)
-            .is_some_and(|ms| {
-                ms.iter().any(|m| {
-                    given(member(m, "function_call"))
-                        || member(m, "role").and_then(Value::as_str) == Some("function")
-                })
-            })
 }
 
 /// A request with deprecated function calling as the same request with

@@ -522,16 +522,7 @@ fn messages(body: &JsonMap) -> R<bool> {
                     "only 'assistant' messages may carry a function_call.",
                 ));
             }
-            if !fc.get("name").is_some_and(Value::is_string) {
-                return Err(missing(&format!("{fp}.name")));
-            }
-            if !fc.get("arguments").is_some_and(Value::is_string) {
-                return Err(bad_type(
-                    &format!("{fp}.arguments"),
-                    "a JSON string",
-                    fc.get("arguments").unwrap_or(&Value::Null),
-                ));
-            }
+            called_function(&fp, fc)?;
         }
         if let Some(tc) = crate::lookup(o, "tool_calls").filter(|t| !t.is_null()) {
             let tp = format!("messages[{i}].tool_calls");
@@ -550,16 +541,7 @@ fn messages(body: &JsonMap) -> R<bool> {
                 if !c.get("id").is_some_and(Value::is_string) {
                     return Err(missing(&format!("{cp}.id")));
                 }
-                if !f.get("name").is_some_and(Value::is_string) {
-                    return Err(missing(&format!("{cp}.function.name")));
-                }
-                if !f.get("arguments").is_some_and(Value::is_string) {
-                    return Err(bad_type(
-                        &format!("{cp}.function.arguments"),
-                        "a JSON string",
-                        f.get("arguments").unwrap_or(&Value::Null),
-                    ));
-                }
+                called_function(&format!("{cp}.function"), f)?;
             }
         }
     }
@@ -584,6 +566,23 @@ fn tool_name<'a>(p: &str, name: Option<&'a str>) -> R<&'a str> {
         ));
     }
     Ok(name)
+}
+
+/// A function called at `p` (a tool call's `function`, or an assistant
+/// turn's deprecated `function_call`): a name, and arguments as a JSON
+/// string.
+fn called_function(p: &str, f: &Value) -> R<()> {
+    if !f.get("name").is_some_and(Value::is_string) {
+        return Err(missing(&format!("{p}.name")));
+    }
+    match f.get("arguments") {
+        Some(Value::String(_)) => Ok(()),
+        other => Err(bad_type(
+            &format!("{p}.arguments"),
+            "a JSON string",
+            other.unwrap_or(&Value::Null),
+        )),
+    }
 }
 
 /// A function declared at `p` (a tool's `function`, or one of the
@@ -765,17 +764,21 @@ fn functions(body: &JsonMap) -> R<Option<Vec<String>>> {
     Ok(names)
 }
 
-/// Whether a message is a deprecated `function` message or an assistant
-/// turn with a `function_call` (checked in [`messages`]).
-fn legacy_turns(body: &JsonMap) -> bool {
-    get(body, "messages")
-        .and_then(Value::as_array)
-        .is_some_and(|ms| {
-            ms.iter().any(|m| {
-                m.get("function_call").is_some_and(|f| !f.is_null())
-                    || m.get("role").and_then(Value::as_str) == Some("function")
+/// Whether a chat request uses OpenAI's deprecated function calling
+/// (`functions`, `function_call`, an assistant turn's `function_call`, a
+/// `function` message) instead of tools.
+pub fn uses_functions(body: &JsonMap) -> bool {
+    let given = |v: Option<&Value>| v.is_some_and(|v| !v.is_null());
+    given(crate::lookup(body, "functions"))
+        || given(crate::lookup(body, "function_call"))
+        || crate::lookup(body, "messages")
+            .and_then(Value::as_array)
+            .is_some_and(|ms| {
+                ms.iter().any(|m| {
+                    given(crate::member(m, "function_call"))
+                        || crate::member(m, "role").and_then(Value::as_str) == Some("function")
+                })
             })
-        })
 }
 
 /// response_format; returns whether it asks for a json_schema.
@@ -841,7 +844,7 @@ pub fn chat(body: &JsonMap) -> R<ChatMeta> {
         n,
         max_tokens: max_completion.or(max_tokens).map(|x| x as u64),
         has_tools: !tool_names.is_empty() || function_names.as_ref().is_some_and(|f| !f.is_empty()),
-        functions: function_names.is_some() || legacy_turns(body),
+        functions: uses_functions(body),
         has_images,
         json_schema,
         fallback_models,

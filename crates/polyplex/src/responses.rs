@@ -784,14 +784,12 @@ impl Echo {
                 Some(_) => "",
                 None => rest.strip_suffix(".image_url.url").unwrap_or(rest),
             };
-            return if source == "input" && rest.starts_with(".content") {
-                "input".into()
+            // `instructions`, a string `input`, an item of the continued
+            // response: named whole; an input item with the path inside it.
+            return if source.ends_with(']') {
+                format!("{source}{rest}")
             } else {
-                format!("{source}{rest}").replacen(
-                    ".content",
-                    "",
-                    usize::from(source == "instructions"),
-                )
+                source.clone()
             };
         }
         if let Some(rest) = chat.strip_prefix("tools[") {
@@ -1716,6 +1714,15 @@ mod tests {
         assert_eq!(p("messages[3].tool_call_id"), "input[3].tool_call_id");
         assert_eq!(p("temperature"), "temperature");
         assert_eq!(p("messages_x"), "messages_x");
+        // An item of the continued response is named by the id it came by.
+        let Value::Object(m) = json!({"model": "m", "input": "and then?"}) else {
+            panic!()
+        };
+        let earlier = [json!({"role": "user", "content": "hi"})];
+        let c = to_chat(m, "resp_2", &earlier).unwrap();
+        assert_eq!(c.echo.param("messages[0].content"), "previous_response_id");
+        assert_eq!(c.echo.param("messages[1].content"), "input");
+        assert_eq!(c.echo.items.len(), 2);
         assert_eq!(
             c.echo.message(
                 "Invalid 'max_completion_tokens': too small.",
