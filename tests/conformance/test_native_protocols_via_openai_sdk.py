@@ -474,3 +474,47 @@ def test_deprecated_function_calling_works_on_every_protocol(client, m):
         client.chat.completions.create(model=m, messages=messages[:1], functions=functions,
                                        function_call={"name": "get_time"})
     assert e.value.param == "function_call.name"
+
+
+@pytest.mark.parametrize("m", ["openai/gpt-4o", ANTHROPIC, GEMINI, BEDROCK, VERTEX_GEMINI, VERTEX_CLAUDE, "cohere/command-a-03-2025"])
+def test_legacy_completions_on_every_protocol(client, m):
+    """`client.completions.create`: OpenAI-protocol upstreams answer it
+    themselves; the others through their chat API — the prompt as one user
+    turn, the answer (and every stream chunk) a `text_completion`, usage
+    and cost metered as any request's."""
+    r = client.completions.create(model=m, prompt="Say this is a test", max_tokens=20)
+    assert r.object == "text_completion"
+    assert r.choices[0].text == "Say this is a test" and r.choices[0].finish_reason == "stop"
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens > 0
+    assert r.usage.model_extra["cost"] > 0
+    r = client.completions.create(model=m, prompt="one two three four", max_tokens=2)
+    assert r.choices[0].finish_reason == "length"
+    chunks = list(client.completions.create(model=m, prompt="Say this is a test", max_tokens=20, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert all(c.object == "text_completion" for c in chunks)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "Say this is a test"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-1].usage.completion_tokens == 5 and chunks[-1].usage.model_extra["cost"] > 0
+    assert len({c.id for c in chunks}) == 1
+
+
+@pytest.mark.parametrize("m", [ANTHROPIC, GEMINI, BEDROCK, "cohere/command-a-03-2025"])
+def test_legacy_completions_through_chat_echo_and_refuse_by_name(client, m):
+    r = client.completions.create(model=m, prompt="Say this is a test", max_tokens=20, echo=True)
+    assert r.choices[0].text == "Say this is a testSay this is a test"
+    text = "".join(c.choices[0].text for c in client.completions.create(
+        model=m, prompt=["Say this"], max_tokens=20, echo=True, stream=True) if c.choices)
+    assert text == "Say thisSay this"
+    # Several prompts: answered a prompt at a time, joined as OpenAI joins them.
+    r = client.completions.create(model=m, prompt=["one two", "three", "four five six"], max_tokens=20)
+    assert [(c.index, c.text) for c in r.choices] == [(0, "one two"), (1, "three"), (2, "four five six")]
+    assert r.usage.completion_tokens == 6 and r.usage.model_extra["cost"] > 0
+    for kwargs, param in [({"prompt": ["one", "two"], "stream": True}, "prompt"), ({"prompt": [1, 2, 3]}, "prompt"),
+                          ({"prompt": "hi", "suffix": "bye"}, "suffix"), ({"prompt": "hi", "logprobs": 1}, "logprobs"),
+                          ({"prompt": "hi", "best_of": 2}, "best_of")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model=m, **kwargs)
+        assert e.value.param == param and e.value.code == "unsupported_parameter", kwargs
+    raw = client.completions.with_raw_response.create(model=m, prompt="hi", suffix="bye", extra_body={"drop_params": True})
+    assert raw.headers["x-polyplex-dropped-params"] == "suffix"
+    assert raw.parse().choices[0].text == "hi"

@@ -257,3 +257,45 @@ def test_responses_are_kept_per_caller_and_not_when_store_is_false(client, gatew
     assert unkept.store is False
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(unkept.id)
+
+
+def test_a_store_that_fails_is_a_503_and_never_loses_the_answer(mock, tmp_path):
+    """The store failing under a running gateway (here: its table dropped
+    behind its back): reading a kept response, or continuing one, is a 503
+    the SDK retries (InternalServerError), never a 404 that would say the
+    response is gone; a new response is still answered, and not kept."""
+    import sqlite3
+
+    from conftest import BIN, MASTER_KEY, Proc, free_port, mock_openai_provider, wait_http
+
+    port = free_port()
+    (tmp_path / "polyplex.toml").write_text(f"""
+listen = "127.0.0.1:{port}"
+[auth]
+master_key = "{MASTER_KEY}"
+{mock_openai_provider(mock)}""")
+    proc = Proc([BIN, "serve"], cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/healthz")
+        client = openai.OpenAI(base_url=base + "/v1", api_key=MASTER_KEY, max_retries=0)
+        kept = client.responses.create(model="gpt-4o-mini", input="remember this")
+        assert client.responses.retrieve(kept.id).output_text == "remember this"
+        with sqlite3.connect(tmp_path / "polyplex.db") as db:
+            db.execute("DROP TABLE polyplex_responses")
+        for call in (lambda: client.responses.retrieve(kept.id),
+                     lambda: client.responses.input_items.list(kept.id),
+                     lambda: client.responses.delete(kept.id),
+                     lambda: client.responses.create(model="gpt-4o-mini", input="go on", previous_response_id=kept.id)):
+            with pytest.raises(openai.InternalServerError) as e:
+                call()
+            assert e.value.status_code == 503 and "store" in e.value.message
+        fresh = client.responses.create(model="gpt-4o-mini", input="answered all the same")
+        assert fresh.output_text == "answered all the same"
+        streamed = list(client.responses.create(model="gpt-4o-mini", input="streamed all the same", stream=True))
+        assert streamed[-1].type == "response.completed"
+        assert streamed[-1].response.output_text == "streamed all the same"
+    finally:
+        proc.stop()
+    log = proc.output()
+    assert "could not keep a response" in log and "the store failed" in log

@@ -13,6 +13,7 @@ pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
 pub mod cohere;
+pub mod completions;
 pub mod gemini;
 pub mod openai_compat;
 pub mod reply;
@@ -202,6 +203,19 @@ pub trait Protocol: Send + Sync {
     fn embedding_inputs_per_request(&self, _model: &str) -> Option<usize> {
         None
     }
+    /// Whether the upstream API has OpenAI's legacy completions endpoint
+    /// (else the gateway serves completions through its chat API,
+    /// [`completions::ViaChat`]).
+    fn answers_completions(&self) -> bool {
+        false
+    }
+    /// Whether a completions request may carry one prompt only (a chat
+    /// API's). The gateway then answers a unary request with several a
+    /// prompt at a time and joins the answers
+    /// ([`completions::split_prompts`], [`completions::join_prompts`]).
+    fn one_prompt_per_request(&self) -> bool {
+        false
+    }
     /// The parser of this protocol's stream framing (SSE unless overridden).
     fn stream_parser(&self) -> sse::Parser {
         sse::Parser::new()
@@ -282,6 +296,30 @@ mod tests {
     use super::*;
     use serde_json::{json, Value};
 
+    /// A deployment for adapter tests: provider `p`, key `k`, the
+    /// catalog's output limit 1000.
+    pub(crate) fn test_target<'a>(
+        auth: &'a AuthStyle,
+        base_url: &'a str,
+        model: &'a str,
+        drop_params: bool,
+    ) -> Target<'a> {
+        Target {
+            provider: "p",
+            base_url,
+            api_key: Some("k"),
+            credential: None,
+            auth,
+            model,
+            extra_headers: &[],
+            stream_usage: true,
+            default_max_tokens: Some(1000),
+            drop_params,
+            api_version: None,
+            sigv4: None,
+        }
+    }
+
     /// Every translating protocol, with a model of its own, as
     /// `(name, protocol, base URL, model)`.
     fn translating() -> Vec<(&'static str, Box<dyn Protocol>, &'static str, &'static str)> {
@@ -335,21 +373,7 @@ mod tests {
         drop_params: bool,
     ) -> Result<(Value, Vec<String>), GatewayError> {
         let auth = AuthStyle::bearer();
-        let credential = HeaderValue::from_static("Bearer t");
-        let target = Target {
-            provider: "p",
-            base_url,
-            api_key: Some("k"),
-            credential: Some(&credential),
-            auth: &auth,
-            model,
-            extra_headers: &[],
-            stream_usage: true,
-            default_max_tokens: Some(1000),
-            drop_params,
-            api_version: None,
-            sigv4: None,
-        };
+        let target = test_target(&auth, base_url, model, drop_params);
         let body = RequestBody::from_map(body.as_object().cloned().unwrap_or_default());
         let req = p.build_from(Endpoint::Chat, &body, false, &target)?;
         let sent = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
@@ -498,6 +522,37 @@ mod tests {
         assert_eq!(name, "vertex claude");
         let (sent, _) = build(vertex.as_ref(), base, model, body("default"), false).unwrap();
         assert!(sent.get("service_tier").is_none());
+    }
+
+    /// No chat-only protocol has the completions endpoint itself; through
+    /// [`completions::ViaChat`] each gets the prompt as its own chat request.
+    #[test]
+    fn every_chat_only_protocol_answers_completions_through_chat() {
+        let auth = AuthStyle::bearer();
+        for (name, p, base_url, model) in translating() {
+            assert!(!p.answers_completions(), "{name}");
+            let target = test_target(&auth, base_url, model, false);
+            let body = json!({"model": "m", "prompt": "Complete this sentence", "max_tokens": 7})
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            let e = p
+                .build(Endpoint::Completions, &body, false, &target)
+                .unwrap_err();
+            assert_eq!(e.code.as_deref(), Some("unsupported_endpoint"), "{name}");
+            let via = completions::ViaChat(std::sync::Arc::from(p));
+            assert!(via.one_prompt_per_request());
+            for stream in [false, true] {
+                let req = via
+                    .build(Endpoint::Completions, &body, stream, &target)
+                    .unwrap_or_else(|e| panic!("{name}: {}", e.message));
+                let sent = String::from_utf8_lossy(&req.body);
+                assert!(sent.contains("Complete this sentence"), "{name}: {sent}");
+                assert!(!sent.contains("prompt"), "{name}: {sent}");
+            }
+        }
+        assert!(openai_compat::OpenAiCompat.answers_completions());
+        assert!(azure::Azure.answers_completions());
     }
 
     #[test]

@@ -704,37 +704,48 @@ pub fn split_embedding_inputs(body: &JsonMap, per: usize) -> Option<Vec<JsonMap>
 /// parts' token counts added up (none when a part had none: the gateway
 /// counts then).
 pub fn join_embeddings(parts: Vec<(Reply, Option<Usage>)>) -> (Reply, Option<Usage>) {
-    let mut data = Vec::new();
+    join_indexed(
+        parts,
+        "data",
+        |u| json!({"prompt_tokens": u.prompt_tokens, "total_tokens": u.prompt_tokens}),
+    )
+}
+
+/// The answers to one request's parts as one answer: the items of each
+/// part's `member` list in part order (within a part, by `index`),
+/// indexed again from 0; the first part's other members; the parts' usage
+/// added up, written by `usage_json` (none, and no `usage`, when a part
+/// had none: the gateway counts then).
+pub(crate) fn join_indexed(
+    parts: Vec<(Reply, Option<Usage>)>,
+    member: &str,
+    usage_json: impl Fn(&Usage) -> Value,
+) -> (Reply, Option<Usage>) {
+    let mut all = Vec::new();
     let mut usage = Some(Usage::default());
     let mut head: Option<JsonMap> = None;
     for (reply, part_usage) in parts {
         let mut m = reply.into_map();
-        if let Some(Value::Array(mut items)) = m.remove("data") {
+        if let Some(Value::Array(mut items)) = m.remove(member) {
             items.sort_by_key(|item| item.get("index").and_then(Value::as_u64));
             for mut item in items {
                 if let Some(o) = item.as_object_mut() {
-                    o.insert("index".into(), json!(data.len()));
+                    o.insert("index".into(), json!(all.len()));
                 }
-                data.push(item);
+                all.push(item);
             }
         }
         usage = match (usage, part_usage) {
-            (Some(mut sum), Some(u)) => {
-                sum.prompt_tokens += u.prompt_tokens;
-                Some(sum)
-            }
+            (Some(sum), Some(u)) => Some(sum.plus(&u)),
             _ => None,
         };
         head.get_or_insert(m);
     }
     let mut out = head.unwrap_or_default();
-    out.insert("data".into(), Value::Array(data));
+    out.insert(member.into(), Value::Array(all));
     match &usage {
         Some(u) => {
-            out.insert(
-                "usage".into(),
-                json!({"prompt_tokens": u.prompt_tokens, "total_tokens": u.prompt_tokens}),
-            );
+            out.insert("usage".into(), usage_json(u));
         }
         None => {
             out.remove("usage");

@@ -26,6 +26,18 @@ impl Usage {
         self.prompt_tokens + self.completion_tokens
     }
 
+    /// Two requests' usage added up (estimated if either was).
+    pub fn plus(&self, other: &Usage) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens + other.prompt_tokens,
+            completion_tokens: self.completion_tokens + other.completion_tokens,
+            cached_tokens: self.cached_tokens + other.cached_tokens,
+            cache_write_tokens: self.cache_write_tokens + other.cache_write_tokens,
+            reasoning_tokens: self.reasoning_tokens + other.reasoning_tokens,
+            estimated: self.estimated || other.estimated,
+        }
+    }
+
     /// Reads an OpenAI `usage` object; `None` if absent or not an object.
     pub fn from_json(v: Option<&Value>) -> Option<Usage> {
         let o = v?.as_object()?;

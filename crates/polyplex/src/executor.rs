@@ -20,7 +20,7 @@ use futures::StreamExt;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use polyplex_providers::sse::{self, Parser};
-use polyplex_providers::{Endpoint, Reply, StreamDecoder, StreamItem};
+use polyplex_providers::{completions, Endpoint, Reply, StreamDecoder, StreamItem};
 use polyplex_types::{ErrorSource, GatewayError, RequestBody, Usage};
 use rand::Rng;
 use std::time::{Duration, Instant};
@@ -468,7 +468,7 @@ async fn send(
     }
     let req = d
         .upstream
-        .protocol
+        .protocol_for(endpoint)
         .build_from(endpoint, body, stream, &target)?;
     crate::phase::mark("built");
     if !req.dropped.is_empty() {
@@ -507,13 +507,18 @@ pub async fn unary_once(
 ) -> Result<Unary, GatewayError> {
     let timeout = d.upstream.timeout;
     let fut = async {
-        let protocol = &d.upstream.protocol;
-        if let Some(parts) = (endpoint == Endpoint::Embeddings)
-            .then(|| protocol.embedding_inputs_per_request(&d.model))
-            .flatten()
-            .and_then(|per| polyplex_providers::split_embedding_inputs(body.map(), per))
-        {
-            return embeddings_in_parts(app, d, parts).await;
+        let protocol = d.upstream.protocol_for(endpoint);
+        let parts = match endpoint {
+            Endpoint::Embeddings => protocol
+                .embedding_inputs_per_request(&d.model)
+                .and_then(|per| polyplex_providers::split_embedding_inputs(body.map(), per)),
+            Endpoint::Completions if protocol.one_prompt_per_request() => {
+                completions::split_prompts(body.map())
+            }
+            _ => None,
+        };
+        if let Some(parts) = parts {
+            return answer_in_parts(app, d, endpoint, parts).await;
         }
         let (response, usage, dropped) = call(app, d, endpoint, body).await?;
         Ok(Unary {
@@ -545,29 +550,29 @@ async fn call(
         .map_err(|f| transport_error(d, f))?;
     let (response, usage) = d
         .upstream
-        .protocol
+        .protocol_for(endpoint)
         .parse_reply(endpoint, &d.upstream.name, body, &bytes)
         .map_err(|e| redact(e, d))?;
     Ok((response, usage, dropped))
 }
 
-/// How many parts of one embeddings request are in flight at once.
+/// How many parts of one request are in flight at once.
 const PARTS_AT_ONCE: usize = 8;
 
-/// An embeddings request whose upstream takes fewer inputs per request
-/// than the client sent (Bedrock's Titan models: one): the parts go a few
-/// at a time, and their answers are joined in input order. A part that
-/// fails fails the attempt (which may then retry or fail over as a whole).
-async fn embeddings_in_parts(
+/// A request whose upstream takes fewer inputs per request than the
+/// client sent — embeddings to Bedrock's Titan models (one text), several
+/// completions prompts to a chat API (one prompt): the parts go a few at a
+/// time, and their answers are joined in input order. A part that fails
+/// fails the attempt (which may then retry or fail over as a whole).
+async fn answer_in_parts(
     app: &AppState,
     d: &Deployment,
+    endpoint: Endpoint,
     parts: Vec<polyplex_types::JsonMap>,
 ) -> Result<Unary, GatewayError> {
     use futures::TryStreamExt;
     let answers: Vec<_> = futures::stream::iter(parts)
-        .map(|part| async move {
-            call(app, d, Endpoint::Embeddings, &RequestBody::from_map(part)).await
-        })
+        .map(|part| async move { call(app, d, endpoint, &RequestBody::from_map(part)).await })
         .buffered(PARTS_AT_ONCE)
         .try_collect()
         .await?;
@@ -579,7 +584,11 @@ async fn embeddings_in_parts(
         }
         joined.push((reply, usage));
     }
-    let (response, usage) = polyplex_providers::join_embeddings(joined);
+    let (response, usage) = if endpoint == Endpoint::Embeddings {
+        polyplex_providers::join_embeddings(joined)
+    } else {
+        completions::join_prompts(joined)
+    };
     Ok(Unary {
         response,
         usage,
@@ -620,10 +629,12 @@ pub async fn stream_once(
         }
         let mut upstream = resp.into_body().into_data_stream().boxed();
         let mut parser = d.upstream.protocol.stream_parser();
-        let mut decoder =
-            d.upstream
-                .protocol
-                .stream_decoder(endpoint, &d.upstream.name, &d.model, body);
+        let mut decoder = d.upstream.protocol_for(endpoint).stream_decoder(
+            endpoint,
+            &d.upstream.name,
+            &d.model,
+            body,
+        );
         let mut events: Vec<sse::Event> = Vec::new();
         let mut pending = Vec::new();
         loop {

@@ -12,7 +12,7 @@ use polyplex_providers::cohere::Cohere;
 use polyplex_providers::gemini::Gemini;
 use polyplex_providers::openai_compat::OpenAiCompat;
 use polyplex_providers::vertex::Vertex;
-use polyplex_providers::{AuthStyle, Protocol, Target};
+use polyplex_providers::{AuthStyle, Endpoint, Protocol, Target};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -26,6 +26,9 @@ pub struct Upstream {
     /// The wire protocol (`openai`, `anthropic`, ...).
     pub kind: String,
     pub protocol: Arc<dyn Protocol>,
+    /// What answers legacy completions: `protocol`, or its chat API
+    /// ([`polyplex_providers::completions::ViaChat`]).
+    completions: Arc<dyn Protocol>,
     pub base_url: String,
     api_key: Option<SecretString>,
     /// `auth.prefix` + the key, built once (marked sensitive: never logged).
@@ -69,6 +72,15 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
+    /// The adapter for a request to `endpoint`.
+    pub fn protocol_for(&self, endpoint: Endpoint) -> &dyn Protocol {
+        if endpoint == Endpoint::Completions {
+            self.completions.as_ref()
+        } else {
+            self.protocol.as_ref()
+        }
+    }
+
     pub fn from_config(p: &ProviderConfig) -> Result<Upstream, String> {
         let protocol: Arc<dyn Protocol> = match p.kind.as_str() {
             "openai" => Arc::new(OpenAiCompat),
@@ -96,11 +108,17 @@ impl Upstream {
             v.set_sensitive(true);
             headers.push((k, v));
         }
+        let completions: Arc<dyn Protocol> = if protocol.answers_completions() {
+            protocol.clone()
+        } else {
+            Arc::new(polyplex_providers::completions::ViaChat(protocol.clone()))
+        };
         Ok(Upstream {
             name: p.name.clone(),
             name_header: HeaderValue::try_from(p.name.as_str()).ok(),
             kind: p.kind.clone(),
             protocol,
+            completions,
             base_url: p.base_url.clone(),
             api_key: p.api_key.clone(),
             credential: p

@@ -133,6 +133,18 @@ for (const model of [MODEL, 'anthropic/claude-sonnet-4-5']) {
   });
 }
 
+for (const model of [MODEL, 'anthropic/claude-sonnet-4-5']) {
+  await check(`legacy completions, unary and streamed (${model})`, async () => {
+    const r = await client.completions.create({ model, prompt: 'Say this is a test', max_tokens: 20 });
+    expect(r.object === 'text_completion' && r.choices[0].text === 'Say this is a test', `text ${r.choices[0].text}`);
+    expect(r.usage.cost > 0, `usage.cost ${r.usage.cost}`);
+    let text = '';
+    const stream = await client.completions.create({ model, prompt: 'one two three', max_tokens: 20, stream: true });
+    for await (const c of stream) text += c.choices.length ? c.choices[0].text : '';
+    expect(text === 'one two three', `streamed ${text}`);
+  });
+}
+
 await check('embeddings (the SDK asks for base64 and decodes it)', async () => {
   const r = await client.embeddings.create({ model: 'openai/text-embedding-3-small', input: ['a', 'b'] });
   expect(r.data.length === 2 && r.data[1].index === 1, 'two vectors in order');

@@ -30,6 +30,10 @@ impl Protocol for Azure {
         "azure"
     }
 
+    fn answers_completions(&self) -> bool {
+        true
+    }
+
     fn build(
         &self,
         endpoint: Endpoint,

@@ -28,6 +28,10 @@ impl Protocol for OpenAiCompat {
         "openai"
     }
 
+    fn answers_completions(&self) -> bool {
+        true
+    }
+
     fn build(
         &self,
         endpoint: Endpoint,
