@@ -5,6 +5,7 @@ the stream's events; a tool loop and Claude's reasoning go round trip with
 the output items sent back as input, or kept and continued with
 `previous_response_id`; what needs OpenAI's own service (built-in tools,
 background mode, stored prompts) is refused by name."""
+import contextlib
 import json
 import urllib.request
 
@@ -259,6 +260,28 @@ def test_responses_are_kept_per_caller_and_not_when_store_is_false(client, gatew
         client.responses.retrieve(unkept.id)
 
 
+@contextlib.contextmanager
+def own_gateway(mock, d, extra=""):
+    """A gateway of this test's own (a SQLite store in `d`), yielding its SDK
+    client and its process."""
+    from conftest import BIN, MASTER_KEY, Proc, free_port, mock_openai_provider, wait_http
+
+    port = free_port()
+    (d / "polyplex.toml").write_text(f"""
+listen = "127.0.0.1:{port}"
+{extra}
+[auth]
+master_key = "{MASTER_KEY}"
+{mock_openai_provider(mock)}""")
+    proc = Proc([BIN, "serve"], cwd=d)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/healthz")
+        yield openai.OpenAI(base_url=base + "/v1", api_key=MASTER_KEY, max_retries=0), proc
+    finally:
+        proc.stop()
+
+
 def test_a_store_that_fails_is_a_503_and_never_loses_the_answer(mock, tmp_path):
     """The store failing under a running gateway (here: its table dropped
     behind its back): reading a kept response, or continuing one, is a 503
@@ -266,19 +289,7 @@ def test_a_store_that_fails_is_a_503_and_never_loses_the_answer(mock, tmp_path):
     response is gone; a new response is still answered, and not kept."""
     import sqlite3
 
-    from conftest import BIN, MASTER_KEY, Proc, free_port, mock_openai_provider, wait_http
-
-    port = free_port()
-    (tmp_path / "polyplex.toml").write_text(f"""
-listen = "127.0.0.1:{port}"
-[auth]
-master_key = "{MASTER_KEY}"
-{mock_openai_provider(mock)}""")
-    proc = Proc([BIN, "serve"], cwd=tmp_path)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_http(base + "/healthz")
-        client = openai.OpenAI(base_url=base + "/v1", api_key=MASTER_KEY, max_retries=0)
+    with own_gateway(mock, tmp_path) as (client, proc):
         kept = client.responses.create(model="gpt-4o-mini", input="remember this")
         assert client.responses.retrieve(kept.id).output_text == "remember this"
         with sqlite3.connect(tmp_path / "polyplex.db") as db:
@@ -295,7 +306,28 @@ master_key = "{MASTER_KEY}"
         streamed = list(client.responses.create(model="gpt-4o-mini", input="streamed all the same", stream=True))
         assert streamed[-1].type == "response.completed"
         assert streamed[-1].response.output_text == "streamed all the same"
-    finally:
-        proc.stop()
     log = proc.output()
     assert "could not keep a response" in log and "the store failed" in log
+
+
+def test_a_long_kept_conversation_is_not_held_to_the_body_limit(mock, tmp_path):
+    """The body limit is on what the client sends: a conversation kept over
+    many turns may grow past it, and `previous_response_id` still continues
+    it; a body over the limit is still a 413."""
+    with own_gateway(mock, tmp_path, "[server]\nmax_body_bytes = 4096") as (client, _):
+        turn = " ".join(["word"] * 300)  # 1,499 bytes
+        r = client.responses.create(model="gpt-4o-mini", input=turn)
+        for _ in range(3):
+            r = client.responses.create(model="gpt-4o-mini", input=turn, previous_response_id=r.id)
+            assert r.output_text == turn
+        items = client.responses.input_items.list(r.id, order="asc", limit=100).data
+        assert len(items) == 7 and sum(len(i.content[0].text) for i in items) > 4096 * 2
+        # The SDK's pagination walks the pages with `after`.
+        page = client.responses.input_items.list(r.id, order="asc", limit=3)
+        assert len(page.data) == 3 and page.has_more
+        assert [i.id for i in page] == [i.id for i in items]
+        assert all(i.id and i.type == "message" and i.content[0].type in ("input_text", "output_text")
+                   for i in items)
+        with pytest.raises(openai.APIStatusError) as e:
+            client.responses.create(model="gpt-4o-mini", input=turn * 3)
+        assert e.value.status_code == 413

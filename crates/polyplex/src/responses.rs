@@ -821,6 +821,107 @@ pub fn stored_items(echo: &Echo, response: &Value) -> Vec<Value> {
     items
 }
 
+/// A kept input item as OpenAI lists it (`GET .../input_items`): with an
+/// id (made from the response's id and the item's place when the client
+/// gave none), a message's text as a list of parts — `input_text`, or
+/// `output_text` for an assistant's — whatever shape the client sent.
+pub fn listed_item(mut item: Value, response_id: &str, index: usize) -> Value {
+    let Some(o) = item.as_object_mut() else {
+        return item;
+    };
+    if !o.contains_key("type") && o.contains_key("role") {
+        o.insert("type".into(), json!("message"));
+    }
+    let kind = o
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if kind == "message" {
+        if let Some(Value::String(text)) = o.get("content") {
+            let part = if o.get("role").and_then(Value::as_str) == Some("assistant") {
+                json!({"type": "output_text", "text": text, "annotations": []})
+            } else {
+                json!({"type": "input_text", "text": text})
+            };
+            o.insert("content".into(), json!([part]));
+        }
+        o.entry("status").or_insert_with(|| json!("completed"));
+    }
+    if !o.contains_key("id") {
+        let prefix = match kind.as_str() {
+            "message" => "msg",
+            "function_call" => "fc",
+            "function_call_output" => "fco",
+            "reasoning" => "rs",
+            _ => "item",
+        };
+        let stem = response_id.strip_prefix("resp_").unwrap_or(response_id);
+        o.insert("id".into(), json!(format!("{prefix}_{stem}i{index:02x}")));
+    }
+    item
+}
+
+/// One page of a kept response's input items, as OpenAI's list answers
+/// `GET .../input_items?order=&limit=&after=`: newest first unless
+/// `order=asc`, at most `limit` (1–100, 20 by default) after the item
+/// whose id is `after`, and whether more follow.
+pub fn item_page(mut items: Vec<Value>, query: Option<&str>) -> Result<Value, GatewayError> {
+    let mut ascending = false;
+    let mut limit = 20usize;
+    let mut after = None;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "order" => match v.as_ref() {
+                "asc" => ascending = true,
+                "desc" => ascending = false,
+                other => {
+                    return Err(GatewayError::invalid_param(
+                        "order",
+                        format!("Invalid value for 'order': '{other}'. Expected 'asc' or 'desc'."),
+                    ))
+                }
+            },
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=100).contains(&n) => limit = n,
+                _ => {
+                    return Err(GatewayError::invalid_param(
+                        "limit",
+                        format!("Invalid 'limit': '{v}'. Expected an integer from 1 to 100."),
+                    ))
+                }
+            },
+            "after" => after = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    if !ascending {
+        items.reverse();
+    }
+    let start = match &after {
+        None => 0,
+        Some(a) => match items
+            .iter()
+            .position(|i| i.get("id").and_then(Value::as_str) == Some(a))
+        {
+            Some(at) => at + 1,
+            None => {
+                return Err(GatewayError::invalid_param(
+                    "after",
+                    format!("No input item with id '{a}' in this response."),
+                ))
+            }
+        },
+    };
+    let rest = items.len().saturating_sub(start);
+    let page: Vec<Value> = items.into_iter().skip(start).take(limit).collect();
+    let id_of = |v: Option<&Value>| v.and_then(|v| v.get("id")).cloned().unwrap_or(Value::Null);
+    Ok(
+        json!({"object": "list", "first_id": id_of(page.first()), "last_id": id_of(page.last()),
+        "has_more": rest > limit, "data": page}),
+    )
+}
+
 // ---- answers ----
 
 fn item_id(echo: &Echo, prefix: &str, index: usize) -> String {
@@ -1520,6 +1621,75 @@ fn close_part(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Input items are listed as OpenAI lists them whatever shape the
+    /// client sent: ids, text as parts; paged by `order`, `limit`, `after`.
+    #[test]
+    fn input_items_are_listed_and_paged_as_openai_does() {
+        let sent = [
+            json!({"role": "user", "content": "hi"}),
+            json!({"type": "message", "role": "assistant", "content": "hello"}),
+            json!({"type": "function_call_output", "call_id": "c1", "output": "rain"}),
+            json!({"type": "message", "id": "msg_given", "role": "user",
+                "content": [{"type": "input_text", "text": "as parts"}]}),
+        ];
+        let listed: Vec<Value> = sent
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, item)| listed_item(item, "resp_abc", i))
+            .collect();
+        assert_eq!(
+            listed[0],
+            json!({"type": "message", "role": "user", "id": "msg_abci00", "status": "completed",
+                "content": [{"type": "input_text", "text": "hi"}]})
+        );
+        assert_eq!(
+            listed[1]["content"],
+            json!([{"type": "output_text", "text": "hello", "annotations": []}])
+        );
+        assert_eq!(listed[2]["id"], "fco_abci02");
+        assert_eq!(listed[3]["id"], "msg_given");
+        assert_eq!(listed[3]["content"], sent[3]["content"]);
+
+        let ids = |page: &Value| -> Vec<String> {
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let all = item_page(listed.clone(), None).unwrap();
+        assert_eq!(
+            ids(&all),
+            ["msg_given", "fco_abci02", "msg_abci01", "msg_abci00"]
+        );
+        assert_eq!(
+            (all["has_more"].clone(), all["first_id"].clone()),
+            (json!(false), json!("msg_given"))
+        );
+        let first = item_page(listed.clone(), Some("order=asc&limit=3")).unwrap();
+        assert_eq!(ids(&first), ["msg_abci00", "msg_abci01", "fco_abci02"]);
+        assert_eq!(first["has_more"], true);
+        let next = item_page(listed.clone(), Some("order=asc&limit=3&after=fco_abci02")).unwrap();
+        assert_eq!(ids(&next), ["msg_given"]);
+        assert_eq!(next["has_more"], false);
+        for (q, param) in [
+            ("limit=0", "limit"),
+            ("limit=101", "limit"),
+            ("limit=x", "limit"),
+            ("order=up", "order"),
+            ("after=msg_none", "after"),
+        ] {
+            let e = item_page(listed.clone(), Some(q)).unwrap_err();
+            assert_eq!(
+                (e.status.as_u16(), e.param.as_deref()),
+                (400, Some(param)),
+                "{q}"
+            );
+        }
+    }
 
     fn convert_ok(body: Value) -> Converted {
         let Value::Object(m) = body else { panic!() };

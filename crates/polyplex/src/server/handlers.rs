@@ -19,9 +19,20 @@ use polyplex_types::{validate, GatewayError, JsonMap, RequestBody, Usage};
 use serde_json::{json, Value};
 use std::time::{Instant, SystemTime};
 
+/// Marks a request whose body the gateway wrote itself from a client's
+/// body already read within the limit (a Responses request as chat, a
+/// kept conversation before its new input): the limit is the client's, not
+/// the converted body's.
+#[derive(Clone, Copy)]
+pub(super) struct Converted;
+
 /// Stage 3: the body's bytes, within the size limit.
 async fn read_body(app: &App, req: Request) -> Result<Bytes, GatewayError> {
-    let limit = app.max_body;
+    let limit = if req.extensions().get::<Converted>().is_some() {
+        usize::MAX
+    } else {
+        app.max_body
+    };
     if let Some(len) = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -683,6 +694,7 @@ pub async fn responses(
     let mut inner = Request::new(axum::body::Body::from(chat));
     *inner.method_mut() = Method::POST;
     *inner.headers_mut() = headers;
+    inner.extensions_mut().insert(Converted);
     let resp = handle(app, rid, caller, Endpoint::Chat, "responses", inner).await;
     super::respond::responses_answer(resp, converted.echo, converted.dropped, keep).await
 }
@@ -924,18 +936,19 @@ pub async fn stored_response(
                 return super::respond::json_bytes(Bytes::from(response));
             }
             let items: Vec<Value> = serde_json::from_str(&items).unwrap_or_default();
+            let items_len = items.len();
             let response: Value = serde_json::from_str(&response).unwrap_or_default();
             let outputs = response["output"].as_array().map_or(0, Vec::len);
-            let mut input: Vec<Value> = items[..items.len().saturating_sub(outputs)].to_vec();
-            // OpenAI lists them newest first unless asked `order=asc`.
-            let ascending = query.as_deref().is_some_and(|q| q.split('&').any(|kv| kv == "order=asc"));
-            if !ascending {
-                input.reverse();
+            let input: Vec<Value> = items
+                .into_iter()
+                .take(items_len.saturating_sub(outputs))
+                .enumerate()
+                .map(|(i, item)| crate::responses::listed_item(item, id, i))
+                .collect();
+            match crate::responses::item_page(input, query.as_deref()) {
+                Ok(page) => Json(page).into_response(),
+                Err(e) => ApiError(e).into_response(),
             }
-            let id_of = |v: Option<&Value>| v.and_then(|v| v.get("id")).cloned().unwrap_or(Value::Null);
-            Json(json!({"object": "list", "first_id": id_of(input.first()),
-                "last_id": id_of(input.last()), "has_more": false, "data": input}))
-            .into_response()
         }
         (&Method::POST, "cancel") => ApiError(GatewayError::invalid_param(
             "",
