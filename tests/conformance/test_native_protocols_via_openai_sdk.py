@@ -518,3 +518,45 @@ def test_legacy_completions_through_chat_echo_and_refuse_by_name(client, m):
     raw = client.completions.with_raw_response.create(model=m, prompt="hi", suffix="bye", extra_body={"drop_params": True})
     assert raw.headers["x-polyplex-dropped-params"] == "suffix"
     assert raw.parse().choices[0].text == "hi"
+
+
+def test_an_openai_protocol_provider_set_to_chat_answers_completions_through_chat(mock, tmp_path):
+    """`completions = "chat"` (what polyplex chooses by itself for OpenAI's
+    chat models and for APIs with chat only, such as Groq's and Mistral's):
+    the mock's chat endpoint answers, as a text completion; the provider
+    beside it keeps its own completions endpoint."""
+    from conftest import BIN, MASTER_KEY, Proc, free_port, wait_http
+
+    port = free_port()
+    (tmp_path / "polyplex.toml").write_text(f"""
+listen = "127.0.0.1:{port}"
+[auth]
+master_key = "{MASTER_KEY}"
+[[providers]]
+name = "chatonly"
+kind = "openai"
+base_url = "{mock}/v1"
+models = ["gpt-4o-mini"]
+catalog = "openai"
+completions = "chat"
+[[providers]]
+name = "native"
+kind = "openai"
+base_url = "{mock}/v1"
+models = ["gpt-3.5-turbo-instruct"]
+""")
+    proc = Proc([BIN, "serve"], cwd=tmp_path)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=MASTER_KEY, max_retries=0)
+        r = c.completions.create(model="chatonly/gpt-4o-mini", prompt="Say this is a test", max_tokens=20)
+        assert r.id.startswith("chatcmpl-mock") and r.object == "text_completion"
+        assert r.choices[0].text == "Say this is a test" and r.usage.model_extra["cost"] > 0
+        chunks = list(c.completions.create(model="chatonly/gpt-4o-mini", prompt="one two", max_tokens=20, stream=True,
+                                           stream_options={"include_usage": True}))
+        assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == "one two"
+        assert all(ch.object == "text_completion" for ch in chunks) and chunks[-1].usage.completion_tokens == 2
+        r = c.completions.create(model="native/gpt-3.5-turbo-instruct", prompt=["a b", "c"], max_tokens=20)
+        assert r.id.startswith("cmpl-mock") and [ch.text for ch in r.choices] == ["a b", "c"]
+    finally:
+        proc.stop()

@@ -139,6 +139,10 @@ struct RawProvider {
     auth_prefix: Option<String>,
     /// Ask for usage on streams with `stream_options` (default true).
     stream_usage: Option<bool>,
+    /// How legacy completions reach this provider: `"native"` (its own
+    /// completions endpoint) or `"chat"` (its chat API); default: by the
+    /// API's host and the model ([`crate::upstream`]).
+    completions: Option<String>,
     /// Catalog provider id for prices and model lists, when `name` is not one.
     catalog: Option<String>,
     /// API version for protocols that carry one in the URL (Azure).
@@ -228,6 +232,8 @@ pub struct ProviderConfig {
     pub auth_header: String,
     pub auth_prefix: String,
     pub stream_usage: bool,
+    /// `completions = "native" | "chat"`; `None`: decided by host and model.
+    pub completions: Option<CompletionsVia>,
     pub api_version: Option<String>,
     /// Bedrock without an API key: AWS SigV4 credentials and region.
     pub sigv4: Option<SigV4>,
@@ -260,11 +266,21 @@ impl ProviderConfig {
             auth_header: "authorization".into(),
             auth_prefix: "Bearer ".into(),
             stream_usage: true,
+            completions: None,
             api_version: None,
             sigv4: None,
             google_credentials: None,
         }
     }
+}
+
+/// Where a provider's legacy completions go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompletionsVia {
+    /// Its own completions endpoint.
+    Native,
+    /// Its chat API, the prompt as one user message.
+    Chat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1018,6 +1034,25 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
             },
         );
     }
+    let completions = match p.completions.as_deref() {
+        None => None,
+        Some("chat") => Some(CompletionsVia::Chat),
+        Some("native") if [PROTOCOL_OPENAI, "azure"].contains(&kind.as_str()) => {
+            Some(CompletionsVia::Native)
+        }
+        Some("native") => {
+            return err(format!(
+                "{}: the `{kind}` protocol has no completions endpoint of its own; polyplex serves completions through its chat API",
+                at("completions")
+            ))
+        }
+        Some(other) => {
+            return err(format!(
+                "{}: `{other}` is not one of \"native\", \"chat\"",
+                at("completions")
+            ))
+        }
+    };
     let ms = Duration::from_millis;
     let timeout = ms(p.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
     if timeout.is_zero() {
@@ -1044,6 +1079,7 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
         auth_header,
         auth_prefix,
         stream_usage: p.stream_usage.unwrap_or(true),
+        completions,
         api_version: p.api_version,
         sigv4,
         google_credentials,
@@ -1408,11 +1444,31 @@ strategy = "priority"
             ("[server]\nthreads = 5000\n", "server.threads"),
             ("[server]\nbusy_poll_us = 5000000\n", "server.busy_poll_us"),
             ("[server]\nbusy_poll_us = -1\n", "busy_poll_us"),
+            ("[[providers]]\nname = \"openai\"\ncompletions = \"legacy\"\n", "providers[0].completions"),
+            ("[[providers]]\nname = \"anthropic\"\ncompletions = \"native\"\n", "providers[0].completions"),
         ];
         for (text, want) in cases {
             let e = parse(text, &[]).unwrap_err();
             assert!(e.0.contains(want), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn completions_setting() {
+        let c = parse(
+            "[[providers]]\nname = \"local\"\nkind = \"vllm\"\ncompletions = \"chat\"\n[[providers]]\nname = \"openai\"\ncompletions = \"native\"\n[[providers]]\nname = \"groq\"\n",
+            &[],
+        )
+        .unwrap();
+        let got: Vec<_> = c.providers.iter().map(|p| p.completions).collect();
+        assert_eq!(
+            got,
+            [
+                Some(CompletionsVia::Chat),
+                Some(CompletionsVia::Native),
+                None
+            ]
+        );
     }
 
     #[test]

@@ -468,7 +468,7 @@ async fn send(
     }
     let req = d
         .upstream
-        .protocol_for(endpoint)
+        .protocol_for(endpoint, &d.model)
         .build_from(endpoint, body, stream, &target)?;
     crate::phase::mark("built");
     if !req.dropped.is_empty() {
@@ -507,7 +507,7 @@ pub async fn unary_once(
 ) -> Result<Unary, GatewayError> {
     let timeout = d.upstream.timeout;
     let fut = async {
-        let protocol = d.upstream.protocol_for(endpoint);
+        let protocol = d.upstream.protocol_for(endpoint, &d.model);
         let parts = match endpoint {
             Endpoint::Embeddings => protocol
                 .embedding_inputs_per_request(&d.model)
@@ -550,7 +550,7 @@ async fn call(
         .map_err(|f| transport_error(d, f))?;
     let (response, usage) = d
         .upstream
-        .protocol_for(endpoint)
+        .protocol_for(endpoint, &d.model)
         .parse_reply(endpoint, &d.upstream.name, body, &bytes)
         .map_err(|e| redact(e, d))?;
     Ok((response, usage, dropped))
@@ -629,7 +629,7 @@ pub async fn stream_once(
         }
         let mut upstream = resp.into_body().into_data_stream().boxed();
         let mut parser = d.upstream.protocol.stream_parser();
-        let mut decoder = d.upstream.protocol_for(endpoint).stream_decoder(
+        let mut decoder = d.upstream.protocol_for(endpoint, &d.model).stream_decoder(
             endpoint,
             &d.upstream.name,
             &d.model,

@@ -1,6 +1,6 @@
 //! Configured providers at run time: protocol adapter, credentials, limits.
 
-use crate::config::ProviderConfig;
+use crate::config::{CompletionsVia, ProviderConfig};
 use crate::health::DeploymentStats;
 use foldhash::{HashMap, HashMapExt};
 use http::{HeaderName, HeaderValue};
@@ -26,9 +26,11 @@ pub struct Upstream {
     /// The wire protocol (`openai`, `anthropic`, ...).
     pub kind: String,
     pub protocol: Arc<dyn Protocol>,
-    /// What answers legacy completions: `protocol`, or its chat API
+    /// `protocol` answering legacy completions through its chat API
     /// ([`polyplex_providers::completions::ViaChat`]).
-    completions: Arc<dyn Protocol>,
+    via_chat: Arc<dyn Protocol>,
+    /// Which models' completions go through `via_chat`.
+    completions: CompletionsRule,
     pub base_url: String,
     api_key: Option<SecretString>,
     /// `auth.prefix` + the key, built once (marked sensitive: never logged).
@@ -71,11 +73,71 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
+/// Which models' legacy completions a provider answers through its chat API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CompletionsRule {
+    /// None: its API has the completions endpoint.
+    Native,
+    /// All: a chat-only protocol, an OpenAI-protocol API known to have no
+    /// completions endpoint, or `completions = "chat"`.
+    Chat,
+    /// OpenAI's own API: all but the models its completions endpoint
+    /// serves ([`openai_completion_model`]).
+    ChatModels,
+}
+
+impl CompletionsRule {
+    fn of(p: &ProviderConfig, protocol: &dyn Protocol) -> CompletionsRule {
+        match p.completions {
+            Some(CompletionsVia::Chat) => return CompletionsRule::Chat,
+            Some(CompletionsVia::Native) => return CompletionsRule::Native,
+            None => {}
+        }
+        if !protocol.answers_completions() {
+            return CompletionsRule::Chat;
+        }
+        let host = p
+            .base_url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(str::to_ascii_lowercase))
+            .unwrap_or_default();
+        match host.as_str() {
+            "api.openai.com" => CompletionsRule::ChatModels,
+            // OpenAI-protocol APIs with chat only.
+            "api.groq.com"
+            | "api.mistral.ai"
+            | "api.perplexity.ai"
+            | "generativelanguage.googleapis.com"
+            | "api.anthropic.com"
+            | "api.cohere.ai"
+            | "api.cohere.com" => CompletionsRule::Chat,
+            _ => CompletionsRule::Native,
+        }
+    }
+}
+
+/// The models OpenAI's own completions endpoint serves (the instruct and
+/// base models, and their fine-tunes); every other OpenAI model is a chat
+/// model there.
+fn openai_completion_model(model: &str) -> bool {
+    let m = model.strip_prefix("ft:").unwrap_or(model);
+    ["gpt-3.5-turbo-instruct", "davinci-", "babbage-", "text-"]
+        .iter()
+        .any(|p| m.starts_with(p))
+}
+
 impl Upstream {
-    /// The adapter for a request to `endpoint`.
-    pub fn protocol_for(&self, endpoint: Endpoint) -> &dyn Protocol {
-        if endpoint == Endpoint::Completions {
-            self.completions.as_ref()
+    /// The adapter for a request to `endpoint` for `model` (the upstream's name).
+    pub fn protocol_for(&self, endpoint: Endpoint, model: &str) -> &dyn Protocol {
+        let via_chat = endpoint == Endpoint::Completions
+            && match self.completions {
+                CompletionsRule::Native => false,
+                CompletionsRule::Chat => true,
+                CompletionsRule::ChatModels => !openai_completion_model(model),
+            };
+        if via_chat {
+            self.via_chat.as_ref()
         } else {
             self.protocol.as_ref()
         }
@@ -108,16 +170,14 @@ impl Upstream {
             v.set_sensitive(true);
             headers.push((k, v));
         }
-        let completions: Arc<dyn Protocol> = if protocol.answers_completions() {
-            protocol.clone()
-        } else {
-            Arc::new(polyplex_providers::completions::ViaChat(protocol.clone()))
-        };
+        let completions = CompletionsRule::of(p, protocol.as_ref());
+        let via_chat = Arc::new(polyplex_providers::completions::ViaChat(protocol.clone()));
         Ok(Upstream {
             name: p.name.clone(),
             name_header: HeaderValue::try_from(p.name.as_str()).ok(),
             kind: p.kind.clone(),
             protocol,
+            via_chat,
             completions,
             base_url: p.base_url.clone(),
             api_key: p.api_key.clone(),
@@ -390,6 +450,106 @@ impl GoogleAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Legacy completions go through the chat API where the upstream has
+    /// no completions endpoint for the model: a chat-only protocol, an
+    /// OpenAI-protocol API that has chat only, OpenAI's chat models; the
+    /// config's `completions` decides over all that.
+    #[test]
+    fn completions_go_through_chat_where_the_api_has_none() {
+        let via_chat = |kind: &str, base: &str, setting: Option<CompletionsVia>, model: &str| {
+            let mut p = ProviderConfig::with_defaults("p", base.into());
+            p.kind = kind.into();
+            p.completions = setting;
+            if kind == "bedrock" {
+                p.sigv4 = Some(SigV4::new("us-east-1", "AKID", "s", None));
+            }
+            let u = Upstream::from_config(&p).unwrap();
+            let chat: *const dyn Protocol = u.protocol.as_ref();
+            let picked: *const dyn Protocol = u.protocol_for(Endpoint::Completions, model);
+            // Other endpoints always get the protocol itself.
+            let other: *const dyn Protocol = u.protocol_for(Endpoint::Chat, model);
+            assert!(std::ptr::addr_eq(other, chat));
+            !std::ptr::addr_eq(picked, chat)
+        };
+        let openai = "https://api.openai.com/v1";
+        for (kind, base, setting, model, expect) in [
+            ("openai", openai, None, "gpt-4o-mini", true),
+            ("openai", openai, None, "gpt-3.5-turbo-instruct", false),
+            ("openai", openai, None, "davinci-002", false),
+            ("openai", openai, None, "ft:babbage-002:acme::abc", false),
+            (
+                "openai",
+                openai,
+                Some(CompletionsVia::Native),
+                "gpt-4o-mini",
+                false,
+            ),
+            (
+                "openai",
+                "https://api.groq.com/openai/v1",
+                None,
+                "llama-3.3-70b-versatile",
+                true,
+            ),
+            (
+                "openai",
+                "https://api.mistral.ai/v1",
+                None,
+                "mistral-small-latest",
+                true,
+            ),
+            (
+                "openai",
+                "https://api.together.xyz/v1",
+                None,
+                "meta-llama/Llama-3-8b",
+                false,
+            ),
+            ("openai", "http://127.0.0.1:8000/v1", None, "served", false),
+            (
+                "openai",
+                "http://127.0.0.1:8000/v1",
+                Some(CompletionsVia::Chat),
+                "served",
+                true,
+            ),
+            (
+                "azure",
+                "https://x.openai.azure.com",
+                None,
+                "my-deployment",
+                false,
+            ),
+            (
+                "anthropic",
+                "https://api.anthropic.com",
+                None,
+                "claude-sonnet-4-5",
+                true,
+            ),
+            (
+                "gemini",
+                "https://generativelanguage.googleapis.com",
+                None,
+                "gemini-2.5-flash",
+                true,
+            ),
+            (
+                "bedrock",
+                "https://bedrock-runtime.us-east-1.amazonaws.com",
+                None,
+                "m",
+                true,
+            ),
+        ] {
+            assert_eq!(
+                via_chat(kind, base, setting, model),
+                expect,
+                "{kind} {base} {setting:?} {model}"
+            );
+        }
+    }
 
     #[test]
     fn every_secret_is_known_for_redaction() {
