@@ -173,6 +173,8 @@ fn renamed(mut e: GatewayError) -> GatewayError {
     if let Some(p) = &e.param {
         if p == "messages" || p.starts_with("messages[") || p.starts_with("messages.") {
             e.param = Some("prompt".into());
+        } else if p == "max_completion_tokens" {
+            e.param = Some("max_tokens".into());
         }
     }
     e
@@ -234,9 +236,16 @@ impl Protocol for ViaChat {
         }
         let mut dropped = Vec::new();
         self.refuse_what_chat_cannot_ask(body, target, &mut dropped)?;
+        let mut chat = chat_request(body);
+        // OpenAI's reasoning models take only the newer name.
+        if crate::openai_compat::request::is_openais_own(target) {
+            if let Some(v) = chat.remove("max_tokens") {
+                chat.insert("max_completion_tokens".into(), v);
+            }
+        }
         let mut req = self
             .0
-            .build(Endpoint::Chat, &chat_request(body), stream, target)
+            .build(Endpoint::Chat, &chat, stream, target)
             .map_err(renamed)?;
         dropped.append(&mut req.dropped);
         req.dropped = dropped;
@@ -509,6 +518,34 @@ mod tests {
         )
         .unwrap();
         assert!(dropped.is_empty());
+    }
+
+    /// On an OpenAI-protocol API, the chat request goes to its chat path;
+    /// OpenAI's own gets `max_completion_tokens` (its reasoning models take
+    /// no other), any other the name the client used.
+    #[test]
+    fn an_openai_protocol_api_gets_its_chat_request() {
+        let via = ViaChat(Arc::new(crate::openai_compat::OpenAiCompat));
+        let auth = AuthStyle::bearer();
+        let body = map(json!({"model": "m", "prompt": "hi", "temperature": 0}));
+        for (base, name) in [
+            ("https://api.openai.com/v1", "max_completion_tokens"),
+            (
+                "https://res.openai.azure.com/openai/v1",
+                "max_completion_tokens",
+            ),
+            ("http://127.0.0.1:8000/v1", "max_tokens"),
+        ] {
+            let target = crate::tests::test_target(&auth, base, "gpt-5", false);
+            let req = via
+                .build(Endpoint::Completions, &body, false, &target)
+                .unwrap();
+            assert!(req.url.ends_with("/chat/completions"), "{}", req.url);
+            let sent: Value = serde_json::from_slice(&req.body).unwrap();
+            assert_eq!(sent[name], 16, "{base}: {sent}");
+            assert_eq!(sent.as_object().unwrap().len(), 4, "{base}: {sent}");
+            assert_eq!(sent["messages"], json!([{"role": "user", "content": "hi"}]));
+        }
     }
 
     #[test]

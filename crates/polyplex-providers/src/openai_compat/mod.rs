@@ -7,7 +7,7 @@
 //! (asked for, so every stream can be metered; the usage chunk is dropped again
 //! if the client did not ask for it). Responses are passed on as they came.
 
-mod request;
+pub(crate) mod request;
 mod stream;
 #[cfg(test)]
 mod tests;
