@@ -1,18 +1,23 @@
-//! OpenAI's legacy completions (`POST /v1/completions`) on a protocol that
-//! has only a chat API (Anthropic, Gemini, Bedrock, Cohere, Vertex AI).
+//! OpenAI's legacy completions (`POST /v1/completions`) through a chat API:
+//! a protocol that has only one (Anthropic, Gemini, Bedrock, Cohere, Vertex
+//! AI), or an OpenAI-protocol API without the completions endpoint for the
+//! model (OpenAI's chat models, Groq, Mistral, ...).
 //!
-//! [`ViaChat`] wraps such a protocol: the prompt becomes one user message,
+//! [`ViaChat`] wraps the protocol: the prompt becomes one user message,
 //! the shared sampling parameters go along under their own names, and the
 //! chat answer (or each stream chunk) comes back as a `text_completion`.
 //! What chat cannot ask is refused by name (or dropped and named under
-//! `drop_params`): several prompts, token-id prompts, `suffix`, `logprobs`
-//! and `best_of` above `n`. `echo` is honoured (the prompt leads the text),
-//! and `max_tokens` defaults to 16, as on OpenAI's endpoint.
+//! `drop_params`): a streamed list of prompts, token-id prompts, `suffix`,
+//! `logprobs` and `best_of` above `n`; a unary list of prompts is asked a
+//! prompt at a time by the gateway ([`split_prompts`], [`join_prompts`]).
+//! `echo` is honoured (the prompt leads the text), and `max_tokens`
+//! defaults to 16, as on OpenAI's endpoint.
 //!
-//! As every adapter, it is pure translation; the gateway picks it for a
-//! deployment whose protocol does not answer completions itself
-//! ([`Protocol::answers_completions`]), so routing, failover, limits and
-//! usage treat the request as any other.
+//! As every adapter, it is pure translation; the gateway picks it per
+//! deployment and model (`Upstream::protocol_for`, from
+//! [`Protocol::answers_completions`], the API's host and the provider's
+//! `completions` setting), so routing, failover, limits and usage treat
+//! the request as any other.
 
 use crate::{
     sse, unsupported, Endpoint, Protocol, Reply, StreamDecoder, StreamItem, StreamSummary, Target,
@@ -30,7 +35,7 @@ pub const DEFAULT_MAX_TOKENS: u64 = 16;
 /// Members of a completions request that chat has no equal for; handled here.
 const TEXT_ONLY: [&str; 5] = ["prompt", "echo", "suffix", "best_of", "logprobs"];
 
-/// A chat-only protocol answering completions.
+/// A protocol answering completions through its chat API.
 pub struct ViaChat(pub Arc<dyn Protocol>);
 
 impl ViaChat {
