@@ -556,7 +556,42 @@ models = ["gpt-3.5-turbo-instruct"]
                                            stream_options={"include_usage": True}))
         assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == "one two"
         assert all(ch.object == "text_completion" for ch in chunks) and chunks[-1].usage.completion_tokens == 2
+        # Log probabilities, asked of chat, come back in the completion's shape.
+        r = c.completions.create(model="chatonly/gpt-4o-mini", prompt="one two three", max_tokens=20, logprobs=2)
+        lp = r.choices[0].logprobs
+        assert "".join(lp.tokens) == r.choices[0].text == "one two three"
+        assert len(lp.token_logprobs) == len(lp.tokens) == len(lp.top_logprobs) and lp.text_offset[0] == 0
+        assert lp.text_offset[1] == len(lp.tokens[0])
+        text, offsets = "", []
+        for ch in c.completions.create(model="chatonly/gpt-4o-mini", prompt="one two three", max_tokens=20,
+                                       logprobs=1, stream=True):
+            if ch.choices and ch.choices[0].logprobs:
+                offsets += ch.choices[0].logprobs.text_offset
+            text += ch.choices[0].text if ch.choices else ""
+        assert text == "one two three" and offsets == lp.text_offset
+        with pytest.raises(openai.BadRequestError) as e:
+            c.completions.create(model="chatonly/gpt-4o-mini", prompt="hi", logprobs=1, echo=True)
+        assert e.value.param == "logprobs"
         r = c.completions.create(model="native/gpt-3.5-turbo-instruct", prompt=["a b", "c"], max_tokens=20)
         assert r.id.startswith("cmpl-mock") and [ch.text for ch in r.choices] == ["a b", "c"]
     finally:
         proc.stop()
+
+
+def test_legacy_completions_fail_over_between_chat_and_native_and_say_when_a_stream_breaks(client, fault):
+    """A plan may mix a provider answering through chat with one that has
+    the endpoint: failover goes from one to the other before the first
+    byte; a stream through chat cut off upstream raises in the SDK."""
+    fault(fault="529", count=2, model="claude-sonnet-4-5")
+    raw = client.completions.with_raw_response.create(model=ANTHROPIC, prompt="Say this is a test", max_tokens=20,
+                                                      extra_body={"models": ["openai/gpt-4o"]})
+    assert raw.headers["x-polyplex-provider"] == "openai" and raw.headers["x-polyplex-attempts"] == "3"
+    r = raw.parse()
+    assert r.id.startswith("cmpl-mock") and r.choices[0].text == "Say this is a test"
+    fault(fault="disconnect", after_chunks=4, model="claude-sonnet-4-5")
+    text = ""
+    with pytest.raises(openai.APIError):
+        for c in client.completions.create(model=ANTHROPIC, prompt="one two three four five six", max_tokens=20,
+                                           stream=True):
+            text += c.choices[0].text if c.choices else ""
+    assert text and "one two three four five six".startswith(text)

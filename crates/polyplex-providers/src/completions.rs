@@ -8,8 +8,11 @@
 //! chat answer (or each stream chunk) comes back as a `text_completion`.
 //! What chat cannot ask is refused by name (or dropped and named under
 //! `drop_params`): a streamed list of prompts, token-id prompts, `suffix`,
-//! `logprobs` and `best_of` above `n`; a unary list of prompts is asked a
-//! prompt at a time by the gateway ([`split_prompts`], [`join_prompts`]).
+//! `best_of` above `n`, and `logprobs` with `echo` (the prompt's log
+//! probabilities); a unary list of prompts is asked a prompt at a time by
+//! the gateway ([`split_prompts`], [`join_prompts`]). `logprobs: n` is
+//! chat's `logprobs` and `top_logprobs`, and comes back in the completion's
+//! shape.
 //! `echo` is honoured (the prompt leads the text), and `max_tokens`
 //! defaults to 16, as on OpenAI's endpoint.
 //!
@@ -81,8 +84,22 @@ impl ViaChat {
         {
             unsupported("suffix", name, target, dropped)?;
         }
-        if body.get("logprobs").is_some_and(|v| !v.is_null()) {
-            unsupported("logprobs", name, target, dropped)?;
+        // Log probabilities go to the chat API (which may refuse them by
+        // name itself); the prompt's, which `echo` adds, it does not give.
+        if body.get("logprobs").is_some_and(|v| !v.is_null())
+            && body.get("echo") == Some(&Value::Bool(true))
+        {
+            if !target.drop_params {
+                return Err(GatewayError::invalid_param(
+                    "logprobs",
+                    format!(
+                        "logprobs with echo asks for the prompt's log probabilities, which provider `{}` ({name} protocol) does not give through its chat API. Leave out echo or logprobs, or set drop_params to drop logprobs.",
+                        target.provider
+                    ),
+                )
+                .with_code("unsupported_parameter"));
+            }
+            dropped.push("logprobs".into());
         }
         let n = body.get("n").and_then(Value::as_f64).unwrap_or(1.0);
         if body
@@ -170,7 +187,50 @@ pub fn chat_request(body: &JsonMap) -> JsonMap {
     if body.get("max_tokens").is_none_or(Value::is_null) {
         chat.insert("max_tokens".into(), json!(DEFAULT_MAX_TOKENS));
     }
+    // `logprobs: n`: the chosen tokens' and the n likeliest alternatives'.
+    if let Some(n) = body.get("logprobs").filter(|v| !v.is_null()) {
+        chat.insert("logprobs".into(), json!(true));
+        if n.as_f64().is_some_and(|n| n > 0.0) {
+            chat.insert("top_logprobs".into(), n.clone());
+        }
+    }
     chat
+}
+
+/// A chat choice's log probabilities (`logprobs.content`) as a text
+/// completion's: the tokens, their log probabilities, the alternatives as
+/// token → log probability, and each token's character offset in the
+/// text, counted on from `offset`. Null when there are none.
+fn text_logprobs(chat: Option<&Value>, offset: &mut usize) -> Value {
+    let Some(content) = chat
+        .and_then(|l| l.get("content"))
+        .and_then(Value::as_array)
+    else {
+        return Value::Null;
+    };
+    let mut tokens = Vec::with_capacity(content.len());
+    let mut token_logprobs = Vec::with_capacity(content.len());
+    let mut top = Vec::with_capacity(content.len());
+    let mut offsets = Vec::with_capacity(content.len());
+    for t in content {
+        let token = t.get("token").and_then(Value::as_str).unwrap_or("");
+        tokens.push(json!(token));
+        token_logprobs.push(t.get("logprob").cloned().unwrap_or(Value::Null));
+        let alternatives: JsonMap = t
+            .get("top_logprobs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                let token = a.get("token")?.as_str()?;
+                Some((token.to_string(), a.get("logprob")?.clone()))
+            })
+            .collect();
+        top.push(Value::Object(alternatives));
+        offsets.push(json!(*offset));
+        *offset += token.chars().count();
+    }
+    json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
 }
 
 /// An error about the chat request, named as the completions request has it.
@@ -180,6 +240,8 @@ fn renamed(mut e: GatewayError) -> GatewayError {
             e.param = Some("prompt".into());
         } else if p == "max_completion_tokens" {
             e.param = Some("max_tokens".into());
+        } else if p == "top_logprobs" {
+            e.param = Some("logprobs".into());
         }
     }
     e
@@ -207,10 +269,11 @@ pub fn text_answer(mut chat: JsonMap, echo: Option<&str>) -> JsonMap {
                     Some(p) => format!("{p}{content}"),
                     None => content.to_string(),
                 };
+                let mut offset = echo.map_or(0, |p| p.chars().count());
                 json!({
                     "text": text,
                     "index": c.get("index").cloned().unwrap_or(json!(0)),
-                    "logprobs": null,
+                    "logprobs": text_logprobs(c.get("logprobs"), &mut offset),
                     "finish_reason": c.get("finish_reason").cloned().unwrap_or(Value::Null),
                 })
             })
@@ -242,6 +305,10 @@ impl Protocol for ViaChat {
         let mut dropped = Vec::new();
         self.refuse_what_chat_cannot_ask(body, target, &mut dropped)?;
         let mut chat = chat_request(body);
+        if dropped.iter().any(|d| d == "logprobs") {
+            chat.remove("logprobs");
+            chat.remove("top_logprobs");
+        }
         // OpenAI's reasoning models take only the newer name.
         if crate::openai_compat::request::is_openais_own(target) {
             if let Some(v) = chat.remove("max_tokens") {
@@ -252,7 +319,16 @@ impl Protocol for ViaChat {
             .0
             .build(Endpoint::Chat, &chat, stream, target)
             .map_err(renamed)?;
-        dropped.append(&mut req.dropped);
+        for d in req.dropped.drain(..) {
+            let d = if d == "top_logprobs" {
+                "logprobs".into()
+            } else {
+                d
+            };
+            if !dropped.contains(&d) {
+                dropped.push(d);
+            }
+        }
         req.dropped = dropped;
         Ok(req)
     }
@@ -315,7 +391,7 @@ impl Protocol for ViaChat {
                 .0
                 .stream_decoder(Endpoint::Chat, provider, model, &chat),
             echo: echoed(request.map()),
-            echoed: Vec::new(),
+            started: Vec::new(),
             scratch: Vec::new(),
         })
     }
@@ -325,8 +401,9 @@ impl Protocol for ViaChat {
 struct TextStream {
     inner: Box<dyn StreamDecoder>,
     echo: Option<String>,
-    /// The choice indices whose text has begun (and so carried the echo).
-    echoed: Vec<u64>,
+    /// The choices whose text has begun (and so carried the echo): index,
+    /// and the characters of text sent so far (the next token's offset).
+    started: Vec<(u64, usize)>,
     scratch: Vec<StreamItem>,
 }
 
@@ -375,17 +452,27 @@ impl TextStream {
                 }
                 let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
                 let mut text = String::new();
-                if let Some(p) = &self.echo {
-                    if !self.echoed.contains(&index) {
-                        self.echoed.push(index);
-                        text.push_str(p);
+                let at = match self.started.iter().position(|(i, _)| *i == index) {
+                    Some(at) => at,
+                    None => {
+                        if let Some(p) = &self.echo {
+                            text.push_str(p);
+                        }
+                        self.started.push((index, 0));
+                        self.started.len() - 1
                     }
-                }
-                text.push_str(content.unwrap_or(""));
+                };
+                let content = content.unwrap_or("");
+                text.push_str(content);
+                // The tokens' offsets start where this chunk's content does.
+                let sent = &mut self.started[at].1;
+                let mut offset = *sent + text.chars().count() - content.chars().count();
+                *sent += text.chars().count();
+                let logprobs = text_logprobs(c.get("logprobs"), &mut offset);
                 choices.push(json!({
                     "text": text,
                     "index": index,
-                    "logprobs": null,
+                    "logprobs": logprobs,
                     "finish_reason": finish.cloned().unwrap_or(Value::Null),
                 }));
             }
@@ -490,6 +577,11 @@ mod tests {
             (json!({"prompt": ""}), "prompt"),
             (json!({"prompt": "hi", "suffix": "end"}), "suffix"),
             (json!({"prompt": "hi", "logprobs": 2}), "logprobs"),
+            (json!({"prompt": "hi", "logprobs": 0}), "logprobs"),
+            (
+                json!({"prompt": "hi", "logprobs": 1, "echo": true}),
+                "logprobs",
+            ),
             (json!({"prompt": "hi", "best_of": 3}), "best_of"),
             (json!({"prompt": "hi", "max_tokens": 0}), "max_tokens"),
             // The chat translator's own refusals keep their names.
@@ -551,6 +643,83 @@ mod tests {
             assert_eq!(sent.as_object().unwrap().len(), 4, "{base}: {sent}");
             assert_eq!(sent["messages"], json!([{"role": "user", "content": "hi"}]));
         }
+    }
+
+    /// `logprobs: n` asks chat for the tokens' log probabilities and n
+    /// alternatives; they come back in the completion's shape, unary and
+    /// streamed, each token's offset counted in characters of the text.
+    #[test]
+    fn log_probabilities_come_back_in_the_completions_shape() {
+        let via = ViaChat(Arc::new(crate::openai_compat::OpenAiCompat));
+        let auth = AuthStyle::bearer();
+        let target = crate::tests::test_target(&auth, "http://127.0.0.1:8000/v1", "m", false);
+        let body = map(json!({"model": "m", "prompt": "hi", "logprobs": 2}));
+        let req = via
+            .build(Endpoint::Completions, &body, false, &target)
+            .unwrap();
+        let sent: Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(
+            (sent["logprobs"].clone(), sent["top_logprobs"].clone()),
+            (json!(true), json!(2))
+        );
+        let token = |t: &str, lp: f64| {
+            json!({"token": t, "logprob": lp, "bytes": t.as_bytes(),
+                "top_logprobs": [{"token": t, "logprob": lp}, {"token": "x", "logprob": -9.0}]})
+        };
+        let answer = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hé yo"}, "finish_reason": "stop",
+                "logprobs": {"content": [token("Hé", -0.5), token(" yo", -1.5)]}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}});
+        let (text, _) = via
+            .parse(
+                Endpoint::Completions,
+                "p",
+                &body,
+                answer.to_string().as_bytes(),
+            )
+            .unwrap();
+        let lp = &text["choices"][0]["logprobs"];
+        assert_eq!(lp["tokens"], json!(["Hé", " yo"]));
+        assert_eq!(lp["token_logprobs"], json!([-0.5, -1.5]));
+        assert_eq!(lp["top_logprobs"][1], json!({" yo": -1.5, "x": -9.0}));
+        assert_eq!(lp["text_offset"], json!([0, 2]));
+
+        let request = RequestBody::from_map(map(
+            json!({"model": "m", "prompt": "hi", "logprobs": 1, "stream": true}),
+        ));
+        let mut d = via.stream_decoder(Endpoint::Completions, "p", "m", &request);
+        let chunk = |delta: Value, lp: Value| {
+            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": null}]})
+        };
+        let mut items = Vec::new();
+        for c in [
+            chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+            chunk(
+                json!({"content": "Hé"}),
+                json!({"content": [token("Hé", -0.5)]}),
+            ),
+            chunk(
+                json!({"content": " yo"}),
+                json!({"content": [token(" yo", -1.5)]}),
+            ),
+        ] {
+            let ev = sse::Event {
+                event: None,
+                data: c.to_string(),
+            };
+            d.on_event(&ev, &mut items).unwrap();
+        }
+        let offsets: Vec<Value> = items
+            .iter()
+            .filter_map(|it| match it {
+                StreamItem::Chunk(b) => serde_json::from_slice::<Value>(b).ok(),
+                _ => None,
+            })
+            .filter(|c| c["choices"][0]["text"] != "")
+            .map(|c| c["choices"][0]["logprobs"]["text_offset"][0].clone())
+            .collect();
+        assert_eq!(offsets, vec![json!(0), json!(2)]);
     }
 
     #[test]
