@@ -152,6 +152,44 @@ def test_what_polyplex_cannot_do_is_refused_by_name(client, kwargs, param):
     assert "max_completion_tokens" not in e.value.message
 
 
+CODE_TOOL = [{"type": "custom", "name": "run_python", "description": "Runs Python code.",
+              "format": {"type": "grammar", "syntax": "regex", "definition": "print\\(.*\\)"}}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_custom_tools_go_round_on_openai_and_are_refused_elsewhere(client, mock, stream):
+    """GPT-5's free-form tools: called with text (a `custom_tool_call`
+    item, streamed as `response.custom_tool_call_input.*` events), the
+    output sent back as a `custom_tool_call_output`; chat's shape upstream
+    (a grammar under `format.grammar`)."""
+    ask = dict(model=OPENAI, input="print(2**10)", tools=CODE_TOOL,
+               tool_choice={"type": "custom", "name": "run_python"})
+    if stream:
+        events = list(client.responses.create(stream=True, **ask))
+        kinds = [e.type for e in events]
+        assert "response.custom_tool_call_input.delta" in kinds
+        done = next(e for e in events if e.type == "response.custom_tool_call_input.done")
+        assert done.input == "print(2**10)"
+        r = events[-1].response
+    else:
+        r = client.responses.create(**ask)
+    [call] = r.output
+    assert call.type == "custom_tool_call" and call.name == "run_python" and call.input == "print(2**10)"
+    assert call.id.startswith("ctc_") and call.call_id
+    sent = json.loads(urllib.request.urlopen(mock + "/__mock/requests").read())[-1]["body"]
+    assert sent["tools"][0]["custom"]["format"] == {
+        "type": "grammar", "grammar": {"syntax": "regex", "definition": "print\\(.*\\)"}}
+    assert sent["tool_choice"] == {"type": "custom", "custom": {"name": "run_python"}}
+    after = client.responses.create(model=OPENAI, tools=CODE_TOOL, previous_response_id=r.id,
+                                    input=[{"type": "custom_tool_call_output", "call_id": call.call_id, "output": "1024"}])
+    assert after.output_text == "The tool returned: 1024"
+    items = client.responses.input_items.list(after.id, order="asc").data
+    assert [i.type for i in items] == ["message", "custom_tool_call", "custom_tool_call_output"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=ANTHROPIC, input="print(1)", tools=CODE_TOOL)
+    assert e.value.param == "tools[0].type"
+
+
 def test_claude_thinking_limits_are_named_as_the_responses_api_names_them(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model=ANTHROPIC, input="hi", reasoning={"effort": "high"}, max_output_tokens=100)

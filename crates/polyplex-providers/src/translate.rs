@@ -426,6 +426,11 @@ mod tests {
             {"role": "assistant", "audio": {"id": "audio_1"}}]}));
         let e = for_translation(&audio, "P").unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[1].audio"));
+        let called = map(json!({"messages": [{"role": "user", "content": "hi"},
+            {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                {"id": "d", "type": "custom", "custom": {"name": "x", "input": "text"}}]}]}));
+        let e = for_translation(&called, "P").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[1].tool_calls[1].type"));
     }
 
     /// Deprecated function calling reaches a translating protocol as tools,
@@ -1058,6 +1063,15 @@ pub(crate) fn for_translation<'a>(
                 format!("messages[{i}].audio"),
                 format!("An earlier audio answer lives in OpenAI's store; the {protocol} protocol cannot read it. Send its transcript as the message's content instead."),
             ));
+        }
+        let calls = member(m, "tool_calls").and_then(Value::as_array);
+        for (j, c) in calls.into_iter().flatten().enumerate() {
+            if member(c, "type").and_then(Value::as_str) == Some("custom") {
+                return Err(GatewayError::invalid_param(
+                    format!("messages[{i}].tool_calls[{j}].type"),
+                    format!("A call of a custom (free-form) tool is OpenAI's; the {protocol} protocol has no such tools."),
+                ));
+            }
         }
     }
     let tools = lookup(body, "tools").and_then(Value::as_array);

@@ -535,13 +535,18 @@ fn messages(body: &JsonMap) -> R<bool> {
             let calls = tc.as_array().ok_or_else(|| bad_type(&tp, "an array", tc))?;
             for (j, c) in calls.iter().enumerate() {
                 let cp = format!("{tp}[{j}]");
+                // GPT-5's free-form tools are called with text, not JSON.
+                let (kind, input) = match c.get("type").and_then(Value::as_str) {
+                    Some("custom") => ("custom", "input"),
+                    _ => ("function", "arguments"),
+                };
                 let f = c
-                    .get("function")
-                    .ok_or_else(|| missing(&format!("{cp}.function")))?;
+                    .get(kind)
+                    .ok_or_else(|| missing(&format!("{cp}.{kind}")))?;
                 if !c.get("id").is_some_and(Value::is_string) {
                     return Err(missing(&format!("{cp}.id")));
                 }
-                called_function(&format!("{cp}.function"), f)?;
+                called(&format!("{cp}.{kind}"), f, input)?;
             }
         }
     }
@@ -572,14 +577,24 @@ fn tool_name<'a>(p: &str, name: Option<&'a str>) -> R<&'a str> {
 /// turn's deprecated `function_call`): a name, and arguments as a JSON
 /// string.
 fn called_function(p: &str, f: &Value) -> R<()> {
+    called(p, f, "arguments")
+}
+
+/// A call at `p` of a function (its `arguments`, a JSON string) or of a
+/// custom tool (its `input`, text): a name, and that string.
+fn called(p: &str, f: &Value, input: &str) -> R<()> {
     if !f.get("name").is_some_and(Value::is_string) {
         return Err(missing(&format!("{p}.name")));
     }
-    match f.get("arguments") {
+    match f.get(input) {
         Some(Value::String(_)) => Ok(()),
         other => Err(bad_type(
-            &format!("{p}.arguments"),
-            "a JSON string",
+            &format!("{p}.{input}"),
+            if input == "arguments" {
+                "a JSON string"
+            } else {
+                "a string"
+            },
             other.unwrap_or(&Value::Null),
         )),
     }
@@ -1181,6 +1196,27 @@ mod tests {
 
     /// GPT-5's tool shapes: free-form `custom` tools, a custom tool chosen by
     /// name, and `allowed_tools` (a mode and declared tools).
+    #[test]
+    fn a_custom_tool_call_goes_back_as_text() {
+        let mut b = ok_body();
+        b["tools"] = json!([{"type": "custom", "custom": {"name": "code"}}]);
+        b["messages"] = json!([{"role": "user", "content": "2**10?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "custom", "custom": {"name": "code", "input": "print(2**10)"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "1024"}]);
+        assert!(chat(&map(b.clone())).is_ok());
+        b["messages"][1]["tool_calls"][0]["custom"]["input"] = json!({"code": 1});
+        assert_eq!(
+            err(b.clone()).param.as_deref(),
+            Some("messages[1].tool_calls[0].custom.input")
+        );
+        b["messages"][1]["tool_calls"][0] = json!({"id": "call_1", "type": "custom"});
+        assert_eq!(
+            err(b).param.as_deref(),
+            Some("messages[1].tool_calls[0].custom")
+        );
+    }
+
     #[test]
     fn custom_tools_and_allowed_tools() {
         let with = |tool_choice: Value| {

@@ -24,7 +24,9 @@
 //! `extra_content`, as chat's tool calls do. `conversation` objects, stored
 //! prompts, background mode and built-in tools (web search, file search,
 //! computer use, ...) live inside OpenAI's service and are refused by
-//! name; function tools work on every provider.
+//! name; function tools work on every provider, GPT-5's custom (free-form)
+//! tools wherever chat has them (OpenAI's protocol; refused by name
+//! elsewhere), their calls as `custom_tool_call` items.
 
 use base64::Engine;
 use polyplex_types::{lookup, GatewayError, JsonMap};
@@ -418,12 +420,17 @@ fn input_items<'a>(
                 messages.push(m);
                 sources.push(path);
             }
-            "function_call" => {
+            "function_call" | "custom_tool_call" => {
                 let call_id = string_at(o, "call_id", &path)?;
                 let name = string_at(o, "name", &path)?;
-                let arguments = string_at(o, "arguments", &path)?;
-                let mut call = json!({"id": call_id, "type": "function",
-                    "function": {"name": name, "arguments": arguments}});
+                let mut call = if kind == "custom_tool_call" {
+                    let input = string_at(o, "input", &path)?;
+                    json!({"id": call_id, "type": "custom", "custom": {"name": name, "input": input}})
+                } else {
+                    let arguments = string_at(o, "arguments", &path)?;
+                    json!({"id": call_id, "type": "function",
+                        "function": {"name": name, "arguments": arguments}})
+                };
                 if let Some(extra) = given(o, "extra_content") {
                     call["extra_content"] = extra.clone();
                 }
@@ -440,7 +447,7 @@ fn input_items<'a>(
                     None => turn["tool_calls"] = json!([call]),
                 }
             }
-            "function_call_output" => {
+            "function_call_output" | "custom_tool_call_output" => {
                 let call_id = string_at(o, "call_id", &path)?;
                 let output = match lookup(o, "output") {
                     Some(Value::String(s)) => Value::String(s.clone()),
@@ -453,7 +460,7 @@ fn input_items<'a>(
                                 Some("input_text" | "output_text") => texts.push(
                                     json!({"type": "text", "text": string_at(part, "text", &pp)?}),
                                 ),
-                                _ => return Err(bad(format!("{pp}.type"), "A function call's output may carry text parts only (`input_text`) when it goes through the chat API.")),
+                                _ => return Err(bad(format!("{pp}.type"), "A tool call's output may carry text parts only (`input_text`) when it goes through the chat API.")),
                             }
                         }
                         Value::Array(texts)
@@ -660,6 +667,33 @@ fn chat_tools(tools: &Value) -> Result<Value, GatewayError> {
         let o = t.as_object().ok_or_else(|| bad_type(&path, "an object"))?;
         match lookup(o, "type").and_then(Value::as_str) {
             Some("function") => {}
+            // GPT-5's free-form tools: chat has them too (OpenAI's
+            // protocol; the others refuse them by name).
+            Some("custom") => {
+                let mut c = Map::new();
+                c.insert(
+                    "name".into(),
+                    Value::String(string_at(o, "name", &path)?.to_string()),
+                );
+                if let Some(v) = given(o, "description") {
+                    c.insert("description".into(), v.clone());
+                }
+                if let Some(f) = given(o, "format") {
+                    // A grammar's definition and syntax sit in the format
+                    // itself here, under `grammar` in chat's.
+                    let grammar = f.get("type").and_then(Value::as_str) == Some("grammar");
+                    let f = if grammar {
+                        json!({"type": "grammar", "grammar": {
+                            "definition": f.get("definition").cloned().unwrap_or(Value::Null),
+                            "syntax": f.get("syntax").cloned().unwrap_or(Value::Null)}})
+                    } else {
+                        f.clone()
+                    };
+                    c.insert("format".into(), f);
+                }
+                out.push(json!({"type": "custom", "custom": c}));
+                continue;
+            }
             Some(other) => {
                 return Err(bad(
                     format!("{path}.type"),
@@ -685,12 +719,17 @@ fn chat_tools(tools: &Value) -> Result<Value, GatewayError> {
 
 fn chat_tool_choice(choice: &Value) -> Result<Value, GatewayError> {
     let function = |name: &Value| json!({"type": "function", "function": {"name": name}});
+    let custom = |name: &Value| json!({"type": "custom", "custom": {"name": name}});
     match choice {
         Value::String(_) => Ok(choice.clone()),
         Value::Object(o) => match lookup(o, "type").and_then(Value::as_str) {
             Some("function") => {
                 let name = string_at(o, "name", "tool_choice")?;
                 Ok(function(&Value::String(name.into())))
+            }
+            Some("custom") => {
+                let name = string_at(o, "name", "tool_choice")?;
+                Ok(custom(&Value::String(name.into())))
             }
             Some("allowed_tools") => {
                 let tools = given(o, "tools")
@@ -700,17 +739,19 @@ fn chat_tool_choice(choice: &Value) -> Result<Value, GatewayError> {
                 for (i, t) in tools.iter().enumerate() {
                     let path = format!("tool_choice.tools[{i}]");
                     let t = t.as_object().ok_or_else(|| bad_type(&path, "an object"))?;
-                    if lookup(t, "type").and_then(Value::as_str) != Some("function") {
-                        return Err(bad(format!("{path}.type"), "Only function tools can be allowed here."));
+                    let name = || string_at(t, "name", &path).map(|n| Value::String(n.into()));
+                    match lookup(t, "type").and_then(Value::as_str) {
+                        Some("function") => named.push(function(&name()?)),
+                        Some("custom") => named.push(custom(&name()?)),
+                        _ => return Err(bad(format!("{path}.type"), "Only function and custom tools can be allowed here.")),
                     }
-                    named.push(function(&Value::String(string_at(t, "name", &path)?.into())));
                 }
                 let mode = given(o, "mode").cloned().unwrap_or(json!("auto"));
                 Ok(json!({"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": named}}))
             }
             Some(other) => Err(bad(
                 "tool_choice.type",
-                format!("A tool choice of type '{other}' names a built-in tool; polyplex takes 'function' and 'allowed_tools'."),
+                format!("A tool choice of type '{other}' names a built-in tool; polyplex takes 'function', 'custom' and 'allowed_tools'."),
             )),
             None => Err(missing("tool_choice.type")),
         },
@@ -853,6 +894,8 @@ pub fn listed_item(mut item: Value, response_id: &str, index: usize) -> Value {
             "message" => "msg",
             "function_call" => "fc",
             "function_call_output" => "fco",
+            "custom_tool_call" => "ctc",
+            "custom_tool_call_output" => "ctco",
             "reasoning" => "rs",
             _ => "item",
         };
@@ -1036,6 +1079,8 @@ fn message_item(id: &str, status: &str, content: Vec<Value>) -> Value {
     json!({"id": id, "type": "message", "status": status, "role": "assistant", "content": content})
 }
 
+/// A function call's output item, or a custom (free-form) tool's, whose
+/// input is text (`custom`).
 fn call_item(
     id: &str,
     status: &str,
@@ -1043,9 +1088,15 @@ fn call_item(
     name: &str,
     args: &str,
     extra: Option<&Value>,
+    custom: bool,
 ) -> Value {
-    let mut item = json!({"id": id, "type": "function_call", "status": status,
-        "call_id": call_id, "name": name, "arguments": args});
+    let mut item = if custom {
+        json!({"id": id, "type": "custom_tool_call", "status": status,
+            "call_id": call_id, "name": name, "input": args})
+    } else {
+        json!({"id": id, "type": "function_call", "status": status,
+            "call_id": call_id, "name": name, "arguments": args})
+    };
     if let Some(e) = extra {
         item["extra_content"] = e.clone();
     }
@@ -1058,6 +1109,11 @@ fn logprob_list(choice: &Value) -> Vec<Value> {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default()
+}
+
+/// Whether a chat tool call (or its first delta) calls a custom tool.
+fn is_custom(tc: &Value) -> bool {
+    tc.get("type").and_then(Value::as_str) == Some("custom") || tc.get("custom").is_some()
 }
 
 /// A chat completion as the Response object that answers the request.
@@ -1093,14 +1149,21 @@ pub fn response_object(chat: &Value, echo: &Echo) -> Value {
         .flatten()
     {
         let s = |p: &str| tc.pointer(p).and_then(Value::as_str).unwrap_or("");
-        let id = item_id(echo, "fc", output.len());
+        let custom = is_custom(tc);
+        let id = item_id(echo, if custom { "ctc" } else { "fc" }, output.len());
+        let (name, args) = if custom {
+            (s("/custom/name"), s("/custom/input"))
+        } else {
+            (s("/function/name"), s("/function/arguments"))
+        };
         output.push(call_item(
             &id,
             "completed",
             s("/id"),
-            s("/function/name"),
-            s("/function/arguments"),
+            name,
+            args,
             tc.get("extra_content"),
+            custom,
         ));
     }
     let (status, incomplete) = ending(choice.get("finish_reason").and_then(Value::as_str));
@@ -1133,8 +1196,10 @@ enum Item {
         chat_index: u64,
         call_id: String,
         name: String,
+        /// A function's arguments, or a custom tool's input.
         args: String,
         extra: Option<Value>,
+        custom: bool,
     },
 }
 
@@ -1405,20 +1470,34 @@ impl Streamer {
             None => {
                 self.close_open(out, false);
                 let i = self.items.len();
-                let id = item_id(&self.echo, "fc", i);
+                let custom = is_custom(tc);
+                let id = item_id(&self.echo, if custom { "ctc" } else { "fc" }, i);
                 let s = |p: &str| {
                     tc.pointer(p)
                         .and_then(Value::as_str)
                         .unwrap_or("")
                         .to_string()
                 };
-                let (call_id, name) = (s("/id"), s("/function/name"));
+                let call_id = s("/id");
+                let name = s(if custom {
+                    "/custom/name"
+                } else {
+                    "/function/name"
+                });
                 let extra = tc.get("extra_content").cloned();
+                let item = call_item(
+                    &id,
+                    "in_progress",
+                    &call_id,
+                    &name,
+                    "",
+                    extra.as_ref(),
+                    custom,
+                );
                 self.emit(
                     out,
                     "response.output_item.added",
-                    json!({"output_index": i,
-                    "item": call_item(&id, "in_progress", &call_id, &name, "", extra.as_ref())}),
+                    json!({"output_index": i, "item": item}),
                 );
                 self.items.push((
                     id,
@@ -1428,14 +1507,20 @@ impl Streamer {
                         name,
                         args: String::new(),
                         extra,
+                        custom,
                     },
                     false,
                 ));
                 i
             }
         };
+        let custom = matches!(self.items[i].1, Item::Call { custom: true, .. });
         let Some(delta) = tc
-            .pointer("/function/arguments")
+            .pointer(if custom {
+                "/custom/input"
+            } else {
+                "/function/arguments"
+            })
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
         else {
@@ -1447,7 +1532,11 @@ impl Streamer {
         let id = self.items[i].0.clone();
         self.emit(
             out,
-            "response.function_call_arguments.delta",
+            if custom {
+                "response.custom_tool_call_input.delta"
+            } else {
+                "response.function_call_arguments.delta"
+            },
             json!({"item_id": id, "output_index": i, "delta": delta}),
         );
     }
@@ -1487,14 +1576,30 @@ impl Streamer {
                     name,
                     args,
                     extra,
+                    custom,
                     ..
                 } => {
-                    events.push((
-                        "response.function_call_arguments.done",
-                        json!({"item_id": id,
-                        "output_index": i, "name": name, "arguments": args}),
-                    ));
-                    call_item(&id, "completed", call_id, name, args, extra.as_ref())
+                    events.push(if *custom {
+                        (
+                            "response.custom_tool_call_input.done",
+                            json!({"item_id": id, "output_index": i, "input": args}),
+                        )
+                    } else {
+                        (
+                            "response.function_call_arguments.done",
+                            json!({"item_id": id,
+                            "output_index": i, "name": name, "arguments": args}),
+                        )
+                    });
+                    call_item(
+                        &id,
+                        "completed",
+                        call_id,
+                        name,
+                        args,
+                        extra.as_ref(),
+                        *custom,
+                    )
                 }
             };
             events.push((
@@ -1528,8 +1633,17 @@ impl Streamer {
                     name,
                     args,
                     extra,
+                    custom,
                     ..
-                } => call_item(id, "completed", call_id, name, args, extra.as_ref()),
+                } => call_item(
+                    id,
+                    "completed",
+                    call_id,
+                    name,
+                    args,
+                    extra.as_ref(),
+                    *custom,
+                ),
             })
             .collect()
     }
@@ -1988,6 +2102,91 @@ mod tests {
                 v
             })
             .collect()
+    }
+
+    /// A custom tool's call (GPT-5) beside a function's: `custom_tool_call`
+    /// items, their input streamed as `response.custom_tool_call_input.*`;
+    /// and back as input, chat's custom tool call.
+    #[test]
+    fn custom_tool_calls_go_both_ways() {
+        let mut s = Streamer::new(echo());
+        let mut out = Vec::new();
+        let chunk = |delta: Value, finish: Value| json!({"id": "c", "created": 9, "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        s.on_chunk(&chunk(json!({"tool_calls": [{"index": 0, "id": "t1", "type": "custom", "custom": {"name": "code", "input": ""}}]}), Value::Null), &mut out);
+        s.on_chunk(
+            &chunk(
+                json!({"tool_calls": [{"index": 0, "custom": {"input": "print("}}]}),
+                Value::Null,
+            ),
+            &mut out,
+        );
+        s.on_chunk(
+            &chunk(
+                json!({"tool_calls": [{"index": 0, "custom": {"input": "1)"}}]}),
+                json!("tool_calls"),
+            ),
+            &mut out,
+        );
+        s.on_done(&mut out);
+        let ev = events(&out);
+        let kinds: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|k| **k == "response.custom_tool_call_input.delta")
+                .count(),
+            2
+        );
+        assert!(
+            !kinds.iter().any(|k| k.contains("function_call")),
+            "{kinds:?}"
+        );
+        let done = ev
+            .iter()
+            .find(|e| e["type"] == "response.custom_tool_call_input.done")
+            .unwrap();
+        assert_eq!(done["input"], "print(1)");
+        let last = ev.last().unwrap();
+        assert_eq!(last["type"], "response.completed");
+        let item = &last["response"]["output"][0];
+        assert_eq!(
+            (
+                item["type"].clone(),
+                item["name"].clone(),
+                item["input"].clone(),
+                item["call_id"].clone()
+            ),
+            (
+                json!("custom_tool_call"),
+                json!("code"),
+                json!("print(1)"),
+                json!("t1")
+            )
+        );
+        assert!(item["id"].as_str().unwrap().starts_with("ctc_"));
+
+        let c = convert_ok(
+            json!({"model": "m", "tools": [{"type": "custom", "name": "code"}],
+            "tool_choice": {"type": "custom", "name": "code"},
+            "input": [{"role": "user", "content": "go"}, item.clone(),
+                {"type": "custom_tool_call_output", "call_id": "t1", "output": "1"}]}),
+        );
+        assert_eq!(
+            c.chat["tools"],
+            json!([{"type": "custom", "custom": {"name": "code"}}])
+        );
+        assert_eq!(
+            c.chat["tool_choice"],
+            json!({"type": "custom", "custom": {"name": "code"}})
+        );
+        assert_eq!(
+            c.chat["messages"][1]["tool_calls"],
+            json!([{"id": "t1", "type": "custom", "custom": {"name": "code", "input": "print(1)"}}])
+        );
+        assert_eq!(
+            c.chat["messages"][2],
+            json!({"role": "tool", "tool_call_id": "t1", "content": "1"})
+        );
     }
 
     #[test]

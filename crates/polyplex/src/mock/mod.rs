@@ -614,6 +614,68 @@ pub(crate) fn sse_body(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// OpenAI's chat answer calling a custom (free-form) tool with text:
+/// `tool_calls[].custom.input`, streamed in fragments.
+fn custom_tool_call(
+    s: &Arc<MockState>,
+    req: &serde_json::Map<String, Value>,
+    model: &str,
+    (call_id, name, input): (String, String, String),
+    stream: bool,
+    include_usage: bool,
+) -> Response {
+    let messages = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let usage = usage_json(
+        reply::prompt_tokens(messages),
+        reply::tokenize(&input).len().max(1) as u64,
+    );
+    let id = s.next_id("chatcmpl-mock");
+    let created = now();
+    if !stream {
+        return Json(json!({"id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": null,
+                "annotations": [], "tool_calls": [{"id": call_id, "type": "custom",
+                    "custom": {"name": name, "input": input}}]},
+                "logprobs": null, "finish_reason": "tool_calls"}],
+            "usage": usage}))
+        .into_response();
+    }
+    let chunk = |delta: Value, finish: Value, usage: Option<&Value>| {
+        let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        if let Some(u) = usage {
+            c["choices"] = json!([]);
+            c["usage"] = u.clone();
+        }
+        frame(&c)
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": call_id,
+            "type": "custom", "custom": {"name": name, "input": ""}}]}),
+        Value::Null,
+        None,
+    )];
+    let chars: Vec<char> = input.chars().collect();
+    for frag in chars.chunks(8) {
+        let frag: String = frag.iter().collect();
+        events.push(chunk(
+            json!({"tool_calls": [{"index": 0, "custom": {"input": frag}}]}),
+            Value::Null,
+            None,
+        ));
+    }
+    events.push(chunk(json!({}), json!("tool_calls"), None));
+    if include_usage {
+        events.push(chunk(Value::Null, Value::Null, Some(&usage)));
+    }
+    events.push(done_frame());
+    sse_body(s.clone(), events, None)
+}
+
 pub(crate) fn frame(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
@@ -672,6 +734,9 @@ async fn chat(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) 
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let top = req.get("top_logprobs").and_then(Value::as_u64).unwrap_or(0);
+    if let Some(call) = reply::custom_call(&req) {
+        return custom_tool_call(&s, &req, &model, call, stream, include_usage);
+    }
     let answer = reply::chat_answer(&req);
     // Deprecated function calling: the call comes back as `function_call`.
     let legacy = req.get("functions").is_some_and(|f| !f.is_null());

@@ -196,6 +196,50 @@ fn apply_stop(text: &mut String, stop: Option<&Value>) -> bool {
 }
 
 /// Decides the answer for a chat request.
+/// A call of a custom (free-form, GPT-5) tool, when the tool the request
+/// would call is one: its id, name and text input (the user's text), as
+/// OpenAI's chat API answers it. Only OpenAI's protocol has such tools.
+pub fn custom_call(body: &Map<String, Value>) -> Option<(String, String, String)> {
+    let messages = body.get("messages").and_then(Value::as_array)?;
+    let last_role = messages
+        .last()
+        .and_then(|m| m.get("role"))
+        .and_then(Value::as_str);
+    if matches!(last_role, Some("tool" | "function")) {
+        return None;
+    }
+    let tools = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .filter(|t| !t.is_empty())?;
+    let choice = body.get("tool_choice");
+    if choice.and_then(Value::as_str) == Some("none") {
+        return None;
+    }
+    let named = choice
+        .and_then(|c| {
+            c.pointer("/custom/name")
+                .or_else(|| c.pointer("/function/name"))
+        })
+        .and_then(Value::as_str);
+    let name_of = |t: &Value| {
+        t.pointer("/custom/name")
+            .or_else(|| t.pointer("/function/name"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let tool = named
+        .and_then(|n| tools.iter().find(|t| name_of(t).as_deref() == Some(n)))
+        .unwrap_or(&tools[0]);
+    if tool.get("type").and_then(Value::as_str) != Some("custom") {
+        return None;
+    }
+    let name = name_of(tool).unwrap_or_else(|| "tool".into());
+    let input = last_user_text(messages);
+    let id = stable_id("call_", &format!("{name}{input}{}", messages.len()));
+    Some((id, name, input))
+}
+
 pub fn chat_answer(body: &Map<String, Value>) -> Answer {
     let messages = body
         .get("messages")
