@@ -2,6 +2,7 @@
 
 The binary is taken from $POLYPLEX_BIN, else target/debug/polyplex.
 """
+import contextlib
 import json
 import os
 import socket
@@ -65,6 +66,29 @@ class Proc:
 
     def output(self) -> str:
         return Path(self.log.name).read_text()
+
+
+@contextlib.contextmanager
+def own_gateway(d, providers, extra=""):
+    """A gateway of a test's own, in directory `d` (its SQLite store there),
+    with the `[[providers]]` text given and `extra` top-level settings:
+    yields its SDK client and its process, and stops it."""
+    from openai import OpenAI
+
+    port = free_port()
+    (d / "polyplex.toml").write_text(f"""
+listen = "127.0.0.1:{port}"
+{extra}
+[auth]
+master_key = "{MASTER_KEY}"
+{providers}""")
+    proc = Proc([BIN, "serve"], cwd=d)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/healthz")
+        yield OpenAI(base_url=base + "/v1", api_key=MASTER_KEY, max_retries=0), proc
+    finally:
+        proc.stop()
 
 
 @pytest.fixture(scope="session")

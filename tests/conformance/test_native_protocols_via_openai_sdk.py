@@ -11,6 +11,8 @@ import urllib.request
 import openai
 import pytest
 
+from conftest import own_gateway
+
 ANTHROPIC = "anthropic/claude-sonnet-4-5"
 GEMINI = "google/gemini-2.5-flash"
 BEDROCK = "bedrock/us.anthropic.claude-haiku-4-5-20251001-v1:0"
@@ -542,13 +544,7 @@ def test_an_openai_protocol_provider_set_to_chat_answers_completions_through_cha
     chat models and for APIs with chat only, such as Groq's and Mistral's):
     the mock's chat endpoint answers, as a text completion; the provider
     beside it keeps its own completions endpoint."""
-    from conftest import BIN, MASTER_KEY, Proc, free_port, wait_http
-
-    port = free_port()
-    (tmp_path / "polyplex.toml").write_text(f"""
-listen = "127.0.0.1:{port}"
-[auth]
-master_key = "{MASTER_KEY}"
+    providers = f"""
 [[providers]]
 name = "chatonly"
 kind = "openai"
@@ -561,11 +557,8 @@ name = "native"
 kind = "openai"
 base_url = "{mock}/v1"
 models = ["gpt-3.5-turbo-instruct"]
-""")
-    proc = Proc([BIN, "serve"], cwd=tmp_path)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz")
-        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=MASTER_KEY, max_retries=0)
+"""
+    with own_gateway(tmp_path, providers) as (c, _):
         r = c.completions.create(model="chatonly/gpt-4o-mini", prompt="Say this is a test", max_tokens=20)
         assert r.id.startswith("chatcmpl-mock") and r.object == "text_completion"
         assert r.choices[0].text == "Say this is a test" and r.usage.model_extra["cost"] > 0
@@ -591,8 +584,6 @@ models = ["gpt-3.5-turbo-instruct"]
         assert e.value.param == "logprobs"
         r = c.completions.create(model="native/gpt-3.5-turbo-instruct", prompt=["a b", "c"], max_tokens=20)
         assert r.id.startswith("cmpl-mock") and [ch.text for ch in r.choices] == ["a b", "c"]
-    finally:
-        proc.stop()
 
 
 def test_legacy_completions_fail_over_between_chat_and_native_and_say_when_a_stream_breaks(client, fault):

@@ -5,10 +5,10 @@ the stream's events; a tool loop and Claude's reasoning go round trip with
 the output items sent back as input, or kept and continued with
 `previous_response_id`; what needs OpenAI's own service (built-in tools,
 background mode, stored prompts) is refused by name."""
-import contextlib
 import json
 import urllib.request
 
+from conftest import mock_openai_provider, own_gateway
 from test_keys_via_openai_sdk import admin
 
 import openai
@@ -298,28 +298,6 @@ def test_responses_are_kept_per_caller_and_not_when_store_is_false(client, gatew
         client.responses.retrieve(unkept.id)
 
 
-@contextlib.contextmanager
-def own_gateway(mock, d, extra=""):
-    """A gateway of this test's own (a SQLite store in `d`), yielding its SDK
-    client and its process."""
-    from conftest import BIN, MASTER_KEY, Proc, free_port, mock_openai_provider, wait_http
-
-    port = free_port()
-    (d / "polyplex.toml").write_text(f"""
-listen = "127.0.0.1:{port}"
-{extra}
-[auth]
-master_key = "{MASTER_KEY}"
-{mock_openai_provider(mock)}""")
-    proc = Proc([BIN, "serve"], cwd=d)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_http(base + "/healthz")
-        yield openai.OpenAI(base_url=base + "/v1", api_key=MASTER_KEY, max_retries=0), proc
-    finally:
-        proc.stop()
-
-
 def test_a_store_that_fails_is_a_503_and_never_loses_the_answer(mock, tmp_path):
     """The store failing under a running gateway (here: its table dropped
     behind its back): reading a kept response, or continuing one, is a 503
@@ -327,7 +305,7 @@ def test_a_store_that_fails_is_a_503_and_never_loses_the_answer(mock, tmp_path):
     response is gone; a new response is still answered, and not kept."""
     import sqlite3
 
-    with own_gateway(mock, tmp_path) as (client, proc):
+    with own_gateway(tmp_path, mock_openai_provider(mock)) as (client, proc):
         kept = client.responses.create(model="gpt-4o-mini", input="remember this")
         assert client.responses.retrieve(kept.id).output_text == "remember this"
         with sqlite3.connect(tmp_path / "polyplex.db") as db:
@@ -352,7 +330,7 @@ def test_a_long_kept_conversation_is_not_held_to_the_body_limit(mock, tmp_path):
     """The body limit is on what the client sends: a conversation kept over
     many turns may grow past it, and `previous_response_id` still continues
     it; a body over the limit is still a 413."""
-    with own_gateway(mock, tmp_path, "[server]\nmax_body_bytes = 4096") as (client, _):
+    with own_gateway(tmp_path, mock_openai_provider(mock), "[server]\nmax_body_bytes = 4096") as (client, _):
         turn = " ".join(["word"] * 300)  # 1,499 bytes
         r = client.responses.create(model="gpt-4o-mini", input=turn)
         for _ in range(3):
