@@ -14,6 +14,7 @@ pub mod azure;
 pub mod bedrock;
 pub mod cohere;
 pub mod completions;
+pub mod custom_tools;
 pub mod gemini;
 pub mod openai_compat;
 pub mod reply;

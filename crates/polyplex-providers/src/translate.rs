@@ -420,8 +420,8 @@ mod tests {
         let custom = map(
             json!({"tools": [{"type": "function", "function": {"name": "a"}}, {"type": "custom", "custom": {"name": "x"}}]}),
         );
-        let e = for_translation(&custom, "P").unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("tools[1].type"));
+        let as_functions = for_translation(&custom, "P").unwrap();
+        assert_eq!(as_functions["tools"][1]["function"]["name"], "x");
         let audio = map(json!({"messages": [{"role": "user", "content": "hi"},
             {"role": "assistant", "audio": {"id": "audio_1"}}]}));
         let e = for_translation(&audio, "P").unwrap_err();
@@ -429,8 +429,11 @@ mod tests {
         let called = map(json!({"messages": [{"role": "user", "content": "hi"},
             {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}},
                 {"id": "d", "type": "custom", "custom": {"name": "x", "input": "text"}}]}]}));
-        let e = for_translation(&called, "P").unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("messages[1].tool_calls[1].type"));
+        let as_functions = for_translation(&called, "P").unwrap();
+        assert_eq!(
+            as_functions["messages"][1]["tool_calls"][1]["type"],
+            "function"
+        );
     }
 
     /// Deprecated function calling reaches a translating protocol as tools,
@@ -1041,11 +1044,13 @@ pub(crate) fn refuse_asked(
 }
 
 /// The request a translating protocol reads. What only OpenAI has is
-/// refused by name: GPT-5's free-form `custom` tools, and an assistant turn
-/// that is an earlier audio answer (`audio: {"id"}`, kept in OpenAI's
-/// store). `tool_choice: {"type": "allowed_tools", ...}` becomes what every
-/// protocol has — the tools cut to the allowed ones, and the choice its
-/// mode (`auto` or `required`). Borrowed when there is nothing to change.
+/// refused by name: an assistant turn that is an earlier audio answer
+/// (`audio: {"id"}`, kept in OpenAI's store). GPT-5's free-form `custom`
+/// tools become functions taking their input as one string
+/// ([`crate::custom_tools`]). `tool_choice: {"type": "allowed_tools", ...}`
+/// becomes what every protocol has — the tools cut to the allowed ones, and
+/// the choice its mode (`auto` or `required`). Borrowed when there is
+/// nothing to change.
 pub(crate) fn for_translation<'a>(
     body: &'a JsonMap,
     protocol: &str,
@@ -1056,30 +1061,18 @@ pub(crate) fn for_translation<'a>(
             for_translation(&modern, protocol)?.into_owned(),
         ));
     }
+    if crate::custom_tools::uses_custom(body) {
+        let functions = crate::custom_tools::as_functions(body);
+        return Ok(std::borrow::Cow::Owned(
+            for_translation(&functions, protocol)?.into_owned(),
+        ));
+    }
     let msgs = lookup(body, "messages").and_then(Value::as_array);
     for (i, m) in msgs.into_iter().flatten().enumerate() {
         if member(m, "audio").is_some_and(|a| !a.is_null()) {
             return Err(GatewayError::invalid_param(
                 format!("messages[{i}].audio"),
                 format!("An earlier audio answer lives in OpenAI's store; the {protocol} protocol cannot read it. Send its transcript as the message's content instead."),
-            ));
-        }
-        let calls = member(m, "tool_calls").and_then(Value::as_array);
-        for (j, c) in calls.into_iter().flatten().enumerate() {
-            if member(c, "type").and_then(Value::as_str) == Some("custom") {
-                return Err(GatewayError::invalid_param(
-                    format!("messages[{i}].tool_calls[{j}].type"),
-                    format!("A call of a custom (free-form) tool is OpenAI's; the {protocol} protocol has no such tools."),
-                ));
-            }
-        }
-    }
-    let tools = lookup(body, "tools").and_then(Value::as_array);
-    for (i, t) in tools.into_iter().flatten().enumerate() {
-        if member(t, "type").and_then(Value::as_str) == Some("custom") {
-            return Err(GatewayError::invalid_param(
-                format!("tools[{i}].type"),
-                format!("Custom (free-form) tools are not supported by the {protocol} protocol; declare a function with a JSON schema instead."),
             ));
         }
     }

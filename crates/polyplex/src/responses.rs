@@ -24,9 +24,9 @@
 //! `extra_content`, as chat's tool calls do. `conversation` objects, stored
 //! prompts, background mode and built-in tools (web search, file search,
 //! computer use, ...) live inside OpenAI's service and are refused by
-//! name; function tools work on every provider, GPT-5's custom (free-form)
-//! tools wherever chat has them (OpenAI's protocol; refused by name
-//! elsewhere), their calls as `custom_tool_call` items.
+//! name; function tools and GPT-5's custom (free-form) tools work on every
+//! provider (the latter as chat has them: `polyplex_providers::custom_tools`),
+//! their calls as `function_call` and `custom_tool_call` items.
 
 use base64::Engine;
 use polyplex_types::{lookup, GatewayError, JsonMap};

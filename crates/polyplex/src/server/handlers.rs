@@ -140,6 +140,17 @@ fn validate(endpoint: Endpoint, text: Bytes) -> Result<Parsed, Box<(String, Gate
     }
 }
 
+/// The custom tools a request declares, when `upstream` stands functions
+/// in for them (a translating protocol: its calls of those functions go
+/// back as custom tool calls); OpenAI's protocol answers them itself.
+fn custom_tools_of(parsed: &Parsed, upstream: &crate::upstream::Upstream) -> Option<Vec<String>> {
+    if !parsed.needs.0 || matches!(upstream.kind.as_str(), "openai" | "azure") {
+        return None;
+    }
+    let names = polyplex_providers::custom_tools::custom_names(parsed.body.map());
+    (!names.is_empty()).then_some(names)
+}
+
 impl Parsed {
     /// A validated body and what validation learned of it (in the chat
     /// form, whatever the endpoint).
@@ -448,6 +459,8 @@ async fn serve(
                     requested_model: parsed.model.clone(),
                     include_usage: parsed.include_usage,
                     functions: parsed.functions,
+                    custom: custom_tools_of(&parsed, &d.upstream)
+                        .map(polyplex_providers::custom_tools::CustomStream::new),
                     started: call.started,
                     attempts: served.attempts,
                     request: parsed.body,
@@ -482,6 +495,11 @@ async fn serve(
             if parsed.functions && matches!(reply, Reply::Map(_)) {
                 let mut map = reply.into_map();
                 polyplex_providers::tools_to_function_call(&mut map);
+                reply = Reply::Map(map);
+            }
+            if let Some(names) = custom_tools_of(&parsed, &d.upstream) {
+                let mut map = reply.into_map();
+                polyplex_providers::custom_tools::calls_to_custom(&mut map, &names);
                 reply = Reply::Map(map);
             }
             if !reply.has_model() {

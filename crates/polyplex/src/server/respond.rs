@@ -351,6 +351,9 @@ pub struct StreamContext {
     /// The request uses deprecated function calling: tool-call deltas go
     /// out as `function_call` deltas.
     pub functions: bool,
+    /// The request declares custom tools and a translating protocol
+    /// answers: its stand-in functions' calls go out as custom tool calls.
+    pub custom: Option<polyplex_providers::custom_tools::CustomStream>,
     pub started: Instant,
     pub attempts: u32,
     pub request: RequestBody,
@@ -392,6 +395,11 @@ impl Relay {
             StreamItem::Chunk(mut b) => {
                 if self.ctx.functions && memchr::memmem::find(&b, b"tool_calls").is_some() {
                     b = as_function_call(b);
+                }
+                if let Some(custom) = &mut self.ctx.custom {
+                    if memchr::memmem::find(&b, b"tool_calls").is_some() {
+                        b = as_custom_calls(b, custom);
+                    }
                 }
                 let f = if self.ctx.include_usage {
                     frame(&b)
@@ -625,6 +633,19 @@ fn as_function_call(chunk: Bytes) -> Bytes {
         return chunk;
     };
     polyplex_providers::tools_to_function_call(&mut map);
+    serde_json::to_vec(&map).map(Bytes::from).unwrap_or(chunk)
+}
+
+/// A chunk's calls of custom tools' stand-in functions as custom tool call
+/// deltas.
+fn as_custom_calls(
+    chunk: Bytes,
+    custom: &mut polyplex_providers::custom_tools::CustomStream,
+) -> Bytes {
+    let Ok(mut map) = serde_json::from_slice::<JsonMap>(&chunk) else {
+        return chunk;
+    };
+    custom.on_chunk(&mut map);
     serde_json::to_vec(&map).map(Bytes::from).unwrap_or(chunk)
 }
 
