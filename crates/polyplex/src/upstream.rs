@@ -104,8 +104,10 @@ impl CompletionsRule {
             .unwrap_or_default();
         match host.as_str() {
             "api.openai.com" => CompletionsRule::ChatModels,
-            // OpenAI-protocol APIs with chat only.
+            // OpenAI-protocol APIs with chat only (DeepSeek's completions
+            // are fill-in-the-middle, under its beta base URL only).
             "api.groq.com"
+            | "api.deepseek.com"
             | "api.mistral.ai"
             | "api.perplexity.ai"
             | "generativelanguage.googleapis.com"
@@ -497,6 +499,13 @@ mod tests {
                 "https://api.mistral.ai/v1",
                 None,
                 "mistral-small-latest",
+                true,
+            ),
+            (
+                "openai",
+                "https://api.deepseek.com",
+                None,
+                "deepseek-chat",
                 true,
             ),
             (
