@@ -247,6 +247,12 @@ fn renamed(mut e: GatewayError) -> GatewayError {
     e
 }
 
+/// One choice of a text completion (or of its stream chunk).
+fn text_choice(text: String, index: Value, logprobs: Value, finish: Option<&Value>) -> Value {
+    json!({"text": text, "index": index, "logprobs": logprobs,
+        "finish_reason": finish.cloned().unwrap_or(Value::Null)})
+}
+
 /// A chat completion as a text completion; the prompt leads each choice's
 /// text when `echo` asked for it.
 pub fn text_answer(mut chat: JsonMap, echo: Option<&str>) -> JsonMap {
@@ -270,12 +276,12 @@ pub fn text_answer(mut chat: JsonMap, echo: Option<&str>) -> JsonMap {
                     None => content.to_string(),
                 };
                 let mut offset = echo.map_or(0, |p| p.chars().count());
-                json!({
-                    "text": text,
-                    "index": c.get("index").cloned().unwrap_or(json!(0)),
-                    "logprobs": text_logprobs(c.get("logprobs"), &mut offset),
-                    "finish_reason": c.get("finish_reason").cloned().unwrap_or(Value::Null),
-                })
+                text_choice(
+                    text,
+                    c.get("index").cloned().unwrap_or(json!(0)),
+                    text_logprobs(c.get("logprobs"), &mut offset),
+                    c.get("finish_reason"),
+                )
             })
             .collect(),
         _ => Vec::new(),
@@ -408,9 +414,27 @@ struct TextStream {
 }
 
 impl TextStream {
-    fn convert(&mut self, out: &mut Vec<StreamItem>) -> Result<(), GatewayError> {
-        let items = std::mem::take(&mut self.scratch);
-        for item in &items {
+    /// One step of the chat decoder (an event, or the end), its items
+    /// converted into `out`.
+    fn relay(
+        &mut self,
+        out: &mut Vec<StreamItem>,
+        step: impl FnOnce(&mut dyn StreamDecoder, &mut Vec<StreamItem>) -> Result<(), GatewayError>,
+    ) -> Result<(), GatewayError> {
+        let mut items = std::mem::take(&mut self.scratch);
+        let stepped = step(self.inner.as_mut(), &mut items);
+        let converted = self.convert(&items, out);
+        items.clear();
+        self.scratch = items;
+        stepped.and(converted)
+    }
+
+    fn convert(
+        &mut self,
+        items: &[StreamItem],
+        out: &mut Vec<StreamItem>,
+    ) -> Result<(), GatewayError> {
+        for item in items {
             match item {
                 StreamItem::Chunk(bytes) => {
                     let chunk: JsonMap = serde_json::from_slice(bytes).map_err(|e| {
@@ -433,8 +457,6 @@ impl TextStream {
                 StreamItem::Done => out.push(StreamItem::Done),
             }
         }
-        self.scratch = items;
-        self.scratch.clear();
         Ok(())
     }
 
@@ -469,12 +491,7 @@ impl TextStream {
                 let mut offset = *sent + text.chars().count() - content.chars().count();
                 *sent += text.chars().count();
                 let logprobs = text_logprobs(c.get("logprobs"), &mut offset);
-                choices.push(json!({
-                    "text": text,
-                    "index": index,
-                    "logprobs": logprobs,
-                    "finish_reason": finish.cloned().unwrap_or(Value::Null),
-                }));
+                choices.push(text_choice(text, json!(index), logprobs, finish));
             }
         }
         if choices.is_empty() && chunk.get("usage").is_none_or(Value::is_null) {
@@ -492,19 +509,11 @@ impl StreamDecoder for TextStream {
         event: &sse::Event,
         out: &mut Vec<StreamItem>,
     ) -> Result<(), GatewayError> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let r = self.inner.on_event(event, &mut scratch);
-        self.scratch = scratch;
-        let converted = self.convert(out);
-        r.and(converted)
+        self.relay(out, |inner, items| inner.on_event(event, items))
     }
 
     fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), GatewayError> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let r = self.inner.finish(&mut scratch);
-        self.scratch = scratch;
-        let converted = self.convert(out);
-        r.and(converted)
+        self.relay(out, |inner, items| inner.finish(items))
     }
 
     fn saw_usage(&self) -> bool {

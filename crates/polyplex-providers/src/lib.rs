@@ -283,6 +283,15 @@ pub fn headers(target: &Target<'_>, stream: bool) -> Result<HeaderMap, GatewayEr
     Ok(headers)
 }
 
+/// A base URL's host, lower-cased (how a provider's API is known when
+/// its protocol alone does not say: OpenAI's own, Groq's, ...).
+pub fn host_of(base_url: &str) -> Option<String> {
+    base_url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_ascii_lowercase))
+}
+
 /// Joins a base URL and a path with exactly one slash.
 pub fn join_url(base: &str, path: &str) -> String {
     let mut s = String::with_capacity(base.len() + path.len() + 1);

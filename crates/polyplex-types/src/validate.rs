@@ -522,7 +522,7 @@ fn messages(body: &JsonMap) -> R<bool> {
                     "only 'assistant' messages may carry a function_call.",
                 ));
             }
-            called_function(&fp, fc)?;
+            called(&fp, fc, "arguments")?;
         }
         if let Some(tc) = crate::lookup(o, "tool_calls").filter(|t| !t.is_null()) {
             let tp = format!("messages[{i}].tool_calls");
@@ -573,15 +573,9 @@ fn tool_name<'a>(p: &str, name: Option<&'a str>) -> R<&'a str> {
     Ok(name)
 }
 
-/// A function called at `p` (a tool call's `function`, or an assistant
-/// turn's deprecated `function_call`): a name, and arguments as a JSON
-/// string.
-fn called_function(p: &str, f: &Value) -> R<()> {
-    called(p, f, "arguments")
-}
-
-/// A call at `p` of a function (its `arguments`, a JSON string) or of a
-/// custom tool (its `input`, text): a name, and that string.
+/// A call at `p` of a function (a tool call's `function`, or an assistant
+/// turn's deprecated `function_call`: its `arguments`, a JSON string) or
+/// of a custom tool (its `input`, text): a name, and that string.
 fn called(p: &str, f: &Value, input: &str) -> R<()> {
     if !f.get("name").is_some_and(Value::is_string) {
         return Err(missing(&format!("{p}.name")));

@@ -2091,6 +2091,23 @@ mod tests {
         assert_eq!(r["incomplete_details"]["reason"], "max_output_tokens");
     }
 
+    /// A chat stream chunk of one choice.
+    fn delta_chunk(delta: Value, finish: Value) -> Value {
+        json!({"id": "c", "created": 9, "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    }
+
+    /// The Responses events a whole chat stream of `chunks` becomes.
+    fn stream_events(chunks: &[Value]) -> Vec<Value> {
+        let mut s = Streamer::new(echo());
+        let mut out = Vec::new();
+        for c in chunks {
+            s.on_chunk(c, &mut out);
+        }
+        s.on_done(&mut out);
+        assert!(s.ended());
+        events(&out)
+    }
+
     fn events(out: &[u8]) -> Vec<Value> {
         let text = std::str::from_utf8(out).unwrap();
         text.split("\n\n")
@@ -2109,26 +2126,20 @@ mod tests {
     /// and back as input, chat's custom tool call.
     #[test]
     fn custom_tool_calls_go_both_ways() {
-        let mut s = Streamer::new(echo());
-        let mut out = Vec::new();
-        let chunk = |delta: Value, finish: Value| json!({"id": "c", "created": 9, "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-        s.on_chunk(&chunk(json!({"tool_calls": [{"index": 0, "id": "t1", "type": "custom", "custom": {"name": "code", "input": ""}}]}), Value::Null), &mut out);
-        s.on_chunk(
-            &chunk(
+        let ev = stream_events(&[
+            delta_chunk(
+                json!({"tool_calls": [{"index": 0, "id": "t1", "type": "custom", "custom": {"name": "code", "input": ""}}]}),
+                Value::Null,
+            ),
+            delta_chunk(
                 json!({"tool_calls": [{"index": 0, "custom": {"input": "print("}}]}),
                 Value::Null,
             ),
-            &mut out,
-        );
-        s.on_chunk(
-            &chunk(
+            delta_chunk(
                 json!({"tool_calls": [{"index": 0, "custom": {"input": "1)"}}]}),
                 json!("tool_calls"),
             ),
-            &mut out,
-        );
-        s.on_done(&mut out);
-        let ev = events(&out);
+        ]);
         let kinds: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
         assert_eq!(
             kinds
@@ -2191,43 +2202,36 @@ mod tests {
 
     #[test]
     fn a_chat_stream_becomes_the_responses_events() {
-        let mut s = Streamer::new(echo());
-        let mut out = Vec::new();
-        let chunk = |delta: Value, finish: Value| json!({"id": "c", "created": 9, "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-        s.on_chunk(
-            &chunk(
+        let ev = stream_events(&[
+            delta_chunk(
                 json!({"role": "assistant", "reasoning_content": "Hmm"}),
                 Value::Null,
             ),
-            &mut out,
-        );
-        s.on_chunk(&chunk(json!({"thinking_blocks": [{"type": "thinking", "thinking": "Hmm", "signature": "x"}]}), Value::Null), &mut out);
-        s.on_chunk(&chunk(json!({"content": "Hel"}), Value::Null), &mut out);
-        s.on_chunk(&chunk(json!({"content": "lo"}), Value::Null), &mut out);
-        s.on_chunk(&chunk(json!({"tool_calls": [{"index": 0, "id": "t1", "type": "function", "function": {"name": "f", "arguments": ""}}]}), Value::Null), &mut out);
-        s.on_chunk(&chunk(json!({"tool_calls": [{"index": 1, "id": "t2", "type": "function", "function": {"name": "g", "arguments": "{\"a\""}}]}), Value::Null), &mut out);
-        s.on_chunk(
-            &chunk(
+            delta_chunk(
+                json!({"thinking_blocks": [{"type": "thinking", "thinking": "Hmm", "signature": "x"}]}),
+                Value::Null,
+            ),
+            delta_chunk(json!({"content": "Hel"}), Value::Null),
+            delta_chunk(json!({"content": "lo"}), Value::Null),
+            delta_chunk(
+                json!({"tool_calls": [{"index": 0, "id": "t1", "type": "function", "function": {"name": "f", "arguments": ""}}]}),
+                Value::Null,
+            ),
+            delta_chunk(
+                json!({"tool_calls": [{"index": 1, "id": "t2", "type": "function", "function": {"name": "g", "arguments": "{\"a\""}}]}),
+                Value::Null,
+            ),
+            delta_chunk(
                 json!({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
                 Value::Null,
             ),
-            &mut out,
-        );
-        s.on_chunk(
-            &chunk(
+            delta_chunk(
                 json!({"tool_calls": [{"index": 1, "function": {"arguments": ":1}"}}]}),
                 json!("tool_calls"),
             ),
-            &mut out,
-        );
-        s.on_chunk(
-            &json!({"id": "c", "created": 9, "model": "m", "choices": [],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}),
-            &mut out,
-        );
-        s.on_done(&mut out);
-        assert!(s.ended());
-        let ev = events(&out);
+            json!({"id": "c", "created": 9, "model": "m", "choices": [],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}),
+        ]);
         let kinds: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
         assert_eq!(
             kinds,

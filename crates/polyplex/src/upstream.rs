@@ -96,12 +96,7 @@ impl CompletionsRule {
         if !protocol.answers_completions() {
             return CompletionsRule::Chat;
         }
-        let host = p
-            .base_url
-            .parse::<http::Uri>()
-            .ok()
-            .and_then(|u| u.host().map(str::to_ascii_lowercase))
-            .unwrap_or_default();
+        let host = polyplex_providers::host_of(&p.base_url).unwrap_or_default();
         match host.as_str() {
             "api.openai.com" => CompletionsRule::ChatModels,
             // OpenAI-protocol APIs with chat only (DeepSeek's completions

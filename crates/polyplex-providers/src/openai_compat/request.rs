@@ -149,21 +149,14 @@ fn as_sent(
 /// `reasoning_content` back (Kimi), Google's takes `extra_content`.
 fn refuses_foreign_members(target: &Target<'_>) -> bool {
     is_openais_own(target)
-        || host_of(target).is_some_and(|h| matches!(h.as_str(), "api.mistral.ai" | "api.groq.com"))
-}
-
-fn host_of(target: &Target<'_>) -> Option<String> {
-    target
-        .base_url
-        .parse::<http::Uri>()
-        .ok()
-        .and_then(|u| u.host().map(str::to_ascii_lowercase))
+        || crate::host_of(target.base_url)
+            .is_some_and(|h| matches!(h.as_str(), "api.mistral.ai" | "api.groq.com"))
 }
 
 /// True for OpenAI's own API and Azure OpenAI, whose reasoning models take
 /// `max_completion_tokens` only (every model there takes it).
 pub(crate) fn is_openais_own(target: &Target<'_>) -> bool {
-    host_of(target).is_some_and(|h| {
+    crate::host_of(target.base_url).is_some_and(|h| {
         h == "api.openai.com"
             || h.ends_with(".openai.azure.com")
             || h.ends_with(".cognitiveservices.azure.com")

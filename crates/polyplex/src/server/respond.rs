@@ -393,13 +393,10 @@ impl Relay {
     fn handle(&mut self, item: StreamItem) {
         match item {
             StreamItem::Chunk(mut b) => {
-                if self.ctx.functions && memchr::memmem::find(&b, b"tool_calls").is_some() {
-                    b = as_function_call(b);
-                }
-                if let Some(custom) = &mut self.ctx.custom {
-                    if memchr::memmem::find(&b, b"tool_calls").is_some() {
-                        b = as_custom_calls(b, custom);
-                    }
+                if (self.ctx.functions || self.ctx.custom.is_some())
+                    && memchr::memmem::find(&b, b"tool_calls").is_some()
+                {
+                    b = self.ctx.with_tool_calls_rewritten(b);
                 }
                 let f = if self.ctx.include_usage {
                     frame(&b)
@@ -627,26 +624,22 @@ pub fn sse_response(ctx: StreamContext, open: OpenStream, deployment: Deployment
     resp
 }
 
-/// A chunk's tool-call delta as a deprecated `function_call` delta.
-fn as_function_call(chunk: Bytes) -> Bytes {
-    let Ok(mut map) = serde_json::from_slice::<JsonMap>(&chunk) else {
-        return chunk;
-    };
-    polyplex_providers::tools_to_function_call(&mut map);
-    serde_json::to_vec(&map).map(Bytes::from).unwrap_or(chunk)
-}
-
-/// A chunk's calls of custom tools' stand-in functions as custom tool call
-/// deltas.
-fn as_custom_calls(
-    chunk: Bytes,
-    custom: &mut polyplex_providers::custom_tools::CustomStream,
-) -> Bytes {
-    let Ok(mut map) = serde_json::from_slice::<JsonMap>(&chunk) else {
-        return chunk;
-    };
-    custom.on_chunk(&mut map);
-    serde_json::to_vec(&map).map(Bytes::from).unwrap_or(chunk)
+impl StreamContext {
+    /// A chunk's tool-call deltas as the request asked for them: a
+    /// deprecated `function_call` delta; a custom tool's stand-in
+    /// function's call as the custom tool call it is.
+    fn with_tool_calls_rewritten(&mut self, chunk: Bytes) -> Bytes {
+        let Ok(mut map) = serde_json::from_slice::<JsonMap>(&chunk) else {
+            return chunk;
+        };
+        if self.functions {
+            polyplex_providers::tools_to_function_call(&mut map);
+        }
+        if let Some(custom) = &mut self.custom {
+            custom.on_chunk(&mut map);
+        }
+        serde_json::to_vec(&map).map(Bytes::from).unwrap_or(chunk)
+    }
 }
 
 /// An SSE response's own headers.
