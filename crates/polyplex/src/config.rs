@@ -962,11 +962,11 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
     };
     let base_url = match protocol_url.or(given_url) {
         Some(u) => u,
-        None => match alias_url
-            .map(str::to_string)
-            .or_else(|| cat.and_then(|c| c.base_url.clone()))
-        {
-            Some(u) => u,
+        None => match alias_url.map(|u| Ok(u.to_string())).or_else(|| {
+            cat.and_then(|c| c.base_url.as_deref())
+                .map(|u| catalog_url(u, &at("base_url"), env))
+        }) {
+            Some(u) => u?,
             None => {
                 return err(format!(
                     "{}: required for `{}` (no base URL in the catalog)",
@@ -1165,8 +1165,123 @@ fn route(r: RawRoute, i: usize, providers: &[ProviderConfig]) -> Result<RouteCon
     })
 }
 
-/// No file: enable every catalog provider whose key variable is set; with none,
-/// serve the built-in simulator as provider `demo`.
+/// The environment variables that may name a zero-config provider's base
+/// URL: `<PREFIX>_BASE_URL` for each of its key variables (`OPENAI_API_KEY` →
+/// `OPENAI_BASE_URL`, the name OpenAI's, Anthropic's and Groq's own SDKs
+/// read), then one from its id (`OLLAMA_BASE_URL`).
+fn base_url_vars(cp: &polyplex_catalog::Provider) -> Vec<String> {
+    let mut vars: Vec<String> = Vec::new();
+    let from_keys = cp.env.iter().filter_map(|v| {
+        ["_API_KEY", "_APIKEY", "_KEY", "_TOKEN"]
+            .iter()
+            .find_map(|s| v.strip_suffix(s))
+    });
+    let from_id = cp
+        .id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>();
+    for prefix in from_keys.map(str::to_string).chain([from_id]) {
+        let var = format!("{prefix}_BASE_URL");
+        if !vars.contains(&var) {
+            vars.push(var);
+        }
+    }
+    vars
+}
+
+/// A zero-config provider's base URL from the environment
+/// ([`base_url_vars`]), if one is set: checked to be an http(s) URL (an
+/// error names the variable), and skipped with a note when it points at
+/// the gateway's own address (an application's `OPENAI_BASE_URL` aimed at
+/// polyplex would otherwise send polyplex's requests back to itself).
+fn base_url_from_env(
+    cp: &polyplex_catalog::Provider,
+    env: &dyn Fn(&str) -> Option<String>,
+    listen: SocketAddr,
+    notes: &mut Vec<String>,
+) -> Result<Option<(String, String)>, ConfigError> {
+    for var in base_url_vars(cp) {
+        let Some(url) = env(&var).filter(|u| !u.trim().is_empty()) else {
+            continue;
+        };
+        let url = url.trim().trim_end_matches('/').to_string();
+        valid_base_url(&url, &var)?;
+        if points_at(&url, listen) {
+            notes.push(format!(
+                "{var} ({url}) is this gateway's own address: ignored for provider `{}`",
+                cp.id
+            ));
+            return Ok(None);
+        }
+        return Ok(Some((var, url)));
+    }
+    Ok(None)
+}
+
+/// Whether `url` (a checked http(s) URL) names the address polyplex listens on.
+fn points_at(url: &str, listen: SocketAddr) -> bool {
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    if u.port_or_known_default() != Some(listen.port()) {
+        return false;
+    }
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => {
+            let ip = std::net::IpAddr::V4(ip);
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip == listen.ip()
+                || listen.ip().is_unspecified()
+        }
+        Some(url::Host::Ipv6(ip)) => {
+            let ip = std::net::IpAddr::V6(ip);
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip == listen.ip()
+                || listen.ip().is_unspecified()
+        }
+        None => false,
+    }
+}
+
+/// A catalog base URL with its `${VAR}`s replaced (Databricks' host, Neon's
+/// gateway URL); `field` names the setting that would replace it.
+fn catalog_url(
+    url: &str,
+    field: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    interpolate(url, field, env).map_err(|_| {
+        ConfigError(format!(
+            "{field}: the catalog's base URL {url} needs {} set (or give base_url)",
+            missing_vars(url, env).join(", ")
+        ))
+    })
+}
+
+/// The `${VAR}`s in `s` that `env` does not set.
+fn missing_vars(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    s.split("${")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}').map(|(var, _)| var))
+        .filter(|var| env(var).is_none())
+        .map(str::to_string)
+        .collect()
+}
+
+/// No file: enable every catalog provider whose key variable is set (at the
+/// URL its base-URL variable names, if set) and every self-hosted server whose
+/// base-URL variable is set; with none, serve the built-in simulator as
+/// provider `demo`.
 pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
     let env = inputs.env;
     let listen_s = inputs
@@ -1178,6 +1293,18 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
     let mut notes = Vec::new();
     for cp in &inputs.catalog.providers {
         if cp.local {
+            // A self-hosted server is enabled by its base-URL variable
+            // (OLLAMA_BASE_URL, VLLM_BASE_URL, LLAMACPP_BASE_URL).
+            if let Some((var, url)) = base_url_from_env(cp, env, listen, &mut notes)? {
+                notes.push(format!(
+                    "enabled provider `{}` ({var} is set): {url}, any model as `{}/<model>`",
+                    cp.id, cp.id
+                ));
+                providers.push(ProviderConfig {
+                    catalog_id: Some(cp.id.clone()),
+                    ..ProviderConfig::with_defaults(&cp.id, url)
+                });
+            }
             continue;
         }
         if cp.protocol == "bedrock" {
@@ -1250,15 +1377,34 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
                 .filter(|r| !r.is_empty())
                 .map(|r| format!("https://{r}.openai.azure.com"))
         };
-        let Some(base_url) = cp.base_url.clone().or_else(resource_url) else {
-            notes.push(format!(
-                "{var} is set but provider `{}` needs its base URL (or resource name) too: skipped",
-                cp.id
-            ));
-            continue;
+        let (base_url, url_from) = match base_url_from_env(cp, env, listen, &mut notes)? {
+            Some((url_var, url)) => (url, format!(" ({url_var})")),
+            None => {
+                let field = format!("provider `{}`", cp.id);
+                let url = match cp.base_url.as_deref().map(|u| catalog_url(u, &field, env)) {
+                    Some(Ok(u)) => Some(u),
+                    Some(Err(e)) => {
+                        notes.push(format!("{var} is set but {e}: skipped"));
+                        continue;
+                    }
+                    None => resource_url(),
+                };
+                let Some(u) = url else {
+                    notes.push(format!(
+                        "{var} is set but provider `{}` needs its base URL (or resource name) too: skipped",
+                        cp.id
+                    ));
+                    continue;
+                };
+                if let Err(e) = valid_base_url(&u, &field) {
+                    notes.push(format!("{var} is set but {e}: skipped"));
+                    continue;
+                }
+                (u, String::new())
+            }
         };
         notes.push(format!(
-            "enabled provider `{}` ({var} is set): {} models from the catalog, {base_url}",
+            "enabled provider `{}` ({var} is set): {} models from the catalog, {base_url}{url_from}",
             cp.id,
             cp.models().len()
         ));
@@ -1768,6 +1914,98 @@ strategy = "priority"
         let env = env_of(&[("AWS_ACCESS_KEY_ID", "A")]);
         let c = zero(&env);
         assert!(c.demo);
+    }
+
+    #[test]
+    fn zero_config_reads_base_urls_from_the_environment() {
+        // The variable the provider's own SDK reads.
+        let env = env_of(&[
+            ("OPENAI_API_KEY", "sk"),
+            ("OPENAI_BASE_URL", "http://127.0.0.1:9999/v1/"),
+            ("ANTHROPIC_API_KEY", "sk-ant"),
+        ]);
+        let c = zero(&env);
+        let url = |name: &str| {
+            c.providers
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.base_url.clone())
+        };
+        assert_eq!(url("openai").as_deref(), Some("http://127.0.0.1:9999/v1"));
+        assert_eq!(
+            url("anthropic").as_deref(),
+            Some("https://api.anthropic.com")
+        );
+        assert!(c.notes.iter().any(|n| n.contains("OPENAI_BASE_URL")));
+        // Aimed at the gateway itself: ignored, the catalog's URL kept.
+        for own in ["http://127.0.0.1:8484/v1", "http://localhost:8484/v1"] {
+            let env = move |k: &str| match k {
+                "OPENAI_API_KEY" => Some("sk".to_string()),
+                "OPENAI_BASE_URL" => Some(own.to_string()),
+                _ => None,
+            };
+            let c = zero(&env);
+            assert_eq!(c.providers[0].base_url, "https://api.openai.com/v1");
+            assert!(
+                c.notes.iter().any(|n| n.contains("own address")),
+                "{:?}",
+                c.notes
+            );
+        }
+        // Not a URL: an error naming the variable.
+        let env = env_of(&[("OPENAI_API_KEY", "sk"), ("OPENAI_BASE_URL", "api.example")]);
+        let e = zero_config(&Inputs {
+            env: &env,
+            listen_override: None,
+            catalog: Catalog::builtin(),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("OPENAI_BASE_URL: "), "{e}");
+        // A self-hosted server is enabled by its base URL alone.
+        let env = env_of(&[("OLLAMA_BASE_URL", "http://127.0.0.1:11434/v1")]);
+        let c = zero(&env);
+        assert!(!c.demo);
+        assert_eq!(c.providers[0].name, "ollama");
+        assert_eq!(c.providers[0].base_url, "http://127.0.0.1:11434/v1");
+        assert!(c.providers[0].api_key.is_none());
+    }
+
+    #[test]
+    fn catalog_base_urls_take_their_variables() {
+        // Databricks' catalog URL names its host variable.
+        let env = env_of(&[("DATABRICKS_TOKEN", "dt")]);
+        let c = zero(&env);
+        assert!(c.providers.iter().all(|p| p.name != "databricks"));
+        assert!(
+            c.notes.iter().any(|n| n.contains("databricks")
+                && n.contains("DATABRICKS_HOST")
+                && n.contains("skipped")),
+            "{:?}",
+            c.notes
+        );
+        let env = env_of(&[
+            ("DATABRICKS_TOKEN", "dt"),
+            ("DATABRICKS_HOST", "adb-1.azuredatabricks.net"),
+        ]);
+        let c = zero(&env);
+        let p = c.providers.iter().find(|p| p.name == "databricks").unwrap();
+        assert_eq!(
+            p.base_url,
+            "https://adb-1.azuredatabricks.net/ai-gateway/mlflow/v1"
+        );
+        // In a file, without base_url: an error naming the variable.
+        let toml = "[[providers]]\nname = \"databricks\"\napi_key = \"k\"\n";
+        let e = parse(toml, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("providers[0].base_url") && e.contains("DATABRICKS_HOST"),
+            "{e}"
+        );
+        let c = parse(toml, &[("DATABRICKS_HOST", "h.example")]).unwrap();
+        assert_eq!(
+            c.providers[0].base_url,
+            "https://h.example/ai-gateway/mlflow/v1"
+        );
     }
 
     #[test]
