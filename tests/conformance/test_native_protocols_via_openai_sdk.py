@@ -528,9 +528,11 @@ def test_legacy_completions_through_chat_echo_and_refuse_by_name(client, m):
     r = client.completions.create(model=m, prompt=["one two", "three", "four five six"], max_tokens=20)
     assert [(c.index, c.text) for c in r.choices] == [(0, "one two"), (1, "three"), (2, "four five six")]
     assert r.usage.completion_tokens == 6 and r.usage.model_extra["cost"] > 0
-    for kwargs, param in [({"prompt": ["one", "two"], "stream": True}, "prompt"), ({"prompt": [1, 2, 3]}, "prompt"),
-                          ({"prompt": "hi", "suffix": "bye"}, "suffix"), ({"prompt": "hi", "logprobs": 1}, "logprobs"),
-                          ({"prompt": "hi", "best_of": 2}, "best_of")]:
+    refusals = [({"prompt": ["one", "two"], "stream": True}, "prompt"), ({"prompt": [1, 2, 3]}, "prompt"),
+                ({"prompt": "hi", "suffix": "bye"}, "suffix"), ({"prompt": "hi", "best_of": 2}, "best_of")]
+    if m != GEMINI:  # Gemini gives log probabilities (test_gemini_log_probabilities)
+        refusals.append(({"prompt": "hi", "logprobs": 1}, "logprobs"))
+    for kwargs, param in refusals:
         with pytest.raises(openai.BadRequestError) as e:
             client.completions.create(model=m, **kwargs)
         assert e.value.param == param and e.value.code == "unsupported_parameter", kwargs
@@ -603,3 +605,30 @@ def test_legacy_completions_fail_over_between_chat_and_native_and_say_when_a_str
                                            stream=True):
             text += c.choices[0].text if c.choices else ""
     assert text and "one two three four five six".startswith(text)
+
+
+@pytest.mark.parametrize("m", [GEMINI, VERTEX_GEMINI])
+def test_gemini_log_probabilities(client, m):
+    """`logprobs` / `top_logprobs` become Gemini's `responseLogprobs` /
+    `logprobs`, and its `logprobsResult` comes back as OpenAI's, unary,
+    streamed (each chunk's tokens) and on legacy completions."""
+    msgs = [{"role": "user", "content": "one two three"}]
+    r = client.chat.completions.create(model=m, messages=msgs, logprobs=True, top_logprobs=2)
+    lp = r.choices[0].logprobs.content
+    assert "".join(t.token for t in lp) == r.choices[0].message.content == "one two three"
+    assert all(t.logprob < 0 and len(t.top_logprobs) == 2 and bytes(t.bytes).decode() == t.token for t in lp)
+    r = client.chat.completions.create(model=m, messages=msgs, logprobs=True)
+    assert [t.top_logprobs for t in r.choices[0].logprobs.content] == [[], [], []]
+    assert client.chat.completions.create(model=m, messages=msgs).choices[0].logprobs is None
+    pieces = []
+    for ch in client.chat.completions.create(model=m, messages=msgs, logprobs=True, top_logprobs=1, stream=True):
+        if ch.choices and ch.choices[0].delta.content:
+            pieces.append((ch.choices[0].delta.content, [t.token for t in ch.choices[0].logprobs.content]))
+    assert pieces and all([text] == tokens for text, tokens in pieces)
+    c = client.completions.create(model=m, prompt="one two three", max_tokens=20, logprobs=2)
+    assert c.choices[0].logprobs.tokens == ["one", " two", " three"]
+    assert c.choices[0].logprobs.text_offset == [0, 3, 7]
+    # Out of OpenAI's range: refused before any upstream, naming the field.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=m, messages=msgs, logprobs=True, top_logprobs=21)
+    assert e.value.param == "top_logprobs"

@@ -446,8 +446,8 @@ mod tests {
                 }
             }
             for (k, v) in &refused {
-                if *k == "n" && name.contains("gemini") {
-                    continue; // candidateCount
+                if (*k == "n" || *k == "logprobs") && name.contains("gemini") {
+                    continue; // candidateCount, responseLogprobs
                 }
                 let mut body = plain.clone();
                 body[k] = v.clone();

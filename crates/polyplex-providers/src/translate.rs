@@ -1273,6 +1273,20 @@ pub(crate) fn chunk<D: Serialize + ?Sized>(
     delta: &D,
     finish: Option<&str>,
 ) -> crate::StreamItem {
+    chunk_with_logprobs(id, created, model, index, delta, None, finish)
+}
+
+/// [`chunk`] with the choice's `logprobs` (`{"content": [...]}`) where a
+/// protocol gives them for the chunk's tokens.
+pub(crate) fn chunk_with_logprobs<D: Serialize + ?Sized>(
+    id: &str,
+    created: u64,
+    model: &str,
+    index: u64,
+    delta: &D,
+    logprobs: Option<&Value>,
+    finish: Option<&str>,
+) -> crate::StreamItem {
     #[derive(Serialize)]
     struct Chunk<'a, D: ?Sized> {
         id: &'a str,
@@ -1285,7 +1299,7 @@ pub(crate) fn chunk<D: Serialize + ?Sized>(
     struct Choice<'a, D: ?Sized> {
         index: u64,
         delta: &'a D,
-        logprobs: (),
+        logprobs: Option<&'a Value>,
         finish_reason: Option<&'a str>,
     }
     let c = Chunk {
@@ -1296,7 +1310,7 @@ pub(crate) fn chunk<D: Serialize + ?Sized>(
         choices: [Choice {
             index,
             delta,
-            logprobs: (),
+            logprobs,
             finish_reason: finish,
         }],
     };

@@ -12,7 +12,10 @@
 //!   response id, candidate and call index; Gemini 3's thought signature on
 //!   a call goes out on the tool call (`extra_content.google`) and back on
 //!   the call's part (Google's stand-in when a client did not keep it);
-//! - `logprobs`, `logit_bias`, `parallel_tool_calls: false` and unknown fields
+//! - `logprobs` → `responseLogprobs`, `top_logprobs` → `logprobs`; a
+//!   candidate's `logprobsResult` comes back as the choice's (or each
+//!   chunk's) `logprobs.content`, each chosen token with its alternatives;
+//! - `logit_bias`, `parallel_tool_calls: false` and unknown fields
 //!   are refused by name, or dropped with `drop_params`; `user`, which has no
 //!   effect on the answer, is always dropped and named, as are a message's
 //!   `name` and an image's `detail`;
@@ -25,9 +28,9 @@ mod tests;
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
 use crate::translate::{
-    audio_data, check_fields, chunk, completion, data_url, embedding_input, embedding_list,
-    file_data, name_dropped_hints, no_turns, now, push_turn, refuse_asked, text_of, tool_args,
-    unsupported_endpoint, usage_chunk, EmbeddingInput, Hints, Reasoning, CHAT_PARAMS,
+    audio_data, check_fields, chunk, chunk_with_logprobs, completion, data_url, embedding_input,
+    embedding_list, file_data, name_dropped_hints, no_turns, now, push_turn, refuse_asked, text_of,
+    tool_args, unsupported_endpoint, usage_chunk, EmbeddingInput, Hints, Reasoning, CHAT_PARAMS,
 };
 use crate::{
     join_url, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target, UpstreamRequest,
@@ -146,7 +149,7 @@ pub(crate) fn chat_body(
     check_fields(body, CHAT_PARAMS, false, "Gemini", target, &mut dropped)?;
     refuse_asked(
         body,
-        &["logit_bias", "logprobs", "parallel_tool_calls"],
+        &["logit_bias", "parallel_tool_calls"],
         "Gemini",
         target,
         &mut dropped,
@@ -261,6 +264,13 @@ pub(crate) fn chat_body(
     copy(&mut gc, "presence_penalty", "presencePenalty");
     copy(&mut gc, "frequency_penalty", "frequencyPenalty");
     copy(&mut gc, "n", "candidateCount");
+    // Log probabilities: the chosen token's, and `top_logprobs` alternatives.
+    if crate::translate::asks(body, "logprobs") {
+        gc.insert("responseLogprobs".into(), json!(true));
+        if crate::translate::asks(body, "top_logprobs") {
+            copy(&mut gc, "top_logprobs", "logprobs");
+        }
+    }
     if let Some(max) = lookup(body, "max_completion_tokens")
         .or_else(|| lookup(body, "max_tokens"))
         .filter(|v| !v.is_null())
@@ -505,6 +515,42 @@ fn read_parts(parts: &[Value], response_id: &str, candidate: u64, next_call: &mu
     read
 }
 
+/// A candidate's `logprobsResult` in OpenAI's shape, `{"content": [...]}`:
+/// each decoding step's chosen token and its log probability, with the
+/// alternatives Gemini gave for that step as `top_logprobs`. Google's JSON
+/// leaves out a zero log probability (and an empty token): they read as such.
+fn logprobs_of(candidate: &Value) -> Option<Value> {
+    let result = candidate.get("logprobsResult")?;
+    let chosen = result.get("chosenCandidates")?.as_array()?;
+    let top = result.get("topCandidates").and_then(Value::as_array);
+    let entry = |t: &Value| {
+        let token = t.get("token").and_then(Value::as_str).unwrap_or("");
+        let logprob = t
+            .get("logProbability")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()})
+    };
+    let content: Vec<Value> = chosen
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut e = entry(t);
+            let alternatives: Vec<Value> = top
+                .and_then(|steps| steps.get(i))
+                .and_then(|step| step.get("candidates"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(entry)
+                .collect();
+            e["top_logprobs"] = Value::Array(alternatives);
+            e
+        })
+        .collect();
+    Some(json!({"content": content, "refusal": null}))
+}
+
 fn response_id(v: &Value) -> String {
     v.get("responseId")
         .and_then(Value::as_str)
@@ -571,8 +617,8 @@ pub(crate) fn parse_chat(
                 .unwrap_or("STOP"),
             has_calls,
         );
-        choices
-            .push(json!({"index": idx, "message": message, "logprobs": null, "finish_reason": fr}));
+        choices.push(json!({"index": idx, "message": message,
+            "logprobs": logprobs_of(c), "finish_reason": fr}));
     }
     let usage = v.get("usageMetadata").map(usage_from);
     let out = completion(
@@ -722,8 +768,16 @@ impl Decoder {
         ));
     }
 
-    /// Candidate `idx`'s thought summary and text of one event, as chunks.
-    fn say(&mut self, idx: u64, reasoning: &str, text: &str, out: &mut Vec<StreamItem>) {
+    /// Candidate `idx`'s thought summary and text of one event, as chunks;
+    /// the text's with the log probabilities of its tokens, when asked for.
+    fn say(
+        &mut self,
+        idx: u64,
+        reasoning: &str,
+        text: &str,
+        logprobs: Option<&Value>,
+        out: &mut Vec<StreamItem>,
+    ) {
         if !reasoning.is_empty() {
             let delta = Reasoning {
                 reasoning_content: reasoning,
@@ -732,7 +786,16 @@ impl Decoder {
         }
         if !text.is_empty() {
             self.text.push_str(text);
-            out.push(self.chunk(idx, &crate::translate::Content { content: text }, None));
+            let delta = crate::translate::Content { content: text };
+            out.push(chunk_with_logprobs(
+                &self.id,
+                self.created,
+                &self.model,
+                idx,
+                &delta,
+                logprobs,
+                None,
+            ));
         }
     }
 
@@ -743,7 +806,10 @@ impl Decoder {
             return None;
         }
         // Keys, not text: inside a string their quotes would be escaped.
-        if data.contains("\"error\"") || data.contains("\"functionCall\"") {
+        if data.contains("\"error\"")
+            || data.contains("\"functionCall\"")
+            || data.contains("\"logprobsResult\"")
+        {
             return None;
         }
         let ev: TextEvent<'_> = serde_json::from_str(data).ok()?;
@@ -762,7 +828,7 @@ impl Decoder {
                 };
                 into.push_str(p.text.as_deref().unwrap_or(""));
             }
-            self.say(idx, &reasoning, &text, out);
+            self.say(idx, &reasoning, &text, None, out);
             if let Some(fr) = c.finish.as_deref() {
                 self.finish_candidate(idx, fr, out);
             }
@@ -842,7 +908,7 @@ impl Decoder {
                 reasoning,
                 calls,
             } = read_parts(parts, &self.raw_id, idx, next);
-            self.say(idx, &reasoning, &text, out);
+            self.say(idx, &reasoning, &text, logprobs_of(c).as_ref(), out);
             for call in &calls {
                 self.text.push_str(
                     call.pointer("/function/arguments")

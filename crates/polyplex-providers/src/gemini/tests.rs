@@ -85,7 +85,6 @@ fn unsupported_and_unknown_tool_ids() {
     let a = auth();
     for (k, v) in [
         ("logit_bias", json!({"1": 1})),
-        ("logprobs", json!(true)),
         ("parallel_tool_calls", json!(false)),
         ("mystery", json!(1)),
     ] {
@@ -500,4 +499,125 @@ fn thought_summaries_come_back_as_reasoning() {
     assert!(m["choices"][0]["message"]
         .get("reasoning_content")
         .is_none());
+}
+
+#[test]
+fn logprobs_are_asked_for_and_come_back_in_openais_shape() {
+    let a = auth();
+    let ask = |extra: Value| {
+        let mut b = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let req = Gemini
+            .build(Endpoint::Chat, &map(b), false, &target(&a))
+            .unwrap();
+        let v: Value = serde_json::from_slice(&req.body).unwrap();
+        v.get("generationConfig").cloned().unwrap_or(json!({}))
+    };
+    let gc = ask(json!({"logprobs": true, "top_logprobs": 3}));
+    assert_eq!(
+        (gc["responseLogprobs"].clone(), gc["logprobs"].clone()),
+        (json!(true), json!(3))
+    );
+    let gc = ask(json!({"logprobs": true}));
+    assert_eq!(gc["responseLogprobs"], true);
+    assert!(gc.get("logprobs").is_none());
+    // `logprobs: false` (and `top_logprobs: 0`) asks for nothing.
+    let gc = ask(json!({"logprobs": false, "top_logprobs": 0}));
+    assert!(gc.get("responseLogprobs").is_none() && gc.get("logprobs").is_none());
+
+    // An answer's logprobsResult: a zero log probability is left out by Google's JSON.
+    let result = json!({
+        "topCandidates": [
+            {"candidates": [{"token": "Hi", "tokenId": 1, "logProbability": -0.01}, {"token": "Hello", "tokenId": 2, "logProbability": -4.6}]},
+            {"candidates": [{"token": "!", "tokenId": 3}]}
+        ],
+        "chosenCandidates": [{"token": "Hi", "tokenId": 1, "logProbability": -0.01}, {"token": "!", "tokenId": 3}],
+        "logProbabilitySum": -0.01
+    });
+    let body = json!({"candidates": [{"content": {"parts": [{"text": "Hi!"}], "role": "model"},
+        "finishReason": "STOP", "index": 0, "avgLogprobs": -0.005, "logprobsResult": result}],
+        "usageMetadata": {"promptTokenCount": 2, "candidatesTokenCount": 2, "totalTokenCount": 4},
+        "modelVersion": "gemini-2.5-flash", "responseId": "lp-1"});
+    let (out, _) = Gemini
+        .parse(
+            Endpoint::Chat,
+            "google",
+            &JsonMap::new(),
+            body.to_string().as_bytes(),
+        )
+        .unwrap();
+    let lp = &out["choices"][0]["logprobs"];
+    assert_eq!(lp["content"].as_array().unwrap().len(), 2);
+    assert_eq!(lp["content"][0]["token"], "Hi");
+    assert_eq!(lp["content"][0]["logprob"], -0.01);
+    assert_eq!(lp["content"][0]["bytes"], json!([72, 105]));
+    assert_eq!(lp["content"][0]["top_logprobs"][1]["token"], "Hello");
+    assert_eq!(lp["content"][1]["logprob"], 0.0);
+    assert_eq!(lp["content"][1]["top_logprobs"][0]["logprob"], 0.0);
+    // Without logprobsResult: null, as OpenAI sends it.
+    let plain =
+        json!({"candidates": [{"content": {"parts": [{"text": "Hi"}]}, "finishReason": "STOP"}]});
+    let (out, _) = Gemini
+        .parse(
+            Endpoint::Chat,
+            "google",
+            &JsonMap::new(),
+            plain.to_string().as_bytes(),
+        )
+        .unwrap();
+    assert!(out["choices"][0]["logprobs"].is_null());
+
+    // Streamed: each event's tokens on the chunk that carries its text.
+    let events = [
+        json!({"candidates": [{"content": {"parts": [{"text": "Hi"}], "role": "model"}, "index": 0,
+            "logprobsResult": {"topCandidates": [{"candidates": [{"token": "Hi", "logProbability": -0.01}]}],
+                "chosenCandidates": [{"token": "Hi", "logProbability": -0.01}]}}],
+            "modelVersion": "gemini-2.5-flash", "responseId": "lp-2"}),
+        json!({"candidates": [{"content": {"parts": [{"text": "!"}], "role": "model"}, "index": 0, "finishReason": "STOP",
+            "logprobsResult": {"topCandidates": [{"candidates": [{"token": "!", "logProbability": -0.5}]}],
+                "chosenCandidates": [{"token": "!", "logProbability": -0.5}]}}],
+            "usageMetadata": {"promptTokenCount": 2, "candidatesTokenCount": 2, "totalTokenCount": 4},
+            "modelVersion": "gemini-2.5-flash", "responseId": "lp-2"}),
+    ];
+    let mut d = Decoder {
+        provider: "google".into(),
+        ..Decoder::default()
+    };
+    let mut items = Vec::new();
+    for e in &events {
+        let ev = crate::sse::Event {
+            data: e.to_string(),
+            ..Default::default()
+        };
+        d.on_event(&ev, &mut items).unwrap();
+    }
+    d.finish(&mut items).unwrap();
+    let with_text: Vec<Value> = items
+        .iter()
+        .filter_map(|i| match i {
+            StreamItem::Chunk(b) => Some(serde_json::from_slice::<Value>(b).unwrap()),
+            _ => None,
+        })
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
+        .collect();
+    let tokens: Vec<(String, f64)> = with_text
+        .iter()
+        .map(|c| {
+            let e = &c["choices"][0]["logprobs"]["content"][0];
+            (
+                e["token"].as_str().unwrap().to_string(),
+                e["logprob"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tokens,
+        vec![("Hi".to_string(), -0.01), ("!".to_string(), -0.5)]
+    );
 }

@@ -224,6 +224,29 @@ pub(crate) async fn serve(
             return google_error(StatusCode::BAD_REQUEST, &msg, "INVALID_ARGUMENT");
         }
     }
+    // Log probabilities as Gemini gives them: asked by `responseLogprobs`,
+    // with `logprobs` alternatives per step (0–20; only with the former).
+    let top = req.pointer("/generationConfig/logprobs");
+    let want_logprobs = req.pointer("/generationConfig/responseLogprobs") == Some(&json!(true));
+    if top.is_some() && !want_logprobs {
+        return google_error(
+            StatusCode::BAD_REQUEST,
+            "logprobs is only valid if response_logprobs is true",
+            "INVALID_ARGUMENT",
+        );
+    }
+    let top = match top.map(Value::as_u64) {
+        None => None,
+        Some(Some(k)) if k <= 20 => Some(k),
+        Some(_) => {
+            return google_error(
+                StatusCode::BAD_REQUEST,
+                "logprobs must be in the range [0, 20]",
+                "INVALID_ARGUMENT",
+            )
+        }
+    };
+    let logprobs = |pieces: &[String]| want_logprobs.then(|| logprobs_result(pieces, top));
     let oa = to_openai(&req);
     let n = req
         .pointer("/generationConfig/candidateCount")
@@ -281,7 +304,19 @@ pub(crate) async fn serve(
         if let (Some(t), Some(ps)) = (&thought, parts.as_array_mut()) {
             ps.insert(0, json!({"text": t, "thought": true}));
         }
-        let candidates: Vec<Value> = (0..n).map(|i| json!({"content": {"parts": parts, "role": "model"}, "finishReason": finish, "index": i})).collect();
+        let lp = match &answer {
+            Answer::Text { pieces, .. } => logprobs(pieces),
+            Answer::ToolCall { .. } => None,
+        };
+        let candidates: Vec<Value> = (0..n)
+            .map(|i| {
+                let mut c = json!({"content": {"parts": parts, "role": "model"}, "finishReason": finish, "index": i});
+                if let Some(lp) = &lp {
+                    c["logprobsResult"] = lp.clone();
+                }
+                c
+            })
+            .collect();
         let mut out = json!({"candidates": candidates, "usageMetadata": usage, "modelVersion": model, "responseId": response_id});
         if fault.as_ref().is_some_and(|f| f.fault == "no_usage") {
             out.as_object_mut().map(|o| o.remove("usageMetadata"));
@@ -290,12 +325,15 @@ pub(crate) async fn serve(
     }
     // Each event carries every candidate (`candidateCount`), as Gemini
     // streams several.
-    let event = |parts: Value, finish: Option<&str>, usage: &Value| {
+    let event = |parts: Value, lp: Option<Value>, finish: Option<&str>, usage: &Value| {
         let candidates: Vec<Value> = (0..n)
             .map(|i| {
                 let mut c = json!({"content": {"parts": parts, "role": "model"}, "index": i});
                 if let Some(f) = finish {
                     c["finishReason"] = json!(f);
+                }
+                if let Some(lp) = &lp {
+                    c["logprobsResult"] = lp.clone();
                 }
                 c
             })
@@ -308,7 +346,12 @@ pub(crate) async fn serve(
     let partial = json!({"promptTokenCount": prompt, "totalTokenCount": prompt});
     let mut events = Vec::new();
     if let Some(t) = &thought {
-        events.push(event(json!([{"text": t, "thought": true}]), None, &partial));
+        events.push(event(
+            json!([{"text": t, "thought": true}]),
+            None,
+            None,
+            &partial,
+        ));
     }
     match &answer {
         Answer::Text { pieces, .. } => {
@@ -316,12 +359,13 @@ pub(crate) async fn serve(
                 let last = i + 1 == pieces.len();
                 events.push(event(
                     json!([{"text": p}]),
+                    logprobs(std::slice::from_ref(p)),
                     last.then_some(finish),
                     if last { &usage } else { &partial },
                 ));
             }
             if pieces.is_empty() {
-                events.push(event(json!([{"text": ""}]), Some(finish), &usage));
+                events.push(event(json!([{"text": ""}]), None, Some(finish), &usage));
             }
         }
         Answer::ToolCall {
@@ -329,6 +373,7 @@ pub(crate) async fn serve(
         } => {
             events.push(event(
                 json!([call_part(name, arguments)]),
+                None,
                 Some("STOP"),
                 &usage,
             ));
@@ -339,6 +384,30 @@ pub(crate) async fn serve(
         .filter(|f| f.fault == "disconnect")
         .map(|f| f.after_chunks.unwrap_or(2));
     sse_body(s, events, cut)
+}
+
+/// Gemini's `logprobsResult` for the answer's tokens: each chosen, with
+/// `top` alternatives (the chosen first). A zero log probability is left
+/// out, as Google's JSON leaves out every zero.
+fn logprobs_result(pieces: &[String], top: Option<u64>) -> Value {
+    let entry = |token: &str, logprob: f64| {
+        let mut e = json!({"token": token, "tokenId": token.bytes().map(u64::from).sum::<u64>()});
+        if logprob != 0.0 {
+            e["logProbability"] = json!(logprob);
+        }
+        e
+    };
+    let chosen: Vec<Value> = pieces.iter().map(|p| entry(p, -0.0001)).collect();
+    let steps: Vec<Value> = pieces
+        .iter()
+        .map(|p| {
+            let alternatives: Vec<Value> = (0..top.unwrap_or(0))
+                .map(|i| entry(p, -0.0001 - i as f64))
+                .collect();
+            json!({"candidates": alternatives})
+        })
+        .collect();
+    json!({"topCandidates": steps, "chosenCandidates": chosen, "logProbabilitySum": -0.0001 * pieces.len() as f64})
 }
 
 /// `batchEmbedContents`: one vector per request, no usage (as Gemini does).
