@@ -21,6 +21,10 @@ pub enum ErrorSource {
     Upstream,
     /// Something inside polyplex.
     Internal,
+    /// The chosen provider's protocol cannot carry the request as asked (a
+    /// parameter, content part or endpoint it lacks), found before anything
+    /// was sent: another deployment of the plan may serve it.
+    Translation,
 }
 
 #[derive(Debug, Clone)]

@@ -5,6 +5,12 @@
 //! an upstream's 401/403/404 (wrong key or unknown model *there*) moves on to
 //! the next deployment without retrying, since another provider may serve it.
 //!
+//! A deployment whose protocol cannot carry the request as asked (a
+//! parameter, content part or endpoint it lacks: its adapter refused to
+//! build it, [`ErrorSource::Translation`]) is passed over for the next one
+//! without counting as an attempt; when no deployment can, the first such
+//! refusal is the answer.
+//!
 //! Streams are committed only once their first chunk has arrived, so a
 //! failure before the first byte fails over invisibly.
 
@@ -89,6 +95,9 @@ pub fn judge(
     now: Instant,
     rng: &mut impl Rng,
 ) -> Next {
+    if e.source == ErrorSource::Translation {
+        return Next::FailOver;
+    }
     if !e.retryable && !moves_on(e) {
         return Next::Stop;
     }
@@ -188,7 +197,15 @@ impl<'a> Attempts<'a> {
                     now,
                     &mut rand::thread_rng(),
                 );
-                self.last = Some((e, d.clone()));
+                // Nothing was sent: not an attempt. A refusal is the answer
+                // only if no deployment gets further (the first one's).
+                let refused = e.source == ErrorSource::Translation;
+                if refused {
+                    self.attempts = self.attempts.saturating_sub(1);
+                }
+                if !refused || self.last.is_none() {
+                    self.last = Some((e, d.clone()));
+                }
                 match next {
                     Next::Retry(p) => Flow::Resume {
                         at,
@@ -469,7 +486,14 @@ async fn send(
     let req = d
         .upstream
         .protocol_for(endpoint, &d.model)
-        .build_from(endpoint, body, stream, &target)?;
+        .build_from(endpoint, body, stream, &target)
+        .map_err(|mut e| {
+            // What this protocol cannot carry; another deployment may.
+            if e.source == ErrorSource::Client {
+                e.source = ErrorSource::Translation;
+            }
+            e
+        })?;
     crate::phase::mark("built");
     if !req.dropped.is_empty() {
         tracing::debug!(deployment = %d.label(), dropped = ?req.dropped, "parameters dropped (drop_params)");
@@ -753,6 +777,14 @@ mod tests {
             judge(&upstream(400, false), 2, 0, &budget, now, &mut rng),
             Next::Stop
         );
+        // What this deployment's protocol cannot carry: the next may.
+        let mut refused = GatewayError::invalid_param("n", "not on this protocol");
+        refused.source = ErrorSource::Translation;
+        assert_eq!(
+            judge(&refused, 2, 0, &budget, now, &mut rng),
+            Next::FailOver
+        );
+        assert!(!counts_against(&refused));
         // An empty budget turns retries into failovers.
         while budget.try_spend(now) {}
         assert_eq!(
