@@ -377,6 +377,10 @@ impl Protocol for ViaChat {
         true
     }
 
+    fn web_search_price(&self, model: &str) -> f64 {
+        self.0.web_search_price(model)
+    }
+
     fn stream_parser(&self) -> sse::Parser {
         self.0.stream_parser()
     }

@@ -217,6 +217,11 @@ pub trait Protocol: Send + Sync {
     fn one_prompt_per_request(&self) -> bool {
         false
     }
+    /// What one web search the provider runs for `model` costs, in USD (the
+    /// searches an answer's usage counts, [`Usage::web_searches`]).
+    fn web_search_price(&self, _model: &str) -> f64 {
+        0.0
+    }
     /// The parser of this protocol's stream framing (SSE unless overridden).
     fn stream_parser(&self) -> sse::Parser {
         sse::Parser::new()

@@ -848,6 +848,19 @@ mod embedding_tests {
 
 /// The OpenAI chat parameters a translating adapter handles itself (translated,
 /// or refused by name). Anything else in a body is unknown to the protocol.
+/// [`CHAT_PARAMS`] and `web_search_options`: what a protocol with a web
+/// search of its own (Anthropic's, Gemini's) takes.
+pub(crate) const SEARCH_CHAT_PARAMS: [&str; CHAT_PARAMS.len() + 1] = {
+    let mut out = [""; CHAT_PARAMS.len() + 1];
+    let mut i = 0;
+    while i < CHAT_PARAMS.len() {
+        out[i] = CHAT_PARAMS[i];
+        i += 1;
+    }
+    out[i] = "web_search_options";
+    out
+};
+
 pub(crate) const CHAT_PARAMS: &[&str] = &[
     "model",
     "messages",
@@ -1453,6 +1466,7 @@ pub(crate) fn cache_usage(input: u64, output: u64, read: u64, write: u64) -> pol
         cached_tokens: read,
         cache_write_tokens: write,
         reasoning_tokens: 0,
+        web_searches: 0,
         estimated: false,
     }
 }

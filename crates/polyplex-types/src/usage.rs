@@ -17,6 +17,11 @@ pub struct Usage {
     pub cache_write_tokens: u64,
     /// Part of `completion_tokens` spent on reasoning.
     pub reasoning_tokens: u64,
+    /// Web searches the provider ran for the answer (Anthropic's web search
+    /// tool, Gemini's Google Search grounding), billed per search; in
+    /// OpenAI's shape as `server_tool_use.web_search_requests` (Anthropic's
+    /// name), written only when not 0.
+    pub web_searches: u64,
     /// True when polyplex counted the tokens because the upstream did not say.
     pub estimated: bool,
 }
@@ -34,6 +39,7 @@ impl Usage {
             cached_tokens: self.cached_tokens + other.cached_tokens,
             cache_write_tokens: self.cache_write_tokens + other.cache_write_tokens,
             reasoning_tokens: self.reasoning_tokens + other.reasoning_tokens,
+            web_searches: self.web_searches + other.web_searches,
             estimated: self.estimated || other.estimated,
         }
     }
@@ -54,6 +60,7 @@ impl Usage {
                 crate::lookup(o, "completion_tokens_details"),
                 "reasoning_tokens",
             ),
+            web_searches: detail(crate::lookup(o, "server_tool_use"), "web_search_requests"),
             estimated: false,
         })
     }
@@ -69,6 +76,7 @@ impl Usage {
                 cached_tokens: detail(w.prompt_tokens_details.as_ref(), "cached_tokens"),
                 cache_write_tokens: detail(w.prompt_tokens_details.as_ref(), "cache_write_tokens"),
                 reasoning_tokens: detail(w.completion_tokens_details.as_ref(), "reasoning_tokens"),
+                web_searches: detail(w.server_tool_use.as_ref(), "web_search_requests"),
                 estimated: false,
             }),
             // Not an object, a detail that is not one, a member given twice:
@@ -83,13 +91,17 @@ impl Usage {
         if self.cache_write_tokens > 0 {
             prompt["cache_write_tokens"] = json!(self.cache_write_tokens);
         }
-        json!({
+        let mut u = json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total(),
             "prompt_tokens_details": prompt,
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
-        })
+        });
+        if self.web_searches > 0 {
+            u["server_tool_use"] = json!({"web_search_requests": self.web_searches});
+        }
+        u
     }
 }
 
@@ -114,7 +126,7 @@ impl serde::Serialize for UsageJson<'_> {
             }
         }
         let u = self.0;
-        let mut m = s.serialize_map(Some(5))?;
+        let mut m = s.serialize_map(Some(5 + usize::from(u.web_searches > 0)))?;
         m.serialize_entry("prompt_tokens", &u.prompt_tokens)?;
         m.serialize_entry("completion_tokens", &u.completion_tokens)?;
         m.serialize_entry("total_tokens", &u.total())?;
@@ -130,6 +142,12 @@ impl serde::Serialize for UsageJson<'_> {
             "completion_tokens_details",
             &One("reasoning_tokens", u.reasoning_tokens, None),
         )?;
+        if u.web_searches > 0 {
+            m.serialize_entry(
+                "server_tool_use",
+                &One("web_search_requests", u.web_searches, None),
+            )?;
+        }
         m.end()
     }
 }
@@ -145,6 +163,8 @@ struct Wire {
     prompt_tokens_details: Option<Value>,
     #[serde(default)]
     completion_tokens_details: Option<Value>,
+    #[serde(default)]
+    server_tool_use: Option<Value>,
 }
 
 /// A count inside a `*_details` object (0 when it is not one).

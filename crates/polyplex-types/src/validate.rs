@@ -380,6 +380,72 @@ fn sampling(body: &JsonMap) -> R<()> {
     stop(body)
 }
 
+/// `web_search_options`: `search_context_size` low, medium or high, and an
+/// approximate `user_location` (city, country, region, timezone as strings).
+fn web_search_options(body: &JsonMap) -> R<()> {
+    let Some(v) = get(body, "web_search_options") else {
+        return Ok(());
+    };
+    let o = v
+        .as_object()
+        .ok_or_else(|| bad_type("web_search_options", "an object", v))?;
+    for k in o.keys() {
+        if !["search_context_size", "user_location"].contains(&k.as_str()) {
+            return Err(GatewayError::invalid_param(
+                format!("web_search_options.{k}"),
+                format!("Unrecognized request argument supplied: web_search_options.{k}"),
+            ));
+        }
+    }
+    match get(o, "search_context_size") {
+        None => {}
+        Some(Value::String(s)) if ["low", "medium", "high"].contains(&s.as_str()) => {}
+        Some(v) => {
+            return Err(invalid(
+                "web_search_options.search_context_size",
+                format!("expected one of 'low', 'medium' or 'high', but got {v} instead."),
+            ))
+        }
+    }
+    if let Some(loc) = get(o, "user_location") {
+        let loc = loc
+            .as_object()
+            .ok_or_else(|| bad_type("web_search_options.user_location", "an object", loc))?;
+        if loc.get("type").and_then(Value::as_str) != Some("approximate") {
+            return Err(invalid(
+                "web_search_options.user_location.type",
+                "expected 'approximate'.",
+            ));
+        }
+        let approx = match get(loc, "approximate") {
+            None => return Ok(()),
+            Some(a) => a.as_object().ok_or_else(|| {
+                bad_type(
+                    "web_search_options.user_location.approximate",
+                    "an object",
+                    a,
+                )
+            })?,
+        };
+        for (k, v) in approx {
+            if !["city", "country", "region", "timezone"].contains(&k.as_str()) {
+                return Err(GatewayError::invalid_param(
+                    format!("web_search_options.user_location.approximate.{k}"),
+                    format!("Unrecognized request argument supplied: web_search_options.user_location.approximate.{k}"),
+                ));
+            }
+            if !v.is_string() && !v.is_null() {
+                return Err(bad_type(
+                    &format!("web_search_options.user_location.approximate.{k}"),
+                    "a string",
+                    v,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 const ROLES: &str = "'system', 'developer', 'user', 'assistant', 'tool' or 'function'";
 
 /// Content parts of a message: returns whether an image part is present.
@@ -840,6 +906,7 @@ pub fn chat(body: &JsonMap) -> R<ChatMeta> {
     let tool_names = tools(body)?;
     let function_names = functions(body)?;
     let json_schema = response_format(body)?;
+    web_search_options(body)?;
     let logprobs = boolean(body, "logprobs")?.unwrap_or(false);
     if let Some(k) = integer_in(body, "top_logprobs", 0, 20)? {
         if k > 0 && !logprobs {

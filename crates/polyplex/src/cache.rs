@@ -83,7 +83,7 @@ impl Entry {
             "provider": self.provider, "model": self.model,
             "prompt": self.usage.prompt_tokens, "completion": self.usage.completion_tokens,
             "cached": self.usage.cached_tokens, "cache_write": self.usage.cache_write_tokens,
-            "reasoning": self.usage.reasoning_tokens,
+            "reasoning": self.usage.reasoning_tokens, "web_searches": self.usage.web_searches,
             "estimated": self.usage.estimated, "dropped": self.dropped,
         })
         .to_string();
@@ -108,6 +108,7 @@ impl Entry {
                 cached_tokens: n("cached"),
                 cache_write_tokens: n("cache_write"),
                 reasoning_tokens: n("reasoning"),
+                web_searches: n("web_searches"),
                 estimated: head.get("estimated").and_then(serde_json::Value::as_bool) == Some(true),
             },
             dropped: head
@@ -278,6 +279,7 @@ mod tests {
                 cached_tokens: 1,
                 cache_write_tokens: 1,
                 reasoning_tokens: 0,
+                web_searches: 2,
                 estimated: true,
             },
             dropped: vec!["seed".into()],

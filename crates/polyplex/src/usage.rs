@@ -584,9 +584,12 @@ fn text_line(r: &UsageRecord, now: std::time::SystemTime, out: &mut String) {
     out.push('\n');
 }
 
-/// The cost in USD of `usage` on deployment `d` (0 when no price is known).
+/// The cost in USD of `usage` on deployment `d` (0 when no price is known):
+/// its tokens at the catalog's prices, and its web searches at the
+/// provider's price per search.
 pub fn cost(catalog: &Catalog, d: &Deployment, usage: &Usage) -> f64 {
-    d.upstream
+    let tokens = d
+        .upstream
         .price(catalog, &d.model, usage.prompt_tokens)
         .map(|p| {
             p.cost(
@@ -596,7 +599,11 @@ pub fn cost(catalog: &Catalog, d: &Deployment, usage: &Usage) -> f64 {
                 usage.completion_tokens,
             )
         })
-        .unwrap_or(0.0)
+        .unwrap_or(0.0);
+    if usage.web_searches == 0 {
+        return tokens;
+    }
+    tokens + usage.web_searches as f64 * d.upstream.protocol.web_search_price(&d.model)
 }
 
 /// A cost to 1e-10 USD: what is reported, without the float noise of the

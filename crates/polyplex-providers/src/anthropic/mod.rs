@@ -14,6 +14,11 @@
 //! - `reasoning_effort` → extended thinking, whose blocks come back as
 //!   `reasoning_content` and `thinking_blocks` and, sent back on an
 //!   assistant turn, go out verbatim (a tool loop needs them);
+//! - `web_search_options` → Anthropic's web search tool (`max_uses` 1 / 5 / 10
+//!   for `search_context_size` low / medium / high, the approximate user
+//!   location); the cited passages come back as `url_citation` annotations
+//!   on the message, the searches in `usage.server_tool_use` and, at
+//!   [`WEB_SEARCH_PRICE`] each, in `usage.cost`;
 //! - parameters Anthropic has no equivalent for (`n` > 1, `seed`, penalties,
 //!   `logit_bias`, `logprobs`, unknown fields) are refused with a 400 naming
 //!   them, or dropped and named under `drop_params`.
@@ -38,6 +43,9 @@ pub const VERSION: &str = "2023-06-01";
 pub(crate) const JSON_TOOL: &str = "json_response";
 /// Anthropic requires `max_tokens`; used when neither client nor catalog gives one.
 pub const FALLBACK_MAX_TOKENS: u64 = 4096;
+/// What one run of the web search tool costs: $10 per 1,000 searches
+/// (Anthropic's price, on its API and on Vertex AI).
+pub const WEB_SEARCH_PRICE: f64 = 0.01;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Anthropic;
@@ -102,6 +110,10 @@ impl Protocol for Anthropic {
         }
     }
 
+    fn web_search_price(&self, _model: &str) -> f64 {
+        WEB_SEARCH_PRICE
+    }
+
     fn error(&self, provider: &str, status: StatusCode, body: &[u8]) -> GatewayError {
         let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let err = v.get("error").unwrap_or(&Value::Null);
@@ -126,7 +138,10 @@ impl Protocol for Anthropic {
         _model: &str,
         request: &RequestBody,
     ) -> Box<dyn StreamDecoder> {
-        Box::new(Decoder::new(provider, request::json_mode_of(request)))
+        Box::new(
+            Decoder::new(provider, request::json_mode_of(request))
+                .searching(request::searching_of(request)),
+        )
     }
 }
 
@@ -214,24 +229,38 @@ pub(crate) struct Counts {
     pub(crate) cache_read_input_tokens: Option<u64>,
     #[serde(default)]
     pub(crate) cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    pub(crate) server_tool_use: Option<ServerToolUse>,
+}
+
+/// The server tools' runs in Anthropic's usage.
+#[derive(serde::Deserialize)]
+pub(crate) struct ServerToolUse {
+    #[serde(default)]
+    pub(crate) web_search_requests: Option<u64>,
 }
 
 impl Counts {
     /// As [`usage_from`] reads the same member.
     pub(crate) fn usage(&self) -> Usage {
         let n = |c: Option<u64>| c.unwrap_or(0);
-        crate::translate::cache_usage(
+        let mut u = crate::translate::cache_usage(
             n(self.input_tokens),
             n(self.output_tokens),
             n(self.cache_read_input_tokens),
             n(self.cache_creation_input_tokens),
-        )
+        );
+        u.web_searches = n(self
+            .server_tool_use
+            .as_ref()
+            .and_then(|s| s.web_search_requests));
+        u
     }
 }
 
 /// Anthropic usage → OpenAI usage (prompt tokens include cache reads and writes).
 pub(crate) fn usage_from(u: &Value) -> Usage {
-    crate::translate::usage_with_cache(
+    let mut usage = crate::translate::usage_with_cache(
         u,
         [
             "input_tokens",
@@ -239,5 +268,10 @@ pub(crate) fn usage_from(u: &Value) -> Usage {
             "cache_read_input_tokens",
             "cache_creation_input_tokens",
         ],
-    )
+    );
+    usage.web_searches = u
+        .pointer("/server_tool_use/web_search_requests")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    usage
 }

@@ -4,7 +4,7 @@ use super::{FALLBACK_MAX_TOKENS, JSON_TOOL, VERSION};
 use crate::translate::{
     asks, assistant_calls, cache_control, check_fields, data_url, file_data, fit_thinking,
     for_translation, name_dropped_hints, no_turns, reasoning_effort, sent_thinking, text_of,
-    thinking_budget, tool_turn_without_thinking, Hints, CHAT_PARAMS,
+    thinking_budget, tool_turn_without_thinking, Hints, SEARCH_CHAT_PARAMS,
 };
 use crate::{join_url, unsupported, Target, UpstreamRequest};
 use base64::Engine as _;
@@ -477,6 +477,11 @@ pub fn json_mode_of(body: &RequestBody) -> bool {
     body.shape().is_none() && json_mode(body.map())
 }
 
+/// True if the request turns web search on (`web_search_options`).
+pub fn searching_of(body: &RequestBody) -> bool {
+    body.shape().is_none() && lookup(body.map(), "web_search_options").is_some_and(|v| !v.is_null())
+}
+
 /// A body of the quick validation's shape ([`polyplex_types::validate::chat_quick`]),
 /// read in one pass into fields that borrow its text. Any other member or
 /// shape fails the read, and the tree is read instead.
@@ -705,7 +710,14 @@ pub(crate) fn messages_body(
 ) -> Result<(Vec<u8>, Vec<String>), GatewayError> {
     let body = &*for_translation(body, "Anthropic")?;
     let mut dropped = Vec::new();
-    check_fields(body, CHAT_PARAMS, true, "Anthropic", target, &mut dropped)?;
+    check_fields(
+        body,
+        &SEARCH_CHAT_PARAMS,
+        true,
+        "Anthropic",
+        target,
+        &mut dropped,
+    )?;
     refuse_unanswerable(UNANSWERABLE.map(|k| asks(body, k)), target, &mut dropped)?;
     name_dropped_hints(body, Hints::CACHE_CONTROL, &mut dropped);
 
@@ -780,6 +792,16 @@ pub(crate) fn messages_body(
         tools.push(json!({"name": JSON_TOOL, "description": "Respond with the requested JSON object.", "input_schema": schema}));
         choice = Some(json!({"type": "tool", "name": JSON_TOOL}));
     }
+    if let Some(options) = lookup(body, "web_search_options").filter(|v| !v.is_null()) {
+        if json_mode(body) {
+            // The forced JSON tool would leave no turn to search in.
+            return Err(GatewayError::invalid_param(
+                "web_search_options",
+                "With the Anthropic protocol, web_search_options cannot be combined with response_format.",
+            ));
+        }
+        tools.push(web_search_tool(options));
+    }
     let mut request = MessagesRequest::new(
         vertex_version,
         target,
@@ -810,6 +832,29 @@ pub(crate) fn messages_body(
         request.service_tier = Some("standard_only");
     }
     request.encode(dropped)
+}
+
+/// Anthropic's web search tool for OpenAI's `web_search_options`: how much
+/// to search (`search_context_size` low / medium / high → at most 1 / 5 /
+/// 10 searches) and where the user is (OpenAI's approximate location is
+/// Anthropic's, one level up).
+pub(crate) fn web_search_tool(options: &Value) -> Value {
+    let max_uses = match options.get("search_context_size").and_then(Value::as_str) {
+        Some("low") => 1,
+        Some("high") => 10,
+        _ => 5,
+    };
+    let mut tool =
+        json!({"type": "web_search_20250305", "name": "web_search", "max_uses": max_uses});
+    if let Some(Value::Object(at)) = options.pointer("/user_location/approximate") {
+        let mut location = serde_json::Map::new();
+        location.insert("type".into(), json!("approximate"));
+        for (k, v) in at.iter().filter(|(_, v)| v.is_string()) {
+            location.insert(k.clone(), v.clone());
+        }
+        tool["user_location"] = Value::Object(location);
+    }
+    tool
 }
 
 /// True if the request asked for JSON through `response_format` (served by the forced tool).

@@ -37,9 +37,18 @@ pub(crate) fn parse(
     let mut tool_calls = Vec::new();
     let mut reasoning = String::new();
     let mut thinking_blocks = Vec::new();
+    let mut annotations = Vec::new();
+    // Characters of `text` so far: where the next block's citations start.
+    let mut chars = 0;
     for b in blocks {
         match b.get("type").and_then(Value::as_str) {
-            Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
+            Some("text") => {
+                let t = b.get("text").and_then(Value::as_str).unwrap_or("");
+                let start = chars;
+                chars += t.chars().count();
+                text.push_str(t);
+                cite(b.get("citations"), start, chars, &mut annotations);
+            }
             // Extended thinking: its text as `reasoning_content`, the blocks
             // themselves (signatures, redacted data) as `thinking_blocks`,
             // which a client sends back on its assistant turn.
@@ -69,6 +78,9 @@ pub(crate) fn parse(
     if !tool_calls.is_empty() {
         message["tool_calls"] = Value::Array(tool_calls);
     }
+    if !annotations.is_empty() {
+        message["annotations"] = Value::Array(annotations);
+    }
     if !thinking_blocks.is_empty() {
         message["reasoning_content"] = json!(reasoning);
         message["thinking_blocks"] = Value::Array(thinking_blocks);
@@ -82,6 +94,34 @@ pub(crate) fn parse(
         usage.as_ref(),
     );
     Ok((out, usage))
+}
+
+/// The web search results a text block cites (`citations` of type
+/// `web_search_result_location`), as OpenAI's `url_citation` annotations
+/// over the block's characters `start..end` of the message content (one per
+/// page cited; the searches themselves, `server_tool_use` and
+/// `web_search_tool_result` blocks, have no place in OpenAI's shape).
+pub(crate) fn cite(citations: Option<&Value>, start: usize, end: usize, out: &mut Vec<Value>) {
+    let mut urls: Vec<&str> = Vec::new();
+    for c in citations.and_then(Value::as_array).into_iter().flatten() {
+        if c.get("type").and_then(Value::as_str) != Some("web_search_result_location") {
+            continue;
+        }
+        let Some(url) = c.get("url").and_then(Value::as_str) else {
+            continue;
+        };
+        if urls.contains(&url) {
+            continue;
+        }
+        urls.push(url);
+        out.push(url_citation(start, end, url, c.get("title")));
+    }
+}
+
+/// One OpenAI `url_citation` annotation.
+pub(crate) fn url_citation(start: usize, end: usize, url: &str, title: Option<&Value>) -> Value {
+    json!({"type": "url_citation", "url_citation": {"start_index": start, "end_index": end,
+        "url": url, "title": title.and_then(Value::as_str).unwrap_or("")}})
 }
 
 /// A message as Anthropic sends it, borrowed from the body. Only the common
@@ -108,6 +148,9 @@ struct Block<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     text: Option<Cow<'a, str>>,
+    /// Present on a text block that cites sources: [`parse`] writes them.
+    #[serde(default)]
+    citations: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Serialize)]
@@ -138,6 +181,9 @@ pub(crate) fn parse_fast(body: &[u8], json_mode: bool) -> Option<(Reply, Option<
     }
     let mut text = String::new();
     for b in &m.content {
+        if b.citations.is_some() {
+            return None;
+        }
         match b.kind.as_deref() {
             Some("text") => text.push_str(b.text.as_deref().unwrap_or("")),
             Some("tool_use" | "thinking" | "redacted_thinking") => return None,

@@ -4,8 +4,12 @@
 //! on every chunk; each `tool_use` block gets the next OpenAI tool-call index
 //! (id and name in its first delta, argument fragments after); input tokens
 //! from `message_start` and output tokens from `message_delta` make the usage.
+//! With web search on, the search's own blocks (`server_tool_use`, whose
+//! input deltas are not a client's tool call, and `web_search_tool_result`)
+//! pass unseen, and a text block's `citations_delta`s go out at the block's
+//! end as one chunk of `url_citation` annotations over its characters.
 
-use super::{finish_reason, usage_from, Counts, JSON_TOOL};
+use super::{finish_reason, usage_from, Counts, ServerToolUse, JSON_TOOL};
 use crate::sse::Event;
 use crate::translate::{Content, NoDelta, Reasoning, ROLE};
 use crate::{StreamDecoder, StreamItem, StreamSummary};
@@ -88,6 +92,8 @@ struct StartMessage<'a> {
 /// A `content_block_start` event that opens a block other than a tool call.
 #[derive(Deserialize)]
 struct BlockStart<'a> {
+    #[serde(default)]
+    index: Option<u64>,
     #[serde(borrow)]
     content_block: StartBlock<'a>,
 }
@@ -126,6 +132,8 @@ struct DeltaUsage {
     cache_read_input_tokens: Option<u64>,
     #[serde(default)]
     cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    server_tool_use: Option<ServerToolUse>,
 }
 
 /// A member that may be `null`: `Some(None)` then, `None` when absent.
@@ -149,6 +157,16 @@ pub struct Decoder {
     text: String,
     /// The thinking block open now, if any.
     thinking: Option<Thinking>,
+    /// Web search is on: characters of content are counted, for citations.
+    searching: bool,
+    /// Characters of content sent so far (counted only when searching).
+    chars: usize,
+    /// The text block open now and the character it starts at.
+    text_block: Option<(u64, usize)>,
+    /// Pages the open text block cites: (url, title), in citation order.
+    cited: Vec<(String, Value)>,
+    /// Blocks of the provider's own server tools (the web search's query).
+    server_blocks: Vec<u64>,
 }
 
 impl Decoder {
@@ -167,7 +185,18 @@ impl Decoder {
             done: false,
             text: String::new(),
             thinking: None,
+            searching: false,
+            chars: 0,
+            text_block: None,
+            cited: Vec::new(),
+            server_blocks: Vec::new(),
         }
+    }
+
+    /// A decoder for a request with web search on ([`Decoder`]'s citations).
+    pub fn searching(mut self, on: bool) -> Self {
+        self.searching = on;
+        self
     }
 
     fn chunk<D: serde::Serialize + ?Sized>(&self, delta: &D, finish: Option<&str>) -> StreamItem {
@@ -189,8 +218,13 @@ impl Decoder {
             Some("text_delta") => {
                 let t = text.unwrap_or("");
                 self.text.push_str(t);
+                if self.searching {
+                    self.chars += t.chars().count();
+                }
                 out.push(self.chunk(&Content { content: t }, None));
             }
+            // The web search's query: the provider's business, not a call.
+            Some("input_json_delta") if self.server_blocks.contains(&idx) => {}
             Some("input_json_delta") => {
                 let frag = partial_json.unwrap_or("");
                 self.text.push_str(frag);
@@ -246,12 +280,48 @@ impl Decoder {
         }
     }
 
-    /// A block that opens with text (not a tool call).
-    fn block_text(&mut self, text: &str, out: &mut Vec<StreamItem>) {
+    /// A block that opens with text (not a tool call), at `index`.
+    fn block_text(&mut self, index: u64, text: &str, out: &mut Vec<StreamItem>) {
+        if self.searching {
+            self.text_block = Some((index, self.chars));
+            self.chars += text.chars().count();
+        }
         if !text.is_empty() {
             self.text.push_str(text);
             out.push(self.chunk(&Content { content: text }, None));
         }
+    }
+
+    /// A `citations_delta` of the open text block: the page it cites.
+    fn cite(&mut self, citation: &Value) {
+        if citation.get("type").and_then(Value::as_str) != Some("web_search_result_location") {
+            return;
+        }
+        if let Some(url) = citation.get("url").and_then(Value::as_str) {
+            if !self.cited.iter().any(|(u, _)| u == url) {
+                let title = citation.get("title").cloned().unwrap_or(Value::Null);
+                self.cited.push((url.to_string(), title));
+            }
+        }
+    }
+
+    /// The end of block `index`: a cited text block's annotations, over the
+    /// characters it spans.
+    fn close_citations(&mut self, index: u64, out: &mut Vec<StreamItem>) {
+        let Some((open, start)) = self.text_block.filter(|(i, _)| *i == index) else {
+            return;
+        };
+        self.text_block = None;
+        if self.cited.is_empty() || open != index {
+            return;
+        }
+        let annotations: Vec<Value> = std::mem::take(&mut self.cited)
+            .into_iter()
+            .map(|(url, title)| {
+                super::response::url_citation(start, self.chars, &url, Some(&title))
+            })
+            .collect();
+        out.push(self.chunk(&json!({"annotations": annotations}), None));
     }
 
     /// `message_delta`: the stop reason, the output count, and every count
@@ -260,6 +330,7 @@ impl Decoder {
         &mut self,
         stop: Option<&str>,
         output: Option<u64>,
+        searches: Option<u64>,
         all: Option<Usage>,
         out: &mut Vec<StreamItem>,
     ) {
@@ -269,10 +340,14 @@ impl Decoder {
         if let Some(n) = output {
             self.usage.completion_tokens = n;
         }
+        if let Some(n) = searches {
+            self.usage.web_searches = n;
+        }
         if let Some(u) = all {
-            let out_tokens = self.usage.completion_tokens;
+            let (out_tokens, searches) = (self.usage.completion_tokens, self.usage.web_searches);
             self.usage = u;
             self.usage.completion_tokens = out_tokens;
+            self.usage.web_searches = searches;
         }
         out.push(self.chunk(&NoDelta {}, Some(self.finish.unwrap_or("stop"))));
     }
@@ -307,10 +382,11 @@ impl Decoder {
                 Ok(b)
                     if !matches!(
                         b.content_block.kind.as_deref(),
-                        Some("tool_use" | "thinking" | "redacted_thinking")
+                        Some("tool_use" | "thinking" | "redacted_thinking" | "server_tool_use")
                     ) =>
                 {
-                    self.block_text(b.content_block.text.as_deref().unwrap_or(""), out);
+                    let index = b.index.unwrap_or(0);
+                    self.block_text(index, b.content_block.text.as_deref().unwrap_or(""), out);
                     true
                 }
                 _ => false,
@@ -325,16 +401,22 @@ impl Decoder {
                             output_tokens: u.output_tokens,
                             cache_read_input_tokens: u.cache_read_input_tokens,
                             cache_creation_input_tokens: u.cache_creation_input_tokens,
+                            server_tool_use: None,
                         }
                         .usage()
                     });
-                    self.message_delta(stop, u.and_then(|u| u.output_tokens), all, out);
+                    let searches = u
+                        .and_then(|u| u.server_tool_use.as_ref())
+                        .and_then(|s| s.web_search_requests);
+                    self.message_delta(stop, u.and_then(|u| u.output_tokens), searches, all, out);
                     true
                 }
                 Err(_) => false,
             },
-            // A thinking block's end: the tree reads its index.
-            Some("content_block_stop") if self.thinking.is_some() => false,
+            // A thinking or cited block's end: the tree reads its index.
+            Some("content_block_stop") if self.thinking.is_some() || !self.cited.is_empty() => {
+                false
+            }
             // Nothing to read in these; the text is checked to be JSON.
             Some(n @ ("content_block_stop" | "ping" | "message_stop")) => {
                 if serde_json::from_str::<serde::de::IgnoredAny>(data).is_err() {
@@ -363,8 +445,9 @@ impl StreamDecoder for Decoder {
         // borrowed fields, without a tree. Any other shape (a missing index,
         // a field of an unexpected type) takes the general path below.
         let named = event.event.as_deref();
-        if named == Some("content_block_delta")
-            || (named.is_none() && event.data.contains("\"content_block_delta\""))
+        if (named == Some("content_block_delta")
+            || (named.is_none() && event.data.contains("\"content_block_delta\"")))
+            && !(self.searching && event.data.contains("\"citations_delta\""))
         {
             if let Ok(d) = serde_json::from_str::<BlockDelta<'_>>(&event.data) {
                 if named.is_some() || d.kind.as_deref() == Some("content_block_delta") {
@@ -400,7 +483,9 @@ impl StreamDecoder for Decoder {
             "content_block_start" => {
                 let idx = v.get("index").and_then(Value::as_u64).unwrap_or(0);
                 let block = v.get("content_block").unwrap_or(&Value::Null);
-                if block.get("type").and_then(Value::as_str) == Some("tool_use") {
+                if block.get("type").and_then(Value::as_str) == Some("server_tool_use") {
+                    self.server_blocks.push(idx);
+                } else if block.get("type").and_then(Value::as_str) == Some("tool_use") {
                     let name = block.get("name").and_then(Value::as_str).unwrap_or("");
                     if self.json_mode && name == JSON_TOOL {
                         self.tools.insert(idx, None);
@@ -425,11 +510,21 @@ impl StreamDecoder for Decoder {
                 } else if block.get("type").and_then(Value::as_str) == Some("redacted_thinking") {
                     out.push(self.chunk(&json!({"thinking_blocks": [block]}), None));
                 } else {
-                    self.block_text(block.get("text").and_then(Value::as_str).unwrap_or(""), out);
+                    let text = block.get("text").and_then(Value::as_str).unwrap_or("");
+                    self.block_text(idx, text, out);
                 }
             }
             "content_block_stop" => {
-                self.close_thinking(v.get("index").and_then(Value::as_u64).unwrap_or(0), out);
+                let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
+                self.close_thinking(index, out);
+                self.close_citations(index, out);
+            }
+            "content_block_delta"
+                if v.pointer("/delta/type").and_then(Value::as_str) == Some("citations_delta") =>
+            {
+                if let Some(c) = v.pointer("/delta/citation") {
+                    self.cite(c);
+                }
             }
             "content_block_delta" => {
                 let d = v.get("delta").unwrap_or(&Value::Null);
@@ -447,6 +542,8 @@ impl StreamDecoder for Decoder {
                 self.message_delta(
                     v.pointer("/delta/stop_reason").and_then(Value::as_str),
                     v.pointer("/usage/output_tokens").and_then(Value::as_u64),
+                    v.pointer("/usage/server_tool_use/web_search_requests")
+                        .and_then(Value::as_u64),
                     v.get("usage")
                         .filter(|u| u.get("input_tokens").is_some())
                         .map(usage_from),

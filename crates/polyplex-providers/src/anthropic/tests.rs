@@ -1102,3 +1102,115 @@ fn thinking_comes_back_and_goes_out_verbatim() {
     assert!(sent.get("thinking").is_none());
     assert_eq!(sent["messages"][1]["content"][0]["type"], "tool_use");
 }
+
+#[test]
+fn web_search_options_become_the_web_search_tool() {
+    let msgs = json!([{"role": "user", "content": "weather?"}]);
+    let (sent, _) = build(json!({"model": "m", "messages": msgs, "web_search_options": {}})).unwrap();
+    assert_eq!(
+        sent["tools"],
+        json!([{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}])
+    );
+    let (sent, _) = build(json!({"model": "m", "messages": msgs,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "web_search_options": {"search_context_size": "low", "user_location": {"type": "approximate",
+            "approximate": {"city": "Paris", "country": "FR", "region": null}}}}))
+    .unwrap();
+    assert_eq!(sent["tools"][0]["name"], "f");
+    assert_eq!(
+        sent["tools"][1],
+        json!({"type": "web_search_20250305", "name": "web_search", "max_uses": 1,
+            "user_location": {"type": "approximate", "city": "Paris", "country": "FR"}})
+    );
+    let (sent, _) = build(json!({"model": "m", "messages": msgs,
+        "web_search_options": {"search_context_size": "high"}}))
+    .unwrap();
+    assert_eq!(sent["tools"][0]["max_uses"], 10);
+    // The forced JSON tool leaves no turn to search in.
+    let e = build(json!({"model": "m", "messages": msgs, "web_search_options": {},
+        "response_format": {"type": "json_object"}}))
+    .unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("web_search_options"));
+}
+
+#[test]
+fn cited_answers_come_back_with_url_citations() {
+    let body = json!({"id": "msg_ws", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+        "content": [
+            {"type": "text", "text": "I'll check. "},
+            {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "weather NYC"}},
+            {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": [
+                {"type": "web_search_result", "url": "https://weather.example/nyc", "title": "Weather", "encrypted_content": "x"}]},
+            {"type": "text", "text": "It is sunny, 5°C.", "citations": [
+                {"type": "web_search_result_location", "url": "https://weather.example/nyc", "title": "Weather",
+                    "encrypted_index": "y", "cited_text": "Sunny"},
+                {"type": "web_search_result_location", "url": "https://weather.example/nyc", "title": "Weather",
+                    "encrypted_index": "z", "cited_text": "5°C"}]}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 100, "output_tokens": 20, "server_tool_use": {"web_search_requests": 1}}})
+    .to_string();
+    // Not the fast path's: citations take the tree.
+    assert!(response::parse_fast(body.as_bytes(), false).is_none());
+    let (out, usage) = Anthropic
+        .parse(Endpoint::Chat, "anthropic", &JsonMap::new(), body.as_bytes())
+        .unwrap();
+    let m = &out["choices"][0]["message"];
+    assert_eq!(m["content"], "I'll check. It is sunny, 5°C.");
+    assert!(m.get("tool_calls").is_none());
+    assert_eq!(
+        m["annotations"],
+        json!([{"type": "url_citation", "url_citation": {"start_index": 12, "end_index": 29,
+            "url": "https://weather.example/nyc", "title": "Weather"}}])
+    );
+    assert_eq!(usage.unwrap().web_searches, 1);
+    assert_eq!(out["usage"]["server_tool_use"]["web_search_requests"], 1);
+}
+
+#[test]
+fn a_searching_stream_passes_the_search_and_annotates_the_cited_text() {
+    for split in [1, 7, 4096] {
+        let mut p = Parser::new();
+        let mut events = Vec::new();
+        for piece in include_bytes!("fixtures/stream_web_search.txt").chunks(split) {
+            p.feed(piece, &mut events);
+        }
+        let mut d = Decoder::new("anthropic", false).searching(true);
+        let mut items = Vec::new();
+        for ev in &events {
+            d.on_event(ev, &mut items).unwrap();
+        }
+        d.finish(&mut items).unwrap();
+        let chunks: Vec<Value> = items
+            .iter()
+            .filter_map(|i| match i {
+                StreamItem::Chunk(b) => Some(serde_json::from_slice(b).unwrap()),
+                _ => None,
+            })
+            .collect();
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, "I'll check. It is sunny, 5°C.");
+        // The search's query is not a tool call of the client's.
+        assert!(chunks.iter().all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
+        let annotations: Vec<&Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"].get("annotations"))
+            .collect();
+        assert_eq!(
+            annotations,
+            vec![&json!([{"type": "url_citation", "url_citation": {"start_index": 12, "end_index": 29,
+                "url": "https://weather.example/nyc", "title": "Weather in New York City"}}])]
+        );
+        let usage = items.iter().find_map(|i| match i {
+            StreamItem::Usage(u, _) => Some(*u),
+            _ => None,
+        });
+        assert_eq!(usage.map(|u| (u.completion_tokens, u.web_searches)), Some((510, 1)));
+    }
+    // A decoder not told of the search still passes its blocks unharmed.
+    let (chunks, usage, _) = decode(include_str!("fixtures/stream_web_search.txt"), false, 4096);
+    assert!(chunks.iter().all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
+    assert_eq!(usage.unwrap().0.web_searches, 1);
+}

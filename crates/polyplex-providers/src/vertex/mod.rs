@@ -273,6 +273,14 @@ impl Protocol for Vertex {
         }
     }
 
+    fn web_search_price(&self, model: &str) -> f64 {
+        if is_claude(model) {
+            Anthropic.web_search_price(model)
+        } else {
+            Gemini.web_search_price(model)
+        }
+    }
+
     fn stream_decoder(
         &self,
         endpoint: Endpoint,

@@ -166,8 +166,11 @@ fn to_openai(req: &Map<String, Value>) -> Map<String, Value> {
     let mut out = Map::new();
     out.insert("messages".into(), Value::Array(messages));
     if let Some(tools) = req.get("tools").and_then(Value::as_array) {
-        let t: Vec<Value> = tools.iter().map(|t| json!({"type": "function", "function": {"name": t.get("name"), "parameters": t.get("input_schema")}})).collect();
-        out.insert("tools".into(), Value::Array(t));
+        // The client's tools; a server tool (the web search) is the API's own.
+        let t: Vec<Value> = tools.iter().filter(|t| web_search(t).is_none()).map(|t| json!({"type": "function", "function": {"name": t.get("name"), "parameters": t.get("input_schema")}})).collect();
+        if !t.is_empty() {
+            out.insert("tools".into(), Value::Array(t));
+        }
     }
     match req
         .get("tool_choice")
@@ -192,6 +195,123 @@ fn to_openai(req: &Map<String, Value>) -> Map<String, Value> {
         out.insert("max_tokens".into(), max.clone());
     }
     out
+}
+
+/// The web search tool's `max_uses`, if `tool` is that server tool.
+fn web_search(tool: &Value) -> Option<u64> {
+    let kind = tool.get("type").and_then(Value::as_str)?;
+    kind.starts_with("web_search_")
+        .then(|| tool.get("max_uses").and_then(Value::as_u64).unwrap_or(5))
+}
+
+/// What Anthropic refuses in a web search tool, if anything.
+fn bad_web_search(req: &Map<String, Value>) -> Option<String> {
+    for (i, t) in req.get("tools")?.as_array()?.iter().enumerate() {
+        let Some(kind) = t.get("type").and_then(Value::as_str) else {
+            continue;
+        };
+        if !kind.starts_with("web_search_") {
+            continue;
+        }
+        if kind != "web_search_20250305" {
+            return Some(format!("tools.{i}: Input tag '{kind}' found using 'type' does not match any of the expected tags"));
+        }
+        if t.get("name").and_then(Value::as_str) != Some("web_search") {
+            return Some(format!("tools.{i}.name: Input should be 'web_search'"));
+        }
+        if t.get("max_uses")
+            .is_some_and(|m| m.as_u64().is_none_or(|m| m == 0))
+        {
+            return Some(format!(
+                "tools.{i}.max_uses: Input should be greater than 0"
+            ));
+        }
+        if let Some(loc) = t.get("user_location") {
+            if loc.get("type").and_then(Value::as_str) != Some("approximate") {
+                return Some(format!(
+                    "tools.{i}.user_location.type: Input should be 'approximate'"
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// The blocks of an answer found by one web search for `query`: the
+/// search's own blocks, a lead-in and the answer's text citing the page.
+fn searched_blocks(id: &str, query: &str, text: &str) -> Vec<Value> {
+    let slug: String = query
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    let url = format!("https://search.mock/{slug}");
+    let title = format!("Mock result for {query}");
+    let tool_id = reply::stable_id("srvtoolu_mock_", id);
+    vec![
+        json!({"type": "server_tool_use", "id": tool_id, "name": "web_search", "input": {"query": query}}),
+        json!({"type": "web_search_tool_result", "tool_use_id": tool_id, "content": [
+            {"type": "web_search_result", "url": url, "title": title, "encrypted_content": "mock-encrypted", "page_age": null}]}),
+        json!({"type": "text", "text": SEARCH_LEAD}),
+        json!({"type": "text", "text": text, "citations": [{"type": "web_search_result_location", "url": url,
+            "title": title, "encrypted_index": "mock-index", "cited_text": text}]}),
+    ]
+}
+
+/// The text the mock puts before an answer it searched for.
+pub(crate) const SEARCH_LEAD: &str = "Search results say: ";
+
+/// The stream events of one content block (at `index`) of a whole answer.
+fn block_events(index: u64, block: &Value, events: &mut Vec<Bytes>) {
+    let start = |b: Value| {
+        sse(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": b}),
+        )
+    };
+    let delta = |d: Value| {
+        sse(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": index, "delta": d}),
+        )
+    };
+    match block.get("type").and_then(Value::as_str) {
+        Some("server_tool_use") => {
+            let mut opening = block.clone();
+            opening["input"] = json!({});
+            events.push(start(opening));
+            let input = block.get("input").cloned().unwrap_or(json!({})).to_string();
+            events.push(delta(
+                json!({"type": "input_json_delta", "partial_json": input}),
+            ));
+        }
+        Some("text") => {
+            let citations = block.get("citations").and_then(Value::as_array);
+            let mut opening = json!({"type": "text", "text": ""});
+            if citations.is_some() {
+                opening["citations"] = json!([]);
+            }
+            events.push(start(opening));
+            for c in citations.into_iter().flatten() {
+                events.push(delta(json!({"type": "citations_delta", "citation": c})));
+            }
+            let text = block.get("text").and_then(Value::as_str).unwrap_or("");
+            for piece in reply::tokenize(text) {
+                events.push(delta(json!({"type": "text_delta", "text": piece})));
+            }
+        }
+        _ => events.push(start(block.clone())),
+    }
+    events.push(sse(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": index}),
+    ));
 }
 
 /// Anthropic's stop reason for an answer (Bedrock's Converse uses the same).
@@ -275,6 +395,7 @@ pub(crate) async fn serve(
     if let Some(msg) = bad_document(&req)
         .or_else(|| bad_thinking(&req))
         .or_else(|| empty_text(&req))
+        .or_else(|| bad_web_search(&req))
     {
         return shaped_error(shape, StatusCode::BAD_REQUEST, "", &msg, None);
     }
@@ -325,9 +446,39 @@ pub(crate) async fn serve(
             Answer::ToolCall { arguments, .. } => 1 + arguments.len().div_ceil(4) as u64,
         };
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    // With the web search tool, a text answer is searched for once (its
+    // query the last user turn) and cites the page it found.
+    let searched = req
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| t.iter().any(|t| web_search(t).is_some()))
+        .then(|| match &answer {
+            Answer::Text { pieces, .. } => {
+                let query = reply::content_text(
+                    oa.get("messages")
+                        .and_then(Value::as_array)
+                        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+                        .and_then(|m| m.get("content")),
+                );
+                Some(searched_blocks(&id, &query, &pieces.concat()))
+            }
+            Answer::ToolCall { .. } => None,
+        })
+        .flatten();
+    let output_tokens = output_tokens
+        + searched
+            .as_ref()
+            .map_or(0, |_| reply::tokenize(SEARCH_LEAD).len() as u64);
+    let server_tool_use = searched.as_ref().map(|_| json!({"web_search_requests": 1}));
     if !stream {
         if is_fault("garbage") {
             return garbage();
+        }
+        if let Some(blocks) = &searched {
+            return Json(json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": blocks,
+                "stop_reason": "end_turn", "stop_sequence": null,
+                "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens, "cache_creation_input_tokens": cache.written,
+                    "cache_read_input_tokens": cache.read, "server_tool_use": server_tool_use}})).into_response();
         }
         let mut content = match &answer {
             Answer::Text { pieces, .. } => json!([{"type": "text", "text": pieces.concat()}]),
@@ -374,6 +525,11 @@ pub(crate) async fn serve(
         ));
     }
     match &answer {
+        _ if searched.is_some() => {
+            for (i, b) in searched.iter().flatten().enumerate() {
+                block_events(at + i as u64, b, &mut events);
+            }
+        }
         Answer::Text { pieces, .. } => {
             events.push(sse("content_block_start", json!({"type": "content_block_start", "index": at, "content_block": {"type": "text", "text": ""}})));
             events.push(sse("ping", json!({"type": "ping"})));
@@ -395,11 +551,17 @@ pub(crate) async fn serve(
             }
         }
     }
-    events.push(sse(
-        "content_block_stop",
-        json!({"type": "content_block_stop", "index": at}),
-    ));
-    events.push(sse("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop_reason(&answer), "stop_sequence": null}, "usage": {"output_tokens": output_tokens}})));
+    if searched.is_none() {
+        events.push(sse(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": at}),
+        ));
+    }
+    let mut usage_end = json!({"output_tokens": output_tokens});
+    if let Some(s) = server_tool_use {
+        usage_end["server_tool_use"] = s;
+    }
+    events.push(sse("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop_reason(&answer), "stop_sequence": null}, "usage": usage_end})));
     events.push(sse("message_stop", json!({"type": "message_stop"})));
     let cut = fault
         .as_ref()
