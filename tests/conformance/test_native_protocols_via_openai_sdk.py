@@ -632,3 +632,51 @@ def test_gemini_log_probabilities(client, m):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=m, messages=msgs, logprobs=True, top_logprobs=21)
     assert e.value.param == "top_logprobs"
+
+
+@pytest.mark.parametrize("m,price", [(ANTHROPIC, 0.01), (VERTEX_CLAUDE, 0.01), (GEMINI, 0.035), (VERTEX_GEMINI, 0.035)])
+def test_web_search_options_search_and_cite(client, m, price):
+    """`web_search_options` turns on the provider's own web search (Claude's
+    web search tool, Gemini's grounding with Google Search): the cited text
+    comes back with OpenAI's `url_citation` annotations — unary on the
+    message, streamed as an `annotations` delta — and the searches are in
+    `usage.server_tool_use` and charged in `usage.cost`."""
+    msgs = [{"role": "user", "content": "café prices in Paris"}]
+    r = client.chat.completions.create(model=m, messages=msgs, web_search_options={})
+    msg = r.choices[0].message
+    assert msg.content == "Search results say: café prices in Paris"
+    [a] = msg.annotations
+    assert a.type == "url_citation" and a.url_citation.url.startswith("https://search.mock/")
+    assert msg.content[a.url_citation.start_index:a.url_citation.end_index] == "café prices in Paris"
+    assert r.usage.model_extra["server_tool_use"] == {"web_search_requests": 1}
+    assert r.usage.model_extra["cost"] >= price
+    text, annotations, usage = "", [], None
+    for ch in client.chat.completions.create(model=m, messages=msgs, web_search_options={"search_context_size": "low"},
+                                             stream=True, stream_options={"include_usage": True}):
+        if ch.choices:
+            text += ch.choices[0].delta.content or ""
+            annotations += (ch.choices[0].delta.model_extra or {}).get("annotations") or []
+            assert not ch.choices[0].delta.tool_calls
+        elif ch.usage:
+            usage = ch.usage
+    assert text == msg.content
+    [a] = annotations
+    assert text[a["url_citation"]["start_index"]:a["url_citation"]["end_index"]] == "café prices in Paris"
+    assert usage.model_extra["server_tool_use"] == {"web_search_requests": 1}
+
+
+def test_web_search_where_there_is_none_and_bad_options(client):
+    msgs = [{"role": "user", "content": "news"}]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=BEDROCK, messages=msgs, web_search_options={})
+    assert (e.value.param, e.value.code) == ("web_search_options", "unsupported_parameter")
+    # A provider with its own search serves it instead, where the plan has one.
+    raw = client.chat.completions.with_raw_response.create(
+        model=BEDROCK, messages=msgs, web_search_options={}, extra_body={"models": [ANTHROPIC]})
+    assert raw.headers["x-polyplex-provider"] == "anthropic" and raw.parse().choices[0].message.annotations
+    for options, param in [({"search_context_size": "huge"}, "web_search_options.search_context_size"),
+                           ({"user_location": {"type": "exact"}}, "web_search_options.user_location.type"),
+                           ({"depth": 3}, "web_search_options.depth")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=ANTHROPIC, messages=msgs, web_search_options=options)
+        assert e.value.param == param

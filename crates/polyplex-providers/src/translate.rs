@@ -1336,6 +1336,13 @@ pub(crate) fn chunk_with_logprobs<D: Serialize + ?Sized>(
     crate::StreamItem::Chunk(bytes::Bytes::from(buf))
 }
 
+/// One OpenAI `url_citation` annotation: the content's characters
+/// `start..end` cite the page at `url`.
+pub(crate) fn url_citation(start: usize, end: usize, url: &str, title: Option<&Value>) -> Value {
+    serde_json::json!({"type": "url_citation", "url_citation": {"start_index": start, "end_index": end,
+        "url": url, "title": title.and_then(Value::as_str).unwrap_or("")}})
+}
+
 /// A chunk's delta that carries text: `{"content": ...}`.
 #[derive(Serialize)]
 pub(crate) struct Content<'a> {

@@ -114,14 +114,13 @@ pub(crate) fn cite(citations: Option<&Value>, start: usize, end: usize, out: &mu
             continue;
         }
         urls.push(url);
-        out.push(url_citation(start, end, url, c.get("title")));
+        out.push(crate::translate::url_citation(
+            start,
+            end,
+            url,
+            c.get("title"),
+        ));
     }
-}
-
-/// One OpenAI `url_citation` annotation.
-pub(crate) fn url_citation(start: usize, end: usize, url: &str, title: Option<&Value>) -> Value {
-    json!({"type": "url_citation", "url_citation": {"start_index": start, "end_index": end,
-        "url": url, "title": title.and_then(Value::as_str).unwrap_or("")}})
 }
 
 /// A message as Anthropic sends it, borrowed from the body. Only the common

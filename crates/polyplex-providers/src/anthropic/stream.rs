@@ -318,7 +318,7 @@ impl Decoder {
         let annotations: Vec<Value> = std::mem::take(&mut self.cited)
             .into_iter()
             .map(|(url, title)| {
-                super::response::url_citation(start, self.chars, &url, Some(&title))
+                crate::translate::url_citation(start, self.chars, &url, Some(&title))
             })
             .collect();
         out.push(self.chunk(&json!({"annotations": annotations}), None));

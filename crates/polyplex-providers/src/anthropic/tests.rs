@@ -1106,7 +1106,8 @@ fn thinking_comes_back_and_goes_out_verbatim() {
 #[test]
 fn web_search_options_become_the_web_search_tool() {
     let msgs = json!([{"role": "user", "content": "weather?"}]);
-    let (sent, _) = build(json!({"model": "m", "messages": msgs, "web_search_options": {}})).unwrap();
+    let (sent, _) =
+        build(json!({"model": "m", "messages": msgs, "web_search_options": {}})).unwrap();
     assert_eq!(
         sent["tools"],
         json!([{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}])
@@ -1127,8 +1128,10 @@ fn web_search_options_become_the_web_search_tool() {
     .unwrap();
     assert_eq!(sent["tools"][0]["max_uses"], 10);
     // The forced JSON tool leaves no turn to search in.
-    let e = build(json!({"model": "m", "messages": msgs, "web_search_options": {},
-        "response_format": {"type": "json_object"}}))
+    let e = build(
+        json!({"model": "m", "messages": msgs, "web_search_options": {},
+        "response_format": {"type": "json_object"}}),
+    )
     .unwrap_err();
     assert_eq!(e.param.as_deref(), Some("web_search_options"));
 }
@@ -1152,7 +1155,12 @@ fn cited_answers_come_back_with_url_citations() {
     // Not the fast path's: citations take the tree.
     assert!(response::parse_fast(body.as_bytes(), false).is_none());
     let (out, usage) = Anthropic
-        .parse(Endpoint::Chat, "anthropic", &JsonMap::new(), body.as_bytes())
+        .parse(
+            Endpoint::Chat,
+            "anthropic",
+            &JsonMap::new(),
+            body.as_bytes(),
+        )
         .unwrap();
     let m = &out["choices"][0]["message"];
     assert_eq!(m["content"], "I'll check. It is sunny, 5°C.");
@@ -1193,24 +1201,33 @@ fn a_searching_stream_passes_the_search_and_annotates_the_cited_text() {
             .collect();
         assert_eq!(text, "I'll check. It is sunny, 5°C.");
         // The search's query is not a tool call of the client's.
-        assert!(chunks.iter().all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
+        assert!(chunks
+            .iter()
+            .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
         let annotations: Vec<&Value> = chunks
             .iter()
             .filter_map(|c| c["choices"][0]["delta"].get("annotations"))
             .collect();
         assert_eq!(
             annotations,
-            vec![&json!([{"type": "url_citation", "url_citation": {"start_index": 12, "end_index": 29,
-                "url": "https://weather.example/nyc", "title": "Weather in New York City"}}])]
+            vec![
+                &json!([{"type": "url_citation", "url_citation": {"start_index": 12, "end_index": 29,
+                "url": "https://weather.example/nyc", "title": "Weather in New York City"}}])
+            ]
         );
         let usage = items.iter().find_map(|i| match i {
             StreamItem::Usage(u, _) => Some(*u),
             _ => None,
         });
-        assert_eq!(usage.map(|u| (u.completion_tokens, u.web_searches)), Some((510, 1)));
+        assert_eq!(
+            usage.map(|u| (u.completion_tokens, u.web_searches)),
+            Some((510, 1))
+        );
     }
     // A decoder not told of the search still passes its blocks unharmed.
     let (chunks, usage, _) = decode(include_str!("fixtures/stream_web_search.txt"), false, 4096);
-    assert!(chunks.iter().all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
+    assert!(chunks
+        .iter()
+        .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
     assert_eq!(usage.unwrap().0.web_searches, 1);
 }

@@ -15,6 +15,12 @@
 //! - `logprobs` → `responseLogprobs`, `top_logprobs` → `logprobs`; a
 //!   candidate's `logprobsResult` comes back as the choice's (or each
 //!   chunk's) `logprobs.content`, each chosen token with its alternatives;
+//! - `web_search_options` → the `google_search` tool (grounding with Google
+//!   Search; `search_context_size` and `user_location` have no equivalent
+//!   and are named dropped); the candidate's `groundingMetadata` comes back
+//!   as `url_citation` annotations (its supports' byte ranges as character
+//!   ranges of the content), the searches in `usage.server_tool_use` and
+//!   `usage.cost` ([`Gemini::web_search_price`]);
 //! - `logit_bias`, `parallel_tool_calls: false` and unknown fields
 //!   are refused by name, or dropped with `drop_params`; `user`, which has no
 //!   effect on the answer, is always dropped and named, as are a message's
@@ -30,7 +36,8 @@ use crate::sse::Event;
 use crate::translate::{
     audio_data, check_fields, chunk, chunk_with_logprobs, completion, data_url, embedding_input,
     embedding_list, file_data, name_dropped_hints, no_turns, now, push_turn, refuse_asked, text_of,
-    tool_args, unsupported_endpoint, usage_chunk, EmbeddingInput, Hints, Reasoning, CHAT_PARAMS,
+    tool_args, unsupported_endpoint, usage_chunk, EmbeddingInput, Hints, Reasoning,
+    SEARCH_CHAT_PARAMS,
 };
 use crate::{
     join_url, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target, UpstreamRequest,
@@ -146,7 +153,14 @@ pub(crate) fn chat_body(
 ) -> Result<(Vec<u8>, Vec<String>), GatewayError> {
     let body = &*crate::translate::for_translation(body, "Gemini")?;
     let mut dropped = Vec::new();
-    check_fields(body, CHAT_PARAMS, false, "Gemini", target, &mut dropped)?;
+    check_fields(
+        body,
+        &SEARCH_CHAT_PARAMS,
+        false,
+        "Gemini",
+        target,
+        &mut dropped,
+    )?;
     refuse_asked(
         body,
         &["logit_bias", "parallel_tool_calls"],
@@ -339,8 +353,21 @@ pub(crate) fn chat_body(
             d
         })
         .collect();
+    let mut tools = Vec::new();
     if !decls.is_empty() {
-        out.insert("tools".into(), json!([{"functionDeclarations": decls}]));
+        tools.push(json!({"functionDeclarations": decls}));
+    }
+    // Web search: grounding with Google Search, which takes no hints.
+    if let Some(options) = lookup(body, "web_search_options").filter(|v| !v.is_null()) {
+        tools.push(json!({"google_search": {}}));
+        for k in ["search_context_size", "user_location"] {
+            if options.get(k).is_some_and(|v| !v.is_null()) {
+                dropped.push(format!("web_search_options.{k}"));
+            }
+        }
+    }
+    if !tools.is_empty() {
+        out.insert("tools".into(), Value::Array(tools));
     }
     if let Some(tc) = lookup(body, "tool_choice").filter(|v| !v.is_null()) {
         let cfg = match tc {
@@ -551,6 +578,89 @@ fn logprobs_of(candidate: &Value) -> Option<Value> {
     Some(json!({"content": content, "refusal": null}))
 }
 
+/// A candidate's `groundingMetadata` (Google Search's results) as OpenAI's
+/// `url_citation` annotations: each support's segment — a byte range of
+/// the text part `partIndex` (the first by default) — as a character range
+/// of the message content, once per page it cites. `parts` are the
+/// candidate's text parts as the content joins them.
+fn grounding_annotations(candidate: &Value, parts: &[&str]) -> Vec<Value> {
+    let Some(g) = candidate.get("groundingMetadata") else {
+        return Vec::new();
+    };
+    let chunks = g.get("groundingChunks").and_then(Value::as_array);
+    // Characters before part i, and a part's byte offset in characters.
+    let before = |i: usize| {
+        parts
+            .iter()
+            .take(i)
+            .map(|p| p.chars().count())
+            .sum::<usize>()
+    };
+    let chars_at = |part: &str, byte: usize| {
+        let byte = byte.min(part.len());
+        part.char_indices().take_while(|(b, _)| *b < byte).count()
+    };
+    let mut out = Vec::new();
+    for support in g
+        .get("groundingSupports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let seg = support.get("segment").unwrap_or(&Value::Null);
+        let n = |k: &str| seg.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
+        let at = n("partIndex");
+        let part = parts.get(at).copied().unwrap_or("");
+        let (start, end) = (
+            before(at) + chars_at(part, n("startIndex")),
+            before(at) + chars_at(part, n("endIndex")),
+        );
+        let mut seen: Vec<&str> = Vec::new();
+        for i in support
+            .get("groundingChunkIndices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let web = i
+                .as_u64()
+                .and_then(|i| chunks.and_then(|c| c.get(i as usize)))
+                .and_then(|c| c.get("web"));
+            let Some(uri) = web.and_then(|w| w.get("uri")).and_then(Value::as_str) else {
+                continue;
+            };
+            if !seen.contains(&uri) {
+                seen.push(uri);
+                out.push(crate::translate::url_citation(
+                    start,
+                    end,
+                    uri,
+                    web.and_then(|w| w.get("title")),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The searches a grounded answer from `model` is billed for: each query
+/// for Gemini 3 and later, one per grounded answer before it (Google's
+/// prices per query and per grounded prompt, [`Gemini::web_search_price`]).
+fn searches(candidates: &[Value], model: &str) -> u64 {
+    let queries: Vec<u64> = candidates
+        .iter()
+        .filter_map(|c| c.pointer("/groundingMetadata/webSearchQueries"))
+        .filter_map(Value::as_array)
+        .map(|q| q.len() as u64)
+        .filter(|n| *n > 0)
+        .collect();
+    match (queries.is_empty(), signs_calls(model)) {
+        (true, _) => 0,
+        (false, true) => queries.iter().sum(),
+        (false, false) => 1,
+    }
+}
+
 fn response_id(v: &Value) -> String {
     v.get("responseId")
         .and_then(Value::as_str)
@@ -594,6 +704,12 @@ pub(crate) fn parse_chat(
             reasoning,
             calls,
         } = read_parts(parts, raw_id, idx, &mut next);
+        let texts: Vec<&str> = parts
+            .iter()
+            .filter(|p| p.get("thought").and_then(Value::as_bool) != Some(true))
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect();
+        let annotations = grounding_annotations(c, &texts);
         let calls: Vec<Value> = calls
             .into_iter()
             .map(|mut c| {
@@ -611,6 +727,9 @@ pub(crate) fn parse_chat(
         if !reasoning.is_empty() {
             message["reasoning_content"] = json!(reasoning);
         }
+        if !annotations.is_empty() {
+            message["annotations"] = Value::Array(annotations);
+        }
         let fr = finish_reason(
             c.get("finishReason")
                 .and_then(Value::as_str)
@@ -620,7 +739,12 @@ pub(crate) fn parse_chat(
         choices.push(json!({"index": idx, "message": message,
             "logprobs": logprobs_of(c), "finish_reason": fr}));
     }
-    let usage = v.get("usageMetadata").map(usage_from);
+    let mut usage = v.get("usageMetadata").map(usage_from);
+    let model = v.get("modelVersion").and_then(Value::as_str).unwrap_or("");
+    let searched = searches(candidates, model);
+    if let (Some(u), true) = (usage.as_mut(), searched > 0) {
+        u.web_searches = searched;
+    }
     let out = completion(
         json!(id),
         v.get("modelVersion").cloned().unwrap_or(Value::Null),
@@ -633,6 +757,17 @@ pub(crate) fn parse_chat(
 impl Protocol for Gemini {
     fn name(&self) -> &'static str {
         "gemini"
+    }
+
+    /// Grounding with Google Search: $14 per 1,000 search queries on Gemini
+    /// 3 and later, $35 per 1,000 grounded prompts before (Google's list
+    /// prices; the free daily allowance is not known to polyplex).
+    fn web_search_price(&self, model: &str) -> f64 {
+        if signs_calls(model) {
+            0.014
+        } else {
+            0.035
+        }
     }
 
     fn build(
@@ -680,10 +815,13 @@ impl Protocol for Gemini {
         _endpoint: Endpoint,
         provider: &str,
         _model: &str,
-        _request: &RequestBody,
+        request: &RequestBody,
     ) -> Box<dyn StreamDecoder> {
         Box::new(Decoder {
             provider: provider.to_string(),
+            searching: request.shape().is_none()
+                && polyplex_types::lookup(request.map(), "web_search_options")
+                    .is_some_and(|v| !v.is_null()),
             ..Decoder::default()
         })
     }
@@ -703,6 +841,12 @@ pub struct Decoder {
     calls: HashMap<u64, usize>,
     usage: Option<Usage>,
     text: String,
+    /// Web search is on: each candidate's visible text is kept, for the
+    /// ranges of its grounding's annotations.
+    searching: bool,
+    visible: HashMap<u64, String>,
+    /// The grounding metadata of the stream's candidates (the last each gave).
+    grounding: HashMap<u64, Value>,
 }
 
 impl Decoder {
@@ -786,6 +930,9 @@ impl Decoder {
         }
         if !text.is_empty() {
             self.text.push_str(text);
+            if self.searching {
+                self.visible.entry(idx).or_default().push_str(text);
+            }
             let delta = crate::translate::Content { content: text };
             out.push(chunk_with_logprobs(
                 &self.id,
@@ -809,6 +956,7 @@ impl Decoder {
         if data.contains("\"error\"")
             || data.contains("\"functionCall\"")
             || data.contains("\"logprobsResult\"")
+            || data.contains("\"groundingMetadata\"")
         {
             return None;
         }
@@ -919,7 +1067,19 @@ impl Decoder {
             if !calls.is_empty() {
                 out.push(self.chunk(idx, &json!({"tool_calls": calls}), None));
             }
+            // Grounding (Google Search): its supports' ranges are of the
+            // candidate's whole text; annotated once it is all there.
+            if let Some(g) = c.get("groundingMetadata") {
+                self.grounding.insert(idx, json!({"groundingMetadata": g}));
+            }
             if let Some(fr) = c.get("finishReason").and_then(Value::as_str) {
+                if let Some(g) = self.grounding.get(&idx) {
+                    let text = self.visible.get(&idx).map_or("", String::as_str);
+                    let annotations = grounding_annotations(g, &[text]);
+                    if !annotations.is_empty() {
+                        out.push(self.chunk(idx, &json!({"annotations": annotations}), None));
+                    }
+                }
                 self.finish_candidate(idx, fr, out);
             }
         }
@@ -942,7 +1102,10 @@ impl StreamDecoder for Decoder {
                 "the stream ended before a finishReason",
             ));
         }
-        if let Some(u) = self.usage {
+        if let Some(mut u) = self.usage {
+            let grounded: Vec<Value> = self.grounding.values().cloned().collect();
+            u.web_searches = searches(&grounded, &self.model);
+            self.usage = Some(u);
             out.push(StreamItem::Usage(
                 u,
                 usage_chunk(&self.id, self.created, &self.model, &u),

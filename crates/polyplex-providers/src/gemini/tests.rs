@@ -621,3 +621,128 @@ fn logprobs_are_asked_for_and_come_back_in_openais_shape() {
         vec![("Hi".to_string(), -0.01), ("!".to_string(), -0.5)]
     );
 }
+
+#[test]
+fn web_search_grounds_with_google_search_and_annotates_the_answer() {
+    let a = auth();
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "weather?"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "web_search_options": {"search_context_size": "high", "user_location": {"type": "approximate"}}});
+    let req = Gemini
+        .build(Endpoint::Chat, &map(body), false, &target(&a))
+        .unwrap();
+    let sent: Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(sent["tools"][1], json!({"google_search": {}}));
+    assert_eq!(sent["tools"][0]["functionDeclarations"][0]["name"], "f");
+    assert_eq!(
+        req.dropped,
+        vec![
+            "web_search_options.search_context_size",
+            "web_search_options.user_location"
+        ]
+    );
+
+    // Supports are byte ranges of a text part: "é" is two bytes, one character.
+    let grounded = |model: &str| {
+        json!({"candidates": [{"content": {"parts": [{"text": "Intro. "}, {"text": "Café au lait costs €3."}], "role": "model"},
+            "finishReason": "STOP", "index": 0,
+            "groundingMetadata": {"webSearchQueries": ["cafe au lait price", "cafe prices paris"],
+                "groundingChunks": [{"web": {"uri": "https://a.example", "title": "A"}}, {"web": {"uri": "https://b.example", "title": "B"}}],
+                "groundingSupports": [
+                    {"segment": {"partIndex": 1, "startIndex": 0, "endIndex": 26, "text": "Café au lait costs €3."}, "groundingChunkIndices": [0, 1, 0]},
+                    {"segment": {"startIndex": 0, "endIndex": 6, "text": "Intro."}, "groundingChunkIndices": [1]}]}}],
+            "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 9, "totalTokenCount": 14},
+            "modelVersion": model, "responseId": "g-1"})
+    };
+    let (out, usage) = Gemini
+        .parse(
+            Endpoint::Chat,
+            "google",
+            &JsonMap::new(),
+            grounded("gemini-2.5-flash").to_string().as_bytes(),
+        )
+        .unwrap();
+    let m = &out["choices"][0]["message"];
+    assert_eq!(m["content"], "Intro. Café au lait costs €3.");
+    let ranges: Vec<(u64, u64, &str)> = m["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let c = &a["url_citation"];
+            (
+                c["start_index"].as_u64().unwrap(),
+                c["end_index"].as_u64().unwrap(),
+                c["url"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![
+            (7, 29, "https://a.example"),
+            (7, 29, "https://b.example"),
+            (0, 6, "https://b.example")
+        ]
+    );
+    // Gemini 2.x bills a grounded answer, 3 each query.
+    assert_eq!(usage.unwrap().web_searches, 1);
+    let (_, usage) = Gemini
+        .parse(
+            Endpoint::Chat,
+            "google",
+            &JsonMap::new(),
+            grounded("gemini-3-pro-preview").to_string().as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(usage.unwrap().web_searches, 2);
+    assert!(
+        Gemini.web_search_price("gemini-3-pro-preview")
+            < Gemini.web_search_price("gemini-2.5-flash")
+    );
+
+    // Streamed: the ranges are of the whole text, annotated at the finish.
+    let events = [
+        json!({"candidates": [{"content": {"parts": [{"text": "Café "}], "role": "model"}, "index": 0}],
+            "modelVersion": "gemini-2.5-flash", "responseId": "g-2"}),
+        json!({"candidates": [{"content": {"parts": [{"text": "crème."}], "role": "model"}, "index": 0, "finishReason": "STOP",
+            "groundingMetadata": {"webSearchQueries": ["cafe"], "groundingChunks": [{"web": {"uri": "https://a.example", "title": "A"}}],
+                "groundingSupports": [{"segment": {"startIndex": 6, "endIndex": 13}, "groundingChunkIndices": [0]}]}}],
+            "usageMetadata": {"promptTokenCount": 2, "candidatesTokenCount": 3, "totalTokenCount": 5},
+            "modelVersion": "gemini-2.5-flash", "responseId": "g-2"}),
+    ];
+    let mut d = Decoder {
+        provider: "google".into(),
+        searching: true,
+        ..Decoder::default()
+    };
+    let mut items = Vec::new();
+    for e in &events {
+        let ev = crate::sse::Event {
+            data: e.to_string(),
+            ..Default::default()
+        };
+        d.on_event(&ev, &mut items).unwrap();
+    }
+    d.finish(&mut items).unwrap();
+    let annotations: Vec<Value> = items
+        .iter()
+        .filter_map(|i| match i {
+            StreamItem::Chunk(b) => serde_json::from_slice::<Value>(b).ok(),
+            _ => None,
+        })
+        .filter_map(|c| c["choices"][0]["delta"].get("annotations").cloned())
+        .collect();
+    assert_eq!(
+        annotations,
+        vec![
+            json!([{"type": "url_citation", "url_citation": {"start_index": 5, "end_index": 11,
+            "url": "https://a.example", "title": "A"}}])
+        ]
+    );
+    let usage = items.iter().find_map(|i| match i {
+        StreamItem::Usage(u, _) => Some(*u),
+        _ => None,
+    });
+    assert_eq!(usage.map(|u| u.web_searches), Some(1));
+}

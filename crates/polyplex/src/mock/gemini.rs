@@ -253,7 +253,25 @@ pub(crate) async fn serve(
         .and_then(Value::as_u64)
         .unwrap_or(1)
         .clamp(1, 8);
-    let answer = reply::chat_answer(&oa);
+    let mut answer = reply::chat_answer(&oa);
+    // Grounding with Google Search: a text answer is searched for once (its
+    // query the last user turn) and grounded in the page found.
+    let grounding = match &mut answer {
+        Answer::Text { pieces, .. } if google_search(&req) => {
+            let query = oa
+                .get("messages")
+                .and_then(Value::as_array)
+                .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+                .map(|m| reply::content_text(m.get("content")))
+                .unwrap_or_default();
+            let answer_text = pieces.concat();
+            let mut lead = reply::tokenize(super::anthropic::SEARCH_LEAD);
+            lead.append(pieces);
+            *pieces = lead;
+            Some(grounding_metadata(&query, &answer_text))
+        }
+        _ => None,
+    };
     let prompt = reply::prompt_tokens(
         oa.get("messages")
             .and_then(Value::as_array)
@@ -314,6 +332,9 @@ pub(crate) async fn serve(
                 if let Some(lp) = &lp {
                     c["logprobsResult"] = lp.clone();
                 }
+                if let Some(g) = &grounding {
+                    c["groundingMetadata"] = g.clone();
+                }
                 c
             })
             .collect();
@@ -331,6 +352,9 @@ pub(crate) async fn serve(
                 let mut c = json!({"content": {"parts": parts, "role": "model"}, "index": i});
                 if let Some(f) = finish {
                     c["finishReason"] = json!(f);
+                    if let Some(g) = &grounding {
+                        c["groundingMetadata"] = g.clone();
+                    }
                 }
                 if let Some(lp) = &lp {
                     c["logprobsResult"] = lp.clone();
@@ -384,6 +408,38 @@ pub(crate) async fn serve(
         .filter(|f| f.fault == "disconnect")
         .map(|f| f.after_chunks.unwrap_or(2));
     sse_body(s, events, cut)
+}
+
+/// Whether the request grounds its answer with Google Search.
+fn google_search(req: &Value) -> bool {
+    req.get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| t.iter().any(|t| t.get("google_search").is_some()))
+}
+
+/// Gemini's `groundingMetadata` for an answer (after the search lead-in)
+/// that one search for `query` grounded: the page, and the answer's byte
+/// range supported by it.
+fn grounding_metadata(query: &str, answer: &str) -> Value {
+    let slug: String = query
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    let lead = super::anthropic::SEARCH_LEAD.len();
+    json!({
+        "webSearchQueries": [query],
+        "searchEntryPoint": {"renderedContent": "<div class=\"mock-search\"></div>"},
+        "groundingChunks": [{"web": {"uri": format!("https://search.mock/{slug}"), "title": format!("Mock result for {query}")}}],
+        "groundingSupports": [{"segment": {"startIndex": lead, "endIndex": lead + answer.len(), "text": answer},
+            "groundingChunkIndices": [0], "confidenceScores": [0.9]}]
+    })
 }
 
 /// Gemini's `logprobsResult` for the answer's tokens: each chosen, with
