@@ -211,9 +211,11 @@ mod tests {
             cached_tokens: 4,
             cache_write_tokens: 0,
             reasoning_tokens: 2,
+            web_searches: 0,
             estimated: false,
         };
         let text = serde_json::to_string(&UsageJson(&u)).unwrap();
+        assert!(!text.contains("server_tool_use"), "{text}");
         assert_eq!(text, serde_json::to_string(&u.to_json()).unwrap());
         assert!(!text.contains("cache_write_tokens"), "{text}");
         // Cache writes are named only when there are some, and read back.
@@ -222,6 +224,15 @@ mod tests {
         assert_eq!(text, serde_json::to_string(&u.to_json()).unwrap());
         assert!(
             text.contains(r#""prompt_tokens_details":{"cached_tokens":4,"cache_write_tokens":3}"#),
+            "{text}"
+        );
+        assert_eq!(Usage::from_json_text(&text), Some(u));
+        // Web searches likewise.
+        u.web_searches = 2;
+        let text = serde_json::to_string(&UsageJson(&u)).unwrap();
+        assert_eq!(text, serde_json::to_string(&u.to_json()).unwrap());
+        assert!(
+            text.ends_with(r#""server_tool_use":{"web_search_requests":2}}"#),
             "{text}"
         );
         assert_eq!(Usage::from_json_text(&text), Some(u));
