@@ -136,7 +136,7 @@ def test_logprobs_come_on_the_text(client):
 @pytest.mark.parametrize("kwargs, param", [
     (dict(previous_response_id=7), "previous_response_id"),
     (dict(background=True), "background"),
-    (dict(tools=[{"type": "web_search"}]), "tools[0].type"),
+    (dict(tools=[{"type": "file_search", "vector_store_ids": ["vs_1"]}]), "tools[0].type"),
     (dict(max_output_tokens=0), "max_output_tokens"),
     (dict(temperature=3), "temperature"),
     (dict(input=[{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]),
@@ -347,3 +347,29 @@ def test_a_long_kept_conversation_is_not_held_to_the_body_limit(mock, tmp_path):
         with pytest.raises(openai.APIStatusError) as e:
             client.responses.create(model="gpt-4o-mini", input=turn * 3)
         assert e.value.status_code == 413
+
+
+@pytest.mark.parametrize("m", [ANTHROPIC, GEMINI, VERTEX_CLAUDE])
+def test_the_web_search_tool_searches_on_claude_and_gemini(client, m):
+    """The Responses web search tool (the Agents SDK's WebSearchTool) runs as
+    the provider's own search: the answer's `output_text` carries OpenAI's
+    `url_citation` annotations, streamed as `response.output_text.annotation.added`."""
+    tools = [{"type": "web_search", "search_context_size": "low"}]
+    r = client.responses.create(model=m, input="rust release notes", tools=tools)
+    assert r.output_text == "Search results say: rust release notes"
+    [part] = r.output[-1].content
+    [a] = part.annotations
+    assert a.type == "url_citation" and a.url.startswith("https://search.mock/")
+    assert r.output_text[a.start_index:a.end_index] == "rust release notes"
+    added, final = [], None
+    with client.responses.stream(model=m, input="rust release notes", tools=tools) as stream:
+        for e in stream:
+            if e.type == "response.output_text.annotation.added":
+                added.append(e.annotation)
+        final = stream.get_final_response()
+    assert len(added) == 1 and added[0].url == a.url
+    assert final.output[-1].content[0].annotations[0].url == a.url
+    # Where the provider has no search: refused by name, as chat refuses it.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=BEDROCK, input="x", tools=tools)
+    assert e.value.param == "tools[0]"

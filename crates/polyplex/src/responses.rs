@@ -22,9 +22,13 @@
 //! Claude's signed thinking blocks (which Anthropic wants back in a tool
 //! loop), and a function call Gemini signed carries its signature in
 //! `extra_content`, as chat's tool calls do. `conversation` objects, stored
-//! prompts, background mode and built-in tools (web search, file search,
-//! computer use, ...) live inside OpenAI's service and are refused by
-//! name; function tools and GPT-5's custom (free-form) tools work on every
+//! prompts, background mode and built-in tools (file search, computer
+//! use, code interpreter, ...) live inside OpenAI's service and are refused
+//! by name. The web search tool is chat's `web_search_options`, searched
+//! by the providers that search (OpenAI's search models, Claude, Gemini;
+//! the others refuse it by name): the cited text comes back with
+//! `url_citation` annotations on its `output_text` part (streamed as
+//! `response.output_text.annotation.added`). Function tools and GPT-5's custom (free-form) tools work on every
 //! provider (the latter as chat has them: `polyplex_providers::custom_tools`),
 //! their calls as `function_call` and `custom_tool_call` items.
 
@@ -337,7 +341,13 @@ fn convert(body: &JsonMap, id: &str, earlier: &[Value]) -> Result<Converted, Gat
         chat.insert("logprobs".into(), Value::Bool(true));
     }
     if let Some(tools) = given(body, "tools") {
-        chat.insert("tools".into(), chat_tools(tools)?);
+        let (tools, search) = chat_tools(tools)?;
+        if tools.as_array().is_some_and(|t| !t.is_empty()) {
+            chat.insert("tools".into(), tools);
+        }
+        if let Some(options) = search {
+            chat.insert("web_search_options".into(), options);
+        }
     }
     if let Some(choice) = given(body, "tool_choice") {
         chat.insert("tool_choice".into(), chat_tool_choice(choice)?);
@@ -656,17 +666,67 @@ fn content_part(p: &Value, path: &str) -> Result<Value, GatewayError> {
     })
 }
 
-/// Responses' flat function tools as chat's nested ones.
-fn chat_tools(tools: &Value) -> Result<Value, GatewayError> {
+/// Responses' web search tool as chat's `web_search_options`: its
+/// `search_context_size`, and its flat approximate `user_location` nested
+/// as chat nests it. Domain `filters` have no place in chat's: refused.
+fn web_search_options(o: &Map<String, Value>, path: &str) -> Result<Value, GatewayError> {
+    let mut options = Map::new();
+    for (k, v) in o {
+        match k.as_str() {
+            "type" => {}
+            "search_context_size" => {
+                options.insert(k.clone(), v.clone());
+            }
+            "user_location" if v.is_null() => {}
+            "user_location" => {
+                let loc = v
+                    .as_object()
+                    .ok_or_else(|| bad_type(&format!("{path}.user_location"), "an object"))?;
+                let mut approximate = Map::new();
+                for (lk, lv) in loc {
+                    if lk != "type" && !lv.is_null() {
+                        approximate.insert(lk.clone(), lv.clone());
+                    }
+                }
+                let kind = loc.get("type").cloned().unwrap_or(json!("approximate"));
+                options.insert(
+                    "user_location".into(),
+                    json!({"type": kind, "approximate": approximate}),
+                );
+            }
+            other => {
+                return Err(bad(
+                    format!("{path}.{other}"),
+                    format!("The web search tool's '{other}' has no equivalent in the chat API polyplex serves the Responses API through."),
+                )
+                .with_code("unsupported_parameter"))
+            }
+        }
+    }
+    Ok(Value::Object(options))
+}
+
+/// Responses' flat function tools as chat's nested ones, and its web search
+/// tool as chat's `web_search_options` (searched where the provider has a
+/// search of its own: OpenAI's search models, Claude, Gemini).
+fn chat_tools(tools: &Value) -> Result<(Value, Option<Value>), GatewayError> {
     let list = tools
         .as_array()
         .ok_or_else(|| bad_type("tools", "an array"))?;
     let mut out = Vec::with_capacity(list.len());
+    let mut search = None;
     for (i, t) in list.iter().enumerate() {
         let path = format!("tools[{i}]");
         let o = t.as_object().ok_or_else(|| bad_type(&path, "an object"))?;
         match lookup(o, "type").and_then(Value::as_str) {
             Some("function") => {}
+            Some("web_search" | "web_search_preview" | "web_search_2025_08_26" | "web_search_preview_2025_03_11") => {
+                if search.is_some() {
+                    return Err(bad(path, "Only one web search tool can be given."));
+                }
+                search = Some(web_search_options(o, &path)?);
+                continue;
+            }
             // GPT-5's free-form tools: chat has them too (OpenAI's
             // protocol; the others refuse them by name).
             Some("custom") => {
@@ -714,7 +774,7 @@ fn chat_tools(tools: &Value) -> Result<Value, GatewayError> {
         }
         out.push(json!({"type": "function", "function": f}));
     }
-    Ok(Value::Array(out))
+    Ok((Value::Array(out), search))
 }
 
 fn chat_tool_choice(choice: &Value) -> Result<Value, GatewayError> {
@@ -833,8 +893,39 @@ impl Echo {
                 source.clone()
             };
         }
+        // The request's tools, the web search tool among them (chat's
+        // `web_search_options`, not one of its tools).
+        let tools = self.request.get("tools").and_then(Value::as_array);
+        let searching = |t: &&Value| {
+            t.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|k| k.starts_with("web_search"))
+        };
         if let Some(rest) = chat.strip_prefix("tools[") {
-            return format!("tools[{}", rest.replacen("].function.", "].", 1));
+            let rest = rest.replacen("].function.", "].", 1);
+            let (index, rest) = rest.split_once(']').unwrap_or((&rest, ""));
+            let at = index.parse::<usize>().ok().and_then(|k| {
+                tools.and_then(|t| {
+                    t.iter()
+                        .enumerate()
+                        .filter(|(_, t)| !searching(t))
+                        .nth(k)
+                        .map(|(i, _)| i)
+                })
+            });
+            return match at {
+                Some(i) => format!("tools[{i}]{rest}"),
+                None => format!("tools[{index}]{rest}"),
+            };
+        }
+        // Chat's web search options are the web search tool's own fields
+        // (the location flat in it).
+        if let Some(rest) = chat.strip_prefix("web_search_options").filter(|r| whole(r)) {
+            let rest = rest.replacen(".user_location.approximate", ".user_location", 1);
+            return match tools.and_then(|t| t.iter().position(|t| searching(&t))) {
+                Some(i) => format!("tools[{i}]{rest}"),
+                None => format!("tools{rest}"),
+            };
         }
         chat.to_string()
     }
@@ -1067,8 +1158,34 @@ fn reasoning_item(id: &str, text: &str, blocks: &[Value]) -> Value {
     item
 }
 
-fn text_part(text: &str, logprobs: &[Value]) -> Value {
-    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs})
+fn text_part(text: &str, logprobs: &[Value], annotations: &[Value]) -> Value {
+    json!({"type": "output_text", "text": text, "annotations": annotations, "logprobs": logprobs})
+}
+
+/// A chat message's annotation (`{"type": "url_citation", "url_citation":
+/// {...}}`) in Responses' flat shape.
+fn annotation(chat: &Value) -> Value {
+    let mut flat = Map::new();
+    flat.insert(
+        "type".into(),
+        chat.get("type").cloned().unwrap_or(json!("url_citation")),
+    );
+    if let Some(Value::Object(inner)) = chat.get("url_citation") {
+        for (k, v) in inner {
+            flat.insert(k.clone(), v.clone());
+        }
+    }
+    Value::Object(flat)
+}
+
+/// A chat message's annotations in Responses' shape.
+fn annotations_of(msg: &Value) -> Vec<Value> {
+    msg.get("annotations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(annotation)
+        .collect()
 }
 
 fn refusal_part(text: &str) -> Value {
@@ -1133,7 +1250,11 @@ pub fn response_object(chat: &Value, echo: &Echo) -> Value {
     }
     let mut parts = Vec::new();
     if !text_of("content").is_empty() {
-        parts.push(text_part(text_of("content"), &logprob_list(choice)));
+        parts.push(text_part(
+            text_of("content"),
+            &logprob_list(choice),
+            &annotations_of(msg),
+        ));
     }
     if !text_of("refusal").is_empty() {
         parts.push(refusal_part(text_of("refusal")));
@@ -1181,6 +1302,28 @@ pub fn response_object(chat: &Value, echo: &Echo) -> Value {
 
 // ---- streams ----
 
+/// The message part being streamed.
+#[derive(Debug, Default)]
+struct OpenPart {
+    /// A refusal, not text.
+    refusal: bool,
+    text: String,
+    logprobs: Vec<Value>,
+    /// The text's annotations (web search citations), in Responses' shape.
+    annotations: Vec<Value>,
+}
+
+impl OpenPart {
+    /// The part as it stands.
+    fn part(&self) -> Value {
+        if self.refusal {
+            refusal_part(&self.text)
+        } else {
+            text_part(&self.text, &self.logprobs, &self.annotations)
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Item {
     Reasoning {
@@ -1188,9 +1331,9 @@ enum Item {
         blocks: Vec<Value>,
     },
     Message {
-        /// Finished parts, then the open one (`refusal` true for a refusal).
+        /// Finished parts, then the open one.
         parts: Vec<Value>,
-        open: Option<(bool, String, Vec<Value>)>,
+        open: Option<OpenPart>,
     },
     Call {
         chat_index: u64,
@@ -1322,6 +1465,9 @@ impl Streamer {
         if let Some(t) = text_of("refusal") {
             self.say(true, t, Vec::new(), out);
         }
+        if let Some(a) = delta.get("annotations").and_then(Value::as_array) {
+            self.annotate(a, out);
+        }
         for tc in delta
             .get("tool_calls")
             .and_then(Value::as_array)
@@ -1418,7 +1564,7 @@ impl Streamer {
         let Item::Message { parts, open } = &mut self.items[i].1 else {
             return;
         };
-        let switch = open.as_ref().is_some_and(|(r, _, _)| *r != refusal);
+        let switch = open.as_ref().is_some_and(|p| p.refusal != refusal);
         let mut events = Vec::new();
         if switch {
             if let Some(done) = close_part(&id, i, parts, open) {
@@ -1426,19 +1572,23 @@ impl Streamer {
             }
         }
         if open.is_none() {
-            let part = if refusal {
-                refusal_part("")
-            } else {
-                text_part("", &[])
+            let fresh = OpenPart {
+                refusal,
+                ..OpenPart::default()
             };
             events.push((
                 "response.content_part.added",
-                json!({"item_id": id, "output_index": i, "content_index": parts.len(), "part": part}),
+                json!({"item_id": id, "output_index": i, "content_index": parts.len(), "part": fresh.part()}),
             ));
-            *open = Some((refusal, String::new(), Vec::new()));
+            *open = Some(fresh);
         }
         let index = parts.len();
-        if let Some((_, text, lps)) = open.as_mut() {
+        if let Some(OpenPart {
+            text,
+            logprobs: lps,
+            ..
+        }) = open.as_mut()
+        {
             text.push_str(delta);
             if refusal {
                 events.push((
@@ -1455,6 +1605,42 @@ impl Streamer {
         }
         for (kind, data) in events {
             self.emit(out, kind, data);
+        }
+    }
+
+    /// Annotations of the text streamed so far (web search citations): on
+    /// the open text part, each announced.
+    fn annotate(&mut self, chat: &[Value], out: &mut Vec<u8>) {
+        let Some(i) = self
+            .items
+            .iter()
+            .position(|(_, it, done)| !done && matches!(it, Item::Message { .. }))
+        else {
+            return;
+        };
+        let id = self.items[i].0.clone();
+        let Item::Message {
+            parts,
+            open: Some(p),
+        } = &mut self.items[i].1
+        else {
+            return;
+        };
+        if p.refusal {
+            return;
+        }
+        let content_index = parts.len();
+        let mut events = Vec::with_capacity(chat.len());
+        for a in chat {
+            let a = annotation(a);
+            events.push(
+                json!({"item_id": id, "output_index": i, "content_index": content_index,
+                "annotation_index": p.annotations.len(), "annotation": a}),
+            );
+            p.annotations.push(a);
+        }
+        for e in events {
+            self.emit(out, "response.output_text.annotation.added", e);
         }
     }
 
@@ -1619,13 +1805,7 @@ impl Streamer {
                 Item::Reasoning { text, blocks } => reasoning_item(id, text, blocks),
                 Item::Message { parts, open } => {
                     let mut all = parts.clone();
-                    if let Some((refusal, text, lps)) = open {
-                        all.push(if *refusal {
-                            refusal_part(text)
-                        } else {
-                            text_part(text, lps)
-                        });
-                    }
+                    all.extend(open.as_ref().map(OpenPart::part));
                     message_item(id, "completed", all)
                 }
                 Item::Call {
@@ -1701,25 +1881,20 @@ fn close_part(
     id: &str,
     i: usize,
     parts: &mut Vec<Value>,
-    open: &mut Option<(bool, String, Vec<Value>)>,
+    open: &mut Option<OpenPart>,
 ) -> Option<Vec<(&'static str, Value)>> {
-    let (refusal, text, lps) = open.take()?;
+    let p = open.take()?;
     let index = parts.len();
-    let (part, done) = if refusal {
+    let part = p.part();
+    let done = if p.refusal {
         (
-            refusal_part(&text),
-            (
-                "response.refusal.done",
-                json!({"item_id": id, "output_index": i, "content_index": index, "refusal": text}),
-            ),
+            "response.refusal.done",
+            json!({"item_id": id, "output_index": i, "content_index": index, "refusal": p.text}),
         )
     } else {
         (
-            text_part(&text, &lps),
-            (
-                "response.output_text.done",
-                json!({"item_id": id, "output_index": i, "content_index": index, "text": text, "logprobs": lps}),
-            ),
+            "response.output_text.done",
+            json!({"item_id": id, "output_index": i, "content_index": index, "text": p.text, "logprobs": p.logprobs}),
         )
     };
     parts.push(part.clone());
@@ -1890,8 +2065,15 @@ mod tests {
             (with("truncation", json!("auto")), "truncation"),
             (with("frobnicate", json!(1)), "frobnicate"),
             (
-                with("tools", json!([{"type": "web_search"}])),
+                with("tools", json!([{"type": "file_search"}])),
                 "tools[0].type",
+            ),
+            (
+                with(
+                    "tools",
+                    json!([{"type": "web_search", "filters": {"allowed_domains": ["a.example"]}}]),
+                ),
+                "tools[0].filters",
             ),
             (
                 with("tool_choice", json!({"type": "file_search"})),
@@ -1998,6 +2180,17 @@ mod tests {
         assert_eq!(p("messages[3].tool_call_id"), "input[3].tool_call_id");
         assert_eq!(p("temperature"), "temperature");
         assert_eq!(p("messages_x"), "messages_x");
+        // Chat's tools are the request's but its web search tool.
+        let w = convert_ok(json!({"model": "m", "input": "x", "tools": [
+            {"type": "web_search", "user_location": {"type": "approximate", "city": "Oslo"}},
+            {"type": "function", "name": "f", "parameters": {"type": "object"}}]}));
+        let p = |chat: &str| w.echo.param(chat);
+        assert_eq!(p("tools[0].function.parameters"), "tools[1].parameters");
+        assert_eq!(p("web_search_options"), "tools[0]");
+        assert_eq!(
+            p("web_search_options.user_location.approximate.city"),
+            "tools[0].user_location.city"
+        );
         // An item of the continued response is named by the id it came by.
         let Value::Object(m) = json!({"model": "m", "input": "and then?"}) else {
             panic!()
@@ -2119,6 +2312,71 @@ mod tests {
                 v
             })
             .collect()
+    }
+
+    /// The web search tool is chat's `web_search_options`; citations come
+    /// back as the text part's annotations, unary and streamed.
+    #[test]
+    fn web_search_goes_as_options_and_citations_come_back() {
+        let c = convert_ok(json!({"model": "m", "input": "news?", "tools": [
+            {"type": "web_search", "search_context_size": "low",
+                "user_location": {"type": "approximate", "city": "Oslo", "country": "NO", "region": null}},
+            {"type": "function", "name": "f", "parameters": {"type": "object"}}]}));
+        assert_eq!(
+            c.chat["web_search_options"],
+            json!({"search_context_size": "low",
+                "user_location": {"type": "approximate", "approximate": {"city": "Oslo", "country": "NO"}}})
+        );
+        assert_eq!(c.chat["tools"].as_array().unwrap().len(), 1);
+        // Alone, it leaves chat no function tools.
+        let c = convert_ok(
+            json!({"model": "m", "input": "news?", "tools": [{"type": "web_search_preview"}]}),
+        );
+        assert!(c.chat.get("tools").is_none());
+        assert_eq!(c.chat["web_search_options"], json!({}));
+        let e = refused(
+            json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}, {"type": "web_search"}]}),
+        );
+        assert_eq!(e.param.as_deref(), Some("tools[1]"));
+
+        let cite = json!({"type": "url_citation", "url_citation": {"start_index": 4, "end_index": 9, "url": "https://a.example", "title": "A"}});
+        let flat = json!({"type": "url_citation", "start_index": 4, "end_index": 9, "url": "https://a.example", "title": "A"});
+        let chat = json!({"created": 1, "model": "m", "choices": [{"finish_reason": "stop",
+            "message": {"role": "assistant", "content": "See: cited.", "annotations": [cite]}}]});
+        let r = response_object(&chat, &echo());
+        assert_eq!(r["output"][0]["content"][0]["annotations"], json!([flat]));
+
+        let ev = stream_events(&[
+            delta_chunk(
+                json!({"role": "assistant", "content": "See: "}),
+                Value::Null,
+            ),
+            delta_chunk(json!({"content": "cited."}), Value::Null),
+            delta_chunk(json!({"annotations": [cite]}), Value::Null),
+            delta_chunk(json!({}), json!("stop")),
+        ]);
+        let added: Vec<&Value> = ev
+            .iter()
+            .filter(|e| e["type"] == "response.output_text.annotation.added")
+            .collect();
+        assert_eq!(added.len(), 1);
+        assert_eq!(
+            (
+                added[0]["annotation_index"].clone(),
+                added[0]["annotation"].clone()
+            ),
+            (json!(0), flat.clone())
+        );
+        let done = ev
+            .iter()
+            .find(|e| e["type"] == "response.content_part.done")
+            .unwrap();
+        assert_eq!(done["part"]["annotations"], json!([flat]));
+        let completed = ev.last().unwrap();
+        assert_eq!(
+            completed["response"]["output"][0]["content"][0]["annotations"],
+            json!([flat])
+        );
     }
 
     /// A custom tool's call (GPT-5) beside a function's: `custom_tool_call`
