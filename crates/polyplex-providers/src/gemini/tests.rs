@@ -581,25 +581,9 @@ fn logprobs_are_asked_for_and_come_back_in_openais_shape() {
             "usageMetadata": {"promptTokenCount": 2, "candidatesTokenCount": 2, "totalTokenCount": 4},
             "modelVersion": "gemini-2.5-flash", "responseId": "lp-2"}),
     ];
-    let mut d = Decoder {
-        provider: "google".into(),
-        ..Decoder::default()
-    };
-    let mut items = Vec::new();
-    for e in &events {
-        let ev = crate::sse::Event {
-            data: e.to_string(),
-            ..Default::default()
-        };
-        d.on_event(&ev, &mut items).unwrap();
-    }
-    d.finish(&mut items).unwrap();
-    let with_text: Vec<Value> = items
-        .iter()
-        .filter_map(|i| match i {
-            StreamItem::Chunk(b) => Some(serde_json::from_slice::<Value>(b).unwrap()),
-            _ => None,
-        })
+    let (chunks, _) = decode_events(&events, false);
+    let with_text: Vec<Value> = chunks
+        .into_iter()
         .filter(|c| {
             c["choices"][0]["delta"]["content"]
                 .as_str()
@@ -711,26 +695,9 @@ fn web_search_grounds_with_google_search_and_annotates_the_answer() {
             "usageMetadata": {"promptTokenCount": 2, "candidatesTokenCount": 3, "totalTokenCount": 5},
             "modelVersion": "gemini-2.5-flash", "responseId": "g-2"}),
     ];
-    let mut d = Decoder {
-        provider: "google".into(),
-        searching: true,
-        ..Decoder::default()
-    };
-    let mut items = Vec::new();
-    for e in &events {
-        let ev = crate::sse::Event {
-            data: e.to_string(),
-            ..Default::default()
-        };
-        d.on_event(&ev, &mut items).unwrap();
-    }
-    d.finish(&mut items).unwrap();
-    let annotations: Vec<Value> = items
+    let (chunks, usage) = decode_events(&events, true);
+    let annotations: Vec<Value> = chunks
         .iter()
-        .filter_map(|i| match i {
-            StreamItem::Chunk(b) => serde_json::from_slice::<Value>(b).ok(),
-            _ => None,
-        })
         .filter_map(|c| c["choices"][0]["delta"].get("annotations").cloned())
         .collect();
     assert_eq!(
@@ -740,9 +707,34 @@ fn web_search_grounds_with_google_search_and_annotates_the_answer() {
             "url": "https://a.example", "title": "A"}}])
         ]
     );
-    let usage = items.iter().find_map(|i| match i {
-        StreamItem::Usage(u, _) => Some(*u),
-        _ => None,
-    });
     assert_eq!(usage.map(|u| u.web_searches), Some(1));
+}
+
+/// A stream of whole Gemini response objects through a decoder (told of a
+/// web search or not): its chunks and its usage.
+fn decode_events(events: &[Value], searching: bool) -> (Vec<Value>, Option<Usage>) {
+    let mut d = Decoder {
+        provider: "google".into(),
+        searching,
+        ..Decoder::default()
+    };
+    let mut items = Vec::new();
+    for e in events {
+        let ev = crate::sse::Event {
+            data: e.to_string(),
+            ..Default::default()
+        };
+        d.on_event(&ev, &mut items).unwrap();
+    }
+    d.finish(&mut items).unwrap();
+    let mut chunks = Vec::new();
+    let mut usage = None;
+    for i in items {
+        match i {
+            StreamItem::Chunk(b) => chunks.push(serde_json::from_slice(&b).unwrap()),
+            StreamItem::Usage(u, _) => usage = Some(u),
+            StreamItem::Done => {}
+        }
+    }
+    (chunks, usage)
 }

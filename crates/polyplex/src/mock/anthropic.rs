@@ -237,35 +237,20 @@ fn bad_web_search(req: &Map<String, Value>) -> Option<String> {
     None
 }
 
-/// The blocks of an answer found by one web search for `query`: the
-/// search's own blocks, a lead-in and the answer's text citing the page.
-fn searched_blocks(id: &str, query: &str, text: &str) -> Vec<Value> {
-    let slug: String = query
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(40)
-        .collect();
-    let url = format!("https://search.mock/{slug}");
-    let title = format!("Mock result for {query}");
+/// The blocks of an answer found by one web search ([`reply::search`]):
+/// the search's own blocks, a lead-in and the answer's text citing the page.
+fn searched_blocks(id: &str, oa: &Map<String, Value>, text: &str) -> Vec<Value> {
+    let (query, url, title) = reply::search(oa);
     let tool_id = reply::stable_id("srvtoolu_mock_", id);
     vec![
         json!({"type": "server_tool_use", "id": tool_id, "name": "web_search", "input": {"query": query}}),
         json!({"type": "web_search_tool_result", "tool_use_id": tool_id, "content": [
             {"type": "web_search_result", "url": url, "title": title, "encrypted_content": "mock-encrypted", "page_age": null}]}),
-        json!({"type": "text", "text": SEARCH_LEAD}),
+        json!({"type": "text", "text": reply::SEARCH_LEAD}),
         json!({"type": "text", "text": text, "citations": [{"type": "web_search_result_location", "url": url,
             "title": title, "encrypted_index": "mock-index", "cited_text": text}]}),
     ]
 }
-
-/// The text the mock puts before an answer it searched for.
-pub(crate) const SEARCH_LEAD: &str = "Search results say: ";
 
 /// The stream events of one content block (at `index`) of a whole answer.
 fn block_events(index: u64, block: &Value, events: &mut Vec<Bytes>) {
@@ -453,22 +438,14 @@ pub(crate) async fn serve(
         .and_then(Value::as_array)
         .is_some_and(|t| t.iter().any(|t| web_search(t).is_some()))
         .then(|| match &answer {
-            Answer::Text { pieces, .. } => {
-                let query = reply::content_text(
-                    oa.get("messages")
-                        .and_then(Value::as_array)
-                        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
-                        .and_then(|m| m.get("content")),
-                );
-                Some(searched_blocks(&id, &query, &pieces.concat()))
-            }
+            Answer::Text { pieces, .. } => Some(searched_blocks(&id, &oa, &pieces.concat())),
             Answer::ToolCall { .. } => None,
         })
         .flatten();
     let output_tokens = output_tokens
         + searched
             .as_ref()
-            .map_or(0, |_| reply::tokenize(SEARCH_LEAD).len() as u64);
+            .map_or(0, |_| reply::tokenize(reply::SEARCH_LEAD).len() as u64);
     let server_tool_use = searched.as_ref().map(|_| json!({"web_search_requests": 1}));
     if !stream {
         if is_fault("garbage") {

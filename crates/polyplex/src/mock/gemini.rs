@@ -258,17 +258,11 @@ pub(crate) async fn serve(
     // query the last user turn) and grounded in the page found.
     let grounding = match &mut answer {
         Answer::Text { pieces, .. } if google_search(&req) => {
-            let query = oa
-                .get("messages")
-                .and_then(Value::as_array)
-                .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
-                .map(|m| reply::content_text(m.get("content")))
-                .unwrap_or_default();
             let answer_text = pieces.concat();
-            let mut lead = reply::tokenize(super::anthropic::SEARCH_LEAD);
+            let mut lead = reply::tokenize(reply::SEARCH_LEAD);
             lead.append(pieces);
             *pieces = lead;
-            Some(grounding_metadata(&query, &answer_text))
+            Some(grounding_metadata(&oa, &answer_text))
         }
         _ => None,
     };
@@ -418,25 +412,15 @@ fn google_search(req: &Value) -> bool {
 }
 
 /// Gemini's `groundingMetadata` for an answer (after the search lead-in)
-/// that one search for `query` grounded: the page, and the answer's byte
-/// range supported by it.
-fn grounding_metadata(query: &str, answer: &str) -> Value {
-    let slug: String = query
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(40)
-        .collect();
-    let lead = super::anthropic::SEARCH_LEAD.len();
+/// that one search ([`reply::search`]) grounded: the page, and the
+/// answer's byte range supported by it.
+fn grounding_metadata(oa: &Map<String, Value>, answer: &str) -> Value {
+    let (query, url, title) = reply::search(oa);
+    let lead = reply::SEARCH_LEAD.len();
     json!({
         "webSearchQueries": [query],
         "searchEntryPoint": {"renderedContent": "<div class=\"mock-search\"></div>"},
-        "groundingChunks": [{"web": {"uri": format!("https://search.mock/{slug}"), "title": format!("Mock result for {query}")}}],
+        "groundingChunks": [{"web": {"uri": url, "title": title}}],
         "groundingSupports": [{"segment": {"startIndex": lead, "endIndex": lead + answer.len(), "text": answer},
             "groundingChunkIndices": [0], "confidenceScores": [0.9]}]
     })

@@ -165,6 +165,34 @@ pub fn sample(schema: &Value, key: &str, text: &str) -> Value {
     }
 }
 
+/// What the mock's web search finds for the request `oa` (OpenAI's shape):
+/// its query (the last user turn) and the one page, as (query, url, title).
+pub fn search(oa: &Map<String, Value>) -> (String, String, String) {
+    let query = last_user_text(
+        oa.get("messages")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]),
+    );
+    let slug: String = query
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    let url = format!("https://search.mock/{slug}");
+    let title = format!("Mock result for {query}");
+    (query, url, title)
+}
+
+/// The text the mock puts before an answer it searched for.
+pub const SEARCH_LEAD: &str = "Search results say: ";
+
 fn last_user_text(messages: &[Value]) -> String {
     messages
         .iter()
