@@ -94,8 +94,12 @@ def test_anthropic_refuses_seed_and_n_by_name_or_drops_them(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], seed=42)
     assert e.value.param == "seed"
+    # Several choices: asked one at a time (unary, up to 16); streamed, refused.
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], n=2)
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], n=2, stream=True)
+    assert e.value.param == "n" and "one at a time" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], n=17)
     assert e.value.param == "n"
     raw = client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": "hi"}], seed=42,
                                                           extra_body={"drop_params": True})
@@ -680,3 +684,20 @@ def test_web_search_where_there_is_none_and_bad_options(client):
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model=ANTHROPIC, messages=msgs, web_search_options=options)
         assert e.value.param == param
+
+
+@pytest.mark.parametrize("m", [ANTHROPIC, BEDROCK, "cohere/command-a-03-2025", VERTEX_CLAUDE])
+def test_several_choices_of_a_provider_that_gives_one(client, m):
+    """`n` > 1 on a protocol with one choice a request (Claude's, Bedrock's,
+    Cohere's): a unary request's choices are asked one at a time, in one
+    attempt, and joined as OpenAI gives them — numbered, usage added up."""
+    msgs = [{"role": "user", "content": "Name a color"}]
+    one = client.chat.completions.create(model=m, messages=msgs)
+    raw = client.chat.completions.with_raw_response.create(model=m, messages=msgs, n=3)
+    r = raw.parse()
+    assert raw.headers["x-polyplex-attempts"] == "1"
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert all(c.message.content == one.choices[0].message.content for c in r.choices)
+    assert r.usage.prompt_tokens == 3 * one.usage.prompt_tokens
+    assert r.usage.completion_tokens == 3 * one.usage.completion_tokens
+    assert abs(r.usage.model_extra["cost"] - 3 * one.usage.model_extra["cost"]) < 1e-9

@@ -10,7 +10,7 @@
 //! `drop_params`): a streamed list of prompts, token-id prompts, `suffix`,
 //! `best_of` above `n`, and `logprobs` with `echo` (the prompt's log
 //! probabilities); a unary list of prompts is asked a prompt at a time by
-//! the gateway ([`split_prompts`], [`join_prompts`]). `logprobs: n` is
+//! the gateway ([`split_prompts`], [`crate::join_choices`]). `logprobs: n` is
 //! chat's `logprobs` and `top_logprobs`, and comes back in the completion's
 //! shape.
 //! `echo` is honoured (the prompt leads the text), and `max_tokens`
@@ -145,14 +145,6 @@ pub fn split_prompts(body: &JsonMap) -> Option<Vec<JsonMap>> {
             })
             .collect(),
     )
-}
-
-/// The answers to [`split_prompts`]'s parts, in prompt order, as OpenAI
-/// gives one request's: choice `j` of prompt `i` is choice `i * n + j`,
-/// and the token counts are added up (none when a part had none: the
-/// gateway counts then).
-pub fn join_prompts(parts: Vec<(Reply, Option<Usage>)>) -> (Reply, Option<Usage>) {
-    crate::translate::join_indexed(parts, "choices", Usage::to_json)
 }
 
 /// The prompt's text: a string, or the one string of a list.
@@ -767,7 +759,7 @@ mod tests {
             });
             (Reply::Map(map(answer)), usage)
         };
-        let (joined, usage) = join_prompts(vec![
+        let (joined, usage) = crate::join_choices(vec![
             part("cmpl-1", ["a0", "a1"], Some((1, 2))),
             part("cmpl-2", ["b0", "b1"], Some((3, 4))),
         ]);
@@ -784,7 +776,7 @@ mod tests {
         assert_eq!((usage.prompt_tokens, usage.completion_tokens), (4, 6));
         assert_eq!(joined["usage"]["total_tokens"], 10);
         // A part without usage: the gateway counts the whole.
-        let (joined, usage) = join_prompts(vec![
+        let (joined, usage) = crate::join_choices(vec![
             part("cmpl-1", ["a0", "a1"], Some((1, 2))),
             part("cmpl-2", ["b0", "b1"], None),
         ]);

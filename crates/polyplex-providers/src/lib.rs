@@ -213,9 +213,15 @@ pub trait Protocol: Send + Sync {
     /// Whether a completions request may carry one prompt only (a chat
     /// API's). The gateway then answers a unary request with several a
     /// prompt at a time and joins the answers
-    /// ([`completions::split_prompts`], [`completions::join_prompts`]).
+    /// ([`completions::split_prompts`], [`join_choices`]).
     fn one_prompt_per_request(&self) -> bool {
         false
+    }
+    /// Whether a chat request to `model` may ask for several choices (`n`);
+    /// where not, the gateway asks a unary request's choices one request at
+    /// a time and joins them ([`split_choices`]).
+    fn answers_n(&self, _model: &str) -> bool {
+        true
     }
     /// What one web search the provider runs for `model` costs, in USD (the
     /// searches an answer's usage counts, [`Usage::web_searches`]).
@@ -247,11 +253,39 @@ pub fn unsupported(
         dropped.push(param.to_string());
         return Ok(());
     }
-    Err(GatewayError::invalid_param(
-        param,
-        format!("The parameter '{param}' is not supported by provider `{}` ({provider} protocol). Remove it, or set drop_params to drop it.", target.provider),
-    )
-    .with_code("unsupported_parameter"))
+    let message = if param == "n" {
+        // What reaches an adapter: a stream, or more than polyplex asks apart.
+        format!("The parameter 'n' is not supported by provider `{}` ({provider} protocol) on a streamed request or above {MOST_CHOICES_APART} (polyplex asks for a unary request's choices one at a time). Remove it, or set drop_params to drop it.", target.provider)
+    } else {
+        format!("The parameter '{param}' is not supported by provider `{}` ({provider} protocol). Remove it, or set drop_params to drop it.", target.provider)
+    };
+    Err(GatewayError::invalid_param(param, message).with_code("unsupported_parameter"))
+}
+
+/// The most choices (`n`) polyplex asks one at a time of a provider that
+/// gives one per request ([`Protocol::answers_n`]).
+pub const MOST_CHOICES_APART: u64 = 16;
+
+/// A unary chat request for `n` > 1 choices as `n` requests for one each
+/// (for a provider without `n`; [`MOST_CHOICES_APART`] at most), or `None`
+/// when it asks for one, streams, or asks for more.
+pub fn split_choices(body: &JsonMap, n: u64) -> Option<Vec<JsonMap>> {
+    if n < 2 || n > MOST_CHOICES_APART || body.get("stream") == Some(&serde_json::Value::Bool(true))
+    {
+        return None;
+    }
+    let mut one = body.clone();
+    one.remove("n");
+    Some(vec![one; n as usize])
+}
+
+/// The answers to a request's parts ([`split_choices`]'s, or a prompt list's,
+/// [`completions::split_prompts`]) as OpenAI gives one request's: their
+/// choices in order, numbered on (choice `j` of part `i` is `i * n + j`), and
+/// the token counts added up (none when a part had none: the gateway
+/// counts then).
+pub fn join_choices(parts: Vec<(Reply, Option<Usage>)>) -> (Reply, Option<Usage>) {
+    translate::join_indexed(parts, "choices", Usage::to_json)
 }
 
 /// Content type, accept, the credential in the provider's header, extra headers.
@@ -399,6 +433,58 @@ mod tests {
     /// default is honoured by every protocol, with or without an equivalent
     /// of its own: neither refused nor named as dropped. The same parameter
     /// asking for something a protocol cannot do is refused by name.
+    #[test]
+    fn several_choices_asked_apart_and_joined() {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 3})
+            .as_object()
+            .unwrap()
+            .clone();
+        let parts = split_choices(&body, 3).unwrap();
+        assert_eq!(parts.len(), 3);
+        assert!(parts
+            .iter()
+            .all(|p| !p.contains_key("n") && p["messages"] == body["messages"]));
+        assert!(split_choices(&body, 1).is_none());
+        assert!(split_choices(&body, MOST_CHOICES_APART + 1).is_none());
+        let mut streamed = body.clone();
+        streamed.insert("stream".into(), json!(true));
+        assert!(split_choices(&streamed, 3).is_none());
+        let answer = |text: &str| {
+            let m = json!({"id": "a", "object": "chat.completion", "choices": [{"index": 0,
+                "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]});
+            let u = Usage {
+                prompt_tokens: 5,
+                completion_tokens: 2,
+                ..Usage::default()
+            };
+            (Reply::Map(m.as_object().unwrap().clone()), Some(u))
+        };
+        let (joined, usage) = join_choices(vec![answer("red"), answer("blue")]);
+        let m = joined.into_map();
+        let choices: Vec<(u64, &str)> = m["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["index"].as_u64().unwrap(),
+                    c["message"]["content"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(choices, vec![(0, "red"), (1, "blue")]);
+        assert_eq!(
+            usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+            Some((10, 4))
+        );
+        assert_eq!(m["usage"]["total_tokens"], 14);
+        // Claude, Bedrock and Cohere give one choice a request; Vertex's Gemini several.
+        assert!(!anthropic::Anthropic.answers_n("claude-sonnet-4-5"));
+        assert!(!vertex::Vertex.answers_n("claude-haiku-4-5@20251001"));
+        assert!(vertex::Vertex.answers_n("gemini-2.5-flash"));
+        assert!(gemini::Gemini.answers_n("gemini-2.5-flash"));
+    }
+
     #[test]
     fn parameters_that_ask_nothing_are_honoured_everywhere() {
         let honoured = [

@@ -24,6 +24,8 @@ pub struct Shape {
     /// `stream_options.include_usage` (false when absent) if
     /// `stream_options` is present.
     pub stream_options: Option<bool>,
+    /// `n` (1 when absent).
+    pub n: u64,
 }
 
 impl Shape {
@@ -71,6 +73,17 @@ impl RequestBody {
     /// The JSON text as the client sent it.
     pub fn text(&self) -> &Bytes {
         &self.text
+    }
+
+    /// How many choices a chat request asks for (`n`, 1 when absent), read
+    /// without building the tree of a quick-validated body.
+    pub fn n(&self) -> u64 {
+        match &self.shape {
+            Some(s) => s.n,
+            None => crate::lookup(self.map(), "n")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(1),
+        }
     }
 
     /// The JSON object, built from the text the first time it is asked for.

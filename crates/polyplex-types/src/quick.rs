@@ -299,6 +299,7 @@ impl<'de> Visitor<'de> for Top<'_> {
         let shape = Shape {
             model: start..start + model.len(),
             stream_options: options,
+            n: meta.n,
         };
         Ok((meta, shape))
     }
@@ -344,6 +345,7 @@ mod tests {
             .get("stream_options")
             .map(|o| o.get("include_usage") == Some(&serde_json::Value::Bool(true)));
         assert_eq!(shape.stream_options, options, "{text}");
+        assert_eq!(shape.n, meta.n, "{text}");
         true
     }
 

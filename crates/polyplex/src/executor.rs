@@ -539,6 +539,10 @@ pub async fn unary_once(
             Endpoint::Completions if protocol.one_prompt_per_request() => {
                 completions::split_prompts(body.map())
             }
+            // Several choices of a provider that gives one a request.
+            Endpoint::Chat if body.n() > 1 && !protocol.answers_n(&d.model) => {
+                polyplex_providers::split_choices(body.map(), body.n())
+            }
             _ => None,
         };
         if let Some(parts) = parts {
@@ -611,7 +615,7 @@ async fn answer_in_parts(
     let (response, usage) = if endpoint == Endpoint::Embeddings {
         polyplex_providers::join_embeddings(joined)
     } else {
-        completions::join_prompts(joined)
+        polyplex_providers::join_choices(joined)
     };
     Ok(Unary {
         response,

@@ -55,6 +55,11 @@ impl Protocol for Anthropic {
         "anthropic"
     }
 
+    /// One choice a request: several are asked one at a time.
+    fn answers_n(&self, _model: &str) -> bool {
+        false
+    }
+
     fn build(
         &self,
         endpoint: Endpoint,

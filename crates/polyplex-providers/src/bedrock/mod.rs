@@ -828,6 +828,11 @@ impl Protocol for Bedrock {
         "bedrock"
     }
 
+    /// One choice a request: several are asked one at a time.
+    fn answers_n(&self, _model: &str) -> bool {
+        false
+    }
+
     fn stream_parser(&self) -> crate::sse::Parser {
         crate::sse::Parser::event_stream()
     }

@@ -321,6 +321,11 @@ impl Protocol for Cohere {
         "cohere"
     }
 
+    /// One choice a request: several are asked one at a time.
+    fn answers_n(&self, _model: &str) -> bool {
+        false
+    }
+
     fn build(
         &self,
         endpoint: Endpoint,

@@ -182,6 +182,11 @@ impl Protocol for Vertex {
         "vertex"
     }
 
+    /// Gemini's `candidateCount`; Claude's one at a time.
+    fn answers_n(&self, model: &str) -> bool {
+        !is_claude(model)
+    }
+
     fn build(
         &self,
         endpoint: Endpoint,
