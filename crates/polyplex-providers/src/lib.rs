@@ -270,7 +270,8 @@ pub const MOST_CHOICES_APART: u64 = 16;
 /// (for a provider without `n`; [`MOST_CHOICES_APART`] at most), or `None`
 /// when it asks for one, streams, or asks for more.
 pub fn split_choices(body: &JsonMap, n: u64) -> Option<Vec<JsonMap>> {
-    if n < 2 || n > MOST_CHOICES_APART || body.get("stream") == Some(&serde_json::Value::Bool(true))
+    if !(2..=MOST_CHOICES_APART).contains(&n)
+        || body.get("stream") == Some(&serde_json::Value::Bool(true))
     {
         return None;
     }
