@@ -49,13 +49,19 @@ def test_zero_config_takes_base_urls_from_the_environment(tmp_path, mock):
         "GROQ_API_KEY": "gsk-zero-config",
         "GROQ_BASE_URL": f"http://localhost:{port}/openai/v1",
         "OLLAMA_BASE_URL": f"{mock}/v1",
+        # Azure under the names OpenAI's own SDK reads for it.
+        "AZURE_OPENAI_API_KEY": "sk-zero-config-azure",
+        "AZURE_OPENAI_ENDPOINT": f"{mock}/",
+        "OPENAI_API_VERSION": "2024-10-21",
     })
+    for k in ("AZURE_API_KEY", "AZURE_RESOURCE_NAME"):
+        env.setdefault(k, "")
     proc = Proc([BIN, "serve"], cwd=tmp_path, env=env)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz")
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="anything")
         for model, provider in [("openai/gpt-4o-mini", "openai"), ("anthropic/claude-sonnet-4-5", "anthropic"),
-                                ("ollama/llama3.2", "ollama")]:
+                                ("ollama/llama3.2", "ollama"), ("azure/gpt-4o", "azure")]:
             raw = client.chat.completions.with_raw_response.create(
                 model=model, messages=[{"role": "user", "content": "Hello, zero-config!"}])
             assert raw.headers["x-polyplex-provider"] == provider

@@ -1165,6 +1165,31 @@ fn route(r: RawRoute, i: usize, providers: &[ProviderConfig]) -> Result<RouteCon
     })
 }
 
+/// The variables a provider's official SDK reads where they are not the
+/// catalog's (models.dev's): its key, its URL, its API version.
+struct SdkVars {
+    key: &'static [&'static str],
+    url: &'static [&'static str],
+    version: Option<&'static str>,
+}
+
+/// [`SdkVars`] of catalog provider `id`: OpenAI's SDK reads Azure's as
+/// `AZURE_OPENAI_API_KEY`, `AZURE_OPENAI_ENDPOINT`, `OPENAI_API_VERSION`.
+fn sdk_vars(id: &str) -> SdkVars {
+    match id {
+        "azure" => SdkVars {
+            key: &["AZURE_OPENAI_API_KEY"],
+            url: &["AZURE_OPENAI_ENDPOINT"],
+            version: Some("OPENAI_API_VERSION"),
+        },
+        _ => SdkVars {
+            key: &[],
+            url: &[],
+            version: None,
+        },
+    }
+}
+
 /// The environment variables that may name a zero-config provider's base
 /// URL: `<PREFIX>_BASE_URL` for each of its key variables (`OPENAI_API_KEY` →
 /// `OPENAI_BASE_URL`, the name OpenAI's, Anthropic's and Groq's own SDKs
@@ -1207,7 +1232,8 @@ fn base_url_from_env(
     listen: SocketAddr,
     notes: &mut Vec<String>,
 ) -> Result<Option<(String, String)>, ConfigError> {
-    for var in base_url_vars(cp) {
+    let sdk_urls = sdk_vars(&cp.id).url.iter().map(|v| v.to_string());
+    for var in base_url_vars(cp).into_iter().chain(sdk_urls) {
         let Some(url) = env(&var).filter(|u| !u.trim().is_empty()) else {
             continue;
         };
@@ -1363,7 +1389,12 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
             });
             continue;
         }
-        let Some((var, key)) = cp.api_key_from_env(|v| env(v)) else {
+        let Some((var, key)) = cp.api_key_from_env(|v| env(v)).or_else(|| {
+            sdk_vars(&cp.id)
+                .key
+                .iter()
+                .find_map(|v| env(v).filter(|k| !k.is_empty()).map(|k| (v.to_string(), k)))
+        }) else {
             continue;
         };
         if !SUPPORTED_KINDS.contains(&cp.protocol.as_str()) {
@@ -1418,6 +1449,10 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
             },
             api_key: Some(SecretString::from(key)),
             catalog_id: Some(cp.id.clone()),
+            api_version: sdk_vars(&cp.id)
+                .version
+                .and_then(|v| env(v))
+                .filter(|v| !v.is_empty()),
             ..ProviderConfig::with_defaults(&cp.id, base_url)
         });
     }
@@ -1962,6 +1997,17 @@ strategy = "priority"
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("OPENAI_BASE_URL: "), "{e}");
+        // Azure under the names OpenAI's own SDK reads for it.
+        let env = env_of(&[
+            ("AZURE_OPENAI_API_KEY", "az-key"),
+            ("AZURE_OPENAI_ENDPOINT", "https://res1.openai.azure.com/"),
+            ("OPENAI_API_VERSION", "2024-10-21"),
+        ]);
+        let c = zero(&env);
+        let p = c.providers.iter().find(|p| p.name == "azure").unwrap();
+        assert_eq!(p.base_url, "https://res1.openai.azure.com");
+        assert_eq!(p.api_key.as_ref().unwrap().expose_secret(), "az-key");
+        assert_eq!(p.api_version.as_deref(), Some("2024-10-21"));
         // A self-hosted server is enabled by its base URL alone.
         let env = env_of(&[("OLLAMA_BASE_URL", "http://127.0.0.1:11434/v1")]);
         let c = zero(&env);
