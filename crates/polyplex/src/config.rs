@@ -1451,7 +1451,7 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
             catalog_id: Some(cp.id.clone()),
             api_version: sdk_vars(&cp.id)
                 .version
-                .and_then(|v| env(v))
+                .and_then(env)
                 .filter(|v| !v.is_empty()),
             ..ProviderConfig::with_defaults(&cp.id, base_url)
         });
