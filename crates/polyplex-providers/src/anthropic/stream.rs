@@ -308,11 +308,11 @@ impl Decoder {
     /// The end of block `index`: a cited text block's annotations, over the
     /// characters it spans.
     fn close_citations(&mut self, index: u64, out: &mut Vec<StreamItem>) {
-        let Some((open, start)) = self.text_block.filter(|(i, _)| *i == index) else {
+        let Some((_, start)) = self.text_block.filter(|(i, _)| *i == index) else {
             return;
         };
         self.text_block = None;
-        if self.cited.is_empty() || open != index {
+        if self.cited.is_empty() {
             return;
         }
         let annotations: Vec<Value> = std::mem::take(&mut self.cited)
