@@ -1259,24 +1259,13 @@ fn points_at(url: &str, listen: SocketAddr) -> bool {
     if u.port_or_known_default() != Some(listen.port()) {
         return false;
     }
-    match u.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => {
-            let ip = std::net::IpAddr::V4(ip);
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || ip == listen.ip()
-                || listen.ip().is_unspecified()
-        }
-        Some(url::Host::Ipv6(ip)) => {
-            let ip = std::net::IpAddr::V6(ip);
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || ip == listen.ip()
-                || listen.ip().is_unspecified()
-        }
-        None => false,
-    }
+    let ip = match u.host() {
+        Some(url::Host::Domain(d)) => return d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
+        Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
+        None => return false,
+    };
+    ip.is_loopback() || ip.is_unspecified() || ip == listen.ip() || listen.ip().is_unspecified()
 }
 
 /// A catalog base URL with its `${VAR}`s replaced (Databricks' host, Neon's
@@ -1973,7 +1962,11 @@ strategy = "priority"
         );
         assert!(c.notes.iter().any(|n| n.contains("OPENAI_BASE_URL")));
         // Aimed at the gateway itself: ignored, the catalog's URL kept.
-        for own in ["http://127.0.0.1:8484/v1", "http://localhost:8484/v1"] {
+        for own in [
+            "http://127.0.0.1:8484/v1",
+            "http://localhost:8484/v1",
+            "http://[::1]:8484/v1",
+        ] {
             let env = move |k: &str| match k {
                 "OPENAI_API_KEY" => Some("sk".to_string()),
                 "OPENAI_BASE_URL" => Some(own.to_string()),

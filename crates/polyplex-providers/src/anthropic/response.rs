@@ -38,16 +38,17 @@ pub(crate) fn parse(
     let mut reasoning = String::new();
     let mut thinking_blocks = Vec::new();
     let mut annotations = Vec::new();
-    // Characters of `text` so far: where the next block's citations start.
-    let mut chars = 0;
     for b in blocks {
         match b.get("type").and_then(Value::as_str) {
             Some("text") => {
                 let t = b.get("text").and_then(Value::as_str).unwrap_or("");
-                let start = chars;
-                chars += t.chars().count();
+                // A cited block's characters in the content (counted only then).
+                if let Some(citations) = b.get("citations").filter(|c| !c.is_null()) {
+                    let start = text.chars().count();
+                    let end = start + t.chars().count();
+                    cite(citations, start, end, &mut annotations);
+                }
                 text.push_str(t);
-                cite(b.get("citations"), start, chars, &mut annotations);
             }
             // Extended thinking: its text as `reasoning_content`, the blocks
             // themselves (signatures, redacted data) as `thinking_blocks`,
@@ -101,9 +102,9 @@ pub(crate) fn parse(
 /// over the block's characters `start..end` of the message content (one per
 /// page cited; the searches themselves, `server_tool_use` and
 /// `web_search_tool_result` blocks, have no place in OpenAI's shape).
-pub(crate) fn cite(citations: Option<&Value>, start: usize, end: usize, out: &mut Vec<Value>) {
+pub(super) fn cite(citations: &Value, start: usize, end: usize, out: &mut Vec<Value>) {
     let mut urls: Vec<&str> = Vec::new();
-    for c in citations.and_then(Value::as_array).into_iter().flatten() {
+    for c in citations.as_array().into_iter().flatten() {
         if c.get("type").and_then(Value::as_str) != Some("web_search_result_location") {
             continue;
         }

@@ -163,8 +163,8 @@ pub struct Decoder {
     chars: usize,
     /// The text block open now and the character it starts at.
     text_block: Option<(u64, usize)>,
-    /// Pages the open text block cites: (url, title), in citation order.
-    cited: Vec<(String, Value)>,
+    /// The open text block's citations, as its `citations_delta`s gave them.
+    cited: Vec<Value>,
     /// Blocks of the provider's own server tools (the web search's query).
     server_blocks: Vec<u64>,
 }
@@ -292,19 +292,6 @@ impl Decoder {
         }
     }
 
-    /// A `citations_delta` of the open text block: the page it cites.
-    fn cite(&mut self, citation: &Value) {
-        if citation.get("type").and_then(Value::as_str) != Some("web_search_result_location") {
-            return;
-        }
-        if let Some(url) = citation.get("url").and_then(Value::as_str) {
-            if !self.cited.iter().any(|(u, _)| u == url) {
-                let title = citation.get("title").cloned().unwrap_or(Value::Null);
-                self.cited.push((url.to_string(), title));
-            }
-        }
-    }
-
     /// The end of block `index`: a cited text block's annotations, over the
     /// characters it spans.
     fn close_citations(&mut self, index: u64, out: &mut Vec<StreamItem>) {
@@ -312,16 +299,13 @@ impl Decoder {
             return;
         };
         self.text_block = None;
-        if self.cited.is_empty() {
-            return;
+        // The unary answer's reading of a block's citations.
+        let cited = Value::Array(std::mem::take(&mut self.cited));
+        let mut annotations = Vec::new();
+        super::response::cite(&cited, start, self.chars, &mut annotations);
+        if !annotations.is_empty() {
+            out.push(self.chunk(&json!({"annotations": annotations}), None));
         }
-        let annotations: Vec<Value> = std::mem::take(&mut self.cited)
-            .into_iter()
-            .map(|(url, title)| {
-                crate::translate::url_citation(start, self.chars, &url, Some(&title))
-            })
-            .collect();
-        out.push(self.chunk(&json!({"annotations": annotations}), None));
     }
 
     /// `message_delta`: the stop reason, the output count, and every count
@@ -523,7 +507,7 @@ impl StreamDecoder for Decoder {
                 if v.pointer("/delta/type").and_then(Value::as_str) == Some("citations_delta") =>
             {
                 if let Some(c) = v.pointer("/delta/citation") {
-                    self.cite(c);
+                    self.cited.push(c.clone());
                 }
             }
             "content_block_delta" => {

@@ -282,12 +282,20 @@ fn decode(
     json_mode: bool,
     split: usize,
 ) -> (Vec<Value>, Option<(Usage, JsonMap)>, Decoder) {
+    decode_with(Decoder::new("anthropic", json_mode), transcript, split)
+}
+
+/// [`decode`] through the decoder given (one told of a web search).
+fn decode_with(
+    mut d: Decoder,
+    transcript: &str,
+    split: usize,
+) -> (Vec<Value>, Option<(Usage, JsonMap)>, Decoder) {
     let mut p = Parser::new();
     let mut events = Vec::new();
     for piece in transcript.as_bytes().chunks(split) {
         p.feed(piece, &mut events);
     }
-    let mut d = Decoder::new("anthropic", json_mode);
     let mut items = Vec::new();
     for ev in &events {
         d.on_event(ev, &mut items).unwrap();
@@ -1177,24 +1185,11 @@ fn cited_answers_come_back_with_url_citations() {
 #[test]
 fn a_searching_stream_passes_the_search_and_annotates_the_cited_text() {
     for split in [1, 7, 4096] {
-        let mut p = Parser::new();
-        let mut events = Vec::new();
-        for piece in include_bytes!("fixtures/stream_web_search.txt").chunks(split) {
-            p.feed(piece, &mut events);
-        }
-        let mut d = Decoder::new("anthropic", false).searching(true);
-        let mut items = Vec::new();
-        for ev in &events {
-            d.on_event(ev, &mut items).unwrap();
-        }
-        d.finish(&mut items).unwrap();
-        let chunks: Vec<Value> = items
-            .iter()
-            .filter_map(|i| match i {
-                StreamItem::Chunk(b) => Some(serde_json::from_slice(b).unwrap()),
-                _ => None,
-            })
-            .collect();
+        let (chunks, usage, _) = decode_with(
+            Decoder::new("anthropic", false).searching(true),
+            include_str!("fixtures/stream_web_search.txt"),
+            split,
+        );
         let text: String = chunks
             .iter()
             .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
@@ -1215,12 +1210,8 @@ fn a_searching_stream_passes_the_search_and_annotates_the_cited_text() {
                 "url": "https://weather.example/nyc", "title": "Weather in New York City"}}])
             ]
         );
-        let usage = items.iter().find_map(|i| match i {
-            StreamItem::Usage(u, _) => Some(*u),
-            _ => None,
-        });
         assert_eq!(
-            usage.map(|u| (u.completion_tokens, u.web_searches)),
+            usage.map(|(u, _)| (u.completion_tokens, u.web_searches)),
             Some((510, 1))
         );
     }

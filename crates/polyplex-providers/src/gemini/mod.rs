@@ -704,12 +704,17 @@ pub(crate) fn parse_chat(
             reasoning,
             calls,
         } = read_parts(parts, raw_id, idx, &mut next);
-        let texts: Vec<&str> = parts
-            .iter()
-            .filter(|p| p.get("thought").and_then(Value::as_bool) != Some(true))
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect();
-        let annotations = grounding_annotations(c, &texts);
+        // Grounded: the supports' ranges, read against the text parts.
+        let annotations = if c.get("groundingMetadata").is_some() {
+            let texts: Vec<&str> = parts
+                .iter()
+                .filter(|p| p.get("thought").and_then(Value::as_bool) != Some(true))
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect();
+            grounding_annotations(c, &texts)
+        } else {
+            Vec::new()
+        };
         let calls: Vec<Value> = calls
             .into_iter()
             .map(|mut c| {
