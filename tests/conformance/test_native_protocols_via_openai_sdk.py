@@ -701,3 +701,19 @@ def test_several_choices_of_a_provider_that_gives_one(client, m):
     assert r.usage.prompt_tokens == 3 * one.usage.prompt_tokens
     assert r.usage.completion_tokens == 3 * one.usage.completion_tokens
     assert abs(r.usage.model_extra["cost"] - 3 * one.usage.model_extra["cost"]) < 1e-9
+
+
+def test_several_choices_apart_retry_whole_when_one_part_fails(client, fault):
+    """One of the choices' upstream requests failing fails the attempt: it is
+    retried whole (no answer with a choice missing), and the usage is the
+    answer's."""
+    msgs = [{"role": "user", "content": "Name a color"}]
+    fault(fault="500", count=1, model="claude-sonnet-4-5")
+    raw = client.chat.completions.with_raw_response.create(model=ANTHROPIC, messages=msgs, n=3)
+    r = raw.parse()
+    assert raw.headers["x-polyplex-attempts"] == "2"
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    # Failing on every try: a 5xx, not a partial answer.
+    fault(fault="500", count=10, model="claude-sonnet-4-5")
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model=ANTHROPIC, messages=msgs, n=3)
