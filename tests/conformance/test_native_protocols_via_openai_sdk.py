@@ -94,13 +94,12 @@ def test_anthropic_refuses_seed_and_n_by_name_or_drops_them(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], seed=42)
     assert e.value.param == "seed"
-    # Several choices: asked one at a time (unary, up to 16); streamed, refused.
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], n=2, stream=True)
-    assert e.value.param == "n" and "one at a time" in e.value.message
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], n=17)
-    assert e.value.param == "n"
+    # Several choices: asked one request each, up to 16; above, refused.
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], n=17,
+                                           stream=stream)
+        assert e.value.param == "n" and "at most 16" in e.value.message
     raw = client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": "hi"}], seed=42,
                                                           extra_body={"drop_params": True})
     assert raw.headers["x-polyplex-dropped-params"] == "seed"
@@ -532,7 +531,18 @@ def test_legacy_completions_through_chat_echo_and_refuse_by_name(client, m):
     r = client.completions.create(model=m, prompt=["one two", "three", "four five six"], max_tokens=20)
     assert [(c.index, c.text) for c in r.choices] == [(0, "one two"), (1, "three"), (2, "four five six")]
     assert r.usage.completion_tokens == 6 and r.usage.model_extra["cost"] > 0
-    refusals = [({"prompt": ["one", "two"], "stream": True}, "prompt"), ({"prompt": [1, 2, 3]}, "prompt"),
+    # Streamed too, with n: each prompt (and each choice, where the chat API
+    # gives one a request) its own upstream stream, merged as OpenAI numbers them.
+    chunks = list(client.completions.create(model=m, prompt=["one two", "three"], n=2, max_tokens=20, stream=True,
+                                            stream_options={"include_usage": True}))
+    texts = {}
+    for c in chunks:
+        for ch in c.choices:
+            texts[ch.index] = texts.get(ch.index, "") + ch.text
+    assert texts == {0: "one two", 1: "one two", 2: "three", 3: "three"}
+    assert all(c.object == "text_completion" for c in chunks) and len({c.id for c in chunks}) == 1
+    assert chunks[-1].usage.completion_tokens == 6 and chunks[-1].usage.model_extra["cost"] > 0
+    refusals = [({"prompt": [f"p{i}" for i in range(17)], "stream": True}, "prompt"), ({"prompt": [1, 2, 3]}, "prompt"),
                 ({"prompt": "hi", "suffix": "bye"}, "suffix"), ({"prompt": "hi", "best_of": 2}, "best_of")]
     if m != GEMINI:  # Gemini gives log probabilities (test_gemini_log_probabilities)
         refusals.append(({"prompt": "hi", "logprobs": 1}, "logprobs"))
@@ -701,6 +711,52 @@ def test_several_choices_of_a_provider_that_gives_one(client, m):
     assert r.usage.prompt_tokens == 3 * one.usage.prompt_tokens
     assert r.usage.completion_tokens == 3 * one.usage.completion_tokens
     assert abs(r.usage.model_extra["cost"] - 3 * one.usage.model_extra["cost"]) < 1e-9
+
+
+@pytest.mark.parametrize("m", [ANTHROPIC, BEDROCK, "cohere/command-a-03-2025", VERTEX_CLAUDE])
+def test_several_choices_streamed_of_a_provider_that_gives_one(client, m):
+    """A streamed `n` > 1 there: one upstream stream per choice, merged into
+    one stream as OpenAI sends it — one id, each choice's chunks under its
+    index, each choice's own finish_reason, one usage chunk adding the
+    parts up (with its cost), one end."""
+    msgs = [{"role": "user", "content": "Name a color"}]
+    one = client.chat.completions.create(model=m, messages=msgs)
+    raw = client.chat.completions.with_raw_response.create(model=m, messages=msgs, n=3, stream=True,
+                                                          stream_options={"include_usage": True})
+    assert raw.headers["x-polyplex-attempts"] == "1"
+    chunks = list(raw.parse())
+    texts, finish, usage = {}, {}, None
+    for c in chunks:
+        for ch in c.choices:
+            texts[ch.index] = texts.get(ch.index, "") + (ch.delta.content or "")
+            if ch.finish_reason:
+                finish[ch.index] = ch.finish_reason
+        if c.usage:
+            assert usage is None and not c.choices, "one usage chunk, after the choices"
+            usage = c.usage
+    assert len({c.id for c in chunks}) == 1 and len({c.model for c in chunks}) == 1
+    assert texts == {i: one.choices[0].message.content for i in range(3)}
+    assert finish == {0: "stop", 1: "stop", 2: "stop"}
+    assert chunks[-1].usage is usage
+    assert usage.prompt_tokens == 3 * one.usage.prompt_tokens
+    assert usage.completion_tokens == 3 * one.usage.completion_tokens
+    assert abs(usage.model_extra["cost"] - 3 * one.usage.model_extra["cost"]) < 1e-9
+
+
+def test_several_choices_streamed_apart_fail_over_whole_and_say_why_they_end(client, fault):
+    """One choice's stream failing before its first chunk retries the
+    attempt whole; one cut off midway ends the stream with an error event,
+    never a `[DONE]` with a choice missing."""
+    msgs = [{"role": "user", "content": "Name a color"}]
+    fault(fault="500", count=1, model="claude-sonnet-4-5")
+    raw = client.chat.completions.with_raw_response.create(model=ANTHROPIC, messages=msgs, n=2, stream=True)
+    assert raw.headers["x-polyplex-attempts"] == "2"
+    assert {ch.index for c in raw.parse() for ch in c.choices} == {0, 1}
+    fault(fault="disconnect", count=1, after_chunks=3, model="claude-sonnet-4-5")
+    with pytest.raises(openai.APIError) as e:
+        for _ in client.chat.completions.create(model=ANTHROPIC, messages=msgs, n=2, stream=True):
+            pass
+    assert "anthropic" in str(e.value)
 
 
 def test_several_choices_apart_retry_whole_when_one_part_fails(client, fault):

@@ -72,8 +72,9 @@ def test_admin_providers_lists_deployments(gateway, client):
 
 def test_a_deployment_that_cannot_carry_the_request_is_passed_over(client):
     """Routing picks a provider that can do the job: where the first choice's
-    protocol has no place for a parameter (`logprobs`, `seed`, a streamed
-    `n` > 1 on Anthropic's), the next one that has serves it — streamed too —
+    protocol has no place for a parameter (`logprobs`, `seed`, `n` above
+    the 16 choices polyplex asks Anthropic for apart), the next one that has
+    serves it — streamed too —
     without an upstream attempt spent on the first. With none that can, the
     refusal names the parameter, as it would for that provider alone."""
     fallback = {"models": ["openai/gpt-4o"]}
@@ -84,9 +85,9 @@ def test_a_deployment_that_cannot_carry_the_request_is_passed_over(client):
                   extra_body=fallback)
     assert h["x-polyplex-provider"] == "openai" and r.choices[0].logprobs.content
     raw = client.chat.completions.with_raw_response.create(
-        model="anthropic/claude-sonnet-4-5", messages=HI, n=2, stream=True, extra_body=fallback)
+        model="anthropic/claude-sonnet-4-5", messages=HI, n=17, stream=True, extra_body=fallback)
     assert raw.headers["x-polyplex-provider"] == "openai"
-    assert {c.choices[0].index for c in raw.parse() if c.choices} == {0, 1}
+    assert {c.choices[0].index for c in raw.parse() if c.choices} == set(range(17))
     # What the first can carry stays with it.
     h, _ = create(client, model="anthropic/claude-sonnet-4-5", extra_body=fallback)
     assert (h["x-polyplex-provider"], h["x-polyplex-attempts"]) == ("anthropic", "1")

@@ -68,11 +68,16 @@ impl ViaChat {
                 _ => return Err(refuse("token ids cannot be sent; send the text")),
             },
             Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
-                // Unary requests are answered a prompt at a time
-                // ([`split_prompts`]); streams cannot be joined that way.
+                // The gateway asks a list a prompt at a time
+                // ([`crate::split_request`]); a stream, up to a limit.
+                let n = match body.get("n").and_then(polyplex_types::integer) {
+                    Some(n) if n > 1 => format!(" with n={n}"),
+                    _ => String::new(),
+                };
                 return Err(refuse(&format!(
-                    "{} prompts cannot be streamed; send one request per prompt, or leave out stream",
-                    a.len()
+                    "{} prompts{n} need more than the {} upstream streams polyplex opens for one request; send fewer prompts per request, or leave out stream",
+                    a.len(),
+                    crate::MOST_CHOICES_APART
                 )));
             }
             _ => return Err(refuse("token ids cannot be sent; send the text")),
@@ -122,17 +127,14 @@ impl ViaChat {
     }
 }
 
-/// A unary completions body with several text prompts, as one body per
-/// prompt (every other member kept); `None` for one prompt, or a list that
-/// is not all text (refused when built).
+/// A completions body with several text prompts, as one body per prompt
+/// (every other member kept); `None` for one prompt, or a list that is not
+/// all text (refused when built).
 pub fn split_prompts(body: &JsonMap) -> Option<Vec<JsonMap>> {
     let Some(Value::Array(prompts)) = body.get("prompt") else {
         return None;
     };
     if prompts.len() < 2 || !prompts.iter().all(Value::is_string) {
-        return None;
-    }
-    if body.get("stream") == Some(&Value::Bool(true)) {
         return None;
     }
     Some(
@@ -367,6 +369,10 @@ impl Protocol for ViaChat {
 
     fn one_prompt_per_request(&self) -> bool {
         true
+    }
+
+    fn answers_n(&self, model: &str) -> bool {
+        self.0.answers_n(model)
     }
 
     fn web_search_price(&self, model: &str) -> f64 {
@@ -744,7 +750,6 @@ mod tests {
             json!({"prompt": "a"}),
             json!({"prompt": ["a"]}),
             json!({"prompt": [[1], [2]]}),
-            json!({"prompt": ["a", "b"], "stream": true}),
         ] {
             assert!(split_prompts(&map(one.clone())).is_none(), "{one}");
         }

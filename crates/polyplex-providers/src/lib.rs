@@ -26,7 +26,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
 pub use reply::{RawReply, Reply};
-pub use translate::{join_embeddings, split_embedding_inputs, tools_to_function_call};
+pub use translate::{join_embeddings, split_embedding_inputs, tools_to_function_call, usage_chunk};
 
 /// Which OpenAI endpoint a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,8 +218,9 @@ pub trait Protocol: Send + Sync {
         false
     }
     /// Whether a chat request to `model` may ask for several choices (`n`);
-    /// where not, the gateway asks a unary request's choices one request at
-    /// a time and joins them ([`split_choices`]).
+    /// where not, the gateway asks for the choices one request each and
+    /// joins the answers ([`split_choices`]; a stream's, the executor's
+    /// `apart` module).
     fn answers_n(&self, _model: &str) -> bool {
         true
     }
@@ -254,8 +255,8 @@ pub fn unsupported(
         return Ok(());
     }
     let message = if param == "n" {
-        // What reaches an adapter: a stream, or more than polyplex asks apart.
-        format!("The parameter 'n' is not supported by provider `{}` ({provider} protocol) on a streamed request or above {MOST_CHOICES_APART} (polyplex asks for a unary request's choices one at a time). Remove it, or set drop_params to drop it.", target.provider)
+        // What reaches an adapter: more than polyplex asks apart.
+        format!("The parameter 'n' is not supported by provider `{}` ({provider} protocol) above {MOST_CHOICES_APART} (polyplex asks for the choices one request each, at most {MOST_CHOICES_APART}). Lower it, or set drop_params to drop it.", target.provider)
     } else {
         format!("The parameter '{param}' is not supported by provider `{}` ({provider} protocol). Remove it, or set drop_params to drop it.", target.provider)
     };
@@ -266,18 +267,87 @@ pub fn unsupported(
 /// gives one per request ([`Protocol::answers_n`]).
 pub const MOST_CHOICES_APART: u64 = 16;
 
-/// A unary chat request for `n` > 1 choices as `n` requests for one each
-/// (for a provider without `n`; [`MOST_CHOICES_APART`] at most), or `None`
-/// when it asks for one, streams, or asks for more.
+/// A chat request for `n` > 1 choices as `n` requests for one each (for a
+/// provider without `n`; [`MOST_CHOICES_APART`] at most), or `None` when it
+/// asks for one or for more.
 pub fn split_choices(body: &JsonMap, n: u64) -> Option<Vec<JsonMap>> {
-    if !(2..=MOST_CHOICES_APART).contains(&n)
-        || body.get("stream") == Some(&serde_json::Value::Bool(true))
-    {
+    if !(2..=MOST_CHOICES_APART).contains(&n) {
         return None;
     }
     let mut one = body.clone();
     one.remove("n");
     Some(vec![one; n as usize])
+}
+
+/// A request as the upstream takes it, in parts ([`split_request`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parts {
+    pub bodies: Vec<JsonMap>,
+    /// Choices in each part's answer: a merged stream numbers part `i`'s
+    /// choice `j` as `i * choices_each + j`, as OpenAI numbers the choices
+    /// of several prompts.
+    pub choices_each: u64,
+}
+
+/// The parts a request goes in to an upstream that takes less per request
+/// than it asks, or `None` when it goes whole: an embeddings request's
+/// inputs a group at a time ([`Protocol::embedding_inputs_per_request`],
+/// never streamed), a completions request's prompts one each
+/// ([`Protocol::one_prompt_per_request`]), and a chat or completions
+/// request's `n` choices one each ([`Protocol::answers_n`]; up to
+/// [`MOST_CHOICES_APART`], and for completions only when `best_of` asks no
+/// more than `n`). A stream goes in at most [`MOST_CHOICES_APART`] parts
+/// (each is an upstream stream held open to the end); more, and it goes
+/// whole, for the adapter to refuse what it cannot carry.
+pub fn split_request(
+    protocol: &dyn Protocol,
+    endpoint: Endpoint,
+    model: &str,
+    body: &JsonMap,
+    n: u64,
+    stream: bool,
+) -> Option<Parts> {
+    let whole = |bodies| Parts {
+        bodies,
+        choices_each: n.max(1),
+    };
+    let choices_apart = n > 1 && !protocol.answers_n(model);
+    let parts = match endpoint {
+        Endpoint::Embeddings => protocol
+            .embedding_inputs_per_request(model)
+            .and_then(|per| split_embedding_inputs(body, per))
+            .map(whole),
+        Endpoint::Chat if choices_apart => split_choices(body, n).map(|bodies| Parts {
+            bodies,
+            choices_each: 1,
+        }),
+        Endpoint::Completions => {
+            let prompts = protocol
+                .one_prompt_per_request()
+                .then(|| completions::split_prompts(body))
+                .flatten();
+            let best_of = body.get("best_of").and_then(polyplex_types::integer);
+            if choices_apart && n <= MOST_CHOICES_APART && best_of.is_none_or(|b| b <= n as i64) {
+                let bodies = prompts
+                    .unwrap_or_else(|| vec![body.clone()])
+                    .iter()
+                    .flat_map(|p| split_choices(p, n).unwrap_or_default())
+                    .map(|mut b| {
+                        b.remove("best_of");
+                        b
+                    })
+                    .collect();
+                Some(Parts {
+                    bodies,
+                    choices_each: 1,
+                })
+            } else {
+                prompts.map(whole)
+            }
+        }
+        Endpoint::Chat => None,
+    };
+    parts.filter(|p| !stream || p.bodies.len() as u64 <= MOST_CHOICES_APART)
 }
 
 /// The answers to a request's parts ([`split_choices`]'s, or a prompt list's,
@@ -345,6 +415,7 @@ pub fn join_url(base: &str, path: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+    use std::sync::Arc;
 
     /// A deployment for adapter tests: provider `p`, key `k`, the
     /// catalog's output limit 1000.
@@ -430,10 +501,78 @@ mod tests {
         Ok((sent, req.dropped))
     }
 
-    /// A parameter at the value that asks for nothing beyond OpenAI's
-    /// default is honoured by every protocol, with or without an equivalent
-    /// of its own: neither refused nor named as dropped. The same parameter
-    /// asking for something a protocol cannot do is refused by name.
+    #[test]
+    fn requests_go_in_parts_where_the_upstream_takes_less() {
+        let body = |v: Value| v.as_object().unwrap().clone();
+        let claude: Arc<dyn Protocol> = Arc::new(anthropic::Anthropic);
+        let gpt: Arc<dyn Protocol> = Arc::new(openai_compat::OpenAiCompat);
+        let split = |p: &Arc<dyn Protocol>, e: Endpoint, b: &JsonMap, stream: bool| {
+            let n = b.get("n").and_then(Value::as_u64).unwrap_or(1);
+            split_request(p.as_ref(), e, "m", b, n, stream)
+                .map(|parts| (parts.bodies, parts.choices_each))
+        };
+        // Chat: the choices one each, streamed or not; one choice, or a
+        // protocol with `n`, whole.
+        let chat = body(json!({"messages": [], "n": 3}));
+        for stream in [false, true] {
+            let (bodies, each) = split(&claude, Endpoint::Chat, &chat, stream).unwrap();
+            assert_eq!((bodies.len(), each), (3, 1));
+        }
+        assert!(split(&gpt, Endpoint::Chat, &chat, true).is_none());
+        assert!(split(
+            &claude,
+            Endpoint::Chat,
+            &body(json!({"messages": []})),
+            true
+        )
+        .is_none());
+        // Completions through Claude's chat: prompts times choices, in
+        // OpenAI's order (prompt-major), `best_of` no more than `n` gone.
+        let via_claude: Arc<dyn Protocol> = Arc::new(completions::ViaChat(claude.clone()));
+        let text = body(json!({"prompt": ["a", "b"], "n": 2, "best_of": 2}));
+        let (bodies, each) = split(&via_claude, Endpoint::Completions, &text, true).unwrap();
+        let asked: Vec<_> = bodies
+            .iter()
+            .map(|b| {
+                (
+                    b["prompt"].as_str().unwrap(),
+                    b.contains_key("n") || b.contains_key("best_of"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            (asked, each),
+            (
+                vec![("a", false), ("a", false), ("b", false), ("b", false)],
+                1
+            )
+        );
+        // `best_of` above `n` stays, to be refused by name: the prompts split, `n` kept.
+        let more = body(json!({"prompt": ["a", "b"], "n": 2, "best_of": 3}));
+        let (bodies, each) = split(&via_claude, Endpoint::Completions, &more, false).unwrap();
+        assert_eq!(
+            (bodies.len(), each, bodies[0]["n"].clone()),
+            (2, 2, json!(2))
+        );
+        // A chat API with `n`: a prompt each, its choices numbered on from the part's.
+        let via_gpt: Arc<dyn Protocol> = Arc::new(completions::ViaChat(gpt.clone()));
+        let (bodies, each) = split(&via_gpt, Endpoint::Completions, &text, true).unwrap();
+        assert_eq!((bodies.len(), each), (2, 2));
+        // A stream in more parts than polyplex holds open goes whole (to be refused).
+        let many =
+            body(json!({"prompt": (0..9).map(|i| i.to_string()).collect::<Vec<_>>(), "n": 2}));
+        assert_eq!(
+            split(&via_claude, Endpoint::Completions, &many, false)
+                .unwrap()
+                .0
+                .len(),
+            18
+        );
+        assert!(split(&via_claude, Endpoint::Completions, &many, true).is_none());
+        let too_many = body(json!({"messages": [], "n": MOST_CHOICES_APART + 1}));
+        assert!(split(&claude, Endpoint::Chat, &too_many, false).is_none());
+    }
+
     #[test]
     fn several_choices_asked_apart_and_joined() {
         let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 3})
@@ -449,7 +588,11 @@ mod tests {
         assert!(split_choices(&body, MOST_CHOICES_APART + 1).is_none());
         let mut streamed = body.clone();
         streamed.insert("stream".into(), json!(true));
-        assert!(split_choices(&streamed, 3).is_none());
+        // A stream's choices are streamed apart too (merged by the gateway).
+        let parts = split_choices(&streamed, 2).unwrap();
+        assert!(parts
+            .iter()
+            .all(|p| p["stream"] == json!(true) && !p.contains_key("n")));
         let answer = |text: &str| {
             let m = json!({"id": "a", "object": "chat.completion", "choices": [{"index": 0,
                 "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]});
@@ -486,6 +629,10 @@ mod tests {
         assert!(gemini::Gemini.answers_n("gemini-2.5-flash"));
     }
 
+    /// A parameter at the value that asks for nothing beyond OpenAI's
+    /// default is honoured by every protocol, with or without an equivalent
+    /// of its own: neither refused nor named as dropped. The same parameter
+    /// asking for something a protocol cannot do is refused by name.
     #[test]
     fn parameters_that_ask_nothing_are_honoured_everywhere() {
         let honoured = [

@@ -345,7 +345,7 @@ pub(crate) fn name_dropped_hints(body: &JsonMap, keeps: Hints, dropped: &mut Vec
 }
 
 /// The final OpenAI stream chunk that carries usage (`choices: []`).
-pub(crate) fn usage_chunk(id: &str, created: u64, model: &str, usage: &Usage) -> Reply {
+pub fn usage_chunk(id: &str, created: u64, model: &str, usage: &Usage) -> Reply {
     let mut w = RawWriter::default();
     let written = (|| {
         w.member("id", id)?;

@@ -81,8 +81,8 @@ impl RequestBody {
         match &self.shape {
             Some(s) => s.n,
             None => crate::lookup(self.map(), "n")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(1),
+                .and_then(crate::integer)
+                .map_or(1, |n| n.max(0) as u64),
         }
     }
 

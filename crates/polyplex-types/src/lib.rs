@@ -33,6 +33,15 @@ pub fn lookup<'a>(map: &'a JsonMap, key: &str) -> Option<&'a serde_json::Value> 
     }
 }
 
+/// An integer as OpenAI's integer fields take it: `2`, or `2.0`.
+pub fn integer(v: &serde_json::Value) -> Option<i64> {
+    v.as_i64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .map(|f| f as i64)
+    })
+}
+
 /// `value.get(key)` (None unless `value` is an object), by [`lookup`]: for
 /// the members of a message or a content part, which have two or three.
 #[inline]

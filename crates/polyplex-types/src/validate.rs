@@ -180,14 +180,7 @@ fn integer_in(body: &JsonMap, key: &str, min: i64, max: i64) -> R<Option<i64>> {
     let Some(v) = get(body, key) else {
         return Ok(None);
     };
-    let x = v
-        .as_i64()
-        .or_else(|| {
-            v.as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-                .map(|f| f as i64)
-        })
-        .ok_or_else(|| bad_type(key, "an integer", v))?;
+    let x = crate::integer(v).ok_or_else(|| bad_type(key, "an integer", v))?;
     if x < min {
         return Err(invalid(
             key,

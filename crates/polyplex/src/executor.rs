@@ -26,7 +26,7 @@ use futures::StreamExt;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use polyplex_providers::sse::{self, Parser};
-use polyplex_providers::{completions, Endpoint, Reply, StreamDecoder, StreamItem};
+use polyplex_providers::{Endpoint, Reply, StreamDecoder, StreamItem};
 use polyplex_types::{ErrorSource, GatewayError, RequestBody, Usage};
 use rand::Rng;
 use std::time::{Duration, Instant};
@@ -531,22 +531,8 @@ pub async fn unary_once(
 ) -> Result<Unary, GatewayError> {
     let timeout = d.upstream.timeout;
     let fut = async {
-        let protocol = d.upstream.protocol_for(endpoint, &d.model);
-        let parts = match endpoint {
-            Endpoint::Embeddings => protocol
-                .embedding_inputs_per_request(&d.model)
-                .and_then(|per| polyplex_providers::split_embedding_inputs(body.map(), per)),
-            Endpoint::Completions if protocol.one_prompt_per_request() => {
-                completions::split_prompts(body.map())
-            }
-            // Several choices of a provider that gives one a request.
-            Endpoint::Chat if body.n() > 1 && !protocol.answers_n(&d.model) => {
-                polyplex_providers::split_choices(body.map(), body.n())
-            }
-            _ => None,
-        };
-        if let Some(parts) = parts {
-            return answer_in_parts(app, d, endpoint, parts).await;
+        if let Some(parts) = parts_of(d, endpoint, body, false) {
+            return answer_in_parts(app, d, endpoint, parts.bodies).await;
         }
         let (response, usage, dropped) = call(app, d, endpoint, body).await?;
         Ok(Unary {
@@ -559,6 +545,22 @@ pub async fn unary_once(
         Ok(r) => r,
         Err(_) => Err(GatewayError::upstream_timeout(&d.upstream.name, timeout)),
     }
+}
+
+/// The parts `body` goes in to `d` when its upstream takes less per
+/// request than the body asks ([`polyplex_providers::split_request`]).
+fn parts_of(
+    d: &Deployment,
+    endpoint: Endpoint,
+    body: &RequestBody,
+    stream: bool,
+) -> Option<polyplex_providers::Parts> {
+    // The common case decided without a lookup of the protocol's limits.
+    if endpoint == Endpoint::Chat && body.n() <= 1 {
+        return None;
+    }
+    let protocol = d.upstream.protocol_for(endpoint, &d.model);
+    polyplex_providers::split_request(protocol, endpoint, &d.model, body.map(), body.n(), stream)
 }
 
 /// One upstream request and its parsed answer.
@@ -604,14 +606,12 @@ async fn answer_in_parts(
         .buffered(PARTS_AT_ONCE)
         .try_collect()
         .await?;
-    let mut dropped = Vec::new();
-    let mut joined = Vec::with_capacity(answers.len());
-    for (reply, usage, part_dropped) in answers {
-        if dropped.is_empty() {
-            dropped = part_dropped;
-        }
-        joined.push((reply, usage));
-    }
+    let (joined, dropped) = first_dropped(
+        answers
+            .into_iter()
+            .map(|(reply, usage, dropped)| ((reply, usage), dropped))
+            .collect(),
+    );
     let (response, usage) = if endpoint == Endpoint::Embeddings {
         polyplex_providers::join_embeddings(joined)
     } else {
@@ -637,9 +637,15 @@ pub struct OpenStream {
     pub dropped: Vec<String>,
     /// Counts the stream in its deployment's in-flight number until it ends.
     pub in_flight: InFlight,
+    /// How many times the upstreams were sent the prompt (`n` when the
+    /// choices were asked apart, else 1): for a count of the tokens when
+    /// none were reported.
+    pub prompts: u64,
 }
 
-/// One streamed attempt, up to and including the first chunk.
+/// One streamed attempt, up to and including the first chunk: of each
+/// choice's stream when the provider gives one choice a request and the
+/// client asked for several ([`crate::apart`]).
 pub async fn stream_once(
     app: &AppState,
     d: &Deployment,
@@ -649,59 +655,137 @@ pub async fn stream_once(
 ) -> Result<OpenStream, GatewayError> {
     let limit = d.upstream.first_byte_timeout;
     let fut = async {
-        let (resp, dropped) = send(app, d, endpoint, body, true).await?;
-        crate::phase::mark("hdrs");
-        d.stats.observe_limits(Instant::now(), resp.headers());
-        if !resp.status().is_success() {
-            return Err(upstream_error(d, resp).await);
-        }
-        let mut upstream = resp.into_body().into_data_stream().boxed();
-        let mut parser = d.upstream.protocol.stream_parser();
-        let mut decoder = d.upstream.protocol_for(endpoint, &d.model).stream_decoder(
-            endpoint,
-            &d.upstream.name,
-            &d.model,
-            body,
-        );
-        let mut events: Vec<sse::Event> = Vec::new();
-        let mut pending = Vec::new();
-        loop {
-            match upstream.next().await {
-                Some(Ok(bytes)) => {
-                    crate::phase::mark("chunk");
-                    parser.feed(&bytes, &mut events);
-                    for ev in events.drain(..) {
-                        decoder
-                            .on_event(&ev, &mut pending)
-                            .map_err(|e| redact(e, d))?;
-                    }
-                    if !pending.is_empty() {
-                        return Ok(OpenStream {
-                            body: upstream,
-                            parser,
-                            decoder,
-                            pending,
-                            idle_timeout: d.upstream.idle_timeout,
-                            first_byte_at: Instant::now(),
-                            dropped,
-                            in_flight,
-                        });
-                    }
-                }
-                Some(Err(_)) => return Err(transport_error(d, Failure::Broken)),
-                None => {
-                    decoder.finish(&mut pending).map_err(|e| redact(e, d))?;
-                    return Err(GatewayError::upstream_bad_response(
-                        &d.upstream.name,
-                        "the stream ended before its first chunk",
-                    ));
-                }
-            }
-        }
+        let apart = parts_of(d, endpoint, body, true);
+        // Each choice asked apart carries the prompt once more.
+        let prompts = match &apart {
+            Some(p) if p.choices_each == 1 => body.n().max(1),
+            _ => 1,
+        };
+        let (first, dropped) = match apart {
+            None => open_stream(app, d, endpoint, body).await?,
+            Some(parts) => open_apart(app, d, endpoint, parts).await?,
+        };
+        Ok(OpenStream {
+            body: first.body,
+            parser: first.parser,
+            decoder: first.decoder,
+            pending: first.pending,
+            idle_timeout: d.upstream.idle_timeout,
+            first_byte_at: Instant::now(),
+            dropped,
+            in_flight,
+            prompts,
+        })
     };
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
         Err(_) => Err(GatewayError::upstream_timeout(&d.upstream.name, limit)),
+    }
+}
+
+/// Each part's stream opened (all of them, or the first failure), merged
+/// into one ([`crate::apart`]).
+async fn open_apart(
+    app: &AppState,
+    d: &Deployment,
+    endpoint: Endpoint,
+    parts: polyplex_providers::Parts,
+) -> Result<(crate::apart::Part, Vec<String>), GatewayError> {
+    let requests = parts.bodies.clone();
+    let opened = futures::future::try_join_all(
+        parts
+            .bodies
+            .into_iter()
+            .map(|p| open_stream_owned(app, d, endpoint, RequestBody::from_map(p))),
+    )
+    .await?;
+    let (streams, dropped) = first_dropped(opened);
+    let merged = crate::apart::merge(
+        streams,
+        endpoint,
+        parts.choices_each,
+        &d.upstream.name,
+        requests,
+    )
+    .map_err(|e| redact(e, d))?;
+    Ok((merged, dropped))
+}
+
+/// The parts' answers, and the parameters dropped from them (the same
+/// for every part: the first part's list that names any).
+fn first_dropped<T>(answers: Vec<(T, Vec<String>)>) -> (Vec<T>, Vec<String>) {
+    let mut dropped = Vec::new();
+    let mut all = Vec::with_capacity(answers.len());
+    for (answer, part_dropped) in answers {
+        if dropped.is_empty() {
+            dropped = part_dropped;
+        }
+        all.push(answer);
+    }
+    (all, dropped)
+}
+
+async fn open_stream_owned(
+    app: &AppState,
+    d: &Deployment,
+    endpoint: Endpoint,
+    body: RequestBody,
+) -> Result<(crate::apart::Part, Vec<String>), GatewayError> {
+    open_stream(app, d, endpoint, &body).await
+}
+
+/// Sends a streamed request and reads its answer up to the first chunk.
+async fn open_stream(
+    app: &AppState,
+    d: &Deployment,
+    endpoint: Endpoint,
+    body: &RequestBody,
+) -> Result<(crate::apart::Part, Vec<String>), GatewayError> {
+    let (resp, dropped) = send(app, d, endpoint, body, true).await?;
+    crate::phase::mark("hdrs");
+    d.stats.observe_limits(Instant::now(), resp.headers());
+    if !resp.status().is_success() {
+        return Err(upstream_error(d, resp).await);
+    }
+    let mut upstream = resp.into_body().into_data_stream().boxed();
+    let mut parser = d.upstream.protocol.stream_parser();
+    let mut decoder = d.upstream.protocol_for(endpoint, &d.model).stream_decoder(
+        endpoint,
+        &d.upstream.name,
+        &d.model,
+        body,
+    );
+    let mut events: Vec<sse::Event> = Vec::new();
+    let mut pending = Vec::new();
+    loop {
+        match upstream.next().await {
+            Some(Ok(bytes)) => {
+                crate::phase::mark("chunk");
+                parser.feed(&bytes, &mut events);
+                for ev in events.drain(..) {
+                    decoder
+                        .on_event(&ev, &mut pending)
+                        .map_err(|e| redact(e, d))?;
+                }
+                if !pending.is_empty() {
+                    let part = crate::apart::Part {
+                        body: upstream,
+                        parser,
+                        decoder,
+                        pending,
+                    };
+                    return Ok((part, dropped));
+                }
+            }
+            Some(Err(_)) => return Err(transport_error(d, Failure::Broken)),
+            None => {
+                decoder.finish(&mut pending).map_err(|e| redact(e, d))?;
+                return Err(GatewayError::upstream_bad_response(
+                    &d.upstream.name,
+                    "the stream ended before its first chunk",
+                ));
+            }
+        }
     }
 }
 

@@ -87,7 +87,6 @@ pub fn chat_prompt(body: &JsonMap) -> u64 {
     n
 }
 
-/// Prompt tokens of a legacy completions or embeddings request (`prompt` / `input`).
 /// A request's prompt tokens: the chat messages, or the legacy `prompt`,
 /// or the embeddings `input`.
 pub fn prompt(endpoint: polyplex_providers::Endpoint, request: &JsonMap) -> u64 {

@@ -423,7 +423,7 @@ impl Relay {
         let summary = self.open.decoder.summary();
         let prompt = tokens::prompt(self.ctx.endpoint, self.ctx.request.map());
         Usage {
-            prompt_tokens: prompt,
+            prompt_tokens: prompt * self.open.prompts,
             completion_tokens: tokens::count(&summary.completion_text),
             estimated: true,
             ..Usage::default()
