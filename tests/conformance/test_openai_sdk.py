@@ -271,3 +271,51 @@ def test_async_client(gateway):
         return r.choices[0].message.content, text
 
     assert asyncio.run(main()) == ("async hello", "async stream")
+
+
+def test_slow_and_idle_connections_are_closed_and_the_sdk_carries_on(mock, tmp_path):
+    """A connection that sends no complete request head in time — idle
+    between requests, or trickling its head (slowloris) — is closed
+    (`server.header_timeout_ms`); a body that does not arrive in time gets a
+    408 (`server.body_timeout_ms`). The SDK's pooled connection, closed
+    while idle, is replaced without an error."""
+    import socket
+    import time
+
+    from conftest import mock_openai_provider, own_gateway
+
+    extra = "[server]\nheader_timeout_ms = 1000\nbody_timeout_ms = 1000"
+    with own_gateway(tmp_path, mock_openai_provider(mock), extra) as (client, _):
+        port = client.base_url.port
+        msgs = [{"role": "user", "content": "hi"}]
+        assert client.chat.completions.create(model="openai/gpt-4o-mini", messages=msgs).choices
+        time.sleep(1.5)
+        assert client.chat.completions.create(model="openai/gpt-4o-mini", messages=msgs).choices
+
+        def read_all(s):
+            s.settimeout(10)
+            t, out = time.time(), b""
+            while chunk := s.recv(65536):
+                out += chunk
+                if b"\r\n\r\n" in out and out.startswith(b"HTTP/1.1 408"):
+                    break
+            return out, time.time() - t
+
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+            out, took = read_all(s)
+            assert out == b"" and 0.8 < took < 5, (out, took)
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            out, took = read_all(s)
+            assert out == b"" and 0.8 < took < 5, "an idle connection is closed"
+        body = json.dumps({"model": "openai/gpt-4o-mini", "messages": msgs}).encode()
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                      % (client.api_key.encode(), len(body)) + body[:10])
+            time.sleep(1.5)
+            out, _ = read_all(s)
+            assert out.startswith(b"HTTP/1.1 408"), out[:80]
+            s.settimeout(5)
+            rest = out.split(b"\r\n\r\n", 1)[1] + s.recv(65536)
+            assert json.loads(rest[rest.index(b"{"):rest.rindex(b"}") + 1])["error"]["code"] == "request_timeout"

@@ -136,6 +136,19 @@ impl GatewayError {
         .with_code("request_too_large")
     }
 
+    /// The body did not arrive in full within `limit` of its head.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "The request body did not arrive within {} ms of its headers.",
+                limit.as_millis()
+            ),
+        )
+        .with_code("request_timeout")
+    }
+
     pub fn unsupported_media_type() -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

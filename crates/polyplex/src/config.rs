@@ -17,6 +17,20 @@ use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8484";
 pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
+/// `[server] header_timeout_ms` unless set: as long as a keep-alive
+/// client may leave a connection idle (the OpenAI SDKs drop theirs after
+/// 5 s), well past any real client's head.
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 60_000;
+/// `[server] body_timeout_ms` unless set.
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 60_000;
+
+/// A timeout setting in milliseconds: its default when absent, none when 0.
+fn timeout_or_none(ms: Option<u64>, default: u64) -> Option<Duration> {
+    match ms.unwrap_or(default) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    }
+}
 /// `[server] busy_poll_us` unless set: long enough to catch an upstream's
 /// answer on loopback or in one data centre and a client's next request on a
 /// kept-alive connection (see docs/performance.md).
@@ -97,6 +111,8 @@ struct RawUrl {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     max_body_bytes: Option<usize>,
+    header_timeout_ms: Option<u64>,
+    body_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     threads: Option<usize>,
     busy_poll_us: Option<u64>,
@@ -190,6 +206,13 @@ pub struct Config {
     /// The response cache (`[cache]`; off without it).
     pub cache: Option<crate::cache::CacheConfig>,
     pub max_body_bytes: usize,
+    /// How long a connection may take to send a request's head, counted
+    /// from when it is ready for one (idle between requests too); `None`:
+    /// no limit. See `crate::serve_listener`.
+    pub header_timeout: Option<Duration>,
+    /// How long a request's body may take to arrive after its head
+    /// (`None`: no limit); then 408.
+    pub body_timeout: Option<Duration>,
     pub shutdown_grace: Duration,
     /// Serving threads, each with its own listener and runtime (`None`: one
     /// per CPU). See `crate::start_threads`.
@@ -816,6 +839,8 @@ pub fn from_toml(text: &str, inputs: &Inputs<'_>) -> Result<Config, ConfigError>
         redis_url,
         cache,
         max_body_bytes: raw.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
+        header_timeout: timeout_or_none(raw.server.header_timeout_ms, DEFAULT_HEADER_TIMEOUT_MS),
+        body_timeout: timeout_or_none(raw.server.body_timeout_ms, DEFAULT_BODY_TIMEOUT_MS),
         shutdown_grace: Duration::from_millis(raw.server.shutdown_grace_ms.unwrap_or(30_000)),
         threads: match raw.server.threads {
             Some(0) => return err("server.threads: must be at least 1".to_string()),
@@ -1456,6 +1481,8 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
         redis_url: None,
         cache: None,
         max_body_bytes: DEFAULT_MAX_BODY,
+        header_timeout: Some(Duration::from_millis(DEFAULT_HEADER_TIMEOUT_MS)),
+        body_timeout: Some(Duration::from_millis(DEFAULT_BODY_TIMEOUT_MS)),
         shutdown_grace: Duration::from_secs(30),
         threads: None,
         busy_poll: Duration::from_micros(DEFAULT_BUSY_POLL_US),
@@ -1495,6 +1522,22 @@ mod tests {
                 catalog: Catalog::builtin(),
             },
         )
+    }
+
+    #[test]
+    fn connection_timeouts_default_set_or_off() {
+        let base = "[[providers]]\nname = \"openai\"\napi_key = \"k\"\n";
+        let c = parse(base, &[]).unwrap();
+        let minute = Some(Duration::from_secs(60));
+        assert_eq!((c.header_timeout, c.body_timeout), (minute, minute));
+        let set = format!("[server]\nheader_timeout_ms = 1500\nbody_timeout_ms = 0\n{base}");
+        let c = parse(&set, &[]).unwrap();
+        assert_eq!(
+            (c.header_timeout, c.body_timeout),
+            (Some(Duration::from_millis(1500)), None)
+        );
+        let e = parse(&format!("[server]\nheader_timeout = 5\n{base}"), &[]).unwrap_err();
+        assert!(e.to_string().contains("header_timeout"), "{e}");
     }
 
     #[test]

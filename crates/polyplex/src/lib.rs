@@ -113,6 +113,7 @@ pub async fn start(cfg: &Config) -> Result<Running, String> {
         server::app(state.clone()),
         rx,
         cfg.shutdown_grace,
+        cfg.header_timeout,
     ));
     Ok(Running {
         addr,
@@ -152,6 +153,7 @@ pub async fn start_threads(cfg: &Config, threads: usize) -> Result<Running, Stri
         let app = server::app(state.clone());
         let rx = rx.clone();
         let grace = cfg.shutdown_grace;
+        let header_timeout = cfg.header_timeout;
         let busy_poll = cfg.busy_poll;
         let (finished, wait) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
@@ -171,7 +173,7 @@ pub async fn start_threads(cfg: &Config, threads: usize) -> Result<Running, Stri
                 rt.block_on(async move {
                     let serve = async move {
                         match tokio::net::TcpListener::from_std(listener) {
-                            Ok(l) => serve_listener(l, app, rx, grace).await,
+                            Ok(l) => serve_listener(l, app, rx, grace, header_timeout).await,
                             Err(e) => tracing::error!(error = %e, "cannot serve a listener"),
                         }
                     };
@@ -325,27 +327,97 @@ fn reuseport_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::n
 
 /// Serves one listener until shutdown is signalled, then lets in-flight
 /// requests finish for up to `grace`.
+/// Accepts connections until shutdown, serving each on its own task:
+/// HTTP/1.1 (or HTTP/2 by prior knowledge) with `TCP_NODELAY`; a
+/// connection that sends no complete request head within `header_timeout`
+/// — idle between requests, or trickling its head — is closed (`None`:
+/// never). On shutdown, no new connections; those open finish their
+/// requests (each closes once answered) for up to `grace`, then are cut.
 async fn serve_listener(
     listener: tokio::net::TcpListener,
     app: server::gate::Gate,
     mut rx: watch::Receiver<bool>,
     grace: Duration,
+    header_timeout: Option<Duration>,
 ) {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let open = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let tcp = tokio::select! {
+            biased;
+            _ = async { rx.wait_for(|v| *v).await.is_ok() } => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    accept_failed(&e).await;
+                    continue;
+                }
+            },
+        };
         let _ = tcp.set_nodelay(true);
-    });
-    let mut rx2 = rx.clone();
-    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = rx.wait_for(|v| *v).await;
-    });
-    let grace_over = async move {
-        let _ = rx2.wait_for(|v| *v).await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        r = server => if let Err(e) = r { tracing::error!(error = %e, "server error") },
-        _ = grace_over => tracing::warn!("shutdown grace period over; closing the remaining connections"),
+        let (builder, app, watcher) = (builder.clone(), app.clone(), open.watcher());
+        let mut stop = rx.clone();
+        tokio::spawn(async move {
+            let speaks = tokio::select! {
+                speaks = speaks_in_time(&tcp, header_timeout) => speaks,
+                _ = async { stop.wait_for(|v| *v).await.is_ok() } => false,
+            };
+            if !speaks {
+                return;
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), app);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+        });
     }
+    drop(listener);
+    tokio::select! {
+        () = open.shutdown() => {}
+        () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing the remaining connections"),
+    }
+}
+
+/// Whether a new connection sends, within `limit`, enough to tell HTTP/1
+/// from HTTP/2's preface (hyper's version sniffing has no timer of its own,
+/// and its HTTP/1 head timer starts only after it): its first bytes, or
+/// all 24 of the preface. No bytes read: they are left for hyper.
+async fn speaks_in_time(tcp: &tokio::net::TcpStream, limit: Option<Duration>) -> bool {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let first = async {
+        let mut buf = [0u8; 24];
+        loop {
+            match tcp.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n == buf.len() || buf[..n] != PREFACE[..n] => return true,
+                // Part of the preface: more to come, peeked again shortly.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    };
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, first).await.unwrap_or(false),
+        None => first.await,
+    }
+}
+
+/// After a failed `accept`: a connection that failed before it was taken
+/// is the client's business; anything else (out of file descriptors,
+/// mostly) is logged and waited out for a second, as it does not pass
+/// by retrying at once.
+async fn accept_failed(e: &std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "cannot accept connections; trying again in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }

@@ -119,7 +119,25 @@ impl Service<Request> for Gate {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request) -> Gated {
+    fn call(&mut self, req: Request) -> Gated {
+        self.gate(req)
+    }
+}
+
+/// The gate as hyper calls it on each connection (`crate::serve_listener`):
+/// by reference, the request's body as hyper reads it.
+impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Gate {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Gated;
+
+    fn call(&self, req: axum::http::Request<hyper::body::Incoming>) -> Gated {
+        self.gate(req.map(axum::body::Body::new))
+    }
+}
+
+impl Gate {
+    fn gate(&self, mut req: Request) -> Gated {
         crate::phase::start();
         let id: Arc<str> = match req.headers().get(&REQUEST_ID).and_then(sane_id) {
             Some(s) => Arc::from(s),
@@ -131,7 +149,7 @@ impl Service<Request> for Gate {
         let api = api_endpoint(req.method(), path);
         let inner = if !needs_key(path) {
             req.extensions_mut().insert(RequestId(id.clone()));
-            Inner::Routed(self.router.call(req))
+            Inner::Routed(self.router.clone().call(req))
         } else {
             let checked = auth::check(&self.app, req.headers());
             crate::phase::mark("auth");
@@ -148,7 +166,7 @@ impl Service<Request> for Gate {
                     (Ok(c), None) => {
                         req.extensions_mut().insert(RequestId(id.clone()));
                         req.extensions_mut().insert(c);
-                        Inner::Routed(self.router.call(req))
+                        Inner::Routed(self.router.clone().call(req))
                     }
                     (Err(e), _) => Inner::Refused(Some(ApiError(e).into_response())),
                 },

@@ -43,15 +43,24 @@ async fn read_body(app: &App, req: Request) -> Result<Bytes, GatewayError> {
             return Err(GatewayError::body_too_large(limit));
         }
     }
-    let bytes = axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|e| {
-            if is_length_limit(&e) {
-                GatewayError::body_too_large(limit)
-            } else {
-                GatewayError::invalid_request(format!("Could not read the request body: {e}"))
-            }
-        })?;
+    let mut read = std::pin::pin!(axum::body::to_bytes(req.into_body(), limit));
+    // A body that came with its head (the usual case) is read without a timer.
+    let read = match futures::FutureExt::now_or_never(&mut read) {
+        Some(r) => r,
+        None => match app.body_timeout {
+            Some(t) => tokio::time::timeout(t, read)
+                .await
+                .map_err(|_| GatewayError::body_timeout(t))?,
+            None => read.await,
+        },
+    };
+    let bytes = read.map_err(|e| {
+        if is_length_limit(&e) {
+            GatewayError::body_too_large(limit)
+        } else {
+            GatewayError::invalid_request(format!("Could not read the request body: {e}"))
+        }
+    })?;
     crate::phase::mark("bytes");
     Ok(bytes)
 }

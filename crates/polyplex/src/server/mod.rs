@@ -1,6 +1,8 @@
 //! The HTTP server.
 //!
-//! A request to `/v1/*` passes through these stages, in this order:
+//! A request to `/v1/*` passes through these stages, in this order (its
+//! connection was accepted by `crate::serve_listener`, which closes one
+//! that sends no request head within `server.header_timeout_ms`):
 //!
 //! 1. **request id** ([`gate`]): takes the client's `x-request-id` if it is
 //!    sane, else makes one; every response carries it.
@@ -10,7 +12,8 @@
 //!    key the gateway only listens on loopback and lets every caller in (a
 //!    presented gateway key still counts, and a revoked one is refused). The
 //!    admin API takes the master key only.
-//! 3. **body** ([`handlers`]): read up to `server.max_body_bytes` (413 past it).
+//! 3. **body** ([`handlers`]): read up to `server.max_body_bytes` (413 past
+//!    it), within `server.body_timeout_ms` of the head (408 past it).
 //! 4. **validation** (`polyplex_types::validate`): OpenAI's rules, each error
 //!    naming the field. A chat request of the common shape is validated from
 //!    its text (`validate::chat_quick`) and its JSON tree built only if
@@ -68,6 +71,8 @@ pub struct AppState {
     /// Limits and budgets shared with the other replicas (`[redis]`).
     pub shared_limits: Option<Arc<crate::shared::SharedLimits>>,
     pub max_body: usize,
+    /// How long a request's body may take after its head (`None`: no limit).
+    pub body_timeout: Option<std::time::Duration>,
     pub recorder: Recorder,
     pub metrics: Option<PrometheusHandle>,
     pub ready: AtomicBool,
@@ -139,6 +144,7 @@ pub fn state(
         }),
         shared_limits,
         max_body: cfg.max_body_bytes,
+        body_timeout: cfg.body_timeout,
         recorder,
         metrics: crate::telemetry::metrics(),
         ready: AtomicBool::new(true),
