@@ -648,6 +648,35 @@ def test_gemini_log_probabilities(client, m):
     assert e.value.param == "top_logprobs"
 
 
+def test_cohere_log_probabilities(client):
+    """`logprobs` becomes Cohere's own flag: each text chunk it scores comes
+    back as one entry of OpenAI's `logprobs.content` (its tokens' log
+    probabilities summed), unary, streamed and on legacy completions
+    (`logprobs: 0`); Cohere gives no alternatives, so `top_logprobs` is
+    refused by name (or dropped with `drop_params`)."""
+    m = "cohere/command-a-03-2025"
+    msgs = [{"role": "user", "content": "one two three"}]
+    r = client.chat.completions.create(model=m, messages=msgs, logprobs=True)
+    lp = r.choices[0].logprobs.content
+    assert "".join(t.token for t in lp) == r.choices[0].message.content == "one two three"
+    assert all(t.logprob < 0 and t.top_logprobs == [] and bytes(t.bytes).decode() == t.token for t in lp)
+    assert client.chat.completions.create(model=m, messages=msgs).choices[0].logprobs is None
+    pieces = [(ch.choices[0].delta.content, [t.token for t in ch.choices[0].logprobs.content])
+              for ch in client.chat.completions.create(model=m, messages=msgs, logprobs=True, stream=True)
+              if ch.choices and ch.choices[0].delta.content]
+    assert len(pieces) == 3 and all([text] == tokens for text, tokens in pieces)
+    c = client.completions.create(model=m, prompt="one two three", max_tokens=20, logprobs=0)
+    assert c.choices[0].logprobs.tokens == ["one", " two", " three"]
+    for param, kwargs in [("top_logprobs", {"messages": msgs, "logprobs": True, "top_logprobs": 2})]:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=m, **kwargs)
+        assert (e.value.param, e.value.code) == (param, "unsupported_parameter")
+    raw = client.chat.completions.with_raw_response.create(model=m, messages=msgs, logprobs=True, top_logprobs=2,
+                                                          extra_body={"drop_params": True})
+    assert raw.headers["x-polyplex-dropped-params"] == "top_logprobs"
+    assert len(raw.parse().choices[0].logprobs.content) == 3
+
+
 @pytest.mark.parametrize("m,price", [(ANTHROPIC, 0.01), (VERTEX_CLAUDE, 0.01), (GEMINI, 0.035), (VERTEX_GEMINI, 0.035)])
 def test_web_search_options_search_and_cite(client, m, price):
     """`web_search_options` turns on the provider's own web search (Claude's

@@ -5,10 +5,12 @@
 //! `REQUIRED` with only that tool offered); `top_p`/`top_k`/`stop` become
 //! `p`/`k`/`stop_sequences`; `response_format` json_schema becomes
 //! `{"type": "json_object", "json_schema": ...}`. Usage is what Cohere bills
-//! (`billed_units`), falling back to its token counts. `n` > 1, `logit_bias`,
-//! `logprobs` and `parallel_tool_calls: false` are refused by name or dropped
-//! with `drop_params`; `user` and a message's `name` are always dropped and
-//! named; audio and file parts are refused by name.
+//! (`billed_units`), falling back to its token counts. `logprobs` is
+//! Cohere's own flag, its scored text chunks OpenAI's `logprobs.content`
+//! ([`logprob_entry`]). `n` > 1 (asked apart by the gateway), `logit_bias`,
+//! `top_logprobs` and `parallel_tool_calls: false` are refused by name or
+//! dropped with `drop_params`; `user` and a message's `name` are always
+//! dropped and named; audio and file parts are refused by name.
 
 #[cfg(test)]
 mod tests;
@@ -16,8 +18,9 @@ mod tests;
 use crate::openai_compat::OpenAiCompat;
 use crate::sse::Event;
 use crate::translate::{
-    check_fields, chunk, completion, embedding_input, embedding_list, name_dropped_hints, now,
-    refuse_asked, unmark_cache, unsupported_endpoint, usage_chunk, Hints, CHAT_PARAMS,
+    asks, check_fields, chunk, chunk_with_logprobs, completion, embedding_input, embedding_list,
+    name_dropped_hints, now, refuse_asked, unmark_cache, unsupported_endpoint, usage_chunk, Hints,
+    CHAT_PARAMS,
 };
 use crate::{
     join_url, Endpoint, Protocol, StreamDecoder, StreamItem, StreamSummary, Target, UpstreamRequest,
@@ -87,13 +90,8 @@ fn build_chat(
     }
     refuse_asked(
         body,
-        &[
-            "n",
-            "logit_bias",
-            "top_logprobs",
-            "logprobs",
-            "parallel_tool_calls",
-        ],
+        // Cohere scores the chosen text only: no alternatives.
+        &["n", "logit_bias", "top_logprobs", "parallel_tool_calls"],
         "Cohere",
         target,
         &mut dropped,
@@ -102,6 +100,9 @@ fn build_chat(
 
     let mut out = Map::new();
     out.insert("model".into(), json!(target.model));
+    if asks(body, "logprobs") {
+        out.insert("logprobs".into(), json!(true));
+    }
     let messages = lookup(body, "messages")
         .and_then(Value::as_array)
         .into_iter()
@@ -278,6 +279,29 @@ fn stream_failed(provider: &str, reason: &str) -> GatewayError {
     e
 }
 
+/// One of Cohere's scored text chunks (`{token_ids, text, logprobs}`: the
+/// tokens that make up a piece of text that decodes on its own, mostly
+/// one) as an entry of OpenAI's `logprobs.content`: the text as the token,
+/// its log probability the sum of its tokens' (the text's own), no
+/// alternatives.
+fn logprob_entry(item: &Value) -> Value {
+    let text = item.get("text").and_then(Value::as_str).unwrap_or("");
+    let logprob: f64 = item
+        .get("logprobs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_f64)
+        .sum();
+    json!({"token": text, "logprob": logprob, "bytes": text.as_bytes(), "top_logprobs": []})
+}
+
+/// An answer's `logprobs` (Cohere's list) as a choice's, `{"content": [...]}`.
+fn logprobs_of(items: &Value) -> Option<Value> {
+    let content: Vec<Value> = items.as_array()?.iter().map(logprob_entry).collect();
+    Some(json!({"content": content, "refusal": null}))
+}
+
 fn parse_chat(provider: &str, body: &[u8]) -> Result<(JsonMap, Option<Usage>), GatewayError> {
     let v = crate::translate::reply_json(provider, body)?;
     let msg = v
@@ -310,7 +334,7 @@ fn parse_chat(provider: &str, body: &[u8]) -> Result<(JsonMap, Option<Usage>), G
     let out = completion(
         v.get("id").cloned().unwrap_or(json!("cohere")),
         Value::Null,
-        json!([{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason(fr)}]),
+        json!([{"index": 0, "message": message, "logprobs": v.get("logprobs").and_then(logprobs_of), "finish_reason": finish_reason(fr)}]),
         usage.as_ref(),
     );
     Ok((out, usage))
@@ -433,7 +457,10 @@ struct TextIn<'a> {
 impl StreamDecoder for Decoder {
     fn on_event(&mut self, event: &Event, out: &mut Vec<StreamItem>) -> Result<(), GatewayError> {
         let named = event.event.as_deref();
-        if named == Some("content-delta") || event.data.contains("\"content-delta\"") {
+        // A delta with log probabilities takes the tree below.
+        if (named == Some("content-delta") || event.data.contains("\"content-delta\""))
+            && !event.data.contains("\"logprobs\"")
+        {
             if let Ok(d) = serde_json::from_str::<ContentDelta<'_>>(&event.data) {
                 if d.kind.as_deref().or(named) == Some("content-delta") {
                     let t = d
@@ -472,7 +499,22 @@ impl StreamDecoder for Decoder {
                     .and_then(Value::as_str)
                     .unwrap_or("");
                 self.text.push_str(t);
-                out.push(self.chunk(&crate::translate::Content { content: t }, None));
+                let scored = v.get("logprobs").filter(|l| !l.is_null()).map(|item| {
+                    let items = match item {
+                        Value::Array(_) => item.clone(),
+                        one => json!([one]),
+                    };
+                    logprobs_of(&items).unwrap_or(Value::Null)
+                });
+                out.push(chunk_with_logprobs(
+                    &self.id,
+                    self.created,
+                    &self.model,
+                    0,
+                    &crate::translate::Content { content: t },
+                    scored.as_ref(),
+                    None,
+                ));
             }
             "tool-call-start" => {
                 let tc = v

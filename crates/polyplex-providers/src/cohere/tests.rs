@@ -66,7 +66,7 @@ fn request_translation() {
     for (k, v) in [
         ("n", json!(2)),
         ("logit_bias", json!({"1": 1})),
-        ("logprobs", json!(true)),
+        ("top_logprobs", json!(2)),
         ("parallel_tool_calls", json!(false)),
         ("odd", json!(1)),
     ] {
@@ -83,6 +83,13 @@ fn request_translation() {
     }
 }
 
+/// A chat answer as the adapter reads it.
+fn parse_chat_answer(body: &[u8]) -> (JsonMap, Option<polyplex_types::Usage>) {
+    Cohere
+        .parse(Endpoint::Chat, "cohere", &JsonMap::new(), body)
+        .unwrap()
+}
+
 /// A chat stream decoder for the Cohere model the stream tests use.
 fn chat_decoder() -> Box<dyn StreamDecoder> {
     Cohere.stream_decoder(
@@ -95,14 +102,7 @@ fn chat_decoder() -> Box<dyn StreamDecoder> {
 
 #[test]
 fn responses_translate_with_billed_usage() {
-    let (out, usage) = Cohere
-        .parse(
-            Endpoint::Chat,
-            "cohere",
-            &JsonMap::new(),
-            include_bytes!("fixtures/response_text.json"),
-        )
-        .unwrap();
+    let (out, usage) = parse_chat_answer(include_bytes!("fixtures/response_text.json"));
     assert_eq!(
         out["choices"][0]["message"]["content"],
         "LLMs are models trained on text."
@@ -112,14 +112,7 @@ fn responses_translate_with_billed_usage() {
         usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
         Some((17, 9))
     );
-    let (out, _) = Cohere
-        .parse(
-            Endpoint::Chat,
-            "cohere",
-            &JsonMap::new(),
-            include_bytes!("fixtures/response_tool_call.json"),
-        )
-        .unwrap();
+    let (out, _) = parse_chat_answer(include_bytes!("fixtures/response_tool_call.json"));
     let m = &out["choices"][0]["message"];
     assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
     assert!(m["content"].is_null());
@@ -323,4 +316,58 @@ fn cache_breakpoints_are_taken_out_and_named() {
         .unwrap();
     assert_eq!(req.dropped, ["cache_control"]);
     assert!(!String::from_utf8_lossy(&req.body).contains("cache_control"));
+}
+
+/// `logprobs`: asked of Cohere as its own flag; each scored text chunk it
+/// gives back (unary: the answer's list; streamed: on its `content-delta`)
+/// is one entry of OpenAI's `logprobs.content`, its log probability its
+/// tokens' summed, without alternatives (`top_logprobs` is refused above).
+#[test]
+fn log_probabilities_of_the_chosen_text() {
+    let a = AuthStyle::bearer();
+    let body =
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "logprobs": true});
+    let req = Cohere
+        .build(Endpoint::Chat, &map(body), false, &target(&a))
+        .unwrap();
+    let sent: Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(sent["logprobs"], json!(true));
+    let plain =
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "logprobs": false});
+    let req = Cohere
+        .build(Endpoint::Chat, &map(plain), false, &target(&a))
+        .unwrap();
+    let sent: Value = serde_json::from_slice(&req.body).unwrap();
+    assert!(sent.get("logprobs").is_none());
+
+    let answer = json!({"id": "r1", "finish_reason": "COMPLETE",
+        "message": {"role": "assistant", "content": [{"type": "text", "text": "Hello world"}]},
+        "logprobs": [{"token_ids": [1], "text": "Hello", "logprobs": [-0.5]},
+                     {"token_ids": [2, 3], "text": " world", "logprobs": [-0.25, -0.125]}]});
+    let (out, _) = parse_chat_answer(answer.to_string().as_bytes());
+    let content = &out["choices"][0]["logprobs"]["content"];
+    assert_eq!(content[0]["token"], "Hello");
+    assert_eq!(content[0]["logprob"], json!(-0.5));
+    assert_eq!(content[1]["logprob"], json!(-0.375));
+    assert_eq!(content[1]["bytes"], json!(" world".as_bytes()));
+    assert_eq!(content[1]["top_logprobs"], json!([]));
+    let (out, _) = parse_chat_answer(include_bytes!("fixtures/response_text.json"));
+    assert!(out["choices"][0]["logprobs"].is_null());
+
+    let stream = concat!(
+        "event: message-start\ndata: {\"id\":\"s1\",\"type\":\"message-start\",\"delta\":{\"message\":{\"role\":\"assistant\"}}}\n\n",
+        "event: content-delta\ndata: {\"type\":\"content-delta\",\"index\":0,\"delta\":{\"message\":{\"content\":{\"text\":\"Hi\"}}},\"logprobs\":{\"token_ids\":[7],\"text\":\"Hi\",\"logprobs\":[-0.75]}}\n\n",
+        "event: message-end\ndata: {\"type\":\"message-end\",\"delta\":{\"finish_reason\":\"COMPLETE\",\"usage\":{\"billed_units\":{\"input_tokens\":1,\"output_tokens\":1}}}}\n\n",
+    );
+    let (chunks, _) = decode(stream, 4096);
+    let scored: Vec<&Value> = chunks
+        .iter()
+        .filter(|c| !c["choices"][0]["logprobs"].is_null())
+        .collect();
+    assert_eq!(scored.len(), 1);
+    assert_eq!(scored[0]["choices"][0]["delta"]["content"], "Hi");
+    assert_eq!(
+        scored[0]["choices"][0]["logprobs"]["content"][0],
+        json!({"token": "Hi", "logprob": -0.75, "bytes": [72, 105], "top_logprobs": []})
+    );
 }

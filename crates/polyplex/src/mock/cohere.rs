@@ -53,6 +53,12 @@ fn require_bearer(headers: &HeaderMap) -> Option<Response> {
     })
 }
 
+/// Cohere's score of the `i`th text piece (`logprobs: true`): its token
+/// ids and each token's log probability (a made-up but fixed one).
+fn scored(i: usize, piece: &str) -> Value {
+    json!({"token_ids": [1000 + i], "text": piece, "logprobs": [-0.125 * (i % 4 + 1) as f64]})
+}
+
 fn sse(kind: &str, data: Value) -> Bytes {
     Bytes::from(format!("event: {kind}\ndata: {data}\n\n"))
 }
@@ -70,6 +76,7 @@ pub(crate) async fn chat(
         Err(r) => return r,
     };
     let oa = to_openai(&req);
+    let want_logprobs = req.get("logprobs") == Some(&Value::Bool(true));
     let answer = reply::chat_answer(&oa);
     let prompt = reply::prompt_tokens(
         oa.get("messages")
@@ -107,6 +114,13 @@ pub(crate) async fn chat(
         };
         let mut out =
             json!({"id": id, "finish_reason": finish, "message": message, "usage": usage});
+        if let (true, Answer::Text { pieces, .. }) = (want_logprobs, &answer) {
+            out["logprobs"] = pieces
+                .iter()
+                .enumerate()
+                .map(|(i, p)| scored(i, p))
+                .collect();
+        }
         if fault.as_ref().is_some_and(|f| f.fault == "no_usage") {
             out.as_object_mut().map(|o| o.remove("usage"));
         }
@@ -119,8 +133,12 @@ pub(crate) async fn chat(
     match &answer {
         Answer::Text { pieces, .. } => {
             events.push(sse("content-start", json!({"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}})));
-            for p in pieces {
-                events.push(sse("content-delta", json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": p}}}})));
+            for (i, p) in pieces.iter().enumerate() {
+                let mut delta = json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": p}}}});
+                if want_logprobs {
+                    delta["logprobs"] = scored(i, p);
+                }
+                events.push(sse("content-delta", delta));
             }
             events.push(sse(
                 "content-end",
