@@ -602,6 +602,52 @@ models = ["gpt-3.5-turbo-instruct"]
         assert r.id.startswith("cmpl-mock") and [ch.text for ch in r.choices] == ["a b", "c"]
 
 
+def test_completions_go_through_chat_once_the_api_says_it_has_no_such_endpoint(mock, fault, tmp_path):
+    """An OpenAI-protocol API polyplex does not know is guessed to have the
+    completions endpoint; when it answers that endpoint with 404 (or 405),
+    the request is asked again through chat, and if chat answers, that is
+    the way there from then on (the log says so). If chat fails too, the
+    404 stands and the guess with it."""
+    providers = f"""
+[[providers]]
+name = "guessed"
+kind = "openai"
+base_url = "{mock}/v1"
+models = ["gpt-4o-mini"]
+catalog = "openai"
+max_retries = 0
+"""
+
+    def paths():
+        """The paths the mock was asked since the last call (it keeps a
+        few; the call resets it, armed faults too)."""
+        recent = json.loads(urllib.request.urlopen(mock + "/__mock/requests").read())
+        urllib.request.urlopen(urllib.request.Request(mock + "/__mock/reset", method="POST"), timeout=5).read()
+        return [r["path"] for r in recent]
+
+    m = "guessed/gpt-4o-mini"
+    with own_gateway(tmp_path, providers) as (c, proc):
+        # Chat fails too: the 404 stands, and the next request tries the endpoint again.
+        paths()
+        fault(fault="status", status=404, count=2, model="gpt-4o-mini")
+        with pytest.raises(openai.NotFoundError):
+            c.completions.create(model=m, prompt="Say this is a test", max_tokens=20)
+        paths()
+        assert c.completions.create(model=m, prompt="Say this is a test", max_tokens=20).choices[0].text
+        assert paths() == ["/v1/completions"]
+        # No such endpoint: asked again through chat, and through chat from then on.
+        paths()
+        fault(fault="status", status=404, count=1, model="gpt-4o-mini")
+        r = c.completions.create(model=m, prompt="Say this is a test", max_tokens=20)
+        assert r.object == "text_completion" and r.choices[0].text == "Say this is a test"
+        assert paths() == ["/v1/completions", "/v1/chat/completions"]
+        text = "".join(ch.choices[0].text for ch in c.completions.create(
+            model=m, prompt="Say this is a test", max_tokens=20, stream=True) if ch.choices)
+        assert text == "Say this is a test"
+        assert paths() == ["/v1/chat/completions"]
+    assert "no completions endpoint" in proc.output()
+
+
 def test_legacy_completions_fail_over_between_chat_and_native_and_say_when_a_stream_breaks(client, fault):
     """A plan may mix a provider answering through chat with one that has
     the endpoint: failover goes from one to the other before the first

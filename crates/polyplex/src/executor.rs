@@ -530,7 +530,7 @@ pub async fn unary_once(
     body: &RequestBody,
 ) -> Result<Unary, GatewayError> {
     let timeout = d.upstream.timeout;
-    let fut = async {
+    let once = || async {
         if let Some(parts) = parts_of(d, endpoint, body, false) {
             return answer_in_parts(app, d, endpoint, parts.bodies).await;
         }
@@ -541,9 +541,39 @@ pub async fn unary_once(
             dropped,
         })
     };
+    let fut = async {
+        let first = once().await;
+        match first {
+            Err(e) if d.upstream.learn_completions_via_chat(endpoint, &e) => {
+                through_chat_after(d, e, once().await)
+            }
+            r => r,
+        }
+    };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(GatewayError::upstream_timeout(&d.upstream.name, timeout)),
+    }
+}
+
+/// The answer through chat to a completions request that `d`'s completions
+/// endpoint refused with `e` (404 or 405: no such endpoint, as polyplex
+/// had only guessed there was): kept as the way there if chat answers,
+/// else `e` stands and the guess with it.
+fn through_chat_after<T>(
+    d: &Deployment,
+    e: GatewayError,
+    answer: Result<T, GatewayError>,
+) -> Result<T, GatewayError> {
+    match answer {
+        Ok(a) => {
+            tracing::info!(provider = %d.upstream.name, status = e.status.as_u16(), "the provider's API has no completions endpoint; its completions go through its chat API from now on");
+            Ok(a)
+        }
+        Err(_) => {
+            d.upstream.unlearn_completions_via_chat();
+            Err(e)
+        }
     }
 }
 
@@ -655,15 +685,24 @@ pub async fn stream_once(
 ) -> Result<OpenStream, GatewayError> {
     let limit = d.upstream.first_byte_timeout;
     let fut = async {
-        let apart = parts_of(d, endpoint, body, true);
-        // Each choice asked apart carries the prompt once more.
-        let prompts = match &apart {
-            Some(p) if p.choices_each == 1 => body.n().max(1),
-            _ => 1,
+        let once = || async {
+            let apart = parts_of(d, endpoint, body, true);
+            // Each choice asked apart carries the prompt once more.
+            let prompts = match &apart {
+                Some(p) if p.choices_each == 1 => body.n().max(1),
+                _ => 1,
+            };
+            let (first, dropped) = match apart {
+                None => open_stream(app, d, endpoint, body).await?,
+                Some(parts) => open_apart(app, d, endpoint, parts).await?,
+            };
+            Ok((first, dropped, prompts))
         };
-        let (first, dropped) = match apart {
-            None => open_stream(app, d, endpoint, body).await?,
-            Some(parts) => open_apart(app, d, endpoint, parts).await?,
+        let (first, dropped, prompts) = match once().await {
+            Err(e) if d.upstream.learn_completions_via_chat(endpoint, &e) => {
+                through_chat_after(d, e, once().await)?
+            }
+            r => r?,
         };
         Ok(OpenStream {
             body: first.body,

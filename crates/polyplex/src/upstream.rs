@@ -13,8 +13,10 @@ use polyplex_providers::gemini::Gemini;
 use polyplex_providers::openai_compat::OpenAiCompat;
 use polyplex_providers::vertex::Vertex;
 use polyplex_providers::{AuthStyle, Endpoint, Protocol, Target};
+use polyplex_types::{ErrorSource, GatewayError};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -31,6 +33,9 @@ pub struct Upstream {
     via_chat: Arc<dyn Protocol>,
     /// Which models' completions go through `via_chat`.
     completions: CompletionsRule,
+    /// Learned (under [`CompletionsRule::Guessed`]): the API answered its
+    /// completions endpoint with 404 or 405, and chat served the request.
+    completions_via_chat: AtomicBool,
     pub base_url: String,
     api_key: Option<SecretString>,
     /// `auth.prefix` + the key, built once (marked sensitive: never logged).
@@ -76,8 +81,12 @@ impl std::fmt::Debug for Upstream {
 /// Which models' legacy completions a provider answers through its chat API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CompletionsRule {
-    /// None: its API has the completions endpoint.
+    /// None: its API has the completions endpoint (`completions = "native"`).
     Native,
+    /// None, as far as polyplex knows (an OpenAI-protocol API it does not
+    /// know to have chat only), until the API answers its completions
+    /// endpoint with 404 or 405: then all ([`Upstream::learn_completions_via_chat`]).
+    Guessed,
     /// All: a chat-only protocol, an OpenAI-protocol API known to have no
     /// completions endpoint, or `completions = "chat"`.
     Chat,
@@ -109,7 +118,7 @@ impl CompletionsRule {
             | "api.anthropic.com"
             | "api.cohere.ai"
             | "api.cohere.com" => CompletionsRule::Chat,
-            _ => CompletionsRule::Native,
+            _ => CompletionsRule::Guessed,
         }
     }
 }
@@ -130,6 +139,7 @@ impl Upstream {
         let via_chat = endpoint == Endpoint::Completions
             && match self.completions {
                 CompletionsRule::Native => false,
+                CompletionsRule::Guessed => self.completions_via_chat.load(Ordering::Relaxed),
                 CompletionsRule::Chat => true,
                 CompletionsRule::ChatModels => !openai_completion_model(model),
             };
@@ -138,6 +148,24 @@ impl Upstream {
         } else {
             self.protocol.as_ref()
         }
+    }
+
+    /// After a completions request failed with `e`: whether it says this
+    /// API has no completions endpoint (404 or 405 on it) where polyplex
+    /// only guessed it had one — if so, its completions go through chat
+    /// from now on (the caller asks again; [`Upstream::unlearn_completions_via_chat`]
+    /// if chat fails too).
+    pub fn learn_completions_via_chat(&self, endpoint: Endpoint, e: &GatewayError) -> bool {
+        endpoint == Endpoint::Completions
+            && self.completions == CompletionsRule::Guessed
+            && e.source == ErrorSource::Upstream
+            && matches!(e.status.as_u16(), 404 | 405)
+            && !self.completions_via_chat.swap(true, Ordering::Relaxed)
+    }
+
+    /// Chat failed as well: the 404 was not about the endpoint.
+    pub fn unlearn_completions_via_chat(&self) {
+        self.completions_via_chat.store(false, Ordering::Relaxed);
     }
 
     pub fn from_config(p: &ProviderConfig) -> Result<Upstream, String> {
@@ -176,6 +204,7 @@ impl Upstream {
             protocol,
             via_chat,
             completions,
+            completions_via_chat: AtomicBool::new(false),
             base_url: p.base_url.clone(),
             api_key: p.api_key.clone(),
             credential: p
@@ -447,6 +476,46 @@ impl GoogleAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where polyplex only guessed the API has the completions endpoint, a
+    /// 404 or 405 from the API on it (and nothing else) switches its
+    /// completions to chat; chat failing too switches them back. A set
+    /// `completions = "native"` is never second-guessed.
+    #[test]
+    fn a_missing_completions_endpoint_is_learned() {
+        let upstream = |setting: Option<CompletionsVia>| {
+            let mut p = ProviderConfig::with_defaults("p", "http://127.0.0.1:9/v1".into());
+            p.completions = setting;
+            Upstream::from_config(&p).unwrap()
+        };
+        let via_chat = |u: &Upstream| {
+            let picked: *const dyn Protocol = u.protocol_for(Endpoint::Completions, "m");
+            !std::ptr::addr_eq(picked, u.protocol.as_ref() as *const dyn Protocol)
+        };
+        let from_api = |status: u16| {
+            GatewayError::upstream(
+                http::StatusCode::from_u16(status).unwrap(),
+                "x",
+                "no such route",
+            )
+        };
+        let u = upstream(None);
+        assert!(!via_chat(&u));
+        assert!(!u.learn_completions_via_chat(Endpoint::Completions, &from_api(500)));
+        assert!(!u.learn_completions_via_chat(Endpoint::Chat, &from_api(404)));
+        let mine = GatewayError::not_found("unknown model");
+        assert!(!u.learn_completions_via_chat(Endpoint::Completions, &mine));
+        assert!(!via_chat(&u));
+        assert!(u.learn_completions_via_chat(Endpoint::Completions, &from_api(404)));
+        assert!(via_chat(&u));
+        // Learned once: a second 404 (now from chat) learns nothing more.
+        assert!(!u.learn_completions_via_chat(Endpoint::Completions, &from_api(405)));
+        u.unlearn_completions_via_chat();
+        assert!(!via_chat(&u));
+        let native = upstream(Some(CompletionsVia::Native));
+        assert!(!native.learn_completions_via_chat(Endpoint::Completions, &from_api(404)));
+        assert!(!via_chat(&native));
+    }
 
     /// Legacy completions go through the chat API where the upstream has
     /// no completions endpoint for the model: a chat-only protocol, an
