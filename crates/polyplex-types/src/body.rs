@@ -127,3 +127,20 @@ impl RequestBody {
         self.map.get().is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` read from the tree (a body the quick path did not shape) as
+    /// OpenAI's integer fields take it: `2.0` is 2, absent is 1.
+    #[test]
+    fn n_from_the_tree_takes_a_whole_float() {
+        let n = |v: serde_json::Value| {
+            RequestBody::from_map(v.as_object().cloned().unwrap_or_default()).n()
+        };
+        assert_eq!(n(serde_json::json!({"n": 2.0})), 2);
+        assert_eq!(n(serde_json::json!({"n": 3})), 3);
+        assert_eq!(n(serde_json::json!({})), 1);
+    }
+}

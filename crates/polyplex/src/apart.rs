@@ -132,11 +132,9 @@ impl Merge {
     fn end(&mut self, out: &mut Vec<u8>) {
         let mut sum = Usage::default();
         for (c, request) in self.choices.iter().zip(&self.requests) {
-            let u = c.usage.unwrap_or_else(|| Usage {
-                prompt_tokens: crate::tokens::prompt(self.endpoint, request),
-                completion_tokens: crate::tokens::count(&c.decoder.summary().completion_text),
-                estimated: true,
-                ..Usage::default()
+            let u = c.usage.unwrap_or_else(|| {
+                let text = c.decoder.summary().completion_text;
+                crate::tokens::stream_estimate(self.endpoint, request, &text)
             });
             sum = sum.plus(&u);
         }

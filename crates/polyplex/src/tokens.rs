@@ -2,7 +2,7 @@
 //! o200k_base encoding (GPT-4o's). For other model families it is an
 //! estimate, and the usage record says so (`estimated`).
 
-use polyplex_types::JsonMap;
+use polyplex_types::{JsonMap, Usage};
 use serde_json::Value;
 use std::sync::OnceLock;
 use tiktoken_rs::CoreBPE;
@@ -85,6 +85,21 @@ pub fn chat_prompt(body: &JsonMap) -> u64 {
         n += count(&tools.to_string());
     }
     n
+}
+
+/// The usage of one upstream stream that reported none: `request`'s
+/// prompt and the generated text (its decoder's summary), counted.
+pub fn stream_estimate(
+    endpoint: polyplex_providers::Endpoint,
+    request: &JsonMap,
+    completion_text: &str,
+) -> Usage {
+    Usage {
+        prompt_tokens: prompt(endpoint, request),
+        completion_tokens: count(completion_text),
+        estimated: true,
+        ..Usage::default()
+    }
 }
 
 /// A request's prompt tokens: the chat messages, or the legacy `prompt`,

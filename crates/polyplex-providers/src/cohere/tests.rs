@@ -325,20 +325,16 @@ fn cache_breakpoints_are_taken_out_and_named() {
 #[test]
 fn log_probabilities_of_the_chosen_text() {
     let a = AuthStyle::bearer();
-    let body =
-        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "logprobs": true});
-    let req = Cohere
-        .build(Endpoint::Chat, &map(body), false, &target(&a))
-        .unwrap();
-    let sent: Value = serde_json::from_slice(&req.body).unwrap();
-    assert_eq!(sent["logprobs"], json!(true));
-    let plain =
-        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "logprobs": false});
-    let req = Cohere
-        .build(Endpoint::Chat, &map(plain), false, &target(&a))
-        .unwrap();
-    let sent: Value = serde_json::from_slice(&req.body).unwrap();
-    assert!(sent.get("logprobs").is_none());
+    let sent = |logprobs: bool| -> Value {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "logprobs": logprobs});
+        let req = Cohere
+            .build(Endpoint::Chat, &map(body), false, &target(&a))
+            .unwrap();
+        serde_json::from_slice(&req.body).unwrap()
+    };
+    assert_eq!(sent(true)["logprobs"], json!(true));
+    assert!(sent(false).get("logprobs").is_none());
 
     let answer = json!({"id": "r1", "finish_reason": "COMPLETE",
         "message": {"role": "assistant", "content": [{"type": "text", "text": "Hello world"}]},

@@ -421,13 +421,13 @@ impl Relay {
     /// The counted usage when the upstream reported none.
     fn estimated_usage(&self) -> Usage {
         let summary = self.open.decoder.summary();
-        let prompt = tokens::prompt(self.ctx.endpoint, self.ctx.request.map());
-        Usage {
-            prompt_tokens: prompt * self.open.prompts,
-            completion_tokens: tokens::count(&summary.completion_text),
-            estimated: true,
-            ..Usage::default()
-        }
+        let mut u = tokens::stream_estimate(
+            self.ctx.endpoint,
+            self.ctx.request.map(),
+            &summary.completion_text,
+        );
+        u.prompt_tokens *= self.open.prompts;
+        u
     }
 
     fn complete(&mut self) {
