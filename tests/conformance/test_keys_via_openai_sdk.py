@@ -103,6 +103,18 @@ def test_a_spent_budget_raises_insufficient_quota(gateway):
         hello(c)
     assert e.value.code == "insufficient_quota"
     assert e.value.type == "insufficient_quota"
+    assert "has spent $0.0000" in e.value.message and "of its $0.0000001 budget" in e.value.message
+    # A spent budget does not come back in a second: no retry-after, and the
+    # SDK told not to retry, so one with its default retries raises at once.
+    assert "retry-after" not in e.value.response.headers
+    assert e.value.response.headers["x-should-retry"] == "false"
+    retrying = OpenAI(base_url=gateway + "/v1", api_key=k["key"], max_retries=2)
+    with pytest.raises(openai.RateLimitError):
+        hello(retrying)
+    status, rows = admin(gateway, "GET", "/admin/usage?by=key")
+    assert status == 200, rows
+    mine = [r for r in rows["data"] if r["key"] == k["id"]]
+    assert mine and mine[0]["requests"] == 3 and mine[0]["errors"] == 2, mine
 
 
 def test_admin_api_needs_the_master_key(gateway):

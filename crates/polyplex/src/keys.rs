@@ -164,10 +164,18 @@ pub fn usd_units(usd: f64) -> u64 {
 /// 429 `insufficient_quota`: the key spent its budget.
 pub fn over_budget(spec: &KeyRow, spent: f64) -> GatewayError {
     GatewayError::quota_exceeded(format!(
-        "You exceeded your current quota: key {} has spent ${spent:.4} of its ${} budget.",
+        "You exceeded your current quota: key {} has spent ${} of its ${} budget.",
         spec.id,
-        spec.budget_usd.unwrap_or(0.0)
+        usd(spent),
+        usd(spec.budget_usd.unwrap_or(0.0))
     ))
+}
+
+/// Dollars to the cent's millionth (the units spend is counted in), without
+/// trailing zeros: `0.00006`, `12.5`, `3`.
+fn usd(x: f64) -> String {
+    let t = format!("{x:.8}");
+    t.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// 429: as many requests of the key in progress as it may have.
@@ -707,6 +715,11 @@ mod tests {
         e.charge(10, 0.006, now);
         let err = e.admit(now).err().unwrap();
         assert_eq!(err.kind, "insufficient_quota");
+        assert!(
+            err.message.contains("spent $0.012 of its $0.01 budget"),
+            "{}",
+            err.message
+        );
         // Written to the store: the spend moves from pending to the row.
         e.stored(units, Some(0.006));
         assert!((e.spent() - 0.012).abs() < 1e-9);

@@ -6,7 +6,7 @@ use crate::routing::Deployment;
 use crate::tokens;
 use crate::usage::{cost, cost_json, UsageRecord};
 use axum::body::Body;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
@@ -88,6 +88,14 @@ mod tests {
         assert_eq!(r.headers()["retry-after"], "3");
         assert_eq!(r.headers()["content-type"], "application/json");
     }
+
+    #[test]
+    fn a_spent_budget_is_not_to_be_retried() {
+        let r = ApiError(GatewayError::quota_exceeded("spent")).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()["x-should-retry"], "false");
+        assert!(r.headers().get("retry-after").is_none());
+    }
 }
 
 /// A gateway error as an HTTP response in OpenAI's shape.
@@ -110,7 +118,16 @@ impl IntoResponse for ApiError {
             axum::http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if e.status == StatusCode::TOO_MANY_REQUESTS || e.status == StatusCode::SERVICE_UNAVAILABLE
+        if e.kind == "insufficient_quota" {
+            // A spent budget does not come back in a second: the SDKs
+            // (Python and Node) skip their retries on `x-should-retry:
+            // false` and raise at once instead of waiting out two retries.
+            h.insert(
+                HeaderName::from_static("x-should-retry"),
+                HeaderValue::from_static("false"),
+            );
+        } else if e.status == StatusCode::TOO_MANY_REQUESTS
+            || e.status == StatusCode::SERVICE_UNAVAILABLE
         {
             let secs = e
                 .retry_after
