@@ -309,6 +309,29 @@ def test_reasoning_effort_is_translated(client, mock, model, expect):
     assert expect(body), body
 
 
+@pytest.mark.parametrize("claude", [ANTHROPIC, VERTEX_CLAUDE, BEDROCK])
+def test_claude_thinking_is_counted_as_reasoning_tokens(client, claude):
+    """Claude counts its thinking in its output tokens but not apart: the
+    gateway gives the share that was not visible as reasoning_tokens, unary,
+    streamed, n apart and through the Responses API alike."""
+    ask = dict(model=claude, messages=[{"role": "user", "content": "Think about this one"}],
+               reasoning_effort="low", max_completion_tokens=2000)
+    r = client.chat.completions.create(**ask)
+    assert r.choices[0].message.model_extra["reasoning_content"]
+    u = r.usage
+    assert 0 < u.completion_tokens_details.reasoning_tokens < u.completion_tokens
+    chunks = list(client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].usage.completion_tokens == u.completion_tokens
+    assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == u.completion_tokens_details.reasoning_tokens
+    chunks = list(client.chat.completions.create(**ask, n=2, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == 2 * u.completion_tokens_details.reasoning_tokens
+    resp = client.responses.create(model=claude, input="Think about this one", reasoning={"effort": "low"},
+                                   max_output_tokens=2000, store=False)
+    assert resp.usage.output_tokens_details.reasoning_tokens == u.completion_tokens_details.reasoning_tokens
+    plain = client.chat.completions.create(model=claude, messages=[{"role": "user", "content": "Think about this one"}])
+    assert plain.usage.completion_tokens_details.reasoning_tokens == 0
+
+
 @pytest.mark.parametrize("gemini", [GEMINI, VERTEX_GEMINI])
 def test_gemini_thought_summary_comes_back_as_reasoning(client, gemini):
     r = client.chat.completions.create(model=gemini, messages=[{"role": "user", "content": "Plan a trip"}],

@@ -122,6 +122,9 @@ pub struct StreamSummary {
     pub created: Option<u64>,
     /// All generated text (content, tool-call arguments) for token counting.
     pub completion_text: String,
+    /// The thinking's text, when the model thought and its upstream does
+    /// not count reasoning tokens apart (Claude; empty when redacted).
+    pub reasoning: Option<String>,
 }
 
 /// A stateful translator of one upstream stream.
@@ -136,6 +139,12 @@ pub trait StreamDecoder: Send {
     fn finish(&mut self, out: &mut Vec<StreamItem>) -> Result<(), GatewayError>;
     /// Whether the upstream reported usage during the stream.
     fn saw_usage(&self) -> bool;
+    /// Whether the model thought in this stream without its upstream
+    /// counting the reasoning tokens apart (Claude's extended thinking): the
+    /// gateway estimates them from the [`StreamSummary`].
+    fn reasoned(&self) -> bool {
+        false
+    }
     /// Id, model and the generated text, for a usage chunk the gateway must write itself.
     fn summary(&self) -> StreamSummary;
 }

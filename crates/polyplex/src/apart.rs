@@ -132,10 +132,11 @@ impl Merge {
     fn end(&mut self, out: &mut Vec<u8>) {
         let mut sum = Usage::default();
         for (c, request) in self.choices.iter().zip(&self.requests) {
-            let u = c.usage.unwrap_or_else(|| {
+            let mut u = c.usage.unwrap_or_else(|| {
                 let text = c.decoder.summary().completion_text;
                 crate::tokens::stream_estimate(self.endpoint, request, &text)
             });
+            crate::tokens::stream_reasoning(&mut u, c.decoder.as_ref());
             sum = sum.plus(&u);
         }
         let (id, created, model) = self.head.clone().unwrap_or_default();

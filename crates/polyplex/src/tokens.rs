@@ -130,6 +130,70 @@ pub fn input_tokens(v: Option<&Value>) -> u64 {
 
 /// Completion tokens of a non-streamed response (choices' content and tool calls, or `text`).
 pub fn response_completion(resp: &JsonMap) -> u64 {
+    count(&completion_text(resp))
+}
+
+/// Reasoning tokens of an answer whose upstream counts the thinking in its
+/// output tokens but not apart (Claude): the output less what was visible,
+/// at least the thinking's own text (Claude 4 gives a summary of a longer
+/// thinking, so the output's share is the better measure), at most the
+/// output. Both counts are o200k's, so this is an estimate.
+pub fn reasoning_estimate(completion: u64, visible: &str, thinking: &str) -> u64 {
+    completion
+        .saturating_sub(count(visible))
+        .max(count(thinking))
+        .min(completion)
+}
+
+/// Sets the reasoning tokens of `u` when the model thought and its
+/// upstream did not count them apart; whether it did.
+pub fn stream_reasoning(u: &mut Usage, decoder: &dyn polyplex_providers::StreamDecoder) -> bool {
+    if u.reasoning_tokens > 0 || u.completion_tokens == 0 || !decoder.reasoned() {
+        return false;
+    }
+    let s = decoder.summary();
+    u.reasoning_tokens = reasoning_estimate(
+        u.completion_tokens,
+        &s.completion_text,
+        s.reasoning.as_deref().unwrap_or(""),
+    );
+    true
+}
+
+/// The same for a non-streamed chat answer whose messages carry thinking
+/// (`reasoning_content` or `thinking_blocks`).
+pub fn response_reasoning(u: &mut Usage, resp: &JsonMap) -> bool {
+    if u.reasoning_tokens > 0 || u.completion_tokens == 0 {
+        return false;
+    }
+    let mut thinking = String::new();
+    let mut thought = false;
+    for m in resp
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("message"))
+    {
+        if let Some(t) = m.get("reasoning_content").and_then(Value::as_str) {
+            thinking.push_str(t);
+            thought = true;
+        }
+        thought |= m
+            .get("thinking_blocks")
+            .and_then(Value::as_array)
+            .is_some_and(|b| !b.is_empty());
+    }
+    if !thought {
+        return false;
+    }
+    u.reasoning_tokens = reasoning_estimate(u.completion_tokens, &completion_text(resp), &thinking);
+    true
+}
+
+/// The generated text of a non-streamed response: choices' content and
+/// tool calls, or `text`.
+fn completion_text(resp: &JsonMap) -> String {
     let mut text = String::new();
     for c in resp
         .get("choices")
@@ -155,7 +219,7 @@ pub fn response_completion(resp: &JsonMap) -> u64 {
             }
         }
     }
-    count(&text)
+    text
 }
 
 #[cfg(test)]
@@ -176,5 +240,49 @@ mod tests {
         let resp = json!({"choices": [{"message": {"content": "hello world"}}]});
         assert_eq!(response_completion(resp.as_object().unwrap()), 2);
         assert_eq!(input_tokens(Some(&json!(["hello world", [1, 2, 3]]))), 5);
+    }
+
+    #[test]
+    fn reasoning_is_the_output_not_seen() {
+        // 40 output tokens, 2 of them visible: 38 were thinking, though its
+        // (summarised) text counts fewer.
+        assert_eq!(reasoning_estimate(40, "hello world", "thinking hard"), 38);
+        // The thinking's own text when the output says less (tokenisers differ).
+        assert_eq!(reasoning_estimate(3, "hello world", "thinking it over"), 3);
+        assert_eq!(reasoning_estimate(10, "hello world", "thinking"), 8);
+        assert_eq!(reasoning_estimate(2, "hello world", ""), 0);
+
+        let thought = json!({"choices": [{"message": {"content": "hello world",
+            "reasoning_content": "thinking hard", "thinking_blocks": [{"type": "thinking"}]}}]});
+        let mut u = Usage {
+            completion_tokens: 40,
+            ..Usage::default()
+        };
+        assert!(response_reasoning(&mut u, thought.as_object().unwrap()));
+        assert_eq!(u.reasoning_tokens, 38);
+        // Redacted thinking has no text and still took output tokens.
+        let redacted = json!({"choices": [{"message": {"content": "hello world",
+            "thinking_blocks": [{"type": "redacted_thinking", "data": "x"}]}}]});
+        let mut u = Usage {
+            completion_tokens: 40,
+            ..Usage::default()
+        };
+        assert!(response_reasoning(&mut u, redacted.as_object().unwrap()));
+        assert_eq!(u.reasoning_tokens, 38);
+        // No thinking, or counted by the upstream already: left alone.
+        let plain = json!({"choices": [{"message": {"content": "hello world"}}]});
+        let mut u = Usage {
+            completion_tokens: 40,
+            ..Usage::default()
+        };
+        assert!(!response_reasoning(&mut u, plain.as_object().unwrap()));
+        assert_eq!(u.reasoning_tokens, 0);
+        let mut u = Usage {
+            completion_tokens: 40,
+            reasoning_tokens: 5,
+            ..Usage::default()
+        };
+        assert!(!response_reasoning(&mut u, thought.as_object().unwrap()));
+        assert_eq!(u.reasoning_tokens, 5);
     }
 }

@@ -157,6 +157,8 @@ pub struct Decoder {
     text: String,
     /// The thinking block open now, if any.
     thinking: Option<Thinking>,
+    /// All thinking's text, once the model thought (redacted: empty).
+    reasoning: Option<String>,
     /// Web search is on: characters of content are counted, for citations.
     searching: bool,
     /// Characters of content sent so far (counted only when searching).
@@ -185,6 +187,7 @@ impl Decoder {
             done: false,
             text: String::new(),
             thinking: None,
+            reasoning: None,
             searching: false,
             chars: 0,
             text_block: None,
@@ -241,6 +244,7 @@ impl Decoder {
                 if let Some(th) = self.thinking.as_mut().filter(|th| th.index == idx) {
                     th.text.push_str(t);
                 }
+                self.reasoning.get_or_insert_default().push_str(t);
                 out.push(self.chunk(
                     &Reasoning {
                         reasoning_content: t,
@@ -482,6 +486,7 @@ impl StreamDecoder for Decoder {
                             "function": {"name": name, "arguments": ""}}]}), None));
                     }
                 } else if block.get("type").and_then(Value::as_str) == Some("thinking") {
+                    self.reasoning.get_or_insert_default();
                     self.thinking = Some(Thinking {
                         index: idx,
                         text: String::new(),
@@ -492,6 +497,7 @@ impl StreamDecoder for Decoder {
                         self.on_delta(idx, Some("thinking_delta"), Some(opening), None, out)?;
                     }
                 } else if block.get("type").and_then(Value::as_str) == Some("redacted_thinking") {
+                    self.reasoning.get_or_insert_default();
                     out.push(self.chunk(&json!({"thinking_blocks": [block]}), None));
                 } else {
                     let text = block.get("text").and_then(Value::as_str).unwrap_or("");
@@ -571,12 +577,17 @@ impl StreamDecoder for Decoder {
         self.done
     }
 
+    fn reasoned(&self) -> bool {
+        self.reasoning.is_some()
+    }
+
     fn summary(&self) -> StreamSummary {
         StreamSummary {
             id: Some(self.id.clone()),
             model: Some(self.model.clone()),
             created: Some(self.created),
             completion_text: self.text.clone(),
+            reasoning: self.reasoning.clone(),
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct Decoder {
     text: String,
     /// The thinking block open now: its index, text and signature so far.
     thinking: Option<(u64, String, String)>,
+    /// All thinking's text, once the model thought (redacted: empty).
+    reasoning: Option<String>,
 }
 
 impl Decoder {
@@ -77,6 +79,7 @@ impl Decoder {
             stopped: false,
             text: String::new(),
             thinking: None,
+            reasoning: None,
         }
     }
 
@@ -116,8 +119,10 @@ impl Decoder {
         let th = self
             .thinking
             .get_or_insert_with(|| (idx, String::new(), String::new()));
+        let reasoning = self.reasoning.get_or_insert_default();
         if let Some(t) = rc.get("text").and_then(Value::as_str) {
             th.1.push_str(t);
+            reasoning.push_str(t);
             out.push(self.chunk(
                 &Reasoning {
                     reasoning_content: t,
@@ -275,12 +280,17 @@ impl StreamDecoder for Decoder {
         self.usage.is_some()
     }
 
+    fn reasoned(&self) -> bool {
+        self.reasoning.is_some()
+    }
+
     fn summary(&self) -> StreamSummary {
         StreamSummary {
             id: Some(self.id.clone()),
             model: Some(self.model.clone()),
             created: Some(self.created),
             completion_text: self.text.clone(),
+            reasoning: self.reasoning.clone(),
         }
     }
 }

@@ -598,6 +598,7 @@ impl StreamDecoder for Decoder {
             model: Some(self.model.clone()),
             created: Some(self.created),
             completion_text: self.text.clone(),
+            reasoning: None,
         }
     }
 }

@@ -329,10 +329,15 @@ async fn converse(
             .map(Vec::as_slice)
             .unwrap_or(&[]),
     );
-    let output_tokens = match &answer {
-        Answer::Text { pieces, .. } => pieces.len() as u64,
-        Answer::ToolCall { arguments, .. } => 1 + arguments.len().div_ceil(4) as u64,
-    };
+    // Converse counts the thinking in the output tokens, as Anthropic does.
+    let thought_tokens = thinking
+        .as_ref()
+        .map_or(0, |(t, _)| reply::tokenize(t).len() as u64);
+    let output_tokens = thought_tokens
+        + match &answer {
+            Answer::Text { pieces, .. } => pieces.len() as u64,
+            Answer::ToolCall { arguments, .. } => 1 + arguments.len().div_ceil(4) as u64,
+        };
     // Tools, system blocks, message blocks: a `cachePoint` ends a prefix.
     let items: Vec<&Value> = req
         .get("toolConfig")

@@ -252,6 +252,19 @@ fn raw_usage_with_cost(raw: &mut RawReply, c: f64) -> bool {
     raw.set("usage", &Value::Object(u)).is_ok()
 }
 
+/// Sets `completion_tokens_details.reasoning_tokens` in a `usage` object.
+fn set_reasoning(u: &mut JsonMap, tokens: u64) {
+    let details = u
+        .entry("completion_tokens_details")
+        .or_insert_with(|| Value::Object(JsonMap::new()));
+    if !details.is_object() {
+        *details = Value::Object(JsonMap::new());
+    }
+    if let Value::Object(d) = details {
+        d.insert("reasoning_tokens".into(), Value::from(tokens));
+    }
+}
+
 /// Sets `usage.cost` on a decoded answer or chunk whose `usage` is an object.
 fn map_usage_with_cost(map: &mut JsonMap, c: f64) {
     if let Some(Value::Object(u)) = map.get_mut("usage") {
@@ -282,7 +295,7 @@ fn usage_into_map(
     resp: &mut JsonMap,
     upstream: Option<Usage>,
 ) -> (Usage, f64) {
-    let usage = upstream.unwrap_or_else(|| {
+    let mut usage = upstream.unwrap_or_else(|| {
         let prompt = tokens::prompt(endpoint, request.map());
         let completion = if endpoint == Endpoint::Embeddings {
             0
@@ -296,6 +309,11 @@ fn usage_into_map(
             ..Usage::default()
         }
     });
+    if endpoint == Endpoint::Chat && tokens::response_reasoning(&mut usage, resp) {
+        if let Some(Value::Object(u)) = resp.get_mut("usage") {
+            set_reasoning(u, usage.reasoning_tokens);
+        }
+    }
     let c = cost(app.router.catalog(), d, &usage);
     if !resp.get("usage").is_some_and(Value::is_object) {
         let u = if endpoint == Endpoint::Embeddings {
@@ -422,7 +440,14 @@ impl Relay {
                 };
                 self.push(f);
             }
-            StreamItem::Usage(u, chunk) => {
+            StreamItem::Usage(mut u, mut chunk) => {
+                if tokens::stream_reasoning(&mut u, self.open.decoder.as_ref()) {
+                    let mut m = chunk.into_map();
+                    if let Some(Value::Object(usage)) = m.get_mut("usage") {
+                        set_reasoning(usage, u.reasoning_tokens);
+                    }
+                    chunk = Reply::Map(m);
+                }
                 self.usage = Some(u);
                 if self.ctx.include_usage {
                     let c = cost(self.ctx.app.router.catalog(), &self.deployment, &u);
