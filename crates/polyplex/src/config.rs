@@ -116,6 +116,7 @@ struct RawServer {
     shutdown_grace_ms: Option<u64>,
     threads: Option<usize>,
     busy_poll_us: Option<u64>,
+    cors_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,6 +221,10 @@ pub struct Config {
     /// How long a serving thread keeps polling its sockets after a request
     /// before it sleeps (zero: never). See `crate::server::busy`.
     pub busy_poll: Duration,
+    /// Origins whose web pages may call (`server.cors_origins`); `None`:
+    /// any with a master key, this machine's without. See
+    /// `crate::server::browsers`.
+    pub cors_origins: Option<Vec<String>>,
     pub providers: Vec<ProviderConfig>,
     pub routes: Vec<RouteConfig>,
     pub routing: RoutingConfig,
@@ -855,6 +860,17 @@ pub fn from_toml(text: &str, inputs: &Inputs<'_>) -> Result<Config, ConfigError>
             }
             n => Duration::from_micros(n.unwrap_or(DEFAULT_BUSY_POLL_US)),
         },
+        cors_origins: match raw.server.cors_origins {
+            Some(list) => {
+                for (i, o) in list.iter().enumerate() {
+                    if let Err(m) = crate::server::browsers::parse_origin(o) {
+                        return err(format!("server.cors_origins[{i}]: {m}"));
+                    }
+                }
+                Some(list)
+            }
+            None => None,
+        },
         providers,
         routes,
         routing,
@@ -1486,6 +1502,7 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
         shutdown_grace: Duration::from_secs(30),
         threads: None,
         busy_poll: Duration::from_micros(DEFAULT_BUSY_POLL_US),
+        cors_origins: None,
         providers,
         routes: Vec::new(),
         routing: RoutingConfig::default(),

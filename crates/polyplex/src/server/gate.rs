@@ -10,6 +10,7 @@ use crate::server::respond::ApiError;
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
+use futures::future::Either;
 use polyplex_providers::Endpoint;
 use polyplex_types::GatewayError;
 use std::convert::Infallible;
@@ -17,6 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use tower_layer::Layer;
 use tower_service::Service;
 
 /// The router behind the gate (see the module docs).
@@ -125,14 +127,20 @@ impl Service<Request> for Gate {
 }
 
 /// The gate as hyper calls it on each connection (`crate::serve_listener`):
-/// by reference, the request's body as hyper reads it.
+/// by reference, the request's body as hyper reads it. A request from a web
+/// page whose origin may call goes through tower-http's CORS service around
+/// the gate (`super::browsers`); the rest straight to the gate.
 impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Gate {
     type Response = Response;
     type Error = Infallible;
-    type Future = Gated;
+    type Future = Either<Gated, tower_http::cors::ResponseFuture<Gated>>;
 
-    fn call(&self, req: axum::http::Request<hyper::body::Incoming>) -> Gated {
-        self.gate(req.map(axum::body::Body::new))
+    fn call(&self, req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        let req = req.map(axum::body::Body::new);
+        match self.app.browsers.cors_for(req.headers()) {
+            Some(cors) => Either::Right(cors.layer(self.clone()).call(req)),
+            None => Either::Left(self.gate(req)),
+        }
     }
 }
 
@@ -144,6 +152,13 @@ impl Gate {
             None => new_request_id(),
         };
         let in_flight = busy::begin();
+        if let Some(e) = self.app.browsers.refuse(req.uri(), req.headers()) {
+            return Gated {
+                inner: Inner::Refused(Some(ApiError(e).into_response())),
+                id,
+                _in_flight: in_flight,
+            };
+        }
         let path = req.uri().path();
         let admin = is_admin(path);
         let api = api_endpoint(req.method(), path);

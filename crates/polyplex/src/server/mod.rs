@@ -2,7 +2,10 @@
 //!
 //! A request to `/v1/*` passes through these stages, in this order (its
 //! connection was accepted by `crate::serve_listener`, which closes one
-//! that sends no request head within `server.header_timeout_ms`):
+//! that sends no request head within `server.header_timeout_ms`; a request
+//! from a web page whose origin may call goes through tower-http's CORS
+//! service, which answers its preflight, and without a master key one from
+//! another origin or to a non-loopback host is refused: [`browsers`]):
 //!
 //! 1. **request id** ([`gate`]): takes the client's `x-request-id` if it is
 //!    sane, else makes one; every response carries it.
@@ -41,6 +44,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod browsers;
 pub mod busy;
 pub mod gate;
 pub mod handlers;
@@ -82,6 +86,8 @@ pub struct AppState {
     pub retry_budget: crate::health::RetryBudget,
     /// The response cache (`[cache]`).
     pub cache: Option<crate::cache::ResponseCache>,
+    /// Requests from web pages: CORS, and what a keyless gateway refuses.
+    pub browsers: browsers::Browsers,
 }
 
 pub type App = Arc<AppState>;
@@ -138,6 +144,7 @@ pub fn state(
             .collect::<Result<_, _>>()?,
         urls: crate::client::UriCache::default(),
         master_key: cfg.master_key.clone(),
+        browsers: browsers::Browsers::new(cfg.cors_origins.as_deref(), cfg.master_key.is_some()),
         keys,
         cache: cfg.cache.map(|c| {
             crate::cache::ResponseCache::new(c, shared_limits.as_ref().map(|s| s.connection()))
