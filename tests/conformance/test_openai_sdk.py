@@ -319,3 +319,21 @@ def test_slow_and_idle_connections_are_closed_and_the_sdk_carries_on(mock, tmp_p
             s.settimeout(5)
             rest = out.split(b"\r\n\r\n", 1)[1] + s.recv(65536)
             assert json.loads(rest[rest.index(b"{"):rest.rindex(b"}") + 1])["error"]["code"] == "request_timeout"
+
+
+def test_client_connections_are_kept_alive_by_tcp_probes(gateway):
+    """A client gone without a word is noticed by TCP keep-alive probes
+    (30 s idle, 10 s apart, 3 of them), so its request and the upstream
+    call are dropped instead of answered for nobody."""
+    import shutil
+    import socket
+    import subprocess
+
+    if not shutil.which("ss"):
+        pytest.skip("needs ss (iproute2)")
+    port = int(gateway.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        mine = s.getsockname()[1]
+        out = subprocess.run(["ss", "-tnoH", "state", "established", f"( sport = :{port} and dport = :{mine} )"],
+                             capture_output=True, text=True, timeout=10).stdout
+        assert "timer:(keepalive" in out, out

@@ -298,14 +298,30 @@ async fn share_limits(
     Ok(limits)
 }
 
+/// TCP keep-alive on the client connections (set on the listeners, which
+/// the accepted sockets inherit): a client gone without a word (a laptop
+/// shut, a NAT entry dropped) is noticed after `CLIENT_KEEPALIVE_IDLE` of
+/// silence and three unanswered probes, and its connection fails, which
+/// drops its request and so cancels the upstream call — instead of an
+/// answer being generated (and billed) for nobody until the kernel gives
+/// up on a write many minutes later.
+const CLIENT_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// `n` listeners on one address with `SO_REUSEPORT`. An explicit port is
 /// first bound once without it, so a port another process (or another
 /// polyplex) holds is refused instead of silently shared.
 fn reuseport_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    use socket2::{Domain, Protocol, Socket, Type};
+    use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
     let open = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
         let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         s.set_reuse_address(true)?;
+        let keepalive = TcpKeepalive::new()
+            .with_time(CLIENT_KEEPALIVE_IDLE)
+            .with_interval(CLIENT_KEEPALIVE_INTERVAL);
+        #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+        let keepalive = keepalive.with_retries(3);
+        s.set_tcp_keepalive(&keepalive)?;
         #[cfg(unix)]
         s.set_reuse_port(true)?;
         s.set_nonblocking(true)?;
@@ -346,6 +362,13 @@ async fn serve_listener(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
+    // HTTP/2 multiplexes a client's requests on one connection: a PING
+    // every 30 s unanswered for 20 s closes it, and its streams with it.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(CLIENT_KEEPALIVE_IDLE))
+        .keep_alive_timeout(Duration::from_secs(20));
     let open = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let tcp = tokio::select! {
