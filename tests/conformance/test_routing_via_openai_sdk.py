@@ -2,6 +2,7 @@
 `models` and `provider` options in `extra_body`, `auto`, `:floor`, the
 `x-polyplex-*` headers, and `GET /admin/providers`."""
 import json
+import time
 import urllib.request
 
 import openai
@@ -97,3 +98,50 @@ def test_a_deployment_that_cannot_carry_the_request_is_passed_over(client):
             "bedrock/us.anthropic.claude-haiku-4-5-20251001-v1:0"]})
     assert (e.value.param, e.value.code) == ("seed", "unsupported_parameter")
     assert "`anthropic`" in e.value.message
+
+
+def test_metrics_show_each_deployments_attempts_and_health(mock, fault, tmp_path):
+    """`/metrics`: the requests by the provider and model that answered, and
+    each deployment's own attempts, failures, circuit and in-flight count —
+    the failed-over attempt included, which no request record names."""
+    from conftest import mock_openai_provider, own_gateway
+
+    providers = mock_openai_provider(mock) + f"""[[providers]]
+name = "backup"
+kind = "openai"
+base_url = "{mock}/v1"
+models = ["gpt-4o-mini"]
+max_retries = 0
+"""
+    route = '[[routes]]\nname = "steady"\ntargets = ["openai/gpt-4o-mini", "backup/gpt-4o-mini"]'
+    with own_gateway(tmp_path, providers, route) as (client, _):
+        fault(fault="500", count=1, model="gpt-4o-mini")
+        h, _ = create(client, model="steady")
+        assert (h["x-polyplex-provider"], h["x-polyplex-attempts"]) == ("backup", "2")
+        base = str(client.base_url).removesuffix("/v1/")
+
+        def scrape():
+            with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+                lines = r.read().decode().splitlines()
+            return {k: float(v) for k, v in (ln.rsplit(" ", 1) for ln in lines if ln and not ln.startswith("#"))}
+
+        # The records reach the metrics through the usage writer, a moment later.
+        deadline = time.time() + 5
+        series = scrape()
+        while not any(k.startswith("polyplex_requests_total{") for k in series):
+            assert time.time() < deadline, series
+            time.sleep(0.05)
+            series = scrape()
+        one = 'provider="openai",model="gpt-4o-mini"'
+        two = 'provider="backup",model="gpt-4o-mini"'
+        assert series[f"polyplex_upstream_attempts_total{{{one}}}"] == 1
+        assert series[f"polyplex_upstream_errors_total{{{one}}}"] == 1
+        assert series[f"polyplex_deployment_error_rate{{{one}}}"] == 1
+        assert series[f"polyplex_upstream_attempts_total{{{two}}}"] == 1
+        assert series[f"polyplex_upstream_errors_total{{{two}}}"] == 0
+        assert series[f'polyplex_deployment_circuit_state{{{two},state="closed"}}'] == 1
+        assert series[f"polyplex_deployment_healthy{{{two}}}"] == 1
+        assert series[f"polyplex_deployment_in_flight{{{two}}}"] == 0
+        # The records: one request, answered by backup.
+        answered = [k for k in series if k.startswith("polyplex_requests_total{")]
+        assert answered == ['polyplex_requests_total{endpoint="chat.completions",provider="backup",model="gpt-4o-mini",status="200"}'], answered

@@ -404,21 +404,25 @@ impl DeploymentStats {
     }
 
     /// For `GET /admin/providers`.
+    /// The numbers `/metrics` shows of this deployment.
+    pub fn gauges(&self, cfg: &HealthConfig, now: Instant) -> Gauges {
+        let g = self.lock();
+        let (window, error_rate) = g.window(cfg, now);
+        let circuit = g.circuit_name(now);
+        Gauges {
+            healthy: circuit == "closed" && !g.out_of_requests(now),
+            circuit,
+            in_flight: self.in_flight(),
+            requests: g.requests,
+            errors: g.errors,
+            window_requests: window,
+            error_rate,
+        }
+    }
+
     pub fn snapshot(&self, cfg: &HealthConfig, now: Instant) -> Value {
         let g = self.lock();
-        let in_window: Vec<bool> = g
-            .outcomes
-            .list
-            .iter()
-            .filter(|(t, _)| now.saturating_duration_since(*t) <= cfg.window)
-            .map(|(_, ok)| *ok)
-            .collect();
-        let window_errors = in_window.iter().filter(|ok| !**ok).count();
-        let error_rate = if in_window.is_empty() {
-            0.0
-        } else {
-            window_errors as f64 / in_window.len() as f64
-        };
+        let (window, error_rate) = g.window(cfg, now);
         let round = |v: Option<f64>| v.map(|x| (x * 100.0).round() / 100.0);
         let left = |l: &Option<Left>| {
             live(l, now).map(|l| {
@@ -426,10 +430,7 @@ impl DeploymentStats {
                        "resets_in_ms": l.until.map(|u| u.saturating_duration_since(now).as_millis() as u64)})
             })
         };
-        let circuit = match g.circuit {
-            Circuit::Open { until } if now >= until => "half_open",
-            c => c.name(),
-        };
+        let circuit = g.circuit_name(now);
         json!({
             "healthy": circuit == "closed" && !g.out_of_requests(now),
             "circuit": circuit,
@@ -440,7 +441,7 @@ impl DeploymentStats {
             "in_flight": self.in_flight(),
             "requests": g.requests,
             "errors": g.errors,
-            "window_requests": in_window.len(),
+            "window_requests": window,
             "error_rate": (error_rate * 1000.0).round() / 1000.0,
             "ttft_ms_avg": round(g.ttft_ms.0),
             "ttft_ms_p95": round(p95(&g.ttfts)),
@@ -463,10 +464,53 @@ fn live(l: &Option<Left>, now: Instant) -> Option<Left> {
 
 impl Inner {
     /// Blocked by a 429's `retry-after`, or no requests left before the reset.
+    /// Attempts in the health window, and the share of them that failed.
+    fn window(&self, cfg: &HealthConfig, now: Instant) -> (usize, f64) {
+        let (mut n, mut failed) = (0, 0);
+        for (_, ok) in self
+            .outcomes
+            .list
+            .iter()
+            .filter(|(t, _)| now.saturating_duration_since(*t) <= cfg.window)
+        {
+            n += 1;
+            failed += usize::from(!*ok);
+        }
+        (
+            n,
+            if n == 0 {
+                0.0
+            } else {
+                failed as f64 / n as f64
+            },
+        )
+    }
+
+    /// `closed`, `open`, or `half_open` once an open circuit's cooldown is over.
+    fn circuit_name(&self, now: Instant) -> &'static str {
+        match self.circuit {
+            Circuit::Open { until } if now >= until => "half_open",
+            c => c.name(),
+        }
+    }
+
     fn out_of_requests(&self, now: Instant) -> bool {
         self.blocked_until.is_some_and(|u| now < u)
             || live(&self.requests_left, now).is_some_and(|l| l.remaining == 0)
     }
+}
+
+/// A deployment's state as `/metrics` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gauges {
+    pub healthy: bool,
+    pub circuit: &'static str,
+    pub in_flight: u32,
+    /// Attempts and failed attempts since the start.
+    pub requests: u64,
+    pub errors: u64,
+    pub window_requests: usize,
+    pub error_rate: f64,
 }
 
 fn p95(samples: &VecDeque<f64>) -> Option<f64> {

@@ -421,7 +421,7 @@ struct Handles {
     cost: metrics::Gauge,
 }
 
-type HandleKey = (&'static str, Option<String>, u16);
+type HandleKey = (&'static str, Option<String>, Option<String>, u16);
 
 /// The metric handles registered so far. The last one used is tried first:
 /// the records of a batch mostly share theirs, and then a record neither
@@ -435,16 +435,17 @@ struct Meters {
 
 impl Meters {
     fn of(&mut self, r: &UsageRecord) -> &Handles {
-        let hit = self
-            .all
-            .get(self.last)
-            .is_some_and(|((endpoint, provider, status), _)| {
-                *endpoint == r.endpoint
-                    && *status == r.status
-                    && provider.as_deref() == r.provider.as_deref()
-            });
+        let hit =
+            self.all
+                .get(self.last)
+                .is_some_and(|((endpoint, provider, model, status), _)| {
+                    *endpoint == r.endpoint
+                        && *status == r.status
+                        && provider.as_deref() == r.provider.as_deref()
+                        && model.as_deref() == r.model.as_deref()
+                });
         if !hit {
-            let key = (r.endpoint, r.provider.clone(), r.status);
+            let key = (r.endpoint, r.provider.clone(), r.model.clone(), r.status);
             self.last = match self.by_key.get(&key) {
                 Some(&i) => i,
                 None => {
@@ -461,14 +462,15 @@ impl Meters {
 
 fn handles(r: &UsageRecord) -> Handles {
     let provider = r.provider.clone().unwrap_or_default();
+    let model = r.model.clone().unwrap_or_default();
     let status = r.status.to_string();
     Handles {
-        requests: metrics::counter!("polyplex_requests_total", "endpoint" => r.endpoint, "provider" => provider.clone(), "status" => status),
+        requests: metrics::counter!("polyplex_requests_total", "endpoint" => r.endpoint, "provider" => provider.clone(), "model" => model.clone(), "status" => status),
         duration: metrics::histogram!("polyplex_request_duration_seconds", "endpoint" => r.endpoint, "provider" => provider.clone()),
         ttft: metrics::histogram!("polyplex_time_to_first_token_seconds", "provider" => provider.clone()),
-        prompt: metrics::counter!("polyplex_tokens_total", "provider" => provider.clone(), "kind" => "prompt"),
-        completion: metrics::counter!("polyplex_tokens_total", "provider" => provider.clone(), "kind" => "completion"),
-        cost: metrics::gauge!("polyplex_cost_usd_total", "provider" => provider),
+        prompt: metrics::counter!("polyplex_tokens_total", "provider" => provider.clone(), "model" => model.clone(), "kind" => "prompt"),
+        completion: metrics::counter!("polyplex_tokens_total", "provider" => provider.clone(), "model" => model.clone(), "kind" => "completion"),
+        cost: metrics::gauge!("polyplex_cost_usd_total", "provider" => provider, "model" => model),
     }
 }
 
@@ -778,7 +780,7 @@ mod tests {
         for r in [&a, &a, &b, &a, &c, &d, &c, &b] {
             let _ = m.of(r);
             let (key, _) = &m.all[m.last];
-            assert_eq!(key, &(r.endpoint, r.provider.clone(), r.status));
+            assert_eq!(key, &(r.endpoint, r.provider.clone(), r.model.clone(), r.status));
         }
         assert_eq!(m.all.len(), 4);
         assert_eq!(m.by_key.len(), 4);

@@ -900,12 +900,45 @@ pub async fn readyz(State(app): State<App>) -> Response {
 
 pub async fn metrics(State(app): State<App>) -> Response {
     match &app.metrics {
-        Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
+        Some(h) => {
+            deployment_gauges(&app);
+            ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response()
+        }
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "metrics recorder unavailable",
         )
             .into_response(),
+    }
+}
+
+/// Each deployment's health, set at a scrape from what the router keeps
+/// (every attempt, failed ones and those failed over from included): the
+/// records' series only see the deployment that answered in the end.
+fn deployment_gauges(app: &App) {
+    let now = Instant::now();
+    for u in app.router.upstreams() {
+        for (model, stats) in u.tracked() {
+            let g = stats.gauges(&app.health, now);
+            let labels = vec![
+                metrics::Label::new("provider", u.name.clone()),
+                metrics::Label::new("model", model),
+            ];
+            metrics::gauge!("polyplex_deployment_healthy", labels.clone())
+                .set(f64::from(u8::from(g.healthy)));
+            for state in ["closed", "open", "half_open"] {
+                let mut l = labels.clone();
+                l.push(metrics::Label::new("state", state));
+                metrics::gauge!("polyplex_deployment_circuit_state", l)
+                    .set(f64::from(u8::from(g.circuit == state)));
+            }
+            metrics::gauge!("polyplex_deployment_in_flight", labels.clone())
+                .set(f64::from(g.in_flight));
+            metrics::gauge!("polyplex_deployment_error_rate", labels.clone()).set(g.error_rate);
+            metrics::counter!("polyplex_upstream_attempts_total", labels.clone())
+                .absolute(g.requests);
+            metrics::counter!("polyplex_upstream_errors_total", labels).absolute(g.errors);
+        }
     }
 }
 
