@@ -41,6 +41,30 @@ fn thinking_enabled(req: &Map<String, Value>) -> bool {
         == Some("enabled")
 }
 
+/// Claude's extended thinking when the request turns it on — a thinking
+/// block first, about the last user turn, and its signature — and the
+/// answer's output tokens, the thinking's counted in them (on Anthropic's
+/// API as on Bedrock's Converse).
+pub(crate) fn claude_thinking(
+    on: bool,
+    oa: &Map<String, Value>,
+    answer: &Answer,
+) -> (Option<(String, String)>, u64) {
+    let thinking = on.then(|| {
+        let text = reply::thought_about(oa);
+        let signature = thinking_signature(&text);
+        (text, signature)
+    });
+    let thought = thinking
+        .as_ref()
+        .map_or(0, |(t, _)| reply::tokenize(t).len() as u64);
+    let answered = match answer {
+        Answer::Text { pieces, .. } => pieces.len() as u64,
+        Answer::ToolCall { arguments, .. } => 1 + arguments.len().div_ceil(4) as u64,
+    };
+    (thinking, thought + answered)
+}
+
 /// The mock's signature of a thinking block's text (Anthropic's is a
 /// cryptographic one the client must send back untouched; so is this).
 pub(crate) fn thinking_signature(thinking: &str) -> String {
@@ -416,20 +440,7 @@ pub(crate) async fn serve(
     let id = s.next_id("msg_mock");
     let _ = now();
     let is_fault = |k: &str| fault.as_ref().is_some_and(|f| f.fault == k);
-    // Extended thinking: a thinking block first, about the last user turn.
-    let thinking = (thinking_enabled(&req)).then(|| {
-        let text = reply::thought_about(&oa);
-        let signature = thinking_signature(&text);
-        (text, signature)
-    });
-    let thought_tokens = thinking
-        .as_ref()
-        .map_or(0, |(t, _)| reply::tokenize(t).len() as u64);
-    let output_tokens = thought_tokens
-        + match &answer {
-            Answer::Text { pieces, .. } => pieces.len() as u64,
-            Answer::ToolCall { arguments, .. } => 1 + arguments.len().div_ceil(4) as u64,
-        };
+    let (thinking, output_tokens) = claude_thinking(thinking_enabled(&req), &oa, &answer);
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     // With the web search tool, a text answer is searched for once (its
     // query the last user turn) and cites the page it found.

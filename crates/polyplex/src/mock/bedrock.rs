@@ -6,7 +6,7 @@
 //! its signature checked as AWS checks it; other access keys are accepted on
 //! the signature's form alone (the mock cannot know their secrets).
 
-use super::anthropic::{stop_reason, thinking_signature};
+use super::anthropic::{claude_thinking, stop_reason, thinking_signature};
 use super::reply::{self, Answer};
 use super::{admit_model, garbage, sse_body, MockState, Shape};
 use axum::body::Bytes;
@@ -318,26 +318,13 @@ async fn converse(
     let oa = to_openai(&req);
     let answer = reply::chat_answer(&oa);
     // Claude's extended thinking: a reasoning block first.
-    let thinking = thinking_enabled(&req).then(|| {
-        let text = reply::thought_about(&oa);
-        let signature = thinking_signature(&text);
-        (text, signature)
-    });
+    let (thinking, output_tokens) = claude_thinking(thinking_enabled(&req), &oa, &answer);
     let prompt = reply::prompt_tokens(
         oa.get("messages")
             .and_then(Value::as_array)
             .map(Vec::as_slice)
             .unwrap_or(&[]),
     );
-    // Converse counts the thinking in the output tokens, as Anthropic does.
-    let thought_tokens = thinking
-        .as_ref()
-        .map_or(0, |(t, _)| reply::tokenize(t).len() as u64);
-    let output_tokens = thought_tokens
-        + match &answer {
-            Answer::Text { pieces, .. } => pieces.len() as u64,
-            Answer::ToolCall { arguments, .. } => 1 + arguments.len().div_ceil(4) as u64,
-        };
     // Tools, system blocks, message blocks: a `cachePoint` ends a prefix.
     let items: Vec<&Value> = req
         .get("toolConfig")
