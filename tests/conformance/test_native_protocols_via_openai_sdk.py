@@ -871,3 +871,40 @@ def test_several_choices_apart_retry_whole_when_one_part_fails(client, fault):
     fault(fault="500", count=10, model="claude-sonnet-4-5")
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model=ANTHROPIC, messages=msgs, n=3)
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-4o", ANTHROPIC, GEMINI, BEDROCK, VERTEX_GEMINI, VERTEX_CLAUDE,
+                                   "cohere/command-a-03-2025"])
+def test_the_sdks_structured_output_helpers(client, model):
+    """The SDK's own helpers on every protocol: `chat.completions.parse`
+    with a pydantic `response_format` and with `pydantic_function_tool`
+    (strict function tools), and the `chat.completions.stream` helper's
+    events and final completion."""
+    import openai
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        reply: str
+
+    class Weather(BaseModel):
+        city: str
+
+    hi = [{"role": "user", "content": "hi"}]
+    r = client.chat.completions.parse(model=model, messages=hi, response_format=Answer)
+    assert r.choices[0].message.parsed == Answer(reply="hi")
+    ask = [{"role": "user", "content": "weather in Paris"}]
+    tools = [openai.pydantic_function_tool(Weather)]
+    r = client.chat.completions.parse(model=model, messages=ask, tools=tools, tool_choice="required")
+    assert r.choices[0].message.tool_calls[0].function.parsed_arguments == Weather(city="Paris")
+    with client.chat.completions.stream(model=model, messages=hi, response_format=Answer,
+                                        stream_options={"include_usage": True}) as s:
+        kinds = {ev.type for ev in s}
+        final = s.get_final_completion()
+    assert {"content.delta", "content.done"} <= kinds
+    assert final.choices[0].message.parsed == Answer(reply="hi")
+    assert final.usage.total_tokens > 0
+    with client.chat.completions.stream(model=model, messages=ask, tools=tools, tool_choice="required") as s:
+        kinds = {ev.type for ev in s}
+        final = s.get_final_completion()
+    assert "tool_calls.function.arguments.done" in kinds
+    assert final.choices[0].message.tool_calls[0].function.parsed_arguments == Weather(city="Paris")
