@@ -780,7 +780,10 @@ mod tests {
         for r in [&a, &a, &b, &a, &c, &d, &c, &b] {
             let _ = m.of(r);
             let (key, _) = &m.all[m.last];
-            assert_eq!(key, &(r.endpoint, r.provider.clone(), r.model.clone(), r.status));
+            assert_eq!(
+                key,
+                &(r.endpoint, r.provider.clone(), r.model.clone(), r.status)
+            );
         }
         assert_eq!(m.all.len(), 4);
         assert_eq!(m.by_key.len(), 4);
