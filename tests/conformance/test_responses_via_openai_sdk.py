@@ -347,6 +347,25 @@ def test_a_long_kept_conversation_is_not_held_to_the_body_limit(mock, tmp_path):
         with pytest.raises(openai.APIStatusError) as e:
             client.responses.create(model="gpt-4o-mini", input=turn * 3)
         assert e.value.status_code == 413
+        # Kept once: each turn's row holds what it added (its input and its
+        # output) and names the turn it continued, not the whole conversation.
+        import sqlite3
+        db = sqlite3.connect(tmp_path / "polyplex.db")
+        rows = db.execute("SELECT id, previous, items FROM polyplex_responses").fetchall()
+        db.close()
+        assert len(rows) == 4 and all(len(json.loads(items)) == 2 for _, _, items in rows)
+        chain, at = [], r.id
+        while at:
+            chain.append(at)
+            at = next(p for i, p, _ in rows if i == at)
+        assert len(chain) == 4
+        # A turn deleted from the middle: the later ones cannot be continued,
+        # and say which turn is gone.
+        client.responses.delete(chain[2])
+        with pytest.raises(openai.NotFoundError) as e:
+            client.responses.create(model="gpt-4o-mini", input="more", previous_response_id=r.id)
+        assert e.value.code == "previous_response_not_found" and chain[2] in e.value.message
+        assert client.responses.retrieve(r.id).id == r.id
 
 
 @pytest.mark.parametrize("m", [ANTHROPIC, GEMINI, VERTEX_CLAUDE])

@@ -127,6 +127,10 @@ pub struct Echo {
     /// The conversation so far: the earlier response's items and this
     /// request's input; the response's output joins them when it is kept.
     pub items: Vec<Value>,
+    /// How many of `items` came from the response continued, which is
+    /// `previous` (`previous_response_id`): they are kept with it, not again.
+    pub earlier: usize,
+    pub previous: Option<String>,
 }
 
 /// A Responses request as the chat request that asks the same.
@@ -392,6 +396,10 @@ fn convert(body: &JsonMap, id: &str, earlier: &[Value]) -> Result<Converted, Gat
             sources,
             store,
             items,
+            earlier: earlier.len(),
+            previous: lookup(body, "previous_response_id")
+                .and_then(Value::as_str)
+                .map(str::to_string),
         },
         dropped,
     })
@@ -943,10 +951,11 @@ impl Echo {
     }
 }
 
-/// The items a kept response is stored with: the conversation it
-/// answered (`echo.items`), then its output.
+/// The items a kept response is stored with: what it added to the
+/// conversation it answered (`echo.items` after those of the response it
+/// continued, kept with that one), then its output.
 pub fn stored_items(echo: &Echo, response: &Value) -> Vec<Value> {
-    let mut items = echo.items.clone();
+    let mut items = echo.items[echo.earlier.min(echo.items.len())..].to_vec();
     if let Some(out) = response.get("output").and_then(Value::as_array) {
         items.extend(out.iter().cloned());
     }

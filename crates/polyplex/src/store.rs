@@ -53,13 +53,17 @@ const SCHEMA: &[&str] = &[
         created_at BIGINT NOT NULL
     )",
     // Responses kept for `previous_response_id` and retrieval (OpenAI's
-    // Responses API, `store`): the conversation as items, and the answer.
+    // Responses API, `store`): the items this response added to its
+    // conversation (its input, then its output), the answer, and the
+    // response it continued (`previous`; its items come before these). A
+    // row from before `previous` existed holds its whole conversation.
     "CREATE TABLE IF NOT EXISTS polyplex_responses (
         id TEXT PRIMARY KEY,
         owner TEXT NOT NULL,
         created_at BIGINT NOT NULL,
         items TEXT NOT NULL,
-        response TEXT NOT NULL
+        response TEXT NOT NULL,
+        previous TEXT
     )",
     "CREATE INDEX IF NOT EXISTS polyplex_responses_created ON polyplex_responses (created_at)",
     "CREATE INDEX IF NOT EXISTS polyplex_usage_created ON polyplex_usage (created_at)",
@@ -69,11 +73,27 @@ const SCHEMA: &[&str] = &[
 /// Columns added to a table after its first release: a store made by an
 /// older polyplex gets them (with their default) when it is next opened.
 /// Each is `(table, column, definition)`.
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[(
-    "polyplex_usage",
-    "cache_write_tokens",
-    "BIGINT NOT NULL DEFAULT 0",
-)];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    (
+        "polyplex_usage",
+        "cache_write_tokens",
+        "BIGINT NOT NULL DEFAULT 0",
+    ),
+    ("polyplex_responses", "previous", "TEXT"),
+];
+
+/// The longest chain of responses a conversation is read through (each
+/// `previous_response_id` one link); longer ones are cut there.
+const MAX_CHAIN: i64 = 100_000;
+
+/// Why a kept conversation could not be read.
+#[derive(Debug)]
+pub enum Chain {
+    /// The store failed.
+    Store(StoreError),
+    /// An earlier response of the conversation (this id) is gone.
+    Broken(String),
+}
 
 /// How long a kept response (Responses API) is kept: OpenAI's 30 days.
 pub const RESPONSE_DAYS: i64 = 30;
@@ -641,36 +661,104 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// Keeps a response (OpenAI's Responses API) for `owner`: its items
-    /// (the conversation, its output last) and the Response object, both
-    /// JSON. Now and then, responses older than [`RESPONSE_DAYS`] go.
+    /// Keeps a response (OpenAI's Responses API) for `owner`: the items it
+    /// added to its conversation (its input, its output last) and the
+    /// Response object, both JSON, and the response it continued, whose
+    /// conversation comes before (so a conversation of n turns is stored
+    /// once, not n times over). Now and then, responses older than
+    /// [`RESPONSE_DAYS`] go ([`Store::expire_responses`]).
     pub async fn save_response(
         &self,
         id: &str,
         owner: &str,
         items: &str,
         response: &str,
+        previous: Option<&str>,
     ) -> Result<(), StoreError> {
         let now = unix_ms(SystemTime::now());
         sqlx::query(
-            "INSERT INTO polyplex_responses (id, owner, created_at, items, response) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO polyplex_responses (id, owner, created_at, items, response, previous) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(id)
         .bind(owner)
         .bind(now)
         .bind(items)
         .bind(response)
+        .bind(previous)
         .execute(&self.pool)
         .await?;
         if rand::random::<u8>() == 0 {
-            let before = now - RESPONSE_DAYS * 86_400_000;
-            sqlx::query("DELETE FROM polyplex_responses WHERE created_at < $1")
-                .bind(before)
-                .execute(&self.pool)
+            self.expire_responses(now - RESPONSE_DAYS * 86_400_000)
                 .await?;
         }
         Ok(())
+    }
+
+    /// Deletes the responses kept before `before` (Unix ms) but those a
+    /// newer one continues, however far back: a conversation still going
+    /// keeps all of its turns, and goes once its last turn is old.
+    pub async fn expire_responses(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "WITH RECURSIVE live(id) AS ( \
+                 SELECT previous FROM polyplex_responses \
+                 WHERE created_at >= $1 AND previous IS NOT NULL \
+                 UNION \
+                 SELECT r.previous FROM polyplex_responses r JOIN live l ON r.id = l.id \
+                 WHERE r.previous IS NOT NULL \
+             ) \
+             DELETE FROM polyplex_responses \
+             WHERE created_at < $1 AND id NOT IN (SELECT id FROM live)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The whole conversation of a kept response of `owner`'s, oldest item
+    /// first: its items after those of every response it continues. `None`
+    /// if there is no such response; `Err(Chain::Broken(id))` naming an
+    /// earlier response of the conversation that is gone (deleted).
+    pub async fn load_conversation(
+        &self,
+        id: &str,
+        owner: &str,
+    ) -> Result<Option<Vec<serde_json::Value>>, Chain> {
+        let rows = sqlx::query(
+            "WITH RECURSIVE chain(id, previous, items, depth) AS ( \
+                 SELECT id, previous, items, 0 FROM polyplex_responses \
+                 WHERE id = $1 AND owner = $2 \
+                 UNION ALL \
+                 SELECT r.id, r.previous, r.items, c.depth + 1 \
+                 FROM polyplex_responses r JOIN chain c ON r.id = c.previous \
+                 WHERE r.owner = $2 AND c.depth < $3 \
+             ) \
+             SELECT previous, items FROM chain ORDER BY depth DESC",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(MAX_CHAIN)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Chain::Store(e.into()))?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let oldest: Option<String> = first
+            .try_get("previous")
+            .map_err(|e| Chain::Store(e.into()))?;
+        if let Some(gone) = oldest.filter(|_| rows.len() < MAX_CHAIN as usize) {
+            return Err(Chain::Broken(gone));
+        }
+        let mut items = Vec::new();
+        for r in &rows {
+            let text: String = r.try_get("items").map_err(|e| Chain::Store(e.into()))?;
+            if let Ok(serde_json::Value::Array(part)) = serde_json::from_str(&text) {
+                items.extend(part);
+            }
+        }
+        Ok(Some(items))
     }
 
     /// A kept response's items and Response object, if `owner` kept it
@@ -986,6 +1074,22 @@ mod tests {
         .execute(&old)
         .await
         .unwrap();
+        // Kept responses as the twenty-fifth session kept them: the whole
+        // conversation in each row, no `previous`.
+        let responses = SCHEMA
+            .iter()
+            .find(|s| s.contains("polyplex_responses ("))
+            .unwrap()
+            .replace(",\n        previous TEXT", "");
+        assert!(!responses.contains("previous"));
+        sqlx::query(AssertSqlSafe(responses))
+            .execute(&old)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO polyplex_responses VALUES ('old-r', 'key:o', 1, '[1,2,3]', '{}')")
+            .execute(&old)
+            .await
+            .unwrap();
         old.close().await;
         // Opened twice: the second finds the column there.
         for _ in 0..2 {
@@ -1004,7 +1108,17 @@ mod tests {
         assert_eq!((rows[0].requests, rows[0].prompt_tokens), (2, 13));
         assert_eq!((rows[0].cached_tokens, rows[0].cache_write_tokens), (6, 6));
         writer.close().await;
-        // The table for kept responses came with the upgrade too.
+        // An old kept response is continued: its conversation, then the new turn's.
+        store
+            .save_response("new-r", "key:o", "[4]", "{}", Some("old-r"))
+            .await
+            .unwrap();
+        let all = store
+            .load_conversation("new-r", "key:o")
+            .await
+            .ok()
+            .flatten();
+        assert_eq!(all, Some(vec![1.into(), 2.into(), 3.into(), 4.into()]));
         kept_responses_are_their_owners_only(&store).await;
         store.close().await;
     }
@@ -1019,7 +1133,7 @@ mod tests {
     /// and by another caller.
     async fn kept_responses_are_their_owners_only(store: &Store) {
         store
-            .save_response("resp_1", "key:a", "[1]", "{\"id\":\"resp_1\"}")
+            .save_response("resp_1", "key:a", "[1]", "{\"id\":\"resp_1\"}", None)
             .await
             .unwrap();
         assert_eq!(
@@ -1030,11 +1144,80 @@ mod tests {
         assert!(!store.delete_response("resp_1", "key:b").await.unwrap());
         // An id is kept once: a second save of it fails, never overwrites.
         assert!(store
-            .save_response("resp_1", "key:b", "[]", "{}")
+            .save_response("resp_1", "key:b", "[]", "{}", None)
             .await
             .is_err());
         assert!(store.delete_response("resp_1", "key:a").await.unwrap());
         assert_eq!(store.load_response("resp_1", "key:a").await.unwrap(), None);
+        conversations_are_kept_once(store).await;
+    }
+
+    /// A conversation continued turn by turn is one row a turn, each with
+    /// its own items, read back whole; an earlier turn deleted is named;
+    /// expiry spares every turn a newer one continues.
+    async fn conversations_are_kept_once(store: &Store) {
+        let conversation = |id: &str| {
+            let (store, id) = (store.clone(), id.to_string());
+            async move {
+                match store.load_conversation(&id, "key:c").await {
+                    Ok(Some(items)) => Ok(serde_json::Value::Array(items)),
+                    Ok(None) => Err("none".to_string()),
+                    Err(Chain::Broken(gone)) => Err(format!("broken at {gone}")),
+                    Err(Chain::Store(e)) => Err(e.to_string()),
+                }
+            }
+        };
+        // An old row: its whole conversation in it, no `previous`.
+        store
+            .save_response("c1", "key:c", "[1,2]", "{}", None)
+            .await
+            .unwrap();
+        store
+            .save_response("c2", "key:c", "[3,4]", "{}", Some("c1"))
+            .await
+            .unwrap();
+        store
+            .save_response("c3", "key:c", "[5]", "{}", Some("c2"))
+            .await
+            .unwrap();
+        // A branch from the middle.
+        store
+            .save_response("c3b", "key:c", "[6]", "{}", Some("c2"))
+            .await
+            .unwrap();
+        assert_eq!(
+            conversation("c3").await,
+            Ok(serde_json::json!([1, 2, 3, 4, 5]))
+        );
+        assert_eq!(
+            conversation("c3b").await,
+            Ok(serde_json::json!([1, 2, 3, 4, 6]))
+        );
+        assert_eq!(conversation("c1").await, Ok(serde_json::json!([1, 2])));
+        assert_eq!(
+            store.load_conversation("c3", "key:other").await.unwrap(),
+            None
+        );
+        // Expiry: everything is "old" but c3b; c3 goes, c3b's turns stay.
+        let before = unix_ms(SystemTime::now()) + 1;
+        sqlx::query("UPDATE polyplex_responses SET created_at = $1 WHERE id = 'c3b'")
+            .bind(before + 60_000)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        // (c3, and whatever else this store holds from before.)
+        assert!(store.expire_responses(before).await.unwrap() >= 1);
+        assert_eq!(store.load_response("c3", "key:c").await.unwrap(), None);
+        assert_eq!(
+            conversation("c3b").await,
+            Ok(serde_json::json!([1, 2, 3, 4, 6]))
+        );
+        // An earlier turn deleted: the later one says which.
+        assert!(store.delete_response("c2", "key:c").await.unwrap());
+        assert_eq!(conversation("c3b").await, Err("broken at c2".to_string()));
+        for id in ["c1", "c3b"] {
+            store.delete_response(id, "key:c").await.unwrap();
+        }
     }
 
     #[test]

@@ -673,8 +673,8 @@ pub async fn responses(
             let e = GatewayError::invalid_param("previous_response_id", "This gateway has no store to keep responses in; send the conversation so far in `input`.");
             return call.fail(&model, false, e, &no_one);
         }
-        (Some(id), Some(st)) => match st.load_response(id, &owner).await {
-            Ok(Some((items, _))) => serde_json::from_str(&items).unwrap_or_default(),
+        (Some(id), Some(st)) => match st.load_conversation(id, &owner).await {
+            Ok(Some(items)) => items,
             Ok(None) => {
                 let e =
                     GatewayError::not_found(format!("Previous response with id '{id}' not found."))
@@ -682,7 +682,15 @@ pub async fn responses(
                         .with_code("previous_response_not_found");
                 return call.fail(&model, false, e, &no_one);
             }
-            Err(e) => {
+            Err(crate::store::Chain::Broken(gone)) => {
+                let e = GatewayError::not_found(format!(
+                    "Previous response with id '{id}' continues '{gone}', which was deleted: its conversation cannot be continued."
+                ))
+                .with_param("previous_response_id")
+                .with_code("previous_response_not_found");
+                return call.fail(&model, false, e, &no_one);
+            }
+            Err(crate::store::Chain::Store(e)) => {
                 tracing::error!(request_id = %rid.0, error = %e, "could not read a stored response");
                 let e = GatewayError::service_unavailable("The store did not answer; try again.");
                 return call.fail(&model, false, e, &no_one);
@@ -995,7 +1003,16 @@ pub async fn stored_response(
             if what.is_empty() {
                 return super::respond::json_bytes(Bytes::from(response));
             }
-            let items: Vec<Value> = serde_json::from_str(&items).unwrap_or_default();
+            // The whole conversation, the responses it continues included;
+            // one whose earlier turn was deleted lists its own.
+            let items: Vec<Value> = match store.load_conversation(id, &owner).await {
+                Ok(Some(all)) => all,
+                Ok(None) => return not_found(),
+                Err(crate::store::Chain::Broken(_)) => {
+                    serde_json::from_str(&items).unwrap_or_default()
+                }
+                Err(crate::store::Chain::Store(e)) => return failed(e),
+            };
             let items_len = items.len();
             let response: Value = serde_json::from_str(&response).unwrap_or_default();
             let outputs = response["output"].as_array().map_or(0, Vec::len);

@@ -721,7 +721,13 @@ impl Keep {
         };
         if let Err(e) = self
             .store
-            .save_response(&echo.id, &self.owner, &items, &body)
+            .save_response(
+                &echo.id,
+                &self.owner,
+                &items,
+                &body,
+                echo.previous.as_deref(),
+            )
             .await
         {
             tracing::error!(response_id = %echo.id, error = %e, "could not keep a response");
