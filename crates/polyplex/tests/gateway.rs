@@ -1110,3 +1110,49 @@ async fn serving_threads_share_one_gateway_and_flush_usage() {
     let err = polyplex::start_threads(&cfg, 2).await.err().unwrap();
     assert!(err.contains("cannot listen"), "{err}");
 }
+
+/// HTTP/2 without TLS (h2c, prior knowledge) is served on the same port as
+/// HTTP/1.1: several requests multiplexed on one connection, unary and
+/// streamed, with the gateway's headers.
+#[tokio::test]
+async fn http2_prior_knowledge_is_served_beside_http1() {
+    let env = setup().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let ask = |body: Value| {
+        h2.post(env.url("/v1/chat/completions"))
+            .bearer_auth(MASTER)
+            .json(&body)
+            .send()
+    };
+    let (a, b) = tokio::join!(
+        ask(chat("openai/gpt-4o", "one")),
+        ask(chat("openai/gpt-4o", "two"))
+    );
+    for (r, text) in [(a.unwrap(), "one"), (b.unwrap(), "two")] {
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-polyplex-provider"], "openai");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], text);
+    }
+    let mut streamed = chat("openai/gpt-4o", "hello there");
+    streamed["stream"] = json!(true);
+    let r = ask(streamed).await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let events = sse_events(r).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let text: String = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text, "hello there");
+    env.gw.shutdown().await;
+}
