@@ -308,6 +308,15 @@ def test_slow_and_idle_connections_are_closed_and_the_sdk_carries_on(mock, tmp_p
         with socket.create_connection(("127.0.0.1", port)) as s:
             out, took = read_all(s)
             assert out == b"" and 0.8 < took < 5, "an idle connection is closed"
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"PRI * HTTP/2.0\r\n")  # an HTTP/2 preface begun, never finished
+            t = time.time()
+            try:
+                out, _ = read_all(s)
+            except ConnectionResetError:  # closed with its bytes unread: a reset
+                out = b""
+            took = time.time() - t
+            assert out == b"" and 0.8 < took < 5, ("a stalled HTTP/2 preface is closed", took)
         body = json.dumps({"model": "openai/gpt-4o-mini", "messages": msgs}).encode()
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
