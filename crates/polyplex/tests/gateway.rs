@@ -1156,3 +1156,76 @@ async fn http2_prior_knowledge_is_served_beside_http1() {
     assert_eq!(text, "hello there");
     env.gw.shutdown().await;
 }
+
+/// A client gone in the middle of a stream asked apart (`n` on Claude, one
+/// upstream stream a choice): every part is cancelled, and the record
+/// (499) counts the prompt once per part, as the upstream billed it.
+#[tokio::test]
+async fn client_gone_from_a_stream_asked_apart_is_recorded_per_part() {
+    let env = setup_with(
+        MockOptions {
+            latency_ms: 0,
+            tokens_per_s: 20.0,
+        },
+        r#"[[providers]]
+name = "anthropic"
+base_url = "http://MOCK"
+api_key = "sk-ant-test"
+models = ["claude-sonnet-4-5"]
+max_retries = 0"#,
+    )
+    .await;
+    let prompt_so_far = || async {
+        let r: Value = env
+            .client
+            .get(env.url("/admin/usage?by=model"))
+            .bearer_auth(MASTER)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (
+            r["total"]["prompt_tokens"].as_u64().unwrap(),
+            r["total"]["errors"].as_u64().unwrap(),
+        )
+    };
+    let gone_after_first_chunk = |n: u64| {
+        let mut body = chat("anthropic/claude-sonnet-4-5", &"word ".repeat(200));
+        body["stream"] = json!(true);
+        body["n"] = json!(n);
+        async {
+            let mut r = env.post("/v1/chat/completions", body).await;
+            assert_eq!(r.status(), 200);
+            assert!(r.chunk().await.unwrap().unwrap().starts_with(b"data: "));
+        }
+    };
+    let stats = &env.mock_state.stats;
+    let cancelled = |at_least: u64| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stats.streams_cancelled.load(Ordering::Relaxed) < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "upstream streams were not cancelled"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    gone_after_first_chunk(1).await;
+    cancelled(1).await;
+    let (one, errors) = prompt_so_far().await;
+    assert!(one > 0 && errors == 1, "{one} {errors}");
+    gone_after_first_chunk(2).await;
+    cancelled(3).await;
+    let (all, errors) = prompt_so_far().await;
+    assert_eq!((all - one, errors), (2 * one, 2));
+    assert_eq!(
+        env.mock_state
+            .stats
+            .streams_completed
+            .load(Ordering::Relaxed),
+        0
+    );
+    env.gw.shutdown().await;
+}
