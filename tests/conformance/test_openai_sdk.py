@@ -346,3 +346,40 @@ def test_client_connections_are_kept_alive_by_tcp_probes(gateway):
         out = subprocess.run(["ss", "-tnoH", "state", "established", f"( sport = :{port} and dport = :{mine} )"],
                              capture_output=True, text=True, timeout=10).stdout
         assert "timer:(keepalive" in out, out
+
+
+def test_out_of_file_descriptors_is_waited_out(mock, tmp_path):
+    """With every file descriptor taken (connections held open past the
+    process's limit), accepting fails with EMFILE: the gateway says so in
+    its log, waits, and serves again once connections close — it neither
+    exits nor spins."""
+    import shutil
+    import socket
+    import time
+
+    from conftest import BIN, MASTER_KEY, Proc, free_port, mock_openai_provider, wait_http
+
+    if not shutil.which("prlimit"):
+        pytest.skip("needs prlimit (util-linux)")
+    port = free_port()
+    (tmp_path / "polyplex.toml").write_text(f"""listen = "127.0.0.1:{port}"
+[auth]
+master_key = "{MASTER_KEY}"
+{mock_openai_provider(mock)}""")
+    proc = Proc(["prlimit", "--nofile=64:64", BIN, "serve"], cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/healthz")
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(150)]
+        deadline = time.time() + 10
+        while "cannot accept connections" not in proc.output():
+            assert time.time() < deadline, proc.output()[-2000:]
+            time.sleep(0.1)
+        for s in held:
+            s.close()
+        client = OpenAI(base_url=base + "/v1", api_key=MASTER_KEY, max_retries=0, timeout=15)
+        r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "back"}])
+        assert r.choices[0].message.content == "back"
+        assert proc.p.poll() is None
+    finally:
+        proc.stop()
