@@ -370,14 +370,20 @@ async fn serve_listener(
         .keep_alive_interval(Some(CLIENT_KEEPALIVE_IDLE))
         .keep_alive_timeout(Duration::from_secs(20));
     let open = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut failing = AcceptFailures::default();
     loop {
         let tcp = tokio::select! {
             biased;
             _ = async { rx.wait_for(|v| *v).await.is_ok() } => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok((tcp, _)) => {
+                    failing = AcceptFailures::default();
+                    tcp
+                }
                 Err(e) => {
-                    accept_failed(&e).await;
+                    if let Some(pause) = failing.next(&e, std::time::Instant::now()) {
+                        tokio::time::sleep(pause).await;
+                    }
                     continue;
                 }
             },
@@ -429,18 +435,68 @@ async fn speaks_in_time(tcp: &tokio::net::TcpStream, limit: Option<Duration>) ->
     }
 }
 
-/// After a failed `accept`: a connection that failed before it was taken
-/// is the client's business; anything else (out of file descriptors,
-/// mostly) is logged and waited out for a second, as it does not pass
-/// by retrying at once.
-async fn accept_failed(e: &std::io::Error) {
-    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionRefused | ConnectionReset
-    ) {
-        return;
+/// Failed `accept`s in a row. A connection that failed before it was taken
+/// is the client's business (no pause); anything else (out of file
+/// descriptors, mostly) does not pass by retrying at once, so the listener
+/// pauses, 5 ms after the first failure and twice as long after each next
+/// one up to a second (so a freed descriptor is taken soon, and a lasting
+/// shortage costs one wake-up a second), and logs the first failure of a
+/// run and then at most one a second.
+#[derive(Default)]
+struct AcceptFailures {
+    pause: Option<Duration>,
+    logged: Option<std::time::Instant>,
+}
+
+impl AcceptFailures {
+    const FIRST: Duration = Duration::from_millis(5);
+    const LONGEST: Duration = Duration::from_secs(1);
+
+    /// The pause after this failure, if any.
+    fn next(&mut self, e: &std::io::Error, now: std::time::Instant) -> Option<Duration> {
+        use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+        if matches!(
+            e.kind(),
+            ConnectionAborted | ConnectionRefused | ConnectionReset
+        ) {
+            return None;
+        }
+        let pause = self
+            .pause
+            .map_or(Self::FIRST, |p| (p * 2).min(Self::LONGEST));
+        self.pause = Some(pause);
+        if self
+            .logged
+            .is_none_or(|t| now.duration_since(t) >= Self::LONGEST)
+        {
+            self.logged = Some(now);
+            tracing::error!(error = %e, "cannot accept connections; trying again shortly");
+        }
+        Some(pause)
     }
-    tracing::error!(error = %e, "cannot accept connections; trying again in 1 s");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn failed_accepts_back_off_from_5_ms_to_a_second() {
+        let mut f = AcceptFailures::default();
+        let now = std::time::Instant::now();
+        let emfile = Error::from_raw_os_error(24);
+        // The client's own failure: no pause.
+        assert_eq!(
+            f.next(&Error::from(ErrorKind::ConnectionAborted), now),
+            None
+        );
+        let pauses: Vec<u64> = (0..10)
+            .map(|_| f.next(&emfile, now).unwrap().as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        // A taken connection starts over.
+        let mut f = AcceptFailures::default();
+        assert_eq!(f.next(&emfile, now), Some(AcceptFailures::FIRST));
+    }
 }
