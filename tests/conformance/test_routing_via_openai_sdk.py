@@ -145,3 +145,25 @@ max_retries = 0
         # The records: one request, answered by backup.
         answered = [k for k in series if k.startswith("polyplex_requests_total{")]
         assert answered == ['polyplex_requests_total{endpoint="chat.completions",provider="backup",model="gpt-4o-mini",status="200"}'], answered
+
+
+def test_cost_routing_loads_the_token_encoding_at_start(mock, tmp_path):
+    """Cost routing counts every request's prompt: the encoding (~50 MiB,
+    ~0.1–1 s to load) is loaded at start on a thread of its own, not by the
+    first request on a serving thread; without cost routing it is not."""
+    from conftest import mock_openai_provider, own_gateway
+
+    route = '[[routes]]\nname = "cheap"\ntargets = ["openai/gpt-4o-mini"]\nstrategy = "cost"'
+    with own_gateway(tmp_path, mock_openai_provider(mock), route) as (client, proc):
+        deadline = time.time() + 15
+        while "token encoding loaded ahead" not in proc.output():
+            assert time.time() < deadline, proc.output()[-2000:]
+            time.sleep(0.05)
+        h, r = create(client, model="cheap")
+        assert r.choices[0].message.content == "hi"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with own_gateway(plain, mock_openai_provider(mock)) as (client, proc):
+        create(client, model="gpt-4o-mini")
+        time.sleep(0.3)
+        assert "token encoding loaded ahead" not in proc.output()

@@ -234,6 +234,13 @@ type Prepared = (
 /// writer and the key reloader, plus the simulator in demo mode.
 async fn prepare(cfg: &Config, threads: usize) -> Result<Prepared, String> {
     check_listen(cfg)?;
+    // Cost routing counts every request's prompt: the encoding is loaded
+    // now, on a thread of its own, not by the first such request on a
+    // serving thread (a pause of its connections; `tokens`).
+    let cost = config::Strategy::Cost;
+    if cfg.routing.strategy == cost || cfg.routes.iter().any(|r| r.strategy == cost) {
+        tokens::warm_in_background();
+    }
     let store = store::Store::connect(&cfg.store_url)
         .await
         .map_err(|e| e.to_string())?;

@@ -9,10 +9,13 @@ use tiktoken_rs::CoreBPE;
 
 /// The encoding, loaded on first need: it takes about 50 MiB and 100 ms,
 /// and most deployments never need it (upstreams report usage), so it is
-/// not loaded at startup. The one load runs through `block_in_place` on a
-/// multi-thread runtime, so the worker's other tasks move elsewhere
-/// meanwhile; on a serving thread's single-threaded runtime it runs inline,
-/// a one-time pause of that thread's connections.
+/// not loaded at startup — unless the configuration routes by cost, which
+/// counts every request's prompt ([`warm_in_background`]). The one load
+/// runs through `block_in_place` on a multi-thread runtime, so the worker's
+/// other tasks move elsewhere meanwhile; on a serving thread's
+/// single-threaded runtime it runs inline, a one-time pause of that
+/// thread's connections (a request that needs a count while the background
+/// load runs waits for it).
 fn bpe() -> Option<&'static CoreBPE> {
     static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
     if let Some(b) = BPE.get() {
@@ -24,6 +27,24 @@ fn bpe() -> Option<&'static CoreBPE> {
             tokio::task::block_in_place(load)
         }
         _ => load(),
+    }
+}
+
+/// Loads the encoding on a thread of its own (see [`bpe`]).
+pub fn warm_in_background() {
+    let started = std::thread::Builder::new()
+        .name("polyplex-tokens".into())
+        .spawn(|| {
+            let t = std::time::Instant::now();
+            if bpe().is_some() {
+                tracing::info!(
+                    ms = t.elapsed().as_millis() as u64,
+                    "token encoding loaded ahead of the first count (cost routing counts every prompt)"
+                );
+            }
+        });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "cannot load the token encoding ahead; the first count will");
     }
 }
 
