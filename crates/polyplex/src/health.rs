@@ -403,11 +403,10 @@ impl DeploymentStats {
         p95(&self.lock().ttfts).map(|m| Duration::from_secs_f64(m / 1000.0))
     }
 
-    /// For `GET /admin/providers`.
     /// The numbers `/metrics` shows of this deployment.
     pub fn gauges(&self, cfg: &HealthConfig, now: Instant) -> Gauges {
         let g = self.lock();
-        let (window, error_rate) = g.window(cfg, now);
+        let (_, error_rate) = g.window(cfg, now);
         let circuit = g.circuit_name(now);
         Gauges {
             healthy: circuit == "closed" && !g.out_of_requests(now),
@@ -415,11 +414,11 @@ impl DeploymentStats {
             in_flight: self.in_flight(),
             requests: g.requests,
             errors: g.errors,
-            window_requests: window,
             error_rate,
         }
     }
 
+    /// For `GET /admin/providers`.
     pub fn snapshot(&self, cfg: &HealthConfig, now: Instant) -> Value {
         let g = self.lock();
         let (window, error_rate) = g.window(cfg, now);
@@ -463,7 +462,6 @@ fn live(l: &Option<Left>, now: Instant) -> Option<Left> {
 }
 
 impl Inner {
-    /// Blocked by a 429's `retry-after`, or no requests left before the reset.
     /// Attempts in the health window, and the share of them that failed.
     fn window(&self, cfg: &HealthConfig, now: Instant) -> (usize, f64) {
         let (mut n, mut failed) = (0, 0);
@@ -494,6 +492,7 @@ impl Inner {
         }
     }
 
+    /// Blocked by a 429's `retry-after`, or no requests left before the reset.
     fn out_of_requests(&self, now: Instant) -> bool {
         self.blocked_until.is_some_and(|u| now < u)
             || live(&self.requests_left, now).is_some_and(|l| l.remaining == 0)
@@ -509,7 +508,7 @@ pub struct Gauges {
     /// Attempts and failed attempts since the start.
     pub requests: u64,
     pub errors: u64,
-    pub window_requests: usize,
+    /// Failed share of the attempts in the health window.
     pub error_rate: f64,
 }
 
