@@ -64,6 +64,18 @@ async fn setup() -> Env {
     setup_with(MockOptions::default(), "").await
 }
 
+/// A mock that streams 20 tokens a second, for clients that leave mid-stream.
+async fn slow_setup(extra: &str) -> Env {
+    setup_with(
+        MockOptions {
+            latency_ms: 0,
+            tokens_per_s: 20.0,
+        },
+        extra,
+    )
+    .await
+}
+
 impl Env {
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.gw.addr)
@@ -77,6 +89,37 @@ impl Env {
             .send()
             .await
             .unwrap()
+    }
+
+    /// A GET with the master key, its JSON answer.
+    async fn get_json(&self, path: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(MASTER)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits (up to 5 s) until the mock has seen `at_least` streams cancelled.
+    async fn streams_cancelled(&self, at_least: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self
+            .mock_state
+            .stats
+            .streams_cancelled
+            .load(Ordering::Relaxed)
+            < at_least
+        {
+            assert!(
+                Instant::now() < deadline,
+                "upstream streams were not cancelled"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn fault(&self, f: Value) {
@@ -759,14 +802,7 @@ max_retries = 0
 
 #[tokio::test]
 async fn client_disconnect_cancels_the_upstream_stream() {
-    let env = setup_with(
-        MockOptions {
-            latency_ms: 0,
-            tokens_per_s: 20.0,
-        },
-        "",
-    )
-    .await;
+    let env = slow_setup("").await;
     let mut body = chat("openai/gpt-4o", &"word ".repeat(200));
     body["stream"] = json!(true);
     let mut r = env.post("/v1/chat/completions", body).await;
@@ -774,20 +810,7 @@ async fn client_disconnect_cancels_the_upstream_stream() {
     let first = r.chunk().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: "));
     drop(r);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while env
-        .mock_state
-        .stats
-        .streams_cancelled
-        .load(Ordering::Relaxed)
-        == 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "upstream stream was not cancelled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    env.streams_cancelled(1).await;
     assert_eq!(
         env.mock_state
             .stats
@@ -1162,11 +1185,7 @@ async fn http2_prior_knowledge_is_served_beside_http1() {
 /// (499) counts the prompt once per part, as the upstream billed it.
 #[tokio::test]
 async fn client_gone_from_a_stream_asked_apart_is_recorded_per_part() {
-    let env = setup_with(
-        MockOptions {
-            latency_ms: 0,
-            tokens_per_s: 20.0,
-        },
+    let env = slow_setup(
         r#"[[providers]]
 name = "anthropic"
 base_url = "http://MOCK"
@@ -1176,16 +1195,7 @@ max_retries = 0"#,
     )
     .await;
     let prompt_so_far = || async {
-        let r: Value = env
-            .client
-            .get(env.url("/admin/usage?by=model"))
-            .bearer_auth(MASTER)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = env.get_json("/admin/usage?by=model").await;
         (
             r["total"]["prompt_tokens"].as_u64().unwrap(),
             r["total"]["errors"].as_u64().unwrap(),
@@ -1201,23 +1211,12 @@ max_retries = 0"#,
             assert!(r.chunk().await.unwrap().unwrap().starts_with(b"data: "));
         }
     };
-    let stats = &env.mock_state.stats;
-    let cancelled = |at_least: u64| async move {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while stats.streams_cancelled.load(Ordering::Relaxed) < at_least {
-            assert!(
-                Instant::now() < deadline,
-                "upstream streams were not cancelled"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
     gone_after_first_chunk(1).await;
-    cancelled(1).await;
+    env.streams_cancelled(1).await;
     let (one, errors) = prompt_so_far().await;
     assert!(one > 0 && errors == 1, "{one} {errors}");
     gone_after_first_chunk(2).await;
-    cancelled(3).await;
+    env.streams_cancelled(3).await;
     let (all, errors) = prompt_so_far().await;
     assert_eq!((all - one, errors), (2 * one, 2));
     assert_eq!(
