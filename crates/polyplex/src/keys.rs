@@ -166,16 +166,10 @@ pub fn over_budget(spec: &KeyRow, spent: f64) -> GatewayError {
     GatewayError::quota_exceeded(format!(
         "You exceeded your current quota: key {} has spent ${} of its ${} budget.",
         spec.id,
-        usd(spent),
-        usd(spec.budget_usd.unwrap_or(0.0))
+        // To the cent's millionth, the units spend is counted in.
+        trim_float(spent, 8),
+        trim_float(spec.budget_usd.unwrap_or(0.0), 8)
     ))
-}
-
-/// Dollars to the cent's millionth (the units spend is counted in), without
-/// trailing zeros: `0.00006`, `12.5`, `3`.
-fn usd(x: f64) -> String {
-    let t = format!("{x:.8}");
-    t.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// 429: as many requests of the key in progress as it may have.
@@ -402,14 +396,15 @@ pub fn reset_text(d: Duration) -> String {
     }
     let s = d.as_secs_f64();
     if s < 60.0 {
-        return format!("{}s", trim_float(s));
+        return format!("{}s", trim_float(s, 3));
     }
     let m = (s / 60.0).floor();
-    format!("{}m{}s", m as u64, trim_float(s - m * 60.0))
+    format!("{}m{}s", m as u64, trim_float(s - m * 60.0, 3))
 }
 
-fn trim_float(s: f64) -> String {
-    let t = format!("{s:.3}");
+/// `x` to `places` decimals, without trailing zeros: `0.00006`, `12.5`, `3`.
+fn trim_float(x: f64, places: usize) -> String {
+    let t = format!("{x:.places$}");
     t.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 

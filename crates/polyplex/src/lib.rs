@@ -348,8 +348,6 @@ fn reuseport_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::n
     Ok(all)
 }
 
-/// Serves one listener until shutdown is signalled, then lets in-flight
-/// requests finish for up to `grace`.
 /// Accepts connections until shutdown, serving each on its own task:
 /// HTTP/1.1 (or HTTP/2 by prior knowledge) with `TCP_NODELAY`; a
 /// connection that sends no complete request head within `header_timeout`

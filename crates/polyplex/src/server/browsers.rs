@@ -130,15 +130,12 @@ impl Browsers {
                 .collect(),
         };
         let cors = (!patterns.is_empty()).then(|| {
+            // Only requests from an allowed origin reach the layer
+            // ([`Browsers::cors_for`]): it names theirs back, or `*`.
             let allow = if patterns.contains(&Pattern::Any) {
                 AllowOrigin::any()
             } else {
-                let list = patterns.clone();
-                AllowOrigin::predicate(move |origin: &HeaderValue, _| {
-                    origin
-                        .to_str()
-                        .is_ok_and(|o| list.iter().any(|p| p.matches(o)))
-                })
+                AllowOrigin::mirror_request()
             };
             CorsLayer::new()
                 .allow_origin(allow)

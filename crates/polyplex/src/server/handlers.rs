@@ -673,29 +673,28 @@ pub async fn responses(
             let e = GatewayError::invalid_param("previous_response_id", "This gateway has no store to keep responses in; send the conversation so far in `input`.");
             return call.fail(&model, false, e, &no_one);
         }
-        (Some(id), Some(st)) => match st.load_conversation(id, &owner).await {
-            Ok(Some(items)) => items,
-            Ok(None) => {
-                let e =
-                    GatewayError::not_found(format!("Previous response with id '{id}' not found."))
-                        .with_param("previous_response_id")
-                        .with_code("previous_response_not_found");
-                return call.fail(&model, false, e, &no_one);
-            }
-            Err(crate::store::Chain::Broken(gone)) => {
-                let e = GatewayError::not_found(format!(
+        (Some(id), Some(st)) => {
+            let not_found = |why: String| {
+                GatewayError::not_found(why)
+                    .with_param("previous_response_id")
+                    .with_code("previous_response_not_found")
+            };
+            let loaded = match st.load_conversation(id, &owner).await {
+                Ok(Some(items)) => Ok(items),
+                Ok(None) => Err(not_found(format!("Previous response with id '{id}' not found."))),
+                Err(crate::store::Chain::Broken(gone)) => Err(not_found(format!(
                     "Previous response with id '{id}' continues '{gone}', which was deleted: its conversation cannot be continued."
-                ))
-                .with_param("previous_response_id")
-                .with_code("previous_response_not_found");
-                return call.fail(&model, false, e, &no_one);
+                ))),
+                Err(crate::store::Chain::Store(e)) => {
+                    tracing::error!(request_id = %rid.0, error = %e, "could not read a stored response");
+                    Err(GatewayError::service_unavailable("The store did not answer; try again."))
+                }
+            };
+            match loaded {
+                Ok(items) => items,
+                Err(e) => return call.fail(&model, false, e, &no_one),
             }
-            Err(crate::store::Chain::Store(e)) => {
-                tracing::error!(request_id = %rid.0, error = %e, "could not read a stored response");
-                let e = GatewayError::service_unavailable("The store did not answer; try again.");
-                return call.fail(&model, false, e, &no_one);
-            }
-        },
+        }
     };
     let mut converted =
         match crate::responses::to_chat(tree, &crate::responses::new_response_id(), &earlier) {
