@@ -83,8 +83,9 @@ struct Merge {
 }
 
 impl Merge {
-    /// Part `i`'s items, written out; the end once every part is done.
-    fn take(&mut self, i: usize, items: Vec<StreamItem>, out: &mut Vec<u8>) {
+    /// Part `i`'s items, written out; the end once every part is done
+    /// (after the token encoding is loaded, if the end counts).
+    async fn take(&mut self, i: usize, items: Vec<StreamItem>, out: &mut Vec<u8>) {
         for item in items {
             match item {
                 StreamItem::Chunk(b) => self.chunk(i, &b, out),
@@ -92,9 +93,15 @@ impl Merge {
                 StreamItem::Done => self.choices[i].done = true,
             }
         }
-        if !self.finished && self.choices.iter().all(|c| c.done) {
-            self.end(out);
+        if self.finished || !self.choices.iter().all(|c| c.done) {
+            return;
         }
+        let counts = (self.choices.iter())
+            .any(|c| crate::tokens::usage_counts(c.usage.as_ref(), c.decoder.as_ref()));
+        if counts && !crate::tokens::loaded() {
+            crate::tokens::ready().await;
+        }
+        self.end(out);
     }
 
     /// A part's chunk with its choice's index and the stream's id.
@@ -204,7 +211,7 @@ impl Merge {
                     self.choices[i].done = true;
                 }
             }
-            self.take(i, items, &mut out);
+            self.take(i, items, &mut out).await;
         }
         (!out.is_empty()).then(|| Ok(Bytes::from(out)))
     }
@@ -255,7 +262,7 @@ impl StreamDecoder for Merged {
 /// The parts' streams as one: its body, parser and decoder, and the items
 /// decoded from what the parts have sent so far (their first chunks) as
 /// its pending ones.
-pub fn merge(
+pub async fn merge(
     parts: Vec<Part>,
     endpoint: Endpoint,
     choices_each: u64,
@@ -294,7 +301,7 @@ pub fn merge(
     };
     let mut first = Vec::new();
     for (i, items) in firsts.into_iter().enumerate() {
-        m.take(i, items, &mut first);
+        m.take(i, items, &mut first).await;
     }
     let mut decoder = Merged {
         inner: openai_compat::Decoder::new(endpoint, provider),
@@ -360,7 +367,9 @@ mod tests {
             mut parser,
             mut decoder,
             pending: mut items,
-        } = merge(parts, Endpoint::Chat, 1, "p", vec![request; n]).unwrap();
+        } = merge(parts, Endpoint::Chat, 1, "p", vec![request; n])
+            .await
+            .unwrap();
         let mut events = Vec::new();
         let mut failed = None;
         while let Some(read) = body.next().await {

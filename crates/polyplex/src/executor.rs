@@ -746,6 +746,7 @@ async fn open_apart(
         &d.upstream.name,
         requests,
     )
+    .await
     .map_err(|e| redact(e, d))?;
     Ok((merged, dropped))
 }

@@ -21,7 +21,7 @@ use polyplex_providers::Endpoint;
 use polyplex_types::validate::ProviderPrefs;
 use polyplex_types::{GatewayError, RequestBody};
 use rand::Rng;
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -66,7 +66,8 @@ pub struct Facts<'a> {
     pub tools: bool,
     pub images: bool,
     pub json_schema: bool,
-    prompt: OnceCell<u64>,
+    prompt: Cell<Option<u64>>,
+    early: Cell<bool>,
 }
 
 impl<'a> Facts<'a> {
@@ -79,14 +80,37 @@ impl<'a> Facts<'a> {
             tools: false,
             images: false,
             json_schema: false,
-            prompt: OnceCell::new(),
+            prompt: Cell::new(None),
+            early: Cell::new(false),
         }
     }
 
+    /// The prompt's tokens; 0 while the encoding is not loaded, which
+    /// [`Facts::counted_early`] then says (the caller awaits
+    /// `tokens::ready` and plans again: no serving thread loads it).
     pub fn prompt_tokens(&self) -> u64 {
-        *self
-            .prompt
-            .get_or_init(|| tokens::prompt(self.endpoint, self.body.map()))
+        if let Some(n) = self.prompt.get() {
+            return n;
+        }
+        let n = if tokens::loaded() {
+            tokens::prompt(self.endpoint, self.body.map())
+        } else {
+            self.early.set(true);
+            0
+        };
+        self.prompt.set(Some(n));
+        n
+    }
+
+    /// Whether the prompt was needed before the encoding was loaded.
+    pub fn counted_early(&self) -> bool {
+        self.early.get()
+    }
+
+    /// Forgets an early count, to count again.
+    pub fn forget_count(&self) {
+        self.prompt.set(None);
+        self.early.set(false);
     }
 
     fn output_estimate(&self) -> u64 {

@@ -1194,12 +1194,22 @@ models = ["claude-sonnet-4-5"]
 max_retries = 0"#,
     )
     .await;
-    let prompt_so_far = || async {
-        let r = env.get_json("/admin/usage?by=model").await;
-        (
-            r["total"]["prompt_tokens"].as_u64().unwrap(),
-            r["total"]["errors"].as_u64().unwrap(),
-        )
+    // The prompt tokens recorded once `errors` records are in (a record
+    // waits for the token encoding, which loads on a thread of its own).
+    let prompt_once = |errors: u64| {
+        let env = &env;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let r = env.get_json("/admin/usage?by=model").await;
+                let seen = r["total"]["errors"].as_u64().unwrap();
+                if seen >= errors {
+                    return (r["total"]["prompt_tokens"].as_u64().unwrap(), seen);
+                }
+                assert!(Instant::now() < deadline, "{seen} of {errors} records");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     };
     let gone_after_first_chunk = |n: u64| {
         let mut body = chat("anthropic/claude-sonnet-4-5", &"word ".repeat(200));
@@ -1213,11 +1223,11 @@ max_retries = 0"#,
     };
     gone_after_first_chunk(1).await;
     env.streams_cancelled(1).await;
-    let (one, errors) = prompt_so_far().await;
+    let (one, errors) = prompt_once(1).await;
     assert!(one > 0 && errors == 1, "{one} {errors}");
     gone_after_first_chunk(2).await;
     env.streams_cancelled(3).await;
-    let (all, errors) = prompt_so_far().await;
+    let (all, errors) = prompt_once(2).await;
     assert_eq!((all - one, errors), (2 * one, 2));
     assert_eq!(
         env.mock_state

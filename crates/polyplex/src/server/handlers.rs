@@ -428,13 +428,24 @@ async fn serve(
     let mut facts = Facts::new(&parsed.body, endpoint, parsed.stream);
     facts.max_output = parsed.max_output;
     (facts.tools, facts.images, facts.json_schema) = parsed.needs;
-    let plan = match app.router.plan(
-        &parsed.model,
-        &parsed.fallbacks,
-        &parsed.prefs,
-        &facts,
-        &mut rand::thread_rng(),
-    ) {
+    let plan = |facts: &Facts<'_>| {
+        app.router.plan(
+            &parsed.model,
+            &parsed.fallbacks,
+            &parsed.prefs,
+            facts,
+            &mut rand::thread_rng(),
+        )
+    };
+    let mut planned = plan(&facts);
+    if facts.counted_early() {
+        // The plan needed the prompt's tokens before the encoding was
+        // loaded: planned again once it is, without pausing this thread.
+        crate::tokens::ready().await;
+        facts.forget_count();
+        planned = plan(&facts);
+    }
+    let plan = match planned {
         Ok(p) => p,
         Err(e) => return call.fail(&parsed.model, parsed.stream, e, &no_one),
     };
@@ -516,6 +527,11 @@ async fn serve(
                 let mut map = reply.into_map();
                 map.insert("model".into(), serde_json::Value::String(d.model.clone()));
                 reply = Reply::Map(map);
+            }
+            if !crate::tokens::loaded()
+                && crate::tokens::answer_counts(endpoint, upstream_usage.as_ref(), &reply)
+            {
+                crate::tokens::ready().await;
             }
             let (reply, usage, cost) = finish_usage(app, &d, endpoint, body, reply, upstream_usage);
             let latency = call.started.elapsed();

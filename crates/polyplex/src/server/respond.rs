@@ -538,6 +538,10 @@ impl Relay {
         super::busy::touch();
         let usage = match self.usage {
             Some(u) => u,
+            // Every other ending waited for the encoding (`next_frame`);
+            // a client that went away before the upstream's usage came
+            // does not wait: its record is counted and written elsewhere.
+            None if status == 499 && !tokens::loaded() => return self.record_when_counted(),
             None => self.estimated_usage(),
         };
         let now = Instant::now();
@@ -555,7 +559,38 @@ impl Relay {
             self.ctx.app.circuit_opened(&self.deployment);
         }
         let c = cost(self.ctx.app.router.catalog(), &self.deployment, &usage);
-        self.ctx.app.recorder.record(UsageRecord {
+        let record = self.usage_record(status, usage, c);
+        self.ctx.app.recorder.record(record);
+    }
+
+    /// A cut-short stream's record, its usage counted on a blocking
+    /// thread, which loads the token encoding (or waits for its load): the
+    /// serving thread does neither. The writer runs until the record is in
+    /// (the thread holds a recorder).
+    fn record_when_counted(&mut self) {
+        let text = self.open.decoder.summary().completion_text;
+        let request = std::mem::replace(
+            &mut self.ctx.request,
+            RequestBody::parsed(Bytes::new(), JsonMap::new()),
+        );
+        let (endpoint, prompts) = (self.ctx.endpoint, self.open.prompts);
+        let (app, d) = (self.ctx.app.clone(), self.deployment.clone());
+        let mut record = self.usage_record(499, Usage::default(), 0.0);
+        let count = move || {
+            let mut u = tokens::stream_estimate(endpoint, request.map(), &text);
+            u.prompt_tokens *= prompts;
+            record.cost_usd = cost(app.router.catalog(), &d, &u);
+            record.usage = u;
+            app.recorder.record(record);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(count)),
+            Err(_) => count(),
+        }
+    }
+
+    fn usage_record(&self, status: u16, usage: Usage, c: f64) -> UsageRecord {
+        UsageRecord {
             request_id: self.ctx.request_id.clone(),
             endpoint: self.ctx.label,
             requested_model: self.ctx.requested_model.clone(),
@@ -571,7 +606,23 @@ impl Relay {
             at: SystemTime::now(),
             key: self.ctx.admitted.as_ref().map(|a| a.key.clone()),
             charged: 0,
-        });
+        }
+    }
+
+    /// Waits for the token encoding, without blocking the serving thread,
+    /// when handling `items` counts tokens (`&mut`: a relay is `Send`, not `Sync`).
+    async fn counting(&mut self, items: &[StreamItem]) {
+        if !tokens::loaded()
+            && tokens::stream_counts(self.usage.is_some(), items, self.open.decoder.as_ref())
+        {
+            tokens::ready().await;
+        }
+    }
+
+    /// Ends the stream with `e`, its usage counted.
+    async fn failed(&mut self, e: GatewayError) {
+        self.counting(&[StreamItem::Done]).await;
+        self.fail(e);
     }
 
     async fn next_frame(&mut self) -> Option<Bytes> {
@@ -586,6 +637,7 @@ impl Relay {
             }
             if !self.open.pending.is_empty() {
                 let items = std::mem::take(&mut self.open.pending);
+                self.counting(&items).await;
                 for it in items {
                     self.handle(it);
                 }
@@ -593,35 +645,43 @@ impl Relay {
             }
             let idle = self.open.idle_timeout;
             match tokio::time::timeout(idle, self.open.body.next()).await {
-                Err(_) => self.fail(
-                    GatewayError::upstream_timeout(&self.deployment.upstream.name, idle)
-                        .with_code("upstream_stream_idle"),
-                ),
+                Err(_) => {
+                    self.failed(
+                        GatewayError::upstream_timeout(&self.deployment.upstream.name, idle)
+                            .with_code("upstream_stream_idle"),
+                    )
+                    .await
+                }
                 Ok(Some(Ok(bytes))) => {
                     self.open.parser.feed(&bytes, &mut self.events);
                     let events = std::mem::take(&mut self.events);
                     for ev in &events {
                         if let Err(e) = self.open.decoder.on_event(ev, &mut self.open.pending) {
-                            self.fail(e);
+                            self.failed(e).await;
                             break;
                         }
                     }
                     self.events = events;
                     self.events.clear();
                 }
-                Ok(Some(Err(_))) => self.fail(GatewayError::upstream_unreachable(
-                    &self.deployment.upstream.name,
-                    "the connection broke during the stream",
-                )),
+                Ok(Some(Err(_))) => {
+                    self.failed(GatewayError::upstream_unreachable(
+                        &self.deployment.upstream.name,
+                        "the connection broke during the stream",
+                    ))
+                    .await
+                }
                 Ok(None) => match self.open.decoder.finish(&mut self.open.pending) {
                     Ok(()) => {
                         let items = std::mem::take(&mut self.open.pending);
+                        self.counting(&items).await;
                         for it in items {
                             self.handle(it);
                         }
+                        self.counting(&[StreamItem::Done]).await;
                         self.complete();
                     }
-                    Err(e) => self.fail(e),
+                    Err(e) => self.failed(e).await,
                 },
             }
         }

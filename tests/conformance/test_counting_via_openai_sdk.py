@@ -1,0 +1,114 @@
+"""Token counts the gateway makes itself — an upstream that reports no
+usage, a plan by cost — through the official `openai` SDK: the token
+encoding (~50 MiB) loads on first need on a thread of its own, and no
+serving thread pauses for it."""
+import threading
+import time
+
+import pytest
+
+from conftest import BIN, ROOT, Proc, free_port, mock_openai_provider, own_gateway, wait_http
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+def create(client, **kw):
+    raw = client.chat.completions.with_raw_response.create(messages=HI, **kw)
+    return raw.headers, raw.parse()
+
+
+def loaded_ms(output):
+    """How long the token encoding's load took, from the gateway's log."""
+    line = next(l for l in output.splitlines() if "token encoding loaded" in l)
+    return int(line.split("ms=")[1].split()[0])
+
+
+@pytest.mark.parametrize("way", ["answer", "stream", "floor"])
+def test_the_first_count_does_not_pause_the_serving_thread(mock, fault, tmp_path, way):
+    """The token encoding (~50 MiB) loads on first need — an upstream that
+    reports no usage, a `:floor` plan — on a thread of its own. With one
+    serving thread, the requests that arrive while it loads are answered at
+    once (the counting request waits for it without blocking them), and the
+    count is the encoding's, the same as once it is loaded."""
+    # Two providers of the model: `:floor` orders them by the prompt's cost.
+    providers = mock_openai_provider(mock) + mock_openai_provider(mock).replace(
+        'name = "openai"', 'name = "openai2"\nkind = "openai"')
+    with own_gateway(tmp_path, providers, "[server]\nthreads = 1") as (client, proc):
+        create(client, model="openai/gpt-4o-mini")
+        assert "token encoding" not in proc.output()
+
+        def counted():
+            if way == "floor":
+                return create(client, model="gpt-4o-mini:floor")[1].usage
+            fault(fault="no_usage", count=1)
+            if way == "answer":
+                return create(client, model="openai/gpt-4o-mini")[1].usage
+            stream = client.chat.completions.create(
+                model="openai/gpt-4o-mini", messages=HI, stream=True, stream_options={"include_usage": True})
+            return [c for c in stream if c.usage][-1].usage
+
+        first = {}
+        t = threading.Thread(target=lambda: first.update(usage=counted()))
+        t.start()
+        deadline = time.time() + 30
+        while "token encoding loading" not in proc.output():
+            assert time.time() < deadline, proc.output()[-2000:]
+            time.sleep(0.002)
+        during = []
+        while "token encoding loaded" not in proc.output():
+            assert time.time() < deadline, proc.output()[-2000:]
+            started = time.perf_counter()
+            create(client, model="openai/gpt-4o-mini")
+            during.append(time.perf_counter() - started)
+        t.join(30)
+        load = loaded_ms(proc.output())
+        assert during, f"no request while it loaded ({load} ms)"
+        assert max(during) * 1000 < max(load / 2, 50), (during, load)
+        assert first["usage"].prompt_tokens > 0 and first["usage"].completion_tokens > 0
+        if way != "floor":
+            # The same request counted again: the same count.
+            again = counted()
+            assert (again.prompt_tokens, again.completion_tokens) == (
+                first["usage"].prompt_tokens, first["usage"].completion_tokens)
+        assert proc.output().count("token encoding loading") == 1
+
+
+def test_a_client_gone_before_the_first_count_is_recorded_with_it(tmp_path):
+    """A stream whose client goes before the upstream said its usage is
+    recorded (499) with the prompt counted — by the encoding, not by bytes,
+    even when it was not loaded yet: the record waits for it on a thread of
+    its own, and the serving thread does not."""
+    port = free_port()
+    slow = Proc([BIN, "mock", "--listen", f"127.0.0.1:{port}", "--tokens-per-s", "20"], cwd=ROOT)
+    try:
+        mock = f"http://127.0.0.1:{port}"
+        wait_http(mock + "/__mock/stats")
+        with own_gateway(tmp_path, mock_openai_provider(mock), "[server]\nthreads = 1") as (client, proc):
+            prompt = [{"role": "user", "content": "word " * 200}]
+            with client.chat.completions.with_streaming_response.create(
+                    model="gpt-4o-mini", messages=prompt, stream=True) as r:
+                next(r.iter_lines())
+            # The client is gone: the gateway records 499 once it is counted,
+            # and serves meanwhile.
+            deadline = time.time() + 30
+            while "client disconnected" not in proc.output():
+                assert time.time() < deadline, proc.output()[-2000:]
+                time.sleep(0.002)
+            started = time.perf_counter()
+            assert client.models.list().data
+            meanwhile = time.perf_counter() - started
+            while "status=499" not in proc.output():
+                assert time.time() < deadline, proc.output()[-2000:]
+                time.sleep(0.02)
+            out = proc.output()
+            load = loaded_ms(out)
+            assert meanwhile * 1000 < max(load / 2, 50), (meanwhile, load)
+            assert out.count("token encoding loaded") == 1
+            gone = next(l for l in out.splitlines() if "status=499" in l)
+            counted = int(gone.split("prompt_tokens=")[1].split()[0])
+            assert "estimated=true" in gone
+            # o200k counts "word " * 200 as 200 tokens (bytes / 4 would be 250),
+            # plus the role and OpenAI's per-message overhead.
+            assert 200 < counted < 220, gone
+    finally:
+        slow.stop()
