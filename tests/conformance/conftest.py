@@ -9,6 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -66,6 +67,21 @@ class Proc:
 
     def output(self) -> str:
         return Path(self.log.name).read_text()
+
+
+def admin(gateway, method, path, body=None, key=MASTER_KEY):
+    """A call of the admin API: its status and JSON body."""
+    req = urllib.request.Request(
+        gateway + path,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+        method=method,
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 @contextlib.contextmanager

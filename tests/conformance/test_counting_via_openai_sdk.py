@@ -5,9 +5,11 @@ serving thread pauses for it."""
 import threading
 import time
 
+import openai
 import pytest
+from openai import OpenAI
 
-from conftest import BIN, ROOT, Proc, free_port, mock_openai_provider, own_gateway, wait_http
+from conftest import BIN, ROOT, Proc, admin, free_port, mock_openai_provider, own_gateway, wait_http
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -112,3 +114,37 @@ def test_a_client_gone_before_the_first_count_is_recorded_with_it(tmp_path):
             assert 200 < counted < 220, gone
     finally:
         slow.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_gives_up_is_recorded_and_charged(mock, fault, tmp_path, stream):
+    """A client that gives up before the upstream answers (the SDK's
+    `timeout`; the server drops the request then) still has its one usage
+    record: 499, the provider the request was under way at, and the prompt
+    counted — the upstream had it and bills it — charged to the key."""
+    with own_gateway(tmp_path, mock_openai_provider(mock)) as (client, proc):
+        base = str(client.base_url).rstrip("/").removesuffix("/v1")
+        status, k = admin(base, "POST", "/admin/keys", {"name": "impatient", "budget_usd": 10})
+        assert status == 200, k
+        impatient = OpenAI(base_url=base + "/v1", api_key=k["key"], max_retries=0, timeout=0.5)
+        fault(fault="timeout", delay_ms=5000, count=1)
+        prompt = [{"role": "user", "content": "word " * 200}]
+        with pytest.raises(openai.APITimeoutError):
+            impatient.chat.completions.create(model="gpt-4o-mini", messages=prompt, stream=stream)
+        deadline = time.time() + 30
+        while "status=499" not in proc.output():
+            assert time.time() < deadline, proc.output()[-2000:]
+            time.sleep(0.02)
+        gone = next(l for l in proc.output().splitlines() if "status=499" in l)
+        assert " provider=openai model=gpt-4o-mini " in gone and f" stream={str(stream).lower()}" in gone
+        assert " completion_tokens=0 " in gone and "estimated=true" in gone
+        assert 200 < int(gone.split("prompt_tokens=")[1].split()[0]) < 220, gone
+        cost = float(gone.split("cost_usd=")[1].split()[0])
+        assert cost > 0
+        # The key was charged what the record says, and serves on.
+        status, key = admin(base, "GET", f"/admin/keys/{k['id']}")
+        assert status == 200 and abs(key["spent_usd"] - cost) < 1e-9, key
+        answered = impatient.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        assert answered.choices[0].message.content
+        status, usage = admin(base, "GET", "/admin/usage")
+        assert (usage["total"]["requests"], usage["total"]["errors"]) == (2, 1), usage

@@ -5,28 +5,12 @@ class OpenAI's own API would cause, with its code; usage is recorded per key.
 import json
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import openai
 import pytest
 from openai import OpenAI
 
-from conftest import BIN, MASTER_KEY
-
-
-def admin(gateway, method, path, body=None, key=MASTER_KEY):
-    req = urllib.request.Request(
-        gateway + path,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
-        method=method,
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+from conftest import BIN, MASTER_KEY, admin
 
 
 def new_key(gateway, **settings):

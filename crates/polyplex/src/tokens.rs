@@ -155,6 +155,15 @@ pub async fn ready() {
     BPE.ready().await;
 }
 
+/// Runs `count` on a blocking thread, which may load the encoding (or wait
+/// for its load) where a serving thread must not; outside a runtime, here.
+pub fn off_the_serving_thread(count: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn_blocking(count)),
+        Err(_) => count(),
+    }
+}
+
 /// Starts loading the encoding on a thread of its own (cost routing counts
 /// every request's prompt, so it is loaded at start).
 pub fn warm_in_background() {

@@ -609,9 +609,10 @@ pub fn cost(catalog: &Catalog, d: &Deployment, usage: &Usage) -> f64 {
 }
 
 /// A cost to 1e-10 USD: what is reported, without the float noise of the
-/// sum it came from (0.000014099999999999999 is 0.0000141).
+/// sum it came from (0.000014099999999999999 is 0.0000141), and never
+/// `-0.0` (an empty sum of floats is negative zero).
 pub fn rounded_cost(c: f64) -> f64 {
-    (c * 1e10).round() / 1e10
+    (c * 1e10).round() / 1e10 + 0.0
 }
 
 /// `usage.cost` as OpenRouter writes it: a JSON number, rounded to 1e-10 USD.
@@ -748,6 +749,13 @@ mod tests {
         out.clear();
         text_line(&r, UNIX_EPOCH, &mut out);
         assert!(out.contains(" cost_usd=0.3 "), "{out}");
+    }
+
+    #[test]
+    fn no_cost_is_zero_not_negative_zero() {
+        let none: f64 = std::iter::empty::<f64>().sum();
+        assert_eq!(cost_json(none).to_string(), "0.0");
+        assert_eq!(cost_json(-1e-12).to_string(), "0.0");
     }
 
     #[test]

@@ -340,6 +340,15 @@ pub(super) async fn handle(
         started: Instant::now(),
         caller,
     };
+    let mut gone = Unanswered::new(&call);
+    let resp = answer(&call, req, &gone).await;
+    gone.answered = true;
+    resp
+}
+
+/// [`handle`]'s answer; `gone` is told what a record needs if the client
+/// goes before it.
+async fn answer(call: &Call, req: Request, gone: &Unanswered<'_>) -> Response {
     let app = &call.app;
     let no_one = Served::default();
     let cache_mode = app.cache.as_ref().map(|_| {
@@ -353,7 +362,7 @@ pub(super) async fn handle(
         Ok(b) => b,
         Err(e) => return call.fail("", false, e, &no_one),
     };
-    let parsed = match validate(endpoint, text) {
+    let parsed = match validate(call.endpoint, text) {
         Ok(p) => p,
         Err(b) => {
             let (asked, e) = *b;
@@ -361,6 +370,7 @@ pub(super) async fn handle(
         }
     };
     crate::phase::mark("valid");
+    gone.asked(&parsed);
     let admitted = match call.admit(&parsed).await {
         Ok(a) => a,
         Err(e) => {
@@ -379,7 +389,7 @@ pub(super) async fn handle(
     };
     let mut limits = admitted.as_ref().map(|a| a.limits).unwrap_or_default();
     let stream = parsed.stream;
-    let mut resp = serve(&call, parsed, admitted, cache_mode).await;
+    let mut resp = serve(call, parsed, admitted, cache_mode, gone).await;
     // A unary answer's tokens are counted against the key by now: the
     // tokens header says what is left after it, as OpenAI's does. (A
     // stream's are counted when it ends, after its headers; limits shared
@@ -393,6 +403,126 @@ pub(super) async fn handle(
     resp
 }
 
+/// The usage record of a request whose client goes before it is answered
+/// (a client's timeout, a closed connection): the server drops the
+/// request's future then, and every request still writes one record —
+/// status 499, and when an upstream had the request, its provider and the
+/// prompt counted (estimated, as a cut-short stream's), which the upstream
+/// bills. Whatever answers the request records it instead.
+struct Unanswered<'a> {
+    call: &'a Call,
+    seen: std::sync::Mutex<Seen>,
+    answered: bool,
+}
+
+#[derive(Default)]
+struct Seen {
+    model: String,
+    stream: bool,
+    body: Bytes,
+    attempts: u32,
+    /// The deployment whose attempt was under way when the client went.
+    cut: Option<crate::routing::Deployment>,
+}
+
+/// Marks an attempt cut short if dropped before it ends.
+struct Cut<'a, 'b> {
+    gone: &'a Unanswered<'b>,
+    d: Option<&'a crate::routing::Deployment>,
+}
+
+impl Drop for Cut<'_, '_> {
+    fn drop(&mut self) {
+        if let Some(d) = self.d {
+            self.gone.seen().cut = Some(d.clone());
+        }
+    }
+}
+
+impl<'a> Unanswered<'a> {
+    fn new(call: &'a Call) -> Self {
+        Unanswered {
+            call,
+            seen: Default::default(),
+            answered: false,
+        }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The request, validated (its body shares the buffer).
+    fn asked(&self, p: &Parsed) {
+        let mut s = self.seen();
+        s.model.clone_from(&p.model);
+        s.stream = p.stream;
+        s.body = p.body.text().clone();
+    }
+
+    /// `work` for deployment `d` (an upstream attempt, or its answer's
+    /// count), marked cut short if the client goes before it ends.
+    async fn attempt<T>(
+        &self,
+        d: &crate::routing::Deployment,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        self.seen().attempts += 1;
+        let mut cut = Cut {
+            gone: self,
+            d: Some(d),
+        };
+        let r = work.await;
+        cut.d = None;
+        r
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let call = self.call;
+        let seen = std::mem::take(&mut *self.seen());
+        tracing::info!(request_id = %call.rid, "client disconnected before the answer; upstream request cancelled");
+        let mut record = UsageRecord {
+            request_id: call.rid.clone(),
+            endpoint: call.label,
+            requested_model: seen.model,
+            provider: seen.cut.as_ref().map(|d| d.upstream.name.clone()),
+            model: seen.cut.as_ref().map(|d| d.model.clone()),
+            status: 499,
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            latency: call.started.elapsed(),
+            ttft: None,
+            attempts: seen.attempts,
+            stream: seen.stream,
+            at: SystemTime::now(),
+            key: call.caller.key().cloned(),
+            charged: 0,
+        };
+        let Some(d) = seen.cut else {
+            return call.app.recorder.record(record);
+        };
+        let (app, endpoint, body) = (call.app.clone(), call.endpoint, seen.body);
+        crate::tokens::off_the_serving_thread(move || {
+            // The body passed validation: it parses.
+            let request: JsonMap = serde_json::from_slice(&body).unwrap_or_default();
+            record.usage = Usage {
+                prompt_tokens: crate::tokens::prompt(endpoint, &request),
+                estimated: true,
+                ..Usage::default()
+            };
+            record.cost_usd = crate::usage::cost(app.router.catalog(), &d, &record.usage);
+            app.recorder.record(record);
+        });
+    }
+}
+
 /// Stages 6–9 for an admitted request. Takes the request by value: a
 /// stream keeps its body (to count the prompt if the upstream never says)
 /// without a deep copy on the way to its first byte.
@@ -401,6 +531,7 @@ async fn serve(
     parsed: Parsed,
     admitted: Option<Admitted>,
     cache_mode: Option<crate::cache::Mode>,
+    gone: &Unanswered<'_>,
 ) -> Response {
     let app = &call.app;
     let endpoint = call.endpoint;
@@ -464,7 +595,8 @@ async fn serve(
 
     if parsed.stream {
         let outcome = attempt_loop(app, &plan, false, |d, g| async move {
-            stream_once(app, &d, g, endpoint, body).await
+            gone.attempt(&d, stream_once(app, &d, g, endpoint, body))
+                .await
         })
         .await;
         let served = outcome.trace;
@@ -503,7 +635,8 @@ async fn serve(
     }
 
     let outcome = attempt_loop(app, &plan, true, |d, g| async move {
-        unary_once(app, &d, g, endpoint, body).await
+        gone.attempt(&d, unary_once(app, &d, g, endpoint, body))
+            .await
     })
     .await;
     let served = outcome.trace;
@@ -531,7 +664,9 @@ async fn serve(
             if !crate::tokens::loaded()
                 && crate::tokens::answer_counts(endpoint, upstream_usage.as_ref(), &reply)
             {
-                crate::tokens::ready().await;
+                // The upstream answered: a client gone meanwhile is
+                // recorded as one cut short there.
+                gone.attempt(&d, crate::tokens::ready()).await;
             }
             let (reply, usage, cost) = finish_usage(app, &d, endpoint, body, reply, upstream_usage);
             let latency = call.started.elapsed();

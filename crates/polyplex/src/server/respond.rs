@@ -583,10 +583,7 @@ impl Relay {
             record.usage = u;
             app.recorder.record(record);
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(count)),
-            Err(_) => count(),
-        }
+        tokens::off_the_serving_thread(count);
     }
 
     fn usage_record(&self, status: u16, usage: Usage, c: f64) -> UsageRecord {
