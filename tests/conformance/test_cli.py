@@ -154,6 +154,10 @@ def test_models_lists_the_catalog_filtered_by_provider():
     assert r.returncode == 0 and len(r.stdout.splitlines()) > 6000
     r = run("models", "--provider", "nope")
     assert r.returncode != 0 and "unknown provider" in r.stderr
+    # A provider's common name finds its catalog entry (Gemini is `google`).
+    r = run("models", "--provider", "gemini", "--json")
+    assert r.returncode == 0, r.stderr
+    assert {m["provider"] for m in json.loads(r.stdout)} == {"google"}
 
 
 def test_check_fails_on_a_redis_that_does_not_answer(tmp_path):

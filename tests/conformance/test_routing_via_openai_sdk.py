@@ -8,7 +8,7 @@ import urllib.request
 import openai
 import pytest
 
-from conftest import MASTER_KEY
+from conftest import MASTER_KEY, own_gateway
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -169,3 +169,30 @@ def test_cost_routing_loads_the_token_encoding_at_start(mock, tmp_path):
         time.sleep(0.3)
         assert "token encoding" not in proc.output()
 
+
+
+def test_providers_by_their_common_names(mock, tmp_path):
+    """`name = "gemini"` is the catalog's Google AI Studio (`google`): its
+    protocol without a `kind`. A provider configured as `google` (as
+    zero-config names it) serves `gemini/<model>` too, as LiteLLM users
+    write it."""
+    def gemini_provider(name, model):
+        return f"""
+[[providers]]
+name = "{name}"
+base_url = "{mock}"
+api_key = "g-key"
+models = ["{model}"]
+"""
+    (tmp_path / "named").mkdir()
+    with own_gateway(tmp_path / "named", gemini_provider("gemini", "gemini-2.5-flash")) as (client, proc):
+        assert 'provider=gemini base_url=' in proc.output() and 'protocol="gemini"' in proc.output()
+        h, r = create(client, model="gemini/gemini-2.5-flash")
+        assert (h["x-polyplex-provider"], r.choices[0].message.content) == ("gemini", "hi")
+    (tmp_path / "zero").mkdir()
+    with own_gateway(tmp_path / "zero", gemini_provider("google", "gemini-2.5-pro")) as (client, proc):
+        h, r = create(client, model="gemini/gemini-2.5-pro")
+        assert (h["x-polyplex-provider"], h["x-polyplex-model"]) == ("google", "gemini-2.5-pro")
+        assert r.model == "gemini-2.5-pro"
+        with pytest.raises(openai.NotFoundError):
+            create(client, model="gemini/gemini-9-nothing")

@@ -293,6 +293,18 @@ impl Catalog {
         self.index.get(id).map(|&i| &self.providers[i])
     }
 
+    /// A provider by its id, or by the name people commonly give it where
+    /// that differs (`gemini` is Google AI Studio's `google`, `bedrock` is
+    /// `amazon-bedrock`, `together` is `togetherai`, ...; any case, `_` for
+    /// `-` as LiteLLM's prefixes write them: `vertex_ai`, `fireworks_ai`).
+    pub fn find_provider(&self, name: &str) -> Option<&Provider> {
+        self.provider(name).or_else(|| {
+            let name = name.to_ascii_lowercase().replace('_', "-");
+            self.provider(&name)
+                .or_else(|| self.provider(common_name(&name)?))
+        })
+    }
+
     pub fn model(&self, provider: &str, model: &str) -> Option<&Model> {
         self.provider(provider)?.model(model)
     }
@@ -300,6 +312,26 @@ impl Catalog {
     pub fn model_count(&self) -> usize {
         self.providers.iter().map(|p| p.models().len()).sum()
     }
+}
+
+/// The catalog id of a provider's common name that is not its id.
+fn common_name(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "gemini" | "google-ai-studio" | "aistudio" => "google",
+        "bedrock" | "aws-bedrock" | "aws" => "amazon-bedrock",
+        "vertex" | "vertex-ai" | "vertexai" | "google-vertex-ai" => "google-vertex",
+        "together" | "together-ai" => "togetherai",
+        "fireworks" => "fireworks-ai",
+        "novita" => "novita-ai",
+        "moonshot" => "moonshotai",
+        "zhipu" => "zhipuai",
+        "x-ai" | "grok" => "xai",
+        "mistralai" | "mistral-ai" => "mistral",
+        "azure-openai" => "azure",
+        "hf" | "hugging-face" => "huggingface",
+        "cloudflare" | "workers-ai" => "cloudflare-workers-ai",
+        _ => return None,
+    })
 }
 
 impl Provider {
@@ -570,6 +602,50 @@ mod tests {
             assert!(p.env.iter().any(|e| e == env), "{id}: {:?}", p.env);
         }
         assert!(c.provider("ollama").unwrap().local);
+    }
+
+    #[test]
+    fn common_names_find_their_providers() {
+        let c = Catalog::builtin();
+        for (name, id) in [
+            ("gemini", "google"),
+            ("Gemini", "google"),
+            ("bedrock", "amazon-bedrock"),
+            ("vertex", "google-vertex"),
+            ("together", "togetherai"),
+            ("fireworks", "fireworks-ai"),
+            ("openai", "openai"),
+            ("google", "google"),
+            ("vertex_ai", "google-vertex"),
+            ("fireworks_ai", "fireworks-ai"),
+            ("together_ai", "togetherai"),
+        ] {
+            assert_eq!(
+                c.find_provider(name).map(|p| p.id.as_str()),
+                Some(id),
+                "{name}"
+            );
+        }
+        // Every common name leads to a provider the catalog has.
+        for name in [
+            "gemini",
+            "aistudio",
+            "aws",
+            "vertex-ai",
+            "together-ai",
+            "novita",
+            "moonshot",
+            "zhipu",
+            "x-ai",
+            "grok",
+            "mistralai",
+            "azure-openai",
+            "hf",
+            "cloudflare",
+        ] {
+            assert!(c.find_provider(name).is_some(), "{name}");
+        }
+        assert!(c.find_provider("no-such-provider").is_none());
     }
 
     #[test]

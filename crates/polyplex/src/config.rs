@@ -890,18 +890,25 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
             p.name
         ));
     }
-    let catalog_id = p
-        .catalog
-        .clone()
-        .or_else(|| inputs.catalog.provider(&p.name).map(|c| c.id.clone()));
-    if let Some(c) = &p.catalog {
-        if inputs.catalog.provider(c).is_none() {
-            return err(format!(
-                "{}: `{c}` is not a provider in the catalog (see `polyplex models`)",
-                at("catalog")
-            ));
-        }
-    }
+    // The catalog's entry: the one named, else the provider's own name (or
+    // its common name: `gemini`, `bedrock`, `together`, ... when it speaks
+    // that provider's protocol).
+    let catalog_id = match &p.catalog {
+        Some(c) => match inputs.catalog.find_provider(c) {
+            Some(found) => Some(found.id.clone()),
+            None => {
+                return err(format!(
+                    "{}: `{c}` is not a provider in the catalog (see `polyplex models`)",
+                    at("catalog")
+                ))
+            }
+        },
+        None => inputs
+            .catalog
+            .find_provider(&p.name)
+            .filter(|c| c.id == p.name || p.kind.as_ref().is_none_or(|k| *k == c.protocol))
+            .map(|c| c.id.clone()),
+    };
     let cat = catalog_id
         .as_deref()
         .and_then(|c| inputs.catalog.provider(c));
@@ -1707,6 +1714,38 @@ strategy = "priority"
         assert_eq!(c.providers[0].kind, "openai");
         assert_eq!(c.providers[0].base_url, "http://127.0.0.1:11434/v1");
         assert!(c.providers[0].api_key.is_none());
+    }
+
+    #[test]
+    fn a_provider_called_by_its_common_name_is_the_catalogs() {
+        // `gemini` is the catalog's `google` (AI Studio): its protocol, URL
+        // and models; the provider keeps its name.
+        let c = parse(
+            "[[providers]]\nname = \"gemini\"\napi_key = \"${GEMINI_API_KEY}\"\n",
+            &[("GEMINI_API_KEY", "g-key")],
+        )
+        .unwrap();
+        let p = &c.providers[0];
+        assert_eq!((p.name.as_str(), p.kind.as_str()), ("gemini", "gemini"));
+        assert_eq!(p.catalog_id.as_deref(), Some("google"));
+        assert_eq!(p.base_url, "https://generativelanguage.googleapis.com");
+        let c = parse("[[providers]]\nname = \"together\"\napi_key = \"k\"\n", &[]).unwrap();
+        assert_eq!(c.providers[0].catalog_id.as_deref(), Some("togetherai"));
+        assert_eq!(c.providers[0].base_url, "https://api.together.xyz/v1");
+        // A server of another protocol that happens to be called so is not it.
+        let c = parse(
+            "[[providers]]\nname = \"gemini\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.providers[0].catalog_id, None);
+        // `catalog` takes the common names too.
+        let c = parse(
+            "[[providers]]\nname = \"g\"\ncatalog = \"gemini\"\napi_key = \"k\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.providers[0].catalog_id.as_deref(), Some("google"));
     }
 
     #[test]

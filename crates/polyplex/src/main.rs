@@ -572,7 +572,7 @@ fn models(provider: Option<&str>, json: bool) -> Result<(), String> {
     let c = Catalog::builtin();
     let providers: Vec<_> = match provider {
         Some(p) => vec![c
-            .provider(p)
+            .find_provider(p)
             .ok_or_else(|| format!("unknown provider `{p}`; `polyplex models` lists them all"))?],
         None => c.providers.iter().collect(),
     };

@@ -256,6 +256,22 @@ impl Router {
                 }
                 return Ok((vec![Deployment::new(u, model)], Strategy::Priority));
             }
+            // A provider's common name (`gemini/...`, LiteLLM's `vertex_ai/...`)
+            // for the providers configured from that catalog entry that offer
+            // the model; else the whole is a bare name.
+            if let Some(c) = self.catalog.find_provider(prov) {
+                let ds: Vec<_> = self
+                    .upstreams
+                    .iter()
+                    .filter(|u| {
+                        u.catalog_id.as_ref() == Some(&c.id) && u.offers(self.catalog, model)
+                    })
+                    .map(|u| Deployment::new(u, model))
+                    .collect();
+                if !ds.is_empty() {
+                    return Ok((ds, Strategy::Priority));
+                }
+            }
         }
         // A bare name (which may itself contain `/`, e.g. `meta-llama/Llama-3.3-70B`).
         let deployments = |found: &[(usize, String)]| -> Vec<Deployment> {
@@ -565,6 +581,9 @@ mod tests {
     use std::time::Duration;
 
     fn router(text: &str) -> Router {
+        // Plans count prompts with the encoding loaded (before, a plan
+        // counts 0 and the server plans again once it is: `counted_early`).
+        crate::tokens::count("loaded");
         let env = |_: &str| Some("k".to_string());
         let cfg = from_toml(
             text,
@@ -669,6 +688,33 @@ hedge_after_ms = 250
             resolved(&r, "groq/meta-llama/llama-4-scout-17b-16e-instruct"),
             ["groq/meta-llama/llama-4-scout-17b-16e-instruct"]
         );
+    }
+
+    #[test]
+    fn a_providers_common_name_prefixes_its_models() {
+        let r = router(CFG);
+        // `together/...` and LiteLLM's `together_ai/...` are the provider
+        // configured from the catalog's `togetherai`, for a model it offers.
+        for name in ["together", "together_ai", "TogetherAI"] {
+            assert_eq!(
+                resolved(
+                    &r,
+                    &format!("{name}/meta-llama/Llama-3.3-70B-Instruct-Turbo")
+                ),
+                ["togetherai/meta-llama/Llama-3.3-70B-Instruct-Turbo"],
+                "{name}"
+            );
+        }
+        // A model it does not offer: the whole is a bare name (here, none).
+        assert_eq!(
+            r.resolve("together/no-such-model")
+                .unwrap_err()
+                .status
+                .as_u16(),
+            404
+        );
+        // A common name of no configured provider is a bare name as well.
+        assert!(r.resolve("gemini/gemini-2.5-flash").is_err());
     }
 
     #[test]

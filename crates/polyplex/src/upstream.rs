@@ -370,6 +370,15 @@ impl Upstream {
             .is_none_or(|list| list.iter().any(|m| m == model))
     }
 
+    /// True if this provider offers `model`: listed, or (no list) in its
+    /// catalog entry.
+    pub fn offers(&self, catalog: &Catalog, model: &str) -> bool {
+        match &self.models {
+            Some(list) => list.iter().any(|m| m == model),
+            None => self.catalog_model(catalog, model).is_some(),
+        }
+    }
+
     /// The models this provider offers, for `/v1/models`.
     pub fn model_ids(&self, catalog: &Catalog) -> Vec<String> {
         match &self.models {
