@@ -173,6 +173,14 @@ def test_cli_keys_and_usage_share_the_servers_store(gateway, gateway_dir):
     assert usage.returncode == 0, usage.stderr
     rows = json.loads(usage.stdout)["data"]
     assert any(r["key"] == k["id"] and r["requests"] == 1 for r in rows)
+    table = subprocess.run(
+        [BIN, "usage", "--by", "key"], cwd=gateway_dir, capture_output=True,
+        text=True, timeout=30, env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"},
+    )
+    mine = next(l for l in table.stdout.splitlines() if l.startswith(k["id"]))
+    # The cost in plain decimals (JSON would write 0.00003 as 3e-05).
+    cost = mine.split()[-1]
+    assert "e" not in cost and float(cost) == next(r["cost_usd"] for r in rows if r["key"] == k["id"]), mine
     revoked = subprocess.run(
         [BIN, "keys", "revoke", k["id"]], cwd=gateway_dir, capture_output=True, text=True,
         timeout=30, env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"},

@@ -519,7 +519,8 @@ async fn usage_cmd(
             r["cached_tokens"].to_string(),
             r["cache_write_tokens"].to_string(),
             r["completion_tokens"].to_string(),
-            r["cost_usd"].to_string()
+            // Plain decimals (JSON writes 9.8e-6), rounded to 1e-10 USD.
+            r["cost_usd"].as_f64().unwrap_or(0.0).to_string()
         );
     };
     for r in report["data"].as_array().unwrap_or(&empty) {

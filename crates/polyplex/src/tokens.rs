@@ -155,12 +155,26 @@ pub async fn ready() {
     BPE.ready().await;
 }
 
-/// Runs `count` on a blocking thread, which may load the encoding (or wait
-/// for its load) where a serving thread must not; outside a runtime, here.
-pub fn off_the_serving_thread(count: impl FnOnce() + Send + 'static) {
+/// Runs `work` (a count, and the record it completes) on a blocking
+/// thread: it may load the encoding, or wait for its load, which no serving
+/// thread does. Work that never runs there — a runtime shut down without
+/// waiting for its blocking pool (`shutdown_background`, `shutdown_timeout`)
+/// drops what is handed to it then, as a request's future dropped in that
+/// shutdown does — runs as it is dropped: once, whichever way, and nothing
+/// is lost. Outside a runtime, here.
+pub fn off_the_serving_thread(work: impl FnOnce() + Send + 'static) {
+    struct Once<W: FnOnce()>(Option<W>);
+    impl<W: FnOnce()> Drop for Once<W> {
+        fn drop(&mut self) {
+            if let Some(work) = self.0.take() {
+                work();
+            }
+        }
+    }
+    let once = Once(Some(work));
     match tokio::runtime::Handle::try_current() {
-        Ok(rt) => drop(rt.spawn_blocking(count)),
-        Err(_) => count(),
+        Ok(rt) => drop(rt.spawn_blocking(move || drop(once))),
+        Err(_) => drop(once),
     }
 }
 
@@ -422,6 +436,44 @@ fn completion_text(resp: &JsonMap) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Work handed off the serving thread runs once, whether the blocking
+    /// pool runs it or a runtime shutting down drops it unstarted (a
+    /// request's future dropped in that shutdown hands its record off then).
+    #[test]
+    fn work_off_the_serving_thread_runs_once_even_at_shutdown() {
+        use std::sync::mpsc;
+        struct HandsOff(mpsc::Sender<&'static str>);
+        impl Drop for HandsOff {
+            fn drop(&mut self) {
+                let tx = self.0.clone();
+                off_the_serving_thread(move || tx.send("dropped").unwrap());
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let served = tx.clone();
+            off_the_serving_thread(move || served.send("served").unwrap());
+            let held = HandsOff(tx.clone());
+            tokio::spawn(async move {
+                let _held = held;
+                std::future::pending::<()>().await
+            });
+            tokio::task::yield_now().await;
+        });
+        rt.shutdown_background();
+        drop(tx);
+        let mut got: Vec<_> = rx.iter().collect();
+        got.sort_unstable();
+        assert_eq!(got, ["dropped", "served"]);
+        // Outside a runtime: here and now.
+        let (tx, rx) = mpsc::channel();
+        off_the_serving_thread(move || tx.send(1).unwrap());
+        assert_eq!(rx.try_recv(), Ok(1));
+    }
 
     /// The waiting thread (one serving thread's runtime) serves its other
     /// tasks while the value is built elsewhere; it is built once for all.

@@ -488,7 +488,7 @@ impl Drop for Unanswered<'_> {
         let call = self.call;
         let seen = std::mem::take(&mut *self.seen());
         tracing::info!(request_id = %call.rid, "client disconnected before the answer; upstream request cancelled");
-        let mut record = UsageRecord {
+        let record = UsageRecord {
             request_id: call.rid.clone(),
             endpoint: call.label,
             requested_model: seen.model,
@@ -508,17 +508,15 @@ impl Drop for Unanswered<'_> {
         let Some(d) = seen.cut else {
             return call.app.recorder.record(record);
         };
-        let (app, endpoint, body) = (call.app.clone(), call.endpoint, seen.body);
-        crate::tokens::off_the_serving_thread(move || {
+        let (endpoint, body) = (call.endpoint, seen.body);
+        super::respond::record_when_counted(call.app.clone(), d, record, move || {
             // The body passed validation: it parses.
             let request: JsonMap = serde_json::from_slice(&body).unwrap_or_default();
-            record.usage = Usage {
+            Usage {
                 prompt_tokens: crate::tokens::prompt(endpoint, &request),
                 estimated: true,
                 ..Usage::default()
-            };
-            record.cost_usd = crate::usage::cost(app.router.catalog(), &d, &record.usage);
-            app.recorder.record(record);
+            }
         });
     }
 }

@@ -563,10 +563,8 @@ impl Relay {
         self.ctx.app.recorder.record(record);
     }
 
-    /// A cut-short stream's record, its usage counted on a blocking
-    /// thread, which loads the token encoding (or waits for its load): the
-    /// serving thread does neither. The writer runs until the record is in
-    /// (the thread holds a recorder).
+    /// A cut-short stream's record, its usage counted off the serving
+    /// thread ([`record_when_counted`]).
     fn record_when_counted(&mut self) {
         let text = self.open.decoder.summary().completion_text;
         let request = std::mem::replace(
@@ -574,16 +572,17 @@ impl Relay {
             RequestBody::parsed(Bytes::new(), JsonMap::new()),
         );
         let (endpoint, prompts) = (self.ctx.endpoint, self.open.prompts);
-        let (app, d) = (self.ctx.app.clone(), self.deployment.clone());
-        let mut record = self.usage_record(499, Usage::default(), 0.0);
-        let count = move || {
-            let mut u = tokens::stream_estimate(endpoint, request.map(), &text);
-            u.prompt_tokens *= prompts;
-            record.cost_usd = cost(app.router.catalog(), &d, &u);
-            record.usage = u;
-            app.recorder.record(record);
-        };
-        tokens::off_the_serving_thread(count);
+        let record = self.usage_record(499, Usage::default(), 0.0);
+        record_when_counted(
+            self.ctx.app.clone(),
+            self.deployment.clone(),
+            record,
+            move || {
+                let mut u = tokens::stream_estimate(endpoint, request.map(), &text);
+                u.prompt_tokens *= prompts;
+                u
+            },
+        );
     }
 
     fn usage_record(&self, status: u16, usage: Usage, c: f64) -> UsageRecord {
@@ -683,6 +682,19 @@ impl Relay {
             }
         }
     }
+}
+
+/// Writes `record` with the usage `count` makes and its cost at `d`'s
+/// prices, counted off the serving thread ([`tokens::off_the_serving_thread`]).
+pub(super) fn record_when_counted<F>(app: App, d: Deployment, mut record: UsageRecord, count: F)
+where
+    F: FnOnce() -> Usage + Send + 'static,
+{
+    tokens::off_the_serving_thread(move || {
+        record.usage = count();
+        record.cost_usd = cost(app.router.catalog(), &d, &record.usage);
+        app.recorder.record(record);
+    });
 }
 
 impl Drop for Relay {
