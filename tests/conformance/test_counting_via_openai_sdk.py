@@ -148,3 +148,79 @@ def test_a_client_that_gives_up_is_recorded_and_charged(mock, fault, tmp_path, s
         assert answered.choices[0].message.content
         status, usage = admin(base, "GET", "/admin/usage")
         assert (usage["total"]["requests"], usage["total"]["errors"]) == (2, 1), usage
+
+
+def test_every_request_of_clients_that_give_up_at_random_is_recorded_once(tmp_path):
+    """A bounded soak (80 requests, loopback): clients with random timeouts
+    over slow upstreams of three protocols, answers and streams — given up
+    before the upstream answered, mid-stream or not at all. Each request
+    writes exactly one usage record, and each record of a request cut short
+    at an upstream counts its prompt."""
+    import random
+    port = free_port()
+    slow = Proc([BIN, "mock", "--listen", f"127.0.0.1:{port}", "--latency-ms", "150",
+                 "--tokens-per-s", "100"], cwd=ROOT)
+    try:
+        mock = f"http://127.0.0.1:{port}"
+        wait_http(mock + "/__mock/stats")
+        providers = mock_openai_provider(mock) + f"""
+[[providers]]
+name = "anthropic"
+base_url = "{mock}"
+api_key = "a-key"
+models = ["claude-sonnet-4-5"]
+[[providers]]
+name = "gemini"
+base_url = "{mock}"
+api_key = "g-key"
+models = ["gemini-2.5-flash"]
+"""
+        with own_gateway(tmp_path, providers) as (client, proc):
+            base = str(client.base_url)
+            outcomes, lock = [], threading.Lock()
+
+            def worker(seed):
+                rnd = random.Random(seed)
+                for _ in range(5):
+                    c = OpenAI(base_url=base, api_key=client.api_key, max_retries=0,
+                               timeout=rnd.uniform(0.05, 0.6))
+                    model = rnd.choice(["openai/gpt-4o-mini", "anthropic/claude-sonnet-4-5",
+                                        "gemini/gemini-2.5-flash"])
+                    asked = [{"role": "user", "content": "tell me " * 20}]
+                    try:
+                        if rnd.random() < 0.5:
+                            for _ in c.chat.completions.create(model=model, messages=asked, stream=True):
+                                pass
+                        else:
+                            c.chat.completions.create(model=model, messages=asked)
+                        got = "answered"
+                    except openai.APITimeoutError:
+                        got = "gave up"
+                    with lock:
+                        outcomes.append(got)
+
+            threads = [threading.Thread(target=worker, args=(s,)) for s in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert len(outcomes) == 80 and "gave up" in outcomes and "answered" in outcomes
+            deadline = time.time() + 30
+            while True:
+                records = [l for l in proc.output().splitlines() if "polyplex::usage" in l and "status=" in l]
+                if len(records) >= 80 or time.time() > deadline:
+                    break
+                time.sleep(0.05)
+            time.sleep(0.3)  # none more
+            records = [l for l in proc.output().splitlines() if "polyplex::usage" in l and "status=" in l]
+            ids = [l.split("request_id=")[1].split()[0] for l in records]
+            assert len(ids) == 80 and len(set(ids)) == 80, len(ids)
+            gone = [l for l in records if "status=499" in l]
+            assert gone and all(" status=200 " in l or " status=499 " in l for l in records)
+            # Roughly the clients that gave up (one may give up reading a
+            # stream the gateway had finished sending).
+            assert abs(len(gone) - outcomes.count("gave up")) <= 3, (len(gone), outcomes.count("gave up"))
+            cut = [l for l in gone if " provider=- " not in l]
+            assert all(int(l.split("prompt_tokens=")[1].split()[0]) > 0 for l in cut), cut
+    finally:
+        slow.stop()
