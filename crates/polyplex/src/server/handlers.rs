@@ -487,7 +487,11 @@ impl Drop for Unanswered<'_> {
         }
         let call = self.call;
         let seen = std::mem::take(&mut *self.seen());
-        tracing::info!(request_id = %call.rid, "client disconnected before the answer; upstream request cancelled");
+        if seen.cut.is_some() {
+            tracing::info!(request_id = %call.rid, "client disconnected before the answer; upstream request cancelled");
+        } else {
+            tracing::info!(request_id = %call.rid, "client disconnected before the answer");
+        }
         let record = UsageRecord {
             request_id: call.rid.clone(),
             endpoint: call.label,
