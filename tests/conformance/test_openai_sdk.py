@@ -285,7 +285,7 @@ def test_slow_and_idle_connections_are_closed_and_the_sdk_carries_on(mock, tmp_p
     from conftest import mock_openai_provider, own_gateway
 
     extra = "[server]\nheader_timeout_ms = 1000\nbody_timeout_ms = 1000"
-    with own_gateway(tmp_path, mock_openai_provider(mock), extra) as (client, _):
+    with own_gateway(tmp_path, mock_openai_provider(mock), extra) as (client, proc):
         port = client.base_url.port
         msgs = [{"role": "user", "content": "hi"}]
         assert client.chat.completions.create(model="openai/gpt-4o-mini", messages=msgs).choices
@@ -328,6 +328,23 @@ def test_slow_and_idle_connections_are_closed_and_the_sdk_carries_on(mock, tmp_p
             s.settimeout(5)
             rest = out.split(b"\r\n\r\n", 1)[1] + s.recv(65536)
             assert json.loads(rest[rest.index(b"{"):rest.rindex(b"}") + 1])["error"]["code"] == "request_timeout"
+        # A client that goes mid-body is recorded as gone (499); a body
+        # that is malformed (a bad chunk size) is the client's error (400).
+        head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                b"Content-Type: application/json\r\n" % client.api_key.encode())
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+            time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
+            out, _ = read_all(s)
+            assert out.startswith(b"HTTP/1.1 400"), out[:80]
+        deadline = time.time() + 10
+        while proc.output().count("polyplex::usage") < 5:
+            assert time.time() < deadline, proc.output()[-2000:]
+            time.sleep(0.05)
+        statuses = [l.split(" status=")[1].split()[0] for l in proc.output().splitlines() if "polyplex::usage" in l]
+        assert statuses == ["200", "200", "408", "499", "400"], statuses
 
 
 def test_client_connections_are_kept_alive_by_tcp_probes(gateway):

@@ -149,6 +149,17 @@ impl GatewayError {
         .with_code("request_timeout")
     }
 
+    /// 499 (nginx's "client closed request"): the client went before its
+    /// request was in, for the usage record (no one reads the answer).
+    pub fn client_closed(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            "invalid_request_error",
+            message,
+        )
+        .with_code("client_closed_request")
+    }
+
     pub fn unsupported_media_type() -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -57,6 +57,10 @@ async fn read_body(app: &App, req: Request) -> Result<Bytes, GatewayError> {
     let bytes = read.map_err(|e| {
         if is_length_limit(&e) {
             GatewayError::body_too_large(limit)
+        } else if cut_short(&e) {
+            GatewayError::client_closed(format!(
+                "The client closed the connection before the request body was in: {e}"
+            ))
         } else {
             GatewayError::invalid_request(format!("Could not read the request body: {e}"))
         }
@@ -90,6 +94,33 @@ fn is_length_limit(e: &axum::Error) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Whether a body failed to arrive because its connection ended first
+/// (the client went), not because it was malformed.
+fn cut_short(e: &axum::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        // hyper says a body ended early by an `UnexpectedEof` under it.
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_incomplete_message() || h.is_canceled() || h.is_closed())
+        {
+            return true;
+        }
+        if err.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        }) {
             return true;
         }
         cur = err.source();
