@@ -107,14 +107,24 @@ master_key = "{MASTER_KEY}"
         proc.stop()
 
 
+@contextlib.contextmanager
+def own_mock(*options):
+    """A mock upstream of a test's own (`--latency-ms`, `--tokens-per-s`
+    ...): yields its URL, and stops it."""
+    port = free_port()
+    proc = Proc([BIN, "mock", "--listen", f"127.0.0.1:{port}", *options], cwd=ROOT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/__mock/stats")
+        yield base
+    finally:
+        proc.stop()
+
+
 @pytest.fixture(scope="session")
 def mock():
-    port = free_port()
-    proc = Proc([BIN, "mock", "--listen", f"127.0.0.1:{port}"], cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    wait_http(base + "/__mock/stats")
-    yield base
-    proc.stop()
+    with own_mock() as base:
+        yield base
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from conftest import BIN, ROOT, Proc, admin, free_port, mock_openai_provider, own_gateway, wait_http
+from conftest import admin, mock_openai_provider, own_gateway, own_mock
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -80,11 +80,7 @@ def test_a_client_gone_before_the_first_count_is_recorded_with_it(tmp_path):
     recorded (499) with the prompt counted — by the encoding, not by bytes,
     even when it was not loaded yet: the record waits for it on a thread of
     its own, and the serving thread does not."""
-    port = free_port()
-    slow = Proc([BIN, "mock", "--listen", f"127.0.0.1:{port}", "--tokens-per-s", "20"], cwd=ROOT)
-    try:
-        mock = f"http://127.0.0.1:{port}"
-        wait_http(mock + "/__mock/stats")
+    with own_mock("--tokens-per-s", "20") as mock:
         with own_gateway(tmp_path, mock_openai_provider(mock), "[server]\nthreads = 1") as (client, proc):
             prompt = [{"role": "user", "content": "word " * 200}]
             with client.chat.completions.with_streaming_response.create(
@@ -112,8 +108,6 @@ def test_a_client_gone_before_the_first_count_is_recorded_with_it(tmp_path):
             # o200k counts "word " * 200 as 200 tokens (bytes / 4 would be 250),
             # plus the role and OpenAI's per-message overhead.
             assert 200 < counted < 220, gone
-    finally:
-        slow.stop()
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -158,12 +152,7 @@ def test_every_request_of_clients_that_give_up_at_random_is_recorded_once(tmp_pa
     writes exactly one usage record, and each record of a request cut short
     at an upstream counts its prompt."""
     import random
-    port = free_port()
-    slow = Proc([BIN, "mock", "--listen", f"127.0.0.1:{port}", "--latency-ms", "150",
-                 "--tokens-per-s", "100"], cwd=ROOT)
-    try:
-        mock = f"http://127.0.0.1:{port}"
-        wait_http(mock + "/__mock/stats")
+    with own_mock("--latency-ms", "150", "--tokens-per-s", "100") as mock:
         providers = mock_openai_provider(mock) + f"""
 [[providers]]
 name = "anthropic"
@@ -223,5 +212,3 @@ models = ["gemini-2.5-flash"]
             assert abs(len(gone) - outcomes.count("gave up")) <= 3, (len(gone), outcomes.count("gave up"))
             cut = [l for l in gone if " provider=- " not in l]
             assert all(int(l.split("prompt_tokens=")[1].split()[0]) > 0 for l in cut), cut
-    finally:
-        slow.stop()
