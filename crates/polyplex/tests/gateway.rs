@@ -902,16 +902,7 @@ async fn embeddings_and_legacy_completions() {
 #[tokio::test]
 async fn models_endpoints_and_metrics() {
     let env = setup().await;
-    let v: Value = env
-        .client
-        .get(env.url("/v1/models"))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = env.get_json("/v1/models").await;
     assert_eq!(v["object"], "list");
     let ids: Vec<&str> = v["data"]
         .as_array()

@@ -90,10 +90,11 @@ fn parse_json(bytes: &[u8]) -> Result<JsonMap, GatewayError> {
     }
 }
 
-fn is_length_limit(e: &axum::Error) -> bool {
+/// Whether `e` or an error under it is one `is` says yes to.
+fn caused_by(e: &axum::Error, is: impl Fn(&(dyn std::error::Error + 'static)) -> bool) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
+        if is(err) {
             return true;
         }
         cur = err.source();
@@ -101,31 +102,26 @@ fn is_length_limit(e: &axum::Error) -> bool {
     false
 }
 
+fn is_length_limit(e: &axum::Error) -> bool {
+    caused_by(e, |err| err.is::<http_body_util::LengthLimitError>())
+}
+
 /// Whether a body failed to arrive because its connection ended first
-/// (the client went), not because it was malformed.
+/// (the client went), not because it was malformed: hyper says so by an
+/// `UnexpectedEof` under its error.
 fn cut_short(e: &axum::Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        // hyper says a body ended early by an `UnexpectedEof` under it.
-        if err
-            .downcast_ref::<hyper::Error>()
+    caused_by(e, |err| {
+        err.downcast_ref::<hyper::Error>()
             .is_some_and(|h| h.is_incomplete_message() || h.is_canceled() || h.is_closed())
-        {
-            return true;
-        }
-        if err.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            )
-        }) {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
+            || err.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::UnexpectedEof
+                )
+            })
+    })
 }
 
 fn kind_of(v: &Value) -> &'static str {
