@@ -373,10 +373,8 @@ impl Upstream {
     /// True if this provider offers `model`: listed, or (no list) in its
     /// catalog entry.
     pub fn offers(&self, catalog: &Catalog, model: &str) -> bool {
-        match &self.models {
-            Some(list) => list.iter().any(|m| m == model),
-            None => self.catalog_model(catalog, model).is_some(),
-        }
+        self.accepts(model)
+            && (self.models.is_some() || self.catalog_model(catalog, model).is_some())
     }
 
     /// The models this provider offers, for `/v1/models`.
