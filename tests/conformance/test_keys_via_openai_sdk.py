@@ -39,12 +39,51 @@ def test_a_gateway_key_serves_and_is_limited_to_its_models(gateway):
     with pytest.raises(openai.PermissionDeniedError) as e:
         hello(c, model="gpt-4o")
     assert e.value.code == "model_not_allowed"
-    assert [m.id for m in c.models.list()] == ["openai/gpt-4o-mini"]
+    # The model itself, and `auto` (which chooses among what the key may use).
+    assert [m.id for m in c.models.list()] == ["openai/gpt-4o-mini", "auto"]
     with pytest.raises(openai.NotFoundError):
         c.models.retrieve("gpt-4o")
     # Streams too.
     chunks = list(hello(c, stream=True, stream_options={"include_usage": True}))
     assert chunks[-1].usage.total_tokens > 0
+
+
+def test_a_keys_models_are_the_deployments_it_may_reach(gateway):
+    # Two providers serve gpt-4o here (openai and slow); the key may use one.
+    k = new_key(gateway, models=["openai/gpt-4o", "anthropic/*"])
+    c = sdk(gateway, k["key"])
+    for name in ["gpt-4o", "gpt-4o:floor", "gpt-4o:nitro", "openai/gpt-4o:floor"]:
+        for _ in range(3):
+            raw = c.chat.completions.with_raw_response.create(
+                model=name, messages=[{"role": "user", "content": "hi"}])
+            assert raw.headers["x-polyplex-provider"] == "openai", name
+    # `auto` chooses among the allowed deployments only.
+    raw = c.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-polyplex-provider"] in ("openai", "anthropic")
+    # What it does not reach stays refused, a fallback too (naming which).
+    for name in ["slow/gpt-4o", "gpt-4o-mini", "google/gemini-2.5-flash"]:
+        with pytest.raises(openai.PermissionDeniedError) as e:
+            hello(c, model=name)
+        assert e.value.code == "model_not_allowed" and name in e.value.message
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        hello(c, model="gpt-4o", extra_body={"models": ["claude-sonnet-4-5", "gpt-4o-mini"]})
+    assert e.value.body["param"] == "models[1]"
+    # The listing names what it may request.
+    ids = [m.id for m in c.models.list()]
+    assert "openai/gpt-4o" in ids and "auto" in ids
+    assert "slow/gpt-4o" not in ids and "openai/gpt-4o-mini" not in ids
+    assert all(i.startswith(("openai/", "anthropic/")) or i == "auto" for i in ids)
+    assert c.models.retrieve("gpt-4o").id == "gpt-4o"
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("gpt-4o-mini")
+    # A key limited to embeddings has no chat model for `auto`.
+    k = new_key(gateway, models=["openai/text-embedding-3-small"])
+    with pytest.raises(openai.NotFoundError):
+        hello(sdk(gateway, k["key"]), model="auto")
+    k = new_key(gateway, models=["mistral/*"])  # no such provider here
+    with pytest.raises(openai.PermissionDeniedError):
+        hello(sdk(gateway, k["key"]), model="auto")
 
 
 def test_revoked_and_unknown_keys_raise_authentication_error(gateway):

@@ -267,13 +267,6 @@ impl KeyEntry {
         units
     }
 
-    /// May this key use model `name` (as the client wrote it)? A listed
-    /// `model` also allows `provider/model`; `provider/*` allows all of a
-    /// provider's; `*` all.
-    pub fn allows(&self, name: &str) -> bool {
-        allows(self.spec().models.as_deref(), name)
-    }
-
     /// Admission: budget, requests per minute, tokens per minute and
     /// concurrency, in that order. On success the request is counted and the
     /// returned guard holds its concurrency slot.
@@ -408,18 +401,36 @@ fn trim_float(x: f64, places: usize) -> String {
     t.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
+/// Does a key's model list (None: every model) allow the name `name` as
+/// written? A listed `model` also allows `provider/model`; `provider/*`
+/// allows all of a provider's; `*` all. (The router also lets a name reach
+/// the deployments a list allows: [`crate::routing::Router::may_reach`].)
 pub fn allows(models: Option<&[String]>, name: &str) -> bool {
     let Some(list) = models else {
         return true;
     };
-    let bare = name.split_once('/').map(|(_, m)| m);
-    let provider = name.split_once('/').map(|(p, _)| p);
+    match name.split_once('/') {
+        Some((provider, model)) => allows_deployment(list, provider, model),
+        None => list.iter().any(|m| m == "*" || m == name),
+    }
+}
+
+/// Does a key's model list allow `model` on the provider named `provider`?
+pub fn allows_deployment(list: &[String], provider: &str, model: &str) -> bool {
     list.iter().any(|m| {
         m == "*"
-            || m == name
-            || Some(m.as_str()) == bare
-            || provider.is_some_and(|p| m.strip_suffix("/*") == Some(p))
+            || m == model
+            || m.strip_suffix("/*") == Some(provider)
+            || m.split_once('/') == Some((provider, model))
     })
+}
+
+/// 403 for a model name a key may not use.
+pub fn model_forbidden(name: &str) -> GatewayError {
+    GatewayError::forbidden(format!(
+        "This API key is not allowed to use the model `{name}`."
+    ))
+    .with_param("model")
 }
 
 /// One limit as the `x-ratelimit-*` headers tell it.

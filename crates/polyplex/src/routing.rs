@@ -13,6 +13,7 @@
 
 use crate::config::{Hedge, RouteConfig, Strategy};
 use crate::health::DeploymentStats;
+use crate::keys;
 use crate::tokens;
 use crate::upstream::Upstream;
 use foldhash::HashMap;
@@ -44,6 +45,11 @@ impl Deployment {
 
     pub fn label(&self) -> String {
         format!("{}/{}", self.upstream.name, self.model)
+    }
+
+    /// Does a key's model list allow this deployment?
+    fn allowed(&self, list: &[String]) -> bool {
+        keys::allows_deployment(list, &self.upstream.name, &self.model)
     }
 
     fn same(&self, o: &Deployment) -> bool {
@@ -296,9 +302,49 @@ impl Router {
         (base == "auto" && !self.upstreams.is_empty()) || self.resolve(base).is_ok()
     }
 
-    /// Every chat deployment with catalog capabilities that fit the request,
-    /// cheapest first.
-    fn auto(&self, facts: &Facts<'_>) -> Result<Vec<Deployment>, GatewayError> {
+    /// May a key whose model list is `access` (None: every model) request
+    /// `name`? Yes if the list names it (see [`keys::allows`]), or if it
+    /// reaches at least one deployment the list allows: a bare `gpt-4o`
+    /// when `openai/gpt-4o` is listed, a route with an allowed target, `auto`
+    /// when any configured model is allowed. Such a request is then served
+    /// by the allowed deployments only ([`Router::plan`]).
+    pub fn may_reach(&self, access: Option<&[String]>, name: &str) -> bool {
+        let Some(list) = access else {
+            return true;
+        };
+        let (base, _) = split_suffix(name);
+        if keys::allows(access, base) {
+            return true;
+        }
+        if base == "auto" && !self.routes.contains_key("auto") {
+            return self.allows_any(list);
+        }
+        self.resolve(base)
+            .is_ok_and(|(ds, _)| ds.iter().any(|d| d.allowed(list)))
+    }
+
+    /// Does the list allow at least one model of a configured provider?
+    fn allows_any(&self, list: &[String]) -> bool {
+        list.iter().any(|m| {
+            if m == "*" {
+                return !self.upstreams.is_empty();
+            }
+            let listed = m.split_once('/');
+            match listed.and_then(|(p, model)| Some((self.upstream(p)?, model))) {
+                Some((_, "*")) => true,
+                Some((u, model)) => u.accepts(model),
+                None => self.resolve(m).is_ok(),
+            }
+        })
+    }
+
+    /// Every chat deployment with catalog capabilities that fit the request
+    /// (and that `access` allows, if given), cheapest first.
+    fn auto(
+        &self,
+        facts: &Facts<'_>,
+        access: Option<&[String]>,
+    ) -> Result<Vec<Deployment>, GatewayError> {
         if facts.endpoint != Endpoint::Chat {
             return Err(GatewayError::not_found(
                 "The model `auto` chooses among chat models only; name an embeddings or completions model.",
@@ -310,6 +356,9 @@ impl Router {
         let mut fit: Vec<(f64, usize, String)> = Vec::new();
         for (order, u) in self.upstreams.iter().enumerate() {
             for id in u.model_ids(self.catalog) {
+                if access.is_some_and(|list| !keys::allows_deployment(list, &u.name, &id)) {
+                    continue;
+                }
                 let Some(m) = u.catalog_model(self.catalog, &id) else {
                     continue;
                 };
@@ -354,21 +403,34 @@ impl Router {
             .map(|p| p.cost(prompt, 0, 0, facts.output_estimate()))
     }
 
-    /// Deployments of one name (suffix included), ordered.
+    /// Deployments of one name (suffix included) that `access` (a key's
+    /// model list) lets it reach, ordered.
     fn ordered(
         &self,
         name: &str,
+        access: Option<&[String]>,
         facts: &Facts<'_>,
         rng: &mut impl Rng,
     ) -> Result<(Vec<Deployment>, Option<Hedge>), GatewayError> {
         let (base, suffix) = split_suffix(name);
         let hedge = self.routes.get(base).and_then(|r| r.hedge);
+        // A name the list allows as written reaches all its deployments.
+        let access = access.filter(|_| !keys::allows(access, base));
         let (mut ds, strategy) = if base == "auto" && !self.routes.contains_key("auto") {
-            (self.auto(facts)?, Strategy::Cost)
+            if access.is_some_and(|list| !self.allows_any(list)) {
+                return Err(keys::model_forbidden(name));
+            }
+            (self.auto(facts, access)?, Strategy::Cost)
         } else {
             self.resolve(base)
                 .map_err(|_| GatewayError::model_not_found(name))?
         };
+        if let Some(list) = access {
+            ds.retain(|d| d.allowed(list));
+            if ds.is_empty() {
+                return Err(keys::model_forbidden(name));
+            }
+        }
         let strategy = match suffix {
             Some(Suffix::Floor) => Strategy::Cost,
             Some(Suffix::Nitro) => Strategy::Throughput,
@@ -379,19 +441,22 @@ impl Router {
     }
 
     /// The whole plan: the primary name's deployments, each fallback's after
-    /// them (without repeats), the provider preferences, then rate-limit steering.
+    /// them (without repeats), the provider preferences, then rate-limit
+    /// steering. `access` is the caller's key's model list, if it has one:
+    /// a name it does not list as such is served by the deployments it allows.
     pub fn plan(
         &self,
         model: &str,
         fallbacks: &[String],
         prefs: &ProviderPrefs,
+        access: Option<&[String]>,
         facts: &Facts<'_>,
         rng: &mut impl Rng,
     ) -> Result<Plan, GatewayError> {
-        let (mut ds, hedge) = self.ordered(model, facts, rng)?;
+        let (mut ds, hedge) = self.ordered(model, access, facts, rng)?;
         for (i, f) in fallbacks.iter().enumerate() {
             let (more, _) = self
-                .ordered(f, facts, rng)
+                .ordered(f, access, facts, rng)
                 .map_err(|e| e.with_param(format!("models[{i}]")))?;
             for d in more {
                 if !ds.iter().any(|p| p.same(&d)) {
@@ -665,7 +730,7 @@ hedge_after_ms = 250
         f.max_output = max_output;
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         labels(
-            &r.plan(model, &[], &ProviderPrefs::default(), &f, &mut rng)
+            &r.plan(model, &[], &ProviderPrefs::default(), None, &f, &mut rng)
                 .unwrap()
                 .deployments,
         )
@@ -838,7 +903,7 @@ models = ["gpt-oss", "mine"]
         let mut first = HashMap::new();
         for _ in 0..3000 {
             let p = r
-                .plan("fast", &[], &ProviderPrefs::default(), &f, &mut rng)
+                .plan("fast", &[], &ProviderPrefs::default(), None, &f, &mut rng)
                 .unwrap();
             *first.entry(p.deployments[0].model.clone()).or_insert(0) += 1;
             // Whatever goes first, the rest follow fastest first.
@@ -921,7 +986,7 @@ models = ["black-forest-labs/flux_2-klein-4b"]
         f.max_output = m.max_tokens;
         (f.tools, f.images, f.json_schema) = (m.has_tools, m.has_images, m.json_schema);
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        r.plan("auto", &[], &ProviderPrefs::default(), &f, &mut rng)
+        r.plan("auto", &[], &ProviderPrefs::default(), None, &f, &mut rng)
             .map(|p| p.deployments[0].label())
     }
 
@@ -992,6 +1057,7 @@ models = ["black-forest-labs/flux_2-klein-4b"]
                 "auto",
                 &[],
                 &ProviderPrefs::default(),
+                None,
                 &f,
                 &mut rand::thread_rng(),
             )
@@ -1009,6 +1075,67 @@ models = ["black-forest-labs/flux_2-klein-4b"]
     }
 
     #[test]
+    fn a_keys_model_list_narrows_the_plan_to_the_deployments_it_allows() {
+        let r = router(CFG);
+        let b = chat("x");
+        let f = Facts::new(&b, Endpoint::Chat, false);
+        let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let plan = |name: &str, fb: &[String], access: &[String]| {
+            r.plan(
+                name,
+                fb,
+                &ProviderPrefs::default(),
+                Some(access),
+                &f,
+                &mut rand::thread_rng(),
+            )
+            .map(|p| labels(&p.deployments))
+        };
+        // A bare name the list names as such: every deployment.
+        let gpt = list(&["gpt-4o"]);
+        assert!(r.may_reach(Some(&gpt), "gpt-4o:floor"));
+        assert_eq!(plan("gpt-4o", &[], &gpt).unwrap().len(), 2);
+        // Listed on one provider: the bare name, its suffixes and a route
+        // reach that deployment only.
+        let local = list(&["local/gpt-4o", "local/a"]);
+        for name in ["gpt-4o", "gpt-4o:nitro", "GPT-4o"] {
+            assert!(r.may_reach(Some(&local), name), "{name}");
+            assert_eq!(plan(name, &[], &local).unwrap(), ["local/gpt-4o"]);
+        }
+        assert_eq!(plan("by-cost", &[], &local).unwrap(), ["local/a"]);
+        assert_eq!(
+            plan("local/a", &["gpt-4o".into()], &local).unwrap(),
+            ["local/a", "local/gpt-4o"]
+        );
+        // Nothing it allows: refused, naming the name (a fallback's index).
+        assert!(!r.may_reach(Some(&local), "openai/gpt-4o"));
+        assert!(!r.may_reach(Some(&local), "cheap"));
+        let e = plan("cheap", &[], &local).unwrap_err();
+        assert_eq!(
+            (e.status.as_u16(), e.param.as_deref()),
+            (403, Some("model"))
+        );
+        let e = plan("local/a", &["cheap".into()], &local).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("models[0]"));
+        // A route the list names reaches all its targets.
+        let smart = list(&["smart"]);
+        assert_eq!(plan("smart", &[], &smart).unwrap().len(), 2);
+        // `auto`: among what the list allows, if anything.
+        assert!(r.may_reach(Some(&list(&["openai/*"])), "auto"));
+        assert!(!r.may_reach(Some(&list(&["mistral/*"])), "auto"));
+        assert!(!r.may_reach(Some(&list(&["no-such-model"])), "auto"));
+        let picked = plan("auto", &[], &list(&["openai/gpt-4o"])).unwrap();
+        assert_eq!(picked, ["openai/gpt-4o"]);
+        assert_eq!(
+            plan("auto", &[], &list(&["mistral/*"]))
+                .unwrap_err()
+                .status
+                .as_u16(),
+            403
+        );
+    }
+
+    #[test]
     fn fallback_list_appends_without_repeats() {
         let r = router(CFG);
         let b = chat("x");
@@ -1019,6 +1146,7 @@ models = ["black-forest-labs/flux_2-klein-4b"]
                 "local/mine",
                 &["gpt-4o".into(), "openai/gpt-4o".into()],
                 &ProviderPrefs::default(),
+                None,
                 &f,
                 &mut rng,
             )
@@ -1032,13 +1160,14 @@ models = ["black-forest-labs/flux_2-klein-4b"]
                 "local/mine",
                 &["nope".into()],
                 &ProviderPrefs::default(),
+                None,
                 &f,
                 &mut rng,
             )
             .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("models[0]"));
         assert_eq!(
-            r.plan("hedged", &[], &ProviderPrefs::default(), &f, &mut rng)
+            r.plan("hedged", &[], &ProviderPrefs::default(), None, &f, &mut rng)
                 .unwrap()
                 .hedge,
             Some(Hedge::After(Duration::from_millis(250)))
@@ -1051,7 +1180,7 @@ models = ["black-forest-labs/flux_2-klein-4b"]
         let b = chat("x");
         let f = Facts::new(&b, Endpoint::Chat, false);
         let apply = |model: &str, fb: &[String], p: ProviderPrefs| {
-            r.plan(model, fb, &p, &f, &mut rand::thread_rng())
+            r.plan(model, fb, &p, None, &f, &mut rand::thread_rng())
                 .map(|p| labels(&p.deployments))
         };
         let prefs = |f: &dyn Fn(&mut ProviderPrefs)| {
@@ -1170,6 +1299,7 @@ models = ["black-forest-labs/flux_2-klein-4b"]
                 "smart",
                 &[],
                 &ProviderPrefs::default(),
+                None,
                 &f,
                 &mut rand::thread_rng(),
             )
@@ -1191,6 +1321,7 @@ models = ["black-forest-labs/flux_2-klein-4b"]
                 "gpt-4o",
                 &[],
                 &ProviderPrefs::default(),
+                None,
                 &f,
                 &mut rand::thread_rng(),
             )
@@ -1203,6 +1334,7 @@ models = ["black-forest-labs/flux_2-klein-4b"]
                 "gpt-4o",
                 &[],
                 &ProviderPrefs::default(),
+                None,
                 &f,
                 &mut rand::thread_rng(),
             )

@@ -175,7 +175,7 @@ async fn keys_limits_budgets_and_usage_survive_a_restart() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["openai/gpt-4o-mini"]);
+    assert_eq!(ids, ["openai/gpt-4o-mini", "auto"]);
 
     // Requests per minute: the fourth in the minute is a 429 with retry-after.
     assert_eq!(c.chat(&token, "gpt-4o-mini").await.status(), 200);

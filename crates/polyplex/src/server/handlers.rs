@@ -299,12 +299,14 @@ impl Call {
         let Some(key) = self.caller.key() else {
             return Ok(None);
         };
-        for m in std::iter::once(&parsed.model).chain(&parsed.fallbacks) {
-            if !key.allows(m) {
-                return Err(GatewayError::forbidden(format!(
-                    "This API key is not allowed to use the model `{m}`."
-                ))
-                .with_param("model"));
+        let spec = key.spec();
+        let access = spec.models.as_deref();
+        if !self.app.router.may_reach(access, &parsed.model) {
+            return Err(crate::keys::model_forbidden(&parsed.model));
+        }
+        for (i, m) in parsed.fallbacks.iter().enumerate() {
+            if !self.app.router.may_reach(access, m) {
+                return Err(crate::keys::model_forbidden(m).with_param(format!("models[{i}]")));
             }
         }
         if let Some(shared) = &self.app.shared_limits {
@@ -588,11 +590,16 @@ async fn serve(
     let mut facts = Facts::new(&parsed.body, endpoint, parsed.stream);
     facts.max_output = parsed.max_output;
     (facts.tools, facts.images, facts.json_schema) = parsed.needs;
+    // A key's model list: names it does not list are served by the
+    // deployments it allows.
+    let spec = admitted.as_ref().map(|a| a.key.spec());
+    let access = spec.as_ref().and_then(|s| s.models.as_deref());
     let plan = |facts: &Facts<'_>| {
         app.router.plan(
             &parsed.model,
             &parsed.fallbacks,
             &parsed.prefs,
+            access,
             facts,
             &mut rand::thread_rng(),
         )
@@ -941,7 +948,13 @@ fn all_models(app: &App) -> Vec<Value> {
 pub async fn list_models(State(app): State<App>, Extension(caller): Extension<Caller>) -> Response {
     let mut data = all_models(&app);
     if let Some(k) = caller.key() {
-        data.retain(|m| m["id"].as_str().is_some_and(|id| k.allows(id)));
+        let spec = k.spec();
+        let access = spec.models.as_deref();
+        data.retain(|m| {
+            m["id"]
+                .as_str()
+                .is_some_and(|id| app.router.may_reach(access, id))
+        });
     }
     Json(json!({"object": "list", "data": data})).into_response()
 }
@@ -951,7 +964,10 @@ pub async fn get_model(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    if caller.key().is_some_and(|k| !k.allows(&id)) {
+    if caller
+        .key()
+        .is_some_and(|k| !app.router.may_reach(k.spec().models.as_deref(), &id))
+    {
         return ApiError(GatewayError::model_not_found(&id)).into_response();
     }
     if app.router.resolve(&id).is_err() && app.router.knows(&id) {
