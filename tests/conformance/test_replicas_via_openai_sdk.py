@@ -4,7 +4,9 @@ and budget hold across both, and the official `openai` SDK sees OpenAI's own
 exceptions whichever replica answers. Needs a Redis server: POLYPLEX_TEST_REDIS
 (scripts/test.sh sets it when one answers on 127.0.0.1:6379; CI starts one).
 """
+import contextlib
 import os
+import time
 
 import openai
 import pytest
@@ -16,14 +18,16 @@ REDIS = os.environ.get("POLYPLEX_TEST_REDIS")
 pytestmark = pytest.mark.skipif(not REDIS, reason="POLYPLEX_TEST_REDIS not set")
 
 
-@pytest.fixture(scope="module")
-def replicas(mock, tmp_path_factory):
-    d = tmp_path_factory.mktemp("replicas")
+@contextlib.contextmanager
+def two_replicas(d, providers):
+    """Two gateways sharing one store and one Redis, with the
+    `[[providers]]` text given: yields their base URLs."""
     procs, bases = [], []
-    for _ in range(2):
-        port = free_port()
-        cfg = d / f"replica-{port}.toml"
-        cfg.write_text(f"""
+    try:
+        for _ in range(2):
+            port = free_port()
+            cfg = d / f"replica-{port}.toml"
+            cfg.write_text(f"""
 listen = "127.0.0.1:{port}"
 [auth]
 master_key = "{MASTER_KEY}"
@@ -31,15 +35,45 @@ master_key = "{MASTER_KEY}"
 url = "sqlite://{d / 'shared.db'}"
 [redis]
 url = "{REDIS}"
-{mock_openai_provider(mock)}""")
-        procs.append(Proc([BIN, "serve", "--config", str(cfg)], cwd=d))
-        bases.append(f"http://127.0.0.1:{port}")
-        wait_http(bases[-1] + "/healthz")
-    yield bases
-    for p in procs:
-        p.stop()
+{providers}""")
+            procs.append(Proc([BIN, "serve", "--config", str(cfg)], cwd=d))
+            bases.append(f"http://127.0.0.1:{port}")
+            wait_http(bases[-1] + "/healthz")
+        yield bases
+    finally:
+        for p in procs:
+            p.stop()
     for p in procs:
         assert "Redis failed" not in p.output(), p.output()
+
+
+@pytest.fixture(scope="module")
+def replicas(mock, tmp_path_factory):
+    with two_replicas(tmp_path_factory.mktemp("replicas"), mock_openai_provider(mock)) as bases:
+        yield bases
+
+
+def test_a_providers_rpm_holds_across_replicas(mock, tmp_path):
+    """A provider's configured `rpm` counts every replica's requests to it
+    (each deployment's window in Redis)."""
+    provider = f"""
+[[providers]]
+name = "capped-{os.getpid()}-{time.time_ns()}"
+kind = "openai"
+catalog = "openai"
+base_url = "{mock}/v1"
+api_key = "k"
+models = ["gpt-4o-mini"]
+rpm = 3
+"""
+    with two_replicas(tmp_path, provider) as (a, b):
+        for base in (a, b, a):
+            hello(sdk(base, MASTER_KEY))
+        for base in (b, a):
+            with pytest.raises(openai.RateLimitError) as e:
+                hello(sdk(base, MASTER_KEY))
+            assert e.value.code == "rate_limit_exceeded" and "Limit 3" in e.value.message
+            assert int(e.value.response.headers["retry-after"]) >= 1
 
 
 def test_requests_per_minute_hold_across_replicas(replicas):

@@ -8,7 +8,7 @@ import urllib.request
 import openai
 import pytest
 
-from conftest import MASTER_KEY, own_gateway
+from conftest import MASTER_KEY, admin, own_gateway
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -196,3 +196,73 @@ models = ["{model}"]
         assert r.model == "gemini-2.5-pro"
         with pytest.raises(openai.NotFoundError):
             create(client, model="gemini/gemini-9-nothing")
+
+
+def test_a_providers_configured_rpm_and_tpm_are_never_exceeded(mock, tmp_path):
+    """`rpm` / `tpm` on a provider: the most requests and tokens a minute
+    polyplex sends each of its models. A deployment at its limit is passed
+    over for the next one (named in x-polyplex-skipped, nothing sent to it);
+    when none has room, the SDK raises RateLimitError with `retry-after`,
+    and nothing reached the upstream."""
+    providers = f"""
+[[providers]]
+name = "small"
+kind = "openai"
+catalog = "openai"
+base_url = "{mock}/v1"
+api_key = "k"
+models = ["gpt-4o-mini"]
+rpm = 2
+[[providers]]
+name = "metered"
+kind = "openai"
+catalog = "openai"
+base_url = "{mock}/v1"
+api_key = "k"
+models = ["gpt-4o-mini"]
+tpm = 25
+"""
+    ten = "one two three four five six seven eight nine ten"
+    with own_gateway(tmp_path, providers) as (client, proc):
+        served = []
+        for stream in (False, True):
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": ten}], stream=stream)
+            served.append((raw.headers["x-polyplex-provider"], raw.headers.get("x-polyplex-skipped")))
+            list(raw.parse()) if stream else raw.parse()
+        # `small` took its two requests; the next goes to `metered`.
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": ten}])
+        served.append((raw.headers["x-polyplex-provider"], raw.headers.get("x-polyplex-skipped")))
+        assert served == [("small", None), ("small", None), ("metered", "small/gpt-4o-mini")]
+        assert raw.parse().usage.total_tokens >= 25
+        # Now both are at their limits: a 429 of the gateway's own, before
+        # anything is sent upstream.
+        before = mock_stats(mock)
+        with pytest.raises(openai.RateLimitError) as e:
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert e.value.code == "rate_limit_exceeded"
+        assert 1 <= int(e.value.response.headers["retry-after"]) <= 60
+        assert "small/gpt-4o-mini" in e.value.message and "Limit 2" in e.value.message
+        assert e.value.response.headers["x-polyplex-skipped"] == "small/gpt-4o-mini, metered/gpt-4o-mini"
+        after = mock_stats(mock)
+        assert after["requests"] == before["requests"]
+        # A model named on the limited provider gets the same answer.
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(
+                model="metered/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        # The admin API shows each deployment's use of its limits.
+        status, providers = admin(str(client.base_url).removesuffix("/v1/"), "GET", "/admin/providers")
+        assert status == 200
+        limits = {p["name"]: (p["rpm"], p["tpm"], p["deployments"][0]["upstream_limits"])
+                  for p in providers["data"]}
+        assert limits["small"][:2] == (2, None)
+        assert limits["small"][2]["requests_last_minute"] == 2
+        assert limits["metered"][:2] == (None, 25)
+        assert limits["metered"][2]["tokens_last_minute"] >= 25
+
+
+def mock_stats(mock):
+    with urllib.request.urlopen(mock + "/__mock/stats", timeout=10) as r:
+        return json.loads(r.read())

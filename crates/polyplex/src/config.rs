@@ -1101,6 +1101,14 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
             ))
         }
     };
+    for (name, v) in [("rpm", p.rpm), ("tpm", p.tpm)] {
+        if v == Some(0) {
+            return err(format!(
+                "{}: must be at least 1 (leave it out for no limit)",
+                at(name)
+            ));
+        }
+    }
     let ms = Duration::from_millis;
     let timeout = ms(p.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
     if timeout.is_zero() {
@@ -1683,6 +1691,8 @@ strategy = "priority"
             ("[server]\nbusy_poll_us = -1\n", "busy_poll_us"),
             ("[[providers]]\nname = \"openai\"\ncompletions = \"legacy\"\n", "providers[0].completions"),
             ("[[providers]]\nname = \"anthropic\"\ncompletions = \"native\"\n", "providers[0].completions"),
+            ("[[providers]]\nname = \"openai\"\nrpm = 0\n", "providers[0].rpm"),
+            ("[[providers]]\nname = \"openai\"\ntpm = 0\n", "providers[0].tpm"),
         ];
         for (text, want) in cases {
             let e = parse(text, &[]).unwrap_err();

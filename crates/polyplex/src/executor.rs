@@ -53,6 +53,9 @@ pub struct Trace {
     pub failed_over: Vec<String>,
     /// Deployments skipped because their circuit was open.
     pub skipped: Vec<String>,
+    /// Deployments skipped because their provider's configured `rpm` /
+    /// `tpm` had no room.
+    pub limited: Vec<String>,
     /// True if a hedged second attempt was sent.
     pub hedged: bool,
 }
@@ -129,6 +132,9 @@ struct Attempts<'a> {
     attempts: u32,
     failed_over: Vec<String>,
     skipped: Vec<String>,
+    limited: Vec<String>,
+    /// The upstream limit with the soonest room among `limited`'s.
+    soonest: Option<(crate::window::Over, Deployment)>,
     last: Option<(GatewayError, Deployment)>,
     hedged: bool,
     /// Nothing admitted has answered: try the skipped deployments anyway.
@@ -138,27 +144,55 @@ struct Attempts<'a> {
 }
 
 impl<'a> Attempts<'a> {
-    /// Asks the breaker; a deployment it refuses is noted as skipped.
-    fn admit(&mut self, at: usize) -> bool {
-        if self.fail_open {
-            return self.skipped.contains(&self.ds[at].label());
-        }
+    /// Asks the breaker, then the provider's configured `rpm` / `tpm`
+    /// (which count the request if it goes); a deployment either refuses
+    /// is noted as skipped or limited.
+    async fn admit(&mut self, at: usize) -> bool {
         let d = &self.ds[at];
-        match d.stats.admit(&self.app.health, Instant::now()) {
-            Admission::Yes | Admission::Probe => true,
-            Admission::No(_) => {
-                tracing::debug!(deployment = %d.label(), "circuit open; skipped");
-                if !self.skipped.contains(&d.label()) {
-                    self.skipped.push(d.label());
+        let breaker = if self.fail_open {
+            self.skipped.contains(&d.label())
+        } else {
+            match d.stats.admit(&self.app.health, Instant::now()) {
+                Admission::Yes | Admission::Probe => true,
+                Admission::No(_) => {
+                    tracing::debug!(deployment = %d.label(), "circuit open; skipped");
+                    if !self.skipped.contains(&d.label()) {
+                        self.skipped.push(d.label());
+                    }
+                    false
                 }
-                false
             }
+        };
+        if !breaker {
+            return false;
         }
+        let Err(over) = self.app.take_upstream(d).await else {
+            return true;
+        };
+        tracing::debug!(deployment = %d.label(), ?over, "at its provider's configured rate limit; skipped");
+        metrics::counter!("polyplex_upstream_limited_total", "provider" => d.upstream.name.clone())
+            .increment(1);
+        if !self.limited.contains(&d.label()) {
+            self.limited.push(d.label());
+        }
+        if self
+            .soonest
+            .as_ref()
+            .is_none_or(|(o, _)| over.wait() < o.wait())
+        {
+            self.soonest = Some((over, d.clone()));
+        }
+        false
     }
 
-    /// The first deployment from `from` on that the breaker admits.
-    fn next_admitted(&mut self, from: usize) -> Option<usize> {
-        (from..self.ds.len()).find(|&i| self.admit(i))
+    /// The first deployment from `from` on that is admitted.
+    async fn next_admitted(&mut self, from: usize) -> Option<usize> {
+        for i in from..self.ds.len() {
+            if self.admit(i).await {
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// Records an attempt's result in the deployment's statistics and decides what follows.
@@ -235,15 +269,17 @@ impl<'a> Attempts<'a> {
                 attempts: self.attempts,
                 failed_over: self.failed_over,
                 skipped: self.skipped,
+                limited: self.limited,
                 hedged: self.hedged,
             },
         }
     }
 
     fn failed<T>(mut self) -> Outcome<T> {
-        let (err, dep) = match self.last.take() {
-            Some((e, d)) => (e, Some(d)),
-            None => (
+        let (err, dep) = match (self.last.take(), self.soonest.take()) {
+            (Some((e, d)), _) => (e, Some(d)),
+            (None, Some((over, d))) => (upstream_limited(&over, &d), Some(d)),
+            (None, None) => (
                 GatewayError::service_unavailable("No deployment is available for this model."),
                 None,
             ),
@@ -260,10 +296,33 @@ impl<'a> Attempts<'a> {
                 attempts: self.attempts,
                 failed_over: self.failed_over,
                 skipped: self.skipped,
+                limited: self.limited,
                 hedged: self.hedged,
             },
         }
     }
+}
+
+/// 429 when every deployment left was at its provider's configured rate
+/// limit: when to come back (the soonest room), and which limit.
+fn upstream_limited(over: &crate::window::Over, d: &Deployment) -> GatewayError {
+    use crate::window::Over;
+    let (kind, what, limit, used) = match *over {
+        Over::Requests { used, .. } => ("requests", "requests per min (RPM)", d.upstream.rpm, used),
+        Over::Tokens { used, .. } => ("tokens", "tokens per min (TPM)", d.upstream.tpm, used),
+    };
+    let wait = over.wait();
+    GatewayError::rate_limited(
+        kind,
+        format!(
+            "Rate limit reached for {} on {what}, the limit this gateway keeps to for provider `{}`: Limit {}, Used {used}. Please try again in {}.",
+            d.label(),
+            d.upstream.name,
+            limit.unwrap_or(0),
+            crate::keys::reset_text(wait)
+        ),
+        wait,
+    )
 }
 
 /// How long a hedged plan waits for the first deployment's first byte.
@@ -295,6 +354,8 @@ where
         attempts: 0,
         failed_over: Vec::new(),
         skipped: Vec::new(),
+        limited: Vec::new(),
+        soonest: None,
         last: None,
         hedged: false,
         fail_open: false,
@@ -308,7 +369,11 @@ where
     // A hedged start: the first admitted deployment, and after the delay a
     // second one racing it; the first answer wins and the other is dropped
     // (which cancels its upstream request).
-    if let Some(a) = plan.hedge.and_then(|_| st.next_admitted(0)) {
+    let first = match plan.hedge {
+        Some(_) => st.next_admitted(0).await,
+        None => None,
+    };
+    if let Some(a) = first {
         admitted = Some(a);
         at = a;
         if let Some(delay) = hedge_delay(plan, &st.ds[a]).filter(|_| a + 1 < st.ds.len()) {
@@ -324,7 +389,7 @@ where
             let flow = match first {
                 Some(r) => st.settle(a, 0, started_a, r),
                 None => {
-                    let b = st.next_admitted(a + 1);
+                    let b = st.next_admitted(a + 1).await;
                     match b.filter(|_| app.retry_budget.try_spend(Instant::now())) {
                         None => {
                             let r = fa.await;
@@ -392,7 +457,7 @@ where
             if let Some(p) = pause.take() {
                 tokio::time::sleep(p).await;
             }
-            if admitted.take() != Some(at) && !st.admit(at) {
+            if admitted.take() != Some(at) && !st.admit(at).await {
                 at += 1;
                 retry = 0;
                 continue;

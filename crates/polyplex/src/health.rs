@@ -1,11 +1,13 @@
 //! Live statistics per deployment (provider + model) that routing reads:
 //! decaying averages of time to first token, total latency and output
 //! tokens/s; the in-flight count; a circuit breaker over a sliding window of
-//! outcomes; and what the upstream's rate-limit headers say is left.
+//! outcomes; what the upstream's rate-limit headers say is left; and this
+//! node's count against the provider's configured `rpm` / `tpm`.
 //! Also the gateway-wide retry budget.
 //!
 //! Every method that depends on time takes `now`, so tests drive the clock.
 
+use crate::window::{Over, Window};
 use http::{HeaderMap, HeaderName};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -157,6 +159,8 @@ struct Inner {
 pub struct DeploymentStats {
     in_flight: AtomicU32,
     inner: Mutex<Inner>,
+    /// This node's count against the provider's configured `rpm` / `tpm`.
+    upstream_limits: Mutex<Window>,
 }
 
 impl Default for DeploymentStats {
@@ -177,6 +181,7 @@ impl Default for DeploymentStats {
                 blocked_until: None,
                 last_error: None,
             }),
+            upstream_limits: Mutex::new(Window::default()),
         }
     }
 }
@@ -368,6 +373,36 @@ impl DeploymentStats {
         if tokens.is_some() {
             g.tokens_left = tokens;
         }
+    }
+
+    /// Takes one request of the provider's configured `rpm` / `tpm` on
+    /// this node (the fallback when they are not shared through Redis).
+    pub fn take_upstream(
+        &self,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        now: Instant,
+    ) -> Result<(), Over> {
+        self.windowed().take(rpm, tpm, now)
+    }
+
+    /// Counts an answered request's tokens against the configured `tpm`.
+    pub fn add_upstream_tokens(&self, tokens: u64, now: Instant) {
+        self.windowed().add_tokens(tokens, now);
+    }
+
+    /// The requests and tokens this node sent in the last minute, counted
+    /// against the configured limits.
+    pub fn upstream_used(&self, now: Instant) -> (u64, u64) {
+        let mut w = self.windowed();
+        w.trim(now);
+        w.used()
+    }
+
+    fn windowed(&self) -> MutexGuard<'_, Window> {
+        self.upstream_limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// A 429 with `retry-after`: the deployment is out until then.

@@ -17,16 +17,17 @@
 
 use crate::shared::Lease;
 use crate::store::{unix_now, KeyRow, Store, StoreError};
+pub use crate::window::{LimitState, Limits};
+use crate::window::{Over, Window};
 use polyplex_types::GatewayError;
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// How often every key is reloaded from the store.
 pub const RELOAD: Duration = Duration::from_secs(2);
-const WINDOW: Duration = Duration::from_secs(60);
 /// How long a token the store does not know is remembered as unknown.
 const MISS_TTL: Duration = Duration::from_secs(2);
 
@@ -86,61 +87,6 @@ pub fn hint(key: &str) -> String {
 /// A new key id: `key_` and 16 hex digits.
 pub fn new_id() -> String {
     format!("key_{:016x}", rand::random::<u64>())
-}
-
-/// The requests and tokens of one key in the last minute, and its requests
-/// in progress.
-#[derive(Default)]
-struct Window {
-    requests: VecDeque<Instant>,
-    tokens: VecDeque<(Instant, u64)>,
-    token_sum: u64,
-}
-
-impl Window {
-    /// The header state of a key's per-minute limits (after [`Window::trim`]).
-    fn limits(&self, spec: &KeyRow, now: Instant) -> Limits {
-        Limits {
-            rpm: spec.rpm.map(|rpm| LimitState {
-                limit: rpm,
-                remaining: rpm.saturating_sub(self.requests.len() as u64),
-                reset: self.requests.front().map_or(Duration::ZERO, |t| {
-                    WINDOW.saturating_sub(now.duration_since(*t))
-                }),
-            }),
-            tpm: spec.tpm.map(|tpm| self.tokens_state(tpm, now)),
-        }
-    }
-
-    /// The tokens-per-minute header state (after [`Window::trim`]).
-    fn tokens_state(&self, tpm: u64, now: Instant) -> LimitState {
-        LimitState {
-            limit: tpm,
-            remaining: tpm.saturating_sub(self.token_sum),
-            reset: if self.token_sum == 0 {
-                Duration::ZERO
-            } else {
-                next_token_release(self, tpm, now)
-            },
-        }
-    }
-
-    fn trim(&mut self, now: Instant) {
-        while self
-            .requests
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= WINDOW)
-        {
-            self.requests.pop_front();
-        }
-        while let Some((t, n)) = self.tokens.front() {
-            if now.duration_since(*t) < WINDOW {
-                break;
-            }
-            self.token_sum -= n;
-            self.tokens.pop_front();
-        }
-    }
 }
 
 /// A gateway key in memory: its settings (replaced on reload) and its live
@@ -296,26 +242,12 @@ impl KeyEntry {
             return Ok(guard);
         }
         let mut w = self.window();
-        w.trim(now);
-        if let Some(rpm) = spec.rpm {
-            if w.requests.len() as u64 >= rpm {
-                let wait = w
-                    .requests
-                    .front()
-                    .map_or(WINDOW, |t| WINDOW.saturating_sub(now.duration_since(*t)));
-                return Err(over_rpm(&spec, w.requests.len() as u64, wait));
-            }
+        match w.take(spec.rpm, spec.tpm, now) {
+            Ok(()) => {}
+            Err(Over::Requests { used, wait }) => return Err(over_rpm(&spec, used, wait)),
+            Err(Over::Tokens { used, wait }) => return Err(over_tpm(&spec, used, wait)),
         }
-        if let Some(tpm) = spec.tpm {
-            if w.token_sum >= tpm {
-                let wait = next_token_release(&w, tpm, now);
-                return Err(over_tpm(&spec, w.token_sum, wait));
-            }
-        }
-        if spec.rpm.is_some() {
-            w.requests.push_back(now);
-        }
-        let limits = w.limits(&spec, now);
+        let limits = w.state(spec.rpm, spec.tpm, now);
         drop(w);
         guard.limits = limits;
         Ok(guard)
@@ -340,15 +272,13 @@ impl KeyEntry {
         let spec = self.spec();
         let mut w = self.window();
         w.trim(now);
-        w.limits(&spec, now)
+        w.state(spec.rpm, spec.tpm, now)
     }
 
     /// Counts a finished request's tokens and cost against the key.
     pub fn charge(&self, tokens: u64, cost_usd: f64, now: Instant) -> u64 {
-        if tokens > 0 && self.spec().tpm.is_some() {
-            let mut w = self.window();
-            w.tokens.push_back((now, tokens));
-            w.token_sum += tokens;
+        if self.spec().tpm.is_some() {
+            self.window().add_tokens(tokens, now);
         }
         self.add_pending(cost_usd)
     }
@@ -367,18 +297,6 @@ impl KeyEntry {
                 Some(p.saturating_sub(units))
             });
     }
-}
-
-/// How long until enough tokens leave the window to be under `tpm` again.
-fn next_token_release(w: &Window, tpm: u64, now: Instant) -> Duration {
-    let mut sum = w.token_sum;
-    for (t, n) in &w.tokens {
-        sum -= n;
-        if sum < tpm {
-            return WINDOW.saturating_sub(now.duration_since(*t));
-        }
-    }
-    Duration::ZERO
 }
 
 /// OpenAI's reset format: `1s`, `6m0s`, `120ms`.
@@ -431,20 +349,6 @@ pub fn model_forbidden(name: &str) -> GatewayError {
         "This API key is not allowed to use the model `{name}`."
     ))
     .with_param("model")
-}
-
-/// One limit as the `x-ratelimit-*` headers tell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LimitState {
-    pub limit: u64,
-    pub remaining: u64,
-    pub reset: Duration,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Limits {
-    pub rpm: Option<LimitState>,
-    pub tpm: Option<LimitState>,
 }
 
 /// An admitted request of a key: holds its concurrency slot until dropped

@@ -23,6 +23,7 @@ pub mod telemetry;
 pub mod tokens;
 pub mod upstream;
 pub mod usage;
+pub mod window;
 
 use config::{Config, ProviderConfig};
 use std::net::SocketAddr;

@@ -21,6 +21,10 @@
 //! by a task on the runtime that made the connection, in pipelined batches,
 //! so no request waits for them. Keys are `polyplex:{<key id>}:<what>` (one hash slot per key).
 //!
+//! A provider's upstream limits (`rpm` / `tpm` in its config) are counted
+//! by the same script for each of its deployments, under
+//! `polyplex:{upstream:<provider>/<model>}:<what>`, at every attempt.
+//!
 //! Replicas also tell each other, on a Redis channel, of every circuit
 //! they open ([`crate::health`]): the others open theirs for the same
 //! cooldown, so a failing deployment is skipped everywhere after the first
@@ -32,6 +36,7 @@
 //! counts the failures.
 
 use crate::keys::{self, Admitted, KeyEntry, LimitState, Limits};
+use crate::window::Over;
 use polyplex_types::GatewayError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
@@ -157,7 +162,25 @@ struct Names {
     spend: String,
 }
 
+/// What [`ADMIT`] checks (and counts) for one set of names.
+struct Admit<'a> {
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    max_concurrent: Option<u64>,
+    /// In units of [`keys::UNITS_PER_USD`].
+    budget: Option<u64>,
+    /// The spend to seed Redis with, in the same units.
+    spent: u64,
+    lease: &'a str,
+}
+
 impl Names {
+    /// The names of a deployment's upstream limits (never a key's: key
+    /// ids have no `:`).
+    fn upstream(provider: &str, model: &str) -> Self {
+        Self::of(&format!("upstream:{provider}/{model}"))
+    }
+
     fn of(id: &str) -> Self {
         let n = |what: &str| format!("polyplex:{{{id}}}:{what}");
         Names {
@@ -393,27 +416,19 @@ impl SharedLimits {
         }
         let names = Names::of(&spec.id);
         let lease = format!("{:016x}", rand::random::<u64>());
-        let mut call = self.admit.prepare_invoke();
-        call.key(&names.requests)
-            .key(&names.tokens)
-            .key(&names.leases)
-            .key(&names.spend)
-            .arg(spec.rpm.unwrap_or(0))
-            .arg(spec.tpm.unwrap_or(0))
-            .arg(spec.max_concurrent.unwrap_or(0))
-            .arg(budget.map_or(-1, |b| b as i64))
-            .arg(keys::usd_units(key.spent()))
-            .arg(&lease)
-            .arg(LEASE.as_millis() as u64)
-            .arg(SPEND_TTL.as_millis() as u64);
-        let mut conn = self.conn.clone();
-        let answer: Vec<i64> = match call.invoke_async(&mut conn).await {
-            Ok(a) => a,
-            Err(e) => {
-                self.failed(&e);
-                return None;
-            }
-        };
+        let answer = self
+            .invoke_admit(
+                &names,
+                Admit {
+                    rpm: spec.rpm,
+                    tpm: spec.tpm,
+                    max_concurrent: spec.max_concurrent,
+                    budget,
+                    spent: keys::usd_units(key.spent()),
+                    lease: &lease,
+                },
+            )
+            .await?;
         let at = |i: usize| answer.get(i).copied().unwrap_or(0).max(0) as u64;
         let ms = |i: usize| Duration::from_millis(at(i));
         let refused = match answer.first().copied() {
@@ -448,6 +463,82 @@ impl SharedLimits {
             id: lease,
         });
         Some(Ok(key.admitted(limits, lease)))
+    }
+
+    /// Runs [`ADMIT`] on one set of names; None if Redis failed (noted).
+    async fn invoke_admit(&self, names: &Names, a: Admit<'_>) -> Option<Vec<i64>> {
+        let mut call = self.admit.prepare_invoke();
+        call.key(&names.requests)
+            .key(&names.tokens)
+            .key(&names.leases)
+            .key(&names.spend)
+            .arg(a.rpm.unwrap_or(0))
+            .arg(a.tpm.unwrap_or(0))
+            .arg(a.max_concurrent.unwrap_or(0))
+            .arg(a.budget.map_or(-1, |b| b as i64))
+            .arg(a.spent)
+            .arg(a.lease)
+            .arg(LEASE.as_millis() as u64)
+            .arg(SPEND_TTL.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        match call.invoke_async(&mut conn).await {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.failed(&e);
+                None
+            }
+        }
+    }
+
+    /// Takes one request of a deployment's upstream limits (its provider's
+    /// `rpm` / `tpm`) for every replica. None: Redis is out of reach, and
+    /// the caller counts on this node.
+    pub async fn take_upstream(
+        &self,
+        provider: &str,
+        model: &str,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+    ) -> Option<Result<(), Over>> {
+        if self.quiet() {
+            return None;
+        }
+        let names = Names::upstream(provider, model);
+        let admit = Admit {
+            rpm,
+            tpm,
+            max_concurrent: None,
+            budget: None,
+            spent: 0,
+            lease: "",
+        };
+        let answer = self.invoke_admit(&names, admit).await?;
+        let at = |i: usize| answer.get(i).copied().unwrap_or(0).max(0) as u64;
+        let wait = Duration::from_millis(at(2));
+        match answer.first().copied() {
+            Some(0) => Some(Ok(())),
+            Some(3) => Some(Err(Over::Requests { used: at(1), wait })),
+            Some(4) => Some(Err(Over::Tokens { used: at(1), wait })),
+            _ => {
+                tracing::warn!(answer = ?answer, "unexpected answer from the shared limits script");
+                None
+            }
+        }
+    }
+
+    /// Counts a deployment's finished request's tokens against its
+    /// upstream `tpm` for every replica (in the background).
+    pub fn charge_upstream(&self, provider: &str, model: &str, tokens: u64) {
+        if tokens == 0 || self.quiet() {
+            return;
+        }
+        let names = Names::upstream(provider, model);
+        let _ = self.ops.send(Op::Charge {
+            tokens_key: names.tokens,
+            spend_key: names.spend,
+            tokens,
+            units: 0,
+        });
     }
 
     /// Counts a finished request's tokens and cost for every replica (in

@@ -53,6 +53,10 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub max_retries: u32,
     pub weight: u32,
+    /// Most requests / tokens per minute polyplex sends each of this
+    /// provider's models (the config's `rpm` / `tpm`).
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
     pub prices: BTreeMap<String, Price>,
     pub stream_usage: bool,
     pub drop_params: bool,
@@ -236,6 +240,8 @@ impl Upstream {
             connect_timeout: p.connect_timeout,
             max_retries: p.max_retries,
             weight: p.weight,
+            rpm: p.rpm,
+            tpm: p.tpm,
             prices: p.prices.clone(),
             stream_usage: p.stream_usage,
             drop_params: p.drop_params,

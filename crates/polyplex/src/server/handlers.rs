@@ -707,23 +707,27 @@ async fn serve(
             let (reply, usage, cost) = finish_usage(app, &d, endpoint, body, reply, upstream_usage);
             let latency = call.started.elapsed();
             d.stats.on_tokens(usage.completion_tokens, latency);
-            app.recorder.record(UsageRecord {
-                request_id: call.rid.clone(),
-                endpoint: call.label,
-                requested_model: parsed.model.clone(),
-                provider: Some(d.upstream.name.clone()),
-                model: Some(d.model.clone()),
-                status: 200,
-                usage,
-                cost_usd: cost,
-                latency,
-                ttft: Some(latency),
-                attempts: served.attempts,
-                stream: false,
-                at: SystemTime::now(),
-                key: admitted.as_ref().map(|a| a.key.clone()),
-                charged: 0,
-            });
+            super::respond::record_served(
+                app,
+                &d,
+                UsageRecord {
+                    request_id: call.rid.clone(),
+                    endpoint: call.label,
+                    requested_model: parsed.model.clone(),
+                    provider: Some(d.upstream.name.clone()),
+                    model: Some(d.model.clone()),
+                    status: 200,
+                    usage,
+                    cost_usd: cost,
+                    latency,
+                    ttft: Some(latency),
+                    attempts: served.attempts,
+                    stream: false,
+                    at: SystemTime::now(),
+                    key: admitted.as_ref().map(|a| a.key.clone()),
+                    charged: 0,
+                },
+            );
             let mut resp = match (&app.cache, cache_key) {
                 (Some(cache), Some(key)) => match reply.to_bytes() {
                     Ok(bytes) => {
@@ -1026,6 +1030,17 @@ pub async fn admin_providers(State(app): State<App>) -> Response {
                             "price_per_million".into(),
                             json!(price.map(|p| json!({"input": p.input, "output": p.output}))),
                         );
+                        if u.rpm.is_some() || u.tpm.is_some() {
+                            // What this node sent in the last minute, against
+                            // the provider's configured limits.
+                            let (requests, tokens) = s.upstream_used(now);
+                            o.insert(
+                                "upstream_limits".into(),
+                                json!({"rpm": u.rpm, "tpm": u.tpm,
+                                       "requests_last_minute": requests,
+                                       "tokens_last_minute": tokens}),
+                            );
+                        }
                     }
                     v
                 })
@@ -1038,6 +1053,8 @@ pub async fn admin_providers(State(app): State<App>) -> Response {
                 "healthy": healthy,
                 "max_retries": u.max_retries,
                 "timeout_ms": u.timeout.as_millis() as u64,
+                "rpm": u.rpm,
+                "tpm": u.tpm,
                 "deployments": deployments,
             })
         })

@@ -208,6 +208,48 @@ impl AppState {
         }
     }
 
+    /// Takes one request of `d`'s upstream limits (its provider's `rpm` /
+    /// `tpm`): for every replica through Redis when it is configured and
+    /// answers, else on this node (which counts it either way).
+    pub async fn take_upstream(
+        &self,
+        d: &crate::routing::Deployment,
+    ) -> Result<(), crate::window::Over> {
+        let u = &d.upstream;
+        if u.rpm.is_none() && u.tpm.is_none() {
+            return Ok(());
+        }
+        let shared = match &self.shared_limits {
+            Some(s) => s.take_upstream(&u.name, &d.model, u.rpm, u.tpm).await,
+            None => None,
+        };
+        let here = || {
+            d.stats
+                .take_upstream(u.rpm, u.tpm, std::time::Instant::now())
+        };
+        match shared {
+            Some(Err(over)) => Err(over),
+            Some(Ok(())) => {
+                // Counted here too: this node's count, should Redis fail later.
+                let _ = here();
+                Ok(())
+            }
+            None => here(),
+        }
+    }
+
+    /// `d` served a request of `tokens`: counted against its provider's `tpm`.
+    pub fn count_upstream_tokens(&self, d: &crate::routing::Deployment, tokens: u64) {
+        if d.upstream.tpm.is_none() {
+            return;
+        }
+        d.stats
+            .add_upstream_tokens(tokens, std::time::Instant::now());
+        if let Some(shared) = &self.shared_limits {
+            shared.charge_upstream(&d.upstream.name, &d.model, tokens);
+        }
+    }
+
     pub fn set_not_ready(&self) {
         self.ready.store(false, Ordering::SeqCst);
     }

@@ -198,8 +198,14 @@ impl Served {
                 h.insert(&names::FALLBACKS, v);
             }
         }
-        if !self.skipped.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&self.skipped.join(", ")) {
+        if !self.skipped.is_empty() || !self.limited.is_empty() {
+            let passed_over: Vec<&str> = self
+                .skipped
+                .iter()
+                .chain(&self.limited)
+                .map(String::as_str)
+                .collect();
+            if let Ok(v) = HeaderValue::from_str(&passed_over.join(", ")) {
                 h.insert(&names::SKIPPED, v);
             }
         }
@@ -560,7 +566,7 @@ impl Relay {
         }
         let c = cost(self.ctx.app.router.catalog(), &self.deployment, &usage);
         let record = self.usage_record(status, usage, c);
-        self.ctx.app.recorder.record(record);
+        record_served(&self.ctx.app, &self.deployment, record);
     }
 
     /// A cut-short stream's record, its usage counted off the serving
@@ -693,8 +699,16 @@ where
     tokens::off_the_serving_thread(move || {
         record.usage = count();
         record.cost_usd = cost(app.router.catalog(), &d, &record.usage);
-        app.recorder.record(record);
+        record_served(&app, &d, record);
     });
+}
+
+/// Records a request that `d` served (or began to): its tokens count
+/// against the provider's configured `tpm` too.
+pub(super) fn record_served(app: &super::AppState, d: &Deployment, record: UsageRecord) {
+    let u = &record.usage;
+    app.count_upstream_tokens(d, u.prompt_tokens + u.completion_tokens);
+    app.recorder.record(record);
 }
 
 impl Drop for Relay {
