@@ -167,6 +167,36 @@ def test_usage_is_recorded_per_key_and_reported(gateway):
     assert abs(one["spent_usd"] - row["cost_usd"]) < 1e-9
 
 
+def test_usage_is_reported_by_the_end_user_a_request_names(gateway, gateway_dir):
+    """`user` (or its successor `safety_identifier`) on any endpoint puts
+    the request's usage under that end user: `by=user` in the admin API
+    and the CLI."""
+    import uuid
+
+    alice, bob = f"alice-{uuid.uuid4().hex[:8]}", f"bob-{uuid.uuid4().hex[:8]}"
+    c = sdk(gateway, MASTER_KEY)
+    hello(c, user=alice)
+    list(hello(c, model="anthropic/claude-haiku-4-5", user=alice, stream=True))
+    c.embeddings.create(model="text-embedding-3-small", input="hi", user=alice)
+    c.completions.create(model="gpt-4o-mini", prompt="hi", user=bob)
+    hello(c, safety_identifier=bob)
+    c.responses.create(model="gpt-4o-mini", input="hi", safety_identifier=bob)
+    # A failed request is the user's too.
+    with pytest.raises(openai.BadRequestError):
+        hello(c, user=bob, temperature=5)
+    status, rep = admin(gateway, "GET", "/admin/usage?by=user")
+    assert status == 200, rep
+    rows = {r["user"]: r for r in rep["data"]}
+    assert (rows[alice]["requests"], rows[alice]["errors"]) == (3, 0)
+    assert (rows[bob]["requests"], rows[bob]["errors"]) == (4, 1)
+    assert rows[alice]["cost_usd"] > 0 and rows[alice]["prompt_tokens"] > 0
+    out = subprocess.run(
+        [BIN, "usage", "--by", "user"], cwd=gateway_dir, capture_output=True, text=True, timeout=30,
+        env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("USER") and alice in out.stdout and bob in out.stdout
+
+
 def test_usage_report_counts_prompt_cache_reads_and_writes(gateway):
     """A key's prompt-cache writes and reads (Claude, through `cache_control`)
     are in its usage rows and the report's total, beside the prompt tokens

@@ -239,6 +239,7 @@ impl<'de> Visitor<'de> for Top<'_> {
         let mut messages = false;
         let (mut stream, mut options) = (None, None);
         let (mut max_tokens, mut max_completion, mut n) = (None, None, None);
+        let mut user = None;
         while let Some(k) = m.next_key::<&'de str>()? {
             let bit = MEMBERS.iter().position(|x| *x == k).ok_or_else(unusual)?;
             if seen & (1 << bit) != 0 {
@@ -268,7 +269,7 @@ impl<'de> Visitor<'de> for Top<'_> {
                 "seed" => {
                     m.next_value::<Int>()?;
                 }
-                "user" => m.next_value_seed(ANY_STR)?,
+                "user" => user = Some(m.next_value::<String>()?),
                 _ => {
                     // logprobs, parallel_tool_calls
                     m.next_value::<bool>()?;
@@ -295,6 +296,7 @@ impl<'de> Visitor<'de> for Top<'_> {
             json_schema: false,
             fallback_models: Vec::new(),
             provider: ProviderPrefs::default(),
+            user: crate::validate::end_user(user.as_deref(), None),
         };
         let shape = Shape {
             model: start..start + model.len(),

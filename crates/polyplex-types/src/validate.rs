@@ -30,6 +30,25 @@ pub struct ChatMeta {
     /// OpenRouter-style fallback list (`models: [...]`), consumed by the gateway.
     pub fallback_models: Vec<String>,
     pub provider: ProviderPrefs,
+    /// The end user the request is for ([`end_user`]), for the usage record.
+    pub user: Option<String>,
+}
+
+/// Longest end-user id kept in a usage record, in bytes.
+pub const MAX_END_USER: usize = 256;
+
+/// The end user a request names for its usage record: `user`, else its
+/// successor `safety_identifier` (empty: none), cut to [`MAX_END_USER`]
+/// bytes at a character boundary.
+pub fn end_user(user: Option<&str>, safety_identifier: Option<&str>) -> Option<String> {
+    let s = user
+        .filter(|s| !s.is_empty())
+        .or(safety_identifier.filter(|s| !s.is_empty()))?;
+    let mut end = s.len().min(MAX_END_USER);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(s[..end].to_string())
 }
 
 /// OpenRouter's per-request `provider: {...}` options, consumed by the gateway.
@@ -69,6 +88,7 @@ pub struct EmbeddingsMeta {
     pub model: String,
     pub fallback_models: Vec<String>,
     pub provider: ProviderPrefs,
+    pub user: Option<String>,
 }
 
 /// What the gateway needs to know about a validated legacy completions request.
@@ -80,6 +100,7 @@ pub struct CompletionsMeta {
     pub max_tokens: Option<u64>,
     pub fallback_models: Vec<String>,
     pub provider: ProviderPrefs,
+    pub user: Option<String>,
 }
 
 /// What the gateway needs of a completions request, in the chat form (no
@@ -98,6 +119,7 @@ impl From<CompletionsMeta> for ChatMeta {
             json_schema: false,
             fallback_models: m.fallback_models,
             provider: m.provider,
+            user: m.user,
         }
     }
 }
@@ -112,6 +134,7 @@ impl From<EmbeddingsMeta> for ChatMeta {
             max_tokens: None,
             fallback_models: m.fallback_models,
             provider: m.provider,
+            user: m.user,
         })
     }
 }
@@ -337,17 +360,19 @@ fn stop(body: &JsonMap) -> R<()> {
     }
 }
 
-fn sampling(body: &JsonMap) -> R<()> {
+/// Checks the sampling parameters; answers the end user named.
+fn sampling(body: &JsonMap) -> R<Option<String>> {
     number_in(body, "temperature", 0.0, 2.0)?;
     number_in(body, "top_p", 0.0, 1.0)?;
     number_in(body, "presence_penalty", -2.0, 2.0)?;
     number_in(body, "frequency_penalty", -2.0, 2.0)?;
     integer_in(body, "seed", i64::MIN, i64::MAX)?;
-    string(body, "user")?;
+    let user = string(body, "user")?;
     // OpenAI's successors of `user`: who the end user is, and a key for
     // its prompt cache.
-    string(body, "safety_identifier")?;
+    let safety_identifier = string(body, "safety_identifier")?;
     string(body, "prompt_cache_key")?;
+    let user = end_user(user, safety_identifier);
     if let Some(v) = get(body, "logit_bias") {
         let o = v
             .as_object()
@@ -370,7 +395,8 @@ fn sampling(body: &JsonMap) -> R<()> {
             }
         }
     }
-    stop(body)
+    stop(body)?;
+    Ok(user)
 }
 
 /// `web_search_options`: `search_context_size` low, medium or high, and an
@@ -892,7 +918,7 @@ pub fn chat(body: &JsonMap) -> R<ChatMeta> {
     let (fallback_models, provider) = routing_fields(body)?;
     let has_images = messages(body)?;
     let (stream, include_usage) = stream_fields(body)?;
-    sampling(body)?;
+    let user = sampling(body)?;
     let n = integer_in(body, "n", 1, 128)?.unwrap_or(1) as u64;
     let max_tokens = integer_in(body, "max_tokens", 1, i64::MAX)?;
     let max_completion = integer_in(body, "max_completion_tokens", 1, i64::MAX)?;
@@ -918,6 +944,7 @@ pub fn chat(body: &JsonMap) -> R<ChatMeta> {
         json_schema,
         fallback_models,
         provider,
+        user,
     })
 }
 
@@ -965,11 +992,12 @@ pub fn embeddings(body: &JsonMap) -> R<EmbeddingsMeta> {
         }
     }
     integer_in(body, "dimensions", 1, 65536)?;
-    string(body, "user")?;
+    let user = end_user(string(body, "user")?, None);
     Ok(EmbeddingsMeta {
         model,
         fallback_models,
         provider,
+        user,
     })
 }
 
@@ -990,7 +1018,7 @@ pub fn completions(body: &JsonMap) -> R<CompletionsMeta> {
         Some(v) => return Err(bad_type("prompt", "a string or an array", v)),
     }
     let (stream, include_usage) = stream_fields(body)?;
-    sampling(body)?;
+    let user = sampling(body)?;
     integer_in(body, "n", 1, 128)?;
     integer_in(body, "best_of", 1, 20)?;
     let max_tokens = integer_in(body, "max_tokens", 0, i64::MAX)?.map(|x| x as u64);
@@ -1004,6 +1032,7 @@ pub fn completions(body: &JsonMap) -> R<CompletionsMeta> {
         max_tokens,
         fallback_models,
         provider,
+        user,
     })
 }
 

@@ -76,7 +76,7 @@ enum Command {
         /// Since when: a date (YYYY-MM-DD), an RFC 3339 time, Unix seconds or a duration back (`24h`, `7d`).
         #[arg(long)]
         since: Option<String>,
-        /// Group by key, model, provider or day.
+        /// Group by key, model, provider, day or user (the end user a request named with `user`).
         #[arg(long, default_value = "model")]
         by: String,
         /// JSON output (the admin API's shape).

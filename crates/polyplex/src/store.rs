@@ -50,7 +50,8 @@ const SCHEMA: &[&str] = &[
         ttft_ms BIGINT,
         attempts BIGINT NOT NULL,
         stream BIGINT NOT NULL,
-        created_at BIGINT NOT NULL
+        created_at BIGINT NOT NULL,
+        end_user TEXT
     )",
     // Responses kept for `previous_response_id` and retrieval (OpenAI's
     // Responses API, `store`): the items this response added to its
@@ -80,6 +81,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
         "BIGINT NOT NULL DEFAULT 0",
     ),
     ("polyplex_responses", "previous", "TEXT"),
+    ("polyplex_usage", "end_user", "TEXT"),
 ];
 
 /// The longest chain of responses a conversation is read through (each
@@ -98,10 +100,10 @@ pub enum Chain {
 /// How long a kept response (Responses API) is kept: OpenAI's 30 days.
 pub const RESPONSE_DAYS: i64 = 30;
 
-/// Usage rows per INSERT statement (18 parameters each; SQLite takes 32,766
+/// Usage rows per INSERT statement (19 parameters each; SQLite takes 32,766
 /// parameters a statement, Postgres 65,535).
 const ROWS_PER_INSERT: usize = 64;
-const USAGE_COLUMNS: usize = 18;
+const USAGE_COLUMNS: usize = 19;
 /// The statement sizes a batch is cut into: 64 rows while there are that
 /// many, then the powers of two of the rest (so 7 statements in all, each
 /// prepared once per connection and kept; preparing a 64-row statement
@@ -117,7 +119,7 @@ fn insert_slot(left: usize) -> usize {
         .unwrap_or(INSERT_SIZES.len() - 1)
 }
 
-/// `INSERT INTO polyplex_usage (...) VALUES ($1, ..., $18), ($19, ...), ...`
+/// `INSERT INTO polyplex_usage (...) VALUES ($1, ..., $19), ($20, ...), ...`
 /// for `rows` rows; SQLite gets plain `?`s, because it looks each `$N` name
 /// up among those before it (quadratic in a statement this size: the
 /// writer spent nine tenths of its time there).
@@ -127,7 +129,8 @@ fn usage_insert_sql(rows: usize, numbered: bool) -> String {
     sql.push_str(
         "INSERT INTO polyplex_usage (request_id, key_id, endpoint, requested_model, \
          provider, model, status, prompt_tokens, completion_tokens, cached_tokens, \
-         cache_write_tokens, estimated, cost_usd, latency_ms, ttft_ms, attempts, stream, created_at) VALUES ",
+         cache_write_tokens, estimated, cost_usd, latency_ms, ttft_ms, attempts, stream, created_at, \
+         end_user) VALUES ",
     );
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });
@@ -200,6 +203,8 @@ pub enum GroupBy {
     Model,
     Provider,
     Day,
+    /// The end user a request named (`user`, `safety_identifier`).
+    User,
 }
 
 impl GroupBy {
@@ -209,6 +214,7 @@ impl GroupBy {
             "model" => Some(GroupBy::Model),
             "provider" => Some(GroupBy::Provider),
             "day" => Some(GroupBy::Day),
+            "user" => Some(GroupBy::User),
             _ => None,
         }
     }
@@ -219,6 +225,7 @@ impl GroupBy {
             GroupBy::Model => "model",
             GroupBy::Provider => "provider",
             GroupBy::Day => "day",
+            GroupBy::User => "user",
         }
     }
 }
@@ -615,6 +622,7 @@ impl Store {
             GroupBy::Key => "key_id".to_string(),
             GroupBy::Model => "COALESCE(model, requested_model)".to_string(),
             GroupBy::Provider => "provider".to_string(),
+            GroupBy::User => "end_user".to_string(),
             // Whole UTC days, counted from the epoch; named below.
             GroupBy::Day => "CAST(created_at / 86400000 AS BIGINT)".to_string(),
         };
@@ -869,7 +877,8 @@ where
                 .bind(r.ttft.map(|t| t.as_millis() as i64))
                 .bind(i64::from(r.attempts))
                 .bind(i64::from(r.stream))
-                .bind(unix_ms(r.at));
+                .bind(unix_ms(r.at))
+                .bind(r.user.as_deref());
         }
         q.execute(&mut *tx).await?;
     }
@@ -931,11 +940,11 @@ mod tests {
     #[test]
     fn usage_inserts_number_every_row() {
         let one = usage_insert_sql(1, true);
-        assert!(one.ends_with("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"), "{one}");
+        assert!(one.ends_with("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"), "{one}");
         let two = usage_insert_sql(2, true);
-        assert!(two.ends_with("$18), ($19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36)"), "{two}");
+        assert!(two.ends_with("$19), ($20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38)"), "{two}");
         assert!(usage_insert_sql(2, false)
-            .ends_with("?, ?), (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+            .ends_with("?, ?), (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
     }
 
     #[test]
@@ -1000,6 +1009,7 @@ mod tests {
             stream: false,
             at: SystemTime::now(),
             key: None,
+            user: Some(format!("user-{}", i % 3)),
             charged: 0,
         }
     }
@@ -1022,6 +1032,20 @@ mod tests {
         assert_eq!(rows[0].cached_tokens, 420);
         assert_eq!(rows[0].cache_write_tokens, 210);
         assert!((rows[0].cost_usd - 105.0).abs() < 1e-9);
+        let by_user = reader.usage_report(GroupBy::User, 0).await.unwrap();
+        let mut users: Vec<_> = by_user
+            .iter()
+            .map(|r| (r.group.clone().unwrap_or_default(), r.requests))
+            .collect();
+        users.sort();
+        assert_eq!(
+            users,
+            [
+                ("user-0".into(), 70),
+                ("user-1".into(), 70),
+                ("user-2".into(), 70)
+            ]
+        );
     }
 
     #[tokio::test]
@@ -1061,8 +1085,10 @@ mod tests {
     async fn old_store_gains_columns(url: &str, pool_url: &str, postgres: bool) {
         sqlx::any::install_default_drivers();
         let old = open_pool(pool_url, postgres, 1, false).await.unwrap();
-        let table = SCHEMA[1].replace("cache_write_tokens BIGINT NOT NULL DEFAULT 0,", "");
-        assert!(!table.contains("cache_write"));
+        let table = SCHEMA[1]
+            .replace("cache_write_tokens BIGINT NOT NULL DEFAULT 0,", "")
+            .replace(",\n        end_user TEXT", "");
+        assert!(!table.contains("cache_write") && !table.contains("end_user"));
         sqlx::query(AssertSqlSafe(table))
             .execute(&old)
             .await
@@ -1107,6 +1133,14 @@ mod tests {
         let rows = store.usage_report(GroupBy::Provider, 0).await.unwrap();
         assert_eq!((rows[0].requests, rows[0].prompt_tokens), (2, 13));
         assert_eq!((rows[0].cached_tokens, rows[0].cache_write_tokens), (6, 6));
+        // The old row has no end user; the new one's is there.
+        let mut users = store.usage_report(GroupBy::User, 0).await.unwrap();
+        users.sort_by(|a, b| a.group.cmp(&b.group));
+        let users: Vec<_> = users
+            .iter()
+            .map(|r| (r.group.clone(), r.requests))
+            .collect();
+        assert_eq!(users, [(None, 1), (Some("user-1".into()), 1)]);
         writer.close().await;
         // An old kept response is continued: its conversation, then the new turn's.
         store

@@ -38,6 +38,8 @@ pub struct UsageRecord {
     pub at: SystemTime,
     /// The gateway key that made the request, if any.
     pub key: Option<Arc<KeyEntry>>,
+    /// The end user the request named (`user`, `safety_identifier`).
+    pub user: Option<String>,
     /// The spend this record added to its key, not yet in the store (set by
     /// [`Recorder::record`]).
     pub charged: u64,
@@ -647,6 +649,7 @@ mod tests {
             stream: false,
             at: UNIX_EPOCH,
             key: None,
+            user: None,
             charged: 0,
         }
     }

@@ -363,7 +363,7 @@ pub fn report_params(
     let by = match by {
         None | Some("") => GroupBy::Model,
         Some(b) => GroupBy::parse(b)
-            .ok_or_else(|| bad("by", "must be one of key, model, provider, day"))?,
+            .ok_or_else(|| bad("by", "must be one of key, model, provider, day, user"))?,
     };
     let since = match since {
         None | Some("") => None,
@@ -377,7 +377,7 @@ pub fn report_params(
     Ok((by, since))
 }
 
-/// `GET /admin/usage?by=key|model|provider|day&since=...`: every record this
+/// `GET /admin/usage?by=key|model|provider|day|user&since=...`: every record this
 /// node has taken is written first, so the report includes it.
 pub async fn usage(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> Response {
     let (by, since) = match report_params(

@@ -147,20 +147,28 @@ struct Parsed {
     /// What routing looks at: output cap, tools, images, json_schema.
     max_output: Option<u64>,
     needs: (bool, bool, bool),
+    /// The end user the request names (`user`, `safety_identifier`).
+    user: Option<String>,
 }
 
 /// Stage 4: the body validated. A common chat request is validated from its
 /// text (its JSON tree is built later only if something reads it); any other
 /// body is parsed into its tree and validated from that. On error, the
-/// model asked for, for the usage record.
-fn validate(endpoint: Endpoint, text: Bytes) -> Result<Parsed, Box<(String, GatewayError)>> {
+/// model asked for and the end user named, for the usage record.
+fn validate(endpoint: Endpoint, text: Bytes) -> Result<Parsed, Box<Refused>> {
     if endpoint == Endpoint::Chat {
         if let Some((m, shape)) = validate::chat_quick(&text) {
             crate::phase::mark("json");
             return Ok(Parsed::from_meta(RequestBody::quick(text, shape), m));
         }
     }
-    let tree = parse_json(&text).map_err(|e| Box::new((String::new(), e)))?;
+    let tree = parse_json(&text).map_err(|error| {
+        Box::new(Refused {
+            asked: String::new(),
+            user: None,
+            error,
+        })
+    })?;
     crate::phase::mark("json");
     let checked = match endpoint {
         Endpoint::Chat => validate::chat(&tree),
@@ -169,11 +177,22 @@ fn validate(endpoint: Endpoint, text: Bytes) -> Result<Parsed, Box<(String, Gate
     };
     match checked {
         Ok(m) => Ok(Parsed::from_meta(RequestBody::parsed(text, tree), m)),
-        Err(e) => {
-            let asked = tree.get("model").and_then(Value::as_str).unwrap_or("");
-            Err(Box::new((asked.to_string(), e)))
+        Err(error) => {
+            let text = |k: &str| tree.get(k).and_then(Value::as_str);
+            Err(Box::new(Refused {
+                asked: text("model").unwrap_or("").to_string(),
+                user: validate::end_user(text("user"), text("safety_identifier")),
+                error,
+            }))
         }
     }
+}
+
+/// A body validation refused, with what its usage record names.
+struct Refused {
+    asked: String,
+    user: Option<String>,
+    error: GatewayError,
 }
 
 /// The custom tools a request declares, when `upstream` stands functions
@@ -201,6 +220,7 @@ impl Parsed {
             functions: m.functions,
             max_output: m.max_tokens,
             needs: (m.has_tools, m.has_images, m.json_schema),
+            user: m.user,
         }
     }
 }
@@ -215,9 +235,16 @@ struct Call {
     label: &'static str,
     started: Instant,
     caller: Caller,
+    /// The end user the request names, once its body is validated: every
+    /// usage record of the request carries it.
+    user: std::sync::OnceLock<String>,
 }
 
 impl Call {
+    fn user(&self) -> Option<String> {
+        self.user.get().cloned()
+    }
+
     /// Records the failure and answers it in OpenAI's error shape.
     fn fail(&self, model: &str, stream: bool, e: GatewayError, served: &Served) -> Response {
         self.app.recorder.record(UsageRecord {
@@ -235,6 +262,7 @@ impl Call {
             stream,
             at: SystemTime::now(),
             key: self.caller.key().cloned(),
+            user: self.user(),
             charged: 0,
         });
         let mut resp = ApiError(e).into_response();
@@ -266,6 +294,7 @@ impl Call {
             stream: parsed.stream,
             at: SystemTime::now(),
             key: admitted.map(|a| a.key.clone()),
+            user: self.user(),
             charged: 0,
         });
         let mut resp = if parsed.stream {
@@ -368,6 +397,7 @@ pub(super) async fn handle(
         label,
         started: Instant::now(),
         caller,
+        user: std::sync::OnceLock::new(),
     };
     let mut gone = Unanswered::new(&call);
     let resp = answer(&call, req, &gone).await;
@@ -391,13 +421,19 @@ async fn answer(call: &Call, req: Request, gone: &Unanswered<'_>) -> Response {
         Ok(b) => b,
         Err(e) => return call.fail("", false, e, &no_one),
     };
-    let parsed = match validate(call.endpoint, text) {
+    let mut parsed = match validate(call.endpoint, text) {
         Ok(p) => p,
         Err(b) => {
-            let (asked, e) = *b;
-            return call.fail(&asked, false, e, &no_one);
+            let Refused { asked, user, error } = *b;
+            if let Some(u) = user {
+                let _ = call.user.set(u);
+            }
+            return call.fail(&asked, false, error, &no_one);
         }
     };
+    if let Some(u) = parsed.user.take() {
+        let _ = call.user.set(u);
+    }
     crate::phase::mark("valid");
     gone.asked(&parsed);
     let admitted = match call.admit(&parsed).await {
@@ -536,6 +572,7 @@ impl Drop for Unanswered<'_> {
             stream: seen.stream,
             at: SystemTime::now(),
             key: call.caller.key().cloned(),
+            user: call.user(),
             charged: 0,
         };
         let Some(d) = seen.cut else {
@@ -654,6 +691,7 @@ async fn serve(
                     request: parsed.body,
                     admitted,
                     cache_as: cache_key,
+                    user: call.user(),
                 };
                 let mut resp = sse_response(ctx, open, d);
                 served.apply(&mut resp);
@@ -725,6 +763,7 @@ async fn serve(
                     stream: false,
                     at: SystemTime::now(),
                     key: admitted.as_ref().map(|a| a.key.clone()),
+                    user: call.user(),
                     charged: 0,
                 },
             );
@@ -838,6 +877,7 @@ pub async fn responses(
         label: "responses",
         started: Instant::now(),
         caller: caller.clone(),
+        user: std::sync::OnceLock::new(),
     };
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers.clone();

@@ -402,6 +402,8 @@ pub struct StreamContext {
     pub admitted: Option<crate::keys::Admitted>,
     /// Where the response cache keeps this stream once it has ended well.
     pub cache_as: Option<crate::cache::Key>,
+    /// The end user the request names.
+    pub user: Option<String>,
 }
 
 /// One client stream: upstream events in, OpenAI SSE frames out.
@@ -607,6 +609,7 @@ impl Relay {
             stream: true,
             at: SystemTime::now(),
             key: self.ctx.admitted.as_ref().map(|a| a.key.clone()),
+            user: self.ctx.user.clone(),
             charged: 0,
         }
     }
