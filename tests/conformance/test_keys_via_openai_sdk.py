@@ -140,6 +140,49 @@ def test_a_spent_budget_raises_insufficient_quota(gateway):
     assert mine and mine[0]["requests"] == 3 and mine[0]["errors"] == 2, mine
 
 
+def test_a_budget_that_starts_again_each_month(gateway, gateway_dir):
+    """`budget_reset` (daily, weekly, monthly; UTC): the budget is the
+    period's. The key says when it starts again; a spent one is refused
+    with insufficient_quota saying so; all-time spend stays in `spent_usd`."""
+    import datetime
+
+    k = new_key(gateway, budget_usd=0.0000001, budget_reset="monthly")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    first = datetime.datetime(now.year + (now.month == 12), now.month % 12 + 1, 1,
+                              tzinfo=datetime.timezone.utc)
+    assert (k["budget_reset"], k["budget_resets_at"]) == ("monthly", int(first.timestamp()))
+    assert k["budget_spent_usd"] == 0
+    c = sdk(gateway, k["key"])
+    hello(c)
+    with pytest.raises(openai.RateLimitError) as e:
+        hello(c)
+    assert e.value.code == "insufficient_quota"
+    assert "monthly budget" in e.value.message
+    assert f"starts again at {first.strftime('%Y-%m-%dT%H:%M:%SZ')}" in e.value.message
+    status, got = admin(gateway, "GET", f"/admin/keys/{k['id']}")
+    assert got["budget_spent_usd"] > 0 and got["budget_spent_usd"] == got["spent_usd"]
+    # Another period length: this period's spend is summed from the usage
+    # records, so the key stays spent; without a reset it counts all time.
+    for reset in ("daily", None):
+        status, got = admin(gateway, "PATCH", f"/admin/keys/{k['id']}", {"budget_reset": reset})
+        assert status == 200 and got["budget_reset"] == reset, got
+        assert got["budget_spent_usd"] > 0
+        with pytest.raises(openai.RateLimitError):
+            hello(c)
+    # A bigger budget lets it in again.
+    admin(gateway, "PATCH", f"/admin/keys/{k['id']}", {"budget_usd": 5, "budget_reset": "weekly"})
+    hello(c)
+    status, err = admin(gateway, "POST", "/admin/keys", {"name": "x", "budget_reset": "yearly"})
+    assert status == 400 and err["error"]["param"] == "budget_reset", err
+    out = subprocess.run(
+        [BIN, "keys", "create", "--name", "weekly", "--budget-usd", "2", "--budget-reset", "weekly", "--json"],
+        cwd=gateway_dir, capture_output=True, text=True, timeout=30,
+        env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"})
+    assert out.returncode == 0, out.stderr
+    made = json.loads(out.stdout)
+    assert (made["budget_usd"], made["budget_reset"]) == (2, "weekly")
+
+
 def test_admin_api_needs_the_master_key(gateway):
     k = new_key(gateway)
     status, body = admin(gateway, "GET", "/admin/keys", key=k["key"])

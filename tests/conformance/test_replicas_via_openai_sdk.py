@@ -94,9 +94,10 @@ def test_requests_per_minute_hold_across_replicas(replicas):
         assert int(e.value.response.headers["retry-after"]) >= 1
 
 
-def test_a_budget_spent_on_one_replica_is_spent_on_the_other(replicas):
+@pytest.mark.parametrize("reset", [None, "monthly"])
+def test_a_budget_spent_on_one_replica_is_spent_on_the_other(replicas, reset):
     a, b = replicas
-    k = new_key(a, budget_usd=0.000001)
+    k = new_key(a, budget_usd=0.000001, budget_reset=reset)
     hello(sdk(a, k["key"]))
     with pytest.raises(openai.RateLimitError) as e:
         hello(sdk(b, k["key"]))

@@ -16,7 +16,7 @@
 //! replica ([`crate::shared`]) and this node's own count is the fallback.
 
 use crate::shared::Lease;
-use crate::store::{unix_now, KeyRow, Store, StoreError};
+use crate::store::{unix_now, KeyRow, Store, StoreError, StoredSpend};
 pub use crate::window::{LimitState, Limits};
 use crate::window::{Over, Window};
 use polyplex_types::GatewayError;
@@ -109,8 +109,18 @@ pub fn usd_units(usd: f64) -> u64 {
 
 /// 429 `insufficient_quota`: the key spent its budget.
 pub fn over_budget(spec: &KeyRow, spent: f64) -> GatewayError {
+    let (period, resets) = match spec.budget_reset {
+        Some(r) => (
+            format!("{} ", r.as_str()),
+            format!(
+                " It starts again at {}.",
+                crate::budget::rfc3339(r.end(unix_now()))
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
     GatewayError::quota_exceeded(format!(
-        "You exceeded your current quota: key {} has spent ${} of its ${} budget.",
+        "You exceeded your current quota: key {} has spent ${} of its ${} {period}budget.{resets}",
         spec.id,
         // To the cent's millionth, the units spend is counted in.
         trim_float(spent, 8),
@@ -203,8 +213,21 @@ impl KeyEntry {
     }
 
     /// Spend so far: the store's, plus what this node has not written yet.
+    /// Everything the key has spent: the store's sum and this node's spend
+    /// not yet in it.
     pub fn spent(&self) -> f64 {
-        self.spec().spent_usd + self.pending.load(Ordering::Relaxed) as f64 / UNITS_PER_USD
+        self.spec().spent_usd + self.pending_usd()
+    }
+
+    /// What counts against the budget now: the current period's spend
+    /// ([`KeyRow::budget_spent`]; all time without `budget_reset`) and this
+    /// node's spend not yet stored.
+    pub fn budget_spent(&self) -> f64 {
+        self.spec().budget_spent(unix_now()) + self.pending_usd()
+    }
+
+    fn pending_usd(&self) -> f64 {
+        self.pending.load(Ordering::Relaxed) as f64 / UNITS_PER_USD
     }
 
     fn add_pending(&self, usd: f64) -> u64 {
@@ -219,7 +242,7 @@ impl KeyEntry {
     pub fn admit(self: &Arc<Self>, now: Instant) -> Result<Admitted, GatewayError> {
         let spec = self.spec();
         if let Some(budget) = spec.budget_usd {
-            let spent = self.spent();
+            let spent = self.budget_spent();
             if spent >= budget {
                 return Err(over_budget(&spec, spent));
             }
@@ -284,11 +307,13 @@ impl KeyEntry {
     }
 
     /// The usage writer stored `units` of pending spend; the store's total
-    /// for the key is now `spent`.
-    pub fn stored(&self, units: u64, spent: Option<f64>) {
+    /// for the key (all time and in its budget period) is now `spent`.
+    pub fn stored(&self, units: u64, spent: Option<StoredSpend>) {
         if let Some(s) = spent {
             let mut row = (*self.spec()).clone();
-            row.spent_usd = s;
+            row.spent_usd = s.spent_usd;
+            row.period_start = s.period_start;
+            row.period_spent_usd = s.period_spent_usd;
             self.set_spec(row);
         }
         let _ = self
@@ -561,6 +586,9 @@ mod tests {
             expires_at: None,
             created_at: 0,
             revoked_at: None,
+            budget_reset: None,
+            period_start: 0,
+            period_spent_usd: 0.0,
         }
     }
 
@@ -631,8 +659,49 @@ mod tests {
             err.message
         );
         // Written to the store: the spend moves from pending to the row.
-        e.stored(units, Some(0.006));
+        e.stored(
+            units,
+            Some(StoredSpend {
+                spent_usd: 0.006,
+                period_start: 0,
+                period_spent_usd: 0.006,
+            }),
+        );
         assert!((e.spent() - 0.012).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_budget_that_starts_again_counts_its_current_period_only() {
+        use crate::budget::BudgetReset;
+        let now = unix_now();
+        let month = BudgetReset::Monthly;
+        let mut r = row(None);
+        r.budget_usd = Some(1.0);
+        r.budget_reset = Some(month);
+        r.spent_usd = 50.0;
+        // The store's period is last month's: nothing spent in this one yet.
+        r.period_start = month.start(month.start(now) - 1);
+        r.period_spent_usd = 5.0;
+        let e = Arc::new(KeyEntry::new(r.clone()));
+        assert_eq!(e.budget_spent(), 0.0);
+        assert!(e.admit(Instant::now()).is_ok());
+        // This period's spend is over the budget: refused, saying when it
+        // starts again.
+        r.period_start = month.start(now);
+        r.period_spent_usd = 1.0;
+        let e = Arc::new(KeyEntry::new(r));
+        let err = e.admit(Instant::now()).err().unwrap();
+        assert_eq!(err.kind, "insufficient_quota");
+        let again = crate::budget::rfc3339(month.end(now));
+        assert!(
+            err.message
+                .contains("of its $1 monthly budget. It starts again at")
+                && err.message.contains(&again),
+            "{}",
+            err.message
+        );
+        // Pending spend counts toward the period too; all time is still there.
+        assert!((e.spent() - 50.0).abs() < 1e-9);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod apart;
 pub mod background;
+pub mod budget;
 pub mod cache;
 pub mod catalog;
 pub mod client;

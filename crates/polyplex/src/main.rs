@@ -127,6 +127,9 @@ enum KeysAction {
         /// Budget in USD.
         #[arg(long)]
         budget_usd: Option<f64>,
+        /// The budget starts again every `daily`, `weekly` (Monday) or `monthly` period (UTC). Default: never.
+        #[arg(long, value_parser = ["daily", "weekly", "monthly"])]
+        budget_reset: Option<String>,
         /// Expiry: a date, an RFC 3339 time, Unix seconds or a duration from now (`30d`).
         #[arg(long)]
         expires_at: Option<String>,
@@ -359,6 +362,23 @@ fn time_text(secs: Option<i64>) -> String {
     )
 }
 
+/// A key's budget for the list: `5`, or `5/month` when it starts again.
+fn budget_text(k: &polyplex::store::KeyRow) -> String {
+    use polyplex::budget::BudgetReset;
+    match (k.budget_usd, k.budget_reset) {
+        (None, _) => "-".into(),
+        (Some(b), None) => b.to_string(),
+        (Some(b), Some(r)) => {
+            let per = match r {
+                BudgetReset::Daily => "day",
+                BudgetReset::Weekly => "week",
+                BudgetReset::Monthly => "month",
+            };
+            format!("{b}/{per}")
+        }
+    }
+}
+
 async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), String> {
     use polyplex::server::admin;
     let store = open_store(config.as_ref()).await?;
@@ -371,6 +391,7 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
             tpm,
             max_concurrent,
             budget_usd,
+            budget_reset,
             expires_at,
             json,
         } => {
@@ -394,6 +415,11 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
                 max_concurrent: Some(max_concurrent),
                 budget_usd: Some(budget_usd),
                 expires_at: Some(expires),
+                budget_reset: Some(
+                    budget_reset
+                        .as_deref()
+                        .and_then(polyplex::budget::BudgetReset::parse),
+                ),
             };
             let (row, token) = admin::create(&store, &changes)
                 .await
@@ -437,7 +463,7 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
                         or_dash(k.rpm),
                         or_dash(k.tpm),
                         or_dash(k.max_concurrent),
-                        or_dash(k.budget_usd),
+                        budget_text(k),
                         polyplex::usage::rounded_cost(k.spent_usd),
                         time_text(k.expires_at),
                         k.models

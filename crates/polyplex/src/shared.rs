@@ -14,7 +14,9 @@
 //! - **budget**: the key's spend, in 1e-8 USD, seeded from the store the
 //!   first time a replica needs it, then raised by every replica as it
 //!   charges a request; the store stays the record (`spent_usd`), Redis the
-//!   running total all replicas check against.
+//!   running total all replicas check against. A budget that starts again
+//!   (`budget_reset`) has one such total per period (`spend:<period start>`),
+//!   so a new period starts from nothing on every replica at once.
 //!
 //! Times are Redis's own (`TIME`), so replicas' clocks do not matter. A
 //! request's tokens, cost and concurrency slot are given back after it ends
@@ -36,6 +38,7 @@
 //! counts the failures.
 
 use crate::keys::{self, Admitted, KeyEntry, LimitState, Limits};
+use crate::store::{unix_now, KeyRow};
 use crate::window::Over;
 use polyplex_types::GatewayError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -190,6 +193,16 @@ impl Names {
             spend: n("spend"),
         }
     }
+
+    /// A key's names; its spend is that of its current budget period
+    /// (`spend:<period start>`) when its budget starts again.
+    fn of_key(spec: &KeyRow) -> Self {
+        let mut names = Self::of(&spec.id);
+        if let Some(r) = spec.budget_reset {
+            names.spend = format!("{}:{}", names.spend, r.start(unix_now()));
+        }
+        names
+    }
 }
 
 /// Work for Redis that no request waits on, sent in batches.
@@ -293,8 +306,8 @@ impl SharedLimits {
     pub async fn reseed_spend(&self, key: &KeyEntry) {
         let mut conn = self.conn.clone();
         let r: redis::RedisResult<()> = redis::cmd("SET")
-            .arg(Names::of(&key.id()).spend)
-            .arg(keys::usd_units(key.spent()))
+            .arg(Names::of_key(&key.spec()).spend)
+            .arg(keys::usd_units(key.budget_spent()))
             .arg("PX")
             .arg(SPEND_TTL.as_millis() as u64)
             .query_async(&mut conn)
@@ -414,7 +427,7 @@ impl SharedLimits {
         if self.quiet() {
             return None;
         }
-        let names = Names::of(&spec.id);
+        let names = Names::of_key(&spec);
         let lease = format!("{:016x}", rand::random::<u64>());
         let answer = self
             .invoke_admit(
@@ -424,7 +437,7 @@ impl SharedLimits {
                     tpm: spec.tpm,
                     max_concurrent: spec.max_concurrent,
                     budget,
-                    spent: keys::usd_units(key.spent()),
+                    spent: keys::usd_units(key.budget_spent()),
                     lease: &lease,
                 },
             )
@@ -554,7 +567,7 @@ impl SharedLimits {
         if (tokens == 0 && units == 0) || self.quiet() {
             return;
         }
-        let names = Names::of(&spec.id);
+        let names = Names::of_key(&spec);
         let _ = self.ops.send(Op::Charge {
             tokens_key: names.tokens,
             spend_key: names.spend,

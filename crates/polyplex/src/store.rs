@@ -9,6 +9,7 @@
 //! Only a key's SHA-256 is stored. Money is `DOUBLE PRECISION` USD; times are
 //! Unix seconds (keys) and milliseconds (usage).
 
+use crate::budget::BudgetReset;
 use crate::usage::UsageRecord;
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -30,7 +31,10 @@ const SCHEMA: &[&str] = &[
         spent_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
         expires_at BIGINT,
         created_at BIGINT NOT NULL,
-        revoked_at BIGINT
+        revoked_at BIGINT,
+        budget_reset TEXT,
+        period_start BIGINT NOT NULL DEFAULT 0,
+        period_spent_usd DOUBLE PRECISION NOT NULL DEFAULT 0
     )",
     "CREATE TABLE IF NOT EXISTS polyplex_usage (
         request_id TEXT NOT NULL,
@@ -82,6 +86,13 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ),
     ("polyplex_responses", "previous", "TEXT"),
     ("polyplex_usage", "end_user", "TEXT"),
+    ("polyplex_keys", "budget_reset", "TEXT"),
+    ("polyplex_keys", "period_start", "BIGINT NOT NULL DEFAULT 0"),
+    (
+        "polyplex_keys",
+        "period_spent_usd",
+        "DOUBLE PRECISION NOT NULL DEFAULT 0",
+    ),
 ];
 
 /// The longest chain of responses a conversation is read through (each
@@ -151,7 +162,8 @@ fn usage_insert_sql(rows: usize, numbered: bool) -> String {
 
 /// The columns of `polyplex_keys` a [`KeyRow`] reads, in its order.
 const KEY_COLUMNS: &str = "id, name, key_hash, key_hint, models, rpm, tpm, max_concurrent, \
-     budget_usd, spent_usd, expires_at, created_at, revoked_at";
+     budget_usd, spent_usd, expires_at, created_at, revoked_at, budget_reset, period_start, \
+     period_spent_usd";
 
 #[derive(Debug, thiserror::Error)]
 #[error("store: {0}")]
@@ -177,11 +189,40 @@ pub struct KeyRow {
     pub tpm: Option<u64>,
     pub max_concurrent: Option<u64>,
     pub budget_usd: Option<f64>,
+    /// Everything the key has spent.
     pub spent_usd: f64,
     /// Unix seconds.
     pub expires_at: Option<i64>,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    /// The budget starts again every day, week or month (None: it never does).
+    pub budget_reset: Option<BudgetReset>,
+    /// Unix seconds at which the period `period_spent_usd` covers began
+    /// (0 for a key without `budget_reset`: then it is all time).
+    pub period_start: i64,
+    /// What the key spent from `period_start` on, as the store has it.
+    pub period_spent_usd: f64,
+}
+
+impl KeyRow {
+    /// What counts against the budget at Unix second `now`, as the store
+    /// has it: the current period's spend (none yet if the store's period is
+    /// an earlier one), or everything without `budget_reset`.
+    pub fn budget_spent(&self, now: i64) -> f64 {
+        match self.budget_reset {
+            None => self.spent_usd,
+            Some(r) if self.period_start == r.start(now) => self.period_spent_usd,
+            Some(_) => 0.0,
+        }
+    }
+}
+
+/// A key's spend as the store has it after a write of usage records.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoredSpend {
+    pub spent_usd: f64,
+    pub period_start: i64,
+    pub period_spent_usd: f64,
 }
 
 /// The settings of a key that `PATCH` may change; `Some(None)` clears one.
@@ -194,6 +235,7 @@ pub struct KeyChanges {
     pub max_concurrent: Option<Option<u64>>,
     pub budget_usd: Option<Option<f64>>,
     pub expires_at: Option<Option<i64>>,
+    pub budget_reset: Option<Option<BudgetReset>>,
 }
 
 /// How a usage report groups its rows.
@@ -312,6 +354,12 @@ fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
         expires_at: r.try_get("expires_at")?,
         created_at: r.try_get("created_at")?,
         revoked_at: r.try_get("revoked_at")?,
+        budget_reset: r
+            .try_get::<Option<String>, _>("budget_reset")?
+            .as_deref()
+            .and_then(BudgetReset::parse),
+        period_start: r.try_get("period_start")?,
+        period_spent_usd: r.try_get("period_spent_usd")?,
     })
 }
 
@@ -489,8 +537,9 @@ impl Store {
     pub async fn insert_key(&self, k: &KeyRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO polyplex_keys (id, name, key_hash, key_hint, models, rpm, tpm, \
-             max_concurrent, budget_usd, spent_usd, expires_at, created_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             max_concurrent, budget_usd, spent_usd, expires_at, created_at, revoked_at, \
+             budget_reset, period_start, period_spent_usd) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&k.id)
         .bind(&k.name)
@@ -505,6 +554,9 @@ impl Store {
         .bind(k.expires_at)
         .bind(k.created_at)
         .bind(k.revoked_at)
+        .bind(k.budget_reset.map(BudgetReset::as_str))
+        .bind(k.period_start)
+        .bind(k.period_spent_usd)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -567,11 +619,16 @@ impl Store {
         if let Some(v) = c.expires_at {
             k.expires_at = v;
         }
+        let reset_changed = c.budget_reset.is_some_and(|r| r != k.budget_reset);
+        if let Some(v) = c.budget_reset {
+            k.budget_reset = v;
+        }
         // Only the settings: spent_usd is the usage writer's, and a
         // read-modify-write of it here would lose what it added meanwhile.
         sqlx::query(
             "UPDATE polyplex_keys SET name = $1, models = $2, rpm = $3, tpm = $4, \
-             max_concurrent = $5, budget_usd = $6, expires_at = $7 WHERE id = $8",
+             max_concurrent = $5, budget_usd = $6, expires_at = $7, budget_reset = $8 \
+             WHERE id = $9",
         )
         .bind(&k.name)
         .bind(models_json(&k.models))
@@ -580,10 +637,33 @@ impl Store {
         .bind(as_i64(k.max_concurrent))
         .bind(k.budget_usd)
         .bind(k.expires_at)
+        .bind(k.budget_reset.map(BudgetReset::as_str))
         .bind(id)
         .execute(&self.pool)
         .await?;
+        if reset_changed {
+            self.restart_period(id, k.budget_reset).await?;
+        }
         self.key(id).await
+    }
+
+    /// A key's `budget_reset` changed: its current period's spend is what
+    /// its usage records say it spent since the period began (all time
+    /// without a reset), in one statement with the records it sums, so a
+    /// write of the usage writer's is either in the sum or after it.
+    async fn restart_period(&self, id: &str, reset: Option<BudgetReset>) -> Result<(), StoreError> {
+        let start = reset.map_or(0, |r| r.start(unix_now()));
+        sqlx::query(
+            "UPDATE polyplex_keys SET period_start = $1, period_spent_usd = \
+             (SELECT CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) FROM polyplex_usage \
+              WHERE key_id = $2 AND created_at >= $3) WHERE id = $2",
+        )
+        .bind(start)
+        .bind(id)
+        .bind(start.saturating_mul(1000))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Revokes key `id` (kept, for its usage history); the key after it.
@@ -603,7 +683,7 @@ impl Store {
     pub async fn write_usage(
         &self,
         records: &[UsageRecord],
-    ) -> Result<HashMap<String, f64>, StoreError> {
+    ) -> Result<HashMap<String, StoredSpend>, StoreError> {
         Ok(match &self.native {
             Some(Native::Sqlite(p)) => write_usage_to(p, &self.inserts, records).await?,
             Some(Native::Postgres(p)) => write_usage_to(p, &self.inserts, records).await?,
@@ -825,7 +905,7 @@ async fn write_usage_to<DB>(
     pool: &sqlx::Pool<DB>,
     inserts: &[String],
     records: &[UsageRecord],
-) -> Result<HashMap<String, f64>, sqlx::Error>
+) -> Result<HashMap<String, StoredSpend>, sqlx::Error>
 where
     DB: sqlx::Database,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
@@ -834,6 +914,7 @@ where
     for<'t> Option<&'t str>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
     for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
     for<'t> Option<i64>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> i64: sqlx::Decode<'t, DB>,
     for<'t> f64: sqlx::Encode<'t, DB> + sqlx::Decode<'t, DB> + sqlx::Type<DB>,
     usize: sqlx::ColumnIndex<DB::Row>,
 {
@@ -842,12 +923,18 @@ where
         .iter()
         .map(|r| r.key.as_ref().map(|k| k.id()))
         .collect();
-    let mut per_key: HashMap<&str, f64> = HashMap::new();
+    // Each key's spend per budget period (the period of the record's time;
+    // one period, 0, for a key whose budget never starts again).
+    let mut per_key: HashMap<(&str, i64), f64> = HashMap::new();
     for (r, key_id) in records.iter().zip(&ids) {
-        if let Some(k) = key_id.as_deref() {
-            *per_key.entry(k).or_default() += r.cost_usd;
+        if let (Some(k), Some(entry)) = (key_id.as_deref(), &r.key) {
+            let at = unix_ms(r.at) / 1000;
+            let period = entry.spec().budget_reset.map_or(0, |p| p.start(at));
+            *per_key.entry((k, period)).or_default() += r.cost_usd;
         }
     }
+    let mut per_key: Vec<_> = per_key.into_iter().collect();
+    per_key.sort_by_key(|((_, period), _)| *period);
     // Many rows per INSERT: one statement per row cost the writer more
     // than the gateway spent serving the request.
     let rows: Vec<(&UsageRecord, &Option<String>)> = records.iter().zip(&ids).collect();
@@ -883,16 +970,30 @@ where
         q.execute(&mut *tx).await?;
     }
     let mut spent = HashMap::with_capacity(per_key.len());
-    for (k, add) in per_key {
+    for ((k, period), add) in per_key {
+        // A later period starts the period's spend again; an earlier one
+        // (a record written late) adds to all time only.
         let row = sqlx::query::<DB>(
-            "UPDATE polyplex_keys SET spent_usd = spent_usd + $1 WHERE id = $2 RETURNING spent_usd",
+            "UPDATE polyplex_keys SET spent_usd = spent_usd + $1, \
+             period_spent_usd = CASE WHEN period_start = $3 THEN period_spent_usd + $1 \
+                                     WHEN period_start < $3 THEN $1 ELSE period_spent_usd END, \
+             period_start = CASE WHEN period_start < $3 THEN $3 ELSE period_start END \
+             WHERE id = $2 RETURNING spent_usd, period_start, period_spent_usd",
         )
         .bind(add)
         .bind(k)
+        .bind(period)
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = row {
-            spent.insert(k.to_string(), row.try_get::<f64, _>(0)?);
+            spent.insert(
+                k.to_string(),
+                StoredSpend {
+                    spent_usd: row.try_get::<f64, _>(0)?,
+                    period_start: row.try_get::<i64, _>(1)?,
+                    period_spent_usd: row.try_get::<f64, _>(2)?,
+                },
+            );
         }
     }
     tx.commit().await?;
@@ -1155,6 +1256,98 @@ mod tests {
         assert_eq!(all, Some(vec![1.into(), 2.into(), 3.into(), 4.into()]));
         kept_responses_are_their_owners_only(&store).await;
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_writer_keeps_each_keys_budget_period() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        budget_periods(&store).await;
+        // The same statements on Postgres, in a database made for the test.
+        use sqlx::Connection;
+        let Ok(base) = std::env::var("POLYPLEX_TEST_POSTGRES") else {
+            return;
+        };
+        let name = format!("polyplex_period_{:08x}", rand::random::<u32>());
+        let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
+        let pg = Store::connect(&url).await.unwrap();
+        budget_periods(&pg).await;
+        pg.close().await;
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+
+    /// A daily budget's key: the writer starts a new period's spend, keeps
+    /// a late record out of it, and a changed reset sums the new period.
+    async fn budget_periods(store: &Store) {
+        let now = unix_now();
+        let day = BudgetReset::Daily;
+        let today = day.start(now);
+        let row = KeyRow {
+            id: "key_p".into(),
+            name: "p".into(),
+            key_hash: crate::keys::hash("plx-p"),
+            key_hint: "plx-...h".into(),
+            models: None,
+            rpm: None,
+            tpm: None,
+            max_concurrent: None,
+            budget_usd: Some(1.0),
+            spent_usd: 10.0,
+            expires_at: None,
+            created_at: now,
+            revoked_at: None,
+            budget_reset: Some(day),
+            period_start: today - 86_400,
+            period_spent_usd: 3.0,
+        };
+        store.insert_key(&row).await.unwrap();
+        let keys = crate::keys::Keys::new(None);
+        keys.upsert(row);
+        let entry = keys.by_id("key_p").unwrap();
+        let write = |cost: f64, at: i64| {
+            let mut r = usage_record(1);
+            r.key = Some(entry.clone());
+            r.cost_usd = cost;
+            r.at = UNIX_EPOCH + Duration::from_secs(at as u64);
+            async move { store.write_usage(&[r]).await.unwrap()["key_p"] }
+        };
+        let spend = |s: StoredSpend| (s.spent_usd, s.period_start, s.period_spent_usd);
+        // Today's first record starts today's period.
+        assert_eq!(spend(write(0.5, now).await), (10.5, today, 0.5));
+        // One of yesterday's, written late: all time only.
+        assert_eq!(spend(write(0.25, today - 10).await), (10.75, today, 0.5));
+        assert_eq!(spend(write(0.25, now).await), (11.0, today, 0.75));
+        let k = store.key("key_p").await.unwrap().unwrap();
+        assert_eq!(k.budget_spent(now), 0.75);
+        assert_eq!(k.budget_spent(now + 86_400), 0.0);
+        // A new reset: the new period's spend is summed from the records.
+        let weekly = KeyChanges {
+            budget_reset: Some(Some(BudgetReset::Weekly)),
+            ..KeyChanges::default()
+        };
+        let k = store.update_key("key_p", &weekly).await.unwrap().unwrap();
+        let week = BudgetReset::Weekly.start(now);
+        let late_in_week = if today - 10 >= week { 0.25 } else { 0.0 };
+        assert_eq!(
+            (k.period_start, k.budget_reset),
+            (week, Some(BudgetReset::Weekly))
+        );
+        assert!((k.period_spent_usd - (0.75 + late_in_week)).abs() < 1e-9);
+        // None: the budget counts all time again.
+        let never = KeyChanges {
+            budget_reset: Some(None),
+            ..KeyChanges::default()
+        };
+        let k = store.update_key("key_p", &never).await.unwrap().unwrap();
+        assert_eq!((k.period_start, k.budget_spent(now)), (0, 11.0));
+        assert!((k.period_spent_usd - 1.0).abs() < 1e-9);
     }
 
     #[tokio::test]

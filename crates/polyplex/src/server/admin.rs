@@ -4,6 +4,7 @@
 
 use super::respond::ApiError;
 use super::App;
+use crate::budget::BudgetReset;
 use crate::keys;
 use crate::store::{self, GroupBy, KeyChanges, KeyRow};
 use axum::body::Bytes;
@@ -26,7 +27,10 @@ pub fn key_json(k: &KeyRow) -> Value {
         "tpm": k.tpm,
         "max_concurrent": k.max_concurrent,
         "budget_usd": k.budget_usd,
+        "budget_reset": k.budget_reset,
         "spent_usd": crate::usage::rounded_cost(k.spent_usd),
+        "budget_spent_usd": crate::usage::rounded_cost(k.budget_spent(store::unix_now())),
+        "budget_resets_at": k.budget_reset.map(|r| r.end(store::unix_now())),
         "expires_at": k.expires_at,
         "created_at": k.created_at,
         "revoked": k.revoked_at.is_some(),
@@ -152,6 +156,14 @@ fn changes(m: &Map<String, Value>) -> Result<KeyChanges, GatewayError> {
                     _ => return Err(bad("budget_usd", "must be a number of USD, or null")),
                 });
             }
+            "budget_reset" => {
+                let wrong = || bad("budget_reset", format!("must be one of {}, or null", crate::budget::NAMES));
+                c.budget_reset = Some(match v {
+                    Value::Null => None,
+                    Value::String(s) => Some(BudgetReset::parse(s).ok_or_else(wrong)?),
+                    _ => return Err(wrong()),
+                });
+            }
             "expires_at" => {
                 c.expires_at = Some(match v {
                     Value::Null => None,
@@ -171,7 +183,7 @@ fn changes(m: &Map<String, Value>) -> Result<KeyChanges, GatewayError> {
             other => {
                 return Err(GatewayError::invalid_param(
                     other,
-                    format!("Unrecognized field `{other}`. Keys take: name, models, rpm, tpm, max_concurrent, budget_usd, expires_at."),
+                    format!("Unrecognized field `{other}`. Keys take: name, models, rpm, tpm, max_concurrent, budget_usd, budget_reset, expires_at."),
                 ))
             }
         }
@@ -186,6 +198,8 @@ pub async fn create(
 ) -> Result<(KeyRow, String), store::StoreError> {
     let token = keys::generate();
     let id = keys::new_id();
+    let created_at = store::unix_now();
+    let budget_reset = c.budget_reset.flatten();
     let row = KeyRow {
         name: c.name.clone().unwrap_or_else(|| id.clone()),
         id,
@@ -198,8 +212,11 @@ pub async fn create(
         budget_usd: c.budget_usd.flatten(),
         spent_usd: 0.0,
         expires_at: c.expires_at.flatten(),
-        created_at: store::unix_now(),
+        created_at,
         revoked_at: None,
+        budget_reset,
+        period_start: budget_reset.map_or(0, |r| r.start(created_at)),
+        period_spent_usd: 0.0,
     };
     store.insert_key(&row).await?;
     Ok((row, token))
@@ -245,6 +262,8 @@ fn with_live_spend(app: &App, k: &KeyRow) -> Value {
     let mut v = key_json(k);
     if let Some(e) = app.keys.by_id(&k.id) {
         v["spent_usd"] = crate::usage::cost_json(e.spent().max(k.spent_usd));
+        let period = k.budget_spent(store::unix_now());
+        v["budget_spent_usd"] = crate::usage::cost_json(e.budget_spent().max(period));
     }
     v
 }
@@ -273,7 +292,8 @@ pub async fn update_key(State(app): State<App>, Path(id): Path<String>, body: By
     match store.update_key(&id, &c).await {
         Ok(Some(k)) => {
             app.keys.upsert(k.clone());
-            if let (Some(shared), Some(_)) = (&app.shared_limits, c.budget_usd) {
+            let budget_changed = c.budget_usd.is_some() || c.budget_reset.is_some();
+            if let (Some(shared), true) = (&app.shared_limits, budget_changed) {
                 if let Some(entry) = app.keys.by_id(&id) {
                     shared.reseed_spend(&entry).await;
                 }
