@@ -42,6 +42,41 @@ def test_models_fallback_list_in_extra_body(client, fault):
     assert e.value.body["param"] == "models[0]"
 
 
+def test_a_prompt_too_long_for_one_model_fails_over_to_the_next(client, fault):
+    """Every provider's words for a prompt longer than its model's window
+    become OpenAI's `context_length_exceeded` (BadRequestError, one code to
+    catch), and a plan goes on to its next deployment, whose model may have
+    a larger window."""
+    models = {
+        "openai/gpt-4o": "gpt-4o",
+        "anthropic/claude-haiku-4-5": "claude-haiku-4-5",
+        "google/gemini-2.5-flash": "gemini-2.5-flash",
+        "cohere/command-a-03-2025": "command-a-03-2025",
+        "bedrock/anthropic.claude-haiku-4-5-20251001-v1:0": "anthropic.claude-haiku-4-5-20251001-v1:0",
+    }
+    for name, model in models.items():
+        fault(fault="context", count=1, model=model)
+        with pytest.raises(openai.BadRequestError) as e:
+            create(client, model=name)
+        assert e.value.code == "context_length_exceeded", (name, e.value.body)
+        assert e.value.response.headers["x-polyplex-attempts"] == "1"
+    # With somewhere to go, it goes there at once (no retry on the first),
+    # streamed or not.
+    for stream in (False, True):
+        fault(fault="context", count=1, model="claude-haiku-4-5")
+        raw = client.chat.completions.with_raw_response.create(
+            model="anthropic/claude-haiku-4-5", messages=HI, stream=stream,
+            extra_body={"models": ["openai/gpt-4o-mini"]})
+        h = raw.headers
+        assert (h["x-polyplex-provider"], h["x-polyplex-attempts"]) == ("openai", "2")
+        assert h["x-polyplex-fallbacks"] == "anthropic/claude-haiku-4-5"
+        if stream:
+            text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+        else:
+            text = raw.parse().choices[0].message.content
+        assert text == "hi"
+
+
 def test_floor_and_auto(client):
     # Both `openai` and `slow` serve gpt-4o; only openai's price is known.
     h, _ = create(client, model="gpt-4o:floor")

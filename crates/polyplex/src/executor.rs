@@ -2,8 +2,10 @@
 //! retrying retryable failures with exponential backoff and full jitter (or
 //! the upstream's `retry-after`), and failing over to the next deployment.
 //! Decisions read [`GatewayError::retryable`] and nothing else, plus one rule:
-//! an upstream's 401/403/404 (wrong key or unknown model *there*) moves on to
-//! the next deployment without retrying, since another provider may serve it.
+//! an upstream's 401/403/404 (wrong key or unknown model *there*) or its
+//! refusal of a prompt too long for its model (`context_length_exceeded`, in
+//! any provider's words) moves on to the next deployment without retrying,
+//! since another provider or model may serve it.
 //!
 //! A deployment whose protocol cannot carry the request as asked (a
 //! parameter, content part or endpoint it lacks: its adapter refused to
@@ -69,7 +71,43 @@ pub fn backoff(retry: u32, rng: &mut impl Rng) -> Duration {
 }
 
 fn moves_on(e: &GatewayError) -> bool {
-    e.source == ErrorSource::Upstream && matches!(e.status.as_u16(), 401 | 403 | 404)
+    e.source == ErrorSource::Upstream
+        && (matches!(e.status.as_u16(), 401 | 403 | 404) || e.code.as_deref() == Some(CONTEXT))
+}
+
+/// OpenAI's code for a prompt longer than the model's context window.
+const CONTEXT: &str = "context_length_exceeded";
+
+/// How providers word a prompt longer than their model's context window
+/// (lower case): OpenAI and the servers that copy it (vLLM, Groq, ...),
+/// Anthropic, Gemini, Bedrock, Cohere, Mistral.
+const CONTEXT_WORDS: &[&str] = &[
+    "context_length_exceeded",
+    "maximum context length",
+    "reduce the length of the messages",
+    "prompt is too long",
+    "input is too long",
+    "too many input tokens",
+    "too many tokens",
+    "input token count",
+    "exceeds the context window",
+    "exceeds the model's context",
+    "context window exceeded",
+];
+
+/// An upstream's refusal of a prompt too long for its model, whatever the
+/// provider's words: answered with OpenAI's code (so one `except` serves
+/// every provider), and failed over ([`moves_on`]): the next deployment's
+/// model may have a larger window.
+fn context_overflow(mut e: GatewayError) -> GatewayError {
+    if !matches!(e.status.as_u16(), 400 | 413 | 422) || e.code.as_deref() == Some(CONTEXT) {
+        return e;
+    }
+    let text = e.message.to_ascii_lowercase();
+    if CONTEXT_WORDS.iter().any(|w| text.contains(w)) {
+        e.code = Some(CONTEXT.into());
+    }
+    e
 }
 
 /// True if an error says something about the deployment's health (and so
@@ -89,7 +127,8 @@ pub enum Next {
 /// The one place that decides between retrying, failing over and stopping:
 /// retryable errors retry (honouring `retry-after`, within the provider's
 /// `max_retries` and the retry budget), then fail over; an upstream's
-/// 401/403/404 fails over at once; anything else (a client's own 4xx) stops.
+/// 401/403/404 or context-length refusal fails over at once; anything else
+/// (a client's own 4xx) stops.
 pub fn judge(
     e: &GatewayError,
     max_retries: u32,
@@ -525,7 +564,7 @@ async fn upstream_error(d: &Deployment, resp: http::Response<UpstreamBody>) -> G
             .protocol
             .error_with_headers(&d.upstream.name, status, &parts.headers, &body);
     e.retry_after = wait;
-    redact(e, d)
+    redact(context_overflow(e), d)
 }
 
 fn redact(e: GatewayError, d: &Deployment) -> GatewayError {
@@ -983,6 +1022,55 @@ mod tests {
         assert_eq!(
             judge(&upstream(503, true), 2, 0, &budget, now, &mut rng),
             Next::FailOver
+        );
+    }
+
+    #[test]
+    fn a_prompt_too_long_for_the_model_fails_over_with_openais_code() {
+        let now = Instant::now();
+        let budget = RetryBudget::new(0.0, 0.0, now);
+        let mut rng = rand::thread_rng();
+        let said = |status: u16, message: &str| {
+            context_overflow(GatewayError::upstream(
+                StatusCode::from_u16(status).unwrap(),
+                "invalid_request_error",
+                message,
+            ))
+        };
+        for words in [
+            "This model's maximum context length is 128000 tokens. However, your messages resulted in 131072 tokens. Please reduce the length of the messages.",
+            "prompt is too long: 208310 tokens > 200000 maximum",
+            "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
+            "Input is too long for requested model.",
+            "too many tokens: total number of tokens in the prompt cannot exceed 128000",
+        ] {
+            let e = said(400, words);
+            assert_eq!(e.code.as_deref(), Some(CONTEXT), "{words}");
+            assert_eq!(judge(&e, 2, 0, &budget, now, &mut rng), Next::FailOver);
+            assert!(!counts_against(&e));
+        }
+        // An output cap, or a 400 of another kind, is the client's own.
+        for (status, words) in [
+            (
+                400,
+                "max_tokens: 10000 > 4096, which is the maximum allowed number of output tokens",
+            ),
+            (400, "messages: text content blocks must be non-empty"),
+            (500, "prompt is too long"),
+        ] {
+            let e = said(status, words);
+            assert_eq!(e.code, None, "{words}");
+        }
+        assert_eq!(
+            judge(
+                &said(400, "messages: roles must alternate"),
+                2,
+                0,
+                &budget,
+                now,
+                &mut rng
+            ),
+            Next::Stop
         );
     }
 

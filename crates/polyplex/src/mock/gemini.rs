@@ -3,7 +3,7 @@
 //! Google's error shape, and whole-response stream events with no terminator.
 
 use super::reply::{self, Answer};
-use super::{admit, garbage, sse_body, MockState, Shape};
+use super::{admit, admit_model, garbage, sse_body, MockState, Shape};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -202,10 +202,11 @@ pub(crate) async fn serve(
             "INVALID_ARGUMENT",
         );
     }
-    let (req, fault) = match admit(&s, path, &headers, &body, Shape::Google).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+    let (req, fault) =
+        match admit_model(&s, path, &headers, &body, Shape::Google, Some(model)).await {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
     // As Google's API: a request needs a turn to answer.
     if req
         .get("contents")

@@ -11,7 +11,7 @@
 //! with its OAuth token endpoint `/token`), each in its own module.
 //!
 //! Control (for tests):
-//! - `POST /__mock/faults` `{"fault": "500"|"503"|"429"|"401"|"timeout"|"disconnect"|"garbage"|"no_usage"|"ratelimit"|"status",
+//! - `POST /__mock/faults` `{"fault": "500"|"503"|"429"|"401"|"timeout"|"disconnect"|"garbage"|"no_usage"|"ratelimit"|"context"|"status",
 //!   "count": N, "status": 502, "retry_after": 1, "after_chunks": 2, "delay_ms": 5000,
 //!   "model": "only-this-model"}` — the next N matching requests fail that way;
 //! - `DELETE /__mock/faults`; `GET /__mock/stats`; `GET /__mock/requests` (the last
@@ -305,6 +305,7 @@ async fn add_fault(State(s): State<Arc<MockState>>, Json(f): Json<Fault>) -> Res
         "garbage",
         "no_usage",
         "ratelimit",
+        "context",
     ];
     if !known.contains(&f.fault.as_str()) {
         return error(
@@ -483,6 +484,23 @@ pub(crate) async fn admit_model(
                 tokio::time::sleep(Duration::from_millis(f.delay_ms.unwrap_or(60_000))).await
             }
             "disconnect" | "garbage" | "no_usage" | "ratelimit" => {}
+            "context" => {
+                // A prompt longer than the model's window, in each API's own words.
+                let (msg, code) = match shape {
+                    Shape::OpenAi => ("This model's maximum context length is 128000 tokens. However, your messages resulted in 131072 tokens. Please reduce the length of the messages.", Some("context_length_exceeded")),
+                    Shape::Anthropic => ("prompt is too long: 208310 tokens > 200000 maximum", None),
+                    Shape::Google => ("The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).", None),
+                    Shape::Cohere => ("too many tokens: total number of tokens in the prompt cannot exceed 128000 - received 131072. Try using a shorter prompt, or enabling prompt truncating.", None),
+                    Shape::Bedrock => ("Input is too long for requested model.", None),
+                };
+                return Err(shaped_error(
+                    shape,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    msg,
+                    code,
+                ));
+            }
             "401" => {
                 // Like real providers, echo the rejected key (the gateway must redact it).
                 let key = headers
