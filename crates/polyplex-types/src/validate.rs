@@ -247,7 +247,7 @@ fn model(body: &JsonMap) -> R<String> {
 }
 
 /// `models: [...]` (OpenRouter's fallback list) and `provider: {...}`.
-fn routing_fields(body: &JsonMap) -> R<(Vec<String>, ProviderPrefs)> {
+pub fn routing_fields(body: &JsonMap) -> R<(Vec<String>, ProviderPrefs)> {
     boolean(body, "drop_params")?;
     let mut out = Vec::new();
     let mut prefs = ProviderPrefs::default();

@@ -550,11 +550,14 @@ fn retry_after_ms(h: &http::HeaderMap) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-fn transport_error(d: &Deployment, f: Failure) -> GatewayError {
+pub(crate) fn transport_error(d: &Deployment, f: Failure) -> GatewayError {
     GatewayError::upstream_unreachable(&d.upstream.name, f.detail())
 }
 
-async fn upstream_error(d: &Deployment, resp: http::Response<UpstreamBody>) -> GatewayError {
+pub(crate) async fn upstream_error(
+    d: &Deployment,
+    resp: http::Response<UpstreamBody>,
+) -> GatewayError {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let wait = retry_after_ms(resp.headers()).or_else(|| retry_after(resp.headers()));
     let (parts, body) = resp.into_parts();

@@ -4,7 +4,8 @@
 //! [`reply`]), not from a model.
 //!
 //! OpenAI protocol: `POST /v1/chat/completions` (streaming too),
-//! `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models`;
+//! `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models`, and
+//! moderations, images and audio ([`media`]);
 //! Anthropic (`/v1/messages`), Gemini (`/v1beta/models/...`), Cohere
 //! (`/v2/chat`, `/v2/embed`), Azure (`/openai/deployments/...`) and Bedrock
 //! (`/model/{id}/converse`, `/converse-stream`), Vertex AI (`/v1/projects/...`,
@@ -21,6 +22,7 @@ mod anthropic;
 pub mod bedrock;
 mod cohere;
 mod gemini;
+mod media;
 pub mod reply;
 mod vertex;
 
@@ -228,6 +230,13 @@ pub fn router(state: Arc<MockState>) -> Router {
             "/openai/deployments/{deployment}/embeddings",
             post(azure_embeddings),
         )
+        .route("/v1/moderations", post(media::moderations))
+        .route("/v1/images/generations", post(media::image_generations))
+        .route("/v1/images/edits", post(media::image_edits))
+        .route("/v1/images/variations", post(media::image_variations))
+        .route("/v1/audio/speech", post(media::speech))
+        .route("/v1/audio/transcriptions", post(media::transcriptions))
+        .route("/v1/audio/translations", post(media::translations))
         .route("/__mock/faults", post(add_fault).delete(clear_faults))
         .route("/__mock/stats", get(stats))
         .route("/__mock/requests", get(requests))
@@ -470,6 +479,19 @@ pub(crate) async fn admit_model(
     let model = model
         .or_else(|| map.get("model").and_then(Value::as_str))
         .unwrap_or("");
+    let fault = armed(s, headers, shape, model).await?;
+    Ok((map, fault))
+}
+
+/// The fault armed for a request to `model`, if any: a failing one is
+/// answered here (the error in `shape`, after any delay); the others are
+/// the caller's to act on. Then the configured latency.
+pub(crate) async fn armed(
+    s: &MockState,
+    headers: &HeaderMap,
+    shape: Shape,
+    model: &str,
+) -> Result<Option<Fault>, Response> {
     let fault = s.take_fault(model);
     if let Some(f) = &fault {
         match f.fault.as_str() {
@@ -543,7 +565,7 @@ pub(crate) async fn admit_model(
     if s.opts.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(s.opts.latency_ms)).await;
     }
-    Ok((map, fault))
+    Ok(fault)
 }
 
 fn usage_json(prompt: u64, completion: u64) -> Value {

@@ -45,9 +45,10 @@ fn needs_key(path: &str) -> bool {
             | "/v1/embeddings"
             | "/v1/responses"
             | "/v1/models"
-    ) || path
-        .strip_prefix("/v1/models/")
-        .is_some_and(|id| !id.is_empty())
+    ) || super::passthrough::Kind::of(path).is_some()
+        || path
+            .strip_prefix("/v1/models/")
+            .is_some_and(|id| !id.is_empty())
         || path
             .strip_prefix("/v1/responses/")
             .is_some_and(|id| !id.is_empty())

@@ -27,7 +27,7 @@ use std::time::{Instant, SystemTime};
 pub(super) struct Converted;
 
 /// Stage 3: the body's bytes, within the size limit.
-async fn read_body(app: &App, req: Request) -> Result<Bytes, GatewayError> {
+pub(super) async fn read_body(app: &App, req: Request) -> Result<Bytes, GatewayError> {
     let limit = if req.extensions().get::<Converted>().is_some() {
         usize::MAX
     } else {
@@ -70,7 +70,7 @@ async fn read_body(app: &App, req: Request) -> Result<Bytes, GatewayError> {
 }
 
 /// The body as a JSON object.
-fn parse_json(bytes: &[u8]) -> Result<JsonMap, GatewayError> {
+pub(super) fn parse_json(bytes: &[u8]) -> Result<JsonMap, GatewayError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(GatewayError::invalid_request(
             "The request body is empty. The API expects a JSON object.",
@@ -226,27 +226,51 @@ impl Parsed {
 }
 
 /// One call in progress: what its usage record and error response need.
-struct Call {
-    app: App,
-    rid: String,
+pub(super) struct Call {
+    pub(super) app: App,
+    pub(super) rid: String,
     endpoint: Endpoint,
     /// The endpoint as usage records and metrics name it (`responses` for
     /// a Responses request served as chat).
-    label: &'static str,
-    started: Instant,
-    caller: Caller,
+    pub(super) label: &'static str,
+    pub(super) started: Instant,
+    pub(super) caller: Caller,
     /// The end user the request names, once its body is validated: every
     /// usage record of the request carries it.
-    user: std::sync::OnceLock<String>,
+    pub(super) user: std::sync::OnceLock<String>,
 }
 
 impl Call {
-    fn user(&self) -> Option<String> {
+    pub(super) fn new(
+        app: App,
+        rid: &RequestId,
+        caller: Caller,
+        endpoint: Endpoint,
+        label: &'static str,
+    ) -> Call {
+        Call {
+            app,
+            rid: rid.0.to_string(),
+            endpoint,
+            label,
+            started: Instant::now(),
+            caller,
+            user: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub(super) fn user(&self) -> Option<String> {
         self.user.get().cloned()
     }
 
     /// Records the failure and answers it in OpenAI's error shape.
-    fn fail(&self, model: &str, stream: bool, e: GatewayError, served: &Served) -> Response {
+    pub(super) fn fail(
+        &self,
+        model: &str,
+        stream: bool,
+        e: GatewayError,
+        served: &Served,
+    ) -> Response {
         self.app.recorder.record(UsageRecord {
             request_id: self.rid.clone(),
             endpoint: self.label,
@@ -324,16 +348,20 @@ impl Call {
     /// Stage 5 for a gateway key: the model (and any fallbacks) allowed,
     /// then budget and limits: those all replicas share through Redis when
     /// it is configured and answers, else this node's own.
-    async fn admit(&self, parsed: &Parsed) -> Result<Option<Admitted>, GatewayError> {
+    pub(super) async fn admit(
+        &self,
+        model: &str,
+        fallbacks: &[String],
+    ) -> Result<Option<Admitted>, GatewayError> {
         let Some(key) = self.caller.key() else {
             return Ok(None);
         };
         let spec = key.spec();
         let access = spec.models.as_deref();
-        if !self.app.router.may_reach(access, &parsed.model) {
-            return Err(crate::keys::model_forbidden(&parsed.model));
+        if !self.app.router.may_reach(access, model) {
+            return Err(crate::keys::model_forbidden(model));
         }
-        for (i, m) in parsed.fallbacks.iter().enumerate() {
+        for (i, m) in fallbacks.iter().enumerate() {
             if !self.app.router.may_reach(access, m) {
                 return Err(crate::keys::model_forbidden(m).with_param(format!("models[{i}]")));
             }
@@ -348,7 +376,7 @@ impl Call {
 }
 
 /// OpenAI's `x-ratelimit-*` headers for a key's per-minute limits.
-fn ratelimit_headers(resp: &mut Response, limits: &Limits) {
+pub(super) fn ratelimit_headers(resp: &mut Response, limits: &Limits) {
     use super::respond::names as n;
     let h = resp.headers_mut();
     for (l, [limit, remaining, reset]) in [
@@ -390,15 +418,7 @@ pub(super) async fn handle(
     label: &'static str,
     req: Request,
 ) -> Response {
-    let call = Call {
-        app,
-        rid: rid.0.to_string(),
-        endpoint,
-        label,
-        started: Instant::now(),
-        caller,
-        user: std::sync::OnceLock::new(),
-    };
+    let call = Call::new(app, &rid, caller, endpoint, label);
     let mut gone = Unanswered::new(&call);
     let resp = answer(&call, req, &gone).await;
     gone.answered = true;
@@ -436,7 +456,7 @@ async fn answer(call: &Call, req: Request, gone: &Unanswered<'_>) -> Response {
     }
     crate::phase::mark("valid");
     gone.asked(&parsed);
-    let admitted = match call.admit(&parsed).await {
+    let admitted = match call.admit(&parsed.model, &parsed.fallbacks).await {
         Ok(a) => a,
         Err(e) => {
             // A 429 of this node's per-minute limits carries OpenAI's
@@ -474,10 +494,10 @@ async fn answer(call: &Call, req: Request, gone: &Unanswered<'_>) -> Response {
 /// status 499, and when an upstream had the request, its provider and the
 /// prompt counted (estimated, as a cut-short stream's), which the upstream
 /// bills. Whatever answers the request records it instead.
-struct Unanswered<'a> {
+pub(super) struct Unanswered<'a> {
     call: &'a Call,
     seen: std::sync::Mutex<Seen>,
-    answered: bool,
+    pub(super) answered: bool,
 }
 
 #[derive(Default)]
@@ -505,7 +525,7 @@ impl Drop for Cut<'_, '_> {
 }
 
 impl<'a> Unanswered<'a> {
-    fn new(call: &'a Call) -> Self {
+    pub(super) fn new(call: &'a Call) -> Self {
         Unanswered {
             call,
             seen: Default::default(),
@@ -527,9 +547,17 @@ impl<'a> Unanswered<'a> {
         s.body = p.body.text().clone();
     }
 
+    /// A request whose body is not a chat-like one (no prompt to count
+    /// if it is cut short): its model and whether it streams.
+    pub(super) fn asked_for(&self, model: &str, stream: bool) {
+        let mut s = self.seen();
+        model.clone_into(&mut s.model);
+        s.stream = stream;
+    }
+
     /// `work` for deployment `d` (an upstream attempt, or its answer's
     /// count), marked cut short if the client goes before it ends.
-    async fn attempt<T>(
+    pub(super) async fn attempt<T>(
         &self,
         d: &crate::routing::Deployment,
         work: impl std::future::Future<Output = T>,
@@ -870,15 +898,13 @@ pub async fn responses(
     Extension(caller): Extension<Caller>,
     req: Request,
 ) -> Response {
-    let call = Call {
-        app: app.clone(),
-        rid: rid.0.to_string(),
-        endpoint: Endpoint::Chat,
-        label: "responses",
-        started: Instant::now(),
-        caller: caller.clone(),
-        user: std::sync::OnceLock::new(),
-    };
+    let call = Call::new(
+        app.clone(),
+        &rid,
+        caller.clone(),
+        Endpoint::Chat,
+        "responses",
+    );
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers.clone();
     let no_one = Served::default();

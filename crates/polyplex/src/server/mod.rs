@@ -48,6 +48,7 @@ pub mod browsers;
 pub mod busy;
 pub mod gate;
 pub mod handlers;
+pub mod passthrough;
 pub mod respond;
 
 use crate::config::Config;
@@ -167,7 +168,14 @@ pub fn state(
 /// The axum router behind the gate, with every stage in the order the
 /// module docs list.
 pub fn app(state: App) -> gate::Gate {
-    let router = axum::Router::new()
+    let mut router = axum::Router::new();
+    for kind in passthrough::Kind::ALL {
+        router = router.route(
+            kind.route(),
+            post(move |app, rid, caller, req| passthrough::serve(kind, app, rid, caller, req)),
+        );
+    }
+    let router = router
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))

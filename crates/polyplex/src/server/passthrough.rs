@@ -1,0 +1,623 @@
+//! OpenAI's endpoints that polyplex does not translate — moderations,
+//! image generation, edits and variations, speech, transcription and
+//! translation — passed through to the OpenAI-protocol deployments that
+//! serve the model asked for, with everything else a request gets: the
+//! key's models, limits and budget, routing (`provider/model`, bare names,
+//! routes, the `models` and `provider` options of a JSON body), retries and
+//! failover, the `x-polyplex-*` headers and one usage record.
+//!
+//! The body goes upstream as the client wrote it, only the model's name
+//! changed to the deployment's (a JSON member, or a form's `model` field,
+//! spliced in place); the answer comes back as the upstream gave it (audio
+//! and event streams as they arrive). A JSON answer's `usage` (token-priced
+//! image and transcription models) is recorded and costed by the
+//! catalog's prices. Deployments of other protocols are passed over (not
+//! an attempt), and a plan with none answers 400 naming the endpoint.
+
+use super::auth::Caller;
+use super::handlers::{parse_json, ratelimit_headers, read_body, Call, Unanswered};
+use super::respond::Served;
+use super::{App, RequestId};
+use crate::executor::{attempt_loop, transport_error, upstream_error};
+use crate::health::InFlight;
+use crate::routing::{Deployment, Facts};
+use crate::usage::UsageRecord;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue};
+use axum::response::Response;
+use axum::Extension;
+use bytes::Bytes;
+use polyplex_providers::Endpoint;
+use polyplex_types::validate::{self, ProviderPrefs, GATEWAY_FIELDS};
+use polyplex_types::{ErrorSource, GatewayError, JsonMap, RequestBody, Usage};
+use serde_json::Value;
+use std::ops::Range;
+use std::time::{Instant, SystemTime};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Moderations,
+    ImageGenerations,
+    ImageEdits,
+    ImageVariations,
+    Speech,
+    Transcriptions,
+    Translations,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::Moderations,
+        Kind::ImageGenerations,
+        Kind::ImageEdits,
+        Kind::ImageVariations,
+        Kind::Speech,
+        Kind::Transcriptions,
+        Kind::Translations,
+    ];
+
+    /// The path under the API's base URL (`/v1/...` here).
+    fn path(self) -> &'static str {
+        match self {
+            Kind::Moderations => "moderations",
+            Kind::ImageGenerations => "images/generations",
+            Kind::ImageEdits => "images/edits",
+            Kind::ImageVariations => "images/variations",
+            Kind::Speech => "audio/speech",
+            Kind::Transcriptions => "audio/transcriptions",
+            Kind::Translations => "audio/translations",
+        }
+    }
+
+    /// The gateway's route.
+    pub fn route(self) -> &'static str {
+        match self {
+            Kind::Moderations => "/v1/moderations",
+            Kind::ImageGenerations => "/v1/images/generations",
+            Kind::ImageEdits => "/v1/images/edits",
+            Kind::ImageVariations => "/v1/images/variations",
+            Kind::Speech => "/v1/audio/speech",
+            Kind::Transcriptions => "/v1/audio/transcriptions",
+            Kind::Translations => "/v1/audio/translations",
+        }
+    }
+
+    pub fn of(path: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.route() == path)
+    }
+
+    /// As usage records and metrics name the endpoint.
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Moderations => "moderations",
+            Kind::ImageGenerations => "images.generations",
+            Kind::ImageEdits => "images.edits",
+            Kind::ImageVariations => "images.variations",
+            Kind::Speech => "audio.speech",
+            Kind::Transcriptions => "audio.transcriptions",
+            Kind::Translations => "audio.translations",
+        }
+    }
+
+    /// OpenAI's model when the request names none.
+    fn default_model(self) -> Option<&'static str> {
+        match self {
+            Kind::Moderations => Some("omni-moderation-latest"),
+            Kind::ImageGenerations | Kind::ImageEdits | Kind::ImageVariations => Some("dall-e-2"),
+            Kind::Speech | Kind::Transcriptions | Kind::Translations => None,
+        }
+    }
+}
+
+/// The client's body, to be passed on.
+enum Sent {
+    Json(JsonMap),
+    /// A multipart form, and where its `model` field's value is in it.
+    Form {
+        text: Bytes,
+        content_type: HeaderValue,
+        model: Option<Range<usize>>,
+    },
+}
+
+/// What a passed-through request asks for.
+struct Asked {
+    model: String,
+    fallbacks: Vec<String>,
+    prefs: ProviderPrefs,
+    stream: bool,
+    user: Option<String>,
+    body: Sent,
+}
+
+impl Asked {
+    /// The body for a deployment whose model is `model`.
+    fn body_for(&self, model: &str) -> Result<Bytes, GatewayError> {
+        match &self.body {
+            Sent::Json(map) => {
+                let mut out = JsonMap::with_capacity(map.len());
+                for (k, v) in map {
+                    if !GATEWAY_FIELDS.contains(&k.as_str()) {
+                        out.insert(k.clone(), v.clone());
+                    }
+                }
+                out.insert("model".into(), Value::String(model.to_string()));
+                serde_json::to_vec(&out)
+                    .map(Bytes::from)
+                    .map_err(|e| GatewayError::internal(e.to_string()))
+            }
+            Sent::Form {
+                text, model: None, ..
+            } => Ok(text.clone()),
+            Sent::Form {
+                text,
+                model: Some(at),
+                ..
+            } => {
+                if &text[at.clone()] == model.as_bytes() {
+                    return Ok(text.clone());
+                }
+                let mut out = Vec::with_capacity(text.len() + model.len());
+                out.extend_from_slice(&text[..at.start]);
+                out.extend_from_slice(model.as_bytes());
+                out.extend_from_slice(&text[at.end..]);
+                Ok(Bytes::from(out))
+            }
+        }
+    }
+
+    fn content_type(&self) -> HeaderValue {
+        match &self.body {
+            Sent::Json(_) => HeaderValue::from_static("application/json"),
+            Sent::Form { content_type, .. } => content_type.clone(),
+        }
+    }
+}
+
+/// Reads what a request asks: a JSON body's members, or a form's `model`,
+/// `stream` and `user` fields.
+async fn asked(
+    kind: Kind,
+    content_type: Option<&HeaderValue>,
+    text: Bytes,
+) -> Result<Asked, GatewayError> {
+    let form_boundary = content_type
+        .and_then(|v| v.to_str().ok())
+        .filter(|ct| ct.to_ascii_lowercase().starts_with("multipart/form-data"))
+        .map(|ct| {
+            multer::parse_boundary(ct).map_err(|_| {
+                GatewayError::invalid_request(
+                    "The multipart/form-data Content-Type has no boundary.",
+                )
+            })
+        })
+        .transpose()?;
+    let default = |kind: Kind| {
+        kind.default_model().map(str::to_string).ok_or_else(|| {
+            GatewayError::invalid_param("model", "You must provide a model parameter.")
+        })
+    };
+    let Some(boundary) = form_boundary else {
+        if matches!(
+            kind,
+            Kind::Transcriptions | Kind::Translations | Kind::ImageVariations
+        ) {
+            return Err(GatewayError::invalid_request(format!(
+                "/v1/{} takes a multipart/form-data body (the audio or image file and its fields).",
+                kind.path()
+            )));
+        }
+        let map = parse_json(&text)?;
+        let model = match map.get("model") {
+            None | Some(Value::Null) => default(kind)?,
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(_) => {
+                return Err(GatewayError::invalid_param(
+                    "model",
+                    "Invalid type for 'model': expected a non-empty string.",
+                ))
+            }
+        };
+        let (fallbacks, prefs) = validate::routing_fields(&map)?;
+        let flag = |k: &str| match map.get(k) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(GatewayError::invalid_param(
+                k,
+                format!("Invalid type for '{k}': expected a boolean."),
+            )),
+        };
+        let stream = flag("stream")?;
+        let text_of = |k: &str| map.get(k).and_then(Value::as_str);
+        let user = validate::end_user(text_of("user"), text_of("safety_identifier"));
+        return Ok(Asked {
+            model,
+            fallbacks,
+            prefs,
+            stream,
+            user,
+            body: Sent::Json(map),
+        });
+    };
+    let fields = form_fields(&text, boundary).await?;
+    let model = match &fields.model {
+        Some(m) if !m.is_empty() => m.clone(),
+        _ => default(kind)?,
+    };
+    let model_at = fields.model.as_deref().and_then(|m| value_at(&text, m));
+    Ok(Asked {
+        model,
+        fallbacks: Vec::new(),
+        prefs: ProviderPrefs::default(),
+        stream: fields.stream.as_deref() == Some("true"),
+        user: validate::end_user(fields.user.as_deref(), None),
+        body: Sent::Form {
+            content_type: content_type
+                .cloned()
+                .unwrap_or_else(|| HeaderValue::from_static("multipart/form-data")),
+            text,
+            model: model_at,
+        },
+    })
+}
+
+/// The text fields of a form that steer the gateway.
+#[derive(Default)]
+struct FormFields {
+    model: Option<String>,
+    stream: Option<String>,
+    user: Option<String>,
+}
+
+async fn form_fields(text: &Bytes, boundary: String) -> Result<FormFields, GatewayError> {
+    let body = text.clone();
+    let stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
+    let bad = |e: multer::Error| {
+        GatewayError::invalid_request(format!("The multipart/form-data body is malformed: {e}."))
+    };
+    let mut out = FormFields::default();
+    while let Some(field) = form.next_field().await.map_err(bad)? {
+        let slot = match field.name() {
+            Some("model") => &mut out.model,
+            Some("stream") => &mut out.stream,
+            Some("user") => &mut out.user,
+            _ => continue,
+        };
+        *slot = Some(field.text().await.map_err(bad)?);
+    }
+    Ok(out)
+}
+
+/// Where the value of the form field `model` (read as `value`) is in the
+/// body: after its part's `name="model"` header and blank line, up to the
+/// line break before the next boundary.
+fn value_at(text: &[u8], value: &str) -> Option<Range<usize>> {
+    let name = memchr::memmem::find(text, b"name=\"model\"")?;
+    let start = name + memchr::memmem::find(&text[name..], b"\r\n\r\n")? + 4;
+    let end = start + value.len();
+    (text.get(start..end)? == value.as_bytes() && text.get(end..end + 4)? == b"\r\n--")
+        .then_some(start..end)
+}
+
+/// One passed-through request from its head to its answer.
+pub async fn serve(
+    kind: Kind,
+    State(app): State<App>,
+    Extension(rid): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+) -> Response {
+    let call = Call::new(app, &rid, caller, Endpoint::Embeddings, kind.label());
+    let mut gone = Unanswered::new(&call);
+    let resp = answer(kind, &call, req, &gone).await;
+    gone.answered = true;
+    resp
+}
+
+async fn answer(kind: Kind, call: &Call, req: Request, gone: &Unanswered<'_>) -> Response {
+    let app = &call.app;
+    let no_one = Served::default();
+    let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+    let text = match read_body(app, req).await {
+        Ok(b) => b,
+        Err(e) => return call.fail("", false, e, &no_one),
+    };
+    let asked = match asked(kind, content_type.as_ref(), text).await {
+        Ok(a) => a,
+        Err(e) => return call.fail("", false, e, &no_one),
+    };
+    if let Some(u) = &asked.user {
+        let _ = call.user.set(u.clone());
+    }
+    gone.asked_for(&asked.model, asked.stream);
+    let admitted = match call.admit(&asked.model, &asked.fallbacks).await {
+        Ok(a) => a,
+        Err(e) => return call.fail(&asked.model, asked.stream, e, &no_one),
+    };
+    let spec = admitted.as_ref().map(|a| a.key.spec());
+    let access = spec.as_ref().and_then(|s| s.models.as_deref());
+    let planned = {
+        // Nothing here is priced by its prompt: routing counts no tokens.
+        let empty = RequestBody::parsed(Bytes::new(), JsonMap::new());
+        let facts = Facts::new(&empty, Endpoint::Embeddings, asked.stream);
+        let plan = |model: &str, fallbacks: &[String]| {
+            let mut rng = rand::thread_rng();
+            let prefs = &asked.prefs;
+            app.router
+                .plan(model, fallbacks, prefs, access, &facts, &mut rng)
+        };
+        match plan(&asked.model, &asked.fallbacks) {
+            Err(e) if e.code.as_deref() == Some("model_not_found") => {
+                match at_openai(&app.router, &asked.model) {
+                    Some((first, rest)) => plan(&first, &[rest, asked.fallbacks.clone()].concat()),
+                    None => Err(e),
+                }
+            }
+            planned => planned,
+        }
+    };
+    let plan = match planned {
+        Ok(p) => p,
+        Err(e) => return call.fail(&asked.model, asked.stream, e, &no_one),
+    };
+    let asked = &asked;
+    let outcome = attempt_loop(app, &plan, true, |d, g| async move {
+        gone.attempt(&d, once(app, &d, g, kind, asked)).await
+    })
+    .await;
+    let served = outcome.trace;
+    let (upstream, d) = match outcome.result {
+        Ok(x) => x,
+        Err(e) => return call.fail(&asked.model, asked.stream, e, &served),
+    };
+    let (parts, body) = upstream.into_parts();
+    let json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    let (body, usage) = if json && !asked.stream {
+        let read = tokio::time::timeout(d.upstream.timeout, crate::client::read_body(body));
+        match gone.attempt(&d, read).await {
+            Ok(Ok(bytes)) => {
+                let usage = usage_of(&bytes);
+                (Body::from(bytes), usage)
+            }
+            Ok(Err(f)) => return call.fail(&asked.model, false, transport_error(&d, f), &served),
+            Err(_) => {
+                let e = GatewayError::upstream_timeout(&d.upstream.name, d.upstream.timeout);
+                return call.fail(&asked.model, false, e, &served);
+            }
+        }
+    } else {
+        // Audio, or an event stream: on to the client as it arrives.
+        (Body::new(body), Usage::default())
+    };
+    let latency = call.started.elapsed();
+    let cost = crate::usage::cost(app.router.catalog(), &d, &usage);
+    super::respond::record_served(
+        app,
+        &d,
+        UsageRecord {
+            request_id: call.rid.clone(),
+            endpoint: call.label,
+            requested_model: asked.model.clone(),
+            provider: Some(d.upstream.name.clone()),
+            model: Some(d.model.clone()),
+            status: parts.status.as_u16(),
+            usage,
+            cost_usd: cost,
+            latency,
+            ttft: Some(latency),
+            attempts: served.attempts,
+            stream: asked.stream,
+            at: SystemTime::now(),
+            key: admitted.as_ref().map(|a| a.key.clone()),
+            user: call.user(),
+            charged: 0,
+        },
+    );
+    let mut resp = Response::new(body);
+    *resp.status_mut() = parts.status;
+    for name in [header::CONTENT_TYPE, header::CONTENT_DISPOSITION] {
+        if let Some(v) = parts.headers.get(&name) {
+            resp.headers_mut().insert(name, v.clone());
+        }
+    }
+    served.apply(&mut resp);
+    if let Some(a) = &admitted {
+        ratelimit_headers(&mut resp, &a.limits);
+    }
+    resp
+}
+
+/// A bare model name the catalog does not know (OpenAI's moderation,
+/// speech, transcription and older image models are not in it): the
+/// providers whose `models` list names it, else those configured from the
+/// catalog's `openai` entry that pass any name on — as `provider/model`
+/// names, the first and the rest.
+fn at_openai(router: &crate::routing::Router, model: &str) -> Option<(String, Vec<String>)> {
+    if model.contains('/') {
+        return None;
+    }
+    let openai = |u: &&std::sync::Arc<crate::upstream::Upstream>| u.kind == "openai";
+    let listed: Vec<_> = router
+        .upstreams()
+        .iter()
+        .filter(openai)
+        .filter(|u| {
+            u.models
+                .as_ref()
+                .is_some_and(|m| m.iter().any(|x| x == model))
+        })
+        .collect();
+    let chosen = if listed.is_empty() {
+        router
+            .upstreams()
+            .iter()
+            .filter(openai)
+            .filter(|u| u.models.is_none() && u.catalog_id.as_deref() == Some("openai"))
+            .collect()
+    } else {
+        listed
+    };
+    let mut names = chosen.iter().map(|u| format!("{}/{model}", u.name));
+    Some((names.next()?, names.collect()))
+}
+
+/// One attempt on deployment `d`: the upstream's answer once its head is in.
+async fn once(
+    app: &App,
+    d: &Deployment,
+    _in_flight: InFlight,
+    kind: Kind,
+    asked: &Asked,
+) -> Result<http::Response<crate::client::UpstreamBody>, GatewayError> {
+    if d.upstream.kind != "openai" {
+        let mut e = GatewayError::invalid_param(
+            "model",
+            format!(
+                "Provider `{}` ({} protocol) does not offer /v1/{} through polyplex; providers of OpenAI's protocol do.",
+                d.upstream.name,
+                d.upstream.kind,
+                kind.path()
+            ),
+        );
+        // Nothing is sent: another deployment of the plan may serve it.
+        e.source = ErrorSource::Translation;
+        return Err(e);
+    }
+    let body = asked.body_for(&d.model)?;
+    let bearer = d.upstream.bearer().await?;
+    let mut target = d.upstream.target(app.router.catalog(), &d.model, false);
+    if bearer.is_some() {
+        target.credential = bearer.as_ref();
+    }
+    let mut headers = polyplex_providers::headers(&target, asked.stream)?;
+    headers.insert(header::CONTENT_TYPE, asked.content_type());
+    if !asked.stream {
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+    }
+    let url = polyplex_providers::join_url(&d.upstream.base_url, kind.path());
+    let uri = app
+        .urls
+        .get(&url)
+        .map_err(|_| GatewayError::internal("invalid upstream URL"))?;
+    let wait = if asked.stream {
+        d.upstream.first_byte_timeout
+    } else {
+        d.upstream.timeout
+    };
+    let started = Instant::now();
+    let sent = app.client().send(http::Method::POST, uri, headers, body);
+    let resp = tokio::time::timeout(wait, sent)
+        .await
+        .map_err(|_| GatewayError::upstream_timeout(&d.upstream.name, started.elapsed()))?
+        .map_err(|f| transport_error(d, f))?;
+    if !resp.status().is_success() {
+        return Err(upstream_error(d, resp).await);
+    }
+    Ok(resp)
+}
+
+/// The tokens a JSON answer reports: `input_tokens` / `output_tokens`
+/// (images, transcriptions), or chat's names.
+fn usage_of(body: &[u8]) -> Usage {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Usage::default();
+    };
+    let u = &v["usage"];
+    let n = |a: &str, b: &str| u[a].as_u64().or_else(|| u[b].as_u64()).unwrap_or(0);
+    Usage {
+        prompt_tokens: n("input_tokens", "prompt_tokens"),
+        completion_tokens: n("output_tokens", "completion_tokens"),
+        ..Usage::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORM: &str = "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\nID3abc\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nopenai/whisper-1\r\n--XyZ\r\nContent-Disposition: form-data; name=\"user\"\r\n\r\nu-7\r\n--XyZ--\r\n";
+
+    #[tokio::test]
+    async fn a_forms_model_is_read_and_replaced_in_place() {
+        let ct = HeaderValue::from_static("multipart/form-data; boundary=XyZ");
+        let a = asked(
+            Kind::Transcriptions,
+            Some(&ct),
+            Bytes::from_static(FORM.as_bytes()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (a.model.as_str(), a.user.as_deref(), a.stream),
+            ("openai/whisper-1", Some("u-7"), false)
+        );
+        let out = a.body_for("whisper-1").unwrap();
+        assert_eq!(
+            out,
+            FORM.replace("openai/whisper-1", "whisper-1").as_bytes()
+        );
+        // A form without a model, for an endpoint that needs one: named.
+        let none = FORM.replace("name=\"model\"", "name=\"prompt\"");
+        let e = asked(Kind::Transcriptions, Some(&ct), Bytes::from(none))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.param.as_deref(), Some("model"));
+        // Audio must come as a form.
+        let json = HeaderValue::from_static("application/json");
+        let e = asked(Kind::Transcriptions, Some(&json), Bytes::from_static(b"{}"))
+            .await
+            .err()
+            .unwrap();
+        assert!(e.message.contains("multipart/form-data"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn a_json_body_keeps_its_members_with_the_deployments_model() {
+        let json = HeaderValue::from_static("application/json");
+        let text = br#"{"input": "hi", "models": ["b"], "user": "u"}"#;
+        let a = asked(Kind::Moderations, Some(&json), Bytes::from_static(text))
+            .await
+            .unwrap();
+        assert_eq!(
+            (a.model.as_str(), a.fallbacks.as_slice()),
+            ("omni-moderation-latest", &["b".to_string()][..])
+        );
+        let out: Value =
+            serde_json::from_slice(&a.body_for("omni-moderation-2024-09-26").unwrap()).unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({"input": "hi", "user": "u", "model": "omni-moderation-2024-09-26"})
+        );
+        let e = asked(
+            Kind::Speech,
+            Some(&json),
+            Bytes::from_static(br#"{"input": "x"}"#),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(e.param.as_deref(), Some("model"));
+        let e = asked(
+            Kind::Speech,
+            Some(&json),
+            Bytes::from_static(br#"{"model": 5}"#),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(e.param.as_deref(), Some("model"));
+        assert_eq!(
+            usage_of(br#"{"usage": {"input_tokens": 3, "output_tokens": 272}}"#).completion_tokens,
+            272
+        );
+        assert_eq!(Kind::of("/v1/audio/speech"), Some(Kind::Speech));
+        assert_eq!(Kind::of("/v1/audio"), None);
+    }
+}
