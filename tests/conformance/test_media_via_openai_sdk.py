@@ -35,6 +35,12 @@ max_retries = 0
 name = "anthropic"
 base_url = "{mock}"
 api_key = "sk-mock-provider"
+[[providers]]
+name = "azure"
+kind = "azure"
+base_url = "{mock}"
+api_key = "sk-mock-azure"
+models = ["gpt-image-1", "tts-hd"]
 """
     with own_gateway(tmp_path_factory.mktemp("media"), providers) as (client, proc):
         yield client
@@ -95,6 +101,19 @@ def test_transcriptions_and_translations(media, mock):
     with pytest.deprecated_call():  # by the SDK, not the API
         tr = media.audio.translations.create(model="whisper-1", file=("a.wav", io.BytesIO(b"RIFF"), "audio/wav"))
     assert tr.text == "Transcript of a.wav (4 bytes)."
+
+
+def test_azure_deployments_serve_images_and_audio(media, mock):
+    out = media.images.generate(model="azure/gpt-image-1", prompt="a cat")
+    assert out.usage.output_tokens == 272
+    # (The mock answers images only at the deployment URL for Azure.)
+    seen = last_request(mock, "/v1/images/generations")
+    assert seen["headers"]["api-key"] == "sk-mock-azure"
+    r = media.audio.speech.with_raw_response.create(model="azure/tts-hd", voice="alloy", input="hey")
+    assert (r.headers["x-polyplex-provider"], r.content) == ("azure", b"ID3hey")
+    with pytest.raises(openai.BadRequestError) as e:
+        media.moderations.create(model="azure/tts-hd", input="x")
+    assert "does not offer /v1/moderations" in e.value.message
 
 
 def test_refusals_name_what_is_wrong(media):

@@ -17,6 +17,25 @@ pub const DEFAULT_API_VERSION: &str = "2024-10-21";
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Azure;
 
+/// The URL of `path` (`chat/completions`, `images/generations`, ...) at the
+/// target's deployment (its model), with the API version.
+pub fn deployment_url(target: &Target<'_>, path: &str) -> Result<String, GatewayError> {
+    if !valid_deployment(target.model) {
+        return Err(GatewayError::invalid_param(
+            "model",
+            format!("`{}` is not a valid Azure deployment name.", target.model),
+        ));
+    }
+    let version = target.api_version.unwrap_or(DEFAULT_API_VERSION);
+    Ok(format!(
+        "{}?api-version={version}",
+        join_url(
+            target.base_url,
+            &format!("openai/deployments/{}/{path}", target.model)
+        )
+    ))
+}
+
 fn valid_deployment(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -41,26 +60,14 @@ impl Protocol for Azure {
         stream: bool,
         target: &Target<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
-        if !valid_deployment(target.model) {
-            return Err(GatewayError::invalid_param(
-                "model",
-                format!("`{}` is not a valid Azure deployment name.", target.model),
-            ));
-        }
-        let mut req = OpenAiCompat.build(endpoint, body, stream, target)?;
         let path = match endpoint {
             Endpoint::Chat => "chat/completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
         };
-        let version = target.api_version.unwrap_or(DEFAULT_API_VERSION);
-        req.url = format!(
-            "{}?api-version={version}",
-            join_url(
-                target.base_url,
-                &format!("openai/deployments/{}/{path}", target.model)
-            )
-        );
+        let url = deployment_url(target, path)?;
+        let mut req = OpenAiCompat.build(endpoint, body, stream, target)?;
+        req.url = url;
         Ok(req)
     }
 

@@ -11,8 +11,9 @@
 //! spliced in place); the answer comes back as the upstream gave it (audio
 //! and event streams as they arrive). A JSON answer's `usage` (token-priced
 //! image and transcription models) is recorded and costed by the
-//! catalog's prices. Deployments of other protocols are passed over (not
-//! an attempt), and a plan with none answers 400 naming the endpoint.
+//! catalog's prices. Azure OpenAI deployments serve images and audio at
+//! their deployment URLs. Deployments of other protocols are passed over
+//! (not an attempt), and a plan with none answers 400 naming the endpoint.
 
 use super::auth::Caller;
 use super::handlers::{parse_json, ratelimit_headers, read_body, Call, Unanswered};
@@ -98,6 +99,12 @@ impl Kind {
             Kind::Transcriptions => "audio.transcriptions",
             Kind::Translations => "audio.translations",
         }
+    }
+
+    /// Whether Azure OpenAI has the endpoint at its deployments (it has no
+    /// moderations nor image variations).
+    fn on_azure(self) -> bool {
+        !matches!(self, Kind::Moderations | Kind::ImageVariations)
     }
 
     /// OpenAI's model when the request names none.
@@ -475,14 +482,16 @@ async fn once(
     kind: Kind,
     asked: &Asked,
 ) -> Result<http::Response<crate::client::UpstreamBody>, GatewayError> {
-    if d.upstream.kind != "openai" {
+    let azure = d.upstream.kind == "azure" && kind.on_azure();
+    if d.upstream.kind != "openai" && !azure {
         let mut e = GatewayError::invalid_param(
             "model",
             format!(
-                "Provider `{}` ({} protocol) does not offer /v1/{} through polyplex; providers of OpenAI's protocol do.",
+                "Provider `{}` ({} protocol) does not offer /v1/{} through polyplex; providers of OpenAI's protocol do{}.",
                 d.upstream.name,
                 d.upstream.kind,
-                kind.path()
+                kind.path(),
+                if kind.on_azure() { ", and Azure OpenAI" } else { "" }
             ),
         );
         // Nothing is sent: another deployment of the plan may serve it.
@@ -495,12 +504,16 @@ async fn once(
     if bearer.is_some() {
         target.credential = bearer.as_ref();
     }
+    let url = if azure {
+        polyplex_providers::azure::deployment_url(&target, kind.path())?
+    } else {
+        polyplex_providers::join_url(&d.upstream.base_url, kind.path())
+    };
     let mut headers = polyplex_providers::headers(&target, asked.stream)?;
     headers.insert(header::CONTENT_TYPE, asked.content_type());
     if !asked.stream {
         headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
     }
-    let url = polyplex_providers::join_url(&d.upstream.base_url, kind.path());
     let uri = app
         .urls
         .get(&url)
