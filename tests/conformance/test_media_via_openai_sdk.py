@@ -103,6 +103,22 @@ def test_transcriptions_and_translations(media, mock):
     assert tr.text == "Transcript of a.wav (4 bytes)."
 
 
+def test_a_streamed_transcription_is_passed_on_and_metered(media):
+    events = list(media.audio.transcriptions.create(
+        model="openai/gpt-4o-mini-transcribe", file=("s.mp3", io.BytesIO(b"ID3" + b"\0" * 2000), "audio/mpeg"),
+        stream=True))
+    assert [e.type for e in events][-1] == "transcript.text.done"
+    assert "".join(e.delta for e in events[:-1]) == events[-1].text
+    base = str(media.base_url).removesuffix("/v1/")
+    # Its record is written when the stream ends, with the tokens its last event said.
+    for _ in range(50):
+        status, rep = admin(base, "GET", "/admin/usage?by=model")
+        row = next((r for r in rep["data"] if r["model"] == "gpt-4o-mini-transcribe"), None)
+        if row:
+            break
+    assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (1, 3, 5)
+
+
 def test_azure_deployments_serve_images_and_audio(media, mock):
     out = media.images.generate(model="azure/gpt-image-1", prompt="a cat")
     assert out.usage.output_tokens == 272

@@ -38,6 +38,10 @@ const CATEGORIES: &[&str] = &[
     "violence/graphic",
 ];
 
+fn sse_json(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
 fn words(text: &str) -> u64 {
     reply::tokenize(text).len().max(1) as u64
 }
@@ -300,15 +304,28 @@ async fn transcript(s: Arc<MockState>, path: &str, headers: HeaderMap, body: Byt
     let text = |k: &str| form.text.get(k).and_then(Value::as_str);
     let model = text("model").unwrap_or("whisper-1");
     let said = format!("Transcript of {file} ({size} bytes).");
+    let (input, output) = (size.div_ceil(1000).max(1) as u64, words(&said));
+    let tokens = json!({"type": "tokens", "input_tokens": input,
+        "output_tokens": output, "total_tokens": input + output});
+    if text("stream") == Some("true") && model.contains("transcribe") {
+        // OpenAI's transcription events: the text in deltas, then all of
+        // it with the usage.
+        let mut events: Vec<Bytes> = reply::tokenize(&said)
+            .iter()
+            .map(|w| sse_json(&json!({"type": "transcript.text.delta", "delta": w})))
+            .collect();
+        events.push(sse_json(
+            &json!({"type": "transcript.text.done", "text": said, "usage": tokens}),
+        ));
+        return super::sse_body(s, events, None);
+    }
     match text("response_format").unwrap_or("json") {
         "text" => said.into_response(),
         "srt" | "vtt" => format!("1\n00:00:00,000 --> 00:00:01,000\n{said}\n").into_response(),
         _ => {
             let mut out = json!({"text": said});
             if model.contains("transcribe") {
-                let (input, output) = (size.div_ceil(1000).max(1) as u64, words(&said));
-                out["usage"] = json!({"type": "tokens", "input_tokens": input,
-                    "output_tokens": output, "total_tokens": input + output});
+                out["usage"] = tokens;
             } else {
                 out["usage"] = json!({"type": "duration", "seconds": 1});
             }

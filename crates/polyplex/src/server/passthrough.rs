@@ -19,6 +19,7 @@ use super::auth::Caller;
 use super::handlers::{parse_json, ratelimit_headers, read_body, Call, Unanswered};
 use super::respond::Served;
 use super::{App, RequestId};
+use crate::client::UpstreamBody;
 use crate::executor::{attempt_loop, transport_error, upstream_error};
 use crate::health::InFlight;
 use crate::routing::{Deployment, Facts};
@@ -29,7 +30,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use axum::Extension;
 use bytes::Bytes;
-use polyplex_providers::Endpoint;
+use polyplex_providers::{sse, Endpoint};
 use polyplex_types::validate::{self, ProviderPrefs, GATEWAY_FIELDS};
 use polyplex_types::{ErrorSource, GatewayError, JsonMap, RequestBody, Usage};
 use serde_json::Value;
@@ -380,17 +381,36 @@ async fn answer(kind: Kind, call: &Call, req: Request, gone: &Unanswered<'_>) ->
         Err(e) => return call.fail(&asked.model, asked.stream, e, &served),
     };
     let (parts, body) = upstream.into_parts();
-    let json = parts
+    let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"));
-    let (body, usage) = if json && !asked.stream {
+        .unwrap_or("");
+    let latency = call.started.elapsed();
+    let record = UsageRecord {
+        request_id: call.rid.clone(),
+        endpoint: call.label,
+        requested_model: asked.model.clone(),
+        provider: Some(d.upstream.name.clone()),
+        model: Some(d.model.clone()),
+        status: parts.status.as_u16(),
+        usage: Usage::default(),
+        cost_usd: 0.0,
+        latency,
+        ttft: Some(latency),
+        attempts: served.attempts,
+        stream: asked.stream,
+        at: SystemTime::now(),
+        key: admitted.as_ref().map(|a| a.key.clone()),
+        user: call.user(),
+        charged: 0,
+    };
+    let body = if content_type.starts_with("application/json") {
         let read = tokio::time::timeout(d.upstream.timeout, crate::client::read_body(body));
         match gone.attempt(&d, read).await {
             Ok(Ok(bytes)) => {
-                let usage = usage_of(&bytes);
-                (Body::from(bytes), usage)
+                metered(app, &d, record)(usage_of(&bytes), None);
+                Body::from(bytes)
             }
             Ok(Err(f)) => return call.fail(&asked.model, false, transport_error(&d, f), &served),
             Err(_) => {
@@ -398,34 +418,19 @@ async fn answer(kind: Kind, call: &Call, req: Request, gone: &Unanswered<'_>) ->
                 return call.fail(&asked.model, false, e, &served);
             }
         }
+    } else if content_type.starts_with("text/event-stream") {
+        // On to the client as it arrives, its usage read on the way.
+        Body::new(Metered {
+            inner: body,
+            parser: sse::Parser::new(),
+            usage: Usage::default(),
+            record: Some(Box::new(metered(app, &d, record))),
+        })
     } else {
-        // Audio, or an event stream: on to the client as it arrives.
-        (Body::new(body), Usage::default())
+        // Audio (or text) as it arrives: nothing in it says tokens.
+        metered(app, &d, record)(Usage::default(), None);
+        Body::new(body)
     };
-    let latency = call.started.elapsed();
-    let cost = crate::usage::cost(app.router.catalog(), &d, &usage);
-    super::respond::record_served(
-        app,
-        &d,
-        UsageRecord {
-            request_id: call.rid.clone(),
-            endpoint: call.label,
-            requested_model: asked.model.clone(),
-            provider: Some(d.upstream.name.clone()),
-            model: Some(d.model.clone()),
-            status: parts.status.as_u16(),
-            usage,
-            cost_usd: cost,
-            latency,
-            ttft: Some(latency),
-            attempts: served.attempts,
-            stream: asked.stream,
-            at: SystemTime::now(),
-            key: admitted.as_ref().map(|a| a.key.clone()),
-            user: call.user(),
-            charged: 0,
-        },
-    );
     let mut resp = Response::new(body);
     *resp.status_mut() = parts.status;
     for name in [header::CONTENT_TYPE, header::CONTENT_DISPOSITION] {
@@ -481,7 +486,7 @@ async fn once(
     _in_flight: InFlight,
     kind: Kind,
     asked: &Asked,
-) -> Result<http::Response<crate::client::UpstreamBody>, GatewayError> {
+) -> Result<http::Response<UpstreamBody>, GatewayError> {
     let azure = d.upstream.kind == "azure" && kind.on_azure();
     if d.upstream.kind != "openai" && !azure {
         let mut e = GatewayError::invalid_param(
@@ -535,8 +540,86 @@ async fn once(
     Ok(resp)
 }
 
-/// The tokens a JSON answer reports: `input_tokens` / `output_tokens`
-/// (images, transcriptions), or chat's names.
+/// Writes the usage record of an answer: its usage costed, and the status
+/// it ended with if not the head's (a stream cut short).
+fn metered(app: &App, d: &Deployment, mut record: UsageRecord) -> impl FnOnce(Usage, Option<u16>) {
+    let (app, d) = (app.clone(), d.clone());
+    move |usage, ended| {
+        record.cost_usd = crate::usage::cost(app.router.catalog(), &d, &usage);
+        record.usage = usage;
+        if let Some(status) = ended {
+            record.status = status;
+            record.latency = record
+                .at
+                .elapsed()
+                .map_or(record.latency, |since| record.latency + since);
+        }
+        super::respond::record_served(&app, &d, record);
+    }
+}
+
+/// An event stream passed on as it arrives and read on the way for the
+/// `usage` its events carry (a transcription's `transcript.text.done`, an
+/// image's `image_generation.completed`); its usage record is written when
+/// it ends: 502 if the upstream broke it, 499 if the client went first.
+struct Metered {
+    inner: UpstreamBody,
+    parser: sse::Parser,
+    usage: Usage,
+    record: Option<Box<dyn FnOnce(Usage, Option<u16>) + Send>>,
+}
+
+impl Metered {
+    fn end(&mut self, status: Option<u16>) {
+        if let Some(record) = self.record.take() {
+            record(std::mem::take(&mut self.usage), status);
+        }
+    }
+}
+
+impl hyper::body::Body for Metered {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        use std::task::Poll;
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let mut events = Vec::new();
+                    self.parser.feed(data, &mut events);
+                    for e in events {
+                        let u = usage_of(e.data.as_bytes());
+                        if u != Usage::default() {
+                            self.usage = u;
+                        }
+                    }
+                }
+            }
+            Poll::Ready(None) => self.end(None),
+            Poll::Ready(Some(Err(_))) => self.end(Some(502)),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        self.end(Some(499));
+    }
+}
+
+/// The tokens a JSON answer (or event) reports: `input_tokens` /
+/// `output_tokens` (images, transcriptions), or chat's names.
 fn usage_of(body: &[u8]) -> Usage {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return Usage::default();
