@@ -566,8 +566,11 @@ struct Metered {
     inner: UpstreamBody,
     parser: sse::Parser,
     usage: Usage,
-    record: Option<Box<dyn FnOnce(Usage, Option<u16>) + Send>>,
+    record: Option<Recording>,
 }
+
+/// Writes an answer's usage record, given its usage and how it ended.
+type Recording = Box<dyn FnOnce(Usage, Option<u16>) + Send>;
 
 impl Metered {
     fn end(&mut self, status: Option<u16>) {
