@@ -1161,19 +1161,31 @@ mod tests {
     /// The same on Postgres, in a database made for the test.
     #[tokio::test]
     async fn a_postgres_store_made_by_an_older_polyplex_gains_the_new_columns() {
+        in_a_postgres_database("polyplex_old", |url| async move {
+            old_store_gains_columns(&url, &url, true).await;
+        })
+        .await;
+    }
+
+    /// Runs `test` with the URL of a Postgres database made for it (and
+    /// dropped after), when POLYPLEX_TEST_POSTGRES names a server.
+    async fn in_a_postgres_database<F, Fut>(prefix: &str, test: F)
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         use sqlx::Connection;
         let Ok(base) = std::env::var("POLYPLEX_TEST_POSTGRES") else {
-            eprintln!("POLYPLEX_TEST_POSTGRES not set: Postgres migration test skipped");
+            eprintln!("POLYPLEX_TEST_POSTGRES not set: the Postgres test ({prefix}) skipped");
             return;
         };
-        let name = format!("polyplex_old_{:08x}", rand::random::<u32>());
+        let name = format!("{prefix}_{:08x}", rand::random::<u32>());
         let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
         sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut admin)
             .await
             .unwrap();
-        let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
-        old_store_gains_columns(&url, &url, true).await;
+        test(format!("{}/{name}", &base[..base.rfind('/').unwrap()])).await;
         sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
             .execute(&mut admin)
             .await
@@ -1262,25 +1274,13 @@ mod tests {
     async fn the_writer_keeps_each_keys_budget_period() {
         let store = Store::connect("sqlite::memory:").await.unwrap();
         budget_periods(&store).await;
-        // The same statements on Postgres, in a database made for the test.
-        use sqlx::Connection;
-        let Ok(base) = std::env::var("POLYPLEX_TEST_POSTGRES") else {
-            return;
-        };
-        let name = format!("polyplex_period_{:08x}", rand::random::<u32>());
-        let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
-        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
-        let pg = Store::connect(&url).await.unwrap();
-        budget_periods(&pg).await;
-        pg.close().await;
-        sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        // The same statements on Postgres.
+        in_a_postgres_database("polyplex_period", |url| async move {
+            let pg = Store::connect(&url).await.unwrap();
+            budget_periods(&pg).await;
+            pg.close().await;
+        })
+        .await;
     }
 
     /// A daily budget's key: the writer starts a new period's spend, keeps
