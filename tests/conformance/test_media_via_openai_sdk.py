@@ -155,8 +155,16 @@ def test_failover_keys_and_usage(media, fault, tmp_path):
     assert status == 200
     mine = openai.OpenAI(base_url=base + "/v1", api_key=k["key"], max_retries=0)
     mine.audio.speech.create(model="tts-1", voice="alloy", input="hi", extra_body={"user": "caller-9"})
-    with pytest.raises(openai.PermissionDeniedError):
+    with pytest.raises(openai.PermissionDeniedError) as e:
         mine.moderations.create(input="x")
+    assert "`omni-moderation-latest`" in e.value.message
+    # A provider's models by pattern: the names the catalog lacks too.
+    status, every = admin(base, "POST", "/admin/keys", {"name": "openai-only", "models": ["openai/*"]})
+    theirs = openai.OpenAI(base_url=base + "/v1", api_key=every["key"], max_retries=0)
+    r = theirs.moderations.with_raw_response.create(input="x")
+    assert r.headers["x-polyplex-provider"] == "openai"
+    with pytest.raises(openai.PermissionDeniedError):
+        theirs.images.generate(model="backup/gpt-image-1", prompt="x")
     status, rep = admin(base, "GET", "/admin/usage?by=key")
     row = next(r for r in rep["data"] if r["key"] == k["id"])
     assert (row["requests"], row["errors"]) == (2, 1)

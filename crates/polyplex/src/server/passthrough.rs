@@ -340,9 +340,34 @@ async fn answer(kind: Kind, call: &Call, req: Request, gone: &Unanswered<'_>) ->
         let _ = call.user.set(u.clone());
     }
     gone.asked_for(&asked.model, asked.stream);
-    let admitted = match call.admit(&asked.model, &asked.fallbacks).await {
+    // A bare name the router does not know is asked of OpenAI's providers
+    // by their names (those the key may use, if any): the key's list and
+    // the plan both see those.
+    let mut names = at_openai(&app.router, &asked.model);
+    if let Some(key) = call.caller.key() {
+        let spec = key.spec();
+        let may = |n: &String| app.router.may_reach(spec.models.as_deref(), n);
+        if names.iter().any(may) {
+            names.retain(may);
+        }
+    }
+    let (model, fallbacks) = match names.split_first() {
+        Some((first, rest)) => (first.clone(), [rest, &asked.fallbacks[..]].concat()),
+        None => (asked.model.clone(), asked.fallbacks.clone()),
+    };
+    let admitted = match call.admit(&model, &fallbacks).await {
         Ok(a) => a,
-        Err(e) => return call.fail(&asked.model, asked.stream, e, &no_one),
+        Err(e) => {
+            // Named as the client wrote it.
+            let e = if e.code.as_deref() == Some("model_not_allowed")
+                && e.param.as_deref() == Some("model")
+            {
+                crate::keys::model_forbidden(&asked.model)
+            } else {
+                e
+            };
+            return call.fail(&asked.model, asked.stream, e, &no_one);
+        }
     };
     let spec = admitted.as_ref().map(|a| a.key.spec());
     let access = spec.as_ref().and_then(|s| s.models.as_deref());
@@ -350,21 +375,9 @@ async fn answer(kind: Kind, call: &Call, req: Request, gone: &Unanswered<'_>) ->
         // Nothing here is priced by its prompt: routing counts no tokens.
         let empty = RequestBody::parsed(Bytes::new(), JsonMap::new());
         let facts = Facts::new(&empty, Endpoint::Embeddings, asked.stream);
-        let plan = |model: &str, fallbacks: &[String]| {
-            let mut rng = rand::thread_rng();
-            let prefs = &asked.prefs;
-            app.router
-                .plan(model, fallbacks, prefs, access, &facts, &mut rng)
-        };
-        match plan(&asked.model, &asked.fallbacks) {
-            Err(e) if e.code.as_deref() == Some("model_not_found") => {
-                match at_openai(&app.router, &asked.model) {
-                    Some((first, rest)) => plan(&first, &[rest, asked.fallbacks.clone()].concat()),
-                    None => Err(e),
-                }
-            }
-            planned => planned,
-        }
+        let mut rng = rand::thread_rng();
+        app.router
+            .plan(&model, &fallbacks, &asked.prefs, access, &facts, &mut rng)
     };
     let plan = match planned {
         Ok(p) => p,
@@ -445,14 +458,14 @@ async fn answer(kind: Kind, call: &Call, req: Request, gone: &Unanswered<'_>) ->
     resp
 }
 
-/// A bare model name the catalog does not know (OpenAI's moderation,
-/// speech, transcription and older image models are not in it): the
-/// providers whose `models` list names it, else those configured from the
-/// catalog's `openai` entry that pass any name on — as `provider/model`
-/// names, the first and the rest.
-fn at_openai(router: &crate::routing::Router, model: &str) -> Option<(String, Vec<String>)> {
-    if model.contains('/') {
-        return None;
+/// A bare model name the router does not know (OpenAI's moderation,
+/// speech, transcription and older image models are not in the catalog):
+/// the providers whose `models` list names it, else those configured from
+/// the catalog's `openai` entry that pass any name on — as `provider/model`
+/// names (none for a name the router knows).
+fn at_openai(router: &crate::routing::Router, model: &str) -> Vec<String> {
+    if model.contains('/') || router.knows(model) {
+        return Vec::new();
     }
     let openai = |u: &&std::sync::Arc<crate::upstream::Upstream>| u.kind == "openai";
     let listed: Vec<_> = router
@@ -475,8 +488,10 @@ fn at_openai(router: &crate::routing::Router, model: &str) -> Option<(String, Ve
     } else {
         listed
     };
-    let mut names = chosen.iter().map(|u| format!("{}/{model}", u.name));
-    Some((names.next()?, names.collect()))
+    chosen
+        .iter()
+        .map(|u| format!("{}/{model}", u.name))
+        .collect()
 }
 
 /// One attempt on deployment `d`: the upstream's answer once its head is in.
