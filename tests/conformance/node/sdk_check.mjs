@@ -196,5 +196,12 @@ await check('a stream cut off upstream raises in the loop, after the first chunk
   expect(got.length > 0, 'chunks before the failure');
 });
 
+await check("Anthropic's prompt too long: BadRequestError with OpenAI's context_length_exceeded", async () => {
+  await fault({ fault: 'context', count: 1, model: 'claude-haiku-4-5' });
+  const e = await rejects(OpenAI.BadRequestError, () => client.chat.completions.create({ model: 'anthropic/claude-haiku-4-5', messages: user('hi') }));
+  expect(e.code === 'context_length_exceeded', `code ${e.code}`);
+  expect(e.message.includes('prompt is too long'), e.message);
+});
+
 console.log(failed ? `${failed} check(s) failed` : 'all checks passed');
 process.exit(failed ? 1 : 0);
