@@ -298,6 +298,32 @@ tpm = 25
         assert limits["metered"][2]["tokens_last_minute"] >= 25
 
 
+def test_a_models_own_limits_over_its_providers(mock, tmp_path):
+    """`model_limits."<model>" = { rpm, tpm }` in place of the provider's
+    `rpm` / `tpm` for that model, as OpenAI's limits differ per model."""
+    providers = f"""
+[[providers]]
+name = "openai"
+base_url = "{mock}/v1"
+api_key = "k"
+models = ["gpt-4o", "gpt-4o-mini"]
+max_retries = 0
+rpm = 100
+model_limits."gpt-4o-mini" = {{ rpm = 1 }}
+"""
+    with own_gateway(tmp_path, providers) as (client, proc):
+        create(client, model="gpt-4o-mini")
+        with pytest.raises(openai.RateLimitError) as e:
+            create(client, model="gpt-4o-mini")
+        assert "Limit 1," in e.value.message
+        for _ in range(3):
+            create(client, model="gpt-4o")
+        status, got = admin(str(client.base_url).removesuffix("/v1/"), "GET", "/admin/providers")
+        deployments = {d["model"]: d["upstream_limits"] for d in got["data"][0]["deployments"]}
+        assert deployments["gpt-4o-mini"]["rpm"] == 1 and deployments["gpt-4o"]["rpm"] == 100
+        assert deployments["gpt-4o"]["requests_last_minute"] == 3
+
+
 def mock_stats(mock):
     with urllib.request.urlopen(mock + "/__mock/stats", timeout=10) as r:
         return json.loads(r.read())

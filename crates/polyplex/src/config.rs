@@ -128,6 +128,14 @@ struct RawPrice {
     cache_write: Option<f64>,
 }
 
+/// One model's upstream limits (`model_limits."gpt-4o" = { rpm = 500 }`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
@@ -146,6 +154,9 @@ struct RawProvider {
     headers: BTreeMap<String, String>,
     rpm: Option<u64>,
     tpm: Option<u64>,
+    /// Per-model `rpm` / `tpm`, over the provider's.
+    #[serde(default)]
+    model_limits: BTreeMap<String, RawLimits>,
     #[serde(default)]
     prices: BTreeMap<String, RawPrice>,
     #[serde(default)]
@@ -255,6 +266,8 @@ pub struct ProviderConfig {
     pub headers: Vec<(String, String)>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// Per-model `rpm` / `tpm` in place of the provider's.
+    pub model_limits: BTreeMap<String, (Option<u64>, Option<u64>)>,
     pub prices: BTreeMap<String, Price>,
     pub drop_params: bool,
     pub auth_header: String,
@@ -289,6 +302,7 @@ impl ProviderConfig {
             headers: Vec::new(),
             rpm: None,
             tpm: None,
+            model_limits: BTreeMap::new(),
             prices: BTreeMap::new(),
             drop_params: false,
             auth_header: "authorization".into(),
@@ -1101,12 +1115,24 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
             ))
         }
     };
-    for (name, v) in [("rpm", p.rpm), ("tpm", p.tpm)] {
-        if v == Some(0) {
-            return err(format!(
-                "{}: must be at least 1 (leave it out for no limit)",
-                at(name)
-            ));
+    let model_limits: BTreeMap<String, (Option<u64>, Option<u64>)> = p
+        .model_limits
+        .iter()
+        .map(|(m, l)| (m.clone(), (l.rpm, l.tpm)))
+        .collect();
+    let limits = std::iter::once((String::new(), (p.rpm, p.tpm))).chain(
+        model_limits
+            .iter()
+            .map(|(m, l)| (format!("model_limits.{m}."), *l)),
+    );
+    for (prefix, (rpm, tpm)) in limits {
+        for (name, v) in [("rpm", rpm), ("tpm", tpm)] {
+            if v == Some(0) {
+                return err(format!(
+                    "{}: must be at least 1 (leave it out for no limit)",
+                    at(&format!("{prefix}{name}"))
+                ));
+            }
         }
     }
     let ms = Duration::from_millis;
@@ -1130,6 +1156,7 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
         headers,
         rpm: p.rpm,
         tpm: p.tpm,
+        model_limits,
         prices,
         drop_params: p.drop_params,
         auth_header,
@@ -1693,6 +1720,8 @@ strategy = "priority"
             ("[[providers]]\nname = \"anthropic\"\ncompletions = \"native\"\n", "providers[0].completions"),
             ("[[providers]]\nname = \"openai\"\nrpm = 0\n", "providers[0].rpm"),
             ("[[providers]]\nname = \"openai\"\ntpm = 0\n", "providers[0].tpm"),
+            ("[[providers]]\nname = \"openai\"\nmodel_limits.gpt-4o = { rpm = 0 }\n", "providers[0].model_limits.gpt-4o.rpm"),
+            ("[[providers]]\nname = \"openai\"\nmodel_limits.gpt-4o = { rpd = 5 }\n", "rpd"),
         ];
         for (text, want) in cases {
             let e = parse(text, &[]).unwrap_err();

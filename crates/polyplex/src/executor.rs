@@ -346,9 +346,10 @@ impl<'a> Attempts<'a> {
 /// limit: when to come back (the soonest room), and which limit.
 fn upstream_limited(over: &crate::window::Over, d: &Deployment) -> GatewayError {
     use crate::window::Over;
+    let (rpm, tpm) = d.upstream.limits(&d.model);
     let (kind, what, limit, used) = match *over {
-        Over::Requests { used, .. } => ("requests", "requests per min (RPM)", d.upstream.rpm, used),
-        Over::Tokens { used, .. } => ("tokens", "tokens per min (TPM)", d.upstream.tpm, used),
+        Over::Requests { used, .. } => ("requests", "requests per min (RPM)", rpm, used),
+        Over::Tokens { used, .. } => ("tokens", "tokens per min (TPM)", tpm, used),
     };
     let wait = over.wait();
     GatewayError::rate_limited(

@@ -57,6 +57,8 @@ pub struct Upstream {
     /// provider's models (the config's `rpm` / `tpm`).
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// Per-model `rpm` / `tpm` in place of the provider's.
+    model_limits: BTreeMap<String, (Option<u64>, Option<u64>)>,
     pub prices: BTreeMap<String, Price>,
     pub stream_usage: bool,
     pub drop_params: bool,
@@ -242,6 +244,7 @@ impl Upstream {
             weight: p.weight,
             rpm: p.rpm,
             tpm: p.tpm,
+            model_limits: p.model_limits.clone(),
             prices: p.prices.clone(),
             stream_usage: p.stream_usage,
             drop_params: p.drop_params,
@@ -370,6 +373,23 @@ impl Upstream {
     }
 
     /// True if `provider/model` may be sent here: listed, or any name when no list is configured.
+    /// The most requests and tokens a minute polyplex sends `model` here:
+    /// its own `model_limits`, else the provider's `rpm` / `tpm`.
+    pub fn limits(&self, model: &str) -> (Option<u64>, Option<u64>) {
+        if self.model_limits.is_empty() {
+            return (self.rpm, self.tpm);
+        }
+        self.model_limits
+            .get(model)
+            .copied()
+            .unwrap_or((self.rpm, self.tpm))
+    }
+
+    /// Whether any model here has an `rpm` or `tpm` (the provider's or its own).
+    pub fn limited(&self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some() || !self.model_limits.is_empty()
+    }
+
     pub fn accepts(&self, model: &str) -> bool {
         self.models
             .as_ref()

@@ -1096,13 +1096,14 @@ pub async fn admin_providers(State(app): State<App>) -> Response {
                             "price_per_million".into(),
                             json!(price.map(|p| json!({"input": p.input, "output": p.output}))),
                         );
-                        if u.rpm.is_some() || u.tpm.is_some() {
+                        let (rpm, tpm) = u.limits(m);
+                        if rpm.is_some() || tpm.is_some() {
                             // What this node sent in the last minute, against
-                            // the provider's configured limits.
+                            // the configured limits.
                             let (requests, tokens) = s.upstream_used(now);
                             o.insert(
                                 "upstream_limits".into(),
-                                json!({"rpm": u.rpm, "tpm": u.tpm,
+                                json!({"rpm": rpm, "tpm": tpm,
                                        "requests_last_minute": requests,
                                        "tokens_last_minute": tokens}),
                             );

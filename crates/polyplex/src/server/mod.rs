@@ -224,17 +224,18 @@ impl AppState {
         d: &crate::routing::Deployment,
     ) -> Result<(), crate::window::Over> {
         let u = &d.upstream;
-        if u.rpm.is_none() && u.tpm.is_none() {
+        if !u.limited() {
+            return Ok(());
+        }
+        let (rpm, tpm) = u.limits(&d.model);
+        if rpm.is_none() && tpm.is_none() {
             return Ok(());
         }
         let shared = match &self.shared_limits {
-            Some(s) => s.take_upstream(&u.name, &d.model, u.rpm, u.tpm).await,
+            Some(s) => s.take_upstream(&u.name, &d.model, rpm, tpm).await,
             None => None,
         };
-        let here = || {
-            d.stats
-                .take_upstream(u.rpm, u.tpm, std::time::Instant::now())
-        };
+        let here = || d.stats.take_upstream(rpm, tpm, std::time::Instant::now());
         match shared {
             Some(Err(over)) => Err(over),
             Some(Ok(())) => {
@@ -246,9 +247,9 @@ impl AppState {
         }
     }
 
-    /// `d` served a request of `tokens`: counted against its provider's `tpm`.
+    /// `d` served a request of `tokens`: counted against its `tpm`.
     pub fn count_upstream_tokens(&self, d: &crate::routing::Deployment, tokens: u64) {
-        if d.upstream.tpm.is_none() {
+        if !d.upstream.limited() || d.upstream.limits(&d.model).1.is_none() {
             return;
         }
         d.stats
