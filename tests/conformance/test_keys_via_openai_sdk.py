@@ -238,6 +238,15 @@ def test_usage_is_reported_by_the_end_user_a_request_names(gateway, gateway_dir)
         env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("USER") and alice in out.stdout and bob in out.stdout
+    # One key's users: a key's requests only.
+    k = new_key(gateway)
+    hello(sdk(gateway, k["key"]), user=alice)
+    status, rep = admin(gateway, "GET", f"/admin/usage?by=user&key={k['id']}")
+    assert [(r["user"], r["requests"]) for r in rep["data"]] == [(alice, 1)]
+    out = subprocess.run(
+        [BIN, "usage", "--by", "user", "--key", k["id"], "--json"], cwd=gateway_dir, capture_output=True,
+        text=True, timeout=30, env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"})
+    assert [r["user"] for r in json.loads(out.stdout)["data"]] == [alice], out.stdout + out.stderr
 
 
 def test_usage_report_counts_prompt_cache_reads_and_writes(gateway):

@@ -79,6 +79,9 @@ enum Command {
         /// Group by key, model, provider, day or user (the end user a request named with `user`).
         #[arg(long, default_value = "model")]
         by: String,
+        /// Only this key's requests (its id, `key_...`).
+        #[arg(long)]
+        key: Option<String>,
         /// JSON output (the admin API's shape).
         #[arg(long)]
         json: bool,
@@ -257,9 +260,10 @@ fn main() -> ExitCode {
         Command::Usage {
             since,
             by,
+            key,
             json,
             config,
-        } => rt.block_on(usage_cmd(config, since, by, json)),
+        } => rt.block_on(usage_cmd(config, since, by, key, json)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -502,13 +506,15 @@ async fn usage_cmd(
     config: Option<PathBuf>,
     since: Option<String>,
     by: String,
+    key: Option<String>,
     json: bool,
 ) -> Result<(), String> {
     use polyplex::server::admin;
     let (by, since) = admin::report_params(Some(&by), since.as_deref()).map_err(|e| e.message)?;
     let store = open_store(config.as_ref()).await?;
+    let since_ms = since.map_or(0, |s| s.saturating_mul(1000));
     let rows = store
-        .usage_report(by, since.map_or(0, |s| s.saturating_mul(1000)))
+        .usage_report_of(by, since_ms, key.as_deref())
         .await
         .map_err(|e| e.to_string())?;
     let names = store

@@ -698,6 +698,16 @@ impl Store {
         by: GroupBy,
         since_ms: i64,
     ) -> Result<Vec<UsageRow>, StoreError> {
+        self.usage_report_of(by, since_ms, None).await
+    }
+
+    /// [`Store::usage_report`] of one key's requests only (by its id), if given.
+    pub async fn usage_report_of(
+        &self,
+        by: GroupBy,
+        since_ms: i64,
+        key_id: Option<&str>,
+    ) -> Result<Vec<UsageRow>, StoreError> {
         let group = match by {
             GroupBy::Key => "key_id".to_string(),
             GroupBy::Model => "COALESCE(model, requested_model)".to_string(),
@@ -719,13 +729,19 @@ impl Store {
              CAST(SUM(cached_tokens) AS BIGINT) AS cached, \
              CAST(SUM(cache_write_tokens) AS BIGINT) AS written, \
              CAST(SUM(cost_usd) AS DOUBLE PRECISION) AS cost \
-             FROM polyplex_usage WHERE created_at >= $1 GROUP BY {group} ORDER BY {order}"
+             FROM polyplex_usage WHERE created_at >= $1{of_key} GROUP BY {group} ORDER BY {order}",
+            of_key = if key_id.is_some() {
+                " AND key_id = $2"
+            } else {
+                ""
+            }
         );
         // `group` and `order` are among the fixed texts above.
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(since_ms)
-            .fetch_all(&self.pool)
-            .await?;
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(since_ms);
+        if let Some(k) = key_id {
+            q = q.bind(k);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 let g = if by == GroupBy::Day {
@@ -1147,6 +1163,9 @@ mod tests {
                 ("user-2".into(), 70)
             ]
         );
+        // One key's only: these records have none.
+        let of_key = reader.usage_report_of(GroupBy::User, 0, Some("key_x"));
+        assert!(of_key.await.unwrap().is_empty());
     }
 
     #[tokio::test]

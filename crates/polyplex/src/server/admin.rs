@@ -397,7 +397,8 @@ pub fn report_params(
     Ok((by, since))
 }
 
-/// `GET /admin/usage?by=key|model|provider|day|user&since=...`: every record this
+/// `GET /admin/usage?by=key|model|provider|day|user&since=...&key=<id>` (one
+/// key's requests only, with `key`): every record this
 /// node has taken is written first, so the report includes it.
 pub async fn usage(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> Response {
     let (by, since) = match report_params(
@@ -411,8 +412,9 @@ pub async fn usage(State(app): State<App>, Query(q): Query<HashMap<String, Strin
         return no_store();
     };
     app.recorder.flush().await;
+    let key = q.get("key").map(String::as_str);
     let rows = match store
-        .usage_report(by, since.map_or(0, |s| s.saturating_mul(1000)))
+        .usage_report_of(by, since.map_or(0, |s| s.saturating_mul(1000)), key)
         .await
     {
         Ok(r) => r,
