@@ -165,7 +165,7 @@ fn bad_type(param: &str, expected: &str, got: &Value) -> GatewayError {
     .with_code("invalid_type")
 }
 
-fn missing(param: &str) -> GatewayError {
+pub fn missing(param: &str) -> GatewayError {
     GatewayError::invalid_param(param, format!("Missing required parameter: '{param}'."))
         .with_code("missing_required_parameter")
 }
@@ -247,7 +247,7 @@ fn model(body: &JsonMap) -> R<String> {
 }
 
 /// `models: [...]` (OpenRouter's fallback list) and `provider: {...}`.
-pub fn routing_fields(body: &JsonMap) -> R<(Vec<String>, ProviderPrefs)> {
+fn routing_fields(body: &JsonMap) -> R<(Vec<String>, ProviderPrefs)> {
     boolean(body, "drop_params")?;
     let mut out = Vec::new();
     let mut prefs = ProviderPrefs::default();
@@ -946,6 +946,35 @@ pub fn chat(body: &JsonMap) -> R<ChatMeta> {
         provider,
         user,
     })
+}
+
+/// What the gateway reads of a JSON body it passes on whole (moderations,
+/// images, speech): the model (`default_model` when it names none), the
+/// routing options, `stream` and the end user, each checked as a chat
+/// request's are; the rest is the upstream's to judge.
+pub fn passed_on(body: &JsonMap, default_model: Option<&str>) -> R<PassedOn> {
+    let model = match (get(body, "model"), default_model) {
+        (None, Some(d)) => d.to_string(),
+        _ => model(body)?,
+    };
+    let (fallback_models, provider) = routing_fields(body)?;
+    Ok(PassedOn {
+        model,
+        fallback_models,
+        provider,
+        stream: boolean(body, "stream")?.unwrap_or(false),
+        user: end_user(string(body, "user")?, string(body, "safety_identifier")?),
+    })
+}
+
+/// What [`passed_on`] reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassedOn {
+    pub model: String,
+    pub fallback_models: Vec<String>,
+    pub provider: ProviderPrefs,
+    pub stream: bool,
+    pub user: Option<String>,
 }
 
 /// Validates a `POST /v1/embeddings` body.

@@ -201,10 +201,12 @@ async fn asked(
             })
         })
         .transpose()?;
+    // A form without a model, for an endpoint that has no default: named
+    // as a JSON body's is.
     let default = |kind: Kind| {
-        kind.default_model().map(str::to_string).ok_or_else(|| {
-            GatewayError::invalid_param("model", "You must provide a model parameter.")
-        })
+        kind.default_model()
+            .map(str::to_string)
+            .ok_or_else(|| validate::missing("model"))
     };
     let Some(boundary) = form_boundary else {
         if matches!(
@@ -217,34 +219,13 @@ async fn asked(
             )));
         }
         let map = parse_json(&text)?;
-        let model = match map.get("model") {
-            None | Some(Value::Null) => default(kind)?,
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(_) => {
-                return Err(GatewayError::invalid_param(
-                    "model",
-                    "Invalid type for 'model': expected a non-empty string.",
-                ))
-            }
-        };
-        let (fallbacks, prefs) = validate::routing_fields(&map)?;
-        let flag = |k: &str| match map.get(k) {
-            None | Some(Value::Null) => Ok(false),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(_) => Err(GatewayError::invalid_param(
-                k,
-                format!("Invalid type for '{k}': expected a boolean."),
-            )),
-        };
-        let stream = flag("stream")?;
-        let text_of = |k: &str| map.get(k).and_then(Value::as_str);
-        let user = validate::end_user(text_of("user"), text_of("safety_identifier"));
+        let m = validate::passed_on(&map, kind.default_model())?;
         return Ok(Asked {
-            model,
-            fallbacks,
-            prefs,
-            stream,
-            user,
+            model: m.model,
+            fallbacks: m.fallback_models,
+            prefs: m.provider,
+            stream: m.stream,
+            user: m.user,
             body: Sent::Json(map),
         });
     };
@@ -727,6 +708,16 @@ mod tests {
         .err()
         .unwrap();
         assert_eq!(e.param.as_deref(), Some("model"));
+        // Checked as a chat request's: a `user` that is not a string is named.
+        let e = asked(
+            Kind::Moderations,
+            Some(&json),
+            Bytes::from_static(br#"{"input": "x", "user": 5}"#),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(e.param.as_deref(), Some("user"));
         assert_eq!(
             usage_of(br#"{"usage": {"input_tokens": 3, "output_tokens": 272}}"#).completion_tokens,
             272
