@@ -385,11 +385,6 @@ impl Upstream {
             .unwrap_or((self.rpm, self.tpm))
     }
 
-    /// Whether any model here has an `rpm` or `tpm` (the provider's or its own).
-    pub fn limited(&self) -> bool {
-        self.rpm.is_some() || self.tpm.is_some() || !self.model_limits.is_empty()
-    }
-
     pub fn accepts(&self, model: &str) -> bool {
         self.models
             .as_ref()

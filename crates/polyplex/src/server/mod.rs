@@ -224,9 +224,6 @@ impl AppState {
         d: &crate::routing::Deployment,
     ) -> Result<(), crate::window::Over> {
         let u = &d.upstream;
-        if !u.limited() {
-            return Ok(());
-        }
         let (rpm, tpm) = u.limits(&d.model);
         if rpm.is_none() && tpm.is_none() {
             return Ok(());
@@ -249,7 +246,7 @@ impl AppState {
 
     /// `d` served a request of `tokens`: counted against its `tpm`.
     pub fn count_upstream_tokens(&self, d: &crate::routing::Deployment, tokens: u64) {
-        if !d.upstream.limited() || d.upstream.limits(&d.model).1.is_none() {
+        if d.upstream.limits(&d.model).1.is_none() {
             return;
         }
         d.stats
