@@ -258,6 +258,7 @@ impl KeyEntry {
         }
         let mut guard = Admitted {
             key: self.clone(),
+            spec: spec.clone(),
             limits: Limits::default(),
             _lease: None,
         };
@@ -279,10 +280,16 @@ impl KeyEntry {
     /// A request admitted by the limits all replicas share
     /// ([`crate::shared`]): counted in progress here too, holding `lease`
     /// (its slot in Redis) until the returned guard is dropped.
-    pub fn admitted(self: &Arc<Self>, limits: Limits, lease: Option<Lease>) -> Admitted {
+    pub fn admitted(
+        self: &Arc<Self>,
+        spec: Arc<KeyRow>,
+        limits: Limits,
+        lease: Option<Lease>,
+    ) -> Admitted {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Admitted {
             key: self.clone(),
+            spec,
             limits,
             _lease: lease,
         }
@@ -380,6 +387,8 @@ pub fn model_forbidden(name: &str) -> GatewayError {
 /// (and its slot in Redis, with shared limits).
 pub struct Admitted {
     pub key: Arc<KeyEntry>,
+    /// The key's settings it was admitted under (its model list routes it).
+    pub spec: Arc<KeyRow>,
     pub limits: Limits,
     _lease: Option<Lease>,
 }

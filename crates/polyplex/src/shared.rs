@@ -475,7 +475,7 @@ impl SharedLimits {
             leases: names.leases,
             id: lease,
         });
-        Some(Ok(key.admitted(limits, lease)))
+        Some(Ok(key.admitted(spec, limits, lease)))
     }
 
     /// Runs [`ADMIT`] on one set of names; None if Redis failed (noted).

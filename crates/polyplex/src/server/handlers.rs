@@ -657,8 +657,7 @@ async fn serve(
     (facts.tools, facts.images, facts.json_schema) = parsed.needs;
     // A key's model list: names it does not list are served by the
     // deployments it allows.
-    let spec = admitted.as_ref().map(|a| a.key.spec());
-    let access = spec.as_ref().and_then(|s| s.models.as_deref());
+    let access = admitted.as_ref().and_then(|a| a.spec.models.as_deref());
     let plan = |facts: &Facts<'_>| {
         app.router.plan(
             &parsed.model,

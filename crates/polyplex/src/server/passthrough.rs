@@ -350,8 +350,7 @@ async fn answer(kind: Kind, call: &Call, req: Request, gone: &Unanswered<'_>) ->
             return call.fail(&asked.model, asked.stream, e, &no_one);
         }
     };
-    let spec = admitted.as_ref().map(|a| a.key.spec());
-    let access = spec.as_ref().and_then(|s| s.models.as_deref());
+    let access = admitted.as_ref().and_then(|a| a.spec.models.as_deref());
     let planned = {
         // Nothing here is priced by its prompt: routing counts no tokens.
         let empty = RequestBody::parsed(Bytes::new(), JsonMap::new());
