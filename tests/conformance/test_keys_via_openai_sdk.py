@@ -5,6 +5,7 @@ class OpenAI's own API would cause, with its code; usage is recorded per key.
 import json
 import subprocess
 import time
+import urllib.request
 
 import openai
 import pytest
@@ -247,6 +248,68 @@ def test_usage_is_reported_by_the_end_user_a_request_names(gateway, gateway_dir)
         [BIN, "usage", "--by", "user", "--key", k["id"], "--json"], cwd=gateway_dir, capture_output=True,
         text=True, timeout=30, env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"})
     assert [r["user"] for r in json.loads(out.stdout)["data"]] == [alice], out.stdout + out.stderr
+
+
+def last_upstream_body(mock, path):
+    with urllib.request.urlopen(mock + "/__mock/requests", timeout=5) as r:
+        seen = json.loads(r.read())
+    return next(r for r in reversed(seen) if r["path"] == path)["body"]
+
+
+def test_usage_is_reported_by_the_metadata_a_request_carries(gateway, gateway_dir, mock):
+    """`metadata` (the SDK's own parameter; `extra_body` where an endpoint
+    lacks it) and the `x-polyplex-metadata` header tag a request's usage on
+    every provider: `by=metadata.<key>` groups by a key's values and
+    `metadata.<key>=<value>` picks the requests tagged so, in the admin API
+    and the CLI. OpenAI is sent `metadata` only with `store: true`."""
+    import uuid
+
+    team = f"search-{uuid.uuid4().hex[:8]}"
+    c = sdk(gateway, MASTER_KEY)
+    hello(c, model="openai/gpt-4o-mini", metadata={"team": team, "feature": "qa"})
+    assert "metadata" not in last_upstream_body(mock, "/v1/chat/completions")
+    hello(c, model="openai/gpt-4o-mini", metadata={"team": team, "feature": "qa"}, store=True)
+    assert last_upstream_body(mock, "/v1/chat/completions")["metadata"] == {"team": team, "feature": "qa"}
+    chunks = list(hello(c, model="anthropic/claude-haiku-4-5", metadata={"team": team, "feature": "chat"},
+                        stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].usage.total_tokens > 0
+    # The header tags any endpoint; the body's pairs win a key both name.
+    c.embeddings.create(model="text-embedding-3-small", input="hi",
+                        extra_headers={"x-polyplex-metadata": json.dumps({"team": team, "feature": "embed"})})
+    hello(c, metadata={"feature": "qa"}, extra_headers={"x-polyplex-metadata": json.dumps({"team": team, "feature": "x"})})
+    r = c.responses.create(model="gpt-4o-mini", input="hi", metadata={"team": team, "feature": "chat"})
+    assert r.metadata == {"team": team, "feature": "chat"}
+    # A refused request is the team's too; bad metadata is refused by name.
+    with pytest.raises(openai.BadRequestError):
+        hello(c, temperature=5, metadata={"team": team, "feature": "qa"})
+    with pytest.raises(openai.BadRequestError) as e:
+        hello(c, metadata={"team": 7})
+    assert e.value.param == "metadata.team"
+    with pytest.raises(openai.BadRequestError) as e:
+        hello(c, metadata={f"k{i}": "v" for i in range(17)})
+    assert e.value.param == "metadata"
+    with pytest.raises(openai.BadRequestError) as e:
+        hello(c, extra_headers={"x-polyplex-metadata": "team=ads"})
+    assert e.value.param == "x-polyplex-metadata"
+
+    status, rep = admin(gateway, "GET", f"/admin/usage?by=metadata.feature&metadata.team={team}")
+    assert status == 200, rep
+    assert rep["by"] == "metadata.feature"
+    rows = {r["metadata.feature"]: (r["requests"], r["errors"]) for r in rep["data"]}
+    assert rows == {"qa": (4, 1), "chat": (2, 0), "embed": (1, 0)}, rows
+    status, rep = admin(gateway, "GET", "/admin/usage?by=metadata.team")
+    assert {r["metadata.team"]: r["requests"] for r in rep["data"]}[team] == 7
+    status, rep = admin(gateway, "GET", f"/admin/usage?by=provider&metadata.team={team}&metadata.feature=chat")
+    assert sorted(r["provider"] for r in rep["data"]) == ["anthropic", "openai"]
+    assert all(r["cost_usd"] > 0 for r in rep["data"])
+    status, rep = admin(gateway, "GET", "/admin/usage?by=metadata.")
+    assert status == 400 and rep["error"]["param"] == "by"
+    out = subprocess.run(
+        [BIN, "usage", "--by", "metadata.feature", "--metadata", f"team={team}", "--json"], cwd=gateway_dir,
+        capture_output=True, text=True, timeout=30,
+        env={"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"})
+    assert out.returncode == 0, out.stderr
+    assert {r["metadata.feature"] for r in json.loads(out.stdout)["data"]} == {"qa", "chat", "embed"}
 
 
 def test_usage_report_counts_prompt_cache_reads_and_writes(gateway):

@@ -170,6 +170,13 @@ def test_failover_keys_and_usage(media, fault, tmp_path):
     assert (row["requests"], row["errors"]) == (2, 1)
     status, rep = admin(base, "GET", "/admin/usage?by=user")
     assert any(r["user"] == "caller-9" and r["requests"] == 1 for r in rep["data"])
+    # Tagged by the metadata header, whatever the endpoint.
+    tag = {"x-polyplex-metadata": json.dumps({"team": "media-tags"})}
+    media.moderations.create(input="x", extra_headers=tag)
+    media.audio.speech.create(model="tts-1", voice="alloy", input="hi", extra_headers=tag)
+    media.images.generate(model="gpt-image-1", prompt="a cat", extra_headers=tag)
+    status, rep = admin(base, "GET", "/admin/usage?by=model&metadata.team=media-tags")
+    assert sorted(r["model"] for r in rep["data"]) == ["gpt-image-1", "omni-moderation-latest", "tts-1"]
     status, rep = admin(base, "GET", "/admin/usage?by=model")
     image = next(r for r in rep["data"] if r["model"] == "gpt-image-1")
     assert image["completion_tokens"] >= 544 + 272

@@ -655,6 +655,8 @@ mod tests {
             ("parallel_tool_calls", json!(true)),
             ("store", json!(false)),
             ("metadata", json!({})),
+            // The gateway's own tags, for the usage record.
+            ("metadata", json!({"team": "a"})),
             ("modalities", json!(["text"])),
             ("service_tier", json!("auto")),
             ("service_tier", json!("default")),
@@ -663,7 +665,6 @@ mod tests {
         let refused = [
             ("logit_bias", json!({"50256": -100})),
             ("store", json!(true)),
-            ("metadata", json!({"team": "a"})),
             ("modalities", json!(["text", "audio"])),
             ("service_tier", json!("flex")),
             ("logprobs", json!(true)),

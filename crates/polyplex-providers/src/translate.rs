@@ -1256,8 +1256,11 @@ pub(crate) fn check_fields(
     dropped: &mut Vec<String>,
 ) -> Result<(), GatewayError> {
     for (k, v) in body {
+        // `metadata` is the gateway's (the usage record's); `store: true`
+        // with it is refused as `store`.
         if !known.contains(&k.as_str())
             && !polyplex_types::validate::GATEWAY_FIELDS.contains(&k.as_str())
+            && k != "metadata"
             && !asks_nothing(k, v)
         {
             crate::unsupported(k, protocol, target, dropped)?;

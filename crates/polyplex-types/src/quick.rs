@@ -297,6 +297,7 @@ impl<'de> Visitor<'de> for Top<'_> {
             fallback_models: Vec::new(),
             provider: ProviderPrefs::default(),
             user: crate::validate::end_user(user.as_deref(), None),
+            metadata: None,
         };
         let shape = Shape {
             model: start..start + model.len(),

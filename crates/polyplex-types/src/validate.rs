@@ -32,6 +32,72 @@ pub struct ChatMeta {
     pub provider: ProviderPrefs,
     /// The end user the request is for ([`end_user`]), for the usage record.
     pub user: Option<String>,
+    /// The request's `metadata` pairs ([`metadata`]; none when empty), for
+    /// the usage record.
+    pub metadata: Option<JsonMap>,
+}
+
+/// The most pairs a request's `metadata` holds, the longest key and the
+/// longest value, in characters: OpenAI's limits.
+pub const METADATA_PAIRS: usize = 16;
+pub const METADATA_KEY_CHARS: usize = 64;
+pub const METADATA_VALUE_CHARS: usize = 512;
+
+/// A request's `metadata`: an object of strings within OpenAI's limits
+/// ([`check_metadata`]). `None` when absent, null or empty.
+pub fn metadata(body: &JsonMap) -> R<Option<&JsonMap>> {
+    let Some(v) = get(body, "metadata") else {
+        return Ok(None);
+    };
+    let o = v
+        .as_object()
+        .ok_or_else(|| bad_type("metadata", "an object", v))?;
+    check_metadata("metadata", o)?;
+    Ok((!o.is_empty()).then_some(o))
+}
+
+/// Checks metadata pairs given as `param` (the body's `metadata`, or the
+/// `x-polyplex-metadata` header): at most [`METADATA_PAIRS`] of them, keys
+/// of at most [`METADATA_KEY_CHARS`] characters, values strings of at most
+/// [`METADATA_VALUE_CHARS`]. Errors name the pair (`metadata.team`).
+pub fn check_metadata(param: &str, pairs: &JsonMap) -> R<()> {
+    if pairs.len() > METADATA_PAIRS {
+        return Err(invalid(
+            param,
+            format!(
+                "too many properties. Expected an object with at most {METADATA_PAIRS} properties, but got an object with {} properties instead.",
+                pairs.len()
+            ),
+        ));
+    }
+    for (k, v) in pairs {
+        let named = format!("{param}.{k}");
+        let long = k.chars().count();
+        if long > METADATA_KEY_CHARS {
+            return Err(invalid(
+                param,
+                format!("key too long. Expected keys of at most {METADATA_KEY_CHARS} characters, but got a key of {long} characters instead."),
+            ));
+        }
+        let s = v.as_str().ok_or_else(|| bad_type(&named, "a string", v))?;
+        let long = s.chars().count();
+        if long > METADATA_VALUE_CHARS {
+            return Err(invalid(
+                &named,
+                format!("string too long. Expected a string with maximum length {METADATA_VALUE_CHARS}, but got a string with length {long} instead."),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// True when a body's `metadata` is the gateway's alone: given, but not
+/// for a completion OpenAI is asked to keep (`store: true`), where it is
+/// OpenAI's too. An upstream is then sent the body without it: OpenAI
+/// refuses `metadata` without `store`, and other protocols have no place
+/// for it.
+pub fn metadata_is_ours(body: &JsonMap) -> bool {
+    body.contains_key("metadata") && body.get("store") != Some(&Value::Bool(true))
 }
 
 /// Longest end-user id kept in a usage record, in bytes.
@@ -89,6 +155,7 @@ pub struct EmbeddingsMeta {
     pub fallback_models: Vec<String>,
     pub provider: ProviderPrefs,
     pub user: Option<String>,
+    pub metadata: Option<JsonMap>,
 }
 
 /// What the gateway needs to know about a validated legacy completions request.
@@ -101,6 +168,7 @@ pub struct CompletionsMeta {
     pub fallback_models: Vec<String>,
     pub provider: ProviderPrefs,
     pub user: Option<String>,
+    pub metadata: Option<JsonMap>,
 }
 
 /// What the gateway needs of a completions request, in the chat form (no
@@ -120,6 +188,7 @@ impl From<CompletionsMeta> for ChatMeta {
             fallback_models: m.fallback_models,
             provider: m.provider,
             user: m.user,
+            metadata: m.metadata,
         }
     }
 }
@@ -135,6 +204,7 @@ impl From<EmbeddingsMeta> for ChatMeta {
             fallback_models: m.fallback_models,
             provider: m.provider,
             user: m.user,
+            metadata: m.metadata,
         })
     }
 }
@@ -919,6 +989,7 @@ pub fn chat(body: &JsonMap) -> R<ChatMeta> {
     let has_images = messages(body)?;
     let (stream, include_usage) = stream_fields(body)?;
     let user = sampling(body)?;
+    let metadata = metadata(body)?.cloned();
     let n = integer_in(body, "n", 1, 128)?.unwrap_or(1) as u64;
     let max_tokens = integer_in(body, "max_tokens", 1, i64::MAX)?;
     let max_completion = integer_in(body, "max_completion_tokens", 1, i64::MAX)?;
@@ -945,6 +1016,7 @@ pub fn chat(body: &JsonMap) -> R<ChatMeta> {
         fallback_models,
         provider,
         user,
+        metadata,
     })
 }
 
@@ -1022,11 +1094,13 @@ pub fn embeddings(body: &JsonMap) -> R<EmbeddingsMeta> {
     }
     integer_in(body, "dimensions", 1, 65536)?;
     let user = end_user(string(body, "user")?, None);
+    let metadata = metadata(body)?.cloned();
     Ok(EmbeddingsMeta {
         model,
         fallback_models,
         provider,
         user,
+        metadata,
     })
 }
 
@@ -1048,6 +1122,7 @@ pub fn completions(body: &JsonMap) -> R<CompletionsMeta> {
     }
     let (stream, include_usage) = stream_fields(body)?;
     let user = sampling(body)?;
+    let metadata = metadata(body)?.cloned();
     integer_in(body, "n", 1, 128)?;
     integer_in(body, "best_of", 1, 20)?;
     let max_tokens = integer_in(body, "max_tokens", 0, i64::MAX)?.map(|x| x as u64);
@@ -1062,6 +1137,7 @@ pub fn completions(body: &JsonMap) -> R<CompletionsMeta> {
         fallback_models,
         provider,
         user,
+        metadata,
     })
 }
 
@@ -1456,5 +1532,71 @@ mod tests {
         let m = completions(&map(json!({"model": "m", "prompt": "x", "max_tokens": 7}))).unwrap();
         assert_eq!(m.max_tokens, Some(7));
         assert_eq!(ChatMeta::from(m).max_tokens, Some(7));
+    }
+
+    /// `metadata` is checked against OpenAI's limits, each error naming
+    /// what is wrong, and kept (for the usage record) on every endpoint.
+    #[test]
+    fn metadata_within_openais_limits() {
+        let with = |m: Value| {
+            let mut b = ok_body();
+            b["metadata"] = m;
+            chat(&map(b))
+        };
+        let kept = with(json!({"team": "search", "feature": "qa"})).unwrap();
+        assert_eq!(
+            kept.metadata,
+            Some(map(json!({"team": "search", "feature": "qa"})))
+        );
+        assert_eq!(with(json!({})).unwrap().metadata, None);
+        assert_eq!(with(Value::Null).unwrap().metadata, None);
+        let sixteen: JsonMap = (0..16).map(|i| (format!("k{i}"), json!("v"))).collect();
+        assert!(with(Value::Object(sixteen.clone())).is_ok());
+        let mut seventeen = sixteen;
+        seventeen.insert("k16".into(), json!("v"));
+        let long_key = "k".repeat(65);
+        for (m, param, says) in [
+            (json!("team=a"), "metadata", "expected an object"),
+            (
+                Value::Object(seventeen),
+                "metadata",
+                "at most 16 properties",
+            ),
+            (
+                json!({"team": 3}),
+                "metadata.team",
+                "expected a string, but got an integer",
+            ),
+            (json!({"team": null}), "metadata.team", "expected a string"),
+            (json!({long_key: "v"}), "metadata", "at most 64 characters"),
+            (
+                json!({"team": "é".repeat(513)}),
+                "metadata.team",
+                "maximum length 512",
+            ),
+        ] {
+            let e = with(m.clone()).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{m}");
+            assert!(e.message.contains(says), "{m}: {}", e.message);
+        }
+        // Characters, not bytes.
+        assert!(with(json!({"k".repeat(64): "é".repeat(512)})).is_ok());
+        let emb = embeddings(&map(
+            json!({"model": "m", "input": "x", "metadata": {"a": "b"}}),
+        ));
+        assert_eq!(emb.unwrap().metadata, Some(map(json!({"a": "b"}))));
+        let cmp = completions(&map(
+            json!({"model": "m", "prompt": "x", "metadata": {"a": "b"}}),
+        ));
+        assert_eq!(
+            ChatMeta::from(cmp.unwrap()).metadata,
+            Some(map(json!({"a": "b"})))
+        );
+        // OpenAI's own only with a stored completion.
+        let ours = |b: Value| metadata_is_ours(&map(b));
+        assert!(ours(json!({"metadata": {"a": "b"}})));
+        assert!(ours(json!({"metadata": {"a": "b"}, "store": false})));
+        assert!(!ours(json!({"metadata": {"a": "b"}, "store": true})));
+        assert!(!ours(json!({"store": true})));
     }
 }

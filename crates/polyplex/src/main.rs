@@ -76,12 +76,18 @@ enum Command {
         /// Since when: a date (YYYY-MM-DD), an RFC 3339 time, Unix seconds or a duration back (`24h`, `7d`).
         #[arg(long)]
         since: Option<String>,
-        /// Group by key, model, provider, day or user (the end user a request named with `user`).
+        /// Group by key, model, provider, day, user (the end user a request
+        /// named with `user`) or metadata.<key> (the value its metadata gave
+        /// that key).
         #[arg(long, default_value = "model")]
         by: String,
         /// Only this key's requests (its id, `key_...`).
         #[arg(long)]
         key: Option<String>,
+        /// Only requests whose metadata gives KEY this VALUE (repeatable:
+        /// each must hold).
+        #[arg(long, value_name = "KEY=VALUE")]
+        metadata: Vec<String>,
         /// JSON output (the admin API's shape).
         #[arg(long)]
         json: bool,
@@ -261,9 +267,10 @@ fn main() -> ExitCode {
             since,
             by,
             key,
+            metadata,
             json,
             config,
-        } => rt.block_on(usage_cmd(config, since, by, key, json)),
+        } => rt.block_on(usage_cmd(config, since, by, key, metadata, json)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -507,14 +514,23 @@ async fn usage_cmd(
     since: Option<String>,
     by: String,
     key: Option<String>,
+    metadata: Vec<String>,
     json: bool,
 ) -> Result<(), String> {
     use polyplex::server::admin;
     let (by, since) = admin::report_params(Some(&by), since.as_deref()).map_err(|e| e.message)?;
+    let mut pairs = Vec::new();
+    for m in &metadata {
+        let pair = m
+            .split_once('=')
+            .ok_or_else(|| format!("--metadata takes KEY=VALUE, not `{m}`"))?;
+        pairs.push(pair);
+    }
+    let only = admin::report_only(key.as_deref(), pairs).map_err(|e| e.message)?;
     let store = open_store(config.as_ref()).await?;
     let since_ms = since.map_or(0, |s| s.saturating_mul(1000));
     let rows = store
-        .usage_report_of(by, since_ms, key.as_deref())
+        .usage_report_of(by.clone(), since_ms, &only)
         .await
         .map_err(|e| e.to_string())?;
     let names = store
@@ -525,13 +541,13 @@ async fn usage_cmd(
         .map(|k| (k.id, k.name))
         .collect();
     store.close().await;
-    let report = admin::report_json(by, since, &rows, &names);
+    let report = admin::report_json(&by, since, &rows, &names);
     if json {
         return print_json(&report);
     }
     println!(
         "{:<40} {:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>14}",
-        by.as_str().to_uppercase(),
+        by.name().to_uppercase(),
         "REQUESTS",
         "ERRORS",
         "PROMPT",
@@ -556,7 +572,7 @@ async fn usage_cmd(
         );
     };
     for r in report["data"].as_array().unwrap_or(&empty) {
-        let mut label = r[by.as_str()].as_str().unwrap_or("-").to_string();
+        let mut label = r[by.name().as_ref()].as_str().unwrap_or("-").to_string();
         if let Some(n) = r.get("key_name").and_then(|n| n.as_str()) {
             label = format!("{label} ({n})");
         }

@@ -81,6 +81,8 @@ const SAME_NAME: &[&str] = &[
     "safety_identifier",
     "prompt_cache_key",
     "service_tier",
+    // The usage record's tags (and checked as chat's).
+    "metadata",
     "models",
     "provider",
 ];
@@ -2043,6 +2045,7 @@ mod tests {
                 ],
                 "max_completion_tokens": 300,
                 "temperature": 1,
+                "metadata": {"a": "b"},
                 "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}, "strict": true}}],
                 "tool_choice": {"type": "function", "function": {"name": "weather"}},
                 "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}},

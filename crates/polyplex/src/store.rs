@@ -55,7 +55,8 @@ const SCHEMA: &[&str] = &[
         attempts BIGINT NOT NULL,
         stream BIGINT NOT NULL,
         created_at BIGINT NOT NULL,
-        end_user TEXT
+        end_user TEXT,
+        metadata TEXT
     )",
     // Responses kept for `previous_response_id` and retrieval (OpenAI's
     // Responses API, `store`): the items this response added to its
@@ -86,6 +87,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ),
     ("polyplex_responses", "previous", "TEXT"),
     ("polyplex_usage", "end_user", "TEXT"),
+    ("polyplex_usage", "metadata", "TEXT"),
     ("polyplex_keys", "budget_reset", "TEXT"),
     ("polyplex_keys", "period_start", "BIGINT NOT NULL DEFAULT 0"),
     (
@@ -111,10 +113,10 @@ pub enum Chain {
 /// How long a kept response (Responses API) is kept: OpenAI's 30 days.
 pub const RESPONSE_DAYS: i64 = 30;
 
-/// Usage rows per INSERT statement (19 parameters each; SQLite takes 32,766
+/// Usage rows per INSERT statement (20 parameters each; SQLite takes 32,766
 /// parameters a statement, Postgres 65,535).
 const ROWS_PER_INSERT: usize = 64;
-const USAGE_COLUMNS: usize = 19;
+const USAGE_COLUMNS: usize = 20;
 /// The statement sizes a batch is cut into: 64 rows while there are that
 /// many, then the powers of two of the rest (so 7 statements in all, each
 /// prepared once per connection and kept; preparing a 64-row statement
@@ -130,7 +132,7 @@ fn insert_slot(left: usize) -> usize {
         .unwrap_or(INSERT_SIZES.len() - 1)
 }
 
-/// `INSERT INTO polyplex_usage (...) VALUES ($1, ..., $19), ($20, ...), ...`
+/// `INSERT INTO polyplex_usage (...) VALUES ($1, ..., $20), ($21, ...), ...`
 /// for `rows` rows; SQLite gets plain `?`s, because it looks each `$N` name
 /// up among those before it (quadratic in a statement this size: the
 /// writer spent nine tenths of its time there).
@@ -141,7 +143,7 @@ fn usage_insert_sql(rows: usize, numbered: bool) -> String {
         "INSERT INTO polyplex_usage (request_id, key_id, endpoint, requested_model, \
          provider, model, status, prompt_tokens, completion_tokens, cached_tokens, \
          cache_write_tokens, estimated, cost_usd, latency_ms, ttft_ms, attempts, stream, created_at, \
-         end_user) VALUES ",
+         end_user, metadata) VALUES ",
     );
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });
@@ -239,7 +241,7 @@ pub struct KeyChanges {
 }
 
 /// How a usage report groups its rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupBy {
     Key,
     Model,
@@ -247,6 +249,8 @@ pub enum GroupBy {
     Day,
     /// The end user a request named (`user`, `safety_identifier`).
     User,
+    /// The value a request's metadata gives this key (`metadata.<key>`).
+    Metadata(String),
 }
 
 impl GroupBy {
@@ -257,19 +261,41 @@ impl GroupBy {
             "provider" => Some(GroupBy::Provider),
             "day" => Some(GroupBy::Day),
             "user" => Some(GroupBy::User),
-            _ => None,
+            _ => s
+                .strip_prefix("metadata.")
+                .filter(|k| metadata_key_ok(k))
+                .map(|k| GroupBy::Metadata(k.to_string())),
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    /// The grouping as `by` names it (and a report's rows name their group).
+    pub fn name(&self) -> std::borrow::Cow<'static, str> {
         match self {
-            GroupBy::Key => "key",
-            GroupBy::Model => "model",
-            GroupBy::Provider => "provider",
-            GroupBy::Day => "day",
-            GroupBy::User => "user",
+            GroupBy::Key => "key".into(),
+            GroupBy::Model => "model".into(),
+            GroupBy::Provider => "provider".into(),
+            GroupBy::Day => "day".into(),
+            GroupBy::User => "user".into(),
+            GroupBy::Metadata(k) => format!("metadata.{k}").into(),
         }
     }
+}
+
+/// True for a metadata key a report can name: one to 64 characters (the
+/// most a request's may have), none of them a quote or a backslash (a
+/// SQLite JSON path quotes the key as it is).
+pub fn metadata_key_ok(k: &str) -> bool {
+    (1..=polyplex_types::validate::METADATA_KEY_CHARS).contains(&k.chars().count())
+        && !k.contains(['"', '\\'])
+}
+
+/// Which records a usage report counts, besides their time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Only {
+    /// One key's (by its id).
+    pub key_id: Option<String>,
+    /// Those whose metadata gives each of these keys this value.
+    pub metadata: Vec<(String, String)>,
 }
 
 /// One row of a usage report.
@@ -698,23 +724,48 @@ impl Store {
         by: GroupBy,
         since_ms: i64,
     ) -> Result<Vec<UsageRow>, StoreError> {
-        self.usage_report_of(by, since_ms, None).await
+        self.usage_report_of(by, since_ms, &Only::default()).await
     }
 
-    /// [`Store::usage_report`] of one key's requests only (by its id), if given.
+    /// [`Store::usage_report`] of the records `only` picks.
     pub async fn usage_report_of(
         &self,
         by: GroupBy,
         since_ms: i64,
-        key_id: Option<&str>,
+        only: &Only,
     ) -> Result<Vec<UsageRow>, StoreError> {
-        let group = match by {
+        // Parameters: $1 the time, then the texts in `owned`, each
+        // numbered as it is pushed.
+        let mut owned: Vec<String> = Vec::new();
+        let postgres = self.postgres;
+        // The value metadata gives a key, or NULL.
+        let value_of = |key: &str, owned: &mut Vec<String>| {
+            if postgres {
+                owned.push(key.to_string());
+                format!("(CAST(metadata AS jsonb) ->> ${})", owned.len() + 1)
+            } else {
+                owned.push(format!("$.\"{key}\""));
+                format!("json_extract(metadata, ${})", owned.len() + 1)
+            }
+        };
+        let mut filter = String::new();
+        if let Some(k) = &only.key_id {
+            owned.push(k.clone());
+            filter.push_str(&format!(" AND key_id = ${}", owned.len() + 1));
+        }
+        for (k, v) in &only.metadata {
+            let at = value_of(k, &mut owned);
+            owned.push(v.clone());
+            filter.push_str(&format!(" AND {at} = ${}", owned.len() + 1));
+        }
+        let group = match &by {
             GroupBy::Key => "key_id".to_string(),
             GroupBy::Model => "COALESCE(model, requested_model)".to_string(),
             GroupBy::Provider => "provider".to_string(),
             GroupBy::User => "end_user".to_string(),
             // Whole UTC days, counted from the epoch; named below.
             GroupBy::Day => "CAST(created_at / 86400000 AS BIGINT)".to_string(),
+            GroupBy::Metadata(k) => value_of(k, &mut owned),
         };
         let order = if by == GroupBy::Day {
             "g ASC"
@@ -729,17 +780,13 @@ impl Store {
              CAST(SUM(cached_tokens) AS BIGINT) AS cached, \
              CAST(SUM(cache_write_tokens) AS BIGINT) AS written, \
              CAST(SUM(cost_usd) AS DOUBLE PRECISION) AS cost \
-             FROM polyplex_usage WHERE created_at >= $1{of_key} GROUP BY {group} ORDER BY {order}",
-            of_key = if key_id.is_some() {
-                " AND key_id = $2"
-            } else {
-                ""
-            }
+             FROM polyplex_usage WHERE created_at >= $1{filter} GROUP BY 1 ORDER BY {order}"
         );
-        // `group` and `order` are among the fixed texts above.
+        // Built from the fixed texts above and parameter numbers only; the
+        // keys and values asked for are bound.
         let mut q = sqlx::query(AssertSqlSafe(sql)).bind(since_ms);
-        if let Some(k) = key_id {
-            q = q.bind(k);
+        for v in &owned {
+            q = q.bind(v.as_str());
         }
         let rows = q.fetch_all(&self.pool).await?;
         rows.iter()
@@ -981,7 +1028,8 @@ where
                 .bind(i64::from(r.attempts))
                 .bind(i64::from(r.stream))
                 .bind(unix_ms(r.at))
-                .bind(r.user.as_deref());
+                .bind(r.tags.user.as_deref())
+                .bind(r.tags.metadata.as_deref());
         }
         q.execute(&mut *tx).await?;
     }
@@ -1057,11 +1105,11 @@ mod tests {
     #[test]
     fn usage_inserts_number_every_row() {
         let one = usage_insert_sql(1, true);
-        assert!(one.ends_with("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"), "{one}");
+        assert!(one.ends_with("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"), "{one}");
         let two = usage_insert_sql(2, true);
-        assert!(two.ends_with("$19), ($20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38)"), "{two}");
+        assert!(two.ends_with("$20), ($21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40)"), "{two}");
         assert!(usage_insert_sql(2, false)
-            .ends_with("?, ?), (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+            .ends_with("?, ?), (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
     }
 
     #[test]
@@ -1103,6 +1151,21 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// The same on Postgres, through the writer's own connection (its
+    /// reports read metadata as jsonb).
+    #[tokio::test]
+    async fn every_record_of_a_batch_is_written_to_postgres() {
+        in_a_postgres_database("polyplex_batches", |url| async move {
+            let store = Store::connect(&url).await.unwrap();
+            let writer = store.writer().await.unwrap().unwrap();
+            assert!(matches!(writer.native, Some(Native::Postgres(_))));
+            check_batches(&writer, &store).await;
+            writer.close().await;
+            store.close().await;
+        })
+        .await;
+    }
+
     /// Usage record `i` of a test batch: one in ten failed.
     fn usage_record(i: usize) -> UsageRecord {
         UsageRecord {
@@ -1126,7 +1189,10 @@ mod tests {
             stream: false,
             at: SystemTime::now(),
             key: None,
-            user: Some(format!("user-{}", i % 3)),
+            tags: crate::usage::Tags {
+                user: Some(format!("user-{}", i % 3)),
+                metadata: Some(format!(r#"{{"team":"t{}","n":"{i}"}}"#, i % 2).into()),
+            },
             charged: 0,
         }
     }
@@ -1164,8 +1230,55 @@ mod tests {
             ]
         );
         // One key's only: these records have none.
-        let of_key = reader.usage_report_of(GroupBy::User, 0, Some("key_x"));
+        let key_x = Only {
+            key_id: Some("key_x".into()),
+            ..Only::default()
+        };
+        let of_key = reader.usage_report_of(GroupBy::User, 0, &key_x);
         assert!(of_key.await.unwrap().is_empty());
+        // By a metadata key's value, and only those with a value.
+        let by_team = reader.usage_report(GroupBy::Metadata("team".into()), 0);
+        let mut teams: Vec<_> = by_team
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.group, r.requests))
+            .collect();
+        teams.sort();
+        assert_eq!(teams, [(Some("t0".into()), 105), (Some("t1".into()), 105)]);
+        let t1_users = Only {
+            metadata: vec![("team".into(), "t1".into())],
+            ..Only::default()
+        };
+        let rows = reader.usage_report_of(GroupBy::User, 0, &t1_users);
+        let mut users: Vec<_> = rows
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.group.unwrap_or_default(), r.requests))
+            .collect();
+        users.sort();
+        // Odd records: users 1, 0, 2 in turn.
+        assert_eq!(
+            users,
+            [
+                ("user-0".into(), 35),
+                ("user-1".into(), 35),
+                ("user-2".into(), 35)
+            ]
+        );
+        let both = Only {
+            metadata: vec![("team".into(), "t1".into()), ("n".into(), "7".into())],
+            ..Only::default()
+        };
+        let rows = reader.usage_report_of(GroupBy::Metadata("n".into()), 0, &both);
+        let rows = rows.await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].group.as_deref(), rows[0].requests), (Some("7"), 1));
+        // A key no record's metadata has: one group, none.
+        let rows = reader.usage_report(GroupBy::Metadata("colour".into()), 0);
+        let rows = rows.await.unwrap();
+        assert_eq!((rows.len(), rows[0].group.as_deref()), (1, None));
     }
 
     #[tokio::test]
@@ -1219,8 +1332,12 @@ mod tests {
         let old = open_pool(pool_url, postgres, 1, false).await.unwrap();
         let table = SCHEMA[1]
             .replace("cache_write_tokens BIGINT NOT NULL DEFAULT 0,", "")
-            .replace(",\n        end_user TEXT", "");
-        assert!(!table.contains("cache_write") && !table.contains("end_user"));
+            .replace(",\n        end_user TEXT,\n        metadata TEXT", "");
+        assert!(
+            !table.contains("cache_write")
+                && !table.contains("end_user")
+                && !table.contains("metadata")
+        );
         sqlx::query(AssertSqlSafe(table))
             .execute(&old)
             .await

@@ -12,7 +12,7 @@ use crate::routing::Deployment;
 use crate::shared::SharedLimits;
 use crate::store::Store;
 use polyplex_catalog::Catalog;
-use polyplex_types::Usage;
+use polyplex_types::{JsonMap, Usage};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -38,11 +38,45 @@ pub struct UsageRecord {
     pub at: SystemTime,
     /// The gateway key that made the request, if any.
     pub key: Option<Arc<KeyEntry>>,
-    /// The end user the request named (`user`, `safety_identifier`).
-    pub user: Option<String>,
+    /// Who and what the request said it was for.
+    pub tags: Tags,
     /// The spend this record added to its key, not yet in the store (set by
     /// [`Recorder::record`]).
     pub charged: u64,
+}
+
+/// What a request says about itself for its usage record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tags {
+    /// The end user it names (`user`, else `safety_identifier`).
+    pub user: Option<String>,
+    /// Its metadata pairs (the `x-polyplex-metadata` header's, then the
+    /// body's `metadata`, which wins a key both name), as a JSON object.
+    pub metadata: Option<Arc<str>>,
+}
+
+impl Tags {
+    /// The tags of a request naming `user`, with the metadata pairs of its
+    /// header and of its body.
+    pub fn new(user: Option<String>, header: Option<&JsonMap>, body: Option<&JsonMap>) -> Tags {
+        let metadata = match (header, body) {
+            (None, None) => None,
+            (Some(one), None) | (None, Some(one)) => Some(text_of(one)),
+            (Some(header), Some(body)) => {
+                let mut both = header.clone();
+                for (k, v) in body {
+                    both.insert(k.clone(), v.clone());
+                }
+                Some(text_of(&both))
+            }
+        };
+        Tags { user, metadata }
+    }
+}
+
+fn text_of(pairs: &JsonMap) -> Arc<str> {
+    // A map of strings always encodes.
+    Arc::from(serde_json::to_string(pairs).unwrap_or_default())
 }
 
 const BATCH: usize = 1024;
@@ -649,7 +683,7 @@ mod tests {
             stream: false,
             at: UNIX_EPOCH,
             key: None,
-            user: None,
+            tags: Tags::default(),
             charged: 0,
         }
     }

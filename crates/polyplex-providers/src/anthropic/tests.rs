@@ -156,7 +156,6 @@ fn unsupported_parameters_are_refused_or_dropped_and_named() {
         ("logprobs", json!(true)),
         ("some_new_param", json!(1)),
         ("store", json!(true)),
-        ("metadata", json!({"a": "b"})),
         ("service_tier", json!("priority")),
         ("temperature", json!(1.5)),
     ] {
@@ -178,6 +177,15 @@ fn unsupported_parameters_are_refused_or_dropped_and_named() {
         let sent: Value = serde_json::from_slice(&req.body).unwrap();
         assert!(sent.get(k).is_none());
     }
+    // `metadata` is the gateway's (the usage record's tags): taken, not
+    // sent (Anthropic's own `metadata` carries the end user only).
+    let (sent, req) = build(
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+        "metadata": {"team": "search"}, "user": "u-1"}),
+    )
+    .unwrap();
+    assert!(req.dropped.is_empty());
+    assert_eq!(sent["metadata"], json!({"user_id": "u-1"}));
     // n = 1, null values and the other values that ask for nothing are
     // fine (all of them: `tests::parameters_that_ask_nothing_are_honoured_everywhere`).
     assert!(build(

@@ -4,7 +4,7 @@
 use crate::translate::{foreign_members, strip_foreign};
 use crate::{join_url, Endpoint, Target, UpstreamRequest};
 use bytes::Bytes;
-use polyplex_types::validate::GATEWAY_FIELDS;
+use polyplex_types::validate::{metadata_is_ours, GATEWAY_FIELDS};
 use polyplex_types::{GatewayError, JsonMap, RequestBody};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
@@ -15,6 +15,8 @@ struct Outgoing<'a> {
     model: &'a str,
     /// Ask for `stream_options.include_usage: true`.
     want_usage: bool,
+    /// Leave `metadata` out: the gateway's alone ([`metadata_is_ours`]).
+    drop_metadata: bool,
 }
 
 struct StreamOptions<'a>(Option<&'a JsonMap>);
@@ -44,6 +46,7 @@ impl Serialize for Outgoing<'_> {
                     wrote_options = true;
                 }
                 k2 if GATEWAY_FIELDS.contains(&k2) => {}
+                "metadata" if self.drop_metadata => {}
                 _ => m.serialize_entry(k, v)?,
             }
         }
@@ -79,7 +82,7 @@ fn plain_json_string(s: &str) -> bool {
 /// on a stream (`stream_options` put first when absent) and, for a
 /// quick-validated body (whose model's place in the text is known), the
 /// model as the upstream names it. `None` when the tree must be encoded
-/// instead: a gateway-only member, `stream_options` without
+/// instead: a gateway-only member (or `metadata`, [`metadata_is_ours`]), `stream_options` without
 /// `include_usage: true`, another model in a body validated from its tree.
 fn as_sent(
     endpoint: Endpoint,
@@ -103,6 +106,7 @@ fn as_sent(
             let map = body.map();
             if map.get("model").and_then(Value::as_str) != Some(target.model)
                 || GATEWAY_FIELDS.iter().any(|f| map.contains_key(*f))
+                || metadata_is_ours(map)
             {
                 return None;
             }
@@ -231,6 +235,7 @@ fn encode(
         body,
         model: target.model,
         want_usage,
+        drop_metadata: metadata_is_ours(body),
     };
     let bytes = serde_json::to_vec(&out).map_err(|e| {
         GatewayError::internal(format!("could not encode the upstream request: {e}"))

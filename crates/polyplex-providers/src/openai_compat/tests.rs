@@ -45,12 +45,37 @@ fn request_keeps_every_parameter_and_replaces_model() {
     expect.insert("model".into(), "gpt-4o-2024-08-06".into());
     expect.remove("models");
     expect.remove("provider");
+    // `metadata` without `store: true` is the gateway's (OpenAI refuses it
+    // there): left out.
+    expect.remove("metadata");
     assert_eq!(sent, expect);
     // Order is kept too: the body is the client's, byte for byte but for the model.
     let keys: Vec<_> = sent.keys().cloned().collect();
     let mut want: Vec<_> = body().keys().cloned().collect();
-    want.retain(|k| k != "models" && k != "provider");
+    want.retain(|k| k != "models" && k != "provider" && k != "metadata");
     assert_eq!(keys, want);
+}
+
+/// `metadata` goes to OpenAI only with `store: true` (a stored completion's
+/// tags there); otherwise it is the gateway's alone, for the usage record,
+/// and the client's bytes are not sent as they are.
+#[test]
+fn metadata_is_sent_only_with_a_stored_completion() {
+    let sent = |b: serde_json::Value| -> JsonMap {
+        let (sent, _) = build_from(&b.to_string(), false, true);
+        serde_json::from_slice(&sent).unwrap()
+    };
+    let plain = json!({"model": "gpt-4o-2024-08-06", "messages": [{"role": "user", "content": "hi"}],
+        "metadata": {"team": "search"}});
+    assert!(sent(plain.clone()).get("metadata").is_none());
+    let mut stored = plain.clone();
+    stored["store"] = json!(true);
+    assert_eq!(sent(stored)["metadata"], json!({"team": "search"}));
+    let mut not_stored = plain;
+    not_stored["store"] = json!(false);
+    let out = sent(not_stored);
+    assert!(out.get("metadata").is_none());
+    assert_eq!(out["store"], json!(false));
 }
 
 #[test]

@@ -325,7 +325,7 @@ pub async fn revoke_key(State(app): State<App>, Path(id): Path<String>) -> Respo
 /// A usage report as JSON rows named by their group; `names` maps key ids
 /// to key names (for `by=key`).
 pub fn report_json(
-    by: GroupBy,
+    by: &GroupBy,
     since: Option<i64>,
     rows: &[store::UsageRow],
     names: &HashMap<String, String>,
@@ -334,8 +334,8 @@ pub fn report_json(
         .iter()
         .map(|r| {
             let mut o = Map::new();
-            o.insert(by.as_str().into(), json!(r.group));
-            if by == GroupBy::Key {
+            o.insert(by.name().into(), json!(r.group));
+            if *by == GroupBy::Key {
                 o.insert(
                     "key_name".into(),
                     json!(r.group.as_ref().and_then(|g| names.get(g))),
@@ -359,7 +359,7 @@ pub fn report_json(
     let (p, c) = (sum(|r| r.prompt_tokens), sum(|r| r.completion_tokens));
     json!({
         "object": "list",
-        "by": by.as_str(),
+        "by": by.name(),
         "since": since,
         "data": data,
         "total": {
@@ -382,8 +382,12 @@ pub fn report_params(
 ) -> Result<(GroupBy, Option<i64>), GatewayError> {
     let by = match by {
         None | Some("") => GroupBy::Model,
-        Some(b) => GroupBy::parse(b)
-            .ok_or_else(|| bad("by", "must be one of key, model, provider, day, user"))?,
+        Some(b) => GroupBy::parse(b).ok_or_else(|| {
+            bad(
+                "by",
+                "must be one of key, model, provider, day, user, or metadata.<key> (a metadata key: 1 to 64 characters, no quote or backslash)",
+            )
+        })?,
     };
     let since = match since {
         None | Some("") => None,
@@ -397,26 +401,51 @@ pub fn report_params(
     Ok((by, since))
 }
 
-/// `GET /admin/usage?by=key|model|provider|day|user&since=...&key=<id>` (one
-/// key's requests only, with `key`): every record this
-/// node has taken is written first, so the report includes it.
-pub async fn usage(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let (by, since) = match report_params(
-        q.get("by").map(String::as_str),
-        q.get("since").map(String::as_str),
-    ) {
+/// Which records a report counts: one key's (`key=<id>`), and those whose
+/// metadata gives a key a value (`metadata.<key>=<value>`, each of them).
+pub fn report_only<'a>(
+    key: Option<&str>,
+    metadata: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<store::Only, GatewayError> {
+    let mut only = store::Only {
+        key_id: key.map(str::to_string),
+        metadata: Vec::new(),
+    };
+    for (k, v) in metadata {
+        if !store::metadata_key_ok(k) {
+            return Err(bad(
+                &format!("metadata.{k}"),
+                "must name a metadata key of 1 to 64 characters, no quote or backslash",
+            ));
+        }
+        only.metadata.push((k.to_string(), v.to_string()));
+    }
+    Ok(only)
+}
+
+/// `GET /admin/usage?by=key|model|provider|day|user|metadata.<key>&since=...`,
+/// and `key=<id>` (one key's requests only) and `metadata.<key>=<value>`
+/// (those tagged so only): every record this node has taken is written
+/// first, so the report includes it.
+pub async fn usage(State(app): State<App>, Query(q): Query<Vec<(String, String)>>) -> Response {
+    let one = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let (by, since) = match report_params(one("by"), one("since")) {
         Ok(p) => p,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    let tagged = q
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?, v.as_str())));
+    let only = match report_only(one("key"), tagged) {
+        Ok(o) => o,
         Err(e) => return ApiError(e).into_response(),
     };
     let Some(store) = app.keys.store() else {
         return no_store();
     };
     app.recorder.flush().await;
-    let key = q.get("key").map(String::as_str);
-    let rows = match store
-        .usage_report_of(by, since.map_or(0, |s| s.saturating_mul(1000)), key)
-        .await
-    {
+    let since_ms = since.map_or(0, |s| s.saturating_mul(1000));
+    let rows = match store.usage_report_of(by.clone(), since_ms, &only).await {
         Ok(r) => r,
         Err(e) => return store_error(e),
     };
@@ -428,7 +457,7 @@ pub async fn usage(State(app): State<App>, Query(q): Query<HashMap<String, Strin
     } else {
         HashMap::new()
     };
-    Json(report_json(by, since, &rows, &names)).into_response()
+    Json(report_json(&by, since, &rows, &names)).into_response()
 }
 
 #[cfg(test)]

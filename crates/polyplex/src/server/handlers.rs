@@ -6,9 +6,9 @@ use super::{App, RequestId};
 use crate::executor::{attempt_loop, stream_once, unary_once};
 use crate::keys::{Admitted, Limits};
 use crate::routing::Facts;
-use crate::usage::UsageRecord;
+use crate::usage::{Tags, UsageRecord};
 use axum::extract::{Path, Request, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
@@ -149,6 +149,8 @@ struct Parsed {
     needs: (bool, bool, bool),
     /// The end user the request names (`user`, `safety_identifier`).
     user: Option<String>,
+    /// Its `metadata` pairs.
+    metadata: Option<JsonMap>,
 }
 
 /// Stage 4: the body validated. A common chat request is validated from its
@@ -166,6 +168,7 @@ fn validate(endpoint: Endpoint, text: Bytes) -> Result<Parsed, Box<Refused>> {
         Box::new(Refused {
             asked: String::new(),
             user: None,
+            metadata: None,
             error,
         })
     })?;
@@ -182,6 +185,8 @@ fn validate(endpoint: Endpoint, text: Bytes) -> Result<Parsed, Box<Refused>> {
             Err(Box::new(Refused {
                 asked: text("model").unwrap_or("").to_string(),
                 user: validate::end_user(text("user"), text("safety_identifier")),
+                // Its metadata when that is not what was refused.
+                metadata: validate::metadata(&tree).ok().flatten().cloned(),
                 error,
             }))
         }
@@ -192,6 +197,7 @@ fn validate(endpoint: Endpoint, text: Bytes) -> Result<Parsed, Box<Refused>> {
 struct Refused {
     asked: String,
     user: Option<String>,
+    metadata: Option<JsonMap>,
     error: GatewayError,
 }
 
@@ -221,8 +227,31 @@ impl Parsed {
             max_output: m.max_tokens,
             needs: (m.has_tools, m.has_images, m.json_schema),
             user: m.user,
+            metadata: m.metadata,
         }
     }
+}
+
+/// The header that tags a request's usage record with metadata pairs, on
+/// every endpoint (the body's `metadata` adds to them where an endpoint
+/// has one).
+pub const METADATA_HEADER: &str = "x-polyplex-metadata";
+
+/// The pairs of a request's [`METADATA_HEADER`]: a JSON object of strings,
+/// within the limits of a body's `metadata`.
+fn metadata_header(headers: &HeaderMap) -> Result<Option<JsonMap>, GatewayError> {
+    let Some(v) = headers.get(METADATA_HEADER) else {
+        return Ok(None);
+    };
+    let bad = || {
+        GatewayError::invalid_param(
+            METADATA_HEADER,
+            format!("The {METADATA_HEADER} header must be a JSON object of strings, such as {{\"team\": \"search\"}}."),
+        )
+    };
+    let pairs: JsonMap = serde_json::from_slice(v.as_bytes()).map_err(|_| bad())?;
+    validate::check_metadata(METADATA_HEADER, &pairs)?;
+    Ok((!pairs.is_empty()).then_some(pairs))
 }
 
 /// One call in progress: what its usage record and error response need.
@@ -235,9 +264,11 @@ pub(super) struct Call {
     pub(super) label: &'static str,
     pub(super) started: Instant,
     pub(super) caller: Caller,
-    /// The end user the request names, once its body is validated: every
+    /// The metadata pairs of the request's `x-polyplex-metadata` header.
+    header_metadata: Option<JsonMap>,
+    /// What the request says about itself, once its body is read: every
     /// usage record of the request carries it.
-    pub(super) user: std::sync::OnceLock<String>,
+    tags: std::sync::OnceLock<Tags>,
 }
 
 impl Call {
@@ -255,12 +286,33 @@ impl Call {
             label,
             started: Instant::now(),
             caller,
-            user: std::sync::OnceLock::new(),
+            header_metadata: None,
+            tags: std::sync::OnceLock::new(),
         }
     }
 
-    pub(super) fn user(&self) -> Option<String> {
-        self.user.get().cloned()
+    /// Takes the `x-polyplex-metadata` pairs of the request's headers; the
+    /// error that header is, if it is one.
+    pub(super) fn read_headers(&mut self, headers: &HeaderMap) -> Result<(), GatewayError> {
+        self.header_metadata = metadata_header(headers)?;
+        Ok(())
+    }
+
+    /// Tags the call's usage records with the end user and the metadata its
+    /// body names (over its header's pairs).
+    pub(super) fn tag(&self, user: Option<String>, metadata: Option<&JsonMap>) {
+        let _ = self
+            .tags
+            .set(Tags::new(user, self.header_metadata.as_ref(), metadata));
+    }
+
+    /// The tags of the call's usage records: its header's metadata until
+    /// its body is read.
+    pub(super) fn tags(&self) -> Tags {
+        match self.tags.get() {
+            Some(t) => t.clone(),
+            None => Tags::new(None, self.header_metadata.as_ref(), None),
+        }
     }
 
     /// Records the failure and answers it in OpenAI's error shape.
@@ -286,7 +338,7 @@ impl Call {
             stream,
             at: SystemTime::now(),
             key: self.caller.key().cloned(),
-            user: self.user(),
+            tags: self.tags(),
             charged: 0,
         });
         let mut resp = ApiError(e).into_response();
@@ -318,7 +370,7 @@ impl Call {
             stream: parsed.stream,
             at: SystemTime::now(),
             key: admitted.map(|a| a.key.clone()),
-            user: self.user(),
+            tags: self.tags(),
             charged: 0,
         });
         let mut resp = if parsed.stream {
@@ -418,7 +470,10 @@ pub(super) async fn handle(
     label: &'static str,
     req: Request,
 ) -> Response {
-    let call = Call::new(app, &rid, caller, endpoint, label);
+    let mut call = Call::new(app, &rid, caller, endpoint, label);
+    if let Err(e) = call.read_headers(req.headers()) {
+        return call.fail("", false, e, &Served::default());
+    }
     let mut gone = Unanswered::new(&call);
     let resp = answer(&call, req, &gone).await;
     gone.answered = true;
@@ -444,16 +499,17 @@ async fn answer(call: &Call, req: Request, gone: &Unanswered<'_>) -> Response {
     let mut parsed = match validate(call.endpoint, text) {
         Ok(p) => p,
         Err(b) => {
-            let Refused { asked, user, error } = *b;
-            if let Some(u) = user {
-                let _ = call.user.set(u);
-            }
+            let Refused {
+                asked,
+                user,
+                metadata,
+                error,
+            } = *b;
+            call.tag(user, metadata.as_ref());
             return call.fail(&asked, false, error, &no_one);
         }
     };
-    if let Some(u) = parsed.user.take() {
-        let _ = call.user.set(u);
-    }
+    call.tag(parsed.user.take(), parsed.metadata.take().as_ref());
     crate::phase::mark("valid");
     gone.asked(&parsed);
     let admitted = match call.admit(&parsed.model, &parsed.fallbacks).await {
@@ -600,7 +656,7 @@ impl Drop for Unanswered<'_> {
             stream: seen.stream,
             at: SystemTime::now(),
             key: call.caller.key().cloned(),
-            user: call.user(),
+            tags: call.tags(),
             charged: 0,
         };
         let Some(d) = seen.cut else {
@@ -718,7 +774,7 @@ async fn serve(
                     request: parsed.body,
                     admitted,
                     cache_as: cache_key,
-                    user: call.user(),
+                    tags: call.tags(),
                 };
                 let mut resp = sse_response(ctx, open, d);
                 served.apply(&mut resp);
@@ -790,7 +846,7 @@ async fn serve(
                     stream: false,
                     at: SystemTime::now(),
                     key: admitted.as_ref().map(|a| a.key.clone()),
-                    user: call.user(),
+                    tags: call.tags(),
                     charged: 0,
                 },
             );
@@ -897,13 +953,16 @@ pub async fn responses(
     Extension(caller): Extension<Caller>,
     req: Request,
 ) -> Response {
-    let call = Call::new(
+    let mut call = Call::new(
         app.clone(),
         &rid,
         caller.clone(),
         Endpoint::Chat,
         "responses",
     );
+    // A bad metadata header is answered by the chat call below (whose
+    // record is the request's).
+    let _ = call.read_headers(req.headers());
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers.clone();
     let no_one = Served::default();

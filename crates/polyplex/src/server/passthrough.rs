@@ -298,7 +298,10 @@ pub async fn serve(
     Extension(caller): Extension<Caller>,
     req: Request,
 ) -> Response {
-    let call = Call::new(app, &rid, caller, Endpoint::Embeddings, kind.label());
+    let mut call = Call::new(app, &rid, caller, Endpoint::Embeddings, kind.label());
+    if let Err(e) = call.read_headers(req.headers()) {
+        return call.fail("", false, e, &Served::default());
+    }
     let mut gone = Unanswered::new(&call);
     let resp = answer(kind, &call, req, &gone).await;
     gone.answered = true;
@@ -317,9 +320,7 @@ async fn answer(kind: Kind, call: &Call, req: Request, gone: &Unanswered<'_>) ->
         Ok(a) => a,
         Err(e) => return call.fail("", false, e, &no_one),
     };
-    if let Some(u) = &asked.user {
-        let _ = call.user.set(u.clone());
-    }
+    call.tag(asked.user.clone(), None);
     gone.asked_for(&asked.model, asked.stream);
     // A bare name the router does not know is asked of OpenAI's providers
     // by their names (those the key may use, if any): the key's list and
@@ -395,7 +396,7 @@ async fn answer(kind: Kind, call: &Call, req: Request, gone: &Unanswered<'_>) ->
         stream: asked.stream,
         at: SystemTime::now(),
         key: admitted.as_ref().map(|a| a.key.clone()),
-        user: call.user(),
+        tags: call.tags(),
         charged: 0,
     };
     let body = if content_type.starts_with("application/json") {

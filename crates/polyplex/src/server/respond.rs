@@ -402,8 +402,8 @@ pub struct StreamContext {
     pub admitted: Option<crate::keys::Admitted>,
     /// Where the response cache keeps this stream once it has ended well.
     pub cache_as: Option<crate::cache::Key>,
-    /// The end user the request names.
-    pub user: Option<String>,
+    /// What the request says about itself (end user, metadata).
+    pub tags: crate::usage::Tags,
 }
 
 /// One client stream: upstream events in, OpenAI SSE frames out.
@@ -609,7 +609,7 @@ impl Relay {
             stream: true,
             at: SystemTime::now(),
             key: self.ctx.admitted.as_ref().map(|a| a.key.clone()),
-            user: self.ctx.user.clone(),
+            tags: self.ctx.tags.clone(),
             charged: 0,
         }
     }
