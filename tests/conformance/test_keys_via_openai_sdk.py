@@ -312,6 +312,45 @@ def test_usage_is_reported_by_the_metadata_a_request_carries(gateway, gateway_di
     assert {r["metadata.feature"] for r in json.loads(out.stdout)["data"]} == {"qa", "chat", "embed"}
 
 
+def test_a_keys_metadata_tags_every_request_it_makes(gateway, gateway_dir):
+    """A key's `metadata` (admin API, `polyplex keys create --metadata`)
+    tags every request made with it, over the request's own pairs: a client
+    cannot move its spend to another team."""
+    import uuid
+
+    team, other = f"team-{uuid.uuid4().hex[:8]}", f"other-{uuid.uuid4().hex[:8]}"
+    k = new_key(gateway, metadata={"team": team})
+    assert k["metadata"] == {"team": team}
+    status, got = admin(gateway, "GET", f"/admin/keys/{k['id']}")
+    assert got["metadata"] == {"team": team}
+    c = sdk(gateway, k["key"])
+    hello(c)
+    hello(c, model="anthropic/claude-haiku-4-5", metadata={"team": other, "feature": "qa"})
+    c.embeddings.create(model="text-embedding-3-small", input="hi",
+                        extra_headers={"x-polyplex-metadata": json.dumps({"team": other})})
+    status, rep = admin(gateway, "GET", f"/admin/usage?by=metadata.team&key={k['id']}")
+    assert [(r["metadata.team"], r["requests"]) for r in rep["data"]] == [(team, 3)]
+    status, rep = admin(gateway, "GET", f"/admin/usage?by=metadata.feature&metadata.team={team}")
+    assert sorted((r["metadata.feature"] or "-", r["requests"]) for r in rep["data"]) == [("-", 2), ("qa", 1)]
+    # Changed and cleared by PATCH; bad metadata is refused by name.
+    status, got = admin(gateway, "PATCH", f"/admin/keys/{k['id']}", {"metadata": {"team": other}})
+    assert status == 200 and got["metadata"] == {"team": other}
+    status, got = admin(gateway, "PATCH", f"/admin/keys/{k['id']}", {"metadata": None})
+    assert status == 200 and got["metadata"] is None
+    status, err = admin(gateway, "POST", "/admin/keys", {"name": "x", "metadata": {"team": 1}})
+    assert status == 400 and err["error"]["param"] == "metadata.team"
+    status, err = admin(gateway, "POST", "/admin/keys", {"name": "x", "metadata": ["team"]})
+    assert status == 400 and err["error"]["param"] == "metadata"
+    env = {"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"}
+    out = subprocess.run([BIN, "keys", "create", "cli-tagged", "--metadata", f"team={team}", "--metadata",
+                          "env=ci", "--json"], cwd=gateway_dir, capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["metadata"] == {"team": team, "env": "ci"}
+    out = subprocess.run([BIN, "keys", "create", "cli-bad", "--metadata", "team"], cwd=gateway_dir,
+                         capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode != 0 and "KEY=VALUE" in out.stderr
+
+
 def test_usage_report_counts_prompt_cache_reads_and_writes(gateway):
     """A key's prompt-cache writes and reads (Claude, through `cache_control`)
     are in its usage rows and the report's total, beside the prompt tokens

@@ -598,6 +598,7 @@ mod tests {
             budget_reset: None,
             period_start: 0,
             period_spent_usd: 0.0,
+            metadata: None,
         }
     }
 

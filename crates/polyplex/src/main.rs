@@ -142,6 +142,10 @@ enum KeysAction {
         /// Expiry: a date, an RFC 3339 time, Unix seconds or a duration from now (`30d`).
         #[arg(long)]
         expires_at: Option<String>,
+        /// Metadata every request of the key is tagged with in its usage
+        /// record (repeatable; over a request's own pairs).
+        #[arg(long, value_name = "KEY=VALUE")]
+        metadata: Vec<String>,
         /// JSON output (the admin API's shape, with the key).
         #[arg(long)]
         json: bool,
@@ -404,6 +408,7 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
             budget_usd,
             budget_reset,
             expires_at,
+            metadata,
             json,
         } => {
             let name = name
@@ -418,6 +423,10 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
                 })?),
                 None => None,
             };
+            let pairs = metadata_pairs(&metadata)?;
+            if let Err(e) = polyplex_types::validate::check_metadata("--metadata", &pairs) {
+                return Err(e.message);
+            }
             let changes = polyplex::store::KeyChanges {
                 name: Some(name),
                 models: Some((!models.is_empty()).then_some(models)),
@@ -431,6 +440,7 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
                         .as_deref()
                         .and_then(polyplex::budget::BudgetReset::parse),
                 ),
+                metadata: Some((!pairs.is_empty()).then_some(pairs)),
             };
             let (row, token) = admin::create(&store, &changes)
                 .await
@@ -509,6 +519,18 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
     Ok(())
 }
 
+/// `--metadata KEY=VALUE` options as metadata pairs.
+fn metadata_pairs(given: &[String]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let mut pairs = serde_json::Map::new();
+    for m in given {
+        let (k, v) = m
+            .split_once('=')
+            .ok_or_else(|| format!("--metadata takes KEY=VALUE, not `{m}`"))?;
+        pairs.insert(k.to_string(), v.into());
+    }
+    Ok(pairs)
+}
+
 async fn usage_cmd(
     config: Option<PathBuf>,
     since: Option<String>,
@@ -519,14 +541,14 @@ async fn usage_cmd(
 ) -> Result<(), String> {
     use polyplex::server::admin;
     let (by, since) = admin::report_params(Some(&by), since.as_deref()).map_err(|e| e.message)?;
-    let mut pairs = Vec::new();
-    for m in &metadata {
-        let pair = m
-            .split_once('=')
-            .ok_or_else(|| format!("--metadata takes KEY=VALUE, not `{m}`"))?;
-        pairs.push(pair);
-    }
-    let only = admin::report_only(key.as_deref(), pairs).map_err(|e| e.message)?;
+    let pairs = metadata_pairs(&metadata)?;
+    let only = admin::report_only(
+        key.as_deref(),
+        pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or(""))),
+    )
+    .map_err(|e| e.message)?;
     let store = open_store(config.as_ref()).await?;
     let since_ms = since.map_or(0, |s| s.saturating_mul(1000));
     let rows = store

@@ -11,6 +11,7 @@
 
 use crate::budget::BudgetReset;
 use crate::usage::UsageRecord;
+use polyplex_types::JsonMap;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
@@ -34,7 +35,8 @@ const SCHEMA: &[&str] = &[
         revoked_at BIGINT,
         budget_reset TEXT,
         period_start BIGINT NOT NULL DEFAULT 0,
-        period_spent_usd DOUBLE PRECISION NOT NULL DEFAULT 0
+        period_spent_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+        metadata TEXT
     )",
     "CREATE TABLE IF NOT EXISTS polyplex_usage (
         request_id TEXT NOT NULL,
@@ -95,6 +97,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
         "period_spent_usd",
         "DOUBLE PRECISION NOT NULL DEFAULT 0",
     ),
+    ("polyplex_keys", "metadata", "TEXT"),
 ];
 
 /// The longest chain of responses a conversation is read through (each
@@ -165,7 +168,7 @@ fn usage_insert_sql(rows: usize, numbered: bool) -> String {
 /// The columns of `polyplex_keys` a [`KeyRow`] reads, in its order.
 const KEY_COLUMNS: &str = "id, name, key_hash, key_hint, models, rpm, tpm, max_concurrent, \
      budget_usd, spent_usd, expires_at, created_at, revoked_at, budget_reset, period_start, \
-     period_spent_usd";
+     period_spent_usd, metadata";
 
 #[derive(Debug, thiserror::Error)]
 #[error("store: {0}")]
@@ -204,6 +207,9 @@ pub struct KeyRow {
     pub period_start: i64,
     /// What the key spent from `period_start` on, as the store has it.
     pub period_spent_usd: f64,
+    /// Metadata pairs every request made with the key is tagged with (over
+    /// the request's own).
+    pub metadata: Option<JsonMap>,
 }
 
 impl KeyRow {
@@ -238,6 +244,7 @@ pub struct KeyChanges {
     pub budget_usd: Option<Option<f64>>,
     pub expires_at: Option<Option<i64>>,
     pub budget_reset: Option<Option<BudgetReset>>,
+    pub metadata: Option<Option<JsonMap>>,
 }
 
 /// How a usage report groups its rows.
@@ -386,7 +393,17 @@ fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
             .and_then(BudgetReset::parse),
         period_start: r.try_get("period_start")?,
         period_spent_usd: r.try_get("period_spent_usd")?,
+        metadata: r
+            .try_get::<Option<String>, _>("metadata")?
+            .and_then(|m| serde_json::from_str(&m).ok()),
     })
+}
+
+/// A key's metadata as stored: a JSON object, or NULL for none.
+fn metadata_json(m: &Option<JsonMap>) -> Option<String> {
+    m.as_ref()
+        .filter(|m| !m.is_empty())
+        .and_then(|m| serde_json::to_string(m).ok())
 }
 
 fn models_json(m: &Option<Vec<String>>) -> Option<String> {
@@ -564,8 +581,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO polyplex_keys (id, name, key_hash, key_hint, models, rpm, tpm, \
              max_concurrent, budget_usd, spent_usd, expires_at, created_at, revoked_at, \
-             budget_reset, period_start, period_spent_usd) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             budget_reset, period_start, period_spent_usd, metadata) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(&k.id)
         .bind(&k.name)
@@ -583,6 +600,7 @@ impl Store {
         .bind(k.budget_reset.map(BudgetReset::as_str))
         .bind(k.period_start)
         .bind(k.period_spent_usd)
+        .bind(metadata_json(&k.metadata))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -649,12 +667,15 @@ impl Store {
         if let Some(v) = c.budget_reset {
             k.budget_reset = v;
         }
+        if let Some(v) = &c.metadata {
+            k.metadata = v.clone();
+        }
         // Only the settings: spent_usd is the usage writer's, and a
         // read-modify-write of it here would lose what it added meanwhile.
         sqlx::query(
             "UPDATE polyplex_keys SET name = $1, models = $2, rpm = $3, tpm = $4, \
-             max_concurrent = $5, budget_usd = $6, expires_at = $7, budget_reset = $8 \
-             WHERE id = $9",
+             max_concurrent = $5, budget_usd = $6, expires_at = $7, budget_reset = $8, \
+             metadata = $9 WHERE id = $10",
         )
         .bind(&k.name)
         .bind(models_json(&k.models))
@@ -664,6 +685,7 @@ impl Store {
         .bind(k.budget_usd)
         .bind(k.expires_at)
         .bind(k.budget_reset.map(BudgetReset::as_str))
+        .bind(metadata_json(&k.metadata))
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -1442,8 +1464,24 @@ mod tests {
             budget_reset: Some(day),
             period_start: today - 86_400,
             period_spent_usd: 3.0,
+            metadata: serde_json::json!({"team": "search"}).as_object().cloned(),
         };
         store.insert_key(&row).await.unwrap();
+        // Its metadata as given, changed and cleared by an update.
+        assert_eq!(store.key("key_p").await.unwrap().unwrap(), row);
+        let ads = serde_json::json!({"team": "ads"}).as_object().cloned();
+        let change = |m: Option<JsonMap>| KeyChanges {
+            metadata: Some(m),
+            ..KeyChanges::default()
+        };
+        let changed = store.update_key("key_p", &change(ads.clone())).await;
+        assert_eq!(changed.unwrap().unwrap().metadata, ads);
+        let cleared = store.update_key("key_p", &change(None)).await;
+        assert_eq!(cleared.unwrap().unwrap().metadata, None);
+        store
+            .update_key("key_p", &change(row.metadata.clone()))
+            .await
+            .unwrap();
         let keys = crate::keys::Keys::new(None);
         keys.upsert(row);
         let entry = keys.by_id("key_p").unwrap();

@@ -50,24 +50,27 @@ pub struct UsageRecord {
 pub struct Tags {
     /// The end user it names (`user`, else `safety_identifier`).
     pub user: Option<String>,
-    /// Its metadata pairs (the `x-polyplex-metadata` header's, then the
-    /// body's `metadata`, which wins a key both name), as a JSON object.
+    /// Its metadata pairs as a JSON object: the `x-polyplex-metadata`
+    /// header's, then the body's `metadata`, then its key's, each winning a
+    /// key an earlier one names.
     pub metadata: Option<Arc<str>>,
 }
 
 impl Tags {
-    /// The tags of a request naming `user`, with the metadata pairs of its
-    /// header and of its body.
-    pub fn new(user: Option<String>, header: Option<&JsonMap>, body: Option<&JsonMap>) -> Tags {
-        let metadata = match (header, body) {
-            (None, None) => None,
-            (Some(one), None) | (None, Some(one)) => Some(text_of(one)),
-            (Some(header), Some(body)) => {
-                let mut both = header.clone();
-                for (k, v) in body {
-                    both.insert(k.clone(), v.clone());
+    /// The tags of a request naming `user`, with the metadata pairs of
+    /// `layers` — its header's, its body's, its key's — each winning a key
+    /// an earlier one names too.
+    pub fn new(user: Option<String>, layers: &[Option<&JsonMap>]) -> Tags {
+        let mut given = layers.iter().flatten();
+        let metadata = match (given.next(), given.next()) {
+            (None, _) => None,
+            (Some(one), None) => Some(text_of(one)),
+            (Some(first), Some(second)) => {
+                let mut all = JsonMap::clone(first);
+                for (k, v) in std::iter::once(second).chain(given).flat_map(|m| m.iter()) {
+                    all.insert(k.clone(), v.clone());
                 }
-                Some(text_of(&both))
+                Some(text_of(&all))
             }
         };
         Tags { user, metadata }
@@ -661,6 +664,36 @@ pub fn cost_json(c: f64) -> serde_json::Value {
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
+
+    /// A request's metadata: its header's pairs, then its body's, then its
+    /// key's, each winning a key an earlier one names; none, none.
+    #[test]
+    fn tags_layer_the_metadata_pairs() {
+        let m = |v: serde_json::Value| v.as_object().cloned().unwrap();
+        let header = m(serde_json::json!({"team": "h", "env": "prod"}));
+        let body = m(serde_json::json!({"team": "b", "feature": "qa"}));
+        let key = m(serde_json::json!({"team": "k"}));
+        let text = |layers: &[Option<&JsonMap>]| Tags::new(None, layers).metadata;
+        assert_eq!(text(&[None, None, None]), None);
+        assert_eq!(
+            text(&[None, Some(&body), None]).as_deref(),
+            Some(r#"{"team":"b","feature":"qa"}"#)
+        );
+        assert_eq!(
+            text(&[Some(&header), Some(&body), None]).as_deref(),
+            Some(r#"{"team":"b","env":"prod","feature":"qa"}"#)
+        );
+        assert_eq!(
+            text(&[Some(&header), Some(&body), Some(&key)]).as_deref(),
+            Some(r#"{"team":"k","env":"prod","feature":"qa"}"#)
+        );
+        assert_eq!(
+            text(&[Some(&header), None, Some(&key)]).as_deref(),
+            Some(r#"{"team":"k","env":"prod"}"#)
+        );
+        let t = Tags::new(Some("u".into()), &[None, None, Some(&key)]);
+        assert_eq!(t.user.as_deref(), Some("u"));
+    }
 
     fn record(model: &str) -> UsageRecord {
         UsageRecord {

@@ -32,6 +32,7 @@ pub fn key_json(k: &KeyRow) -> Value {
         "budget_spent_usd": crate::usage::rounded_cost(k.budget_spent(store::unix_now())),
         "budget_resets_at": k.budget_reset.map(|r| r.end(store::unix_now())),
         "expires_at": k.expires_at,
+        "metadata": k.metadata,
         "created_at": k.created_at,
         "revoked": k.revoked_at.is_some(),
         "revoked_at": k.revoked_at,
@@ -180,10 +181,20 @@ fn changes(m: &Map<String, Value>) -> Result<KeyChanges, GatewayError> {
                     _ => return Err(bad("expires_at", "must be a time or null")),
                 });
             }
+            "metadata" => {
+                c.metadata = Some(match v {
+                    Value::Null => None,
+                    Value::Object(pairs) => {
+                        polyplex_types::validate::check_metadata("metadata", pairs)?;
+                        (!pairs.is_empty()).then(|| pairs.clone())
+                    }
+                    _ => return Err(bad("metadata", "must be an object of strings, or null")),
+                });
+            }
             other => {
                 return Err(GatewayError::invalid_param(
                     other,
-                    format!("Unrecognized field `{other}`. Keys take: name, models, rpm, tpm, max_concurrent, budget_usd, budget_reset, expires_at."),
+                    format!("Unrecognized field `{other}`. Keys take: name, models, rpm, tpm, max_concurrent, budget_usd, budget_reset, expires_at, metadata."),
                 ))
             }
         }
@@ -217,6 +228,7 @@ pub async fn create(
         budget_reset,
         period_start: budget_reset.map_or(0, |r| r.start(created_at)),
         period_spent_usd: 0.0,
+        metadata: c.metadata.clone().flatten(),
     };
     store.insert_key(&row).await?;
     Ok((row, token))

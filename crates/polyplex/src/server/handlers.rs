@@ -299,20 +299,24 @@ impl Call {
     }
 
     /// Tags the call's usage records with the end user and the metadata its
-    /// body names (over its header's pairs).
+    /// body names (over its header's pairs, under its key's).
     pub(super) fn tag(&self, user: Option<String>, metadata: Option<&JsonMap>) {
-        let _ = self
-            .tags
-            .set(Tags::new(user, self.header_metadata.as_ref(), metadata));
+        let _ = self.tags.set(self.tags_with(user, metadata));
     }
 
-    /// The tags of the call's usage records: its header's metadata until
-    /// its body is read.
+    /// The tags of the call's usage records: those of its header and key
+    /// until its body is read.
     pub(super) fn tags(&self) -> Tags {
         match self.tags.get() {
             Some(t) => t.clone(),
-            None => Tags::new(None, self.header_metadata.as_ref(), None),
+            None => self.tags_with(None, None),
         }
+    }
+
+    fn tags_with(&self, user: Option<String>, body: Option<&JsonMap>) -> Tags {
+        let spec = self.caller.key().map(|k| k.spec());
+        let key = spec.as_ref().and_then(|s| s.metadata.as_ref());
+        Tags::new(user, &[self.header_metadata.as_ref(), body, key])
     }
 
     /// Records the failure and answers it in OpenAI's error shape.
