@@ -3,8 +3,9 @@ protocol: the official SDK's own helpers (`output_text`, `responses.stream`
 and its final response, `responses.parse`) check the shapes and the order of
 the stream's events; a tool loop and Claude's reasoning go round trip with
 the output items sent back as input, or kept and continued with
-`previous_response_id`; what needs OpenAI's own service (built-in tools,
-background mode, stored prompts) is refused by name."""
+`previous_response_id` or in a conversation (`client.conversations`); what
+needs OpenAI's own service (built-in tools, background mode, stored
+prompts) is refused by name."""
 import json
 import urllib.request
 
@@ -270,6 +271,90 @@ def test_a_kept_response_is_continued_retrieved_listed_and_deleted(client, mock,
     with pytest.raises(openai.NotFoundError) as e:
         ask(input="again", previous_response_id=third.id)
     assert e.value.param == "previous_response_id" and e.value.code == "previous_response_not_found"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_conversation_keeps_every_turn_on_any_provider(client, mock, stream):
+    """OpenAI's Conversations API (`client.conversations`): a conversation
+    made with items and metadata, answered turn after turn by different
+    providers (each sent the whole conversation), its items listed, paged,
+    added, retrieved and deleted, its metadata changed, and deleted."""
+    conv = client.conversations.create(metadata={"topic": "names"},
+                                       items=[{"type": "message", "role": "user", "content": "My name is Ann."}])
+    assert conv.object == "conversation" and conv.id.startswith("conv_") and conv.metadata == {"topic": "names"}
+
+    def ask(model, text, **kw):
+        if not stream:
+            return client.responses.create(model=model, input=text, conversation=conv.id, **kw)
+        with client.responses.stream(model=model, input=text, conversation={"id": conv.id}, **kw) as s:
+            for _ in s:
+                pass
+            return s.get_final_response()
+
+    def text(content):
+        return content if isinstance(content, str) else "".join(p["text"] for p in content)
+
+    first = ask(OPENAI, "What is my name?")
+    assert first.conversation.id == conv.id
+    assert [(m["role"], text(m["content"])) for m in upstream_messages(mock)] == [
+        ("user", "My name is Ann."), ("user", "What is my name?")]
+    # Not kept as a response (store: false), yet the conversation gains it.
+    ask(ANTHROPIC, "And again?", store=False)
+    sent = json.loads(urllib.request.urlopen(mock + "/__mock/requests").read())[-1]["body"]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    items = client.conversations.items.list(conv.id, order="asc")
+    assert [(i.type, i.role) for i in items.data] == [
+        ("message", "user"), ("message", "user"), ("message", "assistant"), ("message", "user"), ("message", "assistant")]
+    assert items.data[2].content[0].text == "What is my name?" and items.data[2].id == first.output[0].id
+    assert len({i.id for i in items.data}) == 5
+    newest = client.conversations.items.list(conv.id, limit=2)
+    assert [i.id for i in newest.data] == [items.data[4].id, items.data[3].id] and newest.has_more
+    assert [i.id for i in client.conversations.items.list(conv.id, limit=2)] == [i.id for i in reversed(items.data)]
+    added = client.conversations.items.create(
+        conv.id, items=[{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "P.S."}]}])
+    assert added.object == "list" and added.first_id == added.data[0].id
+    got = client.conversations.items.retrieve(added.data[0].id, conversation_id=conv.id)
+    assert got.content[0].text == "P.S."
+    after = client.conversations.items.delete(added.data[0].id, conversation_id=conv.id)
+    assert after.id == conv.id
+    with pytest.raises(openai.NotFoundError):
+        client.conversations.items.retrieve(added.data[0].id, conversation_id=conv.id)
+    assert client.conversations.update(conv.id, metadata={"topic": "done"}).metadata == {"topic": "done"}
+    assert client.conversations.retrieve(conv.id).metadata == {"topic": "done"}
+    # Refusals name what is wrong.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=OPENAI, input="x", conversation=conv.id, previous_response_id=first.id)
+    assert e.value.param == "conversation"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.conversations.items.create(conv.id, items=[{"type": "message", "role": "user", "content": 3}])
+    assert e.value.param == "items[0].content"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.conversations.create(metadata={"topic": 1})
+    assert e.value.param == "metadata.topic"
+    assert client.conversations.delete(conv.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.conversations.retrieve(conv.id)
+    with pytest.raises(openai.NotFoundError) as e:
+        ask(OPENAI, "anyone?")
+    assert e.value.param == "conversation"
+
+
+def test_conversations_are_their_callers_own(client, gateway):
+    conv = client.conversations.create()
+    status, k = admin(gateway, "POST", "/admin/keys", {"name": "stranger"})
+    other = openai.OpenAI(base_url=gateway + "/v1", api_key=k["key"], max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        other.conversations.retrieve(conv.id)
+    with pytest.raises(openai.NotFoundError):
+        other.conversations.items.list(conv.id)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.create(model=OPENAI, input="hi", conversation=conv.id)
+    with pytest.raises(openai.NotFoundError):
+        other.conversations.delete(conv.id)
+    mine = other.conversations.create(items=[{"role": "user", "content": "mine"}])
+    assert [i.content[0].text for i in other.conversations.items.list(mine.id)] == ["mine"]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=gateway + "/v1", api_key="plx-wrong", max_retries=0).conversations.create()
 
 
 def test_a_tool_loop_continues_from_the_kept_response_with_claudes_thinking(client):

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod catalog;
 pub mod client;
 pub mod config;
+pub mod conversations;
 pub mod executor;
 pub mod health;
 pub mod keys;

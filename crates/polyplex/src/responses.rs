@@ -133,6 +133,8 @@ pub struct Echo {
     /// `previous` (`previous_response_id`): they are kept with it, not again.
     pub earlier: usize,
     pub previous: Option<String>,
+    /// The conversation (`conversation`) the items after `earlier` join.
+    pub conversation: Option<String>,
 }
 
 /// A Responses request as the chat request that asks the same.
@@ -201,6 +203,37 @@ pub fn previous_of(body: &JsonMap) -> Result<Option<String>, Refused> {
     }
 }
 
+/// The conversation a body names (`conversation`: its id, or `{"id"}`),
+/// checked: one of it and `previous_response_id` at most.
+pub fn conversation_of(body: &JsonMap) -> Result<Option<String>, Refused> {
+    let refuse = |e: GatewayError| Box::new((model_of(body), e));
+    if given(body, "conversation").is_none() {
+        return Ok(None);
+    }
+    let id = conversation_id(body).ok_or_else(|| {
+        refuse(bad_type(
+            "conversation",
+            "a conversation id or an object with its `id`",
+        ))
+    })?;
+    if given(body, "previous_response_id").is_some() {
+        return Err(refuse(bad(
+            "conversation",
+            "Mutually exclusive parameters: Ensure you are only providing one of: 'previous_response_id' or 'conversation'.",
+        )));
+    }
+    Ok(Some(id))
+}
+
+/// The id of the conversation a body names, if it names one well.
+fn conversation_id(body: &JsonMap) -> Option<String> {
+    match given(body, "conversation")? {
+        Value::String(id) => Some(id.clone()),
+        Value::Object(o) => o.get("id").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
 /// Rewrites a Responses request as a chat request ([module docs](self));
 /// `earlier` are the stored items of the response it continues from
 /// (`previous_response_id`: its input and output, in order).
@@ -224,10 +257,6 @@ fn convert(body: &JsonMap, id: &str, earlier: &[Value]) -> Result<Converted, Gat
     if given(body, "previous_response_id").is_some_and(|v| !v.is_string()) {
         return Err(bad_type("previous_response_id", "a string"));
     }
-    stateful(
-        "conversation",
-        "polyplex keeps no conversation objects: continue from a response with `previous_response_id`, or send the conversation so far in `input`.",
-    )?;
     stateful(
         "prompt",
         "Stored prompts live in OpenAI's dashboard; send `instructions` and `input` instead.",
@@ -402,6 +431,7 @@ fn convert(body: &JsonMap, id: &str, earlier: &[Value]) -> Result<Converted, Gat
             previous: lookup(body, "previous_response_id")
                 .and_then(Value::as_str)
                 .map(str::to_string),
+            conversation: conversation_id(body),
         },
         dropped,
     })
@@ -1007,7 +1037,7 @@ pub fn listed_item(mut item: Value, response_id: &str, index: usize) -> Value {
     item
 }
 
-/// One page of a kept response's input items, as OpenAI's list answers
+/// One page of a kept response's input items or a conversation's items, as OpenAI's list answers
 /// `GET .../input_items?order=&limit=&after=`: newest first unless
 /// `order=asc`, at most `limit` (1–100, 20 by default) after the item
 /// whose id is `after`, and whether more follow.
@@ -1053,7 +1083,7 @@ pub fn item_page(mut items: Vec<Value>, query: Option<&str>) -> Result<Value, Ga
             None => {
                 return Err(GatewayError::invalid_param(
                     "after",
-                    format!("No input item with id '{a}' in this response."),
+                    format!("No item with id '{a}' in this list."),
                 ))
             }
         },
@@ -1119,6 +1149,9 @@ fn response(
         if let Some(v) = lookup(r, k) {
             o[k] = v.clone();
         }
+    }
+    if let Some(c) = &echo.conversation {
+        o["conversation"] = json!({"id": c});
     }
     o
 }
@@ -2059,6 +2092,41 @@ mod tests {
         assert!(c.echo.stream);
     }
 
+    /// `conversation`: an id or `{"id"}`, never with `previous_response_id`.
+    #[test]
+    fn the_conversation_a_request_names() {
+        let body = |v: Value| v.as_object().cloned().unwrap();
+        let of = |v: Value| conversation_of(&body(v));
+        assert_eq!(of(json!({"input": "hi"})).unwrap(), None);
+        assert_eq!(
+            of(json!({"conversation": "conv_1"})).unwrap().as_deref(),
+            Some("conv_1")
+        );
+        assert_eq!(
+            of(json!({"conversation": {"id": "conv_2"}}))
+                .unwrap()
+                .as_deref(),
+            Some("conv_2")
+        );
+        for bad in [
+            json!({"conversation": 7}),
+            json!({"conversation": {"name": "x"}}),
+            json!({"conversation": "conv_1", "previous_response_id": "resp_1"}),
+        ] {
+            assert_eq!(
+                of(bad.clone()).unwrap_err().1.param.as_deref(),
+                Some("conversation"),
+                "{bad}"
+            );
+        }
+        let c = to_chat(
+            body(json!({"model": "m", "input": "hi", "conversation": "conv_1"})),
+            "resp_a",
+            &[],
+        );
+        assert_eq!(c.unwrap().echo.conversation.as_deref(), Some("conv_1"));
+    }
+
     #[test]
     fn what_needs_a_stored_response_or_a_built_in_tool_is_refused_by_name() {
         let base = || json!({"model": "m", "input": "hi"});
@@ -2072,7 +2140,6 @@ mod tests {
                 with("previous_response_id", json!(7)),
                 "previous_response_id",
             ),
-            (with("conversation", json!("conv_1")), "conversation"),
             (with("background", json!(true)), "background"),
             (with("truncation", json!("auto")), "truncation"),
             (with("frobnicate", json!(1)), "frobnicate"),

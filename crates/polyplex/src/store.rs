@@ -74,6 +74,21 @@ const SCHEMA: &[&str] = &[
         previous TEXT
     )",
     "CREATE INDEX IF NOT EXISTS polyplex_responses_created ON polyplex_responses (created_at)",
+    // Conversations (OpenAI's Conversations API, `crate::conversations`)
+    // and their items, in order (`seq`).
+    "CREATE TABLE IF NOT EXISTS polyplex_conversations (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        metadata TEXT
+    )",
+    "CREATE TABLE IF NOT EXISTS polyplex_conversation_items (
+        conversation_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        item_id TEXT NOT NULL,
+        item TEXT NOT NULL,
+        PRIMARY KEY (conversation_id, seq)
+    )",
     "CREATE INDEX IF NOT EXISTS polyplex_usage_created ON polyplex_usage (created_at)",
     "CREATE INDEX IF NOT EXISTS polyplex_usage_key ON polyplex_usage (key_id, created_at)",
 ];
@@ -566,6 +581,11 @@ impl Store {
             native: Some(native),
             ..self.clone()
         }))
+    }
+
+    /// The gateway's connections (the store's tables of other modules).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -1104,7 +1124,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1323,7 +1343,7 @@ mod tests {
 
     /// Runs `test` with the URL of a Postgres database made for it (and
     /// dropped after), when POLYPLEX_TEST_POSTGRES names a server.
-    async fn in_a_postgres_database<F, Fut>(prefix: &str, test: F)
+    pub(crate) async fn in_a_postgres_database<F, Fut>(prefix: &str, test: F)
     where
         F: FnOnce(String) -> Fut,
         Fut: std::future::Future<Output = ()>,

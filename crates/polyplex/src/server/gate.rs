@@ -45,12 +45,16 @@ fn needs_key(path: &str) -> bool {
             | "/v1/embeddings"
             | "/v1/responses"
             | "/v1/models"
+            | "/v1/conversations"
     ) || super::passthrough::Kind::of(path).is_some()
         || path
             .strip_prefix("/v1/models/")
             .is_some_and(|id| !id.is_empty())
         || path
             .strip_prefix("/v1/responses/")
+            .is_some_and(|id| !id.is_empty())
+        || path
+            .strip_prefix("/v1/conversations/")
             .is_some_and(|id| !id.is_empty())
         || is_admin(path)
 }
@@ -313,6 +317,8 @@ mod tests {
             "/v1/models",
             "/v1/models/gpt-4o",
             "/v1/models/openai/gpt-4o",
+            "/v1/conversations",
+            "/v1/conversations/conv_1/items",
             "/admin/providers",
             "/admin/usage",
             "/admin/keys",

@@ -983,10 +983,37 @@ pub async fn responses(
         Ok(p) => p,
         Err(b) => return call.fail(&model, false, b.1, &no_one),
     };
+    let conversation = match crate::responses::conversation_of(&tree) {
+        Ok(c) => c,
+        Err(b) => return call.fail(&model, false, b.1, &no_one),
+    };
     let owner = caller.owner();
     let store = app.keys.store().cloned();
-    // The conversation a `previous_response_id` continues.
+    // The conversation a `previous_response_id` continues, or the items of
+    // the `conversation` named.
     let earlier: Vec<Value> = match (&previous, &store) {
+        (None, _) if conversation.is_some() => {
+            let (Some(id), Some(st)) = (&conversation, &store) else {
+                let e = GatewayError::invalid_param("conversation", "This gateway has no store to keep conversations in; send the conversation so far in `input`.");
+                return call.fail(&model, false, e, &no_one);
+            };
+            match st.conversation_items(id, &owner).await {
+                Ok(Some(items)) => items,
+                Ok(None) => {
+                    let e =
+                        GatewayError::not_found(format!("Conversation with id '{id}' not found."))
+                            .with_param("conversation")
+                            .with_code("conversation_not_found");
+                    return call.fail(&model, false, e, &no_one);
+                }
+                Err(e) => {
+                    tracing::error!(request_id = %rid.0, error = %e, "could not read a conversation");
+                    let e =
+                        GatewayError::service_unavailable("The store did not answer; try again.");
+                    return call.fail(&model, false, e, &no_one);
+                }
+            }
+        }
         (None, _) => Vec::new(),
         (Some(_), None) => {
             let e = GatewayError::invalid_param("previous_response_id", "This gateway has no store to keep responses in; send the conversation so far in `input`.");
@@ -1024,13 +1051,20 @@ pub async fn responses(
             }
         };
     // Kept unless the request says `store: false` (OpenAI's default), and
-    // only where there is a store.
+    // only where there is a store; a conversation named gains its items
+    // either way.
+    if store.is_none() {
+        converted.echo.store = false;
+    }
     let keep = match store {
-        Some(store) if converted.echo.store => Some(super::respond::Keep { store, owner }),
-        _ => {
-            converted.echo.store = false;
-            None
+        Some(store) if converted.echo.store || converted.echo.conversation.is_some() => {
+            Some(super::respond::Keep {
+                store,
+                owner,
+                response: converted.echo.store,
+            })
         }
+        _ => None,
     };
     let chat = match serde_json::to_vec(&converted.chat) {
         Ok(v) => v,

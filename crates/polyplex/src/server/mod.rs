@@ -46,6 +46,7 @@ pub mod admin;
 pub mod auth;
 pub mod browsers;
 pub mod busy;
+pub mod conversations;
 pub mod gate;
 pub mod handlers;
 pub mod passthrough;
@@ -181,6 +182,8 @@ pub fn app(state: App) -> gate::Gate {
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/responses", post(handlers::responses))
         .route("/v1/responses/{*rest}", any(handlers::stored_response))
+        .route("/v1/conversations", any(conversations::serve))
+        .route("/v1/conversations/{*rest}", any(conversations::serve))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{*id}", get(handlers::get_model))
         .route("/admin/providers", get(handlers::admin_providers))

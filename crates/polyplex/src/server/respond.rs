@@ -788,17 +788,38 @@ pub fn sse_headers(resp: &mut Response) {
 pub struct Keep {
     pub store: crate::store::Store,
     pub owner: String,
+    /// Keep the response itself (`store`); else only its items join the
+    /// conversation the request named.
+    pub response: bool,
 }
 
 impl Keep {
-    /// Keeps a completed (or incomplete) response with its conversation; a
-    /// failed one is not kept. A store that fails is logged: the answer
+    /// Keeps a completed (or incomplete) response with its conversation,
+    /// and adds its input and output items to the `conversation` named; a
+    /// failed one is neither. A store that fails is logged: the answer
     /// still goes out, and continuing from it will say it is not found.
     async fn save(self, echo: &crate::responses::Echo, response: &Value) {
         if response["status"] == "failed" {
             return;
         }
         let items = crate::responses::stored_items(echo, response);
+        if let Some(conversation) = &echo.conversation {
+            let listed: Vec<Value> = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| crate::responses::listed_item(item.clone(), &echo.id, i))
+                .collect();
+            let added = self
+                .store
+                .add_conversation_items(conversation, &self.owner, &listed)
+                .await;
+            if let Err(e) = added {
+                tracing::error!(response_id = %echo.id, conversation, error = %e, "could not add a response's items to its conversation");
+            }
+        }
+        if !self.response {
+            return;
+        }
         let (Ok(items), Ok(body)) = (
             serde_json::to_string(&items),
             serde_json::to_string(response),
