@@ -351,6 +351,54 @@ def test_a_keys_metadata_tags_every_request_it_makes(gateway, gateway_dir):
     assert out.returncode != 0 and "KEY=VALUE" in out.stderr
 
 
+def test_a_requests_usage_record_is_found_by_its_request_id(gateway, gateway_dir):
+    """The `x-request-id` a client was answered with finds that request's
+    usage record (`GET /admin/usage/records/{id}`, `polyplex usage
+    --request`); `GET /admin/usage/records` pages through them all, newest
+    first, picked by key and metadata."""
+    k = new_key(gateway, metadata={"team": "records"})
+    c = sdk(gateway, k["key"])
+    raw = c.chat.completions.with_raw_response.create(
+        model="anthropic/claude-haiku-4-5", messages=[{"role": "user", "content": "hello there"}],
+        user="rec-user", metadata={"feature": "lookup"})
+    rid = raw.headers["x-request-id"]
+    usage = raw.parse().usage
+    status, page = admin(gateway, "GET", f"/admin/usage/records/{rid}")
+    assert status == 200, page
+    [r] = page["data"]
+    assert (r["request_id"], r["key_id"], r["provider"], r["status"]) == (rid, k["id"], "anthropic", 200)
+    assert (r["prompt_tokens"], r["completion_tokens"]) == (usage.prompt_tokens, usage.completion_tokens)
+    assert r["cost_usd"] == pytest.approx(usage.cost) and r["cost_usd"] > 0
+    assert r["user"] == "rec-user" and r["metadata"] == {"team": "records", "feature": "lookup"}
+    assert r["latency_ms"] >= 0 and r["endpoint"] == "chat.completions" and r["stream"] is False
+    with pytest.raises(openai.BadRequestError):
+        hello(c, temperature=9)
+    list(hello(c, stream=True))
+    status, page = admin(gateway, "GET", f"/admin/usage/records?key={k['id']}&limit=2")
+    assert [r["status"] for r in page["data"]] == [200, 400] and page["data"][0]["stream"] is True
+    assert page["has_more"] and page["next"]
+    status, rest = admin(gateway, "GET", f"/admin/usage/records?key={k['id']}&limit=2&after={page['next']}")
+    assert [r["request_id"] for r in rest["data"]] == [rid] and not rest["has_more"]
+    status, tagged = admin(gateway, "GET", "/admin/usage/records?metadata.feature=lookup")
+    assert rid in [r["request_id"] for r in tagged["data"]]
+    status, err = admin(gateway, "GET", "/admin/usage/records/req_never_made")
+    assert status == 404
+    status, err = admin(gateway, "GET", "/admin/usage/records?limit=5000")
+    assert status == 400 and err["error"]["param"] == "limit"
+    # The admin API's: a gateway key may not read them.
+    status, err = admin(gateway, "GET", f"/admin/usage/records/{rid}", key=k["key"])
+    assert status in (401, 403), err
+    env = {"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"}
+    out = subprocess.run([BIN, "usage", "--request", rid, "--json"], cwd=gateway_dir, capture_output=True,
+                         text=True, timeout=30, env=env)
+    assert out.returncode == 0, out.stderr
+    assert [r["request_id"] for r in json.loads(out.stdout)["data"]] == [rid]
+    out = subprocess.run([BIN, "usage", "--records", "--key", k["id"], "--limit", "5"], cwd=gateway_dir,
+                         capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("TIME") and rid in out.stdout and "anthropic/claude-haiku-4-5" in out.stdout
+
+
 def test_usage_report_counts_prompt_cache_reads_and_writes(gateway):
     """A key's prompt-cache writes and reads (Claude, through `cache_control`)
     are in its usage rows and the report's total, beside the prompt tokens

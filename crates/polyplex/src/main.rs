@@ -71,11 +71,21 @@ enum Command {
         #[command(subcommand)]
         action: CatalogAction,
     },
-    /// Spend and token report from the store.
+    /// Spend and token report from the store (or, with --records, the
+    /// usage records themselves).
     Usage {
         /// Since when: a date (YYYY-MM-DD), an RFC 3339 time, Unix seconds or a duration back (`24h`, `7d`).
         #[arg(long)]
         since: Option<String>,
+        /// List the usage records, newest first, instead of a report.
+        #[arg(long)]
+        records: bool,
+        /// With --records: how many (1 to 1000).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// The records of one request (its `x-request-id`).
+        #[arg(long)]
+        request: Option<String>,
         /// Group by key, model, provider, day, user (the end user a request
         /// named with `user`) or metadata.<key> (the value its metadata gave
         /// that key).
@@ -269,12 +279,27 @@ fn main() -> ExitCode {
         Command::Keys { action, config } => rt.block_on(keys_cmd(config, action)),
         Command::Usage {
             since,
+            records,
+            limit,
+            request,
             by,
             key,
             metadata,
             json,
             config,
-        } => rt.block_on(usage_cmd(config, since, by, key, metadata, json)),
+        } => {
+            let pick = UsagePick {
+                since,
+                key,
+                metadata,
+                json,
+            };
+            if records || request.is_some() {
+                rt.block_on(records_cmd(config, pick, limit, request))
+            } else {
+                rt.block_on(usage_cmd(config, pick, by))
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -531,24 +556,96 @@ fn metadata_pairs(given: &[String]) -> Result<serde_json::Map<String, serde_json
     Ok(pairs)
 }
 
-async fn usage_cmd(
-    config: Option<PathBuf>,
+/// Which usage `polyplex usage` reads, and how it prints it.
+struct UsagePick {
     since: Option<String>,
-    by: String,
     key: Option<String>,
     metadata: Vec<String>,
     json: bool,
+}
+
+impl UsagePick {
+    /// The records picked (by key and metadata), as the admin API picks them.
+    fn only(&self) -> Result<polyplex::store::Only, String> {
+        let pairs = metadata_pairs(&self.metadata)?;
+        polyplex::server::admin::report_only(
+            self.key.as_deref(),
+            pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or(""))),
+        )
+        .map_err(|e| e.message)
+    }
+}
+
+/// `polyplex usage --records` / `--request ID`: the records themselves.
+async fn records_cmd(
+    config: Option<PathBuf>,
+    pick: UsagePick,
+    limit: usize,
+    request: Option<String>,
 ) -> Result<(), String> {
     use polyplex::server::admin;
-    let (by, since) = admin::report_params(Some(&by), since.as_deref()).map_err(|e| e.message)?;
-    let pairs = metadata_pairs(&metadata)?;
-    let only = admin::report_only(
-        key.as_deref(),
-        pairs
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or(""))),
-    )
-    .map_err(|e| e.message)?;
+    let (_, since) = admin::report_params(None, pick.since.as_deref()).map_err(|e| e.message)?;
+    let (limit, _) = admin::page_params(Some(&limit.to_string()), None).map_err(|e| e.message)?;
+    let mut only = pick.only()?;
+    only.request_id = request;
+    let store = open_store(config.as_ref()).await?;
+    let since_ms = since.map_or(0, |s| s.saturating_mul(1000));
+    let records = store
+        .usage_records(since_ms, &only, None, limit + 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    store.close().await;
+    let page = admin::records_json(records, limit);
+    if pick.json {
+        return print_json(&page);
+    }
+    println!(
+        "{:<20} {:<38} {:<22} {:<16} {:<32} {:>6} {:>9} {:>9} {:>12} {:>8}",
+        "TIME",
+        "REQUEST",
+        "KEY",
+        "ENDPOINT",
+        "MODEL",
+        "STATUS",
+        "PROMPT",
+        "COMPLETION",
+        "COST $",
+        "MS"
+    );
+    for r in page["data"].as_array().into_iter().flatten() {
+        let text = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        let model = match (r["provider"].as_str(), r["model"].as_str()) {
+            (Some(p), Some(m)) => format!("{p}/{m}"),
+            _ => text("requested_model"),
+        };
+        println!(
+            "{:<20} {:<38} {:<22} {:<16} {:<32} {:>6} {:>9} {:>9} {:>12} {:>8}",
+            time_text(r["created_at"].as_i64()),
+            text("request_id"),
+            text("key_id"),
+            text("endpoint"),
+            model,
+            r["status"].to_string(),
+            r["prompt_tokens"].to_string(),
+            r["completion_tokens"].to_string(),
+            r["cost_usd"].as_f64().unwrap_or(0.0).to_string(),
+            r["latency_ms"].to_string()
+        );
+    }
+    if page["has_more"] == true {
+        println!("(more: raise --limit, or narrow with --since, --key, --metadata)");
+    }
+    Ok(())
+}
+
+async fn usage_cmd(config: Option<PathBuf>, pick: UsagePick, by: String) -> Result<(), String> {
+    use polyplex::server::admin;
+    let (by, since) =
+        admin::report_params(Some(&by), pick.since.as_deref()).map_err(|e| e.message)?;
+    let only = pick.only()?;
+    let json = pick.json;
     let store = open_store(config.as_ref()).await?;
     let since_ms = since.map_or(0, |s| s.saturating_mul(1000));
     let rows = store

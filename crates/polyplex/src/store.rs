@@ -311,6 +311,58 @@ pub fn metadata_key_ok(k: &str) -> bool {
         && !k.contains(['"', '\\'])
 }
 
+/// The texts a usage query binds after its time (`$1`), each numbered as
+/// it is added, and the SQL that reads them.
+struct Params {
+    postgres: bool,
+    texts: Vec<String>,
+}
+
+impl Params {
+    fn new(postgres: bool) -> Params {
+        Params {
+            postgres,
+            texts: Vec::new(),
+        }
+    }
+
+    /// `text` bound; its parameter.
+    fn bind(&mut self, text: String) -> String {
+        self.texts.push(text);
+        format!("${}", self.texts.len() + 1)
+    }
+
+    /// The value a record's metadata gives `key`, or NULL.
+    fn metadata_value(&mut self, key: &str) -> String {
+        if self.postgres {
+            let at = self.bind(key.to_string());
+            format!("(CAST(metadata AS jsonb) ->> {at})")
+        } else {
+            let at = self.bind(format!("$.\"{key}\""));
+            format!("json_extract(metadata, {at})")
+        }
+    }
+
+    /// The conditions (each ` AND ...`) that pick what `only` picks.
+    fn only(&mut self, only: &Only) -> String {
+        let mut filter = String::new();
+        if let Some(k) = &only.key_id {
+            let at = self.bind(k.clone());
+            filter.push_str(&format!(" AND key_id = {at}"));
+        }
+        for (k, v) in &only.metadata {
+            let value = self.metadata_value(k);
+            let at = self.bind(v.clone());
+            filter.push_str(&format!(" AND {value} = {at}"));
+        }
+        if let Some(id) = &only.request_id {
+            let at = self.bind(id.clone());
+            filter.push_str(&format!(" AND request_id = {at}"));
+        }
+        filter
+    }
+}
+
 /// Which records a usage report counts, besides their time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Only {
@@ -318,6 +370,101 @@ pub struct Only {
     pub key_id: Option<String>,
     /// Those whose metadata gives each of these keys this value.
     pub metadata: Vec<(String, String)>,
+    /// Those of the request with this id.
+    pub request_id: Option<String>,
+}
+
+/// One usage record as the store has it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredRecord {
+    pub request_id: String,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+    pub key_id: Option<String>,
+    pub endpoint: String,
+    pub requested_model: String,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub status: u16,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub cache_write_tokens: u64,
+    /// The tokens were counted by polyplex, the upstream having said none.
+    pub estimated: bool,
+    pub cost_usd: f64,
+    pub latency_ms: u64,
+    pub ttft_ms: Option<u64>,
+    pub attempts: u32,
+    pub stream: bool,
+    pub user: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Where a page of usage records ended: the next page is the records
+/// before it (older, or as old with a smaller request id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub at_ms: i64,
+    pub request_id: String,
+}
+
+impl Cursor {
+    /// The cursor after `r`.
+    pub fn after(r: &StoredRecord) -> Cursor {
+        Cursor {
+            at_ms: r.created_at_ms,
+            request_id: r.request_id.clone(),
+        }
+    }
+
+    /// As a client sends it back: `<ms>_<request id>`.
+    pub fn text(&self) -> String {
+        format!("{}_{}", self.at_ms, self.request_id)
+    }
+
+    pub fn parse(s: &str) -> Option<Cursor> {
+        let (ms, id) = s.split_once('_')?;
+        Some(Cursor {
+            at_ms: ms.parse().ok()?,
+            request_id: id.to_string(),
+        })
+    }
+}
+
+/// The columns of a usage record [`StoredRecord`] reads.
+const RECORD_COLUMNS: &str = "request_id, created_at, key_id, endpoint, requested_model, \
+     provider, model, status, prompt_tokens, completion_tokens, cached_tokens, \
+     cache_write_tokens, estimated, cost_usd, latency_ms, ttft_ms, attempts, stream, end_user, \
+     metadata";
+
+fn stored_record(r: &AnyRow) -> Result<StoredRecord, sqlx::Error> {
+    let n = |c: &str| -> Result<u64, sqlx::Error> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
+    let metadata: Option<String> = r.try_get("metadata")?;
+    Ok(StoredRecord {
+        request_id: r.try_get("request_id")?,
+        created_at_ms: r.try_get("created_at")?,
+        key_id: r.try_get("key_id")?,
+        endpoint: r.try_get("endpoint")?,
+        requested_model: r.try_get("requested_model")?,
+        provider: r.try_get("provider")?,
+        model: r.try_get("model")?,
+        status: n("status")?.min(u16::MAX as u64) as u16,
+        prompt_tokens: n("prompt_tokens")?,
+        completion_tokens: n("completion_tokens")?,
+        cached_tokens: n("cached_tokens")?,
+        cache_write_tokens: n("cache_write_tokens")?,
+        estimated: n("estimated")? != 0,
+        cost_usd: crate::usage::rounded_cost(r.try_get("cost_usd")?),
+        latency_ms: n("latency_ms")?,
+        ttft_ms: r
+            .try_get::<Option<i64>, _>("ttft_ms")?
+            .map(|t| t.max(0) as u64),
+        attempts: n("attempts")?.min(u32::MAX as u64) as u32,
+        stream: n("stream")? != 0,
+        user: r.try_get("end_user")?,
+        metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
+    })
 }
 
 /// One row of a usage report.
@@ -776,30 +923,8 @@ impl Store {
         since_ms: i64,
         only: &Only,
     ) -> Result<Vec<UsageRow>, StoreError> {
-        // Parameters: $1 the time, then the texts in `owned`, each
-        // numbered as it is pushed.
-        let mut owned: Vec<String> = Vec::new();
-        let postgres = self.postgres;
-        // The value metadata gives a key, or NULL.
-        let value_of = |key: &str, owned: &mut Vec<String>| {
-            if postgres {
-                owned.push(key.to_string());
-                format!("(CAST(metadata AS jsonb) ->> ${})", owned.len() + 1)
-            } else {
-                owned.push(format!("$.\"{key}\""));
-                format!("json_extract(metadata, ${})", owned.len() + 1)
-            }
-        };
-        let mut filter = String::new();
-        if let Some(k) = &only.key_id {
-            owned.push(k.clone());
-            filter.push_str(&format!(" AND key_id = ${}", owned.len() + 1));
-        }
-        for (k, v) in &only.metadata {
-            let at = value_of(k, &mut owned);
-            owned.push(v.clone());
-            filter.push_str(&format!(" AND {at} = ${}", owned.len() + 1));
-        }
+        let mut params = Params::new(self.postgres);
+        let filter = params.only(only);
         let group = match &by {
             GroupBy::Key => "key_id".to_string(),
             GroupBy::Model => "COALESCE(model, requested_model)".to_string(),
@@ -807,7 +932,7 @@ impl Store {
             GroupBy::User => "end_user".to_string(),
             // Whole UTC days, counted from the epoch; named below.
             GroupBy::Day => "CAST(created_at / 86400000 AS BIGINT)".to_string(),
-            GroupBy::Metadata(k) => value_of(k, &mut owned),
+            GroupBy::Metadata(k) => params.metadata_value(k),
         };
         let order = if by == GroupBy::Day {
             "g ASC"
@@ -827,7 +952,7 @@ impl Store {
         // Built from the fixed texts above and parameter numbers only; the
         // keys and values asked for are bound.
         let mut q = sqlx::query(AssertSqlSafe(sql)).bind(since_ms);
-        for v in &owned {
+        for v in &params.texts {
             q = q.bind(v.as_str());
         }
         let rows = q.fetch_all(&self.pool).await?;
@@ -852,6 +977,38 @@ impl Store {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+
+    /// The usage records since `since_ms` that `only` picks, newest first,
+    /// at most `limit`, before `before` when given (the next page).
+    pub async fn usage_records(
+        &self,
+        since_ms: i64,
+        only: &Only,
+        before: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut params = Params::new(self.postgres);
+        let mut filter = params.only(only);
+        if let Some(c) = before {
+            let at = params.bind(c.at_ms.to_string());
+            let id = params.bind(c.request_id.clone());
+            filter.push_str(&format!(
+                " AND (created_at < CAST({at} AS BIGINT) OR \
+                 (created_at = CAST({at} AS BIGINT) AND request_id < {id}))"
+            ));
+        }
+        // Built from constants, parameter numbers and a number only.
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM polyplex_usage WHERE created_at >= $1{filter} \
+             ORDER BY created_at DESC, request_id DESC LIMIT {limit}"
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(since_ms);
+        for v in &params.texts {
+            q = q.bind(v.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(stored_record).collect::<Result<_, _>>()?)
     }
 
     /// Keeps a response (OpenAI's Responses API) for `owner`: the items it
@@ -1321,6 +1478,62 @@ pub(crate) mod tests {
         let rows = reader.usage_report(GroupBy::Metadata("colour".into()), 0);
         let rows = rows.await.unwrap();
         assert_eq!((rows.len(), rows[0].group.as_deref()), (1, None));
+        // The records themselves, newest first, a page at a time: every
+        // one once, in order.
+        let mut seen = Vec::new();
+        let mut after: Option<Cursor> = None;
+        let every = Only::default();
+        loop {
+            let page = reader.usage_records(0, &every, after.as_ref(), 65);
+            let mut page = page.await.unwrap();
+            let more = page.len() > 64;
+            page.truncate(64);
+            after = page.last().map(Cursor::after);
+            seen.extend(page);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 210);
+        assert!(seen.windows(2).all(
+            |w| (w[0].created_at_ms, &w[0].request_id) > (w[1].created_at_ms, &w[1].request_id)
+        ));
+        let mut ids: Vec<_> = seen.iter().map(|r| r.request_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 210);
+        // One request's, by its id, with all it says.
+        let one = Only {
+            request_id: Some("req-7".into()),
+            ..Only::default()
+        };
+        let [r] = &reader.usage_records(0, &one, None, 10).await.unwrap()[..] else {
+            panic!("one record");
+        };
+        assert_eq!(
+            (
+                r.status,
+                r.prompt_tokens,
+                r.cached_tokens,
+                r.cache_write_tokens,
+                r.user.as_deref()
+            ),
+            (200, 3, 2, 1, Some("user-1"))
+        );
+        assert_eq!(
+            r.metadata,
+            Some(serde_json::json!({"team": "t1", "n": "7"}))
+        );
+        assert_eq!(
+            Cursor::parse(&Cursor::after(r).text()),
+            Some(Cursor::after(r))
+        );
+        let t0 = Only {
+            metadata: vec![("team".into(), "t0".into())],
+            ..Only::default()
+        };
+        let tagged = reader.usage_records(0, &t0, None, 1000).await.unwrap();
+        assert_eq!(tagged.len(), 105);
     }
 
     #[tokio::test]

@@ -421,7 +421,7 @@ pub fn report_only<'a>(
 ) -> Result<store::Only, GatewayError> {
     let mut only = store::Only {
         key_id: key.map(str::to_string),
-        metadata: Vec::new(),
+        ..store::Only::default()
     };
     for (k, v) in metadata {
         if !store::metadata_key_ok(k) {
@@ -470,6 +470,135 @@ pub async fn usage(State(app): State<App>, Query(q): Query<Vec<(String, String)>
         HashMap::new()
     };
     Json(report_json(&by, since, &rows, &names)).into_response()
+}
+
+/// The most usage records one page holds, and how many it holds unless
+/// `limit` says.
+pub const MOST_RECORDS: usize = 1000;
+pub const RECORDS: usize = 100;
+
+/// A usage record as the admin API answers it.
+pub fn record_json(r: &store::StoredRecord) -> Value {
+    json!({
+        "object": "usage.record",
+        "request_id": r.request_id,
+        "created_at": r.created_at_ms / 1000,
+        "created_at_ms": r.created_at_ms,
+        "key_id": r.key_id,
+        "endpoint": r.endpoint,
+        "requested_model": r.requested_model,
+        "provider": r.provider,
+        "model": r.model,
+        "status": r.status,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "total_tokens": r.prompt_tokens + r.completion_tokens,
+        "cached_tokens": r.cached_tokens,
+        "cache_write_tokens": r.cache_write_tokens,
+        "estimated": r.estimated,
+        "cost_usd": crate::usage::cost_json(r.cost_usd),
+        "latency_ms": r.latency_ms,
+        "ttft_ms": r.ttft_ms,
+        "attempts": r.attempts,
+        "stream": r.stream,
+        "user": r.user,
+        "metadata": r.metadata,
+    })
+}
+
+/// A page of usage records as JSON: `has_more` and, when there are more,
+/// the `next` cursor (`after=` the next page).
+pub fn records_json(mut records: Vec<store::StoredRecord>, limit: usize) -> Value {
+    let has_more = records.len() > limit;
+    records.truncate(limit);
+    let next = records
+        .last()
+        .filter(|_| has_more)
+        .map(|r| store::Cursor::after(r).text());
+    json!({
+        "object": "list",
+        "data": records.iter().map(record_json).collect::<Vec<_>>(),
+        "has_more": has_more,
+        "next": next,
+    })
+}
+
+/// `limit` and `after` of a page of records, as the admin API and the CLI
+/// take them.
+pub fn page_params(
+    limit: Option<&str>,
+    after: Option<&str>,
+) -> Result<(usize, Option<store::Cursor>), GatewayError> {
+    let limit = match limit {
+        None | Some("") => RECORDS,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MOST_RECORDS).contains(n))
+            .ok_or_else(|| {
+                bad(
+                    "limit",
+                    format!("must be a whole number from 1 to {MOST_RECORDS}"),
+                )
+            })?,
+    };
+    let after = match after {
+        None | Some("") => None,
+        Some(a) => Some(
+            store::Cursor::parse(a)
+                .ok_or_else(|| bad("after", "must be the `next` of the page before"))?,
+        ),
+    };
+    Ok((limit, after))
+}
+
+/// `GET /admin/usage/records?since=&key=&metadata.<key>=<value>&limit=&after=`
+/// — the usage records themselves, newest first, a page at a time — and
+/// `GET /admin/usage/records/{request_id}`: the records of one request
+/// (the `x-request-id` a client was answered with).
+pub async fn usage_records(
+    State(app): State<App>,
+    uri: axum::http::Uri,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let one = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let request = uri
+        .path()
+        .strip_prefix("/admin/usage/records/")
+        .filter(|r| !r.is_empty());
+    let tagged = q
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?, v.as_str())));
+    let params = report_params(None, one("since")).and_then(|(_, since)| {
+        let mut only = report_only(one("key"), tagged)?;
+        only.request_id = request.map(str::to_string);
+        let (limit, after) = page_params(one("limit"), one("after"))?;
+        Ok((since, only, limit, after))
+    });
+    let (since, only, limit, after) = match params {
+        Ok(p) => p,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    let Some(store) = app.keys.store() else {
+        return no_store();
+    };
+    app.recorder.flush().await;
+    let since_ms = since.map_or(0, |s| s.saturating_mul(1000));
+    match store
+        .usage_records(since_ms, &only, after.as_ref(), limit + 1)
+        .await
+    {
+        Ok(records) if request.is_some() && records.is_empty() => ApiError(
+            GatewayError::not_found(format!(
+                "No usage record of request '{}'.",
+                request.unwrap_or_default()
+            ))
+            .with_code("record_not_found"),
+        )
+        .into_response(),
+        Ok(records) => Json(records_json(records, limit)).into_response(),
+        Err(e) => store_error(e),
+    }
 }
 
 #[cfg(test)]

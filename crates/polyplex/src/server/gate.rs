@@ -61,10 +61,13 @@ fn needs_key(path: &str) -> bool {
 
 /// The admin API: the master key only.
 fn is_admin(path: &str) -> bool {
-    matches!(path, "/admin/providers" | "/admin/usage" | "/admin/keys")
-        || path
-            .strip_prefix("/admin/keys/")
+    matches!(
+        path,
+        "/admin/providers" | "/admin/usage" | "/admin/usage/records" | "/admin/keys"
+    ) || ["/admin/keys/", "/admin/usage/records/"].iter().any(|p| {
+        path.strip_prefix(p)
             .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+    })
 }
 
 /// The API endpoint a request is, if it is a POST to one. With a key checked
@@ -323,6 +326,8 @@ mod tests {
             "/admin/usage",
             "/admin/keys",
             "/admin/keys/key_1",
+            "/admin/usage/records",
+            "/admin/usage/records/req_1",
         ] {
             assert!(needs_key(p), "{p}");
         }

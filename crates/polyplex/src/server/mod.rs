@@ -188,6 +188,8 @@ pub fn app(state: App) -> gate::Gate {
         .route("/v1/models/{*id}", get(handlers::get_model))
         .route("/admin/providers", get(handlers::admin_providers))
         .route("/admin/usage", get(admin::usage))
+        .route("/admin/usage/records", get(admin::usage_records))
+        .route("/admin/usage/records/{id}", get(admin::usage_records))
         .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
         .route(
             "/admin/keys/{id}",
