@@ -282,6 +282,8 @@ def test_usage_is_reported_by_the_metadata_a_request_carries(gateway, gateway_di
     # A refused request is the team's too; bad metadata is refused by name.
     with pytest.raises(openai.BadRequestError):
         hello(c, temperature=5, metadata={"team": team, "feature": "qa"})
+    with pytest.raises(openai.BadRequestError):
+        c.responses.create(model="gpt-4o-mini", input="hi", background=True, metadata={"team": team, "feature": "qa"})
     with pytest.raises(openai.BadRequestError) as e:
         hello(c, metadata={"team": 7})
     assert e.value.param == "metadata.team"
@@ -296,12 +298,20 @@ def test_usage_is_reported_by_the_metadata_a_request_carries(gateway, gateway_di
     assert status == 200, rep
     assert rep["by"] == "metadata.feature"
     rows = {r["metadata.feature"]: (r["requests"], r["errors"]) for r in rep["data"]}
-    assert rows == {"qa": (4, 1), "chat": (2, 0), "embed": (1, 0)}, rows
+    assert rows == {"qa": (5, 2), "chat": (2, 0), "embed": (1, 0)}, rows
     status, rep = admin(gateway, "GET", "/admin/usage?by=metadata.team")
-    assert {r["metadata.team"]: r["requests"] for r in rep["data"]}[team] == 7
+    assert {r["metadata.team"]: r["requests"] for r in rep["data"]}[team] == 8
     status, rep = admin(gateway, "GET", f"/admin/usage?by=provider&metadata.team={team}&metadata.feature=chat")
     assert sorted(r["provider"] for r in rep["data"]) == ["anthropic", "openai"]
     assert all(r["cost_usd"] > 0 for r in rep["data"])
+    # By the hour, and within a window (`until` not included).
+    status, rep = admin(gateway, "GET", f"/admin/usage?by=hour&metadata.team={team}")
+    assert sum(r["requests"] for r in rep["data"]) == 8
+    assert all(len(r["hour"]) == 17 and r["hour"].endswith(":00Z") for r in rep["data"])
+    status, rep = admin(gateway, "GET", f"/admin/usage?by=model&metadata.team={team}&until=2020-01-01")
+    assert status == 200 and rep["data"] == [] and rep["until"] == 1577836800
+    status, rep = admin(gateway, "GET", "/admin/usage?until=someday")
+    assert status == 400 and rep["error"]["param"] == "until"
     status, rep = admin(gateway, "GET", "/admin/usage?by=metadata.")
     assert status == 400 and rep["error"]["param"] == "by"
     out = subprocess.run(

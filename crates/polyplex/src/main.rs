@@ -77,6 +77,9 @@ enum Command {
         /// Since when: a date (YYYY-MM-DD), an RFC 3339 time, Unix seconds or a duration back (`24h`, `7d`).
         #[arg(long)]
         since: Option<String>,
+        /// Until when (not included), as --since takes it.
+        #[arg(long)]
+        until: Option<String>,
         /// List the usage records, newest first, instead of a report.
         #[arg(long)]
         records: bool,
@@ -86,7 +89,7 @@ enum Command {
         /// The records of one request (its `x-request-id`).
         #[arg(long)]
         request: Option<String>,
-        /// Group by key, model, provider, day, user (the end user a request
+        /// Group by key, model, provider, day, hour, user (the end user a request
         /// named with `user`) or metadata.<key> (the value its metadata gave
         /// that key).
         #[arg(long, default_value = "model")]
@@ -279,6 +282,7 @@ fn main() -> ExitCode {
         Command::Keys { action, config } => rt.block_on(keys_cmd(config, action)),
         Command::Usage {
             since,
+            until,
             records,
             limit,
             request,
@@ -290,6 +294,7 @@ fn main() -> ExitCode {
         } => {
             let pick = UsagePick {
                 since,
+                until,
                 key,
                 metadata,
                 json,
@@ -559,22 +564,29 @@ fn metadata_pairs(given: &[String]) -> Result<serde_json::Map<String, serde_json
 /// Which usage `polyplex usage` reads, and how it prints it.
 struct UsagePick {
     since: Option<String>,
+    until: Option<String>,
     key: Option<String>,
     metadata: Vec<String>,
     json: bool,
 }
 
 impl UsagePick {
-    /// The records picked (by key and metadata), as the admin API picks them.
+    /// The records picked (by key, metadata and `until`), as the admin API
+    /// picks them.
     fn only(&self) -> Result<polyplex::store::Only, String> {
+        use polyplex::server::admin;
         let pairs = metadata_pairs(&self.metadata)?;
-        polyplex::server::admin::report_only(
+        let mut only = admin::report_only(
             self.key.as_deref(),
             pairs
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or(""))),
         )
-        .map_err(|e| e.message)
+        .map_err(|e| e.message)?;
+        only.until_ms = admin::time_param("until", self.until.as_deref())
+            .map_err(|e| e.message)?
+            .map(|u| u.saturating_mul(1000));
+        Ok(only)
     }
 }
 
@@ -660,7 +672,8 @@ async fn usage_cmd(config: Option<PathBuf>, pick: UsagePick, by: String) -> Resu
         .map(|k| (k.id, k.name))
         .collect();
     store.close().await;
-    let report = admin::report_json(&by, since, &rows, &names);
+    let until = only.until_ms.map(|u| u / 1000);
+    let report = admin::report_json(&by, (since, until), &rows, &names);
     if json {
         return print_json(&report);
     }
@@ -700,6 +713,9 @@ async fn usage_cmd(config: Option<PathBuf>, pick: UsagePick, by: String) -> Resu
     line("TOTAL", &report["total"]);
     if let Some(s) = since {
         println!("since {}", time_text(Some(s)));
+    }
+    if let Some(u) = until {
+        println!("until {}", time_text(Some(u)));
     }
     Ok(())
 }

@@ -269,6 +269,8 @@ pub enum GroupBy {
     Model,
     Provider,
     Day,
+    /// Whole UTC hours.
+    Hour,
     /// The end user a request named (`user`, `safety_identifier`).
     User,
     /// The value a request's metadata gives this key (`metadata.<key>`).
@@ -282,6 +284,7 @@ impl GroupBy {
             "model" => Some(GroupBy::Model),
             "provider" => Some(GroupBy::Provider),
             "day" => Some(GroupBy::Day),
+            "hour" => Some(GroupBy::Hour),
             "user" => Some(GroupBy::User),
             _ => s
                 .strip_prefix("metadata.")
@@ -297,6 +300,7 @@ impl GroupBy {
             GroupBy::Model => "model".into(),
             GroupBy::Provider => "provider".into(),
             GroupBy::Day => "day".into(),
+            GroupBy::Hour => "hour".into(),
             GroupBy::User => "user".into(),
             GroupBy::Metadata(k) => format!("metadata.{k}").into(),
         }
@@ -359,6 +363,10 @@ impl Params {
             let at = self.bind(id.clone());
             filter.push_str(&format!(" AND request_id = {at}"));
         }
+        if let Some(until) = only.until_ms {
+            let at = self.bind(until.to_string());
+            filter.push_str(&format!(" AND created_at < CAST({at} AS BIGINT)"));
+        }
         filter
     }
 }
@@ -372,6 +380,8 @@ pub struct Only {
     pub metadata: Vec<(String, String)>,
     /// Those of the request with this id.
     pub request_id: Option<String>,
+    /// Those made before this time (Unix ms).
+    pub until_ms: Option<i64>,
 }
 
 /// One usage record as the store has it.
@@ -930,11 +940,13 @@ impl Store {
             GroupBy::Model => "COALESCE(model, requested_model)".to_string(),
             GroupBy::Provider => "provider".to_string(),
             GroupBy::User => "end_user".to_string(),
-            // Whole UTC days, counted from the epoch; named below.
+            // Whole UTC days or hours, counted from the epoch; named below.
             GroupBy::Day => "CAST(created_at / 86400000 AS BIGINT)".to_string(),
+            GroupBy::Hour => "CAST(created_at / 3600000 AS BIGINT)".to_string(),
             GroupBy::Metadata(k) => params.metadata_value(k),
         };
-        let order = if by == GroupBy::Day {
+        let in_time = matches!(by, GroupBy::Day | GroupBy::Hour);
+        let order = if in_time {
             "g ASC"
         } else {
             "cost DESC, requests DESC"
@@ -961,6 +973,9 @@ impl Store {
                 let g = if by == GroupBy::Day {
                     let day: i64 = r.try_get("g")?;
                     Some(day_name(day))
+                } else if by == GroupBy::Hour {
+                    let hour: i64 = r.try_get("g")?;
+                    Some(hour_name(hour))
                 } else {
                     r.try_get::<Option<String>, _>("g")?
                 };
@@ -1269,6 +1284,15 @@ fn day_name(n: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()[..10].to_string()
 }
 
+/// Hour `n` since the epoch as `YYYY-MM-DDTHH:00Z` (UTC).
+fn hour_name(n: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs((n.max(0) as u64) * 3_600);
+    format!(
+        "{}:00Z",
+        &humantime::format_rfc3339_seconds(t).to_string()[..13]
+    )
+}
+
 /// A database URL without its password, for messages.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
@@ -1299,6 +1323,12 @@ pub(crate) mod tests {
             sqlite_url("sqlite://a.db?mode=ro").0,
             "sqlite://a.db?mode=ro"
         );
+    }
+
+    #[test]
+    fn hours_are_named_in_utc() {
+        assert_eq!(hour_name(0), "1970-01-01T00:00Z");
+        assert_eq!(hour_name(1_700_000_000 / 3600), "2023-11-14T22:00Z");
     }
 
     #[test]
@@ -1534,6 +1564,33 @@ pub(crate) mod tests {
         };
         let tagged = reader.usage_records(0, &t0, None, 1000).await.unwrap();
         assert_eq!(tagged.len(), 105);
+        // By the hour; and nothing before the records were made.
+        let hours = reader.usage_report(GroupBy::Hour, 0).await.unwrap();
+        let this_hour = hour_name(unix_now() / 3600);
+        assert!(hours
+            .iter()
+            .all(|h| h.group.as_ref().is_some_and(|g| g.len() == 17)));
+        assert!(
+            hours
+                .iter()
+                .any(|h| h.group.as_deref() == Some(this_hour.as_str()))
+                || hours.len() == 2
+        );
+        assert_eq!(hours.iter().map(|h| h.requests).sum::<u64>(), 210);
+        let before = Only {
+            until_ms: Some(1),
+            ..Only::default()
+        };
+        assert!(reader
+            .usage_report_of(GroupBy::Model, 0, &before)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(reader
+            .usage_records(0, &before, None, 10)
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test]

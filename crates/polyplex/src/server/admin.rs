@@ -338,7 +338,7 @@ pub async fn revoke_key(State(app): State<App>, Path(id): Path<String>) -> Respo
 /// to key names (for `by=key`).
 pub fn report_json(
     by: &GroupBy,
-    since: Option<i64>,
+    (since, until): (Option<i64>, Option<i64>),
     rows: &[store::UsageRow],
     names: &HashMap<String, String>,
 ) -> Value {
@@ -373,6 +373,7 @@ pub fn report_json(
         "object": "list",
         "by": by.name(),
         "since": since,
+        "until": until,
         "data": data,
         "total": {
             "requests": sum(|r| r.requests),
@@ -397,20 +398,25 @@ pub fn report_params(
         Some(b) => GroupBy::parse(b).ok_or_else(|| {
             bad(
                 "by",
-                "must be one of key, model, provider, day, user, or metadata.<key> (a metadata key: 1 to 64 characters, no quote or backslash)",
+                "must be one of key, model, provider, day, hour, user, or metadata.<key> (a metadata key: 1 to 64 characters, no quote or backslash)",
             )
         })?,
     };
-    let since = match since {
-        None | Some("") => None,
-        Some(s) => Some(parse_time(s, false).ok_or_else(|| {
+    Ok((by, time_param("since", since)?))
+}
+
+/// A report's `since` or `until`: Unix seconds, an RFC 3339 time, a date
+/// (midnight UTC) or a duration back from now.
+pub fn time_param(param: &str, given: Option<&str>) -> Result<Option<i64>, GatewayError> {
+    match given {
+        None | Some("") => Ok(None),
+        Some(s) => parse_time(s, false).map(Some).ok_or_else(|| {
             bad(
-                "since",
+                param,
                 "must be Unix seconds, an RFC 3339 time, a date (YYYY-MM-DD) or a duration such as `24h`",
             )
-        })?),
-    };
-    Ok((by, since))
+        }),
+    }
 }
 
 /// Which records a report counts: one key's (`key=<id>`), and those whose
@@ -435,7 +441,7 @@ pub fn report_only<'a>(
     Ok(only)
 }
 
-/// `GET /admin/usage?by=key|model|provider|day|user|metadata.<key>&since=...`,
+/// `GET /admin/usage?by=key|model|provider|day|hour|user|metadata.<key>&since=...&until=...`,
 /// and `key=<id>` (one key's requests only) and `metadata.<key>=<value>`
 /// (those tagged so only): every record this node has taken is written
 /// first, so the report includes it.
@@ -448,7 +454,10 @@ pub async fn usage(State(app): State<App>, Query(q): Query<Vec<(String, String)>
     let tagged = q
         .iter()
         .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?, v.as_str())));
-    let only = match report_only(one("key"), tagged) {
+    let only = match report_only(one("key"), tagged).and_then(|mut o| {
+        o.until_ms = time_param("until", one("until"))?.map(|u| u.saturating_mul(1000));
+        Ok(o)
+    }) {
         Ok(o) => o,
         Err(e) => return ApiError(e).into_response(),
     };
@@ -469,7 +478,8 @@ pub async fn usage(State(app): State<App>, Query(q): Query<Vec<(String, String)>
     } else {
         HashMap::new()
     };
-    Json(report_json(&by, since, &rows, &names)).into_response()
+    let until = only.until_ms.map(|u| u / 1000);
+    Json(report_json(&by, (since, until), &rows, &names)).into_response()
 }
 
 /// The most usage records one page holds, and how many it holds unless
@@ -552,7 +562,7 @@ pub fn page_params(
     Ok((limit, after))
 }
 
-/// `GET /admin/usage/records?since=&key=&metadata.<key>=<value>&limit=&after=`
+/// `GET /admin/usage/records?since=&until=&key=&metadata.<key>=<value>&limit=&after=`
 /// — the usage records themselves, newest first, a page at a time — and
 /// `GET /admin/usage/records/{request_id}`: the records of one request
 /// (the `x-request-id` a client was answered with).
@@ -572,6 +582,7 @@ pub async fn usage_records(
     let params = report_params(None, one("since")).and_then(|(_, since)| {
         let mut only = report_only(one("key"), tagged)?;
         only.request_id = request.map(str::to_string);
+        only.until_ms = time_param("until", one("until"))?.map(|u| u.saturating_mul(1000));
         let (limit, after) = page_params(one("limit"), one("after"))?;
         Ok((since, only, limit, after))
     });

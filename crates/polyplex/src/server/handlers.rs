@@ -979,6 +979,13 @@ pub async fn responses(
         Err(e) => return call.fail("", false, e, &no_one),
     };
     let model = crate::responses::model_of(&tree);
+    // A request refused before it is served as chat is still its end
+    // user's and tagged with its metadata.
+    let text_of = |k: &str| tree.get(k).and_then(Value::as_str);
+    call.tag(
+        validate::end_user(text_of("user"), text_of("safety_identifier")),
+        validate::metadata(&tree).ok().flatten(),
+    );
     let previous = match crate::responses::previous_of(&tree) {
         Ok(p) => p,
         Err(b) => return call.fail(&model, false, b.1, &no_one),
