@@ -356,6 +356,10 @@ def test_a_keys_metadata_tags_every_request_it_makes(gateway, gateway_dir):
                           "env=ci", "--json"], cwd=gateway_dir, capture_output=True, text=True, timeout=30, env=env)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["metadata"] == {"team": team, "env": "ci"}
+    out = subprocess.run([BIN, "keys", "list"], cwd=gateway_dir, capture_output=True, text=True, timeout=30,
+                         env=env)
+    line = next(l for l in out.stdout.splitlines() if "cli-tagged" in l)
+    assert line.endswith(f"all models team={team},env=ci"), line
     out = subprocess.run([BIN, "keys", "create", "cli-bad", "--metadata", "team"], cwd=gateway_dir,
                          capture_output=True, text=True, timeout=30, env=env)
     assert out.returncode != 0 and "KEY=VALUE" in out.stderr

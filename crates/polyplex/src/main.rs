@@ -492,7 +492,7 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
                 print_json(&serde_json::json!({"object": "list", "data": data}))?;
             } else {
                 println!(
-                    "{:<22} {:<20} {:<14} {:>7} {:>9} {:>6} {:>12} {:>12}  {:<20}  status / models",
+                    "{:<22} {:<20} {:<14} {:>7} {:>9} {:>6} {:>12} {:>12}  {:<20}  status / models / metadata",
                     "ID", "NAME", "KEY", "RPM", "TPM", "CONC", "BUDGET $", "SPENT $", "EXPIRES"
                 );
                 for k in &rows {
@@ -507,7 +507,7 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
                         "active".to_string()
                     };
                     println!(
-                        "{:<22} {:<20} {:<14} {:>7} {:>9} {:>6} {:>12} {:>12}  {:<20}  {status} {}",
+                        "{:<22} {:<20} {:<14} {:>7} {:>9} {:>6} {:>12} {:>12}  {:<20}  {status} {}{}",
                         k.id,
                         k.name,
                         k.key_hint,
@@ -519,7 +519,8 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
                         time_text(k.expires_at),
                         k.models
                             .as_ref()
-                            .map_or_else(|| "all models".to_string(), |m| m.join(","))
+                            .map_or_else(|| "all models".to_string(), |m| m.join(",")),
+                        metadata_text(k.metadata.as_ref())
                     );
                 }
                 println!("{} key(s)", rows.len());
@@ -547,6 +548,20 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
     }
     store.close().await;
     Ok(())
+}
+
+/// A key's metadata as `keys list` shows it after the models: ` team=x,env=ci`.
+fn metadata_text(m: Option<&serde_json::Map<String, serde_json::Value>>) -> String {
+    let pairs: Vec<String> = m
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    if pairs.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", pairs.join(","))
+    }
 }
 
 /// `--metadata KEY=VALUE` options as metadata pairs.
