@@ -119,6 +119,37 @@ def test_requests_per_minute_raise_rate_limit_error_with_headers(gateway):
     assert e.value.response.headers["x-ratelimit-reset-requests"]
 
 
+def test_each_end_user_of_a_key_has_its_own_requests_per_minute(gateway, gateway_dir):
+    """`user_rpm`: each end user a request names (`user`, else
+    `safety_identifier`) may make that many requests a minute with the
+    key; requests naming none are held by the key's own limits only."""
+    k = new_key(gateway, user_rpm=2)
+    assert k["user_rpm"] == 2
+    c = sdk(gateway, k["key"])
+    hello(c, user="ann")
+    c.embeddings.create(model="text-embedding-3-small", input="hi", user="ann")
+    with pytest.raises(openai.RateLimitError) as e:
+        hello(c, safety_identifier="ann")
+    assert e.value.code == "rate_limit_exceeded" and "end user 'ann'" in e.value.message
+    assert 1 <= int(e.value.response.headers["retry-after"]) <= 60
+    with pytest.raises(openai.RateLimitError):
+        c.responses.create(model="gpt-4o-mini", input="hi", user="ann")
+    hello(c, user="bob")
+    for _ in range(3):
+        hello(c)
+    status, rep = admin(gateway, "GET", f"/admin/usage?by=user&key={k['id']}")
+    assert {r["user"]: (r["requests"], r["errors"]) for r in rep["data"]}["ann"] == (4, 2)
+    status, got = admin(gateway, "PATCH", f"/admin/keys/{k['id']}", {"user_rpm": None})
+    assert status == 200 and got["user_rpm"] is None
+    hello(c, user="ann")
+    status, err = admin(gateway, "POST", "/admin/keys", {"name": "x", "user_rpm": -1})
+    assert status == 400 and err["error"]["param"] == "user_rpm"
+    env = {"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"}
+    out = subprocess.run([BIN, "keys", "create", "per-user", "--user-rpm", "30", "--json"], cwd=gateway_dir,
+                         capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 0 and json.loads(out.stdout)["user_rpm"] == 30, out.stderr
+
+
 def test_a_spent_budget_raises_insufficient_quota(gateway):
     k = new_key(gateway, budget_usd=0.0000001)
     c = sdk(gateway, k["key"])

@@ -94,6 +94,20 @@ def test_requests_per_minute_hold_across_replicas(replicas):
         assert int(e.value.response.headers["retry-after"]) >= 1
 
 
+def test_an_end_users_requests_per_minute_hold_across_replicas(replicas):
+    a, b = replicas
+    k = new_key(a, user_rpm=2)
+    hello(sdk(a, k["key"]), user="dana")
+    hello(sdk(b, k["key"]), user="dana")
+    for base in (a, b):
+        with pytest.raises(openai.RateLimitError) as e:
+            hello(sdk(base, k["key"]), user="dana")
+        assert e.value.code == "rate_limit_exceeded" and "end user 'dana'" in e.value.message
+    # Another end user of the key, and the key itself, are not held.
+    hello(sdk(b, k["key"]), user="eli")
+    hello(sdk(a, k["key"]))
+
+
 @pytest.mark.parametrize("reset", [None, "monthly"])
 def test_a_budget_spent_on_one_replica_is_spent_on_the_other(replicas, reset):
     a, b = replicas

@@ -94,6 +94,8 @@ pub fn new_id() -> String {
 pub struct KeyEntry {
     spec: RwLock<Arc<KeyRow>>,
     window: Mutex<Window>,
+    /// Each end user's last minute of requests (the key's `user_rpm`).
+    users: Mutex<HashMap<String, Window>>,
     in_flight: AtomicU64,
     /// Spend in micro-cents (1e-8 USD) served here and not yet in the store.
     pending: AtomicU64,
@@ -155,6 +157,25 @@ pub fn over_rpm(spec: &KeyRow, used: u64, wait: Duration) -> GatewayError {
     )
 }
 
+/// 429: the end user's requests per minute under the key (`user_rpm`) are
+/// used up for `wait`.
+pub fn over_user_rpm(spec: &KeyRow, user: &str, used: u64, wait: Duration) -> GatewayError {
+    GatewayError::rate_limited(
+        "requests",
+        format!(
+            "Rate limit reached for end user '{user}' of key {} on requests per min (RPM): Limit {}, Used {used}, Requested 1. Please try again in {}.",
+            spec.id,
+            spec.user_rpm.unwrap_or(0),
+            reset_text(wait)
+        ),
+        wait,
+    )
+}
+
+/// End users whose windows a key keeps before it forgets those with no
+/// request in the last minute.
+const USERS_KEPT: usize = 4096;
+
 /// 429: the key's tokens per minute are used up for `wait`.
 pub fn over_tpm(spec: &KeyRow, used: u64, wait: Duration) -> GatewayError {
     GatewayError::rate_limited(
@@ -182,6 +203,7 @@ impl KeyEntry {
         KeyEntry {
             spec: RwLock::new(Arc::new(row)),
             window: Mutex::new(Window::default()),
+            users: Mutex::new(HashMap::new()),
             in_flight: AtomicU64::new(0),
             pending: AtomicU64::new(0),
         }
@@ -275,6 +297,25 @@ impl KeyEntry {
         drop(w);
         guard.limits = limits;
         Ok(guard)
+    }
+
+    /// Counts one request of `user` under the key's `user_rpm` (on this
+    /// node), or says when it has room again.
+    pub fn take_end_user(&self, user: &str, rpm: u64, now: Instant) -> Result<(), Over> {
+        let mut users = match self.users.lock() {
+            Ok(u) => u,
+            Err(p) => p.into_inner(),
+        };
+        if users.len() >= USERS_KEPT && !users.contains_key(user) {
+            users.retain(|_, w| {
+                w.trim(now);
+                !w.is_empty()
+            });
+        }
+        users
+            .entry(user.to_string())
+            .or_default()
+            .take(Some(rpm), None, now)
     }
 
     /// A request admitted by the limits all replicas share
@@ -599,7 +640,34 @@ mod tests {
             period_start: 0,
             period_spent_usd: 0.0,
             metadata: None,
+            user_rpm: None,
         }
+    }
+
+    /// `user_rpm`: each end user's own minute; a full map forgets the
+    /// users idle for a minute.
+    #[test]
+    fn each_end_user_has_a_minute_of_its_own() {
+        let k = KeyEntry::new(row(None));
+        let t0 = Instant::now();
+        assert!(k.take_end_user("ann", 2, t0).is_ok());
+        assert!(k.take_end_user("ann", 2, t0).is_ok());
+        match k.take_end_user("ann", 2, t0 + Duration::from_secs(10)) {
+            Err(Over::Requests { used: 2, wait }) => assert_eq!(wait, Duration::from_secs(50)),
+            other => panic!("{other:?}"),
+        }
+        assert!(k.take_end_user("bob", 2, t0).is_ok());
+        assert!(k
+            .take_end_user("ann", 2, t0 + Duration::from_secs(60))
+            .is_ok());
+        for i in 0..USERS_KEPT {
+            k.take_end_user(&format!("u{i}"), 2, t0).unwrap();
+        }
+        let later = t0 + Duration::from_secs(61);
+        k.take_end_user("new", 2, later).unwrap();
+        let users = k.users.lock().unwrap();
+        assert!(users.len() < 10, "{}", users.len());
+        assert!(users.contains_key("new") && users.contains_key("ann"));
     }
 
     #[test]

@@ -125,6 +125,8 @@ enum CatalogAction {
     },
 }
 
+// Parsed once per run: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum KeysAction {
     /// Create a key; it is printed once and never again.
@@ -146,6 +148,10 @@ enum KeysAction {
         /// Requests in progress at once.
         #[arg(long)]
         max_concurrent: Option<u64>,
+        /// Requests per minute each end user of the key (`user`,
+        /// `safety_identifier`) may make.
+        #[arg(long)]
+        user_rpm: Option<u64>,
         /// Budget in USD.
         #[arg(long)]
         budget_usd: Option<f64>,
@@ -435,6 +441,7 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
             rpm,
             tpm,
             max_concurrent,
+            user_rpm,
             budget_usd,
             budget_reset,
             expires_at,
@@ -471,6 +478,7 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
                         .and_then(polyplex::budget::BudgetReset::parse),
                 ),
                 metadata: Some((!pairs.is_empty()).then_some(pairs)),
+                user_rpm: Some(user_rpm),
             };
             let (row, token) = admin::create(&store, &changes)
                 .await

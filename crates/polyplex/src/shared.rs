@@ -184,6 +184,16 @@ impl Names {
         Self::of(&format!("upstream:{provider}/{model}"))
     }
 
+    /// The names of an end user's limits under a key: the user's id
+    /// hashed (it is the client's text; a brace in it would change the
+    /// names' Redis Cluster slot).
+    fn end_user(key_id: &str, user: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(user.as_bytes());
+        let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+        Self::of(&format!("user:{key_id}:{hex}"))
+    }
+
     fn of(id: &str) -> Self {
         let n = |what: &str| format!("polyplex:{{{id}}}:{what}");
         Names {
@@ -513,10 +523,32 @@ impl SharedLimits {
         rpm: Option<u64>,
         tpm: Option<u64>,
     ) -> Option<Result<(), Over>> {
+        self.take(&Names::upstream(provider, model), rpm, tpm).await
+    }
+
+    /// Takes one request of an end user's requests per minute under a key
+    /// (the key's `user_rpm`) for every replica. None: Redis is out of
+    /// reach, and the caller counts on this node.
+    pub async fn take_end_user(
+        &self,
+        key_id: &str,
+        user: &str,
+        rpm: u64,
+    ) -> Option<Result<(), Over>> {
+        self.take(&Names::end_user(key_id, user), Some(rpm), None)
+            .await
+    }
+
+    /// Takes one request of the per-minute limits kept under `names`.
+    async fn take(
+        &self,
+        names: &Names,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+    ) -> Option<Result<(), Over>> {
         if self.quiet() {
             return None;
         }
-        let names = Names::upstream(provider, model);
         let admit = Admit {
             rpm,
             tpm,
@@ -525,7 +557,7 @@ impl SharedLimits {
             spent: 0,
             lease: "",
         };
-        let answer = self.invoke_admit(&names, admit).await?;
+        let answer = self.invoke_admit(names, admit).await?;
         let at = |i: usize| answer.get(i).copied().unwrap_or(0).max(0) as u64;
         let wait = Duration::from_millis(at(2));
         match answer.first().copied() {

@@ -36,7 +36,8 @@ const SCHEMA: &[&str] = &[
         budget_reset TEXT,
         period_start BIGINT NOT NULL DEFAULT 0,
         period_spent_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
-        metadata TEXT
+        metadata TEXT,
+        user_rpm BIGINT
     )",
     "CREATE TABLE IF NOT EXISTS polyplex_usage (
         request_id TEXT NOT NULL,
@@ -113,6 +114,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
         "DOUBLE PRECISION NOT NULL DEFAULT 0",
     ),
     ("polyplex_keys", "metadata", "TEXT"),
+    ("polyplex_keys", "user_rpm", "BIGINT"),
 ];
 
 /// The longest chain of responses a conversation is read through (each
@@ -183,7 +185,7 @@ fn usage_insert_sql(rows: usize, numbered: bool) -> String {
 /// The columns of `polyplex_keys` a [`KeyRow`] reads, in its order.
 const KEY_COLUMNS: &str = "id, name, key_hash, key_hint, models, rpm, tpm, max_concurrent, \
      budget_usd, spent_usd, expires_at, created_at, revoked_at, budget_reset, period_start, \
-     period_spent_usd, metadata";
+     period_spent_usd, metadata, user_rpm";
 
 #[derive(Debug, thiserror::Error)]
 #[error("store: {0}")]
@@ -225,6 +227,9 @@ pub struct KeyRow {
     /// Metadata pairs every request made with the key is tagged with (over
     /// the request's own).
     pub metadata: Option<JsonMap>,
+    /// Requests per minute each end user (`user`, `safety_identifier`) of
+    /// the key may make.
+    pub user_rpm: Option<u64>,
 }
 
 impl KeyRow {
@@ -260,6 +265,7 @@ pub struct KeyChanges {
     pub expires_at: Option<Option<i64>>,
     pub budget_reset: Option<Option<BudgetReset>>,
     pub metadata: Option<Option<JsonMap>>,
+    pub user_rpm: Option<Option<u64>>,
 }
 
 /// How a usage report groups its rows.
@@ -568,6 +574,7 @@ fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
         metadata: r
             .try_get::<Option<String>, _>("metadata")?
             .and_then(|m| serde_json::from_str(&m).ok()),
+        user_rpm: opt_u64(r.try_get("user_rpm")?),
     })
 }
 
@@ -758,8 +765,9 @@ impl Store {
         sqlx::query(
             "INSERT INTO polyplex_keys (id, name, key_hash, key_hint, models, rpm, tpm, \
              max_concurrent, budget_usd, spent_usd, expires_at, created_at, revoked_at, \
-             budget_reset, period_start, period_spent_usd, metadata) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             budget_reset, period_start, period_spent_usd, metadata, user_rpm) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18)",
         )
         .bind(&k.id)
         .bind(&k.name)
@@ -778,6 +786,7 @@ impl Store {
         .bind(k.period_start)
         .bind(k.period_spent_usd)
         .bind(metadata_json(&k.metadata))
+        .bind(as_i64(k.user_rpm))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -847,12 +856,15 @@ impl Store {
         if let Some(v) = &c.metadata {
             k.metadata = v.clone();
         }
+        if let Some(v) = c.user_rpm {
+            k.user_rpm = v;
+        }
         // Only the settings: spent_usd is the usage writer's, and a
         // read-modify-write of it here would lose what it added meanwhile.
         sqlx::query(
             "UPDATE polyplex_keys SET name = $1, models = $2, rpm = $3, tpm = $4, \
              max_concurrent = $5, budget_usd = $6, expires_at = $7, budget_reset = $8, \
-             metadata = $9 WHERE id = $10",
+             metadata = $9, user_rpm = $10 WHERE id = $11",
         )
         .bind(&k.name)
         .bind(models_json(&k.models))
@@ -863,6 +875,7 @@ impl Store {
         .bind(k.expires_at)
         .bind(k.budget_reset.map(BudgetReset::as_str))
         .bind(metadata_json(&k.metadata))
+        .bind(as_i64(k.user_rpm))
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -1755,6 +1768,7 @@ pub(crate) mod tests {
             period_start: today - 86_400,
             period_spent_usd: 3.0,
             metadata: serde_json::json!({"team": "search"}).as_object().cloned(),
+            user_rpm: Some(5),
         };
         store.insert_key(&row).await.unwrap();
         // Its metadata as given, changed and cleared by an update.

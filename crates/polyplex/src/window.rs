@@ -109,6 +109,11 @@ impl Window {
         (self.requests.len() as u64, self.token_sum)
     }
 
+    /// Nothing counted (after [`Window::trim`]: nothing in the last minute).
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty() && self.tokens.is_empty()
+    }
+
     /// The header state of `rpm` and `tpm` (after [`Window::trim`]).
     pub fn state(&self, rpm: Option<u64>, tpm: Option<u64>, now: Instant) -> Limits {
         Limits {

@@ -26,6 +26,7 @@ pub fn key_json(k: &KeyRow) -> Value {
         "rpm": k.rpm,
         "tpm": k.tpm,
         "max_concurrent": k.max_concurrent,
+        "user_rpm": k.user_rpm,
         "budget_usd": k.budget_usd,
         "budget_reset": k.budget_reset,
         "spent_usd": crate::usage::rounded_cost(k.spent_usd),
@@ -147,6 +148,7 @@ fn changes(m: &Map<String, Value>) -> Result<KeyChanges, GatewayError> {
             "rpm" => c.rpm = Some(count(v, "rpm")?),
             "tpm" => c.tpm = Some(count(v, "tpm")?),
             "max_concurrent" => c.max_concurrent = Some(count(v, "max_concurrent")?),
+            "user_rpm" => c.user_rpm = Some(count(v, "user_rpm")?),
             "budget_usd" => {
                 c.budget_usd = Some(match v {
                     Value::Null => None,
@@ -194,7 +196,7 @@ fn changes(m: &Map<String, Value>) -> Result<KeyChanges, GatewayError> {
             other => {
                 return Err(GatewayError::invalid_param(
                     other,
-                    format!("Unrecognized field `{other}`. Keys take: name, models, rpm, tpm, max_concurrent, budget_usd, budget_reset, expires_at, metadata."),
+                    format!("Unrecognized field `{other}`. Keys take: name, models, rpm, tpm, max_concurrent, user_rpm, budget_usd, budget_reset, expires_at, metadata."),
                 ))
             }
         }
@@ -229,6 +231,7 @@ pub async fn create(
         period_start: budget_reset.map_or(0, |r| r.start(created_at)),
         period_spent_usd: 0.0,
         metadata: c.metadata.clone().flatten(),
+        user_rpm: c.user_rpm.flatten(),
     };
     store.insert_key(&row).await?;
     Ok((row, token))

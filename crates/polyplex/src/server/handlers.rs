@@ -422,12 +422,27 @@ impl Call {
                 return Err(crate::keys::model_forbidden(m).with_param(format!("models[{i}]")));
             }
         }
-        if let Some(shared) = &self.app.shared_limits {
-            if let Some(admitted) = shared.admit(key).await {
-                return admitted.map(Some);
+        let shared = match &self.app.shared_limits {
+            Some(shared) => shared.admit(key).await,
+            None => None,
+        };
+        let admitted = match shared {
+            Some(a) => a?,
+            None => key.admit(Instant::now())?,
+        };
+        // Each end user's own requests per minute, under the key's.
+        let user = self.tags.get().and_then(|t| t.user.as_deref());
+        if let (Some(rpm), Some(user)) = (admitted.spec.user_rpm, user) {
+            let spec = &admitted.spec;
+            if let Err(over) = self.app.take_end_user(key, &spec.id, user, rpm).await {
+                let used = match over {
+                    crate::window::Over::Requests { used, .. } => used,
+                    crate::window::Over::Tokens { used, .. } => used,
+                };
+                return Err(crate::keys::over_user_rpm(spec, user, used, over.wait()));
             }
         }
-        key.admit(Instant::now()).map(Some)
+        Ok(Some(admitted))
     }
 }
 

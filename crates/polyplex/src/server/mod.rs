@@ -221,6 +221,24 @@ impl AppState {
         }
     }
 
+    /// Takes one request of an end user's requests per minute under a key
+    /// (its `user_rpm`), as [`AppState::take_upstream`] takes a deployment's.
+    pub async fn take_end_user(
+        &self,
+        key: &crate::keys::KeyEntry,
+        key_id: &str,
+        user: &str,
+        rpm: u64,
+    ) -> Result<(), crate::window::Over> {
+        let shared = match &self.shared_limits {
+            Some(s) => s.take_end_user(key_id, user, rpm).await,
+            None => None,
+        };
+        counted_here_too(shared, || {
+            key.take_end_user(user, rpm, std::time::Instant::now())
+        })
+    }
+
     /// Takes one request of `d`'s upstream limits (its provider's `rpm` /
     /// `tpm`): for every replica through Redis when it is configured and
     /// answers, else on this node (which counts it either way).
@@ -237,16 +255,9 @@ impl AppState {
             Some(s) => s.take_upstream(&u.name, &d.model, rpm, tpm).await,
             None => None,
         };
-        let here = || d.stats.take_upstream(rpm, tpm, std::time::Instant::now());
-        match shared {
-            Some(Err(over)) => Err(over),
-            Some(Ok(())) => {
-                // Counted here too: this node's count, should Redis fail later.
-                let _ = here();
-                Ok(())
-            }
-            None => here(),
-        }
+        counted_here_too(shared, || {
+            d.stats.take_upstream(rpm, tpm, std::time::Instant::now())
+        })
     }
 
     /// `d` served a request of `tokens`: counted against its `tpm`.
@@ -263,5 +274,22 @@ impl AppState {
 
     pub fn set_not_ready(&self) {
         self.ready.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A per-minute limit's answer: Redis's when it gave one (`shared`), with
+/// the request counted on this node too (its count, should Redis fail
+/// later); else this node's own (`here`).
+fn counted_here_too(
+    shared: Option<Result<(), crate::window::Over>>,
+    here: impl FnOnce() -> Result<(), crate::window::Over>,
+) -> Result<(), crate::window::Over> {
+    match shared {
+        Some(Err(over)) => Err(over),
+        Some(Ok(())) => {
+            let _ = here();
+            Ok(())
+        }
+        None => here(),
     }
 }
