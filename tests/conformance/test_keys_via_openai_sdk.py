@@ -339,6 +339,9 @@ def test_usage_is_reported_by_the_metadata_a_request_carries(gateway, gateway_di
     status, rep = admin(gateway, "GET", f"/admin/usage?by=hour&metadata.team={team}")
     assert sum(r["requests"] for r in rep["data"]) == 8
     assert all(len(r["hour"]) == 17 and r["hour"].endswith(":00Z") for r in rep["data"])
+    status, rep = admin(gateway, "GET", f"/admin/usage?by=endpoint&metadata.team={team}")
+    assert {r["endpoint"]: r["requests"] for r in rep["data"]} == {
+        "chat.completions": 5, "embeddings": 1, "responses": 2}
     status, rep = admin(gateway, "GET", f"/admin/usage?by=model&metadata.team={team}&until=2020-01-01")
     assert status == 200 and rep["data"] == [] and rep["until"] == 1577836800
     status, rep = admin(gateway, "GET", "/admin/usage?until=someday")

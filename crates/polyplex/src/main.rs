@@ -89,7 +89,7 @@ enum Command {
         /// The records of one request (its `x-request-id`).
         #[arg(long)]
         request: Option<String>,
-        /// Group by key, model, provider, day, hour, user (the end user a request
+        /// Group by key, model, provider, endpoint, day, hour, user (the end user a request
         /// named with `user`) or metadata.<key> (the value its metadata gave
         /// that key).
         #[arg(long, default_value = "model")]

@@ -277,6 +277,9 @@ pub enum GroupBy {
     Day,
     /// Whole UTC hours.
     Hour,
+    /// The API endpoint (`chat.completions`, `embeddings`, `responses`,
+    /// `images.generations`, ...).
+    Endpoint,
     /// The end user a request named (`user`, `safety_identifier`).
     User,
     /// The value a request's metadata gives this key (`metadata.<key>`).
@@ -291,6 +294,7 @@ impl GroupBy {
             "provider" => Some(GroupBy::Provider),
             "day" => Some(GroupBy::Day),
             "hour" => Some(GroupBy::Hour),
+            "endpoint" => Some(GroupBy::Endpoint),
             "user" => Some(GroupBy::User),
             _ => s
                 .strip_prefix("metadata.")
@@ -307,6 +311,7 @@ impl GroupBy {
             GroupBy::Provider => "provider".into(),
             GroupBy::Day => "day".into(),
             GroupBy::Hour => "hour".into(),
+            GroupBy::Endpoint => "endpoint".into(),
             GroupBy::User => "user".into(),
             GroupBy::Metadata(k) => format!("metadata.{k}").into(),
         }
@@ -952,6 +957,7 @@ impl Store {
             GroupBy::Key => "key_id".to_string(),
             GroupBy::Model => "COALESCE(model, requested_model)".to_string(),
             GroupBy::Provider => "provider".to_string(),
+            GroupBy::Endpoint => "endpoint".to_string(),
             GroupBy::User => "end_user".to_string(),
             // Whole UTC days or hours, counted from the epoch; named below.
             GroupBy::Day => "CAST(created_at / 86400000 AS BIGINT)".to_string(),

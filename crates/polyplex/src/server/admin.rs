@@ -401,7 +401,7 @@ pub fn report_params(
         Some(b) => GroupBy::parse(b).ok_or_else(|| {
             bad(
                 "by",
-                "must be one of key, model, provider, day, hour, user, or metadata.<key> (a metadata key: 1 to 64 characters, no quote or backslash)",
+                "must be one of key, model, provider, endpoint, day, hour, user, or metadata.<key> (a metadata key: 1 to 64 characters, no quote or backslash)",
             )
         })?,
     };
@@ -444,7 +444,7 @@ pub fn report_only<'a>(
     Ok(only)
 }
 
-/// `GET /admin/usage?by=key|model|provider|day|hour|user|metadata.<key>&since=...&until=...`,
+/// `GET /admin/usage?by=key|model|provider|endpoint|day|hour|user|metadata.<key>&since=...&until=...`,
 /// and `key=<id>` (one key's requests only) and `metadata.<key>=<value>`
 /// (those tagged so only): every record this node has taken is written
 /// first, so the report includes it.
