@@ -144,10 +144,21 @@ def test_each_end_user_of_a_key_has_its_own_requests_per_minute(gateway, gateway
     hello(c, user="ann")
     status, err = admin(gateway, "POST", "/admin/keys", {"name": "x", "user_rpm": -1})
     assert status == 400 and err["error"]["param"] == "user_rpm"
+    # `user_tpm`: an end user's tokens of the last minute, counted when
+    # each answer is in (streams too).
+    t = new_key(gateway, user_tpm=5)
+    ct = sdk(gateway, t["key"])
+    list(hello(ct, user="cat", stream=True, stream_options={"include_usage": True}))
+    with pytest.raises(openai.RateLimitError) as e:
+        hello(ct, user="cat")
+    assert e.value.code == "rate_limit_exceeded" and "tokens per min" in e.value.message
+    hello(ct, user="dan")
     env = {"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"}
-    out = subprocess.run([BIN, "keys", "create", "per-user", "--user-rpm", "30", "--json"], cwd=gateway_dir,
-                         capture_output=True, text=True, timeout=30, env=env)
-    assert out.returncode == 0 and json.loads(out.stdout)["user_rpm"] == 30, out.stderr
+    out = subprocess.run([BIN, "keys", "create", "per-user", "--user-rpm", "30", "--user-tpm", "9000", "--json"],
+                         cwd=gateway_dir, capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 0, out.stderr
+    made = json.loads(out.stdout)
+    assert (made["user_rpm"], made["user_tpm"]) == (30, 9000)
 
 
 def test_a_spent_budget_raises_insufficient_quota(gateway):

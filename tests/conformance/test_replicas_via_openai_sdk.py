@@ -106,6 +106,18 @@ def test_an_end_users_requests_per_minute_hold_across_replicas(replicas):
     # Another end user of the key, and the key itself, are not held.
     hello(sdk(b, k["key"]), user="eli")
     hello(sdk(a, k["key"]))
+    # Tokens too: what one replica served counts on the other.
+    t = new_key(a, user_tpm=5)
+    hello(sdk(a, t["key"]), user="fay")
+    deadline = time.time() + 5
+    while True:
+        try:
+            hello(sdk(b, t["key"]), user="fay")
+        except openai.RateLimitError as e:
+            assert "tokens per min" in e.message
+            break
+        assert time.time() < deadline, "the other replica never saw fay's tokens"
+        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("reset", [None, "monthly"])

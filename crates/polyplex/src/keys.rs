@@ -172,6 +172,21 @@ pub fn over_user_rpm(spec: &KeyRow, user: &str, used: u64, wait: Duration) -> Ga
     )
 }
 
+/// 429: the end user's tokens per minute under the key (`user_tpm`) are
+/// used up for `wait`.
+pub fn over_user_tpm(spec: &KeyRow, user: &str, used: u64, wait: Duration) -> GatewayError {
+    GatewayError::rate_limited(
+        "tokens",
+        format!(
+            "Rate limit reached for end user '{user}' of key {} on tokens per min (TPM): Limit {}, Used {used}. Please try again in {}.",
+            spec.id,
+            spec.user_tpm.unwrap_or(0),
+            reset_text(wait)
+        ),
+        wait,
+    )
+}
+
 /// End users whose windows a key keeps before it forgets those with no
 /// request in the last minute.
 const USERS_KEPT: usize = 4096;
@@ -299,13 +314,23 @@ impl KeyEntry {
         Ok(guard)
     }
 
-    /// Counts one request of `user` under the key's `user_rpm` (on this
-    /// node), or says when it has room again.
-    pub fn take_end_user(&self, user: &str, rpm: u64, now: Instant) -> Result<(), Over> {
-        let mut users = match self.users.lock() {
+    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<String, Window>> {
+        match self.users.lock() {
             Ok(u) => u,
             Err(p) => p.into_inner(),
-        };
+        }
+    }
+
+    /// Counts one request of `user` under the key's `user_rpm` and
+    /// `user_tpm` (on this node), or says when it has room again.
+    pub fn take_end_user(
+        &self,
+        user: &str,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        now: Instant,
+    ) -> Result<(), Over> {
+        let mut users = self.users();
         if users.len() >= USERS_KEPT && !users.contains_key(user) {
             users.retain(|_, w| {
                 w.trim(now);
@@ -315,7 +340,15 @@ impl KeyEntry {
         users
             .entry(user.to_string())
             .or_default()
-            .take(Some(rpm), None, now)
+            .take(rpm, tpm, now)
+    }
+
+    /// Counts a finished request's tokens against its end user's
+    /// `user_tpm` (on this node).
+    pub fn charge_end_user(&self, user: &str, tokens: u64, now: Instant) {
+        if let Some(w) = self.users().get_mut(user) {
+            w.add_tokens(tokens, now);
+        }
     }
 
     /// A request admitted by the limits all replicas share
@@ -641,30 +674,38 @@ mod tests {
             period_spent_usd: 0.0,
             metadata: None,
             user_rpm: None,
+            user_tpm: None,
         }
     }
 
-    /// `user_rpm`: each end user's own minute; a full map forgets the
-    /// users idle for a minute.
+    /// `user_rpm` / `user_tpm`: each end user's own minute; a full map
+    /// forgets the users idle for a minute.
     #[test]
     fn each_end_user_has_a_minute_of_its_own() {
         let k = KeyEntry::new(row(None));
         let t0 = Instant::now();
-        assert!(k.take_end_user("ann", 2, t0).is_ok());
-        assert!(k.take_end_user("ann", 2, t0).is_ok());
-        match k.take_end_user("ann", 2, t0 + Duration::from_secs(10)) {
+        let take = |u: &str, at: Instant| k.take_end_user(u, Some(2), None, at);
+        assert!(take("ann", t0).is_ok());
+        assert!(take("ann", t0).is_ok());
+        match take("ann", t0 + Duration::from_secs(10)) {
             Err(Over::Requests { used: 2, wait }) => assert_eq!(wait, Duration::from_secs(50)),
             other => panic!("{other:?}"),
         }
-        assert!(k.take_end_user("bob", 2, t0).is_ok());
-        assert!(k
-            .take_end_user("ann", 2, t0 + Duration::from_secs(60))
-            .is_ok());
+        assert!(take("bob", t0).is_ok());
+        assert!(take("ann", t0 + Duration::from_secs(60)).is_ok());
+        // Tokens: a request is let in while the minute's are under the limit.
+        assert!(k.take_end_user("cy", None, Some(100), t0).is_ok());
+        k.charge_end_user("cy", 100, t0);
+        match k.take_end_user("cy", None, Some(100), t0 + Duration::from_secs(1)) {
+            Err(Over::Tokens { used: 100, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(k.take_end_user("di", None, Some(100), t0).is_ok());
         for i in 0..USERS_KEPT {
-            k.take_end_user(&format!("u{i}"), 2, t0).unwrap();
+            take(&format!("u{i}"), t0).unwrap();
         }
         let later = t0 + Duration::from_secs(61);
-        k.take_end_user("new", 2, later).unwrap();
+        take("new", later).unwrap();
         let users = k.users.lock().unwrap();
         assert!(users.len() < 10, "{}", users.len());
         assert!(users.contains_key("new") && users.contains_key("ann"));

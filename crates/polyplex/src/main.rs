@@ -152,6 +152,9 @@ enum KeysAction {
         /// `safety_identifier`) may make.
         #[arg(long)]
         user_rpm: Option<u64>,
+        /// Tokens per minute each end user of the key may use.
+        #[arg(long)]
+        user_tpm: Option<u64>,
         /// Budget in USD.
         #[arg(long)]
         budget_usd: Option<f64>,
@@ -442,6 +445,7 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
             tpm,
             max_concurrent,
             user_rpm,
+            user_tpm,
             budget_usd,
             budget_reset,
             expires_at,
@@ -479,6 +483,7 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
                 ),
                 metadata: Some((!pairs.is_empty()).then_some(pairs)),
                 user_rpm: Some(user_rpm),
+                user_tpm: Some(user_tpm),
             };
             let (row, token) = admin::create(&store, &changes)
                 .await

@@ -526,17 +526,36 @@ impl SharedLimits {
         self.take(&Names::upstream(provider, model), rpm, tpm).await
     }
 
-    /// Takes one request of an end user's requests per minute under a key
-    /// (the key's `user_rpm`) for every replica. None: Redis is out of
-    /// reach, and the caller counts on this node.
+    /// Takes one request of an end user's per-minute limits under a key
+    /// (the key's `user_rpm` / `user_tpm`) for every replica. None: Redis
+    /// is out of reach, and the caller counts on this node.
     pub async fn take_end_user(
         &self,
         key_id: &str,
         user: &str,
-        rpm: u64,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
     ) -> Option<Result<(), Over>> {
-        self.take(&Names::end_user(key_id, user), Some(rpm), None)
-            .await
+        self.take(&Names::end_user(key_id, user), rpm, tpm).await
+    }
+
+    /// Counts an end user's finished request's tokens against the key's
+    /// `user_tpm` for every replica (in the background).
+    pub fn charge_end_user(&self, key_id: &str, user: &str, tokens: u64) {
+        self.charge_tokens(Names::end_user(key_id, user), tokens);
+    }
+
+    /// Counts `tokens` against the `tpm` kept under `names` (in the background).
+    fn charge_tokens(&self, names: Names, tokens: u64) {
+        if tokens == 0 || self.quiet() {
+            return;
+        }
+        let _ = self.ops.send(Op::Charge {
+            tokens_key: names.tokens,
+            spend_key: names.spend,
+            tokens,
+            units: 0,
+        });
     }
 
     /// Takes one request of the per-minute limits kept under `names`.
@@ -574,16 +593,7 @@ impl SharedLimits {
     /// Counts a deployment's finished request's tokens against its
     /// upstream `tpm` for every replica (in the background).
     pub fn charge_upstream(&self, provider: &str, model: &str, tokens: u64) {
-        if tokens == 0 || self.quiet() {
-            return;
-        }
-        let names = Names::upstream(provider, model);
-        let _ = self.ops.send(Op::Charge {
-            tokens_key: names.tokens,
-            spend_key: names.spend,
-            tokens,
-            units: 0,
-        });
+        self.charge_tokens(Names::upstream(provider, model), tokens);
     }
 
     /// Counts a finished request's tokens and cost for every replica (in

@@ -37,7 +37,8 @@ const SCHEMA: &[&str] = &[
         period_start BIGINT NOT NULL DEFAULT 0,
         period_spent_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
         metadata TEXT,
-        user_rpm BIGINT
+        user_rpm BIGINT,
+        user_tpm BIGINT
     )",
     "CREATE TABLE IF NOT EXISTS polyplex_usage (
         request_id TEXT NOT NULL,
@@ -115,6 +116,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ),
     ("polyplex_keys", "metadata", "TEXT"),
     ("polyplex_keys", "user_rpm", "BIGINT"),
+    ("polyplex_keys", "user_tpm", "BIGINT"),
 ];
 
 /// The longest chain of responses a conversation is read through (each
@@ -185,7 +187,7 @@ fn usage_insert_sql(rows: usize, numbered: bool) -> String {
 /// The columns of `polyplex_keys` a [`KeyRow`] reads, in its order.
 const KEY_COLUMNS: &str = "id, name, key_hash, key_hint, models, rpm, tpm, max_concurrent, \
      budget_usd, spent_usd, expires_at, created_at, revoked_at, budget_reset, period_start, \
-     period_spent_usd, metadata, user_rpm";
+     period_spent_usd, metadata, user_rpm, user_tpm";
 
 #[derive(Debug, thiserror::Error)]
 #[error("store: {0}")]
@@ -230,6 +232,8 @@ pub struct KeyRow {
     /// Requests per minute each end user (`user`, `safety_identifier`) of
     /// the key may make.
     pub user_rpm: Option<u64>,
+    /// Tokens per minute each end user of the key may use.
+    pub user_tpm: Option<u64>,
 }
 
 impl KeyRow {
@@ -266,6 +270,7 @@ pub struct KeyChanges {
     pub budget_reset: Option<Option<BudgetReset>>,
     pub metadata: Option<Option<JsonMap>>,
     pub user_rpm: Option<Option<u64>>,
+    pub user_tpm: Option<Option<u64>>,
 }
 
 /// How a usage report groups its rows.
@@ -580,6 +585,7 @@ fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
             .try_get::<Option<String>, _>("metadata")?
             .and_then(|m| serde_json::from_str(&m).ok()),
         user_rpm: opt_u64(r.try_get("user_rpm")?),
+        user_tpm: opt_u64(r.try_get("user_tpm")?),
     })
 }
 
@@ -770,9 +776,9 @@ impl Store {
         sqlx::query(
             "INSERT INTO polyplex_keys (id, name, key_hash, key_hint, models, rpm, tpm, \
              max_concurrent, budget_usd, spent_usd, expires_at, created_at, revoked_at, \
-             budget_reset, period_start, period_spent_usd, metadata, user_rpm) \
+             budget_reset, period_start, period_spent_usd, metadata, user_rpm, user_tpm) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18)",
+             $18, $19)",
         )
         .bind(&k.id)
         .bind(&k.name)
@@ -792,6 +798,7 @@ impl Store {
         .bind(k.period_spent_usd)
         .bind(metadata_json(&k.metadata))
         .bind(as_i64(k.user_rpm))
+        .bind(as_i64(k.user_tpm))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -864,12 +871,15 @@ impl Store {
         if let Some(v) = c.user_rpm {
             k.user_rpm = v;
         }
+        if let Some(v) = c.user_tpm {
+            k.user_tpm = v;
+        }
         // Only the settings: spent_usd is the usage writer's, and a
         // read-modify-write of it here would lose what it added meanwhile.
         sqlx::query(
             "UPDATE polyplex_keys SET name = $1, models = $2, rpm = $3, tpm = $4, \
              max_concurrent = $5, budget_usd = $6, expires_at = $7, budget_reset = $8, \
-             metadata = $9, user_rpm = $10 WHERE id = $11",
+             metadata = $9, user_rpm = $10, user_tpm = $11 WHERE id = $12",
         )
         .bind(&k.name)
         .bind(models_json(&k.models))
@@ -881,6 +891,7 @@ impl Store {
         .bind(k.budget_reset.map(BudgetReset::as_str))
         .bind(metadata_json(&k.metadata))
         .bind(as_i64(k.user_rpm))
+        .bind(as_i64(k.user_tpm))
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -1775,6 +1786,7 @@ pub(crate) mod tests {
             period_spent_usd: 3.0,
             metadata: serde_json::json!({"team": "search"}).as_object().cloned(),
             user_rpm: Some(5),
+            user_tpm: Some(500),
         };
         store.insert_key(&row).await.unwrap();
         // Its metadata as given, changed and cleared by an update.

@@ -406,9 +406,21 @@ impl Recorder {
     pub fn record(&self, mut r: UsageRecord) {
         if let Some(k) = &r.key {
             let tokens = r.usage.prompt_tokens + r.usage.completion_tokens;
-            r.charged = k.charge(tokens, r.cost_usd, Instant::now());
-            if let Some(limits) = self.shared.limits.get() {
+            let now = Instant::now();
+            r.charged = k.charge(tokens, r.cost_usd, now);
+            let limits = self.shared.limits.get();
+            if let Some(limits) = limits {
                 limits.charge(k, tokens, r.cost_usd);
+            }
+            // An end user's tokens under the key's `user_tpm`.
+            if let Some(user) = r.tags.user.as_deref().filter(|_| tokens > 0) {
+                let spec = k.spec();
+                if spec.user_tpm.is_some() {
+                    k.charge_end_user(user, tokens, now);
+                    if let Some(limits) = limits {
+                        limits.charge_end_user(&spec.id, user, tokens);
+                    }
+                }
             }
         }
         let n = SENT.get().wrapping_add(1);

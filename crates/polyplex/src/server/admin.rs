@@ -27,6 +27,7 @@ pub fn key_json(k: &KeyRow) -> Value {
         "tpm": k.tpm,
         "max_concurrent": k.max_concurrent,
         "user_rpm": k.user_rpm,
+        "user_tpm": k.user_tpm,
         "budget_usd": k.budget_usd,
         "budget_reset": k.budget_reset,
         "spent_usd": crate::usage::rounded_cost(k.spent_usd),
@@ -149,6 +150,7 @@ fn changes(m: &Map<String, Value>) -> Result<KeyChanges, GatewayError> {
             "tpm" => c.tpm = Some(count(v, "tpm")?),
             "max_concurrent" => c.max_concurrent = Some(count(v, "max_concurrent")?),
             "user_rpm" => c.user_rpm = Some(count(v, "user_rpm")?),
+            "user_tpm" => c.user_tpm = Some(count(v, "user_tpm")?),
             "budget_usd" => {
                 c.budget_usd = Some(match v {
                     Value::Null => None,
@@ -196,7 +198,7 @@ fn changes(m: &Map<String, Value>) -> Result<KeyChanges, GatewayError> {
             other => {
                 return Err(GatewayError::invalid_param(
                     other,
-                    format!("Unrecognized field `{other}`. Keys take: name, models, rpm, tpm, max_concurrent, user_rpm, budget_usd, budget_reset, expires_at, metadata."),
+                    format!("Unrecognized field `{other}`. Keys take: name, models, rpm, tpm, max_concurrent, user_rpm, user_tpm, budget_usd, budget_reset, expires_at, metadata."),
                 ))
             }
         }
@@ -232,6 +234,7 @@ pub async fn create(
         period_spent_usd: 0.0,
         metadata: c.metadata.clone().flatten(),
         user_rpm: c.user_rpm.flatten(),
+        user_tpm: c.user_tpm.flatten(),
     };
     store.insert_key(&row).await?;
     Ok((row, token))

@@ -430,16 +430,20 @@ impl Call {
             Some(a) => a?,
             None => key.admit(Instant::now())?,
         };
-        // Each end user's own requests per minute, under the key's.
+        // Each end user's own per-minute limits, under the key's.
         let user = self.tags.get().and_then(|t| t.user.as_deref());
-        if let (Some(rpm), Some(user)) = (admitted.spec.user_rpm, user) {
-            let spec = &admitted.spec;
-            if let Err(over) = self.app.take_end_user(key, &spec.id, user, rpm).await {
-                let used = match over {
-                    crate::window::Over::Requests { used, .. } => used,
-                    crate::window::Over::Tokens { used, .. } => used,
-                };
-                return Err(crate::keys::over_user_rpm(spec, user, used, over.wait()));
+        let spec = &admitted.spec;
+        let limits = (spec.user_rpm, spec.user_tpm);
+        if let (Some(user), true) = (user, limits != (None, None)) {
+            use crate::window::Over;
+            match self.app.take_end_user(key, &spec.id, user, limits).await {
+                Ok(()) => {}
+                Err(Over::Requests { used, wait }) => {
+                    return Err(crate::keys::over_user_rpm(spec, user, used, wait))
+                }
+                Err(Over::Tokens { used, wait }) => {
+                    return Err(crate::keys::over_user_tpm(spec, user, used, wait))
+                }
             }
         }
         Ok(Some(admitted))

@@ -222,20 +222,21 @@ impl AppState {
     }
 
     /// Takes one request of an end user's requests per minute under a key
-    /// (its `user_rpm`), as [`AppState::take_upstream`] takes a deployment's.
+    /// (its `user_rpm` / `user_tpm`), as [`AppState::take_upstream`] takes a
+    /// deployment's.
     pub async fn take_end_user(
         &self,
         key: &crate::keys::KeyEntry,
         key_id: &str,
         user: &str,
-        rpm: u64,
+        (rpm, tpm): (Option<u64>, Option<u64>),
     ) -> Result<(), crate::window::Over> {
         let shared = match &self.shared_limits {
-            Some(s) => s.take_end_user(key_id, user, rpm).await,
+            Some(s) => s.take_end_user(key_id, user, rpm, tpm).await,
             None => None,
         };
         counted_here_too(shared, || {
-            key.take_end_user(user, rpm, std::time::Instant::now())
+            key.take_end_user(user, rpm, tpm, std::time::Instant::now())
         })
     }
 
