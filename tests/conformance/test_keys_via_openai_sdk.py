@@ -161,6 +161,30 @@ def test_each_end_user_of_a_key_has_its_own_requests_per_minute(gateway, gateway
     assert (made["user_rpm"], made["user_tpm"]) == (30, 9000)
 
 
+def test_each_end_user_of_a_key_has_its_own_budget(gateway):
+    """`user_budget_usd`: what each end user of the key may spend (in the
+    key's budget period with `budget_reset`); one that spent it gets
+    `insufficient_quota` naming it, the others go on."""
+    k = new_key(gateway, user_budget_usd=0.000001, budget_reset="daily")
+    assert k["user_budget_usd"] == 0.000001
+    c = sdk(gateway, k["key"])
+    hello(c, user="gus")
+    with pytest.raises(openai.RateLimitError) as e:
+        hello(c, user="gus")
+    assert e.value.code == "insufficient_quota"
+    assert "end user 'gus'" in e.value.message and "daily budget" in e.value.message
+    with pytest.raises(openai.RateLimitError):
+        c.embeddings.create(model="text-embedding-3-small", input="hi", user="gus")
+    hello(c, user="hal")
+    hello(c)
+    hello(c)
+    status, got = admin(gateway, "PATCH", f"/admin/keys/{k['id']}", {"user_budget_usd": 1})
+    assert status == 200 and got["user_budget_usd"] == 1
+    hello(c, user="gus")
+    status, err = admin(gateway, "PATCH", f"/admin/keys/{k['id']}", {"user_budget_usd": "lots"})
+    assert status == 400 and err["error"]["param"] == "user_budget_usd"
+
+
 def test_a_spent_budget_raises_insufficient_quota(gateway):
     k = new_key(gateway, budget_usd=0.0000001)
     c = sdk(gateway, k["key"])

@@ -109,15 +109,32 @@ def test_an_end_users_requests_per_minute_hold_across_replicas(replicas):
     # Tokens too: what one replica served counts on the other.
     t = new_key(a, user_tpm=5)
     hello(sdk(a, t["key"]), user="fay")
-    deadline = time.time() + 5
+    e = refused_soon(lambda: hello(sdk(b, t["key"]), user="fay"))
+    assert "tokens per min" in e.message
+
+
+def refused_soon(ask, within=6):
+    """Asks until the answer is a RateLimitError (what one replica counted
+    reaches the other in the background), and returns it."""
+    deadline = time.time() + within
     while True:
         try:
-            hello(sdk(b, t["key"]), user="fay")
+            ask()
         except openai.RateLimitError as e:
-            assert "tokens per min" in e.message
-            break
-        assert time.time() < deadline, "the other replica never saw fay's tokens"
+            return e
+        assert time.time() < deadline, "never refused"
         time.sleep(0.2)
+
+
+def test_an_end_users_budget_spent_on_one_replica_is_spent_on_the_other(replicas):
+    a, b = replicas
+    k = new_key(a, user_budget_usd=0.000001)
+    hello(sdk(a, k["key"]), user="ivy")
+    # The other replica reads the end user's spend from the store again
+    # within two seconds.
+    e = refused_soon(lambda: hello(sdk(b, k["key"]), user="ivy"))
+    assert e.code == "insufficient_quota" and "end user 'ivy'" in e.message
+    hello(sdk(b, k["key"]), user="jo")
 
 
 @pytest.mark.parametrize("reset", [None, "monthly"])

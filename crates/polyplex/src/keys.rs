@@ -96,6 +96,9 @@ pub struct KeyEntry {
     window: Mutex<Window>,
     /// Each end user's last minute of requests (the key's `user_rpm`).
     users: Mutex<HashMap<String, Window>>,
+    /// Each end user's spend as last read from the store, and this node's
+    /// since (the key's `user_budget_usd`).
+    spends: Mutex<HashMap<String, EndUserSpend>>,
     in_flight: AtomicU64,
     /// Spend in micro-cents (1e-8 USD) served here and not yet in the store.
     pending: AtomicU64,
@@ -109,9 +112,10 @@ pub fn usd_units(usd: f64) -> u64 {
     (usd.max(0.0) * UNITS_PER_USD).round() as u64
 }
 
-/// 429 `insufficient_quota`: the key spent its budget.
-pub fn over_budget(spec: &KeyRow, spent: f64) -> GatewayError {
-    let (period, resets) = match spec.budget_reset {
+/// How a spent budget's message names its period (`daily `) and says when
+/// it starts again; nothing for a budget that never does.
+fn period_words(spec: &KeyRow) -> (String, String) {
+    match spec.budget_reset {
         Some(r) => (
             format!("{} ", r.as_str()),
             format!(
@@ -120,7 +124,12 @@ pub fn over_budget(spec: &KeyRow, spent: f64) -> GatewayError {
             ),
         ),
         None => (String::new(), String::new()),
-    };
+    }
+}
+
+/// 429 `insufficient_quota`: the key spent its budget.
+pub fn over_budget(spec: &KeyRow, spent: f64) -> GatewayError {
+    let (period, resets) = period_words(spec);
     GatewayError::quota_exceeded(format!(
         "You exceeded your current quota: key {} has spent ${} of its ${} {period}budget.{resets}",
         spec.id,
@@ -187,6 +196,32 @@ pub fn over_user_tpm(spec: &KeyRow, user: &str, used: u64, wait: Duration) -> Ga
     )
 }
 
+/// 429 `insufficient_quota`: the end user spent its budget under the key.
+pub fn over_user_budget(spec: &KeyRow, user: &str, spent: f64) -> GatewayError {
+    let (period, resets) = period_words(spec);
+    GatewayError::quota_exceeded(format!(
+        "You exceeded your current quota: end user '{user}' of key {} has spent ${} of its ${} {period}budget.{resets}",
+        spec.id,
+        trim_float(spent, 8),
+        trim_float(spec.user_budget_usd.unwrap_or(0.0), 8)
+    ))
+}
+
+/// An end user's spend under a key: the store's sum over the budget period
+/// that began at `period_start` (Unix seconds), read at `read_at`, and what
+/// this node's records added since.
+#[derive(Debug, Clone, Copy)]
+struct EndUserSpend {
+    period_start: i64,
+    stored_usd: f64,
+    read_at: Instant,
+    added_units: u64,
+}
+
+/// How long an end user's spend read from the store is used before it is
+/// read again (what other replicas spent meanwhile is seen then).
+pub const END_USER_SPEND_FRESH: Duration = Duration::from_secs(2);
+
 /// End users whose windows a key keeps before it forgets those with no
 /// request in the last minute.
 const USERS_KEPT: usize = 4096;
@@ -219,6 +254,7 @@ impl KeyEntry {
             spec: RwLock::new(Arc::new(row)),
             window: Mutex::new(Window::default()),
             users: Mutex::new(HashMap::new()),
+            spends: Mutex::new(HashMap::new()),
             in_flight: AtomicU64::new(0),
             pending: AtomicU64::new(0),
         }
@@ -341,6 +377,56 @@ impl KeyEntry {
             .entry(user.to_string())
             .or_default()
             .take(rpm, tpm, now)
+    }
+
+    fn spends(&self) -> std::sync::MutexGuard<'_, HashMap<String, EndUserSpend>> {
+        match self.spends.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// An end user's spend in the budget period that began at
+    /// `period_start`, if it was read from the store less than
+    /// [`END_USER_SPEND_FRESH`] ago: that, plus what this node added since.
+    pub fn end_user_spend(&self, user: &str, period_start: i64, now: Instant) -> Option<f64> {
+        let s = *self.spends().get(user)?;
+        (s.period_start == period_start
+            && now.saturating_duration_since(s.read_at) < END_USER_SPEND_FRESH)
+            .then(|| s.stored_usd + s.added_units as f64 / UNITS_PER_USD)
+    }
+
+    /// What the store says an end user spent in the period that began at
+    /// `period_start`, read at `now`; returns the spend to count.
+    pub fn end_user_spend_read(
+        &self,
+        user: &str,
+        period_start: i64,
+        stored: f64,
+        now: Instant,
+    ) -> f64 {
+        let mut spends = self.spends();
+        if spends.len() >= USERS_KEPT && !spends.contains_key(user) {
+            spends.retain(|_, s| now.saturating_duration_since(s.read_at) < crate::window::WINDOW);
+        }
+        spends.insert(
+            user.to_string(),
+            EndUserSpend {
+                period_start,
+                stored_usd: stored,
+                read_at: now,
+                added_units: 0,
+            },
+        );
+        stored
+    }
+
+    /// A record's cost made on this node counts against its end user's
+    /// budget at once (the store has it on its next read).
+    pub fn add_end_user_spend(&self, user: &str, usd: f64) {
+        if let Some(s) = self.spends().get_mut(user) {
+            s.added_units += usd_units(usd);
+        }
     }
 
     /// Counts a finished request's tokens against its end user's
@@ -675,6 +761,7 @@ mod tests {
             metadata: None,
             user_rpm: None,
             user_tpm: None,
+            user_budget_usd: None,
         }
     }
 
@@ -709,6 +796,25 @@ mod tests {
         let users = k.users.lock().unwrap();
         assert!(users.len() < 10, "{}", users.len());
         assert!(users.contains_key("new") && users.contains_key("ann"));
+    }
+
+    /// `user_budget_usd`: the store's sum is used for a while, with what
+    /// this node adds on top; a new period or an old read asks again.
+    #[test]
+    fn an_end_users_spend_is_read_again_when_old() {
+        let k = KeyEntry::new(row(None));
+        let t0 = Instant::now();
+        assert_eq!(k.end_user_spend("ann", 0, t0), None);
+        k.add_end_user_spend("ann", 1.0); // nothing read yet: nothing to add to
+        assert_eq!(k.end_user_spend_read("ann", 0, 0.25, t0), 0.25);
+        k.add_end_user_spend("ann", 0.5);
+        assert_eq!(
+            k.end_user_spend("ann", 0, t0 + Duration::from_secs(1)),
+            Some(0.75)
+        );
+        assert_eq!(k.end_user_spend("ann", 86_400, t0), None, "another period");
+        assert_eq!(k.end_user_spend("ann", 0, t0 + END_USER_SPEND_FRESH), None);
+        assert_eq!(k.end_user_spend("bob", 0, t0), None);
     }
 
     #[test]

@@ -155,6 +155,10 @@ enum KeysAction {
         /// Tokens per minute each end user of the key may use.
         #[arg(long)]
         user_tpm: Option<u64>,
+        /// What each end user of the key may spend, in USD (per period with
+        /// --budget-reset).
+        #[arg(long)]
+        user_budget_usd: Option<f64>,
         /// Budget in USD.
         #[arg(long)]
         budget_usd: Option<f64>,
@@ -446,6 +450,7 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
             max_concurrent,
             user_rpm,
             user_tpm,
+            user_budget_usd,
             budget_usd,
             budget_reset,
             expires_at,
@@ -457,6 +462,9 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
                 .ok_or("a key needs a name: polyplex keys create NAME (or --name NAME)")?;
             if budget_usd.is_some_and(|b| !(b >= 0.0 && b.is_finite())) {
                 return Err("--budget-usd must be a number of at least 0".into());
+            }
+            if user_budget_usd.is_some_and(|b| !(b >= 0.0 && b.is_finite())) {
+                return Err("--user-budget-usd must be a number of at least 0".into());
             }
             let expires = match expires_at {
                 Some(t) => Some(admin::parse_time(&t, true).ok_or_else(|| {
@@ -484,6 +492,7 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
                 metadata: Some((!pairs.is_empty()).then_some(pairs)),
                 user_rpm: Some(user_rpm),
                 user_tpm: Some(user_tpm),
+                user_budget_usd: Some(user_budget_usd),
             };
             let (row, token) = admin::create(&store, &changes)
                 .await

@@ -38,7 +38,8 @@ const SCHEMA: &[&str] = &[
         period_spent_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
         metadata TEXT,
         user_rpm BIGINT,
-        user_tpm BIGINT
+        user_tpm BIGINT,
+        user_budget_usd DOUBLE PRECISION
     )",
     "CREATE TABLE IF NOT EXISTS polyplex_usage (
         request_id TEXT NOT NULL,
@@ -117,6 +118,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("polyplex_keys", "metadata", "TEXT"),
     ("polyplex_keys", "user_rpm", "BIGINT"),
     ("polyplex_keys", "user_tpm", "BIGINT"),
+    ("polyplex_keys", "user_budget_usd", "DOUBLE PRECISION"),
 ];
 
 /// The longest chain of responses a conversation is read through (each
@@ -187,7 +189,7 @@ fn usage_insert_sql(rows: usize, numbered: bool) -> String {
 /// The columns of `polyplex_keys` a [`KeyRow`] reads, in its order.
 const KEY_COLUMNS: &str = "id, name, key_hash, key_hint, models, rpm, tpm, max_concurrent, \
      budget_usd, spent_usd, expires_at, created_at, revoked_at, budget_reset, period_start, \
-     period_spent_usd, metadata, user_rpm, user_tpm";
+     period_spent_usd, metadata, user_rpm, user_tpm, user_budget_usd";
 
 #[derive(Debug, thiserror::Error)]
 #[error("store: {0}")]
@@ -234,6 +236,9 @@ pub struct KeyRow {
     pub user_rpm: Option<u64>,
     /// Tokens per minute each end user of the key may use.
     pub user_tpm: Option<u64>,
+    /// What each end user of the key may spend, in USD (per budget period
+    /// with `budget_reset`).
+    pub user_budget_usd: Option<f64>,
 }
 
 impl KeyRow {
@@ -271,6 +276,7 @@ pub struct KeyChanges {
     pub metadata: Option<Option<JsonMap>>,
     pub user_rpm: Option<Option<u64>>,
     pub user_tpm: Option<Option<u64>>,
+    pub user_budget_usd: Option<Option<f64>>,
 }
 
 /// How a usage report groups its rows.
@@ -586,6 +592,7 @@ fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
             .and_then(|m| serde_json::from_str(&m).ok()),
         user_rpm: opt_u64(r.try_get("user_rpm")?),
         user_tpm: opt_u64(r.try_get("user_tpm")?),
+        user_budget_usd: r.try_get("user_budget_usd")?,
     })
 }
 
@@ -776,9 +783,10 @@ impl Store {
         sqlx::query(
             "INSERT INTO polyplex_keys (id, name, key_hash, key_hint, models, rpm, tpm, \
              max_concurrent, budget_usd, spent_usd, expires_at, created_at, revoked_at, \
-             budget_reset, period_start, period_spent_usd, metadata, user_rpm, user_tpm) \
+             budget_reset, period_start, period_spent_usd, metadata, user_rpm, user_tpm, \
+             user_budget_usd) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19)",
+             $18, $19, $20)",
         )
         .bind(&k.id)
         .bind(&k.name)
@@ -799,6 +807,7 @@ impl Store {
         .bind(metadata_json(&k.metadata))
         .bind(as_i64(k.user_rpm))
         .bind(as_i64(k.user_tpm))
+        .bind(k.user_budget_usd)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -874,12 +883,15 @@ impl Store {
         if let Some(v) = c.user_tpm {
             k.user_tpm = v;
         }
+        if let Some(v) = c.user_budget_usd {
+            k.user_budget_usd = v;
+        }
         // Only the settings: spent_usd is the usage writer's, and a
         // read-modify-write of it here would lose what it added meanwhile.
         sqlx::query(
             "UPDATE polyplex_keys SET name = $1, models = $2, rpm = $3, tpm = $4, \
              max_concurrent = $5, budget_usd = $6, expires_at = $7, budget_reset = $8, \
-             metadata = $9, user_rpm = $10, user_tpm = $11 WHERE id = $12",
+             metadata = $9, user_rpm = $10, user_tpm = $11, user_budget_usd = $12 WHERE id = $13",
         )
         .bind(&k.name)
         .bind(models_json(&k.models))
@@ -892,6 +904,7 @@ impl Store {
         .bind(metadata_json(&k.metadata))
         .bind(as_i64(k.user_rpm))
         .bind(as_i64(k.user_tpm))
+        .bind(k.user_budget_usd)
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -1054,6 +1067,26 @@ impl Store {
         }
         let rows = q.fetch_all(&self.pool).await?;
         Ok(rows.iter().map(stored_record).collect::<Result<_, _>>()?)
+    }
+
+    /// What an end user of a key spent since `since_ms`, as the usage
+    /// records in the store say.
+    pub async fn end_user_spend(
+        &self,
+        key_id: &str,
+        user: &str,
+        since_ms: i64,
+    ) -> Result<f64, StoreError> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) AS spent \
+             FROM polyplex_usage WHERE key_id = $1 AND end_user = $2 AND created_at >= $3",
+        )
+        .bind(key_id)
+        .bind(user)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<f64, _>("spent")?)
     }
 
     /// Keeps a response (OpenAI's Responses API) for `owner`: the items it
@@ -1787,6 +1820,7 @@ pub(crate) mod tests {
             metadata: serde_json::json!({"team": "search"}).as_object().cloned(),
             user_rpm: Some(5),
             user_tpm: Some(500),
+            user_budget_usd: Some(0.5),
         };
         store.insert_key(&row).await.unwrap();
         // Its metadata as given, changed and cleared by an update.

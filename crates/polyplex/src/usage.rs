@@ -412,14 +412,18 @@ impl Recorder {
             if let Some(limits) = limits {
                 limits.charge(k, tokens, r.cost_usd);
             }
-            // An end user's tokens under the key's `user_tpm`.
-            if let Some(user) = r.tags.user.as_deref().filter(|_| tokens > 0) {
+            // An end user's tokens and cost under the key's `user_tpm` and
+            // `user_budget_usd`.
+            if let Some(user) = r.tags.user.as_deref() {
                 let spec = k.spec();
-                if spec.user_tpm.is_some() {
+                if spec.user_tpm.is_some() && tokens > 0 {
                     k.charge_end_user(user, tokens, now);
                     if let Some(limits) = limits {
                         limits.charge_end_user(&spec.id, user, tokens);
                     }
+                }
+                if spec.user_budget_usd.is_some() && r.cost_usd > 0.0 {
+                    k.add_end_user_spend(user, r.cost_usd);
                 }
             }
         }

@@ -28,6 +28,7 @@ pub fn key_json(k: &KeyRow) -> Value {
         "max_concurrent": k.max_concurrent,
         "user_rpm": k.user_rpm,
         "user_tpm": k.user_tpm,
+        "user_budget_usd": k.user_budget_usd,
         "budget_usd": k.budget_usd,
         "budget_reset": k.budget_reset,
         "spent_usd": crate::usage::rounded_cost(k.spent_usd),
@@ -92,6 +93,18 @@ fn count(v: &Value, param: &str) -> Result<Option<u64>, GatewayError> {
     }
 }
 
+/// An amount of USD ≥ 0, or null (`None`).
+fn usd(v: &Value, param: &str) -> Result<Option<f64>, GatewayError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => match n.as_f64() {
+            Some(x) if x >= 0.0 && x.is_finite() => Ok(Some(x)),
+            _ => Err(bad(param, "must be a number of at least 0")),
+        },
+        _ => Err(bad(param, "must be a number of USD, or null")),
+    }
+}
+
 /// A time as Unix seconds: a number, an RFC 3339 time, a date
 /// (`YYYY-MM-DD`, midnight UTC), or a duration from now (`30d`, `12h`).
 pub fn parse_time(s: &str, future: bool) -> Option<i64> {
@@ -151,16 +164,8 @@ fn changes(m: &Map<String, Value>) -> Result<KeyChanges, GatewayError> {
             "max_concurrent" => c.max_concurrent = Some(count(v, "max_concurrent")?),
             "user_rpm" => c.user_rpm = Some(count(v, "user_rpm")?),
             "user_tpm" => c.user_tpm = Some(count(v, "user_tpm")?),
-            "budget_usd" => {
-                c.budget_usd = Some(match v {
-                    Value::Null => None,
-                    Value::Number(n) => match n.as_f64() {
-                        Some(x) if x >= 0.0 && x.is_finite() => Some(x),
-                        _ => return Err(bad("budget_usd", "must be a number of at least 0")),
-                    },
-                    _ => return Err(bad("budget_usd", "must be a number of USD, or null")),
-                });
-            }
+            "budget_usd" => c.budget_usd = Some(usd(v, "budget_usd")?),
+            "user_budget_usd" => c.user_budget_usd = Some(usd(v, "user_budget_usd")?),
             "budget_reset" => {
                 let wrong = || bad("budget_reset", format!("must be one of {}, or null", crate::budget::NAMES));
                 c.budget_reset = Some(match v {
@@ -198,7 +203,7 @@ fn changes(m: &Map<String, Value>) -> Result<KeyChanges, GatewayError> {
             other => {
                 return Err(GatewayError::invalid_param(
                     other,
-                    format!("Unrecognized field `{other}`. Keys take: name, models, rpm, tpm, max_concurrent, user_rpm, user_tpm, budget_usd, budget_reset, expires_at, metadata."),
+                    format!("Unrecognized field `{other}`. Keys take: name, models, rpm, tpm, max_concurrent, user_rpm, user_tpm, user_budget_usd, budget_usd, budget_reset, expires_at, metadata."),
                 ))
             }
         }
@@ -235,6 +240,7 @@ pub async fn create(
         metadata: c.metadata.clone().flatten(),
         user_rpm: c.user_rpm.flatten(),
         user_tpm: c.user_tpm.flatten(),
+        user_budget_usd: c.user_budget_usd.flatten(),
     };
     store.insert_key(&row).await?;
     Ok((row, token))

@@ -240,6 +240,41 @@ impl AppState {
         })
     }
 
+    /// What an end user of a key spent in the key's current budget period
+    /// (all time without `budget_reset`): this node's count, read again
+    /// from the store's usage records when older than
+    /// [`crate::keys::END_USER_SPEND_FRESH`]. A store that does not answer
+    /// leaves the last count (or none) standing: a budget check never
+    /// stops traffic on its own.
+    pub async fn end_user_spent(
+        &self,
+        key: &crate::keys::KeyEntry,
+        spec: &crate::store::KeyRow,
+        user: &str,
+    ) -> f64 {
+        let now = std::time::Instant::now();
+        let period = spec
+            .budget_reset
+            .map_or(0, |r| r.start(crate::store::unix_now()));
+        if let Some(spent) = key.end_user_spend(user, period, now) {
+            return spent;
+        }
+        let Some(store) = self.keys.store() else {
+            return 0.0;
+        };
+        self.recorder.flush().await;
+        match store
+            .end_user_spend(&spec.id, user, period.saturating_mul(1000))
+            .await
+        {
+            Ok(stored) => key.end_user_spend_read(user, period, stored, now),
+            Err(e) => {
+                tracing::warn!(error = %e, key = %spec.id, "could not read an end user's spend; its budget is not checked this time");
+                0.0
+            }
+        }
+    }
+
     /// Takes one request of `d`'s upstream limits (its provider's `rpm` /
     /// `tpm`): for every replica through Redis when it is configured and
     /// answers, else on this node (which counts it either way).
