@@ -611,19 +611,15 @@ impl UsagePick {
     /// The records picked (by key, metadata and `until`), as the admin API
     /// picks them.
     fn only(&self) -> Result<polyplex::store::Only, String> {
-        use polyplex::server::admin;
         let pairs = metadata_pairs(&self.metadata)?;
-        let mut only = admin::report_only(
+        polyplex::server::admin::report_only(
             self.key.as_deref(),
             pairs
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or(""))),
+            self.until.as_deref(),
         )
-        .map_err(|e| e.message)?;
-        only.until_ms = admin::time_param("until", self.until.as_deref())
-            .map_err(|e| e.message)?
-            .map(|u| u.saturating_mul(1000));
-        Ok(only)
+        .map_err(|e| e.message)
     }
 }
 

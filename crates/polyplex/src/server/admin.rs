@@ -419,7 +419,7 @@ pub fn report_params(
 
 /// A report's `since` or `until`: Unix seconds, an RFC 3339 time, a date
 /// (midnight UTC) or a duration back from now.
-pub fn time_param(param: &str, given: Option<&str>) -> Result<Option<i64>, GatewayError> {
+fn time_param(param: &str, given: Option<&str>) -> Result<Option<i64>, GatewayError> {
     match given {
         None | Some("") => Ok(None),
         Some(s) => parse_time(s, false).map(Some).ok_or_else(|| {
@@ -431,14 +431,17 @@ pub fn time_param(param: &str, given: Option<&str>) -> Result<Option<i64>, Gatew
     }
 }
 
-/// Which records a report counts: one key's (`key=<id>`), and those whose
-/// metadata gives a key a value (`metadata.<key>=<value>`, each of them).
+/// Which records a report counts: one key's (`key=<id>`), those whose
+/// metadata gives a key a value (`metadata.<key>=<value>`, each of them),
+/// and those made before `until` ([`time_param`]).
 pub fn report_only<'a>(
     key: Option<&str>,
     metadata: impl IntoIterator<Item = (&'a str, &'a str)>,
+    until: Option<&str>,
 ) -> Result<store::Only, GatewayError> {
     let mut only = store::Only {
         key_id: key.map(str::to_string),
+        until_ms: time_param("until", until)?.map(|u| u.saturating_mul(1000)),
         ..store::Only::default()
     };
     for (k, v) in metadata {
@@ -453,6 +456,15 @@ pub fn report_only<'a>(
     Ok(only)
 }
 
+/// [`report_only`] of a query's `key`, `metadata.<key>` and `until`.
+fn query_only(q: &[(String, String)]) -> Result<store::Only, GatewayError> {
+    let one = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let tagged = q
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?, v.as_str())));
+    report_only(one("key"), tagged, one("until"))
+}
+
 /// `GET /admin/usage?by=key|model|provider|endpoint|day|hour|user|metadata.<key>&since=...&until=...`,
 /// and `key=<id>` (one key's requests only) and `metadata.<key>=<value>`
 /// (those tagged so only): every record this node has taken is written
@@ -463,13 +475,7 @@ pub async fn usage(State(app): State<App>, Query(q): Query<Vec<(String, String)>
         Ok(p) => p,
         Err(e) => return ApiError(e).into_response(),
     };
-    let tagged = q
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?, v.as_str())));
-    let only = match report_only(one("key"), tagged).and_then(|mut o| {
-        o.until_ms = time_param("until", one("until"))?.map(|u| u.saturating_mul(1000));
-        Ok(o)
-    }) {
+    let only = match query_only(&q) {
         Ok(o) => o,
         Err(e) => return ApiError(e).into_response(),
     };
@@ -588,13 +594,9 @@ pub async fn usage_records(
         .path()
         .strip_prefix("/admin/usage/records/")
         .filter(|r| !r.is_empty());
-    let tagged = q
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix("metadata.")?, v.as_str())));
     let params = report_params(None, one("since")).and_then(|(_, since)| {
-        let mut only = report_only(one("key"), tagged)?;
+        let mut only = query_only(&q)?;
         only.request_id = request.map(str::to_string);
-        only.until_ms = time_param("until", one("until"))?.map(|u| u.saturating_mul(1000));
         let (limit, after) = page_params(one("limit"), one("after"))?;
         Ok((since, only, limit, after))
     });
