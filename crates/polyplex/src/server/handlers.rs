@@ -167,8 +167,7 @@ fn validate(endpoint: Endpoint, text: Bytes) -> Result<Parsed, Box<Refused>> {
     let tree = parse_json(&text).map_err(|error| {
         Box::new(Refused {
             asked: String::new(),
-            user: None,
-            metadata: None,
+            body: None,
             error,
         })
     })?;
@@ -180,24 +179,23 @@ fn validate(endpoint: Endpoint, text: Bytes) -> Result<Parsed, Box<Refused>> {
     };
     match checked {
         Ok(m) => Ok(Parsed::from_meta(RequestBody::parsed(text, tree), m)),
-        Err(error) => {
-            let text = |k: &str| tree.get(k).and_then(Value::as_str);
-            Err(Box::new(Refused {
-                asked: text("model").unwrap_or("").to_string(),
-                user: validate::end_user(text("user"), text("safety_identifier")),
-                // Its metadata when that is not what was refused.
-                metadata: validate::metadata(&tree).ok().flatten().cloned(),
-                error,
-            }))
-        }
+        Err(error) => Err(Box::new(Refused {
+            asked: tree
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            body: Some(tree),
+            error,
+        })),
     }
 }
 
-/// A body validation refused, with what its usage record names.
+/// A body validation refused, with what its usage record names: the
+/// model asked for, and the body (its end user and metadata), if it parsed.
 struct Refused {
     asked: String,
-    user: Option<String>,
-    metadata: Option<JsonMap>,
+    body: Option<JsonMap>,
     error: GatewayError,
 }
 
@@ -302,6 +300,17 @@ impl Call {
     /// body names (over its header's pairs, under its key's).
     pub(super) fn tag(&self, user: Option<String>, metadata: Option<&JsonMap>) {
         let _ = self.tags.set(self.tags_with(user, metadata));
+    }
+
+    /// Tags the call from a body that may not have passed validation: its
+    /// end user (a string `user`, else `safety_identifier`) and its
+    /// `metadata` where that is valid.
+    pub(super) fn tag_from(&self, body: &JsonMap) {
+        let text = |k: &str| body.get(k).and_then(Value::as_str);
+        self.tag(
+            validate::end_user(text("user"), text("safety_identifier")),
+            validate::metadata(body).ok().flatten(),
+        );
     }
 
     /// The tags of the call's usage records: those of its header and key
@@ -528,13 +537,10 @@ async fn answer(call: &Call, req: Request, gone: &Unanswered<'_>) -> Response {
     let mut parsed = match validate(call.endpoint, text) {
         Ok(p) => p,
         Err(b) => {
-            let Refused {
-                asked,
-                user,
-                metadata,
-                error,
-            } = *b;
-            call.tag(user, metadata.as_ref());
+            let Refused { asked, body, error } = *b;
+            if let Some(body) = &body {
+                call.tag_from(body);
+            }
             return call.fail(&asked, false, error, &no_one);
         }
     };
@@ -1006,11 +1012,7 @@ pub async fn responses(
     let model = crate::responses::model_of(&tree);
     // A request refused before it is served as chat is still its end
     // user's and tagged with its metadata.
-    let text_of = |k: &str| tree.get(k).and_then(Value::as_str);
-    call.tag(
-        validate::end_user(text_of("user"), text_of("safety_identifier")),
-        validate::metadata(&tree).ok().flatten(),
-    );
+    call.tag_from(&tree);
     let previous = match crate::responses::previous_of(&tree) {
         Ok(p) => p,
         Err(b) => return call.fail(&model, false, b.1, &no_one),
