@@ -227,6 +227,29 @@ impl Store {
         Ok(Some(items))
     }
 
+    /// One item of a conversation of `owner`'s: `None` if there is no such
+    /// conversation, else the item if it has one by that id.
+    pub async fn conversation_item(
+        &self,
+        id: &str,
+        owner: &str,
+        item: &str,
+    ) -> Result<Option<Option<Value>>, StoreError> {
+        if self.conversation(id, owner).await?.is_none() {
+            return Ok(None);
+        }
+        let row = sqlx::query(
+            "SELECT item FROM polyplex_conversation_items \
+             WHERE conversation_id = $1 AND item_id = $2 ORDER BY seq LIMIT 1",
+        )
+        .bind(id)
+        .bind(item)
+        .fetch_optional(self.pool())
+        .await?;
+        let text: Option<String> = row.map(|r| r.try_get("item")).transpose()?;
+        Ok(Some(text.and_then(|t| serde_json::from_str(&t).ok())))
+    }
+
     /// Adds items (each with its id) at the end of a conversation of
     /// `owner`'s; false if there is no such conversation.
     pub async fn add_conversation_items(
@@ -368,6 +391,15 @@ mod tests {
             None
         );
         let two = all[1]["id"].as_str().unwrap();
+        let found = store.conversation_item(&c.id, "key:a", two).await.unwrap();
+        assert_eq!(found, Some(Some(all[1].clone())));
+        let none = store
+            .conversation_item(&c.id, "key:a", "msg_x")
+            .await
+            .unwrap();
+        assert_eq!(none, Some(None));
+        let theirs = store.conversation_item(&c.id, "key:b", two).await.unwrap();
+        assert_eq!(theirs, None);
         assert_eq!(
             store
                 .delete_conversation_item(&c.id, "key:a", two)

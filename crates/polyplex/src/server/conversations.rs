@@ -155,15 +155,12 @@ async fn answer(app: &App, caller: &Caller, req: Request) -> Result<Value, Gatew
             }
         }
         (&Method::GET, [id, "items", item]) => {
-            let items = match store.conversation_items(id, &owner).await {
-                Ok(Some(items)) => items,
-                Ok(None) => return Err(not_found(id)),
-                Err(e) => return Err(store_failed(e)),
-            };
-            items
-                .into_iter()
-                .find(|i| i.get("id").and_then(Value::as_str) == Some(item))
-                .ok_or_else(|| item_not_found(item))
+            match store.conversation_item(id, &owner, item).await {
+                Ok(Some(Some(found))) => Ok(found),
+                Ok(Some(None)) => Err(item_not_found(item)),
+                Ok(None) => Err(not_found(id)),
+                Err(e) => Err(store_failed(e)),
+            }
         }
         (&Method::DELETE, [id, "items", item]) => {
             match store.delete_conversation_item(id, &owner, item).await {
