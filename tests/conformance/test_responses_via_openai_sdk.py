@@ -339,6 +339,18 @@ def test_a_conversation_keeps_every_turn_on_any_provider(client, mock, stream):
     assert e.value.param == "conversation"
 
 
+def test_a_failed_turn_leaves_its_conversation_as_it_was(client, fault):
+    conv = client.conversations.create(items=[{"role": "user", "content": "Remember 7."}])
+    fault(fault="disconnect", count=1, after_chunks=1)
+    events = list(client.responses.create(model=OPENAI, input="one two three", conversation=conv.id, stream=True))
+    assert events[-1].type == "response.failed"
+    fault(fault="500", count=4)
+    with pytest.raises(openai.InternalServerError):
+        client.responses.create(model=OPENAI, input="and now?", conversation=conv.id,
+                                extra_body={"provider": {"allow_fallbacks": False}})
+    assert [i.content[0].text for i in client.conversations.items.list(conv.id)] == ["Remember 7."]
+
+
 def test_conversations_are_their_callers_own(client, gateway):
     conv = client.conversations.create()
     status, k = admin(gateway, "POST", "/admin/keys", {"name": "stranger"})
