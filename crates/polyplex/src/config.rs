@@ -73,6 +73,34 @@ struct RawConfig {
     #[serde(default)]
     routing: RawRouting,
     cache: Option<RawCache>,
+    #[serde(default)]
+    batches: RawBatches,
+}
+
+/// `[batches]`: how batches run (`crate::batches`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatches {
+    concurrency: Option<usize>,
+    max_file_bytes: Option<usize>,
+}
+
+/// How the Batch API runs its batches (`[batches]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchesConfig {
+    /// Requests of a batch running at once on each replica.
+    pub concurrency: usize,
+    /// The largest file `POST /v1/files` takes.
+    pub max_file_bytes: usize,
+}
+
+impl Default for BatchesConfig {
+    fn default() -> Self {
+        BatchesConfig {
+            concurrency: 8,
+            max_file_bytes: 200 * 1024 * 1024,
+        }
+    }
 }
 
 /// `[cache]`: present means on.
@@ -217,6 +245,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// The response cache (`[cache]`; off without it).
     pub cache: Option<crate::cache::CacheConfig>,
+    /// The Batch API (`[batches]`).
+    pub batches: BatchesConfig,
     pub max_body_bytes: usize,
     /// How long a connection may take to send a request's head, counted
     /// from when it is ready for one (idle between requests too); `None`:
@@ -851,12 +881,27 @@ pub fn from_toml(text: &str, inputs: &Inputs<'_>) -> Result<Config, ConfigError>
             },
         }),
     };
+    let defaults = BatchesConfig::default();
+    let batches = BatchesConfig {
+        concurrency: match raw.batches.concurrency {
+            Some(0) => return err("batches.concurrency: must be at least 1".to_string()),
+            Some(n) if n > 1024 => {
+                return err(format!("batches.concurrency: {n} is more than 1024"))
+            }
+            n => n.unwrap_or(defaults.concurrency),
+        },
+        max_file_bytes: match raw.batches.max_file_bytes {
+            Some(0) => return err("batches.max_file_bytes: must be at least 1".to_string()),
+            n => n.unwrap_or(defaults.max_file_bytes),
+        },
+    };
     Ok(Config {
         listen,
         master_key: master_key.map(SecretString::from),
         store_url,
         redis_url,
         cache,
+        batches,
         max_body_bytes: raw.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
         header_timeout: timeout_or_none(raw.server.header_timeout_ms, DEFAULT_HEADER_TIMEOUT_MS),
         body_timeout: timeout_or_none(raw.server.body_timeout_ms, DEFAULT_BODY_TIMEOUT_MS),
@@ -1538,6 +1583,7 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
         store_url: "sqlite://polyplex.db".into(),
         redis_url: None,
         cache: None,
+        batches: BatchesConfig::default(),
         max_body_bytes: DEFAULT_MAX_BODY,
         header_timeout: timeout_or_none(None, DEFAULT_HEADER_TIMEOUT_MS),
         body_timeout: timeout_or_none(None, DEFAULT_BODY_TIMEOUT_MS),

@@ -614,6 +614,11 @@ impl Keys {
         }
     }
 
+    /// The key with this id, if it may be used now.
+    pub fn usable_by_id(&self, id: &str) -> Result<Arc<KeyEntry>, Refusal> {
+        usable(self.by_id(id).ok_or(Refusal::Unknown)?)
+    }
+
     /// Puts `row` in memory (new or changed), keeping its live counters.
     pub fn upsert(&self, row: KeyRow) {
         let existing = self.by_id(&row.id);

@@ -5,6 +5,7 @@
 
 pub mod apart;
 pub mod background;
+pub mod batches;
 pub mod budget;
 pub mod cache;
 pub mod catalog;
@@ -52,6 +53,8 @@ pub struct Running {
     task: tokio::task::JoinHandle<()>,
     writer: tokio::task::JoinHandle<u64>,
     reloader: Option<tokio::task::JoinHandle<()>>,
+    /// Runs batches (`/v1/batches`) until shutdown.
+    batches: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -61,6 +64,11 @@ impl Running {
         self.state.set_not_ready();
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        if let Some(b) = self.batches {
+            // Its running requests get the grace; their records are sent
+            // before the writer drains.
+            let _ = b.await;
+        }
         if let Some(r) = &self.reloader {
             r.abort();
         }
@@ -111,6 +119,12 @@ pub async fn start(cfg: &Config) -> Result<Running, String> {
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (tx, rx) = watch::channel(false);
+    let batches = server::batches::spawn_worker(
+        state.clone(),
+        server::app(state.clone()),
+        rx.clone(),
+        cfg.shutdown_grace,
+    );
     let task = tokio::spawn(serve_listener(
         listener,
         server::app(state.clone()),
@@ -125,6 +139,7 @@ pub async fn start(cfg: &Config) -> Result<Running, String> {
         task,
         writer,
         reloader,
+        batches,
     })
 }
 
@@ -151,6 +166,12 @@ pub async fn start_threads(cfg: &Config, threads: usize) -> Result<Running, Stri
         .local_addr()
         .map_err(|e| e.to_string())?;
     let (tx, rx) = watch::channel(false);
+    let batches = server::batches::spawn_worker(
+        state.clone(),
+        server::app(state.clone()),
+        rx.clone(),
+        cfg.shutdown_grace,
+    );
     let mut done = Vec::with_capacity(threads);
     for (i, listener) in listeners.into_iter().enumerate() {
         let app = server::app(state.clone());
@@ -210,6 +231,7 @@ pub async fn start_threads(cfg: &Config, threads: usize) -> Result<Running, Stri
         task,
         writer,
         reloader,
+        batches,
     })
 }
 

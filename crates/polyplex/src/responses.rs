@@ -1041,9 +1041,21 @@ pub fn listed_item(mut item: Value, response_id: &str, index: usize) -> Value {
 /// `GET .../input_items?order=&limit=&after=`: newest first unless
 /// `order=asc`, at most `limit` (1–100, 20 by default) after the item
 /// whose id is `after`, and whether more follow.
-pub fn item_page(mut items: Vec<Value>, query: Option<&str>) -> Result<Value, GatewayError> {
+pub fn item_page(items: Vec<Value>, query: Option<&str>) -> Result<Value, GatewayError> {
+    page_of(items, query, 20, 100)
+}
+
+/// One page of `items` (oldest first) as OpenAI's lists answer it: newest
+/// first unless `order=asc`, at most `limit` (1 to `most`, `default`
+/// unless given) after the item whose id is `after`.
+pub fn page_of(
+    mut items: Vec<Value>,
+    query: Option<&str>,
+    default: usize,
+    most: usize,
+) -> Result<Value, GatewayError> {
     let mut ascending = false;
-    let mut limit = 20usize;
+    let mut limit = default;
     let mut after = None;
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match k.as_ref() {
@@ -1058,11 +1070,11 @@ pub fn item_page(mut items: Vec<Value>, query: Option<&str>) -> Result<Value, Ga
                 }
             },
             "limit" => match v.parse::<usize>() {
-                Ok(n) if (1..=100).contains(&n) => limit = n,
+                Ok(n) if (1..=most).contains(&n) => limit = n,
                 _ => {
                     return Err(GatewayError::invalid_param(
                         "limit",
-                        format!("Invalid 'limit': '{v}'. Expected an integer from 1 to 100."),
+                        format!("Invalid 'limit': '{v}'. Expected an integer from 1 to {most}."),
                     ))
                 }
             },

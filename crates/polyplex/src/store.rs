@@ -92,6 +92,38 @@ const SCHEMA: &[&str] = &[
         item TEXT NOT NULL,
         PRIMARY KEY (conversation_id, seq)
     )",
+    // Files (OpenAI's Files API; content in base64, so one column type
+    // serves SQLite and Postgres), batches (the batch object as its API
+    // answers it, and which replica runs it until when) and each batch
+    // request's answer until the batch ends (`crate::batches`).
+    "CREATE TABLE IF NOT EXISTS polyplex_files (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        bytes BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT,
+        content TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS polyplex_files_owner ON polyplex_files (owner, created_at)",
+    "CREATE TABLE IF NOT EXISTS polyplex_batches (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        batch TEXT NOT NULL,
+        lease_until BIGINT NOT NULL DEFAULT 0,
+        holder TEXT
+    )",
+    "CREATE INDEX IF NOT EXISTS polyplex_batches_status ON polyplex_batches (status, lease_until)",
+    "CREATE TABLE IF NOT EXISTS polyplex_batch_results (
+        batch_id TEXT NOT NULL,
+        line BIGINT NOT NULL,
+        ok BIGINT NOT NULL,
+        result TEXT NOT NULL,
+        PRIMARY KEY (batch_id, line)
+    )",
     "CREATE INDEX IF NOT EXISTS polyplex_usage_created ON polyplex_usage (created_at)",
     "CREATE INDEX IF NOT EXISTS polyplex_usage_key ON polyplex_usage (key_id, created_at)",
 ];

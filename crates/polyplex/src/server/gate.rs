@@ -32,6 +32,15 @@ impl Gate {
     pub fn new(app: App, router: axum::Router) -> Self {
         Self { app, router }
     }
+
+    /// A request made inside the gateway (a batch's), routed without the
+    /// gate: the caller has put its [`RequestId`] and [`Caller`] on it.
+    pub async fn route(&self, req: Request) -> Response {
+        match self.router.clone().call(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
+    }
 }
 
 /// The routes that need a key: the API and the admin endpoints. Anything
@@ -46,6 +55,8 @@ fn needs_key(path: &str) -> bool {
             | "/v1/responses"
             | "/v1/models"
             | "/v1/conversations"
+            | "/v1/files"
+            | "/v1/batches"
     ) || super::passthrough::Kind::of(path).is_some()
         || path
             .strip_prefix("/v1/models/")
@@ -53,9 +64,9 @@ fn needs_key(path: &str) -> bool {
         || path
             .strip_prefix("/v1/responses/")
             .is_some_and(|id| !id.is_empty())
-        || path
-            .strip_prefix("/v1/conversations/")
-            .is_some_and(|id| !id.is_empty())
+        || ["/v1/conversations/", "/v1/files/", "/v1/batches/"]
+            .iter()
+            .any(|p| path.strip_prefix(p).is_some_and(|id| !id.is_empty()))
         || is_admin(path)
 }
 

@@ -33,6 +33,15 @@ pub(super) async fn read_body(app: &App, req: Request) -> Result<Bytes, GatewayE
     } else {
         app.max_body
     };
+    read_body_within(app, req, limit).await
+}
+
+/// The body's bytes, up to `limit` (413 past it).
+pub(super) async fn read_body_within(
+    app: &App,
+    req: Request,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
     if let Some(len) = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -1360,11 +1369,14 @@ fn deployment_gauges(app: &App) {
 }
 
 pub async fn not_found(method: Method, uri: Uri) -> Response {
-    ApiError(GatewayError::not_found(format!(
-        "Unknown request URL: {method} {}. Please check the URL for typos.",
-        uri.path()
-    )))
-    .into_response()
+    ApiError(unknown_url(&method, uri.path())).into_response()
+}
+
+/// A 404 for a URL the gateway does not serve, as OpenAI words it.
+pub(super) fn unknown_url(method: &Method, path: &str) -> GatewayError {
+    GatewayError::not_found(format!(
+        "Unknown request URL: {method} {path}. Please check the URL for typos."
+    ))
 }
 
 /// `/v1/responses/{id}` and below: a kept response retrieved

@@ -44,6 +44,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod batches;
 pub mod browsers;
 pub mod busy;
 pub mod conversations;
@@ -90,6 +91,10 @@ pub struct AppState {
     pub cache: Option<crate::cache::ResponseCache>,
     /// Requests from web pages: CORS, and what a keyless gateway refuses.
     pub browsers: browsers::Browsers,
+    /// How batches run (`[batches]`).
+    pub batches: crate::config::BatchesConfig,
+    /// Wakes the batch worker (a batch was made or cancelled).
+    pub batch_wake: tokio::sync::Notify,
 }
 
 pub type App = Arc<AppState>;
@@ -148,6 +153,8 @@ pub fn state(
         master_key: cfg.master_key.clone(),
         browsers: browsers::Browsers::new(cfg.cors_origins.as_deref(), cfg.master_key.is_some()),
         keys,
+        batches: cfg.batches,
+        batch_wake: tokio::sync::Notify::new(),
         cache: cfg.cache.map(|c| {
             crate::cache::ResponseCache::new(c, shared_limits.as_ref().map(|s| s.connection()))
         }),
@@ -184,6 +191,10 @@ pub fn app(state: App) -> gate::Gate {
         .route("/v1/responses/{*rest}", any(handlers::stored_response))
         .route("/v1/conversations", any(conversations::serve))
         .route("/v1/conversations/{*rest}", any(conversations::serve))
+        .route("/v1/files", any(batches::files))
+        .route("/v1/files/{*rest}", any(batches::files))
+        .route("/v1/batches", any(batches::serve))
+        .route("/v1/batches/{*rest}", any(batches::serve))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{*id}", get(handlers::get_model))
         .route("/admin/providers", get(handlers::admin_providers))
