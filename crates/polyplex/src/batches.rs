@@ -151,6 +151,11 @@ fn line_error(code: &str, message: String, param: Option<&str>, line: Option<usi
     json!({"code": code, "message": message, "param": param, "line": line})
 }
 
+/// A path without its leading `/v1`.
+fn unversioned(path: &str) -> &str {
+    path.strip_prefix("/v1").unwrap_or(path)
+}
+
 /// The requests of a batch's input file, each checked as OpenAI checks
 /// them (a JSON object a line with a unique `custom_id`, `method` POST,
 /// `url` the batch's endpoint and a `body` object that does not stream);
@@ -209,7 +214,7 @@ pub fn parse_lines(text: &[u8], endpoint: &str) -> Result<Vec<Line>, Vec<Value>>
             continue;
         }
         match v.get("url").and_then(Value::as_str) {
-            Some(u) if u == endpoint || u.strip_prefix("/v1") == endpoint.strip_prefix("/v1") => {}
+            Some(u) if unversioned(u) == unversioned(endpoint) => {}
             u => {
                 fail(
                     "invalid_url",
@@ -497,11 +502,10 @@ impl Store {
             if taken.rows_affected() == 0 {
                 continue;
             }
-            let row =
-                sqlx::query("SELECT owner, batch FROM polyplex_batches WHERE id = $1")
-                    .bind(&id)
-                    .fetch_one(self.pool())
-                    .await?;
+            let row = sqlx::query("SELECT owner, batch FROM polyplex_batches WHERE id = $1")
+                .bind(&id)
+                .fetch_one(self.pool())
+                .await?;
             let text: String = row.try_get("batch")?;
             let Ok(batch) = serde_json::from_str(&text) else {
                 continue;
@@ -516,7 +520,12 @@ impl Store {
     }
 
     /// Holds a batch's lease `lease_ms` longer; false if `holder` lost it.
-    pub async fn renew_batch(&self, id: &str, holder: &str, lease_ms: i64) -> Result<bool, StoreError> {
+    pub async fn renew_batch(
+        &self,
+        id: &str,
+        holder: &str,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE polyplex_batches SET lease_until = $1 WHERE id = $2 AND holder = $3",
         )
@@ -551,13 +560,12 @@ impl Store {
     /// its first answer).
     pub async fn add_batch_result(&self, batch: &str, r: &LineResult) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
-        let there = sqlx::query(
-            "SELECT 1 FROM polyplex_batch_results WHERE batch_id = $1 AND line = $2",
-        )
-        .bind(batch)
-        .bind(r.line)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let there =
+            sqlx::query("SELECT 1 FROM polyplex_batch_results WHERE batch_id = $1 AND line = $2")
+                .bind(batch)
+                .bind(r.line)
+                .fetch_optional(&mut *tx)
+                .await?;
         if there.is_none() {
             sqlx::query(
                 "INSERT INTO polyplex_batch_results (batch_id, line, ok, result) \
@@ -756,8 +764,127 @@ mod tests {
         assert!(output_file("batch_1", "output", &[]).is_none());
         let (f, content) = output_file("batch_1", "error", &["{}", "{\"a\":1}"]).unwrap();
         assert_eq!(content, b"{}\n{\"a\":1}\n");
-        assert_eq!(f.bytes, 10);
+        assert_eq!(f.bytes, 11);
         assert_eq!(f.purpose, "batch_error");
         assert_eq!(f.filename, "batch_1_error.jsonl");
+    }
+
+    /// Files and batches on one store: owners see only their own; one
+    /// holder at a time takes a batch; answers are kept once; finishing
+    /// writes the files and lets the answers go, unless a cancel came first.
+    async fn kept(store: &Store) {
+        let f = store
+            .insert_file("key:a", "in.jsonl", "batch", b"{\"x\":1}\n", None)
+            .await
+            .unwrap();
+        assert_eq!(store.file(&f.id, "key:a").await.unwrap(), Some(f.clone()));
+        assert_eq!(store.file(&f.id, "key:b").await.unwrap(), None);
+        let (_, content) = store.file_content(&f.id, "key:a").await.unwrap().unwrap();
+        assert_eq!(content, b"{\"x\":1}\n");
+        let gone = store
+            .insert_file("key:a", "old", "user_data", b"x", Some(unix_now() - 1))
+            .await
+            .unwrap();
+        assert_eq!(store.file(&gone.id, "key:a").await.unwrap(), None);
+        assert_eq!(
+            store.files("key:a", None).await.unwrap(),
+            std::slice::from_ref(&f)
+        );
+        assert!(store
+            .files("key:a", Some("vision"))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store.files("key:b", None).await.unwrap().is_empty());
+
+        let batch = new_batch(&f.id, EP, None, unix_now());
+        let id = batch["id"].as_str().unwrap().to_string();
+        store.insert_batch("key:a", &batch).await.unwrap();
+        assert_eq!(
+            store.batch(&id, "key:a").await.unwrap(),
+            Some(batch.clone())
+        );
+        assert_eq!(store.batch(&id, "key:b").await.unwrap(), None);
+        let claimed = store.claim_batch("one", 60_000).await.unwrap().unwrap();
+        assert_eq!(
+            (claimed.id.as_str(), claimed.owner.as_str()),
+            (id.as_str(), "key:a")
+        );
+        assert!(
+            store.claim_batch("two", 60_000).await.unwrap().is_none(),
+            "held by one"
+        );
+        assert!(store.renew_batch(&id, "one", 60_000).await.unwrap());
+        assert!(!store.renew_batch(&id, "two", 60_000).await.unwrap());
+        store.release_batch(&id, "one").await.unwrap();
+        assert!(store.claim_batch("two", 60_000).await.unwrap().is_some());
+
+        let mut running = batch.clone();
+        running["status"] = json!("in_progress");
+        assert!(store.set_batch(&running, "validating").await.unwrap());
+        assert!(
+            !store.set_batch(&running, "validating").await.unwrap(),
+            "no longer validating"
+        );
+        for (line, ok, text) in [(1, false, "b"), (0, true, "a"), (1, true, "again")] {
+            let r = LineResult {
+                line,
+                ok,
+                text: text.into(),
+            };
+            store.add_batch_result(&id, &r).await.unwrap();
+        }
+        let kept: Vec<(i64, bool, String)> = store
+            .batch_results(&id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.line, r.ok, r.text))
+            .collect();
+        assert_eq!(kept, [(0, true, "a".into()), (1, false, "b".into())]);
+
+        let mut done = running.clone();
+        done["status"] = json!("completed");
+        let out = output_file(&id, "output", &["a"]).unwrap();
+        let out_id = out.0.id.clone();
+        assert!(!store
+            .finish_batch("key:a", &done, "cancelling", std::slice::from_ref(&out))
+            .await
+            .unwrap());
+        assert_eq!(
+            store.file(&out_id, "key:a").await.unwrap(),
+            None,
+            "nothing written"
+        );
+        assert!(store
+            .finish_batch("key:a", &done, "in_progress", &[out])
+            .await
+            .unwrap());
+        assert_eq!(
+            store.batch_status(&id).await.unwrap().as_deref(),
+            Some("completed")
+        );
+        let (_, content) = store.file_content(&out_id, "key:a").await.unwrap().unwrap();
+        assert_eq!(content, b"a\n");
+        assert!(store.batch_results(&id).await.unwrap().is_empty());
+        assert!(
+            store.claim_batch("three", 60_000).await.unwrap().is_none(),
+            "finished"
+        );
+        assert_eq!(store.batches("key:a").await.unwrap(), [done]);
+        assert!(store.delete_file(&f.id, "key:a").await.unwrap());
+        assert!(!store.delete_file(&f.id, "key:a").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn files_and_batches_are_kept_in_sqlite_and_postgres() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        kept(&store).await;
+        crate::store::tests::in_a_postgres_database("polyplex_batches", |url| async move {
+            let pg = Store::connect(&url).await.unwrap();
+            kept(&pg).await;
+            pg.close().await;
+        })
+        .await;
     }
 }

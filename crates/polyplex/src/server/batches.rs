@@ -83,7 +83,9 @@ pub async fn files(
             Ok(None) => ApiError(file_not_found(id)).into_response(),
             Err(e) => ApiError(store_failed(e)).into_response(),
         },
-        (_, [] | [_] | [_, "content"]) => ApiError(GatewayError::method_not_allowed()).into_response(),
+        (_, [] | [_] | [_, "content"]) => {
+            ApiError(GatewayError::method_not_allowed()).into_response()
+        }
         _ => ApiError(super::handlers::unknown_url(&method, &path)).into_response(),
     }
 }
@@ -91,7 +93,12 @@ pub async fn files(
 /// `POST /v1/files`: a multipart form with `file` and `purpose` (and
 /// optionally `expires_after[anchor]` = `created_at` with
 /// `expires_after[seconds]`, 3600 to 2592000).
-async fn upload(app: &App, store: &Store, owner: &str, req: Request) -> Result<Value, GatewayError> {
+async fn upload(
+    app: &App,
+    store: &Store,
+    owner: &str,
+    req: Request,
+) -> Result<Value, GatewayError> {
     let boundary = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -99,7 +106,9 @@ async fn upload(app: &App, store: &Store, owner: &str, req: Request) -> Result<V
         .filter(|ct| ct.to_ascii_lowercase().starts_with("multipart/form-data"))
         .map(|ct| {
             multer::parse_boundary(ct).map_err(|_| {
-                GatewayError::invalid_request("The multipart/form-data Content-Type has no boundary.")
+                GatewayError::invalid_request(
+                    "The multipart/form-data Content-Type has no boundary.",
+                )
             })
         })
         .transpose()?
@@ -134,7 +143,11 @@ async fn upload(app: &App, store: &Store, owner: &str, req: Request) -> Result<V
             "purpose",
             format!(
                 "Invalid value for 'purpose': '{purpose}'. Expected one of {}.",
-                PURPOSES.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(", ")
+                PURPOSES
+                    .iter()
+                    .map(|p| format!("'{p}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
         .with_code("invalid_value"));
@@ -166,7 +179,11 @@ async fn upload(app: &App, store: &Store, owner: &str, req: Request) -> Result<V
         .map_err(store_failed)
 }
 
-async fn list_files(store: &Store, owner: &str, query: Option<&str>) -> Result<Value, GatewayError> {
+async fn list_files(
+    store: &Store,
+    owner: &str,
+    query: Option<&str>,
+) -> Result<Value, GatewayError> {
     let purpose = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .find(|(k, _)| k == "purpose")
         .map(|(_, v)| v.into_owned());
@@ -252,7 +269,11 @@ async fn create_batch(
             "endpoint",
             format!(
                 "Invalid value for 'endpoint': '{endpoint}'. Expected one of {}.",
-                ENDPOINTS.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(", ")
+                ENDPOINTS
+                    .iter()
+                    .map(|p| format!("'{p}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
         .with_code("invalid_value"));
@@ -281,7 +302,10 @@ async fn create_batch(
         ));
     }
     let batch = batches::new_batch(input, endpoint, metadata, unix_now());
-    store.insert_batch(owner, &batch).await.map_err(store_failed)?;
+    store
+        .insert_batch(owner, &batch)
+        .await
+        .map_err(store_failed)?;
     app.batch_wake.notify_one();
     Ok(batch)
 }
@@ -403,7 +427,9 @@ impl Worker {
                 match store.renew_batch(&id, &node, LEASE_MS).await {
                     Ok(true) => {}
                     Ok(false) => return,
-                    Err(e) => tracing::warn!(error = %e, batch = %id, "could not renew a batch's lease"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, batch = %id, "could not renew a batch's lease")
+                    }
                 }
             }
         })
@@ -411,10 +437,16 @@ impl Worker {
 
     /// Takes a batch from its status to its end, or until it must stop.
     async fn run_batch(&self, c: Claimed, stop: &watch::Receiver<bool>) -> Option<Halt> {
-        let Claimed { id, owner, mut batch } = c;
+        let Claimed {
+            id,
+            owner,
+            mut batch,
+        } = c;
         for _ in 0..16 {
             let status = batches::status_of(&batch).to_string();
-            let expired = batch["expires_at"].as_i64().is_some_and(|t| unix_now() >= t);
+            let expired = batch["expires_at"]
+                .as_i64()
+                .is_some_and(|t| unix_now() >= t);
             let step = match status.as_str() {
                 "validating" | "in_progress" if expired => {
                     self.finish(&owner, &batch, "expired").await
@@ -448,13 +480,18 @@ impl Worker {
 
     /// `validating` → `in_progress` with the count of its requests, or
     /// `failed` with the problems of its input file.
-    async fn validate(&self, owner: &str, batch: &mut Value) -> Result<(), crate::store::StoreError> {
+    async fn validate(
+        &self,
+        owner: &str,
+        batch: &mut Value,
+    ) -> Result<(), crate::store::StoreError> {
         let now = unix_now();
         match self.lines(owner, batch).await? {
             Ok(lines) => {
                 batch["status"] = json!("in_progress");
                 batch["in_progress_at"] = json!(now);
-                batch["request_counts"] = json!({"total": lines.len(), "completed": 0, "failed": 0});
+                batch["request_counts"] =
+                    json!({"total": lines.len(), "completed": 0, "failed": 0});
                 let model = lines
                     .first()
                     .and_then(|l| serde_json::from_slice::<Value>(&l.body).ok())
@@ -491,7 +528,12 @@ impl Worker {
     /// progress saved as it goes; when they are all answered, the batch is
     /// `finalizing`. Stops starting requests for a cancel, the window's
     /// end, a lost lease or a shutdown (those running get the grace).
-    async fn execute(&self, owner: &str, batch: &Value, stop: &watch::Receiver<bool>) -> Option<Halt> {
+    async fn execute(
+        &self,
+        owner: &str,
+        batch: &Value,
+        stop: &watch::Receiver<bool>,
+    ) -> Option<Halt> {
         let id = batch["id"].as_str().unwrap_or("").to_string();
         let endpoint = batch["endpoint"].as_str().unwrap_or("").to_string();
         let lines = match self.lines(owner, batch).await {
@@ -501,7 +543,10 @@ impl Worker {
                 failed["status"] = json!("failed");
                 failed["failed_at"] = json!(unix_now());
                 failed["errors"] = json!({"object": "list", "data": errors});
-                let _ = self.store.finish_batch(owner, &failed, "in_progress", &[]).await;
+                let _ = self
+                    .store
+                    .finish_batch(owner, &failed, "in_progress", &[])
+                    .await;
                 return None;
             }
             Err(e) => {
@@ -564,10 +609,14 @@ impl Worker {
                 }
                 let why = if *stop.borrow() {
                     Some(Halt::Shutdown)
-                } else if progress["expires_at"].as_i64().is_some_and(|t| unix_now() >= t) {
+                } else if progress["expires_at"]
+                    .as_i64()
+                    .is_some_and(|t| unix_now() >= t)
+                {
                     Some(Halt::Expired)
                 } else {
-                    progress["request_counts"]["completed"] = json!(completed.load(Ordering::Relaxed));
+                    progress["request_counts"]["completed"] =
+                        json!(completed.load(Ordering::Relaxed));
                     progress["request_counts"]["failed"] = json!(failed.load(Ordering::Relaxed));
                     match self.store.set_batch(&progress, "in_progress").await {
                         Ok(true) => None,
@@ -692,7 +741,10 @@ impl Worker {
         *req.method_mut() = Method::POST;
         *req.uri_mut() = axum::http::Uri::try_from(endpoint).unwrap_or_default();
         let h = req.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Ok(v) = HeaderValue::from_str(&json!({ "batch_id": batch_id }).to_string()) {
             h.insert(METADATA_HEADER, v);
         }
@@ -719,7 +771,12 @@ impl Worker {
     /// answers written to its output and error files (requests an expired
     /// batch never ran go to the error file as `batch_expired`), its counts
     /// and token usage summed.
-    async fn finish(&self, owner: &str, batch: &Value, end: &str) -> Result<(), crate::store::StoreError> {
+    async fn finish(
+        &self,
+        owner: &str,
+        batch: &Value,
+        end: &str,
+    ) -> Result<(), crate::store::StoreError> {
         let id = batch["id"].as_str().unwrap_or("");
         let was = batches::status_of(batch).to_string();
         let results = self.store.batch_results(id).await?;
@@ -768,7 +825,8 @@ impl Worker {
             done["finalizing_at"] = json!(now);
         }
         let total = done["request_counts"]["total"].as_u64().unwrap_or(0);
-        done["request_counts"] = json!({"total": total, "completed": ok.len(), "failed": bad.len()});
+        done["request_counts"] =
+            json!({"total": total, "completed": ok.len(), "failed": bad.len()});
         done["usage"] = usage.to_json();
         self.store.finish_batch(owner, &done, &was, &files).await?;
         Ok(())
@@ -793,10 +851,13 @@ impl Usage {
         let n = |a: &str, b: &str| u[a].as_u64().or_else(|| u[b].as_u64()).unwrap_or(0);
         self.input += n("prompt_tokens", "input_tokens");
         self.output += n("completion_tokens", "output_tokens");
-        let detail = |a: &str, b: &str, k: &str| {
-            u[a][k].as_u64().or_else(|| u[b][k].as_u64()).unwrap_or(0)
-        };
-        self.cached += detail("prompt_tokens_details", "input_tokens_details", "cached_tokens");
+        let detail =
+            |a: &str, b: &str, k: &str| u[a][k].as_u64().or_else(|| u[b][k].as_u64()).unwrap_or(0);
+        self.cached += detail(
+            "prompt_tokens_details",
+            "input_tokens_details",
+            "cached_tokens",
+        );
         self.reasoning += detail(
             "completion_tokens_details",
             "output_tokens_details",
