@@ -1713,6 +1713,23 @@ strategy = "priority"
     }
 
     #[test]
+    fn batches_settings_are_read_and_checked() {
+        let c = parse("", &[]).unwrap();
+        assert_eq!(c.batches, BatchesConfig::default());
+        let c = parse("[batches]\nconcurrency = 3\nmax_file_bytes = 1024\n", &[]).unwrap();
+        assert_eq!((c.batches.concurrency, c.batches.max_file_bytes), (3, 1024));
+        for bad in [
+            "concurrency = 0",
+            "concurrency = 2000",
+            "max_file_bytes = 0",
+            "workers = 2",
+        ] {
+            let e = parse(&format!("[batches]\n{bad}\n"), &[]).unwrap_err();
+            assert!(e.0.contains("batches") || e.0.contains("workers"), "{e}");
+        }
+    }
+
+    #[test]
     fn a_bad_redis_url_is_named_without_its_password() {
         let e = parse(
             "[redis]\nurl = \"http://user:${REDIS_PASS}@127.0.0.1:6379\"\n",
