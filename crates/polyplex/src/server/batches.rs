@@ -99,19 +99,7 @@ async fn upload(
     owner: &str,
     req: Request,
 ) -> Result<Value, GatewayError> {
-    let boundary = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|ct| ct.to_ascii_lowercase().starts_with("multipart/form-data"))
-        .map(|ct| {
-            multer::parse_boundary(ct).map_err(|_| {
-                GatewayError::invalid_request(
-                    "The multipart/form-data Content-Type has no boundary.",
-                )
-            })
-        })
-        .transpose()?
+    let boundary = super::passthrough::form_boundary(req.headers().get(header::CONTENT_TYPE))?
         .ok_or_else(|| {
             GatewayError::invalid_request(
                 "/v1/files takes a multipart/form-data body with the fields 'file' and 'purpose'.",
@@ -602,6 +590,7 @@ impl Worker {
         let watch_it = async {
             let mut stop = stop.clone();
             let mut progress = batch.clone();
+            let mut written = (u64::MAX, u64::MAX);
             loop {
                 tokio::select! {
                     () = tokio::time::sleep(TICK) => {}
@@ -615,10 +604,24 @@ impl Worker {
                 {
                     Some(Halt::Expired)
                 } else {
-                    progress["request_counts"]["completed"] =
-                        json!(completed.load(Ordering::Relaxed));
-                    progress["request_counts"]["failed"] = json!(failed.load(Ordering::Relaxed));
-                    match self.store.set_batch(&progress, "in_progress").await {
+                    // The counts are written when they changed, else the
+                    // status is read: either way a cancel is seen.
+                    let counts = (
+                        completed.load(Ordering::Relaxed),
+                        failed.load(Ordering::Relaxed),
+                    );
+                    let still = if counts != written {
+                        written = counts;
+                        progress["request_counts"]["completed"] = json!(counts.0);
+                        progress["request_counts"]["failed"] = json!(counts.1);
+                        self.store.set_batch(&progress, "in_progress").await
+                    } else {
+                        self.store
+                            .batch_status(&id)
+                            .await
+                            .map(|s| s.as_deref() == Some("in_progress"))
+                    };
+                    match still {
                         Ok(true) => None,
                         Ok(false) => match self.store.batch_status(&id).await {
                             Ok(Some(s)) if s == "cancelling" => Some(Halt::Cancelled),

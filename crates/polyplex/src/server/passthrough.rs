@@ -190,17 +190,7 @@ async fn asked(
     content_type: Option<&HeaderValue>,
     text: Bytes,
 ) -> Result<Asked, GatewayError> {
-    let form_boundary = content_type
-        .and_then(|v| v.to_str().ok())
-        .filter(|ct| ct.to_ascii_lowercase().starts_with("multipart/form-data"))
-        .map(|ct| {
-            multer::parse_boundary(ct).map_err(|_| {
-                GatewayError::invalid_request(
-                    "The multipart/form-data Content-Type has no boundary.",
-                )
-            })
-        })
-        .transpose()?;
+    let form_boundary = form_boundary(content_type)?;
     // A form without a model, for an endpoint that has no default: named
     // as a JSON body's is.
     let default = |kind: Kind| {
@@ -249,6 +239,23 @@ async fn asked(
             model: model_at,
         },
     })
+}
+
+/// The boundary of a `multipart/form-data` body; None for another type.
+pub(super) fn form_boundary(
+    content_type: Option<&HeaderValue>,
+) -> Result<Option<String>, GatewayError> {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .filter(|ct| ct.to_ascii_lowercase().starts_with("multipart/form-data"))
+        .map(|ct| {
+            multer::parse_boundary(ct).map_err(|_| {
+                GatewayError::invalid_request(
+                    "The multipart/form-data Content-Type has no boundary.",
+                )
+            })
+        })
+        .transpose()
 }
 
 /// The text fields of a form that steer the gateway.
