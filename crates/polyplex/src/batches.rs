@@ -559,26 +559,16 @@ impl Store {
     /// Keeps one request's answer (once: a line answered already keeps
     /// its first answer).
     pub async fn add_batch_result(&self, batch: &str, r: &LineResult) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let there =
-            sqlx::query("SELECT 1 FROM polyplex_batch_results WHERE batch_id = $1 AND line = $2")
-                .bind(batch)
-                .bind(r.line)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if there.is_none() {
-            sqlx::query(
-                "INSERT INTO polyplex_batch_results (batch_id, line, ok, result) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(batch)
-            .bind(r.line)
-            .bind(i64::from(r.ok))
-            .bind(&r.text)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        sqlx::query(
+            "INSERT INTO polyplex_batch_results (batch_id, line, ok, result) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (batch_id, line) DO NOTHING",
+        )
+        .bind(batch)
+        .bind(r.line)
+        .bind(i64::from(r.ok))
+        .bind(&r.text)
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 
