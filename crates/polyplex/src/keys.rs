@@ -197,6 +197,15 @@ pub fn over_user_tpm(spec: &KeyRow, user: &str, used: u64, wait: Duration) -> Ga
 }
 
 /// 429 `insufficient_quota`: the end user spent its budget under the key.
+/// An end user's per-minute limit reached, as [`over_user_rpm`] or
+/// [`over_user_tpm`] says it.
+pub fn over_end_user(spec: &KeyRow, user: &str, over: crate::window::Over) -> GatewayError {
+    match over {
+        crate::window::Over::Requests { used, wait } => over_user_rpm(spec, user, used, wait),
+        crate::window::Over::Tokens { used, wait } => over_user_tpm(spec, user, used, wait),
+    }
+}
+
 pub fn over_user_budget(spec: &KeyRow, user: &str, spent: f64) -> GatewayError {
     let (period, resets) = period_words(spec);
     GatewayError::quota_exceeded(format!(

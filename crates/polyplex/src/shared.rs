@@ -23,6 +23,12 @@
 //! by a task on the runtime that made the connection, in pipelined batches,
 //! so no request waits for them. Keys are `polyplex:{<key id>}:<what>` (one hash slot per key).
 //!
+//! An end user of a key (`user_rpm`, `user_tpm`, `user_budget_usd`) has
+//! the same windows and spend of its own under
+//! `polyplex:{user:<key id>:<its id hashed>}:<what>`, its spend seeded from
+//! its records in the store (the script answers `{5}` when it has none, and
+//! the caller asks again with the sum).
+//!
 //! A provider's upstream limits (`rpm` / `tpm` in its config) are counted
 //! by the same script for each of its deployments, under
 //! `polyplex:{upstream:<provider>/<model>}:<what>`, at every attempt.
@@ -64,7 +70,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// lease ms, spend ttl ms. Answers `{0, requests used, requests reset ms,
 /// tokens used, tokens reset ms}` when admitted, else `{1, spent}`
 /// (budget), `{2, in progress}`, `{3, used, wait ms}` (rpm), `{4, used,
-/// wait ms}` (tpm).
+/// wait ms}` (tpm), or `{5}` when the spend is not in Redis and the seed
+/// given is -1 (the caller reads it from the store and asks again).
 ///
 /// A window is a hash of one-second buckets (second → count); a bucket
 /// counts until 61 seconds after its second began, so a request counts for
@@ -104,6 +111,7 @@ local budget = tonumber(ARGV[4])
 if budget >= 0 then
   local spent = redis.call('GET', KEYS[4])
   if not spent then
+    if tonumber(ARGV[5]) < 0 then return {5} end
     redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[8])
     spent = ARGV[5]
   end
@@ -165,6 +173,22 @@ struct Names {
     spend: String,
 }
 
+/// An end user's admission by the shared limits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EndUser {
+    Admitted,
+    /// Its budget is spent: this much (USD).
+    Spent(f64),
+    /// Its per-minute limit is reached.
+    Over(Over),
+    /// Redis has no spend for it yet: ask again with one from the store.
+    Unseeded,
+}
+
+fn units_i64(units: u64) -> i64 {
+    units.min(i64::MAX as u64) as i64
+}
+
 /// What [`ADMIT`] checks (and counts) for one set of names.
 struct Admit<'a> {
     rpm: Option<u64>,
@@ -172,8 +196,9 @@ struct Admit<'a> {
     max_concurrent: Option<u64>,
     /// In units of [`keys::UNITS_PER_USD`].
     budget: Option<u64>,
-    /// The spend to seed Redis with, in the same units.
-    spent: u64,
+    /// The spend to seed Redis with, in the same units (-1: none known;
+    /// the script answers `{5}` if it needs one).
+    spent: i64,
     lease: &'a str,
 }
 
@@ -207,11 +232,20 @@ impl Names {
     /// A key's names; its spend is that of its current budget period
     /// (`spend:<period start>`) when its budget starts again.
     fn of_key(spec: &KeyRow) -> Self {
-        let mut names = Self::of(&spec.id);
+        Self::of(&spec.id).in_period(spec)
+    }
+
+    /// The names of an end user of a key, its spend that of the key's
+    /// current budget period.
+    fn of_end_user(spec: &KeyRow, user: &str) -> Self {
+        Self::end_user(&spec.id, user).in_period(spec)
+    }
+
+    fn in_period(mut self, spec: &KeyRow) -> Self {
         if let Some(r) = spec.budget_reset {
-            names.spend = format!("{}:{}", names.spend, r.start(unix_now()));
+            self.spend = format!("{}:{}", self.spend, r.start(unix_now()));
         }
-        names
+        self
     }
 }
 
@@ -447,7 +481,7 @@ impl SharedLimits {
                     tpm: spec.tpm,
                     max_concurrent: spec.max_concurrent,
                     budget,
-                    spent: keys::usd_units(key.budget_spent()),
+                    spent: units_i64(keys::usd_units(key.budget_spent())),
                     lease: &lease,
                 },
             )
@@ -526,35 +560,75 @@ impl SharedLimits {
         self.take(&Names::upstream(provider, model), rpm, tpm).await
     }
 
-    /// Takes one request of an end user's per-minute limits under a key
-    /// (the key's `user_rpm` / `user_tpm`) for every replica. None: Redis
-    /// is out of reach, and the caller counts on this node.
+    /// Admits one request of an end user under a key for every replica:
+    /// the key's `user_budget_usd` (the end user's spend in the key's
+    /// budget period, seeded with `seed` units when Redis has none: without
+    /// one the answer is [`EndUser::Unseeded`]), then its `user_rpm` /
+    /// `user_tpm`. None: Redis is out of reach, and the caller decides on
+    /// this node.
     pub async fn take_end_user(
         &self,
-        key_id: &str,
+        spec: &KeyRow,
         user: &str,
-        rpm: Option<u64>,
-        tpm: Option<u64>,
-    ) -> Option<Result<(), Over>> {
-        self.take(&Names::end_user(key_id, user), rpm, tpm).await
+        seed: Option<u64>,
+    ) -> Option<EndUser> {
+        if self.quiet() {
+            return None;
+        }
+        let admit = Admit {
+            rpm: spec.user_rpm,
+            tpm: spec.user_tpm,
+            max_concurrent: None,
+            budget: spec.user_budget_usd.map(keys::usd_units),
+            spent: seed.map_or(-1, units_i64),
+            lease: "",
+        };
+        let answer = self
+            .invoke_admit(&Names::of_end_user(spec, user), admit)
+            .await?;
+        let at = |i: usize| answer.get(i).copied().unwrap_or(0).max(0) as u64;
+        let wait = Duration::from_millis(at(2));
+        Some(match answer.first().copied() {
+            Some(0) => EndUser::Admitted,
+            Some(1) => EndUser::Spent(at(1) as f64 / keys::UNITS_PER_USD),
+            Some(3) => EndUser::Over(Over::Requests { used: at(1), wait }),
+            Some(4) => EndUser::Over(Over::Tokens { used: at(1), wait }),
+            Some(5) => EndUser::Unseeded,
+            _ => {
+                tracing::warn!(answer = ?answer, "unexpected answer from the shared limits script");
+                return None;
+            }
+        })
     }
 
-    /// Counts an end user's finished request's tokens against the key's
-    /// `user_tpm` for every replica (in the background).
-    pub fn charge_end_user(&self, key_id: &str, user: &str, tokens: u64) {
-        self.charge_tokens(Names::end_user(key_id, user), tokens);
+    /// Counts an end user's finished request's tokens and cost against
+    /// the key's `user_tpm` and `user_budget_usd` for every replica (in
+    /// the background).
+    pub fn charge_end_user(&self, spec: &KeyRow, user: &str, tokens: u64, cost_usd: f64) {
+        let tokens = if spec.user_tpm.is_some() { tokens } else { 0 };
+        let units = if spec.user_budget_usd.is_some() {
+            keys::usd_units(cost_usd)
+        } else {
+            0
+        };
+        self.send_charge(Names::of_end_user(spec, user), tokens, units);
     }
 
     /// Counts `tokens` against the `tpm` kept under `names` (in the background).
     fn charge_tokens(&self, names: Names, tokens: u64) {
-        if tokens == 0 || self.quiet() {
+        self.send_charge(names, tokens, 0);
+    }
+
+    /// Counts `tokens` and `units` of spend under `names` (in the background).
+    fn send_charge(&self, names: Names, tokens: u64, units: u64) {
+        if (tokens == 0 && units == 0) || self.quiet() {
             return;
         }
         let _ = self.ops.send(Op::Charge {
             tokens_key: names.tokens,
             spend_key: names.spend,
             tokens,
-            units: 0,
+            units,
         });
     }
 
@@ -576,6 +650,12 @@ impl SharedLimits {
             spent: 0,
             lease: "",
         };
+        self.take_with(names, admit).await
+    }
+
+    /// Runs [`ADMIT`] for a per-minute take (and perhaps a budget) kept
+    /// under `names`, without a concurrency slot.
+    async fn take_with(&self, names: &Names, admit: Admit<'_>) -> Option<Result<(), Over>> {
         let answer = self.invoke_admit(names, admit).await?;
         let at = |i: usize| answer.get(i).copied().unwrap_or(0).max(0) as u64;
         let wait = Duration::from_millis(at(2));
@@ -606,16 +686,7 @@ impl SharedLimits {
         } else {
             0
         };
-        if (tokens == 0 && units == 0) || self.quiet() {
-            return;
-        }
-        let names = Names::of_key(&spec);
-        let _ = self.ops.send(Op::Charge {
-            tokens_key: names.tokens,
-            spend_key: names.spend,
-            tokens,
-            units,
-        });
+        self.send_charge(Names::of_key(&spec), tokens, units);
     }
 }
 

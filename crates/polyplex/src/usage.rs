@@ -418,12 +418,12 @@ impl Recorder {
                 let spec = k.spec();
                 if spec.user_tpm.is_some() && tokens > 0 {
                     k.charge_end_user(user, tokens, now);
-                    if let Some(limits) = limits {
-                        limits.charge_end_user(&spec.id, user, tokens);
-                    }
                 }
                 if spec.user_budget_usd.is_some() && r.cost_usd > 0.0 {
                     k.add_end_user_spend(user, r.cost_usd);
+                }
+                if let Some(limits) = limits {
+                    limits.charge_end_user(&spec, user, tokens, r.cost_usd);
                 }
             }
         }

@@ -603,6 +603,67 @@ async fn tokens_per_minute_and_budget_hold_across_replicas() {
     r.stop().await;
 }
 
+impl Client {
+    async fn chat_as(&self, key: &str, user: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/chat/completions", self.base))
+            .bearer_auth(key)
+            .json(&json!({"model": "gpt-4o-mini", "user": user,
+                          "messages": [{"role": "user", "content": "count these words please"}]}))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// The Redis key of an end user's spend under a key (as `shared` names it).
+fn end_user_spend_name(key_id: &str, user: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let hex: String = Sha256::digest(user.as_bytes())[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("polyplex:{{user:{key_id}:{hex}}}:spend")
+}
+
+#[tokio::test]
+async fn an_end_users_budget_holds_across_replicas_at_once() {
+    let Some(redis) = test_redis() else { return };
+    let mock = common::mock().await;
+    let settings = json!({"name": "per-user", "user_budget_usd": 1e-6});
+    let r = Replicas::start(mock, &redis, settings).await;
+    assert_eq!(r.ca.chat_as(&r.key, "ann").await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Spent on A, refused on B at once (no store read in between).
+    let (s, e) = error_of(r.cb.chat_as(&r.key, "ann").await).await;
+    assert_eq!((s, e["code"].as_str()), (429, Some("insufficient_quota")));
+    assert!(
+        e["message"].as_str().unwrap().contains("end user 'ann'"),
+        "{e}"
+    );
+    assert_eq!(r.cb.chat_as(&r.key, "bob").await.status(), 200);
+    // Redis without ann's spend (expired, or a Redis started anew): it is
+    // seeded from the store's records, so B still refuses her.
+    let name = end_user_spend_name(&r.ca_key_id().await, "ann");
+    let client = redis::Client::open(redis.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let gone: i64 = redis::cmd("DEL")
+        .arg(&name)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(gone, 1, "ann's spend was in Redis as {name}");
+    let (s, e) = error_of(r.cb.chat_as(&r.key, "ann").await).await;
+    assert_eq!((s, e["code"].as_str()), (429, Some("insufficient_quota")));
+    let seeded: Option<i64> = redis::cmd("GET")
+        .arg(&name)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(seeded.unwrap() > 0, "seeded from the store");
+    r.stop().await;
+}
+
 /// Redis down: the gateways start, serve, and limit each key on their own.
 #[tokio::test]
 async fn without_redis_each_node_keeps_its_own_limits() {

@@ -449,26 +449,8 @@ impl Call {
             None => key.admit(Instant::now())?,
         };
         // Each end user's own budget and per-minute limits, under the key's.
-        let user = self.tags.get().and_then(|t| t.user.as_deref());
-        let spec = &admitted.spec;
-        if let (Some(budget), Some(user)) = (spec.user_budget_usd, user) {
-            let spent = self.app.end_user_spent(key, spec, user).await;
-            if spent >= budget {
-                return Err(crate::keys::over_user_budget(spec, user, spent));
-            }
-        }
-        let limits = (spec.user_rpm, spec.user_tpm);
-        if let (Some(user), true) = (user, limits != (None, None)) {
-            use crate::window::Over;
-            match self.app.take_end_user(key, &spec.id, user, limits).await {
-                Ok(()) => {}
-                Err(Over::Requests { used, wait }) => {
-                    return Err(crate::keys::over_user_rpm(spec, user, used, wait))
-                }
-                Err(Over::Tokens { used, wait }) => {
-                    return Err(crate::keys::over_user_tpm(spec, user, used, wait))
-                }
-            }
+        if let Some(user) = self.tags.get().and_then(|t| t.user.as_deref()) {
+            self.app.admit_end_user(key, &admitted.spec, user).await?;
         }
         Ok(Some(admitted))
     }

@@ -232,23 +232,59 @@ impl AppState {
         }
     }
 
-    /// Takes one request of an end user's requests per minute under a key
-    /// (its `user_rpm` / `user_tpm`), as [`AppState::take_upstream`] takes a
-    /// deployment's.
-    pub async fn take_end_user(
+    /// Admits one request of an end user of a key: the key's
+    /// `user_budget_usd`, `user_rpm` and `user_tpm` for it. Through Redis
+    /// for every replica when it is configured and answers (the end user's
+    /// spend there seeded from the store the first time), the request
+    /// counted on this node too; else on this node, the spend read from
+    /// the store ([`AppState::end_user_spent`]).
+    pub async fn admit_end_user(
         &self,
         key: &crate::keys::KeyEntry,
-        key_id: &str,
+        spec: &crate::store::KeyRow,
         user: &str,
-        (rpm, tpm): (Option<u64>, Option<u64>),
-    ) -> Result<(), crate::window::Over> {
-        let shared = match &self.shared_limits {
-            Some(s) => s.take_end_user(key_id, user, rpm, tpm).await,
-            None => None,
-        };
-        counted_here_too(shared, || {
-            key.take_end_user(user, rpm, tpm, std::time::Instant::now())
-        })
+    ) -> Result<(), polyplex_types::GatewayError> {
+        use crate::shared::EndUser;
+        let (rpm, tpm) = (spec.user_rpm, spec.user_tpm);
+        let limited = rpm.is_some() || tpm.is_some();
+        if !limited && spec.user_budget_usd.is_none() {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        if let Some(shared) = &self.shared_limits {
+            let mut answer = shared.take_end_user(spec, user, None).await;
+            if answer == Some(EndUser::Unseeded) {
+                let spent = self.end_user_spent(key, spec, user).await;
+                let seed = crate::keys::usd_units(spent);
+                answer = shared.take_end_user(spec, user, Some(seed)).await;
+            }
+            match answer {
+                Some(EndUser::Admitted) => {
+                    if limited {
+                        let _ = key.take_end_user(user, rpm, tpm, now);
+                    }
+                    return Ok(());
+                }
+                Some(EndUser::Spent(spent)) => {
+                    return Err(crate::keys::over_user_budget(spec, user, spent))
+                }
+                Some(EndUser::Over(over)) => {
+                    return Err(crate::keys::over_end_user(spec, user, over))
+                }
+                Some(EndUser::Unseeded) | None => {}
+            }
+        }
+        if let Some(budget) = spec.user_budget_usd {
+            let spent = self.end_user_spent(key, spec, user).await;
+            if spent >= budget {
+                return Err(crate::keys::over_user_budget(spec, user, spent));
+            }
+        }
+        if limited {
+            key.take_end_user(user, rpm, tpm, now)
+                .map_err(|over| crate::keys::over_end_user(spec, user, over))?;
+        }
+        Ok(())
     }
 
     /// What an end user of a key spent in the key's current budget period
