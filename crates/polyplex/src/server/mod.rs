@@ -68,7 +68,10 @@ use std::time::Duration;
 pub struct AppState {
     pub router: ModelRouter,
     /// One upstream client (and connection pool) per serving thread, so a
-    /// request never hands its upstream I/O to another thread.
+    /// request never hands its upstream I/O to another thread, and one
+    /// more for everything else (the batch worker, on the main runtime:
+    /// its connections are not a serving thread's, which end before it at
+    /// a shutdown).
     clients: Vec<crate::client::HttpClient>,
     /// Upstream URLs, parsed once each.
     pub urls: crate::client::UriCache,
@@ -104,8 +107,9 @@ pub type App = Arc<AppState>;
 pub struct RequestId(pub Arc<str>);
 
 thread_local! {
-    /// The serving thread this is (see [`crate::start_threads`]); 0 elsewhere.
-    static SERVING_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The serving thread this is (see [`crate::start_threads`]); `usize::MAX`
+    /// elsewhere.
+    static SERVING_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
 }
 
 /// Marks the current thread as serving thread `i`.
@@ -145,8 +149,8 @@ pub fn state(
             cfg.routing.strategy,
         ),
         // Idle upstream connections kept: 256 per host in all, split over the
-        // serving threads' pools.
-        clients: (0..threads.max(1))
+        // serving threads' pools; and the pool of the other threads.
+        clients: (0..=threads.max(1))
             .map(|_| crate::client::HttpClient::new(connect, (256 / threads.max(1)).max(16)))
             .collect::<Result<_, _>>()?,
         urls: crate::client::UriCache::default(),
@@ -218,10 +222,15 @@ pub fn app(state: App) -> gate::Gate {
 }
 
 impl AppState {
-    /// The upstream client of the current serving thread.
+    /// The upstream client of the current serving thread (the last one
+    /// on any other thread).
     pub fn client(&self) -> &crate::client::HttpClient {
         let i = SERVING_THREAD.with(|t| t.get());
-        &self.clients[i % self.clients.len()]
+        let serving = self.clients.len() - 1;
+        match i {
+            usize::MAX => &self.clients[serving],
+            i => &self.clients[i % serving],
+        }
     }
 
     /// `d`'s circuit just opened on this replica (a failed attempt, or a
