@@ -15,6 +15,7 @@ pub mod conversations;
 pub mod executor;
 pub mod health;
 pub mod keys;
+pub mod messages;
 pub mod mock;
 pub mod phase;
 pub mod responses;

@@ -57,6 +57,8 @@ fn needs_key(path: &str) -> bool {
             | "/v1/conversations"
             | "/v1/files"
             | "/v1/batches"
+            | "/v1/messages"
+            | "/v1/messages/count_tokens"
     ) || super::passthrough::Kind::of(path).is_some()
         || path
             .strip_prefix("/v1/models/")
@@ -202,7 +204,7 @@ impl Gate {
                         req.extensions_mut().insert(c);
                         Inner::Routed(self.router.clone().call(req))
                     }
-                    (Err(e), _) => Inner::Refused(Some(ApiError(e).into_response())),
+                    (Err(e), _) => Inner::Refused(Some(refusal(path, e))),
                 },
                 Checked::Lookup(token) => {
                     req.extensions_mut().insert(RequestId(id.clone()));
@@ -226,7 +228,7 @@ impl Gate {
                                     Err(never) => match never {},
                                 }
                             }
-                            Err(e) => ApiError(e).into_response(),
+                            Err(e) => refusal(req.uri().path(), e),
                         }
                     }))
                 }
@@ -237,6 +239,16 @@ impl Gate {
             id,
             _in_flight: in_flight,
         }
+    }
+}
+
+/// A request refused at the gate, in OpenAI's error shape, or Anthropic's
+/// on its Messages API.
+fn refusal(path: &str, e: GatewayError) -> Response {
+    if path.starts_with("/v1/messages") {
+        super::respond::anthropic_error(&e)
+    } else {
+        ApiError(e).into_response()
     }
 }
 

@@ -1111,6 +1111,96 @@ pub async fn responses(
     super::respond::responses_answer(resp, converted.echo, converted.dropped, keep).await
 }
 
+/// Anthropic's Messages API (`POST /v1/messages`): the request served as
+/// chat, the answer (or its stream, or its error) in Anthropic's shape
+/// ([`crate::messages`]).
+pub async fn messages(
+    State(app): State<App>,
+    Extension(rid): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+) -> Response {
+    use crate::messages::{model_of, to_chat, Echo};
+    let mut call = Call::new(
+        app.clone(),
+        &rid,
+        caller.clone(),
+        Endpoint::Chat,
+        "messages",
+    );
+    let request_id = rid.0.clone();
+    let answer = |resp: Response, echo: Echo| {
+        super::respond::messages_answer(resp, echo, request_id.clone())
+    };
+    let mut echo = Echo {
+        id: String::new(),
+        model: String::new(),
+    };
+    let _ = call.read_headers(req.headers());
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers.clone();
+    let no_one = Served::default();
+    let text = match read_body(&app, Request::from_parts(parts, body)).await {
+        Ok(b) => b,
+        Err(e) => return answer(call.fail("", false, e, &no_one), echo).await,
+    };
+    let tree = match parse_json(&text) {
+        Ok(t) => t,
+        Err(e) => return answer(call.fail("", false, e, &no_one), echo).await,
+    };
+    let chat = match to_chat(&tree, false) {
+        Ok((chat, e)) => {
+            echo = e;
+            chat
+        }
+        Err(e) => return answer(call.fail(&model_of(&tree), false, e, &no_one), echo).await,
+    };
+    let bytes = match serde_json::to_vec(&chat) {
+        Ok(v) => v,
+        Err(e) => {
+            let e = GatewayError::internal(format!("messages: {e}"));
+            return answer(call.fail(&echo.model, false, e, &no_one), echo).await;
+        }
+    };
+    headers.remove(axum::http::header::CONTENT_LENGTH);
+    let mut inner = Request::new(axum::body::Body::from(bytes));
+    *inner.method_mut() = Method::POST;
+    *inner.headers_mut() = headers;
+    inner.extensions_mut().insert(Converted);
+    let resp = handle(app, rid, caller, Endpoint::Chat, "messages", inner).await;
+    answer(resp, echo).await
+}
+
+/// Anthropic's `POST /v1/messages/count_tokens`: the prompt's tokens as
+/// the gateway counts them (OpenAI's tokenizer and formula: an estimate
+/// for other providers' models), for a model this caller may use.
+pub async fn count_tokens(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+) -> Response {
+    let counted = async {
+        let text = read_body(&app, req).await?;
+        let (chat, echo) = crate::messages::to_chat(&parse_json(&text)?, true)?;
+        if !app.router.knows(&echo.model) {
+            return Err(GatewayError::model_not_found(&echo.model));
+        }
+        let access = caller.key().map(|k| k.spec());
+        if !app.router.may_reach(
+            access.as_ref().and_then(|s| s.models.as_deref()),
+            &echo.model,
+        ) {
+            return Err(crate::keys::model_forbidden(&echo.model));
+        }
+        crate::tokens::ready().await;
+        Ok(crate::tokens::chat_prompt(&chat))
+    };
+    match counted.await {
+        Ok(n) => Json(json!({ "input_tokens": n })).into_response(),
+        Err(e) => super::respond::anthropic_error(&e),
+    }
+}
+
 fn model_object(id: &str, owner: &str) -> Value {
     json!({"id": id, "object": "model", "created": 0, "owned_by": owner})
 }

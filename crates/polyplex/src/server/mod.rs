@@ -192,6 +192,8 @@ pub fn app(state: App) -> gate::Gate {
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/responses", post(handlers::responses))
+        .route("/v1/messages", post(handlers::messages))
+        .route("/v1/messages/count_tokens", post(handlers::count_tokens))
         .route("/v1/responses/{*rest}", any(handlers::stored_response))
         .route("/v1/conversations", any(conversations::serve))
         .route("/v1/conversations/{*rest}", any(conversations::serve))

@@ -962,3 +962,96 @@ pub async fn responses_answer(
     );
     Response::from_parts(parts, Body::from(bytes))
 }
+
+/// An error in Anthropic's shape, with OpenAI's status for it.
+pub fn anthropic_error(e: &GatewayError) -> Response {
+    let body = crate::messages::error_object(e.status.as_u16(), &e.object());
+    let mut resp = (e.status, axum::Json(body)).into_response();
+    if let Some(wait) = e.retry_after {
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
+        }
+    }
+    resp
+}
+
+/// A chat answer as Anthropic's (`POST /v1/messages`): its Message, its
+/// stream of events, or its error; the request id also as `request-id`
+/// (where Anthropic's SDK reads it).
+pub async fn messages_answer(
+    resp: Response,
+    echo: crate::messages::Echo,
+    request_id: std::sync::Arc<str>,
+) -> Response {
+    use crate::messages::{error_object, message_object, Streamer};
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        parts
+            .headers
+            .insert(HeaderName::from_static("request-id"), v);
+    }
+    let sse = parts
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if parts.status == StatusCode::OK && sse {
+        let state = (
+            body.into_data_stream(),
+            polyplex_providers::sse::Parser::new(),
+            Streamer::new(echo),
+        );
+        let events = futures::stream::unfold(state, |(mut body, mut parser, mut s)| async move {
+            if s.ended() {
+                return None;
+            }
+            let mut out = Vec::new();
+            while out.is_empty() && !s.ended() {
+                let mut got = Vec::new();
+                match body.next().await {
+                    Some(Ok(bytes)) => parser.feed(&bytes, &mut got),
+                    Some(Err(_)) | None => {
+                        let e = serde_json::json!({"message": "The stream ended before the message was complete."});
+                        s.on_error(&e, &mut out);
+                    }
+                }
+                for ev in got {
+                    if ev.data == "[DONE]" {
+                        s.on_done(&mut out);
+                    } else if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
+                        match v.get("error") {
+                            Some(err) => s.on_error(err, &mut out),
+                            None => s.on_chunk(&v, &mut out),
+                        }
+                    }
+                }
+            }
+            Some((
+                Ok::<Bytes, std::convert::Infallible>(Bytes::from(out)),
+                (body, parser, s),
+            ))
+        });
+        return Response::from_parts(parts, Body::from_stream(events));
+    }
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            return anthropic_error(&GatewayError::internal(format!("messages: {e}")));
+        }
+    };
+    let v = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+    let out = if parts.status == StatusCode::OK {
+        message_object(&v, &echo)
+    } else {
+        error_object(parts.status.as_u16(), &v)
+    };
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(
+        parts,
+        Body::from(serde_json::to_vec(&out).unwrap_or_default()),
+    )
+}
