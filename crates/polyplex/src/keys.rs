@@ -102,6 +102,9 @@ pub struct KeyEntry {
     in_flight: AtomicU64,
     /// Spend in micro-cents (1e-8 USD) served here and not yet in the store.
     pending: AtomicU64,
+    /// [`Keys`]'s change count when this key was last changed here (the
+    /// admin API): a reload that read the store before then leaves it be.
+    changed: AtomicU64,
 }
 
 /// Spend is counted in units of 1e-8 USD (integers add up exactly).
@@ -266,6 +269,7 @@ impl KeyEntry {
             spends: Mutex::new(HashMap::new()),
             in_flight: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            changed: AtomicU64::new(0),
         }
     }
 
@@ -488,8 +492,16 @@ impl KeyEntry {
         if let Some(s) = spent {
             let mut row = (*self.spec()).clone();
             row.spent_usd = s.spent_usd;
-            row.period_start = s.period_start;
-            row.period_spent_usd = s.period_spent_usd;
+            // The period's spend only if it is of the period the key
+            // counts now: a `budget_reset` changed while the records were
+            // written made another period the key's (its spend summed then).
+            if row
+                .budget_reset
+                .is_none_or(|r| r.start(unix_now()) == s.period_start)
+            {
+                row.period_start = s.period_start;
+                row.period_spent_usd = s.period_spent_usd;
+            }
             self.set_spec(row);
         }
         let _ = self
@@ -585,6 +597,8 @@ pub struct Keys {
     by_hash: RwLock<HashMap<Digest32, Arc<KeyEntry>>>,
     by_id: RwLock<HashMap<String, Arc<KeyEntry>>>,
     misses: Mutex<HashMap<String, Instant>>,
+    /// Changes made here (the admin API) so far: see [`KeyEntry`]'s `changed`.
+    changes: AtomicU64,
 }
 
 /// Why a token was refused.
@@ -602,6 +616,7 @@ impl Keys {
             by_hash: RwLock::new(HashMap::new()),
             by_id: RwLock::new(HashMap::new()),
             misses: Mutex::new(HashMap::new()),
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -628,8 +643,17 @@ impl Keys {
         usable(self.by_id(id).ok_or(Refusal::Unknown)?)
     }
 
-    /// Puts `row` in memory (new or changed), keeping its live counters.
+    /// Puts `row` in memory (new or changed, as the store has it now),
+    /// keeping its live counters.
     pub fn upsert(&self, row: KeyRow) {
+        let n = self.changes.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(e) = self.put(row) {
+            e.changed.store(n, Ordering::SeqCst);
+        }
+    }
+
+    /// Puts `row` in memory; the key's entry.
+    fn put(&self, row: KeyRow) -> Option<Arc<KeyEntry>> {
         let existing = self.by_id(&row.id);
         let mut h = match self.by_hash.write() {
             Ok(g) => g,
@@ -640,15 +664,19 @@ impl Keys {
             Err(p) => p.into_inner(),
         };
         match existing {
-            Some(e) => e.set_spec(row),
+            Some(e) => {
+                e.set_spec(row);
+                Some(e)
+            }
             None => {
                 let Some(d) = from_hex(&row.key_hash) else {
                     tracing::warn!(key = %row.id, "a stored key's hash is malformed; the key is skipped");
-                    return;
+                    return None;
                 };
                 let e = Arc::new(KeyEntry::new(row.clone()));
                 h.insert(d, e.clone());
-                i.insert(row.id, e);
+                i.insert(row.id, e.clone());
+                Some(e)
             }
         }
     }
@@ -659,22 +687,39 @@ impl Keys {
         let Some(store) = &self.store else {
             return Ok(0);
         };
+        let since = self.changes.load(Ordering::SeqCst);
         let rows = store.keys().await?;
         let n = rows.len();
         let ids: std::collections::HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();
-        for r in rows {
-            self.upsert(r);
-        }
+        self.reloaded(rows, since);
         let mut h = match self.by_hash.write() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        h.retain(|_, e| ids.contains(&e.spec().id));
+        // Gone from the store, unless made here since it was read.
+        let keep = |e: &Arc<KeyEntry>| {
+            ids.contains(&e.spec().id) || e.changed.load(Ordering::SeqCst) > since
+        };
+        h.retain(|_, e| keep(e));
         match self.by_id.write() {
-            Ok(mut g) => g.retain(|id, _| ids.contains(id)),
-            Err(p) => p.into_inner().retain(|id, _| ids.contains(id)),
+            Ok(mut g) => g.retain(|_, e| keep(e)),
+            Err(p) => p.into_inner().retain(|_, e| keep(e)),
         }
         Ok(n)
+    }
+
+    /// Rows read from the store when [`Keys::changes`] was `since`: each
+    /// replaces its key's spec unless the key changed here after (the
+    /// rows are older than that change).
+    fn reloaded(&self, rows: Vec<KeyRow>, since: u64) {
+        for r in rows {
+            let newer = self
+                .by_id(&r.id)
+                .is_some_and(|e| e.changed.load(Ordering::SeqCst) > since);
+            if !newer {
+                self.put(r);
+            }
+        }
     }
 
     /// The key whose token this is, if it is in memory (None: ask the store,
@@ -777,6 +822,60 @@ mod tests {
             user_tpm: None,
             user_budget_usd: None,
         }
+    }
+
+    /// A reload that read the store before a change made here (the admin
+    /// API) does not undo it, nor drop a key made here since.
+    #[test]
+    fn a_reload_older_than_a_change_here_leaves_it() {
+        let keys = Keys::new(None);
+        keys.upsert(row(None));
+        let since = keys.changes.load(Ordering::SeqCst);
+        let old = row(None);
+        let mut patched = row(None);
+        patched.budget_usd = Some(5.0);
+        keys.upsert(patched);
+        keys.reloaded(vec![old.clone()], since);
+        assert_eq!(keys.by_id("key_1").unwrap().spec().budget_usd, Some(5.0));
+        // A reload read after the change applies.
+        keys.reloaded(vec![old], keys.changes.load(Ordering::SeqCst));
+        assert_eq!(keys.by_id("key_1").unwrap().spec().budget_usd, None);
+    }
+
+    /// Spend written under the key's old budget period does not replace
+    /// the new period's (`budget_reset` changed meanwhile).
+    #[test]
+    fn stored_spend_of_another_period_leaves_the_periods_spend() {
+        let now = unix_now();
+        let mut r = row(None);
+        r.budget_reset = Some(crate::budget::BudgetReset::Daily);
+        r.period_start = crate::budget::BudgetReset::Daily.start(now);
+        r.period_spent_usd = 0.25;
+        let e = KeyEntry::new(r);
+        let monthly = crate::budget::BudgetReset::Monthly.start(now);
+        let weekly = crate::budget::BudgetReset::Weekly.start(now);
+        let daily = crate::budget::BudgetReset::Daily.start(now);
+        for other in [monthly, weekly].into_iter().filter(|p| *p != daily) {
+            e.stored(
+                0,
+                Some(StoredSpend {
+                    spent_usd: 1.0,
+                    period_start: other,
+                    period_spent_usd: 0.0,
+                }),
+            );
+            let spec = e.spec();
+            assert_eq!((spec.spent_usd, spec.period_spent_usd), (1.0, 0.25));
+        }
+        e.stored(
+            0,
+            Some(StoredSpend {
+                spent_usd: 2.0,
+                period_start: daily,
+                period_spent_usd: 0.5,
+            }),
+        );
+        assert_eq!(e.spec().budget_spent(now), 0.5);
     }
 
     /// `user_rpm` / `user_tpm`: each end user's own minute; a full map
