@@ -393,7 +393,15 @@ impl Worker {
                             tracing::warn!(error = %e, batch = %id, "could not give a batch's lease back");
                         }
                     }
-                    continue;
+                    // A batch left unfinished by a failure (the store's) is
+                    // taken again after a pause, not at once.
+                    let unfinished = match self.store.batch_status(&id).await {
+                        Ok(Some(s)) => batches::UNFINISHED.contains(&s.as_str()),
+                        _ => true,
+                    };
+                    if halt.is_some() || !unfinished {
+                        continue;
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "could not look for batches to run"),
