@@ -986,20 +986,11 @@ pub async fn responses(
         Endpoint::Chat,
         "responses",
     );
-    // A bad metadata header is answered by the chat call below (whose
-    // record is the request's).
-    let _ = call.read_headers(req.headers());
-    let (parts, body) = req.into_parts();
-    let mut headers = parts.headers.clone();
+    let (headers, tree) = match converted_request(&mut call, &app, req).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
     let no_one = Served::default();
-    let text = match read_body(&app, Request::from_parts(parts, body)).await {
-        Ok(b) => b,
-        Err(e) => return call.fail("", false, e, &no_one),
-    };
-    let tree = match parse_json(&text) {
-        Ok(t) => t,
-        Err(e) => return call.fail("", false, e, &no_one),
-    };
     let model = crate::responses::model_of(&tree);
     // A request refused before it is served as chat is still its end
     // user's and tagged with its metadata.
@@ -1102,12 +1093,7 @@ pub async fn responses(
             )
         }
     };
-    headers.remove(axum::http::header::CONTENT_LENGTH);
-    let mut inner = Request::new(axum::body::Body::from(chat));
-    *inner.method_mut() = Method::POST;
-    *inner.headers_mut() = headers;
-    inner.extensions_mut().insert(Converted);
-    let resp = handle(app, rid, caller, Endpoint::Chat, "responses", inner).await;
+    let resp = serve_as_chat(app, rid, caller, "responses", headers, chat).await;
     super::respond::responses_answer(resp, converted.echo, converted.dropped, keep).await
 }
 
@@ -1136,18 +1122,11 @@ pub async fn messages(
         id: String::new(),
         model: String::new(),
     };
-    let _ = call.read_headers(req.headers());
-    let (parts, body) = req.into_parts();
-    let mut headers = parts.headers.clone();
+    let (headers, tree) = match converted_request(&mut call, &app, req).await {
+        Ok(r) => r,
+        Err(resp) => return answer(resp, echo).await,
+    };
     let no_one = Served::default();
-    let text = match read_body(&app, Request::from_parts(parts, body)).await {
-        Ok(b) => b,
-        Err(e) => return answer(call.fail("", false, e, &no_one), echo).await,
-    };
-    let tree = match parse_json(&text) {
-        Ok(t) => t,
-        Err(e) => return answer(call.fail("", false, e, &no_one), echo).await,
-    };
     let chat = match to_chat(&tree, false) {
         Ok((chat, e)) => {
             echo = e;
@@ -1162,13 +1141,46 @@ pub async fn messages(
             return answer(call.fail(&echo.model, false, e, &no_one), echo).await;
         }
     };
+    let resp = serve_as_chat(app, rid, caller, "messages", headers, bytes).await;
+    answer(resp, echo).await
+}
+
+/// A converted endpoint's request (the Responses API's, Anthropic's
+/// Messages'): its headers and JSON body, or, for a body that is not
+/// one, the answer (recorded by `call`). A bad metadata header is left to
+/// the chat call that serves it (whose record is the request's).
+async fn converted_request(
+    call: &mut Call,
+    app: &App,
+    req: Request,
+) -> Result<(HeaderMap, JsonMap), Response> {
+    let _ = call.read_headers(req.headers());
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers.clone();
+    let no_one = Served::default();
+    let text = read_body(app, Request::from_parts(parts, body))
+        .await
+        .map_err(|e| call.fail("", false, e, &no_one))?;
+    let tree = parse_json(&text).map_err(|e| call.fail("", false, e, &no_one))?;
+    Ok((headers, tree))
+}
+
+/// A converted request's chat `body` served as chat (one record, as
+/// `label`), with the client's headers.
+async fn serve_as_chat(
+    app: App,
+    rid: RequestId,
+    caller: Caller,
+    label: &'static str,
+    mut headers: HeaderMap,
+    body: Vec<u8>,
+) -> Response {
     headers.remove(axum::http::header::CONTENT_LENGTH);
-    let mut inner = Request::new(axum::body::Body::from(bytes));
+    let mut inner = Request::new(axum::body::Body::from(body));
     *inner.method_mut() = Method::POST;
     *inner.headers_mut() = headers;
     inner.extensions_mut().insert(Converted);
-    let resp = handle(app, rid, caller, Endpoint::Chat, "messages", inner).await;
-    answer(resp, echo).await
+    handle(app, rid, caller, Endpoint::Chat, label, inner).await
 }
 
 /// Anthropic's `POST /v1/messages/count_tokens`: the prompt's tokens as

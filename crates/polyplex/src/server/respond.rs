@@ -885,33 +885,7 @@ pub async fn responses_answer(
                 if s.ended() {
                     return None;
                 }
-                let mut out = Vec::new();
-                while out.is_empty() && !s.ended() {
-                    let mut got = Vec::new();
-                    match body.next().await {
-                        Some(Ok(bytes)) => parser.feed(&bytes, &mut got),
-                        // The chat stream ended (or broke) without saying how.
-                        Some(Err(_)) | None => {
-                            let e = GatewayError::upstream(
-                                StatusCode::BAD_GATEWAY,
-                                "server_error",
-                                "The stream ended before the response was complete.",
-                            )
-                            .with_code("stream_ended");
-                            s.on_error(&e.object(), &mut out);
-                        }
-                    }
-                    for ev in got {
-                        if ev.data == "[DONE]" {
-                            s.on_done(&mut out);
-                        } else if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
-                            match v.get("error") {
-                                Some(err) => s.on_error(err, &mut out),
-                                None => s.on_chunk(&v, &mut out),
-                            }
-                        }
-                    }
-                }
+                let out = next_events(&mut body, &mut parser, &mut s).await;
                 // Kept before its last event goes out, so a request that
                 // continues from it right away finds it.
                 if let Some(r) = s.final_response() {
@@ -963,6 +937,84 @@ pub async fn responses_answer(
     Response::from_parts(parts, Body::from(bytes))
 }
 
+/// What turns a chat stream's events into another API's (the Responses
+/// API's, Anthropic's): told each chunk, the end, or a failure, it writes
+/// its own events.
+pub trait ChatEvents {
+    fn ended(&self) -> bool;
+    fn on_chunk(&mut self, chunk: &Value, out: &mut Vec<u8>);
+    fn on_done(&mut self, out: &mut Vec<u8>);
+    /// `error`: OpenAI's error object.
+    fn on_error(&mut self, error: &Value, out: &mut Vec<u8>);
+}
+
+impl ChatEvents for crate::responses::Streamer {
+    fn ended(&self) -> bool {
+        crate::responses::Streamer::ended(self)
+    }
+    fn on_chunk(&mut self, chunk: &Value, out: &mut Vec<u8>) {
+        crate::responses::Streamer::on_chunk(self, chunk, out)
+    }
+    fn on_done(&mut self, out: &mut Vec<u8>) {
+        crate::responses::Streamer::on_done(self, out)
+    }
+    fn on_error(&mut self, error: &Value, out: &mut Vec<u8>) {
+        crate::responses::Streamer::on_error(self, error, out)
+    }
+}
+
+impl ChatEvents for crate::messages::Streamer {
+    fn ended(&self) -> bool {
+        crate::messages::Streamer::ended(self)
+    }
+    fn on_chunk(&mut self, chunk: &Value, out: &mut Vec<u8>) {
+        crate::messages::Streamer::on_chunk(self, chunk, out)
+    }
+    fn on_done(&mut self, out: &mut Vec<u8>) {
+        crate::messages::Streamer::on_done(self, out)
+    }
+    fn on_error(&mut self, error: &Value, out: &mut Vec<u8>) {
+        crate::messages::Streamer::on_error(self, error, out)
+    }
+}
+
+/// The next events `s` writes from a chat stream's body: read until there
+/// are some, or the stream has ended (a body that ends or breaks before
+/// `[DONE]` is a failure `s` reports).
+async fn next_events<S: ChatEvents>(
+    body: &mut axum::body::BodyDataStream,
+    parser: &mut polyplex_providers::sse::Parser,
+    s: &mut S,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.is_empty() && !s.ended() {
+        let mut got = Vec::new();
+        match body.next().await {
+            Some(Ok(bytes)) => parser.feed(&bytes, &mut got),
+            Some(Err(_)) | None => {
+                let e = GatewayError::upstream(
+                    StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    "The stream ended before the answer was complete.",
+                )
+                .with_code("stream_ended");
+                s.on_error(&e.object(), &mut out);
+            }
+        }
+        for ev in got {
+            if ev.data == "[DONE]" {
+                s.on_done(&mut out);
+            } else if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
+                match v.get("error") {
+                    Some(err) => s.on_error(err, &mut out),
+                    None => s.on_chunk(&v, &mut out),
+                }
+            }
+        }
+    }
+    out
+}
+
 /// An error in Anthropic's shape, with OpenAI's status for it.
 pub fn anthropic_error(e: &GatewayError) -> Response {
     let body = crate::messages::error_object(e.status.as_u16(), &e.object());
@@ -1006,27 +1058,7 @@ pub async fn messages_answer(
             if s.ended() {
                 return None;
             }
-            let mut out = Vec::new();
-            while out.is_empty() && !s.ended() {
-                let mut got = Vec::new();
-                match body.next().await {
-                    Some(Ok(bytes)) => parser.feed(&bytes, &mut got),
-                    Some(Err(_)) | None => {
-                        let e = serde_json::json!({"message": "The stream ended before the message was complete."});
-                        s.on_error(&e, &mut out);
-                    }
-                }
-                for ev in got {
-                    if ev.data == "[DONE]" {
-                        s.on_done(&mut out);
-                    } else if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
-                        match v.get("error") {
-                            Some(err) => s.on_error(err, &mut out),
-                            None => s.on_chunk(&v, &mut out),
-                        }
-                    }
-                }
-            }
+            let out = next_events(&mut body, &mut parser, &mut s).await;
             Some((
                 Ok::<Bytes, std::convert::Infallible>(Bytes::from(out)),
                 (body, parser, s),
