@@ -289,20 +289,26 @@ fn source_url(b: &Value, at: &str) -> Result<String, GatewayError> {
     }
 }
 
+/// Message `i`'s content: its blocks, or (Err) its text.
+fn blocks_of(content: Option<&Value>, i: usize) -> Result<Result<&[Value], &str>, GatewayError> {
+    match content {
+        Some(Value::String(s)) => Ok(Err(s)),
+        Some(Value::Array(b)) => Ok(Ok(b)),
+        _ => Err(bad(
+            format!("messages.{i}.content"),
+            format!("messages.{i}.content: Input should be a string or a list of blocks"),
+        )),
+    }
+}
+
 /// A user turn's content: its tool results as tool messages, then the
 /// rest as one user message.
 fn user_turn(content: Option<&Value>, i: usize, out: &mut Vec<Value>) -> Result<(), GatewayError> {
-    let blocks = match content {
-        Some(Value::String(s)) => {
+    let blocks = match blocks_of(content, i)? {
+        Ok(b) => b,
+        Err(s) => {
             out.push(json!({"role": "user", "content": s}));
             return Ok(());
-        }
-        Some(Value::Array(b)) => b,
-        _ => {
-            return Err(bad(
-                format!("messages.{i}.content"),
-                format!("messages.{i}.content: Input should be a string or a list of blocks"),
-            ))
         }
     };
     let mut parts = Vec::new();
@@ -394,15 +400,9 @@ fn user_turn(content: Option<&Value>, i: usize, out: &mut Vec<Value>) -> Result<
 
 /// An assistant turn as a chat assistant message.
 fn assistant_turn(content: Option<&Value>, i: usize) -> Result<Value, GatewayError> {
-    let blocks = match content {
-        Some(Value::String(s)) => return Ok(json!({"role": "assistant", "content": s})),
-        Some(Value::Array(b)) => b,
-        _ => {
-            return Err(bad(
-                format!("messages.{i}.content"),
-                format!("messages.{i}.content: Input should be a string or a list of blocks"),
-            ))
-        }
+    let blocks = match blocks_of(content, i)? {
+        Ok(b) => b,
+        Err(s) => return Ok(json!({"role": "assistant", "content": s})),
     };
     let mut parts = Vec::new();
     let mut calls = Vec::new();

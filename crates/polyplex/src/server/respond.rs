@@ -948,35 +948,27 @@ pub trait ChatEvents {
     fn on_error(&mut self, error: &Value, out: &mut Vec<u8>);
 }
 
-impl ChatEvents for crate::responses::Streamer {
-    fn ended(&self) -> bool {
-        crate::responses::Streamer::ended(self)
-    }
-    fn on_chunk(&mut self, chunk: &Value, out: &mut Vec<u8>) {
-        crate::responses::Streamer::on_chunk(self, chunk, out)
-    }
-    fn on_done(&mut self, out: &mut Vec<u8>) {
-        crate::responses::Streamer::on_done(self, out)
-    }
-    fn on_error(&mut self, error: &Value, out: &mut Vec<u8>) {
-        crate::responses::Streamer::on_error(self, error, out)
-    }
+/// [`ChatEvents`] for a streamer whose own methods are those.
+macro_rules! chat_events {
+    ($t:ty) => {
+        impl ChatEvents for $t {
+            fn ended(&self) -> bool {
+                <$t>::ended(self)
+            }
+            fn on_chunk(&mut self, chunk: &Value, out: &mut Vec<u8>) {
+                <$t>::on_chunk(self, chunk, out)
+            }
+            fn on_done(&mut self, out: &mut Vec<u8>) {
+                <$t>::on_done(self, out)
+            }
+            fn on_error(&mut self, error: &Value, out: &mut Vec<u8>) {
+                <$t>::on_error(self, error, out)
+            }
+        }
+    };
 }
-
-impl ChatEvents for crate::messages::Streamer {
-    fn ended(&self) -> bool {
-        crate::messages::Streamer::ended(self)
-    }
-    fn on_chunk(&mut self, chunk: &Value, out: &mut Vec<u8>) {
-        crate::messages::Streamer::on_chunk(self, chunk, out)
-    }
-    fn on_done(&mut self, out: &mut Vec<u8>) {
-        crate::messages::Streamer::on_done(self, out)
-    }
-    fn on_error(&mut self, error: &Value, out: &mut Vec<u8>) {
-        crate::messages::Streamer::on_error(self, error, out)
-    }
-}
+chat_events!(crate::responses::Streamer);
+chat_events!(crate::messages::Streamer);
 
 /// The next events `s` writes from a chat stream's body: read until there
 /// are some, or the stream has ended (a body that ends or breaks before
