@@ -206,6 +206,11 @@ def test_a_cancel_stops_a_batch_with_what_ran(tmp_path):
         b = wait(client, b.id, until=("in_progress",))
         assert b.request_counts.total == 40
         time.sleep(0.5)
+        # A batch waiting behind it whose input file is deleted meanwhile
+        # fails, naming the file.
+        f2 = upload(client, [chat_line("x", "gpt-4o-mini", "x")])
+        orphan = client.batches.create(input_file_id=f2.id, endpoint=CHAT, completion_window="24h")
+        client.files.delete(f2.id)
         cancelling = client.batches.cancel(b.id)
         assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
         b = wait(client, b.id)
@@ -213,6 +218,9 @@ def test_a_cancel_stops_a_batch_with_what_ran(tmp_path):
         ran = b.request_counts.completed
         assert 0 < ran < 40 and b.request_counts.failed == 0
         assert len(lines_of(client, b.output_file_id)) == ran
+        orphan = wait(client, orphan.id)
+        assert orphan.status == "failed" and orphan.errors.data[0].code == "invalid_file"
+        assert orphan.errors.data[0].param == "input_file_id"
         with pytest.raises(openai.ConflictError):
             done = wait(client, client.batches.create(
                 input_file_id=upload(client, [chat_line("x", "gpt-4o-mini", "x")]).id,

@@ -42,9 +42,6 @@ pub const MOST_LINES: usize = 50_000;
 pub const WINDOW: &str = "24h";
 pub const WINDOW_SECS: i64 = 86_400;
 
-/// A batch's statuses while it is not finished (a replica may run it).
-pub const UNFINISHED: &[&str] = &["validating", "in_progress", "finalizing", "cancelling"];
-
 /// A file as the Files API lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileRow {
@@ -472,7 +469,8 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Takes the oldest unfinished batch no replica holds, for `lease_ms`.
+    /// Takes the oldest unfinished batch (validating, in progress,
+    /// finalizing or cancelling) no replica holds, for `lease_ms`.
     pub async fn claim_batch(
         &self,
         holder: &str,

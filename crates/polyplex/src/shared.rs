@@ -173,9 +173,10 @@ struct Names {
     spend: String,
 }
 
-/// An end user's admission by the shared limits.
+/// What a take of the shared limits without a concurrency slot (an end
+/// user's, a deployment's) answered.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum EndUser {
+pub enum Taken {
     Admitted,
     /// Its budget is spent: this much (USD).
     Spent(f64),
@@ -557,13 +558,26 @@ impl SharedLimits {
         rpm: Option<u64>,
         tpm: Option<u64>,
     ) -> Option<Result<(), Over>> {
-        self.take(&Names::upstream(provider, model), rpm, tpm).await
+        let admit = Admit {
+            rpm,
+            tpm,
+            max_concurrent: None,
+            budget: None,
+            spent: 0,
+            lease: "",
+        };
+        match self.take(&Names::upstream(provider, model), admit).await? {
+            Taken::Admitted => Some(Ok(())),
+            Taken::Over(over) => Some(Err(over)),
+            // No budget was asked about.
+            Taken::Spent(_) | Taken::Unseeded => None,
+        }
     }
 
     /// Admits one request of an end user under a key for every replica:
     /// the key's `user_budget_usd` (the end user's spend in the key's
     /// budget period, seeded with `seed` units when Redis has none: without
-    /// one the answer is [`EndUser::Unseeded`]), then its `user_rpm` /
+    /// one the answer is [`Taken::Unseeded`]), then its `user_rpm` /
     /// `user_tpm`. None: Redis is out of reach, and the caller decides on
     /// this node.
     pub async fn take_end_user(
@@ -571,10 +585,7 @@ impl SharedLimits {
         spec: &KeyRow,
         user: &str,
         seed: Option<u64>,
-    ) -> Option<EndUser> {
-        if self.quiet() {
-            return None;
-        }
+    ) -> Option<Taken> {
         let admit = Admit {
             rpm: spec.user_rpm,
             tpm: spec.user_tpm,
@@ -583,22 +594,7 @@ impl SharedLimits {
             spent: seed.map_or(-1, units_i64),
             lease: "",
         };
-        let answer = self
-            .invoke_admit(&Names::of_end_user(spec, user), admit)
-            .await?;
-        let at = |i: usize| answer.get(i).copied().unwrap_or(0).max(0) as u64;
-        let wait = Duration::from_millis(at(2));
-        Some(match answer.first().copied() {
-            Some(0) => EndUser::Admitted,
-            Some(1) => EndUser::Spent(at(1) as f64 / keys::UNITS_PER_USD),
-            Some(3) => EndUser::Over(Over::Requests { used: at(1), wait }),
-            Some(4) => EndUser::Over(Over::Tokens { used: at(1), wait }),
-            Some(5) => EndUser::Unseeded,
-            _ => {
-                tracing::warn!(answer = ?answer, "unexpected answer from the shared limits script");
-                return None;
-            }
-        })
+        self.take(&Names::of_end_user(spec, user), admit).await
     }
 
     /// Counts an end user's finished request's tokens and cost against
@@ -632,42 +628,27 @@ impl SharedLimits {
         });
     }
 
-    /// Takes one request of the per-minute limits kept under `names`.
-    async fn take(
-        &self,
-        names: &Names,
-        rpm: Option<u64>,
-        tpm: Option<u64>,
-    ) -> Option<Result<(), Over>> {
+    /// Runs [`ADMIT`] under `names` without a concurrency slot: a
+    /// budget (if `admit` has one), then the per-minute limits. None: Redis
+    /// is out of reach (or answered what it should not: logged).
+    async fn take(&self, names: &Names, admit: Admit<'_>) -> Option<Taken> {
         if self.quiet() {
             return None;
         }
-        let admit = Admit {
-            rpm,
-            tpm,
-            max_concurrent: None,
-            budget: None,
-            spent: 0,
-            lease: "",
-        };
-        self.take_with(names, admit).await
-    }
-
-    /// Runs [`ADMIT`] for a per-minute take (and perhaps a budget) kept
-    /// under `names`, without a concurrency slot.
-    async fn take_with(&self, names: &Names, admit: Admit<'_>) -> Option<Result<(), Over>> {
         let answer = self.invoke_admit(names, admit).await?;
         let at = |i: usize| answer.get(i).copied().unwrap_or(0).max(0) as u64;
         let wait = Duration::from_millis(at(2));
-        match answer.first().copied() {
-            Some(0) => Some(Ok(())),
-            Some(3) => Some(Err(Over::Requests { used: at(1), wait })),
-            Some(4) => Some(Err(Over::Tokens { used: at(1), wait })),
+        Some(match answer.first().copied() {
+            Some(0) => Taken::Admitted,
+            Some(1) => Taken::Spent(at(1) as f64 / keys::UNITS_PER_USD),
+            Some(3) => Taken::Over(Over::Requests { used: at(1), wait }),
+            Some(4) => Taken::Over(Over::Tokens { used: at(1), wait }),
+            Some(5) => Taken::Unseeded,
             _ => {
                 tracing::warn!(answer = ?answer, "unexpected answer from the shared limits script");
-                None
+                return None;
             }
-        }
+        })
     }
 
     /// Counts a deployment's finished request's tokens against its

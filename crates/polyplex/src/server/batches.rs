@@ -367,6 +367,17 @@ struct Worker {
     grace: Duration,
 }
 
+/// How a replica's turn at a batch ended.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Turn {
+    /// The batch reached its end (completed, failed, cancelled, expired).
+    Ended,
+    /// A step failed (the store's): the batch is taken again after a pause.
+    Failed,
+    /// It stopped for a shutdown or a lost lease.
+    Halted(Halt),
+}
+
 /// Why a batch's requests stopped being started.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Halt {
@@ -386,20 +397,16 @@ impl Worker {
                 Ok(Some(c)) => {
                     let id = c.id.clone();
                     let keep = self.keep_lease(&id);
-                    let halt = self.run_batch(c, &stop).await;
+                    let turn = self.run_batch(c, &stop).await;
                     keep.abort();
-                    if halt != Some(Halt::LeaseLost) {
+                    if turn != Turn::Halted(Halt::LeaseLost) {
                         if let Err(e) = self.store.release_batch(&id, &self.node).await {
                             tracing::warn!(error = %e, batch = %id, "could not give a batch's lease back");
                         }
                     }
-                    // A batch left unfinished by a failure (the store's) is
-                    // taken again after a pause, not at once.
-                    let unfinished = match self.store.batch_status(&id).await {
-                        Ok(Some(s)) => batches::UNFINISHED.contains(&s.as_str()),
-                        _ => true,
-                    };
-                    if halt.is_some() || !unfinished {
+                    // A batch a failure left unfinished is taken again
+                    // after a pause, not at once.
+                    if turn != Turn::Failed {
                         continue;
                     }
                 }
@@ -432,7 +439,7 @@ impl Worker {
     }
 
     /// Takes a batch from its status to its end, or until it must stop.
-    async fn run_batch(&self, c: Claimed, stop: &watch::Receiver<bool>) -> Option<Halt> {
+    async fn run_batch(&self, c: Claimed, stop: &watch::Receiver<bool>) -> Turn {
         let Claimed {
             id,
             owner,
@@ -449,29 +456,29 @@ impl Worker {
                 }
                 "validating" => self.validate(&owner, &mut batch).await,
                 "in_progress" => match self.execute(&owner, &batch, stop).await {
-                    Some(Halt::Shutdown) => return Some(Halt::Shutdown),
-                    Some(Halt::LeaseLost) => return Some(Halt::LeaseLost),
-                    Some(Halt::Cancelled) | None => Ok(()),
-                    Some(Halt::Expired) => self.finish(&owner, &batch, "expired").await,
+                    Ok(Some(h @ (Halt::Shutdown | Halt::LeaseLost))) => return Turn::Halted(h),
+                    Ok(Some(Halt::Cancelled) | None) => Ok(()),
+                    Ok(Some(Halt::Expired)) => self.finish(&owner, &batch, "expired").await,
+                    Err(e) => Err(e),
                 },
                 "finalizing" => self.finish(&owner, &batch, "completed").await,
                 "cancelling" => self.finish(&owner, &batch, "cancelled").await,
-                _ => return None,
+                _ => return Turn::Ended,
             };
             if let Err(e) = step {
                 tracing::warn!(error = %e, batch = %id, "a batch step failed; it is tried again later");
-                return None;
+                return Turn::Failed;
             }
             match self.store.batch(&id, &owner).await {
                 Ok(Some(b)) => batch = b,
-                Ok(None) => return None,
+                Ok(None) => return Turn::Ended,
                 Err(e) => {
                     tracing::warn!(error = %e, batch = %id, "could not read a batch back");
-                    return None;
+                    return Turn::Failed;
                 }
             }
         }
-        None
+        Turn::Failed
     }
 
     /// `validating` → `in_progress` with the count of its requests, or
@@ -494,11 +501,7 @@ impl Worker {
                     .and_then(|b| b.get("model").cloned());
                 batch["model"] = model.unwrap_or(Value::Null);
             }
-            Err(errors) => {
-                batch["status"] = json!("failed");
-                batch["failed_at"] = json!(now);
-                batch["errors"] = json!({"object": "list", "data": errors});
-            }
+            Err(errors) => failed(batch, errors),
         }
         self.store.set_batch(batch, "validating").await?;
         Ok(())
@@ -523,40 +526,28 @@ impl Worker {
     /// Runs the requests of an `in_progress` batch not answered yet, its
     /// progress saved as it goes; when they are all answered, the batch is
     /// `finalizing`. Stops starting requests for a cancel, the window's
-    /// end, a lost lease or a shutdown (those running get the grace).
+    /// end, a lost lease or a shutdown (those running get the grace). An
+    /// input file gone meanwhile fails the batch.
     async fn execute(
         &self,
         owner: &str,
         batch: &Value,
         stop: &watch::Receiver<bool>,
-    ) -> Option<Halt> {
+    ) -> Result<Option<Halt>, crate::store::StoreError> {
         let id = batch["id"].as_str().unwrap_or("").to_string();
         let endpoint = batch["endpoint"].as_str().unwrap_or("").to_string();
-        let lines = match self.lines(owner, batch).await {
-            Ok(Ok(lines)) => lines,
-            Ok(Err(errors)) => {
-                let mut failed = batch.clone();
-                failed["status"] = json!("failed");
-                failed["failed_at"] = json!(unix_now());
-                failed["errors"] = json!({"object": "list", "data": errors});
-                let _ = self
-                    .store
-                    .finish_batch(owner, &failed, "in_progress", &[])
-                    .await;
-                return None;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, batch = %id, "could not read a batch's input");
-                return None;
+        let lines = match self.lines(owner, batch).await? {
+            Ok(lines) => lines,
+            Err(errors) => {
+                let mut gone = batch.clone();
+                failed(&mut gone, errors);
+                self.store
+                    .finish_batch(owner, &gone, "in_progress", &[])
+                    .await?;
+                return Ok(None);
             }
         };
-        let done = match self.store.batch_results(&id).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, batch = %id, "could not read a batch's answers");
-                return None;
-            }
-        };
+        let done = self.store.batch_results(&id).await?;
         let completed = AtomicU64::new(done.iter().filter(|r| r.ok).count() as u64);
         let failed = AtomicU64::new(done.iter().filter(|r| !r.ok).count() as u64);
         let answered: std::collections::HashSet<i64> = done.iter().map(|r| r.line).collect();
@@ -659,20 +650,18 @@ impl Worker {
             }
         }
         if halt.is_some() {
-            return halt;
+            return Ok(halt);
         }
         if unsaved.load(Ordering::Relaxed) > 0 {
-            return None;
+            return Ok(None);
         }
         let mut finalizing = batch.clone();
         finalizing["status"] = json!("finalizing");
         finalizing["finalizing_at"] = json!(unix_now());
         finalizing["request_counts"]["completed"] = json!(completed.load(Ordering::Relaxed));
         finalizing["request_counts"]["failed"] = json!(failed.load(Ordering::Relaxed));
-        if let Err(e) = self.store.set_batch(&finalizing, "in_progress").await {
-            tracing::warn!(error = %e, batch = %id, "could not mark a batch finalizing");
-        }
-        None
+        self.store.set_batch(&finalizing, "in_progress").await?;
+        Ok(None)
     }
 
     /// Who runs a batch's requests: its owner, if it may still call (a
@@ -842,6 +831,13 @@ impl Worker {
         self.store.finish_batch(owner, &done, &was, &files).await?;
         Ok(())
     }
+}
+
+/// Marks `batch` failed for the problems `errors` (its input file's).
+fn failed(batch: &mut Value, errors: Vec<Value>) {
+    batch["status"] = json!("failed");
+    batch["failed_at"] = json!(unix_now());
+    batch["errors"] = json!({"object": "list", "data": errors});
 }
 
 /// The tokens of a batch's successful requests, summed as its `usage`.

@@ -255,7 +255,7 @@ impl AppState {
         spec: &crate::store::KeyRow,
         user: &str,
     ) -> Result<(), polyplex_types::GatewayError> {
-        use crate::shared::EndUser;
+        use crate::shared::Taken;
         let (rpm, tpm) = (spec.user_rpm, spec.user_tpm);
         let limited = rpm.is_some() || tpm.is_some();
         if !limited && spec.user_budget_usd.is_none() {
@@ -264,25 +264,25 @@ impl AppState {
         let now = std::time::Instant::now();
         if let Some(shared) = &self.shared_limits {
             let mut answer = shared.take_end_user(spec, user, None).await;
-            if answer == Some(EndUser::Unseeded) {
+            if answer == Some(Taken::Unseeded) {
                 let spent = self.end_user_spent(key, spec, user).await;
                 let seed = crate::keys::usd_units(spent);
                 answer = shared.take_end_user(spec, user, Some(seed)).await;
             }
             match answer {
-                Some(EndUser::Admitted) => {
+                Some(Taken::Admitted) => {
                     if limited {
                         let _ = key.take_end_user(user, rpm, tpm, now);
                     }
                     return Ok(());
                 }
-                Some(EndUser::Spent(spent)) => {
+                Some(Taken::Spent(spent)) => {
                     return Err(crate::keys::over_user_budget(spec, user, spent))
                 }
-                Some(EndUser::Over(over)) => {
+                Some(Taken::Over(over)) => {
                     return Err(crate::keys::over_end_user(spec, user, over))
                 }
-                Some(EndUser::Unseeded) | None => {}
+                Some(Taken::Unseeded) | None => {}
             }
         }
         if let Some(budget) = spec.user_budget_usd {

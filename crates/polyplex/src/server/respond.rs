@@ -868,11 +868,7 @@ pub async fn responses_answer(
         }
     }
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
-    let sse = parts
-        .headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    if parts.status == StatusCode::OK && sse {
+    if answered_as_stream(&parts) {
         let state = (
             body.into_data_stream(),
             polyplex_providers::sse::Parser::new(),
@@ -935,6 +931,15 @@ pub async fn responses_answer(
         HeaderValue::from_static("application/json"),
     );
     Response::from_parts(parts, Body::from(bytes))
+}
+
+/// Whether a chat answer is a stream that started (a 200 of events).
+fn answered_as_stream(parts: &axum::http::response::Parts) -> bool {
+    parts.status == StatusCode::OK
+        && parts
+            .headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
 /// What turns a chat stream's events into another API's (the Responses
@@ -1036,11 +1041,7 @@ pub async fn messages_answer(
             .headers
             .insert(HeaderName::from_static("request-id"), v);
     }
-    let sse = parts
-        .headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    if parts.status == StatusCode::OK && sse {
+    if answered_as_stream(&parts) {
         let state = (
             body.into_data_stream(),
             polyplex_providers::sse::Parser::new(),
