@@ -80,7 +80,8 @@ def test_a_batch_runs_on_every_provider_with_output_and_error_files(client, gate
     # The output files are the owner's files, listed by purpose.
     outputs = client.files.list(purpose="batch_output")
     assert b.output_file_id in [x.id for x in outputs]
-    assert b.id in [x.id for x in client.batches.list(limit=100)]
+    listed = [x.id for x in client.batches.list(limit=100)]
+    assert listed[0] == b.id, "the newest batch first"
 
 
 def test_embeddings_and_responses_batches(client):
@@ -147,6 +148,10 @@ def test_files_round_trip_and_go_when_deleted(client):
     assert client.files.retrieve(f.id).filename == "blob.bin"
     assert client.files.content(f.id).content == content
     assert f.id in [x.id for x in client.files.list(purpose="user_data")]
+    # Newest first, in the order they were made (the same second too).
+    made = [client.files.create(file=(f"n{i}.txt", b"x"), purpose="evals").id for i in range(4)]
+    assert [x.id for x in client.files.list(purpose="evals")][:4] == made[::-1]
+    assert [x.id for x in client.files.list(purpose="evals", order="asc")][-4:] == made
     assert f.id not in [x.id for x in client.files.list(purpose="batch")]
     assert client.files.delete(f.id).deleted is True
     with pytest.raises(openai.NotFoundError):

@@ -69,14 +69,15 @@ impl FileRow {
     }
 }
 
-/// `file-` and 32 hex digits.
+/// `file-` and 32 hex digits: a time-ordered UUID (v7), so files made in
+/// the same second still list in the order they were made.
 pub fn new_file_id() -> String {
-    format!("file-{}", uuid::Uuid::new_v4().simple())
+    format!("file-{}", uuid::Uuid::now_v7().simple())
 }
 
-/// `batch_` and 32 hex digits.
+/// `batch_` and 32 hex digits, time-ordered as files' are.
 pub fn new_batch_id() -> String {
-    format!("batch_{}", uuid::Uuid::new_v4().simple())
+    format!("batch_{}", uuid::Uuid::now_v7().simple())
 }
 
 /// `batch_req_` and 32 hex digits: one request's line in an output file.
@@ -380,7 +381,7 @@ impl Store {
         Ok(Some((file_row(&row)?, decode(&content))))
     }
 
-    /// `owner`'s files, newest first, of one purpose if given.
+    /// `owner`'s files, oldest first (as lists are paged), of one purpose if given.
     pub async fn files(
         &self,
         owner: &str,
@@ -388,7 +389,7 @@ impl Store {
     ) -> Result<Vec<FileRow>, StoreError> {
         let sql = format!(
             "SELECT {FILE_COLUMNS} FROM polyplex_files WHERE owner = $1 \
-             AND ($2 = '' OR purpose = $2) AND {LIVE} ORDER BY created_at DESC, id DESC"
+             AND ($2 = '' OR purpose = $2) AND {LIVE} ORDER BY created_at, id"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(owner)
@@ -436,10 +437,10 @@ impl Store {
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
-    /// `owner`'s batches, newest first.
+    /// `owner`'s batches, oldest first (as lists are paged).
     pub async fn batches(&self, owner: &str) -> Result<Vec<Value>, StoreError> {
         let rows = sqlx::query(
-            "SELECT batch FROM polyplex_batches WHERE owner = $1 ORDER BY created_at DESC, id DESC",
+            "SELECT batch FROM polyplex_batches WHERE owner = $1 ORDER BY created_at, id",
         )
         .bind(owner)
         .fetch_all(self.pool())

@@ -175,11 +175,10 @@ async fn list_files(
     let purpose = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .find(|(k, _)| k == "purpose")
         .map(|(_, v)| v.into_owned());
-    let mut files = store
+    let files = store
         .files(owner, purpose.as_deref())
         .await
         .map_err(store_failed)?;
-    files.reverse();
     let items = files.iter().map(|f| f.to_json()).collect();
     crate::responses::page_of(items, query, 10_000, 10_000)
 }
@@ -207,8 +206,7 @@ async fn batch_answer(app: &App, caller: &Caller, req: Request) -> Result<Value,
             create_batch(app, &store, &owner, &parse_json(&text)?).await
         }
         (&Method::GET, []) => {
-            let mut all = store.batches(&owner).await.map_err(store_failed)?;
-            all.reverse();
+            let all = store.batches(&owner).await.map_err(store_failed)?;
             crate::responses::page_of(all, query.as_deref(), 20, 100)
         }
         (&Method::GET, [id]) => store
