@@ -111,6 +111,7 @@ def test_errors_come_in_anthropics_shape_and_classes(gateway):
         claude(gateway, "wrong-key").messages.create(model="openai/gpt-4o", max_tokens=10,
                                                      messages=[{"role": "user", "content": "x"}])
     assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "authentication_error"
+    assert "Incorrect API key" in e.value.body["error"]["message"]
     key = new_key(gateway, rpm=1, models=["openai/gpt-4o"])["key"]
     limited = claude(gateway, key)
     limited.messages.create(model="openai/gpt-4o", max_tokens=10, messages=[{"role": "user", "content": "x"}])
@@ -128,8 +129,9 @@ def test_count_tokens(gateway):
     longer = c.messages.count_tokens(model="anthropic/claude-sonnet-4-5", system="You are a careful assistant.",
                                      messages=[{"role": "user", "content": "hi, how are you doing today?"}], tools=WEATHER)
     assert 0 < short.input_tokens < longer.input_tokens
-    with pytest.raises(anthropic.NotFoundError):
+    with pytest.raises(anthropic.NotFoundError) as e:
         c.messages.count_tokens(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["error"]["type"] == "not_found_error" and "no-such-model" in e.value.body["error"]["message"]
 
 
 def test_each_message_is_one_usage_record(gateway):

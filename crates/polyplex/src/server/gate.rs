@@ -246,7 +246,7 @@ impl Gate {
 /// on its Messages API.
 fn refusal(path: &str, e: GatewayError) -> Response {
     if path.starts_with("/v1/messages") {
-        super::respond::anthropic_error(&e)
+        super::respond::anthropic_error(e)
     } else {
         ApiError(e).into_response()
     }

@@ -1209,7 +1209,7 @@ pub async fn count_tokens(
     };
     match counted.await {
         Ok(n) => Json(json!({ "input_tokens": n })).into_response(),
-        Err(e) => super::respond::anthropic_error(&e),
+        Err(e) => super::respond::anthropic_error(e),
     }
 }
 

@@ -1012,17 +1012,18 @@ async fn next_events<S: ChatEvents>(
     out
 }
 
-/// An error in Anthropic's shape, with OpenAI's status for it.
-pub fn anthropic_error(e: &GatewayError) -> Response {
-    let body = crate::messages::error_object(e.status.as_u16(), &e.object());
-    let mut resp = (e.status, axum::Json(body)).into_response();
-    if let Some(wait) = e.retry_after {
-        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-            resp.headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, v);
-        }
-    }
-    resp
+/// An error in Anthropic's shape: the answer [`ApiError`] gives it (its
+/// status, `retry-after`, `x-should-retry`) with Anthropic's body.
+pub fn anthropic_error(e: GatewayError) -> Response {
+    let body = crate::messages::error_object(
+        e.status.as_u16(),
+        &serde_json::json!({ "error": e.object() }),
+    );
+    let (parts, _) = ApiError(e).into_response().into_parts();
+    Response::from_parts(
+        parts,
+        Body::from(serde_json::to_vec(&body).unwrap_or_default()),
+    )
 }
 
 /// A chat answer as Anthropic's (`POST /v1/messages`): its Message, its
@@ -1062,7 +1063,7 @@ pub async fn messages_answer(
     let bytes = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(b) => b,
         Err(e) => {
-            return anthropic_error(&GatewayError::internal(format!("messages: {e}")));
+            return anthropic_error(GatewayError::internal(format!("messages: {e}")));
         }
     };
     let v = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
