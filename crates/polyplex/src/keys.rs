@@ -199,7 +199,6 @@ pub fn over_user_tpm(spec: &KeyRow, user: &str, used: u64, wait: Duration) -> Ga
     )
 }
 
-/// 429 `insufficient_quota`: the end user spent its budget under the key.
 /// An end user's per-minute limit reached, as [`over_user_rpm`] or
 /// [`over_user_tpm`] says it.
 pub fn over_end_user(spec: &KeyRow, user: &str, over: crate::window::Over) -> GatewayError {
@@ -209,6 +208,7 @@ pub fn over_end_user(spec: &KeyRow, user: &str, over: crate::window::Over) -> Ga
     }
 }
 
+/// 429 `insufficient_quota`: the end user spent its budget under the key.
 pub fn over_user_budget(spec: &KeyRow, user: &str, spent: f64) -> GatewayError {
     let (period, resets) = period_words(spec);
     GatewayError::quota_exceeded(format!(
