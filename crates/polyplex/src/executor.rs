@@ -27,8 +27,9 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use http::StatusCode;
 use http_body_util::BodyExt;
+use polyplex_providers::anthropic::Native;
 use polyplex_providers::sse::{self, Parser};
-use polyplex_providers::{Endpoint, Reply, StreamDecoder, StreamItem};
+use polyplex_providers::{Endpoint, Reply, StreamDecoder, StreamItem, UpstreamRequest};
 use polyplex_types::{ErrorSource, GatewayError, RequestBody, Usage};
 use rand::Rng;
 use std::time::{Duration, Instant};
@@ -585,23 +586,36 @@ async fn send(
     stream: bool,
 ) -> Result<(http::Response<UpstreamBody>, Vec<String>), GatewayError> {
     let drop = d.upstream.drop_params || body.flag("drop_params");
+    send_with(app, d, drop, |target| {
+        d.upstream
+            .protocol_for(endpoint, &d.model)
+            .build_from(endpoint, body, stream, target)
+            .map_err(|mut e| {
+                // What this protocol cannot carry; another deployment may.
+                if e.source == ErrorSource::Client {
+                    e.source = ErrorSource::Translation;
+                }
+                e
+            })
+    })
+    .await
+}
+
+/// Sends the request `build` makes for `d`'s target (its credential, URL
+/// and configured headers).
+async fn send_with(
+    app: &AppState,
+    d: &Deployment,
+    drop: bool,
+    build: impl FnOnce(&polyplex_providers::Target<'_>) -> Result<UpstreamRequest, GatewayError>,
+) -> Result<(http::Response<UpstreamBody>, Vec<String>), GatewayError> {
     let catalog = app.router.catalog();
     let bearer = d.upstream.bearer().await?;
     let mut target = d.upstream.target(catalog, &d.model, drop);
     if bearer.is_some() {
         target.credential = bearer.as_ref();
     }
-    let req = d
-        .upstream
-        .protocol_for(endpoint, &d.model)
-        .build_from(endpoint, body, stream, &target)
-        .map_err(|mut e| {
-            // What this protocol cannot carry; another deployment may.
-            if e.source == ErrorSource::Client {
-                e.source = ErrorSource::Translation;
-            }
-            e
-        })?;
+    let req = build(&target)?;
     crate::phase::mark("built");
     if !req.dropped.is_empty() {
         tracing::debug!(deployment = %d.label(), dropped = ?req.dropped, "parameters dropped (drop_params)");
@@ -617,6 +631,159 @@ async fn send(
         .await
         .map_err(|f| transport_error(d, f))?;
     Ok((resp, req.dropped))
+}
+
+/// Whether `d` takes a client's own Messages request ([`Native`]): its
+/// protocol is Anthropic's.
+pub fn speaks_messages(d: &Deployment) -> bool {
+    d.upstream.protocol_for(Endpoint::Chat, &d.model).name() == "anthropic"
+}
+
+/// A Messages answer as its upstream gave it, and what it reads as in
+/// chat's shape (for its usage record).
+pub struct NativeUnary {
+    pub bytes: Bytes,
+    pub reply: Reply,
+    pub usage: Option<Usage>,
+}
+
+/// Sends a client's own Messages request to `d` and checks the answer's
+/// head: its body, or the upstream's error.
+async fn send_native(
+    app: &AppState,
+    d: &Deployment,
+    native: &Native,
+    stream: bool,
+) -> Result<http::Response<UpstreamBody>, GatewayError> {
+    let (resp, _) = send_with(app, d, false, |target| native.request(stream, target)).await?;
+    d.stats.observe_limits(Instant::now(), resp.headers());
+    if !resp.status().is_success() {
+        return Err(upstream_error(d, resp).await);
+    }
+    Ok(resp)
+}
+
+/// One non-streamed attempt of a Messages request passed through
+/// ([`speaks_messages`]); `chat` is the same request in chat's shape.
+pub async fn native_unary_once(
+    app: &AppState,
+    d: &Deployment,
+    _in_flight: InFlight,
+    native: &Native,
+    chat: &RequestBody,
+) -> Result<NativeUnary, GatewayError> {
+    let timeout = d.upstream.timeout;
+    let fut = async {
+        let resp = send_native(app, d, native, false).await?;
+        let bytes = read_body(resp.into_body())
+            .await
+            .map_err(|f| transport_error(d, f))?;
+        let (reply, usage) = d
+            .upstream
+            .protocol
+            .parse_reply(Endpoint::Chat, &d.upstream.name, chat, &bytes)
+            .map_err(|e| redact(e, d))?;
+        Ok(NativeUnary {
+            bytes,
+            reply,
+            usage,
+        })
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(GatewayError::upstream_timeout(&d.upstream.name, timeout)),
+    }
+}
+
+/// A `count_tokens` request passed through to `d`: its answer's body.
+pub async fn native_count(
+    app: &AppState,
+    d: &Deployment,
+    native: &Native,
+) -> Result<Bytes, GatewayError> {
+    let timeout = d.upstream.timeout;
+    let fut = async {
+        let (resp, _) = send_with(app, d, false, |target| native.count_request(target)).await?;
+        if !resp.status().is_success() {
+            return Err(upstream_error(d, resp).await);
+        }
+        read_body(resp.into_body())
+            .await
+            .map_err(|f| transport_error(d, f))
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(GatewayError::upstream_timeout(&d.upstream.name, timeout)),
+    }
+}
+
+/// A passed-through Messages stream whose first event has arrived: the
+/// events read so far, still to be relayed (a decoder of its own reads
+/// them for their usage; an `error` first has failed the attempt).
+pub struct NativeOpen {
+    pub stream: OpenStream,
+    pub events: Vec<sse::Event>,
+}
+
+/// One streamed attempt of a Messages request passed through, up to its
+/// first event.
+pub async fn native_stream_once(
+    app: &AppState,
+    d: &Deployment,
+    in_flight: InFlight,
+    native: &Native,
+    chat: &RequestBody,
+) -> Result<NativeOpen, GatewayError> {
+    let limit = d.upstream.first_byte_timeout;
+    let fut = async {
+        let resp = send_native(app, d, native, true).await?;
+        let mut body = resp.into_body().into_data_stream().boxed();
+        let mut parser = Parser::new();
+        let decoder = || {
+            d.upstream
+                .protocol
+                .stream_decoder(Endpoint::Chat, &d.upstream.name, &d.model, chat)
+        };
+        let mut events = Vec::new();
+        while events.is_empty() {
+            match body.next().await {
+                Some(Ok(bytes)) => parser.feed(&bytes, &mut events),
+                Some(Err(_)) => return Err(transport_error(d, Failure::Broken)),
+                None => {
+                    return Err(GatewayError::upstream_bad_response(
+                        &d.upstream.name,
+                        "the stream ended before its first event",
+                    ))
+                }
+            }
+        }
+        // An upstream that fails at once (an `error` event first) fails
+        // the attempt: the client has had nothing yet.
+        let mut first = decoder();
+        for ev in &events {
+            first
+                .on_event(ev, &mut Vec::new())
+                .map_err(|e| redact(e, d))?;
+        }
+        Ok(NativeOpen {
+            stream: OpenStream {
+                body,
+                parser,
+                decoder: decoder(),
+                pending: Vec::new(),
+                idle_timeout: d.upstream.idle_timeout,
+                first_byte_at: Instant::now(),
+                dropped: Vec::new(),
+                in_flight,
+                prompts: 1,
+            },
+            events,
+        })
+    };
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(GatewayError::upstream_timeout(&d.upstream.name, limit)),
+    }
 }
 
 /// A non-streamed answer.

@@ -2,9 +2,11 @@
 //! `/v1/messages/count_tokens`): for clients built on Anthropic's SDK or
 //! wire format (Claude Code, agents written for Claude) to use every
 //! provider through the gateway. A request becomes a chat request (the
-//! gateway's one pipeline: keys, routing, failover, usage records), and the
-//! chat answer becomes Anthropic's Message, or its stream of events; an
-//! error is Anthropic's error shape with the same status.
+//! gateway's one pipeline: keys, routing, failover, usage records). Where
+//! every deployment speaks Anthropic's protocol, the client's own request
+//! goes upstream and its answer comes back as it is (`server::native`);
+//! elsewhere the chat answer becomes Anthropic's Message, or its stream of
+//! events; an error is Anthropic's error shape with the same status.
 //!
 //! What maps how:
 //! - `system` (a string or text blocks) → a system message; `messages`:
@@ -22,7 +24,9 @@
 //! - `thinking: {type: "enabled", budget_tokens}` → `reasoning_effort` (up
 //!   to 1024 low, up to 2048 medium, more high: the budget Claude is then
 //!   given is that effort's), `{type: "disabled"}` → none;
-//! - other server tools and unknown fields are refused with a 400 naming them.
+//! - other server tools and unknown fields are refused with a 400 naming
+//!   them, when a translating deployment is to serve the request
+//!   ([`routing_form`] is the request's chat form for routing then).
 
 use polyplex_types::{GatewayError, JsonMap};
 use serde_json::{json, Map, Value};
@@ -241,6 +245,114 @@ pub fn to_chat(body: &JsonMap, counting: bool) -> Result<(JsonMap, Echo), Gatewa
         model,
     };
     Ok((chat, echo))
+}
+
+/// A Messages request that [`to_chat`] refused for something chat cannot
+/// carry, in a chat form good for routing and counting only (each turn's
+/// text, the custom tools as functions): it goes upstream as written to
+/// a deployment that speaks Anthropic's protocol. The request's frame
+/// must still hold (a model, turns of `user` and `assistant`, a
+/// `max_tokens` unless `counting`): else the error `to_chat` gave stands.
+pub fn routing_form(body: &JsonMap, counting: bool) -> Option<(JsonMap, Echo)> {
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())?;
+    let max = body
+        .get("max_tokens")
+        .and_then(Value::as_u64)
+        .filter(|n| *n >= 1);
+    if max.is_none() && !counting {
+        return None;
+    }
+    let turns = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|t| !t.is_empty())?;
+    let mut messages = Vec::with_capacity(turns.len() + 1);
+    let system = text_of(body.get("system"));
+    if !system.is_empty() {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    for m in turns {
+        let role = match m.get("role").and_then(Value::as_str) {
+            Some(r @ ("user" | "assistant")) => r,
+            _ => return None,
+        };
+        messages.push(json!({"role": role, "content": text_of(m.get("content"))}));
+    }
+    let mut chat = JsonMap::new();
+    chat.insert("model".into(), json!(model));
+    chat.insert("messages".into(), Value::Array(messages));
+    if let Some(max) = max {
+        chat.insert("max_completion_tokens".into(), json!(max));
+    }
+    let functions: Vec<Value> = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|t| matches!(t.get("type").and_then(Value::as_str), None | Some("custom")))
+        .filter_map(|t| {
+            let name = t.get("name").and_then(Value::as_str)?;
+            let parameters = t
+                .get("input_schema")
+                .filter(|s| s.is_object())
+                .cloned()
+                .unwrap_or(json!({"type": "object"}));
+            Some(json!({"type": "function", "function": {"name": name, "parameters": parameters}}))
+        })
+        .collect();
+    if !functions.is_empty() {
+        chat.insert("tools".into(), Value::Array(functions));
+    }
+    if let Some(Value::String(u)) = body.get("metadata").and_then(|m| m.get("user_id")) {
+        chat.insert("user".into(), json!(u));
+    }
+    if body.get("stream") == Some(&Value::Bool(true)) {
+        chat.insert("stream".into(), json!(true));
+        chat.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    let echo = Echo {
+        id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+        model: model.to_string(),
+    };
+    Some((chat, echo))
+}
+
+/// The text a content (a string, or blocks) carries, for counting: its
+/// text blocks', its tool calls' and results', one after another.
+fn text_of(content: Option<&Value>) -> String {
+    fn add(v: &Value, out: &mut String) {
+        match v {
+            Value::String(s) => {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(s);
+            }
+            Value::Array(blocks) => blocks.iter().for_each(|b| add(b, out)),
+            Value::Object(b) => {
+                for k in ["text", "thinking", "name"] {
+                    if let Some(t) = b.get(k).filter(|t| t.is_string()) {
+                        add(t, out);
+                    }
+                }
+                if let Some(input) = b.get("input").filter(|i| !i.is_null()) {
+                    add(&Value::String(input.to_string()), out);
+                }
+                if let Some(c) = b.get("content") {
+                    add(c, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    if let Some(c) = content {
+        add(c, &mut out);
+    }
+    out
 }
 
 /// A text block as a chat text part (its `cache_control` kept).

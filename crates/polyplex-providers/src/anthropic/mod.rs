@@ -23,12 +23,14 @@
 //!   `logit_bias`, `logprobs`, unknown fields) are refused with a 400 naming
 //!   them, or dropped and named under `drop_params`.
 
+mod native;
 pub(crate) mod request;
 mod response;
 mod stream;
 #[cfg(test)]
 mod tests;
 
+pub use native::Native;
 pub use stream::Decoder;
 
 use crate::{Endpoint, Protocol, Reply, StreamDecoder, Target, UpstreamRequest};

@@ -221,6 +221,28 @@ fn to_openai(req: &Map<String, Value>) -> Map<String, Value> {
     out
 }
 
+/// The stop sequence that ended a text answer, as Anthropic names it: the
+/// first one the whole answer (asked again without them) holds.
+fn matched_stop(oa: &Map<String, Value>, answer: &Answer) -> Option<String> {
+    if !matches!(answer, Answer::Text { finish: "stop", .. }) {
+        return None;
+    }
+    let stops = oa.get("stop")?.as_array()?;
+    let mut whole = oa.clone();
+    whole.remove("stop");
+    let Answer::Text { pieces, .. } = reply::chat_answer(&whole) else {
+        return None;
+    };
+    let text = pieces.concat();
+    stops
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s).map(|at| (at, s)))
+        .min()
+        .map(|(_, s)| s.to_string())
+}
+
 /// The web search tool's `max_uses`, if `tool` is that server tool.
 fn web_search(tool: &Value) -> Option<u64> {
     let kind = tool.get("type").and_then(Value::as_str)?;
@@ -343,26 +365,65 @@ pub(crate) async fn messages(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(refused) = unauthenticated(&headers) {
+        return refused;
+    }
+    serve(s, "/v1/messages", &headers, &body).await
+}
+
+/// `POST /v1/messages/count_tokens`: the prompt's tokens as the mock
+/// counts them (its messages', system's and tools' words).
+pub(crate) async fn count_tokens(
+    State(s): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = unauthenticated(&headers) {
+        return refused;
+    }
+    let (req, _) = match admit(
+        &s,
+        "/v1/messages/count_tokens",
+        &headers,
+        &body,
+        Shape::Anthropic,
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let oa = to_openai(&req);
+    let messages = oa.get("messages").and_then(Value::as_array);
+    let tools = req
+        .get("tools")
+        .map_or(0, |t| reply::tokenize(&t.to_string()).len() as u64);
+    let n = reply::prompt_tokens(messages.map(Vec::as_slice).unwrap_or(&[])) + tools;
+    Json(json!({"input_tokens": n})).into_response()
+}
+
+/// The refusal of a request without Anthropic's required headers.
+fn unauthenticated(headers: &HeaderMap) -> Option<Response> {
     let shape = Shape::Anthropic;
     if headers.get("anthropic-version").is_none() {
-        return shaped_error(
+        return Some(shaped_error(
             shape,
             StatusCode::BAD_REQUEST,
             "",
             "anthropic-version: header is required",
             None,
-        );
+        ));
     }
     if headers.get("x-api-key").is_none() {
-        return shaped_error(
+        return Some(shaped_error(
             shape,
             StatusCode::UNAUTHORIZED,
             "",
             "x-api-key header is required",
             None,
-        );
+        ));
     }
-    serve(s, "/v1/messages", &headers, &body).await
+    None
 }
 
 /// The Messages API once the caller's credentials passed (Anthropic's own
@@ -415,6 +476,7 @@ pub(crate) async fn serve(
         .to_string();
     let oa = to_openai(&req);
     let answer = reply::chat_answer(&oa);
+    let stopped = matched_stop(&oa, &answer);
     let prompt = reply::prompt_tokens(
         oa.get("messages")
             .and_then(Value::as_array)
@@ -485,7 +547,7 @@ pub(crate) async fn serve(
             );
         }
         let mut out = json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": content,
-            "stop_reason": stop_reason(&answer), "stop_sequence": null,
+            "stop_reason": stopped.as_ref().map_or(stop_reason(&answer), |_| "stop_sequence"), "stop_sequence": stopped,
             "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens, "cache_creation_input_tokens": cache.written, "cache_read_input_tokens": cache.read}});
         if is_fault("no_usage") {
             out.as_object_mut().map(|o| o.remove("usage"));
@@ -549,7 +611,7 @@ pub(crate) async fn serve(
     if let Some(s) = server_tool_use {
         usage_end["server_tool_use"] = s;
     }
-    events.push(sse("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop_reason(&answer), "stop_sequence": null}, "usage": usage_end})));
+    events.push(sse("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stopped.as_ref().map_or(stop_reason(&answer), |_| "stop_sequence"), "stop_sequence": stopped}, "usage": usage_end})));
     events.push(sse("message_stop", json!({"type": "message_stop"})));
     let cut = fault
         .as_ref()

@@ -6,7 +6,7 @@
 //! OpenAI protocol: `POST /v1/chat/completions` (streaming too),
 //! `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models`, and
 //! moderations, images and audio ([`media`]);
-//! Anthropic (`/v1/messages`), Gemini (`/v1beta/models/...`), Cohere
+//! Anthropic (`/v1/messages`, `/v1/messages/count_tokens`), Gemini (`/v1beta/models/...`), Cohere
 //! (`/v2/chat`, `/v2/embed`), Azure (`/openai/deployments/...`) and Bedrock
 //! (`/model/{id}/converse`, `/converse-stream`), Vertex AI (`/v1/projects/...`,
 //! with its OAuth token endpoint `/token`), each in its own module.
@@ -200,6 +200,7 @@ pub fn router(state: Arc<MockState>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v2/chat", post(cohere::chat))
         .route("/v2/embed", post(cohere::embed))
         .route("/v1beta/models/{*rest}", post(gemini::generate))

@@ -276,6 +276,8 @@ pub(super) struct Call {
     /// What the request says about itself, once its body is read: every
     /// usage record of the request carries it.
     tags: std::sync::OnceLock<Tags>,
+    /// A Messages request that may go upstream as the client wrote it.
+    native: Option<std::sync::Arc<super::native::NativeRequest>>,
 }
 
 impl Call {
@@ -295,6 +297,38 @@ impl Call {
             caller,
             header_metadata: None,
             tags: std::sync::OnceLock::new(),
+            native: None,
+        }
+    }
+
+    /// The usage record of a unary answer `d` gave.
+    pub(super) fn served_record(
+        &self,
+        model: &str,
+        d: &crate::routing::Deployment,
+        usage: Usage,
+        cost: f64,
+        attempts: u32,
+        admitted: Option<&Admitted>,
+    ) -> UsageRecord {
+        let latency = self.started.elapsed();
+        UsageRecord {
+            request_id: self.rid.clone(),
+            endpoint: self.label,
+            requested_model: model.to_string(),
+            provider: Some(d.upstream.name.clone()),
+            model: Some(d.model.clone()),
+            status: 200,
+            usage,
+            cost_usd: cost,
+            latency,
+            ttft: Some(latency),
+            attempts,
+            stream: false,
+            at: SystemTime::now(),
+            key: admitted.map(|a| a.key.clone()),
+            tags: self.tags(),
+            charged: 0,
         }
     }
 
@@ -497,9 +531,10 @@ pub(super) async fn handle(
     caller: Caller,
     endpoint: Endpoint,
     label: &'static str,
-    req: Request,
+    mut req: Request,
 ) -> Response {
     let mut call = Call::new(app, &rid, caller, endpoint, label);
+    call.native = req.extensions_mut().remove();
     if let Err(e) = call.read_headers(req.headers()) {
         return call.fail("", false, e, &Served::default());
     }
@@ -714,7 +749,9 @@ async fn serve(
     let app = &call.app;
     let endpoint = call.endpoint;
     let no_one = Served::default();
-    // The response cache.
+    // The response cache. A Messages request whose chat form left
+    // something out is not the request that form is: it is not cached.
+    let cache_mode = cache_mode.filter(|_| call.native.as_ref().is_none_or(|n| n.lossy.is_none()));
     let cache_key = match (&app.cache, cache_mode) {
         (Some(_), Some(mode)) if mode != crate::cache::Mode::Skip => {
             Some(crate::cache::ResponseCache::key(
@@ -763,6 +800,24 @@ async fn serve(
         Err(e) => return call.fail(&parsed.model, parsed.stream, e, &no_one),
     };
     crate::phase::mark("plan");
+    if let Some(native) = &call.native {
+        if plan
+            .deployments
+            .iter()
+            .all(crate::executor::speaks_messages)
+        {
+            let asked = super::native::Asked {
+                model: &parsed.model,
+                stream: parsed.stream,
+                body: parsed.body,
+                admitted,
+            };
+            return super::native::serve(call, asked, &plan, native, gone).await;
+        }
+        if let Some(e) = &native.lossy {
+            return call.fail(&parsed.model, parsed.stream, e.clone(), &no_one);
+        }
+    }
     if tracing::enabled!(tracing::Level::DEBUG) {
         tracing::debug!(
             request_id = %call.rid,
@@ -852,30 +907,16 @@ async fn serve(
                 gone.attempt(&d, crate::tokens::ready()).await;
             }
             let (reply, usage, cost) = finish_usage(app, &d, endpoint, body, reply, upstream_usage);
-            let latency = call.started.elapsed();
-            d.stats.on_tokens(usage.completion_tokens, latency);
-            super::respond::record_served(
-                app,
+            let record = call.served_record(
+                &parsed.model,
                 &d,
-                UsageRecord {
-                    request_id: call.rid.clone(),
-                    endpoint: call.label,
-                    requested_model: parsed.model.clone(),
-                    provider: Some(d.upstream.name.clone()),
-                    model: Some(d.model.clone()),
-                    status: 200,
-                    usage,
-                    cost_usd: cost,
-                    latency,
-                    ttft: Some(latency),
-                    attempts: served.attempts,
-                    stream: false,
-                    at: SystemTime::now(),
-                    key: admitted.as_ref().map(|a| a.key.clone()),
-                    tags: call.tags(),
-                    charged: 0,
-                },
+                usage,
+                cost,
+                served.attempts,
+                admitted.as_ref(),
             );
+            d.stats.on_tokens(usage.completion_tokens, record.latency);
+            super::respond::record_served(app, &d, record);
             let mut resp = match (&app.cache, cache_key) {
                 (Some(cache), Some(key)) => match reply.to_bytes() {
                     Ok(bytes) => {
@@ -986,7 +1027,7 @@ pub async fn responses(
         Endpoint::Chat,
         "responses",
     );
-    let (headers, tree) = match converted_request(&mut call, &app, req).await {
+    let (headers, _, tree) = match converted_request(&mut call, &app, req).await {
         Ok(r) => r,
         Err(resp) => return resp,
     };
@@ -1093,7 +1134,7 @@ pub async fn responses(
             )
         }
     };
-    let resp = serve_as_chat(app, rid, caller, "responses", headers, chat).await;
+    let resp = serve_as_chat(app, rid, caller, "responses", headers, chat, None).await;
     super::respond::responses_answer(resp, converted.echo, converted.dropped, keep).await
 }
 
@@ -1122,17 +1163,25 @@ pub async fn messages(
         id: String::new(),
         model: String::new(),
     };
-    let (headers, tree) = match converted_request(&mut call, &app, req).await {
+    let (headers, text, tree) = match converted_request(&mut call, &app, req).await {
         Ok(r) => r,
         Err(resp) => return answer(resp, echo).await,
     };
     let no_one = Served::default();
-    let chat = match to_chat(&tree, false) {
+    // What chat cannot carry is refused only if a deployment of another
+    // protocol is to serve it ([`super::native`]).
+    let (chat, lossy) = match to_chat(&tree, false) {
         Ok((chat, e)) => {
             echo = e;
-            chat
+            (chat, None)
         }
-        Err(e) => return answer(call.fail(&model_of(&tree), false, e, &no_one), echo).await,
+        Err(e) => match crate::messages::routing_form(&tree, false) {
+            Some((chat, routed)) => {
+                echo = routed;
+                (chat, Some(e))
+            }
+            None => return answer(call.fail(&model_of(&tree), false, e, &no_one), echo).await,
+        },
     };
     let bytes = match serde_json::to_vec(&chat) {
         Ok(v) => v,
@@ -1141,7 +1190,20 @@ pub async fn messages(
             return answer(call.fail(&echo.model, false, e, &no_one), echo).await;
         }
     };
-    let resp = serve_as_chat(app, rid, caller, "messages", headers, bytes).await;
+    let native = super::native::NativeRequest {
+        native: polyplex_providers::anthropic::Native::new(text, &headers),
+        lossy,
+    };
+    let resp = serve_as_chat(
+        app,
+        rid,
+        caller,
+        "messages",
+        headers,
+        bytes,
+        Some(std::sync::Arc::new(native)),
+    )
+    .await;
     answer(resp, echo).await
 }
 
@@ -1153,7 +1215,7 @@ async fn converted_request(
     call: &mut Call,
     app: &App,
     req: Request,
-) -> Result<(HeaderMap, JsonMap), Response> {
+) -> Result<(HeaderMap, Bytes, JsonMap), Response> {
     let _ = call.read_headers(req.headers());
     let (parts, body) = req.into_parts();
     let headers = parts.headers.clone();
@@ -1162,7 +1224,7 @@ async fn converted_request(
         .await
         .map_err(|e| call.fail("", false, e, &no_one))?;
     let tree = parse_json(&text).map_err(|e| call.fail("", false, e, &no_one))?;
-    Ok((headers, tree))
+    Ok((headers, text, tree))
 }
 
 /// A converted request's chat `body` served as chat (one record, as
@@ -1174,43 +1236,84 @@ async fn serve_as_chat(
     label: &'static str,
     mut headers: HeaderMap,
     body: Vec<u8>,
+    native: Option<std::sync::Arc<super::native::NativeRequest>>,
 ) -> Response {
     headers.remove(axum::http::header::CONTENT_LENGTH);
     let mut inner = Request::new(axum::body::Body::from(body));
     *inner.method_mut() = Method::POST;
     *inner.headers_mut() = headers;
     inner.extensions_mut().insert(Converted);
+    if let Some(n) = native {
+        inner.extensions_mut().insert(n);
+    }
     handle(app, rid, caller, Endpoint::Chat, label, inner).await
 }
 
 /// Anthropic's `POST /v1/messages/count_tokens`: the prompt's tokens as
-/// the gateway counts them (OpenAI's tokenizer and formula: an estimate
-/// for other providers' models), for a model this caller may use.
+/// an upstream of Anthropic's protocol that serves the model counts them
+/// (the request passed through, `super::native`), else as the gateway
+/// counts them (OpenAI's tokenizer and formula: an estimate for other
+/// providers' models), for a model this caller may use.
 pub async fn count_tokens(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
     req: Request,
 ) -> Response {
+    let headers = req.headers().clone();
     let counted = async {
         let text = read_body(&app, req).await?;
-        let (chat, echo) = crate::messages::to_chat(&parse_json(&text)?, true)?;
+        let tree = parse_json(&text)?;
+        let (chat, echo, lossy) = match crate::messages::to_chat(&tree, true) {
+            Ok((chat, echo)) => (chat, echo, None),
+            Err(e) => match crate::messages::routing_form(&tree, true) {
+                Some((chat, echo)) => (chat, echo, Some(e)),
+                None => return Err(e),
+            },
+        };
         if !app.router.knows(&echo.model) {
             return Err(GatewayError::model_not_found(&echo.model));
         }
-        let access = caller.key().map(|k| k.spec());
-        if !app.router.may_reach(
-            access.as_ref().and_then(|s| s.models.as_deref()),
-            &echo.model,
-        ) {
+        let spec = caller.key().map(|k| k.spec());
+        let access = spec.as_ref().and_then(|s| s.models.as_deref());
+        if !app.router.may_reach(access, &echo.model) {
             return Err(crate::keys::model_forbidden(&echo.model));
         }
+        let body = RequestBody::from_map(chat);
+        let facts = Facts::new(&body, Endpoint::Chat, false);
+        let plan = app.router.plan(
+            &echo.model,
+            &[],
+            &ProviderPrefs::default(),
+            access,
+            &facts,
+            &mut rand::thread_rng(),
+        );
+        let exact = plan.ok().and_then(|p| {
+            p.deployments
+                .into_iter()
+                .find(crate::executor::speaks_messages)
+        });
+        if let Some(d) = exact {
+            let native = polyplex_providers::anthropic::Native::new(text, &headers);
+            match crate::executor::native_count(&app, &d, &native).await {
+                Ok(answer) => return Ok(super::respond::json_bytes(answer)),
+                // The upstream's word on the request itself stands.
+                Err(e) if matches!(e.status.as_u16(), 400 | 413) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(deployment = %d.label(), error = %e, "count_tokens upstream failed; counted here")
+                }
+            }
+        }
+        if let Some(e) = lossy {
+            return Err(e);
+        }
         crate::tokens::ready().await;
-        Ok(crate::tokens::chat_prompt(&chat))
+        let n = crate::tokens::chat_prompt(body.map());
+        Ok(Json(json!({ "input_tokens": n })).into_response())
     };
-    match counted.await {
-        Ok(n) => Json(json!({ "input_tokens": n })).into_response(),
-        Err(e) => super::respond::anthropic_error(e),
-    }
+    counted
+        .await
+        .unwrap_or_else(super::respond::anthropic_error)
 }
 
 fn model_object(id: &str, owner: &str) -> Value {

@@ -50,6 +50,7 @@ pub mod busy;
 pub mod conversations;
 pub mod gate;
 pub mod handlers;
+mod native;
 pub mod passthrough;
 pub mod respond;
 

@@ -407,14 +407,14 @@ pub struct StreamContext {
 }
 
 /// One client stream: upstream events in, OpenAI SSE frames out.
-struct Relay {
-    ctx: StreamContext,
-    open: OpenStream,
-    deployment: Deployment,
-    out: VecDeque<Bytes>,
-    finished: bool,
+pub(super) struct Relay {
+    pub(super) ctx: StreamContext,
+    pub(super) open: OpenStream,
+    pub(super) deployment: Deployment,
+    pub(super) out: VecDeque<Bytes>,
+    pub(super) finished: bool,
     recorded: bool,
-    usage: Option<Usage>,
+    pub(super) usage: Option<Usage>,
     ttft: Duration,
     events: Vec<polyplex_providers::sse::Event>,
     /// The frames sent so far, for the response cache (`cache_as`).
@@ -422,7 +422,24 @@ struct Relay {
 }
 
 impl Relay {
-    fn push(&mut self, frame: Bytes) {
+    pub(super) fn new(ctx: StreamContext, open: OpenStream, deployment: Deployment) -> Relay {
+        let ttft = open.first_byte_at.duration_since(ctx.started);
+        let captured = ctx.cache_as.as_ref().map(|_| Vec::new());
+        Relay {
+            captured,
+            ctx,
+            open,
+            deployment,
+            out: VecDeque::new(),
+            finished: false,
+            recorded: false,
+            usage: None,
+            ttft,
+            events: Vec::new(),
+        }
+    }
+
+    pub(super) fn push(&mut self, frame: Bytes) {
         if let Some(c) = &mut self.captured {
             if c.len() + frame.len() > crate::cache::MAX_STREAM_BYTES {
                 self.captured = None;
@@ -537,7 +554,7 @@ impl Relay {
         self.record(e.status.as_u16());
     }
 
-    fn record(&mut self, status: u16) {
+    pub(super) fn record(&mut self, status: u16) {
         if self.recorded {
             return;
         }
@@ -616,7 +633,7 @@ impl Relay {
 
     /// Waits for the token encoding, without blocking the serving thread,
     /// when handling `items` counts tokens (`&mut`: a relay is `Send`, not `Sync`).
-    async fn counting(&mut self, items: &[StreamItem]) {
+    pub(super) async fn counting(&mut self, items: &[StreamItem]) {
         if !tokens::loaded()
             && tokens::stream_counts(self.usage.is_some(), items, self.open.decoder.as_ref())
         {
@@ -728,24 +745,26 @@ impl Drop for Relay {
 /// The SSE response for a stream whose first chunk has arrived.
 pub fn sse_response(ctx: StreamContext, open: OpenStream, deployment: Deployment) -> Response {
     crate::phase::mark("ret");
-    let ttft = open.first_byte_at.duration_since(ctx.started);
-    let captured = ctx.cache_as.map(|_| Vec::new());
-    let relay = Relay {
-        captured,
-        ctx,
-        open,
-        deployment,
-        out: VecDeque::new(),
-        finished: false,
-        recorded: false,
-        usage: None,
-        ttft,
-        events: Vec::new(),
-    };
-    let stream = futures::stream::unfold(relay, |mut r| async move {
-        r.next_frame()
+    sse_of(Relay::new(ctx, open, deployment))
+}
+
+/// What writes a stream's frames, one after another until `None`.
+pub(super) trait Frames: Send + 'static {
+    fn next_frame(&mut self) -> impl std::future::Future<Output = Option<Bytes>> + Send;
+}
+
+impl Frames for Relay {
+    fn next_frame(&mut self) -> impl std::future::Future<Output = Option<Bytes>> + Send {
+        Relay::next_frame(self)
+    }
+}
+
+/// The SSE response whose body `frames` writes.
+pub(super) fn sse_of(frames: impl Frames) -> Response {
+    let stream = futures::stream::unfold(frames, |mut f| async move {
+        f.next_frame()
             .await
-            .map(|f| (Ok::<Bytes, std::convert::Infallible>(f), r))
+            .map(|b| (Ok::<Bytes, std::convert::Infallible>(b), f))
     });
     let mut resp = Response::new(Body::from_stream(stream));
     sse_headers(&mut resp);
@@ -1036,12 +1055,20 @@ pub async fn messages_answer(
 ) -> Response {
     use crate::messages::{error_object, message_object, Streamer};
     let (mut parts, body) = resp.into_parts();
-    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         parts
             .headers
             .insert(HeaderName::from_static("request-id"), v);
     }
+    if parts
+        .extensions
+        .get::<super::native::NativeAnswer>()
+        .is_some()
+    {
+        // Anthropic's answer already, as its upstream gave it.
+        return Response::from_parts(parts, body);
+    }
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     if answered_as_stream(&parts) {
         let state = (
             body.into_data_stream(),

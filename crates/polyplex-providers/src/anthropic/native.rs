@@ -1,0 +1,160 @@
+//! A client's own Messages request, for an upstream that speaks Anthropic's
+//! protocol: sent as the client wrote it (only `model` becomes the
+//! deployment's), with the client's `anthropic-version` and
+//! `anthropic-beta` headers, so every field of the API reaches it —
+//! thinking budgets, `cache_control` on any block, server tools, beta
+//! features — and its answer can go back as it came.
+
+use super::VERSION;
+use crate::{join_url, Target, UpstreamRequest};
+use bytes::Bytes;
+use http::header::HeaderValue;
+use polyplex_types::GatewayError;
+
+/// The client's request and the headers of Anthropic's it sent.
+#[derive(Debug, Clone)]
+pub struct Native {
+    /// The request's JSON text as the client sent it.
+    body: Bytes,
+    version: Option<HeaderValue>,
+    beta: Option<HeaderValue>,
+}
+
+const BETA: &str = "anthropic-beta";
+const VERSION_HEADER: &str = "anthropic-version";
+
+impl Native {
+    /// `body` must be a JSON object (the client's request, validated).
+    pub fn new(body: Bytes, headers: &http::HeaderMap) -> Native {
+        Native {
+            body,
+            version: headers.get(VERSION_HEADER).cloned(),
+            beta: headers.get(BETA).cloned(),
+        }
+    }
+
+    /// The upstream request for `target`: the client's body with
+    /// `target.model` for its model; the provider's credential and
+    /// configured headers; the client's API version (else polyplex's) and
+    /// beta features (after any the provider's configuration names).
+    pub fn request(
+        &self,
+        stream: bool,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        self.to("v1/messages", stream, target)
+    }
+
+    /// [`Native::request`] for a `count_tokens` request.
+    pub fn count_request(&self, target: &Target<'_>) -> Result<UpstreamRequest, GatewayError> {
+        self.to("v1/messages/count_tokens", false, target)
+    }
+
+    fn to(
+        &self,
+        path: &str,
+        stream: bool,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        let mut raw = crate::RawReply::parse(self.body.clone())
+            .map_err(|e| GatewayError::internal(format!("messages: {e}")))?;
+        raw.set(
+            "model",
+            &serde_json::Value::String(target.model.to_string()),
+        )
+        .map_err(|e| GatewayError::internal(format!("messages: {e}")))?;
+        let mut headers = crate::headers(target, stream)?;
+        headers.insert(
+            VERSION_HEADER,
+            self.version
+                .clone()
+                .unwrap_or(HeaderValue::from_static(VERSION)),
+        );
+        if let Some(beta) = &self.beta {
+            let joined = match headers.get(BETA).map(HeaderValue::as_bytes) {
+                Some(configured) if !configured.is_empty() => {
+                    let mut v = configured.to_vec();
+                    v.push(b',');
+                    v.extend_from_slice(beta.as_bytes());
+                    HeaderValue::from_bytes(&v).unwrap_or_else(|_| beta.clone())
+                }
+                _ => beta.clone(),
+            };
+            headers.insert(BETA, joined);
+        }
+        Ok(UpstreamRequest {
+            url: join_url(target.base_url, path),
+            headers,
+            body: raw.to_bytes(),
+            dropped: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::AuthStyle;
+    use http::HeaderName;
+
+    fn target<'a>(auth: &'a AuthStyle, extra: &'a [(HeaderName, HeaderValue)]) -> Target<'a> {
+        Target {
+            provider: "anthropic",
+            base_url: "https://api.anthropic.com",
+            api_key: Some("sk-ant-secret"),
+            credential: None,
+            auth,
+            model: "claude-sonnet-4-5-20250929",
+            extra_headers: extra,
+            stream_usage: false,
+            default_max_tokens: None,
+            drop_params: false,
+            api_version: None,
+            sigv4: None,
+        }
+    }
+
+    #[test]
+    fn the_clients_request_goes_as_written_with_the_deployments_model() {
+        let auth = AuthStyle {
+            header: HeaderName::from_static("x-api-key"),
+            prefix: String::new(),
+        };
+        let body = r#"{"model":"smart","max_tokens":64,"thinking":{"type":"enabled","budget_tokens":2048},"container":"c1","messages":[{"role":"user","content":"hi"}]}"#;
+        let mut h = http::HeaderMap::new();
+        h.insert(BETA, HeaderValue::from_static("context-1m-2025-08-07"));
+        let n = Native::new(Bytes::from_static(body.as_bytes()), &h);
+        let extra = [(
+            HeaderName::from_static(BETA),
+            HeaderValue::from_static("configured-beta"),
+        )];
+        let req = n.request(true, &target(&auth, &extra)).unwrap();
+        assert_eq!(req.url, "https://api.anthropic.com/v1/messages");
+        let sent: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(sent["model"], "claude-sonnet-4-5-20250929");
+        assert_eq!(sent["thinking"]["budget_tokens"], 2048);
+        assert_eq!(sent["container"], "c1");
+        // Members keep their order: only the model's text changed.
+        assert_eq!(
+            std::str::from_utf8(&req.body).unwrap(),
+            body.replace("\"smart\"", "\"claude-sonnet-4-5-20250929\"")
+        );
+        assert_eq!(req.headers["x-api-key"], "sk-ant-secret");
+        assert_eq!(req.headers[VERSION_HEADER], VERSION);
+        assert_eq!(req.headers[BETA], "configured-beta,context-1m-2025-08-07");
+        assert_eq!(req.headers["accept"], "text/event-stream");
+
+        // The client's API version, and its beta alone without a configured one.
+        h.insert(VERSION_HEADER, HeaderValue::from_static("2024-01-01"));
+        let n = Native::new(Bytes::from_static(body.as_bytes()), &h);
+        let req = n.request(false, &target(&auth, &[])).unwrap();
+        assert_eq!(req.headers[VERSION_HEADER], "2024-01-01");
+        assert_eq!(req.headers[BETA], "context-1m-2025-08-07");
+        let count = n.count_request(&target(&auth, &[])).unwrap();
+        assert_eq!(
+            count.url,
+            "https://api.anthropic.com/v1/messages/count_tokens"
+        );
+        assert_eq!(count.headers["accept"], "application/json");
+    }
+}
