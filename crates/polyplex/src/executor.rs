@@ -576,6 +576,17 @@ fn redact(e: GatewayError, d: &Deployment) -> GatewayError {
     d.upstream.secrets().fold(e, GatewayError::redact)
 }
 
+/// `work` for `d`, or its timeout error once `limit` has passed.
+async fn within<T>(
+    d: &Deployment,
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, GatewayError>>,
+) -> Result<T, GatewayError> {
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or_else(|_| Err(GatewayError::upstream_timeout(&d.upstream.name, limit)))
+}
+
 /// Builds the upstream request for `d` and sends it: the answer's head, and
 /// the parameters dropped under `drop_params`.
 async fn send(
@@ -689,10 +700,7 @@ pub async fn native_unary_once(
             usage,
         })
     };
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(GatewayError::upstream_timeout(&d.upstream.name, timeout)),
-    }
+    within(d, timeout, fut).await
 }
 
 /// A `count_tokens` request passed through to `d`: its answer's body.
@@ -711,10 +719,7 @@ pub async fn native_count(
             .await
             .map_err(|f| transport_error(d, f))
     };
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(GatewayError::upstream_timeout(&d.upstream.name, timeout)),
-    }
+    within(d, timeout, fut).await
 }
 
 /// A passed-through Messages stream whose first event has arrived: the
@@ -780,10 +785,7 @@ pub async fn native_stream_once(
             events,
         })
     };
-    match tokio::time::timeout(limit, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(GatewayError::upstream_timeout(&d.upstream.name, limit)),
-    }
+    within(d, limit, fut).await
 }
 
 /// A non-streamed answer.
@@ -825,10 +827,7 @@ pub async fn unary_once(
             r => r,
         }
     };
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(GatewayError::upstream_timeout(&d.upstream.name, timeout)),
-    }
+    within(d, timeout, fut).await
 }
 
 /// The answer through chat to a completions request that `d`'s completions
@@ -991,10 +990,7 @@ pub async fn stream_once(
             prompts,
         })
     };
-    match tokio::time::timeout(limit, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(GatewayError::upstream_timeout(&d.upstream.name, limit)),
-    }
+    within(d, limit, fut).await
 }
 
 /// Each part's stream opened (all of them, or the first failure), merged
