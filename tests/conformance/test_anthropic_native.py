@@ -181,3 +181,26 @@ def test_count_tokens_asks_the_upstream(gateway, mock):
                                 tools=[{"type": "code_execution_20250825", "name": "code_execution"}])
     assert c.messages.count_tokens(model=CLAUDE, messages=[{"role": "user", "content": "hi"}],
                                    tools=[{"type": "code_execution_20250825", "name": "code_execution"}]).input_tokens > 0
+
+
+def test_claude_on_vertex_takes_the_request_as_written(gateway, mock):
+    c = claude(gateway)
+    model = "vertex/claude-haiku-4-5@20251001"
+    tools = [{"type": "code_execution_20250825", "name": "code_execution"}]
+    m = c.messages.create(model=model, max_tokens=50, tools=tools, stop_sequences=["marker"],
+                          messages=[{"role": "user", "content": "vertex native marker four"}],
+                          extra_headers={"anthropic-beta": "code-execution-2025-08-25"})
+    assert m.id.startswith("msg_mock") and m.stop_reason == "stop_sequence" and m.stop_sequence == "marker"
+    sent = received(mock, "/v1/projects/polyplex-conformance/locations/us-east5/publishers/anthropic/models/"
+                          "claude-haiku-4-5@20251001:rawPredict", "vertex native marker four")
+    assert sent["body"]["tools"] == tools and sent["body"]["anthropic_version"] == "vertex-2023-10-16"
+    assert sent["headers"]["anthropic-beta"] == "code-execution-2025-08-25"
+    assert sent["headers"]["authorization"].startswith("Bearer ")
+    with c.messages.stream(model=model, max_tokens=50, tools=tools,
+                           messages=[{"role": "user", "content": "vertex stream marker five"}]) as s:
+        final = s.get_final_message()
+    assert final.content[0].text == "vertex stream marker five" and final.stop_reason == "end_turn"
+    assert received(mock, "/v1/projects/polyplex-conformance/locations/us-east5/publishers/anthropic/models/"
+                          "claude-haiku-4-5@20251001:streamRawPredict", "vertex stream marker five")
+    # Vertex AI's Claude is counted by the gateway (it has no count_tokens here).
+    assert c.messages.count_tokens(model=model, messages=[{"role": "user", "content": "hi"}]).input_tokens > 0

@@ -46,6 +46,15 @@ impl Endpoint {
     }
 }
 
+/// A client's own Messages request ([`Protocol::messages_request`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessagesCall {
+    /// `POST /v1/messages`, streamed or not.
+    Create { stream: bool },
+    /// `POST /v1/messages/count_tokens`.
+    Count,
+}
+
 /// How a provider wants its credential presented.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthStyle {
@@ -237,6 +246,26 @@ pub trait Protocol: Send + Sync {
     /// searches an answer's usage counts, [`Usage::web_searches`]).
     fn web_search_price(&self, _model: &str) -> f64 {
         0.0
+    }
+    /// Whether a client's own Anthropic Messages request for `model` goes
+    /// to this API as it is ([`anthropic::Native`], [`Protocol::messages_request`]):
+    /// Anthropic's API, and Claude on Vertex AI; `count`: its
+    /// `count_tokens` request.
+    fn carries_messages(&self, _model: &str, _count: bool) -> bool {
+        false
+    }
+    /// The upstream request for a client's own Messages request (or its
+    /// `count_tokens` request), where [`Protocol::carries_messages`].
+    fn messages_request(
+        &self,
+        _native: &anthropic::Native,
+        _call: MessagesCall,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        Err(GatewayError::internal(format!(
+            "provider `{}` does not take Anthropic's Messages requests as they are",
+            target.provider
+        )))
     }
     /// The parser of this protocol's stream framing (SSE unless overridden).
     fn stream_parser(&self) -> sse::Parser {

@@ -178,6 +178,14 @@ impl RawReply {
         Ok(())
     }
 
+    /// Removes one member, if there is one.
+    pub fn remove(&mut self, key: &str) {
+        if let Some(i) = self.position(key) {
+            self.members.remove(i);
+            self.edited = true;
+        }
+    }
+
     /// Replaces (or appends) one member with JSON text already validated.
     pub fn set_raw(&mut self, key: &str, raw: Box<RawValue>) {
         self.edited = true;

@@ -29,7 +29,9 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use polyplex_providers::anthropic::Native;
 use polyplex_providers::sse::{self, Parser};
-use polyplex_providers::{Endpoint, Reply, StreamDecoder, StreamItem, UpstreamRequest};
+use polyplex_providers::{
+    Endpoint, MessagesCall, Reply, StreamDecoder, StreamItem, UpstreamRequest,
+};
 use polyplex_types::{ErrorSource, GatewayError, RequestBody, Usage};
 use rand::Rng;
 use std::time::{Duration, Instant};
@@ -644,10 +646,38 @@ async fn send_with(
     Ok((resp, req.dropped))
 }
 
-/// Whether `d` takes a client's own Messages request ([`Native`]): its
-/// protocol is Anthropic's.
+/// Whether `d` takes a client's own Messages request ([`Native`]): it is
+/// Anthropic's API, or Claude on Vertex AI.
 pub fn speaks_messages(d: &Deployment) -> bool {
-    d.upstream.protocol_for(Endpoint::Chat, &d.model).name() == "anthropic"
+    d.upstream
+        .protocol_for(Endpoint::Chat, &d.model)
+        .carries_messages(&d.model, false)
+}
+
+/// Whether `d` counts a Messages request's tokens itself.
+pub fn counts_messages(d: &Deployment) -> bool {
+    d.upstream
+        .protocol_for(Endpoint::Chat, &d.model)
+        .carries_messages(&d.model, true)
+}
+
+/// Sends `call` of a client's own Messages request to `d`.
+async fn send_messages(
+    app: &AppState,
+    d: &Deployment,
+    native: &Native,
+    call: MessagesCall,
+) -> Result<http::Response<UpstreamBody>, GatewayError> {
+    let protocol = d.upstream.protocol_for(Endpoint::Chat, &d.model);
+    let (resp, _) = send_with(app, d, false, |target| {
+        protocol.messages_request(native, call, target)
+    })
+    .await?;
+    d.stats.observe_limits(Instant::now(), resp.headers());
+    if !resp.status().is_success() {
+        return Err(upstream_error(d, resp).await);
+    }
+    Ok(resp)
 }
 
 /// A Messages answer as its upstream gave it, and what it reads as in
@@ -656,22 +686,6 @@ pub struct NativeUnary {
     pub bytes: Bytes,
     pub reply: Reply,
     pub usage: Option<Usage>,
-}
-
-/// Sends a client's own Messages request to `d` and checks the answer's
-/// head: its body, or the upstream's error.
-async fn send_native(
-    app: &AppState,
-    d: &Deployment,
-    native: &Native,
-    stream: bool,
-) -> Result<http::Response<UpstreamBody>, GatewayError> {
-    let (resp, _) = send_with(app, d, false, |target| native.request(stream, target)).await?;
-    d.stats.observe_limits(Instant::now(), resp.headers());
-    if !resp.status().is_success() {
-        return Err(upstream_error(d, resp).await);
-    }
-    Ok(resp)
 }
 
 /// One non-streamed attempt of a Messages request passed through
@@ -685,7 +699,7 @@ pub async fn native_unary_once(
 ) -> Result<NativeUnary, GatewayError> {
     let timeout = d.upstream.timeout;
     let fut = async {
-        let resp = send_native(app, d, native, false).await?;
+        let resp = send_messages(app, d, native, MessagesCall::Create { stream: false }).await?;
         let bytes = read_body(resp.into_body())
             .await
             .map_err(|f| transport_error(d, f))?;
@@ -711,10 +725,7 @@ pub async fn native_count(
 ) -> Result<Bytes, GatewayError> {
     let timeout = d.upstream.timeout;
     let fut = async {
-        let (resp, _) = send_with(app, d, false, |target| native.count_request(target)).await?;
-        if !resp.status().is_success() {
-            return Err(upstream_error(d, resp).await);
-        }
+        let resp = send_messages(app, d, native, MessagesCall::Count).await?;
         read_body(resp.into_body())
             .await
             .map_err(|f| transport_error(d, f))
@@ -741,7 +752,7 @@ pub async fn native_stream_once(
 ) -> Result<NativeOpen, GatewayError> {
     let limit = d.upstream.first_byte_timeout;
     let fut = async {
-        let resp = send_native(app, d, native, true).await?;
+        let resp = send_messages(app, d, native, MessagesCall::Create { stream: true }).await?;
         let mut body = resp.into_body().into_data_stream().boxed();
         let mut parser = Parser::new();
         let decoder = || {

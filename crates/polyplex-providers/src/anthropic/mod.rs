@@ -121,6 +121,22 @@ impl Protocol for Anthropic {
         WEB_SEARCH_PRICE
     }
 
+    fn carries_messages(&self, _model: &str, _count: bool) -> bool {
+        true
+    }
+
+    fn messages_request(
+        &self,
+        native: &Native,
+        call: crate::MessagesCall,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        match call {
+            crate::MessagesCall::Create { stream } => native.request(stream, target),
+            crate::MessagesCall::Count => native.count_request(target),
+        }
+    }
+
     fn error(&self, provider: &str, status: StatusCode, body: &[u8]) -> GatewayError {
         let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let err = v.get("error").unwrap_or(&Value::Null);

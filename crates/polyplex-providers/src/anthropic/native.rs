@@ -33,43 +33,68 @@ impl Native {
         }
     }
 
-    /// The upstream request for `target`: the client's body with
-    /// `target.model` for its model; the provider's credential and
-    /// configured headers; the client's API version (else polyplex's) and
-    /// beta features (after any the provider's configuration names).
+    /// The upstream request to Anthropic's API for `target`: the client's
+    /// body with `target.model` for its model; the provider's credential
+    /// and configured headers; the client's API version (else polyplex's)
+    /// and beta features.
     pub fn request(
         &self,
         stream: bool,
         target: &Target<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
-        self.to("v1/messages", stream, target)
+        self.to_anthropic("v1/messages", stream, target)
     }
 
     /// [`Native::request`] for a `count_tokens` request.
     pub fn count_request(&self, target: &Target<'_>) -> Result<UpstreamRequest, GatewayError> {
-        self.to("v1/messages/count_tokens", false, target)
+        self.to_anthropic("v1/messages/count_tokens", false, target)
     }
 
-    fn to(
+    fn to_anthropic(
         &self,
         path: &str,
         stream: bool,
         target: &Target<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let mut raw = crate::RawReply::parse(self.body.clone())
-            .map_err(|e| GatewayError::internal(format!("messages: {e}")))?;
-        raw.set(
-            "model",
-            &serde_json::Value::String(target.model.to_string()),
-        )
-        .map_err(|e| GatewayError::internal(format!("messages: {e}")))?;
-        let mut headers = crate::headers(target, stream)?;
+        let mut raw = self.raw()?;
+        set(&mut raw, "model", target.model)?;
+        let mut headers = self.headers(stream, target)?;
         headers.insert(
             VERSION_HEADER,
             self.version
                 .clone()
                 .unwrap_or(HeaderValue::from_static(VERSION)),
         );
+        Ok(UpstreamRequest {
+            url: join_url(target.base_url, path),
+            headers,
+            body: raw.to_bytes(),
+            dropped: Vec::new(),
+        })
+    }
+
+    /// The body for an API that names the model in its URL and the
+    /// Messages API's version in the body (Claude on Vertex AI, on
+    /// Bedrock): the client's body without `model` (nor `stream`, when
+    /// the URL says that too), with `anthropic_version`.
+    pub fn body_for(&self, version: &str, keep_stream: bool) -> Result<Bytes, GatewayError> {
+        let mut raw = self.raw()?;
+        raw.remove("model");
+        if !keep_stream {
+            raw.remove("stream");
+        }
+        set(&mut raw, "anthropic_version", version)?;
+        Ok(raw.to_bytes())
+    }
+
+    /// The provider's credential and configured headers, and the client's
+    /// beta features after any those name.
+    pub fn headers(
+        &self,
+        stream: bool,
+        target: &Target<'_>,
+    ) -> Result<http::HeaderMap, GatewayError> {
+        let mut headers = crate::headers(target, stream)?;
         if let Some(beta) = &self.beta {
             let joined = match headers.get(BETA).map(HeaderValue::as_bytes) {
                 Some(configured) if !configured.is_empty() => {
@@ -82,13 +107,18 @@ impl Native {
             };
             headers.insert(BETA, joined);
         }
-        Ok(UpstreamRequest {
-            url: join_url(target.base_url, path),
-            headers,
-            body: raw.to_bytes(),
-            dropped: Vec::new(),
-        })
+        Ok(headers)
     }
+
+    fn raw(&self) -> Result<crate::RawReply, GatewayError> {
+        crate::RawReply::parse(self.body.clone())
+            .map_err(|e| GatewayError::internal(format!("messages: {e}")))
+    }
+}
+
+fn set(raw: &mut crate::RawReply, key: &str, value: &str) -> Result<(), GatewayError> {
+    raw.set(key, &serde_json::Value::String(value.to_string()))
+        .map_err(|e| GatewayError::internal(format!("messages: {e}")))
 }
 
 #[cfg(test)]
@@ -156,5 +186,19 @@ mod tests {
             "https://api.anthropic.com/v1/messages/count_tokens"
         );
         assert_eq!(count.headers["accept"], "application/json");
+    }
+
+    #[test]
+    fn a_body_for_an_api_that_names_the_model_in_its_url() {
+        let body = r#"{"model":"claude","stream":true,"max_tokens":8,"messages":[]}"#;
+        let n = Native::new(Bytes::from_static(body.as_bytes()), &http::HeaderMap::new());
+        assert_eq!(
+            &n.body_for("vertex-2023-10-16", true).unwrap()[..],
+            br#"{"stream":true,"max_tokens":8,"messages":[],"anthropic_version":"vertex-2023-10-16"}"#
+        );
+        assert_eq!(
+            &n.body_for("bedrock-2023-05-31", false).unwrap()[..],
+            br#"{"max_tokens":8,"messages":[],"anthropic_version":"bedrock-2023-05-31"}"#
+        );
     }
 }

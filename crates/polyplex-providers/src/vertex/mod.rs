@@ -278,6 +278,34 @@ impl Protocol for Vertex {
         }
     }
 
+    /// Claude's Messages requests go through `rawPredict` as they are
+    /// (`model` in the URL, `anthropic_version` in the body).
+    fn carries_messages(&self, model: &str, count: bool) -> bool {
+        is_claude(model) && !count
+    }
+
+    fn messages_request(
+        &self,
+        native: &anthropic::Native,
+        call: crate::MessagesCall,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        let crate::MessagesCall::Create { stream } = call else {
+            return Anthropic.messages_request(native, call, target);
+        };
+        let method = if stream {
+            "streamRawPredict"
+        } else {
+            "rawPredict"
+        };
+        Ok(UpstreamRequest {
+            url: model_path(target, "anthropic", method)?,
+            headers: native.headers(stream, target)?,
+            body: native.body_for(ANTHROPIC_VERSION, true)?,
+            dropped: Vec::new(),
+        })
+    }
+
     fn web_search_price(&self, model: &str) -> f64 {
         if is_claude(model) {
             Anthropic.web_search_price(model)

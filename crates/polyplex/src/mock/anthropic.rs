@@ -190,8 +190,9 @@ fn to_openai(req: &Map<String, Value>) -> Map<String, Value> {
     let mut out = Map::new();
     out.insert("messages".into(), Value::Array(messages));
     if let Some(tools) = req.get("tools").and_then(Value::as_array) {
-        // The client's tools; a server tool (the web search) is the API's own.
-        let t: Vec<Value> = tools.iter().filter(|t| web_search(t).is_none()).map(|t| json!({"type": "function", "function": {"name": t.get("name"), "parameters": t.get("input_schema")}})).collect();
+        // The client's tools; a server tool (the web search, code
+        // execution, ...) is the API's own, not the client's to call.
+        let t: Vec<Value> = tools.iter().filter(|t| matches!(t.get("type").and_then(Value::as_str), None | Some("custom"))).map(|t| json!({"type": "function", "function": {"name": t.get("name"), "parameters": t.get("input_schema")}})).collect();
         if !t.is_empty() {
             out.insert("tools".into(), Value::Array(t));
         }

@@ -1291,7 +1291,7 @@ pub async fn count_tokens(
         let exact = plan.ok().and_then(|p| {
             p.deployments
                 .into_iter()
-                .find(crate::executor::speaks_messages)
+                .find(crate::executor::counts_messages)
         });
         if let Some(d) = exact {
             let native = polyplex_providers::anthropic::Native::new(text, &headers);

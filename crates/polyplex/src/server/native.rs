@@ -1,5 +1,6 @@
 //! Anthropic's Messages API passed through: a `POST /v1/messages` whose
-//! every deployment speaks Anthropic's protocol goes upstream as the client
+//! every deployment takes that API (Anthropic's own, Claude on Vertex AI:
+//! `Protocol::carries_messages`) goes upstream as the client
 //! wrote it ([`polyplex_providers::anthropic::Native`]), and its answer —
 //! the Message, or the stream's events — comes back as the upstream sent
 //! it, with `usage.cost` added. Nothing is lost in translation (thinking
@@ -52,8 +53,8 @@ pub(super) struct Asked<'a> {
     pub(super) admitted: Option<Admitted>,
 }
 
-/// Serves `asked` through `plan`, whose deployments all speak Anthropic's
-/// protocol.
+/// Serves `asked` through `plan`, whose deployments all take Anthropic's
+/// Messages API.
 pub(super) async fn serve(
     call: &Call,
     asked: Asked<'_>,
