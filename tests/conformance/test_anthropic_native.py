@@ -22,10 +22,10 @@ def claude(gateway, key=MASTER_KEY):
 
 
 def received(mock, path, marker):
-    """The last request the mock received at `path` whose body mentions `marker`."""
+    """The last request the mock received at a path ending in `path` whose body mentions `marker`."""
     with urllib.request.urlopen(mock + "/__mock/requests", timeout=5) as r:
         seen = json.loads(r.read())
-    return next(r for r in reversed(seen) if r["path"] == path and marker in json.dumps(r["body"]))
+    return next(r for r in reversed(seen) if r["path"].endswith(path) and marker in json.dumps(r["body"]))
 
 
 def records_of(gateway, request_id, want=1):
@@ -204,3 +204,34 @@ def test_claude_on_vertex_takes_the_request_as_written(gateway, mock):
                           "claude-haiku-4-5@20251001:streamRawPredict", "vertex stream marker five")
     # Vertex AI's Claude is counted by the gateway (it has no count_tokens here).
     assert c.messages.count_tokens(model=model, messages=[{"role": "user", "content": "hi"}]).input_tokens > 0
+
+
+def test_claude_on_bedrock_takes_the_request_as_written(gateway, mock, fault):
+    c = claude(gateway)
+    model = "bedrock/us.anthropic.claude-haiku-4-5-20251001-v1:0"
+    tools = [{"type": "code_execution_20250825", "name": "code_execution"}]
+    raw = c.messages.with_raw_response.create(
+        model=model, max_tokens=50, tools=tools, stop_sequences=["marker"],
+        messages=[{"role": "user", "content": "bedrock native marker six"}],
+        extra_headers={"anthropic-beta": "code-execution-2025-08-25"})
+    m = raw.parse()
+    assert m.id.startswith("msg_mock") and m.stop_reason == "stop_sequence" and m.stop_sequence == "marker"
+    assert json.loads(raw.http_response.text)["usage"]["cost"] > 0
+    sent = received(mock, "/invoke", "bedrock native marker six")
+    # Signed with SigV4; the beta features in the body, as Bedrock takes them.
+    assert sent["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 ")
+    assert sent["body"]["anthropic_beta"] == ["code-execution-2025-08-25"] and sent["body"]["tools"] == tools
+    with c.messages.with_streaming_response.create(
+            model=model, max_tokens=50, stream=True, tools=tools,
+            messages=[{"role": "user", "content": "bedrock stream marker seven"}]) as resp:
+        text = resp.http_response.read().decode()
+        rid = resp.headers["x-request-id"]
+    # Bedrock's event-stream chunks come out as Anthropic's SSE events.
+    assert text.startswith("event: message_start\ndata: ") and text.rstrip().endswith('data: {"type":"message_stop"}')
+    assert received(mock, "/invoke-with-response-stream", "bedrock stream marker seven")
+    [r] = records_of(gateway, rid)
+    assert r["provider"] == "bedrock" and r["status"] == 200 and r["completion_tokens"] > 0
+    # Throttled: Bedrock's error, in Anthropic's shape and class.
+    fault(fault="429", count=2, model="us.anthropic.claude-haiku-4-5-20251001-v1:0")
+    with pytest.raises(anthropic.RateLimitError):
+        c.messages.create(model=model, max_tokens=50, messages=[{"role": "user", "content": "throttled"}])

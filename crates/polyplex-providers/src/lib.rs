@@ -249,7 +249,7 @@ pub trait Protocol: Send + Sync {
     }
     /// Whether a client's own Anthropic Messages request for `model` goes
     /// to this API as it is ([`anthropic::Native`], [`Protocol::messages_request`]):
-    /// Anthropic's API, and Claude on Vertex AI; `count`: its
+    /// Anthropic's API, and Claude on Vertex AI and Bedrock; `count`: its
     /// `count_tokens` request.
     fn carries_messages(&self, _model: &str, _count: bool) -> bool {
         false
@@ -266,6 +266,16 @@ pub trait Protocol: Send + Sync {
             "provider `{}` does not take Anthropic's Messages requests as they are",
             target.provider
         )))
+    }
+    /// One event of a passed-through Messages stream as Anthropic's API
+    /// sends it (Bedrock wraps each in a `chunk`); an error the stream
+    /// raised instead.
+    fn messages_event(
+        &self,
+        _provider: &str,
+        event: sse::Event,
+    ) -> Result<sse::Event, GatewayError> {
+        Ok(event)
     }
     /// The parser of this protocol's stream framing (SSE unless overridden).
     fn stream_parser(&self) -> sse::Parser {

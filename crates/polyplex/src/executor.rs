@@ -27,8 +27,9 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use http::StatusCode;
 use http_body_util::BodyExt;
-use polyplex_providers::anthropic::Native;
+use polyplex_providers::anthropic::{Anthropic, Native};
 use polyplex_providers::sse::{self, Parser};
+use polyplex_providers::Protocol;
 use polyplex_providers::{
     Endpoint, MessagesCall, Reply, StreamDecoder, StreamItem, UpstreamRequest,
 };
@@ -647,7 +648,7 @@ async fn send_with(
 }
 
 /// Whether `d` takes a client's own Messages request ([`Native`]): it is
-/// Anthropic's API, or Claude on Vertex AI.
+/// Anthropic's API, or Claude on Vertex AI or Bedrock.
 pub fn speaks_messages(d: &Deployment) -> bool {
     d.upstream
         .protocol_for(Endpoint::Chat, &d.model)
@@ -703,9 +704,7 @@ pub async fn native_unary_once(
         let bytes = read_body(resp.into_body())
             .await
             .map_err(|f| transport_error(d, f))?;
-        let (reply, usage) = d
-            .upstream
-            .protocol
+        let (reply, usage) = Anthropic
             .parse_reply(Endpoint::Chat, &d.upstream.name, chat, &bytes)
             .map_err(|e| redact(e, d))?;
         Ok(NativeUnary {
@@ -735,7 +734,8 @@ pub async fn native_count(
 
 /// A passed-through Messages stream whose first event has arrived: the
 /// events read so far, still to be relayed (a decoder of its own reads
-/// them for their usage; an `error` first has failed the attempt).
+/// them for their usage; an `error` first has failed the attempt), each
+/// as Anthropic's API sends it ([`polyplex_providers::Protocol::messages_event`]).
 pub struct NativeOpen {
     pub stream: OpenStream,
     pub events: Vec<sse::Event>,
@@ -754,16 +754,23 @@ pub async fn native_stream_once(
     let fut = async {
         let resp = send_messages(app, d, native, MessagesCall::Create { stream: true }).await?;
         let mut body = resp.into_body().into_data_stream().boxed();
-        let mut parser = Parser::new();
-        let decoder = || {
-            d.upstream
-                .protocol
-                .stream_decoder(Endpoint::Chat, &d.upstream.name, &d.model, chat)
-        };
+        let protocol = d.upstream.protocol_for(Endpoint::Chat, &d.model);
+        let mut parser = protocol.stream_parser();
+        let decoder = || Anthropic.stream_decoder(Endpoint::Chat, &d.upstream.name, &d.model, chat);
         let mut events = Vec::new();
         while events.is_empty() {
             match body.next().await {
-                Some(Ok(bytes)) => parser.feed(&bytes, &mut events),
+                Some(Ok(bytes)) => {
+                    let mut framed = Vec::new();
+                    parser.feed(&bytes, &mut framed);
+                    for ev in framed {
+                        events.push(
+                            protocol
+                                .messages_event(&d.upstream.name, ev)
+                                .map_err(|e| redact(e, d))?,
+                        );
+                    }
+                }
                 Some(Err(_)) => return Err(transport_error(d, Failure::Broken)),
                 None => {
                     return Err(GatewayError::upstream_bad_response(

@@ -87,6 +87,32 @@ impl Native {
         Ok(raw.to_bytes())
     }
 
+    /// [`Native::body_for`] for an API that takes beta features in the
+    /// body (`anthropic_beta`, Bedrock's): the client's `anthropic-beta`
+    /// header's, unless its body names its own.
+    pub fn body_with_betas(&self, version: &str, keep_stream: bool) -> Result<Bytes, GatewayError> {
+        let body = self.body_for(version, keep_stream)?;
+        let betas: Vec<&str> = self
+            .beta
+            .as_ref()
+            .and_then(|b| b.to_str().ok())
+            .map(|b| {
+                b.split(',')
+                    .map(str::trim)
+                    .filter(|b| !b.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut raw = crate::RawReply::parse(body.clone())
+            .map_err(|e| GatewayError::internal(format!("messages: {e}")))?;
+        if betas.is_empty() || raw.get("anthropic_beta").is_some() {
+            return Ok(body);
+        }
+        raw.set("anthropic_beta", &serde_json::json!(betas))
+            .map_err(|e| GatewayError::internal(format!("messages: {e}")))?;
+        Ok(raw.to_bytes())
+    }
+
     /// The provider's credential and configured headers, and the client's
     /// beta features after any those name.
     pub fn headers(
@@ -199,6 +225,14 @@ mod tests {
         assert_eq!(
             &n.body_for("bedrock-2023-05-31", false).unwrap()[..],
             br#"{"max_tokens":8,"messages":[],"anthropic_version":"bedrock-2023-05-31"}"#
+        );
+        // Bedrock takes the beta features in the body.
+        let mut h = http::HeaderMap::new();
+        h.insert(BETA, HeaderValue::from_static("a-1, b-2"));
+        let n = Native::new(Bytes::from_static(body.as_bytes()), &h);
+        assert_eq!(
+            &n.body_with_betas("bedrock-2023-05-31", false).unwrap()[..],
+            br#"{"max_tokens":8,"messages":[],"anthropic_version":"bedrock-2023-05-31","anthropic_beta":["a-1","b-2"]}"#
         );
     }
 }

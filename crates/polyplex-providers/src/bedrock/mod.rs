@@ -24,6 +24,12 @@
 //! - the stream is an AWS event stream (binary frames), read by
 //!   [`crate::sse::Parser::event_stream`]; usage arrives in its `metadata`
 //!   event, after `messageStop`.
+//!
+//! A client's own Anthropic Messages request for a Claude model goes
+//! through `invoke` / `invoke-with-response-stream` as it is
+//! ([`crate::anthropic::Native`]): Anthropic's body without `model` and
+//! `stream`, with `anthropic_version` and the beta features; the stream's
+//! `chunk` events carry Anthropic's events in base64.
 
 pub mod sigv4;
 mod stream;
@@ -590,6 +596,15 @@ fn request(
     })
 }
 
+/// The Messages API version Bedrock takes in the body of Claude's `invoke`.
+pub const ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
+
+/// True for Claude's model ids (and inference profiles) on Bedrock, which
+/// take Anthropic's Messages body through `invoke`.
+pub fn is_claude(model: &str) -> bool {
+    model.contains("anthropic.claude")
+}
+
 /// Which embedding model family an id names (Bedrock's `invoke` bodies
 /// are the model's own): Cohere's take a batch, Titan's one text.
 fn embed_family(model: &str) -> Option<&'static str> {
@@ -835,6 +850,73 @@ impl Protocol for Bedrock {
 
     fn stream_parser(&self) -> crate::sse::Parser {
         crate::sse::Parser::event_stream()
+    }
+
+    /// Claude's Messages requests go through `invoke` and
+    /// `invoke-with-response-stream` as they are (the model in the URL;
+    /// `anthropic_version` and the beta features in the body).
+    fn carries_messages(&self, model: &str, count: bool) -> bool {
+        is_claude(model) && !count
+    }
+
+    fn messages_request(
+        &self,
+        native: &crate::anthropic::Native,
+        call: crate::MessagesCall,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        let crate::MessagesCall::Create { stream } = call else {
+            return crate::anthropic::Anthropic.messages_request(native, call, target);
+        };
+        let body = native.body_with_betas(ANTHROPIC_VERSION, false)?;
+        let method = if stream {
+            "invoke-with-response-stream"
+        } else {
+            "invoke"
+        };
+        request(target, method, body.to_vec(), Vec::new(), stream)
+    }
+
+    /// A `chunk`'s `bytes` (base64) are one of Anthropic's events; an
+    /// exception is the error it names.
+    fn messages_event(
+        &self,
+        provider: &str,
+        event: crate::sse::Event,
+    ) -> Result<crate::sse::Event, GatewayError> {
+        use base64::Engine;
+        let kind = event.event.as_deref().unwrap_or("");
+        if let Some(exception) = kind.strip_prefix("exception:") {
+            let mut e = error_for(
+                provider,
+                StatusCode::BAD_GATEWAY,
+                exception,
+                event.data.as_bytes(),
+            );
+            e.retryable = e.status.is_server_error() || e.status == StatusCode::TOO_MANY_REQUESTS;
+            return Err(e);
+        }
+        let bad = |what: &str| {
+            GatewayError::upstream_bad_response(
+                provider,
+                format_args!("unexpected stream event: {what}"),
+            )
+        };
+        if kind != "chunk" {
+            return Err(bad(kind));
+        }
+        let v: Value =
+            serde_json::from_str(&event.data).map_err(|_| bad("a chunk that is not JSON"))?;
+        let bytes = v
+            .get("bytes")
+            .and_then(Value::as_str)
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .ok_or_else(|| bad("a chunk without base64 bytes"))?;
+        let data = String::from_utf8(bytes).map_err(|_| bad("a chunk that is not UTF-8"))?;
+        let name = serde_json::from_str::<Value>(&data)
+            .ok()
+            .and_then(|e| e.get("type").and_then(Value::as_str).map(str::to_string));
+        Ok(crate::sse::Event { event: name, data })
     }
 
     fn embedding_inputs_per_request(&self, model: &str) -> Option<usize> {

@@ -940,3 +940,44 @@ fn claude_thinking_on_bedrock() {
         .unwrap_err();
     assert_eq!(e.param.as_deref(), Some("reasoning_effort"));
 }
+
+#[test]
+fn claude_takes_a_clients_messages_request_through_invoke() {
+    use base64::Engine;
+    let a = AuthStyle::bearer();
+    let t = target(&a, None);
+    assert!(Bedrock.carries_messages(t.model, false));
+    assert!(!Bedrock.carries_messages(t.model, true));
+    assert!(!Bedrock.carries_messages("amazon.nova-pro-v1:0", false));
+    let body = br#"{"model":"claude","stream":true,"max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#;
+    let native = crate::anthropic::Native::new(Bytes::from_static(body), &HeaderMap::new());
+    let req = Bedrock
+        .messages_request(&native, crate::MessagesCall::Create { stream: true }, &t)
+        .unwrap();
+    assert!(req.url.ends_with(
+        "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/invoke-with-response-stream"
+    ));
+    let sent: Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(sent["anthropic_version"], ANTHROPIC_VERSION);
+    assert!(sent.get("model").is_none() && sent.get("stream").is_none());
+
+    // Each chunk's bytes are one of Anthropic's events; an exception is its error.
+    let event = r#"{"type":"message_stop"}"#;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(event);
+    let mut wire = frame("chunk", &json!({"bytes": b64}), false).to_vec();
+    wire.extend_from_slice(&frame(
+        "throttlingException",
+        &json!({"message": "Too many tokens"}),
+        true,
+    ));
+    let mut events = Vec::new();
+    Parser::event_stream().feed(&wire, &mut events);
+    let first = Bedrock.messages_event("aws", events[0].clone()).unwrap();
+    assert_eq!(first.event.as_deref(), Some("message_stop"));
+    assert_eq!(first.data, event);
+    let e = Bedrock
+        .messages_event("aws", events[1].clone())
+        .unwrap_err();
+    assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(e.retryable && e.message.contains("Too many tokens"));
+}

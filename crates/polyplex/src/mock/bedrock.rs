@@ -439,7 +439,87 @@ async fn converse(
     r
 }
 
-/// `POST /model/{modelId}/invoke` for the embedding models polyplex calls:
+/// Claude's Messages API through `invoke` and `invoke-with-response-stream`:
+/// Anthropic's body without `model` or `stream` and with
+/// `anthropic_version: "bedrock-2023-05-31"` (beta features in
+/// `anthropic_beta`), answered as Anthropic's API answers it; a stream's
+/// events each the base64 `bytes` of a `chunk` event.
+async fn invoke_claude(
+    s: Arc<MockState>,
+    model: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    stream: bool,
+) -> Response {
+    use base64::Engine;
+    if let Some(r) = check_auth(headers, uri, body) {
+        return r;
+    }
+    let Ok(mut req) = serde_json::from_slice::<Map<String, Value>>(body) else {
+        return error(StatusCode::BAD_REQUEST, "Malformed input request: not JSON");
+    };
+    if req.get("anthropic_version").and_then(Value::as_str)
+        != Some(polyplex_providers::bedrock::ANTHROPIC_VERSION)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Malformed input request: anthropic_version: bedrock-2023-05-31 is required",
+        );
+    }
+    if let Some(k) = ["model", "stream"].iter().find(|k| req.contains_key(**k)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("Malformed input request: extraneous key [{k}] is not permitted"),
+        );
+    }
+    req.insert("model".into(), json!(model));
+    if stream {
+        req.insert("stream".into(), json!(true));
+    }
+    let answer = super::anthropic::serve(
+        s,
+        uri.path(),
+        headers,
+        &Bytes::from(Value::Object(req).to_string()),
+    )
+    .await;
+    if !stream || !answer.status().is_success() {
+        return answer;
+    }
+    let (mut parts, sse) = answer.into_parts();
+    let sse = axum::body::to_bytes(sse, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let mut events = Vec::new();
+    polyplex_providers::sse::Parser::new().feed(&sse, &mut events);
+    let mut out = Vec::new();
+    for ev in events {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(ev.data.as_bytes());
+        out.extend_from_slice(&frame("chunk", &json!({"bytes": b64}), false));
+    }
+    parts.headers.insert(
+        "content-type",
+        HeaderValue::from_static("application/vnd.amazon.eventstream"),
+    );
+    parts.headers.remove("content-length");
+    Response::from_parts(parts, axum::body::Body::from(out))
+}
+
+/// `POST /model/{modelId}/invoke-with-response-stream`: Claude's Messages
+/// API streamed ([`invoke_claude`]).
+pub(crate) async fn invoke_stream(
+    State(s): State<Arc<MockState>>,
+    Path(model): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    invoke_claude(s, &model, &uri, &headers, &body, true).await
+}
+
+/// `POST /model/{modelId}/invoke`: Claude's Messages API
+/// ([`invoke_claude`]), and the embedding models polyplex calls:
 /// Cohere's (`texts`, floats by type) and Titan's (`inputText`, one vector
 /// and its token count).
 pub(crate) async fn invoke(
@@ -449,6 +529,9 @@ pub(crate) async fn invoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if polyplex_providers::bedrock::is_claude(&model) {
+        return invoke_claude(s, &model, &uri, &headers, &body, false).await;
+    }
     let (req, _) = match admitted(&s, &model, &uri, &headers, &body).await {
         Ok(x) => x,
         Err(r) => return r,
@@ -486,6 +569,6 @@ pub(crate) async fn invoke(
     }
     error(
         StatusCode::BAD_REQUEST,
-        "The mock invokes only embedding models (cohere.embed-*, amazon.titan-embed-*).",
+        "The mock invokes only Claude and embedding models (cohere.embed-*, amazon.titan-embed-*).",
     )
 }

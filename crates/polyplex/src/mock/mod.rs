@@ -8,7 +8,8 @@
 //! moderations, images and audio ([`media`]);
 //! Anthropic (`/v1/messages`, `/v1/messages/count_tokens`), Gemini (`/v1beta/models/...`), Cohere
 //! (`/v2/chat`, `/v2/embed`), Azure (`/openai/deployments/...`) and Bedrock
-//! (`/model/{id}/converse`, `/converse-stream`), Vertex AI (`/v1/projects/...`,
+//! (`/model/{id}/converse`, `/converse-stream`; Claude's `/invoke`,
+//! `/invoke-with-response-stream`), Vertex AI (`/v1/projects/...`,
 //! with its OAuth token endpoint `/token`), each in its own module.
 //!
 //! Control (for tests):
@@ -215,6 +216,10 @@ pub fn router(state: Arc<MockState>) -> Router {
         .route("/token", post(vertex::token))
         .route("/model/{model}/converse", post(bedrock::converse_unary))
         .route("/model/{model}/invoke", post(bedrock::invoke))
+        .route(
+            "/model/{model}/invoke-with-response-stream",
+            post(bedrock::invoke_stream),
+        )
         .route(
             "/model/{model}/converse-stream",
             post(bedrock::converse_stream),

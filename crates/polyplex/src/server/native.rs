@@ -1,6 +1,6 @@
 //! Anthropic's Messages API passed through: a `POST /v1/messages` whose
-//! every deployment takes that API (Anthropic's own, Claude on Vertex AI:
-//! `Protocol::carries_messages`) goes upstream as the client
+//! every deployment takes that API (Anthropic's own, Claude on Vertex AI
+//! and on Bedrock: `Protocol::carries_messages`) goes upstream as the client
 //! wrote it ([`polyplex_providers::anthropic::Native`]), and its answer —
 //! the Message, or the stream's events — comes back as the upstream sent
 //! it, with `usage.cost` added. Nothing is lost in translation (thinking
@@ -184,6 +184,9 @@ struct NativeRelay {
     /// The `message_delta` event, held until `message_stop` says the usage
     /// is complete and its cost can be added.
     held: Option<String>,
+    /// The error the upstream's framing raised (a Bedrock exception),
+    /// once the events before it are relayed.
+    raised: Option<GatewayError>,
 }
 
 fn stream_response(ctx: StreamContext, open: NativeOpen, d: Deployment) -> Response {
@@ -191,6 +194,7 @@ fn stream_response(ctx: StreamContext, open: NativeOpen, d: Deployment) -> Respo
         r: Relay::new(ctx, open.stream, d),
         events: open.events,
         held: None,
+        raised: None,
     };
     let mut resp = sse_of(relay);
     resp.extensions_mut().insert(NativeAnswer);
@@ -223,6 +227,10 @@ impl NativeRelay {
                 }
                 continue;
             }
+            if let Some(e) = self.raised.take() {
+                self.fail(e).await;
+                continue;
+            }
             let name = &self.r.deployment.upstream.name;
             let idle = self.r.open.idle_timeout;
             match tokio::time::timeout(idle, self.r.open.body.next()).await {
@@ -231,7 +239,22 @@ impl NativeRelay {
                         .with_code("upstream_stream_idle");
                     self.fail(e).await
                 }
-                Ok(Some(Ok(bytes))) => self.r.open.parser.feed(&bytes, &mut self.events),
+                Ok(Some(Ok(bytes))) => {
+                    let mut framed = Vec::new();
+                    self.r.open.parser.feed(&bytes, &mut framed);
+                    let d = &self.r.deployment;
+                    let protocol = d.upstream.protocol_for(Endpoint::Chat, &d.model);
+                    for ev in framed {
+                        match protocol.messages_event(&d.upstream.name, ev) {
+                            Ok(ev) => self.events.push(ev),
+                            Err(e) => {
+                                // What came before the error goes out first.
+                                self.raised = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                }
                 Ok(Some(Err(_))) => {
                     let e = GatewayError::upstream_unreachable(
                         name,
