@@ -133,6 +133,14 @@ def test_what_chat_cannot_carry_is_refused_only_off_anthropic(gateway, mock):
         c.messages.create(model="google/gemini-2.5-flash", max_tokens=50,
                           messages=[{"role": "user", "content": "hi"}], extra_body={"inference_geo": "us"})
     assert "inference_geo" in e.value.body["error"]["message"]
+    # What chat's own rules refuse (five stop sequences; chat takes four): the same.
+    five = ["s1", "s2", "s3", "s4", "s5"]
+    assert c.messages.create(model=CLAUDE, max_tokens=50, stop_sequences=five,
+                             messages=[{"role": "user", "content": "hi"}]).type == "message"
+    with pytest.raises(anthropic.BadRequestError) as e:
+        c.messages.create(model="openai/gpt-4o", max_tokens=50, stop_sequences=five,
+                          messages=[{"role": "user", "content": "hi"}])
+    assert "stop" in e.value.body["error"]["message"]
     # The request's frame is checked either way.
     with pytest.raises(anthropic.BadRequestError) as e:
         c.messages.create(model=CLAUDE, messages=[{"role": "user", "content": "hi"}], max_tokens=0)

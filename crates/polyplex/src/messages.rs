@@ -248,10 +248,10 @@ pub fn to_chat(body: &JsonMap, counting: bool) -> Result<(JsonMap, Echo), Gatewa
 }
 
 /// A Messages request that [`to_chat`] refused for something chat cannot
-/// carry, in a chat form good for routing and counting only (each turn's
-/// text, the custom tools as functions): it goes upstream as written to
-/// a deployment that speaks Anthropic's protocol. The request's frame
-/// must still hold (a model, turns of `user` and `assistant`, a
+/// carry (or chat's rules refuse), in a chat form good for routing and
+/// counting only (each turn's text, the custom tools as functions): it
+/// goes upstream as written to a deployment that takes Anthropic's
+/// Messages API. The request's frame must still hold (a model, turns of `user` and `assistant`, a
 /// `max_tokens` unless `counting`): else the error `to_chat` gave stands.
 pub fn routing_form(body: &JsonMap, counting: bool) -> Option<(JsonMap, Echo)> {
     let model = body
@@ -294,7 +294,12 @@ pub fn routing_form(body: &JsonMap, counting: bool) -> Option<(JsonMap, Echo)> {
         .flatten()
         .filter(|t| matches!(t.get("type").and_then(Value::as_str), None | Some("custom")))
         .filter_map(|t| {
-            let name = t.get("name").and_then(Value::as_str)?;
+            // Names chat takes (Anthropic's may be longer).
+            let name = t.get("name").and_then(Value::as_str).filter(|n| {
+                n.len() <= 64
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })?;
             let parameters = t
                 .get("input_schema")
                 .filter(|s| s.is_object())

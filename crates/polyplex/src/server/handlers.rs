@@ -1170,7 +1170,10 @@ pub async fn messages(
     let no_one = Served::default();
     // What chat cannot carry is refused only if a deployment of another
     // protocol is to serve it ([`super::native`]).
-    let (chat, lossy) = match to_chat(&tree, false) {
+    // The chat form, if chat can carry it and take it as it is.
+    let as_chat =
+        to_chat(&tree, false).and_then(|(chat, e)| validate::chat(&chat).map(|_| (chat, e)));
+    let (chat, lossy) = match as_chat {
         Ok((chat, e)) => {
             echo = e;
             (chat, None)
