@@ -243,3 +243,20 @@ def test_claude_on_bedrock_takes_the_request_as_written(gateway, mock, fault):
     fault(fault="429", count=2, model="us.anthropic.claude-haiku-4-5-20251001-v1:0")
     with pytest.raises(anthropic.RateLimitError):
         c.messages.create(model=model, max_tokens=50, messages=[{"role": "user", "content": "throttled"}])
+
+
+def test_failover_between_providers_of_claude_stays_native(gateway, fault):
+    """A bare Claude name is served by Anthropic, Vertex AI and Bedrock: all
+    take the request as written, so failing over between them keeps it."""
+    c = claude(gateway)
+    plan = c.messages.with_raw_response.create(model="claude-haiku-4-5", max_tokens=20,
+                                               messages=[{"role": "user", "content": "who serves"}])
+    first = plan.headers["x-polyplex-provider"]
+    fault(fault="500", count=4, model={"anthropic": "claude-haiku-4-5", "vertex": "claude-haiku-4-5@20251001",
+                                       "bedrock": "us.anthropic.claude-haiku-4-5-20251001-v1:0"}[first])
+    tools = [{"type": "code_execution_20250825", "name": "code_execution"}]
+    raw = c.messages.with_raw_response.create(model="claude-haiku-4-5", max_tokens=20, tools=tools,
+                                              messages=[{"role": "user", "content": "failed over"}])
+    assert raw.headers["x-polyplex-provider"] != first and first in raw.headers["x-polyplex-fallbacks"]
+    m = raw.parse()
+    assert m.id.startswith("msg_mock") and m.content[0].text == "failed over"
