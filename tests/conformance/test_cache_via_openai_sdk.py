@@ -60,3 +60,23 @@ def test_unary_and_streamed_answers_come_from_the_cache(cached_gateway, mock):
     assert state == "hit" and replay == text
     assert usage_again.total_tokens == usage.total_tokens and usage_again.model_extra["cost"] == 0
     assert upstream_requests(mock) == n
+
+
+def test_the_same_request_written_differently_is_the_same_entry(cached_gateway, mock):
+    """Two clients' JSON for one request (another key order, whitespace) share
+    the answer; a request that says something else does not."""
+    def post(text):
+        req = urllib.request.Request(cached_gateway + "/v1/chat/completions", data=text.encode(), method="POST",
+                                     headers={"authorization": f"Bearer {MASTER_KEY}", "content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.headers["x-polyplex-cache"], json.loads(r.read())
+
+    compact = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"written two ways"}],"temperature":0}'
+    spaced = '{\n  "temperature": 0,\n  "messages": [ { "content": "written two ways", "role": "user" } ],\n  "model": "gpt-4o-mini"\n}'
+    state, first = post(compact)
+    assert state == "miss"
+    n = upstream_requests(mock)
+    state, again = post(spaced)
+    assert state == "hit" and again["choices"] == first["choices"] and upstream_requests(mock) == n
+    state, _ = post(compact.replace("temperature\":0", "temperature\":1"))
+    assert state == "miss"

@@ -3,8 +3,10 @@
 //! repeated call costs nothing upstream.
 //!
 //! - The key is a SHA-256 of the endpoint, the caller (a gateway key's id,
-//!   or the master key / an open gateway) and the request body as sent: one
-//!   key's answers are never served to another.
+//!   or the master key / an open gateway) and the request body's canonical
+//!   JSON (members in key order, no whitespace: how a client's SDK writes
+//!   its JSON does not matter): one key's answers are never served to
+//!   another.
 //! - Node-local (an LRU of `max_entries`), or with `[redis]` shared by every
 //!   replica (`polyplex:cache:<hex>` with the TTL as its expiry). Redis that
 //!   fails or is slow (100 ms) is a miss, never an error.
@@ -26,6 +28,40 @@ use sha2::{Digest, Sha256};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Hashes an object's canonical JSON text: its members sorted by key,
+/// each value's the same, scalars as serde_json writes them.
+fn canonical(h: &mut Sha256, object: &serde_json::Map<String, serde_json::Value>) {
+    use serde_json::Value;
+    fn value(h: &mut Sha256, v: &Value) {
+        match v {
+            Value::Object(m) => canonical(h, m),
+            Value::Array(items) => {
+                h.update(b"[");
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        h.update(b",");
+                    }
+                    value(h, item);
+                }
+                h.update(b"]");
+            }
+            scalar => h.update(scalar.to_string().as_bytes()),
+        }
+    }
+    let mut members: Vec<(&String, &Value)> = object.iter().collect();
+    members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    h.update(b"{");
+    for (i, (k, v)) in members.into_iter().enumerate() {
+        if i > 0 {
+            h.update(b",");
+        }
+        h.update(Value::String(k.clone()).to_string().as_bytes());
+        h.update(b":");
+        value(h, v);
+    }
+    h.update(b"}");
+}
 
 /// The longest stream stored (its SSE bytes); a longer one is not cached.
 pub const MAX_STREAM_BYTES: usize = 4 << 20;
@@ -147,13 +183,21 @@ impl ResponseCache {
         self.redis.is_some()
     }
 
-    pub fn key(endpoint: &str, caller: &str, body: &[u8]) -> Key {
+    /// The key of `body` (a JSON object) sent by `caller` to `endpoint`:
+    /// over its canonical text (members in key order, no whitespace), so
+    /// requests that differ only in how their JSON was written (by two
+    /// SDKs, say) share their answer.
+    pub fn key(
+        endpoint: &str,
+        caller: &str,
+        body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Key {
         let mut h = Sha256::new();
         h.update(endpoint.as_bytes());
         h.update([0]);
         h.update(caller.as_bytes());
         h.update([0]);
-        h.update(body);
+        canonical(&mut h, body);
         h.finalize().into()
     }
 
@@ -299,10 +343,50 @@ mod tests {
 
     #[test]
     fn keys_entries_and_hits() {
-        let a = ResponseCache::key("chat.completions", "key-1", b"{}");
-        assert_ne!(a, ResponseCache::key("chat.completions", "key-2", b"{}"));
-        assert_ne!(a, ResponseCache::key("embeddings", "key-1", b"{}"));
-        assert_ne!(a, ResponseCache::key("chat.completions", "key-1", b"{ }"));
+        let body = |text: &str| serde_json::from_str::<serde_json::Map<_, _>>(text).unwrap();
+        let a = ResponseCache::key("chat.completions", "key-1", &body("{}"));
+        assert_ne!(
+            a,
+            ResponseCache::key("chat.completions", "key-2", &body("{}"))
+        );
+        assert_ne!(a, ResponseCache::key("embeddings", "key-1", &body("{}")));
+        assert_ne!(
+            a,
+            ResponseCache::key("chat.completions", "key-1", &body(r#"{"n":1}"#))
+        );
+        // How the JSON was written does not matter; what it says does.
+        let m = ResponseCache::key(
+            "chat.completions",
+            "key-1",
+            &body(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0}"#),
+        );
+        assert_eq!(
+            m,
+            ResponseCache::key(
+                "chat.completions",
+                "key-1",
+                &body("{ \"temperature\": 0,\n  \"messages\": [{\"content\": \"hi\", \"role\": \"user\"}], \"model\": \"m\" }")
+            )
+        );
+        assert_ne!(
+            m,
+            ResponseCache::key(
+                "chat.completions",
+                "key-1",
+                &body(
+                    r#"{"model":"m","messages":[{"role":"user","content":"hi!"}],"temperature":0}"#
+                )
+            )
+        );
+        // Nested objects too; arrays keep their order.
+        assert_eq!(
+            ResponseCache::key("x", "k", &body(r#"{"a":{"y":1,"x":[2,1]}}"#)),
+            ResponseCache::key("x", "k", &body(r#"{"a":{"x":[2,1],"y":1}}"#))
+        );
+        assert_ne!(
+            ResponseCache::key("x", "k", &body(r#"{"a":[1,2]}"#)),
+            ResponseCache::key("x", "k", &body(r#"{"a":[2,1]}"#))
+        );
         assert_eq!(Entry::decode(&entry().encode()), Some(entry()));
         assert!(ResponseCache::redis_key(&a).starts_with("polyplex:cache:"));
         let hit: serde_json::Value = serde_json::from_slice(&hit_body(&entry().body)).unwrap();

@@ -757,7 +757,7 @@ async fn serve(
             Some(crate::cache::ResponseCache::key(
                 endpoint.as_str(),
                 &call.caller.owner(),
-                parsed.body.text(),
+                parsed.body.map(),
             ))
         }
         _ => None,
