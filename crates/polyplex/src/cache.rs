@@ -46,8 +46,23 @@ fn canonical(h: &mut Sha256, object: &serde_json::Map<String, serde_json::Value>
                 }
                 h.update(b"]");
             }
-            scalar => h.update(scalar.to_string().as_bytes()),
+            scalar => write(h, scalar),
         }
+    }
+    /// Writes straight into the hash, without a string between.
+    struct HashWriter<'a>(&'a mut Sha256);
+    impl std::io::Write for HashWriter<'_> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.update(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    fn write<T: serde::Serialize + ?Sized>(h: &mut Sha256, v: &T) {
+        // Writing JSON into a hash cannot fail.
+        let _ = serde_json::to_writer(HashWriter(h), v);
     }
     let mut members: Vec<(&String, &Value)> = object.iter().collect();
     members.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -56,7 +71,7 @@ fn canonical(h: &mut Sha256, object: &serde_json::Map<String, serde_json::Value>
         if i > 0 {
             h.update(b",");
         }
-        h.update(Value::String(k.clone()).to_string().as_bytes());
+        write(h, k.as_str());
         h.update(b":");
         value(h, v);
     }
