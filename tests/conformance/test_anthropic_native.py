@@ -8,7 +8,7 @@ import json
 import time
 import urllib.request
 
-from conftest import MASTER_KEY, admin
+from conftest import MASTER_KEY, admin, own_gateway, own_mock
 
 import anthropic
 import pytest
@@ -260,3 +260,29 @@ def test_failover_between_providers_of_claude_stays_native(gateway, fault):
     assert raw.headers["x-polyplex-provider"] != first and first in raw.headers["x-polyplex-fallbacks"]
     m = raw.parse()
     assert m.id.startswith("msg_mock") and m.content[0].text == "failed over"
+
+
+
+def test_a_client_gone_mid_stream_is_recorded(tmp_path):
+    """A client that leaves a passed-through stream: the upstream request is
+    cancelled and the one record says 499, with the prompt counted."""
+    with own_mock("--tokens-per-s", "20") as mock:
+        provider = f"""[[providers]]
+name = "anthropic"
+base_url = "{mock}"
+api_key = "sk-mock-provider"
+models = ["claude-sonnet-4-5"]
+"""
+        with own_gateway(tmp_path, provider) as (client, proc):
+            base = str(client.base_url).rstrip("/").removesuffix("/v1")
+            with claude(base).messages.with_streaming_response.create(
+                    model=CLAUDE, max_tokens=50, stream=True,
+                    messages=[{"role": "user", "content": "word " * 200}]) as r:
+                assert next(r.iter_lines()) == "event: message_start"
+            deadline = time.time() + 30
+            while "status=499" not in proc.output():
+                assert time.time() < deadline, proc.output()[-2000:]
+                time.sleep(0.02)
+            gone = next(l for l in proc.output().splitlines() if "status=499" in l)
+            assert " endpoint=messages " in gone and " provider=anthropic " in gone and " stream=true" in gone
+            assert 200 <= int(gone.split("prompt_tokens=")[1].split()[0]) < 220, gone
