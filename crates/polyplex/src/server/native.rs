@@ -266,8 +266,10 @@ impl NativeRelay {
                 // finished) or before it.
                 Ok(None) => {
                     let mut rest = Vec::new();
-                    if let Err(e) = self.r.open.decoder.finish(&mut rest) {
-                        self.fail(e).await
+                    match self.r.open.decoder.finish(&mut rest) {
+                        Err(e) => self.fail(e).await,
+                        // (`message_stop` came: the relay has ended.)
+                        Ok(()) => self.end(200).await,
                     }
                 }
             }
@@ -282,7 +284,7 @@ impl NativeRelay {
             if name == Some("error") {
                 // The upstream's own error event, as it sent it.
                 self.flush_held();
-                self.r.push(frame(ev.event.as_deref(), ev.data.as_bytes()));
+                self.r.push(frame(name, ev.data.as_bytes()));
                 self.end(e.status.as_u16()).await;
             } else {
                 self.fail(e).await;
@@ -306,13 +308,17 @@ impl NativeRelay {
                 StreamItem::Chunk(_) => {}
             }
         }
-        if name == Some("message_delta") && self.held.is_none() && !done {
+        // Events go out in the order they came: a delta still held goes
+        // before any later event (without its cost, if the usage is not
+        // whole by then). Each goes out named, as Anthropic's SDKs read
+        // them, even from an upstream that names them only in the data.
+        self.flush_held();
+        if name == Some("message_delta") && !done {
             self.held = Some(ev.data.clone());
         } else {
-            self.r.push(frame(ev.event.as_deref(), ev.data.as_bytes()));
+            self.r.push(frame(name, ev.data.as_bytes()));
         }
         if done {
-            self.flush_held();
             self.end(200).await;
         }
     }
@@ -325,7 +331,7 @@ impl NativeRelay {
         }
     }
 
-    /// The stream's end, recorded with `status`.
+    /// The stream's end, recorded with `status` (once).
     async fn end(&mut self, status: u16) {
         self.r.counting(&[StreamItem::Done]).await;
         self.r.finished = true;
