@@ -616,7 +616,8 @@ async fn send(
 }
 
 /// Sends the request `build` makes for `d`'s target (its credential, URL
-/// and configured headers).
+/// and configured headers): the answer's head, once the upstream's rate
+/// limit headers are noted; an upstream's error answer is the error.
 async fn send_with(
     app: &AppState,
     d: &Deployment,
@@ -644,6 +645,10 @@ async fn send_with(
         .send(http::Method::POST, uri, req.headers, req.body)
         .await
         .map_err(|f| transport_error(d, f))?;
+    d.stats.observe_limits(Instant::now(), resp.headers());
+    if !resp.status().is_success() {
+        return Err(upstream_error(d, resp).await);
+    }
     Ok((resp, req.dropped))
 }
 
@@ -662,7 +667,8 @@ pub fn counts_messages(d: &Deployment) -> bool {
         .carries_messages(&d.model, true)
 }
 
-/// Sends `call` of a client's own Messages request to `d`.
+/// Sends `call` of a client's own Messages request to `d`: the answer's
+/// head, or the upstream's error.
 async fn send_messages(
     app: &AppState,
     d: &Deployment,
@@ -670,15 +676,11 @@ async fn send_messages(
     call: MessagesCall,
 ) -> Result<http::Response<UpstreamBody>, GatewayError> {
     let protocol = d.upstream.protocol_for(Endpoint::Chat, &d.model);
-    let (resp, _) = send_with(app, d, false, |target| {
+    send_with(app, d, false, |target| {
         protocol.messages_request(native, call, target)
     })
-    .await?;
-    d.stats.observe_limits(Instant::now(), resp.headers());
-    if !resp.status().is_success() {
-        return Err(upstream_error(d, resp).await);
-    }
-    Ok(resp)
+    .await
+    .map(|(resp, _)| resp)
 }
 
 /// A Messages answer as its upstream gave it, and what it reads as in
@@ -893,10 +895,6 @@ async fn call(
     body: &RequestBody,
 ) -> Result<(Reply, Option<Usage>, Vec<String>), GatewayError> {
     let (resp, dropped) = send(app, d, endpoint, body, false).await?;
-    d.stats.observe_limits(Instant::now(), resp.headers());
-    if !resp.status().is_success() {
-        return Err(upstream_error(d, resp).await);
-    }
     let bytes = read_body(resp.into_body())
         .await
         .map_err(|f| transport_error(d, f))?;
@@ -1072,10 +1070,6 @@ async fn open_stream(
 ) -> Result<(crate::apart::Part, Vec<String>), GatewayError> {
     let (resp, dropped) = send(app, d, endpoint, body, true).await?;
     crate::phase::mark("hdrs");
-    d.stats.observe_limits(Instant::now(), resp.headers());
-    if !resp.status().is_success() {
-        return Err(upstream_error(d, resp).await);
-    }
     let mut upstream = resp.into_body().into_data_stream().boxed();
     let mut parser = d.upstream.protocol.stream_parser();
     let mut decoder = d.upstream.protocol_for(endpoint, &d.model).stream_decoder(

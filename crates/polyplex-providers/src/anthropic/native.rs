@@ -78,20 +78,14 @@ impl Native {
     /// Bedrock): the client's body without `model` (nor `stream`, when
     /// the URL says that too), with `anthropic_version`.
     pub fn body_for(&self, version: &str, keep_stream: bool) -> Result<Bytes, GatewayError> {
-        let mut raw = self.raw()?;
-        raw.remove("model");
-        if !keep_stream {
-            raw.remove("stream");
-        }
-        set(&mut raw, "anthropic_version", version)?;
-        Ok(raw.to_bytes())
+        Ok(self.raw_for(version, keep_stream)?.to_bytes())
     }
 
     /// [`Native::body_for`] for an API that takes beta features in the
     /// body (`anthropic_beta`, Bedrock's): the client's `anthropic-beta`
     /// header's, unless its body names its own.
     pub fn body_with_betas(&self, version: &str, keep_stream: bool) -> Result<Bytes, GatewayError> {
-        let body = self.body_for(version, keep_stream)?;
+        let mut raw = self.raw_for(version, keep_stream)?;
         let betas: Vec<&str> = self
             .beta
             .as_ref()
@@ -103,14 +97,21 @@ impl Native {
                     .collect()
             })
             .unwrap_or_default();
-        let mut raw = crate::RawReply::parse(body.clone())
-            .map_err(|e| GatewayError::internal(format!("messages: {e}")))?;
-        if betas.is_empty() || raw.get("anthropic_beta").is_some() {
-            return Ok(body);
+        if !betas.is_empty() && raw.get("anthropic_beta").is_none() {
+            raw.set("anthropic_beta", &serde_json::json!(betas))
+                .map_err(|e| GatewayError::internal(format!("messages: {e}")))?;
         }
-        raw.set("anthropic_beta", &serde_json::json!(betas))
-            .map_err(|e| GatewayError::internal(format!("messages: {e}")))?;
         Ok(raw.to_bytes())
+    }
+
+    fn raw_for(&self, version: &str, keep_stream: bool) -> Result<crate::RawReply, GatewayError> {
+        let mut raw = self.raw()?;
+        raw.remove("model");
+        if !keep_stream {
+            raw.remove("stream");
+        }
+        set(&mut raw, "anthropic_version", version)?;
+        Ok(raw)
     }
 
     /// The provider's credential and configured headers, and the client's

@@ -785,6 +785,19 @@ fn parse_chat(
     Ok((out, usage))
 }
 
+/// An exception an event stream raised (its `:exception-type`, its
+/// payload): raised mid-stream, so another attempt may well succeed.
+pub(crate) fn stream_exception(provider: &str, exception: &str, data: &str) -> GatewayError {
+    let mut e = error_for(
+        provider,
+        StatusCode::BAD_GATEWAY,
+        exception,
+        data.as_bytes(),
+    );
+    e.retryable = e.status.is_server_error() || e.status == StatusCode::TOO_MANY_REQUESTS;
+    e
+}
+
 /// A Bedrock error (`{"message": ...}`, its type in `x-amzn-ErrorType` or
 /// the stream's `:exception-type`) in OpenAI's terms.
 pub(crate) fn error_for(
@@ -887,14 +900,7 @@ impl Protocol for Bedrock {
         use base64::Engine;
         let kind = event.event.as_deref().unwrap_or("");
         if let Some(exception) = kind.strip_prefix("exception:") {
-            let mut e = error_for(
-                provider,
-                StatusCode::BAD_GATEWAY,
-                exception,
-                event.data.as_bytes(),
-            );
-            e.retryable = e.status.is_server_error() || e.status == StatusCode::TOO_MANY_REQUESTS;
-            return Err(e);
+            return Err(stream_exception(provider, exception, &event.data));
         }
         let bad = |what: &str| {
             GatewayError::upstream_bad_response(

@@ -8,11 +8,10 @@
 //! (last) the usage; an `exception` message ends the stream with the
 //! error it names.
 
-use super::{error_for, finish_reason, new_id, usage_from, JSON_TOOL};
+use super::{finish_reason, new_id, usage_from, JSON_TOOL};
 use crate::sse::Event;
 use crate::translate::{tool_arguments, Content, Reasoning};
 use crate::{StreamDecoder, StreamItem, StreamSummary};
-use http::StatusCode;
 use polyplex_types::{GatewayError, Usage};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -168,15 +167,11 @@ impl StreamDecoder for Decoder {
     fn on_event(&mut self, event: &Event, out: &mut Vec<StreamItem>) -> Result<(), GatewayError> {
         let kind = event.event.as_deref().unwrap_or("");
         if let Some(exception) = kind.strip_prefix("exception:") {
-            let mut e = error_for(
+            return Err(super::stream_exception(
                 &self.provider,
-                StatusCode::BAD_GATEWAY,
                 exception,
-                event.data.as_bytes(),
-            );
-            // Raised mid-stream: another attempt may well succeed.
-            e.retryable = e.status.is_server_error() || e.status == StatusCode::TOO_MANY_REQUESTS;
-            return Err(e);
+                &event.data,
+            ));
         }
         if let Some(code) = kind.strip_prefix("error:") {
             return Err(GatewayError::upstream_bad_response(

@@ -1139,8 +1139,9 @@ pub async fn responses(
 }
 
 /// Anthropic's Messages API (`POST /v1/messages`): the request served as
-/// chat, the answer (or its stream, or its error) in Anthropic's shape
-/// ([`crate::messages`]).
+/// chat — passed through as written where every deployment takes that API
+/// (`super::native`), else translated and its answer (or its stream, or
+/// its error) written in Anthropic's shape ([`crate::messages`]).
 pub async fn messages(
     State(app): State<App>,
     Extension(rid): Extension<RequestId>,

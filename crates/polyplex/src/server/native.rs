@@ -17,13 +17,14 @@
 
 use super::handlers::Call;
 use super::respond::{
-    finish_usage, json_bytes, record_served, sse_of, Frames, Relay, StreamContext,
+    finish_usage, json_bytes, raw_usage_with_cost, record_served, sse_of, Frames, Relay,
+    StreamContext,
 };
 use crate::executor::{attempt_loop, native_stream_once, native_unary_once, NativeOpen};
 use crate::keys::Admitted;
 use crate::routing::{Deployment, Plan};
 use crate::tokens;
-use crate::usage::{cost, cost_json};
+use crate::usage::cost;
 use axum::response::Response;
 use bytes::Bytes;
 use polyplex_providers::anthropic::Native;
@@ -137,7 +138,8 @@ fn with_cost(body: Bytes, c: f64) -> Bytes {
     let Ok(mut raw) = RawReply::parse(body.clone()) else {
         return body;
     };
-    if raw.append_to_object("usage", "cost", &cost_json(c)) {
+    let has_usage = raw.get("usage").is_some_and(|u| u.starts_with('{'));
+    if has_usage && raw_usage_with_cost(&mut raw, c) {
         raw.to_bytes()
     } else {
         body

@@ -246,7 +246,7 @@ pub fn finish_usage(
 
 /// Sets `usage.cost` on an upstream's own answer or chunk: spliced into the
 /// raw `usage` text when it can be, else into a decoded copy of `usage`.
-fn raw_usage_with_cost(raw: &mut RawReply, c: f64) -> bool {
+pub(super) fn raw_usage_with_cost(raw: &mut RawReply, c: f64) -> bool {
     if raw.append_to_object("usage", "cost", &cost_json(c)) {
         return true;
     }
