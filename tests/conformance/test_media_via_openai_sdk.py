@@ -41,6 +41,14 @@ kind = "azure"
 base_url = "{mock}"
 api_key = "sk-mock-azure"
 models = ["gpt-image-1", "tts-hd"]
+[[providers]]
+name = "azure-v1"
+kind = "azure"
+catalog = "azure"
+base_url = "{mock}/openai/v1"
+api_key = "sk-mock-azure"
+api_version = "2024-10-21"
+models = ["gpt-image-1", "tts-hd"]
 """
     with own_gateway(tmp_path_factory.mktemp("media"), providers) as (client, proc):
         yield client
@@ -130,6 +138,14 @@ def test_azure_deployments_serve_images_and_audio(media, mock):
     with pytest.raises(openai.BadRequestError) as e:
         media.moderations.create(model="azure/tts-hd", input="x")
     assert "does not offer /v1/moderations" in e.value.message
+    # Azure's v1 API (a base URL ending in /openai/v1): OpenAI's paths, the deployment in
+    # the body, no dated api-version (the mock refuses one there).
+    out = media.images.generate(model="azure-v1/gpt-image-1", prompt="a cat")
+    assert out.usage.output_tokens == 272
+    seen = last_request(mock, "/v1/images/generations")
+    assert (seen["headers"]["api-key"], seen["body"]["model"]) == ("sk-mock-azure", "gpt-image-1")
+    r = media.audio.speech.with_raw_response.create(model="azure-v1/tts-hd", voice="alloy", input="hey")
+    assert (r.headers["x-polyplex-provider"], r.content) == ("azure-v1", b"ID3hey")
 
 
 def test_refusals_name_what_is_wrong(media):

@@ -15,6 +15,7 @@ const PROTOCOLS: &[(&str, &str)] = &[
     ("openai", "openai/gpt-4o-mini"),
     ("anthropic", "anthropic/claude-sonnet-4-5"),
     ("azure", "azure/gpt-4o-mini"),
+    ("azure-v1", "azure-v1/gpt-4o-mini"),
     ("google", "google/gemini-2.5-flash"),
     ("cohere", "cohere/command-a-03-2025"),
     (
@@ -80,6 +81,14 @@ max_retries = 0
 [[providers]]
 name = "azure"
 base_url = "http://{mock}"
+api_key = "azure-test-key"
+api_version = "2024-10-21"
+max_retries = 0
+[[providers]]
+name = "azure-v1"
+kind = "azure"
+catalog = "azure"
+base_url = "http://{mock}/openai/v1/"
 api_key = "azure-test-key"
 api_version = "2024-10-21"
 max_retries = 0
@@ -456,7 +465,7 @@ async fn files_and_names_on_every_protocol() {
             {"type": "text", "text": "Summarise"},
             {"type": "file", "file": {"filename": "q3.pdf", "file_data": "data:application/pdf;base64,JVBERi0xLjQK"}}]}]});
         let seen = match proto {
-            "openai" | "azure" | "google" | "vertex" => "Summarise [file]",
+            "openai" | "azure" | "azure-v1" | "google" | "vertex" => "Summarise [file]",
             "anthropic" | "vertex-anthropic" | "bedrock" => "Summarise [document]",
             "cohere" => {
                 let (s, _, v) = env.chat(b).await;
@@ -474,7 +483,7 @@ async fn files_and_names_on_every_protocol() {
         let dropped = h
             .get("x-polyplex-dropped-params")
             .map(|d| d.to_str().unwrap().to_string());
-        if matches!(proto, "openai" | "azure") {
+        if matches!(proto, "openai" | "azure" | "azure-v1") {
             assert_eq!(dropped, None, "{proto}");
         } else {
             assert_eq!(dropped.as_deref(), Some("messages[].name"), "{proto}");
@@ -534,7 +543,7 @@ async fn prompt_cache_breakpoints_on_every_protocol() {
                     );
                 }
             }
-            "openai" | "azure" => assert_eq!(dropped, None, "{proto}"),
+            "openai" | "azure" | "azure-v1" => assert_eq!(dropped, None, "{proto}"),
             _ => {
                 assert_eq!(dropped.as_deref(), Some("cache_control"), "{proto}");
                 assert_eq!(details(&second, "cached_tokens"), Some(0), "{proto}");
@@ -893,7 +902,7 @@ fn doc_column(proto: &str) -> &'static str {
     match proto {
         "openai" => "openai (and compatible)",
         "anthropic" => "anthropic",
-        "azure" => "azure",
+        "azure" | "azure-v1" => "azure",
         "google" => "gemini",
         "cohere" => "cohere",
         "bedrock" => "bedrock",

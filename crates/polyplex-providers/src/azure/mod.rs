@@ -5,6 +5,13 @@
 //! model a client names (`azure/<deployment>`) is the deployment. Bodies,
 //! responses, streams and errors are OpenAI's, so this adapter changes only
 //! the URL and delegates the rest to [`OpenAiCompat`].
+//!
+//! A base URL that ends in `/openai/v1` (what the OpenAI SDK is given for
+//! Azure's v1 API) is the v1 API: OpenAI's own paths under it
+//! (`{base}/chat/completions`), the deployment in the body's `model`, and no
+//! dated `api-version` (only `preview` or `latest` when configured). A base
+//! URL that already ends in `/openai` gets the deployment paths without a
+//! second `/openai`.
 
 use crate::openai_compat::OpenAiCompat;
 use crate::{join_url, Endpoint, Protocol, StreamDecoder, Target, UpstreamRequest};
@@ -26,14 +33,47 @@ pub fn deployment_url(target: &Target<'_>, path: &str) -> Result<String, Gateway
             format!("`{}` is not a valid Azure deployment name.", target.model),
         ));
     }
+    let base = target.base_url.trim_end_matches('/');
+    if is_v1(base) {
+        let url = join_url(base, path);
+        return Ok(match target.api_version {
+            Some(v @ ("preview" | "latest")) => format!("{url}?api-version={v}"),
+            _ => url,
+        });
+    }
     let version = target.api_version.unwrap_or(DEFAULT_API_VERSION);
+    let under = if ends_with_segment(base, "openai") {
+        ""
+    } else {
+        "openai/"
+    };
     Ok(format!(
         "{}?api-version={version}",
-        join_url(
-            target.base_url,
-            &format!("openai/deployments/{}/{path}", target.model)
-        )
+        join_url(base, &format!("{under}deployments/{}/{path}", target.model))
     ))
+}
+
+/// Whether a base URL (no trailing slash) is Azure's v1 API: its path ends
+/// in `/openai/v1`.
+fn is_v1(base: &str) -> bool {
+    base.strip_suffix("/v1")
+        .is_some_and(|rest| ends_with_segment(rest, "openai"))
+}
+
+/// Whether the URL's last path segment is `segment` (case-insensitively).
+fn ends_with_segment(url: &str, segment: &str) -> bool {
+    url.len() > segment.len()
+        && url.as_bytes()[url.len() - segment.len() - 1] == b'/'
+        && url[url.len() - segment.len()..].eq_ignore_ascii_case(segment)
+}
+
+/// The endpoint's path under a deployment (or under the v1 API).
+fn path(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::Chat => "chat/completions",
+        Endpoint::Completions => "completions",
+        Endpoint::Embeddings => "embeddings",
+    }
 }
 
 fn valid_deployment(name: &str) -> bool {
@@ -60,13 +100,21 @@ impl Protocol for Azure {
         stream: bool,
         target: &Target<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let path = match endpoint {
-            Endpoint::Chat => "chat/completions",
-            Endpoint::Completions => "completions",
-            Endpoint::Embeddings => "embeddings",
-        };
-        let url = deployment_url(target, path)?;
+        let url = deployment_url(target, path(endpoint))?;
         let mut req = OpenAiCompat.build(endpoint, body, stream, target)?;
+        req.url = url;
+        Ok(req)
+    }
+
+    fn build_from(
+        &self,
+        endpoint: Endpoint,
+        body: &RequestBody,
+        stream: bool,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        let url = deployment_url(target, path(endpoint))?;
+        let mut req = OpenAiCompat.build_from(endpoint, body, stream, target)?;
         req.url = url;
         Ok(req)
     }
@@ -136,6 +184,41 @@ mod tests {
         assert!(req
             .url
             .ends_with("/openai/deployments/gpt4o-prod/embeddings?api-version=2025-01-01-preview"));
+        // The base URL as the portal shows it with `/openai`: no second `/openai`.
+        t.base_url = "https://myres.openai.azure.com/openai/";
+        t.api_version = None;
+        let req = Azure.build(Endpoint::Chat, body, false, &t).unwrap();
+        assert_eq!(req.url, "https://myres.openai.azure.com/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21");
+        // The v1 API: OpenAI's paths, the deployment in the body, no dated version.
+        t.base_url = "https://myres.openai.azure.com/openai/v1/";
+        t.api_version = Some("2024-10-21");
+        let req = Azure
+            .build_from(
+                Endpoint::Chat,
+                &RequestBody::from_map(body.clone()),
+                true,
+                &t,
+            )
+            .unwrap();
+        assert_eq!(
+            req.url,
+            "https://myres.openai.azure.com/openai/v1/chat/completions"
+        );
+        assert_eq!(req.headers["api-key"], "azure-key");
+        let sent: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(sent["model"], "gpt4o-prod");
+        t.api_version = Some("preview");
+        let req = Azure.build(Endpoint::Embeddings, body, false, &t).unwrap();
+        assert_eq!(
+            req.url,
+            "https://myres.openai.azure.com/openai/v1/embeddings?api-version=preview"
+        );
+        // `/v1` alone is not Azure's v1 API.
+        t.base_url = "https://proxy.example/v1";
+        t.api_version = None;
+        let req = Azure.build(Endpoint::Chat, body, false, &t).unwrap();
+        assert_eq!(req.url, "https://proxy.example/v1/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21");
+        t.base_url = "https://myres.openai.azure.com/";
         t.model = "bad/name?x";
         assert_eq!(
             Azure

@@ -236,6 +236,7 @@ pub fn router(state: Arc<MockState>) -> Router {
             "/openai/deployments/{deployment}/embeddings",
             post(azure_embeddings),
         )
+        .route("/openai/v1/{*path}", post(azure_v1))
         .route("/v1/moderations", post(media::moderations))
         .route("/v1/images/generations", post(media::image_generations))
         .route("/v1/images/edits", post(media::image_edits))
@@ -1135,6 +1136,48 @@ fn azure_admit(
     serde_json::to_vec(&map)
         .map(Bytes::from)
         .map_err(|_| Box::new(StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+/// Azure OpenAI's v1 API (`/openai/v1/...`): OpenAI's paths with the
+/// deployment in the body's `model`, an `api-key` header, and no dated
+/// `api-version` (only `preview` or `latest`, as Azure takes).
+async fn azure_v1(
+    State(s): State<Arc<MockState>>,
+    Path(path): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let azure_error = |status: StatusCode, msg: &str| {
+        (
+            status,
+            Json(json!({"error": {"code": status.as_u16().to_string(), "message": msg}})),
+        )
+            .into_response()
+    };
+    if headers.get("api-key").is_none() {
+        return azure_error(StatusCode::UNAUTHORIZED, "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.");
+    }
+    let version = q
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("api-version="));
+    if version.is_some_and(|v| v != "preview" && v != "latest") {
+        return azure_error(StatusCode::BAD_REQUEST, "API version not supported");
+    }
+    let s = State(s);
+    match path.as_str() {
+        "chat/completions" => chat(s, headers, body).await,
+        "completions" => completions(s, headers, body).await,
+        "embeddings" => embeddings(s, headers, body).await,
+        "images/generations" => media::image_generations(s, headers, body).await,
+        "images/edits" => media::image_edits(s, headers, body).await,
+        "audio/speech" => media::speech(s, headers, body).await,
+        "audio/transcriptions" => media::transcriptions(s, headers, body).await,
+        "audio/translations" => media::translations(s, headers, body).await,
+        _ => azure_error(StatusCode::NOT_FOUND, "Resource not found"),
+    }
 }
 
 async fn azure_chat(
