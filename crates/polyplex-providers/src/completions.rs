@@ -379,6 +379,18 @@ impl Protocol for ViaChat {
         self.0.web_search_price(model)
     }
 
+    fn rerank_request(
+        &self,
+        call: &crate::rerank::RerankCall<'_>,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        self.0.rerank_request(call, target)
+    }
+
+    fn search_unit_price(&self, model: &str) -> f64 {
+        self.0.search_unit_price(model)
+    }
+
     fn stream_parser(&self) -> sse::Parser {
         self.0.stream_parser()
     }

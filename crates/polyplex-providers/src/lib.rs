@@ -18,6 +18,7 @@ pub mod custom_tools;
 pub mod gemini;
 pub mod openai_compat;
 pub mod reply;
+pub mod rerank;
 pub mod sse;
 mod translate;
 pub mod vertex;
@@ -245,6 +246,20 @@ pub trait Protocol: Send + Sync {
     /// What one web search the provider runs for `model` costs, in USD (the
     /// searches an answer's usage counts, [`Usage::web_searches`]).
     fn web_search_price(&self, _model: &str) -> f64 {
+        0.0
+    }
+    /// The upstream request for a rerank ([`rerank`]); refused before
+    /// anything is sent where the protocol has no rerank endpoint.
+    fn rerank_request(
+        &self,
+        _call: &rerank::RerankCall<'_>,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        Err(rerank::not_offered(target, self.name()))
+    }
+    /// What one search unit (Cohere's rerank billing: a query with up to
+    /// 100 documents) costs for `model`, in USD.
+    fn search_unit_price(&self, _model: &str) -> f64 {
         0.0
     }
     /// Whether a client's own Anthropic Messages request for `model` goes

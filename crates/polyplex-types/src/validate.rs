@@ -1104,6 +1104,99 @@ pub fn embeddings(body: &JsonMap) -> R<EmbeddingsMeta> {
     })
 }
 
+/// The most documents one rerank request may carry (Cohere's limit).
+pub const MOST_RERANK_DOCUMENTS: usize = 10_000;
+
+/// Validates a `POST /v1/rerank` body (Cohere's shape, which Jina, Voyage,
+/// Together and vLLM share): `query`, `documents` (strings, or objects with
+/// a `text`, as Cohere's v1 and Jina take them), `top_n`, `return_documents`,
+/// `max_tokens_per_doc`, and the gateway's own fields.
+pub fn rerank(body: &JsonMap) -> R<RerankMeta> {
+    let model = model(body)?;
+    let (fallback_models, provider) = routing_fields(body)?;
+    let query = match string(body, "query")? {
+        None => return Err(missing("query")),
+        Some("") => {
+            return Err(invalid(
+                "query",
+                "empty string. Expected a string with minimum length 1.",
+            ))
+        }
+        Some(q) => q.to_string(),
+    };
+    let docs = match get(body, "documents") {
+        None => return Err(missing("documents")),
+        Some(Value::Array(a)) if a.is_empty() => {
+            return Err(invalid(
+                "documents",
+                "empty array. Expected an array with minimum length 1, but got an empty array instead.",
+            ))
+        }
+        Some(Value::Array(a)) if a.len() > MOST_RERANK_DOCUMENTS => {
+            return Err(invalid(
+                "documents",
+                format!(
+                    "array too long. Expected an array with maximum length {MOST_RERANK_DOCUMENTS}, but got an array with length {} instead.",
+                    a.len()
+                ),
+            ))
+        }
+        Some(Value::Array(a)) => a,
+        Some(v) => return Err(bad_type("documents", "an array", v)),
+    };
+    let mut documents = Vec::with_capacity(docs.len());
+    for (i, d) in docs.iter().enumerate() {
+        let text = match d {
+            Value::String(t) => t,
+            Value::Object(o) => match o.get("text") {
+                Some(Value::String(t)) => t,
+                Some(v) => return Err(bad_type(&format!("documents[{i}].text"), "a string", v)),
+                None => return Err(missing(&format!("documents[{i}].text"))),
+            },
+            v => {
+                return Err(bad_type(
+                    &format!("documents[{i}]"),
+                    "a string or an object with a `text`",
+                    v,
+                ))
+            }
+        };
+        documents.push(text.clone());
+    }
+    let top_n = integer_in(body, "top_n", 1, i64::MAX)?.map(|n| n as u64);
+    integer_in(body, "max_tokens_per_doc", 1, i64::MAX)?;
+    let return_documents = boolean(body, "return_documents")?.unwrap_or(false);
+    let user = end_user(string(body, "user")?, None);
+    let metadata = metadata(body)?.cloned();
+    Ok(RerankMeta {
+        model,
+        fallback_models,
+        provider,
+        user,
+        metadata,
+        query,
+        documents,
+        top_n,
+        return_documents,
+    })
+}
+
+/// What [`rerank`] reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RerankMeta {
+    pub model: String,
+    pub fallback_models: Vec<String>,
+    pub provider: ProviderPrefs,
+    pub user: Option<String>,
+    pub metadata: Option<JsonMap>,
+    pub query: String,
+    /// Each document's text.
+    pub documents: Vec<String>,
+    pub top_n: Option<u64>,
+    /// Whether the answer is to carry each ranked document's text.
+    pub return_documents: bool,
+}
+
 /// Validates a `POST /v1/completions` (legacy) body.
 pub fn completions(body: &JsonMap) -> R<CompletionsMeta> {
     let model = model(body)?;

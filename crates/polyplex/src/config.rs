@@ -150,10 +150,14 @@ struct RawServer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPrice {
+    #[serde(default)]
     input: f64,
+    #[serde(default)]
     output: f64,
     cache_read: Option<f64>,
     cache_write: Option<f64>,
+    /// USD per search unit (Cohere's rerank billing).
+    search_unit: Option<f64>,
 }
 
 /// One model's upstream limits (`model_limits."gpt-4o" = { rpm = 500 }`).
@@ -299,6 +303,8 @@ pub struct ProviderConfig {
     /// Per-model `rpm` / `tpm` in place of the provider's.
     pub model_limits: BTreeMap<String, (Option<u64>, Option<u64>)>,
     pub prices: BTreeMap<String, Price>,
+    /// Per-model USD per search unit (`prices.<model>.search_unit`).
+    pub search_unit_prices: BTreeMap<String, f64>,
     pub drop_params: bool,
     pub auth_header: String,
     pub auth_prefix: String,
@@ -334,6 +340,7 @@ impl ProviderConfig {
             tpm: None,
             model_limits: BTreeMap::new(),
             prices: BTreeMap::new(),
+            search_unit_prices: BTreeMap::new(),
             drop_params: false,
             auth_header: "authorization".into(),
             auth_prefix: "Bearer ".into(),
@@ -1124,12 +1131,16 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
         }
     }
     let mut prices = BTreeMap::new();
+    let mut search_unit_prices = BTreeMap::new();
     for (m, rp) in p.prices {
-        if rp.input < 0.0 || rp.output < 0.0 {
+        if rp.input < 0.0 || rp.output < 0.0 || rp.search_unit.is_some_and(|x| x < 0.0) {
             return err(format!(
                 "{}: prices must not be negative",
                 at(&format!("prices.{m}"))
             ));
+        }
+        if let Some(x) = rp.search_unit {
+            search_unit_prices.insert(m.clone(), x);
         }
         prices.insert(
             m,
@@ -1203,6 +1214,7 @@ fn provider(p: RawProvider, i: usize, inputs: &Inputs<'_>) -> Result<ProviderCon
         tpm: p.tpm,
         model_limits,
         prices,
+        search_unit_prices,
         drop_params: p.drop_params,
         auth_header,
         auth_prefix,

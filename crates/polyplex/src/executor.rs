@@ -734,6 +734,28 @@ pub async fn native_count(
     within(d, timeout, fut).await
 }
 
+/// One attempt of a rerank on `d`: its answer, read.
+pub async fn rerank_once(
+    app: &AppState,
+    d: &Deployment,
+    _in_flight: InFlight,
+    call: &polyplex_providers::rerank::RerankCall<'_>,
+) -> Result<polyplex_providers::rerank::Ranked, GatewayError> {
+    let fut = async {
+        let protocol = d.upstream.protocol_for(Endpoint::Embeddings, &d.model);
+        let (resp, _) = send_with(app, d, false, |target| {
+            protocol.rerank_request(call, target)
+        })
+        .await?;
+        let bytes = read_body(resp.into_body())
+            .await
+            .map_err(|f| transport_error(d, f))?;
+        polyplex_providers::rerank::ranked(&d.upstream.name, &bytes, call.meta.documents.len())
+            .map_err(|e| redact(e, d))
+    };
+    within(d, d.upstream.timeout, fut).await
+}
+
 /// A passed-through Messages stream whose first event has arrived: the
 /// events read so far, still to be relayed (a decoder of its own reads
 /// them for their usage; an `error` first has failed the attempt), each

@@ -60,6 +60,8 @@ pub struct Upstream {
     /// Per-model `rpm` / `tpm` in place of the provider's.
     model_limits: BTreeMap<String, (Option<u64>, Option<u64>)>,
     pub prices: BTreeMap<String, Price>,
+    /// Per-model USD per search unit, in place of the protocol's.
+    pub search_unit_prices: BTreeMap<String, f64>,
     pub stream_usage: bool,
     pub drop_params: bool,
     pub api_version: Option<String>,
@@ -246,6 +248,7 @@ impl Upstream {
             tpm: p.tpm,
             model_limits: p.model_limits.clone(),
             prices: p.prices.clone(),
+            search_unit_prices: p.search_unit_prices.clone(),
             stream_usage: p.stream_usage,
             drop_params: p.drop_params,
             api_version: p.api_version.clone(),
@@ -444,6 +447,15 @@ impl Upstream {
     }
 
     /// Price for `model` at a prompt size: config override, else catalog.
+    /// What one search unit (Cohere's rerank billing) of `model` costs, USD:
+    /// the configured price, else the protocol's list price.
+    pub fn search_unit_price(&self, model: &str) -> f64 {
+        self.search_unit_prices
+            .get(model)
+            .copied()
+            .unwrap_or_else(|| self.protocol.search_unit_price(model))
+    }
+
     pub fn price(&self, catalog: &Catalog, model: &str, prompt_tokens: u64) -> Option<Price> {
         if let Some(p) = self.prices.get(model) {
             return Some(*p);

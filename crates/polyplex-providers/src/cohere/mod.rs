@@ -364,6 +364,24 @@ impl Protocol for Cohere {
         }
     }
 
+    /// `POST {base}/v2/rerank`.
+    fn rerank_request(
+        &self,
+        call: &crate::rerank::RerankCall<'_>,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        call.post(join_url(target.base_url, "v2/rerank"), "top_n", target)
+    }
+
+    /// Cohere's list price for its rerank models: $2.00 per 1,000 searches.
+    fn search_unit_price(&self, model: &str) -> f64 {
+        if model.contains("rerank") {
+            0.002
+        } else {
+            0.0
+        }
+    }
+
     fn parse(
         &self,
         endpoint: Endpoint,

@@ -52,6 +52,14 @@ impl Protocol for OpenAiCompat {
         request::build_from(endpoint, body, stream, target)
     }
 
+    fn rerank_request(
+        &self,
+        call: &crate::rerank::RerankCall<'_>,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        crate::rerank::compatible(call, target)
+    }
+
     fn parse(
         &self,
         endpoint: Endpoint,

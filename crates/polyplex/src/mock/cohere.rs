@@ -39,7 +39,7 @@ fn to_openai(req: &Map<String, Value>) -> Map<String, Value> {
 }
 
 /// Cohere's answer to a request without a Bearer key.
-fn require_bearer(headers: &HeaderMap) -> Option<Response> {
+pub(super) fn require_bearer(headers: &HeaderMap) -> Option<Response> {
     let ok = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())

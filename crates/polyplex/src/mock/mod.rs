@@ -25,6 +25,7 @@ mod cohere;
 mod gemini;
 mod media;
 pub mod reply;
+mod rerank;
 mod vertex;
 
 use axum::body::{Body, Bytes};
@@ -204,6 +205,8 @@ pub fn router(state: Arc<MockState>) -> Router {
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v2/chat", post(cohere::chat))
         .route("/v2/embed", post(cohere::embed))
+        .route("/v2/rerank", post(rerank::cohere))
+        .route("/v1/rerank", post(rerank::compatible))
         .route("/v1beta/models/{*rest}", post(gemini::generate))
         .route(
             "/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/{*rest}",

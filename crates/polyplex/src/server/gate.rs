@@ -59,6 +59,8 @@ fn needs_key(path: &str) -> bool {
             | "/v1/batches"
             | "/v1/messages"
             | "/v1/messages/count_tokens"
+            | "/v1/rerank"
+            | "/v2/rerank"
     ) || super::passthrough::Kind::of(path).is_some()
         || path
             .strip_prefix("/v1/models/")
@@ -345,6 +347,8 @@ mod tests {
             "/v1/models/openai/gpt-4o",
             "/v1/conversations",
             "/v1/conversations/conv_1/items",
+            "/v1/rerank",
+            "/v2/rerank",
             "/admin/providers",
             "/admin/usage",
             "/admin/keys",

@@ -52,6 +52,7 @@ pub mod gate;
 pub mod handlers;
 mod native;
 pub mod passthrough;
+mod rerank;
 pub mod respond;
 
 use crate::config::Config;
@@ -192,6 +193,8 @@ pub fn app(state: App) -> gate::Gate {
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))
+        .route("/v1/rerank", post(rerank::rerank))
+        .route("/v2/rerank", post(rerank::rerank))
         .route("/v1/responses", post(handlers::responses))
         .route("/v1/messages", post(handlers::messages))
         .route("/v1/messages/count_tokens", post(handlers::count_tokens))

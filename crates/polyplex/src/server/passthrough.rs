@@ -329,34 +329,10 @@ async fn answer(kind: Kind, call: &Call, req: Request, gone: &Unanswered<'_>) ->
     };
     call.tag(asked.user.clone(), None);
     gone.asked_for(&asked.model, asked.stream);
-    // A bare name the router does not know is asked of OpenAI's providers
-    // by their names (those the key may use, if any): the key's list and
-    // the plan both see those.
-    let mut names = at_openai(&app.router, &asked.model);
-    if let Some(key) = call.caller.key() {
-        let spec = key.spec();
-        let may = |n: &String| app.router.may_reach(spec.models.as_deref(), n);
-        if names.iter().any(may) {
-            names.retain(may);
-        }
-    }
-    let (model, fallbacks) = match names.split_first() {
-        Some((first, rest)) => (first.clone(), [rest, &asked.fallbacks[..]].concat()),
-        None => (asked.model.clone(), asked.fallbacks.clone()),
-    };
-    let admitted = match call.admit(&model, &fallbacks).await {
+    let (model, fallbacks) = unlisted(call, &asked.model, &asked.fallbacks, "openai");
+    let admitted = match admit_as_asked(call, &asked.model, &model, &fallbacks).await {
         Ok(a) => a,
-        Err(e) => {
-            // Named as the client wrote it.
-            let e = if e.code.as_deref() == Some("model_not_allowed")
-                && e.param.as_deref() == Some("model")
-            {
-                crate::keys::model_forbidden(&asked.model)
-            } else {
-                e
-            };
-            return call.fail(&asked.model, asked.stream, e, &no_one);
-        }
+        Err(e) => return call.fail(&asked.model, asked.stream, e, &no_one),
     };
     let access = admitted.as_ref().and_then(|a| a.spec.models.as_deref());
     let planned = {
@@ -446,20 +422,63 @@ async fn answer(kind: Kind, call: &Call, req: Request, gone: &Unanswered<'_>) ->
     resp
 }
 
-/// A bare model name the router does not know (OpenAI's moderation,
-/// speech, transcription and older image models are not in the catalog):
-/// the providers whose `models` list names it, else those configured from
-/// the catalog's `openai` entry that pass any name on — as `provider/model`
+/// The model and fallbacks to plan for a bare name the router does not
+/// know (OpenAI's moderation, speech, transcription and older image
+/// models, Cohere's rerank models are not in the catalog): asked of the
+/// providers of protocol `kind` by their names ([`at_kind`]), those the
+/// key may use if any, so the key's list and the plan both see them.
+/// Otherwise the names as asked.
+pub(super) fn unlisted(
+    call: &Call,
+    model: &str,
+    fallbacks: &[String],
+    kind: &str,
+) -> (String, Vec<String>) {
+    let router = &call.app.router;
+    let mut names = at_kind(router, model, kind);
+    if let Some(key) = call.caller.key() {
+        let spec = key.spec();
+        let may = |n: &String| router.may_reach(spec.models.as_deref(), n);
+        if names.iter().any(may) {
+            names.retain(may);
+        }
+    }
+    match names.split_first() {
+        Some((first, rest)) => (first.clone(), [rest, fallbacks].concat()),
+        None => (model.to_string(), fallbacks.to_vec()),
+    }
+}
+
+/// [`Call::admit`] of what [`unlisted`] chose, a refused model named as
+/// the client wrote it (`asked`).
+pub(super) async fn admit_as_asked(
+    call: &Call,
+    asked: &str,
+    model: &str,
+    fallbacks: &[String],
+) -> Result<Option<crate::keys::Admitted>, GatewayError> {
+    call.admit(model, fallbacks).await.map_err(|e| {
+        if e.code.as_deref() == Some("model_not_allowed") && e.param.as_deref() == Some("model") {
+            crate::keys::model_forbidden(asked)
+        } else {
+            e
+        }
+    })
+}
+
+/// A bare model name the router does not know: the providers of protocol
+/// `kind` whose `models` list names it, else those configured from the
+/// catalog's entry of that name that pass any name on — as `provider/model`
 /// names (none for a name the router knows).
-fn at_openai(router: &crate::routing::Router, model: &str) -> Vec<String> {
+fn at_kind(router: &crate::routing::Router, model: &str, kind: &str) -> Vec<String> {
     if model.contains('/') || router.knows(model) {
         return Vec::new();
     }
-    let openai = |u: &&std::sync::Arc<crate::upstream::Upstream>| u.kind == "openai";
+    let of_kind = |u: &&std::sync::Arc<crate::upstream::Upstream>| u.kind == kind;
     let listed: Vec<_> = router
         .upstreams()
         .iter()
-        .filter(openai)
+        .filter(of_kind)
         .filter(|u| {
             u.models
                 .as_ref()
@@ -470,8 +489,8 @@ fn at_openai(router: &crate::routing::Router, model: &str) -> Vec<String> {
         router
             .upstreams()
             .iter()
-            .filter(openai)
-            .filter(|u| u.models.is_none() && u.catalog_id.as_deref() == Some("openai"))
+            .filter(of_kind)
+            .filter(|u| u.models.is_none() && u.catalog_id.as_deref() == Some(kind))
             .collect()
     } else {
         listed
