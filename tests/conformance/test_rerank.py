@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import MASTER_KEY, admin, own_gateway
+from conftest import MASTER_KEY, MOCK_AWS_SECRET, admin, own_gateway
 
 DOCS = ["The sky is blue.", "Paris is the capital of France.", "Capital cities are large."]
 
@@ -45,6 +45,13 @@ max_retries = 0
 name = "anthropic"
 base_url = "{mock}"
 api_key = "sk-mock-provider"
+[[providers]]
+name = "bedrock"
+kind = "bedrock"
+base_url = "{mock}"
+aws_access_key_id = "AKIAPOLYPLEXMOCK"
+aws_secret_access_key = "{MOCK_AWS_SECRET}"
+max_retries = 0
 [[routes]]
 name = "ranker"
 targets = ["jina/jina-reranker-v2", "jina-backup/jina-reranker-v2"]
@@ -120,6 +127,20 @@ def test_an_openai_compatible_reranker_and_failover(rr, mock, fault):
     r = client.post("/rerank", cast_to=httpx.Response,
                     body={"model": "ranker", "query": "q", "documents": ["a"]})
     assert (r.headers["x-polyplex-provider"], r.headers["x-polyplex-attempts"]) == ("jina-backup", "2")
+
+
+def test_cohere_on_bedrock(rr, mock):
+    co = cohere.ClientV2(api_key=MASTER_KEY, base_url=rr)
+    out = co.rerank(model="bedrock/cohere.rerank-v3-5:0", query="capital of France", documents=DOCS)
+    assert [r.index for r in out.results] == [1, 2, 0]
+    # Bedrock says no search units: one per query of up to 100 documents, at Cohere's price.
+    assert (out.meta.billed_units.search_units, out.usage["cost"]) == (1, 0.002)
+    seen = last_request(mock, "/model/cohere.rerank-v3-5%3A0/invoke")
+    assert seen["body"] == {"query": "capital of France", "documents": DOCS, "api_version": 2}
+    assert seen["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIAPOLYPLEXMOCK/")
+    with pytest.raises(cohere.BadRequestError) as e:
+        co.rerank(model="bedrock/amazon.rerank-v1:0", query="q", documents=["a"])
+    assert "Cohere's models only" in e.value.body["error"]["message"]
 
 
 def test_refusals_name_what_is_wrong(rr):

@@ -387,6 +387,16 @@ impl Protocol for ViaChat {
         self.0.rerank_request(call, target)
     }
 
+    fn rerank_answer(
+        &self,
+        provider: &str,
+        model: &str,
+        body: &[u8],
+        documents: usize,
+    ) -> Result<crate::rerank::Ranked, GatewayError> {
+        self.0.rerank_answer(provider, model, body, documents)
+    }
+
     fn search_unit_price(&self, model: &str) -> f64 {
         self.0.search_unit_price(model)
     }

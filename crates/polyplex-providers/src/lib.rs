@@ -257,6 +257,17 @@ pub trait Protocol: Send + Sync {
     ) -> Result<UpstreamRequest, GatewayError> {
         Err(rerank::not_offered(target, self.name()))
     }
+    /// Reads a rerank answer of `model` to a request of `documents`
+    /// documents ([`rerank::ranked`] unless overridden).
+    fn rerank_answer(
+        &self,
+        provider: &str,
+        _model: &str,
+        body: &[u8],
+        documents: usize,
+    ) -> Result<rerank::Ranked, GatewayError> {
+        rerank::ranked(provider, body, documents)
+    }
     /// What one search unit (Cohere's rerank billing: a query with up to
     /// 100 documents) costs for `model`, in USD.
     fn search_unit_price(&self, _model: &str) -> f64 {

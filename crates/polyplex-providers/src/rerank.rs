@@ -29,6 +29,16 @@ impl RerankCall<'_> {
     /// The body for `model`: the client's members but the gateway's, the
     /// documents as strings, `top_n` under the name the upstream takes.
     pub fn body(&self, model: &str, top_n_as: &str) -> Result<Bytes, GatewayError> {
+        let mut out = self.members(top_n_as);
+        out.insert("model".into(), Value::String(model.to_string()));
+        serde_json::to_vec(&out)
+            .map(Bytes::from)
+            .map_err(|e| GatewayError::internal(e.to_string()))
+    }
+
+    /// [`RerankCall::body`]'s members without the model (Bedrock names it
+    /// in the URL).
+    pub fn members(&self, top_n_as: &str) -> JsonMap {
         let mut out = JsonMap::with_capacity(self.body.len());
         for (k, v) in self.body {
             if GATEWAY_FIELDS.contains(&k.as_str()) || OURS.contains(&k.as_str()) || v.is_null() {
@@ -48,10 +58,7 @@ impl RerankCall<'_> {
                 }
             }
         }
-        out.insert("model".into(), Value::String(model.to_string()));
-        serde_json::to_vec(&out)
-            .map(Bytes::from)
-            .map_err(|e| GatewayError::internal(e.to_string()))
+        out
     }
 
     /// The JSON POST of this request to `url`.
@@ -235,6 +242,33 @@ mod tests {
             crate::cohere::Cohere.search_unit_price("rerank-v3.5"),
             0.002
         );
+        // Cohere's on Bedrock: `invoke`, no model in the body, api_version 2.
+        t.base_url = "https://bedrock-runtime.us-east-1.amazonaws.com";
+        t.model = "cohere.rerank-v3-5:0";
+        let req = crate::bedrock::Bedrock.rerank_request(&call, &t).unwrap();
+        assert_eq!(
+            req.url,
+            "https://bedrock-runtime.us-east-1.amazonaws.com/model/cohere.rerank-v3-5%3A0/invoke"
+        );
+        let sent: Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(
+            sent,
+            json!({"query": "q", "documents": ["a", "b"], "top_n": 1, "api_version": 2})
+        );
+        let r = crate::bedrock::Bedrock
+            .rerank_answer(
+                "bedrock",
+                &t.model.to_string(),
+                br#"{"id":"x","results":[{"index":0,"relevance_score":0.5}]}"#,
+                2,
+            )
+            .unwrap();
+        assert_eq!(r.search_units, Some(1));
+        t.model = "amazon.rerank-v1:0";
+        let e = crate::bedrock::Bedrock
+            .rerank_request(&call, &t)
+            .unwrap_err();
+        assert_eq!(e.source, ErrorSource::Translation);
         // OpenAI's own API and the other protocols have none: refused before sending.
         t.base_url = "https://api.openai.com/v1";
         let e = crate::openai_compat::OpenAiCompat

@@ -750,7 +750,13 @@ pub async fn rerank_once(
         let bytes = read_body(resp.into_body())
             .await
             .map_err(|f| transport_error(d, f))?;
-        polyplex_providers::rerank::ranked(&d.upstream.name, &bytes, call.meta.documents.len())
+        protocol
+            .rerank_answer(
+                &d.upstream.name,
+                &d.model,
+                &bytes,
+                call.meta.documents.len(),
+            )
             .map_err(|e| redact(e, d))
     };
     within(d, d.upstream.timeout, fut).await

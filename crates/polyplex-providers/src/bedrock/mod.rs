@@ -872,6 +872,51 @@ impl Protocol for Bedrock {
         is_claude(model) && !count
     }
 
+    /// Cohere's rerank models through `invoke`: Cohere's body without the
+    /// model, at `api_version` 2. Bedrock's other rerankers take the agent
+    /// runtime's Rerank API, which polyplex does not speak.
+    fn rerank_request(
+        &self,
+        call: &crate::rerank::RerankCall<'_>,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        if !target.model.contains("cohere.rerank") {
+            let mut e = crate::rerank::not_offered(target, "bedrock");
+            e.message = format!(
+                "Provider `{}` (bedrock protocol) reranks with Cohere's models only (`cohere.rerank-v3-5:0`) through polyplex; `{}` is not one.",
+                target.provider, target.model
+            );
+            return Err(e);
+        }
+        let mut body = call.members("top_n");
+        body.insert("api_version".into(), Value::from(2));
+        let bytes = serde_json::to_vec(&body).map_err(|e| GatewayError::internal(e.to_string()))?;
+        request(target, "invoke", bytes, Vec::new(), false)
+    }
+
+    /// Bedrock's answer says no search units: one per query with up to
+    /// 100 documents, as Cohere bills them.
+    fn rerank_answer(
+        &self,
+        provider: &str,
+        _model: &str,
+        body: &[u8],
+        documents: usize,
+    ) -> Result<crate::rerank::Ranked, GatewayError> {
+        let mut r = crate::rerank::ranked(provider, body, documents)?;
+        r.search_units = r.search_units.or(Some(documents.div_ceil(100) as u64));
+        Ok(r)
+    }
+
+    /// Cohere's rerank models on Bedrock: $2.00 per 1,000 queries.
+    fn search_unit_price(&self, model: &str) -> f64 {
+        if model.contains("cohere.rerank") {
+            0.002
+        } else {
+            0.0
+        }
+    }
+
     fn messages_request(
         &self,
         native: &crate::anthropic::Native,

@@ -542,6 +542,9 @@ pub(crate) async fn invoke(
             .unwrap_or(16)
             .clamp(1, 4096) as usize
     };
+    if model.contains("cohere.rerank") {
+        return super::rerank::bedrock(&s, &req);
+    }
     if model.contains("cohere.embed") {
         let Some(texts) = req.get("texts").and_then(Value::as_array) else {
             return error(

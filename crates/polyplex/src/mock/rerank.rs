@@ -131,6 +131,33 @@ pub(super) async fn compatible(
         .into_response()
 }
 
+/// Cohere's rerank models on Bedrock (`invoke`): Cohere's body without a
+/// model, `api_version` 2 or more; the answer has no `meta`.
+pub(super) fn bedrock(s: &MockState, req: &Map<String, Value>) -> Response {
+    let bad = |m: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"message": format!("Malformed input request: {m}, please reformat your input and try again.")})),
+        )
+            .into_response()
+    };
+    if req.contains_key("model") {
+        return bad("extraneous key [model] is not permitted");
+    }
+    if req.get("api_version").and_then(Value::as_u64).unwrap_or(1) < 2 {
+        return bad("#/api_version: 1 is not greater or equal to 2");
+    }
+    let (Some(query), Some(docs)) = (req.get("query").and_then(Value::as_str), texts(req)) else {
+        return bad("required keys [query, documents] not found");
+    };
+    let top_n = req.get("top_n").and_then(Value::as_u64);
+    let results: Vec<Value> = scores(query, &docs, top_n)
+        .into_iter()
+        .map(|(index, score)| json!({"index": index, "relevance_score": score}))
+        .collect();
+    Json(json!({"id": s.next_id("rerank-mock-"), "results": results})).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
