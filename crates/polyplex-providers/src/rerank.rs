@@ -258,7 +258,7 @@ mod tests {
         let r = crate::bedrock::Bedrock
             .rerank_answer(
                 "bedrock",
-                &t.model.to_string(),
+                t.model,
                 br#"{"id":"x","results":[{"index":0,"relevance_score":0.5}]}"#,
                 2,
             )
