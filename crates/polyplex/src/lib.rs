@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod conversations;
 pub mod executor;
+pub mod genai;
 pub mod health;
 pub mod keys;
 pub mod messages;

@@ -103,11 +103,13 @@ pub fn check(app: &App, headers: &HeaderMap) -> Checked {
     )
 }
 
-/// The key the client presented: `Authorization: Bearer K`, or `x-api-key` / `api-key`.
+/// The key the client presented: `Authorization: Bearer K`, or `x-api-key`
+/// (Anthropic's SDKs) / `api-key` (Azure's) / `x-goog-api-key` (Google's).
 pub fn presented_key(h: &HeaderMap) -> Option<&str> {
-    static KEY_HEADERS: [HeaderName; 2] = [
+    static KEY_HEADERS: [HeaderName; 3] = [
         HeaderName::from_static("x-api-key"),
         HeaderName::from_static("api-key"),
+        HeaderName::from_static("x-goog-api-key"),
     ];
     if let Some(v) = h.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let v = v.trim();
@@ -133,6 +135,9 @@ mod tests {
     fn key_from_headers() {
         let mut h = HeaderMap::new();
         assert_eq!(presented_key(&h), None);
+        let mut g = HeaderMap::new();
+        g.insert("x-goog-api-key", "goog".parse().unwrap());
+        assert_eq!(presented_key(&g), Some("goog"));
         h.insert("x-api-key", "abc".parse().unwrap());
         assert_eq!(presented_key(&h), Some("abc"));
         h.insert("authorization", "Bearer plx-123".parse().unwrap());

@@ -66,6 +66,9 @@ fn needs_key(path: &str) -> bool {
             .strip_prefix("/v1/models/")
             .is_some_and(|id| !id.is_empty())
         || path
+            .strip_prefix("/v1beta/models/")
+            .is_some_and(|id| !id.is_empty())
+        || path
             .strip_prefix("/v1/responses/")
             .is_some_and(|id| !id.is_empty())
         || ["/v1/conversations/", "/v1/files/", "/v1/batches/"]
@@ -182,6 +185,9 @@ impl Gate {
                 _in_flight: in_flight,
             };
         }
+        if super::genai::is_gemini_path(req.uri().path()) {
+            super::genai::key_from_query(&mut req);
+        }
         let path = req.uri().path();
         let admin = is_admin(path);
         let api = api_endpoint(req.method(), path);
@@ -249,6 +255,8 @@ impl Gate {
 fn refusal(path: &str, e: GatewayError) -> Response {
     if path.starts_with("/v1/messages") {
         super::respond::anthropic_error(e)
+    } else if super::genai::is_gemini_path(path) {
+        super::genai::google_error(e)
     } else {
         ApiError(e).into_response()
     }
@@ -349,6 +357,7 @@ mod tests {
             "/v1/conversations/conv_1/items",
             "/v1/rerank",
             "/v2/rerank",
+            "/v1beta/models/gpt-4o:generateContent",
             "/admin/providers",
             "/admin/usage",
             "/admin/keys",

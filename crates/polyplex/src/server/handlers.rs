@@ -1215,7 +1215,7 @@ pub async fn messages(
 /// Messages'): its headers and JSON body, or, for a body that is not
 /// one, the answer (recorded by `call`). A bad metadata header is left to
 /// the chat call that serves it (whose record is the request's).
-async fn converted_request(
+pub(super) async fn converted_request(
     call: &mut Call,
     app: &App,
     req: Request,
@@ -1233,7 +1233,7 @@ async fn converted_request(
 
 /// A converted request's chat `body` served as chat (one record, as
 /// `label`), with the client's headers.
-async fn serve_as_chat(
+pub(super) async fn serve_as_chat(
     app: App,
     rid: RequestId,
     caller: Caller,

@@ -49,6 +49,7 @@ pub mod browsers;
 pub mod busy;
 pub mod conversations;
 pub mod gate;
+mod genai;
 pub mod handlers;
 mod native;
 pub mod passthrough;
@@ -206,7 +207,11 @@ pub fn app(state: App) -> gate::Gate {
         .route("/v1/batches", any(batches::serve))
         .route("/v1/batches/{*rest}", any(batches::serve))
         .route("/v1/models", get(handlers::list_models))
-        .route("/v1/models/{*id}", get(handlers::get_model))
+        .route(
+            "/v1/models/{*id}",
+            get(handlers::get_model).post(genai::serve),
+        )
+        .route("/v1beta/models/{*rest}", post(genai::serve))
         .route("/admin/providers", get(handlers::admin_providers))
         .route("/admin/usage", get(admin::usage))
         .route("/admin/usage/records", get(admin::usage_records))

@@ -993,6 +993,7 @@ macro_rules! chat_events {
 }
 chat_events!(crate::responses::Streamer);
 chat_events!(crate::messages::Streamer);
+chat_events!(crate::genai::Streamer);
 
 /// The next events `s` writes from a chat stream's body: read until there
 /// are some, or the stream has ended (a body that ends or breaks before
@@ -1042,6 +1043,72 @@ pub fn anthropic_error(e: GatewayError) -> Response {
     Response::from_parts(
         parts,
         Body::from(serde_json::to_vec(&body).unwrap_or_default()),
+    )
+}
+
+/// A chat answer as Gemini's (`crate::genai`): its
+/// `GenerateContentResponse`, its stream (server-sent events for
+/// `alt=sse`, else one JSON array), or its error in Google's shape; what
+/// the conversion left out named in `x-polyplex-dropped-params`.
+pub async fn genai_answer(resp: Response, echo: crate::genai::Echo, sse: bool) -> Response {
+    use crate::genai::{error_object, response_object, Streamer};
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    if !echo.dropped.is_empty() {
+        let mut named: Vec<String> = parts
+            .headers
+            .get(&names::DROPPED_PARAMS)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+            .unwrap_or_default();
+        named.extend(echo.dropped.iter().map(|d| d.to_string()));
+        if let Ok(v) = HeaderValue::from_str(&named.join(", ")) {
+            parts.headers.insert(&names::DROPPED_PARAMS, v);
+        }
+    }
+    if answered_as_stream(&parts) {
+        if !sse {
+            parts.headers.insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        let state = (
+            body.into_data_stream(),
+            polyplex_providers::sse::Parser::new(),
+            Streamer::new(echo, sse),
+        );
+        let events = futures::stream::unfold(state, |(mut body, mut parser, mut s)| async move {
+            if s.ended() {
+                return None;
+            }
+            let out = next_events(&mut body, &mut parser, &mut s).await;
+            Some((
+                Ok::<Bytes, std::convert::Infallible>(Bytes::from(out)),
+                (body, parser, s),
+            ))
+        });
+        return Response::from_parts(parts, Body::from_stream(events));
+    }
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            return super::genai::google_error(GatewayError::internal(format!("gemini: {e}")));
+        }
+    };
+    let v = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+    let out = if parts.status == StatusCode::OK {
+        response_object(&v, &echo)
+    } else {
+        error_object(parts.status.as_u16(), &v)
+    };
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(
+        parts,
+        Body::from(serde_json::to_vec(&out).unwrap_or_default()),
     )
 }
 

@@ -1,0 +1,174 @@
+//! Google's Gemini API as a way in (`crate::genai`): `POST
+//! /v1beta/models/{model}:generateContent`, `:streamGenerateContent` and
+//! `:countTokens` (also under `/v1/models/`), for clients written for
+//! Gemini, served as chat by any provider and answered in Gemini's shape.
+
+use super::auth::Caller;
+use super::handlers::{converted_request, parse_json, read_body, serve_as_chat, Call};
+use super::respond::Served;
+use super::{App, RequestId};
+use crate::genai::{self, Echo, Method};
+use crate::routing::Facts;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use polyplex_providers::Endpoint;
+use polyplex_types::validate::ProviderPrefs;
+use polyplex_types::{GatewayError, JsonMap, RequestBody};
+use serde_json::{json, Value};
+
+/// The model and method a path names: `/v1beta/models/{model}:{method}`
+/// or `/v1/models/{model}:{method}` (the model percent-decoded).
+fn target_of(path: &str) -> Option<(String, Method)> {
+    let tail = path
+        .strip_prefix("/v1beta/models/")
+        .or_else(|| path.strip_prefix("/v1/models/"))?;
+    let tail = percent_encoding::percent_decode_str(tail)
+        .decode_utf8()
+        .ok()?;
+    genai::parse_target(&tail)
+}
+
+/// Whether a path is one of Gemini's, whose refusals are in Google's shape.
+pub fn is_gemini_path(path: &str) -> bool {
+    path.starts_with("/v1beta/") || (path.starts_with("/v1/models/") && path.contains(':'))
+}
+
+/// Google's API also takes the key as `?key=`: moved into the
+/// `x-goog-api-key` header when no header carries one, so the gate reads
+/// it like any other (and it is not logged with the URL's query).
+pub fn key_from_query(req: &mut Request) {
+    if super::auth::presented_key(req.headers()).is_some() {
+        return;
+    }
+    let Some(key) = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("key="))
+            .and_then(|k| percent_encoding::percent_decode_str(k).decode_utf8().ok())
+            .map(|k| k.into_owned())
+    }) else {
+        return;
+    };
+    if let Ok(mut v) = axum::http::HeaderValue::from_str(&key) {
+        v.set_sensitive(true);
+        req.headers_mut().insert("x-goog-api-key", v);
+    }
+}
+
+/// A gateway error in Google's shape, with the status and headers
+/// [`super::ApiError`] gives it.
+pub fn google_error(e: GatewayError) -> Response {
+    let status = e.status.as_u16();
+    let body = genai::error_object(status, &json!({ "error": e.object() }));
+    let (parts, _) = super::respond::ApiError(e).into_response().into_parts();
+    Response::from_parts(
+        parts,
+        axum::body::Body::from(serde_json::to_vec(&body).unwrap_or_default()),
+    )
+}
+
+pub async fn serve(
+    State(app): State<App>,
+    Extension(rid): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+) -> Response {
+    let Some((model, method)) = target_of(req.uri().path()) else {
+        return google_error(GatewayError::not_found(format!(
+            "Method not found: {} (generateContent, streamGenerateContent and countTokens are served).",
+            req.uri().path()
+        )));
+    };
+    if method == Method::Count {
+        return count(&app, &caller, req, &model)
+            .await
+            .unwrap_or_else(google_error);
+    }
+    let stream = method == Method::Stream;
+    let sse = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "alt=sse"));
+    let mut call = Call::new(app.clone(), &rid, caller.clone(), Endpoint::Chat, "gemini");
+    let mut echo = Echo {
+        id: rid.0.to_string(),
+        model: model.clone(),
+        ..Echo::default()
+    };
+    let (headers, _, tree) = match converted_request(&mut call, &app, req).await {
+        Ok(r) => r,
+        Err(resp) => return super::respond::genai_answer(resp, echo, sse).await,
+    };
+    let chat = match genai::to_chat(&tree, &model, stream) {
+        Ok((chat, e)) => {
+            echo = Echo { id: echo.id, ..e };
+            chat
+        }
+        Err(e) => {
+            call.tag_from(&tree);
+            let resp = call.fail(&model, stream, e, &Served::default());
+            return super::respond::genai_answer(resp, echo, sse).await;
+        }
+    };
+    let bytes = match serde_json::to_vec(&chat) {
+        Ok(b) => b,
+        Err(e) => return google_error(GatewayError::internal(format!("gemini: {e}"))),
+    };
+    let resp = serve_as_chat(app, rid, caller, "gemini", headers, bytes, None).await;
+    super::respond::genai_answer(resp, echo, sse).await
+}
+
+/// `countTokens`: the prompt's tokens as the gateway counts them (OpenAI's
+/// tokenizer and formula; an estimate for other providers' models), for a
+/// model this caller may use. The body is a request's `contents` (and
+/// the rest), or one `generateContentRequest`.
+async fn count(
+    app: &App,
+    caller: &Caller,
+    req: Request,
+    model: &str,
+) -> Result<Response, GatewayError> {
+    let text = read_body(app, req).await?;
+    let tree = parse_json(&text)?;
+    let inner: JsonMap = match tree.get("generateContentRequest") {
+        Some(Value::Object(r)) => {
+            let mut r = r.clone();
+            r.remove("model");
+            r
+        }
+        Some(_) => {
+            return Err(GatewayError::invalid_param(
+                "generateContentRequest",
+                "generateContentRequest must be an object.",
+            ))
+        }
+        None => tree,
+    };
+    let (chat, _) = genai::to_chat(&inner, model, false)?;
+    if !app.router.knows(model) {
+        return Err(GatewayError::model_not_found(model));
+    }
+    let spec = caller.key().map(|k| k.spec());
+    let access = spec.as_ref().and_then(|s| s.models.as_deref());
+    if !app.router.may_reach(access, model) {
+        return Err(crate::keys::model_forbidden(model));
+    }
+    // The model must be one a plan can serve (a route, a provider's).
+    let body = RequestBody::from_map(chat);
+    let facts = Facts::new(&body, Endpoint::Chat, false);
+    app.router.plan(
+        model,
+        &[],
+        &ProviderPrefs::default(),
+        access,
+        &facts,
+        &mut rand::thread_rng(),
+    )?;
+    crate::tokens::ready().await;
+    let n = crate::tokens::chat_prompt(body.map());
+    Ok(Json(json!({
+        "totalTokens": n,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": n}],
+    }))
+    .into_response())
+}

@@ -1,0 +1,139 @@
+"""Google's Gemini API (`/v1beta/models/{model}:generateContent`,
+`:streamGenerateContent`, `:countTokens`) through Google's own SDK
+(`google-genai`), for clients written for Gemini: served by every protocol,
+with function calling (the SDK's automatic loop), JSON schemas, thinking,
+streams, errors in Google's shape, keys and usage records."""
+import json
+import time
+import urllib.request
+
+import pytest
+from google import genai
+from google.genai import errors, types
+from pydantic import BaseModel
+
+from conftest import MASTER_KEY, admin
+
+MODELS = ["openai/gpt-4o-mini", "anthropic/claude-sonnet-4-5", "google/gemini-2.5-flash",
+          "bedrock/us.anthropic.claude-haiku-4-5-20251001-v1:0", "vertex/gemini-2.5-flash", "cohere/command-a-03-2025"]
+
+
+def client(gateway, key=MASTER_KEY, version=None):
+    return genai.Client(api_key=key, http_options=types.HttpOptions(base_url=gateway, api_version=version))
+
+
+def records_of(gateway, request_id):
+    for _ in range(100):
+        status, out = admin(gateway, "GET", f"/admin/usage/records/{request_id}")
+        if status == 200 and out["data"]:
+            return out["data"]
+        time.sleep(0.05)
+    raise AssertionError(f"no usage record for {request_id}")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_generate_and_stream_on_every_protocol(gateway, model):
+    c = client(gateway, version="v1beta")
+    config = types.GenerateContentConfig(system_instruction="Be brief.", temperature=0.2, max_output_tokens=60)
+    r = c.models.generate_content(model=model, contents="gemini sdk hello", config=config)
+    assert r.text == "gemini sdk hello"
+    assert r.candidates[0].finish_reason == types.FinishReason.STOP
+    u = r.usage_metadata
+    assert u.prompt_token_count > 0 and u.total_token_count == u.prompt_token_count + u.candidates_token_count
+    assert r.sdk_http_response.headers["x-polyplex-provider"] == model.split("/")[0]
+    chunks = list(c.models.generate_content_stream(model=model, contents="gemini sdk stream"))
+    assert "".join(ch.text or "" for ch in chunks) == "gemini sdk stream"
+    assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
+    assert chunks[-1].usage_metadata.total_token_count > 0
+
+
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"sunny in {city}"
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "anthropic/claude-sonnet-4-5", "google/gemini-2.5-flash"])
+def test_the_sdks_function_calling_loop(gateway, mock, model):
+    c = client(gateway)
+    chat = c.chats.create(model=model, config=types.GenerateContentConfig(tools=[get_weather]))
+    r = chat.send_message("What is the weather in Paris?")
+    assert "sunny in Paris" in r.text
+    # The call, its response and the answer: three turns the SDK ran through the gateway.
+    history = chat.get_history()
+    call = next(p.function_call for t in history for p in t.parts if p.function_call)
+    assert (call.name, call.args) == ("get_weather", {"city": "Paris"})
+    # Asked for, the call comes back (not run) with the id the response must name.
+    r = c.models.generate_content(
+        model=model, contents="Weather in Oslo?",
+        config=types.GenerateContentConfig(
+            tools=[types.Tool(function_declarations=[types.FunctionDeclaration(
+                name="get_weather", description="d",
+                parameters=types.Schema(type="OBJECT", properties={"city": types.Schema(type="STRING")}, required=["city"]))])],
+            tool_config=types.ToolConfig(function_calling_config=types.FunctionCallingConfig(mode="ANY"))))
+    fc = r.function_calls[0]
+    assert (fc.name, fc.args) == ("get_weather", {"city": "Oslo"}) and fc.id
+
+
+def test_json_schema_thinking_and_candidates(gateway):
+    class Person(BaseModel):
+        name: str
+        age: int
+
+    c = client(gateway)
+    r = c.models.generate_content(model="anthropic/claude-sonnet-4-5", contents="a person",
+                                  config=types.GenerateContentConfig(response_mime_type="application/json",
+                                                                     response_schema=Person))
+    assert isinstance(r.parsed, Person)
+    r = c.models.generate_content(model="anthropic/claude-sonnet-4-5", contents="think first",
+                                  config=types.GenerateContentConfig(thinking_config=types.ThinkingConfig(
+                                      include_thoughts=True, thinking_budget=2048)))
+    parts = r.candidates[0].content.parts
+    assert parts[0].thought and parts[0].text.startswith("Thinking about")
+    assert r.text == "think first" and r.usage_metadata.thoughts_token_count > 0
+    r = c.models.generate_content(model="openai/gpt-4o-mini", contents="two", config=types.GenerateContentConfig(candidate_count=2))
+    assert len(r.candidates) == 2
+
+
+def test_errors_in_googles_shape(gateway):
+    wrong = client(gateway, key="wrong")  # (kept: a dropped client closes its connection)
+    with pytest.raises(errors.ClientError) as e:
+        wrong.models.generate_content(model="openai/gpt-4o-mini", contents="x")
+    assert (e.value.code, e.value.status) == (401, "UNAUTHENTICATED")
+    c = client(gateway)
+    with pytest.raises(errors.ClientError) as e:
+        c.models.generate_content(model="nope/nothing", contents="x")
+    assert (e.value.code, e.value.status) == (404, "NOT_FOUND")
+    with pytest.raises(errors.ClientError) as e:
+        c.models.generate_content(model="openai/gpt-4o-mini", contents="x", config=types.GenerateContentConfig(
+            tools=[types.Tool(code_execution=types.ToolCodeExecution())]))
+    assert (e.value.code, e.value.status) == (400, "INVALID_ARGUMENT")
+    assert "codeExecution" in e.value.message
+    # Left out, and said so.
+    r = c.models.generate_content(model="openai/gpt-4o-mini", contents="x", config=types.GenerateContentConfig(
+        safety_settings=[types.SafetySetting(category="HARM_CATEGORY_HATE_SPEECH", threshold="BLOCK_NONE")]))
+    assert r.sdk_http_response.headers["x-polyplex-dropped-params"] == "safetySettings"
+
+
+def test_keys_count_tokens_and_records(gateway):
+    status, k = admin(gateway, "POST", "/admin/keys", {"name": "gemini-sdk", "models": ["openai/*"]})
+    assert status == 200
+    mine = client(gateway, key=k["key"])
+    r = mine.models.generate_content(model="openai/gpt-4o-mini", contents="recorded")
+    [record] = records_of(gateway, r.sdk_http_response.headers["x-request-id"])
+    assert (record["endpoint"], record["provider"], record["status"], record["key_id"]) == ("gemini", "openai", 200, k["id"])
+    assert r.response_id == r.sdk_http_response.headers["x-request-id"]
+    with pytest.raises(errors.ClientError) as e:
+        mine.models.generate_content(model="anthropic/claude-sonnet-4-5", contents="x")
+    assert (e.value.code, e.value.status) == (403, "PERMISSION_DENIED")
+    assert mine.models.count_tokens(model="openai/gpt-4o-mini", contents="hello world").total_tokens > 2
+    with pytest.raises(errors.ClientError):
+        mine.models.count_tokens(model="anthropic/claude-sonnet-4-5", contents="x")
+    # The REST API's own ways: `?key=`, and a stream as one JSON array without `alt=sse`.
+    req = urllib.request.Request(
+        f"{gateway}/v1beta/models/openai/gpt-4o-mini:streamGenerateContent?key={k['key']}",
+        data=json.dumps({"contents": [{"parts": [{"text": "array form"}]}]}).encode(),
+        headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        chunks = json.loads(resp.read())
+    assert "".join(p["text"] for ch in chunks for cand in ch["candidates"] for p in cand["content"]["parts"]) == "array form"
+    assert chunks[-1]["usageMetadata"]["cost"] > 0
