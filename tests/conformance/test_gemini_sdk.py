@@ -137,3 +137,29 @@ def test_keys_count_tokens_and_records(gateway):
         chunks = json.loads(resp.read())
     assert "".join(p["text"] for ch in chunks for cand in ch["candidates"] for p in cand["content"]["parts"]) == "array form"
     assert chunks[-1]["usageMetadata"]["cost"] > 0
+
+
+def test_embeddings_and_models(gateway):
+    c = client(gateway)
+    r = c.models.embed_content(model="openai/text-embedding-3-small", contents=["alpha", "beta"],
+                               config=types.EmbedContentConfig(output_dimensionality=8, task_type="RETRIEVAL_DOCUMENT"))
+    assert [len(e.values) for e in r.embeddings] == [8, 8]
+    assert r.sdk_http_response.headers["x-polyplex-dropped-params"] == "taskType"
+    assert r.sdk_http_response.headers["x-polyplex-provider"] == "openai"
+    r = c.models.embed_content(model="google/gemini-embedding-001", contents="gamma")
+    assert len(r.embeddings) == 1 and r.embeddings[0].values
+    # The SDK's model list and lookup, in Gemini's shape, on both API versions.
+    beta = client(gateway, version="v1beta")
+    for cl in (c, beta):
+        names = [m.name for m in cl.models.list()]
+        assert "models/openai/gpt-4o-mini" in names and "models/anthropic/claude-sonnet-4-5" in names
+        m = cl.models.get(model="openai/gpt-4o-mini")
+        assert m.input_token_limit == 128000 and "generateContent" in m.supported_actions
+        with pytest.raises(errors.ClientError) as e:
+            cl.models.get(model="nope/nothing")
+        assert e.value.code == 404
+    # A key sees its own models only.
+    status, k = admin(gateway, "POST", "/admin/keys", {"name": "gemini-models", "models": ["openai/*"]})
+    mine = client(gateway, key=k["key"])
+    names = [m.name for m in mine.models.list()]
+    assert names and all(n.startswith("models/openai/") or n == "models/auto" for n in names)

@@ -54,6 +54,8 @@ pub enum Method {
     Generate,
     Stream,
     Count,
+    Embed,
+    BatchEmbed,
 }
 
 /// A `{model}:{method}` path tail: the model (a leading `models/`
@@ -64,6 +66,8 @@ pub fn parse_target(tail: &str) -> Option<(String, Method)> {
         "generateContent" => Method::Generate,
         "streamGenerateContent" => Method::Stream,
         "countTokens" => Method::Count,
+        "embedContent" => Method::Embed,
+        "batchEmbedContents" => Method::BatchEmbed,
         _ => return None,
     };
     let model = model.strip_prefix("models/").unwrap_or(model);
@@ -709,6 +713,160 @@ fn generation_config(
     Ok(())
 }
 
+/// An `embedContent` (`batch`: false) or `batchEmbedContents` request as
+/// an embeddings request for `model`; `taskType` and `title`, which only
+/// Google's models read, are named as dropped.
+pub fn to_embeddings(
+    body: &JsonMap,
+    model: &str,
+    batch: bool,
+) -> Result<(JsonMap, Echo), GatewayError> {
+    let mut echo = Echo {
+        model: model.to_string(),
+        ..Echo::default()
+    };
+    let one = |r: &JsonMap,
+               at: &str,
+               echo: &mut Echo|
+     -> Result<(String, Option<Value>), GatewayError> {
+        let known = [
+            "model",
+            "content",
+            "taskType",
+            "title",
+            "outputDimensionality",
+        ];
+        only(r, at, &known)?;
+        if let Some(m) = member(r, "model").and_then(Value::as_str) {
+            if m.strip_prefix("models/").unwrap_or(m) != model {
+                return Err(bad(
+                    format!("{}model", if at.is_empty() { String::new() } else { format!("{at}.") }),
+                    format!("Every request of a batch must name the model of the URL (`{model}`), not `{m}`."),
+                ));
+            }
+        }
+        for k in ["taskType", "title"] {
+            if member(r, k).is_some() && !echo.dropped.contains(&k) {
+                echo.dropped
+                    .push(if k == "title" { "title" } else { "taskType" });
+            }
+        }
+        let cat = |k: &str| {
+            if at.is_empty() {
+                k.to_string()
+            } else {
+                format!("{at}.{k}")
+            }
+        };
+        let content =
+            member(r, "content").ok_or_else(|| bad(cat("content"), "content is required."))?;
+        let content = object(content, &cat("content"))?;
+        let mut text = String::new();
+        for (j, p) in array(
+            member(content, "parts").unwrap_or(&json!([])),
+            &cat("content.parts"),
+        )?
+        .iter()
+        .enumerate()
+        {
+            match p.get("text").and_then(Value::as_str) {
+                Some(t) => {
+                    if !text.is_empty() {
+                        text.push(' ');
+                    }
+                    text.push_str(t);
+                }
+                None => {
+                    return Err(bad(
+                        cat(&format!("content.parts[{j}]")),
+                        "Only text is embedded through this gateway.",
+                    ))
+                }
+            }
+        }
+        if text.is_empty() {
+            return Err(bad(
+                cat("content.parts"),
+                "content.parts must not be empty.",
+            ));
+        }
+        Ok((text, member(r, "outputDimensionality").cloned()))
+    };
+    let mut inputs = Vec::new();
+    let mut dims = None;
+    if batch {
+        only(body, "", &["requests"])?;
+        let requests =
+            member(body, "requests").ok_or_else(|| bad("requests", "requests is required."))?;
+        let requests = array(requests, "requests")?;
+        if requests.is_empty() {
+            return Err(bad("requests", "requests must not be empty."));
+        }
+        for (i, r) in requests.iter().enumerate() {
+            let at = format!("requests[{i}]");
+            let (text, d) = one(object(r, &at)?, &at, &mut echo)?;
+            inputs.push(Value::String(text));
+            dims = dims.or(d);
+        }
+    } else {
+        let (text, d) = one(body, "", &mut echo)?;
+        inputs.push(Value::String(text));
+        dims = d;
+    }
+    let mut out = JsonMap::new();
+    out.insert("model".into(), json!(model));
+    out.insert("input".into(), Value::Array(inputs));
+    if let Some(d) = dims {
+        out.insert("dimensions".into(), d);
+    }
+    Ok((out, echo))
+}
+
+/// An embeddings answer as Gemini's: one `embedding` (`batch`: false) or
+/// `embeddings`, with `usageMetadata` (tokens and cost).
+pub fn embeddings_object(answer: &Value, batch: bool) -> Value {
+    let mut data: Vec<&Value> = answer["data"]
+        .as_array()
+        .map(|d| d.iter().collect())
+        .unwrap_or_default();
+    data.sort_by_key(|d| d["index"].as_u64().unwrap_or(0));
+    let values: Vec<Value> = data
+        .iter()
+        .map(|d| json!({"values": d["embedding"]}))
+        .collect();
+    let mut out = if batch {
+        json!({ "embeddings": values })
+    } else {
+        json!({ "embedding": values.into_iter().next().unwrap_or(json!({"values": []})) })
+    };
+    let u = &answer["usage"];
+    let prompt = u["prompt_tokens"].as_u64().unwrap_or(0);
+    let mut meta = json!({"promptTokenCount": prompt, "totalTokenCount": prompt});
+    if let Some(c) = u.get("cost").filter(|c| c.is_number()) {
+        meta["cost"] = c.clone();
+    }
+    out["usageMetadata"] = meta;
+    out
+}
+
+/// A model as Gemini's `Model` (`models/{id}`), with its limits when the
+/// catalog knows them.
+pub fn model_object(id: &str, limits: Option<(u64, u64)>) -> Value {
+    let embeds = id.to_ascii_lowercase().contains("embed");
+    let methods = if embeds {
+        json!(["embedContent", "batchEmbedContents"])
+    } else {
+        json!(["generateContent", "streamGenerateContent", "countTokens"])
+    };
+    let mut m = json!({"name": format!("models/{id}"), "baseModelId": id, "version": "",
+        "displayName": id, "supportedGenerationMethods": methods});
+    if let Some((context, output)) = limits {
+        m["inputTokenLimit"] = json!(context);
+        m["outputTokenLimit"] = json!(output);
+    }
+    m
+}
+
 // ---------------------------------------------------------------- answers
 
 fn finish_reason(finish: Option<&str>) -> Option<&'static str> {
@@ -1038,7 +1196,11 @@ mod tests {
             parse_target("models/gemini-2.5-flash:countTokens"),
             Some(("gemini-2.5-flash".into(), Method::Count))
         );
-        assert_eq!(parse_target("gpt-4o:embedContent"), None);
+        assert_eq!(
+            parse_target("e:embedContent"),
+            Some(("e".into(), Method::Embed))
+        );
+        assert_eq!(parse_target("gpt-4o:predict"), None);
         assert_eq!(parse_target(":generateContent"), None);
     }
 
@@ -1144,6 +1306,41 @@ mod tests {
                 json!({"contents": [{"parts": [{"text": "x"}]}], "cachedContent": "cachedContents/1"})
             ),
             "cachedContent"
+        );
+    }
+
+    #[test]
+    fn embeddings_both_ways() {
+        let body = json!({"requests": [
+            {"model": "models/openai/e", "content": {"parts": [{"text": "a"}, {"text": "b"}]}, "taskType": "RETRIEVAL_QUERY", "outputDimensionality": 4},
+            {"model": "models/openai/e", "content": {"parts": [{"text": "c"}]}}]});
+        let (req, echo) = to_embeddings(body.as_object().unwrap(), "openai/e", true).unwrap();
+        assert_eq!(
+            Value::Object(req),
+            json!({"model": "openai/e", "input": ["a b", "c"], "dimensions": 4})
+        );
+        assert_eq!(echo.dropped, vec!["taskType"]);
+        let other =
+            json!({"requests": [{"model": "models/x", "content": {"parts": [{"text": "a"}]}}]});
+        let e = to_embeddings(other.as_object().unwrap(), "openai/e", true).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("requests[0].model"));
+        let one =
+            json!({"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": "x"}}]}});
+        let e = to_embeddings(one.as_object().unwrap(), "openai/e", false).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("content.parts[0]"));
+        let answer = json!({"data": [{"index": 1, "embedding": [0.5]}, {"index": 0, "embedding": [0.25]}], "usage": {"prompt_tokens": 3, "cost": 0.1}});
+        assert_eq!(
+            embeddings_object(&answer, true),
+            json!({"embeddings": [{"values": [0.25]}, {"values": [0.5]}], "usageMetadata": {"promptTokenCount": 3, "totalTokenCount": 3, "cost": 0.1}})
+        );
+        assert_eq!(
+            embeddings_object(&answer, false)["embedding"],
+            json!({"values": [0.25]})
+        );
+        assert_eq!(
+            model_object("openai/text-embedding-3-small", Some((8, 0)))
+                ["supportedGenerationMethods"],
+            json!(["embedContent", "batchEmbedContents"])
         );
     }
 

@@ -4,7 +4,9 @@
 //! Gemini, served as chat by any provider and answered in Gemini's shape.
 
 use super::auth::Caller;
-use super::handlers::{converted_request, parse_json, read_body, serve_as_chat, Call};
+use super::handlers::{
+    converted_request, parse_json, read_body, serve_as_chat, serve_converted, Call,
+};
 use super::respond::Served;
 use super::{App, RequestId};
 use crate::genai::{self, Echo, Method};
@@ -79,10 +81,16 @@ pub async fn serve(
             req.uri().path()
         )));
     };
-    if method == Method::Count {
-        return count(&app, &caller, req, &model)
-            .await
-            .unwrap_or_else(google_error);
+    match method {
+        Method::Count => {
+            return count(&app, &caller, req, &model)
+                .await
+                .unwrap_or_else(google_error)
+        }
+        Method::Embed | Method::BatchEmbed => {
+            return embed(app, rid, caller, req, &model, method == Method::BatchEmbed).await
+        }
+        Method::Generate | Method::Stream => {}
     }
     let stream = method == Method::Stream;
     let sse = req
@@ -116,6 +124,114 @@ pub async fn serve(
     };
     let resp = serve_as_chat(app, rid, caller, "gemini", headers, bytes, None).await;
     super::respond::genai_answer(resp, echo, sse).await
+}
+
+/// `embedContent` / `batchEmbedContents`: served as an embeddings request
+/// (one record as `gemini`), answered in Gemini's shape.
+async fn embed(
+    app: App,
+    rid: RequestId,
+    caller: Caller,
+    req: Request,
+    model: &str,
+    batch: bool,
+) -> Response {
+    let mut call = Call::new(
+        app.clone(),
+        &rid,
+        caller.clone(),
+        Endpoint::Embeddings,
+        "gemini",
+    );
+    let (headers, _, tree) = match converted_request(&mut call, &app, req).await {
+        Ok(r) => r,
+        Err(resp) => return super::respond::genai_embeddings_answer(resp, batch, &[]).await,
+    };
+    let (body, echo) = match genai::to_embeddings(&tree, model, batch) {
+        Ok(x) => x,
+        Err(e) => {
+            let resp = call.fail(model, false, e, &Served::default());
+            return super::respond::genai_embeddings_answer(resp, batch, &[]).await;
+        }
+    };
+    let bytes = match serde_json::to_vec(&body) {
+        Ok(b) => b,
+        Err(e) => return google_error(GatewayError::internal(format!("gemini: {e}"))),
+    };
+    let resp = serve_converted(
+        app,
+        rid,
+        caller,
+        Endpoint::Embeddings,
+        "gemini",
+        headers,
+        bytes,
+        None,
+    )
+    .await;
+    super::respond::genai_embeddings_answer(resp, batch, &echo.dropped).await
+}
+
+/// The context and output limits the catalog knows for a model name.
+fn limits(app: &App, id: &str) -> Option<(u64, u64)> {
+    let (ds, _) = app.router.resolve(id).ok()?;
+    let d = ds.first()?;
+    let m = app
+        .router
+        .catalog()
+        .model(d.upstream.catalog_id.as_deref()?, &d.model)?;
+    Some((m.context, m.output))
+}
+
+/// `GET /v1beta/models` (and `GET /v1/models` from Google's SDKs): every
+/// model this caller may use, as Gemini's `Model`s.
+pub async fn list(app: &App, caller: &Caller) -> Response {
+    let spec = caller.key().map(|k| k.spec());
+    let access = spec.as_ref().and_then(|s| s.models.as_deref());
+    let models: Vec<Value> = super::handlers::all_models(app)
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .filter(|id| app.router.may_reach(access, id))
+        .map(|id| genai::model_object(id, limits(app, id)))
+        .collect();
+    Json(json!({ "models": models })).into_response()
+}
+
+/// `GET /v1beta/models/{id}` (and `GET /v1/models/{id}` from Google's SDKs).
+pub async fn get(app: &App, caller: &Caller, id: &str) -> Response {
+    let id = id.strip_prefix("models/").unwrap_or(id);
+    let allowed = caller
+        .key()
+        .is_none_or(|k| app.router.may_reach(k.spec().models.as_deref(), id));
+    if !allowed || !app.router.knows(id) {
+        return google_error(GatewayError::model_not_found(id));
+    }
+    Json(genai::model_object(id, limits(app, id))).into_response()
+}
+
+/// The `GET` routes of `/v1beta/models`.
+pub async fn models(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+) -> Response {
+    match req.uri().path().strip_prefix("/v1beta/models") {
+        Some("" | "/") => list(&app, &caller).await,
+        Some(rest) => {
+            let id = percent_encoding::percent_decode_str(rest.trim_start_matches('/'))
+                .decode_utf8_lossy()
+                .into_owned();
+            get(&app, &caller, &id).await
+        }
+        None => google_error(GatewayError::not_found("Not found.")),
+    }
+}
+
+/// Whether a request comes from one of Google's SDKs (which name
+/// themselves in `x-goog-api-client`): `GET /v1/models` answers it in
+/// Gemini's shape.
+pub fn from_google_sdk(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key("x-goog-api-client")
 }
 
 /// `countTokens`: the prompt's tokens as the gateway counts them (OpenAI's

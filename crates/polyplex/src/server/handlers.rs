@@ -1238,6 +1238,32 @@ pub(super) async fn serve_as_chat(
     rid: RequestId,
     caller: Caller,
     label: &'static str,
+    headers: HeaderMap,
+    body: Vec<u8>,
+    native: Option<std::sync::Arc<super::native::NativeRequest>>,
+) -> Response {
+    serve_converted(
+        app,
+        rid,
+        caller,
+        Endpoint::Chat,
+        label,
+        headers,
+        body,
+        native,
+    )
+    .await
+}
+
+/// A converted request's `body` served as a request to `endpoint` (one
+/// record, as `label`), with the client's headers.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn serve_converted(
+    app: App,
+    rid: RequestId,
+    caller: Caller,
+    endpoint: Endpoint,
+    label: &'static str,
     mut headers: HeaderMap,
     body: Vec<u8>,
     native: Option<std::sync::Arc<super::native::NativeRequest>>,
@@ -1250,7 +1276,7 @@ pub(super) async fn serve_as_chat(
     if let Some(n) = native {
         inner.extensions_mut().insert(n);
     }
-    handle(app, rid, caller, Endpoint::Chat, label, inner).await
+    handle(app, rid, caller, endpoint, label, inner).await
 }
 
 /// Anthropic's `POST /v1/messages/count_tokens`: the prompt's tokens as
@@ -1320,12 +1346,12 @@ pub async fn count_tokens(
         .unwrap_or_else(super::respond::anthropic_error)
 }
 
-fn model_object(id: &str, owner: &str) -> Value {
+pub(super) fn model_object(id: &str, owner: &str) -> Value {
     json!({"id": id, "object": "model", "created": 0, "owned_by": owner})
 }
 
 /// Every `provider/model` this gateway can serve, then the route names.
-fn all_models(app: &App) -> Vec<Value> {
+pub(super) fn all_models(app: &App) -> Vec<Value> {
     let catalog = app.router.catalog();
     let mut out = Vec::new();
     for u in app.router.upstreams() {
@@ -1345,7 +1371,14 @@ fn all_models(app: &App) -> Vec<Value> {
 }
 
 /// Every model this caller may use.
-pub async fn list_models(State(app): State<App>, Extension(caller): Extension<Caller>) -> Response {
+pub async fn list_models(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    if super::genai::from_google_sdk(&headers) {
+        return super::genai::list(&app, &caller).await;
+    }
     let mut data = all_models(&app);
     if let Some(k) = caller.key() {
         let spec = k.spec();
@@ -1362,8 +1395,12 @@ pub async fn list_models(State(app): State<App>, Extension(caller): Extension<Ca
 pub async fn get_model(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
+    if super::genai::from_google_sdk(&headers) {
+        return super::genai::get(&app, &caller, &id).await;
+    }
     if caller
         .key()
         .is_some_and(|k| !app.router.may_reach(k.spec().models.as_deref(), &id))

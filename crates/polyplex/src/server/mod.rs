@@ -211,7 +211,11 @@ pub fn app(state: App) -> gate::Gate {
             "/v1/models/{*id}",
             get(handlers::get_model).post(genai::serve),
         )
-        .route("/v1beta/models/{*rest}", post(genai::serve))
+        .route(
+            "/v1beta/models/{*rest}",
+            post(genai::serve).get(genai::models),
+        )
+        .route("/v1beta/models", get(genai::models))
         .route("/admin/providers", get(handlers::admin_providers))
         .route("/admin/usage", get(admin::usage))
         .route("/admin/usage/records", get(admin::usage_records))

@@ -1112,6 +1112,42 @@ pub async fn genai_answer(resp: Response, echo: crate::genai::Echo, sse: bool) -
     )
 }
 
+/// An embeddings answer as Gemini's (`embedContent`, `batchEmbedContents`),
+/// or its error in Google's shape.
+pub async fn genai_embeddings_answer(
+    resp: Response,
+    batch: bool,
+    dropped: &[&'static str],
+) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    if !dropped.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&dropped.join(", ")) {
+            parts.headers.insert(&names::DROPPED_PARAMS, v);
+        }
+    }
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            return super::genai::google_error(GatewayError::internal(format!("gemini: {e}")));
+        }
+    };
+    let v = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+    let out = if parts.status == StatusCode::OK {
+        crate::genai::embeddings_object(&v, batch)
+    } else {
+        crate::genai::error_object(parts.status.as_u16(), &v)
+    };
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(
+        parts,
+        Body::from(serde_json::to_vec(&out).unwrap_or_default()),
+    )
+}
+
 /// A chat answer as Anthropic's (`POST /v1/messages`): its Message, its
 /// stream of events, or its error; the request id also as `request-id`
 /// (where Anthropic's SDK reads it).
