@@ -92,6 +92,12 @@ def test_json_schema_thinking_and_candidates(gateway):
     assert r.text == "think first" and r.usage_metadata.thoughts_token_count > 0
     r = c.models.generate_content(model="openai/gpt-4o-mini", contents="two", config=types.GenerateContentConfig(candidate_count=2))
     assert len(r.candidates) == 2
+    for model in ("openai/gpt-4o-mini", "google/gemini-2.5-flash"):
+        r = c.models.generate_content(model=model, contents="log probs",
+                                      config=types.GenerateContentConfig(response_logprobs=True, logprobs=2))
+        lp = r.candidates[0].logprobs_result
+        assert [t.token for t in lp.chosen_candidates] == ["log", " probs"], model
+        assert len(lp.top_candidates[0].candidates) == 2 and r.candidates[0].avg_logprobs < 0
 
 
 def test_errors_in_googles_shape(gateway):

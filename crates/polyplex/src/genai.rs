@@ -923,6 +923,31 @@ fn function_part(tc: &Value) -> Value {
     part
 }
 
+/// A choice's `logprobs.content` as Gemini's `logprobsResult` (each
+/// chosen token, and the alternatives at that step) and its average.
+fn logprobs_result(logprobs: &Value) -> Option<(Value, f64)> {
+    let steps = logprobs.get("content")?.as_array()?;
+    if steps.is_empty() {
+        return None;
+    }
+    let candidate = |t: &Value| json!({"token": t["token"], "logProbability": t["logprob"]});
+    let chosen: Vec<Value> = steps.iter().map(candidate).collect();
+    let top: Vec<Value> = steps
+        .iter()
+        .map(|s| {
+            let alts = s["top_logprobs"]
+                .as_array()
+                .map(|a| a.iter().map(candidate).collect::<Vec<_>>());
+            json!({"candidates": alts.unwrap_or_default()})
+        })
+        .collect();
+    let sum: f64 = steps.iter().filter_map(|s| s["logprob"].as_f64()).sum();
+    Some((
+        json!({"chosenCandidates": chosen, "topCandidates": top}),
+        sum / steps.len() as f64,
+    ))
+}
+
 fn reasoning_of(m: &Value) -> Option<&str> {
     m.get("reasoning_content")
         .or_else(|| m.get("reasoning"))
@@ -955,6 +980,10 @@ pub fn response_object(chat: &Value, echo: &Echo) -> Value {
                 json!({"content": {"role": "model", "parts": parts}, "index": c["index"]});
             if let Some(f) = finish_reason(c["finish_reason"].as_str()) {
                 cand["finishReason"] = json!(f);
+            }
+            if let Some((result, avg)) = logprobs_result(&c["logprobs"]) {
+                cand["logprobsResult"] = result;
+                cand["avgLogprobs"] = json!(avg);
             }
             cand
         })
@@ -1124,7 +1153,13 @@ impl Streamer {
                 }
             }
             if !parts.is_empty() {
-                now.push(json!({"content": {"role": "model", "parts": parts}, "index": index}));
+                let mut cand =
+                    json!({"content": {"role": "model", "parts": parts}, "index": index});
+                if let Some((result, avg)) = logprobs_result(&c["logprobs"]) {
+                    cand["logprobsResult"] = result;
+                    cand["avgLogprobs"] = json!(avg);
+                }
+                now.push(cand);
             }
             if let Some(f) = finish_reason(c["finish_reason"].as_str()) {
                 let parts: Vec<Value> = std::mem::take(&mut self.calls[index])
@@ -1355,6 +1390,19 @@ mod tests {
         let chat = json!({"model": "gpt-4o-2024", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": "ok",
             "tool_calls": [{"id": "call_9", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]}}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 7, "completion_tokens_details": {"reasoning_tokens": 2}, "cost": 0.001}});
+        let with_logprobs = json!({"choices": [{"index": 0, "finish_reason": "stop", "message": {"content": "hi"},
+            "logprobs": {"content": [{"token": "hi", "logprob": -0.5, "top_logprobs": [{"token": "hi", "logprob": -0.5}, {"token": "yo", "logprob": -1.5}]},
+                {"token": "!", "logprob": -1.5, "top_logprobs": []}]}}], "usage": {}});
+        let out = response_object(&with_logprobs, &echo);
+        assert_eq!(out["candidates"][0]["avgLogprobs"], -1.0);
+        assert_eq!(
+            out["candidates"][0]["logprobsResult"]["chosenCandidates"][1],
+            json!({"token": "!", "logProbability": -1.5})
+        );
+        assert_eq!(
+            out["candidates"][0]["logprobsResult"]["topCandidates"][0]["candidates"][1],
+            json!({"token": "yo", "logProbability": -1.5})
+        );
         let out = response_object(&chat, &echo);
         assert_eq!(
             out["candidates"][0]["content"]["parts"],
