@@ -75,6 +75,10 @@ pub async fn serve(
     Extension(caller): Extension<Caller>,
     req: Request,
 ) -> Response {
+    if !is_gemini_path(req.uri().path()) {
+        // `POST /v1/models/{id}` without a method: OpenAI's API has none.
+        return super::respond::ApiError(GatewayError::method_not_allowed()).into_response();
+    }
     let Some((model, method)) = target_of(req.uri().path()) else {
         return google_error(GatewayError::not_found(format!(
             "Method not found: {} (generateContent, streamGenerateContent and countTokens are served).",
