@@ -210,8 +210,12 @@ def test_claude_on_vertex_takes_the_request_as_written(gateway, mock):
     assert final.content[0].text == "vertex stream marker five" and final.stop_reason == "end_turn"
     assert received(mock, "/v1/projects/polyplex-conformance/locations/us-east5/publishers/anthropic/models/"
                           "claude-haiku-4-5@20251001:streamRawPredict", "vertex stream marker five")
-    # Vertex AI's Claude is counted by the gateway (it has no count_tokens here).
-    assert c.messages.count_tokens(model=model, messages=[{"role": "user", "content": "hi"}]).input_tokens > 0
+    # Counted by Vertex AI's count-tokens endpoint for Claude, the model in the body.
+    n = c.messages.count_tokens(model=model, messages=[{"role": "user", "content": "vertex count marker"}])
+    assert n.input_tokens > 0
+    sent = received(mock, "/publishers/anthropic/models/count-tokens:rawPredict", "vertex count marker")
+    assert sent["body"]["model"] == "claude-haiku-4-5@20251001"
+    assert sent["body"]["anthropic_version"] == "vertex-2023-10-16"
 
 
 def test_claude_on_bedrock_takes_the_request_as_written(gateway, mock, fault):
@@ -244,6 +248,23 @@ def test_claude_on_bedrock_takes_the_request_as_written(gateway, mock, fault):
     with pytest.raises(anthropic.RateLimitError):
         c.messages.create(model=model, max_tokens=50, messages=[{"role": "user", "content": "throttled"}])
 
+
+
+def test_claude_on_bedrock_is_counted_by_count_tokens(gateway, mock):
+    import base64
+    c = claude(gateway)
+    n = c.messages.count_tokens(model="bedrock/us.anthropic.claude-haiku-4-5-20251001-v1:0",
+                                messages=[{"role": "user", "content": "bedrock count marker"}])
+    assert n.input_tokens > 0
+    with urllib.request.urlopen(mock + "/__mock/requests", timeout=5) as r:
+        seen = json.loads(r.read())
+    sent = next(r for r in reversed(seen) if r["path"].endswith("/count-tokens"))
+    # The foundation model of the inference profile; the invoke body in base64, signed.
+    assert sent["path"] == "/model/anthropic.claude-haiku-4-5-20251001-v1%3A0/count-tokens"
+    body = json.loads(base64.b64decode(sent["body"]["input"]["invokeModel"]["body"]))
+    assert body["messages"][0]["content"] == "bedrock count marker"
+    assert body["anthropic_version"] == "bedrock-2023-05-31" and "model" not in body
+    assert sent["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 ")
 
 def test_failover_between_providers_of_claude_stays_native(gateway, fault):
     """A bare Claude name is served by Anthropic, Vertex AI and Bedrock: all

@@ -293,6 +293,11 @@ pub trait Protocol: Send + Sync {
             target.provider
         )))
     }
+    /// A `count_tokens` answer as Anthropic's API gives it
+    /// (`{"input_tokens": n}`), from this API's own.
+    fn messages_count_answer(&self, _provider: &str, body: Bytes) -> Result<Bytes, GatewayError> {
+        Ok(body)
+    }
     /// One event of a passed-through Messages stream as Anthropic's API
     /// sends it (Bedrock wraps each in a `chunk`); an error the stream
     /// raised instead.

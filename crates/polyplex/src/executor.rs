@@ -727,9 +727,13 @@ pub async fn native_count(
     let timeout = d.upstream.timeout;
     let fut = async {
         let resp = send_messages(app, d, native, MessagesCall::Count).await?;
-        read_body(resp.into_body())
+        let body = read_body(resp.into_body())
             .await
-            .map_err(|f| transport_error(d, f))
+            .map_err(|f| transport_error(d, f))?;
+        d.upstream
+            .protocol_for(Endpoint::Chat, &d.model)
+            .messages_count_answer(&d.upstream.name, body)
+            .map_err(|e| redact(e, d))
     };
     within(d, timeout, fut).await
 }

@@ -104,6 +104,15 @@ impl Native {
         Ok(raw.to_bytes())
     }
 
+    /// A `count_tokens` body for an API that takes the model and the
+    /// Messages API's version in the body (Claude's count on Vertex AI):
+    /// the client's body with `model` and `anthropic_version`.
+    pub fn count_body(&self, version: &str, model: &str) -> Result<Bytes, GatewayError> {
+        let mut raw = self.raw_for(version, false)?;
+        set(&mut raw, "model", model)?;
+        Ok(raw.to_bytes())
+    }
+
     fn raw_for(&self, version: &str, keep_stream: bool) -> Result<crate::RawReply, GatewayError> {
         let mut raw = self.raw()?;
         raw.remove("model");

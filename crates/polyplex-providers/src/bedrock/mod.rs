@@ -599,6 +599,48 @@ fn request(
 /// The Messages API version Bedrock takes in the body of Claude's `invoke`.
 pub const ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
 
+/// A Messages `count_tokens` request as Bedrock's CountTokens: the
+/// `invoke` body (with a `max_tokens`, which Claude's `invoke` schema
+/// requires and counting ignores) in base64, for the foundation model an
+/// inference profile names (CountTokens takes only those).
+fn count_request(
+    native: &crate::anthropic::Native,
+    target: &Target<'_>,
+) -> Result<UpstreamRequest, GatewayError> {
+    use base64::Engine;
+    let body = native.body_with_betas(ANTHROPIC_VERSION, false)?;
+    let mut v: Value = serde_json::from_slice(&body)
+        .map_err(|e| GatewayError::internal(format!("count_tokens: {e}")))?;
+    if v.get("max_tokens").is_none() {
+        v["max_tokens"] = json!(1);
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(v.to_string());
+    let wrapped = json!({"input": {"invokeModel": {"body": encoded}}});
+    let mut foundation = target.clone();
+    foundation.model = foundation_model(target.model);
+    request(
+        &foundation,
+        "count-tokens",
+        wrapped.to_string().into_bytes(),
+        Vec::new(),
+        false,
+    )
+}
+
+/// The foundation model of an inference profile id (`us.anthropic.claude-…`
+/// → `anthropic.claude-…`); other ids as they are.
+pub fn foundation_model(model: &str) -> &str {
+    match model.split_once('.') {
+        Some((region, rest))
+            if rest.contains('.')
+                && ["us", "eu", "apac", "global", "jp", "au", "ca", "us-gov"].contains(&region) =>
+        {
+            rest
+        }
+        _ => model,
+    }
+}
+
 /// True for Claude's model ids (and inference profiles) on Bedrock, which
 /// take Anthropic's Messages body through `invoke`.
 pub fn is_claude(model: &str) -> bool {
@@ -868,8 +910,8 @@ impl Protocol for Bedrock {
     /// Claude's Messages requests go through `invoke` and
     /// `invoke-with-response-stream` as they are (the model in the URL;
     /// `anthropic_version` and the beta features in the body).
-    fn carries_messages(&self, model: &str, count: bool) -> bool {
-        is_claude(model) && !count
+    fn carries_messages(&self, model: &str, _count: bool) -> bool {
+        is_claude(model)
     }
 
     /// Cohere's rerank models through `invoke`: Cohere's body without the
@@ -924,7 +966,7 @@ impl Protocol for Bedrock {
         target: &Target<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
         let crate::MessagesCall::Create { stream } = call else {
-            return crate::anthropic::Anthropic.messages_request(native, call, target);
+            return count_request(native, target);
         };
         let body = native.body_with_betas(ANTHROPIC_VERSION, false)?;
         let method = if stream {
@@ -933,6 +975,17 @@ impl Protocol for Bedrock {
             "invoke"
         };
         request(target, method, body.to_vec(), Vec::new(), stream)
+    }
+
+    /// CountTokens answers `{"inputTokens": n}`.
+    fn messages_count_answer(&self, provider: &str, body: Bytes) -> Result<Bytes, GatewayError> {
+        let v: Value = serde_json::from_slice(&body).map_err(|_| {
+            GatewayError::upstream_bad_response(provider, "its token count is not JSON")
+        })?;
+        let n = v["inputTokens"].as_u64().ok_or_else(|| {
+            GatewayError::upstream_bad_response(provider, "its token count has no inputTokens")
+        })?;
+        Ok(Bytes::from(json!({ "input_tokens": n }).to_string()))
     }
 
     /// A `chunk`'s `bytes` (base64) are one of Anthropic's events; an

@@ -947,7 +947,7 @@ fn claude_takes_a_clients_messages_request_through_invoke() {
     let a = AuthStyle::bearer();
     let t = target(&a, None);
     assert!(Bedrock.carries_messages(t.model, false));
-    assert!(!Bedrock.carries_messages(t.model, true));
+    assert!(Bedrock.carries_messages(t.model, true));
     assert!(!Bedrock.carries_messages("amazon.nova-pro-v1:0", false));
     let body = br#"{"model":"claude","stream":true,"max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#;
     let native = crate::anthropic::Native::new(Bytes::from_static(body), &HeaderMap::new());
@@ -980,4 +980,52 @@ fn claude_takes_a_clients_messages_request_through_invoke() {
         .unwrap_err();
     assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(e.retryable && e.message.contains("Too many tokens"));
+}
+
+#[test]
+fn claude_is_counted_by_count_tokens_for_its_foundation_model() {
+    use base64::Engine;
+    let a = AuthStyle::bearer();
+    let mut t = target(&a, None);
+    t.model = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
+    let body = br#"{"model":"claude","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut headers = HeaderMap::new();
+    headers.insert("anthropic-beta", "b1".parse().unwrap());
+    let native = crate::anthropic::Native::new(Bytes::from_static(body), &headers);
+    let req = Bedrock
+        .messages_request(&native, crate::MessagesCall::Count, &t)
+        .unwrap();
+    assert!(req
+        .url
+        .ends_with("/model/anthropic.claude-haiku-4-5-20251001-v1%3A0/count-tokens"));
+    let sent: Value = serde_json::from_slice(&req.body).unwrap();
+    let inner = base64::engine::general_purpose::STANDARD
+        .decode(sent["input"]["invokeModel"]["body"].as_str().unwrap())
+        .unwrap();
+    let inner: Value = serde_json::from_slice(&inner).unwrap();
+    assert_eq!(inner["anthropic_version"], ANTHROPIC_VERSION);
+    assert_eq!(
+        (inner["max_tokens"].as_u64(), inner.get("model")),
+        (Some(1), None)
+    );
+    assert_eq!(inner["anthropic_beta"], json!(["b1"]));
+    let answer = Bedrock
+        .messages_count_answer("aws", Bytes::from_static(br#"{"inputTokens":42}"#))
+        .unwrap();
+    assert_eq!(&answer[..], br#"{"input_tokens":42}"#);
+    assert!(Bedrock
+        .messages_count_answer("aws", Bytes::from_static(b"{}"))
+        .is_err());
+    assert_eq!(
+        foundation_model("eu.anthropic.claude-x-v1:0"),
+        "anthropic.claude-x-v1:0"
+    );
+    assert_eq!(
+        foundation_model("anthropic.claude-x-v1:0"),
+        "anthropic.claude-x-v1:0"
+    );
+    assert_eq!(
+        foundation_model("amazon.nova-pro-v1:0"),
+        "amazon.nova-pro-v1:0"
+    );
 }

@@ -280,8 +280,8 @@ impl Protocol for Vertex {
 
     /// Claude's Messages requests go through `rawPredict` as they are
     /// (`model` in the URL, `anthropic_version` in the body).
-    fn carries_messages(&self, model: &str, count: bool) -> bool {
-        is_claude(model) && !count
+    fn carries_messages(&self, model: &str, _count: bool) -> bool {
+        is_claude(model)
     }
 
     fn messages_request(
@@ -291,7 +291,17 @@ impl Protocol for Vertex {
         target: &Target<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
         let crate::MessagesCall::Create { stream } = call else {
-            return Anthropic.messages_request(native, call, target);
+            // Claude's count on Vertex AI: one endpoint, the model in the body.
+            let _ = model_path(target, "anthropic", "rawPredict")?;
+            return Ok(UpstreamRequest {
+                url: join_url(
+                    target.base_url,
+                    "publishers/anthropic/models/count-tokens:rawPredict",
+                ),
+                headers: native.headers(false, target)?,
+                body: native.count_body(ANTHROPIC_VERSION, target.model)?,
+                dropped: Vec::new(),
+            });
         };
         let method = if stream {
             "streamRawPredict"

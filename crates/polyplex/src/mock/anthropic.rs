@@ -394,13 +394,18 @@ pub(crate) async fn count_tokens(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let oa = to_openai(&req);
+    Json(json!({"input_tokens": counted(&req)})).into_response()
+}
+
+/// The tokens of a Messages request as the mock counts them (its
+/// messages', system's and tools' words), for every API that counts them.
+pub(crate) fn counted(req: &Map<String, Value>) -> u64 {
+    let oa = to_openai(req);
     let messages = oa.get("messages").and_then(Value::as_array);
     let tools = req
         .get("tools")
         .map_or(0, |t| reply::tokenize(&t.to_string()).len() as u64);
-    let n = reply::prompt_tokens(messages.map(Vec::as_slice).unwrap_or(&[])) + tools;
-    Json(json!({"input_tokens": n})).into_response()
+    reply::prompt_tokens(messages.map(Vec::as_slice).unwrap_or(&[])) + tools
 }
 
 /// The refusal of a request without Anthropic's required headers.

@@ -575,3 +575,49 @@ pub(crate) async fn invoke(
         "The mock invokes only Claude and embedding models (cohere.embed-*, amazon.titan-embed-*).",
     )
 }
+
+/// `POST /model/{id}/count-tokens` (CountTokens) for Claude: the `invoke`
+/// body in base64 under `input.invokeModel.body`, counted as the mock
+/// counts Messages requests; inference profile ids refused, as Bedrock does.
+pub(crate) async fn count_tokens(
+    State(s): State<Arc<MockState>>,
+    Path(model): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    use base64::Engine;
+    let (req, _) = match admitted(&s, &model, &uri, &headers, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if !polyplex_providers::bedrock::is_claude(&model) || !model.starts_with("anthropic.") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "The provided model doesn't support counting tokens.",
+        );
+    }
+    let inner = req
+        .get("input")
+        .and_then(|i| i.pointer("/invokeModel/body"))
+        .and_then(Value::as_str)
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok());
+    let Some(inner) = inner else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Malformed input request: input.invokeModel.body must be a base64 JSON body",
+        );
+    };
+    if inner.get("anthropic_version").and_then(Value::as_str)
+        != Some(polyplex_providers::bedrock::ANTHROPIC_VERSION)
+        || !inner.contains_key("max_tokens")
+        || inner.contains_key("model")
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Malformed input request: #: required key [max_tokens] and anthropic_version bedrock-2023-05-31 expected, extraneous key [model] is not permitted",
+        );
+    }
+    Json(json!({"inputTokens": super::anthropic::counted(&inner)})).into_response()
+}

@@ -219,6 +219,7 @@ pub fn router(state: Arc<MockState>) -> Router {
         .route("/token", post(vertex::token))
         .route("/model/{model}/converse", post(bedrock::converse_unary))
         .route("/model/{model}/invoke", post(bedrock::invoke))
+        .route("/model/{model}/count-tokens", post(bedrock::count_tokens))
         .route(
             "/model/{model}/invoke-with-response-stream",
             post(bedrock::invoke_stream),

@@ -128,6 +128,24 @@ async fn serve(
             )
             .await
         }
+        ("anthropic", "rawPredict") if model == "count-tokens" => {
+            let req = serde_json::from_slice::<serde_json::Map<String, Value>>(&body);
+            let Ok(req) = req.map_err(|_| ()).and_then(|r| {
+                (r.get("model").is_some_and(Value::is_string)
+                    && r.get("anthropic_version").and_then(Value::as_str)
+                        == Some(polyplex_providers::vertex::ANTHROPIC_VERSION))
+                .then_some(r)
+                .ok_or(())
+            }) else {
+                return google_error(
+                    StatusCode::BAD_REQUEST,
+                    "count-tokens takes the model and anthropic_version vertex-2023-10-16 in the body.",
+                    "INVALID_ARGUMENT",
+                );
+            };
+            s.record(uri.path(), &headers, &Value::Object(req.clone()));
+            Json(json!({"input_tokens": anthropic::counted(&req)})).into_response()
+        }
         ("anthropic", "rawPredict" | "streamRawPredict") => {
             let Ok(mut req) = serde_json::from_slice::<serde_json::Map<String, Value>>(&body)
             else {

@@ -1280,7 +1280,8 @@ pub(super) async fn serve_converted(
 }
 
 /// Anthropic's `POST /v1/messages/count_tokens`: the prompt's tokens as
-/// an upstream of Anthropic's protocol that serves the model counts them
+/// an upstream that serves the model counts them — Anthropic's API, Claude
+/// on Vertex AI (its count-tokens endpoint) or on Bedrock (CountTokens) —
 /// (the request passed through, `super::native`), else as the gateway
 /// counts them (OpenAI's tokenizer and formula: an estimate for other
 /// providers' models), for a model this caller may use.
@@ -1327,8 +1328,13 @@ pub async fn count_tokens(
             let native = polyplex_providers::anthropic::Native::new(text, &headers);
             match crate::executor::native_count(&app, &d, &native).await {
                 Ok(answer) => return Ok(super::respond::json_bytes(answer)),
-                // The upstream's word on the request itself stands.
-                Err(e) if matches!(e.status.as_u16(), 400 | 413) => return Err(e),
+                // Anthropic's word on the request itself stands (Vertex AI's
+                // and Bedrock's may be about the model's counting).
+                Err(e)
+                    if d.upstream.kind == "anthropic" && matches!(e.status.as_u16(), 400 | 413) =>
+                {
+                    return Err(e)
+                }
                 Err(e) => {
                     tracing::debug!(deployment = %d.label(), error = %e, "count_tokens upstream failed; counted here")
                 }
