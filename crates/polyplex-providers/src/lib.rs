@@ -293,6 +293,26 @@ pub trait Protocol: Send + Sync {
             target.provider
         )))
     }
+    /// Whether a client's own Gemini `generateContent` request for `model`
+    /// goes to this API as it is ([`Protocol::generate_request`]): Gemini's
+    /// API, and Gemini models on Vertex AI.
+    fn carries_generate(&self, _model: &str) -> bool {
+        false
+    }
+    /// The upstream request for a client's own `generateContent` body (its
+    /// model, if it names one, taken out: the URL names the deployment's),
+    /// where [`Protocol::carries_generate`].
+    fn generate_request(
+        &self,
+        _body: Bytes,
+        _stream: bool,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        Err(GatewayError::internal(format!(
+            "provider `{}` does not take Gemini's generateContent requests as they are",
+            target.provider
+        )))
+    }
     /// A `count_tokens` answer as Anthropic's API gives it
     /// (`{"input_tokens": n}`), from this API's own.
     fn messages_count_answer(&self, _provider: &str, body: Bytes) -> Result<Bytes, GatewayError> {

@@ -766,6 +766,107 @@ pub async fn rerank_once(
     within(d, d.upstream.timeout, fut).await
 }
 
+/// Whether `d` takes a client's own Gemini `generateContent` request as
+/// it is: Gemini's API, or a Gemini model on Vertex AI.
+pub fn speaks_generate(d: &Deployment) -> bool {
+    d.upstream
+        .protocol_for(Endpoint::Chat, &d.model)
+        .carries_generate(&d.model)
+}
+
+/// One non-streamed attempt of a Gemini request passed through
+/// ([`speaks_generate`]): the answer's body as the upstream gave it.
+pub async fn generate_unary_once(
+    app: &AppState,
+    d: &Deployment,
+    _in_flight: InFlight,
+    body: &Bytes,
+) -> Result<Bytes, GatewayError> {
+    let fut = async {
+        let protocol = d.upstream.protocol_for(Endpoint::Chat, &d.model);
+        let (resp, _) = send_with(app, d, false, |target| {
+            protocol.generate_request(body.clone(), false, target)
+        })
+        .await?;
+        read_body(resp.into_body())
+            .await
+            .map_err(|f| transport_error(d, f))
+    };
+    within(d, d.upstream.timeout, fut).await
+}
+
+/// A passed-through Gemini stream whose first event has arrived.
+pub struct GenerateOpen {
+    pub body: BoxStream<'static, Result<Bytes, hyper::Error>>,
+    pub parser: Parser,
+    /// Events read so far, still to be relayed (the first is no error).
+    pub events: Vec<sse::Event>,
+    pub first_byte_at: Instant,
+    /// Counts the stream in its deployment's in-flight number until it ends.
+    pub in_flight: InFlight,
+}
+
+/// One streamed attempt of a Gemini request passed through, up to its
+/// first event; an error event first fails the attempt (the client has
+/// had nothing yet).
+pub async fn generate_stream_once(
+    app: &AppState,
+    d: &Deployment,
+    in_flight: InFlight,
+    body: &Bytes,
+) -> Result<GenerateOpen, GatewayError> {
+    let fut = async {
+        let protocol = d.upstream.protocol_for(Endpoint::Chat, &d.model);
+        let (resp, _) = send_with(app, d, false, |target| {
+            protocol.generate_request(body.clone(), true, target)
+        })
+        .await?;
+        let mut stream = resp.into_body().into_data_stream().boxed();
+        let mut parser = protocol.stream_parser();
+        let mut events = Vec::new();
+        while events.is_empty() {
+            match stream.next().await {
+                Some(Ok(bytes)) => parser.feed(&bytes, &mut events),
+                Some(Err(_)) => return Err(transport_error(d, Failure::Broken)),
+                None => {
+                    return Err(GatewayError::upstream_bad_response(
+                        &d.upstream.name,
+                        "the stream ended before its first event",
+                    ))
+                }
+            }
+        }
+        if let Some(e) = stream_error_of(&events[0].data) {
+            let status = e["code"]
+                .as_u64()
+                .and_then(|c| StatusCode::from_u16(c as u16).ok())
+                .unwrap_or(StatusCode::BAD_GATEWAY);
+            let body = serde_json::json!({ "error": e }).to_string();
+            return Err(redact(
+                protocol.error(&d.upstream.name, status, body.as_bytes()),
+                d,
+            ));
+        }
+        Ok(GenerateOpen {
+            body: stream,
+            parser,
+            events,
+            first_byte_at: Instant::now(),
+            in_flight,
+        })
+    };
+    within(d, d.upstream.first_byte_timeout, fut).await
+}
+
+/// The `error` object of a Gemini stream event that is one.
+pub fn stream_error_of(data: &str) -> Option<serde_json::Value> {
+    if !data.contains("\"error\"") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(data).ok()?;
+    v.get("error").filter(|e| e.is_object()).cloned()
+}
+
 /// A passed-through Messages stream whose first event has arrived: the
 /// events read so far, still to be relayed (a decoder of its own reads
 /// them for their usage; an `error` first has failed the attempt), each

@@ -29,6 +29,10 @@
 //!   left out and named in `x-polyplex-dropped-params`. Anything else
 //!   unknown is a 400 naming it, as Google's API answers.
 //!
+//! A plan of deployments that all take Gemini's API gets the request as
+//! written instead (`server::genai_native`), and [`routing_form`] is then
+//! its chat form when the conversion refused it.
+//!
 //! The answer's `usageMetadata` carries the tokens (thoughts apart) and the
 //! cost (`usageMetadata.cost`); errors are Google's `{"error": {"code",
 //! "message", "status"}}`.
@@ -234,6 +238,41 @@ pub fn to_chat(body: &JsonMap, model: &str, stream: bool) -> Result<(JsonMap, Ec
         chat.insert("stream_options".into(), json!({"include_usage": true}));
     }
     Ok((chat, echo))
+}
+
+/// A request's coarse chat form, for routing and estimates when
+/// [`to_chat`] refused it (it is then served only by deployments that take
+/// Gemini's API as it is): its text, as one user message.
+pub fn routing_form(body: &JsonMap, model: &str, stream: bool) -> JsonMap {
+    let mut text = String::new();
+    let mut add = |parts: Option<&Value>| {
+        for p in parts.and_then(Value::as_array).into_iter().flatten() {
+            if let Some(t) = p.get("text").and_then(Value::as_str) {
+                text.push_str(t);
+                text.push('\n');
+            }
+        }
+    };
+    if let Some(si) = member(body, "systemInstruction") {
+        add(si.get("parts"));
+    }
+    for c in member(body, "contents")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        add(c.get("parts"));
+    }
+    let mut chat = JsonMap::new();
+    chat.insert("model".into(), json!(model));
+    chat.insert(
+        "messages".into(),
+        json!([{"role": "user", "content": text}]),
+    );
+    if stream {
+        chat.insert("stream".into(), json!(true));
+    }
+    chat
 }
 
 /// Function calls of earlier `model` turns, for pairing the responses.

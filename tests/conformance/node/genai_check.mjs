@@ -39,7 +39,9 @@ for (const model of ['openai/gpt-4o-mini', 'anthropic/claude-sonnet-4-5', 'gemin
       if (ch.functionCalls) calls.push(...ch.functionCalls);
       last = ch;
     }
-    expect(calls.length === 1 && calls[0].name === 'read_file' && calls[0].id, JSON.stringify(calls));
+    // (Gemini's own API names no call ids: its calls are answered by name.)
+    const ids = model.startsWith('gemini') || Boolean(calls[0].id);
+    expect(calls.length === 1 && calls[0].name === 'read_file' && ids, JSON.stringify(calls));
     expect(last.usageMetadata.totalTokenCount > 0, 'usage on the last chunk');
     // The turn back, with the call's response by id.
     const r = await ai.models.generateContent({ model, config: { tools: [readFile] }, contents: [

@@ -129,6 +129,16 @@ fn build_chat(
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
     let (bytes, dropped) = chat_body(body, target)?;
+    generate_at(Bytes::from(bytes), dropped, stream, target)
+}
+
+/// A `generateContent` body sent to the target's model (streamed as SSE).
+fn generate_at(
+    body: Bytes,
+    dropped: Vec<String>,
+    stream: bool,
+    target: &Target<'_>,
+) -> Result<UpstreamRequest, GatewayError> {
     let path = if stream {
         format!(
             "v1beta/models/{}:streamGenerateContent?alt=sse",
@@ -140,9 +150,21 @@ fn build_chat(
     Ok(UpstreamRequest {
         url: join_url(target.base_url, &path),
         headers: crate::headers(target, stream)?,
-        body: Bytes::from(bytes),
+        body,
         dropped,
     })
+}
+
+/// A client's own `generateContent` body without its `model` member (the
+/// URL names the deployment's), as it came otherwise.
+pub fn without_model(body: Bytes) -> Result<Bytes, GatewayError> {
+    let mut raw = crate::RawReply::parse(body.clone())
+        .map_err(|e| GatewayError::internal(format!("gemini: {e}")))?;
+    if raw.get("model").is_none() {
+        return Ok(body);
+    }
+    raw.remove("model");
+    Ok(raw.to_bytes())
 }
 
 /// The `generateContent` body for an OpenAI chat request (Gemini's API and
@@ -451,7 +473,8 @@ fn finish_reason(r: &str, has_calls: bool) -> &'static str {
     }
 }
 
-fn usage_from(u: &Value) -> Usage {
+/// A `usageMetadata` object's counts as a [`Usage`].
+pub fn usage_from(u: &Value) -> Usage {
     let n = |k: &str| u.get(k).and_then(Value::as_u64);
     Counts {
         prompt: n("promptTokenCount"),
@@ -760,6 +783,19 @@ pub(crate) fn parse_chat(
 }
 
 impl Protocol for Gemini {
+    fn carries_generate(&self, _model: &str) -> bool {
+        true
+    }
+
+    fn generate_request(
+        &self,
+        body: Bytes,
+        stream: bool,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        generate_at(without_model(body)?, Vec::new(), stream, target)
+    }
+
     fn name(&self) -> &'static str {
         "gemini"
     }

@@ -178,6 +178,30 @@ fn is_message(body: &[u8]) -> bool {
 }
 
 impl Protocol for Vertex {
+    fn carries_generate(&self, model: &str) -> bool {
+        !is_claude(model)
+    }
+
+    /// Gemini's own request, at Google's publisher path for the model.
+    fn generate_request(
+        &self,
+        body: Bytes,
+        stream: bool,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        let method = if stream {
+            "streamGenerateContent?alt=sse"
+        } else {
+            "generateContent"
+        };
+        Ok(UpstreamRequest {
+            url: model_path(target, "google", method)?,
+            headers: crate::headers(target, stream)?,
+            body: crate::gemini::without_model(body)?,
+            dropped: Vec::new(),
+        })
+    }
+
     fn name(&self) -> &'static str {
         "vertex"
     }

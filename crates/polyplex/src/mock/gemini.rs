@@ -79,7 +79,16 @@ fn to_openai(req: &Value) -> Map<String, Value> {
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .map(|d| json!({"type": "function", "function": {"name": d.get("name"), "parameters": d.get("parametersJsonSchema").or_else(|| d.get("parameters"))}}))
+        // Google's schema (upper-case types) read as JSON Schema, as Gemini takes both.
+        .map(|d| {
+            // (Google's JSON takes each name in snake_case too.)
+            let params = d
+                .get("parametersJsonSchema")
+                .or_else(|| d.get("parameters_json_schema"))
+                .cloned()
+                .or_else(|| d.get("parameters").map(crate::genai::json_schema));
+            json!({"type": "function", "function": {"name": d.get("name"), "parameters": params}})
+        })
         .collect();
     if !decls.is_empty() {
         out.insert("tools".into(), Value::Array(decls));
@@ -326,6 +335,7 @@ pub(crate) async fn serve(
                 let mut c = json!({"content": {"parts": parts, "role": "model"}, "finishReason": finish, "index": i});
                 if let Some(lp) = &lp {
                     c["logprobsResult"] = lp.clone();
+                    c["avgLogprobs"] = average_logprob(lp);
                 }
                 if let Some(g) = &grounding {
                     c["groundingMetadata"] = g.clone();
@@ -425,6 +435,20 @@ fn grounding_metadata(oa: &Map<String, Value>, answer: &str) -> Value {
         "groundingSupports": [{"segment": {"startIndex": lead, "endIndex": lead + answer.len(), "text": answer},
             "groundingChunkIndices": [0], "confidenceScores": [0.9]}]
     })
+}
+
+/// The mean of a `logprobsResult`'s chosen log probabilities (a unary
+/// candidate's `avgLogprobs`).
+fn average_logprob(lp: &Value) -> Value {
+    let chosen = lp["chosenCandidates"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let sum: f64 = chosen
+        .iter()
+        .filter_map(|c| c["logProbability"].as_f64())
+        .sum();
+    json!(sum / chosen.len().max(1) as f64)
 }
 
 /// Gemini's `logprobsResult` for the answer's tokens: each chosen, with

@@ -107,27 +107,76 @@ pub async fn serve(
         model: model.clone(),
         ..Echo::default()
     };
-    let (headers, _, tree) = match converted_request(&mut call, &app, req).await {
+    let (headers, text, tree) = match converted_request(&mut call, &app, req).await {
         Ok(r) => r,
         Err(resp) => return super::respond::genai_answer(resp, echo, sse).await,
     };
-    let chat = match genai::to_chat(&tree, &model, stream) {
+    // What chat cannot carry is refused only if a deployment of another
+    // protocol is to serve it (`super::genai_native`).
+    let (chat, lossy) = match genai::to_chat(&tree, &model, stream) {
         Ok((chat, e)) => {
             echo = Echo { id: echo.id, ..e };
-            chat
+            (chat, None)
         }
-        Err(e) => {
-            call.tag_from(&tree);
-            let resp = call.fail(&model, stream, e, &Served::default());
-            return super::respond::genai_answer(resp, echo, sse).await;
-        }
+        Err(e) => (genai::routing_form(&tree, &model, stream), Some(e)),
     };
-    let bytes = match serde_json::to_vec(&chat) {
-        Ok(b) => b,
-        Err(e) => return google_error(GatewayError::internal(format!("gemini: {e}"))),
-    };
+    // A plan whose every deployment takes Gemini's API gets the request
+    // as the client wrote it (`super::genai_native`).
+    let chat = RequestBody::from_map(chat);
+    if let Some(plan) = native_plan(&app, &caller, &model, &chat, stream) {
+        let asked = super::genai_native::Asked {
+            model: &model,
+            stream,
+            sse,
+            body: text,
+            chat,
+            metadata: tree.get("labels").and_then(Value::as_object),
+        };
+        return super::genai_native::serve(&call, asked, &plan, &echo).await;
+    }
+    if let Some(e) = lossy {
+        call.tag_from(&tree);
+        let resp = call.fail(&model, stream, e, &Served::default());
+        return super::respond::genai_answer(resp, echo, sse).await;
+    }
+    let bytes = chat.text().to_vec();
     let resp = serve_as_chat(app, rid, caller, "gemini", headers, bytes, None).await;
     super::respond::genai_answer(resp, echo, sse).await
+}
+
+/// The plan for `model` when every deployment in it takes Gemini's API
+/// as it is (Gemini's own, Gemini models on Vertex AI); None otherwise
+/// (or when there is none: the chat path says why).
+fn native_plan(
+    app: &App,
+    caller: &Caller,
+    model: &str,
+    chat: &RequestBody,
+    stream: bool,
+) -> Option<crate::routing::Plan> {
+    let spec = caller.key().map(|k| k.spec());
+    let access = spec.as_ref().and_then(|s| s.models.as_deref());
+    if !app.router.may_reach(access, model) {
+        return None;
+    }
+    let facts = Facts::new(chat, Endpoint::Chat, stream);
+    let plan = app
+        .router
+        .plan(
+            model,
+            &[],
+            &ProviderPrefs::default(),
+            access,
+            &facts,
+            &mut rand::thread_rng(),
+        )
+        .ok()?;
+    (!plan.deployments.is_empty()
+        && plan
+            .deployments
+            .iter()
+            .all(crate::executor::speaks_generate))
+    .then_some(plan)
 }
 
 /// `embedContent` / `batchEmbedContents`: served as an embeddings request

@@ -50,6 +50,7 @@ pub mod busy;
 pub mod conversations;
 pub mod gate;
 mod genai;
+mod genai_native;
 pub mod handlers;
 mod native;
 pub mod passthrough;

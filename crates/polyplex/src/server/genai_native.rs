@@ -1,0 +1,370 @@
+//! Google's Gemini API passed through: a `generateContent` or
+//! `streamGenerateContent` request whose every deployment takes Gemini's
+//! API (Gemini's own, Gemini models on Vertex AI:
+//! `Protocol::carries_generate`) goes upstream as the client wrote it (its
+//! `model` member, if any, taken out: the URL names the deployment's), and
+//! the answer — the response, or the stream's chunks — comes back as the
+//! upstream sent it, with `usageMetadata.cost` added. Nothing is lost in
+//! translation: `safetySettings`, `cachedContent`, Google's own tools
+//! (code execution, URL context, Search grounding and its
+//! `groundingMetadata`), thought signatures on any part, safety ratings.
+//!
+//! The request still goes through the gateway as chat does: keys, limits,
+//! budgets, routing, retries and failover (before the first byte), one
+//! usage record (endpoint `gemini`). Its chat form is what routing and
+//! estimates read. A plan with a deployment of another protocol is served
+//! as chat instead (`super::genai`).
+
+use super::handlers::{ratelimit_headers, Call, Unanswered};
+use super::respond::{finish_usage, json_bytes, record_served, Served};
+use crate::executor::{attempt_loop, generate_stream_once, generate_unary_once, GenerateOpen};
+use crate::genai::Echo;
+use crate::keys::Admitted;
+use crate::routing::{Deployment, Plan};
+use crate::usage::UsageRecord;
+use axum::body::Body;
+use axum::http::{header, HeaderValue};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::StreamExt;
+use polyplex_providers::{gemini, Endpoint};
+use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
+use serde_json::Value;
+
+/// What [`serve`] needs of the request.
+pub(super) struct Asked<'a> {
+    pub(super) model: &'a str,
+    pub(super) stream: bool,
+    /// Server-sent events (`alt=sse`), else one JSON array.
+    pub(super) sse: bool,
+    /// The client's body as it came.
+    pub(super) body: Bytes,
+    /// Its chat form (for usage estimates).
+    pub(super) chat: RequestBody,
+    /// Its `labels` (the request's metadata pairs).
+    pub(super) metadata: Option<&'a JsonMap>,
+}
+
+/// Serves `asked` through `plan`, whose deployments all take Gemini's API.
+pub(super) async fn serve(call: &Call, asked: Asked<'_>, plan: &Plan, echo: &Echo) -> Response {
+    let app = &call.app;
+    // Nothing is left out on this path.
+    let echo = Echo {
+        dropped: Vec::new(),
+        ..echo.clone()
+    };
+    let failed = |resp: Response| super::respond::genai_answer(resp, echo.clone(), asked.sse);
+    call.tag(None, asked.metadata);
+    let mut gone = Unanswered::new(call);
+    gone.asked_for(asked.model, asked.stream);
+    let no_one = Served::default();
+    let mut admitted = match call.admit(asked.model, &[]).await {
+        Ok(a) => a,
+        Err(e) => {
+            gone.answered = true;
+            return failed(call.fail(asked.model, asked.stream, e, &no_one)).await;
+        }
+    };
+    let body = &asked.body;
+    let gone_ref = &gone;
+    let resp = if asked.stream {
+        let outcome = attempt_loop(app, plan, false, |d, g| async move {
+            gone_ref
+                .attempt(&d, generate_stream_once(app, &d, g, body))
+                .await
+        })
+        .await;
+        let served = outcome.trace;
+        match outcome.result {
+            Ok((open, d)) => {
+                let record = call.served_record(
+                    asked.model,
+                    &d,
+                    Usage::default(),
+                    0.0,
+                    served.attempts,
+                    admitted.as_ref(),
+                );
+                let mut head = Response::new(Body::empty());
+                if let Some(a) = &admitted {
+                    ratelimit_headers(&mut head, &a.limits);
+                }
+                let mut resp = relay(call, open, d, record, admitted.take(), asked.sse);
+                resp.headers_mut().extend(head.headers().clone());
+                served.apply(&mut resp);
+                resp
+            }
+            Err(e) => failed(call.fail(asked.model, true, e, &served)).await,
+        }
+    } else {
+        let outcome = attempt_loop(app, plan, true, |d, g| async move {
+            gone_ref
+                .attempt(&d, generate_unary_once(app, &d, g, body))
+                .await
+        })
+        .await;
+        let served = outcome.trace;
+        match outcome.result {
+            Ok((bytes, d)) => {
+                let protocol = d.upstream.protocol_for(Endpoint::Chat, &d.model);
+                let (usage, c) = match protocol.parse_reply(
+                    Endpoint::Chat,
+                    &d.upstream.name,
+                    &asked.chat,
+                    &bytes,
+                ) {
+                    Ok((reply, usage)) => {
+                        let (_, usage, c) =
+                            finish_usage(app, &d, Endpoint::Chat, &asked.chat, reply, usage);
+                        (usage, c)
+                    }
+                    Err(_) => (Usage::default(), 0.0),
+                };
+                let record = call.served_record(
+                    asked.model,
+                    &d,
+                    usage,
+                    c,
+                    served.attempts,
+                    admitted.as_ref(),
+                );
+                d.stats.on_tokens(usage.completion_tokens, record.latency);
+                record_served(app, &d, record);
+                let mut resp = json_bytes(with_cost(bytes, c));
+                served.apply(&mut resp);
+                if let Some(a) = &admitted {
+                    ratelimit_headers(&mut resp, &a.limits);
+                }
+                resp
+            }
+            Err(e) => failed(call.fail(asked.model, false, e, &served)).await,
+        }
+    };
+    gone.answered = true;
+    resp
+}
+
+/// A Gemini response (or stream chunk) with `usageMetadata.cost` added (as
+/// it is, when it has no `usageMetadata` object).
+fn with_cost(body: Bytes, c: f64) -> Bytes {
+    let Ok(mut raw) = polyplex_providers::RawReply::parse(body.clone()) else {
+        return body;
+    };
+    let Some(meta) = raw
+        .get("usageMetadata")
+        .filter(|m| m.starts_with('{'))
+        .and_then(|m| serde_json::from_str::<Value>(m).ok())
+    else {
+        return body;
+    };
+    let mut meta = meta;
+    meta["cost"] = crate::usage::cost_json(c);
+    if raw.set("usageMetadata", &meta).is_err() {
+        return body;
+    }
+    raw.to_bytes()
+}
+
+/// The passed-through stream's response: the upstream's chunks as they
+/// come, each `usageMetadata` with the cost of the usage so far; recorded
+/// when it ends (200), breaks (502) or the client leaves (499).
+fn relay(
+    call: &Call,
+    open: GenerateOpen,
+    d: Deployment,
+    mut record: UsageRecord,
+    admitted: Option<Admitted>,
+    sse: bool,
+) -> Response {
+    record.stream = true;
+    record.ttft = Some(call.started.elapsed());
+    let relay = Relay {
+        app: call.app.clone(),
+        open,
+        d,
+        record: Some(record),
+        _admitted: admitted,
+        usage: None,
+        sse,
+        wrote: false,
+        ended: false,
+    };
+    let frames = futures::stream::unfold(relay, |mut r| async move {
+        let frame = r.next_frame().await?;
+        Some((Ok::<Bytes, std::convert::Infallible>(frame), r))
+    });
+    let mut resp = Response::new(Body::from_stream(frames));
+    let kind = if sse {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+struct Relay {
+    app: super::App,
+    open: GenerateOpen,
+    d: Deployment,
+    /// Written once, when the stream ends.
+    record: Option<UsageRecord>,
+    /// The key's concurrency slot, held until the stream ends.
+    _admitted: Option<Admitted>,
+    /// The usage the last chunk reported (Gemini's counts are cumulative).
+    usage: Option<Usage>,
+    sse: bool,
+    wrote: bool,
+    ended: bool,
+}
+
+impl Relay {
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            if !self.open.events.is_empty() {
+                let events = std::mem::take(&mut self.open.events);
+                let mut out = Vec::new();
+                for ev in events {
+                    if let Some(e) = crate::executor::stream_error_of(&ev.data) {
+                        // The upstream's own error, as it sent it.
+                        let status = e["code"].as_u64().unwrap_or(502) as u16;
+                        self.write(ev.data.as_bytes(), &mut out);
+                        self.end(status, &mut out);
+                        return Some(Bytes::from(out));
+                    }
+                    let data = self.metered(Bytes::from(ev.data));
+                    self.write(&data, &mut out);
+                }
+                if !out.is_empty() {
+                    return Some(Bytes::from(out));
+                }
+                continue;
+            }
+            let idle = self.d.upstream.idle_timeout;
+            match tokio::time::timeout(idle, self.open.body.next()).await {
+                Ok(Some(Ok(bytes))) => {
+                    let mut events = Vec::new();
+                    self.open.parser.feed(&bytes, &mut events);
+                    self.open.events = events;
+                }
+                Ok(None) => {
+                    let mut out = Vec::new();
+                    self.end(200, &mut out);
+                    return (!out.is_empty()).then(|| Bytes::from(out));
+                }
+                Ok(Some(Err(_))) => {
+                    let e = GatewayError::upstream_unreachable(
+                        &self.d.upstream.name,
+                        "the connection broke during the stream",
+                    );
+                    return Some(self.fail(e));
+                }
+                Err(_) => {
+                    let e = GatewayError::upstream_timeout(&self.d.upstream.name, idle)
+                        .with_code("upstream_stream_idle");
+                    return Some(self.fail(e));
+                }
+            }
+        }
+    }
+
+    /// A chunk with the cost of the usage it reports (cumulative).
+    fn metered(&mut self, data: Bytes) -> Bytes {
+        if !data.windows(15).any(|w| w == b"\"usageMetadata\"") {
+            return data;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(&data) else {
+            return data;
+        };
+        let Some(meta) = v.get("usageMetadata").filter(|m| m.is_object()) else {
+            return data;
+        };
+        let usage = gemini::usage_from(meta);
+        self.usage = Some(usage);
+        let c = crate::usage::cost(self.app.router.catalog(), &self.d, &usage);
+        with_cost(data, c)
+    }
+
+    fn write(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if self.sse {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n\r\n");
+        } else {
+            out.extend_from_slice(if self.wrote { b",\r\n" } else { b"[" });
+            out.extend_from_slice(data);
+        }
+        self.wrote = true;
+    }
+
+    /// Ends the stream with Google's error object, recorded with its status.
+    fn fail(&mut self, e: GatewayError) -> Bytes {
+        tracing::warn!(provider = %self.d.upstream.name, error = %e, "stream failed after the first byte");
+        let status = e.status.as_u16();
+        let body = crate::genai::error_object(status, &serde_json::json!({ "error": e.object() }));
+        let mut out = Vec::new();
+        self.write(body.to_string().as_bytes(), &mut out);
+        self.end(status, &mut out);
+        Bytes::from(out)
+    }
+
+    fn end(&mut self, status: u16, out: &mut Vec<u8>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        if !self.sse {
+            out.extend_from_slice(if self.wrote { b"]" } else { b"[]" });
+        }
+        self.record(status);
+    }
+
+    fn record(&mut self, status: u16) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        let usage = self.usage.unwrap_or_default();
+        record.status = status;
+        record.cost_usd = crate::usage::cost(self.app.router.catalog(), &self.d, &usage);
+        record.usage = usage;
+        record.latency = self.open.first_byte_at.elapsed() + record.ttft.unwrap_or_default();
+        self.d
+            .stats
+            .on_tokens(usage.completion_tokens, record.latency);
+        record_served(&self.app, &self.d, record);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // The client went away mid-stream: the upstream request is
+        // cancelled with the body; the record says 499.
+        if !self.ended {
+            self.record(499);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cost_joins_the_usage_metadata() {
+        let b = with_cost(
+            Bytes::from_static(br#"{"candidates":[],"usageMetadata":{"promptTokenCount":5}}"#),
+            0.25,
+        );
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["usageMetadata"]["promptTokenCount"], 5);
+        assert_eq!(v["usageMetadata"]["cost"], 0.25);
+        let plain = Bytes::from_static(br#"{"candidates":[]}"#);
+        assert_eq!(with_cost(plain.clone(), 0.25), plain);
+    }
+}
