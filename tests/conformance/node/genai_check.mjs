@@ -2,21 +2,9 @@
 // running polyplex, as ../test_node_sdk.py starts it: Gemini's API served by
 // other providers' models. Prints one line per check; exits 1 if any failed.
 import { GoogleGenAI } from '@google/genai';
+import { check, expect, finish } from './checks.mjs';
 
 const ai = new GoogleGenAI({ apiKey: process.env.POLYPLEX_KEY, httpOptions: { baseUrl: process.env.POLYPLEX_BASE } });
-let failed = 0;
-async function check(name, fn) {
-  try {
-    await fn();
-    console.log(`ok   ${name}`);
-  } catch (e) {
-    failed += 1;
-    console.log(`FAIL ${name}: ${e && e.stack ? e.stack : e}`);
-  }
-}
-function expect(cond, what) {
-  if (!cond) throw new Error(what);
-}
 const readFile = {
   functionDeclarations: [{
     name: 'read_file', description: 'Reads a file.',
@@ -64,5 +52,4 @@ await check('an unknown model is NOT_FOUND', async () => {
     expect(e.status === 404, `status ${e.status}: ${e.message}`);
   }
 });
-console.log(failed ? `${failed} checks failed` : 'all checks passed');
-process.exit(failed ? 1 : 0);
+finish();

@@ -5,6 +5,7 @@
 //
 //   POLYPLEX_BASE=http://127.0.0.1:8484 POLYPLEX_KEY=... MOCK_BASE=http://127.0.0.1:9000 node sdk_check.mjs
 import OpenAI from 'openai';
+import { check, expect, finish } from './checks.mjs';
 
 const base = process.env.POLYPLEX_BASE;
 const key = process.env.POLYPLEX_KEY;
@@ -13,19 +14,6 @@ const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: key, maxRetries: 0 })
 const MODEL = 'openai/gpt-4o-mini';
 const user = (content) => [{ role: 'user', content }];
 
-let failed = 0;
-async function check(name, fn) {
-  try {
-    await fn();
-    console.log(`ok   ${name}`);
-  } catch (e) {
-    failed += 1;
-    console.log(`FAIL ${name}: ${e && e.stack ? e.stack : e}`);
-  }
-}
-function expect(cond, what) {
-  if (!cond) throw new Error(what);
-}
 async function fault(spec) {
   const r = await fetch(`${mock}/__mock/faults`, {
     method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(spec),
@@ -203,5 +191,4 @@ await check("Anthropic's prompt too long: BadRequestError with OpenAI's context_
   expect(e.message.includes('prompt is too long'), e.message);
 });
 
-console.log(failed ? `${failed} check(s) failed` : 'all checks passed');
-process.exit(failed ? 1 : 0);
+finish();

@@ -1108,13 +1108,6 @@ fn azure_admit(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Bytes, Box<Response>> {
-    let azure_error = |status: StatusCode, msg: &str| {
-        (
-            status,
-            Json(json!({"error": {"code": status.as_u16().to_string(), "message": msg}})),
-        )
-            .into_response()
-    };
     if headers.get("api-key").is_none() {
         return Err(Box::new(azure_error(StatusCode::UNAUTHORIZED, "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.")));
     }
@@ -1142,6 +1135,15 @@ fn azure_admit(
         .map_err(|_| Box::new(StatusCode::INTERNAL_SERVER_ERROR.into_response()))
 }
 
+/// An error as Azure OpenAI writes it (the status as a string `code`).
+fn azure_error(status: StatusCode, msg: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": status.as_u16().to_string(), "message": msg}})),
+    )
+        .into_response()
+}
+
 /// Azure OpenAI's v1 API (`/openai/v1/...`): OpenAI's paths with the
 /// deployment in the body's `model`, an `api-key` header, and no dated
 /// `api-version` (only `preview` or `latest`, as Azure takes).
@@ -1152,13 +1154,6 @@ async fn azure_v1(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let azure_error = |status: StatusCode, msg: &str| {
-        (
-            status,
-            Json(json!({"error": {"code": status.as_u16().to_string(), "message": msg}})),
-        )
-            .into_response()
-    };
     if headers.get("api-key").is_none() {
         return azure_error(StatusCode::UNAUTHORIZED, "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.");
     }

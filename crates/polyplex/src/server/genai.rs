@@ -154,29 +154,38 @@ fn native_plan(
     chat: &RequestBody,
     stream: bool,
 ) -> Option<crate::routing::Plan> {
-    let spec = caller.key().map(|k| k.spec());
-    let access = spec.as_ref().and_then(|s| s.models.as_deref());
-    if !app.router.may_reach(access, model) {
-        return None;
-    }
-    let facts = Facts::new(chat, Endpoint::Chat, stream);
-    let plan = app
-        .router
-        .plan(
-            model,
-            &[],
-            &ProviderPrefs::default(),
-            access,
-            &facts,
-            &mut rand::thread_rng(),
-        )
-        .ok()?;
+    let plan = plan_for(app, caller, model, chat, stream).ok()?;
     (!plan.deployments.is_empty()
         && plan
             .deployments
             .iter()
             .all(crate::executor::speaks_generate))
     .then_some(plan)
+}
+
+/// The plan for `model` under the caller's key (a model the key may not
+/// use refused), as the chat path would make it.
+fn plan_for(
+    app: &App,
+    caller: &Caller,
+    model: &str,
+    chat: &RequestBody,
+    stream: bool,
+) -> Result<crate::routing::Plan, GatewayError> {
+    let spec = caller.key().map(|k| k.spec());
+    let access = spec.as_ref().and_then(|s| s.models.as_deref());
+    if !app.router.may_reach(access, model) {
+        return Err(crate::keys::model_forbidden(model));
+    }
+    let facts = Facts::new(chat, Endpoint::Chat, stream);
+    app.router.plan(
+        model,
+        &[],
+        &ProviderPrefs::default(),
+        access,
+        &facts,
+        &mut rand::thread_rng(),
+    )
 }
 
 /// `embedContent` / `batchEmbedContents`: served as an embeddings request
@@ -317,22 +326,9 @@ async fn count(
     if !app.router.knows(model) {
         return Err(GatewayError::model_not_found(model));
     }
-    let spec = caller.key().map(|k| k.spec());
-    let access = spec.as_ref().and_then(|s| s.models.as_deref());
-    if !app.router.may_reach(access, model) {
-        return Err(crate::keys::model_forbidden(model));
-    }
     // The model must be one a plan can serve (a route, a provider's).
     let body = RequestBody::from_map(chat);
-    let facts = Facts::new(&body, Endpoint::Chat, false);
-    app.router.plan(
-        model,
-        &[],
-        &ProviderPrefs::default(),
-        access,
-        &facts,
-        &mut rand::thread_rng(),
-    )?;
+    plan_for(app, caller, model, &body, false)?;
     crate::tokens::ready().await;
     let n = crate::tokens::chat_prompt(body.map());
     Ok(Json(json!({

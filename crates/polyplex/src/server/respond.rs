@@ -1046,62 +1046,47 @@ pub fn anthropic_error(e: GatewayError) -> Response {
     )
 }
 
-/// A chat answer as Gemini's (`crate::genai`): its
-/// `GenerateContentResponse`, its stream (server-sent events for
-/// `alt=sse`, else one JSON array), or its error in Google's shape; what
-/// the conversion left out named in `x-polyplex-dropped-params`.
-pub async fn genai_answer(resp: Response, echo: crate::genai::Echo, sse: bool) -> Response {
-    use crate::genai::{error_object, response_object, Streamer};
-    let (mut parts, body) = resp.into_parts();
-    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
-    if !echo.dropped.is_empty() {
-        let mut named: Vec<String> = parts
-            .headers
-            .get(&names::DROPPED_PARAMS)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
-            .unwrap_or_default();
-        named.extend(echo.dropped.iter().map(|d| d.to_string()));
-        if let Ok(v) = HeaderValue::from_str(&named.join(", ")) {
-            parts.headers.insert(&names::DROPPED_PARAMS, v);
+/// A converted endpoint's stream: the chat stream's events rewritten by
+/// `s` as they come.
+fn rewritten_stream<S: ChatEvents + Send + 'static>(
+    parts: axum::http::response::Parts,
+    body: Body,
+    s: S,
+) -> Response {
+    let state = (
+        body.into_data_stream(),
+        polyplex_providers::sse::Parser::new(),
+        s,
+    );
+    let events = futures::stream::unfold(state, |(mut body, mut parser, mut s)| async move {
+        if s.ended() {
+            return None;
         }
-    }
-    if answered_as_stream(&parts) {
-        if !sse {
-            parts.headers.insert(
-                axum::http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-        }
-        let state = (
-            body.into_data_stream(),
-            polyplex_providers::sse::Parser::new(),
-            Streamer::new(echo, sse),
-        );
-        let events = futures::stream::unfold(state, |(mut body, mut parser, mut s)| async move {
-            if s.ended() {
-                return None;
-            }
-            let out = next_events(&mut body, &mut parser, &mut s).await;
-            Some((
-                Ok::<Bytes, std::convert::Infallible>(Bytes::from(out)),
-                (body, parser, s),
-            ))
-        });
-        return Response::from_parts(parts, Body::from_stream(events));
-    }
+        let out = next_events(&mut body, &mut parser, &mut s).await;
+        Some((
+            Ok::<Bytes, std::convert::Infallible>(Bytes::from(out)),
+            (body, parser, s),
+        ))
+    });
+    Response::from_parts(parts, Body::from_stream(events))
+}
+
+/// A converted endpoint's JSON answer: the chat answer (or error, by its
+/// status) read and rewritten by `rewrite`; `failed` says a body that
+/// could not be read in the endpoint's own error shape.
+async fn rewritten_json(
+    mut parts: axum::http::response::Parts,
+    body: Body,
+    rewrite: impl FnOnce(StatusCode, &Value) -> Value,
+    failed: impl FnOnce(GatewayError) -> Response,
+) -> Response {
     let bytes = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(b) => b,
-        Err(e) => {
-            return super::genai::google_error(GatewayError::internal(format!("gemini: {e}")));
-        }
+        Err(e) => return failed(GatewayError::internal(format!("answer: {e}"))),
     };
     let v = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
-    let out = if parts.status == StatusCode::OK {
-        response_object(&v, &echo)
-    } else {
-        error_object(parts.status.as_u16(), &v)
-    };
+    let out = rewrite(parts.status, &v);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     parts.headers.insert(
         axum::http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -1112,6 +1097,51 @@ pub async fn genai_answer(resp: Response, echo: crate::genai::Echo, sse: bool) -
     )
 }
 
+/// Adds `more` to the parameters an answer names as dropped.
+fn name_dropped(parts: &mut axum::http::response::Parts, more: &[&'static str]) {
+    if more.is_empty() {
+        return;
+    }
+    let mut named: Vec<&str> = parts
+        .headers
+        .get(&names::DROPPED_PARAMS)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    named.extend(more);
+    if let Ok(v) = HeaderValue::from_str(&named.join(", ")) {
+        parts.headers.insert(&names::DROPPED_PARAMS, v);
+    }
+}
+
+/// A chat answer as Gemini's (`crate::genai`): its
+/// `GenerateContentResponse`, its stream (server-sent events for
+/// `alt=sse`, else one JSON array), or its error in Google's shape; what
+/// the conversion left out named in `x-polyplex-dropped-params`.
+pub async fn genai_answer(resp: Response, echo: crate::genai::Echo, sse: bool) -> Response {
+    use crate::genai::{error_object, response_object, Streamer};
+    let (mut parts, body) = resp.into_parts();
+    name_dropped(&mut parts, &echo.dropped);
+    if answered_as_stream(&parts) {
+        parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+        if !sse {
+            parts.headers.insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        return rewritten_stream(parts, body, Streamer::new(echo, sse));
+    }
+    let rewrite = |status: StatusCode, v: &Value| {
+        if status == StatusCode::OK {
+            response_object(v, &echo)
+        } else {
+            error_object(status.as_u16(), v)
+        }
+    };
+    rewritten_json(parts, body, rewrite, super::genai::google_error).await
+}
+
 /// An embeddings answer as Gemini's (`embedContent`, `batchEmbedContents`),
 /// or its error in Google's shape.
 pub async fn genai_embeddings_answer(
@@ -1120,32 +1150,15 @@ pub async fn genai_embeddings_answer(
     dropped: &[&'static str],
 ) -> Response {
     let (mut parts, body) = resp.into_parts();
-    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
-    if !dropped.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&dropped.join(", ")) {
-            parts.headers.insert(&names::DROPPED_PARAMS, v);
-        }
-    }
-    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
-        Ok(b) => b,
-        Err(e) => {
-            return super::genai::google_error(GatewayError::internal(format!("gemini: {e}")));
+    name_dropped(&mut parts, dropped);
+    let rewrite = |status: StatusCode, v: &Value| {
+        if status == StatusCode::OK {
+            crate::genai::embeddings_object(v, batch)
+        } else {
+            crate::genai::error_object(status.as_u16(), v)
         }
     };
-    let v = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
-    let out = if parts.status == StatusCode::OK {
-        crate::genai::embeddings_object(&v, batch)
-    } else {
-        crate::genai::error_object(parts.status.as_u16(), &v)
-    };
-    parts.headers.insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Response::from_parts(
-        parts,
-        Body::from(serde_json::to_vec(&out).unwrap_or_default()),
-    )
+    rewritten_json(parts, body, rewrite, super::genai::google_error).await
 }
 
 /// A chat answer as Anthropic's (`POST /v1/messages`): its Message, its
@@ -1171,43 +1184,16 @@ pub async fn messages_answer(
         // Anthropic's answer already, as its upstream gave it.
         return Response::from_parts(parts, body);
     }
-    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     if answered_as_stream(&parts) {
-        let state = (
-            body.into_data_stream(),
-            polyplex_providers::sse::Parser::new(),
-            Streamer::new(echo),
-        );
-        let events = futures::stream::unfold(state, |(mut body, mut parser, mut s)| async move {
-            if s.ended() {
-                return None;
-            }
-            let out = next_events(&mut body, &mut parser, &mut s).await;
-            Some((
-                Ok::<Bytes, std::convert::Infallible>(Bytes::from(out)),
-                (body, parser, s),
-            ))
-        });
-        return Response::from_parts(parts, Body::from_stream(events));
+        parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+        return rewritten_stream(parts, body, Streamer::new(echo));
     }
-    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
-        Ok(b) => b,
-        Err(e) => {
-            return anthropic_error(GatewayError::internal(format!("messages: {e}")));
+    let rewrite = |status: StatusCode, v: &Value| {
+        if status == StatusCode::OK {
+            message_object(v, &echo)
+        } else {
+            error_object(status.as_u16(), v)
         }
     };
-    let v = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
-    let out = if parts.status == StatusCode::OK {
-        message_object(&v, &echo)
-    } else {
-        error_object(parts.status.as_u16(), &v)
-    };
-    parts.headers.insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Response::from_parts(
-        parts,
-        Body::from(serde_json::to_vec(&out).unwrap_or_default()),
-    )
+    rewritten_json(parts, body, rewrite, anthropic_error).await
 }
