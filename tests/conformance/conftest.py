@@ -84,6 +84,16 @@ def admin(gateway, method, path, body=None, key=MASTER_KEY):
         return e.code, json.loads(e.read())
 
 
+def records_of(gateway, request_id, want=1):
+    """The usage records of one request, once the gateway has written them."""
+    for _ in range(100):
+        status, out = admin(gateway, "GET", f"/admin/usage/records/{request_id}")
+        if status == 200 and len(out["data"]) >= want:
+            return out["data"]
+        time.sleep(0.05)
+    raise AssertionError(f"no usage record for {request_id}")
+
+
 @contextlib.contextmanager
 def own_gateway(d, providers, extra=""):
     """A gateway of a test's own, in directory `d` (its SQLite store there),

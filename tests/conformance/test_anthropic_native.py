@@ -8,7 +8,7 @@ import json
 import time
 import urllib.request
 
-from conftest import MASTER_KEY, admin, own_gateway, own_mock
+from conftest import MASTER_KEY, admin, own_gateway, own_mock, records_of
 
 import anthropic
 import pytest
@@ -28,14 +28,6 @@ def received(mock, path, marker):
     return next(r for r in reversed(seen) if r["path"].endswith(path) and marker in json.dumps(r["body"]))
 
 
-def records_of(gateway, request_id, want=1):
-    """The usage records of one request, once the gateway has written them."""
-    for _ in range(100):
-        status, out = admin(gateway, "GET", f"/admin/usage/records/{request_id}")
-        if status == 200 and len(out["data"]) >= want:
-            return out["data"]
-        time.sleep(0.05)
-    raise AssertionError(f"no usage record for {request_id}")
 
 
 def test_the_request_goes_upstream_as_written(gateway, mock):

@@ -4,7 +4,6 @@
 with function calling (the SDK's automatic loop), JSON schemas, thinking,
 streams, errors in Google's shape, keys and usage records."""
 import json
-import time
 import urllib.request
 
 import pytest
@@ -12,7 +11,7 @@ from google import genai
 from google.genai import errors, types
 from pydantic import BaseModel
 
-from conftest import MASTER_KEY, admin
+from conftest import MASTER_KEY, admin, records_of
 
 MODELS = ["openai/gpt-4o-mini", "anthropic/claude-sonnet-4-5", "google/gemini-2.5-flash",
           "bedrock/us.anthropic.claude-haiku-4-5-20251001-v1:0", "vertex/gemini-2.5-flash", "cohere/command-a-03-2025"]
@@ -22,13 +21,6 @@ def client(gateway, key=MASTER_KEY, version=None):
     return genai.Client(api_key=key, http_options=types.HttpOptions(base_url=gateway, api_version=version))
 
 
-def records_of(gateway, request_id):
-    for _ in range(100):
-        status, out = admin(gateway, "GET", f"/admin/usage/records/{request_id}")
-        if status == 200 and out["data"]:
-            return out["data"]
-        time.sleep(0.05)
-    raise AssertionError(f"no usage record for {request_id}")
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -3,7 +3,6 @@ clients) and the OpenAI SDK's raw `post`: Cohere's API and an
 OpenAI-compatible reranker (Jina's shape) behind one answer shape, with the
 gateway's keys, routing, failover, headers, cost and usage records."""
 import json
-import time
 import urllib.request
 
 import cohere
@@ -11,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import MASTER_KEY, MOCK_AWS_SECRET, admin, own_gateway
+from conftest import MASTER_KEY, MOCK_AWS_SECRET, admin, own_gateway, records_of
 
 DOCS = ["The sky is blue.", "Paris is the capital of France.", "Capital cities are large."]
 
@@ -67,13 +66,6 @@ def last_request(mock, path):
     return next(r for r in reversed(seen) if r["path"] == path)
 
 
-def records_of(base, request_id):
-    for _ in range(100):
-        status, out = admin(base, "GET", f"/admin/usage/records/{request_id}")
-        if status == 200 and out["data"]:
-            return out["data"]
-        time.sleep(0.05)
-    raise AssertionError(f"no usage record for {request_id}")
 
 
 def test_cohere_sdk_v2_bare_name_reaches_cohere(rr, mock):
