@@ -4,6 +4,7 @@
 with function calling (the SDK's automatic loop), JSON schemas, thinking,
 streams, errors in Google's shape, keys and usage records."""
 import json
+import urllib.error
 import urllib.request
 
 import pytest
@@ -202,6 +203,26 @@ def test_gemini_upstreams_take_the_request_as_written(gateway, mock, fault):
     r = c.models.generate_content(model="gemini-2.5-flash", contents="native failover marker",
                                   config=types.GenerateContentConfig(safety_settings=safety))
     assert r.text == "native failover marker" and r.sdk_http_response.headers["x-polyplex-attempts"] == "2"
+
+
+def test_gemini_counts_its_own_tokens(gateway, mock):
+    c = client(gateway, version="v1beta")
+    for model in ("google/gemini-2.5-flash", "vertex/gemini-2.5-flash"):
+        n = c.models.count_tokens(model=model, contents=f"native count marker {model}")
+        assert n.total_tokens > 0
+        sent = last_request(mock, f"native count marker {model}")
+        assert "model" not in sent["body"] or sent["body"]["model"] == "models/gemini-2.5-flash"
+    # A request only Gemini can carry is counted there, and refused elsewhere.
+    req = {"contents": [{"parts": [{"text": "count with code"}]}], "tools": [{"codeExecution": {}}]}
+    for model, status in (("google/gemini-2.5-flash", 200), ("openai/gpt-4o-mini", 400)):
+        r = urllib.request.Request(f"{gateway}/v1beta/models/{model}:countTokens", data=json.dumps(req).encode(),
+                                   headers={"content-type": "application/json", "x-goog-api-key": MASTER_KEY})
+        try:
+            with urllib.request.urlopen(r, timeout=10) as resp:
+                got = (resp.status, json.loads(resp.read())["totalTokens"] > 0)
+        except urllib.error.HTTPError as e:
+            got = (e.code, json.loads(e.read())["error"]["status"] == "INVALID_ARGUMENT")
+        assert got == (status, True), model
 
 
 def test_a_native_stream_carries_the_cost_and_is_recorded(gateway):

@@ -313,6 +313,19 @@ pub trait Protocol: Send + Sync {
             target.provider
         )))
     }
+    /// The upstream request for a client's own Gemini `countTokens` body
+    /// (its contents, or a `generateContentRequest`), where
+    /// [`Protocol::carries_generate`]; its answer is Gemini's as it is.
+    fn generate_count_request(
+        &self,
+        _body: &JsonMap,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        Err(GatewayError::internal(format!(
+            "provider `{}` does not count Gemini requests",
+            target.provider
+        )))
+    }
     /// A `count_tokens` answer as Anthropic's API gives it
     /// (`{"input_tokens": n}`), from this API's own.
     fn messages_count_answer(&self, _provider: &str, body: Bytes) -> Result<Bytes, GatewayError> {

@@ -795,6 +795,25 @@ pub async fn generate_unary_once(
     within(d, d.upstream.timeout, fut).await
 }
 
+/// A Gemini `countTokens` request passed through to `d`: its answer's body.
+pub async fn generate_count(
+    app: &AppState,
+    d: &Deployment,
+    body: &polyplex_types::JsonMap,
+) -> Result<Bytes, GatewayError> {
+    let fut = async {
+        let protocol = d.upstream.protocol_for(Endpoint::Chat, &d.model);
+        let (resp, _) = send_with(app, d, false, |target| {
+            protocol.generate_count_request(body, target)
+        })
+        .await?;
+        read_body(resp.into_body())
+            .await
+            .map_err(|f| transport_error(d, f))
+    };
+    within(d, d.upstream.timeout, fut).await
+}
+
 /// A passed-through Gemini stream whose first event has arrived.
 pub struct GenerateOpen {
     pub body: BoxStream<'static, Result<Bytes, hyper::Error>>,

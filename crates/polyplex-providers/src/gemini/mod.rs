@@ -155,6 +155,28 @@ fn generate_at(
     })
 }
 
+/// A client's own `countTokens` body for the target's model: its contents
+/// as they came, or its `generateContentRequest` naming the deployment's
+/// model (`nested`: Gemini's API takes that form; Vertex AI takes the
+/// request's own members).
+pub fn count_body(body: &JsonMap, model: &str, nested: bool) -> Result<Bytes, GatewayError> {
+    let mut out = body.clone();
+    out.remove("model");
+    if let Some(Value::Object(inner)) = out.remove("generateContentRequest") {
+        let mut inner = inner;
+        if nested {
+            inner.insert("model".into(), json!(format!("models/{model}")));
+            out.insert("generateContentRequest".into(), Value::Object(inner));
+        } else {
+            inner.remove("model");
+            out.extend(inner);
+        }
+    }
+    serde_json::to_vec(&out)
+        .map(Bytes::from)
+        .map_err(|e| GatewayError::internal(format!("gemini: {e}")))
+}
+
 /// A client's own `generateContent` body without its `model` member (the
 /// URL names the deployment's), as it came otherwise.
 pub fn without_model(body: Bytes) -> Result<Bytes, GatewayError> {
@@ -794,6 +816,22 @@ impl Protocol for Gemini {
         target: &Target<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
         generate_at(without_model(body)?, Vec::new(), stream, target)
+    }
+
+    fn generate_count_request(
+        &self,
+        body: &JsonMap,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        Ok(UpstreamRequest {
+            url: join_url(
+                target.base_url,
+                &format!("v1beta/models/{}:countTokens", target.model),
+            ),
+            headers: crate::headers(target, false)?,
+            body: count_body(body, target.model, true)?,
+            dropped: Vec::new(),
+        })
     }
 
     fn name(&self) -> &'static str {

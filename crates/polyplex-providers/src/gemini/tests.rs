@@ -738,3 +738,34 @@ fn decode_events(events: &[Value], searching: bool) -> (Vec<Value>, Option<Usage
     }
     (chunks, usage)
 }
+
+/// A client's own `countTokens` body: its contents as they came, or its
+/// `generateContentRequest` naming the deployment's model (Gemini's API)
+/// or unwrapped (Vertex AI).
+#[test]
+fn count_bodies_name_the_deployments_model() {
+    let plain = json!({"contents": [{"parts": [{"text": "hi"}]}]});
+    let out: Value = serde_json::from_slice(
+        &count_body(plain.as_object().unwrap(), "gemini-2.5-flash", true).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(out, plain);
+    let nested = json!({"generateContentRequest": {"model": "models/google/gemini-2.5-flash",
+        "contents": [{"parts": [{"text": "hi"}]}], "tools": [{"codeExecution": {}}]}});
+    let out: Value = serde_json::from_slice(
+        &count_body(nested.as_object().unwrap(), "gemini-2.5-flash", true).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        out["generateContentRequest"]["model"],
+        "models/gemini-2.5-flash"
+    );
+    let out: Value = serde_json::from_slice(
+        &count_body(nested.as_object().unwrap(), "gemini-2.5-flash", false).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        json!({"contents": [{"parts": [{"text": "hi"}]}], "tools": [{"codeExecution": {}}]})
+    );
+}

@@ -202,6 +202,19 @@ impl Protocol for Vertex {
         })
     }
 
+    fn generate_count_request(
+        &self,
+        body: &JsonMap,
+        target: &Target<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        Ok(UpstreamRequest {
+            url: model_path(target, "google", "countTokens")?,
+            headers: crate::headers(target, false)?,
+            body: crate::gemini::count_body(body, target.model, false)?,
+            dropped: Vec::new(),
+        })
+    }
+
     fn name(&self) -> &'static str {
         "vertex"
     }

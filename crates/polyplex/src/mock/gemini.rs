@@ -185,6 +185,49 @@ fn bad_signature(req: &Value) -> Option<String> {
     None
 }
 
+/// `countTokens`: a request's `contents` (or, on Gemini's API, a
+/// `generateContentRequest` naming `models/{model}`) counted as the mock
+/// counts prompts.
+async fn count_tokens(
+    s: &MockState,
+    path: &str,
+    model: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let (req, _) = match admit_model(s, path, headers, body, Shape::Google, Some(model)).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let inner = match req.get("generateContentRequest") {
+        Some(g) if g.get("model").and_then(Value::as_str) != Some(&format!("models/{model}")) => {
+            return google_error(
+                StatusCode::BAD_REQUEST,
+                "generateContentRequest.model must name the model of the URL.",
+                "INVALID_ARGUMENT",
+            )
+        }
+        Some(g) => g.clone(),
+        None => Value::Object(req),
+    };
+    if inner
+        .get("contents")
+        .and_then(Value::as_array)
+        .is_none_or(|c| c.is_empty())
+    {
+        return google_error(
+            StatusCode::BAD_REQUEST,
+            "* CountTokensRequest.contents: contents is not specified\n",
+            "INVALID_ARGUMENT",
+        );
+    }
+    let chat = to_openai(&inner);
+    let messages = chat.get("messages").and_then(Value::as_array);
+    let n = reply::prompt_tokens(messages.map(Vec::as_slice).unwrap_or(&[]));
+    Json(json!({"totalTokens": n, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": n}]}))
+        .into_response()
+}
+
 /// `generateContent` and its kin once the caller's credentials passed (an
 /// API key, or Vertex AI's token).
 pub(crate) async fn serve(
@@ -198,6 +241,9 @@ pub(crate) async fn serve(
 ) -> Response {
     if method == "batchEmbedContents" {
         return embed(s, model, headers, body).await;
+    }
+    if method == "countTokens" {
+        return count_tokens(&s, path, model, &headers, &body).await;
     }
     let stream = match method {
         "generateContent" => false,

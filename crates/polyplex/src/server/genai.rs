@@ -320,15 +320,36 @@ async fn count(
                 "generateContentRequest must be an object.",
             ))
         }
-        None => tree,
+        None => tree.clone(),
     };
-    let (chat, _) = genai::to_chat(&inner, model, false)?;
+    // What chat cannot carry is counted by Gemini, or refused.
+    let (chat, lossy) = match genai::to_chat(&inner, model, false) {
+        Ok((chat, _)) => (chat, None),
+        Err(e) => (genai::routing_form(&inner, model, false), Some(e)),
+    };
     if !app.router.knows(model) {
         return Err(GatewayError::model_not_found(model));
     }
     // The model must be one a plan can serve (a route, a provider's).
     let body = RequestBody::from_map(chat);
-    plan_for(app, caller, model, &body, false)?;
+    let plan = plan_for(app, caller, model, &body, false)?;
+    // Gemini's own count when Gemini serves the model (else, or if that
+    // fails, the gateway's).
+    let gemini = plan
+        .deployments
+        .iter()
+        .find(|d| crate::executor::speaks_generate(d));
+    if let Some(d) = gemini {
+        match crate::executor::generate_count(app, d, &tree).await {
+            Ok(answer) => return Ok(super::respond::json_bytes(answer)),
+            Err(e) => {
+                tracing::debug!(deployment = %d.label(), error = %e, "countTokens upstream failed; counted here")
+            }
+        }
+    }
+    if let Some(e) = lossy {
+        return Err(e);
+    }
     crate::tokens::ready().await;
     let n = crate::tokens::chat_prompt(body.map());
     Ok(Json(json!({
