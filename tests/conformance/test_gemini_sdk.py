@@ -198,6 +198,11 @@ def test_gemini_upstreams_take_the_request_as_written(gateway, mock, fault):
     with pytest.raises(errors.ClientError) as e:
         c.models.generate_content(model="openai/gpt-4o-mini", contents="x", config=types.GenerateContentConfig(tools=tools))
     assert e.value.code == 400 and "codeExecution" in e.value.message
+    # Labels are metadata pairs, within their limits on this path too.
+    with pytest.raises(errors.ClientError) as e:
+        c.models.generate_content(model="google/gemini-2.5-flash", contents="x",
+                                  config=types.GenerateContentConfig(labels={"k" * 80: "v"}))
+    assert e.value.code == 400 and "labels" in e.value.message
     # A bare Gemini name fails over between Gemini's API and Vertex AI, natively.
     fault(fault="500", count=1, model="gemini-2.5-flash")
     r = c.models.generate_content(model="gemini-2.5-flash", contents="native failover marker",

@@ -124,13 +124,20 @@ pub async fn serve(
     // as the client wrote it (`super::genai_native`).
     let chat = RequestBody::from_map(chat);
     if let Some(plan) = native_plan(&app, &caller, &model, &chat, stream) {
+        // Its labels are its metadata pairs, within the same limits.
+        let labels = tree.get("labels").and_then(Value::as_object);
+        if let Some(Err(e)) = labels.map(|l| polyplex_types::validate::check_metadata("labels", l))
+        {
+            let resp = call.fail(&model, stream, e, &Served::default());
+            return super::respond::genai_answer(resp, echo, sse).await;
+        }
         let asked = super::genai_native::Asked {
             model: &model,
             stream,
             sse,
             body: text,
             chat,
-            metadata: tree.get("labels").and_then(Value::as_object),
+            metadata: labels,
         };
         return super::genai_native::serve(&call, asked, &plan, &echo).await;
     }
