@@ -3,7 +3,8 @@
 //!
 //! The gateway's `/v1/rerank` takes Cohere's request shape, which Jina,
 //! Voyage, Together, vLLM and Infinity share (Voyage names `top_n`
-//! `top_k`). What goes upstream is the client's body with the
+//! `top_k`; Cohere on Bedrock takes it without the model, at `api_version`
+//! 2). What goes upstream is the client's body with the
 //! deployment's model, the documents as plain strings, and the gateway's
 //! own members taken out (`models`, `provider`, `metadata`; and
 //! `return_documents`, which the gateway honours itself from the

@@ -1,7 +1,10 @@
 //! Google's Gemini API as a way in (`crate::genai`): `POST
-//! /v1beta/models/{model}:generateContent`, `:streamGenerateContent` and
-//! `:countTokens` (also under `/v1/models/`), for clients written for
-//! Gemini, served as chat by any provider and answered in Gemini's shape.
+//! /v1beta/models/{model}:generateContent`, `:streamGenerateContent`,
+//! `:countTokens`, `:embedContent` and `:batchEmbedContents`, and `GET
+//! /v1beta/models[/{model}]` (also under `/v1/models/`), for clients
+//! written for Gemini: served as chat (or as embeddings) by any provider and
+//! answered in Gemini's shape, or passed through to Gemini's API and Vertex
+//! AI as written (`super::genai_native`).
 
 use super::auth::Caller;
 use super::handlers::{
@@ -81,7 +84,7 @@ pub async fn serve(
     }
     let Some((model, method)) = target_of(req.uri().path()) else {
         return google_error(GatewayError::not_found(format!(
-            "Method not found: {} (generateContent, streamGenerateContent and countTokens are served).",
+            "Method not found: {} (generateContent, streamGenerateContent, countTokens, embedContent and batchEmbedContents are served).",
             req.uri().path()
         )));
     };

@@ -1,7 +1,8 @@
 //! `POST /v1/rerank` (and `/v2/rerank`, where Cohere's SDK posts): a
 //! query and documents ranked by relevance, in Cohere's shape, over
-//! Cohere's API and the OpenAI-compatible providers that rerank (Jina,
-//! Voyage, Together, vLLM, Infinity ...), with everything a request gets:
+//! Cohere's API, Cohere's rerankers on Bedrock and the OpenAI-compatible
+//! providers that rerank (Jina, Voyage, Together, vLLM, Infinity ...), with
+//! everything a request gets:
 //! the key's models, limits and budget, routing (`provider/model`, bare
 //! names, routes, `models` and `provider`), retries and failover, the
 //! `x-polyplex-*` headers and one usage record.
