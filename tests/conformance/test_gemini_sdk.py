@@ -248,3 +248,28 @@ def test_a_native_stream_carries_the_cost_and_is_recorded(gateway):
     assert (record["endpoint"], record["stream"], record["status"]) == ("gemini", True, 200)
     assert record["completion_tokens"] == last["candidatesTokenCount"] and record["cost_usd"] == pytest.approx(last["cost"])
 
+
+
+def test_a_native_stream_is_recorded_with_its_whole_time(tmp_path):
+    """A stream passed through to Gemini is recorded with its whole time and
+    its first byte's (a mock pacing its chunks at 20 a second)."""
+    from conftest import own_gateway, own_mock
+
+    with own_mock("--tokens-per-s", "20") as slow:
+        providers = f"""
+[[providers]]
+name = "google"
+base_url = "{slow}"
+api_key = "sk-mock-provider"
+"""
+        with own_gateway(tmp_path, providers) as (openai_client, _):
+            base = str(openai_client.base_url).removesuffix("/v1/")
+            c = client(base)
+            r = c.models.generate_content_stream(model="google/gemini-2.5-flash",
+                                                 contents="one two three four five six")
+            chunks = list(r)
+            assert len(chunks) >= 4
+            rid = chunks[-1].sdk_http_response.headers["x-request-id"]
+            [record] = records_of(base, rid)
+            assert (record["endpoint"], record["stream"]) == ("gemini", True)
+            assert record["latency_ms"] >= 200 > record["ttft_ms"], record

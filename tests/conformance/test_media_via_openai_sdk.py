@@ -11,7 +11,7 @@ import urllib.request
 import openai
 import pytest
 
-from conftest import MASTER_KEY, admin, own_gateway
+from conftest import MASTER_KEY, admin, own_gateway, own_mock, records_of
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +196,23 @@ def test_failover_keys_and_usage(media, fault, tmp_path):
     status, rep = admin(base, "GET", "/admin/usage?by=model")
     image = next(r for r in rep["data"] if r["model"] == "gpt-image-1")
     assert image["completion_tokens"] >= 544 + 272
+
+
+def test_a_passed_through_stream_is_recorded_with_its_whole_time(tmp_path):
+    """The record of an event stream says how long the whole stream took,
+    not only its first byte (a mock pacing its events at 20 a second)."""
+    with own_mock("--tokens-per-s", "20") as slow:
+        providers = f"""
+[[providers]]
+name = "openai"
+base_url = "{slow}/v1"
+api_key = "sk-mock-provider"
+"""
+        with own_gateway(tmp_path, providers) as (client, _):
+            with client.audio.transcriptions.with_streaming_response.create(
+                    model="openai/gpt-4o-mini-transcribe", stream=True,
+                    file=("s.mp3", io.BytesIO(b"ID3" + b"\0" * 100), "audio/mpeg")) as resp:
+                assert resp.read().count(b"transcript.text.delta") >= 4
+                rid = resp.headers["x-request-id"]
+            [record] = records_of(str(client.base_url).removesuffix("/v1/"), rid)
+            assert record["latency_ms"] >= 200 > record["ttft_ms"], record

@@ -580,7 +580,7 @@ fn redact(e: GatewayError, d: &Deployment) -> GatewayError {
 }
 
 /// `work` for `d`, or its timeout error once `limit` has passed.
-async fn within<T>(
+pub(crate) async fn within<T>(
     d: &Deployment,
     limit: Duration,
     work: impl std::future::Future<Output = Result<T, GatewayError>>,
@@ -618,7 +618,7 @@ async fn send(
 /// Sends the request `build` makes for `d`'s target (its credential, URL
 /// and configured headers): the answer's head, once the upstream's rate
 /// limit headers are noted; an upstream's error answer is the error.
-async fn send_with(
+pub(crate) async fn send_with(
     app: &AppState,
     d: &Deployment,
     drop: bool,
@@ -652,6 +652,48 @@ async fn send_with(
     Ok((resp, req.dropped))
 }
 
+/// [`send_with`] without dropping parameters, and the whole answer read.
+async fn send_read(
+    app: &AppState,
+    d: &Deployment,
+    build: impl FnOnce(&polyplex_providers::Target<'_>) -> Result<UpstreamRequest, GatewayError>,
+) -> Result<Bytes, GatewayError> {
+    let (resp, _) = send_with(app, d, false, build).await?;
+    read_body(resp.into_body())
+        .await
+        .map_err(|f| transport_error(d, f))
+}
+
+/// Reads an upstream stream up to its first events, each passed through
+/// `each` (which may unwrap it, or fail the attempt with the error it is).
+async fn first_events(
+    d: &Deployment,
+    body: &mut BoxStream<'static, Result<Bytes, hyper::Error>>,
+    parser: &mut Parser,
+    mut each: impl FnMut(sse::Event) -> Result<sse::Event, GatewayError>,
+) -> Result<Vec<sse::Event>, GatewayError> {
+    let mut events = Vec::new();
+    while events.is_empty() {
+        match body.next().await {
+            Some(Ok(bytes)) => {
+                let mut framed = Vec::new();
+                parser.feed(&bytes, &mut framed);
+                for ev in framed {
+                    events.push(each(ev).map_err(|e| redact(e, d))?);
+                }
+            }
+            Some(Err(_)) => return Err(transport_error(d, Failure::Broken)),
+            None => {
+                return Err(GatewayError::upstream_bad_response(
+                    &d.upstream.name,
+                    "the stream ended before its first event",
+                ))
+            }
+        }
+    }
+    Ok(events)
+}
+
 /// Whether `d` takes a client's own Messages request ([`Native`]): it is
 /// Anthropic's API, or Claude on Vertex AI or Bedrock.
 pub fn speaks_messages(d: &Deployment) -> bool {
@@ -667,20 +709,17 @@ pub fn counts_messages(d: &Deployment) -> bool {
         .carries_messages(&d.model, true)
 }
 
-/// Sends `call` of a client's own Messages request to `d`: the answer's
-/// head, or the upstream's error.
-async fn send_messages(
-    app: &AppState,
-    d: &Deployment,
-    native: &Native,
+/// What builds `call` of a client's own Messages request for `d`.
+fn messages_build<'a>(
+    d: &'a Deployment,
+    native: &'a Native,
     call: MessagesCall,
-) -> Result<http::Response<UpstreamBody>, GatewayError> {
-    let protocol = d.upstream.protocol_for(Endpoint::Chat, &d.model);
-    send_with(app, d, false, |target| {
-        protocol.messages_request(native, call, target)
-    })
-    .await
-    .map(|(resp, _)| resp)
+) -> impl FnOnce(&polyplex_providers::Target<'_>) -> Result<UpstreamRequest, GatewayError> + 'a {
+    move |target| {
+        d.upstream
+            .protocol_for(Endpoint::Chat, &d.model)
+            .messages_request(native, call, target)
+    }
 }
 
 /// A Messages answer as its upstream gave it, and what it reads as in
@@ -702,10 +741,12 @@ pub async fn native_unary_once(
 ) -> Result<NativeUnary, GatewayError> {
     let timeout = d.upstream.timeout;
     let fut = async {
-        let resp = send_messages(app, d, native, MessagesCall::Create { stream: false }).await?;
-        let bytes = read_body(resp.into_body())
-            .await
-            .map_err(|f| transport_error(d, f))?;
+        let bytes = send_read(
+            app,
+            d,
+            messages_build(d, native, MessagesCall::Create { stream: false }),
+        )
+        .await?;
         let (reply, usage) = Anthropic
             .parse_reply(Endpoint::Chat, &d.upstream.name, chat, &bytes)
             .map_err(|e| redact(e, d))?;
@@ -726,10 +767,7 @@ pub async fn native_count(
 ) -> Result<Bytes, GatewayError> {
     let timeout = d.upstream.timeout;
     let fut = async {
-        let resp = send_messages(app, d, native, MessagesCall::Count).await?;
-        let body = read_body(resp.into_body())
-            .await
-            .map_err(|f| transport_error(d, f))?;
+        let body = send_read(app, d, messages_build(d, native, MessagesCall::Count)).await?;
         d.upstream
             .protocol_for(Endpoint::Chat, &d.model)
             .messages_count_answer(&d.upstream.name, body)
@@ -747,13 +785,7 @@ pub async fn rerank_once(
 ) -> Result<polyplex_providers::rerank::Ranked, GatewayError> {
     let fut = async {
         let protocol = d.upstream.protocol_for(Endpoint::Embeddings, &d.model);
-        let (resp, _) = send_with(app, d, false, |target| {
-            protocol.rerank_request(call, target)
-        })
-        .await?;
-        let bytes = read_body(resp.into_body())
-            .await
-            .map_err(|f| transport_error(d, f))?;
+        let bytes = send_read(app, d, |target| protocol.rerank_request(call, target)).await?;
         protocol
             .rerank_answer(
                 &d.upstream.name,
@@ -782,16 +814,10 @@ pub async fn generate_unary_once(
     _in_flight: InFlight,
     body: &Bytes,
 ) -> Result<Bytes, GatewayError> {
-    let fut = async {
-        let protocol = d.upstream.protocol_for(Endpoint::Chat, &d.model);
-        let (resp, _) = send_with(app, d, false, |target| {
-            protocol.generate_request(body.clone(), false, target)
-        })
-        .await?;
-        read_body(resp.into_body())
-            .await
-            .map_err(|f| transport_error(d, f))
-    };
+    let protocol = d.upstream.protocol_for(Endpoint::Chat, &d.model);
+    let fut = send_read(app, d, |target| {
+        protocol.generate_request(body.clone(), false, target)
+    });
     within(d, d.upstream.timeout, fut).await
 }
 
@@ -801,16 +827,10 @@ pub async fn generate_count(
     d: &Deployment,
     body: &polyplex_types::JsonMap,
 ) -> Result<Bytes, GatewayError> {
-    let fut = async {
-        let protocol = d.upstream.protocol_for(Endpoint::Chat, &d.model);
-        let (resp, _) = send_with(app, d, false, |target| {
-            protocol.generate_count_request(body, target)
-        })
-        .await?;
-        read_body(resp.into_body())
-            .await
-            .map_err(|f| transport_error(d, f))
-    };
+    let protocol = d.upstream.protocol_for(Endpoint::Chat, &d.model);
+    let fut = send_read(app, d, |target| {
+        protocol.generate_count_request(body, target)
+    });
     within(d, d.upstream.timeout, fut).await
 }
 
@@ -842,19 +862,7 @@ pub async fn generate_stream_once(
         .await?;
         let mut stream = resp.into_body().into_data_stream().boxed();
         let mut parser = protocol.stream_parser();
-        let mut events = Vec::new();
-        while events.is_empty() {
-            match stream.next().await {
-                Some(Ok(bytes)) => parser.feed(&bytes, &mut events),
-                Some(Err(_)) => return Err(transport_error(d, Failure::Broken)),
-                None => {
-                    return Err(GatewayError::upstream_bad_response(
-                        &d.upstream.name,
-                        "the stream ended before its first event",
-                    ))
-                }
-            }
-        }
+        let events = first_events(d, &mut stream, &mut parser, Ok).await?;
         if let Some(e) = stream_error_of(&events[0].data) {
             let status = e["code"]
                 .as_u64()
@@ -906,34 +914,16 @@ pub async fn native_stream_once(
 ) -> Result<NativeOpen, GatewayError> {
     let limit = d.upstream.first_byte_timeout;
     let fut = async {
-        let resp = send_messages(app, d, native, MessagesCall::Create { stream: true }).await?;
+        let build = messages_build(d, native, MessagesCall::Create { stream: true });
+        let (resp, _) = send_with(app, d, false, build).await?;
         let mut body = resp.into_body().into_data_stream().boxed();
         let protocol = d.upstream.protocol_for(Endpoint::Chat, &d.model);
         let mut parser = protocol.stream_parser();
         let decoder = || Anthropic.stream_decoder(Endpoint::Chat, &d.upstream.name, &d.model, chat);
-        let mut events = Vec::new();
-        while events.is_empty() {
-            match body.next().await {
-                Some(Ok(bytes)) => {
-                    let mut framed = Vec::new();
-                    parser.feed(&bytes, &mut framed);
-                    for ev in framed {
-                        events.push(
-                            protocol
-                                .messages_event(&d.upstream.name, ev)
-                                .map_err(|e| redact(e, d))?,
-                        );
-                    }
-                }
-                Some(Err(_)) => return Err(transport_error(d, Failure::Broken)),
-                None => {
-                    return Err(GatewayError::upstream_bad_response(
-                        &d.upstream.name,
-                        "the stream ended before its first event",
-                    ))
-                }
-            }
-        }
+        let events = first_events(d, &mut body, &mut parser, |ev| {
+            protocol.messages_event(&d.upstream.name, ev)
+        })
+        .await?;
         // An upstream that fails at once (an `error` event first) fails
         // the attempt: the client has had nothing yet.
         let mut first = decoder();

@@ -16,6 +16,7 @@
 //! as chat instead (`super::genai`).
 
 use super::handlers::{ratelimit_headers, Call, Unanswered};
+use super::passthrough::Recording;
 use super::respond::{finish_usage, json_bytes, record_served, Served};
 use crate::executor::{attempt_loop, generate_stream_once, generate_unary_once, GenerateOpen};
 use crate::genai::Echo;
@@ -30,6 +31,7 @@ use futures::StreamExt;
 use polyplex_providers::{gemini, Endpoint};
 use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
 use serde_json::Value;
+use std::time::Instant;
 
 /// What [`serve`] needs of the request.
 pub(super) struct Asked<'a> {
@@ -177,12 +179,12 @@ fn relay(
     sse: bool,
 ) -> Response {
     record.stream = true;
-    record.ttft = Some(call.started.elapsed());
     let relay = Relay {
         app: call.app.clone(),
+        record: Some(Box::new(super::passthrough::metered(&call.app, &d, record))),
+        started: call.started,
         open,
         d,
-        record: Some(record),
         _admitted: admitted,
         usage: None,
         sse,
@@ -210,8 +212,10 @@ struct Relay {
     app: super::App,
     open: GenerateOpen,
     d: Deployment,
-    /// Written once, when the stream ends.
-    record: Option<UsageRecord>,
+    /// Writes the record, once, when the stream ends.
+    record: Option<Recording>,
+    /// When the request came.
+    started: Instant,
     /// The key's concurrency slot, held until the stream ends.
     _admitted: Option<Admitted>,
     /// The usage the last chunk reported (Gemini's counts are cumulative).
@@ -325,19 +329,27 @@ impl Relay {
         self.record(status);
     }
 
+    /// Writes the record, and tells the deployment's health how the
+    /// stream went, as chat streams do (a client gone says nothing of it).
     fn record(&mut self, status: u16) {
-        let Some(mut record) = self.record.take() else {
+        let Some(record) = self.record.take() else {
             return;
         };
         let usage = self.usage.unwrap_or_default();
-        record.status = status;
-        record.cost_usd = crate::usage::cost(self.app.router.catalog(), &self.d, &usage);
-        record.usage = usage;
-        record.latency = self.open.first_byte_at.elapsed() + record.ttft.unwrap_or_default();
-        self.d
-            .stats
-            .on_tokens(usage.completion_tokens, record.latency);
-        record_served(&self.app, &self.d, record);
+        let now = Instant::now();
+        if status != 499
+            && self.d.stats.on_stream_end(
+                &self.app.health,
+                now,
+                now.saturating_duration_since(self.started),
+                now.saturating_duration_since(self.open.first_byte_at),
+                usage.completion_tokens,
+                status == 200,
+            )
+        {
+            self.app.circuit_opened(&self.d);
+        }
+        record(usage, Some(status));
     }
 }
 

@@ -20,7 +20,7 @@ use super::handlers::{parse_json, ratelimit_headers, read_body, Call, Unanswered
 use super::respond::Served;
 use super::{App, RequestId};
 use crate::client::UpstreamBody;
-use crate::executor::{attempt_loop, transport_error, upstream_error};
+use crate::executor::{attempt_loop, send_with, transport_error, within};
 use crate::health::InFlight;
 use crate::routing::{Deployment, Facts};
 use crate::usage::UsageRecord;
@@ -30,12 +30,12 @@ use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use axum::Extension;
 use bytes::Bytes;
-use polyplex_providers::{sse, Endpoint};
+use polyplex_providers::{sse, Endpoint, UpstreamRequest};
 use polyplex_types::validate::{self, ProviderPrefs, GATEWAY_FIELDS};
 use polyplex_types::{ErrorSource, GatewayError, JsonMap, RequestBody, Usage};
 use serde_json::Value;
 use std::ops::Range;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -401,6 +401,7 @@ async fn answer(kind: Kind, call: &Call, req: Request, gone: &Unanswered<'_>) ->
             inner: body,
             parser: sse::Parser::new(),
             usage: Usage::default(),
+            status: parts.status.as_u16(),
             record: Some(Box::new(metered(app, &d, record))),
         })
     } else {
@@ -526,45 +527,39 @@ async fn once(
         return Err(e);
     }
     let body = asked.body_for(&d.model)?;
-    let bearer = d.upstream.bearer().await?;
-    let mut target = d.upstream.target(app.router.catalog(), &d.model, false);
-    if bearer.is_some() {
-        target.credential = bearer.as_ref();
-    }
-    let url = if azure {
-        polyplex_providers::azure::deployment_url(&target, kind.path())?
-    } else {
-        polyplex_providers::join_url(&d.upstream.base_url, kind.path())
-    };
-    let mut headers = polyplex_providers::headers(&target, asked.stream)?;
-    headers.insert(header::CONTENT_TYPE, asked.content_type());
-    if !asked.stream {
-        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
-    }
-    let uri = app
-        .urls
-        .get(&url)
-        .map_err(|_| GatewayError::internal("invalid upstream URL"))?;
     let wait = if asked.stream {
         d.upstream.first_byte_timeout
     } else {
         d.upstream.timeout
     };
-    let started = Instant::now();
-    let sent = app.client().send(http::Method::POST, uri, headers, body);
-    let resp = tokio::time::timeout(wait, sent)
-        .await
-        .map_err(|_| GatewayError::upstream_timeout(&d.upstream.name, started.elapsed()))?
-        .map_err(|f| transport_error(d, f))?;
-    if !resp.status().is_success() {
-        return Err(upstream_error(d, resp).await);
-    }
-    Ok(resp)
+    let sent = send_with(app, d, false, |target| {
+        let url = if azure {
+            polyplex_providers::azure::deployment_url(target, kind.path())?
+        } else {
+            polyplex_providers::join_url(&d.upstream.base_url, kind.path())
+        };
+        let mut headers = polyplex_providers::headers(target, asked.stream)?;
+        headers.insert(header::CONTENT_TYPE, asked.content_type());
+        if !asked.stream {
+            headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        }
+        Ok(UpstreamRequest {
+            url,
+            headers,
+            body,
+            dropped: Vec::new(),
+        })
+    });
+    within(d, wait, sent).await.map(|(resp, _)| resp)
 }
 
-/// Writes the usage record of an answer: its usage costed, and the status
-/// it ended with if not the head's (a stream cut short).
-fn metered(app: &App, d: &Deployment, mut record: UsageRecord) -> impl FnOnce(Usage, Option<u16>) {
+/// Writes the usage record of an answer: its usage costed; for a stream,
+/// the status it ended with (its head's, or a cut's) and its whole time.
+pub(super) fn metered(
+    app: &App,
+    d: &Deployment,
+    mut record: UsageRecord,
+) -> impl FnOnce(Usage, Option<u16>) {
     let (app, d) = (app.clone(), d.clone());
     move |usage, ended| {
         record.cost_usd = crate::usage::cost(app.router.catalog(), &d, &usage);
@@ -588,11 +583,13 @@ struct Metered {
     inner: UpstreamBody,
     parser: sse::Parser,
     usage: Usage,
+    /// The answer's status, what a stream that ends well is recorded with.
+    status: u16,
     record: Option<Recording>,
 }
 
 /// Writes an answer's usage record, given its usage and how it ended.
-type Recording = Box<dyn FnOnce(Usage, Option<u16>) + Send>;
+pub(super) type Recording = Box<dyn FnOnce(Usage, Option<u16>) + Send>;
 
 impl Metered {
     fn end(&mut self, status: Option<u16>) {
@@ -625,7 +622,10 @@ impl hyper::body::Body for Metered {
                     }
                 }
             }
-            Poll::Ready(None) => self.end(None),
+            Poll::Ready(None) => {
+                let status = self.status;
+                self.end(Some(status))
+            }
             Poll::Ready(Some(Err(_))) => self.end(Some(502)),
             Poll::Pending => {}
         }
