@@ -301,6 +301,23 @@ impl Call {
         }
     }
 
+    /// Answers `req` by `answer` once its headers are read (a bad metadata
+    /// header is the answer), with `gone` to record the request if the
+    /// client leaves before the answer is done.
+    pub(super) async fn run(
+        mut self,
+        req: Request,
+        answer: impl for<'a> AsyncFnOnce(&'a Call, Request, &'a Unanswered<'a>) -> Response,
+    ) -> Response {
+        if let Err(e) = self.read_headers(req.headers()) {
+            return self.fail("", false, e, &Served::default());
+        }
+        let mut gone = Unanswered::new(&self);
+        let resp = answer(&self, req, &gone).await;
+        gone.answered = true;
+        resp
+    }
+
     /// The usage record of a unary answer `d` gave.
     pub(super) fn served_record(
         &self,
@@ -535,13 +552,7 @@ pub(super) async fn handle(
 ) -> Response {
     let mut call = Call::new(app, &rid, caller, endpoint, label);
     call.native = req.extensions_mut().remove();
-    if let Err(e) = call.read_headers(req.headers()) {
-        return call.fail("", false, e, &Served::default());
-    }
-    let mut gone = Unanswered::new(&call);
-    let resp = answer(&call, req, &gone).await;
-    gone.answered = true;
-    resp
+    call.run(req, answer).await
 }
 
 /// [`handle`]'s answer; `gone` is told what a record needs if the client

@@ -305,6 +305,8 @@ pub async fn serve(
     Extension(caller): Extension<Caller>,
     req: Request,
 ) -> Response {
+    // (Not `Call::run`: an async closure's future is not known to be
+    // `Send`, which a handler's must be.)
     let mut call = Call::new(app, &rid, caller, Endpoint::Embeddings, kind.label());
     if let Err(e) = call.read_headers(req.headers()) {
         return call.fail("", false, e, &Served::default());

@@ -43,14 +43,9 @@ pub async fn rerank(
     Extension(caller): Extension<Caller>,
     req: Request,
 ) -> Response {
-    let mut call = Call::new(app, &rid, caller, Endpoint::Embeddings, "rerank");
-    if let Err(e) = call.read_headers(req.headers()) {
-        return call.fail("", false, e, &Served::default());
-    }
-    let mut gone = Unanswered::new(&call);
-    let resp = answer(&call, req, &gone).await;
-    gone.answered = true;
-    resp
+    Call::new(app, &rid, caller, Endpoint::Embeddings, "rerank")
+        .run(req, answer)
+        .await
 }
 
 async fn answer(call: &Call, req: Request, gone: &Unanswered<'_>) -> Response {
