@@ -139,20 +139,23 @@ fn generate_at(
     stream: bool,
     target: &Target<'_>,
 ) -> Result<UpstreamRequest, GatewayError> {
-    let path = if stream {
-        format!(
-            "v1beta/models/{}:streamGenerateContent?alt=sse",
-            target.model
-        )
-    } else {
-        format!("v1beta/models/{}:generateContent", target.model)
-    };
+    let path = format!("v1beta/models/{}:{}", target.model, generate_method(stream));
     Ok(UpstreamRequest {
         url: join_url(target.base_url, &path),
         headers: crate::headers(target, stream)?,
         body,
         dropped,
     })
+}
+
+/// Google's method (and query) for a Gemini model's answer, streamed (as
+/// server-sent events) or not: Gemini's API and Vertex AI name it alike.
+pub(crate) fn generate_method(stream: bool) -> &'static str {
+    if stream {
+        "streamGenerateContent?alt=sse"
+    } else {
+        "generateContent"
+    }
 }
 
 /// A client's own `countTokens` body for the target's model: its contents

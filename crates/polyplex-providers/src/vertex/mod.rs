@@ -57,7 +57,16 @@ pub fn base_url_for(project: &str, location: &str) -> String {
 pub const EXPRESS_BASE_URL: &str = "https://aiplatform.googleapis.com/v1";
 
 fn model_path(target: &Target<'_>, publisher: &str, method: &str) -> Result<String, GatewayError> {
-    // The model is a path segment: names come from clients through `vertex/<model>`.
+    checked_model(target)?;
+    Ok(join_url(
+        target.base_url,
+        &format!("publishers/{publisher}/models/{}:{method}", target.model),
+    ))
+}
+
+/// The target's model, if it is a Vertex AI model name: it goes into a
+/// URL path (names come from clients through `vertex/<model>`).
+fn checked_model(target: &Target<'_>) -> Result<(), GatewayError> {
     if target.model.is_empty()
         || !target
             .model
@@ -69,10 +78,7 @@ fn model_path(target: &Target<'_>, publisher: &str, method: &str) -> Result<Stri
             format!("'{}' is not a Vertex AI model name.", target.model),
         ));
     }
-    Ok(join_url(
-        target.base_url,
-        &format!("publishers/{publisher}/models/{}:{method}", target.model),
-    ))
+    Ok(())
 }
 
 /// A chat body as written for one publisher: its bytes and the parameters
@@ -97,12 +103,11 @@ fn build_chat(
         (bytes, dropped, model_path(target, "anthropic", method)?)
     } else {
         let (bytes, dropped) = gemini()?;
-        let method = if stream {
-            "streamGenerateContent?alt=sse"
-        } else {
-            "generateContent"
-        };
-        (bytes, dropped, model_path(target, "google", method)?)
+        (
+            bytes,
+            dropped,
+            model_path(target, "google", crate::gemini::generate_method(stream))?,
+        )
     };
     Ok(UpstreamRequest {
         url,
@@ -189,13 +194,8 @@ impl Protocol for Vertex {
         stream: bool,
         target: &Target<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let method = if stream {
-            "streamGenerateContent?alt=sse"
-        } else {
-            "generateContent"
-        };
         Ok(UpstreamRequest {
-            url: model_path(target, "google", method)?,
+            url: model_path(target, "google", crate::gemini::generate_method(stream))?,
             headers: crate::headers(target, stream)?,
             body: crate::gemini::without_model(body)?,
             dropped: Vec::new(),
@@ -329,7 +329,7 @@ impl Protocol for Vertex {
     ) -> Result<UpstreamRequest, GatewayError> {
         let crate::MessagesCall::Create { stream } = call else {
             // Claude's count on Vertex AI: one endpoint, the model in the body.
-            let _ = model_path(target, "anthropic", "rawPredict")?;
+            checked_model(target)?;
             return Ok(UpstreamRequest {
                 url: join_url(
                     target.base_url,
