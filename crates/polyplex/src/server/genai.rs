@@ -258,13 +258,9 @@ fn limits(app: &App, id: &str) -> Option<(u64, u64)> {
 /// `GET /v1beta/models` (and `GET /v1/models` from Google's SDKs): every
 /// model this caller may use, as Gemini's `Model`s.
 pub async fn list(app: &App, caller: &Caller) -> Response {
-    let spec = caller.key().map(|k| k.spec());
-    let access = spec.as_ref().and_then(|s| s.models.as_deref());
-    let models: Vec<Value> = super::handlers::all_models(app)
+    let models: Vec<Value> = super::handlers::models_for(app, caller)
         .iter()
-        .filter_map(|m| m["id"].as_str())
-        .filter(|id| app.router.may_reach(access, id))
-        .map(|id| genai::model_object(id, limits(app, id)))
+        .map(|(id, _)| genai::model_object(id, limits(app, id)))
         .collect();
     Json(json!({ "models": models })).into_response()
 }

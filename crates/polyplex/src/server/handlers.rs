@@ -1363,17 +1363,20 @@ pub async fn count_tokens(
         .unwrap_or_else(super::respond::anthropic_error)
 }
 
-pub(super) fn model_object(id: &str, owner: &str) -> Value {
+fn model_object(id: &str, owner: &str) -> Value {
     json!({"id": id, "object": "model", "created": 0, "owned_by": owner})
 }
 
-/// Every `provider/model` this gateway can serve, then the route names.
-pub(super) fn all_models(app: &App) -> Vec<Value> {
+/// Every `provider/model` this gateway can serve, then the route names,
+/// that the caller may use: each name and its owner.
+pub(super) fn models_for(app: &App, caller: &Caller) -> Vec<(String, String)> {
+    let spec = caller.key().map(|k| k.spec());
+    let access = spec.as_ref().and_then(|s| s.models.as_deref());
     let catalog = app.router.catalog();
     let mut out = Vec::new();
     for u in app.router.upstreams() {
         for m in u.model_ids(catalog) {
-            out.push(model_object(&format!("{}/{m}", u.name), &u.name));
+            out.push((format!("{}/{m}", u.name), u.name.clone()));
         }
     }
     let mut routes: Vec<_> = app.router.routes().map(|r| r.name.clone()).collect();
@@ -1381,8 +1384,9 @@ pub(super) fn all_models(app: &App) -> Vec<Value> {
         routes.push("auto".into());
     }
     routes.sort();
-    for r in routes {
-        out.push(model_object(&r, "polyplex"));
+    out.extend(routes.into_iter().map(|r| (r, "polyplex".to_string())));
+    if caller.key().is_some() {
+        out.retain(|(id, _)| app.router.may_reach(access, id));
     }
     out
 }
@@ -1396,16 +1400,10 @@ pub async fn list_models(
     if super::genai::from_google_sdk(&headers) {
         return super::genai::list(&app, &caller).await;
     }
-    let mut data = all_models(&app);
-    if let Some(k) = caller.key() {
-        let spec = k.spec();
-        let access = spec.models.as_deref();
-        data.retain(|m| {
-            m["id"]
-                .as_str()
-                .is_some_and(|id| app.router.may_reach(access, id))
-        });
-    }
+    let data: Vec<Value> = models_for(&app, &caller)
+        .iter()
+        .map(|(id, owner)| model_object(id, owner))
+        .collect();
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
