@@ -273,3 +273,20 @@ api_key = "sk-mock-provider"
             [record] = records_of(base, rid)
             assert (record["endpoint"], record["stream"]) == ("gemini", True)
             assert record["latency_ms"] >= 200 > record["ttft_ms"], record
+
+
+def test_a_native_stream_broken_mid_way_ends_with_googles_error(gateway, fault):
+    fault(fault="disconnect", after_chunks=1, model="gemini-2.5-flash")
+    req = urllib.request.Request(
+        f"{gateway}/v1beta/models/google/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        data=json.dumps({"contents": [{"parts": [{"text": "native broken stream marker"}]}]}).encode(),
+        headers={"content-type": "application/json", "x-goog-api-key": MASTER_KEY})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        text = resp.read().decode()
+        rid = resp.headers["x-request-id"]
+    events = [json.loads(e.removeprefix("data: ")) for e in text.split("\r\n\r\n") if e.strip()]
+    # What came before the break, then Google's error object: the stream says why it ended.
+    assert events[0]["candidates"][0]["content"]["parts"][0]["text"]
+    assert events[-1]["error"]["code"] == 502 and events[-1]["error"]["status"] == "UNAVAILABLE"
+    [record] = records_of(gateway, rid)
+    assert (record["endpoint"], record["status"], record["stream"]) == ("gemini", 502, True)
