@@ -290,3 +290,22 @@ def test_a_native_stream_broken_mid_way_ends_with_googles_error(gateway, fault):
     assert events[-1]["error"]["code"] == 502 and events[-1]["error"]["status"] == "UNAVAILABLE"
     [record] = records_of(gateway, rid)
     assert (record["endpoint"], record["status"], record["stream"]) == ("gemini", 502, True)
+
+
+def test_a_native_stream_without_usage_is_recorded_with_counted_tokens(gateway, fault):
+    """An upstream stream that reports no usageMetadata is recorded with its
+    prompt and text counted, as a chat stream's would be: never at zero."""
+    fault(fault="no_usage", model="gemini-2.5-flash")
+    req = urllib.request.Request(
+        f"{gateway}/v1beta/models/google/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        data=json.dumps({"contents": [{"parts": [{"text": "native unmetered stream marker"}]}]}).encode(),
+        headers={"content-type": "application/json", "x-goog-api-key": MASTER_KEY})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        text = resp.read().decode()
+        rid = resp.headers["x-request-id"]
+    events = [json.loads(e.removeprefix("data: ")) for e in text.split("\r\n\r\n") if e.strip()]
+    assert all("usageMetadata" not in ev for ev in events)
+    assert "".join(p["text"] for ev in events for p in ev["candidates"][0]["content"]["parts"])
+    [record] = records_of(gateway, rid)
+    assert (record["endpoint"], record["status"]) == ("gemini", 200)
+    assert record["prompt_tokens"] > 0 and record["completion_tokens"] > 0 and record["cost_usd"] > 0, record

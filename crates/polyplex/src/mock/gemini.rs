@@ -395,6 +395,7 @@ pub(crate) async fn serve(
         }
         return Json(out).into_response();
     }
+    let no_usage = fault.as_ref().is_some_and(|f| f.fault == "no_usage");
     // Each event carries every candidate (`candidateCount`), as Gemini
     // streams several.
     let event = |parts: Value, lp: Option<Value>, finish: Option<&str>, usage: &Value| {
@@ -413,10 +414,11 @@ pub(crate) async fn serve(
                 c
             })
             .collect();
-        Bytes::from(format!(
-            "data: {}\n\n",
-            json!({"candidates": candidates, "usageMetadata": usage, "modelVersion": model, "responseId": response_id})
-        ))
+        let mut out = json!({"candidates": candidates, "usageMetadata": usage, "modelVersion": model, "responseId": response_id});
+        if no_usage {
+            out.as_object_mut().map(|o| o.remove("usageMetadata"));
+        }
+        Bytes::from(format!("data: {out}\n\n"))
     };
     let partial = json!({"promptTokenCount": prompt, "totalTokenCount": prompt});
     let mut events = Vec::new();

@@ -22,13 +22,14 @@ use crate::executor::{attempt_loop, generate_stream_once, generate_unary_once, G
 use crate::genai::Echo;
 use crate::keys::Admitted;
 use crate::routing::{Deployment, Plan};
+use crate::tokens;
 use crate::usage::UsageRecord;
 use axum::body::Body;
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
-use polyplex_providers::{gemini, Endpoint};
+use polyplex_providers::{gemini, sse, Endpoint, StreamDecoder};
 use polyplex_types::{GatewayError, JsonMap, RequestBody, Usage};
 use serde_json::Value;
 use std::time::Instant;
@@ -91,7 +92,15 @@ pub(super) async fn serve(call: &Call, asked: Asked<'_>, plan: &Plan, echo: &Ech
                 if let Some(a) = &admitted {
                     ratelimit_headers(&mut head, &a.limits);
                 }
-                let mut resp = relay(call, open, d, record, admitted.take(), asked.sse);
+                let mut resp = relay(
+                    call,
+                    open,
+                    d,
+                    record,
+                    admitted.take(),
+                    asked.sse,
+                    asked.chat,
+                );
                 resp.headers_mut().extend(head.headers().clone());
                 served.apply(&mut resp);
                 resp
@@ -167,6 +176,34 @@ fn with_cost(body: Bytes, c: f64) -> Bytes {
     raw.to_bytes()
 }
 
+/// A stream that has not reported its usage (yet): its generated text is
+/// read by the protocol's decoder, for the usage estimated when it ends
+/// without one.
+struct Unmetered {
+    decoder: Box<dyn StreamDecoder>,
+    /// The request's chat form, whose prompt is counted.
+    chat: RequestBody,
+}
+
+impl Unmetered {
+    fn read(&mut self, data: &str) {
+        let ev = sse::Event {
+            event: None,
+            data: data.to_owned(),
+        };
+        // (An event it cannot read adds nothing to the estimate.)
+        let _ = self.decoder.on_event(&ev, &mut Vec::new());
+    }
+
+    /// The usage of the stream so far, counted as a chat stream's is (a
+    /// count that may wait for the token encoding: not on a serving thread
+    /// before it is loaded).
+    fn estimate(&self) -> Usage {
+        let text = self.decoder.summary().completion_text;
+        tokens::stream_estimate(Endpoint::Chat, self.chat.map(), &text)
+    }
+}
+
 /// The passed-through stream's response: the upstream's chunks as they
 /// come, each `usageMetadata` with the cost of the usage so far; recorded
 /// when it ends (200), breaks (502) or the client leaves (499).
@@ -177,8 +214,13 @@ fn relay(
     mut record: UsageRecord,
     admitted: Option<Admitted>,
     sse: bool,
+    chat: RequestBody,
 ) -> Response {
     record.stream = true;
+    let decoder = d
+        .upstream
+        .protocol_for(Endpoint::Chat, &d.model)
+        .stream_decoder(Endpoint::Chat, &d.upstream.name, &d.model, &chat);
     let relay = Relay {
         app: call.app.clone(),
         record: Some(Box::new(super::passthrough::metered(&call.app, &d, record))),
@@ -187,6 +229,7 @@ fn relay(
         d,
         _admitted: admitted,
         usage: None,
+        unmetered: Some(Unmetered { decoder, chat }),
         sse,
         wrote: false,
         ended: false,
@@ -220,6 +263,8 @@ struct Relay {
     _admitted: Option<Admitted>,
     /// The usage the last chunk reported (Gemini's counts are cumulative).
     usage: Option<Usage>,
+    /// Until a chunk reports its usage: what an estimate needs.
+    unmetered: Option<Unmetered>,
     sse: bool,
     wrote: bool,
     ended: bool,
@@ -241,6 +286,9 @@ impl Relay {
                         self.write(ev.data.as_bytes(), &mut out);
                         self.end(status, &mut out);
                         return Some(Bytes::from(out));
+                    }
+                    if let Some(u) = &mut self.unmetered {
+                        u.read(&ev.data);
                     }
                     let data = self.metered(Bytes::from(ev.data));
                     self.write(&data, &mut out);
@@ -291,6 +339,7 @@ impl Relay {
         };
         let usage = gemini::usage_from(meta);
         self.usage = Some(usage);
+        self.unmetered = None;
         let c = crate::usage::cost(self.app.router.catalog(), &self.d, &usage);
         with_cost(data, c)
     }
@@ -329,13 +378,31 @@ impl Relay {
         self.record(status);
     }
 
-    /// Writes the record, and tells the deployment's health how the
-    /// stream went, as chat streams do (a client gone says nothing of it).
+    /// Writes the record, with the usage the stream reported, or else
+    /// the usage of its prompt and text, counted.
     fn record(&mut self, status: u16) {
         let Some(record) = self.record.take() else {
             return;
         };
-        let usage = self.usage.unwrap_or_default();
+        let usage = match (self.usage, self.unmetered.take()) {
+            (Some(u), _) => u,
+            (None, Some(unmetered)) if tokens::loaded() => unmetered.estimate(),
+            // Counted where waiting for the encoding blocks no one; the
+            // health below hears of the stream without its tokens.
+            (None, Some(unmetered)) => {
+                tokens::off_the_serving_thread(move || record(unmetered.estimate(), Some(status)));
+                self.stream_ended(status, 0);
+                return;
+            }
+            (None, None) => Usage::default(),
+        };
+        self.stream_ended(status, usage.completion_tokens);
+        record(usage, Some(status));
+    }
+
+    /// Tells the deployment's health how the stream went, as chat streams
+    /// do (a client gone says nothing of it).
+    fn stream_ended(&self, status: u16, completion_tokens: u64) {
         let now = Instant::now();
         if status != 499
             && self.d.stats.on_stream_end(
@@ -343,13 +410,12 @@ impl Relay {
                 now,
                 now.saturating_duration_since(self.started),
                 now.saturating_duration_since(self.open.first_byte_at),
-                usage.completion_tokens,
+                completion_tokens,
                 status == 200,
             )
         {
             self.app.circuit_opened(&self.d);
         }
-        record(usage, Some(status));
     }
 }
 
