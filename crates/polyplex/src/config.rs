@@ -373,6 +373,18 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    /// Its name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Priority => "priority",
+            Strategy::Cost => "cost",
+            Strategy::Latency => "latency",
+            Strategy::Throughput => "throughput",
+            Strategy::Weighted => "weighted",
+            Strategy::LeastBusy => "least-busy",
+        }
+    }
+
     fn parse(s: &str) -> Option<Strategy> {
         Some(match s {
             "priority" => Strategy::Priority,
@@ -837,7 +849,8 @@ pub fn from_toml(text: &str, inputs: &Inputs<'_>) -> Result<Config, ConfigError>
         || store_url.starts_with("postgresql://"))
     {
         return err(format!(
-            "store.url: `{store_url}` must start with sqlite: or postgres://"
+            "store.url: `{}` must start with sqlite: or postgres://",
+            crate::store::redact_url(&store_url)
         ));
     }
     let redis_url = raw

@@ -624,7 +624,7 @@ pub(crate) async fn send_with(
     drop: bool,
     build: impl FnOnce(&polyplex_providers::Target<'_>) -> Result<UpstreamRequest, GatewayError>,
 ) -> Result<(http::Response<UpstreamBody>, Vec<String>), GatewayError> {
-    let catalog = app.router.catalog();
+    let catalog = app.catalog();
     let bearer = d.upstream.bearer().await?;
     let mut target = d.upstream.target(catalog, &d.model, drop);
     if bearer.is_some() {

@@ -19,6 +19,7 @@ pub mod keys;
 pub mod messages;
 pub mod mock;
 pub mod phase;
+pub mod reload;
 pub mod responses;
 pub mod routing;
 pub mod server;
@@ -297,7 +298,7 @@ async fn prepare(cfg: &Config, threads: usize) -> Result<Prepared, String> {
         let app = std::sync::Arc::downgrade(&state);
         shared.listen_health(move |provider, model, cooldown| {
             let Some(app) = app.upgrade() else { return };
-            if let Some(u) = app.router.upstreams().iter().find(|u| u.name == provider) {
+            if let Some(u) = app.router().upstreams().iter().find(|u| u.name == provider) {
                 if u.stats(model)
                     .open_elsewhere(std::time::Instant::now(), cooldown)
                 {

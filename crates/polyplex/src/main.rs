@@ -346,12 +346,37 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+/// Reloads the configuration file at every `SIGHUP` (see
+/// `polyplex::reload`; the log says what changed or why nothing did). A
+/// weak reference: the state ends at shutdown, whose usage writer waits
+/// for every holder of it.
+async fn reload_on_hangup(app: std::sync::Weak<polyplex::server::AppState>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let Some(app) = app.upgrade() else { return };
+            tracing::info!("SIGHUP: reloading the configuration");
+            let _ = polyplex::reload::reload(&app).await;
+        }
+    }
+    #[cfg(not(unix))]
+    drop(app);
+}
+
 async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<(), String> {
     polyplex::telemetry::init_logging();
     if let Some(note) = polyplex::catalog::note() {
         tracing::info!("{note}");
     }
-    let cfg = load(config.as_ref(), listen)?;
+    // The file a reload reads again (none in zero-config).
+    let file = config
+        .clone()
+        .or_else(|| Some(PathBuf::from("polyplex.toml")).filter(|p| p.exists()));
+    let cfg = load(file.as_ref(), listen.clone())?;
     tracing::info!(source = %cfg.source, "configuration loaded");
     for n in &cfg.notes {
         tracing::info!("{n}");
@@ -368,13 +393,20 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<(), St
             "no provider configured: serving the built-in simulator as provider `demo` (model `demo/echo`). It is a test double that echoes your input, not a language model; set e.g. OPENAI_API_KEY or write a polyplex.toml for real providers"
         );
     }
-    for u in running.state.router.upstreams() {
+    for u in running.state.router().upstreams() {
         tracing::info!(provider = %u.name, base_url = %u.base_url, protocol = u.protocol.name(), "provider enabled");
-        if let Some(note) = u.unpriced_note(running.state.router.catalog()) {
+        if let Some(note) = u.unpriced_note(running.state.catalog()) {
             tracing::warn!(provider = %u.name, "{note}");
         }
     }
     tracing::info!(addr = %running.addr, threads, "polyplex listening; OpenAI-compatible API at http://{}/v1", running.addr);
+    if let Some(file) = file {
+        running
+            .state
+            .config
+            .set_source(move || load(Some(&file), listen.clone()));
+        tokio::spawn(reload_on_hangup(std::sync::Arc::downgrade(&running.state)));
+    }
     let stop = running.shutdown_handle();
     tokio::spawn(async move {
         shutdown_signal().await;

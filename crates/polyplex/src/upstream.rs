@@ -277,6 +277,24 @@ impl Upstream {
         s
     }
 
+    /// Takes over `old`'s live statistics (circuits, latencies, upstream
+    /// limit windows) and what it learned, when both are the same API:
+    /// same protocol, same base URL. A reloaded configuration keeps a
+    /// provider's health that way.
+    pub fn carry_over(&self, old: &Upstream) -> bool {
+        if self.kind != old.kind || self.base_url != old.base_url {
+            return false;
+        }
+        if let (Ok(mut mine), Ok(theirs)) = (self.stats.write(), old.stats.read()) {
+            mine.clone_from(&theirs);
+        }
+        self.completions_via_chat.store(
+            old.completions_via_chat.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        true
+    }
+
     /// Every model with statistics, sorted by name.
     pub fn tracked(&self) -> Vec<(String, Arc<DeploymentStats>)> {
         let mut v: Vec<_> = self

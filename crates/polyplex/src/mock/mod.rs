@@ -30,7 +30,7 @@ mod vertex;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -1146,7 +1146,9 @@ fn azure_error(status: StatusCode, msg: &str) -> Response {
 
 /// Azure OpenAI's v1 API (`/openai/v1/...`): OpenAI's paths with the
 /// deployment in the body's `model`, an `api-key` header, and no dated
-/// `api-version` (only `preview` or `latest`, as Azure takes).
+/// `api-version` (only `preview` or `latest`, as Azure takes). A bearer
+/// token is taken too, as Azure takes Entra ID's (and as Groq, whose API
+/// has the same path, `/openai/v1`, is called).
 async fn azure_v1(
     State(s): State<Arc<MockState>>,
     Path(path): Path<String>,
@@ -1154,7 +1156,7 @@ async fn azure_v1(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if headers.get("api-key").is_none() {
+    if headers.get("api-key").is_none() && headers.get(header::AUTHORIZATION).is_none() {
         return azure_error(StatusCode::UNAUTHORIZED, "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.");
     }
     let version = q

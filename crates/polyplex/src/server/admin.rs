@@ -346,6 +346,22 @@ pub async fn revoke_key(State(app): State<App>, Path(id): Path<String>) -> Respo
     }
 }
 
+/// `POST /admin/reload`: reads the configuration file again and applies
+/// its providers, routes and strategy (see [`crate::reload`]); answers
+/// what changed, or why nothing did (400, the running configuration kept).
+pub async fn reload(State(app): State<App>) -> Response {
+    match crate::reload::reload(&app).await {
+        Ok(report) => Json(report.json()).into_response(),
+        Err(e) => {
+            let code = match e {
+                crate::reload::Refused::NoFile => "no_config_file",
+                crate::reload::Refused::Invalid(_) => "invalid_config",
+            };
+            ApiError(GatewayError::invalid_request(e.to_string()).with_code(code)).into_response()
+        }
+    }
+}
+
 /// A usage report as JSON rows named by their group; `names` maps key ids
 /// to key names (for `by=key`).
 pub fn report_json(

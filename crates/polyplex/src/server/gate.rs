@@ -82,7 +82,11 @@ fn needs_key(path: &str) -> bool {
 fn is_admin(path: &str) -> bool {
     matches!(
         path,
-        "/admin/providers" | "/admin/usage" | "/admin/usage/records" | "/admin/keys"
+        "/admin/providers"
+            | "/admin/usage"
+            | "/admin/usage/records"
+            | "/admin/keys"
+            | "/admin/reload"
     ) || ["/admin/keys/", "/admin/usage/records/"].iter().any(|p| {
         path.strip_prefix(p)
             .is_some_and(|id| !id.is_empty() && !id.contains('/'))
@@ -362,6 +366,7 @@ mod tests {
             "/admin/providers",
             "/admin/usage",
             "/admin/keys",
+            "/admin/reload",
             "/admin/keys/key_1",
             "/admin/usage/records",
             "/admin/usage/records/req_1",

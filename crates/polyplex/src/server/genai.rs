@@ -184,11 +184,11 @@ fn plan_for(
 ) -> Result<crate::routing::Plan, GatewayError> {
     let spec = caller.key().map(|k| k.spec());
     let access = spec.as_ref().and_then(|s| s.models.as_deref());
-    if !app.router.may_reach(access, model) {
+    if !app.router().may_reach(access, model) {
         return Err(crate::keys::model_forbidden(model));
     }
     let facts = Facts::new(chat, Endpoint::Chat, stream);
-    app.router.plan(
+    app.router().plan(
         model,
         &[],
         &ProviderPrefs::default(),
@@ -246,10 +246,10 @@ async fn embed(
 
 /// The context and output limits the catalog knows for a model name.
 fn limits(app: &App, id: &str) -> Option<(u64, u64)> {
-    let (ds, _) = app.router.resolve(id).ok()?;
+    let (ds, _) = app.router().resolve(id).ok()?;
     let d = ds.first()?;
     let m = app
-        .router
+        .router()
         .catalog()
         .model(d.upstream.catalog_id.as_deref()?, &d.model)?;
     Some((m.context, m.output))
@@ -270,8 +270,8 @@ pub async fn get(app: &App, caller: &Caller, id: &str) -> Response {
     let id = id.strip_prefix("models/").unwrap_or(id);
     let allowed = caller
         .key()
-        .is_none_or(|k| app.router.may_reach(k.spec().models.as_deref(), id));
-    if !allowed || !app.router.knows(id) {
+        .is_none_or(|k| app.router().may_reach(k.spec().models.as_deref(), id));
+    if !allowed || !app.router().knows(id) {
         return google_error(GatewayError::model_not_found(id));
     }
     Json(genai::model_object(id, limits(app, id))).into_response()
@@ -333,7 +333,7 @@ async fn count(
         Ok((chat, _)) => (chat, None),
         Err(e) => (genai::routing_form(&inner, model, false), Some(e)),
     };
-    if !app.router.knows(model) {
+    if !app.router().knows(model) {
         return Err(GatewayError::model_not_found(model));
     }
     // The model must be one a plan can serve (a route, a provider's).

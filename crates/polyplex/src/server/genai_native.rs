@@ -340,7 +340,7 @@ impl Relay {
         let usage = gemini::usage_from(meta);
         self.usage = Some(usage);
         self.unmetered = None;
-        let c = crate::usage::cost(self.app.router.catalog(), &self.d, &usage);
+        let c = crate::usage::cost(self.app.catalog(), &self.d, &usage);
         with_cost(data, c)
     }
 

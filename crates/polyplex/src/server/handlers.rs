@@ -483,11 +483,11 @@ impl Call {
         };
         let spec = key.spec();
         let access = spec.models.as_deref();
-        if !self.app.router.may_reach(access, model) {
+        if !self.app.router().may_reach(access, model) {
             return Err(crate::keys::model_forbidden(model));
         }
         for (i, m) in fallbacks.iter().enumerate() {
-            if !self.app.router.may_reach(access, m) {
+            if !self.app.router().may_reach(access, m) {
                 return Err(crate::keys::model_forbidden(m).with_param(format!("models[{i}]")));
             }
         }
@@ -789,7 +789,7 @@ async fn serve(
     // deployments it allows.
     let access = admitted.as_ref().and_then(|a| a.spec.models.as_deref());
     let plan = |facts: &Facts<'_>| {
-        app.router.plan(
+        app.router().plan(
             &parsed.model,
             &parsed.fallbacks,
             &parsed.prefs,
@@ -1312,17 +1312,17 @@ pub async fn count_tokens(
                 None => return Err(e),
             },
         };
-        if !app.router.knows(&echo.model) {
+        if !app.router().knows(&echo.model) {
             return Err(GatewayError::model_not_found(&echo.model));
         }
         let spec = caller.key().map(|k| k.spec());
         let access = spec.as_ref().and_then(|s| s.models.as_deref());
-        if !app.router.may_reach(access, &echo.model) {
+        if !app.router().may_reach(access, &echo.model) {
             return Err(crate::keys::model_forbidden(&echo.model));
         }
         let body = RequestBody::from_map(chat);
         let facts = Facts::new(&body, Endpoint::Chat, false);
-        let plan = app.router.plan(
+        let plan = app.router().plan(
             &echo.model,
             &[],
             &ProviderPrefs::default(),
@@ -1372,21 +1372,21 @@ fn model_object(id: &str, owner: &str) -> Value {
 pub(super) fn models_for(app: &App, caller: &Caller) -> Vec<(String, String)> {
     let spec = caller.key().map(|k| k.spec());
     let access = spec.as_ref().and_then(|s| s.models.as_deref());
-    let catalog = app.router.catalog();
+    let catalog = app.catalog();
     let mut out = Vec::new();
-    for u in app.router.upstreams() {
+    for u in app.router().upstreams() {
         for m in u.model_ids(catalog) {
             out.push((format!("{}/{m}", u.name), u.name.clone()));
         }
     }
-    let mut routes: Vec<_> = app.router.routes().map(|r| r.name.clone()).collect();
-    if app.router.knows("auto") && !routes.iter().any(|r| r == "auto") {
+    let mut routes: Vec<_> = app.router().routes().map(|r| r.name.clone()).collect();
+    if app.router().knows("auto") && !routes.iter().any(|r| r == "auto") {
         routes.push("auto".into());
     }
     routes.sort();
     out.extend(routes.into_iter().map(|r| (r, "polyplex".to_string())));
     if caller.key().is_some() {
-        out.retain(|(id, _)| app.router.may_reach(access, id));
+        out.retain(|(id, _)| app.router().may_reach(access, id));
     }
     out
 }
@@ -1418,17 +1418,17 @@ pub async fn get_model(
     }
     if caller
         .key()
-        .is_some_and(|k| !app.router.may_reach(k.spec().models.as_deref(), &id))
+        .is_some_and(|k| !app.router().may_reach(k.spec().models.as_deref(), &id))
     {
         return ApiError(GatewayError::model_not_found(&id)).into_response();
     }
-    if app.router.resolve(&id).is_err() && app.router.knows(&id) {
+    if app.router().resolve(&id).is_err() && app.router().knows(&id) {
         // `auto`, or a name with `:floor` / `:nitro`.
         return Json(model_object(&id, "polyplex")).into_response();
     }
-    match app.router.resolve(&id) {
+    match app.router().resolve(&id) {
         Ok((ds, _)) => {
-            let owner = if app.router.routes().any(|r| r.name == id) {
+            let owner = if app.router().routes().any(|r| r.name == id) {
                 "polyplex".to_string()
             } else {
                 ds.first()
@@ -1445,14 +1445,14 @@ pub async fn get_model(
 /// with statistics (latency averages, error rate, circuit, in-flight, rate limits).
 pub async fn admin_providers(State(app): State<App>) -> Response {
     let now = Instant::now();
-    let catalog = app.router.catalog();
+    let catalog = app.catalog();
     let providers: Vec<Value> = app
-        .router
+        .router()
         .upstreams()
         .iter()
         .map(|u| {
             let mut models = u.models.clone().unwrap_or_default();
-            for r in app.router.routes() {
+            for r in app.router().routes() {
                 for (p, m) in &r.targets {
                     if *p == u.name && !models.contains(m) {
                         models.push(m.clone());
@@ -1556,7 +1556,7 @@ pub async fn readyz(State(app): State<App>) -> Response {
         None => true,
     };
     if store_ok {
-        Json(json!({"status": "ready", "providers": app.router.upstreams().len(), "store": "ok"}))
+        Json(json!({"status": "ready", "providers": app.router().upstreams().len(), "store": "ok"}))
             .into_response()
     } else {
         (
@@ -1586,7 +1586,7 @@ pub async fn metrics(State(app): State<App>) -> Response {
 /// records' series only see the deployment that answered in the end.
 fn deployment_gauges(app: &App) {
     let now = Instant::now();
-    for u in app.router.upstreams() {
+    for u in app.router().upstreams() {
         for (model, stats) in u.tracked() {
             let g = stats.gauges(&app.health, now);
             let labels = vec![

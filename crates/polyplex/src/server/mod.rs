@@ -59,7 +59,6 @@ pub mod respond;
 
 use crate::config::Config;
 use crate::routing::Router as ModelRouter;
-use crate::upstream::Upstream;
 use crate::usage::Recorder;
 use axum::routing::{any, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -70,7 +69,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct AppState {
-    pub router: ModelRouter,
+    /// Providers and routes: swapped whole by a configuration reload
+    /// ([`crate::reload`]); a request keeps the deployments it planned with.
+    router: arc_swap::ArcSwap<ModelRouter>,
+    catalog: &'static Catalog,
+    /// What the running configuration is, and where a reload reads the
+    /// next one.
+    pub config: crate::reload::Applied,
     /// One upstream client (and connection pool) per serving thread, so a
     /// request never hands its upstream I/O to another thread, and one
     /// more for everything else (the batch worker, on the main runtime:
@@ -106,6 +111,23 @@ pub struct AppState {
 
 pub type App = Arc<AppState>;
 
+impl AppState {
+    /// The providers and routes now configured.
+    pub fn router(&self) -> arc_swap::Guard<Arc<ModelRouter>> {
+        self.router.load()
+    }
+
+    /// Puts `router` in place of the configured one (see [`crate::reload`]).
+    pub(crate) fn swap_router(&self, router: ModelRouter) -> Arc<ModelRouter> {
+        self.router.swap(Arc::new(router))
+    }
+
+    /// The model catalog (prices, limits, capabilities).
+    pub fn catalog(&self) -> &'static Catalog {
+        self.catalog
+    }
+}
+
 /// The request id of the current request (set by [`gate`]).
 #[derive(Clone, Debug)]
 pub struct RequestId(pub Arc<str>);
@@ -136,22 +158,16 @@ pub fn state(
     if let Some(url) = demo_base_url {
         providers.push(crate::demo_provider(url));
     }
-    let upstreams = providers
-        .iter()
-        .map(|p| Upstream::from_config(p).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()?;
+    let router = crate::reload::router(cfg, &providers, None)?;
     let connect = providers
         .iter()
         .map(|p| p.connect_timeout)
         .min()
         .unwrap_or(Duration::from_secs(10));
     Ok(Arc::new(AppState {
-        router: ModelRouter::new(
-            upstreams,
-            cfg.routes.clone(),
-            Catalog::builtin(),
-            cfg.routing.strategy,
-        ),
+        router: arc_swap::ArcSwap::from_pointee(router),
+        catalog: Catalog::builtin(),
+        config: crate::reload::Applied::new(cfg),
         // Idle upstream connections kept: 256 per host in all, split over the
         // serving threads' pools; and the pool of the other threads.
         clients: (0..=threads.max(1))
@@ -218,6 +234,7 @@ pub fn app(state: App) -> gate::Gate {
         )
         .route("/v1beta/models", get(genai::models))
         .route("/admin/providers", get(handlers::admin_providers))
+        .route("/admin/reload", post(admin::reload))
         .route("/admin/usage", get(admin::usage))
         .route("/admin/usage/records", get(admin::usage_records))
         .route("/admin/usage/records/{id}", get(admin::usage_records))

@@ -301,7 +301,7 @@ impl NativeRelay {
                     tokens::stream_reasoning(&mut u, self.r.open.decoder.as_ref());
                     self.r.usage = Some(u);
                     if let Some(held) = self.held.take() {
-                        let c = cost(self.r.ctx.app.router.catalog(), &self.r.deployment, &u);
+                        let c = cost(self.r.ctx.app.catalog(), &self.r.deployment, &u);
                         let data = with_cost(Bytes::from(held), c);
                         self.r.push(frame(Some("message_delta"), &data));
                     }

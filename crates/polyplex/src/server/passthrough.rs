@@ -342,7 +342,7 @@ async fn answer(kind: Kind, call: &Call, req: Request, gone: &Unanswered<'_>) ->
         let empty = RequestBody::parsed(Bytes::new(), JsonMap::new());
         let facts = Facts::new(&empty, Endpoint::Embeddings, asked.stream);
         let mut rng = rand::thread_rng();
-        app.router
+        app.router()
             .plan(&model, &fallbacks, &asked.prefs, access, &facts, &mut rng)
     };
     let plan = match planned {
@@ -437,8 +437,8 @@ pub(super) fn unlisted(
     fallbacks: &[String],
     kind: &str,
 ) -> (String, Vec<String>) {
-    let router = &call.app.router;
-    let mut names = at_kind(router, model, kind);
+    let router = call.app.router();
+    let mut names = at_kind(&router, model, kind);
     if let Some(key) = call.caller.key() {
         let spec = key.spec();
         let may = |n: &String| router.may_reach(spec.models.as_deref(), n);
@@ -564,7 +564,7 @@ pub(super) fn metered(
 ) -> impl FnOnce(Usage, Option<u16>) {
     let (app, d) = (app.clone(), d.clone());
     move |usage, ended| {
-        record.cost_usd = crate::usage::cost(app.router.catalog(), &d, &usage);
+        record.cost_usd = crate::usage::cost(app.catalog(), &d, &usage);
         record.usage = usage;
         if let Some(status) = ended {
             record.status = status;

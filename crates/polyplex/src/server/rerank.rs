@@ -87,7 +87,7 @@ async fn answer(call: &Call, req: Request, gone: &Unanswered<'_>) -> Response {
         let empty = RequestBody::parsed(Bytes::new(), JsonMap::new());
         let facts = Facts::new(&empty, Endpoint::Embeddings, false);
         let mut rng = rand::thread_rng();
-        app.router
+        app.router()
             .plan(&model, &fallbacks, &meta.provider, access, &facts, &mut rng)
     };
     let plan = match planned {
@@ -117,7 +117,7 @@ async fn answer(call: &Call, req: Request, gone: &Unanswered<'_>) -> Response {
         estimated: ranked.tokens.is_none(),
         ..Usage::default()
     };
-    let cost = crate::usage::cost(app.router.catalog(), &d, &usage)
+    let cost = crate::usage::cost(app.catalog(), &d, &usage)
         + ranked.search_units.unwrap_or(0) as f64 * d.upstream.search_unit_price(&d.model);
     let out = answer_body(&call.rid, &d.model, &meta, &ranked, &usage, cost);
     let record = call.served_record(

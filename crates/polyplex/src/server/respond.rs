@@ -228,7 +228,7 @@ pub fn finish_usage(
 ) -> (Reply, Usage, f64) {
     match (resp, upstream) {
         (Reply::Raw(mut raw), Some(usage)) => {
-            let c = cost(app.router.catalog(), d, &usage);
+            let c = cost(app.catalog(), d, &usage);
             if raw_usage_with_cost(&mut raw, c) {
                 return (Reply::Raw(raw), usage, c);
             }
@@ -320,7 +320,7 @@ fn usage_into_map(
             set_reasoning(u, usage.reasoning_tokens);
         }
     }
-    let c = cost(app.router.catalog(), d, &usage);
+    let c = cost(app.catalog(), d, &usage);
     if !resp.get("usage").is_some_and(Value::is_object) {
         let u = if endpoint == Endpoint::Embeddings {
             serde_json::json!({"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens})
@@ -475,7 +475,7 @@ impl Relay {
                 }
                 self.usage = Some(u);
                 if self.ctx.include_usage {
-                    let c = cost(self.ctx.app.router.catalog(), &self.deployment, &u);
+                    let c = cost(self.ctx.app.catalog(), &self.deployment, &u);
                     if let Ok(bytes) = chunk_with_cost(chunk, c) {
                         self.push(frame(&bytes));
                     }
@@ -506,7 +506,7 @@ impl Relay {
             self.usage = Some(u);
             if self.ctx.include_usage {
                 let s = self.open.decoder.summary();
-                let c = cost(self.ctx.app.router.catalog(), &self.deployment, &u);
+                let c = cost(self.ctx.app.catalog(), &self.deployment, &u);
                 let mut uj = u.to_json();
                 uj["cost"] = cost_json(c);
                 let object = if self.ctx.endpoint == Endpoint::Chat {
@@ -583,7 +583,7 @@ impl Relay {
         {
             self.ctx.app.circuit_opened(&self.deployment);
         }
-        let c = cost(self.ctx.app.router.catalog(), &self.deployment, &usage);
+        let c = cost(self.ctx.app.catalog(), &self.deployment, &usage);
         let record = self.usage_record(status, usage, c);
         record_served(&self.ctx.app, &self.deployment, record);
     }
@@ -718,7 +718,7 @@ where
 {
     tokens::off_the_serving_thread(move || {
         record.usage = count();
-        record.cost_usd = cost(app.router.catalog(), &d, &record.usage);
+        record.cost_usd = cost(app.catalog(), &d, &record.usage);
         record_served(&app, &d, record);
     });
 }

@@ -1,0 +1,390 @@
+//! Reloading the configuration file while serving: `SIGHUP`, or
+//! `POST /admin/reload` (master key).
+//!
+//! The file is read and validated as at start; a file that does not pass
+//! changes nothing (the log, or the admin answer, says why). One that does
+//! replaces the providers, the routes and the default routing strategy at
+//! once: a new [`Router`] is swapped in whole, so a request plans with the
+//! old one or the new one, never half of each, and a request under way
+//! keeps the deployments it planned with to its end. A provider kept under
+//! the same name, protocol and base URL keeps its live statistics (open
+//! circuits, latencies, upstream limit windows): a reload forgets no
+//! outage. The other settings (listen address, master key, store, Redis,
+//! `[server]`, `[cache]`, `[batches]`, `[routing]`'s breaker and retry
+//! budget) are bound at start; a reload that changes one of them applies
+//! the rest and names it as needing a restart.
+//!
+//! Each replica reloads its own file (send each one `SIGHUP`, or call each
+//! one's admin API); keys, limits, budgets and usage are in the store and
+//! Redis and are not part of the file.
+
+use crate::config::{Config, ProviderConfig, RouteConfig, Strategy};
+use crate::routing::Router;
+use crate::server::AppState;
+use crate::upstream::Upstream;
+use polyplex_catalog::Catalog;
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Reads the configuration to reload (the file `serve` started from).
+type Source = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// The configuration the gateway runs, as a reload compares it, and where
+/// the next one comes from.
+pub struct Applied {
+    now: Mutex<Snapshot>,
+    source: OnceLock<Source>,
+}
+
+/// What a reload compares: fingerprints, no secret kept in the clear.
+struct Snapshot {
+    /// Each provider's name and the fingerprint of its whole configuration.
+    providers: Vec<(String, [u8; 32])>,
+    routes: Vec<(String, String)>,
+    strategy: Strategy,
+    /// The settings bound at start: name and fingerprint.
+    fixed: Vec<(&'static str, [u8; 32])>,
+}
+
+impl Snapshot {
+    fn of(cfg: &Config) -> Snapshot {
+        Snapshot {
+            providers: cfg
+                .providers
+                .iter()
+                .map(|p| (p.name.clone(), provider_print(p)))
+                .collect(),
+            routes: cfg
+                .routes
+                .iter()
+                .map(|r| (r.name.clone(), route_print(r)))
+                .collect(),
+            strategy: cfg.routing.strategy,
+            fixed: fixed_prints(cfg),
+        }
+    }
+}
+
+fn digest(parts: &[&str]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().into()
+}
+
+/// A provider's whole configuration, its secrets included (hashed).
+fn provider_print(p: &ProviderConfig) -> [u8; 32] {
+    let plain = format!("{p:?}");
+    let mut parts = vec![plain.as_str()];
+    if let Some(k) = &p.api_key {
+        parts.push(k.expose_secret());
+    }
+    if let Some(s) = &p.sigv4 {
+        parts.extend(s.secrets());
+    }
+    digest(&parts)
+}
+
+fn route_print(r: &RouteConfig) -> String {
+    format!("{r:?}")
+}
+
+/// The settings a reload does not apply, each fingerprinted.
+fn fixed_prints(cfg: &Config) -> Vec<(&'static str, [u8; 32])> {
+    let master = cfg.master_key.as_ref().map(|k| k.expose_secret());
+    let server = format!(
+        "{:?}",
+        (
+            cfg.max_body_bytes,
+            cfg.header_timeout,
+            cfg.body_timeout,
+            cfg.shutdown_grace,
+            cfg.threads,
+            cfg.busy_poll,
+            &cfg.cors_origins,
+        )
+    );
+    let routing = format!(
+        "{:?}",
+        (
+            cfg.routing.retry_budget_ratio,
+            cfg.routing.retry_budget_min_per_s,
+            cfg.routing.health,
+        )
+    );
+    vec![
+        ("listen", digest(&[&cfg.listen.to_string()])),
+        ("auth.master_key", digest(&[master.unwrap_or("\u{0}none")])),
+        ("store.url", digest(&[&cfg.store_url])),
+        (
+            "redis.url",
+            digest(&[cfg.redis_url.as_deref().unwrap_or("\u{0}none")]),
+        ),
+        ("server", digest(&[&server])),
+        ("cache", digest(&[&format!("{:?}", cfg.cache)])),
+        ("batches", digest(&[&format!("{:?}", cfg.batches)])),
+        ("routing (breaker, retry budget)", digest(&[&routing])),
+    ]
+}
+
+impl Applied {
+    pub fn new(cfg: &Config) -> Applied {
+        Applied {
+            now: Mutex::new(Snapshot::of(cfg)),
+            source: OnceLock::new(),
+        }
+    }
+
+    /// Where reloads read the configuration (set once, by `serve` when it
+    /// started from a file).
+    pub fn set_source(&self, source: impl Fn() -> Result<Config, String> + Send + Sync + 'static) {
+        let _ = self.source.set(Box::new(source));
+    }
+
+    /// Whether there is a file to reload.
+    pub fn reloadable(&self) -> bool {
+        self.source.get().is_some()
+    }
+}
+
+/// The router for `providers` and `cfg`'s routes; each provider that was
+/// in `old` as the same API keeps its statistics.
+pub fn router(
+    cfg: &Config,
+    providers: &[ProviderConfig],
+    old: Option<&Router>,
+) -> Result<Router, String> {
+    let upstreams = providers
+        .iter()
+        .map(|p| Upstream::from_config(p).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(old) = old {
+        for u in &upstreams {
+            if let Some(o) = old.upstreams().iter().find(|o| o.name == u.name) {
+                u.carry_over(o);
+            }
+        }
+    }
+    Ok(Router::new(
+        upstreams,
+        cfg.routes.clone(),
+        Catalog::builtin(),
+        cfg.routing.strategy,
+    ))
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug)]
+pub enum Refused {
+    /// The gateway runs without a configuration file (zero-config).
+    NoFile,
+    /// The file did not load or pass validation: the message says why.
+    Invalid(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::NoFile => f.write_str(
+                "polyplex runs without a configuration file (zero-config): there is nothing to reload",
+            ),
+            Refused::Invalid(e) => write!(f, "the configuration was not reloaded: {e}"),
+        }
+    }
+}
+
+/// What one reload changed.
+#[derive(Debug, Default, PartialEq)]
+pub struct Report {
+    pub providers: Changes,
+    pub routes: Changes,
+    /// The default routing strategy changed.
+    pub strategy: Option<Strategy>,
+    /// Settings that changed in the file but take effect at the next start.
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// Names added, removed and changed; how many stayed as they were.
+#[derive(Debug, Default, PartialEq)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: usize,
+}
+
+impl Changes {
+    fn between<T: PartialEq>(old: &[(String, T)], new: &[(String, T)]) -> Changes {
+        let mut c = Changes::default();
+        for (name, print) in new {
+            match old.iter().find(|(n, _)| n == name) {
+                None => c.added.push(name.clone()),
+                Some((_, p)) if p != print => c.changed.push(name.clone()),
+                Some(_) => c.unchanged += 1,
+            }
+        }
+        c.removed = old
+            .iter()
+            .filter(|(n, _)| !new.iter().any(|(m, _)| m == n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        c
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "added": self.added,
+            "removed": self.removed,
+            "changed": self.changed,
+            "unchanged": self.unchanged,
+        })
+    }
+
+    fn any(&self) -> bool {
+        !(self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty())
+    }
+}
+
+impl Report {
+    /// The admin API's answer.
+    pub fn json(&self) -> Value {
+        json!({
+            "object": "gateway.reload",
+            "reloaded": true,
+            "providers": self.providers.json(),
+            "routes": self.routes.json(),
+            "strategy": self.strategy.map(Strategy::name),
+            "restart_needed": self.restart_needed,
+        })
+    }
+
+    /// Whether anything the reload applies changed.
+    pub fn changed(&self) -> bool {
+        self.providers.any() || self.routes.any() || self.strategy.is_some()
+    }
+}
+
+/// Applies `cfg`'s providers, routes and strategy to the running gateway.
+pub fn apply(app: &AppState, cfg: &Config) -> Result<Report, Refused> {
+    let mut now = app.config.now.lock().unwrap_or_else(|p| p.into_inner());
+    let next = Snapshot::of(cfg);
+    let old = app.router();
+    let router = router(cfg, &cfg.providers, Some(&old)).map_err(Refused::Invalid)?;
+    drop(old);
+    app.swap_router(router);
+    if cfg.routing.strategy == Strategy::Cost
+        || cfg.routes.iter().any(|r| r.strategy == Strategy::Cost)
+    {
+        crate::tokens::warm_in_background();
+    }
+    let report = Report {
+        providers: Changes::between(&now.providers, &next.providers),
+        routes: Changes::between(&now.routes, &next.routes),
+        strategy: (now.strategy != next.strategy).then_some(next.strategy),
+        restart_needed: now
+            .fixed
+            .iter()
+            .zip(&next.fixed)
+            .filter(|(a, b)| a.1 != b.1)
+            .map(|(a, _)| a.0)
+            .collect(),
+    };
+    // The settings bound at start stay as they run.
+    now.providers = next.providers;
+    now.routes = next.routes;
+    now.strategy = next.strategy;
+    Ok(report)
+}
+
+/// Reads the configuration file again and applies it; logs what changed
+/// (or why nothing did) and counts it in `polyplex_config_reloads_total`.
+pub async fn reload(app: &Arc<AppState>) -> Result<Report, Refused> {
+    if !app.config.reloadable() {
+        return Err(Refused::NoFile);
+    }
+    let reading = app.clone();
+    // (Reading and validating a file: not on a serving thread.)
+    let loaded = tokio::task::spawn_blocking(move || match reading.config.source.get() {
+        Some(source) => source(),
+        None => Err("no configuration file".into()),
+    })
+    .await
+    .map_err(|e| Refused::Invalid(e.to_string()))
+    .and_then(|r| r.map_err(Refused::Invalid));
+    let result = loaded.and_then(|cfg| {
+        let report = apply(app, &cfg)?;
+        for u in app.router().upstreams() {
+            if report.providers.added.contains(&u.name) || report.providers.changed.contains(&u.name) {
+                tracing::info!(provider = %u.name, base_url = %u.base_url, protocol = u.protocol.name(), "provider enabled");
+                if let Some(note) = u.unpriced_note(app.catalog()) {
+                    tracing::warn!(provider = %u.name, "{note}");
+                }
+            }
+        }
+        Ok(report)
+    });
+    match &result {
+        Ok(r) => {
+            metrics::counter!("polyplex_config_reloads_total", "result" => "ok").increment(1);
+            tracing::info!(
+                providers_added = ?r.providers.added,
+                providers_removed = ?r.providers.removed,
+                providers_changed = ?r.providers.changed,
+                routes_added = ?r.routes.added,
+                routes_removed = ?r.routes.removed,
+                routes_changed = ?r.routes.changed,
+                strategy = r.strategy.map(Strategy::name),
+                "configuration reloaded"
+            );
+            if !r.restart_needed.is_empty() {
+                tracing::warn!(
+                    settings = ?r.restart_needed,
+                    "these settings changed in the file and take effect at the next start"
+                );
+            }
+        }
+        Err(e) => {
+            metrics::counter!("polyplex_config_reloads_total", "result" => "error").increment(1);
+            tracing::error!("{e}; the running configuration is unchanged");
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<(String, u8)> {
+        v.iter().map(|n| (n.to_string(), 0)).collect()
+    }
+
+    #[test]
+    fn changes_name_what_came_went_and_changed() {
+        let old = vec![("a".to_string(), 1), ("b".into(), 1), ("c".into(), 1)];
+        let new = vec![("b".to_string(), 2), ("c".into(), 1), ("d".into(), 1)];
+        let c = Changes::between(&old, &new);
+        assert_eq!(c.added, ["d"]);
+        assert_eq!(c.removed, ["a"]);
+        assert_eq!(c.changed, ["b"]);
+        assert_eq!(c.unchanged, 1);
+        assert!(c.any());
+        let same = Changes::between(&names(&["x", "y"]), &names(&["x", "y"]));
+        assert!(!same.any() && same.unchanged == 2);
+    }
+
+    #[test]
+    fn a_provider_print_sees_its_secret_change_without_keeping_it() {
+        let mut p = ProviderConfig::with_defaults("p", "http://127.0.0.1:1/v1".into());
+        p.api_key = Some("sk-one".to_string().into());
+        let one = provider_print(&p);
+        p.api_key = Some("sk-two".to_string().into());
+        assert_ne!(one, provider_print(&p));
+        p.api_key = Some("sk-one".to_string().into());
+        assert_eq!(one, provider_print(&p));
+    }
+}
