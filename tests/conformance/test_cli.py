@@ -160,6 +160,17 @@ def test_models_lists_the_catalog_filtered_by_provider():
     assert {m["provider"] for m in json.loads(r.stdout)} == {"google"}
 
 
+def test_output_cut_short_by_its_reader_ends_quietly():
+    """`polyplex models | head -3`: the reader goes away, the command ends
+    at once, without a panic on stderr."""
+    p = subprocess.Popen([BIN, "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = [p.stdout.readline() for _ in range(3)]
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=30) == 0
+    assert first[0].startswith(b"PROVIDER") and "panicked" not in err and err == ""
+
+
 def test_check_fails_on_a_redis_that_does_not_answer(tmp_path):
     cfg = tmp_path / "polyplex.toml"
     cfg.write_text("""

@@ -8,6 +8,26 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `println!` for a command's output: a reader that went away (`polyplex
+/// models | head`) ends the command quietly, as Unix tools do, where
+/// `println!` would panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            output_failed(&e)
+        }
+    }};
+}
+
+fn output_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write the output: {e}");
+    std::process::exit(1)
+}
+
 #[derive(Parser)]
 #[command(
     name = "polyplex",
@@ -429,7 +449,7 @@ async fn open_store(config: Option<&PathBuf>) -> Result<polyplex::store::Store, 
 }
 
 fn print_json(v: &serde_json::Value) -> Result<(), String> {
-    println!(
+    out!(
         "{}",
         serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
     );
@@ -534,8 +554,8 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
                 v["key"] = serde_json::Value::String(token);
                 print_json(&v)?;
             } else {
-                println!("created key {} ({})", row.id, row.name);
-                println!("{token}");
+                out!("created key {} ({})", row.id, row.name);
+                out!("{token}");
                 eprintln!("This is the only time the key is shown: store it now.");
             }
         }
@@ -545,7 +565,7 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
                 let data: Vec<_> = rows.iter().map(admin::key_json).collect();
                 print_json(&serde_json::json!({"object": "list", "data": data}))?;
             } else {
-                println!(
+                out!(
                     "{:<22} {:<20} {:<14} {:>7} {:>9} {:>6} {:>12} {:>12}  {:<20}  status / models / metadata",
                     "ID", "NAME", "KEY", "RPM", "TPM", "CONC", "BUDGET $", "SPENT $", "EXPIRES"
                 );
@@ -560,7 +580,7 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
                     } else {
                         "active".to_string()
                     };
-                    println!(
+                    out!(
                         "{:<22} {:<20} {:<14} {:>7} {:>9} {:>6} {:>12} {:>12}  {:<20}  {status} {}{}",
                         k.id,
                         k.name,
@@ -577,7 +597,7 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
                         metadata_text(k.metadata.as_ref())
                     );
                 }
-                println!("{} key(s)", rows.len());
+                out!("{} key(s)", rows.len());
             }
         }
         KeysAction::Revoke { id } => {
@@ -595,7 +615,7 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
                 id
             };
             match store.revoke_key(&id).await.map_err(|e| e.to_string())? {
-                Some(_) => println!("revoked {id}"),
+                Some(_) => out!("revoked {id}"),
                 None => return Err(format!("no key with id `{id}`")),
             }
         }
@@ -678,7 +698,7 @@ async fn records_cmd(
     if pick.json {
         return print_json(&page);
     }
-    println!(
+    out!(
         "{:<20} {:<38} {:<22} {:<16} {:<32} {:>6} {:>9} {:>9} {:>12} {:>8}",
         "TIME",
         "REQUEST",
@@ -697,7 +717,7 @@ async fn records_cmd(
             (Some(p), Some(m)) => format!("{p}/{m}"),
             _ => text("requested_model"),
         };
-        println!(
+        out!(
             "{:<20} {:<38} {:<22} {:<16} {:<32} {:>6} {:>9} {:>9} {:>12} {:>8}",
             time_text(r["created_at"].as_i64()),
             text("request_id"),
@@ -712,7 +732,7 @@ async fn records_cmd(
         );
     }
     if page["has_more"] == true {
-        println!("(more: raise --limit, or narrow with --since, --key, --metadata)");
+        out!("(more: raise --limit, or narrow with --since, --key, --metadata)");
     }
     Ok(())
 }
@@ -742,7 +762,7 @@ async fn usage_cmd(config: Option<PathBuf>, pick: UsagePick, by: String) -> Resu
     if json {
         return print_json(&report);
     }
-    println!(
+    out!(
         "{:<40} {:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>14}",
         by.name().to_uppercase(),
         "REQUESTS",
@@ -755,7 +775,7 @@ async fn usage_cmd(config: Option<PathBuf>, pick: UsagePick, by: String) -> Resu
     );
     let empty = Vec::new();
     let line = |label: &str, r: &serde_json::Value| {
-        println!(
+        out!(
             "{:<40} {:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>14}",
             label,
             r["requests"].to_string(),
@@ -777,10 +797,10 @@ async fn usage_cmd(config: Option<PathBuf>, pick: UsagePick, by: String) -> Resu
     }
     line("TOTAL", &report["total"]);
     if let Some(s) = since {
-        println!("since {}", time_text(Some(s)));
+        out!("since {}", time_text(Some(s)));
     }
     if let Some(u) = until {
-        println!("until {}", time_text(Some(u)));
+        out!("until {}", time_text(Some(u)));
     }
     Ok(())
 }
@@ -837,20 +857,26 @@ fn models(provider: Option<&str>, json: bool) -> Result<(), String> {
                 })
             })
             .collect();
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
         );
         return Ok(());
     }
-    println!(
+    out!(
         "{:<24} {:<48} {:>9} {:>8} {:>9} {:>9} {:>9}  capabilities",
-        "PROVIDER", "MODEL", "CONTEXT", "OUTPUT", "IN $/M", "OUT $/M", "CACHED"
+        "PROVIDER",
+        "MODEL",
+        "CONTEXT",
+        "OUTPUT",
+        "IN $/M",
+        "OUT $/M",
+        "CACHED"
     );
     for p in &providers {
         for m in p.models() {
             let pr = m.price;
-            println!(
+            out!(
                 "{:<24} {:<48} {:>9} {:>8} {:>9} {:>9} {:>9}  {}",
                 p.id,
                 m.id,
@@ -864,13 +890,13 @@ fn models(provider: Option<&str>, json: bool) -> Result<(), String> {
         }
     }
     let n: usize = providers.iter().map(|p| p.models().len()).sum();
-    println!(
+    out!(
         "\n{} providers, {n} models. {}",
         providers.len(),
         c.attribution
     );
     if let Some(p) = provider.and_then(|p| c.provider(p)) {
-        println!(
+        out!(
             "provider {}: protocol {}, base URL {}, key variable(s) {}",
             p.id,
             p.protocol,
@@ -948,8 +974,8 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("configuration OK ({})", cfg.source);
-    println!(
+    out!("configuration OK ({})", cfg.source);
+    out!(
         "listen: {}  master key: {}",
         cfg.listen,
         if cfg.master_key.is_some() {
@@ -963,11 +989,11 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     for n in &cfg.notes {
-        println!("note: {n}");
+        out!("note: {n}");
     }
     match polyplex::catalog::note() {
-        Some(note) => println!("{note}"),
-        None => println!("catalog: built-in"),
+        Some(note) => out!("{note}"),
+        None => out!("catalog: built-in"),
     }
     let store_url = polyplex::store::redact_url(&cfg.store_url);
     // A SQLite file that is not there yet is not made by a check.
@@ -978,12 +1004,12 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
         .map(|p| p.split('?').next().unwrap_or(p))
         .filter(|p| !p.contains(":memory:") && !std::path::Path::new(p).exists());
     if new_file.is_some() {
-        println!("store: {store_url} (created on first start)");
+        out!("store: {store_url} (created on first start)");
     } else {
         match polyplex::store::Store::connect(&cfg.store_url).await {
             Ok(s) => {
                 let keys = s.keys().await.map(|k| k.len()).unwrap_or(0);
-                println!("store: {store_url} OK ({keys} gateway key(s))");
+                out!("store: {store_url} OK ({keys} gateway key(s))");
                 s.close().await;
             }
             Err(e) => {
@@ -996,7 +1022,7 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
         let ok = match polyplex::shared::SharedLimits::new(url) {
             Ok(r) => match r.ping().await {
                 Ok(()) => {
-                    println!("redis: {} OK (limits and budgets shared)", r.addr());
+                    out!("redis: {} OK (limits and budgets shared)", r.addr());
                     true
                 }
                 Err(e) => {
@@ -1014,9 +1040,7 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
         }
     }
     if cfg.demo {
-        println!(
-            "no provider configured: `serve` will run the built-in simulator as provider `demo`"
-        );
+        out!("no provider configured: `serve` will run the built-in simulator as provider `demo`");
         return ExitCode::SUCCESS;
     }
     let client = match polyplex::client::HttpClient::new(std::time::Duration::from_secs(5), 1) {
@@ -1031,7 +1055,7 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
         let up = match polyplex::upstream::Upstream::from_config(p) {
             Ok(u) => u,
             Err(e) => {
-                println!("{:<20} ERROR {e}", p.name);
+                out!("{:<20} ERROR {e}", p.name);
                 unreachable += 1;
                 continue;
             }
@@ -1055,9 +1079,12 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
             "vertex" => match up.bearer().await {
                 Ok(bearer) => empty_chat(&up, p, bearer.as_ref()),
                 Err(e) => {
-                    println!(
+                    out!(
                         "{:<20} {:<8} {:<45} {}",
-                        p.name, p.kind, p.base_url, e.message
+                        p.name,
+                        p.kind,
+                        p.base_url,
+                        e.message
                     );
                     unreachable += 1;
                     continue;
@@ -1108,16 +1135,18 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
             .models
             .as_ref()
             .map_or_else(|| "catalog models".to_string(), |m| m.join(", "));
-        println!(
+        out!(
             "{:<20} {:<8} {:<45} {verdict}; models: {models}",
-            p.name, p.kind, p.base_url
+            p.name,
+            p.kind,
+            p.base_url
         );
         if let Some(note) = up.unpriced_note(polyplex_catalog::Catalog::builtin()) {
-            println!("{:<20} note: {note}", "");
+            out!("{:<20} note: {note}", "");
         }
     }
     for r in &cfg.routes {
-        println!(
+        out!(
             "route {:<14} {:?} -> {}",
             r.name,
             r.strategy,
