@@ -128,17 +128,56 @@ def test_settings_bound_at_start_are_named_not_applied(tmp_path, mock):
     with own_gateway(tmp_path, first) as (client, _):
         base = str(client.base_url).removesuffix("/v1/")
         text = (tmp_path / "polyplex.toml").read_text()
-        text = text.replace(f'master_key = "{MASTER_KEY}"', 'master_key = "another-master-key-123"')
-        text = text.replace("[auth]", "[server]\nmax_body_bytes = 1000\n\n[auth]")
+        text = text.replace("[auth]", "[server]\nmax_body_bytes = 1000\n\n[cache]\n\n[auth]")
         (tmp_path / "polyplex.toml").write_text(text + provider("beta", mock, ["gpt-4o"]))
         st, body = admin(base, "POST", "/admin/reload")
         assert st == 200, body
-        assert body["providers"]["added"] == ["beta"]
-        assert sorted(body["restart_needed"]) == ["auth.master_key", "server"]
-        assert "another-master-key" not in json.dumps(body)
-        # The running master key is still the one it started with.
+        assert body["providers"]["added"] == ["beta"] and body["master_key_rotated"] is False
+        assert sorted(body["restart_needed"]) == ["cache", "server"]
+        # Still the body limit it started with.
+        r = client.chat.completions.create(model="beta/gpt-4o", messages=[{"role": "user", "content": "x" * 2000}])
+        assert r.choices[0].message.content
+        # Taking the master key away is bound at start too (it is what keeps a gateway on loopback).
+        text = (tmp_path / "polyplex.toml").read_text().replace(f'master_key = "{MASTER_KEY}"', "")
+        (tmp_path / "polyplex.toml").write_text(text)
+        st, body = admin(base, "POST", "/admin/reload")
+        assert st == 200 and "auth.master_key (set or unset)" in body["restart_needed"], body
         assert admin(base, "GET", "/admin/providers")[0] == 200
-        assert admin(base, "GET", "/admin/providers", key="another-master-key-123")[0] == 401
+        req = urllib.request.Request(base + "/admin/providers")
+        try:
+            urllib.request.urlopen(req, timeout=5)
+            raise AssertionError("served without the master key")
+        except urllib.error.HTTPError as e:
+            assert e.code == 401
+
+
+def test_a_reload_rotates_the_master_key(tmp_path, mock):
+    first = provider("alpha", mock, ["gpt-4o-mini"])
+    with own_gateway(tmp_path, first) as (client, proc):
+        base = str(client.base_url).removesuffix("/v1/")
+        rewrite(tmp_path, f'master_key = "{MASTER_KEY}"', 'master_key = "${ROTATED_MASTER_KEY}"')
+        # An unset variable: refused, the old key still works.
+        st, body = admin(base, "POST", "/admin/reload")
+        assert st == 400 and "ROTATED_MASTER_KEY" in body["error"]["message"]
+        rewrite(tmp_path, 'master_key = "${ROTATED_MASTER_KEY}"', 'master_key = "rotated-master-key-456"')
+        st, body = admin(base, "POST", "/admin/reload")
+        assert st == 200 and body["master_key_rotated"] is True and body["restart_needed"] == [], body
+        assert "rotated-master-key" not in json.dumps(body) and "rotated-master-key" not in proc.output()
+        # The old key is refused at once, the new one serves everything.
+        with pytest.raises(openai.AuthenticationError):
+            client.models.list()
+        assert admin(base, "GET", "/admin/providers")[0] == 401
+        new = openai.OpenAI(base_url=base + "/v1", api_key="rotated-master-key-456", max_retries=0)
+        assert served_by(new, "alpha/gpt-4o-mini")[0] == "alpha"
+        assert admin(base, "GET", "/admin/providers", key="rotated-master-key-456")[0] == 200
+        # Gateway keys are not the file's: they keep working.
+        st, k = admin(base, "POST", "/admin/keys", {"name": "kept"}, key="rotated-master-key-456")
+        assert st == 200
+        rewrite(tmp_path, 'master_key = "rotated-master-key-456"', 'master_key = "third-master-key-789"')
+        st, body = admin(base, "POST", "/admin/reload", key="rotated-master-key-456")
+        assert st == 200 and body["master_key_rotated"] is True
+        keyed = openai.OpenAI(base_url=base + "/v1", api_key=k["key"], max_retries=0)
+        assert served_by(keyed, "alpha/gpt-4o-mini")[0] == "alpha"
 
 
 def test_a_provider_kept_keeps_its_health(tmp_path, mock, fault):

@@ -9,10 +9,12 @@
 //! keeps the deployments it planned with to its end. A provider kept under
 //! the same name, protocol and base URL keeps its live statistics (open
 //! circuits, latencies, upstream limit windows): a reload forgets no
-//! outage. The other settings (listen address, master key, store, Redis,
-//! `[server]`, `[cache]`, `[batches]`, `[routing]`'s breaker and retry
-//! budget) are bound at start; a reload that changes one of them applies
-//! the rest and names it as needing a restart.
+//! outage. A new master key replaces the old one (rotation); whether
+//! there is one at all stays as started. The other settings (listen
+//! address, store, Redis, `[server]`, `[cache]`, `[batches]`,
+//! `[routing]`'s breaker and retry budget) are bound at start; a reload
+//! that changes one of them applies the rest and names it as needing a
+//! restart.
 //!
 //! Each replica reloads its own file (send each one `SIGHUP`, or call each
 //! one's admin API); keys, limits, budgets and usage are in the store and
@@ -44,6 +46,8 @@ struct Snapshot {
     providers: Vec<(String, [u8; 32])>,
     routes: Vec<(String, String)>,
     strategy: Strategy,
+    /// The master key's fingerprint.
+    master: [u8; 32],
     /// The settings bound at start: name and fingerprint.
     fixed: Vec<(&'static str, [u8; 32])>,
 }
@@ -62,6 +66,7 @@ impl Snapshot {
                 .map(|r| (r.name.clone(), route_print(r)))
                 .collect(),
             strategy: cfg.routing.strategy,
+            master: digest(&[master_key(cfg).unwrap_or("\u{0}none")]),
             fixed: fixed_prints(cfg),
         }
     }
@@ -93,9 +98,18 @@ fn route_print(r: &RouteConfig) -> String {
     format!("{r:?}")
 }
 
-/// The settings a reload does not apply, each fingerprinted.
+fn master_key(cfg: &Config) -> Option<&str> {
+    cfg.master_key.as_ref().map(|k| k.expose_secret())
+}
+
+/// The settings a reload does not apply, each fingerprinted. (The master
+/// key is rotated by a reload; whether there is one is bound at start.)
 fn fixed_prints(cfg: &Config) -> Vec<(&'static str, [u8; 32])> {
-    let master = cfg.master_key.as_ref().map(|k| k.expose_secret());
+    let master = if cfg.master_key.is_some() {
+        "set"
+    } else {
+        "unset"
+    };
     let server = format!(
         "{:?}",
         (
@@ -118,7 +132,7 @@ fn fixed_prints(cfg: &Config) -> Vec<(&'static str, [u8; 32])> {
     );
     vec![
         ("listen", digest(&[&cfg.listen.to_string()])),
-        ("auth.master_key", digest(&[master.unwrap_or("\u{0}none")])),
+        ("auth.master_key (set or unset)", digest(&[master])),
         ("store.url", digest(&[&cfg.store_url])),
         (
             "redis.url",
@@ -204,6 +218,8 @@ pub struct Report {
     pub routes: Changes,
     /// The default routing strategy changed.
     pub strategy: Option<Strategy>,
+    /// The master key was replaced (the old one refused from now on).
+    pub master_key_rotated: bool,
     /// Settings that changed in the file but take effect at the next start.
     pub restart_needed: Vec<&'static str>,
 }
@@ -258,13 +274,17 @@ impl Report {
             "providers": self.providers.json(),
             "routes": self.routes.json(),
             "strategy": self.strategy.map(Strategy::name),
+            "master_key_rotated": self.master_key_rotated,
             "restart_needed": self.restart_needed,
         })
     }
 
     /// Whether anything the reload applies changed.
     pub fn changed(&self) -> bool {
-        self.providers.any() || self.routes.any() || self.strategy.is_some()
+        self.providers.any()
+            || self.routes.any()
+            || self.strategy.is_some()
+            || self.master_key_rotated
     }
 }
 
@@ -276,6 +296,14 @@ pub fn apply(app: &AppState, cfg: &Config) -> Result<Report, Refused> {
     let router = router(cfg, &cfg.providers, Some(&old)).map_err(Refused::Invalid)?;
     drop(old);
     app.swap_router(router);
+    // A new master key in place of the old one; a gateway that started
+    // without one (loopback only) or with one keeps that.
+    let rotated =
+        now.master != next.master && cfg.master_key.is_some() && app.master_key.load().is_some();
+    if rotated {
+        app.master_key.store(cfg.master_key.clone().map(Arc::new));
+        now.master = next.master;
+    }
     if cfg.routing.strategy == Strategy::Cost
         || cfg.routes.iter().any(|r| r.strategy == Strategy::Cost)
     {
@@ -285,6 +313,7 @@ pub fn apply(app: &AppState, cfg: &Config) -> Result<Report, Refused> {
         providers: Changes::between(&now.providers, &next.providers),
         routes: Changes::between(&now.routes, &next.routes),
         strategy: (now.strategy != next.strategy).then_some(next.strategy),
+        master_key_rotated: rotated,
         restart_needed: now
             .fixed
             .iter()
@@ -338,6 +367,7 @@ pub async fn reload(app: &Arc<AppState>) -> Result<Report, Refused> {
                 routes_removed = ?r.routes.removed,
                 routes_changed = ?r.routes.changed,
                 strategy = r.strategy.map(Strategy::name),
+                master_key_rotated = r.master_key_rotated,
                 "configuration reloaded"
             );
             if !r.restart_needed.is_empty() {

@@ -88,7 +88,8 @@ pub fn check(app: &App, headers: &HeaderMap) -> Checked {
             None => Checked::Done(Err(wrong_key())),
         };
     }
-    let Some(master) = &app.master_key else {
+    let master = app.master_key.load();
+    let Some(master) = master.as_deref() else {
         return Checked::Done(Ok(Caller::Open));
     };
     let Some(key) = key else {

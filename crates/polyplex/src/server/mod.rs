@@ -84,7 +84,8 @@ pub struct AppState {
     clients: Vec<crate::client::HttpClient>,
     /// Upstream URLs, parsed once each.
     pub urls: crate::client::UriCache,
-    pub master_key: Option<SecretString>,
+    /// The master key; a reload may rotate it (not set or unset it).
+    pub master_key: arc_swap::ArcSwapOption<SecretString>,
     /// Gateway keys (and through them, the store).
     pub keys: Arc<crate::keys::Keys>,
     /// Limits and budgets shared with the other replicas (`[redis]`).
@@ -174,7 +175,7 @@ pub fn state(
             .map(|_| crate::client::HttpClient::new(connect, (256 / threads.max(1)).max(16)))
             .collect::<Result<_, _>>()?,
         urls: crate::client::UriCache::default(),
-        master_key: cfg.master_key.clone(),
+        master_key: arc_swap::ArcSwapOption::new(cfg.master_key.clone().map(Arc::new)),
         browsers: browsers::Browsers::new(cfg.cors_origins.as_deref(), cfg.master_key.is_some()),
         keys,
         batches: cfg.batches,
