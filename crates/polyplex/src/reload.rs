@@ -4,7 +4,7 @@
 //! The file is read and validated as at start; a file that does not pass
 //! changes nothing (the log, or the admin answer, says why). One that does
 //! replaces the providers, the routes and the default routing strategy at
-//! once: a new [`Router`] is swapped in whole, so a request plans with the
+//! once: a new [`Router`] is swapped in whole, so a plan is made from the
 //! old one or the new one, never half of each, and a request under way
 //! keeps the deployments it planned with to its end. A provider kept under
 //! the same name, protocol and base URL keeps its live statistics (open
