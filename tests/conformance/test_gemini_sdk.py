@@ -309,3 +309,43 @@ def test_a_native_stream_without_usage_is_recorded_with_counted_tokens(gateway, 
     [record] = records_of(gateway, rid)
     assert (record["endpoint"], record["status"]) == ("gemini", 200)
     assert record["prompt_tokens"] > 0 and record["completion_tokens"] > 0 and record["cost_usd"] > 0, record
+
+
+def vertex_client(gateway, key=MASTER_KEY, project=None):
+    """Google's SDK in Vertex AI mode pointed at the gateway: express mode
+    (an API key: `x-goog-api-key`), or a project and location with
+    credentials whose token is the gateway key (`Authorization: Bearer`)."""
+    options = types.HttpOptions(base_url=gateway)
+    if project is None:
+        return genai.Client(vertexai=True, api_key=key, http_options=options)
+    from google.oauth2.credentials import Credentials
+
+    return genai.Client(vertexai=True, project=project, location="us-central1",
+                        credentials=Credentials(token=key), http_options=options)
+
+
+@pytest.mark.parametrize("project", [None, "my-project"])
+def test_vertex_ai_mode_of_googles_sdk(gateway, mock, project):
+    """Code written for Gemini on Vertex AI (`vertexai=True`) calls
+    `/v1beta1/[projects/{p}/locations/{l}/]publishers/{publisher}/models/{m}:...`:
+    served as the Gemini API is, Google's models by their bare names, other
+    publishers' as `publisher/model`."""
+    c = vertex_client(gateway, project=project)
+    r = c.models.generate_content(model="gemini-2.5-flash", contents="vertex mode hello")
+    assert r.text == "vertex mode hello"
+    assert r.sdk_http_response.headers["x-polyplex-model"] == "gemini-2.5-flash"
+    rid = r.sdk_http_response.headers["x-request-id"]
+    [record] = records_of(gateway, rid)
+    assert (record["endpoint"], record["status"], record["requested_model"]) == ("gemini", 200, "gemini-2.5-flash")
+    assert r.sdk_http_response.headers["x-polyplex-provider"] in ("google", "vertex")
+    assert last_request(mock, "vertex mode hello")["body"]["contents"][0]["parts"][0]["text"] == "vertex mode hello"
+    # Another publisher's model, streamed, with the SDK's Vertex path.
+    chunks = list(c.models.generate_content_stream(model="openai/gpt-4o-mini", contents="vertex mode stream"))
+    assert "".join(ch.text or "" for ch in chunks) == "vertex mode stream"
+    assert chunks[-1].sdk_http_response.headers["x-polyplex-provider"] == "openai"
+    assert c.models.count_tokens(model="gemini-2.5-flash", contents="count these tokens").total_tokens > 0
+    # A wrong key: Google's 401 shape, as Vertex AI answers it.
+    wrong = vertex_client(gateway, key="plx-wrong", project=project)
+    with pytest.raises(errors.ClientError) as e:
+        wrong.models.generate_content(model="gemini-2.5-flash", contents="x")
+    assert e.value.code == 401 and e.value.status == "UNAUTHENTICATED"

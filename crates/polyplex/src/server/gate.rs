@@ -65,6 +65,7 @@ fn needs_key(path: &str) -> bool {
         || path
             .strip_prefix("/v1/models/")
             .is_some_and(|id| !id.is_empty())
+        || super::genai::is_vertex_path(path)
         || path == "/v1beta/models"
         || path
             .strip_prefix("/v1beta/models/")

@@ -25,18 +25,61 @@ use serde_json::{json, Value};
 /// The model and method a path names: `/v1beta/models/{model}:{method}`
 /// or `/v1/models/{model}:{method}` (the model percent-decoded).
 fn target_of(path: &str) -> Option<(String, Method)> {
-    let tail = path
+    let tail = match path
         .strip_prefix("/v1beta/models/")
-        .or_else(|| path.strip_prefix("/v1/models/"))?;
-    let tail = percent_encoding::percent_decode_str(tail)
+        .or_else(|| path.strip_prefix("/v1/models/"))
+    {
+        Some(tail) => std::borrow::Cow::Borrowed(tail),
+        None => std::borrow::Cow::Owned(vertex_tail(path)?),
+    };
+    let tail = percent_encoding::percent_decode_str(&tail)
         .decode_utf8()
         .ok()?;
     genai::parse_target(&tail)
 }
 
+/// Vertex AI's form of a Gemini path — `/v1beta1/` or `/v1/`, then
+/// `projects/{p}/locations/{l}/` (left out in Vertex AI's express mode),
+/// then `publishers/{publisher}/models/{model}:{method}`, as Google's SDKs
+/// write it with `vertexai=True` — as `{model}:{method}`, the model as the
+/// gateway names it: Google's own bare (routed like any bare name), another
+/// publisher's as `publisher/model`. The project and location are Google
+/// Cloud's, not the gateway's: the deployments the gateway routes to say
+/// where a request goes.
+fn vertex_tail(path: &str) -> Option<String> {
+    let rest = path
+        .strip_prefix("/v1beta1/")
+        .or_else(|| path.strip_prefix("/v1/"))?;
+    let rest = match rest.strip_prefix("projects/") {
+        Some(r) => {
+            let (_project, r) = r.split_once('/')?;
+            r.strip_prefix("locations/")?.split_once('/')?.1
+        }
+        None => rest,
+    };
+    let (publisher, tail) = rest.strip_prefix("publishers/")?.split_once("/models/")?;
+    if publisher.is_empty() || publisher.contains('/') || tail.is_empty() {
+        return None;
+    }
+    Some(if publisher == "google" {
+        tail.to_string()
+    } else {
+        format!("{publisher}/{tail}")
+    })
+}
+
+/// Whether a path is in Vertex AI's form (see [`vertex_tail`]).
+pub fn is_vertex_path(path: &str) -> bool {
+    path.starts_with("/v1beta1/")
+        || path.starts_with("/v1/projects/")
+        || path.starts_with("/v1/publishers/")
+}
+
 /// Whether a path is one of Gemini's, whose refusals are in Google's shape.
 pub fn is_gemini_path(path: &str) -> bool {
-    path.starts_with("/v1beta/") || (path.starts_with("/v1/models/") && path.contains(':'))
+    path.starts_with("/v1beta/")
+        || (path.starts_with("/v1/models/") && path.contains(':'))
+        || is_vertex_path(path)
 }
 
 /// Google's API also takes the key as `?key=`: moved into the
@@ -363,4 +406,46 @@ async fn count(
         "promptTokensDetails": [{"modality": "TEXT", "tokenCount": n}],
     }))
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vertex_paths_name_the_model_as_the_gateway_does() {
+        let t = |p: &str| target_of(p).map(|(m, method)| (m, method));
+        assert_eq!(
+            t("/v1beta1/projects/my-proj/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent"),
+            Some(("gemini-2.5-flash".into(), Method::Generate))
+        );
+        assert_eq!(
+            t("/v1/publishers/google/models/gemini-2.5-flash:streamGenerateContent"),
+            Some(("gemini-2.5-flash".into(), Method::Stream))
+        );
+        assert_eq!(
+            t("/v1beta1/publishers/openai/models/gpt-4o:countTokens"),
+            Some(("openai/gpt-4o".into(), Method::Count))
+        );
+        assert_eq!(
+            t("/v1beta/models/gemini-2.5-flash:generateContent"),
+            Some(("gemini-2.5-flash".into(), Method::Generate))
+        );
+        for bad in [
+            "/v1beta1/projects/p/publishers/google/models/m:generateContent",
+            "/v1beta1/publishers//models/m:generateContent",
+            "/v1beta1/publishers/google/models/",
+            "/v1beta1/endpoints/e:predict",
+            "/v1/chat/completions",
+        ] {
+            assert_eq!(t(bad), None, "{bad}");
+        }
+        assert!(is_gemini_path(
+            "/v1beta1/publishers/google/models/m:generateContent"
+        ));
+        assert!(is_gemini_path(
+            "/v1/projects/p/locations/l/publishers/google/models/m:generateContent"
+        ));
+        assert!(!is_gemini_path("/v1/models"));
+    }
 }

@@ -234,6 +234,10 @@ pub fn app(state: App) -> gate::Gate {
             post(genai::serve).get(genai::models),
         )
         .route("/v1beta/models", get(genai::models))
+        // Vertex AI's paths of the same methods (`genai::is_vertex_path`).
+        .route("/v1beta1/{*rest}", post(genai::serve))
+        .route("/v1/projects/{*rest}", post(genai::serve))
+        .route("/v1/publishers/{*rest}", post(genai::serve))
         .route("/admin/providers", get(handlers::admin_providers))
         .route("/admin/reload", post(admin::reload))
         .route("/admin/usage", get(admin::usage))
