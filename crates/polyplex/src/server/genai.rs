@@ -414,7 +414,7 @@ mod tests {
 
     #[test]
     fn vertex_paths_name_the_model_as_the_gateway_does() {
-        let t = |p: &str| target_of(p).map(|(m, method)| (m, method));
+        let t = |p: &str| target_of(p);
         assert_eq!(
             t("/v1beta1/projects/my-proj/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent"),
             Some(("gemini-2.5-flash".into(), Method::Generate))
