@@ -80,3 +80,64 @@ def test_the_same_request_written_differently_is_the_same_entry(cached_gateway, 
     assert state == "hit" and again["choices"] == first["choices"] and upstream_requests(mock) == n
     state, _ = post(compact.replace("temperature\":0", "temperature\":1"))
     assert state == "miss"
+
+
+def test_messages_passed_through_to_anthropic_come_from_the_cache(mock, tmp_path):
+    """Anthropic's Messages API served as written by Anthropic: its answers,
+    unary and streamed, are cached in Anthropic's own shape (thinking and
+    all), kept apart from the same request's chat-form answers."""
+    import anthropic
+
+    from conftest import own_gateway, records_of
+
+    providers = f"""[cache]
+ttl_s = 60
+
+[[providers]]
+name = "anthropic"
+base_url = "{mock}"
+api_key = "sk-mock-provider"
+max_retries = 0
+"""
+    with own_gateway(tmp_path, providers) as (openai_client, _):
+        base = str(openai_client.base_url).removesuffix("/v1/")
+        client = anthropic.Anthropic(base_url=base, api_key=MASTER_KEY, max_retries=0)
+        ask = dict(model="anthropic/claude-sonnet-4-5", max_tokens=2000,
+                   thinking={"type": "enabled", "budget_tokens": 1024},
+                   messages=[{"role": "user", "content": "cache the native answer"}])
+        first = client.messages.with_raw_response.create(**ask)
+        n = upstream_requests(mock)
+        again = client.messages.with_raw_response.create(**ask)
+        assert (first.headers["x-polyplex-cache"], again.headers["x-polyplex-cache"]) == ("miss", "hit")
+        assert upstream_requests(mock) == n
+        a, b = first.parse(), again.parse()
+        assert [blk.type for blk in b.content] == [blk.type for blk in a.content]
+        assert b.content[-1].text == a.content[-1].text == "cache the native answer"
+        # The signed thinking block comes back as Anthropic sent it.
+        assert a.content[0].type == "thinking" and a.content[0].signature
+        assert b.content[0].signature == a.content[0].signature
+        assert a.usage.model_extra["cost"] > 0 and b.usage.model_extra["cost"] == 0
+        [record] = records_of(base, again.headers["x-request-id"])
+        assert (record["provider"], record["cost_usd"], record["endpoint"]) == ("cache", 0, "messages")
+
+        def stream():
+            raw = client.messages.with_raw_response.create(**ask, stream=True)
+            events = list(raw.parse())
+            return raw.headers["x-polyplex-cache"], events
+
+        state, events = stream()
+        assert state == "miss"
+        n = upstream_requests(mock)
+        state_again, replay = stream()
+        assert state_again == "hit" and upstream_requests(mock) == n
+        assert [e.type for e in replay] == [e.type for e in events]
+        assert replay[-1].type == "message_stop"
+        delta = next(e for e in replay if e.type == "message_delta")
+        assert delta.usage.output_tokens > 0 and delta.usage.model_extra["cost"] == 0
+        text = "".join(e.delta.text for e in replay if e.type == "content_block_delta" and e.delta.type == "text_delta")
+        assert text == "cache the native answer"
+        # The OpenAI SDK's chat form of the same request is another entry.
+        chat = openai_client.chat.completions.with_raw_response.create(
+            model="anthropic/claude-sonnet-4-5", max_tokens=2000,
+            messages=[{"role": "user", "content": "cache the native answer"}])
+        assert chat.headers["x-polyplex-cache"] == "miss"

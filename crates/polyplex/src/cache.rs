@@ -308,11 +308,21 @@ pub fn hit_stream_body(stored: &Bytes) -> Bytes {
         let end = memchr::memmem::find(rest, b"\n\n").map_or(rest.len(), |i| i + 2);
         let (event, after) = rest.split_at(end);
         rest = after;
-        match event
+        // A named event (Anthropic's: `event: message_delta`) has its name
+        // on a line before its data.
+        let (name, data) = match event.strip_prefix(b"event: ") {
+            Some(named) => match memchr::memchr(b'\n', named) {
+                Some(nl) => event.split_at(7 + nl + 1),
+                None => (event, &b""[..]),
+            },
+            None => (&b""[..], event),
+        };
+        match data
             .strip_prefix(b"data: ")
             .map(|d| d.strip_suffix(b"\n\n").unwrap_or(d))
         {
             Some(json) if memchr::memmem::find(json, b"\"cost\"").is_some() => {
+                out.extend_from_slice(name);
                 out.extend_from_slice(b"data: ");
                 out.extend_from_slice(&hit_body(json));
                 out.extend_from_slice(b"\n\n");
@@ -431,6 +441,34 @@ mod tests {
         assert_eq!(usage["usage"]["cost"], 0.0);
         assert_eq!(usage["usage"]["prompt_tokens"], 3);
         assert_eq!(events[2], "data: [DONE]");
+        // Anthropic's named events: the name kept, the cost zeroed.
+        let named = Bytes::from_static(
+            b"event: message_start\ndata: {\"type\":\"message_start\"}\n\n\
+              event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":4,\"cost\":0.5}}\n\n\
+              event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        let hit = hit_stream_body(&named);
+        let text = std::str::from_utf8(&hit).unwrap();
+        let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(
+            events[0],
+            "event: message_start\ndata: {\"type\":\"message_start\"}"
+        );
+        let delta = events[1]
+            .strip_prefix("event: message_delta\ndata: ")
+            .unwrap();
+        let delta: serde_json::Value = serde_json::from_str(delta).unwrap();
+        assert_eq!(
+            (
+                delta["usage"]["cost"].as_f64(),
+                delta["usage"]["output_tokens"].as_u64()
+            ),
+            (Some(0.0), Some(4))
+        );
+        assert_eq!(
+            events[2],
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}"
+        );
         // Without a cost anywhere: the stored bytes as they are.
         let plain = Bytes::from_static(b"data: {\"id\":\"c\"}\n\ndata: [DONE]\n\n");
         assert_eq!(hit_stream_body(&plain), plain);

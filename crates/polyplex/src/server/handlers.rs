@@ -773,9 +773,29 @@ async fn serve(
         }
         _ => None,
     };
+    // A Messages request that may go upstream as written (its chat form
+    // lacks nothing) is answered in Anthropic's own shape when it does:
+    // those answers are kept apart from its chat form's.
+    let native_key = match (&cache_key, &call.native) {
+        (Some(_), Some(_)) => Some(crate::cache::ResponseCache::key(
+            "messages.native",
+            &call.caller.owner(),
+            parsed.body.map(),
+        )),
+        _ => None,
+    };
     if let (Some(cache), Some(key), Some(crate::cache::Mode::Use)) =
         (&app.cache, &cache_key, cache_mode)
     {
+        if let Some(hit) = match &native_key {
+            Some(native) => cache.get(native).await,
+            None => None,
+        } {
+            metrics::counter!("polyplex_cache_total", "result" => "hit").increment(1);
+            let mut resp = call.cached(&parsed, admitted.as_ref(), &hit);
+            resp.extensions_mut().insert(super::native::NativeAnswer);
+            return resp;
+        }
         if let Some(hit) = cache.get(key).await {
             metrics::counter!("polyplex_cache_total", "result" => "hit").increment(1);
             return call.cached(&parsed, admitted.as_ref(), &hit);
@@ -822,6 +842,7 @@ async fn serve(
                 stream: parsed.stream,
                 body: parsed.body,
                 admitted,
+                cache_as: native_key,
             };
             return super::native::serve(call, asked, &plan, native, gone).await;
         }

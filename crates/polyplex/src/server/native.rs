@@ -52,6 +52,9 @@ pub(super) struct Asked<'a> {
     /// Its chat form.
     pub(super) body: RequestBody,
     pub(super) admitted: Option<Admitted>,
+    /// Where the response cache keeps the answer (see
+    /// [`super::handlers`]: Anthropic's answers apart from chat's).
+    pub(super) cache_as: Option<crate::cache::Key>,
 }
 
 /// Serves `asked` through `plan`, whose deployments all take Anthropic's
@@ -88,11 +91,14 @@ pub(super) async fn serve(
                     attempts: served.attempts,
                     request: asked.body,
                     admitted: asked.admitted,
-                    cache_as: None,
+                    cache_as: asked.cache_as,
                     tags: call.tags(),
                 };
                 let mut resp = stream_response(ctx, open, d);
                 served.apply(&mut resp);
+                if asked.cache_as.is_some() {
+                    cache_missed(&mut resp);
+                }
                 resp
             }
             Err(e) => call.fail(asked.model, true, e, &served),
@@ -123,13 +129,37 @@ pub(super) async fn serve(
             );
             d.stats.on_tokens(usage.completion_tokens, record.latency);
             record_served(app, &d, record);
-            let mut resp = json_bytes(with_cost(answer.bytes, c));
+            let bytes = with_cost(answer.bytes, c);
+            if let (Some(cache), Some(key)) = (&app.cache, asked.cache_as) {
+                cache.put(
+                    key,
+                    crate::cache::Entry {
+                        body: bytes.clone(),
+                        provider: d.upstream.name.clone(),
+                        model: d.model.clone(),
+                        usage,
+                        dropped: Vec::new(),
+                    },
+                );
+            }
+            let mut resp = json_bytes(bytes);
             served.apply(&mut resp);
+            if asked.cache_as.is_some() {
+                cache_missed(&mut resp);
+            }
             resp.extensions_mut().insert(NativeAnswer);
             resp
         }
         Err(e) => call.fail(asked.model, false, e, &served),
     }
+}
+
+/// An answer the response cache did not have (and now keeps).
+fn cache_missed(resp: &mut Response) {
+    resp.headers_mut().insert(
+        &super::respond::names::CACHE,
+        axum::http::HeaderValue::from_static("miss"),
+    );
 }
 
 /// An Anthropic answer or event with `usage.cost` added (as it is, when
@@ -338,6 +368,9 @@ impl NativeRelay {
         self.r.counting(&[StreamItem::Done]).await;
         self.r.finished = true;
         self.r.record(status);
+        if status == 200 {
+            self.r.store();
+        }
     }
 
     /// Ends the stream with an `error` event of Anthropic's shape.

@@ -525,7 +525,7 @@ impl Relay {
     }
 
     /// A stream that ended well, into the response cache.
-    fn store(&mut self) {
+    pub(super) fn store(&mut self) {
         let (Some(cache), Some(key), Some(body)) = (
             &self.ctx.app.cache,
             self.ctx.cache_as.take(),
