@@ -275,16 +275,22 @@ api_key = "sk-mock-provider"
             assert record["latency_ms"] >= 200 > record["ttft_ms"], record
 
 
-def test_a_native_stream_broken_mid_way_ends_with_googles_error(gateway, fault):
-    fault(fault="disconnect", after_chunks=1, model="gemini-2.5-flash")
+def native_sse(gateway, text):
+    """A Gemini SSE stream asked of the mock's Gemini by plain HTTP: its
+    events and the request id."""
     req = urllib.request.Request(
         f"{gateway}/v1beta/models/google/gemini-2.5-flash:streamGenerateContent?alt=sse",
-        data=json.dumps({"contents": [{"parts": [{"text": "native broken stream marker"}]}]}).encode(),
+        data=json.dumps({"contents": [{"parts": [{"text": text}]}]}).encode(),
         headers={"content-type": "application/json", "x-goog-api-key": MASTER_KEY})
     with urllib.request.urlopen(req, timeout=10) as resp:
-        text = resp.read().decode()
+        body = resp.read().decode()
         rid = resp.headers["x-request-id"]
-    events = [json.loads(e.removeprefix("data: ")) for e in text.split("\r\n\r\n") if e.strip()]
+    return [json.loads(e.removeprefix("data: ")) for e in body.split("\r\n\r\n") if e.strip()], rid
+
+
+def test_a_native_stream_broken_mid_way_ends_with_googles_error(gateway, fault):
+    fault(fault="disconnect", after_chunks=1, model="gemini-2.5-flash")
+    events, rid = native_sse(gateway, "native broken stream marker")
     # What came before the break, then Google's error object: the stream says why it ended.
     assert events[0]["candidates"][0]["content"]["parts"][0]["text"]
     assert events[-1]["error"]["code"] == 502 and events[-1]["error"]["status"] == "UNAVAILABLE"
@@ -296,14 +302,7 @@ def test_a_native_stream_without_usage_is_recorded_with_counted_tokens(gateway, 
     """An upstream stream that reports no usageMetadata is recorded with its
     prompt and text counted, as a chat stream's would be: never at zero."""
     fault(fault="no_usage", model="gemini-2.5-flash")
-    req = urllib.request.Request(
-        f"{gateway}/v1beta/models/google/gemini-2.5-flash:streamGenerateContent?alt=sse",
-        data=json.dumps({"contents": [{"parts": [{"text": "native unmetered stream marker"}]}]}).encode(),
-        headers={"content-type": "application/json", "x-goog-api-key": MASTER_KEY})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        text = resp.read().decode()
-        rid = resp.headers["x-request-id"]
-    events = [json.loads(e.removeprefix("data: ")) for e in text.split("\r\n\r\n") if e.strip()]
+    events, rid = native_sse(gateway, "native unmetered stream marker")
     assert all("usageMetadata" not in ev for ev in events)
     assert "".join(p["text"] for ev in events for p in ev["candidates"][0]["content"]["parts"])
     [record] = records_of(gateway, rid)

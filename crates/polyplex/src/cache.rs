@@ -129,6 +129,22 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The answer `body` that deployment `d` served.
+    pub fn served(
+        body: Bytes,
+        d: &crate::routing::Deployment,
+        usage: Usage,
+        dropped: Vec<String>,
+    ) -> Entry {
+        Entry {
+            body,
+            provider: d.upstream.name.clone(),
+            model: d.model.clone(),
+            usage,
+            dropped,
+        }
+    }
+
     fn encode(&self) -> Vec<u8> {
         let head = serde_json::json!({
             "provider": self.provider, "model": self.model,

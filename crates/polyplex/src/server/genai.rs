@@ -414,23 +414,14 @@ mod tests {
 
     #[test]
     fn vertex_paths_name_the_model_as_the_gateway_does() {
-        let t = |p: &str| target_of(p);
-        assert_eq!(
-            t("/v1beta1/projects/my-proj/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent"),
-            Some(("gemini-2.5-flash".into(), Method::Generate))
-        );
-        assert_eq!(
-            t("/v1/publishers/google/models/gemini-2.5-flash:streamGenerateContent"),
-            Some(("gemini-2.5-flash".into(), Method::Stream))
-        );
-        assert_eq!(
-            t("/v1beta1/publishers/openai/models/gpt-4o:countTokens"),
-            Some(("openai/gpt-4o".into(), Method::Count))
-        );
-        assert_eq!(
-            t("/v1beta/models/gemini-2.5-flash:generateContent"),
-            Some(("gemini-2.5-flash".into(), Method::Generate))
-        );
+        for (path, model, method) in [
+            ("/v1beta1/projects/my-proj/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent", "gemini-2.5-flash", Method::Generate),
+            ("/v1/publishers/google/models/gemini-2.5-flash:streamGenerateContent", "gemini-2.5-flash", Method::Stream),
+            ("/v1beta1/publishers/openai/models/gpt-4o:countTokens", "openai/gpt-4o", Method::Count),
+            ("/v1beta/models/gemini-2.5-flash:generateContent", "gemini-2.5-flash", Method::Generate),
+        ] {
+            assert_eq!(target_of(path), Some((model.to_string(), method)), "{path}");
+        }
         for bad in [
             "/v1beta1/projects/p/publishers/google/models/m:generateContent",
             "/v1beta1/publishers//models/m:generateContent",
@@ -438,7 +429,7 @@ mod tests {
             "/v1beta1/endpoints/e:predict",
             "/v1/chat/completions",
         ] {
-            assert_eq!(t(bad), None, "{bad}");
+            assert_eq!(target_of(bad), None, "{bad}");
         }
         assert!(is_gemini_path(
             "/v1beta1/publishers/google/models/m:generateContent"

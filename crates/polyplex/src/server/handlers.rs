@@ -893,10 +893,7 @@ async fn serve(
                 served.apply(&mut resp);
                 dropped_header(&mut resp, &dropped);
                 if cache_key.is_some() {
-                    resp.headers_mut().insert(
-                        &super::respond::names::CACHE,
-                        axum::http::HeaderValue::from_static("miss"),
-                    );
+                    super::respond::cache_missed(&mut resp);
                 }
                 resp
             }
@@ -952,21 +949,15 @@ async fn serve(
             let mut resp = match (&app.cache, cache_key) {
                 (Some(cache), Some(key)) => match reply.to_bytes() {
                     Ok(bytes) => {
-                        cache.put(
-                            key,
-                            crate::cache::Entry {
-                                body: bytes.clone(),
-                                provider: d.upstream.name.clone(),
-                                model: d.model.clone(),
-                                usage,
-                                dropped: unary.dropped.clone(),
-                            },
+                        let entry = crate::cache::Entry::served(
+                            bytes.clone(),
+                            &d,
+                            usage,
+                            unary.dropped.clone(),
                         );
+                        cache.put(key, entry);
                         let mut r = super::respond::json_bytes(bytes);
-                        r.headers_mut().insert(
-                            &super::respond::names::CACHE,
-                            axum::http::HeaderValue::from_static("miss"),
-                        );
+                        super::respond::cache_missed(&mut r);
                         r
                     }
                     Err(_) => json_response(&reply),

@@ -97,7 +97,7 @@ pub(super) async fn serve(
                 let mut resp = stream_response(ctx, open, d);
                 served.apply(&mut resp);
                 if asked.cache_as.is_some() {
-                    cache_missed(&mut resp);
+                    super::respond::cache_missed(&mut resp);
                 }
                 resp
             }
@@ -133,33 +133,19 @@ pub(super) async fn serve(
             if let (Some(cache), Some(key)) = (&app.cache, asked.cache_as) {
                 cache.put(
                     key,
-                    crate::cache::Entry {
-                        body: bytes.clone(),
-                        provider: d.upstream.name.clone(),
-                        model: d.model.clone(),
-                        usage,
-                        dropped: Vec::new(),
-                    },
+                    crate::cache::Entry::served(bytes.clone(), &d, usage, Vec::new()),
                 );
             }
             let mut resp = json_bytes(bytes);
             served.apply(&mut resp);
             if asked.cache_as.is_some() {
-                cache_missed(&mut resp);
+                super::respond::cache_missed(&mut resp);
             }
             resp.extensions_mut().insert(NativeAnswer);
             resp
         }
         Err(e) => call.fail(asked.model, false, e, &served),
     }
-}
-
-/// An answer the response cache did not have (and now keeps).
-fn cache_missed(resp: &mut Response) {
-    resp.headers_mut().insert(
-        &super::respond::names::CACHE,
-        axum::http::HeaderValue::from_static("miss"),
-    );
 }
 
 /// An Anthropic answer or event with `usage.cost` added (as it is, when

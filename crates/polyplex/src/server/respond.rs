@@ -406,6 +406,12 @@ pub struct StreamContext {
     pub tags: crate::usage::Tags,
 }
 
+/// Says an answer was not in the response cache (and is kept now).
+pub(super) fn cache_missed(resp: &mut Response) {
+    resp.headers_mut()
+        .insert(&names::CACHE, HeaderValue::from_static("miss"));
+}
+
 /// One client stream: upstream events in, OpenAI SSE frames out.
 pub(super) struct Relay {
     pub(super) ctx: StreamContext,
@@ -535,13 +541,12 @@ impl Relay {
         };
         cache.put(
             key,
-            crate::cache::Entry {
-                body: Bytes::from(body),
-                provider: self.deployment.upstream.name.clone(),
-                model: self.deployment.model.clone(),
-                usage: self.usage.unwrap_or_default(),
-                dropped: self.open.dropped.clone(),
-            },
+            crate::cache::Entry::served(
+                Bytes::from(body),
+                &self.deployment,
+                self.usage.unwrap_or_default(),
+                self.open.dropped.clone(),
+            ),
         );
     }
 
