@@ -141,3 +141,79 @@ max_retries = 0
             model="anthropic/claude-sonnet-4-5", max_tokens=2000,
             messages=[{"role": "user", "content": "cache the native answer"}])
         assert chat.headers["x-polyplex-cache"] == "miss"
+
+
+def test_gemini_requests_passed_through_come_from_the_cache(mock, tmp_path):
+    """Google's Gemini API served as written by Gemini: its answers, unary,
+    SSE and JSON-array streams, are cached as Google sent them, under the
+    request as written."""
+    from google import genai
+    from google.genai import types
+
+    from conftest import own_gateway, records_of
+
+    providers = f"""[cache]
+ttl_s = 60
+
+[[providers]]
+name = "google"
+base_url = "{mock}"
+api_key = "sk-mock-provider"
+max_retries = 0
+"""
+    with own_gateway(tmp_path, providers) as (openai_client, _):
+        base = str(openai_client.base_url).removesuffix("/v1/")
+        c = genai.Client(api_key=MASTER_KEY, http_options=types.HttpOptions(base_url=base))
+        safety = [types.SafetySetting(category="HARM_CATEGORY_HATE_SPEECH", threshold="BLOCK_NONE")]
+        config = types.GenerateContentConfig(safety_settings=safety)
+
+        def ask(text="gemini cache marker", config=config):
+            return c.models.generate_content(model="google/gemini-2.5-flash", contents=text, config=config)
+
+        first = ask()
+        n = upstream_requests(mock)
+        again = ask()
+        h = again.sdk_http_response.headers
+        assert (first.sdk_http_response.headers["x-polyplex-cache"], h["x-polyplex-cache"]) == ("miss", "hit")
+        assert upstream_requests(mock) == n
+        assert again.text == first.text == "gemini cache marker"
+        assert again.usage_metadata.total_token_count == first.usage_metadata.total_token_count
+        assert (h["x-polyplex-provider"], h["x-polyplex-attempts"]) == ("google", "0")
+        [paid] = records_of(base, first.sdk_http_response.headers["x-request-id"])
+        [record] = records_of(base, h["x-request-id"])
+        assert paid["cost_usd"] > 0 and paid["provider"] == "google"
+        assert (record["provider"], record["cost_usd"], record["endpoint"]) == ("cache", 0, "gemini")
+        assert record["total_tokens"] == paid["total_tokens"]
+        # Written otherwise (no safety settings): another entry.
+        assert ask(config=None).sdk_http_response.headers["x-polyplex-cache"] == "miss"
+
+        def stream():
+            chunks = list(c.models.generate_content_stream(
+                model="google/gemini-2.5-flash", contents="gemini cached stream", config=config))
+            return chunks[-1].sdk_http_response.headers["x-polyplex-cache"], chunks
+
+        state, chunks = stream()
+        n = upstream_requests(mock)
+        state_again, replay = stream()
+        assert (state, state_again) == ("miss", "hit") and upstream_requests(mock) == n
+        assert "".join(ch.text or "" for ch in replay) == "".join(ch.text or "" for ch in chunks)
+        assert replay[-1].usage_metadata.total_token_count == chunks[-1].usage_metadata.total_token_count
+
+        # The JSON-array stream (no `alt=sse`), and `Cache-Control: no-store`.
+        def array(headers=None):
+            req = urllib.request.Request(
+                f"{base}/v1beta/models/google/gemini-2.5-flash:streamGenerateContent",
+                data=json.dumps({"contents": [{"parts": [{"text": "gemini cached array"}]}]}).encode(),
+                headers={"content-type": "application/json", "x-goog-api-key": MASTER_KEY, **(headers or {})})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.headers["content-type"] == "application/json"
+                return resp.headers["x-polyplex-cache"], json.loads(resp.read())
+
+        state, body = array()
+        state_again, replay = array()
+        assert (state, state_again) == ("miss", "hit")
+        assert [ch["candidates"] for ch in replay] == [ch["candidates"] for ch in body]
+        assert body[-1]["usageMetadata"]["cost"] > 0 and replay[-1]["usageMetadata"]["cost"] == 0
+        n = upstream_requests(mock)
+        assert array({"cache-control": "no-store"})[0] is None
+        assert upstream_requests(mock) == n + 1

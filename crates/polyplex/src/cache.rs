@@ -295,37 +295,67 @@ impl ResponseCache {
     }
 }
 
-/// The answer of a hit: the stored body with `usage.cost` set to 0 (the
-/// client was not charged for it).
+/// The answer of a hit: the stored body with `usage.cost` (Gemini's
+/// `usageMetadata.cost`) set to 0 (the client was not charged for it).
 pub fn hit_body(stored: &[u8]) -> Bytes {
     let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(stored) else {
         return Bytes::copy_from_slice(stored);
     };
-    if let Some(u) = v
-        .get_mut("usage")
-        .and_then(serde_json::Value::as_object_mut)
-    {
-        u.insert("cost".into(), serde_json::json!(0.0));
-    }
+    no_cost(&mut v);
     serde_json::to_vec(&v)
         .map(Bytes::from)
         .unwrap_or_else(|_| Bytes::copy_from_slice(stored))
 }
 
+/// An answer's (or chunk's) usage at no cost.
+fn no_cost(v: &mut serde_json::Value) {
+    for usage in ["usage", "usageMetadata"] {
+        if let Some(u) = v.get_mut(usage).and_then(serde_json::Value::as_object_mut) {
+            if u.contains_key("cost") {
+                u.insert("cost".into(), serde_json::json!(0.0));
+            }
+        }
+    }
+}
+
+/// A stored Gemini stream as a hit sends it: server-sent events
+/// (`sse`, separated by a blank CRLF line) or one JSON array, each
+/// chunk's `usageMetadata.cost` 0.
+pub fn hit_gemini_stream(stored: &Bytes, sse: bool) -> Bytes {
+    if memchr::memmem::find(stored, b"\"cost\"").is_none() {
+        return stored.clone();
+    }
+    if !sse {
+        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(stored) else {
+            return stored.clone();
+        };
+        for chunk in v.as_array_mut().into_iter().flatten() {
+            no_cost(chunk);
+        }
+        return serde_json::to_vec(&v).map_or_else(|_| stored.clone(), Bytes::from);
+    }
+    events_at_no_cost(stored, b"\r\n\r\n")
+}
+
 /// A stored stream as a hit sends it: every event as it was, but the usage
 /// chunk's `cost` 0 (see [`hit_body`]).
 pub fn hit_stream_body(stored: &Bytes) -> Bytes {
+    events_at_no_cost(stored, b"\n\n")
+}
+
+/// Server-sent events, each ending with `sep`, as they were but any usage
+/// at no cost (see [`hit_body`]). An event may be named (Anthropic's:
+/// `event: message_delta`) on a line before its data.
+fn events_at_no_cost(stored: &Bytes, sep: &[u8]) -> Bytes {
     if memchr::memmem::find(stored, b"\"cost\"").is_none() {
         return stored.clone();
     }
     let mut out = Vec::with_capacity(stored.len());
     let mut rest: &[u8] = stored;
     while !rest.is_empty() {
-        let end = memchr::memmem::find(rest, b"\n\n").map_or(rest.len(), |i| i + 2);
+        let end = memchr::memmem::find(rest, sep).map_or(rest.len(), |i| i + sep.len());
         let (event, after) = rest.split_at(end);
         rest = after;
-        // A named event (Anthropic's: `event: message_delta`) has its name
-        // on a line before its data.
         let (name, data) = match event.strip_prefix(b"event: ") {
             Some(named) => match memchr::memchr(b'\n', named) {
                 Some(nl) => event.split_at(7 + nl + 1),
@@ -333,15 +363,13 @@ pub fn hit_stream_body(stored: &Bytes) -> Bytes {
             },
             None => (&b""[..], event),
         };
-        match data
-            .strip_prefix(b"data: ")
-            .map(|d| d.strip_suffix(b"\n\n").unwrap_or(d))
-        {
-            Some(json) if memchr::memmem::find(json, b"\"cost\"").is_some() => {
+        match data.strip_prefix(b"data: ") {
+            Some(d) if memchr::memmem::find(d, b"\"cost\"").is_some() => {
+                let json = d.strip_suffix(sep).unwrap_or(d);
                 out.extend_from_slice(name);
                 out.extend_from_slice(b"data: ");
                 out.extend_from_slice(&hit_body(json));
-                out.extend_from_slice(b"\n\n");
+                out.extend_from_slice(&d[json.len()..]);
             }
             _ => out.extend_from_slice(event),
         }
@@ -488,6 +516,34 @@ mod tests {
         // Without a cost anywhere: the stored bytes as they are.
         let plain = Bytes::from_static(b"data: {\"id\":\"c\"}\n\ndata: [DONE]\n\n");
         assert_eq!(hit_stream_body(&plain), plain);
+    }
+
+    #[test]
+    fn gemini_stream_hits_zero_each_chunks_cost() {
+        let sse = Bytes::from_static(
+            b"data: {\"candidates\":[],\"usageMetadata\":{\"promptTokenCount\":3,\"cost\":0.1}}\r\n\r\n\
+              data: {\"candidates\":[],\"usageMetadata\":{\"promptTokenCount\":3,\"cost\":0.2}}\r\n\r\n",
+        );
+        let hit = hit_gemini_stream(&sse, true);
+        let text = std::str::from_utf8(&hit).unwrap();
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+        let events: Vec<serde_json::Value> = text
+            .split("\r\n\r\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+            .collect();
+        assert_eq!(events.len(), 2);
+        for e in &events {
+            assert_eq!(e["usageMetadata"]["cost"], 0.0);
+            assert_eq!(e["usageMetadata"]["promptTokenCount"], 3);
+        }
+        let array = Bytes::from_static(
+            b"[{\"usageMetadata\":{\"cost\":0.1}},\r\n{\"usageMetadata\":{\"cost\":0.2}}]",
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&hit_gemini_stream(&array, false)).unwrap();
+        assert_eq!(v[0]["usageMetadata"]["cost"], 0.0);
+        assert_eq!(v[1]["usageMetadata"]["cost"], 0.0);
     }
 
     #[tokio::test]

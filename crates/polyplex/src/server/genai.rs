@@ -177,6 +177,23 @@ pub async fn serve(
             let resp = call.fail(&model, stream, e, &Served::default());
             return super::respond::genai_answer(resp, echo, sse).await;
         }
+        // The response cache keeps Google's answers as they came, under
+        // the request as written (and how it is streamed).
+        let cache = app.cache.as_ref().map(|_| {
+            let mode = crate::cache::Mode::from_header(
+                headers
+                    .get(axum::http::header::CACHE_CONTROL)
+                    .and_then(|v| v.to_str().ok()),
+            );
+            let how = match (stream, sse) {
+                (false, _) => "unary",
+                (true, true) => "sse",
+                (true, false) => "array",
+            };
+            let endpoint = format!("gemini.native:{model}:{how}");
+            let key = crate::cache::ResponseCache::key(&endpoint, &caller.owner(), &tree);
+            (key, mode)
+        });
         let asked = super::genai_native::Asked {
             model: &model,
             stream,
@@ -184,6 +201,7 @@ pub async fn serve(
             body: text,
             chat,
             metadata: labels,
+            cache: cache.filter(|(_, mode)| *mode != crate::cache::Mode::Skip),
         };
         return super::genai_native::serve(&call, asked, &plan, &echo).await;
     }

@@ -46,6 +46,9 @@ pub(super) struct Asked<'a> {
     pub(super) chat: RequestBody,
     /// Its `labels` (the request's metadata pairs).
     pub(super) metadata: Option<&'a JsonMap>,
+    /// Where the response cache keeps its answer, and whether a stored one
+    /// may answer it (`Cache-Control`).
+    pub(super) cache: Option<(crate::cache::Key, crate::cache::Mode)>,
 }
 
 /// Serves `asked` through `plan`, whose deployments all take Gemini's API.
@@ -68,6 +71,23 @@ pub(super) async fn serve(call: &Call, asked: Asked<'_>, plan: &Plan, echo: &Ech
             return failed(call.fail(asked.model, asked.stream, e, &no_one)).await;
         }
     };
+    if let (Some(cache), Some((key, crate::cache::Mode::Use))) = (&app.cache, &asked.cache) {
+        if let Some(hit) = cache.get(key).await {
+            metrics::counter!("polyplex_cache_total", "result" => "hit").increment(1);
+            gone.answered = true;
+            call.record_hit(asked.model, asked.stream, admitted.as_ref(), &hit);
+            let mut resp = if asked.stream {
+                let body = crate::cache::hit_gemini_stream(&hit.body, asked.sse);
+                stream_head(Response::new(Body::from(body)), asked.sse)
+            } else {
+                json_bytes(crate::cache::hit_body(&hit.body))
+            };
+            super::handlers::hit_headers(&mut resp, &hit);
+            return resp;
+        }
+        metrics::counter!("polyplex_cache_total", "result" => "miss").increment(1);
+    }
+    let cache_as = asked.cache.map(|(key, _)| key);
     let body = &asked.body;
     let gone_ref = &gone;
     let resp = if asked.stream {
@@ -92,17 +112,17 @@ pub(super) async fn serve(call: &Call, asked: Asked<'_>, plan: &Plan, echo: &Ech
                 if let Some(a) = &admitted {
                     ratelimit_headers(&mut head, &a.limits);
                 }
-                let mut resp = relay(
-                    call,
-                    open,
-                    d,
-                    record,
-                    admitted.take(),
-                    asked.sse,
-                    asked.chat,
-                );
+                let how = Streamed {
+                    sse: asked.sse,
+                    chat: asked.chat,
+                    cache_as,
+                };
+                let mut resp = relay(call, open, d, record, admitted.take(), how);
                 resp.headers_mut().extend(head.headers().clone());
                 served.apply(&mut resp);
+                if cache_as.is_some() {
+                    super::respond::cache_missed(&mut resp);
+                }
                 resp
             }
             Err(e) => failed(call.fail(asked.model, true, e, &served)).await,
@@ -141,8 +161,16 @@ pub(super) async fn serve(call: &Call, asked: Asked<'_>, plan: &Plan, echo: &Ech
                 );
                 d.stats.on_tokens(usage.completion_tokens, record.latency);
                 record_served(app, &d, record);
-                let mut resp = json_bytes(with_cost(bytes, c));
+                let bytes = with_cost(bytes, c);
+                if let (Some(cache), Some(key)) = (&app.cache, cache_as) {
+                    let entry = crate::cache::Entry::served(bytes.clone(), &d, usage, Vec::new());
+                    cache.put(key, entry);
+                }
+                let mut resp = json_bytes(bytes);
                 served.apply(&mut resp);
+                if cache_as.is_some() {
+                    super::respond::cache_missed(&mut resp);
+                }
                 if let Some(a) = &admitted {
                     ratelimit_headers(&mut resp, &a.limits);
                 }
@@ -204,6 +232,16 @@ impl Unmetered {
     }
 }
 
+/// How a stream is sent on, and what of the request it keeps.
+struct Streamed {
+    /// Server-sent events, else one JSON array.
+    sse: bool,
+    /// The request's chat form (for a usage estimate).
+    chat: RequestBody,
+    /// Where the response cache keeps the stream once it has ended well.
+    cache_as: Option<crate::cache::Key>,
+}
+
 /// The passed-through stream's response: the upstream's chunks as they
 /// come, each `usageMetadata` with the cost of the usage so far; recorded
 /// when it ends (200), breaks (502) or the client leaves (499).
@@ -213,9 +251,13 @@ fn relay(
     d: Deployment,
     mut record: UsageRecord,
     admitted: Option<Admitted>,
-    sse: bool,
-    chat: RequestBody,
+    how: Streamed,
 ) -> Response {
+    let Streamed {
+        sse,
+        chat,
+        cache_as,
+    } = how;
     record.stream = true;
     let decoder = d
         .upstream
@@ -233,12 +275,17 @@ fn relay(
         sse,
         wrote: false,
         ended: false,
+        captured: cache_as.map(|key| (key, Vec::new())),
     };
     let frames = futures::stream::unfold(relay, |mut r| async move {
         let frame = r.next_frame().await?;
         Some((Ok::<Bytes, std::convert::Infallible>(frame), r))
     });
-    let mut resp = Response::new(Body::from_stream(frames));
+    stream_head(Response::new(Body::from_stream(frames)), sse)
+}
+
+/// A Gemini stream's headers: server-sent events, or one JSON array.
+fn stream_head(mut resp: Response, sse: bool) -> Response {
     let kind = if sse {
         "text/event-stream"
     } else {
@@ -268,6 +315,9 @@ struct Relay {
     sse: bool,
     wrote: bool,
     ended: bool,
+    /// What was sent so far, for the response cache (dropped past
+    /// [`crate::cache::MAX_STREAM_BYTES`]).
+    captured: Option<(crate::cache::Key, Vec<u8>)>,
 }
 
 impl Relay {
@@ -345,6 +395,23 @@ impl Relay {
     }
 
     fn write(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        let start = out.len();
+        self.write_framed(data, out);
+        self.capture(&out[start..]);
+    }
+
+    /// Keeps what goes out for the response cache.
+    fn capture(&mut self, sent: &[u8]) {
+        if let Some((_, c)) = &mut self.captured {
+            if c.len() + sent.len() > crate::cache::MAX_STREAM_BYTES {
+                self.captured = None;
+            } else {
+                c.extend_from_slice(sent);
+            }
+        }
+    }
+
+    fn write_framed(&mut self, data: &[u8], out: &mut Vec<u8>) {
         if self.sse {
             out.extend_from_slice(b"data: ");
             out.extend_from_slice(data);
@@ -373,9 +440,21 @@ impl Relay {
         }
         self.ended = true;
         if !self.sse {
-            out.extend_from_slice(if self.wrote { b"]" } else { b"[]" });
+            let close: &[u8] = if self.wrote { b"]" } else { b"[]" };
+            out.extend_from_slice(close);
+            self.capture(close);
         }
         self.record(status);
+        // A stream that ended well, into the response cache.
+        if let (200, Some(cache), Some((key, body))) =
+            (status, &self.app.cache, self.captured.take())
+        {
+            let usage = self.usage.unwrap_or_default();
+            cache.put(
+                key,
+                crate::cache::Entry::served(Bytes::from(body), &self.d, usage, Vec::new()),
+            );
+        }
     }
 
     /// Writes the record, with the usage the stream reported, or else

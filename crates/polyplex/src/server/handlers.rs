@@ -427,25 +427,7 @@ impl Call {
         admitted: Option<&Admitted>,
         hit: &crate::cache::Entry,
     ) -> Response {
-        let latency = self.started.elapsed();
-        self.app.recorder.record(UsageRecord {
-            request_id: self.rid.clone(),
-            endpoint: self.label,
-            requested_model: parsed.model.clone(),
-            provider: Some("cache".into()),
-            model: Some(hit.model.clone()),
-            status: 200,
-            usage: hit.usage,
-            cost_usd: 0.0,
-            latency,
-            ttft: Some(latency),
-            attempts: 0,
-            stream: parsed.stream,
-            at: SystemTime::now(),
-            key: admitted.map(|a| a.key.clone()),
-            tags: self.tags(),
-            charged: 0,
-        });
+        self.record_hit(&parsed.model, parsed.stream, admitted, hit);
         let mut resp = if parsed.stream {
             let mut r = Response::new(axum::body::Body::from(crate::cache::hit_stream_body(
                 &hit.body,
@@ -455,19 +437,38 @@ impl Call {
         } else {
             super::respond::json_bytes(crate::cache::hit_body(&hit.body))
         };
-        let h = resp.headers_mut();
-        use super::respond::names;
-        use axum::http::HeaderValue;
-        h.insert(&names::CACHE, HeaderValue::from_static("hit"));
-        h.insert(&names::ATTEMPTS, HeaderValue::from(0));
-        if let Ok(v) = HeaderValue::from_str(&hit.provider) {
-            h.insert(&names::PROVIDER, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&hit.model) {
-            h.insert(&names::MODEL, v);
-        }
-        dropped_header(&mut resp, &hit.dropped);
+        hit_headers(&mut resp, hit);
         resp
+    }
+
+    /// The usage record of an answer from the response cache: provider
+    /// `cache`, the stored tokens, no cost.
+    pub(super) fn record_hit(
+        &self,
+        model: &str,
+        stream: bool,
+        admitted: Option<&Admitted>,
+        hit: &crate::cache::Entry,
+    ) {
+        let latency = self.started.elapsed();
+        self.app.recorder.record(UsageRecord {
+            request_id: self.rid.clone(),
+            endpoint: self.label,
+            requested_model: model.to_string(),
+            provider: Some("cache".into()),
+            model: Some(hit.model.clone()),
+            status: 200,
+            usage: hit.usage,
+            cost_usd: 0.0,
+            latency,
+            ttft: Some(latency),
+            attempts: 0,
+            stream,
+            at: SystemTime::now(),
+            key: admitted.map(|a| a.key.clone()),
+            tags: self.tags(),
+            charged: 0,
+        });
     }
 
     /// Stage 5 for a gateway key: the model (and any fallbacks) allowed,
@@ -553,6 +554,23 @@ pub(super) async fn handle(
     let mut call = Call::new(app, &rid, caller, endpoint, label);
     call.native = req.extensions_mut().remove();
     call.run(req, answer).await
+}
+
+/// The headers of an answer from the response cache: `x-polyplex-cache:
+/// hit`, no attempt, the provider and model that first answered.
+pub(super) fn hit_headers(resp: &mut Response, hit: &crate::cache::Entry) {
+    use super::respond::names;
+    use axum::http::HeaderValue;
+    let h = resp.headers_mut();
+    h.insert(&names::CACHE, HeaderValue::from_static("hit"));
+    h.insert(&names::ATTEMPTS, HeaderValue::from(0));
+    if let Ok(v) = HeaderValue::from_str(&hit.provider) {
+        h.insert(&names::PROVIDER, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&hit.model) {
+        h.insert(&names::MODEL, v);
+    }
+    dropped_header(resp, &hit.dropped);
 }
 
 /// [`handle`]'s answer; `gone` is told what a record needs if the client
