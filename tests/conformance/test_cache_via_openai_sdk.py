@@ -1,6 +1,7 @@
 """The response cache (`[cache]`) through the official SDK: a repeated call,
 streamed or not, is answered from the cache — the same content, parsed by the
 SDK as any answer, at no cost and without an upstream call."""
+import contextlib
 import json
 import urllib.request
 
@@ -26,6 +27,25 @@ ttl_s = 60
     wait_http(base + "/healthz")
     yield base
     proc.stop()
+
+
+@contextlib.contextmanager
+def cached_gateway_of(tmp_path, mock, provider):
+    """A gateway of a test's own with the cache on and one provider of the
+    catalog's (its protocol) on the mock: yields its URL."""
+    from conftest import own_gateway
+
+    providers = f"""[cache]
+ttl_s = 60
+
+[[providers]]
+name = "{provider}"
+base_url = "{mock}"
+api_key = "sk-mock-provider"
+max_retries = 0
+"""
+    with own_gateway(tmp_path, providers) as (client, _):
+        yield str(client.base_url).removesuffix("/v1/")
 
 
 def upstream_requests(mock):
@@ -88,19 +108,10 @@ def test_messages_passed_through_to_anthropic_come_from_the_cache(mock, tmp_path
     all), kept apart from the same request's chat-form answers."""
     import anthropic
 
-    from conftest import own_gateway, records_of
+    from conftest import records_of
 
-    providers = f"""[cache]
-ttl_s = 60
-
-[[providers]]
-name = "anthropic"
-base_url = "{mock}"
-api_key = "sk-mock-provider"
-max_retries = 0
-"""
-    with own_gateway(tmp_path, providers) as (openai_client, _):
-        base = str(openai_client.base_url).removesuffix("/v1/")
+    with cached_gateway_of(tmp_path, mock, "anthropic") as base:
+        openai_client = OpenAI(base_url=base + "/v1", api_key=MASTER_KEY, max_retries=0)
         client = anthropic.Anthropic(base_url=base, api_key=MASTER_KEY, max_retries=0)
         ask = dict(model="anthropic/claude-sonnet-4-5", max_tokens=2000,
                    thinking={"type": "enabled", "budget_tokens": 1024},
@@ -150,19 +161,9 @@ def test_gemini_requests_passed_through_come_from_the_cache(mock, tmp_path):
     from google import genai
     from google.genai import types
 
-    from conftest import own_gateway, records_of
+    from conftest import records_of
 
-    providers = f"""[cache]
-ttl_s = 60
-
-[[providers]]
-name = "google"
-base_url = "{mock}"
-api_key = "sk-mock-provider"
-max_retries = 0
-"""
-    with own_gateway(tmp_path, providers) as (openai_client, _):
-        base = str(openai_client.base_url).removesuffix("/v1/")
+    with cached_gateway_of(tmp_path, mock, "google") as base:
         c = genai.Client(api_key=MASTER_KEY, http_options=types.HttpOptions(base_url=base))
         safety = [types.SafetySetting(category="HARM_CATEGORY_HATE_SPEECH", threshold="BLOCK_NONE")]
         config = types.GenerateContentConfig(safety_settings=safety)
