@@ -75,6 +75,18 @@ struct RawConfig {
     cache: Option<RawCache>,
     #[serde(default)]
     batches: RawBatches,
+    alerts: Option<RawAlerts>,
+}
+
+/// `[alerts]`: webhook notifications (`crate::alerts`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    webhook_url: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    budget_thresholds: Option<Vec<f64>>,
+    events: Option<Vec<String>>,
 }
 
 /// `[batches]`: how batches run (`crate::batches`).
@@ -251,6 +263,8 @@ pub struct Config {
     pub cache: Option<crate::cache::CacheConfig>,
     /// The Batch API (`[batches]`).
     pub batches: BatchesConfig,
+    /// Webhook notifications (`[alerts]`; none without it).
+    pub alerts: Option<crate::alerts::AlertsConfig>,
     pub max_body_bytes: usize,
     /// How long a connection may take to send a request's head, counted
     /// from when it is ready for one (idle between requests too); `None`:
@@ -775,6 +789,67 @@ pub fn interpolate(
     Ok(out)
 }
 
+/// `[alerts]`, validated: the webhook's URL and headers (secrets from the
+/// environment), the budget fractions that alert, the events sent.
+fn alerts(
+    a: RawAlerts,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::alerts::AlertsConfig, ConfigError> {
+    let url = interpolate(&a.webhook_url, "alerts.webhook_url", env)?;
+    if !((url.starts_with("http://") || url.starts_with("https://"))
+        && url::Url::parse(&url).is_ok())
+    {
+        return err(format!(
+            "alerts.webhook_url: `{}` is not an http(s) URL",
+            crate::store::redact_url(&url)
+        ));
+    }
+    let mut headers = Vec::new();
+    for (k, v) in &a.headers {
+        let field = format!("alerts.headers.{k}");
+        let v = interpolate(v, &field, env)?;
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+            || http::HeaderValue::from_str(&v).is_err()
+        {
+            return err(format!("{field}: not a valid HTTP header"));
+        }
+        headers.push((k.clone(), SecretString::from(v)));
+    }
+    let mut thresholds = a.budget_thresholds.unwrap_or_else(|| vec![0.8, 1.0]);
+    for (i, t) in thresholds.iter().enumerate() {
+        if !(t.is_finite() && *t > 0.0 && *t <= 1.0) {
+            return err(format!(
+                "alerts.budget_thresholds[{i}]: {t} is not a fraction of the budget above 0 and at most 1 (0.8 is 80%)"
+            ));
+        }
+    }
+    thresholds.sort_by(f64::total_cmp);
+    thresholds.dedup();
+    let mut budget = true;
+    let mut circuit = true;
+    if let Some(events) = &a.events {
+        (budget, circuit) = (false, false);
+        for (i, e) in events.iter().enumerate() {
+            match e.as_str() {
+                "budget" => budget = true,
+                "circuit" => circuit = true,
+                other => {
+                    return err(format!(
+                        "alerts.events[{i}]: `{other}` is not one of `budget`, `circuit`"
+                    ))
+                }
+            }
+        }
+    }
+    Ok(crate::alerts::AlertsConfig {
+        webhook_url: SecretString::from(url),
+        headers,
+        budget_thresholds: thresholds,
+        budget,
+        circuit,
+    })
+}
+
 fn parse_listen(s: &str, what: &str) -> Result<SocketAddr, ConfigError> {
     s.parse().map_err(|_| {
         ConfigError(format!(
@@ -922,6 +997,7 @@ pub fn from_toml(text: &str, inputs: &Inputs<'_>) -> Result<Config, ConfigError>
         redis_url,
         cache,
         batches,
+        alerts: raw.alerts.map(|a| alerts(a, env)).transpose()?,
         max_body_bytes: raw.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
         header_timeout: timeout_or_none(raw.server.header_timeout_ms, DEFAULT_HEADER_TIMEOUT_MS),
         body_timeout: timeout_or_none(raw.server.body_timeout_ms, DEFAULT_BODY_TIMEOUT_MS),
@@ -1609,6 +1685,7 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
         redis_url: None,
         cache: None,
         batches: BatchesConfig::default(),
+        alerts: None,
         max_body_bytes: DEFAULT_MAX_BODY,
         header_timeout: timeout_or_none(None, DEFAULT_HEADER_TIMEOUT_MS),
         body_timeout: timeout_or_none(None, DEFAULT_BODY_TIMEOUT_MS),

@@ -238,6 +238,11 @@ impl DeploymentStats {
         self.lock().circuit
     }
 
+    /// The last failure's description, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.lock().last_error.clone()
+    }
+
     /// Counts one outcome; true when it opened a closed circuit.
     fn outcome(g: &mut Inner, cfg: &HealthConfig, now: Instant, ok: bool) -> bool {
         g.requests += 1;

@@ -638,6 +638,14 @@ impl Keys {
         }
     }
 
+    /// Every key in memory.
+    pub fn all(&self) -> Vec<Arc<KeyEntry>> {
+        match self.by_id.read() {
+            Ok(g) => g.values().cloned().collect(),
+            Err(p) => p.into_inner().values().cloned().collect(),
+        }
+    }
+
     /// The key with this id, if it may be used now.
     pub fn usable_by_id(&self, id: &str) -> Result<Arc<KeyEntry>, Refusal> {
         usable(self.by_id(id).ok_or(Refusal::Unknown)?)

@@ -3,6 +3,7 @@
 //! The binary's commands live in `main.rs`; this library holds the service so
 //! that tests can run it in-process. Start with [`server`] for the request path.
 
+pub mod alerts;
 pub mod apart;
 pub mod background;
 pub mod batches;

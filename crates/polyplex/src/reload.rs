@@ -11,7 +11,7 @@
 //! circuits, latencies, upstream limit windows): a reload forgets no
 //! outage. A new master key replaces the old one (rotation); whether
 //! there is one at all stays as started. The other settings (listen
-//! address, store, Redis, `[server]`, `[cache]`, `[batches]`,
+//! address, store, Redis, `[server]`, `[cache]`, `[batches]`, `[alerts]`,
 //! `[routing]`'s breaker and retry budget) are bound at start; a reload
 //! that changes one of them applies the rest and names it as needing a
 //! restart.
@@ -102,6 +102,17 @@ fn master_key(cfg: &Config) -> Option<&str> {
     cfg.master_key.as_ref().map(|k| k.expose_secret())
 }
 
+/// `[alerts]`, its secrets included (hashed).
+fn alerts_print(a: Option<&crate::alerts::AlertsConfig>) -> [u8; 32] {
+    let Some(a) = a else {
+        return digest(&["\u{0}none"]);
+    };
+    let plain = format!("{a:?}");
+    let mut parts = vec![plain.as_str(), a.webhook_url.expose_secret()];
+    parts.extend(a.headers.iter().map(|(_, v)| v.expose_secret()));
+    digest(&parts)
+}
+
 /// The settings a reload does not apply, each fingerprinted. (The master
 /// key is rotated by a reload; whether there is one is bound at start.)
 fn fixed_prints(cfg: &Config) -> Vec<(&'static str, [u8; 32])> {
@@ -141,6 +152,7 @@ fn fixed_prints(cfg: &Config) -> Vec<(&'static str, [u8; 32])> {
         ("server", digest(&[&server])),
         ("cache", digest(&[&format!("{:?}", cfg.cache)])),
         ("batches", digest(&[&format!("{:?}", cfg.batches)])),
+        ("alerts", alerts_print(cfg.alerts.as_ref())),
         ("routing (breaker, retry budget)", digest(&[&routing])),
     ]
 }

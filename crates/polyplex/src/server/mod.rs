@@ -108,6 +108,8 @@ pub struct AppState {
     pub batches: crate::config::BatchesConfig,
     /// Wakes the batch worker (a batch was made or cancelled).
     pub batch_wake: tokio::sync::Notify,
+    /// Webhook alerts (`[alerts]`).
+    pub alerts: Option<Arc<crate::alerts::Alerts>>,
 }
 
 pub type App = Arc<AppState>;
@@ -160,6 +162,14 @@ pub fn state(
         providers.push(crate::demo_provider(url));
     }
     let router = crate::reload::router(cfg, &providers, None)?;
+    let alerts = cfg
+        .alerts
+        .clone()
+        .map(|a| {
+            let redis = shared_limits.as_ref().map(|s| s.connection());
+            crate::alerts::Alerts::start(a, &keys, redis)
+        })
+        .transpose()?;
     let connect = providers
         .iter()
         .map(|p| p.connect_timeout)
@@ -180,6 +190,7 @@ pub fn state(
         keys,
         batches: cfg.batches,
         batch_wake: tokio::sync::Notify::new(),
+        alerts,
         cache: cfg.cache.map(|c| {
             crate::cache::ResponseCache::new(c, shared_limits.as_ref().map(|s| s.connection()))
         }),
@@ -276,6 +287,14 @@ impl AppState {
     pub fn circuit_opened(&self, d: &crate::routing::Deployment) {
         if let Some(shared) = &self.shared_limits {
             shared.circuit_opened(&d.upstream.name, &d.model, self.health.cooldown);
+        }
+        if let Some(alerts) = &self.alerts {
+            alerts.circuit_opened(
+                &d.upstream.name,
+                &d.model,
+                self.health.cooldown,
+                d.stats.last_error(),
+            );
         }
     }
 

@@ -1,0 +1,353 @@
+//! Alerts: JSON posted to a webhook (`[alerts] webhook_url`) when
+//! something an operator should know about happens:
+//!
+//! - `budget.threshold`: a gateway key's spend reached a configured
+//!   fraction of its budget (`budget_thresholds`, 80% and 100% by default),
+//!   once per key, budget period, budget amount and threshold; several
+//!   crossed at once send the highest. Spend is read every 2 seconds from
+//!   what the node knows (the store's sum, reloaded, and its own records
+//!   not yet written), off the request path; the thresholds a key had
+//!   already passed when the gateway started are not sent again.
+//! - `circuit.opened`: a deployment's circuit opened on this node (its
+//!   error ratio crossed `[routing] breaker_error_ratio`), with the cooldown
+//!   and the last error. Not for a circuit a probe found still failing,
+//!   nor for one opened because another replica said so.
+//!
+//! With `[redis]`, each alert is sent by one replica only: the first to
+//! claim it (`SET NX`) sends it; a budget alert's claim lasts 40 days, a
+//! circuit's its cooldown. Delivery is in the background (a queue of
+//! [`QUEUE`], then dropped and counted), each alert tried 3 times (5 s
+//! each, waiting 0.5 s then 1 s); nothing waits on it. Every body has
+//! `type`, `at` (RFC 3339) and `text` (one line for a person: Slack's and
+//! Mattermost's incoming webhooks show it as it is). The URL and header
+//! values may hold secrets (`${VAR}`) and never appear in logs.
+
+use crate::keys::Keys;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Alerts waiting to be sent, at most.
+const QUEUE: usize = 256;
+/// How often key spend is read against the thresholds.
+const BUDGET_CHECK: Duration = Duration::from_secs(2);
+const ATTEMPTS: u32 = 3;
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a budget alert's claim holds across replicas (longer than any
+/// budget period).
+const BUDGET_CLAIM: Duration = Duration::from_secs(40 * 86_400);
+
+/// `[alerts]`.
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    pub webhook_url: SecretString,
+    /// Extra headers (an `Authorization`, say), values secret.
+    pub headers: Vec<(String, SecretString)>,
+    /// Fractions of a key's budget that alert, ascending.
+    pub budget_thresholds: Vec<f64>,
+    /// Which events are sent.
+    pub budget: bool,
+    pub circuit: bool,
+}
+
+/// One alert on its way.
+struct Alert {
+    kind: &'static str,
+    body: Value,
+    /// The Redis key whose claim makes this replica the one to send it,
+    /// and how long the claim holds.
+    claim: Option<(String, Duration)>,
+}
+
+/// A key's threshold passed: key id, budget period start, budget (in
+/// 1e-8 USD), threshold index.
+type Passed = (String, i64, u64, usize);
+
+pub struct Alerts {
+    cfg: AlertsConfig,
+    tx: mpsc::Sender<Alert>,
+    /// The thresholds every key has passed, as last read.
+    passed: Mutex<HashSet<Passed>>,
+    /// Whether the thresholds passed before the first read are known.
+    primed: AtomicBool,
+}
+
+impl Alerts {
+    /// Starts the sender, and the budget check over `keys`, on the
+    /// current runtime; both end when the returned value is dropped.
+    pub fn start(
+        cfg: AlertsConfig,
+        keys: &Arc<Keys>,
+        redis: Option<redis::aio::ConnectionManager>,
+    ) -> Result<Arc<Alerts>, String> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let client = crate::client::HttpClient::new(ATTEMPT_TIMEOUT, 2)?;
+        let target = Target::of(&cfg)?;
+        tokio::spawn(deliver(client, target, redis, rx));
+        let alerts = Arc::new(Alerts {
+            cfg,
+            tx,
+            passed: Mutex::new(HashSet::new()),
+            primed: AtomicBool::new(false),
+        });
+        if alerts.cfg.budget {
+            tokio::spawn(check_budgets(Arc::downgrade(&alerts), Arc::downgrade(keys)));
+        }
+        Ok(alerts)
+    }
+
+    fn send(&self, alert: Alert) {
+        if self.tx.try_send(alert).is_err() {
+            metrics::counter!("polyplex_alerts_total", "result" => "dropped").increment(1);
+            tracing::warn!("alert dropped: {QUEUE} alerts already wait for the webhook");
+        }
+    }
+
+    /// A deployment's circuit opened here (see [`crate::health`]).
+    pub fn circuit_opened(
+        &self,
+        provider: &str,
+        model: &str,
+        cooldown: Duration,
+        last_error: Option<String>,
+    ) {
+        if !self.cfg.circuit {
+            return;
+        }
+        let ms = cooldown.as_millis() as u64;
+        let why = last_error.as_deref().unwrap_or("errors");
+        self.send(Alert {
+            kind: "circuit.opened",
+            body: json!({
+                "type": "circuit.opened",
+                "at": now_text(),
+                "text": format!("polyplex: {provider}/{model} failed too often and is skipped for {}s (last error: {why})", ms / 1000),
+                "provider": provider,
+                "model": model,
+                "cooldown_ms": ms,
+                "last_error": last_error,
+            }),
+            claim: Some((
+                format!("polyplex:{{upstream:{provider}/{model}}}:alert:circuit"),
+                cooldown,
+            )),
+        });
+    }
+
+    /// Reads every key's spend against the thresholds; alerts for those
+    /// newly passed (the first read only learns them).
+    pub fn check_budgets(&self, keys: &Keys) {
+        let primed = self.primed.swap(true, Ordering::Relaxed);
+        let now = crate::store::unix_now();
+        let mut passed = HashSet::new();
+        let mut news = Vec::new();
+        let before = self
+            .passed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for entry in keys.all() {
+            let spec = entry.spec();
+            let Some(budget) = spec.budget_usd.filter(|b| *b > 0.0) else {
+                continue;
+            };
+            if spec.revoked_at.is_some() {
+                continue;
+            }
+            let spent = entry.budget_spent();
+            let period = spec.budget_reset.map_or(0, |r| r.start(now));
+            let units = crate::keys::usd_units(budget);
+            let mut highest_new = None;
+            for (i, t) in self.cfg.budget_thresholds.iter().enumerate() {
+                if spent < t * budget {
+                    break;
+                }
+                let p = (spec.id.clone(), period, units, i);
+                if !before.contains(&p) {
+                    highest_new = Some((i, *t));
+                }
+                passed.insert(p);
+            }
+            if let (Some((i, t)), true) = (highest_new, primed) {
+                news.push((spec.clone(), period, units, i, t, spent));
+            }
+        }
+        *self.passed.lock().unwrap_or_else(|p| p.into_inner()) = passed;
+        for (spec, period, units, i, t, spent) in news {
+            let pct = (t * 100.0).round();
+            let budget = spec.budget_usd.unwrap_or_default();
+            self.send(Alert {
+                kind: "budget.threshold",
+                body: json!({
+                    "type": "budget.threshold",
+                    "at": now_text(),
+                    "text": format!(
+                        "polyplex: key `{}` ({}) has spent ${:.4} of its ${budget} budget ({pct}%){}",
+                        spec.name,
+                        spec.id,
+                        spent,
+                        spec.budget_reset.map(|r| format!(" this {}", r.as_str())).unwrap_or_default()
+                    ),
+                    "key_id": spec.id,
+                    "key_name": spec.name,
+                    "threshold": t,
+                    "budget_usd": budget,
+                    "spent_usd": spent,
+                    "budget_reset": spec.budget_reset.map(|r| r.as_str()),
+                    "period_start": spec.budget_reset.map(|_| crate::budget::rfc3339(period)),
+                }),
+                claim: Some((
+                    format!("polyplex:{{{}}}:alert:budget:{period}:{units}:{i}", spec.id),
+                    BUDGET_CLAIM,
+                )),
+            });
+        }
+    }
+}
+
+fn now_text() -> String {
+    crate::budget::rfc3339(crate::store::unix_now())
+}
+
+/// Reads the keys' spend every [`BUDGET_CHECK`] while both still exist.
+async fn check_budgets(alerts: Weak<Alerts>, keys: Weak<Keys>) {
+    let mut tick = tokio::time::interval(BUDGET_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (Some(alerts), Some(keys)) = (alerts.upgrade(), keys.upgrade()) else {
+            return;
+        };
+        alerts.check_budgets(&keys);
+    }
+}
+
+/// Where alerts go: the URL and headers, made once.
+struct Target {
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+}
+
+impl Target {
+    fn of(cfg: &AlertsConfig) -> Result<Target, String> {
+        let uri = cfg
+            .webhook_url
+            .expose_secret()
+            .parse()
+            .map_err(|_| "alerts.webhook_url: not a URL".to_string())?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        for (k, v) in &cfg.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("alerts.headers.{k}: not a header name"))?;
+            let mut value = HeaderValue::from_str(v.expose_secret())
+                .map_err(|_| format!("alerts.headers.{k}: not a header value"))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        Ok(Target { uri, headers })
+    }
+}
+
+/// Sends what comes on `rx` until every sender is gone.
+async fn deliver(
+    client: crate::client::HttpClient,
+    target: Target,
+    redis: Option<redis::aio::ConnectionManager>,
+    mut rx: mpsc::Receiver<Alert>,
+) {
+    while let Some(alert) = rx.recv().await {
+        if let (Some(conn), Some((key, ttl))) = (&redis, &alert.claim) {
+            if !claimed(conn, key, *ttl).await {
+                continue;
+            }
+        }
+        let body = bytes::Bytes::from(alert.body.to_string());
+        let mut sent = None;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(500 << (attempt - 1))).await;
+            }
+            match post(&client, &target, body.clone()).await {
+                Ok(()) => {
+                    sent = Some(attempt);
+                    break;
+                }
+                Err(why) => tracing::warn!(
+                    alert = alert.kind,
+                    attempt = attempt + 1,
+                    "the alert webhook failed: {why}"
+                ),
+            }
+        }
+        let result = if sent.is_some() { "sent" } else { "failed" };
+        metrics::counter!("polyplex_alerts_total", "type" => alert.kind, "result" => result)
+            .increment(1);
+        if sent.is_some() {
+            tracing::info!(alert = alert.kind, "alert sent");
+        }
+    }
+}
+
+/// Whether this replica claimed `key` (for `ttl`) before any other; a
+/// Redis that does not answer leaves the claim to this one (an alert sent
+/// twice beats one never sent).
+async fn claimed(conn: &redis::aio::ConnectionManager, key: &str, ttl: Duration) -> bool {
+    let mut conn = conn.clone();
+    let mut set = redis::cmd("SET");
+    set.arg(key)
+        .arg(1)
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl.as_millis().max(1) as u64);
+    match tokio::time::timeout(
+        Duration::from_secs(1),
+        set.query_async::<Option<String>>(&mut conn),
+    )
+    .await
+    {
+        Ok(Ok(got)) => got.is_some(),
+        _ => {
+            metrics::counter!("polyplex_redis_errors_total").increment(1);
+            true
+        }
+    }
+}
+
+/// One POST of `body`; a 2xx answer is delivery.
+async fn post(
+    client: &crate::client::HttpClient,
+    target: &Target,
+    body: bytes::Bytes,
+) -> Result<(), String> {
+    let fut = async {
+        let resp = client
+            .send(
+                Method::POST,
+                target.uri.clone(),
+                target.headers.clone(),
+                body,
+            )
+            .await
+            .map_err(|f| f.detail().to_string())?;
+        let status = resp.status();
+        // Read to the end: the connection goes back to the pool.
+        let _ = crate::client::read_body(resp.into_body()).await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("HTTP {}", status.as_u16()))
+        }
+    };
+    tokio::time::timeout(ATTEMPT_TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {}s", ATTEMPT_TIMEOUT.as_secs())))
+}

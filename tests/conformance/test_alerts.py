@@ -1,0 +1,177 @@
+"""Webhook alerts (`[alerts]`): a key's budget thresholds and a circuit
+that opens, posted as JSON to a receiver of the test's own, retried when
+it fails, sent once across replicas sharing a Redis."""
+import contextlib
+import json
+import os
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import openai
+import pytest
+
+from conftest import BIN, MASTER_KEY, admin, own_gateway
+
+WEBHOOK_TOKEN = "alert-webhook-secret-123"
+
+
+@contextlib.contextmanager
+def receiver(fail_first=0):
+    """A webhook receiver on loopback: yields its URL and the list of
+    (headers, body) it got; answers 500 to its first `fail_first` posts."""
+    got, failures = [], [fail_first]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["content-length"]))
+            if failures[0] > 0:
+                failures[0] -= 1
+                self.send_response(500)
+                self.end_headers()
+                return
+            got.append(({k.lower(): v for k, v in self.headers.items()}, json.loads(body)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", got
+    finally:
+        server.shutdown()
+
+
+def wait_for(got, n, timeout=15):
+    deadline = time.time() + timeout
+    while len(got) < n and time.time() < deadline:
+        time.sleep(0.05)
+    return got
+
+
+def provider(mock, extra=""):
+    return f"""
+[[providers]]
+name = "openai"
+base_url = "{mock}/v1"
+api_key = "sk-mock-provider"
+models = ["gpt-4o-mini"]
+max_retries = 0
+{extra}"""
+
+
+def alerts(url, extra=""):
+    return f"""
+[alerts]
+webhook_url = "{url}"
+headers = {{ authorization = "Bearer ${{ALERT_WEBHOOK_TOKEN}}" }}
+{extra}"""
+
+
+def spend(base, key, times):
+    client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+    costs = []
+    for _ in range(times):
+        r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "spend a little"}])
+        costs.append(r.usage.model_extra["cost"])
+    return costs
+
+
+def test_a_keys_budget_thresholds_are_posted_once_each(tmp_path, mock, monkeypatch):
+    monkeypatch.setenv("ALERT_WEBHOOK_TOKEN", WEBHOOK_TOKEN)
+    with receiver() as (url, got):
+        with own_gateway(tmp_path, provider(mock) + alerts(url, "budget_thresholds = [1.0, 0.5]")) as (client, proc):
+            base = str(client.base_url).removesuffix("/v1/")
+            st, k = admin(base, "POST", "/admin/keys", {"name": "alerted", "budget_usd": 1})
+            [cost] = spend(base, k["key"], 1)
+            # The budget set to 2.5 requests' worth: 40% spent, no alert yet.
+            st, _ = admin(base, "PATCH", f"/admin/keys/{k['id']}", {"budget_usd": cost * 2.5})
+            assert st == 200
+            time.sleep(2.5)
+            assert got == []
+            spend(base, k["key"], 1)  # 80%: the 50% threshold
+            wait_for(got, 1)
+            spend(base, k["key"], 1)  # 120%: the 100% threshold
+            wait_for(got, 2)
+            with pytest.raises(openai.RateLimitError):
+                spend(base, k["key"], 1)
+            time.sleep(2.5)
+            assert [b["threshold"] for _, b in got] == [0.5, 1.0], got
+            headers, body = got[0]
+            assert headers["authorization"] == f"Bearer {WEBHOOK_TOKEN}"
+            assert headers["content-type"] == "application/json"
+            assert body["type"] == "budget.threshold"
+            assert (body["key_id"], body["key_name"]) == (k["id"], "alerted")
+            assert body["budget_usd"] == pytest.approx(cost * 2.5)
+            assert body["spent_usd"] >= 0.5 * body["budget_usd"]
+            assert "alerted" in body["text"] and "50%" in body["text"] and body["at"].endswith("Z")
+            assert got[1][1]["spent_usd"] >= got[1][1]["budget_usd"]
+            # A bigger budget: its own thresholds, alerted again as they are passed.
+            st, _ = admin(base, "PATCH", f"/admin/keys/{k['id']}", {"budget_usd": cost * 5})
+            spend(base, k["key"], 1)  # 4 of 5: 80%
+            wait_for(got, 3)
+            assert got[2][1]["threshold"] == 0.5 and got[2][1]["budget_usd"] == pytest.approx(cost * 5)
+            log = proc.output()
+            assert WEBHOOK_TOKEN not in log and url not in log
+
+
+def test_a_circuit_that_opens_is_posted_once(tmp_path, mock, fault, monkeypatch):
+    monkeypatch.setenv("ALERT_WEBHOOK_TOKEN", WEBHOOK_TOKEN)
+    routing = """
+[routing]
+breaker_min_requests = 2
+breaker_cooldown_ms = 60000
+"""
+    with receiver(fail_first=1) as (url, got):
+        with own_gateway(tmp_path, provider(mock) + alerts(url, 'events = ["circuit"]') + routing) as (client, _):
+            fault(fault="500", count=6)
+            for _ in range(5):
+                with pytest.raises(openai.APIStatusError):
+                    client.chat.completions.create(model="openai/gpt-4o-mini",
+                                                   messages=[{"role": "user", "content": "x"}])
+            # The webhook's first answer was a 500: the alert was sent again.
+            wait_for(got, 1)
+            time.sleep(2)
+            assert len(got) == 1, got
+            body = got[0][1]
+            assert body["type"] == "circuit.opened"
+            assert (body["provider"], body["model"], body["cooldown_ms"]) == ("openai", "gpt-4o-mini", 60000)
+            assert body["last_error"] and "openai/gpt-4o-mini" in body["text"]
+
+
+def test_alert_settings_are_checked(tmp_path):
+    for bad, says in [
+        ('[alerts]\nwebhook_url = "ftp://x"\n', "alerts.webhook_url"),
+        ('[alerts]\nwebhook_url = "http://127.0.0.1:9/h"\nbudget_thresholds = [0.5, 80]\n', "alerts.budget_thresholds[1]"),
+        ('[alerts]\nwebhook_url = "http://127.0.0.1:9/h"\nevents = ["budget", "outage"]\n', "alerts.events[1]"),
+        ('[alerts]\nwebhook_url = "http://127.0.0.1:9/h"\nretries = 3\n', "retries"),
+        ('[alerts]\nwebhook_url = "${ALERTS_TEST_UNSET_URL}"\n', "ALERTS_TEST_UNSET_URL"),
+    ]:
+        cfg = tmp_path / "polyplex.toml"
+        cfg.write_text(bad)
+        r = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and says in r.stderr, (bad, r.stderr)
+
+
+REDIS = os.environ.get("POLYPLEX_TEST_REDIS")
+
+
+@pytest.mark.skipif(not REDIS, reason="POLYPLEX_TEST_REDIS not set")
+def test_replicas_sharing_redis_send_each_budget_alert_once(tmp_path, mock, monkeypatch):
+    from test_replicas_via_openai_sdk import two_replicas
+
+    monkeypatch.setenv("ALERT_WEBHOOK_TOKEN", WEBHOOK_TOKEN)
+    with receiver() as (url, got):
+        with two_replicas(tmp_path, provider(mock) + alerts(url, "budget_thresholds = [0.5]")) as (a, b):
+            st, k = admin(a, "POST", "/admin/keys", {"name": "shared-alert", "budget_usd": 1})
+            [cost] = spend(a, k["key"], 1)
+            admin(a, "PATCH", f"/admin/keys/{k['id']}", {"budget_usd": cost * 3})
+            spend(b, k["key"], 1)  # two of three, across both replicas: 67%
+            wait_for(got, 1)
+            time.sleep(5)  # both replicas have read the store's spend by now
+            assert [body["key_id"] for _, body in got] == [k["id"]], got
