@@ -156,7 +156,7 @@ impl Alerts {
             let Some(budget) = spec.budget_usd.filter(|b| *b > 0.0) else {
                 continue;
             };
-            if spec.revoked_at.is_some() {
+            if spec.revoked_at.is_some() || spec.expires_at.is_some_and(|t| t <= now) {
                 continue;
             }
             let spent = entry.budget_spent();
