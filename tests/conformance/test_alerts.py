@@ -144,6 +144,32 @@ breaker_cooldown_ms = 60000
             assert body["last_error"] and "openai/gpt-4o-mini" in body["text"]
 
 
+def test_a_circuit_that_recovers_is_posted_too(tmp_path, mock, fault, monkeypatch):
+    import urllib.request
+
+    monkeypatch.setenv("ALERT_WEBHOOK_TOKEN", WEBHOOK_TOKEN)
+    routing = """
+[routing]
+breaker_min_requests = 2
+breaker_cooldown_ms = 1000
+"""
+    with receiver() as (url, got):
+        with own_gateway(tmp_path, provider(mock) + alerts(url) + routing) as (client, _):
+            fault(fault="500", count=10)
+            ask = lambda: client.chat.completions.create(  # noqa: E731
+                model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+            for _ in range(3):
+                with pytest.raises(openai.APIStatusError):
+                    ask()
+            wait_for(got, 1)
+            urllib.request.urlopen(urllib.request.Request(mock + "/__mock/faults", method="DELETE"), timeout=5)
+            time.sleep(1.2)
+            assert ask().choices[0].message.content  # the probe
+            wait_for(got, 2)
+            assert [b["type"] for _, b in got] == ["circuit.opened", "circuit.closed"], got
+            assert (got[1][1]["provider"], got[1][1]["model"]) == ("openai", "gpt-4o-mini")
+
+
 def test_alert_settings_are_checked(tmp_path):
     for bad, says in [
         ('[alerts]\nwebhook_url = "ftp://x"\n', "alerts.webhook_url"),

@@ -12,6 +12,8 @@
 //!   error ratio crossed `[routing] breaker_error_ratio`), with the cooldown
 //!   and the last error. Not for a circuit a probe found still failing,
 //!   nor for one opened because another replica said so.
+//! - `circuit.closed`: the probe after an open circuit's cooldown
+//!   succeeded; the deployment is routed to again.
 //!
 //! With `[redis]`, each alert is sent by one replica only: the first to
 //! claim it (`SET NX`) sends it; a budget alert's claim lasts 40 days, a
@@ -134,6 +136,28 @@ impl Alerts {
             }),
             claim: Some((
                 format!("polyplex:{{upstream:{provider}/{model}}}:alert:circuit"),
+                cooldown,
+            )),
+        });
+    }
+
+    /// A deployment's open circuit closed here: the probe after its
+    /// cooldown succeeded (one replica says so within a cooldown).
+    pub fn circuit_closed(&self, provider: &str, model: &str, cooldown: Duration) {
+        if !self.cfg.circuit {
+            return;
+        }
+        self.send(Alert {
+            kind: "circuit.closed",
+            body: json!({
+                "type": "circuit.closed",
+                "at": now_text(),
+                "text": format!("polyplex: {provider}/{model} answers again and is routed to"),
+                "provider": provider,
+                "model": model,
+            }),
+            claim: Some((
+                format!("polyplex:{{upstream:{provider}/{model}}}:alert:circuit-closed"),
                 cooldown,
             )),
         });

@@ -252,8 +252,11 @@ impl<'a> Attempts<'a> {
         match r {
             Ok(v) => {
                 let took = now.saturating_duration_since(started);
-                d.stats
-                    .on_success(cfg, now, took, self.complete.then_some(took));
+                if d.stats
+                    .on_success(cfg, now, took, self.complete.then_some(took))
+                {
+                    self.app.circuit_closed(d);
+                }
                 Flow::Done(v)
             }
             Err(e) => {

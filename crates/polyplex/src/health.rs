@@ -292,14 +292,15 @@ impl DeploymentStats {
     }
 
     /// A first byte (a stream's first chunk, or a whole unary answer) after `ttft`.
-    /// `latency` is the whole answer's, when it is complete.
+    /// `latency` is the whole answer's, when it is complete. True when it
+    /// was the probe that closed an open circuit.
     pub fn on_success(
         &self,
         cfg: &HealthConfig,
         now: Instant,
         ttft: Duration,
         latency: Option<Duration>,
-    ) {
+    ) -> bool {
         let mut g = self.lock();
         g.ttft_ms.add(ms(ttft));
         if g.ttfts.len() == TTFT_SAMPLES {
@@ -310,7 +311,9 @@ impl DeploymentStats {
             g.latency_ms.add(ms(l));
         }
         g.blocked_until = None;
+        let probing = matches!(g.circuit, Circuit::HalfOpen { .. });
         Self::outcome(&mut g, cfg, now, true);
+        probing && g.circuit == Circuit::Closed
     }
 
     /// A failure that says something about the deployment's health (5xx,

@@ -298,6 +298,14 @@ impl AppState {
         }
     }
 
+    /// A deployment's circuit closed here: its probe succeeded.
+    pub fn circuit_closed(&self, d: &crate::routing::Deployment) {
+        tracing::info!(provider = %d.upstream.name, model = %d.model, "circuit closed: the probe succeeded");
+        if let Some(alerts) = &self.alerts {
+            alerts.circuit_closed(&d.upstream.name, &d.model, self.health.cooldown);
+        }
+    }
+
     /// Admits one request of an end user of a key: the key's
     /// `user_budget_usd`, `user_rpm` and `user_tpm` for it. Through Redis
     /// for every replica when it is configured and answers (the end user's
