@@ -348,26 +348,29 @@ pub async fn reload(app: &Arc<AppState>) -> Result<Report, Refused> {
         return Err(Refused::NoFile);
     }
     let reading = app.clone();
-    // (Reading and validating a file: not on a serving thread.)
-    let loaded = tokio::task::spawn_blocking(move || match reading.config.source.get() {
-        Some(source) => source(),
-        None => Err("no configuration file".into()),
+    // Reading and validating a file, building the upstreams (a Vertex AI
+    // service-account file is read then): not on a serving thread.
+    let result = tokio::task::spawn_blocking(move || {
+        let cfg = match reading.config.source.get() {
+            Some(source) => source().map_err(Refused::Invalid)?,
+            None => return Err(Refused::NoFile),
+        };
+        apply(&reading, &cfg)
     })
     .await
-    .map_err(|e| Refused::Invalid(e.to_string()))
-    .and_then(|r| r.map_err(Refused::Invalid));
-    let result = loaded.and_then(|cfg| {
-        let report = apply(app, &cfg)?;
+    .unwrap_or_else(|e| Err(Refused::Invalid(e.to_string())));
+    if let Ok(report) = &result {
         for u in app.router().upstreams() {
-            if report.providers.added.contains(&u.name) || report.providers.changed.contains(&u.name) {
+            if report.providers.added.contains(&u.name)
+                || report.providers.changed.contains(&u.name)
+            {
                 tracing::info!(provider = %u.name, base_url = %u.base_url, protocol = u.protocol.name(), "provider enabled");
                 if let Some(note) = u.unpriced_note(app.catalog()) {
                     tracing::warn!(provider = %u.name, "{note}");
                 }
             }
         }
-        Ok(report)
-    });
+    }
     match &result {
         Ok(r) => {
             metrics::counter!("polyplex_config_reloads_total", "result" => "ok").increment(1);
