@@ -175,29 +175,12 @@ pub fn to_chat(body: &JsonMap, model: &str, stream: bool) -> Result<(JsonMap, Ec
     let mut messages = Vec::new();
     if let Some(si) = member(body, "systemInstruction") {
         let si = object(si, "systemInstruction")?;
-        let mut text = String::new();
-        for (j, p) in array(
-            member(si, "parts").unwrap_or(&json!([])),
+        let text = text_of_parts(
+            si,
             "systemInstruction.parts",
-        )?
-        .iter()
-        .enumerate()
-        {
-            match p.get("text").and_then(Value::as_str) {
-                Some(t) => {
-                    if !text.is_empty() {
-                        text.push('\n');
-                    }
-                    text.push_str(t);
-                }
-                None => {
-                    return Err(bad(
-                        format!("systemInstruction.parts[{j}]"),
-                        "A system instruction takes text parts only.",
-                    ))
-                }
-            }
-        }
+            "\n",
+            "A system instruction takes text parts only.",
+        )?;
         if !text.is_empty() {
             messages.push(json!({"role": "system", "content": text}));
         }
@@ -591,6 +574,32 @@ fn tools(t: &Value, chat: &mut JsonMap) -> Result<(), GatewayError> {
     Ok(())
 }
 
+/// The text of a content's `parts` (at `at`), joined by `sep`; a part
+/// that is not text is refused with `why`.
+fn text_of_parts(
+    content: &JsonMap,
+    at: &str,
+    sep: &str,
+    why: &str,
+) -> Result<String, GatewayError> {
+    let mut text = String::new();
+    let parts = match member(content, "parts") {
+        Some(v) => array(v, at)?,
+        None => &[],
+    };
+    for (j, p) in parts.iter().enumerate() {
+        let t = p
+            .get("text")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(format!("{at}[{j}]"), why))?;
+        if !text.is_empty() {
+            text.push_str(sep);
+        }
+        text.push_str(t);
+    }
+    Ok(text)
+}
+
 fn tool_config(tc: &Value, chat: &mut JsonMap) -> Result<(), GatewayError> {
     let tc = object(tc, "toolConfig")?;
     only(
@@ -800,29 +809,12 @@ pub fn to_embeddings(
         let content =
             member(r, "content").ok_or_else(|| bad(cat("content"), "content is required."))?;
         let content = object(content, &cat("content"))?;
-        let mut text = String::new();
-        for (j, p) in array(
-            member(content, "parts").unwrap_or(&json!([])),
+        let text = text_of_parts(
+            content,
             &cat("content.parts"),
-        )?
-        .iter()
-        .enumerate()
-        {
-            match p.get("text").and_then(Value::as_str) {
-                Some(t) => {
-                    if !text.is_empty() {
-                        text.push(' ');
-                    }
-                    text.push_str(t);
-                }
-                None => {
-                    return Err(bad(
-                        cat(&format!("content.parts[{j}]")),
-                        "Only text is embedded through this gateway.",
-                    ))
-                }
-            }
-        }
+            " ",
+            "Only text is embedded through this gateway.",
+        )?;
         if text.is_empty() {
             return Err(bad(
                 cat("content.parts"),
@@ -1402,6 +1394,18 @@ mod tests {
             json!({"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": "x"}}]}});
         let e = to_embeddings(one.as_object().unwrap(), "openai/e", false).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("content.parts[0]"));
+        // A system instruction's parts: text joined by lines, anything else named.
+        let sys = json!({"systemInstruction": {"parts": [{"text": "a"}, {"text": "b"}]},
+                         "contents": [{"role": "user", "parts": [{"text": "q"}]}]});
+        let (chat, _) = to_chat(sys.as_object().unwrap(), "openai/m", false).unwrap();
+        assert_eq!(
+            chat["messages"][0],
+            json!({"role": "system", "content": "a\nb"})
+        );
+        let image = json!({"systemInstruction": {"parts": [{"text": "a"}, {"inlineData": {"mimeType": "image/png", "data": "x"}}]},
+                           "contents": [{"role": "user", "parts": [{"text": "q"}]}]});
+        let e = to_chat(image.as_object().unwrap(), "openai/m", false).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("systemInstruction.parts[1]"));
         let answer = json!({"data": [{"index": 1, "embedding": [0.5]}, {"index": 0, "embedding": [0.25]}], "usage": {"prompt_tokens": 3, "cost": 0.1}});
         assert_eq!(
             embeddings_object(&answer, true),
