@@ -17,29 +17,23 @@ DOCS = ["The sky is blue.", "Paris is the capital of France.", "Capital cities a
 
 @pytest.fixture(scope="module")
 def rr(mock, tmp_path_factory):
+    # Two OpenAI-compatible rerankers alike, for failover along a route.
+    jinas = "".join(f"""
+[[providers]]
+name = "{name}"
+kind = "openai"
+base_url = "{mock}/v1"
+api_key = "sk-mock-jina"
+models = ["jina-reranker-v2"]
+prices."jina-reranker-v2" = {{ input = 20.0 }}
+max_retries = 0""" for name in ("jina", "jina-backup"))
     providers = f"""
 [[providers]]
 name = "cohere"
 base_url = "{mock}"
 api_key = "sk-mock-cohere"
 max_retries = 0
-prices."rerank-english-v3.0" = {{ search_unit = 0.001 }}
-[[providers]]
-name = "jina"
-kind = "openai"
-base_url = "{mock}/v1"
-api_key = "sk-mock-jina"
-models = ["jina-reranker-v2"]
-prices."jina-reranker-v2" = {{ input = 20.0 }}
-max_retries = 0
-[[providers]]
-name = "jina-backup"
-kind = "openai"
-base_url = "{mock}/v1"
-api_key = "sk-mock-jina"
-models = ["jina-reranker-v2"]
-prices."jina-reranker-v2" = {{ input = 20.0 }}
-max_retries = 0
+prices."rerank-english-v3.0" = {{ search_unit = 0.001 }}{jinas}
 [[providers]]
 name = "anthropic"
 base_url = "{mock}"
