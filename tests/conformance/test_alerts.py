@@ -120,20 +120,29 @@ def test_a_keys_budget_thresholds_are_posted_once_each(tmp_path, mock, monkeypat
             assert WEBHOOK_TOKEN not in log and url not in log
 
 
-def test_a_circuit_that_opens_is_posted_once(tmp_path, mock, fault, monkeypatch):
-    monkeypatch.setenv("ALERT_WEBHOOK_TOKEN", WEBHOOK_TOKEN)
-    routing = """
+def breaker(cooldown_ms):
+    """A circuit that opens after two failed requests, for `cooldown_ms`."""
+    return f"""
 [routing]
 breaker_min_requests = 2
-breaker_cooldown_ms = 60000
+breaker_cooldown_ms = {cooldown_ms}
 """
+
+
+def fail(client, times):
+    """`times` chat requests the armed fault (or the open circuit) fails."""
+    for _ in range(times):
+        with pytest.raises(openai.APIStatusError):
+            client.chat.completions.create(model="openai/gpt-4o-mini",
+                                           messages=[{"role": "user", "content": "x"}])
+
+
+def test_a_circuit_that_opens_is_posted_once(tmp_path, mock, fault, monkeypatch):
+    monkeypatch.setenv("ALERT_WEBHOOK_TOKEN", WEBHOOK_TOKEN)
     with receiver(fail_first=1) as (url, got):
-        with own_gateway(tmp_path, provider(mock) + alerts(url, 'events = ["circuit"]') + routing) as (client, _):
+        with own_gateway(tmp_path, provider(mock) + alerts(url, 'events = ["circuit"]') + breaker(60000)) as (client, _):
             fault(fault="500", count=6)
-            for _ in range(5):
-                with pytest.raises(openai.APIStatusError):
-                    client.chat.completions.create(model="openai/gpt-4o-mini",
-                                                   messages=[{"role": "user", "content": "x"}])
+            fail(client, 5)
             # The webhook's first answer was a 500: the alert was sent again.
             wait_for(got, 1)
             time.sleep(2)
@@ -148,23 +157,16 @@ def test_a_circuit_that_recovers_is_posted_too(tmp_path, mock, fault, monkeypatc
     import urllib.request
 
     monkeypatch.setenv("ALERT_WEBHOOK_TOKEN", WEBHOOK_TOKEN)
-    routing = """
-[routing]
-breaker_min_requests = 2
-breaker_cooldown_ms = 1000
-"""
     with receiver() as (url, got):
-        with own_gateway(tmp_path, provider(mock) + alerts(url) + routing) as (client, _):
+        with own_gateway(tmp_path, provider(mock) + alerts(url) + breaker(1000)) as (client, _):
             fault(fault="500", count=10)
-            ask = lambda: client.chat.completions.create(  # noqa: E731
-                model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
-            for _ in range(3):
-                with pytest.raises(openai.APIStatusError):
-                    ask()
+            fail(client, 3)
             wait_for(got, 1)
             urllib.request.urlopen(urllib.request.Request(mock + "/__mock/faults", method="DELETE"), timeout=5)
             time.sleep(1.2)
-            assert ask().choices[0].message.content  # the probe
+            probe = client.chat.completions.create(
+                model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+            assert probe.choices[0].message.content
             wait_for(got, 2)
             assert [b["type"] for _, b in got] == ["circuit.opened", "circuit.closed"], got
             assert (got[1][1]["provider"], got[1][1]["model"]) == ("openai", "gpt-4o-mini")
