@@ -348,3 +348,17 @@ def test_vertex_ai_mode_of_googles_sdk(gateway, mock, project):
     with pytest.raises(errors.ClientError) as e:
         wrong.models.generate_content(model="gemini-2.5-flash", contents="x")
     assert e.value.code == 401 and e.value.status == "UNAUTHENTICATED"
+
+
+def test_a_native_stream_carries_the_keys_rate_limit_headers(gateway):
+    status, k = admin(gateway, "POST", "/admin/keys", {"name": "gemini-native-limits", "rpm": 100})
+    assert status == 200
+    req = urllib.request.Request(
+        f"{gateway}/v1beta/models/google/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        data=json.dumps({"contents": [{"parts": [{"text": "native limits marker"}]}]}).encode(),
+        headers={"content-type": "application/json", "x-goog-api-key": k["key"]})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        resp.read()
+        assert resp.headers["x-polyplex-provider"] == "google"
+        assert resp.headers["x-ratelimit-limit-requests"] == "100"
+        assert int(resp.headers["x-ratelimit-remaining-requests"]) == 99

@@ -108,17 +108,16 @@ pub(super) async fn serve(call: &Call, asked: Asked<'_>, plan: &Plan, echo: &Ech
                     served.attempts,
                     admitted.as_ref(),
                 );
-                let mut head = Response::new(Body::empty());
-                if let Some(a) = &admitted {
-                    ratelimit_headers(&mut head, &a.limits);
-                }
+                let limits = admitted.as_ref().map(|a| a.limits);
                 let how = Streamed {
                     sse: asked.sse,
                     chat: asked.chat,
                     cache_as,
                 };
                 let mut resp = relay(call, open, d, record, admitted.take(), how);
-                resp.headers_mut().extend(head.headers().clone());
+                if let Some(limits) = &limits {
+                    ratelimit_headers(&mut resp, limits);
+                }
                 served.apply(&mut resp);
                 if cache_as.is_some() {
                     super::respond::cache_missed(&mut resp);
