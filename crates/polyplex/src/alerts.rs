@@ -170,11 +170,8 @@ impl Alerts {
         let now = crate::store::unix_now();
         let mut passed = HashSet::new();
         let mut news = Vec::new();
-        let before = self
-            .passed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        // (Only the check task reads and writes it: held for the read.)
+        let mut before = self.passed.lock().unwrap_or_else(|p| p.into_inner());
         for entry in keys.all() {
             let spec = entry.spec();
             let Some(budget) = spec.budget_usd.filter(|b| *b > 0.0) else {
@@ -201,7 +198,8 @@ impl Alerts {
                 news.push((spec.clone(), period, units, i, t, spent));
             }
         }
-        *self.passed.lock().unwrap_or_else(|p| p.into_inner()) = passed;
+        *before = passed;
+        drop(before);
         for (spec, period, units, i, t, spent) in news {
             let pct = (t * 100.0).round();
             let budget = spec.budget_usd.unwrap_or_default();
