@@ -271,10 +271,6 @@ impl Changes {
             "unchanged": self.unchanged,
         })
     }
-
-    fn any(&self) -> bool {
-        !(self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty())
-    }
 }
 
 impl Report {
@@ -289,14 +285,6 @@ impl Report {
             "master_key_rotated": self.master_key_rotated,
             "restart_needed": self.restart_needed,
         })
-    }
-
-    /// Whether anything the reload applies changed.
-    pub fn changed(&self) -> bool {
-        self.providers.any()
-            || self.routes.any()
-            || self.strategy.is_some()
-            || self.master_key_rotated
     }
 }
 
@@ -417,9 +405,14 @@ mod tests {
         assert_eq!(c.removed, ["a"]);
         assert_eq!(c.changed, ["b"]);
         assert_eq!(c.unchanged, 1);
-        assert!(c.any());
         let same = Changes::between(&names(&["x", "y"]), &names(&["x", "y"]));
-        assert!(!same.any() && same.unchanged == 2);
+        assert_eq!(
+            same,
+            Changes {
+                unchanged: 2,
+                ..Changes::default()
+            }
+        );
     }
 
     #[test]
