@@ -103,6 +103,15 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// What a request's `Cache-Control` header asks.
+    pub fn of(headers: &axum::http::HeaderMap) -> Mode {
+        Mode::from_header(
+            headers
+                .get(axum::http::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok()),
+        )
+    }
+
     pub fn from_header(v: Option<&str>) -> Mode {
         let Some(v) = v else { return Mode::Use };
         let has = |d: &str| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(d));

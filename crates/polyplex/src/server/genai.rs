@@ -180,11 +180,7 @@ pub async fn serve(
         // The response cache keeps Google's answers as they came, under
         // the request as written (and how it is streamed).
         let cache = app.cache.as_ref().map(|_| {
-            let mode = crate::cache::Mode::from_header(
-                headers
-                    .get(axum::http::header::CACHE_CONTROL)
-                    .and_then(|v| v.to_str().ok()),
-            );
+            let mode = crate::cache::Mode::of(&headers);
             let how = match (stream, sse) {
                 (false, _) => "unary",
                 (true, true) => "sse",

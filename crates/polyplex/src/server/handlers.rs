@@ -578,13 +578,10 @@ pub(super) fn hit_headers(resp: &mut Response, hit: &crate::cache::Entry) {
 async fn answer(call: &Call, req: Request, gone: &Unanswered<'_>) -> Response {
     let app = &call.app;
     let no_one = Served::default();
-    let cache_mode = app.cache.as_ref().map(|_| {
-        crate::cache::Mode::from_header(
-            req.headers()
-                .get(axum::http::header::CACHE_CONTROL)
-                .and_then(|v| v.to_str().ok()),
-        )
-    });
+    let cache_mode = app
+        .cache
+        .as_ref()
+        .map(|_| crate::cache::Mode::of(req.headers()));
     let text = match read_body(app, req).await {
         Ok(b) => b,
         Err(e) => return call.fail("", false, e, &no_one),
