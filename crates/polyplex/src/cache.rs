@@ -81,6 +81,18 @@ fn canonical(h: &mut Sha256, object: &serde_json::Map<String, serde_json::Value>
 /// The longest stream stored (its SSE bytes); a longer one is not cached.
 pub const MAX_STREAM_BYTES: usize = 4 << 20;
 
+/// Adds what a stream sent to its copy for the cache (`None`: none kept);
+/// a stream past [`MAX_STREAM_BYTES`] keeps none.
+pub fn capture(copy: &mut Option<Vec<u8>>, sent: &[u8]) {
+    if let Some(c) = copy {
+        if c.len() + sent.len() > MAX_STREAM_BYTES {
+            *copy = None;
+        } else {
+            c.extend_from_slice(sent);
+        }
+    }
+}
+
 /// How long Redis may take to answer a lookup before it counts as a miss.
 const REDIS_WAIT: Duration = Duration::from_millis(100);
 

@@ -274,7 +274,8 @@ fn relay(
         sse,
         wrote: false,
         ended: false,
-        captured: cache_as.map(|key| (key, Vec::new())),
+        captured: cache_as.map(|_| Vec::new()),
+        cache_as,
     };
     let frames = futures::stream::unfold(relay, |mut r| async move {
         let frame = r.next_frame().await?;
@@ -316,7 +317,9 @@ struct Relay {
     ended: bool,
     /// What was sent so far, for the response cache (dropped past
     /// [`crate::cache::MAX_STREAM_BYTES`]).
-    captured: Option<(crate::cache::Key, Vec<u8>)>,
+    captured: Option<Vec<u8>>,
+    /// Where the response cache keeps it.
+    cache_as: Option<crate::cache::Key>,
 }
 
 impl Relay {
@@ -396,18 +399,7 @@ impl Relay {
     fn write(&mut self, data: &[u8], out: &mut Vec<u8>) {
         let start = out.len();
         self.write_framed(data, out);
-        self.capture(&out[start..]);
-    }
-
-    /// Keeps what goes out for the response cache.
-    fn capture(&mut self, sent: &[u8]) {
-        if let Some((_, c)) = &mut self.captured {
-            if c.len() + sent.len() > crate::cache::MAX_STREAM_BYTES {
-                self.captured = None;
-            } else {
-                c.extend_from_slice(sent);
-            }
-        }
+        crate::cache::capture(&mut self.captured, &out[start..]);
     }
 
     fn write_framed(&mut self, data: &[u8], out: &mut Vec<u8>) {
@@ -441,12 +433,12 @@ impl Relay {
         if !self.sse {
             let close: &[u8] = if self.wrote { b"]" } else { b"[]" };
             out.extend_from_slice(close);
-            self.capture(close);
+            crate::cache::capture(&mut self.captured, close);
         }
         self.record(status);
         // A stream that ended well, into the response cache.
-        if let (200, Some(cache), Some((key, body))) =
-            (status, &self.app.cache, self.captured.take())
+        if let (200, Some(cache), Some(key), Some(body)) =
+            (status, &self.app.cache, self.cache_as, self.captured.take())
         {
             let usage = self.usage.unwrap_or_default();
             cache.put(

@@ -446,13 +446,7 @@ impl Relay {
     }
 
     pub(super) fn push(&mut self, frame: Bytes) {
-        if let Some(c) = &mut self.captured {
-            if c.len() + frame.len() > crate::cache::MAX_STREAM_BYTES {
-                self.captured = None;
-            } else {
-                c.extend_from_slice(&frame);
-            }
-        }
+        crate::cache::capture(&mut self.captured, &frame);
         self.out.push_back(frame);
     }
 
