@@ -193,6 +193,21 @@ def test_not_found_error_on_unknown_model(client):
         client.models.retrieve("no-such-model")
 
 
+def test_a_provider_prefix_nothing_has_is_not_found(client):
+    # `provider/model` is that provider only: a name no provider (and no
+    # model namespace such as `meta-llama/`) has is a 404, not any provider.
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="no-such-provider/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.code == "model_not_found"
+    assert "no provider is named `no-such-provider`" in e.value.message
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-provider/gpt-4o-mini")
+    # The configured provider's name is that provider.
+    r = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert r.headers["x-polyplex-provider"] == "openai"
+
+
 def test_bad_request_error_names_the_field(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=[])

@@ -9,7 +9,7 @@
 //!
 //! Prices are USD per million tokens, as models.dev gives them.
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::sync::OnceLock;
@@ -31,6 +31,9 @@ pub struct Catalog {
     pub generated_at: Option<String>,
     pub providers: Vec<Provider>,
     index: HashMap<String, usize>,
+    /// What precedes the `/` in the catalog's model ids (`meta-llama`,
+    /// `openai`, `qwen` ...), lowercased; gathered on first need.
+    namespaces: OnceLock<HashSet<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -245,6 +248,7 @@ impl Catalog {
             generated_at: file.generated_at,
             providers,
             index,
+            namespaces: OnceLock::new(),
         })
     }
 
@@ -285,6 +289,7 @@ impl Catalog {
                 generated_at: None,
                 providers: Vec::new(),
                 index: HashMap::new(),
+                namespaces: OnceLock::new(),
             },
         })
     }
@@ -307,6 +312,36 @@ impl Catalog {
 
     pub fn model(&self, provider: &str, model: &str) -> Option<&Model> {
         self.provider(provider)?.model(model)
+    }
+
+    /// Whether `prefix` in a name `prefix/model` can mean something: a
+    /// provider ([`Catalog::find_provider`]) or the namespace some
+    /// provider's model ids begin with (`meta-llama/...`, OpenRouter's
+    /// `openai/...`, `qwen/...`), in any case. The namespaces are read from
+    /// the model ids alone on the first call, without keeping the models.
+    pub fn knows_namespace(&self, prefix: &str) -> bool {
+        if self.find_provider(prefix).is_some() {
+            return true;
+        }
+        let namespaces = self.namespaces.get_or_init(|| {
+            #[derive(Deserialize)]
+            struct Id<'a> {
+                #[serde(borrow)]
+                id: std::borrow::Cow<'a, str>,
+            }
+            let mut set = HashSet::default();
+            for p in &self.providers {
+                let ids: Vec<Id<'_>> =
+                    serde_json::from_str(p.models_json.get()).unwrap_or_default();
+                for m in ids {
+                    if let Some((ns, _)) = m.id.split_once('/') {
+                        set.insert(ns.to_ascii_lowercase());
+                    }
+                }
+            }
+            set
+        });
+        namespaces.contains(prefix) || namespaces.contains(&prefix.to_ascii_lowercase())
     }
 
     pub fn model_count(&self) -> usize {

@@ -123,6 +123,17 @@ impl GatewayError {
         .with_param("model")
     }
 
+    /// 404 for `prefix/model` where nothing is named `prefix`.
+    pub fn no_such_provider(model: &str, prefix: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("The model `{model}` does not exist: no provider is named `{prefix}`."),
+        )
+        .with_code("model_not_found")
+        .with_param("model")
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message).with_code("not_found")
     }

@@ -286,14 +286,40 @@ impl Router {
                 .map(|(i, m)| Deployment::new(&self.upstreams[*i], m))
                 .collect()
         };
-        let found = match self.listed.get(name) {
+        let mut found = match self.listed.get(name) {
             Some(found) => deployments(found),
             None => deployments(&serving(&self.upstreams, self.catalog, name)),
         };
+        // `alpha/gpt-4o` names a provider `alpha`: if no provider and no
+        // model namespace has that name, it is not served by whichever
+        // provider has `gpt-4o` (only a model listed under that very name).
+        if let Some((prefix, _)) = name.split_once('/') {
+            if !found.is_empty() && !self.namespace_known(prefix) {
+                found.retain(|d| d.model == name);
+                if found.is_empty() {
+                    return Err(GatewayError::no_such_provider(name, prefix));
+                }
+            }
+        }
         if found.is_empty() {
             return Err(GatewayError::model_not_found(name));
         }
         Ok((found, self.default_strategy))
+    }
+
+    /// Whether `prefix/...` can be read as a provider or model namespace: the
+    /// catalog's ([`Catalog::knows_namespace`]), or a namespace of a model a
+    /// configured provider lists (`myorg/finetune` on a vLLM server).
+    fn namespace_known(&self, prefix: &str) -> bool {
+        self.catalog.knows_namespace(prefix)
+            || self
+                .upstreams
+                .iter()
+                .flat_map(|u| u.models.iter().flatten())
+                .any(|m| {
+                    m.split_once('/')
+                        .is_some_and(|(ns, _)| ns.eq_ignore_ascii_case(prefix))
+                })
     }
 
     /// True if `name` (with any suffix) names something this gateway serves.
@@ -422,8 +448,11 @@ impl Router {
             }
             (self.auto(facts, access)?, Strategy::Cost)
         } else {
-            self.resolve(base)
-                .map_err(|_| GatewayError::model_not_found(name))?
+            // (The error names the model as asked, suffix included.)
+            self.resolve(base).map_err(|e| match suffix {
+                None => e,
+                Some(_) => GatewayError::model_not_found(name),
+            })?
         };
         if let Some(list) = access {
             ds.retain(|d| d.allowed(list));
@@ -780,6 +809,43 @@ hedge_after_ms = 250
         );
         // A common name of no configured provider is a bare name as well.
         assert!(r.resolve("gemini/gemini-2.5-flash").is_err());
+    }
+
+    #[test]
+    fn an_unknown_provider_prefix_is_not_found() {
+        let r = router(CFG);
+        // A provider's name in any case, and a model namespace (as
+        // OpenRouter's ids and Hugging Face's write them) still find it.
+        assert_eq!(resolved(&r, "OpenAI/gpt-4o"), ["openai/gpt-4o"]);
+        assert_eq!(
+            resolved(&r, "meta-llama/llama-3.3-70b-versatile"),
+            [
+                "groq/llama-3.3-70b-versatile",
+                "togetherai/meta-llama/Llama-3.3-70B-Instruct-Turbo"
+            ]
+        );
+        // A name no provider and no model namespace has is not read as one.
+        let e = r.resolve("alpha/gpt-4o").unwrap_err();
+        assert_eq!(e.status.as_u16(), 404);
+        assert_eq!(e.code.as_deref(), Some("model_not_found"));
+        assert!(
+            e.message.contains("no provider is named `alpha`"),
+            "{}",
+            e.message
+        );
+        // A model a provider lists under a namespace of its own is served.
+        let r = router(
+            r#"
+[[providers]]
+name = "vllm"
+kind = "openai"
+base_url = "http://127.0.0.1:1/v1"
+models = ["acme/tuned-7b", "gpt-4o"]
+"#,
+        );
+        assert_eq!(resolved(&r, "acme/tuned-7b"), ["vllm/acme/tuned-7b"]);
+        assert_eq!(resolved(&r, "ACME/gpt-4o"), ["vllm/gpt-4o"]);
+        assert!(r.resolve("zeta/tuned-7b").is_err());
     }
 
     #[test]
