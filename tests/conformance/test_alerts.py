@@ -18,14 +18,17 @@ WEBHOOK_TOKEN = "alert-webhook-secret-123"
 
 
 @contextlib.contextmanager
-def receiver(fail_first=0):
+def receiver(fail_first=0, posts=None):
     """A webhook receiver on loopback: yields its URL and the list of
-    (headers, body) it got; answers 500 to its first `fail_first` posts."""
+    (headers, body) it got; answers 500 to its first `fail_first` posts.
+    Every post's arrival time is appended to `posts` if given."""
     got, failures = [], [fail_first]
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers["content-length"]))
+            if posts is not None:
+                posts.append(time.time())
             if failures[0] > 0:
                 failures[0] -= 1
                 self.send_response(500)
@@ -118,6 +121,46 @@ def test_a_keys_budget_thresholds_are_posted_once_each(tmp_path, mock, monkeypat
             assert got[2][1]["threshold"] == 0.5 and got[2][1]["budget_usd"] == pytest.approx(cost * 5)
             log = proc.output()
             assert WEBHOOK_TOKEN not in log and url not in log
+
+
+def test_a_graceful_shutdown_sends_what_is_queued_and_the_last_thresholds(tmp_path, mock, monkeypatch):
+    monkeypatch.setenv("ALERT_WEBHOOK_TOKEN", WEBHOOK_TOKEN)
+
+    def crossed(url, after_spend):
+        """A gateway whose key passes its 50% threshold; `after_spend`
+        runs before the gateway is stopped (SIGTERM)."""
+        d = tmp_path / f"gw{len(list(tmp_path.iterdir()))}"
+        d.mkdir()
+        with own_gateway(d, provider(mock) + alerts(url, "budget_thresholds = [0.5]")) as (client, proc):
+            base = str(client.base_url).removesuffix("/v1/")
+            st, k = admin(base, "POST", "/admin/keys", {"name": "last", "budget_usd": 1})
+            [cost] = spend(base, k["key"], 1)
+            admin(base, "PATCH", f"/admin/keys/{k['id']}", {"budget_usd": cost * 3})
+            time.sleep(2.5)  # the first read learns the 33% spent
+            spend(base, k["key"], 1)  # 67%: past 50%
+            after_spend()
+            started = time.time()
+            proc.stop()
+            assert proc.p.returncode == 0
+            assert time.time() - started < 8
+            return k
+
+    # Stopped at once: the last requests' threshold is read at shutdown.
+    with receiver() as (url, got):
+        k = crossed(url, lambda: None)
+        assert [(b["key_id"], b["threshold"]) for _, b in got] == [(k["id"], 0.5)]
+
+    # Stopped while the alert waits to be tried again: it is sent.
+    posts = []
+    with receiver(fail_first=1, posts=posts) as (url, got):
+        def failed_once():
+            deadline = time.time() + 5
+            while not posts and time.time() < deadline:
+                time.sleep(0.02)
+            assert posts, "the alert was never tried"
+        k = crossed(url, failed_once)
+        assert len(posts) == 2
+        assert [(b["key_id"], b["threshold"]) for _, b in got] == [(k["id"], 0.5)]
 
 
 def breaker(cooldown_ms):

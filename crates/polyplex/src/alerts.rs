@@ -19,7 +19,8 @@
 //! claim it (`SET NX`) sends it; a budget alert's claim lasts 40 days, a
 //! circuit's its cooldown. Delivery is in the background (a queue of
 //! [`QUEUE`], then dropped and counted), each alert tried 3 times (5 s
-//! each, waiting 0.5 s then 1 s); nothing waits on it. Every body has
+//! each, waiting 0.5 s then 1 s); nothing waits on it but a graceful
+//! shutdown, for at most [`FINISH`] ([`Alerts::finish`]). Every body has
 //! `type`, `at` (RFC 3339) and `text` (one line for a person: Slack's and
 //! Mattermost's incoming webhooks show it as it is). The URL and header
 //! values may hold secrets (`${VAR}`) and never appear in logs.
@@ -32,7 +33,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Alerts waiting to be sent, at most.
 const QUEUE: usize = 256;
@@ -40,6 +41,8 @@ const QUEUE: usize = 256;
 const BUDGET_CHECK: Duration = Duration::from_secs(2);
 const ATTEMPTS: u32 = 3;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a graceful shutdown waits for the alerts still queued.
+const FINISH: Duration = Duration::from_secs(5);
 /// How long a budget alert's claim holds across replicas (longer than any
 /// budget period).
 const BUDGET_CLAIM: Duration = Duration::from_secs(40 * 86_400);
@@ -73,6 +76,9 @@ type Passed = (String, i64, u64, usize);
 pub struct Alerts {
     cfg: AlertsConfig,
     tx: mpsc::Sender<Alert>,
+    /// Tells the sender to send what is queued and end ([`Alerts::finish`]).
+    stop: watch::Sender<bool>,
+    sender: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The thresholds every key has passed, as last read.
     passed: Mutex<HashSet<Passed>>,
     /// Whether the thresholds passed before the first read are known.
@@ -90,10 +96,13 @@ impl Alerts {
         let (tx, rx) = mpsc::channel(QUEUE);
         let client = crate::client::HttpClient::new(ATTEMPT_TIMEOUT, 2)?;
         let target = Target::of(&cfg)?;
-        tokio::spawn(deliver(client, target, redis, rx));
+        let (stop, stopped) = watch::channel(false);
+        let sender = tokio::spawn(deliver(client, target, redis, rx, stopped));
         let alerts = Arc::new(Alerts {
             cfg,
             tx,
+            stop,
+            sender: Mutex::new(Some(sender)),
             passed: Mutex::new(HashSet::new()),
             primed: AtomicBool::new(false),
         });
@@ -101,6 +110,27 @@ impl Alerts {
             tokio::spawn(check_budgets(Arc::downgrade(&alerts), Arc::downgrade(keys)));
         }
         Ok(alerts)
+    }
+
+    /// At a graceful shutdown, once requests are done: reads the budgets a
+    /// last time (a threshold passed by the last requests is sent too),
+    /// then sends what is queued, for at most [`FINISH`].
+    pub async fn finish(&self, keys: &Keys) {
+        if self.cfg.budget && self.primed.load(Ordering::Relaxed) {
+            self.check_budgets(keys);
+        }
+        let _ = self.stop.send(true);
+        let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(mut sender) = sender else {
+            return;
+        };
+        if tokio::time::timeout(FINISH, &mut sender).await.is_err() {
+            sender.abort();
+            tracing::warn!(
+                "alerts still unsent after {}s of shutdown are dropped",
+                FINISH.as_secs()
+            );
+        }
     }
 
     fn send(&self, alert: Alert) {
@@ -170,7 +200,7 @@ impl Alerts {
         let now = crate::store::unix_now();
         let mut passed = HashSet::new();
         let mut news = Vec::new();
-        // (Only the check task reads and writes it: held for the read.)
+        // (Held for the read: the check task and the shutdown's last read.)
         let mut before = self.passed.lock().unwrap_or_else(|p| p.into_inner());
         for entry in keys.all() {
             let spec = entry.spec();
@@ -279,43 +309,66 @@ impl Target {
     }
 }
 
-/// Sends what comes on `rx` until every sender is gone.
+/// Sends what comes on `rx` until every sender is gone, or until `stop`,
+/// then what is still queued.
 async fn deliver(
     client: crate::client::HttpClient,
     target: Target,
     redis: Option<redis::aio::ConnectionManager>,
     mut rx: mpsc::Receiver<Alert>,
+    mut stop: watch::Receiver<bool>,
 ) {
-    while let Some(alert) = rx.recv().await {
-        if let (Some(conn), Some((key, ttl))) = (&redis, &alert.claim) {
-            if !claimed(conn, key, *ttl).await {
-                continue;
+    loop {
+        let alert = tokio::select! {
+            biased;
+            alert = rx.recv() => alert,
+            () = async { drop(stop.wait_for(|s| *s).await) } => {
+                rx.close();
+                rx.recv().await
             }
+        };
+        let Some(alert) = alert else {
+            return;
+        };
+        send_one(&client, &target, redis.as_ref(), alert).await;
+    }
+}
+
+/// Claims (with Redis) and posts one alert, with its retries.
+async fn send_one(
+    client: &crate::client::HttpClient,
+    target: &Target,
+    redis: Option<&redis::aio::ConnectionManager>,
+    alert: Alert,
+) {
+    if let (Some(conn), Some((key, ttl))) = (redis, &alert.claim) {
+        if !claimed(conn, key, *ttl).await {
+            return;
         }
-        let body = bytes::Bytes::from(alert.body.to_string());
-        let mut sent = None;
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(500 << (attempt - 1))).await;
+    }
+    let body = bytes::Bytes::from(alert.body.to_string());
+    let mut sent = None;
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500 << (attempt - 1))).await;
+        }
+        match post(client, target, body.clone()).await {
+            Ok(()) => {
+                sent = Some(attempt);
+                break;
             }
-            match post(&client, &target, body.clone()).await {
-                Ok(()) => {
-                    sent = Some(attempt);
-                    break;
-                }
-                Err(why) => tracing::warn!(
-                    alert = alert.kind,
-                    attempt = attempt + 1,
-                    "the alert webhook failed: {why}"
-                ),
-            }
+            Err(why) => tracing::warn!(
+                alert = alert.kind,
+                attempt = attempt + 1,
+                "the alert webhook failed: {why}"
+            ),
         }
-        let result = if sent.is_some() { "sent" } else { "failed" };
-        metrics::counter!("polyplex_alerts_total", "type" => alert.kind, "result" => result)
-            .increment(1);
-        if sent.is_some() {
-            tracing::info!(alert = alert.kind, "alert sent");
-        }
+    }
+    let result = if sent.is_some() { "sent" } else { "failed" };
+    metrics::counter!("polyplex_alerts_total", "type" => alert.kind, "result" => result)
+        .increment(1);
+    if sent.is_some() {
+        tracing::info!(alert = alert.kind, "alert sent");
     }
 }
 

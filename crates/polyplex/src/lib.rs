@@ -76,6 +76,9 @@ impl Running {
         if let Some(r) = &self.reloader {
             r.abort();
         }
+        if let Some(alerts) = &self.state.alerts {
+            alerts.finish(&self.state.keys).await;
+        }
         let store = self.state.keys.store().cloned();
         if let Some(shared) = &self.state.shared_limits {
             shared.flush().await;
