@@ -62,7 +62,7 @@ struct RawConfig {
     listen: Option<String>,
     #[serde(default)]
     auth: RawAuth,
-    store: Option<RawUrl>,
+    store: Option<RawStore>,
     redis: Option<RawUrl>,
     #[serde(default)]
     server: RawServer,
@@ -145,6 +145,14 @@ struct RawAuth {
 #[serde(deny_unknown_fields)]
 struct RawUrl {
     url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: String,
+    /// Where usage records the store did not take wait for the next start.
+    spool: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -258,6 +266,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub master_key: Option<SecretString>,
     pub store_url: String,
+    /// The usage records' spool ([`crate::spool`]): `[store] spool`.
+    pub spool: std::path::PathBuf,
     pub redis_url: Option<String>,
     /// The response cache (`[cache]`; off without it).
     pub cache: Option<crate::cache::CacheConfig>,
@@ -994,6 +1004,10 @@ pub fn from_toml(text: &str, inputs: &Inputs<'_>) -> Result<Config, ConfigError>
         listen,
         master_key: master_key.map(SecretString::from),
         store_url,
+        spool: match raw.store.as_ref().and_then(|s| s.spool.as_deref()) {
+            Some(p) => interpolate(p, "store.spool", env)?.into(),
+            None => crate::spool::DEFAULT_PATH.into(),
+        },
         redis_url,
         cache,
         batches,
@@ -1682,6 +1696,7 @@ pub fn zero_config(inputs: &Inputs<'_>) -> Result<Config, ConfigError> {
         listen,
         master_key,
         store_url: "sqlite://polyplex.db".into(),
+        spool: crate::spool::DEFAULT_PATH.into(),
         redis_url: None,
         cache: None,
         batches: BatchesConfig::default(),
@@ -2046,8 +2061,8 @@ strategy = "priority"
         assert!(e.to_string().contains("not both"), "{e}");
     }
 
-    fn service_account(project: &str) -> (tempdir::Dir, String) {
-        let dir = tempdir::Dir::new();
+    fn service_account(project: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
         let pem = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../../tests/fixtures/test-only-rsa-key.pem"),
@@ -2055,32 +2070,10 @@ strategy = "priority"
         .unwrap();
         let key = serde_json::json!({"type": "service_account", "project_id": project, "private_key": pem,
             "client_email": "x@p.iam.gserviceaccount.com", "token_uri": "https://oauth2.googleapis.com/token"});
-        let path = dir.0.join("sa.json");
+        let path = dir.path().join("sa.json");
         std::fs::write(&path, key.to_string()).unwrap();
         let p = path.display().to_string();
         (dir, p)
-    }
-
-    mod tempdir {
-        pub struct Dir(pub std::path::PathBuf);
-        impl Dir {
-            pub fn new() -> Dir {
-                use std::sync::atomic::{AtomicU32, Ordering};
-                static N: AtomicU32 = AtomicU32::new(0);
-                let d = std::env::temp_dir().join(format!(
-                    "polyplex-config-test-{}-{}",
-                    std::process::id(),
-                    N.fetch_add(1, Ordering::Relaxed)
-                ));
-                std::fs::create_dir_all(&d).unwrap();
-                Dir(d)
-            }
-        }
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
     }
 
     fn leak(s: String) -> &'static str {

@@ -486,6 +486,12 @@ impl KeyEntry {
         self.add_pending(cost_usd)
     }
 
+    /// A record of an earlier run, not yet stored (its spool read back):
+    /// its cost counts as this key's pending spend until it is.
+    pub fn charge_restored(&self, cost_usd: f64) -> u64 {
+        self.add_pending(cost_usd)
+    }
+
     /// The usage writer stored `units` of pending spend; the store's total
     /// for the key (all time and in its budget period) is now `spent`.
     pub fn stored(&self, units: u64, spent: Option<StoredSpend>) {

@@ -25,6 +25,7 @@ pub mod responses;
 pub mod routing;
 pub mod server;
 pub mod shared;
+pub mod spool;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;
@@ -290,7 +291,20 @@ async fn prepare(cfg: &Config, threads: usize) -> Result<Prepared, String> {
     } else {
         None
     };
-    let (recorder, writer) = usage::Recorder::start(Some(store));
+    // Usage records an earlier run could not store: written first.
+    let restored = {
+        let (path, keys) = (cfg.spool.clone(), keys.clone());
+        tokio::task::spawn_blocking(move || spool::take(&path, &keys))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "the usage spool of an earlier run cannot be read; it is left where it is");
+                Vec::new()
+            })
+    };
+    let held = spool::Held::new(cfg.spool.clone(), restored);
+    let (recorder, writer) = usage::Recorder::start(Some(store), held);
     let shared = match &cfg.redis_url {
         Some(url) => Some(share_limits(url, &recorder).await?),
         None => None,

@@ -434,10 +434,17 @@ async fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<(), St
         let _ = stop.send(true);
     });
     let written = running.wait().await;
-    tracing::info!(
-        usage_records = written,
-        "stopped; every usage record written"
-    );
+    match polyplex::spool::spooled() {
+        0 => tracing::info!(
+            usage_records = written,
+            "stopped; every usage record written"
+        ),
+        spooled => tracing::warn!(
+            usage_records = written,
+            spooled,
+            "stopped; the usage records the store did not take are in the spool, for the next start"
+        ),
+    }
     Ok(())
 }
 
@@ -1017,6 +1024,14 @@ async fn check(config: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+    }
+    match polyplex::spool::waiting(&cfg.spool) {
+        Ok(0) => {}
+        Ok(n) => out!(
+            "usage spool: {n} record(s) the store did not take wait in {}; the next `polyplex serve` writes them",
+            cfg.spool.display()
+        ),
+        Err(e) => eprintln!("usage spool: {} cannot be read: {e}", cfg.spool.display()),
     }
     if let Some(url) = &cfg.redis_url {
         let ok = match polyplex::shared::SharedLimits::new(url) {

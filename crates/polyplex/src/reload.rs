@@ -145,6 +145,7 @@ fn fixed_prints(cfg: &Config) -> Vec<(&'static str, [u8; 32])> {
         ("listen", digest(&[&cfg.listen.to_string()])),
         ("auth.master_key (set or unset)", digest(&[master])),
         ("store.url", digest(&[&cfg.store_url])),
+        ("store.spool", digest(&[&cfg.spool.to_string_lossy()])),
         (
             "redis.url",
             digest(&[cfg.redis_url.as_deref().unwrap_or("\u{0}none")]),

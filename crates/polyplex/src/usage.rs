@@ -3,13 +3,16 @@
 //! (target `polyplex::usage`), updates the Prometheus counters and writes the
 //! records to the store in batches, one transaction each, adding their cost
 //! to their keys' spend. A key's tokens and cost count against its limits
-//! and budget when the record is made, before it is written. On shutdown the
+//! and budget when the record is made, before it is written. Records the
+//! store does not take are held and written when it answers again, or
+//! spooled to a file at shutdown ([`crate::spool`]); on shutdown the
 //! channel is drained before the process exits, so no record is lost.
 
 use crate::background::Background;
 use crate::keys::KeyEntry;
 use crate::routing::Deployment;
 use crate::shared::SharedLimits;
+use crate::spool::Held;
 use crate::store::Store;
 use polyplex_catalog::Catalog;
 use polyplex_types::{JsonMap, Usage};
@@ -111,36 +114,6 @@ fn take_waiting(rx: &mut mpsc::UnboundedReceiver<Msg>, batch: &mut Vec<Msg>) -> 
     false
 }
 
-/// Attempts at writing one batch to the store before it is given up (with
-/// an error naming how many records were lost): about half a minute.
-const STORE_TRIES: u32 = 8;
-
-/// Writes a batch to the store, retrying while the store is unreachable,
-/// then tells each record's key what the store now says it spent.
-async fn store_batch(store: &Store, records: &[UsageRecord]) {
-    let mut wait = Duration::from_millis(100);
-    for attempt in 1..=STORE_TRIES {
-        match store.write_usage(records).await {
-            Ok(spent) => {
-                for r in records {
-                    if let Some(k) = &r.key {
-                        k.stored(r.charged, spent.get(&k.spec().id).copied());
-                    }
-                }
-                return;
-            }
-            Err(e) if attempt < STORE_TRIES => {
-                tracing::warn!(error = %e, attempt, records = records.len(), "cannot write usage records; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(8));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, records = records.len(), "usage records not stored: the store kept failing (they are in the log)");
-            }
-        }
-    }
-}
-
 /// The writer: takes the records as they come, logs them, counts them in
 /// the metrics and writes them to the store in batches, until every
 /// recorder is gone; returns how many it wrote. `own_thread`: it runs on a
@@ -150,6 +123,7 @@ async fn write_all(
     store: Option<Store>,
     own_thread: bool,
     shared: Arc<Shared>,
+    mut held: Held,
 ) -> u64 {
     let bg = if own_thread {
         Background::enter().map(|b| shared.background.get_or_init(|| b))
@@ -199,7 +173,15 @@ async fn write_all(
     let mut full = false;
     loop {
         if empty >= IDLE_POLLS {
-            if rx.recv_many(&mut batch, BATCH).await == 0 {
+            // (Woken for the held records' next try too.)
+            let got = match held.next_try() {
+                Some(at) => tokio::select! {
+                    n = rx.recv_many(&mut batch, BATCH) => Some(n),
+                    () = tokio::time::sleep_until(at.into()) => None,
+                },
+                None => Some(rx.recv_many(&mut batch, BATCH).await),
+            };
+            if got == Some(0) {
                 break;
             }
         } else {
@@ -213,6 +195,9 @@ async fn write_all(
         shared.took();
         full = batch.len() >= BATCH;
         if batch.is_empty() {
+            if let Some(store) = &store {
+                held.retry(store, BATCH).await;
+            }
             empty += 1;
             continue;
         }
@@ -242,14 +227,19 @@ async fn write_all(
         }
         folder.recorded(samples);
         flush(&mut lines);
-        if let (Some(store), false) = (&store, records.is_empty()) {
-            store_batch(store, &records).await;
+        let took = !records.is_empty();
+        let waited_from = records.first().map(|r| r.at);
+        if let Some(store) = &store {
+            held.write(store, &mut records).await;
+            held.retry(store, BATCH).await;
         }
-        let waited = lag(&records);
+        let waited = waited_from
+            .and_then(|at| SystemTime::now().duration_since(at).ok())
+            .unwrap_or_default();
         if let Some(bg) = bg {
             bg.observe(waited);
         }
-        if !records.is_empty() {
+        if took {
             // Made at the first records, once the metrics recorder is in.
             let (lag_gauge, bg_gauge) = gauges.get_or_insert_with(|| {
                 (
@@ -269,8 +259,11 @@ async fn write_all(
             let _ = done.send(());
         }
     }
-    if let (Some(store), true) = (&store, owned) {
-        store.close().await;
+    if let Some(store) = &store {
+        held.finish(store, BATCH).await;
+        if owned {
+            store.close().await;
+        }
     }
     written
 }
@@ -345,15 +338,17 @@ impl Recorder {
     /// `background.rs`); the handle resolves to the number of records
     /// written once every recorder is dropped and the writer has written
     /// them all. With a store, every record is also written there, through
-    /// a connection of the writer's own.
-    pub fn start(store: Option<Store>) -> (Recorder, tokio::task::JoinHandle<u64>) {
+    /// a connection of the writer's own; records it does not take are
+    /// `held` (and spooled at the end: [`crate::spool`]), which may begin
+    /// with an earlier run's.
+    pub fn start(store: Option<Store>, held: Held) -> (Recorder, tokio::task::JoinHandle<u64>) {
         let (tx, rx) = mpsc::unbounded_channel::<Msg>();
         let (done_tx, done_rx) = oneshot::channel();
         let shared = Arc::new(Shared::new());
         let bg = shared.clone();
         // Handed to the thread; taken back to run on the caller's runtime
         // should the thread or its runtime not start.
-        let work = Arc::new(std::sync::Mutex::new(Some((rx, store))));
+        let work = Arc::new(std::sync::Mutex::new(Some((rx, store, held))));
         let theirs = work.clone();
         let started = std::thread::Builder::new()
             .name("polyplex-usage".into())
@@ -363,11 +358,12 @@ impl Recorder {
                     .build();
                 match rt {
                     Ok(rt) => {
-                        let Some((rx, store)) = theirs.lock().ok().and_then(|mut w| w.take())
+                        let Some((rx, store, held)) =
+                            theirs.lock().ok().and_then(|mut w| w.take())
                         else {
                             return;
                         };
-                        let _ = done_tx.send(rt.block_on(write_all(rx, store, true, bg)));
+                        let _ = done_tx.send(rt.block_on(write_all(rx, store, true, bg, held)));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot start the usage writer's thread; it runs on the main runtime");
@@ -381,7 +377,7 @@ impl Recorder {
             async move {
                 let w = work.lock().ok().and_then(|mut w| w.take());
                 match w {
-                    Some((rx, store)) => write_all(rx, store, false, shared).await,
+                    Some((rx, store, held)) => write_all(rx, store, false, shared, held).await,
                     None => 0,
                 }
             }
@@ -677,8 +673,9 @@ pub fn cost_json(c: f64) -> serde_json::Value {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::spool::DEFAULT_PATH;
     use std::time::UNIX_EPOCH;
 
     /// A request's metadata: its header's pairs, then its body's, then its
@@ -711,7 +708,7 @@ mod tests {
         assert_eq!(t.user.as_deref(), Some("u"));
     }
 
-    fn record(model: &str) -> UsageRecord {
+    pub(crate) fn record(model: &str) -> UsageRecord {
         UsageRecord {
             request_id: "req_1".into(),
             endpoint: "chat",
@@ -739,7 +736,7 @@ mod tests {
 
     #[tokio::test]
     async fn writer_takes_every_record_and_drains_on_shutdown() {
-        let (rec, task) = Recorder::start(None);
+        let (rec, task) = Recorder::start(None, Held::new(DEFAULT_PATH.into(), Vec::new()));
         for _ in 0..3 {
             rec.record(record("m"));
         }
@@ -769,7 +766,10 @@ mod tests {
         let store = Store::connect(&format!("sqlite://{}", db.display()))
             .await
             .unwrap();
-        let (rec, task) = Recorder::start(Some(store.clone()));
+        let (rec, task) = Recorder::start(
+            Some(store.clone()),
+            Held::new(DEFAULT_PATH.into(), Vec::new()),
+        );
         for _ in 0..5 {
             rec.record(record("m"));
         }

@@ -1,0 +1,458 @@
+//! Usage records the store would not take: held in memory while it is
+//! failing and written as soon as it answers again, and written to a file
+//! (the *spool*, JSON lines) if the gateway stops before it does — or if
+//! more than [`HELD_MAX`] wait. The next start reads the spool back and
+//! writes its records to the store before it takes new ones' turn, so a
+//! store outage loses no record and no key's spend.
+//!
+//! The spool is `[store] spool` (default `polyplex-usage-spool.jsonl` in
+//! the working directory). A start takes the file by renaming it first, so
+//! two processes never read the same records.
+
+use crate::keys::{KeyEntry, Keys};
+use crate::store::Store;
+use crate::usage::{Tags, UsageRecord};
+use polyplex_types::Usage;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+/// Records held in memory at most; past it, the oldest go to the spool.
+pub const HELD_MAX: usize = 100_000;
+/// Tries at a batch before it is held (and how far apart, doubling).
+const QUICK_TRIES: u32 = 3;
+const QUICK_WAIT: Duration = Duration::from_millis(100);
+/// Longest wait between two tries at the held records.
+const MAX_WAIT: Duration = Duration::from_secs(8);
+
+/// Records this process spooled.
+static SPOOLED: AtomicU64 = AtomicU64::new(0);
+
+/// How many usage records this process wrote to the spool.
+pub fn spooled() -> u64 {
+    SPOOLED.load(Ordering::Relaxed)
+}
+
+/// How many records wait in the spool at `path` (0 without one).
+pub fn waiting(path: &Path) -> std::io::Result<usize> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text.lines().filter(|l| !l.trim().is_empty()).count()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// The default spool file, in the working directory.
+pub const DEFAULT_PATH: &str = "polyplex-usage-spool.jsonl";
+
+/// One record as the spool keeps it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Spooled {
+    request_id: String,
+    key_id: Option<String>,
+    endpoint: String,
+    requested_model: String,
+    provider: Option<String>,
+    model: Option<String>,
+    status: u16,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    #[serde(default)]
+    cached_tokens: u64,
+    #[serde(default)]
+    cache_write_tokens: u64,
+    #[serde(default)]
+    reasoning_tokens: u64,
+    #[serde(default)]
+    web_searches: u64,
+    #[serde(default)]
+    estimated: bool,
+    cost_usd: f64,
+    latency_ms: u64,
+    ttft_ms: Option<u64>,
+    attempts: u32,
+    stream: bool,
+    /// Unix milliseconds.
+    at_ms: u64,
+    user: Option<String>,
+    metadata: Option<String>,
+}
+
+impl Spooled {
+    fn of(r: &UsageRecord) -> Spooled {
+        Spooled {
+            request_id: r.request_id.clone(),
+            key_id: r.key.as_ref().map(|k| k.id()),
+            endpoint: r.endpoint.to_string(),
+            requested_model: r.requested_model.clone(),
+            provider: r.provider.clone(),
+            model: r.model.clone(),
+            status: r.status,
+            prompt_tokens: r.usage.prompt_tokens,
+            completion_tokens: r.usage.completion_tokens,
+            cached_tokens: r.usage.cached_tokens,
+            cache_write_tokens: r.usage.cache_write_tokens,
+            reasoning_tokens: r.usage.reasoning_tokens,
+            web_searches: r.usage.web_searches,
+            estimated: r.usage.estimated,
+            cost_usd: r.cost_usd,
+            latency_ms: r.latency.as_millis() as u64,
+            ttft_ms: r.ttft.map(|t| t.as_millis() as u64),
+            attempts: r.attempts,
+            stream: r.stream,
+            at_ms: r
+                .at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            user: r.tags.user.clone(),
+            metadata: r.tags.metadata.as_deref().map(str::to_string),
+        }
+    }
+
+    /// The record again; its key's spend counts it (as not yet stored)
+    /// from now on.
+    fn into_record(self, keys: &Keys) -> UsageRecord {
+        let key = self.key_id.as_deref().and_then(|id| {
+            let found = keys.by_id(id);
+            if found.is_none() {
+                tracing::warn!(key = id, request_id = %self.request_id, "a spooled usage record's key is gone from the store; written without it");
+            }
+            found
+        });
+        let charged = key
+            .as_ref()
+            .map_or(0, |k: &Arc<KeyEntry>| k.charge_restored(self.cost_usd));
+        UsageRecord {
+            request_id: self.request_id,
+            endpoint: endpoint_name(&self.endpoint),
+            requested_model: self.requested_model,
+            provider: self.provider,
+            model: self.model,
+            status: self.status,
+            usage: Usage {
+                prompt_tokens: self.prompt_tokens,
+                completion_tokens: self.completion_tokens,
+                cached_tokens: self.cached_tokens,
+                cache_write_tokens: self.cache_write_tokens,
+                reasoning_tokens: self.reasoning_tokens,
+                web_searches: self.web_searches,
+                estimated: self.estimated,
+            },
+            cost_usd: self.cost_usd,
+            latency: Duration::from_millis(self.latency_ms),
+            ttft: self.ttft_ms.map(Duration::from_millis),
+            attempts: self.attempts,
+            stream: self.stream,
+            at: UNIX_EPOCH + Duration::from_millis(self.at_ms),
+            key,
+            tags: Tags {
+                user: self.user,
+                metadata: self.metadata.map(Arc::from),
+            },
+            charged,
+        }
+    }
+}
+
+/// A record's endpoint label as the `&'static str` records carry: each
+/// distinct one read from a spool is kept for the life of the process
+/// (there are a handful).
+fn endpoint_name(s: &str) -> &'static str {
+    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = names.iter().find(|n| **n == s) {
+        return n;
+    }
+    let n: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    names.push(n);
+    n
+}
+
+/// Appends `records` to the spool at `path` (made if missing), synced to
+/// disk before it returns.
+pub fn save(path: &Path, records: &[UsageRecord]) -> std::io::Result<()> {
+    let mut text = String::new();
+    for r in records {
+        // A record of strings and numbers always encodes.
+        if let Ok(line) = serde_json::to_string(&Spooled::of(r)) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+/// Takes the spool at `path`, if there is one: its records, each counted
+/// in its key's spend. The file is renamed before it is read and removed
+/// after, so a record is taken by one start only; a line that does not
+/// parse is logged and skipped (the renamed file is then kept, for a
+/// person to look at).
+pub fn take(path: &Path, keys: &Keys) -> Result<Vec<UsageRecord>, String> {
+    let taking = taking_path(path);
+    match std::fs::rename(path, &taking) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot take {}: {e}", path.display())),
+    }
+    let text = std::fs::read_to_string(&taking)
+        .map_err(|e| format!("cannot read {}: {e}", taking.display()))?;
+    let mut records = Vec::new();
+    let mut bad = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Spooled>(line) {
+            Ok(s) => records.push(s.into_record(keys)),
+            Err(e) => {
+                bad += 1;
+                tracing::error!(file = %taking.display(), line = n + 1, error = %e, "a spooled usage record does not parse; skipped");
+            }
+        }
+    }
+    if bad == 0 {
+        let _ = std::fs::remove_file(&taking);
+    }
+    Ok(records)
+}
+
+fn taking_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".taken-{}", std::process::id()));
+    PathBuf::from(name)
+}
+
+/// The records waiting for the store, oldest first, and when to try again.
+pub struct Held {
+    records: VecDeque<UsageRecord>,
+    wait: Duration,
+    next_try: Instant,
+    /// Since when the store has been failing (for the log).
+    since: Option<Instant>,
+    spool: PathBuf,
+}
+
+impl Held {
+    pub fn new(spool: PathBuf, restored: Vec<UsageRecord>) -> Held {
+        if !restored.is_empty() {
+            tracing::info!(records = restored.len(), file = %spool.display(), "usage records from the spool of an earlier run: writing them to the store");
+        }
+        let held = Held {
+            records: restored.into(),
+            wait: QUICK_WAIT,
+            next_try: Instant::now(),
+            since: None,
+            spool,
+        };
+        held.gauge();
+        held
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// When the held records are next tried (None: none are held).
+    pub fn next_try(&self) -> Option<Instant> {
+        (!self.records.is_empty()).then_some(self.next_try)
+    }
+
+    fn gauge(&self) {
+        metrics::gauge!("polyplex_usage_records_held").set(self.records.len() as f64);
+    }
+
+    /// Writes `records` (a new batch) to the store: now, after the held
+    /// ones, or holds them if the store does not take them.
+    pub async fn write(&mut self, store: &Store, records: &mut Vec<UsageRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        if self.records.is_empty() {
+            let mut wait = QUICK_WAIT;
+            for attempt in 1..=QUICK_TRIES {
+                match store.write_usage(records).await {
+                    Ok(spent) => {
+                        stored(records, &spent);
+                        records.clear();
+                        return;
+                    }
+                    Err(e) if attempt < QUICK_TRIES => {
+                        tracing::debug!(error = %e, attempt, "cannot write usage records; trying again");
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, records = records.len(), "the store does not take usage records: holding them until it does");
+                        self.since = Some(Instant::now());
+                        self.wait = QUICK_WAIT * 4;
+                        self.next_try = Instant::now() + self.wait;
+                    }
+                }
+            }
+        }
+        self.records.extend(records.drain(..));
+        if self.records.len() > HELD_MAX {
+            let over = self.records.len() - HELD_MAX;
+            let oldest: Vec<UsageRecord> = self.records.drain(..over).collect();
+            self.spill(oldest).await;
+        }
+        self.gauge();
+    }
+
+    /// Tries the held records again if it is time: oldest first, a batch
+    /// at a time, until they are all stored or the store fails.
+    pub async fn retry(&mut self, store: &Store, batch: usize) {
+        if self.records.is_empty() || Instant::now() < self.next_try {
+            return;
+        }
+        while !self.records.is_empty() {
+            let n = self.records.len().min(batch);
+            let chunk = &self.records.make_contiguous()[..n];
+            match store.write_usage(chunk).await {
+                Ok(spent) => {
+                    stored(chunk, &spent);
+                    self.records.drain(..n);
+                }
+                Err(e) => {
+                    self.wait = (self.wait * 2).min(MAX_WAIT);
+                    self.next_try = Instant::now() + self.wait;
+                    tracing::warn!(error = %e, held = self.records.len(), retry_in_ms = self.wait.as_millis() as u64, "the store still does not take usage records");
+                    self.gauge();
+                    return;
+                }
+            }
+        }
+        match self.since.take() {
+            Some(since) => tracing::info!(
+                failing_for_s = since.elapsed().as_secs(),
+                "the store takes usage records again: every held record is written"
+            ),
+            None => tracing::info!("the spooled usage records are written"),
+        }
+        self.wait = QUICK_WAIT;
+        self.gauge();
+    }
+
+    /// At the writer's end: one more try, then whatever the store did not
+    /// take goes to the spool.
+    pub async fn finish(&mut self, store: &Store, batch: usize) {
+        if self.records.is_empty() {
+            return;
+        }
+        self.next_try = Instant::now();
+        self.retry(store, batch).await;
+        if !self.records.is_empty() {
+            let rest: Vec<UsageRecord> = self.records.drain(..).collect();
+            self.spill(rest).await;
+            self.gauge();
+        }
+    }
+
+    /// Appends `records` to the spool (off the runtime's thread).
+    async fn spill(&self, records: Vec<UsageRecord>) {
+        let n = records.len();
+        let path = self.spool.clone();
+        let saved = tokio::task::spawn_blocking(move || save(&path, &records))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r);
+        if saved.is_ok() {
+            SPOOLED.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        match saved {
+            Ok(()) => {
+                tracing::warn!(records = n, file = %self.spool.display(), "usage records the store did not take are spooled; the next start writes them")
+            }
+            Err(e) => {
+                tracing::error!(records = n, file = %self.spool.display(), error = %e, "usage records the store did not take could not be spooled either: lost (they are in the log)")
+            }
+        }
+    }
+}
+
+/// Tells each record's key what the store now says it spent.
+fn stored(
+    records: &[UsageRecord],
+    spent: &std::collections::HashMap<String, crate::store::StoredSpend>,
+) {
+    for r in records {
+        if let Some(k) = &r.key {
+            k.stored(r.charged, spent.get(&k.spec().id).copied());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::tests::record;
+
+    #[test]
+    fn records_go_to_the_spool_and_come_back_whole_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.jsonl");
+        let mut a = record("gpt-4o");
+        a.request_id = "req_a".into();
+        a.endpoint = "responses";
+        a.ttft = Some(Duration::from_millis(7));
+        a.tags.user = Some("u\"1".into());
+        a.tags.metadata = Some(Arc::from(r#"{"team":"x"}"#));
+        a.at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let mut b = record("claude");
+        b.request_id = "req_b".into();
+        save(&path, &[a]).unwrap();
+        save(&path, &[b]).unwrap();
+        assert_eq!(waiting(&path).unwrap(), 2);
+        let keys = Keys::new(None);
+        let back = take(&path, &keys).unwrap();
+        assert!(!path.exists() && std::fs::read_dir(dir.path()).unwrap().count() == 0);
+        let [a, b] = &back[..] else {
+            panic!("{}", back.len())
+        };
+        assert_eq!(
+            (a.request_id.as_str(), b.request_id.as_str()),
+            ("req_a", "req_b")
+        );
+        assert_eq!(a.endpoint, "responses");
+        assert_eq!(a.usage, record("x").usage);
+        assert_eq!(a.cost_usd, 0.25);
+        assert_eq!(a.ttft, Some(Duration::from_millis(7)));
+        assert_eq!(a.tags.user.as_deref(), Some("u\"1"));
+        assert_eq!(a.tags.metadata.as_deref(), Some(r#"{"team":"x"}"#));
+        assert_eq!(a.at, UNIX_EPOCH + Duration::from_millis(1_700_000_000_123));
+        assert_eq!(b.requested_model, "claude");
+        // Taken once: nothing the second time.
+        assert!(take(&path, &keys).unwrap().is_empty());
+        assert_eq!(waiting(&path).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_spool_with_a_bad_line_is_kept_for_a_person() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.jsonl");
+        save(&path, &[record("gpt-4o")]).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{not json\n")
+            .unwrap();
+        let back = take(&path, &Keys::new(None)).unwrap();
+        assert_eq!(back.len(), 1);
+        assert!(!path.exists());
+        assert!(taking_path(&path).exists());
+    }
+}
