@@ -8,9 +8,11 @@ import os
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -230,3 +232,36 @@ def fault(mock):
 
     yield arm
     urllib.request.urlopen(urllib.request.Request(mock + "/__mock/faults", method="DELETE"), timeout=5).read()
+
+
+@contextlib.contextmanager
+def receiver(fail_first=0, posts=None):
+    """A webhook receiver on loopback: yields its URL and the list of
+    (headers, body) it got; answers 500 to its first `fail_first` posts.
+    Every post's arrival time is appended to `posts` if given."""
+    got, failures = [], [fail_first]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["content-length"]))
+            if posts is not None:
+                posts.append(time.time())
+            if failures[0] > 0:
+                failures[0] -= 1
+                self.send_response(500)
+                self.end_headers()
+                return
+            got.append(({k.lower(): v for k, v in self.headers.items()}, json.loads(body)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", got
+    finally:
+        server.shutdown()

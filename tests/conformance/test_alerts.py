@@ -1,53 +1,16 @@
 """Webhook alerts (`[alerts]`): a key's budget thresholds and a circuit
 that opens, posted as JSON to a receiver of the test's own, retried when
 it fails, sent once across replicas sharing a Redis."""
-import contextlib
-import json
 import os
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
 import pytest
 
-from conftest import BIN, MASTER_KEY, admin, own_gateway
+from conftest import BIN, admin, own_gateway, receiver
 
 WEBHOOK_TOKEN = "alert-webhook-secret-123"
-
-
-@contextlib.contextmanager
-def receiver(fail_first=0, posts=None):
-    """A webhook receiver on loopback: yields its URL and the list of
-    (headers, body) it got; answers 500 to its first `fail_first` posts.
-    Every post's arrival time is appended to `posts` if given."""
-    got, failures = [], [fail_first]
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["content-length"]))
-            if posts is not None:
-                posts.append(time.time())
-            if failures[0] > 0:
-                failures[0] -= 1
-                self.send_response(500)
-                self.end_headers()
-                return
-            got.append(({k.lower(): v for k, v in self.headers.items()}, json.loads(body)))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook", got
-    finally:
-        server.shutdown()
 
 
 def wait_for(got, n, timeout=15):

@@ -14,7 +14,7 @@ import urllib.request
 
 import openai
 
-from conftest import BIN, admin, own_gateway
+from conftest import BIN, MASTER_KEY, admin, own_gateway, receiver
 
 MSGS = [{"role": "user", "content": "keep this record"}]
 
@@ -128,6 +128,32 @@ def test_records_are_held_through_a_store_outage_and_spooled_across_a_restart(tm
         st, row = admin(base, "GET", f"/admin/keys/{k['id']}")
         total = sum(c for _, c in first + during + last)
         assert abs(row["spent_usd"] - total) < 1e-9, (row["spent_usd"], total)
-        st, report = admin(base, "GET", f"/admin/usage?by=key&since=0")
+        st, report = admin(base, "GET", "/admin/usage?by=key&since=0")
         [mine] = [r for r in report["data"] if r["key"] == k["id"]]
         assert mine["requests"] == 6
+
+
+def test_a_store_failing_for_ten_seconds_is_alerted_and_so_is_its_recovery(tmp_path, mock):
+    with receiver() as (url, got):
+        extra = f'[alerts]\nwebhook_url = "{url}"\nevents = ["store"]'
+        with own_gateway(tmp_path, provider(mock), extra) as (client, proc):
+            base = str(client.base_url).removesuffix("/v1/")
+            db = tmp_path / "polyplex.db"
+            table(db, "polyplex_usage", "polyplex_usage_away")
+            [(rid, _)] = serve(client, MASTER_KEY, 1)
+            until(lambda: held(base) == 1)
+            time.sleep(5)
+            assert got == [], "a store failing for less than 10 s is not alerted"
+            until(lambda: got, timeout=20)
+            [(_, failing)] = got
+            assert failing["type"] == "store.failing"
+            assert failing["held"] == 1 and failing["failing_for_s"] >= 10
+            assert "no such table" in failing["last_error"] and failing["node"]
+            assert "1 held" in failing["text"]
+            table(db, "polyplex_usage_away", "polyplex_usage")
+            until(lambda: len(got) == 2, timeout=20)
+            recovered = got[1][1]
+            assert recovered["type"] == "store.recovered" and recovered["written"] == 1
+            assert stored(base, rid)
+            time.sleep(1)
+            assert len(got) == 2

@@ -14,6 +14,9 @@
 //!   nor for one opened because another replica said so.
 //! - `circuit.closed`: the probe after an open circuit's cooldown
 //!   succeeded; the deployment is routed to again.
+//! - `store.failing` / `store.recovered`: this node's usage writer could
+//!   not write to the store for [`crate::spool::ALERT_AFTER`] (its records
+//!   are held), and then could again. Per node, not claimed.
 //!
 //! With `[redis]`, each alert is sent by one replica only: the first to
 //! claim it (`SET NX`) sends it; a budget alert's claim lasts 40 days, a
@@ -58,6 +61,7 @@ pub struct AlertsConfig {
     /// Which events are sent.
     pub budget: bool,
     pub circuit: bool,
+    pub store: bool,
 }
 
 /// One alert on its way.
@@ -134,10 +138,67 @@ impl Alerts {
     }
 
     fn send(&self, alert: Alert) {
-        if self.tx.try_send(alert).is_err() {
-            metrics::counter!("polyplex_alerts_total", "result" => "dropped").increment(1);
-            tracing::warn!("alert dropped: {QUEUE} alerts already wait for the webhook");
+        match self.tx.try_send(alert) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("polyplex_alerts_total", "result" => "dropped").increment(1);
+                tracing::warn!("alert dropped: {QUEUE} alerts already wait for the webhook");
+            }
+            Err(mpsc::error::TrySendError::Closed(a)) => {
+                metrics::counter!("polyplex_alerts_total", "result" => "dropped").increment(1);
+                tracing::warn!(
+                    alert = a.kind,
+                    "alert dropped: the gateway is stopping (alerts were sent)"
+                );
+            }
         }
+    }
+
+    /// This node's usage writer has not been able to write to the store
+    /// for `failing_for`; `held` records wait ([`crate::spool`]).
+    pub fn store_failing(&self, failing_for: Duration, held: usize, last_error: &str) {
+        if !self.cfg.store {
+            return;
+        }
+        self.send(Alert {
+            kind: "store.failing",
+            body: json!({
+                "type": "store.failing",
+                "at": now_text(),
+                "text": format!(
+                    "polyplex: the store has not taken usage records for {}s; {held} held on this node (last error: {last_error})",
+                    failing_for.as_secs()
+                ),
+                "node": node(),
+                "failing_for_s": failing_for.as_secs(),
+                "held": held,
+                "last_error": last_error,
+            }),
+            claim: None,
+        });
+    }
+
+    /// The store takes this node's usage records again, after a
+    /// [`Alerts::store_failing`].
+    pub fn store_recovered(&self, failed_for: Duration, written: usize) {
+        if !self.cfg.store {
+            return;
+        }
+        self.send(Alert {
+            kind: "store.recovered",
+            body: json!({
+                "type": "store.recovered",
+                "at": now_text(),
+                "text": format!(
+                    "polyplex: the store takes usage records again after {}s; the {written} held on this node are written",
+                    failed_for.as_secs()
+                ),
+                "node": node(),
+                "failed_for_s": failed_for.as_secs(),
+                "written": written,
+            }),
+            claim: None,
+        });
     }
 
     /// A deployment's circuit opened here (see [`crate::health`]).
@@ -260,6 +321,16 @@ impl Alerts {
             });
         }
     }
+}
+
+/// This node's host name, for alerts about it alone.
+fn node() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn now_text() -> String {

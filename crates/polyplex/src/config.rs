@@ -837,15 +837,17 @@ fn alerts(
     thresholds.dedup();
     let mut budget = true;
     let mut circuit = true;
+    let mut store = true;
     if let Some(events) = &a.events {
-        (budget, circuit) = (false, false);
+        (budget, circuit, store) = (false, false, false);
         for (i, e) in events.iter().enumerate() {
             match e.as_str() {
                 "budget" => budget = true,
                 "circuit" => circuit = true,
+                "store" => store = true,
                 other => {
                     return err(format!(
-                        "alerts.events[{i}]: `{other}` is not one of `budget`, `circuit`"
+                        "alerts.events[{i}]: `{other}` is not one of `budget`, `circuit`, `store`"
                     ))
                 }
             }
@@ -857,6 +859,7 @@ fn alerts(
         budget_thresholds: thresholds,
         budget,
         circuit,
+        store,
     })
 }
 

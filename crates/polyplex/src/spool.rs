@@ -9,6 +9,7 @@
 //! the working directory). A start takes the file by renaming it first, so
 //! two processes never read the same records.
 
+use crate::alerts::Alerts;
 use crate::keys::{KeyEntry, Keys};
 use crate::store::Store;
 use crate::usage::{Tags, UsageRecord};
@@ -18,7 +19,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// Records held in memory at most; past it, the oldest go to the spool.
@@ -28,6 +29,8 @@ const QUICK_TRIES: u32 = 3;
 const QUICK_WAIT: Duration = Duration::from_millis(100);
 /// Longest wait between two tries at the held records.
 const MAX_WAIT: Duration = Duration::from_secs(8);
+/// A store failing this long is alerted (`[alerts]`, event `store`).
+pub const ALERT_AFTER: Duration = Duration::from_secs(10);
 
 /// Records this process spooled.
 static SPOOLED: AtomicU64 = AtomicU64::new(0);
@@ -236,9 +239,13 @@ pub struct Held {
     records: VecDeque<UsageRecord>,
     wait: Duration,
     next_try: Instant,
-    /// Since when the store has been failing (for the log).
+    /// Since when the store has been failing (for the log and alerts).
     since: Option<Instant>,
+    /// Whether this failure was alerted (then its end is too).
+    alerted: bool,
     spool: PathBuf,
+    /// Where alerts go, once the gateway has made them.
+    alerts: Arc<OnceLock<Arc<Alerts>>>,
 }
 
 impl Held {
@@ -251,10 +258,17 @@ impl Held {
             wait: QUICK_WAIT,
             next_try: Instant::now(),
             since: None,
+            alerted: false,
             spool,
+            alerts: Arc::default(),
         };
         held.gauge();
         held
+    }
+
+    /// Where the store's failure and recovery are alerted, once set.
+    pub fn alerts(&self) -> Arc<OnceLock<Arc<Alerts>>> {
+        self.alerts.clone()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -318,6 +332,7 @@ impl Held {
         if self.records.is_empty() || Instant::now() < self.next_try {
             return;
         }
+        let held = self.records.len();
         while !self.records.is_empty() {
             let n = self.records.len().min(batch);
             let chunk = &self.records.make_contiguous()[..n];
@@ -331,15 +346,29 @@ impl Held {
                     self.next_try = Instant::now() + self.wait;
                     tracing::warn!(error = %e, held = self.records.len(), retry_in_ms = self.wait.as_millis() as u64, "the store still does not take usage records");
                     self.gauge();
+                    let failing_for = self.since.map(|s| s.elapsed()).unwrap_or_default();
+                    if !self.alerted && failing_for >= ALERT_AFTER {
+                        if let Some(a) = self.alerts.get() {
+                            a.store_failing(failing_for, self.records.len(), &e.to_string());
+                            self.alerted = true;
+                        }
+                    }
                     return;
                 }
             }
         }
         match self.since.take() {
-            Some(since) => tracing::info!(
-                failing_for_s = since.elapsed().as_secs(),
-                "the store takes usage records again: every held record is written"
-            ),
+            Some(since) => {
+                tracing::info!(
+                    failing_for_s = since.elapsed().as_secs(),
+                    "the store takes usage records again: every held record is written"
+                );
+                if std::mem::take(&mut self.alerted) {
+                    if let Some(a) = self.alerts.get() {
+                        a.store_recovered(since.elapsed(), held);
+                    }
+                }
+            }
             None => tracing::info!("the spooled usage records are written"),
         }
         self.wait = QUICK_WAIT;

@@ -330,6 +330,8 @@ impl Shared {
 pub struct Recorder {
     tx: mpsc::UnboundedSender<Msg>,
     shared: Arc<Shared>,
+    /// Where the writer alerts a failing store ([`Recorder::alert_with`]).
+    alerts: Arc<OnceLock<Arc<crate::alerts::Alerts>>>,
 }
 
 impl Recorder {
@@ -343,6 +345,7 @@ impl Recorder {
     /// with an earlier run's.
     pub fn start(store: Option<Store>, held: Held) -> (Recorder, tokio::task::JoinHandle<u64>) {
         let (tx, rx) = mpsc::unbounded_channel::<Msg>();
+        let alerts = held.alerts();
         let (done_tx, done_rx) = oneshot::channel();
         let shared = Arc::new(Shared::new());
         let bg = shared.clone();
@@ -394,7 +397,7 @@ impl Recorder {
                 tokio::spawn(here)
             }
         };
-        (Recorder { tx, shared }, task)
+        (Recorder { tx, shared, alerts }, task)
     }
 
     /// Sends a record to the writer; a key's tokens and cost count against
@@ -440,6 +443,12 @@ impl Recorder {
     /// (for all replicas), as well as on this node.
     pub fn share_limits(&self, limits: Arc<SharedLimits>) {
         let _ = self.shared.limits.set(limits);
+    }
+
+    /// From now on a store that fails (and recovers) is alerted through
+    /// `alerts` ([`crate::spool::ALERT_AFTER`]).
+    pub fn alert_with(&self, alerts: Arc<crate::alerts::Alerts>) {
+        let _ = self.alerts.set(alerts);
     }
 
     /// Someone is about to wait for the writer (a flush, a shutdown): out

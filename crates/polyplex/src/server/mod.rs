@@ -170,6 +170,9 @@ pub fn state(
             crate::alerts::Alerts::start(a, &keys, redis)
         })
         .transpose()?;
+    if let Some(a) = &alerts {
+        recorder.alert_with(a.clone());
+    }
     let connect = providers
         .iter()
         .map(|p| p.connect_timeout)
