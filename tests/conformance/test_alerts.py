@@ -126,6 +126,53 @@ def test_a_graceful_shutdown_sends_what_is_queued_and_the_last_thresholds(tmp_pa
         assert [(b["key_id"], b["threshold"]) for _, b in got] == [(k["id"], 0.5)]
 
 
+def test_a_reload_replaces_the_alerts_settings(tmp_path, mock, monkeypatch):
+    monkeypatch.setenv("ALERT_WEBHOOK_TOKEN", WEBHOOK_TOKEN)
+    with receiver() as (url_a, got_a), receiver() as (url_b, got_b):
+        first = alerts(url_a, "budget_thresholds = [0.5]")
+        with own_gateway(tmp_path, provider(mock) + first) as (client, proc):
+            base = str(client.base_url).removesuffix("/v1/")
+            st, k = admin(base, "POST", "/admin/keys", {"name": "moved", "budget_usd": 1})
+            [cost] = spend(base, k["key"], 1)
+            admin(base, "PATCH", f"/admin/keys/{k['id']}", {"budget_usd": cost * 3})
+            time.sleep(2.5)  # 33% spent, learned
+            # Another webhook, with another header: applied at once.
+            path = tmp_path / "polyplex.toml"
+            second = f"""
+[alerts]
+webhook_url = "{url_b}"
+headers = {{ x-team = "payments" }}
+budget_thresholds = [0.5]
+"""
+            path.write_text(path.read_text().replace(first, second))
+            st, body = admin(base, "POST", "/admin/reload")
+            assert st == 200 and body["alerts"] == "changed" and body["restart_needed"] == [], body
+            spend(base, k["key"], 1)  # 67%
+            wait_for(got_b, 1)
+            time.sleep(2.5)
+            assert got_a == [] and len(got_b) == 1, (got_a, got_b)
+            headers, alert = got_b[0]
+            assert headers["x-team"] == "payments" and "authorization" not in headers
+            assert alert["threshold"] == 0.5 and alert["key_id"] == k["id"]
+            # Taken away: nothing is sent (a raised budget's 50% passed: 57%).
+            path.write_text(path.read_text().replace(second, ""))
+            st, body = admin(base, "POST", "/admin/reload")
+            assert st == 200 and body["alerts"] == "removed", body
+            admin(base, "PATCH", f"/admin/keys/{k['id']}", {"budget_usd": cost * 3.5})
+            time.sleep(2.5)
+            assert len(got_b) == 1
+            # Back again: what was passed while it was off is learned, not sent.
+            path.write_text(path.read_text() + second)
+            st, body = admin(base, "POST", "/admin/reload")
+            assert st == 200 and body["alerts"] == "added", body
+            time.sleep(2.5)
+            assert len(got_b) == 1 and got_a == []
+            spend(base, k["key"], 1)  # 86%: still past 50% only, nothing new
+            time.sleep(2.5)
+            assert len(got_b) == 1
+            assert WEBHOOK_TOKEN not in proc.output()
+
+
 def breaker(cooldown_ms):
     """A circuit that opens after two failed requests, for `cooldown_ms`."""
     return f"""

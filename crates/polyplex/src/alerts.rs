@@ -90,28 +90,43 @@ pub struct Alerts {
 }
 
 impl Alerts {
-    /// Starts the sender, and the budget check over `keys`, on the
-    /// current runtime; both end when the returned value is dropped.
+    /// Starts the sender, and the budget check over `keys`, on `runtime`;
+    /// both end when the returned value is dropped. `before`: the alerts
+    /// this replaces (a reload), whose knowledge of the budget thresholds
+    /// already passed is kept (nothing sent twice, nothing missed).
     pub fn start(
         cfg: AlertsConfig,
         keys: &Arc<Keys>,
         redis: Option<redis::aio::ConnectionManager>,
+        runtime: &tokio::runtime::Handle,
+        before: Option<&Alerts>,
     ) -> Result<Arc<Alerts>, String> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let client = crate::client::HttpClient::new(ATTEMPT_TIMEOUT, 2)?;
+        let client = {
+            // (The client's pool lives on the runtime it is made on.)
+            let _on = runtime.enter();
+            crate::client::HttpClient::new(ATTEMPT_TIMEOUT, 2)?
+        };
         let target = Target::of(&cfg)?;
         let (stop, stopped) = watch::channel(false);
-        let sender = tokio::spawn(deliver(client, target, redis, rx, stopped));
+        let sender = runtime.spawn(deliver(client, target, redis, rx, stopped));
+        let (passed, primed) = match before {
+            Some(b) => (
+                b.passed.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                b.primed.load(Ordering::Relaxed),
+            ),
+            None => (HashSet::new(), false),
+        };
         let alerts = Arc::new(Alerts {
             cfg,
             tx,
             stop,
             sender: Mutex::new(Some(sender)),
-            passed: Mutex::new(HashSet::new()),
-            primed: AtomicBool::new(false),
+            passed: Mutex::new(passed),
+            primed: AtomicBool::new(primed),
         });
         if alerts.cfg.budget {
-            tokio::spawn(check_budgets(Arc::downgrade(&alerts), Arc::downgrade(keys)));
+            runtime.spawn(check_budgets(Arc::downgrade(&alerts), Arc::downgrade(keys)));
         }
         Ok(alerts)
     }
@@ -123,6 +138,12 @@ impl Alerts {
         if self.cfg.budget && self.primed.load(Ordering::Relaxed) {
             self.check_budgets(keys);
         }
+        self.close().await;
+    }
+
+    /// Sends what is queued (for at most [`FINISH`]) and ends the sender:
+    /// at shutdown, or when a reload replaced these alerts.
+    pub async fn close(&self) {
         let _ = self.stop.send(true);
         let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
         let Some(mut sender) = sender else {

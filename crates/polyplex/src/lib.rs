@@ -77,7 +77,7 @@ impl Running {
         if let Some(r) = &self.reloader {
             r.abort();
         }
-        if let Some(alerts) = &self.state.alerts {
+        if let Some(alerts) = self.state.alerts.swap(None) {
             alerts.finish(&self.state.keys).await;
         }
         let store = self.state.keys.store().cloned();

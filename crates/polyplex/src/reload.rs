@@ -48,6 +48,8 @@ struct Snapshot {
     strategy: Strategy,
     /// The master key's fingerprint.
     master: [u8; 32],
+    /// `[alerts]`'s fingerprint.
+    alerts: [u8; 32],
     /// The settings bound at start: name and fingerprint.
     fixed: Vec<(&'static str, [u8; 32])>,
 }
@@ -67,6 +69,7 @@ impl Snapshot {
                 .collect(),
             strategy: cfg.routing.strategy,
             master: digest(&[master_key(cfg).unwrap_or("\u{0}none")]),
+            alerts: alerts_print(cfg.alerts.as_ref()),
             fixed: fixed_prints(cfg),
         }
     }
@@ -153,7 +156,6 @@ fn fixed_prints(cfg: &Config) -> Vec<(&'static str, [u8; 32])> {
         ("server", digest(&[&server])),
         ("cache", digest(&[&format!("{:?}", cfg.cache)])),
         ("batches", digest(&[&format!("{:?}", cfg.batches)])),
-        ("alerts", alerts_print(cfg.alerts.as_ref())),
         ("routing (breaker, retry budget)", digest(&[&routing])),
     ]
 }
@@ -233,6 +235,8 @@ pub struct Report {
     pub strategy: Option<Strategy>,
     /// The master key was replaced (the old one refused from now on).
     pub master_key_rotated: bool,
+    /// `[alerts]` was `added`, `changed` or `removed`.
+    pub alerts: Option<&'static str>,
     /// Settings that changed in the file but take effect at the next start.
     pub restart_needed: Vec<&'static str>,
 }
@@ -284,6 +288,7 @@ impl Report {
             "routes": self.routes.json(),
             "strategy": self.strategy.map(Strategy::name),
             "master_key_rotated": self.master_key_rotated,
+            "alerts": self.alerts,
             "restart_needed": self.restart_needed,
         })
     }
@@ -296,7 +301,42 @@ pub fn apply(app: &AppState, cfg: &Config) -> Result<Report, Refused> {
     let old = app.router();
     let router = router(cfg, &cfg.providers, Some(&old)).map_err(Refused::Invalid)?;
     drop(old);
+    // New alerts (sending from now on) in place of the old, which send
+    // what they have queued and end.
+    let alerts = if now.alerts == next.alerts {
+        None
+    } else {
+        let before = app.alerts.load_full();
+        let after = cfg
+            .alerts
+            .clone()
+            .map(|a| {
+                let redis = app.shared_limits.as_ref().map(|s| s.connection());
+                crate::alerts::Alerts::start(
+                    a,
+                    &app.keys,
+                    redis,
+                    &app.main_runtime,
+                    before.as_deref(),
+                )
+            })
+            .transpose()
+            .map_err(|e| Refused::Invalid(format!("alerts: {e}")))?;
+        let what = match (&before, &after) {
+            (None, _) => "added",
+            (Some(_), Some(_)) => "changed",
+            (Some(_), None) => "removed",
+        };
+        Some((what, after))
+    };
     app.swap_router(router);
+    let alerts = alerts.map(|(what, after)| {
+        if let Some(before) = app.alerts.swap(after) {
+            app.main_runtime.spawn(async move { before.close().await });
+        }
+        now.alerts = next.alerts;
+        what
+    });
     // A new master key in place of the old one; a gateway that started
     // without one (loopback only) or with one keeps that.
     let rotated =
@@ -315,6 +355,7 @@ pub fn apply(app: &AppState, cfg: &Config) -> Result<Report, Refused> {
         routes: Changes::between(&now.routes, &next.routes),
         strategy: (now.strategy != next.strategy).then_some(next.strategy),
         master_key_rotated: rotated,
+        alerts,
         restart_needed: now
             .fixed
             .iter()
@@ -372,6 +413,7 @@ pub async fn reload(app: &Arc<AppState>) -> Result<Report, Refused> {
                 routes_changed = ?r.routes.changed,
                 strategy = r.strategy.map(Strategy::name),
                 master_key_rotated = r.master_key_rotated,
+                alerts = r.alerts,
                 "configuration reloaded"
             );
             if !r.restart_needed.is_empty() {

@@ -13,13 +13,14 @@ use crate::alerts::Alerts;
 use crate::keys::{KeyEntry, Keys};
 use crate::store::Store;
 use crate::usage::{Tags, UsageRecord};
+use arc_swap::ArcSwapOption;
 use polyplex_types::Usage;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// Records held in memory at most; past it, the oldest go to the spool.
@@ -245,7 +246,7 @@ pub struct Held {
     alerted: bool,
     spool: PathBuf,
     /// Where alerts go, once the gateway has made them.
-    alerts: Arc<OnceLock<Arc<Alerts>>>,
+    alerts: Arc<ArcSwapOption<Alerts>>,
 }
 
 impl Held {
@@ -267,7 +268,7 @@ impl Held {
     }
 
     /// Where the store's failure and recovery are alerted, once set.
-    pub fn alerts(&self) -> Arc<OnceLock<Arc<Alerts>>> {
+    pub fn alerts(&self) -> Arc<ArcSwapOption<Alerts>> {
         self.alerts.clone()
     }
 
@@ -348,7 +349,7 @@ impl Held {
                     self.gauge();
                     let failing_for = self.since.map(|s| s.elapsed()).unwrap_or_default();
                     if !self.alerted && failing_for >= ALERT_AFTER {
-                        if let Some(a) = self.alerts.get() {
+                        if let Some(a) = &*self.alerts.load() {
                             a.store_failing(failing_for, self.records.len(), &e.to_string());
                             self.alerted = true;
                         }
@@ -364,7 +365,7 @@ impl Held {
                     "the store takes usage records again: every held record is written"
                 );
                 if std::mem::take(&mut self.alerted) {
-                    if let Some(a) = self.alerts.get() {
+                    if let Some(a) = &*self.alerts.load() {
                         a.store_recovered(since.elapsed(), held);
                     }
                 }

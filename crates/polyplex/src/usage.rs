@@ -330,8 +330,8 @@ impl Shared {
 pub struct Recorder {
     tx: mpsc::UnboundedSender<Msg>,
     shared: Arc<Shared>,
-    /// Where the writer alerts a failing store ([`Recorder::alert_with`]).
-    alerts: Arc<OnceLock<Arc<crate::alerts::Alerts>>>,
+    /// Where the writer alerts a failing store ([`Recorder::alerts`]).
+    alerts: Arc<arc_swap::ArcSwapOption<crate::alerts::Alerts>>,
 }
 
 impl Recorder {
@@ -445,10 +445,11 @@ impl Recorder {
         let _ = self.shared.limits.set(limits);
     }
 
-    /// From now on a store that fails (and recovers) is alerted through
-    /// `alerts` ([`crate::spool::ALERT_AFTER`]).
-    pub fn alert_with(&self, alerts: Arc<crate::alerts::Alerts>) {
-        let _ = self.alerts.set(alerts);
+    /// The alerts a store that fails (and recovers) is alerted through
+    /// ([`crate::spool::ALERT_AFTER`]): the gateway puts (and a reload
+    /// replaces) them here.
+    pub fn alerts(&self) -> Arc<arc_swap::ArcSwapOption<crate::alerts::Alerts>> {
+        self.alerts.clone()
     }
 
     /// Someone is about to wait for the writer (a flush, a shutdown): out

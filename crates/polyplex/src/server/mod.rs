@@ -108,8 +108,12 @@ pub struct AppState {
     pub batches: crate::config::BatchesConfig,
     /// Wakes the batch worker (a batch was made or cancelled).
     pub batch_wake: tokio::sync::Notify,
-    /// Webhook alerts (`[alerts]`).
-    pub alerts: Option<Arc<crate::alerts::Alerts>>,
+    /// Webhook alerts (`[alerts]`): replaced whole by a reload that
+    /// changes them; shared with the usage writer (a failing store).
+    pub alerts: Arc<arc_swap::ArcSwapOption<crate::alerts::Alerts>>,
+    /// The runtime `serve` started on (not a serving thread's): what must
+    /// outlive the serving threads (the alerts' sender) runs there.
+    pub main_runtime: tokio::runtime::Handle,
 }
 
 pub type App = Arc<AppState>;
@@ -162,17 +166,19 @@ pub fn state(
         providers.push(crate::demo_provider(url));
     }
     let router = crate::reload::router(cfg, &providers, None)?;
+    let main_runtime = tokio::runtime::Handle::current();
     let alerts = cfg
         .alerts
         .clone()
         .map(|a| {
             let redis = shared_limits.as_ref().map(|s| s.connection());
-            crate::alerts::Alerts::start(a, &keys, redis)
+            crate::alerts::Alerts::start(a, &keys, redis, &main_runtime, None)
         })
         .transpose()?;
-    if let Some(a) = &alerts {
-        recorder.alert_with(a.clone());
-    }
+    // The slot the usage writer reads too (it alerts a failing store).
+    let slot = recorder.alerts();
+    slot.store(alerts);
+    let alerts = slot;
     let connect = providers
         .iter()
         .map(|p| p.connect_timeout)
@@ -194,6 +200,7 @@ pub fn state(
         batches: cfg.batches,
         batch_wake: tokio::sync::Notify::new(),
         alerts,
+        main_runtime,
         cache: cfg.cache.map(|c| {
             crate::cache::ResponseCache::new(c, shared_limits.as_ref().map(|s| s.connection()))
         }),
@@ -291,7 +298,7 @@ impl AppState {
         if let Some(shared) = &self.shared_limits {
             shared.circuit_opened(&d.upstream.name, &d.model, self.health.cooldown);
         }
-        if let Some(alerts) = &self.alerts {
+        if let Some(alerts) = &*self.alerts.load() {
             alerts.circuit_opened(
                 &d.upstream.name,
                 &d.model,
@@ -304,7 +311,7 @@ impl AppState {
     /// A deployment's circuit closed here: its probe succeeded.
     pub fn circuit_closed(&self, d: &crate::routing::Deployment) {
         tracing::info!(provider = %d.upstream.name, model = %d.model, "circuit closed: the probe succeeded");
-        if let Some(alerts) = &self.alerts {
+        if let Some(alerts) = &*self.alerts.load() {
             alerts.circuit_closed(&d.upstream.name, &d.model, self.health.cooldown);
         }
     }
