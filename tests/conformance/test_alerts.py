@@ -173,6 +173,34 @@ budget_thresholds = [0.5]
             assert WEBHOOK_TOKEN not in proc.output()
 
 
+def test_a_key_nearing_its_expiry_is_posted_once(tmp_path, mock, monkeypatch):
+    monkeypatch.setenv("ALERT_WEBHOOK_TOKEN", WEBHOOK_TOKEN)
+    with receiver() as (url, got):
+        cfg = alerts(url, 'events = ["key"]\nkey_expiry_notice_hours = 48')
+        with own_gateway(tmp_path, provider(mock) + cfg) as (client, _):
+            base = str(client.base_url).removesuffix("/v1/")
+            time.sleep(2.5)  # the first read: nothing yet
+            st, soon = admin(base, "POST", "/admin/keys", {"name": "soon", "expires_at": "1d"})
+            st, later = admin(base, "POST", "/admin/keys", {"name": "later", "expires_at": "30d"})
+            st, gone = admin(base, "POST", "/admin/keys", {"name": "gone", "expires_at": "1d"})
+            admin(base, "DELETE", f"/admin/keys/{gone['id']}")
+            wait_for(got, 1)
+            time.sleep(2.5)
+            assert [b["key_id"] for _, b in got] == [soon["id"]], got
+            body = got[0][1]
+            assert body["type"] == "key.expiring" and body["key_name"] == "soon"
+            assert 86_000 < body["expires_in_s"] <= 86_400
+            assert body["expires_at"].endswith("Z") and "soon" in body["text"]
+            # Moved into the notice: posted; moved again: posted for the new expiry.
+            admin(base, "PATCH", f"/admin/keys/{later['id']}", {"expires_at": "2d"})
+            wait_for(got, 2)
+            admin(base, "PATCH", f"/admin/keys/{later['id']}", {"expires_at": "3h"})
+            wait_for(got, 3)
+            time.sleep(2.5)
+            assert [b["key_id"] for _, b in got] == [soon["id"], later["id"], later["id"]]
+            assert got[2][1]["expires_in_s"] <= 3 * 3600
+
+
 def breaker(cooldown_ms):
     """A circuit that opens after two failed requests, for `cooldown_ms`."""
     return f"""
@@ -230,6 +258,7 @@ def test_alert_settings_are_checked(tmp_path):
         ('[alerts]\nwebhook_url = "ftp://x"\n', "alerts.webhook_url"),
         ('[alerts]\nwebhook_url = "http://127.0.0.1:9/h"\nbudget_thresholds = [0.5, 80]\n', "alerts.budget_thresholds[1]"),
         ('[alerts]\nwebhook_url = "http://127.0.0.1:9/h"\nevents = ["budget", "outage"]\n', "alerts.events[1]"),
+        ('[alerts]\nwebhook_url = "http://127.0.0.1:9/h"\nkey_expiry_notice_hours = 0\n', "alerts.key_expiry_notice_hours"),
         ('[alerts]\nwebhook_url = "http://127.0.0.1:9/h"\nretries = 3\n', "retries"),
         ('[alerts]\nwebhook_url = "${ALERTS_TEST_UNSET_URL}"\n', "ALERTS_TEST_UNSET_URL"),
     ]:

@@ -14,6 +14,10 @@
 //!   nor for one opened because another replica said so.
 //! - `circuit.closed`: the probe after an open circuit's cooldown
 //!   succeeded; the deployment is routed to again.
+//! - `key.expiring`: a gateway key's expiry is within
+//!   `key_expiry_notice_hours` (168, a week, by default); once per key and
+//!   expiry (the keys already within it when the gateway started are not
+//!   sent again).
 //! - `store.failing` / `store.recovered`: this node's usage writer could
 //!   not write to the store for [`crate::spool::ALERT_AFTER`] (its records
 //!   are held), and then could again. Per node, not claimed.
@@ -62,6 +66,9 @@ pub struct AlertsConfig {
     pub budget: bool,
     pub circuit: bool,
     pub store: bool,
+    pub key: bool,
+    /// How long before a key expires `key.expiring` is sent.
+    pub key_expiry_notice: Duration,
 }
 
 /// One alert on its way.
@@ -87,6 +94,10 @@ pub struct Alerts {
     passed: Mutex<HashSet<Passed>>,
     /// Whether the thresholds passed before the first read are known.
     primed: AtomicBool,
+    /// The keys (id, expiry) within their notice, as last read; whether
+    /// those within it at the first read are known.
+    expiring: Mutex<HashSet<(String, i64)>>,
+    expiring_primed: AtomicBool,
 }
 
 impl Alerts {
@@ -110,12 +121,14 @@ impl Alerts {
         let target = Target::of(&cfg)?;
         let (stop, stopped) = watch::channel(false);
         let sender = runtime.spawn(deliver(client, target, redis, rx, stopped));
-        let (passed, primed) = match before {
+        let (passed, primed, expiring, expiring_primed) = match before {
             Some(b) => (
                 b.passed.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                 b.primed.load(Ordering::Relaxed),
+                b.expiring.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                b.expiring_primed.load(Ordering::Relaxed),
             ),
-            None => (HashSet::new(), false),
+            None => (HashSet::new(), false, HashSet::new(), false),
         };
         let alerts = Arc::new(Alerts {
             cfg,
@@ -124,9 +137,11 @@ impl Alerts {
             sender: Mutex::new(Some(sender)),
             passed: Mutex::new(passed),
             primed: AtomicBool::new(primed),
+            expiring: Mutex::new(expiring),
+            expiring_primed: AtomicBool::new(expiring_primed),
         });
-        if alerts.cfg.budget {
-            runtime.spawn(check_budgets(Arc::downgrade(&alerts), Arc::downgrade(keys)));
+        if alerts.cfg.budget || alerts.cfg.key {
+            runtime.spawn(check_keys(Arc::downgrade(&alerts), Arc::downgrade(keys)));
         }
         Ok(alerts)
     }
@@ -275,6 +290,57 @@ impl Alerts {
         });
     }
 
+    /// Alerts for the keys newly within [`AlertsConfig::key_expiry_notice`]
+    /// of their expiry (the first read only learns them).
+    pub fn check_expiry(&self, keys: &Keys) {
+        let primed = self.expiring_primed.swap(true, Ordering::Relaxed);
+        let now = crate::store::unix_now();
+        let notice = self.cfg.key_expiry_notice.as_secs() as i64;
+        let mut within = HashSet::new();
+        let mut news = Vec::new();
+        let mut before = self.expiring.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in keys.all() {
+            let spec = entry.spec();
+            let Some(at) = spec.expires_at else { continue };
+            if spec.revoked_at.is_some() || at <= now || at - now > notice {
+                continue;
+            }
+            let k = (spec.id.clone(), at);
+            if primed && !before.contains(&k) {
+                news.push(spec.clone());
+            }
+            within.insert(k);
+        }
+        *before = within;
+        drop(before);
+        for spec in news {
+            let Some(at) = spec.expires_at else { continue };
+            let left = at - now;
+            self.send(Alert {
+                kind: "key.expiring",
+                body: json!({
+                    "type": "key.expiring",
+                    "at": now_text(),
+                    "text": format!(
+                        "polyplex: key `{}` ({}) expires at {} (in {})",
+                        spec.name,
+                        spec.id,
+                        crate::budget::rfc3339(at),
+                        humantime::format_duration(Duration::from_secs(left.max(0) as u64))
+                    ),
+                    "key_id": spec.id,
+                    "key_name": spec.name,
+                    "expires_at": crate::budget::rfc3339(at),
+                    "expires_in_s": left,
+                }),
+                claim: Some((
+                    format!("polyplex:{{{}}}:alert:expiring:{at}", spec.id),
+                    Duration::from_secs(left.max(0) as u64 + 86_400),
+                )),
+            });
+        }
+    }
+
     /// Reads every key's spend against the thresholds; alerts for those
     /// newly passed (the first read only learns them).
     pub fn check_budgets(&self, keys: &Keys) {
@@ -358,8 +424,9 @@ fn now_text() -> String {
     crate::budget::rfc3339(crate::store::unix_now())
 }
 
-/// Reads the keys' spend every [`BUDGET_CHECK`] while both still exist.
-async fn check_budgets(alerts: Weak<Alerts>, keys: Weak<Keys>) {
+/// Reads the keys' spend and expiry every [`BUDGET_CHECK`] while both
+/// still exist.
+async fn check_keys(alerts: Weak<Alerts>, keys: Weak<Keys>) {
     let mut tick = tokio::time::interval(BUDGET_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -367,7 +434,12 @@ async fn check_budgets(alerts: Weak<Alerts>, keys: Weak<Keys>) {
         let (Some(alerts), Some(keys)) = (alerts.upgrade(), keys.upgrade()) else {
             return;
         };
-        alerts.check_budgets(&keys);
+        if alerts.cfg.budget {
+            alerts.check_budgets(&keys);
+        }
+        if alerts.cfg.key {
+            alerts.check_expiry(&keys);
+        }
     }
 }
 

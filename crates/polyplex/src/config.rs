@@ -86,6 +86,7 @@ struct RawAlerts {
     #[serde(default)]
     headers: BTreeMap<String, String>,
     budget_thresholds: Option<Vec<f64>>,
+    key_expiry_notice_hours: Option<f64>,
     events: Option<Vec<String>>,
 }
 
@@ -838,20 +839,28 @@ fn alerts(
     let mut budget = true;
     let mut circuit = true;
     let mut store = true;
+    let mut key = true;
     if let Some(events) = &a.events {
-        (budget, circuit, store) = (false, false, false);
+        (budget, circuit, store, key) = (false, false, false, false);
         for (i, e) in events.iter().enumerate() {
             match e.as_str() {
                 "budget" => budget = true,
                 "circuit" => circuit = true,
                 "store" => store = true,
+                "key" => key = true,
                 other => {
                     return err(format!(
-                        "alerts.events[{i}]: `{other}` is not one of `budget`, `circuit`, `store`"
+                        "alerts.events[{i}]: `{other}` is not one of `budget`, `circuit`, `key`, `store`"
                     ))
                 }
             }
         }
+    }
+    let notice_hours = a.key_expiry_notice_hours.unwrap_or(168.0);
+    if !(notice_hours.is_finite() && notice_hours > 0.0 && notice_hours <= 24.0 * 366.0) {
+        return err(format!(
+            "alerts.key_expiry_notice_hours: {notice_hours} is not a number of hours above 0 and at most a year (8784)"
+        ));
     }
     Ok(crate::alerts::AlertsConfig {
         webhook_url: SecretString::from(url),
@@ -860,6 +869,8 @@ fn alerts(
         budget,
         circuit,
         store,
+        key,
+        key_expiry_notice: Duration::from_secs_f64(notice_hours * 3600.0),
     })
 }
 
