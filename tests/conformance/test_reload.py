@@ -123,17 +123,49 @@ def test_sighup_reloads_and_the_log_says_what_changed(tmp_path, mock):
         assert "sk-mock-provider" not in proc.output()
 
 
+def test_a_reload_turns_the_response_cache_on_resizes_it_and_off(tmp_path, mock):
+    first = provider("alpha", mock, ["gpt-4o-mini"])
+    with own_gateway(tmp_path, first) as (client, _):
+        base = str(client.base_url).removesuffix("/v1/")
+        path = tmp_path / "polyplex.toml"
+
+        def ask(text):
+            r = client.chat.completions.with_raw_response.create(
+                model="alpha/gpt-4o-mini", messages=[{"role": "user", "content": text}])
+            return r.headers.get("x-polyplex-cache")
+
+        assert ask("cached?") is None
+        path.write_text(path.read_text() + "\n[cache]\nttl_s = 60\n")
+        st, body = admin(base, "POST", "/admin/reload")
+        assert st == 200 and body["cache"] == "added" and body["restart_needed"] == [], body
+        assert (ask("cached?"), ask("cached?")) == ("miss", "hit")
+        # Another TTL: what is kept stays.
+        path.write_text(path.read_text().replace("ttl_s = 60", "ttl_s = 120"))
+        st, body = admin(base, "POST", "/admin/reload")
+        assert st == 200 and body["cache"] == "changed", body
+        assert ask("cached?") == "hit"
+        # Off: no cache at all (no header), and back on: empty.
+        path.write_text(path.read_text().replace("[cache]\nttl_s = 120\n", ""))
+        st, body = admin(base, "POST", "/admin/reload")
+        assert st == 200 and body["cache"] == "removed", body
+        assert ask("cached?") is None
+        path.write_text(path.read_text() + "\n[cache]\n")
+        st, body = admin(base, "POST", "/admin/reload")
+        assert st == 200 and body["cache"] == "added", body
+        assert ask("cached?") == "miss"
+
+
 def test_settings_bound_at_start_are_named_not_applied(tmp_path, mock):
     first = provider("alpha", mock, ["gpt-4o-mini"])
     with own_gateway(tmp_path, first) as (client, _):
         base = str(client.base_url).removesuffix("/v1/")
         text = (tmp_path / "polyplex.toml").read_text()
-        text = text.replace("[auth]", "[server]\nmax_body_bytes = 1000\n\n[cache]\n\n[auth]")
+        text = text.replace("[auth]", "[server]\nmax_body_bytes = 1000\n\n[batches]\nconcurrency = 2\n\n[auth]")
         (tmp_path / "polyplex.toml").write_text(text + provider("beta", mock, ["gpt-4o"]))
         st, body = admin(base, "POST", "/admin/reload")
         assert st == 200, body
         assert body["providers"]["added"] == ["beta"] and body["master_key_rotated"] is False
-        assert sorted(body["restart_needed"]) == ["cache", "server"]
+        assert sorted(body["restart_needed"]) == ["batches", "server"]
         # Still the body limit it started with.
         r = client.chat.completions.create(model="beta/gpt-4o", messages=[{"role": "user", "content": "x" * 2000}])
         assert r.choices[0].message.content

@@ -26,6 +26,7 @@ use polyplex_types::Usage;
 use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -215,19 +216,58 @@ impl Entry {
 pub type Key = [u8; 32];
 
 pub struct ResponseCache {
-    ttl: Duration,
+    /// Whether `[cache]` is configured (a reload may add or remove it).
+    on: AtomicBool,
+    ttl_ms: AtomicU64,
     local: Mutex<lru::LruCache<Key, (Instant, Arc<Entry>)>>,
     redis: Option<ConnectionManager>,
 }
 
 impl ResponseCache {
-    pub fn new(cfg: CacheConfig, redis: Option<ConnectionManager>) -> ResponseCache {
-        let cap = NonZeroUsize::new(cfg.max_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
-        ResponseCache {
-            ttl: cfg.ttl,
-            local: Mutex::new(lru::LruCache::new(cap)),
+    /// The cache of `cfg` (off without one); in Redis when `redis` is given.
+    pub fn new(cfg: Option<CacheConfig>, redis: Option<ConnectionManager>) -> ResponseCache {
+        let c = ResponseCache {
+            on: AtomicBool::new(false),
+            ttl_ms: AtomicU64::new(0),
+            local: Mutex::new(lru::LruCache::new(NonZeroUsize::MIN)),
             redis,
+        };
+        c.apply(cfg);
+        c
+    }
+
+    /// Whether it is on.
+    pub fn on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// Takes `cfg` from now on (a reload): on, off, another TTL or size.
+    /// The answers kept stay while they fit (the least recently used leave
+    /// a smaller cache first) and their age is measured against the new
+    /// TTL; turned off, this node forgets them.
+    pub fn apply(&self, cfg: Option<CacheConfig>) {
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        match cfg {
+            Some(cfg) => {
+                let ms = u64::try_from(cfg.ttl.as_millis()).unwrap_or(u64::MAX);
+                self.ttl_ms.store(ms, Ordering::Relaxed);
+                if self.redis.is_none() {
+                    let cap =
+                        NonZeroUsize::new(cfg.max_entries.max(1)).unwrap_or(NonZeroUsize::MIN);
+                    local.resize(cap);
+                }
+                self.on.store(true, Ordering::Relaxed);
+            }
+            None => {
+                self.on.store(false, Ordering::Relaxed);
+                local.clear();
+                local.resize(NonZeroUsize::MIN);
+            }
         }
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed))
     }
 
     /// Whether answers are shared through Redis.
@@ -283,7 +323,7 @@ impl ResponseCache {
         }
         let mut local = self.local.lock().ok()?;
         match local.get(key) {
-            Some((at, e)) if at.elapsed() < self.ttl => Some(e.clone()),
+            Some((at, e)) if at.elapsed() < self.ttl() => Some(e.clone()),
             Some(_) => {
                 local.pop(key);
                 None
@@ -297,7 +337,7 @@ impl ResponseCache {
         if let Some(conn) = &self.redis {
             let mut conn = conn.clone();
             let value = entry.encode();
-            let ttl = self.ttl.as_secs().max(1);
+            let ttl = self.ttl().as_secs().max(1);
             tokio::spawn(async move {
                 let mut set = redis::cmd("SET");
                 set.arg(Self::redis_key(&key)).arg(value).arg("EX").arg(ttl);
@@ -570,10 +610,10 @@ mod tests {
     #[tokio::test]
     async fn local_entries_expire_and_are_bounded() {
         let c = ResponseCache::new(
-            CacheConfig {
+            Some(CacheConfig {
                 ttl: Duration::from_millis(50),
                 max_entries: 2,
-            },
+            }),
             None,
         );
         let k = |n: u8| [n; 32];
@@ -584,5 +624,41 @@ mod tests {
         assert!(c.get(&k(1)).await.is_none(), "the least recently used left");
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(c.get(&k(3)).await.is_none(), "expired");
+    }
+
+    #[tokio::test]
+    async fn a_reload_resizes_retimes_and_turns_it_off_and_on() {
+        let long = |n| {
+            Some(CacheConfig {
+                ttl: Duration::from_secs(60),
+                max_entries: n,
+            })
+        };
+        let c = ResponseCache::new(None, None);
+        assert!(!c.on());
+        c.apply(long(3));
+        let k = |n: u8| [n; 32];
+        for n in 1..=3 {
+            c.put(k(n), entry());
+        }
+        // Smaller: the least recently used leave; the rest stay.
+        c.apply(long(2));
+        assert!(c.on());
+        assert!(c.get(&k(1)).await.is_none());
+        assert!(c.get(&k(2)).await.is_some() && c.get(&k(3)).await.is_some());
+        // A shorter TTL applies to what is kept.
+        c.apply(Some(CacheConfig {
+            ttl: Duration::from_millis(1),
+            max_entries: 2,
+        }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(c.get(&k(2)).await.is_none());
+        // Off: forgotten, and off.
+        c.apply(long(2));
+        c.put(k(4), entry());
+        c.apply(None);
+        assert!(!c.on());
+        c.apply(long(2));
+        assert!(c.get(&k(4)).await.is_none());
     }
 }

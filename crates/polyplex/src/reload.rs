@@ -10,9 +10,11 @@
 //! the same name, protocol and base URL keeps its live statistics (open
 //! circuits, latencies, upstream limit windows): a reload forgets no
 //! outage. A new master key replaces the old one (rotation); whether
-//! there is one at all stays as started. The other settings (listen
-//! address, store, Redis, `[server]`, `[cache]`, `[batches]`, `[alerts]`,
-//! `[routing]`'s breaker and retry budget) are bound at start; a reload
+//! there is one at all stays as started. `[alerts]` is replaced (the old
+//! alerts send what they queued) and `[cache]` applied to the running
+//! cache (turned on or off, resized, retimed). The other settings (listen
+//! address, store, Redis, `[server]`, `[batches]`, `[routing]`'s breaker
+//! and retry budget) are bound at start; a reload
 //! that changes one of them applies the rest and names it as needing a
 //! restart.
 //!
@@ -50,6 +52,7 @@ struct Snapshot {
     master: [u8; 32],
     /// `[alerts]`'s fingerprint.
     alerts: [u8; 32],
+    cache: Option<crate::cache::CacheConfig>,
     /// The settings bound at start: name and fingerprint.
     fixed: Vec<(&'static str, [u8; 32])>,
 }
@@ -70,6 +73,7 @@ impl Snapshot {
             strategy: cfg.routing.strategy,
             master: digest(&[master_key(cfg).unwrap_or("\u{0}none")]),
             alerts: alerts_print(cfg.alerts.as_ref()),
+            cache: cfg.cache,
             fixed: fixed_prints(cfg),
         }
     }
@@ -154,7 +158,6 @@ fn fixed_prints(cfg: &Config) -> Vec<(&'static str, [u8; 32])> {
             digest(&[cfg.redis_url.as_deref().unwrap_or("\u{0}none")]),
         ),
         ("server", digest(&[&server])),
-        ("cache", digest(&[&format!("{:?}", cfg.cache)])),
         ("batches", digest(&[&format!("{:?}", cfg.batches)])),
         ("routing (breaker, retry budget)", digest(&[&routing])),
     ]
@@ -237,6 +240,8 @@ pub struct Report {
     pub master_key_rotated: bool,
     /// `[alerts]` was `added`, `changed` or `removed`.
     pub alerts: Option<&'static str>,
+    /// `[cache]` was `added`, `changed` or `removed`.
+    pub cache: Option<&'static str>,
     /// Settings that changed in the file but take effect at the next start.
     pub restart_needed: Vec<&'static str>,
 }
@@ -289,6 +294,7 @@ impl Report {
             "strategy": self.strategy.map(Strategy::name),
             "master_key_rotated": self.master_key_rotated,
             "alerts": self.alerts,
+            "cache": self.cache,
             "restart_needed": self.restart_needed,
         })
     }
@@ -337,6 +343,16 @@ pub fn apply(app: &AppState, cfg: &Config) -> Result<Report, Refused> {
         now.alerts = next.alerts;
         what
     });
+    let cache = (now.cache != next.cache).then(|| {
+        app.cache_settings().apply(next.cache);
+        let what = match (now.cache, next.cache) {
+            (None, _) => "added",
+            (Some(_), Some(_)) => "changed",
+            (Some(_), None) => "removed",
+        };
+        now.cache = next.cache;
+        what
+    });
     // A new master key in place of the old one; a gateway that started
     // without one (loopback only) or with one keeps that.
     let rotated =
@@ -356,6 +372,7 @@ pub fn apply(app: &AppState, cfg: &Config) -> Result<Report, Refused> {
         strategy: (now.strategy != next.strategy).then_some(next.strategy),
         master_key_rotated: rotated,
         alerts,
+        cache,
         restart_needed: now
             .fixed
             .iter()
@@ -414,6 +431,7 @@ pub async fn reload(app: &Arc<AppState>) -> Result<Report, Refused> {
                 strategy = r.strategy.map(Strategy::name),
                 master_key_rotated = r.master_key_rotated,
                 alerts = r.alerts,
+                cache = r.cache,
                 "configuration reloaded"
             );
             if !r.restart_needed.is_empty() {

@@ -179,7 +179,7 @@ pub async fn serve(
         }
         // The response cache keeps Google's answers as they came, under
         // the request as written (and how it is streamed).
-        let cache = app.cache.as_ref().map(|_| {
+        let cache = app.cache().map(|_| {
             let mode = crate::cache::Mode::of(&headers);
             let how = match (stream, sse) {
                 (false, _) => "unary",

@@ -71,7 +71,7 @@ pub(super) async fn serve(call: &Call, asked: Asked<'_>, plan: &Plan, echo: &Ech
             return failed(call.fail(asked.model, asked.stream, e, &no_one)).await;
         }
     };
-    if let (Some(cache), Some((key, crate::cache::Mode::Use))) = (&app.cache, &asked.cache) {
+    if let (Some(cache), Some((key, crate::cache::Mode::Use))) = (app.cache(), &asked.cache) {
         if let Some(hit) = cache.get(key).await {
             metrics::counter!("polyplex_cache_total", "result" => "hit").increment(1);
             gone.answered = true;
@@ -161,7 +161,7 @@ pub(super) async fn serve(call: &Call, asked: Asked<'_>, plan: &Plan, echo: &Ech
                 d.stats.on_tokens(usage.completion_tokens, record.latency);
                 record_served(app, &d, record);
                 let bytes = with_cost(bytes, c);
-                if let (Some(cache), Some(key)) = (&app.cache, cache_as) {
+                if let (Some(cache), Some(key)) = (app.cache(), cache_as) {
                     let entry = crate::cache::Entry::served(bytes.clone(), &d, usage, Vec::new());
                     cache.put(key, entry);
                 }
@@ -437,9 +437,12 @@ impl Relay {
         }
         self.record(status);
         // A stream that ended well, into the response cache.
-        if let (200, Some(cache), Some(key), Some(body)) =
-            (status, &self.app.cache, self.cache_as, self.captured.take())
-        {
+        if let (200, Some(cache), Some(key), Some(body)) = (
+            status,
+            self.app.cache(),
+            self.cache_as,
+            self.captured.take(),
+        ) {
             let usage = self.usage.unwrap_or_default();
             cache.put(
                 key,

@@ -578,10 +578,7 @@ pub(super) fn hit_headers(resp: &mut Response, hit: &crate::cache::Entry) {
 async fn answer(call: &Call, req: Request, gone: &Unanswered<'_>) -> Response {
     let app = &call.app;
     let no_one = Served::default();
-    let cache_mode = app
-        .cache
-        .as_ref()
-        .map(|_| crate::cache::Mode::of(req.headers()));
+    let cache_mode = app.cache().map(|_| crate::cache::Mode::of(req.headers()));
     let text = match read_body(app, req).await {
         Ok(b) => b,
         Err(e) => return call.fail("", false, e, &no_one),
@@ -778,7 +775,7 @@ async fn serve(
     // The response cache. A Messages request whose chat form left
     // something out is not the request that form is: it is not cached.
     let cache_mode = cache_mode.filter(|_| call.native.as_ref().is_none_or(|n| n.lossy.is_none()));
-    let cache_key = match (&app.cache, cache_mode) {
+    let cache_key = match (app.cache(), cache_mode) {
         (Some(_), Some(mode)) if mode != crate::cache::Mode::Skip => {
             Some(crate::cache::ResponseCache::key(
                 endpoint.as_str(),
@@ -800,7 +797,7 @@ async fn serve(
         _ => None,
     };
     if let (Some(cache), Some(key), Some(crate::cache::Mode::Use)) =
-        (&app.cache, &cache_key, cache_mode)
+        (app.cache(), &cache_key, cache_mode)
     {
         if let Some(hit) = match &native_key {
             Some(native) => cache.get(native).await,
@@ -961,7 +958,7 @@ async fn serve(
             );
             d.stats.on_tokens(usage.completion_tokens, record.latency);
             super::respond::record_served(app, &d, record);
-            let mut resp = match (&app.cache, cache_key) {
+            let mut resp = match (app.cache(), cache_key) {
                 (Some(cache), Some(key)) => match reply.to_bytes() {
                     Ok(bytes) => {
                         let entry = crate::cache::Entry::served(

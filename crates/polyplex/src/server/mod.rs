@@ -100,8 +100,9 @@ pub struct AppState {
     pub health: crate::health::HealthConfig,
     /// Bounds retries and hedges to a fraction of requests.
     pub retry_budget: crate::health::RetryBudget,
-    /// The response cache (`[cache]`).
-    pub cache: Option<crate::cache::ResponseCache>,
+    /// The response cache (`[cache]`; a reload may turn it on or off):
+    /// see [`AppState::cache`].
+    cache: crate::cache::ResponseCache,
     /// Requests from web pages: CORS, and what a keyless gateway refuses.
     pub browsers: browsers::Browsers,
     /// How batches run (`[batches]`).
@@ -127,6 +128,16 @@ impl AppState {
     /// Puts `router` in place of the configured one (see [`crate::reload`]).
     pub(crate) fn swap_router(&self, router: ModelRouter) -> Arc<ModelRouter> {
         self.router.swap(Arc::new(router))
+    }
+
+    /// The response cache, when it is on.
+    pub fn cache(&self) -> Option<&crate::cache::ResponseCache> {
+        Some(&self.cache).filter(|c| c.on())
+    }
+
+    /// The response cache, on or off (a reload applies `[cache]` to it).
+    pub(crate) fn cache_settings(&self) -> &crate::cache::ResponseCache {
+        &self.cache
     }
 
     /// The model catalog (prices, limits, capabilities).
@@ -201,9 +212,10 @@ pub fn state(
         batch_wake: tokio::sync::Notify::new(),
         alerts,
         main_runtime,
-        cache: cfg.cache.map(|c| {
-            crate::cache::ResponseCache::new(c, shared_limits.as_ref().map(|s| s.connection()))
-        }),
+        cache: crate::cache::ResponseCache::new(
+            cfg.cache,
+            shared_limits.as_ref().map(|s| s.connection()),
+        ),
         shared_limits,
         max_body: cfg.max_body_bytes,
         body_timeout: cfg.body_timeout,

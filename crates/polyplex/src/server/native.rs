@@ -130,7 +130,7 @@ pub(super) async fn serve(
             d.stats.on_tokens(usage.completion_tokens, record.latency);
             record_served(app, &d, record);
             let bytes = with_cost(answer.bytes, c);
-            if let (Some(cache), Some(key)) = (&app.cache, asked.cache_as) {
+            if let (Some(cache), Some(key)) = (app.cache(), asked.cache_as) {
                 cache.put(
                     key,
                     crate::cache::Entry::served(bytes.clone(), &d, usage, Vec::new()),

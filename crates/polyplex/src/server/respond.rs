@@ -527,7 +527,7 @@ impl Relay {
     /// A stream that ended well, into the response cache.
     pub(super) fn store(&mut self) {
         let (Some(cache), Some(key), Some(body)) = (
-            &self.ctx.app.cache,
+            self.ctx.app.cache(),
             self.ctx.cache_as.take(),
             self.captured.take(),
         ) else {
