@@ -644,7 +644,29 @@ fn text_line(r: &UsageRecord, now: std::time::SystemTime, out: &mut String) {
     out.push_str(n.format(r.attempts));
     out.push_str(" stream=");
     out.push_str(if r.stream { "true" } else { "false" });
+    out.push_str(" key=");
+    match &r.key {
+        Some(k) => push_clean(out, &k.id()),
+        None => out.push('-'),
+    }
+    // What a client wrote itself, quoted (it may hold spaces) as tracing
+    // writes a string's Debug; only when the request named any.
+    if let Some(user) = &r.tags.user {
+        out.push_str(" user=");
+        push_quoted(out, user);
+    }
+    if let Some(metadata) = &r.tags.metadata {
+        out.push_str(" metadata=");
+        push_quoted(out, metadata);
+    }
     out.push('\n');
+}
+
+/// `v` in double quotes, escaped as Rust's `Debug` of a string does.
+fn push_quoted(out: &mut String, v: &str) {
+    out.push('"');
+    out.extend(v.escape_debug());
+    out.push('"');
 }
 
 /// The cost in USD of `usage` on deployment `d` (0 when no price is known):
@@ -867,8 +889,28 @@ pub(crate) mod tests {
             "2023-11-14T22:13:20.123456Z  INFO polyplex::usage: usage request_id=req_1 endpoint=chat \
              requested_model=gpt-4o provider=openai model=- status=200 prompt_tokens=12 \
              completion_tokens=5 cached_tokens=2 estimated=false cost_usd=0.25 latency_ms=42 \
-             ttft_ms=- attempts=1 stream=false\n"
+             ttft_ms=- attempts=1 stream=false key=-\n"
         );
+    }
+
+    #[test]
+    fn text_line_names_the_key_end_user_and_metadata_quoted() {
+        let mut r = record("gpt-4o");
+        r.tags = Tags::new(
+            Some("user 7 \"x\"".into()),
+            &[Some(
+                serde_json::json!({"team": "a b"})
+                    .as_object()
+                    .expect("an object"),
+            )],
+        );
+        let mut out = String::new();
+        text_line(&r, UNIX_EPOCH, &mut out);
+        let want = concat!(
+            r#" stream=false key=- user="user 7 \"x\"" metadata="{\"team\":\"a b\"}""#,
+            "\n"
+        );
+        assert!(out.ends_with(want), "{out}");
     }
 
     #[test]
@@ -905,7 +947,7 @@ pub(crate) mod tests {
         text_line(&r, UNIX_EPOCH, &mut out);
         assert!(
             out.ends_with(
-                " estimated=true cost_usd=0.25 latency_ms=90000 ttft_ms=7 attempts=12 stream=true\n"
+                " estimated=true cost_usd=0.25 latency_ms=90000 ttft_ms=7 attempts=12 stream=true key=-\n"
             ),
             "{out}"
         );
