@@ -350,6 +350,37 @@ def test_vertex_ai_mode_of_googles_sdk(gateway, mock, project):
     assert e.value.code == 401 and e.value.status == "UNAUTHENTICATED"
 
 
+@pytest.mark.parametrize("project", [None, "my-project"])
+def test_vertex_ai_mode_lists_and_gets_the_publishers_models(gateway, project):
+    """`models.list()` / `models.get()` with `vertexai=True` ask
+    `.../publishers/google/models[/{m}]`: the models this caller may use, in
+    Vertex AI's `PublisherModel` shape, named as generate_content takes them."""
+    c = vertex_client(gateway, project=project)
+    names = [m.name for m in c.models.list()]
+    assert "publishers/google/models/gemini-2.5-flash" in names, names
+    assert "publishers/openai/models/gpt-4o-mini" in names, names
+    m = c.models.get(model="gemini-2.5-flash")
+    assert m.name == "publishers/google/models/gemini-2.5-flash" and m.version == "default"
+    assert c.models.get(model="publishers/openai/models/gpt-4o-mini").name == "publishers/openai/models/gpt-4o-mini"
+    with pytest.raises(errors.ClientError) as e:
+        c.models.get(model="no-such-model")
+    assert e.value.code == 404
+    # Another publisher's list has its models only.
+    base = gateway + ("/v1beta1/projects/p/locations/l" if project else "/v1beta1")
+    req = urllib.request.Request(base + "/publishers/openai/models", headers={"x-goog-api-key": MASTER_KEY})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        listed = [m["name"] for m in json.loads(r.read())["publisherModels"]]
+    assert listed and all(n.startswith("publishers/openai/models/") for n in listed), listed
+    # A key whose list names one model sees that one.
+    st, k = admin(gateway, "POST", "/admin/keys", {"name": "vertex-one", "models": ["gemini-2.5-flash"]})
+    one = vertex_client(gateway, key=k["key"], project=project)
+    mine = [m.name for m in one.models.list()]
+    assert "publishers/google/models/gemini-2.5-flash" in mine and not any("gpt" in n for n in mine), mine
+    with pytest.raises(errors.ClientError) as e:
+        one.models.get(model="publishers/openai/models/gpt-4o-mini")
+    assert e.value.code == 404
+
+
 def test_a_native_stream_carries_the_keys_rate_limit_headers(gateway):
     status, k = admin(gateway, "POST", "/admin/keys", {"name": "gemini-native-limits", "rpm": 100})
     assert status == 200

@@ -898,6 +898,17 @@ pub fn model_object(id: &str, limits: Option<(u64, u64)>) -> Value {
     m
 }
 
+/// A model as Vertex AI's publisher models are listed: Google's (a bare
+/// id) as `publishers/google/models/{id}`, another publisher's (`p/m`) as
+/// `publishers/p/models/m`.
+pub fn vertex_model_object(id: &str) -> Value {
+    let name = match id.split_once('/') {
+        Some((publisher, model)) => format!("publishers/{publisher}/models/{model}"),
+        None => format!("publishers/google/models/{id}"),
+    };
+    json!({"name": name, "versionId": "default"})
+}
+
 // ---------------------------------------------------------------- answers
 
 fn finish_reason(finish: Option<&str>) -> Option<&'static str> {

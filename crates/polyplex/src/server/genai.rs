@@ -47,6 +47,18 @@ fn target_of(path: &str) -> Option<(String, Method)> {
 /// Cloud's, not the gateway's: the deployments the gateway routes to say
 /// where a request goes.
 fn vertex_tail(path: &str) -> Option<String> {
+    let (publisher, tail) = vertex_publisher(path)?;
+    let tail = tail?;
+    Some(if publisher == "google" {
+        tail.to_string()
+    } else {
+        format!("{publisher}/{tail}")
+    })
+}
+
+/// A Vertex AI path's publisher and what follows its `models/` (None for
+/// the `.../models` list itself).
+fn vertex_publisher(path: &str) -> Option<(&str, Option<&str>)> {
     let rest = path
         .strip_prefix("/v1beta1/")
         .or_else(|| path.strip_prefix("/v1/"))?;
@@ -57,15 +69,15 @@ fn vertex_tail(path: &str) -> Option<String> {
         }
         None => rest,
     };
-    let (publisher, tail) = rest.strip_prefix("publishers/")?.split_once("/models/")?;
-    if publisher.is_empty() || publisher.contains('/') || tail.is_empty() {
+    let rest = rest.strip_prefix("publishers/")?;
+    let (publisher, tail) = match rest.split_once("/models/") {
+        Some((p, t)) => (p, Some(Some(t).filter(|t| !t.is_empty())?)),
+        None => (rest.strip_suffix("/models")?, None),
+    };
+    if publisher.is_empty() || publisher.contains('/') {
         return None;
     }
-    Some(if publisher == "google" {
-        tail.to_string()
-    } else {
-        format!("{publisher}/{tail}")
-    })
+    Some((publisher, tail))
 }
 
 /// Whether a path is in Vertex AI's form (see [`vertex_tail`]).
@@ -349,6 +361,51 @@ pub async fn models(
             get(&app, &caller, &id).await
         }
         None => google_error(GatewayError::not_found("Not found.")),
+    }
+}
+
+/// `GET` on Vertex AI's paths: a publisher's models
+/// (`.../publishers/{p}/models`, what google-genai's `models.list()` asks
+/// with `vertexai=True`) or one of them (`.../publishers/{p}/models/{m}`),
+/// as Vertex AI's `PublisherModel`s: the models this caller may use, each
+/// named as [`vertex_tail`] reads it back (`publishers/google/models/{id}`
+/// for a bare id, `publishers/{p}/models/{m}` for `p/m`).
+pub async fn vertex_models(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+) -> Response {
+    let path = percent_encoding::percent_decode_str(req.uri().path())
+        .decode_utf8_lossy()
+        .into_owned();
+    match vertex_publisher(&path) {
+        Some((publisher, None)) => {
+            let mine = |id: &str| match id.split_once('/') {
+                Some((p, _)) => publisher == "google" || p == publisher,
+                None => publisher == "google",
+            };
+            let models: Vec<Value> = super::handlers::models_for(&app, &caller)
+                .iter()
+                .filter(|(id, _)| mine(id))
+                .map(|(id, _)| genai::vertex_model_object(id))
+                .collect();
+            Json(json!({ "publisherModels": models })).into_response()
+        }
+        Some((_, Some(tail))) if !tail.contains(':') => {
+            let Some(id) = vertex_tail(&path) else {
+                return google_error(GatewayError::not_found("Not found."));
+            };
+            let allowed = caller
+                .key()
+                .is_none_or(|k| app.router().may_reach(k.spec().models.as_deref(), &id));
+            if !allowed || !app.router().knows(&id) {
+                return google_error(GatewayError::model_not_found(&id));
+            }
+            Json(genai::vertex_model_object(&id)).into_response()
+        }
+        _ => google_error(GatewayError::not_found(format!(
+            "Not found: {path} (Vertex AI's publisher models are listed at .../publishers/{{publisher}}/models)."
+        ))),
     }
 }
 

@@ -268,9 +268,18 @@ pub fn app(state: App) -> gate::Gate {
         )
         .route("/v1beta/models", get(genai::models))
         // Vertex AI's paths of the same methods (`genai::is_vertex_path`).
-        .route("/v1beta1/{*rest}", post(genai::serve))
-        .route("/v1/projects/{*rest}", post(genai::serve))
-        .route("/v1/publishers/{*rest}", post(genai::serve))
+        .route(
+            "/v1beta1/{*rest}",
+            post(genai::serve).get(genai::vertex_models),
+        )
+        .route(
+            "/v1/projects/{*rest}",
+            post(genai::serve).get(genai::vertex_models),
+        )
+        .route(
+            "/v1/publishers/{*rest}",
+            post(genai::serve).get(genai::vertex_models),
+        )
         .route("/admin/providers", get(handlers::admin_providers))
         .route("/admin/reload", post(admin::reload))
         .route("/admin/usage", get(admin::usage))
