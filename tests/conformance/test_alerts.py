@@ -8,7 +8,7 @@ import time
 import openai
 import pytest
 
-from conftest import BIN, admin, own_gateway, receiver
+from conftest import BIN, admin, mock_openai_provider, own_gateway, receiver
 
 WEBHOOK_TOKEN = "alert-webhook-secret-123"
 
@@ -21,14 +21,7 @@ def wait_for(got, n, timeout=15):
 
 
 def provider(mock, extra=""):
-    return f"""
-[[providers]]
-name = "openai"
-base_url = "{mock}/v1"
-api_key = "sk-mock-provider"
-models = ["gpt-4o-mini"]
-max_retries = 0
-{extra}"""
+    return mock_openai_provider(mock) + extra
 
 
 def alerts(url, extra=""):

@@ -8,7 +8,7 @@ import json
 import time
 import urllib.request
 
-from conftest import MASTER_KEY, admin, own_gateway, own_mock, records_of
+from conftest import MASTER_KEY, own_gateway, own_mock, records_of
 
 import anthropic
 import pytest

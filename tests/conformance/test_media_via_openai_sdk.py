@@ -11,7 +11,7 @@ import urllib.request
 import openai
 import pytest
 
-from conftest import MASTER_KEY, admin, own_gateway, own_mock, records_of
+from conftest import admin, own_gateway, own_mock, records_of
 
 
 @pytest.fixture(scope="module")

@@ -14,20 +14,9 @@ import urllib.request
 
 import openai
 
-from conftest import BIN, MASTER_KEY, admin, own_gateway, receiver
+from conftest import BIN, MASTER_KEY, admin, mock_openai_provider, own_gateway, receiver
 
 MSGS = [{"role": "user", "content": "keep this record"}]
-
-
-def provider(mock):
-    return f"""
-[[providers]]
-name = "openai"
-base_url = "{mock}/v1"
-api_key = "sk-mock-provider"
-models = ["gpt-4o-mini"]
-max_retries = 0
-"""
 
 
 def table(db, frm, to):
@@ -70,7 +59,7 @@ def stored(base, rid):
 
 def test_records_are_held_through_a_store_outage_and_spooled_across_a_restart(tmp_path, mock):
     spool = tmp_path / "usage-spool.jsonl"
-    config = provider(mock)
+    config = mock_openai_provider(mock)
     extra = f'[store]\nurl = "sqlite://polyplex.db"\nspool = "{spool}"'
     db = tmp_path / "polyplex.db"
     with own_gateway(tmp_path, config, extra) as (client, proc):
@@ -136,7 +125,7 @@ def test_records_are_held_through_a_store_outage_and_spooled_across_a_restart(tm
 def test_a_store_failing_for_ten_seconds_is_alerted_and_so_is_its_recovery(tmp_path, mock):
     with receiver() as (url, got):
         extra = f'[alerts]\nwebhook_url = "{url}"\nevents = ["store"]'
-        with own_gateway(tmp_path, provider(mock), extra) as (client, proc):
+        with own_gateway(tmp_path, mock_openai_provider(mock), extra) as (client, proc):
             base = str(client.base_url).removesuffix("/v1/")
             db = tmp_path / "polyplex.db"
             table(db, "polyplex_usage", "polyplex_usage_away")
