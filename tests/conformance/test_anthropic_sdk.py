@@ -144,3 +144,36 @@ def test_each_message_is_one_usage_record(gateway):
     r = records["data"][0]
     assert r["endpoint"] == "messages" and r["provider"] == "google" and r["user"] == "claude-user-7"
     assert r["prompt_tokens"] == m.parse().usage.input_tokens and r["status"] == 200
+
+
+def test_anthropic_vertex_client_is_served(gateway):
+    """Code written for Claude on Vertex AI (`AnthropicVertex`) pointed at
+    the gateway: `.../publishers/anthropic/models/{model}:rawPredict` (and
+    `:streamRawPredict`, `count-tokens:rawPredict`) is the Messages API, the
+    model from the path routed as a bare name, the gateway key as the
+    access token."""
+    c = anthropic.AnthropicVertex(region="us-east5", project_id="my-project", access_token=MASTER_KEY,
+                                  base_url=gateway + "/v1", max_retries=0)
+    raw = c.messages.with_raw_response.create(model="claude-sonnet-4-5@20250929", max_tokens=50,
+                                              messages=[{"role": "user", "content": "hello from vertex"}])
+    m = raw.parse()
+    assert m.type == "message" and m.content[0].text == "hello from vertex"
+    assert raw.headers["x-polyplex-model"].startswith("claude-sonnet-4-5")
+    [record] = admin(gateway, "GET", f"/admin/usage/records/{raw.headers['x-request-id']}")[1]["data"]
+    assert record["endpoint"] == "messages" and record["requested_model"] == "claude-sonnet-4-5@20250929"
+    with c.messages.stream(model="claude-sonnet-4-5@20250929", max_tokens=50,
+                           messages=[{"role": "user", "content": "vertex stream words"}]) as s:
+        assert "".join(s.text_stream) == "vertex stream words"
+        assert s.get_final_message().stop_reason == "end_turn"
+    n = c.messages.count_tokens(model="claude-sonnet-4-5@20250929", messages=[{"role": "user", "content": "hi"}])
+    assert n.input_tokens > 0
+    with pytest.raises(anthropic.NotFoundError) as e:
+        c.messages.create(model="no-such-claude", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+    assert e.value.body["error"]["type"] == "not_found_error"
+    with pytest.raises(anthropic.BadRequestError) as e:
+        c.messages.create(model="claude-sonnet-4-5@20250929", max_tokens=10, messages=[])
+    wrong = anthropic.AnthropicVertex(region="us-east5", project_id="p", access_token="plx-wrong",
+                                      base_url=gateway + "/v1", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError):
+        wrong.messages.create(model="claude-sonnet-4-5@20250929", max_tokens=10,
+                              messages=[{"role": "user", "content": "x"}])

@@ -56,6 +56,77 @@ fn vertex_tail(path: &str) -> Option<String> {
     })
 }
 
+/// Claude on Vertex AI's path — `.../publishers/anthropic/models/{model}:rawPredict`
+/// (or `:streamRawPredict`), as Anthropic's SDK (`AnthropicVertex`) writes
+/// a Messages request — the model (percent-decoded), and whether it is the
+/// count-tokens method (`models/count-tokens:rawPredict`, the model in the
+/// body).
+fn claude_on_vertex(path: &str) -> Option<(String, bool)> {
+    let (publisher, tail) = vertex_publisher(path)?;
+    let (model, method) = tail?.rsplit_once(':')?;
+    if publisher != "anthropic" || !matches!(method, "rawPredict" | "streamRawPredict") {
+        return None;
+    }
+    let model = percent_encoding::percent_decode_str(model)
+        .decode_utf8()
+        .ok()?
+        .into_owned();
+    let count = model == "count-tokens";
+    Some((model, count))
+}
+
+/// Serves Claude on Vertex AI's path as the Messages API (`POST
+/// /v1/messages`, or its count_tokens): the body is Anthropic's, with the
+/// model from the path (a bare name, routed like any: Anthropic's API,
+/// Vertex AI or Bedrock serve it) and Vertex AI's `anthropic_version` left
+/// out.
+async fn messages_on_vertex(
+    app: App,
+    rid: RequestId,
+    caller: Caller,
+    req: Request,
+    model: String,
+    count: bool,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers.clone();
+    let text = match read_body(&app, Request::from_parts(parts, body)).await {
+        Ok(t) => t,
+        Err(e) => {
+            let echo = crate::messages::Echo {
+                id: String::new(),
+                model,
+            };
+            let resp = super::respond::ApiError(e).into_response();
+            return super::respond::messages_answer(resp, echo, rid.0.clone()).await;
+        }
+    };
+    // (A body that is not a JSON object goes on as it is, to be refused
+    // in Anthropic's shape.)
+    let body = match parse_json(&text) {
+        Ok(mut tree) => {
+            tree.remove("anthropic_version");
+            if !count {
+                tree.insert("model".into(), Value::String(model));
+            }
+            // An object of JSON values always encodes.
+            serde_json::to_vec(&tree).unwrap_or_default().into()
+        }
+        Err(_) => text,
+    };
+    let mut inner = Request::new(axum::body::Body::from(body));
+    *inner.method_mut() = axum::http::Method::POST;
+    *inner.headers_mut() = headers;
+    inner
+        .headers_mut()
+        .remove(axum::http::header::CONTENT_LENGTH);
+    if count {
+        super::handlers::count_tokens(State(app), Extension(caller), inner).await
+    } else {
+        super::handlers::messages(State(app), Extension(rid), Extension(caller), inner).await
+    }
+}
+
 /// A Vertex AI path's publisher and what follows its `models/` (None for
 /// the `.../models` list itself).
 fn vertex_publisher(path: &str) -> Option<(&str, Option<&str>)> {
@@ -136,6 +207,9 @@ pub async fn serve(
     if !is_gemini_path(req.uri().path()) {
         // `POST /v1/models/{id}` without a method: OpenAI's API has none.
         return super::respond::ApiError(GatewayError::method_not_allowed()).into_response();
+    }
+    if let Some((model, count)) = claude_on_vertex(req.uri().path()) {
+        return messages_on_vertex(app, rid, caller, req, model, count).await;
     }
     let Some((model, method)) = target_of(req.uri().path()) else {
         return google_error(GatewayError::not_found(format!(
