@@ -106,6 +106,9 @@ def test_records_are_held_through_a_store_outage_and_spooled_across_a_restart(tm
     # `polyplex check` says they wait.
     out = subprocess.run([BIN, "check"], cwd=tmp_path, capture_output=True, text=True, timeout=30).stdout
     assert "usage spool: 2 record(s)" in out, out
+    # and `polyplex usage` that its report lacks them.
+    u = subprocess.run([BIN, "usage", "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert "2 usage record(s)" in u.stderr and json.loads(u.stdout)["object"] == "list", u
     with own_gateway(tmp_path, config, extra) as (client, proc):
         base = str(client.base_url).removesuffix("/v1/")
         for rid, cost in last:

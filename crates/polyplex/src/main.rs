@@ -325,6 +325,7 @@ fn main() -> ExitCode {
             json,
             config,
         } => {
+            spool_note(config.as_ref());
             let pick = UsagePick {
                 since,
                 until,
@@ -742,6 +743,18 @@ async fn records_cmd(
         out!("(more: raise --limit, or narrow with --since, --key, --metadata)");
     }
     Ok(())
+}
+
+/// Says (on stderr) if usage records wait in the spool: not in the store,
+/// so not in a report, until the next `polyplex serve` writes them.
+fn spool_note(config: Option<&PathBuf>) {
+    let Ok(cfg) = load(config, None) else { return };
+    if let Ok(n @ 1..) = polyplex::spool::waiting(&cfg.spool) {
+        eprintln!(
+            "note: {n} usage record(s) in {} are not in the store yet (the next `polyplex serve` writes them)",
+            cfg.spool.display()
+        );
+    }
 }
 
 async fn usage_cmd(config: Option<PathBuf>, pick: UsagePick, by: String) -> Result<(), String> {
