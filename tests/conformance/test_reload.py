@@ -160,15 +160,33 @@ def test_settings_bound_at_start_are_named_not_applied(tmp_path, mock):
     with own_gateway(tmp_path, first) as (client, _):
         base = str(client.base_url).removesuffix("/v1/")
         text = (tmp_path / "polyplex.toml").read_text()
-        text = text.replace("[auth]", "[server]\nmax_body_bytes = 1000\n\n[batches]\nconcurrency = 2\n\n[auth]")
+        text = text.replace("[auth]", "[server]\nheader_timeout_ms = 5000\n\n[batches]\nconcurrency = 2\n\n[auth]")
         (tmp_path / "polyplex.toml").write_text(text + provider("beta", mock, ["gpt-4o"]))
         st, body = admin(base, "POST", "/admin/reload")
         assert st == 200, body
         assert body["providers"]["added"] == ["beta"] and body["master_key_rotated"] is False
-        assert sorted(body["restart_needed"]) == ["batches", "server"]
-        # Still the body limit it started with.
-        r = client.chat.completions.create(model="beta/gpt-4o", messages=[{"role": "user", "content": "x" * 2000}])
-        assert r.choices[0].message.content
+        assert sorted(body["restart_needed"]) == ["batches", "server.header_timeout_ms"]
+        assert body["server"] == []
+        # The body limit and the CORS origins are applied at once.
+        text = (tmp_path / "polyplex.toml").read_text().replace(
+            "[server]\n", '[server]\nmax_body_bytes = 1000\ncors_origins = ["https://app.example.com"]\n')
+        (tmp_path / "polyplex.toml").write_text(text)
+        st, body = admin(base, "POST", "/admin/reload")
+        assert st == 200 and body["server"] == ["server.max_body_bytes", "server.cors_origins"], body
+        with pytest.raises(openai.APIStatusError) as e:
+            client.chat.completions.create(model="beta/gpt-4o", messages=[{"role": "user", "content": "x" * 2000}])
+        assert e.value.status_code == 413
+        pre = urllib.request.Request(base + "/v1/chat/completions", method="OPTIONS", headers={
+            "origin": "https://app.example.com", "access-control-request-method": "POST"})
+        with urllib.request.urlopen(pre, timeout=5) as r:
+            assert r.headers["access-control-allow-origin"] == "https://app.example.com"
+        pre = urllib.request.Request(base + "/v1/chat/completions", method="OPTIONS", headers={
+            "origin": "https://other.example.com", "access-control-request-method": "POST"})
+        try:
+            with urllib.request.urlopen(pre, timeout=5) as r:
+                assert r.headers.get("access-control-allow-origin") is None
+        except urllib.error.HTTPError as err:
+            assert err.headers.get("access-control-allow-origin") is None
         # Taking the master key away is bound at start too (it is what keeps a gateway on loopback).
         text = (tmp_path / "polyplex.toml").read_text().replace(f'master_key = "{MASTER_KEY}"', "")
         (tmp_path / "polyplex.toml").write_text(text)

@@ -12,9 +12,11 @@
 //! outage. A new master key replaces the old one (rotation); whether
 //! there is one at all stays as started. `[alerts]` is replaced (the old
 //! alerts send what they queued) and `[cache]` applied to the running
-//! cache (turned on or off, resized, retimed). The other settings (listen
-//! address, store, Redis, `[server]`, `[batches]`, `[routing]`'s breaker
-//! and retry budget) are bound at start; a reload
+//! cache (turned on or off, resized, retimed), and so are `[server]`'s
+//! body limit and timeout and CORS origins. The other settings (listen
+//! address, store, Redis, `[server]`'s header timeout, shutdown grace,
+//! threads and busy polling, `[batches]`, `[routing]`'s breaker and retry
+//! budget) are bound at start; a reload
 //! that changes one of them applies the rest and names it as needing a
 //! restart.
 //!
@@ -53,6 +55,8 @@ struct Snapshot {
     /// `[alerts]`'s fingerprint.
     alerts: [u8; 32],
     cache: Option<crate::cache::CacheConfig>,
+    /// The `[server]` settings a reload applies, by name.
+    server: Vec<(&'static str, String)>,
     /// The settings bound at start: name and fingerprint.
     fixed: Vec<(&'static str, [u8; 32])>,
 }
@@ -74,6 +78,11 @@ impl Snapshot {
             master: digest(&[master_key(cfg).unwrap_or("\u{0}none")]),
             alerts: alerts_print(cfg.alerts.as_ref()),
             cache: cfg.cache,
+            server: vec![
+                ("server.max_body_bytes", cfg.max_body_bytes.to_string()),
+                ("server.body_timeout_ms", format!("{:?}", cfg.body_timeout)),
+                ("server.cors_origins", format!("{:?}", cfg.cors_origins)),
+            ],
             fixed: fixed_prints(cfg),
         }
     }
@@ -128,18 +137,6 @@ fn fixed_prints(cfg: &Config) -> Vec<(&'static str, [u8; 32])> {
     } else {
         "unset"
     };
-    let server = format!(
-        "{:?}",
-        (
-            cfg.max_body_bytes,
-            cfg.header_timeout,
-            cfg.body_timeout,
-            cfg.shutdown_grace,
-            cfg.threads,
-            cfg.busy_poll,
-            &cfg.cors_origins,
-        )
-    );
     let routing = format!(
         "{:?}",
         (
@@ -157,7 +154,19 @@ fn fixed_prints(cfg: &Config) -> Vec<(&'static str, [u8; 32])> {
             "redis.url",
             digest(&[cfg.redis_url.as_deref().unwrap_or("\u{0}none")]),
         ),
-        ("server", digest(&[&server])),
+        (
+            "server.header_timeout_ms",
+            digest(&[&format!("{:?}", cfg.header_timeout)]),
+        ),
+        (
+            "server.shutdown_grace_ms",
+            digest(&[&format!("{:?}", cfg.shutdown_grace)]),
+        ),
+        ("server.threads", digest(&[&format!("{:?}", cfg.threads)])),
+        (
+            "server.busy_poll_us",
+            digest(&[&format!("{:?}", cfg.busy_poll)]),
+        ),
         ("batches", digest(&[&format!("{:?}", cfg.batches)])),
         ("routing (breaker, retry budget)", digest(&[&routing])),
     ]
@@ -242,6 +251,8 @@ pub struct Report {
     pub alerts: Option<&'static str>,
     /// `[cache]` was `added`, `changed` or `removed`.
     pub cache: Option<&'static str>,
+    /// The `[server]` settings that changed and were applied.
+    pub server: Vec<&'static str>,
     /// Settings that changed in the file but take effect at the next start.
     pub restart_needed: Vec<&'static str>,
 }
@@ -295,6 +306,7 @@ impl Report {
             "master_key_rotated": self.master_key_rotated,
             "alerts": self.alerts,
             "cache": self.cache,
+            "server": self.server,
             "restart_needed": self.restart_needed,
         })
     }
@@ -343,6 +355,17 @@ pub fn apply(app: &AppState, cfg: &Config) -> Result<Report, Refused> {
         now.alerts = next.alerts;
         what
     });
+    let server: Vec<&'static str> = now
+        .server
+        .iter()
+        .zip(&next.server)
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| a.0)
+        .collect();
+    if !server.is_empty() {
+        app.apply_server(cfg);
+        now.server = next.server.clone();
+    }
     let cache = (now.cache != next.cache).then(|| {
         app.cache_settings().apply(next.cache);
         let what = match (now.cache, next.cache) {
@@ -373,6 +396,7 @@ pub fn apply(app: &AppState, cfg: &Config) -> Result<Report, Refused> {
         master_key_rotated: rotated,
         alerts,
         cache,
+        server,
         restart_needed: now
             .fixed
             .iter()
@@ -432,6 +456,7 @@ pub async fn reload(app: &Arc<AppState>) -> Result<Report, Refused> {
                 master_key_rotated = r.master_key_rotated,
                 alerts = r.alerts,
                 cache = r.cache,
+                server = ?r.server,
                 "configuration reloaded"
             );
             if !r.restart_needed.is_empty() {

@@ -169,7 +169,7 @@ impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Gat
 
     fn call(&self, req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
         let req = req.map(axum::body::Body::new);
-        match self.app.browsers.cors_for(req.headers()) {
+        match self.app.browsers.load().cors_for(req.headers()) {
             Some(cors) => Either::Right(cors.layer(self.clone()).call(req)),
             None => Either::Left(self.gate(req)),
         }
@@ -184,7 +184,7 @@ impl Gate {
             None => new_request_id(),
         };
         let in_flight = busy::begin();
-        if let Some(e) = self.app.browsers.refuse(req.uri(), req.headers()) {
+        if let Some(e) = self.app.browsers.load().refuse(req.uri(), req.headers()) {
             return Gated {
                 inner: Inner::Refused(Some(ApiError(e).into_response())),
                 id,

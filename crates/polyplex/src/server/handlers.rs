@@ -31,7 +31,7 @@ pub(super) async fn read_body(app: &App, req: Request) -> Result<Bytes, GatewayE
     let limit = if req.extensions().get::<Converted>().is_some() {
         usize::MAX
     } else {
-        app.max_body
+        app.max_body()
     };
     read_body_within(app, req, limit).await
 }
@@ -56,7 +56,7 @@ pub(super) async fn read_body_within(
     // A body that came with its head (the usual case) is read without a timer.
     let read = match futures::FutureExt::now_or_never(&mut read) {
         Some(r) => r,
-        None => match app.body_timeout {
+        None => match app.body_timeout() {
             Some(t) => tokio::time::timeout(t, read)
                 .await
                 .map_err(|_| GatewayError::body_timeout(t))?,

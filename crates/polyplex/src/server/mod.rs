@@ -90,9 +90,11 @@ pub struct AppState {
     pub keys: Arc<crate::keys::Keys>,
     /// Limits and budgets shared with the other replicas (`[redis]`).
     pub shared_limits: Option<Arc<crate::shared::SharedLimits>>,
-    pub max_body: usize,
+    /// `server.max_body_bytes` (a reload may change it): [`AppState::max_body`].
+    max_body: std::sync::atomic::AtomicUsize,
     /// How long a request's body may take after its head (`None`: no limit).
-    pub body_timeout: Option<std::time::Duration>,
+    /// In ms, 0 for none (a reload may change it): [`AppState::body_timeout`].
+    body_timeout_ms: std::sync::atomic::AtomicU64,
     pub recorder: Recorder,
     pub metrics: Option<PrometheusHandle>,
     pub ready: AtomicBool,
@@ -104,7 +106,8 @@ pub struct AppState {
     /// see [`AppState::cache`].
     cache: crate::cache::ResponseCache,
     /// Requests from web pages: CORS, and what a keyless gateway refuses.
-    pub browsers: browsers::Browsers,
+    /// (A reload may change the origins.)
+    pub browsers: arc_swap::ArcSwap<browsers::Browsers>,
     /// How batches run (`[batches]`).
     pub batches: crate::config::BatchesConfig,
     /// Wakes the batch worker (a batch was made or cancelled).
@@ -128,6 +131,31 @@ impl AppState {
     /// Puts `router` in place of the configured one (see [`crate::reload`]).
     pub(crate) fn swap_router(&self, router: ModelRouter) -> Arc<ModelRouter> {
         self.router.swap(Arc::new(router))
+    }
+
+    /// The largest request body taken (`server.max_body_bytes`).
+    pub fn max_body(&self) -> usize {
+        self.max_body.load(Ordering::Relaxed)
+    }
+
+    /// How long a request's body may take after its head (`None`: no limit).
+    pub fn body_timeout(&self) -> Option<Duration> {
+        match self.body_timeout_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Applies the `[server]` settings a reload may change: the body's size
+    /// limit and timeout and the CORS origins.
+    pub(crate) fn apply_server(&self, cfg: &Config) {
+        self.max_body.store(cfg.max_body_bytes, Ordering::Relaxed);
+        self.body_timeout_ms
+            .store(timeout_ms(cfg.body_timeout), Ordering::Relaxed);
+        self.browsers.store(Arc::new(browsers::Browsers::new(
+            cfg.cors_origins.as_deref(),
+            self.master_key.load().is_some(),
+        )));
     }
 
     /// The response cache, when it is on.
@@ -206,7 +234,10 @@ pub fn state(
             .collect::<Result<_, _>>()?,
         urls: crate::client::UriCache::default(),
         master_key: arc_swap::ArcSwapOption::new(cfg.master_key.clone().map(Arc::new)),
-        browsers: browsers::Browsers::new(cfg.cors_origins.as_deref(), cfg.master_key.is_some()),
+        browsers: arc_swap::ArcSwap::from_pointee(browsers::Browsers::new(
+            cfg.cors_origins.as_deref(),
+            cfg.master_key.is_some(),
+        )),
         keys,
         batches: cfg.batches,
         batch_wake: tokio::sync::Notify::new(),
@@ -217,8 +248,8 @@ pub fn state(
             shared_limits.as_ref().map(|s| s.connection()),
         ),
         shared_limits,
-        max_body: cfg.max_body_bytes,
-        body_timeout: cfg.body_timeout,
+        max_body: cfg.max_body_bytes.into(),
+        body_timeout_ms: timeout_ms(cfg.body_timeout).into(),
         recorder,
         metrics: crate::telemetry::metrics(),
         ready: AtomicBool::new(true),
@@ -480,4 +511,12 @@ fn counted_here_too(
         }
         None => here(),
     }
+}
+
+/// A timeout in ms as [`AppState`] keeps it: 0 for none (at least 1 ms
+/// otherwise).
+fn timeout_ms(t: Option<Duration>) -> u64 {
+    t.map_or(0, |t| {
+        u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+    })
 }
