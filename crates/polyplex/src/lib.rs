@@ -303,7 +303,7 @@ async fn prepare(cfg: &Config, threads: usize) -> Result<Prepared, String> {
                 Vec::new()
             })
     };
-    let held = spool::Held::new(cfg.spool.clone(), restored);
+    let held = spool::Held::new(cfg.spool.clone(), restored, Some(keys.clone()));
     let (recorder, writer) = usage::Recorder::start(Some(store), held);
     let shared = match &cfg.redis_url {
         Some(url) => Some(share_limits(url, &recorder).await?),

@@ -1,7 +1,8 @@
 //! Usage records the store would not take: held in memory while it is
 //! failing and written as soon as it answers again, and written to a file
 //! (the *spool*, JSON lines) if the gateway stops before it does — or if
-//! more than [`HELD_MAX`] wait. The next start reads the spool back and
+//! more than [`HELD_MAX`] wait (those come back from the file once the
+//! store has taken the rest). The next start reads the spool back and
 //! writes its records to the store before it takes new ones' turn, so a
 //! store outage loses no record and no key's spend.
 //!
@@ -84,6 +85,12 @@ struct Spooled {
     at_ms: u64,
     user: Option<String>,
     metadata: Option<String>,
+    /// The process that spooled it, and the spend it added to its key
+    /// there (still counted, unstored, if that process takes it back).
+    #[serde(default)]
+    pid: u32,
+    #[serde(default)]
+    charged: u64,
 }
 
 impl Spooled {
@@ -114,6 +121,8 @@ impl Spooled {
                 .map_or(0, |d| d.as_millis() as u64),
             user: r.tags.user.clone(),
             metadata: r.tags.metadata.as_deref().map(str::to_string),
+            pid: std::process::id(),
+            charged: r.charged,
         }
     }
 
@@ -127,9 +136,13 @@ impl Spooled {
             }
             found
         });
-        let charged = key
-            .as_ref()
-            .map_or(0, |k: &Arc<KeyEntry>| k.charge_restored(self.cost_usd));
+        // Spooled by this process (past HELD_MAX): its key still counts it.
+        let charged = if self.pid == std::process::id() {
+            self.charged
+        } else {
+            key.as_ref()
+                .map_or(0, |k: &Arc<KeyEntry>| k.charge_restored(self.cost_usd))
+        };
         UsageRecord {
             request_id: self.request_id,
             endpoint: endpoint_name(&self.endpoint),
@@ -245,12 +258,19 @@ pub struct Held {
     /// Whether this failure was alerted (then its end is too).
     alerted: bool,
     spool: PathBuf,
+    /// Whether this run put records in the spool (past [`HELD_MAX`]): they
+    /// are taken back once the store takes the held ones.
+    spilled: bool,
+    /// The keys spooled records are read back for.
+    keys: Option<Arc<Keys>>,
+    /// Records held at most ([`HELD_MAX`]).
+    max: usize,
     /// Where alerts go, once the gateway has made them.
     alerts: Arc<ArcSwapOption<Alerts>>,
 }
 
 impl Held {
-    pub fn new(spool: PathBuf, restored: Vec<UsageRecord>) -> Held {
+    pub fn new(spool: PathBuf, restored: Vec<UsageRecord>, keys: Option<Arc<Keys>>) -> Held {
         if !restored.is_empty() {
             tracing::info!(records = restored.len(), file = %spool.display(), "usage records from the spool of an earlier run: writing them to the store");
         }
@@ -261,6 +281,9 @@ impl Held {
             since: None,
             alerted: false,
             spool,
+            spilled: false,
+            keys,
+            max: HELD_MAX,
             alerts: Arc::default(),
         };
         held.gauge();
@@ -319,8 +342,8 @@ impl Held {
             }
         }
         self.records.extend(records.drain(..));
-        if self.records.len() > HELD_MAX {
-            let over = self.records.len() - HELD_MAX;
+        if self.records.len() > self.max {
+            let over = self.records.len() - self.max;
             let oldest: Vec<UsageRecord> = self.records.drain(..over).collect();
             self.spill(oldest).await;
         }
@@ -333,8 +356,15 @@ impl Held {
         if self.records.is_empty() || Instant::now() < self.next_try {
             return;
         }
-        let held = self.records.len();
-        while !self.records.is_empty() {
+        let mut held = self.records.len();
+        loop {
+            if self.records.is_empty() {
+                // What this run spooled (past HELD_MAX) comes back now.
+                match self.take_back().await {
+                    0 => break,
+                    n => held += n,
+                }
+            }
             let n = self.records.len().min(batch);
             let chunk = &self.records.make_contiguous()[..n];
             match store.write_usage(chunk).await {
@@ -391,8 +421,37 @@ impl Held {
         }
     }
 
+    /// The records this run spooled, taken back into the held ones (off
+    /// the runtime's thread); how many.
+    async fn take_back(&mut self) -> usize {
+        let Some(keys) = self.keys.clone().filter(|_| self.spilled) else {
+            return 0;
+        };
+        self.spilled = false;
+        let path = self.spool.clone();
+        let taken = tokio::task::spawn_blocking(move || take(&path, &keys))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        match taken {
+            Ok(records) => {
+                let n = records.len();
+                let _ = SPOOLED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                    Some(s.saturating_sub(n as u64))
+                });
+                tracing::info!(records = n, file = %self.spool.display(), "usage records spooled while the store failed are taken back to be written");
+                self.records.extend(records);
+                n
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the usage spool cannot be taken back; the next start writes it");
+                0
+            }
+        }
+    }
+
     /// Appends `records` to the spool (off the runtime's thread).
-    async fn spill(&self, records: Vec<UsageRecord>) {
+    async fn spill(&mut self, records: Vec<UsageRecord>) {
         let n = records.len();
         let path = self.spool.clone();
         let saved = tokio::task::spawn_blocking(move || save(&path, &records))
@@ -401,6 +460,7 @@ impl Held {
             .and_then(|r| r);
         if saved.is_ok() {
             SPOOLED.fetch_add(n as u64, Ordering::Relaxed);
+            self.spilled = true;
         }
         match saved {
             Ok(()) => {
@@ -467,6 +527,53 @@ mod tests {
         // Taken once: nothing the second time.
         assert!(take(&path, &keys).unwrap().is_empty());
         assert_eq!(waiting(&path).unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn past_its_bound_the_oldest_go_to_the_spool_and_come_back_when_the_store_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        // Another connection takes the usage table away, and gives it back.
+        let other = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let rename = |from: &'static str, to: &'static str| {
+            let other = other.clone();
+            async move {
+                let sql = format!("ALTER TABLE {from} RENAME TO {to}");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&other)
+                    .await
+                    .unwrap();
+            }
+        };
+        let spool = dir.path().join("spool.jsonl");
+        let mut held = Held::new(spool.clone(), Vec::new(), Some(Arc::new(Keys::new(None))));
+        held.max = 2;
+        rename("polyplex_usage", "away").await;
+        for n in 0..3 {
+            let mut r = record("m");
+            r.request_id = format!("req_{n}");
+            held.write(&store, &mut vec![r]).await;
+        }
+        assert_eq!(held.len(), 2);
+        assert_eq!(waiting(&spool).unwrap(), 1, "the oldest went to the spool");
+        held.next_try = Instant::now();
+        held.retry(&store, 1024).await;
+        assert_eq!(held.len(), 2, "still failing");
+        rename("away", "polyplex_usage").await;
+        held.next_try = Instant::now();
+        held.retry(&store, 1024).await;
+        assert!(held.is_empty() && !spool.exists());
+        let rows = store
+            .usage_report(crate::store::GroupBy::Provider, 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            rows[0].requests, 3,
+            "held and spooled records all written once"
+        );
+        other.close().await;
+        store.close().await;
     }
 
     #[test]

@@ -768,7 +768,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn writer_takes_every_record_and_drains_on_shutdown() {
-        let (rec, task) = Recorder::start(None, Held::new(DEFAULT_PATH.into(), Vec::new()));
+        let (rec, task) = Recorder::start(None, Held::new(DEFAULT_PATH.into(), Vec::new(), None));
         for _ in 0..3 {
             rec.record(record("m"));
         }
@@ -800,7 +800,7 @@ pub(crate) mod tests {
             .unwrap();
         let (rec, task) = Recorder::start(
             Some(store.clone()),
-            Held::new(DEFAULT_PATH.into(), Vec::new()),
+            Held::new(DEFAULT_PATH.into(), Vec::new(), None),
         );
         for _ in 0..5 {
             rec.record(record("m"));
