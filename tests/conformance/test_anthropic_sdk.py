@@ -177,3 +177,38 @@ def test_anthropic_vertex_client_is_served(gateway):
     with pytest.raises(anthropic.AuthenticationError):
         wrong.messages.create(model="claude-sonnet-4-5@20250929", max_tokens=10,
                               messages=[{"role": "user", "content": "x"}])
+
+
+def test_anthropic_bedrock_client_is_served(gateway):
+    """Code written for Claude on Bedrock (`AnthropicBedrock` with an API
+    key) pointed at the gateway: `/model/{id}/invoke` and
+    `/model/{id}/invoke-with-response-stream` are the Messages API, the
+    stream in AWS event-stream frames as Bedrock sends it."""
+    c = anthropic.AnthropicBedrock(api_key=MASTER_KEY, aws_region="us-east-1", base_url=gateway, max_retries=0)
+    model = "us.anthropic.claude-haiku-4-5-20251001-v1:0"
+    raw = c.messages.with_raw_response.create(model=model, max_tokens=50,
+                                              messages=[{"role": "user", "content": "hello from bedrock"}])
+    m = raw.parse()
+    assert m.type == "message" and m.content[0].text == "hello from bedrock"
+    assert m.usage.input_tokens > 0
+    [record] = admin(gateway, "GET", f"/admin/usage/records/{raw.headers['x-request-id']}")[1]["data"]
+    assert record["endpoint"] == "messages" and record["requested_model"] == model and record["status"] == 200
+    with c.messages.stream(model=model, max_tokens=50,
+                           messages=[{"role": "user", "content": "bedrock stream words"}]) as s:
+        assert "".join(s.text_stream) == "bedrock stream words"
+        final = s.get_final_message()
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens > 0
+    # Another provider's model through the same path, tools included.
+    tools = [{"name": "get_weather", "description": "Weather of a city",
+              "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    t = c.messages.create(model="openai/gpt-4o", max_tokens=100, tools=tools,
+                          messages=[{"role": "user", "content": "call get_weather for Paris"}])
+    assert t.content and t.stop_reason in ("tool_use", "end_turn")
+    with pytest.raises(anthropic.NotFoundError):
+        c.messages.create(model="no-such-model", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(anthropic.BadRequestError) as e:
+        c.messages.create(model=model, max_tokens=10, messages=[])
+    assert e.value.body["message"]
+    wrong = anthropic.AnthropicBedrock(api_key="plx-wrong", aws_region="us-east-1", base_url=gateway, max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError):
+        wrong.messages.create(model=model, max_tokens=10, messages=[{"role": "user", "content": "x"}])

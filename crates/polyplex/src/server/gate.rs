@@ -66,6 +66,9 @@ fn needs_key(path: &str) -> bool {
             .strip_prefix("/v1/models/")
             .is_some_and(|id| !id.is_empty())
         || super::genai::is_vertex_path(path)
+        || path
+            .strip_prefix("/model/")
+            .is_some_and(|rest| !rest.is_empty())
         || path == "/v1beta/models"
         || path
             .strip_prefix("/v1beta/models/")
@@ -263,6 +266,8 @@ fn refusal(path: &str, e: GatewayError) -> Response {
         super::respond::anthropic_error(e)
     } else if super::genai::is_gemini_path(path) {
         super::genai::google_error(e)
+    } else if path.starts_with("/model/") {
+        super::invoke::bedrock_error(&e)
     } else {
         ApiError(e).into_response()
     }

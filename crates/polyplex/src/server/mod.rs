@@ -52,6 +52,7 @@ pub mod gate;
 mod genai;
 mod genai_native;
 pub mod handlers;
+pub mod invoke;
 mod native;
 pub mod passthrough;
 mod rerank;
@@ -311,6 +312,8 @@ pub fn app(state: App) -> gate::Gate {
             "/v1/publishers/{*rest}",
             post(genai::serve).get(genai::vertex_models),
         )
+        // Claude on Bedrock's paths (`invoke`).
+        .route("/model/{*rest}", post(invoke::serve))
         .route("/admin/providers", get(handlers::admin_providers))
         .route("/admin/reload", post(admin::reload))
         .route("/admin/usage", get(admin::usage))
