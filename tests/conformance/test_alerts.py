@@ -69,6 +69,7 @@ def test_a_keys_budget_thresholds_are_posted_once_each(tmp_path, mock, monkeypat
             assert body["budget_usd"] == pytest.approx(cost * 2.5)
             assert body["spent_usd"] >= 0.5 * body["budget_usd"]
             assert "alerted" in body["text"] and "50%" in body["text"] and body["at"].endswith("Z")
+            assert body["content"] == body["text"]  # Discord's webhooks read `content`
             assert got[1][1]["spent_usd"] >= got[1][1]["budget_usd"]
             # A bigger budget: its own thresholds, alerted again as they are passed.
             st, _ = admin(base, "PATCH", f"/admin/keys/{k['id']}", {"budget_usd": cost * 5})

@@ -565,3 +565,36 @@ def test_cli_takes_the_name_as_an_argument_and_revokes_by_the_key_itself(gateway
         assert time.time() < deadline, "the revoked key was still served"
         time.sleep(0.2)
     assert run("keys", "revoke", "plx-not-a-key").returncode != 0
+
+
+def test_keys_update_changes_a_key_from_the_cli(gateway, gateway_dir):
+    """`polyplex keys update ID|plx-... --setting value|none`: changes what
+    is given, clears what says `none`; the running gateway takes it within
+    its key reload."""
+    k = new_key(gateway, rpm=100, budget_usd=5)
+    env = {"POLYPLEX_MASTER_KEY": MASTER_KEY, "MOCK_PROVIDER_KEY": "x", "MOCK_AWS_SECRET": "x"}
+
+    def update(*args):
+        out = subprocess.run([BIN, "keys", "update", *args, "--json"], cwd=gateway_dir,
+                             capture_output=True, text=True, timeout=30, env=env)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    row = update(k["id"], "--models", "gpt-4o", "--rpm", "none", "--tpm", "5000", "--metadata", "team=cli")
+    assert (row["models"], row["rpm"], row["tpm"], row["budget_usd"]) == (["gpt-4o"], None, 5000, 5)
+    assert row["metadata"] == {"team": "cli"} and "key" not in row
+    c = sdk(gateway, k["key"])
+    deadline = time.time() + 15
+    while True:
+        try:
+            hello(c)  # gpt-4o-mini: no longer on its list
+        except openai.PermissionDeniedError:
+            break
+        assert time.time() < deadline, "the running gateway did not take the change"
+        time.sleep(0.2)
+    # By the key itself; `none` opens the models again.
+    row = update(k["key"], "--models", "none", "--budget-reset", "daily")
+    assert row["models"] is None and row["budget_reset"] == "daily" and row["id"] == k["id"]
+    bad = subprocess.run([BIN, "keys", "update", k["id"], "--rpm", "lots"], cwd=gateway_dir,
+                         capture_output=True, text=True, timeout=30, env=env)
+    assert bad.returncode != 0 and "--rpm" in bad.stderr

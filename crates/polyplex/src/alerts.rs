@@ -29,7 +29,8 @@
 //! each, waiting 0.5 s then 1 s); nothing waits on it but a graceful
 //! shutdown, for at most [`FINISH`] ([`Alerts::finish`]). Every body has
 //! `type`, `at` (RFC 3339) and `text` (one line for a person: Slack's and
-//! Mattermost's incoming webhooks show it as it is). The URL and header
+//! Mattermost's incoming webhooks show it as it is; the same line as
+//! `content` for Discord's). The URL and header
 //! values may hold secrets (`${VAR}`) and never appear in logs.
 
 use crate::keys::Keys;
@@ -173,7 +174,12 @@ impl Alerts {
         }
     }
 
-    fn send(&self, alert: Alert) {
+    fn send(&self, mut alert: Alert) {
+        // The line for people also as `content`, which Discord's webhooks
+        // read (Slack's and Mattermost's read `text`).
+        if let Some(text) = alert.body.get("text").cloned() {
+            alert.body["content"] = text;
+        }
         match self.tx.try_send(alert) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {

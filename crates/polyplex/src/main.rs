@@ -206,6 +206,50 @@ enum KeysAction {
         /// The key's id (`key_...`), or the key itself (`plx-...`).
         id: String,
     },
+    /// Change a key's settings: those given, `none` clearing one (a
+    /// running gateway takes the change within seconds).
+    Update {
+        /// The key's id (`key_...`), or the key itself (`plx-...`).
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Models the key may use (comma-separated); `none`: every model.
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// Requests per minute, or `none`.
+        #[arg(long)]
+        rpm: Option<String>,
+        /// Tokens per minute, or `none`.
+        #[arg(long)]
+        tpm: Option<String>,
+        /// Requests in progress at once, or `none`.
+        #[arg(long)]
+        max_concurrent: Option<String>,
+        /// Requests per minute each end user may make, or `none`.
+        #[arg(long)]
+        user_rpm: Option<String>,
+        /// Tokens per minute each end user may use, or `none`.
+        #[arg(long)]
+        user_tpm: Option<String>,
+        /// What each end user may spend, in USD, or `none`.
+        #[arg(long)]
+        user_budget_usd: Option<String>,
+        /// Budget in USD, or `none`.
+        #[arg(long)]
+        budget_usd: Option<String>,
+        /// `daily`, `weekly`, `monthly`, or `none` (never starts again).
+        #[arg(long, value_parser = ["daily", "weekly", "monthly", "none"])]
+        budget_reset: Option<String>,
+        /// Expiry (as `create` takes it), or `none`.
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// Metadata pairs in place of the key's (repeatable); `none` clears them.
+        #[arg(long, value_name = "KEY=VALUE")]
+        metadata: Vec<String>,
+        /// JSON output (the admin API's shape).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn env_get(k: &str) -> Option<String> {
@@ -609,27 +653,116 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
             }
         }
         KeysAction::Revoke { id } => {
-            // The key itself names its row by its hash; it is never printed.
-            let id = if id.starts_with("plx-") {
-                match store
-                    .key_by_hash(&polyplex::keys::hash(&id))
-                    .await
-                    .map_err(|e| e.to_string())?
-                {
-                    Some(row) => row.id,
-                    None => return Err("no key matches the `plx-` key given".into()),
-                }
-            } else {
-                id
-            };
+            let id = key_id(&store, id).await?;
             match store.revoke_key(&id).await.map_err(|e| e.to_string())? {
                 Some(_) => out!("revoked {id}"),
                 None => return Err(format!("no key with id `{id}`")),
             }
         }
+        KeysAction::Update {
+            id,
+            name,
+            models,
+            rpm,
+            tpm,
+            max_concurrent,
+            user_rpm,
+            user_tpm,
+            user_budget_usd,
+            budget_usd,
+            budget_reset,
+            expires_at,
+            metadata,
+            json,
+        } => {
+            let id = key_id(&store, id).await?;
+            let usd = |flag: &str, v: Option<String>| -> Result<Option<Option<f64>>, String> {
+                let c = change::<f64>(flag, v)?;
+                if c.flatten().is_some_and(|b| !(b >= 0.0 && b.is_finite())) {
+                    return Err(format!(
+                        "--{flag} must be a number of at least 0, or `none`"
+                    ));
+                }
+                Ok(c)
+            };
+            let expires = match expires_at.as_deref() {
+                None => None,
+                Some("none") => Some(None),
+                Some(t) => Some(Some(admin::parse_time(t, true).ok_or_else(|| {
+                    format!("--expires-at `{t}`: use a date, an RFC 3339 time, Unix seconds, a duration such as 30d, or `none`")
+                })?)),
+            };
+            let metadata = match metadata.as_slice() {
+                [] => None,
+                [one] if one == "none" => Some(None),
+                given => {
+                    let pairs = metadata_pairs(given)?;
+                    if let Err(e) = polyplex_types::validate::check_metadata("--metadata", &pairs) {
+                        return Err(e.message);
+                    }
+                    Some(Some(pairs))
+                }
+            };
+            let changes = polyplex::store::KeyChanges {
+                name,
+                models: models.map(|m| (m != ["none"]).then_some(m)),
+                rpm: change("rpm", rpm)?,
+                tpm: change("tpm", tpm)?,
+                max_concurrent: change("max-concurrent", max_concurrent)?,
+                budget_usd: usd("budget-usd", budget_usd)?,
+                expires_at: expires,
+                budget_reset: budget_reset.map(|r| polyplex::budget::BudgetReset::parse(&r)),
+                metadata,
+                user_rpm: change("user-rpm", user_rpm)?,
+                user_tpm: change("user-tpm", user_tpm)?,
+                user_budget_usd: usd("user-budget-usd", user_budget_usd)?,
+            };
+            let row = store
+                .update_key(&id, &changes)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no key with id `{id}`"))?;
+            if json {
+                print_json(&admin::key_json(&row))?;
+            } else {
+                out!("updated key {} ({})", row.id, row.name);
+            }
+        }
     }
     store.close().await;
     Ok(())
+}
+
+/// A key's id from its id or from the key itself (`plx-...`, found by its
+/// hash; never printed).
+async fn key_id(store: &polyplex::store::Store, id: String) -> Result<String, String> {
+    if !id.starts_with("plx-") {
+        return Ok(id);
+    }
+    match store
+        .key_by_hash(&polyplex::keys::hash(&id))
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Some(row) => Ok(row.id),
+        None => Err("no key matches the `plx-` key given".into()),
+    }
+}
+
+/// An option of `keys update`: not given (no change), `none` (cleared), or
+/// a value.
+fn change<T: std::str::FromStr>(
+    flag: &str,
+    v: Option<String>,
+) -> Result<Option<Option<T>>, String> {
+    match v.as_deref() {
+        None => Ok(None),
+        Some("none") => Ok(Some(None)),
+        Some(s) => s
+            .parse()
+            .map(|x| Some(Some(x)))
+            .map_err(|_| format!("--{flag} `{s}`: give a number, or `none` to clear it")),
+    }
 }
 
 /// A key's metadata as `keys list` shows it after the models: ` team=x,env=ci`.

@@ -649,12 +649,9 @@ fn text_line(r: &UsageRecord, now: std::time::SystemTime, out: &mut String) {
         Some(k) => push_clean(out, &k.id()),
         None => out.push('-'),
     }
-    // What a client wrote itself, quoted (it may hold spaces) as tracing
-    // writes a string's Debug; only when the request named any.
-    if let Some(user) = &r.tags.user {
-        out.push_str(" user=");
-        push_quoted(out, user);
-    }
+    // The request's metadata pairs, quoted (a client's text may hold
+    // spaces) as tracing writes a string's Debug; only when it named any.
+    // (Its end user's id is kept in the store only, not in logs.)
     if let Some(metadata) = &r.tags.metadata {
         out.push_str(" metadata=");
         push_quoted(out, metadata);
@@ -894,7 +891,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn text_line_names_the_key_end_user_and_metadata_quoted() {
+    fn text_line_names_the_key_and_metadata_quoted_not_the_end_user() {
         let mut r = record("gpt-4o");
         r.tags = Tags::new(
             Some("user 7 \"x\"".into()),
@@ -906,11 +903,9 @@ pub(crate) mod tests {
         );
         let mut out = String::new();
         text_line(&r, UNIX_EPOCH, &mut out);
-        let want = concat!(
-            r#" stream=false key=- user="user 7 \"x\"" metadata="{\"team\":\"a b\"}""#,
-            "\n"
-        );
+        let want = concat!(r#" stream=false key=- metadata="{\"team\":\"a b\"}""#, "\n");
         assert!(out.ends_with(want), "{out}");
+        assert!(!out.contains("user 7"), "{out}");
     }
 
     #[test]
