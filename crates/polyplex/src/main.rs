@@ -564,22 +564,10 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
             let name = name
                 .or(name_arg)
                 .ok_or("a key needs a name: polyplex keys create NAME (or --name NAME)")?;
-            if budget_usd.is_some_and(|b| !(b >= 0.0 && b.is_finite())) {
-                return Err("--budget-usd must be a number of at least 0".into());
-            }
-            if user_budget_usd.is_some_and(|b| !(b >= 0.0 && b.is_finite())) {
-                return Err("--user-budget-usd must be a number of at least 0".into());
-            }
-            let expires = match expires_at {
-                Some(t) => Some(admin::parse_time(&t, true).ok_or_else(|| {
-                    format!("--expires-at `{t}`: use a date, an RFC 3339 time, Unix seconds or a duration such as 30d")
-                })?),
-                None => None,
-            };
-            let pairs = metadata_pairs(&metadata)?;
-            if let Err(e) = polyplex_types::validate::check_metadata("--metadata", &pairs) {
-                return Err(e.message);
-            }
+            usd_given("budget-usd", budget_usd)?;
+            usd_given("user-budget-usd", user_budget_usd)?;
+            let expires = expires_at.as_deref().map(expiry).transpose()?;
+            let pairs = key_metadata(&metadata)?;
             let changes = polyplex::store::KeyChanges {
                 name: Some(name),
                 models: Some((!models.is_empty()).then_some(models)),
@@ -678,30 +666,18 @@ async fn keys_cmd(config: Option<PathBuf>, action: KeysAction) -> Result<(), Str
             let id = key_id(&store, id).await?;
             let usd = |flag: &str, v: Option<String>| -> Result<Option<Option<f64>>, String> {
                 let c = change::<f64>(flag, v)?;
-                if c.flatten().is_some_and(|b| !(b >= 0.0 && b.is_finite())) {
-                    return Err(format!(
-                        "--{flag} must be a number of at least 0, or `none`"
-                    ));
-                }
+                usd_given(flag, c.flatten())?;
                 Ok(c)
             };
             let expires = match expires_at.as_deref() {
                 None => None,
                 Some("none") => Some(None),
-                Some(t) => Some(Some(admin::parse_time(t, true).ok_or_else(|| {
-                    format!("--expires-at `{t}`: use a date, an RFC 3339 time, Unix seconds, a duration such as 30d, or `none`")
-                })?)),
+                Some(t) => Some(Some(expiry(t)?)),
             };
             let metadata = match metadata.as_slice() {
                 [] => None,
                 [one] if one == "none" => Some(None),
-                given => {
-                    let pairs = metadata_pairs(given)?;
-                    if let Err(e) = polyplex_types::validate::check_metadata("--metadata", &pairs) {
-                        return Err(e.message);
-                    }
-                    Some(Some(pairs))
-                }
+                given => Some(Some(key_metadata(given)?)),
             };
             let changes = polyplex::store::KeyChanges {
                 name,
@@ -747,6 +723,30 @@ async fn key_id(store: &polyplex::store::Store, id: String) -> Result<String, St
         Some(row) => Ok(row.id),
         None => Err("no key matches the `plx-` key given".into()),
     }
+}
+
+/// A USD amount given as `--{flag}`: at least 0.
+fn usd_given(flag: &str, v: Option<f64>) -> Result<(), String> {
+    match v {
+        Some(b) if !(b >= 0.0 && b.is_finite()) => {
+            Err(format!("--{flag} must be a number of at least 0"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `--expires-at` as Unix seconds.
+fn expiry(t: &str) -> Result<i64, String> {
+    polyplex::server::admin::parse_time(t, true).ok_or_else(|| {
+        format!("--expires-at `{t}`: use a date, an RFC 3339 time, Unix seconds or a duration such as 30d")
+    })
+}
+
+/// A key's `--metadata KEY=VALUE` pairs, checked as the admin API checks them.
+fn key_metadata(given: &[String]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let pairs = metadata_pairs(given)?;
+    polyplex_types::validate::check_metadata("--metadata", &pairs).map_err(|e| e.message)?;
+    Ok(pairs)
 }
 
 /// An option of `keys update`: not given (no change), `none` (cleared), or
