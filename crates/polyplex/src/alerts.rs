@@ -174,9 +174,12 @@ impl Alerts {
         }
     }
 
+    /// Queues `alert`, its body completed with what every alert has: its
+    /// `type`, `at`, and its line for people as `content` too, which
+    /// Discord's webhooks read (Slack's and Mattermost's read `text`).
     fn send(&self, mut alert: Alert) {
-        // The line for people also as `content`, which Discord's webhooks
-        // read (Slack's and Mattermost's read `text`).
+        alert.body["type"] = alert.kind.into();
+        alert.body["at"] = now_text().into();
         if let Some(text) = alert.body.get("text").cloned() {
             alert.body["content"] = text;
         }
@@ -205,8 +208,6 @@ impl Alerts {
         self.send(Alert {
             kind: "store.failing",
             body: json!({
-                "type": "store.failing",
-                "at": now_text(),
                 "text": format!(
                     "polyplex: the store has not taken usage records for {}s; {held} held on this node (last error: {last_error})",
                     failing_for.as_secs()
@@ -229,8 +230,6 @@ impl Alerts {
         self.send(Alert {
             kind: "store.recovered",
             body: json!({
-                "type": "store.recovered",
-                "at": now_text(),
                 "text": format!(
                     "polyplex: the store takes usage records again after {}s; the {written} held on this node are written",
                     failed_for.as_secs()
@@ -259,8 +258,6 @@ impl Alerts {
         self.send(Alert {
             kind: "circuit.opened",
             body: json!({
-                "type": "circuit.opened",
-                "at": now_text(),
                 "text": format!("polyplex: {provider}/{model} failed too often and is skipped for {}s (last error: {why})", ms / 1000),
                 "provider": provider,
                 "model": model,
@@ -283,8 +280,6 @@ impl Alerts {
         self.send(Alert {
             kind: "circuit.closed",
             body: json!({
-                "type": "circuit.closed",
-                "at": now_text(),
                 "text": format!("polyplex: {provider}/{model} answers again and is routed to"),
                 "provider": provider,
                 "model": model,
@@ -325,8 +320,6 @@ impl Alerts {
             self.send(Alert {
                 kind: "key.expiring",
                 body: json!({
-                    "type": "key.expiring",
-                    "at": now_text(),
                     "text": format!(
                         "polyplex: key `{}` ({}) expires at {} (in {})",
                         spec.name,
@@ -390,8 +383,6 @@ impl Alerts {
             self.send(Alert {
                 kind: "budget.threshold",
                 body: json!({
-                    "type": "budget.threshold",
-                    "at": now_text(),
                     "text": format!(
                         "polyplex: key `{}` ({}) has spent ${:.4} of its ${budget} budget ({pct}%){}",
                         spec.name,
