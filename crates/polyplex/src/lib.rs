@@ -292,18 +292,7 @@ async fn prepare(cfg: &Config, threads: usize) -> Result<Prepared, String> {
         None
     };
     // Usage records an earlier run could not store: written first.
-    let restored = {
-        let (path, keys) = (cfg.spool.clone(), keys.clone());
-        tokio::task::spawn_blocking(move || spool::take(&path, &keys))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r)
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %e, "the usage spool of an earlier run cannot be read; it is left where it is");
-                Vec::new()
-            })
-    };
-    let held = spool::Held::new(cfg.spool.clone(), restored, Some(keys.clone()));
+    let held = spool::Held::start(cfg.spool.clone(), keys.clone()).await;
     let (recorder, writer) = usage::Recorder::start(Some(store), held);
     let shared = match &cfg.redis_url {
         Some(url) => Some(share_limits(url, &recorder).await?),

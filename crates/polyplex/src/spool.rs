@@ -270,12 +270,21 @@ pub struct Held {
 }
 
 impl Held {
-    pub fn new(spool: PathBuf, restored: Vec<UsageRecord>, keys: Option<Arc<Keys>>) -> Held {
-        if !restored.is_empty() {
-            tracing::info!(records = restored.len(), file = %spool.display(), "usage records from the spool of an earlier run: writing them to the store");
-        }
+    /// The held records of a run that starts: those an earlier run
+    /// spooled, taken back first (their cost counted in their keys' spend
+    /// from now on).
+    pub async fn start(spool: PathBuf, keys: Arc<Keys>) -> Held {
+        let mut held = Held::new(spool, Some(keys));
+        held.spilled = true;
+        held.take_back().await;
+        held.gauge();
+        held
+    }
+
+    /// Nothing held; `keys` to read the spool back for, if it may be.
+    pub fn new(spool: PathBuf, keys: Option<Arc<Keys>>) -> Held {
         let held = Held {
-            records: restored.into(),
+            records: VecDeque::new(),
             wait: QUICK_WAIT,
             next_try: Instant::now(),
             since: None,
@@ -421,8 +430,9 @@ impl Held {
         }
     }
 
-    /// The records this run spooled, taken back into the held ones (off
-    /// the runtime's thread); how many.
+    /// The records spooled (by this run past [`HELD_MAX`], or by an
+    /// earlier one), taken back into the held ones (off the runtime's
+    /// thread); how many.
     async fn take_back(&mut self) -> usize {
         let Some(keys) = self.keys.clone().filter(|_| self.spilled) else {
             return 0;
@@ -439,12 +449,14 @@ impl Held {
                 let _ = SPOOLED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
                     Some(s.saturating_sub(n as u64))
                 });
-                tracing::info!(records = n, file = %self.spool.display(), "usage records spooled while the store failed are taken back to be written");
+                if n > 0 {
+                    tracing::info!(records = n, file = %self.spool.display(), "spooled usage records taken back: writing them to the store");
+                }
                 self.records.extend(records);
                 n
             }
             Err(e) => {
-                tracing::error!(error = %e, "the usage spool cannot be taken back; the next start writes it");
+                tracing::error!(error = %e, "the usage spool cannot be taken back; it is left where it is, for the next start");
                 0
             }
         }
@@ -547,7 +559,7 @@ mod tests {
             }
         };
         let spool = dir.path().join("spool.jsonl");
-        let mut held = Held::new(spool.clone(), Vec::new(), Some(Arc::new(Keys::new(None))));
+        let mut held = Held::new(spool.clone(), Some(Arc::new(Keys::new(None))));
         held.max = 2;
         rename("polyplex_usage", "away").await;
         for n in 0..3 {

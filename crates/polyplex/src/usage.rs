@@ -765,7 +765,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn writer_takes_every_record_and_drains_on_shutdown() {
-        let (rec, task) = Recorder::start(None, Held::new(DEFAULT_PATH.into(), Vec::new(), None));
+        let (rec, task) = Recorder::start(None, Held::new(DEFAULT_PATH.into(), None));
         for _ in 0..3 {
             rec.record(record("m"));
         }
@@ -795,10 +795,8 @@ pub(crate) mod tests {
         let store = Store::connect(&format!("sqlite://{}", db.display()))
             .await
             .unwrap();
-        let (rec, task) = Recorder::start(
-            Some(store.clone()),
-            Held::new(DEFAULT_PATH.into(), Vec::new(), None),
-        );
+        let (rec, task) =
+            Recorder::start(Some(store.clone()), Held::new(DEFAULT_PATH.into(), None));
         for _ in 0..5 {
             rec.record(record("m"));
         }
