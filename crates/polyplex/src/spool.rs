@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// Records held in memory at most; past it, the oldest go to the spool.
@@ -33,6 +33,13 @@ const QUICK_WAIT: Duration = Duration::from_millis(100);
 const MAX_WAIT: Duration = Duration::from_secs(8);
 /// A store failing this long is alerted (`[alerts]`, event `store`).
 pub const ALERT_AFTER: Duration = Duration::from_secs(10);
+
+/// This process's run, as its spooled records name it: random, not the
+/// process id, which a restart may well get again (PID 1 in a container).
+fn run_id() -> u64 {
+    static RUN: OnceLock<u64> = OnceLock::new();
+    *RUN.get_or_init(|| rand::random::<u64>().max(1))
+}
 
 /// Records this process spooled.
 static SPOOLED: AtomicU64 = AtomicU64::new(0);
@@ -85,10 +92,10 @@ struct Spooled {
     at_ms: u64,
     user: Option<String>,
     metadata: Option<String>,
-    /// The process that spooled it, and the spend it added to its key
-    /// there (still counted, unstored, if that process takes it back).
+    /// The run that spooled it ([`run_id`]), and the spend it added to
+    /// its key there (still counted, unstored, if that run takes it back).
     #[serde(default)]
-    pid: u32,
+    run: u64,
     #[serde(default)]
     charged: u64,
 }
@@ -121,7 +128,7 @@ impl Spooled {
                 .map_or(0, |d| d.as_millis() as u64),
             user: r.tags.user.clone(),
             metadata: r.tags.metadata.as_deref().map(str::to_string),
-            pid: std::process::id(),
+            run: run_id(),
             charged: r.charged,
         }
     }
@@ -137,7 +144,7 @@ impl Spooled {
             found
         });
         // Spooled by this process (past HELD_MAX): its key still counts it.
-        let charged = if self.pid == std::process::id() {
+        let charged = if self.run == run_id() {
             self.charged
         } else {
             key.as_ref()
@@ -244,7 +251,7 @@ pub fn take(path: &Path, keys: &Keys) -> Result<Vec<UsageRecord>, String> {
 
 fn taking_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
-    name.push(format!(".taken-{}", std::process::id()));
+    name.push(format!(".taken-{:016x}", run_id()));
     PathBuf::from(name)
 }
 
@@ -586,6 +593,21 @@ mod tests {
         );
         other.close().await;
         store.close().await;
+    }
+
+    #[test]
+    fn only_the_run_that_spooled_a_record_keeps_its_unstored_charge() {
+        let mut r = record("m");
+        r.charged = 5;
+        let keys = Keys::new(None);
+        let mine = Spooled::of(&r);
+        assert_eq!(mine.run, run_id());
+        assert_eq!(mine.into_record(&keys).charged, 5);
+        // Another run's (a restart, even one given the same process id):
+        // charged anew, here to no key.
+        let mut theirs = Spooled::of(&r);
+        theirs.run = run_id().wrapping_add(1);
+        assert_eq!(theirs.into_record(&keys).charged, 0);
     }
 
     #[test]
