@@ -340,12 +340,7 @@ pub fn apply(app: &AppState, cfg: &Config) -> Result<Report, Refused> {
             })
             .transpose()
             .map_err(|e| Refused::Invalid(format!("alerts: {e}")))?;
-        let what = match (&before, &after) {
-            (None, _) => "added",
-            (Some(_), Some(_)) => "changed",
-            (Some(_), None) => "removed",
-        };
-        Some((what, after))
+        Some((section_change(before.is_some(), after.is_some()), after))
     };
     app.swap_router(router);
     let alerts = alerts.map(|(what, after)| {
@@ -355,24 +350,14 @@ pub fn apply(app: &AppState, cfg: &Config) -> Result<Report, Refused> {
         now.alerts = next.alerts;
         what
     });
-    let server: Vec<&'static str> = now
-        .server
-        .iter()
-        .zip(&next.server)
-        .filter(|(a, b)| a.1 != b.1)
-        .map(|(a, _)| a.0)
-        .collect();
+    let server = differing(&now.server, &next.server);
     if !server.is_empty() {
         app.apply_server(cfg);
         now.server = next.server.clone();
     }
     let cache = (now.cache != next.cache).then(|| {
         app.cache_settings().apply(next.cache);
-        let what = match (now.cache, next.cache) {
-            (None, _) => "added",
-            (Some(_), Some(_)) => "changed",
-            (Some(_), None) => "removed",
-        };
+        let what = section_change(now.cache.is_some(), next.cache.is_some());
         now.cache = next.cache;
         what
     });
@@ -397,19 +382,36 @@ pub fn apply(app: &AppState, cfg: &Config) -> Result<Report, Refused> {
         alerts,
         cache,
         server,
-        restart_needed: now
-            .fixed
-            .iter()
-            .zip(&next.fixed)
-            .filter(|(a, b)| a.1 != b.1)
-            .map(|(a, _)| a.0)
-            .collect(),
+        restart_needed: differing(&now.fixed, &next.fixed),
     };
     // The settings bound at start stay as they run.
     now.providers = next.providers;
     now.routes = next.routes;
     now.strategy = next.strategy;
     Ok(report)
+}
+
+/// What became of a section that differs between two files: `added`,
+/// `changed` or `removed`.
+fn section_change(was: bool, is: bool) -> &'static str {
+    match (was, is) {
+        (false, _) => "added",
+        (true, true) => "changed",
+        (true, false) => "removed",
+    }
+}
+
+/// The names of the settings whose values differ (both lists name the
+/// same settings in the same order).
+fn differing<T: PartialEq>(
+    now: &[(&'static str, T)],
+    next: &[(&'static str, T)],
+) -> Vec<&'static str> {
+    now.iter()
+        .zip(next)
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| a.0)
+        .collect()
 }
 
 /// Reads the configuration file again and applies it; logs what changed
