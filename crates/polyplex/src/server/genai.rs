@@ -411,13 +411,21 @@ pub async fn list(app: &App, caller: &Caller) -> Response {
 /// `GET /v1beta/models/{id}` (and `GET /v1/models/{id}` from Google's SDKs).
 pub async fn get(app: &App, caller: &Caller, id: &str) -> Response {
     let id = id.strip_prefix("models/").unwrap_or(id);
+    if let Err(e) = visible(app, caller, id) {
+        return google_error(e);
+    }
+    Json(genai::model_object(id, limits(app, id))).into_response()
+}
+
+/// A model this caller may use and the gateway serves, or the 404 for it.
+fn visible(app: &App, caller: &Caller, id: &str) -> Result<(), GatewayError> {
     let allowed = caller
         .key()
         .is_none_or(|k| app.router().may_reach(k.spec().models.as_deref(), id));
     if !allowed || !app.router().knows(id) {
-        return google_error(GatewayError::model_not_found(id));
+        return Err(GatewayError::model_not_found(id));
     }
-    Json(genai::model_object(id, limits(app, id))).into_response()
+    Ok(())
 }
 
 /// The `GET` routes of `/v1beta/models`.
@@ -469,13 +477,10 @@ pub async fn vertex_models(
             let Some(id) = vertex_tail(&path) else {
                 return google_error(GatewayError::not_found("Not found."));
             };
-            let allowed = caller
-                .key()
-                .is_none_or(|k| app.router().may_reach(k.spec().models.as_deref(), &id));
-            if !allowed || !app.router().knows(&id) {
-                return google_error(GatewayError::model_not_found(&id));
+            match visible(&app, &caller, &id) {
+                Ok(()) => Json(genai::vertex_model_object(&id)).into_response(),
+                Err(e) => google_error(e),
             }
-            Json(genai::vertex_model_object(&id)).into_response()
         }
         _ => google_error(GatewayError::not_found(format!(
             "Not found: {path} (Vertex AI's publisher models are listed at .../publishers/{{publisher}}/models)."
