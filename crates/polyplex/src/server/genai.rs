@@ -114,12 +114,7 @@ async fn messages_on_vertex(
         }
         Err(_) => text,
     };
-    let mut inner = Request::new(axum::body::Body::from(body));
-    *inner.method_mut() = axum::http::Method::POST;
-    *inner.headers_mut() = headers;
-    inner
-        .headers_mut()
-        .remove(axum::http::header::CONTENT_LENGTH);
+    let inner = super::handlers::converted_post(headers, body);
     if count {
         super::handlers::count_tokens(State(app), Extension(caller), inner).await
     } else {

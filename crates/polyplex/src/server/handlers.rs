@@ -1290,6 +1290,17 @@ pub(super) async fn serve_as_chat(
     .await
 }
 
+/// A `POST` of a body already read (and held to the size limit) and
+/// rewritten for another handler, with the client's headers.
+pub(super) fn converted_post(mut headers: HeaderMap, body: impl Into<axum::body::Body>) -> Request {
+    headers.remove(axum::http::header::CONTENT_LENGTH);
+    let mut inner = Request::new(body.into());
+    *inner.method_mut() = Method::POST;
+    *inner.headers_mut() = headers;
+    inner.extensions_mut().insert(Converted);
+    inner
+}
+
 /// A converted request's `body` served as a request to `endpoint` (one
 /// record, as `label`), with the client's headers.
 #[allow(clippy::too_many_arguments)]
@@ -1299,15 +1310,11 @@ pub(super) async fn serve_converted(
     caller: Caller,
     endpoint: Endpoint,
     label: &'static str,
-    mut headers: HeaderMap,
+    headers: HeaderMap,
     body: Vec<u8>,
     native: Option<std::sync::Arc<super::native::NativeRequest>>,
 ) -> Response {
-    headers.remove(axum::http::header::CONTENT_LENGTH);
-    let mut inner = Request::new(axum::body::Body::from(body));
-    *inner.method_mut() = Method::POST;
-    *inner.headers_mut() = headers;
-    inner.extensions_mut().insert(Converted);
+    let mut inner = converted_post(headers, body);
     if let Some(n) = native {
         inner.extensions_mut().insert(n);
     }

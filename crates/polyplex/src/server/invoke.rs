@@ -68,10 +68,7 @@ pub async fn serve(
     tree.insert("stream".into(), Value::Bool(stream));
     // An object of JSON values always encodes.
     let body = serde_json::to_vec(&tree).unwrap_or_default();
-    headers.remove(header::CONTENT_LENGTH);
-    let mut inner = Request::new(Body::from(body));
-    *inner.method_mut() = axum::http::Method::POST;
-    *inner.headers_mut() = headers;
+    let inner = super::handlers::converted_post(headers, body);
     let resp =
         super::handlers::messages(State(app), Extension(rid), Extension(caller), inner).await;
     answer(resp, stream).await
