@@ -211,14 +211,14 @@ async fn write_all(
         // How long the oldest record has waited: a writer that falls
         // behind leaves the background (before and after its store write,
         // which its connection's thread may be slow to do).
-        let lag = |records: &[UsageRecord]| {
-            records
-                .first()
-                .and_then(|r| SystemTime::now().duration_since(r.at).ok())
+        let oldest = records.first().map(|r| r.at);
+        let lag = || {
+            oldest
+                .and_then(|at| SystemTime::now().duration_since(at).ok())
                 .unwrap_or_default()
         };
         if let Some(bg) = bg {
-            bg.observe(lag(&records));
+            bg.observe(lag());
         }
         let mut samples = 0;
         for r in &records {
@@ -227,19 +227,15 @@ async fn write_all(
         }
         folder.recorded(samples);
         flush(&mut lines);
-        let took = !records.is_empty();
-        let waited_from = records.first().map(|r| r.at);
         if let Some(store) = &store {
             held.write(store, &mut records).await;
             held.retry(store, BATCH).await;
         }
-        let waited = waited_from
-            .and_then(|at| SystemTime::now().duration_since(at).ok())
-            .unwrap_or_default();
+        let waited = lag();
         if let Some(bg) = bg {
             bg.observe(waited);
         }
-        if took {
+        if oldest.is_some() {
             // Made at the first records, once the metrics recorder is in.
             let (lag_gauge, bg_gauge) = gauges.get_or_insert_with(|| {
                 (
