@@ -212,3 +212,28 @@ def test_anthropic_bedrock_client_is_served(gateway):
     wrong = anthropic.AnthropicBedrock(api_key="plx-wrong", aws_region="us-east-1", base_url=gateway, max_retries=0)
     with pytest.raises(anthropic.AuthenticationError):
         wrong.messages.create(model=model, max_tokens=10, messages=[{"role": "user", "content": "x"}])
+
+
+def test_bedrock_invoke_refuses_what_it_does_not_serve(gateway):
+    """`/model/{id}/invoke` takes Anthropic's message bodies only; another
+    model's body, an unknown operation and a missing key are refused in
+    Bedrock's `{"message"}` shape."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    def post(path, body, key=MASTER_KEY):
+        req = urllib.request.Request(gateway + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    st, body = post("/model/meta.llama3-70b-instruct-v1:0/invoke", {"prompt": "hi", "max_gen_len": 10})
+    assert st == 400 and "anthropic_version" in body["message"], body
+    st, body = post("/model/x/converse", {"messages": []})
+    assert st == 404 and "invoke" in body["message"], body
+    st, body = post("/model/x/invoke", {"anthropic_version": "bedrock-2023-05-31"}, key="plx-wrong")
+    assert st == 401 and body["message"], body
